@@ -1,0 +1,1 @@
+//! Peek cursors over TLog team streams (see docs/ARCHITECTURE.md); filled in by the cursor work.
