@@ -1,7 +1,27 @@
 //! What two teamlog processes must agree on: the domain types, the team
 //! message block format, the RPC messages (flatbuffers) and the framed
 //! transport that carries them.
+//!
+//! ```text
+//! role code ── Message ──▶ rpc::Envelope::encode ──▶ frame::FrameCodec ──▶ TCP
+//!     ▲                                                                    │
+//!     └──────── Message ◀── rpc::Envelope::decode ◀── frame::FrameCodec ◀──┘
+//!           (transport: RpcClient / serve multiplex requests by request id)
+//! ```
 
+pub mod block;
+pub mod frame;
+mod generated;
+pub mod rpc;
+pub mod transport;
 pub mod types;
 
+pub use block::{BlockEntry, BlockError, TeamBlock, TeamBlockBuilder};
+pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
+pub use rpc::{
+    DecodeError, Envelope, ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest,
+    PopRequest, RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
+    TeamBlockData, TeamStatus,
+};
+pub use transport::{serve, ClientConfig, RpcClient, RpcError, ServerConfig, Service};
 pub use types::*;

@@ -71,9 +71,15 @@ pub fn is_system_key(key: &[u8]) -> bool {
 /// One change to the key space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Mutation {
-    SetValue { key: Bytes, value: Bytes },
+    SetValue {
+        key: Bytes,
+        value: Bytes,
+    },
     /// Clears every key in `[begin, end)`.
-    ClearRange { begin: Bytes, end: Bytes },
+    ClearRange {
+        begin: Bytes,
+        end: Bytes,
+    },
 }
 
 impl Mutation {

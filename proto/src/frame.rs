@@ -1,0 +1,247 @@
+//! Framing of messages on a byte stream.
+//!
+//! ```text
+//! frame := length:u32 (LE, of the payload) | crc32c:u32 (LE, of the payload) | payload
+//! ```
+//!
+//! [`FrameCodec`] checks the length against its cap before reserving any
+//! buffer space, so a hostile length prefix cannot make a process allocate,
+//! and checks the checksum before handing the payload on.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The default cap on a frame's payload: 64 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024;
+
+/// Bytes before the payload.
+pub const FRAME_HEADER_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the cap of {max} bytes")]
+    TooLarge { len: u64, max: u32 },
+    #[error("frame checksum mismatch: header says {expected:#010x}, payload has {actual:#010x}")]
+    BadChecksum { expected: u32, actual: u32 },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Splits a byte stream into checked payloads and frames payloads for
+/// sending.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCodec {
+    pub max_frame_len: u32,
+}
+
+impl FrameCodec {
+    pub fn new(max_frame_len: u32) -> Self {
+        FrameCodec { max_frame_len }
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let Some(header) = src.first_chunk::<FRAME_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        let expected = u32::from_le_bytes([c0, c1, c2, c3]);
+        if len > self.max_frame_len {
+            return Err(FrameError::TooLarge {
+                len: u64::from(len),
+                max: self.max_frame_len,
+            });
+        }
+        let total = FRAME_HEADER_LEN + len as usize;
+        if src.len() < total {
+            // Safe to reserve now that the length is within the cap.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(FRAME_HEADER_LEN);
+        let payload = src.split_to(len as usize).freeze();
+        let actual = crc32c::crc32c(&payload);
+        if actual != expected {
+            return Err(FrameError::BadChecksum { expected, actual });
+        }
+        Ok(Some(payload))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|len| *len <= self.max_frame_len)
+            .ok_or(FrameError::TooLarge {
+                len: payload.len() as u64,
+                max: self.max_frame_len,
+            })?;
+        dst.reserve(FRAME_HEADER_LEN + payload.len());
+        dst.put_u32_le(len);
+        dst.put_u32_le(crc32c::crc32c(&payload));
+        dst.put_slice(&payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn framed(payloads: &[&[u8]]) -> BytesMut {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        for payload in payloads {
+            codec
+                .encode(Bytes::copy_from_slice(payload), &mut buf)
+                .unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn frames_round_trip_back_to_back() {
+        let mut buf = framed(&[b"hello", b"", b"world"]);
+        let mut codec = FrameCodec::default();
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "hello");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "world");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn header_is_little_endian_length_then_crc32c() {
+        let buf = framed(&[b"abc"]);
+        assert_eq!(buf[..4], 3u32.to_le_bytes());
+        assert_eq!(buf[4..8], crc32c::crc32c(b"abc").to_le_bytes());
+        assert_eq!(&buf[8..], b"abc");
+    }
+
+    #[test]
+    fn a_frame_arriving_byte_by_byte_decodes_once_complete() {
+        let whole = framed(&[b"split me"]);
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            assert!(codec.decode(&mut buf).unwrap().is_none(), "early at {i}");
+            buf.put_u8(*byte);
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "split me");
+    }
+
+    #[test]
+    fn a_4_gib_length_is_refused_without_reserving() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(u32::MAX);
+        buf.put_u32_le(0);
+        let capacity = buf.capacity();
+        let err = FrameCodec::default().decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                len: 0xffff_ffff,
+                max: DEFAULT_MAX_FRAME_LEN
+            }
+        ));
+        assert_eq!(buf.capacity(), capacity);
+    }
+
+    #[test]
+    fn a_length_at_the_cap_is_accepted_and_one_above_refused() {
+        let mut codec = FrameCodec::new(4);
+        let mut buf = BytesMut::new();
+        codec.encode(Bytes::from_static(b"four"), &mut buf).unwrap();
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "four");
+        assert!(matches!(
+            codec.encode(Bytes::from_static(b"fives"), &mut buf),
+            Err(FrameError::TooLarge { len: 5, max: 4 })
+        ));
+        assert!(buf.is_empty(), "a refused frame must write nothing");
+        let mut buf = framed(&[b"fives"]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { len: 5, max: 4 })
+        ));
+    }
+
+    #[test]
+    fn a_bad_checksum_is_refused() {
+        let mut buf = framed(&[b"payload"]);
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
+        let err = FrameCodec::default().decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::BadChecksum { expected, actual }
+                if expected == crc32c::crc32c(b"payload") && actual != expected
+        ));
+    }
+
+    #[test]
+    fn a_stream_ending_inside_a_frame_is_truncated() {
+        let whole = framed(&[b"cut short"]);
+        for len in 1..whole.len() {
+            let mut buf = BytesMut::from(&whole[..len]);
+            assert!(
+                matches!(
+                    FrameCodec::default().decode_eof(&mut buf),
+                    Err(FrameError::Truncated { buffered }) if buffered == len
+                ),
+                "cut at {len}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut codec = FrameCodec::new(128);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+            let _ = codec.decode_eof(&mut buf);
+        }
+
+        #[test]
+        fn payloads_round_trip(payloads in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..64), 0..8)
+        ) {
+            let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            let mut buf = framed(&slices);
+            let mut codec = FrameCodec::default();
+            for payload in &payloads {
+                prop_assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &payload[..]);
+            }
+            prop_assert!(buf.is_empty());
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The RPC messages as owned Rust types, so that role code never handles
+//! flatbuffers lifetimes.
+//!
+//! ```text
+//!  Envelope { request_id, Message } ──encode──▶ flatbuffer bytes (schema/rpc.fbs)
+//!  Envelope { request_id, Message } ◀─decode─── frame payload (verified first)
+//! ```
+//!
+//! Decoding verifies the buffer before reading it, so hostile input yields a
+//! [`DecodeError`], never a panic. Team block payloads are not copied: the
+//! decoded [`TeamBlockData::data`] is a slice of the received frame.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::block::{BlockError, TeamBlock};
+use crate::types::{StorageServerId, StorageTeamId, Version};
+
+mod wire;
+
+/// The raw bytes of one team's message block (see [`crate::block`]); parse
+/// them with [`crate::block::TeamBlock::parse`] where the content matters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamBlockData {
+    pub team: StorageTeamId,
+    pub data: Bytes,
+}
+
+impl TeamBlockData {
+    /// Validates the bytes as a block. The team inside the block is the one
+    /// that counts; a caller that cares compares it with `self.team`.
+    pub fn parse(&self) -> Result<TeamBlock, BlockError> {
+        TeamBlock::parse(self.data.clone())
+    }
+}
+
+impl From<TeamBlock> for TeamBlockData {
+    fn from(block: TeamBlock) -> Self {
+        TeamBlockData {
+            team: block.team(),
+            data: block.bytes().clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TLogCommitRequest {
+    pub prev_version: Version,
+    pub version: Version,
+    pub known_committed_version: Version,
+    pub teams: Vec<TeamBlockData>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TLogCommitReply {
+    pub version: Version,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeekRequest {
+    pub team: StorageTeamId,
+    pub begin: Version,
+    pub max_bytes: u32,
+    /// How long to wait for new data when there is none; 0 answers at once.
+    pub timeout_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeekReply {
+    pub blocks: Vec<TeamBlockData>,
+    /// Every version below `end` is complete for the team on this TLog.
+    pub end: Version,
+    pub popped: Version,
+    pub max_known_version: Version,
+    /// The TLog is locked and nothing at or after `end` will ever come.
+    pub end_of_stream: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PopRequest {
+    pub team: StorageTeamId,
+    pub server: StorageServerId,
+    pub version: Version,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockReply {
+    /// The last durable version of the ended epoch.
+    pub end_version: Version,
+    pub known_committed_version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisterTeamRequest {
+    pub team: StorageTeamId,
+    pub servers: Vec<StorageServerId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamStatus {
+    pub team: StorageTeamId,
+    pub popped: Version,
+    pub bytes: u64,
+    pub servers: Vec<StorageServerId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TLogStatusReply {
+    pub durable_version: Version,
+    pub known_committed_version: Version,
+    pub locked: bool,
+    pub poisoned: bool,
+    pub memory_bytes: u64,
+    pub memory_budget: u64,
+    pub disk_bytes: u64,
+    /// The team whose unpopped data holds back truncation of the oldest
+    /// segment.
+    pub truncation_blocker: Option<StorageTeamId>,
+    pub teams: Vec<TeamStatus>,
+}
+
+/// A request's failure, sent back in place of its reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What went wrong with a request, in a form the caller can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unknown,
+    MalformedRequest,
+    UnknownMessage,
+    FrameTooLarge,
+    TLogStopped,
+    Poisoned,
+    PeekBeforePopped,
+    UnknownTeam,
+    InvalidBlock,
+    VersionConflict,
+    CommitTooOld,
+    MissingPredecessor,
+    Overloaded,
+    Timeout,
+}
+
+impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::Unknown,
+        ErrorCode::MalformedRequest,
+        ErrorCode::UnknownMessage,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::TLogStopped,
+        ErrorCode::Poisoned,
+        ErrorCode::PeekBeforePopped,
+        ErrorCode::UnknownTeam,
+        ErrorCode::InvalidBlock,
+        ErrorCode::VersionConflict,
+        ErrorCode::CommitTooOld,
+        ErrorCode::MissingPredecessor,
+        ErrorCode::Overloaded,
+        ErrorCode::Timeout,
+    ];
+
+    /// The snake_case name used in logs and status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Unknown => "unknown",
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::TLogStopped => "tlog_stopped",
+            ErrorCode::Poisoned => "poisoned",
+            ErrorCode::PeekBeforePopped => "peek_before_popped",
+            ErrorCode::UnknownTeam => "unknown_team",
+            ErrorCode::InvalidBlock => "invalid_block",
+            ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::CommitTooOld => "commit_too_old",
+            ErrorCode::MissingPredecessor => "missing_predecessor",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every request and reply the processes exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    TLogCommit(TLogCommitRequest),
+    TLogCommitReply(TLogCommitReply),
+    Peek(PeekRequest),
+    PeekReply(PeekReply),
+    Pop(PopRequest),
+    PopReply,
+    Lock,
+    LockReply(LockReply),
+    RegisterTeam(RegisterTeamRequest),
+    RegisterTeamReply,
+    Status,
+    TLogStatus(TLogStatusReply),
+    Error(ErrorReply),
+}
+
+impl Message {
+    /// A snake_case name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::TLogCommit(_) => "tlog_commit",
+            Message::TLogCommitReply(_) => "tlog_commit_reply",
+            Message::Peek(_) => "peek",
+            Message::PeekReply(_) => "peek_reply",
+            Message::Pop(_) => "pop",
+            Message::PopReply => "pop_reply",
+            Message::Lock => "lock",
+            Message::LockReply(_) => "lock_reply",
+            Message::RegisterTeam(_) => "register_team",
+            Message::RegisterTeamReply => "register_team_reply",
+            Message::Status => "status",
+            Message::TLogStatus(_) => "tlog_status",
+            Message::Error(_) => "error",
+        }
+    }
+
+    /// Whether a server should answer this message; replies sent as requests
+    /// are answered with `unknown_message`.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::TLogCommit(_)
+                | Message::Peek(_)
+                | Message::Pop(_)
+                | Message::Lock
+                | Message::RegisterTeam(_)
+                | Message::Status
+        )
+    }
+}
+
+/// One frame's content: a message and the id that pairs a reply with its
+/// request. Request id 0 is reserved for errors about the connection itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub request_id: u64,
+    pub message: Message,
+}
+
+/// Why a frame's payload is not a message this code understands.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid flatbuffer: {0}")]
+    InvalidFlatbuffer(#[from] flatbuffers::InvalidFlatbuffer),
+    /// A well-formed envelope whose message type this code does not know
+    /// (none, or one from a newer schema).
+    #[error("unknown message type in request {request_id}")]
+    UnknownMessage { request_id: u64 },
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Bytes {
+        wire::encode(self)
+    }
+
+    /// Verifies the flatbuffer first, so hostile input never panics.
+    pub fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
+        wire::decode(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests;

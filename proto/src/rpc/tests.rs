@@ -1,0 +1,256 @@
+//! Round trips of every message kind and decoding of hostile buffers.
+
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+use proptest::prelude::*;
+
+use super::*;
+use crate::generated::rpc as fb;
+
+fn block(team: u64, data: &'static [u8]) -> TeamBlockData {
+    TeamBlockData {
+        team: StorageTeamId(team),
+        data: Bytes::from_static(data),
+    }
+}
+
+/// One message of every kind, with every field set to something other than
+/// its default so that a field lost on the way shows up.
+fn every_message() -> Vec<Message> {
+    vec![
+        Message::TLogCommit(TLogCommitRequest {
+            prev_version: Version(10),
+            version: Version(20),
+            known_committed_version: Version(5),
+            teams: vec![
+                block(1, b"first"),
+                block(2, b""),
+                block(u64::MAX, b"\x00\xff"),
+            ],
+        }),
+        Message::TLogCommit(TLogCommitRequest {
+            prev_version: Version(0),
+            version: Version(1),
+            known_committed_version: Version(0),
+            teams: vec![],
+        }),
+        Message::TLogCommitReply(TLogCommitReply {
+            version: Version(20),
+        }),
+        Message::Peek(PeekRequest {
+            team: StorageTeamId(3),
+            begin: Version(77),
+            max_bytes: 1 << 20,
+            timeout_ms: 500,
+        }),
+        Message::PeekReply(PeekReply {
+            blocks: vec![block(3, b"abc"), block(3, b"defg")],
+            end: Version(100),
+            popped: Version(50),
+            max_known_version: Version(120),
+            end_of_stream: true,
+        }),
+        Message::Pop(PopRequest {
+            team: StorageTeamId(3),
+            server: StorageServerId(9),
+            version: Version(60),
+        }),
+        Message::PopReply,
+        Message::Lock,
+        Message::LockReply(LockReply {
+            end_version: Version(99),
+            known_committed_version: Version(98),
+        }),
+        Message::RegisterTeam(RegisterTeamRequest {
+            team: StorageTeamId(4),
+            servers: vec![StorageServerId(1), StorageServerId(2), StorageServerId(3)],
+        }),
+        Message::RegisterTeamReply,
+        Message::Status,
+        Message::TLogStatus(TLogStatusReply {
+            durable_version: Version(1000),
+            known_committed_version: Version(990),
+            locked: true,
+            poisoned: true,
+            memory_bytes: 123,
+            memory_budget: 456,
+            disk_bytes: 789,
+            truncation_blocker: Some(StorageTeamId(0)),
+            teams: vec![
+                TeamStatus {
+                    team: StorageTeamId(1),
+                    popped: Version(10),
+                    bytes: 11,
+                    servers: vec![StorageServerId(5)],
+                },
+                TeamStatus {
+                    team: StorageTeamId(2),
+                    popped: Version(20),
+                    bytes: 0,
+                    servers: vec![],
+                },
+            ],
+        }),
+        Message::TLogStatus(TLogStatusReply {
+            durable_version: Version(1),
+            known_committed_version: Version(1),
+            locked: false,
+            poisoned: false,
+            memory_bytes: 0,
+            memory_budget: 0,
+            disk_bytes: 0,
+            truncation_blocker: None,
+            teams: vec![],
+        }),
+        Message::Error(ErrorReply::new(ErrorCode::TLogStopped, "locked at 99")),
+        Message::Error(ErrorReply::new(ErrorCode::Timeout, "")),
+    ]
+}
+
+#[test]
+fn every_message_kind_round_trips() {
+    for (i, message) in every_message().into_iter().enumerate() {
+        let envelope = Envelope {
+            request_id: i as u64 * 1_000_003,
+            message,
+        };
+        let decoded = Envelope::decode(envelope.encode()).unwrap();
+        assert_eq!(decoded, envelope);
+    }
+}
+
+#[test]
+fn decoded_blocks_are_slices_of_the_frame() {
+    let envelope = Envelope {
+        request_id: 1,
+        message: Message::PeekReply(PeekReply {
+            blocks: vec![block(3, b"some block bytes")],
+            end: Version(1),
+            popped: Version(0),
+            max_known_version: Version(1),
+            end_of_stream: false,
+        }),
+    };
+    let frame = envelope.encode();
+    let range = frame.as_ptr_range();
+    let Ok(Envelope {
+        message: Message::PeekReply(reply),
+        ..
+    }) = Envelope::decode(frame.clone())
+    else {
+        panic!("not a peek reply");
+    };
+    assert_eq!(
+        reply.blocks[0].data,
+        Bytes::from_static(b"some block bytes")
+    );
+    assert!(range.contains(&reply.blocks[0].data.as_ptr()));
+}
+
+#[test]
+fn team_block_data_converts_to_and_from_a_parsed_block() {
+    let mut builder = crate::block::TeamBlockBuilder::new(StorageTeamId(6));
+    builder.push_empty_version(Version(3)).unwrap();
+    let parsed = TeamBlock::parse(builder.finish()).unwrap();
+    let data = TeamBlockData::from(parsed.clone());
+    assert_eq!(data.team, StorageTeamId(6));
+    assert_eq!(data.data, *parsed.bytes());
+    assert_eq!(data.parse().unwrap().last_version(), Some(Version(3)));
+    assert!(block(1, b"junk").parse().is_err());
+}
+
+#[test]
+fn request_and_reply_kinds_are_told_apart() {
+    let requests: Vec<&str> = every_message()
+        .iter()
+        .filter(|m| m.is_request())
+        .map(Message::name)
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            "tlog_commit",
+            "tlog_commit",
+            "peek",
+            "pop",
+            "lock",
+            "register_team",
+            "status"
+        ]
+    );
+}
+
+#[test]
+fn error_codes_display_in_snake_case() {
+    assert_eq!(ErrorCode::TLogStopped.to_string(), "tlog_stopped");
+    assert_eq!(
+        ErrorCode::PeekBeforePopped.to_string(),
+        "peek_before_popped"
+    );
+    assert_eq!(
+        ErrorReply::new(ErrorCode::UnknownTeam, "team-4").to_string(),
+        "unknown_team: team-4"
+    );
+}
+
+/// An envelope whose union carries a type this code does not know.
+fn envelope_with_payload_type(request_id: u64, payload_type: u8) -> Bytes {
+    let mut fbb = FlatBufferBuilder::new();
+    let payload = fb::PopReply::create(&mut fbb, &fb::PopReplyArgs {});
+    let root = fb::Envelope::create(
+        &mut fbb,
+        &fb::EnvelopeArgs {
+            request_id,
+            payload_type: fb::Payload(payload_type),
+            payload: (payload_type != 0).then(|| payload.as_union_value()),
+        },
+    );
+    fbb.finish(root, None);
+    Bytes::copy_from_slice(fbb.finished_data())
+}
+
+#[test]
+fn an_unknown_message_type_keeps_its_request_id() {
+    for payload_type in [0u8, 14, 200, 255] {
+        assert_eq!(
+            Envelope::decode(envelope_with_payload_type(42, payload_type)),
+            Err(DecodeError::UnknownMessage { request_id: 42 }),
+            "payload type {payload_type}"
+        );
+    }
+}
+
+#[test]
+fn garbage_is_an_invalid_flatbuffer() {
+    for frame in [&b""[..], b"\x00", b"\xff\xff\xff\xff\xff\xff\xff\xff"] {
+        assert!(matches!(
+            Envelope::decode(Bytes::copy_from_slice(frame)),
+            Err(DecodeError::InvalidFlatbuffer(_))
+        ));
+    }
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Envelope::decode(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn corrupted_messages_never_panic(
+        which in 0usize..16,
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let messages = every_message();
+        let message = messages[which % messages.len()].clone();
+        let mut bytes = Envelope { request_id: 7, message }.encode().to_vec();
+        for (at, value) in flips {
+            let at = at.index(bytes.len());
+            bytes[at] = value;
+        }
+        if let Ok(decoded) = Envelope::decode(Bytes::from(bytes)) {
+            // Whatever decodes must encode and decode to itself again.
+            prop_assert_eq!(Envelope::decode(decoded.encode()), Ok(decoded));
+        }
+    }
+}

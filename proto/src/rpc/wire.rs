@@ -1,0 +1,417 @@
+//! Conversion between the owned messages and the generated flatbuffers code.
+
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
+
+use super::{
+    DecodeError, Envelope, ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest,
+    PopRequest, RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
+    TeamBlockData, TeamStatus,
+};
+use crate::generated::rpc as fb;
+use crate::types::{StorageServerId, StorageTeamId, Version};
+
+/// Room for the tables and offsets around the payload bytes.
+const ENVELOPE_OVERHEAD: usize = 256;
+const PER_BLOCK_OVERHEAD: usize = 32;
+
+pub(super) fn encode(envelope: &Envelope) -> Bytes {
+    let mut fbb = FlatBufferBuilder::with_capacity(estimated_len(&envelope.message));
+    let (payload_type, payload) = encode_message(&mut fbb, &envelope.message);
+    let root = fb::Envelope::create(
+        &mut fbb,
+        &fb::EnvelopeArgs {
+            request_id: envelope.request_id,
+            payload_type,
+            payload: Some(payload),
+        },
+    );
+    fbb.finish(root, None);
+    // The builder fills its buffer from the back; hand out that tail without
+    // copying it.
+    let (buf, head) = fbb.collapse();
+    Bytes::from(buf).slice(head..)
+}
+
+fn estimated_len(message: &Message) -> usize {
+    let blocks = match message {
+        Message::TLogCommit(r) => r.teams.as_slice(),
+        Message::PeekReply(r) => r.blocks.as_slice(),
+        _ => &[],
+    };
+    ENVELOPE_OVERHEAD
+        + blocks
+            .iter()
+            .map(|b| b.data.len() + PER_BLOCK_OVERHEAD)
+            .sum::<usize>()
+}
+
+fn encode_message(
+    fbb: &mut FlatBufferBuilder<'_>,
+    message: &Message,
+) -> (fb::Payload, WIPOffset<UnionWIPOffset>) {
+    match message {
+        Message::TLogCommit(r) => {
+            let teams = encode_blocks(fbb, &r.teams);
+            let t = fb::TLogCommitRequest::create(
+                fbb,
+                &fb::TLogCommitRequestArgs {
+                    prev_version: r.prev_version.0,
+                    version: r.version.0,
+                    known_committed_version: r.known_committed_version.0,
+                    teams: Some(teams),
+                },
+            );
+            (fb::Payload::TLogCommitRequest, t.as_union_value())
+        }
+        Message::TLogCommitReply(r) => {
+            let t = fb::TLogCommitReply::create(
+                fbb,
+                &fb::TLogCommitReplyArgs {
+                    version: r.version.0,
+                },
+            );
+            (fb::Payload::TLogCommitReply, t.as_union_value())
+        }
+        Message::Peek(r) => {
+            let t = fb::PeekRequest::create(
+                fbb,
+                &fb::PeekRequestArgs {
+                    team: r.team.0,
+                    begin: r.begin.0,
+                    max_bytes: r.max_bytes,
+                    timeout_ms: r.timeout_ms,
+                },
+            );
+            (fb::Payload::PeekRequest, t.as_union_value())
+        }
+        Message::PeekReply(r) => {
+            let blocks = encode_blocks(fbb, &r.blocks);
+            let t = fb::PeekReply::create(
+                fbb,
+                &fb::PeekReplyArgs {
+                    blocks: Some(blocks),
+                    end: r.end.0,
+                    popped: r.popped.0,
+                    max_known_version: r.max_known_version.0,
+                    end_of_stream: r.end_of_stream,
+                },
+            );
+            (fb::Payload::PeekReply, t.as_union_value())
+        }
+        Message::Pop(r) => {
+            let t = fb::PopRequest::create(
+                fbb,
+                &fb::PopRequestArgs {
+                    team: r.team.0,
+                    server: r.server.0,
+                    version: r.version.0,
+                },
+            );
+            (fb::Payload::PopRequest, t.as_union_value())
+        }
+        Message::PopReply => {
+            let t = fb::PopReply::create(fbb, &fb::PopReplyArgs {});
+            (fb::Payload::PopReply, t.as_union_value())
+        }
+        Message::Lock => {
+            let t = fb::LockRequest::create(fbb, &fb::LockRequestArgs {});
+            (fb::Payload::LockRequest, t.as_union_value())
+        }
+        Message::LockReply(r) => {
+            let t = fb::LockReply::create(
+                fbb,
+                &fb::LockReplyArgs {
+                    end_version: r.end_version.0,
+                    known_committed_version: r.known_committed_version.0,
+                },
+            );
+            (fb::Payload::LockReply, t.as_union_value())
+        }
+        Message::RegisterTeam(r) => {
+            let servers = encode_servers(fbb, &r.servers);
+            let t = fb::RegisterTeamRequest::create(
+                fbb,
+                &fb::RegisterTeamRequestArgs {
+                    team: r.team.0,
+                    servers: Some(servers),
+                },
+            );
+            (fb::Payload::RegisterTeamRequest, t.as_union_value())
+        }
+        Message::RegisterTeamReply => {
+            let t = fb::RegisterTeamReply::create(fbb, &fb::RegisterTeamReplyArgs {});
+            (fb::Payload::RegisterTeamReply, t.as_union_value())
+        }
+        Message::Status => {
+            let t = fb::StatusRequest::create(fbb, &fb::StatusRequestArgs {});
+            (fb::Payload::StatusRequest, t.as_union_value())
+        }
+        Message::TLogStatus(r) => {
+            let teams: Vec<_> = r
+                .teams
+                .iter()
+                .map(|team| {
+                    let servers = encode_servers(fbb, &team.servers);
+                    fb::TeamStatus::create(
+                        fbb,
+                        &fb::TeamStatusArgs {
+                            team: team.team.0,
+                            popped: team.popped.0,
+                            bytes: team.bytes,
+                            servers: Some(servers),
+                        },
+                    )
+                })
+                .collect();
+            let teams = fbb.create_vector(&teams);
+            let t = fb::TLogStatusReply::create(
+                fbb,
+                &fb::TLogStatusReplyArgs {
+                    durable_version: r.durable_version.0,
+                    known_committed_version: r.known_committed_version.0,
+                    locked: r.locked,
+                    poisoned: r.poisoned,
+                    memory_bytes: r.memory_bytes,
+                    memory_budget: r.memory_budget,
+                    disk_bytes: r.disk_bytes,
+                    truncation_blocker: r.truncation_blocker.map_or(0, |t| t.0),
+                    has_truncation_blocker: r.truncation_blocker.is_some(),
+                    teams: Some(teams),
+                },
+            );
+            (fb::Payload::TLogStatusReply, t.as_union_value())
+        }
+        Message::Error(r) => {
+            let text = fbb.create_string(&r.message);
+            let t = fb::ErrorReply::create(
+                fbb,
+                &fb::ErrorReplyArgs {
+                    code: code_to_wire(r.code),
+                    message: Some(text),
+                },
+            );
+            (fb::Payload::ErrorReply, t.as_union_value())
+        }
+    }
+}
+
+type BlocksOffset<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::TeamBlock<'a>>>>;
+
+fn encode_blocks<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    blocks: &[TeamBlockData],
+) -> BlocksOffset<'a> {
+    let tables: Vec<_> = blocks
+        .iter()
+        .map(|block| {
+            let data = fbb.create_vector(&block.data);
+            fb::TeamBlock::create(
+                fbb,
+                &fb::TeamBlockArgs {
+                    team: block.team.0,
+                    data: Some(data),
+                },
+            )
+        })
+        .collect();
+    fbb.create_vector(&tables)
+}
+
+fn encode_servers<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    servers: &[StorageServerId],
+) -> WIPOffset<Vector<'a, u64>> {
+    let ids: Vec<u64> = servers.iter().map(|s| s.0).collect();
+    fbb.create_vector(&ids)
+}
+
+fn code_to_wire(code: ErrorCode) -> fb::ErrorCode {
+    // `ErrorCode` is declared in the schema's order, so its discriminant is
+    // the wire value (checked by a test against the generated constants).
+    fb::ErrorCode(code as u16)
+}
+
+/// A code from a newer peer that this code does not know reads as `Unknown`.
+fn code_from_wire(code: fb::ErrorCode) -> ErrorCode {
+    ErrorCode::ALL
+        .get(usize::from(code.0))
+        .copied()
+        .unwrap_or(ErrorCode::Unknown)
+}
+
+pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
+    let envelope = fb::root_as_envelope(&frame)?;
+    let request_id = envelope.request_id();
+    let unknown = DecodeError::UnknownMessage { request_id };
+    // The verifier has checked that a typed union has a value, so a missing
+    // one only comes with a type this code does not know.
+    let message = match envelope.payload_type() {
+        fb::Payload::TLogCommitRequest => {
+            let r = envelope.payload_as_tlog_commit_request().ok_or(unknown)?;
+            Message::TLogCommit(TLogCommitRequest {
+                prev_version: Version(r.prev_version()),
+                version: Version(r.version()),
+                known_committed_version: Version(r.known_committed_version()),
+                teams: decode_blocks(&frame, r.teams())?,
+            })
+        }
+        fb::Payload::TLogCommitReply => {
+            let r = envelope.payload_as_tlog_commit_reply().ok_or(unknown)?;
+            Message::TLogCommitReply(TLogCommitReply {
+                version: Version(r.version()),
+            })
+        }
+        fb::Payload::PeekRequest => {
+            let r = envelope.payload_as_peek_request().ok_or(unknown)?;
+            Message::Peek(PeekRequest {
+                team: StorageTeamId(r.team()),
+                begin: Version(r.begin()),
+                max_bytes: r.max_bytes(),
+                timeout_ms: r.timeout_ms(),
+            })
+        }
+        fb::Payload::PeekReply => {
+            let r = envelope.payload_as_peek_reply().ok_or(unknown)?;
+            Message::PeekReply(PeekReply {
+                blocks: decode_blocks(&frame, r.blocks())?,
+                end: Version(r.end()),
+                popped: Version(r.popped()),
+                max_known_version: Version(r.max_known_version()),
+                end_of_stream: r.end_of_stream(),
+            })
+        }
+        fb::Payload::PopRequest => {
+            let r = envelope.payload_as_pop_request().ok_or(unknown)?;
+            Message::Pop(PopRequest {
+                team: StorageTeamId(r.team()),
+                server: StorageServerId(r.server()),
+                version: Version(r.version()),
+            })
+        }
+        fb::Payload::PopReply => Message::PopReply,
+        fb::Payload::LockRequest => Message::Lock,
+        fb::Payload::LockReply => {
+            let r = envelope.payload_as_lock_reply().ok_or(unknown)?;
+            Message::LockReply(LockReply {
+                end_version: Version(r.end_version()),
+                known_committed_version: Version(r.known_committed_version()),
+            })
+        }
+        fb::Payload::RegisterTeamRequest => {
+            let r = envelope.payload_as_register_team_request().ok_or(unknown)?;
+            Message::RegisterTeam(RegisterTeamRequest {
+                team: StorageTeamId(r.team()),
+                servers: decode_servers(r.servers()),
+            })
+        }
+        fb::Payload::RegisterTeamReply => Message::RegisterTeamReply,
+        fb::Payload::StatusRequest => Message::Status,
+        fb::Payload::TLogStatusReply => {
+            let r = envelope.payload_as_tlog_status_reply().ok_or(unknown)?;
+            let teams = r
+                .teams()
+                .map(|teams| {
+                    teams
+                        .iter()
+                        .map(|t| TeamStatus {
+                            team: StorageTeamId(t.team()),
+                            popped: Version(t.popped()),
+                            bytes: t.bytes(),
+                            servers: decode_servers(t.servers()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Message::TLogStatus(TLogStatusReply {
+                durable_version: Version(r.durable_version()),
+                known_committed_version: Version(r.known_committed_version()),
+                locked: r.locked(),
+                poisoned: r.poisoned(),
+                memory_bytes: r.memory_bytes(),
+                memory_budget: r.memory_budget(),
+                disk_bytes: r.disk_bytes(),
+                truncation_blocker: r
+                    .has_truncation_blocker()
+                    .then(|| StorageTeamId(r.truncation_blocker())),
+                teams,
+            })
+        }
+        fb::Payload::ErrorReply => {
+            let r = envelope.payload_as_error_reply().ok_or(unknown)?;
+            Message::Error(ErrorReply {
+                code: code_from_wire(r.code()),
+                message: r.message().unwrap_or_default().to_owned(),
+            })
+        }
+        _ => return Err(unknown),
+    };
+    Ok(Envelope {
+        request_id,
+        message,
+    })
+}
+
+fn decode_blocks(
+    frame: &Bytes,
+    blocks: Option<Vector<'_, ForwardsUOffset<fb::TeamBlock<'_>>>>,
+) -> Result<Vec<TeamBlockData>, DecodeError> {
+    let Some(blocks) = blocks else {
+        return Ok(Vec::new());
+    };
+    blocks
+        .iter()
+        .map(|block| {
+            let data = match block.data() {
+                Some(data) => subslice(frame, data.bytes())?,
+                None => Bytes::new(),
+            };
+            Ok(TeamBlockData {
+                team: StorageTeamId(block.team()),
+                data,
+            })
+        })
+        .collect()
+}
+
+/// `Bytes::slice_ref` without its panic: the verifier guarantees that `sub`
+/// lies inside `frame`, and this keeps that guarantee from being a panic
+/// path should it ever fail.
+fn subslice(frame: &Bytes, sub: &[u8]) -> Result<Bytes, DecodeError> {
+    if sub.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let start = (sub.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
+    match start {
+        Some(start) if start <= frame.len() && sub.len() <= frame.len() - start => {
+            Ok(frame.slice(start..start + sub.len()))
+        }
+        _ => Err(DecodeError::InvalidFlatbuffer(
+            flatbuffers::InvalidFlatbuffer::RangeOutOfBounds {
+                range: 0..sub.len(),
+                error_trace: Default::default(),
+            },
+        )),
+    }
+}
+
+fn decode_servers(servers: Option<Vector<'_, u64>>) -> Vec<StorageServerId> {
+    servers
+        .map(|ids| ids.iter().map(StorageServerId).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_map_to_the_schema_values_of_the_same_name() {
+        for code in ErrorCode::ALL {
+            let wire = code_to_wire(code);
+            assert_eq!(wire.variant_name(), Some(format!("{code:?}").as_str()));
+            assert_eq!(code_from_wire(wire), code);
+        }
+        assert_eq!(code_from_wire(fb::ErrorCode(999)), ErrorCode::Unknown);
+    }
+}

@@ -1,0 +1,116 @@
+//! Multiplexed RPC over TCP: one connection carries many requests at once,
+//! each reply matched to its request by `request_id`.
+//!
+//! ```text
+//!  RpcClient::call ──▶ writer task ══ frames ══▶ read loop ──▶ one task per request
+//!   (pending map:                                 (stops reading     │ Service::handle
+//!    request_id →                                  at the in-flight  ▼
+//!    oneshot)     ◀── reader task ◀══ frames ══  writer task ◀── replies
+//! ```
+//!
+//! Bad input on a server connection never takes the server down: a frame
+//! that is too large, fails its checksum or is not a flatbuffer gets an
+//! [`ErrorReply`](crate::rpc::ErrorReply) with request id 0 and the
+//! connection is closed; a well-formed frame with a message the server does
+//! not answer gets `unknown_message` for its request id and the connection
+//! stays open.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::SinkExt;
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedWrite;
+
+use crate::frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
+use crate::rpc::{DecodeError, ErrorCode};
+
+mod client;
+mod server;
+
+pub use client::RpcClient;
+pub use server::{serve, Service};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    #[error("connection i/o: {0}")]
+    Io(io::Error),
+    #[error("framing: {0}")]
+    Frame(FrameError),
+    #[error("undecodable reply: {0}")]
+    Decode(DecodeError),
+    /// The server answered the request with an error.
+    #[error("remote error {code}: {message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error("no reply within the timeout")]
+    Timeout,
+    /// The connection ended before the reply came; the request may or may
+    /// not have been carried out.
+    #[error("connection closed")]
+    ConnectionClosed,
+    /// The reply is of a different kind than the request calls for.
+    #[error("unexpected reply: {0}")]
+    UnexpectedReply(&'static str),
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The largest frame sent or accepted; match the server's.
+    pub max_frame_len: u32,
+    pub connect_timeout: Duration,
+    /// The default wait for a reply in [`RpcClient::call`].
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub max_frame_len: u32,
+    /// Requests of one connection handled at once; past it the server stops
+    /// reading that connection until one finishes (at least 1).
+    pub max_in_flight_per_connection: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_in_flight_per_connection: 256,
+        }
+    }
+}
+
+/// Outgoing frames queued per connection before senders wait.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Writes queued payloads as frames until the queue closes, flushing only
+/// when the queue runs dry so that a burst of frames shares one write.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    io: W,
+    max_frame_len: u32,
+    mut queue: mpsc::Receiver<Bytes>,
+) -> Result<(), FrameError> {
+    let mut sink = FramedWrite::new(io, FrameCodec::new(max_frame_len));
+    while let Some(frame) = queue.recv().await {
+        sink.feed(frame).await?;
+        while let Ok(frame) = queue.try_recv() {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await?;
+    }
+    sink.close().await
+}

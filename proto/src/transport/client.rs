@@ -1,0 +1,338 @@
+//! The client side: many concurrent calls over one connection.
+//!
+//! A call registers a oneshot under a fresh request id, queues its frame to
+//! the writer task and waits; the reader task completes the oneshot whose id
+//! the reply carries. When either task ends, the connection is closed and
+//! every pending call gets `ConnectionClosed`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{write_frames, ClientConfig, RpcError, OUTGOING_QUEUE};
+use crate::frame::{FrameCodec, FrameError};
+use crate::rpc::{
+    DecodeError, Envelope, LockReply, Message, PeekReply, PeekRequest, PopRequest,
+    RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
+};
+
+type ReplySender = oneshot::Sender<Result<Message, RpcError>>;
+
+/// A connection to one server. Clones share the connection; it closes when
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    peer: SocketAddr,
+    config: ClientConfig,
+    outgoing: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+    next_request_id: AtomicU64,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// What the caller side and the connection tasks share.
+struct Shared {
+    pending: Mutex<Pending>,
+    closed: AtomicBool,
+    /// Ends both connection tasks.
+    stop: CancellationToken,
+}
+
+struct Pending {
+    calls: HashMap<u64, ReplySender>,
+    /// Set under the lock together with draining `calls`, so no call can
+    /// register after the drain and wait forever.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding this lock leaves the map consistent (every
+        // operation on it is a single insert or remove), so keep using it.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, request_id: u64, reply: ReplySender) -> Result<(), RpcError> {
+        let mut pending = self.lock();
+        if pending.closed {
+            return Err(RpcError::ConnectionClosed);
+        }
+        pending.calls.insert(request_id, reply);
+        Ok(())
+    }
+
+    fn complete(&self, request_id: u64, reply: Result<Message, RpcError>) {
+        let sender = self.lock().calls.remove(&request_id);
+        match sender {
+            // The caller may have given up in the meantime; nothing to do.
+            Some(sender) => drop(sender.send(reply)),
+            None => debug!(request_id, "reply for a call no longer waiting"),
+        }
+    }
+
+    fn forget(&self, request_id: u64) {
+        self.lock().calls.remove(&request_id);
+    }
+
+    /// Ends the connection; dropping the senders wakes every pending call
+    /// with `ConnectionClosed`.
+    fn close(&self) {
+        let calls = {
+            let mut pending = self.lock();
+            pending.closed = true;
+            std::mem::take(&mut pending.calls)
+        };
+        self.closed.store(true, Ordering::Release);
+        self.stop.cancel();
+        drop(calls);
+    }
+}
+
+/// Removes a call's entry however the call ends (reply, timeout, or the
+/// caller dropping the future).
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    request_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.request_id);
+    }
+}
+
+impl RpcClient {
+    pub async fn connect(addr: SocketAddr, config: ClientConfig) -> Result<RpcClient, RpcError> {
+        let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                RpcError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection to {addr} within {:?}",
+                        config.connect_timeout
+                    ),
+                ))
+            })?
+            .map_err(RpcError::Connect)?;
+        stream.set_nodelay(true).map_err(RpcError::Connect)?;
+        let (read_half, write_half) = stream.into_split();
+
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                calls: HashMap::new(),
+                closed: false,
+            }),
+            closed: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+        });
+        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+
+        let writer_shared = Arc::clone(&shared);
+        let max_frame_len = config.max_frame_len;
+        tokio::spawn(async move {
+            tokio::select! {
+                result = write_frames(write_half, max_frame_len, queue) => {
+                    if let Err(e) = result {
+                        debug!(peer = %addr, error = %e, "client connection write failed");
+                    }
+                }
+                () = writer_shared.stop.cancelled() => {}
+            }
+            writer_shared.close();
+        });
+
+        let reader_shared = Arc::clone(&shared);
+        let reader = FramedRead::new(read_half, FrameCodec::new(max_frame_len));
+        tokio::spawn(async move {
+            tokio::select! {
+                () = read_replies(reader, &reader_shared, addr) => {}
+                () = reader_shared.stop.cancelled() => {}
+            }
+            reader_shared.close();
+        });
+
+        debug!(peer = %addr, "client connected");
+        Ok(RpcClient {
+            inner: Arc::new(ClientInner {
+                peer: addr,
+                config,
+                outgoing,
+                shared,
+                next_request_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Sends a request and waits for its reply for up to the configured
+    /// request timeout. An error reply comes back as
+    /// `Err(RpcError::Remote{..})`.
+    pub async fn call(&self, message: Message) -> Result<Message, RpcError> {
+        self.call_with_timeout(message, self.inner.config.request_timeout)
+            .await
+    }
+
+    pub async fn call_with_timeout(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Message, RpcError> {
+        let inner = &*self.inner;
+        // Id 0 is what servers use for errors about the connection itself.
+        let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Envelope {
+            request_id,
+            message,
+        }
+        .encode();
+        if frame.len() > inner.config.max_frame_len as usize {
+            return Err(RpcError::Frame(FrameError::TooLarge {
+                len: frame.len() as u64,
+                max: inner.config.max_frame_len,
+            }));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        inner.shared.register(request_id, reply_tx)?;
+        let _guard = PendingGuard {
+            shared: &inner.shared,
+            request_id,
+        };
+        let exchange = async {
+            inner
+                .outgoing
+                .send(frame)
+                .await
+                .map_err(|_| RpcError::ConnectionClosed)?;
+            reply_rx.await.map_err(|_| RpcError::ConnectionClosed)?
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(RpcError::Timeout),
+            Ok(Ok(Message::Error(e))) => Err(RpcError::Remote {
+                code: e.code,
+                message: e.message,
+            }),
+            Ok(reply) => reply,
+        }
+    }
+
+    /// Whether the connection has ended; every later call fails with
+    /// `ConnectionClosed`.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.closed.load(Ordering::Acquire)
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    pub async fn tlog_commit(
+        &self,
+        request: TLogCommitRequest,
+    ) -> Result<TLogCommitReply, RpcError> {
+        match self.call(Message::TLogCommit(request)).await? {
+            Message::TLogCommitReply(reply) => Ok(reply),
+            other => Err(RpcError::UnexpectedReply(other.name())),
+        }
+    }
+
+    pub async fn peek(&self, request: PeekRequest) -> Result<PeekReply, RpcError> {
+        // A long poll may legitimately take its whole timeout before the
+        // reply is sent.
+        let timeout = self.inner.config.request_timeout
+            + Duration::from_millis(u64::from(request.timeout_ms));
+        match self
+            .call_with_timeout(Message::Peek(request), timeout)
+            .await?
+        {
+            Message::PeekReply(reply) => Ok(reply),
+            other => Err(RpcError::UnexpectedReply(other.name())),
+        }
+    }
+
+    pub async fn pop(&self, request: PopRequest) -> Result<(), RpcError> {
+        match self.call(Message::Pop(request)).await? {
+            Message::PopReply => Ok(()),
+            other => Err(RpcError::UnexpectedReply(other.name())),
+        }
+    }
+
+    pub async fn lock(&self) -> Result<LockReply, RpcError> {
+        match self.call(Message::Lock).await? {
+            Message::LockReply(reply) => Ok(reply),
+            other => Err(RpcError::UnexpectedReply(other.name())),
+        }
+    }
+
+    pub async fn register_team(&self, request: RegisterTeamRequest) -> Result<(), RpcError> {
+        match self.call(Message::RegisterTeam(request)).await? {
+            Message::RegisterTeamReply => Ok(()),
+            other => Err(RpcError::UnexpectedReply(other.name())),
+        }
+    }
+
+    pub async fn status(&self) -> Result<TLogStatusReply, RpcError> {
+        match self.call(Message::Status).await? {
+            Message::TLogStatus(reply) => Ok(reply),
+            other => Err(RpcError::UnexpectedReply(other.name())),
+        }
+    }
+}
+
+/// Hands each reply to its waiting call until the stream ends or carries
+/// something that cannot be matched to a call.
+async fn read_replies(
+    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    shared: &Shared,
+    peer: SocketAddr,
+) {
+    while let Some(frame) = frames.next().await {
+        let payload = match frame {
+            Ok(payload) => payload,
+            Err(FrameError::Io(e)) => {
+                debug!(%peer, error = %e, "client connection read failed");
+                return;
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "bad frame from server; closing connection");
+                return;
+            }
+        };
+        match Envelope::decode(payload) {
+            Ok(Envelope {
+                request_id: 0,
+                message: Message::Error(e),
+            }) => {
+                warn!(%peer, code = %e.code, message = %e.message, "server refused the connection");
+            }
+            Ok(envelope) => shared.complete(envelope.request_id, Ok(envelope.message)),
+            Err(e @ DecodeError::UnknownMessage { request_id }) => {
+                shared.complete(request_id, Err(RpcError::Decode(e)));
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "undecodable reply; closing connection");
+                return;
+            }
+        }
+    }
+    debug!(%peer, "server closed the connection");
+}
