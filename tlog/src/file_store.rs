@@ -1,1 +1,247 @@
-//! placeholder
+//! [`LogStore`] on a directory of preallocated files, one per segment.
+//!
+//! ```text
+//!   <dir>/00000000000000000001.seg   capacity bytes, zero-filled at creation
+//!   <dir>/00000000000000000002.seg
+//!   <dir>/00000000000000000003.seg.tmp   (being created; deleted on open)
+//! ```
+//!
+//! Creation writes zeros into `<id>.seg.tmp`, fsyncs it, renames it into
+//! place and fsyncs the directory, so a segment either exists with its full
+//! capacity or not at all after a crash.
+//!
+//! Why zero-fill rather than `fallocate`: on ext4 `fallocate` leaves the
+//! extents "unwritten", so the first write into each block must convert the
+//! extent and every such fdatasync also commits metadata. Measured on the
+//! reference machine (1000 × 4 KiB pwrite + fdatasync into a 64 MiB file,
+//! three runs): zero-filled p50 0.08–0.14 ms, p99 0.16–0.25 ms; fallocate'd
+//! p50 0.17–0.18 ms, p99 0.27–0.62 ms. Zero-filling costs one sequential
+//! write of the segment at creation (about 45 ms for 64 MiB), paid once per
+//! segment instead of on every group commit.
+//!
+//! Reads use positioned I/O on shared `Arc<File>` handles, so readers on
+//! other threads never contend with the writer for a file offset.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::store::{check_bounds, LogStore, SegmentId, StoreError};
+
+const SEGMENT_SUFFIX: &str = ".seg";
+const TMP_SUFFIX: &str = ".seg.tmp";
+const ZERO_CHUNK: usize = 1 << 20;
+
+struct SegmentFile {
+    file: Arc<File>,
+    capacity: u64,
+}
+
+/// Segments stored as files in one directory.
+pub struct FileStore {
+    dir: PathBuf,
+    segments: RwLock<BTreeMap<SegmentId, SegmentFile>>,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the directory and every `<id>.seg` in it;
+    /// deletes leftovers of a creation interrupted by a crash.
+    pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
+        fs::create_dir_all(dir)
+            .map_err(|e| io_err(format!("create directory {}", dir.display()), e))?;
+        let entries =
+            fs::read_dir(dir).map_err(|e| io_err(format!("list {}", dir.display()), e))?;
+        let mut segments = BTreeMap::new();
+        let mut removed_tmp = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(format!("list {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(TMP_SUFFIX) {
+                if parse_id(stem).is_some() {
+                    let path = entry.path();
+                    fs::remove_file(&path)
+                        .map_err(|e| io_err(format!("remove {}", path.display()), e))?;
+                    removed_tmp = true;
+                }
+                continue;
+            }
+            let Some(id) = name.strip_suffix(SEGMENT_SUFFIX).and_then(parse_id) else {
+                continue;
+            };
+            let path = entry.path();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(format!("open {}", path.display()), e))?;
+            let capacity = file
+                .metadata()
+                .map_err(|e| io_err(format!("stat {}", path.display()), e))?
+                .len();
+            segments.insert(
+                id,
+                SegmentFile {
+                    file: Arc::new(file),
+                    capacity,
+                },
+            );
+        }
+        let store = FileStore {
+            dir: dir.to_path_buf(),
+            segments: RwLock::new(segments),
+        };
+        if removed_tmp {
+            store.sync_dir()?;
+        }
+        Ok(store)
+    }
+
+    /// The directory holding the segment files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of segment `id`'s file (whether or not it exists).
+    pub fn path(&self, id: SegmentId) -> PathBuf {
+        self.dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
+    }
+
+    fn handle(&self, id: SegmentId) -> Result<(Arc<File>, u64), StoreError> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let seg = segments.get(&id).ok_or(StoreError::NoSuchSegment(id))?;
+        Ok((Arc::clone(&seg.file), seg.capacity))
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        let what = || format!("sync directory {}", self.dir.display());
+        let dir = File::open(&self.dir).map_err(|e| io_err(what(), e))?;
+        dir.sync_all().map_err(|e| io_err(what(), e))
+    }
+}
+
+impl LogStore for FileStore {
+    fn list(&self) -> Result<Vec<SegmentId>, StoreError> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        Ok(segments.keys().copied().collect())
+    }
+
+    fn create(&self, id: SegmentId, capacity: u64) -> Result<(), StoreError> {
+        // The zero-fill runs without the lock so readers of other segments
+        // are not stalled for the duration; only the single writer creates.
+        let path = self.path(id);
+        if self.handle(id).is_ok() || path.exists() {
+            return Err(StoreError::AlreadyExists(id));
+        }
+        let tmp = self.dir.join(format!("{id:020}{TMP_SUFFIX}"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io_err(format!("create {}", tmp.display()), e))?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut left = capacity;
+        while left > 0 {
+            let n = left.min(ZERO_CHUNK as u64) as usize;
+            file.write_all(&zeros[..n])
+                .map_err(|e| io_err(format!("preallocate {}", tmp.display()), e))?;
+            left -= n as u64;
+        }
+        file.sync_all()
+            .map_err(|e| io_err(format!("sync {}", tmp.display()), e))?;
+        fs::rename(&tmp, &path)
+            .map_err(|e| io_err(format!("rename {} to {}", tmp.display(), path.display()), e))?;
+        self.sync_dir()?;
+        let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        segments.insert(
+            id,
+            SegmentFile {
+                file: Arc::new(file),
+                capacity,
+            },
+        );
+        Ok(())
+    }
+
+    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let (file, capacity) = self.handle(id)?;
+        check_bounds(id, offset, data.len() as u64, capacity, true)?;
+        file.write_all_at(data, offset).map_err(|e| {
+            io_err(
+                format!(
+                    "write {} bytes at {offset} to {}",
+                    data.len(),
+                    self.describe(id)
+                ),
+                e,
+            )
+        })
+    }
+
+    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let (file, capacity) = self.handle(id)?;
+        check_bounds(id, offset, buf.len() as u64, capacity, false)?;
+        let want = (buf.len() as u64).min(capacity - offset) as usize;
+        let mut done = 0;
+        while done < want {
+            match file.read_at(&mut buf[done..want], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(io_err(
+                        format!("read {want} bytes at {offset} from {}", self.describe(id)),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn sync(&self, id: SegmentId) -> Result<(), StoreError> {
+        let (file, _) = self.handle(id)?;
+        file.sync_data().map_err(|source| StoreError::SyncFailed {
+            segment: id,
+            source,
+        })
+    }
+
+    fn remove(&self, id: SegmentId) -> Result<(), StoreError> {
+        let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        if !segments.contains_key(&id) {
+            return Err(StoreError::NoSuchSegment(id));
+        }
+        let path = self.path(id);
+        fs::remove_file(&path).map_err(|e| io_err(format!("remove {}", path.display()), e))?;
+        segments.remove(&id);
+        drop(segments);
+        self.sync_dir()
+    }
+
+    fn capacity(&self, id: SegmentId) -> Result<u64, StoreError> {
+        Ok(self.handle(id)?.1)
+    }
+
+    fn describe(&self, id: SegmentId) -> String {
+        self.path(id).display().to_string()
+    }
+}
+
+/// Parses a file stem of exactly 20 decimal digits.
+fn parse_id(stem: &str) -> Option<SegmentId> {
+    if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+        stem.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn io_err(what: String, source: io::Error) -> StoreError {
+    StoreError::Io { what, source }
+}

@@ -1,1 +1,497 @@
-//! placeholder
+//! The segmented, checksummed record log: the TLog's durable storage.
+//!
+//! One writer appends records (opaque payloads) into a buffer; `sync` writes
+//! the buffer with one `write_at` and makes it durable with one fdatasync, so
+//! many commits share a sync (group commit). Readers on other threads
+//! ([`LogReader`]) see only what is durable.
+//!
+//! ```text
+//!  segment 7 (preallocated, zero-filled)                  segment 8
+//!  ┌────────┬─────┬─────┬─────┬─────┬──────┬──────────┐    ┌────────┬─────┬──
+//!  │ header │ r41 │ r42 │ r43 │ r44 │ seal │ 0 0 0 0  │ ─▶ │ header │ r46 │
+//!  └────────┴─────┴─────┴─────┴─────┴──────┴──────────┘    └────────┴─────┴──
+//!             └─ batch ─┘ └─ batch ─┘ (one sync each)
+//! ```
+//!
+//! # On-disk format (little-endian)
+//!
+//! Segment header, 64 bytes at offset 0:
+//!
+//! ```text
+//!  0  magic "TLOGSEG\0"   8  format version u32 (1)   12 header length u32 (64)
+//!  16 segment id u64      24 first sequence u64       32 zeros
+//!  60 crc32c of bytes 0..60
+//! ```
+//!
+//! Records follow at 8-byte aligned offsets from 64; each is a 32-byte header,
+//! the payload, and zero padding up to the next multiple of 8:
+//!
+//! ```text
+//!  0  magic u32 "TLR1"    4  payload_len u32      8  sequence u64
+//!  16 batch_start u64     24 kind u32 (1 data, 2 seal)
+//!  28 crc32c u32 of bytes 0..28 and the payload
+//! ```
+//!
+//! `sequence` goes up by exactly one per record across the whole log (the
+//! segment header holds the first one). `batch_start` is the offset of the
+//! first record written since the previous sync of the segment. A seal record
+//! ends every segment but the last: `roll` writes it and syncs before any byte
+//! goes to the next segment. Every segment keeps room for its seal.
+//!
+//! # Recovery
+//!
+//! Records are checked in order. Segments other than the last must end with a
+//! seal; anything invalid before it is corruption. In the last segment, at the
+//! first invalid record X the rest of the segment is probed (every 8-byte
+//! offset) for valid records with a later sequence. One whose `batch_start` is
+//! beyond X was written after a sync that covered X, so X is corruption
+//! ([`LogError::Corrupt`], the log refuses to open). Otherwise everything from
+//! X on is the unsynced last batch, whose pages may have persisted in any
+//! order: a torn tail, zeroed (so stale bytes never look valid later), synced,
+//! and appended over. A last segment with an invalid header and nothing else
+//! in it was being created by `roll` and is removed.
+//!
+//! One case cannot be told apart: corruption inside the very last synced
+//! batch, with no later batch on disk, looks exactly like a torn unsynced
+//! batch, so it is truncated (with a warning) rather than reported.
+
+mod format;
+mod reader;
+mod recovery;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use format::{RecordHeader, SegmentHeader, KIND_DATA, KIND_SEAL, SEAL_LEN};
+pub use format::{
+    FIRST_RECORD_OFFSET, FORMAT_VERSION, RECORD_ALIGN, RECORD_HEADER_LEN, RECORD_MAGIC,
+    SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+};
+pub use reader::LogReader;
+
+use crate::store::{LogStore, SegmentId, StoreError};
+
+/// Tunables of a [`SegmentLog`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Capacity of each new segment; a multiple of 8, at least
+    /// [`LogConfig::MIN_SEGMENT_SIZE`].
+    pub segment_size: u64,
+}
+
+impl LogConfig {
+    /// Room for the segment header, one empty record and the seal.
+    pub const MIN_SEGMENT_SIZE: u64 = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + SEAL_LEN;
+
+    /// The largest payload a segment of `capacity` bytes can hold.
+    pub fn max_payload(capacity: u64) -> u64 {
+        let room = capacity.saturating_sub(FIRST_RECORD_OFFSET + RECORD_HEADER_LEN + SEAL_LEN);
+        // Round down so the padded record still fits, and keep the whole
+        // record length representable in `RecordLocation::len`.
+        (room - room % RECORD_ALIGN).min(u64::from(u32::MAX) - RECORD_HEADER_LEN - RECORD_ALIGN)
+    }
+
+    fn validate(&self) -> Result<(), LogError> {
+        if self.segment_size < Self::MIN_SEGMENT_SIZE || self.segment_size % RECORD_ALIGN != 0 {
+            return Err(LogError::InvalidConfig(format!(
+                "segment_size {} must be a multiple of {RECORD_ALIGN} and at least {}",
+                self.segment_size,
+                Self::MIN_SEGMENT_SIZE
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+/// Where a record lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordLocation {
+    pub segment: SegmentId,
+    /// Offset of the record header in the segment.
+    pub offset: u64,
+    /// The whole record on disk: header, payload and padding.
+    pub len: u32,
+}
+
+impl RecordLocation {
+    /// Where the next record starts (a valid `scan` start once durable).
+    pub fn end(&self) -> LogPosition {
+        LogPosition {
+            segment: self.segment,
+            offset: self.offset + u64::from(self.len),
+        }
+    }
+}
+
+/// A point in the log: a segment and an offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    pub segment: SegmentId,
+    pub offset: u64,
+}
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Durable data failed verification; the log will not open over it.
+    #[error("corrupt log segment {segment} ({path}) at offset {offset}: {reason}")]
+    Corrupt {
+        segment: SegmentId,
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+    /// A write or sync failed earlier; the log accepts nothing more. Reopen
+    /// (recover) to continue.
+    #[error("log is poisoned by an earlier failed write or sync")]
+    Poisoned,
+    /// The payload can never fit in a segment of the configured size.
+    #[error("record payload of {len} bytes exceeds the maximum of {max}")]
+    RecordTooLarge { len: usize, max: u64 },
+    /// The payload does not fit in what is left of the current segment:
+    /// call `roll` first (see `needs_roll`).
+    #[error("record of {needed} bytes does not fit in segment {segment} ({available} bytes left); roll first")]
+    SegmentFull {
+        segment: SegmentId,
+        needed: u64,
+        available: u64,
+    },
+    /// The segment was removed by `remove_segments_before`.
+    #[error("segment {0} has been removed")]
+    SegmentRemoved(SegmentId),
+    /// A read asked for data that is not durable (yet).
+    #[error("{at:?} is beyond the durable end {durable_end:?}")]
+    NotDurable {
+        at: LogPosition,
+        durable_end: LogPosition,
+    },
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    /// The recovery visitor refused a record.
+    #[error("recovery visitor failed: {0}")]
+    Visit(String),
+}
+
+/// What readers share with the writer.
+#[derive(Debug)]
+struct Shared {
+    /// Every live segment: capacity, and where its durable data ends (after
+    /// the seal for sealed segments).
+    segments: BTreeMap<SegmentId, Extent>,
+    durable_end: LogPosition,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    capacity: u64,
+    end: u64,
+}
+
+fn read_lock(shared: &RwLock<Shared>) -> RwLockReadGuard<'_, Shared> {
+    shared.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock(shared: &RwLock<Shared>) -> RwLockWriteGuard<'_, Shared> {
+    shared.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn corrupt<S: LogStore>(
+    store: &S,
+    segment: SegmentId,
+    offset: u64,
+    reason: impl Into<String>,
+) -> LogError {
+    LogError::Corrupt {
+        segment,
+        path: store.describe(segment),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// The single-writer log. See the module doc.
+pub struct SegmentLog<S: LogStore> {
+    store: Arc<S>,
+    config: LogConfig,
+    shared: Arc<RwLock<Shared>>,
+    current: SegmentId,
+    capacity: u64,
+    /// Durable end of the current segment; `buffer` goes right after it.
+    synced_end: u64,
+    buffer: Vec<u8>,
+    next_sequence: u64,
+    /// Why the log is poisoned, once it is.
+    poison: Option<String>,
+}
+
+impl<S: LogStore> SegmentLog<S> {
+    /// Opens (creating the first segment if none) and recovers: calls `visit`
+    /// for every valid record in log order. Truncates a torn tail; reports
+    /// corruption anywhere else as [`LogError::Corrupt`] and refuses to open.
+    pub fn open<F>(store: Arc<S>, config: LogConfig, visit: F) -> Result<SegmentLog<S>, LogError>
+    where
+        F: FnMut(RecordLocation, &[u8]) -> Result<(), LogError>,
+    {
+        config.validate()?;
+        let rec = recovery::recover(&*store, visit)?;
+        let mut segments = rec.segments;
+        let (current, capacity, synced_end) = match rec.tail {
+            Some(tail) if !tail.sealed => (tail.segment, tail.capacity, tail.end),
+            _ => {
+                start_segment(
+                    &*store,
+                    rec.next_segment,
+                    config.segment_size,
+                    rec.next_sequence,
+                )?;
+                (rec.next_segment, config.segment_size, FIRST_RECORD_OFFSET)
+            }
+        };
+        segments.insert(
+            current,
+            Extent {
+                capacity,
+                end: synced_end,
+            },
+        );
+        let durable_end = LogPosition {
+            segment: current,
+            offset: synced_end,
+        };
+        Ok(SegmentLog {
+            store,
+            config,
+            shared: Arc::new(RwLock::new(Shared {
+                segments,
+                durable_end,
+            })),
+            current,
+            capacity,
+            synced_end,
+            buffer: Vec::new(),
+            next_sequence: rec.next_sequence,
+            poison: None,
+        })
+    }
+
+    fn check_poison(&self) -> Result<(), LogError> {
+        match self.poison {
+            Some(_) => Err(LogError::Poisoned),
+            None => Ok(()),
+        }
+    }
+
+    /// Offset where the next appended record will go.
+    fn append_end(&self) -> u64 {
+        self.synced_end + self.buffer.len() as u64
+    }
+
+    fn free(&self) -> u64 {
+        self.capacity.saturating_sub(self.append_end() + SEAL_LEN)
+    }
+
+    /// Buffers a record for the current segment (not durable, not visible to
+    /// readers).
+    pub fn append(&mut self, payload: &[u8]) -> Result<RecordLocation, LogError> {
+        self.check_poison()?;
+        let max = LogConfig::max_payload(self.config.segment_size);
+        if payload.len() as u64 > max {
+            return Err(LogError::RecordTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let len = format::record_len(payload.len() as u64);
+        if len > self.free() {
+            return Err(LogError::SegmentFull {
+                segment: self.current,
+                needed: len,
+                available: self.free(),
+            });
+        }
+        let location = RecordLocation {
+            segment: self.current,
+            offset: self.append_end(),
+            len: len as u32,
+        };
+        self.push(KIND_DATA, payload);
+        Ok(location)
+    }
+
+    fn push(&mut self, kind: u32, payload: &[u8]) {
+        let header = RecordHeader {
+            kind,
+            payload_len: payload.len() as u32,
+            sequence: self.next_sequence,
+            batch_start: self.synced_end,
+        };
+        format::encode_record(&mut self.buffer, header, payload);
+        self.next_sequence += 1;
+    }
+
+    /// True when a record with `payload_len` bytes of payload does not fit in
+    /// the current segment (the caller then calls `roll`).
+    pub fn needs_roll(&self, payload_len: usize) -> bool {
+        format::record_len(payload_len as u64) > self.free()
+    }
+
+    /// Ends the current segment: writes and syncs what is buffered plus a
+    /// seal, then starts a new segment; returns its id. Any failure poisons
+    /// the log (the old segment may already be sealed).
+    pub fn roll(&mut self) -> Result<SegmentId, LogError> {
+        self.check_poison()?;
+        self.push(KIND_SEAL, &[]);
+        self.sync()?;
+        let next = self.current + 1;
+        if let Err(e) = start_segment(
+            &*self.store,
+            next,
+            self.config.segment_size,
+            self.next_sequence,
+        ) {
+            return Err(self.poisoned(e));
+        }
+        self.current = next;
+        self.capacity = self.config.segment_size;
+        self.synced_end = FIRST_RECORD_OFFSET;
+        let mut shared = write_lock(&self.shared);
+        shared.segments.insert(
+            next,
+            Extent {
+                capacity: self.capacity,
+                end: FIRST_RECORD_OFFSET,
+            },
+        );
+        shared.durable_end = LogPosition {
+            segment: next,
+            offset: FIRST_RECORD_OFFSET,
+        };
+        Ok(next)
+    }
+
+    /// Writes everything appended (one `write_at`) and syncs; afterwards it is
+    /// durable and visible to readers. A failed write or sync poisons the
+    /// log: this and every later call returns [`LogError::Poisoned`]; the
+    /// sync is never retried, since after a failed fdatasync the page cache
+    /// no longer tells what reached the disk.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.check_poison()?;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .store
+            .write_at(self.current, self.synced_end, &self.buffer)
+            .and_then(|()| self.store.sync(self.current));
+        if let Err(e) = written {
+            return Err(self.poisoned(e.into()));
+        }
+        self.synced_end += self.buffer.len() as u64;
+        self.buffer.clear();
+        let mut shared = write_lock(&self.shared);
+        if let Some(extent) = shared.segments.get_mut(&self.current) {
+            extent.end = self.synced_end;
+        }
+        shared.durable_end = LogPosition {
+            segment: self.current,
+            offset: self.synced_end,
+        };
+        Ok(())
+    }
+
+    fn poisoned(&mut self, cause: LogError) -> LogError {
+        tracing::error!(segment = self.current, error = %cause, "log poisoned");
+        self.poison = Some(cause.to_string());
+        self.buffer.clear();
+        LogError::Poisoned
+    }
+
+    /// Durably removes every segment with id < `segment` (never the current
+    /// one), oldest first.
+    pub fn remove_segments_before(&mut self, segment: SegmentId) -> Result<(), LogError> {
+        self.check_poison()?;
+        let limit = segment.min(self.current);
+        let doomed: Vec<SegmentId> = read_lock(&self.shared)
+            .segments
+            .range(..limit)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in doomed {
+            // Oldest first, and the map entry goes only once the file is gone,
+            // so a failure leaves a consistent prefix removed.
+            self.store.remove(id)?;
+            write_lock(&self.shared).segments.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Live segment ids, ascending.
+    pub fn segments(&self) -> Vec<SegmentId> {
+        read_lock(&self.shared).segments.keys().copied().collect()
+    }
+
+    pub fn current_segment(&self) -> SegmentId {
+        self.current
+    }
+
+    pub fn durable_end(&self) -> LogPosition {
+        LogPosition {
+            segment: self.current,
+            offset: self.synced_end,
+        }
+    }
+
+    /// Disk space held by live segments (they are preallocated).
+    pub fn disk_bytes(&self) -> u64 {
+        read_lock(&self.shared)
+            .segments
+            .values()
+            .map(|e| e.capacity)
+            .sum()
+    }
+
+    pub fn reader(&self) -> LogReader<S> {
+        LogReader::new(Arc::clone(&self.store), Arc::clone(&self.shared))
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poison.is_some()
+    }
+
+    /// The error that poisoned the log, if any.
+    pub fn poison_cause(&self) -> Option<&str> {
+        self.poison.as_deref()
+    }
+
+    /// Bytes appended but not yet synced.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+/// Creates segment `id` and durably writes its header.
+fn start_segment<S: LogStore>(
+    store: &S,
+    id: SegmentId,
+    capacity: u64,
+    first_sequence: u64,
+) -> Result<(), LogError> {
+    store.create(id, capacity)?;
+    let header = SegmentHeader {
+        segment: id,
+        first_sequence,
+    };
+    store.write_at(id, 0, &header.encode())?;
+    store.sync(id)?;
+    Ok(())
+}
