@@ -1,0 +1,873 @@
+//! The TLog's state machine: no I/O, no clocks. Events go in, actions come out.
+//!
+//! ```text
+//!  commit/pop/lock/register ──▶ TLogCore ──Action::Append──▶ writer (log + fdatasync)
+//!                                  ▲                              │
+//!                                  └────── on_durable(seq, locs) ◀┘
+//!  peek ──▶ plan_peek ──▶ Ready (memory) | Wait (long poll) | Disk (read from the log)
+//! ```
+//!
+//! Commits are chained by `prev_version`: one whose predecessor has not
+//! arrived waits in `pending`; a duplicate of a remembered commit is
+//! acknowledged once durable and not appended again. Data becomes visible to
+//! peeks only once durable. Recent blocks stay in memory up to the budget;
+//! older ones are evicted and served from the log through sparse checkpoints.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use proto::block::TeamBlock;
+use proto::{StorageServerId, StorageTeamId, Version};
+
+use crate::log::{LogPosition, RecordLocation};
+use crate::record::{CommitRecord, Metadata, Record};
+use crate::store::SegmentId;
+use crate::team::{team_popped, TeamState};
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Bytes of blocks kept in memory (durable and not yet durable).
+    pub memory_budget: u64,
+    /// How long a commit waits for its predecessor before failing.
+    pub commit_wait_timeout_ms: u64,
+    /// Bytes of commits allowed to wait for predecessors.
+    pub max_pending_bytes: u64,
+    /// How many recent commits are remembered to recognise duplicates.
+    pub dedup_window: usize,
+    /// Log bytes between two disk checkpoints of the spilled-data index.
+    pub checkpoint_interval: u64,
+    /// Log bytes one disk peek may read.
+    pub disk_scan_limit: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            memory_budget: 256 << 20,
+            commit_wait_timeout_ms: 10_000,
+            max_pending_bytes: 64 << 20,
+            dedup_window: 100_000,
+            checkpoint_interval: 256 << 10,
+            disk_scan_limit: 4 << 20,
+        }
+    }
+}
+
+/// Why the core refused a request; the server maps each to a wire error code.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    #[error("tlog stopped: its epoch was ended by a lock")]
+    TLogStopped,
+    #[error("tlog poisoned by a failed write or sync; it accepts no commits")]
+    Poisoned,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("invalid block for {team}: {reason}")]
+    InvalidBlock { team: StorageTeamId, reason: String },
+    #[error("commit {prev}->{version} conflicts with this tlog's chain at {last}")]
+    VersionConflict {
+        prev: Version,
+        version: Version,
+        last: Version,
+    },
+    #[error("commit {version} is older than the duplicates this tlog remembers")]
+    CommitTooOld { version: Version },
+    #[error("commit {prev}->{version} waited too long for its predecessor (tlog is at {last})")]
+    MissingPredecessor {
+        prev: Version,
+        version: Version,
+        last: Version,
+    },
+    #[error("too many commits wait for predecessors")]
+    Overloaded,
+    #[error("peek at {begin} is below popped version {popped}")]
+    PeekBeforePopped { begin: Version, popped: Version },
+    #[error("unknown team {0}")]
+    UnknownTeam(StorageTeamId),
+}
+
+pub struct CommitRequest {
+    pub prev_version: Version,
+    pub version: Version,
+    pub known_committed_version: Version,
+    pub blocks: Vec<(StorageTeamId, Bytes)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockOutcome {
+    pub end_version: Version,
+    pub known_committed_version: Version,
+}
+
+#[derive(Debug)]
+pub enum Action<T> {
+    /// Write this record to the log; `seq` orders appends.
+    Append {
+        seq: u64,
+        record: Record,
+        payload: Bytes,
+    },
+    RemoveSegmentsBefore(SegmentId),
+    CommitDone(T, Result<Version, CoreError>),
+    LockDone(T, Result<LockOutcome, CoreError>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeekResult {
+    pub blocks: Vec<Bytes>,
+    pub end: Version,
+    pub popped: Version,
+    pub max_known_version: Version,
+    pub end_of_stream: bool,
+}
+
+/// A peek that must read spilled data from the log.
+#[derive(Clone, Debug)]
+pub struct DiskPeek {
+    pub team: StorageTeamId,
+    pub begin: Version,
+    pub from: LogPosition,
+    /// Versions at or above this are in memory: the scan stops there.
+    pub memory_floor: Version,
+    pub max_bytes: usize,
+    pub scan_limit: usize,
+    pub popped: Version,
+    pub durable_version: Version,
+}
+
+#[derive(Debug)]
+pub enum PeekPlan {
+    Ready(PeekResult),
+    /// Nothing at or after `begin` yet: wait for durability or a lock.
+    Wait,
+    Disk(DiskPeek),
+}
+
+struct Pending<T> {
+    request: CommitRequest,
+    waiters: Vec<T>,
+    deadline_ms: u64,
+    bytes: u64,
+}
+
+struct Unsynced<T> {
+    seq: u64,
+    commit: CommitRecord,
+    waiters: Vec<T>,
+}
+
+#[derive(Default)]
+struct SegmentSummary {
+    /// Per team: block bytes in the segment and its last version there.
+    teams: BTreeMap<StorageTeamId, (u64, Version)>,
+}
+
+pub struct TLogCore<T> {
+    config: CoreConfig,
+    meta: Metadata,
+    durable_version: Version,
+    poisoned: bool,
+    teams: BTreeMap<StorageTeamId, TeamState>,
+    next_seq: u64,
+    pending: BTreeMap<Version, Pending<T>>,
+    pending_bytes: u64,
+    unsynced: VecDeque<Unsynced<T>>,
+    /// Duplicates of a commit that is appended but not yet durable.
+    lock_waiters: Vec<(u64, T)>,
+    recent: BTreeMap<Version, Version>,
+    /// Durable commits in memory, oldest first, for eviction.
+    memory_order: VecDeque<(Version, Vec<StorageTeamId>)>,
+    memory_bytes: u64,
+    memory_floor: Version,
+    checkpoints: BTreeMap<Version, LogPosition>,
+    last_checkpoint: Option<LogPosition>,
+    segments: BTreeMap<SegmentId, SegmentSummary>,
+}
+
+impl<T> TLogCore<T> {
+    /// An empty TLog, or the start of a recovery: feed it every record of
+    /// the log in order with `recover_record`.
+    pub fn new(config: CoreConfig) -> Self {
+        TLogCore {
+            config,
+            meta: Metadata::default(),
+            durable_version: Version::ZERO,
+            poisoned: false,
+            teams: BTreeMap::new(),
+            next_seq: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            unsynced: VecDeque::new(),
+            lock_waiters: Vec::new(),
+            recent: BTreeMap::new(),
+            memory_order: VecDeque::new(),
+            memory_bytes: 0,
+            memory_floor: Version::ZERO,
+            checkpoints: BTreeMap::new(),
+            last_checkpoint: None,
+            segments: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one durable record found by recovery.
+    pub fn recover_record(&mut self, location: RecordLocation, record: Record) {
+        match record {
+            Record::Commit(commit) => {
+                for (team, _) in &commit.blocks {
+                    self.teams.entry(*team).or_default();
+                }
+                self.meta.apply_commit(&commit);
+                self.durable_version = commit.version;
+                self.remember(commit.prev_version, commit.version);
+                self.note_location(location, &commit);
+                self.make_visible(commit);
+            }
+            other => {
+                if let Record::Register { team, .. } | Record::Pop { team, .. } = &other {
+                    self.teams.entry(*team).or_default();
+                }
+                self.meta.apply(&other);
+            }
+        }
+        self.evict_to_budget();
+    }
+
+    /// Ends recovery: applies pops to what was loaded and evicts to budget.
+    pub fn finish_recovery(&mut self) -> Vec<Action<T>> {
+        let known = self
+            .meta
+            .registered
+            .keys()
+            .chain(self.meta.pops.keys().map(|(t, _)| t));
+        for team in known {
+            self.teams.entry(*team).or_default();
+        }
+        let ids: Vec<StorageTeamId> = self.teams.keys().copied().collect();
+        for team in ids {
+            self.refresh_popped(team);
+        }
+        self.durable_version = self.meta.last_version;
+        self.evict_to_budget();
+        self.truncation_actions()
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    pub fn durable_version(&self) -> Version {
+        self.durable_version
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.meta.locked
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    fn append(&mut self, record: Record, actions: &mut Vec<Action<T>>) -> u64 {
+        let payload = record.encode();
+        self.append_encoded(record, payload, actions)
+    }
+
+    fn append_encoded(
+        &mut self,
+        record: Record,
+        payload: Bytes,
+        actions: &mut Vec<Action<T>>,
+    ) -> u64 {
+        self.next_seq += 1;
+        actions.push(Action::Append {
+            seq: self.next_seq,
+            record,
+            payload,
+        });
+        self.next_seq
+    }
+
+    fn remember(&mut self, prev: Version, version: Version) {
+        self.recent.insert(version, prev);
+        while self.recent.len() > self.config.dedup_window {
+            self.recent.pop_first();
+        }
+    }
+
+    pub fn commit(&mut self, request: CommitRequest, token: T, now_ms: u64) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        if let Err(e) = self.check_commit(&request) {
+            actions.push(Action::CommitDone(token, Err(e)));
+            return actions;
+        }
+        let last = self.meta.last_version;
+        let (prev, version) = (request.prev_version, request.version);
+        if version <= last {
+            match self.recent.get(&version) {
+                Some(p) if *p == prev => self.ack_duplicate(version, token, &mut actions),
+                Some(_) => actions.push(Action::CommitDone(
+                    token,
+                    Err(CoreError::VersionConflict {
+                        prev,
+                        version,
+                        last,
+                    }),
+                )),
+                None => {
+                    let too_old = self
+                        .recent
+                        .first_key_value()
+                        .is_some_and(|(v, _)| version < *v);
+                    let err = if too_old {
+                        CoreError::CommitTooOld { version }
+                    } else {
+                        CoreError::VersionConflict {
+                            prev,
+                            version,
+                            last,
+                        }
+                    };
+                    actions.push(Action::CommitDone(token, Err(err)));
+                }
+            }
+        } else if prev < last {
+            actions.push(Action::CommitDone(
+                token,
+                Err(CoreError::VersionConflict {
+                    prev,
+                    version,
+                    last,
+                }),
+            ));
+        } else if prev == last {
+            self.accept(request, vec![token], &mut actions);
+            self.accept_chained(&mut actions);
+        } else {
+            self.park(request, token, now_ms, &mut actions);
+        }
+        actions
+    }
+
+    fn check_commit(&self, request: &CommitRequest) -> Result<(), CoreError> {
+        if self.poisoned {
+            return Err(CoreError::Poisoned);
+        }
+        if self.meta.locked {
+            return Err(CoreError::TLogStopped);
+        }
+        if request.version <= request.prev_version {
+            return Err(CoreError::Malformed(format!(
+                "version {} must exceed prev_version {}",
+                request.version, request.prev_version
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (team, data) in &request.blocks {
+            if !seen.insert(*team) {
+                return Err(CoreError::Malformed(format!("{team} appears twice")));
+            }
+            let invalid = |reason: String| CoreError::InvalidBlock {
+                team: *team,
+                reason,
+            };
+            let block = TeamBlock::parse(data.clone()).map_err(|e| invalid(e.to_string()))?;
+            if block.team() != *team {
+                return Err(invalid(format!("block is for {}", block.team())));
+            }
+            if block.section_count() != 1 || block.first_version() != Some(request.version) {
+                return Err(invalid(format!(
+                    "a commit block holds exactly version {}",
+                    request.version
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn ack_duplicate(&mut self, version: Version, token: T, actions: &mut Vec<Action<T>>) {
+        if version <= self.durable_version {
+            actions.push(Action::CommitDone(token, Ok(version)));
+        } else if let Some(u) = self
+            .unsynced
+            .iter_mut()
+            .find(|u| u.commit.version == version)
+        {
+            u.waiters.push(token);
+        } else {
+            actions.push(Action::CommitDone(
+                token,
+                Err(CoreError::VersionConflict {
+                    prev: Version::ZERO,
+                    version,
+                    last: self.meta.last_version,
+                }),
+            ));
+        }
+    }
+
+    fn park(
+        &mut self,
+        request: CommitRequest,
+        token: T,
+        now_ms: u64,
+        actions: &mut Vec<Action<T>>,
+    ) {
+        let (prev, version) = (request.prev_version, request.version);
+        if let Some(p) = self.pending.get_mut(&prev) {
+            if p.request.version == version {
+                p.waiters.push(token);
+            } else {
+                let last = self.meta.last_version;
+                actions.push(Action::CommitDone(
+                    token,
+                    Err(CoreError::VersionConflict {
+                        prev,
+                        version,
+                        last,
+                    }),
+                ));
+            }
+            return;
+        }
+        let bytes = request
+            .blocks
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .sum::<u64>()
+            + 64;
+        if self.pending_bytes + bytes > self.config.max_pending_bytes {
+            actions.push(Action::CommitDone(token, Err(CoreError::Overloaded)));
+            return;
+        }
+        self.pending_bytes += bytes;
+        self.pending.insert(
+            prev,
+            Pending {
+                request,
+                waiters: vec![token],
+                deadline_ms: now_ms.saturating_add(self.config.commit_wait_timeout_ms),
+                bytes,
+            },
+        );
+    }
+
+    fn accept(&mut self, request: CommitRequest, waiters: Vec<T>, actions: &mut Vec<Action<T>>) {
+        let (payload, commit) = CommitRecord {
+            prev_version: request.prev_version,
+            version: request.version,
+            known_committed_version: request.known_committed_version,
+            blocks: request.blocks,
+        }
+        .into_encoded();
+        self.memory_bytes += commit_cost(&commit);
+        self.meta.apply_commit(&commit);
+        self.remember(commit.prev_version, commit.version);
+        let seq = self.append_encoded(Record::Commit(commit.clone()), payload, actions);
+        self.unsynced.push_back(Unsynced {
+            seq,
+            commit,
+            waiters,
+        });
+    }
+
+    fn accept_chained(&mut self, actions: &mut Vec<Action<T>>) {
+        while let Some(p) = self.pending.remove(&self.meta.last_version) {
+            self.pending_bytes -= p.bytes;
+            self.accept(p.request, p.waiters, actions);
+        }
+    }
+
+    /// Fails commits whose predecessor did not come in time.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        let expired: Vec<Version> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline_ms <= now_ms)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            let p = self.pending.remove(&key).expect("listed above");
+            self.pending_bytes -= p.bytes;
+            let err = CoreError::MissingPredecessor {
+                prev: p.request.prev_version,
+                version: p.request.version,
+                last: self.meta.last_version,
+            };
+            for w in p.waiters {
+                actions.push(Action::CommitDone(w, Err(err.clone())));
+            }
+        }
+        actions
+    }
+
+    /// The writer made every append up to `through_seq` durable; `commits`
+    /// says where each commit record landed.
+    pub fn on_durable(
+        &mut self,
+        through_seq: u64,
+        commits: &[(Version, RecordLocation)],
+    ) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        let mut locations = commits.iter().peekable();
+        while self.unsynced.front().is_some_and(|u| u.seq <= through_seq) {
+            let u = self.unsynced.pop_front().expect("front checked");
+            self.memory_bytes -= commit_cost(&u.commit);
+            while let Some((version, location)) = locations.peek() {
+                if *version > u.commit.version {
+                    break;
+                }
+                if *version == u.commit.version {
+                    self.note_location(*location, &u.commit);
+                }
+                locations.next();
+            }
+            self.durable_version = u.commit.version;
+            let version = u.commit.version;
+            self.make_visible(u.commit);
+            for w in u.waiters {
+                actions.push(Action::CommitDone(w, Ok(version)));
+            }
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lock_waiters)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= through_seq);
+        self.lock_waiters = waiting;
+        for (_, token) in done {
+            actions.push(Action::LockDone(token, Ok(self.lock_outcome())));
+        }
+        self.evict_to_budget();
+        actions.extend(self.truncation_actions());
+        actions
+    }
+
+    /// A write or sync failed: nothing appended since the last success is
+    /// durable, and the TLog never accepts another commit.
+    pub fn on_poisoned(&mut self) -> Vec<Action<T>> {
+        self.poisoned = true;
+        let mut actions = Vec::new();
+        for u in self.unsynced.drain(..) {
+            for w in u.waiters {
+                actions.push(Action::CommitDone(w, Err(CoreError::Poisoned)));
+            }
+        }
+        for (_, p) in std::mem::take(&mut self.pending) {
+            for w in p.waiters {
+                actions.push(Action::CommitDone(w, Err(CoreError::Poisoned)));
+            }
+        }
+        for (_, token) in self.lock_waiters.drain(..) {
+            actions.push(Action::LockDone(token, Err(CoreError::Poisoned)));
+        }
+        self.pending_bytes = 0;
+        actions
+    }
+
+    fn note_location(&mut self, location: RecordLocation, commit: &CommitRecord) {
+        let position = LogPosition {
+            segment: location.segment,
+            offset: location.offset,
+        };
+        let due = match self.last_checkpoint {
+            None => true,
+            Some(last) => {
+                last.segment != position.segment
+                    || position.offset >= last.offset + self.config.checkpoint_interval
+            }
+        };
+        if due {
+            self.checkpoints.insert(commit.version, position);
+            self.last_checkpoint = Some(position);
+        }
+        let summary = self.segments.entry(location.segment).or_default();
+        for (team, block) in &commit.blocks {
+            let entry = summary.teams.entry(*team).or_default();
+            entry.0 += block.len() as u64;
+            entry.1 = commit.version;
+        }
+    }
+
+    fn make_visible(&mut self, commit: CommitRecord) {
+        let mut teams = Vec::with_capacity(commit.blocks.len());
+        for (team, block) in commit.blocks {
+            let state = self.teams.entry(team).or_default();
+            if commit.version < state.popped {
+                continue;
+            }
+            self.memory_bytes += state.push(commit.version, block);
+            teams.push(team);
+        }
+        self.memory_order.push_back((commit.version, teams));
+    }
+
+    fn evict_to_budget(&mut self) {
+        while self.memory_bytes > self.config.memory_budget {
+            let Some((version, teams)) = self.memory_order.pop_front() else {
+                break;
+            };
+            for team in teams {
+                if let Some(state) = self.teams.get_mut(&team) {
+                    self.memory_bytes -= state.evict(version);
+                }
+            }
+            self.memory_floor = version.next();
+        }
+    }
+
+    fn refresh_popped(&mut self, team: StorageTeamId) {
+        let popped = team_popped(&self.meta, team);
+        if let Some(state) = self.teams.get_mut(&team) {
+            state.popped = popped;
+            self.memory_bytes -= state.discard_below(popped);
+        }
+    }
+
+    pub fn pop(
+        &mut self,
+        team: StorageTeamId,
+        server: StorageServerId,
+        version: Version,
+    ) -> Result<Vec<Action<T>>, CoreError> {
+        if !self.teams.contains_key(&team) {
+            return Err(CoreError::UnknownTeam(team));
+        }
+        let mut actions = Vec::new();
+        if self
+            .meta
+            .pops
+            .get(&(team, server))
+            .is_some_and(|v| *v >= version)
+        {
+            return Ok(actions);
+        }
+        let record = Record::Pop {
+            team,
+            server,
+            version,
+        };
+        self.meta.apply(&record);
+        self.append(record, &mut actions);
+        self.refresh_popped(team);
+        actions.extend(self.truncation_actions());
+        Ok(actions)
+    }
+
+    pub fn register_team(
+        &mut self,
+        team: StorageTeamId,
+        servers: Vec<StorageServerId>,
+    ) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        let record = Record::Register { team, servers };
+        self.meta.apply(&record);
+        self.append(record, &mut actions);
+        self.teams.entry(team).or_default();
+        self.refresh_popped(team);
+        actions.extend(self.truncation_actions());
+        actions
+    }
+
+    /// Ends the epoch. The answer comes once every accepted commit and the
+    /// lock itself are durable.
+    pub fn lock(&mut self, token: T) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        if self.poisoned {
+            actions.push(Action::LockDone(token, Err(CoreError::Poisoned)));
+            return actions;
+        }
+        if !self.meta.locked {
+            self.meta.locked = true;
+            for (_, p) in std::mem::take(&mut self.pending) {
+                for w in p.waiters {
+                    actions.push(Action::CommitDone(w, Err(CoreError::TLogStopped)));
+                }
+            }
+            self.pending_bytes = 0;
+            let seq = self.append(Record::Lock, &mut actions);
+            self.lock_waiters.push((seq, token));
+        } else if self.unsynced.is_empty() && self.lock_waiters.is_empty() {
+            actions.push(Action::LockDone(token, Ok(self.lock_outcome())));
+        } else {
+            self.lock_waiters.push((self.next_seq, token));
+        }
+        actions
+    }
+
+    fn lock_outcome(&self) -> LockOutcome {
+        LockOutcome {
+            end_version: self.durable_version,
+            known_committed_version: self.meta.known_committed_version,
+        }
+    }
+
+    /// Removes the oldest segments whose every team popped past them.
+    fn truncation_actions(&mut self) -> Vec<Action<T>> {
+        let Some(newest) = self.segments.keys().next_back().copied() else {
+            return Vec::new();
+        };
+        let mut keep_from = None;
+        for (id, summary) in &self.segments {
+            let removable = *id < newest
+                && summary
+                    .teams
+                    .iter()
+                    .all(|(team, (_, last))| self.popped_of(*team) > *last);
+            if !removable {
+                keep_from = Some(*id);
+                break;
+            }
+        }
+        let Some(keep_from) = keep_from else {
+            return Vec::new();
+        };
+        if self.segments.first_key_value().map(|(id, _)| *id) == Some(keep_from) {
+            return Vec::new();
+        }
+        self.segments = self.segments.split_off(&keep_from);
+        self.checkpoints.retain(|_, p| p.segment >= keep_from);
+        vec![Action::RemoveSegmentsBefore(keep_from)]
+    }
+
+    fn popped_of(&self, team: StorageTeamId) -> Version {
+        self.teams.get(&team).map(|t| t.popped).unwrap_or_default()
+    }
+
+    pub fn plan_peek(
+        &self,
+        team: StorageTeamId,
+        begin: Version,
+        max_bytes: usize,
+    ) -> Result<PeekPlan, CoreError> {
+        let state = self.teams.get(&team).ok_or(CoreError::UnknownTeam(team))?;
+        if begin < state.popped {
+            return Err(CoreError::PeekBeforePopped {
+                begin,
+                popped: state.popped,
+            });
+        }
+        let locked = self.meta.locked && self.unsynced.is_empty();
+        let base = PeekResult {
+            blocks: Vec::new(),
+            end: self.durable_version.next(),
+            popped: state.popped,
+            max_known_version: self.durable_version,
+            end_of_stream: false,
+        };
+        if begin > self.durable_version {
+            if locked {
+                return Ok(PeekPlan::Ready(PeekResult {
+                    end: begin.max(base.end),
+                    end_of_stream: true,
+                    ..base
+                }));
+            }
+            return Ok(PeekPlan::Wait);
+        }
+        if begin < self.memory_floor {
+            let from = self
+                .checkpoints
+                .range(..=begin)
+                .next_back()
+                .or_else(|| self.checkpoints.first_key_value())
+                .map(|(_, p)| *p);
+            if let Some(from) = from {
+                return Ok(PeekPlan::Disk(DiskPeek {
+                    team,
+                    begin,
+                    from,
+                    memory_floor: self.memory_floor,
+                    max_bytes,
+                    scan_limit: self.config.disk_scan_limit,
+                    popped: state.popped,
+                    durable_version: self.durable_version,
+                }));
+            }
+        }
+        let start = state.memory.partition_point(|(v, _)| *v < begin);
+        let mut result = base;
+        let mut bytes = 0;
+        for (version, block) in state.memory.range(start..) {
+            if bytes > 0 && bytes + block.len() > max_bytes {
+                result.end = *version;
+                break;
+            }
+            bytes += block.len();
+            result.blocks.push(block.clone());
+        }
+        result.end_of_stream = locked && result.end > self.durable_version;
+        Ok(PeekPlan::Ready(result))
+    }
+
+    /// Per team: popped version, bytes in the retained log, registered servers.
+    pub fn team_report(&self) -> Vec<(StorageTeamId, Version, u64, Vec<StorageServerId>)> {
+        self.teams
+            .iter()
+            .map(|(team, state)| {
+                let bytes = self
+                    .segments
+                    .values()
+                    .filter_map(|s| s.teams.get(team).map(|(b, _)| *b))
+                    .sum();
+                let servers = self.meta.registered.get(team).cloned().unwrap_or_default();
+                (*team, state.popped, bytes, servers)
+            })
+            .collect()
+    }
+
+    /// The team whose unpopped data keeps the oldest segment from being removed.
+    pub fn truncation_blocker(&self) -> Option<StorageTeamId> {
+        let (_, oldest) = self.segments.first_key_value()?;
+        oldest
+            .teams
+            .iter()
+            .filter(|(team, (_, last))| self.popped_of(**team) <= *last)
+            .min_by_key(|(team, _)| self.popped_of(**team))
+            .map(|(team, _)| *team)
+    }
+}
+
+fn commit_cost(commit: &CommitRecord) -> u64 {
+    commit.block_bytes() as u64 + commit.blocks.len() as u64 * crate::team::BLOCK_OVERHEAD
+}
+
+/// Completes a disk peek from the records the log returned.
+pub fn finish_disk_peek(
+    peek: &DiskPeek,
+    records: &[Bytes],
+) -> Result<PeekResult, crate::record::RecordError> {
+    let mut result = PeekResult {
+        blocks: Vec::new(),
+        end: peek.begin,
+        popped: peek.popped,
+        max_known_version: peek.durable_version,
+        end_of_stream: false,
+    };
+    let mut bytes = 0;
+    for payload in records {
+        let Some((version, block)) = crate::record::commit_block_for_team(payload, peek.team)?
+        else {
+            continue;
+        };
+        if version < peek.begin {
+            continue;
+        }
+        if version >= peek.memory_floor {
+            result.end = version;
+            return Ok(result);
+        }
+        if let Some(block) = block {
+            if bytes > 0 && bytes + block.len() > peek.max_bytes {
+                result.end = version;
+                return Ok(result);
+            }
+            bytes += block.len();
+            result.blocks.push(block);
+        }
+        result.end = version.next();
+    }
+    Ok(result)
+}

@@ -1,0 +1,577 @@
+//! The TLog runtime: runs the core's actions against the log, the network
+//! and the clock.
+//!
+//! ```text
+//!  RPC ─▶ TLogService ─lock─▶ TLogCore ─Append─▶ writer thread ─▶ SegmentLog
+//!            │   ▲                ▲                   │
+//!            │   └─ replies ──────┴── durable events ─┘
+//!            └─ peeks: memory, long poll on a watch, or a disk scan on a blocking thread
+//! ```
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use proto::rpc::{
+    ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest, TLogCommitReply,
+    TLogCommitRequest, TLogStatusReply, TeamBlockData, TeamStatus,
+};
+use proto::transport::{self, ServerConfig, Service};
+use proto::{StorageTeamId, Version};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{
+    finish_disk_peek, Action, CommitRequest, CoreConfig, CoreError, DiskPeek, LockOutcome,
+    PeekPlan, PeekResult, TLogCore,
+};
+use crate::file_store::FileStore;
+use crate::log::{LogConfig, LogError, LogPosition, LogReader, SegmentLog};
+use crate::record::Record;
+use crate::store::LogStore;
+use crate::writer::{spawn_writer, WriterCommand, WriterEvent};
+
+#[derive(Clone, Debug, Default)]
+pub struct TLogConfig {
+    pub core: CoreConfig,
+    pub log: LogConfig,
+    pub server: ServerConfig,
+}
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum TLogError {
+    #[error("data dir {path} is in use by another tlog")]
+    DataDirInUse { path: PathBuf },
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("undecodable record at {location:?}: {reason}")]
+    Record {
+        location: crate::log::RecordLocation,
+        reason: String,
+    },
+}
+
+/// What a commit or lock waiter is sent when the core decides.
+pub enum Outcome {
+    Commit(Result<Version, CoreError>),
+    Lock(Result<LockOutcome, CoreError>),
+}
+
+type Token = oneshot::Sender<Outcome>;
+
+/// Durable version and whether the epoch ended, for long polls.
+type Progress = (Version, bool);
+
+struct Shared<S: LogStore> {
+    core: Mutex<TLogCore<Token>>,
+    writer: Mutex<Sender<WriterCommand>>,
+    reader: LogReader<S>,
+    progress: watch::Sender<Progress>,
+    clock: Arc<dyn Clock>,
+    memory_budget: u64,
+    disk_bytes: AtomicU64,
+}
+
+impl<S: LogStore> Shared<S> {
+    fn core(&self) -> MutexGuard<'_, TLogCore<Token>> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs actions; called with the core locked when appends are among
+    /// them, so the writer sees them in sequence order.
+    fn execute(&self, actions: Vec<Action<Token>>) {
+        for action in actions {
+            match action {
+                Action::Append {
+                    seq,
+                    record,
+                    payload,
+                } => self.send(WriterCommand::Append {
+                    seq,
+                    record,
+                    payload,
+                }),
+                Action::RemoveSegmentsBefore(id) => {
+                    self.send(WriterCommand::RemoveSegmentsBefore(id))
+                }
+                Action::CommitDone(token, result) => {
+                    let _ = token.send(Outcome::Commit(result));
+                }
+                Action::LockDone(token, result) => {
+                    let _ = token.send(Outcome::Lock(result));
+                }
+            }
+        }
+    }
+
+    fn send(&self, command: WriterCommand) {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // A stopped writer has reported poisoning; the core fails what waits.
+        let _ = writer.send(command);
+    }
+
+    fn publish_progress(&self, core: &TLogCore<Token>) {
+        let progress = (core.durable_version(), core.is_locked());
+        self.progress.send_if_modified(|p| {
+            let changed = *p != progress;
+            *p = progress;
+            changed
+        });
+    }
+}
+
+/// Applies the writer's reports; ends when the service is gone.
+async fn run_events<S: LogStore>(
+    shared: Weak<Shared<S>>,
+    mut events: mpsc::UnboundedReceiver<WriterEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut core = shared.core();
+        let actions = match event {
+            WriterEvent::Durable {
+                through_seq,
+                commits,
+                disk_bytes,
+            } => {
+                shared.disk_bytes.store(disk_bytes, Ordering::Relaxed);
+                core.on_durable(through_seq, &commits)
+            }
+            WriterEvent::Poisoned(reason) => {
+                tracing::error!(%reason, "tlog poisoned");
+                core.on_poisoned()
+            }
+        };
+        shared.execute(actions);
+        shared.publish_progress(&core);
+    }
+}
+
+/// Expires commits that wait too long for their predecessors.
+async fn run_ticks<S: LogStore>(shared: Weak<Shared<S>>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut core = shared.core();
+        let actions = core.tick(shared.clock.now_ms());
+        shared.execute(actions);
+    }
+}
+
+/// A TLog over any log store: the RPC service plus its background work.
+pub struct TLogService<S: LogStore> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: LogStore> Clone for TLogService<S> {
+    fn clone(&self) -> Self {
+        TLogService {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: LogStore> TLogService<S> {
+    /// Recovers the log in `store` and starts the writer thread and timers.
+    /// Must run inside a tokio runtime.
+    pub fn open(
+        store: Arc<S>,
+        config: &TLogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, TLogError> {
+        let mut core = TLogCore::new(config.core.clone());
+        let mut bad_record = None;
+        let log =
+            SegmentLog::open(
+                store,
+                config.log.clone(),
+                |location, payload| match Record::decode(Bytes::copy_from_slice(payload)) {
+                    Ok(record) => {
+                        core.recover_record(location, record);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        bad_record = Some((location, e.to_string()));
+                        Err(LogError::Visit(e.to_string()))
+                    }
+                },
+            );
+        if let Some((location, reason)) = bad_record {
+            return Err(TLogError::Record { location, reason });
+        }
+        let log = log?;
+        let initial_actions = core.finish_recovery();
+        let reader = log.reader();
+        let disk_bytes = log.disk_bytes();
+        let (command_tx, command_rx) = std::sync::mpsc::channel();
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let meta = core.metadata().clone();
+        spawn_writer(log, meta, command_rx, event_tx).map_err(|source| TLogError::Io {
+            path: PathBuf::from("<writer thread>"),
+            source,
+        })?;
+        let (progress, _) = watch::channel((core.durable_version(), core.is_locked()));
+        tracing::info!(
+            durable_version = %core.durable_version(),
+            locked = core.is_locked(),
+            "tlog recovered"
+        );
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            writer: Mutex::new(command_tx),
+            reader,
+            progress,
+            clock,
+            memory_budget: config.core.memory_budget,
+            disk_bytes: disk_bytes.into(),
+        });
+        shared.execute(initial_actions);
+        tokio::spawn(run_events(Arc::downgrade(&shared), event_rx));
+        tokio::spawn(run_ticks(Arc::downgrade(&shared)));
+        Ok(TLogService { shared })
+    }
+
+    fn core(&self) -> MutexGuard<'_, TLogCore<Token>> {
+        self.shared.core()
+    }
+
+    fn execute(&self, actions: Vec<Action<Token>>) {
+        self.shared.execute(actions)
+    }
+
+    pub async fn commit(&self, request: TLogCommitRequest) -> Result<Version, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        let request = CommitRequest {
+            prev_version: request.prev_version,
+            version: request.version,
+            known_committed_version: request.known_committed_version,
+            blocks: request
+                .teams
+                .into_iter()
+                .map(|t| (t.team, t.data))
+                .collect(),
+        };
+        {
+            let mut core = self.core();
+            let actions = core.commit(request, tx, self.shared.clock.now_ms());
+            self.execute(actions);
+        }
+        match rx.await {
+            Ok(Outcome::Commit(result)) => result,
+            _ => Err(CoreError::Poisoned),
+        }
+    }
+
+    pub async fn lock(&self) -> Result<LockOutcome, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut core = self.core();
+            let actions = core.lock(tx);
+            self.execute(actions);
+            self.shared.publish_progress(&core);
+        }
+        match rx.await {
+            Ok(Outcome::Lock(result)) => result,
+            _ => Err(CoreError::Poisoned),
+        }
+    }
+
+    pub fn pop(&self, request: proto::rpc::PopRequest) -> Result<(), CoreError> {
+        let mut core = self.core();
+        let actions = core.pop(request.team, request.server, request.version)?;
+        self.execute(actions);
+        Ok(())
+    }
+
+    pub fn register_team(&self, request: proto::rpc::RegisterTeamRequest) {
+        let mut core = self.core();
+        let actions = core.register_team(request.team, request.servers);
+        self.execute(actions);
+    }
+
+    /// Answers a peek, waiting up to its timeout when nothing is there yet.
+    pub async fn peek(&self, request: PeekRequest) -> Result<PeekResult, CoreError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(u64::from(request.timeout_ms));
+        let max_bytes = request.max_bytes.max(1) as usize;
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            let plan = self
+                .core()
+                .plan_peek(request.team, request.begin, max_bytes)?;
+            match plan {
+                PeekPlan::Ready(result) => return Ok(result),
+                PeekPlan::Disk(disk) => {
+                    if let Some(result) = self.read_disk(disk).await {
+                        return Ok(result);
+                    }
+                }
+                PeekPlan::Wait => {
+                    let waited = tokio::time::timeout_at(deadline, progress.changed()).await;
+                    if !matches!(waited, Ok(Ok(()))) {
+                        return self.empty_peek(request.team, request.begin);
+                    }
+                }
+            }
+        }
+    }
+
+    fn empty_peek(&self, team: StorageTeamId, begin: Version) -> Result<PeekResult, CoreError> {
+        let core = self.core();
+        let popped = core
+            .team_report()
+            .into_iter()
+            .find(|(t, ..)| *t == team)
+            .map(|(_, popped, ..)| popped)
+            .unwrap_or_default();
+        Ok(PeekResult {
+            blocks: Vec::new(),
+            end: core.durable_version().next().min(begin),
+            popped,
+            max_known_version: core.durable_version(),
+            end_of_stream: false,
+        })
+    }
+
+    /// Reads spilled data on a blocking thread; None when the segments it
+    /// planned to read were removed meanwhile (the caller plans again).
+    async fn read_disk(&self, disk: DiskPeek) -> Option<PeekResult> {
+        let reader = self.shared.reader.clone();
+        let task = tokio::task::spawn_blocking(move || scan_for_peek(&reader, &disk));
+        match task.await {
+            Ok(Ok(result)) => Some(result),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "disk peek raced with truncation; planning again");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "disk peek task failed");
+                None
+            }
+        }
+    }
+
+    pub fn status(&self) -> TLogStatusReply {
+        let core = self.core();
+        let teams = core
+            .team_report()
+            .into_iter()
+            .map(|(team, popped, bytes, servers)| TeamStatus {
+                team,
+                popped,
+                bytes,
+                servers,
+            })
+            .collect();
+        TLogStatusReply {
+            durable_version: core.durable_version(),
+            known_committed_version: core.metadata().known_committed_version,
+            locked: core.is_locked(),
+            poisoned: core.is_poisoned(),
+            memory_bytes: core.memory_bytes(),
+            memory_budget: self.shared.memory_budget,
+            disk_bytes: self.shared.disk_bytes.load(Ordering::Relaxed),
+            truncation_blocker: core.truncation_blocker(),
+            teams,
+        }
+    }
+
+    async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
+        match request {
+            Message::TLogCommit(commit) => {
+                let version = self.commit(commit).await.map_err(error_reply)?;
+                Ok(Message::TLogCommitReply(TLogCommitReply { version }))
+            }
+            Message::Peek(peek) => {
+                let team = peek.team;
+                let result = self.peek(peek).await.map_err(error_reply)?;
+                Ok(Message::PeekReply(PeekReply {
+                    blocks: result
+                        .blocks
+                        .into_iter()
+                        .map(|data| TeamBlockData { team, data })
+                        .collect(),
+                    end: result.end,
+                    popped: result.popped,
+                    max_known_version: result.max_known_version,
+                    end_of_stream: result.end_of_stream,
+                }))
+            }
+            Message::Pop(pop) => {
+                self.pop(pop).map_err(error_reply)?;
+                Ok(Message::PopReply)
+            }
+            Message::Lock => {
+                let outcome = self.lock().await.map_err(error_reply)?;
+                Ok(Message::LockReply(LockReply {
+                    end_version: outcome.end_version,
+                    known_committed_version: outcome.known_committed_version,
+                }))
+            }
+            Message::RegisterTeam(register) => {
+                self.register_team(register);
+                Ok(Message::RegisterTeamReply)
+            }
+            Message::Status => Ok(Message::TLogStatus(self.status())),
+            other => Err(ErrorReply {
+                code: ErrorCode::UnknownMessage,
+                message: format!("a tlog does not serve {}", other.name()),
+            }),
+        }
+    }
+}
+
+impl<S: LogStore> Service for TLogService<S> {
+    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+        self.clone().handle(request).boxed()
+    }
+}
+
+fn scan_for_peek<S: LogStore>(
+    reader: &LogReader<S>,
+    disk: &DiskPeek,
+) -> Result<PeekResult, LogError> {
+    let mut from: LogPosition = disk.from;
+    let mut payloads = Vec::new();
+    let mut scanned = 0;
+    while scanned < disk.scan_limit {
+        let records = reader.scan(from, disk.scan_limit - scanned)?;
+        let Some((last, _)) = records.last() else {
+            break;
+        };
+        from = LogPosition {
+            segment: last.segment,
+            offset: last.offset + u64::from(last.len),
+        };
+        scanned += records.iter().map(|(l, _)| l.len as usize).sum::<usize>();
+        payloads.extend(records.into_iter().map(|(_, p)| p));
+        let partial =
+            finish_disk_peek(disk, &payloads).map_err(|e| LogError::Visit(e.to_string()))?;
+        if partial.end > disk.begin
+            && (partial.end >= disk.memory_floor || !partial.blocks.is_empty())
+        {
+            return Ok(partial);
+        }
+    }
+    finish_disk_peek(disk, &payloads).map_err(|e| LogError::Visit(e.to_string()))
+}
+
+fn error_reply(e: CoreError) -> ErrorReply {
+    let code = match &e {
+        CoreError::TLogStopped => ErrorCode::TLogStopped,
+        CoreError::Poisoned => ErrorCode::Poisoned,
+        CoreError::Malformed(_) => ErrorCode::MalformedRequest,
+        CoreError::InvalidBlock { .. } => ErrorCode::InvalidBlock,
+        CoreError::VersionConflict { .. } => ErrorCode::VersionConflict,
+        CoreError::CommitTooOld { .. } => ErrorCode::CommitTooOld,
+        CoreError::MissingPredecessor { .. } => ErrorCode::MissingPredecessor,
+        CoreError::Overloaded => ErrorCode::Overloaded,
+        CoreError::PeekBeforePopped { .. } => ErrorCode::PeekBeforePopped,
+        CoreError::UnknownTeam(_) => ErrorCode::UnknownTeam,
+    };
+    ErrorReply {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// Holds an exclusive lock on a data dir for the life of the process.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, TLogError> {
+        let path = dir.join("LOCK");
+        let io = |source| TLogError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(TLogError::DataDirInUse {
+                path: dir.to_path_buf(),
+            });
+        }
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// A TLog process: data dir lock, file log and listening socket.
+pub struct TLogProcess {
+    pub local_addr: SocketAddr,
+    pub service: TLogService<FileStore>,
+    _dir_lock: DataDirLock,
+    listener: Option<TcpListener>,
+    server_config: ServerConfig,
+}
+
+impl TLogProcess {
+    pub async fn start(
+        listen: SocketAddr,
+        data_dir: &Path,
+        config: TLogConfig,
+    ) -> Result<TLogProcess, TLogError> {
+        let dir_lock = DataDirLock::acquire(data_dir)?;
+        let store = Arc::new(FileStore::open(&data_dir.join("log"))?);
+        let service = TLogService::open(store, &config, Arc::new(SystemClock::default()))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| TLogError::Io {
+                path: PathBuf::from(listen.to_string()),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| TLogError::Io {
+            path: PathBuf::from(listen.to_string()),
+            source,
+        })?;
+        Ok(TLogProcess {
+            local_addr,
+            service,
+            _dir_lock: dir_lock,
+            listener: Some(listener),
+            server_config: config.server,
+        })
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let listener = self.listener.take().expect("serve is called once");
+        let service: Arc<dyn Service> = Arc::new(self.service.clone());
+        transport::serve(listener, service, self.server_config.clone(), shutdown).await
+    }
+}
