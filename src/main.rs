@@ -1,1 +1,69 @@
-fn main() {}
+//! `teamlog`: run a role, a local cluster, or a benchmark.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "teamlog",
+    version,
+    about = "A distributed, log-structured key-value storage core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one TLog.
+    Tlog(teamlog::process::TLogArgs),
+    /// Start a local TLog process and drive a commit/peek workload against it.
+    Dev {
+        /// Data dir; a fresh temporary one when not given.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Commits to drive.
+        #[arg(long, default_value_t = 20_000)]
+        commits: u64,
+        /// Concurrent committers.
+        #[arg(long, default_value_t = 16)]
+        committers: usize,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable commit throughput and latency of one TLog, next to raw fdatasync'd appends.
+    Tlog(teamlog::bench::TLogBenchArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Tlog(args) => runtime.block_on(teamlog::process::run_tlog(args)),
+        Command::Dev {
+            data_dir,
+            commits,
+            committers,
+        } => runtime.block_on(teamlog::dev::run(data_dir, commits, committers)),
+        Command::Bench {
+            which: BenchCommand::Tlog(args),
+        } => runtime.block_on(teamlog::bench::run_tlog_bench(args)),
+    }
+}

@@ -1,0 +1,252 @@
+//! `teamlog bench tlog`: durable commit throughput and latency of one TLog,
+//! printed next to raw fdatasync'd appends of the same batch sizes measured
+//! in the same run on the same disk.
+//!
+//! ```text
+//!  committers (1, 8, 64) ──commit──▶ TLog (in this process, over loopback)
+//!  raw: write(batch = committers × payload) + fdatasync, in a preallocated file
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use proto::{StorageServerId, StorageTeamId};
+use serde::Serialize;
+use tlog::client::TLogClient;
+use tlog::server::{TLogConfig, TLogProcess};
+
+use crate::workload::{set_commit, VersionChain};
+
+#[derive(clap::Args, Debug)]
+pub struct TLogBenchArgs {
+    /// Directory on the disk to measure; a temporary one under it is used.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Seconds per measured cell.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Concurrent committers, comma separated.
+    #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
+    pub committers: Vec<usize>,
+    /// Payload bytes per commit, comma separated.
+    #[arg(
+        long,
+        default_value = "100,1024,4096,16384,65536",
+        value_delimiter = ','
+    )]
+    pub payloads: Vec<usize>,
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct Figures {
+    mb_per_s: f64,
+    ops_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Serialize)]
+struct Cell {
+    committers: usize,
+    payload: usize,
+    tlog: Figures,
+    raw: Figures,
+    ratio_mb: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    bench: &'static str,
+    loopback_rtt_p50_us: f64,
+    raw_single_sync_p50_us: f64,
+    single_committer_latency_bound_us: f64,
+    cells: Vec<Cell>,
+}
+
+pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
+    let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let team = StorageTeamId(1);
+    let mut config = TLogConfig::default();
+    config.core.memory_budget = 64 << 20;
+    let tlog =
+        TLogProcess::start("127.0.0.1:0".parse()?, &temp.path().join("tlog"), config).await?;
+    let addr = tlog.local_addr;
+    let service = tlog.service.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tlog.serve(async {
+        let _ = stop_rx.await;
+    }));
+    let client = TLogClient::connect(addr).await?;
+    client.register_team(team, vec![StorageServerId(1)]).await?;
+    let chain = Arc::new(VersionChain::starting_at(service.status().durable_version));
+
+    let rtt = measure_rtt(&client).await?;
+    let raw_file = temp.path().join("raw");
+    let single_sync = raw_appends(&raw_file, 100, seconds)?;
+    let bound = 1.5 * (single_sync.p50_us + rtt);
+    println!("loopback round trip p50 {rtt:.0} us; one fdatasync (100 B) p50 {:.0} us; 1-committer latency target <= {bound:.0} us", single_sync.p50_us);
+    println!(
+        "{:>10} {:>8} | {:>10} {:>10} {:>9} {:>9} | {:>10} {:>9} | {:>6}",
+        "committers",
+        "payload",
+        "tlog MB/s",
+        "commits/s",
+        "p50 us",
+        "p99 us",
+        "raw MB/s",
+        "raw p50",
+        "ratio"
+    );
+    let mut cells = Vec::new();
+    for &payload in &args.payloads {
+        for &committers in &args.committers {
+            let raw = raw_appends(&raw_file, committers * payload, seconds)?;
+            let tlog = commit_load(&client, &chain, team, committers, payload, seconds).await?;
+            let last = service.status().durable_version;
+            client.pop(team, StorageServerId(1), last).await?;
+            let cell = Cell {
+                committers,
+                payload,
+                tlog,
+                raw,
+                ratio_mb: tlog.mb_per_s / raw.mb_per_s,
+            };
+            println!(
+                "{:>10} {:>8} | {:>10.1} {:>10.0} {:>9.0} {:>9.0} | {:>10.1} {:>9.0} | {:>5.0}%",
+                committers,
+                payload,
+                tlog.mb_per_s,
+                tlog.ops_per_s,
+                tlog.p50_us,
+                tlog.p99_us,
+                raw.mb_per_s,
+                raw.p50_us,
+                cell.ratio_mb * 100.0
+            );
+            cells.push(cell);
+        }
+    }
+    let _ = stop_tx.send(());
+    server.await??;
+    let report = Report {
+        bench: "tlog",
+        loopback_rtt_p50_us: rtt,
+        raw_single_sync_p50_us: single_sync.p50_us,
+        single_committer_latency_bound_us: bound,
+        cells,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+async fn measure_rtt(client: &TLogClient) -> Result<f64> {
+    let mut histogram = new_histogram();
+    for _ in 0..2000 {
+        let sent = Instant::now();
+        client.status().await?;
+        histogram.record(sent.elapsed().as_micros() as u64)?;
+    }
+    Ok(histogram.value_at_quantile(0.5) as f64)
+}
+
+async fn commit_load(
+    client: &TLogClient,
+    chain: &Arc<VersionChain>,
+    team: StorageTeamId,
+    committers: usize,
+    payload: usize,
+    seconds: Duration,
+) -> Result<Figures> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let value = Bytes::from(vec![0x5a; payload.saturating_sub(16)]);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..committers {
+        let (client, chain, stop, value) =
+            (client.clone(), chain.clone(), stop.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = Bytes::from(format!("k{worker:04}-{count:010}"));
+                let request = set_commit(chain.next_pair(), team, key, value.clone(), &[]);
+                let sent = Instant::now();
+                client.commit(request).await?;
+                histogram.record(sent.elapsed().as_micros() as u64)?;
+                count += 1;
+            }
+            anyhow::Ok((count, histogram))
+        }));
+    }
+    tokio::time::sleep(seconds).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let (count, h) = task.await??;
+        total += count;
+        histogram.add(h)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Figures {
+        mb_per_s: (total * payload as u64) as f64 / elapsed / 1e6,
+        ops_per_s: total as f64 / elapsed,
+        p50_us: histogram.value_at_quantile(0.5) as f64,
+        p99_us: histogram.value_at_quantile(0.99) as f64,
+    })
+}
+
+/// Sequential appends of `batch` bytes, each followed by fdatasync, into a
+/// zero-filled preallocated file (as the log's segments are).
+fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Result<Figures> {
+    const FILE_SIZE: u64 = 256 << 20;
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    if file.metadata()?.len() < FILE_SIZE {
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..FILE_SIZE >> 20 {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+    }
+    let data = vec![0xa5u8; batch];
+    let mut histogram = new_histogram();
+    let mut offset = 0u64;
+    let mut syncs = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < seconds {
+        if offset + batch as u64 > FILE_SIZE {
+            offset = 0;
+        }
+        let sent = Instant::now();
+        file.write_all_at(&data, offset)?;
+        file.sync_data()?;
+        histogram.record(sent.elapsed().as_micros() as u64)?;
+        offset += batch as u64;
+        syncs += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Figures {
+        mb_per_s: (syncs * batch as u64) as f64 / elapsed / 1e6,
+        ops_per_s: syncs as f64 / elapsed,
+        p50_us: histogram.value_at_quantile(0.5) as f64,
+        p99_us: histogram.value_at_quantile(0.99) as f64,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
