@@ -24,6 +24,12 @@ use crate::record::{CommitRecord, Metadata, Record};
 use crate::store::SegmentId;
 use crate::team::{team_popped, TeamState};
 
+mod peek;
+#[cfg(test)]
+mod tests;
+
+pub use peek::finish_disk_peek;
+
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     /// Bytes of blocks kept in memory (durable and not yet durable).
@@ -463,6 +469,9 @@ impl<T> TLogCore<T> {
             blocks: request.blocks,
         }
         .into_encoded();
+        for (team, _) in &commit.blocks {
+            self.teams.entry(*team).or_default();
+        }
         self.memory_bytes += commit_cost(&commit);
         self.meta.apply_commit(&commit);
         self.remember(commit.prev_version, commit.version);
@@ -736,72 +745,6 @@ impl<T> TLogCore<T> {
         self.teams.get(&team).map(|t| t.popped).unwrap_or_default()
     }
 
-    pub fn plan_peek(
-        &self,
-        team: StorageTeamId,
-        begin: Version,
-        max_bytes: usize,
-    ) -> Result<PeekPlan, CoreError> {
-        let state = self.teams.get(&team).ok_or(CoreError::UnknownTeam(team))?;
-        if begin < state.popped {
-            return Err(CoreError::PeekBeforePopped {
-                begin,
-                popped: state.popped,
-            });
-        }
-        let locked = self.meta.locked && self.unsynced.is_empty();
-        let base = PeekResult {
-            blocks: Vec::new(),
-            end: self.durable_version.next(),
-            popped: state.popped,
-            max_known_version: self.durable_version,
-            end_of_stream: false,
-        };
-        if begin > self.durable_version {
-            if locked {
-                return Ok(PeekPlan::Ready(PeekResult {
-                    end: begin.max(base.end),
-                    end_of_stream: true,
-                    ..base
-                }));
-            }
-            return Ok(PeekPlan::Wait);
-        }
-        if begin < self.memory_floor {
-            let from = self
-                .checkpoints
-                .range(..=begin)
-                .next_back()
-                .or_else(|| self.checkpoints.first_key_value())
-                .map(|(_, p)| *p);
-            if let Some(from) = from {
-                return Ok(PeekPlan::Disk(DiskPeek {
-                    team,
-                    begin,
-                    from,
-                    memory_floor: self.memory_floor,
-                    max_bytes,
-                    scan_limit: self.config.disk_scan_limit,
-                    popped: state.popped,
-                    durable_version: self.durable_version,
-                }));
-            }
-        }
-        let start = state.memory.partition_point(|(v, _)| *v < begin);
-        let mut result = base;
-        let mut bytes = 0;
-        for (version, block) in state.memory.range(start..) {
-            if bytes > 0 && bytes + block.len() > max_bytes {
-                result.end = *version;
-                break;
-            }
-            bytes += block.len();
-            result.blocks.push(block.clone());
-        }
-        result.end_of_stream = locked && result.end > self.durable_version;
-        Ok(PeekPlan::Ready(result))
-    }
-
     /// Per team: popped version, bytes in the retained log, registered servers.
     pub fn team_report(&self) -> Vec<(StorageTeamId, Version, u64, Vec<StorageServerId>)> {
         self.teams
@@ -832,42 +775,4 @@ impl<T> TLogCore<T> {
 
 fn commit_cost(commit: &CommitRecord) -> u64 {
     commit.block_bytes() as u64 + commit.blocks.len() as u64 * crate::team::BLOCK_OVERHEAD
-}
-
-/// Completes a disk peek from the records the log returned.
-pub fn finish_disk_peek(
-    peek: &DiskPeek,
-    records: &[Bytes],
-) -> Result<PeekResult, crate::record::RecordError> {
-    let mut result = PeekResult {
-        blocks: Vec::new(),
-        end: peek.begin,
-        popped: peek.popped,
-        max_known_version: peek.durable_version,
-        end_of_stream: false,
-    };
-    let mut bytes = 0;
-    for payload in records {
-        let Some((version, block)) = crate::record::commit_block_for_team(payload, peek.team)?
-        else {
-            continue;
-        };
-        if version < peek.begin {
-            continue;
-        }
-        if version >= peek.memory_floor {
-            result.end = version;
-            return Ok(result);
-        }
-        if let Some(block) = block {
-            if bytes > 0 && bytes + block.len() > peek.max_bytes {
-                result.end = version;
-                return Ok(result);
-            }
-            bytes += block.len();
-            result.blocks.push(block);
-        }
-        result.end = version.next();
-    }
-    Ok(result)
 }

@@ -4,11 +4,21 @@
 //!   <dir>/00000000000000000001.seg   capacity bytes, zero-filled at creation
 //!   <dir>/00000000000000000002.seg
 //!   <dir>/00000000000000000003.seg.tmp   (being created; deleted on open)
+//!   <dir>/spare-00000000000000000007.seg (a removed or pre-filled file, reused by create)
 //! ```
 //!
-//! Creation writes zeros into `<id>.seg.tmp`, fsyncs it, renames it into
-//! place and fsyncs the directory, so a segment either exists with its full
-//! capacity or not at all after a crash.
+//! Creation renames a spare file into place when one of the right size
+//! exists; otherwise it writes zeros into `<id>.seg.tmp`, fsyncs it and
+//! renames it into place. Either way the directory is fsynced, so a segment
+//! either exists with its full capacity or not at all after a crash.
+//!
+//! Spares make creation cheap: `remove` renames up to [`MAX_SPARES`] files to
+//! spares instead of deleting them (recycling, as in most write-ahead logs),
+//! and whenever `create` leaves no spare, a background thread zero-fills one,
+//! so the writer does not wait for a 64 MiB fill at every segment roll. A
+//! recycled file still holds the old segment's bytes: the log never trusts
+//! bytes it did not write (records carry a sequence number that must be the
+//! next one), so stale content reads as the end of the log.
 //!
 //! Why zero-fill rather than `fallocate`: on ext4 `fallocate` leaves the
 //! extents "unwritten", so the first write into each block must convert the
@@ -27,13 +37,17 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::store::{check_bounds, LogStore, SegmentId, StoreError};
 
 const SEGMENT_SUFFIX: &str = ".seg";
 const TMP_SUFFIX: &str = ".seg.tmp";
 const ZERO_CHUNK: usize = 1 << 20;
+const SPARE_PREFIX: &str = "spare-";
+/// Spare files kept for reuse; more removed segments are deleted.
+pub const MAX_SPARES: usize = 2;
 
 struct SegmentFile {
     file: Arc<File>,
@@ -44,6 +58,112 @@ struct SegmentFile {
 pub struct FileStore {
     dir: PathBuf,
     segments: RwLock<BTreeMap<SegmentId, SegmentFile>>,
+    spares: Arc<Spares>,
+    filler: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for FileStore {
+    /// Waits for a background fill, so no thread writes into the directory
+    /// after the store is gone.
+    fn drop(&mut self) {
+        let filler = self
+            .filler
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(filler) = filler {
+            let _ = filler.join();
+        }
+    }
+}
+
+/// Files ready to become segments, and the background filler's state.
+struct Spares {
+    dir: PathBuf,
+    ready: Mutex<Vec<(PathBuf, u64)>>,
+    next_name: AtomicU64,
+    filling: AtomicBool,
+}
+
+impl Spares {
+    fn take(&self, capacity: u64) -> Option<PathBuf> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let at = ready.iter().position(|(_, c)| *c == capacity)?;
+        Some(ready.swap_remove(at).0)
+    }
+
+    fn count(&self) -> usize {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn new_path(&self) -> PathBuf {
+        let n = self.next_name.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(format!("{SPARE_PREFIX}{n:020}{SEGMENT_SUFFIX}"))
+    }
+
+    /// Zero-fills a new spare on a background thread unless one is running.
+    fn refill(self: &Arc<Self>, capacity: u64) -> Option<std::thread::JoinHandle<()>> {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let spares = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("tlog-spare-fill".into())
+            .spawn(move || {
+                let path = spares.new_path();
+                match zero_filled(&spares.dir, &path, capacity) {
+                    Ok(_) => {
+                        let mut ready = spares.ready.lock().unwrap_or_else(|e| e.into_inner());
+                        if ready.len() < MAX_SPARES {
+                            ready.push((path, capacity));
+                        } else {
+                            // Removals filled the pool meanwhile.
+                            let _ = fs::remove_file(&path);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not prepare a spare segment"),
+                }
+                spares.filling.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.filling.store(false, Ordering::Release);
+        }
+        spawned.ok()
+    }
+}
+
+/// Writes a zero-filled file of `capacity` bytes at `path` (through a
+/// temporary name, fsynced, then the directory fsynced) and returns it open.
+fn zero_filled(dir: &Path, path: &Path, capacity: u64) -> Result<File, StoreError> {
+    let tmp = path.with_extension("seg.tmp");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err(format!("create {}", tmp.display()), e))?;
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut left = capacity;
+    while left > 0 {
+        let n = left.min(ZERO_CHUNK as u64) as usize;
+        file.write_all(&zeros[..n])
+            .map_err(|e| io_err(format!("preallocate {}", tmp.display()), e))?;
+        left -= n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| io_err(format!("sync {}", tmp.display()), e))?;
+    fs::rename(&tmp, path)
+        .map_err(|e| io_err(format!("rename {} to {}", tmp.display(), path.display()), e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let what = || format!("sync directory {}", dir.display());
+    let handle = File::open(dir).map_err(|e| io_err(what(), e))?;
+    handle.sync_all().map_err(|e| io_err(what(), e))
 }
 
 impl FileStore {
@@ -55,18 +175,33 @@ impl FileStore {
         let entries =
             fs::read_dir(dir).map_err(|e| io_err(format!("list {}", dir.display()), e))?;
         let mut segments = BTreeMap::new();
+        let mut spares = Vec::new();
+        let mut next_spare = 0;
         let mut removed_tmp = false;
         for entry in entries {
             let entry = entry.map_err(|e| io_err(format!("list {}", dir.display()), e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(stem) = name.strip_suffix(TMP_SUFFIX) {
-                if parse_id(stem).is_some() {
+                if parse_id(stem.strip_prefix(SPARE_PREFIX).unwrap_or(stem)).is_some() {
                     let path = entry.path();
                     fs::remove_file(&path)
                         .map_err(|e| io_err(format!("remove {}", path.display()), e))?;
                     removed_tmp = true;
                 }
+                continue;
+            }
+            let spare = name
+                .strip_prefix(SPARE_PREFIX)
+                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+                .and_then(parse_id);
+            if let Some(n) = spare {
+                let path = entry.path();
+                let len = fs::metadata(&path)
+                    .map_err(|e| io_err(format!("stat {}", path.display()), e))?
+                    .len();
+                spares.push((path, len));
+                next_spare = next_spare.max(n + 1);
                 continue;
             }
             let Some(id) = name.strip_suffix(SEGMENT_SUFFIX).and_then(parse_id) else {
@@ -93,6 +228,13 @@ impl FileStore {
         let store = FileStore {
             dir: dir.to_path_buf(),
             segments: RwLock::new(segments),
+            spares: Arc::new(Spares {
+                dir: dir.to_path_buf(),
+                ready: Mutex::new(spares),
+                next_name: AtomicU64::new(next_spare),
+                filling: AtomicBool::new(false),
+            }),
+            filler: Mutex::new(None),
         };
         if removed_tmp {
             store.sync_dir()?;
@@ -117,9 +259,12 @@ impl FileStore {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        let what = || format!("sync directory {}", self.dir.display());
-        let dir = File::open(&self.dir).map_err(|e| io_err(what(), e))?;
-        dir.sync_all().map_err(|e| io_err(what(), e))
+        sync_dir(&self.dir)
+    }
+
+    /// Spare files ready for reuse (for tests and status).
+    pub fn spare_count(&self) -> usize {
+        self.spares.count()
     }
 }
 
@@ -130,33 +275,38 @@ impl LogStore for FileStore {
     }
 
     fn create(&self, id: SegmentId, capacity: u64) -> Result<(), StoreError> {
-        // The zero-fill runs without the lock so readers of other segments
-        // are not stalled for the duration; only the single writer creates.
+        // The fill runs without the lock so readers of other segments are not
+        // stalled for its duration; only the single writer creates.
         let path = self.path(id);
         if self.handle(id).is_ok() || path.exists() {
             return Err(StoreError::AlreadyExists(id));
         }
-        let tmp = self.dir.join(format!("{id:020}{TMP_SUFFIX}"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io_err(format!("create {}", tmp.display()), e))?;
-        let zeros = vec![0u8; ZERO_CHUNK];
-        let mut left = capacity;
-        while left > 0 {
-            let n = left.min(ZERO_CHUNK as u64) as usize;
-            file.write_all(&zeros[..n])
-                .map_err(|e| io_err(format!("preallocate {}", tmp.display()), e))?;
-            left -= n as u64;
+        let file = match self.spares.take(capacity) {
+            Some(spare) => {
+                fs::rename(&spare, &path).map_err(|e| {
+                    io_err(
+                        format!("rename {} to {}", spare.display(), path.display()),
+                        e,
+                    )
+                })?;
+                self.sync_dir()?;
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_err(format!("open {}", path.display()), e))?
+            }
+            None => zero_filled(&self.dir, &path, capacity)?,
+        };
+        if self.spares.count() == 0 {
+            if let Some(started) = self.spares.refill(capacity) {
+                let mut filler = self.filler.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(previous) = filler.replace(started) {
+                    // `filling` was clear, so the previous fill has finished.
+                    let _ = previous.join();
+                }
+            }
         }
-        file.sync_all()
-            .map_err(|e| io_err(format!("sync {}", tmp.display()), e))?;
-        fs::rename(&tmp, &path)
-            .map_err(|e| io_err(format!("rename {} to {}", tmp.display(), path.display()), e))?;
-        self.sync_dir()?;
         let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
         segments.insert(
             id,
@@ -218,7 +368,21 @@ impl LogStore for FileStore {
             return Err(StoreError::NoSuchSegment(id));
         }
         let path = self.path(id);
-        fs::remove_file(&path).map_err(|e| io_err(format!("remove {}", path.display()), e))?;
+        let capacity = segments[&id].capacity;
+        let mut ready = self.spares.ready.lock().unwrap_or_else(|e| e.into_inner());
+        if ready.len() < MAX_SPARES {
+            let spare = self.spares.new_path();
+            fs::rename(&path, &spare).map_err(|e| {
+                io_err(
+                    format!("rename {} to {}", path.display(), spare.display()),
+                    e,
+                )
+            })?;
+            ready.push((spare, capacity));
+        } else {
+            fs::remove_file(&path).map_err(|e| io_err(format!("remove {}", path.display()), e))?;
+        }
+        drop(ready);
         segments.remove(&id);
         drop(segments);
         self.sync_dir()

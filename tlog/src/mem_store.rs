@@ -39,6 +39,8 @@ struct Segment {
 #[derive(Default)]
 struct State {
     segments: BTreeMap<SegmentId, Segment>,
+    /// Images of removed segments, handed to later creations.
+    removed: Vec<Vec<u8>>,
     fail_next_sync: bool,
 }
 
@@ -137,11 +139,17 @@ impl LogStore for MemStore {
             len: capacity,
             capacity: usize::MAX as u64,
         })?;
+        // Like FileStore's recycled files, a new segment may hold the bytes
+        // of a removed one.
+        let image = match state.removed.iter().position(|image| image.len() == len) {
+            Some(at) => state.removed.swap_remove(at),
+            None => vec![0; len],
+        };
         state.segments.insert(
             id,
             Segment {
-                durable: vec![0; len],
-                current: vec![0; len],
+                durable: image.clone(),
+                current: image,
                 dirty_pages: BTreeSet::new(),
             },
         );
@@ -215,11 +223,15 @@ impl LogStore for MemStore {
     }
 
     fn remove(&self, id: SegmentId) -> Result<(), StoreError> {
-        self.state()
+        let mut state = self.state();
+        let segment = state
             .segments
             .remove(&id)
-            .map(|_| ())
-            .ok_or(StoreError::NoSuchSegment(id))
+            .ok_or(StoreError::NoSuchSegment(id))?;
+        if state.removed.len() < crate::file_store::MAX_SPARES {
+            state.removed.push(segment.durable);
+        }
+        Ok(())
     }
 
     fn capacity(&self, id: SegmentId) -> Result<u64, StoreError> {

@@ -46,7 +46,6 @@ pub struct TLogConfig {
     pub server: ServerConfig,
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum TLogError {
     #[error("data dir {path} is in use by another tlog")]
@@ -80,7 +79,11 @@ type Progress = (Version, bool);
 
 struct Shared<S: LogStore> {
     core: Mutex<TLogCore<Token>>,
-    writer: Mutex<Sender<WriterCommand>>,
+    /// None once the service is dropped, which ends the writer thread.
+    writer: Mutex<Option<Sender<WriterCommand>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    syncs: AtomicU64,
+    synced_bytes: AtomicU64,
     reader: LogReader<S>,
     progress: watch::Sender<Progress>,
     clock: Arc<dyn Clock>,
@@ -122,8 +125,10 @@ impl<S: LogStore> Shared<S> {
 
     fn send(&self, command: WriterCommand) {
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // A stopped writer has reported poisoning; the core fails what waits.
-        let _ = writer.send(command);
+        if let Some(writer) = writer.as_ref() {
+            // A stopped writer has reported poisoning; the core fails what waits.
+            let _ = writer.send(command);
+        }
     }
 
     fn publish_progress(&self, core: &TLogCore<Token>) {
@@ -133,6 +138,25 @@ impl<S: LogStore> Shared<S> {
             *p = progress;
             changed
         });
+    }
+}
+
+impl<S: LogStore> Drop for Shared<S> {
+    /// Closes the writer's queue and waits for it to finish its batch, so the
+    /// log is quiet (and its files closed) once the service is gone.
+    fn drop(&mut self) {
+        self.writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let thread = self
+            .writer_thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -151,8 +175,13 @@ async fn run_events<S: LogStore>(
                 through_seq,
                 commits,
                 disk_bytes,
+                batch_bytes,
             } => {
                 shared.disk_bytes.store(disk_bytes, Ordering::Relaxed);
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .synced_bytes
+                    .fetch_add(batch_bytes, Ordering::Relaxed);
                 core.on_durable(through_seq, &commits)
             }
             WriterEvent::Poisoned(reason) => {
@@ -227,10 +256,11 @@ impl<S: LogStore> TLogService<S> {
         let (command_tx, command_rx) = std::sync::mpsc::channel();
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let meta = core.metadata().clone();
-        spawn_writer(log, meta, command_rx, event_tx).map_err(|source| TLogError::Io {
-            path: PathBuf::from("<writer thread>"),
-            source,
-        })?;
+        let writer_thread =
+            spawn_writer(log, meta, command_rx, event_tx).map_err(|source| TLogError::Io {
+                path: PathBuf::from("<writer thread>"),
+                source,
+            })?;
         let (progress, _) = watch::channel((core.durable_version(), core.is_locked()));
         tracing::info!(
             durable_version = %core.durable_version(),
@@ -239,7 +269,10 @@ impl<S: LogStore> TLogService<S> {
         );
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
-            writer: Mutex::new(command_tx),
+            writer: Mutex::new(Some(command_tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            syncs: AtomicU64::new(0),
+            synced_bytes: AtomicU64::new(0),
             reader,
             progress,
             clock,
@@ -371,6 +404,14 @@ impl<S: LogStore> TLogService<S> {
                 None
             }
         }
+    }
+
+    /// Syncs done and record bytes they made durable, since the start.
+    pub fn write_stats(&self) -> (u64, u64) {
+        (
+            self.shared.syncs.load(Ordering::Relaxed),
+            self.shared.synced_bytes.load(Ordering::Relaxed),
+        )
     }
 
     pub fn status(&self) -> TLogStatusReply {

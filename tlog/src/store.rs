@@ -26,8 +26,9 @@ pub type SegmentId = u64;
 pub trait LogStore: Send + Sync + 'static {
     /// Ids of all existing segments, ascending.
     fn list(&self) -> Result<Vec<SegmentId>, StoreError>;
-    /// Creates a segment of `capacity` bytes, preallocated (zero-filled), and
-    /// makes its existence durable (file + directory synced).
+    /// Creates a segment of `capacity` bytes, preallocated, and makes its
+    /// existence durable (file + directory synced). Its bytes are zeros or
+    /// stale content of a removed segment: callers must not trust them.
     fn create(&self, id: SegmentId, capacity: u64) -> Result<(), StoreError>;
     /// Writes `data` at `offset`; the whole range must lie within the capacity.
     fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> Result<(), StoreError>;

@@ -36,6 +36,8 @@ pub enum WriterEvent {
         through_seq: u64,
         commits: Vec<(Version, RecordLocation)>,
         disk_bytes: u64,
+        /// Record payload bytes this sync made durable.
+        batch_bytes: u64,
     },
     Poisoned(String),
 }
@@ -102,6 +104,7 @@ pub fn spawn_writer<S: LogStore>(
                         through_seq,
                         commits,
                         disk_bytes: log.disk_bytes(),
+                        batch_bytes: batch_bytes as u64,
                     };
                     if events.send(event).is_err() {
                         return;

@@ -1,0 +1,384 @@
+//! The engine's rules, driven directly: a fake writer assigns locations and
+//! reports durability, so every ordering can be forced.
+
+use bytes::Bytes;
+use proto::{Mutation, StorageServerId, StorageTeamId, Subsequence, TeamBlockBuilder, Version};
+
+use super::*;
+use crate::log::RecordLocation;
+
+const A: StorageTeamId = StorageTeamId(1);
+const B: StorageTeamId = StorageTeamId(2);
+const S1: StorageServerId = StorageServerId(1);
+const S2: StorageServerId = StorageServerId(2);
+
+fn block(team: StorageTeamId, version: u64, value: &[u8]) -> Bytes {
+    let mut b = TeamBlockBuilder::new(team);
+    let mutation = Mutation::SetValue {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::copy_from_slice(value),
+    };
+    b.push(Version(version), Subsequence(1), &mutation).unwrap();
+    b.finish()
+}
+
+fn request(prev: u64, version: u64, teams: &[StorageTeamId]) -> CommitRequest {
+    CommitRequest {
+        prev_version: Version(prev),
+        version: Version(version),
+        known_committed_version: Version(prev),
+        blocks: teams
+            .iter()
+            .map(|t| (*t, block(*t, version, b"value")))
+            .collect(),
+    }
+}
+
+/// Plays the writer: records appends and makes them durable on demand.
+struct Harness {
+    core: TLogCore<u32>,
+    appended: Vec<(u64, Record)>,
+    done: Vec<(u32, Result<Version, CoreError>)>,
+    locks: Vec<(u32, Result<LockOutcome, CoreError>)>,
+    removed: Vec<SegmentId>,
+    segment: SegmentId,
+    offset: u64,
+    located: Vec<(Version, RecordLocation)>,
+    located_all: Vec<(Version, RecordLocation)>,
+    payloads: Vec<Bytes>,
+}
+
+impl Harness {
+    fn new(config: CoreConfig) -> Self {
+        Harness {
+            core: TLogCore::new(config),
+            appended: Vec::new(),
+            done: Vec::new(),
+            locks: Vec::new(),
+            removed: Vec::new(),
+            segment: 1,
+            offset: 64,
+            located: Vec::new(),
+            located_all: Vec::new(),
+            payloads: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, actions: Vec<Action<u32>>) {
+        for action in actions {
+            match action {
+                Action::Append {
+                    seq,
+                    record,
+                    payload,
+                } => {
+                    if let Record::Commit(c) = &record {
+                        let location = RecordLocation {
+                            segment: self.segment,
+                            offset: self.offset,
+                            len: payload.len() as u32,
+                        };
+                        self.offset += payload.len() as u64;
+                        self.located.push((c.version, location));
+                        self.located_all.push((c.version, location));
+                        self.payloads.push(payload);
+                    }
+                    self.appended.push((seq, record));
+                }
+                Action::RemoveSegmentsBefore(id) => self.removed.push(id),
+                Action::CommitDone(token, result) => self.done.push((token, result)),
+                Action::LockDone(token, result) => self.locks.push((token, result)),
+            }
+        }
+    }
+
+    fn commit(&mut self, request: CommitRequest, token: u32) {
+        let actions = self.core.commit(request, token, 0);
+        self.run(actions);
+    }
+
+    /// Everything appended so far becomes durable.
+    fn sync(&mut self) {
+        let through = self.appended.last().map(|(seq, _)| *seq).unwrap_or(0);
+        let located = std::mem::take(&mut self.located);
+        let actions = self.core.on_durable(through, &located);
+        self.run(actions);
+    }
+
+    fn peek(&self, team: StorageTeamId, begin: u64) -> Result<PeekPlan, CoreError> {
+        self.core.plan_peek(team, Version(begin), 1 << 20)
+    }
+}
+
+fn ready(plan: Result<PeekPlan, CoreError>) -> PeekResult {
+    match plan {
+        Ok(PeekPlan::Ready(result)) => result,
+        other => panic!("expected a ready peek, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_commit_is_acknowledged_and_visible_only_once_durable() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(0, 5, &[A, B]), 1);
+    assert!(h.done.is_empty());
+    assert_eq!(h.appended.len(), 1);
+    assert!(matches!(h.peek(A, 1), Ok(PeekPlan::Wait)));
+    h.sync();
+    assert_eq!(h.done, vec![(1, Ok(Version(5)))]);
+    let result = ready(h.peek(A, 1));
+    assert_eq!(result.blocks.len(), 1);
+    assert_eq!(result.end, Version(6));
+}
+
+#[test]
+fn an_early_commit_waits_for_its_predecessor_then_both_chain() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(5, 9, &[A]), 2);
+    assert!(
+        h.appended.is_empty(),
+        "a commit must not be appended before its predecessor"
+    );
+    h.commit(request(0, 5, &[A]), 1);
+    let versions: Vec<Version> = h
+        .appended
+        .iter()
+        .map(|(_, r)| match r {
+            Record::Commit(c) => c.version,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(versions, vec![Version(5), Version(9)]);
+    h.sync();
+    assert_eq!(h.done, vec![(1, Ok(Version(5))), (2, Ok(Version(9)))]);
+}
+
+#[test]
+fn a_waiting_commit_fails_when_its_predecessor_never_comes() {
+    let mut h = Harness::new(CoreConfig {
+        commit_wait_timeout_ms: 100,
+        ..CoreConfig::default()
+    });
+    let actions = h.core.commit(request(5, 9, &[A]), 1, 1_000);
+    h.run(actions);
+    let actions = h.core.tick(1_099);
+    h.run(actions);
+    assert!(h.done.is_empty());
+    let actions = h.core.tick(1_100);
+    h.run(actions);
+    assert!(matches!(
+        h.done.as_slice(),
+        [(1, Err(CoreError::MissingPredecessor { .. }))]
+    ));
+    h.commit(request(0, 5, &[A]), 2);
+    h.sync();
+    assert_eq!(h.core.durable_version(), Version(5));
+}
+
+#[test]
+fn duplicates_are_acknowledged_without_a_second_append() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(0, 5, &[A]), 1);
+    h.commit(request(0, 5, &[A]), 2);
+    assert_eq!(h.appended.len(), 1);
+    h.sync();
+    h.commit(request(0, 5, &[A]), 3);
+    assert_eq!(h.appended.len(), 1);
+    let acked: Vec<u32> = h
+        .done
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(acked, vec![1, 2, 3]);
+    h.commit(request(2, 5, &[A]), 4);
+    assert!(matches!(
+        h.done.last(),
+        Some((4, Err(CoreError::VersionConflict { .. })))
+    ));
+    assert_eq!(ready(h.peek(A, 0)).blocks.len(), 1);
+}
+
+#[test]
+fn commits_that_break_the_rules_are_refused_without_effect() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(0, 5, &[A]), 1);
+    h.commit(request(3, 7, &[A]), 2);
+    h.commit(request(7, 7, &[A]), 3);
+    let mut wrong_version = request(5, 8, &[A]);
+    wrong_version.blocks[0].1 = block(A, 9, b"x");
+    h.commit(wrong_version, 4);
+    let mut twice = request(5, 8, &[A]);
+    twice.blocks.push(twice.blocks[0].clone());
+    h.commit(twice, 5);
+    let mut other_team = request(5, 8, &[A]);
+    other_team.blocks[0].0 = B;
+    h.commit(other_team, 6);
+    assert_eq!(h.appended.len(), 1);
+    assert!(matches!(
+        h.done[0],
+        (2, Err(CoreError::VersionConflict { .. }))
+    ));
+    assert!(matches!(h.done[1], (3, Err(CoreError::Malformed(_)))));
+    assert!(matches!(
+        h.done[2],
+        (4, Err(CoreError::InvalidBlock { .. }))
+    ));
+    assert!(matches!(h.done[3], (5, Err(CoreError::Malformed(_)))));
+    assert!(matches!(
+        h.done[4],
+        (6, Err(CoreError::InvalidBlock { .. }))
+    ));
+}
+
+#[test]
+fn lock_ends_the_epoch_after_what_was_accepted_is_durable() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(0, 5, &[A]), 1);
+    h.commit(request(9, 12, &[A]), 2);
+    let actions = h.core.lock(100);
+    h.run(actions);
+    assert!(matches!(
+        h.done.as_slice(),
+        [(2, Err(CoreError::TLogStopped))]
+    ));
+    assert!(h.locks.is_empty(), "the lock answers only once durable");
+    h.sync();
+    assert_eq!(
+        h.locks,
+        vec![(
+            100,
+            Ok(LockOutcome {
+                end_version: Version(5),
+                known_committed_version: Version(0)
+            })
+        )]
+    );
+    h.commit(request(5, 6, &[A]), 3);
+    assert!(matches!(
+        h.done.last(),
+        Some((3, Err(CoreError::TLogStopped)))
+    ));
+    let end = ready(h.peek(A, 6));
+    assert!(end.end_of_stream && end.blocks.is_empty());
+    let tail = ready(h.peek(A, 5));
+    assert!(tail.end_of_stream && tail.blocks.len() == 1);
+}
+
+#[test]
+fn memory_stays_within_budget_and_older_data_is_read_from_disk() {
+    let mut h = Harness::new(CoreConfig {
+        memory_budget: 2_000,
+        checkpoint_interval: 300,
+        ..CoreConfig::default()
+    });
+    for v in 1..=100u64 {
+        h.commit(request(v - 1, v, &[A, B]), v as u32);
+        if v % 7 == 0 {
+            h.sync();
+        }
+    }
+    h.sync();
+    assert!(h.core.memory_bytes() <= 2_000);
+    let Ok(PeekPlan::Disk(disk)) = h.peek(A, 30) else {
+        panic!("old data must come from disk");
+    };
+    let checkpoint = h
+        .located_all
+        .iter()
+        .find(|(_, l)| l.offset == disk.from.offset);
+    assert!(
+        checkpoint.is_some_and(|(v, _)| *v <= Version(30)),
+        "scan starts at or before 30"
+    );
+    let result = finish_disk_peek(&disk, &h.payloads).unwrap();
+    assert_eq!(result.blocks.first(), Some(&block(A, 30, b"value")));
+    assert_eq!(result.end, disk.memory_floor);
+    let in_memory = ready(h.peek(A, disk.memory_floor.0));
+    assert_eq!(in_memory.end, Version(101));
+    let total = result.blocks.len() + in_memory.blocks.len();
+    assert_eq!(total, 71, "versions 30..=100 once each");
+}
+
+#[test]
+fn pops_discard_data_and_truncate_segments_once_every_server_passed() {
+    let mut h = Harness::new(CoreConfig::default());
+    let actions = h.core.register_team(A, vec![S1, S2]);
+    h.run(actions);
+    for v in 1..=4u64 {
+        h.commit(request(v - 1, v, &[A]), v as u32);
+        h.sync();
+        h.segment += 1;
+    }
+    let actions = h.core.pop(A, S1, Version(4)).unwrap();
+    h.run(actions);
+    assert_eq!(ready(h.peek(A, 1)).popped, Version(0), "S2 has not popped");
+    assert_eq!(h.core.truncation_blocker(), Some(A));
+    let actions = h.core.pop(A, S2, Version(3)).unwrap();
+    h.run(actions);
+    assert_eq!(h.removed, vec![3], "segments holding versions 1 and 2 go");
+    assert!(matches!(
+        h.peek(A, 2),
+        Err(CoreError::PeekBeforePopped {
+            popped: Version(3),
+            ..
+        })
+    ));
+    assert_eq!(ready(h.peek(A, 3)).blocks.len(), 2);
+    assert!(matches!(
+        h.core.pop(B, S1, Version(1)),
+        Err(CoreError::UnknownTeam(B))
+    ));
+    assert!(matches!(h.peek(B, 1), Err(CoreError::UnknownTeam(B))));
+}
+
+#[test]
+fn poisoning_fails_every_waiting_commit_and_refuses_new_ones() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(0, 5, &[A]), 1);
+    h.commit(request(7, 9, &[A]), 2);
+    let actions = h.core.on_poisoned();
+    h.run(actions);
+    let failed: Vec<u32> = h
+        .done
+        .iter()
+        .filter(|(_, r)| *r == Err(CoreError::Poisoned))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(failed, vec![1, 2]);
+    h.commit(request(5, 6, &[A]), 3);
+    assert_eq!(h.done.last(), Some(&(3, Err(CoreError::Poisoned))));
+}
+
+#[test]
+fn recovery_rebuilds_versions_pops_and_memory() {
+    let mut h = Harness::new(CoreConfig::default());
+    let actions = h.core.register_team(A, vec![S1]);
+    h.run(actions);
+    for v in 1..=3u64 {
+        h.commit(request(v - 1, v, &[A]), v as u32);
+    }
+    let actions = h.core.pop(A, S1, Version(2)).unwrap();
+    h.run(actions);
+    h.sync();
+    let mut recovered = TLogCore::<u32>::new(CoreConfig::default());
+    let mut commit_locations = h.core.segments.keys().copied();
+    let segment = commit_locations.next().unwrap();
+    for (i, (_, record)) in h.appended.iter().enumerate() {
+        let location = RecordLocation {
+            segment,
+            offset: 64 + i as u64 * 100,
+            len: 100,
+        };
+        recovered.recover_record(location, record.clone());
+    }
+    recovered.finish_recovery();
+    assert_eq!(recovered.durable_version(), Version(3));
+    let result = match recovered.plan_peek(A, Version(2), 1 << 20) {
+        Ok(PeekPlan::Ready(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(result.popped, Version(2));
+    assert_eq!(result.blocks.len(), 2);
+    assert_eq!(result.end, Version(4));
+}
