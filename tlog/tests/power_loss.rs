@@ -16,7 +16,7 @@ use proto::{
 };
 use rand::{Rng, SeedableRng};
 use tlog::clock::SystemClock;
-use tlog::engine::CoreError;
+use tlog::engine::{CoreConfig, CoreError};
 use tlog::log::LogConfig;
 use tlog::mem_store::MemStore;
 use tlog::server::{TLogConfig, TLogService};
@@ -43,12 +43,16 @@ fn commit(prev: Version, version: Version, key: &str) -> TLogCommitRequest {
 }
 
 fn config() -> TLogConfig {
-    let mut config = TLogConfig::default();
-    config.log = LogConfig {
-        segment_size: 32 << 10,
-    };
-    config.core.memory_budget = 16 << 10;
-    config
+    TLogConfig {
+        log: LogConfig {
+            segment_size: 32 << 10,
+        },
+        core: CoreConfig {
+            memory_budget: 16 << 10,
+            ..CoreConfig::default()
+        },
+        ..TLogConfig::default()
+    }
 }
 
 async fn read_all(service: &TLogService<MemStore>, through: Version) -> BTreeMap<Version, Bytes> {
