@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use proto::transport::RpcClient;
 use proto::{StorageServerId, StorageTeamId};
 use serde::Serialize;
-use tlog::client::TLogClient;
 use tlog::server::{TLogConfig, TLogProcess};
 
 use crate::workload::{set_commit, VersionChain};
@@ -91,8 +91,13 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     let server = tokio::spawn(tlog.serve(async {
         let _ = stop_rx.await;
     }));
-    let client = TLogClient::connect(addr).await?;
-    client.register_team(team, vec![StorageServerId(1)]).await?;
+    let client = RpcClient::connect(addr, Default::default()).await?;
+    client
+        .register_team(proto::rpc::RegisterTeamRequest {
+            team,
+            servers: vec![StorageServerId(1)],
+        })
+        .await?;
     let chain = Arc::new(VersionChain::starting_at(service.status().durable_version));
 
     let rtt = measure_rtt(&client).await?;
@@ -165,7 +170,7 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn measure_rtt(client: &TLogClient) -> Result<f64> {
+async fn measure_rtt(client: &RpcClient) -> Result<f64> {
     let mut histogram = new_histogram();
     for _ in 0..2000 {
         let sent = Instant::now();
@@ -176,7 +181,7 @@ async fn measure_rtt(client: &TLogClient) -> Result<f64> {
 }
 
 async fn commit_load(
-    client: &TLogClient,
+    client: &RpcClient,
     chain: &Arc<VersionChain>,
     team: StorageTeamId,
     committers: usize,
@@ -197,7 +202,7 @@ async fn commit_load(
                 let key = Bytes::from(format!("k{worker:04}-{count:010}"));
                 let request = set_commit(chain.next_pair(), team, key, value.clone(), &[]);
                 let sent = Instant::now();
-                client.commit(request).await?;
+                client.tlog_commit(request).await?;
                 histogram.record(sent.elapsed().as_micros() as u64)?;
                 count += 1;
             }
@@ -210,7 +215,13 @@ async fn commit_load(
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let durable = client.status().await?.durable_version;
-                client.pop(team, StorageServerId(1), durable).await?;
+                client
+                    .pop(proto::rpc::PopRequest {
+                        team,
+                        server: StorageServerId(1),
+                        version: durable,
+                    })
+                    .await?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             anyhow::Ok(())

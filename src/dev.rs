@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use proto::transport::RpcClient;
 use proto::{Mutation, StorageTeamId, Version};
-use tlog::client::TLogClient;
 
 use crate::process::ChildTLog;
 use crate::workload::{read_team, set_commit, VersionChain};
@@ -31,7 +31,7 @@ pub async fn run(data_dir: Option<PathBuf>, commits: u64, committers: usize) -> 
         tlog.addr,
         dir.display()
     );
-    let client = TLogClient::connect(tlog.addr).await?;
+    let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     let start_version = client.status().await?.durable_version;
     let chain = Arc::new(VersionChain::starting_at(start_version));
     let teams: Vec<StorageTeamId> = (1..=TEAMS).map(StorageTeamId).collect();
@@ -49,7 +49,7 @@ pub async fn run(data_dir: Option<PathBuf>, commits: u64, committers: usize) -> 
                 let key = Bytes::from(format!("key-{worker}-{i}"));
                 let request = set_commit(pair, team, key, Bytes::from_static(&[7u8; 100]), &teams);
                 let sent = Instant::now();
-                client.commit(request).await?;
+                client.tlog_commit(request).await?;
                 latencies.push(sent.elapsed());
             }
             anyhow::Ok(latencies)

@@ -7,10 +7,10 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use proto::rpc::{PeekRequest, TLogCommitRequest, TeamBlockData};
+use proto::transport::RpcClient;
 use proto::{
     BlockEntry, Mutation, StorageTeamId, Subsequence, TeamBlock, TeamBlockBuilder, Version,
 };
-use tlog::client::TLogClient;
 
 /// Hands out `(prev_version, version)` pairs in order, like a sequencer.
 #[derive(Default)]
@@ -72,7 +72,7 @@ pub fn set_commit(
 /// Reads `team` from `begin` until `through` and returns each version's
 /// mutations (empty versions as empty lists), checking versions increase.
 pub async fn read_team(
-    client: &TLogClient,
+    client: &RpcClient,
     team: StorageTeamId,
     begin: Version,
     through: Version,

@@ -7,23 +7,23 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use proto::rpc::{ErrorCode, Message, PeekRequest, TLogCommitRequest, TeamBlockData};
+use proto::transport::RpcClient;
 use proto::transport::RpcError;
 use proto::{StorageServerId, StorageTeamId, Version};
 use teamlog::process::ChildTLog;
 use teamlog::workload::set_commit;
-use tlog::client::TLogClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TEAM: StorageTeamId = StorageTeamId(1);
 
-async fn start() -> Result<(tempfile::TempDir, ChildTLog, TLogClient)> {
+async fn start() -> Result<(tempfile::TempDir, ChildTLog, RpcClient)> {
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
     let tlog = ChildTLog::spawn(exe, dir.path(), &["--commit-wait-timeout-ms", "300"]).await?;
-    let client = TLogClient::connect(tlog.addr).await?;
+    let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     client
-        .commit(set_commit(
+        .tlog_commit(set_commit(
             (Version(0), Version(10)),
             TEAM,
             Bytes::from_static(b"k"),
@@ -57,7 +57,7 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).expect("a number").parse()?)
 }
 
-async fn still_serving(client: &TLogClient) -> Result<()> {
+async fn still_serving(client: &RpcClient) -> Result<()> {
     let reply = client
         .peek(PeekRequest {
             team: TEAM,
@@ -142,7 +142,13 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         remote_code(client.peek(peek(StorageTeamId(99), Version(1))).await)?,
         ErrorCode::UnknownTeam
     );
-    client.pop(TEAM, StorageServerId(1), Version(10)).await?;
+    client
+        .pop(proto::rpc::PopRequest {
+            team: TEAM,
+            server: StorageServerId(1),
+            version: Version(10),
+        })
+        .await?;
     assert_eq!(
         remote_code(client.peek(peek(TEAM, Version(5))).await)?,
         ErrorCode::PeekBeforePopped
@@ -157,7 +163,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         &[],
     );
     assert_eq!(
-        remote_code(client.commit(skip).await)?,
+        remote_code(client.tlog_commit(skip).await)?,
         ErrorCode::MissingPredecessor
     );
 
@@ -170,7 +176,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         &[],
     );
     assert_eq!(
-        remote_code(client.commit(backwards).await)?,
+        remote_code(client.tlog_commit(backwards).await)?,
         ErrorCode::MalformedRequest
     );
 
@@ -183,7 +189,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         &[],
     );
     assert_eq!(
-        remote_code(client.commit(fork).await)?,
+        remote_code(client.tlog_commit(fork).await)?,
         ErrorCode::VersionConflict
     );
 
@@ -198,7 +204,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         }],
     };
     assert_eq!(
-        remote_code(client.commit(garbage).await)?,
+        remote_code(client.tlog_commit(garbage).await)?,
         ErrorCode::InvalidBlock
     );
     let mut wrong_team = set_commit(
@@ -210,7 +216,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
     );
     wrong_team.teams[0].team = StorageTeamId(2);
     assert_eq!(
-        remote_code(client.commit(wrong_team).await)?,
+        remote_code(client.tlog_commit(wrong_team).await)?,
         ErrorCode::InvalidBlock
     );
     let mut wrong_version = set_commit(
@@ -222,7 +228,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
     );
     wrong_version.version = Version(11);
     assert_eq!(
-        remote_code(client.commit(wrong_version).await)?,
+        remote_code(client.tlog_commit(wrong_version).await)?,
         ErrorCode::InvalidBlock
     );
 
@@ -235,8 +241,8 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         Bytes::new(),
         &[],
     );
-    assert_eq!(client.commit(next.clone()).await?, Version(11));
-    assert_eq!(client.commit(next).await?, Version(11));
+    assert_eq!(client.tlog_commit(next.clone()).await?.version, Version(11));
+    assert_eq!(client.tlog_commit(next).await?.version, Version(11));
     let reply = client.peek(peek(TEAM, Version(10))).await?;
     assert_eq!(reply.blocks.len(), 2);
     assert_eq!(reply.end, Version(12));
@@ -252,7 +258,7 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         &[],
     );
     assert_eq!(
-        remote_code(client.commit(after).await)?,
+        remote_code(client.tlog_commit(after).await)?,
         ErrorCode::TLogStopped
     );
     let reply = client

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
+use proto::transport::RpcClient;
 use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 use rand::{Rng, SeedableRng};
 use teamlog::process::ChildTLog;
 use teamlog::workload::{read_team, set_commit, VersionChain};
-use tlog::client::TLogClient;
 
 const TEAMS: [StorageTeamId; 3] = [StorageTeamId(1), StorageTeamId(2), StorageTeamId(3)];
 const COMMITTERS: usize = 4;
@@ -52,9 +52,14 @@ async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
 
     for round in 0..=kills {
         let tlog = ChildTLog::spawn(exe, dir.path(), &args).await?;
-        let client = TLogClient::connect(tlog.addr).await?;
+        let client = RpcClient::connect(tlog.addr, Default::default()).await?;
         for team in TEAMS {
-            client.register_team(team, vec![StorageServerId(1)]).await?;
+            client
+                .register_team(proto::rpc::RegisterTeamRequest {
+                    team,
+                    servers: vec![StorageServerId(1)],
+                })
+                .await?;
         }
         let durable = client.status().await?.durable_version;
         // Versions above the recovered end were lost with the crash: never acknowledged.
@@ -68,7 +73,13 @@ async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
         verify(&client, &history, verified_through, durable).await?;
         verified_through = durable;
         for team in TEAMS {
-            client.pop(team, StorageServerId(1), durable.next()).await?;
+            client
+                .pop(proto::rpc::PopRequest {
+                    team,
+                    server: StorageServerId(1),
+                    version: durable.next(),
+                })
+                .await?;
         }
         if round == kills {
             tlog.stop().await?;
@@ -98,7 +109,7 @@ async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
                         acknowledged: false,
                     };
                     sent.lock().unwrap().insert(pair.1, record);
-                    if client.commit(request).await.is_err() {
+                    if client.tlog_commit(request).await.is_err() {
                         return;
                     }
                     sent.lock()
@@ -135,7 +146,7 @@ async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
 /// Every acknowledged version in (from, through] is present on its team
 /// exactly once with what was sent; every team has every version.
 async fn verify(
-    client: &TLogClient,
+    client: &RpcClient,
     history: &BTreeMap<Version, Sent>,
     from: Version,
     through: Version,

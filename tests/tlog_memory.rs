@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
+use proto::transport::RpcClient;
 use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 use teamlog::process::ChildTLog;
 use teamlog::workload::{read_team, set_commit, VersionChain};
-use tlog::client::TLogClient;
 
 const TEAM: StorageTeamId = StorageTeamId(1);
 const BUDGET: u64 = 16 << 20;
@@ -44,9 +44,14 @@ async fn memory_stays_within_budget_while_a_team_lags() -> Result<()> {
     ];
     let tlog = ChildTLog::spawn(exe, dir.path(), &args).await?;
     let pid = tlog.pid().expect("running");
-    let client = TLogClient::connect(tlog.addr).await?;
+    let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     // Registered with a server that never pops: nothing can be discarded.
-    client.register_team(TEAM, vec![StorageServerId(7)]).await?;
+    client
+        .register_team(proto::rpc::RegisterTeamRequest {
+            team: TEAM,
+            servers: vec![StorageServerId(7)],
+        })
+        .await?;
     let baseline = vm_rss(pid)?;
 
     let chain = Arc::new(VersionChain::default());
@@ -61,7 +66,7 @@ async fn memory_stays_within_budget_while_a_team_lags() -> Result<()> {
                 let pair = chain.next_pair();
                 let value = Bytes::from(vec![(pair.1 .0 % 251) as u8; PAYLOAD]);
                 client
-                    .commit(set_commit(
+                    .tlog_commit(set_commit(
                         pair,
                         TEAM,
                         Bytes::from(pair.1 .0.to_string()),

@@ -116,6 +116,12 @@ pub enum Action<T> {
     RemoveSegmentsBefore(SegmentId),
     CommitDone(T, Result<Version, CoreError>),
     LockDone(T, Result<LockOutcome, CoreError>),
+    RegisterDone(T, Result<(), CoreError>),
+}
+
+enum Barrier<T> {
+    Lock(T),
+    Register(T),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,8 +184,9 @@ pub struct TLogCore<T> {
     pending: BTreeMap<Version, Pending<T>>,
     pending_bytes: u64,
     unsynced: VecDeque<Unsynced<T>>,
-    /// Duplicates of a commit that is appended but not yet durable.
-    lock_waiters: Vec<(u64, T)>,
+    /// Answers waiting for the record with their sequence number (and so
+    /// everything appended before it) to be durable.
+    barriers: Vec<(u64, Barrier<T>)>,
     recent: BTreeMap<Version, Version>,
     /// Durable commits in memory, oldest first, for eviction.
     memory_order: VecDeque<(Version, Vec<StorageTeamId>)>,
@@ -204,7 +211,7 @@ impl<T> TLogCore<T> {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             unsynced: VecDeque::new(),
-            lock_waiters: Vec::new(),
+            barriers: Vec::new(),
             recent: BTreeMap::new(),
             memory_order: VecDeque::new(),
             memory_bytes: 0,
@@ -542,12 +549,15 @@ impl<T> TLogCore<T> {
                 actions.push(Action::CommitDone(w, Ok(version)));
             }
         }
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lock_waiters)
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.barriers)
             .into_iter()
             .partition(|(seq, _)| *seq <= through_seq);
-        self.lock_waiters = waiting;
-        for (_, token) in done {
-            actions.push(Action::LockDone(token, Ok(self.lock_outcome())));
+        self.barriers = waiting;
+        for (_, barrier) in done {
+            actions.push(match barrier {
+                Barrier::Lock(token) => Action::LockDone(token, Ok(self.lock_outcome())),
+                Barrier::Register(token) => Action::RegisterDone(token, Ok(())),
+            });
         }
         self.evict_to_budget();
         actions.extend(self.truncation_actions());
@@ -569,8 +579,11 @@ impl<T> TLogCore<T> {
                 actions.push(Action::CommitDone(w, Err(CoreError::Poisoned)));
             }
         }
-        for (_, token) in self.lock_waiters.drain(..) {
-            actions.push(Action::LockDone(token, Err(CoreError::Poisoned)));
+        for (_, barrier) in self.barriers.drain(..) {
+            actions.push(match barrier {
+                Barrier::Lock(token) => Action::LockDone(token, Err(CoreError::Poisoned)),
+                Barrier::Register(token) => Action::RegisterDone(token, Err(CoreError::Poisoned)),
+            });
         }
         self.pending_bytes = 0;
         actions
@@ -665,15 +678,24 @@ impl<T> TLogCore<T> {
         Ok(actions)
     }
 
+    /// Declares the servers of a team; its data is discarded only once all
+    /// of them popped past it. Answered once durable, because a lost
+    /// registration would let one server's pops discard what another needs.
     pub fn register_team(
         &mut self,
         team: StorageTeamId,
         servers: Vec<StorageServerId>,
+        token: T,
     ) -> Vec<Action<T>> {
         let mut actions = Vec::new();
+        if self.poisoned {
+            actions.push(Action::RegisterDone(token, Err(CoreError::Poisoned)));
+            return actions;
+        }
         let record = Record::Register { team, servers };
         self.meta.apply(&record);
-        self.append(record, &mut actions);
+        let seq = self.append(record, &mut actions);
+        self.barriers.push((seq, Barrier::Register(token)));
         self.teams.entry(team).or_default();
         self.refresh_popped(team);
         actions.extend(self.truncation_actions());
@@ -697,11 +719,11 @@ impl<T> TLogCore<T> {
             }
             self.pending_bytes = 0;
             let seq = self.append(Record::Lock, &mut actions);
-            self.lock_waiters.push((seq, token));
-        } else if self.unsynced.is_empty() && self.lock_waiters.is_empty() {
+            self.barriers.push((seq, Barrier::Lock(token)));
+        } else if self.unsynced.is_empty() && self.barriers.is_empty() {
             actions.push(Action::LockDone(token, Ok(self.lock_outcome())));
         } else {
-            self.lock_waiters.push((self.next_seq, token));
+            self.barriers.push((self.next_seq, Barrier::Lock(token)));
         }
         actions
     }

@@ -66,10 +66,17 @@ pub enum TLogError {
     },
 }
 
+/// The largest reply a peek gets, whatever it asks for: replies must fit
+/// in a frame, and one reader must not hold a large buffer.
+pub const MAX_PEEK_BYTES: u32 = 16 << 20;
+/// The longest a peek long-polls, whatever it asks for.
+pub const MAX_PEEK_WAIT_MS: u64 = 60_000;
+
 /// What a commit or lock waiter is sent when the core decides.
 pub enum Outcome {
     Commit(Result<Version, CoreError>),
     Lock(Result<LockOutcome, CoreError>),
+    Register(Result<(), CoreError>),
 }
 
 type Token = oneshot::Sender<Outcome>;
@@ -118,6 +125,9 @@ impl<S: LogStore> Shared<S> {
                 }
                 Action::LockDone(token, result) => {
                     let _ = token.send(Outcome::Lock(result));
+                }
+                Action::RegisterDone(token, result) => {
+                    let _ = token.send(Outcome::Register(result));
                 }
             }
         }
@@ -337,17 +347,27 @@ impl<S: LogStore> TLogService<S> {
         Ok(())
     }
 
-    pub fn register_team(&self, request: proto::rpc::RegisterTeamRequest) {
-        let mut core = self.core();
-        let actions = core.register_team(request.team, request.servers);
-        self.execute(actions);
+    pub async fn register_team(
+        &self,
+        request: proto::rpc::RegisterTeamRequest,
+    ) -> Result<(), CoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut core = self.core();
+            let actions = core.register_team(request.team, request.servers, tx);
+            self.execute(actions);
+        }
+        match rx.await {
+            Ok(Outcome::Register(result)) => result,
+            _ => Err(CoreError::Poisoned),
+        }
     }
 
     /// Answers a peek, waiting up to its timeout when nothing is there yet.
     pub async fn peek(&self, request: PeekRequest) -> Result<PeekResult, CoreError> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(u64::from(request.timeout_ms));
-        let max_bytes = request.max_bytes.max(1) as usize;
+        let wait = u64::from(request.timeout_ms).min(MAX_PEEK_WAIT_MS);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let max_bytes = request.max_bytes.clamp(1, MAX_PEEK_BYTES) as usize;
         let mut progress = self.shared.progress.subscribe();
         loop {
             progress.borrow_and_update();
@@ -472,7 +492,7 @@ impl<S: LogStore> TLogService<S> {
                 }))
             }
             Message::RegisterTeam(register) => {
-                self.register_team(register);
+                self.register_team(register).await.map_err(error_reply)?;
                 Ok(Message::RegisterTeamReply)
             }
             Message::Status => Ok(Message::TLogStatus(self.status())),

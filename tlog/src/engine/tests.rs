@@ -40,6 +40,7 @@ struct Harness {
     appended: Vec<(u64, Record)>,
     done: Vec<(u32, Result<Version, CoreError>)>,
     locks: Vec<(u32, Result<LockOutcome, CoreError>)>,
+    registered: Vec<(u32, Result<(), CoreError>)>,
     removed: Vec<SegmentId>,
     segment: SegmentId,
     offset: u64,
@@ -55,6 +56,7 @@ impl Harness {
             appended: Vec::new(),
             done: Vec::new(),
             locks: Vec::new(),
+            registered: Vec::new(),
             removed: Vec::new(),
             segment: 1,
             offset: 64,
@@ -88,6 +90,7 @@ impl Harness {
                 Action::RemoveSegmentsBefore(id) => self.removed.push(id),
                 Action::CommitDone(token, result) => self.done.push((token, result)),
                 Action::LockDone(token, result) => self.locks.push((token, result)),
+                Action::RegisterDone(token, result) => self.registered.push((token, result)),
             }
         }
     }
@@ -303,7 +306,7 @@ fn memory_stays_within_budget_and_older_data_is_read_from_disk() {
 #[test]
 fn pops_discard_data_and_truncate_segments_once_every_server_passed() {
     let mut h = Harness::new(CoreConfig::default());
-    let actions = h.core.register_team(A, vec![S1, S2]);
+    let actions = h.core.register_team(A, vec![S1, S2], 0);
     h.run(actions);
     for v in 1..=4u64 {
         h.commit(request(v - 1, v, &[A]), v as u32);
@@ -353,7 +356,7 @@ fn poisoning_fails_every_waiting_commit_and_refuses_new_ones() {
 #[test]
 fn recovery_rebuilds_versions_pops_and_memory() {
     let mut h = Harness::new(CoreConfig::default());
-    let actions = h.core.register_team(A, vec![S1]);
+    let actions = h.core.register_team(A, vec![S1], 0);
     h.run(actions);
     for v in 1..=3u64 {
         h.commit(request(v - 1, v, &[A]), v as u32);
@@ -381,4 +384,19 @@ fn recovery_rebuilds_versions_pops_and_memory() {
     assert_eq!(result.popped, Version(2));
     assert_eq!(result.blocks.len(), 2);
     assert_eq!(result.end, Version(4));
+}
+
+#[test]
+fn a_registration_is_answered_only_once_durable() {
+    let mut h = Harness::new(CoreConfig::default());
+    let actions = h.core.register_team(A, vec![S1, S2], 7);
+    h.run(actions);
+    assert!(h.registered.is_empty());
+    h.sync();
+    assert_eq!(h.registered, vec![(7, Ok(()))]);
+    let actions = h.core.on_poisoned();
+    h.run(actions);
+    let actions = h.core.register_team(B, vec![S1], 8);
+    h.run(actions);
+    assert_eq!(h.registered.last(), Some(&(8, Err(CoreError::Poisoned))));
 }
