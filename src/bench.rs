@@ -53,6 +53,25 @@ struct Figures {
     p99_us: f64,
 }
 
+impl Figures {
+    /// `ops` operations of `bytes_per_op` bytes each over `elapsed`, with
+    /// their latencies in `histogram` (microseconds).
+    fn measured(
+        histogram: &Histogram<u64>,
+        ops: u64,
+        bytes_per_op: usize,
+        elapsed: Duration,
+    ) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Figures {
+            mb_per_s: (ops * bytes_per_op as u64) as f64 / seconds / 1e6,
+            ops_per_s: ops as f64 / seconds,
+            p50_us: histogram.value_at_quantile(0.5) as f64,
+            p99_us: histogram.value_at_quantile(0.99) as f64,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Cell {
     committers: usize,
@@ -237,13 +256,12 @@ async fn commit_load(
         total += count;
         histogram.add(h)?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        mb_per_s: (total * payload as u64) as f64 / elapsed / 1e6,
-        ops_per_s: total as f64 / elapsed,
-        p50_us: histogram.value_at_quantile(0.5) as f64,
-        p99_us: histogram.value_at_quantile(0.99) as f64,
-    })
+    Ok(Figures::measured(
+        &histogram,
+        total,
+        payload,
+        started.elapsed(),
+    ))
 }
 
 /// Sequential appends of `batch` bytes, each followed by fdatasync, into a
@@ -279,13 +297,12 @@ fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Result<Figures> 
         offset += batch as u64;
         syncs += 1;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        mb_per_s: (syncs * batch as u64) as f64 / elapsed / 1e6,
-        ops_per_s: syncs as f64 / elapsed,
-        p50_us: histogram.value_at_quantile(0.5) as f64,
-        p99_us: histogram.value_at_quantile(0.99) as f64,
-    })
+    Ok(Figures::measured(
+        &histogram,
+        syncs,
+        batch,
+        started.elapsed(),
+    ))
 }
 
 fn new_histogram() -> Histogram<u64> {

@@ -119,6 +119,12 @@ pub enum Action<T> {
     RegisterDone(T, Result<(), CoreError>),
 }
 
+enum Route {
+    Accept,
+    Park,
+    Duplicate,
+}
+
 enum Barrier<T> {
     Lock(T),
     Register(T),
@@ -313,56 +319,49 @@ impl<T> TLogCore<T> {
 
     pub fn commit(&mut self, request: CommitRequest, token: T, now_ms: u64) -> Vec<Action<T>> {
         let mut actions = Vec::new();
-        if let Err(e) = self.check_commit(&request) {
-            actions.push(Action::CommitDone(token, Err(e)));
-            return actions;
-        }
-        let last = self.meta.last_version;
-        let (prev, version) = (request.prev_version, request.version);
-        if version <= last {
-            match self.recent.get(&version) {
-                Some(p) if *p == prev => self.ack_duplicate(version, token, &mut actions),
-                Some(_) => actions.push(Action::CommitDone(
-                    token,
-                    Err(CoreError::VersionConflict {
-                        prev,
-                        version,
-                        last,
-                    }),
-                )),
-                None => {
-                    let too_old = self
-                        .recent
-                        .first_key_value()
-                        .is_some_and(|(v, _)| version < *v);
-                    let err = if too_old {
-                        CoreError::CommitTooOld { version }
-                    } else {
-                        CoreError::VersionConflict {
-                            prev,
-                            version,
-                            last,
-                        }
-                    };
-                    actions.push(Action::CommitDone(token, Err(err)));
-                }
+        match self.route(&request) {
+            Err(e) => actions.push(Action::CommitDone(token, Err(e))),
+            Ok(Route::Duplicate) => self.ack_duplicate(request.version, token, &mut actions),
+            Ok(Route::Accept) => {
+                self.accept(request, vec![token], &mut actions);
+                self.accept_chained(&mut actions);
             }
-        } else if prev < last {
-            actions.push(Action::CommitDone(
-                token,
-                Err(CoreError::VersionConflict {
-                    prev,
-                    version,
-                    last,
-                }),
-            ));
-        } else if prev == last {
-            self.accept(request, vec![token], &mut actions);
-            self.accept_chained(&mut actions);
-        } else {
-            self.park(request, token, now_ms, &mut actions);
+            Ok(Route::Park) => self.park(request, token, now_ms, &mut actions),
         }
         actions
+    }
+
+    /// Where a commit goes in the chain, or why it is refused.
+    fn route(&self, request: &CommitRequest) -> Result<Route, CoreError> {
+        self.check_commit(request)?;
+        let last = self.meta.last_version;
+        let (prev, version) = (request.prev_version, request.version);
+        let conflict = || CoreError::VersionConflict {
+            prev,
+            version,
+            last,
+        };
+        if version <= last {
+            let too_old = self
+                .recent
+                .first_key_value()
+                .is_some_and(|(v, _)| version < *v);
+            return match self.recent.get(&version) {
+                Some(p) if *p == prev => Ok(Route::Duplicate),
+                None if too_old => Err(CoreError::CommitTooOld { version }),
+                _ => Err(conflict()),
+            };
+        }
+        if let Some(p) = self.pending.get(&prev) {
+            if p.request.version != version {
+                return Err(conflict());
+            }
+        }
+        match prev.cmp(&last) {
+            std::cmp::Ordering::Less => Err(conflict()),
+            std::cmp::Ordering::Equal => Ok(Route::Accept),
+            std::cmp::Ordering::Greater => Ok(Route::Park),
+        }
     }
 
     fn check_commit(&self, request: &CommitRequest) -> Result<(), CoreError> {
@@ -429,21 +428,10 @@ impl<T> TLogCore<T> {
         now_ms: u64,
         actions: &mut Vec<Action<T>>,
     ) {
-        let (prev, version) = (request.prev_version, request.version);
+        let prev = request.prev_version;
         if let Some(p) = self.pending.get_mut(&prev) {
-            if p.request.version == version {
-                p.waiters.push(token);
-            } else {
-                let last = self.meta.last_version;
-                actions.push(Action::CommitDone(
-                    token,
-                    Err(CoreError::VersionConflict {
-                        prev,
-                        version,
-                        last,
-                    }),
-                ));
-            }
+            // The same commit again, still waiting for its predecessor.
+            p.waiters.push(token);
             return;
         }
         let bytes = request
