@@ -26,7 +26,7 @@ use proto::rpc::{
 use proto::transport::{self, ServerConfig, Service};
 use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{
@@ -141,6 +141,30 @@ impl<S: LogStore> Shared<S> {
         }
     }
 
+    /// Applies a report of the writer thread, on that thread.
+    fn on_writer_event(&self, event: WriterEvent) {
+        let mut core = self.core();
+        let actions = match event {
+            WriterEvent::Durable {
+                through_seq,
+                commits,
+                disk_bytes,
+                batch_bytes,
+            } => {
+                self.disk_bytes.store(disk_bytes, Ordering::Relaxed);
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                self.synced_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
+                core.on_durable(through_seq, &commits)
+            }
+            WriterEvent::Poisoned(reason) => {
+                tracing::error!(%reason, "tlog poisoned");
+                core.on_poisoned()
+            }
+        };
+        self.execute(actions);
+        self.publish_progress(&core);
+    }
+
     fn publish_progress(&self, core: &TLogCore<Token>) {
         let progress = (core.durable_version(), core.is_locked());
         self.progress.send_if_modified(|p| {
@@ -167,40 +191,6 @@ impl<S: LogStore> Drop for Shared<S> {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
-    }
-}
-
-/// Applies the writer's reports; ends when the service is gone.
-async fn run_events<S: LogStore>(
-    shared: Weak<Shared<S>>,
-    mut events: mpsc::UnboundedReceiver<WriterEvent>,
-) {
-    while let Some(event) = events.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let mut core = shared.core();
-        let actions = match event {
-            WriterEvent::Durable {
-                through_seq,
-                commits,
-                disk_bytes,
-                batch_bytes,
-            } => {
-                shared.disk_bytes.store(disk_bytes, Ordering::Relaxed);
-                shared.syncs.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .synced_bytes
-                    .fetch_add(batch_bytes, Ordering::Relaxed);
-                core.on_durable(through_seq, &commits)
-            }
-            WriterEvent::Poisoned(reason) => {
-                tracing::error!(%reason, "tlog poisoned");
-                core.on_poisoned()
-            }
-        };
-        shared.execute(actions);
-        shared.publish_progress(&core);
     }
 }
 
@@ -264,13 +254,7 @@ impl<S: LogStore> TLogService<S> {
         let reader = log.reader();
         let disk_bytes = log.disk_bytes();
         let (command_tx, command_rx) = std::sync::mpsc::channel();
-        let (event_tx, event_rx) = mpsc::unbounded_channel();
         let meta = core.metadata().clone();
-        let writer_thread =
-            spawn_writer(log, meta, command_rx, event_tx).map_err(|source| TLogError::Io {
-                path: PathBuf::from("<writer thread>"),
-                source,
-            })?;
         let (progress, _) = watch::channel((core.durable_version(), core.is_locked()));
         tracing::info!(
             durable_version = %core.durable_version(),
@@ -280,7 +264,7 @@ impl<S: LogStore> TLogService<S> {
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             writer: Mutex::new(Some(command_tx)),
-            writer_thread: Mutex::new(Some(writer_thread)),
+            writer_thread: Mutex::new(None),
             syncs: AtomicU64::new(0),
             synced_bytes: AtomicU64::new(0),
             reader,
@@ -289,8 +273,22 @@ impl<S: LogStore> TLogService<S> {
             memory_budget: config.core.memory_budget,
             disk_bytes: disk_bytes.into(),
         });
+        let weak = Arc::downgrade(&shared);
+        let writer_thread = spawn_writer(log, meta, command_rx, move |event| {
+            weak.upgrade().is_some_and(|shared| {
+                shared.on_writer_event(event);
+                true
+            })
+        })
+        .map_err(|source| TLogError::Io {
+            path: PathBuf::from("<writer thread>"),
+            source,
+        })?;
+        *shared
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(writer_thread);
         shared.execute(initial_actions);
-        tokio::spawn(run_events(Arc::downgrade(&shared), event_rx));
         tokio::spawn(run_ticks(Arc::downgrade(&shared)));
         Ok(TLogService { shared })
     }

@@ -3,7 +3,7 @@
 //! ```text
 //!  core ──WriterCommand (in seq order)──▶ writer: drain all queued, append,
 //!                                           one sync for the whole batch
-//!  core ◀──WriterEvent::Durable{through_seq, commit locations}──┘
+//!  core ◀──report(WriterEvent::Durable{through_seq, commit locations})──┘
 //! ```
 //!
 //! Draining everything queued while the previous sync ran is the group
@@ -15,7 +15,6 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use proto::Version;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::log::{LogError, RecordLocation, SegmentLog};
 use crate::record::{Metadata, Record};
@@ -45,12 +44,19 @@ pub enum WriterEvent {
 /// Bytes of records one batch may gather before it is synced.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-pub fn spawn_writer<S: LogStore>(
+/// Starts the writer. `report` runs on the writer thread after each sync (so
+/// waiters are woken without another thread hop); it returns false once
+/// nobody listens, which ends the thread.
+pub fn spawn_writer<S, R>(
     mut log: SegmentLog<S>,
     mut meta: Metadata,
     commands: Receiver<WriterCommand>,
-    events: UnboundedSender<WriterEvent>,
-) -> std::io::Result<JoinHandle<()>> {
+    mut report: R,
+) -> std::io::Result<JoinHandle<()>>
+where
+    S: LogStore,
+    R: FnMut(WriterEvent) -> bool + Send + 'static,
+{
     std::thread::Builder::new()
         .name("tlog-writer".into())
         .spawn(move || {
@@ -91,13 +97,8 @@ pub fn spawn_writer<S: LogStore>(
                 let outcome = outcome.and_then(|()| log.sync());
                 if let Err(e) = outcome {
                     tracing::error!(error = %e, "log write failed; the tlog is poisoned");
-                    let _ = events.send(WriterEvent::Poisoned(e.to_string()));
+                    report(WriterEvent::Poisoned(e.to_string()));
                     return;
-                }
-                for id in removals.drain(..) {
-                    if let Err(e) = log.remove_segments_before(id) {
-                        tracing::warn!(error = %e, segment = id, "could not remove old segments");
-                    }
                 }
                 if let Some(through_seq) = through_seq {
                     let event = WriterEvent::Durable {
@@ -106,8 +107,14 @@ pub fn spawn_writer<S: LogStore>(
                         disk_bytes: log.disk_bytes(),
                         batch_bytes: batch_bytes as u64,
                     };
-                    if events.send(event).is_err() {
+                    if !report(event) {
                         return;
+                    }
+                }
+                // After the report: removals must not delay acknowledgements.
+                for id in removals.drain(..) {
+                    if let Err(e) = log.remove_segments_before(id) {
+                        tracing::warn!(error = %e, segment = id, "could not remove old segments");
                     }
                 }
             }
