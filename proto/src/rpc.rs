@@ -15,7 +15,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::block::{BlockError, TeamBlock};
-use crate::types::{StorageServerId, StorageTeamId, Version};
+use crate::types::{Mutation, ProxyId, StorageServerId, StorageTeamId, Version};
 
 mod wire;
 
@@ -120,6 +120,81 @@ pub struct TLogStatusReply {
     pub teams: Vec<TeamStatus>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetCommitVersionRequest {
+    pub proxy: ProxyId,
+    /// Counts the proxy's requests: a retry gets the same versions.
+    pub request_num: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetCommitVersionReply {
+    pub prev_version: Version,
+    pub version: Version,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportCommittedRequest {
+    pub proxy: ProxyId,
+    pub version: Version,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetReadVersionReply {
+    pub version: Version,
+}
+
+/// Keys in `[begin, end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub begin: Bytes,
+    pub end: Bytes,
+}
+
+/// Room for conflict checking: what one transaction read and wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveTransaction {
+    pub read_version: Version,
+    pub read_ranges: Vec<KeyRange>,
+    pub write_ranges: Vec<KeyRange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveRequest {
+    pub proxy: ProxyId,
+    pub prev_version: Version,
+    pub version: Version,
+    /// The batch's system-key mutations.
+    pub metadata: Vec<Mutation>,
+    pub transactions: Vec<ResolveTransaction>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionedMetadata {
+    pub version: Version,
+    pub mutations: Vec<Mutation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveReply {
+    /// Other proxies' metadata since this proxy's previous batch, by version.
+    pub metadata: Vec<VersionedMetadata>,
+    /// One per transaction of the request: true when it conflicts.
+    pub conflicts: Vec<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCommitRequest {
+    pub mutations: Vec<Mutation>,
+    /// Admin tools may write system keys; clients may not.
+    pub allow_system_keys: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientCommitReply {
+    pub version: Version,
+}
+
 /// A request's failure, sent back in place of its reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -154,11 +229,20 @@ pub enum ErrorCode {
     MissingPredecessor,
     Overloaded,
     Timeout,
+    SystemKey,
+    EmptyCommit,
+    KeyTooLarge,
+    ValueTooLarge,
+    CommitTooLarge,
+    InvalidRange,
+    /// The commit may or may not have been applied.
+    CommitUnknownResult,
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
         ErrorCode::UnknownMessage,
@@ -173,6 +257,14 @@ impl ErrorCode {
         ErrorCode::MissingPredecessor,
         ErrorCode::Overloaded,
         ErrorCode::Timeout,
+        ErrorCode::SystemKey,
+        ErrorCode::EmptyCommit,
+        ErrorCode::KeyTooLarge,
+        ErrorCode::ValueTooLarge,
+        ErrorCode::CommitTooLarge,
+        ErrorCode::InvalidRange,
+        ErrorCode::CommitUnknownResult,
+        ErrorCode::Unavailable,
     ];
 
     /// The snake_case name used in logs and status output.
@@ -192,6 +284,14 @@ impl ErrorCode {
             ErrorCode::MissingPredecessor => "missing_predecessor",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::SystemKey => "system_key",
+            ErrorCode::EmptyCommit => "empty_commit",
+            ErrorCode::KeyTooLarge => "key_too_large",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::CommitTooLarge => "commit_too_large",
+            ErrorCode::InvalidRange => "invalid_range",
+            ErrorCode::CommitUnknownResult => "commit_unknown_result",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -218,6 +318,16 @@ pub enum Message {
     Status,
     TLogStatus(TLogStatusReply),
     Error(ErrorReply),
+    GetCommitVersion(GetCommitVersionRequest),
+    GetCommitVersionReply(GetCommitVersionReply),
+    ReportCommitted(ReportCommittedRequest),
+    ReportCommittedReply,
+    GetReadVersion,
+    GetReadVersionReply(GetReadVersionReply),
+    Resolve(ResolveRequest),
+    ResolveReply(ResolveReply),
+    ClientCommit(ClientCommitRequest),
+    ClientCommitReply(ClientCommitReply),
 }
 
 impl Message {
@@ -237,6 +347,16 @@ impl Message {
             Message::Status => "status",
             Message::TLogStatus(_) => "tlog_status",
             Message::Error(_) => "error",
+            Message::GetCommitVersion(_) => "get_commit_version",
+            Message::GetCommitVersionReply(_) => "get_commit_version_reply",
+            Message::ReportCommitted(_) => "report_committed",
+            Message::ReportCommittedReply => "report_committed_reply",
+            Message::GetReadVersion => "get_read_version",
+            Message::GetReadVersionReply(_) => "get_read_version_reply",
+            Message::Resolve(_) => "resolve",
+            Message::ResolveReply(_) => "resolve_reply",
+            Message::ClientCommit(_) => "client_commit",
+            Message::ClientCommitReply(_) => "client_commit_reply",
         }
     }
 
@@ -251,6 +371,11 @@ impl Message {
                 | Message::Lock
                 | Message::RegisterTeam(_)
                 | Message::Status
+                | Message::GetCommitVersion(_)
+                | Message::ReportCommitted(_)
+                | Message::GetReadVersion
+                | Message::Resolve(_)
+                | Message::ClientCommit(_)
         )
     }
 }
@@ -272,6 +397,10 @@ pub enum DecodeError {
     /// (none, or one from a newer schema).
     #[error("unknown message type in request {request_id}")]
     UnknownMessage { request_id: u64 },
+    /// A well-formed message whose content is invalid (e.g. an unknown
+    /// mutation kind): the request is refused, the connection stays.
+    #[error("invalid request {request_id}: {reason}")]
+    InvalidContent { request_id: u64, reason: String },
 }
 
 impl Envelope {

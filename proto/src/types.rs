@@ -60,6 +60,16 @@ impl fmt::Display for StorageServerId {
     }
 }
 
+/// A commit proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProxyId(pub u64);
+
+impl fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proxy-{}", self.0)
+    }
+}
+
 /// Keys starting with this byte are system keys; user input there is refused.
 pub const SYSTEM_KEY_PREFIX: u8 = 0xff;
 

@@ -13,10 +13,10 @@ pub mod rpc {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 13;
+pub const ENUM_MAX_ERROR_CODE: u16 = 21;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedRequest,
   ErrorCode::UnknownMessage,
@@ -31,6 +31,14 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::MissingPredecessor,
   ErrorCode::Overloaded,
   ErrorCode::Timeout,
+  ErrorCode::SystemKey,
+  ErrorCode::EmptyCommit,
+  ErrorCode::KeyTooLarge,
+  ErrorCode::ValueTooLarge,
+  ErrorCode::CommitTooLarge,
+  ErrorCode::InvalidRange,
+  ErrorCode::CommitUnknownResult,
+  ErrorCode::Unavailable,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -52,9 +60,17 @@ impl ErrorCode {
   pub const MissingPredecessor: Self = Self(11);
   pub const Overloaded: Self = Self(12);
   pub const Timeout: Self = Self(13);
+  pub const SystemKey: Self = Self(14);
+  pub const EmptyCommit: Self = Self(15);
+  pub const KeyTooLarge: Self = Self(16);
+  pub const ValueTooLarge: Self = Self(17);
+  pub const CommitTooLarge: Self = Self(18);
+  pub const InvalidRange: Self = Self(19);
+  pub const CommitUnknownResult: Self = Self(20);
+  pub const Unavailable: Self = Self(21);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 13;
+  pub const ENUM_MAX: u16 = 21;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::MalformedRequest,
@@ -70,6 +86,14 @@ impl ErrorCode {
     Self::MissingPredecessor,
     Self::Overloaded,
     Self::Timeout,
+    Self::SystemKey,
+    Self::EmptyCommit,
+    Self::KeyTooLarge,
+    Self::ValueTooLarge,
+    Self::CommitTooLarge,
+    Self::InvalidRange,
+    Self::CommitUnknownResult,
+    Self::Unavailable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -88,6 +112,14 @@ impl ErrorCode {
       Self::MissingPredecessor => Some("MissingPredecessor"),
       Self::Overloaded => Some("Overloaded"),
       Self::Timeout => Some("Timeout"),
+      Self::SystemKey => Some("SystemKey"),
+      Self::EmptyCommit => Some("EmptyCommit"),
+      Self::KeyTooLarge => Some("KeyTooLarge"),
+      Self::ValueTooLarge => Some("ValueTooLarge"),
+      Self::CommitTooLarge => Some("CommitTooLarge"),
+      Self::InvalidRange => Some("InvalidRange"),
+      Self::CommitUnknownResult => Some("CommitUnknownResult"),
+      Self::Unavailable => Some("Unavailable"),
       _ => None,
     }
   }
@@ -145,10 +177,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 13;
+pub const ENUM_MAX_PAYLOAD: u8 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 14] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 24] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -163,6 +195,16 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 14] = [
   Payload::StatusRequest,
   Payload::TLogStatusReply,
   Payload::ErrorReply,
+  Payload::GetCommitVersionRequest,
+  Payload::GetCommitVersionReply,
+  Payload::ReportCommittedRequest,
+  Payload::ReportCommittedReply,
+  Payload::GetReadVersionRequest,
+  Payload::GetReadVersionReply,
+  Payload::ResolveRequest,
+  Payload::ResolveReply,
+  Payload::ClientCommitRequest,
+  Payload::ClientCommitReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -184,9 +226,19 @@ impl Payload {
   pub const StatusRequest: Self = Self(11);
   pub const TLogStatusReply: Self = Self(12);
   pub const ErrorReply: Self = Self(13);
+  pub const GetCommitVersionRequest: Self = Self(14);
+  pub const GetCommitVersionReply: Self = Self(15);
+  pub const ReportCommittedRequest: Self = Self(16);
+  pub const ReportCommittedReply: Self = Self(17);
+  pub const GetReadVersionRequest: Self = Self(18);
+  pub const GetReadVersionReply: Self = Self(19);
+  pub const ResolveRequest: Self = Self(20);
+  pub const ResolveReply: Self = Self(21);
+  pub const ClientCommitRequest: Self = Self(22);
+  pub const ClientCommitReply: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -202,6 +254,16 @@ impl Payload {
     Self::StatusRequest,
     Self::TLogStatusReply,
     Self::ErrorReply,
+    Self::GetCommitVersionRequest,
+    Self::GetCommitVersionReply,
+    Self::ReportCommittedRequest,
+    Self::ReportCommittedReply,
+    Self::GetReadVersionRequest,
+    Self::GetReadVersionReply,
+    Self::ResolveRequest,
+    Self::ResolveReply,
+    Self::ClientCommitRequest,
+    Self::ClientCommitReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -220,6 +282,16 @@ impl Payload {
       Self::StatusRequest => Some("StatusRequest"),
       Self::TLogStatusReply => Some("TLogStatusReply"),
       Self::ErrorReply => Some("ErrorReply"),
+      Self::GetCommitVersionRequest => Some("GetCommitVersionRequest"),
+      Self::GetCommitVersionReply => Some("GetCommitVersionReply"),
+      Self::ReportCommittedRequest => Some("ReportCommittedRequest"),
+      Self::ReportCommittedReply => Some("ReportCommittedReply"),
+      Self::GetReadVersionRequest => Some("GetReadVersionRequest"),
+      Self::GetReadVersionReply => Some("GetReadVersionReply"),
+      Self::ResolveRequest => Some("ResolveRequest"),
+      Self::ResolveReply => Some("ResolveReply"),
+      Self::ClientCommitRequest => Some("ClientCommitRequest"),
+      Self::ClientCommitReply => Some("ClientCommitReply"),
       _ => None,
     }
   }
@@ -2120,6 +2192,1569 @@ impl ::core::fmt::Debug for ErrorReply<'_> {
       ds.finish()
   }
 }
+pub enum MutationOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Mutation<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Mutation<'a> {
+  type Inner = Mutation<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Mutation<'a> {
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_A: ::flatbuffers::VOffsetT = 6;
+  pub const VT_B: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Mutation { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MutationArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Mutation<'bldr>> {
+    let mut builder = MutationBuilder::new(_fbb);
+    if let Some(x) = args.b { builder.add_b(x); }
+    if let Some(x) = args.a { builder.add_a(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Mutation::VT_KIND, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn a(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Mutation::VT_A, None)}
+  }
+  #[inline]
+  pub fn b(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Mutation::VT_B, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Mutation<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u8>("kind", Self::VT_KIND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("a", Self::VT_A, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("b", Self::VT_B, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MutationArgs<'a> {
+    pub kind: u8,
+    pub a: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub b: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for MutationArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MutationArgs {
+      kind: 0,
+      a: None,
+      b: None,
+    }
+  }
+}
+
+pub struct MutationBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MutationBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: u8) {
+    self.fbb_.push_slot::<u8>(Mutation::VT_KIND, kind, 0);
+  }
+  #[inline]
+  pub fn add_a(&mut self, a: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Mutation::VT_A, a);
+  }
+  #[inline]
+  pub fn add_b(&mut self, b: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Mutation::VT_B, b);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MutationBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MutationBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Mutation<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Mutation<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Mutation");
+      ds.field("kind", &self.kind());
+      ds.field("a", &self.a());
+      ds.field("b", &self.b());
+      ds.finish()
+  }
+}
+pub enum KeyRangeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct KeyRange<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeyRange<'a> {
+  type Inner = KeyRange<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeyRange<'a> {
+  pub const VT_BEGIN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeyRange { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyRangeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeyRange<'bldr>> {
+    let mut builder = KeyRangeBuilder::new(_fbb);
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.begin { builder.add_begin(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn begin(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyRange::VT_BEGIN, None)}
+  }
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyRange::VT_END, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeyRange<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("begin", Self::VT_BEGIN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyRangeArgs<'a> {
+    pub begin: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyRangeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyRangeArgs {
+      begin: None,
+      end: None,
+    }
+  }
+}
+
+pub struct KeyRangeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyRangeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_begin(&mut self, begin: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyRange::VT_BEGIN, begin);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyRange::VT_END, end);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyRangeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyRangeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyRange<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeyRange<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeyRange");
+      ds.field("begin", &self.begin());
+      ds.field("end", &self.end());
+      ds.finish()
+  }
+}
+pub enum GetCommitVersionRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetCommitVersionRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetCommitVersionRequest<'a> {
+  type Inner = GetCommitVersionRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetCommitVersionRequest<'a> {
+  pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REQUEST_NUM: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetCommitVersionRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetCommitVersionRequestArgs
+  ) -> ::flatbuffers::WIPOffset<GetCommitVersionRequest<'bldr>> {
+    let mut builder = GetCommitVersionRequestBuilder::new(_fbb);
+    builder.add_request_num(args.request_num);
+    builder.add_proxy(args.proxy);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn proxy(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetCommitVersionRequest::VT_PROXY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn request_num(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetCommitVersionRequest::VT_REQUEST_NUM, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetCommitVersionRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
+     .visit_field::<u64>("request_num", Self::VT_REQUEST_NUM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetCommitVersionRequestArgs {
+    pub proxy: u64,
+    pub request_num: u64,
+}
+impl<'a> Default for GetCommitVersionRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    GetCommitVersionRequestArgs {
+      proxy: 0,
+      request_num: 0,
+    }
+  }
+}
+
+pub struct GetCommitVersionRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetCommitVersionRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_proxy(&mut self, proxy: u64) {
+    self.fbb_.push_slot::<u64>(GetCommitVersionRequest::VT_PROXY, proxy, 0);
+  }
+  #[inline]
+  pub fn add_request_num(&mut self, request_num: u64) {
+    self.fbb_.push_slot::<u64>(GetCommitVersionRequest::VT_REQUEST_NUM, request_num, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetCommitVersionRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetCommitVersionRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetCommitVersionRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetCommitVersionRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetCommitVersionRequest");
+      ds.field("proxy", &self.proxy());
+      ds.field("request_num", &self.request_num());
+      ds.finish()
+  }
+}
+pub enum GetCommitVersionReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetCommitVersionReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetCommitVersionReply<'a> {
+  type Inner = GetCommitVersionReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetCommitVersionReply<'a> {
+  pub const VT_PREV_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetCommitVersionReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetCommitVersionReplyArgs
+  ) -> ::flatbuffers::WIPOffset<GetCommitVersionReply<'bldr>> {
+    let mut builder = GetCommitVersionReplyBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_prev_version(args.prev_version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn prev_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetCommitVersionReply::VT_PREV_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetCommitVersionReply::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetCommitVersionReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("prev_version", Self::VT_PREV_VERSION, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetCommitVersionReplyArgs {
+    pub prev_version: u64,
+    pub version: u64,
+}
+impl<'a> Default for GetCommitVersionReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    GetCommitVersionReplyArgs {
+      prev_version: 0,
+      version: 0,
+    }
+  }
+}
+
+pub struct GetCommitVersionReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetCommitVersionReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_prev_version(&mut self, prev_version: u64) {
+    self.fbb_.push_slot::<u64>(GetCommitVersionReply::VT_PREV_VERSION, prev_version, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GetCommitVersionReply::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetCommitVersionReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetCommitVersionReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetCommitVersionReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetCommitVersionReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetCommitVersionReply");
+      ds.field("prev_version", &self.prev_version());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum ReportCommittedRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReportCommittedRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReportCommittedRequest<'a> {
+  type Inner = ReportCommittedRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReportCommittedRequest<'a> {
+  pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReportCommittedRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReportCommittedRequestArgs
+  ) -> ::flatbuffers::WIPOffset<ReportCommittedRequest<'bldr>> {
+    let mut builder = ReportCommittedRequestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_proxy(args.proxy);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn proxy(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReportCommittedRequest::VT_PROXY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReportCommittedRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReportCommittedRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReportCommittedRequestArgs {
+    pub proxy: u64,
+    pub version: u64,
+}
+impl<'a> Default for ReportCommittedRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ReportCommittedRequestArgs {
+      proxy: 0,
+      version: 0,
+    }
+  }
+}
+
+pub struct ReportCommittedRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReportCommittedRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_proxy(&mut self, proxy: u64) {
+    self.fbb_.push_slot::<u64>(ReportCommittedRequest::VT_PROXY, proxy, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ReportCommittedRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReportCommittedRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReportCommittedRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReportCommittedRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReportCommittedRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReportCommittedRequest");
+      ds.field("proxy", &self.proxy());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum ReportCommittedReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReportCommittedReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReportCommittedReply<'a> {
+  type Inner = ReportCommittedReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReportCommittedReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReportCommittedReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args ReportCommittedReplyArgs
+  ) -> ::flatbuffers::WIPOffset<ReportCommittedReply<'bldr>> {
+    let mut builder = ReportCommittedReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for ReportCommittedReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReportCommittedReplyArgs {
+}
+impl<'a> Default for ReportCommittedReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    ReportCommittedReplyArgs {
+    }
+  }
+}
+
+pub struct ReportCommittedReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReportCommittedReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReportCommittedReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReportCommittedReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReportCommittedReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReportCommittedReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReportCommittedReply");
+      ds.finish()
+  }
+}
+pub enum GetReadVersionRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetReadVersionRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetReadVersionRequest<'a> {
+  type Inner = GetReadVersionRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetReadVersionRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetReadVersionRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args GetReadVersionRequestArgs
+  ) -> ::flatbuffers::WIPOffset<GetReadVersionRequest<'bldr>> {
+    let mut builder = GetReadVersionRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for GetReadVersionRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetReadVersionRequestArgs {
+}
+impl<'a> Default for GetReadVersionRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    GetReadVersionRequestArgs {
+    }
+  }
+}
+
+pub struct GetReadVersionRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetReadVersionRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetReadVersionRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetReadVersionRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetReadVersionRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetReadVersionRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetReadVersionRequest");
+      ds.finish()
+  }
+}
+pub enum GetReadVersionReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetReadVersionReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetReadVersionReply<'a> {
+  type Inner = GetReadVersionReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetReadVersionReply<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetReadVersionReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetReadVersionReplyArgs
+  ) -> ::flatbuffers::WIPOffset<GetReadVersionReply<'bldr>> {
+    let mut builder = GetReadVersionReplyBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetReadVersionReply::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetReadVersionReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetReadVersionReplyArgs {
+    pub version: u64,
+}
+impl<'a> Default for GetReadVersionReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    GetReadVersionReplyArgs {
+      version: 0,
+    }
+  }
+}
+
+pub struct GetReadVersionReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetReadVersionReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GetReadVersionReply::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetReadVersionReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetReadVersionReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetReadVersionReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetReadVersionReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetReadVersionReply");
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum ResolveTransactionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ResolveTransaction<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ResolveTransaction<'a> {
+  type Inner = ResolveTransaction<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ResolveTransaction<'a> {
+  pub const VT_READ_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_READ_RANGES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_WRITE_RANGES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ResolveTransaction { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ResolveTransactionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ResolveTransaction<'bldr>> {
+    let mut builder = ResolveTransactionBuilder::new(_fbb);
+    builder.add_read_version(args.read_version);
+    if let Some(x) = args.write_ranges { builder.add_write_ranges(x); }
+    if let Some(x) = args.read_ranges { builder.add_read_ranges(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn read_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ResolveTransaction::VT_READ_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn read_ranges(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange>>>>(ResolveTransaction::VT_READ_RANGES, None)}
+  }
+  #[inline]
+  pub fn write_ranges(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange>>>>(ResolveTransaction::VT_WRITE_RANGES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ResolveTransaction<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("read_version", Self::VT_READ_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("read_ranges", Self::VT_READ_RANGES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("write_ranges", Self::VT_WRITE_RANGES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ResolveTransactionArgs<'a> {
+    pub read_version: u64,
+    pub read_ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
+    pub write_ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
+}
+impl<'a> Default for ResolveTransactionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ResolveTransactionArgs {
+      read_version: 0,
+      read_ranges: None,
+      write_ranges: None,
+    }
+  }
+}
+
+pub struct ResolveTransactionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResolveTransactionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_read_version(&mut self, read_version: u64) {
+    self.fbb_.push_slot::<u64>(ResolveTransaction::VT_READ_VERSION, read_version, 0);
+  }
+  #[inline]
+  pub fn add_read_ranges(&mut self, read_ranges: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyRange<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveTransaction::VT_READ_RANGES, read_ranges);
+  }
+  #[inline]
+  pub fn add_write_ranges(&mut self, write_ranges: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyRange<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveTransaction::VT_WRITE_RANGES, write_ranges);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResolveTransactionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ResolveTransactionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ResolveTransaction<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ResolveTransaction<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ResolveTransaction");
+      ds.field("read_version", &self.read_version());
+      ds.field("read_ranges", &self.read_ranges());
+      ds.field("write_ranges", &self.write_ranges());
+      ds.finish()
+  }
+}
+pub enum ResolveRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ResolveRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ResolveRequest<'a> {
+  type Inner = ResolveRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ResolveRequest<'a> {
+  pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PREV_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_METADATA: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TRANSACTIONS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ResolveRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ResolveRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ResolveRequest<'bldr>> {
+    let mut builder = ResolveRequestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_prev_version(args.prev_version);
+    builder.add_proxy(args.proxy);
+    if let Some(x) = args.transactions { builder.add_transactions(x); }
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn proxy(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ResolveRequest::VT_PROXY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn prev_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ResolveRequest::VT_PREV_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ResolveRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(ResolveRequest::VT_METADATA, None)}
+  }
+  #[inline]
+  pub fn transactions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>(ResolveRequest::VT_TRANSACTIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ResolveRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
+     .visit_field::<u64>("prev_version", Self::VT_PREV_VERSION, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("metadata", Self::VT_METADATA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>("transactions", Self::VT_TRANSACTIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ResolveRequestArgs<'a> {
+    pub proxy: u64,
+    pub prev_version: u64,
+    pub version: u64,
+    pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
+    pub transactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>>>,
+}
+impl<'a> Default for ResolveRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ResolveRequestArgs {
+      proxy: 0,
+      prev_version: 0,
+      version: 0,
+      metadata: None,
+      transactions: None,
+    }
+  }
+}
+
+pub struct ResolveRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResolveRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_proxy(&mut self, proxy: u64) {
+    self.fbb_.push_slot::<u64>(ResolveRequest::VT_PROXY, proxy, 0);
+  }
+  #[inline]
+  pub fn add_prev_version(&mut self, prev_version: u64) {
+    self.fbb_.push_slot::<u64>(ResolveRequest::VT_PREV_VERSION, prev_version, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ResolveRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Mutation<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveRequest::VT_METADATA, metadata);
+  }
+  #[inline]
+  pub fn add_transactions(&mut self, transactions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ResolveTransaction<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveRequest::VT_TRANSACTIONS, transactions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResolveRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ResolveRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ResolveRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ResolveRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ResolveRequest");
+      ds.field("proxy", &self.proxy());
+      ds.field("prev_version", &self.prev_version());
+      ds.field("version", &self.version());
+      ds.field("metadata", &self.metadata());
+      ds.field("transactions", &self.transactions());
+      ds.finish()
+  }
+}
+pub enum VersionedMetadataOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct VersionedMetadata<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for VersionedMetadata<'a> {
+  type Inner = VersionedMetadata<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> VersionedMetadata<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MUTATIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    VersionedMetadata { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args VersionedMetadataArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<VersionedMetadata<'bldr>> {
+    let mut builder = VersionedMetadataBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.mutations { builder.add_mutations(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(VersionedMetadata::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn mutations(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(VersionedMetadata::VT_MUTATIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for VersionedMetadata<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("mutations", Self::VT_MUTATIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct VersionedMetadataArgs<'a> {
+    pub version: u64,
+    pub mutations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
+}
+impl<'a> Default for VersionedMetadataArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    VersionedMetadataArgs {
+      version: 0,
+      mutations: None,
+    }
+  }
+}
+
+pub struct VersionedMetadataBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VersionedMetadataBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(VersionedMetadata::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_mutations(&mut self, mutations: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Mutation<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(VersionedMetadata::VT_MUTATIONS, mutations);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VersionedMetadataBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    VersionedMetadataBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<VersionedMetadata<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for VersionedMetadata<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("VersionedMetadata");
+      ds.field("version", &self.version());
+      ds.field("mutations", &self.mutations());
+      ds.finish()
+  }
+}
+pub enum ResolveReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ResolveReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ResolveReply<'a> {
+  type Inner = ResolveReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ResolveReply<'a> {
+  pub const VT_METADATA: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CONFLICTS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ResolveReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ResolveReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ResolveReply<'bldr>> {
+    let mut builder = ResolveReplyBuilder::new(_fbb);
+    if let Some(x) = args.conflicts { builder.add_conflicts(x); }
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<VersionedMetadata<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<VersionedMetadata>>>>(ResolveReply::VT_METADATA, None)}
+  }
+  #[inline]
+  pub fn conflicts(&self) -> Option<::flatbuffers::Vector<'a, bool>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, bool>>>(ResolveReply::VT_CONFLICTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ResolveReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<VersionedMetadata>>>>("metadata", Self::VT_METADATA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, bool>>>("conflicts", Self::VT_CONFLICTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ResolveReplyArgs<'a> {
+    pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<VersionedMetadata<'a>>>>>,
+    pub conflicts: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, bool>>>,
+}
+impl<'a> Default for ResolveReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ResolveReplyArgs {
+      metadata: None,
+      conflicts: None,
+    }
+  }
+}
+
+pub struct ResolveReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResolveReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<VersionedMetadata<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveReply::VT_METADATA, metadata);
+  }
+  #[inline]
+  pub fn add_conflicts(&mut self, conflicts: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , bool>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveReply::VT_CONFLICTS, conflicts);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResolveReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ResolveReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ResolveReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ResolveReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ResolveReply");
+      ds.field("metadata", &self.metadata());
+      ds.field("conflicts", &self.conflicts());
+      ds.finish()
+  }
+}
+pub enum ClientCommitRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClientCommitRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientCommitRequest<'a> {
+  type Inner = ClientCommitRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientCommitRequest<'a> {
+  pub const VT_MUTATIONS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ALLOW_SYSTEM_KEYS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientCommitRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientCommitRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientCommitRequest<'bldr>> {
+    let mut builder = ClientCommitRequestBuilder::new(_fbb);
+    if let Some(x) = args.mutations { builder.add_mutations(x); }
+    builder.add_allow_system_keys(args.allow_system_keys);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn mutations(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(ClientCommitRequest::VT_MUTATIONS, None)}
+  }
+  #[inline]
+  pub fn allow_system_keys(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ClientCommitRequest::VT_ALLOW_SYSTEM_KEYS, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientCommitRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("mutations", Self::VT_MUTATIONS, false)?
+     .visit_field::<bool>("allow_system_keys", Self::VT_ALLOW_SYSTEM_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientCommitRequestArgs<'a> {
+    pub mutations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
+    pub allow_system_keys: bool,
+}
+impl<'a> Default for ClientCommitRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientCommitRequestArgs {
+      mutations: None,
+      allow_system_keys: false,
+    }
+  }
+}
+
+pub struct ClientCommitRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientCommitRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_mutations(&mut self, mutations: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Mutation<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientCommitRequest::VT_MUTATIONS, mutations);
+  }
+  #[inline]
+  pub fn add_allow_system_keys(&mut self, allow_system_keys: bool) {
+    self.fbb_.push_slot::<bool>(ClientCommitRequest::VT_ALLOW_SYSTEM_KEYS, allow_system_keys, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientCommitRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientCommitRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientCommitRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientCommitRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientCommitRequest");
+      ds.field("mutations", &self.mutations());
+      ds.field("allow_system_keys", &self.allow_system_keys());
+      ds.finish()
+  }
+}
+pub enum ClientCommitReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClientCommitReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientCommitReply<'a> {
+  type Inner = ClientCommitReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientCommitReply<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientCommitReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientCommitReplyArgs
+  ) -> ::flatbuffers::WIPOffset<ClientCommitReply<'bldr>> {
+    let mut builder = ClientCommitReplyBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientCommitReply::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientCommitReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientCommitReplyArgs {
+    pub version: u64,
+}
+impl<'a> Default for ClientCommitReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    ClientCommitReplyArgs {
+      version: 0,
+    }
+  }
+}
+
+pub struct ClientCommitReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientCommitReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ClientCommitReply::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientCommitReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientCommitReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientCommitReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientCommitReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientCommitReply");
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2373,6 +4008,156 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_commit_version_request(&self) -> Option<GetCommitVersionRequest<'a>> {
+    if self.payload_type() == Payload::GetCommitVersionRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetCommitVersionRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_commit_version_reply(&self) -> Option<GetCommitVersionReply<'a>> {
+    if self.payload_type() == Payload::GetCommitVersionReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetCommitVersionReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_report_committed_request(&self) -> Option<ReportCommittedRequest<'a>> {
+    if self.payload_type() == Payload::ReportCommittedRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReportCommittedRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_report_committed_reply(&self) -> Option<ReportCommittedReply<'a>> {
+    if self.payload_type() == Payload::ReportCommittedReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReportCommittedReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_read_version_request(&self) -> Option<GetReadVersionRequest<'a>> {
+    if self.payload_type() == Payload::GetReadVersionRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetReadVersionRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_read_version_reply(&self) -> Option<GetReadVersionReply<'a>> {
+    if self.payload_type() == Payload::GetReadVersionReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetReadVersionReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_resolve_request(&self) -> Option<ResolveRequest<'a>> {
+    if self.payload_type() == Payload::ResolveRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ResolveRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_resolve_reply(&self) -> Option<ResolveReply<'a>> {
+    if self.payload_type() == Payload::ResolveReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ResolveReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_client_commit_request(&self) -> Option<ClientCommitRequest<'a>> {
+    if self.payload_type() == Payload::ClientCommitRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ClientCommitRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_client_commit_reply(&self) -> Option<ClientCommitReply<'a>> {
+    if self.payload_type() == Payload::ClientCommitReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ClientCommitReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -2397,6 +4182,16 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Payload::StatusRequest", pos),
           Payload::TLogStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TLogStatusReply>>("Payload::TLogStatusReply", pos),
           Payload::ErrorReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorReply>>("Payload::ErrorReply", pos),
+          Payload::GetCommitVersionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetCommitVersionRequest>>("Payload::GetCommitVersionRequest", pos),
+          Payload::GetCommitVersionReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetCommitVersionReply>>("Payload::GetCommitVersionReply", pos),
+          Payload::ReportCommittedRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReportCommittedRequest>>("Payload::ReportCommittedRequest", pos),
+          Payload::ReportCommittedReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReportCommittedReply>>("Payload::ReportCommittedReply", pos),
+          Payload::GetReadVersionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetReadVersionRequest>>("Payload::GetReadVersionRequest", pos),
+          Payload::GetReadVersionReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetReadVersionReply>>("Payload::GetReadVersionReply", pos),
+          Payload::ResolveRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResolveRequest>>("Payload::ResolveRequest", pos),
+          Payload::ResolveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResolveReply>>("Payload::ResolveReply", pos),
+          Payload::ClientCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientCommitRequest>>("Payload::ClientCommitRequest", pos),
+          Payload::ClientCommitReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientCommitReply>>("Payload::ClientCommitReply", pos),
           _ => Ok(()),
         }
      })?
@@ -2544,6 +4339,76 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::ErrorReply => {
           if let Some(x) = self.payload_as_error_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetCommitVersionRequest => {
+          if let Some(x) = self.payload_as_get_commit_version_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetCommitVersionReply => {
+          if let Some(x) = self.payload_as_get_commit_version_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ReportCommittedRequest => {
+          if let Some(x) = self.payload_as_report_committed_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ReportCommittedReply => {
+          if let Some(x) = self.payload_as_report_committed_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetReadVersionRequest => {
+          if let Some(x) = self.payload_as_get_read_version_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetReadVersionReply => {
+          if let Some(x) = self.payload_as_get_read_version_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ResolveRequest => {
+          if let Some(x) = self.payload_as_resolve_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ResolveReply => {
+          if let Some(x) = self.payload_as_resolve_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ClientCommitRequest => {
+          if let Some(x) = self.payload_as_client_commit_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ClientCommitReply => {
+          if let Some(x) = self.payload_as_client_commit_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -14,6 +14,20 @@ fn block(team: u64, data: &'static [u8]) -> TeamBlockData {
     }
 }
 
+fn set(key: &'static [u8], value: &'static [u8]) -> Mutation {
+    Mutation::SetValue {
+        key: Bytes::from_static(key),
+        value: Bytes::from_static(value),
+    }
+}
+
+fn clear(begin: &'static [u8], end: &'static [u8]) -> Mutation {
+    Mutation::ClearRange {
+        begin: Bytes::from_static(begin),
+        end: Bytes::from_static(end),
+    }
+}
+
 /// One message of every kind, with every field set to something other than
 /// its default so that a field lost on the way shows up.
 fn every_message() -> Vec<Message> {
@@ -104,6 +118,55 @@ fn every_message() -> Vec<Message> {
         }),
         Message::Error(ErrorReply::new(ErrorCode::TLogStopped, "locked at 99")),
         Message::Error(ErrorReply::new(ErrorCode::Timeout, "")),
+        Message::Error(ErrorReply::new(
+            ErrorCode::CommitUnknownResult,
+            "tlog-2 failed",
+        )),
+        Message::GetCommitVersion(GetCommitVersionRequest {
+            proxy: ProxyId(2),
+            request_num: 77,
+        }),
+        Message::GetCommitVersionReply(GetCommitVersionReply {
+            prev_version: Version(10),
+            version: Version(15),
+        }),
+        Message::ReportCommitted(ReportCommittedRequest {
+            proxy: ProxyId(3),
+            version: Version(15),
+        }),
+        Message::ReportCommittedReply,
+        Message::GetReadVersion,
+        Message::GetReadVersionReply(GetReadVersionReply {
+            version: Version(14),
+        }),
+        Message::Resolve(ResolveRequest {
+            proxy: ProxyId(1),
+            prev_version: Version(10),
+            version: Version(15),
+            metadata: vec![set(b"\xff/keyServers/a", b"1")],
+            transactions: vec![ResolveTransaction {
+                read_version: Version(9),
+                read_ranges: vec![KeyRange {
+                    begin: Bytes::from_static(b"a"),
+                    end: Bytes::from_static(b"b"),
+                }],
+                write_ranges: vec![],
+            }],
+        }),
+        Message::ResolveReply(ResolveReply {
+            metadata: vec![VersionedMetadata {
+                version: Version(12),
+                mutations: vec![clear(b"\xff/x", b"\xff/y"), set(b"\xffk", b"")],
+            }],
+            conflicts: vec![false, true],
+        }),
+        Message::ClientCommit(ClientCommitRequest {
+            mutations: vec![set(b"k", b"v"), clear(b"a", b"c")],
+            allow_system_keys: true,
+        }),
+        Message::ClientCommitReply(ClientCommitReply {
+            version: Version(15),
+        }),
     ]
 }
 
@@ -175,7 +238,12 @@ fn request_and_reply_kinds_are_told_apart() {
             "pop",
             "lock",
             "register_team",
-            "status"
+            "status",
+            "get_commit_version",
+            "report_committed",
+            "get_read_version",
+            "resolve",
+            "client_commit"
         ]
     );
 }
@@ -211,13 +279,49 @@ fn envelope_with_payload_type(request_id: u64, payload_type: u8) -> Bytes {
 
 #[test]
 fn an_unknown_message_type_keeps_its_request_id() {
-    for payload_type in [0u8, 14, 200, 255] {
+    for payload_type in [0u8, 24, 200, 255] {
         assert_eq!(
             Envelope::decode(envelope_with_payload_type(42, payload_type)),
             Err(DecodeError::UnknownMessage { request_id: 42 }),
             "payload type {payload_type}"
         );
     }
+}
+
+#[test]
+fn an_unknown_mutation_kind_refuses_just_that_request() {
+    let mut fbb = FlatBufferBuilder::new();
+    let a = fbb.create_vector(b"k");
+    let mutation = fb::Mutation::create(
+        &mut fbb,
+        &fb::MutationArgs {
+            kind: 9,
+            a: Some(a),
+            b: None,
+        },
+    );
+    let mutations = fbb.create_vector(&[mutation]);
+    let commit = fb::ClientCommitRequest::create(
+        &mut fbb,
+        &fb::ClientCommitRequestArgs {
+            mutations: Some(mutations),
+            allow_system_keys: false,
+        },
+    );
+    let root = fb::Envelope::create(
+        &mut fbb,
+        &fb::EnvelopeArgs {
+            request_id: 5,
+            payload_type: fb::Payload::ClientCommitRequest,
+            payload: Some(commit.as_union_value()),
+        },
+    );
+    fbb.finish(root, None);
+    let decoded = Envelope::decode(Bytes::copy_from_slice(fbb.finished_data()));
+    assert!(matches!(
+        decoded,
+        Err(DecodeError::InvalidContent { request_id: 5, .. })
+    ));
 }
 
 #[test]

@@ -9,6 +9,8 @@ use super::{
     TeamBlockData, TeamStatus,
 };
 use crate::generated::rpc as fb;
+
+mod commit;
 use crate::types::{StorageServerId, StorageTeamId, Version};
 
 /// Room for the tables and offsets around the payload bytes.
@@ -34,12 +36,23 @@ pub(super) fn encode(envelope: &Envelope) -> Bytes {
 }
 
 fn estimated_len(message: &Message) -> usize {
+    let mutations = match message {
+        Message::ClientCommit(r) => commit::mutations_len(&r.mutations),
+        Message::Resolve(r) => commit::mutations_len(&r.metadata),
+        Message::ResolveReply(r) => r
+            .metadata
+            .iter()
+            .map(|m| commit::mutations_len(&m.mutations))
+            .sum(),
+        _ => 0,
+    };
     let blocks = match message {
         Message::TLogCommit(r) => r.teams.as_slice(),
         Message::PeekReply(r) => r.blocks.as_slice(),
         _ => &[],
     };
     ENVELOPE_OVERHEAD
+        + mutations
         + blocks
             .iter()
             .map(|b| b.data.len() + PER_BLOCK_OVERHEAD)
@@ -193,6 +206,16 @@ fn encode_message(
             );
             (fb::Payload::ErrorReply, t.as_union_value())
         }
+        Message::GetCommitVersion(r) => commit::get_commit_version(fbb, r),
+        Message::GetCommitVersionReply(r) => commit::get_commit_version_reply(fbb, r),
+        Message::ReportCommitted(r) => commit::report_committed(fbb, r),
+        Message::ReportCommittedReply => commit::report_committed_reply(fbb),
+        Message::GetReadVersion => commit::get_read_version(fbb),
+        Message::GetReadVersionReply(r) => commit::get_read_version_reply(fbb, r),
+        Message::Resolve(r) => commit::resolve(fbb, r),
+        Message::ResolveReply(r) => commit::resolve_reply(fbb, r),
+        Message::ClientCommit(r) => commit::client_commit(fbb, r),
+        Message::ClientCommitReply(r) => commit::client_commit_reply(fbb, r),
     }
 }
 
@@ -344,7 +367,10 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
                 message: r.message().unwrap_or_default().to_owned(),
             })
         }
-        _ => return Err(unknown),
+        _ => match commit::decode(&frame, &envelope) {
+            Some(message) => message?,
+            None => return Err(unknown),
+        },
     };
     Ok(Envelope {
         request_id,

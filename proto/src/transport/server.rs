@@ -263,6 +263,11 @@ impl Connection {
                 let error = ErrorReply::new(ErrorCode::UnknownMessage, "unknown message type");
                 self.reply(request_id, Message::Error(error)).await;
             }
+            Err(DecodeError::InvalidContent { request_id, reason }) => {
+                warn!(peer = %self.peer, request_id, %reason, "invalid request");
+                let error = ErrorReply::new(ErrorCode::MalformedRequest, reason);
+                self.reply(request_id, Message::Error(error)).await;
+            }
             Err(e) => {
                 warn!(peer = %self.peer, error = %e, "undecodable request; closing connection");
                 let error = ErrorReply::new(ErrorCode::MalformedRequest, e.to_string());

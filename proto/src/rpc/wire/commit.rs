@@ -1,0 +1,345 @@
+//! Wire conversion of the commit path's messages: sequencer, resolver and
+//! client commits. Keys and values decode as slices of the frame.
+
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
+
+use super::subslice;
+use crate::generated::rpc as fb;
+use crate::rpc::{
+    ClientCommitReply, ClientCommitRequest, DecodeError, GetCommitVersionReply,
+    GetCommitVersionRequest, GetReadVersionReply, KeyRange, ReportCommittedRequest, ResolveReply,
+    ResolveRequest, ResolveTransaction, VersionedMetadata,
+};
+use crate::types::{Mutation, ProxyId, Version};
+
+const KIND_SET_VALUE: u8 = 1;
+const KIND_CLEAR_RANGE: u8 = 2;
+
+type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
+type MutationsOffset<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::Mutation<'a>>>>;
+
+pub(super) fn get_commit_version(
+    fbb: &mut FlatBufferBuilder<'_>,
+    r: &GetCommitVersionRequest,
+) -> Encoded {
+    let args = fb::GetCommitVersionRequestArgs {
+        proxy: r.proxy.0,
+        request_num: r.request_num,
+    };
+    let t = fb::GetCommitVersionRequest::create(fbb, &args);
+    (fb::Payload::GetCommitVersionRequest, t.as_union_value())
+}
+
+pub(super) fn get_commit_version_reply(
+    fbb: &mut FlatBufferBuilder<'_>,
+    r: &GetCommitVersionReply,
+) -> Encoded {
+    let args = fb::GetCommitVersionReplyArgs {
+        prev_version: r.prev_version.0,
+        version: r.version.0,
+    };
+    let t = fb::GetCommitVersionReply::create(fbb, &args);
+    (fb::Payload::GetCommitVersionReply, t.as_union_value())
+}
+
+pub(super) fn report_committed(
+    fbb: &mut FlatBufferBuilder<'_>,
+    r: &ReportCommittedRequest,
+) -> Encoded {
+    let args = fb::ReportCommittedRequestArgs {
+        proxy: r.proxy.0,
+        version: r.version.0,
+    };
+    let t = fb::ReportCommittedRequest::create(fbb, &args);
+    (fb::Payload::ReportCommittedRequest, t.as_union_value())
+}
+
+pub(super) fn report_committed_reply(fbb: &mut FlatBufferBuilder<'_>) -> Encoded {
+    let t = fb::ReportCommittedReply::create(fbb, &fb::ReportCommittedReplyArgs {});
+    (fb::Payload::ReportCommittedReply, t.as_union_value())
+}
+
+pub(super) fn get_read_version(fbb: &mut FlatBufferBuilder<'_>) -> Encoded {
+    let t = fb::GetReadVersionRequest::create(fbb, &fb::GetReadVersionRequestArgs {});
+    (fb::Payload::GetReadVersionRequest, t.as_union_value())
+}
+
+pub(super) fn get_read_version_reply(
+    fbb: &mut FlatBufferBuilder<'_>,
+    r: &GetReadVersionReply,
+) -> Encoded {
+    let args = fb::GetReadVersionReplyArgs {
+        version: r.version.0,
+    };
+    let t = fb::GetReadVersionReply::create(fbb, &args);
+    (fb::Payload::GetReadVersionReply, t.as_union_value())
+}
+
+pub(super) fn resolve(fbb: &mut FlatBufferBuilder<'_>, r: &ResolveRequest) -> Encoded {
+    let metadata = mutations(fbb, &r.metadata);
+    let transactions: Vec<_> = r
+        .transactions
+        .iter()
+        .map(|t| {
+            let read_ranges = ranges(fbb, &t.read_ranges);
+            let write_ranges = ranges(fbb, &t.write_ranges);
+            let args = fb::ResolveTransactionArgs {
+                read_version: t.read_version.0,
+                read_ranges: Some(read_ranges),
+                write_ranges: Some(write_ranges),
+            };
+            fb::ResolveTransaction::create(fbb, &args)
+        })
+        .collect();
+    let transactions = fbb.create_vector(&transactions);
+    let args = fb::ResolveRequestArgs {
+        proxy: r.proxy.0,
+        prev_version: r.prev_version.0,
+        version: r.version.0,
+        metadata: Some(metadata),
+        transactions: Some(transactions),
+    };
+    let t = fb::ResolveRequest::create(fbb, &args);
+    (fb::Payload::ResolveRequest, t.as_union_value())
+}
+
+pub(super) fn resolve_reply(fbb: &mut FlatBufferBuilder<'_>, r: &ResolveReply) -> Encoded {
+    let metadata: Vec<_> = r
+        .metadata
+        .iter()
+        .map(|m| {
+            let list = mutations(fbb, &m.mutations);
+            let args = fb::VersionedMetadataArgs {
+                version: m.version.0,
+                mutations: Some(list),
+            };
+            fb::VersionedMetadata::create(fbb, &args)
+        })
+        .collect();
+    let metadata = fbb.create_vector(&metadata);
+    let conflicts = fbb.create_vector(&r.conflicts);
+    let args = fb::ResolveReplyArgs {
+        metadata: Some(metadata),
+        conflicts: Some(conflicts),
+    };
+    let t = fb::ResolveReply::create(fbb, &args);
+    (fb::Payload::ResolveReply, t.as_union_value())
+}
+
+pub(super) fn client_commit(fbb: &mut FlatBufferBuilder<'_>, r: &ClientCommitRequest) -> Encoded {
+    let list = mutations(fbb, &r.mutations);
+    let args = fb::ClientCommitRequestArgs {
+        mutations: Some(list),
+        allow_system_keys: r.allow_system_keys,
+    };
+    let t = fb::ClientCommitRequest::create(fbb, &args);
+    (fb::Payload::ClientCommitRequest, t.as_union_value())
+}
+
+pub(super) fn client_commit_reply(
+    fbb: &mut FlatBufferBuilder<'_>,
+    r: &ClientCommitReply,
+) -> Encoded {
+    let args = fb::ClientCommitReplyArgs {
+        version: r.version.0,
+    };
+    let t = fb::ClientCommitReply::create(fbb, &args);
+    (fb::Payload::ClientCommitReply, t.as_union_value())
+}
+
+/// Bytes the mutations add to an encoded message, for sizing the builder.
+pub(super) fn mutations_len(list: &[Mutation]) -> usize {
+    list.iter().map(|m| m.payload_len() + 32).sum()
+}
+
+fn mutations<'a>(fbb: &mut FlatBufferBuilder<'a>, list: &[Mutation]) -> MutationsOffset<'a> {
+    let tables: Vec<_> = list
+        .iter()
+        .map(|m| {
+            let (kind, a, b) = match m {
+                Mutation::SetValue { key, value } => (KIND_SET_VALUE, key, value),
+                Mutation::ClearRange { begin, end } => (KIND_CLEAR_RANGE, begin, end),
+            };
+            let a = fbb.create_vector(a);
+            let b = fbb.create_vector(b);
+            let args = fb::MutationArgs {
+                kind,
+                a: Some(a),
+                b: Some(b),
+            };
+            fb::Mutation::create(fbb, &args)
+        })
+        .collect();
+    fbb.create_vector(&tables)
+}
+
+fn ranges<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    list: &[KeyRange],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::KeyRange<'a>>>> {
+    let tables: Vec<_> = list
+        .iter()
+        .map(|r| {
+            let begin = fbb.create_vector(&r.begin);
+            let end = fbb.create_vector(&r.end);
+            let args = fb::KeyRangeArgs {
+                begin: Some(begin),
+                end: Some(end),
+            };
+            fb::KeyRange::create(fbb, &args)
+        })
+        .collect();
+    fbb.create_vector(&tables)
+}
+
+/// Decodes the commit-path payloads; `None` for any other payload type.
+pub(super) fn decode(
+    frame: &Bytes,
+    envelope: &fb::Envelope<'_>,
+) -> Option<Result<crate::rpc::Message, DecodeError>> {
+    use crate::rpc::Message;
+    let request_id = envelope.request_id();
+    let unknown = || DecodeError::UnknownMessage { request_id };
+    let bytes = |b: Option<Vector<'_, u8>>| match b {
+        Some(v) => subslice(frame, v.bytes()),
+        None => Ok(Bytes::new()),
+    };
+    let decode_mutations = |list: Option<Vector<'_, ForwardsUOffset<fb::Mutation<'_>>>>| {
+        list.map(|l| {
+            l.iter()
+                .map(|m| {
+                    let (a, b) = (bytes(m.a())?, bytes(m.b())?);
+                    match m.kind() {
+                        KIND_SET_VALUE => Ok(Mutation::SetValue { key: a, value: b }),
+                        KIND_CLEAR_RANGE => Ok(Mutation::ClearRange { begin: a, end: b }),
+                        kind => Err(DecodeError::InvalidContent {
+                            request_id,
+                            reason: format!("unknown mutation kind {kind}"),
+                        }),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or(Ok(Vec::new()))
+    };
+    let decode_ranges = |list: Option<Vector<'_, ForwardsUOffset<fb::KeyRange<'_>>>>| {
+        list.map(|l| {
+            l.iter()
+                .map(|r| {
+                    Ok(KeyRange {
+                        begin: bytes(r.begin())?,
+                        end: bytes(r.end())?,
+                    })
+                })
+                .collect::<Result<Vec<_>, DecodeError>>()
+        })
+        .unwrap_or(Ok(Vec::new()))
+    };
+    let message = match envelope.payload_type() {
+        fb::Payload::GetCommitVersionRequest => envelope
+            .payload_as_get_commit_version_request()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::GetCommitVersion(GetCommitVersionRequest {
+                    proxy: ProxyId(r.proxy()),
+                    request_num: r.request_num(),
+                })
+            }),
+        fb::Payload::GetCommitVersionReply => envelope
+            .payload_as_get_commit_version_reply()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::GetCommitVersionReply(GetCommitVersionReply {
+                    prev_version: Version(r.prev_version()),
+                    version: Version(r.version()),
+                })
+            }),
+        fb::Payload::ReportCommittedRequest => envelope
+            .payload_as_report_committed_request()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::ReportCommitted(ReportCommittedRequest {
+                    proxy: ProxyId(r.proxy()),
+                    version: Version(r.version()),
+                })
+            }),
+        fb::Payload::ReportCommittedReply => Ok(Message::ReportCommittedReply),
+        fb::Payload::GetReadVersionRequest => Ok(Message::GetReadVersion),
+        fb::Payload::GetReadVersionReply => envelope
+            .payload_as_get_read_version_reply()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::GetReadVersionReply(GetReadVersionReply {
+                    version: Version(r.version()),
+                })
+            }),
+        fb::Payload::ResolveRequest => (|| {
+            let r = envelope.payload_as_resolve_request().ok_or_else(unknown)?;
+            let transactions = r
+                .transactions()
+                .map(|l| {
+                    l.iter()
+                        .map(|t| {
+                            Ok(ResolveTransaction {
+                                read_version: Version(t.read_version()),
+                                read_ranges: decode_ranges(t.read_ranges())?,
+                                write_ranges: decode_ranges(t.write_ranges())?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, DecodeError>>()
+                })
+                .unwrap_or(Ok(Vec::new()))?;
+            Ok(Message::Resolve(ResolveRequest {
+                proxy: ProxyId(r.proxy()),
+                prev_version: Version(r.prev_version()),
+                version: Version(r.version()),
+                metadata: decode_mutations(r.metadata())?,
+                transactions,
+            }))
+        })(),
+        fb::Payload::ResolveReply => (|| {
+            let r = envelope.payload_as_resolve_reply().ok_or_else(unknown)?;
+            let metadata = r
+                .metadata()
+                .map(|l| {
+                    l.iter()
+                        .map(|m| {
+                            Ok(VersionedMetadata {
+                                version: Version(m.version()),
+                                mutations: decode_mutations(m.mutations())?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, DecodeError>>()
+                })
+                .unwrap_or(Ok(Vec::new()))?;
+            let conflicts = r
+                .conflicts()
+                .map(|c| c.iter().collect())
+                .unwrap_or_default();
+            Ok(Message::ResolveReply(ResolveReply {
+                metadata,
+                conflicts,
+            }))
+        })(),
+        fb::Payload::ClientCommitRequest => (|| {
+            let r = envelope
+                .payload_as_client_commit_request()
+                .ok_or_else(unknown)?;
+            Ok(Message::ClientCommit(ClientCommitRequest {
+                mutations: decode_mutations(r.mutations())?,
+                allow_system_keys: r.allow_system_keys(),
+            }))
+        })(),
+        fb::Payload::ClientCommitReply => envelope
+            .payload_as_client_commit_reply()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::ClientCommitReply(ClientCommitReply {
+                    version: Version(r.version()),
+                })
+            }),
+        _ => return None,
+    };
+    Some(message)
+}
