@@ -10,10 +10,12 @@
 //! ```
 
 pub mod block;
+pub mod clock;
 pub mod frame;
 mod generated;
 pub mod rpc;
 pub mod transport;
+pub mod system_keys;
 pub mod types;
 
 pub use block::{BlockEntry, BlockError, TeamBlock, TeamBlockBuilder};

@@ -4,7 +4,6 @@
 //!  server (RPC) ─▶ engine (pure state machine) ─▶ writer thread ─▶ log ─▶ store (files | memory)
 //! ```
 
-pub mod clock;
 pub mod engine;
 pub mod file_store;
 pub mod log;

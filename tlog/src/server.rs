@@ -28,7 +28,7 @@ use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::clock::{Clock, SystemClock};
+use proto::clock::{Clock, SystemClock};
 use crate::engine::{
     finish_disk_peek, Action, CommitRequest, CoreConfig, CoreError, DiskPeek, LockOutcome,
     PeekPlan, PeekResult, TLogCore,

@@ -15,7 +15,7 @@ use proto::{
     BlockEntry, Mutation, StorageTeamId, Subsequence, TeamBlock, TeamBlockBuilder, Version,
 };
 use rand::{Rng, SeedableRng};
-use tlog::clock::SystemClock;
+use proto::clock::SystemClock;
 use tlog::engine::{CoreConfig, CoreError};
 use tlog::log::LogConfig;
 use tlog::mem_store::MemStore;

@@ -1,0 +1,373 @@
+//! The shard map: which storage teams hold which key range, at which version.
+//!
+//! ```text
+//!  ""        "g"         "p"        \xff
+//!  ├─ team 1 ─┼─ team 2 ──┼─ {src 2, dest 3} ─┤
+//! ```
+//!
+//! Entries are keyed by shard begin; a shard runs to the next entry. Changes
+//! arrive as commits of `\xff/keyServers/<begin>` keys, each at a version, and
+//! an undo log over a window of recent versions lets a reader ask for the map
+//! as it was at an older version (a two-version dictionary, generalised).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use proto::system_keys::{parse_key_servers_key, ShardAssignment, SystemKeyError};
+use proto::{Mutation, StorageTeamId, Version};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShardMapError {
+    #[error("the shard map must have a shard starting at the empty key")]
+    NoFirstShard,
+    #[error(transparent)]
+    Malformed(#[from] SystemKeyError),
+    #[error("shard assignment names unknown {0}")]
+    UnknownTeam(StorageTeamId),
+    #[error("a shard-map change may not remove the shard at the empty key")]
+    RemovesFirstShard,
+    #[error("shard-map changes at {version} arrived after {current}")]
+    OutOfOrder { version: Version, current: Version },
+}
+
+/// The map at one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardMap {
+    entries: BTreeMap<Bytes, ShardAssignment>,
+}
+
+impl ShardMap {
+    pub fn new(entries: impl IntoIterator<Item = (Bytes, ShardAssignment)>) -> Result<Self, ShardMapError> {
+        let entries: BTreeMap<_, _> = entries.into_iter().collect();
+        if !entries.contains_key(&Bytes::new()) {
+            return Err(ShardMapError::NoFirstShard);
+        }
+        Ok(ShardMap { entries })
+    }
+
+    /// The assignment of the shard holding `key`.
+    pub fn assignment_of(&self, key: &[u8]) -> &ShardAssignment {
+        self.entries
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map(|(_, a)| a)
+            .expect("the shard at the empty key covers every key")
+    }
+
+    /// The shards overlapping `[begin, end)`, each clipped to it, in key order.
+    pub fn split(&self, begin: &[u8], end: &[u8]) -> Vec<(Bytes, Bytes, &ShardAssignment)> {
+        let mut pieces = Vec::new();
+        if begin >= end {
+            return pieces;
+        }
+        let first = self
+            .entries
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(begin)))
+            .next_back()
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default();
+        let mut shards = self.entries.range(first..).peekable();
+        while let Some((shard_begin, assignment)) = shards.next() {
+            if shard_begin.as_ref() >= end {
+                break;
+            }
+            let piece_begin = shard_begin.as_ref().max(begin);
+            let piece_end = match shards.peek() {
+                Some((next, _)) => next.as_ref().min(end),
+                None => end,
+            };
+            pieces.push((
+                Bytes::copy_from_slice(piece_begin),
+                Bytes::copy_from_slice(piece_end),
+                assignment,
+            ));
+        }
+        pieces
+    }
+
+    /// Every shard as (begin, assignment), in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &ShardAssignment)> {
+        self.entries.iter()
+    }
+
+    /// The teams of every shard-map entry a metadata mutation touches,
+    /// before the change: whose servers must hear of it.
+    pub fn teams_touched_by(&self, mutation: &Mutation) -> Vec<StorageTeamId> {
+        let mut teams = Vec::new();
+        let mut add = |a: &ShardAssignment| teams.extend(a.teams());
+        match mutation {
+            Mutation::SetValue { key, value } => {
+                if let Some(begin) = parse_key_servers_key(key) {
+                    add(self.assignment_of(begin));
+                    if let Ok(new) = ShardAssignment::decode(value) {
+                        add(&new);
+                    }
+                }
+            }
+            Mutation::ClearRange { begin, end } => {
+                if let (Some(b), Some(e)) = (key_servers_bound(begin), key_servers_bound(end)) {
+                    for (_, _, a) in self.split(b, e) {
+                        add(a);
+                    }
+                }
+            }
+        }
+        teams.sort();
+        teams.dedup();
+        teams
+    }
+}
+
+/// A shard-map key range bound: the part after the prefix, or the end of
+/// the key space for a bound past the whole prefix.
+fn key_servers_bound(key: &[u8]) -> Option<&[u8]> {
+    parse_key_servers_key(key).or_else(|| {
+        (key > proto::system_keys::KEY_SERVERS_PREFIX).then_some(proto::system_keys::USER_KEYS_END)
+    })
+}
+
+/// One undone change: the entry at `begin` as it was before.
+#[derive(Clone, Debug)]
+struct Undo {
+    begin: Bytes,
+    before: Option<ShardAssignment>,
+}
+
+/// The current map plus enough history to rebuild recent versions.
+#[derive(Clone, Debug)]
+pub struct VersionedShardMap {
+    current: ShardMap,
+    version: Version,
+    undo: VecDeque<(Version, Vec<Undo>)>,
+    /// Versions of history kept behind the newest change.
+    window: u64,
+}
+
+impl VersionedShardMap {
+    pub fn new(initial: ShardMap, version: Version, window: u64) -> Self {
+        VersionedShardMap {
+            current: initial,
+            version,
+            undo: VecDeque::new(),
+            window,
+        }
+    }
+
+    pub fn current(&self) -> &ShardMap {
+        &self.current
+    }
+
+    /// The latest version whose changes are applied.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Checks that `mutations` (a batch's shard-map changes) can apply:
+    /// values decode, teams are known, the first shard stays.
+    pub fn check(
+        &self,
+        mutations: &[Mutation],
+        known_team: impl Fn(StorageTeamId) -> bool,
+    ) -> Result<(), ShardMapError> {
+        for mutation in mutations {
+            match mutation {
+                Mutation::SetValue { key, value } if parse_key_servers_key(key).is_some() => {
+                    let assignment = ShardAssignment::decode(value)?;
+                    let unknown = assignment.teams().find(|t| !known_team(*t));
+                    if let Some(team) = unknown {
+                        return Err(ShardMapError::UnknownTeam(team));
+                    }
+                }
+                Mutation::ClearRange { begin, end } => {
+                    if let (Some(b), Some(_)) = (key_servers_bound(begin), key_servers_bound(end)) {
+                        if b.is_empty() && begin.as_ref() < end.as_ref() {
+                            return Err(ShardMapError::RemovesFirstShard);
+                        }
+                    }
+                }
+                Mutation::SetValue { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one version's metadata mutations (others are ignored).
+    pub fn apply(&mut self, version: Version, mutations: &[Mutation]) -> Result<(), ShardMapError> {
+        if version <= self.version {
+            return Err(ShardMapError::OutOfOrder {
+                version,
+                current: self.version,
+            });
+        }
+        let mut undo = Vec::new();
+        let entries = &mut self.current.entries;
+        for mutation in mutations {
+            match mutation {
+                Mutation::SetValue { key, value } => {
+                    let Some(begin) = parse_key_servers_key(key) else { continue };
+                    let assignment = ShardAssignment::decode(value)?;
+                    let begin = Bytes::copy_from_slice(begin);
+                    let before = entries.insert(begin.clone(), assignment);
+                    undo.push(Undo { begin, before });
+                }
+                Mutation::ClearRange { begin, end } => {
+                    let (Some(b), Some(e)) = (key_servers_bound(begin), key_servers_bound(end)) else {
+                        continue;
+                    };
+                    let doomed: Vec<Bytes> = entries
+                        .range::<[u8], _>((Bound::Included(b), Bound::Excluded(e)))
+                        .map(|(k, _)| k.clone())
+                        .filter(|k| !k.is_empty())
+                        .collect();
+                    for begin in doomed {
+                        let before = entries.remove(&begin);
+                        undo.push(Undo { begin, before });
+                    }
+                }
+            }
+        }
+        self.version = version;
+        if !undo.is_empty() {
+            self.undo.push_back((version, undo));
+        }
+        while self
+            .undo
+            .front()
+            .is_some_and(|(v, _)| v.0.saturating_add(self.window) < version.0)
+        {
+            self.undo.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The map as of `version`, or None when that is older than the history kept.
+    pub fn at(&self, version: Version) -> Option<ShardMap> {
+        if let Some((oldest, _)) = self.undo.front() {
+            if version.0.saturating_add(self.window) < self.version.0 && version < *oldest {
+                return None;
+            }
+        }
+        let mut map = self.current.clone();
+        for (_, changes) in self.undo.iter().rev().take_while(|(v, _)| *v > version) {
+            for undo in changes.iter().rev() {
+                match &undo.before {
+                    Some(before) => map.entries.insert(undo.begin.clone(), before.clone()),
+                    None => map.entries.remove(&undo.begin),
+                };
+            }
+        }
+        Some(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::system_keys::key_servers_key;
+
+    fn team(id: u64) -> ShardAssignment {
+        ShardAssignment::to(StorageTeamId(id))
+    }
+
+    fn map() -> ShardMap {
+        ShardMap::new([
+            (Bytes::new(), team(1)),
+            (Bytes::from_static(b"g"), team(2)),
+            (Bytes::from_static(b"p"), team(3)),
+        ])
+        .unwrap()
+    }
+
+    fn set_shard(begin: &'static [u8], a: ShardAssignment) -> Mutation {
+        Mutation::SetValue {
+            key: key_servers_key(begin),
+            value: a.encode(),
+        }
+    }
+
+    #[test]
+    fn keys_and_ranges_find_their_shards() {
+        let m = map();
+        assert_eq!(m.assignment_of(b""), &team(1));
+        assert_eq!(m.assignment_of(b"f\xff"), &team(1));
+        assert_eq!(m.assignment_of(b"g"), &team(2));
+        assert_eq!(m.assignment_of(b"zzz"), &team(3));
+        let pieces: Vec<_> = m
+            .split(b"c", b"q")
+            .into_iter()
+            .map(|(b, e, a)| (b, e, a.src[0].0))
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (Bytes::from_static(b"c"), Bytes::from_static(b"g"), 1),
+                (Bytes::from_static(b"g"), Bytes::from_static(b"p"), 2),
+                (Bytes::from_static(b"p"), Bytes::from_static(b"q"), 3),
+            ]
+        );
+        assert!(m.split(b"q", b"q").is_empty());
+        assert_eq!(m.split(b"h", b"i").len(), 1);
+    }
+
+    #[test]
+    fn history_rebuilds_older_versions() {
+        let mut v = VersionedShardMap::new(map(), Version(10), 1_000);
+        v.apply(Version(20), &[set_shard(b"k", team(4))]).unwrap();
+        let clear = Mutation::ClearRange {
+            begin: key_servers_key(b"g"),
+            end: key_servers_key(b"p"),
+        };
+        v.apply(Version(30), &[clear]).unwrap();
+        assert_eq!(v.current().assignment_of(b"h"), &team(1));
+        assert_eq!(v.at(Version(25)).unwrap().assignment_of(b"k"), &team(4));
+        assert_eq!(v.at(Version(25)).unwrap().assignment_of(b"h"), &team(2));
+        assert_eq!(v.at(Version(15)).unwrap(), map());
+        assert!(matches!(
+            v.apply(Version(30), &[]),
+            Err(ShardMapError::OutOfOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn history_beyond_the_window_is_forgotten() {
+        let mut v = VersionedShardMap::new(map(), Version(0), 100);
+        v.apply(Version(10), &[set_shard(b"k", team(4))]).unwrap();
+        v.apply(Version(500), &[set_shard(b"m", team(5))]).unwrap();
+        assert!(v.at(Version(5)).is_none());
+        assert!(v.at(Version(450)).is_some());
+    }
+
+    #[test]
+    fn checks_refuse_bad_changes() {
+        let v = VersionedShardMap::new(map(), Version(0), 100);
+        let known = |t: StorageTeamId| t.0 <= 5;
+        assert_eq!(v.check(&[set_shard(b"k", team(4))], known), Ok(()));
+        assert_eq!(
+            v.check(&[set_shard(b"k", team(9))], known),
+            Err(ShardMapError::UnknownTeam(StorageTeamId(9)))
+        );
+        let garbage = Mutation::SetValue {
+            key: key_servers_key(b"k"),
+            value: Bytes::from_static(b"\x07"),
+        };
+        assert!(matches!(v.check(&[garbage], known), Err(ShardMapError::Malformed(_))));
+        let wipe = Mutation::ClearRange {
+            begin: key_servers_key(b""),
+            end: key_servers_key(b"z"),
+        };
+        assert_eq!(v.check(&[wipe], known), Err(ShardMapError::RemovesFirstShard));
+    }
+
+    #[test]
+    fn a_change_concerns_the_teams_before_and_after() {
+        let m = map();
+        let teams = m.teams_touched_by(&set_shard(b"h", team(5)));
+        assert_eq!(teams, vec![StorageTeamId(2), StorageTeamId(5)]);
+        let clear = Mutation::ClearRange {
+            begin: key_servers_key(b"g"),
+            end: key_servers_key(b"zz"),
+        };
+        assert_eq!(m.teams_touched_by(&clear), vec![StorageTeamId(2), StorageTeamId(3)]);
+    }
+}
