@@ -2,6 +2,11 @@
 //! the benchmarks. Roles live in their own crates (`tlog`, ...).
 
 pub mod bench;
+pub mod client;
+pub mod client_cli;
+pub mod cluster;
 pub mod dev;
+pub mod local_cluster;
 pub mod process;
+pub mod roles;
 pub mod workload;

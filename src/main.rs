@@ -20,6 +20,12 @@ struct Cli {
 enum Command {
     /// Run one TLog.
     Tlog(teamlog::process::TLogArgs),
+    /// Run the sequencer (and resolver) of a cluster.
+    Sequencer(teamlog::roles::SequencerArgs),
+    /// Run one commit proxy of a cluster.
+    Proxy(teamlog::roles::ProxyArgs),
+    /// Commit mutations to a cluster.
+    Client(teamlog::client_cli::ClientArgs),
     /// Start a local TLog process and drive a commit/peek workload against it.
     Dev {
         /// Data dir; a fresh temporary one when not given.
@@ -57,6 +63,9 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Tlog(args) => runtime.block_on(teamlog::process::run_tlog(args)),
+        Command::Sequencer(args) => runtime.block_on(teamlog::roles::run_sequencer(args)),
+        Command::Proxy(args) => runtime.block_on(teamlog::roles::run_proxy(args)),
+        Command::Client(args) => runtime.block_on(teamlog::client_cli::run(args)),
         Command::Dev {
             data_dir,
             commits,

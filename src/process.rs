@@ -71,27 +71,41 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A `teamlog tlog` child process of this binary, on a port it picked.
-pub struct ChildTLog {
+/// A child process of the teamlog binary running one role, listening on `addr`.
+pub struct ChildProcess {
     pub addr: SocketAddr,
     child: tokio::process::Child,
 }
 
-impl ChildTLog {
+/// A `teamlog tlog` child process.
+pub type ChildTLog = ChildProcess;
+
+impl ChildProcess {
     /// Starts `exe tlog` (the teamlog binary) on 127.0.0.1:0 in `data_dir`
     /// and waits until it listens.
     pub async fn spawn(
         exe: &std::path::Path,
         data_dir: &std::path::Path,
         extra_args: &[&str],
-    ) -> Result<ChildTLog> {
+    ) -> Result<ChildProcess> {
+        Self::spawn_tlog_at(exe, data_dir, "127.0.0.1:0".parse()?, extra_args).await
+    }
+
+    /// Starts `exe tlog` listening on `listen` in `data_dir` and waits until
+    /// it listens.
+    pub async fn spawn_tlog_at(
+        exe: &std::path::Path,
+        data_dir: &std::path::Path,
+        listen: SocketAddr,
+        extra_args: &[&str],
+    ) -> Result<ChildProcess> {
         std::fs::create_dir_all(data_dir)?;
         let address_file = data_dir.join("address");
         let _ = std::fs::remove_file(&address_file);
         let mut child = tokio::process::Command::new(exe)
             .arg("tlog")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--address-file")
@@ -100,20 +114,37 @@ impl ChildTLog {
             .kill_on_drop(true)
             .spawn()
             .context("starting teamlog tlog")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&address_file) {
-                let addr = text.trim().parse().context("parsing the tlog's address")?;
-                return Ok(ChildTLog { addr, child });
-            }
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("teamlog tlog exited during start-up: {status}");
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("teamlog tlog did not start listening within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let addr = wait_until(&mut child, "tlog", || {
+            let text = std::fs::read_to_string(&address_file).ok()?;
+            text.trim().parse().ok()
+        })
+        .await?;
+        Ok(ChildProcess { addr, child })
+    }
+
+    /// Starts `exe ARGS` for a role that listens on `addr`, and waits until
+    /// that address accepts connections.
+    pub async fn spawn_listening(
+        exe: &std::path::Path,
+        args: &[std::ffi::OsString],
+        addr: SocketAddr,
+    ) -> Result<ChildProcess> {
+        let role = args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = tokio::process::Command::new(exe)
+            .args(args)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting teamlog {role}"))?;
+        wait_until(&mut child, &role, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                .ok()
+                .map(|_| ())
+        })
+        .await?;
+        Ok(ChildProcess { addr, child })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -134,8 +165,40 @@ impl ChildTLog {
         }
         let status = self.child.wait().await?;
         if !status.success() {
-            anyhow::bail!("tlog exited with {status}");
+            anyhow::bail!("process exited with {status}");
         }
         Ok(())
     }
+}
+
+/// Polls `ready` until it yields, the child exits, or 30 s pass.
+async fn wait_until<T>(
+    child: &mut tokio::process::Child,
+    role: &str,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = ready() {
+            return Ok(value);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("teamlog {role} exited during start-up: {status}");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("teamlog {role} did not start listening within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Addresses on 127.0.0.1 that were free a moment ago, for a cluster file.
+pub fn free_local_addrs(count: usize) -> Result<Vec<SocketAddr>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<_>>()?)
 }

@@ -78,6 +78,24 @@ pub async fn read_team(
     through: Version,
 ) -> Result<BTreeMap<Version, Vec<Mutation>>> {
     let mut out: BTreeMap<Version, Vec<Mutation>> = BTreeMap::new();
+    for entry in read_team_entries(client, team, begin, through).await? {
+        let list = out.entry(entry.version()).or_default();
+        if let BlockEntry::Message(m) = entry {
+            list.push(m.mutation);
+        }
+    }
+    Ok(out)
+}
+
+/// Every entry of `team`'s stream from `begin` through `through`, in
+/// stream order, checking that (version, subsequence) strictly increases.
+pub async fn read_team_entries(
+    client: &RpcClient,
+    team: StorageTeamId,
+    begin: Version,
+    through: Version,
+) -> Result<Vec<BlockEntry>> {
+    let mut out: Vec<BlockEntry> = Vec::new();
     let mut next = begin;
     while next <= through {
         let reply = client
@@ -92,13 +110,23 @@ pub async fn read_team(
         for data in reply.blocks {
             let block = TeamBlock::parse(data.data).context("tlog returned a bad block")?;
             for entry in block.entries() {
-                let version = entry.version();
-                if version < next {
-                    bail!("{team}: version {version} delivered again after {next}");
+                if entry.version() < next {
+                    bail!(
+                        "{team}: version {} delivered again after {next}",
+                        entry.version()
+                    );
                 }
-                let list = out.entry(version).or_default();
-                if let BlockEntry::Message(m) = entry {
-                    list.push(m.mutation);
+                if let Some(last) = out.last() {
+                    if entry.sort_key() <= last.sort_key() {
+                        bail!(
+                            "{team}: {:?} does not follow {:?}",
+                            entry.sort_key(),
+                            last.sort_key()
+                        );
+                    }
+                }
+                if entry.version() <= through {
+                    out.push(entry);
                 }
             }
         }

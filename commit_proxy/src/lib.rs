@@ -2,7 +2,11 @@
 //! metadata, and commit proxies batch client commits, tag them with storage
 //! teams and write them to the TLogs.
 
+pub mod proxy;
+pub mod resolver;
+pub mod sequencer;
+pub mod sequencer_service;
 pub mod shard_map;
-pub mod validate;
 pub mod tagging;
 pub mod topology;
+pub mod validate;

@@ -38,7 +38,9 @@ pub struct ShardMap {
 }
 
 impl ShardMap {
-    pub fn new(entries: impl IntoIterator<Item = (Bytes, ShardAssignment)>) -> Result<Self, ShardMapError> {
+    pub fn new(
+        entries: impl IntoIterator<Item = (Bytes, ShardAssignment)>,
+    ) -> Result<Self, ShardMapError> {
         let entries: BTreeMap<_, _> = entries.into_iter().collect();
         if !entries.contains_key(&Bytes::new()) {
             return Err(ShardMapError::NoFirstShard);
@@ -205,14 +207,17 @@ impl VersionedShardMap {
         for mutation in mutations {
             match mutation {
                 Mutation::SetValue { key, value } => {
-                    let Some(begin) = parse_key_servers_key(key) else { continue };
+                    let Some(begin) = parse_key_servers_key(key) else {
+                        continue;
+                    };
                     let assignment = ShardAssignment::decode(value)?;
                     let begin = Bytes::copy_from_slice(begin);
                     let before = entries.insert(begin.clone(), assignment);
                     undo.push(Undo { begin, before });
                 }
                 Mutation::ClearRange { begin, end } => {
-                    let (Some(b), Some(e)) = (key_servers_bound(begin), key_servers_bound(end)) else {
+                    let (Some(b), Some(e)) = (key_servers_bound(begin), key_servers_bound(end))
+                    else {
                         continue;
                     };
                     let doomed: Vec<Bytes> = entries
@@ -351,12 +356,18 @@ mod tests {
             key: key_servers_key(b"k"),
             value: Bytes::from_static(b"\x07"),
         };
-        assert!(matches!(v.check(&[garbage], known), Err(ShardMapError::Malformed(_))));
+        assert!(matches!(
+            v.check(&[garbage], known),
+            Err(ShardMapError::Malformed(_))
+        ));
         let wipe = Mutation::ClearRange {
             begin: key_servers_key(b""),
             end: key_servers_key(b"z"),
         };
-        assert_eq!(v.check(&[wipe], known), Err(ShardMapError::RemovesFirstShard));
+        assert_eq!(
+            v.check(&[wipe], known),
+            Err(ShardMapError::RemovesFirstShard)
+        );
     }
 
     #[test]
@@ -368,6 +379,9 @@ mod tests {
             begin: key_servers_key(b"g"),
             end: key_servers_key(b"zz"),
         };
-        assert_eq!(m.teams_touched_by(&clear), vec![StorageTeamId(2), StorageTeamId(3)]);
+        assert_eq!(
+            m.teams_touched_by(&clear),
+            vec![StorageTeamId(2), StorageTeamId(3)]
+        );
     }
 }

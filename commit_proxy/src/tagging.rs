@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use proto::system_keys::{parse_key_servers_key, parse_team_set_key};
-use proto::{is_system_key, BlockError, Mutation, StorageTeamId, Subsequence, TeamBlockBuilder, Version};
+use proto::{
+    is_system_key, BlockError, Mutation, StorageTeamId, Subsequence, TeamBlockBuilder, Version,
+};
 
 use crate::shard_map::ShardMap;
 use crate::topology::Topology;
@@ -84,7 +86,11 @@ pub fn tag_version(
 /// The private teams of the servers a system mutation concerns: for a
 /// shard-map change, the servers of every team that held or will hold the
 /// range; for a team set, the server itself.
-fn concerned_private_teams(map: &ShardMap, topology: &Topology, mutation: &Mutation) -> BTreeSet<StorageTeamId> {
+fn concerned_private_teams(
+    map: &ShardMap,
+    topology: &Topology,
+    mutation: &Mutation,
+) -> BTreeSet<StorageTeamId> {
     let key = match mutation {
         Mutation::SetValue { key, .. } => key,
         Mutation::ClearRange { begin, .. } => begin,
@@ -160,7 +166,10 @@ mod tests {
             begin: Bytes::from_static(b),
             end: Bytes::from_static(e),
         };
-        assert_eq!(entries(&tagged, 1), vec![(1, set(b"b")), (3, piece(b"a", b"m"))]);
+        assert_eq!(
+            entries(&tagged, 1),
+            vec![(1, set(b"b")), (3, piece(b"a", b"m"))]
+        );
         // Source and destination of the moving shard both get its pieces.
         let moving = vec![(2, set(b"n")), (4, piece(b"m", b"z"))];
         assert_eq!(entries(&tagged, 2), moving);
@@ -183,7 +192,11 @@ mod tests {
         assert_eq!(entries(&tagged, 1020), vec![(1, team_set.clone())]);
         // Team 1 held "c" and team 3 will: all four servers hear of it.
         for private in [1010, 1011, 1030, 1031] {
-            assert_eq!(entries(&tagged, private), vec![(3, shard.clone())], "{private}");
+            assert_eq!(
+                entries(&tagged, private),
+                vec![(3, shard.clone())],
+                "{private}"
+            );
         }
         assert!(entries(&tagged, 1021).is_empty());
         assert_eq!(tagged.metadata, vec![team_set, shard]);

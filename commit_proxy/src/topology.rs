@@ -60,7 +60,10 @@ impl Topology {
 
     /// Storage teams, then private teams.
     pub fn all_teams(&self) -> impl Iterator<Item = StorageTeamId> + '_ {
-        self.teams.keys().chain(self.private_teams.values()).copied()
+        self.teams
+            .keys()
+            .chain(self.private_teams.values())
+            .copied()
     }
 
     /// The servers that consume `team` (a private team has one).
@@ -125,12 +128,26 @@ pub(crate) mod tests {
         assert!(t.teams_by_tlog().iter().all(|teams| !teams.is_empty()));
         let mut bad = sample();
         bad.replication = 4;
-        assert!(matches!(bad.check(), Err(TopologyError::Replication { .. })));
+        assert!(matches!(
+            bad.check(),
+            Err(TopologyError::Replication { .. })
+        ));
         let mut bad = sample();
         bad.private_teams.remove(&StorageServerId(10));
-        assert_eq!(bad.check(), Err(TopologyError::NoPrivateTeam { server: StorageServerId(10) }));
+        assert_eq!(
+            bad.check(),
+            Err(TopologyError::NoPrivateTeam {
+                server: StorageServerId(10)
+            })
+        );
         let mut bad = sample();
-        bad.private_teams.insert(StorageServerId(10), StorageTeamId(2));
-        assert_eq!(bad.check(), Err(TopologyError::TeamIdReused { team: StorageTeamId(2) }));
+        bad.private_teams
+            .insert(StorageServerId(10), StorageTeamId(2));
+        assert_eq!(
+            bad.check(),
+            Err(TopologyError::TeamIdReused {
+                team: StorageTeamId(2)
+            })
+        );
     }
 }

@@ -30,7 +30,10 @@ impl Default for Limits {
 /// system keys this version understands).
 pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), ErrorReply> {
     if request.mutations.is_empty() {
-        return Err(ErrorReply::new(ErrorCode::EmptyCommit, "a commit needs at least one mutation"));
+        return Err(ErrorReply::new(
+            ErrorCode::EmptyCommit,
+            "a commit needs at least one mutation",
+        ));
     }
     let mut total = 0usize;
     for (i, mutation) in request.mutations.iter().enumerate() {
@@ -38,7 +41,10 @@ pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), Er
         let key_error = |what: &str, len: usize| {
             ErrorReply::new(
                 ErrorCode::KeyTooLarge,
-                format!("mutation {i}: {what} of {len} bytes exceeds {} bytes", limits.max_key_bytes),
+                format!(
+                    "mutation {i}: {what} of {len} bytes exceeds {} bytes",
+                    limits.max_key_bytes
+                ),
             )
         };
         match mutation {
@@ -57,7 +63,11 @@ pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), Er
                     ));
                 }
                 if is_system_key(key) {
-                    check_system(request, i, parse_key_servers_key(key).is_some() || parse_team_set_key(key).is_some())?;
+                    check_system(
+                        request,
+                        i,
+                        parse_key_servers_key(key).is_some() || parse_team_set_key(key).is_some(),
+                    )?;
                 }
             }
             Mutation::ClearRange { begin, end } => {
@@ -84,13 +94,20 @@ pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), Er
     if total > limits.max_commit_bytes {
         return Err(ErrorReply::new(
             ErrorCode::CommitTooLarge,
-            format!("commit of {total} bytes exceeds {} bytes", limits.max_commit_bytes),
+            format!(
+                "commit of {total} bytes exceeds {} bytes",
+                limits.max_commit_bytes
+            ),
         ));
     }
     Ok(())
 }
 
-fn check_system(request: &ClientCommitRequest, i: usize, understood: bool) -> Result<(), ErrorReply> {
+fn check_system(
+    request: &ClientCommitRequest,
+    i: usize,
+    understood: bool,
+) -> Result<(), ErrorReply> {
     if !request.allow_system_keys {
         return Err(ErrorReply::new(
             ErrorCode::SystemKey,
@@ -141,18 +158,41 @@ mod tests {
 
     #[test]
     fn ordinary_commits_pass() {
-        assert_eq!(code(commit(vec![set(b"a", 10), clear(b"a", b"b"), clear(b"", b"\xff")], false)), None);
+        assert_eq!(
+            code(commit(
+                vec![set(b"a", 10), clear(b"a", b"b"), clear(b"", b"\xff")],
+                false
+            )),
+            None
+        );
     }
 
     #[test]
     fn each_kind_of_bad_commit_gets_its_own_error() {
         assert_eq!(code(commit(vec![], false)), Some(ErrorCode::EmptyCommit));
-        assert_eq!(code(commit(vec![set(&[b'k'; 10_001], 1)], false)), Some(ErrorCode::KeyTooLarge));
-        assert_eq!(code(commit(vec![set(b"k", 100_001)], false)), Some(ErrorCode::ValueTooLarge));
-        assert_eq!(code(commit(vec![clear(b"b", b"a")], false)), Some(ErrorCode::InvalidRange));
-        assert_eq!(code(commit(vec![set(b"\xffk", 1)], false)), Some(ErrorCode::SystemKey));
-        assert_eq!(code(commit(vec![clear(b"a", b"\xff\x01")], false)), Some(ErrorCode::SystemKey));
-        let big: Vec<_> = (0..110).map(|i| set(format!("k{i}").as_bytes(), 100_000)).collect();
+        assert_eq!(
+            code(commit(vec![set(&[b'k'; 10_001], 1)], false)),
+            Some(ErrorCode::KeyTooLarge)
+        );
+        assert_eq!(
+            code(commit(vec![set(b"k", 100_001)], false)),
+            Some(ErrorCode::ValueTooLarge)
+        );
+        assert_eq!(
+            code(commit(vec![clear(b"b", b"a")], false)),
+            Some(ErrorCode::InvalidRange)
+        );
+        assert_eq!(
+            code(commit(vec![set(b"\xffk", 1)], false)),
+            Some(ErrorCode::SystemKey)
+        );
+        assert_eq!(
+            code(commit(vec![clear(b"a", b"\xff\x01")], false)),
+            Some(ErrorCode::SystemKey)
+        );
+        let big: Vec<_> = (0..110)
+            .map(|i| set(format!("k{i}").as_bytes(), 100_000))
+            .collect();
         assert_eq!(code(commit(big, false)), Some(ErrorCode::CommitTooLarge));
     }
 
@@ -165,12 +205,18 @@ mod tests {
         let team_set = set(&team_set_key(StorageServerId(3)), 20);
         assert_eq!(code(commit(vec![shard.clone(), team_set], true)), None);
         assert_eq!(code(commit(vec![shard], false)), Some(ErrorCode::SystemKey));
-        assert_eq!(code(commit(vec![set(b"\xff/other", 1)], true)), Some(ErrorCode::SystemKey));
+        assert_eq!(
+            code(commit(vec![set(b"\xff/other", 1)], true)),
+            Some(ErrorCode::SystemKey)
+        );
         let unshard = Mutation::ClearRange {
             begin: key_servers_key(b"m"),
             end: key_servers_key(b"n"),
         };
         assert_eq!(code(commit(vec![unshard], true)), None);
-        assert_eq!(code(commit(vec![clear(b"\xff/a", b"\xff/z")], true)), Some(ErrorCode::SystemKey));
+        assert_eq!(
+            code(commit(vec![clear(b"\xff/a", b"\xff/z")], true)),
+            Some(ErrorCode::SystemKey)
+        );
     }
 }

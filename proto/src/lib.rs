@@ -14,8 +14,8 @@ pub mod clock;
 pub mod frame;
 mod generated;
 pub mod rpc;
-pub mod transport;
 pub mod system_keys;
+pub mod transport;
 pub mod types;
 
 pub use block::{BlockEntry, BlockError, TeamBlock, TeamBlockBuilder};

@@ -107,7 +107,9 @@ impl ShardAssignment {
         value = rest;
         let mut lists = [Vec::new(), Vec::new()];
         for list in &mut lists {
-            let (count, rest) = value.split_first_chunk::<4>().ok_or(malformed("truncated"))?;
+            let (count, rest) = value
+                .split_first_chunk::<4>()
+                .ok_or(malformed("truncated"))?;
             let count = u32::from_le_bytes(*count) as usize;
             value = rest;
             if value.len() < count.saturating_mul(8) {
@@ -162,7 +164,10 @@ mod tests {
         assert!(ShardAssignment::decode(&long).is_err());
         assert!(ShardAssignment::decode(&ShardAssignment::default().encode()).is_err());
         let teams: Vec<_> = a.teams().collect();
-        assert_eq!(teams, vec![StorageTeamId(1), StorageTeamId(2), StorageTeamId(7)]);
+        assert_eq!(
+            teams,
+            vec![StorageTeamId(1), StorageTeamId(2), StorageTeamId(7)]
+        );
     }
 
     #[test]

@@ -28,9 +28,11 @@ use crate::frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
 use crate::rpc::{DecodeError, ErrorCode};
 
 mod client;
+mod peer;
 mod server;
 
 pub use client::RpcClient;
+pub use peer::Peer;
 pub use server::{serve, Service};
 
 /// Why a call failed.

@@ -1,0 +1,245 @@
+//! The resolver's state machine: batches strictly in version order, and the
+//! metadata each proxy has not seen yet.
+//!
+//! ```text
+//!  proxy A: resolve(prev 10, v 12, [shard change]) ─┐
+//!  proxy B: resolve(prev 12, v 15, [])  ────────────┴▶ B gets A's change at 12
+//! ```
+//!
+//! A batch whose predecessor has not been resolved waits (bounded in time).
+//! Metadata is kept until every proxy has seen it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use proto::rpc::{ResolveReply, ResolveRequest, VersionedMetadata};
+use proto::{Mutation, ProxyId, Version};
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolverError {
+    #[error("batch {prev}->{version} conflicts with the resolved chain at {last}")]
+    VersionConflict {
+        prev: Version,
+        version: Version,
+        last: Version,
+    },
+    #[error("batch {prev}->{version} waited too long for its predecessor (resolver is at {last})")]
+    MissingPredecessor {
+        prev: Version,
+        version: Version,
+        last: Version,
+    },
+    #[error("{0} is not a proxy of this cluster")]
+    UnknownProxy(ProxyId),
+}
+
+struct Waiting<T> {
+    request: ResolveRequest,
+    token: T,
+    deadline_ms: u64,
+}
+
+pub struct ResolverCore<T> {
+    last: Version,
+    /// The last version each proxy resolved.
+    seen: BTreeMap<ProxyId, Version>,
+    log: VecDeque<(Version, ProxyId, Vec<Mutation>)>,
+    waiting: BTreeMap<Version, Waiting<T>>,
+    wait_timeout_ms: u64,
+}
+
+impl<T> ResolverCore<T> {
+    pub fn new(last: Version, proxies: &BTreeSet<ProxyId>, wait_timeout_ms: u64) -> Self {
+        ResolverCore {
+            last,
+            seen: proxies.iter().map(|p| (*p, last)).collect(),
+            log: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            wait_timeout_ms,
+        }
+    }
+
+    pub fn last_version(&self) -> Version {
+        self.last
+    }
+
+    /// Batches of metadata kept for proxies that have not seen them.
+    pub fn retained(&self) -> usize {
+        self.log.len()
+    }
+
+    pub fn resolve(
+        &mut self,
+        request: ResolveRequest,
+        token: T,
+        now_ms: u64,
+    ) -> Vec<(T, Result<ResolveReply, ResolverError>)> {
+        let (prev, version) = (request.prev_version, request.version);
+        let conflict = ResolverError::VersionConflict {
+            prev,
+            version,
+            last: self.last,
+        };
+        if !self.seen.contains_key(&request.proxy) {
+            return vec![(token, Err(ResolverError::UnknownProxy(request.proxy)))];
+        }
+        if version <= prev || prev < self.last || self.waiting.contains_key(&prev) {
+            return vec![(token, Err(conflict))];
+        }
+        if prev > self.last {
+            let deadline_ms = now_ms.saturating_add(self.wait_timeout_ms);
+            self.waiting.insert(
+                prev,
+                Waiting {
+                    request,
+                    token,
+                    deadline_ms,
+                },
+            );
+            return Vec::new();
+        }
+        let mut answers = vec![(token, Ok(self.apply(request)))];
+        while let Some(next) = self.waiting.remove(&self.last) {
+            answers.push((next.token, Ok(self.apply(next.request))));
+        }
+        answers
+    }
+
+    fn apply(&mut self, request: ResolveRequest) -> ResolveReply {
+        let since = self.seen[&request.proxy];
+        let metadata = self
+            .log
+            .iter()
+            .filter(|(v, p, _)| *v > since && *p != request.proxy)
+            .map(|(version, _, mutations)| VersionedMetadata {
+                version: *version,
+                mutations: mutations.clone(),
+            })
+            .collect();
+        if !request.metadata.is_empty() {
+            self.log
+                .push_back((request.version, request.proxy, request.metadata));
+        }
+        self.seen.insert(request.proxy, request.version);
+        self.last = request.version;
+        let oldest_seen = self.seen.values().min().copied().unwrap_or(self.last);
+        while self.log.front().is_some_and(|(v, _, _)| *v <= oldest_seen) {
+            self.log.pop_front();
+        }
+        ResolveReply {
+            metadata,
+            conflicts: vec![false; request.transactions.len()],
+        }
+    }
+
+    /// Fails batches whose predecessor did not come in time.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<(T, Result<ResolveReply, ResolverError>)> {
+        let expired: Vec<Version> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline_ms <= now_ms)
+            .map(|(prev, _)| *prev)
+            .collect();
+        expired
+            .into_iter()
+            .map(|prev| {
+                let w = self.waiting.remove(&prev).expect("listed above");
+                let error = ResolverError::MissingPredecessor {
+                    prev,
+                    version: w.request.version,
+                    last: self.last,
+                };
+                (w.token, Err(error))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    const A: ProxyId = ProxyId(1);
+    const B: ProxyId = ProxyId(2);
+
+    fn request(
+        proxy: ProxyId,
+        prev: u64,
+        version: u64,
+        metadata: &[&'static [u8]],
+    ) -> ResolveRequest {
+        ResolveRequest {
+            proxy,
+            prev_version: Version(prev),
+            version: Version(version),
+            metadata: metadata
+                .iter()
+                .map(|k| Mutation::SetValue {
+                    key: Bytes::from_static(k),
+                    value: Bytes::new(),
+                })
+                .collect(),
+            transactions: Vec::new(),
+        }
+    }
+
+    fn core() -> ResolverCore<u32> {
+        ResolverCore::new(Version(10), &[A, B].into_iter().collect(), 100)
+    }
+
+    fn versions(reply: &ResolveReply) -> Vec<u64> {
+        reply.metadata.iter().map(|m| m.version.0).collect()
+    }
+
+    #[test]
+    fn each_proxy_learns_the_others_metadata_once_in_version_order() {
+        let mut r = core();
+        let out = r.resolve(request(A, 10, 12, &[b"\xffa"]), 1, 0);
+        assert!(out[0].1.as_ref().unwrap().metadata.is_empty());
+        r.resolve(request(A, 12, 13, &[b"\xffb"]), 2, 0);
+        let out = r.resolve(request(B, 13, 15, &[b"\xffc"]), 3, 0);
+        assert_eq!(versions(out[0].1.as_ref().unwrap()), vec![12, 13]);
+        let out = r.resolve(request(A, 15, 16, &[]), 4, 0);
+        assert_eq!(versions(out[0].1.as_ref().unwrap()), vec![15]);
+        let out = r.resolve(request(B, 16, 17, &[]), 5, 0);
+        assert!(out[0].1.as_ref().unwrap().metadata.is_empty());
+        assert_eq!(r.retained(), 0, "everything was seen by both proxies");
+    }
+
+    #[test]
+    fn a_batch_waits_for_its_predecessor() {
+        let mut r = core();
+        assert!(r.resolve(request(B, 12, 14, &[]), 2, 0).is_empty());
+        let out = r.resolve(request(A, 10, 12, &[b"\xffa"]), 1, 0);
+        let tokens: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tokens, vec![1, 2]);
+        assert_eq!(versions(out[1].1.as_ref().unwrap()), vec![12]);
+        assert_eq!(r.last_version(), Version(14));
+    }
+
+    #[test]
+    fn a_batch_whose_predecessor_never_comes_fails() {
+        let mut r = core();
+        r.resolve(request(B, 12, 14, &[]), 2, 0);
+        assert!(r.tick(99).is_empty());
+        let out = r.tick(100);
+        assert!(matches!(
+            out[0],
+            (2, Err(ResolverError::MissingPredecessor { .. }))
+        ));
+    }
+
+    #[test]
+    fn batches_off_the_chain_are_refused() {
+        let mut r = core();
+        r.resolve(request(A, 10, 12, &[]), 1, 0);
+        let out = r.resolve(request(B, 10, 11, &[]), 2, 0);
+        assert!(matches!(
+            out[0].1,
+            Err(ResolverError::VersionConflict { .. })
+        ));
+        let out = r.resolve(request(ProxyId(9), 12, 13, &[]), 3, 0);
+        assert!(matches!(out[0].1, Err(ResolverError::UnknownProxy(_))));
+    }
+}

@@ -1,0 +1,140 @@
+//! The sequencer's state machine: commit versions in request order, and the
+//! committed version that read versions come from.
+//!
+//! Versions advance with time (about 1,000,000 per second) and by at least
+//! one per request, so a version difference is a duration. Each proxy numbers
+//! its requests; a retried request gets the versions it got the first time.
+
+use std::collections::BTreeMap;
+
+use proto::rpc::GetCommitVersionReply;
+use proto::{ProxyId, Version};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SequencerError {
+    #[error("{proxy} request {request_num} is older than its request {latest}")]
+    StaleRequest {
+        proxy: ProxyId,
+        request_num: u64,
+        latest: u64,
+    },
+    #[error("{version} reported committed but never handed out (last is {last})")]
+    UnknownVersion { version: Version, last: Version },
+}
+
+pub struct SequencerCore {
+    last: Version,
+    committed: Version,
+    /// Version and clock reading at start: versions follow the clock from here.
+    origin: (Version, u64),
+    answered: BTreeMap<ProxyId, (u64, GetCommitVersionReply)>,
+}
+
+impl SequencerCore {
+    /// Starts after `last`, the highest version any TLog holds.
+    pub fn new(last: Version, now_us: u64) -> Self {
+        SequencerCore {
+            last,
+            committed: last,
+            origin: (last, now_us),
+            answered: BTreeMap::new(),
+        }
+    }
+
+    pub fn commit_version(
+        &mut self,
+        proxy: ProxyId,
+        request_num: u64,
+        now_us: u64,
+    ) -> Result<GetCommitVersionReply, SequencerError> {
+        if let Some((latest, reply)) = self.answered.get(&proxy) {
+            if request_num == *latest {
+                return Ok(*reply);
+            }
+            if request_num < *latest {
+                return Err(SequencerError::StaleRequest {
+                    proxy,
+                    request_num,
+                    latest: *latest,
+                });
+            }
+        }
+        let by_time = self.origin.0 .0 + now_us.saturating_sub(self.origin.1);
+        let version = Version(by_time.max(self.last.0 + 1));
+        let reply = GetCommitVersionReply {
+            prev_version: self.last,
+            version,
+        };
+        self.last = version;
+        self.answered.insert(proxy, (request_num, reply));
+        Ok(reply)
+    }
+
+    pub fn report_committed(&mut self, version: Version) -> Result<(), SequencerError> {
+        if version > self.last {
+            return Err(SequencerError::UnknownVersion {
+                version,
+                last: self.last,
+            });
+        }
+        self.committed = self.committed.max(version);
+        Ok(())
+    }
+
+    /// A version every commit at or below which is durable on every TLog:
+    /// each TLog takes versions in chain order, so a version durable
+    /// everywhere implies all earlier ones are.
+    pub fn read_version(&self) -> Version {
+        self.committed
+    }
+
+    pub fn last_version(&self) -> Version {
+        self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: ProxyId = ProxyId(1);
+    const P2: ProxyId = ProxyId(2);
+
+    #[test]
+    fn versions_chain_and_follow_the_clock() {
+        let mut s = SequencerCore::new(Version(100), 5_000);
+        let a = s.commit_version(P1, 1, 5_000).unwrap();
+        assert_eq!((a.prev_version, a.version), (Version(100), Version(101)));
+        let b = s.commit_version(P2, 1, 7_000).unwrap();
+        assert_eq!((b.prev_version, b.version), (Version(101), Version(2_100)));
+        // A clock that stands still still moves versions by one.
+        let c = s.commit_version(P1, 2, 7_000).unwrap();
+        assert_eq!(
+            (c.prev_version, c.version),
+            (Version(2_100), Version(2_101))
+        );
+    }
+
+    #[test]
+    fn a_retry_gets_the_same_versions_and_an_old_request_is_refused() {
+        let mut s = SequencerCore::new(Version(0), 0);
+        let first = s.commit_version(P1, 4, 10).unwrap();
+        assert_eq!(s.commit_version(P1, 4, 99).unwrap(), first);
+        assert!(matches!(
+            s.commit_version(P1, 3, 99),
+            Err(SequencerError::StaleRequest { .. })
+        ));
+    }
+
+    #[test]
+    fn read_versions_are_the_highest_committed() {
+        let mut s = SequencerCore::new(Version(10), 0);
+        let a = s.commit_version(P1, 1, 0).unwrap();
+        let b = s.commit_version(P2, 1, 0).unwrap();
+        assert_eq!(s.read_version(), Version(10));
+        s.report_committed(b.version).unwrap();
+        s.report_committed(a.version).unwrap();
+        assert_eq!(s.read_version(), b.version);
+        assert!(s.report_committed(Version(1_000)).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The sequencer process: the sequencer and the resolver cores behind one
+//! RPC service.
+//!
+//! ```text
+//!  proxies ─get_commit_version / report_committed─▶ SequencerCore
+//!          ─resolve──────────────────────────────▶ ResolverCore (waits in version order)
+//!  clients ─get_read_version─────────────────────▶ SequencerCore
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use proto::clock::Clock;
+use proto::rpc::{ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply};
+use proto::transport::{ClientConfig, RpcClient, Service};
+use proto::{ProxyId, Version};
+use tokio::sync::oneshot;
+
+use crate::resolver::{ResolverCore, ResolverError};
+use crate::sequencer::{SequencerCore, SequencerError};
+
+#[derive(Clone, Debug)]
+pub struct SequencerConfig {
+    pub proxies: BTreeSet<ProxyId>,
+    pub tlogs: Vec<SocketAddr>,
+    /// How long a batch may wait at the resolver for its predecessor.
+    pub resolve_wait_timeout: Duration,
+    /// How long to keep trying to reach the TLogs at start.
+    pub startup_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("tlog {addr} did not answer within {waited:?}: {reason}")]
+    TLogUnreachable {
+        addr: SocketAddr,
+        waited: Duration,
+        reason: String,
+    },
+}
+
+type ResolveToken = oneshot::Sender<Result<ResolveReply, ResolverError>>;
+
+struct Inner {
+    sequencer: Mutex<SequencerCore>,
+    resolver: Mutex<ResolverCore<ResolveToken>>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Clone)]
+pub struct SequencerService {
+    inner: Arc<Inner>,
+}
+
+impl SequencerService {
+    /// Starts after the highest version any TLog holds, so versions never
+    /// repeat across restarts of the sequencer.
+    pub async fn start(
+        config: &SequencerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let mut last = Version::ZERO;
+        for addr in &config.tlogs {
+            last = last.max(durable_version_of(*addr, config.startup_timeout).await?);
+        }
+        tracing::info!(%last, "sequencer starting after the tlogs' last version");
+        let wait_ms = config.resolve_wait_timeout.as_millis() as u64;
+        let inner = Arc::new(Inner {
+            sequencer: Mutex::new(SequencerCore::new(last, clock.now_us())),
+            resolver: Mutex::new(ResolverCore::new(last, &config.proxies, wait_ms)),
+            clock,
+        });
+        tokio::spawn(expire_waiting(Arc::downgrade(&inner)));
+        Ok(SequencerService { inner })
+    }
+
+    pub fn last_version(&self) -> Version {
+        lock(&self.inner.sequencer).last_version()
+    }
+
+    async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
+        let inner = &self.inner;
+        match request {
+            Message::GetCommitVersion(r) => {
+                let now = inner.clock.now_us();
+                let reply = lock(&inner.sequencer)
+                    .commit_version(r.proxy, r.request_num, now)
+                    .map_err(sequencer_error)?;
+                Ok(Message::GetCommitVersionReply(reply))
+            }
+            Message::ReportCommitted(r) => {
+                lock(&inner.sequencer)
+                    .report_committed(r.version)
+                    .map_err(sequencer_error)?;
+                Ok(Message::ReportCommittedReply)
+            }
+            Message::GetReadVersion => {
+                let version = lock(&inner.sequencer).read_version();
+                Ok(Message::GetReadVersionReply(GetReadVersionReply {
+                    version,
+                }))
+            }
+            Message::Resolve(r) => {
+                let (tx, rx) = oneshot::channel();
+                let answers = lock(&inner.resolver).resolve(r, tx, inner.clock.now_ms());
+                answer(answers);
+                match rx.await {
+                    Ok(Ok(reply)) => Ok(Message::ResolveReply(reply)),
+                    Ok(Err(e)) => Err(resolver_error(e)),
+                    Err(_) => Err(ErrorReply::new(ErrorCode::Unavailable, "resolver stopped")),
+                }
+            }
+            other => Err(ErrorReply::new(
+                ErrorCode::UnknownMessage,
+                format!("a sequencer does not serve {}", other.name()),
+            )),
+        }
+    }
+}
+
+impl Service for SequencerService {
+    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+        self.clone().handle(request).boxed()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn answer(answers: Vec<(ResolveToken, Result<ResolveReply, ResolverError>)>) {
+    for (token, result) in answers {
+        let _ = token.send(result);
+    }
+}
+
+async fn expire_waiting(inner: Weak<Inner>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = inner.clock.now_ms();
+        let answers = lock(&inner.resolver).tick(now);
+        answer(answers);
+    }
+}
+
+async fn durable_version_of(addr: SocketAddr, waited: Duration) -> Result<Version, StartError> {
+    let deadline = tokio::time::Instant::now() + waited;
+    loop {
+        let attempt = async {
+            let client = RpcClient::connect(addr, ClientConfig::default()).await?;
+            client.status().await
+        };
+        match attempt.await {
+            Ok(status) => return Ok(status.durable_version),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartError::TLogUnreachable {
+                    addr,
+                    waited,
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "tlog not reachable yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn sequencer_error(e: SequencerError) -> ErrorReply {
+    let code = match e {
+        SequencerError::StaleRequest { .. } => ErrorCode::MalformedRequest,
+        SequencerError::UnknownVersion { .. } => ErrorCode::VersionConflict,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+fn resolver_error(e: ResolverError) -> ErrorReply {
+    let code = match e {
+        ResolverError::VersionConflict { .. } => ErrorCode::VersionConflict,
+        ResolverError::MissingPredecessor { .. } => ErrorCode::MissingPredecessor,
+        ResolverError::UnknownProxy(_) => ErrorCode::MalformedRequest,
+    };
+    ErrorReply::new(code, e.to_string())
+}

@@ -1,0 +1,99 @@
+//! A server known by address: connected on first use and reconnected after
+//! the connection breaks, so a caller outlives restarts of the server.
+
+use std::net::SocketAddr;
+
+use tokio::sync::Mutex;
+
+use super::{ClientConfig, RpcClient, RpcError};
+
+pub struct Peer {
+    addr: SocketAddr,
+    config: ClientConfig,
+    client: Mutex<Option<RpcClient>>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, config: ClientConfig) -> Peer {
+        Peer {
+            addr,
+            config,
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A live connection: the current one, or a new one if it broke.
+    pub async fn client(&self) -> Result<RpcClient, RpcError> {
+        let mut client = self.client.lock().await;
+        if let Some(live) = client.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(live.clone());
+        }
+        let fresh = RpcClient::connect(self.addr, self.config.clone()).await?;
+        *client = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::rpc::{ErrorReply, Message};
+    use crate::transport::{serve, ServerConfig, Service};
+
+    struct Pong;
+
+    impl Service for Pong {
+        fn handle(&self, _: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+            async { Ok(Message::PopReply) }.boxed()
+        }
+    }
+
+    async fn start(listener: TcpListener) -> tokio::sync::oneshot::Sender<()> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service: Arc<dyn Service> = Arc::new(Pong);
+        tokio::spawn(serve(listener, service, ServerConfig::default(), async {
+            let _ = stopped.await;
+        }));
+        stop
+    }
+
+    #[tokio::test]
+    async fn a_peer_reconnects_after_its_server_restarts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = start(listener).await;
+        let peer = Peer::new(addr, ClientConfig::default());
+        let first = peer.client().await.unwrap();
+        assert_eq!(
+            first.call(Message::Status).await.unwrap(),
+            Message::PopReply
+        );
+        stop.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !first.is_closed() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection never closed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The same address serves again; the peer notices the dead connection.
+        let stop = start(TcpListener::bind(addr).await.unwrap()).await;
+        let second = peer.client().await.unwrap();
+        assert_eq!(
+            second.call(Message::Status).await.unwrap(),
+            Message::PopReply
+        );
+        stop.send(()).unwrap();
+    }
+}

@@ -1,0 +1,178 @@
+//! A whole cluster as child processes on 127.0.0.1, for `teamlog dev` and
+//! the integration tests.
+//!
+//! ```text
+//!  dir/cluster.toml        written first, with free ports
+//!  dir/tlog-N/             each TLog's data
+//!  TLogs ─▶ sequencer ─▶ proxies     started in this order, each waited for
+//! ```
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::cluster::{ClusterFile, Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry};
+use crate::process::{free_local_addrs, ChildProcess};
+
+/// The shape of a local cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub proxies: usize,
+    pub tlogs: usize,
+    pub replication: usize,
+    pub teams: usize,
+    pub servers_per_team: usize,
+    pub broadcast: bool,
+    /// Shard begins: shard i (i > 0) starts at `shard_begins[i - 1]`; shards
+    /// go to teams round robin.
+    pub shard_begins: Vec<String>,
+    /// Extra arguments for every TLog.
+    pub tlog_args: Vec<String>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            proxies: 2,
+            tlogs: 3,
+            replication: 2,
+            teams: 3,
+            servers_per_team: 2,
+            broadcast: true,
+            shard_begins: Vec::new(),
+            tlog_args: Vec::new(),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// A cluster file for this shape with free local ports.
+    pub fn cluster_file(&self) -> Result<ClusterFile> {
+        let servers = self.teams * self.servers_per_team;
+        let mut addrs = free_local_addrs(1 + self.proxies + self.tlogs + servers)?.into_iter();
+        let mut next = || addrs.next().expect("enough addresses");
+        let sequencer = Endpoint { address: next() };
+        let proxies = (1..=self.proxies as u64)
+            .map(|id| ProxyEntry {
+                id,
+                address: next(),
+            })
+            .collect();
+        let tlogs = (0..self.tlogs)
+            .map(|_| Endpoint { address: next() })
+            .collect();
+        let mut storage_servers = Vec::new();
+        let mut teams = Vec::new();
+        for team in 1..=self.teams as u64 {
+            let members: Vec<u64> = (0..self.servers_per_team as u64)
+                .map(|i| team * 100 + i)
+                .collect();
+            for id in &members {
+                storage_servers.push(StorageEntry {
+                    id: *id,
+                    address: next(),
+                    private_team: 10_000 + id,
+                });
+            }
+            teams.push(TeamEntry {
+                id: team,
+                servers: members,
+            });
+        }
+        let begins = std::iter::once(String::new()).chain(self.shard_begins.iter().cloned());
+        let shards = begins
+            .enumerate()
+            .map(|(i, begin)| ShardEntry {
+                begin,
+                team: 1 + (i % self.teams) as u64,
+            })
+            .collect();
+        let cluster = ClusterFile {
+            replication: self.replication,
+            broadcast: self.broadcast,
+            sequencer,
+            proxies,
+            tlogs,
+            storage_servers,
+            teams,
+            shards,
+        };
+        cluster.check()?;
+        Ok(cluster)
+    }
+}
+
+pub struct LocalCluster {
+    pub cluster: ClusterFile,
+    pub cluster_path: PathBuf,
+    pub dir: PathBuf,
+    exe: PathBuf,
+    tlog_args: Vec<String>,
+    pub tlogs: Vec<Option<ChildProcess>>,
+    pub sequencer: Option<ChildProcess>,
+    pub proxies: Vec<ChildProcess>,
+}
+
+impl LocalCluster {
+    /// Writes the cluster file into `dir` and starts every process.
+    pub async fn start(exe: &Path, dir: &Path, spec: &ClusterSpec) -> Result<LocalCluster> {
+        std::fs::create_dir_all(dir)?;
+        let cluster = spec.cluster_file()?;
+        let cluster_path = dir.join("cluster.toml");
+        cluster.save(&cluster_path)?;
+        let mut local = LocalCluster {
+            cluster,
+            cluster_path,
+            dir: dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            tlog_args: spec.tlog_args.clone(),
+            tlogs: Vec::new(),
+            sequencer: None,
+            proxies: Vec::new(),
+        };
+        for i in 0..local.cluster.tlogs.len() {
+            let tlog = local.start_tlog(i).await?;
+            local.tlogs.push(Some(tlog));
+        }
+        let cluster_arg = OsString::from(&local.cluster_path);
+        let args = vec!["sequencer".into(), "--cluster".into(), cluster_arg.clone()];
+        let sequencer_addr = local.cluster.sequencer.address;
+        local.sequencer = Some(ChildProcess::spawn_listening(exe, &args, sequencer_addr).await?);
+        for proxy in local.cluster.proxies.clone() {
+            let args = vec![
+                "proxy".into(),
+                "--cluster".into(),
+                cluster_arg.clone(),
+                "--id".into(),
+                proxy.id.to_string().into(),
+            ];
+            local
+                .proxies
+                .push(ChildProcess::spawn_listening(exe, &args, proxy.address).await?);
+        }
+        Ok(local)
+    }
+
+    /// Starts (or restarts) TLog `i` on its address and data dir.
+    pub async fn start_tlog(&self, i: usize) -> Result<ChildProcess> {
+        let args: Vec<&str> = self.tlog_args.iter().map(String::as_str).collect();
+        let data_dir = self.dir.join(format!("tlog-{i}"));
+        ChildProcess::spawn_tlog_at(&self.exe, &data_dir, self.cluster.tlogs[i].address, &args)
+            .await
+    }
+
+    /// Stops every process (SIGTERM), proxies first.
+    pub async fn stop(self) -> Result<()> {
+        for proxy in self.proxies {
+            proxy.stop().await?;
+        }
+        if let Some(sequencer) = self.sequencer {
+            sequencer.stop().await?;
+        }
+        for tlog in self.tlogs.into_iter().flatten() {
+            tlog.stop().await?;
+        }
+        Ok(())
+    }
+}
