@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use proto::clock::{Clock, SystemClock};
 use proto::rpc::{
     ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest, TLogCommitReply,
     TLogCommitRequest, TLogStatusReply, TeamBlockData, TeamStatus,
@@ -28,7 +29,6 @@ use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use proto::clock::{Clock, SystemClock};
 use crate::engine::{
     finish_disk_peek, Action, CommitRequest, CoreConfig, CoreError, DiskPeek, LockOutcome,
     PeekPlan, PeekResult, TLogCore,

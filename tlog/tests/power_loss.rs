@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::clock::SystemClock;
 use proto::rpc::{PeekRequest, TLogCommitRequest, TeamBlockData};
 use proto::{
     BlockEntry, Mutation, StorageTeamId, Subsequence, TeamBlock, TeamBlockBuilder, Version,
 };
 use rand::{Rng, SeedableRng};
-use proto::clock::SystemClock;
 use tlog::engine::{CoreConfig, CoreError};
 use tlog::log::LogConfig;
 use tlog::mem_store::MemStore;
