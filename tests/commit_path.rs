@@ -272,3 +272,125 @@ async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Resul
     ensure!(*teams == expected, "the shard move reached {teams:?}");
     local.stop().await
 }
+
+/// What happened to each commit a client sent.
+#[derive(Default)]
+struct Outcomes {
+    acked: Vec<(Version, Bytes)>,
+    failed: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result<()> {
+    let seed: u64 = std::env::var("TEAMLOG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed={seed} (set TEAMLOG_SEED to reproduce)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir()?;
+    let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
+    let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster));
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let (client, outcomes, progress) = (client.clone(), outcomes.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            // Commit until a few failures show the TLog is gone.
+            let mut failures = 0;
+            for n in 0.. {
+                let key = Bytes::from(format!("{}-c{c}-{n}", (b'a' + (n % 18) as u8) as char));
+                let set = Mutation::SetValue {
+                    key: key.clone(),
+                    value: Bytes::from_static(b"v"),
+                };
+                let result = client.commit(vec![set]).await;
+                let mut o = outcomes.lock().unwrap();
+                match result {
+                    Ok(version) => o.acked.push((version, key)),
+                    Err(_) => {
+                        o.failed += 1;
+                        failures += 1;
+                    }
+                }
+                drop(o);
+                progress.notify_one();
+                if failures >= 3 {
+                    return;
+                }
+            }
+        }));
+    }
+    let victim = rng.random_range(0..cluster.tlogs.len());
+    let target = rng.random_range(20..150);
+    loop {
+        if outcomes.lock().unwrap().acked.len() >= target {
+            break;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(30), progress.notified()).await?;
+    }
+    local.tlogs[victim].take().expect("running").kill9().await?;
+    for task in tasks {
+        task.await?;
+    }
+    local.tlogs[victim] = Some(local.start_tlog(victim).await?);
+
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    ensure!(
+        outcomes.failed > 0,
+        "commits kept succeeding without tlog {victim}"
+    );
+    let last_acked = outcomes
+        .acked
+        .iter()
+        .map(|(v, _)| *v)
+        .max()
+        .expect("commits were acked");
+    let tlogs: Vec<RpcClient> = futures::future::try_join_all(
+        cluster
+            .tlogs
+            .iter()
+            .map(|t| RpcClient::connect(t.address, Default::default())),
+    )
+    .await?;
+    for (i, tlog) in tlogs.iter().enumerate() {
+        let durable = tlog.status().await?.durable_version;
+        ensure!(
+            durable >= last_acked,
+            "tlog {i} holds {durable}, below acknowledged {last_acked}"
+        );
+    }
+    // Every acknowledged commit is on every TLog of its team, restarted one included.
+    let mut by_team: BTreeMap<StorageTeamId, Vec<(Version, Bytes)>> = BTreeMap::new();
+    for (version, key) in outcomes.acked {
+        by_team
+            .entry(StorageTeamId(shard_of(&key) as u64 + 1))
+            .or_default()
+            .push((version, key));
+    }
+    for (team, expected) in by_team {
+        for index in tlogs_for_team(team, cluster.tlogs.len(), cluster.replication) {
+            let entries = read_team_entries(&tlogs[index], team, Version(1), last_acked).await?;
+            let present: BTreeSet<(Version, Bytes)> = entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    BlockEntry::Message(m) => match m.mutation {
+                        Mutation::SetValue { key, .. } => Some((m.version, key)),
+                        Mutation::ClearRange { .. } => None,
+                    },
+                    BlockEntry::EmptyVersion { .. } => None,
+                })
+                .collect();
+            for commit in &expected {
+                ensure!(
+                    present.contains(commit),
+                    "tlog {index} lost acknowledged {commit:?} of {team}"
+                );
+            }
+        }
+    }
+    local.stop().await
+}
