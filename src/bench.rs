@@ -21,7 +21,8 @@ use hdrhistogram::Histogram;
 use proto::transport::RpcClient;
 use proto::{StorageServerId, StorageTeamId};
 use serde::Serialize;
-use tlog::server::{TLogConfig, TLogProcess};
+use tlog::file_store::FileStore;
+use tlog::server::{TLogConfig, TLogProcess, TLogService};
 
 use crate::workload::{set_commit, VersionChain};
 
@@ -46,17 +47,17 @@ pub struct TLogBenchArgs {
 }
 
 #[derive(Serialize, Clone, Copy, Default)]
-struct Figures {
-    mb_per_s: f64,
-    ops_per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Figures {
+    pub mb_per_s: f64,
+    pub ops_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 impl Figures {
     /// `ops` operations of `bytes_per_op` bytes each over `elapsed`, with
     /// their latencies in `histogram` (microseconds).
-    fn measured(
+    pub(crate) fn measured(
         histogram: &Histogram<u64>,
         ops: u64,
         bytes_per_op: usize,
@@ -99,26 +100,8 @@ struct Report {
 pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
     let seconds = Duration::from_secs_f64(args.seconds);
-    let team = StorageTeamId(1);
-    let mut config = TLogConfig::default();
-    config.core.memory_budget = 64 << 20;
-    let tlog =
-        TLogProcess::start("127.0.0.1:0".parse()?, &temp.path().join("tlog"), config).await?;
-    let addr = tlog.local_addr;
-    let service = tlog.service.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tlog.serve(async {
-        let _ = stop_rx.await;
-    }));
-    let client = RpcClient::connect(addr, Default::default()).await?;
-    client
-        .register_team(proto::rpc::RegisterTeamRequest {
-            team,
-            servers: vec![StorageServerId(1)],
-        })
-        .await?;
-    let chain = Arc::new(VersionChain::starting_at(service.status().durable_version));
-
+    let tlog = BenchTLog::start(&temp.path().join("tlog")).await?;
+    let client = tlog.client.clone();
     let rtt = measure_rtt(&client).await?;
     let raw_file = temp.path().join("raw");
     println!("loopback round trip p50 {rtt:.0} us");
@@ -140,31 +123,31 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     let mut cells = Vec::new();
     for &payload in &args.payloads {
         for &committers in &args.committers {
-            let (syncs_before, bytes_before) = service.write_stats();
-            let tlog = commit_load(&client, &chain, team, committers, payload, seconds).await?;
-            let (syncs_after, bytes_after) = service.write_stats();
+            let (syncs_before, bytes_before) = tlog.service.write_stats();
+            let tlog_figures = tlog.load(committers, payload, seconds).await?;
+            let (syncs_after, bytes_after) = tlog.service.write_stats();
             let batch = (bytes_after - bytes_before) / (syncs_after - syncs_before).max(1);
             let raw = raw_appends(&raw_file, committers * payload, seconds)?;
             let raw_same_batch = raw_appends(&raw_file, batch.max(1) as usize, seconds)?;
             let cell = Cell {
                 committers,
                 payload,
-                tlog,
+                tlog: tlog_figures,
                 tlog_batch_bytes: batch,
                 raw,
                 raw_same_batch,
-                ratio_mb: tlog.mb_per_s / raw.mb_per_s,
-                ratio_mb_same_batch: tlog.mb_per_s / raw_same_batch.mb_per_s,
+                ratio_mb: tlog_figures.mb_per_s / raw.mb_per_s,
+                ratio_mb_same_batch: tlog_figures.mb_per_s / raw_same_batch.mb_per_s,
                 latency_bound_us: (committers == 1).then_some(1.5 * (raw.p50_us + rtt)),
             };
             println!(
                 "{:>10} {:>8} | {:>9.1} {:>9.0} {:>8.0} {:>8.0} {:>9} | {:>9.1} {:>8.0} | {:>9.1} | {:>5.0}% {:>5.0}%{}",
                 committers,
                 payload,
-                tlog.mb_per_s,
-                tlog.ops_per_s,
-                tlog.p50_us,
-                tlog.p99_us,
+                tlog_figures.mb_per_s,
+                tlog_figures.ops_per_s,
+                tlog_figures.p50_us,
+                tlog_figures.p99_us,
                 batch,
                 raw.mb_per_s,
                 raw.p50_us,
@@ -178,8 +161,7 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
             cells.push(cell);
         }
     }
-    let _ = stop_tx.send(());
-    server.await??;
+    tlog.stop().await?;
     let report = Report {
         bench: "tlog",
         loopback_rtt_p50_us: rtt,
@@ -199,56 +181,124 @@ async fn measure_rtt(client: &RpcClient) -> Result<f64> {
     Ok(histogram.value_at_quantile(0.5) as f64)
 }
 
-async fn commit_load(
-    client: &RpcClient,
-    chain: &Arc<VersionChain>,
-    team: StorageTeamId,
-    committers: usize,
-    payload: usize,
+/// A TLog in this process, served over loopback, with one registered team.
+pub(crate) struct BenchTLog {
+    pub service: TLogService<FileStore>,
+    pub client: RpcClient,
+    chain: Arc<VersionChain>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+const BENCH_TEAM: StorageTeamId = StorageTeamId(1);
+
+impl BenchTLog {
+    pub async fn start(data_dir: &Path) -> Result<BenchTLog> {
+        let mut config = TLogConfig::default();
+        config.core.memory_budget = 64 << 20;
+        let tlog = TLogProcess::start("127.0.0.1:0".parse()?, data_dir, config).await?;
+        let addr = tlog.local_addr;
+        let service = tlog.service.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(tlog.serve(async {
+            let _ = stopped.await;
+        }));
+        let client = RpcClient::connect(addr, Default::default()).await?;
+        let register = proto::rpc::RegisterTeamRequest {
+            team: BENCH_TEAM,
+            servers: vec![StorageServerId(1)],
+        };
+        client.register_team(register).await?;
+        let chain = Arc::new(VersionChain::starting_at(service.status().durable_version));
+        Ok(BenchTLog {
+            service,
+            client,
+            chain,
+            stop,
+            server,
+        })
+    }
+
+    /// `committers` closed-loop committers of `payload`-byte commits, while
+    /// a consumer pops as storage servers would (so segments are recycled).
+    pub async fn load(
+        &self,
+        committers: usize,
+        payload: usize,
+        seconds: Duration,
+    ) -> Result<Figures> {
+        let value = Bytes::from(vec![0x5a; payload.saturating_sub(16)]);
+        let (client, chain) = (self.client.clone(), self.chain.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer = {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let durable = client.status().await?.durable_version;
+                    let pop = proto::rpc::PopRequest {
+                        team: BENCH_TEAM,
+                        server: StorageServerId(1),
+                        version: durable,
+                    };
+                    client.pop(pop).await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                anyhow::Ok(())
+            })
+        };
+        let run = closed_loop(committers, seconds, move |worker, n| {
+            let (client, chain, value) = (client.clone(), chain.clone(), value.clone());
+            async move {
+                let key = Bytes::from(format!("k{worker:04}-{n:010}"));
+                let request = set_commit(chain.next_pair(), BENCH_TEAM, key, value, &[]);
+                client.tlog_commit(request).await?;
+                Ok(())
+            }
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        consumer.await??;
+        let (count, histogram, elapsed) = run?;
+        Ok(Figures::measured(&histogram, count, payload, elapsed))
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
+/// Runs `op(worker, n)` in a loop on `workers` tasks for `seconds`; returns
+/// the operations done, their latencies (microseconds) and the time taken.
+pub(crate) async fn closed_loop<F, Fut>(
+    workers: usize,
     seconds: Duration,
-) -> Result<Figures> {
+    op: F,
+) -> Result<(u64, Histogram<u64>, Duration)>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
-    let value = Bytes::from(vec![0x5a; payload.saturating_sub(16)]);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for worker in 0..committers {
-        let (client, chain, stop, value) =
-            (client.clone(), chain.clone(), stop.clone(), value.clone());
+    for worker in 0..workers {
+        let (op, stop) = (op.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
             let mut count = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let key = Bytes::from(format!("k{worker:04}-{count:010}"));
-                let request = set_commit(chain.next_pair(), team, key, value.clone(), &[]);
                 let sent = Instant::now();
-                client.tlog_commit(request).await?;
+                op(worker, count).await?;
                 histogram.record(sent.elapsed().as_micros() as u64)?;
                 count += 1;
             }
             anyhow::Ok((count, histogram))
         }));
     }
-    // A consumer pops as storage servers would, so old segments are recycled.
-    let consumer = {
-        let (client, stop) = (client.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let durable = client.status().await?.durable_version;
-                client
-                    .pop(proto::rpc::PopRequest {
-                        team,
-                        server: StorageServerId(1),
-                        version: durable,
-                    })
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
     tokio::time::sleep(seconds).await;
     stop.store(true, Ordering::Relaxed);
-    consumer.await??;
     let mut total = 0;
     let mut histogram = new_histogram();
     for task in tasks {
@@ -256,12 +306,7 @@ async fn commit_load(
         total += count;
         histogram.add(h)?;
     }
-    Ok(Figures::measured(
-        &histogram,
-        total,
-        payload,
-        started.elapsed(),
-    ))
+    Ok((total, histogram, started.elapsed()))
 }
 
 /// Sequential appends of `batch` bytes, each followed by fdatasync, into a
@@ -305,6 +350,6 @@ fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Result<Figures> 
     ))
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }

@@ -2,6 +2,7 @@
 //! the benchmarks. Roles live in their own crates (`tlog`, ...).
 
 pub mod bench;
+pub mod bench_commit;
 pub mod client;
 pub mod client_cli;
 pub mod cluster;

@@ -49,6 +49,8 @@ enum Command {
 enum BenchCommand {
     /// Durable commit throughput and latency of one TLog, next to raw fdatasync'd appends.
     Tlog(teamlog::bench::TLogBenchArgs),
+    /// Commits/s and latency through a local cluster, next to the TLog-only ceiling.
+    Commit(teamlog::bench_commit::CommitBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -74,5 +76,8 @@ fn main() -> Result<()> {
         Command::Bench {
             which: BenchCommand::Tlog(args),
         } => runtime.block_on(teamlog::bench::run_tlog_bench(args)),
+        Command::Bench {
+            which: BenchCommand::Commit(args),
+        } => runtime.block_on(teamlog::bench_commit::run(args)),
     }
 }
