@@ -115,12 +115,19 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Writes the cluster file into `dir` and starts every process.
+    /// Starts every process of the cluster in `dir`: the one its
+    /// `cluster.toml` describes, or a new one of shape `spec` when the
+    /// directory has no cluster file yet.
     pub async fn start(exe: &Path, dir: &Path, spec: &ClusterSpec) -> Result<LocalCluster> {
         std::fs::create_dir_all(dir)?;
-        let cluster = spec.cluster_file()?;
         let cluster_path = dir.join("cluster.toml");
-        cluster.save(&cluster_path)?;
+        let cluster = if cluster_path.exists() {
+            ClusterFile::load(&cluster_path)?
+        } else {
+            let cluster = spec.cluster_file()?;
+            cluster.save(&cluster_path)?;
+            cluster
+        };
         let mut local = LocalCluster {
             cluster,
             cluster_path,

@@ -1,6 +1,5 @@
 //! `teamlog`: run a role, a local cluster, or a benchmark.
 
-use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,18 +25,8 @@ enum Command {
     Proxy(teamlog::roles::ProxyArgs),
     /// Commit mutations to a cluster.
     Client(teamlog::client_cli::ClientArgs),
-    /// Start a local TLog process and drive a commit/peek workload against it.
-    Dev {
-        /// Data dir; a fresh temporary one when not given.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Commits to drive.
-        #[arg(long, default_value_t = 20_000)]
-        commits: u64,
-        /// Concurrent committers.
-        #[arg(long, default_value_t = 16)]
-        committers: usize,
-    },
+    /// Start a local cluster and drive a commit workload through it.
+    Dev(teamlog::dev::DevArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -68,11 +57,7 @@ fn main() -> Result<()> {
         Command::Sequencer(args) => runtime.block_on(teamlog::roles::run_sequencer(args)),
         Command::Proxy(args) => runtime.block_on(teamlog::roles::run_proxy(args)),
         Command::Client(args) => runtime.block_on(teamlog::client_cli::run(args)),
-        Command::Dev {
-            data_dir,
-            commits,
-            committers,
-        } => runtime.block_on(teamlog::dev::run(data_dir, commits, committers)),
+        Command::Dev(args) => runtime.block_on(teamlog::dev::run(args)),
         Command::Bench {
             which: BenchCommand::Tlog(args),
         } => runtime.block_on(teamlog::bench::run_tlog_bench(args)),
