@@ -1,6 +1,5 @@
 //! `teamlog`: run a role, a local cluster, or a benchmark.
 
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 

@@ -77,9 +77,6 @@ pub struct ChildProcess {
     child: tokio::process::Child,
 }
 
-/// A `teamlog tlog` child process.
-pub type ChildTLog = ChildProcess;
-
 impl ChildProcess {
     /// Starts `exe tlog` (the teamlog binary) on 127.0.0.1:0 in `data_dir`
     /// and waits until it listens.

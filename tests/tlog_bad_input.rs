@@ -10,17 +10,17 @@ use proto::rpc::{ErrorCode, Message, PeekRequest, TLogCommitRequest, TeamBlockDa
 use proto::transport::RpcClient;
 use proto::transport::RpcError;
 use proto::{StorageServerId, StorageTeamId, Version};
-use teamlog::process::ChildTLog;
+use teamlog::process::ChildProcess;
 use teamlog::workload::set_commit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TEAM: StorageTeamId = StorageTeamId(1);
 
-async fn start() -> Result<(tempfile::TempDir, ChildTLog, RpcClient)> {
+async fn start() -> Result<(tempfile::TempDir, ChildProcess, RpcClient)> {
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
-    let tlog = ChildTLog::spawn(exe, dir.path(), &["--commit-wait-timeout-ms", "300"]).await?;
+    let tlog = ChildProcess::spawn(exe, dir.path(), &["--commit-wait-timeout-ms", "300"]).await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     client
         .tlog_commit(set_commit(

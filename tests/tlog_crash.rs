@@ -14,7 +14,7 @@ use bytes::Bytes;
 use proto::transport::RpcClient;
 use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 use rand::{Rng, SeedableRng};
-use teamlog::process::ChildTLog;
+use teamlog::process::ChildProcess;
 use teamlog::workload::{read_team, set_commit, VersionChain};
 
 const TEAMS: [StorageTeamId; 3] = [StorageTeamId(1), StorageTeamId(2), StorageTeamId(3)];
@@ -51,7 +51,7 @@ async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
     let mut verified_through = Version::ZERO;
 
     for round in 0..=kills {
-        let tlog = ChildTLog::spawn(exe, dir.path(), &args).await?;
+        let tlog = ChildProcess::spawn(exe, dir.path(), &args).await?;
         let client = RpcClient::connect(tlog.addr, Default::default()).await?;
         for team in TEAMS {
             client

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use bytes::Bytes;
 use proto::transport::RpcClient;
 use proto::{Mutation, StorageServerId, StorageTeamId, Version};
-use teamlog::process::ChildTLog;
+use teamlog::process::ChildProcess;
 use teamlog::workload::{read_team, set_commit, VersionChain};
 
 const TEAM: StorageTeamId = StorageTeamId(1);
@@ -42,7 +42,7 @@ async fn memory_stays_within_budget_while_a_team_lags() -> Result<()> {
         "--segment-size",
         &(8u64 << 20).to_string(),
     ];
-    let tlog = ChildTLog::spawn(exe, dir.path(), &args).await?;
+    let tlog = ChildProcess::spawn(exe, dir.path(), &args).await?;
     let pid = tlog.pid().expect("running");
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     // Registered with a server that never pops: nothing can be discarded.

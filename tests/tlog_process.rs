@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proto::rpc::{ErrorCode, PeekRequest};
 use proto::transport::{RpcClient, RpcError};
 use proto::{StorageTeamId, Version};
-use teamlog::process::ChildTLog;
+use teamlog::process::ChildProcess;
 use teamlog::workload::set_commit;
 
 const TEAM: StorageTeamId = StorageTeamId(1);
@@ -48,24 +48,24 @@ async fn commit_range(client: &RpcClient, from: u64, to: u64) -> Result<()> {
 #[tokio::test]
 async fn a_data_dir_serves_one_tlog_at_a_time() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let tlog = ChildTLog::spawn(exe(), dir.path(), &[]).await?;
+    let tlog = ChildProcess::spawn(exe(), dir.path(), &[]).await?;
     let stderr = refused_start(dir.path(), &[])?;
     assert!(stderr.contains("in use by another tlog"), "{stderr}");
     tlog.stop().await?;
-    let again = ChildTLog::spawn(exe(), dir.path(), &[]).await?;
+    let again = ChildProcess::spawn(exe(), dir.path(), &[]).await?;
     again.stop().await
 }
 
 #[tokio::test]
 async fn lock_and_data_survive_a_clean_restart() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let tlog = ChildTLog::spawn(exe(), dir.path(), &[]).await?;
+    let tlog = ChildProcess::spawn(exe(), dir.path(), &[]).await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     commit_range(&client, 1, 20).await?;
     assert_eq!(client.lock().await?.end_version, Version(20));
     tlog.stop().await?;
 
-    let tlog = ChildTLog::spawn(exe(), dir.path(), &[]).await?;
+    let tlog = ChildProcess::spawn(exe(), dir.path(), &[]).await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     let status = client.status().await?;
     assert!(status.locked);
@@ -98,7 +98,7 @@ async fn lock_and_data_survive_a_clean_restart() -> Result<()> {
 async fn corruption_before_the_tail_stops_the_tlog_from_starting() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let args = ["--segment-size", "65536"];
-    let tlog = ChildTLog::spawn(exe(), dir.path(), &args).await?;
+    let tlog = ChildProcess::spawn(exe(), dir.path(), &args).await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     commit_range(&client, 1, 200).await?;
     tlog.stop().await?;

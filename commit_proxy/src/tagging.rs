@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use proto::system_keys::{parse_key_servers_key, parse_team_set_key};
+use proto::system_keys::parse_key_servers_key;
+use proto::team_set::parse_team_set_key;
 use proto::{
     is_system_key, BlockError, Mutation, StorageTeamId, Subsequence, TeamBlockBuilder, Version,
 };
@@ -113,7 +114,8 @@ fn concerned_private_teams(
 
 #[cfg(test)]
 mod tests {
-    use proto::system_keys::{key_servers_key, team_set_key, ShardAssignment};
+    use proto::system_keys::{key_servers_key, ShardAssignment};
+    use proto::team_set::team_set_key;
     use proto::{BlockEntry, StorageServerId, TeamBlock};
 
     use super::*;

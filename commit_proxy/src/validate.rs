@@ -2,9 +2,8 @@
 //! refused whole and nothing of it is ever written.
 
 use proto::rpc::{ClientCommitRequest, ErrorCode, ErrorReply};
-use proto::system_keys::{
-    parse_key_servers_key, parse_team_set_key, KEY_SERVERS_PREFIX, USER_KEYS_END,
-};
+use proto::system_keys::{parse_key_servers_key, KEY_SERVERS_PREFIX, USER_KEYS_END};
+use proto::team_set::parse_team_set_key;
 use proto::{is_system_key, Mutation};
 
 /// Size limits of one commit.
@@ -126,7 +125,8 @@ fn check_system(
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use proto::system_keys::{key_servers_key, team_set_key, ShardAssignment};
+    use proto::system_keys::{key_servers_key, ShardAssignment};
+    use proto::team_set::team_set_key;
     use proto::{StorageServerId, StorageTeamId};
 
     use super::*;

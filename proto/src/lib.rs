@@ -15,6 +15,7 @@ pub mod frame;
 mod generated;
 pub mod rpc;
 pub mod system_keys;
+pub mod team_set;
 pub mod transport;
 pub mod types;
 

@@ -5,16 +5,15 @@
 //! ```text
 //!  \xff/keyServers/<begin>  →  ShardAssignment { src teams, dest teams }
 //!      the shard starting at <begin> runs to the next keyServers entry
-//!  \xff/teamSet/<server:u64 BE>  →  TeamSet { private team, storage teams }
+//!  \xff/teamSet/<server:u64 BE>  →  TeamSet (see `team_set`)
 //!      routed to that server's private team; its cursor follows it
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::types::{StorageServerId, StorageTeamId};
+use crate::types::StorageTeamId;
 
 pub const KEY_SERVERS_PREFIX: &[u8] = b"\xff/keyServers/";
-pub const TEAM_SET_PREFIX: &[u8] = b"\xff/teamSet/";
 
 /// The end of the user key space: every user key sorts below it.
 pub const USER_KEYS_END: &[u8] = b"\xff";
@@ -45,21 +44,6 @@ pub fn key_servers_end() -> Bytes {
 /// The shard begin a shard-map key names, if `key` is one.
 pub fn parse_key_servers_key(key: &[u8]) -> Option<&[u8]> {
     key.strip_prefix(KEY_SERVERS_PREFIX)
-}
-
-/// The key of a storage server's team set.
-pub fn team_set_key(server: StorageServerId) -> Bytes {
-    let mut key = BytesMut::with_capacity(TEAM_SET_PREFIX.len() + 8);
-    key.put_slice(TEAM_SET_PREFIX);
-    key.put_u64(server.0);
-    key.freeze()
-}
-
-/// The server a team-set key names, if `key` is one.
-pub fn parse_team_set_key(key: &[u8]) -> Option<StorageServerId> {
-    let id = key.strip_prefix(TEAM_SET_PREFIX)?;
-    let id: [u8; 8] = id.try_into().ok()?;
-    Some(StorageServerId(u64::from_be_bytes(id)))
 }
 
 /// Which teams hold a shard. While a move is in flight both the source and
@@ -168,15 +152,6 @@ mod tests {
             teams,
             vec![StorageTeamId(1), StorageTeamId(2), StorageTeamId(7)]
         );
-    }
-
-    #[test]
-    fn team_set_keys_name_their_server() {
-        let key = team_set_key(StorageServerId(0x0102));
-        assert_eq!(&key[..], b"\xff/teamSet/\0\0\0\0\0\0\x01\x02");
-        assert_eq!(parse_team_set_key(&key), Some(StorageServerId(0x0102)));
-        assert_eq!(parse_team_set_key(&key[..key.len() - 1]), None);
-        assert_eq!(parse_team_set_key(b"\xff/keyServers/a"), None);
     }
 
     #[test]

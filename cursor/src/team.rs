@@ -1,0 +1,140 @@
+//! `StorageTeamPeekCursor`: one team's stream from a begin version, in
+//! bounded batches.
+//!
+//! ```text
+//! PeekSource ──peek(team, frontier, max_bytes)──▶ TeamStream ──get/next──▶ consumer
+//!                                                  (one batch, re-iterable until the next fetch)
+//! ```
+//!
+//! A TLog never splits a version across replies, so every fetched message
+//! can be yielded at once: a single team needs no version barrier.
+
+use proto::{StorageTeamId, Subsequence, Version, VersionedMutation};
+
+use crate::error::CursorError;
+use crate::peek_cursor::PeekCursor;
+use crate::source::PeekSource;
+use crate::stream::{Position, TeamStream};
+use crate::DEFAULT_MAX_BYTES;
+
+/// Reads one team.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use bytes::Bytes;
+/// # use cursor::{BroadcastMode, MemorySource, PeekCursor, StorageTeamPeekCursor};
+/// # use proto::{Mutation, StorageTeamId, Subsequence, Version};
+/// # futures::executor::block_on(async {
+/// let source = Arc::new(MemorySource::new(BroadcastMode::NoBroadcast));
+/// let team = StorageTeamId(7);
+/// let set = |k: &'static str| Mutation::SetValue { key: Bytes::from(k), value: Bytes::new() };
+/// source.commit(Version(10), &[(team, Subsequence(1), set("a")), (team, Subsequence(2), set("b"))]).unwrap();
+///
+/// let mut cursor = StorageTeamPeekCursor::new(source, team, Version(1)).with_max_bytes(64 << 10);
+/// assert!(cursor.remote_more_available().await?);
+/// let first_pass: Vec<_> = cursor.iter().collect();
+/// cursor.reset(); // re-iterable until the next fetch
+/// assert_eq!(cursor.iter().collect::<Vec<_>>(), first_pass);
+/// assert_eq!(first_pass.len(), 2);
+/// # Ok::<(), cursor::CursorError>(()) }).unwrap();
+/// ```
+pub struct StorageTeamPeekCursor<S> {
+    source: S,
+    stream: TeamStream,
+    max_bytes: u32,
+    floor: Position,
+}
+
+impl<S: PeekSource> StorageTeamPeekCursor<S> {
+    /// A cursor over `team` from `begin` on; nothing is fetched until
+    /// [`remote_more_available`](PeekCursor::remote_more_available).
+    pub fn new(source: S, team: StorageTeamId, begin: Version) -> Self {
+        StorageTeamPeekCursor {
+            source,
+            stream: TeamStream::new(team, begin),
+            max_bytes: DEFAULT_MAX_BYTES,
+            floor: (Version::ZERO, Subsequence(0)),
+        }
+    }
+
+    /// Bounds each fetch to about `max_bytes` of blocks (at least one
+    /// version's block is always returned).
+    pub fn with_max_bytes(mut self, max_bytes: u32) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    pub fn team(&self) -> StorageTeamId {
+        self.stream.team
+    }
+
+    /// Every version below this was fetched: once `has_remaining()` is
+    /// false, the consumer has seen all of the team's mutations below it.
+    pub fn complete_below(&self) -> Version {
+        self.stream.frontier
+    }
+
+    /// One peek; returns whether the stream moved.
+    async fn fetch(&mut self) -> Result<bool, CursorError> {
+        let team = self.stream.team;
+        let begin = self.stream.fetch_begin(self.floor);
+        let reply = self
+            .source
+            .peek(team, begin, self.max_bytes)
+            .await
+            .map_err(|source| CursorError::Source {
+                team,
+                begin,
+                source,
+            })?;
+        let moved = self.stream.ingest(begin, reply)?;
+        self.stream.snapshot_pos = self.stream.pos;
+        self.stream.skip_below(self.floor, Version::MAX);
+        Ok(moved)
+    }
+}
+
+impl<S: PeekSource> PeekCursor for StorageTeamPeekCursor<S> {
+    async fn remote_more_available(&mut self) -> Result<bool, CursorError> {
+        self.fetch().await?;
+        Ok(self.stream.has_remaining())
+    }
+
+    fn has_remaining(&mut self) -> bool {
+        self.stream.has_remaining()
+    }
+
+    fn get(&mut self) -> &VersionedMutation {
+        &self.stream.messages[self.stream.pos]
+    }
+
+    fn next(&mut self) {
+        if self.stream.has_remaining() {
+            self.stream.pos += 1;
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stream.pos = self.stream.snapshot_pos;
+        self.stream.skip_below(self.floor, Version::MAX);
+    }
+
+    async fn advance_to(
+        &mut self,
+        version: Version,
+        subsequence: Subsequence,
+    ) -> Result<bool, CursorError> {
+        self.floor = self.floor.max((version, subsequence));
+        self.stream.skip_below(self.floor, Version::MAX);
+        while !self.stream.has_remaining() && !self.is_end_of_stream() {
+            if !self.fetch().await? {
+                break;
+            }
+        }
+        Ok(self.stream.has_remaining())
+    }
+
+    fn is_end_of_stream(&self) -> bool {
+        self.stream.is_finished()
+    }
+}
