@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Result};
 use bytes::Bytes;
+use cursor::{BroadcastedStorageTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig};
 use proto::system_keys::{key_servers_key, tlogs_for_team, ShardAssignment};
 use proto::transport::RpcClient;
 use proto::{BlockEntry, Mutation, StorageTeamId, Version};
@@ -165,7 +166,6 @@ async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Resul
     .await?;
     let last = after_version;
     let topology = cluster.topology();
-    let mut streams: BTreeMap<StorageTeamId, Vec<BlockEntry>> = BTreeMap::new();
     let mut versions_seen: Option<BTreeSet<Version>> = None;
     for team in topology.all_teams() {
         let mut replicas = Vec::new();
@@ -183,26 +183,45 @@ async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Resul
             Some(seen) => ensure!(*seen == versions, "{team} has other versions than the rest"),
             None => versions_seen = Some(versions),
         }
-        streams.insert(team, stream);
     }
     let versions_seen = versions_seen.expect("teams exist");
 
-    // Merge all teams by (version, subsequence); the same piece may reach
-    // several teams (private teams) with one subsequence.
+    // Read every team back through the broadcasted ordered cursor: one stream
+    // by (version, subsequence). The same piece may reach several teams
+    // (private teams) with one subsequence.
+    let mut source = TLogSource::new(TLogSourceConfig::default());
+    for team in topology.all_teams() {
+        let replicas = tlogs_for_team(team, cluster.tlogs.len(), cluster.replication);
+        source = source.with_team(
+            team,
+            replicas.iter().map(|i| cluster.tlogs[*i].address).collect(),
+        );
+    }
+    let mut cursor = BroadcastedStorageTeamPeekCursor::<_, Ordered>::new(
+        Arc::new(source),
+        topology.all_teams(),
+        Version(1),
+    );
     let mut merged: BTreeMap<(Version, u32), (Mutation, BTreeSet<StorageTeamId>)> = BTreeMap::new();
-    for (team, stream) in &streams {
-        for entry in stream {
-            if let BlockEntry::Message(m) = entry {
-                let slot = merged
-                    .entry((m.version, m.subsequence.0))
-                    .or_insert_with(|| (m.mutation.clone(), BTreeSet::new()));
-                ensure!(
-                    slot.0 == m.mutation,
-                    "one subsequence, two mutations at {}",
-                    m.version
-                );
-                slot.1.insert(*team);
-            }
+    let mut previous = (Version::ZERO, 0);
+    while cursor.complete_below() <= last {
+        cursor.remote_more_available().await?;
+        for m in cursor.iter().filter(|m| m.version <= last) {
+            let at = (m.version, m.subsequence.0);
+            ensure!(
+                at >= previous,
+                "the cursor went back from {previous:?} to {at:?}"
+            );
+            previous = at;
+            let slot = merged
+                .entry(at)
+                .or_insert_with(|| (m.mutation.clone(), BTreeSet::new()));
+            ensure!(
+                slot.0 == m.mutation,
+                "one subsequence, two mutations at {}",
+                m.version
+            );
+            slot.1.insert(m.team);
         }
     }
 
