@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::rpc::ErrorCode;
-use proto::transport::{ClientConfig, RpcClient, RpcError};
+use proto::transport::{ClientConfig, Peer, RpcError};
 use proto::{PeekReply, PeekRequest, StorageTeamId, Version};
 use tracing::debug;
 
@@ -72,7 +72,7 @@ impl Default for TLogSourceConfig {
 pub struct TLogSource {
     config: TLogSourceConfig,
     routes: Mutex<Routes>,
-    connections: Mutex<HashMap<SocketAddr, RpcClient>>,
+    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
 }
 
 #[derive(Default)]
@@ -100,7 +100,7 @@ impl TLogSource {
         TLogSource {
             config,
             routes: Mutex::new(Routes::default()),
-            connections: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,26 +129,23 @@ impl TLogSource {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connections(&self) -> MutexGuard<'_, HashMap<SocketAddr, RpcClient>> {
-        self.connections.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn client(&self, addr: SocketAddr) -> Result<RpcClient, RpcError> {
-        if let Some(client) = self.connections().get(&addr) {
-            if !client.is_closed() {
-                return Ok(client.clone());
-            }
-        }
-        let client = RpcClient::connect(addr, self.config.client.clone()).await?;
-        self.connections().insert(addr, client.clone());
-        Ok(client)
+    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.config.client.clone())))
+            .clone()
     }
 
     async fn attempt(&self, addr: SocketAddr, request: PeekRequest) -> Result<PeekReply, Failure> {
-        let client = self.client(addr).await.map_err(|reason| Failure::Retry {
-            reason,
-            reconnect: true,
-        })?;
+        let client = self
+            .peer(addr)
+            .client()
+            .await
+            .map_err(|reason| Failure::Retry {
+                reason,
+                reconnect: true,
+            })?;
         client.peek(request).await.map_err(|error| match error {
             RpcError::Remote { code, message } => match code {
                 ErrorCode::PeekBeforePopped => Failure::Final(SourceError::Popped {
@@ -216,7 +213,7 @@ impl TLogSource {
                 Err(Failure::Retry { reason, reconnect }) => {
                     debug!(%team, %addr, attempt, error = %reason, "peek attempt failed");
                     if reconnect {
-                        self.connections().remove(&addr);
+                        self.peer(addr).reset().await;
                     }
                     every_replica_lacks_team &= matches!(
                         reason,

@@ -26,6 +26,12 @@ impl Peer {
         self.addr
     }
 
+    /// Drops the current connection, so the next call connects anew (after
+    /// a failure that left the connection open but suspect, like a timeout).
+    pub async fn reset(&self) {
+        self.client.lock().await.take();
+    }
+
     /// A live connection: the current one, or a new one if it broke.
     pub async fn client(&self) -> Result<RpcClient, RpcError> {
         let mut client = self.client.lock().await;
