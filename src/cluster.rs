@@ -37,7 +37,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use commit_proxy::shard_map::ShardMap;
+use proto::shard_map::ShardMap;
 use commit_proxy::topology::Topology;
 use proto::system_keys::ShardAssignment;
 use proto::{ProxyId, StorageServerId, StorageTeamId};

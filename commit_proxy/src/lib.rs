@@ -6,7 +6,6 @@ pub mod proxy;
 pub mod resolver;
 pub mod sequencer;
 pub mod sequencer_service;
-pub mod shard_map;
 pub mod tagging;
 pub mod topology;
 pub mod validate;

@@ -24,17 +24,17 @@ use futures::future::{join_all, BoxFuture};
 use futures::FutureExt;
 use proto::rpc::{
     ClientCommitReply, ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply,
-    GetCommitVersionRequest, Message, RegisterTeamRequest, ReportCommittedRequest, ResolveRequest,
-    TLogCommitRequest, TeamBlockData,
+    GetCommitVersionRequest, GetKeyLocationReply, GetKeyLocationRequest, Message,
+    RegisterTeamRequest, ReportCommittedRequest, ResolveRequest, TLogCommitRequest, TeamBlockData,
 };
 use proto::transport::{ClientConfig, Peer, RpcError, Service};
 use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, Version};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::shard_map::{ShardMap, VersionedShardMap};
 use crate::tagging::{tag_version, TaggedVersion};
 use crate::topology::Topology;
 use crate::validate::{validate, Limits};
+use proto::shard_map::{ShardMap, VersionedShardMap};
 
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
@@ -156,6 +156,29 @@ impl ProxyService {
         self.inner.ordered().map.at(version)
     }
 
+    /// Which teams, and so which servers, hold a key at a version. A version
+    /// newer than this proxy has tagged may get a location that a change it
+    /// has not seen yet moved; the server then answers `wrong_shard_server`.
+    pub fn locate(
+        &self,
+        request: &GetKeyLocationRequest,
+    ) -> Result<GetKeyLocationReply, ErrorReply> {
+        let map = self.shard_map_at(request.version).ok_or_else(|| {
+            ErrorReply::new(
+                ErrorCode::TransactionTooOld,
+                format!("the shard map at {} is no longer kept", request.version),
+            )
+        })?;
+        let (begin, end, assignment) = map.locate(&request.key);
+        let topology = &self.inner.config.topology;
+        let teams = assignment
+            .src
+            .iter()
+            .map(|team| (*team, topology.servers_of(*team)))
+            .collect();
+        Ok(GetKeyLocationReply { begin, end, teams })
+    }
+
     pub async fn commit(&self, request: ClientCommitRequest) -> Result<Version, ErrorReply> {
         validate(&request, &self.inner.config.limits)?;
         let metadata: Vec<Mutation> = request
@@ -201,6 +224,9 @@ impl Service for ProxyService {
                 Message::ClientCommit(commit) => {
                     let version = service.commit(commit).await?;
                     Ok(Message::ClientCommitReply(ClientCommitReply { version }))
+                }
+                Message::GetKeyLocation(request) => {
+                    Ok(Message::GetKeyLocationReply(service.locate(&request)?))
                 }
                 other => Err(ErrorReply::new(
                     ErrorCode::UnknownMessage,

@@ -21,8 +21,8 @@ use proto::{
     is_system_key, BlockError, Mutation, StorageTeamId, Subsequence, TeamBlockBuilder, Version,
 };
 
-use crate::shard_map::ShardMap;
 use crate::topology::Topology;
+use proto::shard_map::ShardMap;
 
 /// One version's blocks, and the metadata the resolver must order.
 #[derive(Debug, Default)]

@@ -195,6 +195,59 @@ pub struct ClientCommitReply {
     pub version: Version,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetValueRequest {
+    pub key: Bytes,
+    pub version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetValueReply {
+    pub value: Option<Bytes>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetRangeRequest {
+    pub begin: Bytes,
+    pub end: Bytes,
+    pub limit: u32,
+    pub reverse: bool,
+    pub version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetRangeReply {
+    pub pairs: Vec<(Bytes, Bytes)>,
+    /// More pairs exist in the range beyond the limit.
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageStatusReply {
+    pub server: StorageServerId,
+    pub applied_version: Version,
+    pub durable_version: Version,
+    pub oldest_readable_version: Version,
+    /// The cluster's committed version when the status was taken.
+    pub committed_version: Version,
+    pub window_bytes: u64,
+    pub teams: Vec<StorageTeamId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetKeyLocationRequest {
+    pub key: Bytes,
+    pub version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetKeyLocationReply {
+    /// The shard holding the key: `[begin, end)`.
+    pub begin: Bytes,
+    pub end: Bytes,
+    pub teams: Vec<(StorageTeamId, Vec<StorageServerId>)>,
+}
+
 /// A request's failure, sent back in place of its reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -238,11 +291,14 @@ pub enum ErrorCode {
     /// The commit may or may not have been applied.
     CommitUnknownResult,
     Unavailable,
+    FutureVersion,
+    TransactionTooOld,
+    WrongShardServer,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
         ErrorCode::UnknownMessage,
@@ -265,6 +321,9 @@ impl ErrorCode {
         ErrorCode::InvalidRange,
         ErrorCode::CommitUnknownResult,
         ErrorCode::Unavailable,
+        ErrorCode::FutureVersion,
+        ErrorCode::TransactionTooOld,
+        ErrorCode::WrongShardServer,
     ];
 
     /// The snake_case name used in logs and status output.
@@ -292,6 +351,9 @@ impl ErrorCode {
             ErrorCode::InvalidRange => "invalid_range",
             ErrorCode::CommitUnknownResult => "commit_unknown_result",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::FutureVersion => "future_version",
+            ErrorCode::TransactionTooOld => "transaction_too_old",
+            ErrorCode::WrongShardServer => "wrong_shard_server",
         }
     }
 }
@@ -328,6 +390,13 @@ pub enum Message {
     ResolveReply(ResolveReply),
     ClientCommit(ClientCommitRequest),
     ClientCommitReply(ClientCommitReply),
+    GetValue(GetValueRequest),
+    GetValueReply(GetValueReply),
+    GetRange(GetRangeRequest),
+    GetRangeReply(GetRangeReply),
+    StorageStatus(StorageStatusReply),
+    GetKeyLocation(GetKeyLocationRequest),
+    GetKeyLocationReply(GetKeyLocationReply),
 }
 
 impl Message {
@@ -357,6 +426,13 @@ impl Message {
             Message::ResolveReply(_) => "resolve_reply",
             Message::ClientCommit(_) => "client_commit",
             Message::ClientCommitReply(_) => "client_commit_reply",
+            Message::GetValue(_) => "get_value",
+            Message::GetValueReply(_) => "get_value_reply",
+            Message::GetRange(_) => "get_range",
+            Message::GetRangeReply(_) => "get_range_reply",
+            Message::StorageStatus(_) => "storage_status",
+            Message::GetKeyLocation(_) => "get_key_location",
+            Message::GetKeyLocationReply(_) => "get_key_location_reply",
         }
     }
 
@@ -376,6 +452,9 @@ impl Message {
                 | Message::GetReadVersion
                 | Message::Resolve(_)
                 | Message::ClientCommit(_)
+                | Message::GetValue(_)
+                | Message::GetRange(_)
+                | Message::GetKeyLocation(_)
         )
     }
 }

@@ -13,10 +13,10 @@ pub mod rpc {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 21;
+pub const ENUM_MAX_ERROR_CODE: u16 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 25] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedRequest,
   ErrorCode::UnknownMessage,
@@ -39,6 +39,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 22] = [
   ErrorCode::InvalidRange,
   ErrorCode::CommitUnknownResult,
   ErrorCode::Unavailable,
+  ErrorCode::FutureVersion,
+  ErrorCode::TransactionTooOld,
+  ErrorCode::WrongShardServer,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -68,9 +71,12 @@ impl ErrorCode {
   pub const InvalidRange: Self = Self(19);
   pub const CommitUnknownResult: Self = Self(20);
   pub const Unavailable: Self = Self(21);
+  pub const FutureVersion: Self = Self(22);
+  pub const TransactionTooOld: Self = Self(23);
+  pub const WrongShardServer: Self = Self(24);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 21;
+  pub const ENUM_MAX: u16 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::MalformedRequest,
@@ -94,6 +100,9 @@ impl ErrorCode {
     Self::InvalidRange,
     Self::CommitUnknownResult,
     Self::Unavailable,
+    Self::FutureVersion,
+    Self::TransactionTooOld,
+    Self::WrongShardServer,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -120,6 +129,9 @@ impl ErrorCode {
       Self::InvalidRange => Some("InvalidRange"),
       Self::CommitUnknownResult => Some("CommitUnknownResult"),
       Self::Unavailable => Some("Unavailable"),
+      Self::FutureVersion => Some("FutureVersion"),
+      Self::TransactionTooOld => Some("TransactionTooOld"),
+      Self::WrongShardServer => Some("WrongShardServer"),
       _ => None,
     }
   }
@@ -177,10 +189,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 23;
+pub const ENUM_MAX_PAYLOAD: u8 = 30;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 24] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 31] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -205,6 +217,13 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 24] = [
   Payload::ResolveReply,
   Payload::ClientCommitRequest,
   Payload::ClientCommitReply,
+  Payload::GetValueRequest,
+  Payload::GetValueReply,
+  Payload::GetRangeRequest,
+  Payload::GetRangeReply,
+  Payload::StorageStatusReply,
+  Payload::GetKeyLocationRequest,
+  Payload::GetKeyLocationReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -236,9 +255,16 @@ impl Payload {
   pub const ResolveReply: Self = Self(21);
   pub const ClientCommitRequest: Self = Self(22);
   pub const ClientCommitReply: Self = Self(23);
+  pub const GetValueRequest: Self = Self(24);
+  pub const GetValueReply: Self = Self(25);
+  pub const GetRangeRequest: Self = Self(26);
+  pub const GetRangeReply: Self = Self(27);
+  pub const StorageStatusReply: Self = Self(28);
+  pub const GetKeyLocationRequest: Self = Self(29);
+  pub const GetKeyLocationReply: Self = Self(30);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 23;
+  pub const ENUM_MAX: u8 = 30;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -264,6 +290,13 @@ impl Payload {
     Self::ResolveReply,
     Self::ClientCommitRequest,
     Self::ClientCommitReply,
+    Self::GetValueRequest,
+    Self::GetValueReply,
+    Self::GetRangeRequest,
+    Self::GetRangeReply,
+    Self::StorageStatusReply,
+    Self::GetKeyLocationRequest,
+    Self::GetKeyLocationReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -292,6 +325,13 @@ impl Payload {
       Self::ResolveReply => Some("ResolveReply"),
       Self::ClientCommitRequest => Some("ClientCommitRequest"),
       Self::ClientCommitReply => Some("ClientCommitReply"),
+      Self::GetValueRequest => Some("GetValueRequest"),
+      Self::GetValueReply => Some("GetValueReply"),
+      Self::GetRangeRequest => Some("GetRangeRequest"),
+      Self::GetRangeReply => Some("GetRangeReply"),
+      Self::StorageStatusReply => Some("StorageStatusReply"),
+      Self::GetKeyLocationRequest => Some("GetKeyLocationRequest"),
+      Self::GetKeyLocationReply => Some("GetKeyLocationReply"),
       _ => None,
     }
   }
@@ -3755,6 +3795,1176 @@ impl ::core::fmt::Debug for ClientCommitReply<'_> {
       ds.finish()
   }
 }
+pub enum KeyValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct KeyValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
+  type Inner = KeyValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeyValue<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeyValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
+    let mut builder = KeyValueBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeyValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyValueArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyValueArgs {
+      key: None,
+      value: None,
+    }
+  }
+}
+
+pub struct KeyValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeyValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeyValue");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum GetValueRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetValueRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetValueRequest<'a> {
+  type Inner = GetValueRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetValueRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetValueRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetValueRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetValueRequest<'bldr>> {
+    let mut builder = GetValueRequestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetValueRequest::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetValueRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetValueRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetValueRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: u64,
+}
+impl<'a> Default for GetValueRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetValueRequestArgs {
+      key: None,
+      version: 0,
+    }
+  }
+}
+
+pub struct GetValueRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetValueRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetValueRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GetValueRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetValueRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetValueRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetValueRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetValueRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetValueRequest");
+      ds.field("key", &self.key());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum GetValueReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetValueReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetValueReply<'a> {
+  type Inner = GetValueReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetValueReply<'a> {
+  pub const VT_PRESENT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetValueReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetValueReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetValueReply<'bldr>> {
+    let mut builder = GetValueReplyBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    builder.add_present(args.present);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn present(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GetValueReply::VT_PRESENT, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetValueReply::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetValueReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("present", Self::VT_PRESENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetValueReplyArgs<'a> {
+    pub present: bool,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for GetValueReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetValueReplyArgs {
+      present: false,
+      value: None,
+    }
+  }
+}
+
+pub struct GetValueReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetValueReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_present(&mut self, present: bool) {
+    self.fbb_.push_slot::<bool>(GetValueReply::VT_PRESENT, present, false);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetValueReply::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetValueReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetValueReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetValueReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetValueReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetValueReply");
+      ds.field("present", &self.present());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum GetRangeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetRangeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetRangeRequest<'a> {
+  type Inner = GetRangeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetRangeRequest<'a> {
+  pub const VT_BEGIN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REVERSE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetRangeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetRangeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetRangeRequest<'bldr>> {
+    let mut builder = GetRangeRequestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_limit(args.limit);
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.begin { builder.add_begin(x); }
+    builder.add_reverse(args.reverse);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn begin(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetRangeRequest::VT_BEGIN, None)}
+  }
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetRangeRequest::VT_END, None)}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GetRangeRequest::VT_LIMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn reverse(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GetRangeRequest::VT_REVERSE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetRangeRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetRangeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("begin", Self::VT_BEGIN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<bool>("reverse", Self::VT_REVERSE, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetRangeRequestArgs<'a> {
+    pub begin: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub limit: u32,
+    pub reverse: bool,
+    pub version: u64,
+}
+impl<'a> Default for GetRangeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetRangeRequestArgs {
+      begin: None,
+      end: None,
+      limit: 0,
+      reverse: false,
+      version: 0,
+    }
+  }
+}
+
+pub struct GetRangeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetRangeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_begin(&mut self, begin: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetRangeRequest::VT_BEGIN, begin);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetRangeRequest::VT_END, end);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(GetRangeRequest::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn add_reverse(&mut self, reverse: bool) {
+    self.fbb_.push_slot::<bool>(GetRangeRequest::VT_REVERSE, reverse, false);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GetRangeRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetRangeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetRangeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetRangeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetRangeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetRangeRequest");
+      ds.field("begin", &self.begin());
+      ds.field("end", &self.end());
+      ds.field("limit", &self.limit());
+      ds.field("reverse", &self.reverse());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum GetRangeReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetRangeReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetRangeReply<'a> {
+  type Inner = GetRangeReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetRangeReply<'a> {
+  pub const VT_PAIRS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MORE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetRangeReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetRangeReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetRangeReply<'bldr>> {
+    let mut builder = GetRangeReplyBuilder::new(_fbb);
+    if let Some(x) = args.pairs { builder.add_pairs(x); }
+    builder.add_more(args.more);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn pairs(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(GetRangeReply::VT_PAIRS, None)}
+  }
+  #[inline]
+  pub fn more(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GetRangeReply::VT_MORE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetRangeReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("pairs", Self::VT_PAIRS, false)?
+     .visit_field::<bool>("more", Self::VT_MORE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetRangeReplyArgs<'a> {
+    pub pairs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
+    pub more: bool,
+}
+impl<'a> Default for GetRangeReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetRangeReplyArgs {
+      pairs: None,
+      more: false,
+    }
+  }
+}
+
+pub struct GetRangeReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetRangeReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_pairs(&mut self, pairs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetRangeReply::VT_PAIRS, pairs);
+  }
+  #[inline]
+  pub fn add_more(&mut self, more: bool) {
+    self.fbb_.push_slot::<bool>(GetRangeReply::VT_MORE, more, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetRangeReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetRangeReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetRangeReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetRangeReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetRangeReply");
+      ds.field("pairs", &self.pairs());
+      ds.field("more", &self.more());
+      ds.finish()
+  }
+}
+pub enum StorageStatusReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct StorageStatusReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StorageStatusReply<'a> {
+  type Inner = StorageStatusReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StorageStatusReply<'a> {
+  pub const VT_SERVER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_APPLIED_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DURABLE_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OLDEST_READABLE_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 12;
+  pub const VT_WINDOW_BYTES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_TEAMS: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StorageStatusReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StorageStatusReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StorageStatusReply<'bldr>> {
+    let mut builder = StorageStatusReplyBuilder::new(_fbb);
+    builder.add_window_bytes(args.window_bytes);
+    builder.add_committed_version(args.committed_version);
+    builder.add_oldest_readable_version(args.oldest_readable_version);
+    builder.add_durable_version(args.durable_version);
+    builder.add_applied_version(args.applied_version);
+    builder.add_server(args.server);
+    if let Some(x) = args.teams { builder.add_teams(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn server(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_SERVER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_APPLIED_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn durable_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_DURABLE_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn oldest_readable_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_OLDEST_READABLE_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn committed_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_COMMITTED_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn window_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_WINDOW_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn teams(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(StorageStatusReply::VT_TEAMS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("server", Self::VT_SERVER, false)?
+     .visit_field::<u64>("applied_version", Self::VT_APPLIED_VERSION, false)?
+     .visit_field::<u64>("durable_version", Self::VT_DURABLE_VERSION, false)?
+     .visit_field::<u64>("oldest_readable_version", Self::VT_OLDEST_READABLE_VERSION, false)?
+     .visit_field::<u64>("committed_version", Self::VT_COMMITTED_VERSION, false)?
+     .visit_field::<u64>("window_bytes", Self::VT_WINDOW_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("teams", Self::VT_TEAMS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StorageStatusReplyArgs<'a> {
+    pub server: u64,
+    pub applied_version: u64,
+    pub durable_version: u64,
+    pub oldest_readable_version: u64,
+    pub committed_version: u64,
+    pub window_bytes: u64,
+    pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for StorageStatusReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StorageStatusReplyArgs {
+      server: 0,
+      applied_version: 0,
+      durable_version: 0,
+      oldest_readable_version: 0,
+      committed_version: 0,
+      window_bytes: 0,
+      teams: None,
+    }
+  }
+}
+
+pub struct StorageStatusReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StorageStatusReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_server(&mut self, server: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_SERVER, server, 0);
+  }
+  #[inline]
+  pub fn add_applied_version(&mut self, applied_version: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_APPLIED_VERSION, applied_version, 0);
+  }
+  #[inline]
+  pub fn add_durable_version(&mut self, durable_version: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_DURABLE_VERSION, durable_version, 0);
+  }
+  #[inline]
+  pub fn add_oldest_readable_version(&mut self, oldest_readable_version: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_OLDEST_READABLE_VERSION, oldest_readable_version, 0);
+  }
+  #[inline]
+  pub fn add_committed_version(&mut self, committed_version: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_COMMITTED_VERSION, committed_version, 0);
+  }
+  #[inline]
+  pub fn add_window_bytes(&mut self, window_bytes: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_WINDOW_BYTES, window_bytes, 0);
+  }
+  #[inline]
+  pub fn add_teams(&mut self, teams: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_TEAMS, teams);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StorageStatusReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StorageStatusReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StorageStatusReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StorageStatusReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StorageStatusReply");
+      ds.field("server", &self.server());
+      ds.field("applied_version", &self.applied_version());
+      ds.field("durable_version", &self.durable_version());
+      ds.field("oldest_readable_version", &self.oldest_readable_version());
+      ds.field("committed_version", &self.committed_version());
+      ds.field("window_bytes", &self.window_bytes());
+      ds.field("teams", &self.teams());
+      ds.finish()
+  }
+}
+pub enum GetKeyLocationRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetKeyLocationRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetKeyLocationRequest<'a> {
+  type Inner = GetKeyLocationRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetKeyLocationRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetKeyLocationRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetKeyLocationRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetKeyLocationRequest<'bldr>> {
+    let mut builder = GetKeyLocationRequestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetKeyLocationRequest::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetKeyLocationRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetKeyLocationRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetKeyLocationRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: u64,
+}
+impl<'a> Default for GetKeyLocationRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetKeyLocationRequestArgs {
+      key: None,
+      version: 0,
+    }
+  }
+}
+
+pub struct GetKeyLocationRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetKeyLocationRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(GetKeyLocationRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetKeyLocationRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetKeyLocationRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetKeyLocationRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetKeyLocationRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetKeyLocationRequest");
+      ds.field("key", &self.key());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum TeamServersOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TeamServers<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TeamServers<'a> {
+  type Inner = TeamServers<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TeamServers<'a> {
+  pub const VT_TEAM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SERVERS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TeamServers { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TeamServersArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TeamServers<'bldr>> {
+    let mut builder = TeamServersBuilder::new(_fbb);
+    builder.add_team(args.team);
+    if let Some(x) = args.servers { builder.add_servers(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn team(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TeamServers::VT_TEAM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn servers(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(TeamServers::VT_SERVERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TeamServers<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("team", Self::VT_TEAM, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("servers", Self::VT_SERVERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TeamServersArgs<'a> {
+    pub team: u64,
+    pub servers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for TeamServersArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TeamServersArgs {
+      team: 0,
+      servers: None,
+    }
+  }
+}
+
+pub struct TeamServersBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TeamServersBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_team(&mut self, team: u64) {
+    self.fbb_.push_slot::<u64>(TeamServers::VT_TEAM, team, 0);
+  }
+  #[inline]
+  pub fn add_servers(&mut self, servers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TeamServers::VT_SERVERS, servers);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TeamServersBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TeamServersBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TeamServers<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TeamServers<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TeamServers");
+      ds.field("team", &self.team());
+      ds.field("servers", &self.servers());
+      ds.finish()
+  }
+}
+pub enum GetKeyLocationReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetKeyLocationReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetKeyLocationReply<'a> {
+  type Inner = GetKeyLocationReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetKeyLocationReply<'a> {
+  pub const VT_BEGIN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TEAMS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetKeyLocationReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetKeyLocationReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetKeyLocationReply<'bldr>> {
+    let mut builder = GetKeyLocationReplyBuilder::new(_fbb);
+    if let Some(x) = args.teams { builder.add_teams(x); }
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.begin { builder.add_begin(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn begin(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetKeyLocationReply::VT_BEGIN, None)}
+  }
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetKeyLocationReply::VT_END, None)}
+  }
+  #[inline]
+  pub fn teams(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamServers<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamServers>>>>(GetKeyLocationReply::VT_TEAMS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetKeyLocationReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("begin", Self::VT_BEGIN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TeamServers>>>>("teams", Self::VT_TEAMS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetKeyLocationReplyArgs<'a> {
+    pub begin: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamServers<'a>>>>>,
+}
+impl<'a> Default for GetKeyLocationReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetKeyLocationReplyArgs {
+      begin: None,
+      end: None,
+      teams: None,
+    }
+  }
+}
+
+pub struct GetKeyLocationReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetKeyLocationReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_begin(&mut self, begin: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationReply::VT_BEGIN, begin);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationReply::VT_END, end);
+  }
+  #[inline]
+  pub fn add_teams(&mut self, teams: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TeamServers<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationReply::VT_TEAMS, teams);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetKeyLocationReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetKeyLocationReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetKeyLocationReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetKeyLocationReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetKeyLocationReply");
+      ds.field("begin", &self.begin());
+      ds.field("end", &self.end());
+      ds.field("teams", &self.teams());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4158,6 +5368,111 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_value_request(&self) -> Option<GetValueRequest<'a>> {
+    if self.payload_type() == Payload::GetValueRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetValueRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_value_reply(&self) -> Option<GetValueReply<'a>> {
+    if self.payload_type() == Payload::GetValueReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetValueReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_range_request(&self) -> Option<GetRangeRequest<'a>> {
+    if self.payload_type() == Payload::GetRangeRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetRangeRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_range_reply(&self) -> Option<GetRangeReply<'a>> {
+    if self.payload_type() == Payload::GetRangeReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetRangeReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_storage_status_reply(&self) -> Option<StorageStatusReply<'a>> {
+    if self.payload_type() == Payload::StorageStatusReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { StorageStatusReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_key_location_request(&self) -> Option<GetKeyLocationRequest<'a>> {
+    if self.payload_type() == Payload::GetKeyLocationRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetKeyLocationRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_key_location_reply(&self) -> Option<GetKeyLocationReply<'a>> {
+    if self.payload_type() == Payload::GetKeyLocationReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetKeyLocationReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -4192,6 +5507,13 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::ResolveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResolveReply>>("Payload::ResolveReply", pos),
           Payload::ClientCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientCommitRequest>>("Payload::ClientCommitRequest", pos),
           Payload::ClientCommitReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientCommitReply>>("Payload::ClientCommitReply", pos),
+          Payload::GetValueRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetValueRequest>>("Payload::GetValueRequest", pos),
+          Payload::GetValueReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetValueReply>>("Payload::GetValueReply", pos),
+          Payload::GetRangeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetRangeRequest>>("Payload::GetRangeRequest", pos),
+          Payload::GetRangeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetRangeReply>>("Payload::GetRangeReply", pos),
+          Payload::StorageStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StorageStatusReply>>("Payload::StorageStatusReply", pos),
+          Payload::GetKeyLocationRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetKeyLocationRequest>>("Payload::GetKeyLocationRequest", pos),
+          Payload::GetKeyLocationReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetKeyLocationReply>>("Payload::GetKeyLocationReply", pos),
           _ => Ok(()),
         }
      })?
@@ -4409,6 +5731,55 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::ClientCommitReply => {
           if let Some(x) = self.payload_as_client_commit_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetValueRequest => {
+          if let Some(x) = self.payload_as_get_value_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetValueReply => {
+          if let Some(x) = self.payload_as_get_value_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetRangeRequest => {
+          if let Some(x) = self.payload_as_get_range_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetRangeReply => {
+          if let Some(x) = self.payload_as_get_range_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::StorageStatusReply => {
+          if let Some(x) = self.payload_as_storage_status_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetKeyLocationRequest => {
+          if let Some(x) = self.payload_as_get_key_location_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetKeyLocationReply => {
+          if let Some(x) = self.payload_as_get_key_location_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -167,6 +167,52 @@ fn every_message() -> Vec<Message> {
         Message::ClientCommitReply(ClientCommitReply {
             version: Version(15),
         }),
+        Message::GetValue(GetValueRequest {
+            key: Bytes::from_static(b"k"),
+            version: Version(15),
+        }),
+        Message::GetValueReply(GetValueReply {
+            value: Some(Bytes::from_static(b"v")),
+        }),
+        Message::GetValueReply(GetValueReply {
+            value: Some(Bytes::new()),
+        }),
+        Message::GetValueReply(GetValueReply { value: None }),
+        Message::GetRange(GetRangeRequest {
+            begin: Bytes::from_static(b"a"),
+            end: Bytes::from_static(b"z"),
+            limit: 10,
+            reverse: true,
+            version: Version(15),
+        }),
+        Message::GetRangeReply(GetRangeReply {
+            pairs: vec![
+                (Bytes::from_static(b"a"), Bytes::from_static(b"1")),
+                (Bytes::from_static(b"b"), Bytes::new()),
+            ],
+            more: true,
+        }),
+        Message::StorageStatus(StorageStatusReply {
+            server: StorageServerId(7),
+            applied_version: Version(20),
+            durable_version: Version(10),
+            oldest_readable_version: Version(10),
+            committed_version: Version(21),
+            window_bytes: 4096,
+            teams: vec![StorageTeamId(1), StorageTeamId(3)],
+        }),
+        Message::GetKeyLocation(GetKeyLocationRequest {
+            key: Bytes::from_static(b"k"),
+            version: Version(15),
+        }),
+        Message::GetKeyLocationReply(GetKeyLocationReply {
+            begin: Bytes::from_static(b"h"),
+            end: Bytes::from_static(b"p"),
+            teams: vec![(
+                StorageTeamId(2),
+                vec![StorageServerId(200), StorageServerId(201)],
+            )],
+        }),
     ]
 }
 
@@ -243,7 +289,10 @@ fn request_and_reply_kinds_are_told_apart() {
             "report_committed",
             "get_read_version",
             "resolve",
-            "client_commit"
+            "client_commit",
+            "get_value",
+            "get_range",
+            "get_key_location"
         ]
     );
 }
@@ -279,7 +328,7 @@ fn envelope_with_payload_type(request_id: u64, payload_type: u8) -> Bytes {
 
 #[test]
 fn an_unknown_message_type_keeps_its_request_id() {
-    for payload_type in [0u8, 24, 200, 255] {
+    for payload_type in [0u8, 31, 200, 255] {
         assert_eq!(
             Envelope::decode(envelope_with_payload_type(42, payload_type)),
             Err(DecodeError::UnknownMessage { request_id: 42 }),

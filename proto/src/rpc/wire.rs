@@ -11,6 +11,7 @@ use super::{
 use crate::generated::rpc as fb;
 
 mod commit;
+mod read;
 use crate::types::{StorageServerId, StorageTeamId, Version};
 
 /// Room for the tables and offsets around the payload bytes.
@@ -52,6 +53,7 @@ fn estimated_len(message: &Message) -> usize {
         _ => &[],
     };
     ENVELOPE_OVERHEAD
+        + read::payload_len(message)
         + mutations
         + blocks
             .iter()
@@ -216,6 +218,13 @@ fn encode_message(
         Message::ResolveReply(r) => commit::resolve_reply(fbb, r),
         Message::ClientCommit(r) => commit::client_commit(fbb, r),
         Message::ClientCommitReply(r) => commit::client_commit_reply(fbb, r),
+        Message::GetValue(r) => read::get_value(fbb, r),
+        Message::GetValueReply(r) => read::get_value_reply(fbb, r),
+        Message::GetRange(r) => read::get_range(fbb, r),
+        Message::GetRangeReply(r) => read::get_range_reply(fbb, r),
+        Message::StorageStatus(r) => read::storage_status(fbb, r),
+        Message::GetKeyLocation(r) => read::get_key_location(fbb, r),
+        Message::GetKeyLocationReply(r) => read::get_key_location_reply(fbb, r),
     }
 }
 
@@ -367,7 +376,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
                 message: r.message().unwrap_or_default().to_owned(),
             })
         }
-        _ => match commit::decode(&frame, &envelope) {
+        _ => match commit::decode(&frame, &envelope).or_else(|| read::decode(&frame, &envelope)) {
             Some(message) => message?,
             None => return Err(unknown),
         },

@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
+use crate::system_keys::{parse_key_servers_key, ShardAssignment, SystemKeyError};
+use crate::types::{Mutation, StorageTeamId, Version};
 use bytes::Bytes;
-use proto::system_keys::{parse_key_servers_key, ShardAssignment, SystemKeyError};
-use proto::{Mutation, StorageTeamId, Version};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShardMapError {
@@ -55,6 +55,23 @@ impl ShardMap {
             .next_back()
             .map(|(_, a)| a)
             .expect("the shard at the empty key covers every key")
+    }
+
+    /// The shard holding `key`: its `[begin, end)` and assignment (the last
+    /// shard ends at the end of the user key space).
+    pub fn locate(&self, key: &[u8]) -> (Bytes, Bytes, &ShardAssignment) {
+        let (begin, assignment) = self
+            .entries
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .expect("the shard at the empty key covers every key");
+        let end = self
+            .entries
+            .range::<[u8], _>((Bound::Excluded(begin.as_ref()), Bound::Unbounded))
+            .next()
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Bytes::from_static(crate::system_keys::USER_KEYS_END));
+        (begin.clone(), end, assignment)
     }
 
     /// The shards overlapping `[begin, end)`, each clipped to it, in key order.
@@ -125,7 +142,7 @@ impl ShardMap {
 /// the key space for a bound past the whole prefix.
 fn key_servers_bound(key: &[u8]) -> Option<&[u8]> {
     parse_key_servers_key(key).or_else(|| {
-        (key > proto::system_keys::KEY_SERVERS_PREFIX).then_some(proto::system_keys::USER_KEYS_END)
+        (key > crate::system_keys::KEY_SERVERS_PREFIX).then_some(crate::system_keys::USER_KEYS_END)
     })
 }
 
@@ -269,7 +286,7 @@ impl VersionedShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::system_keys::key_servers_key;
+    use crate::system_keys::key_servers_key;
 
     fn team(id: u64) -> ShardAssignment {
         ShardAssignment::to(StorageTeamId(id))
@@ -312,6 +329,10 @@ mod tests {
             ]
         );
         assert!(m.split(b"q", b"q").is_empty());
+        let (begin, end, a) = m.locate(b"h");
+        assert_eq!((&begin[..], &end[..], a), (&b"g"[..], &b"p"[..], &team(2)));
+        let (begin, end, _) = m.locate(b"zz");
+        assert_eq!((&begin[..], &end[..]), (&b"p"[..], &b"\xff"[..]));
         assert_eq!(m.split(b"h", b"i").len(), 1);
     }
 
