@@ -65,6 +65,7 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
+        storage: false,
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &temp.path().join("cluster"), &spec).await?;

@@ -1,16 +1,24 @@
-//! The client library: commit batches of mutations and get read versions,
-//! finding the proxies and the sequencer in the cluster file.
+//! The client library: commit batches of mutations, get read versions, and
+//! read keys at a version, finding every process through the cluster file.
 //!
 //! ```text
 //!  Client ─commit─▶ a proxy (round robin; the next one if it cannot be reached)
 //!         ─read_version─▶ the sequencer
+//!         ─get(key, v)─▶ a proxy: which shard, which teams? ─▶ one of the
+//!                        team's servers (the next on failure or wrong_shard_server)
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use proto::rpc::{ClientCommitRequest, ErrorCode, Message};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use proto::rpc::{
+    ClientCommitRequest, ErrorCode, GetKeyLocationRequest, GetRangeRequest, GetValueRequest,
+    Message,
+};
 use proto::transport::{ClientConfig, Peer, RpcError};
-use proto::{Mutation, Version};
+use proto::{Mutation, StorageServerId, Version};
 
 use crate::cluster::ClusterFile;
 
@@ -26,12 +34,24 @@ pub enum ClientError {
     Unavailable(String),
     #[error("sequencer: {0}")]
     Sequencer(RpcError),
+    /// A read failed with an answer the caller can act on (e.g.
+    /// `future_version`, `transaction_too_old`).
+    #[error("read failed: {code}: {message}")]
+    Read { code: ErrorCode, message: String },
 }
 
 pub struct Client {
     proxies: Vec<Peer>,
     sequencer: Peer,
+    servers: BTreeMap<StorageServerId, Peer>,
     next: AtomicUsize,
+}
+
+/// A shard and the servers that can answer for it.
+struct Location {
+    begin: Bytes,
+    end: Bytes,
+    servers: Vec<StorageServerId>,
 }
 
 impl Client {
@@ -40,6 +60,11 @@ impl Client {
         Client {
             proxies: cluster.proxies.iter().map(|p| peer(p.address)).collect(),
             sequencer: peer(cluster.sequencer.address),
+            servers: cluster
+                .storage_servers
+                .iter()
+                .map(|s| (StorageServerId(s.id), peer(s.address)))
+                .collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -92,6 +117,132 @@ impl Client {
         Err(ClientError::Unavailable(unreachable.join("; ")))
     }
 
+    /// The value of `key` at `version`.
+    pub async fn get(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ClientError> {
+        let location = self.locate(key, version).await?;
+        let request = Message::GetValue(GetValueRequest {
+            key: Bytes::copy_from_slice(key),
+            version,
+        });
+        match self.ask_servers(&location, request).await? {
+            Message::GetValueReply(reply) => Ok(reply.value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `limit` pairs of `[begin, end)` at `version`, ascending (or
+    /// descending when `reverse`), and whether more remain.
+    pub async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        version: Version,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        // The shards the range spans, in key order.
+        let mut shards = Vec::new();
+        let mut at = Bytes::copy_from_slice(begin);
+        while at.as_ref() < end && limit > 0 {
+            let location = self.locate(&at, version).await?;
+            at = location.end.clone();
+            shards.push(location);
+        }
+        if reverse {
+            shards.reverse();
+        }
+        let mut pairs = Vec::new();
+        for location in &shards {
+            let left = limit - pairs.len();
+            let request = Message::GetRange(GetRangeRequest {
+                begin: Bytes::copy_from_slice(location.begin.as_ref().max(begin)),
+                end: Bytes::copy_from_slice(location.end.as_ref().min(end)),
+                limit: u32::try_from(left).unwrap_or(u32::MAX),
+                reverse,
+                version,
+            });
+            let reply = match self.ask_servers(location, request).await? {
+                Message::GetRangeReply(reply) => reply,
+                other => return Err(unexpected(other)),
+            };
+            pairs.extend(reply.pairs);
+            if pairs.len() >= limit {
+                let more = reply.more || !std::ptr::eq(location, shards.last().expect("non-empty"));
+                return Ok((pairs, more));
+            }
+        }
+        Ok((pairs, false))
+    }
+
+    async fn locate(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
+        let request = GetKeyLocationRequest {
+            key: Bytes::copy_from_slice(key),
+            version,
+        };
+        let mut failures = Vec::new();
+        for proxy in &self.proxies {
+            let call = async {
+                proxy
+                    .client()
+                    .await?
+                    .call(Message::GetKeyLocation(request.clone()))
+                    .await
+            };
+            match call.await {
+                Ok(Message::GetKeyLocationReply(reply)) => {
+                    return Ok(Location {
+                        begin: reply.begin,
+                        end: reply.end,
+                        servers: reply.teams.into_iter().flat_map(|(_, s)| s).collect(),
+                    })
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(RpcError::Remote { code, message }) => {
+                    return Err(ClientError::Read { code, message })
+                }
+                Err(e) => failures.push(format!("{}: {e}", proxy.addr())),
+            }
+        }
+        Err(ClientError::Unavailable(failures.join("; ")))
+    }
+
+    /// Asks the location's servers in turn until one answers.
+    async fn ask_servers(
+        &self,
+        location: &Location,
+        request: Message,
+    ) -> Result<Message, ClientError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..location.servers.len() {
+            let id = location.servers[(start + i) % location.servers.len()];
+            let Some(server) = self.servers.get(&id) else {
+                last = Some(format!("{id} is not in the cluster file"));
+                continue;
+            };
+            let call = async { server.client().await?.call(request.clone()).await };
+            match call.await {
+                Ok(reply) => return Ok(reply),
+                // Another server of the team may be further along or still own it.
+                Err(RpcError::Remote { code, message })
+                    if matches!(code, ErrorCode::WrongShardServer | ErrorCode::FutureVersion) =>
+                {
+                    last = Some(format!("{id}: {code}: {message}"));
+                    if i + 1 == location.servers.len() {
+                        return Err(ClientError::Read { code, message });
+                    }
+                }
+                Err(RpcError::Remote { code, message }) => {
+                    return Err(ClientError::Read { code, message })
+                }
+                Err(e) => last = Some(format!("{id}: {e}")),
+            }
+        }
+        Err(ClientError::Unavailable(
+            last.unwrap_or_else(|| "the shard has no servers".into()),
+        ))
+    }
+
     /// A version at which every acknowledged commit is visible.
     pub async fn read_version(&self) -> Result<Version, ClientError> {
         let call = async {
@@ -107,5 +258,12 @@ impl Client {
             }
         };
         call.await.map_err(ClientError::Sequencer)
+    }
+}
+
+fn unexpected(message: Message) -> ClientError {
+    ClientError::Read {
+        code: ErrorCode::Unknown,
+        message: format!("unexpected reply {}", message.name()),
     }
 }

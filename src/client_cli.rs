@@ -10,10 +10,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use proto::Mutation;
+use proto::team_set::TeamSet;
+use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 
 use crate::client::Client;
-use crate::cluster::{unescape, ClusterFile};
+use crate::cluster::{escape, unescape, ClusterFile};
+
+/// The given version, or the latest committed one.
+async fn version_or_latest(client: &Client, version: Option<u64>) -> Result<Version> {
+    match version {
+        Some(v) => Ok(Version(v)),
+        None => Ok(client.read_version().await?),
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ClientArgs {
@@ -35,6 +44,65 @@ pub enum ClientCommand {
     Commit { file: Option<PathBuf> },
     /// Print a read version: every acknowledged commit is visible at it.
     ReadVersion,
+    /// Print the value of KEY (at the latest committed version, or VERSION).
+    Get {
+        key: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Print the pairs of [BEGIN, END), one `key = value` per line.
+    GetRange {
+        begin: String,
+        end: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        reverse: bool,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AssignArgs {
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// The storage server.
+    #[arg(long)]
+    pub server: u64,
+    /// The storage teams it should consume, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub teams: Vec<u64>,
+}
+
+/// Commits a new team set for a server; the server follows it through its
+/// private team, from the commit version + 1, without a restart.
+pub async fn assign(args: AssignArgs) -> Result<()> {
+    let cluster = ClusterFile::load(&args.cluster)?;
+    let entry = cluster
+        .storage_servers
+        .iter()
+        .find(|s| s.id == args.server)
+        .with_context(|| format!("no storage server {} in the cluster file", args.server))?;
+    for team in &args.teams {
+        if !cluster.teams.iter().any(|t| t.id == *team) {
+            bail!("no team {team} in the cluster file");
+        }
+    }
+    let set = TeamSet::new(
+        StorageTeamId(entry.private_team),
+        args.teams.iter().map(|t| StorageTeamId(*t)),
+    );
+    let version = Client::new(&cluster)
+        .commit_system(vec![set.mutation(StorageServerId(args.server))])
+        .await?;
+    println!(
+        "server {} consumes teams {:?} from version {}",
+        args.server,
+        args.teams,
+        version.0 + 1
+    );
+    Ok(())
 }
 
 pub async fn run(args: ClientArgs) -> Result<()> {
@@ -43,6 +111,39 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let mutations = match args.command {
         ClientCommand::ReadVersion => {
             println!("{}", client.read_version().await?);
+            return Ok(());
+        }
+        ClientCommand::Get { key, version } => {
+            let version = version_or_latest(&client, version).await?;
+            match client.get(&unescape(&key)?, version).await? {
+                Some(value) => println!("{}", escape(&value)),
+                None => println!("(not found at version {version})"),
+            }
+            return Ok(());
+        }
+        ClientCommand::GetRange {
+            begin,
+            end,
+            limit,
+            reverse,
+            version,
+        } => {
+            let version = version_or_latest(&client, version).await?;
+            let (pairs, more) = client
+                .get_range(
+                    &unescape(&begin)?,
+                    &unescape(&end)?,
+                    limit,
+                    reverse,
+                    version,
+                )
+                .await?;
+            for (key, value) in &pairs {
+                println!("{} = {}", escape(key), escape(value));
+            }
+            if more {
+                println!("(more after {limit} pairs)");
+            }
             return Ok(());
         }
         ClientCommand::Set { key, value } => vec![set(&key, &value)?],

@@ -37,8 +37,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use proto::shard_map::ShardMap;
 use commit_proxy::topology::Topology;
+use proto::shard_map::ShardMap;
 use proto::system_keys::ShardAssignment;
 use proto::{ProxyId, StorageServerId, StorageTeamId};
 use serde::{Deserialize, Serialize};

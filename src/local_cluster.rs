@@ -4,7 +4,8 @@
 //! ```text
 //!  dir/cluster.toml        written first, with free ports
 //!  dir/tlog-N/             each TLog's data
-//!  TLogs ─▶ sequencer ─▶ proxies     started in this order, each waited for
+//!  dir/storage-ID/         each storage server's data
+//!  TLogs ─▶ sequencer ─▶ proxies ─▶ storage servers   started in this order, each waited for
 //! ```
 
 use std::ffi::OsString;
@@ -29,6 +30,10 @@ pub struct ClusterSpec {
     pub shard_begins: Vec<String>,
     /// Extra arguments for every TLog.
     pub tlog_args: Vec<String>,
+    /// Whether to start the storage servers.
+    pub storage: bool,
+    /// Extra arguments for every storage server.
+    pub storage_args: Vec<String>,
 }
 
 impl Default for ClusterSpec {
@@ -42,6 +47,8 @@ impl Default for ClusterSpec {
             broadcast: true,
             shard_begins: Vec::new(),
             tlog_args: Vec::new(),
+            storage: true,
+            storage_args: Vec::new(),
         }
     }
 }
@@ -109,9 +116,12 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     exe: PathBuf,
     tlog_args: Vec<String>,
+    storage_args: Vec<String>,
     pub tlogs: Vec<Option<ChildProcess>>,
     pub sequencer: Option<ChildProcess>,
     pub proxies: Vec<ChildProcess>,
+    /// By storage server id.
+    pub storage: std::collections::BTreeMap<u64, Option<ChildProcess>>,
 }
 
 impl LocalCluster {
@@ -134,9 +144,11 @@ impl LocalCluster {
             dir: dir.to_path_buf(),
             exe: exe.to_path_buf(),
             tlog_args: spec.tlog_args.clone(),
+            storage_args: spec.storage_args.clone(),
             tlogs: Vec::new(),
             sequencer: None,
             proxies: Vec::new(),
+            storage: Default::default(),
         };
         for i in 0..local.cluster.tlogs.len() {
             let tlog = local.start_tlog(i).await?;
@@ -158,7 +170,35 @@ impl LocalCluster {
                 .proxies
                 .push(ChildProcess::spawn_listening(exe, &args, proxy.address).await?);
         }
+        if spec.storage {
+            let ids: Vec<u64> = local.cluster.storage_servers.iter().map(|s| s.id).collect();
+            for id in ids {
+                let server = local.start_storage(id).await?;
+                local.storage.insert(id, Some(server));
+            }
+        }
         Ok(local)
+    }
+
+    /// Starts (or restarts) storage server `id` on its address and data dir.
+    pub async fn start_storage(&self, id: u64) -> Result<ChildProcess> {
+        let entry = self
+            .cluster
+            .storage_servers
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no storage server {id}"))?;
+        let mut args: Vec<OsString> = vec![
+            "storage".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+            "--id".into(),
+            id.to_string().into(),
+            "--data-dir".into(),
+            self.dir.join(format!("storage-{id}")).into(),
+        ];
+        args.extend(self.storage_args.iter().map(OsString::from));
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address).await
     }
 
     /// Starts (or restarts) TLog `i` on its address and data dir.
@@ -169,8 +209,12 @@ impl LocalCluster {
             .await
     }
 
-    /// Stops every process (SIGTERM), proxies first.
+    /// Stops every process (SIGTERM): storage servers, proxies, the
+    /// sequencer, then the TLogs.
     pub async fn stop(self) -> Result<()> {
+        for server in self.storage.into_values().flatten() {
+            server.stop().await?;
+        }
         for proxy in self.proxies {
             proxy.stop().await?;
         }

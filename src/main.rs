@@ -22,6 +22,10 @@ enum Command {
     Sequencer(teamlog::roles::SequencerArgs),
     /// Run one commit proxy of a cluster.
     Proxy(teamlog::roles::ProxyArgs),
+    /// Run one storage server of a cluster.
+    Storage(teamlog::roles::StorageArgs),
+    /// Set the storage teams a storage server consumes (it follows without a restart).
+    Assign(teamlog::client_cli::AssignArgs),
     /// Commit mutations to a cluster.
     Client(teamlog::client_cli::ClientArgs),
     /// Start a local cluster and drive a commit workload through it.
@@ -55,6 +59,8 @@ fn main() -> Result<()> {
         Command::Tlog(args) => runtime.block_on(teamlog::process::run_tlog(args)),
         Command::Sequencer(args) => runtime.block_on(teamlog::roles::run_sequencer(args)),
         Command::Proxy(args) => runtime.block_on(teamlog::roles::run_proxy(args)),
+        Command::Storage(args) => runtime.block_on(teamlog::roles::run_storage(args)),
+        Command::Assign(args) => runtime.block_on(teamlog::client_cli::assign(args)),
         Command::Client(args) => runtime.block_on(teamlog::client_cli::run(args)),
         Command::Dev(args) => runtime.block_on(teamlog::dev::run(args)),
         Command::Bench {

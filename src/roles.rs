@@ -10,7 +10,10 @@ use commit_proxy::proxy::{ProxyConfig, ProxyService};
 use commit_proxy::sequencer_service::{SequencerConfig, SequencerService};
 use proto::clock::SystemClock;
 use proto::transport::{serve, ServerConfig, Service};
-use proto::ProxyId;
+use proto::{ProxyId, StorageServerId, StorageTeamId};
+use storage_server::heed_engine::HeedEngine;
+use storage_server::server::{StorageConfig, StorageService};
+use storage_server::versioned::WindowConfig;
 use tokio::net::TcpListener;
 
 use crate::cluster::ClusterFile;
@@ -23,6 +26,27 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct SequencerArgs {
     #[arg(long)]
     pub cluster: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StorageArgs {
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// This server's id in the cluster file.
+    #[arg(long)]
+    pub id: u64,
+    /// Directory for the server's data; created if missing.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on; the cluster file's address for this server by default.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Versions kept in memory before they are flushed (about 1,000,000 a second).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub window_versions: u64,
+    /// Bytes of recent versions kept in memory before they are flushed.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub window_bytes: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +92,48 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding proxy {} to {addr}", args.id))?;
     tracing::info!(%addr, id = args.id, "commit proxy listening");
+    run(listener, Arc::new(service)).await
+}
+
+/// LMDB's map is a reservation of address space, not of disk.
+const STORAGE_MAP_SIZE: usize = 64 << 30;
+
+pub async fn run_storage(args: StorageArgs) -> Result<()> {
+    let cluster = ClusterFile::load(&args.cluster)?;
+    let entry = cluster
+        .storage_servers
+        .iter()
+        .find(|s| s.id == args.id)
+        .with_context(|| format!("no storage server {} in the cluster file", args.id))?;
+    let addr = args.listen.unwrap_or(entry.address);
+    let _lock = tlog::server::DataDirLock::acquire(&args.data_dir)?;
+    let engine = HeedEngine::open(&args.data_dir.join("kv"), STORAGE_MAP_SIZE)
+        .with_context(|| format!("opening the storage engine in {}", args.data_dir.display()))?;
+    let teams = cluster
+        .teams
+        .iter()
+        .filter(|t| t.servers.contains(&args.id))
+        .map(|t| StorageTeamId(t.id))
+        .collect();
+    let config = StorageConfig {
+        id: StorageServerId(args.id),
+        private_team: StorageTeamId(entry.private_team),
+        teams,
+        shards: cluster.shard_map()?,
+        tlogs: cluster.tlog_addresses(),
+        replication: cluster.replication,
+        sequencer: cluster.sequencer.address,
+        window: WindowConfig {
+            max_versions: args.window_versions,
+            max_bytes: args.window_bytes,
+        },
+        read_wait: Duration::from_secs(1),
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding storage server {} to {addr}", args.id))?;
+    let service = StorageService::start(Arc::new(engine), config)?;
+    tracing::info!(%addr, id = args.id, "storage server listening");
     run(listener, Arc::new(service)).await
 }
 

@@ -20,6 +20,14 @@ fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_teamlog"))
 }
 
+/// These tests need no storage servers.
+fn commit_only() -> ClusterSpec {
+    ClusterSpec {
+        storage: false,
+        ..ClusterSpec::default()
+    }
+}
+
 fn set(key: &[u8], value_len: usize) -> Mutation {
     Mutation::SetValue {
         key: Bytes::copy_from_slice(key),
@@ -56,7 +64,7 @@ async fn all_mutations(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let local = LocalCluster::start(exe(), dir.path(), &ClusterSpec::default()).await?;
+    let local = LocalCluster::start(exe(), dir.path(), &commit_only()).await?;
     let client = Client::new(&local.cluster);
     let good = set(b"fine", 1);
     let cases = [
@@ -107,7 +115,7 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_client_commits_single_mutations_and_batches() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let local = LocalCluster::start(exe(), dir.path(), &ClusterSpec::default()).await?;
+    let local = LocalCluster::start(exe(), dir.path(), &commit_only()).await?;
     let run = |args: &[&str]| -> Result<String> {
         let output = Command::new(exe())
             .arg("client")
@@ -174,7 +182,7 @@ async fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_every_ver
         broadcast: false,
         shard_begins: vec!["m".into()],
         teams: 2,
-        ..ClusterSpec::default()
+        ..commit_only()
     };
     let local = LocalCluster::start(exe(), dir.path(), &spec).await?;
     let client = Client::new(&local.cluster);

@@ -35,7 +35,8 @@ fn spec() -> ClusterSpec {
         servers_per_team: 2,
         broadcast: true,
         shard_begins: BEGINS[1..].iter().map(|b| b.to_string()).collect(),
-        tlog_args: Vec::new(),
+        storage: false,
+        ..ClusterSpec::default()
     }
 }
 

@@ -17,7 +17,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_key_bytes: 10_000,
+            max_key_bytes: proto::MAX_KEY_BYTES,
             max_value_bytes: 100_000,
             max_commit_bytes: 10 << 20,
         }

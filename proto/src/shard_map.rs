@@ -17,7 +17,7 @@ use crate::system_keys::{parse_key_servers_key, ShardAssignment, SystemKeyError}
 use crate::types::{Mutation, StorageTeamId, Version};
 use bytes::Bytes;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShardMapError {
     #[error("the shard map must have a shard starting at the empty key")]
     NoFirstShard,
@@ -103,6 +103,44 @@ impl ShardMap {
             ));
         }
         pieces
+    }
+
+    /// `count:u32 | (len:u32 | begin | len:u32 | assignment)^count`, LE.
+    pub fn encode(&self) -> Bytes {
+        let mut out = bytes::BytesMut::new();
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for (begin, assignment) in &self.entries {
+            let assignment = assignment.encode();
+            for part in [begin.as_ref(), assignment.as_ref()] {
+                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        out.freeze()
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<ShardMap, ShardMapError> {
+        let truncated = ShardMapError::Malformed(SystemKeyError::MalformedAssignment("shard map truncated"));
+        let mut take = |n: usize| -> Result<&[u8], ShardMapError> {
+            if bytes.len() < n {
+                return Err(truncated.clone());
+            }
+            let (head, rest) = bytes.split_at(n);
+            bytes = rest;
+            Ok(head)
+        };
+        let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+            let begin = Bytes::copy_from_slice(take(len)?);
+            let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+            entries.push((begin, ShardAssignment::decode(take(len)?)?));
+        }
+        if !bytes.is_empty() {
+            return Err(ShardMapError::Malformed(SystemKeyError::MalformedAssignment("trailing bytes")));
+        }
+        ShardMap::new(entries)
     }
 
     /// Every shard as (begin, assignment), in key order.
@@ -334,6 +372,19 @@ mod tests {
         let (begin, end, _) = m.locate(b"zz");
         assert_eq!((&begin[..], &end[..]), (&b"p"[..], &b"\xff"[..]));
         assert_eq!(m.split(b"h", b"i").len(), 1);
+    }
+
+    #[test]
+    fn maps_encode_and_refuse_damage() {
+        let m = map();
+        let bytes = m.encode();
+        assert_eq!(ShardMap::decode(&bytes), Ok(m));
+        for cut in 0..bytes.len() {
+            assert!(ShardMap::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.to_vec();
+        long.push(1);
+        assert!(ShardMap::decode(&long).is_err());
     }
 
     #[test]

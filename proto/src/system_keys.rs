@@ -20,7 +20,7 @@ pub const USER_KEYS_END: &[u8] = b"\xff";
 
 const ASSIGNMENT_FORMAT: u8 = 1;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SystemKeyError {
     #[error("shard assignment value is malformed: {0}")]
     MalformedAssignment(&'static str),

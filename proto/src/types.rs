@@ -73,6 +73,10 @@ impl fmt::Display for ProxyId {
 /// Keys starting with this byte are system keys; user input there is refused.
 pub const SYSTEM_KEY_PREFIX: u8 = 0xff;
 
+/// The longest key the cluster takes: what its storage engine (LMDB, 511
+/// bytes, less a prefix byte) can hold.
+pub const MAX_KEY_BYTES: usize = 510;
+
 /// Whether `key` lies in the system range.
 pub fn is_system_key(key: &[u8]) -> bool {
     key.first() == Some(&SYSTEM_KEY_PREFIX)

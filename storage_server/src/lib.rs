@@ -1,1 +1,25 @@
-//! The storage server role (see docs/ARCHITECTURE.md); filled in by the storage-server work.
+//! The storage server role (see docs/ARCHITECTURE.md).
+//!
+//! ```text
+//!   server::StorageService      consume (mutable cursor), flush, pop, reads
+//!        ├── ownership          which ranges this server answers for, when
+//!        └── versioned store (below)
+//! ```
+//!
+//! The storage layer, bottom up:
+//!
+//! ```text
+//!   versioned::VersionedStore   reads at a version, apply, flush
+//!        ├── window::Window     recent versions in memory (MVCC window)
+//!        └── engine::KvEngine   durable state at the durable version
+//!               ├── heed_engine::HeedEngine   LMDB
+//!               └── mem_engine::MemEngine     in memory, for tests
+//! ```
+
+pub mod engine;
+pub mod heed_engine;
+pub mod mem_engine;
+pub mod ownership;
+pub mod server;
+pub mod versioned;
+pub mod window;

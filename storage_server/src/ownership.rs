@@ -1,0 +1,172 @@
+//! What a storage server may answer for: which key ranges its teams hold at
+//! each version, as far as it has been told.
+//!
+//! ```text
+//!  private team ─▶ \xff/teamSet/<me> at V   ─▶ team sets: V+1.. uses the new set
+//!               └▶ \xff/keyServers/<b> at V ─▶ shard map (versioned)
+//!  read(range, v) ─▶ every shard piece's source teams ∩ my team set at v ≠ ∅ ?
+//! ```
+//!
+//! A server hears only of shard-map changes that concern its teams, so its
+//! map may be stale for ranges it has nothing to do with; that never changes
+//! an answer, which is only ever "one of mine" or "not mine".
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use proto::shard_map::{ShardMap, ShardMapError, VersionedShardMap};
+use proto::{Mutation, StorageTeamId, Version};
+
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    map: VersionedShardMap,
+    /// A set recorded at `V` holds from `V + 1` on.
+    team_sets: BTreeMap<Version, BTreeSet<StorageTeamId>>,
+    /// Shard-map mutations of the version being applied.
+    pending: Option<(Version, Vec<Mutation>)>,
+}
+
+impl Ownership {
+    /// The state as of `version`: `map` and `teams` hold from `version + 1`.
+    pub fn new(
+        map: ShardMap,
+        teams: BTreeSet<StorageTeamId>,
+        version: Version,
+        history: u64,
+    ) -> Self {
+        Ownership {
+            map: VersionedShardMap::new(map, version, history),
+            team_sets: BTreeMap::from([(version, teams)]),
+            pending: None,
+        }
+    }
+
+    /// Records a team set committed at `version`.
+    pub fn set_teams(&mut self, version: Version, teams: BTreeSet<StorageTeamId>) {
+        self.team_sets.insert(version, teams);
+    }
+
+    /// Queues a shard-map mutation at `version`; mutations of one version are
+    /// applied together once a later version (or `settle`) arrives.
+    pub fn shard_change(
+        &mut self,
+        version: Version,
+        mutation: Mutation,
+    ) -> Result<(), ShardMapError> {
+        match &mut self.pending {
+            Some((v, list)) if *v == version => list.push(mutation),
+            _ => {
+                self.settle()?;
+                self.pending = Some((version, vec![mutation]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the queued shard-map changes.
+    pub fn settle(&mut self) -> Result<(), ShardMapError> {
+        if let Some((version, list)) = self.pending.take() {
+            self.map.apply(version, &list)?;
+        }
+        Ok(())
+    }
+
+    /// The teams this server consumes at `version`.
+    pub fn teams_at(&self, version: Version) -> BTreeSet<StorageTeamId> {
+        self.team_sets
+            .range(..version)
+            .next_back()
+            .or_else(|| self.team_sets.first_key_value())
+            .map(|(_, teams)| teams.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether every key of `[begin, end)` belongs, at `version`, to a shard
+    /// whose source teams include one of this server's teams.
+    pub fn owns(&self, begin: &[u8], end: &[u8], version: Version) -> bool {
+        let Some(map) = self.map.at(version) else {
+            return false;
+        };
+        let teams = self.teams_at(version);
+        let mine = |src: &[StorageTeamId]| src.iter().any(|t| teams.contains(t));
+        if begin >= end {
+            return mine(&map.assignment_of(begin).src);
+        }
+        map.split(begin, end).iter().all(|(_, _, a)| mine(&a.src))
+    }
+
+    /// Whether `key` is owned at `version`.
+    pub fn owns_key(&self, key: &[u8], version: Version) -> bool {
+        let Some(map) = self.map.at(version) else {
+            return false;
+        };
+        let teams = self.teams_at(version);
+        map.assignment_of(key).src.iter().any(|t| teams.contains(t))
+    }
+
+    /// What to persist with a flush through `version`: the map and team set
+    /// as of then (not later: a restart replays what follows).
+    pub fn snapshot_at(&self, version: Version) -> Option<(Bytes, BTreeSet<StorageTeamId>)> {
+        let map = self.map.at(version)?;
+        Some((map.encode(), self.teams_at(version.next())))
+    }
+
+    /// Forgets team sets older than `version`'s (they can no longer be read).
+    pub fn forget_before(&mut self, version: Version) {
+        let keep = self.team_sets.range(..version).next_back().map(|(v, _)| *v);
+        if let Some(keep) = keep {
+            self.team_sets = self.team_sets.split_off(&keep);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::system_keys::{key_servers_key, ShardAssignment};
+
+    use super::*;
+
+    const A: StorageTeamId = StorageTeamId(1);
+    const B: StorageTeamId = StorageTeamId(2);
+
+    fn ownership() -> Ownership {
+        let map = ShardMap::new([
+            (Bytes::new(), ShardAssignment::to(A)),
+            (Bytes::from_static(b"m"), ShardAssignment::to(B)),
+        ])
+        .unwrap();
+        Ownership::new(map, BTreeSet::from([A]), Version(10), 1_000)
+    }
+
+    #[test]
+    fn ranges_are_owned_only_when_every_piece_is_mine() {
+        let o = ownership();
+        assert!(o.owns(b"a", b"l", Version(11)));
+        assert!(o.owns_key(b"l", Version(11)));
+        assert!(!o.owns_key(b"n", Version(11)));
+        assert!(!o.owns(b"a", b"n", Version(11)));
+    }
+
+    #[test]
+    fn team_sets_and_shard_moves_take_effect_after_their_version() {
+        let mut o = ownership();
+        o.set_teams(Version(20), BTreeSet::from([A, B]));
+        assert!(!o.owns_key(b"n", Version(20)));
+        assert!(o.owns_key(b"n", Version(21)));
+        let mv = Mutation::SetValue {
+            key: key_servers_key(b"m"),
+            value: ShardAssignment::to(A).encode(),
+        };
+        o.set_teams(Version(29), BTreeSet::from([A]));
+        o.shard_change(Version(30), mv).unwrap();
+        o.settle().unwrap();
+        assert!(!o.owns_key(b"n", Version(30)));
+        assert!(o.owns_key(b"n", Version(31)));
+        let (map, teams) = o.snapshot_at(Version(25)).unwrap();
+        assert_eq!(
+            ShardMap::decode(&map).unwrap().assignment_of(b"n").src,
+            vec![B]
+        );
+        assert_eq!(teams, BTreeSet::from([A, B]));
+    }
+}

@@ -1,0 +1,445 @@
+//! The storage server runtime: consumes its teams through the mutable team
+//! cursor, applies into the versioned store, flushes and pops, and serves
+//! reads at a version.
+//!
+//! ```text
+//!  TLogs ─▶ MutableTeamPeekCursor(private team + team set, from durable + 1)
+//!            │ ordered by (version, subsequence)
+//!            ├─ user mutations ──▶ VersionedStore (MVCC window ─flush─▶ heed)
+//!            └─ private team ────▶ Ownership (team sets, shard map)
+//!  after a flush: pop every team up to the durable version
+//!  reads: wait for the version (briefly) ─▶ ownership ─▶ store.get / get_range
+//! ```
+//!
+//! Restarts resume from the durable version: the team set and shard map are
+//! persisted with each flush as of the flushed version, so nothing is applied
+//! twice and nothing is skipped.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use cursor::{MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig, TeamSet};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use proto::rpc::{
+    ErrorCode, ErrorReply, GetRangeReply, GetRangeRequest, GetValueReply, GetValueRequest, Message,
+    PopRequest, StorageStatusReply,
+};
+use proto::shard_map::ShardMap;
+use proto::system_keys::{parse_key_servers_key, tlogs_for_team};
+use proto::team_set::parse_team_set_key;
+use proto::transport::{ClientConfig, Peer, Service};
+use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
+use tokio::sync::watch;
+
+use crate::engine::KvEngine;
+use crate::ownership::Ownership;
+use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
+
+const META_TEAM_SET: &str = "team_set";
+const META_SHARD_MAP: &str = "shard_map";
+/// The most pairs one range read returns.
+pub const MAX_RANGE_LIMIT: u32 = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub id: StorageServerId,
+    pub private_team: StorageTeamId,
+    /// The team set to start with when the engine holds none (a new server).
+    pub teams: BTreeSet<StorageTeamId>,
+    /// The shard map to start with when the engine holds none.
+    pub shards: ShardMap,
+    pub tlogs: Vec<SocketAddr>,
+    pub replication: usize,
+    pub sequencer: SocketAddr,
+    pub window: WindowConfig,
+    /// How long a read at a version not yet applied waits before
+    /// `future_version`.
+    pub read_wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored {what} is corrupt: {reason}")]
+    CorruptMetadata { what: &'static str, reason: String },
+}
+
+struct Inner<E: KvEngine> {
+    config: StorageConfig,
+    store: RwLock<VersionedStore<E>>,
+    ownership: Mutex<Ownership>,
+    applied: watch::Sender<Version>,
+    sequencer: Peer,
+    tlogs: Vec<Peer>,
+    /// Set when applying stopped on an error no retry can fix.
+    failed: Mutex<Option<String>>,
+}
+
+pub struct StorageService<E: KvEngine> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: KvEngine> Clone for StorageService<E> {
+    fn clone(&self) -> Self {
+        StorageService {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E: KvEngine> StorageService<E> {
+    /// Opens the store over `engine` and starts consuming from its durable
+    /// version. Must run inside a tokio runtime.
+    pub fn start(engine: Arc<E>, config: StorageConfig) -> Result<Self, StartError> {
+        let store = VersionedStore::open(engine.clone(), config.window)?;
+        let durable = store.durable_version();
+        let teams = match engine.metadata(META_TEAM_SET).map_err(StoreError::from)? {
+            Some(bytes) => {
+                let set = TeamSet::decode(&bytes).map_err(|e| StartError::CorruptMetadata {
+                    what: "team set",
+                    reason: e.to_string(),
+                })?;
+                set.teams
+            }
+            None => config.teams.clone(),
+        };
+        let map = match engine.metadata(META_SHARD_MAP).map_err(StoreError::from)? {
+            Some(bytes) => ShardMap::decode(&bytes).map_err(|e| StartError::CorruptMetadata {
+                what: "shard map",
+                reason: e.to_string(),
+            })?,
+            None => config.shards.clone(),
+        };
+        let history = config.window.max_versions.saturating_mul(2);
+        let ownership = Ownership::new(map, teams.clone(), durable, history);
+        tracing::info!(server = %config.id, %durable, ?teams, "storage server resuming");
+        let peer = |addr| Peer::new(addr, ClientConfig::default());
+        let inner = Arc::new(Inner {
+            sequencer: peer(config.sequencer),
+            tlogs: config.tlogs.iter().map(|a| peer(*a)).collect(),
+            applied: watch::channel(store.applied_version()).0,
+            store: RwLock::new(store),
+            ownership: Mutex::new(ownership),
+            failed: Mutex::new(None),
+            config,
+        });
+        let set = TeamSet::new(inner.config.private_team, teams);
+        tokio::spawn(run_apply(Arc::downgrade(&inner), set, durable.next()));
+        Ok(StorageService { inner })
+    }
+
+    pub fn applied_version(&self) -> Version {
+        *self.inner.applied.borrow()
+    }
+
+    pub fn durable_version(&self) -> Version {
+        self.inner.store().durable_version()
+    }
+
+    /// Waits until `version` is applied, up to the configured read wait.
+    async fn wait_for(&self, version: Version) -> Result<(), ErrorReply> {
+        let mut applied = self.inner.applied.subscribe();
+        let reached = tokio::time::timeout(
+            self.inner.config.read_wait,
+            applied.wait_for(|a| *a >= version),
+        )
+        .await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ErrorReply::new(
+                ErrorCode::FutureVersion,
+                format!(
+                    "version {version} is not applied yet (at {})",
+                    self.applied_version()
+                ),
+            )),
+        }
+    }
+
+    pub async fn get(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
+        self.wait_for(request.version).await?;
+        if !self
+            .inner
+            .ownership()
+            .owns_key(&request.key, request.version)
+        {
+            return Err(wrong_shard(request.version));
+        }
+        let value = self
+            .inner
+            .store()
+            .get(&request.key, request.version)
+            .map_err(read_error)?;
+        Ok(GetValueReply { value })
+    }
+
+    pub async fn get_range(&self, request: GetRangeRequest) -> Result<GetRangeReply, ErrorReply> {
+        self.wait_for(request.version).await?;
+        if !self
+            .inner
+            .ownership()
+            .owns(&request.begin, &request.end, request.version)
+        {
+            return Err(wrong_shard(request.version));
+        }
+        let limit = request.limit.clamp(1, MAX_RANGE_LIMIT) as usize;
+        let mut pairs = self
+            .inner
+            .store()
+            .get_range(
+                &request.begin,
+                &request.end,
+                limit + 1,
+                request.reverse,
+                request.version,
+            )
+            .map_err(read_error)?;
+        let more = pairs.len() > limit;
+        pairs.truncate(limit);
+        Ok(GetRangeReply { pairs, more })
+    }
+
+    pub async fn status(&self) -> StorageStatusReply {
+        let committed = async {
+            match self
+                .inner
+                .sequencer
+                .client()
+                .await?
+                .call(Message::GetReadVersion)
+                .await?
+            {
+                Message::GetReadVersionReply(r) => Ok(r.version),
+                other => Err(proto::transport::RpcError::UnexpectedReply(other.name())),
+            }
+        }
+        .await
+        .unwrap_or_default();
+        let (applied, durable, oldest, window_bytes) = {
+            let store = self.inner.store();
+            (
+                store.applied_version(),
+                store.durable_version(),
+                store.oldest_readable(),
+                store.window_bytes(),
+            )
+        };
+        StorageStatusReply {
+            server: self.inner.config.id,
+            applied_version: applied,
+            durable_version: durable,
+            oldest_readable_version: oldest,
+            committed_version: committed,
+            window_bytes,
+            teams: self
+                .inner
+                .ownership()
+                .teams_at(applied.next())
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+impl<E: KvEngine> Service for StorageService<E> {
+    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+        let service = self.clone();
+        async move {
+            match request {
+                Message::GetValue(r) => Ok(Message::GetValueReply(service.get(r).await?)),
+                Message::GetRange(r) => Ok(Message::GetRangeReply(service.get_range(r).await?)),
+                Message::Status => Ok(Message::StorageStatus(service.status().await)),
+                other => Err(ErrorReply::new(
+                    ErrorCode::UnknownMessage,
+                    format!("a storage server does not serve {}", other.name()),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl<E: KvEngine> Inner<E> {
+    fn store(&self) -> RwLockReadGuard<'_, VersionedStore<E>> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store_mut(&self) -> RwLockWriteGuard<'_, VersionedStore<E>> {
+        self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ownership(&self) -> MutexGuard<'_, Ownership> {
+        self.ownership.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(server = %self.config.id, %reason, "storage server stopped applying");
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// Applies what the cursor fetched; returns the version now applied.
+    fn apply_batch<C: PeekCursor>(
+        &self,
+        cursor: &mut C,
+        complete_below: Version,
+    ) -> Result<Version, String> {
+        let mut store = self.store_mut();
+        let mut ownership = self.ownership();
+        for m in cursor.iter() {
+            if m.team == self.config.private_team {
+                let key = match &m.mutation {
+                    Mutation::SetValue { key, .. } => key,
+                    Mutation::ClearRange { begin, .. } => begin,
+                };
+                if let (Some(server), Mutation::SetValue { value, .. }) =
+                    (parse_team_set_key(key), &m.mutation)
+                {
+                    if server == self.config.id {
+                        let set = TeamSet::decode(value).map_err(|e| e.to_string())?;
+                        ownership.set_teams(m.version, set.teams);
+                    }
+                } else if parse_key_servers_key(key).is_some()
+                    || matches!(&m.mutation, Mutation::ClearRange { end, .. } if parse_key_servers_key(end).is_some())
+                {
+                    ownership
+                        .shard_change(m.version, m.mutation)
+                        .map_err(|e| e.to_string())?;
+                }
+                continue;
+            }
+            let system = match &m.mutation {
+                Mutation::SetValue { key, .. } => is_system_key(key),
+                Mutation::ClearRange { begin, .. } => is_system_key(begin),
+            };
+            if !system {
+                store
+                    .apply(m.version, &m.mutation)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        ownership.settle().map_err(|e| e.to_string())?;
+        let applied = Version(complete_below.0.saturating_sub(1));
+        if applied > store.applied_version() {
+            store.set_applied(applied);
+        }
+        Ok(store.applied_version())
+    }
+
+    /// Flushes old versions into the engine with the team set and shard map
+    /// as of the new durable version; returns it.
+    fn flush(&self) -> Result<Option<Version>, String> {
+        let mut store = self.store_mut();
+        if !store.should_flush() {
+            return Ok(None);
+        }
+        let through = store.flush_target();
+        let ownership = self.ownership();
+        let Some((map, teams)) = ownership.snapshot_at(through) else {
+            return Err(format!("no shard map kept at {through}"));
+        };
+        let set = TeamSet::new(self.config.private_team, teams).encode();
+        drop(ownership);
+        let durable = store
+            .flush_to(through, &[(META_TEAM_SET, set), (META_SHARD_MAP, map)])
+            .map_err(|e| e.to_string())?;
+        self.ownership().forget_before(durable);
+        Ok(Some(durable))
+    }
+
+    /// Tells every TLog of every team this server reads that it no longer
+    /// needs versions up to `durable`.
+    async fn pop(&self, durable: Version) {
+        let mut teams = self.ownership().teams_at(durable.next());
+        teams.insert(self.config.private_team);
+        for team in teams {
+            for index in tlogs_for_team(team, self.tlogs.len(), self.config.replication) {
+                let request = PopRequest {
+                    team,
+                    server: self.config.id,
+                    version: durable.next(),
+                };
+                let popped = async { self.tlogs[index].client().await?.pop(request).await }.await;
+                if let Err(e) = popped {
+                    tracing::debug!(%team, error = %e, "pop failed; the next flush pops again");
+                }
+            }
+        }
+    }
+}
+
+/// Consumes the server's teams until the service is dropped or the stream ends.
+async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin: Version) {
+    let Some(first) = inner.upgrade() else { return };
+    let mut source = TLogSource::new(TLogSourceConfig::default());
+    let tlogs = first.config.tlogs.clone();
+    let route = |team| {
+        tlogs_for_team(team, tlogs.len(), first.config.replication)
+            .into_iter()
+            .map(|i| tlogs[i])
+            .collect()
+    };
+    source = source.with_team(team_set.private_team, route(team_set.private_team));
+    // Teams not listed (added later) are found on every TLog in turn.
+    source = source.with_default_replicas(tlogs.clone());
+    for team in &team_set.teams {
+        source = source.with_team(*team, route(*team));
+    }
+    let id = first.config.id;
+    drop(first);
+    let mut cursor =
+        MutableTeamPeekCursor::<_, Ordered>::new(Arc::new(source), id, team_set, begin);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let fetched = cursor.remote_more_available().await;
+        let Some(inner) = inner.upgrade() else { return };
+        match fetched {
+            Ok(_) => backoff = Duration::from_millis(10),
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "peek failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return inner.fail(e.to_string()),
+        }
+        let complete_below = cursor.complete_below();
+        let applied = match inner.apply_batch(&mut cursor, complete_below) {
+            Ok(applied) => applied,
+            Err(reason) => return inner.fail(reason),
+        };
+        inner.applied.send_if_modified(|a| {
+            let moved = *a < applied;
+            *a = applied.max(*a);
+            moved
+        });
+        match inner.flush() {
+            Ok(Some(durable)) => inner.pop(durable).await,
+            Ok(None) => {}
+            Err(reason) => return inner.fail(reason),
+        }
+        if cursor.is_end_of_stream() {
+            tracing::info!(server = %id, %applied, "end of stream");
+            return;
+        }
+    }
+}
+
+fn wrong_shard(version: Version) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::WrongShardServer,
+        format!("this server does not hold those keys at {version}"),
+    )
+}
+
+fn read_error(e: ReadError) -> ErrorReply {
+    let code = match &e {
+        ReadError::TooOld { .. } => ErrorCode::TransactionTooOld,
+        ReadError::FutureVersion { .. } => ErrorCode::FutureVersion,
+        _ => ErrorCode::Unknown,
+    };
+    ErrorReply::new(code, e.to_string())
+}

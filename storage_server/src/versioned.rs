@@ -1,0 +1,705 @@
+//! The versioned store: reads at a version over the MVCC window and the
+//! engine, and the flush that moves old versions into the engine.
+//!
+//! ```text
+//!   versions:   ... durable ]( window ............... applied ]( in progress
+//!                    │            │                        │
+//!   engine state at ─┘            │      apply(v, m) ──────┴──▶ window
+//!                                 │      set_applied(v): reads up to v allowed
+//!   read(k, v), durable <= v <= applied = engine + window mutations <= v
+//!
+//!   flush: versions <= D ──▶ one WriteBatch [clears, sets, durable_version=D, extra..]
+//!          ──▶ engine.write (one transaction) ──▶ window drops them, durable = D
+//! ```
+//!
+//! The durable version is written in the same batch as the data it
+//! describes, so a crash leaves the engine at exactly some earlier durable
+//! version: replaying the team streams from there reproduces the rest.
+//!
+//! A range read merges the window's chains with the engine's keys, fetched
+//! in chunks that grow while cleared or overridden keys are skipped, and
+//! jumps over whole cleared spans instead of reading through them, so a
+//! read returns `limit` results whenever that many exist without reading
+//! the engine more than it needs.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::{Mutation, Version};
+
+use crate::engine::{EngineError, KvEngine, WriteBatch, FORMAT_METADATA};
+use crate::window::{Chain, Window, WindowValue};
+
+/// The metadata entry holding the durable version (u64 little-endian).
+pub const DURABLE_VERSION_METADATA: &str = "durable_version";
+
+/// Most engine pairs one range read fetches at a time.
+const MAX_ENGINE_CHUNK: usize = 1024;
+
+/// How much the window may hold before it should be flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Versions kept above the durable version (1,000,000 per second).
+    pub max_versions: u64,
+    /// Estimated heap bytes the window may hold.
+    pub max_bytes: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            max_versions: 5_000_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why applying or flushing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Mutations must come in version order, after the applied version.
+    #[error("mutation at version {version} cannot follow version {last}")]
+    VersionOrder { version: Version, last: Version },
+    /// The engine cannot store a key this long.
+    #[error("key of {len} bytes exceeds the engine's limit of {max} bytes")]
+    KeyTooLarge { len: usize, max: usize },
+    /// A caller's metadata entry used a name the store or engine owns.
+    #[error("metadata entry {0:?} is reserved")]
+    ReservedMetadata(String),
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The version is below the window: its state no longer exists.
+    #[error("version {version} is older than the oldest readable version {oldest}")]
+    TooOld { version: Version, oldest: Version },
+    /// The version is not applied yet.
+    #[error("version {version} is newer than the applied version {applied}")]
+    FutureVersion { version: Version, applied: Version },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Key-value state at every version from the durable version to the
+/// applied version.
+pub struct VersionedStore<E: KvEngine> {
+    engine: Arc<E>,
+    window: Window,
+    config: WindowConfig,
+    durable: Version,
+    applied: Version,
+    /// The version of the newest applied mutation (may exceed `applied`
+    /// while its version is in progress).
+    newest_mutation: Version,
+}
+
+impl<E: KvEngine> VersionedStore<E> {
+    /// Opens over `engine`; durable version read from engine metadata (0 if
+    /// new).
+    pub fn open(engine: Arc<E>, config: WindowConfig) -> Result<Self, StoreError> {
+        let durable = match engine.metadata(DURABLE_VERSION_METADATA)? {
+            None => Version::ZERO,
+            Some(entry) => {
+                let bytes = <[u8; 8]>::try_from(&entry[..]).map_err(|_| EngineError::Corrupt {
+                    location: format!("metadata entry {DURABLE_VERSION_METADATA:?}"),
+                    reason: format!("{} bytes where 8 were expected", entry.len()),
+                })?;
+                Version(u64::from_le_bytes(bytes))
+            }
+        };
+        Ok(VersionedStore {
+            engine,
+            window: Window::new(),
+            config,
+            durable,
+            applied: durable,
+            newest_mutation: durable,
+        })
+    }
+
+    /// Applies one mutation at `version`. Versions must not decrease and
+    /// must be above the applied version; within one version mutations
+    /// apply in call order.
+    pub fn apply(&mut self, version: Version, mutation: &Mutation) -> Result<(), StoreError> {
+        if version <= self.applied || version < self.newest_mutation {
+            return Err(StoreError::VersionOrder {
+                version,
+                last: self.applied.max(self.newest_mutation),
+            });
+        }
+        match mutation {
+            Mutation::SetValue { key, value } => {
+                let max = self.engine.max_key_len();
+                if key.len() > max {
+                    return Err(StoreError::KeyTooLarge {
+                        len: key.len(),
+                        max,
+                    });
+                }
+                self.window.set(version, key, value);
+            }
+            Mutation::ClearRange { begin, end } => self.window.clear(version, begin, end),
+        }
+        self.newest_mutation = version;
+        Ok(())
+    }
+
+    /// Marks `version` fully applied (even if it had no mutations for this
+    /// server): reads at or below it may be served. Lower versions than the
+    /// applied one change nothing.
+    pub fn set_applied(&mut self, version: Version) {
+        self.applied = self.applied.max(version);
+    }
+
+    pub fn applied_version(&self) -> Version {
+        self.applied
+    }
+
+    pub fn durable_version(&self) -> Version {
+        self.durable
+    }
+
+    /// The oldest version reads can be served at (= durable version: the
+    /// engine holds exactly that state).
+    pub fn oldest_readable(&self) -> Version {
+        self.durable
+    }
+
+    fn check_readable(&self, version: Version) -> Result<(), ReadError> {
+        if version < self.durable {
+            return Err(ReadError::TooOld {
+                version,
+                oldest: self.durable,
+            });
+        }
+        if version > self.applied {
+            return Err(ReadError::FutureVersion {
+                version,
+                applied: self.applied,
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of `key` at `version`.
+    pub fn get(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ReadError> {
+        self.check_readable(version)?;
+        Ok(match self.window.get(key, version) {
+            WindowValue::Set(value) => Some(value.clone()),
+            WindowValue::Cleared => None,
+            WindowValue::Unchanged => self.engine.get(key)?,
+        })
+    }
+
+    /// The pairs in `[begin, end)` at `version`, ascending or descending, at
+    /// most `limit` of them.
+    pub fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        version: Version,
+    ) -> Result<Vec<(Bytes, Bytes)>, ReadError> {
+        self.check_readable(version)?;
+        let mut out = Vec::new();
+        if begin >= end || limit == 0 {
+            return Ok(out);
+        }
+        let mut chains = self.window.chains(begin, end);
+        let mut next_chain = move || {
+            if reverse {
+                chains.next_back()
+            } else {
+                chains.next()
+            }
+        };
+        let mut chain = next_chain();
+        let mut engine = EngineScan::new(&*self.engine, begin, end, reverse);
+        while out.len() < limit {
+            let stored = engine.peek(limit - out.len())?;
+            let (window_first, engine_first) = match (chain, stored) {
+                (None, None) => break,
+                (Some(window), None) => (Some((window, None)), None),
+                (None, Some(pair)) => (None, Some(pair)),
+                (Some(window), Some(pair)) => {
+                    let window_key: &[u8] = window.0;
+                    let order = if reverse {
+                        pair.0[..].cmp(window_key)
+                    } else {
+                        window_key.cmp(&pair.0[..])
+                    };
+                    match order {
+                        Ordering::Less => (Some((window, None)), None),
+                        Ordering::Equal => (Some((window, engine.pop())), None),
+                        Ordering::Greater => (None, Some(pair)),
+                    }
+                }
+            };
+            if let Some(((key, history), under)) = window_first {
+                if let Some(pair) = self.resolve(key, history, under, version) {
+                    out.push(pair);
+                }
+                chain = next_chain();
+            }
+            if let Some((key, value)) = engine_first {
+                match self.window.cleared_span(&key, version) {
+                    Some((span_begin, span_end)) => engine.skip(span_begin, span_end),
+                    None => {
+                        engine.pop();
+                        out.push((key, value));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A window key's pair at `version`, given the engine's pair for it.
+    fn resolve(
+        &self,
+        key: &Bytes,
+        history: &Chain,
+        engine_pair: Option<(Bytes, Bytes)>,
+        version: Version,
+    ) -> Option<(Bytes, Bytes)> {
+        match history.at(version) {
+            WindowValue::Set(value) => Some((key.clone(), value.clone())),
+            WindowValue::Cleared => None,
+            WindowValue::Unchanged => {
+                engine_pair.filter(|_| self.window.cleared_span(key, version).is_none())
+            }
+        }
+    }
+
+    /// The version a flush now would make durable: everything older than
+    /// the window's version span or beyond its byte budget, never past the
+    /// applied version.
+    pub fn flush_target(&self) -> Version {
+        let by_versions = Version(self.applied.0.saturating_sub(self.config.max_versions));
+        let by_bytes = self
+            .window
+            .release_point(self.config.max_bytes)
+            .unwrap_or(Version::ZERO);
+        by_versions
+            .max(by_bytes)
+            .min(self.applied)
+            .max(self.durable)
+    }
+
+    /// Whether the window is over its version span or byte budget with
+    /// something flushable.
+    pub fn should_flush(&self) -> bool {
+        self.flush_target() > self.durable
+    }
+
+    /// Moves every applied version older than the window (by versions or
+    /// bytes) into the engine: ONE WriteBatch for all of them, plus the
+    /// durable version and `extra_metadata`. Returns the new durable
+    /// version.
+    pub fn flush(&mut self, extra_metadata: &[(&str, Bytes)]) -> Result<Version, StoreError> {
+        self.flush_to(self.flush_target(), extra_metadata)
+    }
+
+    /// Moves every version up to `version` (capped at the applied version)
+    /// into the engine in one batch, as `flush` does; for a clean shutdown
+    /// or a checkpoint. With nothing to move and no metadata, writes nothing.
+    pub fn flush_to(
+        &mut self,
+        version: Version,
+        extra_metadata: &[(&str, Bytes)],
+    ) -> Result<Version, StoreError> {
+        for (name, _) in extra_metadata {
+            if *name == DURABLE_VERSION_METADATA || *name == FORMAT_METADATA {
+                return Err(StoreError::ReservedMetadata((*name).to_owned()));
+            }
+        }
+        let through = version.min(self.applied).max(self.durable);
+        if through == self.durable && extra_metadata.is_empty() {
+            return Ok(self.durable);
+        }
+        let plan = self.window.plan_flush(through);
+        let mut batch = WriteBatch::new();
+        self.window.write_flush(&plan, &mut batch);
+        batch.set_metadata(
+            DURABLE_VERSION_METADATA,
+            Bytes::copy_from_slice(&through.0.to_le_bytes()),
+        );
+        for (name, value) in extra_metadata {
+            batch.set_metadata(name, value.clone());
+        }
+        self.engine.write(batch)?;
+        self.window.discard(plan);
+        self.durable = through;
+        Ok(through)
+    }
+
+    /// Estimated heap bytes the window holds.
+    pub fn window_bytes(&self) -> u64 {
+        self.window.bytes()
+    }
+
+    pub fn engine(&self) -> &Arc<E> {
+        &self.engine
+    }
+}
+
+/// The engine's pairs of a range, fetched in chunks on demand.
+struct EngineScan<'e, E> {
+    engine: &'e E,
+    /// The part of the range not fetched yet: `[lower, upper)`.
+    lower: Vec<u8>,
+    upper: Vec<u8>,
+    reverse: bool,
+    /// Fetched pairs in scan order.
+    buffered: VecDeque<(Bytes, Bytes)>,
+    /// The engine has nothing more in `[lower, upper)`.
+    drained: bool,
+    /// Pairs fetched so far; the next chunk is at least this big, so a
+    /// read that keeps skipping needs only logarithmically many fetches.
+    fetched: usize,
+}
+
+impl<'e, E: KvEngine> EngineScan<'e, E> {
+    fn new(engine: &'e E, begin: &[u8], end: &[u8], reverse: bool) -> Self {
+        EngineScan {
+            engine,
+            lower: begin.to_vec(),
+            upper: end.to_vec(),
+            reverse,
+            buffered: VecDeque::new(),
+            drained: false,
+            fetched: 0,
+        }
+    }
+
+    /// The next pair in scan order; `wanted` is how many results the read
+    /// still needs (the size of a first chunk).
+    fn peek(&mut self, wanted: usize) -> Result<Option<(Bytes, Bytes)>, EngineError> {
+        if self.buffered.is_empty() && !self.drained {
+            self.fetch(wanted)?;
+        }
+        Ok(self.buffered.front().cloned())
+    }
+
+    fn pop(&mut self) -> Option<(Bytes, Bytes)> {
+        self.buffered.pop_front()
+    }
+
+    fn fetch(&mut self, wanted: usize) -> Result<(), EngineError> {
+        let chunk = wanted.max(self.fetched).clamp(1, MAX_ENGINE_CHUNK);
+        let pairs = self
+            .engine
+            .range(&self.lower, &self.upper, chunk, self.reverse)?;
+        self.drained = pairs.len() < chunk;
+        if let Some((last, _)) = pairs.last() {
+            if self.reverse {
+                self.upper = last.to_vec();
+            } else {
+                // The smallest key after `last`.
+                self.lower = last.to_vec();
+                self.lower.push(0);
+            }
+        }
+        self.drained |= self.lower >= self.upper;
+        self.fetched += pairs.len();
+        self.buffered.extend(pairs);
+        Ok(())
+    }
+
+    /// Drops the pairs in `[begin, end)` (a cleared span) without reading
+    /// the rest of it from the engine.
+    fn skip(&mut self, begin: &[u8], end: &[u8]) {
+        if self.reverse {
+            while self.buffered.front().is_some_and(|(k, _)| &k[..] >= begin) {
+                self.buffered.pop_front();
+            }
+            if begin < &self.upper[..] {
+                self.upper = begin.to_vec();
+            }
+        } else {
+            while self.buffered.front().is_some_and(|(k, _)| &k[..] < end) {
+                self.buffered.pop_front();
+            }
+            if end > &self.lower[..] {
+                self.lower = end.to_vec();
+            }
+        }
+        self.drained |= self.lower >= self.upper;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+    use super::*;
+    use crate::mem_engine::MemEngine;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn set(key: &str, value: &str) -> Mutation {
+        Mutation::SetValue {
+            key: b(key),
+            value: b(value),
+        }
+    }
+
+    fn clear(begin: &str, end: &str) -> Mutation {
+        Mutation::ClearRange {
+            begin: b(begin),
+            end: b(end),
+        }
+    }
+
+    fn keys(pairs: Vec<(Bytes, Bytes)>) -> Vec<Bytes> {
+        pairs.into_iter().map(|(k, _)| k).collect()
+    }
+
+    fn store(config: WindowConfig) -> VersionedStore<MemEngine> {
+        VersionedStore::open(Arc::new(MemEngine::new()), config).unwrap()
+    }
+
+    /// A `MemEngine` that counts the pairs its range reads return.
+    #[derive(Default)]
+    struct CountingEngine {
+        inner: MemEngine,
+        pairs_read: AtomicUsize,
+    }
+
+    impl KvEngine for CountingEngine {
+        fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+            self.inner.get(key)
+        }
+        fn range(
+            &self,
+            begin: &[u8],
+            end: &[u8],
+            limit: usize,
+            reverse: bool,
+        ) -> Result<Vec<(Bytes, Bytes)>, EngineError> {
+            let pairs = self.inner.range(begin, end, limit, reverse)?;
+            self.pairs_read
+                .fetch_add(pairs.len(), AtomicOrdering::Relaxed);
+            Ok(pairs)
+        }
+        fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
+            self.inner.write(batch)
+        }
+        fn metadata(&self, name: &str) -> Result<Option<Bytes>, EngineError> {
+            self.inner.metadata(name)
+        }
+        fn max_key_len(&self) -> usize {
+            self.inner.max_key_len()
+        }
+    }
+
+    #[test]
+    fn open_reads_the_durable_version() {
+        let engine = Arc::new(MemEngine::new());
+        let mut first = VersionedStore::open(engine.clone(), WindowConfig::default()).unwrap();
+        first.apply(Version(7), &set("k", "v")).unwrap();
+        first.set_applied(Version(9));
+        assert_eq!(first.flush_to(Version::MAX, &[]).unwrap(), Version(9));
+        let second = VersionedStore::open(engine, WindowConfig::default()).unwrap();
+        assert_eq!(second.durable_version(), Version(9));
+        assert_eq!(second.applied_version(), Version(9));
+        assert_eq!(second.get(b"k", Version(9)).unwrap(), Some(b("v")));
+    }
+
+    #[test]
+    fn a_malformed_durable_version_is_corrupt() {
+        let engine = Arc::new(MemEngine::new());
+        let mut batch = WriteBatch::new();
+        batch.set_metadata(DURABLE_VERSION_METADATA, b("short"));
+        engine.write(batch).unwrap();
+        assert!(matches!(
+            VersionedStore::open(engine, WindowConfig::default()),
+            Err(StoreError::Engine(EngineError::Corrupt { .. }))
+        ));
+    }
+
+    #[test]
+    fn mutations_must_come_in_version_order() {
+        let mut store = store(WindowConfig::default());
+        store.apply(Version(5), &set("a", "1")).unwrap();
+        store.apply(Version(5), &set("b", "1")).unwrap();
+        assert!(matches!(
+            store.apply(Version(4), &set("a", "2")),
+            Err(StoreError::VersionOrder { .. })
+        ));
+        store.set_applied(Version(5));
+        assert!(matches!(
+            store.apply(Version(5), &set("a", "2")),
+            Err(StoreError::VersionOrder { .. })
+        ));
+        let long = "k".repeat(store.engine().max_key_len() + 1);
+        assert!(matches!(
+            store.apply(Version(6), &set(&long, "v")),
+            Err(StoreError::KeyTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_are_limited_to_the_window() {
+        let mut store = store(WindowConfig::default());
+        store.apply(Version(3), &set("k", "v")).unwrap();
+        assert!(matches!(
+            store.get(b"k", Version(3)),
+            Err(ReadError::FutureVersion { .. })
+        ));
+        store.set_applied(Version(3));
+        assert_eq!(store.get(b"k", Version(3)).unwrap(), Some(b("v")));
+        assert_eq!(store.get(b"k", Version(2)).unwrap(), None);
+        store.flush_to(Version(3), &[]).unwrap();
+        assert!(matches!(
+            store.get(b"k", Version(2)),
+            Err(ReadError::TooOld {
+                version: Version(2),
+                oldest: Version(3)
+            })
+        ));
+    }
+
+    #[test]
+    fn window_clears_hide_engine_keys_without_reading_through_them() {
+        let engine = Arc::new(CountingEngine::default());
+        let mut store = VersionedStore::open(engine.clone(), WindowConfig::default()).unwrap();
+        for i in 0..100 {
+            store
+                .apply(Version(1), &set(&format!("k{i:02}"), "e"))
+                .unwrap();
+        }
+        store.set_applied(Version(1));
+        store.flush_to(Version(1), &[]).unwrap();
+        store.apply(Version(2), &clear("k10", "k90")).unwrap();
+        store.apply(Version(2), &set("k50", "w")).unwrap();
+        store.set_applied(Version(2));
+
+        let forward = store.get_range(b"k05", b"z", 7, false, Version(2)).unwrap();
+        let expected = ["k05", "k06", "k07", "k08", "k09", "k50", "k90"].map(b);
+        assert_eq!(keys(forward), expected);
+        let backward = store.get_range(b"k", b"k91", 4, true, Version(2)).unwrap();
+        assert_eq!(keys(backward), ["k90", "k50", "k09", "k08"].map(b));
+        // At version 1 the clear is invisible.
+        let before = store
+            .get_range(b"k10", b"k90", 1000, false, Version(1))
+            .unwrap();
+        assert_eq!(before.len(), 80);
+        assert_eq!(store.get(b"k20", Version(2)).unwrap(), None);
+        assert_eq!(store.get(b"k20", Version(1)).unwrap(), Some(b("e")));
+
+        // The first chunk is as big as the limit; after the span is met the
+        // scan resumes at its end instead of reading the 80 cleared keys.
+        engine.pairs_read.store(0, AtomicOrdering::Relaxed);
+        let all = store.get_range(b"", b"z", 21, false, Version(2)).unwrap();
+        assert_eq!(all.len(), 21);
+        let read = engine.pairs_read.load(AtomicOrdering::Relaxed);
+        assert!(read < 40, "read {read} engine pairs for 21 results");
+    }
+
+    #[test]
+    fn flush_by_versions_keeps_the_newest_span() {
+        let config = WindowConfig {
+            max_versions: 10,
+            max_bytes: u64::MAX,
+        };
+        let mut store = store(config);
+        for v in 1..=30 {
+            store
+                .apply(Version(v), &set(&format!("k{v:02}"), "v"))
+                .unwrap();
+            store.set_applied(Version(v));
+        }
+        store.apply(Version(31), &set("in progress", "v")).unwrap();
+        assert!(store.should_flush());
+        assert_eq!(store.flush(&[]).unwrap(), Version(20));
+        assert!(!store.should_flush());
+        assert_eq!(store.get(b"k20", Version(20)).unwrap(), Some(b("v")));
+        assert_eq!(store.get(b"k21", Version(20)).unwrap(), None);
+        assert_eq!(store.get(b"k21", Version(21)).unwrap(), Some(b("v")));
+        assert_eq!(store.engine().get(b"k21").unwrap(), None);
+        assert_eq!(store.engine().get(b"k20").unwrap(), Some(b("v")));
+    }
+
+    #[test]
+    fn flush_by_bytes_stays_within_the_budget() {
+        let config = WindowConfig {
+            max_versions: u64::MAX,
+            max_bytes: 10_000,
+        };
+        let mut store = store(config);
+        let value = "x".repeat(1000);
+        for v in 1..=20 {
+            store
+                .apply(Version(v), &set(&format!("k{v:02}"), &value))
+                .unwrap();
+            store.set_applied(Version(v));
+        }
+        assert!(store.window_bytes() > 10_000);
+        assert!(store.should_flush());
+        let durable = store.flush(&[]).unwrap();
+        assert!(durable < Version(20));
+        assert!(store.window_bytes() <= 10_000);
+        assert!(!store.should_flush());
+    }
+
+    #[test]
+    fn bytes_of_a_version_in_progress_are_not_flushable() {
+        let config = WindowConfig {
+            max_versions: u64::MAX,
+            max_bytes: 100,
+        };
+        let mut store = store(config);
+        store
+            .apply(Version(1), &set("k", &"x".repeat(1000)))
+            .unwrap();
+        assert!(!store.should_flush());
+        assert_eq!(store.flush(&[]).unwrap(), Version::ZERO);
+    }
+
+    #[test]
+    fn flush_records_metadata_and_refuses_reserved_names() {
+        let mut store = store(WindowConfig::default());
+        store.set_applied(Version(4));
+        let extra = [("team_set", b("1,2"))];
+        assert_eq!(store.flush_to(Version(4), &extra).unwrap(), Version(4));
+        let engine = store.engine();
+        assert_eq!(engine.metadata("team_set").unwrap(), Some(b("1,2")));
+        assert_eq!(
+            engine.metadata(DURABLE_VERSION_METADATA).unwrap(),
+            Some(Bytes::copy_from_slice(&4u64.to_le_bytes()))
+        );
+        for name in [DURABLE_VERSION_METADATA, FORMAT_METADATA] {
+            assert!(matches!(
+                store.flush_to(Version(4), &[(name, b("x"))]),
+                Err(StoreError::ReservedMetadata(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_keeps_the_window() {
+        let mut store = store(WindowConfig::default());
+        store.apply(Version(1), &set("k", "v")).unwrap();
+        store.set_applied(Version(1));
+        store.engine().fail_next_write();
+        assert!(matches!(
+            store.flush_to(Version(1), &[]),
+            Err(StoreError::Engine(EngineError::InjectedFault(_)))
+        ));
+        assert_eq!(store.durable_version(), Version::ZERO);
+        assert_eq!(store.get(b"k", Version(1)).unwrap(), Some(b("v")));
+        assert!(matches!(
+            store.get(b"other", Version(1)),
+            Err(ReadError::Engine(EngineError::Poisoned { .. }))
+        ));
+    }
+}
