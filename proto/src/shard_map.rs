@@ -120,7 +120,8 @@ impl ShardMap {
     }
 
     pub fn decode(mut bytes: &[u8]) -> Result<ShardMap, ShardMapError> {
-        let truncated = ShardMapError::Malformed(SystemKeyError::MalformedAssignment("shard map truncated"));
+        let truncated =
+            ShardMapError::Malformed(SystemKeyError::MalformedAssignment("shard map truncated"));
         let mut take = |n: usize| -> Result<&[u8], ShardMapError> {
             if bytes.len() < n {
                 return Err(truncated.clone());
@@ -138,7 +139,9 @@ impl ShardMap {
             entries.push((begin, ShardAssignment::decode(take(len)?)?));
         }
         if !bytes.is_empty() {
-            return Err(ShardMapError::Malformed(SystemKeyError::MalformedAssignment("trailing bytes")));
+            return Err(ShardMapError::Malformed(
+                SystemKeyError::MalformedAssignment("trailing bytes"),
+            ));
         }
         ShardMap::new(entries)
     }
