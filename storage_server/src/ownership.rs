@@ -81,10 +81,17 @@ impl Ownership {
             .unwrap_or_default()
     }
 
+    /// The map that routed the mutations of `version`: a change committed at
+    /// `V` routes from `V + 1` on, as the proxies tag `V` with the map before
+    /// `V`'s own changes.
+    fn routing_map_at(&self, version: Version) -> Option<ShardMap> {
+        self.map.at(Version(version.0.saturating_sub(1)))
+    }
+
     /// Whether every key of `[begin, end)` belongs, at `version`, to a shard
     /// whose source teams include one of this server's teams.
     pub fn owns(&self, begin: &[u8], end: &[u8], version: Version) -> bool {
-        let Some(map) = self.map.at(version) else {
+        let Some(map) = self.routing_map_at(version) else {
             return false;
         };
         let teams = self.teams_at(version);
@@ -97,7 +104,7 @@ impl Ownership {
 
     /// Whether `key` is owned at `version`.
     pub fn owns_key(&self, key: &[u8], version: Version) -> bool {
-        let Some(map) = self.map.at(version) else {
+        let Some(map) = self.routing_map_at(version) else {
             return false;
         };
         let teams = self.teams_at(version);
