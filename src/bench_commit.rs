@@ -38,6 +38,9 @@ pub struct CommitBenchArgs {
     /// Value bytes per mutation.
     #[arg(long, default_value_t = 100)]
     pub value_bytes: usize,
+    /// Extra arguments for the proxies (e.g. `--batch-interval-us=500`).
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    pub proxy_args: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +68,7 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
+        proxy_args: args.proxy_args.clone(),
         storage: false,
         ..ClusterSpec::default()
     };

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_commit;
+pub mod bench_storage;
 pub mod client;
 pub mod client_cli;
 pub mod cluster;

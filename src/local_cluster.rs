@@ -30,6 +30,8 @@ pub struct ClusterSpec {
     pub shard_begins: Vec<String>,
     /// Extra arguments for every TLog.
     pub tlog_args: Vec<String>,
+    /// Extra arguments for every proxy.
+    pub proxy_args: Vec<String>,
     /// Whether to start the storage servers.
     pub storage: bool,
     /// Extra arguments for every storage server.
@@ -47,6 +49,7 @@ impl Default for ClusterSpec {
             broadcast: true,
             shard_begins: Vec::new(),
             tlog_args: Vec::new(),
+            proxy_args: Vec::new(),
             storage: true,
             storage_args: Vec::new(),
         }
@@ -159,13 +162,14 @@ impl LocalCluster {
         let sequencer_addr = local.cluster.sequencer.address;
         local.sequencer = Some(ChildProcess::spawn_listening(exe, &args, sequencer_addr).await?);
         for proxy in local.cluster.proxies.clone() {
-            let args = vec![
+            let mut args: Vec<OsString> = vec![
                 "proxy".into(),
                 "--cluster".into(),
                 cluster_arg.clone(),
                 "--id".into(),
                 proxy.id.to_string().into(),
             ];
+            args.extend(spec.proxy_args.iter().map(OsString::from));
             local
                 .proxies
                 .push(ChildProcess::spawn_listening(exe, &args, proxy.address).await?);

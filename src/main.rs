@@ -43,6 +43,8 @@ enum BenchCommand {
     Tlog(teamlog::bench::TLogBenchArgs),
     /// Commits/s and latency through a local cluster, next to the TLog-only ceiling.
     Commit(teamlog::bench_commit::CommitBenchArgs),
+    /// A storage server catching up from a preloaded TLog, next to raw heed; then reads.
+    Storage(teamlog::bench_storage::StorageBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -69,5 +71,8 @@ fn main() -> Result<()> {
         Command::Bench {
             which: BenchCommand::Commit(args),
         } => runtime.block_on(teamlog::bench_commit::run(args)),
+        Command::Bench {
+            which: BenchCommand::Storage(args),
+        } => runtime.block_on(teamlog::bench_storage::run(args)),
     }
 }

@@ -56,6 +56,13 @@ pub struct ProxyArgs {
     /// This proxy's id in the cluster file.
     #[arg(long)]
     pub id: u64,
+    /// While other batches are in flight, how long a new batch waits for
+    /// more commits (microseconds; 0 takes what is queued).
+    #[arg(long, default_value_t = 0)]
+    pub batch_interval_us: u64,
+    /// Batches in flight at once; while all are, commits queue into the next.
+    #[arg(long, default_value_t = 8)]
+    pub max_batches_in_flight: usize,
 }
 
 pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
@@ -80,13 +87,15 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     let cluster = ClusterFile::load(&args.cluster)?;
     let entry = cluster.proxy(args.id)?;
     let addr = entry.address;
-    let config = ProxyConfig::new(
+    let mut config = ProxyConfig::new(
         ProxyId(args.id),
         cluster.sequencer.address,
         cluster.tlog_addresses(),
         cluster.topology(),
         cluster.shard_map()?,
     );
+    config.batch_interval = Duration::from_micros(args.batch_interval_us);
+    config.max_batches_in_flight = args.max_batches_in_flight.max(1);
     let service = ProxyService::start(config, STARTUP_TIMEOUT).await?;
     let listener = TcpListener::bind(addr)
         .await

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use teamlog::client::Client;
 use teamlog::cluster::ClusterFile;
 use teamlog::local_cluster::{ClusterSpec, LocalCluster};
-use teamlog::workload::read_team_entries;
+use teamlog::workload::{read_team_entries, seed_from_env};
 
 /// Shards start at these keys; shard i belongs to team i + 1 (until moved).
 const BEGINS: [&str; 6] = ["", "c", "f", "i", "l", "o"];
@@ -106,11 +106,7 @@ fn client_of_proxy(cluster: &ClusterFile, id: u64) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Result<()> {
-    let seed: u64 = std::env::var("TEAMLOG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed={seed} (set TEAMLOG_SEED to reproduce)");
+    let seed = seed_from_env();
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
     let local = LocalCluster::start(exe, dir.path(), &spec()).await?;
@@ -302,11 +298,7 @@ struct Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result<()> {
-    let seed: u64 = std::env::var("TEAMLOG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed={seed} (set TEAMLOG_SEED to reproduce)");
+    let seed = seed_from_env();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));

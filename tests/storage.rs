@@ -19,20 +19,13 @@ use rand::{Rng, SeedableRng};
 use teamlog::client::{Client, ClientError};
 use teamlog::cluster::ClusterFile;
 use teamlog::local_cluster::{ClusterSpec, LocalCluster};
+use teamlog::workload::seed_from_env;
 
 /// Shards: ["", "h") team 1, ["h", "p") team 2, ["p", \xff) team 3.
 const BOUNDS: [&[u8]; 4] = [b"", b"h", b"p", b"\xff"];
 
 type Model = BTreeMap<Bytes, Bytes>;
 
-fn seed() -> u64 {
-    let seed = std::env::var("TEAMLOG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed={seed} (set TEAMLOG_SEED to reproduce)");
-    seed
-}
 
 fn spec() -> ClusterSpec {
     ClusterSpec {
@@ -135,7 +128,7 @@ async fn check_all_servers(cluster: &ClusterFile, model: &Model, version: Versio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_at_every_version_match_the_model_across_flushes_and_restarts() -> Result<()> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
     let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
@@ -215,7 +208,7 @@ async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() -> Result<(
         .ok()
         .and_then(|k| k.parse().ok())
         .unwrap_or(20);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
     let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
@@ -300,7 +293,7 @@ async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_team_change_starts_and_stops_exactly_at_its_version() -> Result<()> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
     let spec = ClusterSpec {

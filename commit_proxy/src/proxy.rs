@@ -46,6 +46,9 @@ pub struct ProxyConfig {
     pub shards: ShardMap,
     pub limits: Limits,
     /// While other batches are in flight, how long a batch waits for more.
+    /// Zero takes what is queued: with `max_batches_in_flight` batches out,
+    /// commits queue into the next one, which batches by load without a
+    /// timer (tokio's timers tick in milliseconds).
     pub batch_interval: Duration,
     pub max_batch_bytes: usize,
     pub max_batches_in_flight: usize,
@@ -68,7 +71,7 @@ impl ProxyConfig {
             topology,
             shards,
             limits: Limits::default(),
-            batch_interval: Duration::from_micros(500),
+            batch_interval: Duration::ZERO,
             max_batch_bytes: 8 << 20,
             max_batches_in_flight: 8,
             shard_history: 10_000_000,
@@ -312,7 +315,7 @@ async fn run_batcher(inner: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Pe
                 Err(_) => break,
             }
         }
-        if busy {
+        if busy && !config.batch_interval.is_zero() {
             // Others are in flight: a short wait makes batches larger.
             let deadline = tokio::time::Instant::now() + config.batch_interval;
             while bytes < config.max_batch_bytes {
