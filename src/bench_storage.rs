@@ -96,7 +96,12 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
     let record_bytes = (17 + args.value_bytes) as f64;
 
     // Preload the TLog.
-    let tlog = TLogProcess::start("127.0.0.1:0".parse()?, &temp.path().join("tlog"), TLogConfig::default()).await?;
+    let tlog = TLogProcess::start(
+        "127.0.0.1:0".parse()?,
+        &temp.path().join("tlog"),
+        TLogConfig::default(),
+    )
+    .await?;
     let tlog_addr = tlog.local_addr;
     let (stop_tlog, tlog_stopped) = tokio::sync::oneshot::channel::<()>();
     let tlog_task = tokio::spawn(tlog.serve(async {
@@ -104,7 +109,9 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
     }));
     let client = RpcClient::connect(tlog_addr, Default::default()).await?;
     for (team, servers) in [(TEAM, vec![SERVER]), (PRIVATE_TEAM, vec![SERVER])] {
-        client.register_team(RegisterTeamRequest { team, servers }).await?;
+        client
+            .register_team(RegisterTeamRequest { team, servers })
+            .await?;
     }
     let commits = args.mutations.div_ceil(PER_VERSION);
     let mut pushes = Vec::new();
@@ -128,7 +135,9 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
             }],
         };
         let client = client.clone();
-        pushes.push(tokio::spawn(async move { client.tlog_commit(request).await }));
+        pushes.push(tokio::spawn(
+            async move { client.tlog_commit(request).await },
+        ));
         if pushes.len() >= 64 {
             for push in pushes.drain(..) {
                 push.await??;
@@ -139,7 +148,10 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
         push.await??;
     }
     let last = Version(commits * VERSION_STEP);
-    println!("preloaded {} mutations of {} value bytes in {commits} versions", args.mutations, args.value_bytes);
+    println!(
+        "preloaded {} mutations of {} value bytes in {commits} versions",
+        args.mutations, args.value_bytes
+    );
 
     // Catch up.
     let engine = Arc::new(HeedEngine::open(&temp.path().join("storage"), 64 << 30)?);
@@ -163,7 +175,10 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
     let service = StorageService::start(engine, config)?;
     let deadline = started + Duration::from_secs(600);
     while service.applied_version() < last {
-        anyhow::ensure!(Instant::now() < deadline, "the storage server did not catch up in 10 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the storage server did not catch up in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -217,7 +232,10 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let total = args.mutations;
     let mut reads = Vec::new();
-    println!("{:>7} {:>10} | {:>9} {:>8} {:>8}", "readers", "kind", "ops/s", "p50 us", "p99 us");
+    println!(
+        "{:>7} {:>10} | {:>9} {:>8} {:>8}",
+        "readers", "kind", "ops/s", "p50 us", "p99 us"
+    );
     for &readers in &args.readers {
         for kind in ["get", "range100"] {
             let reader = reader.clone();
@@ -226,7 +244,10 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
                 async move {
                     let k = key((n * 7919 + worker as u64 * 104_729) % total);
                     let request = if kind == "get" {
-                        Message::GetValue(GetValueRequest { key: k, version: last })
+                        Message::GetValue(GetValueRequest {
+                            key: k,
+                            version: last,
+                        })
                     } else {
                         Message::GetRange(GetRangeRequest {
                             begin: k,
@@ -246,7 +267,11 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
                 "{:>7} {:>10} | {:>9.0} {:>8.0} {:>8.0}",
                 readers, kind, figures.ops_per_s, figures.p50_us, figures.p99_us
             );
-            reads.push(ReadCell { readers, kind, figures });
+            reads.push(ReadCell {
+                readers,
+                kind,
+                figures,
+            });
         }
     }
     let _ = stop_reads.send(());

@@ -26,7 +26,6 @@ const BOUNDS: [&[u8]; 4] = [b"", b"h", b"p", b"\xff"];
 
 type Model = BTreeMap<Bytes, Bytes>;
 
-
 fn spec() -> ClusterSpec {
     ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
