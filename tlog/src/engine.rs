@@ -17,14 +17,15 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use proto::block::TeamBlock;
-use proto::{StorageServerId, StorageTeamId, Version};
+use proto::{StorageTeamId, Version};
 
 use crate::log::{LogPosition, RecordLocation};
 use crate::record::{CommitRecord, Metadata, Record};
 use crate::store::SegmentId;
-use crate::team::{team_popped, TeamState};
+use crate::team::TeamState;
 
 mod peek;
+mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -628,68 +629,6 @@ impl<T> TLogCore<T> {
         }
     }
 
-    fn refresh_popped(&mut self, team: StorageTeamId) {
-        let popped = team_popped(&self.meta, team);
-        if let Some(state) = self.teams.get_mut(&team) {
-            state.popped = popped;
-            self.memory_bytes -= state.discard_below(popped);
-        }
-    }
-
-    pub fn pop(
-        &mut self,
-        team: StorageTeamId,
-        server: StorageServerId,
-        version: Version,
-    ) -> Result<Vec<Action<T>>, CoreError> {
-        if !self.teams.contains_key(&team) {
-            return Err(CoreError::UnknownTeam(team));
-        }
-        let mut actions = Vec::new();
-        if self
-            .meta
-            .pops
-            .get(&(team, server))
-            .is_some_and(|v| *v >= version)
-        {
-            return Ok(actions);
-        }
-        let record = Record::Pop {
-            team,
-            server,
-            version,
-        };
-        self.meta.apply(&record);
-        self.append(record, &mut actions);
-        self.refresh_popped(team);
-        actions.extend(self.truncation_actions());
-        Ok(actions)
-    }
-
-    /// Declares the servers of a team; its data is discarded only once all
-    /// of them popped past it. Answered once durable, because a lost
-    /// registration would let one server's pops discard what another needs.
-    pub fn register_team(
-        &mut self,
-        team: StorageTeamId,
-        servers: Vec<StorageServerId>,
-        token: T,
-    ) -> Vec<Action<T>> {
-        let mut actions = Vec::new();
-        if self.poisoned {
-            actions.push(Action::RegisterDone(token, Err(CoreError::Poisoned)));
-            return actions;
-        }
-        let record = Record::Register { team, servers };
-        self.meta.apply(&record);
-        let seq = self.append(record, &mut actions);
-        self.barriers.push((seq, Barrier::Register(token)));
-        self.teams.entry(team).or_default();
-        self.refresh_popped(team);
-        actions.extend(self.truncation_actions());
-        actions
-    }
-
     /// Ends the epoch. The answer comes once every accepted commit and the
     /// lock itself are durable.
     pub fn lock(&mut self, token: T) -> Vec<Action<T>> {
@@ -721,65 +660,6 @@ impl<T> TLogCore<T> {
             end_version: self.durable_version,
             known_committed_version: self.meta.known_committed_version,
         }
-    }
-
-    /// Removes the oldest segments whose every team popped past them.
-    fn truncation_actions(&mut self) -> Vec<Action<T>> {
-        let Some(newest) = self.segments.keys().next_back().copied() else {
-            return Vec::new();
-        };
-        let mut keep_from = None;
-        for (id, summary) in &self.segments {
-            let removable = *id < newest
-                && summary
-                    .teams
-                    .iter()
-                    .all(|(team, (_, last))| self.popped_of(*team) > *last);
-            if !removable {
-                keep_from = Some(*id);
-                break;
-            }
-        }
-        let Some(keep_from) = keep_from else {
-            return Vec::new();
-        };
-        if self.segments.first_key_value().map(|(id, _)| *id) == Some(keep_from) {
-            return Vec::new();
-        }
-        self.segments = self.segments.split_off(&keep_from);
-        self.checkpoints.retain(|_, p| p.segment >= keep_from);
-        vec![Action::RemoveSegmentsBefore(keep_from)]
-    }
-
-    fn popped_of(&self, team: StorageTeamId) -> Version {
-        self.teams.get(&team).map(|t| t.popped).unwrap_or_default()
-    }
-
-    /// Per team: popped version, bytes in the retained log, registered servers.
-    pub fn team_report(&self) -> Vec<(StorageTeamId, Version, u64, Vec<StorageServerId>)> {
-        self.teams
-            .iter()
-            .map(|(team, state)| {
-                let bytes = self
-                    .segments
-                    .values()
-                    .filter_map(|s| s.teams.get(team).map(|(b, _)| *b))
-                    .sum();
-                let servers = self.meta.registered.get(team).cloned().unwrap_or_default();
-                (*team, state.popped, bytes, servers)
-            })
-            .collect()
-    }
-
-    /// The team whose unpopped data keeps the oldest segment from being removed.
-    pub fn truncation_blocker(&self) -> Option<StorageTeamId> {
-        let (_, oldest) = self.segments.first_key_value()?;
-        oldest
-            .teams
-            .iter()
-            .filter(|(team, (_, last))| self.popped_of(**team) <= *last)
-            .min_by_key(|(team, _)| self.popped_of(**team))
-            .map(|(team, _)| *team)
     }
 }
 
