@@ -4,11 +4,13 @@
 //! ```text
 //!  Client ─commit─▶ a proxy (round robin; the next one if it cannot be reached)
 //!         ─read_version─▶ the sequencer
-//!         ─get(key, v)─▶ a proxy: which shard, which teams? ─▶ one of the
-//!                        team's servers (the next on failure or wrong_shard_server)
+//!         ─get(key, v)─▶ a proxy: which shard, which teams? (cached) ─▶ one of
+//!                        the team's servers (the next on failure; on
+//!                        wrong_shard_server everywhere, ask the proxy again)
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use std::collections::BTreeMap;
 
@@ -44,10 +46,14 @@ pub struct Client {
     proxies: Vec<Peer>,
     sequencer: Peer,
     servers: BTreeMap<StorageServerId, Peer>,
+    /// Shard locations learned from proxies, by shard begin; an entry is
+    /// dropped when a server answers `wrong_shard_server` for it.
+    locations: Mutex<BTreeMap<Bytes, Location>>,
     next: AtomicUsize,
 }
 
 /// A shard and the servers that can answer for it.
+#[derive(Clone)]
 struct Location {
     begin: Bytes,
     end: Bytes,
@@ -65,6 +71,7 @@ impl Client {
                 .iter()
                 .map(|s| (StorageServerId(s.id), peer(s.address)))
                 .collect(),
+            locations: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
         }
     }
@@ -119,12 +126,24 @@ impl Client {
 
     /// The value of `key` at `version`.
     pub async fn get(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ClientError> {
-        let location = self.locate(key, version).await?;
         let request = Message::GetValue(GetValueRequest {
             key: Bytes::copy_from_slice(key),
             version,
         });
-        match self.ask_servers(&location, request).await? {
+        let mut location = self.locate(key, version).await?;
+        let reply = match self.ask_servers(&location, request.clone()).await {
+            Err(ClientError::Read {
+                code: ErrorCode::WrongShardServer,
+                ..
+            }) => {
+                // The cached location is stale: ask a proxy again, once.
+                self.forget(&location);
+                location = self.locate(key, version).await?;
+                self.ask_servers(&location, request).await?
+            }
+            other => other?,
+        };
+        match reply {
             Message::GetValueReply(reply) => Ok(reply.value),
             other => Err(unexpected(other)),
         }
@@ -133,6 +152,27 @@ impl Client {
     /// Up to `limit` pairs of `[begin, end)` at `version`, ascending (or
     /// descending when `reverse`), and whether more remain.
     pub async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        version: Version,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        match self.get_range_once(begin, end, limit, reverse, version).await {
+            Err(ClientError::Read {
+                code: ErrorCode::WrongShardServer,
+                ..
+            }) => {
+                // Some cached location is stale: ask the proxies again, once.
+                self.forget_range(begin, end);
+                self.get_range_once(begin, end, limit, reverse, version).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_range_once(
         &self,
         begin: &[u8],
         end: &[u8],
@@ -174,7 +214,36 @@ impl Client {
         Ok((pairs, false))
     }
 
+    fn cache(&self) -> MutexGuard<'_, BTreeMap<Bytes, Location>> {
+        self.locations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget(&self, location: &Location) {
+        self.cache().remove(&location.begin);
+    }
+
+    fn forget_range(&self, begin: &[u8], end: &[u8]) {
+        self.cache()
+            .retain(|_, l| l.end.as_ref() <= begin || l.begin.as_ref() >= end);
+    }
+
+    /// The shard holding `key`: cached, or asked of a proxy.
     async fn locate(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
+        let cached = self
+            .cache()
+            .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+            .next_back()
+            .map(|(_, l)| l.clone())
+            .filter(|l| key < l.end.as_ref());
+        if let Some(location) = cached {
+            return Ok(location);
+        }
+        let location = self.fetch_location(key, version).await?;
+        self.cache().insert(location.begin.clone(), location.clone());
+        Ok(location)
+    }
+
+    async fn fetch_location(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
         let request = GetKeyLocationRequest {
             key: Bytes::copy_from_slice(key),
             version,
