@@ -159,14 +159,18 @@ impl Client {
         reverse: bool,
         version: Version,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
-        match self.get_range_once(begin, end, limit, reverse, version).await {
+        match self
+            .get_range_once(begin, end, limit, reverse, version)
+            .await
+        {
             Err(ClientError::Read {
                 code: ErrorCode::WrongShardServer,
                 ..
             }) => {
                 // Some cached location is stale: ask the proxies again, once.
                 self.forget_range(begin, end);
-                self.get_range_once(begin, end, limit, reverse, version).await
+                self.get_range_once(begin, end, limit, reverse, version)
+                    .await
             }
             other => other,
         }
@@ -192,23 +196,34 @@ impl Client {
             shards.reverse();
         }
         let mut pairs = Vec::new();
-        for location in &shards {
-            let left = limit - pairs.len();
-            let request = Message::GetRange(GetRangeRequest {
-                begin: Bytes::copy_from_slice(location.begin.as_ref().max(begin)),
-                end: Bytes::copy_from_slice(location.end.as_ref().min(end)),
-                limit: u32::try_from(left).unwrap_or(u32::MAX),
-                reverse,
-                version,
-            });
-            let reply = match self.ask_servers(location, request).await? {
-                Message::GetRangeReply(reply) => reply,
-                other => return Err(unexpected(other)),
-            };
-            pairs.extend(reply.pairs);
-            if pairs.len() >= limit {
-                let more = reply.more || !std::ptr::eq(location, shards.last().expect("non-empty"));
-                return Ok((pairs, more));
+        for (i, location) in shards.iter().enumerate() {
+            let mut lo = Bytes::copy_from_slice(location.begin.as_ref().max(begin));
+            let mut hi = Bytes::copy_from_slice(location.end.as_ref().min(end));
+            // A server returns at most a page per request: continue after
+            // the last pair until the shard is done or the limit is reached.
+            loop {
+                let request = Message::GetRange(GetRangeRequest {
+                    begin: lo.clone(),
+                    end: hi.clone(),
+                    limit: u32::try_from(limit - pairs.len()).unwrap_or(u32::MAX),
+                    reverse,
+                    version,
+                });
+                let reply = match self.ask_servers(location, request).await? {
+                    Message::GetRangeReply(reply) => reply,
+                    other => return Err(unexpected(other)),
+                };
+                let last_key = reply.pairs.last().map(|(k, _)| k.clone());
+                pairs.extend(reply.pairs);
+                if pairs.len() >= limit {
+                    let more = reply.more || i + 1 < shards.len();
+                    return Ok((pairs, more));
+                }
+                match (reply.more, last_key) {
+                    (true, Some(last)) if reverse => hi = last,
+                    (true, Some(last)) => lo = crate::trace::key_after(&last),
+                    _ => break,
+                }
             }
         }
         Ok((pairs, false))
@@ -239,7 +254,8 @@ impl Client {
             return Ok(location);
         }
         let location = self.fetch_location(key, version).await?;
-        self.cache().insert(location.begin.clone(), location.clone());
+        self.cache()
+            .insert(location.begin.clone(), location.clone());
         Ok(location)
     }
 

@@ -1,44 +1,55 @@
-//! `teamlog dev`: start a local cluster (TLogs, the sequencer with its
-//! resolver, commit proxies) as real processes, drive a commit workload
-//! through the client library, read every team back from the TLogs, and
-//! check that each acknowledged commit is there exactly once.
+//! `teamlog dev`: a whole local cluster as real processes — the sequencer
+//! with its resolver, 2 proxies, 3 TLogs (replication 2), 6 storage servers
+//! in 3 teams of 2, each with its private team — in a directory it creates
+//! or is given; with `--workload`, a generated (or given) trace replayed
+//! against it, checked against the trace's model at the end.
 //!
 //! ```text
-//!  dev ─spawns─▶ 3 × teamlog tlog, teamlog sequencer, 2 × teamlog proxy
-//!      ─commits─▶ Client ─▶ proxies ─▶ TLogs
-//!      ─peeks───▶ every team on one of its TLogs ─▶ check
+//!  dev ─spawns─▶ tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6
+//!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
+//!      Ctrl-C (or the workload's end): stop everything cleanly
 //! ```
+//!
+//! Run again on the same directory, it restarts the same cluster with its
+//! data.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use proto::system_keys::tlogs_for_team;
-use proto::transport::RpcClient;
-use proto::{Mutation, Version};
+use anyhow::{Context, Result};
 
-use crate::client::Client;
+use crate::generate::{GenerateArgs, Skew};
 use crate::local_cluster::{ClusterSpec, LocalCluster};
-use crate::workload::read_team;
+use crate::process::shutdown_signal;
+use crate::replay::{ReplayArgs, ReplayPath, TLogStoreKind};
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Data dir; a fresh temporary one when not given.
+    /// Data dir; a fresh temporary one (removed at the end) when not given.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Commits to drive.
-    #[arg(long, default_value_t = 5_000)]
-    pub commits: u64,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
+    /// Replay a workload against the cluster and check the data at the end.
+    #[arg(long)]
+    pub workload: bool,
+    /// The trace to replay; generated into the data dir when not given.
+    #[arg(long, requires = "workload")]
+    pub trace: Option<PathBuf>,
+    /// Seconds of generated workload.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Events per second of generated workload.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// Keep the cluster running after the workload, until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
 }
 
+/// The generated workload's seed: fixed, so a rerun on the same directory
+/// replays the same trace and its check still holds.
+const WORKLOAD_SEED: u64 = 42;
+
 pub async fn run(args: DevArgs) -> Result<()> {
-    let (_temp, dir) = match args.data_dir {
+    let (_temp, dir) = match args.data_dir.clone() {
         Some(dir) => (None, dir),
         None => {
             let temp = tempfile::tempdir().context("creating a temporary data dir")?;
@@ -52,88 +63,103 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &dir, &spec).await?;
-    let cluster = local.cluster.clone();
-    println!(
-        "local cluster in {} (cluster file {})",
-        dir.display(),
-        local.cluster_path.display()
-    );
+    print_cluster(&local);
+    let outcome = tokio::select! {
+        outcome = serve(&local, &args, &dir) => outcome,
+        () = shutdown_signal() => {
+            println!("interrupted: stopping the cluster");
+            Ok(())
+        }
+    };
+    local.stop().await?;
+    println!("stopped");
+    outcome
+}
+
+fn print_cluster(local: &LocalCluster) {
+    let cluster = &local.cluster;
+    println!("local cluster in {}", local.dir.display());
+    println!("  cluster file          {}", local.cluster_path.display());
     println!("  sequencer + resolver  {}", cluster.sequencer.address);
     for p in &cluster.proxies {
-        println!("  proxy {}               {}", p.id, p.address);
+        println!("  proxy {:<4}            {}", p.id, p.address);
     }
     for (i, t) in cluster.tlogs.iter().enumerate() {
-        println!("  tlog {i}                {}", t.address);
+        println!("  tlog {i:<4}             {}", t.address);
     }
+    for s in &cluster.storage_servers {
+        let team = cluster
+            .teams
+            .iter()
+            .find(|t| t.servers.contains(&s.id))
+            .map(|t| t.id);
+        println!(
+            "  storage {:<4}          {}  (team {}, private team {})",
+            s.id,
+            s.address,
+            team.map_or_else(|| "-".into(), |t| t.to_string()),
+            s.private_team
+        );
+    }
+}
 
-    let client = Arc::new(Client::new(&cluster));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..args.clients {
-        let client = client.clone();
-        let share = args.commits / args.clients as u64
-            + u64::from((worker as u64) < args.commits % args.clients as u64);
-        tasks.push(tokio::spawn(async move {
-            let mut done = Vec::with_capacity(share as usize);
-            for i in 0..share {
-                let key = Bytes::from(format!(
-                    "{}-{worker:03}-{i:06}",
-                    (b'a' + (i % 26) as u8) as char
-                ));
-                let set = Mutation::SetValue {
-                    key: key.clone(),
-                    value: Bytes::from_static(&[7u8; 100]),
-                };
-                let sent = Instant::now();
-                let version = client.commit(vec![set]).await?;
-                done.push((version, key, sent.elapsed()));
-            }
-            anyhow::Ok(done)
-        }));
-    }
-    let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    let mut latencies: Vec<_> = acked.iter().map(|(_, _, l)| *l).collect();
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    println!(
-        "{} commits by {} clients in {elapsed:.2?}: {:.0} commits/s, latency p50 {:.2?} p99 {:.2?}",
-        acked.len(),
-        args.clients,
-        acked.len() as f64 / elapsed.as_secs_f64(),
-        pct(0.5),
-        pct(0.99)
-    );
-
-    // Read every team back and find each acknowledged key exactly once.
-    let last = acked.iter().map(|(v, _, _)| *v).max().unwrap_or_default();
-    let mut found: BTreeMap<(Version, Bytes), usize> = BTreeMap::new();
-    let topology = cluster.topology();
-    for team in topology.teams.keys() {
-        let index = tlogs_for_team(*team, cluster.tlogs.len(), cluster.replication)[0];
-        let tlog = RpcClient::connect(cluster.tlogs[index].address, Default::default()).await?;
-        for (version, mutations) in read_team(&tlog, *team, Version(1), last).await? {
-            for mutation in mutations {
-                if let Mutation::SetValue { key, .. } = mutation {
-                    *found.entry((version, key)).or_default() += 1;
-                }
-            }
+/// Runs the workload if asked, then waits for Ctrl-C unless the workload
+/// was all that was asked for.
+async fn serve(local: &LocalCluster, args: &DevArgs, dir: &std::path::Path) -> Result<()> {
+    if args.workload {
+        let trace = match &args.trace {
+            Some(trace) => trace.clone(),
+            None => generate(dir, args)?,
+        };
+        let replay = ReplayArgs {
+            trace,
+            cluster: Some(local.cluster_path.clone()),
+            path: ReplayPath::Cluster,
+            tlog: TLogStoreKind::Mem,
+            dir: dir.to_path_buf(),
+            rate: None,
+            clients: None,
+            think_ms: 0.0,
+            visibility_sample: 10,
+            result: Some(dir.join("result.json")),
+            plot: Some(dir.join("plot.svg")),
+            check: true,
+            no_check: false,
+        };
+        crate::replay::run(replay).await?;
+        if !args.keep_running {
+            return Ok(());
         }
     }
-    for (version, key, _) in &acked {
-        match found.get(&(*version, key.clone())) {
-            Some(1) => {}
-            Some(n) => bail!("{key:?} at {version} is there {n} times"),
-            None => bail!("acknowledged {key:?} at {version} is missing"),
-        }
-    }
-    println!(
-        "read back {} teams: every acknowledged commit is there exactly once, in order",
-        topology.teams.len()
-    );
-    local.stop().await?;
+    let cluster = local.cluster_path.display();
+    println!("cluster ready; for example:");
+    println!("  teamlog client --cluster {cluster} set hello world");
+    println!("  teamlog client --cluster {cluster} get hello");
+    println!("  teamlog status --cluster {cluster}");
+    println!("Ctrl-C stops it");
+    std::future::pending::<()>().await;
     Ok(())
+}
+
+/// The default workload: 10,000 keys, Zipf-skewed, half reads, into
+/// DIR/trace.jsonl (kept when it is already there).
+fn generate(dir: &std::path::Path, args: &DevArgs) -> Result<PathBuf> {
+    let out = dir.join("trace.jsonl");
+    if out.exists() {
+        println!("replaying the existing {}", out.display());
+        return Ok(out);
+    }
+    crate::generate::run(GenerateArgs {
+        keys: 10_000,
+        value_bytes: (16, 256),
+        skew: Skew::Zipf(0.99),
+        reads: 0.5,
+        clears: 0.05,
+        mutations_per_commit: 4,
+        rate: args.rate,
+        duration: args.duration,
+        seed: Some(WORKLOAD_SEED),
+        out: out.clone(),
+    })?;
+    Ok(out)
 }

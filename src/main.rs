@@ -28,13 +28,30 @@ enum Command {
     Assign(teamlog::client_cli::AssignArgs),
     /// Commit mutations to a cluster.
     Client(teamlog::client_cli::ClientArgs),
+    /// Show every process of a cluster: health, versions, lag, TLog bytes per
+    /// team. Exits non-zero when any process is unhealthy.
+    Status(teamlog::status::StatusArgs),
     /// Start a local cluster and drive a commit workload through it.
     Dev(teamlog::dev::DevArgs),
+    /// Workload traces.
+    Workload {
+        #[command(subcommand)]
+        which: WorkloadCommand,
+    },
+    /// Replay a trace against a cluster (or straight into a TLog with `--path log`),
+    /// measure it and check the final data against the trace's model.
+    Replay(teamlog::replay::ReplayArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCommand {
+    /// Write a seeded synthetic trace (docs/TRACE_FORMAT.md).
+    Generate(teamlog::generate::GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,7 +81,12 @@ fn main() -> Result<()> {
         Command::Storage(args) => runtime.block_on(teamlog::roles::run_storage(args)),
         Command::Assign(args) => runtime.block_on(teamlog::client_cli::assign(args)),
         Command::Client(args) => runtime.block_on(teamlog::client_cli::run(args)),
+        Command::Status(args) => runtime.block_on(teamlog::status::run(args)),
         Command::Dev(args) => runtime.block_on(teamlog::dev::run(args)),
+        Command::Workload {
+            which: WorkloadCommand::Generate(args),
+        } => teamlog::generate::run(args),
+        Command::Replay(args) => runtime.block_on(teamlog::replay::run(args)),
         Command::Bench {
             which: BenchCommand::Tlog(args),
         } => runtime.block_on(teamlog::bench::run_tlog_bench(args)),

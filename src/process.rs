@@ -1,4 +1,5 @@
-//! Running a role as a process: arguments, signals, clean shutdown.
+//! Running a role as a process: arguments, signals, clean shutdown, and the
+//! optional metrics endpoint (`--metrics ADDR`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ pub struct TLogArgs {
     /// Write the bound address to this file once listening (for tools and tests).
     #[arg(long)]
     pub address_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl TLogArgs {
@@ -40,6 +44,7 @@ impl TLogArgs {
 }
 
 pub async fn run_tlog(args: TLogArgs) -> Result<()> {
+    start_metrics(args.metrics).await?;
     let process = TLogProcess::start(args.listen, &args.data_dir, args.config())
         .await
         .with_context(|| format!("starting tlog in {}", args.data_dir.display()))?;
@@ -50,6 +55,14 @@ pub async fn run_tlog(args: TLogArgs) -> Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "tlog listening");
     process.serve(shutdown_signal()).await?;
     tracing::info!("tlog stopped");
+    Ok(())
+}
+
+/// Serves the metrics endpoint when the role was asked to (`--metrics`).
+pub async fn start_metrics(addr: Option<SocketAddr>) -> Result<()> {
+    if let Some(addr) = addr {
+        crate::metrics::start_endpoint(addr).await?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `teamlog sequencer` and `teamlog proxy`: the commit path's processes,
 //! configured from the cluster file.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use storage_server::versioned::WindowConfig;
 use tokio::net::TcpListener;
 
 use crate::cluster::ClusterFile;
-use crate::process::shutdown_signal;
+use crate::process::{shutdown_signal, start_metrics};
 
 /// How long a starting role waits for the processes it depends on.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,6 +27,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct SequencerArgs {
     #[arg(long)]
     pub cluster: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,13 +44,16 @@ pub struct StorageArgs {
     pub data_dir: PathBuf,
     /// Address to listen on; the cluster file's address for this server by default.
     #[arg(long)]
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<SocketAddr>,
     /// Versions kept in memory before they are flushed (about 1,000,000 a second).
     #[arg(long, default_value_t = 5_000_000)]
     pub window_versions: u64,
     /// Bytes of recent versions kept in memory before they are flushed.
     #[arg(long, default_value_t = 64 << 20)]
     pub window_bytes: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,11 +70,15 @@ pub struct ProxyArgs {
     /// Batches in flight at once; while all are, commits queue into the next.
     #[arg(long, default_value_t = 8)]
     pub max_batches_in_flight: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
     let cluster = ClusterFile::load(&args.cluster)?;
     let addr = cluster.sequencer.address;
+    start_metrics(args.metrics).await?;
     // Bind first, so clients can connect (and wait) while the TLogs are asked.
     let listener = TcpListener::bind(addr)
         .await
@@ -87,6 +98,7 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     let cluster = ClusterFile::load(&args.cluster)?;
     let entry = cluster.proxy(args.id)?;
     let addr = entry.address;
+    start_metrics(args.metrics).await?;
     let mut config = ProxyConfig::new(
         ProxyId(args.id),
         cluster.sequencer.address,
@@ -116,6 +128,7 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
         .with_context(|| format!("no storage server {} in the cluster file", args.id))?;
     let addr = args.listen.unwrap_or(entry.address);
     let _lock = tlog::server::DataDirLock::acquire(&args.data_dir)?;
+    start_metrics(args.metrics).await?;
     let engine = HeedEngine::open(&args.data_dir.join("kv"), STORAGE_MAP_SIZE)
         .with_context(|| format!("opening the storage engine in {}", args.data_dir.display()))?;
     let teams = cluster

@@ -14,17 +14,24 @@
 //! Every version goes to every TLog, so each TLog's chain of versions has no
 //! gaps. A batch whose push fails answers `commit_unknown_result`: some TLogs
 //! may hold it.
+//!
+//! Metrics (through the `metrics` facade): `teamlog_proxy_commits_total`
+//! (acknowledged client commits), `teamlog_proxy_commit_failures_total`,
+//! `teamlog_proxy_commit_latency_seconds` (received → answered),
+//! `teamlog_proxy_batch_commits` and `teamlog_proxy_batch_bytes` (per batch),
+//! and `teamlog_proxy_known_committed_version`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{join_all, BoxFuture};
 use futures::FutureExt;
 use proto::rpc::{
     ClientCommitReply, ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply,
-    GetCommitVersionRequest, GetKeyLocationReply, GetKeyLocationRequest, Message,
+    GetCommitVersionRequest, GetKeyLocationReply, GetKeyLocationRequest, Message, ProxyStatusReply,
     RegisterTeamRequest, ReportCommittedRequest, ResolveRequest, TLogCommitRequest, TeamBlockData,
 };
 use proto::transport::{ClientConfig, Peer, RpcError, Service};
@@ -114,6 +121,8 @@ struct Inner {
     /// The sequence number of the last batch whose tagging is done.
     tagged_through: watch::Sender<u64>,
     queue: mpsc::Sender<Pending>,
+    /// Client commits acknowledged since the start, for the status.
+    commits: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -148,6 +157,7 @@ impl ProxyService {
             }),
             tagged_through: watch::channel(0).0,
             queue,
+            commits: AtomicU64::new(0),
             config,
         });
         tokio::spawn(run_batcher(Arc::downgrade(&inner), receiver));
@@ -182,7 +192,30 @@ impl ProxyService {
         Ok(GetKeyLocationReply { begin, end, teams })
     }
 
+    pub fn status(&self) -> ProxyStatusReply {
+        ProxyStatusReply {
+            proxy: self.inner.config.id,
+            known_committed_version: self.inner.ordered().known_committed,
+            commits: self.inner.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Commits one client batch, counting it in the metrics.
     pub async fn commit(&self, request: ClientCommitRequest) -> Result<Version, ErrorReply> {
+        let received = Instant::now();
+        let result = self.commit_unmeasured(request).await;
+        if result.is_ok() {
+            self.inner.commits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("teamlog_proxy_commits_total").increment(1);
+            metrics::histogram!("teamlog_proxy_commit_latency_seconds")
+                .record(received.elapsed().as_secs_f64());
+        } else {
+            metrics::counter!("teamlog_proxy_commit_failures_total").increment(1);
+        }
+        result
+    }
+
+    async fn commit_unmeasured(&self, request: ClientCommitRequest) -> Result<Version, ErrorReply> {
         validate(&request, &self.inner.config.limits)?;
         let metadata: Vec<Mutation> = request
             .mutations
@@ -231,6 +264,7 @@ impl Service for ProxyService {
                 Message::GetKeyLocation(request) => {
                     Ok(Message::GetKeyLocationReply(service.locate(&request)?))
                 }
+                Message::Status => Ok(Message::ProxyStatus(service.status())),
                 other => Err(ErrorReply::new(
                     ErrorCode::UnknownMessage,
                     format!("a commit proxy does not serve {}", other.name()),
@@ -331,6 +365,8 @@ async fn run_batcher(inner: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Pe
                 }
             }
         }
+        metrics::histogram!("teamlog_proxy_batch_commits").record(batch.len() as f64);
+        metrics::histogram!("teamlog_proxy_batch_bytes").record(bytes as f64);
         request_num += 1;
         let versions = match commit_versions(&inner, request_num).await {
             Ok(v) => v,
@@ -548,10 +584,12 @@ fn empty_version(team: StorageTeamId, version: Version) -> Bytes {
 }
 
 async fn report_committed(inner: &Inner, version: Version) {
-    {
+    let known_committed = {
         let mut ordered = inner.ordered();
         ordered.known_committed = ordered.known_committed.max(version);
-    }
+        ordered.known_committed
+    };
+    metrics::gauge!("teamlog_proxy_known_committed_version").set(known_committed.0 as f64);
     let request = ReportCommittedRequest {
         proxy: inner.config.id,
         version,

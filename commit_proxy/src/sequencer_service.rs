@@ -5,7 +5,13 @@
 //!  proxies ─get_commit_version / report_committed─▶ SequencerCore
 //!          ─resolve──────────────────────────────▶ ResolverCore (waits in version order)
 //!  clients ─get_read_version─────────────────────▶ SequencerCore
+//!  status  ─status───────────────────────────────▶ last and committed versions
 //! ```
+//!
+//! Metrics (through the `metrics` facade; a no-op unless the process installs
+//! a recorder): `teamlog_sequencer_last_version` and
+//! `teamlog_sequencer_committed_version`, set as versions are handed out and
+//! reported.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -15,7 +21,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use proto::clock::Clock;
-use proto::rpc::{ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply};
+use proto::rpc::{
+    ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply, SequencerStatusReply,
+};
 use proto::transport::{ClientConfig, RpcClient, Service};
 use proto::{ProxyId, Version};
 use tokio::sync::oneshot;
@@ -82,6 +90,14 @@ impl SequencerService {
         lock(&self.inner.sequencer).last_version()
     }
 
+    pub fn status(&self) -> SequencerStatusReply {
+        let sequencer = lock(&self.inner.sequencer);
+        SequencerStatusReply {
+            last_version: sequencer.last_version(),
+            committed_version: sequencer.read_version(),
+        }
+    }
+
     async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
         let inner = &self.inner;
         match request {
@@ -90,14 +106,21 @@ impl SequencerService {
                 let reply = lock(&inner.sequencer)
                     .commit_version(r.proxy, r.request_num, now)
                     .map_err(sequencer_error)?;
+                metrics::gauge!("teamlog_sequencer_last_version").set(reply.version.0 as f64);
                 Ok(Message::GetCommitVersionReply(reply))
             }
             Message::ReportCommitted(r) => {
-                lock(&inner.sequencer)
-                    .report_committed(r.version)
-                    .map_err(sequencer_error)?;
+                let committed = {
+                    let mut sequencer = lock(&inner.sequencer);
+                    sequencer
+                        .report_committed(r.version)
+                        .map_err(sequencer_error)?;
+                    sequencer.read_version()
+                };
+                metrics::gauge!("teamlog_sequencer_committed_version").set(committed.0 as f64);
                 Ok(Message::ReportCommittedReply)
             }
+            Message::Status => Ok(Message::SequencerStatus(self.status())),
             Message::GetReadVersion => {
                 let version = lock(&inner.sequencer).read_version();
                 Ok(Message::GetReadVersionReply(GetReadVersionReply {

@@ -234,6 +234,23 @@ pub struct StorageStatusReply {
     pub teams: Vec<StorageTeamId>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequencerStatusReply {
+    /// The last commit version handed out.
+    pub last_version: Version,
+    /// The highest version the proxies reported durable on every TLog.
+    pub committed_version: Version,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyStatusReply {
+    pub proxy: ProxyId,
+    /// The highest version this proxy saw durable on every TLog.
+    pub known_committed_version: Version,
+    /// Client commits this proxy acknowledged since it started.
+    pub commits: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GetKeyLocationRequest {
     pub key: Bytes,
@@ -397,6 +414,8 @@ pub enum Message {
     StorageStatus(StorageStatusReply),
     GetKeyLocation(GetKeyLocationRequest),
     GetKeyLocationReply(GetKeyLocationReply),
+    SequencerStatus(SequencerStatusReply),
+    ProxyStatus(ProxyStatusReply),
 }
 
 impl Message {
@@ -433,6 +452,8 @@ impl Message {
             Message::StorageStatus(_) => "storage_status",
             Message::GetKeyLocation(_) => "get_key_location",
             Message::GetKeyLocationReply(_) => "get_key_location_reply",
+            Message::SequencerStatus(_) => "sequencer_status",
+            Message::ProxyStatus(_) => "proxy_status",
         }
     }
 

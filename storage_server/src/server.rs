@@ -14,11 +14,22 @@
 //! Restarts resume from the durable version: the team set and shard map are
 //! persisted with each flush as of the flushed version, so nothing is applied
 //! twice and nothing is skipped.
+//!
+//! Metrics (through the `metrics` facade, a no-op unless the process installs
+//! a recorder): per applied batch `teamlog_storage_applied_version`,
+//! `teamlog_storage_mutations_applied_total` and
+//! `teamlog_storage_mutation_bytes_applied_total`; per flush
+//! `teamlog_storage_durable_version`; per read
+//! `teamlog_storage_reads_total{kind}`, `teamlog_storage_read_errors_total{kind}`
+//! and `teamlog_storage_read_latency_seconds{kind}` (kind `get` or
+//! `get_range`); once a second, after asking the sequencer for the committed
+//! version, `teamlog_storage_lag_versions` (committed − applied) and
+//! `teamlog_storage_window_bytes`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cursor::{MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig, TeamSet};
 use futures::future::BoxFuture;
@@ -40,6 +51,8 @@ use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
 
 const META_TEAM_SET: &str = "team_set";
 const META_SHARD_MAP: &str = "shard_map";
+/// How long a status request waits for the sequencer's committed version.
+const STATUS_SEQUENCER_WAIT: Duration = Duration::from_secs(1);
 /// The most pairs one range read returns.
 pub const MAX_RANGE_LIMIT: u32 = 10_000;
 
@@ -129,6 +142,7 @@ impl<E: KvEngine> StorageService<E> {
         });
         let set = TeamSet::new(inner.config.private_team, teams);
         tokio::spawn(run_apply(Arc::downgrade(&inner), set, durable.next()));
+        tokio::spawn(run_lag_gauges(Arc::downgrade(&inner)));
         Ok(StorageService { inner })
     }
 
@@ -161,6 +175,13 @@ impl<E: KvEngine> StorageService<E> {
     }
 
     pub async fn get(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
+        let started = Instant::now();
+        let result = self.get_unmeasured(request).await;
+        count_read("get", started, result.is_ok());
+        result
+    }
+
+    async fn get_unmeasured(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
         self.wait_for(request.version).await?;
         if !self
             .inner
@@ -178,6 +199,16 @@ impl<E: KvEngine> StorageService<E> {
     }
 
     pub async fn get_range(&self, request: GetRangeRequest) -> Result<GetRangeReply, ErrorReply> {
+        let started = Instant::now();
+        let result = self.get_range_unmeasured(request).await;
+        count_read("get_range", started, result.is_ok());
+        result
+    }
+
+    async fn get_range_unmeasured(
+        &self,
+        request: GetRangeRequest,
+    ) -> Result<GetRangeReply, ErrorReply> {
         self.wait_for(request.version).await?;
         if !self
             .inner
@@ -204,21 +235,12 @@ impl<E: KvEngine> StorageService<E> {
     }
 
     pub async fn status(&self) -> StorageStatusReply {
-        let committed = async {
-            match self
-                .inner
-                .sequencer
-                .client()
-                .await?
-                .call(Message::GetReadVersion)
-                .await?
-            {
-                Message::GetReadVersionReply(r) => Ok(r.version),
-                other => Err(proto::transport::RpcError::UnexpectedReply(other.name())),
-            }
-        }
-        .await
-        .unwrap_or_default();
+        // Bounded, so a stuck sequencer does not make this server look dead.
+        let committed = tokio::time::timeout(STATUS_SEQUENCER_WAIT, self.inner.committed_version())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let (applied, durable, oldest, window_bytes) = {
             let store = self.inner.store();
             (
@@ -263,7 +285,33 @@ impl<E: KvEngine> Service for StorageService<E> {
     }
 }
 
+/// Counts one read in the metrics; only successful reads are timed, so
+/// refusals (which answer at once) do not hide slow reads.
+fn count_read(kind: &'static str, started: Instant, ok: bool) {
+    metrics::counter!("teamlog_storage_reads_total", "kind" => kind).increment(1);
+    if ok {
+        metrics::histogram!("teamlog_storage_read_latency_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+    } else {
+        metrics::counter!("teamlog_storage_read_errors_total", "kind" => kind).increment(1);
+    }
+}
+
 impl<E: KvEngine> Inner<E> {
+    /// The cluster's committed version, as the sequencer knows it.
+    async fn committed_version(&self) -> Result<Version, proto::transport::RpcError> {
+        let reply = self
+            .sequencer
+            .client()
+            .await?
+            .call(Message::GetReadVersion)
+            .await?;
+        match reply {
+            Message::GetReadVersionReply(r) => Ok(r.version),
+            other => Err(proto::transport::RpcError::UnexpectedReply(other.name())),
+        }
+    }
+
     fn store(&self) -> RwLockReadGuard<'_, VersionedStore<E>> {
         self.store.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -289,6 +337,7 @@ impl<E: KvEngine> Inner<E> {
     ) -> Result<Version, String> {
         let mut store = self.store_mut();
         let mut ownership = self.ownership();
+        let (mut mutations, mut mutation_bytes) = (0u64, 0u64);
         for m in cursor.iter() {
             if m.team == self.config.private_team {
                 let key = match &m.mutation {
@@ -316,16 +365,21 @@ impl<E: KvEngine> Inner<E> {
                 Mutation::ClearRange { begin, .. } => is_system_key(begin),
             };
             if !system {
+                mutations += 1;
+                mutation_bytes += m.mutation.payload_len() as u64;
                 store
                     .apply(m.version, &m.mutation)
                     .map_err(|e| e.to_string())?;
             }
         }
+        metrics::counter!("teamlog_storage_mutations_applied_total").increment(mutations);
+        metrics::counter!("teamlog_storage_mutation_bytes_applied_total").increment(mutation_bytes);
         ownership.settle().map_err(|e| e.to_string())?;
         let applied = Version(complete_below.0.saturating_sub(1));
         if applied > store.applied_version() {
             store.set_applied(applied);
         }
+        metrics::gauge!("teamlog_storage_applied_version").set(store.applied_version().0 as f64);
         Ok(store.applied_version())
     }
 
@@ -347,6 +401,7 @@ impl<E: KvEngine> Inner<E> {
             .flush_to(through, &[(META_TEAM_SET, set), (META_SHARD_MAP, map)])
             .map_err(|e| e.to_string())?;
         self.ownership().forget_before(durable);
+        metrics::gauge!("teamlog_storage_durable_version").set(durable.0 as f64);
         Ok(Some(durable))
     }
 
@@ -424,6 +479,34 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
         if cursor.is_end_of_stream() {
             tracing::info!(server = %id, %applied, "end of stream");
             return;
+        }
+    }
+}
+
+/// Publishes the lag behind the committed version, which only the sequencer
+/// knows, and the window's size.
+async fn run_lag_gauges<E: KvEngine>(inner: Weak<Inner<E>>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let committed = inner.committed_version().await;
+        let (applied, durable, window_bytes) = {
+            let store = inner.store();
+            (
+                store.applied_version(),
+                store.durable_version(),
+                store.window_bytes(),
+            )
+        };
+        metrics::gauge!("teamlog_storage_durable_version").set(durable.0 as f64);
+        metrics::gauge!("teamlog_storage_window_bytes").set(window_bytes as f64);
+        match committed {
+            Ok(committed) => {
+                let lag = committed.0.saturating_sub(applied.0);
+                metrics::gauge!("teamlog_storage_lag_versions").set(lag as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "no committed version for the lag gauge"),
         }
     }
 }

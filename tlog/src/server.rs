@@ -7,6 +7,15 @@
 //!            │   └─ replies ──────┴── durable events ─┘
 //!            └─ peeks: memory, long poll on a watch, or a disk scan on a blocking thread
 //! ```
+//!
+//! Metrics (through the `metrics` facade, a no-op unless the process
+//! installs a recorder): after each sync `teamlog_tlog_durable_version`,
+//! `teamlog_tlog_known_committed_version`, `teamlog_tlog_memory_bytes` and
+//! `teamlog_tlog_disk_bytes`; per commit `teamlog_tlog_commit_latency_seconds`
+//! (received → durable); per peek `teamlog_tlog_peeks_total` and
+//! `teamlog_tlog_peek_bytes_total`; once a second, per team,
+//! `teamlog_tlog_team_bytes{team}` (bytes in the retained log) and
+//! `teamlog_tlog_team_popped_version{team}`.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -14,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -154,7 +163,9 @@ impl<S: LogStore> Shared<S> {
                 self.disk_bytes.store(disk_bytes, Ordering::Relaxed);
                 self.syncs.fetch_add(1, Ordering::Relaxed);
                 self.synced_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
-                core.on_durable(through_seq, &commits)
+                let actions = core.on_durable(through_seq, &commits);
+                publish_sync_gauges(&core, disk_bytes);
+                actions
             }
             WriterEvent::Poisoned(reason) => {
                 tracing::error!(%reason, "tlog poisoned");
@@ -190,6 +201,33 @@ impl<S: LogStore> Drop for Shared<S> {
             .take();
         if let Some(thread) = thread {
             let _ = thread.join();
+        }
+    }
+}
+
+fn publish_sync_gauges(core: &TLogCore<Token>, disk_bytes: u64) {
+    metrics::gauge!("teamlog_tlog_durable_version").set(core.durable_version().0 as f64);
+    metrics::gauge!("teamlog_tlog_known_committed_version")
+        .set(core.metadata().known_committed_version.0 as f64);
+    metrics::gauge!("teamlog_tlog_memory_bytes").set(core.memory_bytes() as f64);
+    metrics::gauge!("teamlog_tlog_disk_bytes").set(disk_bytes as f64);
+}
+
+/// Publishes the per-team gauges, which cost a pass over the teams and so
+/// are not refreshed on every sync.
+async fn run_team_gauges<S: LogStore>(shared: Weak<Shared<S>>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let report = shared.core().team_report();
+        for (team, popped, bytes, _) in report {
+            let label = team.0.to_string();
+            metrics::gauge!("teamlog_tlog_team_bytes", "team" => label.clone()).set(bytes as f64);
+            metrics::gauge!("teamlog_tlog_team_popped_version", "team" => label)
+                .set(popped.0 as f64);
         }
     }
 }
@@ -290,6 +328,7 @@ impl<S: LogStore> TLogService<S> {
             .unwrap_or_else(|e| e.into_inner()) = Some(writer_thread);
         shared.execute(initial_actions);
         tokio::spawn(run_ticks(Arc::downgrade(&shared)));
+        tokio::spawn(run_team_gauges(Arc::downgrade(&shared)));
         Ok(TLogService { shared })
     }
 
@@ -302,6 +341,7 @@ impl<S: LogStore> TLogService<S> {
     }
 
     pub async fn commit(&self, request: TLogCommitRequest) -> Result<Version, CoreError> {
+        let received = Instant::now();
         let (tx, rx) = oneshot::channel();
         let request = CommitRequest {
             prev_version: request.prev_version,
@@ -318,10 +358,15 @@ impl<S: LogStore> TLogService<S> {
             let actions = core.commit(request, tx, self.shared.clock.now_ms());
             self.execute(actions);
         }
-        match rx.await {
+        let result = match rx.await {
             Ok(Outcome::Commit(result)) => result,
             _ => Err(CoreError::Poisoned),
+        };
+        if result.is_ok() {
+            metrics::histogram!("teamlog_tlog_commit_latency_seconds")
+                .record(received.elapsed().as_secs_f64());
         }
+        result
     }
 
     pub async fn lock(&self) -> Result<LockOutcome, CoreError> {
@@ -466,6 +511,9 @@ impl<S: LogStore> TLogService<S> {
             Message::Peek(peek) => {
                 let team = peek.team;
                 let result = self.peek(peek).await.map_err(error_reply)?;
+                let bytes: usize = result.blocks.iter().map(Bytes::len).sum();
+                metrics::counter!("teamlog_tlog_peeks_total").increment(1);
+                metrics::counter!("teamlog_tlog_peek_bytes_total").increment(bytes as u64);
                 Ok(Message::PeekReply(PeekReply {
                     blocks: result
                         .blocks

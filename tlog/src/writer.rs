@@ -9,9 +9,13 @@
 //! Draining everything queued while the previous sync ran is the group
 //! commit: under load, many commits share one fdatasync. A failed write or
 //! sync poisons the log; the writer reports it once and stops.
+//!
+//! Metrics: `teamlog_tlog_fsync_seconds` (each sync) and
+//! `teamlog_tlog_sync_batch_bytes` (record bytes each sync made durable).
 
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::Bytes;
 use proto::Version;
@@ -94,13 +98,20 @@ where
                         }
                     }
                 };
-                let outcome = outcome.and_then(|()| log.sync());
+                let outcome = outcome.and_then(|()| {
+                    let started = Instant::now();
+                    log.sync()?;
+                    metrics::histogram!("teamlog_tlog_fsync_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    Ok(())
+                });
                 if let Err(e) = outcome {
                     tracing::error!(error = %e, "log write failed; the tlog is poisoned");
                     report(WriterEvent::Poisoned(e.to_string()));
                     return;
                 }
                 if let Some(through_seq) = through_seq {
+                    metrics::histogram!("teamlog_tlog_sync_batch_bytes").record(batch_bytes as f64);
                     let event = WriterEvent::Durable {
                         through_seq,
                         commits,

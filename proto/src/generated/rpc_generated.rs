@@ -189,10 +189,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 30;
+pub const ENUM_MAX_PAYLOAD: u8 = 32;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 31] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 33] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -224,6 +224,8 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 31] = [
   Payload::StorageStatusReply,
   Payload::GetKeyLocationRequest,
   Payload::GetKeyLocationReply,
+  Payload::SequencerStatusReply,
+  Payload::ProxyStatusReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -262,9 +264,11 @@ impl Payload {
   pub const StorageStatusReply: Self = Self(28);
   pub const GetKeyLocationRequest: Self = Self(29);
   pub const GetKeyLocationReply: Self = Self(30);
+  pub const SequencerStatusReply: Self = Self(31);
+  pub const ProxyStatusReply: Self = Self(32);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 30;
+  pub const ENUM_MAX: u8 = 32;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -297,6 +301,8 @@ impl Payload {
     Self::StorageStatusReply,
     Self::GetKeyLocationRequest,
     Self::GetKeyLocationReply,
+    Self::SequencerStatusReply,
+    Self::ProxyStatusReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -332,6 +338,8 @@ impl Payload {
       Self::StorageStatusReply => Some("StorageStatusReply"),
       Self::GetKeyLocationRequest => Some("GetKeyLocationRequest"),
       Self::GetKeyLocationReply => Some("GetKeyLocationReply"),
+      Self::SequencerStatusReply => Some("SequencerStatusReply"),
+      Self::ProxyStatusReply => Some("ProxyStatusReply"),
       _ => None,
     }
   }
@@ -4965,6 +4973,249 @@ impl ::core::fmt::Debug for GetKeyLocationReply<'_> {
       ds.finish()
   }
 }
+pub enum SequencerStatusReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SequencerStatusReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SequencerStatusReply<'a> {
+  type Inner = SequencerStatusReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SequencerStatusReply<'a> {
+  pub const VT_LAST_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SequencerStatusReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SequencerStatusReplyArgs
+  ) -> ::flatbuffers::WIPOffset<SequencerStatusReply<'bldr>> {
+    let mut builder = SequencerStatusReplyBuilder::new(_fbb);
+    builder.add_committed_version(args.committed_version);
+    builder.add_last_version(args.last_version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn last_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SequencerStatusReply::VT_LAST_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn committed_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SequencerStatusReply::VT_COMMITTED_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SequencerStatusReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("last_version", Self::VT_LAST_VERSION, false)?
+     .visit_field::<u64>("committed_version", Self::VT_COMMITTED_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SequencerStatusReplyArgs {
+    pub last_version: u64,
+    pub committed_version: u64,
+}
+impl<'a> Default for SequencerStatusReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    SequencerStatusReplyArgs {
+      last_version: 0,
+      committed_version: 0,
+    }
+  }
+}
+
+pub struct SequencerStatusReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SequencerStatusReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_last_version(&mut self, last_version: u64) {
+    self.fbb_.push_slot::<u64>(SequencerStatusReply::VT_LAST_VERSION, last_version, 0);
+  }
+  #[inline]
+  pub fn add_committed_version(&mut self, committed_version: u64) {
+    self.fbb_.push_slot::<u64>(SequencerStatusReply::VT_COMMITTED_VERSION, committed_version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SequencerStatusReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SequencerStatusReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SequencerStatusReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SequencerStatusReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SequencerStatusReply");
+      ds.field("last_version", &self.last_version());
+      ds.field("committed_version", &self.committed_version());
+      ds.finish()
+  }
+}
+pub enum ProxyStatusReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ProxyStatusReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ProxyStatusReply<'a> {
+  type Inner = ProxyStatusReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ProxyStatusReply<'a> {
+  pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KNOWN_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COMMITS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ProxyStatusReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ProxyStatusReplyArgs
+  ) -> ::flatbuffers::WIPOffset<ProxyStatusReply<'bldr>> {
+    let mut builder = ProxyStatusReplyBuilder::new(_fbb);
+    builder.add_commits(args.commits);
+    builder.add_known_committed_version(args.known_committed_version);
+    builder.add_proxy(args.proxy);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn proxy(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ProxyStatusReply::VT_PROXY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn known_committed_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ProxyStatusReply::VT_KNOWN_COMMITTED_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ProxyStatusReply::VT_COMMITS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ProxyStatusReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
+     .visit_field::<u64>("known_committed_version", Self::VT_KNOWN_COMMITTED_VERSION, false)?
+     .visit_field::<u64>("commits", Self::VT_COMMITS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ProxyStatusReplyArgs {
+    pub proxy: u64,
+    pub known_committed_version: u64,
+    pub commits: u64,
+}
+impl<'a> Default for ProxyStatusReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    ProxyStatusReplyArgs {
+      proxy: 0,
+      known_committed_version: 0,
+      commits: 0,
+    }
+  }
+}
+
+pub struct ProxyStatusReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProxyStatusReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_proxy(&mut self, proxy: u64) {
+    self.fbb_.push_slot::<u64>(ProxyStatusReply::VT_PROXY, proxy, 0);
+  }
+  #[inline]
+  pub fn add_known_committed_version(&mut self, known_committed_version: u64) {
+    self.fbb_.push_slot::<u64>(ProxyStatusReply::VT_KNOWN_COMMITTED_VERSION, known_committed_version, 0);
+  }
+  #[inline]
+  pub fn add_commits(&mut self, commits: u64) {
+    self.fbb_.push_slot::<u64>(ProxyStatusReply::VT_COMMITS, commits, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProxyStatusReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ProxyStatusReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ProxyStatusReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ProxyStatusReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ProxyStatusReply");
+      ds.field("proxy", &self.proxy());
+      ds.field("known_committed_version", &self.known_committed_version());
+      ds.field("commits", &self.commits());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5473,6 +5724,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_sequencer_status_reply(&self) -> Option<SequencerStatusReply<'a>> {
+    if self.payload_type() == Payload::SequencerStatusReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SequencerStatusReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_proxy_status_reply(&self) -> Option<ProxyStatusReply<'a>> {
+    if self.payload_type() == Payload::ProxyStatusReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ProxyStatusReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -5514,6 +5795,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::StorageStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StorageStatusReply>>("Payload::StorageStatusReply", pos),
           Payload::GetKeyLocationRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetKeyLocationRequest>>("Payload::GetKeyLocationRequest", pos),
           Payload::GetKeyLocationReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetKeyLocationReply>>("Payload::GetKeyLocationReply", pos),
+          Payload::SequencerStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SequencerStatusReply>>("Payload::SequencerStatusReply", pos),
+          Payload::ProxyStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProxyStatusReply>>("Payload::ProxyStatusReply", pos),
           _ => Ok(()),
         }
      })?
@@ -5780,6 +6063,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::GetKeyLocationReply => {
           if let Some(x) = self.payload_as_get_key_location_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::SequencerStatusReply => {
+          if let Some(x) = self.payload_as_sequencer_status_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ProxyStatusReply => {
+          if let Some(x) = self.payload_as_proxy_status_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -225,6 +225,8 @@ fn encode_message(
         Message::StorageStatus(r) => read::storage_status(fbb, r),
         Message::GetKeyLocation(r) => read::get_key_location(fbb, r),
         Message::GetKeyLocationReply(r) => read::get_key_location_reply(fbb, r),
+        Message::SequencerStatus(r) => commit::sequencer_status(fbb, r),
+        Message::ProxyStatus(r) => commit::proxy_status(fbb, r),
     }
 }
 

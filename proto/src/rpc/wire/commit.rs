@@ -1,5 +1,6 @@
-//! Wire conversion of the commit path's messages: sequencer, resolver and
-//! client commits. Keys and values decode as slices of the frame.
+//! Wire conversion of the commit path's messages: sequencer, resolver,
+//! client commits, and the sequencer's and proxies' status. Keys and values
+//! decode as slices of the frame.
 
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
@@ -8,8 +9,9 @@ use super::subslice;
 use crate::generated::rpc as fb;
 use crate::rpc::{
     ClientCommitReply, ClientCommitRequest, DecodeError, GetCommitVersionReply,
-    GetCommitVersionRequest, GetReadVersionReply, KeyRange, ReportCommittedRequest, ResolveReply,
-    ResolveRequest, ResolveTransaction, VersionedMetadata,
+    GetCommitVersionRequest, GetReadVersionReply, KeyRange, ProxyStatusReply,
+    ReportCommittedRequest, ResolveReply, ResolveRequest, ResolveTransaction, SequencerStatusReply,
+    VersionedMetadata,
 };
 use crate::types::{Mutation, ProxyId, Version};
 
@@ -74,6 +76,28 @@ pub(super) fn get_read_version_reply(
     };
     let t = fb::GetReadVersionReply::create(fbb, &args);
     (fb::Payload::GetReadVersionReply, t.as_union_value())
+}
+
+pub(super) fn sequencer_status(
+    fbb: &mut FlatBufferBuilder<'_>,
+    r: &SequencerStatusReply,
+) -> Encoded {
+    let args = fb::SequencerStatusReplyArgs {
+        last_version: r.last_version.0,
+        committed_version: r.committed_version.0,
+    };
+    let t = fb::SequencerStatusReply::create(fbb, &args);
+    (fb::Payload::SequencerStatusReply, t.as_union_value())
+}
+
+pub(super) fn proxy_status(fbb: &mut FlatBufferBuilder<'_>, r: &ProxyStatusReply) -> Encoded {
+    let args = fb::ProxyStatusReplyArgs {
+        proxy: r.proxy.0,
+        known_committed_version: r.known_committed_version.0,
+        commits: r.commits,
+    };
+    let t = fb::ProxyStatusReply::create(fbb, &args);
+    (fb::Payload::ProxyStatusReply, t.as_union_value())
 }
 
 pub(super) fn resolve(fbb: &mut FlatBufferBuilder<'_>, r: &ResolveRequest) -> Encoded {
@@ -272,6 +296,25 @@ pub(super) fn decode(
             .map(|r| {
                 Message::GetReadVersionReply(GetReadVersionReply {
                     version: Version(r.version()),
+                })
+            }),
+        fb::Payload::SequencerStatusReply => envelope
+            .payload_as_sequencer_status_reply()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::SequencerStatus(SequencerStatusReply {
+                    last_version: Version(r.last_version()),
+                    committed_version: Version(r.committed_version()),
+                })
+            }),
+        fb::Payload::ProxyStatusReply => envelope
+            .payload_as_proxy_status_reply()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::ProxyStatus(ProxyStatusReply {
+                    proxy: ProxyId(r.proxy()),
+                    known_committed_version: Version(r.known_committed_version()),
+                    commits: r.commits(),
                 })
             }),
         fb::Payload::ResolveRequest => (|| {
