@@ -295,7 +295,14 @@ impl<E: KvEngine> VersionedStore<E> {
     /// Whether the window is over its version span or byte budget with
     /// something flushable.
     pub fn should_flush(&self) -> bool {
-        self.flush_target() > self.durable
+        let target = self.flush_target();
+        // Once the window is full, every batch would free a sliver: flush in
+        // chunks of a tenth of the window instead, so one write transaction
+        // (and its syncs, which hold reads back) carries many versions. Over
+        // the byte budget, flush at once.
+        let chunk = (self.config.max_versions / 10).max(1);
+        target > self.durable
+            && (target.0 - self.durable.0 >= chunk || self.window.bytes() > self.config.max_bytes)
     }
 
     /// Moves every applied version older than the window (by versions or
@@ -627,6 +634,31 @@ mod tests {
         assert_eq!(store.get(b"k21", Version(21)).unwrap(), Some(b("v")));
         assert_eq!(store.engine().get(b"k21").unwrap(), None);
         assert_eq!(store.engine().get(b"k20").unwrap(), Some(b("v")));
+    }
+
+    #[test]
+    fn a_full_window_flushes_in_chunks_not_slivers() {
+        let config = WindowConfig {
+            max_versions: 100,
+            max_bytes: u64::MAX,
+        };
+        let mut store = store(config);
+        let mut flushes = Vec::new();
+        for v in 1..=400 {
+            store.apply(Version(v), &set("k", "v")).unwrap();
+            store.set_applied(Version(v));
+            if store.should_flush() {
+                flushes.push(store.flush(&[]).unwrap());
+            }
+        }
+        // A tenth of the window (10 versions) at a time, each leaving the
+        // newest 100 versions in memory.
+        assert_eq!(flushes.first(), Some(&Version(10)));
+        assert!(
+            flushes.windows(2).all(|w| w[1].0 - w[0].0 == 10),
+            "{flushes:?}"
+        );
+        assert_eq!(flushes.last(), Some(&Version(300)));
     }
 
     #[test]
