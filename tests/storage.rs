@@ -127,10 +127,25 @@ async fn check_all_servers(cluster: &ClusterFile, model: &Model, version: Versio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_at_every_version_match_the_model_across_flushes_and_restarts() -> Result<()> {
+    reads_match_the_model(spec()).await
+}
+
+/// Without broadcasting, a server's teams get nothing at versions that do
+/// not touch them; its cursor advances on the TLogs' `end` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_match_the_model_without_version_broadcasting() -> Result<()> {
+    reads_match_the_model(ClusterSpec {
+        broadcast: false,
+        ..spec()
+    })
+    .await
+}
+
+async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_teamlog"));
-    let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
+    let mut local = LocalCluster::start(exe, dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
     let client = Client::new(&cluster);
     let mut model = Model::new();
