@@ -384,24 +384,33 @@ impl<E: KvEngine> Inner<E> {
     }
 
     /// Flushes old versions into the engine with the team set and shard map
-    /// as of the new durable version; returns it.
+    /// as of the new durable version; returns it. The engine write runs
+    /// without the store's lock, so reads and applies go on meanwhile.
     fn flush(&self) -> Result<Option<Version>, String> {
-        let mut store = self.store_mut();
-        if !store.should_flush() {
-            return Ok(None);
-        }
-        let through = store.flush_target();
-        let ownership = self.ownership();
-        let Some((map, teams)) = ownership.snapshot_at(through) else {
-            return Err(format!("no shard map kept at {through}"));
+        let prepared = {
+            let mut store = self.store_mut();
+            if !store.should_flush() {
+                return Ok(None);
+            }
+            let through = store.flush_target();
+            let Some((map, teams)) = self.ownership().snapshot_at(through) else {
+                return Err(format!("no shard map kept at {through}"));
+            };
+            let set = TeamSet::new(self.config.private_team, teams).encode();
+            store
+                .prepare_flush(through, &[(META_TEAM_SET, set), (META_SHARD_MAP, map)])
+                .map_err(|e| e.to_string())?
         };
-        let set = TeamSet::new(self.config.private_team, teams).encode();
-        drop(ownership);
-        let durable = store
-            .flush_to(through, &[(META_TEAM_SET, set), (META_SHARD_MAP, map)])
-            .map_err(|e| e.to_string())?;
+        let Some(mut flush) = prepared else {
+            return Ok(None);
+        };
+        let engine = self.store().engine().clone();
+        if let Err(e) = flush.write(engine.as_ref()) {
+            self.store_mut().abandon_flush(flush);
+            return Err(e.to_string());
+        }
+        let durable = self.store_mut().finish_flush(flush);
         self.ownership().forget_before(durable);
-        metrics::gauge!("teamlog_storage_durable_version").set(durable.0 as f64);
         Ok(Some(durable))
     }
 

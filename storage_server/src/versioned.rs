@@ -96,6 +96,32 @@ pub struct VersionedStore<E: KvEngine> {
     /// The version of the newest applied mutation (may exceed `applied`
     /// while its version is in progress).
     newest_mutation: Version,
+    /// The version a prepared flush is writing through: reads below it are
+    /// refused, as the engine may already hold the state after it.
+    flushing: Option<Version>,
+}
+
+/// A flush whose batch is built: write it to the engine without holding
+/// the store (reads and applies go on), then `finish_flush`.
+pub struct PreparedFlush {
+    plan: crate::window::FlushPlan,
+    batch: Option<WriteBatch>,
+    through: Version,
+}
+
+impl PreparedFlush {
+    /// The version this flush makes durable.
+    pub fn through(&self) -> Version {
+        self.through
+    }
+
+    /// Writes the batch (one transaction, durable on return).
+    pub fn write<E: KvEngine>(&mut self, engine: &E) -> Result<(), StoreError> {
+        if let Some(batch) = self.batch.take() {
+            engine.write(batch)?;
+        }
+        Ok(())
+    }
 }
 
 impl<E: KvEngine> VersionedStore<E> {
@@ -119,6 +145,7 @@ impl<E: KvEngine> VersionedStore<E> {
             durable,
             applied: durable,
             newest_mutation: durable,
+            flushing: None,
         })
     }
 
@@ -167,15 +194,13 @@ impl<E: KvEngine> VersionedStore<E> {
     /// The oldest version reads can be served at (= durable version: the
     /// engine holds exactly that state).
     pub fn oldest_readable(&self) -> Version {
-        self.durable
+        self.flushing.map_or(self.durable, |f| f.max(self.durable))
     }
 
     fn check_readable(&self, version: Version) -> Result<(), ReadError> {
-        if version < self.durable {
-            return Err(ReadError::TooOld {
-                version,
-                oldest: self.durable,
-            });
+        let oldest = self.oldest_readable();
+        if version < oldest {
+            return Err(ReadError::TooOld { version, oldest });
         }
         if version > self.applied {
             return Err(ReadError::FutureVersion {
@@ -295,6 +320,9 @@ impl<E: KvEngine> VersionedStore<E> {
     /// Whether the window is over its version span or byte budget with
     /// something flushable.
     pub fn should_flush(&self) -> bool {
+        if self.flushing.is_some() {
+            return false;
+        }
         let target = self.flush_target();
         // Once the window is full, every batch would free a sliver: flush in
         // chunks of a tenth of the window instead, so one write transaction
@@ -321,15 +349,41 @@ impl<E: KvEngine> VersionedStore<E> {
         version: Version,
         extra_metadata: &[(&str, Bytes)],
     ) -> Result<Version, StoreError> {
+        let Some(mut flush) = self.prepare_flush(version, extra_metadata)? else {
+            return Ok(self.durable);
+        };
+        match flush.write(self.engine.as_ref()) {
+            Ok(()) => Ok(self.finish_flush(flush)),
+            Err(e) => {
+                self.abandon_flush(flush);
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds the flush through `version` (capped as `flush_to` caps it) and
+    /// stops serving reads below it; `None` when there is nothing to move.
+    /// Write the result with `PreparedFlush::write` (the store need not be
+    /// held: reads at or above the flush version are answered from the
+    /// window either way), then `finish_flush` it.
+    pub fn prepare_flush(
+        &mut self,
+        version: Version,
+        extra_metadata: &[(&str, Bytes)],
+    ) -> Result<Option<PreparedFlush>, StoreError> {
         for (name, _) in extra_metadata {
             if *name == DURABLE_VERSION_METADATA || *name == FORMAT_METADATA {
                 return Err(StoreError::ReservedMetadata((*name).to_owned()));
             }
         }
         let through = version.min(self.applied).max(self.durable);
-        if through == self.durable && extra_metadata.is_empty() {
-            return Ok(self.durable);
+        if self.flushing.is_some() || (through == self.durable && extra_metadata.is_empty()) {
+            return Ok(None);
         }
+        Ok(Some(self.prepare(through, extra_metadata)))
+    }
+
+    fn prepare(&mut self, through: Version, extra_metadata: &[(&str, Bytes)]) -> PreparedFlush {
         let plan = self.window.plan_flush(through);
         let mut batch = WriteBatch::new();
         self.window.write_flush(&plan, &mut batch);
@@ -340,10 +394,28 @@ impl<E: KvEngine> VersionedStore<E> {
         for (name, value) in extra_metadata {
             batch.set_metadata(name, value.clone());
         }
-        self.engine.write(batch)?;
-        self.window.discard(plan);
-        self.durable = through;
-        Ok(through)
+        self.flushing = Some(through);
+        PreparedFlush {
+            plan,
+            batch: Some(batch),
+            through,
+        }
+    }
+
+    /// Drops what a written flush moved from the window; the flush version
+    /// is durable from now on.
+    pub fn finish_flush(&mut self, flush: PreparedFlush) -> Version {
+        self.window.discard(flush.plan);
+        self.durable = flush.through;
+        self.flushing = None;
+        flush.through
+    }
+
+    /// Forgets a prepared flush whose write failed (the engine is poisoned
+    /// then): reads below its version are refused no longer.
+    pub fn abandon_flush(&mut self, flush: PreparedFlush) {
+        debug_assert_eq!(self.flushing, Some(flush.through));
+        self.flushing = None;
     }
 
     /// Estimated heap bytes the window holds.

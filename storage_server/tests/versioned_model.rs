@@ -27,7 +27,7 @@ use proto::{Mutation, Version};
 use storage_server::engine::KvEngine;
 use storage_server::heed_engine::HeedEngine;
 use storage_server::mem_engine::MemEngine;
-use storage_server::versioned::{ReadError, VersionedStore, WindowConfig};
+use storage_server::versioned::{PreparedFlush, ReadError, VersionedStore, WindowConfig};
 
 const KEYS: &[&[u8]] = &[b"", b"a", b"a\0", b"b", b"ba", b"c", b"d", b"e"];
 /// Range bounds: the keys plus one past all of them.
@@ -60,6 +60,13 @@ enum Op {
     },
     /// `flush` by the window's limits.
     Flush,
+    /// A flush in three steps, with applies and reads between them: prepare
+    /// (reads below its version stop), write to the engine, finish.
+    PrepareFlush {
+        back: u64,
+    },
+    WriteFlush,
+    FinishFlush,
     Get {
         key: usize,
         back: u64,
@@ -80,6 +87,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1..4u64).prop_map(|gap| Op::EndVersion { gap }),
         1 => any::<u64>().prop_map(|back| Op::FlushTo { back }),
         1 => Just(Op::Flush),
+        1 => any::<u64>().prop_map(|back| Op::PrepareFlush { back }),
+        1 => Just(Op::WriteFlush),
+        1 => Just(Op::FinishFlush),
         3 => (0..KEYS.len(), any::<u64>()).prop_map(|(key, back)| Op::Get { key, back }),
         3 => (0..BOUNDS.len(), 0..BOUNDS.len(), 0..6usize, any::<bool>(), any::<u64>())
             .prop_map(|(begin, end, limit, reverse, back)| Op::Range { begin, end, limit, reverse, back }),
@@ -138,7 +148,12 @@ fn check_bounds_errors<E: KvEngine>(store: &VersionedStore<E>) -> Result<(), Tes
 
 fn run<E: KvEngine>(store: &mut VersionedStore<E>, ops: &[Op]) -> Result<Model, TestCaseError> {
     let mut model = Model::new();
+    let mut pending: Option<PreparedFlush> = None;
     for op in ops {
+        // Whole flushes wait for a split one to finish, as the server's do.
+        if matches!(op, Op::FlushTo { .. } | Op::Flush) {
+            finish(store, &mut pending)?;
+        }
         match *op {
             Op::Set { key, value: v } => {
                 let mutation = Mutation::SetValue {
@@ -177,6 +192,21 @@ fn run<E: KvEngine>(store: &mut VersionedStore<E>, ops: &[Op]) -> Result<Model, 
                 let span = store.applied_version().0 - store.durable_version().0;
                 prop_assert!(span <= CONFIG.max_versions);
             }
+            Op::PrepareFlush { back } => {
+                if pending.is_none() {
+                    let target = readable(store, back);
+                    pending = store.prepare_flush(target, &[]).unwrap();
+                    if let Some(flush) = &pending {
+                        prop_assert_eq!(store.oldest_readable(), flush.through());
+                    }
+                }
+            }
+            Op::WriteFlush => {
+                if let Some(flush) = &mut pending {
+                    flush.write(store.engine().as_ref()).unwrap();
+                }
+            }
+            Op::FinishFlush => finish(store, &mut pending)?,
             Op::Get { key, back } => {
                 let at = readable(store, back);
                 let got = store.get(KEYS[key], at).unwrap();
@@ -213,12 +243,27 @@ fn run<E: KvEngine>(store: &mut VersionedStore<E>, ops: &[Op]) -> Result<Model, 
         }
         check_bounds_errors(store)?;
     }
+    finish(store, &mut pending)?;
     // Everything applied flushed leaves an empty window.
     store.set_applied(model.version);
     model.applied.push((model.version, model.current.clone()));
     store.flush_to(model.version, &[]).unwrap();
     prop_assert_eq!(store.window_bytes(), 0);
     Ok(model)
+}
+
+/// Writes (if not yet) and finishes a pending split flush.
+fn finish<E: KvEngine>(
+    store: &mut VersionedStore<E>,
+    pending: &mut Option<PreparedFlush>,
+) -> Result<(), TestCaseError> {
+    if let Some(mut flush) = pending.take() {
+        flush.write(store.engine().as_ref()).unwrap();
+        let through = flush.through();
+        prop_assert_eq!(store.finish_flush(flush), through);
+        prop_assert_eq!(store.durable_version(), through);
+    }
+    Ok(())
 }
 
 fn full_state<E: KvEngine>(store: &VersionedStore<E>, at: Version) -> State {
