@@ -16,7 +16,7 @@ use std::future::Future;
 use proto::{StorageTeamId, Subsequence, Version, VersionedMutation};
 
 use crate::error::CursorError;
-use crate::group::{MergeOrder, Ordered, StreamGroup};
+use crate::group::{peek_cursor_over_group, MergeOrder, Ordered, StreamGroup};
 use crate::peek_cursor::PeekCursor;
 use crate::source::PeekSource;
 use crate::stream::TeamStream;
@@ -88,39 +88,4 @@ impl<S: PeekSource, O: MergeOrder> BroadcastedStorageTeamPeekCursor<S, O> {
     }
 }
 
-impl<S: PeekSource, O: MergeOrder> PeekCursor for BroadcastedStorageTeamPeekCursor<S, O> {
-    async fn remote_more_available(&mut self) -> Result<bool, CursorError> {
-        self.group.refill().await?;
-        Ok(self.group.has_remaining())
-    }
-
-    fn has_remaining(&mut self) -> bool {
-        self.group.has_remaining()
-    }
-
-    #[inline]
-    fn get(&mut self) -> &VersionedMutation {
-        self.group.get()
-    }
-
-    #[inline]
-    fn next(&mut self) {
-        self.group.next()
-    }
-
-    fn reset(&mut self) {
-        self.group.reset()
-    }
-
-    fn advance_to(
-        &mut self,
-        version: Version,
-        subsequence: Subsequence,
-    ) -> impl Future<Output = Result<bool, CursorError>> + Send {
-        self.group.advance_to((version, subsequence))
-    }
-
-    fn is_end_of_stream(&self) -> bool {
-        self.group.is_end_of_stream()
-    }
-}
+peek_cursor_over_group!(BroadcastedStorageTeamPeekCursor);

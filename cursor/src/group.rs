@@ -24,6 +24,50 @@
 //! The structure (streams, their buffers, the barrier) only changes in a
 //! refill, so the snapshot for `reset()` is just each stream's position.
 
+/// Implements `PeekCursor` for a cursor whose reading all happens in its
+/// `group: StreamGroup` field: the broadcasted and the mutable cursor.
+macro_rules! peek_cursor_over_group {
+    ($cursor:ident) => {
+        impl<S: PeekSource, O: MergeOrder> PeekCursor for $cursor<S, O> {
+            async fn remote_more_available(&mut self) -> Result<bool, CursorError> {
+                self.group.refill().await?;
+                Ok(self.group.has_remaining())
+            }
+
+            fn has_remaining(&mut self) -> bool {
+                self.group.has_remaining()
+            }
+
+            #[inline]
+            fn get(&mut self) -> &VersionedMutation {
+                self.group.get()
+            }
+
+            #[inline]
+            fn next(&mut self) {
+                self.group.next()
+            }
+
+            fn reset(&mut self) {
+                self.group.reset()
+            }
+
+            fn advance_to(
+                &mut self,
+                version: Version,
+                subsequence: Subsequence,
+            ) -> impl Future<Output = Result<bool, CursorError>> + Send {
+                self.group.advance_to((version, subsequence))
+            }
+
+            fn is_end_of_stream(&self) -> bool {
+                self.group.is_end_of_stream()
+            }
+        }
+    };
+}
+pub(crate) use peek_cursor_over_group;
+
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use proto::{Mutation, StorageServerId, StorageTeamId, Subsequence, Version, VersionedMutation};
 
 use crate::error::{CorruptData, CursorError};
-use crate::group::{MergeOrder, Ordered, StreamGroup};
+use crate::group::{peek_cursor_over_group, MergeOrder, Ordered, StreamGroup};
 use crate::peek_cursor::PeekCursor;
 use crate::source::PeekSource;
 use crate::stream::TeamStream;
@@ -121,42 +121,7 @@ impl<S: PeekSource, O: MergeOrder> MutableTeamPeekCursor<S, O> {
     }
 }
 
-impl<S: PeekSource, O: MergeOrder> PeekCursor for MutableTeamPeekCursor<S, O> {
-    async fn remote_more_available(&mut self) -> Result<bool, CursorError> {
-        self.group.refill().await?;
-        Ok(self.group.has_remaining())
-    }
-
-    fn has_remaining(&mut self) -> bool {
-        self.group.has_remaining()
-    }
-
-    #[inline]
-    fn get(&mut self) -> &VersionedMutation {
-        self.group.get()
-    }
-
-    #[inline]
-    fn next(&mut self) {
-        self.group.next()
-    }
-
-    fn reset(&mut self) {
-        self.group.reset()
-    }
-
-    fn advance_to(
-        &mut self,
-        version: Version,
-        subsequence: Subsequence,
-    ) -> impl Future<Output = Result<bool, CursorError>> + Send {
-        self.group.advance_to((version, subsequence))
-    }
-
-    fn is_end_of_stream(&self) -> bool {
-        self.group.is_end_of_stream()
-    }
-}
+peek_cursor_over_group!(MutableTeamPeekCursor);
 
 /// Reads team-set changes off the private team's stream and applies them
 /// to the merge's streams.
