@@ -119,6 +119,7 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     exe: PathBuf,
     tlog_args: Vec<String>,
+    proxy_args: Vec<String>,
     storage_args: Vec<String>,
     pub tlogs: Vec<Option<ChildProcess>>,
     pub sequencer: Option<ChildProcess>,
@@ -147,6 +148,7 @@ impl LocalCluster {
             dir: dir.to_path_buf(),
             exe: exe.to_path_buf(),
             tlog_args: spec.tlog_args.clone(),
+            proxy_args: spec.proxy_args.clone(),
             storage_args: spec.storage_args.clone(),
             tlogs: Vec::new(),
             sequencer: None,
@@ -158,21 +160,18 @@ impl LocalCluster {
             local.tlogs.push(Some(tlog));
         }
         let cluster_arg = OsString::from(&local.cluster_path);
-        let args = vec!["sequencer".into(), "--cluster".into(), cluster_arg.clone()];
+        let args = vec!["sequencer".into(), "--cluster".into(), cluster_arg];
         let sequencer_addr = local.cluster.sequencer.address;
         local.sequencer = Some(ChildProcess::spawn_listening(exe, &args, sequencer_addr).await?);
-        for proxy in local.cluster.proxies.clone() {
-            let mut args: Vec<OsString> = vec![
-                "proxy".into(),
-                "--cluster".into(),
-                cluster_arg.clone(),
-                "--id".into(),
-                proxy.id.to_string().into(),
-            ];
-            args.extend(spec.proxy_args.iter().map(OsString::from));
-            local
-                .proxies
-                .push(ChildProcess::spawn_listening(exe, &args, proxy.address).await?);
+        for id in local
+            .cluster
+            .proxies
+            .iter()
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+        {
+            let proxy = local.start_proxy(id).await?;
+            local.proxies.push(proxy);
         }
         if spec.storage {
             let ids: Vec<u64> = local.cluster.storage_servers.iter().map(|s| s.id).collect();
@@ -182,6 +181,20 @@ impl LocalCluster {
             }
         }
         Ok(local)
+    }
+
+    /// Starts (or restarts) proxy `id` on its address.
+    pub async fn start_proxy(&self, id: u64) -> Result<ChildProcess> {
+        let entry = self.cluster.proxy(id)?;
+        let mut args: Vec<OsString> = vec![
+            "proxy".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+            "--id".into(),
+            id.to_string().into(),
+        ];
+        args.extend(self.proxy_args.iter().map(OsString::from));
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address).await
     }
 
     /// Starts (or restarts) storage server `id` on its address and data dir.

@@ -216,3 +216,20 @@ async fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_every_ver
     }
     local.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_commits_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut local = LocalCluster::start(exe(), dir.path(), &commit_only()).await?;
+    let mut only_first = local.cluster.clone();
+    only_first.proxies.retain(|p| p.id == 1);
+    let client = Client::new(&only_first);
+    let before = client.commit(vec![set(b"before", 1)]).await?;
+    local.proxies.remove(0).stop().await?;
+    local.proxies.insert(0, local.start_proxy(1).await?);
+    // A new connection to the restarted proxy, which must get versions again.
+    let client = Client::new(&only_first);
+    let after = client.commit(vec![set(b"after", 1)]).await?;
+    ensure!(after > before, "{after} after {before}");
+    local.stop().await
+}

@@ -325,7 +325,7 @@ async fn register_teams(
 
 /// Forms batches, gets each its versions in order, and hands it to a task.
 async fn run_batcher(inner: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Pending>) {
-    let mut request_num = 0u64;
+    let mut request_num = first_request_num();
     let mut seq = 0u64;
     let mut permits: Option<Arc<Semaphore>> = None;
     while let Some(first) = queue.recv().await {
@@ -382,6 +382,17 @@ async fn run_batcher(inner: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Pe
         seq += 1;
         tokio::spawn(commit_batch(inner.clone(), seq, versions, batch, permit));
     }
+}
+
+/// Where this proxy's request numbers start: the wall-clock time in
+/// microseconds. The sequencer refuses a number below the last it saw from
+/// a proxy (a stale retry); a restarted proxy must count on from above its
+/// previous life's numbers, and a proxy makes far fewer than one request a
+/// microsecond, so starting from the clock does that.
+fn first_request_num() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }
 
 async fn commit_versions(
