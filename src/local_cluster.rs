@@ -159,10 +159,7 @@ impl LocalCluster {
             let tlog = local.start_tlog(i).await?;
             local.tlogs.push(Some(tlog));
         }
-        let cluster_arg = OsString::from(&local.cluster_path);
-        let args = vec!["sequencer".into(), "--cluster".into(), cluster_arg];
-        let sequencer_addr = local.cluster.sequencer.address;
-        local.sequencer = Some(ChildProcess::spawn_listening(exe, &args, sequencer_addr).await?);
+        local.sequencer = Some(local.start_sequencer().await?);
         for id in local
             .cluster
             .proxies
@@ -181,6 +178,16 @@ impl LocalCluster {
             }
         }
         Ok(local)
+    }
+
+    /// Starts (or restarts) the sequencer (with its resolver).
+    pub async fn start_sequencer(&self) -> Result<ChildProcess> {
+        let args: Vec<OsString> = vec![
+            "sequencer".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+        ];
+        ChildProcess::spawn_listening(&self.exe, &args, self.cluster.sequencer.address).await
     }
 
     /// Starts (or restarts) proxy `id` on its address.

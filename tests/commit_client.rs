@@ -218,7 +218,7 @@ async fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_every_ver
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_proxy_commits_again() -> Result<()> {
+async fn restarted_proxies_and_sequencer_commit_again() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut local = LocalCluster::start(exe(), dir.path(), &commit_only()).await?;
     let mut only_first = local.cluster.clone();
@@ -231,5 +231,10 @@ async fn a_restarted_proxy_commits_again() -> Result<()> {
     let client = Client::new(&only_first);
     let after = client.commit(vec![set(b"after", 1)]).await?;
     ensure!(after > before, "{after} after {before}");
+    // A clean sequencer restart: it starts after the TLogs' last version.
+    local.sequencer.take().expect("running").stop().await?;
+    local.sequencer = Some(local.start_sequencer().await?);
+    let again = client.commit(vec![set(b"again", 1)]).await?;
+    ensure!(again > after, "{again} after {after}");
     local.stop().await
 }
