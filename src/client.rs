@@ -126,24 +126,18 @@ impl Client {
 
     /// The value of `key` at `version`.
     pub async fn get(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ClientError> {
+        let end = crate::trace::key_after(key);
+        self.retry_if_stale(key, &end, || self.get_once(key, version))
+            .await
+    }
+
+    async fn get_once(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ClientError> {
+        let location = self.locate(key, version).await?;
         let request = Message::GetValue(GetValueRequest {
             key: Bytes::copy_from_slice(key),
             version,
         });
-        let mut location = self.locate(key, version).await?;
-        let reply = match self.ask_servers(&location, request.clone()).await {
-            Err(ClientError::Read {
-                code: ErrorCode::WrongShardServer,
-                ..
-            }) => {
-                // The cached location is stale: ask a proxy again, once.
-                self.forget(&location);
-                location = self.locate(key, version).await?;
-                self.ask_servers(&location, request).await?
-            }
-            other => other?,
-        };
-        match reply {
+        match self.ask_servers(&location, request).await? {
             Message::GetValueReply(reply) => Ok(reply.value),
             other => Err(unexpected(other)),
         }
@@ -159,18 +153,32 @@ impl Client {
         reverse: bool,
         version: Version,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
-        match self
-            .get_range_once(begin, end, limit, reverse, version)
-            .await
-        {
+        self.retry_if_stale(begin, end, || {
+            self.get_range_once(begin, end, limit, reverse, version)
+        })
+        .await
+    }
+
+    /// Runs a read; when every server said `wrong_shard_server`, a cached
+    /// location of `[begin, end)` was stale: forget them and run it again,
+    /// once, with locations fresh from a proxy.
+    async fn retry_if_stale<R, F, Fut>(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        read: F,
+    ) -> Result<R, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<R, ClientError>>,
+    {
+        match read().await {
             Err(ClientError::Read {
                 code: ErrorCode::WrongShardServer,
                 ..
             }) => {
-                // Some cached location is stale: ask the proxies again, once.
                 self.forget_range(begin, end);
-                self.get_range_once(begin, end, limit, reverse, version)
-                    .await
+                read().await
             }
             other => other,
         }
@@ -231,10 +239,6 @@ impl Client {
 
     fn cache(&self) -> MutexGuard<'_, BTreeMap<Bytes, Location>> {
         self.locations.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn forget(&self, location: &Location) {
-        self.cache().remove(&location.begin);
     }
 
     fn forget_range(&self, begin: &[u8], end: &[u8]) {
