@@ -101,6 +101,10 @@ const OUTGOING_QUEUE: usize = 1024;
 
 /// Writes queued payloads as frames until the queue closes, flushing only
 /// when the queue runs dry so that a burst of frames shares one write.
+///
+/// Before flushing it yields once: tasks woken together (the waiters of one
+/// TLog sync, say) then queue their frames first and share the write, which
+/// costs one pass of the scheduler and saves a system call per frame.
 async fn write_frames<W: AsyncWrite + Unpin>(
     io: W,
     max_frame_len: u32,
@@ -109,10 +113,20 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     let mut sink = FramedWrite::new(io, FrameCodec::new(max_frame_len));
     while let Some(frame) = queue.recv().await {
         sink.feed(frame).await?;
-        while let Ok(frame) = queue.try_recv() {
-            sink.feed(frame).await?;
-        }
+        feed_queued(&mut sink, &mut queue).await?;
+        tokio::task::yield_now().await;
+        feed_queued(&mut sink, &mut queue).await?;
         sink.flush().await?;
     }
     sink.close().await
+}
+
+async fn feed_queued<W: AsyncWrite + Unpin>(
+    sink: &mut FramedWrite<W, FrameCodec>,
+    queue: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), FrameError> {
+    while let Ok(frame) = queue.try_recv() {
+        sink.feed(frame).await?;
+    }
+    Ok(())
 }
