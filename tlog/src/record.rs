@@ -91,11 +91,30 @@ impl CommitRecord {
         self.blocks.iter().map(|(_, b)| b.len()).sum()
     }
 
+    fn encode_into(&self, out: &mut BytesMut) {
+        out.put_u8(KIND_COMMIT);
+        out.put_u64_le(self.prev_version.0);
+        out.put_u64_le(self.version.0);
+        out.put_u64_le(self.known_committed_version.0);
+        out.put_u32_le(self.blocks.len() as u32);
+        for (team, block) in &self.blocks {
+            out.put_u64_le(team.0);
+            out.put_u32_le(block.len() as u32);
+        }
+        for (_, block) in &self.blocks {
+            out.put_slice(block);
+        }
+    }
+
     /// Encodes the record into one exactly-sized buffer and re-points the
     /// blocks into it, so memory held for them is just this allocation
     /// (not the network buffers they arrived in).
     pub fn into_encoded(mut self) -> (Bytes, CommitRecord) {
-        let payload = Record::Commit(self.clone()).encode();
+        let mut out = BytesMut::with_capacity(
+            COMMIT_HEADER_LEN + self.blocks.len() * TEAM_ENTRY_LEN + self.block_bytes(),
+        );
+        self.encode_into(&mut out);
+        let payload = out.freeze();
         let mut offset = COMMIT_HEADER_LEN + self.blocks.len() * TEAM_ENTRY_LEN;
         for (_, block) in &mut self.blocks {
             let len = block.len();
@@ -128,18 +147,7 @@ impl Record {
         match self {
             Record::Commit(c) => {
                 out.reserve(COMMIT_HEADER_LEN + c.blocks.len() * TEAM_ENTRY_LEN + c.block_bytes());
-                out.put_u8(KIND_COMMIT);
-                out.put_u64_le(c.prev_version.0);
-                out.put_u64_le(c.version.0);
-                out.put_u64_le(c.known_committed_version.0);
-                out.put_u32_le(c.blocks.len() as u32);
-                for (team, block) in &c.blocks {
-                    out.put_u64_le(team.0);
-                    out.put_u32_le(block.len() as u32);
-                }
-                for (_, block) in &c.blocks {
-                    out.put_slice(block);
-                }
+                c.encode_into(&mut out);
             }
             Record::Pop {
                 team,

@@ -21,7 +21,6 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,7 @@ use crate::file_store::FileStore;
 use crate::log::{LogConfig, LogError, LogPosition, LogReader, SegmentLog};
 use crate::record::Record;
 use crate::store::LogStore;
-use crate::writer::{spawn_writer, WriterCommand, WriterEvent};
+use crate::writer::{spawn_writer, CommandQueue, WriterCommand, WriterEvent};
 
 #[derive(Clone, Debug, Default)]
 pub struct TLogConfig {
@@ -95,8 +94,8 @@ type Progress = (Version, bool);
 
 struct Shared<S: LogStore> {
     core: Mutex<TLogCore<Token>>,
-    /// None once the service is dropped, which ends the writer thread.
-    writer: Mutex<Option<Sender<WriterCommand>>>,
+    /// Closed when the service is dropped, which ends the writer thread.
+    writer: Arc<CommandQueue>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     syncs: AtomicU64,
     synced_bytes: AtomicU64,
@@ -112,9 +111,12 @@ impl<S: LogStore> Shared<S> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs actions; called with the core locked when appends are among
-    /// them, so the writer sees them in sequence order.
-    fn execute(&self, actions: Vec<Action<Token>>) {
+    /// Runs actions: hands appends and removals to the writer while `core`
+    /// is still locked (so the writer sees them in sequence order), then
+    /// unlocks it before completing callers, so the tasks it wakes do not
+    /// find the core still taken.
+    fn execute(&self, core: MutexGuard<'_, TLogCore<Token>>, actions: Vec<Action<Token>>) {
+        let mut completions = Vec::new();
         for action in actions {
             match action {
                 Action::Append {
@@ -129,6 +131,12 @@ impl<S: LogStore> Shared<S> {
                 Action::RemoveSegmentsBefore(id) => {
                     self.send(WriterCommand::RemoveSegmentsBefore(id))
                 }
+                completion => completions.push(completion),
+            }
+        }
+        drop(core);
+        for completion in completions {
+            match completion {
                 Action::CommitDone(token, result) => {
                     let _ = token.send(Outcome::Commit(result));
                 }
@@ -138,19 +146,21 @@ impl<S: LogStore> Shared<S> {
                 Action::RegisterDone(token, result) => {
                     let _ = token.send(Outcome::Register(result));
                 }
+                Action::Append { .. } | Action::RemoveSegmentsBefore(_) => {
+                    unreachable!("writer commands are sent above")
+                }
             }
         }
     }
 
     fn send(&self, command: WriterCommand) {
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(writer) = writer.as_ref() {
-            // A stopped writer has reported poisoning; the core fails what waits.
-            let _ = writer.send(command);
-        }
+        // A stopped writer has reported poisoning (or the service is going
+        // away); the queue then drops the command and the core fails what
+        // waits.
+        self.writer.push(command);
     }
 
-    /// Applies a report of the writer thread, on that thread.
+    /// Applies a report of the writer thread.
     fn on_writer_event(&self, event: WriterEvent) {
         let mut core = self.core();
         let actions = match event {
@@ -172,12 +182,12 @@ impl<S: LogStore> Shared<S> {
                 core.on_poisoned()
             }
         };
-        self.execute(actions);
-        self.publish_progress(&core);
+        let progress = progress_of(&core);
+        self.execute(core, actions);
+        self.publish_progress(progress);
     }
 
-    fn publish_progress(&self, core: &TLogCore<Token>) {
-        let progress = (core.durable_version(), core.is_locked());
+    fn publish_progress(&self, progress: Progress) {
         self.progress.send_if_modified(|p| {
             let changed = *p != progress;
             *p = progress;
@@ -190,10 +200,7 @@ impl<S: LogStore> Drop for Shared<S> {
     /// Closes the writer's queue and waits for it to finish its batch, so the
     /// log is quiet (and its files closed) once the service is gone.
     fn drop(&mut self) {
-        self.writer
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.writer.close();
         let thread = self
             .writer_thread
             .get_mut()
@@ -205,12 +212,30 @@ impl<S: LogStore> Drop for Shared<S> {
     }
 }
 
+fn progress_of(core: &TLogCore<Token>) -> Progress {
+    (core.durable_version(), core.is_locked())
+}
+
 fn publish_sync_gauges(core: &TLogCore<Token>, disk_bytes: u64) {
     metrics::gauge!("teamlog_tlog_durable_version").set(core.durable_version().0 as f64);
     metrics::gauge!("teamlog_tlog_known_committed_version")
         .set(core.metadata().known_committed_version.0 as f64);
     metrics::gauge!("teamlog_tlog_memory_bytes").set(core.memory_bytes() as f64);
     metrics::gauge!("teamlog_tlog_disk_bytes").set(disk_bytes as f64);
+}
+
+/// Applies the writer's reports until the service is gone; dropping the
+/// queue then tells the writer nobody listens.
+async fn apply_writer_reports<S: LogStore>(
+    shared: Weak<Shared<S>>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<WriterEvent>,
+) {
+    while let Some(event) = queue.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.on_writer_event(event);
+    }
 }
 
 /// Publishes the per-team gauges, which cost a pass over the teams and so
@@ -242,7 +267,7 @@ async fn run_ticks<S: LogStore>(shared: Weak<Shared<S>>) {
         };
         let mut core = shared.core();
         let actions = core.tick(shared.clock.now_ms());
-        shared.execute(actions);
+        shared.execute(core, actions);
     }
 }
 
@@ -291,7 +316,7 @@ impl<S: LogStore> TLogService<S> {
         let initial_actions = core.finish_recovery();
         let reader = log.reader();
         let disk_bytes = log.disk_bytes();
-        let (command_tx, command_rx) = std::sync::mpsc::channel();
+        let commands = Arc::new(CommandQueue::default());
         let meta = core.metadata().clone();
         let (progress, _) = watch::channel((core.durable_version(), core.is_locked()));
         tracing::info!(
@@ -301,7 +326,7 @@ impl<S: LogStore> TLogService<S> {
         );
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
-            writer: Mutex::new(Some(command_tx)),
+            writer: Arc::clone(&commands),
             writer_thread: Mutex::new(None),
             syncs: AtomicU64::new(0),
             synced_bytes: AtomicU64::new(0),
@@ -311,12 +336,14 @@ impl<S: LogStore> TLogService<S> {
             memory_budget: config.core.memory_budget,
             disk_bytes: disk_bytes.into(),
         });
-        let weak = Arc::downgrade(&shared);
-        let writer_thread = spawn_writer(log, meta, command_rx, move |event| {
-            weak.upgrade().is_some_and(|shared| {
-                shared.on_writer_event(event);
-                true
-            })
+        // The writer's reports are applied by a task of the runtime, not on
+        // the writer thread: the commits they complete are then woken from
+        // inside the runtime, one cross-thread wake per sync instead of one
+        // per commit, and the writer thread never waits for the core.
+        let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(apply_writer_reports(Arc::downgrade(&shared), report_queue));
+        let writer_thread = spawn_writer(log, meta, commands, move |event| {
+            reports.send(event).is_ok()
         })
         .map_err(|source| TLogError::Io {
             path: PathBuf::from("<writer thread>"),
@@ -326,7 +353,7 @@ impl<S: LogStore> TLogService<S> {
             .writer_thread
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(writer_thread);
-        shared.execute(initial_actions);
+        shared.execute(shared.core(), initial_actions);
         tokio::spawn(run_ticks(Arc::downgrade(&shared)));
         tokio::spawn(run_team_gauges(Arc::downgrade(&shared)));
         Ok(TLogService { shared })
@@ -336,8 +363,8 @@ impl<S: LogStore> TLogService<S> {
         self.shared.core()
     }
 
-    fn execute(&self, actions: Vec<Action<Token>>) {
-        self.shared.execute(actions)
+    fn execute(&self, core: MutexGuard<'_, TLogCore<Token>>, actions: Vec<Action<Token>>) {
+        self.shared.execute(core, actions)
     }
 
     pub async fn commit(&self, request: TLogCommitRequest) -> Result<Version, CoreError> {
@@ -356,7 +383,7 @@ impl<S: LogStore> TLogService<S> {
         {
             let mut core = self.core();
             let actions = core.commit(request, tx, self.shared.clock.now_ms());
-            self.execute(actions);
+            self.execute(core, actions);
         }
         let result = match rx.await {
             Ok(Outcome::Commit(result)) => result,
@@ -374,8 +401,9 @@ impl<S: LogStore> TLogService<S> {
         {
             let mut core = self.core();
             let actions = core.lock(tx);
-            self.execute(actions);
-            self.shared.publish_progress(&core);
+            let progress = progress_of(&core);
+            self.execute(core, actions);
+            self.shared.publish_progress(progress);
         }
         match rx.await {
             Ok(Outcome::Lock(result)) => result,
@@ -386,7 +414,7 @@ impl<S: LogStore> TLogService<S> {
     pub fn pop(&self, request: proto::rpc::PopRequest) -> Result<(), CoreError> {
         let mut core = self.core();
         let actions = core.pop(request.team, request.server, request.version)?;
-        self.execute(actions);
+        self.execute(core, actions);
         Ok(())
     }
 
@@ -398,7 +426,7 @@ impl<S: LogStore> TLogService<S> {
         {
             let mut core = self.core();
             let actions = core.register_team(request.team, request.servers, tx);
-            self.execute(actions);
+            self.execute(core, actions);
         }
         match rx.await {
             Ok(Outcome::Register(result)) => result,

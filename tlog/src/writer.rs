@@ -1,19 +1,23 @@
 //! The writer thread: the only code that appends to the log.
 //!
 //! ```text
-//!  core ──WriterCommand (in seq order)──▶ writer: drain all queued, append,
-//!                                           one sync for the whole batch
+//!  core ──push(WriterCommand, in seq order)──▶ CommandQueue
+//!                                                   │ take all queued
+//!                                                   ▼
+//!                         writer: append each, one sync for the whole batch
 //!  core ◀──report(WriterEvent::Durable{through_seq, commit locations})──┘
 //! ```
 //!
-//! Draining everything queued while the previous sync ran is the group
-//! commit: under load, many commits share one fdatasync. A failed write or
-//! sync poisons the log; the writer reports it once and stops.
+//! Taking everything queued while the previous sync ran is the group
+//! commit: under load, many commits share one fdatasync. The queue wakes the
+//! writer only when it sleeps, so while it syncs, queueing a command costs
+//! no system call. A failed write or sync poisons the log; the writer
+//! reports it once and stops.
 //!
 //! Metrics: `teamlog_tlog_fsync_seconds` (each sync) and
 //! `teamlog_tlog_sync_batch_bytes` (record bytes each sync made durable).
 
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -48,13 +52,84 @@ pub enum WriterEvent {
 /// Bytes of records one batch may gather before it is synced.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-/// Starts the writer. `report` runs on the writer thread after each sync (so
-/// waiters are woken without another thread hop); it returns false once
-/// nobody listens, which ends the thread.
+/// Commands on their way to the writer, in the order they were pushed.
+#[derive(Default)]
+pub struct CommandQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    commands: Vec<WriterCommand>,
+    writer_sleeps: bool,
+    /// Set by [`CommandQueue::close`] or when the writer stops; later
+    /// commands are dropped.
+    closed: bool,
+}
+
+impl CommandQueue {
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        // Every operation leaves the state consistent, so a panic elsewhere
+        // while holding the lock does not matter.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, command: WriterCommand) {
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        state.commands.push(command);
+        if state.writer_sleeps {
+            state.writer_sleeps = false;
+            self.ready.notify_one();
+        }
+    }
+
+    /// Lets the writer finish what is queued, then stop.
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits for commands and moves every queued one into `into`; false once
+    /// the queue is closed and empty.
+    fn wait_and_take(&self, into: &mut Vec<WriterCommand>) -> bool {
+        let mut state = self.state();
+        while state.commands.is_empty() {
+            if state.closed {
+                return false;
+            }
+            state.writer_sleeps = true;
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        std::mem::swap(&mut state.commands, into);
+        true
+    }
+
+    /// Moves every queued command into `into` without waiting.
+    fn take(&self, into: &mut Vec<WriterCommand>) {
+        std::mem::swap(&mut self.state().commands, into);
+    }
+}
+
+/// Records appended since the last sync, and what to do once it is done.
+#[derive(Default)]
+struct Batch {
+    through_seq: Option<u64>,
+    commits: Vec<(Version, RecordLocation)>,
+    bytes: usize,
+    removals: Vec<SegmentId>,
+}
+
+/// Starts the writer. `report` runs on the writer thread after each sync and
+/// must not block (it hands the event on); it returns false once nobody
+/// listens, which ends the thread.
 pub fn spawn_writer<S, R>(
     mut log: SegmentLog<S>,
     mut meta: Metadata,
-    commands: Receiver<WriterCommand>,
+    queue: std::sync::Arc<CommandQueue>,
     mut report: R,
 ) -> std::io::Result<JoinHandle<()>>
 where
@@ -64,72 +139,110 @@ where
     std::thread::Builder::new()
         .name("tlog-writer".into())
         .spawn(move || {
-            let mut removals = Vec::new();
-            while let Ok(first) = commands.recv() {
-                let mut through_seq = None;
-                let mut commits = Vec::new();
-                let mut batch_bytes = 0;
-                let mut next = Some(first);
-                let outcome = loop {
-                    let Some(command) = next.take() else {
-                        break Ok(());
-                    };
-                    match command {
-                        WriterCommand::Append {
-                            seq,
-                            record,
-                            payload,
-                        } => match write_record(&mut log, &mut meta, &record, &payload) {
-                            Ok((location, len)) => {
-                                if let Record::Commit(c) = &record {
-                                    commits.push((c.version, location));
+            let mut taken = Vec::new();
+            let mut batch = Batch::default();
+            while queue.wait_and_take(&mut taken) {
+                // Whatever arrives while appending joins this batch.
+                while !taken.is_empty() {
+                    for command in taken.drain(..) {
+                        let step =
+                            append(&mut log, &mut meta, &mut batch, command).and_then(|()| {
+                                if batch.bytes < MAX_BATCH_BYTES {
+                                    Ok(true)
+                                } else {
+                                    sync_batch(&mut log, &mut batch, &mut report)
                                 }
-                                through_seq = Some(seq);
-                                batch_bytes += len;
-                            }
-                            Err(e) => break Err(e),
-                        },
-                        WriterCommand::RemoveSegmentsBefore(id) => removals.push(id),
-                    }
-                    if batch_bytes < MAX_BATCH_BYTES {
-                        match commands.try_recv() {
-                            Ok(c) => next = Some(c),
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+                            });
+                        if !keep_going(step, &mut report) {
+                            queue.close();
+                            return;
                         }
                     }
-                };
-                let outcome = outcome.and_then(|()| {
-                    let started = Instant::now();
-                    log.sync()?;
-                    metrics::histogram!("teamlog_tlog_fsync_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    Ok(())
-                });
-                if let Err(e) = outcome {
-                    tracing::error!(error = %e, "log write failed; the tlog is poisoned");
-                    report(WriterEvent::Poisoned(e.to_string()));
+                    queue.take(&mut taken);
+                }
+                let step = sync_batch(&mut log, &mut batch, &mut report);
+                if !keep_going(step, &mut report) {
+                    queue.close();
                     return;
-                }
-                if let Some(through_seq) = through_seq {
-                    metrics::histogram!("teamlog_tlog_sync_batch_bytes").record(batch_bytes as f64);
-                    let event = WriterEvent::Durable {
-                        through_seq,
-                        commits,
-                        disk_bytes: log.disk_bytes(),
-                        batch_bytes: batch_bytes as u64,
-                    };
-                    if !report(event) {
-                        return;
-                    }
-                }
-                // After the report: removals must not delay acknowledgements.
-                for id in removals.drain(..) {
-                    if let Err(e) = log.remove_segments_before(id) {
-                        tracing::warn!(error = %e, segment = id, "could not remove old segments");
-                    }
                 }
             }
         })
+}
+
+fn append<S: LogStore>(
+    log: &mut SegmentLog<S>,
+    meta: &mut Metadata,
+    batch: &mut Batch,
+    command: WriterCommand,
+) -> Result<(), LogError> {
+    match command {
+        WriterCommand::Append {
+            seq,
+            record,
+            payload,
+        } => {
+            let (location, len) = write_record(log, meta, &record, &payload)?;
+            if let Record::Commit(c) = &record {
+                batch.commits.push((c.version, location));
+            }
+            batch.through_seq = Some(seq);
+            batch.bytes += len;
+        }
+        WriterCommand::RemoveSegmentsBefore(id) => batch.removals.push(id),
+    }
+    Ok(())
+}
+
+/// Whether the writer carries on after a step: not once the log failed
+/// (reported as poisoning) or nobody listens.
+fn keep_going<R>(step: Result<bool, LogError>, report: &mut R) -> bool
+where
+    R: FnMut(WriterEvent) -> bool,
+{
+    match step {
+        Ok(listening) => listening,
+        Err(e) => {
+            tracing::error!(error = %e, "log write failed; the tlog is poisoned");
+            report(WriterEvent::Poisoned(e.to_string()));
+            false
+        }
+    }
+}
+
+/// Syncs the batch, reports it durable, then removes the segments it was
+/// asked to. Ok(false) when nobody listens to reports any more.
+fn sync_batch<S, R>(
+    log: &mut SegmentLog<S>,
+    batch: &mut Batch,
+    report: &mut R,
+) -> Result<bool, LogError>
+where
+    S: LogStore,
+    R: FnMut(WriterEvent) -> bool,
+{
+    let batch = std::mem::take(batch);
+    let started = Instant::now();
+    log.sync()?;
+    metrics::histogram!("teamlog_tlog_fsync_seconds").record(started.elapsed().as_secs_f64());
+    if let Some(through_seq) = batch.through_seq {
+        metrics::histogram!("teamlog_tlog_sync_batch_bytes").record(batch.bytes as f64);
+        let event = WriterEvent::Durable {
+            through_seq,
+            commits: batch.commits,
+            disk_bytes: log.disk_bytes(),
+            batch_bytes: batch.bytes as u64,
+        };
+        if !report(event) {
+            return Ok(false);
+        }
+    }
+    // After the report: removals must not delay acknowledgements.
+    for id in batch.removals {
+        if let Err(e) = log.remove_segments_before(id) {
+            tracing::warn!(error = %e, segment = id, "could not remove old segments");
+        }
+    }
+    Ok(true)
 }
 
 /// Appends one record, starting a new segment (headed by a metadata
