@@ -1,15 +1,15 @@
 //! `teamlog bench tlog`: durable commit throughput and latency of one TLog,
 //! printed next to raw fdatasync'd appends of the same batch sizes measured
-//! in the same run on the same disk.
+//! in the same run on the same disk, and next to what the same load gets
+//! without a disk (see [`crate::bench_baseline`]).
 //!
 //! ```text
 //!  committers (1, 8, 64) ──commit──▶ TLog (in this process, over loopback)
 //!  raw: write(batch = committers × payload) + fdatasync, in a preallocated file
+//!  no disk: the same committers ──▶ TLog with its files in tmpfs
+//!                                ──▶ a server answering every commit at once
 //! ```
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,11 +19,13 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use proto::transport::RpcClient;
-use proto::{StorageServerId, StorageTeamId};
+use proto::{StorageServerId, StorageTeamId, Version};
 use serde::Serialize;
 use tlog::file_store::FileStore;
 use tlog::server::{TLogConfig, TLogProcess, TLogService};
+use tokio::sync::oneshot;
 
+use crate::bench_baseline::{raw_appends, serve_instant_commits};
 use crate::workload::{set_commit, VersionChain};
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +33,10 @@ pub struct TLogBenchArgs {
     /// Directory on the disk to measure; a temporary one under it is used.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// A directory in memory (tmpfs), where the same TLog runs without a
+    /// disk: its syncs cost nothing.
+    #[arg(long, default_value = "/dev/shm")]
+    pub memory_dir: PathBuf,
     /// Seconds per measured cell.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
@@ -84,8 +90,16 @@ struct Cell {
     raw: Figures,
     /// Raw appends of the TLog's measured batch per sync.
     raw_same_batch: Figures,
+    /// The same load on the same TLog with its files in memory (tmpfs).
+    tlog_no_disk: Figures,
+    /// The same load answered at once by a server that keeps nothing.
+    instant: Figures,
     ratio_mb: f64,
     ratio_mb_same_batch: f64,
+    /// The best ratio at the same batch any disk could give this TLog.
+    ratio_no_disk_same_batch: f64,
+    /// The best ratio at the same batch the RPC path allows.
+    ratio_instant_same_batch: f64,
     /// For one committer: 1.5 × (raw sync p50 + loopback round trip p50).
     latency_bound_us: Option<f64>,
 }
@@ -101,12 +115,19 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
     let seconds = Duration::from_secs_f64(args.seconds);
     let tlog = BenchTLog::start(&temp.path().join("tlog")).await?;
-    let client = tlog.client.clone();
-    let rtt = measure_rtt(&client).await?;
+    let memory_dir = tempfile::tempdir_in(&args.memory_dir).with_context(|| {
+        format!(
+            "creating a dir in {} (--memory-dir) for the TLog without a disk",
+            args.memory_dir.display()
+        )
+    })?;
+    let no_disk = BenchTLog::start(&memory_dir.path().join("tlog")).await?;
+    let instant = InstantCommitter::start().await?;
+    let rtt = measure_rtt(&tlog.client).await?;
     let raw_file = temp.path().join("raw");
     println!("loopback round trip p50 {rtt:.0} us");
     println!(
-        "{:>10} {:>8} | {:>9} {:>9} {:>8} {:>8} {:>9} | {:>9} {:>8} | {:>9} | {:>6} {:>6}",
+        "{:>10} {:>8} | {:>9} {:>9} {:>8} {:>8} {:>9} | {:>9} {:>8} | {:>9} | {:>9} {:>9} | {:>6} {:>6} {:>6} {:>6}",
         "committers",
         "payload",
         "tlog MB/s",
@@ -117,8 +138,12 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
         "raw MB/s",
         "raw p50",
         "raw@batch",
+        "nodisk",
+        "instant",
         "ratio",
-        "@batch"
+        "@batch",
+        "nodisk",
+        "inst"
     );
     let mut cells = Vec::new();
     for &payload in &args.payloads {
@@ -127,6 +152,8 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
             let tlog_figures = tlog.load(committers, payload, seconds).await?;
             let (syncs_after, bytes_after) = tlog.service.write_stats();
             let batch = (bytes_after - bytes_before) / (syncs_after - syncs_before).max(1);
+            let tlog_no_disk = no_disk.load(committers, payload, seconds).await?;
+            let instant_figures = instant.load(committers, payload, seconds).await?;
             let raw = raw_appends(&raw_file, committers * payload, seconds)?;
             let raw_same_batch = raw_appends(&raw_file, batch.max(1) as usize, seconds)?;
             let cell = Cell {
@@ -136,32 +163,21 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
                 tlog_batch_bytes: batch,
                 raw,
                 raw_same_batch,
+                tlog_no_disk,
+                instant: instant_figures,
                 ratio_mb: tlog_figures.mb_per_s / raw.mb_per_s,
                 ratio_mb_same_batch: tlog_figures.mb_per_s / raw_same_batch.mb_per_s,
+                ratio_no_disk_same_batch: tlog_no_disk.mb_per_s / raw_same_batch.mb_per_s,
+                ratio_instant_same_batch: instant_figures.mb_per_s / raw_same_batch.mb_per_s,
                 latency_bound_us: (committers == 1).then_some(1.5 * (raw.p50_us + rtt)),
             };
-            println!(
-                "{:>10} {:>8} | {:>9.1} {:>9.0} {:>8.0} {:>8.0} {:>9} | {:>9.1} {:>8.0} | {:>9.1} | {:>5.0}% {:>5.0}%{}",
-                committers,
-                payload,
-                tlog_figures.mb_per_s,
-                tlog_figures.ops_per_s,
-                tlog_figures.p50_us,
-                tlog_figures.p99_us,
-                batch,
-                raw.mb_per_s,
-                raw.p50_us,
-                raw_same_batch.mb_per_s,
-                cell.ratio_mb * 100.0,
-                cell.ratio_mb_same_batch * 100.0,
-                cell.latency_bound_us
-                    .map(|b| format!("  (p50 bound {b:.0} us)"))
-                    .unwrap_or_default()
-            );
+            print_cell(&cell);
             cells.push(cell);
         }
     }
     tlog.stop().await?;
+    no_disk.stop().await?;
+    instant.stop().await?;
     let report = Report {
         bench: "tlog",
         loopback_rtt_p50_us: rtt,
@@ -169,6 +185,32 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+fn print_cell(cell: &Cell) {
+    let percent = |ratio: f64| format!("{:.0}%", ratio * 100.0);
+    println!(
+        "{:>10} {:>8} | {:>9.1} {:>9.0} {:>8.0} {:>8.0} {:>9} | {:>9.1} {:>8.0} | {:>9.1} | {:>9.1} {:>9.1} | {:>6} {:>6} {:>6} {:>6}{}",
+        cell.committers,
+        cell.payload,
+        cell.tlog.mb_per_s,
+        cell.tlog.ops_per_s,
+        cell.tlog.p50_us,
+        cell.tlog.p99_us,
+        cell.tlog_batch_bytes,
+        cell.raw.mb_per_s,
+        cell.raw.p50_us,
+        cell.raw_same_batch.mb_per_s,
+        cell.tlog_no_disk.mb_per_s,
+        cell.instant.mb_per_s,
+        percent(cell.ratio_mb),
+        percent(cell.ratio_mb_same_batch),
+        percent(cell.ratio_no_disk_same_batch),
+        percent(cell.ratio_instant_same_batch),
+        cell.latency_bound_us
+            .map(|b| format!("  (p50 bound {b:.0} us)"))
+            .unwrap_or_default()
+    );
 }
 
 async fn measure_rtt(client: &RpcClient) -> Result<f64> {
@@ -186,23 +228,36 @@ pub(crate) struct BenchTLog {
     pub service: TLogService<FileStore>,
     pub client: RpcClient,
     chain: Arc<VersionChain>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 const BENCH_TEAM: StorageTeamId = StorageTeamId(1);
 
+fn bench_config() -> TLogConfig {
+    let mut config = TLogConfig::default();
+    config.core.memory_budget = 64 << 20;
+    config
+}
+
 impl BenchTLog {
-    pub async fn start(data_dir: &Path) -> Result<BenchTLog> {
-        let mut config = TLogConfig::default();
-        config.core.memory_budget = 64 << 20;
-        let tlog = TLogProcess::start("127.0.0.1:0".parse()?, data_dir, config).await?;
-        let addr = tlog.local_addr;
-        let service = tlog.service.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// A TLog on files in `data_dir`.
+    pub async fn start(data_dir: &Path) -> Result<Self> {
+        let tlog = TLogProcess::start("127.0.0.1:0".parse()?, data_dir, bench_config()).await?;
+        let (addr, service) = (tlog.local_addr, tlog.service.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(tlog.serve(async {
             let _ = stopped.await;
         }));
+        BenchTLog::connect(service, addr, stop, server).await
+    }
+
+    async fn connect(
+        service: TLogService<FileStore>,
+        addr: std::net::SocketAddr,
+        stop: oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) -> Result<Self> {
         let client = RpcClient::connect(addr, Default::default()).await?;
         let register = proto::rpc::RegisterTeamRequest {
             team: BENCH_TEAM,
@@ -227,11 +282,9 @@ impl BenchTLog {
         payload: usize,
         seconds: Duration,
     ) -> Result<Figures> {
-        let value = Bytes::from(vec![0x5a; payload.saturating_sub(16)]);
-        let (client, chain) = (self.client.clone(), self.chain.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let consumer = {
-            let (client, stop) = (client.clone(), stop.clone());
+            let (client, stop) = (self.client.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let durable = client.status().await?.durable_version;
@@ -246,20 +299,10 @@ impl BenchTLog {
                 anyhow::Ok(())
             })
         };
-        let run = closed_loop(committers, seconds, move |worker, n| {
-            let (client, chain, value) = (client.clone(), chain.clone(), value.clone());
-            async move {
-                let key = Bytes::from(format!("k{worker:04}-{n:010}"));
-                let request = set_commit(chain.next_pair(), BENCH_TEAM, key, value, &[]);
-                client.tlog_commit(request).await?;
-                Ok(())
-            }
-        })
-        .await;
+        let run = commit_loop(&self.client, &self.chain, committers, payload, seconds).await;
         stop.store(true, Ordering::Relaxed);
         consumer.await??;
-        let (count, histogram, elapsed) = run?;
-        Ok(Figures::measured(&histogram, count, payload, elapsed))
+        run
     }
 
     pub async fn stop(self) -> Result<()> {
@@ -267,6 +310,64 @@ impl BenchTLog {
         self.server.await??;
         Ok(())
     }
+}
+
+/// The bench's committers against a server that answers at once.
+struct InstantCommitter {
+    client: RpcClient,
+    chain: Arc<VersionChain>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InstantCommitter {
+    async fn start() -> Result<Self> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (addr, server) = serve_instant_commits(async {
+            let _ = stopped.await;
+        })
+        .await?;
+        Ok(InstantCommitter {
+            client: RpcClient::connect(addr, Default::default()).await?,
+            chain: Arc::new(VersionChain::starting_at(Version(0))),
+            stop,
+            server,
+        })
+    }
+
+    async fn load(&self, committers: usize, payload: usize, seconds: Duration) -> Result<Figures> {
+        commit_loop(&self.client, &self.chain, committers, payload, seconds).await
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
+/// `committers` closed-loop committers, each committing `payload` bytes to
+/// the bench team at the next version of `chain`, for `seconds`.
+async fn commit_loop(
+    client: &RpcClient,
+    chain: &Arc<VersionChain>,
+    committers: usize,
+    payload: usize,
+    seconds: Duration,
+) -> Result<Figures> {
+    let value = Bytes::from(vec![0x5a; payload.saturating_sub(16)]);
+    let (client, chain) = (client.clone(), chain.clone());
+    let (count, histogram, elapsed) = closed_loop(committers, seconds, move |worker, n| {
+        let (client, chain, value) = (client.clone(), chain.clone(), value.clone());
+        async move {
+            let key = Bytes::from(format!("k{worker:04}-{n:010}"));
+            let request = set_commit(chain.next_pair(), BENCH_TEAM, key, value, &[]);
+            client.tlog_commit(request).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(Figures::measured(&histogram, count, payload, elapsed))
 }
 
 /// Runs `op(worker, n)` in a loop on `workers` tasks for `seconds`; returns
@@ -307,47 +408,6 @@ where
         histogram.add(h)?;
     }
     Ok((total, histogram, started.elapsed()))
-}
-
-/// Sequential appends of `batch` bytes, each followed by fdatasync, into a
-/// zero-filled preallocated file (as the log's segments are).
-fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Result<Figures> {
-    const FILE_SIZE: u64 = 256 << 20;
-    let mut file = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(path)?;
-    if file.metadata()?.len() < FILE_SIZE {
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..FILE_SIZE >> 20 {
-            file.write_all(&zeros)?;
-        }
-        file.sync_all()?;
-    }
-    let data = vec![0xa5u8; batch];
-    let mut histogram = new_histogram();
-    let mut offset = 0u64;
-    let mut syncs = 0u64;
-    let started = Instant::now();
-    while started.elapsed() < seconds {
-        if offset + batch as u64 > FILE_SIZE {
-            offset = 0;
-        }
-        let sent = Instant::now();
-        file.write_all_at(&data, offset)?;
-        file.sync_data()?;
-        histogram.record(sent.elapsed().as_micros() as u64)?;
-        offset += batch as u64;
-        syncs += 1;
-    }
-    Ok(Figures::measured(
-        &histogram,
-        syncs,
-        batch,
-        started.elapsed(),
-    ))
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {

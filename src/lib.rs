@@ -2,6 +2,7 @@
 //! the benchmarks. Roles live in their own crates (`tlog`, ...).
 
 pub mod bench;
+mod bench_baseline;
 pub mod bench_commit;
 pub mod bench_storage;
 pub mod client;
