@@ -3,14 +3,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// glibc's allocator serializes threads that free what others allocated
-/// (network buffers freed by the TLog's writer, replies by connection
-/// tasks): with it, a TLog under 64 committers spent a third of its futex
-/// calls on allocator locks. mimalloc frees across threads without a lock
-/// (+10–20% commits/s at 100 B–4 KiB in `teamlog bench tlog`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "teamlog",
