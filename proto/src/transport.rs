@@ -102,31 +102,40 @@ const OUTGOING_QUEUE: usize = 1024;
 /// Writes queued payloads as frames until the queue closes, flushing only
 /// when the queue runs dry so that a burst of frames shares one write.
 ///
-/// Before flushing it yields once: tasks woken together (the waiters of one
-/// TLog sync, say) then queue their frames first and share the write, which
-/// costs one pass of the scheduler and saves a system call per frame.
+/// While the connection is busy (the last write carried more than one
+/// frame) it yields once before flushing: tasks woken together (the waiters
+/// of one TLog sync, say) then queue their frames first and share the
+/// write, which saves a system call per frame. A lone request is written at
+/// once, since the yield costs a pass of the scheduler on every hop.
 async fn write_frames<W: AsyncWrite + Unpin>(
     io: W,
     max_frame_len: u32,
     mut queue: mpsc::Receiver<Bytes>,
 ) -> Result<(), FrameError> {
     let mut sink = FramedWrite::new(io, FrameCodec::new(max_frame_len));
+    let mut busy = false;
     while let Some(frame) = queue.recv().await {
         sink.feed(frame).await?;
-        feed_queued(&mut sink, &mut queue).await?;
-        tokio::task::yield_now().await;
-        feed_queued(&mut sink, &mut queue).await?;
+        let mut frames = 1 + feed_queued(&mut sink, &mut queue).await?;
+        if busy {
+            tokio::task::yield_now().await;
+            frames += feed_queued(&mut sink, &mut queue).await?;
+        }
         sink.flush().await?;
+        busy = frames > 1;
     }
     sink.close().await
 }
 
+/// Feeds every frame already queued; returns how many.
 async fn feed_queued<W: AsyncWrite + Unpin>(
     sink: &mut FramedWrite<W, FrameCodec>,
     queue: &mut mpsc::Receiver<Bytes>,
-) -> Result<(), FrameError> {
+) -> Result<usize, FrameError> {
+    let mut fed = 0;
     while let Ok(frame) = queue.try_recv() {
         sink.feed(frame).await?;
+        fed += 1;
     }
-    Ok(())
+    Ok(fed)
 }
