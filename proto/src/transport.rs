@@ -16,7 +16,7 @@
 //! stays open.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::SinkExt;
@@ -99,11 +99,15 @@ impl Default for ServerConfig {
 /// Outgoing frames queued per connection before senders wait.
 const OUTGOING_QUEUE: usize = 1024;
 
+/// Writes closer together than this mark a busy connection.
+const BUSY_WRITE_INTERVAL: Duration = Duration::from_micros(100);
+
 /// Writes queued payloads as frames until the queue closes, flushing only
 /// when the queue runs dry so that a burst of frames shares one write.
 ///
 /// While the connection is busy (the last write carried more than one
-/// frame) it yields once before flushing: tasks woken together (the waiters
+/// frame, or ended less than [`BUSY_WRITE_INTERVAL`] ago) it yields once
+/// before flushing: tasks woken together (the waiters
 /// of one TLog sync, say) then queue their frames first and share the
 /// write, which saves a system call per frame. A lone request is written at
 /// once, since the yield costs a pass of the scheduler on every hop.
@@ -113,16 +117,18 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     mut queue: mpsc::Receiver<Bytes>,
 ) -> Result<(), FrameError> {
     let mut sink = FramedWrite::new(io, FrameCodec::new(max_frame_len));
-    let mut busy = false;
+    let mut last_flush: Option<(Instant, usize)> = None;
     while let Some(frame) = queue.recv().await {
         sink.feed(frame).await?;
         let mut frames = 1 + feed_queued(&mut sink, &mut queue).await?;
+        let busy =
+            last_flush.is_some_and(|(at, frames)| frames > 1 || at.elapsed() < BUSY_WRITE_INTERVAL);
         if busy {
             tokio::task::yield_now().await;
             frames += feed_queued(&mut sink, &mut queue).await?;
         }
         sink.flush().await?;
-        busy = frames > 1;
+        last_flush = Some((Instant::now(), frames));
     }
     sink.close().await
 }
