@@ -131,25 +131,19 @@ impl<S: LogStore> Shared<S> {
                 Action::RemoveSegmentsBefore(id) => {
                     self.send(WriterCommand::RemoveSegmentsBefore(id))
                 }
-                completion => completions.push(completion),
+                Action::CommitDone(token, result) => {
+                    completions.push((token, Outcome::Commit(result)));
+                }
+                Action::LockDone(token, result) => completions.push((token, Outcome::Lock(result))),
+                Action::RegisterDone(token, result) => {
+                    completions.push((token, Outcome::Register(result)));
+                }
             }
         }
         drop(core);
-        for completion in completions {
-            match completion {
-                Action::CommitDone(token, result) => {
-                    let _ = token.send(Outcome::Commit(result));
-                }
-                Action::LockDone(token, result) => {
-                    let _ = token.send(Outcome::Lock(result));
-                }
-                Action::RegisterDone(token, result) => {
-                    let _ = token.send(Outcome::Register(result));
-                }
-                Action::Append { .. } | Action::RemoveSegmentsBefore(_) => {
-                    unreachable!("writer commands are sent above")
-                }
-            }
+        for (token, outcome) in completions {
+            // The caller may have given up waiting; nothing to do then.
+            let _ = token.send(outcome);
         }
     }
 
