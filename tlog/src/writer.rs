@@ -261,3 +261,82 @@ fn write_record<S: LogStore>(
     meta.apply(record);
     Ok((location, payload.len()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn removal(id: SegmentId) -> WriterCommand {
+        WriterCommand::RemoveSegmentsBefore(id)
+    }
+
+    fn ids(commands: &[WriterCommand]) -> Vec<SegmentId> {
+        commands
+            .iter()
+            .map(|c| match c {
+                WriterCommand::RemoveSegmentsBefore(id) => *id,
+                WriterCommand::Append { seq, .. } => panic!("unexpected append {seq}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_writer_takes_everything_queued_in_order_then_stops_after_close() {
+        let queue = CommandQueue::default();
+        for id in 1..=3 {
+            queue.push(removal(id));
+        }
+        queue.close();
+        queue.push(removal(4));
+        let mut taken = Vec::new();
+        assert!(queue.wait_and_take(&mut taken));
+        assert_eq!(ids(&taken), [1, 2, 3]);
+        taken.clear();
+        assert!(!queue.wait_and_take(&mut taken), "closed and empty");
+        assert!(taken.is_empty(), "a command pushed after close is dropped");
+    }
+
+    /// Runs `wait_and_take` on a thread and waits until it sleeps; the
+    /// receiver yields what it returned.
+    fn sleeping_writer(
+        queue: &Arc<CommandQueue>,
+    ) -> std::sync::mpsc::Receiver<(bool, Vec<SegmentId>)> {
+        let (done, result) = std::sync::mpsc::channel();
+        let writer_queue = Arc::clone(queue);
+        std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            let woken = writer_queue.wait_and_take(&mut taken);
+            let _ = done.send((woken, ids(&taken)));
+        });
+        let deadline = Instant::now() + WAIT;
+        while !queue.state().writer_sleeps {
+            assert!(Instant::now() < deadline, "the writer never went to sleep");
+            std::thread::yield_now();
+        }
+        result
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_push_wakes_a_sleeping_writer() {
+        let queue = Arc::new(CommandQueue::default());
+        let result = sleeping_writer(&queue);
+        queue.push(removal(7));
+        let taken = result.recv_timeout(WAIT).expect("the push woke the writer");
+        assert_eq!(taken, (true, vec![7]));
+        assert!(!queue.state().writer_sleeps, "the push cleared the flag");
+    }
+
+    #[test]
+    fn close_wakes_a_sleeping_writer_and_ends_it() {
+        let queue = Arc::new(CommandQueue::default());
+        let result = sleeping_writer(&queue);
+        queue.close();
+        let taken = result.recv_timeout(WAIT).expect("close woke the writer");
+        assert_eq!(taken, (false, vec![]));
+    }
+}
