@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use proto::transport::RpcClient;
 use proto::{StorageServerId, StorageTeamId, Version};
 use serde::Serialize;
 use tlog::file_store::FileStore;
 use tlog::server::{TLogConfig, TLogProcess, TLogService};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::bench_baseline::{raw_appends, serve_instant_commits};
@@ -228,8 +230,36 @@ pub(crate) struct BenchTLog {
     pub service: TLogService<FileStore>,
     pub client: RpcClient,
     chain: Arc<VersionChain>,
+    served: Served,
+}
+
+/// A server running on a task of this process, and the switch that stops it.
+struct Served {
     stop: oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    /// Runs `serve` with a shutdown future that resolves on [`Served::stop`].
+    fn spawn<F>(serve: impl FnOnce(BoxFuture<'static, ()>) -> F) -> Served
+    where
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = Box::pin(async {
+            let _ = stopped.await;
+        });
+        Served {
+            stop,
+            task: tokio::spawn(serve(shutdown)),
+        }
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
 }
 
 const BENCH_TEAM: StorageTeamId = StorageTeamId(1);
@@ -245,19 +275,7 @@ impl BenchTLog {
     pub async fn start(data_dir: &Path) -> Result<Self> {
         let tlog = TLogProcess::start("127.0.0.1:0".parse()?, data_dir, bench_config()).await?;
         let (addr, service) = (tlog.local_addr, tlog.service.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(tlog.serve(async {
-            let _ = stopped.await;
-        }));
-        BenchTLog::connect(service, addr, stop, server).await
-    }
-
-    async fn connect(
-        service: TLogService<FileStore>,
-        addr: std::net::SocketAddr,
-        stop: oneshot::Sender<()>,
-        server: tokio::task::JoinHandle<std::io::Result<()>>,
-    ) -> Result<Self> {
+        let served = Served::spawn(|shutdown| tlog.serve(shutdown));
         let client = RpcClient::connect(addr, Default::default()).await?;
         let register = proto::rpc::RegisterTeamRequest {
             team: BENCH_TEAM,
@@ -269,8 +287,7 @@ impl BenchTLog {
             service,
             client,
             chain,
-            stop,
-            server,
+            served,
         })
     }
 
@@ -306,9 +323,7 @@ impl BenchTLog {
     }
 
     pub async fn stop(self) -> Result<()> {
-        let _ = self.stop.send(());
-        self.server.await??;
-        Ok(())
+        self.served.stop().await
     }
 }
 
@@ -316,22 +331,18 @@ impl BenchTLog {
 struct InstantCommitter {
     client: RpcClient,
     chain: Arc<VersionChain>,
-    stop: oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    served: Served,
 }
 
 impl InstantCommitter {
     async fn start() -> Result<Self> {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, server) = serve_instant_commits(async {
-            let _ = stopped.await;
-        })
-        .await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let served = Served::spawn(|shutdown| serve_instant_commits(listener, shutdown));
         Ok(InstantCommitter {
             client: RpcClient::connect(addr, Default::default()).await?,
             chain: Arc::new(VersionChain::starting_at(Version(0))),
-            stop,
-            server,
+            served,
         })
     }
 
@@ -340,9 +351,7 @@ impl InstantCommitter {
     }
 
     async fn stop(self) -> Result<()> {
-        let _ = self.stop.send(());
-        self.server.await??;
-        Ok(())
+        self.served.stop().await
     }
 }
 

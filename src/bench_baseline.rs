@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -87,17 +86,16 @@ impl Service for InstantCommits {
     }
 }
 
-/// A server of instant commits on a loopback port, until `stop` resolves.
+/// Serves instant commits on `listener` until `shutdown` resolves.
 pub(crate) async fn serve_instant_commits(
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let served = tokio::spawn(serve(
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve(
         listener,
         Arc::new(InstantCommits),
         ServerConfig::default(),
-        stop,
-    ));
-    Ok((addr, served))
+        shutdown,
+    )
+    .await
 }
