@@ -20,9 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures::future::BoxFuture;
 use proto::rpc::{ErrorCode, ErrorReply, Message, TLogCommitReply};
-use proto::transport::{serve, ServerConfig, Service};
+use proto::transport::{serve, Responder, ServerConfig, Service};
 use tokio::net::TcpListener;
 
 use crate::bench::{new_histogram, Figures};
@@ -72,7 +71,7 @@ pub(crate) fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Resul
 struct InstantCommits;
 
 impl Service for InstantCommits {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+    fn handle(&self, request: Message, responder: Responder) {
         let reply = match request {
             Message::TLogCommit(commit) => Ok(Message::TLogCommitReply(TLogCommitReply {
                 version: commit.version,
@@ -82,7 +81,7 @@ impl Service for InstantCommits {
                 format!("instant commits answer only commits, not {}", other.name()),
             )),
         };
-        Box::pin(std::future::ready(reply))
+        responder.reply(reply);
     }
 }
 

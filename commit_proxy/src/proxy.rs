@@ -27,14 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{join_all, BoxFuture};
-use futures::FutureExt;
+use futures::future::join_all;
 use proto::rpc::{
     ClientCommitReply, ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply,
     GetCommitVersionRequest, GetKeyLocationReply, GetKeyLocationRequest, Message, ProxyStatusReply,
     RegisterTeamRequest, ReportCommittedRequest, ResolveRequest, TLogCommitRequest, TeamBlockData,
 };
-use proto::transport::{ClientConfig, Peer, RpcError, Service};
+use proto::transport::{ClientConfig, Peer, Responder, RpcError, Service};
 use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, Version};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -253,9 +252,9 @@ impl ProxyService {
 }
 
 impl Service for ProxyService {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+    fn handle(&self, request: Message, responder: Responder) {
         let service = self.clone();
-        async move {
+        responder.reply_with(async move {
             match request {
                 Message::ClientCommit(commit) => {
                     let version = service.commit(commit).await?;
@@ -270,8 +269,7 @@ impl Service for ProxyService {
                     format!("a commit proxy does not serve {}", other.name()),
                 )),
             }
-        }
-        .boxed()
+        });
     }
 }
 

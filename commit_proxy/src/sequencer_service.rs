@@ -18,13 +18,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use proto::clock::Clock;
 use proto::rpc::{
     ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply, SequencerStatusReply,
 };
-use proto::transport::{ClientConfig, RpcClient, Service};
+use proto::transport::{ClientConfig, Responder, RpcClient, Service};
 use proto::{ProxyId, Version};
 use tokio::sync::oneshot;
 
@@ -146,8 +144,8 @@ impl SequencerService {
 }
 
 impl Service for SequencerService {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
-        self.clone().handle(request).boxed()
+    fn handle(&self, request: Message, responder: Responder) {
+        responder.reply_with(self.clone().handle(request));
     }
 }
 

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cursor::{PeekSource, SourceError, TLogSource, TLogSourceConfig};
-use futures::future::BoxFuture;
 use proto::rpc::{ErrorCode, ErrorReply, Message, PeekReply};
-use proto::transport::{serve, ServerConfig, Service};
+use proto::transport::{serve, Responder, ServerConfig, Service};
 use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
 
@@ -24,15 +23,14 @@ struct ScriptedTLog {
 }
 
 impl Service for ScriptedTLog {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+    fn handle(&self, request: Message, responder: Responder) {
         let Message::Peek(_) = request else {
-            return Box::pin(async {
-                Err(ErrorReply::new(ErrorCode::UnknownMessage, "peek only"))
-            });
+            responder.reply(Err(ErrorReply::new(ErrorCode::UnknownMessage, "peek only")));
+            return;
         };
         *self.peeks.lock().unwrap() += 1;
         let outcome = self.script.lock().unwrap().pop_front().unwrap_or(Ok(()));
-        Box::pin(async move {
+        responder.reply(
             outcome
                 .map(|()| {
                     Message::PeekReply(PeekReply {
@@ -43,8 +41,8 @@ impl Service for ScriptedTLog {
                         end_of_stream: false,
                     })
                 })
-                .map_err(|code| ErrorReply::new(code, "scripted"))
-        })
+                .map_err(|code| ErrorReply::new(code, "scripted")),
+        );
     }
 }
 

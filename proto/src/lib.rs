@@ -27,5 +27,5 @@ pub use rpc::{
     PopRequest, RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
     TeamBlockData, TeamStatus,
 };
-pub use transport::{serve, ClientConfig, RpcClient, RpcError, ServerConfig, Service};
+pub use transport::{serve, ClientConfig, Responder, RpcClient, RpcError, ServerConfig, Service};
 pub use types::*;

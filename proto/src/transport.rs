@@ -2,10 +2,10 @@
 //! each reply matched to its request by `request_id`.
 //!
 //! ```text
-//!  RpcClient::call ──▶ writer task ══ frames ══▶ read loop ──▶ one task per request
-//!   (pending map:                                 (stops reading     │ Service::handle
+//!  RpcClient::call ──▶ writer task ══ frames ══▶ read loop ──▶ Service::handle(request, Responder)
+//!   (pending map:                                 (stops reading     │
 //!    request_id →                                  at the in-flight  ▼
-//!    oneshot)     ◀── reader task ◀══ frames ══  writer task ◀── replies
+//!    oneshot)     ◀── reader task ◀══ frames ══  writer task ◀── Responder::reply
 //! ```
 //!
 //! Bad input on a server connection never takes the server down: a frame
@@ -33,7 +33,7 @@ mod server;
 
 pub use client::RpcClient;
 pub use peer::Peer;
-pub use server::{serve, Service};
+pub use server::{serve, Responder, Service};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +96,26 @@ impl Default for ServerConfig {
     }
 }
 
-/// Outgoing frames queued per connection before senders wait.
+/// Requests a client connection queues for writing before callers wait.
 const OUTGOING_QUEUE: usize = 1024;
+
+/// Where a connection's writer takes the frames to send.
+trait Outbox: Send {
+    /// The next frame, waiting for one; `None` once the queue is closed.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    /// The next frame if one is queued.
+    fn try_next(&mut self) -> Option<Bytes>;
+}
+
+impl Outbox for mpsc::Receiver<Bytes> {
+    async fn next(&mut self) -> Option<Bytes> {
+        self.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        self.try_recv().ok()
+    }
+}
 
 /// Writes closer together than this mark a busy connection.
 const BUSY_WRITE_INTERVAL: Duration = Duration::from_micros(100);
@@ -114,11 +132,11 @@ const BUSY_WRITE_INTERVAL: Duration = Duration::from_micros(100);
 async fn write_frames<W: AsyncWrite + Unpin>(
     io: W,
     max_frame_len: u32,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: impl Outbox,
 ) -> Result<(), FrameError> {
     let mut sink = FramedWrite::new(io, FrameCodec::new(max_frame_len));
     let mut last_flush: Option<(Instant, usize)> = None;
-    while let Some(frame) = queue.recv().await {
+    while let Some(frame) = queue.next().await {
         sink.feed(frame).await?;
         let mut frames = 1 + feed_queued(&mut sink, &mut queue).await?;
         let busy =
@@ -136,10 +154,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 /// Feeds every frame already queued; returns how many.
 async fn feed_queued<W: AsyncWrite + Unpin>(
     sink: &mut FramedWrite<W, FrameCodec>,
-    queue: &mut mpsc::Receiver<Bytes>,
+    queue: &mut impl Outbox,
 ) -> Result<usize, FrameError> {
     let mut fed = 0;
-    while let Ok(frame) = queue.try_recv() {
+    while let Some(frame) = queue.try_next() {
         sink.feed(frame).await?;
         fed += 1;
     }

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
-use futures::future::BoxFuture;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use proto::{
     serve, ClientConfig, Envelope, ErrorCode, ErrorReply, FrameCodec, Message, PeekReply,
-    PeekRequest, PopRequest, RegisterTeamRequest, RpcClient, RpcError, ServerConfig, Service,
-    StorageServerId, StorageTeamId, TLogCommitReply, TLogCommitRequest, TeamBlockData, Version,
+    PeekRequest, PopRequest, RegisterTeamRequest, Responder, RpcClient, RpcError, ServerConfig,
+    Service, StorageServerId, StorageTeamId, TLogCommitReply, TLogCommitRequest, TeamBlockData,
+    Version,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -73,27 +73,30 @@ struct EchoService {
 }
 
 impl Service for EchoService {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+    fn handle(&self, request: Message, responder: Responder) {
         match request {
-            Message::Peek(r) => async move { Ok(peek_reply(r)) }.boxed(),
-            Message::TLogCommit(r) => async move {
-                Ok(Message::TLogCommitReply(TLogCommitReply {
+            Message::Peek(r) => responder.reply_with(async move { Ok(peek_reply(r)) }),
+            Message::TLogCommit(r) => {
+                responder.reply(Ok(Message::TLogCommitReply(TLogCommitReply {
                     version: Version(
                         r.version.0 + r.teams.iter().map(|t| t.data.len() as u64).sum::<u64>(),
                     ),
-                }))
+                })))
             }
-            .boxed(),
-            Message::Pop(_) => async { Ok(Message::PopReply) }.boxed(),
-            Message::Lock => {
-                async { Err(ErrorReply::new(ErrorCode::TLogStopped, "already locked")) }.boxed()
-            }
+            Message::Pop(_) => responder.reply(Ok(Message::PopReply)),
+            Message::Lock => responder.reply(Err(ErrorReply::new(
+                ErrorCode::TLogStopped,
+                "already locked",
+            ))),
             Message::Status => {
                 self.status_arrived.notify_one();
-                futures::future::pending().boxed()
+                responder.reply_with(futures::future::pending());
             }
-            Message::RegisterTeam(_) => async { panic!("handler bug") }.boxed(),
-            other => async move { Err(ErrorReply::new(ErrorCode::Unknown, other.name())) }.boxed(),
+            Message::RegisterTeam(r) if r.servers.is_empty() => {
+                responder.reply_with(async { panic!("handler bug") })
+            }
+            Message::RegisterTeam(_) => drop(responder),
+            other => responder.reply(Err(ErrorReply::new(ErrorCode::Unknown, other.name()))),
         }
     }
 }
@@ -167,30 +170,25 @@ async fn calls_get_their_replies_and_errors() {
 }
 
 /// Holds every request until `expected` have arrived, so that all of them
-/// are in flight on the connection at once, then releases them newest first.
+/// are in flight on the connection at once, then answers them newest first,
+/// keeping their responders meanwhile.
 struct ReverseService {
     expected: usize,
-    waiting: Mutex<Vec<oneshot::Sender<()>>>,
+    waiting: Mutex<Vec<(Message, Responder)>>,
 }
 
 impl Service for ReverseService {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
-        let (tx, rx) = oneshot::channel();
+    fn handle(&self, request: Message, responder: Responder) {
         let mut waiting = self.waiting.lock().unwrap();
-        waiting.push(tx);
+        waiting.push((request, responder));
         if waiting.len() == self.expected {
-            for tx in waiting.drain(..).rev() {
-                let _ = tx.send(());
+            for (request, responder) in waiting.drain(..).rev() {
+                responder.reply(match request {
+                    Message::Peek(r) => Ok(peek_reply(r)),
+                    other => Err(ErrorReply::new(ErrorCode::Unknown, other.name())),
+                });
             }
         }
-        async move {
-            let _ = rx.await;
-            match request {
-                Message::Peek(r) => Ok(peek_reply(r)),
-                other => Err(ErrorReply::new(ErrorCode::Unknown, other.name())),
-            }
-        }
-        .boxed()
     }
 }
 
@@ -262,12 +260,32 @@ async fn a_panicking_handler_answers_unknown_and_the_server_survives() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_request_dropped_without_a_reply_is_answered_unknown() {
+    let (server, _) = echo_server().await;
+    let client = server.client().await;
+    let result = within(client.register_team(RegisterTeamRequest {
+        team: StorageTeamId(1),
+        servers: vec![StorageServerId(2)],
+    }))
+    .await;
+    match result {
+        Err(RpcError::Remote {
+            code: ErrorCode::Unknown,
+            message,
+        }) => assert!(message.contains("handler failed"), "{message}"),
+        other => panic!("expected an unknown error, got {other:?}"),
+    }
+    assert_peek_works(&client, 4).await;
+    server.stop().await;
+}
+
 /// Answers everything with `PopReply`.
 struct PopService;
 
 impl Service for PopService {
-    fn handle(&self, _: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
-        async { Ok(Message::PopReply) }.boxed()
+    fn handle(&self, _: Message, responder: Responder) {
+        responder.reply(Ok(Message::PopReply));
     }
 }
 
@@ -547,22 +565,21 @@ struct Gate {
 struct GatedService(Arc<Gate>);
 
 impl Service for GatedService {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+    fn handle(&self, request: Message, responder: Responder) {
         let Message::Peek(r) = request else {
-            return async { Ok(Message::PopReply) }.boxed();
+            return responder.reply(Ok(Message::PopReply));
         };
         let gate = self.0.clone();
         let now = gate.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         gate.max_in_flight.fetch_max(now, Ordering::SeqCst);
         gate.arrived.notify_one();
-        async move {
+        responder.reply_with(async move {
             if let Ok(permit) = gate.gate.acquire().await {
                 permit.forget();
             }
             gate.in_flight.fetch_sub(1, Ordering::SeqCst);
             Ok(peek_reply(r))
-        }
-        .boxed()
+        });
     }
 }
 

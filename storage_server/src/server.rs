@@ -32,8 +32,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant};
 
 use cursor::{MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig, TeamSet};
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use proto::rpc::{
     ErrorCode, ErrorReply, GetRangeReply, GetRangeRequest, GetValueReply, GetValueRequest, Message,
     PopRequest, StorageStatusReply,
@@ -41,7 +39,7 @@ use proto::rpc::{
 use proto::shard_map::ShardMap;
 use proto::system_keys::{parse_key_servers_key, tlogs_for_team};
 use proto::team_set::parse_team_set_key;
-use proto::transport::{ClientConfig, Peer, Service};
+use proto::transport::{ClientConfig, Peer, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
 use tokio::sync::watch;
 
@@ -268,9 +266,9 @@ impl<E: KvEngine> StorageService<E> {
 }
 
 impl<E: KvEngine> Service for StorageService<E> {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
+    fn handle(&self, request: Message, responder: Responder) {
         let service = self.clone();
-        async move {
+        responder.reply_with(async move {
             match request {
                 Message::GetValue(r) => Ok(Message::GetValueReply(service.get(r).await?)),
                 Message::GetRange(r) => Ok(Message::GetRangeReply(service.get_range(r).await?)),
@@ -280,8 +278,7 @@ impl<E: KvEngine> Service for StorageService<E> {
                     format!("a storage server does not serve {}", other.name()),
                 )),
             }
-        }
-        .boxed()
+        });
     }
 }
 

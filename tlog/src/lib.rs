@@ -12,4 +12,5 @@ pub mod record;
 pub mod server;
 pub mod store;
 pub mod team;
+mod waiter;
 pub mod writer;

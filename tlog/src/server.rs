@@ -25,14 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use proto::clock::{Clock, SystemClock};
 use proto::rpc::{
-    ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest, TLogCommitReply,
-    TLogCommitRequest, TLogStatusReply, TeamBlockData, TeamStatus,
+    ErrorCode, ErrorReply, Message, PeekReply, PeekRequest, TLogCommitRequest, TLogStatusReply,
+    TeamBlockData, TeamStatus,
 };
-use proto::transport::{self, ServerConfig, Service};
+use proto::transport::{self, Responder, ServerConfig, Service};
 use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -45,6 +43,7 @@ use crate::file_store::FileStore;
 use crate::log::{LogConfig, LogError, LogPosition, LogReader, SegmentLog};
 use crate::record::Record;
 use crate::store::LogStore;
+use crate::waiter::{error_reply, record_commit_latency, Outcome, Waiter};
 use crate::writer::{spawn_writer, CommandQueue, WriterCommand, WriterEvent};
 
 #[derive(Clone, Debug, Default)]
@@ -80,14 +79,7 @@ pub const MAX_PEEK_BYTES: u32 = 16 << 20;
 /// The longest a peek long-polls, whatever it asks for.
 pub const MAX_PEEK_WAIT_MS: u64 = 60_000;
 
-/// What a commit or lock waiter is sent when the core decides.
-pub enum Outcome {
-    Commit(Result<Version, CoreError>),
-    Lock(Result<LockOutcome, CoreError>),
-    Register(Result<(), CoreError>),
-}
-
-type Token = oneshot::Sender<Outcome>;
+type Token = Waiter;
 
 /// Durable version and whether the epoch ended, for long polls.
 type Progress = (Version, bool);
@@ -141,9 +133,8 @@ impl<S: LogStore> Shared<S> {
             }
         }
         drop(core);
-        for (token, outcome) in completions {
-            // The caller may have given up waiting; nothing to do then.
-            let _ = token.send(outcome);
+        for (waiter, outcome) in completions {
+            waiter.complete(outcome);
         }
     }
 
@@ -364,6 +355,18 @@ impl<S: LogStore> TLogService<S> {
     pub async fn commit(&self, request: TLogCommitRequest) -> Result<Version, CoreError> {
         let received = Instant::now();
         let (tx, rx) = oneshot::channel();
+        self.submit_commit(request, Waiter::Local(tx));
+        let result = match rx.await {
+            Ok(Outcome::Commit(result)) => result,
+            _ => Err(CoreError::Poisoned),
+        };
+        if result.is_ok() {
+            record_commit_latency(received);
+        }
+        result
+    }
+
+    fn submit_commit(&self, request: TLogCommitRequest, waiter: Waiter) {
         let request = CommitRequest {
             prev_version: request.prev_version,
             version: request.version,
@@ -374,35 +377,27 @@ impl<S: LogStore> TLogService<S> {
                 .map(|t| (t.team, t.data))
                 .collect(),
         };
-        {
-            let mut core = self.core();
-            let actions = core.commit(request, tx, self.shared.clock.now_ms());
-            self.execute(core, actions);
-        }
-        let result = match rx.await {
-            Ok(Outcome::Commit(result)) => result,
-            _ => Err(CoreError::Poisoned),
-        };
-        if result.is_ok() {
-            metrics::histogram!("teamlog_tlog_commit_latency_seconds")
-                .record(received.elapsed().as_secs_f64());
-        }
-        result
+        let now_ms = self.shared.clock.now_ms();
+        let mut core = self.core();
+        let actions = core.commit(request, waiter, now_ms);
+        self.execute(core, actions);
     }
 
     pub async fn lock(&self) -> Result<LockOutcome, CoreError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut core = self.core();
-            let actions = core.lock(tx);
-            let progress = progress_of(&core);
-            self.execute(core, actions);
-            self.shared.publish_progress(progress);
-        }
+        self.submit_lock(Waiter::Local(tx));
         match rx.await {
             Ok(Outcome::Lock(result)) => result,
             _ => Err(CoreError::Poisoned),
         }
+    }
+
+    fn submit_lock(&self, waiter: Waiter) {
+        let mut core = self.core();
+        let actions = core.lock(waiter);
+        let progress = progress_of(&core);
+        self.execute(core, actions);
+        self.shared.publish_progress(progress);
     }
 
     pub fn pop(&self, request: proto::rpc::PopRequest) -> Result<(), CoreError> {
@@ -417,15 +412,17 @@ impl<S: LogStore> TLogService<S> {
         request: proto::rpc::RegisterTeamRequest,
     ) -> Result<(), CoreError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut core = self.core();
-            let actions = core.register_team(request.team, request.servers, tx);
-            self.execute(core, actions);
-        }
+        self.submit_register_team(request, Waiter::Local(tx));
         match rx.await {
             Ok(Outcome::Register(result)) => result,
             _ => Err(CoreError::Poisoned),
         }
+    }
+
+    fn submit_register_team(&self, request: proto::rpc::RegisterTeamRequest, waiter: Waiter) {
+        let mut core = self.core();
+        let actions = core.register_team(request.team, request.servers, waiter);
+        self.execute(core, actions);
     }
 
     /// Answers a peek, waiting up to its timeout when nothing is there yet.
@@ -524,57 +521,49 @@ impl<S: LogStore> TLogService<S> {
         }
     }
 
-    async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
-        match request {
-            Message::TLogCommit(commit) => {
-                let version = self.commit(commit).await.map_err(error_reply)?;
-                Ok(Message::TLogCommitReply(TLogCommitReply { version }))
-            }
-            Message::Peek(peek) => {
-                let team = peek.team;
-                let result = self.peek(peek).await.map_err(error_reply)?;
-                let bytes: usize = result.blocks.iter().map(Bytes::len).sum();
-                metrics::counter!("teamlog_tlog_peeks_total").increment(1);
-                metrics::counter!("teamlog_tlog_peek_bytes_total").increment(bytes as u64);
-                Ok(Message::PeekReply(PeekReply {
-                    blocks: result
-                        .blocks
-                        .into_iter()
-                        .map(|data| TeamBlockData { team, data })
-                        .collect(),
-                    end: result.end,
-                    popped: result.popped,
-                    max_known_version: result.max_known_version,
-                    end_of_stream: result.end_of_stream,
-                }))
-            }
-            Message::Pop(pop) => {
-                self.pop(pop).map_err(error_reply)?;
-                Ok(Message::PopReply)
-            }
-            Message::Lock => {
-                let outcome = self.lock().await.map_err(error_reply)?;
-                Ok(Message::LockReply(LockReply {
-                    end_version: outcome.end_version,
-                    known_committed_version: outcome.known_committed_version,
-                }))
-            }
-            Message::RegisterTeam(register) => {
-                self.register_team(register).await.map_err(error_reply)?;
-                Ok(Message::RegisterTeamReply)
-            }
-            Message::Status => Ok(Message::TLogStatus(self.status())),
-            other => Err(ErrorReply {
-                code: ErrorCode::UnknownMessage,
-                message: format!("a tlog does not serve {}", other.name()),
-            }),
-        }
+    async fn peek_reply(self, peek: PeekRequest) -> Result<Message, ErrorReply> {
+        let team = peek.team;
+        let result = self.peek(peek).await.map_err(error_reply)?;
+        let bytes: usize = result.blocks.iter().map(Bytes::len).sum();
+        metrics::counter!("teamlog_tlog_peeks_total").increment(1);
+        metrics::counter!("teamlog_tlog_peek_bytes_total").increment(bytes as u64);
+        Ok(Message::PeekReply(PeekReply {
+            blocks: result
+                .blocks
+                .into_iter()
+                .map(|data| TeamBlockData { team, data })
+                .collect(),
+            end: result.end,
+            popped: result.popped,
+            max_known_version: result.max_known_version,
+            end_of_stream: result.end_of_stream,
+        }))
     }
 }
 
 impl<S: LogStore> Service for TLogService<S> {
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
-        self.clone().handle(request).boxed()
+    /// Commits, locks and team registrations are answered by the core when
+    /// it decides (commits by the sync that makes them durable); a peek may
+    /// long-poll, so it runs as a task.
+    fn handle(&self, request: Message, responder: Responder) {
+        match request {
+            Message::TLogCommit(commit) => self.submit_commit(commit, Waiter::remote(responder)),
+            Message::Lock => self.submit_lock(Waiter::remote(responder)),
+            Message::RegisterTeam(register) => {
+                self.submit_register_team(register, Waiter::remote(responder))
+            }
+            Message::Peek(peek) => responder.reply_with(self.clone().peek_reply(peek)),
+            Message::Pop(pop) => responder.reply(
+                self.pop(pop)
+                    .map(|()| Message::PopReply)
+                    .map_err(error_reply),
+            ),
+            Message::Status => responder.reply(Ok(Message::TLogStatus(self.status()))),
+            other => responder.reply(Err(ErrorReply {
+                code: ErrorCode::UnknownMessage,
+                message: format!("a tlog does not serve {}", other.name()),
+            })),
+        }
     }
 }
 
@@ -605,25 +594,6 @@ fn scan_for_peek<S: LogStore>(
         }
     }
     finish_disk_peek(disk, &payloads).map_err(|e| LogError::Visit(e.to_string()))
-}
-
-fn error_reply(e: CoreError) -> ErrorReply {
-    let code = match &e {
-        CoreError::TLogStopped => ErrorCode::TLogStopped,
-        CoreError::Poisoned => ErrorCode::Poisoned,
-        CoreError::Malformed(_) => ErrorCode::MalformedRequest,
-        CoreError::InvalidBlock { .. } => ErrorCode::InvalidBlock,
-        CoreError::VersionConflict { .. } => ErrorCode::VersionConflict,
-        CoreError::CommitTooOld { .. } => ErrorCode::CommitTooOld,
-        CoreError::MissingPredecessor { .. } => ErrorCode::MissingPredecessor,
-        CoreError::Overloaded => ErrorCode::Overloaded,
-        CoreError::PeekBeforePopped { .. } => ErrorCode::PeekBeforePopped,
-        CoreError::UnknownTeam(_) => ErrorCode::UnknownTeam,
-    };
-    ErrorReply {
-        code,
-        message: e.to_string(),
-    }
 }
 
 /// Holds an exclusive lock on a data dir for the life of the process.

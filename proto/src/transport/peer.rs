@@ -48,19 +48,17 @@ impl Peer {
 mod tests {
     use std::sync::Arc;
 
-    use futures::future::BoxFuture;
-    use futures::FutureExt;
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::rpc::{ErrorReply, Message};
-    use crate::transport::{serve, ServerConfig, Service};
+    use crate::rpc::Message;
+    use crate::transport::{serve, Responder, ServerConfig, Service};
 
     struct Pong;
 
     impl Service for Pong {
-        fn handle(&self, _: Message) -> BoxFuture<'static, Result<Message, ErrorReply>> {
-            async { Ok(Message::PopReply) }.boxed()
+        fn handle(&self, _: Message, responder: Responder) {
+            responder.reply(Ok(Message::PopReply));
         }
     }
 

@@ -1,12 +1,21 @@
-//! The server side: accepts connections and runs a [`Service`] for each
-//! request, many at once per connection.
+//! The server side: accepts connections and answers each request through
+//! a [`Responder`], many at once per connection.
 //!
-//! Per connection, one loop reads frames and spawns a task per request (up to
-//! the in-flight cap, after which it stops reading); replies go through one
-//! writer task. A request whose handler panics is answered `unknown` so its
-//! caller is not left waiting.
+//! ```text
+//!  read loop ──permit──▶ Service::handle(request, Responder)
+//!  (stops at the            │ reply now, keep the responder and reply
+//!   in-flight cap)          │ later from anywhere, or reply_with(future)
+//!                           ▼
+//!        writer task ◀── (frame, permit): the permit returns as it is written
+//! ```
+//!
+//! A service that can answer without a task of its own (a TLog keeps each
+//! commit's responder until the sync that makes it durable) costs no task,
+//! no channel and no boxed future per request; the others run a future per
+//! request with [`Responder::reply_with`]. A responder dropped unanswered,
+//! as when its handler panics, answers `unknown`, so the caller is not left
+//! waiting.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -14,26 +23,131 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::{Id, JoinSet};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{write_frames, ServerConfig, OUTGOING_QUEUE};
+use super::{write_frames, Outbox, ServerConfig};
 use crate::frame::{FrameCodec, FrameError};
 use crate::rpc::{DecodeError, Envelope, ErrorCode, ErrorReply, Message};
 
 /// What a server does with requests.
 pub trait Service: Send + Sync + 'static {
-    /// Answers one request. `Ok(reply)`, or `Err(ErrorReply)` which is sent
-    /// as `Message::Error`.
-    fn handle(&self, request: Message) -> BoxFuture<'static, Result<Message, ErrorReply>>;
+    /// Answers one request through `responder`: at once, later from any
+    /// thread, or with a future run as a task of the connection
+    /// ([`Responder::reply_with`]). `Err(ErrorReply)` is sent as
+    /// `Message::Error`.
+    fn handle(&self, request: Message, responder: Responder);
+}
+
+/// The way back to the caller of one request. It holds the request's place
+/// under the connection's in-flight cap until its reply is written.
+pub struct Responder {
+    request_id: u64,
+    link: Arc<Link>,
+    /// `None` once answered.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a connection's responders share.
+struct Link {
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    max_frame_len: u32,
+    /// Cancelled when the connection's unfinished requests are dropped.
+    requests: CancellationToken,
+}
+
+enum Outgoing {
+    Reply(Bytes, OwnedSemaphorePermit),
+    /// Write what is queued before this, then close the connection.
+    Close,
+}
+
+impl Responder {
+    /// Sends the reply; `Err` goes out as `Message::Error`.
+    pub fn reply(mut self, result: Result<Message, ErrorReply>) {
+        self.send(result);
+    }
+
+    /// Answers with what `future` resolves to, run as a task that is dropped
+    /// if the connection drops its unfinished requests.
+    pub fn reply_with<F>(self, future: F)
+    where
+        F: Future<Output = Result<Message, ErrorReply>> + Send + 'static,
+    {
+        let requests = self.link.requests.clone();
+        tokio::spawn(async move {
+            if let Some(result) = requests.run_until_cancelled(future).await {
+                self.reply(result);
+            }
+        });
+    }
+
+    fn send(&mut self, result: Result<Message, ErrorReply>) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let message = result.unwrap_or_else(Message::Error);
+        let frame = encode_reply(self.request_id, message, self.link.max_frame_len);
+        // A closed queue means the connection is gone; nobody waits.
+        let _ = self.link.outgoing.send(Outgoing::Reply(frame, permit));
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.permit.is_some() && !self.link.requests.is_cancelled() {
+            self.send(Err(ErrorReply::new(
+                ErrorCode::Unknown,
+                "the request's handler failed",
+            )));
+        }
+    }
+}
+
+/// The server's end of a connection's outgoing queue: replies, until
+/// [`Outgoing::Close`] or until every sender is gone.
+struct ReplyQueue {
+    queue: mpsc::UnboundedReceiver<Outgoing>,
+    closing: bool,
+}
+
+impl ReplyQueue {
+    fn frame(&mut self, outgoing: Option<Outgoing>) -> Option<Bytes> {
+        match outgoing {
+            // The permit goes back now: the reply is no longer the
+            // handler's, and the writer holds what it has not yet written.
+            Some(Outgoing::Reply(frame, _permit)) => Some(frame),
+            Some(Outgoing::Close) | None => {
+                self.closing = true;
+                None
+            }
+        }
+    }
+}
+
+impl Outbox for ReplyQueue {
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.closing {
+            return None;
+        }
+        let outgoing = self.queue.recv().await;
+        self.frame(outgoing)
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        if self.closing {
+            return None;
+        }
+        let outgoing = self.queue.try_recv().ok()?;
+        self.frame(Some(outgoing))
+    }
 }
 
 /// After closing a connection for bad input, how long to keep reading (and
@@ -45,9 +159,9 @@ const LINGER_MAX_BYTES: usize = 1 << 20;
 /// running out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections until `shutdown` resolves; each request runs as its
-/// own task; replies go back through one writer task per connection. On
-/// shutdown every connection is closed and its unfinished requests dropped.
+/// Accepts connections until `shutdown` resolves; replies go back through
+/// one writer task per connection. On shutdown every connection is closed
+/// and its unfinished requests dropped.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<dyn Service>,
@@ -124,18 +238,27 @@ async fn serve_connection(
     }
     debug!(%peer, "connection accepted");
     let (read_half, write_half) = stream.into_split();
-    let (replies, queue) = mpsc::channel(OUTGOING_QUEUE);
+    let (outgoing, queue) = mpsc::unbounded_channel();
     let max_frame_len = config.max_frame_len;
-    let mut writer = tokio::spawn(write_frames(write_half, max_frame_len, queue));
+    let replies = ReplyQueue {
+        queue,
+        closing: false,
+    };
+    let mut writer = tokio::spawn(write_frames(write_half, max_frame_len, replies));
 
-    let mut connection = Connection {
+    let max_in_flight = config
+        .max_in_flight_per_connection
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let connection = Connection {
         peer,
         service,
-        max_frame_len,
-        max_in_flight: config.max_in_flight_per_connection.max(1),
-        replies,
-        requests: JoinSet::new(),
-        request_ids: HashMap::new(),
+        link: Arc::new(Link {
+            outgoing,
+            max_frame_len,
+            requests: stop.child_token(),
+        }),
+        in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        max_in_flight,
         stop: stop.clone(),
     };
     let mut frames = FramedRead::new(read_half, FrameCodec::new(max_frame_len));
@@ -143,10 +266,10 @@ async fn serve_connection(
 
     match ending {
         Ending::PeerClosed => connection.finish_requests().await,
-        Ending::Abort | Ending::Stopped | Ending::WriterEnded => connection.requests.abort_all(),
+        Ending::Abort | Ending::Stopped | Ending::WriterEnded => connection.link.requests.cancel(),
     }
-    // Once every reply sender is gone the writer flushes what is queued and
-    // closes its half.
+    // The writer writes what is queued, then closes its half.
+    let _ = connection.link.outgoing.send(Outgoing::Close);
     drop(connection);
     if !matches!(ending, Ending::WriterEnded) {
         tokio::select! {
@@ -186,51 +309,66 @@ async fn linger(mut read_half: OwnedReadHalf, stop: &CancellationToken) {
 struct Connection {
     peer: SocketAddr,
     service: Arc<dyn Service>,
-    max_frame_len: u32,
+    link: Arc<Link>,
+    /// One permit per request being handled; past the cap the loop stops
+    /// reading until a reply is written.
+    in_flight: Arc<Semaphore>,
     max_in_flight: usize,
-    replies: mpsc::Sender<Bytes>,
-    requests: JoinSet<()>,
-    /// Which request each task answers, to answer it should its handler
-    /// panic.
-    request_ids: HashMap<Id, u64>,
     stop: CancellationToken,
 }
 
 impl Connection {
     async fn read_loop(
-        &mut self,
+        &self,
         frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
         writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
     ) -> Ending {
-        let stop = self.stop.clone();
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return Ending::Stopped,
-                Some(done) = self.requests.join_next_with_id(), if !self.requests.is_empty() => {
-                    self.request_done(done).await;
+            let permit = tokio::select! {
+                () = self.stop.cancelled() => return Ending::Stopped,
+                result = &mut *writer => return self.writer_ended(result),
+                permit = self.in_flight.clone().acquire_owned() => {
+                    permit.expect("the in-flight semaphore is never closed")
                 }
-                result = &mut *writer => {
-                    if let Ok(Err(e)) = result {
-                        debug!(peer = %self.peer, error = %e, "connection write failed");
-                    }
-                    return Ending::WriterEnded;
-                }
-                frame = frames.next(), if self.requests.len() < self.max_in_flight => {
-                    match frame {
-                        None => return Ending::PeerClosed,
-                        Some(frame) => {
-                            if let Err(ending) = self.on_frame(frame).await {
-                                return ending;
-                            }
-                        }
-                    }
-                }
+            };
+            let frame = tokio::select! {
+                () = self.stop.cancelled() => return Ending::Stopped,
+                result = &mut *writer => return self.writer_ended(result),
+                frame = frames.next() => frame,
+            };
+            let Some(frame) = frame else {
+                return Ending::PeerClosed;
+            };
+            if let Err(ending) = self.on_frame(frame, permit) {
+                return ending;
             }
         }
     }
 
+    fn writer_ended(
+        &self,
+        result: Result<Result<(), FrameError>, tokio::task::JoinError>,
+    ) -> Ending {
+        if let Ok(Err(e)) = result {
+            debug!(peer = %self.peer, error = %e, "connection write failed");
+        }
+        Ending::WriterEnded
+    }
+
+    fn responder(&self, request_id: u64, permit: OwnedSemaphorePermit) -> Responder {
+        Responder {
+            request_id,
+            link: Arc::clone(&self.link),
+            permit: Some(permit),
+        }
+    }
+
     /// Handles one frame; `Err` ends the connection.
-    async fn on_frame(&mut self, frame: Result<Bytes, FrameError>) -> Result<(), Ending> {
+    fn on_frame(
+        &self,
+        frame: Result<Bytes, FrameError>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Ending> {
         let payload = match frame {
             Ok(payload) => payload,
             Err(FrameError::Io(e)) => {
@@ -243,98 +381,51 @@ impl Connection {
                     FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
                     _ => ErrorCode::MalformedRequest,
                 };
-                self.reply(0, Message::Error(ErrorReply::new(code, e.to_string())))
-                    .await;
+                self.responder(0, permit)
+                    .reply(Err(ErrorReply::new(code, e.to_string())));
                 return Err(Ending::Abort);
             }
         };
         match Envelope::decode(payload) {
-            Ok(envelope) if envelope.message.is_request() => self.spawn_request(envelope),
+            Ok(envelope) if envelope.message.is_request() => {
+                let responder = self.responder(envelope.request_id, permit);
+                self.service.handle(envelope.message, responder);
+            }
             Ok(envelope) => {
                 warn!(peer = %self.peer, message = envelope.message.name(), "reply sent as a request");
                 let error = ErrorReply::new(
                     ErrorCode::UnknownMessage,
                     format!("{} is not a request", envelope.message.name()),
                 );
-                self.reply(envelope.request_id, Message::Error(error)).await;
+                self.responder(envelope.request_id, permit)
+                    .reply(Err(error));
             }
             Err(DecodeError::UnknownMessage { request_id }) => {
                 warn!(peer = %self.peer, request_id, "unknown message type");
                 let error = ErrorReply::new(ErrorCode::UnknownMessage, "unknown message type");
-                self.reply(request_id, Message::Error(error)).await;
+                self.responder(request_id, permit).reply(Err(error));
             }
             Err(DecodeError::InvalidContent { request_id, reason }) => {
                 warn!(peer = %self.peer, request_id, %reason, "invalid request");
                 let error = ErrorReply::new(ErrorCode::MalformedRequest, reason);
-                self.reply(request_id, Message::Error(error)).await;
+                self.responder(request_id, permit).reply(Err(error));
             }
             Err(e) => {
                 warn!(peer = %self.peer, error = %e, "undecodable request; closing connection");
                 let error = ErrorReply::new(ErrorCode::MalformedRequest, e.to_string());
-                self.reply(0, Message::Error(error)).await;
+                self.responder(0, permit).reply(Err(error));
                 return Err(Ending::Abort);
             }
         }
         Ok(())
     }
 
-    fn spawn_request(&mut self, envelope: Envelope) {
-        let request_id = envelope.request_id;
-        let reply = self.service.handle(envelope.message);
-        let replies = self.replies.clone();
-        let max_frame_len = self.max_frame_len;
-        let handle = self.requests.spawn(async move {
-            let message = match reply.await {
-                Ok(message) => message,
-                Err(error) => Message::Error(error),
-            };
-            let _ = replies
-                .send(encode_reply(request_id, message, max_frame_len))
-                .await;
-        });
-        self.request_ids.insert(handle.id(), request_id);
-    }
-
-    async fn request_done(&mut self, done: Result<(Id, ()), tokio::task::JoinError>) {
-        match done {
-            Ok((id, ())) => {
-                self.request_ids.remove(&id);
-            }
-            Err(e) => {
-                let request_id = self.request_ids.remove(&e.id());
-                if e.is_panic() {
-                    warn!(peer = %self.peer, ?request_id, "request handler panicked");
-                    if let Some(request_id) = request_id {
-                        let error = ErrorReply::new(ErrorCode::Unknown, "request handler failed");
-                        self.reply(request_id, Message::Error(error)).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Lets the requests in flight finish and send their replies.
-    async fn finish_requests(&mut self) {
-        let stop = self.stop.clone();
-        while !self.requests.is_empty() {
-            tokio::select! {
-                () = stop.cancelled() => {
-                    self.requests.abort_all();
-                    return;
-                }
-                Some(done) = self.requests.join_next_with_id() => self.request_done(done).await,
-            }
-        }
-    }
-
-    /// Queues a reply, waiting while the queue is full (the peer is not
-    /// reading) unless the server shuts down.
-    async fn reply(&self, request_id: u64, message: Message) {
-        let frame = encode_reply(request_id, message, self.max_frame_len);
+    /// Waits until every request in flight has its reply queued, unless the
+    /// server shuts down.
+    async fn finish_requests(&self) {
         tokio::select! {
-            // A failed send means the writer has ended; the read loop notices.
-            _ = self.replies.send(frame) => {}
-            () = self.stop.cancelled() => {}
+            _ = self.in_flight.acquire_many(self.max_in_flight as u32) => {}
+            () = self.stop.cancelled() => self.link.requests.cancel(),
         }
     }
 }
