@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use proto::block::TeamBlock;
 use proto::{StorageTeamId, Version};
 
 use crate::log::{LogPosition, RecordLocation};
@@ -24,7 +23,10 @@ use crate::record::{CommitRecord, Metadata, Record};
 use crate::store::SegmentId;
 use crate::team::TeamState;
 
+pub use prepared::PreparedCommit;
+
 mod peek;
+mod prepared;
 mod retention;
 #[cfg(test)]
 mod tests;
@@ -163,7 +165,7 @@ pub enum PeekPlan {
 }
 
 struct Pending<T> {
-    request: CommitRequest,
+    commit: PreparedCommit,
     waiters: Vec<T>,
     deadline_ms: u64,
     bytes: u64,
@@ -318,25 +320,31 @@ impl<T> TLogCore<T> {
         }
     }
 
-    pub fn commit(&mut self, request: CommitRequest, token: T, now_ms: u64) -> Vec<Action<T>> {
+    /// A commit, checked on its own by [`PreparedCommit::new`].
+    pub fn commit(&mut self, commit: PreparedCommit, token: T, now_ms: u64) -> Vec<Action<T>> {
         let mut actions = Vec::new();
-        match self.route(&request) {
+        match self.route(&commit) {
             Err(e) => actions.push(Action::CommitDone(token, Err(e))),
-            Ok(Route::Duplicate) => self.ack_duplicate(request.version, token, &mut actions),
+            Ok(Route::Duplicate) => self.ack_duplicate(commit.version(), token, &mut actions),
             Ok(Route::Accept) => {
-                self.accept(request, vec![token], &mut actions);
+                self.accept(commit, vec![token], &mut actions);
                 self.accept_chained(&mut actions);
             }
-            Ok(Route::Park) => self.park(request, token, now_ms, &mut actions),
+            Ok(Route::Park) => self.park(commit, token, now_ms, &mut actions),
         }
         actions
     }
 
     /// Where a commit goes in the chain, or why it is refused.
-    fn route(&self, request: &CommitRequest) -> Result<Route, CoreError> {
-        self.check_commit(request)?;
+    fn route(&self, commit: &PreparedCommit) -> Result<Route, CoreError> {
+        if self.poisoned {
+            return Err(CoreError::Poisoned);
+        }
+        if self.meta.locked {
+            return Err(CoreError::TLogStopped);
+        }
         let last = self.meta.last_version;
-        let (prev, version) = (request.prev_version, request.version);
+        let (prev, version) = (commit.prev_version(), commit.version());
         let conflict = || CoreError::VersionConflict {
             prev,
             version,
@@ -354,7 +362,7 @@ impl<T> TLogCore<T> {
             };
         }
         if let Some(p) = self.pending.get(&prev) {
-            if p.request.version != version {
+            if p.commit.version() != version {
                 return Err(conflict());
             }
         }
@@ -363,42 +371,6 @@ impl<T> TLogCore<T> {
             std::cmp::Ordering::Equal => Ok(Route::Accept),
             std::cmp::Ordering::Greater => Ok(Route::Park),
         }
-    }
-
-    fn check_commit(&self, request: &CommitRequest) -> Result<(), CoreError> {
-        if self.poisoned {
-            return Err(CoreError::Poisoned);
-        }
-        if self.meta.locked {
-            return Err(CoreError::TLogStopped);
-        }
-        if request.version <= request.prev_version {
-            return Err(CoreError::Malformed(format!(
-                "version {} must exceed prev_version {}",
-                request.version, request.prev_version
-            )));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (team, data) in &request.blocks {
-            if !seen.insert(*team) {
-                return Err(CoreError::Malformed(format!("{team} appears twice")));
-            }
-            let invalid = |reason: String| CoreError::InvalidBlock {
-                team: *team,
-                reason,
-            };
-            let block = TeamBlock::parse(data.clone()).map_err(|e| invalid(e.to_string()))?;
-            if block.team() != *team {
-                return Err(invalid(format!("block is for {}", block.team())));
-            }
-            if block.section_count() != 1 || block.first_version() != Some(request.version) {
-                return Err(invalid(format!(
-                    "a commit block holds exactly version {}",
-                    request.version
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn ack_duplicate(&mut self, version: Version, token: T, actions: &mut Vec<Action<T>>) {
@@ -424,23 +396,18 @@ impl<T> TLogCore<T> {
 
     fn park(
         &mut self,
-        request: CommitRequest,
+        commit: PreparedCommit,
         token: T,
         now_ms: u64,
         actions: &mut Vec<Action<T>>,
     ) {
-        let prev = request.prev_version;
+        let prev = commit.prev_version();
         if let Some(p) = self.pending.get_mut(&prev) {
             // The same commit again, still waiting for its predecessor.
             p.waiters.push(token);
             return;
         }
-        let bytes = request
-            .blocks
-            .iter()
-            .map(|(_, b)| b.len() as u64)
-            .sum::<u64>()
-            + 64;
+        let bytes = commit.pending_bytes();
         if self.pending_bytes + bytes > self.config.max_pending_bytes {
             actions.push(Action::CommitDone(token, Err(CoreError::Overloaded)));
             return;
@@ -449,7 +416,7 @@ impl<T> TLogCore<T> {
         self.pending.insert(
             prev,
             Pending {
-                request,
+                commit,
                 waiters: vec![token],
                 deadline_ms: now_ms.saturating_add(self.config.commit_wait_timeout_ms),
                 bytes,
@@ -457,14 +424,11 @@ impl<T> TLogCore<T> {
         );
     }
 
-    fn accept(&mut self, request: CommitRequest, waiters: Vec<T>, actions: &mut Vec<Action<T>>) {
-        let (payload, commit) = CommitRecord {
-            prev_version: request.prev_version,
-            version: request.version,
-            known_committed_version: request.known_committed_version,
-            blocks: request.blocks,
-        }
-        .into_encoded();
+    fn accept(&mut self, prepared: PreparedCommit, waiters: Vec<T>, actions: &mut Vec<Action<T>>) {
+        let PreparedCommit {
+            payload,
+            record: commit,
+        } = prepared;
         for (team, _) in &commit.blocks {
             self.teams.entry(*team).or_default();
         }
@@ -482,7 +446,7 @@ impl<T> TLogCore<T> {
     fn accept_chained(&mut self, actions: &mut Vec<Action<T>>) {
         while let Some(p) = self.pending.remove(&self.meta.last_version) {
             self.pending_bytes -= p.bytes;
-            self.accept(p.request, p.waiters, actions);
+            self.accept(p.commit, p.waiters, actions);
         }
     }
 
@@ -499,8 +463,8 @@ impl<T> TLogCore<T> {
             let p = self.pending.remove(&key).expect("listed above");
             self.pending_bytes -= p.bytes;
             let err = CoreError::MissingPredecessor {
-                prev: p.request.prev_version,
-                version: p.request.version,
+                prev: p.commit.prev_version(),
+                version: p.commit.version(),
                 last: self.meta.last_version,
             };
             for w in p.waiters {

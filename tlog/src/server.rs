@@ -37,7 +37,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::engine::{
     finish_disk_peek, Action, CommitRequest, CoreConfig, CoreError, DiskPeek, LockOutcome,
-    PeekPlan, PeekResult, TLogCore,
+    PeekPlan, PeekResult, PreparedCommit, TLogCore,
 };
 use crate::file_store::FileStore;
 use crate::log::{LogConfig, LogError, LogPosition, LogReader, SegmentLog};
@@ -105,23 +105,26 @@ impl<S: LogStore> Shared<S> {
 
     /// Runs actions: hands appends and removals to the writer while `core`
     /// is still locked (so the writer sees them in sequence order), then
-    /// unlocks it before completing callers, so the tasks it wakes do not
-    /// find the core still taken.
+    /// unlocks it before waking the writer and answering callers, so
+    /// neither finds the core still taken.
     fn execute(&self, core: MutexGuard<'_, TLogCore<Token>>, actions: Vec<Action<Token>>) {
         let mut completions = Vec::new();
+        let mut wake_writer = false;
         for action in actions {
             match action {
                 Action::Append {
                     seq,
                     record,
                     payload,
-                } => self.send(WriterCommand::Append {
-                    seq,
-                    record,
-                    payload,
-                }),
+                } => {
+                    wake_writer |= self.send(WriterCommand::Append {
+                        seq,
+                        record,
+                        payload,
+                    })
+                }
                 Action::RemoveSegmentsBefore(id) => {
-                    self.send(WriterCommand::RemoveSegmentsBefore(id))
+                    wake_writer |= self.send(WriterCommand::RemoveSegmentsBefore(id))
                 }
                 Action::CommitDone(token, result) => {
                     completions.push((token, Outcome::Commit(result)));
@@ -133,16 +136,20 @@ impl<S: LogStore> Shared<S> {
             }
         }
         drop(core);
+        if wake_writer {
+            self.writer.wake();
+        }
         for (waiter, outcome) in completions {
             waiter.complete(outcome);
         }
     }
 
-    fn send(&self, command: WriterCommand) {
+    /// Queues a command for the writer; true when it sleeps.
+    fn send(&self, command: WriterCommand) -> bool {
         // A stopped writer has reported poisoning (or the service is going
         // away); the queue then drops the command and the core fails what
         // waits.
-        self.writer.push(command);
+        self.writer.push(command)
     }
 
     /// Applies a report of the writer thread.
@@ -377,9 +384,13 @@ impl<S: LogStore> TLogService<S> {
                 .map(|t| (t.team, t.data))
                 .collect(),
         };
+        let commit = match PreparedCommit::new(request) {
+            Ok(commit) => commit,
+            Err(e) => return waiter.complete(Outcome::Commit(Err(e))),
+        };
         let now_ms = self.shared.clock.now_ms();
         let mut core = self.core();
-        let actions = core.commit(request, waiter, now_ms);
+        let actions = core.commit(commit, waiter, now_ms);
         self.execute(core, actions);
     }
 

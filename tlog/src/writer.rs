@@ -75,16 +75,21 @@ impl CommandQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn push(&self, command: WriterCommand) {
+    /// Queues a command; true when the writer sleeps and the caller must
+    /// [`wake`](CommandQueue::wake) it, best after releasing its own locks
+    /// so the woken writer's reports do not find them taken.
+    #[must_use = "a sleeping writer must be woken"]
+    pub fn push(&self, command: WriterCommand) -> bool {
         let mut state = self.state();
         if state.closed {
-            return;
+            return false;
         }
         state.commands.push(command);
-        if state.writer_sleeps {
-            state.writer_sleeps = false;
-            self.ready.notify_one();
-        }
+        std::mem::take(&mut state.writer_sleeps)
+    }
+
+    pub fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Lets the writer finish what is queued, then stop.
@@ -287,10 +292,10 @@ mod tests {
     fn the_writer_takes_everything_queued_in_order_then_stops_after_close() {
         let queue = CommandQueue::default();
         for id in 1..=3 {
-            queue.push(removal(id));
+            assert!(!queue.push(removal(id)), "no writer sleeps");
         }
         queue.close();
-        queue.push(removal(4));
+        assert!(!queue.push(removal(4)));
         let mut taken = Vec::new();
         assert!(queue.wait_and_take(&mut taken));
         assert_eq!(ids(&taken), [1, 2, 3]);
@@ -322,13 +327,14 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     #[test]
-    fn a_push_wakes_a_sleeping_writer() {
+    fn a_push_tells_to_wake_a_sleeping_writer_once() {
         let queue = Arc::new(CommandQueue::default());
         let result = sleeping_writer(&queue);
-        queue.push(removal(7));
-        let taken = result.recv_timeout(WAIT).expect("the push woke the writer");
-        assert_eq!(taken, (true, vec![7]));
-        assert!(!queue.state().writer_sleeps, "the push cleared the flag");
+        assert!(queue.push(removal(7)), "the writer sleeps");
+        assert!(!queue.push(removal(8)), "the first push took the wake");
+        queue.wake();
+        let taken = result.recv_timeout(WAIT).expect("the wake woke the writer");
+        assert_eq!(taken, (true, vec![7, 8]));
     }
 
     #[test]

@@ -96,8 +96,13 @@ impl Harness {
     }
 
     fn commit(&mut self, request: CommitRequest, token: u32) {
-        let actions = self.core.commit(request, token, 0);
-        self.run(actions);
+        match PreparedCommit::new(request) {
+            Ok(commit) => {
+                let actions = self.core.commit(commit, token, 0);
+                self.run(actions);
+            }
+            Err(e) => self.done.push((token, Err(e))),
+        }
     }
 
     /// Everything appended so far becomes durable.
@@ -162,7 +167,8 @@ fn a_waiting_commit_fails_when_its_predecessor_never_comes() {
         commit_wait_timeout_ms: 100,
         ..CoreConfig::default()
     });
-    let actions = h.core.commit(request(5, 9, &[A]), 1, 1_000);
+    let commit = PreparedCommit::new(request(5, 9, &[A])).unwrap();
+    let actions = h.core.commit(commit, 1, 1_000);
     h.run(actions);
     let actions = h.core.tick(1_099);
     h.run(actions);
