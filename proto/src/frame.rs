@@ -96,19 +96,30 @@ impl Encoder<Bytes> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|len| *len <= self.max_frame_len)
-            .ok_or(FrameError::TooLarge {
-                len: payload.len() as u64,
-                max: self.max_frame_len,
-            })?;
+        let header = frame_header(&payload, self.max_frame_len)?;
         dst.reserve(FRAME_HEADER_LEN + payload.len());
-        dst.put_u32_le(len);
-        dst.put_u32_le(crc32c::crc32c(&payload));
+        dst.put_slice(&header);
         dst.put_slice(&payload);
         Ok(())
     }
+}
+
+/// The header that goes before `payload`, or `TooLarge` past the cap.
+pub fn frame_header(
+    payload: &[u8],
+    max_frame_len: u32,
+) -> Result<[u8; FRAME_HEADER_LEN], FrameError> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= max_frame_len)
+        .ok_or(FrameError::TooLarge {
+            len: payload.len() as u64,
+            max: max_frame_len,
+        })?;
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    Ok(header)
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! transport that carries them.
 //!
 //! ```text
-//! role code ── Message ──▶ rpc::Envelope::encode ──▶ frame::FrameCodec ──▶ TCP
-//!     ▲                                                                    │
-//!     └──────── Message ◀── rpc::Envelope::decode ◀── frame::FrameCodec ◀──┘
+//! role code ── Message ──▶ rpc::Envelope::encode ──▶ frame::frame_header ──▶ TCP (vectored)
+//!     ▲                                                                         │
+//!     └──────── Message ◀── rpc::Envelope::decode ◀── frame::FrameCodec ◀───────┘
 //!           (transport: RpcClient / serve multiplex requests by request id)
 //! ```
 

@@ -19,15 +19,16 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::SinkExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedWrite;
 
-use crate::frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
+use frame_writer::FrameWriter;
+
+use crate::frame::{FrameError, DEFAULT_MAX_FRAME_LEN};
 use crate::rpc::{DecodeError, ErrorCode};
 
 mod client;
+mod frame_writer;
 mod peer;
 mod server;
 
@@ -134,16 +135,16 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     max_frame_len: u32,
     mut queue: impl Outbox,
 ) -> Result<(), FrameError> {
-    let mut sink = FramedWrite::new(io, FrameCodec::new(max_frame_len));
+    let mut sink = FrameWriter::new(io, max_frame_len);
     let mut last_flush: Option<(Instant, usize)> = None;
     while let Some(frame) = queue.next().await {
-        sink.feed(frame).await?;
-        let mut frames = 1 + feed_queued(&mut sink, &mut queue).await?;
+        sink.push(frame)?;
+        let mut frames = 1 + push_queued(&mut sink, &mut queue)?;
         let busy =
             last_flush.is_some_and(|(at, frames)| frames > 1 || at.elapsed() < BUSY_WRITE_INTERVAL);
         if busy {
             tokio::task::yield_now().await;
-            frames += feed_queued(&mut sink, &mut queue).await?;
+            frames += push_queued(&mut sink, &mut queue)?;
         }
         sink.flush().await?;
         last_flush = Some((Instant::now(), frames));
@@ -151,15 +152,15 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     sink.close().await
 }
 
-/// Feeds every frame already queued; returns how many.
-async fn feed_queued<W: AsyncWrite + Unpin>(
-    sink: &mut FramedWrite<W, FrameCodec>,
+/// Queues every frame already waiting; returns how many.
+fn push_queued<W: AsyncWrite + Unpin>(
+    sink: &mut FrameWriter<W>,
     queue: &mut impl Outbox,
 ) -> Result<usize, FrameError> {
-    let mut fed = 0;
+    let mut pushed = 0;
     while let Some(frame) = queue.try_next() {
-        sink.feed(frame).await?;
-        fed += 1;
+        sink.push(frame)?;
+        pushed += 1;
     }
-    Ok(fed)
+    Ok(pushed)
 }
