@@ -55,6 +55,7 @@ impl Decoder for FrameCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         let Some(header) = src.first_chunk::<FRAME_HEADER_LEN>() else {
+            read_ahead(src, FRAME_HEADER_LEN);
             return Ok(None);
         };
         let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
@@ -69,7 +70,7 @@ impl Decoder for FrameCodec {
         let total = FRAME_HEADER_LEN + len as usize;
         if src.len() < total {
             // Safe to reserve now that the length is within the cap.
-            src.reserve(total - src.len());
+            read_ahead(src, total);
             return Ok(None);
         }
         src.advance(FRAME_HEADER_LEN);
@@ -101,6 +102,22 @@ impl Encoder<Bytes> for FrameCodec {
         dst.put_slice(&header);
         dst.put_slice(&payload);
         Ok(())
+    }
+}
+
+/// Below this much free space, the read buffer grows before the next read.
+const MIN_READ: usize = 8 << 10;
+/// How much room a read buffer that grows gets beyond the frame in hand:
+/// one read then brings in many small frames, not one at a time.
+const READ_AHEAD: usize = 64 << 10;
+
+/// Makes room in `src` for the rest of a frame of `total` bytes (header
+/// included) and, when little room is left, for the frames after it.
+fn read_ahead(src: &mut BytesMut, total: usize) {
+    let rest = total.saturating_sub(src.len());
+    let spare = src.capacity() - src.len();
+    if spare < rest || spare < MIN_READ {
+        src.reserve(rest.max(READ_AHEAD));
     }
 }
 
@@ -168,6 +185,19 @@ mod tests {
             buf.put_u8(*byte);
         }
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "split me");
+    }
+
+    #[test]
+    fn a_partial_frame_leaves_room_for_it_and_the_frames_after_it() {
+        let mut codec = FrameCodec::default();
+        for len in [100usize, 1 << 20] {
+            let mut buf = BytesMut::new();
+            buf.put_u32_le(len as u32);
+            buf.put_u32_le(0);
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            let spare = buf.capacity() - buf.len();
+            assert!(spare >= len.max(READ_AHEAD), "{len}: spare {spare}");
+        }
     }
 
     #[test]
