@@ -14,6 +14,7 @@ pub mod clock;
 pub mod frame;
 mod generated;
 pub mod rpc;
+pub mod scatter;
 pub mod shard_map;
 pub mod system_keys;
 pub mod team_set;

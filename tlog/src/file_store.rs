@@ -34,11 +34,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use proto::scatter::MAX_SLICES;
 
 use crate::store::{check_bounds, LogStore, SegmentId, StoreError};
 
@@ -331,6 +333,38 @@ impl LogStore for FileStore {
                 e,
             )
         })
+    }
+
+    fn write_vectored_at(
+        &self,
+        id: SegmentId,
+        offset: u64,
+        parts: &[IoSlice<'_>],
+    ) -> Result<(), StoreError> {
+        let (file, capacity) = self.handle(id)?;
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        check_bounds(id, offset, total, capacity, true)?;
+        let mut slices = parts.to_vec();
+        let mut rest = &mut slices[..];
+        let mut at = offset;
+        while !rest.is_empty() {
+            let batch = rest.len().min(MAX_SLICES);
+            let written = match rustix::io::pwritev(&*file, &rest[..batch], at) {
+                Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => Ok(n),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => Err(io::Error::from(e)),
+            }
+            .map_err(|e| {
+                io_err(
+                    format!("write {total} bytes at {offset} to {}", self.describe(id)),
+                    e,
+                )
+            })?;
+            IoSlice::advance_slices(&mut rest, written);
+            at += written as u64;
+        }
+        Ok(())
     }
 
     fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {

@@ -1,8 +1,9 @@
 //! The segmented, checksummed record log: the TLog's durable storage.
 //!
-//! One writer appends records (opaque payloads) into a buffer; `sync` writes
-//! the buffer with one `write_at` and makes it durable with one fdatasync, so
-//! many commits share a sync (group commit). Readers on other threads
+//! One writer appends records (opaque payloads) into a [`Scatter`] (large
+//! payloads referenced, not copied); `sync` writes it with one vectored
+//! write and makes it durable with one fdatasync, so many commits share a
+//! sync (group commit). Readers on other threads
 //! ([`LogReader`]) see only what is durable.
 //!
 //! ```text
@@ -61,6 +62,9 @@ mod recovery;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use proto::scatter::Scatter;
 
 use format::{RecordHeader, SegmentHeader, KIND_DATA, KIND_SEAL, SEAL_LEN};
 pub use format::{
@@ -219,6 +223,12 @@ fn corrupt<S: LogStore>(
     }
 }
 
+/// A record's payload on its way into the buffer.
+enum Payload<'a> {
+    Copied(&'a [u8]),
+    Shared(Bytes),
+}
+
 /// The single-writer log. See the module doc.
 pub struct SegmentLog<S: LogStore> {
     store: Arc<S>,
@@ -228,7 +238,7 @@ pub struct SegmentLog<S: LogStore> {
     capacity: u64,
     /// Durable end of the current segment; `buffer` goes right after it.
     synced_end: u64,
-    buffer: Vec<u8>,
+    buffer: Scatter,
     next_sequence: u64,
     /// Why the log is poisoned, once it is.
     poison: Option<String>,
@@ -278,7 +288,7 @@ impl<S: LogStore> SegmentLog<S> {
             current,
             capacity,
             synced_end,
-            buffer: Vec::new(),
+            buffer: Scatter::default(),
             next_sequence: rec.next_sequence,
             poison: None,
         })
@@ -303,6 +313,21 @@ impl<S: LogStore> SegmentLog<S> {
     /// Buffers a record for the current segment (not durable, not visible to
     /// readers).
     pub fn append(&mut self, payload: &[u8]) -> Result<RecordLocation, LogError> {
+        let location = self.place(payload)?;
+        self.push(KIND_DATA, Payload::Copied(payload));
+        Ok(location)
+    }
+
+    /// [`SegmentLog::append`] of a shared payload, which a large record is
+    /// written from without being copied.
+    pub fn append_shared(&mut self, payload: Bytes) -> Result<RecordLocation, LogError> {
+        let location = self.place(&payload)?;
+        self.push(KIND_DATA, Payload::Shared(payload));
+        Ok(location)
+    }
+
+    /// Where a record of `payload` goes, if it fits.
+    fn place(&self, payload: &[u8]) -> Result<RecordLocation, LogError> {
         self.check_poison()?;
         let max = LogConfig::max_payload(self.config.segment_size);
         if payload.len() as u64 > max {
@@ -319,23 +344,31 @@ impl<S: LogStore> SegmentLog<S> {
                 available: self.free(),
             });
         }
-        let location = RecordLocation {
+        Ok(RecordLocation {
             segment: self.current,
             offset: self.append_end(),
             len: len as u32,
-        };
-        self.push(KIND_DATA, payload);
-        Ok(location)
+        })
     }
 
-    fn push(&mut self, kind: u32, payload: &[u8]) {
+    fn push(&mut self, kind: u32, payload: Payload<'_>) {
+        let bytes: &[u8] = match &payload {
+            Payload::Copied(bytes) => bytes,
+            Payload::Shared(bytes) => bytes,
+        };
         let header = RecordHeader {
             kind,
-            payload_len: payload.len() as u32,
+            payload_len: bytes.len() as u32,
             sequence: self.next_sequence,
             batch_start: self.synced_end,
         };
-        format::encode_record(&mut self.buffer, header, payload);
+        self.buffer
+            .extend_from_slice(&format::record_header(header, bytes));
+        match payload {
+            Payload::Copied(bytes) => self.buffer.extend_from_slice(bytes),
+            Payload::Shared(bytes) => self.buffer.push(bytes),
+        }
+        self.buffer.extend_from_slice(format::padding(&header));
         self.next_sequence += 1;
     }
 
@@ -350,7 +383,7 @@ impl<S: LogStore> SegmentLog<S> {
     /// the log (the old segment may already be sealed).
     pub fn roll(&mut self) -> Result<SegmentId, LogError> {
         self.check_poison()?;
-        self.push(KIND_SEAL, &[]);
+        self.push(KIND_SEAL, Payload::Copied(&[]));
         self.sync()?;
         let next = self.current + 1;
         if let Err(e) = start_segment(
@@ -391,7 +424,7 @@ impl<S: LogStore> SegmentLog<S> {
         }
         let written = self
             .store
-            .write_at(self.current, self.synced_end, &self.buffer)
+            .write_vectored_at(self.current, self.synced_end, &self.buffer.slices())
             .and_then(|()| self.store.sync(self.current));
         if let Err(e) = written {
             return Err(self.poisoned(e.into()));

@@ -32,6 +32,21 @@ pub trait LogStore: Send + Sync + 'static {
     fn create(&self, id: SegmentId, capacity: u64) -> Result<(), StoreError>;
     /// Writes `data` at `offset`; the whole range must lie within the capacity.
     fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> Result<(), StoreError>;
+    /// Writes `parts` back to back from `offset`, as one write where the
+    /// store can.
+    fn write_vectored_at(
+        &self,
+        id: SegmentId,
+        offset: u64,
+        parts: &[std::io::IoSlice<'_>],
+    ) -> Result<(), StoreError> {
+        let mut at = offset;
+        for part in parts {
+            self.write_at(id, at, part)?;
+            at += part.len() as u64;
+        }
+        Ok(())
+    }
     /// Reads up to `buf.len()` bytes; returns bytes read (short only at the
     /// end of the segment).
     fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError>;

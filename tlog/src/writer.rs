@@ -186,7 +186,7 @@ fn append<S: LogStore>(
             record,
             payload,
         } => {
-            let (location, len) = write_record(log, meta, &record, &payload)?;
+            let (location, len) = write_record(log, meta, &record, payload)?;
             if let Record::Commit(c) = &record {
                 batch.commits.push((c.version, location));
             }
@@ -256,15 +256,16 @@ fn write_record<S: LogStore>(
     log: &mut SegmentLog<S>,
     meta: &mut Metadata,
     record: &Record,
-    payload: &[u8],
+    payload: Bytes,
 ) -> Result<(RecordLocation, usize), LogError> {
-    if log.needs_roll(payload.len()) {
+    let len = payload.len();
+    if log.needs_roll(len) {
         log.roll()?;
         log.append(&Record::Snapshot(meta.clone()).encode())?;
     }
-    let location = log.append(payload)?;
+    let location = log.append_shared(payload)?;
     meta.apply(record);
-    Ok((location, payload.len()))
+    Ok((location, len))
 }
 
 #[cfg(test)]

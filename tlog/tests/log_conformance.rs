@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tlog::file_store::FileStore;
@@ -206,6 +207,35 @@ fn reopen_yields_same_records<D: Disk>() {
     for (loc, p) in &written {
         assert_eq!(&reader.read(*loc).unwrap()[..], &p[..]);
     }
+}
+
+/// Shared payloads (large ones written from their own buffers) land like
+/// copied ones, on both sides of the size where copying stops.
+fn shared_payloads_read_back_like_copied_ones<D: Disk>() {
+    let disk = D::new();
+    let config = LogConfig {
+        segment_size: 64 << 10,
+    };
+    let (mut log, _) = open(&disk, config.clone()).unwrap();
+    let sizes = [0, 13, 2047, 2048, 2049, 5000, 7, 9000];
+    let mut written = Vec::new();
+    for (i, len) in sizes.into_iter().enumerate() {
+        let p = payload(i, len);
+        let location = if i % 3 == 1 {
+            log.append(&p).unwrap()
+        } else {
+            log.append_shared(Bytes::from(p.clone())).unwrap()
+        };
+        written.push((location, p));
+    }
+    log.sync().unwrap();
+    let reader = log.reader();
+    for (location, p) in &written {
+        assert_eq!(&reader.read(*location).unwrap()[..], &p[..]);
+    }
+    drop((log, reader));
+    let (_, seen) = open(&disk, config).unwrap();
+    assert_eq!(seen, written);
 }
 
 /// Appends `n` records of varying sizes, rolling as needed, syncing every
@@ -571,6 +601,10 @@ macro_rules! conformance {
             #[test]
             fn reopen_yields_same_records() {
                 super::reopen_yields_same_records::<$disk>()
+            }
+            #[test]
+            fn shared_payloads_read_back_like_copied_ones() {
+                super::shared_payloads_read_back_like_copied_ones::<$disk>()
             }
             #[test]
             fn records_span_segments() {

@@ -2,46 +2,22 @@
 //! it is to the socket without being copied into a send buffer first.
 //!
 //! ```text
-//!  push(payload) ─▶ staged: [header|small payload|header|header|small ...]
-//!                   parts:  Staged(0..a), Payload(large), Staged(a..b), ...
-//!  flush()       ─▶ write_vectored(parts as IoSlices), resuming after a short write
+//!  push(payload) ─▶ Scatter: [header|small payload|header] [large payload] [header|...]
+//!  flush()       ─▶ write_vectored(slices), resuming after a short write
 //! ```
-//!
-//! Small payloads are copied next to their headers: for them a copy is
-//! cheaper than an extra I/O vector entry.
 
 use std::io::{self, IoSlice};
-use std::ops::Range;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{frame_header, FrameError};
-
-/// Payloads up to this size are copied next to their header.
-const COPY_UP_TO: usize = 2048;
-/// I/O vector entries per write (Linux's IOV_MAX is 1024).
-const MAX_SLICES: usize = 1024;
+use crate::scatter::{Scatter, MAX_SLICES};
 
 pub(super) struct FrameWriter<W> {
     io: W,
     max_frame_len: u32,
-    queued: Queued,
-}
-
-/// Frames waiting to be written, as I/O vector parts.
-#[derive(Default)]
-struct Queued {
-    staged: Vec<u8>,
-    parts: Vec<Part>,
-    /// The first part not fully written, and how much of it was.
-    front: usize,
-    front_written: usize,
-}
-
-enum Part {
-    Staged(Range<usize>),
-    Payload(Bytes),
+    queued: Scatter,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -49,26 +25,31 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter {
             io,
             max_frame_len,
-            queued: Queued::default(),
+            queued: Scatter::default(),
         }
     }
 
     /// Queues one frame; nothing is written until [`FrameWriter::flush`].
     pub(super) fn push(&mut self, payload: Bytes) -> Result<(), FrameError> {
         let header = frame_header(&payload, self.max_frame_len)?;
-        self.queued.push(&header, payload);
+        self.queued.extend_from_slice(&header);
+        self.queued.push(payload);
         Ok(())
     }
 
     /// Writes everything queued.
     pub(super) async fn flush(&mut self) -> Result<(), FrameError> {
-        while !self.queued.is_written() {
-            let written = self.io.write_vectored(&self.queued.slices()).await?;
+        let mut slices = self.queued.slices();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let batch = rest.len().min(MAX_SLICES);
+            let written = self.io.write_vectored(&rest[..batch]).await?;
             if written == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
             }
-            self.queued.advance(written);
+            IoSlice::advance_slices(&mut rest, written);
         }
+        drop(slices);
         self.queued.clear();
         self.io.flush().await?;
         Ok(())
@@ -78,76 +59,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await?;
         self.io.shutdown().await?;
         Ok(())
-    }
-}
-
-impl Queued {
-    fn push(&mut self, header: &[u8], payload: Bytes) {
-        let start = self.staged.len();
-        self.staged.extend_from_slice(header);
-        if payload.len() <= COPY_UP_TO {
-            self.staged.extend_from_slice(&payload);
-            self.stage_from(start);
-        } else {
-            self.stage_from(start);
-            self.parts.push(Part::Payload(payload));
-        }
-    }
-
-    /// Extends the last part when it is staged and ends at `start`.
-    fn stage_from(&mut self, start: usize) {
-        let end = self.staged.len();
-        match self.parts.last_mut() {
-            Some(Part::Staged(range)) if range.end == start => range.end = end,
-            _ => self.parts.push(Part::Staged(start..end)),
-        }
-    }
-
-    fn is_written(&self) -> bool {
-        self.front == self.parts.len()
-    }
-
-    fn clear(&mut self) {
-        self.parts.clear();
-        self.staged.clear();
-        self.front = 0;
-        self.front_written = 0;
-    }
-
-    fn part(&self, index: usize) -> &[u8] {
-        match &self.parts[index] {
-            Part::Staged(range) => &self.staged[range.clone()],
-            Part::Payload(payload) => payload,
-        }
-    }
-
-    /// What is left to write, from the first unwritten byte.
-    fn slices(&self) -> Vec<IoSlice<'_>> {
-        let end = self.parts.len().min(self.front + MAX_SLICES);
-        (self.front..end)
-            .map(|index| {
-                let part = self.part(index);
-                let skip = if index == self.front {
-                    self.front_written
-                } else {
-                    0
-                };
-                IoSlice::new(&part[skip..])
-            })
-            .collect()
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        while written > 0 {
-            let left = self.part(self.front).len() - self.front_written;
-            if written < left {
-                self.front_written += written;
-                return;
-            }
-            written -= left;
-            self.front += 1;
-            self.front_written = 0;
-        }
     }
 }
 
@@ -274,6 +185,6 @@ mod tests {
             writer.push(Bytes::from_static(b"fives")),
             Err(FrameError::TooLarge { len: 5, max: 4 })
         ));
-        assert!(writer.queued.parts.is_empty() && writer.queued.staged.is_empty());
+        assert!(writer.queued.is_empty());
     }
 }

@@ -105,8 +105,12 @@ impl RecordHeader {
     }
 }
 
-/// Appends one record (header, payload, zero padding) to `out`.
-pub(super) fn encode_record(out: &mut Vec<u8>, header: RecordHeader, payload: &[u8]) {
+/// The header of a record holding `payload`; on disk it is followed by the
+/// payload and [`padding`] zeros.
+pub(super) fn record_header(
+    header: RecordHeader,
+    payload: &[u8],
+) -> [u8; RECORD_HEADER_LEN as usize] {
     let mut h = [0u8; RECORD_HEADER_LEN as usize];
     h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     h[4..8].copy_from_slice(&header.payload_len.to_le_bytes());
@@ -115,10 +119,14 @@ pub(super) fn encode_record(out: &mut Vec<u8>, header: RecordHeader, payload: &[
     h[24..28].copy_from_slice(&header.kind.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), payload);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
-    let start = out.len();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
-    out.resize(start + header.record_len() as usize, 0);
+    h
+}
+
+/// The zeros after a record's payload, up to the next record boundary.
+pub(super) fn padding(header: &RecordHeader) -> &'static [u8] {
+    const ZEROS: [u8; RECORD_ALIGN as usize] = [0; RECORD_ALIGN as usize];
+    let len = header.record_len() - RECORD_HEADER_LEN - u64::from(header.payload_len);
+    &ZEROS[..len as usize]
 }
 
 /// The on-disk length of the record whose header starts `buf`, judged by
