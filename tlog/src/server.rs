@@ -79,13 +79,11 @@ pub const MAX_PEEK_BYTES: u32 = 16 << 20;
 /// The longest a peek long-polls, whatever it asks for.
 pub const MAX_PEEK_WAIT_MS: u64 = 60_000;
 
-type Token = Waiter;
-
 /// Durable version and whether the epoch ended, for long polls.
 type Progress = (Version, bool);
 
 struct Shared<S: LogStore> {
-    core: Mutex<TLogCore<Token>>,
+    core: Mutex<TLogCore<Waiter>>,
     /// Closed when the service is dropped, which ends the writer thread.
     writer: Arc<CommandQueue>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -99,7 +97,7 @@ struct Shared<S: LogStore> {
 }
 
 impl<S: LogStore> Shared<S> {
-    fn core(&self) -> MutexGuard<'_, TLogCore<Token>> {
+    fn core(&self) -> MutexGuard<'_, TLogCore<Waiter>> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -107,7 +105,7 @@ impl<S: LogStore> Shared<S> {
     /// is still locked (so the writer sees them in sequence order), then
     /// unlocks it before waking the writer and answering callers, so
     /// neither finds the core still taken.
-    fn execute(&self, core: MutexGuard<'_, TLogCore<Token>>, actions: Vec<Action<Token>>) {
+    fn execute(&self, core: MutexGuard<'_, TLogCore<Waiter>>, actions: Vec<Action<Waiter>>) {
         let mut completions = Vec::new();
         let mut wake_writer = false;
         for action in actions {
@@ -204,11 +202,11 @@ impl<S: LogStore> Drop for Shared<S> {
     }
 }
 
-fn progress_of(core: &TLogCore<Token>) -> Progress {
+fn progress_of(core: &TLogCore<Waiter>) -> Progress {
     (core.durable_version(), core.is_locked())
 }
 
-fn publish_sync_gauges(core: &TLogCore<Token>, disk_bytes: u64) {
+fn publish_sync_gauges(core: &TLogCore<Waiter>, disk_bytes: u64) {
     metrics::gauge!("teamlog_tlog_durable_version").set(core.durable_version().0 as f64);
     metrics::gauge!("teamlog_tlog_known_committed_version")
         .set(core.metadata().known_committed_version.0 as f64);
@@ -351,11 +349,11 @@ impl<S: LogStore> TLogService<S> {
         Ok(TLogService { shared })
     }
 
-    fn core(&self) -> MutexGuard<'_, TLogCore<Token>> {
+    fn core(&self) -> MutexGuard<'_, TLogCore<Waiter>> {
         self.shared.core()
     }
 
-    fn execute(&self, core: MutexGuard<'_, TLogCore<Token>>, actions: Vec<Action<Token>>) {
+    fn execute(&self, core: MutexGuard<'_, TLogCore<Waiter>>, actions: Vec<Action<Waiter>>) {
         self.shared.execute(core, actions)
     }
 
