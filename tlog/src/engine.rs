@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use proto::{StorageTeamId, Version};
 
-use crate::log::{LogPosition, RecordLocation};
+use crate::log::{ChecksummedPayload, LogPosition, RecordLocation};
 use crate::record::{CommitRecord, Metadata, Record};
 use crate::store::SegmentId;
 use crate::team::TeamState;
@@ -114,7 +114,7 @@ pub enum Action<T> {
     Append {
         seq: u64,
         record: Record,
-        payload: Bytes,
+        payload: ChecksummedPayload,
     },
     RemoveSegmentsBefore(SegmentId),
     CommitDone(T, Result<Version, CoreError>),
@@ -294,14 +294,14 @@ impl<T> TLogCore<T> {
     }
 
     fn append(&mut self, record: Record, actions: &mut Vec<Action<T>>) -> u64 {
-        let payload = record.encode();
+        let payload = ChecksummedPayload::new(record.encode());
         self.append_encoded(record, payload, actions)
     }
 
     fn append_encoded(
         &mut self,
         record: Record,
-        payload: Bytes,
+        payload: ChecksummedPayload,
         actions: &mut Vec<Action<T>>,
     ) -> u64 {
         self.next_seq += 1;

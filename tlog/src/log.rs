@@ -1,10 +1,11 @@
 //! The segmented, checksummed record log: the TLog's durable storage.
 //!
 //! One writer appends records (opaque payloads) into a [`Scatter`] (large
-//! payloads referenced, not copied); `sync` writes it with one vectored
-//! write and makes it durable with one fdatasync, so many commits share a
-//! sync (group commit). Readers on other threads
-//! ([`LogReader`]) see only what is durable.
+//! payloads referenced, not copied); `write` writes it with one vectored
+//! write, and a [`LogSyncer`] (on any thread) makes everything written so
+//! far durable with one fdatasync, so many commits share a sync (group
+//! commit) and the next batch can be written while the last one syncs.
+//! Readers on other threads ([`LogReader`]) see only what is durable.
 //!
 //! ```text
 //!  segment 7 (preallocated, zero-filled)                  segment 8
@@ -19,7 +20,7 @@
 //! Segment header, 64 bytes at offset 0:
 //!
 //! ```text
-//!  0  magic "TLOGSEG\0"   8  format version u32 (1)   12 header length u32 (64)
+//!  0  magic "TLOGSEG\0"   8  format version u32 (2)   12 header length u32 (64)
 //!  16 segment id u64      24 first sequence u64       32 zeros
 //!  60 crc32c of bytes 0..60
 //! ```
@@ -28,16 +29,17 @@
 //! the payload, and zero padding up to the next multiple of 8:
 //!
 //! ```text
-//!  0  magic u32 "TLR1"    4  payload_len u32      8  sequence u64
+//!  0  magic u32 "TLR2"    4  payload_len u32      8  sequence u64
 //!  16 batch_start u64     24 kind u32 (1 data, 2 seal)
-//!  28 crc32c u32 of bytes 0..28 and the payload
+//!  28 crc32c u32 of the payload, then bytes 0..28
 //! ```
 //!
 //! `sequence` goes up by exactly one per record across the whole log (the
-//! segment header holds the first one). `batch_start` is the offset of the
-//! first record written since the previous sync of the segment. A seal record
-//! ends every segment but the last: `roll` writes it and syncs before any byte
-//! goes to the next segment. Every segment keeps room for its seal.
+//! segment header holds the first one). `batch_start` is the segment's durable
+//! end when the record's batch was started: everything before it had been
+//! synced. A seal record ends every segment but the last: `roll` writes it
+//! and syncs before any byte goes to the next segment. Every segment keeps
+//! room for its seal.
 //!
 //! # Recovery
 //!
@@ -47,18 +49,21 @@
 //! offset) for valid records with a later sequence. One whose `batch_start` is
 //! beyond X was written after a sync that covered X, so X is corruption
 //! ([`LogError::Corrupt`], the log refuses to open). Otherwise everything from
-//! X on is the unsynced last batch, whose pages may have persisted in any
-//! order: a torn tail, zeroed (so stale bytes never look valid later), synced,
+//! X on is unsynced (the last batch, or the last two when one was written
+//! while the other synced), whose pages may have persisted in any order: a
+//! torn tail, zeroed (so stale bytes never look valid later), synced,
 //! and appended over. A last segment with an invalid header and nothing else
 //! in it was being created by `roll` and is removed.
 //!
 //! One case cannot be told apart: corruption inside the very last synced
-//! batch, with no later batch on disk, looks exactly like a torn unsynced
-//! batch, so it is truncated (with a warning) rather than reported.
+//! batch, with no batch on disk that was started after its sync, looks
+//! exactly like a torn unsynced batch, so it is truncated (with a warning)
+//! rather than reported.
 
 mod format;
 mod reader;
 mod recovery;
+mod syncer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -72,6 +77,7 @@ pub use format::{
     SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 pub use reader::LogReader;
+pub use syncer::{LogSyncer, SyncPoint};
 
 use crate::store::{LogStore, SegmentId, StoreError};
 
@@ -193,6 +199,8 @@ struct Shared {
     /// the seal for sealed segments).
     segments: BTreeMap<SegmentId, Extent>,
     durable_end: LogPosition,
+    /// Why the log is poisoned, once a write or sync failed.
+    poison: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -209,6 +217,13 @@ fn write_lock(shared: &RwLock<Shared>) -> RwLockWriteGuard<'_, Shared> {
     shared.write().unwrap_or_else(|e| e.into_inner())
 }
 
+fn check_poison(shared: &RwLock<Shared>) -> Result<(), LogError> {
+    match read_lock(shared).poison {
+        Some(_) => Err(LogError::Poisoned),
+        None => Ok(()),
+    }
+}
+
 fn corrupt<S: LogStore>(
     store: &S,
     segment: SegmentId,
@@ -223,10 +238,30 @@ fn corrupt<S: LogStore>(
     }
 }
 
+/// A record payload and its crc32c, computed by whoever made the payload:
+/// the writer is the log's one serial stage, so it should not pass over a
+/// large payload again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChecksummedPayload {
+    bytes: Bytes,
+    crc: u32,
+}
+
+impl ChecksummedPayload {
+    pub fn new(bytes: Bytes) -> ChecksummedPayload {
+        let crc = crc32c::crc32c(&bytes);
+        ChecksummedPayload { bytes, crc }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// A record's payload on its way into the buffer.
 enum Payload<'a> {
     Copied(&'a [u8]),
-    Shared(Bytes),
+    Shared(ChecksummedPayload),
 }
 
 /// The single-writer log. See the module doc.
@@ -236,12 +271,13 @@ pub struct SegmentLog<S: LogStore> {
     shared: Arc<RwLock<Shared>>,
     current: SegmentId,
     capacity: u64,
-    /// Durable end of the current segment; `buffer` goes right after it.
-    synced_end: u64,
+    /// Written end of the current segment; `buffer` goes right after it.
+    written_end: u64,
+    /// The current segment's durable end when the buffer's first record was
+    /// pushed; every record in the buffer carries it as its `batch_start`.
+    batch_start: u64,
     buffer: Scatter,
     next_sequence: u64,
-    /// Why the log is poisoned, once it is.
-    poison: Option<String>,
 }
 
 impl<S: LogStore> SegmentLog<S> {
@@ -284,26 +320,24 @@ impl<S: LogStore> SegmentLog<S> {
             shared: Arc::new(RwLock::new(Shared {
                 segments,
                 durable_end,
+                poison: None,
             })),
             current,
             capacity,
-            synced_end,
+            written_end: synced_end,
+            batch_start: synced_end,
             buffer: Scatter::default(),
             next_sequence: rec.next_sequence,
-            poison: None,
         })
     }
 
     fn check_poison(&self) -> Result<(), LogError> {
-        match self.poison {
-            Some(_) => Err(LogError::Poisoned),
-            None => Ok(()),
-        }
+        check_poison(&self.shared)
     }
 
     /// Offset where the next appended record will go.
     fn append_end(&self) -> u64 {
-        self.synced_end + self.buffer.len() as u64
+        self.written_end + self.buffer.len() as u64
     }
 
     fn free(&self) -> u64 {
@@ -318,10 +352,13 @@ impl<S: LogStore> SegmentLog<S> {
         Ok(location)
     }
 
-    /// [`SegmentLog::append`] of a shared payload, which a large record is
-    /// written from without being copied.
-    pub fn append_shared(&mut self, payload: Bytes) -> Result<RecordLocation, LogError> {
-        let location = self.place(&payload)?;
+    /// [`SegmentLog::append`] of a shared, already checksummed payload,
+    /// which a large record is written from without being copied.
+    pub fn append_shared(
+        &mut self,
+        payload: ChecksummedPayload,
+    ) -> Result<RecordLocation, LogError> {
+        let location = self.place(&payload.bytes)?;
         self.push(KIND_DATA, Payload::Shared(payload));
         Ok(location)
     }
@@ -352,21 +389,29 @@ impl<S: LogStore> SegmentLog<S> {
     }
 
     fn push(&mut self, kind: u32, payload: Payload<'_>) {
-        let bytes: &[u8] = match &payload {
-            Payload::Copied(bytes) => bytes,
-            Payload::Shared(bytes) => bytes,
+        if self.buffer.is_empty() {
+            // Read once per batch: a stale value is only lower, which keeps
+            // recovery's torn-tail judgement conservative.
+            self.batch_start = read_lock(&self.shared)
+                .segments
+                .get(&self.current)
+                .map_or(self.written_end, |extent| extent.end);
+        }
+        let (bytes, crc): (&[u8], u32) = match &payload {
+            Payload::Copied(bytes) => (bytes, crc32c::crc32c(bytes)),
+            Payload::Shared(shared) => (&shared.bytes, shared.crc),
         };
         let header = RecordHeader {
             kind,
             payload_len: bytes.len() as u32,
             sequence: self.next_sequence,
-            batch_start: self.synced_end,
+            batch_start: self.batch_start,
         };
         self.buffer
-            .extend_from_slice(&format::record_header(header, bytes));
+            .extend_from_slice(&format::record_header(header, crc));
         match payload {
             Payload::Copied(bytes) => self.buffer.extend_from_slice(bytes),
-            Payload::Shared(bytes) => self.buffer.push(bytes),
+            Payload::Shared(shared) => self.buffer.push(shared.bytes),
         }
         self.buffer.extend_from_slice(format::padding(&header));
         self.next_sequence += 1;
@@ -396,7 +441,7 @@ impl<S: LogStore> SegmentLog<S> {
         }
         self.current = next;
         self.capacity = self.config.segment_size;
-        self.synced_end = FIRST_RECORD_OFFSET;
+        self.written_end = FIRST_RECORD_OFFSET;
         let mut shared = write_lock(&self.shared);
         shared.segments.insert(
             next,
@@ -412,60 +457,65 @@ impl<S: LogStore> SegmentLog<S> {
         Ok(next)
     }
 
-    /// Writes everything appended (one `write_at`) and syncs; afterwards it is
-    /// durable and visible to readers. A failed write or sync poisons the
-    /// log: this and every later call returns [`LogError::Poisoned`]; the
-    /// sync is never retried, since after a failed fdatasync the page cache
-    /// no longer tells what reached the disk.
-    pub fn sync(&mut self) -> Result<(), LogError> {
+    /// Writes everything appended with one vectored write, without syncing;
+    /// returns the point a [`LogSyncer`] must sync to make it durable (none
+    /// when nothing was appended). A failed write poisons the log.
+    pub fn write(&mut self) -> Result<Option<SyncPoint>, LogError> {
         self.check_poison()?;
         if self.buffer.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let written = self
-            .store
-            .write_vectored_at(self.current, self.synced_end, &self.buffer.slices())
-            .and_then(|()| self.store.sync(self.current));
-        if let Err(e) = written {
+        if let Err(e) =
+            self.store
+                .write_vectored_at(self.current, self.written_end, &self.buffer.slices())
+        {
             return Err(self.poisoned(e.into()));
         }
-        self.synced_end += self.buffer.len() as u64;
+        self.written_end += self.buffer.len() as u64;
         self.buffer.clear();
-        let mut shared = write_lock(&self.shared);
-        if let Some(extent) = shared.segments.get_mut(&self.current) {
-            extent.end = self.synced_end;
+        Ok(Some(SyncPoint {
+            end: LogPosition {
+                segment: self.current,
+                offset: self.written_end,
+            },
+        }))
+    }
+
+    /// [`SegmentLog::write`], then sync: afterwards everything appended is
+    /// durable and visible to readers. A failed write or sync poisons the
+    /// log: this and every later call returns [`LogError::Poisoned`].
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.write()?;
+        let durable = read_lock(&self.shared)
+            .segments
+            .get(&self.current)
+            .map_or(0, |extent| extent.end);
+        if durable >= self.written_end {
+            return Ok(());
         }
-        shared.durable_end = LogPosition {
-            segment: self.current,
-            offset: self.synced_end,
-        };
-        Ok(())
+        self.syncer().sync(SyncPoint {
+            end: LogPosition {
+                segment: self.current,
+                offset: self.written_end,
+            },
+        })
+    }
+
+    /// A handle that syncs what this log writes, and removes old segments,
+    /// from another thread.
+    pub fn syncer(&self) -> LogSyncer<S> {
+        LogSyncer::new(Arc::clone(&self.store), Arc::clone(&self.shared))
     }
 
     fn poisoned(&mut self, cause: LogError) -> LogError {
-        tracing::error!(segment = self.current, error = %cause, "log poisoned");
-        self.poison = Some(cause.to_string());
         self.buffer.clear();
-        LogError::Poisoned
+        self.syncer().poison(self.current, cause)
     }
 
     /// Durably removes every segment with id < `segment` (never the current
     /// one), oldest first.
     pub fn remove_segments_before(&mut self, segment: SegmentId) -> Result<(), LogError> {
-        self.check_poison()?;
-        let limit = segment.min(self.current);
-        let doomed: Vec<SegmentId> = read_lock(&self.shared)
-            .segments
-            .range(..limit)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in doomed {
-            // Oldest first, and the map entry goes only once the file is gone,
-            // so a failure leaves a consistent prefix removed.
-            self.store.remove(id)?;
-            write_lock(&self.shared).segments.remove(&id);
-        }
-        Ok(())
+        self.syncer().remove_segments_before(segment)
     }
 
     /// Live segment ids, ascending.
@@ -478,19 +528,12 @@ impl<S: LogStore> SegmentLog<S> {
     }
 
     pub fn durable_end(&self) -> LogPosition {
-        LogPosition {
-            segment: self.current,
-            offset: self.synced_end,
-        }
+        read_lock(&self.shared).durable_end
     }
 
     /// Disk space held by live segments (they are preallocated).
     pub fn disk_bytes(&self) -> u64 {
-        read_lock(&self.shared)
-            .segments
-            .values()
-            .map(|e| e.capacity)
-            .sum()
+        self.syncer().disk_bytes()
     }
 
     pub fn reader(&self) -> LogReader<S> {
@@ -498,12 +541,12 @@ impl<S: LogStore> SegmentLog<S> {
     }
 
     pub fn is_poisoned(&self) -> bool {
-        self.poison.is_some()
+        read_lock(&self.shared).poison.is_some()
     }
 
     /// The error that poisoned the log, if any.
-    pub fn poison_cause(&self) -> Option<&str> {
-        self.poison.as_deref()
+    pub fn poison_cause(&self) -> Option<String> {
+        self.syncer().poison_cause()
     }
 
     /// Bytes appended but not yet synced.

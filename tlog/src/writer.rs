@@ -1,30 +1,44 @@
-//! The writer thread: the only code that appends to the log.
+//! The writer: the only code that appends to the log, on two threads that
+//! take turns, so one writes while the other waits for its fdatasync.
 //!
 //! ```text
 //!  core ──push(WriterCommand, in seq order)──▶ CommandQueue
-//!                                                   │ take all queued
+//!                                                   │ either writer thread:
 //!                                                   ▼
-//!                         writer: append each, one sync for the whole batch
+//!      append lock: take queued commands, append them, write (no sync)
+//!                                                   │ written: records not yet synced
+//!                                                   ▼
+//!      sync turn: fdatasync everything written by now, then report it
 //!  core ◀──report(WriterEvent::Durable{through_seq, commit locations})──┘
 //! ```
 //!
-//! Taking everything queued while the previous sync ran is the group
-//! commit: under load, many commits share one fdatasync. The queue wakes the
-//! writer only when it sleeps, so while it syncs, queueing a command costs
-//! no system call. A failed write or sync poisons the log; the writer
-//! reports it once and stops.
+//! Taking everything queued while a sync runs is the group commit: under
+//! load, many commits share one fdatasync. With two threads, the commits
+//! that arrive during a sync are already written when it ends, and the
+//! next sync starts at once; with one, their write would wait for the sync
+//! and the next sync for their write. Under light load one thread does it
+//! all while the other sleeps, so a lone commit pays no hand-off. Commands
+//! are taken and appended under one lock, so they reach the log in queue
+//! order whichever thread takes them; reports are made in the sync turn,
+//! so they come in order too.
+//!
+//! A failed write or sync poisons the log; the writer reports it once and
+//! stops.
 //!
 //! Metrics: `teamlog_tlog_fsync_seconds` (each sync) and
 //! `teamlog_tlog_sync_batch_bytes` (record bytes each sync made durable).
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+mod queue;
+
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use bytes::Bytes;
 use proto::Version;
 
-use crate::log::{LogError, RecordLocation, SegmentLog};
+pub use queue::CommandQueue;
+
+use crate::log::{ChecksummedPayload, LogError, LogSyncer, RecordLocation, SegmentLog, SyncPoint};
 use crate::record::{Metadata, Record};
 use crate::store::{LogStore, SegmentId};
 
@@ -32,9 +46,18 @@ pub enum WriterCommand {
     Append {
         seq: u64,
         record: Record,
-        payload: Bytes,
+        payload: ChecksummedPayload,
     },
     RemoveSegmentsBefore(SegmentId),
+}
+
+impl WriterCommand {
+    fn record_bytes(&self) -> usize {
+        match self {
+            WriterCommand::Append { payload, .. } => payload.bytes().len(),
+            WriterCommand::RemoveSegmentsBefore(_) => 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -49,301 +72,332 @@ pub enum WriterEvent {
     Poisoned(String),
 }
 
-/// Bytes of records one batch may gather before it is synced.
+/// Record bytes a thread takes, writes and syncs as one batch, so a burst
+/// is acknowledged as it is written rather than all at its end.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-/// Commands on their way to the writer, in the order they were pushed.
-#[derive(Default)]
-pub struct CommandQueue {
-    state: Mutex<QueueState>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    commands: Vec<WriterCommand>,
-    writer_sleeps: bool,
-    /// Set by [`CommandQueue::close`] or when the writer stops; later
-    /// commands are dropped.
-    closed: bool,
-}
-
-impl CommandQueue {
-    fn state(&self) -> MutexGuard<'_, QueueState> {
-        // Every operation leaves the state consistent, so a panic elsewhere
-        // while holding the lock does not matter.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a command; true when the writer sleeps and the caller must
-    /// [`wake`](CommandQueue::wake) it, best after releasing its own locks
-    /// so the woken writer's reports do not find them taken.
-    #[must_use = "a sleeping writer must be woken"]
-    pub fn push(&self, command: WriterCommand) -> bool {
-        let mut state = self.state();
-        if state.closed {
-            return false;
-        }
-        state.commands.push(command);
-        std::mem::take(&mut state.writer_sleeps)
-    }
-
-    pub fn wake(&self) {
-        self.ready.notify_one();
-    }
-
-    /// Lets the writer finish what is queued, then stop.
-    pub fn close(&self) {
-        self.state().closed = true;
-        self.ready.notify_one();
-    }
-
-    /// Waits for commands and moves every queued one into `into`; false once
-    /// the queue is closed and empty.
-    fn wait_and_take(&self, into: &mut Vec<WriterCommand>) -> bool {
-        let mut state = self.state();
-        while state.commands.is_empty() {
-            if state.closed {
-                return false;
-            }
-            state.writer_sleeps = true;
-            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        std::mem::swap(&mut state.commands, into);
-        true
-    }
-
-    /// Moves every queued command into `into` without waiting.
-    fn take(&self, into: &mut Vec<WriterCommand>) {
-        std::mem::swap(&mut self.state().commands, into);
-    }
-}
-
-/// Records appended since the last sync, and what to do once it is done.
+/// Records appended, or written and not yet synced, and what to do once
+/// they are durable.
 #[derive(Default)]
 struct Batch {
     through_seq: Option<u64>,
     commits: Vec<(Version, RecordLocation)>,
     bytes: usize,
     removals: Vec<SegmentId>,
+    /// Where the batch's data ends, once written.
+    point: Option<SyncPoint>,
 }
 
-/// Starts the writer. `report` runs on the writer thread after each sync and
+impl Batch {
+    /// Adds `later`, which was appended after everything in `self`.
+    fn absorb(&mut self, later: Batch) {
+        if self.commits.is_empty() {
+            self.commits = later.commits;
+        } else {
+            self.commits.extend(later.commits);
+        }
+        self.through_seq = later.through_seq.or(self.through_seq);
+        self.bytes += later.bytes;
+        self.removals.extend(later.removals);
+        self.point = later.point.or(self.point);
+    }
+}
+
+/// The log and what only appending touches.
+struct Appender<S: LogStore> {
+    log: SegmentLog<S>,
+    meta: Metadata,
+    /// Appended since the last write.
+    appended: Batch,
+}
+
+/// What only the thread whose turn it is to sync touches.
+struct Turn<R> {
+    report: R,
+    stopped: bool,
+}
+
+struct Writer<S: LogStore, R> {
+    queue: Arc<CommandQueue>,
+    syncer: LogSyncer<S>,
+    appender: Mutex<Appender<S>>,
+    /// Written, not yet synced.
+    written: Mutex<Batch>,
+    turn: Mutex<Turn<R>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A writer thread that panicked holding a lock leaves nothing half done
+    // that the other would trust: its batch is simply never reported.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the writer threads. `report` runs on them after each sync and
 /// must not block (it hands the event on); it returns false once nobody
-/// listens, which ends the thread.
+/// listens, which ends the threads. The handle returned ends after both.
 pub fn spawn_writer<S, R>(
-    mut log: SegmentLog<S>,
-    mut meta: Metadata,
-    queue: std::sync::Arc<CommandQueue>,
-    mut report: R,
+    log: SegmentLog<S>,
+    meta: Metadata,
+    queue: Arc<CommandQueue>,
+    report: R,
 ) -> std::io::Result<JoinHandle<()>>
 where
     S: LogStore,
     R: FnMut(WriterEvent) -> bool + Send + 'static,
 {
+    let writer = Arc::new(Writer {
+        queue,
+        syncer: log.syncer(),
+        appender: Mutex::new(Appender {
+            log,
+            meta,
+            appended: Batch::default(),
+        }),
+        written: Mutex::new(Batch::default()),
+        turn: Mutex::new(Turn {
+            report,
+            stopped: false,
+        }),
+    });
     std::thread::Builder::new()
         .name("tlog-writer".into())
         .spawn(move || {
-            let mut taken = Vec::new();
-            let mut batch = Batch::default();
-            while queue.wait_and_take(&mut taken) {
-                // Whatever arrives while appending joins this batch.
-                while !taken.is_empty() {
-                    for command in taken.drain(..) {
-                        let step =
-                            append(&mut log, &mut meta, &mut batch, command).and_then(|()| {
-                                if batch.bytes < MAX_BATCH_BYTES {
-                                    Ok(true)
-                                } else {
-                                    sync_batch(&mut log, &mut batch, &mut report)
-                                }
-                            });
-                        if !keep_going(step, &mut report) {
-                            queue.close();
-                            return;
-                        }
-                    }
-                    queue.take(&mut taken);
-                }
-                let step = sync_batch(&mut log, &mut batch, &mut report);
-                if !keep_going(step, &mut report) {
-                    queue.close();
-                    return;
-                }
+            let partner = Arc::clone(&writer);
+            let partner = std::thread::Builder::new()
+                .name("tlog-writer".into())
+                .spawn(move || partner.run());
+            if let Err(e) = &partner {
+                tracing::warn!(error = %e, "no second writer thread: writes wait for syncs");
+            }
+            writer.run();
+            if let Ok(partner) = partner {
+                let _ = partner.join();
             }
         })
 }
 
-fn append<S: LogStore>(
-    log: &mut SegmentLog<S>,
-    meta: &mut Metadata,
-    batch: &mut Batch,
-    command: WriterCommand,
-) -> Result<(), LogError> {
-    match command {
-        WriterCommand::Append {
-            seq,
-            record,
-            payload,
-        } => {
-            let (location, len) = write_record(log, meta, &record, payload)?;
-            if let Record::Commit(c) = &record {
-                batch.commits.push((c.version, location));
-            }
-            batch.through_seq = Some(seq);
-            batch.bytes += len;
-        }
-        WriterCommand::RemoveSegmentsBefore(id) => batch.removals.push(id),
-    }
-    Ok(())
-}
-
-/// Whether the writer carries on after a step: not once the log failed
-/// (reported as poisoning) or nobody listens.
-fn keep_going<R>(step: Result<bool, LogError>, report: &mut R) -> bool
-where
-    R: FnMut(WriterEvent) -> bool,
-{
-    match step {
-        Ok(listening) => listening,
-        Err(e) => {
-            tracing::error!(error = %e, "log write failed; the tlog is poisoned");
-            report(WriterEvent::Poisoned(e.to_string()));
-            false
-        }
-    }
-}
-
-/// Syncs the batch, reports it durable, then removes the segments it was
-/// asked to. Ok(false) when nobody listens to reports any more.
-fn sync_batch<S, R>(
-    log: &mut SegmentLog<S>,
-    batch: &mut Batch,
-    report: &mut R,
-) -> Result<bool, LogError>
+impl<S, R> Writer<S, R>
 where
     S: LogStore,
     R: FnMut(WriterEvent) -> bool,
 {
-    let batch = std::mem::take(batch);
-    let started = Instant::now();
-    log.sync()?;
-    metrics::histogram!("teamlog_tlog_fsync_seconds").record(started.elapsed().as_secs_f64());
-    if let Some(through_seq) = batch.through_seq {
-        metrics::histogram!("teamlog_tlog_sync_batch_bytes").record(batch.bytes as f64);
-        let event = WriterEvent::Durable {
-            through_seq,
-            commits: batch.commits,
-            disk_bytes: log.disk_bytes(),
-            batch_bytes: batch.bytes as u64,
-        };
-        if !report(event) {
+    fn run(&self) {
+        let mut taken = Vec::new();
+        while self.queue.wait_for_commands() {
+            match self.append_and_write(&mut taken) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => return self.stop(&mut lock(&self.turn), Some(e)),
+            }
+            if !self.sync_turn() {
+                return;
+            }
+        }
+    }
+
+    /// Takes a batch of queued commands, appends and writes it; false when
+    /// the other thread had taken everything.
+    fn append_and_write(&self, taken: &mut Vec<WriterCommand>) -> Result<bool, LogError> {
+        let mut appender = lock(&self.appender);
+        self.queue.take(taken, MAX_BATCH_BYTES);
+        if taken.is_empty() {
             return Ok(false);
         }
+        for command in taken.drain(..) {
+            appender.apply(command)?;
+        }
+        let point = appender.log.write()?;
+        let mut batch = std::mem::take(&mut appender.appended);
+        batch.point = point;
+        // Still under the append lock: batches become written in order.
+        lock(&self.written).absorb(batch);
+        Ok(true)
     }
-    // After the report: removals must not delay acknowledgements.
-    for id in batch.removals {
-        if let Err(e) = log.remove_segments_before(id) {
-            tracing::warn!(error = %e, segment = id, "could not remove old segments");
+
+    /// Waits for the turn to sync, then syncs everything written by then
+    /// (this thread's batch, unless the other thread's sync took it, and
+    /// whatever the other wrote meanwhile) and reports it. False once the
+    /// writer stops.
+    fn sync_turn(&self) -> bool {
+        let mut turn = lock(&self.turn);
+        if turn.stopped {
+            return false;
+        }
+        let batch = std::mem::take(&mut *lock(&self.written));
+        match self.sync_batch(batch, &mut turn.report) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.stop(&mut turn, None);
+                false
+            }
+            Err(e) => {
+                self.stop(&mut turn, Some(e));
+                false
+            }
         }
     }
-    Ok(true)
+
+    /// Stops both threads: after a failure, which is reported unless one
+    /// already was, or once nobody listens.
+    fn stop(&self, turn: &mut Turn<R>, error: Option<LogError>) {
+        if let (Some(e), false) = (error, turn.stopped) {
+            let cause = match e {
+                LogError::Poisoned => self.syncer.poison_cause().unwrap_or(e.to_string()),
+                e => e.to_string(),
+            };
+            tracing::error!(error = %cause, "log write failed; the tlog is poisoned");
+            (turn.report)(WriterEvent::Poisoned(cause));
+        }
+        turn.stopped = true;
+        self.queue.close();
+    }
+
+    /// Syncs the batch, reports it durable, then removes the segments it was
+    /// asked to. Ok(false) when nobody listens to reports any more.
+    fn sync_batch(&self, batch: Batch, report: &mut R) -> Result<bool, LogError> {
+        if let Some(point) = batch.point {
+            let started = Instant::now();
+            self.syncer.sync(point)?;
+            metrics::histogram!("teamlog_tlog_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        if let Some(through_seq) = batch.through_seq {
+            metrics::histogram!("teamlog_tlog_sync_batch_bytes").record(batch.bytes as f64);
+            let event = WriterEvent::Durable {
+                through_seq,
+                commits: batch.commits,
+                disk_bytes: self.syncer.disk_bytes(),
+                batch_bytes: batch.bytes as u64,
+            };
+            if !report(event) {
+                return Ok(false);
+            }
+        }
+        // After the report: removals must not delay acknowledgements.
+        for id in batch.removals {
+            if let Err(e) = self.syncer.remove_segments_before(id) {
+                tracing::warn!(error = %e, segment = id, "could not remove old segments");
+            }
+        }
+        Ok(true)
+    }
 }
 
-/// Appends one record, starting a new segment (headed by a metadata
-/// snapshot) when it does not fit.
-fn write_record<S: LogStore>(
-    log: &mut SegmentLog<S>,
-    meta: &mut Metadata,
-    record: &Record,
-    payload: Bytes,
-) -> Result<(RecordLocation, usize), LogError> {
-    let len = payload.len();
-    if log.needs_roll(len) {
-        log.roll()?;
-        log.append(&Record::Snapshot(meta.clone()).encode())?;
+impl<S: LogStore> Appender<S> {
+    fn apply(&mut self, command: WriterCommand) -> Result<(), LogError> {
+        match command {
+            WriterCommand::Append {
+                seq,
+                record,
+                payload,
+            } => {
+                let len = payload.bytes().len();
+                let location = self.append_record(&record, payload)?;
+                if let Record::Commit(c) = &record {
+                    self.appended.commits.push((c.version, location));
+                }
+                self.appended.through_seq = Some(seq);
+                self.appended.bytes += len;
+            }
+            WriterCommand::RemoveSegmentsBefore(id) => self.appended.removals.push(id),
+        }
+        Ok(())
     }
-    let location = log.append_shared(payload)?;
-    meta.apply(record);
-    Ok((location, len))
+
+    /// Appends one record, starting a new segment (headed by a metadata
+    /// snapshot) when it does not fit.
+    fn append_record(
+        &mut self,
+        record: &Record,
+        payload: ChecksummedPayload,
+    ) -> Result<RecordLocation, LogError> {
+        if self.log.needs_roll(payload.bytes().len()) {
+            self.log.roll()?;
+            self.log
+                .append(&Record::Snapshot(self.meta.clone()).encode())?;
+        }
+        let location = self.log.append_shared(payload)?;
+        self.meta.apply(record);
+        Ok(location)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use bytes::Bytes;
+    use proto::StorageTeamId;
 
     use super::*;
+    use crate::log::LogConfig;
+    use crate::mem_store::MemStore;
+    use crate::record::CommitRecord;
 
-    fn removal(id: SegmentId) -> WriterCommand {
-        WriterCommand::RemoveSegmentsBefore(id)
-    }
-
-    fn ids(commands: &[WriterCommand]) -> Vec<SegmentId> {
-        commands
-            .iter()
-            .map(|c| match c {
-                WriterCommand::RemoveSegmentsBefore(id) => *id,
-                WriterCommand::Append { seq, .. } => panic!("unexpected append {seq}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_writer_takes_everything_queued_in_order_then_stops_after_close() {
-        let queue = CommandQueue::default();
-        for id in 1..=3 {
-            assert!(!queue.push(removal(id)), "no writer sleeps");
-        }
-        queue.close();
-        assert!(!queue.push(removal(4)));
-        let mut taken = Vec::new();
-        assert!(queue.wait_and_take(&mut taken));
-        assert_eq!(ids(&taken), [1, 2, 3]);
-        taken.clear();
-        assert!(!queue.wait_and_take(&mut taken), "closed and empty");
-        assert!(taken.is_empty(), "a command pushed after close is dropped");
-    }
-
-    /// Runs `wait_and_take` on a thread and waits until it sleeps; the
-    /// receiver yields what it returned.
-    fn sleeping_writer(
-        queue: &Arc<CommandQueue>,
-    ) -> std::sync::mpsc::Receiver<(bool, Vec<SegmentId>)> {
-        let (done, result) = std::sync::mpsc::channel();
-        let writer_queue = Arc::clone(queue);
-        std::thread::spawn(move || {
-            let mut taken = Vec::new();
-            let woken = writer_queue.wait_and_take(&mut taken);
-            let _ = done.send((woken, ids(&taken)));
+    fn commit(version: u64) -> WriterCommand {
+        let record = Record::Commit(CommitRecord {
+            prev_version: Version(version - 1),
+            version: Version(version),
+            known_committed_version: Version::ZERO,
+            blocks: vec![(StorageTeamId(1), Bytes::from(vec![7; 40]))],
         });
-        let deadline = Instant::now() + WAIT;
-        while !queue.state().writer_sleeps {
-            assert!(Instant::now() < deadline, "the writer never went to sleep");
-            std::thread::yield_now();
+        let payload = ChecksummedPayload::new(record.encode());
+        WriterCommand::Append {
+            seq: version,
+            record,
+            payload,
         }
-        result
     }
 
-    const WAIT: Duration = Duration::from_secs(10);
-
+    /// Commands pushed while both threads write and sync (small segments, so
+    /// rolls happen mid-stream) are reported durable once each, in order,
+    /// and reach the log in the order they were queued.
     #[test]
-    fn a_push_tells_to_wake_a_sleeping_writer_once() {
+    fn every_append_is_reported_once_in_order_and_logged_in_order() {
+        const COMMITS: u64 = 3000;
+        let store = Arc::new(MemStore::new());
+        let config = LogConfig {
+            segment_size: 16 << 10,
+        };
+        let log = SegmentLog::open(Arc::clone(&store), config.clone(), |_, _| Ok(())).unwrap();
         let queue = Arc::new(CommandQueue::default());
-        let result = sleeping_writer(&queue);
-        assert!(queue.push(removal(7)), "the writer sleeps");
-        assert!(!queue.push(removal(8)), "the first push took the wake");
-        queue.wake();
-        let taken = result.recv_timeout(WAIT).expect("the wake woke the writer");
-        assert_eq!(taken, (true, vec![7, 8]));
-    }
-
-    #[test]
-    fn close_wakes_a_sleeping_writer_and_ends_it() {
-        let queue = Arc::new(CommandQueue::default());
-        let result = sleeping_writer(&queue);
+        let (events, reported) = std::sync::mpsc::channel();
+        let writer = spawn_writer(log, Metadata::default(), Arc::clone(&queue), move |e| {
+            events.send(e).is_ok()
+        })
+        .unwrap();
+        for version in 1..=COMMITS {
+            if queue.push(commit(version)) {
+                queue.wake();
+            }
+        }
         queue.close();
-        let taken = result.recv_timeout(WAIT).expect("close woke the writer");
-        assert_eq!(taken, (false, vec![]));
+        writer.join().unwrap();
+
+        let mut last_seq = 0;
+        let mut durable = Vec::new();
+        for event in reported.try_iter() {
+            let WriterEvent::Durable {
+                through_seq,
+                commits,
+                ..
+            } = event
+            else {
+                panic!("unexpected {event:?}");
+            };
+            assert!(through_seq > last_seq, "reports out of order");
+            last_seq = through_seq;
+            durable.extend(commits.into_iter().map(|(version, _)| version.0));
+        }
+        assert_eq!(last_seq, COMMITS);
+        assert_eq!(durable, (1..=COMMITS).collect::<Vec<_>>());
+
+        let mut logged = Vec::new();
+        SegmentLog::open(store, config, |_, payload| {
+            if let Ok(Record::Commit(c)) = Record::decode(Bytes::copy_from_slice(payload)) {
+                logged.push(c.version.0);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(logged, (1..=COMMITS).collect::<Vec<_>>());
     }
 }

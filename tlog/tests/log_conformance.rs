@@ -6,117 +6,17 @@
 //! "restarts the process". Randomized tests print their seed; rerun one with
 //! `TEAMLOG_SEED=<seed>`.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tlog::file_store::FileStore;
 use tlog::log::{
-    LogConfig, LogError, LogPosition, RecordLocation, SegmentLog, FIRST_RECORD_OFFSET,
+    ChecksummedPayload, LogConfig, LogError, LogPosition, RecordLocation, SegmentLog,
+    FIRST_RECORD_OFFSET,
 };
-use tlog::mem_store::MemStore;
-use tlog::store::{LogStore, SegmentId, StoreError};
+use tlog::store::{LogStore, StoreError};
 
-trait Disk {
-    type S: LogStore;
-    fn new() -> Self;
-    /// A store over this disk's data, as a restarted process would open it.
-    fn store(&self) -> Arc<Self::S>;
-}
+mod common;
 
-struct FileDisk {
-    dir: tempfile::TempDir,
-}
-
-impl Disk for FileDisk {
-    type S = FileStore;
-    fn new() -> Self {
-        FileDisk {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-    fn store(&self) -> Arc<FileStore> {
-        Arc::new(FileStore::open(self.dir.path()).expect("open file store"))
-    }
-}
-
-struct MemDisk {
-    mem: MemStore,
-}
-
-impl Disk for MemDisk {
-    type S = MemStore;
-    fn new() -> Self {
-        MemDisk {
-            mem: MemStore::new(),
-        }
-    }
-    fn store(&self) -> Arc<MemStore> {
-        Arc::new(self.mem.clone())
-    }
-}
-
-const SMALL: LogConfig = LogConfig { segment_size: 4096 };
-
-type Records = Vec<(RecordLocation, Vec<u8>)>;
-
-fn open<D: Disk>(disk: &D, config: LogConfig) -> Result<(SegmentLog<D::S>, Records), LogError> {
-    let mut seen = Vec::new();
-    let log = SegmentLog::open(disk.store(), config, |loc, payload| {
-        seen.push((loc, payload.to_vec()));
-        Ok(())
-    })?;
-    Ok((log, seen))
-}
-
-fn payload(i: usize, len: usize) -> Vec<u8> {
-    let stamp = format!("record-{i}:");
-    stamp.bytes().cycle().take(len).collect()
-}
-
-/// Flips one byte through the store interface and makes it durable.
-fn flip<S: LogStore>(store: &S, id: SegmentId, offset: u64) {
-    let mut b = [0u8; 1];
-    assert_eq!(store.read_at(id, offset, &mut b).unwrap(), 1);
-    b[0] ^= 0x5a;
-    store.write_at(id, offset, &b).unwrap();
-    store.sync(id).unwrap();
-}
-
-fn zero<S: LogStore>(store: &S, id: SegmentId, offset: u64, len: usize) {
-    store.write_at(id, offset, &vec![0u8; len]).unwrap();
-    store.sync(id).unwrap();
-}
-
-fn seed() -> u64 {
-    let seed = match std::env::var("TEAMLOG_SEED") {
-        Ok(s) => s.parse().expect("TEAMLOG_SEED must be a u64"),
-        Err(_) => rand::random(),
-    };
-    eprintln!("TEAMLOG_SEED={seed}");
-    seed
-}
-
-fn expect_corrupt(
-    result: Result<(impl Sized, Records), LogError>,
-    segment: SegmentId,
-    offset: u64,
-) {
-    match result {
-        Err(LogError::Corrupt {
-            segment: s,
-            offset: o,
-            path,
-            reason,
-        }) => {
-            assert_eq!((s, o), (segment, offset), "wrong place; reason: {reason}");
-            assert!(!path.is_empty());
-        }
-        Err(e) => panic!("expected Corrupt at {segment}:{offset}, got {e}"),
-        Ok(_) => panic!("expected Corrupt at {segment}:{offset}, but the log opened"),
-    }
-}
+use common::*;
 
 fn store_semantics<D: Disk>() {
     let disk = D::new();
@@ -224,7 +124,8 @@ fn shared_payloads_read_back_like_copied_ones<D: Disk>() {
         let location = if i % 3 == 1 {
             log.append(&p).unwrap()
         } else {
-            log.append_shared(Bytes::from(p.clone())).unwrap()
+            log.append_shared(ChecksummedPayload::new(Bytes::from(p.clone())))
+                .unwrap()
         };
         written.push((location, p));
     }
@@ -337,6 +238,39 @@ fn reader_sees_only_synced<D: Disk>() {
         b"beta",
         "roll syncs what was buffered"
     );
+}
+
+/// Records written (not synced) while an earlier write awaits its sync
+/// become durable when a syncer on another thread syncs their point; a
+/// point synced late never moves the durable end back.
+fn writes_synced_from_another_thread<D: Disk>() {
+    let disk = D::new();
+    let (mut log, _) = open(&disk, SMALL).unwrap();
+    let reader = log.reader();
+    let start = reader.durable_end();
+    let a = log.append(b"alpha").unwrap();
+    let first = log.write().unwrap().expect("alpha to write");
+    let b = log.append(b"beta").unwrap();
+    let second = log.write().unwrap().expect("beta to write");
+    assert_eq!(log.write().unwrap(), None, "nothing new to write");
+    assert_eq!((first.end(), second.end()), (a.end(), b.end()));
+    assert_eq!(reader.durable_end(), start, "written is not durable");
+    let syncer = log.syncer();
+    std::thread::spawn(move || syncer.sync(second))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reader.durable_end(), b.end());
+    log.syncer().sync(first).unwrap();
+    assert_eq!(
+        reader.durable_end(),
+        b.end(),
+        "an older point moved it back"
+    );
+    assert_eq!(&reader.read(a).unwrap()[..], b"alpha");
+    drop(log);
+    let (_, seen) = open(&disk, SMALL).unwrap();
+    assert_eq!(seen, vec![(a, b"alpha".to_vec()), (b, b"beta".to_vec())]);
 }
 
 fn concurrent_reader<D: Disk>() {
@@ -615,6 +549,10 @@ macro_rules! conformance {
                 super::reader_sees_only_synced::<$disk>()
             }
             #[test]
+            fn writes_synced_from_another_thread() {
+                super::writes_synced_from_another_thread::<$disk>()
+            }
+            #[test]
             fn concurrent_reader() {
                 super::concurrent_reader::<$disk>()
             }
@@ -711,164 +649,4 @@ fn file_store_recycles_removed_segments_as_spares() {
         "a recycled file keeps its old bytes"
     );
     assert_eq!(store.list().unwrap(), vec![9]);
-}
-
-#[test]
-fn mem_crash_keeps_synced_data_and_may_lose_the_rest() {
-    let mem = MemStore::new();
-    mem.create(1, 3 * 4096).unwrap();
-    mem.write_at(1, 0, &[1u8; 4096]).unwrap();
-    mem.sync(1).unwrap();
-    mem.write_at(1, 4096, &[2u8; 8192]).unwrap();
-    assert_eq!(mem.dirty_pages(1).unwrap(), 2);
-    let mut outcomes = std::collections::BTreeSet::new();
-    for seed in 0..64 {
-        let m = MemStore::new();
-        m.create(1, 3 * 4096).unwrap();
-        m.write_at(1, 0, &[1u8; 4096]).unwrap();
-        m.sync(1).unwrap();
-        m.write_at(1, 4096, &[2u8; 8192]).unwrap();
-        m.crash(seed);
-        let mut image = vec![0u8; 3 * 4096];
-        m.read_at(1, 0, &mut image).unwrap();
-        assert!(
-            image[..4096].iter().all(|&b| b == 1),
-            "synced page lost (seed {seed})"
-        );
-        let kept = |page: &[u8]| page.iter().filter(|&&b| b == 2).count();
-        outcomes.insert((kept(&image[4096..8192]), kept(&image[8192..])));
-        assert_eq!(m.dirty_pages(1).unwrap(), 0);
-    }
-    assert!(outcomes.contains(&(0, 0)) && outcomes.contains(&(4096, 4096)));
-    assert!(outcomes.contains(&(0, 4096)), "pages persist out of order");
-    assert!(
-        outcomes
-            .iter()
-            .any(|&(a, b)| (a > 0 && a < 4096) || (b > 0 && b < 4096)),
-        "torn pages"
-    );
-
-    mem.corrupt(1, 10, 2).unwrap();
-    let mut b = [0u8; 3];
-    mem.read_at(1, 9, &mut b).unwrap();
-    assert_eq!(b, [1, !1, !1]);
-}
-
-/// A failed sync poisons the log: this and every later call fail with
-/// Poisoned, and the sync is not retried.
-#[test]
-fn sync_failure_poisons() {
-    let disk = MemDisk::new();
-    let (mut log, _) = open(&disk, SMALL).unwrap();
-    let a = log.append(b"durable").unwrap();
-    log.sync().unwrap();
-    log.append(b"doomed").unwrap();
-    disk.mem.fail_next_sync();
-    assert!(matches!(log.sync(), Err(LogError::Poisoned)));
-    assert!(log.is_poisoned());
-    assert!(log.poison_cause().unwrap().contains("injected"));
-    assert!(matches!(log.append(b"more"), Err(LogError::Poisoned)));
-    assert!(matches!(log.sync(), Err(LogError::Poisoned)));
-    assert!(matches!(log.roll(), Err(LogError::Poisoned)));
-    assert!(matches!(
-        log.remove_segments_before(9),
-        Err(LogError::Poisoned)
-    ));
-    assert_eq!(log.durable_end(), a.end(), "nothing became durable");
-    assert_eq!(
-        log.reader()
-            .scan(log.reader().begin(), usize::MAX)
-            .unwrap()
-            .len(),
-        1
-    );
-    drop(log);
-    // The failed batch never became durable: a crash drops it (or part).
-    disk.mem.crash(7);
-    let (_, seen) = open(&disk, SMALL).unwrap();
-    assert_eq!(seen[0], (a, b"durable".to_vec()));
-    assert!(seen.len() <= 2);
-}
-
-/// Random appends, syncs, rolls and removals, crashes at random points:
-/// every synced record is recovered exactly and in order, nothing that was
-/// never appended appears, and recovery never reports corruption.
-#[test]
-fn crash_recovery_property() {
-    let master = seed();
-    for case in 0..150u64 {
-        let case_seed = master.wrapping_add(case);
-        crash_case(case_seed);
-    }
-}
-
-fn crash_case(case_seed: u64) {
-    let mut rng = StdRng::seed_from_u64(case_seed);
-    let disk = MemDisk::new();
-    let config = LogConfig {
-        segment_size: [4096, 16384, 65536][rng.random_range(0..3)],
-    };
-    // Everything appended, oldest live first; the first `durable` are synced.
-    let mut appended: Vec<Vec<u8>> = Vec::new();
-    let mut segment_of: Vec<SegmentId> = Vec::new();
-    let mut durable = 0usize;
-    let mut next_id = 0usize;
-    for round in 0..4 {
-        let (mut log, seen) = match open(&disk, config.clone()) {
-            Ok(x) => x,
-            Err(e) => panic!("case seed {case_seed}, round {round}: recovery failed: {e}"),
-        };
-        let payloads: Vec<&Vec<u8>> = seen.iter().map(|(_, p)| p).collect();
-        assert!(
-            seen.len() >= durable && seen.len() <= appended.len(),
-            "case seed {case_seed}, round {round}: recovered {} records, {durable} were synced, {} appended",
-            seen.len(),
-            appended.len()
-        );
-        assert!(
-            payloads.iter().zip(&appended).all(|(a, b)| *a == b),
-            "case seed {case_seed}, round {round}: recovered records differ from what was appended"
-        );
-        appended.truncate(seen.len());
-        segment_of.truncate(seen.len());
-        durable = seen.len();
-        for _ in 0..rng.random_range(1..120) {
-            match rng.random_range(0..100) {
-                0..=84 => {
-                    let len = rng.random_range(0..2000);
-                    let p = payload(next_id, len);
-                    next_id += 1;
-                    if log.needs_roll(len) {
-                        log.roll().unwrap();
-                        durable = appended.len();
-                    }
-                    let loc = log.append(&p).unwrap();
-                    appended.push(p);
-                    segment_of.push(loc.segment);
-                }
-                85..=96 => {
-                    log.sync().unwrap();
-                    durable = appended.len();
-                }
-                _ => {
-                    let cut = log.current_segment().saturating_sub(rng.random_range(0..3));
-                    log.remove_segments_before(cut).unwrap();
-                    let gone = segment_of.iter().take_while(|&&s| s < cut).count();
-                    appended.drain(..gone);
-                    segment_of.drain(..gone);
-                    durable -= gone.min(durable);
-                }
-            }
-        }
-        if rng.random_bool(0.7) {
-            // Crash in the middle of a sync: the batch was handed to the
-            // store but never made durable, so any subset of its pages may
-            // survive. (Otherwise the buffered batch never left memory.)
-            disk.mem.fail_next_sync();
-            let result = log.sync();
-            assert!(log.buffered_bytes() == 0 || result.is_err());
-        }
-        drop(log);
-        disk.mem.crash(rng.random());
-    }
 }

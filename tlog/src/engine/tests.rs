@@ -75,6 +75,7 @@ impl Harness {
                     payload,
                 } => {
                     if let Record::Commit(c) = &record {
+                        let payload = payload.bytes().clone();
                         let location = RecordLocation {
                             segment: self.segment,
                             offset: self.offset,

@@ -7,13 +7,13 @@ use crate::store::SegmentId;
 /// Identifies a teamlog segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TLOGSEG\0";
 /// On-disk format version, in the segment header; a reader refuses others.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes reserved for the segment header; records start right after it.
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 /// Offset of the first record in every segment.
 pub const FIRST_RECORD_OFFSET: u64 = SEGMENT_HEADER_LEN;
-/// Identifies a record header ("TLR1": the 1 tracks `FORMAT_VERSION`).
-pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TLR1");
+/// Identifies a record header ("TLR2": the 2 tracks `FORMAT_VERSION`).
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TLR2");
 /// Bytes of a record header; the payload follows.
 pub const RECORD_HEADER_LEN: u64 = 32;
 /// Records start at multiples of this, so recovery can probe for headers.
@@ -105,11 +105,15 @@ impl RecordHeader {
     }
 }
 
-/// The header of a record holding `payload`; on disk it is followed by the
-/// payload and [`padding`] zeros.
+/// The header of a record whose payload has the crc32c `payload_crc`; on
+/// disk it is followed by the payload and [`padding`] zeros.
+///
+/// The header's checksum continues the payload's over the header's first 28
+/// bytes, so a payload checksummed where it was made (off the writer's
+/// serial path) is never read again to write its record.
 pub(super) fn record_header(
     header: RecordHeader,
-    payload: &[u8],
+    payload_crc: u32,
 ) -> [u8; RECORD_HEADER_LEN as usize] {
     let mut h = [0u8; RECORD_HEADER_LEN as usize];
     h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
@@ -117,7 +121,7 @@ pub(super) fn record_header(
     h[8..16].copy_from_slice(&header.sequence.to_le_bytes());
     h[16..24].copy_from_slice(&header.batch_start.to_le_bytes());
     h[24..28].copy_from_slice(&header.kind.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), payload);
+    let crc = record_crc(payload_crc, &h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -165,14 +169,18 @@ pub(super) fn decode_record(buf: &[u8]) -> Result<RecordHeader, String> {
                 header.payload_len
             )
         })?;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..28]), payload);
-    if crc != u32_at(h, 28) {
+    if record_crc(crc32c::crc32c(payload), &h[..28]) != u32_at(h, 28) {
         return Err("record checksum mismatch".into());
     }
     if header.kind != KIND_DATA && header.kind != KIND_SEAL {
         return Err(format!("unknown record kind {}", header.kind));
     }
     Ok(header)
+}
+
+/// crc32c of a record's payload followed by its header's first 28 bytes.
+fn record_crc(payload_crc: u32, header_start: &[u8]) -> u32 {
+    crc32c::crc32c_append(payload_crc, header_start)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
