@@ -5,7 +5,9 @@
 //!
 //! ```text
 //!  committers (1, 8, 64) ──commit──▶ TLog (in this process, over loopback)
-//!  raw: write(batch = committers × payload) + fdatasync, in a preallocated file
+//!  raw: write(batch) + fdatasync, in a preallocated file, for three batches:
+//!       committers × payload; the TLog's record bytes per sync (@batch);
+//!       its commits per sync × payload (@n: the same group commit, no format)
 //!  no disk: the same committers ──▶ TLog with its files in tmpfs
 //!                                ──▶ a server answering every commit at once
 //! ```
@@ -94,6 +96,11 @@ struct Cell {
     raw: Figures,
     /// Raw appends of the TLog's measured batch per sync.
     raw_same_batch: Figures,
+    /// Commits the TLog made durable per fdatasync in this cell.
+    tlog_commits_per_sync: f64,
+    /// Raw appends of that many payloads per sync: the same group commit
+    /// with no record format at all.
+    raw_same_commits_per_sync: Figures,
     /// The same load on the same TLog with its files in memory (tmpfs).
     tlog_no_disk: Figures,
     /// The same load answered at once by a server that keeps nothing.
@@ -103,6 +110,9 @@ struct Cell {
     /// Record bytes against raw at the same batch: how well the TLog drives
     /// the disk, apart from its format's overhead (large at small payloads).
     ratio_records_same_batch: f64,
+    /// Payload against raw appends of the same payloads, as many per sync
+    /// as the TLog had commits per sync.
+    ratio_mb_same_commits_per_sync: f64,
     /// The best ratio at the same batch any disk could give this TLog.
     ratio_no_disk_same_batch: f64,
     /// The best ratio at the same batch the RPC path allows.
@@ -134,7 +144,7 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     let raw_file = temp.path().join("raw");
     println!("loopback round trip p50 {rtt:.0} us");
     println!(
-        "{:>10} {:>8} | {:>9} {:>9} {:>8} {:>8} {:>9} | {:>9} {:>8} | {:>9} | {:>9} {:>9} | {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "{:>10} {:>8} | {:>9} {:>9} {:>8} {:>8} {:>9} | {:>9} {:>8} | {:>9} {:>9} | {:>9} {:>9} | {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "committers",
         "payload",
         "tlog MB/s",
@@ -145,28 +155,34 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
         "raw MB/s",
         "raw p50",
         "raw@batch",
+        "raw@n",
         "nodisk",
         "instant",
         "ratio",
         "@batch",
         "rec@b",
+        "@n",
         "nodisk",
         "inst"
     );
     let mut cells = Vec::new();
     for &payload in &args.payloads {
         for &committers in &args.committers {
-            let (syncs_before, bytes_before) = tlog.service.write_stats();
+            let before = tlog.service.write_stats();
             let started = Instant::now();
             let tlog_figures = tlog.load(committers, payload, seconds).await?;
             let elapsed = started.elapsed().as_secs_f64();
-            let (syncs_after, bytes_after) = tlog.service.write_stats();
-            let batch = (bytes_after - bytes_before) / (syncs_after - syncs_before).max(1);
-            let record_mb_per_s = (bytes_after - bytes_before) as f64 / elapsed / 1e6;
+            let after = tlog.service.write_stats();
+            let syncs = (after.syncs - before.syncs).max(1);
+            let batch = (after.bytes - before.bytes) / syncs;
+            let commits_per_sync = (after.commits - before.commits) as f64 / syncs as f64;
+            let record_mb_per_s = (after.bytes - before.bytes) as f64 / elapsed / 1e6;
             let tlog_no_disk = no_disk.load(committers, payload, seconds).await?;
             let instant_figures = instant.load(committers, payload, seconds).await?;
             let raw = raw_appends(&raw_file, committers * payload, seconds)?;
             let raw_same_batch = raw_appends(&raw_file, batch.max(1) as usize, seconds)?;
+            let same_commits = (commits_per_sync * payload as f64).round().max(1.0) as usize;
+            let raw_same_commits_per_sync = raw_appends(&raw_file, same_commits, seconds)?;
             let cell = Cell {
                 committers,
                 payload,
@@ -175,11 +191,15 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
                 tlog_record_mb_per_s: record_mb_per_s,
                 raw,
                 raw_same_batch,
+                tlog_commits_per_sync: commits_per_sync,
+                raw_same_commits_per_sync,
                 tlog_no_disk,
                 instant: instant_figures,
                 ratio_mb: tlog_figures.mb_per_s / raw.mb_per_s,
                 ratio_mb_same_batch: tlog_figures.mb_per_s / raw_same_batch.mb_per_s,
                 ratio_records_same_batch: record_mb_per_s / raw_same_batch.mb_per_s,
+                ratio_mb_same_commits_per_sync: tlog_figures.mb_per_s
+                    / raw_same_commits_per_sync.mb_per_s,
                 ratio_no_disk_same_batch: tlog_no_disk.mb_per_s / raw_same_batch.mb_per_s,
                 ratio_instant_same_batch: instant_figures.mb_per_s / raw_same_batch.mb_per_s,
                 latency_bound_us: (committers == 1).then_some(1.5 * (raw.p50_us + rtt)),
@@ -203,7 +223,7 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
 fn print_cell(cell: &Cell) {
     let percent = |ratio: f64| format!("{:.0}%", ratio * 100.0);
     println!(
-        "{:>10} {:>8} | {:>9.1} {:>9.0} {:>8.0} {:>8.0} {:>9} | {:>9.1} {:>8.0} | {:>9.1} | {:>9.1} {:>9.1} | {:>6} {:>6} {:>6} {:>6} {:>6}{}",
+        "{:>10} {:>8} | {:>9.1} {:>9.0} {:>8.0} {:>8.0} {:>9} | {:>9.1} {:>8.0} | {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}{}",
         cell.committers,
         cell.payload,
         cell.tlog.mb_per_s,
@@ -214,11 +234,13 @@ fn print_cell(cell: &Cell) {
         cell.raw.mb_per_s,
         cell.raw.p50_us,
         cell.raw_same_batch.mb_per_s,
+        cell.raw_same_commits_per_sync.mb_per_s,
         cell.tlog_no_disk.mb_per_s,
         cell.instant.mb_per_s,
         percent(cell.ratio_mb),
         percent(cell.ratio_mb_same_batch),
         percent(cell.ratio_records_same_batch),
+        percent(cell.ratio_mb_same_commits_per_sync),
         percent(cell.ratio_no_disk_same_batch),
         percent(cell.ratio_instant_same_batch),
         cell.latency_bound_us

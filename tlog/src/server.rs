@@ -53,6 +53,16 @@ pub struct TLogConfig {
     pub server: ServerConfig,
 }
 
+/// Counts of the writer's syncs, for benchmarks and status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub syncs: u64,
+    /// Commits the syncs made durable.
+    pub commits: u64,
+    /// Record bytes the syncs made durable.
+    pub bytes: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TLogError {
     #[error("data dir {path} is in use by another tlog")]
@@ -88,6 +98,7 @@ struct Shared<S: LogStore> {
     writer: Arc<CommandQueue>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     syncs: AtomicU64,
+    synced_commits: AtomicU64,
     synced_bytes: AtomicU64,
     reader: LogReader<S>,
     progress: watch::Sender<Progress>,
@@ -162,6 +173,8 @@ impl<S: LogStore> Shared<S> {
             } => {
                 self.disk_bytes.store(disk_bytes, Ordering::Relaxed);
                 self.syncs.fetch_add(1, Ordering::Relaxed);
+                self.synced_commits
+                    .fetch_add(commits.len() as u64, Ordering::Relaxed);
                 self.synced_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
                 let actions = core.on_durable(through_seq, &commits);
                 publish_sync_gauges(&core, disk_bytes);
@@ -319,6 +332,7 @@ impl<S: LogStore> TLogService<S> {
             writer: Arc::clone(&commands),
             writer_thread: Mutex::new(None),
             syncs: AtomicU64::new(0),
+            synced_commits: AtomicU64::new(0),
             synced_bytes: AtomicU64::new(0),
             reader,
             progress,
@@ -497,12 +511,13 @@ impl<S: LogStore> TLogService<S> {
         }
     }
 
-    /// Syncs done and record bytes they made durable, since the start.
-    pub fn write_stats(&self) -> (u64, u64) {
-        (
-            self.shared.syncs.load(Ordering::Relaxed),
-            self.shared.synced_bytes.load(Ordering::Relaxed),
-        )
+    /// What the writer's syncs did since the start.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+            commits: self.shared.synced_commits.load(Ordering::Relaxed),
+            bytes: self.shared.synced_bytes.load(Ordering::Relaxed),
+        }
     }
 
     pub fn status(&self) -> TLogStatusReply {
