@@ -52,8 +52,10 @@
 //! X on is unsynced (the last batch, or the last two when one was written
 //! while the other synced), whose pages may have persisted in any order: a
 //! torn tail, zeroed (so stale bytes never look valid later), synced,
-//! and appended over. A last segment with an invalid header and nothing else
-//! in it was being created by `roll` and is removed.
+//! and appended over. A last segment without its own header (zeros, or the
+//! stale header of the older segment a recycled file used to be) was being
+//! created by `roll` and is removed: records go into a segment only after
+//! its header is synced.
 //!
 //! One case cannot be told apart: corruption inside the very last synced
 //! batch, with no batch on disk that was started after its sync, looks

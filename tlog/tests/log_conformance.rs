@@ -498,8 +498,9 @@ fn corrupt_segment_header<D: Disk>() {
     expect_corrupt(open(&disk, SMALL), ids[1], 0);
 }
 
-/// A crash between creating a segment and syncing its header leaves an
-/// empty headerless last segment; it is removed and the log continues.
+/// A crash between creating a segment and syncing its header leaves a last
+/// segment without its own header: zeros, or a recycled file's stale header
+/// and records. It is removed and the log continues.
 fn interrupted_segment_creation<D: Disk>() {
     let disk = D::new();
     let (mut log, _) = open(&disk, SMALL).unwrap();
@@ -512,7 +513,23 @@ fn interrupted_segment_creation<D: Disk>() {
     assert_eq!(log.current_segment(), last, "the segment is created again");
     let more = fill(&mut log, 12, 3, 1);
     drop(log);
-    assert_eq!(open(&disk, SMALL).unwrap().1, [written, more].concat());
+    let everything = [written, more].concat();
+    assert_eq!(open(&disk, SMALL).unwrap().1, everything);
+
+    // A recycled file, put in place before the crash but never headed.
+    let (mut log, _) = open(&disk, SMALL).unwrap();
+    let oldest = log.segments()[0];
+    let last = log.roll().unwrap();
+    drop(log);
+    let store = disk.store();
+    let mut stale = vec![0u8; 1024];
+    store.read_at(oldest, 0, &mut stale).unwrap();
+    store.write_at(last, 0, &stale).unwrap();
+    store.sync(last).unwrap();
+    let (log, seen) = open(&disk, SMALL).unwrap();
+    assert_eq!(seen, everything);
+    assert_eq!(log.current_segment(), last, "the segment is created again");
+    drop(log);
 
     // The same bytes with data behind the header are corruption.
     let (mut log, _) = open(&disk, SMALL).unwrap();

@@ -56,6 +56,15 @@ impl SegmentHeader {
 
     /// Decodes and verifies the header of the segment stored as `id`.
     pub fn decode(buf: &[u8], id: SegmentId) -> Result<SegmentHeader, String> {
+        let header = SegmentHeader::decode_any(buf)?;
+        if header.segment != id {
+            return Err(format!("header names segment {}", header.segment));
+        }
+        Ok(header)
+    }
+
+    /// Decodes and verifies a segment header, whichever segment it names.
+    pub fn decode_any(buf: &[u8]) -> Result<SegmentHeader, String> {
         let b = buf
             .get(..SEGMENT_HEADER_LEN as usize)
             .ok_or_else(|| format!("segment is {} bytes, shorter than its header", buf.len()))?;
@@ -76,12 +85,8 @@ impl SegmentHeader {
         if u64::from(header_len) != SEGMENT_HEADER_LEN {
             return Err(format!("segment header length {header_len}"));
         }
-        let segment = u64_at(b, 16);
-        if segment != id {
-            return Err(format!("header names segment {segment}"));
-        }
         Ok(SegmentHeader {
-            segment,
+            segment: u64_at(b, 16),
             first_sequence: u64_at(b, 24),
         })
     }

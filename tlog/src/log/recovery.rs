@@ -73,9 +73,7 @@ where
         let capacity = read_segment(store, id, &mut buf)?;
         let header = match SegmentHeader::decode(&buf, id) {
             Ok(header) => header,
-            Err(reason)
-                if is_last && is_zero(buf.get(FIRST_RECORD_OFFSET as usize..).unwrap_or(&[])) =>
-            {
+            Err(reason) if is_last && never_started(&buf, id) => {
                 // roll() (or the first open) crashed between creating the
                 // segment and syncing its header: nothing was ever in it.
                 tracing::warn!(segment = id, path = %store.describe(id), %reason, "removing segment left by an interrupted creation");
@@ -283,6 +281,16 @@ fn truncate_tail<S: LogStore>(
     }
     store.sync(id)?;
     Ok(())
+}
+
+/// Whether a last segment without its own header is one whose creation was
+/// interrupted, not one whose header was damaged: records are written only
+/// after the header is synced, so a new segment holds either zeros or, when
+/// the file was recycled, the stale but valid header (and records) of the
+/// segment it used to be.
+fn never_started(buf: &[u8], id: SegmentId) -> bool {
+    is_zero(buf.get(FIRST_RECORD_OFFSET as usize..).unwrap_or(&[]))
+        || SegmentHeader::decode_any(buf).is_ok_and(|stale| stale.segment < id)
 }
 
 fn is_zero(bytes: &[u8]) -> bool {
