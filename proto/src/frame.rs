@@ -126,17 +126,82 @@ pub fn frame_header(
     payload: &[u8],
     max_frame_len: u32,
 ) -> Result<[u8; FRAME_HEADER_LEN], FrameError> {
-    let len = u32::try_from(payload.len())
+    header_of(payload.len(), || crc32c::crc32c(payload), max_frame_len)
+}
+
+fn header_of(
+    len: usize,
+    crc: impl FnOnce() -> u32,
+    max_frame_len: u32,
+) -> Result<[u8; FRAME_HEADER_LEN], FrameError> {
+    let len = u32::try_from(len)
         .ok()
         .filter(|len| *len <= max_frame_len)
         .ok_or(FrameError::TooLarge {
-            len: payload.len() as u64,
+            len: len as u64,
             max: max_frame_len,
         })?;
     let mut header = [0u8; FRAME_HEADER_LEN];
     header[..4].copy_from_slice(&len.to_le_bytes());
-    header[4..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    header[4..].copy_from_slice(&crc().to_le_bytes());
     Ok(header)
+}
+
+/// A frame's payload: whole, or in parts sent back to back (an encoded
+/// message, then the large blocks it carries after itself, each written
+/// from its own buffer). The receiver sees one payload either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FramePayload {
+    Whole(Bytes),
+    Parts(Vec<Bytes>),
+}
+
+impl FramePayload {
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        match self {
+            FramePayload::Whole(bytes) => std::slice::from_ref(bytes),
+            FramePayload::Parts(parts) => parts,
+        }
+    }
+
+    /// The payload in one buffer, as the receiver gets it (copied when it is
+    /// in parts).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            FramePayload::Whole(bytes) => bytes,
+            FramePayload::Parts(parts) => parts.concat().into(),
+        }
+    }
+
+    /// The header that goes before this payload, or `TooLarge` past the cap.
+    pub fn header(&self, max_frame_len: u32) -> Result<[u8; FRAME_HEADER_LEN], FrameError> {
+        let crc = || {
+            self.parts()
+                .iter()
+                .fold(0, |crc, part| crc32c::crc32c_append(crc, part))
+        };
+        header_of(self.len(), crc, max_frame_len)
+    }
+}
+
+impl From<FramePayload> for Bytes {
+    fn from(payload: FramePayload) -> Self {
+        payload.into_bytes()
+    }
+}
+
+impl From<Bytes> for FramePayload {
+    fn from(bytes: Bytes) -> Self {
+        FramePayload::Whole(bytes)
+    }
 }
 
 #[cfg(test)]

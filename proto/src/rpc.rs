@@ -15,6 +15,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::block::{BlockError, TeamBlock};
+use crate::frame::FramePayload;
 use crate::types::{Mutation, ProxyId, StorageServerId, StorageTeamId, Version};
 
 mod wire;
@@ -504,7 +505,8 @@ pub enum DecodeError {
 }
 
 impl Envelope {
-    pub fn encode(&self) -> Bytes {
+    /// The frame payload: the envelope, then the large blocks it attaches.
+    pub fn encode(&self) -> FramePayload {
         wire::encode(self)
     }
 

@@ -18,13 +18,12 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
 use frame_writer::FrameWriter;
 
-use crate::frame::{FrameError, DEFAULT_MAX_FRAME_LEN};
+use crate::frame::{FrameError, FramePayload, DEFAULT_MAX_FRAME_LEN};
 use crate::rpc::{DecodeError, ErrorCode};
 
 mod client;
@@ -103,17 +102,17 @@ const OUTGOING_QUEUE: usize = 1024;
 /// Where a connection's writer takes the frames to send.
 trait Outbox: Send {
     /// The next frame, waiting for one; `None` once the queue is closed.
-    fn next(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    fn next(&mut self) -> impl std::future::Future<Output = Option<FramePayload>> + Send;
     /// The next frame if one is queued.
-    fn try_next(&mut self) -> Option<Bytes>;
+    fn try_next(&mut self) -> Option<FramePayload>;
 }
 
-impl Outbox for mpsc::Receiver<Bytes> {
-    async fn next(&mut self) -> Option<Bytes> {
+impl Outbox for mpsc::Receiver<FramePayload> {
+    async fn next(&mut self) -> Option<FramePayload> {
         self.recv().await
     }
 
-    fn try_next(&mut self) -> Option<Bytes> {
+    fn try_next(&mut self) -> Option<FramePayload> {
         self.try_recv().ok()
     }
 }

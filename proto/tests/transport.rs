@@ -408,7 +408,8 @@ async fn a_bad_checksum_gets_malformed_request_and_a_close() {
         request_id: 5,
         message: Message::Peek(peek(5)),
     }
-    .encode();
+    .encode()
+    .into_bytes();
     let mut frame = Vec::new();
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(&(crc32c::crc32c(&payload) ^ 1).to_le_bytes());
@@ -514,7 +515,9 @@ async fn unknown_messages_and_replies_sent_as_requests_are_answered_and_the_conn
         request_id: 78,
         message: Message::PopReply,
     };
-    within(conn.send(reply_as_request.encode())).await.unwrap();
+    within(conn.send(reply_as_request.encode().into_bytes()))
+        .await
+        .unwrap();
     let reply = Envelope::decode(within(conn.next()).await.unwrap().unwrap()).unwrap();
     assert_eq!(reply.request_id, 78);
     assert_eq!(error_code(&reply), ErrorCode::UnknownMessage);
@@ -523,7 +526,9 @@ async fn unknown_messages_and_replies_sent_as_requests_are_answered_and_the_conn
         request_id: 79,
         message: Message::Peek(peek(79)),
     };
-    within(conn.send(request.encode())).await.unwrap();
+    within(conn.send(request.encode().into_bytes()))
+        .await
+        .unwrap();
     let reply = Envelope::decode(within(conn.next()).await.unwrap().unwrap()).unwrap();
     assert_eq!(reply.request_id, 79);
     assert_eq!(reply.message, peek_reply(peek(79)));

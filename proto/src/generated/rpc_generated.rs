@@ -414,6 +414,7 @@ impl<'a> ::flatbuffers::Follow<'a> for TeamBlock<'a> {
 impl<'a> TeamBlock<'a> {
   pub const VT_TEAM: ::flatbuffers::VOffsetT = 4;
   pub const VT_DATA: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ATTACHED: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -426,6 +427,7 @@ impl<'a> TeamBlock<'a> {
   ) -> ::flatbuffers::WIPOffset<TeamBlock<'bldr>> {
     let mut builder = TeamBlockBuilder::new(_fbb);
     builder.add_team(args.team);
+    builder.add_attached(args.attached);
     if let Some(x) = args.data { builder.add_data(x); }
     builder.finish()
   }
@@ -445,6 +447,13 @@ impl<'a> TeamBlock<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(TeamBlock::VT_DATA, None)}
   }
+  #[inline]
+  pub fn attached(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(TeamBlock::VT_ATTACHED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TeamBlock<'_> {
@@ -455,6 +464,7 @@ impl ::flatbuffers::Verifiable for TeamBlock<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("team", Self::VT_TEAM, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .visit_field::<u32>("attached", Self::VT_ATTACHED, false)?
      .finish();
     Ok(())
   }
@@ -462,6 +472,7 @@ impl ::flatbuffers::Verifiable for TeamBlock<'_> {
 pub struct TeamBlockArgs<'a> {
     pub team: u64,
     pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub attached: u32,
 }
 impl<'a> Default for TeamBlockArgs<'a> {
   #[inline]
@@ -469,6 +480,7 @@ impl<'a> Default for TeamBlockArgs<'a> {
     TeamBlockArgs {
       team: 0,
       data: None,
+      attached: 0,
     }
   }
 }
@@ -485,6 +497,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TeamBlockBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TeamBlock::VT_DATA, data);
+  }
+  #[inline]
+  pub fn add_attached(&mut self, attached: u32) {
+    self.fbb_.push_slot::<u32>(TeamBlock::VT_ATTACHED, attached, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TeamBlockBuilder<'a, 'b, A> {
@@ -506,6 +522,7 @@ impl ::core::fmt::Debug for TeamBlock<'_> {
     let mut ds = f.debug_struct("TeamBlock");
       ds.field("team", &self.team());
       ds.field("data", &self.data());
+      ds.field("attached", &self.attached());
       ds.finish()
   }
 }
@@ -5235,6 +5252,7 @@ impl<'a> Envelope<'a> {
   pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_PAYLOAD_TYPE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 8;
+  pub const VT_APPENDIX: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5247,6 +5265,7 @@ impl<'a> Envelope<'a> {
   ) -> ::flatbuffers::WIPOffset<Envelope<'bldr>> {
     let mut builder = EnvelopeBuilder::new(_fbb);
     builder.add_request_id(args.request_id);
+    builder.add_appendix(args.appendix);
     if let Some(x) = args.payload { builder.add_payload(x); }
     builder.add_payload_type(args.payload_type);
     builder.finish()
@@ -5273,6 +5292,13 @@ impl<'a> Envelope<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Envelope::VT_PAYLOAD, None)}
+  }
+  #[inline]
+  pub fn appendix(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Envelope::VT_APPENDIX, Some(0)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -5800,6 +5826,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           _ => Ok(()),
         }
      })?
+     .visit_field::<u32>("appendix", Self::VT_APPENDIX, false)?
      .finish();
     Ok(())
   }
@@ -5808,6 +5835,7 @@ pub struct EnvelopeArgs {
     pub request_id: u64,
     pub payload_type: Payload,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub appendix: u32,
 }
 impl<'a> Default for EnvelopeArgs {
   #[inline]
@@ -5816,6 +5844,7 @@ impl<'a> Default for EnvelopeArgs {
       request_id: 0,
       payload_type: Payload::NONE,
       payload: None,
+      appendix: 0,
     }
   }
 }
@@ -5836,6 +5865,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EnvelopeBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Envelope::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn add_appendix(&mut self, appendix: u32) {
+    self.fbb_.push_slot::<u32>(Envelope::VT_APPENDIX, appendix, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EnvelopeBuilder<'a, 'b, A> {
@@ -6087,6 +6120,7 @@ impl ::core::fmt::Debug for Envelope<'_> {
           ds.field("payload", &x)
         },
       };
+      ds.field("appendix", &self.appendix());
       ds.finish()
   }
 }

@@ -14,6 +14,14 @@ fn block(team: u64, data: &'static [u8]) -> TeamBlockData {
     }
 }
 
+/// A block large enough to travel in the frame's appendix.
+fn large_block(team: u64, len: usize) -> TeamBlockData {
+    TeamBlockData {
+        team: StorageTeamId(team),
+        data: (0..len).map(|i| (i % 251) as u8).collect(),
+    }
+}
+
 fn set(key: &'static [u8], value: &'static [u8]) -> Mutation {
     Mutation::SetValue {
         key: Bytes::from_static(key),
@@ -39,7 +47,9 @@ fn every_message() -> Vec<Message> {
             teams: vec![
                 block(1, b"first"),
                 block(2, b""),
+                large_block(4, 3000),
                 block(u64::MAX, b"\x00\xff"),
+                large_block(5, 2048),
             ],
         }),
         Message::TLogCommit(TLogCommitRequest {
@@ -58,7 +68,7 @@ fn every_message() -> Vec<Message> {
             timeout_ms: 500,
         }),
         Message::PeekReply(PeekReply {
-            blocks: vec![block(3, b"abc"), block(3, b"defg")],
+            blocks: vec![block(3, b"abc"), large_block(3, 5000), block(3, b"defg")],
             end: Version(100),
             popped: Version(50),
             max_known_version: Version(120),
@@ -232,7 +242,7 @@ fn every_message_kind_round_trips() {
             request_id: i as u64 * 1_000_003,
             message,
         };
-        let decoded = Envelope::decode(envelope.encode()).unwrap();
+        let decoded = Envelope::decode(envelope.encode().into_bytes()).unwrap();
         assert_eq!(decoded, envelope);
     }
 }
@@ -249,7 +259,7 @@ fn decoded_blocks_are_slices_of_the_frame() {
             end_of_stream: false,
         }),
     };
-    let frame = envelope.encode();
+    let frame = envelope.encode().into_bytes();
     let range = frame.as_ptr_range();
     let Ok(Envelope {
         message: Message::PeekReply(reply),
@@ -329,6 +339,7 @@ fn envelope_with_payload_type(request_id: u64, payload_type: u8) -> Bytes {
             request_id,
             payload_type: fb::Payload(payload_type),
             payload: (payload_type != 0).then(|| payload.as_union_value()),
+            appendix: 0,
         },
     );
     fbb.finish(root, None);
@@ -374,6 +385,7 @@ fn an_unknown_mutation_kind_refuses_just_that_request() {
             request_id: 5,
             payload_type: fb::Payload::ClientCommitRequest,
             payload: Some(commit.as_union_value()),
+            appendix: 0,
         },
     );
     fbb.finish(root, None);
@@ -407,14 +419,14 @@ proptest! {
     ) {
         let messages = every_message();
         let message = messages[which % messages.len()].clone();
-        let mut bytes = Envelope { request_id: 7, message }.encode().to_vec();
+        let mut bytes = Envelope { request_id: 7, message }.encode().into_bytes().to_vec();
         for (at, value) in flips {
             let at = at.index(bytes.len());
             bytes[at] = value;
         }
         if let Ok(decoded) = Envelope::decode(Bytes::from(bytes)) {
             // Whatever decodes must encode and decode to itself again.
-            prop_assert_eq!(Envelope::decode(decoded.encode()), Ok(decoded));
+            prop_assert_eq!(Envelope::decode(decoded.encode().into_bytes()), Ok(decoded));
         }
     }
 }

@@ -8,8 +8,10 @@ use super::{
     PopRequest, RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
     TeamBlockData, TeamStatus,
 };
+use crate::frame::FramePayload;
 use crate::generated::rpc as fb;
 
+mod appendix;
 mod commit;
 mod read;
 use crate::types::{StorageServerId, StorageTeamId, Version};
@@ -18,22 +20,32 @@ use crate::types::{StorageServerId, StorageTeamId, Version};
 const ENVELOPE_OVERHEAD: usize = 256;
 const PER_BLOCK_OVERHEAD: usize = 32;
 
-pub(super) fn encode(envelope: &Envelope) -> Bytes {
+pub(super) fn encode(envelope: &Envelope) -> FramePayload {
     let mut fbb = FlatBufferBuilder::with_capacity(estimated_len(&envelope.message));
-    let (payload_type, payload) = encode_message(&mut fbb, &envelope.message);
+    let mut attached = appendix::Outgoing::default();
+    let (payload_type, payload) = encode_message(&mut fbb, &envelope.message, &mut attached);
     let root = fb::Envelope::create(
         &mut fbb,
         &fb::EnvelopeArgs {
             request_id: envelope.request_id,
             payload_type,
             payload: Some(payload),
+            // Past 4 GiB the frame is refused as too large before it is sent.
+            appendix: u32::try_from(attached.len).unwrap_or(u32::MAX),
         },
     );
     fbb.finish(root, None);
     // The builder fills its buffer from the back; hand out that tail without
     // copying it.
     let (buf, head) = fbb.collapse();
-    Bytes::from(buf).slice(head..)
+    let envelope = Bytes::from(buf).slice(head..);
+    if attached.blocks.is_empty() {
+        return FramePayload::Whole(envelope);
+    }
+    let mut parts = Vec::with_capacity(1 + attached.blocks.len());
+    parts.push(envelope);
+    parts.append(&mut attached.blocks);
+    FramePayload::Parts(parts)
 }
 
 fn estimated_len(message: &Message) -> usize {
@@ -57,17 +69,18 @@ fn estimated_len(message: &Message) -> usize {
         + mutations
         + blocks
             .iter()
-            .map(|b| b.data.len() + PER_BLOCK_OVERHEAD)
+            .map(|b| inline_len(&b.data) + PER_BLOCK_OVERHEAD)
             .sum::<usize>()
 }
 
 fn encode_message(
     fbb: &mut FlatBufferBuilder<'_>,
     message: &Message,
+    attached: &mut appendix::Outgoing,
 ) -> (fb::Payload, WIPOffset<UnionWIPOffset>) {
     match message {
         Message::TLogCommit(r) => {
-            let teams = encode_blocks(fbb, &r.teams);
+            let teams = encode_blocks(fbb, &r.teams, attached);
             let t = fb::TLogCommitRequest::create(
                 fbb,
                 &fb::TLogCommitRequestArgs {
@@ -101,7 +114,7 @@ fn encode_message(
             (fb::Payload::PeekRequest, t.as_union_value())
         }
         Message::PeekReply(r) => {
-            let blocks = encode_blocks(fbb, &r.blocks);
+            let blocks = encode_blocks(fbb, &r.blocks, attached);
             let t = fb::PeekReply::create(
                 fbb,
                 &fb::PeekReplyArgs {
@@ -235,21 +248,37 @@ type BlocksOffset<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::TeamBlock<'a>>>
 fn encode_blocks<'a>(
     fbb: &mut FlatBufferBuilder<'a>,
     blocks: &[TeamBlockData],
+    attached: &mut appendix::Outgoing,
 ) -> BlocksOffset<'a> {
     let tables: Vec<_> = blocks
         .iter()
         .map(|block| {
-            let data = fbb.create_vector(&block.data);
-            fb::TeamBlock::create(
-                fbb,
-                &fb::TeamBlockArgs {
+            let args = if block.data.len() >= appendix::ATTACH_FROM {
+                fb::TeamBlockArgs {
                     team: block.team.0,
-                    data: Some(data),
-                },
-            )
+                    data: None,
+                    attached: attached.attach(&block.data),
+                }
+            } else {
+                fb::TeamBlockArgs {
+                    team: block.team.0,
+                    data: Some(fbb.create_vector(&block.data)),
+                    attached: 0,
+                }
+            };
+            fb::TeamBlock::create(fbb, &args)
         })
         .collect();
     fbb.create_vector(&tables)
+}
+
+/// Bytes a block adds to the flatbuffer itself.
+fn inline_len(block: &Bytes) -> usize {
+    if block.len() >= appendix::ATTACH_FROM {
+        0
+    } else {
+        block.len()
+    }
 }
 
 fn encode_servers<'a>(
@@ -277,6 +306,7 @@ fn code_from_wire(code: fb::ErrorCode) -> ErrorCode {
 pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
     let envelope = fb::root_as_envelope(&frame)?;
     let request_id = envelope.request_id();
+    let mut attached = appendix::Incoming::of(&frame, envelope.appendix(), request_id)?;
     let unknown = DecodeError::UnknownMessage { request_id };
     // The verifier has checked that a typed union has a value, so a missing
     // one only comes with a type this code does not know.
@@ -287,7 +317,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
                 prev_version: Version(r.prev_version()),
                 version: Version(r.version()),
                 known_committed_version: Version(r.known_committed_version()),
-                teams: decode_blocks(&frame, r.teams())?,
+                teams: decode_blocks(&frame, r.teams(), &mut attached)?,
             })
         }
         fb::Payload::TLogCommitReply => {
@@ -308,7 +338,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
         fb::Payload::PeekReply => {
             let r = envelope.payload_as_peek_reply().ok_or(unknown)?;
             Message::PeekReply(PeekReply {
-                blocks: decode_blocks(&frame, r.blocks())?,
+                blocks: decode_blocks(&frame, r.blocks(), &mut attached)?,
                 end: Version(r.end()),
                 popped: Version(r.popped()),
                 max_known_version: Version(r.max_known_version()),
@@ -383,6 +413,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
             None => return Err(unknown),
         },
     };
+    attached.finish()?;
     Ok(Envelope {
         request_id,
         message,
@@ -392,6 +423,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
 fn decode_blocks(
     frame: &Bytes,
     blocks: Option<Vector<'_, ForwardsUOffset<fb::TeamBlock<'_>>>>,
+    attached: &mut appendix::Incoming<'_>,
 ) -> Result<Vec<TeamBlockData>, DecodeError> {
     let Some(blocks) = blocks else {
         return Ok(Vec::new());
@@ -399,9 +431,11 @@ fn decode_blocks(
     blocks
         .iter()
         .map(|block| {
-            let data = match block.data() {
-                Some(data) => subslice(frame, data.bytes())?,
-                None => Bytes::new(),
+            let data = match (block.data(), block.attached()) {
+                (None, 0) => Bytes::new(),
+                (Some(data), 0) => subslice(frame, data.bytes())?,
+                (None, len) => attached.take(len)?,
+                (Some(_), _) => return Err(attached.invalid("a block both inline and attached")),
             };
             Ok(TeamBlockData {
                 team: StorageTeamId(block.team()),

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -21,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{write_frames, ClientConfig, RpcError, OUTGOING_QUEUE};
-use crate::frame::{FrameCodec, FrameError};
+use crate::frame::{FrameCodec, FrameError, FramePayload};
 use crate::rpc::{
     DecodeError, Envelope, LockReply, Message, PeekReply, PeekRequest, PopRequest,
     RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
@@ -39,7 +38,7 @@ pub struct RpcClient {
 struct ClientInner {
     peer: SocketAddr,
     config: ClientConfig,
-    outgoing: mpsc::Sender<Bytes>,
+    outgoing: mpsc::Sender<FramePayload>,
     shared: Arc<Shared>,
     next_request_id: AtomicU64,
 }

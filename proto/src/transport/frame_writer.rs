@@ -8,10 +8,9 @@
 
 use std::io::{self, IoSlice};
 
-use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{frame_header, FrameError};
+use crate::frame::{FrameError, FramePayload};
 use crate::scatter::{Scatter, MAX_SLICES};
 
 pub(super) struct FrameWriter<W> {
@@ -30,10 +29,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Queues one frame; nothing is written until [`FrameWriter::flush`].
-    pub(super) fn push(&mut self, payload: Bytes) -> Result<(), FrameError> {
-        let header = frame_header(&payload, self.max_frame_len)?;
+    pub(super) fn push(&mut self, payload: FramePayload) -> Result<(), FrameError> {
+        let header = payload.header(self.max_frame_len)?;
         self.queued.extend_from_slice(&header);
-        self.queued.push(payload);
+        match payload {
+            FramePayload::Whole(bytes) => self.queued.push(bytes),
+            FramePayload::Parts(parts) => parts.into_iter().for_each(|p| self.queued.push(p)),
+        }
         Ok(())
     }
 
@@ -67,6 +69,7 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    use bytes::Bytes;
     use proptest::prelude::*;
     use tokio_util::codec::Decoder;
 
@@ -144,7 +147,16 @@ mod tests {
                 u32::MAX,
             );
             for (i, payload) in payloads.iter().enumerate() {
-                writer.push(Bytes::copy_from_slice(payload)).unwrap();
+                // Every other payload in parts: what the receiver gets must
+                // not tell them apart.
+                let frame = if i % 2 == 0 {
+                    FramePayload::Whole(Bytes::copy_from_slice(payload))
+                } else {
+                    let (a, b) = payload.split_at(payload.len() / 3);
+                    let (b, c) = b.split_at(b.len() / 2);
+                    FramePayload::Parts([a, b, c].map(Bytes::copy_from_slice).to_vec())
+                };
+                writer.push(frame).unwrap();
                 if (i + 1) % flush_every == 0 {
                     writer.flush().await.unwrap();
                 }
@@ -182,7 +194,7 @@ mod tests {
             4,
         );
         assert!(matches!(
-            writer.push(Bytes::from_static(b"fives")),
+            writer.push(Bytes::from_static(b"fives").into()),
             Err(FrameError::TooLarge { len: 5, max: 4 })
         ));
         assert!(writer.queued.is_empty());

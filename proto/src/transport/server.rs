@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{write_frames, Outbox, ServerConfig};
-use crate::frame::{FrameCodec, FrameError};
+use crate::frame::{FrameCodec, FrameError, FramePayload};
 use crate::rpc::{DecodeError, Envelope, ErrorCode, ErrorReply, Message};
 
 /// What a server does with requests.
@@ -64,7 +64,7 @@ struct Link {
 }
 
 enum Outgoing {
-    Reply(Bytes, OwnedSemaphorePermit),
+    Reply(FramePayload, OwnedSemaphorePermit),
     /// Write what is queued before this, then close the connection.
     Close,
 }
@@ -119,7 +119,7 @@ struct ReplyQueue {
 }
 
 impl ReplyQueue {
-    fn frame(&mut self, outgoing: Option<Outgoing>) -> Option<Bytes> {
+    fn frame(&mut self, outgoing: Option<Outgoing>) -> Option<FramePayload> {
         match outgoing {
             // The permit goes back now: the reply is no longer the
             // handler's, and the writer holds what it has not yet written.
@@ -133,7 +133,7 @@ impl ReplyQueue {
 }
 
 impl Outbox for ReplyQueue {
-    async fn next(&mut self) -> Option<Bytes> {
+    async fn next(&mut self) -> Option<FramePayload> {
         if self.closing {
             return None;
         }
@@ -141,7 +141,7 @@ impl Outbox for ReplyQueue {
         self.frame(outgoing)
     }
 
-    fn try_next(&mut self) -> Option<Bytes> {
+    fn try_next(&mut self) -> Option<FramePayload> {
         if self.closing {
             return None;
         }
@@ -432,7 +432,7 @@ impl Connection {
 
 /// Encodes a reply, replacing one too large to frame with an error so the
 /// caller hears about it instead of the connection dying.
-fn encode_reply(request_id: u64, message: Message, max_frame_len: u32) -> Bytes {
+fn encode_reply(request_id: u64, message: Message, max_frame_len: u32) -> FramePayload {
     let frame = Envelope {
         request_id,
         message,
