@@ -1,5 +1,7 @@
 //! Conversion between the owned messages and the generated flatbuffers code.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
 
@@ -20,12 +22,57 @@ use crate::types::{StorageServerId, StorageTeamId, Version};
 const ENVELOPE_OVERHEAD: usize = 256;
 const PER_BLOCK_OVERHEAD: usize = 32;
 
+/// Messages estimated at up to this many bytes are built in a builder the
+/// thread keeps and then copied out, which costs less than a fresh builder's
+/// own allocations; larger ones get a fresh builder whose buffer becomes the
+/// frame without a copy.
+const POOLED_UP_TO: usize = 4 << 10;
+
+thread_local! {
+    static POOLED: RefCell<FlatBufferBuilder<'static>> =
+        RefCell::new(FlatBufferBuilder::with_capacity(POOLED_UP_TO));
+}
+
 pub(super) fn encode(envelope: &Envelope) -> FramePayload {
-    let mut fbb = FlatBufferBuilder::with_capacity(estimated_len(&envelope.message));
+    let estimate = estimated_len(&envelope.message);
     let mut attached = appendix::Outgoing::default();
-    let (payload_type, payload) = encode_message(&mut fbb, &envelope.message, &mut attached);
+    let pooled = (estimate <= POOLED_UP_TO)
+        .then(|| {
+            POOLED.with(|pooled| {
+                let mut fbb = pooled.try_borrow_mut().ok()?;
+                fbb.reset();
+                build(&mut fbb, envelope, &mut attached);
+                let head = Bytes::copy_from_slice(fbb.finished_data());
+                // An estimate far off must not leave a large buffer behind.
+                if head.len() > 4 * POOLED_UP_TO {
+                    *fbb = FlatBufferBuilder::with_capacity(POOLED_UP_TO);
+                }
+                Some(head)
+            })
+        })
+        .flatten();
+    let envelope = pooled.unwrap_or_else(|| {
+        let mut fbb = FlatBufferBuilder::with_capacity(estimate);
+        build(&mut fbb, envelope, &mut attached);
+        // The builder fills its buffer from the back; hand out that tail
+        // without copying it.
+        let (buf, head) = fbb.collapse();
+        Bytes::from(buf).slice(head..)
+    });
+    if attached.blocks.is_empty() {
+        return FramePayload::Whole(envelope);
+    }
+    let mut parts = Vec::with_capacity(1 + attached.blocks.len());
+    parts.push(envelope);
+    parts.append(&mut attached.blocks);
+    FramePayload::Parts(parts)
+}
+
+/// Builds and finishes `envelope` in `fbb`, attaching its large blocks.
+fn build(fbb: &mut FlatBufferBuilder<'_>, envelope: &Envelope, attached: &mut appendix::Outgoing) {
+    let (payload_type, payload) = encode_message(fbb, &envelope.message, attached);
     let root = fb::Envelope::create(
-        &mut fbb,
+        fbb,
         &fb::EnvelopeArgs {
             request_id: envelope.request_id,
             payload_type,
@@ -35,17 +82,6 @@ pub(super) fn encode(envelope: &Envelope) -> FramePayload {
         },
     );
     fbb.finish(root, None);
-    // The builder fills its buffer from the back; hand out that tail without
-    // copying it.
-    let (buf, head) = fbb.collapse();
-    let envelope = Bytes::from(buf).slice(head..);
-    if attached.blocks.is_empty() {
-        return FramePayload::Whole(envelope);
-    }
-    let mut parts = Vec::with_capacity(1 + attached.blocks.len());
-    parts.push(envelope);
-    parts.append(&mut attached.blocks);
-    FramePayload::Parts(parts)
 }
 
 fn estimated_len(message: &Message) -> usize {
