@@ -337,6 +337,16 @@ impl<S: LogStore> SegmentLog<S> {
         check_poison(&self.shared)
     }
 
+    /// Where the current segment's durable data ends, as last synced (by
+    /// this log or a [`LogSyncer`]). The segment is always in the map; the
+    /// fallback only keeps this total.
+    fn current_durable_end(&self) -> u64 {
+        read_lock(&self.shared)
+            .segments
+            .get(&self.current)
+            .map_or(FIRST_RECORD_OFFSET, |extent| extent.end)
+    }
+
     /// Offset where the next appended record will go.
     fn append_end(&self) -> u64 {
         self.written_end + self.buffer.len() as u64
@@ -394,10 +404,7 @@ impl<S: LogStore> SegmentLog<S> {
         if self.buffer.is_empty() {
             // Read once per batch: a stale value is only lower, which keeps
             // recovery's torn-tail judgement conservative.
-            self.batch_start = read_lock(&self.shared)
-                .segments
-                .get(&self.current)
-                .map_or(self.written_end, |extent| extent.end);
+            self.batch_start = self.current_durable_end();
         }
         let (bytes, crc): (&[u8], u32) = match &payload {
             Payload::Copied(bytes) => (bytes, crc32c::crc32c(bytes)),
@@ -488,11 +495,7 @@ impl<S: LogStore> SegmentLog<S> {
     /// log: this and every later call returns [`LogError::Poisoned`].
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.write()?;
-        let durable = read_lock(&self.shared)
-            .segments
-            .get(&self.current)
-            .map_or(0, |extent| extent.end);
-        if durable >= self.written_end {
+        if self.current_durable_end() >= self.written_end {
             return Ok(());
         }
         self.syncer().sync(SyncPoint {

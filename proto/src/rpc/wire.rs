@@ -36,21 +36,11 @@ thread_local! {
 pub(super) fn encode(envelope: &Envelope) -> FramePayload {
     let estimate = estimated_len(&envelope.message);
     let mut attached = appendix::Outgoing::default();
-    let pooled = (estimate <= POOLED_UP_TO)
-        .then(|| {
-            POOLED.with(|pooled| {
-                let mut fbb = pooled.try_borrow_mut().ok()?;
-                fbb.reset();
-                build(&mut fbb, envelope, &mut attached);
-                let head = Bytes::copy_from_slice(fbb.finished_data());
-                // An estimate far off must not leave a large buffer behind.
-                if head.len() > 4 * POOLED_UP_TO {
-                    *fbb = FlatBufferBuilder::with_capacity(POOLED_UP_TO);
-                }
-                Some(head)
-            })
-        })
-        .flatten();
+    let pooled = if estimate <= POOLED_UP_TO {
+        POOLED.with(|pooled| build_pooled(pooled, envelope, &mut attached))
+    } else {
+        None
+    };
     let envelope = pooled.unwrap_or_else(|| {
         let mut fbb = FlatBufferBuilder::with_capacity(estimate);
         build(&mut fbb, envelope, &mut attached);
@@ -66,6 +56,24 @@ pub(super) fn encode(envelope: &Envelope) -> FramePayload {
     parts.push(envelope);
     parts.append(&mut attached.blocks);
     FramePayload::Parts(parts)
+}
+
+/// Builds `envelope` in the thread's builder and copies it out; `None` if
+/// the builder is in use (a re-entrant call), when a fresh one must do.
+fn build_pooled(
+    pooled: &RefCell<FlatBufferBuilder<'static>>,
+    envelope: &Envelope,
+    attached: &mut appendix::Outgoing,
+) -> Option<Bytes> {
+    let mut fbb = pooled.try_borrow_mut().ok()?;
+    fbb.reset();
+    build(&mut fbb, envelope, attached);
+    let head = Bytes::copy_from_slice(fbb.finished_data());
+    // An estimate far off must not leave a large buffer behind.
+    if head.len() > 4 * POOLED_UP_TO {
+        *fbb = FlatBufferBuilder::with_capacity(POOLED_UP_TO);
+    }
+    Some(head)
 }
 
 /// Builds and finishes `envelope` in `fbb`, attaching its large blocks.
