@@ -7,6 +7,18 @@
 //! [`FrameCodec`] checks the length against its cap before reserving any
 //! buffer space, so a hostile length prefix cannot make a process allocate,
 //! and checks the checksum before handing the payload on.
+//!
+//! Small frames are read many at a time into a shared read buffer. A frame of
+//! [`OWN_BUFFER_FROM`] bytes or more is handed on in an allocation of its
+//! own, exactly its size, so whoever keeps a slice of it (a TLog keeps the
+//! blocks of a large commit) pins that frame and nothing else. It is read
+//! straight into that allocation, or copied there in the rare case that it
+//! was read ahead with smaller frames:
+//!
+//! ```text
+//!  small frames: [f1|f2|f3|f4 ........ read ahead]   one read, many frames
+//!  large frame:  [hdr]  then  [hdr|payload .......]   a buffer of its own
+//! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -16,6 +28,10 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024;
 
 /// Bytes before the payload.
 pub const FRAME_HEADER_LEN: usize = 8;
+
+/// Frames of this many bytes or more (header included) are read into a
+/// buffer of their own, exactly their size.
+pub const OWN_BUFFER_FROM: usize = 32 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -35,11 +51,21 @@ pub enum FrameError {
 #[derive(Clone, Copy, Debug)]
 pub struct FrameCodec {
     pub max_frame_len: u32,
+    /// The buffer holds the start of a large frame and was allocated for it.
+    in_own_buffer: bool,
+    /// The last frame was large. Large frames come in runs, so the next read
+    /// takes just a header, and a large frame behind it is not read ahead
+    /// into a shared buffer only to be copied out.
+    after_large: bool,
 }
 
 impl FrameCodec {
     pub fn new(max_frame_len: u32) -> Self {
-        FrameCodec { max_frame_len }
+        FrameCodec {
+            max_frame_len,
+            in_own_buffer: false,
+            after_large: false,
+        }
     }
 }
 
@@ -55,7 +81,11 @@ impl Decoder for FrameCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         let Some(header) = src.first_chunk::<FRAME_HEADER_LEN>() else {
-            read_ahead(src, FRAME_HEADER_LEN);
+            if self.after_large && src.is_empty() {
+                *src = BytesMut::with_capacity(FRAME_HEADER_LEN);
+            } else {
+                read_ahead(src, FRAME_HEADER_LEN);
+            }
             return Ok(None);
         };
         let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
@@ -68,13 +98,31 @@ impl Decoder for FrameCodec {
             });
         }
         let total = FRAME_HEADER_LEN + len as usize;
+        let large = total >= OWN_BUFFER_FROM;
         if src.len() < total {
-            // Safe to reserve now that the length is within the cap.
-            read_ahead(src, total);
+            // Safe to allocate now that the length is within the cap.
+            if !large {
+                read_ahead(src, total);
+            } else if !self.in_own_buffer {
+                let mut own = BytesMut::with_capacity(total);
+                own.extend_from_slice(src);
+                *src = own;
+                self.in_own_buffer = true;
+            }
             return Ok(None);
         }
         src.advance(FRAME_HEADER_LEN);
-        let payload = src.split_to(len as usize).freeze();
+        let payload = if large && !self.in_own_buffer {
+            // Read ahead with smaller frames: copied out, so it still pins
+            // nothing but itself.
+            let payload = Bytes::copy_from_slice(&src[..len as usize]);
+            src.advance(len as usize);
+            payload
+        } else {
+            src.split_to(len as usize).freeze()
+        };
+        self.in_own_buffer = false;
+        self.after_large = large;
         let actual = crc32c::crc32c(&payload);
         if actual != expected {
             return Err(FrameError::BadChecksum { expected, actual });
@@ -253,15 +301,74 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_frame_leaves_room_for_it_and_the_frames_after_it() {
+    fn a_partial_small_frame_leaves_room_for_it_and_the_frames_after_it() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(100);
+        buf.put_u32_le(0);
+        assert!(FrameCodec::default().decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() - buf.len() >= READ_AHEAD);
+    }
+
+    #[test]
+    fn a_partial_large_frame_gets_a_buffer_of_exactly_its_size() {
+        let len = 1 << 20;
+        let mut buf = BytesMut::with_capacity(READ_AHEAD);
+        buf.put_u32_le(len as u32);
+        buf.put_u32_le(0);
+        buf.put_bytes(7, 100);
+        assert!(FrameCodec::default().decode(&mut buf).unwrap().is_none());
+        assert_eq!(buf.capacity(), FRAME_HEADER_LEN + len);
+        assert_eq!(buf.len(), FRAME_HEADER_LEN + 100, "what was read is kept");
+    }
+
+    /// Decodes `stream` as `FramedRead` does, each read taking at most
+    /// `read_len` bytes and never more than the buffer's spare capacity.
+    fn read_in_chunks(stream: &[u8], read_len: usize) -> Vec<Bytes> {
         let mut codec = FrameCodec::default();
-        for len in [100usize, 1 << 20] {
-            let mut buf = BytesMut::new();
-            buf.put_u32_le(len as u32);
-            buf.put_u32_le(0);
-            assert!(codec.decode(&mut buf).unwrap().is_none());
-            let spare = buf.capacity() - buf.len();
-            assert!(spare >= len.max(READ_AHEAD), "{len}: spare {spare}");
+        let (mut buf, mut at, mut frames) = (BytesMut::new(), 0, Vec::new());
+        loop {
+            match codec.decode(&mut buf).unwrap() {
+                Some(frame) => frames.push(frame),
+                None if at == stream.len() => return frames,
+                None => {
+                    buf.reserve(1);
+                    let n = (buf.capacity() - buf.len())
+                        .min(read_len)
+                        .min(stream.len() - at);
+                    buf.extend_from_slice(&stream[at..at + n]);
+                    at += n;
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn large_frames_pin_an_allocation_of_exactly_their_size(
+            lens in proptest::collection::vec(
+                prop_oneof![0usize..300, (OWN_BUFFER_FROM - 16)..(3 * OWN_BUFFER_FROM)],
+                1..8,
+            ),
+            read_len in prop_oneof![1usize..64, 1000usize..300_000],
+        ) {
+            let payloads: Vec<Vec<u8>> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, len)| vec![i as u8; *len])
+                .collect();
+            let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            let frames = read_in_chunks(&framed(&slices), read_len);
+            prop_assert_eq!(&frames, &payloads);
+            for frame in frames {
+                if FRAME_HEADER_LEN + frame.len() >= OWN_BUFFER_FROM {
+                    let len = frame.len();
+                    let own = frame.try_into_mut();
+                    prop_assert!(own.is_ok(), "a {}-byte frame shares its buffer", len);
+                    prop_assert_eq!(own.unwrap().capacity(), len);
+                }
+            }
         }
     }
 
