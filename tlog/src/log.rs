@@ -63,6 +63,7 @@
 //! rather than reported.
 
 mod format;
+mod payload;
 mod reader;
 mod recovery;
 mod syncer;
@@ -70,7 +71,6 @@ mod syncer;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::Bytes;
 use proto::scatter::Scatter;
 
 use format::{RecordHeader, SegmentHeader, KIND_DATA, KIND_SEAL, SEAL_LEN};
@@ -78,6 +78,7 @@ pub use format::{
     FIRST_RECORD_OFFSET, FORMAT_VERSION, RECORD_ALIGN, RECORD_HEADER_LEN, RECORD_MAGIC,
     SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
+pub use payload::ChecksummedPayload;
 pub use reader::LogReader;
 pub use syncer::{LogSyncer, SyncPoint};
 
@@ -240,26 +241,6 @@ fn corrupt<S: LogStore>(
     }
 }
 
-/// A record payload and its crc32c, computed by whoever made the payload:
-/// the writer is the log's one serial stage, so it should not pass over a
-/// large payload again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChecksummedPayload {
-    bytes: Bytes,
-    crc: u32,
-}
-
-impl ChecksummedPayload {
-    pub fn new(bytes: Bytes) -> ChecksummedPayload {
-        let crc = crc32c::crc32c(&bytes);
-        ChecksummedPayload { bytes, crc }
-    }
-
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
-    }
-}
-
 /// A record's payload on its way into the buffer.
 enum Payload<'a> {
     Copied(&'a [u8]),
@@ -359,33 +340,33 @@ impl<S: LogStore> SegmentLog<S> {
     /// Buffers a record for the current segment (not durable, not visible to
     /// readers).
     pub fn append(&mut self, payload: &[u8]) -> Result<RecordLocation, LogError> {
-        let location = self.place(payload)?;
+        let location = self.place(payload.len())?;
         self.push(KIND_DATA, Payload::Copied(payload));
         Ok(location)
     }
 
     /// [`SegmentLog::append`] of a shared, already checksummed payload,
-    /// which a large record is written from without being copied.
+    /// whose large parts are written from where they are, without a copy.
     pub fn append_shared(
         &mut self,
         payload: ChecksummedPayload,
     ) -> Result<RecordLocation, LogError> {
-        let location = self.place(&payload.bytes)?;
+        let location = self.place(payload.len())?;
         self.push(KIND_DATA, Payload::Shared(payload));
         Ok(location)
     }
 
     /// Where a record of `payload` goes, if it fits.
-    fn place(&self, payload: &[u8]) -> Result<RecordLocation, LogError> {
+    fn place(&self, payload_len: usize) -> Result<RecordLocation, LogError> {
         self.check_poison()?;
         let max = LogConfig::max_payload(self.config.segment_size);
-        if payload.len() as u64 > max {
+        if payload_len as u64 > max {
             return Err(LogError::RecordTooLarge {
-                len: payload.len(),
+                len: payload_len,
                 max,
             });
         }
-        let len = format::record_len(payload.len() as u64);
+        let len = format::record_len(payload_len as u64);
         if len > self.free() {
             return Err(LogError::SegmentFull {
                 segment: self.current,
@@ -406,13 +387,13 @@ impl<S: LogStore> SegmentLog<S> {
             // recovery's torn-tail judgement conservative.
             self.batch_start = self.current_durable_end();
         }
-        let (bytes, crc): (&[u8], u32) = match &payload {
-            Payload::Copied(bytes) => (bytes, crc32c::crc32c(bytes)),
-            Payload::Shared(shared) => (&shared.bytes, shared.crc),
+        let (len, crc) = match &payload {
+            Payload::Copied(bytes) => (bytes.len(), crc32c::crc32c(bytes)),
+            Payload::Shared(shared) => (shared.len(), shared.crc()),
         };
         let header = RecordHeader {
             kind,
-            payload_len: bytes.len() as u32,
+            payload_len: len as u32,
             sequence: self.next_sequence,
             batch_start: self.batch_start,
         };
@@ -420,7 +401,7 @@ impl<S: LogStore> SegmentLog<S> {
             .extend_from_slice(&format::record_header(header, crc));
         match payload {
             Payload::Copied(bytes) => self.buffer.extend_from_slice(bytes),
-            Payload::Shared(shared) => self.buffer.push(shared.bytes),
+            Payload::Shared(shared) => shared.into_parts().for_each(|p| self.buffer.push(p)),
         }
         self.buffer.extend_from_slice(format::padding(&header));
         self.next_sequence += 1;

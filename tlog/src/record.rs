@@ -92,6 +92,14 @@ impl CommitRecord {
     }
 
     fn encode_into(&self, out: &mut BytesMut) {
+        self.encode_head_into(out);
+        for (_, block) in &self.blocks {
+            out.put_slice(block);
+        }
+    }
+
+    /// Everything before the blocks: the commit's versions and team table.
+    fn encode_head_into(&self, out: &mut BytesMut) {
         out.put_u8(KIND_COMMIT);
         out.put_u64_le(self.prev_version.0);
         out.put_u64_le(self.version.0);
@@ -101,21 +109,27 @@ impl CommitRecord {
             out.put_u64_le(team.0);
             out.put_u32_le(block.len() as u32);
         }
-        for (_, block) in &self.blocks {
-            out.put_slice(block);
-        }
+    }
+
+    /// The record up to its blocks; the blocks follow it unchanged.
+    pub fn encoded_head(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.head_len());
+        self.encode_head_into(&mut out);
+        out.freeze()
+    }
+
+    fn head_len(&self) -> usize {
+        COMMIT_HEADER_LEN + self.blocks.len() * TEAM_ENTRY_LEN
     }
 
     /// Encodes the record into one exactly-sized buffer and re-points the
     /// blocks into it, so memory held for them is just this allocation
     /// (not the network buffers they arrived in).
     pub fn into_encoded(mut self) -> (Bytes, CommitRecord) {
-        let mut out = BytesMut::with_capacity(
-            COMMIT_HEADER_LEN + self.blocks.len() * TEAM_ENTRY_LEN + self.block_bytes(),
-        );
+        let mut out = BytesMut::with_capacity(self.head_len() + self.block_bytes());
         self.encode_into(&mut out);
         let payload = out.freeze();
-        let mut offset = COMMIT_HEADER_LEN + self.blocks.len() * TEAM_ENTRY_LEN;
+        let mut offset = self.head_len();
         for (_, block) in &mut self.blocks {
             let len = block.len();
             *block = payload.slice(offset..offset + len);
@@ -146,7 +160,7 @@ impl Record {
         let mut out = BytesMut::new();
         match self {
             Record::Commit(c) => {
-                out.reserve(COMMIT_HEADER_LEN + c.blocks.len() * TEAM_ENTRY_LEN + c.block_bytes());
+                out.reserve(c.head_len() + c.block_bytes());
                 c.encode_into(&mut out);
             }
             Record::Pop {

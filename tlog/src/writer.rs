@@ -54,7 +54,7 @@ pub enum WriterCommand {
 impl WriterCommand {
     fn record_bytes(&self) -> usize {
         match self {
-            WriterCommand::Append { payload, .. } => payload.bytes().len(),
+            WriterCommand::Append { payload, .. } => payload.len(),
             WriterCommand::RemoveSegmentsBefore(_) => 0,
         }
     }
@@ -291,7 +291,7 @@ impl<S: LogStore> Appender<S> {
                 record,
                 payload,
             } => {
-                let len = payload.bytes().len();
+                let len = payload.len();
                 let location = self.append_record(&record, payload)?;
                 if let Record::Commit(c) = &record {
                     self.appended.commits.push((c.version, location));
@@ -311,7 +311,7 @@ impl<S: LogStore> Appender<S> {
         record: &Record,
         payload: ChecksummedPayload,
     ) -> Result<RecordLocation, LogError> {
-        if self.log.needs_roll(payload.bytes().len()) {
+        if self.log.needs_roll(payload.len()) {
             self.log.roll()?;
             self.log
                 .append(&Record::Snapshot(self.meta.clone()).encode())?;

@@ -109,8 +109,9 @@ fn reopen_yields_same_records<D: Disk>() {
     }
 }
 
-/// Shared payloads (large ones written from their own buffers) land like
-/// copied ones, on both sides of the size where copying stops.
+/// Shared payloads (large ones written from their own buffers, whole or in
+/// parts) land like copied ones, on both sides of the size where copying
+/// stops.
 fn shared_payloads_read_back_like_copied_ones<D: Disk>() {
     let disk = D::new();
     let config = LogConfig {
@@ -121,12 +122,17 @@ fn shared_payloads_read_back_like_copied_ones<D: Disk>() {
     let mut written = Vec::new();
     for (i, len) in sizes.into_iter().enumerate() {
         let p = payload(i, len);
-        let location = if i % 3 == 1 {
-            log.append(&p).unwrap()
-        } else {
-            log.append_shared(ChecksummedPayload::new(Bytes::from(p.clone())))
-                .unwrap()
-        };
+        let whole = Bytes::from(p.clone());
+        let location = match i % 3 {
+            0 => log.append_shared(ChecksummedPayload::new(whole)),
+            1 => log.append(&p),
+            _ => {
+                let (a, b) = (len / 3, len - len / 4);
+                let parts = vec![whole.slice(..a), whole.slice(a..b), whole.slice(b..)];
+                log.append_shared(ChecksummedPayload::from_parts(parts))
+            }
+        }
+        .unwrap();
         written.push((location, p));
     }
     log.sync().unwrap();

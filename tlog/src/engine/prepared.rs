@@ -10,14 +10,25 @@
 //! chaining decision and the bookkeeping, not for parsing blocks and copying
 //! the payload. The record's checksum is computed here too, on the runtime's
 //! threads, rather than on the writer thread every commit passes through.
+//!
+//! A small commit is copied into one exactly-sized record, so the memory its
+//! blocks hold is just that record, not the network buffer they came in. A
+//! commit of [`KEEP_BLOCKS_FROM`] bytes or more keeps its blocks where they
+//! are: it came in a frame that has an allocation of its own (see
+//! [`proto::frame`]), so they pin nothing more, and its record is written as
+//! a header followed by the blocks.
 
 use bytes::Bytes;
 use proto::block::TeamBlock;
+use proto::frame::OWN_BUFFER_FROM;
 use proto::{StorageTeamId, Version};
 
 use super::{CommitRequest, CoreError};
 use crate::log::ChecksummedPayload;
 use crate::record::CommitRecord;
+
+/// Commits with this many block bytes or more are not copied.
+pub const KEEP_BLOCKS_FROM: usize = OWN_BUFFER_FROM;
 
 pub struct PreparedCommit {
     /// The encoded commit record, as the writer appends it.
@@ -32,13 +43,22 @@ impl PreparedCommit {
     /// exactly the commit's version) and encodes its record.
     pub fn new(request: CommitRequest) -> Result<PreparedCommit, CoreError> {
         check(&request)?;
-        let (payload, record) = CommitRecord {
+        let record = CommitRecord {
             prev_version: request.prev_version,
             version: request.version,
             known_committed_version: request.known_committed_version,
             blocks: request.blocks,
+        };
+        if record.block_bytes() >= KEEP_BLOCKS_FROM {
+            let mut parts = Vec::with_capacity(1 + record.blocks.len());
+            parts.push(record.encoded_head());
+            parts.extend(record.blocks.iter().map(|(_, block)| block.clone()));
+            return Ok(PreparedCommit {
+                payload: ChecksummedPayload::from_parts(parts),
+                record,
+            });
         }
-        .into_encoded();
+        let (payload, record) = record.into_encoded();
         Ok(PreparedCommit {
             payload: ChecksummedPayload::new(payload),
             record,
@@ -55,7 +75,7 @@ impl PreparedCommit {
 
     /// What waiting for its predecessor costs the core.
     pub(super) fn pending_bytes(&self) -> u64 {
-        self.payload.bytes().len() as u64 + 64
+        self.payload.len() as u64 + 64
     }
 }
 

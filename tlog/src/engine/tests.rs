@@ -75,7 +75,7 @@ impl Harness {
                     payload,
                 } => {
                     if let Record::Commit(c) = &record {
-                        let payload = payload.bytes().clone();
+                        let payload = payload.to_bytes();
                         let location = RecordLocation {
                             segment: self.segment,
                             offset: self.offset,
@@ -406,4 +406,35 @@ fn a_registration_is_answered_only_once_durable() {
     let actions = h.core.register_team(B, vec![S1], 8);
     h.run(actions);
     assert_eq!(h.registered.last(), Some(&(8, Err(CoreError::Poisoned))));
+}
+
+#[test]
+fn a_large_commit_keeps_its_blocks_and_its_record_reads_back_the_same() {
+    for value_len in [100, prepared::KEEP_BLOCKS_FROM] {
+        let blocks = vec![
+            (A, block(A, 2, &vec![7; value_len])),
+            (B, block(B, 2, b"v")),
+        ];
+        let prepared = PreparedCommit::new(CommitRequest {
+            prev_version: Version(1),
+            version: Version(2),
+            known_committed_version: Version(1),
+            blocks: blocks.clone(),
+        })
+        .unwrap();
+        let kept = |(held, sent): (&(StorageTeamId, Bytes), &(StorageTeamId, Bytes))| {
+            held.1.as_ptr() == sent.1.as_ptr()
+        };
+        let record = &prepared.record;
+        if value_len >= prepared::KEEP_BLOCKS_FROM {
+            assert!(record.blocks.iter().zip(&blocks).all(kept));
+        } else {
+            assert!(!record.blocks.iter().zip(&blocks).any(kept), "copied");
+        }
+        assert_eq!(record.blocks, blocks);
+        assert_eq!(
+            Record::decode(prepared.payload.to_bytes()).unwrap(),
+            Record::Commit(record.clone())
+        );
+    }
 }
