@@ -11,6 +11,11 @@
 //!  no disk: the same committers ──▶ TLog with its files in tmpfs
 //!                                ──▶ a server answering every commit at once
 //! ```
+//!
+//! A cell runs in rounds: the TLog, then the raw appends at what the TLog
+//! did in that round, and again. The disk of a shared machine changes speed
+//! from second to second; paired rounds see it in the same state, and a
+//! cell's ratios are the medians of its rounds' ratios.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +25,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use hdrhistogram::Histogram;
 use proto::transport::RpcClient;
 use proto::{StorageServerId, StorageTeamId, Version};
 use serde::Serialize;
@@ -30,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::bench_baseline::{raw_appends, serve_instant_commits};
+use crate::bench_measure::{closed_loop, median, new_histogram, Figures, Sample};
 use crate::workload::{set_commit, VersionChain};
 
 #[derive(clap::Args, Debug)]
@@ -41,9 +46,13 @@ pub struct TLogBenchArgs {
     /// disk: its syncs cost nothing.
     #[arg(long, default_value = "/dev/shm")]
     pub memory_dir: PathBuf,
-    /// Seconds per measured cell.
+    /// Seconds per measured cell, for the TLog and for each baseline.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Rounds a cell's seconds are split into, each the TLog then the raw
+    /// appends.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Concurrent committers, comma separated.
     #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
     pub committers: Vec<usize>,
@@ -54,33 +63,6 @@ pub struct TLogBenchArgs {
         value_delimiter = ','
     )]
     pub payloads: Vec<usize>,
-}
-
-#[derive(Serialize, Clone, Copy, Default)]
-pub(crate) struct Figures {
-    pub mb_per_s: f64,
-    pub ops_per_s: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-}
-
-impl Figures {
-    /// `ops` operations of `bytes_per_op` bytes each over `elapsed`, with
-    /// their latencies in `histogram` (microseconds).
-    pub(crate) fn measured(
-        histogram: &Histogram<u64>,
-        ops: u64,
-        bytes_per_op: usize,
-        elapsed: Duration,
-    ) -> Self {
-        let seconds = elapsed.as_secs_f64();
-        Figures {
-            mb_per_s: (ops * bytes_per_op as u64) as f64 / seconds / 1e6,
-            ops_per_s: ops as f64 / seconds,
-            p50_us: histogram.value_at_quantile(0.5) as f64,
-            p99_us: histogram.value_at_quantile(0.99) as f64,
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -119,6 +101,9 @@ struct Cell {
     ratio_instant_same_batch: f64,
     /// For one committer: 1.5 × (raw sync p50 + loopback round trip p50).
     latency_bound_us: Option<f64>,
+    /// Each round's ratios; the `ratio_mb*` and `ratio_records*` figures
+    /// above are their medians.
+    rounds: Vec<RoundRatios>,
 }
 
 #[derive(Serialize)]
@@ -165,45 +150,17 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
         "nodisk",
         "inst"
     );
+    let baselines = Baselines {
+        no_disk: &no_disk,
+        instant: &instant,
+        raw_file: &raw_file,
+        rtt,
+    };
     let mut cells = Vec::new();
     for &payload in &args.payloads {
         for &committers in &args.committers {
-            let before = tlog.service.write_stats();
-            let started = Instant::now();
-            let tlog_figures = tlog.load(committers, payload, seconds).await?;
-            let elapsed = started.elapsed().as_secs_f64();
-            let after = tlog.service.write_stats();
-            let syncs = (after.syncs - before.syncs).max(1);
-            let batch = (after.bytes - before.bytes) / syncs;
-            let commits_per_sync = (after.commits - before.commits) as f64 / syncs as f64;
-            let record_mb_per_s = (after.bytes - before.bytes) as f64 / elapsed / 1e6;
-            let tlog_no_disk = no_disk.load(committers, payload, seconds).await?;
-            let instant_figures = instant.load(committers, payload, seconds).await?;
-            let raw = raw_appends(&raw_file, committers * payload, seconds)?;
-            let raw_same_batch = raw_appends(&raw_file, batch.max(1) as usize, seconds)?;
-            let same_commits = (commits_per_sync * payload as f64).round().max(1.0) as usize;
-            let raw_same_commits_per_sync = raw_appends(&raw_file, same_commits, seconds)?;
-            let cell = Cell {
-                committers,
-                payload,
-                tlog: tlog_figures,
-                tlog_batch_bytes: batch,
-                tlog_record_mb_per_s: record_mb_per_s,
-                raw,
-                raw_same_batch,
-                tlog_commits_per_sync: commits_per_sync,
-                raw_same_commits_per_sync,
-                tlog_no_disk,
-                instant: instant_figures,
-                ratio_mb: tlog_figures.mb_per_s / raw.mb_per_s,
-                ratio_mb_same_batch: tlog_figures.mb_per_s / raw_same_batch.mb_per_s,
-                ratio_records_same_batch: record_mb_per_s / raw_same_batch.mb_per_s,
-                ratio_mb_same_commits_per_sync: tlog_figures.mb_per_s
-                    / raw_same_commits_per_sync.mb_per_s,
-                ratio_no_disk_same_batch: tlog_no_disk.mb_per_s / raw_same_batch.mb_per_s,
-                ratio_instant_same_batch: instant_figures.mb_per_s / raw_same_batch.mb_per_s,
-                latency_bound_us: (committers == 1).then_some(1.5 * (raw.p50_us + rtt)),
-            };
+            let cell =
+                measure_cell(&tlog, &baselines, committers, payload, seconds, args.rounds).await?;
             print_cell(&cell);
             cells.push(cell);
         }
@@ -218,6 +175,105 @@ pub async fn run_tlog_bench(args: TLogBenchArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// What a cell measures besides the TLog on disk.
+struct Baselines<'a> {
+    no_disk: &'a BenchTLog,
+    instant: &'a InstantCommitter,
+    raw_file: &'a Path,
+    rtt: f64,
+}
+
+/// One round's ratios of the TLog's payload MB/s (records for `records`)
+/// against the raw appends measured right after it.
+#[derive(Serialize, Clone, Copy)]
+struct RoundRatios {
+    mb: f64,
+    mb_same_batch: f64,
+    records_same_batch: f64,
+    mb_same_commits_per_sync: f64,
+}
+
+async fn measure_cell(
+    tlog: &BenchTLog,
+    baselines: &Baselines<'_>,
+    committers: usize,
+    payload: usize,
+    seconds: Duration,
+    rounds: u32,
+) -> Result<Cell> {
+    let slice = seconds / rounds;
+    let (mut tlog_sample, mut syncs, mut records, mut commits) = (Sample::empty(), 0, 0, 0);
+    let (mut raw, mut raw_same_batch, mut raw_same_commits) =
+        (Sample::empty(), Sample::empty(), Sample::empty());
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let before = tlog.service.write_stats();
+        let round = tlog.load(committers, payload, slice).await?;
+        let after = tlog.service.write_stats();
+        let round_syncs = (after.syncs - before.syncs).max(1);
+        let round_records = after.bytes - before.bytes;
+        let round_commits = after.commits - before.commits;
+        let batch = (round_records / round_syncs).max(1) as usize;
+        let same_commits = (round_commits as f64 / round_syncs as f64 * payload as f64)
+            .round()
+            .max(1.0) as usize;
+        let round_raw = raw_appends(baselines.raw_file, committers * payload, slice)?;
+        let round_raw_batch = raw_appends(baselines.raw_file, batch, slice)?;
+        let round_raw_commits = raw_appends(baselines.raw_file, same_commits, slice)?;
+        let tlog_mb = round.figures().mb_per_s;
+        let record_mb = round_records as f64 / round.elapsed.as_secs_f64() / 1e6;
+        ratios.push(RoundRatios {
+            mb: tlog_mb / round_raw.figures().mb_per_s,
+            mb_same_batch: tlog_mb / round_raw_batch.figures().mb_per_s,
+            records_same_batch: record_mb / round_raw_batch.figures().mb_per_s,
+            mb_same_commits_per_sync: tlog_mb / round_raw_commits.figures().mb_per_s,
+        });
+        tlog_sample.add(&round)?;
+        raw.add(&round_raw)?;
+        raw_same_batch.add(&round_raw_batch)?;
+        raw_same_commits.add(&round_raw_commits)?;
+        (syncs, records, commits) = (
+            syncs + round_syncs,
+            records + round_records,
+            commits + round_commits,
+        );
+    }
+    let tlog_no_disk = baselines
+        .no_disk
+        .load(committers, payload, seconds)
+        .await?
+        .figures();
+    let instant = baselines
+        .instant
+        .load(committers, payload, seconds)
+        .await?
+        .figures();
+    let raw = raw.figures();
+    let raw_same_batch = raw_same_batch.figures();
+    let ratio = |of: fn(&RoundRatios) -> f64| median(ratios.iter().map(of));
+    Ok(Cell {
+        committers,
+        payload,
+        tlog: tlog_sample.figures(),
+        tlog_batch_bytes: records / syncs,
+        tlog_record_mb_per_s: records as f64 / tlog_sample.elapsed.as_secs_f64() / 1e6,
+        raw,
+        raw_same_batch,
+        tlog_commits_per_sync: commits as f64 / syncs as f64,
+        raw_same_commits_per_sync: raw_same_commits.figures(),
+        tlog_no_disk,
+        instant,
+        ratio_mb: ratio(|r| r.mb),
+        ratio_mb_same_batch: ratio(|r| r.mb_same_batch),
+        ratio_records_same_batch: ratio(|r| r.records_same_batch),
+        ratio_mb_same_commits_per_sync: ratio(|r| r.mb_same_commits_per_sync),
+        ratio_no_disk_same_batch: tlog_no_disk.mb_per_s / raw_same_batch.mb_per_s,
+        ratio_instant_same_batch: instant.mb_per_s / raw_same_batch.mb_per_s,
+        latency_bound_us: (committers == 1).then_some(1.5 * (raw.p50_us + baselines.rtt)),
+        rounds: ratios,
+    })
 }
 
 fn print_cell(cell: &Cell) {
@@ -332,7 +388,7 @@ impl BenchTLog {
         committers: usize,
         payload: usize,
         seconds: Duration,
-    ) -> Result<Figures> {
+    ) -> Result<Sample> {
         let stop = Arc::new(AtomicBool::new(false));
         let consumer = {
             let (client, stop) = (self.client.clone(), stop.clone());
@@ -380,7 +436,7 @@ impl InstantCommitter {
         })
     }
 
-    async fn load(&self, committers: usize, payload: usize, seconds: Duration) -> Result<Figures> {
+    async fn load(&self, committers: usize, payload: usize, seconds: Duration) -> Result<Sample> {
         commit_loop(&self.client, &self.chain, committers, payload, seconds).await
     }
 
@@ -397,10 +453,10 @@ async fn commit_loop(
     committers: usize,
     payload: usize,
     seconds: Duration,
-) -> Result<Figures> {
+) -> Result<Sample> {
     let value = Bytes::from(vec![0x5a; payload.saturating_sub(16)]);
     let (client, chain) = (client.clone(), chain.clone());
-    let (count, histogram, elapsed) = closed_loop(committers, seconds, move |worker, n| {
+    let sample = closed_loop(committers, seconds, move |worker, n| {
         let (client, chain, value) = (client.clone(), chain.clone(), value.clone());
         async move {
             let key = Bytes::from(format!("k{worker:04}-{n:010}"));
@@ -410,49 +466,5 @@ async fn commit_loop(
         }
     })
     .await?;
-    Ok(Figures::measured(&histogram, count, payload, elapsed))
-}
-
-/// Runs `op(worker, n)` in a loop on `workers` tasks for `seconds`; returns
-/// the operations done, their latencies (microseconds) and the time taken.
-pub(crate) async fn closed_loop<F, Fut>(
-    workers: usize,
-    seconds: Duration,
-    op: F,
-) -> Result<(u64, Histogram<u64>, Duration)>
-where
-    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..workers {
-        let (op, stop) = (op.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = new_histogram();
-            let mut count = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                op(worker, count).await?;
-                histogram.record(sent.elapsed().as_micros() as u64)?;
-                count += 1;
-            }
-            anyhow::Ok((count, histogram))
-        }));
-    }
-    tokio::time::sleep(seconds).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut histogram = new_histogram();
-    for task in tasks {
-        let (count, h) = task.await??;
-        total += count;
-        histogram.add(h)?;
-    }
-    Ok((total, histogram, started.elapsed()))
-}
-
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+    Ok(sample.sized(payload))
 }

@@ -24,11 +24,11 @@ use proto::rpc::{ErrorCode, ErrorReply, Message, TLogCommitReply};
 use proto::transport::{serve, Responder, ServerConfig, Service};
 use tokio::net::TcpListener;
 
-use crate::bench::{new_histogram, Figures};
+use crate::bench_measure::{new_histogram, Sample};
 
 /// Sequential appends of `batch` bytes, each followed by fdatasync, into a
 /// zero-filled preallocated file (as the log's segments are).
-pub(crate) fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Result<Figures> {
+pub(crate) fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Result<Sample> {
     const FILE_SIZE: u64 = 256 << 20;
     let mut file = File::options()
         .create(true)
@@ -59,12 +59,13 @@ pub(crate) fn raw_appends(path: &Path, batch: usize, seconds: Duration) -> Resul
         offset += batch as u64;
         syncs += 1;
     }
-    Ok(Figures::measured(
-        &histogram,
-        syncs,
-        batch,
-        started.elapsed(),
-    ))
+    let sample = Sample {
+        ops: syncs,
+        bytes: 0,
+        latencies: histogram,
+        elapsed: started.elapsed(),
+    };
+    Ok(sample.sized(batch))
 }
 
 /// Answers every commit at once with its version, keeping nothing.

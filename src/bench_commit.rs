@@ -17,7 +17,8 @@ use bytes::Bytes;
 use proto::Mutation;
 use serde::Serialize;
 
-use crate::bench::{closed_loop, BenchTLog, Figures};
+use crate::bench::BenchTLog;
+use crate::bench_measure::{closed_loop, Figures};
 use crate::client::Client;
 use crate::local_cluster::{ClusterSpec, LocalCluster};
 
@@ -97,7 +98,7 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
         for &clients in &args.clients {
             let value = Bytes::from(vec![b'v'; args.value_bytes]);
             let c = client.clone();
-            let (count, histogram, elapsed) = closed_loop(clients, seconds, move |worker, n| {
+            let sample = closed_loop(clients, seconds, move |worker, n| {
                 let (client, value) = (c.clone(), value.clone());
                 async move {
                     let mutations = (0..batch)
@@ -116,8 +117,11 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
             })
             .await?;
             let bytes_per_commit = batch * (KEY_BYTES + args.value_bytes);
-            let cluster = Figures::measured(&histogram, count, bytes_per_commit, elapsed);
-            let tlog = ceiling.load(clients, bytes_per_commit, seconds).await?;
+            let cluster = sample.sized(bytes_per_commit).figures();
+            let tlog = ceiling
+                .load(clients, bytes_per_commit, seconds)
+                .await?
+                .figures();
             let cell = Cell {
                 clients,
                 mutations_per_commit: batch,

@@ -32,7 +32,7 @@ use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
 use tlog::server::{TLogConfig, TLogProcess};
 
-use crate::bench::{closed_loop, Figures};
+use crate::bench_measure::{closed_loop, Figures};
 
 #[derive(clap::Args, Debug)]
 pub struct StorageBenchArgs {
@@ -239,7 +239,7 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
     for &readers in &args.readers {
         for kind in ["get", "range100"] {
             let reader = reader.clone();
-            let (count, histogram, elapsed) = closed_loop(readers, seconds, move |worker, n| {
+            let sample = closed_loop(readers, seconds, move |worker, n| {
                 let reader = reader.clone();
                 async move {
                     let k = key((n * 7919 + worker as u64 * 104_729) % total);
@@ -262,7 +262,7 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
                 }
             })
             .await?;
-            let figures = Figures::measured(&histogram, count, 0, elapsed);
+            let figures = sample.figures();
             println!(
                 "{:>7} {:>10} | {:>9.0} {:>8.0} {:>8.0}",
                 readers, kind, figures.ops_per_s, figures.p50_us, figures.p99_us

@@ -4,6 +4,7 @@
 pub mod bench;
 mod bench_baseline;
 pub mod bench_commit;
+mod bench_measure;
 pub mod bench_storage;
 pub mod client;
 pub mod client_cli;
