@@ -19,6 +19,10 @@ use teamlog::workload::{read_team, seed_from_env, set_commit, VersionChain};
 
 const TEAMS: [StorageTeamId; 3] = [StorageTeamId(1), StorageTeamId(2), StorageTeamId(3)];
 const COMMITTERS: usize = 4;
+/// Every fourth commit carries a value this large, so kills also land while
+/// large frames arrive in buffers of their own and large records are
+/// written in parts.
+const LARGE_VALUE: usize = 40 << 10;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -32,6 +36,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 struct Sent {
     team: StorageTeamId,
     key: Bytes,
+    value: Bytes,
     acknowledged: bool,
 }
 
@@ -94,18 +99,24 @@ async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
         for worker in 0..COMMITTERS {
             let (client, chain, sent, acked) =
                 (client.clone(), chain.clone(), sent.clone(), acked.clone());
+            let large = Bytes::from(vec![b'L'; LARGE_VALUE]);
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 loop {
                     let pair = chain.next_pair();
                     let team = TEAMS[(pair.1 .0 % 3) as usize];
                     let key = Bytes::from(format!("r{round}-w{worker}-{n}"));
+                    let value = if n % 4 == 3 {
+                        large.clone()
+                    } else {
+                        Bytes::from_static(b"v")
+                    };
                     n += 1;
-                    let request =
-                        set_commit(pair, team, key.clone(), Bytes::from_static(b"v"), &TEAMS);
+                    let request = set_commit(pair, team, key.clone(), value.clone(), &TEAMS);
                     let record = Sent {
                         team,
                         key,
+                        value,
                         acknowledged: false,
                     };
                     sent.lock().unwrap().insert(pair.1, record);
@@ -166,7 +177,7 @@ async fn verify(
             let want: Vec<Mutation> = if sent.team == team {
                 vec![Mutation::SetValue {
                     key: sent.key.clone(),
-                    value: Bytes::from_static(b"v"),
+                    value: sent.value.clone(),
                 }]
             } else {
                 Vec::new()
