@@ -3,6 +3,11 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod commands;
+mod dev;
+mod replay;
+
 #[derive(Parser)]
 #[command(
     name = "teamlog",
@@ -17,22 +22,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one TLog.
-    Tlog(teamlog::process::TLogArgs),
+    Tlog(commands::tlog::TLogArgs),
     /// Run the sequencer (and resolver) of a cluster.
-    Sequencer(teamlog::roles::SequencerArgs),
+    Sequencer(commands::roles::SequencerArgs),
     /// Run one commit proxy of a cluster.
-    Proxy(teamlog::roles::ProxyArgs),
+    Proxy(commands::roles::ProxyArgs),
     /// Run one storage server of a cluster.
-    Storage(teamlog::roles::StorageArgs),
+    Storage(commands::roles::StorageArgs),
     /// Set the storage teams a storage server consumes (it follows without a restart).
-    Assign(teamlog::client_cli::AssignArgs),
+    Assign(commands::client::AssignArgs),
     /// Commit mutations to a cluster.
-    Client(teamlog::client_cli::ClientArgs),
+    Client(commands::client::ClientArgs),
     /// Show every process of a cluster: health, versions, lag, TLog bytes per
     /// team. Exits non-zero when any process is unhealthy.
-    Status(teamlog::status::StatusArgs),
+    Status(commands::status::StatusArgs),
     /// Start a local cluster and drive a commit workload through it.
-    Dev(teamlog::dev::DevArgs),
+    Dev(dev::DevArgs),
     /// Workload traces.
     Workload {
         #[command(subcommand)]
@@ -40,7 +45,7 @@ enum Command {
     },
     /// Replay a trace against a cluster (or straight into a TLog with `--path log`),
     /// measure it and check the final data against the trace's model.
-    Replay(teamlog::replay::ReplayArgs),
+    Replay(replay::ReplayArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -51,17 +56,17 @@ enum Command {
 #[derive(Subcommand)]
 enum WorkloadCommand {
     /// Write a seeded synthetic trace (docs/TRACE_FORMAT.md).
-    Generate(teamlog::generate::GenerateArgs),
+    Generate(replay::generate::GenerateArgs),
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Durable commit throughput and latency of one TLog, next to raw fdatasync'd appends.
-    Tlog(teamlog::bench::TLogBenchArgs),
+    Tlog(bench::tlog::TLogBenchArgs),
     /// Commits/s and latency through a local cluster, next to the TLog-only ceiling.
-    Commit(teamlog::bench_commit::CommitBenchArgs),
+    Commit(bench::commit::CommitBenchArgs),
     /// A storage server catching up from a preloaded TLog, next to raw heed; then reads.
-    Storage(teamlog::bench_storage::StorageBenchArgs),
+    Storage(bench::storage::StorageBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -76,27 +81,27 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Tlog(args) => runtime.block_on(teamlog::process::run_tlog(args)),
-        Command::Sequencer(args) => runtime.block_on(teamlog::roles::run_sequencer(args)),
-        Command::Proxy(args) => runtime.block_on(teamlog::roles::run_proxy(args)),
-        Command::Storage(args) => runtime.block_on(teamlog::roles::run_storage(args)),
-        Command::Assign(args) => runtime.block_on(teamlog::client_cli::assign(args)),
-        Command::Client(args) => runtime.block_on(teamlog::client_cli::run(args)),
-        Command::Status(args) => runtime.block_on(teamlog::status::run(args)),
-        Command::Dev(args) => runtime.block_on(teamlog::dev::run(args)),
+        Command::Tlog(args) => runtime.block_on(commands::tlog::run_tlog(args)),
+        Command::Sequencer(args) => runtime.block_on(commands::roles::run_sequencer(args)),
+        Command::Proxy(args) => runtime.block_on(commands::roles::run_proxy(args)),
+        Command::Storage(args) => runtime.block_on(commands::roles::run_storage(args)),
+        Command::Assign(args) => runtime.block_on(commands::client::assign(args)),
+        Command::Client(args) => runtime.block_on(commands::client::run(args)),
+        Command::Status(args) => runtime.block_on(commands::status::run(args)),
+        Command::Dev(args) => runtime.block_on(dev::run(args)),
         Command::Workload {
             which: WorkloadCommand::Generate(args),
-        } => teamlog::generate::run(args),
-        Command::Replay(args) => runtime.block_on(teamlog::replay::run(args)),
+        } => replay::generate::run(args),
+        Command::Replay(args) => runtime.block_on(replay::run(args)),
         Command::Bench {
             which: BenchCommand::Tlog(args),
-        } => runtime.block_on(teamlog::bench::run_tlog_bench(args)),
+        } => runtime.block_on(bench::tlog::run_tlog_bench(args)),
         Command::Bench {
             which: BenchCommand::Commit(args),
-        } => runtime.block_on(teamlog::bench_commit::run(args)),
+        } => runtime.block_on(bench::commit::run(args)),
         Command::Bench {
             which: BenchCommand::Storage(args),
-        } => runtime.block_on(teamlog::bench_storage::run(args)),
+        } => runtime.block_on(bench::storage::run(args)),
     }
 }
 

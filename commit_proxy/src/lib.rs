@@ -7,5 +7,4 @@ pub mod resolver;
 pub mod sequencer;
 pub mod sequencer_service;
 pub mod tagging;
-pub mod topology;
 pub mod validate;

@@ -38,8 +38,8 @@ use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, V
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::tagging::{tag_version, TaggedVersion};
-use crate::topology::Topology;
 use crate::validate::{validate, Limits};
+use cluster::topology::Topology;
 use proto::shard_map::{ShardMap, VersionedShardMap};
 
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ impl ProxyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
-    Topology(#[from] crate::topology::TopologyError),
+    Topology(#[from] cluster::topology::TopologyError),
     #[error("the cluster has {configured} tlogs but the topology expects {expected}")]
     TLogCount { configured: usize, expected: usize },
     #[error("registering {team} on tlog {addr}: {source}")]

@@ -21,7 +21,7 @@ use proto::{
     is_system_key, BlockError, Mutation, StorageTeamId, Subsequence, TeamBlockBuilder, Version,
 };
 
-use crate::topology::Topology;
+use cluster::topology::Topology;
 use proto::shard_map::ShardMap;
 
 /// One version's blocks, and the metadata the resolver must order.
@@ -119,7 +119,29 @@ mod tests {
     use proto::{BlockEntry, StorageServerId, TeamBlock};
 
     use super::*;
-    use crate::topology::tests::sample;
+
+    /// Three teams of two servers on three TLogs, each server with a private
+    /// team `1000 + server`.
+    fn sample() -> Topology {
+        let teams: std::collections::BTreeMap<_, _> = (1..=3u64)
+            .map(|t| {
+                let servers = vec![StorageServerId(t * 10), StorageServerId(t * 10 + 1)];
+                (StorageTeamId(t), servers)
+            })
+            .collect();
+        let private_teams = teams
+            .values()
+            .flatten()
+            .map(|s| (*s, StorageTeamId(1000 + s.0)))
+            .collect();
+        Topology {
+            tlog_count: 3,
+            replication: 2,
+            broadcast: true,
+            teams,
+            private_teams,
+        }
+    }
 
     fn map() -> ShardMap {
         ShardMap::new([

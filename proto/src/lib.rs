@@ -13,6 +13,7 @@ pub mod block;
 pub mod clock;
 pub mod frame;
 mod generated;
+pub mod key_text;
 pub mod rpc;
 pub mod scatter;
 pub mod shard_map;

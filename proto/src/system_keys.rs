@@ -116,18 +116,6 @@ impl ShardAssignment {
     }
 }
 
-/// The TLogs (indexes into the cluster's TLog list) that hold `team`:
-/// `replication` consecutive ones starting at the team id modulo the count.
-pub fn tlogs_for_team(team: StorageTeamId, tlog_count: usize, replication: usize) -> Vec<usize> {
-    if tlog_count == 0 {
-        return Vec::new();
-    }
-    let start = (team.0 % tlog_count as u64) as usize;
-    (0..replication.min(tlog_count))
-        .map(|i| (start + i) % tlog_count)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,13 +147,5 @@ mod tests {
         let key = key_servers_key(b"apple");
         assert_eq!(parse_key_servers_key(&key), Some(&b"apple"[..]));
         assert_eq!(parse_key_servers_key(b"\xff/other"), None);
-    }
-
-    #[test]
-    fn teams_spread_over_distinct_tlogs() {
-        assert_eq!(tlogs_for_team(StorageTeamId(4), 3, 2), vec![1, 2]);
-        assert_eq!(tlogs_for_team(StorageTeamId(5), 3, 2), vec![2, 0]);
-        assert_eq!(tlogs_for_team(StorageTeamId(5), 2, 5), vec![1, 0]);
-        assert!(tlogs_for_team(StorageTeamId(5), 0, 2).is_empty());
     }
 }

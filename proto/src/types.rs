@@ -82,6 +82,15 @@ pub fn is_system_key(key: &[u8]) -> bool {
     key.first() == Some(&SYSTEM_KEY_PREFIX)
 }
 
+/// The end of the single key `key` as a range: `key\x00`, the smallest key
+/// after it.
+pub fn key_after(key: &[u8]) -> Bytes {
+    let mut end = Vec::with_capacity(key.len() + 1);
+    end.extend_from_slice(key);
+    end.push(0);
+    Bytes::from(end)
+}
+
 /// One change to the key space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Mutation {
@@ -124,6 +133,14 @@ mod tests {
         assert!(is_system_key(b"\xffconf"));
         assert!(!is_system_key(b"user"));
         assert!(!is_system_key(b""));
+    }
+
+    #[test]
+    fn the_key_after_a_key_is_the_key_and_a_zero_byte() {
+        assert_eq!(key_after(b"a"), Bytes::from_static(b"a\x00"));
+        assert_eq!(key_after(b""), Bytes::from_static(b"\x00"));
+        assert!(key_after(b"a").as_ref() > b"a".as_ref());
+        assert!(key_after(b"a").as_ref() < b"a\x00\x00".as_ref());
     }
 
     #[test]

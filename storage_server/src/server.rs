@@ -31,13 +31,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
+use cluster::placement::tlogs_for_team;
 use cursor::{MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig, TeamSet};
 use proto::rpc::{
     ErrorCode, ErrorReply, GetRangeReply, GetRangeRequest, GetValueReply, GetValueRequest, Message,
     PopRequest, StorageStatusReply,
 };
 use proto::shard_map::ShardMap;
-use proto::system_keys::{parse_key_servers_key, tlogs_for_team};
+use proto::system_keys::parse_key_servers_key;
 use proto::team_set::parse_team_set_key;
 use proto::transport::{ClientConfig, Peer, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};

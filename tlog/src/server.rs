@@ -17,7 +17,6 @@
 //! `teamlog_tlog_team_bytes{team}` (bytes in the retained log) and
 //! `teamlog_tlog_team_popped_version{team}`.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cluster::DataDirLock;
 use proto::clock::{Clock, SystemClock};
 use proto::rpc::{
     ErrorCode, ErrorReply, Message, PeekReply, PeekRequest, TLogCommitRequest, TLogStatusReply,
@@ -65,8 +65,8 @@ pub struct WriteStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TLogError {
-    #[error("data dir {path} is in use by another tlog")]
-    DataDirInUse { path: PathBuf },
+    #[error(transparent)]
+    DataDir(#[from] cluster::DataDirError),
     #[error("io error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -618,37 +618,6 @@ fn scan_for_peek<S: LogStore>(
         }
     }
     finish_disk_peek(disk, &payloads).map_err(|e| LogError::Visit(e.to_string()))
-}
-
-/// Holds an exclusive lock on a data dir for the life of the process.
-pub struct DataDirLock {
-    _file: File,
-}
-
-impl DataDirLock {
-    pub fn acquire(dir: &Path) -> Result<DataDirLock, TLogError> {
-        let path = dir.join("LOCK");
-        let io = |source| TLogError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a file descriptor this function owns.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(TLogError::DataDirInUse {
-                path: dir.to_path_buf(),
-            });
-        }
-        Ok(DataDirLock { _file: file })
-    }
 }
 
 /// A TLog process: data dir lock, file log and listening socket.

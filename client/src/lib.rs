@@ -1,0 +1,358 @@
+//! The client library: commit batches of mutations, get read versions, and
+//! read keys at a version, finding every process through the cluster file.
+//!
+//! ```text
+//!  Client ─commit─▶ a proxy (round robin; the next one if it cannot be reached)
+//!         ─read_version─▶ the sequencer
+//!         ─get(key, v)─▶ a proxy: which shard, which teams? (cached) ─▶ one of
+//!                        the team's servers (the next on failure; on
+//!                        wrong_shard_server everywhere, ask the proxy again)
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use proto::rpc::{
+    ClientCommitRequest, ErrorCode, GetKeyLocationRequest, GetRangeRequest, GetValueRequest,
+    Message,
+};
+use proto::transport::{ClientConfig, Peer, RpcError};
+use proto::{Mutation, StorageServerId, Version};
+
+use cluster::ClusterFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster refused the commit; nothing of it was applied.
+    #[error("commit refused: {code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    /// The commit may or may not have been applied.
+    #[error("commit result unknown: {0}")]
+    UnknownResult(String),
+    #[error("no proxy could be reached: {0}")]
+    Unavailable(String),
+    #[error("sequencer: {0}")]
+    Sequencer(RpcError),
+    /// A read failed with an answer the caller can act on (e.g.
+    /// `future_version`, `transaction_too_old`).
+    #[error("read failed: {code}: {message}")]
+    Read { code: ErrorCode, message: String },
+}
+
+pub struct Client {
+    proxies: Vec<Peer>,
+    sequencer: Peer,
+    servers: BTreeMap<StorageServerId, Peer>,
+    /// Shard locations learned from proxies, by shard begin; an entry is
+    /// dropped when a server answers `wrong_shard_server` for it.
+    locations: Mutex<BTreeMap<Bytes, Location>>,
+    next: AtomicUsize,
+}
+
+/// A shard and the servers that can answer for it.
+#[derive(Clone)]
+struct Location {
+    begin: Bytes,
+    end: Bytes,
+    servers: Vec<StorageServerId>,
+}
+
+impl Client {
+    pub fn new(cluster: &ClusterFile) -> Client {
+        let peer = |addr| Peer::new(addr, ClientConfig::default());
+        Client {
+            proxies: cluster.proxies.iter().map(|p| peer(p.address)).collect(),
+            sequencer: peer(cluster.sequencer.address),
+            servers: cluster
+                .storage_servers
+                .iter()
+                .map(|s| (StorageServerId(s.id), peer(s.address)))
+                .collect(),
+            locations: Mutex::new(BTreeMap::new()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Commits `mutations` atomically; returns the commit version.
+    pub async fn commit(&self, mutations: Vec<Mutation>) -> Result<Version, ClientError> {
+        self.send(ClientCommitRequest {
+            mutations,
+            allow_system_keys: false,
+        })
+        .await
+    }
+
+    /// Like `commit`, allowing the system keys that admin tools write.
+    pub async fn commit_system(&self, mutations: Vec<Mutation>) -> Result<Version, ClientError> {
+        self.send(ClientCommitRequest {
+            mutations,
+            allow_system_keys: true,
+        })
+        .await
+    }
+
+    async fn send(&self, request: ClientCommitRequest) -> Result<Version, ClientError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        for i in 0..self.proxies.len() {
+            let proxy = &self.proxies[(start + i) % self.proxies.len()];
+            // Only a failure to connect is safe to retry elsewhere: once the
+            // request is sent, it may be applied.
+            let client = match proxy.client().await {
+                Ok(client) => client,
+                Err(e) => {
+                    unreachable.push(format!("{}: {e}", proxy.addr()));
+                    continue;
+                }
+            };
+            return match client.call(Message::ClientCommit(request)).await {
+                Ok(Message::ClientCommitReply(reply)) => Ok(reply.version),
+                Ok(other) => Err(ClientError::UnknownResult(format!(
+                    "proxy answered {}",
+                    other.name()
+                ))),
+                Err(RpcError::Remote { code, message }) => Err(match code {
+                    ErrorCode::CommitUnknownResult => ClientError::UnknownResult(message),
+                    code => ClientError::Refused { code, message },
+                }),
+                Err(e) => Err(ClientError::UnknownResult(format!("{}: {e}", proxy.addr()))),
+            };
+        }
+        Err(ClientError::Unavailable(unreachable.join("; ")))
+    }
+
+    /// The value of `key` at `version`.
+    pub async fn get(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ClientError> {
+        let end = proto::key_after(key);
+        self.retry_if_stale(key, &end, || self.get_once(key, version))
+            .await
+    }
+
+    async fn get_once(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ClientError> {
+        let location = self.locate(key, version).await?;
+        let request = Message::GetValue(GetValueRequest {
+            key: Bytes::copy_from_slice(key),
+            version,
+        });
+        match self.ask_servers(&location, request).await? {
+            Message::GetValueReply(reply) => Ok(reply.value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `limit` pairs of `[begin, end)` at `version`, ascending (or
+    /// descending when `reverse`), and whether more remain.
+    pub async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        version: Version,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        self.retry_if_stale(begin, end, || {
+            self.get_range_once(begin, end, limit, reverse, version)
+        })
+        .await
+    }
+
+    /// Runs a read; when every server said `wrong_shard_server`, a cached
+    /// location of `[begin, end)` was stale: forget them and run it again,
+    /// once, with locations fresh from a proxy.
+    async fn retry_if_stale<R, F, Fut>(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        read: F,
+    ) -> Result<R, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<R, ClientError>>,
+    {
+        match read().await {
+            Err(ClientError::Read {
+                code: ErrorCode::WrongShardServer,
+                ..
+            }) => {
+                self.forget_range(begin, end);
+                read().await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_range_once(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        version: Version,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        // The shards the range spans, in key order.
+        let mut shards = Vec::new();
+        let mut at = Bytes::copy_from_slice(begin);
+        while at.as_ref() < end && limit > 0 {
+            let location = self.locate(&at, version).await?;
+            at = location.end.clone();
+            shards.push(location);
+        }
+        if reverse {
+            shards.reverse();
+        }
+        let mut pairs = Vec::new();
+        for (i, location) in shards.iter().enumerate() {
+            let mut lo = Bytes::copy_from_slice(location.begin.as_ref().max(begin));
+            let mut hi = Bytes::copy_from_slice(location.end.as_ref().min(end));
+            // A server returns at most a page per request: continue after
+            // the last pair until the shard is done or the limit is reached.
+            loop {
+                let request = Message::GetRange(GetRangeRequest {
+                    begin: lo.clone(),
+                    end: hi.clone(),
+                    limit: u32::try_from(limit - pairs.len()).unwrap_or(u32::MAX),
+                    reverse,
+                    version,
+                });
+                let reply = match self.ask_servers(location, request).await? {
+                    Message::GetRangeReply(reply) => reply,
+                    other => return Err(unexpected(other)),
+                };
+                let last_key = reply.pairs.last().map(|(k, _)| k.clone());
+                pairs.extend(reply.pairs);
+                if pairs.len() >= limit {
+                    let more = reply.more || i + 1 < shards.len();
+                    return Ok((pairs, more));
+                }
+                match (reply.more, last_key) {
+                    (true, Some(last)) if reverse => hi = last,
+                    (true, Some(last)) => lo = proto::key_after(&last),
+                    _ => break,
+                }
+            }
+        }
+        Ok((pairs, false))
+    }
+
+    fn cache(&self) -> MutexGuard<'_, BTreeMap<Bytes, Location>> {
+        self.locations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget_range(&self, begin: &[u8], end: &[u8]) {
+        self.cache()
+            .retain(|_, l| l.end.as_ref() <= begin || l.begin.as_ref() >= end);
+    }
+
+    /// The shard holding `key`: cached, or asked of a proxy.
+    async fn locate(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
+        let cached = self
+            .cache()
+            .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+            .next_back()
+            .map(|(_, l)| l.clone())
+            .filter(|l| key < l.end.as_ref());
+        if let Some(location) = cached {
+            return Ok(location);
+        }
+        let location = self.fetch_location(key, version).await?;
+        self.cache()
+            .insert(location.begin.clone(), location.clone());
+        Ok(location)
+    }
+
+    async fn fetch_location(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
+        let request = GetKeyLocationRequest {
+            key: Bytes::copy_from_slice(key),
+            version,
+        };
+        let mut failures = Vec::new();
+        for proxy in &self.proxies {
+            let call = async {
+                proxy
+                    .client()
+                    .await?
+                    .call(Message::GetKeyLocation(request.clone()))
+                    .await
+            };
+            match call.await {
+                Ok(Message::GetKeyLocationReply(reply)) => {
+                    return Ok(Location {
+                        begin: reply.begin,
+                        end: reply.end,
+                        servers: reply.teams.into_iter().flat_map(|(_, s)| s).collect(),
+                    })
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(RpcError::Remote { code, message }) => {
+                    return Err(ClientError::Read { code, message })
+                }
+                Err(e) => failures.push(format!("{}: {e}", proxy.addr())),
+            }
+        }
+        Err(ClientError::Unavailable(failures.join("; ")))
+    }
+
+    /// Asks the location's servers in turn until one answers.
+    async fn ask_servers(
+        &self,
+        location: &Location,
+        request: Message,
+    ) -> Result<Message, ClientError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..location.servers.len() {
+            let id = location.servers[(start + i) % location.servers.len()];
+            let Some(server) = self.servers.get(&id) else {
+                last = Some(format!("{id} is not in the cluster file"));
+                continue;
+            };
+            let call = async { server.client().await?.call(request.clone()).await };
+            match call.await {
+                Ok(reply) => return Ok(reply),
+                // Another server of the team may be further along or still own it.
+                Err(RpcError::Remote { code, message })
+                    if matches!(code, ErrorCode::WrongShardServer | ErrorCode::FutureVersion) =>
+                {
+                    last = Some(format!("{id}: {code}: {message}"));
+                    if i + 1 == location.servers.len() {
+                        return Err(ClientError::Read { code, message });
+                    }
+                }
+                Err(RpcError::Remote { code, message }) => {
+                    return Err(ClientError::Read { code, message })
+                }
+                Err(e) => last = Some(format!("{id}: {e}")),
+            }
+        }
+        Err(ClientError::Unavailable(
+            last.unwrap_or_else(|| "the shard has no servers".into()),
+        ))
+    }
+
+    /// A version at which every acknowledged commit is visible.
+    pub async fn read_version(&self) -> Result<Version, ClientError> {
+        let call = async {
+            match self
+                .sequencer
+                .client()
+                .await?
+                .call(Message::GetReadVersion)
+                .await?
+            {
+                Message::GetReadVersionReply(reply) => Ok(reply.version),
+                other => Err(RpcError::UnexpectedReply(other.name())),
+            }
+        };
+        call.await.map_err(ClientError::Sequencer)
+    }
+}
+
+fn unexpected(message: Message) -> ClientError {
+    ClientError::Read {
+        code: ErrorCode::Unknown,
+        message: format!("unexpected reply {}", message.name()),
+    }
+}

@@ -1,0 +1,337 @@
+//! The cluster file: one TOML file that every process and tool reads to
+//! find the others and to know the cluster's teams.
+//!
+//! ```toml
+//! replication = 2          # TLogs per team
+//! broadcast = true         # empty versions for uninvolved teams
+//!
+//! [sequencer]              # also runs the resolver
+//! address = "127.0.0.1:4500"
+//!
+//! [[proxies]]
+//! id = 1
+//! address = "127.0.0.1:4510"
+//!
+//! [[tlogs]]
+//! address = "127.0.0.1:4520"
+//!
+//! [[storage_servers]]
+//! id = 10
+//! address = "127.0.0.1:4530"
+//! private_team = 1010
+//!
+//! [[teams]]
+//! id = 1
+//! servers = [10, 11]
+//!
+//! [[shards]]               # the initial shard map: a shard runs to the next begin
+//! begin = ""
+//! team = 1
+//! ```
+//!
+//! Shard begins are UTF-8 strings; `\xNN` escapes give any byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use proto::key_text::{unescape, KeyTextError};
+use proto::shard_map::{ShardMap, ShardMapError};
+use proto::system_keys::ShardAssignment;
+use proto::{ProxyId, StorageServerId, StorageTeamId};
+use serde::{Deserialize, Serialize};
+
+use crate::data_dir::{write_atomically, DataDirError};
+use crate::topology::{Topology, TopologyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterFileError {
+    #[error("reading cluster file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing cluster file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("cluster file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: Box<ClusterFileError>,
+    },
+    #[error("writing cluster file: {0}")]
+    Write(#[from] DataDirError),
+    #[error("a cluster needs at least one proxy")]
+    NoProxies,
+    #[error("proxy ids must be distinct")]
+    DuplicateProxyIds,
+    #[error("no proxy {0} in the cluster file")]
+    NoSuchProxy(u64),
+    #[error("a cluster needs at least one storage team")]
+    NoTeams,
+    #[error("shard {begin:?} names unknown team {team}")]
+    UnknownShardTeam { begin: String, team: u64 },
+    #[error("shard begin: {0}")]
+    ShardBegin(#[from] KeyTextError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    ShardMap(#[from] ShardMapError),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub replication: usize,
+    #[serde(default = "default_broadcast")]
+    pub broadcast: bool,
+    pub sequencer: Endpoint,
+    pub proxies: Vec<ProxyEntry>,
+    pub tlogs: Vec<Endpoint>,
+    #[serde(default)]
+    pub storage_servers: Vec<StorageEntry>,
+    #[serde(default)]
+    pub teams: Vec<TeamEntry>,
+    #[serde(default)]
+    pub shards: Vec<ShardEntry>,
+}
+
+fn default_broadcast() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyEntry {
+    pub id: u64,
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageEntry {
+    pub id: u64,
+    pub address: SocketAddr,
+    pub private_team: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamEntry {
+    pub id: u64,
+    pub servers: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    pub begin: String,
+    pub team: u64,
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<ClusterFile, ClusterFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cluster: ClusterFile =
+            toml::from_str(&text).map_err(|source| ClusterFileError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        cluster
+            .check()
+            .map_err(|source| ClusterFileError::Invalid {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        Ok(cluster)
+    }
+
+    /// Writes the file atomically and durably.
+    pub fn save(&self, path: &Path) -> Result<(), ClusterFileError> {
+        let text = toml::to_string_pretty(self).expect("a cluster file serializes as TOML");
+        Ok(write_atomically(path, text.as_bytes())?)
+    }
+
+    /// Checks what the roles would otherwise trip over later.
+    pub fn check(&self) -> Result<(), ClusterFileError> {
+        if self.proxies.is_empty() {
+            return Err(ClusterFileError::NoProxies);
+        }
+        let ids: BTreeSet<u64> = self.proxies.iter().map(|p| p.id).collect();
+        if ids.len() != self.proxies.len() {
+            return Err(ClusterFileError::DuplicateProxyIds);
+        }
+        self.topology().check()?;
+        self.shard_map()?;
+        Ok(())
+    }
+
+    pub fn proxy_ids(&self) -> BTreeSet<ProxyId> {
+        self.proxies.iter().map(|p| ProxyId(p.id)).collect()
+    }
+
+    pub fn proxy(&self, id: u64) -> Result<&ProxyEntry, ClusterFileError> {
+        self.proxies
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or(ClusterFileError::NoSuchProxy(id))
+    }
+
+    pub fn tlog_addresses(&self) -> Vec<SocketAddr> {
+        self.tlogs.iter().map(|t| t.address).collect()
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology {
+            tlog_count: self.tlogs.len(),
+            replication: self.replication,
+            broadcast: self.broadcast,
+            teams: self
+                .teams
+                .iter()
+                .map(|t| {
+                    let servers = t.servers.iter().map(|s| StorageServerId(*s)).collect();
+                    (StorageTeamId(t.id), servers)
+                })
+                .collect(),
+            private_teams: self
+                .storage_servers
+                .iter()
+                .map(|s| (StorageServerId(s.id), StorageTeamId(s.private_team)))
+                .collect(),
+        }
+    }
+
+    /// The initial shard map; with no shards listed, all keys go to the
+    /// first team.
+    pub fn shard_map(&self) -> Result<ShardMap, ClusterFileError> {
+        let teams: BTreeMap<u64, ()> = self.teams.iter().map(|t| (t.id, ())).collect();
+        let mut entries = Vec::new();
+        for shard in &self.shards {
+            if !teams.contains_key(&shard.team) {
+                return Err(ClusterFileError::UnknownShardTeam {
+                    begin: shard.begin.clone(),
+                    team: shard.team,
+                });
+            }
+            let begin = unescape(&shard.begin)?;
+            entries.push((begin, ShardAssignment::to(StorageTeamId(shard.team))));
+        }
+        if entries.is_empty() {
+            let Some(first) = self.teams.first() else {
+                return Err(ClusterFileError::NoTeams);
+            };
+            entries.push((Bytes::new(), ShardAssignment::to(StorageTeamId(first.id))));
+        }
+        Ok(ShardMap::new(entries)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+replication = 2
+
+[sequencer]
+address = "127.0.0.1:4500"
+
+[[proxies]]
+id = 1
+address = "127.0.0.1:4510"
+
+[[tlogs]]
+address = "127.0.0.1:4520"
+
+[[tlogs]]
+address = "127.0.0.1:4521"
+
+[[storage_servers]]
+id = 10
+address = "127.0.0.1:4530"
+private_team = 1010
+
+[[teams]]
+id = 1
+servers = [10]
+
+[[teams]]
+id = 2
+servers = [10]
+
+[[shards]]
+begin = ""
+team = 1
+
+[[shards]]
+begin = "m\\xff"
+team = 2
+"#;
+
+    #[test]
+    fn a_cluster_file_parses_round_trips_and_builds_its_shard_map() {
+        let cluster: ClusterFile = toml::from_str(SAMPLE).unwrap();
+        cluster.check().unwrap();
+        assert!(cluster.broadcast);
+        let map = cluster.shard_map().unwrap();
+        assert_eq!(
+            map.assignment_of(b"m\xff"),
+            &ShardAssignment::to(StorageTeamId(2))
+        );
+        assert_eq!(
+            map.assignment_of(b"m"),
+            &ShardAssignment::to(StorageTeamId(1))
+        );
+        let again: ClusterFile =
+            toml::from_str(&toml::to_string_pretty(&cluster).unwrap()).unwrap();
+        assert_eq!(again, cluster);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        let unknown_team = SAMPLE.replace("team = 2", "team = 9");
+        let cluster: ClusterFile = toml::from_str(&unknown_team).unwrap();
+        assert!(matches!(
+            cluster.check(),
+            Err(ClusterFileError::UnknownShardTeam { team: 9, .. })
+        ));
+        let typo = SAMPLE.replace("replication", "replicaton");
+        assert!(toml::from_str::<ClusterFile>(&typo).is_err());
+    }
+
+    #[test]
+    fn load_names_the_file_and_the_mistake() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(
+            &path,
+            SAMPLE.replace("begin = \"m\\\\xff\"", "begin = \"\\\\q\""),
+        )
+        .unwrap();
+        let error = ClusterFile::load(&path).unwrap_err();
+        assert!(matches!(&error, ClusterFileError::Invalid { source, .. }
+            if matches!(**source, ClusterFileError::ShardBegin(_))));
+        assert!(error.to_string().contains("cluster.toml"), "{error}");
+        let missing = dir.path().join("missing.toml");
+        assert!(matches!(
+            ClusterFile::load(&missing),
+            Err(ClusterFileError::Read { .. })
+        ));
+        let cluster: ClusterFile = toml::from_str(SAMPLE).unwrap();
+        cluster.save(&path).unwrap();
+        assert_eq!(ClusterFile::load(&path).unwrap(), cluster);
+    }
+}

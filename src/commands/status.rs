@@ -1,0 +1,564 @@
+//! `teamlog status`: asks every process in the cluster file for its status,
+//! all at once and each with a deadline, and prints a table or one JSON
+//! object. The exit status is non-zero when any process is unhealthy.
+//!
+//! ```text
+//!  cluster.toml ─▶ sequencer, proxies, tlogs, storage servers
+//!                   │ concurrently: connect + Status, each within --timeout-ms
+//!                   ▼
+//!  ClusterStatus ─▶ text table | --json      (exit 1 if any is unhealthy)
+//! ```
+//!
+//! A process is *healthy* when it answered in time with its role's status
+//! (and, for a TLog, is not poisoned).
+//!
+//! The JSON shape (field names are stable; versions are integers; a
+//! process's `status` is null, and `error` says why, when it is unhealthy):
+//!
+//! ```json
+//! { "healthy": true, "processes": 8, "unhealthy": 0,
+//!   "committed_version": 1200,
+//!   "sequencer": { "role": "sequencer", "address": "127.0.0.1:4500",
+//!                  "healthy": true, "error": null,
+//!                  "status": { "last_version": 1210, "committed_version": 1200 } },
+//!   "proxies": [ { "role": "proxy", "id": 1, "address": "...", "healthy": true, "error": null,
+//!                  "status": { "known_committed_version": 1200, "commits": 10 } } ],
+//!   "tlogs": [ { "role": "tlog", "id": 0, "address": "...", "healthy": true, "error": null,
+//!                "status": { "durable_version": 1210, "known_committed_version": 1190,
+//!                            "locked": false, "poisoned": false,
+//!                            "memory_bytes": 4096, "memory_budget": 268435456,
+//!                            "disk_bytes": 67108864, "truncation_blocker": 1,
+//!                            "teams": [ { "team": 1, "popped": 900, "bytes": 2048,
+//!                                         "servers": [100, 101] } ] } } ],
+//!   "storage_servers": [ { "role": "storage", "id": 100, "address": "...",
+//!                          "healthy": true, "error": null,
+//!                          "status": { "applied_version": 1200, "durable_version": 900,
+//!                                      "oldest_readable_version": 900,
+//!                                      "committed_version": 1200, "lag_versions": 0,
+//!                                      "lag_seconds": 0.0, "window_bytes": 512,
+//!                                      "teams": [1] } } ] }
+//! ```
+//!
+//! The sequencer has no `id`; a TLog's `id` is its index in the cluster
+//! file, a proxy's and a storage server's their id there.
+//! `truncation_blocker` is null when nothing holds truncation back. A
+//! storage server's lag is the committed version it learned from the
+//! sequencer (the sequencer's own when it could not) minus its applied
+//! version, and in seconds at 1,000,000 versions a second.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use futures::future::join_all;
+use proto::rpc::{Message, ProxyStatusReply, SequencerStatusReply, StorageStatusReply};
+use proto::transport::{ClientConfig, RpcClient};
+use serde::Serialize;
+
+use cluster::ClusterFile;
+
+/// Versions per second, for showing a lag as time.
+const VERSIONS_PER_SECOND: f64 = 1_000_000.0;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each process has to answer before it counts as unhealthy.
+    #[arg(long, default_value_t = 2_000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub healthy: bool,
+    pub processes: usize,
+    pub unhealthy: usize,
+    /// The sequencer's committed version; null when it did not answer.
+    pub committed_version: Option<u64>,
+    pub sequencer: ProcessStatus<SequencerStatus>,
+    pub proxies: Vec<ProcessStatus<ProxyStatus>>,
+    pub tlogs: Vec<ProcessStatus<TLogStatus>>,
+    pub storage_servers: Vec<ProcessStatus<StorageStatus>>,
+}
+
+/// One process: who it is, whether it answered, and what it said.
+#[derive(Debug, Serialize)]
+pub struct ProcessStatus<T> {
+    pub role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub address: SocketAddr,
+    pub healthy: bool,
+    pub error: Option<String>,
+    pub status: Option<T>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SequencerStatus {
+    pub last_version: u64,
+    pub committed_version: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProxyStatus {
+    pub known_committed_version: u64,
+    pub commits: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TLogStatus {
+    pub durable_version: u64,
+    pub known_committed_version: u64,
+    pub locked: bool,
+    pub poisoned: bool,
+    pub memory_bytes: u64,
+    pub memory_budget: u64,
+    pub disk_bytes: u64,
+    pub truncation_blocker: Option<u64>,
+    pub teams: Vec<TLogTeamStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TLogTeamStatus {
+    pub team: u64,
+    pub popped: u64,
+    pub bytes: u64,
+    pub servers: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StorageStatus {
+    pub applied_version: u64,
+    pub durable_version: u64,
+    pub oldest_readable_version: u64,
+    pub committed_version: u64,
+    pub lag_versions: u64,
+    pub lag_seconds: f64,
+    pub window_bytes: u64,
+    pub teams: Vec<u64>,
+}
+
+pub async fn run(args: StatusArgs) -> Result<()> {
+    let cluster = ClusterFile::load(&args.cluster)?;
+    let status = gather(&cluster, Duration::from_millis(args.timeout_ms)).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render_text(&status));
+    }
+    if !status.healthy {
+        bail!(
+            "{} of {} processes are unhealthy",
+            status.unhealthy,
+            status.processes
+        );
+    }
+    Ok(())
+}
+
+/// Asks every process of `cluster` at once; each has `timeout` to answer.
+pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
+    let sequencer = ask(cluster.sequencer.address, timeout, |m| match m {
+        Message::SequencerStatus(r) => Some(r),
+        _ => None,
+    });
+    let proxies = join_all(cluster.proxies.iter().map(|p| {
+        ask(p.address, timeout, |m| match m {
+            Message::ProxyStatus(r) => Some(r),
+            _ => None,
+        })
+    }));
+    let tlogs = join_all(cluster.tlogs.iter().map(|t| {
+        ask(t.address, timeout, |m| match m {
+            Message::TLogStatus(r) => Some(r),
+            _ => None,
+        })
+    }));
+    let storage = join_all(cluster.storage_servers.iter().map(|s| {
+        ask(s.address, timeout, |m| match m {
+            Message::StorageStatus(r) => Some(r),
+            _ => None,
+        })
+    }));
+    let (sequencer, proxies, tlogs, storage) = tokio::join!(sequencer, proxies, tlogs, storage);
+
+    let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
+    let sequencer = process(
+        "sequencer",
+        None,
+        cluster.sequencer.address,
+        sequencer,
+        |r| Ok(sequencer_status(r)),
+    );
+    let proxies: Vec<_> = cluster
+        .proxies
+        .iter()
+        .zip(proxies)
+        .map(|(entry, reply)| {
+            process("proxy", Some(entry.id), entry.address, reply, |r| {
+                Ok(proxy_status(r))
+            })
+        })
+        .collect();
+    let tlogs: Vec<_> = cluster
+        .tlogs
+        .iter()
+        .zip(tlogs)
+        .enumerate()
+        .map(|(index, (entry, reply))| {
+            process("tlog", Some(index as u64), entry.address, reply, |r| {
+                if r.poisoned {
+                    return Err("poisoned: a sync failed; restart it".to_string());
+                }
+                Ok(tlog_status(r))
+            })
+        })
+        .collect();
+    let storage_servers: Vec<_> = cluster
+        .storage_servers
+        .iter()
+        .zip(storage)
+        .map(|(entry, reply)| {
+            process("storage", Some(entry.id), entry.address, reply, |r| {
+                Ok(storage_status(r, committed))
+            })
+        })
+        .collect();
+
+    let health = std::iter::once(sequencer.healthy)
+        .chain(proxies.iter().map(|p| p.healthy))
+        .chain(tlogs.iter().map(|p| p.healthy))
+        .chain(storage_servers.iter().map(|p| p.healthy));
+    let (processes, unhealthy) =
+        health.fold((0, 0), |(all, bad), ok| (all + 1, bad + usize::from(!ok)));
+    ClusterStatus {
+        healthy: unhealthy == 0,
+        processes,
+        unhealthy,
+        committed_version: committed,
+        sequencer,
+        proxies,
+        tlogs,
+        storage_servers,
+    }
+}
+
+/// Connects to `addr` and asks for its status, all within `timeout`.
+async fn ask<T>(
+    addr: SocketAddr,
+    timeout: Duration,
+    expect: impl Fn(Message) -> Option<T>,
+) -> Result<T, String> {
+    let config = ClientConfig {
+        connect_timeout: timeout,
+        request_timeout: timeout,
+        ..ClientConfig::default()
+    };
+    let call = async {
+        let client = RpcClient::connect(addr, config).await?;
+        client.call(Message::Status).await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(reply)) => {
+            let name = reply.name();
+            expect(reply).ok_or_else(|| format!("answered {name}, not its role's status"))
+        }
+    }
+}
+
+fn process<R, T>(
+    role: &'static str,
+    id: Option<u64>,
+    address: SocketAddr,
+    reply: Result<R, String>,
+    convert: impl FnOnce(R) -> Result<T, String>,
+) -> ProcessStatus<T> {
+    let (status, error) = match reply.and_then(convert) {
+        Ok(status) => (Some(status), None),
+        Err(error) => (None, Some(error)),
+    };
+    ProcessStatus {
+        role,
+        id,
+        address,
+        healthy: status.is_some(),
+        error,
+        status,
+    }
+}
+
+fn sequencer_status(r: SequencerStatusReply) -> SequencerStatus {
+    SequencerStatus {
+        last_version: r.last_version.0,
+        committed_version: r.committed_version.0,
+    }
+}
+
+fn proxy_status(r: ProxyStatusReply) -> ProxyStatus {
+    ProxyStatus {
+        known_committed_version: r.known_committed_version.0,
+        commits: r.commits,
+    }
+}
+
+fn tlog_status(r: proto::rpc::TLogStatusReply) -> TLogStatus {
+    TLogStatus {
+        durable_version: r.durable_version.0,
+        known_committed_version: r.known_committed_version.0,
+        locked: r.locked,
+        poisoned: r.poisoned,
+        memory_bytes: r.memory_bytes,
+        memory_budget: r.memory_budget,
+        disk_bytes: r.disk_bytes,
+        truncation_blocker: r.truncation_blocker.map(|t| t.0),
+        teams: r
+            .teams
+            .into_iter()
+            .map(|t| TLogTeamStatus {
+                team: t.team.0,
+                popped: t.popped.0,
+                bytes: t.bytes,
+                servers: t.servers.into_iter().map(|s| s.0).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The server's own view of the committed version is taken before its
+/// applied version, so the two are consistent; the sequencer's stands in
+/// when the server could not ask (it reports 0).
+fn storage_status(r: StorageStatusReply, sequencer_committed: Option<u64>) -> StorageStatus {
+    let committed = match r.committed_version.0 {
+        0 => sequencer_committed.unwrap_or(0),
+        own => own,
+    };
+    let lag = committed.saturating_sub(r.applied_version.0);
+    StorageStatus {
+        applied_version: r.applied_version.0,
+        durable_version: r.durable_version.0,
+        oldest_readable_version: r.oldest_readable_version.0,
+        committed_version: committed,
+        lag_versions: lag,
+        lag_seconds: lag as f64 / VERSIONS_PER_SECOND,
+        window_bytes: r.window_bytes,
+        teams: r.teams.into_iter().map(|t| t.0).collect(),
+    }
+}
+
+/// The table: one line per process, then a line per TLog team.
+pub fn render_text(status: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let committed = status
+        .committed_version
+        .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+    let _ = writeln!(
+        out,
+        "{} of {} processes healthy; committed version {committed}\n",
+        status.processes - status.unhealthy,
+        status.processes,
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>6}  {:<21} {:<8} DETAILS",
+        "ROLE", "ID", "ADDRESS", "HEALTHY"
+    );
+    row(&mut out, &status.sequencer, |s| {
+        format!("last {}, committed {}", s.last_version, s.committed_version)
+    });
+    for proxy in &status.proxies {
+        row(&mut out, proxy, |s| {
+            format!(
+                "known committed {}, commits {}",
+                s.known_committed_version, s.commits
+            )
+        });
+    }
+    for tlog in &status.tlogs {
+        row(&mut out, tlog, tlog_details);
+        for team in tlog.status.iter().flat_map(|s| &s.teams) {
+            let servers: Vec<String> = team.servers.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "{:50}team {}: {}, popped {}, servers {}",
+                "",
+                team.team,
+                bytes(team.bytes),
+                team.popped,
+                servers.join(",")
+            );
+        }
+    }
+    for server in &status.storage_servers {
+        row(&mut out, server, |s| {
+            let teams: Vec<String> = s.teams.iter().map(u64::to_string).collect();
+            format!(
+                "applied {}, durable {}, oldest readable {}, lag {} versions ({:.3} s), \
+                 window {}, teams {}",
+                s.applied_version,
+                s.durable_version,
+                s.oldest_readable_version,
+                s.lag_versions,
+                s.lag_seconds,
+                bytes(s.window_bytes),
+                teams.join(",")
+            )
+        });
+    }
+    out
+}
+
+fn tlog_details(s: &TLogStatus) -> String {
+    let mut details = format!(
+        "durable {}, known committed {}, memory {} of {}, disk {}",
+        s.durable_version,
+        s.known_committed_version,
+        bytes(s.memory_bytes),
+        bytes(s.memory_budget),
+        bytes(s.disk_bytes)
+    );
+    if s.locked {
+        details.push_str(", locked");
+    }
+    if s.poisoned {
+        details.push_str(", POISONED");
+    }
+    if let Some(team) = s.truncation_blocker {
+        let _ = write!(details, ", truncation held back by team {team}");
+    }
+    details
+}
+
+fn row<T>(out: &mut String, process: &ProcessStatus<T>, details: impl FnOnce(&T) -> String) {
+    let id = process
+        .id
+        .map_or_else(|| "-".to_string(), |id| id.to_string());
+    let (healthy, details) = match (&process.status, &process.error) {
+        (Some(status), None) => ("yes", details(status)),
+        (_, error) => ("NO", error.clone().unwrap_or_default()),
+    };
+    let _ = writeln!(
+        out,
+        "{:<10} {:>6}  {:<21} {:<8} {details}",
+        process.role,
+        id,
+        process.address.to_string(),
+        healthy
+    );
+}
+
+/// Bytes in binary units, for people.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{StorageServerId, StorageTeamId, Version};
+
+    fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
+        StorageStatusReply {
+            server: StorageServerId(100),
+            applied_version: Version(applied),
+            durable_version: Version(applied / 2),
+            oldest_readable_version: Version(applied / 2),
+            committed_version: Version(committed),
+            window_bytes: 3 << 20,
+            teams: vec![StorageTeamId(1)],
+        }
+    }
+
+    #[test]
+    fn lag_uses_the_servers_committed_version_or_else_the_sequencers() {
+        let own = storage_status(storage_reply(1_000, 2_501_000), Some(9_000_000));
+        assert_eq!(own.lag_versions, 2_500_000);
+        assert!((own.lag_seconds - 2.5).abs() < 1e-9);
+        let fallback = storage_status(storage_reply(1_000, 0), Some(3_000));
+        assert_eq!(fallback.lag_versions, 2_000);
+        let ahead = storage_status(storage_reply(5_000, 4_000), None);
+        assert_eq!(ahead.lag_versions, 0);
+    }
+
+    #[test]
+    fn the_table_shows_health_errors_and_teams() {
+        let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+        let status = ClusterStatus {
+            healthy: false,
+            processes: 3,
+            unhealthy: 1,
+            committed_version: Some(42),
+            sequencer: process("sequencer", None, addr, Ok(()), |()| {
+                Ok(SequencerStatus {
+                    last_version: 43,
+                    committed_version: 42,
+                })
+            }),
+            proxies: Vec::new(),
+            tlogs: vec![process("tlog", Some(0), addr, Ok(()), |()| {
+                Ok(TLogStatus {
+                    durable_version: 43,
+                    known_committed_version: 41,
+                    locked: false,
+                    poisoned: false,
+                    memory_bytes: 2048,
+                    memory_budget: 1 << 20,
+                    disk_bytes: 64 << 20,
+                    truncation_blocker: Some(1),
+                    teams: vec![TLogTeamStatus {
+                        team: 1,
+                        popped: 7,
+                        bytes: 512,
+                        servers: vec![100, 101],
+                    }],
+                })
+            })],
+            storage_servers: vec![process::<(), StorageStatus>(
+                "storage",
+                Some(100),
+                addr,
+                Err("connection refused".into()),
+                |()| unreachable!(),
+            )],
+        };
+        let text = render_text(&status);
+        assert!(text.starts_with("2 of 3 processes healthy; committed version 42"));
+        assert!(text.contains("last 43, committed 42"), "{text}");
+        assert!(
+            text.contains("memory 2.0 KiB of 1.0 MiB, disk 64.0 MiB"),
+            "{text}"
+        );
+        assert!(text.contains("truncation held back by team 1"), "{text}");
+        assert!(
+            text.contains("team 1: 512 B, popped 7, servers 100,101"),
+            "{text}"
+        );
+        assert!(text.contains("NO       connection refused"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["storage_servers"][0]["healthy"], false);
+        assert_eq!(
+            json["storage_servers"][0]["status"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["tlogs"][0]["status"]["teams"][0]["bytes"], 512);
+        assert!(json["sequencer"].get("id").is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! `teamlog dev`: a whole local cluster as real processes — the sequencer
+//! with its resolver, 2 proxies, 3 TLogs (replication 2), 6 storage servers
+//! in 3 teams of 2, each with its private team — in a directory it creates
+//! or is given; with `--workload`, a generated (or given) trace replayed
+//! against it, checked against the trace's model at the end.
+//!
+//! ```text
+//!  dev ─spawns─▶ tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6
+//!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
+//!      Ctrl-C (or the workload's end): stop everything cleanly
+//! ```
+//!
+//! Run again on the same directory, it restarts the same cluster with its
+//! data.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::commands::shutdown_signal;
+use crate::replay::generate::{GenerateArgs, Skew};
+use crate::replay::{ReplayArgs, ReplayPath, TLogStoreKind};
+use testkit::{ClusterSpec, LocalCluster};
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Data dir; a fresh temporary one (removed at the end) when not given.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Replay a workload against the cluster and check the data at the end.
+    #[arg(long)]
+    pub workload: bool,
+    /// The trace to replay; generated into the data dir when not given.
+    #[arg(long, requires = "workload")]
+    pub trace: Option<PathBuf>,
+    /// Seconds of generated workload.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Events per second of generated workload.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// Keep the cluster running after the workload, until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// The generated workload's seed: fixed, so a rerun on the same directory
+/// replays the same trace and its check still holds.
+const WORKLOAD_SEED: u64 = 42;
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    let (_temp, dir) = match args.data_dir.clone() {
+        Some(dir) => (None, dir),
+        None => {
+            let temp = tempfile::tempdir().context("creating a temporary data dir")?;
+            let dir = temp.path().to_path_buf();
+            (Some(temp), dir)
+        }
+    };
+    let exe = std::env::current_exe().context("locating the teamlog binary")?;
+    let spec = ClusterSpec {
+        shard_begins: vec!["h".into(), "p".into()],
+        ..ClusterSpec::default()
+    };
+    let local = LocalCluster::start(&exe, &dir, &spec).await?;
+    print_cluster(&local);
+    let outcome = tokio::select! {
+        outcome = serve(&local, &args, &dir) => outcome,
+        () = shutdown_signal() => {
+            println!("interrupted: stopping the cluster");
+            Ok(())
+        }
+    };
+    local.stop().await?;
+    println!("stopped");
+    outcome
+}
+
+fn print_cluster(local: &LocalCluster) {
+    let cluster = &local.cluster;
+    println!("local cluster in {}", local.dir.display());
+    println!("  cluster file          {}", local.cluster_path.display());
+    println!("  sequencer + resolver  {}", cluster.sequencer.address);
+    for p in &cluster.proxies {
+        println!("  proxy {:<4}            {}", p.id, p.address);
+    }
+    for (i, t) in cluster.tlogs.iter().enumerate() {
+        println!("  tlog {i:<4}             {}", t.address);
+    }
+    for s in &cluster.storage_servers {
+        let team = cluster
+            .teams
+            .iter()
+            .find(|t| t.servers.contains(&s.id))
+            .map(|t| t.id);
+        println!(
+            "  storage {:<4}          {}  (team {}, private team {})",
+            s.id,
+            s.address,
+            team.map_or_else(|| "-".into(), |t| t.to_string()),
+            s.private_team
+        );
+    }
+}
+
+/// Runs the workload if asked, then waits for Ctrl-C unless the workload
+/// was all that was asked for.
+async fn serve(local: &LocalCluster, args: &DevArgs, dir: &std::path::Path) -> Result<()> {
+    if args.workload {
+        let trace = match &args.trace {
+            Some(trace) => trace.clone(),
+            None => generate(dir, args)?,
+        };
+        let replay = ReplayArgs {
+            trace,
+            cluster: Some(local.cluster_path.clone()),
+            path: ReplayPath::Cluster,
+            tlog: TLogStoreKind::Mem,
+            dir: dir.to_path_buf(),
+            rate: None,
+            clients: None,
+            think_ms: 0.0,
+            visibility_sample: 10,
+            result: Some(dir.join("result.json")),
+            plot: Some(dir.join("plot.svg")),
+            check: true,
+            no_check: false,
+        };
+        crate::replay::run(replay).await?;
+        if !args.keep_running {
+            return Ok(());
+        }
+    }
+    let cluster = local.cluster_path.display();
+    println!("cluster ready; for example:");
+    println!("  teamlog client --cluster {cluster} set hello world");
+    println!("  teamlog client --cluster {cluster} get hello");
+    println!("  teamlog status --cluster {cluster}");
+    println!("Ctrl-C stops it");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The default workload: 10,000 keys, Zipf-skewed, half reads, into
+/// DIR/trace.jsonl (kept when it is already there).
+fn generate(dir: &std::path::Path, args: &DevArgs) -> Result<PathBuf> {
+    let out = dir.join("trace.jsonl");
+    if out.exists() {
+        println!("replaying the existing {}", out.display());
+        return Ok(out);
+    }
+    crate::replay::generate::run(GenerateArgs {
+        keys: 10_000,
+        value_bytes: (16, 256),
+        skew: Skew::Zipf(0.99),
+        reads: 0.5,
+        clears: 0.05,
+        mutations_per_commit: 4,
+        rate: args.rate,
+        duration: args.duration,
+        seed: Some(WORKLOAD_SEED),
+        out: out.clone(),
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,259 @@
+//! A whole cluster as child processes on 127.0.0.1, for `teamlog dev` and
+//! the integration tests.
+//!
+//! ```text
+//!  dir/cluster.toml        written first, with free ports
+//!  dir/tlog-N/             each TLog's data
+//!  dir/storage-ID/         each storage server's data
+//!  TLogs ─▶ sequencer ─▶ proxies ─▶ storage servers   started in this order, each waited for
+//! ```
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use cluster::cluster_file::{
+    ClusterFile, Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry,
+};
+
+use crate::process::{free_local_addrs, ChildProcess};
+use crate::TestkitError;
+
+/// The shape of a local cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub proxies: usize,
+    pub tlogs: usize,
+    pub replication: usize,
+    pub teams: usize,
+    pub servers_per_team: usize,
+    pub broadcast: bool,
+    /// Shard begins: shard i (i > 0) starts at `shard_begins[i - 1]`; shards
+    /// go to teams round robin.
+    pub shard_begins: Vec<String>,
+    /// Extra arguments for every TLog.
+    pub tlog_args: Vec<String>,
+    /// Extra arguments for every proxy.
+    pub proxy_args: Vec<String>,
+    /// Whether to start the storage servers.
+    pub storage: bool,
+    /// Extra arguments for every storage server.
+    pub storage_args: Vec<String>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            proxies: 2,
+            tlogs: 3,
+            replication: 2,
+            teams: 3,
+            servers_per_team: 2,
+            broadcast: true,
+            shard_begins: Vec::new(),
+            tlog_args: Vec::new(),
+            proxy_args: Vec::new(),
+            storage: true,
+            storage_args: Vec::new(),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// A cluster file for this shape with free local ports.
+    pub fn cluster_file(&self) -> Result<ClusterFile, TestkitError> {
+        let servers = self.teams * self.servers_per_team;
+        let mut addrs = free_local_addrs(1 + self.proxies + self.tlogs + servers)?.into_iter();
+        let mut next = || addrs.next().expect("enough addresses");
+        let sequencer = Endpoint { address: next() };
+        let proxies = (1..=self.proxies as u64)
+            .map(|id| ProxyEntry {
+                id,
+                address: next(),
+            })
+            .collect();
+        let tlogs = (0..self.tlogs)
+            .map(|_| Endpoint { address: next() })
+            .collect();
+        let mut storage_servers = Vec::new();
+        let mut teams = Vec::new();
+        for team in 1..=self.teams as u64 {
+            let members: Vec<u64> = (0..self.servers_per_team as u64)
+                .map(|i| team * 100 + i)
+                .collect();
+            for id in &members {
+                storage_servers.push(StorageEntry {
+                    id: *id,
+                    address: next(),
+                    private_team: 10_000 + id,
+                });
+            }
+            teams.push(TeamEntry {
+                id: team,
+                servers: members,
+            });
+        }
+        let begins = std::iter::once(String::new()).chain(self.shard_begins.iter().cloned());
+        let shards = begins
+            .enumerate()
+            .map(|(i, begin)| ShardEntry {
+                begin,
+                team: 1 + (i % self.teams) as u64,
+            })
+            .collect();
+        let cluster = ClusterFile {
+            replication: self.replication,
+            broadcast: self.broadcast,
+            sequencer,
+            proxies,
+            tlogs,
+            storage_servers,
+            teams,
+            shards,
+        };
+        cluster.check()?;
+        Ok(cluster)
+    }
+}
+
+pub struct LocalCluster {
+    pub cluster: ClusterFile,
+    pub cluster_path: PathBuf,
+    pub dir: PathBuf,
+    exe: PathBuf,
+    tlog_args: Vec<String>,
+    proxy_args: Vec<String>,
+    storage_args: Vec<String>,
+    pub tlogs: Vec<Option<ChildProcess>>,
+    pub sequencer: Option<ChildProcess>,
+    pub proxies: Vec<ChildProcess>,
+    /// By storage server id.
+    pub storage: std::collections::BTreeMap<u64, Option<ChildProcess>>,
+}
+
+impl LocalCluster {
+    /// Starts every process of the cluster in `dir`: the one its
+    /// `cluster.toml` describes, or a new one of shape `spec` when the
+    /// directory has no cluster file yet.
+    pub async fn start(
+        exe: &Path,
+        dir: &Path,
+        spec: &ClusterSpec,
+    ) -> Result<LocalCluster, TestkitError> {
+        std::fs::create_dir_all(dir).map_err(TestkitError::io(dir))?;
+        let cluster_path = dir.join("cluster.toml");
+        let cluster = if cluster_path.exists() {
+            ClusterFile::load(&cluster_path)?
+        } else {
+            let cluster = spec.cluster_file()?;
+            cluster.save(&cluster_path)?;
+            cluster
+        };
+        let mut local = LocalCluster {
+            cluster,
+            cluster_path,
+            dir: dir.to_path_buf(),
+            exe: exe.to_path_buf(),
+            tlog_args: spec.tlog_args.clone(),
+            proxy_args: spec.proxy_args.clone(),
+            storage_args: spec.storage_args.clone(),
+            tlogs: Vec::new(),
+            sequencer: None,
+            proxies: Vec::new(),
+            storage: Default::default(),
+        };
+        for i in 0..local.cluster.tlogs.len() {
+            let tlog = local.start_tlog(i).await?;
+            local.tlogs.push(Some(tlog));
+        }
+        local.sequencer = Some(local.start_sequencer().await?);
+        for id in local
+            .cluster
+            .proxies
+            .iter()
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+        {
+            let proxy = local.start_proxy(id).await?;
+            local.proxies.push(proxy);
+        }
+        if spec.storage {
+            let ids: Vec<u64> = local.cluster.storage_servers.iter().map(|s| s.id).collect();
+            for id in ids {
+                let server = local.start_storage(id).await?;
+                local.storage.insert(id, Some(server));
+            }
+        }
+        Ok(local)
+    }
+
+    /// Starts (or restarts) the sequencer (with its resolver).
+    pub async fn start_sequencer(&self) -> Result<ChildProcess, TestkitError> {
+        let args: Vec<OsString> = vec![
+            "sequencer".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+        ];
+        ChildProcess::spawn_listening(&self.exe, &args, self.cluster.sequencer.address).await
+    }
+
+    /// Starts (or restarts) proxy `id` on its address.
+    pub async fn start_proxy(&self, id: u64) -> Result<ChildProcess, TestkitError> {
+        let entry = self.cluster.proxy(id)?;
+        let mut args: Vec<OsString> = vec![
+            "proxy".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+            "--id".into(),
+            id.to_string().into(),
+        ];
+        args.extend(self.proxy_args.iter().map(OsString::from));
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address).await
+    }
+
+    /// Starts (or restarts) storage server `id` on its address and data dir.
+    pub async fn start_storage(&self, id: u64) -> Result<ChildProcess, TestkitError> {
+        let entry = self
+            .cluster
+            .storage_servers
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or(TestkitError::NoSuchStorageServer(id))?;
+        let mut args: Vec<OsString> = vec![
+            "storage".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+            "--id".into(),
+            id.to_string().into(),
+            "--data-dir".into(),
+            self.dir.join(format!("storage-{id}")).into(),
+        ];
+        args.extend(self.storage_args.iter().map(OsString::from));
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address).await
+    }
+
+    /// Starts (or restarts) TLog `i` on its address and data dir.
+    pub async fn start_tlog(&self, i: usize) -> Result<ChildProcess, TestkitError> {
+        let args: Vec<&str> = self.tlog_args.iter().map(String::as_str).collect();
+        let data_dir = self.dir.join(format!("tlog-{i}"));
+        ChildProcess::spawn_tlog_at(&self.exe, &data_dir, self.cluster.tlogs[i].address, &args)
+            .await
+    }
+
+    /// Stops every process (SIGTERM): storage servers, proxies, the
+    /// sequencer, then the TLogs.
+    pub async fn stop(self) -> Result<(), TestkitError> {
+        for server in self.storage.into_values().flatten() {
+            server.stop().await?;
+        }
+        for proxy in self.proxies {
+            proxy.stop().await?;
+        }
+        if let Some(sequencer) = self.sequencer {
+            sequencer.stop().await?;
+        }
+        for tlog in self.tlogs.into_iter().flatten() {
+            tlog.stop().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Child processes of the `teamlog` binary for tests, `teamlog dev` and the
+//! benchmarks: start a role, wait until it listens, stop it cleanly or kill
+//! it as a crash would.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use rustix::process::Signal;
+use rustix::process::{kill_process, Pid};
+
+use crate::TestkitError;
+
+/// A child process of the teamlog binary running one role, listening on `addr`.
+pub struct ChildProcess {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl ChildProcess {
+    /// Starts `exe tlog` (the teamlog binary) on 127.0.0.1:0 in `data_dir`
+    /// and waits until it listens.
+    pub async fn spawn(
+        exe: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<ChildProcess, TestkitError> {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::spawn_tlog_at(exe, data_dir, any_port, extra_args).await
+    }
+
+    /// Starts `exe tlog` listening on `listen` in `data_dir` and waits until
+    /// it listens.
+    pub async fn spawn_tlog_at(
+        exe: &Path,
+        data_dir: &Path,
+        listen: SocketAddr,
+        extra_args: &[&str],
+    ) -> Result<ChildProcess, TestkitError> {
+        std::fs::create_dir_all(data_dir).map_err(TestkitError::io(data_dir))?;
+        let address_file = data_dir.join("address");
+        let _ = std::fs::remove_file(&address_file);
+        let mut child = tokio::process::Command::new(exe)
+            .arg("tlog")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--address-file")
+            .arg(&address_file)
+            .args(extra_args)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| TestkitError::Spawn {
+                role: "tlog".into(),
+                source,
+            })?;
+        let addr = wait_until(&mut child, "tlog", || {
+            let text = std::fs::read_to_string(&address_file).ok()?;
+            text.trim().parse().ok()
+        })
+        .await?;
+        Ok(ChildProcess { addr, child })
+    }
+
+    /// Starts `exe ARGS` for a role that listens on `addr`, and waits until
+    /// that address accepts connections.
+    pub async fn spawn_listening(
+        exe: &Path,
+        args: &[std::ffi::OsString],
+        addr: SocketAddr,
+    ) -> Result<ChildProcess, TestkitError> {
+        let role = args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = tokio::process::Command::new(exe)
+            .args(args)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| TestkitError::Spawn {
+                role: role.clone(),
+                source,
+            })?;
+        wait_until(&mut child, &role, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                .ok()
+                .map(|_| ())
+        })
+        .await?;
+        Ok(ChildProcess { addr, child })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub async fn kill9(mut self) -> Result<(), TestkitError> {
+        self.child.kill().await.map_err(TestkitError::Wait)
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it; an exit other
+    /// than a clean one is an error.
+    pub async fn stop(mut self) -> Result<(), TestkitError> {
+        if let Some(pid) = self.child.id() {
+            signal(pid, Signal::TERM)?;
+        }
+        let status = self.child.wait().await.map_err(TestkitError::Wait)?;
+        if !status.success() {
+            return Err(TestkitError::Exited { status });
+        }
+        Ok(())
+    }
+}
+
+/// How long a role may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `ready` until it yields, the child exits, or `START_TIMEOUT` passes.
+async fn wait_until<T>(
+    child: &mut tokio::process::Child,
+    role: &str,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Result<T, TestkitError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(value) = ready() {
+            return Ok(value);
+        }
+        if let Some(status) = child.try_wait().map_err(TestkitError::Wait)? {
+            return Err(TestkitError::ExitedDuringStart {
+                role: role.to_owned(),
+                status,
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(TestkitError::StartTimeout {
+                role: role.to_owned(),
+                timeout: START_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Addresses on 127.0.0.1 that were free a moment ago, for a cluster file.
+pub fn free_local_addrs(count: usize) -> Result<Vec<SocketAddr>, TestkitError> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(TestkitError::Ports)?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<_>>()
+        .map_err(TestkitError::Ports)
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: u32, signal: Signal) -> Result<(), TestkitError> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or(TestkitError::Signal(rustix::io::Errno::SRCH))?;
+    kill_process(pid, signal).map_err(TestkitError::Signal)
+}

@@ -1,0 +1,152 @@
+//! `teamlog dev` as a fresh user meets it: start a local cluster with a
+//! short generated workload, read the final data back through `teamlog
+//! client` and compare it with what the replay checked against the trace's
+//! model, see every process healthy in `teamlog status --json`, stop with
+//! Ctrl-C, and start again on the same directory with the data intact.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use testkit::Signal;
+
+/// Starts `teamlog dev ARGS` and waits (bounded) for its "cluster ready"
+/// line; returns the process and everything it printed until then.
+fn start_dev(args: &[&str]) -> Result<(Child, String)> {
+    let mut child = Command::new(crate::exe())
+        .arg("dev")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel();
+    // Drains stdout to the end, so the process never writes to a closed pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(180)) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.starts_with("cluster ready") {
+                    return Ok((child, seen));
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                bail!("teamlog dev never became ready; it printed:\n{seen}");
+            }
+        }
+    }
+}
+
+/// Ctrl-C, as a user would, and a clean exit.
+fn interrupt(mut child: Child) -> Result<()> {
+    testkit::process::signal(child.id(), Signal::INT)?;
+    let status = child.wait()?;
+    ensure!(status.success(), "teamlog dev exited with {status}");
+    Ok(())
+}
+
+fn teamlog(args: &[&str]) -> Result<(bool, String)> {
+    let output = Command::new(crate::exe())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    Ok((output.status.success(), String::from_utf8(output.stdout)?))
+}
+
+/// crc32c of the `key = value` listing, as the replay's result records it.
+fn digest(listing: &str) -> String {
+    let body: String = listing
+        .lines()
+        .filter(|l| !l.starts_with("(more"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!("{:08x}", crc32c::crc32c(body.as_bytes()))
+}
+
+#[test]
+fn dev_runs_a_workload_that_reads_back_and_restarts_intact() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_str().context("utf-8 path")?;
+    let (dev, printed) = start_dev(&[
+        "--workload",
+        "--duration",
+        "2",
+        "--data-dir",
+        data,
+        "--keep-running",
+    ])?;
+    ensure!(
+        printed.contains("check: passed"),
+        "the replay's check did not pass:\n{printed}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("result.json"))?)?;
+    let check = &result["check"];
+    ensure!(check["passed"] == true);
+    let version = check["version"]
+        .as_u64()
+        .context("check version")?
+        .to_string();
+    let expected = check["digest"].as_str().context("check digest")?.to_owned();
+    ensure!(std::fs::read_to_string(dir.path().join("plot.svg"))?.contains("<svg"));
+
+    let cluster = dir.path().join("cluster.toml");
+    let cluster = cluster.to_str().context("utf-8 path")?;
+    let read_all = |version: &str| {
+        teamlog(&[
+            "client",
+            "--cluster",
+            cluster,
+            "get-range",
+            "",
+            "\\xff",
+            "--limit",
+            "1000000",
+            "--version",
+            version,
+        ])
+    };
+    let (ok, listing) = read_all(&version)?;
+    ensure!(ok && !listing.is_empty());
+    ensure!(
+        digest(&listing) == expected,
+        "the data read back differs from what the replay checked"
+    );
+
+    let (ok, status) = teamlog(&["status", "--cluster", cluster, "--json"])?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    ensure!(ok, "status reports a problem: {status}");
+    ensure!(
+        status["healthy"] == true && status["unhealthy"] == 0,
+        "{status}"
+    );
+    ensure!(status["processes"] == 1 + 2 + 3 + 6, "{status}");
+    let mut every = vec![&status["sequencer"]];
+    for role in ["proxies", "tlogs", "storage_servers"] {
+        every.extend(status[role].as_array().context("a list per role")?);
+    }
+    ensure!(
+        every.len() == 12 && every.iter().all(|p| p["healthy"] == true),
+        "{status}"
+    );
+    interrupt(dev)?;
+
+    // The same directory again: the same cluster, with its data.
+    let (dev, _) = start_dev(&["--data-dir", data])?;
+    let (ok, again) = read_all(&version)?;
+    ensure!(
+        ok && digest(&again) == expected,
+        "the data changed across a restart"
+    );
+    interrupt(dev)
+}

@@ -1,0 +1,21 @@
+//! The project's integration tests: real `teamlog` processes on 127.0.0.1,
+//! started and stopped by each test. One binary, one module per area.
+
+use std::path::Path;
+
+mod commit_client;
+mod commit_path;
+mod cursor_tlog;
+mod dev;
+mod replay;
+mod status;
+mod storage;
+mod tlog_bad_input;
+mod tlog_crash;
+mod tlog_memory;
+mod tlog_process;
+
+/// The `teamlog` binary this test build goes with.
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_teamlog"))
+}

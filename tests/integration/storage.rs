@@ -1,0 +1,380 @@
+//! Storage servers end to end, with real processes: every commit readable at
+//! its version on every server of its team, older versions inside the window
+//! readable as they were, clear ranges right across flushes and restarts;
+//! kill -9 under a write load; a live team change.
+//!
+//! `TEAMLOG_SEED` reproduces a run (the seed is printed); `TEAMLOG_KILLS`
+//! sets the number of kills (default 20).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{ensure, Result};
+use bytes::Bytes;
+use client::{Client, ClientError};
+use cluster::ClusterFile;
+use proto::rpc::{GetRangeRequest, Message};
+use proto::transport::RpcClient;
+use proto::{Mutation, Version};
+use rand::{Rng, SeedableRng};
+use testkit::seed_from_env;
+use testkit::{ClusterSpec, LocalCluster};
+
+/// Shards: ["", "h") team 1, ["h", "p") team 2, ["p", \xff) team 3.
+const BOUNDS: [&[u8]; 4] = [b"", b"h", b"p", b"\xff"];
+
+type Model = BTreeMap<Bytes, Bytes>;
+
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        shard_begins: vec!["h".into(), "p".into()],
+        // A small window, so versions are flushed all through the test.
+        storage_args: ["--window-versions", "200000", "--window-bytes", "16384"]
+            .map(String::from)
+            .to_vec(),
+        ..ClusterSpec::default()
+    }
+}
+
+fn apply(model: &mut Model, mutation: &Mutation) {
+    match mutation {
+        Mutation::SetValue { key, value } => {
+            model.insert(key.clone(), value.clone());
+        }
+        Mutation::ClearRange { begin, end } => {
+            let doomed: Vec<Bytes> = model
+                .range(begin.clone()..end.clone())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in doomed {
+                model.remove(&key);
+            }
+        }
+    }
+}
+
+fn random_mutations(rng: &mut impl Rng, prefix: &str, n: u64) -> Vec<Mutation> {
+    let key = |rng: &mut dyn rand::RngCore| {
+        let shard = (b'a' + rng.random_range(0..26u8)) as char;
+        Bytes::from(format!("{shard}{prefix}{}", rng.random_range(0..8)))
+    };
+    (0..rng.random_range(1..4))
+        .map(|_| {
+            if rng.random_bool(0.75) {
+                Mutation::SetValue {
+                    key: key(rng),
+                    value: Bytes::from(format!("v{n}")),
+                }
+            } else {
+                let (a, b) = (key(rng), key(rng));
+                Mutation::ClearRange {
+                    begin: a.clone().min(b.clone()),
+                    end: a.max(b),
+                }
+            }
+        })
+        .collect()
+}
+
+/// What `server` holds in shard `shard` at `version`, read straight from it.
+async fn server_range(
+    cluster: &ClusterFile,
+    server: u64,
+    shard: usize,
+    version: Version,
+) -> Result<Vec<(Bytes, Bytes)>> {
+    let addr = cluster
+        .storage_servers
+        .iter()
+        .find(|s| s.id == server)
+        .expect("known")
+        .address;
+    let client = RpcClient::connect(addr, Default::default()).await?;
+    let request = GetRangeRequest {
+        begin: Bytes::from_static(BOUNDS[shard]),
+        end: Bytes::from_static(BOUNDS[shard + 1]),
+        limit: 10_000,
+        reverse: false,
+        version,
+    };
+    match client.call(Message::GetRange(request)).await? {
+        Message::GetRangeReply(reply) => Ok(reply.pairs),
+        other => anyhow::bail!("unexpected {}", other.name()),
+    }
+}
+
+fn model_range(model: &Model, shard: usize) -> Vec<(Bytes, Bytes)> {
+    model
+        .range(Bytes::from_static(BOUNDS[shard])..Bytes::from_static(BOUNDS[shard + 1]))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Every server of every team holds exactly the model at `version`.
+async fn check_all_servers(cluster: &ClusterFile, model: &Model, version: Version) -> Result<()> {
+    for (shard, team) in cluster.teams.iter().enumerate() {
+        for server in &team.servers {
+            let got = server_range(cluster, *server, shard, version).await?;
+            ensure!(
+                got == model_range(model, shard),
+                "server {server}, shard {shard} at {version}: {got:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_every_version_match_the_model_across_flushes_and_restarts() -> Result<()> {
+    reads_match_the_model(spec()).await
+}
+
+/// Without broadcasting, a server's teams get nothing at versions that do
+/// not touch them; its cursor advances on the TLogs' `end` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_match_the_model_without_version_broadcasting() -> Result<()> {
+    reads_match_the_model(ClusterSpec {
+        broadcast: false,
+        ..spec()
+    })
+    .await
+}
+
+async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
+    let dir = tempfile::tempdir()?;
+    let exe = crate::exe();
+    let mut local = LocalCluster::start(exe, dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client = Client::new(&cluster);
+    let mut model = Model::new();
+    let mut history: Vec<(Version, Model)> = Vec::new();
+    for n in 0..120u64 {
+        if n == 60 {
+            // A clean restart of one server of each of two teams.
+            for id in [100, 201] {
+                local
+                    .storage
+                    .remove(&id)
+                    .flatten()
+                    .expect("running")
+                    .stop()
+                    .await?;
+                local
+                    .storage
+                    .insert(id, Some(local.start_storage(id).await?));
+            }
+        }
+        let mutations = random_mutations(&mut rng, "", n);
+        let version = client.commit(mutations.clone()).await?;
+        for m in &mutations {
+            apply(&mut model, m);
+        }
+        history.push((version, model.clone()));
+        // Each commit is readable at its version on every server of its team.
+        if n % 20 == 19 {
+            check_all_servers(&cluster, &model, version).await?;
+        }
+    }
+    let (last, _) = *history.last().expect("commits");
+    check_all_servers(&cluster, &model, last).await?;
+    // Older versions: as they were while still in the window, too old after.
+    let mut readable = 0;
+    for (version, state) in history.iter().rev().take(40) {
+        match client
+            .get_range(b"", b"\xff", 10_000, false, *version)
+            .await
+        {
+            Ok((pairs, more)) => {
+                ensure!(!more);
+                let expected: Vec<_> = state.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                ensure!(pairs == expected, "at {version}");
+                readable += 1;
+            }
+            Err(ClientError::Read {
+                code: proto::rpc::ErrorCode::TransactionTooOld,
+                ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure!(readable >= 1, "the newest version must be readable");
+    // Reverse reads and point reads agree with the model too.
+    let (pairs, _) = client.get_range(b"", b"\xff", 5, true, last).await?;
+    let expected: Vec<_> = model
+        .iter()
+        .rev()
+        .take(5)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ensure!(pairs == expected);
+    for (key, value) in model.iter().take(10) {
+        ensure!(client.get(key, last).await?.as_ref() == Some(value));
+    }
+    ensure!(client.get(b"zz-absent", last).await?.is_none());
+    Ok(local.stop().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() -> Result<()> {
+    let kills: usize = std::env::var("TEAMLOG_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(20);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
+    let dir = tempfile::tempdir()?;
+    let exe = crate::exe();
+    let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster));
+    // Writers use disjoint keys, so the order of commits sharing a version
+    // (one batch) cannot matter to the model.
+    let acked = Arc::new(Mutex::new(Vec::<(Version, Vec<Mutation>)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let (client, acked, stop, progress) = (
+            client.clone(),
+            acked.clone(),
+            stop.clone(),
+            progress.clone(),
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rng.random());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mutations = random_mutations(&mut rng, &format!("w{w}-"), n);
+                let version = client.commit(mutations.clone()).await?;
+                acked.lock().unwrap().push((version, mutations));
+                progress.notify_waiters();
+                n += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let ids: Vec<u64> = cluster.storage_servers.iter().map(|s| s.id).collect();
+    for _ in 0..kills {
+        let target = acked.lock().unwrap().len() + rng.random_range(5..30);
+        while acked.lock().unwrap().len() < target {
+            tokio::time::timeout(std::time::Duration::from_secs(30), progress.notified()).await?;
+        }
+        let victim = ids[rng.random_range(0..ids.len())];
+        local
+            .storage
+            .remove(&victim)
+            .flatten()
+            .expect("running")
+            .kill9()
+            .await?;
+        local
+            .storage
+            .insert(victim, Some(local.start_storage(victim).await?));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await??;
+    }
+    let mut acked = std::mem::take(&mut *acked.lock().unwrap());
+    acked.sort_by_key(|(v, _)| *v);
+    let mut model = Model::new();
+    let mut states = Vec::new();
+    for (version, mutations) in &acked {
+        for m in mutations {
+            apply(&mut model, m);
+        }
+        states.push((*version, model.clone()));
+    }
+    let (last, _) = *states.last().expect("commits");
+    check_all_servers(&cluster, &model, last).await?;
+    // Earlier versions still in the window read exactly as the model says.
+    for (version, state) in states.iter().rev().step_by(7).take(10) {
+        for (shard, team) in cluster.teams.iter().enumerate() {
+            let server = team.servers[0];
+            match server_range(&cluster, server, shard, *version).await {
+                Ok(got) => ensure!(
+                    got == model_range(state, shard),
+                    "server {server} at {version}"
+                ),
+                Err(e) if e.to_string().contains("transaction_too_old") => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(local.stop().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_team_change_starts_and_stops_exactly_at_its_version() -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
+    let dir = tempfile::tempdir()?;
+    let exe = crate::exe();
+    let spec = ClusterSpec {
+        // Large windows: every version of this test stays readable.
+        storage_args: Vec::new(),
+        ..spec()
+    };
+    let local = LocalCluster::start(exe, dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client = Client::new(&cluster);
+    let assign = |server: u64, teams: &[u64]| {
+        let entry = cluster
+            .storage_servers
+            .iter()
+            .find(|s| s.id == server)
+            .expect("known");
+        let set = proto::team_set::TeamSet::new(
+            proto::StorageTeamId(entry.private_team),
+            teams.iter().map(|t| proto::StorageTeamId(*t)),
+        );
+        set.mutation(proto::StorageServerId(server))
+    };
+    let mut log: Vec<(Version, Vec<Mutation>)> = Vec::new();
+    let mut changes = (Version::ZERO, Version::ZERO);
+    for n in 0..90u64 {
+        if n == 30 {
+            changes.0 = client.commit_system(vec![assign(100, &[1, 2])]).await?;
+        }
+        if n == 50 {
+            changes.1 = client.commit_system(vec![assign(301, &[])]).await?;
+        }
+        let mutations = random_mutations(&mut rng, "", n);
+        log.push((client.commit(mutations.clone()).await?, mutations));
+    }
+    let (added_at, removed_at) = changes;
+    let last = log.last().expect("commits").0;
+    let model_between = |after: Version, through: Version| {
+        let mut model = Model::new();
+        for (version, mutations) in &log {
+            if *version > after && *version <= through {
+                mutations.iter().for_each(|m| apply(&mut model, m));
+            }
+        }
+        model
+    };
+    // Server 100 added team 2 at `added_at`: its team-2 data is exactly the
+    // mutations after that version, and its team-1 data is all of them.
+    let got = server_range(&cluster, 100, 1, last).await?;
+    ensure!(
+        got == model_range(&model_between(added_at, last), 1),
+        "added team: {got:?}"
+    );
+    let got = server_range(&cluster, 100, 0, last).await?;
+    ensure!(got == model_range(&model_between(Version::ZERO, last), 0));
+    // Before the change, team 2's keys are not server 100's.
+    let before = server_range(&cluster, 100, 1, added_at).await;
+    ensure!(before.is_err_and(|e| e.to_string().contains("wrong_shard_server")));
+    // Server 301 left team 3 at `removed_at`: it answers for it up to that
+    // version, exactly as the model was then, and not after.
+    let got = server_range(&cluster, 301, 2, removed_at).await?;
+    ensure!(
+        got == model_range(&model_between(Version::ZERO, removed_at), 2),
+        "removed team"
+    );
+    let after = server_range(&cluster, 301, 2, last).await;
+    ensure!(after.is_err_and(|e| e.to_string().contains("wrong_shard_server")));
+    // Its partner still serves everything.
+    let got = server_range(&cluster, 300, 2, last).await?;
+    ensure!(got == model_range(&model_between(Version::ZERO, last), 2));
+    Ok(local.stop().await?)
+}

@@ -1,0 +1,271 @@
+//! Hostile and wrong input against a running `teamlog tlog`: each gets a
+//! clear error or a closed connection, and the TLog keeps serving others.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use proto::rpc::{ErrorCode, Message, PeekRequest, TLogCommitRequest, TeamBlockData};
+use proto::transport::RpcClient;
+use proto::transport::RpcError;
+use proto::{StorageServerId, StorageTeamId, Version};
+use testkit::tlog_stream::set_commit;
+use testkit::ChildProcess;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TEAM: StorageTeamId = StorageTeamId(1);
+
+async fn start() -> Result<(tempfile::TempDir, ChildProcess, RpcClient)> {
+    let dir = tempfile::tempdir()?;
+    let exe = crate::exe();
+    let tlog = ChildProcess::spawn(exe, dir.path(), &["--commit-wait-timeout-ms", "300"]).await?;
+    let client = RpcClient::connect(tlog.addr, Default::default()).await?;
+    client
+        .tlog_commit(set_commit(
+            (Version(0), Version(10)),
+            TEAM,
+            Bytes::from_static(b"k"),
+            Bytes::from_static(b"v"),
+            &[],
+        ))
+        .await?;
+    Ok((dir, tlog, client))
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await??;
+    Ok(out)
+}
+
+fn remote_code(result: Result<impl std::fmt::Debug, RpcError>) -> Result<ErrorCode> {
+    match result {
+        Err(RpcError::Remote { code, .. }) => Ok(code),
+        other => bail!("expected a remote error, got {other:?}"),
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS present");
+    Ok(line.split_whitespace().nth(1).expect("a number").parse()?)
+}
+
+async fn still_serving(client: &RpcClient) -> Result<()> {
+    let reply = client
+        .peek(PeekRequest {
+            team: TEAM,
+            begin: Version(10),
+            max_bytes: 1 << 20,
+            timeout_ms: 0,
+        })
+        .await?;
+    assert_eq!(reply.blocks.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_and_broken_frames_close_only_their_connection() -> Result<()> {
+    let (_dir, tlog, client) = start().await?;
+    let pid = tlog.pid().expect("running");
+    let rss_before = vm_rss_kib(pid)?;
+
+    // Random bytes: not a frame at all.
+    let mut stream = TcpStream::connect(tlog.addr).await?;
+    stream
+        .write_all(&[
+            0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+        ])
+        .await?;
+    read_to_close(&mut stream).await?;
+    still_serving(&client).await?;
+
+    // A 4 GiB length prefix must not make the server allocate it.
+    let mut stream = TcpStream::connect(tlog.addr).await?;
+    stream
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])
+        .await?;
+    read_to_close(&mut stream).await?;
+    still_serving(&client).await?;
+    let rss_after = vm_rss_kib(pid)?;
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "rss grew from {rss_before} KiB to {rss_after} KiB"
+    );
+
+    // A frame whose crc does not match its payload.
+    let mut stream = TcpStream::connect(tlog.addr).await?;
+    let payload = b"not what the crc says";
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&(crc32c::crc32c(payload) ^ 1).to_le_bytes());
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame).await?;
+    read_to_close(&mut stream).await?;
+    still_serving(&client).await?;
+
+    // A valid frame with a valid crc but no valid flatbuffer inside.
+    let mut stream = TcpStream::connect(tlog.addr).await?;
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame).await?;
+    read_to_close(&mut stream).await?;
+    still_serving(&client).await?;
+    Ok(tlog.stop().await?)
+}
+
+#[tokio::test]
+async fn wrong_requests_get_clear_errors() -> Result<()> {
+    let (_dir, tlog, client) = start().await?;
+    let rpc = proto::transport::RpcClient::connect(tlog.addr, Default::default()).await?;
+
+    // A reply-type message sent as a request.
+    assert_eq!(
+        remote_code(rpc.call(Message::PopReply).await)?,
+        ErrorCode::UnknownMessage
+    );
+
+    // Unknown team, and a peek below what was popped.
+    let peek = |team, begin| PeekRequest {
+        team,
+        begin,
+        max_bytes: 1 << 20,
+        timeout_ms: 0,
+    };
+    assert_eq!(
+        remote_code(client.peek(peek(StorageTeamId(99), Version(1))).await)?,
+        ErrorCode::UnknownTeam
+    );
+    client
+        .pop(proto::rpc::PopRequest {
+            team: TEAM,
+            server: StorageServerId(1),
+            version: Version(10),
+        })
+        .await?;
+    assert_eq!(
+        remote_code(client.peek(peek(TEAM, Version(5))).await)?,
+        ErrorCode::PeekBeforePopped
+    );
+
+    // A commit that skips versions waits for its predecessor, then fails.
+    let skip = set_commit(
+        (Version(50), Version(60)),
+        TEAM,
+        Bytes::from_static(b"k"),
+        Bytes::from_static(b"v"),
+        &[],
+    );
+    assert_eq!(
+        remote_code(client.tlog_commit(skip).await)?,
+        ErrorCode::MissingPredecessor
+    );
+
+    // version <= prev_version.
+    let backwards = set_commit(
+        (Version(10), Version(10)),
+        TEAM,
+        Bytes::from_static(b"k"),
+        Bytes::new(),
+        &[],
+    );
+    assert_eq!(
+        remote_code(client.tlog_commit(backwards).await)?,
+        ErrorCode::MalformedRequest
+    );
+
+    // A commit that forks the chain: its prev is behind the TLog's last version.
+    let fork = set_commit(
+        (Version(5), Version(11)),
+        TEAM,
+        Bytes::from_static(b"k"),
+        Bytes::new(),
+        &[],
+    );
+    assert_eq!(
+        remote_code(client.tlog_commit(fork).await)?,
+        ErrorCode::VersionConflict
+    );
+
+    // Blocks that are garbage, for the wrong team, or at the wrong version.
+    let garbage = TLogCommitRequest {
+        prev_version: Version(10),
+        version: Version(11),
+        known_committed_version: Version(0),
+        teams: vec![TeamBlockData {
+            team: TEAM,
+            data: Bytes::from_static(b"\x01garbage"),
+        }],
+    };
+    assert_eq!(
+        remote_code(client.tlog_commit(garbage).await)?,
+        ErrorCode::InvalidBlock
+    );
+    let mut wrong_team = set_commit(
+        (Version(10), Version(11)),
+        TEAM,
+        Bytes::from_static(b"k"),
+        Bytes::new(),
+        &[],
+    );
+    wrong_team.teams[0].team = StorageTeamId(2);
+    assert_eq!(
+        remote_code(client.tlog_commit(wrong_team).await)?,
+        ErrorCode::InvalidBlock
+    );
+    let mut wrong_version = set_commit(
+        (Version(10), Version(12)),
+        TEAM,
+        Bytes::from_static(b"k"),
+        Bytes::new(),
+        &[],
+    );
+    wrong_version.version = Version(11);
+    assert_eq!(
+        remote_code(client.tlog_commit(wrong_version).await)?,
+        ErrorCode::InvalidBlock
+    );
+
+    // None of it was applied: the next commit in the chain goes through,
+    // and a duplicate of it is acknowledged without a second copy.
+    let next = set_commit(
+        (Version(10), Version(11)),
+        TEAM,
+        Bytes::from_static(b"k2"),
+        Bytes::new(),
+        &[],
+    );
+    assert_eq!(client.tlog_commit(next.clone()).await?.version, Version(11));
+    assert_eq!(client.tlog_commit(next).await?.version, Version(11));
+    let reply = client.peek(peek(TEAM, Version(10))).await?;
+    assert_eq!(reply.blocks.len(), 2);
+    assert_eq!(reply.end, Version(12));
+
+    // After a lock, commits get tlog_stopped and peeks report end of stream.
+    let lock = client.lock().await?;
+    assert_eq!(lock.end_version, Version(11));
+    let after = set_commit(
+        (Version(11), Version(12)),
+        TEAM,
+        Bytes::from_static(b"k"),
+        Bytes::new(),
+        &[],
+    );
+    assert_eq!(
+        remote_code(client.tlog_commit(after).await)?,
+        ErrorCode::TLogStopped
+    );
+    let reply = client
+        .peek(PeekRequest {
+            timeout_ms: 5000,
+            ..peek(TEAM, Version(12))
+        })
+        .await?;
+    assert!(reply.end_of_stream && reply.blocks.is_empty());
+    Ok(tlog.stop().await?)
+}
