@@ -1,5 +1,8 @@
 //! `teamlog`: run a role, a local cluster, or a benchmark.
 
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -69,7 +72,7 @@ enum BenchCommand {
     Storage(bench::storage::StorageBenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -77,8 +80,21 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the chain of causes, whatever RUST_BACKTRACE says:
+            // these are the user's errors to act on, not the program's bugs.
+            eprintln!("teamlog: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Tlog(args) => runtime.block_on(commands::tlog::run_tlog(args)),

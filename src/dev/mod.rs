@@ -5,7 +5,7 @@
 //! against it, checked against the trace's model at the end.
 //!
 //! ```text
-//!  dev ─spawns─▶ tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6
+//!  dev ─spawns─▶ tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6   (logs in DIR/logs/)
 //!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
 //!      Ctrl-C (or the workload's end): stop everything cleanly
 //! ```
@@ -60,6 +60,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
+        logs_in_dir: true,
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &dir, &spec).await?;
@@ -80,6 +81,9 @@ fn print_cluster(local: &LocalCluster) {
     let cluster = &local.cluster;
     println!("local cluster in {}", local.dir.display());
     println!("  cluster file          {}", local.cluster_path.display());
+    if let Some(logs) = &local.log_dir {
+        println!("  logs                  {}", logs.display());
+    }
     println!("  sequencer + resolver  {}", cluster.sequencer.address);
     for p in &cluster.proxies {
         println!("  proxy {:<4}            {}", p.id, p.address);

@@ -38,6 +38,9 @@ pub struct ClusterSpec {
     pub storage: bool,
     /// Extra arguments for every storage server.
     pub storage_args: Vec<String>,
+    /// Each process logs to `DIR/logs/ROLE.log` instead of this process's
+    /// stderr.
+    pub logs_in_dir: bool,
 }
 
 impl Default for ClusterSpec {
@@ -54,6 +57,7 @@ impl Default for ClusterSpec {
             proxy_args: Vec::new(),
             storage: true,
             storage_args: Vec::new(),
+            logs_in_dir: false,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct LocalCluster {
     pub cluster_path: PathBuf,
     pub dir: PathBuf,
     exe: PathBuf,
+    /// Where each process's log goes, when not to this process's stderr.
+    pub log_dir: Option<PathBuf>,
     tlog_args: Vec<String>,
     proxy_args: Vec<String>,
     storage_args: Vec<String>,
@@ -152,6 +158,7 @@ impl LocalCluster {
             cluster,
             cluster_path,
             dir: dir.to_path_buf(),
+            log_dir: spec.logs_in_dir.then(|| dir.join("logs")),
             exe: exe.to_path_buf(),
             tlog_args: spec.tlog_args.clone(),
             proxy_args: spec.proxy_args.clone(),
@@ -193,7 +200,14 @@ impl LocalCluster {
             "--cluster".into(),
             self.cluster_path.clone().into(),
         ];
-        ChildProcess::spawn_listening(&self.exe, &args, self.cluster.sequencer.address).await
+        let log = self.log_path("sequencer")?;
+        ChildProcess::spawn_listening(
+            &self.exe,
+            &args,
+            self.cluster.sequencer.address,
+            log.as_deref(),
+        )
+        .await
     }
 
     /// Starts (or restarts) proxy `id` on its address.
@@ -207,7 +221,8 @@ impl LocalCluster {
             id.to_string().into(),
         ];
         args.extend(self.proxy_args.iter().map(OsString::from));
-        ChildProcess::spawn_listening(&self.exe, &args, entry.address).await
+        let log = self.log_path(&format!("proxy-{id}"))?;
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address, log.as_deref()).await
     }
 
     /// Starts (or restarts) storage server `id` on its address and data dir.
@@ -228,15 +243,33 @@ impl LocalCluster {
             self.dir.join(format!("storage-{id}")).into(),
         ];
         args.extend(self.storage_args.iter().map(OsString::from));
-        ChildProcess::spawn_listening(&self.exe, &args, entry.address).await
+        let log = self.log_path(&format!("storage-{id}"))?;
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address, log.as_deref()).await
     }
 
     /// Starts (or restarts) TLog `i` on its address and data dir.
     pub async fn start_tlog(&self, i: usize) -> Result<ChildProcess, TestkitError> {
         let args: Vec<&str> = self.tlog_args.iter().map(String::as_str).collect();
         let data_dir = self.dir.join(format!("tlog-{i}"));
-        ChildProcess::spawn_tlog_at(&self.exe, &data_dir, self.cluster.tlogs[i].address, &args)
-            .await
+        let log = self.log_path(&format!("tlog-{i}"))?;
+        ChildProcess::spawn_tlog_at(
+            &self.exe,
+            &data_dir,
+            self.cluster.tlogs[i].address,
+            &args,
+            log.as_deref(),
+        )
+        .await
+    }
+
+    /// `LOG_DIR/NAME.log` when processes log to files (the folder is made
+    /// on first use).
+    fn log_path(&self, name: &str) -> Result<Option<PathBuf>, TestkitError> {
+        let Some(dir) = &self.log_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(TestkitError::io(dir))?;
+        Ok(Some(dir.join(format!("{name}.log"))))
     }
 
     /// Stops every process (SIGTERM): storage servers, proxies, the

@@ -2,6 +2,7 @@
 //! benchmarks: start a role, wait until it listens, stop it cleanly or kill
 //! it as a crash would.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,35 +27,33 @@ impl ChildProcess {
         extra_args: &[&str],
     ) -> Result<ChildProcess, TestkitError> {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::spawn_tlog_at(exe, data_dir, any_port, extra_args).await
+        Self::spawn_tlog_at(exe, data_dir, any_port, extra_args, None).await
     }
 
     /// Starts `exe tlog` listening on `listen` in `data_dir` and waits until
-    /// it listens.
+    /// it listens. Its log goes to `log` (appended) when given, else to
+    /// this process's stderr.
     pub async fn spawn_tlog_at(
         exe: &Path,
         data_dir: &Path,
         listen: SocketAddr,
         extra_args: &[&str],
+        log: Option<&Path>,
     ) -> Result<ChildProcess, TestkitError> {
         std::fs::create_dir_all(data_dir).map_err(TestkitError::io(data_dir))?;
         let address_file = data_dir.join("address");
         let _ = std::fs::remove_file(&address_file);
-        let mut child = tokio::process::Command::new(exe)
-            .arg("tlog")
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--address-file")
-            .arg(&address_file)
-            .args(extra_args)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| TestkitError::Spawn {
-                role: "tlog".into(),
-                source,
-            })?;
+        let mut args: Vec<OsString> = vec![
+            "tlog".into(),
+            "--listen".into(),
+            listen.to_string().into(),
+            "--data-dir".into(),
+            data_dir.into(),
+            "--address-file".into(),
+            address_file.clone().into(),
+        ];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut child = launch(exe, &args, log)?;
         let addr = wait_until(&mut child, "tlog", || {
             let text = std::fs::read_to_string(&address_file).ok()?;
             text.trim().parse().ok()
@@ -64,25 +63,16 @@ impl ChildProcess {
     }
 
     /// Starts `exe ARGS` for a role that listens on `addr`, and waits until
-    /// that address accepts connections.
+    /// that address accepts connections. Its log goes to `log` (appended)
+    /// when given, else to this process's stderr.
     pub async fn spawn_listening(
         exe: &Path,
-        args: &[std::ffi::OsString],
+        args: &[OsString],
         addr: SocketAddr,
+        log: Option<&Path>,
     ) -> Result<ChildProcess, TestkitError> {
-        let role = args
-            .first()
-            .map(|a| a.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut child = tokio::process::Command::new(exe)
-            .args(args)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| TestkitError::Spawn {
-                role: role.clone(),
-                source,
-            })?;
-        wait_until(&mut child, &role, || {
+        let mut child = launch(exe, args, log)?;
+        wait_until(&mut child, &role_of(args), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
                 .ok()
                 .map(|_| ())
@@ -112,6 +102,36 @@ impl ChildProcess {
         }
         Ok(())
     }
+}
+
+/// The role a command line starts: its first argument.
+fn role_of(args: &[OsString]) -> String {
+    args.first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Spawns `exe ARGS`, killed if dropped, its stderr appended to `log` when
+/// given.
+fn launch(
+    exe: &Path,
+    args: &[OsString],
+    log: Option<&Path>,
+) -> Result<tokio::process::Child, TestkitError> {
+    let mut command = tokio::process::Command::new(exe);
+    command.args(args).kill_on_drop(true);
+    if let Some(log) = log {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(TestkitError::io(log))?;
+        command.stderr(file);
+    }
+    command.spawn().map_err(|source| TestkitError::Spawn {
+        role: role_of(args),
+        source,
+    })
 }
 
 /// How long a role may take to start listening.

@@ -163,9 +163,17 @@ async fn the_command_line_client_commits_single_mutations_and_batches() -> Resul
         .arg("--cluster")
         .arg(&local.cluster_path)
         .args(["set", "\\xffx", "1"])
+        .env("RUST_BACKTRACE", "1")
         .output()?;
     ensure!(!refused.status.success());
-    ensure!(String::from_utf8_lossy(&refused.stderr).contains("system_key"));
+    // One clear line, with no backtrace even when backtraces are asked for.
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        stderr.lines().count() == 1
+            && stderr.starts_with("teamlog: ")
+            && stderr.contains("system_key"),
+        "{stderr}"
+    );
     Ok(local.stop().await?)
 }
 

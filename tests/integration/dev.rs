@@ -18,7 +18,7 @@ fn start_dev(args: &[&str]) -> Result<(Child, String)> {
     let mut child = Command::new(crate::exe())
         .arg("dev")
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");
@@ -99,6 +99,13 @@ fn dev_runs_a_workload_that_reads_back_and_restarts_intact() -> Result<()> {
         .to_string();
     let expected = check["digest"].as_str().context("check digest")?.to_owned();
     ensure!(std::fs::read_to_string(dir.path().join("plot.svg"))?.contains("<svg"));
+    // Every process logs to its own file, without terminal colours.
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("logs"))?.collect::<Result<_, _>>()?;
+    ensure!(logs.len() == 12, "{logs:?}");
+    for log in &logs {
+        let text = std::fs::read(log.path())?;
+        ensure!(!text.contains(&0x1b), "{:?} holds ANSI escapes", log.path());
+    }
 
     let cluster = dir.path().join("cluster.toml");
     let cluster = cluster.to_str().context("utf-8 path")?;
