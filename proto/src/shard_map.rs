@@ -202,6 +202,9 @@ pub struct VersionedShardMap {
     undo: VecDeque<(Version, Vec<Undo>)>,
     /// Versions of history kept behind the newest change.
     window: u64,
+    /// The oldest version whose map can still be rebuilt: the version of
+    /// the newest change dropped from the history.
+    history_from: Version,
 }
 
 impl VersionedShardMap {
@@ -211,6 +214,7 @@ impl VersionedShardMap {
             version,
             undo: VecDeque::new(),
             window,
+            history_from: Version::ZERO,
         }
     }
 
@@ -299,17 +303,16 @@ impl VersionedShardMap {
             .front()
             .is_some_and(|(v, _)| v.0.saturating_add(self.window) < version.0)
         {
-            self.undo.pop_front();
+            let (dropped, _) = self.undo.pop_front().expect("a front");
+            self.history_from = dropped;
         }
         Ok(())
     }
 
     /// The map as of `version`, or None when that is older than the history kept.
     pub fn at(&self, version: Version) -> Option<ShardMap> {
-        if let Some((oldest, _)) = self.undo.front() {
-            if version.0.saturating_add(self.window) < self.version.0 && version < *oldest {
-                return None;
-            }
+        if version < self.history_from {
+            return None;
         }
         let mut map = self.current.clone();
         for (_, changes) in self.undo.iter().rev().take_while(|(v, _)| *v > version) {
@@ -416,6 +419,13 @@ mod tests {
         v.apply(Version(500), &[set_shard(b"m", team(5))]).unwrap();
         assert!(v.at(Version(5)).is_none());
         assert!(v.at(Version(450)).is_some());
+        // Once every change has left the history, older versions are still
+        // unknown, not answered with the current map.
+        let mut v = VersionedShardMap::new(map(), Version(0), 100);
+        v.apply(Version(10), &[set_shard(b"k", team(4))]).unwrap();
+        v.apply(Version(500), &[]).unwrap();
+        assert!(v.at(Version(5)).is_none());
+        assert_eq!(v.at(Version(10)).unwrap().assignment_of(b"k"), &team(4));
     }
 
     #[test]
