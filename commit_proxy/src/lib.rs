@@ -3,6 +3,7 @@
 //! teams and write them to the TLogs.
 
 pub mod proxy;
+pub mod proxy_core;
 pub mod resolver;
 pub mod sequencer;
 pub mod sequencer_service;

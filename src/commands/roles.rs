@@ -108,7 +108,8 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     );
     config.batch_interval = Duration::from_micros(args.batch_interval_us);
     config.max_batches_in_flight = args.max_batches_in_flight.max(1);
-    let service = ProxyService::start(config, STARTUP_TIMEOUT).await?;
+    let service =
+        ProxyService::start(config, Arc::new(SystemClock::default()), STARTUP_TIMEOUT).await?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding proxy {} to {addr}", args.id))?;

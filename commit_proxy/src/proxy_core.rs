@@ -1,0 +1,547 @@
+//! The commit proxy's core: batching, version order, tagging, metadata and
+//! failure handling as a state machine. It does no I/O and reads no clock:
+//! events come in (a client commit, a reply from the sequencer, the
+//! resolver or the TLogs, a timer), and [`Command`]s come out for the
+//! driver (`proxy.rs`) to carry out.
+//!
+//! ```text
+//!  commit(waiter, request) ─▶ validate ─▶ queue
+//!  queue ─form a batch─▶ GetCommitVersion ──on_commit_version──▶ Resolve
+//!      (one version request at a time, so batch order is version order)
+//!  on_resolved ─▶ in version order: apply other proxies' metadata to the
+//!                 shard map, tag, apply own metadata ─▶ Push (one request per TLog)
+//!  on_pushed ─▶ ReportCommitted ──on_reported──▶ Answer every waiter
+//! ```
+//!
+//! Every version the sequencer hands out reaches every TLog, so the TLogs'
+//! chains have no gaps: a batch whose resolve or tagging fails is pushed as
+//! an empty version and its commits are refused. A failed push leaves the
+//! outcome unknown (some TLogs may hold it): `commit_unknown_result`.
+//! Clients are answered only after the sequencer has heard the version is
+//! committed, so a read version taken after the answer includes it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::topology::Topology;
+use proto::rpc::{
+    ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply, GetCommitVersionRequest,
+    GetKeyLocationReply, GetKeyLocationRequest, ProxyStatusReply, ReportCommittedRequest,
+    ResolveReply, ResolveRequest, TLogCommitRequest, TeamBlockData,
+};
+use proto::shard_map::{ShardMap, VersionedShardMap};
+use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, Version};
+
+use crate::proxy::ProxyConfig;
+use crate::tagging::{tag_version, TaggedVersion};
+use crate::validate::{validate, Limits};
+
+/// Names a batch from the moment it is formed until its commits are answered.
+pub type BatchId = u64;
+
+/// What the driver must do. `W` is whatever the driver needs to answer a
+/// client (a responder); the core only hands it back.
+#[derive(Debug)]
+pub enum Command<W> {
+    /// Ask the sequencer for the batch's `(prev_version, version)`; report
+    /// the reply with [`ProxyCore::on_commit_version`].
+    GetCommitVersion {
+        batch: BatchId,
+        request: GetCommitVersionRequest,
+        commits: usize,
+        bytes: usize,
+    },
+    /// Send the batch's metadata to the resolver; report the reply with
+    /// [`ProxyCore::on_resolved`].
+    Resolve {
+        batch: BatchId,
+        request: ResolveRequest,
+    },
+    /// Send TLog `i` `requests[i]` (all of them, at once); report with
+    /// [`ProxyCore::on_pushed`] once every TLog holds its request durably,
+    /// or as soon as one failed.
+    Push {
+        batch: BatchId,
+        requests: Vec<TLogCommitRequest>,
+    },
+    /// Tell the sequencer the version is committed; report with
+    /// [`ProxyCore::on_reported`] whether or not that worked.
+    ReportCommitted {
+        batch: BatchId,
+        request: ReportCommittedRequest,
+    },
+    /// Call [`ProxyCore::wake`] at this time (µs on the driver's clock):
+    /// the batch interval of a waiting batch ends.
+    WakeAt { at_us: u64 },
+    /// Answer one client commit.
+    Answer {
+        waiter: W,
+        result: Result<Version, ErrorReply>,
+    },
+}
+
+/// The most client commits queued for a batch; beyond it commits are
+/// refused as `overloaded` rather than held without bound.
+pub const MAX_QUEUED_COMMITS: usize = 16_384;
+
+struct Queued<W> {
+    waiter: W,
+    mutations: Vec<Mutation>,
+    bytes: usize,
+    received_us: u64,
+}
+
+struct Batch<W> {
+    waiters: Vec<W>,
+    commits: Vec<Vec<Mutation>>,
+    versions: Option<GetCommitVersionReply>,
+    resolved: Option<Result<ResolveReply, String>>,
+    /// Set when the batch's version is spent without its commits.
+    refused: Option<ErrorReply>,
+}
+
+pub struct ProxyCore<W> {
+    id: ProxyId,
+    topology: Topology,
+    limits: Limits,
+    batch_interval_us: u64,
+    max_batch_bytes: usize,
+    max_batches_in_flight: usize,
+    teams_by_tlog: Vec<Vec<StorageTeamId>>,
+    map: VersionedShardMap,
+    known_committed: Version,
+    /// Client commits acknowledged since the start, for the status.
+    commits: u64,
+    queue: VecDeque<Queued<W>>,
+    queued_bytes: usize,
+    batches: BTreeMap<BatchId, Batch<W>>,
+    next_batch: BatchId,
+    request_num: u64,
+    /// The batch whose versions are being asked for: one at a time.
+    awaiting_versions: Option<BatchId>,
+    /// Batches with versions, in version order, not yet tagged.
+    to_tag: VecDeque<BatchId>,
+    /// The wake-up already asked for, so it is asked for once.
+    wake_at_us: Option<u64>,
+}
+
+impl<W> ProxyCore<W> {
+    /// `first_request_num` must lie above every request number an earlier
+    /// life of this proxy sent the sequencer (the driver derives it from the
+    /// wall clock).
+    pub fn new(config: &ProxyConfig, first_request_num: u64) -> Self {
+        ProxyCore {
+            id: config.id,
+            topology: config.topology.clone(),
+            limits: config.limits,
+            batch_interval_us: duration_us(config.batch_interval),
+            max_batch_bytes: config.max_batch_bytes,
+            max_batches_in_flight: config.max_batches_in_flight.max(1),
+            teams_by_tlog: config.topology.teams_by_tlog(),
+            map: VersionedShardMap::new(config.shards.clone(), Version::ZERO, config.shard_history),
+            known_committed: Version::ZERO,
+            commits: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            batches: BTreeMap::new(),
+            next_batch: 1,
+            request_num: first_request_num,
+            awaiting_versions: None,
+            to_tag: VecDeque::new(),
+            wake_at_us: None,
+        }
+    }
+
+    /// A client commit arrives. A bad one is refused at once, whole.
+    pub fn commit(
+        &mut self,
+        waiter: W,
+        request: ClientCommitRequest,
+        now_us: u64,
+    ) -> Vec<Command<W>> {
+        if let Err(refusal) = self.check(&request) {
+            return vec![Command::Answer {
+                waiter,
+                result: Err(refusal),
+            }];
+        }
+        if self.queue.len() >= MAX_QUEUED_COMMITS {
+            return vec![Command::Answer {
+                waiter,
+                result: Err(ErrorReply::new(
+                    ErrorCode::Overloaded,
+                    format!("{MAX_QUEUED_COMMITS} commits are already waiting for a batch"),
+                )),
+            }];
+        }
+        let bytes = request.mutations.iter().map(|m| m.payload_len() + 16).sum();
+        self.queued_bytes += bytes;
+        self.queue.push_back(Queued {
+            waiter,
+            mutations: request.mutations,
+            bytes,
+            received_us: now_us,
+        });
+        self.form_batch(now_us)
+    }
+
+    /// The time asked for with [`Command::WakeAt`] has come.
+    pub fn wake(&mut self, now_us: u64) -> Vec<Command<W>> {
+        if self.wake_at_us.is_some_and(|at| at <= now_us) {
+            self.wake_at_us = None;
+        }
+        self.form_batch(now_us)
+    }
+
+    /// The sequencer answered a batch's [`Command::GetCommitVersion`].
+    pub fn on_commit_version(
+        &mut self,
+        batch_id: BatchId,
+        reply: Result<GetCommitVersionReply, String>,
+        now_us: u64,
+    ) -> Vec<Command<W>> {
+        if self.awaiting_versions != Some(batch_id) {
+            return Vec::new();
+        }
+        self.awaiting_versions = None;
+        let mut commands = Vec::new();
+        match reply {
+            Ok(versions) => {
+                let batch = self.batches.get_mut(&batch_id).expect("a formed batch");
+                batch.versions = Some(versions);
+                let metadata = batch
+                    .commits
+                    .iter()
+                    .flatten()
+                    .filter(|m| is_metadata(m))
+                    .cloned()
+                    .collect();
+                self.to_tag.push_back(batch_id);
+                commands.push(Command::Resolve {
+                    batch: batch_id,
+                    request: ResolveRequest {
+                        proxy: self.id,
+                        prev_version: versions.prev_version,
+                        version: versions.version,
+                        metadata,
+                        transactions: Vec::new(),
+                    },
+                });
+            }
+            Err(e) => {
+                let batch = self.batches.remove(&batch_id).expect("a formed batch");
+                let refusal =
+                    ErrorReply::new(ErrorCode::Unavailable, format!("no commit version: {e}"));
+                answer_all(&mut commands, batch.waiters, Err(refusal));
+            }
+        }
+        commands.extend(self.form_batch(now_us));
+        commands
+    }
+
+    /// The resolver answered a batch's [`Command::Resolve`]. Batches are
+    /// tagged in version order, so this one may wait for earlier ones.
+    pub fn on_resolved(
+        &mut self,
+        batch_id: BatchId,
+        reply: Result<ResolveReply, String>,
+    ) -> Vec<Command<W>> {
+        match self.batches.get_mut(&batch_id) {
+            Some(batch) if batch.versions.is_some() && batch.resolved.is_none() => {
+                batch.resolved = Some(reply);
+            }
+            _ => return Vec::new(),
+        }
+        let mut commands = Vec::new();
+        while let Some(&next) = self.to_tag.front() {
+            if self.batches[&next].resolved.is_none() {
+                break;
+            }
+            self.to_tag.pop_front();
+            commands.push(self.tag(next));
+        }
+        commands
+    }
+
+    /// Every TLog answered the batch's [`Command::Push`], or one failed.
+    pub fn on_pushed(
+        &mut self,
+        batch_id: BatchId,
+        result: Result<(), String>,
+        now_us: u64,
+    ) -> Vec<Command<W>> {
+        let Some(batch) = self.batches.get(&batch_id) else {
+            return Vec::new();
+        };
+        let Some(versions) = batch.versions else {
+            return Vec::new();
+        };
+        let outcome = match (&batch.refused, result) {
+            (Some(refusal), _) => Some(refusal.clone()),
+            (None, Err(e)) => Some(ErrorReply::new(ErrorCode::CommitUnknownResult, e)),
+            (None, Ok(())) => None,
+        };
+        if let Some(failure) = outcome {
+            return self.finish(batch_id, Err(failure), now_us);
+        }
+        self.known_committed = self.known_committed.max(versions.version);
+        vec![Command::ReportCommitted {
+            batch: batch_id,
+            request: ReportCommittedRequest {
+                proxy: self.id,
+                version: versions.version,
+            },
+        }]
+    }
+
+    /// The sequencer heard (or could not be told) that the batch committed.
+    /// A failed report does not undo a durable commit, so the clients are
+    /// answered either way.
+    pub fn on_reported(&mut self, batch_id: BatchId, now_us: u64) -> Vec<Command<W>> {
+        let Some(version) = self
+            .batches
+            .get(&batch_id)
+            .and_then(|b| b.versions)
+            .map(|v| v.version)
+        else {
+            return Vec::new();
+        };
+        self.finish(batch_id, Ok(version), now_us)
+    }
+
+    /// The shard map as of `version`, if still in the history kept.
+    pub fn shard_map_at(&self, version: Version) -> Option<ShardMap> {
+        self.map.at(version)
+    }
+
+    /// Which teams, and so which servers, hold a key at a version. A version
+    /// newer than this proxy has tagged may get a location that a change it
+    /// has not seen yet moved; the server then answers `wrong_shard_server`.
+    pub fn locate(
+        &self,
+        request: &GetKeyLocationRequest,
+    ) -> Result<GetKeyLocationReply, ErrorReply> {
+        let map = self.shard_map_at(request.version).ok_or_else(|| {
+            ErrorReply::new(
+                ErrorCode::TransactionTooOld,
+                format!("the shard map at {} is no longer kept", request.version),
+            )
+        })?;
+        let (begin, end, assignment) = map.locate(&request.key);
+        let teams = assignment
+            .src
+            .iter()
+            .map(|team| (*team, self.topology.servers_of(*team)))
+            .collect();
+        Ok(GetKeyLocationReply { begin, end, teams })
+    }
+
+    pub fn status(&self) -> ProxyStatusReply {
+        ProxyStatusReply {
+            proxy: self.id,
+            known_committed_version: self.known_committed,
+            commits: self.commits,
+        }
+    }
+
+    /// Validation, and shard-map changes checked against the current map.
+    fn check(&self, request: &ClientCommitRequest) -> Result<(), ErrorReply> {
+        validate(request, &self.limits)?;
+        let metadata: Vec<Mutation> = request
+            .mutations
+            .iter()
+            .filter(|m| is_metadata(m))
+            .cloned()
+            .collect();
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        self.map
+            .check(&metadata, |t| self.topology.is_storage_team(t))
+            .map_err(|e| ErrorReply::new(ErrorCode::MalformedRequest, e.to_string()))
+    }
+
+    /// Forms the next batch when one may be formed now: something is
+    /// queued, no version request is out, a batch slot is free, and (while
+    /// others are in flight) the batch interval has passed or the batch is
+    /// full.
+    fn form_batch(&mut self, now_us: u64) -> Vec<Command<W>> {
+        let Some(oldest) = self.queue.front() else {
+            return Vec::new();
+        };
+        if self.awaiting_versions.is_some() || self.batches.len() >= self.max_batches_in_flight {
+            return Vec::new();
+        }
+        let busy = !self.batches.is_empty();
+        let ready_at = oldest.received_us.saturating_add(self.batch_interval_us);
+        if busy && now_us < ready_at && self.queued_bytes < self.max_batch_bytes {
+            if self.wake_at_us == Some(ready_at) {
+                return Vec::new();
+            }
+            self.wake_at_us = Some(ready_at);
+            return vec![Command::WakeAt { at_us: ready_at }];
+        }
+        let mut batch = Batch {
+            waiters: Vec::new(),
+            commits: Vec::new(),
+            versions: None,
+            resolved: None,
+            refused: None,
+        };
+        let mut bytes = 0;
+        while let Some(next) = self.queue.front() {
+            if !batch.commits.is_empty() && bytes + next.bytes > self.max_batch_bytes {
+                break;
+            }
+            let queued = self.queue.pop_front().expect("a front");
+            bytes += queued.bytes;
+            self.queued_bytes -= queued.bytes;
+            batch.waiters.push(queued.waiter);
+            batch.commits.push(queued.mutations);
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.request_num += 1;
+        let commits = batch.commits.len();
+        self.batches.insert(id, batch);
+        self.awaiting_versions = Some(id);
+        vec![Command::GetCommitVersion {
+            batch: id,
+            request: GetCommitVersionRequest {
+                proxy: self.id,
+                request_num: self.request_num,
+            },
+            commits,
+            bytes,
+        }]
+    }
+
+    /// Tags a resolved batch (its turn in version order has come) and
+    /// returns its push.
+    fn tag(&mut self, batch_id: BatchId) -> Command<W> {
+        let batch = self.batches.get_mut(&batch_id).expect("a batch to tag");
+        let versions = batch.versions.expect("a resolved batch has versions");
+        let resolved = batch.resolved.take().expect("a resolved batch");
+        let tagged = match resolved {
+            Ok(reply) => {
+                for change in reply.metadata {
+                    if let Err(e) = self.map.apply(change.version, &change.mutations) {
+                        tracing::error!(error = %e, version = %change.version, "could not apply metadata");
+                    }
+                }
+                tag_version(
+                    self.map.current(),
+                    &self.topology,
+                    versions.version,
+                    &batch.commits,
+                )
+                .map_err(|e| ErrorReply::new(ErrorCode::Unknown, e.to_string()))
+            }
+            Err(e) => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("resolver: {e}"),
+            )),
+        };
+        let blocks = match tagged {
+            Ok(tagged) => {
+                if let Err(e) = self.map.apply(versions.version, &tagged.metadata) {
+                    tracing::error!(error = %e, version = %versions.version, "could not apply own metadata");
+                }
+                tagged
+            }
+            // The version is spent: the TLogs still get it, empty, so their
+            // chains stay whole; the clients learn nothing was written.
+            Err(refusal) => {
+                batch.refused = Some(refusal);
+                TaggedVersion::default()
+            }
+        };
+        Command::Push {
+            batch: batch_id,
+            requests: self.tlog_requests(versions, &blocks),
+        }
+    }
+
+    /// One request per TLog: its teams' blocks, and in broadcast mode an
+    /// empty version for each of its teams the version does not touch.
+    fn tlog_requests(
+        &self,
+        versions: GetCommitVersionReply,
+        tagged: &TaggedVersion,
+    ) -> Vec<TLogCommitRequest> {
+        self.teams_by_tlog
+            .iter()
+            .map(|teams| TLogCommitRequest {
+                prev_version: versions.prev_version,
+                version: versions.version,
+                known_committed_version: self.known_committed,
+                teams: teams
+                    .iter()
+                    .filter_map(|team| match tagged.blocks.get(team) {
+                        Some(data) => Some(TeamBlockData {
+                            team: *team,
+                            data: data.clone(),
+                        }),
+                        None if self.topology.broadcast => Some(TeamBlockData {
+                            team: *team,
+                            data: empty_version(*team, versions.version),
+                        }),
+                        None => None,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Ends a batch: every waiter gets `result`, and its slot goes to the
+    /// next batch.
+    fn finish(
+        &mut self,
+        batch_id: BatchId,
+        result: Result<Version, ErrorReply>,
+        now_us: u64,
+    ) -> Vec<Command<W>> {
+        let batch = self.batches.remove(&batch_id).expect("a batch to finish");
+        if result.is_ok() {
+            self.commits += batch.waiters.len() as u64;
+        }
+        let mut commands = Vec::new();
+        answer_all(&mut commands, batch.waiters, result);
+        commands.extend(self.form_batch(now_us));
+        commands
+    }
+}
+
+fn answer_all<W>(
+    commands: &mut Vec<Command<W>>,
+    waiters: Vec<W>,
+    result: Result<Version, ErrorReply>,
+) {
+    commands.extend(waiters.into_iter().map(|waiter| Command::Answer {
+        waiter,
+        result: result.clone(),
+    }));
+}
+
+fn duration_us(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn is_metadata(mutation: &Mutation) -> bool {
+    match mutation {
+        Mutation::SetValue { key, .. } => is_system_key(key),
+        Mutation::ClearRange { begin, .. } => is_system_key(begin),
+    }
+}
+
+fn empty_version(team: StorageTeamId, version: Version) -> Bytes {
+    let mut builder = TeamBlockBuilder::new(team);
+    builder
+        .push_empty_version(version)
+        .expect("a fresh block takes any version");
+    builder.finish()
+}
+
+#[cfg(test)]
+mod tests;

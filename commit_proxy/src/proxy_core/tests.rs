@@ -1,0 +1,553 @@
+//! The proxy core's rules, driven event by event with no network: batching,
+//! version order, tagging, metadata from other proxies and each failure.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proto::rpc::VersionedMetadata;
+use proto::system_keys::{key_servers_key, ShardAssignment};
+use proto::{BlockEntry, StorageServerId, TeamBlock};
+
+use super::*;
+
+type Waiter = u32;
+
+const ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+/// Three teams of two servers on three TLogs (replication 2), each server
+/// with a private team `1000 + server`; keys from `m` on go to team 2.
+fn config() -> ProxyConfig {
+    let teams: BTreeMap<_, _> = (1..=3u64)
+        .map(|t| {
+            let servers = vec![StorageServerId(t * 10), StorageServerId(t * 10 + 1)];
+            (StorageTeamId(t), servers)
+        })
+        .collect();
+    let private_teams = teams
+        .values()
+        .flatten()
+        .map(|s| (*s, StorageTeamId(1000 + s.0)))
+        .collect();
+    let topology = Topology {
+        tlog_count: 3,
+        replication: 2,
+        broadcast: true,
+        teams,
+        private_teams,
+    };
+    let shards = ShardMap::new([
+        (Bytes::new(), ShardAssignment::to(StorageTeamId(1))),
+        (
+            Bytes::from_static(b"m"),
+            ShardAssignment::to(StorageTeamId(2)),
+        ),
+    ])
+    .unwrap();
+    ProxyConfig::new(ProxyId(7), ADDR, vec![ADDR; 3], topology, shards)
+}
+
+fn core_with(change: impl FnOnce(&mut ProxyConfig)) -> ProxyCore<Waiter> {
+    let mut config = config();
+    change(&mut config);
+    ProxyCore::new(&config, 100)
+}
+
+fn core() -> ProxyCore<Waiter> {
+    core_with(|_| {})
+}
+
+fn set(key: &str, value: &str) -> Mutation {
+    Mutation::SetValue {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn commit(mutations: Vec<Mutation>) -> ClientCommitRequest {
+    ClientCommitRequest {
+        mutations,
+        allow_system_keys: false,
+    }
+}
+
+fn versions(prev: u64, version: u64) -> Result<GetCommitVersionReply, String> {
+    Ok(GetCommitVersionReply {
+        prev_version: Version(prev),
+        version: Version(version),
+    })
+}
+
+fn resolved() -> Result<ResolveReply, String> {
+    Ok(ResolveReply {
+        metadata: Vec::new(),
+        conflicts: Vec::new(),
+    })
+}
+
+/// The batch and request of the only `GetCommitVersion` among `commands`.
+fn version_request(commands: &[Command<Waiter>]) -> (BatchId, GetCommitVersionRequest, usize) {
+    let found: Vec<_> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::GetCommitVersion {
+                batch,
+                request,
+                commits,
+                ..
+            } => Some((*batch, *request, *commits)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{commands:?}");
+    found[0]
+}
+
+fn pushes(commands: &[Command<Waiter>]) -> Vec<(BatchId, Vec<TLogCommitRequest>)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Push { batch, requests } => Some((*batch, requests.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answers(commands: Vec<Command<Waiter>>) -> Vec<(Waiter, Result<Version, ErrorCode>)> {
+    commands
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Answer { waiter, result } => Some((waiter, result.map_err(|e| e.code))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every (team, mutation) the TLog requests carry, each team once however
+/// many TLogs hold it.
+fn team_messages(requests: &[TLogCommitRequest]) -> BTreeMap<StorageTeamId, Vec<Mutation>> {
+    let mut out = BTreeMap::new();
+    for data in requests.iter().flat_map(|r| &r.teams) {
+        let block = TeamBlock::parse(data.data.clone()).unwrap();
+        let messages = block
+            .entries()
+            .filter_map(|e| match e {
+                BlockEntry::Message(m) => Some(m.mutation),
+                _ => None,
+            })
+            .collect();
+        out.insert(data.team, messages);
+    }
+    out
+}
+
+/// Takes a batch from versions to its answers, all succeeding.
+fn complete(core: &mut ProxyCore<Waiter>, batch: BatchId, now: u64) -> Vec<Command<Waiter>> {
+    let mut commands = core.on_resolved(batch, resolved());
+    commands.extend(core.on_pushed(batch, Ok(()), now));
+    commands.extend(core.on_reported(batch, now));
+    commands
+}
+
+#[test]
+fn commits_that_arrive_while_versions_are_asked_for_share_the_next_batch() {
+    let mut core = core();
+    let (first, request, commits) =
+        version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    assert_eq!(
+        (request.proxy, request.request_num, commits),
+        (ProxyId(7), 101, 1)
+    );
+    assert!(core.commit(2, commit(vec![set("b", "2")]), 1).is_empty());
+    assert!(core.commit(3, commit(vec![set("c", "3")]), 2).is_empty());
+    let commands = core.on_commit_version(first, versions(0, 10), 3);
+    assert!(matches!(&commands[0], Command::Resolve { batch, request }
+        if *batch == first && request.version == Version(10) && request.prev_version == Version(0)));
+    let (second, request, commits) = version_request(&commands);
+    assert_ne!(second, first);
+    assert_eq!((request.request_num, commits), (102, 2));
+}
+
+#[test]
+fn a_batch_takes_commits_up_to_its_byte_limit_and_at_least_one() {
+    let mut core = core_with(|c| c.max_batch_bytes = 100);
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    for waiter in 2..=4 {
+        assert!(core
+            .commit(waiter, commit(vec![set("k", &"v".repeat(40))]), 0)
+            .is_empty());
+    }
+    let (second, _, commits) = version_request(&core.on_commit_version(first, versions(0, 10), 0));
+    assert_eq!(commits, 1, "two commits of 57 bytes pass 100");
+    let (_, _, commits) = version_request(&core.on_commit_version(second, versions(10, 20), 0));
+    assert_eq!(commits, 1);
+    // A commit larger than the limit still forms a batch of its own.
+    let mut core = core_with(|c| c.max_batch_bytes = 10);
+    version_request(&core.commit(1, commit(vec![set("k", &"v".repeat(40))]), 0));
+}
+
+#[test]
+fn no_more_batches_than_the_limit_are_in_flight() {
+    let mut core = core_with(|c| c.max_batches_in_flight = 2);
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    assert!(core.commit(2, commit(vec![set("b", "1")]), 0).is_empty());
+    let (second, ..) = version_request(&core.on_commit_version(first, versions(0, 10), 0));
+    assert!(core.commit(3, commit(vec![set("c", "1")]), 0).is_empty());
+    let commands = core.on_commit_version(second, versions(10, 20), 0);
+    assert!(
+        commands
+            .iter()
+            .all(|c| !matches!(c, Command::GetCommitVersion { .. })),
+        "two batches are out: the third waits"
+    );
+    let commands = complete(&mut core, first, 0);
+    let (_, _, commits) = version_request(&commands);
+    assert_eq!(commits, 1, "the first batch's end frees a slot");
+}
+
+#[test]
+fn while_others_are_in_flight_a_batch_waits_the_batch_interval() {
+    let mut core = core_with(|c| c.batch_interval = Duration::from_micros(500));
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    // Nothing else in flight: the first batch did not wait.
+    let commands = core.on_commit_version(first, versions(0, 10), 50);
+    assert!(commands
+        .iter()
+        .all(|c| !matches!(c, Command::GetCommitVersion { .. })));
+    let commands = core.commit(2, commit(vec![set("b", "1")]), 100);
+    assert!(
+        matches!(commands[..], [Command::WakeAt { at_us: 600 }]),
+        "{commands:?}"
+    );
+    assert!(core.commit(3, commit(vec![set("c", "1")]), 200).is_empty());
+    assert!(
+        core.wake(599).is_empty(),
+        "too early, and already asked for"
+    );
+    let (_, _, commits) = version_request(&core.wake(600));
+    assert_eq!(commits, 2);
+}
+
+#[test]
+fn batches_are_tagged_and_pushed_in_version_order() {
+    let mut core = core();
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.commit(2, commit(vec![set("b", "2")]), 0);
+    let (second, ..) = version_request(&core.on_commit_version(first, versions(0, 10), 0));
+    core.on_commit_version(second, versions(10, 20), 0);
+    assert!(
+        pushes(&core.on_resolved(second, resolved())).is_empty(),
+        "the later version waits for the earlier one"
+    );
+    let pushed = pushes(&core.on_resolved(first, resolved()));
+    let order: Vec<(BatchId, Version)> = pushed
+        .iter()
+        .map(|(batch, requests)| (*batch, requests[0].version))
+        .collect();
+    assert_eq!(order, vec![(first, Version(10)), (second, Version(20))]);
+}
+
+#[test]
+fn every_tlog_gets_every_version_with_its_teams_blocks_and_empty_versions() {
+    let mut core = core();
+    let (batch, ..) =
+        version_request(&core.commit(1, commit(vec![set("a", "1"), set("n", "2")]), 0));
+    core.on_commit_version(batch, versions(5, 10), 0);
+    let pushed = pushes(&core.on_resolved(batch, resolved()));
+    let requests = &pushed[0].1;
+    assert_eq!(requests.len(), 3);
+    let teams_by_tlog = config().topology.teams_by_tlog();
+    for (request, teams) in requests.iter().zip(&teams_by_tlog) {
+        assert_eq!(
+            (request.prev_version, request.version),
+            (Version(5), Version(10))
+        );
+        let sent: Vec<StorageTeamId> = request.teams.iter().map(|t| t.team).collect();
+        assert_eq!(
+            &sent, teams,
+            "broadcast: every team of the TLog, involved or not"
+        );
+    }
+    let messages = team_messages(requests);
+    assert_eq!(messages[&StorageTeamId(1)], vec![set("a", "1")]);
+    assert_eq!(messages[&StorageTeamId(2)], vec![set("n", "2")]);
+    assert!(messages[&StorageTeamId(3)].is_empty());
+    assert!(messages[&StorageTeamId(1010)].is_empty());
+}
+
+#[test]
+fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_the_version() {
+    let mut core = core_with(|c| c.topology.broadcast = false);
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.on_commit_version(batch, versions(5, 10), 0);
+    let requests = pushes(&core.on_resolved(batch, resolved())).remove(0).1;
+    assert_eq!(requests.len(), 3);
+    let teams: Vec<Vec<StorageTeamId>> = requests
+        .iter()
+        .map(|r| r.teams.iter().map(|t| t.team).collect())
+        .collect();
+    let holders = cluster::placement::tlogs_for_team(StorageTeamId(1), 3, 2);
+    for (i, teams) in teams.iter().enumerate() {
+        let expected = if holders.contains(&i) {
+            vec![StorageTeamId(1)]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(teams, &expected);
+    }
+}
+
+#[test]
+fn a_durable_batch_is_reported_committed_before_its_clients_are_answered() {
+    let mut core = core();
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.commit(2, commit(vec![set("b", "1")]), 0);
+    let (second, ..) = version_request(&core.on_commit_version(batch, versions(0, 10), 0));
+    core.on_resolved(batch, resolved());
+    let commands = core.on_pushed(batch, Ok(()), 0);
+    assert!(
+        matches!(&commands[..], [Command::ReportCommitted { request, .. }]
+        if request.version == Version(10) && request.proxy == ProxyId(7))
+    );
+    assert_eq!(core.status().known_committed_version, Version(10));
+    assert_eq!(core.status().commits, 0);
+    assert_eq!(
+        answers(core.on_reported(batch, 0)),
+        vec![(1, Ok(Version(10)))]
+    );
+    assert_eq!(core.status().commits, 1);
+    // The next version's pushes carry what is now known committed.
+    core.on_commit_version(second, versions(10, 20), 0);
+    let requests = pushes(&core.on_resolved(second, resolved())).remove(0).1;
+    assert!(requests
+        .iter()
+        .all(|r| r.known_committed_version == Version(10)));
+}
+
+#[test]
+fn metadata_other_proxies_committed_earlier_reroutes_this_batch() {
+    let mut core = core();
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("b", "1")]), 0));
+    core.on_commit_version(batch, versions(10, 20), 0);
+    let moved = Mutation::SetValue {
+        key: key_servers_key(b""),
+        value: ShardAssignment::to(StorageTeamId(3)).encode(),
+    };
+    let reply = ResolveReply {
+        metadata: vec![VersionedMetadata {
+            version: Version(15),
+            mutations: vec![moved],
+        }],
+        conflicts: Vec::new(),
+    };
+    let requests = pushes(&core.on_resolved(batch, Ok(reply))).remove(0).1;
+    let messages = team_messages(&requests);
+    assert_eq!(messages[&StorageTeamId(3)], vec![set("b", "1")]);
+    assert!(messages[&StorageTeamId(1)].is_empty());
+    let map_at = |v| core.shard_map_at(Version(v)).unwrap();
+    assert_eq!(
+        map_at(14).assignment_of(b"b"),
+        &ShardAssignment::to(StorageTeamId(1))
+    );
+    assert_eq!(
+        map_at(15).assignment_of(b"b"),
+        &ShardAssignment::to(StorageTeamId(3))
+    );
+}
+
+#[test]
+fn own_metadata_goes_to_the_concerned_private_teams_and_applies_at_its_version() {
+    let mut core = core();
+    let moved = Mutation::SetValue {
+        key: key_servers_key(b"m"),
+        value: ShardAssignment::to(StorageTeamId(3)).encode(),
+    };
+    let request = ClientCommitRequest {
+        mutations: vec![moved.clone()],
+        allow_system_keys: true,
+    };
+    let (batch, ..) = version_request(&core.commit(1, request, 0));
+    let commands = core.on_commit_version(batch, versions(10, 20), 0);
+    assert!(
+        matches!(&commands[0], Command::Resolve { request, .. } if request.metadata == vec![moved.clone()])
+    );
+    let requests = pushes(&core.on_resolved(batch, resolved())).remove(0).1;
+    let messages = team_messages(&requests);
+    // The servers of the team that held the range and of the one that will.
+    for server in [20, 21, 30, 31] {
+        assert_eq!(messages[&StorageTeamId(1000 + server)], vec![moved.clone()]);
+    }
+    assert!(messages[&StorageTeamId(1010)].is_empty());
+    let map_at = |v| core.shard_map_at(Version(v)).unwrap();
+    assert_eq!(
+        map_at(19).assignment_of(b"n"),
+        &ShardAssignment::to(StorageTeamId(2))
+    );
+    assert_eq!(
+        map_at(20).assignment_of(b"n"),
+        &ShardAssignment::to(StorageTeamId(3))
+    );
+    let located = core
+        .locate(&GetKeyLocationRequest {
+            key: Bytes::from_static(b"n"),
+            version: Version(20),
+        })
+        .unwrap();
+    assert_eq!(
+        located.teams,
+        vec![(
+            StorageTeamId(3),
+            vec![StorageServerId(30), StorageServerId(31)]
+        )]
+    );
+}
+
+#[test]
+fn bad_commits_are_refused_at_once_and_form_no_batch() {
+    let mut core = core();
+    let refused = |core: &mut ProxyCore<Waiter>, request| answers(core.commit(1, request, 0));
+    assert!(matches!(
+        refused(&mut core, commit(Vec::new()))[..],
+        [(1, Err(_))]
+    ));
+    let system = commit(vec![
+        set("\u{7f}", "x"),
+        Mutation::SetValue {
+            key: Bytes::from_static(b"\xffx"),
+            value: Bytes::new(),
+        },
+    ]);
+    assert!(matches!(
+        refused(&mut core, system)[..],
+        [(1, Err(ErrorCode::SystemKey))]
+    ));
+    let unknown_team = ClientCommitRequest {
+        mutations: vec![Mutation::SetValue {
+            key: key_servers_key(b"q"),
+            value: ShardAssignment::to(StorageTeamId(99)).encode(),
+        }],
+        allow_system_keys: true,
+    };
+    assert!(matches!(
+        refused(&mut core, unknown_team)[..],
+        [(1, Err(ErrorCode::MalformedRequest))]
+    ));
+    version_request(&core.commit(2, commit(vec![set("a", "1")]), 0));
+}
+
+#[test]
+fn without_a_commit_version_the_batch_is_refused_and_the_next_one_forms() {
+    let mut core = core();
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.commit(2, commit(vec![set("b", "1")]), 0);
+    let commands = core.on_commit_version(first, Err("sequencer down".into()), 0);
+    let (_, request, commits) = version_request(&commands);
+    assert_eq!((request.request_num, commits), (102, 1));
+    assert_eq!(answers(commands), vec![(1, Err(ErrorCode::Unavailable))]);
+}
+
+#[test]
+fn a_failed_resolve_spends_the_version_as_an_empty_push_and_refuses_the_commits() {
+    let mut core = core();
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.on_commit_version(batch, versions(10, 20), 0);
+    let requests = pushes(&core.on_resolved(batch, Err("resolver down".into())))
+        .remove(0)
+        .1;
+    assert_eq!(requests.len(), 3, "every TLog still gets the version");
+    assert!(team_messages(&requests).values().all(Vec::is_empty));
+    let commands = core.on_pushed(batch, Ok(()), 0);
+    assert_eq!(answers(commands), vec![(1, Err(ErrorCode::Unavailable))]);
+    assert_eq!(core.status().known_committed_version, Version::ZERO);
+}
+
+#[test]
+fn a_failed_push_leaves_the_outcome_unknown() {
+    let mut core = core();
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.commit(2, commit(vec![set("a", "2")]), 0);
+    core.on_commit_version(batch, versions(10, 20), 0);
+    core.on_resolved(batch, resolved());
+    let commands = core.on_pushed(batch, Err("tlog 1: connection reset".into()), 0);
+    assert_eq!(
+        answers(commands),
+        vec![(1, Err(ErrorCode::CommitUnknownResult))]
+    );
+    assert_eq!(core.status().known_committed_version, Version::ZERO);
+}
+
+#[test]
+fn a_full_queue_refuses_with_overloaded() {
+    let mut core = core();
+    version_request(&core.commit(0, commit(vec![set("a", "1")]), 0));
+    for waiter in 1..=MAX_QUEUED_COMMITS as u32 {
+        assert!(core
+            .commit(waiter, commit(vec![set("a", "1")]), 0)
+            .is_empty());
+    }
+    let commands = core.commit(u32::MAX, commit(vec![set("a", "1")]), 0);
+    assert_eq!(
+        answers(commands),
+        vec![(u32::MAX, Err(ErrorCode::Overloaded))]
+    );
+}
+
+#[test]
+fn stale_and_repeated_replies_change_nothing() {
+    let mut core = core();
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    assert!(core
+        .on_commit_version(batch + 1, versions(0, 10), 0)
+        .is_empty());
+    assert!(
+        core.on_resolved(batch, resolved()).is_empty(),
+        "no versions yet"
+    );
+    core.on_commit_version(batch, versions(0, 10), 0);
+    assert!(core.on_commit_version(batch, versions(0, 11), 0).is_empty());
+    assert_eq!(pushes(&core.on_resolved(batch, resolved())).len(), 1);
+    assert!(core.on_resolved(batch, resolved()).is_empty());
+    assert!(core.on_pushed(batch + 1, Ok(()), 0).is_empty());
+    assert_eq!(
+        answers(complete_after_push(&mut core, batch)),
+        vec![(1, Ok(Version(10)))]
+    );
+    assert!(core.on_reported(batch, 0).is_empty(), "answered once");
+}
+
+fn complete_after_push(core: &mut ProxyCore<Waiter>, batch: BatchId) -> Vec<Command<Waiter>> {
+    let mut commands = core.on_pushed(batch, Ok(()), 0);
+    commands.extend(core.on_reported(batch, 0));
+    commands
+}
+
+#[test]
+fn a_shard_map_older_than_the_history_kept_is_too_old_to_locate() {
+    let mut core = core_with(|c| c.shard_history = 5);
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.on_commit_version(batch, versions(100, 200), 0);
+    let reply = ResolveReply {
+        metadata: vec![VersionedMetadata {
+            version: Version(150),
+            mutations: vec![Mutation::SetValue {
+                key: key_servers_key(b"x"),
+                value: ShardAssignment::to(StorageTeamId(3)).encode(),
+            }],
+        }],
+        conflicts: Vec::new(),
+    };
+    core.on_resolved(batch, Ok(reply));
+    let at = |version| GetKeyLocationRequest {
+        key: Bytes::from_static(b"a"),
+        version: Version(version),
+    };
+    assert_eq!(
+        core.locate(&at(10)).unwrap_err().code,
+        ErrorCode::TransactionTooOld
+    );
+    let located = core.locate(&at(200)).unwrap();
+    assert_eq!(
+        (located.begin.as_ref(), located.end.as_ref()),
+        (&b""[..], &b"m"[..])
+    );
+}
