@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Result;
+use std::future::Future;
+
+use anyhow::{Context, Result};
 
 pub mod client;
 pub mod metrics;
@@ -20,12 +22,18 @@ pub async fn start_metrics(addr: Option<SocketAddr>) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now, and returns a future that
+/// resolves when either signal arrives. Call it before the process says it
+/// is ready (listens, writes its address), so that a signal sent right
+/// after that stops it cleanly instead of killing it.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -1,6 +1,7 @@
 //! `teamlog sequencer` and `teamlog proxy`: the commit path's processes,
 //! configured from the cluster file.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub struct ProxyArgs {
 }
 
 pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let cluster = ClusterFile::load(&args.cluster)?;
     let addr = cluster.sequencer.address;
     start_metrics(args.metrics).await?;
@@ -91,10 +93,11 @@ pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
     };
     let service = SequencerService::start(&config, Arc::new(SystemClock::default())).await?;
     tracing::info!(%addr, last_version = %service.last_version(), "sequencer and resolver listening");
-    run(listener, Arc::new(service)).await
+    run(listener, Arc::new(service), shutdown).await
 }
 
 pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let cluster = ClusterFile::load(&args.cluster)?;
     let entry = cluster.proxy(args.id)?;
     let addr = entry.address;
@@ -114,13 +117,14 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding proxy {} to {addr}", args.id))?;
     tracing::info!(%addr, id = args.id, "commit proxy listening");
-    run(listener, Arc::new(service)).await
+    run(listener, Arc::new(service), shutdown).await
 }
 
 /// LMDB's map is a reservation of address space, not of disk.
 const STORAGE_MAP_SIZE: usize = 64 << 30;
 
 pub async fn run_storage(args: StorageArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let cluster = ClusterFile::load(&args.cluster)?;
     let entry = cluster
         .storage_servers
@@ -157,17 +161,15 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
         .with_context(|| format!("binding storage server {} to {addr}", args.id))?;
     let service = StorageService::start(Arc::new(engine), config)?;
     tracing::info!(%addr, id = args.id, "storage server listening");
-    run(listener, Arc::new(service)).await
+    run(listener, Arc::new(service), shutdown).await
 }
 
-async fn run(listener: TcpListener, service: Arc<dyn Service>) -> Result<()> {
-    serve(
-        listener,
-        service,
-        ServerConfig::default(),
-        shutdown_signal(),
-    )
-    .await?;
+async fn run(
+    listener: TcpListener,
+    service: Arc<dyn Service>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    serve(listener, service, ServerConfig::default(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -44,6 +44,7 @@ impl TLogArgs {
 }
 
 pub async fn run_tlog(args: TLogArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     start_metrics(args.metrics).await?;
     let process = TLogProcess::start(args.listen, &args.data_dir, args.config())
         .await
@@ -53,7 +54,7 @@ pub async fn run_tlog(args: TLogArgs) -> Result<()> {
         cluster::write_atomically(path, addr.to_string().as_bytes())?;
     }
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "tlog listening");
-    process.serve(shutdown_signal()).await?;
+    process.serve(shutdown).await?;
     tracing::info!("tlog stopped");
     Ok(())
 }

@@ -57,6 +57,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             (Some(temp), dir)
         }
     };
+    let shutdown = shutdown_signal()?;
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
@@ -67,7 +68,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     print_cluster(&local);
     let outcome = tokio::select! {
         outcome = serve(&local, &args, &dir) => outcome,
-        () = shutdown_signal() => {
+        () = shutdown => {
             println!("interrupted: stopping the cluster");
             Ok(())
         }
