@@ -18,6 +18,7 @@ use bytes::Bytes;
 use proto::Mutation;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
 use crate::replay::trace::{TraceEvent, TraceHeader, TraceOp, TraceWriter};
@@ -106,35 +107,24 @@ struct Recorded {
 /// Picks key indexes by popularity.
 enum KeyPicker {
     Uniform(u64),
-    /// Cumulative weights of ranks 0..n.
-    Zipf(Vec<f64>),
+    /// Ranks 1..=n; rank r is picked in proportion to 1 / r^theta.
+    Zipf(Zipf<f64>),
 }
 
 impl KeyPicker {
-    fn new(keys: u64, skew: Skew) -> KeyPicker {
-        match skew {
+    fn new(keys: u64, skew: Skew) -> Result<KeyPicker> {
+        Ok(match skew {
             Skew::Uniform => KeyPicker::Uniform(keys),
             Skew::Zipf(theta) => {
-                let mut total = 0.0;
-                let cumulative = (1..=keys)
-                    .map(|rank| {
-                        total += 1.0 / (rank as f64).powf(theta);
-                        total
-                    })
-                    .collect();
-                KeyPicker::Zipf(cumulative)
+                KeyPicker::Zipf(Zipf::new(keys as f64, theta).context("a Zipf skew over the keys")?)
             }
-        }
+        })
     }
 
     fn pick(&self, rng: &mut StdRng) -> u64 {
         match self {
             KeyPicker::Uniform(keys) => rng.random_range(0..*keys),
-            KeyPicker::Zipf(cumulative) => {
-                let total = *cumulative.last().expect("at least one key");
-                let target = rng.random_range(0.0..total);
-                cumulative.partition_point(|&c| c <= target) as u64
-            }
+            KeyPicker::Zipf(zipf) => (zipf.sample(rng) as u64).saturating_sub(1),
         }
     }
 }
@@ -186,7 +176,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let header = TraceHeader::new(seed, serde_json::to_value(recorded)?);
     let mut writer = TraceWriter::create(&args.out, &header)?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let picker = KeyPicker::new(args.keys, args.skew);
+    let picker = KeyPicker::new(args.keys, args.skew)?;
     let events = (args.rate * args.duration).round() as u64;
     let (mut commits, mut reads) = (0u64, 0u64);
     for i in 0..events {
@@ -253,7 +243,7 @@ mod tests {
     fn keys_spread_over_the_letters_and_zipf_favours_low_ranks() {
         let letters: std::collections::BTreeSet<u8> = (0..200).map(|i| key_name(i)[0]).collect();
         assert_eq!(letters.len(), 26);
-        let picker = KeyPicker::new(1000, Skew::Zipf(1.2));
+        let picker = KeyPicker::new(1000, Skew::Zipf(1.2)).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let low = (0..1000).filter(|_| picker.pick(&mut rng) < 10).count();
         assert!(low > 500, "{low} of 1000 picks in the top 10 ranks");
