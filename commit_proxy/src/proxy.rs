@@ -2,11 +2,11 @@
 //! network and feeds their outcomes back to it.
 //!
 //! ```text
-//!  clients ─ClientCommit─▶ handle ─lock─▶ ProxyCore ─commands─▶ run
-//!      GetCommitVersion / Resolve / ReportCommitted ─▶ sequencer (a task each)
-//!      Push ─▶ every TLog at once, joined ─▶ on_pushed
-//!      WakeAt ─▶ a timer task ─▶ wake
-//!      Answer ─▶ the client's responder (no task per commit)
+//!  clients ─ClientCommit─▶ handle ─lock─▶ ProxyCore ─commands─▶ start
+//!  one task follows a batch, feeding each reply back to the core, which
+//!  names the next call:
+//!      GetCommitVersion ─▶ Resolve ─▶ Push (every TLog at once) ─▶ ReportCommitted
+//!  WakeAt ─▶ sleep ─▶ wake        Answer ─▶ the client's responder (no task per commit)
 //! ```
 //!
 //! The rules (batching, version order, tagging, failures) are the core's;
@@ -22,8 +22,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use cluster::topology::Topology;
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use proto::clock::Clock;
 use proto::rpc::{
     ClientCommitReply, ErrorCode, ErrorReply, GetKeyLocationReply, GetKeyLocationRequest, Message,
@@ -92,6 +93,10 @@ pub enum ProxyError {
         source: RpcError,
     },
 }
+
+/// A call in progress; it resolves, once its reply is fed to the core, to
+/// the core's next commands.
+type Step = BoxFuture<'static, Vec<Command<Waiter>>>;
 
 /// What the core hands back to answer a client.
 struct Waiter {
@@ -187,22 +192,64 @@ impl Inner {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds one event to the core and runs what it asks for. The lock is
+    /// Feeds one event to the core; returns what it asks for. The lock is
     /// released before anything is sent.
+    fn apply(
+        &self,
+        event: impl FnOnce(&mut ProxyCore<Waiter>, u64) -> Vec<Command<Waiter>>,
+    ) -> Vec<Command<Waiter>> {
+        let mut core = self.core();
+        event(&mut core, self.clock.now_us())
+    }
+
+    /// Feeds one event to the core and carries out its commands, from a
+    /// synchronous caller: the calls they start run in a new task.
     fn event(
         self: &Arc<Self>,
-        apply: impl FnOnce(&mut ProxyCore<Waiter>, u64) -> Vec<Command<Waiter>>,
+        event: impl FnOnce(&mut ProxyCore<Waiter>, u64) -> Vec<Command<Waiter>>,
     ) {
-        let commands = {
-            let mut core = self.core();
-            apply(&mut core, self.clock.now_us())
-        };
-        for command in commands {
-            self.run(command);
+        let commands = self.apply(event);
+        if let Some(first) = self.start_all(commands) {
+            tokio::spawn(self.clone().follow(first));
         }
     }
 
-    fn run(self: &Arc<Self>, command: Command<Waiter>) {
+    /// Runs `step` and then what the core asks for next, in this task, as
+    /// long as there is one call to wait for: a batch goes from its versions
+    /// to its answers in one task. Further calls the core asks for at the
+    /// same time get tasks of their own.
+    async fn follow(self: Arc<Self>, mut step: Step) {
+        loop {
+            let commands = step.await;
+            match self.start_all(commands) {
+                Some(next) => step = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Carries out commands that need no waiting and returns the first call
+    /// to wait for; other calls are spawned.
+    fn start_all(self: &Arc<Self>, commands: Vec<Command<Waiter>>) -> Option<Step> {
+        let mut first = None;
+        for command in commands {
+            let Some(step) = self.start(command) else {
+                continue;
+            };
+            if first.is_none() {
+                first = Some(step);
+            } else {
+                tokio::spawn(self.clone().follow(step));
+            }
+        }
+        first
+    }
+
+    /// Starts one command: answers are sent at once; a call becomes a step
+    /// that resolves, once its reply is fed to the core, to the core's next
+    /// commands.
+    fn start(self: &Arc<Self>, command: Command<Waiter>) -> Option<Step> {
+        let inner = self.clone();
         match command {
             Command::GetCommitVersion {
                 batch,
@@ -212,53 +259,46 @@ impl Inner {
             } => {
                 metrics::histogram!("teamlog_proxy_batch_commits").record(commits as f64);
                 metrics::histogram!("teamlog_proxy_batch_bytes").record(bytes as f64);
-                self.spawn_call(
-                    Message::GetCommitVersion(request),
-                    move |core, reply, now| {
-                        let versions = match reply {
-                            Ok(Message::GetCommitVersionReply(versions)) => Ok(versions),
-                            Ok(other) => Err(format!("sequencer answered {}", other.name())),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        core.on_commit_version(batch, versions, now)
-                    },
-                );
-            }
-            Command::Resolve { batch, request } => {
-                self.spawn_call(Message::Resolve(request), move |core, reply, _| {
-                    let resolved = match reply {
-                        Ok(Message::ResolveReply(reply)) => Ok(reply),
-                        Ok(other) => Err(format!("resolver answered {}", other.name())),
+                Some(Box::pin(async move {
+                    let reply = inner.call(Message::GetCommitVersion(request)).await;
+                    let versions = match reply {
+                        Ok(Message::GetCommitVersionReply(versions)) => Ok(versions),
+                        Ok(other) => Err(format!("sequencer answered {}", other.name())),
                         Err(e) => Err(e.to_string()),
                     };
-                    core.on_resolved(batch, resolved)
-                });
+                    inner.apply(|core, now| core.on_commit_version(batch, versions, now))
+                }))
             }
-            Command::Push { batch, requests } => {
-                let inner = self.clone();
-                tokio::spawn(async move {
-                    let pushed = inner.push(requests).await;
-                    inner.event(|core, now| core.on_pushed(batch, pushed, now));
-                });
-            }
+            Command::Resolve { batch, request } => Some(Box::pin(async move {
+                let reply = inner.call(Message::Resolve(request)).await;
+                let resolved = match reply {
+                    Ok(Message::ResolveReply(reply)) => Ok(reply),
+                    Ok(other) => Err(format!("resolver answered {}", other.name())),
+                    Err(e) => Err(e.to_string()),
+                };
+                inner.apply(|core, _| core.on_resolved(batch, resolved))
+            })),
+            Command::Push { batch, requests } => Some(Box::pin(async move {
+                let pushed = inner.push(requests).await;
+                inner.apply(|core, now| core.on_pushed(batch, pushed, now))
+            })),
             Command::ReportCommitted { batch, request } => {
                 metrics::gauge!("teamlog_proxy_known_committed_version")
                     .set(self.core().status().known_committed_version.0 as f64);
-                let version = request.version;
-                self.spawn_call(Message::ReportCommitted(request), move |core, reply, now| {
-                    if let Err(e) = reply {
+                Some(Box::pin(async move {
+                    let version = request.version;
+                    if let Err(e) = inner.call(Message::ReportCommitted(request)).await {
                         tracing::warn!(error = %e, %version, "could not report a committed version");
                     }
-                    core.on_reported(batch, now)
-                });
+                    inner.apply(|core, now| core.on_reported(batch, now))
+                }))
             }
             Command::WakeAt { at_us } => {
-                let inner = self.clone();
                 let wait = Duration::from_micros(at_us.saturating_sub(self.clock.now_us()));
-                tokio::spawn(async move {
+                Some(Box::pin(async move {
                     tokio::time::sleep(wait).await;
-                    inner.event(|core, now| core.wake(now));
-                });
+                    inner.apply(|core, now| core.wake(now))
+                }))
             }
             Command::Answer { waiter, result } => {
                 if result.is_ok() {
@@ -272,24 +312,14 @@ impl Inner {
                 waiter.responder.reply(
                     result.map(|version| Message::ClientCommitReply(ClientCommitReply { version })),
                 );
+                None
             }
         }
     }
 
-    /// Sends `request` to the sequencer in a task and feeds the reply to
-    /// the core through `then`.
-    fn spawn_call(
-        self: &Arc<Self>,
-        request: Message,
-        then: impl FnOnce(&mut ProxyCore<Waiter>, Result<Message, RpcError>, u64) -> Vec<Command<Waiter>>
-            + Send
-            + 'static,
-    ) {
-        let inner = self.clone();
-        tokio::spawn(async move {
-            let reply = async { inner.sequencer.client().await?.call(request).await }.await;
-            inner.event(|core, now| then(core, reply, now));
-        });
+    /// One request to the sequencer (which also runs the resolver).
+    async fn call(&self, request: Message) -> Result<Message, RpcError> {
+        self.sequencer.client().await?.call(request).await
     }
 
     /// Sends TLog `i` `requests[i]`, all at once, and waits until every one
@@ -316,12 +346,14 @@ impl Inner {
     }
 }
 
+/// Registers every team with its servers on the TLogs that hold it,
+/// retrying (with jittered backoff) while the TLogs start, for up to
+/// `timeout`.
 async fn register_teams(
     topology: &Topology,
     tlogs: &[Peer],
     timeout: Duration,
 ) -> Result<(), ProxyError> {
-    let deadline = tokio::time::Instant::now() + timeout;
     for team in topology.all_teams() {
         for index in topology.tlogs_of(team) {
             let tlog = &tlogs[index];
@@ -329,24 +361,27 @@ async fn register_teams(
                 team,
                 servers: topology.servers_of(team),
             };
-            loop {
-                let attempt = async { tlog.client().await?.register_team(request.clone()).await };
-                match attempt.await {
-                    Ok(()) => break,
-                    Err(source) if tokio::time::Instant::now() >= deadline => {
-                        return Err(ProxyError::Register {
-                            team,
-                            addr: tlog.addr(),
-                            source,
-                        })
-                    }
-                    Err(e) => {
-                        tracing::debug!(addr = %tlog.addr(), error = %e, "tlog not ready; retrying");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
+            let attempt = || async { tlog.client().await?.register_team(request.clone()).await };
+            attempt
+                .retry(startup_backoff(timeout))
+                .notify(|e, _| tracing::debug!(addr = %tlog.addr(), error = %e, "tlog not ready; retrying"))
+                .await
+                .map_err(|source| ProxyError::Register {
+                    team,
+                    addr: tlog.addr(),
+                    source,
+                })?;
         }
     }
     Ok(())
+}
+
+/// Retries while a peer starts: jittered, growing delays for up to `timeout`.
+pub(crate) fn startup_backoff(timeout: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(500))
+        .without_max_times()
+        .with_total_delay(Some(timeout))
 }

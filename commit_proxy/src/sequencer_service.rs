@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use backon::Retryable;
 use proto::clock::Clock;
 use proto::rpc::{
     ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply, SequencerStatusReply,
@@ -26,6 +27,7 @@ use proto::transport::{ClientConfig, Responder, RpcClient, Service};
 use proto::{ProxyId, Version};
 use tokio::sync::oneshot;
 
+use crate::proxy::startup_backoff;
 use crate::resolver::{ResolverCore, ResolverError};
 use crate::sequencer::{SequencerCore, SequencerError};
 
@@ -171,27 +173,20 @@ async fn expire_waiting(inner: Weak<Inner>) {
 }
 
 async fn durable_version_of(addr: SocketAddr, waited: Duration) -> Result<Version, StartError> {
-    let deadline = tokio::time::Instant::now() + waited;
-    loop {
-        let attempt = async {
-            let client = RpcClient::connect(addr, ClientConfig::default()).await?;
-            client.status().await
-        };
-        match attempt.await {
-            Ok(status) => return Ok(status.durable_version),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(StartError::TLogUnreachable {
-                    addr,
-                    waited,
-                    reason: e.to_string(),
-                })
-            }
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "tlog not reachable yet");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let attempt = || async {
+        let client = RpcClient::connect(addr, ClientConfig::default()).await?;
+        client.status().await
+    };
+    let status = attempt
+        .retry(startup_backoff(waited))
+        .notify(|e, _| tracing::debug!(%addr, error = %e, "tlog not reachable yet"))
+        .await
+        .map_err(|e| StartError::TLogUnreachable {
+            addr,
+            waited,
+            reason: e.to_string(),
+        })?;
+    Ok(status.durable_version)
 }
 
 fn sequencer_error(e: SequencerError) -> ErrorReply {

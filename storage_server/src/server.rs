@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use cluster::placement::tlogs_for_team;
 use cursor::{MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig, TeamSet};
 use proto::rpc::{
@@ -454,16 +455,23 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
     drop(first);
     let mut cursor =
         MutableTeamPeekCursor::<_, Ordered>::new(Arc::new(source), id, team_set, begin);
-    let mut backoff = Duration::from_millis(10);
+    // Jittered, growing delays between failed fetches; a fetch that works
+    // starts them over.
+    let retry_policy = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_secs(1))
+        .without_max_times();
+    let mut delays = retry_policy.build();
     loop {
         let fetched = cursor.remote_more_available().await;
         let Some(inner) = inner.upgrade() else { return };
         match fetched {
-            Ok(_) => backoff = Duration::from_millis(10),
+            Ok(_) => delays = retry_policy.build(),
             Err(e) if e.is_retryable() => {
                 tracing::debug!(error = %e, "peek failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(delay).await;
                 continue;
             }
             Err(e) => return inner.fail(e.to_string()),

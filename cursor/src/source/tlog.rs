@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use proto::rpc::ErrorCode;
 use proto::transport::{ClientConfig, Peer, RpcError};
 use proto::{PeekReply, PeekRequest, StorageTeamId, Version};
@@ -36,8 +37,9 @@ pub struct TLogSourceConfig {
     pub long_poll: Duration,
     /// Attempts per peek, over all of the team's replicas together.
     pub max_attempts: u32,
-    /// Sleep after a round in which every replica failed; doubles each
-    /// round up to `max_backoff`.
+    /// Sleep after a round in which every replica failed; grows each round
+    /// up to `max_backoff`, with jitter so that many cursors do not retry
+    /// in step.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -198,7 +200,12 @@ impl TLogSource {
             timeout_ms: u32::try_from(self.config.long_poll.as_millis()).unwrap_or(u32::MAX),
         };
         let attempts = self.config.max_attempts.max(1);
-        let mut backoff = self.config.initial_backoff;
+        let mut delays = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(self.config.initial_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .without_max_times()
+            .build();
         let mut every_replica_lacks_team = true;
         let mut last_error = None;
         for attempt in 0..attempts {
@@ -227,8 +234,8 @@ impl TLogSource {
             }
             let round_done = (attempt as usize + 1) % replicas.len() == 0;
             if round_done && attempt + 1 < attempts {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(self.config.max_backoff);
+                let delay = delays.next().unwrap_or(self.config.max_backoff);
+                tokio::time::sleep(delay).await;
             }
         }
         Err(match last_error {
