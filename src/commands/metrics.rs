@@ -8,33 +8,42 @@
 //! ```
 //!
 //! The role crates record through the `metrics` facade, which costs nothing
-//! until [`start_endpoint`] installs the recorder. The HTTP side is a few
-//! lines over tokio rather than the exporter's own listener, which would
-//! bring an HTTP stack for one route. A bad client cannot hurt the process:
-//! a connection gets a bounded request head, a deadline to send it and
-//! another to take the answer, and connections beyond a fixed number are
-//! closed at once.
+//! until [`start_endpoint`] installs the recorder. hyper serves the HTTP.
+//! The exporter's own listener is not used: it takes every connection and
+//! waits on each for ever. Here a bad client cannot hurt the process: a
+//! connection gets a bounded request head, a deadline to send it and another
+//! for the whole exchange, and connections beyond a fixed number are closed
+//! at once.
 //!
 //! Metric names start with `teamlog_` and carry their unit (`_seconds`,
 //! `_bytes`, `_total`, `_version`); the role modules document theirs.
 //! Latencies and batch sizes are Prometheus histograms.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-/// The most bytes of request head read before the request is refused.
+/// The most bytes of request head read before the request is refused
+/// (hyper takes no less than 8 KiB).
 const MAX_REQUEST_HEAD: usize = 8 << 10;
 /// How long a client has to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a client has to take the whole answer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole exchange may take, answer included.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed without an answer.
 const MAX_CONNECTIONS: usize = 32;
 /// How often histogram samples are folded into their buckets.
@@ -94,7 +103,10 @@ pub async fn start_endpoint(addr: SocketAddr) -> Result<SocketAddr> {
 /// Renders the current metrics in the Prometheus text format.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Answers scrapes on `listener` until the runtime stops.
+/// Answers scrapes on `listener` until the runtime stops. hyper parses the
+/// HTTP; this loop bounds what a client may hold: a connection slot, a
+/// request head of `MAX_REQUEST_HEAD` bytes sent within `READ_TIMEOUT`, and
+/// `CONNECTION_TIMEOUT` for the whole exchange.
 pub async fn serve(listener: TcpListener, render: Render) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -113,70 +125,46 @@ pub async fn serve(listener: TcpListener, render: Render) {
         };
         let render = render.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &render).await {
-                tracing::debug!(%peer, error = %e, "metrics request failed");
+            let service = service_fn(move |request| {
+                let response = answer(&request, &render);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics request failed"),
+                Err(_) => tracing::debug!(%peer, "metrics connection too slow; closed"),
             }
             drop(slot);
         });
     }
 }
 
-/// Reads one request head and answers it; the connection then closes.
-async fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
-    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "request head too slow")
-        })??;
-    let (status, body) = match head {
-        None => ("431 Request Header Fields Too Large", String::new()),
-        Some(head) => route(&head, render),
+fn answer(request: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
+    let (status, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, render()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, String::new()),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not taken"))?
-}
-
-/// The request head up to its blank line; None when it is too long.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Some(head));
-        }
-        if head.len() >= MAX_REQUEST_HEAD {
-            return Ok(None);
-        }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-}
-
-fn route(head: &[u8], render: &Render) -> (&'static str, String) {
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, target) = (parts.next(), parts.next());
-    match (method, target) {
-        (Some(b"GET"), Some(b"/metrics")) => ("200 OK", render()),
-        (Some(b"GET"), Some(_)) => ("404 Not Found", "try /metrics\n".into()),
-        _ => ("405 Method Not Allowed", String::new()),
-    }
+    response
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
 
     async fn endpoint() -> SocketAddr {
@@ -199,7 +187,12 @@ mod tests {
         let addr = endpoint().await;
         let response = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-        assert!(response.contains("Content-Length: 15\r\n"), "{response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("content-length: 15\r\n"),
+            "{response}"
+        );
         assert!(response.ends_with("\r\n\r\nteamlog_test 1\n"), "{response}");
     }
 
@@ -218,6 +211,48 @@ mod tests {
         assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
         // The endpoint still serves after those.
         let ok = exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.starts_with("HTTP/1.0 200 OK"), "{ok}");
+    }
+
+    /// Reads until the endpoint closes the connection; panics if it has not
+    /// within a deadline far beyond the endpoint's own timeouts.
+    async fn wait_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut got))
+            .await
+            .expect("the endpoint closes the connection")
+            .ok();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_request_is_closed() {
+        let addr = endpoint().await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /met").await.unwrap();
+        let got = wait_closed(&mut idle).await;
+        assert!(!String::from_utf8_lossy(&got).contains("teamlog_test"));
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
+        let addr = endpoint().await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted after the held ones, it finds no slot: closed unanswered.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(wait_closed(&mut extra).await.is_empty());
+        drop(held);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            if response.starts_with("HTTP/1.1 200 OK") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+            tokio::task::yield_now().await;
+        }
     }
 }
