@@ -99,6 +99,7 @@ pub struct RegisterTeamRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TeamStatus {
     pub team: StorageTeamId,
     pub popped: Version,
@@ -107,6 +108,7 @@ pub struct TeamStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TLogStatusReply {
     pub durable_version: Version,
     pub known_committed_version: Version,
@@ -224,6 +226,7 @@ pub struct GetRangeReply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StorageStatusReply {
     pub server: StorageServerId,
     pub applied_version: Version,
@@ -236,6 +239,7 @@ pub struct StorageStatusReply {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct SequencerStatusReply {
     /// The last commit version handed out.
     pub last_version: Version,
@@ -244,6 +248,7 @@ pub struct SequencerStatusReply {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ProxyStatusReply {
     pub proxy: ProxyId,
     /// The highest version this proxy saw durable on every TLog.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 /// A commit version: strictly increasing cluster-wide, handed out by the
 /// sequencer, advancing about 1,000,000 per second of wall time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct Version(pub u64);
 
 impl Version {
@@ -42,6 +43,7 @@ impl fmt::Display for Subsequence {
 /// A storage team: the servers that hold the same shards and consume the
 /// same team stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct StorageTeamId(pub u64);
 
 impl fmt::Display for StorageTeamId {
@@ -52,6 +54,7 @@ impl fmt::Display for StorageTeamId {
 
 /// A storage server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct StorageServerId(pub u64);
 
 impl fmt::Display for StorageServerId {
@@ -62,6 +65,7 @@ impl fmt::Display for StorageServerId {
 
 /// A commit proxy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct ProxyId(pub u64);
 
 impl fmt::Display for ProxyId {

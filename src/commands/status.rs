@@ -12,8 +12,10 @@
 //! A process is *healthy* when it answered in time with its role's status
 //! (and, for a TLog, is not poisoned).
 //!
-//! The JSON shape (field names are stable; versions are integers; a
-//! process's `status` is null, and `error` says why, when it is unhealthy):
+//! The JSON shape (field names are stable; versions and ids are integers; a
+//! process's `status` is its reply as the protocol defines it, plus a
+//! storage server's lag; it is null, and `error` says why, when the process
+//! is unhealthy):
 //!
 //! ```json
 //! { "healthy": true, "processes": 8, "unhealthy": 0,
@@ -22,7 +24,7 @@
 //!                  "healthy": true, "error": null,
 //!                  "status": { "last_version": 1210, "committed_version": 1200 } },
 //!   "proxies": [ { "role": "proxy", "id": 1, "address": "...", "healthy": true, "error": null,
-//!                  "status": { "known_committed_version": 1200, "commits": 10 } } ],
+//!                  "status": { "proxy": 1, "known_committed_version": 1200, "commits": 10 } } ],
 //!   "tlogs": [ { "role": "tlog", "id": 0, "address": "...", "healthy": true, "error": null,
 //!                "status": { "durable_version": 1210, "known_committed_version": 1190,
 //!                            "locked": false, "poisoned": false,
@@ -32,7 +34,7 @@
 //!                                         "servers": [100, 101] } ] } } ],
 //!   "storage_servers": [ { "role": "storage", "id": 100, "address": "...",
 //!                          "healthy": true, "error": null,
-//!                          "status": { "applied_version": 1200, "durable_version": 900,
+//!                          "status": { "server": 100, "applied_version": 1200, "durable_version": 900,
 //!                                      "oldest_readable_version": 900,
 //!                                      "committed_version": 1200, "lag_versions": 0,
 //!                                      "lag_seconds": 0.0, "window_bytes": 512,
@@ -53,8 +55,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use futures::future::join_all;
-use proto::rpc::{Message, ProxyStatusReply, SequencerStatusReply, StorageStatusReply};
+use proto::rpc::{
+    Message, ProxyStatusReply, SequencerStatusReply, StorageStatusReply, TLogStatusReply,
+};
 use proto::transport::{ClientConfig, RpcClient};
+use proto::Version;
 use serde::Serialize;
 
 use cluster::ClusterFile;
@@ -81,9 +86,9 @@ pub struct ClusterStatus {
     pub unhealthy: usize,
     /// The sequencer's committed version; null when it did not answer.
     pub committed_version: Option<u64>,
-    pub sequencer: ProcessStatus<SequencerStatus>,
-    pub proxies: Vec<ProcessStatus<ProxyStatus>>,
-    pub tlogs: Vec<ProcessStatus<TLogStatus>>,
+    pub sequencer: ProcessStatus<SequencerStatusReply>,
+    pub proxies: Vec<ProcessStatus<ProxyStatusReply>>,
+    pub tlogs: Vec<ProcessStatus<TLogStatusReply>>,
     pub storage_servers: Vec<ProcessStatus<StorageStatus>>,
 }
 
@@ -99,49 +104,13 @@ pub struct ProcessStatus<T> {
     pub status: Option<T>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct SequencerStatus {
-    pub last_version: u64,
-    pub committed_version: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ProxyStatus {
-    pub known_committed_version: u64,
-    pub commits: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TLogStatus {
-    pub durable_version: u64,
-    pub known_committed_version: u64,
-    pub locked: bool,
-    pub poisoned: bool,
-    pub memory_bytes: u64,
-    pub memory_budget: u64,
-    pub disk_bytes: u64,
-    pub truncation_blocker: Option<u64>,
-    pub teams: Vec<TLogTeamStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TLogTeamStatus {
-    pub team: u64,
-    pub popped: u64,
-    pub bytes: u64,
-    pub servers: Vec<u64>,
-}
-
+/// A storage server's reply, with its lag behind the committed version.
 #[derive(Debug, Serialize)]
 pub struct StorageStatus {
-    pub applied_version: u64,
-    pub durable_version: u64,
-    pub oldest_readable_version: u64,
-    pub committed_version: u64,
+    #[serde(flatten)]
+    pub reply: StorageStatusReply,
     pub lag_versions: u64,
     pub lag_seconds: f64,
-    pub window_bytes: u64,
-    pub teams: Vec<u64>,
 }
 
 pub async fn run(args: StatusArgs) -> Result<()> {
@@ -189,22 +158,12 @@ pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
     let (sequencer, proxies, tlogs, storage) = tokio::join!(sequencer, proxies, tlogs, storage);
 
     let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
-    let sequencer = process(
-        "sequencer",
-        None,
-        cluster.sequencer.address,
-        sequencer,
-        |r| Ok(sequencer_status(r)),
-    );
+    let sequencer = process("sequencer", None, cluster.sequencer.address, sequencer, Ok);
     let proxies: Vec<_> = cluster
         .proxies
         .iter()
         .zip(proxies)
-        .map(|(entry, reply)| {
-            process("proxy", Some(entry.id), entry.address, reply, |r| {
-                Ok(proxy_status(r))
-            })
-        })
+        .map(|(entry, reply)| process("proxy", Some(entry.id), entry.address, reply, Ok))
         .collect();
     let tlogs: Vec<_> = cluster
         .tlogs
@@ -216,7 +175,7 @@ pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
                 if r.poisoned {
                     return Err("poisoned: a sync failed; restart it".to_string());
                 }
-                Ok(tlog_status(r))
+                Ok(r)
             })
         })
         .collect();
@@ -295,61 +254,24 @@ fn process<R, T>(
     }
 }
 
-fn sequencer_status(r: SequencerStatusReply) -> SequencerStatus {
-    SequencerStatus {
-        last_version: r.last_version.0,
-        committed_version: r.committed_version.0,
-    }
-}
-
-fn proxy_status(r: ProxyStatusReply) -> ProxyStatus {
-    ProxyStatus {
-        known_committed_version: r.known_committed_version.0,
-        commits: r.commits,
-    }
-}
-
-fn tlog_status(r: proto::rpc::TLogStatusReply) -> TLogStatus {
-    TLogStatus {
-        durable_version: r.durable_version.0,
-        known_committed_version: r.known_committed_version.0,
-        locked: r.locked,
-        poisoned: r.poisoned,
-        memory_bytes: r.memory_bytes,
-        memory_budget: r.memory_budget,
-        disk_bytes: r.disk_bytes,
-        truncation_blocker: r.truncation_blocker.map(|t| t.0),
-        teams: r
-            .teams
-            .into_iter()
-            .map(|t| TLogTeamStatus {
-                team: t.team.0,
-                popped: t.popped.0,
-                bytes: t.bytes,
-                servers: t.servers.into_iter().map(|s| s.0).collect(),
-            })
-            .collect(),
-    }
-}
-
 /// The server's own view of the committed version is taken before its
 /// applied version, so the two are consistent; the sequencer's stands in
 /// when the server could not ask (it reports 0).
-fn storage_status(r: StorageStatusReply, sequencer_committed: Option<u64>) -> StorageStatus {
-    let committed = match r.committed_version.0 {
-        0 => sequencer_committed.unwrap_or(0),
-        own => own,
-    };
-    let lag = committed.saturating_sub(r.applied_version.0);
+fn storage_status(
+    mut reply: StorageStatusReply,
+    sequencer_committed: Option<u64>,
+) -> StorageStatus {
+    if reply.committed_version == Version::ZERO {
+        reply.committed_version = Version(sequencer_committed.unwrap_or(0));
+    }
+    let lag = reply
+        .committed_version
+        .0
+        .saturating_sub(reply.applied_version.0);
     StorageStatus {
-        applied_version: r.applied_version.0,
-        durable_version: r.durable_version.0,
-        oldest_readable_version: r.oldest_readable_version.0,
-        committed_version: committed,
+        reply,
         lag_versions: lag,
         lag_seconds: lag as f64 / VERSIONS_PER_SECOND,
-        window_bytes: r.window_bytes,
-        teams: r.teams.into_iter().map(|t| t.0).collect(),
     }
 }
 
@@ -384,12 +306,12 @@ pub fn render_text(status: &ClusterStatus) -> String {
     for tlog in &status.tlogs {
         row(&mut out, tlog, tlog_details);
         for team in tlog.status.iter().flat_map(|s| &s.teams) {
-            let servers: Vec<String> = team.servers.iter().map(u64::to_string).collect();
+            let servers: Vec<String> = team.servers.iter().map(|s| s.0.to_string()).collect();
             let _ = writeln!(
                 out,
                 "{:50}team {}: {}, popped {}, servers {}",
                 "",
-                team.team,
+                team.team.0,
                 bytes(team.bytes),
                 team.popped,
                 servers.join(",")
@@ -398,16 +320,17 @@ pub fn render_text(status: &ClusterStatus) -> String {
     }
     for server in &status.storage_servers {
         row(&mut out, server, |s| {
-            let teams: Vec<String> = s.teams.iter().map(u64::to_string).collect();
+            let r = &s.reply;
+            let teams: Vec<String> = r.teams.iter().map(|t| t.0.to_string()).collect();
             format!(
                 "applied {}, durable {}, oldest readable {}, lag {} versions ({:.3} s), \
                  window {}, teams {}",
-                s.applied_version,
-                s.durable_version,
-                s.oldest_readable_version,
+                r.applied_version,
+                r.durable_version,
+                r.oldest_readable_version,
                 s.lag_versions,
                 s.lag_seconds,
-                bytes(s.window_bytes),
+                bytes(r.window_bytes),
                 teams.join(",")
             )
         });
@@ -415,7 +338,7 @@ pub fn render_text(status: &ClusterStatus) -> String {
     out
 }
 
-fn tlog_details(s: &TLogStatus) -> String {
+fn tlog_details(s: &TLogStatusReply) -> String {
     let mut details = format!(
         "durable {}, known committed {}, memory {} of {}, disk {}",
         s.durable_version,
@@ -431,7 +354,7 @@ fn tlog_details(s: &TLogStatus) -> String {
         details.push_str(", POISONED");
     }
     if let Some(team) = s.truncation_blocker {
-        let _ = write!(details, ", truncation held back by team {team}");
+        let _ = write!(details, ", truncation held back by team {}", team.0);
     }
     details
 }
@@ -473,7 +396,8 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{StorageServerId, StorageTeamId, Version};
+    use proto::rpc::TeamStatus;
+    use proto::{ProxyId, StorageServerId, StorageTeamId};
 
     fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
         StorageStatusReply {
@@ -503,31 +427,37 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
         let status = ClusterStatus {
             healthy: false,
-            processes: 3,
+            processes: 4,
             unhealthy: 1,
             committed_version: Some(42),
             sequencer: process("sequencer", None, addr, Ok(()), |()| {
-                Ok(SequencerStatus {
-                    last_version: 43,
-                    committed_version: 42,
+                Ok(SequencerStatusReply {
+                    last_version: Version(43),
+                    committed_version: Version(42),
                 })
             }),
-            proxies: Vec::new(),
+            proxies: vec![process("proxy", Some(1), addr, Ok(()), |()| {
+                Ok(ProxyStatusReply {
+                    proxy: ProxyId(1),
+                    known_committed_version: Version(42),
+                    commits: 9,
+                })
+            })],
             tlogs: vec![process("tlog", Some(0), addr, Ok(()), |()| {
-                Ok(TLogStatus {
-                    durable_version: 43,
-                    known_committed_version: 41,
+                Ok(TLogStatusReply {
+                    durable_version: Version(43),
+                    known_committed_version: Version(41),
                     locked: false,
                     poisoned: false,
                     memory_bytes: 2048,
                     memory_budget: 1 << 20,
                     disk_bytes: 64 << 20,
-                    truncation_blocker: Some(1),
-                    teams: vec![TLogTeamStatus {
-                        team: 1,
-                        popped: 7,
+                    truncation_blocker: Some(StorageTeamId(1)),
+                    teams: vec![TeamStatus {
+                        team: StorageTeamId(1),
+                        popped: Version(7),
                         bytes: 512,
-                        servers: vec![100, 101],
+                        servers: vec![StorageServerId(100), StorageServerId(101)],
                     }],
                 })
             })],
@@ -540,7 +470,8 @@ mod tests {
             )],
         };
         let text = render_text(&status);
-        assert!(text.starts_with("2 of 3 processes healthy; committed version 42"));
+        assert!(text.starts_with("3 of 4 processes healthy; committed version 42"));
+        assert!(text.contains("known committed 42, commits 9"), "{text}");
         assert!(text.contains("last 43, committed 42"), "{text}");
         assert!(
             text.contains("memory 2.0 KiB of 1.0 MiB, disk 64.0 MiB"),
@@ -559,6 +490,18 @@ mod tests {
             serde_json::Value::Null
         );
         assert_eq!(json["tlogs"][0]["status"]["teams"][0]["bytes"], 512);
+        assert_eq!(
+            json["tlogs"][0]["status"]["teams"][0]["servers"],
+            serde_json::json!([100, 101])
+        );
+        assert_eq!(json["tlogs"][0]["status"]["truncation_blocker"], 1);
+        assert_eq!(json["sequencer"]["status"]["last_version"], 43);
+        assert_eq!(json["proxies"][0]["status"]["known_committed_version"], 42);
         assert!(json["sequencer"].get("id").is_none());
+        let storage = storage_status(storage_reply(1_000, 0), Some(3_000));
+        let json = serde_json::to_value(&storage).unwrap();
+        assert_eq!(json["committed_version"], 3_000);
+        assert_eq!(json["lag_versions"], 2_000);
+        assert_eq!(json["teams"], serde_json::json!([1]));
     }
 }

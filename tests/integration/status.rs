@@ -65,12 +65,20 @@ fn every_process(json: &Value) -> Vec<&Value> {
     all
 }
 
+/// An integer field that must be there: a missing one fails the test
+/// rather than comparing as `None`.
+fn number(status: &Value, name: &str) -> u64 {
+    status[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer {name} in {status:#}"))
+}
+
 fn caught_up(json: &Value, version: Version) -> bool {
     json["healthy"] == true
         && json["storage_servers"].as_array().is_some_and(|servers| {
             servers.iter().all(|s| {
-                s["status"]["lag_versions"] == 0
-                    && s["status"]["applied_version"].as_u64() >= Some(version.0)
+                number(&s["status"], "lag_versions") == 0
+                    && number(&s["status"], "applied_version") >= version.0
             })
         })
 }
@@ -104,40 +112,32 @@ async fn status_shows_every_process_healthy_then_a_killed_storage_server() -> Re
         assert_eq!(process["error"], Value::Null, "{process:#}");
         assert!(process["address"].is_string(), "{process:#}");
     }
-    let committed = json["committed_version"].as_u64().unwrap();
+    let committed = number(&json, "committed_version");
     assert!(committed >= last.0, "{json:#}");
     let sequencer = &json["sequencer"]["status"];
-    assert!(sequencer["last_version"].as_u64() >= Some(committed));
+    assert!(number(sequencer, "last_version") >= committed);
     let commits: u64 = json["proxies"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["status"]["commits"].as_u64().unwrap())
+        .map(|p| number(&p["status"], "commits"))
         .sum();
     assert_eq!(commits, 4);
     for tlog in json["tlogs"].as_array().unwrap() {
         let status = &tlog["status"];
-        assert!(
-            status["durable_version"].as_u64() >= Some(committed),
-            "{tlog:#}"
-        );
+        assert!(number(status, "durable_version") >= committed, "{tlog:#}");
         assert_eq!(status["locked"], false);
         assert_eq!(status["poisoned"], false);
-        assert!(status["disk_bytes"].as_u64() > Some(0), "{tlog:#}");
+        assert!(number(status, "disk_bytes") > 0, "{tlog:#}");
         let teams = status["teams"].as_array().unwrap();
         assert!(!teams.is_empty(), "{tlog:#}");
-        assert!(
-            teams.iter().any(|t| t["bytes"].as_u64() > Some(0)),
-            "{tlog:#}"
-        );
+        assert!(teams.iter().any(|t| number(t, "bytes") > 0), "{tlog:#}");
     }
     for server in json["storage_servers"].as_array().unwrap() {
         let status = &server["status"];
-        assert!(
-            status["applied_version"].as_u64() >= Some(last.0),
-            "{server:#}"
-        );
-        assert!(status["durable_version"].as_u64() <= status["applied_version"].as_u64());
+        let applied = number(status, "applied_version");
+        assert!(applied >= last.0, "{server:#}");
+        assert!(number(status, "durable_version") <= applied, "{server:#}");
         assert!(status["lag_seconds"].as_f64() == Some(0.0), "{server:#}");
         assert_eq!(status["teams"].as_array().unwrap().len(), 1, "{server:#}");
     }
