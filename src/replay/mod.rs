@@ -18,6 +18,7 @@
 
 pub mod generate;
 pub mod log_path;
+pub mod plot;
 pub mod report;
 pub mod trace;
 
@@ -37,7 +38,8 @@ use proto::shard_map::ShardMap;
 use proto::transport::{ClientConfig, Peer, RpcError};
 use proto::{Mutation, Version};
 
-use crate::replay::report::{write_svg, CheckResult, CommitCounts, Recorder, ReplayResult};
+use crate::replay::plot::write_svg;
+use crate::replay::report::{CheckResult, CommitCounts, Recorder, ReplayResult};
 use crate::replay::trace::{Model, TraceEvent, TraceOp, TraceReader};
 use client::{Client, ClientError};
 use cluster::ClusterFile;
