@@ -124,10 +124,10 @@ fn run(cli: Cli) -> Result<()> {
 /// glibc's allocator gives freed memory back to the kernel early: a
 /// buffer over 128 KiB is mapped and unmapped each time, and a heap trims a
 /// free top over twice that. So a TLog's commit and frame buffers were
-/// faulted in and zeroed again on every commit (18% of its CPU at 64
-/// committers of 64 KiB). Heaps now keep up to 64 MiB free, and only
-/// buffers over 16 MiB are mapped on their own. (mimalloc removed the faults
-/// too, but cost the commit proxies a third of their commits/s.)
+/// faulted in and zeroed again on every commit. Heaps now keep up to 64 MiB
+/// free, and only buffers over 16 MiB are mapped on their own. mimalloc
+/// removed the faults too but slowed the commit proxies (BENCHMARKS.md,
+/// TLog section).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt changes allocator settings only; it runs before any

@@ -22,12 +22,10 @@
 //!
 //! Why zero-fill rather than `fallocate`: on ext4 `fallocate` leaves the
 //! extents "unwritten", so the first write into each block must convert the
-//! extent and every such fdatasync also commits metadata. Measured on the
-//! reference machine (1000 × 4 KiB pwrite + fdatasync into a 64 MiB file,
-//! three runs): zero-filled p50 0.08–0.14 ms, p99 0.16–0.25 ms; fallocate'd
-//! p50 0.17–0.18 ms, p99 0.27–0.62 ms. Zero-filling costs one sequential
-//! write of the segment at creation (about 45 ms for 64 MiB), paid once per
-//! segment instead of on every group commit.
+//! extent and every such fdatasync also commits metadata, which made small
+//! synced appends slower (BENCHMARKS.md, TLog section). Zero-filling costs
+//! one sequential write of the segment at creation, paid once per segment
+//! instead of on every group commit.
 //!
 //! Reads use positioned I/O on shared `Arc<File>` handles, so readers on
 //! other threads never contend with the writer for a file offset.
