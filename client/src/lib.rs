@@ -115,7 +115,11 @@ impl Client {
                     other.name()
                 ))),
                 Err(RpcError::Remote { code, message }) => Err(match code {
-                    ErrorCode::CommitUnknownResult => ClientError::UnknownResult(message),
+                    // `unknown` is what a proxy's responder says when it is
+                    // dropped unanswered, which can happen after the push.
+                    ErrorCode::CommitUnknownResult | ErrorCode::Unknown => {
+                        ClientError::UnknownResult(message)
+                    }
                     code => ClientError::Refused { code, message },
                 }),
                 Err(e) => Err(ClientError::UnknownResult(format!("{}: {e}", proxy.addr()))),

@@ -436,7 +436,7 @@ impl<W> ProxyCore<W> {
                     versions.version,
                     &batch.commits,
                 )
-                .map_err(|e| ErrorReply::new(ErrorCode::Unknown, e.to_string()))
+                .map_err(|e| ErrorReply::new(ErrorCode::InvalidBlock, e.to_string()))
             }
             Err(e) => Err(ErrorReply::new(
                 ErrorCode::Unavailable,
