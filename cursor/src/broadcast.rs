@@ -17,7 +17,7 @@ use proto::{StorageTeamId, Subsequence, Version, VersionedMutation};
 
 use crate::error::CursorError;
 use crate::group::{peek_cursor_over_group, MergeOrder, Ordered, StreamGroup};
-use crate::peek_cursor::PeekCursor;
+use crate::peek_cursor::{Fetched, PeekCursor};
 use crate::source::PeekSource;
 use crate::stream::TeamStream;
 use crate::DEFAULT_MAX_BYTES;

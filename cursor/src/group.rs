@@ -30,8 +30,16 @@ macro_rules! peek_cursor_over_group {
     ($cursor:ident) => {
         impl<S: PeekSource, O: MergeOrder> PeekCursor for $cursor<S, O> {
             async fn remote_more_available(&mut self) -> Result<bool, CursorError> {
-                self.group.refill().await?;
-                Ok(self.group.has_remaining())
+                Ok(self.fetch().await? == Fetched::Mutations)
+            }
+
+            async fn fetch(&mut self) -> Result<Fetched, CursorError> {
+                let moved = self.group.refill().await?;
+                Ok(Fetched::after(
+                    self.group.has_remaining(),
+                    self.group.is_end_of_stream(),
+                    moved,
+                ))
             }
 
             fn has_remaining(&mut self) -> bool {

@@ -13,7 +13,8 @@
 //!                                 PeekCursor: get / next / reset / advance_to
 //! ```
 //!
-//! Every cursor implements [`PeekCursor`]: [`remote_more_available`] fetches,
+//! Every cursor implements [`PeekCursor`]: [`fetch`] (or
+//! [`remote_more_available`]) fetches and says what came ([`Fetched`]),
 //! then [`has_remaining`]/[`get`]/[`next`] walk the local data, which stays
 //! re-iterable with [`reset`] until the next fetch. [`PeekCursor::iter`] and
 //! [`PeekCursor::next_mutation`] are the iterator forms.
@@ -35,6 +36,7 @@
 //! retired once its tail was delivered, and [`PeekCursor::is_end_of_stream`]
 //! turns true once every team is retired.
 //!
+//! [`fetch`]: PeekCursor::fetch
 //! [`remote_more_available`]: PeekCursor::remote_more_available
 //! [`has_remaining`]: PeekCursor::has_remaining
 //! [`get`]: PeekCursor::get
@@ -54,7 +56,7 @@ pub use broadcast::BroadcastedStorageTeamPeekCursor;
 pub use error::{CorruptData, CursorError, SourceError};
 pub use group::{MergeOrder, Ordered, Unordered};
 pub use mutable::MutableTeamPeekCursor;
-pub use peek_cursor::{LocalMutations, PeekCursor};
+pub use peek_cursor::{Fetched, LocalMutations, PeekCursor};
 pub use proto::team_set::{team_set_key, TeamSet, TeamSetError};
 pub use source::{BroadcastMode, MemorySource, PeekSource, TLogSource, TLogSourceConfig};
 pub use team::StorageTeamPeekCursor;

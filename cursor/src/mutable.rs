@@ -24,7 +24,7 @@ use proto::{Mutation, StorageServerId, StorageTeamId, Subsequence, Version, Vers
 
 use crate::error::{CorruptData, CursorError};
 use crate::group::{peek_cursor_over_group, MergeOrder, Ordered, StreamGroup};
-use crate::peek_cursor::PeekCursor;
+use crate::peek_cursor::{Fetched, PeekCursor};
 use crate::source::PeekSource;
 use crate::stream::TeamStream;
 use crate::DEFAULT_MAX_BYTES;

@@ -30,7 +30,7 @@ use crate::error::CursorError;
 /// ```
 /// # use std::sync::Arc;
 /// # use bytes::Bytes;
-/// # use cursor::{BroadcastMode, MemorySource, PeekCursor, StorageTeamPeekCursor};
+/// # use cursor::{BroadcastMode, Fetched, MemorySource, PeekCursor, StorageTeamPeekCursor};
 /// # use proto::{Mutation, StorageTeamId, Subsequence, Version};
 /// # futures::executor::block_on(async {
 /// let source = Arc::new(MemorySource::new(BroadcastMode::NoBroadcast));
@@ -43,9 +43,12 @@ use crate::error::CursorError;
 ///
 /// let mut cursor = StorageTeamPeekCursor::new(source, team, Version(1));
 /// let mut versions = Vec::new();
-/// while !cursor.is_end_of_stream() {
-///     if !cursor.remote_more_available().await? {
-///         continue; // nothing new yet (a real TLog long-polls here)
+/// loop {
+///     match cursor.fetch().await? {
+///         Fetched::Mutations => {}
+///         // Nothing to yield yet (a real TLog long-polls before saying so).
+///         Fetched::Nothing | Fetched::Progress => continue,
+///         Fetched::EndOfStream => break,
 ///     }
 ///     while cursor.has_remaining() {
 ///         versions.push(cursor.get().version);
@@ -57,12 +60,20 @@ use crate::error::CursorError;
 /// ```
 pub trait PeekCursor {
     /// Fetches more from the source: the teams that ran dry and hold the
-    /// others back. Call only when `!has_remaining()`. Returns whether local
-    /// data is available now; `Ok(false)` means nothing new yet, or the end
-    /// of the stream ([`is_end_of_stream`](Self::is_end_of_stream)).
+    /// others back. Call only when `!has_remaining()`. Says what the fetch
+    /// brought; see [`Fetched`].
     ///
-    /// On error, replies that did arrive are kept; a retryable error
-    /// ([`CursorError::is_retryable`]) is followed by simply calling again.
+    /// A fetch, failed or not, starts a new batch: [`reset`](Self::reset)
+    /// then rewinds to what this fetch brought, never to an earlier batch.
+    /// On error, replies that did arrive are kept (and can be yielded); a
+    /// retryable error ([`CursorError::is_retryable`]) is followed by simply
+    /// calling again.
+    fn fetch(&mut self) -> impl Future<Output = Result<Fetched, CursorError>> + Send;
+
+    /// [`fetch`](Self::fetch), answering only whether local data is
+    /// available now (003's `remoteMoreAvailable`). `Ok(false)` covers
+    /// three cases [`Fetched`] tells apart: nothing new, progress without
+    /// anything to yield yet, and the end of the stream.
     fn remote_more_available(&mut self) -> impl Future<Output = Result<bool, CursorError>> + Send;
 
     /// Whether local data remains; never fetches.
@@ -130,6 +141,39 @@ pub trait PeekCursor {
             let mutation = self.get().clone();
             self.next();
             Ok(Some(mutation))
+        }
+    }
+}
+
+/// What one [`PeekCursor::fetch`] brought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// Mutations are ready to yield.
+    Mutations,
+    /// The streams moved (versions completed, teams added or retired) but
+    /// nothing can be yielded yet, e.g. another team still holds the
+    /// version barrier back: fetch again.
+    Progress,
+    /// Nothing new: every team asked had nothing after its position (a
+    /// TLog's long poll ended empty). Fetch again.
+    Nothing,
+    /// Nothing more can ever come: every team's epoch ended and its tail
+    /// was delivered. Fetching again brings nothing.
+    EndOfStream,
+}
+
+impl Fetched {
+    /// What a fetch brought, from the cursor's state after it and whether
+    /// any stream moved.
+    pub(crate) fn after(has_remaining: bool, end_of_stream: bool, moved: bool) -> Fetched {
+        if has_remaining {
+            Fetched::Mutations
+        } else if end_of_stream {
+            Fetched::EndOfStream
+        } else if moved {
+            Fetched::Progress
+        } else {
+            Fetched::Nothing
         }
     }
 }

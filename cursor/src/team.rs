@@ -12,7 +12,7 @@
 use proto::{StorageTeamId, Subsequence, Version, VersionedMutation};
 
 use crate::error::CursorError;
-use crate::peek_cursor::PeekCursor;
+use crate::peek_cursor::{Fetched, PeekCursor};
 use crate::source::PeekSource;
 use crate::stream::{Position, TeamStream};
 use crate::DEFAULT_MAX_BYTES;
@@ -74,30 +74,37 @@ impl<S: PeekSource> StorageTeamPeekCursor<S> {
         self.stream.frontier
     }
 
-    /// One peek; returns whether the stream moved.
-    async fn fetch(&mut self) -> Result<bool, CursorError> {
+    /// One peek; returns whether the stream moved. Failed or not, it
+    /// starts a new batch for `reset`.
+    async fn peek_once(&mut self) -> Result<bool, CursorError> {
         let team = self.stream.team;
         let begin = self.stream.fetch_begin(self.floor);
-        let reply = self
-            .source
-            .peek(team, begin, self.max_bytes)
-            .await
-            .map_err(|source| CursorError::Source {
+        let moved = match self.source.peek(team, begin, self.max_bytes).await {
+            Ok(reply) => self.stream.ingest(begin, reply),
+            Err(source) => Err(CursorError::Source {
                 team,
                 begin,
                 source,
-            })?;
-        let moved = self.stream.ingest(begin, reply)?;
+            }),
+        };
         self.stream.snapshot_pos = self.stream.pos;
         self.stream.skip_below(self.floor, Version::MAX);
-        Ok(moved)
+        moved
     }
 }
 
 impl<S: PeekSource> PeekCursor for StorageTeamPeekCursor<S> {
     async fn remote_more_available(&mut self) -> Result<bool, CursorError> {
-        self.fetch().await?;
-        Ok(self.stream.has_remaining())
+        Ok(self.fetch().await? == Fetched::Mutations)
+    }
+
+    async fn fetch(&mut self) -> Result<Fetched, CursorError> {
+        let moved = self.peek_once().await?;
+        Ok(Fetched::after(
+            self.stream.has_remaining(),
+            self.is_end_of_stream(),
+            moved,
+        ))
     }
 
     fn has_remaining(&mut self) -> bool {
@@ -127,7 +134,7 @@ impl<S: PeekSource> PeekCursor for StorageTeamPeekCursor<S> {
         self.floor = self.floor.max((version, subsequence));
         self.stream.skip_below(self.floor, Version::MAX);
         while !self.stream.has_remaining() && !self.is_end_of_stream() {
-            if !self.fetch().await? {
+            if !self.peek_once().await? {
                 break;
             }
         }

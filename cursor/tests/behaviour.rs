@@ -2,17 +2,19 @@
 //! fetches, empty versions, the barrier in both modes, end of stream, bad
 //! data and refusals, and the iterator forms.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cursor::{
-    BroadcastMode, BroadcastedStorageTeamPeekCursor, CorruptData, CursorError, MemorySource,
-    MutableTeamPeekCursor, Ordered, PeekCursor, SourceError, StorageTeamPeekCursor, TeamSet,
-    TeamSetError, Unordered,
+    BroadcastMode, BroadcastedStorageTeamPeekCursor, CorruptData, CursorError, Fetched,
+    MemorySource, MutableTeamPeekCursor, Ordered, PeekCursor, PeekSource, SourceError,
+    StorageTeamPeekCursor, TeamSet, TeamSetError, Unordered,
 };
 use futures::executor::block_on;
 use proto::{
-    Mutation, StorageServerId, StorageTeamId, Subsequence, TeamBlockBuilder, Version,
+    Mutation, PeekReply, StorageServerId, StorageTeamId, Subsequence, TeamBlockBuilder, Version,
     VersionedMutation,
 };
 
@@ -363,4 +365,124 @@ fn a_team_added_by_a_change_is_fetched_in_the_same_refill() {
         cursor.team_set().teams.into_iter().collect::<Vec<_>>(),
         [A, B]
     );
+}
+
+#[test]
+fn a_fetch_says_what_it_brought() {
+    let source = source_with(BroadcastMode::NoBroadcast, &[A, B]);
+    source
+        .commit(Version(1), &[(A, Subsequence(1), set("a1"))])
+        .unwrap();
+    let mut single = StorageTeamPeekCursor::new(source.clone(), A, Version(1));
+    assert_eq!(block_on(single.fetch()), Ok(Fetched::Mutations));
+    assert_eq!(keys(&mut single), ["a1"]);
+    assert_eq!(block_on(single.fetch()), Ok(Fetched::Nothing));
+
+    // B's TLog has not reached version 2: A's version 2 waits at the barrier.
+    source
+        .commit(Version(2), &[(A, Subsequence(1), set("a2"))])
+        .unwrap();
+    source.set_visible_end(B, Some(Version(2)));
+    let mut merged =
+        BroadcastedStorageTeamPeekCursor::<_, Ordered>::new(source.clone(), [A, B], Version(2));
+    assert_eq!(block_on(merged.fetch()), Ok(Fetched::Progress));
+    assert!(!merged.has_remaining());
+    source.set_visible_end(B, None);
+    assert_eq!(block_on(merged.fetch()), Ok(Fetched::Mutations));
+    assert_eq!(keys(&mut merged), ["a2"]);
+
+    source.lock();
+    assert_eq!(block_on(merged.fetch()), Ok(Fetched::EndOfStream));
+    assert_eq!(block_on(merged.fetch()), Ok(Fetched::EndOfStream));
+    assert!(!block_on(merged.remote_more_available()).unwrap());
+}
+
+/// A memory source that refuses every peek while `failing` is set.
+struct FlakySource {
+    inner: Arc<MemorySource>,
+    failing: AtomicBool,
+}
+
+impl PeekSource for FlakySource {
+    fn peek(
+        &self,
+        team: StorageTeamId,
+        begin: Version,
+        max_bytes: u32,
+    ) -> impl Future<Output = Result<PeekReply, SourceError>> + Send {
+        let failing = self.failing.load(Ordering::SeqCst);
+        let reply = self.inner.peek(team, begin, max_bytes);
+        async move {
+            if failing {
+                return Err(SourceError::Unavailable {
+                    attempts: 1,
+                    reason: "injected".into(),
+                });
+            }
+            reply.await
+        }
+    }
+}
+
+/// Fetches and consumes version 1, fails a fetch, resets, then fetches
+/// version 2: the reset after the failure must not yield version 1 again.
+fn reset_after_a_failed_fetch<C: PeekCursor>(
+    source: &Arc<FlakySource>,
+    cursor: &mut C,
+    team: StorageTeamId,
+) {
+    source
+        .inner
+        .commit(Version(1), &[(team, Subsequence(1), set("v1"))])
+        .unwrap();
+    assert!(block_on(cursor.remote_more_available()).unwrap());
+    assert_eq!(keys(cursor), ["v1"]);
+    source.failing.store(true, Ordering::SeqCst);
+    let error = block_on(cursor.fetch()).unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    cursor.reset();
+    assert!(
+        !cursor.has_remaining(),
+        "a failed fetch ends the batch before it"
+    );
+    source.failing.store(false, Ordering::SeqCst);
+    source
+        .inner
+        .commit(Version(2), &[(team, Subsequence(1), set("v2"))])
+        .unwrap();
+    assert_eq!(block_on(cursor.fetch()), Ok(Fetched::Mutations));
+    assert_eq!(keys(cursor), ["v2"]);
+    cursor.reset();
+    assert_eq!(keys(cursor), ["v2"], "re-iterable until the next fetch");
+}
+
+#[test]
+fn every_cursor_resets_after_a_failed_fetch_to_what_that_fetch_brought() {
+    let flaky = || {
+        Arc::new(FlakySource {
+            inner: source_with(BroadcastMode::Broadcast, &[A]),
+            failing: AtomicBool::new(false),
+        })
+    };
+    let source = flaky();
+    let mut single = StorageTeamPeekCursor::new(source.clone(), A, Version(1));
+    reset_after_a_failed_fetch(&source, &mut single, A);
+    let source = flaky();
+    let mut merged =
+        BroadcastedStorageTeamPeekCursor::<_, Ordered>::new(source.clone(), [A], Version(1));
+    reset_after_a_failed_fetch(&source, &mut merged, A);
+    let source = flaky();
+    let private = StorageTeamId(50);
+    source.inner.add_team(private);
+    let team_set = TeamSet {
+        private_team: private,
+        teams: [A].into_iter().collect(),
+    };
+    let mut mutable = MutableTeamPeekCursor::<_, Ordered>::new(
+        source.clone(),
+        StorageServerId(7),
+        team_set,
+        Version(1),
+    );
+    reset_after_a_failed_fetch(&source, &mut mutable, A);
 }
