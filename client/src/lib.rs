@@ -114,7 +114,7 @@ impl Client {
                     "proxy answered {}",
                     other.name()
                 ))),
-                Err(RpcError::Remote { code, message }) => Err(match code {
+                Err(RpcError::Remote { code, message, .. }) => Err(match code {
                     // `unknown` is what a proxy's responder says when it is
                     // dropped unanswered, which can happen after the push.
                     ErrorCode::CommitUnknownResult | ErrorCode::Unknown => {
@@ -290,7 +290,7 @@ impl Client {
                     })
                 }
                 Ok(other) => return Err(unexpected(other)),
-                Err(RpcError::Remote { code, message }) => {
+                Err(RpcError::Remote { code, message, .. }) => {
                     return Err(ClientError::Read { code, message })
                 }
                 Err(e) => failures.push(format!("{}: {e}", proxy.addr())),
@@ -317,7 +317,7 @@ impl Client {
             match call.await {
                 Ok(reply) => return Ok(reply),
                 // Another server of the team may be further along or still own it.
-                Err(RpcError::Remote { code, message })
+                Err(RpcError::Remote { code, message, .. })
                     if matches!(code, ErrorCode::WrongShardServer | ErrorCode::FutureVersion) =>
                 {
                     last = Some(format!("{id}: {code}: {message}"));
@@ -325,7 +325,7 @@ impl Client {
                         return Err(ClientError::Read { code, message });
                     }
                 }
-                Err(RpcError::Remote { code, message }) => {
+                Err(RpcError::Remote { code, message, .. }) => {
                     return Err(ClientError::Read { code, message })
                 }
                 Err(e) => last = Some(format!("{id}: {e}")),

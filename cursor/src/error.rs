@@ -23,8 +23,8 @@ use proto::team_set::TeamSetError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     /// `begin` is below the team's popped version: that data was discarded.
-    /// `popped` is known when the source reports it (the TLog's error reply
-    /// carries only a message).
+    /// `popped` is where the team's data now starts, when the source says
+    /// (a TLog's refusal names it).
     #[error("peek at {begin} is below the popped version{}", fmt_popped(.popped))]
     Popped {
         begin: Version,

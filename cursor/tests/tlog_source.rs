@@ -14,6 +14,8 @@ use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
 
 const TEAM: StorageTeamId = StorageTeamId(4);
+/// The popped version a scripted `peek_before_popped` names.
+const POPPED: Version = Version(5);
 
 /// Answers peeks from a script of outcomes; once the script runs out,
 /// with an empty reply ending at `Version(9)`.
@@ -41,7 +43,12 @@ impl Service for ScriptedTLog {
                         end_of_stream: false,
                     })
                 })
-                .map_err(|code| ErrorReply::new(code, "scripted")),
+                .map_err(|code| match code {
+                    ErrorCode::PeekBeforePopped => {
+                        ErrorReply::new(code, "scripted").at_version(POPPED)
+                    }
+                    code => ErrorReply::new(code, "scripted"),
+                }),
         );
     }
 }
@@ -139,7 +146,7 @@ async fn popped_data_is_reported_at_once() {
         source.peek(TEAM, Version(1), 1024).await,
         Err(SourceError::Popped {
             begin: Version(1),
-            popped: None
+            popped: Some(POPPED)
         })
     );
     assert_eq!(peeks(&tlog), 1);

@@ -277,6 +277,9 @@ pub struct GetKeyLocationReply {
 pub struct ErrorReply {
     pub code: ErrorCode,
     pub message: String,
+    /// The version the refusal concerns, when it has one: for
+    /// `peek_before_popped`, the team's popped version.
+    pub version: Option<Version>,
 }
 
 impl ErrorReply {
@@ -284,7 +287,14 @@ impl ErrorReply {
         ErrorReply {
             code,
             message: message.into(),
+            version: None,
         }
+    }
+
+    /// The same refusal, naming the version it concerns.
+    pub fn at_version(mut self, version: Version) -> Self {
+        self.version = Some(version);
+        self
     }
 }
 

@@ -25,6 +25,7 @@ use frame_writer::FrameWriter;
 
 use crate::frame::{FrameError, FramePayload, DEFAULT_MAX_FRAME_LEN};
 use crate::rpc::{DecodeError, ErrorCode};
+use crate::types::Version;
 
 mod client;
 mod frame_writer;
@@ -46,9 +47,14 @@ pub enum RpcError {
     Frame(FrameError),
     #[error("undecodable reply: {0}")]
     Decode(DecodeError),
-    /// The server answered the request with an error.
+    /// The server answered the request with an error; `version` is the
+    /// version the refusal concerns, when it names one.
     #[error("remote error {code}: {message}")]
-    Remote { code: ErrorCode, message: String },
+    Remote {
+        code: ErrorCode,
+        message: String,
+        version: Option<Version>,
+    },
     #[error("no reply within the timeout")]
     Timeout,
     /// The connection ended before the reply came; the request may or may

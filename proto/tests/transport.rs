@@ -159,9 +159,14 @@ async fn calls_get_their_replies_and_errors() {
     .unwrap();
 
     match within(client.lock()).await {
-        Err(RpcError::Remote { code, message }) => {
+        Err(RpcError::Remote {
+            code,
+            message,
+            version,
+        }) => {
             assert_eq!(code, ErrorCode::TLogStopped);
             assert_eq!(message, "already locked");
+            assert_eq!(version, None);
         }
         other => panic!("expected a remote error, got {other:?}"),
     }
@@ -273,6 +278,7 @@ async fn a_request_dropped_without_a_reply_is_answered_unknown() {
         Err(RpcError::Remote {
             code: ErrorCode::Unknown,
             message,
+            ..
         }) => assert!(message.contains("handler failed"), "{message}"),
         other => panic!("expected an unknown error, got {other:?}"),
     }

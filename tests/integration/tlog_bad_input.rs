@@ -148,10 +148,15 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
             version: Version(10),
         })
         .await?;
-    assert_eq!(
-        remote_code(client.peek(peek(TEAM, Version(5))).await)?,
-        ErrorCode::PeekBeforePopped
-    );
+    // The refusal names the popped version, so a reader knows where the
+    // team's data now starts.
+    match client.peek(peek(TEAM, Version(5))).await {
+        Err(RpcError::Remote { code, version, .. }) => {
+            assert_eq!(code, ErrorCode::PeekBeforePopped);
+            assert_eq!(version, Some(Version(10)));
+        }
+        other => bail!("expected peek_before_popped, got {other:?}"),
+    }
 
     // A commit that skips versions waits for its predecessor, then fails.
     let skip = set_commit(

@@ -583,10 +583,10 @@ impl<S: LogStore> Service for TLogService<S> {
                     .map_err(error_reply),
             ),
             Message::Status => responder.reply(Ok(Message::TLogStatus(self.status()))),
-            other => responder.reply(Err(ErrorReply {
-                code: ErrorCode::UnknownMessage,
-                message: format!("a tlog does not serve {}", other.name()),
-            })),
+            other => responder.reply(Err(ErrorReply::new(
+                ErrorCode::UnknownMessage,
+                format!("a tlog does not serve {}", other.name()),
+            ))),
         }
     }
 }

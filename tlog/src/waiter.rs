@@ -103,8 +103,9 @@ pub fn error_reply(e: CoreError) -> ErrorReply {
         CoreError::PeekBeforePopped { .. } => ErrorCode::PeekBeforePopped,
         CoreError::UnknownTeam(_) => ErrorCode::UnknownTeam,
     };
-    ErrorReply {
-        code,
-        message: e.to_string(),
+    let reply = ErrorReply::new(code, e.to_string());
+    match e {
+        CoreError::PeekBeforePopped { popped, .. } => reply.at_version(popped),
+        _ => reply,
     }
 }

@@ -149,10 +149,14 @@ impl TLogSource {
                 reconnect: true,
             })?;
         client.peek(request).await.map_err(|error| match error {
-            RpcError::Remote { code, message } => match code {
+            RpcError::Remote {
+                code,
+                message,
+                version,
+            } => match code {
                 ErrorCode::PeekBeforePopped => Failure::Final(SourceError::Popped {
                     begin: request.begin,
-                    popped: None,
+                    popped: version,
                 }),
                 ErrorCode::UnknownTeam
                 | ErrorCode::Timeout
@@ -160,7 +164,11 @@ impl TLogSource {
                 | ErrorCode::TLogStopped
                 | ErrorCode::Poisoned
                 | ErrorCode::Unknown => Failure::Retry {
-                    reason: RpcError::Remote { code, message },
+                    reason: RpcError::Remote {
+                        code,
+                        message,
+                        version,
+                    },
                     reconnect: false,
                 },
                 _ => Failure::Final(SourceError::Corrupt(format!(

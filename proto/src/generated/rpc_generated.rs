@@ -2162,6 +2162,8 @@ impl<'a> ::flatbuffers::Follow<'a> for ErrorReply<'a> {
 impl<'a> ErrorReply<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HAS_VERSION: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2173,8 +2175,10 @@ impl<'a> ErrorReply<'a> {
     args: &'args ErrorReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ErrorReply<'bldr>> {
     let mut builder = ErrorReplyBuilder::new(_fbb);
+    builder.add_version(args.version);
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
+    builder.add_has_version(args.has_version);
     builder.finish()
   }
 
@@ -2193,6 +2197,20 @@ impl<'a> ErrorReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ErrorReply::VT_MESSAGE, None)}
   }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ErrorReply::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn has_version(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ErrorReply::VT_HAS_VERSION, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ErrorReply<'_> {
@@ -2203,6 +2221,8 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
     v.visit_table(pos)?
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<bool>("has_version", Self::VT_HAS_VERSION, false)?
      .finish();
     Ok(())
   }
@@ -2210,6 +2230,8 @@ impl ::flatbuffers::Verifiable for ErrorReply<'_> {
 pub struct ErrorReplyArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub version: u64,
+    pub has_version: bool,
 }
 impl<'a> Default for ErrorReplyArgs<'a> {
   #[inline]
@@ -2217,6 +2239,8 @@ impl<'a> Default for ErrorReplyArgs<'a> {
     ErrorReplyArgs {
       code: ErrorCode::Unknown,
       message: None,
+      version: 0,
+      has_version: false,
     }
   }
 }
@@ -2233,6 +2257,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorReplyBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ErrorReply::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ErrorReply::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_has_version(&mut self, has_version: bool) {
+    self.fbb_.push_slot::<bool>(ErrorReply::VT_HAS_VERSION, has_version, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorReplyBuilder<'a, 'b, A> {
@@ -2254,6 +2286,8 @@ impl ::core::fmt::Debug for ErrorReply<'_> {
     let mut ds = f.debug_struct("ErrorReply");
       ds.field("code", &self.code());
       ds.field("message", &self.message());
+      ds.field("version", &self.version());
+      ds.field("has_version", &self.has_version());
       ds.finish()
   }
 }

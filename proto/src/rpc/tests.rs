@@ -128,6 +128,9 @@ fn every_message() -> Vec<Message> {
         }),
         Message::Error(ErrorReply::new(ErrorCode::TLogStopped, "locked at 99")),
         Message::Error(ErrorReply::new(ErrorCode::Timeout, "")),
+        Message::Error(
+            ErrorReply::new(ErrorCode::PeekBeforePopped, "popped").at_version(Version(77)),
+        ),
         Message::Error(ErrorReply::new(
             ErrorCode::CommitUnknownResult,
             "tlog-2 failed",

@@ -261,6 +261,8 @@ fn encode_message(
                 &fb::ErrorReplyArgs {
                     code: code_to_wire(r.code),
                     message: Some(text),
+                    version: r.version.map_or(0, |v| v.0),
+                    has_version: r.version.is_some(),
                 },
             );
             (fb::Payload::ErrorReply, t.as_union_value())
@@ -450,6 +452,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
             Message::Error(ErrorReply {
                 code: code_from_wire(r.code()),
                 message: r.message().unwrap_or_default().to_owned(),
+                version: r.has_version().then(|| Version(r.version())),
             })
         }
         _ => match commit::decode(&frame, &envelope).or_else(|| read::decode(&frame, &envelope)) {

@@ -229,6 +229,7 @@ impl RpcClient {
             Ok(Ok(Message::Error(e))) => Err(RpcError::Remote {
                 code: e.code,
                 message: e.message,
+                version: e.version,
             }),
             Ok(reply) => reply,
         }
