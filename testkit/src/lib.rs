@@ -1,6 +1,7 @@
 //! What tests, `teamlog dev` and the benchmarks use to run and drive a
 //! cluster: child processes of the `teamlog` binary, a whole local cluster,
-//! reproducible seeds, and commits and reads straight against one TLog.
+//! a TLog inside the test's process, reproducible seeds, and commits and
+//! reads straight against one TLog.
 //!
 //! ```text
 //!  LocalCluster::start(exe, dir, spec) ─▶ dir/cluster.toml ─▶ ChildProcess × (tlogs, sequencer, proxies, storage)
@@ -12,11 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+pub mod in_process;
 pub mod local_cluster;
 pub mod process;
 pub mod seed;
 pub mod tlog_stream;
 
+pub use in_process::InProcessTLog;
 pub use local_cluster::{ClusterSpec, LocalCluster};
 pub use process::{free_local_addrs, ChildProcess, Signal};
 pub use seed::seed_from_env;
@@ -58,6 +61,8 @@ pub enum TestkitError {
     BadBlock(#[from] proto::BlockError),
     #[error("{0}")]
     StreamOrder(String),
+    #[error("starting a tlog: {0}")]
+    TLog(#[from] tlog::server::TLogError),
 }
 
 impl TestkitError {

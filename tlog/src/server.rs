@@ -53,6 +53,19 @@ pub struct TLogConfig {
     pub server: ServerConfig,
 }
 
+impl TLogConfig {
+    /// A TLog that holds little: 1 MiB segments and 16 MiB of recent data
+    /// in memory. Over a `MemStore`, whose segments are allocated whole
+    /// twice (durable and current images), the defaults would take 128 MiB
+    /// before the first commit; this takes 2 MiB. For tests and tools.
+    pub fn small() -> TLogConfig {
+        let mut config = TLogConfig::default();
+        config.log.segment_size = 1 << 20;
+        config.core.memory_budget = 16 << 20;
+        config
+    }
+}
+
 /// Counts of the writer's syncs, for benchmarks and status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
