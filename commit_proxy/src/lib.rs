@@ -8,4 +8,6 @@ pub mod resolver;
 pub mod sequencer;
 pub mod sequencer_service;
 pub mod tagging;
+#[cfg(test)]
+mod test_topology;
 pub mod validate;

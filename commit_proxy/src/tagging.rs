@@ -119,29 +119,7 @@ mod tests {
     use proto::{BlockEntry, StorageServerId, TeamBlock};
 
     use super::*;
-
-    /// Three teams of two servers on three TLogs, each server with a private
-    /// team `1000 + server`.
-    fn sample() -> Topology {
-        let teams: std::collections::BTreeMap<_, _> = (1..=3u64)
-            .map(|t| {
-                let servers = vec![StorageServerId(t * 10), StorageServerId(t * 10 + 1)];
-                (StorageTeamId(t), servers)
-            })
-            .collect();
-        let private_teams = teams
-            .values()
-            .flatten()
-            .map(|s| (*s, StorageTeamId(1000 + s.0)))
-            .collect();
-        Topology {
-            tlog_count: 3,
-            replication: 2,
-            broadcast: true,
-            teams,
-            private_teams,
-        }
-    }
+    use crate::test_topology::sample;
 
     fn map() -> ShardMap {
         ShardMap::new([

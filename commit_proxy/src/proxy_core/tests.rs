@@ -18,24 +18,7 @@ const ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr
 /// Three teams of two servers on three TLogs (replication 2), each server
 /// with a private team `1000 + server`; keys from `m` on go to team 2.
 fn config() -> ProxyConfig {
-    let teams: BTreeMap<_, _> = (1..=3u64)
-        .map(|t| {
-            let servers = vec![StorageServerId(t * 10), StorageServerId(t * 10 + 1)];
-            (StorageTeamId(t), servers)
-        })
-        .collect();
-    let private_teams = teams
-        .values()
-        .flatten()
-        .map(|s| (*s, StorageTeamId(1000 + s.0)))
-        .collect();
-    let topology = Topology {
-        tlog_count: 3,
-        replication: 2,
-        broadcast: true,
-        teams,
-        private_teams,
-    };
+    let topology = crate::test_topology::sample();
     let shards = ShardMap::new([
         (Bytes::new(), ShardAssignment::to(StorageTeamId(1))),
         (
