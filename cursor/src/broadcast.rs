@@ -70,6 +70,15 @@ impl<S: PeekSource, O: MergeOrder> BroadcastedStorageTeamPeekCursor<S, O> {
         self
     }
 
+    /// Bounds each batch to at most `max_versions` versions with mutations
+    /// (at least one); what a fetch brings beyond stays buffered, and the
+    /// next [`fetch`](PeekCursor::fetch) serves it before asking the TLogs
+    /// again. [`complete_below`](Self::complete_below) follows the batch.
+    pub fn with_max_versions(mut self, max_versions: usize) -> Self {
+        self.group.max_versions = Some(max_versions.max(1));
+        self
+    }
+
     /// The teams still read (a team is dropped once its TLog ended the
     /// epoch and its tail was delivered).
     pub fn teams(&self) -> impl Iterator<Item = StorageTeamId> + '_ {

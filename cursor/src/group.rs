@@ -140,6 +140,8 @@ pub(crate) struct StreamGroup<S, O> {
     safe_end: Version,
     floor: Position,
     pub max_bytes: u32,
+    /// At most this many versions (with mutations) per batch.
+    pub max_versions: Option<usize>,
     pub team_set: Option<TeamSetTracker>,
     order: PhantomData<O>,
 }
@@ -154,6 +156,7 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
             safe_end: Version::ZERO,
             floor: (Version::ZERO, Subsequence(0)),
             max_bytes,
+            max_versions: None,
             team_set: None,
             order: PhantomData,
         }
@@ -210,6 +213,13 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
     /// Returns whether anything moved.
     pub async fn refill(&mut self) -> Result<bool, CursorError> {
         self.streams.retain(|s| !s.is_finished());
+        if self.max_versions.is_some() && self.buffered_below_barrier() {
+            // The last batch stopped at the version limit: the next one is
+            // already here, and asking the TLogs could wait a long poll.
+            let settled = self.settle();
+            self.take_snapshot();
+            return settled.map(|_| true);
+        }
         let mut error = None;
         let mut moved = false;
         let mut first_round = true;
@@ -267,14 +277,28 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
                 }
             }
         }
-        for stream in &mut self.streams {
-            stream.snapshot_pos = stream.pos;
-        }
-        self.skip_to_floor();
+        self.take_snapshot();
         match error {
             Some(e) => Err(e),
             None => Ok(moved),
         }
+    }
+
+    /// Where `reset` returns to: every stream's position now.
+    fn take_snapshot(&mut self) {
+        for stream in &mut self.streams {
+            stream.snapshot_pos = stream.pos;
+        }
+        self.skip_to_floor();
+    }
+
+    /// Whether a message below the barrier waits that the last batch did
+    /// not include (it stopped at the version limit).
+    fn buffered_below_barrier(&self) -> bool {
+        let barrier = self.lowest_barrier();
+        self.streams
+            .iter()
+            .any(|s| s.head().is_some_and(|m| m.version < barrier))
     }
 
     /// Recomputes the barrier and applies the team-set changes below it,
@@ -283,7 +307,7 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
     fn settle(&mut self) -> Result<bool, CursorError> {
         let mut added = false;
         loop {
-            self.safe_end = self.lowest_barrier();
+            self.safe_end = self.capped(self.lowest_barrier());
             let Some(tracker) = self.team_set.as_mut() else {
                 return Ok(added);
             };
@@ -299,6 +323,26 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
                 }
             }
         }
+    }
+
+    /// `barrier`, lowered under a version limit to the end of the first
+    /// `max_versions` versions that have messages below it. What lies
+    /// beyond stays buffered for the next batch.
+    fn capped(&self, barrier: Version) -> Version {
+        let Some(limit) = self.max_versions else {
+            return barrier;
+        };
+        let mut versions: Vec<Version> = self
+            .streams
+            .iter()
+            .flat_map(|s| s.messages[s.pos..].iter().map(|m| m.version))
+            .filter(|v| *v < barrier)
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        versions
+            .get(limit)
+            .map_or(barrier, |cap| (*cap).min(barrier))
     }
 
     fn lowest_barrier(&self) -> Version {

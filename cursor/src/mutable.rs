@@ -97,6 +97,15 @@ impl<S: PeekSource, O: MergeOrder> MutableTeamPeekCursor<S, O> {
         self
     }
 
+    /// Bounds each batch to at most `max_versions` versions with mutations
+    /// (at least one); what a fetch brings beyond stays buffered, and the
+    /// next [`fetch`](PeekCursor::fetch) serves it before asking the TLogs
+    /// again. [`complete_below`](Self::complete_below) follows the batch.
+    pub fn with_max_versions(mut self, max_versions: usize) -> Self {
+        self.group.max_versions = Some(max_versions.max(1));
+        self
+    }
+
     /// The team set as of the newest change applied, which may be ahead of
     /// the mutation the consumer is at (changes are applied when fetched).
     pub fn team_set(&self) -> TeamSet {

@@ -42,6 +42,10 @@ pub struct StorageTeamPeekCursor<S> {
     source: S,
     stream: TeamStream,
     max_bytes: u32,
+    /// At most this many versions per batch.
+    max_versions: Option<usize>,
+    /// The batch ends below this version; later messages stay buffered.
+    batch_end: Version,
     floor: Position,
 }
 
@@ -53,6 +57,8 @@ impl<S: PeekSource> StorageTeamPeekCursor<S> {
             source,
             stream: TeamStream::new(team, begin),
             max_bytes: DEFAULT_MAX_BYTES,
+            max_versions: None,
+            batch_end: Version::MAX,
             floor: (Version::ZERO, Subsequence(0)),
         }
     }
@@ -64,6 +70,14 @@ impl<S: PeekSource> StorageTeamPeekCursor<S> {
         self
     }
 
+    /// Bounds each batch to at most `max_versions` versions (at least
+    /// one); what a fetch brings beyond stays buffered, and the next
+    /// [`fetch`](PeekCursor::fetch) serves it before peeking again.
+    pub fn with_max_versions(mut self, max_versions: usize) -> Self {
+        self.max_versions = Some(max_versions.max(1));
+        self
+    }
+
     pub fn team(&self) -> StorageTeamId {
         self.stream.team
     }
@@ -71,12 +85,47 @@ impl<S: PeekSource> StorageTeamPeekCursor<S> {
     /// Every version below this was fetched: once `has_remaining()` is
     /// false, the consumer has seen all of the team's mutations below it.
     pub fn complete_below(&self) -> Version {
-        self.stream.frontier
+        self.stream.frontier.min(self.batch_end)
     }
 
-    /// One peek; returns whether the stream moved. Failed or not, it
-    /// starts a new batch for `reset`.
+    /// Where the batch starting at the stream's position ends: after
+    /// `max_versions` versions, or never.
+    fn batch_end(&self) -> Version {
+        let Some(limit) = self.max_versions else {
+            return Version::MAX;
+        };
+        let mut versions = self.stream.messages[self.stream.pos..]
+            .iter()
+            .map(|m| m.version);
+        let mut distinct = 0;
+        let mut last = None;
+        for version in versions.by_ref() {
+            if last != Some(version) {
+                if distinct == limit {
+                    return version;
+                }
+                distinct += 1;
+                last = Some(version);
+            }
+        }
+        Version::MAX
+    }
+
+    fn batch_has_remaining(&self) -> bool {
+        self.stream
+            .head()
+            .is_some_and(|m| m.version < self.batch_end)
+    }
+
+    /// One peek, or, when the last batch stopped at the version limit, the
+    /// next batch from what is buffered; returns whether the stream moved.
+    /// Failed or not, it starts a new batch for `reset`.
     async fn peek_once(&mut self) -> Result<bool, CursorError> {
+        if self.max_versions.is_some() && self.stream.has_remaining() {
+            self.stream.snapshot_pos = self.stream.pos;
+            self.batch_end = self.batch_end();
+            return Ok(true);
+        }
         let team = self.stream.team;
         let begin = self.stream.fetch_begin(self.floor);
         let moved = match self.source.peek(team, begin, self.max_bytes).await {
@@ -89,6 +138,7 @@ impl<S: PeekSource> StorageTeamPeekCursor<S> {
         };
         self.stream.snapshot_pos = self.stream.pos;
         self.stream.skip_below(self.floor, Version::MAX);
+        self.batch_end = self.batch_end();
         moved
     }
 }
@@ -101,22 +151,26 @@ impl<S: PeekSource> PeekCursor for StorageTeamPeekCursor<S> {
     async fn fetch(&mut self) -> Result<Fetched, CursorError> {
         let moved = self.peek_once().await?;
         Ok(Fetched::after(
-            self.stream.has_remaining(),
+            self.batch_has_remaining(),
             self.is_end_of_stream(),
             moved,
         ))
     }
 
     fn has_remaining(&mut self) -> bool {
-        self.stream.has_remaining()
+        self.batch_has_remaining()
     }
 
     fn get(&mut self) -> &VersionedMutation {
+        assert!(
+            self.batch_has_remaining(),
+            "PeekCursor::get called with nothing remaining"
+        );
         &self.stream.messages[self.stream.pos]
     }
 
     fn next(&mut self) {
-        if self.stream.has_remaining() {
+        if self.batch_has_remaining() {
             self.stream.pos += 1;
         }
     }
@@ -133,12 +187,12 @@ impl<S: PeekSource> PeekCursor for StorageTeamPeekCursor<S> {
     ) -> Result<bool, CursorError> {
         self.floor = self.floor.max((version, subsequence));
         self.stream.skip_below(self.floor, Version::MAX);
-        while !self.stream.has_remaining() && !self.is_end_of_stream() {
+        while !self.batch_has_remaining() && !self.is_end_of_stream() {
             if !self.peek_once().await? {
                 break;
             }
         }
-        Ok(self.stream.has_remaining())
+        Ok(self.batch_has_remaining())
     }
 
     fn is_end_of_stream(&self) -> bool {

@@ -486,3 +486,53 @@ fn every_cursor_resets_after_a_failed_fetch_to_what_that_fetch_brought() {
     );
     reset_after_a_failed_fetch(&source, &mut mutable, A);
 }
+
+/// Versions of the batch the last fetch brought.
+fn batch_versions<C: PeekCursor>(cursor: &mut C) -> Vec<u64> {
+    let mut versions: Vec<u64> = cursor.iter().map(|m| m.version.0).collect();
+    versions.dedup();
+    versions
+}
+
+#[test]
+fn a_version_limit_splits_what_one_peek_brought_into_batches() {
+    let source = source_with(BroadcastMode::NoBroadcast, &[A, B]);
+    for version in 1..=5 {
+        let team = if version == 3 { B } else { A };
+        source
+            .commit(
+                Version(version),
+                &[
+                    (team, Subsequence(1), set("x")),
+                    (team, Subsequence(2), set("y")),
+                ],
+            )
+            .unwrap();
+    }
+    let mut single = StorageTeamPeekCursor::new(source.clone(), A, Version(1)).with_max_versions(2);
+    assert_eq!(block_on(single.fetch()), Ok(Fetched::Mutations));
+    assert_eq!(batch_versions(&mut single), [1, 2]);
+    assert_eq!(single.complete_below(), Version(4), "version 3 is not A's");
+    let peeks = source.peek_count(A);
+    assert_eq!(block_on(single.fetch()), Ok(Fetched::Mutations));
+    single.reset();
+    assert_eq!(batch_versions(&mut single), [4, 5], "re-iterable");
+    assert_eq!(source.peek_count(A), peeks, "served from what was buffered");
+    assert_eq!(single.complete_below(), Version(6));
+
+    let mut merged =
+        BroadcastedStorageTeamPeekCursor::<_, Ordered>::new(source.clone(), [A, B], Version(1))
+            .with_max_versions(2);
+    let mut batches = Vec::new();
+    while merged.complete_below() < Version(6) {
+        assert_eq!(block_on(merged.fetch()), Ok(Fetched::Mutations));
+        let batch = batch_versions(&mut merged);
+        assert_eq!(
+            Version(*batch.last().unwrap() + 1),
+            merged.complete_below(),
+            "the barrier follows the batch"
+        );
+        batches.push(batch);
+    }
+    assert_eq!(batches, [vec![1, 2], vec![3, 4], vec![5]]);
+}

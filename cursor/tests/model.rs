@@ -34,7 +34,8 @@ fn broadcasted<O: MergeOrder>(
         scenario.teams.iter().copied(),
         scenario.begin(),
     )
-    .with_max_bytes(scenario.max_bytes);
+    .with_max_bytes(scenario.max_bytes)
+    .with_max_versions(scenario.max_versions);
     let mut driver = Driver::new(scenario, &source);
     driver.run(&mut cursor, &commits, |cursor, output| {
         check_barrier(cursor.complete_below(), expected, output)
@@ -69,7 +70,8 @@ proptest! {
             .collect();
         let source = Arc::new(scenario.source(false));
         let mut cursor = StorageTeamPeekCursor::new(source.clone(), team, scenario.begin())
-            .with_max_bytes(scenario.max_bytes);
+            .with_max_bytes(scenario.max_bytes)
+        .with_max_versions(scenario.max_versions);
         let mut driver = Driver::new(&scenario, &source);
         driver.run(&mut cursor, &commits, |cursor, output| {
             check_barrier(cursor.complete_below(), &expected, output)
@@ -89,7 +91,8 @@ proptest! {
                 scenario.teams.iter().copied(),
                 scenario.begin(),
             )
-            .with_max_bytes(scenario.max_bytes);
+            .with_max_bytes(scenario.max_bytes)
+        .with_max_versions(scenario.max_versions);
             let mut driver = Driver::new(&scenario, &source);
             driver.run(&mut cursor, &commits, |_, _| Ok(()))?;
             outputs.push(driver.output);
@@ -119,10 +122,12 @@ proptest! {
         let teams = scenario.teams.iter().copied();
         let output = if ordered {
             let cursor = BroadcastedStorageTeamPeekCursor::<_, Ordered>::new(source.clone(), teams, scenario.begin());
-            advance_then_drain(cursor.with_max_bytes(scenario.max_bytes), &scenario, target)?
+            advance_then_drain(cursor.with_max_bytes(scenario.max_bytes)
+        .with_max_versions(scenario.max_versions), &scenario, target)?
         } else {
             let cursor = BroadcastedStorageTeamPeekCursor::<_, Unordered>::new(source.clone(), teams, scenario.begin());
-            advance_then_drain(cursor.with_max_bytes(scenario.max_bytes), &scenario, target)?
+            advance_then_drain(cursor.with_max_bytes(scenario.max_bytes)
+        .with_max_versions(scenario.max_versions), &scenario, target)?
         };
         prop_assert_eq!(output, expected);
 
@@ -130,7 +135,8 @@ proptest! {
         let mut single_expected = scenario.expected(&commits, false);
         single_expected.retain(|m| m.team == team && (m.version, m.subsequence) >= target);
         let single = StorageTeamPeekCursor::new(source, team, scenario.begin())
-            .with_max_bytes(scenario.max_bytes);
+            .with_max_bytes(scenario.max_bytes)
+        .with_max_versions(scenario.max_versions);
         prop_assert_eq!(advance_then_drain(single, &scenario, target)?, single_expected);
     }
 }

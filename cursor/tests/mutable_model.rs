@@ -30,6 +30,7 @@ fn cursor_for<O: MergeOrder>(
     let initial = TeamSet::new(PRIVATE_TEAM, scenario.team_set_at_begin(&commits));
     MutableTeamPeekCursor::<_, O>::new(source, SERVER, initial, scenario.begin())
         .with_max_bytes(scenario.max_bytes)
+        .with_max_versions(scenario.max_versions)
 }
 
 fn mutable<O: MergeOrder>(

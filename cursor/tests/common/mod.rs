@@ -47,6 +47,8 @@ pub struct Scenario {
     /// Partial-pass lengths before a reset, used in turn.
     pub partial_passes: Vec<u8>,
     pub max_bytes: u32,
+    /// The cursors' version limit per batch (`usize::MAX`: none to speak of).
+    pub max_versions: usize,
     pub begin: u64,
     /// Initial team set (indices), for mutable scenarios.
     pub initial_set: Vec<usize>,
@@ -98,11 +100,22 @@ pub fn scenario(team_sets: bool) -> impl Strategy<Value = Scenario> {
         ),
         proptest::collection::vec(0u8..12, 1..10),
         prop_oneof![Just(1u32), 16u32..300, Just(1u32 << 20)],
+        prop_oneof![Just(usize::MAX), 1usize..4],
         0u64..6,
         proptest::collection::vec(0usize..6, 0..4),
     )
         .prop_map(
-            |(broadcast, teams, commits, chunks, partial_passes, max_bytes, begin, initial_set)| {
+            |(
+                broadcast,
+                teams,
+                commits,
+                chunks,
+                partial_passes,
+                max_bytes,
+                max_versions,
+                begin,
+                initial_set,
+            )| {
                 Scenario {
                     broadcast,
                     teams: teams.into_iter().map(StorageTeamId).collect(),
@@ -110,6 +123,7 @@ pub fn scenario(team_sets: bool) -> impl Strategy<Value = Scenario> {
                     chunks,
                     partial_passes,
                     max_bytes,
+                    max_versions,
                     begin,
                     initial_set,
                 }
