@@ -1,12 +1,14 @@
-//! The commit path: the sequencer hands out versions, the resolver orders
-//! metadata, and commit proxies batch client commits, tag them with storage
-//! teams and write them to the TLogs.
+//! The commit proxy: batches client commits, gets their versions from the
+//! sequencer and their order of metadata from the resolver, tags them with
+//! storage teams and writes them to the TLogs.
+//!
+//! ```text
+//!  clients ─▶ proxy (service) ─▶ proxy_core (pure) ─▶ tagging, validate (pure)
+//!                 └─▶ sequencer process · TLogs
+//! ```
 
 pub mod proxy;
 pub mod proxy_core;
-pub mod resolver;
-pub mod sequencer;
-pub mod sequencer_service;
 pub mod tagging;
 #[cfg(test)]
 mod test_topology;

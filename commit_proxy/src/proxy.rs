@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
+use cluster::retry::startup_backoff;
 use cluster::topology::Topology;
 use futures::future::{join_all, BoxFuture};
 use proto::clock::Clock;
@@ -374,14 +375,4 @@ async fn register_teams(
         }
     }
     Ok(())
-}
-
-/// Retries while a peer starts: jittered, growing delays for up to `timeout`.
-pub(crate) fn startup_backoff(timeout: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::new()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_millis(500))
-        .without_max_times()
-        .with_total_delay(Some(timeout))
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use commit_proxy::proxy::{ProxyConfig, ProxyService};
-use commit_proxy::sequencer_service::{SequencerConfig, SequencerService};
 use proto::clock::SystemClock;
 use proto::transport::{serve, ServerConfig, Service};
 use proto::{ProxyId, StorageServerId, StorageTeamId};
+use sequencer::service::{SequencerConfig, SequencerService};
 use storage_server::heed_engine::HeedEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;

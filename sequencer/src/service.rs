@@ -27,9 +27,9 @@ use proto::transport::{ClientConfig, Responder, RpcClient, Service};
 use proto::{ProxyId, Version};
 use tokio::sync::oneshot;
 
-use crate::proxy::startup_backoff;
 use crate::resolver::{ResolverCore, ResolverError};
 use crate::sequencer::{SequencerCore, SequencerError};
+use cluster::retry::startup_backoff;
 
 #[derive(Clone, Debug)]
 pub struct SequencerConfig {

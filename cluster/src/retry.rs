@@ -1,0 +1,18 @@
+//! How a process waits for a peer that is starting: jittered, growing
+//! delays (backon), bounded in total, so that processes started together
+//! do not retry in step.
+
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+
+/// Retries for up to `timeout`: delays from 20 ms growing to 500 ms, each
+/// with jitter.
+pub fn startup_backoff(timeout: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(500))
+        .without_max_times()
+        .with_total_delay(Some(timeout))
+}
