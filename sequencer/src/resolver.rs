@@ -7,7 +7,10 @@
 //! ```
 //!
 //! A batch whose predecessor has not been resolved waits (bounded in time).
-//! Metadata is kept until every proxy has seen it.
+//! Metadata is kept until every proxy has seen it. A proxy's retry of a
+//! batch (same proxy, same versions) gets the answer the batch got, or, if
+//! the batch is still waiting, the answer it will get: a reply lost on the
+//! way must not break the chain.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -32,6 +35,18 @@ pub enum ResolverError {
     UnknownProxy(ProxyId),
 }
 
+/// How long, and for how many batches, answers are kept for retries.
+pub const RETRY_WINDOW_MS: u64 = 30_000;
+pub const MAX_ANSWERS_KEPT: usize = 100_000;
+
+/// An answer given, kept for a retry of the same batch.
+struct Answered {
+    proxy: ProxyId,
+    prev: Version,
+    reply: ResolveReply,
+    at_ms: u64,
+}
+
 struct Waiting<T> {
     request: ResolveRequest,
     token: T,
@@ -45,6 +60,8 @@ pub struct ResolverCore<T> {
     log: VecDeque<(Version, ProxyId, Vec<Mutation>)>,
     waiting: BTreeMap<Version, Waiting<T>>,
     wait_timeout_ms: u64,
+    /// By version.
+    answered: BTreeMap<Version, Answered>,
 }
 
 impl<T> ResolverCore<T> {
@@ -55,6 +72,7 @@ impl<T> ResolverCore<T> {
             log: VecDeque::new(),
             waiting: BTreeMap::new(),
             wait_timeout_ms,
+            answered: BTreeMap::new(),
         }
     }
 
@@ -82,6 +100,19 @@ impl<T> ResolverCore<T> {
         if !self.seen.contains_key(&request.proxy) {
             return vec![(token, Err(ResolverError::UnknownProxy(request.proxy)))];
         }
+        if let Some(done) = self.answered.get(&version) {
+            if done.proxy == request.proxy && done.prev == prev {
+                return vec![(token, Ok(done.reply.clone()))];
+            }
+        }
+        if let Some(waiting) = self.waiting.get_mut(&prev) {
+            if waiting.request.proxy == request.proxy && waiting.request.version == version {
+                // The earlier call's token is dropped: its caller retried,
+                // so it no longer waits on it.
+                waiting.token = token;
+                return Vec::new();
+            }
+        }
         if version <= prev || prev < self.last || self.waiting.contains_key(&prev) {
             return vec![(token, Err(conflict))];
         }
@@ -97,14 +128,49 @@ impl<T> ResolverCore<T> {
             );
             return Vec::new();
         }
-        let mut answers = vec![(token, Ok(self.apply(request)))];
+        let mut answers = vec![(token, Ok(self.apply(request, now_ms)))];
         while let Some(next) = self.waiting.remove(&self.last) {
-            answers.push((next.token, Ok(self.apply(next.request))));
+            answers.push((next.token, Ok(self.apply(next.request, now_ms))));
         }
         answers
     }
 
-    fn apply(&mut self, request: ResolveRequest) -> ResolveReply {
+    fn apply(&mut self, request: ResolveRequest, now_ms: u64) -> ResolveReply {
+        let reply = self.resolve_in_order(&request);
+        self.answered.insert(
+            request.version,
+            Answered {
+                proxy: request.proxy,
+                prev: request.prev_version,
+                reply: reply.clone(),
+                at_ms: now_ms,
+            },
+        );
+        self.forget_answers(now_ms);
+        reply
+    }
+
+    /// Drops answers older than the retry window, and the oldest beyond
+    /// the most kept.
+    fn forget_answers(&mut self, now_ms: u64) {
+        let over = self.answered.len().saturating_sub(MAX_ANSWERS_KEPT);
+        let mut removed = 0;
+        while let Some(entry) = self.answered.first_entry() {
+            let expired = entry.get().at_ms.saturating_add(RETRY_WINDOW_MS) <= now_ms;
+            if !expired && removed >= over {
+                break;
+            }
+            entry.remove();
+            removed += 1;
+        }
+    }
+
+    /// Answers kept for retries.
+    pub fn answers_kept(&self) -> usize {
+        self.answered.len()
+    }
+
+    fn resolve_in_order(&mut self, request: &ResolveRequest) -> ResolveReply {
         let since = self.seen[&request.proxy];
         let metadata = self
             .log
@@ -117,7 +183,7 @@ impl<T> ResolverCore<T> {
             .collect();
         if !request.metadata.is_empty() {
             self.log
-                .push_back((request.version, request.proxy, request.metadata));
+                .push_back((request.version, request.proxy, request.metadata.clone()));
         }
         self.seen.insert(request.proxy, request.version);
         self.last = request.version;
@@ -131,8 +197,10 @@ impl<T> ResolverCore<T> {
         }
     }
 
-    /// Fails batches whose predecessor did not come in time.
+    /// Fails batches whose predecessor did not come in time, and forgets
+    /// answers past the retry window.
     pub fn tick(&mut self, now_ms: u64) -> Vec<(T, Result<ResolveReply, ResolverError>)> {
+        self.forget_answers(now_ms);
         let expired: Vec<Version> = self
             .waiting
             .iter()
@@ -227,6 +295,53 @@ mod tests {
         assert!(matches!(
             out[0],
             (2, Err(ResolverError::MissingPredecessor { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_retried_batch_gets_the_answer_it_got() {
+        let mut r = core();
+        r.resolve(request(A, 10, 12, &[b"\xffa"]), 1, 0);
+        let first = r.resolve(request(B, 12, 14, &[]), 2, 0);
+        r.resolve(request(A, 14, 15, &[]), 3, 0);
+        let retry = r.resolve(request(B, 12, 14, &[]), 4, 10);
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].0, 4);
+        assert_eq!(retry[0].1, first[0].1, "the same reply, metadata included");
+        assert_eq!(versions(retry[0].1.as_ref().unwrap()), vec![12]);
+        assert_eq!(r.last_version(), Version(15), "nothing applied twice");
+        // Another proxy's batch at a resolved version is still a conflict.
+        let out = r.resolve(request(A, 12, 14, &[]), 5, 10);
+        assert!(matches!(
+            out[0].1,
+            Err(ResolverError::VersionConflict { .. })
+        ));
+    }
+
+    #[test]
+    fn a_retry_of_a_waiting_batch_is_answered_when_it_resolves() {
+        let mut r = core();
+        assert!(r.resolve(request(B, 12, 14, &[]), 1, 0).is_empty());
+        assert!(r.resolve(request(B, 12, 14, &[]), 2, 50).is_empty());
+        let out = r.resolve(request(A, 10, 12, &[]), 3, 60);
+        let tokens: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tokens, vec![3, 2], "the retry's token gets the answer");
+        assert!(out.iter().all(|(_, reply)| reply.is_ok()));
+    }
+
+    #[test]
+    fn answers_are_forgotten_after_the_retry_window() {
+        let mut r = core();
+        r.resolve(request(A, 10, 12, &[]), 1, 0);
+        assert_eq!(r.answers_kept(), 1);
+        assert!(r.tick(RETRY_WINDOW_MS - 1).is_empty());
+        assert_eq!(r.answers_kept(), 1);
+        r.tick(RETRY_WINDOW_MS);
+        assert_eq!(r.answers_kept(), 0);
+        let late = r.resolve(request(A, 10, 12, &[]), 2, RETRY_WINDOW_MS);
+        assert!(matches!(
+            late[0].1,
+            Err(ResolverError::VersionConflict { .. })
         ));
     }
 
