@@ -1,6 +1,6 @@
-//! How a process waits for a peer that is starting: jittered, growing
-//! delays (backon), bounded in total, so that processes started together
-//! do not retry in step.
+//! How a process retries a peer: jittered, growing delays (backon),
+//! bounded in total, so that processes that failed together do not retry
+//! in step. Used while a peer starts and for the commit path's calls.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use backon::ExponentialBuilder;
 
 /// Retries for up to `timeout`: delays from 20 ms growing to 500 ms, each
 /// with jitter.
-pub fn startup_backoff(timeout: Duration) -> ExponentialBuilder {
+pub fn backoff(timeout: Duration) -> ExponentialBuilder {
     ExponentialBuilder::new()
         .with_jitter()
         .with_min_delay(Duration::from_millis(20))

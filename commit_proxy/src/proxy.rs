@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::Retryable;
-use cluster::retry::startup_backoff;
+use cluster::retry::backoff;
 use cluster::topology::Topology;
 use futures::future::{join_all, BoxFuture};
 use proto::clock::Clock;
@@ -94,6 +94,11 @@ pub enum ProxyError {
         source: RpcError,
     },
 }
+
+/// How long a commit-path call is sent again after transient failures
+/// before its batch gives up: well inside a TLog's wait for a missing
+/// predecessor (10 s by default).
+const CALL_RETRY_WINDOW: Duration = Duration::from_secs(5);
 
 /// A call in progress; it resolves, once its reply is fed to the core, to
 /// the core's next commands.
@@ -318,9 +323,17 @@ impl Inner {
         }
     }
 
-    /// One request to the sequencer (which also runs the resolver).
+    /// One request to the sequencer (which also runs the resolver), sent
+    /// again while it fails transiently: the sequencer hands a retried
+    /// request number the same versions, the resolver a retried batch the
+    /// same answer, and a report of a committed version is a maximum.
     async fn call(&self, request: Message) -> Result<Message, RpcError> {
-        self.sequencer.client().await?.call(request).await
+        let attempt = || async { self.sequencer.client().await?.call(request.clone()).await };
+        attempt
+            .retry(backoff(CALL_RETRY_WINDOW))
+            .when(RpcError::is_transient)
+            .notify(|e, _| tracing::debug!(error = %e, request = request.name(), "sequencer call failed; retrying"))
+            .await
     }
 
     /// Sends TLog `i` `requests[i]`, all at once, and waits until every one
@@ -331,8 +344,15 @@ impl Inner {
             .iter()
             .zip(requests)
             .map(|(tlog, request)| async move {
-                let result = async { tlog.client().await?.tlog_commit(request).await }.await;
-                result.map_err(|e| format!("tlog {}: {e}", tlog.addr()))
+                // A TLog acknowledges a repeated (prev_version, version)
+                // once it is durable without appending it again.
+                let attempt = || async { tlog.client().await?.tlog_commit(request.clone()).await };
+                attempt
+                    .retry(backoff(CALL_RETRY_WINDOW))
+                    .when(RpcError::is_transient)
+                    .notify(|e, _| tracing::debug!(addr = %tlog.addr(), error = %e, "push failed; retrying"))
+                    .await
+                    .map_err(|e| format!("tlog {}: {e}", tlog.addr()))
             });
         let failures: Vec<String> = join_all(pushes)
             .await
@@ -364,7 +384,7 @@ async fn register_teams(
             };
             let attempt = || async { tlog.client().await?.register_team(request.clone()).await };
             attempt
-                .retry(startup_backoff(timeout))
+                .retry(backoff(timeout))
                 .notify(|e, _| tracing::debug!(addr = %tlog.addr(), error = %e, "tlog not ready; retrying"))
                 .await
                 .map_err(|source| ProxyError::Register {

@@ -66,6 +66,29 @@ pub enum RpcError {
     UnexpectedReply(&'static str),
 }
 
+impl RpcError {
+    /// Whether the same request, sent again, may succeed: the connection
+    /// failed or timed out, or the server was busy or dropped the request.
+    /// Whether the first attempt was carried out is unknown, so only
+    /// requests the server takes idempotently may be sent again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RpcError::Connect(_)
+            | RpcError::Io(_)
+            | RpcError::Timeout
+            | RpcError::ConnectionClosed => true,
+            RpcError::Remote { code, .. } => matches!(
+                code,
+                ErrorCode::Unknown
+                    | ErrorCode::Unavailable
+                    | ErrorCode::Overloaded
+                    | ErrorCode::Timeout
+            ),
+            RpcError::Frame(_) | RpcError::Decode(_) | RpcError::UnexpectedReply(_) => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// The largest frame sent or accepted; match the server's.

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::resolver::{ResolverCore, ResolverError};
 use crate::sequencer::{SequencerCore, SequencerError};
-use cluster::retry::startup_backoff;
+use cluster::retry::backoff;
 
 #[derive(Clone, Debug)]
 pub struct SequencerConfig {
@@ -178,7 +178,7 @@ async fn durable_version_of(addr: SocketAddr, waited: Duration) -> Result<Versio
         client.status().await
     };
     let status = attempt
-        .retry(startup_backoff(waited))
+        .retry(backoff(waited))
         .notify(|e, _| tracing::debug!(%addr, error = %e, "tlog not reachable yet"))
         .await
         .map_err(|e| StartError::TLogUnreachable {
