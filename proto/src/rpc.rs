@@ -236,6 +236,8 @@ pub struct StorageStatusReply {
     pub committed_version: Version,
     pub window_bytes: u64,
     pub teams: Vec<StorageTeamId>,
+    /// Why the server stopped applying, when it did.
+    pub stopped: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

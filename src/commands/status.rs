@@ -10,12 +10,16 @@
 //! ```
 //!
 //! A process is *healthy* when it answered in time with its role's status
-//! (and, for a TLog, is not poisoned).
+//! and nothing in it is wrong: a TLog that is poisoned or locked, a
+//! sequencer whose committed version trails the last version it handed
+//! out by more than `STALL_SECONDS` of versions (the commit chain is
+//! stuck), a storage server that stopped applying or trails the committed
+//! version by more than that, are unhealthy, with the reason.
 //!
 //! The JSON shape (field names are stable; versions and ids are integers; a
 //! process's `status` is its reply as the protocol defines it, plus a
-//! storage server's lag; it is null, and `error` says why, when the process
-//! is unhealthy):
+//! storage server's lag, or null when it did not answer; `error` says why
+//! a process is unhealthy):
 //!
 //! ```json
 //! { "healthy": true, "processes": 8, "unhealthy": 0,
@@ -38,7 +42,7 @@
 //!                                      "oldest_readable_version": 900,
 //!                                      "committed_version": 1200, "lag_versions": 0,
 //!                                      "lag_seconds": 0.0, "window_bytes": 512,
-//!                                      "teams": [1] } } ] }
+//!                                      "teams": [1], "stopped": null } } ] }
 //! ```
 //!
 //! The sequencer has no `id`; a TLog's `id` is its index in the cluster
@@ -158,12 +162,18 @@ pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
     let (sequencer, proxies, tlogs, storage) = tokio::join!(sequencer, proxies, tlogs, storage);
 
     let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
-    let sequencer = process("sequencer", None, cluster.sequencer.address, sequencer, Ok);
+    let sequencer = process(
+        "sequencer",
+        None,
+        cluster.sequencer.address,
+        sequencer,
+        |r| (r, sequencer_problem(&r)),
+    );
     let proxies: Vec<_> = cluster
         .proxies
         .iter()
         .zip(proxies)
-        .map(|(entry, reply)| process("proxy", Some(entry.id), entry.address, reply, Ok))
+        .map(|(entry, reply)| process("proxy", Some(entry.id), entry.address, reply, |r| (r, None)))
         .collect();
     let tlogs: Vec<_> = cluster
         .tlogs
@@ -172,10 +182,8 @@ pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
         .enumerate()
         .map(|(index, (entry, reply))| {
             process("tlog", Some(index as u64), entry.address, reply, |r| {
-                if r.poisoned {
-                    return Err("poisoned: a sync failed; restart it".to_string());
-                }
-                Ok(r)
+                let problem = tlog_problem(&r);
+                (r, problem)
             })
         })
         .collect();
@@ -185,7 +193,9 @@ pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
         .zip(storage)
         .map(|(entry, reply)| {
             process("storage", Some(entry.id), entry.address, reply, |r| {
-                Ok(storage_status(r, committed))
+                let status = storage_status(r, committed);
+                let problem = storage_problem(&status);
+                (status, problem)
             })
         })
         .collect();
@@ -233,25 +243,68 @@ async fn ask<T>(
     }
 }
 
+/// A process's row: what it answered, judged by `judge` (the status to
+/// show and, when something is wrong, what).
 fn process<R, T>(
     role: &'static str,
     id: Option<u64>,
     address: SocketAddr,
     reply: Result<R, String>,
-    convert: impl FnOnce(R) -> Result<T, String>,
+    judge: impl FnOnce(R) -> (T, Option<String>),
 ) -> ProcessStatus<T> {
-    let (status, error) = match reply.and_then(convert) {
-        Ok(status) => (Some(status), None),
+    let (status, error) = match reply.map(judge) {
+        Ok((status, problem)) => (Some(status), problem),
         Err(error) => (None, Some(error)),
     };
     ProcessStatus {
         role,
         id,
         address,
-        healthy: status.is_some(),
+        healthy: error.is_none(),
         error,
         status,
     }
+}
+
+/// How far, in seconds of versions, the committed version may trail the
+/// last version handed out, or a storage server the committed version,
+/// before it counts as stuck rather than busy.
+pub const STALL_SECONDS: f64 = 5.0;
+
+/// A version handed out but never committed stops every later commit (each
+/// TLog takes versions in chain order).
+fn sequencer_problem(r: &SequencerStatusReply) -> Option<String> {
+    let behind =
+        r.last_version.0.saturating_sub(r.committed_version.0) as f64 / VERSIONS_PER_SECOND;
+    (behind > STALL_SECONDS).then(|| {
+        format!(
+            "commit chain stalled: version {} was handed out {behind:.1} s of versions ago and \
+             the committed version is still {}",
+            r.last_version, r.committed_version
+        )
+    })
+}
+
+fn tlog_problem(r: &TLogStatusReply) -> Option<String> {
+    if r.poisoned {
+        Some("poisoned: a sync failed; it takes no commits until restarted".to_string())
+    } else if r.locked {
+        Some("locked: its epoch ended; it refuses commits".to_string())
+    } else {
+        None
+    }
+}
+
+fn storage_problem(s: &StorageStatus) -> Option<String> {
+    if let Some(reason) = &s.reply.stopped {
+        return Some(format!("stopped applying: {reason}"));
+    }
+    (s.lag_seconds > STALL_SECONDS).then(|| {
+        format!(
+            "behind: applied {} is {:.1} s behind the committed version {}",
+            s.reply.applied_version, s.lag_seconds, s.reply.committed_version
+        )
+    })
 }
 
 /// The server's own view of the committed version is taken before its
@@ -365,7 +418,8 @@ fn row<T>(out: &mut String, process: &ProcessStatus<T>, details: impl FnOnce(&T)
         .map_or_else(|| "-".to_string(), |id| id.to_string());
     let (healthy, details) = match (&process.status, &process.error) {
         (Some(status), None) => ("yes", details(status)),
-        (_, error) => ("NO", error.clone().unwrap_or_default()),
+        (Some(status), Some(error)) => ("NO", format!("{error} | {}", details(status))),
+        (None, error) => ("NO", error.clone().unwrap_or_default()),
     };
     let _ = writeln!(
         out,
@@ -408,6 +462,7 @@ mod tests {
             committed_version: Version(committed),
             window_bytes: 3 << 20,
             teams: vec![StorageTeamId(1)],
+            stopped: None,
         }
     }
 
@@ -423,6 +478,61 @@ mod tests {
     }
 
     #[test]
+    fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_named() {
+        let chain = |last: u64, committed: u64| SequencerStatusReply {
+            last_version: Version(last),
+            committed_version: Version(committed),
+        };
+        assert_eq!(sequencer_problem(&chain(5_000_000, 1_000_000)), None);
+        let stalled = sequencer_problem(&chain(7_000_000, 1_000_000)).unwrap();
+        assert!(stalled.starts_with("commit chain stalled"), "{stalled}");
+
+        let tlog = |locked, poisoned| TLogStatusReply {
+            durable_version: Version(1),
+            known_committed_version: Version(1),
+            locked,
+            poisoned,
+            memory_bytes: 0,
+            memory_budget: 0,
+            disk_bytes: 0,
+            truncation_blocker: None,
+            teams: Vec::new(),
+        };
+        assert_eq!(tlog_problem(&tlog(false, false)), None);
+        assert!(tlog_problem(&tlog(true, false))
+            .unwrap()
+            .starts_with("locked"));
+        assert!(tlog_problem(&tlog(true, true))
+            .unwrap()
+            .starts_with("poisoned"));
+
+        let fine = storage_status(storage_reply(1_000_000, 5_000_000), None);
+        assert_eq!(storage_problem(&fine), None);
+        let lagging = storage_status(storage_reply(1_000_000, 7_000_000), None);
+        assert!(storage_problem(&lagging).unwrap().starts_with("behind"));
+        let mut reply = storage_reply(1_000, 1_000);
+        reply.stopped = Some("write failed: disk full".into());
+        let stopped = storage_status(reply, None);
+        assert_eq!(
+            storage_problem(&stopped).unwrap(),
+            "stopped applying: write failed: disk full"
+        );
+
+        // An unhealthy process that answered keeps its status, and the
+        // table says what is wrong next to it.
+        let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+        let row = process("tlog", Some(2), addr, Ok(tlog(true, false)), |r| {
+            let problem = tlog_problem(&r);
+            (r, problem)
+        });
+        assert!(!row.healthy && row.status.is_some());
+        let mut text = String::new();
+        super::row(&mut text, &row, tlog_details);
+        assert!(text.contains("NO       locked: its epoch ended"), "{text}");
+        assert!(text.contains("| durable 1"), "{text}");
+    }
+
+    #[test]
     fn the_table_shows_health_errors_and_teams() {
         let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
         let status = ClusterStatus {
@@ -431,20 +541,22 @@ mod tests {
             unhealthy: 1,
             committed_version: Some(42),
             sequencer: process("sequencer", None, addr, Ok(()), |()| {
-                Ok(SequencerStatusReply {
+                let reply = SequencerStatusReply {
                     last_version: Version(43),
                     committed_version: Version(42),
-                })
+                };
+                (reply, sequencer_problem(&reply))
             }),
             proxies: vec![process("proxy", Some(1), addr, Ok(()), |()| {
-                Ok(ProxyStatusReply {
+                let reply = ProxyStatusReply {
                     proxy: ProxyId(1),
                     known_committed_version: Version(42),
                     commits: 9,
-                })
+                };
+                (reply, None)
             })],
             tlogs: vec![process("tlog", Some(0), addr, Ok(()), |()| {
-                Ok(TLogStatusReply {
+                let reply = TLogStatusReply {
                     durable_version: Version(43),
                     known_committed_version: Version(41),
                     locked: false,
@@ -459,7 +571,8 @@ mod tests {
                         bytes: 512,
                         servers: vec![StorageServerId(100), StorageServerId(101)],
                     }],
-                })
+                };
+                (reply, None)
             })],
             storage_servers: vec![process::<(), StorageStatus>(
                 "storage",

@@ -263,6 +263,12 @@ impl<E: KvEngine> StorageService<E> {
                 .teams_at(applied.next())
                 .into_iter()
                 .collect(),
+            stopped: self
+                .inner
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

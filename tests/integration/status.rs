@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use client::Client;
+use proto::transport::RpcClient;
 use proto::{Mutation, Version};
 use serde_json::Value;
 use testkit::free_local_addrs;
@@ -167,6 +168,18 @@ async fn status_shows_every_process_healthy_then_a_killed_storage_server() -> Re
             assert_eq!(server["status"], Value::Null);
         }
     }
+
+    // A locked TLog answers, but refuses every commit: unhealthy, with why.
+    let tlog = RpcClient::connect(local.cluster.tlogs[1].address, Default::default()).await?;
+    tlog.lock().await?;
+    let (ok, json) = status_json(&local.cluster_path).await?;
+    assert!(!ok);
+    assert_eq!(json["unhealthy"], 2, "{json:#}");
+    let locked = &json["tlogs"][1];
+    assert_eq!(locked["healthy"], false, "{locked:#}");
+    assert_eq!(locked["status"]["locked"], true, "{locked:#}");
+    let error = locked["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("locked"), "{locked:#}");
     Ok(local.stop().await?)
 }
 

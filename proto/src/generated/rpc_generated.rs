@@ -4493,6 +4493,7 @@ impl<'a> StorageStatusReply<'a> {
   pub const VT_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 12;
   pub const VT_WINDOW_BYTES: ::flatbuffers::VOffsetT = 14;
   pub const VT_TEAMS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_STOPPED: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4510,6 +4511,7 @@ impl<'a> StorageStatusReply<'a> {
     builder.add_durable_version(args.durable_version);
     builder.add_applied_version(args.applied_version);
     builder.add_server(args.server);
+    if let Some(x) = args.stopped { builder.add_stopped(x); }
     if let Some(x) = args.teams { builder.add_teams(x); }
     builder.finish()
   }
@@ -4564,6 +4566,13 @@ impl<'a> StorageStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(StorageStatusReply::VT_TEAMS, None)}
   }
+  #[inline]
+  pub fn stopped(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StorageStatusReply::VT_STOPPED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
@@ -4579,6 +4588,7 @@ impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
      .visit_field::<u64>("committed_version", Self::VT_COMMITTED_VERSION, false)?
      .visit_field::<u64>("window_bytes", Self::VT_WINDOW_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("teams", Self::VT_TEAMS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stopped", Self::VT_STOPPED, false)?
      .finish();
     Ok(())
   }
@@ -4591,6 +4601,7 @@ pub struct StorageStatusReplyArgs<'a> {
     pub committed_version: u64,
     pub window_bytes: u64,
     pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub stopped: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for StorageStatusReplyArgs<'a> {
   #[inline]
@@ -4603,6 +4614,7 @@ impl<'a> Default for StorageStatusReplyArgs<'a> {
       committed_version: 0,
       window_bytes: 0,
       teams: None,
+      stopped: None,
     }
   }
 }
@@ -4641,6 +4653,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StorageStatusReplyBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_TEAMS, teams);
   }
   #[inline]
+  pub fn add_stopped(&mut self, stopped: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_STOPPED, stopped);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StorageStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StorageStatusReplyBuilder {
@@ -4665,6 +4681,7 @@ impl ::core::fmt::Debug for StorageStatusReply<'_> {
       ds.field("committed_version", &self.committed_version());
       ds.field("window_bytes", &self.window_bytes());
       ds.field("teams", &self.teams());
+      ds.field("stopped", &self.stopped());
       ds.finish()
   }
 }

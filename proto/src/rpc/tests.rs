@@ -213,6 +213,17 @@ fn every_message() -> Vec<Message> {
             committed_version: Version(21),
             window_bytes: 4096,
             teams: vec![StorageTeamId(1), StorageTeamId(3)],
+            stopped: None,
+        }),
+        Message::StorageStatus(StorageStatusReply {
+            server: StorageServerId(8),
+            applied_version: Version(20),
+            durable_version: Version(10),
+            oldest_readable_version: Version(10),
+            committed_version: Version(21),
+            window_bytes: 0,
+            teams: Vec::new(),
+            stopped: Some("disk full".into()),
         }),
         Message::GetKeyLocation(GetKeyLocationRequest {
             key: Bytes::from_static(b"k"),

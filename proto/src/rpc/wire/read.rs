@@ -74,6 +74,7 @@ pub(super) fn get_range_reply(fbb: &mut FlatBufferBuilder<'_>, r: &GetRangeReply
 pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusReply) -> Encoded {
     let teams: Vec<u64> = r.teams.iter().map(|t| t.0).collect();
     let teams = fbb.create_vector(&teams);
+    let stopped = r.stopped.as_deref().map(|reason| fbb.create_string(reason));
     let args = fb::StorageStatusReplyArgs {
         server: r.server.0,
         applied_version: r.applied_version.0,
@@ -82,6 +83,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
         committed_version: r.committed_version.0,
         window_bytes: r.window_bytes,
         teams: Some(teams),
+        stopped,
     };
     let t = fb::StorageStatusReply::create(fbb, &args);
     (fb::Payload::StorageStatusReply, t.as_union_value())
@@ -209,6 +211,7 @@ pub(super) fn decode(
                         .teams()
                         .map(|t| t.iter().map(StorageTeamId).collect())
                         .unwrap_or_default(),
+                    stopped: r.stopped().map(str::to_owned),
                 })
             }),
         fb::Payload::GetKeyLocationRequest => (|| {
