@@ -19,6 +19,7 @@ use proto::rpc::{
     ClientCommitRequest, ErrorCode, GetKeyLocationRequest, GetRangeRequest, GetValueRequest,
     Message,
 };
+use proto::system_keys::USER_KEYS_END;
 use proto::transport::{ClientConfig, Peer, RpcError};
 use proto::{Mutation, StorageServerId, Version};
 
@@ -40,6 +41,10 @@ pub enum ClientError {
     /// `future_version`, `transaction_too_old`).
     #[error("read failed: {code}: {message}")]
     Read { code: ErrorCode, message: String },
+    /// A range the cluster cannot read: reversed, or reaching into the
+    /// system keys (past `\xff`). Nothing was sent.
+    #[error("invalid range: {0}")]
+    InvalidRange(String),
 }
 
 pub struct Client {
@@ -157,6 +162,7 @@ impl Client {
         reverse: bool,
         version: Version,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), ClientError> {
+        check_range(begin, end)?;
         self.retry_if_stale(begin, end, || {
             self.get_range_once(begin, end, limit, reverse, version)
         })
@@ -201,6 +207,15 @@ impl Client {
         let mut at = Bytes::copy_from_slice(begin);
         while at.as_ref() < end && limit > 0 {
             let location = self.locate(&at, version).await?;
+            if location.end.as_ref() <= at.as_ref() {
+                return Err(ClientError::Read {
+                    code: ErrorCode::Unknown,
+                    message: format!(
+                        "the shard map gave a shard ending at {:?}, not after {:?}",
+                        location.end, at
+                    ),
+                });
+            }
             at = location.end.clone();
             shards.push(location);
         }
@@ -354,9 +369,47 @@ impl Client {
     }
 }
 
+/// User reads stay in `["", \xff)`; a reversed range is a mistake, not an
+/// empty answer.
+fn check_range(begin: &[u8], end: &[u8]) -> Result<(), ClientError> {
+    if begin > end {
+        return Err(ClientError::InvalidRange(format!(
+            "begin {begin:?} is after end {end:?}"
+        )));
+    }
+    if end > USER_KEYS_END {
+        return Err(ClientError::InvalidRange(format!(
+            "end {end:?} lies in the system keys; user ranges end at most at \\xff"
+        )));
+    }
+    Ok(())
+}
+
 fn unexpected(message: Message) -> ClientError {
     ClientError::Read {
         code: ErrorCode::Unknown,
         message: format!("unexpected reply {}", message.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_past_the_user_keys_or_reversed_are_refused_before_sending() {
+        assert!(check_range(b"a", b"z").is_ok());
+        assert!(check_range(b"", b"\xff").is_ok());
+        assert!(check_range(b"a", b"a").is_ok());
+        for (begin, end) in [
+            (&b"a"[..], &b"\xff\x00"[..]),
+            (b"z", b"a"),
+            (b"\xff", b"\xff\xff"),
+        ] {
+            assert!(matches!(
+                check_range(begin, end),
+                Err(ClientError::InvalidRange(_))
+            ));
+        }
     }
 }

@@ -447,6 +447,7 @@ fn client_error_kind(error: &ClientError) -> String {
         ClientError::UnknownResult(_) => "unknown_result".into(),
         ClientError::Unavailable(_) => "unavailable".into(),
         ClientError::Sequencer(_) => "sequencer".into(),
+        ClientError::InvalidRange(_) => "invalid_range".into(),
     }
 }
 

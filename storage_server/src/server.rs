@@ -39,7 +39,7 @@ use proto::rpc::{
     PopRequest, StorageStatusReply,
 };
 use proto::shard_map::ShardMap;
-use proto::system_keys::parse_key_servers_key;
+use proto::system_keys::{parse_key_servers_key, USER_KEYS_END};
 use proto::team_set::parse_team_set_key;
 use proto::transport::{ClientConfig, Peer, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
@@ -209,6 +209,15 @@ impl<E: KvEngine> StorageService<E> {
         &self,
         request: GetRangeRequest,
     ) -> Result<GetRangeReply, ErrorReply> {
+        if request.begin > request.end || request.end.as_ref() > USER_KEYS_END {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidRange,
+                format!(
+                    "range [{:?}, {:?}) is reversed or reaches into the system keys",
+                    request.begin, request.end
+                ),
+            ));
+        }
         self.wait_for(request.version).await?;
         if !self
             .inner

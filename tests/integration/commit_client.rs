@@ -174,6 +174,17 @@ async fn the_command_line_client_commits_single_mutations_and_batches() -> Resul
             && stderr.contains("system_key"),
         "{stderr}"
     );
+    // A range reaching into the system keys is refused at once, not read
+    // shard by shard for ever.
+    let range = Command::new(crate::exe())
+        .arg("client")
+        .arg("--cluster")
+        .arg(&local.cluster_path)
+        .args(["get-range", "a", "\\xff\\x00"])
+        .output()?;
+    ensure!(!range.status.success());
+    let stderr = String::from_utf8_lossy(&range.stderr);
+    ensure!(stderr.contains("invalid range"), "{stderr}");
     Ok(local.stop().await?)
 }
 

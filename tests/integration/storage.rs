@@ -13,8 +13,8 @@ use anyhow::{ensure, Result};
 use bytes::Bytes;
 use client::{Client, ClientError};
 use cluster::ClusterFile;
-use proto::rpc::{GetRangeRequest, Message};
-use proto::transport::RpcClient;
+use proto::rpc::{ErrorCode, GetRangeRequest, Message};
+use proto::transport::{RpcClient, RpcError};
 use proto::{Mutation, Version};
 use rand::{Rng, SeedableRng};
 use testkit::seed_from_env;
@@ -212,6 +212,26 @@ async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
         ensure!(client.get(key, last).await?.as_ref() == Some(value));
     }
     ensure!(client.get(b"zz-absent", last).await?.is_none());
+    // A server refuses a range reaching into the system keys, clearly.
+    let last_team = cluster.teams.last().expect("teams");
+    let addr = cluster
+        .storage_servers
+        .iter()
+        .find(|s| s.id == last_team.servers[0])
+        .expect("known")
+        .address;
+    let server = RpcClient::connect(addr, Default::default()).await?;
+    let request = GetRangeRequest {
+        begin: Bytes::from_static(b"p"),
+        end: Bytes::from_static(b"\xff\x00"),
+        limit: 10,
+        reverse: false,
+        version: last,
+    };
+    match server.call(Message::GetRange(request)).await {
+        Err(RpcError::Remote { code, .. }) => ensure!(code == ErrorCode::InvalidRange),
+        other => anyhow::bail!("expected invalid_range, got {other:?}"),
+    }
     Ok(local.stop().await?)
 }
 
