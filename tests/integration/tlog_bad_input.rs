@@ -85,18 +85,33 @@ async fn garbage_and_broken_frames_close_only_their_connection() -> Result<()> {
     read_to_close(&mut stream).await?;
     still_serving(&client).await?;
 
-    // A 4 GiB length prefix must not make the server allocate it.
+    // A length over the cap is refused at once.
     let mut stream = TcpStream::connect(tlog.addr).await?;
     stream
         .write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])
         .await?;
     read_to_close(&mut stream).await?;
     still_serving(&client).await?;
+
+    // Lengths just under the cap, with no body: the server must not set
+    // memory aside for frames that never come. Eight of them would hold
+    // 512 MiB if it did.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(tlog.addr).await?;
+        let length = (proto::DEFAULT_MAX_FRAME_LEN as u32) - 8;
+        let mut header = length.to_le_bytes().to_vec();
+        header.extend_from_slice(&[0, 0, 0, 0]);
+        stream.write_all(&header).await?;
+        held.push(stream);
+    }
+    still_serving(&client).await?;
     let rss_after = vm_rss_kib(pid)?;
     assert!(
         rss_after < rss_before + 64 * 1024,
         "rss grew from {rss_before} KiB to {rss_after} KiB"
     );
+    drop(held);
 
     // A frame whose crc does not match its payload.
     let mut stream = TcpStream::connect(tlog.addr).await?;
