@@ -7,6 +7,7 @@ mod commit_client;
 mod commit_path;
 mod cursor_tlog;
 mod dev;
+mod nemesis;
 mod replay;
 mod status;
 mod storage;
