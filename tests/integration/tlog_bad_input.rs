@@ -99,7 +99,7 @@ async fn garbage_and_broken_frames_close_only_their_connection() -> Result<()> {
     let mut held = Vec::new();
     for _ in 0..8 {
         let mut stream = TcpStream::connect(tlog.addr).await?;
-        let length = (proto::DEFAULT_MAX_FRAME_LEN as u32) - 8;
+        let length = proto::DEFAULT_MAX_FRAME_LEN - 8;
         let mut header = length.to_le_bytes().to_vec();
         header.extend_from_slice(&[0, 0, 0, 0]);
         stream.write_all(&header).await?;
