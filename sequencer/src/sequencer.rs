@@ -5,7 +5,7 @@
 //! one per request, so a version difference is a duration. Each proxy numbers
 //! its requests; a retried request gets the versions it got the first time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proto::rpc::GetCommitVersionReply;
 use proto::{ProxyId, Version};
@@ -20,9 +20,14 @@ pub enum SequencerError {
     },
     #[error("{version} reported committed but never handed out (last is {last})")]
     UnknownVersion { version: Version, last: Version },
+    /// Versions go only to the cluster's proxies: a version handed to
+    /// anyone else would never reach the TLogs and stop every later commit.
+    #[error("{0} is not a proxy of this cluster")]
+    UnknownProxy(ProxyId),
 }
 
 pub struct SequencerCore {
+    proxies: BTreeSet<ProxyId>,
     last: Version,
     committed: Version,
     /// Version and clock reading at start: versions follow the clock from here.
@@ -31,9 +36,11 @@ pub struct SequencerCore {
 }
 
 impl SequencerCore {
-    /// Starts after `last`, the highest version any TLog holds.
-    pub fn new(last: Version, now_us: u64) -> Self {
+    /// Starts after `last`, the highest version any TLog holds, handing
+    /// versions to `proxies`.
+    pub fn new(last: Version, proxies: &BTreeSet<ProxyId>, now_us: u64) -> Self {
         SequencerCore {
+            proxies: proxies.clone(),
             last,
             committed: last,
             origin: (last, now_us),
@@ -47,6 +54,9 @@ impl SequencerCore {
         request_num: u64,
         now_us: u64,
     ) -> Result<GetCommitVersionReply, SequencerError> {
+        if !self.proxies.contains(&proxy) {
+            return Err(SequencerError::UnknownProxy(proxy));
+        }
         if let Some((latest, reply)) = self.answered.get(&proxy) {
             if request_num == *latest {
                 return Ok(*reply);
@@ -100,9 +110,13 @@ mod tests {
     const P1: ProxyId = ProxyId(1);
     const P2: ProxyId = ProxyId(2);
 
+    fn core(last: u64, now_us: u64) -> SequencerCore {
+        SequencerCore::new(Version(last), &[P1, P2].into(), now_us)
+    }
+
     #[test]
     fn versions_chain_and_follow_the_clock() {
-        let mut s = SequencerCore::new(Version(100), 5_000);
+        let mut s = core(100, 5_000);
         let a = s.commit_version(P1, 1, 5_000).unwrap();
         assert_eq!((a.prev_version, a.version), (Version(100), Version(101)));
         let b = s.commit_version(P2, 1, 7_000).unwrap();
@@ -117,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_retry_gets_the_same_versions_and_an_old_request_is_refused() {
-        let mut s = SequencerCore::new(Version(0), 0);
+        let mut s = core(0, 0);
         let first = s.commit_version(P1, 4, 10).unwrap();
         assert_eq!(s.commit_version(P1, 4, 99).unwrap(), first);
         assert!(matches!(
@@ -128,7 +142,7 @@ mod tests {
 
     #[test]
     fn read_versions_are_the_highest_committed() {
-        let mut s = SequencerCore::new(Version(10), 0);
+        let mut s = core(10, 0);
         let a = s.commit_version(P1, 1, 0).unwrap();
         let b = s.commit_version(P2, 1, 0).unwrap();
         assert_eq!(s.read_version(), Version(10));
@@ -136,5 +150,16 @@ mod tests {
         s.report_committed(a.version).unwrap();
         assert_eq!(s.read_version(), b.version);
         assert!(s.report_committed(Version(1_000)).is_err());
+    }
+
+    #[test]
+    fn a_stranger_gets_no_version() {
+        let mut s = core(10, 0);
+        assert_eq!(
+            s.commit_version(ProxyId(9), 1, 0),
+            Err(SequencerError::UnknownProxy(ProxyId(9)))
+        );
+        assert_eq!(s.last_version(), Version(10), "nothing handed out");
+        assert!(s.commit_version(P1, 1, 0).is_ok());
     }
 }

@@ -78,7 +78,7 @@ impl SequencerService {
         tracing::info!(%last, "sequencer starting after the tlogs' last version");
         let wait_ms = config.resolve_wait_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
-            sequencer: Mutex::new(SequencerCore::new(last, clock.now_us())),
+            sequencer: Mutex::new(SequencerCore::new(last, &config.proxies, clock.now_us())),
             resolver: Mutex::new(ResolverCore::new(last, &config.proxies, wait_ms)),
             clock,
         });
@@ -193,6 +193,7 @@ fn sequencer_error(e: SequencerError) -> ErrorReply {
     let code = match e {
         SequencerError::StaleRequest { .. } => ErrorCode::MalformedRequest,
         SequencerError::UnknownVersion { .. } => ErrorCode::VersionConflict,
+        SequencerError::UnknownProxy(_) => ErrorCode::MalformedRequest,
     };
     ErrorReply::new(code, e.to_string())
 }

@@ -9,9 +9,9 @@ use anyhow::{ensure, Result};
 use bytes::Bytes;
 use client::{Client, ClientError};
 use cluster::placement::tlogs_for_team;
-use proto::rpc::ErrorCode;
-use proto::transport::RpcClient;
-use proto::{BlockEntry, Mutation, StorageTeamId, Version};
+use proto::rpc::{ErrorCode, GetCommitVersionRequest, Message};
+use proto::transport::{RpcClient, RpcError};
+use proto::{BlockEntry, Mutation, ProxyId, StorageTeamId, Version};
 use testkit::tlog_stream::read_team_entries;
 use testkit::{ClusterSpec, LocalCluster};
 
@@ -93,6 +93,25 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
             "expected {code}"
         );
     }
+    // A stranger asking the sequencer for a version gets none, so no
+    // version is handed out that would never reach the TLogs.
+    let sequencer = RpcClient::connect(local.cluster.sequencer.address, Default::default()).await?;
+    let stray = sequencer
+        .call(Message::GetCommitVersion(GetCommitVersionRequest {
+            proxy: ProxyId(99),
+            request_num: 1,
+        }))
+        .await;
+    ensure!(
+        matches!(
+            &stray,
+            Err(RpcError::Remote {
+                code: ErrorCode::MalformedRequest,
+                ..
+            })
+        ),
+        "{stray:?}"
+    );
     let version = client.commit(vec![set(b"after", 1)]).await?;
     let written = all_mutations(&local, version).await?;
     ensure!(
