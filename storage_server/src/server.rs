@@ -55,6 +55,9 @@ const META_SHARD_MAP: &str = "shard_map";
 const STATUS_SEQUENCER_WAIT: Duration = Duration::from_secs(1);
 /// The most pairs one range read returns.
 pub const MAX_RANGE_LIMIT: u32 = 10_000;
+/// The most key and value bytes one range read answers with (plus one
+/// pair); the client pages on. Well under the transport's frame cap.
+pub const MAX_RANGE_REPLY_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -230,15 +233,18 @@ impl<E: KvEngine> StorageService<E> {
         let mut pairs = self
             .inner
             .store()
-            .get_range(
+            .get_range_within(
                 &request.begin,
                 &request.end,
                 limit + 1,
+                MAX_RANGE_REPLY_BYTES,
                 request.reverse,
                 request.version,
             )
             .map_err(read_error)?;
-        let more = pairs.len() > limit;
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // Stopped by the byte limit: there may be more (the next page says).
+        let more = pairs.len() > limit || bytes >= MAX_RANGE_REPLY_BYTES;
         pairs.truncate(limit);
         Ok(GetRangeReply { pairs, more })
     }

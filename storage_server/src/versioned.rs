@@ -231,6 +231,21 @@ impl<E: KvEngine> VersionedStore<E> {
         reverse: bool,
         version: Version,
     ) -> Result<Vec<(Bytes, Bytes)>, ReadError> {
+        self.get_range_within(begin, end, limit, usize::MAX, reverse, version)
+    }
+
+    /// Like [`get_range`](Self::get_range), also stopping once the pairs
+    /// returned hold `max_bytes` of keys and values (so at most
+    /// `max_bytes` plus one pair).
+    pub fn get_range_within(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        max_bytes: usize,
+        reverse: bool,
+        version: Version,
+    ) -> Result<Vec<(Bytes, Bytes)>, ReadError> {
         self.check_readable(version)?;
         let mut out = Vec::new();
         if begin >= end || limit == 0 {
@@ -246,7 +261,8 @@ impl<E: KvEngine> VersionedStore<E> {
         };
         let mut chain = next_chain();
         let mut engine = EngineScan::new(&*self.engine, begin, end, reverse);
-        while out.len() < limit {
+        let mut bytes = 0;
+        while out.len() < limit && bytes < max_bytes {
             let stored = engine.peek(limit - out.len())?;
             let (window_first, engine_first) = match (chain, stored) {
                 (None, None) => break,
@@ -268,6 +284,7 @@ impl<E: KvEngine> VersionedStore<E> {
             };
             if let Some(((key, history), under)) = window_first {
                 if let Some(pair) = self.resolve(key, history, under, version) {
+                    bytes += pair.0.len() + pair.1.len();
                     out.push(pair);
                 }
                 chain = next_chain();
@@ -277,6 +294,7 @@ impl<E: KvEngine> VersionedStore<E> {
                     Some((span_begin, span_end)) => engine.skip(span_begin, span_end),
                     None => {
                         engine.pop();
+                        bytes += key.len() + value.len();
                         out.push((key, value));
                     }
                 }
@@ -682,6 +700,17 @@ mod tests {
         assert_eq!(all.len(), 21);
         let read = engine.pairs_read.load(AtomicOrdering::Relaxed);
         assert!(read < 40, "read {read} engine pairs for 21 results");
+
+        // A byte limit stops the scan once the pairs reach it, window and
+        // engine pairs alike (each here is 4 bytes: "kNN" and one byte).
+        let within = store
+            .get_range_within(b"k05", b"z", 100, 10, false, Version(2))
+            .unwrap();
+        assert_eq!(keys(within), ["k05", "k06", "k07"].map(b));
+        let one = store
+            .get_range_within(b"k50", b"z", 100, 1, false, Version(2))
+            .unwrap();
+        assert_eq!(keys(one), [b("k50")], "at least one pair");
     }
 
     #[test]

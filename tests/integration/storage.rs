@@ -325,6 +325,36 @@ async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() -> Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_large_values_pages_by_bytes_instead_of_failing() -> Result<()> {
+    // 700 values of 100 KB: 70 MB in one shard, more than a frame holds.
+    const VALUES: usize = 700;
+    const PER_COMMIT: usize = 90;
+    let dir = tempfile::tempdir()?;
+    let local = LocalCluster::start(crate::exe(), dir.path(), &ClusterSpec::default()).await?;
+    let client = Client::new(&local.cluster);
+    let value = |i: usize| Bytes::from(vec![b'a' + (i % 26) as u8; 100_000]);
+    let mut last = Version::ZERO;
+    for chunk in (0..VALUES).collect::<Vec<_>>().chunks(PER_COMMIT) {
+        let mutations = chunk
+            .iter()
+            .map(|i| Mutation::SetValue {
+                key: Bytes::from(format!("big{i:04}")),
+                value: value(*i),
+            })
+            .collect();
+        last = client.commit(mutations).await?;
+    }
+    let (pairs, more) = client
+        .get_range(b"big", b"bih", 1_000_000, false, last)
+        .await?;
+    ensure!(!more && pairs.len() == VALUES, "{} pairs", pairs.len());
+    for (i, (key, got)) in pairs.iter().enumerate() {
+        ensure!(key.as_ref() == format!("big{i:04}").as_bytes() && *got == value(i));
+    }
+    Ok(local.stop().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_team_change_starts_and_stops_exactly_at_its_version() -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
