@@ -89,6 +89,8 @@ pub enum CoreError {
     },
     #[error("too many commits wait for predecessors")]
     Overloaded,
+    #[error("commit of {bytes} bytes does not fit a log segment (at most {max})")]
+    CommitTooLarge { bytes: u64, max: u64 },
     #[error("peek at {begin} is below popped version {popped}")]
     PeekBeforePopped { begin: Version, popped: Version },
     #[error("unknown team {0}")]

@@ -117,6 +117,9 @@ struct Shared<S: LogStore> {
     progress: watch::Sender<Progress>,
     clock: Arc<dyn Clock>,
     memory_budget: u64,
+    /// The largest commit record a segment holds: a larger one is refused
+    /// before it reaches the log, which could only fail (and poison) on it.
+    max_commit_payload: u64,
     disk_bytes: AtomicU64,
 }
 
@@ -351,6 +354,7 @@ impl<S: LogStore> TLogService<S> {
             progress,
             clock,
             memory_budget: config.core.memory_budget,
+            max_commit_payload: LogConfig::max_payload(config.log.segment_size),
             disk_bytes: disk_bytes.into(),
         });
         // The writer's reports are applied by a task of the runtime, not on
@@ -409,7 +413,17 @@ impl<S: LogStore> TLogService<S> {
                 .map(|t| (t.team, t.data))
                 .collect(),
         };
-        let commit = match PreparedCommit::new(request) {
+        let max = self.shared.max_commit_payload;
+        let prepared = PreparedCommit::new(request).and_then(|commit| {
+            if commit.payload_len() > max {
+                return Err(CoreError::CommitTooLarge {
+                    bytes: commit.payload_len(),
+                    max,
+                });
+            }
+            Ok(commit)
+        });
+        let commit = match prepared {
             Ok(commit) => commit,
             Err(e) => return waiter.complete(Outcome::Commit(Err(e))),
         };

@@ -100,6 +100,7 @@ pub fn error_reply(e: CoreError) -> ErrorReply {
         CoreError::CommitTooOld { .. } => ErrorCode::CommitTooOld,
         CoreError::MissingPredecessor { .. } => ErrorCode::MissingPredecessor,
         CoreError::Overloaded => ErrorCode::Overloaded,
+        CoreError::CommitTooLarge { .. } => ErrorCode::CommitTooLarge,
         CoreError::PeekBeforePopped { .. } => ErrorCode::PeekBeforePopped,
         CoreError::UnknownTeam(_) => ErrorCode::UnknownTeam,
     };

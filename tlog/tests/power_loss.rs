@@ -169,3 +169,32 @@ async fn acknowledged_commits_survive_sync_failure_and_power_loss() {
         acknowledged.extend(std::mem::take(&mut *acked.lock().unwrap()));
     }
 }
+
+#[tokio::test]
+async fn a_commit_larger_than_a_segment_is_refused_and_poisons_nothing() {
+    let store = MemStore::new();
+    let service =
+        TLogService::open(Arc::new(store), &config(), Arc::new(SystemClock::default())).unwrap();
+    let mut huge = commit(Version(0), Version(1), "k");
+    let mut block = TeamBlockBuilder::new(TEAM);
+    let mutation = Mutation::SetValue {
+        key: Bytes::from_static(b"big"),
+        value: Bytes::from(vec![b'x'; 64 << 10]),
+    };
+    block.push(Version(1), Subsequence(1), &mutation).unwrap();
+    huge.teams[0].data = block.finish();
+    assert!(matches!(
+        service.commit(huge).await,
+        Err(CoreError::CommitTooLarge { .. })
+    ));
+    // The same version, small enough, is taken: nothing was appended, and
+    // the TLog is not poisoned.
+    assert_eq!(
+        service.commit(commit(Version(0), Version(1), "k")).await,
+        Ok(Version(1))
+    );
+    assert_eq!(
+        service.commit(commit(Version(1), Version(2), "k")).await,
+        Ok(Version(2))
+    );
+}

@@ -73,6 +73,11 @@ impl PreparedCommit {
         self.record.version
     }
 
+    /// The bytes of its record's payload.
+    pub fn payload_len(&self) -> u64 {
+        self.payload.len() as u64
+    }
+
     /// What waiting for its predecessor costs the core.
     pub(super) fn pending_bytes(&self) -> u64 {
         self.payload.len() as u64 + 64
