@@ -329,11 +329,13 @@ pub enum ErrorCode {
     FutureVersion,
     TransactionTooOld,
     WrongShardServer,
+    /// Stored data failed verification: asking again will not help.
+    Corrupt,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
         ErrorCode::UnknownMessage,
@@ -359,6 +361,7 @@ impl ErrorCode {
         ErrorCode::FutureVersion,
         ErrorCode::TransactionTooOld,
         ErrorCode::WrongShardServer,
+        ErrorCode::Corrupt,
     ];
 
     /// The snake_case name used in logs and status output.
@@ -389,6 +392,7 @@ impl ErrorCode {
             ErrorCode::FutureVersion => "future_version",
             ErrorCode::TransactionTooOld => "transaction_too_old",
             ErrorCode::WrongShardServer => "wrong_shard_server",
+            ErrorCode::Corrupt => "corrupt",
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum CoreError {
     Overloaded,
     #[error("commit of {bytes} bytes does not fit a log segment (at most {max})")]
     CommitTooLarge { bytes: u64, max: u64 },
+    /// Spilled data failed verification when read back for a peek.
+    #[error("corrupt log: {0}")]
+    Corrupt(String),
     #[error("peek at {begin} is below popped version {popped}")]
     PeekBeforePopped { begin: Version, popped: Version },
     #[error("unknown team {0}")]

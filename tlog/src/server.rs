@@ -489,7 +489,7 @@ impl<S: LogStore> TLogService<S> {
             match plan {
                 PeekPlan::Ready(result) => return Ok(result),
                 PeekPlan::Disk(disk) => {
-                    if let Some(result) = self.read_disk(disk).await {
+                    if let Some(result) = self.read_disk(disk).await? {
                         return Ok(result);
                     }
                 }
@@ -522,18 +522,23 @@ impl<S: LogStore> TLogService<S> {
 
     /// Reads spilled data on a blocking thread; None when the segments it
     /// planned to read were removed meanwhile (the caller plans again).
-    async fn read_disk(&self, disk: DiskPeek) -> Option<PeekResult> {
+    /// Data that fails verification is reported, never read again and again.
+    async fn read_disk(&self, disk: DiskPeek) -> Result<Option<PeekResult>, CoreError> {
         let reader = self.shared.reader.clone();
         let task = tokio::task::spawn_blocking(move || scan_for_peek(&reader, &disk));
         match task.await {
-            Ok(Ok(result)) => Some(result),
-            Ok(Err(e)) => {
+            Ok(Ok(result)) => Ok(Some(result)),
+            Ok(Err(e @ (LogError::SegmentRemoved(_) | LogError::NotDurable { .. }))) => {
                 tracing::debug!(error = %e, "disk peek raced with truncation; planning again");
-                None
+                Ok(None)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "a peek read corrupt data from the log");
+                Err(CoreError::Corrupt(e.to_string()))
             }
             Err(e) => {
                 tracing::error!(error = %e, "disk peek task failed");
-                None
+                Err(CoreError::Corrupt(format!("reading the log failed: {e}")))
             }
         }
     }

@@ -101,6 +101,7 @@ pub fn error_reply(e: CoreError) -> ErrorReply {
         CoreError::MissingPredecessor { .. } => ErrorCode::MissingPredecessor,
         CoreError::Overloaded => ErrorCode::Overloaded,
         CoreError::CommitTooLarge { .. } => ErrorCode::CommitTooLarge,
+        CoreError::Corrupt(_) => ErrorCode::Corrupt,
         CoreError::PeekBeforePopped { .. } => ErrorCode::PeekBeforePopped,
         CoreError::UnknownTeam(_) => ErrorCode::UnknownTeam,
     };

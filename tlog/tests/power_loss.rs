@@ -198,3 +198,42 @@ async fn a_commit_larger_than_a_segment_is_refused_and_poisons_nothing() {
         Ok(Version(2))
     );
 }
+
+#[tokio::test]
+async fn a_corrupt_spilled_record_is_reported_to_the_peek_not_read_for_ever() {
+    use tlog::store::LogStore;
+
+    let store = MemStore::new();
+    let service = TLogService::open(
+        Arc::new(store.clone()),
+        &config(),
+        Arc::new(SystemClock::default()),
+    )
+    .unwrap();
+    // Well past the 16 KiB memory budget, so the first versions are read
+    // back from the log.
+    for v in 1..=600u64 {
+        service
+            .commit(commit(Version(v - 1), Version(v), &format!("key-{v:04}")))
+            .await
+            .unwrap();
+    }
+    let first = *store.list().unwrap().first().expect("a segment");
+    let mut byte = [0u8; 1];
+    let offset = 200;
+    store.read_at(first, offset, &mut byte).unwrap();
+    store.write_at(first, offset, &[byte[0] ^ 0x5a]).unwrap();
+    store.sync(first).unwrap();
+
+    let peek = service.peek(PeekRequest {
+        team: TEAM,
+        begin: Version(1),
+        max_bytes: 1 << 20,
+        timeout_ms: 0,
+    });
+    match tokio::time::timeout(Duration::from_secs(30), peek).await {
+        Ok(Err(CoreError::Corrupt(reason))) => assert!(reason.contains("corrupt"), "{reason}"),
+        Ok(other) => panic!("expected corruption, got {:?}", other.map(|r| r.end)),
+        Err(_) => panic!("the peek never came back"),
+    }
+}

@@ -13,10 +13,10 @@ pub mod rpc {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 24;
+pub const ENUM_MAX_ERROR_CODE: u16 = 25;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 25] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 26] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedRequest,
   ErrorCode::UnknownMessage,
@@ -42,6 +42,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 25] = [
   ErrorCode::FutureVersion,
   ErrorCode::TransactionTooOld,
   ErrorCode::WrongShardServer,
+  ErrorCode::Corrupt,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -74,9 +75,10 @@ impl ErrorCode {
   pub const FutureVersion: Self = Self(22);
   pub const TransactionTooOld: Self = Self(23);
   pub const WrongShardServer: Self = Self(24);
+  pub const Corrupt: Self = Self(25);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 24;
+  pub const ENUM_MAX: u16 = 25;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::MalformedRequest,
@@ -103,6 +105,7 @@ impl ErrorCode {
     Self::FutureVersion,
     Self::TransactionTooOld,
     Self::WrongShardServer,
+    Self::Corrupt,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -132,6 +135,7 @@ impl ErrorCode {
       Self::FutureVersion => Some("FutureVersion"),
       Self::TransactionTooOld => Some("TransactionTooOld"),
       Self::WrongShardServer => Some("WrongShardServer"),
+      Self::Corrupt => Some("Corrupt"),
       _ => None,
     }
   }
