@@ -114,6 +114,15 @@ pub struct ServerConfig {
     /// Requests of one connection handled at once; past it the server stops
     /// reading that connection until one finishes (at least 1).
     pub max_in_flight_per_connection: usize,
+    /// Connections served at once; one more is closed as soon as it is
+    /// accepted.
+    pub max_connections: usize,
+    /// How long a frame may take to arrive once its first bytes have: a
+    /// peer that trickles a frame is closed.
+    pub frame_timeout: Duration,
+    /// How long a connection with no request in flight may send nothing
+    /// before it is closed (clients reconnect on their next call).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +130,9 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_in_flight_per_connection: 256,
+            max_connections: 1024,
+            frame_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }

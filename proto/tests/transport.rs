@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use futures::{SinkExt, StreamExt};
+use proto::transport::Peer;
 use proto::{
     serve, ClientConfig, Envelope, ErrorCode, ErrorReply, FrameCodec, Message, PeekReply,
     PeekRequest, PopRequest, RegisterTeamRequest, Responder, RpcClient, RpcError, ServerConfig,
@@ -639,5 +640,109 @@ async fn a_connection_stops_being_read_at_its_in_flight_cap() {
         assert_eq!(reply.unwrap().end, Version(begin));
     }
     assert_eq!(gate.max_in_flight.load(Ordering::SeqCst), 2);
+    server.stop().await;
+}
+
+/// Reads until the server closes the connection (or resets it).
+async fn closed_by_server(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match within(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn short_timeouts() -> ServerConfig {
+    ServerConfig {
+        frame_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_and_a_freed_slot_is_reused() {
+    let server = TestServer::start(
+        Arc::new(EchoService::default()),
+        ServerConfig {
+            max_connections: 2,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let first = server.client().await;
+    assert_peek_works(&first, 1).await;
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    // Accepted after the two above: no slot, closed unanswered.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    closed_by_server(&mut third).await;
+    assert_peek_works(&first, 2).await;
+    second.shutdown().await.unwrap();
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let client = RpcClient::connect(server.addr, ClientConfig::default())
+            .await
+            .unwrap();
+        if within(client.peek(peek(3))).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_trickled_in_too_slowly_closes_its_connection() {
+    let server = TestServer::start(Arc::new(EchoService::default()), short_timeouts()).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    // Half a header, and then nothing.
+    slow.write_all(&[0x10, 0, 0, 0]).await.unwrap();
+    closed_by_server(&mut slow).await;
+    assert_peek_works(&server.client().await, 1).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_a_peer_reconnects() {
+    let server = TestServer::start(Arc::new(EchoService::default()), short_timeouts()).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    closed_by_server(&mut idle).await;
+    let peer = Peer::new(server.addr, ClientConfig::default());
+    let first = peer.client().await.unwrap();
+    assert_peek_works(&first, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !first.is_closed() {
+        assert!(tokio::time::Instant::now() < deadline, "never closed");
+        tokio::task::yield_now().await;
+    }
+    assert_peek_works(&peer.client().await.unwrap(), 2).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_keeps_a_quiet_connection_open() {
+    let service = Arc::new(EchoService::default());
+    let server = TestServer::start(service.clone(), short_timeouts()).await;
+    let client = server.client().await;
+    // `Status` is never answered: a long poll that outlasts the idle
+    // timeout many times over.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(Message::Status).await }
+    });
+    within(service.status_arrived.notified()).await;
+    // The time under test, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_peek_works(&client, 5).await;
+    assert!(!waiting.is_finished(), "the call was ended");
+    waiting.abort();
     server.stop().await;
 }

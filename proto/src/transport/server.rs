@@ -29,6 +29,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -172,6 +173,7 @@ pub async fn serve(
     debug!(%local, "serving");
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -179,13 +181,21 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        warn!(%local, %peer, "connection cap reached; closing a new connection");
+                        continue;
+                    };
+                    let connection = serve_connection(
                         stream,
                         peer,
                         Arc::clone(&service),
                         config.clone(),
                         stop.child_token(),
-                    ));
+                    );
+                    connections.spawn(async move {
+                        connection.await;
+                        drop(slot);
+                    });
                 }
                 Err(e) if is_per_connection(&e) => {
                     debug!(%local, error = %e, "accept failed for one connection");
@@ -224,6 +234,8 @@ enum Ending {
     WriterEnded,
     /// Server shutdown.
     Stopped,
+    /// The peer held a frame half sent, or an idle connection, too long.
+    TimedOut,
 }
 
 async fn serve_connection(
@@ -259,6 +271,8 @@ async fn serve_connection(
         }),
         in_flight: Arc::new(Semaphore::new(max_in_flight)),
         max_in_flight,
+        frame_timeout: config.frame_timeout,
+        idle_timeout: config.idle_timeout,
         stop: stop.clone(),
     };
     let mut frames = FramedRead::new(read_half, FrameCodec::new(max_frame_len));
@@ -266,7 +280,9 @@ async fn serve_connection(
 
     match ending {
         Ending::PeerClosed => connection.finish_requests().await,
-        Ending::Abort | Ending::Stopped | Ending::WriterEnded => connection.link.requests.cancel(),
+        Ending::Abort | Ending::Stopped | Ending::WriterEnded | Ending::TimedOut => {
+            connection.link.requests.cancel()
+        }
     }
     // The writer writes what is queued, then closes its half.
     let _ = connection.link.outgoing.send(Outgoing::Close);
@@ -306,6 +322,17 @@ async fn linger(mut read_half: OwnedReadHalf, stop: &CancellationToken) {
     }
 }
 
+/// What a connection's timeouts go by.
+struct Watch {
+    every: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether a frame arrived since the last check.
+    activity: bool,
+    idle_since: Instant,
+    /// Since when the read buffer has held part of a frame.
+    partial_since: Option<Instant>,
+}
+
 struct Connection {
     peer: SocketAddr,
     service: Arc<dyn Service>,
@@ -314,6 +341,8 @@ struct Connection {
     /// reading until a reply is written.
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    frame_timeout: Duration,
+    idle_timeout: Duration,
     stop: CancellationToken,
 }
 
@@ -323,6 +352,14 @@ impl Connection {
         frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
         writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
     ) -> Ending {
+        let every = self.frame_timeout.min(self.idle_timeout) / 4;
+        let mut watch = Watch {
+            every,
+            timer: Box::pin(tokio::time::sleep(every)),
+            activity: false,
+            idle_since: Instant::now(),
+            partial_since: None,
+        };
         loop {
             let permit = tokio::select! {
                 () = self.stop.cancelled() => return Ending::Stopped,
@@ -331,16 +368,67 @@ impl Connection {
                     permit.expect("the in-flight semaphore is never closed")
                 }
             };
-            let frame = tokio::select! {
-                () = self.stop.cancelled() => return Ending::Stopped,
-                result = &mut *writer => return self.writer_ended(result),
-                frame = frames.next() => frame,
+            let frame = match self.next_frame(frames, writer, &mut watch).await {
+                Ok(frame) => frame,
+                Err(ending) => return ending,
             };
             let Some(frame) = frame else {
                 return Ending::PeerClosed;
             };
             if let Err(ending) = self.on_frame(frame, permit) {
                 return ending;
+            }
+        }
+    }
+
+    /// Waits for the next frame, closing the connection when a frame takes
+    /// longer than `frame_timeout` to arrive once begun, or when nothing
+    /// comes for `idle_timeout` while no request is in flight (a request in
+    /// flight, such as a long poll, keeps it open). One timer per
+    /// connection checks a few times per timeout, from what arrived since
+    /// and what the read buffer holds, so reading a frame arms no timer.
+    async fn next_frame(
+        &self,
+        frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
+        watch: &mut Watch,
+    ) -> Result<Option<Result<Bytes, FrameError>>, Ending> {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return Err(Ending::Stopped),
+                result = &mut *writer => return Err(self.writer_ended(result)),
+                frame = frames.next() => {
+                    watch.activity = true;
+                    return Ok(frame);
+                }
+                () = &mut watch.timer => {}
+            }
+            let now = Instant::now();
+            watch.timer.as_mut().reset(now + watch.every);
+            let activity = std::mem::take(&mut watch.activity);
+            if activity {
+                watch.idle_since = now;
+            }
+            if frames.read_buffer().is_empty() {
+                watch.partial_since = None;
+                // The permit the read loop holds is not a request in flight.
+                let busy = self.in_flight.available_permits() + 1 < self.max_in_flight;
+                if busy {
+                    watch.idle_since = now;
+                } else if now.duration_since(watch.idle_since) >= self.idle_timeout {
+                    debug!(peer = %self.peer, "idle connection; closing");
+                    return Err(Ending::TimedOut);
+                }
+            } else {
+                watch.idle_since = now;
+                if activity {
+                    watch.partial_since = Some(now);
+                }
+                let since = *watch.partial_since.get_or_insert(now);
+                if now.duration_since(since) >= self.frame_timeout {
+                    warn!(peer = %self.peer, "a frame took too long to arrive; closing");
+                    return Err(Ending::TimedOut);
+                }
             }
         }
     }
