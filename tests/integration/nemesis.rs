@@ -17,7 +17,7 @@ use bytes::Bytes;
 use client::{Client, ClientError};
 use proto::Mutation;
 use rand::{Rng, SeedableRng};
-use testkit::{seed_from_env, ClusterSpec, LocalCluster};
+use testkit::{kills_from_env, seed_from_env, ClusterSpec, LocalCluster};
 
 const WRITERS: u64 = 4;
 const KEYS_PER_WRITER: u64 = 40;
@@ -90,10 +90,7 @@ async fn wait_for_commits(count: &AtomicU64, from: u64, what: &str) -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_resume_after_each_tlog_kill_and_relaunch_and_nothing_is_lost() -> Result<()> {
-    let kills: usize = std::env::var("TEAMLOG_KILLS")
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(5);
+    let kills = kills_from_env(5);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &ClusterSpec::default()).await?;

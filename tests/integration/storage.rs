@@ -17,7 +17,7 @@ use proto::rpc::{ErrorCode, GetRangeRequest, Message};
 use proto::transport::{RpcClient, RpcError};
 use proto::{Mutation, Version};
 use rand::{Rng, SeedableRng};
-use testkit::seed_from_env;
+use testkit::{kills_from_env, seed_from_env};
 use testkit::{ClusterSpec, LocalCluster};
 
 /// Shards: ["", "h") team 1, ["h", "p") team 2, ["p", \xff) team 3.
@@ -237,10 +237,7 @@ async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() -> Result<()> {
-    let kills: usize = std::env::var("TEAMLOG_KILLS")
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(20);
+    let kills = kills_from_env(20);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let exe = crate::exe();

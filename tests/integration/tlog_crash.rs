@@ -13,9 +13,9 @@ use bytes::Bytes;
 use proto::transport::RpcClient;
 use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 use rand::{Rng, SeedableRng};
-use testkit::seed_from_env;
 use testkit::tlog_stream::{read_team, set_commit, VersionChain};
 use testkit::ChildProcess;
+use testkit::{kills_from_env, seed_from_env};
 
 const TEAMS: [StorageTeamId; 3] = [StorageTeamId(1), StorageTeamId(2), StorageTeamId(3)];
 const COMMITTERS: usize = 4;
@@ -23,13 +23,6 @@ const COMMITTERS: usize = 4;
 /// large frames arrive in buffers of their own and large records are
 /// written in parts.
 const LARGE_VALUE: usize = 40 << 10;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// What one version was sent with, and whether the TLog acknowledged it.
 #[derive(Clone, Debug)]
@@ -42,8 +35,7 @@ struct Sent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_commits_survive_repeated_kill_9() -> Result<()> {
-    let kills: usize = env_or("TEAMLOG_KILLS", 50);
-    println!("kills={kills} (set TEAMLOG_KILLS for more)");
+    let kills = kills_from_env(50);
     let seed = seed_from_env();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir()?;
