@@ -39,6 +39,7 @@ fn peek_reply(blocks: usize, len: usize) -> Envelope {
             end: Version(100),
             popped: Version(0),
             max_known_version: Version(100),
+            known_committed_version: Version(99),
             end_of_stream: false,
         }),
     }

@@ -95,6 +95,12 @@ impl<S: PeekSource, O: MergeOrder> BroadcastedStorageTeamPeekCursor<S, O> {
     pub fn complete_below(&self) -> Version {
         self.group.complete_below()
     }
+
+    /// The highest version a TLog said is committed cluster-wide: versions
+    /// above it may still be rolled back by a recovery.
+    pub fn known_committed(&self) -> Version {
+        self.group.known_committed()
+    }
 }
 
 peek_cursor_over_group!(BroadcastedStorageTeamPeekCursor);

@@ -138,6 +138,8 @@ pub(crate) struct StreamGroup<S, O> {
     heap: BinaryHeap<Reverse<u128>>,
     /// Versions below are complete on every stream.
     safe_end: Version,
+    /// Kept here, not only per stream: retired streams count too.
+    known_committed: Version,
     floor: Position,
     pub max_bytes: u32,
     /// At most this many versions (with mutations) per batch.
@@ -154,6 +156,7 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
             streams,
             heap: BinaryHeap::new(),
             safe_end: Version::ZERO,
+            known_committed: Version::ZERO,
             floor: (Version::ZERO, Subsequence(0)),
             max_bytes,
             max_versions: None,
@@ -164,6 +167,11 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
 
     pub fn complete_below(&self) -> Version {
         self.safe_end
+    }
+
+    /// The highest version any TLog said is committed cluster-wide.
+    pub fn known_committed(&self) -> Version {
+        self.known_committed
     }
 
     pub fn has_remaining(&self) -> bool {
@@ -259,6 +267,7 @@ impl<S: PeekSource, O: MergeOrder> StreamGroup<S, O> {
                         source,
                     })
                     .and_then(|reply| stream.ingest(begin, reply));
+                self.known_committed = self.known_committed.max(stream.known_committed);
                 match ingested {
                     Ok(stream_moved) => moved |= stream_moved,
                     Err(e) => {

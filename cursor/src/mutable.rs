@@ -122,6 +122,12 @@ impl<S: PeekSource, O: MergeOrder> MutableTeamPeekCursor<S, O> {
         self.group.complete_below()
     }
 
+    /// The highest version a TLog said is committed cluster-wide: versions
+    /// above it may still be rolled back by a recovery.
+    pub fn known_committed(&self) -> Version {
+        self.group.known_committed()
+    }
+
     fn tracker(&self) -> &TeamSetTracker {
         self.group
             .team_set

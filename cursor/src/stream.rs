@@ -40,6 +40,8 @@ pub(crate) struct TeamStream {
     /// below the floor).
     pub may_skip: bool,
     pub fetched: bool,
+    /// The highest committed version a reply vouched for.
+    pub known_committed: Version,
 }
 
 impl TeamStream {
@@ -55,6 +57,7 @@ impl TeamStream {
             end_of_stream: false,
             may_skip: true,
             fetched: false,
+            known_committed: Version::ZERO,
         }
     }
 
@@ -147,6 +150,7 @@ impl TeamStream {
         let ended = reply.end_of_stream && !self.end_of_stream;
         self.end_of_stream |= reply.end_of_stream;
         self.fetched = true;
+        self.known_committed = self.known_committed.max(reply.known_committed_version);
         Ok(self.messages.len() > before_messages || self.frontier > before_frontier || ended)
     }
 

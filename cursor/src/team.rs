@@ -88,6 +88,12 @@ impl<S: PeekSource> StorageTeamPeekCursor<S> {
         self.stream.frontier.min(self.batch_end)
     }
 
+    /// The highest version a TLog said is committed cluster-wide: versions
+    /// above it may still be rolled back by a recovery.
+    pub fn known_committed(&self) -> Version {
+        self.stream.known_committed
+    }
+
     /// Where the batch starting at the stream's position ends: after
     /// `max_versions` versions, or never.
     fn batch_end(&self) -> Version {

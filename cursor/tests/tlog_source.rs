@@ -40,6 +40,7 @@ impl Service for ScriptedTLog {
                         end: Version(9),
                         popped: Version::ZERO,
                         max_known_version: Version(8),
+                        known_committed_version: Version(8),
                         end_of_stream: false,
                     })
                 })

@@ -76,6 +76,9 @@ pub struct PeekReply {
     pub max_known_version: Version,
     /// The TLog is locked and nothing at or after `end` will ever come.
     pub end_of_stream: bool,
+    /// Every version at or below this is committed cluster-wide, as the
+    /// proxies told this TLog: a lower bound of the committed version.
+    pub known_committed_version: Version,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

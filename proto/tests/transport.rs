@@ -120,6 +120,7 @@ fn peek_reply(r: PeekRequest) -> Message {
         end: r.begin,
         popped: Version(0),
         max_known_version: r.begin,
+        known_committed_version: r.begin,
         end_of_stream: false,
     })
 }

@@ -128,7 +128,8 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
         let request = TLogCommitRequest {
             prev_version: Version(c * VERSION_STEP),
             version,
-            known_committed_version: Version::ZERO,
+            // One TLog: what precedes a commit it takes is committed.
+            known_committed_version: Version(c * VERSION_STEP),
             teams: vec![TeamBlockData {
                 team: TEAM,
                 data: block.finish(),

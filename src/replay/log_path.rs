@@ -120,7 +120,8 @@ impl ReplayTarget for LogTarget {
             let request = TLogCommitRequest {
                 prev_version: prev,
                 version,
-                known_committed_version: Version::ZERO,
+                // One TLog: what precedes a commit it takes is committed.
+                known_committed_version: prev,
                 teams: vec![TeamBlockData {
                     team: TEAM,
                     data: block.finish(),

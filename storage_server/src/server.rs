@@ -354,8 +354,14 @@ impl<E: KvEngine> Inner<E> {
         &self,
         cursor: &mut C,
         complete_below: Version,
+        known_committed: Version,
     ) -> Result<Version, String> {
         let mut store = self.store_mut();
+        // A version the TLogs hold but no proxy has reported committed may
+        // be rolled back by a recovery, and the read versions clients get
+        // have not reached it: it stays in the window, readable, and out of
+        // the engine.
+        store.limit_flushes_to(known_committed);
         let mut ownership = self.ownership();
         let (mut mutations, mut mutation_bytes) = (0u64, 0u64);
         for m in cursor.iter() {
@@ -498,7 +504,8 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
             Err(e) => return inner.fail(e.to_string()),
         }
         let complete_below = cursor.complete_below();
-        let applied = match inner.apply_batch(&mut cursor, complete_below) {
+        let known_committed = cursor.known_committed();
+        let applied = match inner.apply_batch(&mut cursor, complete_below, known_committed) {
             Ok(applied) => applied,
             Err(reason) => return inner.fail(reason),
         };

@@ -93,6 +93,9 @@ pub struct VersionedStore<E: KvEngine> {
     config: WindowConfig,
     durable: Version,
     applied: Version,
+    /// Versions above this are not known committed: a recovery may still
+    /// roll them back, so flushes keep them out of the engine.
+    flush_limit: Version,
     /// The version of the newest applied mutation (may exceed `applied`
     /// while its version is in progress).
     newest_mutation: Version,
@@ -144,6 +147,7 @@ impl<E: KvEngine> VersionedStore<E> {
             config,
             durable,
             applied: durable,
+            flush_limit: Version::MAX,
             newest_mutation: durable,
             flushing: None,
         })
@@ -320,9 +324,15 @@ impl<E: KvEngine> VersionedStore<E> {
         }
     }
 
+    /// Keeps versions above `version` out of the engine: they are not
+    /// known to be committed. Until told, nothing is held back.
+    pub fn limit_flushes_to(&mut self, version: Version) {
+        self.flush_limit = version;
+    }
+
     /// The version a flush now would make durable: everything older than
     /// the window's version span or beyond its byte budget, never past the
-    /// applied version.
+    /// applied version nor the flush limit.
     pub fn flush_target(&self) -> Version {
         let by_versions = Version(self.applied.0.saturating_sub(self.config.max_versions));
         let by_bytes = self
@@ -332,6 +342,7 @@ impl<E: KvEngine> VersionedStore<E> {
         by_versions
             .max(by_bytes)
             .min(self.applied)
+            .min(self.flush_limit)
             .max(self.durable)
     }
 
@@ -711,6 +722,27 @@ mod tests {
             .get_range_within(b"k50", b"z", 100, 1, false, Version(2))
             .unwrap();
         assert_eq!(keys(one), [b("k50")], "at least one pair");
+    }
+
+    #[test]
+    fn versions_above_the_flush_limit_stay_in_the_window() {
+        let config = WindowConfig {
+            max_versions: 1,
+            max_bytes: u64::MAX,
+        };
+        let mut store = store(config);
+        for v in 1..=30 {
+            store
+                .apply(Version(v), &set(&format!("k{v:02}"), "v"))
+                .unwrap();
+            store.set_applied(Version(v));
+        }
+        store.limit_flushes_to(Version(12));
+        assert_eq!(store.flush_target(), Version(12));
+        assert_eq!(store.flush(&[]).unwrap(), Version(12));
+        assert_eq!(store.get(b"k20", Version(20)).unwrap(), Some(b("v")));
+        store.limit_flushes_to(Version(25));
+        assert_eq!(store.flush(&[]).unwrap(), Version(25));
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub fn set_commit(
     TLogCommitRequest {
         prev_version: prev,
         version,
-        known_committed_version: Version::ZERO,
+        // One TLog: what precedes a commit it takes is committed.
+        known_committed_version: prev,
         teams,
     }
 }

@@ -351,6 +351,93 @@ async fn a_range_of_large_values_pages_by_bytes_instead_of_failing() -> Result<(
     Ok(local.stop().await?)
 }
 
+/// Each storage server's (applied, durable) versions, and the sequencer's
+/// (last, committed).
+async fn versions(cluster: &ClusterFile) -> Result<(Vec<(Version, Version)>, (Version, Version))> {
+    let mut servers = Vec::new();
+    for server in &cluster.storage_servers {
+        let client = RpcClient::connect(server.address, Default::default()).await?;
+        match client.call(Message::Status).await? {
+            Message::StorageStatus(s) => servers.push((s.applied_version, s.durable_version)),
+            other => anyhow::bail!("unexpected {}", other.name()),
+        }
+    }
+    let sequencer = RpcClient::connect(cluster.sequencer.address, Default::default()).await?;
+    match sequencer.call(Message::Status).await? {
+        Message::SequencerStatus(s) => Ok((servers, (s.last_version, s.committed_version))),
+        other => anyhow::bail!("unexpected {}", other.name()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_not_known_committed_stay_out_of_the_engine_and_reads_go_on() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster));
+    for i in 0..5 {
+        client
+            .commit(random_mutations(
+                &mut rand::rngs::StdRng::seed_from_u64(i),
+                "a",
+                i,
+            ))
+            .await?;
+    }
+    // One TLog gone for good: new versions reach the other TLogs (and the
+    // storage servers through them) but never commit. Large values push the
+    // servers' windows over their byte budget, which would flush them.
+    local.tlogs[1].take().expect("running").kill9().await?;
+    let writes: Vec<_> = (0..3u8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let big = Mutation::SetValue {
+                    key: Bytes::from(vec![b'b', i]),
+                    value: Bytes::from(vec![i; 20_000]),
+                };
+                client.commit(vec![big]).await
+            })
+        })
+        .collect();
+    for write in writes {
+        ensure!(
+            write.await?.is_err(),
+            "a commit missing a TLog was acknowledged"
+        );
+    }
+    let started = std::time::Instant::now();
+    let (servers, (last, committed)) = loop {
+        let (servers, sequencer) = versions(&cluster).await?;
+        if servers.iter().all(|(applied, _)| *applied >= sequencer.0) {
+            break (servers, sequencer);
+        }
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the storage servers never applied {}: {servers:?}",
+            sequencer.0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    ensure!(
+        last > committed,
+        "the test needs versions that did not commit"
+    );
+    for (applied, durable) in &servers {
+        ensure!(
+            *durable <= committed,
+            "durable {durable} (applied {applied}) passed the committed version {committed}"
+        );
+    }
+    // Reads at the read version clients get still work.
+    let version = client.read_version().await?;
+    ensure!(version == committed);
+    client
+        .get_range(b"", b"\xff", 1_000, false, version)
+        .await?;
+    Ok(local.stop().await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_team_change_starts_and_stops_exactly_at_its_version() -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());

@@ -144,6 +144,7 @@ pub struct PeekResult {
     pub end: Version,
     pub popped: Version,
     pub max_known_version: Version,
+    pub known_committed_version: Version,
     pub end_of_stream: bool,
 }
 
@@ -159,6 +160,7 @@ pub struct DiskPeek {
     pub scan_limit: usize,
     pub popped: Version,
     pub durable_version: Version,
+    pub known_committed_version: Version,
 }
 
 #[derive(Debug)]

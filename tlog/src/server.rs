@@ -516,6 +516,7 @@ impl<S: LogStore> TLogService<S> {
             end: core.durable_version().next().min(begin),
             popped,
             max_known_version: core.durable_version(),
+            known_committed_version: core.metadata().known_committed_version,
             end_of_stream: false,
         })
     }
@@ -592,6 +593,7 @@ impl<S: LogStore> TLogService<S> {
             end: result.end,
             popped: result.popped,
             max_known_version: result.max_known_version,
+            known_committed_version: result.known_committed_version,
             end_of_stream: result.end_of_stream,
         }))
     }

@@ -216,6 +216,8 @@ impl MemorySource {
             end: limit,
             popped: log.popped,
             max_known_version: limit.0.checked_sub(1).map_or(Version::ZERO, Version),
+            // Everything a memory source holds counts as committed.
+            known_committed_version: limit.0.checked_sub(1).map_or(Version::ZERO, Version),
             end_of_stream: false,
         };
         let mut bytes = 0usize;

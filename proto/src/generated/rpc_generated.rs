@@ -941,6 +941,7 @@ impl<'a> PeekReply<'a> {
   pub const VT_POPPED: ::flatbuffers::VOffsetT = 8;
   pub const VT_MAX_KNOWN_VERSION: ::flatbuffers::VOffsetT = 10;
   pub const VT_END_OF_STREAM: ::flatbuffers::VOffsetT = 12;
+  pub const VT_KNOWN_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -952,6 +953,7 @@ impl<'a> PeekReply<'a> {
     args: &'args PeekReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PeekReply<'bldr>> {
     let mut builder = PeekReplyBuilder::new(_fbb);
+    builder.add_known_committed_version(args.known_committed_version);
     builder.add_max_known_version(args.max_known_version);
     builder.add_popped(args.popped);
     builder.add_end(args.end);
@@ -996,6 +998,13 @@ impl<'a> PeekReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(PeekReply::VT_END_OF_STREAM, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn known_committed_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PeekReply::VT_KNOWN_COMMITTED_VERSION, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PeekReply<'_> {
@@ -1009,6 +1018,7 @@ impl ::flatbuffers::Verifiable for PeekReply<'_> {
      .visit_field::<u64>("popped", Self::VT_POPPED, false)?
      .visit_field::<u64>("max_known_version", Self::VT_MAX_KNOWN_VERSION, false)?
      .visit_field::<bool>("end_of_stream", Self::VT_END_OF_STREAM, false)?
+     .visit_field::<u64>("known_committed_version", Self::VT_KNOWN_COMMITTED_VERSION, false)?
      .finish();
     Ok(())
   }
@@ -1019,6 +1029,7 @@ pub struct PeekReplyArgs<'a> {
     pub popped: u64,
     pub max_known_version: u64,
     pub end_of_stream: bool,
+    pub known_committed_version: u64,
 }
 impl<'a> Default for PeekReplyArgs<'a> {
   #[inline]
@@ -1029,6 +1040,7 @@ impl<'a> Default for PeekReplyArgs<'a> {
       popped: 0,
       max_known_version: 0,
       end_of_stream: false,
+      known_committed_version: 0,
     }
   }
 }
@@ -1059,6 +1071,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeekReplyBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(PeekReply::VT_END_OF_STREAM, end_of_stream, false);
   }
   #[inline]
+  pub fn add_known_committed_version(&mut self, known_committed_version: u64) {
+    self.fbb_.push_slot::<u64>(PeekReply::VT_KNOWN_COMMITTED_VERSION, known_committed_version, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeekReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PeekReplyBuilder {
@@ -1081,6 +1097,7 @@ impl ::core::fmt::Debug for PeekReply<'_> {
       ds.field("popped", &self.popped());
       ds.field("max_known_version", &self.max_known_version());
       ds.field("end_of_stream", &self.end_of_stream());
+      ds.field("known_committed_version", &self.known_committed_version());
       ds.finish()
   }
 }

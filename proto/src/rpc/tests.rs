@@ -72,6 +72,7 @@ fn every_message() -> Vec<Message> {
             end: Version(100),
             popped: Version(50),
             max_known_version: Version(120),
+            known_committed_version: Version(110),
             end_of_stream: true,
         }),
         Message::Pop(PopRequest {
@@ -270,6 +271,7 @@ fn decoded_blocks_are_slices_of_the_frame() {
             end: Version(1),
             popped: Version(0),
             max_known_version: Version(1),
+            known_committed_version: Version(0),
             end_of_stream: false,
         }),
     };

@@ -166,6 +166,7 @@ fn encode_message(
                     end: r.end.0,
                     popped: r.popped.0,
                     max_known_version: r.max_known_version.0,
+                    known_committed_version: r.known_committed_version.0,
                     end_of_stream: r.end_of_stream,
                 },
             );
@@ -388,6 +389,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
                 end: Version(r.end()),
                 popped: Version(r.popped()),
                 max_known_version: Version(r.max_known_version()),
+                known_committed_version: Version(r.known_committed_version()),
                 end_of_stream: r.end_of_stream(),
             })
         }

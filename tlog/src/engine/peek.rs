@@ -27,6 +27,7 @@ impl<T> TLogCore<T> {
             end: self.durable_version.next(),
             popped: state.popped,
             max_known_version: self.durable_version,
+            known_committed_version: self.meta.known_committed_version,
             end_of_stream: false,
         };
         if begin > self.durable_version {
@@ -56,6 +57,7 @@ impl<T> TLogCore<T> {
                     scan_limit: self.config.disk_scan_limit,
                     popped: state.popped,
                     durable_version: self.durable_version,
+                    known_committed_version: self.meta.known_committed_version,
                 }));
             }
         }
@@ -82,6 +84,7 @@ pub fn finish_disk_peek(peek: &DiskPeek, records: &[Bytes]) -> Result<PeekResult
         end: peek.begin,
         popped: peek.popped,
         max_known_version: peek.durable_version,
+        known_committed_version: peek.known_committed_version,
         end_of_stream: false,
     };
     let mut bytes = 0;

@@ -173,6 +173,7 @@ mod tests {
                 end: Version(1),
                 popped: Version(0),
                 max_known_version: Version(1),
+                known_committed_version: Version(0),
                 end_of_stream: false,
             }),
         };
