@@ -185,9 +185,13 @@ impl FileStore {
             if let Some(stem) = name.strip_suffix(TMP_SUFFIX) {
                 if parse_id(stem.strip_prefix(SPARE_PREFIX).unwrap_or(stem)).is_some() {
                     let path = entry.path();
-                    fs::remove_file(&path)
-                        .map_err(|e| io_err(format!("remove {}", path.display()), e))?;
-                    removed_tmp = true;
+                    match fs::remove_file(&path) {
+                        Ok(()) => removed_tmp = true,
+                        // Gone already: a filler of an earlier store over
+                        // this directory, still finishing, renamed it.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(format!("remove {}", path.display()), e)),
+                    }
                 }
                 continue;
             }
