@@ -247,10 +247,13 @@ impl<W> ProxyCore<W> {
         batch_id: BatchId,
         reply: Result<ResolveReply, String>,
     ) -> Vec<Command<W>> {
+        // Only a batch still waiting to be tagged takes a reply: a repeated
+        // or stale one changes nothing.
+        if !self.to_tag.contains(&batch_id) {
+            return Vec::new();
+        }
         match self.batches.get_mut(&batch_id) {
-            Some(batch) if batch.versions.is_some() && batch.resolved.is_none() => {
-                batch.resolved = Some(reply);
-            }
+            Some(batch) if batch.resolved.is_none() => batch.resolved = Some(reply),
             _ => return Vec::new(),
         }
         let mut commands = Vec::new();
