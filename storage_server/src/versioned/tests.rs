@@ -1,0 +1,326 @@
+//! The versioned store's rules: reads at every version, flushes by versions,
+//! bytes and limits, and what a failed flush leaves.
+
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+use super::*;
+use crate::mem_engine::MemEngine;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn set(key: &str, value: &str) -> Mutation {
+    Mutation::SetValue {
+        key: b(key),
+        value: b(value),
+    }
+}
+
+fn clear(begin: &str, end: &str) -> Mutation {
+    Mutation::ClearRange {
+        begin: b(begin),
+        end: b(end),
+    }
+}
+
+fn keys(pairs: Vec<(Bytes, Bytes)>) -> Vec<Bytes> {
+    pairs.into_iter().map(|(k, _)| k).collect()
+}
+
+fn store(config: WindowConfig) -> VersionedStore<MemEngine> {
+    VersionedStore::open(Arc::new(MemEngine::new()), config).unwrap()
+}
+
+/// A `MemEngine` that counts the pairs its range reads return.
+#[derive(Default)]
+struct CountingEngine {
+    inner: MemEngine,
+    pairs_read: AtomicUsize,
+}
+
+impl KvEngine for CountingEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        self.inner.get(key)
+    }
+    fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Bytes, Bytes)>, EngineError> {
+        let pairs = self.inner.range(begin, end, limit, reverse)?;
+        self.pairs_read
+            .fetch_add(pairs.len(), AtomicOrdering::Relaxed);
+        Ok(pairs)
+    }
+    fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.inner.write(batch)
+    }
+    fn metadata(&self, name: &str) -> Result<Option<Bytes>, EngineError> {
+        self.inner.metadata(name)
+    }
+    fn max_key_len(&self) -> usize {
+        self.inner.max_key_len()
+    }
+}
+
+#[test]
+fn open_reads_the_durable_version() {
+    let engine = Arc::new(MemEngine::new());
+    let mut first = VersionedStore::open(engine.clone(), WindowConfig::default()).unwrap();
+    first.apply(Version(7), &set("k", "v")).unwrap();
+    first.set_applied(Version(9));
+    assert_eq!(first.flush_to(Version::MAX, &[]).unwrap(), Version(9));
+    let second = VersionedStore::open(engine, WindowConfig::default()).unwrap();
+    assert_eq!(second.durable_version(), Version(9));
+    assert_eq!(second.applied_version(), Version(9));
+    assert_eq!(second.get(b"k", Version(9)).unwrap(), Some(b("v")));
+}
+
+#[test]
+fn a_malformed_durable_version_is_corrupt() {
+    let engine = Arc::new(MemEngine::new());
+    let mut batch = WriteBatch::new();
+    batch.set_metadata(DURABLE_VERSION_METADATA, b("short"));
+    engine.write(batch).unwrap();
+    assert!(matches!(
+        VersionedStore::open(engine, WindowConfig::default()),
+        Err(StoreError::Engine(EngineError::Corrupt { .. }))
+    ));
+}
+
+#[test]
+fn mutations_must_come_in_version_order() {
+    let mut store = store(WindowConfig::default());
+    store.apply(Version(5), &set("a", "1")).unwrap();
+    store.apply(Version(5), &set("b", "1")).unwrap();
+    assert!(matches!(
+        store.apply(Version(4), &set("a", "2")),
+        Err(StoreError::VersionOrder { .. })
+    ));
+    store.set_applied(Version(5));
+    assert!(matches!(
+        store.apply(Version(5), &set("a", "2")),
+        Err(StoreError::VersionOrder { .. })
+    ));
+    let long = "k".repeat(store.engine().max_key_len() + 1);
+    assert!(matches!(
+        store.apply(Version(6), &set(&long, "v")),
+        Err(StoreError::KeyTooLarge { .. })
+    ));
+}
+
+#[test]
+fn reads_are_limited_to_the_window() {
+    let mut store = store(WindowConfig::default());
+    store.apply(Version(3), &set("k", "v")).unwrap();
+    assert!(matches!(
+        store.get(b"k", Version(3)),
+        Err(ReadError::FutureVersion { .. })
+    ));
+    store.set_applied(Version(3));
+    assert_eq!(store.get(b"k", Version(3)).unwrap(), Some(b("v")));
+    assert_eq!(store.get(b"k", Version(2)).unwrap(), None);
+    store.flush_to(Version(3), &[]).unwrap();
+    assert!(matches!(
+        store.get(b"k", Version(2)),
+        Err(ReadError::TooOld {
+            version: Version(2),
+            oldest: Version(3)
+        })
+    ));
+}
+
+#[test]
+fn window_clears_hide_engine_keys_without_reading_through_them() {
+    let engine = Arc::new(CountingEngine::default());
+    let mut store = VersionedStore::open(engine.clone(), WindowConfig::default()).unwrap();
+    for i in 0..100 {
+        store
+            .apply(Version(1), &set(&format!("k{i:02}"), "e"))
+            .unwrap();
+    }
+    store.set_applied(Version(1));
+    store.flush_to(Version(1), &[]).unwrap();
+    store.apply(Version(2), &clear("k10", "k90")).unwrap();
+    store.apply(Version(2), &set("k50", "w")).unwrap();
+    store.set_applied(Version(2));
+
+    let forward = store.get_range(b"k05", b"z", 7, false, Version(2)).unwrap();
+    let expected = ["k05", "k06", "k07", "k08", "k09", "k50", "k90"].map(b);
+    assert_eq!(keys(forward), expected);
+    let backward = store.get_range(b"k", b"k91", 4, true, Version(2)).unwrap();
+    assert_eq!(keys(backward), ["k90", "k50", "k09", "k08"].map(b));
+    // At version 1 the clear is invisible.
+    let before = store
+        .get_range(b"k10", b"k90", 1000, false, Version(1))
+        .unwrap();
+    assert_eq!(before.len(), 80);
+    assert_eq!(store.get(b"k20", Version(2)).unwrap(), None);
+    assert_eq!(store.get(b"k20", Version(1)).unwrap(), Some(b("e")));
+
+    // The first chunk is as big as the limit; after the span is met the
+    // scan resumes at its end instead of reading the 80 cleared keys.
+    engine.pairs_read.store(0, AtomicOrdering::Relaxed);
+    let all = store.get_range(b"", b"z", 21, false, Version(2)).unwrap();
+    assert_eq!(all.len(), 21);
+    let read = engine.pairs_read.load(AtomicOrdering::Relaxed);
+    assert!(read < 40, "read {read} engine pairs for 21 results");
+
+    // A byte limit stops the scan once the pairs reach it, window and
+    // engine pairs alike (each here is 4 bytes: "kNN" and one byte).
+    let within = store
+        .get_range_within(b"k05", b"z", 100, 10, false, Version(2))
+        .unwrap();
+    assert_eq!(keys(within), ["k05", "k06", "k07"].map(b));
+    let one = store
+        .get_range_within(b"k50", b"z", 100, 1, false, Version(2))
+        .unwrap();
+    assert_eq!(keys(one), [b("k50")], "at least one pair");
+}
+
+#[test]
+fn versions_above_the_flush_limit_stay_in_the_window() {
+    let config = WindowConfig {
+        max_versions: 1,
+        max_bytes: u64::MAX,
+    };
+    let mut store = store(config);
+    for v in 1..=30 {
+        store
+            .apply(Version(v), &set(&format!("k{v:02}"), "v"))
+            .unwrap();
+        store.set_applied(Version(v));
+    }
+    store.limit_flushes_to(Version(12));
+    assert_eq!(store.flush_target(), Version(12));
+    assert_eq!(store.flush(&[]).unwrap(), Version(12));
+    assert_eq!(store.get(b"k20", Version(20)).unwrap(), Some(b("v")));
+    store.limit_flushes_to(Version(25));
+    assert_eq!(store.flush(&[]).unwrap(), Version(25));
+}
+
+#[test]
+fn flush_by_versions_keeps_the_newest_span() {
+    let config = WindowConfig {
+        max_versions: 10,
+        max_bytes: u64::MAX,
+    };
+    let mut store = store(config);
+    for v in 1..=30 {
+        store
+            .apply(Version(v), &set(&format!("k{v:02}"), "v"))
+            .unwrap();
+        store.set_applied(Version(v));
+    }
+    store.apply(Version(31), &set("in progress", "v")).unwrap();
+    assert!(store.should_flush());
+    assert_eq!(store.flush(&[]).unwrap(), Version(20));
+    assert!(!store.should_flush());
+    assert_eq!(store.get(b"k20", Version(20)).unwrap(), Some(b("v")));
+    assert_eq!(store.get(b"k21", Version(20)).unwrap(), None);
+    assert_eq!(store.get(b"k21", Version(21)).unwrap(), Some(b("v")));
+    assert_eq!(store.engine().get(b"k21").unwrap(), None);
+    assert_eq!(store.engine().get(b"k20").unwrap(), Some(b("v")));
+}
+
+#[test]
+fn a_full_window_flushes_in_chunks_not_slivers() {
+    let config = WindowConfig {
+        max_versions: 100,
+        max_bytes: u64::MAX,
+    };
+    let mut store = store(config);
+    let mut flushes = Vec::new();
+    for v in 1..=400 {
+        store.apply(Version(v), &set("k", "v")).unwrap();
+        store.set_applied(Version(v));
+        if store.should_flush() {
+            flushes.push(store.flush(&[]).unwrap());
+        }
+    }
+    // A tenth of the window (10 versions) at a time, each leaving the
+    // newest 100 versions in memory.
+    assert_eq!(flushes.first(), Some(&Version(10)));
+    assert!(
+        flushes.windows(2).all(|w| w[1].0 - w[0].0 == 10),
+        "{flushes:?}"
+    );
+    assert_eq!(flushes.last(), Some(&Version(300)));
+}
+
+#[test]
+fn flush_by_bytes_stays_within_the_budget() {
+    let config = WindowConfig {
+        max_versions: u64::MAX,
+        max_bytes: 10_000,
+    };
+    let mut store = store(config);
+    let value = "x".repeat(1000);
+    for v in 1..=20 {
+        store
+            .apply(Version(v), &set(&format!("k{v:02}"), &value))
+            .unwrap();
+        store.set_applied(Version(v));
+    }
+    assert!(store.window_bytes() > 10_000);
+    assert!(store.should_flush());
+    let durable = store.flush(&[]).unwrap();
+    assert!(durable < Version(20));
+    assert!(store.window_bytes() <= 10_000);
+    assert!(!store.should_flush());
+}
+
+#[test]
+fn bytes_of_a_version_in_progress_are_not_flushable() {
+    let config = WindowConfig {
+        max_versions: u64::MAX,
+        max_bytes: 100,
+    };
+    let mut store = store(config);
+    store
+        .apply(Version(1), &set("k", &"x".repeat(1000)))
+        .unwrap();
+    assert!(!store.should_flush());
+    assert_eq!(store.flush(&[]).unwrap(), Version::ZERO);
+}
+
+#[test]
+fn flush_records_metadata_and_refuses_reserved_names() {
+    let mut store = store(WindowConfig::default());
+    store.set_applied(Version(4));
+    let extra = [("team_set", b("1,2"))];
+    assert_eq!(store.flush_to(Version(4), &extra).unwrap(), Version(4));
+    let engine = store.engine();
+    assert_eq!(engine.metadata("team_set").unwrap(), Some(b("1,2")));
+    assert_eq!(
+        engine.metadata(DURABLE_VERSION_METADATA).unwrap(),
+        Some(Bytes::copy_from_slice(&4u64.to_le_bytes()))
+    );
+    for name in [DURABLE_VERSION_METADATA, FORMAT_METADATA] {
+        assert!(matches!(
+            store.flush_to(Version(4), &[(name, b("x"))]),
+            Err(StoreError::ReservedMetadata(_))
+        ));
+    }
+}
+
+#[test]
+fn a_failed_flush_keeps_the_window() {
+    let mut store = store(WindowConfig::default());
+    store.apply(Version(1), &set("k", "v")).unwrap();
+    store.set_applied(Version(1));
+    store.engine().fail_next_write();
+    assert!(matches!(
+        store.flush_to(Version(1), &[]),
+        Err(StoreError::Engine(EngineError::InjectedFault(_)))
+    ));
+    assert_eq!(store.durable_version(), Version::ZERO);
+    assert_eq!(store.get(b"k", Version(1)).unwrap(), Some(b("v")));
+    assert!(matches!(
+        store.get(b"other", Version(1)),
+        Err(ReadError::Engine(EngineError::Poisoned { .. }))
+    ));
+}
