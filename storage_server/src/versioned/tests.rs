@@ -181,19 +181,25 @@ fn window_clears_hide_engine_keys_without_reading_through_them() {
     assert_eq!(keys(one), [b("k50")], "at least one pair");
 }
 
-#[test]
-fn versions_above_the_flush_limit_stay_in_the_window() {
-    let config = WindowConfig {
-        max_versions: 1,
+/// A store of `max_versions` with keys `k01` to `k30` set at versions 1 to
+/// 30, all applied.
+fn thirty_versions(max_versions: u64) -> VersionedStore<MemEngine> {
+    let mut store = store(WindowConfig {
+        max_versions,
         max_bytes: u64::MAX,
-    };
-    let mut store = store(config);
+    });
     for v in 1..=30 {
         store
             .apply(Version(v), &set(&format!("k{v:02}"), "v"))
             .unwrap();
         store.set_applied(Version(v));
     }
+    store
+}
+
+#[test]
+fn versions_above_the_flush_limit_stay_in_the_window() {
+    let mut store = thirty_versions(1);
     store.limit_flushes_to(Version(12));
     assert_eq!(store.flush_target(), Version(12));
     assert_eq!(store.flush(&[]).unwrap(), Version(12));
@@ -204,17 +210,7 @@ fn versions_above_the_flush_limit_stay_in_the_window() {
 
 #[test]
 fn flush_by_versions_keeps_the_newest_span() {
-    let config = WindowConfig {
-        max_versions: 10,
-        max_bytes: u64::MAX,
-    };
-    let mut store = store(config);
-    for v in 1..=30 {
-        store
-            .apply(Version(v), &set(&format!("k{v:02}"), "v"))
-            .unwrap();
-        store.set_applied(Version(v));
-    }
+    let mut store = thirty_versions(10);
     store.apply(Version(31), &set("in progress", "v")).unwrap();
     assert!(store.should_flush());
     assert_eq!(store.flush(&[]).unwrap(), Version(20));
