@@ -27,14 +27,16 @@ use crate::frame::{FrameError, FramePayload, DEFAULT_MAX_FRAME_LEN};
 use crate::rpc::{DecodeError, ErrorCode};
 use crate::types::Version;
 
+mod budget;
 mod client;
+mod frame_reader;
 mod frame_writer;
 mod peer;
 mod server;
 
 pub use client::RpcClient;
 pub use peer::Peer;
-pub use server::{serve, Responder, Service};
+pub use server::{serve, Responder, Service, SMALL_REPLY_BOUND};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,12 +119,25 @@ pub struct ServerConfig {
     /// Connections served at once; one more is closed as soon as it is
     /// accepted.
     pub max_connections: usize,
-    /// How long a frame may take to arrive once its first bytes have: a
-    /// peer that trickles a frame is closed.
+    /// How long a frame may take to arrive once its first bytes have, and
+    /// how long the peer may take to take a burst of replies: a peer that
+    /// trickles a frame, or does not read, is closed.
     pub frame_timeout: Duration,
     /// How long a connection with no request in flight may send nothing
     /// before it is closed (clients reconnect on their next call).
     pub idle_timeout: Duration,
+    /// Bytes of large frames (32 KiB or more) being received at once,
+    /// across every connection; a connection whose next frame does not fit
+    /// waits before reading its body. At least one largest frame.
+    pub input_budget: usize,
+    /// Reply bytes held at once across every connection, from before a
+    /// request is handled until its reply is written (each request holds
+    /// its service's [`Service::reply_size_bound`]); requests wait to be
+    /// read while it is spent.
+    pub reply_budget: usize,
+    /// One connection's share of `reply_budget`: a peer that does not read
+    /// its replies stops being read once it holds this much.
+    pub reply_budget_per_connection: usize,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +148,9 @@ impl Default for ServerConfig {
             max_connections: 1024,
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            input_budget: 256 << 20,
+            reply_budget: 256 << 20,
+            reply_budget_per_connection: 32 << 20,
         }
     }
 }
@@ -146,6 +164,8 @@ trait Outbox: Send {
     fn next(&mut self) -> impl std::future::Future<Output = Option<FramePayload>> + Send;
     /// The next frame if one is queued.
     fn try_next(&mut self) -> Option<FramePayload>;
+    /// Every frame handed out so far has been written.
+    fn written(&mut self) {}
 }
 
 impl Outbox for mpsc::Receiver<FramePayload> {
@@ -162,7 +182,9 @@ impl Outbox for mpsc::Receiver<FramePayload> {
 const BUSY_WRITE_INTERVAL: Duration = Duration::from_micros(100);
 
 /// Writes queued payloads as frames until the queue closes, flushing only
-/// when the queue runs dry so that a burst of frames shares one write.
+/// when the queue runs dry so that a burst of frames shares one write. A
+/// flush that takes longer than `flush_timeout` (the peer is not reading)
+/// ends the writer with a timed-out error.
 ///
 /// While the connection is busy (the last write carried more than one
 /// frame, or ended less than [`BUSY_WRITE_INTERVAL`] ago) it yields once
@@ -174,6 +196,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     io: W,
     max_frame_len: u32,
     mut queue: impl Outbox,
+    flush_timeout: Option<Duration>,
 ) -> Result<(), FrameError> {
     let mut sink = FrameWriter::new(io, max_frame_len);
     let mut last_flush: Option<(Instant, usize)> = None;
@@ -186,10 +209,26 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             tokio::task::yield_now().await;
             frames += push_queued(&mut sink, &mut queue)?;
         }
-        sink.flush().await?;
+        within(flush_timeout, sink.flush()).await?;
+        queue.written();
         last_flush = Some((Instant::now(), frames));
     }
-    sink.close().await
+    within(flush_timeout, sink.close()).await
+}
+
+/// Runs a write, failing it as timed out past `limit`.
+async fn within(
+    limit: Option<Duration>,
+    write: impl std::future::Future<Output = Result<(), FrameError>>,
+) -> Result<(), FrameError> {
+    match limit {
+        None => write.await,
+        Some(limit) => tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the peer is not reading").into())
+            }),
+    }
 }
 
 /// Queues every frame already waiting; returns how many.

@@ -1,7 +1,10 @@
 //! The RPC transport over real loopback sockets: multiplexing, error
 //! replies, bad input from hostile peers, backpressure and shutdown.
 
-use std::future::Future;
+mod support;
+
+use support::{closed_by_server, within, TestServer};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,58 +15,14 @@ use flatbuffers::FlatBufferBuilder;
 use futures::{SinkExt, StreamExt};
 use proto::transport::Peer;
 use proto::{
-    serve, ClientConfig, Envelope, ErrorCode, ErrorReply, FrameCodec, Message, PeekReply,
-    PeekRequest, PopRequest, RegisterTeamRequest, Responder, RpcClient, RpcError, ServerConfig,
-    Service, StorageServerId, StorageTeamId, TLogCommitReply, TLogCommitRequest, TeamBlockData,
-    Version,
+    ClientConfig, Envelope, ErrorCode, ErrorReply, FrameCodec, Message, PeekReply, PeekRequest,
+    PopRequest, RegisterTeamRequest, Responder, RpcClient, RpcError, ServerConfig, Service,
+    StorageServerId, StorageTeamId, TLogCommitReply, TLogCommitRequest, TeamBlockData, Version,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Notify, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::Framed;
-
-/// A bound on every wait, so that a bug fails the test instead of hanging it.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), future)
-        .await
-        .expect("test step did not finish in time")
-}
-
-struct TestServer {
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl TestServer {
-    async fn start(service: Arc<dyn Service>, config: ServerConfig) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, service, config, async move {
-            let _ = stop.await;
-        }));
-        TestServer {
-            addr,
-            shutdown: Some(shutdown),
-            task,
-        }
-    }
-
-    async fn client(&self) -> RpcClient {
-        RpcClient::connect(self.addr, ClientConfig::default())
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        within(&mut self.task).await.unwrap().unwrap();
-    }
-}
 
 /// Answers from the request alone, except where a test needs a handler
 /// that waits, fails or panics.
@@ -642,18 +601,6 @@ async fn a_connection_stops_being_read_at_its_in_flight_cap() {
     }
     assert_eq!(gate.max_in_flight.load(Ordering::SeqCst), 2);
     server.stop().await;
-}
-
-/// Reads until the server closes the connection (or resets it).
-async fn closed_by_server(stream: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 1024];
-    loop {
-        match within(stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
 }
 
 fn short_timeouts() -> ServerConfig {

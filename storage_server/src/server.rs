@@ -58,6 +58,9 @@ pub const MAX_RANGE_LIMIT: u32 = 10_000;
 /// The most key and value bytes one range read answers with (plus one
 /// pair); the client pages on. Well under the transport's frame cap.
 pub const MAX_RANGE_REPLY_BYTES: usize = 4 << 20;
+/// What a reply may need beyond its keys and values: the pair that
+/// crosses [`MAX_RANGE_REPLY_BYTES`], and the encoding.
+const REPLY_SLACK: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -289,6 +292,14 @@ impl<E: KvEngine> StorageService<E> {
 }
 
 impl<E: KvEngine> Service for StorageService<E> {
+    fn reply_size_bound(&self, request: &Message) -> usize {
+        match request {
+            Message::GetRange(_) => MAX_RANGE_REPLY_BYTES + REPLY_SLACK,
+            Message::GetValue(_) => REPLY_SLACK,
+            _ => proto::transport::SMALL_REPLY_BOUND,
+        }
+    }
+
     fn handle(&self, request: Message, responder: Responder) {
         let service = self.clone();
         responder.reply_with(async move {

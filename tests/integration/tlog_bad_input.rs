@@ -289,3 +289,50 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
     assert!(reply.end_of_stream && reply.blocks.is_empty());
     Ok(tlog.stop().await?)
 }
+
+/// A hundred connections each send most of a 48 MiB frame and stall. The
+/// TLog reads the bodies of only as many as its input budget (256 MiB)
+/// holds; the rest wait with a header read, so its memory stays within the
+/// budget instead of growing by a frame per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_large_frames_are_held_within_the_input_budget() -> Result<()> {
+    const CONNECTIONS: usize = 100;
+    const FRAME: usize = 48 << 20;
+    const ADMITTED: usize = (256 << 20) / FRAME;
+    let (_dir, tlog, client) = start().await?;
+    let pid = tlog.pid().expect("running");
+    let rss_before = vm_rss_kib(pid)?;
+
+    let body = std::sync::Arc::new(vec![0u8; FRAME - 1]);
+    let mut header = (FRAME as u32).to_le_bytes().to_vec();
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(tlog.addr).await?;
+        stream.write_all(&header).await?;
+        let body = body.clone();
+        writers.spawn(async move {
+            // All but the last byte; then hold the connection open.
+            stream.write_all(&body).await?;
+            Ok::<_, std::io::Error>(stream)
+        });
+    }
+    let mut written = Vec::new();
+    while written.len() < ADMITTED {
+        let joined = tokio::time::timeout(Duration::from_secs(60), writers.join_next())
+            .await?
+            .expect("writers left");
+        written.push(joined??);
+    }
+    still_serving(&client).await?;
+    let rss_after = vm_rss_kib(pid)?;
+    let bound = 256 * 1024 + 64 * 1024;
+    assert!(
+        rss_after < rss_before + bound,
+        "rss grew from {rss_before} KiB to {rss_after} KiB, past the budget of 256 MiB and 64 MiB to spare"
+    );
+    writers.abort_all();
+    drop(written);
+    still_serving(&client).await?;
+    Ok(tlog.stop().await?)
+}

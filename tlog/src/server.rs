@@ -99,6 +99,9 @@ pub enum TLogError {
 /// The largest reply a peek gets, whatever it asks for: replies must fit
 /// in a frame, and one reader must not hold a large buffer.
 pub const MAX_PEEK_BYTES: u32 = 16 << 20;
+/// What a peek reply needs beyond the bytes it asked for: the encoding. (A
+/// peek returns at least one block, which alone may pass the limit.)
+const PEEK_REPLY_SLACK: usize = 64 << 10;
 /// The longest a peek long-polls, whatever it asks for.
 pub const MAX_PEEK_WAIT_MS: u64 = 60_000;
 
@@ -600,6 +603,15 @@ impl<S: LogStore> TLogService<S> {
 }
 
 impl<S: LogStore> Service for TLogService<S> {
+    fn reply_size_bound(&self, request: &Message) -> usize {
+        match request {
+            Message::Peek(peek) => {
+                peek.max_bytes.clamp(1, MAX_PEEK_BYTES) as usize + PEEK_REPLY_SLACK
+            }
+            _ => transport::SMALL_REPLY_BOUND,
+        }
+    }
+
     /// Commits, locks and team registrations are answered by the core when
     /// it decides (commits by the sync that makes them durable); a peek may
     /// long-poll, so it runs as a task.

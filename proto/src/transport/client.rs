@@ -151,7 +151,7 @@ impl RpcClient {
         let max_frame_len = config.max_frame_len;
         tokio::spawn(async move {
             tokio::select! {
-                result = write_frames(write_half, max_frame_len, queue) => {
+                result = write_frames(write_half, max_frame_len, queue, None) => {
                     if let Err(e) = result {
                         debug!(peer = %addr, error = %e, "client connection write failed");
                     }

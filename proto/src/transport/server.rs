@@ -2,12 +2,17 @@
 //! a [`Responder`], many at once per connection.
 //!
 //! ```text
-//!  read loop ──permit──▶ Service::handle(request, Responder)
-//!  (stops at the            │ reply now, keep the responder and reply
-//!   in-flight cap)          │ later from anywhere, or reply_with(future)
-//!                           ▼
-//!        writer task ◀── (frame, permit): the permit returns as it is written
+//!  read loop ──grant──▶ Service::handle(request, Responder)
+//!  (stops at the           │ reply now, keep the responder and reply
+//!   in-flight cap and      │ later from anywhere, or reply_with(future)
+//!   the reply budgets)     ▼
+//!        writer task ◀── (frame, grant): the grant returns once it is written
 //! ```
+//!
+//! A grant is the request's place under the connection's in-flight cap and
+//! the reply bytes its service says it may need
+//! ([`Service::reply_size_bound`]), from the connection's share and the
+//! process's reply budget (see `budget`).
 //!
 //! A service that can answer without a task of its own (a TLog keeps each
 //! commit's responder until the sync that makes it durable) costs no task,
@@ -23,19 +28,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::budget::{ByteBudget, ReplyGrant};
+use super::frame_reader::FrameReader;
 use super::{write_frames, Outbox, ServerConfig};
-use crate::frame::{FrameCodec, FrameError, FramePayload};
+use crate::frame::{FrameCodec, FrameError, FramePayload, FRAME_HEADER_LEN};
 use crate::rpc::{DecodeError, Envelope, ErrorCode, ErrorReply, Message};
 
 /// What a server does with requests.
@@ -45,15 +49,29 @@ pub trait Service: Send + Sync + 'static {
     /// ([`Responder::reply_with`]). `Err(ErrorReply)` is sent as
     /// `Message::Error`.
     fn handle(&self, request: Message, responder: Responder);
+
+    /// The most bytes `request`'s reply may take encoded; that much of the
+    /// reply budgets is held from before the request is handled until its
+    /// reply is written. A larger reply is still sent, counted only if the
+    /// budgets have room for it then.
+    fn reply_size_bound(&self, request: &Message) -> usize {
+        let _ = request;
+        SMALL_REPLY_BOUND
+    }
 }
 
-/// The way back to the caller of one request. It holds the request's place
-/// under the connection's in-flight cap until its reply is written.
+/// The reply bound of requests whose service names none: room for a status
+/// report or an error message.
+pub const SMALL_REPLY_BOUND: usize = 16 << 10;
+
+/// The way back to the caller of one request. It holds the request's
+/// grant (its place under the in-flight cap, and its reply bytes) until its
+/// reply is written.
 pub struct Responder {
     request_id: u64,
     link: Arc<Link>,
     /// `None` once answered.
-    permit: Option<OwnedSemaphorePermit>,
+    grant: Option<ReplyGrant>,
 }
 
 /// What a connection's responders share.
@@ -62,10 +80,12 @@ struct Link {
     max_frame_len: u32,
     /// Cancelled when the connection's unfinished requests are dropped.
     requests: CancellationToken,
+    /// The connection's share of the reply budget, and the process's.
+    reply_budgets: [ByteBudget; 2],
 }
 
 enum Outgoing {
-    Reply(FramePayload, OwnedSemaphorePermit),
+    Reply(FramePayload, ReplyGrant),
     /// Write what is queued before this, then close the connection.
     Close,
 }
@@ -91,19 +111,21 @@ impl Responder {
     }
 
     fn send(&mut self, result: Result<Message, ErrorReply>) {
-        let Some(permit) = self.permit.take() else {
+        let Some(mut grant) = self.grant.take() else {
             return;
         };
         let message = result.unwrap_or_else(Message::Error);
         let frame = encode_reply(self.request_id, message, self.link.max_frame_len);
+        let [connection, process] = &self.link.reply_budgets;
+        grant.cover(frame.len(), [connection, process]);
         // A closed queue means the connection is gone; nobody waits.
-        let _ = self.link.outgoing.send(Outgoing::Reply(frame, permit));
+        let _ = self.link.outgoing.send(Outgoing::Reply(frame, grant));
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if self.permit.is_some() && !self.link.requests.is_cancelled() {
+        if self.grant.is_some() && !self.link.requests.is_cancelled() {
             self.send(Err(ErrorReply::new(
                 ErrorCode::Unknown,
                 "the request's handler failed",
@@ -117,14 +139,28 @@ impl Drop for Responder {
 struct ReplyQueue {
     queue: mpsc::UnboundedReceiver<Outgoing>,
     closing: bool,
+    /// The grants of replies handed to the writer and not yet written.
+    unwritten: Vec<ReplyGrant>,
+    /// The link's `requests`: once the writer is gone no reply can be
+    /// delivered, so no request is worth handling.
+    requests: CancellationToken,
+}
+
+impl Drop for ReplyQueue {
+    fn drop(&mut self) {
+        // Before the grants go back, so that a request admitted with them
+        // sees the connection is over.
+        self.requests.cancel();
+    }
 }
 
 impl ReplyQueue {
     fn frame(&mut self, outgoing: Option<Outgoing>) -> Option<FramePayload> {
         match outgoing {
-            // The permit goes back now: the reply is no longer the
-            // handler's, and the writer holds what it has not yet written.
-            Some(Outgoing::Reply(frame, _permit)) => Some(frame),
+            Some(Outgoing::Reply(frame, grant)) => {
+                self.unwritten.push(grant);
+                Some(frame)
+            }
             Some(Outgoing::Close) | None => {
                 self.closing = true;
                 None
@@ -148,6 +184,10 @@ impl Outbox for ReplyQueue {
         }
         let outgoing = self.queue.try_recv().ok()?;
         self.frame(Some(outgoing))
+    }
+
+    fn written(&mut self) {
+        self.unwritten.clear();
     }
 }
 
@@ -174,6 +214,15 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let budgets = ProcessBudgets {
+        // Room for the largest frame, or it could never be read.
+        input: ByteBudget::new(
+            config
+                .input_budget
+                .max(FRAME_HEADER_LEN + config.max_frame_len as usize),
+        ),
+        replies: ByteBudget::new(config.reply_budget),
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -185,11 +234,12 @@ pub async fn serve(
                         warn!(%local, %peer, "connection cap reached; closing a new connection");
                         continue;
                     };
-                    let connection = serve_connection(
+                    let connection = serve_tcp(
                         stream,
                         peer,
                         Arc::clone(&service),
                         config.clone(),
+                        budgets.clone(),
                         stop.child_token(),
                     );
                     connections.spawn(async move {
@@ -238,11 +288,19 @@ enum Ending {
     TimedOut,
 }
 
-async fn serve_connection(
+/// The byte budgets every connection of a server shares.
+#[derive(Clone)]
+struct ProcessBudgets {
+    input: ByteBudget,
+    replies: ByteBudget,
+}
+
+async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<dyn Service>,
     config: ServerConfig,
+    budgets: ProcessBudgets,
     stop: CancellationToken,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -250,13 +308,36 @@ async fn serve_connection(
     }
     debug!(%peer, "connection accepted");
     let (read_half, write_half) = stream.into_split();
+    serve_connection(read_half, write_half, peer, service, config, budgets, stop).await;
+}
+
+async fn serve_connection<R, W>(
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    service: Arc<dyn Service>,
+    config: ServerConfig,
+    budgets: ProcessBudgets,
+    stop: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (outgoing, queue) = mpsc::unbounded_channel();
     let max_frame_len = config.max_frame_len;
+    let requests = stop.child_token();
     let replies = ReplyQueue {
         queue,
         closing: false,
+        unwritten: Vec::new(),
+        requests: requests.clone(),
     };
-    let mut writer = tokio::spawn(write_frames(write_half, max_frame_len, replies));
+    let mut writer = tokio::spawn(write_frames(
+        write_half,
+        max_frame_len,
+        replies,
+        Some(config.frame_timeout),
+    ));
 
     let max_in_flight = config
         .max_in_flight_per_connection
@@ -267,7 +348,15 @@ async fn serve_connection(
         link: Arc::new(Link {
             outgoing,
             max_frame_len,
-            requests: stop.child_token(),
+            requests,
+            reply_budgets: [
+                ByteBudget::new(
+                    config
+                        .reply_budget_per_connection
+                        .min(budgets.replies.capacity()),
+                ),
+                budgets.replies,
+            ],
         }),
         in_flight: Arc::new(Semaphore::new(max_in_flight)),
         max_in_flight,
@@ -275,7 +364,7 @@ async fn serve_connection(
         idle_timeout: config.idle_timeout,
         stop: stop.clone(),
     };
-    let mut frames = FramedRead::new(read_half, FrameCodec::new(max_frame_len));
+    let mut frames = FrameReader::new(read_half, FrameCodec::new(max_frame_len), budgets.input);
     let ending = connection.read_loop(&mut frames, &mut writer).await;
 
     match ending {
@@ -305,7 +394,7 @@ async fn serve_connection(
 
 /// Reads and discards what the peer still sends, for a bounded time and
 /// amount, until it closes.
-async fn linger(mut read_half: OwnedReadHalf, stop: &CancellationToken) {
+async fn linger(mut read_half: impl AsyncRead + Unpin, stop: &CancellationToken) {
     let drain = async {
         let mut buf = [0u8; 4096];
         let mut total = 0usize;
@@ -347,9 +436,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn read_loop(
+    async fn read_loop<R: AsyncRead + Unpin>(
         &self,
-        frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        frames: &mut FrameReader<R>,
         writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
     ) -> Ending {
         let every = self.frame_timeout.min(self.idle_timeout) / 4;
@@ -375,7 +464,7 @@ impl Connection {
             let Some(frame) = frame else {
                 return Ending::PeerClosed;
             };
-            if let Err(ending) = self.on_frame(frame, permit) {
+            if let Err(ending) = self.on_frame(frame, permit, writer).await {
                 return ending;
             }
         }
@@ -387,9 +476,9 @@ impl Connection {
     /// flight, such as a long poll, keeps it open). One timer per
     /// connection checks a few times per timeout, from what arrived since
     /// and what the read buffer holds, so reading a frame arms no timer.
-    async fn next_frame(
+    async fn next_frame<R: AsyncRead + Unpin>(
         &self,
-        frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        frames: &mut FrameReader<R>,
         writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
         watch: &mut Watch,
     ) -> Result<Option<Result<Bytes, FrameError>>, Ending> {
@@ -443,20 +532,49 @@ impl Connection {
         Ending::WriterEnded
     }
 
-    fn responder(&self, request_id: u64, permit: OwnedSemaphorePermit) -> Responder {
+    fn responder(&self, request_id: u64, grant: ReplyGrant) -> Responder {
         Responder {
             request_id,
             link: Arc::clone(&self.link),
-            permit: Some(permit),
+            grant: Some(grant),
         }
     }
 
+    /// Reserves `bytes` of reply (at most the connection's share) on the
+    /// connection and then in the process, waiting while either is spent.
+    async fn reserve_reply(
+        &self,
+        in_flight: OwnedSemaphorePermit,
+        bytes: usize,
+        writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
+    ) -> Result<ReplyGrant, Ending> {
+        let [connection, process] = &self.link.reply_budgets;
+        let bytes = bytes.min(connection.capacity());
+        let reserve = async {
+            let on_connection = connection.acquire(bytes).await;
+            let in_process = process.acquire(bytes).await;
+            ReplyGrant::new(in_flight, [on_connection, in_process], bytes)
+        };
+        let grant = tokio::select! {
+            () = self.stop.cancelled() => return Err(Ending::Stopped),
+            result = &mut *writer => return Err(self.writer_ended(result)),
+            grant = reserve => grant,
+        };
+        if self.link.requests.is_cancelled() {
+            // The writer gave its grants back as it ended.
+            return Err(Ending::WriterEnded);
+        }
+        Ok(grant)
+    }
+
     /// Handles one frame; `Err` ends the connection.
-    fn on_frame(
+    async fn on_frame(
         &self,
         frame: Result<Bytes, FrameError>,
         permit: OwnedSemaphorePermit,
+        writer: &mut tokio::task::JoinHandle<Result<(), FrameError>>,
     ) -> Result<(), Ending> {
+        let unreserved = ReplyGrant::unreserved;
         let payload = match frame {
             Ok(payload) => payload,
             Err(FrameError::Io(e)) => {
@@ -469,14 +587,16 @@ impl Connection {
                     FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
                     _ => ErrorCode::MalformedRequest,
                 };
-                self.responder(0, permit)
+                self.responder(0, unreserved(permit))
                     .reply(Err(ErrorReply::new(code, e.to_string())));
                 return Err(Ending::Abort);
             }
         };
         match Envelope::decode(payload) {
             Ok(envelope) if envelope.message.is_request() => {
-                let responder = self.responder(envelope.request_id, permit);
+                let bound = self.service.reply_size_bound(&envelope.message);
+                let grant = self.reserve_reply(permit, bound, writer).await?;
+                let responder = self.responder(envelope.request_id, grant);
                 self.service.handle(envelope.message, responder);
             }
             Ok(envelope) => {
@@ -485,23 +605,25 @@ impl Connection {
                     ErrorCode::UnknownMessage,
                     format!("{} is not a request", envelope.message.name()),
                 );
-                self.responder(envelope.request_id, permit)
+                self.responder(envelope.request_id, unreserved(permit))
                     .reply(Err(error));
             }
             Err(DecodeError::UnknownMessage { request_id }) => {
                 warn!(peer = %self.peer, request_id, "unknown message type");
                 let error = ErrorReply::new(ErrorCode::UnknownMessage, "unknown message type");
-                self.responder(request_id, permit).reply(Err(error));
+                self.responder(request_id, unreserved(permit))
+                    .reply(Err(error));
             }
             Err(DecodeError::InvalidContent { request_id, reason }) => {
                 warn!(peer = %self.peer, request_id, %reason, "invalid request");
                 let error = ErrorReply::new(ErrorCode::MalformedRequest, reason);
-                self.responder(request_id, permit).reply(Err(error));
+                self.responder(request_id, unreserved(permit))
+                    .reply(Err(error));
             }
             Err(e) => {
                 warn!(peer = %self.peer, error = %e, "undecodable request; closing connection");
                 let error = ErrorReply::new(ErrorCode::MalformedRequest, e.to_string());
-                self.responder(0, permit).reply(Err(error));
+                self.responder(0, unreserved(permit)).reply(Err(error));
                 return Err(Ending::Abort);
             }
         }
