@@ -39,6 +39,9 @@ enum Command {
     /// Show every process of a cluster: health, versions, lag, TLog bytes per
     /// team. Exits non-zero when any process is unhealthy.
     Status(commands::status::StatusArgs),
+    /// Make a cluster CA and member certificate for mutual TLS, and print
+    /// the cluster file section naming them.
+    TlsInit(commands::tls::TlsInitArgs),
     /// Start a local cluster and drive a commit workload through it.
     Dev(dev::DevArgs),
     /// Workload traces.
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Assign(args) => runtime.block_on(commands::client::assign(args)),
         Command::Client(args) => runtime.block_on(commands::client::run(args)),
         Command::Status(args) => runtime.block_on(commands::status::run(args)),
+        Command::TlsInit(args) => commands::tls::run(args),
         Command::Dev(args) => runtime.block_on(dev::run(args)),
         Command::Workload {
             which: WorkloadCommand::Generate(args),

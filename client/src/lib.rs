@@ -23,7 +23,7 @@ use proto::system_keys::USER_KEYS_END;
 use proto::transport::{ClientConfig, Peer, RpcError};
 use proto::{Mutation, StorageServerId, Version};
 
-use cluster::ClusterFile;
+use cluster::{ClusterFile, ClusterFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -45,6 +45,9 @@ pub enum ClientError {
     /// system keys (past `\xff`). Nothing was sent.
     #[error("invalid range: {0}")]
     InvalidRange(String),
+    /// The cluster file's TLS files could not be read.
+    #[error(transparent)]
+    Config(#[from] ClusterFileError),
 }
 
 pub struct Client {
@@ -66,8 +69,15 @@ struct Location {
 }
 
 impl Client {
-    pub fn new(cluster: &ClusterFile) -> Client {
-        let peer = |addr| Peer::new(addr, ClientConfig::default());
+    /// A client of the cluster the file describes, over TLS when the file
+    /// says so.
+    pub fn new(cluster: &ClusterFile) -> Result<Client, ClientError> {
+        Ok(Self::with_transport(cluster, cluster.client_config()?))
+    }
+
+    /// A client that calls the cluster with `transport`.
+    pub fn with_transport(cluster: &ClusterFile, transport: ClientConfig) -> Client {
+        let peer = |addr| Peer::new(addr, transport.clone());
         Client {
             proxies: cluster.proxies.iter().map(|p| peer(p.address)).collect(),
             sequencer: peer(cluster.sequencer.address),

@@ -27,6 +27,11 @@
 //! [[shards]]               # the initial shard map: a shard runs to the next begin
 //! begin = ""
 //! team = 1
+//!
+//! [tls]                    # optional: mutual TLS (see tls_files)
+//! ca = "tls/ca.pem"        # paths relative to this file
+//! cert = "tls/member.pem"  # without cert and key: a client
+//! key = "tls/member-key.pem"
 //! ```
 //!
 //! Shard begins are UTF-8 strings; `\xNN` escapes give any byte.
@@ -39,10 +44,13 @@ use bytes::Bytes;
 use proto::key_text::{unescape, KeyTextError};
 use proto::shard_map::{ShardMap, ShardMapError};
 use proto::system_keys::ShardAssignment;
+use proto::transport::tls::TlsSettings;
+use proto::transport::{ClientConfig, ServerConfig};
 use proto::{ProxyId, StorageServerId, StorageTeamId};
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{write_atomically, DataDirError};
+use crate::tls_files::{self, TlsEntry, TlsFilesError};
 use crate::topology::{Topology, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,8 @@ pub enum ClusterFileError {
     Topology(#[from] TopologyError),
     #[error(transparent)]
     ShardMap(#[from] ShardMapError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsFilesError),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,6 +107,9 @@ pub struct ClusterFile {
     pub teams: Vec<TeamEntry>,
     #[serde(default)]
     pub shards: Vec<ShardEntry>,
+    /// Mutual TLS between members; without it every peer is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsEntry>,
 }
 
 fn default_broadcast() -> bool {
@@ -144,11 +157,14 @@ impl ClusterFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let cluster: ClusterFile =
+        let mut cluster: ClusterFile =
             toml::from_str(&text).map_err(|source| ClusterFileError::Parse {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if let (Some(tls), Some(dir)) = (&cluster.tls, path.parent()) {
+            cluster.tls = Some(tls.resolved_against(dir));
+        }
         cluster
             .check()
             .map_err(|source| ClusterFileError::Invalid {
@@ -176,6 +192,22 @@ impl ClusterFile {
         self.topology().check()?;
         self.shard_map()?;
         Ok(())
+    }
+
+    /// The TLS settings the `[tls]` section names, read from their files.
+    pub fn tls_settings(&self) -> Result<Option<TlsSettings>, ClusterFileError> {
+        Ok(self.tls.as_ref().map(TlsEntry::settings).transpose()?)
+    }
+
+    /// How a process of this cluster calls others.
+    pub fn client_config(&self) -> Result<ClientConfig, ClusterFileError> {
+        Ok(tls_files::client_config(self.tls_settings()?.as_ref()))
+    }
+
+    /// How a process of this cluster serves.
+    pub fn server_config(&self) -> Result<ServerConfig, ClusterFileError> {
+        tls_files::server_config(self.tls_settings()?.as_ref())
+            .map_err(|e| ClusterFileError::Tls(e.into()))
     }
 
     pub fn proxy_ids(&self) -> BTreeSet<ProxyId> {

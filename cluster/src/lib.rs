@@ -12,6 +12,7 @@ pub mod cluster_file;
 pub mod data_dir;
 pub mod placement;
 pub mod retry;
+pub mod tls_files;
 pub mod topology;
 
 pub use cluster_file::{ClusterFile, ClusterFileError};

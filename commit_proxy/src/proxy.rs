@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub max_batches_in_flight: usize,
     /// Versions of shard-map history kept for reads at older versions.
     pub shard_history: u64,
+    /// How the proxy calls the sequencer and the TLogs.
+    pub transport: ClientConfig,
 }
 
 impl ProxyConfig {
@@ -77,6 +79,7 @@ impl ProxyConfig {
             max_batch_bytes: 8 << 20,
             max_batches_in_flight: 8,
             shard_history: 10_000_000,
+            transport: ClientConfig::default(),
         }
     }
 }
@@ -137,7 +140,7 @@ impl ProxyService {
                 expected: config.topology.tlog_count,
             });
         }
-        let peer = |addr| Peer::new(addr, ClientConfig::default());
+        let peer = |addr| Peer::new(addr, config.transport.clone());
         let tlogs: Vec<Peer> = config.tlogs.iter().map(|a| peer(*a)).collect();
         register_teams(&config.topology, &tlogs, startup_timeout).await?;
         // The sequencer refuses a request number below the last it saw from

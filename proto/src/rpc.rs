@@ -334,11 +334,14 @@ pub enum ErrorCode {
     WrongShardServer,
     /// Stored data failed verification: asking again will not help.
     Corrupt,
+    /// A cluster-internal request from a peer that has not authenticated
+    /// as a cluster member.
+    Unauthorized,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
         ErrorCode::UnknownMessage,
@@ -365,6 +368,7 @@ impl ErrorCode {
         ErrorCode::TransactionTooOld,
         ErrorCode::WrongShardServer,
         ErrorCode::Corrupt,
+        ErrorCode::Unauthorized,
     ];
 
     /// The snake_case name used in logs and status output.
@@ -396,6 +400,7 @@ impl ErrorCode {
             ErrorCode::TransactionTooOld => "transaction_too_old",
             ErrorCode::WrongShardServer => "wrong_shard_server",
             ErrorCode::Corrupt => "corrupt",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -484,6 +489,22 @@ impl Message {
 
     /// Whether a server should answer this message; replies sent as requests
     /// are answered with `unknown_message`.
+    /// Whether a peer that is not a cluster member may send this: the
+    /// requests of applications (commits, read versions, reads, locating
+    /// keys) and status. Everything else steers the cluster or reads its
+    /// log, and only members may send it.
+    pub fn is_client_request(&self) -> bool {
+        matches!(
+            self,
+            Message::ClientCommit(_)
+                | Message::GetReadVersion
+                | Message::GetValue(_)
+                | Message::GetRange(_)
+                | Message::GetKeyLocation(_)
+                | Message::Status
+        )
+    }
+
     pub fn is_request(&self) -> bool {
         matches!(
             self,

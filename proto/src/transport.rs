@@ -16,6 +16,7 @@
 //! stays open.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
@@ -33,6 +34,7 @@ mod frame_reader;
 mod frame_writer;
 mod peer;
 mod server;
+pub mod tls;
 
 pub use client::RpcClient;
 pub use peer::Peer;
@@ -98,6 +100,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// The default wait for a reply in [`RpcClient::call`].
     pub request_timeout: Duration,
+    /// Connect over TLS with this configuration (see [`tls`]); plain TCP
+    /// when `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -106,6 +111,7 @@ impl Default for ClientConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -138,6 +144,10 @@ pub struct ServerConfig {
     /// One connection's share of `reply_budget`: a peer that does not read
     /// its replies stops being read once it holds this much.
     pub reply_budget_per_connection: usize,
+    /// Serve over TLS with this configuration (see [`tls`]): a peer that
+    /// presents no certificate may send client requests only. Plain TCP
+    /// when `None`, and then every peer is trusted as a member.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +161,7 @@ impl Default for ServerConfig {
             input_budget: 256 << 20,
             reply_budget: 256 << 20,
             reply_budget_per_connection: 32 << 20,
+            tls: None,
         }
     }
 }

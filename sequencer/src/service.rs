@@ -39,6 +39,8 @@ pub struct SequencerConfig {
     pub resolve_wait_timeout: Duration,
     /// How long to keep trying to reach the TLogs at start.
     pub startup_timeout: Duration,
+    /// How the sequencer calls the TLogs.
+    pub transport: ClientConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,8 @@ impl SequencerService {
     ) -> Result<Self, StartError> {
         let mut last = Version::ZERO;
         for addr in &config.tlogs {
-            last = last.max(durable_version_of(*addr, config.startup_timeout).await?);
+            last = last
+                .max(durable_version_of(*addr, config.startup_timeout, &config.transport).await?);
         }
         tracing::info!(%last, "sequencer starting after the tlogs' last version");
         let wait_ms = config.resolve_wait_timeout.as_millis() as u64;
@@ -172,9 +175,13 @@ async fn expire_waiting(inner: Weak<Inner>) {
     }
 }
 
-async fn durable_version_of(addr: SocketAddr, waited: Duration) -> Result<Version, StartError> {
+async fn durable_version_of(
+    addr: SocketAddr,
+    waited: Duration,
+    transport: &ClientConfig,
+) -> Result<Version, StartError> {
     let attempt = || async {
-        let client = RpcClient::connect(addr, ClientConfig::default()).await?;
+        let client = RpcClient::connect(addr, transport.clone()).await?;
         client.status().await
     };
     let status = attempt

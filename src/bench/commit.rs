@@ -42,6 +42,9 @@ pub struct CommitBenchArgs {
     /// Extra arguments for the proxies (e.g. `--batch-interval-us=500`).
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     pub proxy_args: Vec<String>,
+    /// Run the cluster over plain TCP instead of mutual TLS.
+    #[arg(long)]
+    pub no_tls: bool,
 }
 
 #[derive(Serialize)]
@@ -71,10 +74,11 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
         shard_begins: vec!["h".into(), "p".into()],
         proxy_args: args.proxy_args.clone(),
         storage: false,
+        tls: !args.no_tls,
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &temp.path().join("cluster"), &spec).await?;
-    let client = Arc::new(Client::new(&local.cluster));
+    let client = Arc::new(Client::new(&local.cluster)?);
     let ceiling = BenchTLog::start(&temp.path().join("ceiling")).await?;
     println!(
         "cluster: {} proxies, {} tlogs (replication {}), {} teams; ceiling: one tlog",

@@ -171,6 +171,7 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
             max_bytes: 16 << 20,
         },
         read_wait: Duration::from_secs(1),
+        transport: Default::default(),
     };
     let started = Instant::now();
     let service = StorageService::start(engine, config)?;

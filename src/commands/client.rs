@@ -94,7 +94,7 @@ pub async fn assign(args: AssignArgs) -> Result<()> {
         StorageTeamId(entry.private_team),
         args.teams.iter().map(|t| StorageTeamId(*t)),
     );
-    let version = Client::new(&cluster)
+    let version = Client::new(&cluster)?
         .commit_system(vec![set.mutation(StorageServerId(args.server))])
         .await?;
     println!(
@@ -108,7 +108,7 @@ pub async fn assign(args: AssignArgs) -> Result<()> {
 
 pub async fn run(args: ClientArgs) -> Result<()> {
     let cluster = ClusterFile::load(&args.cluster)?;
-    let client = Client::new(&cluster);
+    let client = Client::new(&cluster)?;
     let mutations = match args.command {
         ClientCommand::ReadVersion => {
             println!("{}", client.read_version().await?);

@@ -1,6 +1,7 @@
 //! The binary's commands that run a role process (`tlog`, `sequencer`,
 //! `proxy`, `storage`) or talk to a running cluster (`client`, `assign`,
-//! `status`), and what they share: signals and the metrics endpoint.
+//! `status`) or makes its TLS files (`tls-init`), and what they share:
+//! signals and the metrics endpoint.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod roles;
 pub mod status;
 pub mod tlog;
+pub mod tls;
 
 /// Serves the metrics endpoint when the role was asked to (`--metrics`).
 pub async fn start_metrics(addr: Option<SocketAddr>) -> Result<()> {

@@ -90,10 +90,12 @@ pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
         tlogs: cluster.tlog_addresses(),
         resolve_wait_timeout: Duration::from_secs(10),
         startup_timeout: STARTUP_TIMEOUT,
+        transport: cluster.client_config()?,
     };
+    let server_config = cluster.server_config()?;
     let service = SequencerService::start(&config, Arc::new(SystemClock::default())).await?;
     tracing::info!(%addr, last_version = %service.last_version(), "sequencer and resolver listening");
-    run(listener, Arc::new(service), shutdown).await
+    run(listener, Arc::new(service), server_config, shutdown).await
 }
 
 pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
@@ -111,13 +113,15 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     );
     config.batch_interval = Duration::from_micros(args.batch_interval_us);
     config.max_batches_in_flight = args.max_batches_in_flight.max(1);
+    config.transport = cluster.client_config()?;
+    let server_config = cluster.server_config()?;
     let service =
         ProxyService::start(config, Arc::new(SystemClock::default()), STARTUP_TIMEOUT).await?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding proxy {} to {addr}", args.id))?;
     tracing::info!(%addr, id = args.id, "commit proxy listening");
-    run(listener, Arc::new(service), shutdown).await
+    run(listener, Arc::new(service), server_config, shutdown).await
 }
 
 /// LMDB's map is a reservation of address space, not of disk.
@@ -155,21 +159,24 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
             max_bytes: args.window_bytes,
         },
         read_wait: Duration::from_secs(1),
+        transport: cluster.client_config()?,
     };
+    let server_config = cluster.server_config()?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding storage server {} to {addr}", args.id))?;
     let service = StorageService::start(Arc::new(engine), config)?;
     tracing::info!(%addr, id = args.id, "storage server listening");
-    run(listener, Arc::new(service), shutdown).await
+    run(listener, Arc::new(service), server_config, shutdown).await
 }
 
 async fn run(
     listener: TcpListener,
     service: Arc<dyn Service>,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    serve(listener, service, ServerConfig::default(), shutdown).await?;
+    serve(listener, service, config, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

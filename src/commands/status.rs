@@ -119,7 +119,8 @@ pub struct StorageStatus {
 
 pub async fn run(args: StatusArgs) -> Result<()> {
     let cluster = ClusterFile::load(&args.cluster)?;
-    let status = gather(&cluster, Duration::from_millis(args.timeout_ms)).await;
+    let transport = cluster.client_config()?;
+    let status = gather(&cluster, &transport, Duration::from_millis(args.timeout_ms)).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -136,25 +137,29 @@ pub async fn run(args: StatusArgs) -> Result<()> {
 }
 
 /// Asks every process of `cluster` at once; each has `timeout` to answer.
-pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
-    let sequencer = ask(cluster.sequencer.address, timeout, |m| match m {
+pub async fn gather(
+    cluster: &ClusterFile,
+    transport: &ClientConfig,
+    timeout: Duration,
+) -> ClusterStatus {
+    let sequencer = ask(cluster.sequencer.address, transport, timeout, |m| match m {
         Message::SequencerStatus(r) => Some(r),
         _ => None,
     });
     let proxies = join_all(cluster.proxies.iter().map(|p| {
-        ask(p.address, timeout, |m| match m {
+        ask(p.address, transport, timeout, |m| match m {
             Message::ProxyStatus(r) => Some(r),
             _ => None,
         })
     }));
     let tlogs = join_all(cluster.tlogs.iter().map(|t| {
-        ask(t.address, timeout, |m| match m {
+        ask(t.address, transport, timeout, |m| match m {
             Message::TLogStatus(r) => Some(r),
             _ => None,
         })
     }));
     let storage = join_all(cluster.storage_servers.iter().map(|s| {
-        ask(s.address, timeout, |m| match m {
+        ask(s.address, transport, timeout, |m| match m {
             Message::StorageStatus(r) => Some(r),
             _ => None,
         })
@@ -221,13 +226,14 @@ pub async fn gather(cluster: &ClusterFile, timeout: Duration) -> ClusterStatus {
 /// Connects to `addr` and asks for its status, all within `timeout`.
 async fn ask<T>(
     addr: SocketAddr,
+    transport: &ClientConfig,
     timeout: Duration,
     expect: impl Fn(Message) -> Option<T>,
 ) -> Result<T, String> {
     let config = ClientConfig {
         connect_timeout: timeout,
         request_timeout: timeout,
-        ..ClientConfig::default()
+        ..transport.clone()
     };
     let call = async {
         let client = RpcClient::connect(addr, config).await?;

@@ -42,6 +42,10 @@ pub struct DevArgs {
     /// Keep the cluster running after the workload, until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Run the cluster over plain TCP, trusting every peer, instead of
+    /// mutual TLS with a CA made in the data dir.
+    #[arg(long)]
+    pub no_tls: bool,
 }
 
 /// The generated workload's seed: fixed, so a rerun on the same directory
@@ -62,6 +66,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let spec = ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
+        tls: !args.no_tls,
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &dir, &spec).await?;
@@ -84,6 +89,13 @@ fn print_cluster(local: &LocalCluster) {
     println!("  cluster file          {}", local.cluster_path.display());
     if let Some(logs) = &local.log_dir {
         println!("  logs                  {}", logs.display());
+    }
+    match &cluster.tls {
+        Some(tls) => println!(
+            "  mutual TLS            CA {} (members: the cluster file's cert and key)",
+            tls.ca.display()
+        ),
+        None => println!("  plain TCP             every peer is trusted"),
     }
     println!("  sequencer + resolver  {}", cluster.sequencer.address);
     for p in &cluster.proxies {

@@ -277,6 +277,7 @@ pub async fn run(args: ReplayArgs, pacing: Pacing) -> Result<()> {
             sequencer: tlog.addr,
             window: WindowConfig::default(),
             read_wait: Duration::from_secs(1),
+            transport: Default::default(),
         },
     )?;
     let target = Arc::new(LogTarget {

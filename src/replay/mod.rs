@@ -35,7 +35,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use proto::rpc::{ErrorCode, GetValueRequest, Message};
 use proto::shard_map::ShardMap;
-use proto::transport::{ClientConfig, Peer, RpcError};
+use proto::transport::{Peer, RpcError};
 use proto::{Mutation, Version};
 
 use crate::replay::plot::write_svg;
@@ -448,18 +448,20 @@ fn client_error_kind(error: &ClientError) -> String {
         ClientError::Unavailable(_) => "unavailable".into(),
         ClientError::Sequencer(_) => "sequencer".into(),
         ClientError::InvalidRange(_) => "invalid_range".into(),
+        ClientError::Config(_) => "config".into(),
     }
 }
 
 impl ClusterTarget {
     pub fn new(cluster: &ClusterFile) -> Result<ClusterTarget> {
+        let transport = cluster.client_config()?;
         Ok(ClusterTarget {
-            client: Client::new(cluster),
+            client: Client::with_transport(cluster, transport.clone()),
             shard_map: cluster.shard_map()?,
             servers: cluster
                 .storage_servers
                 .iter()
-                .map(|s| (s.id, Peer::new(s.address, ClientConfig::default())))
+                .map(|s| (s.id, Peer::new(s.address, transport.clone())))
                 .collect(),
             cluster: cluster.clone(),
             read_version: tokio::sync::Mutex::new(None),

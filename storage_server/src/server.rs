@@ -77,6 +77,8 @@ pub struct StorageConfig {
     /// How long a read at a version not yet applied waits before
     /// `future_version`.
     pub read_wait: Duration,
+    /// How the server calls the sequencer and the TLogs.
+    pub transport: ClientConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +138,7 @@ impl<E: KvEngine> StorageService<E> {
         let history = config.window.max_versions.saturating_mul(2);
         let ownership = Ownership::new(map, teams.clone(), durable, history);
         tracing::info!(server = %config.id, %durable, ?teams, "storage server resuming");
-        let peer = |addr| Peer::new(addr, ClientConfig::default());
+        let peer = |addr| Peer::new(addr, config.transport.clone());
         let inner = Arc::new(Inner {
             sequencer: peer(config.sequencer),
             tlogs: config.tlogs.iter().map(|a| peer(*a)).collect(),
@@ -475,7 +477,10 @@ impl<E: KvEngine> Inner<E> {
 /// Consumes the server's teams until the service is dropped or the stream ends.
 async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin: Version) {
     let Some(first) = inner.upgrade() else { return };
-    let mut source = TLogSource::new(TLogSourceConfig::default());
+    let mut source = TLogSource::new(TLogSourceConfig {
+        client: first.config.transport.clone(),
+        ..TLogSourceConfig::default()
+    });
     let tlogs = first.config.tlogs.clone();
     let route = |team| {
         tlogs_for_team(team, tlogs.len(), first.config.replication)

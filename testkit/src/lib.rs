@@ -51,6 +51,8 @@ pub enum TestkitError {
     #[error("no storage server {0} in the cluster file")]
     NoSuchStorageServer(u64),
     #[error(transparent)]
+    Tls(#[from] cluster::tls_files::TlsFilesError),
+    #[error(transparent)]
     ClusterFile(#[from] cluster::ClusterFileError),
     #[error("{what}: {source}")]
     Rpc {

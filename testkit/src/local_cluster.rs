@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  dir/cluster.toml        written first, with free ports
+//!  dir/tls/                the cluster's CA and member identity (mutual TLS)
 //!  dir/tlog-N/             each TLog's data
 //!  dir/storage-ID/         each storage server's data
 //!  TLogs ─▶ sequencer ─▶ proxies ─▶ storage servers   started in this order, each waited for
@@ -15,8 +16,27 @@ use cluster::cluster_file::{
     ClusterFile, Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry,
 };
 
+use cluster::tls_files::{self, TlsEntry};
+
 use crate::process::{free_local_addrs, ChildProcess};
 use crate::TestkitError;
+
+/// Where a new local cluster's TLS files go, under its directory.
+const TLS_DIR: &str = "tls";
+
+/// The `teamlog tlog` flags that give a TLog the cluster's TLS files.
+pub fn tlog_tls_args(tls: &TlsEntry) -> Vec<String> {
+    let mut args = vec!["--tls-ca".to_string(), tls.ca.display().to_string()];
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        args.extend([
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key.display().to_string(),
+        ]);
+    }
+    args
+}
 
 /// The shape of a local cluster.
 #[derive(Clone, Debug)]
@@ -41,6 +61,9 @@ pub struct ClusterSpec {
     /// Each process logs to `DIR/logs/ROLE.log` instead of this process's
     /// stderr.
     pub logs_in_dir: bool,
+    /// Members talk mutual TLS, with a CA and identity made in `DIR/tls`;
+    /// otherwise plain TCP, where every peer is trusted.
+    pub tls: bool,
 }
 
 impl Default for ClusterSpec {
@@ -58,6 +81,7 @@ impl Default for ClusterSpec {
             storage: true,
             storage_args: Vec::new(),
             logs_in_dir: false,
+            tls: true,
         }
     }
 }
@@ -113,6 +137,7 @@ impl ClusterSpec {
             storage_servers,
             teams,
             shards,
+            tls: None,
         };
         cluster.check()?;
         Ok(cluster)
@@ -147,13 +172,20 @@ impl LocalCluster {
     ) -> Result<LocalCluster, TestkitError> {
         std::fs::create_dir_all(dir).map_err(TestkitError::io(dir))?;
         let cluster_path = dir.join("cluster.toml");
-        let cluster = if cluster_path.exists() {
-            ClusterFile::load(&cluster_path)?
-        } else {
-            let cluster = spec.cluster_file()?;
+        if !cluster_path.exists() {
+            let mut cluster = spec.cluster_file()?;
+            if spec.tls {
+                tls_files::generate(&dir.join(TLS_DIR))?;
+                cluster.tls = Some(TlsEntry {
+                    ca: Path::new(TLS_DIR).join("ca.pem"),
+                    cert: Some(Path::new(TLS_DIR).join("member.pem")),
+                    key: Some(Path::new(TLS_DIR).join("member-key.pem")),
+                });
+            }
             cluster.save(&cluster_path)?;
-            cluster
-        };
+        }
+        // Loaded back, so that the TLS files' paths are resolved.
+        let cluster = ClusterFile::load(&cluster_path)?;
         let mut local = LocalCluster {
             cluster,
             cluster_path,
@@ -249,7 +281,11 @@ impl LocalCluster {
 
     /// Starts (or restarts) TLog `i` on its address and data dir.
     pub async fn start_tlog(&self, i: usize) -> Result<ChildProcess, TestkitError> {
-        let args: Vec<&str> = self.tlog_args.iter().map(String::as_str).collect();
+        let mut args: Vec<String> = self.tlog_args.clone();
+        if let Some(tls) = &self.cluster.tls {
+            args.extend(tlog_tls_args(tls));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let data_dir = self.dir.join(format!("tlog-{i}"));
         let log = self.log_path(&format!("tlog-{i}"))?;
         ChildProcess::spawn_tlog_at(

@@ -46,7 +46,8 @@ async fn all_mutations(
     let mut out = Vec::new();
     for team in cluster.topology().all_teams() {
         let index = tlogs_for_team(team, cluster.tlogs.len(), cluster.replication)[0];
-        let tlog = RpcClient::connect(cluster.tlogs[index].address, Default::default()).await?;
+        let tlog =
+            RpcClient::connect(cluster.tlogs[index].address, cluster.client_config()?).await?;
         for entry in read_team_entries(&tlog, team, Version(1), through).await? {
             if let BlockEntry::Message(m) = entry {
                 out.push((team, m.version, m.mutation));
@@ -60,7 +61,7 @@ async fn all_mutations(
 async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let local = LocalCluster::start(crate::exe(), dir.path(), &commit_only()).await?;
-    let client = Client::new(&local.cluster);
+    let client = Client::new(&local.cluster)?;
     let good = set(b"fine", 1);
     let cases = [
         (vec![], ErrorCode::EmptyCommit),
@@ -93,9 +94,14 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
             "expected {code}"
         );
     }
-    // A stranger asking the sequencer for a version gets none, so no
-    // version is handed out that would never reach the TLogs.
-    let sequencer = RpcClient::connect(local.cluster.sequencer.address, Default::default()).await?;
+    // A member asking the sequencer for a version for a proxy that is not
+    // in the cluster gets none, so no version is handed out that would
+    // never reach the TLogs.
+    let sequencer = RpcClient::connect(
+        local.cluster.sequencer.address,
+        local.cluster.client_config()?,
+    )
+    .await?;
     let stray = sequencer
         .call(Message::GetCommitVersion(GetCommitVersionRequest {
             proxy: ProxyId(99),
@@ -218,7 +224,7 @@ async fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_every_ver
         ..commit_only()
     };
     let local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
-    let client = Client::new(&local.cluster);
+    let client = Client::new(&local.cluster)?;
     let mut last = Version::ZERO;
     for i in 0..20 {
         last = client
@@ -227,14 +233,15 @@ async fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_every_ver
     }
     let cluster = &local.cluster;
     for (i, tlog) in cluster.tlogs.iter().enumerate() {
-        let tlog = RpcClient::connect(tlog.address, Default::default()).await?;
+        let tlog = RpcClient::connect(tlog.address, cluster.client_config()?).await?;
         let durable = tlog.status().await?.durable_version;
         ensure!(durable == last, "tlog {i} is at {durable}, not {last}");
     }
     // Team 2 (keys from "m") was never involved: its stream is empty.
     for team in [StorageTeamId(1), StorageTeamId(2)] {
         let index = tlogs_for_team(team, cluster.tlogs.len(), cluster.replication)[0];
-        let tlog = RpcClient::connect(cluster.tlogs[index].address, Default::default()).await?;
+        let tlog =
+            RpcClient::connect(cluster.tlogs[index].address, cluster.client_config()?).await?;
         let entries = read_team_entries(&tlog, team, Version(1), last).await?;
         let expected = if team == StorageTeamId(1) { 20 } else { 0 };
         ensure!(
@@ -256,12 +263,12 @@ async fn restarted_proxies_and_sequencer_commit_again() -> Result<()> {
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &commit_only()).await?;
     let mut only_first = local.cluster.clone();
     only_first.proxies.retain(|p| p.id == 1);
-    let client = Client::new(&only_first);
+    let client = Client::new(&only_first)?;
     let before = client.commit(vec![set(b"before", 1)]).await?;
     local.proxies.remove(0).stop().await?;
     local.proxies.insert(0, local.start_proxy(1).await?);
     // A new connection to the restarted proxy, which must get versions again.
-    let client = Client::new(&only_first);
+    let client = Client::new(&only_first)?;
     let after = client.commit(vec![set(b"after", 1)]).await?;
     ensure!(after > before, "{after} after {before}");
     // A clean sequencer restart: it starts after the TLogs' last version.

@@ -102,7 +102,7 @@ fn random_commit(rng: &mut impl Rng, client: usize, n: usize) -> Vec<Mutation> {
 fn client_of_proxy(cluster: &ClusterFile, id: u64) -> Client {
     let mut only = cluster.clone();
     only.proxies.retain(|p| p.id == id);
-    Client::new(&only)
+    Client::new(&only).expect("the cluster file's TLS files load")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +114,7 @@ async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Resul
     let cluster = local.cluster.clone();
 
     // Concurrent clients, spread over both proxies.
-    let client = Arc::new(Client::new(&cluster));
+    let client = Arc::new(Client::new(&cluster)?);
     let acked = Arc::new(Mutex::new(Vec::<(Version, Vec<Mutation>)>::new()));
     let mut tasks = Vec::new();
     for c in 0..6 {
@@ -155,11 +155,12 @@ async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Resul
     ensure!(before_version < move_version && move_version < after_version);
 
     // Read every team back from every TLog that holds it.
+    let transport = cluster.client_config()?;
     let tlogs: Vec<RpcClient> = futures::future::try_join_all(
         cluster
             .tlogs
             .iter()
-            .map(|t| RpcClient::connect(t.address, Default::default())),
+            .map(|t| RpcClient::connect(t.address, transport.clone())),
     )
     .await?;
     let last = after_version;
@@ -187,7 +188,10 @@ async fn commits_through_two_proxies_reach_every_tlog_in_commit_order() -> Resul
     // Read every team back through the broadcasted ordered cursor: one stream
     // by (version, subsequence). The same piece may reach several teams
     // (private teams) with one subsequence.
-    let mut source = TLogSource::new(TLogSourceConfig::default());
+    let mut source = TLogSource::new(TLogSourceConfig {
+        client: cluster.client_config()?,
+        ..TLogSourceConfig::default()
+    });
     for team in topology.all_teams() {
         let replicas = tlogs_for_team(team, cluster.tlogs.len(), cluster.replication);
         source = source.with_team(
@@ -305,7 +309,7 @@ async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result
     let exe = crate::exe();
     let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
-    let client = Arc::new(Client::new(&cluster));
+    let client = Arc::new(Client::new(&cluster)?);
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let progress = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
@@ -362,11 +366,12 @@ async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result
         .map(|(v, _)| *v)
         .max()
         .expect("commits were acked");
+    let transport = cluster.client_config()?;
     let tlogs: Vec<RpcClient> = futures::future::try_join_all(
         cluster
             .tlogs
             .iter()
-            .map(|t| RpcClient::connect(t.address, Default::default())),
+            .map(|t| RpcClient::connect(t.address, transport.clone())),
     )
     .await?;
     for (i, tlog) in tlogs.iter().enumerate() {

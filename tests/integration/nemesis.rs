@@ -94,7 +94,7 @@ async fn commits_resume_after_each_tlog_kill_and_relaunch_and_nothing_is_lost() 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
     let dir = tempfile::tempdir()?;
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &ClusterSpec::default()).await?;
-    let client = Arc::new(Client::new(&local.cluster));
+    let client = Arc::new(Client::new(&local.cluster)?);
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let acknowledged = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -148,7 +148,7 @@ async fn a_trace_replays_against_a_cluster_and_the_check_catches_a_stray_write()
     }
 
     // A key the trace never writes, set behind the replay's back.
-    let client = Client::new(&local.cluster);
+    let client = Client::new(&local.cluster)?;
     client
         .commit(vec![Mutation::SetValue {
             key: Bytes::from_static(b"stray\xff"),

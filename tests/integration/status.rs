@@ -89,7 +89,7 @@ async fn status_shows_every_process_healthy_then_a_killed_storage_server() -> Re
     let dir = tempfile::tempdir()?;
     let spec = ClusterSpec::default();
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
-    let client = Client::new(&local.cluster);
+    let client = Client::new(&local.cluster)?;
     let last = commit_some(&client, &["apple", "kiwi", "plum", "zucchini"]).await?;
 
     let started = Instant::now();
@@ -170,7 +170,11 @@ async fn status_shows_every_process_healthy_then_a_killed_storage_server() -> Re
     }
 
     // A locked TLog answers, but refuses every commit: unhealthy, with why.
-    let tlog = RpcClient::connect(local.cluster.tlogs[1].address, Default::default()).await?;
+    let tlog = RpcClient::connect(
+        local.cluster.tlogs[1].address,
+        local.cluster.client_config()?,
+    )
+    .await?;
     tlog.lock().await?;
     let (ok, json) = status_json(&local.cluster_path).await?;
     assert!(!ok);
@@ -246,7 +250,7 @@ async fn tlog_proxy_and_storage_serve_their_metrics() -> Result<()> {
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
-    let client = Client::new(&local.cluster);
+    let client = Client::new(&local.cluster)?;
     let last = commit_some(&client, &["a", "b", "c"]).await?;
     assert_eq!(client.get(b"a", last).await?, Some(Bytes::from("value")));
 

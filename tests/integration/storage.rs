@@ -89,7 +89,7 @@ async fn server_range(
         .find(|s| s.id == server)
         .expect("known")
         .address;
-    let client = RpcClient::connect(addr, Default::default()).await?;
+    let client = RpcClient::connect(addr, cluster.client_config()?).await?;
     let request = GetRangeRequest {
         begin: Bytes::from_static(BOUNDS[shard]),
         end: Bytes::from_static(BOUNDS[shard + 1]),
@@ -146,7 +146,7 @@ async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
     let exe = crate::exe();
     let mut local = LocalCluster::start(exe, dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
-    let client = Client::new(&cluster);
+    let client = Client::new(&cluster)?;
     let mut model = Model::new();
     let mut history: Vec<(Version, Model)> = Vec::new();
     for n in 0..120u64 {
@@ -220,7 +220,7 @@ async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
         .find(|s| s.id == last_team.servers[0])
         .expect("known")
         .address;
-    let server = RpcClient::connect(addr, Default::default()).await?;
+    let server = RpcClient::connect(addr, cluster.client_config()?).await?;
     let request = GetRangeRequest {
         begin: Bytes::from_static(b"p"),
         end: Bytes::from_static(b"\xff\x00"),
@@ -243,7 +243,7 @@ async fn kill_9_under_load_loses_nothing_and_applies_nothing_twice() -> Result<(
     let exe = crate::exe();
     let mut local = LocalCluster::start(exe, dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
-    let client = Arc::new(Client::new(&cluster));
+    let client = Arc::new(Client::new(&cluster)?);
     // Writers use disjoint keys, so the order of commits sharing a version
     // (one batch) cannot matter to the model.
     let acked = Arc::new(Mutex::new(Vec::<(Version, Vec<Mutation>)>::new()));
@@ -328,7 +328,7 @@ async fn a_range_of_large_values_pages_by_bytes_instead_of_failing() -> Result<(
     const PER_COMMIT: usize = 90;
     let dir = tempfile::tempdir()?;
     let local = LocalCluster::start(crate::exe(), dir.path(), &ClusterSpec::default()).await?;
-    let client = Client::new(&local.cluster);
+    let client = Client::new(&local.cluster)?;
     let value = |i: usize| Bytes::from(vec![b'a' + (i % 26) as u8; 100_000]);
     let mut last = Version::ZERO;
     for chunk in (0..VALUES).collect::<Vec<_>>().chunks(PER_COMMIT) {
@@ -356,13 +356,13 @@ async fn a_range_of_large_values_pages_by_bytes_instead_of_failing() -> Result<(
 async fn versions(cluster: &ClusterFile) -> Result<(Vec<(Version, Version)>, (Version, Version))> {
     let mut servers = Vec::new();
     for server in &cluster.storage_servers {
-        let client = RpcClient::connect(server.address, Default::default()).await?;
+        let client = RpcClient::connect(server.address, cluster.client_config()?).await?;
         match client.call(Message::Status).await? {
             Message::StorageStatus(s) => servers.push((s.applied_version, s.durable_version)),
             other => anyhow::bail!("unexpected {}", other.name()),
         }
     }
-    let sequencer = RpcClient::connect(cluster.sequencer.address, Default::default()).await?;
+    let sequencer = RpcClient::connect(cluster.sequencer.address, cluster.client_config()?).await?;
     match sequencer.call(Message::Status).await? {
         Message::SequencerStatus(s) => Ok((servers, (s.last_version, s.committed_version))),
         other => anyhow::bail!("unexpected {}", other.name()),
@@ -374,7 +374,7 @@ async fn versions_not_known_committed_stay_out_of_the_engine_and_reads_go_on() -
     let dir = tempfile::tempdir()?;
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
-    let client = Arc::new(Client::new(&cluster));
+    let client = Arc::new(Client::new(&cluster)?);
     for i in 0..5 {
         client
             .commit(random_mutations(
@@ -450,7 +450,7 @@ async fn a_live_team_change_starts_and_stops_exactly_at_its_version() -> Result<
     };
     let local = LocalCluster::start(exe, dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
-    let client = Client::new(&cluster);
+    let client = Client::new(&cluster)?;
     let assign = |server: u64, teams: &[u64]| {
         let entry = cluster
             .storage_servers

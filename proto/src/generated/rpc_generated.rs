@@ -13,10 +13,10 @@ pub mod rpc {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 25;
+pub const ENUM_MAX_ERROR_CODE: u16 = 26;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 26] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 27] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedRequest,
   ErrorCode::UnknownMessage,
@@ -43,6 +43,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 26] = [
   ErrorCode::TransactionTooOld,
   ErrorCode::WrongShardServer,
   ErrorCode::Corrupt,
+  ErrorCode::Unauthorized,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -76,9 +77,10 @@ impl ErrorCode {
   pub const TransactionTooOld: Self = Self(23);
   pub const WrongShardServer: Self = Self(24);
   pub const Corrupt: Self = Self(25);
+  pub const Unauthorized: Self = Self(26);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 25;
+  pub const ENUM_MAX: u16 = 26;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::MalformedRequest,
@@ -106,6 +108,7 @@ impl ErrorCode {
     Self::TransactionTooOld,
     Self::WrongShardServer,
     Self::Corrupt,
+    Self::Unauthorized,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -136,6 +139,7 @@ impl ErrorCode {
       Self::TransactionTooOld => Some("TransactionTooOld"),
       Self::WrongShardServer => Some("WrongShardServer"),
       Self::Corrupt => Some("Corrupt"),
+      Self::Unauthorized => Some("Unauthorized"),
       _ => None,
     }
   }

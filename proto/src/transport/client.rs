@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::tls::member_server_name;
 use super::{write_frames, ClientConfig, RpcError, OUTGOING_QUEUE};
 use crate::frame::{FrameCodec, FrameError, FramePayload};
 use crate::rpc::{
@@ -121,22 +122,43 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl RpcClient {
+    /// Connects, over TLS when `config.tls` says so, checking that the
+    /// server is a cluster member.
     pub async fn connect(addr: SocketAddr, config: ClientConfig) -> Result<RpcClient, RpcError> {
-        let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+        let timed_out = || {
+            RpcError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection to {addr} within {:?}",
+                    config.connect_timeout
+                ),
+            ))
+        };
+        let connecting = async {
+            let stream = TcpStream::connect(addr).await.map_err(RpcError::Connect)?;
+            stream.set_nodelay(true).map_err(RpcError::Connect)?;
+            let Some(tls) = config.tls.clone() else {
+                let (read_half, write_half) = stream.into_split();
+                return Ok(Self::start(read_half, write_half, addr, config.clone()));
+            };
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(member_server_name(), stream)
+                .await
+                .map_err(RpcError::Connect)?;
+            let (read_half, write_half) = tokio::io::split(stream);
+            Ok(Self::start(read_half, write_half, addr, config.clone()))
+        };
+        tokio::time::timeout(config.connect_timeout, connecting)
             .await
-            .map_err(|_| {
-                RpcError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection to {addr} within {:?}",
-                        config.connect_timeout
-                    ),
-                ))
-            })?
-            .map_err(RpcError::Connect)?;
-        stream.set_nodelay(true).map_err(RpcError::Connect)?;
-        let (read_half, write_half) = stream.into_split();
+            .map_err(|_| timed_out())?
+    }
 
+    /// Runs the connection's writer and reader tasks over its two halves.
+    fn start<R, W>(read_half: R, write_half: W, addr: SocketAddr, config: ClientConfig) -> RpcClient
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 calls: HashMap::new(),
@@ -172,7 +194,7 @@ impl RpcClient {
         });
 
         debug!(peer = %addr, "client connected");
-        Ok(RpcClient {
+        RpcClient {
             inner: Arc::new(ClientInner {
                 peer: addr,
                 config,
@@ -180,7 +202,7 @@ impl RpcClient {
                 shared,
                 next_request_id: AtomicU64::new(1),
             }),
-        })
+        }
     }
 
     /// Sends a request and waits for its reply for up to the configured
@@ -300,8 +322,8 @@ impl RpcClient {
 
 /// Hands each reply to its waiting call until the stream ends or carries
 /// something that cannot be matched to a call.
-async fn read_replies(
-    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
+async fn read_replies<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, FrameCodec>,
     shared: &Shared,
     peer: SocketAddr,
 ) {

@@ -307,14 +307,62 @@ async fn serve_tcp(
         debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
     debug!(%peer, "connection accepted");
-    let (read_half, write_half) = stream.into_split();
+    let Some(tls) = config.tls.clone() else {
+        // Plain TCP: every peer is trusted as a member.
+        let (read_half, write_half) = stream.into_split();
+        let peer = PeerInfo {
+            addr: peer,
+            member: true,
+        };
+        serve_connection(read_half, write_half, peer, service, config, budgets, stop).await;
+        return;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = tokio::select! {
+        () = stop.cancelled() => return,
+        accepted = tokio::time::timeout(config.frame_timeout, handshake) => match accepted {
+            Ok(Ok(stream)) => stream,
+            // A port probe connects and closes without a word.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                debug!(%peer, "connection closed before the TLS handshake");
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(%peer, error = %e, "TLS handshake failed; closing connection");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, "TLS handshake took too long; closing connection");
+                return;
+            }
+        },
+    };
+    // The verifier let the certificate in only if it chains to the
+    // cluster's CA; a peer without one is a client.
+    let member = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|chain| !chain.is_empty());
+    debug!(%peer, member, "TLS connection established");
+    let (read_half, write_half) = tokio::io::split(stream);
+    let peer = PeerInfo { addr: peer, member };
     serve_connection(read_half, write_half, peer, service, config, budgets, stop).await;
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Copy, Debug)]
+struct PeerInfo {
+    addr: SocketAddr,
+    /// Authenticated as a cluster member (or trusted, without TLS): may send
+    /// any request, not only client requests.
+    member: bool,
 }
 
 async fn serve_connection<R, W>(
     read_half: R,
     write_half: W,
-    peer: SocketAddr,
+    peer_info: PeerInfo,
     service: Arc<dyn Service>,
     config: ServerConfig,
     budgets: ProcessBudgets,
@@ -323,6 +371,7 @@ async fn serve_connection<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = peer_info.addr;
     let (outgoing, queue) = mpsc::unbounded_channel();
     let max_frame_len = config.max_frame_len;
     let requests = stop.child_token();
@@ -344,6 +393,7 @@ async fn serve_connection<R, W>(
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let connection = Connection {
         peer,
+        member: peer_info.member,
         service,
         link: Arc::new(Link {
             outgoing,
@@ -424,6 +474,8 @@ struct Watch {
 
 struct Connection {
     peer: SocketAddr,
+    /// May send requests other than client requests.
+    member: bool,
     service: Arc<dyn Service>,
     link: Arc<Link>,
     /// One permit per request being handled; past the cap the loop stops
@@ -593,6 +645,16 @@ impl Connection {
             }
         };
         match Envelope::decode(payload) {
+            Ok(envelope) if !self.member && !envelope.message.is_client_request() => {
+                let name = envelope.message.name();
+                warn!(peer = %self.peer, message = name, "cluster-internal request from a non-member; refused");
+                let error = ErrorReply::new(
+                    ErrorCode::Unauthorized,
+                    format!("{name} is for cluster members, and this connection presented no member certificate"),
+                );
+                self.responder(envelope.request_id, unreserved(permit))
+                    .reply(Err(error));
+            }
             Ok(envelope) if envelope.message.is_request() => {
                 let bound = self.service.reply_size_bound(&envelope.message);
                 let grant = self.reserve_reply(permit, bound, writer).await?;

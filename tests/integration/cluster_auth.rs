@@ -1,0 +1,173 @@
+//! Who may ask what of a cluster that runs mutual TLS (as `LocalCluster`
+//! and `teamlog dev` set it up): members may ask anything; a peer with
+//! only the CA may commit and read, and its cluster-internal requests are
+//! refused and change nothing; a peer that does not speak TLS, or presents
+//! a certificate of another CA, gets no service at all.
+
+use anyhow::{bail, ensure, Result};
+use bytes::Bytes;
+use client::Client;
+use cluster::tls_files::{self, TlsEntry};
+use proto::rpc::{
+    ErrorCode, GetCommitVersionRequest, Message, PeekRequest, PopRequest, RegisterTeamRequest,
+};
+use proto::transport::tls::{PemIdentity, TlsSettings};
+use proto::transport::{ClientConfig, RpcClient, RpcError};
+use proto::{Mutation, ProxyId, StorageServerId, StorageTeamId, Version};
+use testkit::{ClusterSpec, LocalCluster};
+
+fn unauthorized<T: std::fmt::Debug>(result: Result<T, RpcError>) -> Result<()> {
+    match result {
+        Err(RpcError::Remote {
+            code: ErrorCode::Unauthorized,
+            ..
+        }) => Ok(()),
+        other => bail!("expected unauthorized, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_may_steer_the_cluster() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        teams: 1,
+        ..ClusterSpec::default()
+    };
+    let local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let member = cluster.client_config()?;
+    let ca = cluster
+        .tls
+        .as_ref()
+        .expect("a local cluster runs TLS")
+        .ca
+        .clone();
+    let outsider = ClientConfig {
+        tls: Some(TlsSettings::load(&ca, None)?.client()),
+        ..ClientConfig::default()
+    };
+
+    // An application with only the CA commits and reads.
+    let app = Client::with_transport(&cluster, outsider.clone());
+    let version = app
+        .commit(vec![Mutation::SetValue {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        }])
+        .await?;
+    let read = app.get(b"k", version).await?;
+    ensure!(read.as_deref() == Some(&b"v"[..]), "read {read:?}");
+
+    // Its cluster-internal requests are refused, on a connection that
+    // stays open.
+    let tlog_addr = cluster.tlogs[0].address;
+    let tlog = RpcClient::connect(tlog_addr, outsider.clone()).await?;
+    unauthorized(tlog.lock().await)?;
+    unauthorized(
+        tlog.pop(PopRequest {
+            team: StorageTeamId(1),
+            server: StorageServerId(100),
+            version: version.next(),
+        })
+        .await,
+    )?;
+    unauthorized(
+        tlog.register_team(RegisterTeamRequest {
+            team: StorageTeamId(77),
+            servers: vec![StorageServerId(1)],
+        })
+        .await,
+    )?;
+    unauthorized(
+        tlog.peek(PeekRequest {
+            team: StorageTeamId(1),
+            begin: Version(1),
+            max_bytes: 1 << 20,
+            timeout_ms: 0,
+        })
+        .await,
+    )?;
+    let sequencer = RpcClient::connect(cluster.sequencer.address, outsider.clone()).await?;
+    let before = match sequencer.call(Message::Status).await? {
+        Message::SequencerStatus(s) => s.last_version,
+        other => bail!("unexpected {}", other.name()),
+    };
+    unauthorized(
+        sequencer
+            .call(Message::GetCommitVersion(GetCommitVersionRequest {
+                proxy: ProxyId(1),
+                request_num: u64::MAX,
+            }))
+            .await,
+    )?;
+
+    // And they changed nothing: the TLog is not locked, knows no team 77,
+    // and the sequencer handed out no version.
+    let status = RpcClient::connect(tlog_addr, member.clone())
+        .await?
+        .status()
+        .await?;
+    ensure!(!status.locked, "an outsider locked the TLog");
+    ensure!(
+        status.teams.iter().all(|t| t.team != StorageTeamId(77)),
+        "an outsider registered a team"
+    );
+    let after = match sequencer.call(Message::Status).await? {
+        Message::SequencerStatus(s) => s.last_version,
+        other => bail!("unexpected {}", other.name()),
+    };
+    ensure!(
+        after == before,
+        "the sequencer handed out {before} → {after}"
+    );
+    let next = app
+        .commit(vec![Mutation::SetValue {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"w"),
+        }])
+        .await?;
+    ensure!(next > version);
+
+    // Plain TCP gets no service.
+    let plain = RpcClient::connect(tlog_addr, ClientConfig::default()).await?;
+    let answer = plain.call(Message::Status).await;
+    ensure!(
+        matches!(answer, Err(RpcError::ConnectionClosed | RpcError::Io(_))),
+        "plain TCP was answered: {answer:?}"
+    );
+
+    // A certificate of another CA is turned away at the handshake, though
+    // its holder trusts this cluster's CA; and one that trusts only the
+    // other CA does not trust this cluster's servers.
+    let other_dir = tempfile::tempdir()?;
+    let other: TlsEntry = tls_files::generate(other_dir.path())?;
+    let read = |p: &std::path::Path| std::fs::read(p);
+    let (other_cert, other_key) = (
+        read(other.cert.as_ref().expect("made"))?,
+        read(other.key.as_ref().expect("made"))?,
+    );
+    let impostor = TlsSettings::from_pem(
+        &read(&ca)?,
+        Some(PemIdentity {
+            cert_chain: &other_cert,
+            key: &other_key,
+        }),
+    )?;
+    for config in [
+        tls_files::client_config(Some(&impostor)),
+        tls_files::client_config(Some(&other.settings()?)),
+    ] {
+        let refused = async { RpcClient::connect(tlog_addr, config).await?.lock().await }.await;
+        ensure!(
+            refused.is_err(),
+            "a certificate of another CA was served: {refused:?}"
+        );
+    }
+
+    let status = RpcClient::connect(tlog_addr, member)
+        .await?
+        .status()
+        .await?;
+    ensure!(!status.locked);
+    Ok(local.stop().await?)
+}
