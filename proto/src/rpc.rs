@@ -124,6 +124,9 @@ pub struct TLogStatusReply {
     /// segment.
     pub truncation_blocker: Option<StorageTeamId>,
     pub teams: Vec<TeamStatus>,
+    /// Why commits are not being made durable now, while the TLog waits
+    /// for what it needs (disk space) and retries.
+    pub stalled: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A process is *healthy* when it answered in time with its role's status
-//! and nothing in it is wrong: a TLog that is poisoned or locked, a
+//! and nothing in it is wrong: a TLog that is poisoned, locked or
+//! stalled (waiting for disk space, commits waiting with it), a
 //! sequencer whose committed version trails the last version it handed
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
 //! stuck), a storage server that stopped applying or trails the committed
@@ -35,7 +36,8 @@
 //!                            "memory_bytes": 4096, "memory_budget": 268435456,
 //!                            "disk_bytes": 67108864, "truncation_blocker": 1,
 //!                            "teams": [ { "team": 1, "popped": 900, "bytes": 2048,
-//!                                         "servers": [100, 101] } ] } } ],
+//!                                         "servers": [100, 101] } ],
+//!                            "stalled": null } } ],
 //!   "storage_servers": [ { "role": "storage", "id": 100, "address": "...",
 //!                          "healthy": true, "error": null,
 //!                          "status": { "server": 100, "applied_version": 1200, "durable_version": 900,
@@ -297,7 +299,9 @@ fn tlog_problem(r: &TLogStatusReply) -> Option<String> {
     } else if r.locked {
         Some("locked: its epoch ended; it refuses commits".to_string())
     } else {
-        None
+        r.stalled
+            .as_ref()
+            .map(|why| format!("stalled, commits wait: {why}"))
     }
 }
 
@@ -503,6 +507,7 @@ mod tests {
             disk_bytes: 0,
             truncation_blocker: None,
             teams: Vec::new(),
+            stalled: None,
         };
         assert_eq!(tlog_problem(&tlog(false, false)), None);
         assert!(tlog_problem(&tlog(true, false))
@@ -511,6 +516,14 @@ mod tests {
         assert!(tlog_problem(&tlog(true, true))
             .unwrap()
             .starts_with("poisoned"));
+        let full = TLogStatusReply {
+            stalled: Some("no space for log segment 9".into()),
+            ..tlog(false, false)
+        };
+        assert_eq!(
+            tlog_problem(&full).as_deref(),
+            Some("stalled, commits wait: no space for log segment 9")
+        );
 
         let fine = storage_status(storage_reply(1_000_000, 5_000_000), None);
         assert_eq!(storage_problem(&fine), None);
@@ -577,6 +590,7 @@ mod tests {
                         bytes: 512,
                         servers: vec![StorageServerId(100), StorageServerId(101)],
                     }],
+                    stalled: None,
                 };
                 (reply, None)
             })],

@@ -14,6 +14,7 @@ mod status;
 mod storage;
 mod tlog_bad_input;
 mod tlog_crash;
+mod tlog_disk_full;
 mod tlog_memory;
 mod tlog_process;
 

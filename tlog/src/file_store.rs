@@ -137,12 +137,27 @@ impl Spares {
 /// temporary name, fsynced, then the directory fsynced) and returns it open.
 fn zero_filled(dir: &Path, path: &Path, capacity: u64) -> Result<File, StoreError> {
     let tmp = path.with_extension("seg.tmp");
+    let filled = fill_zeros(&tmp, capacity);
+    if filled.is_err() {
+        // Give the space back: a full disk is the usual reason, and the
+        // next attempt starts over anyway.
+        let _ = fs::remove_file(&tmp);
+    }
+    let file = filled?;
+    fs::rename(&tmp, path)
+        .map_err(|e| io_err(format!("rename {} to {}", tmp.display(), path.display()), e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Writes `capacity` zero bytes to a new file at `tmp` and syncs it.
+fn fill_zeros(tmp: &Path, capacity: u64) -> Result<File, StoreError> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
+        .open(tmp)
         .map_err(|e| io_err(format!("create {}", tmp.display()), e))?;
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut left = capacity;
@@ -154,9 +169,6 @@ fn zero_filled(dir: &Path, path: &Path, capacity: u64) -> Result<File, StoreErro
     }
     file.sync_all()
         .map_err(|e| io_err(format!("sync {}", tmp.display()), e))?;
-    fs::rename(&tmp, path)
-        .map_err(|e| io_err(format!("rename {} to {}", tmp.display(), path.display()), e))?;
-    sync_dir(dir)?;
     Ok(file)
 }
 

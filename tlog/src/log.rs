@@ -168,6 +168,10 @@ pub enum LogError {
     /// (recover) to continue.
     #[error("log is poisoned by an earlier failed write or sync")]
     Poisoned,
+    /// The store has no space for the next segment. Nothing was lost and
+    /// the log is not poisoned: `roll` again once space is back.
+    #[error("no space for log segment {segment}: {reason}")]
+    OutOfSpace { segment: SegmentId, reason: String },
     /// The payload can never fit in a segment of the configured size.
     #[error("record payload of {len} bytes exceeds the maximum of {max}")]
     RecordTooLarge { len: usize, max: u64 },
@@ -261,6 +265,9 @@ pub struct SegmentLog<S: LogStore> {
     batch_start: u64,
     buffer: Scatter,
     next_sequence: u64,
+    /// The current segment is sealed and synced, and the next one could
+    /// not be created yet (no space): `roll` only creates it.
+    sealed_awaiting_next: bool,
 }
 
 impl<S: LogStore> SegmentLog<S> {
@@ -311,6 +318,7 @@ impl<S: LogStore> SegmentLog<S> {
             batch_start: synced_end,
             buffer: Scatter::default(),
             next_sequence: rec.next_sequence,
+            sealed_awaiting_next: false,
         })
     }
 
@@ -414,21 +422,36 @@ impl<S: LogStore> SegmentLog<S> {
     }
 
     /// Ends the current segment: writes and syncs what is buffered plus a
-    /// seal, then starts a new segment; returns its id. Any failure poisons
-    /// the log (the old segment may already be sealed).
+    /// seal, then starts a new segment; returns its id.
+    ///
+    /// When the store has no space for the new segment the log is left
+    /// sealed and waiting, and [`LogError::OutOfSpace`] is returned without
+    /// poisoning: nothing was written that a retry would repeat, so `roll`
+    /// may be called again once space is back (recovery after a crash
+    /// meanwhile starts the new segment itself, as for any sealed tail).
+    /// Any other failure poisons the log.
     pub fn roll(&mut self) -> Result<SegmentId, LogError> {
         self.check_poison()?;
-        self.push(KIND_SEAL, Payload::Copied(&[]));
-        self.sync()?;
+        if !self.sealed_awaiting_next {
+            self.push(KIND_SEAL, Payload::Copied(&[]));
+            self.sync()?;
+            self.sealed_awaiting_next = true;
+        }
         let next = self.current + 1;
-        if let Err(e) = start_segment(
-            &*self.store,
-            next,
-            self.config.segment_size,
-            self.next_sequence,
-        ) {
+        match self.store.create(next, self.config.segment_size) {
+            Err(e) if e.is_out_of_space() => {
+                return Err(LogError::OutOfSpace {
+                    segment: next,
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => return Err(self.poisoned(e.into())),
+            Ok(()) => {}
+        }
+        if let Err(e) = write_segment_header(&*self.store, next, self.next_sequence) {
             return Err(self.poisoned(e));
         }
+        self.sealed_awaiting_next = false;
         self.current = next;
         self.capacity = self.config.segment_size;
         self.written_end = FIRST_RECORD_OFFSET;
@@ -549,6 +572,15 @@ fn start_segment<S: LogStore>(
     first_sequence: u64,
 ) -> Result<(), LogError> {
     store.create(id, capacity)?;
+    write_segment_header(store, id, first_sequence)
+}
+
+/// Heads a just-created segment and syncs it.
+fn write_segment_header<S: LogStore>(
+    store: &S,
+    id: SegmentId,
+    first_sequence: u64,
+) -> Result<(), LogError> {
     let header = SegmentHeader {
         segment: id,
         first_sequence,

@@ -42,6 +42,8 @@ struct State {
     /// Images of removed segments, handed to later creations.
     removed: Vec<Vec<u8>>,
     fail_next_sync: bool,
+    /// The most segments that may exist at once (a full disk past it).
+    segment_limit: Option<usize>,
 }
 
 /// A shared in-memory store; clones are handles to the same segments.
@@ -93,6 +95,12 @@ impl MemStore {
         self.state().fail_next_sync = true;
     }
 
+    /// Lets at most `limit` segments exist: creating one more fails as a
+    /// full disk does (`None`: no limit, as when space is freed).
+    pub fn limit_segments(&self, limit: Option<usize>) {
+        self.state().segment_limit = limit;
+    }
+
     /// Flips (bitwise not) `len` bytes at `offset` in both images: corruption
     /// of data already on the disk.
     pub fn corrupt(&self, id: SegmentId, offset: u64, len: u64) -> Result<(), StoreError> {
@@ -132,6 +140,15 @@ impl LogStore for MemStore {
         let mut state = self.state();
         if state.segments.contains_key(&id) {
             return Err(StoreError::AlreadyExists(id));
+        }
+        if state
+            .segment_limit
+            .is_some_and(|limit| state.segments.len() >= limit)
+        {
+            return Err(StoreError::Io {
+                what: format!("create segment {id}"),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
         }
         let len = usize::try_from(capacity).map_err(|_| StoreError::OutOfBounds {
             segment: id,

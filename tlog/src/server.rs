@@ -124,6 +124,8 @@ struct Shared<S: LogStore> {
     /// before it reaches the log, which could only fail (and poison) on it.
     max_commit_payload: u64,
     disk_bytes: AtomicU64,
+    /// Why the writer waits (for disk space), while it does.
+    stalled: Mutex<Option<String>>,
 }
 
 impl<S: LogStore> Shared<S> {
@@ -202,6 +204,10 @@ impl<S: LogStore> Shared<S> {
             WriterEvent::Poisoned(reason) => {
                 tracing::error!(%reason, "tlog poisoned");
                 core.on_poisoned()
+            }
+            WriterEvent::Stalled(reason) => {
+                *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                return;
             }
         };
         let progress = progress_of(&core);
@@ -359,6 +365,7 @@ impl<S: LogStore> TLogService<S> {
             memory_budget: config.core.memory_budget,
             max_commit_payload: LogConfig::max_payload(config.log.segment_size),
             disk_bytes: disk_bytes.into(),
+            stalled: Mutex::new(None),
         });
         // The writer's reports are applied by a task of the runtime, not on
         // the writer thread: the commits they complete are then woken from
@@ -578,6 +585,12 @@ impl<S: LogStore> TLogService<S> {
             disk_bytes: self.shared.disk_bytes.load(Ordering::Relaxed),
             truncation_blocker: core.truncation_blocker(),
             teams,
+            stalled: self
+                .shared
+                .stalled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

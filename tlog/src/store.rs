@@ -28,7 +28,9 @@ pub trait LogStore: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<SegmentId>, StoreError>;
     /// Creates a segment of `capacity` bytes, preallocated, and makes its
     /// existence durable (file + directory synced). Its bytes are zeros or
-    /// stale content of a removed segment: callers must not trust them.
+    /// stale content of a removed segment: callers must not trust them. A
+    /// create that fails for lack of space
+    /// ([`StoreError::is_out_of_space`]) leaves nothing behind.
     fn create(&self, id: SegmentId, capacity: u64) -> Result<(), StoreError>;
     /// Writes `data` at `offset`; the whole range must lie within the capacity.
     fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> Result<(), StoreError>;
@@ -95,6 +97,21 @@ pub enum StoreError {
     /// A failure injected by a test store.
     #[error("injected fault: {0}")]
     InjectedFault(String),
+}
+
+impl StoreError {
+    /// The store ran out of space (or quota): a `create` that failed so
+    /// left nothing behind and may be tried again once space is back.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        )
+    }
 }
 
 /// Writes must lie entirely inside the segment; reads may run past the end

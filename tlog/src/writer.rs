@@ -32,7 +32,9 @@ mod queue;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use proto::Version;
 
@@ -70,6 +72,9 @@ pub enum WriterEvent {
         batch_bytes: u64,
     },
     Poisoned(String),
+    /// The log waits for space for its next segment (`Some(why)`), or has
+    /// it again (`None`). Nothing is lost meanwhile: commits wait.
+    Stalled(Option<String>),
 }
 
 /// Record bytes a thread takes, writes and syncs as one batch, so a burst
@@ -104,12 +109,19 @@ impl Batch {
 }
 
 /// The log and what only appending touches.
-struct Appender<S: LogStore> {
+struct Appender<S: LogStore, R> {
     log: SegmentLog<S>,
     meta: Metadata,
     /// Appended since the last write.
     appended: Batch,
+    /// Told when the log waits for space, and when it has it again.
+    report: R,
+    queue: Arc<CommandQueue>,
 }
+
+/// Waits between attempts to create a segment on a full disk.
+const SPACE_RETRY_MIN: Duration = Duration::from_millis(100);
+const SPACE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What only the thread whose turn it is to sync touches.
 struct Turn<R> {
@@ -120,7 +132,7 @@ struct Turn<R> {
 struct Writer<S: LogStore, R> {
     queue: Arc<CommandQueue>,
     syncer: LogSyncer<S>,
-    appender: Mutex<Appender<S>>,
+    appender: Mutex<Appender<S, R>>,
     /// Written, not yet synced.
     written: Mutex<Batch>,
     turn: Mutex<Turn<R>>,
@@ -143,16 +155,18 @@ pub fn spawn_writer<S, R>(
 ) -> std::io::Result<JoinHandle<()>>
 where
     S: LogStore,
-    R: FnMut(WriterEvent) -> bool + Send + 'static,
+    R: FnMut(WriterEvent) -> bool + Clone + Send + 'static,
 {
     let writer = Arc::new(Writer {
-        queue,
         syncer: log.syncer(),
         appender: Mutex::new(Appender {
             log,
             meta,
             appended: Batch::default(),
+            report: report.clone(),
+            queue: Arc::clone(&queue),
         }),
+        queue,
         written: Mutex::new(Batch::default()),
         turn: Mutex::new(Turn {
             report,
@@ -283,7 +297,7 @@ where
     }
 }
 
-impl<S: LogStore> Appender<S> {
+impl<S: LogStore, R: FnMut(WriterEvent) -> bool> Appender<S, R> {
     fn apply(&mut self, command: WriterCommand) -> Result<(), LogError> {
         match command {
             WriterCommand::Append {
@@ -312,13 +326,49 @@ impl<S: LogStore> Appender<S> {
         payload: ChecksummedPayload,
     ) -> Result<RecordLocation, LogError> {
         if self.log.needs_roll(payload.len()) {
-            self.log.roll()?;
+            self.roll_when_space()?;
             self.log
                 .append(&Record::Snapshot(self.meta.clone()).encode())?;
         }
         let location = self.log.append_shared(payload)?;
         self.meta.apply(record);
         Ok(location)
+    }
+
+    /// Starts the next segment, waiting as long as the disk has no room for
+    /// it: commits wait rather than fail, and go on once space is back. The
+    /// wait ends early only when the writer is asked to stop.
+    fn roll_when_space(&mut self) -> Result<(), LogError> {
+        let mut delays = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(SPACE_RETRY_MIN)
+            .with_max_delay(SPACE_RETRY_MAX)
+            .without_max_times()
+            .build();
+        let mut stalled = false;
+        loop {
+            match self.log.roll() {
+                Ok(_) => {
+                    if stalled {
+                        tracing::info!("space for the log again; writing on");
+                        (self.report)(WriterEvent::Stalled(None));
+                    }
+                    return Ok(());
+                }
+                Err(e @ LogError::OutOfSpace { .. }) => {
+                    if !stalled {
+                        tracing::error!(error = %e, "the log waits for disk space; commits wait");
+                        (self.report)(WriterEvent::Stalled(Some(e.to_string())));
+                        stalled = true;
+                    }
+                    let delay = delays.next().unwrap_or(SPACE_RETRY_MAX);
+                    if self.queue.wait_closed(delay) {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -89,6 +89,52 @@ fn sync_failure_poisons() {
     assert!(seen.len() <= 2);
 }
 
+/// A roll on a full disk neither poisons nor loses anything: it can be
+/// retried once space is back, and a crash while the log waits for space
+/// recovers every record (the sealed segment is the tail; recovery starts
+/// the next).
+#[test]
+fn a_roll_without_space_waits_and_loses_nothing() {
+    let disk = MemDisk::new();
+    let (mut log, _) = open(&disk, SMALL).unwrap();
+    let first = log.append(b"before the full disk").unwrap();
+    disk.mem
+        .limit_segments(Some(disk.mem.list().unwrap().len()));
+    assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
+    assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
+    assert!(!log.is_poisoned());
+
+    // A crash while waiting: the record is there, and the log opens.
+    drop(log);
+    disk.mem.crash(3);
+    disk.mem.limit_segments(None);
+    let (mut log, seen) = open(&disk, SMALL).unwrap();
+    assert_eq!(seen, vec![(first, b"before the full disk".to_vec())]);
+
+    // Without a crash: once space is back the same roll goes through.
+    disk.mem
+        .limit_segments(Some(disk.mem.list().unwrap().len()));
+    let second = log.append(b"sealed in before the wait").unwrap();
+    assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
+    disk.mem.limit_segments(None);
+    let next = log.roll().unwrap();
+    let third = log.append(b"in the next segment").unwrap();
+    log.sync().unwrap();
+    assert_eq!(third.segment, next);
+    drop(log);
+    let (_, seen) = open(&disk, SMALL).unwrap();
+    let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        [
+            &b"before the full disk"[..],
+            b"sealed in before the wait",
+            b"in the next segment"
+        ]
+    );
+    assert_eq!(seen[1].0, second);
+}
+
 /// A sync that fails on another thread poisons the log for its writer, and
 /// is not retried.
 #[test]

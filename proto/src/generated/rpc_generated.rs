@@ -1946,6 +1946,7 @@ impl<'a> TLogStatusReply<'a> {
   pub const VT_TRUNCATION_BLOCKER: ::flatbuffers::VOffsetT = 18;
   pub const VT_HAS_TRUNCATION_BLOCKER: ::flatbuffers::VOffsetT = 20;
   pub const VT_TEAMS: ::flatbuffers::VOffsetT = 22;
+  pub const VT_STALLED: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1963,6 +1964,7 @@ impl<'a> TLogStatusReply<'a> {
     builder.add_memory_bytes(args.memory_bytes);
     builder.add_known_committed_version(args.known_committed_version);
     builder.add_durable_version(args.durable_version);
+    if let Some(x) = args.stalled { builder.add_stalled(x); }
     if let Some(x) = args.teams { builder.add_teams(x); }
     builder.add_has_truncation_blocker(args.has_truncation_blocker);
     builder.add_poisoned(args.poisoned);
@@ -2041,6 +2043,13 @@ impl<'a> TLogStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamStatus>>>>(TLogStatusReply::VT_TEAMS, None)}
   }
+  #[inline]
+  pub fn stalled(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TLogStatusReply::VT_STALLED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TLogStatusReply<'_> {
@@ -2059,6 +2068,7 @@ impl ::flatbuffers::Verifiable for TLogStatusReply<'_> {
      .visit_field::<u64>("truncation_blocker", Self::VT_TRUNCATION_BLOCKER, false)?
      .visit_field::<bool>("has_truncation_blocker", Self::VT_HAS_TRUNCATION_BLOCKER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TeamStatus>>>>("teams", Self::VT_TEAMS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stalled", Self::VT_STALLED, false)?
      .finish();
     Ok(())
   }
@@ -2074,6 +2084,7 @@ pub struct TLogStatusReplyArgs<'a> {
     pub truncation_blocker: u64,
     pub has_truncation_blocker: bool,
     pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamStatus<'a>>>>>,
+    pub stalled: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for TLogStatusReplyArgs<'a> {
   #[inline]
@@ -2089,6 +2100,7 @@ impl<'a> Default for TLogStatusReplyArgs<'a> {
       truncation_blocker: 0,
       has_truncation_blocker: false,
       teams: None,
+      stalled: None,
     }
   }
 }
@@ -2139,6 +2151,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TLogStatusReplyBuilder<'a, 'b
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TLogStatusReply::VT_TEAMS, teams);
   }
   #[inline]
+  pub fn add_stalled(&mut self, stalled: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TLogStatusReply::VT_STALLED, stalled);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TLogStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TLogStatusReplyBuilder {
@@ -2166,6 +2182,7 @@ impl ::core::fmt::Debug for TLogStatusReply<'_> {
       ds.field("truncation_blocker", &self.truncation_blocker());
       ds.field("has_truncation_blocker", &self.has_truncation_blocker());
       ds.field("teams", &self.teams());
+      ds.field("stalled", &self.stalled());
       ds.finish()
   }
 }

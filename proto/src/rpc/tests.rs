@@ -115,6 +115,7 @@ fn every_message() -> Vec<Message> {
                     servers: vec![],
                 },
             ],
+            stalled: Some("no space for segment 7".into()),
         }),
         Message::TLogStatus(TLogStatusReply {
             durable_version: Version(1),
@@ -126,6 +127,7 @@ fn every_message() -> Vec<Message> {
             disk_bytes: 0,
             truncation_blocker: None,
             teams: vec![],
+            stalled: None,
         }),
         Message::Error(ErrorReply::new(ErrorCode::TLogStopped, "locked at 99")),
         Message::Error(ErrorReply::new(ErrorCode::Timeout, "")),

@@ -238,6 +238,7 @@ fn encode_message(
                 })
                 .collect();
             let teams = fbb.create_vector(&teams);
+            let stalled = r.stalled.as_deref().map(|s| fbb.create_string(s));
             let t = fb::TLogStatusReply::create(
                 fbb,
                 &fb::TLogStatusReplyArgs {
@@ -251,6 +252,7 @@ fn encode_message(
                     truncation_blocker: r.truncation_blocker.map_or(0, |t| t.0),
                     has_truncation_blocker: r.truncation_blocker.is_some(),
                     teams: Some(teams),
+                    stalled,
                 },
             );
             (fb::Payload::TLogStatusReply, t.as_union_value())
@@ -447,6 +449,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
                     .has_truncation_blocker()
                     .then(|| StorageTeamId(r.truncation_blocker())),
                 teams,
+                stalled: r.stalled().map(str::to_string),
             })
         }
         fb::Payload::ErrorReply => {

@@ -15,6 +15,8 @@ use super::WriterCommand;
 pub struct CommandQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// Notified when the queue closes.
+    closing: Condvar,
 }
 
 #[derive(Default)]
@@ -54,6 +56,17 @@ impl CommandQueue {
     pub fn close(&self) {
         self.state().closed = true;
         self.ready.notify_all();
+        self.closing.notify_all();
+    }
+
+    /// Waits up to `timeout` for the queue to close; true once it is.
+    pub(super) fn wait_closed(&self, timeout: std::time::Duration) -> bool {
+        let state = self.state();
+        let (state, _) = self
+            .closing
+            .wait_timeout_while(state, timeout, |state| !state.closed)
+            .unwrap_or_else(|e| e.into_inner());
+        state.closed
     }
 
     /// Waits until a command is queued; false once the queue is closed and
