@@ -244,6 +244,9 @@ pub struct StorageStatusReply {
     pub teams: Vec<StorageTeamId>,
     /// Why the server stopped applying, when it did.
     pub stopped: Option<String>,
+    /// Why the server cannot make versions durable now, while it waits
+    /// for what it needs (disk space) and retries.
+    pub stalled: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

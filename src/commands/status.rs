@@ -14,7 +14,8 @@
 //! stalled (waiting for disk space, commits waiting with it), a
 //! sequencer whose committed version trails the last version it handed
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
-//! stuck), a storage server that stopped applying or trails the committed
+//! stuck), a storage server that stopped applying, cannot flush (waiting
+//! for disk space), or trails the committed
 //! version by more than that, are unhealthy, with the reason.
 //!
 //! The JSON shape (field names are stable; versions and ids are integers; a
@@ -44,7 +45,7 @@
 //!                                      "oldest_readable_version": 900,
 //!                                      "committed_version": 1200, "lag_versions": 0,
 //!                                      "lag_seconds": 0.0, "window_bytes": 512,
-//!                                      "teams": [1], "stopped": null } } ] }
+//!                                      "teams": [1], "stopped": null, "stalled": null } } ] }
 //! ```
 //!
 //! The sequencer has no `id`; a TLog's `id` is its index in the cluster
@@ -309,6 +310,9 @@ fn storage_problem(s: &StorageStatus) -> Option<String> {
     if let Some(reason) = &s.reply.stopped {
         return Some(format!("stopped applying: {reason}"));
     }
+    if let Some(reason) = &s.reply.stalled {
+        return Some(format!("stalled, nothing becomes durable: {reason}"));
+    }
     (s.lag_seconds > STALL_SECONDS).then(|| {
         format!(
             "behind: applied {} is {:.1} s behind the committed version {}",
@@ -473,6 +477,7 @@ mod tests {
             window_bytes: 3 << 20,
             teams: vec![StorageTeamId(1)],
             stopped: None,
+            stalled: None,
         }
     }
 
@@ -530,6 +535,12 @@ mod tests {
         let lagging = storage_status(storage_reply(1_000_000, 7_000_000), None);
         assert!(storage_problem(&lagging).unwrap().starts_with("behind"));
         let mut reply = storage_reply(1_000, 1_000);
+        let mut full = storage_reply(1_000, 1_000);
+        full.stalled = Some("no space left on the disk".into());
+        assert_eq!(
+            storage_problem(&storage_status(full, None)).as_deref(),
+            Some("stalled, nothing becomes durable: no space left on the disk")
+        );
         reply.stopped = Some("write failed: disk full".into());
         let stopped = storage_status(reply, None);
         assert_eq!(

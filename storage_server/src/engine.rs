@@ -16,7 +16,10 @@
 //! returns. After a write fails the engine is *poisoned*: the state on disk
 //! may be anything a crash could leave, so every later call returns
 //! [`EngineError::Poisoned`] and nothing is retried (the process must reopen
-//! the engine, which recovers the last committed batch).
+//! the engine, which recovers the last committed batch). One failure is
+//! not: a write refused for lack of space ([`EngineError::is_out_of_space`])
+//! changed nothing, so the engine stays usable and the batch may be written
+//! again once there is room.
 
 use bytes::Bytes;
 
@@ -140,6 +143,14 @@ impl WriteBatch {
     }
 }
 
+impl EngineError {
+    /// A write refused for lack of room (the disk, a quota, or the map):
+    /// it changed nothing and did not poison the engine.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, EngineError::Full { .. } | EngineError::NoSpace { .. })
+    }
+}
+
 /// Why a [`KvEngine`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -160,6 +171,9 @@ pub enum EngineError {
     /// The storage map is full: reopen with a larger map size.
     #[error("{context}: the map of {map_size} bytes is full")]
     Full { context: String, map_size: usize },
+    /// The disk (or quota) has no room for the write; nothing was written.
+    #[error("{context}: no space left on the disk")]
+    NoSpace { context: String },
     /// Stored bytes do not decode: the files were damaged or written by
     /// something else.
     #[error("corrupt storage at {location}: {reason}")]

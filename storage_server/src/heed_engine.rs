@@ -24,7 +24,13 @@
 //! meta page synced before `commit` returns). A failed transaction poisons
 //! the engine: LMDB aborts cleanly, but after a failed sync nothing can be
 //! known about the disk, and a caller that cannot tell the two apart must not
-//! retry (the rule the TLog follows too).
+//! retry (the rule the TLog follows too). Running out of room is told
+//! apart and does not poison: LMDB writes a transaction's pages into free
+//! pages, which no committed state refers to, and commits by then writing
+//! a meta page that already exists in the file; so a full map (while
+//! allocating pages) or a full disk (while writing or syncing them) ends
+//! the transaction before the meta page is touched, and the last committed
+//! state stands.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -36,6 +42,10 @@ use heed::types::Bytes as Raw;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use crate::engine::{BatchOp, EngineError, KvEngine, WriteBatch, FORMAT_METADATA};
+
+/// errno values LMDB passes through for a full disk and a full quota.
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
 
 /// The first bytes of the "format" entry.
 pub const FORMAT_MAGIC: &[u8; 4] = b"TLKV";
@@ -152,6 +162,17 @@ impl HeedEngine {
                 context,
                 map_size: self.map_size,
             },
+            heed::Error::Mdb(MdbError::Other(code)) if code == ENOSPC || code == EDQUOT => {
+                EngineError::NoSpace { context }
+            }
+            heed::Error::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                EngineError::NoSpace { context }
+            }
             source => EngineError::Heed { context, source },
         }
     }
@@ -290,7 +311,9 @@ impl KvEngine for HeedEngine {
                     .map_err(|e| self.error("committing a write batch", e))
             });
         if let Err(e) = &result {
-            self.poison(e);
+            if !e.is_out_of_space() {
+                self.poison(e);
+            }
         }
         result
     }

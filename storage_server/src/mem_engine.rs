@@ -4,7 +4,8 @@
 //! validated first and then applied under the lock, so it is atomic; there
 //! is no unsynced state to lose, so a "restart" is a new `VersionedStore`
 //! over the same engine. `fail_next_write` makes the next write fail without
-//! changing anything and poison the engine, as a failed LMDB commit does.
+//! changing anything and poison the engine, as a failed LMDB commit does;
+//! `set_full` makes writes fail for lack of space, which does not poison.
 //!
 //! ```text
 //!   write(batch) ──validate──▶ lock ──▶ apply ops in order ──▶ data / meta
@@ -29,6 +30,7 @@ struct State {
     meta: BTreeMap<String, Bytes>,
     poisoned: Option<String>,
     fail_next_write: bool,
+    full: bool,
 }
 
 /// An engine whose state lives in memory.
@@ -61,6 +63,12 @@ impl MemEngine {
     /// engine.
     pub fn fail_next_write(&self) {
         self.lock().fail_next_write = true;
+    }
+
+    /// While `full`, writes fail as on a full disk: nothing is applied and
+    /// the engine is not poisoned.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -110,6 +118,11 @@ impl KvEngine for MemEngine {
     fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
         let mut state = self.usable()?;
         batch.validate(self.max_key_len)?;
+        if state.full {
+            return Err(EngineError::NoSpace {
+                context: "writing a batch to the memory engine".into(),
+            });
+        }
         if std::mem::take(&mut state.fail_next_write) {
             let cause = "write failed by fail_next_write".to_owned();
             state.poisoned = Some(cause.clone());

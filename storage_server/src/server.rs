@@ -98,7 +98,25 @@ struct Inner<E: KvEngine> {
     tlogs: Vec<Peer>,
     /// Set when applying stopped on an error no retry can fix.
     failed: Mutex<Option<String>>,
+    /// Set while flushes fail for lack of room and are retried.
+    stalled: Mutex<Option<String>>,
 }
+
+/// Why a flush did not happen.
+enum FlushError {
+    /// The engine had no room: the window keeps the versions and the flush
+    /// is tried again.
+    NoRoom(String),
+    /// Anything else: the server stops applying.
+    Failed(String),
+}
+
+/// While flushes find no room, the window may hold this many times its
+/// configured bytes before the server stops fetching and only retries.
+const STALLED_WINDOW_FACTOR: u64 = 2;
+/// Waits between flush attempts while the engine has no room.
+const NO_ROOM_RETRY_MIN: Duration = Duration::from_millis(100);
+const NO_ROOM_RETRY_MAX: Duration = Duration::from_secs(2);
 
 pub struct StorageService<E: KvEngine> {
     inner: Arc<Inner<E>>,
@@ -146,6 +164,7 @@ impl<E: KvEngine> StorageService<E> {
             store: RwLock::new(store),
             ownership: Mutex::new(ownership),
             failed: Mutex::new(None),
+            stalled: Mutex::new(None),
             config,
         });
         let set = TeamSet::new(inner.config.private_team, teams);
@@ -289,6 +308,7 @@ impl<E: KvEngine> StorageService<E> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            stalled: self.inner.stalled_reason(),
         }
     }
 }
@@ -355,6 +375,41 @@ impl<E: KvEngine> Inner<E> {
 
     fn ownership(&self) -> MutexGuard<'_, Ownership> {
         self.ownership.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stalled_reason(&self) -> Option<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records whether flushes find no room; says so in the log when that
+    /// changes.
+    fn set_stalled(&self, reason: Option<String>) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*stalled, &reason) {
+            (None, Some(why)) => tracing::error!(
+                server = %self.config.id,
+                reason = %why,
+                "flushes find no room; versions stay in memory and the flush is retried"
+            ),
+            (Some(_), None) => {
+                tracing::info!(server = %self.config.id, "room again; flushing on")
+            }
+            _ => {}
+        }
+        *stalled = reason;
+    }
+
+    /// Whether the window is past what it may hold while flushes stall.
+    fn window_over_stalled_cap(&self) -> bool {
+        let cap = self
+            .config
+            .window
+            .max_bytes
+            .saturating_mul(STALLED_WINDOW_FACTOR);
+        self.store().window_bytes() > cap
     }
 
     fn fail(&self, reason: String) {
@@ -425,7 +480,7 @@ impl<E: KvEngine> Inner<E> {
     /// Flushes old versions into the engine with the team set and shard map
     /// as of the new durable version; returns it. The engine write runs
     /// without the store's lock, so reads and applies go on meanwhile.
-    fn flush(&self) -> Result<Option<Version>, String> {
+    fn flush(&self) -> Result<Option<Version>, FlushError> {
         let prepared = {
             let mut store = self.store_mut();
             if !store.should_flush() {
@@ -433,12 +488,14 @@ impl<E: KvEngine> Inner<E> {
             }
             let through = store.flush_target();
             let Some((map, teams)) = self.ownership().snapshot_at(through) else {
-                return Err(format!("no shard map kept at {through}"));
+                return Err(FlushError::Failed(format!(
+                    "no shard map kept at {through}"
+                )));
             };
             let set = TeamSet::new(self.config.private_team, teams).encode();
             store
                 .prepare_flush(through, &[(META_TEAM_SET, set), (META_SHARD_MAP, map)])
-                .map_err(|e| e.to_string())?
+                .map_err(|e| FlushError::Failed(e.to_string()))?
         };
         let Some(mut flush) = prepared else {
             return Ok(None);
@@ -446,7 +503,10 @@ impl<E: KvEngine> Inner<E> {
         let engine = self.store().engine().clone();
         if let Err(e) = flush.write(engine.as_ref()) {
             self.store_mut().abandon_flush(flush);
-            return Err(e.to_string());
+            return Err(match e {
+                StoreError::Engine(e) if e.is_out_of_space() => FlushError::NoRoom(e.to_string()),
+                e => FlushError::Failed(e.to_string()),
+            });
         }
         let durable = self.store_mut().finish_flush(flush);
         self.ownership().forget_before(durable);
@@ -506,7 +566,29 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
         .with_max_delay(Duration::from_secs(1))
         .without_max_times();
     let mut delays = retry_policy.build();
+    let no_room_policy = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(NO_ROOM_RETRY_MIN)
+        .with_max_delay(NO_ROOM_RETRY_MAX)
+        .without_max_times();
+    let mut no_room_delays = no_room_policy.build();
     loop {
+        // A window past its cap while flushes find no room: fetch nothing
+        // more, only retry the flush.
+        let over_cap = match inner.upgrade() {
+            Some(inner) => inner.stalled_reason().is_some() && inner.window_over_stalled_cap(),
+            None => return,
+        };
+        if over_cap {
+            let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
+            tokio::time::sleep(delay).await;
+            let Some(inner) = inner.upgrade() else { return };
+            match flush_step(&inner).await {
+                Ok(()) => no_room_delays = no_room_policy.build(),
+                Err(reason) => return inner.fail(reason),
+            }
+            continue;
+        }
         let fetched = cursor.remote_more_available().await;
         let Some(inner) = inner.upgrade() else { return };
         match fetched {
@@ -530,15 +612,38 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
             *a = applied.max(*a);
             moved
         });
-        match inner.flush() {
-            Ok(Some(durable)) => inner.pop(durable).await,
-            Ok(None) => {}
-            Err(reason) => return inner.fail(reason),
+        if let Err(reason) = flush_step(&inner).await {
+            return inner.fail(reason);
+        }
+        if inner.stalled_reason().is_some() {
+            let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
+            tokio::time::sleep(delay).await;
+        } else {
+            no_room_delays = no_room_policy.build();
         }
         if cursor.is_end_of_stream() {
             tracing::info!(server = %id, %applied, "end of stream");
             return;
         }
+    }
+}
+
+/// Flushes if it is time, then pops what became durable. A flush that
+/// finds no room marks the server stalled and is retried later; `Err` is a
+/// failure no retry fixes.
+async fn flush_step<E: KvEngine>(inner: &Inner<E>) -> Result<(), String> {
+    match inner.flush() {
+        Ok(Some(durable)) => {
+            inner.set_stalled(None);
+            inner.pop(durable).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(FlushError::NoRoom(reason)) => {
+            inner.set_stalled(Some(reason));
+            Ok(())
+        }
+        Err(FlushError::Failed(reason)) => Err(reason),
     }
 }
 

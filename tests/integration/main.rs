@@ -12,6 +12,7 @@ mod nemesis;
 mod replay;
 mod status;
 mod storage;
+mod storage_disk_full;
 mod tlog_bad_input;
 mod tlog_crash;
 mod tlog_disk_full;

@@ -4536,6 +4536,7 @@ impl<'a> StorageStatusReply<'a> {
   pub const VT_WINDOW_BYTES: ::flatbuffers::VOffsetT = 14;
   pub const VT_TEAMS: ::flatbuffers::VOffsetT = 16;
   pub const VT_STOPPED: ::flatbuffers::VOffsetT = 18;
+  pub const VT_STALLED: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4553,6 +4554,7 @@ impl<'a> StorageStatusReply<'a> {
     builder.add_durable_version(args.durable_version);
     builder.add_applied_version(args.applied_version);
     builder.add_server(args.server);
+    if let Some(x) = args.stalled { builder.add_stalled(x); }
     if let Some(x) = args.stopped { builder.add_stopped(x); }
     if let Some(x) = args.teams { builder.add_teams(x); }
     builder.finish()
@@ -4615,6 +4617,13 @@ impl<'a> StorageStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StorageStatusReply::VT_STOPPED, None)}
   }
+  #[inline]
+  pub fn stalled(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StorageStatusReply::VT_STALLED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
@@ -4631,6 +4640,7 @@ impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
      .visit_field::<u64>("window_bytes", Self::VT_WINDOW_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("teams", Self::VT_TEAMS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stopped", Self::VT_STOPPED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stalled", Self::VT_STALLED, false)?
      .finish();
     Ok(())
   }
@@ -4644,6 +4654,7 @@ pub struct StorageStatusReplyArgs<'a> {
     pub window_bytes: u64,
     pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub stopped: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub stalled: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for StorageStatusReplyArgs<'a> {
   #[inline]
@@ -4657,6 +4668,7 @@ impl<'a> Default for StorageStatusReplyArgs<'a> {
       window_bytes: 0,
       teams: None,
       stopped: None,
+      stalled: None,
     }
   }
 }
@@ -4699,6 +4711,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StorageStatusReplyBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_STOPPED, stopped);
   }
   #[inline]
+  pub fn add_stalled(&mut self, stalled: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_STALLED, stalled);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StorageStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StorageStatusReplyBuilder {
@@ -4724,6 +4740,7 @@ impl ::core::fmt::Debug for StorageStatusReply<'_> {
       ds.field("window_bytes", &self.window_bytes());
       ds.field("teams", &self.teams());
       ds.field("stopped", &self.stopped());
+      ds.field("stalled", &self.stalled());
       ds.finish()
   }
 }

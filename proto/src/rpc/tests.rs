@@ -217,6 +217,7 @@ fn every_message() -> Vec<Message> {
             window_bytes: 4096,
             teams: vec![StorageTeamId(1), StorageTeamId(3)],
             stopped: None,
+            stalled: Some("no space left on the disk".into()),
         }),
         Message::StorageStatus(StorageStatusReply {
             server: StorageServerId(8),
@@ -227,6 +228,7 @@ fn every_message() -> Vec<Message> {
             window_bytes: 0,
             teams: Vec::new(),
             stopped: Some("disk full".into()),
+            stalled: None,
         }),
         Message::GetKeyLocation(GetKeyLocationRequest {
             key: Bytes::from_static(b"k"),

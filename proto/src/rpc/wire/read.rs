@@ -75,6 +75,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
     let teams: Vec<u64> = r.teams.iter().map(|t| t.0).collect();
     let teams = fbb.create_vector(&teams);
     let stopped = r.stopped.as_deref().map(|reason| fbb.create_string(reason));
+    let stalled = r.stalled.as_deref().map(|reason| fbb.create_string(reason));
     let args = fb::StorageStatusReplyArgs {
         server: r.server.0,
         applied_version: r.applied_version.0,
@@ -84,6 +85,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
         window_bytes: r.window_bytes,
         teams: Some(teams),
         stopped,
+        stalled,
     };
     let t = fb::StorageStatusReply::create(fbb, &args);
     (fb::Payload::StorageStatusReply, t.as_union_value())
@@ -212,6 +214,7 @@ pub(super) fn decode(
                         .map(|t| t.iter().map(StorageTeamId).collect())
                         .unwrap_or_default(),
                     stopped: r.stopped().map(str::to_owned),
+                    stalled: r.stalled().map(str::to_owned),
                 })
             }),
         fb::Payload::GetKeyLocationRequest => (|| {
