@@ -4,9 +4,11 @@
 //!
 //! ```text
 //!  clients ─▶ proxy (service) ─▶ proxy_core (pure) ─▶ tagging, validate (pure)
-//!                 └─▶ sequencer process · TLogs
+//!                 ├─▶ sequencer process · TLogs
+//!                 └─▶ admission: TLog backlogs ─▶ teams throttled in the core
 //! ```
 
+pub mod admission;
 pub mod proxy;
 pub mod proxy_core;
 pub mod tagging;

@@ -18,6 +18,7 @@
 //! `teamlog_proxy_batch_commits` and `teamlog_proxy_batch_bytes` (per batch),
 //! and `teamlog_proxy_known_committed_version`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use proto::shard_map::ShardMap;
 use proto::transport::{ClientConfig, Peer, Responder, RpcError, Service};
 use proto::{ProxyId, StorageTeamId, Version};
 
+use crate::admission;
 use crate::proxy_core::{Command, ProxyCore};
 use crate::validate::Limits;
 
@@ -58,6 +60,14 @@ pub struct ProxyConfig {
     pub shard_history: u64,
     /// How the proxy calls the sequencer and the TLogs.
     pub transport: ClientConfig,
+    /// When the proxy is idle, how long after its last batch it sends an
+    /// empty one to tell the TLogs what has committed since, so storage
+    /// servers can make the last commits durable (zero: at once).
+    pub idle_push_interval: Duration,
+    /// A team whose servers leave more than this many bytes not yet
+    /// durable on a TLog has its commits refused until they catch up
+    /// (see `admission`).
+    pub max_team_backlog_bytes: u64,
 }
 
 impl ProxyConfig {
@@ -80,6 +90,8 @@ impl ProxyConfig {
             max_batches_in_flight: 8,
             shard_history: 10_000_000,
             transport: ClientConfig::default(),
+            max_team_backlog_bytes: DEFAULT_MAX_TEAM_BACKLOG_BYTES,
+            idle_push_interval: Duration::from_millis(100),
         }
     }
 }
@@ -98,6 +110,10 @@ pub enum ProxyError {
     },
 }
 
+/// The default [`ProxyConfig::max_team_backlog_bytes`]: 1 GiB, four times a
+/// TLog's default memory budget.
+pub const DEFAULT_MAX_TEAM_BACKLOG_BYTES: u64 = 1 << 30;
+
 /// How long a commit-path call is sent again after transient failures
 /// before its batch gives up: well inside a TLog's wait for a missing
 /// predecessor (10 s by default).
@@ -113,11 +129,11 @@ struct Waiter {
     received_us: u64,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     core: Mutex<ProxyCore<Waiter>>,
     clock: Arc<dyn Clock>,
     sequencer: Peer,
-    tlogs: Vec<Peer>,
+    pub(crate) tlogs: Vec<Peer>,
 }
 
 #[derive(Clone)]
@@ -147,14 +163,17 @@ impl ProxyService {
         // this proxy id, so a restarted proxy counts on from the wall clock
         // (it makes far fewer than one request a microsecond).
         let core = ProxyCore::new(&config, clock.unix_time_us());
-        Ok(ProxyService {
-            inner: Arc::new(Inner {
-                core: Mutex::new(core),
-                clock,
-                sequencer: peer(config.sequencer),
-                tlogs,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            core: Mutex::new(core),
+            clock,
+            sequencer: peer(config.sequencer),
+            tlogs,
+        });
+        tokio::spawn(admission::run(
+            Arc::downgrade(&inner),
+            config.max_team_backlog_bytes,
+        ));
+        Ok(ProxyService { inner })
     }
 
     /// The shard map as of `version`, if still in the history kept.
@@ -197,6 +216,17 @@ impl Service for ProxyService {
 }
 
 impl Inner {
+    /// Judges which teams to throttle from their `backlogs` and hands them
+    /// to the core.
+    pub(crate) fn throttle(&self, backlogs: &BTreeMap<StorageTeamId, u64>, limit: u64) {
+        let mut core = self.core();
+        let throttled = admission::judge(core.throttled(), backlogs, limit);
+        if throttled.keys().ne(core.throttled().keys()) {
+            tracing::warn!(teams = ?throttled.keys().collect::<Vec<_>>(), "throttled teams changed");
+        }
+        core.set_throttled(throttled);
+    }
+
     fn core(&self) -> MutexGuard<'_, ProxyCore<Waiter>> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -111,6 +111,17 @@ pub struct ProxyCore<W> {
     teams_by_tlog: Vec<Vec<StorageTeamId>>,
     map: VersionedShardMap,
     known_committed: Version,
+    /// The known committed version the last push told the TLogs.
+    told_known_committed: Version,
+    /// The last version with commits that is durable on every TLog: the
+    /// TLogs must be told of it (empty batches need no telling).
+    last_written_committed: Version,
+    /// When the proxy is idle and the TLogs have not been told that its
+    /// last commits committed, an empty batch tells them this long after
+    /// the last batch.
+    idle_push_interval_us: u64,
+    /// When the last batch was formed.
+    last_batch_us: u64,
     /// Client commits acknowledged since the start, for the status.
     commits: u64,
     queue: VecDeque<Queued<W>>,
@@ -124,6 +135,9 @@ pub struct ProxyCore<W> {
     to_tag: VecDeque<BatchId>,
     /// The wake-up already asked for, so it is asked for once.
     wake_at_us: Option<u64>,
+    /// Teams whose commits are refused while their servers fall behind,
+    /// and why (see `admission`).
+    throttled: BTreeMap<StorageTeamId, String>,
 }
 
 impl<W> ProxyCore<W> {
@@ -141,6 +155,10 @@ impl<W> ProxyCore<W> {
             teams_by_tlog: config.topology.teams_by_tlog(),
             map: VersionedShardMap::new(config.shards.clone(), Version::ZERO, config.shard_history),
             known_committed: Version::ZERO,
+            told_known_committed: Version::ZERO,
+            last_written_committed: Version::ZERO,
+            idle_push_interval_us: duration_us(config.idle_push_interval),
+            last_batch_us: 0,
             commits: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -150,7 +168,17 @@ impl<W> ProxyCore<W> {
             awaiting_versions: None,
             to_tag: VecDeque::new(),
             wake_at_us: None,
+            throttled: BTreeMap::new(),
         }
+    }
+
+    /// The teams whose commits are refused from now on, and why.
+    pub fn set_throttled(&mut self, teams: BTreeMap<StorageTeamId, String>) {
+        self.throttled = teams;
+    }
+
+    pub fn throttled(&self) -> &BTreeMap<StorageTeamId, String> {
+        &self.throttled
     }
 
     /// A client commit arrives. A bad one is refused at once, whole.
@@ -161,6 +189,12 @@ impl<W> ProxyCore<W> {
         now_us: u64,
     ) -> Vec<Command<W>> {
         if let Err(refusal) = self.check(&request) {
+            return vec![Command::Answer {
+                waiter,
+                result: Err(refusal),
+            }];
+        }
+        if let Some(refusal) = self.throttle(&request) {
             return vec![Command::Answer {
                 waiter,
                 result: Err(refusal),
@@ -289,6 +323,9 @@ impl<W> ProxyCore<W> {
             return self.finish(batch_id, Err(failure), now_us);
         }
         self.known_committed = self.known_committed.max(versions.version);
+        if !batch.commits.is_empty() {
+            self.last_written_committed = self.last_written_committed.max(versions.version);
+        }
         vec![Command::ReportCommitted {
             batch: batch_id,
             request: ReportCommittedRequest {
@@ -345,7 +382,45 @@ impl<W> ProxyCore<W> {
             proxy: self.id,
             known_committed_version: self.known_committed,
             commits: self.commits,
+            throttling: (!self.throttled.is_empty()).then(|| {
+                self.throttled
+                    .iter()
+                    .map(|(team, why)| format!("{team}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
         }
+    }
+
+    /// A refusal when the commit writes to a throttled team (by the current
+    /// shard map).
+    fn throttle(&self, request: &ClientCommitRequest) -> Option<ErrorReply> {
+        if self.throttled.is_empty() {
+            return None;
+        }
+        let map = self.map.current();
+        let written = |m: &Mutation| -> Vec<StorageTeamId> {
+            match m {
+                Mutation::SetValue { key, .. } => map.assignment_of(key).teams().collect(),
+                Mutation::ClearRange { begin, end } => map
+                    .split(begin, end)
+                    .into_iter()
+                    .flat_map(|(_, _, assignment)| assignment.teams())
+                    .collect(),
+            }
+        };
+        // Shard-map changes are let through: moving data off a team that
+        // falls behind is one way out.
+        let (team, why) = request
+            .mutations
+            .iter()
+            .filter(|m| !is_metadata(m))
+            .flat_map(written)
+            .find_map(|team| self.throttled.get_key_value(&team))?;
+        Some(ErrorReply::new(
+            ErrorCode::Overloaded,
+            format!("commits to {team} are refused for now: {why}"),
+        ))
     }
 
     /// Validation, and shard-map changes checked against the current map.
@@ -370,12 +445,12 @@ impl<W> ProxyCore<W> {
     /// others are in flight) the batch interval has passed or the batch is
     /// full.
     fn form_batch(&mut self, now_us: u64) -> Vec<Command<W>> {
-        let Some(oldest) = self.queue.front() else {
-            return Vec::new();
-        };
         if self.awaiting_versions.is_some() || self.batches.len() >= self.max_batches_in_flight {
             return Vec::new();
         }
+        let Some(oldest) = self.queue.front() else {
+            return self.idle_push(now_us);
+        };
         let busy = !self.batches.is_empty();
         let ready_at = oldest.received_us.saturating_add(self.batch_interval_us);
         if busy && now_us < ready_at && self.queued_bytes < self.max_batch_bytes {
@@ -403,6 +478,40 @@ impl<W> ProxyCore<W> {
             batch.waiters.push(queued.waiter);
             batch.commits.push(queued.mutations);
         }
+        self.start_batch(batch, bytes, now_us)
+    }
+
+    /// With nothing queued or in flight, the TLogs may not yet know that
+    /// the last batch committed: storage servers make nothing durable past
+    /// what the TLogs know committed, so an empty batch tells them, once
+    /// the proxy has been idle for the interval.
+    fn idle_push(&mut self, now_us: u64) -> Vec<Command<W>> {
+        if !self.batches.is_empty() || self.last_written_committed <= self.told_known_committed {
+            return Vec::new();
+        }
+        let due = self
+            .last_batch_us
+            .saturating_add(self.idle_push_interval_us);
+        if now_us < due {
+            if self.wake_at_us == Some(due) {
+                return Vec::new();
+            }
+            self.wake_at_us = Some(due);
+            return vec![Command::WakeAt { at_us: due }];
+        }
+        let empty = Batch {
+            waiters: Vec::new(),
+            commits: Vec::new(),
+            versions: None,
+            resolved: None,
+            refused: None,
+        };
+        self.start_batch(empty, 0, now_us)
+    }
+
+    /// Asks the sequencer for the versions of a new batch.
+    fn start_batch(&mut self, batch: Batch<W>, bytes: usize, now_us: u64) -> Vec<Command<W>> {
+        self.last_batch_us = now_us;
         let id = self.next_batch;
         self.next_batch += 1;
         self.request_num += 1;
@@ -460,6 +569,7 @@ impl<W> ProxyCore<W> {
                 TaggedVersion::default()
             }
         };
+        self.told_known_committed = self.known_committed;
         Command::Push {
             batch: batch_id,
             requests: self.tlog_requests(versions, &blocks),

@@ -106,6 +106,8 @@ pub struct RegisterTeamRequest {
 pub struct TeamStatus {
     pub team: StorageTeamId,
     pub popped: Version,
+    /// Bytes of the team's data its servers have not yet popped (by
+    /// segment: a segment's data of the team counts until all is popped).
     pub bytes: u64,
     pub servers: Vec<StorageServerId>,
 }
@@ -258,7 +260,7 @@ pub struct SequencerStatusReply {
     pub committed_version: Version,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ProxyStatusReply {
     pub proxy: ProxyId,
@@ -266,6 +268,9 @@ pub struct ProxyStatusReply {
     pub known_committed_version: Version,
     /// Client commits this proxy acknowledged since it started.
     pub commits: u64,
+    /// Which teams' commits the proxy refuses while their storage servers
+    /// fall behind, and why.
+    pub throttling: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

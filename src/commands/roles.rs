@@ -71,6 +71,10 @@ pub struct ProxyArgs {
     /// Batches in flight at once; while all are, commits queue into the next.
     #[arg(long, default_value_t = 8)]
     pub max_batches_in_flight: usize,
+    /// Refuse commits to a team while its storage servers leave more than
+    /// this many bytes on a TLog not yet durable (admission control).
+    #[arg(long, default_value_t = commit_proxy::proxy::DEFAULT_MAX_TEAM_BACKLOG_BYTES)]
+    pub max_team_backlog_bytes: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -113,6 +117,7 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     );
     config.batch_interval = Duration::from_micros(args.batch_interval_us);
     config.max_batches_in_flight = args.max_batches_in_flight.max(1);
+    config.max_team_backlog_bytes = args.max_team_backlog_bytes;
     config.transport = cluster.client_config()?;
     let server_config = cluster.server_config()?;
     let service =

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A process is *healthy* when it answered in time with its role's status
-//! and nothing in it is wrong: a TLog that is poisoned, locked or
+//! and nothing in it is wrong: a proxy that refuses commits to a team
+//! whose servers fall behind (throttling), a TLog that is poisoned, locked or
 //! stalled (waiting for disk space, commits waiting with it), a
 //! sequencer whose committed version trails the last version it handed
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
@@ -30,7 +31,8 @@
 //!                  "healthy": true, "error": null,
 //!                  "status": { "last_version": 1210, "committed_version": 1200 } },
 //!   "proxies": [ { "role": "proxy", "id": 1, "address": "...", "healthy": true, "error": null,
-//!                  "status": { "proxy": 1, "known_committed_version": 1200, "commits": 10 } } ],
+//!                  "status": { "proxy": 1, "known_committed_version": 1200, "commits": 10,
+//!                              "throttling": null } } ],
 //!   "tlogs": [ { "role": "tlog", "id": 0, "address": "...", "healthy": true, "error": null,
 //!                "status": { "durable_version": 1210, "known_committed_version": 1190,
 //!                            "locked": false, "poisoned": false,
@@ -181,7 +183,12 @@ pub async fn gather(
         .proxies
         .iter()
         .zip(proxies)
-        .map(|(entry, reply)| process("proxy", Some(entry.id), entry.address, reply, |r| (r, None)))
+        .map(|(entry, reply)| {
+            process("proxy", Some(entry.id), entry.address, reply, |r| {
+                let problem = proxy_problem(&r);
+                (r, problem)
+            })
+        })
         .collect();
     let tlogs: Vec<_> = cluster
         .tlogs
@@ -292,6 +299,12 @@ fn sequencer_problem(r: &SequencerStatusReply) -> Option<String> {
             r.last_version, r.committed_version
         )
     })
+}
+
+fn proxy_problem(r: &ProxyStatusReply) -> Option<String> {
+    r.throttling
+        .as_ref()
+        .map(|why| format!("throttling, commits refused: {why}"))
 }
 
 fn tlog_problem(r: &TLogStatusReply) -> Option<String> {
@@ -521,6 +534,16 @@ mod tests {
         assert!(tlog_problem(&tlog(true, true))
             .unwrap()
             .starts_with("poisoned"));
+        let throttling = ProxyStatusReply {
+            proxy: ProxyId(1),
+            known_committed_version: Version(1),
+            commits: 0,
+            throttling: Some("team-3: behind".into()),
+        };
+        assert_eq!(
+            proxy_problem(&throttling).as_deref(),
+            Some("throttling, commits refused: team-3: behind")
+        );
         let full = TLogStatusReply {
             stalled: Some("no space for log segment 9".into()),
             ..tlog(false, false)
@@ -582,6 +605,7 @@ mod tests {
                     proxy: ProxyId(1),
                     known_committed_version: Version(42),
                     commits: 9,
+                    throttling: None,
                 };
                 (reply, None)
             })],

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+mod admission;
 mod cluster_auth;
 mod commit_client;
 mod commit_path;

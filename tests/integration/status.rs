@@ -39,7 +39,7 @@ async fn commit_some(client: &Client, keys: &[&str]) -> Result<Version> {
 }
 
 /// Runs `teamlog status --json`; returns its exit success and the JSON.
-async fn status_json(cluster: &Path) -> Result<(bool, Value)> {
+pub(crate) async fn status_json(cluster: &Path) -> Result<(bool, Value)> {
     let output = tokio::process::Command::new(crate::exe())
         .arg("status")
         .arg("--cluster")

@@ -534,3 +534,75 @@ fn a_shard_map_older_than_the_history_kept_is_too_old_to_locate() {
         (&b""[..], &b"m"[..])
     );
 }
+
+#[test]
+fn commits_touching_a_throttled_team_are_refused_and_others_go_on() {
+    let mut core = core();
+    core.set_throttled(BTreeMap::from([(
+        StorageTeamId(2),
+        "its servers are behind".to_string(),
+    )]));
+    // "z" is in team 2's shard; a commit that also touches team 1 is
+    // refused whole.
+    let commands = core.commit(1, commit(vec![set("a", "1"), set("z", "2")]), 0);
+    match &commands[..] {
+        [Command::Answer {
+            waiter: 1,
+            result: Err(refusal),
+        }] => {
+            assert_eq!(refusal.code, ErrorCode::Overloaded);
+            assert!(
+                refusal.message.contains("its servers are behind"),
+                "{refusal:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {} commands", other.len()),
+    }
+    let status = core.status();
+    assert!(status
+        .throttling
+        .unwrap()
+        .contains("its servers are behind"));
+    // Team 1 alone goes on.
+    version_request(&core.commit(2, commit(vec![set("a", "1")]), 0));
+    core.set_throttled(BTreeMap::new());
+    assert_eq!(core.status().throttling, None);
+    assert!(core.commit(3, commit(vec![set("z", "2")]), 0).is_empty());
+}
+
+#[test]
+fn an_idle_proxy_tells_the_tlogs_its_last_commit_committed_with_one_empty_batch() {
+    let mut core = core_with(|c| c.idle_push_interval = Duration::from_millis(100));
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.on_commit_version(batch, versions(0, 10), 0);
+    let commands = complete(&mut core, batch, 1_000);
+    // The push of version 10 could only say what committed before it.
+    assert!(matches!(
+        commands.last(),
+        Some(Command::WakeAt { at_us: 100_000 })
+    ));
+    assert!(core.wake(50_000).is_empty(), "woken early");
+    let (empty, _, commits) = version_request(&core.wake(100_000));
+    assert_eq!(commits, 0);
+    let commands = core.on_commit_version(empty, versions(10, 20), 100_001);
+    assert!(
+        matches!(&commands[..], [Command::Resolve { .. }]),
+        "{commands:?}"
+    );
+    let commands = core.on_resolved(empty, resolved());
+    let (_, requests) = &pushes(&commands)[0];
+    assert!(requests
+        .iter()
+        .all(|r| r.known_committed_version == Version(10) && r.version == Version(20)));
+    let mut after = core.on_pushed(empty, Ok(()), 100_002);
+    after.extend(core.on_reported(empty, 100_002));
+    // An empty batch needs no telling: nothing more is asked for.
+    assert!(
+        after.iter().all(|c| !matches!(
+            c,
+            Command::WakeAt { .. } | Command::GetCommitVersion { .. } | Command::Answer { .. }
+        )),
+        "{after:?}"
+    );
+    assert!(core.wake(1_000_000).is_empty());
+}

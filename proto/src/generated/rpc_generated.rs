@@ -5232,6 +5232,7 @@ impl<'a> ProxyStatusReply<'a> {
   pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
   pub const VT_KNOWN_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_COMMITS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_THROTTLING: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5240,12 +5241,13 @@ impl<'a> ProxyStatusReply<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ProxyStatusReplyArgs
+    args: &'args ProxyStatusReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ProxyStatusReply<'bldr>> {
     let mut builder = ProxyStatusReplyBuilder::new(_fbb);
     builder.add_commits(args.commits);
     builder.add_known_committed_version(args.known_committed_version);
     builder.add_proxy(args.proxy);
+    if let Some(x) = args.throttling { builder.add_throttling(x); }
     builder.finish()
   }
 
@@ -5271,6 +5273,13 @@ impl<'a> ProxyStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ProxyStatusReply::VT_COMMITS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn throttling(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProxyStatusReply::VT_THROTTLING, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ProxyStatusReply<'_> {
@@ -5282,22 +5291,25 @@ impl ::flatbuffers::Verifiable for ProxyStatusReply<'_> {
      .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
      .visit_field::<u64>("known_committed_version", Self::VT_KNOWN_COMMITTED_VERSION, false)?
      .visit_field::<u64>("commits", Self::VT_COMMITS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("throttling", Self::VT_THROTTLING, false)?
      .finish();
     Ok(())
   }
 }
-pub struct ProxyStatusReplyArgs {
+pub struct ProxyStatusReplyArgs<'a> {
     pub proxy: u64,
     pub known_committed_version: u64,
     pub commits: u64,
+    pub throttling: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
-impl<'a> Default for ProxyStatusReplyArgs {
+impl<'a> Default for ProxyStatusReplyArgs<'a> {
   #[inline]
   fn default() -> Self {
     ProxyStatusReplyArgs {
       proxy: 0,
       known_committed_version: 0,
       commits: 0,
+      throttling: None,
     }
   }
 }
@@ -5320,6 +5332,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProxyStatusReplyBuilder<'a, '
     self.fbb_.push_slot::<u64>(ProxyStatusReply::VT_COMMITS, commits, 0);
   }
   #[inline]
+  pub fn add_throttling(&mut self, throttling: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProxyStatusReply::VT_THROTTLING, throttling);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProxyStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ProxyStatusReplyBuilder {
@@ -5340,6 +5356,7 @@ impl ::core::fmt::Debug for ProxyStatusReply<'_> {
       ds.field("proxy", &self.proxy());
       ds.field("known_committed_version", &self.known_committed_version());
       ds.field("commits", &self.commits());
+      ds.field("throttling", &self.throttling());
       ds.finish()
   }
 }

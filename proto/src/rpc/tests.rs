@@ -250,6 +250,7 @@ fn every_message() -> Vec<Message> {
             proxy: ProxyId(2),
             known_committed_version: Version(38),
             commits: 17,
+            throttling: Some("team 3: 2 GiB not yet durable on its servers".into()),
         }),
     ]
 }

@@ -107,16 +107,25 @@ impl<T> TLogCore<T> {
         self.teams.get(&team).map(|t| t.popped).unwrap_or_default()
     }
 
-    /// Per team: popped version, bytes in the retained log, registered servers.
+    /// Per team: popped version, bytes its servers have not yet popped,
+    /// registered servers. Unpopped data in memory counts exactly; data
+    /// already spilled (below the memory floor) counts by segment, each
+    /// segment whole until the team's data in it is popped.
     pub fn team_report(&self) -> Vec<(StorageTeamId, Version, u64, Vec<StorageServerId>)> {
         self.teams
             .iter()
             .map(|(team, state)| {
-                let bytes = self
-                    .segments
-                    .values()
-                    .filter_map(|s| s.teams.get(team).map(|(b, _)| *b))
-                    .sum();
+                let spilled: u64 = if state.popped < self.memory_floor {
+                    self.segments
+                        .values()
+                        .filter_map(|s| s.teams.get(team))
+                        .filter(|(_, last)| state.popped <= *last)
+                        .map(|(bytes, _)| *bytes)
+                        .sum()
+                } else {
+                    0
+                };
+                let bytes = state.memory_bytes + spilled;
                 let servers = self.meta.registered.get(team).cloned().unwrap_or_default();
                 (*team, state.popped, bytes, servers)
             })

@@ -91,10 +91,12 @@ pub(super) fn sequencer_status(
 }
 
 pub(super) fn proxy_status(fbb: &mut FlatBufferBuilder<'_>, r: &ProxyStatusReply) -> Encoded {
+    let throttling = r.throttling.as_deref().map(|why| fbb.create_string(why));
     let args = fb::ProxyStatusReplyArgs {
         proxy: r.proxy.0,
         known_committed_version: r.known_committed_version.0,
         commits: r.commits,
+        throttling,
     };
     let t = fb::ProxyStatusReply::create(fbb, &args);
     (fb::Payload::ProxyStatusReply, t.as_union_value())
@@ -315,6 +317,7 @@ pub(super) fn decode(
                     proxy: ProxyId(r.proxy()),
                     known_committed_version: Version(r.known_committed_version()),
                     commits: r.commits(),
+                    throttling: r.throttling().map(str::to_owned),
                 })
             }),
         fb::Payload::ResolveRequest => (|| {
