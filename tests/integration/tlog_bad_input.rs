@@ -48,11 +48,21 @@ fn remote_code(result: Result<impl std::fmt::Debug, RpcError>) -> Result<ErrorCo
 }
 
 fn vm_rss_kib(pid: u32) -> Result<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// The process's virtual size: memory set aside shows here even before it
+/// is touched, unlike in the resident size.
+fn vm_size_kib(pid: u32) -> Result<u64> {
+    proc_status_kib(pid, "VmSize:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS present");
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} present"));
     Ok(line.split_whitespace().nth(1).expect("a number").parse()?)
 }
 
@@ -93,11 +103,13 @@ async fn garbage_and_broken_frames_close_only_their_connection() -> Result<()> {
     read_to_close(&mut stream).await?;
     still_serving(&client).await?;
 
-    // Lengths just under the cap, with no body: the server must not set
-    // memory aside for frames that never come. Eight of them would hold
-    // 512 MiB if it did.
+    // Lengths just under the cap, with no body: the server sets a frame's
+    // buffer aside only once the frame has its share of the 256 MiB input
+    // budget, so twelve of them set aside four frames' worth (256 MiB), not
+    // 768 MiB.
+    let size_before = vm_size_kib(pid)?;
     let mut held = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..12 {
         let mut stream = TcpStream::connect(tlog.addr).await?;
         let length = proto::DEFAULT_MAX_FRAME_LEN - 8;
         let mut header = length.to_le_bytes().to_vec();
@@ -105,11 +117,22 @@ async fn garbage_and_broken_frames_close_only_their_connection() -> Result<()> {
         stream.write_all(&header).await?;
         held.push(stream);
     }
+    // Until the server has read the headers and admitted four frames.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while vm_size_kib(pid)? < size_before + 256 * 1024 {
+        assert!(tokio::time::Instant::now() < deadline, "no frame admitted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     still_serving(&client).await?;
     let rss_after = vm_rss_kib(pid)?;
     assert!(
         rss_after < rss_before + 64 * 1024,
         "rss grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let size_after = vm_size_kib(pid)?;
+    assert!(
+        size_after < size_before + 512 * 1024,
+        "virtual size grew from {size_before} KiB to {size_after} KiB"
     );
     drop(held);
 

@@ -52,6 +52,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// call.
     pub(super) async fn next(&mut self) -> Option<Result<Bytes, FrameError>> {
         loop {
+            // Before the codec sets a buffer aside for the frame.
+            if self.held.is_none() {
+                if let Some(total) = unread_large_frame(&self.buffer, self.codec.max_frame_len) {
+                    self.held = Some(self.budget.acquire(total).await);
+                }
+            }
             match self.codec.decode(&mut self.buffer) {
                 Ok(Some(frame)) => {
                     self.held = None;
@@ -59,11 +65,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
-            }
-            if self.held.is_none() {
-                if let Some(total) = unread_large_frame(&self.buffer) {
-                    self.held = Some(self.budget.acquire(total).await);
-                }
             }
             match self.io.read_buf(&mut self.buffer).await {
                 Ok(0) => return self.codec.decode_eof(&mut self.buffer).transpose(),
@@ -75,12 +76,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// The whole length of the large frame whose header starts `buffer`, while
-/// its body is still to come.
-fn unread_large_frame(buffer: &[u8]) -> Option<usize> {
+/// its body is still to come. A length over the cap is none: the codec
+/// refuses it at once.
+fn unread_large_frame(buffer: &[u8], max_frame_len: u32) -> Option<usize> {
     let header = buffer.first_chunk::<FRAME_HEADER_LEN>()?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let total = FRAME_HEADER_LEN + len as usize;
-    (total >= OWN_BUFFER_FROM && buffer.len() < total).then_some(total)
+    (len <= max_frame_len && total >= OWN_BUFFER_FROM && buffer.len() < total).then_some(total)
 }
 
 #[cfg(test)]
