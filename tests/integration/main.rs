@@ -13,6 +13,7 @@ mod nemesis;
 mod replay;
 mod status;
 mod storage;
+mod storage_bad_reader;
 mod storage_disk_full;
 mod tlog_bad_input;
 mod tlog_crash;
