@@ -188,7 +188,7 @@ async fn status_shows_every_process_healthy_then_a_killed_storage_server() -> Re
 }
 
 /// Asks `addr` for `/metrics` with a hand-written HTTP/1.1 request.
-async fn scrape(addr: SocketAddr) -> Result<String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -202,7 +202,7 @@ async fn scrape(addr: SocketAddr) -> Result<String> {
 }
 
 /// The value of the first sample of `name` (labels allowed), if any.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         if !(rest.starts_with(' ') || rest.starts_with('{')) {

@@ -316,13 +316,31 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
 /// A hundred connections each send most of a 48 MiB frame and stall. The
 /// TLog reads the bodies of only as many as its input budget (256 MiB)
 /// holds; the rest wait with a header read, so its memory stays within the
-/// budget instead of growing by a frame per connection.
+/// budget instead of growing by a frame per connection. Its metrics show
+/// the bytes held and the connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_large_frames_are_held_within_the_input_budget() -> Result<()> {
     const CONNECTIONS: usize = 100;
     const FRAME: usize = 48 << 20;
     const ADMITTED: usize = (256 << 20) / FRAME;
-    let (_dir, tlog, client) = start().await?;
+    let dir = tempfile::tempdir()?;
+    let metrics = testkit::free_local_addrs(1)?[0];
+    let tlog = ChildProcess::spawn(
+        crate::exe(),
+        dir.path(),
+        &["--metrics", &metrics.to_string()],
+    )
+    .await?;
+    let client = RpcClient::connect(tlog.addr, Default::default()).await?;
+    client
+        .tlog_commit(set_commit(
+            (Version(0), Version(10)),
+            TEAM,
+            Bytes::from_static(b"k"),
+            Bytes::from_static(b"v"),
+            &[],
+        ))
+        .await?;
     let pid = tlog.pid().expect("running");
     let rss_before = vm_rss_kib(pid)?;
 
@@ -348,6 +366,19 @@ async fn stalled_large_frames_are_held_within_the_input_budget() -> Result<()> {
         written.push(joined??);
     }
     still_serving(&client).await?;
+    let exposed = crate::status::scrape(metrics).await?;
+    let held = crate::status::sample(&exposed, "teamlog_transport_input_bytes_held");
+    let frame_and_header = FRAME + proto::frame::FRAME_HEADER_LEN;
+    assert_eq!(
+        held,
+        Some((ADMITTED * frame_and_header) as f64),
+        "{exposed}"
+    );
+    let connections = crate::status::sample(&exposed, "teamlog_transport_connections");
+    assert!(
+        connections.is_some_and(|c| c > CONNECTIONS as f64),
+        "connections: {connections:?}"
+    );
     let rss_after = vm_rss_kib(pid)?;
     let bound = 256 * 1024 + 64 * 1024;
     assert!(

@@ -22,6 +22,42 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(super) struct ByteBudget {
     bytes: Arc<Semaphore>,
     capacity: u32,
+    /// The gauge that shows the bytes held, for a process-wide budget.
+    gauge: Option<&'static str>,
+}
+
+/// Bytes held from a [`ByteBudget`]; they go back when this drops.
+pub(super) struct Held {
+    /// `None` once merged into another.
+    permit: Option<OwnedSemaphorePermit>,
+    gauge: Option<&'static str>,
+}
+
+impl Held {
+    fn new(permit: OwnedSemaphorePermit, gauge: Option<&'static str>) -> Self {
+        if let Some(name) = gauge {
+            metrics::gauge!(name).increment(permit.num_permits() as f64);
+        }
+        Held {
+            permit: Some(permit),
+            gauge,
+        }
+    }
+
+    /// Adds `more`, held from the same budget (its bytes stay counted).
+    fn merge(&mut self, mut more: Held) {
+        if let (Some(mine), Some(theirs)) = (self.permit.as_mut(), more.permit.take()) {
+            mine.merge(theirs);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let (Some(name), Some(permit)) = (self.gauge, &self.permit) {
+            metrics::gauge!(name).decrement(permit.num_permits() as f64);
+        }
+    }
 }
 
 impl ByteBudget {
@@ -30,6 +66,15 @@ impl ByteBudget {
         ByteBudget {
             bytes: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
+            gauge: None,
+        }
+    }
+
+    /// The same budget, its bytes held shown in the gauge `name`.
+    pub(super) fn counted_as(self, name: &'static str) -> Self {
+        ByteBudget {
+            gauge: Some(name),
+            ..self
         }
     }
 
@@ -39,18 +84,20 @@ impl ByteBudget {
 
     /// Waits until `bytes` (at most the whole budget) are free and holds
     /// them until the grant drops.
-    pub(super) async fn acquire(&self, bytes: usize) -> OwnedSemaphorePermit {
+    pub(super) async fn acquire(&self, bytes: usize) -> Held {
         let bytes = bytes.min(self.capacity as usize) as u32;
-        Arc::clone(&self.bytes)
+        let permit = Arc::clone(&self.bytes)
             .acquire_many_owned(bytes)
             .await
-            .expect("a byte budget is never closed")
+            .expect("a byte budget is never closed");
+        Held::new(permit, self.gauge)
     }
 
     /// Holds `bytes` if they are free now.
-    pub(super) fn try_acquire(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    pub(super) fn try_acquire(&self, bytes: usize) -> Option<Held> {
         let bytes = u32::try_from(bytes).ok()?;
-        Arc::clone(&self.bytes).try_acquire_many_owned(bytes).ok()
+        let permit = Arc::clone(&self.bytes).try_acquire_many_owned(bytes).ok()?;
+        Some(Held::new(permit, self.gauge))
     }
 
     /// Bytes free now.
@@ -67,16 +114,12 @@ pub(super) struct ReplyGrant {
     _in_flight: OwnedSemaphorePermit,
     /// On the connection, then in the process; `None` for the transport's
     /// own short error replies.
-    bytes: Option<[OwnedSemaphorePermit; 2]>,
+    bytes: Option<[Held; 2]>,
     reserved: usize,
 }
 
 impl ReplyGrant {
-    pub(super) fn new(
-        in_flight: OwnedSemaphorePermit,
-        bytes: [OwnedSemaphorePermit; 2],
-        reserved: usize,
-    ) -> Self {
+    pub(super) fn new(in_flight: OwnedSemaphorePermit, bytes: [Held; 2], reserved: usize) -> Self {
         ReplyGrant {
             _in_flight: in_flight,
             bytes: Some(bytes),

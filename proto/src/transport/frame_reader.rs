@@ -12,10 +12,9 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::codec::Decoder;
 
-use super::budget::ByteBudget;
+use super::budget::{ByteBudget, Held};
 use crate::frame::{FrameCodec, FrameError, FRAME_HEADER_LEN, OWN_BUFFER_FROM};
 
 pub(super) struct FrameReader<R> {
@@ -24,7 +23,7 @@ pub(super) struct FrameReader<R> {
     codec: FrameCodec,
     budget: ByteBudget,
     /// The input bytes held for the large frame at the front of the buffer.
-    held: Option<OwnedSemaphorePermit>,
+    held: Option<Held>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {

@@ -220,8 +220,10 @@ pub async fn serve(
             config
                 .input_budget
                 .max(FRAME_HEADER_LEN + config.max_frame_len as usize),
-        ),
-        replies: ByteBudget::new(config.reply_budget),
+        )
+        .counted_as("teamlog_transport_input_bytes_held"),
+        replies: ByteBudget::new(config.reply_budget)
+            .counted_as("teamlog_transport_reply_bytes_held"),
     };
     tokio::pin!(shutdown);
     loop {
@@ -242,8 +244,10 @@ pub async fn serve(
                         budgets.clone(),
                         stop.child_token(),
                     );
+                    metrics::gauge!("teamlog_transport_connections").increment(1.0);
                     connections.spawn(async move {
                         connection.await;
+                        metrics::gauge!("teamlog_transport_connections").decrement(1.0);
                         drop(slot);
                     });
                 }
