@@ -21,7 +21,9 @@ use tokio_util::codec::Framed;
 
 use support::{closed_by_server, within, TestServer};
 
-const REPLY_BYTES: usize = 16 << 20;
+/// Larger than what kernel socket buffers take in (4 MiB by default, 16 MiB
+/// where tuned up), so a reply to a peer that does not read never finishes.
+const REPLY_BYTES: usize = 32 << 20;
 /// What each peek's reply is said to need: the block and its encoding.
 const BOUND: usize = REPLY_BYTES + 4096;
 /// Requests the peer that does not read sends.
