@@ -26,12 +26,13 @@ use crate::TestkitError;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use bytes::Bytes;
 /// use proto::{StorageTeamId, Version};
-/// use testkit::tlog_stream::{read_team, set_commit, VersionChain};
+/// use testkit::tlog_stream::{read_team, register_teams, set_commit, VersionChain};
 /// use testkit::InProcessTLog;
 ///
 /// let tlog = InProcessTLog::start().await?;
 /// let client = tlog.client().await?;
 /// let team = StorageTeamId(1);
+/// register_teams(&client, &[team]).await?;
 /// let chain = VersionChain::default();
 /// let commit = set_commit(chain.next_pair(), team, Bytes::from("k"), Bytes::from("v"), &[]);
 /// client.tlog_commit(commit).await.expect("durable");

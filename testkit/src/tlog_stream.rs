@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use proto::rpc::{PeekRequest, TLogCommitRequest, TeamBlockData};
+use proto::rpc::{PeekRequest, RegisterTeamRequest, TLogCommitRequest, TeamBlockData};
 use proto::transport::RpcClient;
 use proto::{
     BlockEntry, Mutation, StorageTeamId, Subsequence, TeamBlock, TeamBlockBuilder, Version,
@@ -70,6 +70,29 @@ pub fn set_commit(
         known_committed_version: prev,
         teams,
     }
+}
+
+/// Registers `teams` on the TLog (with no servers yet), as proxies
+/// register every team of the topology at start: a TLog takes commits only
+/// for teams it knows.
+pub async fn register_teams(
+    client: &RpcClient,
+    teams: &[StorageTeamId],
+) -> Result<(), TestkitError> {
+    for team in teams {
+        let request = RegisterTeamRequest {
+            team: *team,
+            servers: Vec::new(),
+        };
+        client
+            .register_team(request)
+            .await
+            .map_err(|source| TestkitError::Rpc {
+                what: format!("registering {team}"),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Reads `team` from `begin` until `through` and returns each version's

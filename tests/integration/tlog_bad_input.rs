@@ -9,7 +9,7 @@ use proto::rpc::{ErrorCode, Message, PeekRequest, TLogCommitRequest, TeamBlockDa
 use proto::transport::RpcClient;
 use proto::transport::RpcError;
 use proto::{StorageServerId, StorageTeamId, Version};
-use testkit::tlog_stream::set_commit;
+use testkit::tlog_stream::{register_teams, set_commit};
 use testkit::ChildProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,6 +21,7 @@ async fn start() -> Result<(tempfile::TempDir, ChildProcess, RpcClient)> {
     let exe = crate::exe();
     let tlog = ChildProcess::spawn(exe, dir.path(), &["--commit-wait-timeout-ms", "300"]).await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
+    register_teams(&client, &[TEAM]).await?;
     client
         .tlog_commit(set_commit(
             (Version(0), Version(10)),
@@ -179,6 +180,31 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         remote_code(client.peek(peek(StorageTeamId(99), Version(1))).await)?,
         ErrorCode::UnknownTeam
     );
+    // A commit naming a team nobody registered creates nothing.
+    let stray = set_commit(
+        (Version(10), Version(11)),
+        StorageTeamId(99),
+        Bytes::from_static(b"k"),
+        Bytes::from_static(b"v"),
+        &[],
+    );
+    assert_eq!(
+        remote_code(client.tlog_commit(stray).await)?,
+        ErrorCode::UnknownTeam
+    );
+    assert!(client
+        .status()
+        .await?
+        .teams
+        .iter()
+        .all(|t| t.team != StorageTeamId(99)));
+    // The team's one server pops.
+    client
+        .register_team(proto::rpc::RegisterTeamRequest {
+            team: TEAM,
+            servers: vec![StorageServerId(1)],
+        })
+        .await?;
     client
         .pop(proto::rpc::PopRequest {
             team: TEAM,
@@ -332,6 +358,7 @@ async fn stalled_large_frames_are_held_within_the_input_budget() -> Result<()> {
     )
     .await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
+    register_teams(&client, &[TEAM]).await?;
     client
         .tlog_commit(set_commit(
             (Version(0), Version(10)),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use bytes::Bytes;
 use proto::{StorageTeamId, Version};
-use testkit::tlog_stream::{read_team, set_commit, VersionChain};
+use testkit::tlog_stream::{read_team, register_teams, set_commit, VersionChain};
 use testkit::InProcessTLog;
 use tlog::server::TLogConfig;
 use tlog::store::LogStore;
@@ -20,6 +20,7 @@ async fn a_full_disk_stalls_commits_until_space_is_back() -> Result<()> {
     let store = tlog::mem_store::MemStore::new();
     let tlog = InProcessTLog::start_with(store.clone(), TLogConfig::small()).await?;
     let client = tlog.client().await?;
+    register_teams(&client, &[TEAM]).await?;
     let chain = std::sync::Arc::new(VersionChain::default());
     // 100 KiB each: a 1 MiB segment holds about ten.
     let value = Bytes::from(vec![7u8; 100 << 10]);

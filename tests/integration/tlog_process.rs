@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proto::rpc::{ErrorCode, PeekRequest};
 use proto::transport::{RpcClient, RpcError};
 use proto::{StorageTeamId, Version};
-use testkit::tlog_stream::set_commit;
+use testkit::tlog_stream::{register_teams, set_commit};
 use testkit::ChildProcess;
 
 const TEAM: StorageTeamId = StorageTeamId(1);
@@ -27,6 +27,7 @@ fn refused_start(dir: &Path, extra: &[&str]) -> Result<String> {
 }
 
 async fn commit_range(client: &RpcClient, from: u64, to: u64) -> Result<()> {
+    register_teams(client, &[TEAM]).await?;
     for v in from..=to {
         let value = Bytes::from(vec![b'x'; 1000]);
         let request = set_commit(

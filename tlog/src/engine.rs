@@ -350,6 +350,16 @@ impl<T> TLogCore<T> {
         if self.meta.locked {
             return Err(CoreError::TLogStopped);
         }
+        // Team state exists only for the teams the proxies registered from
+        // the topology: a commit naming another team is refused whole.
+        if let Some((team, _)) = commit
+            .record
+            .blocks
+            .iter()
+            .find(|(team, _)| !self.meta.registered.contains_key(team))
+        {
+            return Err(CoreError::UnknownTeam(*team));
+        }
         let last = self.meta.last_version;
         let (prev, version) = (commit.prev_version(), commit.version());
         let conflict = || CoreError::VersionConflict {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proto::clock::SystemClock;
-use proto::rpc::{PeekRequest, TLogCommitRequest, TeamBlockData};
+use proto::rpc::{PeekRequest, RegisterTeamRequest, TLogCommitRequest, TeamBlockData};
 use proto::{
     BlockEntry, Mutation, StorageTeamId, Subsequence, TeamBlock, TeamBlockBuilder, Version,
 };
@@ -40,6 +40,21 @@ fn commit(prev: Version, version: Version, key: &str) -> TLogCommitRequest {
             data: block.finish(),
         }],
     }
+}
+
+/// Opens the TLog over `store` and registers the test's team, as the
+/// proxies register every team at start (again after a restart: a
+/// registration is idempotent).
+async fn open(store: Arc<MemStore>) -> TLogService<MemStore> {
+    let service = TLogService::open(store, &config(), Arc::new(SystemClock::default())).unwrap();
+    service
+        .register_team(RegisterTeamRequest {
+            team: TEAM,
+            servers: Vec::new(),
+        })
+        .await
+        .unwrap();
+    service
 }
 
 fn config() -> TLogConfig {
@@ -111,8 +126,7 @@ async fn acknowledged_commits_survive_sync_failure_and_power_loss() {
     let mut acknowledged: BTreeMap<Version, Bytes> = BTreeMap::new();
 
     for round in 0..ROUNDS {
-        let service =
-            TLogService::open(store.clone(), &config(), Arc::new(SystemClock::default())).unwrap();
+        let service = open(store.clone()).await;
         let durable = service.status().durable_version;
         let recovered = read_all(&service, durable).await;
         for (version, key) in &acknowledged {
@@ -172,9 +186,7 @@ async fn acknowledged_commits_survive_sync_failure_and_power_loss() {
 
 #[tokio::test]
 async fn a_commit_larger_than_a_segment_is_refused_and_poisons_nothing() {
-    let store = MemStore::new();
-    let service =
-        TLogService::open(Arc::new(store), &config(), Arc::new(SystemClock::default())).unwrap();
+    let service = open(Arc::new(MemStore::new())).await;
     let mut huge = commit(Version(0), Version(1), "k");
     let mut block = TeamBlockBuilder::new(TEAM);
     let mutation = Mutation::SetValue {
@@ -204,12 +216,7 @@ async fn a_corrupt_spilled_record_is_reported_to_the_peek_not_read_for_ever() {
     use tlog::store::LogStore;
 
     let store = MemStore::new();
-    let service = TLogService::open(
-        Arc::new(store.clone()),
-        &config(),
-        Arc::new(SystemClock::default()),
-    )
-    .unwrap();
+    let service = open(Arc::new(store.clone())).await;
     // Well past the 16 KiB memory budget, so the first versions are read
     // back from the log.
     for v in 1..=600u64 {

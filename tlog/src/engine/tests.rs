@@ -66,6 +66,25 @@ impl Harness {
         }
     }
 
+    /// A harness whose TLog knows teams A and B, registered (with no
+    /// servers yet) as proxies register every team at start.
+    fn with_teams(config: CoreConfig) -> Self {
+        let mut h = Harness::new(config);
+        for team in [A, B] {
+            let location = RecordLocation {
+                segment: 1,
+                offset: 0,
+                len: 0,
+            };
+            let servers = Vec::new();
+            h.core
+                .recover_record(location, Record::Register { team, servers });
+        }
+        let actions = h.core.finish_recovery();
+        h.run(actions);
+        h
+    }
+
     fn run(&mut self, actions: Vec<Action<u32>>) {
         for action in actions {
             match action {
@@ -128,7 +147,7 @@ fn ready(plan: Result<PeekPlan, CoreError>) -> PeekResult {
 
 #[test]
 fn a_commit_is_acknowledged_and_visible_only_once_durable() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_teams(CoreConfig::default());
     h.commit(request(0, 5, &[A, B]), 1);
     assert!(h.done.is_empty());
     assert_eq!(h.appended.len(), 1);
@@ -142,7 +161,7 @@ fn a_commit_is_acknowledged_and_visible_only_once_durable() {
 
 #[test]
 fn an_early_commit_waits_for_its_predecessor_then_both_chain() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_teams(CoreConfig::default());
     h.commit(request(5, 9, &[A]), 2);
     assert!(
         h.appended.is_empty(),
@@ -164,7 +183,7 @@ fn an_early_commit_waits_for_its_predecessor_then_both_chain() {
 
 #[test]
 fn a_waiting_commit_fails_when_its_predecessor_never_comes() {
-    let mut h = Harness::new(CoreConfig {
+    let mut h = Harness::with_teams(CoreConfig {
         commit_wait_timeout_ms: 100,
         ..CoreConfig::default()
     });
@@ -187,7 +206,7 @@ fn a_waiting_commit_fails_when_its_predecessor_never_comes() {
 
 #[test]
 fn duplicates_are_acknowledged_without_a_second_append() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_teams(CoreConfig::default());
     h.commit(request(0, 5, &[A]), 1);
     h.commit(request(0, 5, &[A]), 2);
     assert_eq!(h.appended.len(), 1);
@@ -211,7 +230,7 @@ fn duplicates_are_acknowledged_without_a_second_append() {
 
 #[test]
 fn commits_that_break_the_rules_are_refused_without_effect() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_teams(CoreConfig::default());
     h.commit(request(0, 5, &[A]), 1);
     h.commit(request(3, 7, &[A]), 2);
     h.commit(request(7, 7, &[A]), 3);
@@ -243,7 +262,7 @@ fn commits_that_break_the_rules_are_refused_without_effect() {
 
 #[test]
 fn lock_ends_the_epoch_after_what_was_accepted_is_durable() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_teams(CoreConfig::default());
     h.commit(request(0, 5, &[A]), 1);
     h.commit(request(9, 12, &[A]), 2);
     let actions = h.core.lock(100);
@@ -277,7 +296,7 @@ fn lock_ends_the_epoch_after_what_was_accepted_is_durable() {
 
 #[test]
 fn memory_stays_within_budget_and_older_data_is_read_from_disk() {
-    let mut h = Harness::new(CoreConfig {
+    let mut h = Harness::with_teams(CoreConfig {
         memory_budget: 2_000,
         checkpoint_interval: 300,
         ..CoreConfig::default()
@@ -344,7 +363,7 @@ fn pops_discard_data_and_truncate_segments_once_every_server_passed() {
 
 #[test]
 fn poisoning_fails_every_waiting_commit_and_refuses_new_ones() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::with_teams(CoreConfig::default());
     h.commit(request(0, 5, &[A]), 1);
     h.commit(request(7, 9, &[A]), 2);
     let actions = h.core.on_poisoned();
@@ -437,4 +456,20 @@ fn a_large_commit_keeps_its_blocks_and_its_record_reads_back_the_same() {
             Record::Commit(record.clone())
         );
     }
+}
+
+#[test]
+fn a_commit_naming_a_team_never_registered_is_refused_whole() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.commit(request(0, 5, &[A]), 1);
+    assert_eq!(h.done, vec![(1, Err(CoreError::UnknownTeam(A)))]);
+    assert!(h.appended.is_empty());
+    assert!(matches!(h.peek(A, 1), Err(CoreError::UnknownTeam(A))));
+    let actions = h.core.register_team(A, vec![S1], 2);
+    h.run(actions);
+    h.commit(request(0, 5, &[A, B]), 3);
+    assert_eq!(h.done.last(), Some(&(3, Err(CoreError::UnknownTeam(B)))));
+    h.commit(request(0, 5, &[A]), 4);
+    h.sync();
+    assert_eq!(h.done.last(), Some(&(4, Ok(Version(5)))));
 }
