@@ -273,6 +273,47 @@ pub struct ProxyStatusReply {
     pub throttling: Option<String>,
 }
 
+/// A coordinated register: a named value whose revision every write raises
+/// by one. A register never written reads as revision 0 with no value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct CoordinatedRegister {
+    pub name: String,
+    pub revision: u64,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub value: Bytes,
+}
+
+/// Writes a register only if its revision is still `expected_revision`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatedWriteRequest {
+    pub name: String,
+    pub expected_revision: u64,
+    pub value: Bytes,
+}
+
+/// The register after a read or a write; `written` says whether a write
+/// took (if not, the register holds what another writer put there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatedReply {
+    pub register: CoordinatedRegister,
+    pub written: bool,
+}
+
+/// A coordinator's answer to a status request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct CoordinatorStatusReply {
+    pub id: u64,
+    /// The coordinator it believes leads, if it knows one.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The index of the last entry applied to its registers.
+    pub last_applied: u64,
+    /// Why it cannot serve, if it cannot.
+    pub problem: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GetKeyLocationRequest {
     pub key: Bytes,
@@ -457,6 +498,15 @@ pub enum Message {
     GetKeyLocationReply(GetKeyLocationReply),
     SequencerStatus(SequencerStatusReply),
     ProxyStatus(ProxyStatusReply),
+    /// Between coordinators: one of openraft's messages, serialized by the
+    /// coordinator crate.
+    Raft(Bytes),
+    RaftReply(Bytes),
+    /// Reads a coordinated register by name.
+    CoordinatedRead(String),
+    CoordinatedWrite(CoordinatedWriteRequest),
+    CoordinatedReply(CoordinatedReply),
+    CoordinatorStatus(CoordinatorStatusReply),
 }
 
 impl Message {
@@ -495,6 +545,12 @@ impl Message {
             Message::GetKeyLocationReply(_) => "get_key_location_reply",
             Message::SequencerStatus(_) => "sequencer_status",
             Message::ProxyStatus(_) => "proxy_status",
+            Message::Raft(_) => "raft",
+            Message::RaftReply(_) => "raft_reply",
+            Message::CoordinatedRead(_) => "coordinated_read",
+            Message::CoordinatedWrite(_) => "coordinated_write",
+            Message::CoordinatedReply(_) => "coordinated_reply",
+            Message::CoordinatorStatus(_) => "coordinator_status",
         }
     }
 
@@ -533,6 +589,9 @@ impl Message {
                 | Message::GetValue(_)
                 | Message::GetRange(_)
                 | Message::GetKeyLocation(_)
+                | Message::Raft(_)
+                | Message::CoordinatedRead(_)
+                | Message::CoordinatedWrite(_)
         )
     }
 }

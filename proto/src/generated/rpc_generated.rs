@@ -197,10 +197,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 32;
+pub const ENUM_MAX_PAYLOAD: u8 = 38;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 33] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 39] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -234,6 +234,12 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 33] = [
   Payload::GetKeyLocationReply,
   Payload::SequencerStatusReply,
   Payload::ProxyStatusReply,
+  Payload::RaftRequest,
+  Payload::RaftReply,
+  Payload::CoordinatedReadRequest,
+  Payload::CoordinatedWriteRequest,
+  Payload::CoordinatedReply,
+  Payload::CoordinatorStatusReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -274,9 +280,15 @@ impl Payload {
   pub const GetKeyLocationReply: Self = Self(30);
   pub const SequencerStatusReply: Self = Self(31);
   pub const ProxyStatusReply: Self = Self(32);
+  pub const RaftRequest: Self = Self(33);
+  pub const RaftReply: Self = Self(34);
+  pub const CoordinatedReadRequest: Self = Self(35);
+  pub const CoordinatedWriteRequest: Self = Self(36);
+  pub const CoordinatedReply: Self = Self(37);
+  pub const CoordinatorStatusReply: Self = Self(38);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 32;
+  pub const ENUM_MAX: u8 = 38;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -311,6 +323,12 @@ impl Payload {
     Self::GetKeyLocationReply,
     Self::SequencerStatusReply,
     Self::ProxyStatusReply,
+    Self::RaftRequest,
+    Self::RaftReply,
+    Self::CoordinatedReadRequest,
+    Self::CoordinatedWriteRequest,
+    Self::CoordinatedReply,
+    Self::CoordinatorStatusReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -348,6 +366,12 @@ impl Payload {
       Self::GetKeyLocationReply => Some("GetKeyLocationReply"),
       Self::SequencerStatusReply => Some("SequencerStatusReply"),
       Self::ProxyStatusReply => Some("ProxyStatusReply"),
+      Self::RaftRequest => Some("RaftRequest"),
+      Self::RaftReply => Some("RaftReply"),
+      Self::CoordinatedReadRequest => Some("CoordinatedReadRequest"),
+      Self::CoordinatedWriteRequest => Some("CoordinatedWriteRequest"),
+      Self::CoordinatedReply => Some("CoordinatedReply"),
+      Self::CoordinatorStatusReply => Some("CoordinatorStatusReply"),
       _ => None,
     }
   }
@@ -5360,6 +5384,831 @@ impl ::core::fmt::Debug for ProxyStatusReply<'_> {
       ds.finish()
   }
 }
+pub enum RaftRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RaftRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RaftRequest<'a> {
+  type Inner = RaftRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RaftRequest<'a> {
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RaftRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RaftRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RaftRequest<'bldr>> {
+    let mut builder = RaftRequestBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RaftRequest::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RaftRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftRequestArgs<'a> {
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RaftRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RaftRequestArgs {
+      payload: None,
+    }
+  }
+}
+
+pub struct RaftRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RaftRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RaftRequest::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RaftRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RaftRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RaftRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RaftRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RaftRequest");
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
+pub enum RaftReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RaftReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RaftReply<'a> {
+  type Inner = RaftReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RaftReply<'a> {
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RaftReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RaftReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RaftReply<'bldr>> {
+    let mut builder = RaftReplyBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RaftReply::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RaftReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftReplyArgs<'a> {
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RaftReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RaftReplyArgs {
+      payload: None,
+    }
+  }
+}
+
+pub struct RaftReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RaftReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RaftReply::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RaftReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RaftReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RaftReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RaftReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RaftReply");
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
+pub enum CoordinatedRegisterOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CoordinatedRegister<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CoordinatedRegister<'a> {
+  type Inner = CoordinatedRegister<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CoordinatedRegister<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REVISION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CoordinatedRegister { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CoordinatedRegisterArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CoordinatedRegister<'bldr>> {
+    let mut builder = CoordinatedRegisterBuilder::new(_fbb);
+    builder.add_revision(args.revision);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoordinatedRegister::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn revision(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatedRegister::VT_REVISION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(CoordinatedRegister::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CoordinatedRegister<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u64>("revision", Self::VT_REVISION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CoordinatedRegisterArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub revision: u64,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for CoordinatedRegisterArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CoordinatedRegisterArgs {
+      name: None,
+      revision: 0,
+      value: None,
+    }
+  }
+}
+
+pub struct CoordinatedRegisterBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatedRegisterBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatedRegister::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_revision(&mut self, revision: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatedRegister::VT_REVISION, revision, 0);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatedRegister::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatedRegisterBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CoordinatedRegisterBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CoordinatedRegister<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CoordinatedRegister<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CoordinatedRegister");
+      ds.field("name", &self.name());
+      ds.field("revision", &self.revision());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum CoordinatedReadRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CoordinatedReadRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CoordinatedReadRequest<'a> {
+  type Inner = CoordinatedReadRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CoordinatedReadRequest<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CoordinatedReadRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CoordinatedReadRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CoordinatedReadRequest<'bldr>> {
+    let mut builder = CoordinatedReadRequestBuilder::new(_fbb);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoordinatedReadRequest::VT_NAME, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CoordinatedReadRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CoordinatedReadRequestArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for CoordinatedReadRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CoordinatedReadRequestArgs {
+      name: None,
+    }
+  }
+}
+
+pub struct CoordinatedReadRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatedReadRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatedReadRequest::VT_NAME, name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatedReadRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CoordinatedReadRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CoordinatedReadRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CoordinatedReadRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CoordinatedReadRequest");
+      ds.field("name", &self.name());
+      ds.finish()
+  }
+}
+pub enum CoordinatedWriteRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CoordinatedWriteRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CoordinatedWriteRequest<'a> {
+  type Inner = CoordinatedWriteRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CoordinatedWriteRequest<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EXPECTED_REVISION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CoordinatedWriteRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CoordinatedWriteRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CoordinatedWriteRequest<'bldr>> {
+    let mut builder = CoordinatedWriteRequestBuilder::new(_fbb);
+    builder.add_expected_revision(args.expected_revision);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoordinatedWriteRequest::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn expected_revision(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatedWriteRequest::VT_EXPECTED_REVISION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(CoordinatedWriteRequest::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CoordinatedWriteRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u64>("expected_revision", Self::VT_EXPECTED_REVISION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CoordinatedWriteRequestArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub expected_revision: u64,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for CoordinatedWriteRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CoordinatedWriteRequestArgs {
+      name: None,
+      expected_revision: 0,
+      value: None,
+    }
+  }
+}
+
+pub struct CoordinatedWriteRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatedWriteRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatedWriteRequest::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_expected_revision(&mut self, expected_revision: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatedWriteRequest::VT_EXPECTED_REVISION, expected_revision, 0);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatedWriteRequest::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatedWriteRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CoordinatedWriteRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CoordinatedWriteRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CoordinatedWriteRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CoordinatedWriteRequest");
+      ds.field("name", &self.name());
+      ds.field("expected_revision", &self.expected_revision());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum CoordinatedReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CoordinatedReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CoordinatedReply<'a> {
+  type Inner = CoordinatedReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CoordinatedReply<'a> {
+  pub const VT_REGISTER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_WRITTEN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CoordinatedReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CoordinatedReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CoordinatedReply<'bldr>> {
+    let mut builder = CoordinatedReplyBuilder::new(_fbb);
+    if let Some(x) = args.register { builder.add_register(x); }
+    builder.add_written(args.written);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn register(&self) -> Option<CoordinatedRegister<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<CoordinatedRegister>>(CoordinatedReply::VT_REGISTER, None)}
+  }
+  #[inline]
+  pub fn written(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CoordinatedReply::VT_WRITTEN, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CoordinatedReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<CoordinatedRegister>>("register", Self::VT_REGISTER, false)?
+     .visit_field::<bool>("written", Self::VT_WRITTEN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CoordinatedReplyArgs<'a> {
+    pub register: Option<::flatbuffers::WIPOffset<CoordinatedRegister<'a>>>,
+    pub written: bool,
+}
+impl<'a> Default for CoordinatedReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CoordinatedReplyArgs {
+      register: None,
+      written: false,
+    }
+  }
+}
+
+pub struct CoordinatedReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatedReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_register(&mut self, register: ::flatbuffers::WIPOffset<CoordinatedRegister<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<CoordinatedRegister>>(CoordinatedReply::VT_REGISTER, register);
+  }
+  #[inline]
+  pub fn add_written(&mut self, written: bool) {
+    self.fbb_.push_slot::<bool>(CoordinatedReply::VT_WRITTEN, written, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatedReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CoordinatedReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CoordinatedReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CoordinatedReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CoordinatedReply");
+      ds.field("register", &self.register());
+      ds.field("written", &self.written());
+      ds.finish()
+  }
+}
+pub enum CoordinatorStatusReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CoordinatorStatusReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CoordinatorStatusReply<'a> {
+  type Inner = CoordinatorStatusReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CoordinatorStatusReply<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LAST_APPLIED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CoordinatorStatusReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CoordinatorStatusReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CoordinatorStatusReply<'bldr>> {
+    let mut builder = CoordinatorStatusReplyBuilder::new(_fbb);
+    builder.add_last_applied(args.last_applied);
+    builder.add_term(args.term);
+    builder.add_leader(args.leader);
+    builder.add_id(args.id);
+    if let Some(x) = args.problem { builder.add_problem(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatorStatusReply::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatorStatusReply::VT_LEADER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatorStatusReply::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_applied(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatorStatusReply::VT_LAST_APPLIED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn problem(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoordinatorStatusReply::VT_PROBLEM, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<u64>("leader", Self::VT_LEADER, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<u64>("last_applied", Self::VT_LAST_APPLIED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CoordinatorStatusReplyArgs<'a> {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub last_applied: u64,
+    pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CoordinatorStatusReplyArgs {
+      id: 0,
+      leader: 0,
+      term: 0,
+      last_applied: 0,
+      problem: None,
+    }
+  }
+}
+
+pub struct CoordinatorStatusReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatorStatusReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatorStatusReply::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatorStatusReply::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatorStatusReply::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_last_applied(&mut self, last_applied: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatorStatusReply::VT_LAST_APPLIED, last_applied, 0);
+  }
+  #[inline]
+  pub fn add_problem(&mut self, problem: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatorStatusReply::VT_PROBLEM, problem);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatorStatusReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CoordinatorStatusReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CoordinatorStatusReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CoordinatorStatusReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CoordinatorStatusReply");
+      ds.field("id", &self.id());
+      ds.field("leader", &self.leader());
+      ds.field("term", &self.term());
+      ds.field("last_applied", &self.last_applied());
+      ds.field("problem", &self.problem());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5907,6 +6756,96 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_raft_request(&self) -> Option<RaftRequest<'a>> {
+    if self.payload_type() == Payload::RaftRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RaftRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_raft_reply(&self) -> Option<RaftReply<'a>> {
+    if self.payload_type() == Payload::RaftReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RaftReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_coordinated_read_request(&self) -> Option<CoordinatedReadRequest<'a>> {
+    if self.payload_type() == Payload::CoordinatedReadRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CoordinatedReadRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_coordinated_write_request(&self) -> Option<CoordinatedWriteRequest<'a>> {
+    if self.payload_type() == Payload::CoordinatedWriteRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CoordinatedWriteRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_coordinated_reply(&self) -> Option<CoordinatedReply<'a>> {
+    if self.payload_type() == Payload::CoordinatedReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CoordinatedReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_coordinator_status_reply(&self) -> Option<CoordinatorStatusReply<'a>> {
+    if self.payload_type() == Payload::CoordinatorStatusReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CoordinatorStatusReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -5950,6 +6889,12 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::GetKeyLocationReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetKeyLocationReply>>("Payload::GetKeyLocationReply", pos),
           Payload::SequencerStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SequencerStatusReply>>("Payload::SequencerStatusReply", pos),
           Payload::ProxyStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProxyStatusReply>>("Payload::ProxyStatusReply", pos),
+          Payload::RaftRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftRequest>>("Payload::RaftRequest", pos),
+          Payload::RaftReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RaftReply>>("Payload::RaftReply", pos),
+          Payload::CoordinatedReadRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatedReadRequest>>("Payload::CoordinatedReadRequest", pos),
+          Payload::CoordinatedWriteRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatedWriteRequest>>("Payload::CoordinatedWriteRequest", pos),
+          Payload::CoordinatedReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatedReply>>("Payload::CoordinatedReply", pos),
+          Payload::CoordinatorStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatorStatusReply>>("Payload::CoordinatorStatusReply", pos),
           _ => Ok(()),
         }
      })?
@@ -6237,6 +7182,48 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::ProxyStatusReply => {
           if let Some(x) = self.payload_as_proxy_status_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::RaftRequest => {
+          if let Some(x) = self.payload_as_raft_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::RaftReply => {
+          if let Some(x) = self.payload_as_raft_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::CoordinatedReadRequest => {
+          if let Some(x) = self.payload_as_coordinated_read_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::CoordinatedWriteRequest => {
+          if let Some(x) = self.payload_as_coordinated_write_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::CoordinatedReply => {
+          if let Some(x) = self.payload_as_coordinated_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::CoordinatorStatusReply => {
+          if let Some(x) = self.payload_as_coordinator_status_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

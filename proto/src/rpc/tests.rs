@@ -252,6 +252,36 @@ fn every_message() -> Vec<Message> {
             commits: 17,
             throttling: Some("team 3: 2 GiB not yet durable on its servers".into()),
         }),
+        Message::Raft(Bytes::from_static(b"{\"vote\":1}")),
+        Message::RaftReply(Bytes::from_static(b"{\"granted\":true}")),
+        Message::CoordinatedRead("cluster".into()),
+        Message::CoordinatedWrite(CoordinatedWriteRequest {
+            name: "cluster".into(),
+            expected_revision: 4,
+            value: Bytes::from_static(b"epoch 5"),
+        }),
+        Message::CoordinatedReply(CoordinatedReply {
+            register: CoordinatedRegister {
+                name: "cluster".into(),
+                revision: 5,
+                value: Bytes::from_static(b"epoch 5"),
+            },
+            written: true,
+        }),
+        Message::CoordinatorStatus(CoordinatorStatusReply {
+            id: 2,
+            leader: Some(1),
+            term: 3,
+            last_applied: 17,
+            problem: None,
+        }),
+        Message::CoordinatorStatus(CoordinatorStatusReply {
+            id: 3,
+            leader: None,
+            term: 4,
+            last_applied: 0,
+            problem: Some("no leader".into()),
+        }),
     ]
 }
 
@@ -332,7 +362,10 @@ fn request_and_reply_kinds_are_told_apart() {
             "client_commit",
             "get_value",
             "get_range",
-            "get_key_location"
+            "get_key_location",
+            "raft",
+            "coordinated_read",
+            "coordinated_write"
         ]
     );
 }

@@ -15,6 +15,7 @@ use crate::generated::rpc as fb;
 
 mod appendix;
 mod commit;
+mod coordination;
 mod read;
 use crate::types::{StorageServerId, StorageTeamId, Version};
 
@@ -110,6 +111,7 @@ fn estimated_len(message: &Message) -> usize {
     };
     ENVELOPE_OVERHEAD
         + read::payload_len(message)
+        + coordination::payload_len(message)
         + mutations
         + blocks
             .iter()
@@ -289,6 +291,12 @@ fn encode_message(
         Message::GetKeyLocationReply(r) => read::get_key_location_reply(fbb, r),
         Message::SequencerStatus(r) => commit::sequencer_status(fbb, r),
         Message::ProxyStatus(r) => commit::proxy_status(fbb, r),
+        Message::Raft(payload) => coordination::raft(fbb, payload),
+        Message::RaftReply(payload) => coordination::raft_reply(fbb, payload),
+        Message::CoordinatedRead(name) => coordination::read(fbb, name),
+        Message::CoordinatedWrite(r) => coordination::write(fbb, r),
+        Message::CoordinatedReply(r) => coordination::reply(fbb, r),
+        Message::CoordinatorStatus(r) => coordination::status(fbb, r),
     }
 }
 
@@ -460,7 +468,10 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
                 version: r.has_version().then(|| Version(r.version())),
             })
         }
-        _ => match commit::decode(&frame, &envelope).or_else(|| read::decode(&frame, &envelope)) {
+        _ => match commit::decode(&frame, &envelope)
+            .or_else(|| read::decode(&frame, &envelope))
+            .or_else(|| coordination::decode(&frame, &envelope))
+        {
             Some(message) => message?,
             None => return Err(unknown),
         },

@@ -1,0 +1,164 @@
+//! Wire conversion of the coordinators' messages: openraft's messages as
+//! opaque bytes, the coordinated registers, and a coordinator's status.
+
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
+
+use super::subslice;
+use crate::generated::rpc as fb;
+use crate::rpc::{
+    CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
+    DecodeError, Message,
+};
+
+type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
+
+pub(super) fn raft(fbb: &mut FlatBufferBuilder<'_>, payload: &Bytes) -> Encoded {
+    let payload = Some(fbb.create_vector(payload));
+    let t = fb::RaftRequest::create(fbb, &fb::RaftRequestArgs { payload });
+    (fb::Payload::RaftRequest, t.as_union_value())
+}
+
+pub(super) fn raft_reply(fbb: &mut FlatBufferBuilder<'_>, payload: &Bytes) -> Encoded {
+    let payload = Some(fbb.create_vector(payload));
+    let t = fb::RaftReply::create(fbb, &fb::RaftReplyArgs { payload });
+    (fb::Payload::RaftReply, t.as_union_value())
+}
+
+pub(super) fn read(fbb: &mut FlatBufferBuilder<'_>, name: &str) -> Encoded {
+    let name = Some(fbb.create_string(name));
+    let t = fb::CoordinatedReadRequest::create(fbb, &fb::CoordinatedReadRequestArgs { name });
+    (fb::Payload::CoordinatedReadRequest, t.as_union_value())
+}
+
+pub(super) fn write(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatedWriteRequest) -> Encoded {
+    let name = Some(fbb.create_string(&r.name));
+    let value = Some(fbb.create_vector(&r.value));
+    let args = fb::CoordinatedWriteRequestArgs {
+        name,
+        expected_revision: r.expected_revision,
+        value,
+    };
+    let t = fb::CoordinatedWriteRequest::create(fbb, &args);
+    (fb::Payload::CoordinatedWriteRequest, t.as_union_value())
+}
+
+pub(super) fn reply(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatedReply) -> Encoded {
+    let register = Some(register(fbb, &r.register));
+    let args = fb::CoordinatedReplyArgs {
+        register,
+        written: r.written,
+    };
+    let t = fb::CoordinatedReply::create(fbb, &args);
+    (fb::Payload::CoordinatedReply, t.as_union_value())
+}
+
+pub(super) fn status(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatorStatusReply) -> Encoded {
+    let problem = r.problem.as_deref().map(|why| fbb.create_string(why));
+    let args = fb::CoordinatorStatusReplyArgs {
+        id: r.id,
+        leader: r.leader.unwrap_or(0),
+        term: r.term,
+        last_applied: r.last_applied,
+        problem,
+    };
+    let t = fb::CoordinatorStatusReply::create(fbb, &args);
+    (fb::Payload::CoordinatorStatusReply, t.as_union_value())
+}
+
+fn register<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    r: &CoordinatedRegister,
+) -> WIPOffset<fb::CoordinatedRegister<'a>> {
+    let name = Some(fbb.create_string(&r.name));
+    let value = Some(fbb.create_vector(&r.value));
+    let args = fb::CoordinatedRegisterArgs {
+        name,
+        revision: r.revision,
+        value,
+    };
+    fb::CoordinatedRegister::create(fbb, &args)
+}
+
+/// The bytes the coordinators' messages carry, for the encoder's estimate.
+pub(super) fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Raft(payload) | Message::RaftReply(payload) => payload.len(),
+        Message::CoordinatedRead(name) => name.len(),
+        Message::CoordinatedWrite(r) => r.name.len() + r.value.len(),
+        Message::CoordinatedReply(r) => r.register.name.len() + r.register.value.len(),
+        _ => 0,
+    }
+}
+
+/// Decodes the coordinators' payloads; `None` for any other payload type.
+pub(super) fn decode(
+    frame: &Bytes,
+    envelope: &fb::Envelope<'_>,
+) -> Option<Result<Message, DecodeError>> {
+    let request_id = envelope.request_id();
+    let unknown = || DecodeError::UnknownMessage { request_id };
+    let bytes = |b: Option<Vector<'_, u8>>| match b {
+        Some(v) => subslice(frame, v.bytes()),
+        None => Ok(Bytes::new()),
+    };
+    let message = match envelope.payload_type() {
+        fb::Payload::RaftRequest => (|| {
+            let r = envelope.payload_as_raft_request().ok_or_else(unknown)?;
+            Ok(Message::Raft(bytes(r.payload())?))
+        })(),
+        fb::Payload::RaftReply => (|| {
+            let r = envelope.payload_as_raft_reply().ok_or_else(unknown)?;
+            Ok(Message::RaftReply(bytes(r.payload())?))
+        })(),
+        fb::Payload::CoordinatedReadRequest => (|| {
+            let r = envelope
+                .payload_as_coordinated_read_request()
+                .ok_or_else(unknown)?;
+            Ok(Message::CoordinatedRead(
+                r.name().unwrap_or_default().to_owned(),
+            ))
+        })(),
+        fb::Payload::CoordinatedWriteRequest => (|| {
+            let r = envelope
+                .payload_as_coordinated_write_request()
+                .ok_or_else(unknown)?;
+            Ok(Message::CoordinatedWrite(CoordinatedWriteRequest {
+                name: r.name().unwrap_or_default().to_owned(),
+                expected_revision: r.expected_revision(),
+                value: bytes(r.value())?,
+            }))
+        })(),
+        fb::Payload::CoordinatedReply => (|| {
+            let r = envelope
+                .payload_as_coordinated_reply()
+                .ok_or_else(unknown)?;
+            let register = match r.register() {
+                Some(g) => CoordinatedRegister {
+                    name: g.name().unwrap_or_default().to_owned(),
+                    revision: g.revision(),
+                    value: bytes(g.value())?,
+                },
+                None => CoordinatedRegister::default(),
+            };
+            Ok(Message::CoordinatedReply(CoordinatedReply {
+                register,
+                written: r.written(),
+            }))
+        })(),
+        fb::Payload::CoordinatorStatusReply => envelope
+            .payload_as_coordinator_status_reply()
+            .ok_or_else(unknown)
+            .map(|r| {
+                Message::CoordinatorStatus(CoordinatorStatusReply {
+                    id: r.id(),
+                    leader: (r.leader() != 0).then(|| r.leader()),
+                    term: r.term(),
+                    last_applied: r.last_applied(),
+                    problem: r.problem().map(str::to_owned),
+                })
+            }),
+        _ => return None,
+    };
+    Some(message)
+}
