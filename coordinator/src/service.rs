@@ -1,0 +1,281 @@
+//! One coordinator: its raft node, and the RPC service that reads and
+//! writes registers through it and carries the raft messages of its
+//! peers.
+//!
+//! ```text
+//!  peers ─Message::Raft──────────────▶ network::deliver ─▶ Raft
+//!  members ─CoordinatedRead───────────▶ leader? ensure_linearizable, then the applied registers
+//!          ─CoordinatedWrite──────────▶ leader? client_write(Command::Write) ─▶ its outcome
+//!  status ─Status──────────────────────▶ leader, term, last applied, problem
+//! ```
+//!
+//! A coordinator that does not lead answers reads and writes with
+//! `unavailable`, naming the leader it knows; the client tries the others.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use proto::rpc::{
+    CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
+    ErrorCode, ErrorReply, Message,
+};
+use proto::transport::{ClientConfig, Responder, Service};
+
+use crate::disk::CoordinatorDisk;
+use crate::network::{deliver, Network};
+use crate::raft_types::Raft;
+use crate::registers::{Command, MAX_NAME_LEN, MAX_VALUE_LEN};
+use crate::store::{read_shared, LogStore, SharedState, StateMachine};
+
+type NodeId = u64;
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub id: NodeId,
+    /// Every coordinator of the cluster, this one included.
+    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// How this coordinator calls the others.
+    pub transport: ClientConfig,
+    /// How often a leader tells the others it leads.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears nothing from a leader for a random time
+    /// between this and twice this stands for election.
+    pub election_timeout: Duration,
+}
+
+impl CoordinatorConfig {
+    pub fn new(id: NodeId, members: BTreeMap<NodeId, SocketAddr>) -> CoordinatorConfig {
+        CoordinatorConfig {
+            id,
+            members,
+            transport: ClientConfig::default(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("coordinator {0} is not among the cluster's coordinators")]
+    NotAMember(NodeId),
+    #[error("coordinator settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("coordinator store: {0}")]
+    Storage(#[from] openraft::StorageError<NodeId>),
+    #[error("starting raft: {0}")]
+    Raft(String),
+}
+
+/// A running coordinator; `Service` for its RPCs.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    id: NodeId,
+    raft: Raft,
+    state: SharedState,
+}
+
+impl CoordinatorService {
+    /// Starts the raft node over `disk`. A coordinator whose log is empty
+    /// proposes the cluster file's membership; every coordinator does so
+    /// alike, and openraft keeps the first that takes.
+    pub async fn start(
+        config: &CoordinatorConfig,
+        disk: Arc<dyn CoordinatorDisk>,
+    ) -> Result<CoordinatorService, StartError> {
+        if !config.members.contains_key(&config.id) {
+            return Err(StartError::NotAMember(config.id));
+        }
+        let election_ms = config.election_timeout.as_millis() as u64;
+        let raft_config = Config {
+            cluster_name: "teamlog-coordinators".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 100,
+            ..Config::default()
+        }
+        .validate()?;
+        let log = LogStore::new(disk.clone());
+        let machine = StateMachine::open(disk)?;
+        let state = machine.shared();
+        let network = Network {
+            transport: config.transport.clone(),
+        };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let members: BTreeMap<NodeId, BasicNode> = config
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(id = config.id, "coordinators initialized"),
+            // Already initialized: from an earlier start, or by a peer.
+            Err(RaftError::APIError(_)) => {}
+            Err(RaftError::Fatal(fatal)) => return Err(StartError::Raft(fatal.to_string())),
+        }
+        Ok(CoordinatorService {
+            id: config.id,
+            raft,
+            state,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn status(&self) -> CoordinatorStatusReply {
+        let metrics = self.raft.metrics().borrow().clone();
+        let problem = match (&metrics.running_state, metrics.current_leader) {
+            (Err(fatal), _) => Some(format!("raft stopped: {fatal}")),
+            (Ok(()), None) => Some("no coordinator leads: an election is under way or a majority is out of reach".into()),
+            (Ok(()), Some(_)) => None,
+        };
+        CoordinatorStatusReply {
+            id: self.id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map_or(0, |id| id.index),
+            problem,
+        }
+    }
+
+    /// Stops the raft node; its tasks end.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "coordinator raft did not stop cleanly");
+        }
+    }
+
+    async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
+        match request {
+            Message::Raft(payload) => deliver(&self.raft, &payload)
+                .await
+                .map(Message::RaftReply)
+                .map_err(|e| error(ErrorCode::MalformedRequest, format!("raft message: {e}"))),
+            Message::CoordinatedRead(name) => {
+                check_name(&name)?;
+                self.raft
+                    .ensure_linearizable()
+                    .await
+                    .map_err(|e| self.not_serving(e))?;
+                let register = read_shared(&self.state).registers.read(&name);
+                Ok(Message::CoordinatedReply(CoordinatedReply {
+                    register: CoordinatedRegister {
+                        name,
+                        revision: register.revision,
+                        value: Bytes::from(register.value),
+                    },
+                    written: false,
+                }))
+            }
+            Message::CoordinatedWrite(CoordinatedWriteRequest {
+                name,
+                expected_revision,
+                value,
+            }) => {
+                check_name(&name)?;
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(error(
+                        ErrorCode::ValueTooLarge,
+                        format!("a register holds at most {MAX_VALUE_LEN} bytes, not {}", value.len()),
+                    ));
+                }
+                let command = Command::Write {
+                    name: name.clone(),
+                    expected_revision,
+                    value: value.to_vec(),
+                };
+                let outcome = self
+                    .raft
+                    .client_write(command)
+                    .await
+                    .map_err(|e| self.not_serving(e))?
+                    .data;
+                Ok(Message::CoordinatedReply(CoordinatedReply {
+                    register: CoordinatedRegister {
+                        name,
+                        revision: outcome.register.revision,
+                        value: Bytes::from(outcome.register.value),
+                    },
+                    written: outcome.written,
+                }))
+            }
+            Message::Status => Ok(Message::CoordinatorStatus(self.status())),
+            other => Err(error(
+                ErrorCode::UnknownMessage,
+                format!("a coordinator does not take {}", other.name()),
+            )),
+        }
+    }
+
+    /// Why this coordinator cannot serve a read or write now; the client
+    /// tries another.
+    fn not_serving<E: NotLeader + std::fmt::Display>(&self, e: RaftError<NodeId, E>) -> ErrorReply {
+        let message = match &e {
+            RaftError::APIError(api) => match api.leader() {
+                Some(leader) => format!("coordinator {} does not lead; coordinator {leader} does", self.id),
+                None => format!("coordinator {} does not lead: {api}", self.id),
+            },
+            RaftError::Fatal(fatal) => format!("coordinator {} stopped: {fatal}", self.id),
+        };
+        error(ErrorCode::Unavailable, message)
+    }
+}
+
+/// The errors of a leader-only call, which name the leader when known.
+trait NotLeader {
+    fn leader(&self) -> Option<NodeId>;
+}
+
+impl NotLeader for ClientWriteError<NodeId, BasicNode> {
+    fn leader(&self) -> Option<NodeId> {
+        match self {
+            ClientWriteError::ForwardToLeader(f) => f.leader_id,
+            ClientWriteError::ChangeMembershipError(_) => None,
+        }
+    }
+}
+
+impl NotLeader for CheckIsLeaderError<NodeId, BasicNode> {
+    fn leader(&self) -> Option<NodeId> {
+        match self {
+            CheckIsLeaderError::ForwardToLeader(f) => f.leader_id,
+            CheckIsLeaderError::QuorumNotEnough(_) => None,
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> ErrorReply {
+    ErrorReply {
+        code,
+        message,
+        version: None,
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ErrorReply> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(error(
+            ErrorCode::MalformedRequest,
+            format!("a register name has 1 to {MAX_NAME_LEN} bytes, not {}", name.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl Service for CoordinatorService {
+    fn handle(&self, request: Message, responder: Responder) {
+        let service = self.clone();
+        responder.reply_with(service.handle(request));
+    }
+}

@@ -1,0 +1,405 @@
+//! openraft's storage over a `CoordinatorDisk`: the log store (entries,
+//! vote, commit and purge marks) and the state machine (the registers, the
+//! last applied entry and membership, and the latest snapshot).
+//!
+//! Everything is JSON on disk: the state is a few registers of a few KiB,
+//! written a few times a second, so readability wins over size. The applied
+//! state is written with every applied batch, so a restart does not
+//! re-apply the whole log.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::disk::{CoordinatorDisk, DiskError, Table, WriteOp};
+use crate::raft_types::TypeConfig;
+use crate::registers::{Outcome, Registers};
+
+type NodeId = u64;
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"purged";
+const APPLIED: &[u8] = b"applied";
+const SNAPSHOT: &[u8] = b"snapshot";
+
+/// What the state machine holds, and what a snapshot carries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub registers: Registers,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+fn any<E: std::error::Error + 'static>(error: E) -> AnyError {
+    AnyError::new(&error)
+}
+
+/// Maps a failure to openraft's error for `what` (e.g. reading the logs).
+fn io_error<E: std::error::Error + 'static>(
+    what: impl Fn(AnyError) -> StorageIOError<NodeId>,
+) -> impl Fn(E) -> StorageError<NodeId> {
+    move |error| StorageError::from(what(any(error)))
+}
+
+fn read_logs(e: DiskError) -> StorageError<NodeId> {
+    io_error(StorageIOError::read_logs)(e)
+}
+
+fn write_logs(e: DiskError) -> StorageError<NodeId> {
+    io_error(StorageIOError::write_logs)(e)
+}
+
+fn read_snapshot(source: AnyError) -> StorageIOError<NodeId> {
+    StorageIOError::read_snapshot(None, source)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: impl Fn(AnyError) -> StorageIOError<NodeId>,
+) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(io_error(what))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail: no maps with non-string
+    // keys, no custom serializers that error.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn index_key(index: u64) -> Vec<u8> {
+    index.to_be_bytes().to_vec()
+}
+
+fn put_meta(key: &[u8], value: Vec<u8>) -> WriteOp {
+    WriteOp::Put {
+        table: Table::Meta,
+        key: key.to_vec(),
+        value,
+    }
+}
+
+/// The raft log, with the vote and the commit and purge marks.
+#[derive(Clone)]
+pub struct LogStore {
+    disk: Arc<dyn CoordinatorDisk>,
+}
+
+impl LogStore {
+    pub fn new(disk: Arc<dyn CoordinatorDisk>) -> LogStore {
+        LogStore { disk }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: fn(AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<Option<T>> {
+        match self.disk.get(Table::Meta, key).map_err(io_error(what))? {
+            Some(bytes) => decode(&bytes, what).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let to_key = to.map(index_key);
+        self.disk
+            .range(Table::Log, &index_key(from), to_key.as_deref())
+            .map_err(read_logs)?
+            .iter()
+            .map(|(_, value)| decode(value, StorageIOError::read_logs))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> =
+            self.meta(PURGED, StorageIOError::read_logs)?;
+        let last = match self.disk.last(Table::Log).map_err(read_logs)? {
+            Some((_, value)) => {
+                let entry: Entry<TypeConfig> = decode(&value, StorageIOError::read_logs)?;
+                Some(entry.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
+        self.disk
+            .write(&[put_meta(VOTE, encode(vote))])
+            .map_err(io_error(StorageIOError::write_vote))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
+        self.meta(VOTE, StorageIOError::read_vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        self.disk
+            .write(&[put_meta(COMMITTED, encode(&committed))])
+            .map_err(write_logs)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        Ok(self
+            .meta::<Option<LogId<NodeId>>>(COMMITTED, StorageIOError::read_logs)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let ops: Vec<WriteOp> = entries
+            .into_iter()
+            .map(|entry| WriteOp::Put {
+                table: Table::Log,
+                key: index_key(entry.log_id.index),
+                value: encode(&entry),
+            })
+            .collect();
+        match self.disk.write(&ops) {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(write_logs(error))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        self.disk
+            .write(&[WriteOp::DeleteRange {
+                table: Table::Log,
+                from: index_key(log_id.index),
+                to: None,
+            }])
+            .map_err(write_logs)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        self.disk
+            .write(&[
+                put_meta(PURGED, encode(&log_id)),
+                WriteOp::DeleteRange {
+                    table: Table::Log,
+                    from: index_key(0),
+                    to: log_id.index.checked_add(1).map(index_key),
+                },
+            ])
+            .map_err(write_logs)
+    }
+}
+
+/// The applied state, shared with the service that reads registers.
+pub type SharedState = Arc<RwLock<AppliedState>>;
+
+pub fn read_shared(state: &SharedState) -> std::sync::RwLockReadGuard<'_, AppliedState> {
+    state.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_shared(state: &SharedState) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
+    state.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The registers, applied entry by entry, and the latest snapshot of them.
+pub struct StateMachine {
+    disk: Arc<dyn CoordinatorDisk>,
+    state: SharedState,
+}
+
+impl StateMachine {
+    /// Loads the applied state the disk holds.
+    pub fn open(disk: Arc<dyn CoordinatorDisk>) -> Result<StateMachine> {
+        let state = match disk
+            .get(Table::Meta, APPLIED)
+            .map_err(io_error(StorageIOError::read_state_machine))?
+        {
+            Some(bytes) => decode(&bytes, StorageIOError::read_state_machine)?,
+            None => AppliedState::default(),
+        };
+        Ok(StateMachine {
+            disk,
+            state: Arc::new(RwLock::new(state)),
+        })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>> {
+        match self
+            .disk
+            .get(Table::Meta, SNAPSHOT)
+            .map_err(io_error(read_snapshot))?
+        {
+            Some(bytes) => decode(&bytes, read_snapshot).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Builds a snapshot of the applied state as it stands.
+pub struct SnapshotBuilder {
+    disk: Arc<dyn CoordinatorDisk>,
+    state: SharedState,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let (data, last_log_id, last_membership) = {
+            let state = read_shared(&self.state);
+            (encode(&*state), state.last_applied, state.membership.clone())
+        };
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+            None => "empty".to_owned(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        self.disk
+            .write(&[put_meta(SNAPSHOT, encode(&stored))])
+            .map_err(io_error(|e| {
+                StorageIOError::write_snapshot(Some(meta.signature()), e)
+            }))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let state = read_shared(&self.state);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut next = read_shared(&self.state).clone();
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            next.last_applied = Some(entry.log_id);
+            outcomes.push(match &entry.payload {
+                EntryPayload::Blank => Outcome::default(),
+                EntryPayload::Normal(command) => next.registers.apply(command),
+                EntryPayload::Membership(membership) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Outcome::default()
+                }
+            });
+        }
+        // Durable before anyone can read it: a reader must never see a
+        // register that a restart would take back.
+        self.disk
+            .write(&[put_meta(APPLIED, encode(&next))])
+            .map_err(io_error(StorageIOError::write_state_machine))?;
+        *write_shared(&self.state) = next;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            disk: self.disk.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let data = snapshot.into_inner();
+        let signature = meta.signature();
+        let installed: AppliedState = serde_json::from_slice(&data).map_err(io_error(|e| {
+            StorageIOError::read_snapshot(Some(signature.clone()), e)
+        }))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.disk
+            .write(&[
+                put_meta(APPLIED, encode(&installed)),
+                put_meta(SNAPSHOT, encode(&stored)),
+            ])
+            .map_err(io_error(|e| {
+                StorageIOError::write_snapshot(Some(meta.signature()), e)
+            }))?;
+        *write_shared(&self.state) = installed;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        Ok(self.stored_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
