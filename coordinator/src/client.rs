@@ -22,6 +22,10 @@ use proto::transport::{ClientConfig, Peer, RpcError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
+    /// No coordinator could serve: a majority is out of reach, or an
+    /// election did not end in time. A write's outcome is then unknown: the
+    /// leader may have logged it, and it takes once a majority is back.
+    /// Read the register to learn.
     #[error("no coordinator could serve within {waited:?}: {last}")]
     Unavailable { waited: Duration, last: String },
     /// The request itself is wrong (a name or value out of bounds); sending
@@ -124,7 +128,10 @@ impl CoordinatorClient {
         let asks = self.peers.iter().map(|peer| async move {
             let answer = async {
                 let client = peer.client().await.map_err(|e| e.to_string())?;
-                match client.call_with_timeout(Message::Status, self.call_timeout).await {
+                match client
+                    .call_with_timeout(Message::Status, self.call_timeout)
+                    .await
+                {
                     Ok(Message::CoordinatorStatus(status)) => Ok(status),
                     Ok(other) => Err(format!("answered {}", other.name())),
                     Err(e) => Err(e.to_string()),
@@ -182,14 +189,23 @@ impl CoordinatorClient {
             .map_err(|e| Attempt::Retry(format!("{addr}: {e}")))?;
         match client.call_with_timeout(request, self.call_timeout).await {
             Ok(Message::CoordinatedReply(reply)) => Ok(reply),
-            Ok(other) => Err(Attempt::Refused(format!("{addr} answered {}", other.name()))),
+            Ok(other) => Err(Attempt::Refused(format!(
+                "{addr} answered {}",
+                other.name()
+            ))),
             Err(RpcError::Remote {
-                code: code @ (ErrorCode::MalformedRequest | ErrorCode::ValueTooLarge | ErrorCode::Unauthorized),
+                code:
+                    code @ (ErrorCode::MalformedRequest
+                    | ErrorCode::ValueTooLarge
+                    | ErrorCode::Unauthorized),
                 message,
                 ..
             }) => Err(Attempt::Refused(format!("{addr}: {code:?}: {message}"))),
             Err(e) => {
-                if matches!(e, RpcError::Connect(_) | RpcError::ConnectionClosed | RpcError::Io(_)) {
+                if matches!(
+                    e,
+                    RpcError::Connect(_) | RpcError::ConnectionClosed | RpcError::Io(_)
+                ) {
                     peer.reset().await;
                 }
                 Err(Attempt::Retry(format!("{addr}: {e}")))

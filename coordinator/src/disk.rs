@@ -109,7 +109,9 @@ impl HeedDisk {
         let opened = env.create_databases_and_commit(wtxn, |opener, wtxn| {
             let log: Database<Raw, Raw> = opener.create_database(wtxn, Some("log"))?;
             let meta: Database<Raw, Raw> = opener.create_database(wtxn, Some("meta"))?;
-            Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((log, meta)))
+            Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
+                log, meta,
+            )))
         })?;
         let (log, meta) = match opened {
             CommitOrAbort::Commit(dbs) => dbs,
@@ -156,7 +158,9 @@ impl HeedDisk {
         let mut wtxn = self.env.write_txn()?;
         for op in ops {
             match op {
-                WriteOp::Put { table, key, value } => self.table(*table).put(&mut wtxn, key, value)?,
+                WriteOp::Put { table, key, value } => {
+                    self.table(*table).put(&mut wtxn, key, value)?
+                }
                 WriteOp::DeleteRange { table, from, to } => {
                     let range = bounds(from, to.as_deref());
                     self.table(*table).delete_range(&mut wtxn, &range)?;
@@ -209,11 +213,13 @@ impl CoordinatorDisk for HeedDisk {
     }
 }
 
+type MemTables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// A disk in memory: every write is durable at once. `fail_next_write`
 /// makes the next write fail and poison it, as a failed fsync would.
 #[derive(Default)]
 pub struct MemDisk {
-    tables: Mutex<BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: Mutex<MemTables>,
     fail_next_write: AtomicBool,
     poisoned: AtomicBool,
 }
@@ -223,7 +229,10 @@ impl MemDisk {
         self.fail_next_write.store(true, Ordering::Release);
     }
 
-    fn tables(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>, DiskError> {
+    fn tables(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, MemTables>, DiskError>
+    {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(DiskError::Poisoned);
         }
@@ -233,11 +242,7 @@ impl MemDisk {
 
 impl CoordinatorDisk for MemDisk {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
-        Ok(self
-            .tables()?
-            .get(&table)
-            .and_then(|t| t.get(key))
-            .cloned())
+        Ok(self.tables()?.get(&table).and_then(|t| t.get(key)).cloned())
     }
 
     fn range(
@@ -272,7 +277,10 @@ impl CoordinatorDisk for MemDisk {
         for op in ops {
             match op {
                 WriteOp::Put { table, key, value } => {
-                    tables.entry(*table).or_default().insert(key.clone(), value.clone());
+                    tables
+                        .entry(*table)
+                        .or_default()
+                        .insert(key.clone(), value.clone());
                 }
                 WriteOp::DeleteRange { table, from, to } => {
                     if let Some(t) = tables.get_mut(table) {
@@ -314,9 +322,18 @@ mod tests {
         assert_eq!(disk.get(Table::Meta, b"vote").unwrap(), Some(b"v".to_vec()));
         assert_eq!(disk.get(Table::Log, b"vote").unwrap(), None);
         let keys = |found: Vec<KeyValue>| found.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(keys(disk.range(Table::Log, &[2], None).unwrap()), [[2], [3]]);
-        assert_eq!(keys(disk.range(Table::Log, &[1], Some(&[3])).unwrap()), [[1], [2]]);
-        assert_eq!(disk.last(Table::Log).unwrap(), Some((vec![3], b"c".to_vec())));
+        assert_eq!(
+            keys(disk.range(Table::Log, &[2], None).unwrap()),
+            [[2], [3]]
+        );
+        assert_eq!(
+            keys(disk.range(Table::Log, &[1], Some(&[3])).unwrap()),
+            [[1], [2]]
+        );
+        assert_eq!(
+            disk.last(Table::Log).unwrap(),
+            Some((vec![3], b"c".to_vec()))
+        );
         disk.write(&[WriteOp::DeleteRange {
             table: Table::Log,
             from: vec![2],
@@ -345,7 +362,10 @@ mod tests {
             .write(&[put(Table::Meta, b"vote", b"v")])
             .unwrap();
         let reopened = HeedDisk::open(dir.path()).unwrap();
-        assert_eq!(reopened.get(Table::Meta, b"vote").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            reopened.get(Table::Meta, b"vote").unwrap(),
+            Some(b"v".to_vec())
+        );
     }
 
     #[test]
@@ -367,7 +387,10 @@ mod tests {
             disk.write(&[put(Table::Log, &[1], b"a")]),
             Err(DiskError::Injected)
         ));
-        assert!(matches!(disk.get(Table::Log, &[1]), Err(DiskError::Poisoned)));
+        assert!(matches!(
+            disk.get(Table::Log, &[1]),
+            Err(DiskError::Poisoned)
+        ));
         assert!(matches!(
             disk.write(&[put(Table::Log, &[1], b"a")]),
             Err(DiskError::Poisoned)

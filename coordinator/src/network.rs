@@ -8,6 +8,10 @@
 //!       ◀── Result<…, RPCError> ◀─Message::RaftReply(json)─────────────◀── raft.append_entries
 //! ```
 
+// openraft's network trait fixes the error type; it is large, and these
+// helpers build it for it.
+#![allow(clippy::result_large_err)]
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -77,7 +81,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .addr
                 .parse::<SocketAddr>()
                 .map(|addr| Peer::new(addr, self.transport.clone()))
-                .map_err(|e| format!("coordinator {target} has a bad address {:?}: {e}", node.addr)),
+                .map_err(|e| {
+                    format!(
+                        "coordinator {target} has a bad address {:?}: {e}",
+                        node.addr
+                    )
+                }),
         }
     }
 }
@@ -105,8 +114,8 @@ impl Connection {
             .peer
             .as_ref()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&Failure(e.clone()))))?;
-        let payload = serde_json::to_vec(&message)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            serde_json::to_vec(&message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let client = peer
             .client()
             .await
@@ -117,9 +126,9 @@ impl Connection {
         match reply {
             Ok(Message::RaftReply(answer)) => serde_json::from_slice(&answer)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e))),
-            Ok(other) => Err(RPCError::Network(NetworkError::new(&RpcError::UnexpectedReply(
-                other.name(),
-            )))),
+            Ok(other) => Err(RPCError::Network(NetworkError::new(
+                &RpcError::UnexpectedReply(other.name()),
+            ))),
             Err(error @ (RpcError::Connect(_) | RpcError::ConnectionClosed)) => {
                 peer.reset().await;
                 Err(RPCError::Unreachable(Unreachable::new(&error)))
@@ -129,7 +138,10 @@ impl Connection {
     }
 
     fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let why = format!("coordinator {} answered another kind of message", self.target);
+        let why = format!(
+            "coordinator {} answered another kind of message",
+            self.target
+        );
         RPCError::Network(NetworkError::new(&Failure(why)))
     }
 
@@ -147,7 +159,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.send(RaftMessage::AppendEntries(request), &option).await? {
+        match self
+            .send(RaftMessage::AppendEntries(request), &option)
+            .await?
+        {
             RaftAnswer::AppendEntries(answer) => self.remote(answer),
             _ => Err(self.unexpected()),
         }
@@ -161,7 +176,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.send(RaftMessage::InstallSnapshot(request), &option).await? {
+        match self
+            .send(RaftMessage::InstallSnapshot(request), &option)
+            .await?
+        {
             RaftAnswer::InstallSnapshot(answer) => self.remote(answer),
             _ => Err(self.unexpected()),
         }

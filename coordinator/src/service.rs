@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use proto::rpc::{
     CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
@@ -41,7 +42,9 @@ pub struct CoordinatorConfig {
     pub members: BTreeMap<NodeId, SocketAddr>,
     /// How this coordinator calls the others.
     pub transport: ClientConfig,
-    /// How often a leader tells the others it leads.
+    /// How often a leader tells the others it leads; also how long it
+    /// waits for each append to be answered (openraft's rule), so it must
+    /// cover a follower's disk sync on a busy machine.
     pub heartbeat_interval: Duration,
     /// A follower that hears nothing from a leader for a random time
     /// between this and twice this stands for election.
@@ -54,8 +57,8 @@ impl CoordinatorConfig {
             id,
             members,
             transport: ClientConfig::default(),
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -81,9 +84,10 @@ pub struct CoordinatorService {
 }
 
 impl CoordinatorService {
-    /// Starts the raft node over `disk`. A coordinator whose log is empty
-    /// proposes the cluster file's membership; every coordinator does so
-    /// alike, and openraft keeps the first that takes.
+    /// Starts the raft node over `disk`. A coordinator that has never voted
+    /// nor logged anything proposes the cluster file's membership; every
+    /// new coordinator does so alike, and openraft keeps the first that
+    /// takes.
     pub async fn start(
         config: &CoordinatorConfig,
         disk: Arc<dyn CoordinatorDisk>,
@@ -102,7 +106,9 @@ impl CoordinatorService {
             ..Config::default()
         }
         .validate()?;
-        let log = LogStore::new(disk.clone());
+        let mut log = LogStore::new(disk.clone());
+        let fresh =
+            log.get_log_state().await?.last_log_id.is_none() && log.read_vote().await?.is_none();
         let machine = StateMachine::open(disk)?;
         let state = machine.shared();
         let network = Network {
@@ -116,11 +122,13 @@ impl CoordinatorService {
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
-        match raft.initialize(members).await {
-            Ok(()) => tracing::info!(id = config.id, "coordinators initialized"),
-            // Already initialized: from an earlier start, or by a peer.
-            Err(RaftError::APIError(_)) => {}
-            Err(RaftError::Fatal(fatal)) => return Err(StartError::Raft(fatal.to_string())),
+        if fresh {
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(id = config.id, "coordinators initialized"),
+                // A peer's proposal reached this one first.
+                Err(RaftError::APIError(_)) => {}
+                Err(RaftError::Fatal(fatal)) => return Err(StartError::Raft(fatal.to_string())),
+            }
         }
         Ok(CoordinatorService {
             id: config.id,
@@ -137,7 +145,10 @@ impl CoordinatorService {
         let metrics = self.raft.metrics().borrow().clone();
         let problem = match (&metrics.running_state, metrics.current_leader) {
             (Err(fatal), _) => Some(format!("raft stopped: {fatal}")),
-            (Ok(()), None) => Some("no coordinator leads: an election is under way or a majority is out of reach".into()),
+            (Ok(()), None) => Some(
+                "no coordinator leads: an election is under way or a majority is out of reach"
+                    .into(),
+            ),
             (Ok(()), Some(_)) => None,
         };
         CoordinatorStatusReply {
@@ -187,7 +198,10 @@ impl CoordinatorService {
                 if value.len() > MAX_VALUE_LEN {
                     return Err(error(
                         ErrorCode::ValueTooLarge,
-                        format!("a register holds at most {MAX_VALUE_LEN} bytes, not {}", value.len()),
+                        format!(
+                            "a register holds at most {MAX_VALUE_LEN} bytes, not {}",
+                            value.len()
+                        ),
                     ));
                 }
                 let command = Command::Write {
@@ -223,7 +237,10 @@ impl CoordinatorService {
     fn not_serving<E: NotLeader + std::fmt::Display>(&self, e: RaftError<NodeId, E>) -> ErrorReply {
         let message = match &e {
             RaftError::APIError(api) => match api.leader() {
-                Some(leader) => format!("coordinator {} does not lead; coordinator {leader} does", self.id),
+                Some(leader) => format!(
+                    "coordinator {} does not lead; coordinator {leader} does",
+                    self.id
+                ),
                 None => format!("coordinator {} does not lead: {api}", self.id),
             },
             RaftError::Fatal(fatal) => format!("coordinator {} stopped: {fatal}", self.id),
@@ -267,7 +284,10 @@ fn check_name(name: &str) -> Result<(), ErrorReply> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(error(
             ErrorCode::MalformedRequest,
-            format!("a register name has 1 to {MAX_NAME_LEN} bytes, not {}", name.len()),
+            format!(
+                "a register name has 1 to {MAX_NAME_LEN} bytes, not {}",
+                name.len()
+            ),
         ));
     }
     Ok(())

@@ -7,6 +7,10 @@
 //! state is written with every applied batch, so a restart does not
 //! re-apply the whole log.
 
+// openraft's traits fix the error type; it is large, and these helpers
+// build it for them.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -295,10 +299,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let (data, last_log_id, last_membership) = {
             let state = read_shared(&self.state);
-            (encode(&*state), state.last_applied, state.membership.clone())
+            (
+                encode(&*state),
+                state.last_applied,
+                state.membership.clone(),
+            )
         };
         let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
             None => "empty".to_owned(),
         };
         let meta = SnapshotMeta {
