@@ -24,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one coordinator of a cluster.
+    Coordinator(commands::coordinator::CoordinatorArgs),
     /// Run one TLog.
     Tlog(commands::tlog::TLogArgs),
     /// Run the sequencer (and resolver) of a cluster.
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Coordinator(args) => runtime.block_on(commands::coordinator::run(args)),
         Command::Tlog(args) => runtime.block_on(commands::tlog::run_tlog(args)),
         Command::Sequencer(args) => runtime.block_on(commands::roles::run_sequencer(args)),
         Command::Proxy(args) => runtime.block_on(commands::roles::run_proxy(args)),

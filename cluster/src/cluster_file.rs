@@ -5,6 +5,10 @@
 //! replication = 2          # TLogs per team
 //! broadcast = true         # empty versions for uninvolved teams
 //!
+//! [[coordinators]]         # 1, 3 or 5: they hold the coordinated state
+//! id = 1
+//! address = "127.0.0.1:4490"
+//!
 //! [sequencer]              # also runs the resolver
 //! address = "127.0.0.1:4500"
 //!
@@ -78,6 +82,12 @@ pub enum ClusterFileError {
     DuplicateProxyIds,
     #[error("no proxy {0} in the cluster file")]
     NoSuchProxy(u64),
+    #[error("coordinator ids must be distinct and not 0")]
+    BadCoordinatorIds,
+    #[error("a cluster has 1, 3 or 5 coordinators (a majority must outlive a failure), not {0}")]
+    CoordinatorCount(usize),
+    #[error("no coordinator {0} in the cluster file")]
+    NoSuchCoordinator(u64),
     #[error("a cluster needs at least one storage team")]
     NoTeams,
     #[error("shard {begin:?} names unknown team {team}")]
@@ -98,6 +108,9 @@ pub struct ClusterFile {
     pub replication: usize,
     #[serde(default = "default_broadcast")]
     pub broadcast: bool,
+    /// The coordinators; a cluster without them has fixed roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinators: Vec<CoordinatorEntry>,
     pub sequencer: Endpoint,
     pub proxies: Vec<ProxyEntry>,
     pub tlogs: Vec<Endpoint>,
@@ -119,6 +132,13 @@ fn default_broadcast() -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorEntry {
+    pub id: u64,
     pub address: SocketAddr,
 }
 
@@ -189,6 +209,13 @@ impl ClusterFile {
         if ids.len() != self.proxies.len() {
             return Err(ClusterFileError::DuplicateProxyIds);
         }
+        let coordinators = self.coordinator_members();
+        if coordinators.len() != self.coordinators.len() || coordinators.contains_key(&0) {
+            return Err(ClusterFileError::BadCoordinatorIds);
+        }
+        if !matches!(self.coordinators.len(), 0 | 1 | 3 | 5) {
+            return Err(ClusterFileError::CoordinatorCount(self.coordinators.len()));
+        }
         self.topology().check()?;
         self.shard_map()?;
         Ok(())
@@ -219,6 +246,25 @@ impl ClusterFile {
             .iter()
             .find(|p| p.id == id)
             .ok_or(ClusterFileError::NoSuchProxy(id))
+    }
+
+    /// The coordinators by id.
+    pub fn coordinator_members(&self) -> BTreeMap<u64, SocketAddr> {
+        self.coordinators
+            .iter()
+            .map(|c| (c.id, c.address))
+            .collect()
+    }
+
+    pub fn coordinator(&self, id: u64) -> Result<&CoordinatorEntry, ClusterFileError> {
+        self.coordinators
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or(ClusterFileError::NoSuchCoordinator(id))
+    }
+
+    pub fn coordinator_addresses(&self) -> Vec<SocketAddr> {
+        self.coordinators.iter().map(|c| c.address).collect()
     }
 
     pub fn tlog_addresses(&self) -> Vec<SocketAddr> {
@@ -277,6 +323,10 @@ mod tests {
 
     const SAMPLE: &str = r#"
 replication = 2
+
+[[coordinators]]
+id = 1
+address = "127.0.0.1:4490"
 
 [sequencer]
 address = "127.0.0.1:4500"
@@ -339,6 +389,15 @@ team = 2
         assert!(matches!(
             cluster.check(),
             Err(ClusterFileError::UnknownShardTeam { team: 9, .. })
+        ));
+        let two_coordinators = SAMPLE.replace(
+            "[sequencer]",
+            "[[coordinators]]\nid = 2\naddress = \"127.0.0.1:4491\"\n\n[sequencer]",
+        );
+        let cluster: ClusterFile = toml::from_str(&two_coordinators).unwrap();
+        assert!(matches!(
+            cluster.check(),
+            Err(ClusterFileError::CoordinatorCount(2))
         ));
         let typo = SAMPLE.replace("replication", "replicaton");
         assert!(toml::from_str::<ClusterFile>(&typo).is_err());

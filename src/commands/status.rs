@@ -3,14 +3,16 @@
 //! object. The exit status is non-zero when any process is unhealthy.
 //!
 //! ```text
-//!  cluster.toml ─▶ sequencer, proxies, tlogs, storage servers
+//!  cluster.toml ─▶ coordinators, sequencer, proxies, tlogs, storage servers
 //!                   │ concurrently: connect + Status, each within --timeout-ms
 //!                   ▼
 //!  ClusterStatus ─▶ text table | --json      (exit 1 if any is unhealthy)
 //! ```
 //!
 //! A process is *healthy* when it answered in time with its role's status
-//! and nothing in it is wrong: a proxy that refuses commits to a team
+//! and nothing in it is wrong: a coordinator that knows no leader (an
+//! election is under way, or a majority is out of reach) or whose raft
+//! stopped, a proxy that refuses commits to a team
 //! whose servers fall behind (throttling), a TLog that is poisoned, locked or
 //! stalled (waiting for disk space, commits waiting with it), a
 //! sequencer whose committed version trails the last version it handed
@@ -27,6 +29,10 @@
 //! ```json
 //! { "healthy": true, "processes": 8, "unhealthy": 0,
 //!   "committed_version": 1200,
+//!   "coordinators": [ { "role": "coordinator", "id": 1, "address": "...", "healthy": true,
+//!                       "error": null,
+//!                       "status": { "id": 1, "leader": 2, "term": 3, "last_applied": 17,
+//!                                   "problem": null } } ],
 //!   "sequencer": { "role": "sequencer", "address": "127.0.0.1:4500",
 //!                  "healthy": true, "error": null,
 //!                  "status": { "last_version": 1210, "committed_version": 1200 } },
@@ -50,7 +56,8 @@
 //!                                      "teams": [1], "stopped": null, "stalled": null } } ] }
 //! ```
 //!
-//! The sequencer has no `id`; a TLog's `id` is its index in the cluster
+//! The sequencer has no `id`; a coordinator's `leader` is null when it
+//! knows none; a TLog's `id` is its index in the cluster
 //! file, a proxy's and a storage server's their id there.
 //! `truncation_blocker` is null when nothing holds truncation back. A
 //! storage server's lag is the committed version it learned from the
@@ -65,7 +72,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use futures::future::join_all;
 use proto::rpc::{
-    Message, ProxyStatusReply, SequencerStatusReply, StorageStatusReply, TLogStatusReply,
+    CoordinatorStatusReply, Message, ProxyStatusReply, SequencerStatusReply, StorageStatusReply,
+    TLogStatusReply,
 };
 use proto::transport::{ClientConfig, RpcClient};
 use proto::Version;
@@ -95,6 +103,7 @@ pub struct ClusterStatus {
     pub unhealthy: usize,
     /// The sequencer's committed version; null when it did not answer.
     pub committed_version: Option<u64>,
+    pub coordinators: Vec<ProcessStatus<CoordinatorStatusReply>>,
     pub sequencer: ProcessStatus<SequencerStatusReply>,
     pub proxies: Vec<ProcessStatus<ProxyStatusReply>>,
     pub tlogs: Vec<ProcessStatus<TLogStatusReply>>,
@@ -147,6 +156,12 @@ pub async fn gather(
     transport: &ClientConfig,
     timeout: Duration,
 ) -> ClusterStatus {
+    let coordinators = join_all(cluster.coordinators.iter().map(|c| {
+        ask(c.address, transport, timeout, |m| match m {
+            Message::CoordinatorStatus(r) => Some(r),
+            _ => None,
+        })
+    }));
     let sequencer = ask(cluster.sequencer.address, transport, timeout, |m| match m {
         Message::SequencerStatus(r) => Some(r),
         _ => None,
@@ -169,9 +184,21 @@ pub async fn gather(
             _ => None,
         })
     }));
-    let (sequencer, proxies, tlogs, storage) = tokio::join!(sequencer, proxies, tlogs, storage);
+    let (coordinators, sequencer, proxies, tlogs, storage) =
+        tokio::join!(coordinators, sequencer, proxies, tlogs, storage);
 
     let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
+    let coordinators: Vec<_> = cluster
+        .coordinators
+        .iter()
+        .zip(coordinators)
+        .map(|(entry, reply)| {
+            process("coordinator", Some(entry.id), entry.address, reply, |r| {
+                let problem = r.problem.clone();
+                (r, problem)
+            })
+        })
+        .collect();
     let sequencer = process(
         "sequencer",
         None,
@@ -216,6 +243,7 @@ pub async fn gather(
         .collect();
 
     let health = std::iter::once(sequencer.healthy)
+        .chain(coordinators.iter().map(|p| p.healthy))
         .chain(proxies.iter().map(|p| p.healthy))
         .chain(tlogs.iter().map(|p| p.healthy))
         .chain(storage_servers.iter().map(|p| p.healthy));
@@ -226,6 +254,7 @@ pub async fn gather(
         processes,
         unhealthy,
         committed_version: committed,
+        coordinators,
         sequencer,
         proxies,
         tlogs,
@@ -369,9 +398,20 @@ pub fn render_text(status: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>6}  {:<21} {:<8} DETAILS",
+        "{:<11} {:>6}  {:<21} {:<8} DETAILS",
         "ROLE", "ID", "ADDRESS", "HEALTHY"
     );
+    for coordinator in &status.coordinators {
+        row(&mut out, coordinator, |s| {
+            let leader = s
+                .leader
+                .map_or_else(|| "none".to_string(), |id| id.to_string());
+            format!(
+                "leader {leader}, term {}, applied {}",
+                s.term, s.last_applied
+            )
+        });
+    }
     row(&mut out, &status.sequencer, |s| {
         format!("last {}, committed {}", s.last_version, s.committed_version)
     });
@@ -389,7 +429,7 @@ pub fn render_text(status: &ClusterStatus) -> String {
             let servers: Vec<String> = team.servers.iter().map(|s| s.0.to_string()).collect();
             let _ = writeln!(
                 out,
-                "{:50}team {}: {}, popped {}, servers {}",
+                "{:51}team {}: {}, popped {}, servers {}",
                 "",
                 team.team.0,
                 bytes(team.bytes),
@@ -450,7 +490,7 @@ fn row<T>(out: &mut String, process: &ProcessStatus<T>, details: impl FnOnce(&T)
     };
     let _ = writeln!(
         out,
-        "{:<10} {:>6}  {:<21} {:<8} {details}",
+        "{:<11} {:>6}  {:<21} {:<8} {details}",
         process.role,
         id,
         process.address.to_string(),
@@ -590,9 +630,20 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
         let status = ClusterStatus {
             healthy: false,
-            processes: 4,
-            unhealthy: 1,
+            processes: 5,
+            unhealthy: 2,
             committed_version: Some(42),
+            coordinators: vec![process("coordinator", Some(1), addr, Ok(()), |()| {
+                let reply = CoordinatorStatusReply {
+                    id: 1,
+                    leader: None,
+                    term: 4,
+                    last_applied: 17,
+                    problem: Some("no coordinator leads".into()),
+                };
+                let problem = reply.problem.clone();
+                (reply, problem)
+            })],
             sequencer: process("sequencer", None, addr, Ok(()), |()| {
                 let reply = SequencerStatusReply {
                     last_version: Version(43),
@@ -638,7 +689,11 @@ mod tests {
             )],
         };
         let text = render_text(&status);
-        assert!(text.starts_with("3 of 4 processes healthy; committed version 42"));
+        assert!(text.starts_with("3 of 5 processes healthy; committed version 42"));
+        assert!(
+            text.contains("NO       no coordinator leads | leader none, term 4, applied 17"),
+            "{text}"
+        );
         assert!(text.contains("known committed 42, commits 9"), "{text}");
         assert!(text.contains("last 43, committed 42"), "{text}");
         assert!(
@@ -666,6 +721,11 @@ mod tests {
         assert_eq!(json["sequencer"]["status"]["last_version"], 43);
         assert_eq!(json["proxies"][0]["status"]["known_committed_version"], 42);
         assert!(json["sequencer"].get("id").is_none());
+        assert_eq!(
+            json["coordinators"][0]["status"]["leader"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["coordinators"][0]["status"]["term"], 4);
         let storage = storage_status(storage_reply(1_000, 0), Some(3_000));
         let json = serde_json::to_value(&storage).unwrap();
         assert_eq!(json["committed_version"], 3_000);

@@ -4,16 +4,17 @@
 //! ```text
 //!  dir/cluster.toml        written first, with free ports
 //!  dir/tls/                the cluster's CA and member identity (mutual TLS)
+//!  dir/coordinator-ID/     each coordinator's data
 //!  dir/tlog-N/             each TLog's data
 //!  dir/storage-ID/         each storage server's data
-//!  TLogs ─▶ sequencer ─▶ proxies ─▶ storage servers   started in this order, each waited for
+//!  coordinators ─▶ TLogs ─▶ sequencer ─▶ proxies ─▶ storage servers   started in this order, each waited for
 //! ```
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use cluster::cluster_file::{
-    ClusterFile, Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry,
+    ClusterFile, CoordinatorEntry, Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry,
 };
 
 use cluster::tls_files::{self, TlsEntry};
@@ -41,6 +42,8 @@ pub fn tlog_tls_args(tls: &TlsEntry) -> Vec<String> {
 /// The shape of a local cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
+    /// 0 (fixed roles), 1, 3 or 5.
+    pub coordinators: usize,
     pub proxies: usize,
     pub tlogs: usize,
     pub replication: usize,
@@ -69,6 +72,7 @@ pub struct ClusterSpec {
 impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
+            coordinators: 3,
             proxies: 2,
             tlogs: 3,
             replication: 2,
@@ -90,8 +94,16 @@ impl ClusterSpec {
     /// A cluster file for this shape with free local ports.
     pub fn cluster_file(&self) -> Result<ClusterFile, TestkitError> {
         let servers = self.teams * self.servers_per_team;
-        let mut addrs = free_local_addrs(1 + self.proxies + self.tlogs + servers)?.into_iter();
+        let mut addrs =
+            free_local_addrs(self.coordinators + 1 + self.proxies + self.tlogs + servers)?
+                .into_iter();
         let mut next = || addrs.next().expect("enough addresses");
+        let coordinators = (1..=self.coordinators as u64)
+            .map(|id| CoordinatorEntry {
+                id,
+                address: next(),
+            })
+            .collect();
         let sequencer = Endpoint { address: next() };
         let proxies = (1..=self.proxies as u64)
             .map(|id| ProxyEntry {
@@ -131,6 +143,7 @@ impl ClusterSpec {
         let cluster = ClusterFile {
             replication: self.replication,
             broadcast: self.broadcast,
+            coordinators,
             sequencer,
             proxies,
             tlogs,
@@ -154,6 +167,8 @@ pub struct LocalCluster {
     tlog_args: Vec<String>,
     proxy_args: Vec<String>,
     storage_args: Vec<String>,
+    /// By coordinator id.
+    pub coordinators: std::collections::BTreeMap<u64, Option<ChildProcess>>,
     pub tlogs: Vec<Option<ChildProcess>>,
     pub sequencer: Option<ChildProcess>,
     pub proxies: Vec<ChildProcess>,
@@ -195,11 +210,17 @@ impl LocalCluster {
             tlog_args: spec.tlog_args.clone(),
             proxy_args: spec.proxy_args.clone(),
             storage_args: spec.storage_args.clone(),
+            coordinators: Default::default(),
             tlogs: Vec::new(),
             sequencer: None,
             proxies: Vec::new(),
             storage: Default::default(),
         };
+        let coordinator_ids: Vec<u64> = local.cluster.coordinators.iter().map(|c| c.id).collect();
+        for id in coordinator_ids {
+            let coordinator = local.start_coordinator(id).await?;
+            local.coordinators.insert(id, Some(coordinator));
+        }
         for i in 0..local.cluster.tlogs.len() {
             let tlog = local.start_tlog(i).await?;
             local.tlogs.push(Some(tlog));
@@ -223,6 +244,22 @@ impl LocalCluster {
             }
         }
         Ok(local)
+    }
+
+    /// Starts (or restarts) coordinator `id` on its address and data dir.
+    pub async fn start_coordinator(&self, id: u64) -> Result<ChildProcess, TestkitError> {
+        let entry = self.cluster.coordinator(id)?;
+        let args: Vec<OsString> = vec![
+            "coordinator".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+            "--id".into(),
+            id.to_string().into(),
+            "--data-dir".into(),
+            self.dir.join(format!("coordinator-{id}")).into(),
+        ];
+        let log = self.log_path(&format!("coordinator-{id}"))?;
+        ChildProcess::spawn_listening(&self.exe, &args, entry.address, log.as_deref()).await
     }
 
     /// Starts (or restarts) the sequencer (with its resolver).
@@ -309,7 +346,7 @@ impl LocalCluster {
     }
 
     /// Stops every process (SIGTERM): storage servers, proxies, the
-    /// sequencer, then the TLogs.
+    /// sequencer, the TLogs, then the coordinators.
     pub async fn stop(self) -> Result<(), TestkitError> {
         for server in self.storage.into_values().flatten() {
             server.stop().await?;
@@ -322,6 +359,9 @@ impl LocalCluster {
         }
         for tlog in self.tlogs.into_iter().flatten() {
             tlog.stop().await?;
+        }
+        for coordinator in self.coordinators.into_values().flatten() {
+            coordinator.stop().await?;
         }
         Ok(())
     }
