@@ -7,6 +7,7 @@ mod admission;
 mod cluster_auth;
 mod commit_client;
 mod commit_path;
+mod coordinators;
 mod cursor_tlog;
 mod dev;
 mod nemesis;

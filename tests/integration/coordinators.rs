@@ -1,0 +1,177 @@
+//! Three coordinator processes: registers written through any of them
+//! survive kill -9 of the leader and then of every coordinator; with a
+//! majority gone a write is not acknowledged (it may still take once the
+//! majority is back) and writes resume then;
+//! two writers racing at one revision never both win; a peer that is not
+//! a member may not read or write.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use coordinator::client::{CoordinatorClient, CoordinatorError};
+use proto::transport::tls::TlsSettings;
+use proto::transport::ClientConfig;
+use testkit::{ClusterSpec, LocalCluster};
+
+/// The coordinator every live coordinator names as leader, once they agree.
+async fn agreed_leader(client: &CoordinatorClient, live: usize) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders: Vec<Option<u64>> = client
+            .statuses()
+            .await
+            .into_iter()
+            .filter_map(|(_, status)| status.ok())
+            .map(|s| s.leader)
+            .collect();
+        let distinct: BTreeSet<_> = leaders.iter().collect();
+        if leaders.len() == live && distinct.len() == 1 {
+            if let Some(Some(leader)) = distinct.into_iter().next() {
+                return Ok(*leader);
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the coordinators did not agree on a leader: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn write_next(client: &CoordinatorClient, name: &str, value: &str) -> Result<u64> {
+    let current = client.read(name).await?;
+    let outcome = client
+        .write(name, current.revision, Bytes::from(value.to_owned()))
+        .await?;
+    ensure!(
+        outcome.written,
+        "write of {value} lost to {:?}",
+        outcome.register
+    );
+    Ok(outcome.register.revision)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_survive_the_loss_of_a_minority_and_of_every_coordinator() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        coordinators: 3,
+        teams: 1,
+        storage: false,
+        ..ClusterSpec::default()
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+
+    ensure!(client.read("epoch").await?.revision == 0);
+    ensure!(write_next(&client, "epoch", "1").await? == 1);
+
+    // Two writers at the same revision: exactly one wins.
+    let (a, b) = tokio::join!(
+        client.write("epoch", 1, Bytes::from_static(b"a")),
+        client.write("epoch", 1, Bytes::from_static(b"b")),
+    );
+    let (a, b) = (a?, b?);
+    ensure!(a.written != b.written, "both or neither won: {a:?} {b:?}");
+    let winner = if a.written { "a" } else { "b" };
+    let read = client.read("epoch").await?;
+    ensure!(read.revision == 2 && read.value == winner.as_bytes());
+
+    // The leader dies: the other two elect one and writes go on.
+    let leader = agreed_leader(&client, 3).await?;
+    local
+        .coordinators
+        .get_mut(&leader)
+        .and_then(Option::take)
+        .context("running")?
+        .kill9()
+        .await?;
+    ensure!(write_next(&client, "epoch", "after the leader died").await? == 3);
+
+    // A second dies: no majority, so a write is not acknowledged.
+    let second = *local
+        .coordinators
+        .iter()
+        .find(|(_, c)| c.is_some())
+        .context("two are running")?
+        .0;
+    local
+        .coordinators
+        .get_mut(&second)
+        .and_then(Option::take)
+        .context("running")?
+        .kill9()
+        .await?;
+    let lonely =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
+            .with_timeout(Duration::from_secs(2));
+    match lonely
+        .write("epoch", 3, Bytes::from_static(b"without a majority"))
+        .await
+    {
+        Err(CoordinatorError::Unavailable { .. }) => {}
+        other => bail!("a write without a majority: {other:?}"),
+    }
+
+    // Both come back; the register holds the acknowledged write or the
+    // unacknowledged one the lone leader had logged, and writes resume.
+    for id in [leader, second] {
+        let restarted = local.start_coordinator(id).await?;
+        local.coordinators.insert(id, Some(restarted));
+    }
+    let read = client.read("epoch").await?;
+    ensure!(
+        (read.revision, read.value.as_ref()) == (3, "after the leader died".as_bytes())
+            || (read.revision, read.value.as_ref()) == (4, "without a majority".as_bytes()),
+        "{read:?}"
+    );
+    let last = write_next(&client, "epoch", "last").await?;
+    ensure!(last == read.revision + 1);
+
+    // Every coordinator killed at once, then restarted: nothing is lost.
+    let ids: Vec<u64> = local.coordinators.keys().copied().collect();
+    for id in &ids {
+        local
+            .coordinators
+            .get_mut(id)
+            .and_then(Option::take)
+            .context("running")?
+            .kill9()
+            .await?;
+    }
+    for id in &ids {
+        let restarted = local.start_coordinator(*id).await?;
+        local.coordinators.insert(*id, Some(restarted));
+    }
+    let read = client.read("epoch").await?;
+    ensure!(
+        read.revision == last && read.value == "last".as_bytes(),
+        "{read:?}"
+    );
+    agreed_leader(&client, 3).await?;
+
+    // A peer with only the CA is not a member: refused outright.
+    let ca = &cluster.tls.as_ref().context("a local cluster runs TLS")?.ca;
+    let outsider = ClientConfig {
+        tls: Some(TlsSettings::load(ca, None)?.client()),
+        ..ClientConfig::default()
+    };
+    let stranger = CoordinatorClient::new(&cluster.coordinator_addresses(), outsider)?;
+    match stranger
+        .write("epoch", last, Bytes::from_static(b"stranger"))
+        .await
+    {
+        Err(CoordinatorError::Refused(why)) => ensure!(why.contains("Unauthorized"), "{why}"),
+        other => bail!("a stranger's write: {other:?}"),
+    }
+    match stranger.read("epoch").await {
+        Err(CoordinatorError::Refused(why)) => ensure!(why.contains("Unauthorized"), "{why}"),
+        other => bail!("a stranger's read: {other:?}"),
+    }
+    ensure!(client.read("epoch").await?.revision == last);
+    Ok(local.stop().await?)
+}
