@@ -229,10 +229,7 @@ impl MemDisk {
         self.fail_next_write.store(true, Ordering::Release);
     }
 
-    fn tables(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, MemTables>, DiskError>
-    {
+    fn tables(&self) -> Result<std::sync::MutexGuard<'_, MemTables>, DiskError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(DiskError::Poisoned);
         }
