@@ -21,8 +21,8 @@ pub struct CoordinatorArgs {
     /// This coordinator's id in the cluster file.
     #[arg(long)]
     pub id: u64,
-    /// Directory for the coordinator's data; created if missing. Losing it
-    /// loses this coordinator's votes: give a replacement a new id.
+    /// Directory for the coordinator's data; created if missing. It holds
+    /// this coordinator's votes, which raft's safety rests on.
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Serve Prometheus metrics at http://ADDR/metrics.
