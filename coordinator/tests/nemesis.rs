@@ -1,0 +1,236 @@
+//! Three coordinators in this process over in-memory disks, one of them
+//! stopped and restarted again and again (the leader more often than
+//! not) while writers race conditional writes on one register. No two
+//! acknowledged writes may share a revision (that would be a lost update),
+//! and the register ends at or past every acknowledged revision. The seed
+//! (printed; `TEAMLOG_SEED` replays it) fixes the schedule of stops.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coordinator::client::{CoordinatorClient, CoordinatorError};
+use coordinator::disk::MemDisk;
+use coordinator::service::{CoordinatorConfig, CoordinatorService};
+use proto::transport::{serve, ServerConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const REGISTER: &str = "nemesis";
+const WRITERS: usize = 3;
+
+struct Running {
+    service: CoordinatorService,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+struct Node {
+    config: CoordinatorConfig,
+    disk: Arc<MemDisk>,
+    running: Option<Running>,
+}
+
+impl Node {
+    async fn start(&mut self) {
+        let addr = self.config.members[&self.config.id];
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("the node's port is free again");
+        let service = CoordinatorService::start(&self.config, self.disk.clone())
+            .await
+            .expect("a coordinator starts over its disk");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(
+            listener,
+            Arc::new(service.clone()),
+            ServerConfig::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        self.running = Some(Running {
+            service,
+            stop,
+            served,
+        });
+    }
+
+    async fn stop(&mut self) {
+        let running = self.running.take().expect("running");
+        let _ = running.stop.send(());
+        running
+            .served
+            .await
+            .expect("serving ends")
+            .expect("serving ends cleanly");
+        running.service.shutdown().await;
+    }
+
+    fn leads(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.service.status().leader == Some(self.config.id))
+    }
+}
+
+#[derive(Default)]
+struct Outcomes {
+    /// Acknowledged writes by revision: more than one at a revision is a
+    /// lost update.
+    acknowledged: BTreeMap<u64, Vec<String>>,
+    unknown: usize,
+}
+
+async fn write_until_stopped(
+    client: Arc<CoordinatorClient>,
+    writer: usize,
+    outcomes: Arc<Mutex<Outcomes>>,
+    acknowledged: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let value = format!("w{writer}-{n}");
+        let Ok(current) = client.read(REGISTER).await else {
+            continue;
+        };
+        match client
+            .write(REGISTER, current.revision, Bytes::from(value.clone()))
+            .await
+        {
+            Ok(outcome) if outcome.written => {
+                let mut outcomes = outcomes.lock().unwrap();
+                outcomes
+                    .acknowledged
+                    .entry(outcome.register.revision)
+                    .or_default()
+                    .push(value);
+                acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(CoordinatorError::Unavailable { .. }) => outcomes.lock().unwrap().unknown += 1,
+            Err(other) => panic!("writer {writer}: {other}"),
+        }
+    }
+}
+
+async fn wait_for_progress(acknowledged: &AtomicU64, since: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.load(Ordering::Relaxed) < since + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no write acknowledged within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
+    let seed = testkit::seed::seed_from_env();
+    let stops = testkit::seed::kills_from_env(8);
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let members: BTreeMap<u64, SocketAddr> = (1..=3).zip(free_addrs(3)).collect();
+    let mut nodes: Vec<Node> = members
+        .keys()
+        .map(|id| Node {
+            config: CoordinatorConfig::new(*id, members.clone()),
+            disk: Arc::new(MemDisk::default()),
+            running: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start().await;
+    }
+    let addrs: Vec<SocketAddr> = members.values().copied().collect();
+    let client = Arc::new(
+        CoordinatorClient::new(&addrs, Default::default())
+            .unwrap()
+            .with_timeout(Duration::from_secs(3)),
+    );
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            tokio::spawn(write_until_stopped(
+                client.clone(),
+                writer,
+                outcomes.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    wait_for_progress(&acknowledged, 0, "before any stop").await;
+
+    for round in 0..stops {
+        let leader = nodes.iter().position(Node::leads);
+        let victim = match leader {
+            Some(leader) if rng.random_bool(0.7) => leader,
+            _ => rng.random_range(0..nodes.len()),
+        };
+        nodes[victim].stop().await;
+        let now = acknowledged.load(Ordering::Relaxed);
+        wait_for_progress(
+            &acknowledged,
+            now,
+            &format!("stop {round} of {}", victim + 1),
+        )
+        .await;
+        nodes[victim].start().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let last = client.read(REGISTER).await.unwrap();
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    let outcomes = outcomes.lock().unwrap();
+    let doubled: Vec<_> = outcomes
+        .acknowledged
+        .iter()
+        .filter(|(_, values)| values.len() > 1)
+        .collect();
+    assert!(doubled.is_empty(), "lost updates: {doubled:?}");
+    let (&highest, values) = outcomes
+        .acknowledged
+        .last_key_value()
+        .expect("writes were acknowledged");
+    assert!(
+        last.revision >= highest,
+        "the register is at {} below acknowledged revision {highest}",
+        last.revision
+    );
+    if last.revision == highest {
+        assert_eq!(last.value, values[0].as_bytes());
+    }
+    println!(
+        "{} writes acknowledged, {} of unknown outcome, register at revision {}",
+        acknowledged.load(Ordering::Relaxed),
+        outcomes.unknown,
+        last.revision
+    );
+}
