@@ -114,10 +114,17 @@ pub enum ProxyError {
 /// TLog's default memory budget.
 pub const DEFAULT_MAX_TEAM_BACKLOG_BYTES: u64 = 1 << 30;
 
-/// How long a commit-path call is sent again after transient failures
-/// before its batch gives up: well inside a TLog's wait for a missing
-/// predecessor (10 s by default).
-const CALL_RETRY_WINDOW: Duration = Duration::from_secs(5);
+/// How long a call to the sequencer is sent again after transient
+/// failures before its batch gives up.
+const SEQUENCER_RETRY_WINDOW: Duration = Duration::from_secs(5);
+
+/// How long a push is sent again to a TLog that does not answer. Until
+/// recovery exists, a push given up leaves a hole that stops every later
+/// commit, so this covers a TLog relaunched on a busy machine, whose start
+/// replays its log. The batches in flight retry together (at most 500 ms
+/// apart), so a relaunched TLog gets a version's predecessor well inside
+/// its own wait for it.
+const TLOG_PUSH_RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 /// A call in progress; it resolves, once its reply is fed to the core, to
 /// the core's next commands.
@@ -363,7 +370,7 @@ impl Inner {
     async fn call(&self, request: Message) -> Result<Message, RpcError> {
         let attempt = || async { self.sequencer.client().await?.call(request.clone()).await };
         attempt
-            .retry(backoff(CALL_RETRY_WINDOW))
+            .retry(backoff(SEQUENCER_RETRY_WINDOW))
             .when(RpcError::is_transient)
             .notify(|e, _| tracing::debug!(error = %e, request = request.name(), "sequencer call failed; retrying"))
             .await
@@ -381,7 +388,7 @@ impl Inner {
                 // once it is durable without appending it again.
                 let attempt = || async { tlog.client().await?.tlog_commit(request.clone()).await };
                 attempt
-                    .retry(backoff(CALL_RETRY_WINDOW))
+                    .retry(backoff(TLOG_PUSH_RETRY_WINDOW))
                     .when(RpcError::is_transient)
                     .notify(|e, _| tracing::debug!(addr = %tlog.addr(), error = %e, "push failed; retrying"))
                     .await

@@ -316,8 +316,8 @@ async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result
     for c in 0..4 {
         let (client, outcomes, progress) = (client.clone(), outcomes.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            // Commit until a few failures show the TLog is gone.
-            let mut failures = 0;
+            // Commit until a failure shows the TLog is gone (it takes the
+            // proxies' whole retry window for a TLog).
             for n in 0.. {
                 let key = Bytes::from(format!("{}-c{c}-{n}", (b'a' + (n % 18) as u8) as char));
                 let set = Mutation::SetValue {
@@ -325,17 +325,16 @@ async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result
                     value: Bytes::from_static(b"v"),
                 };
                 let result = client.commit(vec![set]).await;
-                let mut o = outcomes.lock().unwrap();
-                match result {
-                    Ok(version) => o.acked.push((version, key)),
-                    Err(_) => {
-                        o.failed += 1;
-                        failures += 1;
+                let failed = {
+                    let mut o = outcomes.lock().unwrap();
+                    match result {
+                        Ok(version) => o.acked.push((version, key)),
+                        Err(_) => o.failed += 1,
                     }
-                }
-                drop(o);
+                    o.failed > 0
+                };
                 progress.notify_one();
-                if failures >= 3 {
+                if failed {
                     return;
                 }
             }
