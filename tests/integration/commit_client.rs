@@ -235,7 +235,8 @@ async fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_every_ver
     for (i, tlog) in cluster.tlogs.iter().enumerate() {
         let tlog = RpcClient::connect(tlog.address, cluster.client_config()?).await?;
         let durable = tlog.status().await?.durable_version;
-        ensure!(durable == last, "tlog {i} is at {durable}, not {last}");
+        // At or past: an idle proxy's empty batch may follow the last commit.
+        ensure!(durable >= last, "tlog {i} is at {durable}, before {last}");
     }
     // Team 2 (keys from "m") was never involved: its stream is empty.
     for team in [StorageTeamId(1), StorageTeamId(2)] {
