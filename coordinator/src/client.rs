@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use bytes::Bytes;
+use cluster::retry::backoff;
 use proto::rpc::{
     CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
     ErrorCode, Message,
@@ -162,14 +163,8 @@ impl CoordinatorClient {
             }
             Err(Attempt::Retry(last))
         };
-        let backoff = ExponentialBuilder::new()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_millis(500))
-            .without_max_times()
-            .with_total_delay(Some(self.timeout));
         round
-            .retry(backoff)
+            .retry(backoff(self.timeout))
             .when(|e| matches!(e, Attempt::Retry(_)))
             .await
             .map_err(|e| match e {
