@@ -12,8 +12,10 @@
 //!        ▼ Registers (registers.rs): name → (revision, value), conditional writes
 //! ```
 
+pub mod candidacy;
 pub mod client;
 pub mod disk;
+pub mod election;
 pub mod network;
 pub mod raft_types;
 pub mod registers;

@@ -27,6 +27,7 @@ use proto::rpc::{
 };
 use proto::transport::{ClientConfig, Responder, Service};
 
+use crate::candidacy::Candidacy;
 use crate::disk::CoordinatorDisk;
 use crate::network::{deliver, Network};
 use crate::raft_types::Raft;
@@ -81,6 +82,8 @@ pub struct CoordinatorService {
     id: NodeId,
     raft: Raft,
     state: SharedState,
+    /// This process's candidacy for cluster controller, when it stands.
+    candidacy: Option<Arc<Candidacy>>,
 }
 
 impl CoordinatorService {
@@ -134,7 +137,15 @@ impl CoordinatorService {
             id: config.id,
             raft,
             state,
+            candidacy: None,
         })
+    }
+
+    /// Reports `candidacy` in this coordinator's status: who the controller
+    /// is, and a problem when none is known.
+    pub fn with_candidacy(mut self, candidacy: Candidacy) -> CoordinatorService {
+        self.candidacy = Some(Arc::new(candidacy));
+        self
     }
 
     pub fn id(&self) -> NodeId {
@@ -143,12 +154,16 @@ impl CoordinatorService {
 
     pub fn status(&self) -> CoordinatorStatusReply {
         let metrics = self.raft.metrics().borrow().clone();
+        let controller = self.candidacy.as_ref().and_then(|c| c.controller());
         let problem = match (&metrics.running_state, metrics.current_leader) {
             (Err(fatal), _) => Some(format!("raft stopped: {fatal}")),
             (Ok(()), None) => Some(
                 "no coordinator leads: an election is under way or a majority is out of reach"
                     .into(),
             ),
+            (Ok(()), Some(_)) if self.candidacy.is_some() && controller.is_none() => {
+                Some("no cluster controller: none has renewed its lease lately".into())
+            }
             (Ok(()), Some(_)) => None,
         };
         CoordinatorStatusReply {
@@ -157,6 +172,7 @@ impl CoordinatorService {
             term: metrics.current_term,
             last_applied: metrics.last_applied.map_or(0, |id| id.index),
             problem,
+            controller: controller.map(|holder| holder.id),
         }
     }
 

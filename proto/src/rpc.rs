@@ -312,6 +312,9 @@ pub struct CoordinatorStatusReply {
     pub last_applied: u64,
     /// Why it cannot serve, if it cannot.
     pub problem: Option<String>,
+    /// The cluster controller (the id of the coordinator hosting it) as
+    /// this coordinator's candidate last saw it, if it knows one.
+    pub controller: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,13 +1,19 @@
 //! `teamlog coordinator`: one of the cluster file's coordinators, holding
-//! its share of the coordinated state in its data directory.
+//! its share of the coordinated state in its data directory, and standing
+//! for cluster controller.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use coordinator::candidacy::Candidacy;
+use coordinator::client::CoordinatorClient;
 use coordinator::disk::HeedDisk;
+use coordinator::election::{ElectionConfig, Holder};
 use coordinator::service::{CoordinatorConfig, CoordinatorService};
+use proto::clock::SystemClock;
 use proto::transport::serve;
 use tokio::net::TcpListener;
 
@@ -50,6 +56,17 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding coordinator {} to {addr}", args.id))?;
     let service = CoordinatorService::start(&config, Arc::new(disk)).await?;
+    // Until workers exist, the coordinators stand for cluster controller.
+    let election = ElectionConfig::default();
+    let client =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), config.transport.clone())?
+            .with_timeout(Duration::from_millis(election.lease_ms / 2));
+    let me = Holder {
+        id: args.id,
+        address: addr.to_string(),
+    };
+    let candidacy = Candidacy::start(client, me, election, Arc::new(SystemClock::default()));
+    let service = service.with_candidacy(candidacy);
     tracing::info!(%addr, id = args.id, "coordinator listening");
     serve(listener, Arc::new(service.clone()), server_config, shutdown).await?;
     service.shutdown().await;

@@ -11,8 +11,8 @@
 //!
 //! A process is *healthy* when it answered in time with its role's status
 //! and nothing in it is wrong: a coordinator that knows no leader (an
-//! election is under way, or a majority is out of reach) or whose raft
-//! stopped, a proxy that refuses commits to a team
+//! election is under way, or a majority is out of reach), knows no cluster
+//! controller, or whose raft stopped, a proxy that refuses commits to a team
 //! whose servers fall behind (throttling), a TLog that is poisoned, locked or
 //! stalled (waiting for disk space, commits waiting with it), a
 //! sequencer whose committed version trails the last version it handed
@@ -32,7 +32,7 @@
 //!   "coordinators": [ { "role": "coordinator", "id": 1, "address": "...", "healthy": true,
 //!                       "error": null,
 //!                       "status": { "id": 1, "leader": 2, "term": 3, "last_applied": 17,
-//!                                   "problem": null } } ],
+//!                                   "problem": null, "controller": 3 } } ],
 //!   "sequencer": { "role": "sequencer", "address": "127.0.0.1:4500",
 //!                  "healthy": true, "error": null,
 //!                  "status": { "last_version": 1210, "committed_version": 1200 } },
@@ -56,8 +56,8 @@
 //!                                      "teams": [1], "stopped": null, "stalled": null } } ] }
 //! ```
 //!
-//! The sequencer has no `id`; a coordinator's `leader` is null when it
-//! knows none; a TLog's `id` is its index in the cluster
+//! The sequencer has no `id`; a coordinator's `leader` and `controller`
+//! (the id of the coordinator hosting it) are null when it knows none; a TLog's `id` is its index in the cluster
 //! file, a proxy's and a storage server's their id there.
 //! `truncation_blocker` is null when nothing holds truncation back. A
 //! storage server's lag is the committed version it learned from the
@@ -403,12 +403,14 @@ pub fn render_text(status: &ClusterStatus) -> String {
     );
     for coordinator in &status.coordinators {
         row(&mut out, coordinator, |s| {
-            let leader = s
-                .leader
-                .map_or_else(|| "none".to_string(), |id| id.to_string());
+            let known =
+                |id: Option<u64>| id.map_or_else(|| "none".to_string(), |id| id.to_string());
             format!(
-                "leader {leader}, term {}, applied {}",
-                s.term, s.last_applied
+                "leader {}, term {}, applied {}, controller {}",
+                known(s.leader),
+                s.term,
+                s.last_applied,
+                known(s.controller)
             )
         });
     }
@@ -640,6 +642,7 @@ mod tests {
                     term: 4,
                     last_applied: 17,
                     problem: Some("no coordinator leads".into()),
+                    controller: Some(2),
                 };
                 let problem = reply.problem.clone();
                 (reply, problem)
@@ -691,7 +694,9 @@ mod tests {
         let text = render_text(&status);
         assert!(text.starts_with("3 of 5 processes healthy; committed version 42"));
         assert!(
-            text.contains("NO       no coordinator leads | leader none, term 4, applied 17"),
+            text.contains(
+                "NO       no coordinator leads | leader none, term 4, applied 17, controller 2"
+            ),
             "{text}"
         );
         assert!(text.contains("known committed 42, commits 9"), "{text}");

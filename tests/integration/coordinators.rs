@@ -40,6 +40,38 @@ async fn agreed_leader(client: &CoordinatorClient, live: usize) -> Result<u64> {
     }
 }
 
+/// The controller every live coordinator names, once they agree on one
+/// other than `not`.
+async fn agreed_controller(
+    client: &CoordinatorClient,
+    live: usize,
+    not: Option<u64>,
+) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let controllers: Vec<Option<u64>> = client
+            .statuses()
+            .await
+            .into_iter()
+            .filter_map(|(_, status)| status.ok())
+            .map(|s| s.controller)
+            .collect();
+        let distinct: BTreeSet<_> = controllers.iter().collect();
+        if controllers.len() == live && distinct.len() == 1 {
+            if let Some(Some(controller)) = distinct.into_iter().next() {
+                if not != Some(*controller) {
+                    return Ok(*controller);
+                }
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the coordinators did not agree on a controller other than {not:?}: {controllers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn write_next(client: &CoordinatorClient, name: &str, value: &str) -> Result<u64> {
     let current = client.read(name).await?;
     let outcome = client
@@ -173,5 +205,35 @@ async fn registers_survive_the_loss_of_a_minority_and_of_every_coordinator() -> 
         other => bail!("a stranger's read: {other:?}"),
     }
     ensure!(client.read("epoch").await?.revision == last);
+    Ok(local.stop().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_moves_when_the_process_hosting_it_dies() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        coordinators: 3,
+        teams: 1,
+        storage: false,
+        ..ClusterSpec::default()
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    for _ in 0..2 {
+        let live = local.coordinators.values().filter(|c| c.is_some()).count();
+        let controller = agreed_controller(&client, live, None).await?;
+        local
+            .coordinators
+            .get_mut(&controller)
+            .and_then(Option::take)
+            .context("the controller's host is running")?
+            .kill9()
+            .await?;
+        agreed_controller(&client, live - 1, Some(controller)).await?;
+        let restarted = local.start_coordinator(controller).await?;
+        local.coordinators.insert(controller, Some(restarted));
+    }
     Ok(local.stop().await?)
 }

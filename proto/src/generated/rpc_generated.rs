@@ -6066,6 +6066,7 @@ impl<'a> CoordinatorStatusReply<'a> {
   pub const VT_TERM: ::flatbuffers::VOffsetT = 8;
   pub const VT_LAST_APPLIED: ::flatbuffers::VOffsetT = 10;
   pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 12;
+  pub const VT_CONTROLLER: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6077,6 +6078,7 @@ impl<'a> CoordinatorStatusReply<'a> {
     args: &'args CoordinatorStatusReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CoordinatorStatusReply<'bldr>> {
     let mut builder = CoordinatorStatusReplyBuilder::new(_fbb);
+    builder.add_controller(args.controller);
     builder.add_last_applied(args.last_applied);
     builder.add_term(args.term);
     builder.add_leader(args.leader);
@@ -6121,6 +6123,13 @@ impl<'a> CoordinatorStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoordinatorStatusReply::VT_PROBLEM, None)}
   }
+  #[inline]
+  pub fn controller(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatorStatusReply::VT_CONTROLLER, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
@@ -6134,6 +6143,7 @@ impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
      .visit_field::<u64>("term", Self::VT_TERM, false)?
      .visit_field::<u64>("last_applied", Self::VT_LAST_APPLIED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
+     .visit_field::<u64>("controller", Self::VT_CONTROLLER, false)?
      .finish();
     Ok(())
   }
@@ -6144,6 +6154,7 @@ pub struct CoordinatorStatusReplyArgs<'a> {
     pub term: u64,
     pub last_applied: u64,
     pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub controller: u64,
 }
 impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
   #[inline]
@@ -6154,6 +6165,7 @@ impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
       term: 0,
       last_applied: 0,
       problem: None,
+      controller: 0,
     }
   }
 }
@@ -6184,6 +6196,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatorStatusReplyBuilder
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatorStatusReply::VT_PROBLEM, problem);
   }
   #[inline]
+  pub fn add_controller(&mut self, controller: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatorStatusReply::VT_CONTROLLER, controller, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatorStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CoordinatorStatusReplyBuilder {
@@ -6206,6 +6222,7 @@ impl ::core::fmt::Debug for CoordinatorStatusReply<'_> {
       ds.field("term", &self.term());
       ds.field("last_applied", &self.last_applied());
       ds.field("problem", &self.problem());
+      ds.field("controller", &self.controller());
       ds.finish()
   }
 }

@@ -274,6 +274,7 @@ fn every_message() -> Vec<Message> {
             term: 3,
             last_applied: 17,
             problem: None,
+            controller: Some(2),
         }),
         Message::CoordinatorStatus(CoordinatorStatusReply {
             id: 3,
@@ -281,6 +282,7 @@ fn every_message() -> Vec<Message> {
             term: 4,
             last_applied: 0,
             problem: Some("no leader".into()),
+            controller: None,
         }),
     ]
 }

@@ -61,6 +61,7 @@ pub(super) fn status(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatorStatusReply
         term: r.term,
         last_applied: r.last_applied,
         problem,
+        controller: r.controller.unwrap_or(0),
     };
     let t = fb::CoordinatorStatusReply::create(fbb, &args);
     (fb::Payload::CoordinatorStatusReply, t.as_union_value())
@@ -156,6 +157,7 @@ pub(super) fn decode(
                     term: r.term(),
                     last_applied: r.last_applied(),
                     problem: r.problem().map(str::to_owned),
+                    controller: (r.controller() != 0).then(|| r.controller()),
                 })
             }),
         _ => return None,
