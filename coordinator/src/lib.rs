@@ -16,6 +16,8 @@ pub mod candidacy;
 pub mod client;
 pub mod disk;
 pub mod election;
+pub mod monitor;
+pub mod monitoring;
 pub mod network;
 pub mod raft_types;
 pub mod registers;

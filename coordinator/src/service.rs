@@ -23,12 +23,13 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use proto::rpc::{
     CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
-    ErrorCode, ErrorReply, Message,
+    ErrorCode, ErrorReply, Message, WatchedProcess,
 };
 use proto::transport::{ClientConfig, Responder, Service};
 
 use crate::candidacy::Candidacy;
 use crate::disk::CoordinatorDisk;
+use crate::monitoring::Monitoring;
 use crate::network::{deliver, Network};
 use crate::raft_types::Raft;
 use crate::registers::{Command, MAX_NAME_LEN, MAX_VALUE_LEN};
@@ -84,6 +85,8 @@ pub struct CoordinatorService {
     state: SharedState,
     /// This process's candidacy for cluster controller, when it stands.
     candidacy: Option<Arc<Candidacy>>,
+    /// The failure detector it runs while it is the controller.
+    monitoring: Option<Arc<Monitoring>>,
 }
 
 impl CoordinatorService {
@@ -138,13 +141,21 @@ impl CoordinatorService {
             raft,
             state,
             candidacy: None,
+            monitoring: None,
         })
     }
 
     /// Reports `candidacy` in this coordinator's status: who the controller
     /// is, and a problem when none is known.
-    pub fn with_candidacy(mut self, candidacy: Candidacy) -> CoordinatorService {
-        self.candidacy = Some(Arc::new(candidacy));
+    pub fn with_candidacy(mut self, candidacy: Arc<Candidacy>) -> CoordinatorService {
+        self.candidacy = Some(candidacy);
+        self
+    }
+
+    /// Reports, while this process is the controller, what its failure
+    /// detector thinks of every process.
+    pub fn with_monitoring(mut self, monitoring: Monitoring) -> CoordinatorService {
+        self.monitoring = Some(Arc::new(monitoring));
         self
     }
 
@@ -173,6 +184,19 @@ impl CoordinatorService {
             last_applied: metrics.last_applied.map_or(0, |id| id.index),
             problem,
             controller: controller.map(|holder| holder.id),
+            watched: self
+                .monitoring
+                .as_ref()
+                .and_then(|m| m.verdicts())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|verdict| WatchedProcess {
+                    role: verdict.process.role,
+                    id: verdict.process.id,
+                    address: verdict.process.address,
+                    failed_for_ms: verdict.failed_for_ms,
+                })
+                .collect(),
         }
     }
 

@@ -315,6 +315,20 @@ pub struct CoordinatorStatusReply {
     /// The cluster controller (the id of the coordinator hosting it) as
     /// this coordinator's candidate last saw it, if it knows one.
     pub controller: Option<u64>,
+    /// When this coordinator hosts the controller: every process it
+    /// watches, and whether it takes it for failed.
+    pub watched: Vec<WatchedProcess>,
+}
+
+/// A process the cluster controller watches, and its verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct WatchedProcess {
+    pub role: String,
+    pub id: u64,
+    pub address: String,
+    /// How long it has been failed, if it is.
+    pub failed_for_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

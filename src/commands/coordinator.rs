@@ -12,6 +12,8 @@ use coordinator::candidacy::Candidacy;
 use coordinator::client::CoordinatorClient;
 use coordinator::disk::HeedDisk;
 use coordinator::election::{ElectionConfig, Holder};
+use coordinator::monitor::Watched;
+use coordinator::monitoring::Monitoring;
 use coordinator::service::{CoordinatorConfig, CoordinatorService};
 use proto::clock::SystemClock;
 use proto::transport::serve;
@@ -65,11 +67,47 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
         id: args.id,
         address: addr.to_string(),
     };
-    let candidacy = Candidacy::start(client, me, election, Arc::new(SystemClock::default()));
-    let service = service.with_candidacy(candidacy);
+    let clock = Arc::new(SystemClock::default());
+    let candidacy = Arc::new(Candidacy::start(client, me, election, clock.clone()));
+    let monitoring = Monitoring::start(
+        watched_processes(&cluster),
+        config.transport.clone(),
+        candidacy.clone(),
+        clock,
+    );
+    let service = service
+        .with_candidacy(candidacy)
+        .with_monitoring(monitoring);
     tracing::info!(%addr, id = args.id, "coordinator listening");
     serve(listener, Arc::new(service.clone()), server_config, shutdown).await?;
     service.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every process of the cluster file, for the controller to watch.
+fn watched_processes(cluster: &ClusterFile) -> Vec<(Watched, SocketAddr)> {
+    let entry = |role: &str, id: u64, address: SocketAddr| {
+        let watched = Watched {
+            role: role.to_owned(),
+            id,
+            address: address.to_string(),
+        };
+        (watched, address)
+    };
+    let mut processes = Vec::new();
+    for c in &cluster.coordinators {
+        processes.push(entry("coordinator", c.id, c.address));
+    }
+    processes.push(entry("sequencer", 0, cluster.sequencer.address));
+    for p in &cluster.proxies {
+        processes.push(entry("proxy", p.id, p.address));
+    }
+    for (index, t) in cluster.tlogs.iter().enumerate() {
+        processes.push(entry("tlog", index as u64, t.address));
+    }
+    for s in &cluster.storage_servers {
+        processes.push(entry("storage", s.id, s.address));
+    }
+    processes
 }

@@ -32,7 +32,9 @@
 //!   "coordinators": [ { "role": "coordinator", "id": 1, "address": "...", "healthy": true,
 //!                       "error": null,
 //!                       "status": { "id": 1, "leader": 2, "term": 3, "last_applied": 17,
-//!                                   "problem": null, "controller": 3 } } ],
+//!                                   "problem": null, "controller": 3,
+//!                                   "watched": [ { "role": "tlog", "id": 0, "address": "...",
+//!                                                  "failed_for_ms": null } ] } } ],
 //!   "sequencer": { "role": "sequencer", "address": "127.0.0.1:4500",
 //!                  "healthy": true, "error": null,
 //!                  "status": { "last_version": 1210, "committed_version": 1200 } },
@@ -57,7 +59,10 @@
 //! ```
 //!
 //! The sequencer has no `id`; a coordinator's `leader` and `controller`
-//! (the id of the coordinator hosting it) are null when it knows none; a TLog's `id` is its index in the cluster
+//! (the id of the coordinator hosting it) are null when it knows none, and
+//! its `watched` list (every process, with how long the controller's
+//! failure detector has taken it for failed) is empty unless it hosts the
+//! controller; a TLog's `id` is its index in the cluster
 //! file, a proxy's and a storage server's their id there.
 //! `truncation_blocker` is null when nothing holds truncation back. A
 //! storage server's lag is the committed version it learned from the
@@ -413,6 +418,18 @@ pub fn render_text(status: &ClusterStatus) -> String {
                 known(s.controller)
             )
         });
+        let watched = coordinator.status.iter().flat_map(|s| &s.watched);
+        for process in watched.filter(|w| w.failed_for_ms.is_some()) {
+            let _ = writeln!(
+                out,
+                "{:51}controller: {} {} ({}) failed {:.1} s ago",
+                "",
+                process.role,
+                process.id,
+                process.address,
+                process.failed_for_ms.unwrap_or(0) as f64 / 1000.0
+            );
+        }
     }
     row(&mut out, &status.sequencer, |s| {
         format!("last {}, committed {}", s.last_version, s.committed_version)
@@ -643,6 +660,12 @@ mod tests {
                     last_applied: 17,
                     problem: Some("no coordinator leads".into()),
                     controller: Some(2),
+                    watched: vec![proto::rpc::WatchedProcess {
+                        role: "tlog".into(),
+                        id: 1,
+                        address: "127.0.0.1:4521".into(),
+                        failed_for_ms: Some(1_500),
+                    }],
                 };
                 let problem = reply.problem.clone();
                 (reply, problem)
@@ -697,6 +720,10 @@ mod tests {
             text.contains(
                 "NO       no coordinator leads | leader none, term 4, applied 17, controller 2"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("controller: tlog 1 (127.0.0.1:4521) failed 1.5 s ago"),
             "{text}"
         );
         assert!(text.contains("known committed 42, commits 9"), "{text}");

@@ -6045,6 +6045,170 @@ impl ::core::fmt::Debug for CoordinatedReply<'_> {
       ds.finish()
   }
 }
+pub enum WatchedProcessOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct WatchedProcess<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WatchedProcess<'a> {
+  type Inner = WatchedProcess<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WatchedProcess<'a> {
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_FAILED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FAILED_FOR_MS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WatchedProcess { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WatchedProcessArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<WatchedProcess<'bldr>> {
+    let mut builder = WatchedProcessBuilder::new(_fbb);
+    builder.add_failed_for_ms(args.failed_for_ms);
+    builder.add_id(args.id);
+    if let Some(x) = args.address { builder.add_address(x); }
+    if let Some(x) = args.role { builder.add_role(x); }
+    builder.add_failed(args.failed);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn role(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WatchedProcess::VT_ROLE, None)}
+  }
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchedProcess::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WatchedProcess::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn failed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(WatchedProcess::VT_FAILED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn failed_for_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WatchedProcess::VT_FAILED_FOR_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WatchedProcess<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("role", Self::VT_ROLE, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<bool>("failed", Self::VT_FAILED, false)?
+     .visit_field::<u64>("failed_for_ms", Self::VT_FAILED_FOR_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WatchedProcessArgs<'a> {
+    pub role: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub id: u64,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub failed: bool,
+    pub failed_for_ms: u64,
+}
+impl<'a> Default for WatchedProcessArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WatchedProcessArgs {
+      role: None,
+      id: 0,
+      address: None,
+      failed: false,
+      failed_for_ms: 0,
+    }
+  }
+}
+
+pub struct WatchedProcessBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WatchedProcessBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_role(&mut self, role: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchedProcess::VT_ROLE, role);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(WatchedProcess::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WatchedProcess::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_failed(&mut self, failed: bool) {
+    self.fbb_.push_slot::<bool>(WatchedProcess::VT_FAILED, failed, false);
+  }
+  #[inline]
+  pub fn add_failed_for_ms(&mut self, failed_for_ms: u64) {
+    self.fbb_.push_slot::<u64>(WatchedProcess::VT_FAILED_FOR_MS, failed_for_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WatchedProcessBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WatchedProcessBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WatchedProcess<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WatchedProcess<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WatchedProcess");
+      ds.field("role", &self.role());
+      ds.field("id", &self.id());
+      ds.field("address", &self.address());
+      ds.field("failed", &self.failed());
+      ds.field("failed_for_ms", &self.failed_for_ms());
+      ds.finish()
+  }
+}
 pub enum CoordinatorStatusReplyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6067,6 +6231,7 @@ impl<'a> CoordinatorStatusReply<'a> {
   pub const VT_LAST_APPLIED: ::flatbuffers::VOffsetT = 10;
   pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 12;
   pub const VT_CONTROLLER: ::flatbuffers::VOffsetT = 14;
+  pub const VT_WATCHED: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6083,6 +6248,7 @@ impl<'a> CoordinatorStatusReply<'a> {
     builder.add_term(args.term);
     builder.add_leader(args.leader);
     builder.add_id(args.id);
+    if let Some(x) = args.watched { builder.add_watched(x); }
     if let Some(x) = args.problem { builder.add_problem(x); }
     builder.finish()
   }
@@ -6130,6 +6296,13 @@ impl<'a> CoordinatorStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(CoordinatorStatusReply::VT_CONTROLLER, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn watched(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchedProcess<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchedProcess>>>>(CoordinatorStatusReply::VT_WATCHED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
@@ -6144,6 +6317,7 @@ impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
      .visit_field::<u64>("last_applied", Self::VT_LAST_APPLIED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
      .visit_field::<u64>("controller", Self::VT_CONTROLLER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WatchedProcess>>>>("watched", Self::VT_WATCHED, false)?
      .finish();
     Ok(())
   }
@@ -6155,6 +6329,7 @@ pub struct CoordinatorStatusReplyArgs<'a> {
     pub last_applied: u64,
     pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub controller: u64,
+    pub watched: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchedProcess<'a>>>>>,
 }
 impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
   #[inline]
@@ -6166,6 +6341,7 @@ impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
       last_applied: 0,
       problem: None,
       controller: 0,
+      watched: None,
     }
   }
 }
@@ -6200,6 +6376,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatorStatusReplyBuilder
     self.fbb_.push_slot::<u64>(CoordinatorStatusReply::VT_CONTROLLER, controller, 0);
   }
   #[inline]
+  pub fn add_watched(&mut self, watched: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<WatchedProcess<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatorStatusReply::VT_WATCHED, watched);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatorStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CoordinatorStatusReplyBuilder {
@@ -6223,6 +6403,7 @@ impl ::core::fmt::Debug for CoordinatorStatusReply<'_> {
       ds.field("last_applied", &self.last_applied());
       ds.field("problem", &self.problem());
       ds.field("controller", &self.controller());
+      ds.field("watched", &self.watched());
       ds.finish()
   }
 }

@@ -275,6 +275,20 @@ fn every_message() -> Vec<Message> {
             last_applied: 17,
             problem: None,
             controller: Some(2),
+            watched: vec![
+                WatchedProcess {
+                    role: "tlog".into(),
+                    id: 1,
+                    address: "127.0.0.1:4521".into(),
+                    failed_for_ms: Some(700),
+                },
+                WatchedProcess {
+                    role: "proxy".into(),
+                    id: 2,
+                    address: "127.0.0.1:4511".into(),
+                    failed_for_ms: None,
+                },
+            ],
         }),
         Message::CoordinatorStatus(CoordinatorStatusReply {
             id: 3,
@@ -283,6 +297,7 @@ fn every_message() -> Vec<Message> {
             last_applied: 0,
             problem: Some("no leader".into()),
             controller: None,
+            watched: Vec::new(),
         }),
     ]
 }

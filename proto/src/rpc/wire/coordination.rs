@@ -8,7 +8,7 @@ use super::subslice;
 use crate::generated::rpc as fb;
 use crate::rpc::{
     CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
-    DecodeError, Message,
+    DecodeError, Message, WatchedProcess,
 };
 
 type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
@@ -55,6 +55,21 @@ pub(super) fn reply(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatedReply) -> En
 
 pub(super) fn status(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatorStatusReply) -> Encoded {
     let problem = r.problem.as_deref().map(|why| fbb.create_string(why));
+    let watched: Vec<_> = r
+        .watched
+        .iter()
+        .map(|w| {
+            let args = fb::WatchedProcessArgs {
+                role: Some(fbb.create_string(&w.role)),
+                id: w.id,
+                address: Some(fbb.create_string(&w.address)),
+                failed: w.failed_for_ms.is_some(),
+                failed_for_ms: w.failed_for_ms.unwrap_or(0),
+            };
+            fb::WatchedProcess::create(fbb, &args)
+        })
+        .collect();
+    let watched = Some(fbb.create_vector(&watched));
     let args = fb::CoordinatorStatusReplyArgs {
         id: r.id,
         leader: r.leader.unwrap_or(0),
@@ -62,6 +77,7 @@ pub(super) fn status(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatorStatusReply
         last_applied: r.last_applied,
         problem,
         controller: r.controller.unwrap_or(0),
+        watched,
     };
     let t = fb::CoordinatorStatusReply::create(fbb, &args);
     (fb::Payload::CoordinatorStatusReply, t.as_union_value())
@@ -158,6 +174,19 @@ pub(super) fn decode(
                     last_applied: r.last_applied(),
                     problem: r.problem().map(str::to_owned),
                     controller: (r.controller() != 0).then(|| r.controller()),
+                    watched: r
+                        .watched()
+                        .map(|list| {
+                            list.iter()
+                                .map(|w| WatchedProcess {
+                                    role: w.role().unwrap_or_default().to_owned(),
+                                    id: w.id(),
+                                    address: w.address().unwrap_or_default().to_owned(),
+                                    failed_for_ms: w.failed().then(|| w.failed_for_ms()),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             }),
         _ => return None,
