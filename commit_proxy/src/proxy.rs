@@ -198,7 +198,25 @@ impl ProxyService {
     pub fn status(&self) -> ProxyStatusReply {
         self.inner.core().status()
     }
+
+    /// Refuses new commits and waits, up to `timeout`, until what is queued
+    /// or in flight is answered and the TLogs know it committed, so that a
+    /// clean stop leaves no version out.
+    pub async fn drain(&self, timeout: Duration) {
+        self.inner.core().stop_taking_commits();
+        let settled = || self.inner.core().is_settled();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !settled() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if !settled() {
+            tracing::warn!(?timeout, "stopping with batches that did not finish");
+        }
+    }
 }
+
+/// How often a draining proxy looks whether its batches finished.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 impl Service for ProxyService {
     fn handle(&self, request: Message, responder: Responder) {

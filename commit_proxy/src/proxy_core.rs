@@ -138,6 +138,9 @@ pub struct ProxyCore<W> {
     /// Teams whose commits are refused while their servers fall behind,
     /// and why (see `admission`).
     throttled: BTreeMap<StorageTeamId, String>,
+    /// Set when the proxy is stopping: new commits are refused, and what is
+    /// queued or in flight goes on.
+    stopping: bool,
 }
 
 impl<W> ProxyCore<W> {
@@ -169,7 +172,25 @@ impl<W> ProxyCore<W> {
             to_tag: VecDeque::new(),
             wake_at_us: None,
             throttled: BTreeMap::new(),
+            stopping: false,
         }
+    }
+
+    /// Refuses new commits from now on; what is queued or in flight goes
+    /// on, and so does the empty batch that tells the TLogs the last
+    /// commits committed.
+    pub fn stop_taking_commits(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Whether nothing is queued or in flight and the TLogs know every
+    /// commit of this proxy committed: a proxy that stops now leaves no
+    /// version out and nothing for storage servers to wait for.
+    pub fn is_settled(&self) -> bool {
+        self.queue.is_empty()
+            && self.batches.is_empty()
+            && self.awaiting_versions.is_none()
+            && self.told_known_committed >= self.last_written_committed
     }
 
     /// The teams whose commits are refused from now on, and why.
@@ -198,6 +219,15 @@ impl<W> ProxyCore<W> {
             return vec![Command::Answer {
                 waiter,
                 result: Err(refusal),
+            }];
+        }
+        if self.stopping {
+            return vec![Command::Answer {
+                waiter,
+                result: Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!("{} is stopping; commit through another proxy", self.id),
+                )),
             }];
         }
         if self.queue.len() >= MAX_QUEUED_COMMITS {

@@ -24,6 +24,10 @@ pub enum SequencerError {
     /// anyone else would never reach the TLogs and stop every later commit.
     #[error("{0} is not a proxy of this cluster")]
     UnknownProxy(ProxyId),
+    /// The sequencer is stopping: it hands out no new versions, so that the
+    /// ones out can commit before it goes. Ask again (its successor).
+    #[error("the sequencer is stopping and hands out no new versions")]
+    Stopping,
 }
 
 pub struct SequencerCore {
@@ -33,6 +37,7 @@ pub struct SequencerCore {
     /// Version and clock reading at start: versions follow the clock from here.
     origin: (Version, u64),
     answered: BTreeMap<ProxyId, (u64, GetCommitVersionReply)>,
+    stopping: bool,
 }
 
 impl SequencerCore {
@@ -45,6 +50,7 @@ impl SequencerCore {
             committed: last,
             origin: (last, now_us),
             answered: BTreeMap::new(),
+            stopping: false,
         }
     }
 
@@ -68,6 +74,9 @@ impl SequencerCore {
                     latest: *latest,
                 });
             }
+        }
+        if self.stopping {
+            return Err(SequencerError::Stopping);
         }
         let by_time = self.origin.0 .0 + now_us.saturating_sub(self.origin.1);
         let version = Version(by_time.max(self.last.0 + 1));
@@ -100,6 +109,18 @@ impl SequencerCore {
 
     pub fn last_version(&self) -> Version {
         self.last
+    }
+
+    /// Hands out no new versions from now on; a retried request still gets
+    /// the versions it got.
+    pub fn stop_handing_out(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Whether every version handed out is known committed: a sequencer
+    /// that stops now leaves no hole in the chain.
+    pub fn is_settled(&self) -> bool {
+        self.committed >= self.last
     }
 }
 
@@ -138,6 +159,22 @@ mod tests {
             s.commit_version(P1, 3, 99),
             Err(SequencerError::StaleRequest { .. })
         ));
+    }
+
+    #[test]
+    fn a_stopping_sequencer_hands_out_nothing_new_and_settles_once_all_commit() {
+        let mut s = core(10, 0);
+        let out = s.commit_version(P1, 1, 0).unwrap();
+        s.stop_handing_out();
+        assert_eq!(
+            s.commit_version(P2, 1, 0),
+            Err(SequencerError::Stopping),
+            "a new request"
+        );
+        assert_eq!(s.commit_version(P1, 1, 0), Ok(out), "a retried request");
+        assert!(!s.is_settled());
+        s.report_committed(out.version).unwrap();
+        assert!(s.is_settled());
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum StartError {
     },
 }
 
+/// How often a draining sequencer looks whether the versions out committed.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
 type ResolveToken = oneshot::Sender<Result<ResolveReply, ResolverError>>;
 
 struct Inner {
@@ -91,6 +94,22 @@ impl SequencerService {
 
     pub fn last_version(&self) -> Version {
         lock(&self.inner.sequencer).last_version()
+    }
+
+    /// Stops handing out versions and waits, up to `timeout`, until every
+    /// version out is committed, so that a clean stop leaves no hole in
+    /// the chain. Proxies retry their requests meanwhile and reach the
+    /// sequencer's next life.
+    pub async fn drain(&self, timeout: Duration) {
+        lock(&self.inner.sequencer).stop_handing_out();
+        let settled = || lock(&self.inner.sequencer).is_settled();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !settled() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if !settled() {
+            tracing::warn!(?timeout, "stopping with versions out that did not commit");
+        }
     }
 
     pub fn status(&self) -> SequencerStatusReply {
@@ -201,6 +220,7 @@ fn sequencer_error(e: SequencerError) -> ErrorReply {
         SequencerError::StaleRequest { .. } => ErrorCode::MalformedRequest,
         SequencerError::UnknownVersion { .. } => ErrorCode::VersionConflict,
         SequencerError::UnknownProxy(_) => ErrorCode::MalformedRequest,
+        SequencerError::Stopping => ErrorCode::Unavailable,
     };
     ErrorReply::new(code, e.to_string())
 }

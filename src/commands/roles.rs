@@ -24,6 +24,10 @@ use cluster::ClusterFile;
 /// How long a starting role waits for the processes it depends on.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a stopping sequencer or proxy waits for what it has out to
+/// commit, so that a clean stop leaves no hole in the version chain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(clap::Args, Debug)]
 pub struct SequencerArgs {
     #[arg(long)]
@@ -99,6 +103,12 @@ pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
     let server_config = cluster.server_config()?;
     let service = SequencerService::start(&config, Arc::new(SystemClock::default())).await?;
     tracing::info!(%addr, last_version = %service.last_version(), "sequencer and resolver listening");
+    let draining = service.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("stopping: waiting for the versions out to commit");
+        draining.drain(DRAIN_TIMEOUT).await;
+    };
     run(listener, Arc::new(service), server_config, shutdown).await
 }
 
@@ -126,6 +136,12 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding proxy {} to {addr}", args.id))?;
     tracing::info!(%addr, id = args.id, "commit proxy listening");
+    let draining = service.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("stopping: finishing the batches in flight");
+        draining.drain(DRAIN_TIMEOUT).await;
+    };
     run(listener, Arc::new(service), server_config, shutdown).await
 }
 

@@ -606,3 +606,27 @@ fn an_idle_proxy_tells_the_tlogs_its_last_commit_committed_with_one_empty_batch(
     );
     assert!(core.wake(1_000_000).is_empty());
 }
+
+#[test]
+fn a_stopping_proxy_refuses_new_commits_and_settles_after_telling_the_tlogs() {
+    let mut core = core_with(|c| c.idle_push_interval = Duration::from_millis(100));
+    assert!(core.is_settled());
+    let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.stop_taking_commits();
+    let refused = answers(core.commit(2, commit(vec![set("b", "2")]), 1));
+    assert!(
+        matches!(refused[..], [(2, Err(ErrorCode::Unavailable))]),
+        "{refused:?}"
+    );
+    assert!(!core.is_settled(), "a batch is in flight");
+    core.on_commit_version(batch, versions(0, 10), 2);
+    complete(&mut core, batch, 1_000);
+    assert!(
+        !core.is_settled(),
+        "the TLogs do not know version 10 committed"
+    );
+    let (empty, ..) = version_request(&core.wake(100_000));
+    core.on_commit_version(empty, versions(10, 20), 100_001);
+    complete(&mut core, empty, 100_002);
+    assert!(core.is_settled());
+}
