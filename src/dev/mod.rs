@@ -64,6 +64,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
+        coordinators: 3,
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,

@@ -42,7 +42,9 @@ pub fn tlog_tls_args(tls: &TlsEntry) -> Vec<String> {
 /// The shape of a local cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
-    /// 0 (fixed roles), 1, 3 or 5.
+    /// 0, 1, 3 or 5. None by default: no role needs them yet, and each
+    /// runs raft, the controller election and, when it hosts the
+    /// controller, a heartbeat to every process; `teamlog dev` starts 3.
     pub coordinators: usize,
     pub proxies: usize,
     pub tlogs: usize,
@@ -72,7 +74,7 @@ pub struct ClusterSpec {
 impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
-            coordinators: 3,
+            coordinators: 0,
             proxies: 2,
             tlogs: 3,
             replication: 2,

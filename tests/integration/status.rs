@@ -87,7 +87,10 @@ fn caught_up(json: &Value, version: Version) -> bool {
 #[tokio::test]
 async fn status_shows_every_process_healthy_then_a_killed_storage_server() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let spec = ClusterSpec::default();
+    let spec = ClusterSpec {
+        coordinators: 3,
+        ..ClusterSpec::default()
+    };
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let client = Client::new(&local.cluster)?;
     let last = commit_some(&client, &["apple", "kiwi", "plum", "zucchini"]).await?;
