@@ -46,6 +46,11 @@ pub struct DevArgs {
     /// mutual TLS with a CA made in the data dir.
     #[arg(long)]
     pub no_tls: bool,
+    /// Also run this many coordinators (1, 3 or 5), which elect a cluster
+    /// controller that watches every process. Off by default: no role
+    /// relies on them yet, and on two cores they slow commits down.
+    #[arg(long, default_value_t = 0)]
+    pub coordinators: usize,
 }
 
 /// The generated workload's seed: fixed, so a rerun on the same directory
@@ -64,7 +69,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
-        coordinators: 3,
+        coordinators: args.coordinators,
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,

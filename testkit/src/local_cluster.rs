@@ -44,7 +44,8 @@ pub fn tlog_tls_args(tls: &TlsEntry) -> Vec<String> {
 pub struct ClusterSpec {
     /// 0, 1, 3 or 5. None by default: no role needs them yet, and each
     /// runs raft, the controller election and, when it hosts the
-    /// controller, a heartbeat to every process; `teamlog dev` starts 3.
+    /// controller, a heartbeat to every process (`teamlog dev
+    /// --coordinators N`).
     pub coordinators: usize,
     pub proxies: usize,
     pub tlogs: usize,

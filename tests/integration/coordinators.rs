@@ -3,7 +3,8 @@
 //! majority gone a write is not acknowledged (it may still take once the
 //! majority is back) and writes resume then;
 //! two writers racing at one revision never both win; a peer that is not
-//! a member may not read or write.
+//! a member may not read or write. The cluster controller they elect moves
+//! when the process hosting it dies, and notices a killed TLog.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -11,65 +12,72 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use coordinator::client::{CoordinatorClient, CoordinatorError};
+use proto::rpc::CoordinatorStatusReply;
 use proto::transport::tls::TlsSettings;
 use proto::transport::ClientConfig;
 use testkit::{ClusterSpec, LocalCluster};
 
-/// The coordinator every live coordinator names as leader, once they agree.
-async fn agreed_leader(client: &CoordinatorClient, live: usize) -> Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let leaders: Vec<Option<u64>> = client
-            .statuses()
-            .await
-            .into_iter()
-            .filter_map(|(_, status)| status.ok())
-            .map(|s| s.leader)
-            .collect();
-        let distinct: BTreeSet<_> = leaders.iter().collect();
-        if leaders.len() == live && distinct.len() == 1 {
-            if let Some(Some(leader)) = distinct.into_iter().next() {
-                return Ok(*leader);
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the coordinators did not agree on a leader: {leaders:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The controller every live coordinator names, once they agree on one
-/// other than `not`.
-async fn agreed_controller(
+/// The id every one of `live` coordinators names in the status field
+/// `pick` (its leader, its controller), once they agree on one other than
+/// `not`.
+async fn agreed(
     client: &CoordinatorClient,
     live: usize,
     not: Option<u64>,
+    what: &str,
+    pick: fn(&CoordinatorStatusReply) -> Option<u64>,
 ) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let controllers: Vec<Option<u64>> = client
+        let named: Vec<Option<u64>> = client
             .statuses()
             .await
             .into_iter()
             .filter_map(|(_, status)| status.ok())
-            .map(|s| s.controller)
+            .map(|s| pick(&s))
             .collect();
-        let distinct: BTreeSet<_> = controllers.iter().collect();
-        if controllers.len() == live && distinct.len() == 1 {
-            if let Some(Some(controller)) = distinct.into_iter().next() {
-                if not != Some(*controller) {
-                    return Ok(*controller);
+        let distinct: BTreeSet<_> = named.iter().collect();
+        if named.len() == live && distinct.len() == 1 {
+            if let Some(Some(id)) = distinct.into_iter().next() {
+                if not != Some(*id) {
+                    return Ok(*id);
                 }
             }
         }
         ensure!(
             Instant::now() < deadline,
-            "the coordinators did not agree on a controller other than {not:?}: {controllers:?}"
+            "the coordinators did not agree on a {what} other than {not:?}: {named:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn agreed_leader(client: &CoordinatorClient, live: usize) -> Result<u64> {
+    agreed(client, live, None, "leader", |s| s.leader).await
+}
+
+async fn agreed_controller(
+    client: &CoordinatorClient,
+    live: usize,
+    not: Option<u64>,
+) -> Result<u64> {
+    agreed(client, live, not, "controller", |s| s.controller).await
+}
+
+/// A cluster of three coordinators (no storage servers), and a member's
+/// client of them.
+async fn start(dir: &std::path::Path) -> Result<(LocalCluster, CoordinatorClient)> {
+    let spec = ClusterSpec {
+        coordinators: 3,
+        teams: 1,
+        storage: false,
+        ..ClusterSpec::default()
+    };
+    let local = LocalCluster::start(crate::exe(), dir, &spec).await?;
+    let cluster = &local.cluster;
+    let client =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    Ok((local, client))
 }
 
 async fn write_next(client: &CoordinatorClient, name: &str, value: &str) -> Result<u64> {
@@ -88,16 +96,8 @@ async fn write_next(client: &CoordinatorClient, name: &str, value: &str) -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_survive_the_loss_of_a_minority_and_of_every_coordinator() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let spec = ClusterSpec {
-        coordinators: 3,
-        teams: 1,
-        storage: false,
-        ..ClusterSpec::default()
-    };
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let (mut local, client) = start(dir.path()).await?;
     let cluster = local.cluster.clone();
-    let client =
-        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
 
     ensure!(client.read("epoch").await?.revision == 0);
     ensure!(write_next(&client, "epoch", "1").await? == 1);
@@ -225,16 +225,7 @@ async fn registers_survive_the_loss_of_a_minority_and_of_every_coordinator() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_moves_when_the_process_hosting_it_dies() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let spec = ClusterSpec {
-        coordinators: 3,
-        teams: 1,
-        storage: false,
-        ..ClusterSpec::default()
-    };
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
-    let cluster = local.cluster.clone();
-    let client =
-        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    let (mut local, client) = start(dir.path()).await?;
     for _ in 0..2 {
         let live = local.coordinators.values().filter(|c| c.is_some()).count();
         let controller = agreed_controller(&client, live, None).await?;
@@ -269,16 +260,8 @@ async fn verdict(client: &CoordinatorClient, role: &str, id: u64) -> Option<Opti
 async fn the_controller_notices_a_killed_process_and_its_return() -> Result<()> {
     let kills = testkit::seed::kills_from_env(3);
     let dir = tempfile::tempdir()?;
-    let spec = ClusterSpec {
-        coordinators: 3,
-        teams: 1,
-        storage: false,
-        ..ClusterSpec::default()
-    };
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let (mut local, client) = start(dir.path()).await?;
     let cluster = local.cluster.clone();
-    let client =
-        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
     agreed_controller(&client, 3, None).await?;
     let mut noticed_ms = Vec::new();
     for kill in 0..kills {

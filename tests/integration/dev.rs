@@ -101,7 +101,7 @@ fn dev_runs_a_workload_that_reads_back_and_restarts_intact() -> Result<()> {
     ensure!(std::fs::read_to_string(dir.path().join("plot.svg"))?.contains("<svg"));
     // Every process logs to its own file, without terminal colours.
     let logs: Vec<_> = std::fs::read_dir(dir.path().join("logs"))?.collect::<Result<_, _>>()?;
-    ensure!(logs.len() == 3 + 1 + 2 + 3 + 6, "{logs:?}");
+    ensure!(logs.len() == 1 + 2 + 3 + 6, "{logs:?}");
     for log in &logs {
         let text = std::fs::read(log.path())?;
         ensure!(!text.contains(&0x1b), "{:?} holds ANSI escapes", log.path());
@@ -137,13 +137,13 @@ fn dev_runs_a_workload_that_reads_back_and_restarts_intact() -> Result<()> {
         status["healthy"] == true && status["unhealthy"] == 0,
         "{status}"
     );
-    ensure!(status["processes"] == 3 + 1 + 2 + 3 + 6, "{status}");
+    ensure!(status["processes"] == 1 + 2 + 3 + 6, "{status}");
     let mut every = vec![&status["sequencer"]];
     for role in ["coordinators", "proxies", "tlogs", "storage_servers"] {
         every.extend(status[role].as_array().context("a list per role")?);
     }
     ensure!(
-        every.len() == 15 && every.iter().all(|p| p["healthy"] == true),
+        every.len() == 12 && every.iter().all(|p| p["healthy"] == true),
         "{status}"
     );
     interrupt(dev)?;
