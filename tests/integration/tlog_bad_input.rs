@@ -17,9 +17,13 @@ use tokio::net::TcpStream;
 const TEAM: StorageTeamId = StorageTeamId(1);
 
 async fn start() -> Result<(tempfile::TempDir, ChildProcess, RpcClient)> {
+    start_with(&["--commit-wait-timeout-ms", "300"]).await
+}
+
+/// A TLog started with `args`, its team registered and version 10 committed.
+async fn start_with(args: &[&str]) -> Result<(tempfile::TempDir, ChildProcess, RpcClient)> {
     let dir = tempfile::tempdir()?;
-    let exe = crate::exe();
-    let tlog = ChildProcess::spawn(exe, dir.path(), &["--commit-wait-timeout-ms", "300"]).await?;
+    let tlog = ChildProcess::spawn(crate::exe(), dir.path(), args).await?;
     let client = RpcClient::connect(tlog.addr, Default::default()).await?;
     register_teams(&client, &[TEAM]).await?;
     client
@@ -349,25 +353,8 @@ async fn stalled_large_frames_are_held_within_the_input_budget() -> Result<()> {
     const CONNECTIONS: usize = 100;
     const FRAME: usize = 48 << 20;
     const ADMITTED: usize = (256 << 20) / FRAME;
-    let dir = tempfile::tempdir()?;
     let metrics = testkit::free_local_addrs(1)?[0];
-    let tlog = ChildProcess::spawn(
-        crate::exe(),
-        dir.path(),
-        &["--metrics", &metrics.to_string()],
-    )
-    .await?;
-    let client = RpcClient::connect(tlog.addr, Default::default()).await?;
-    register_teams(&client, &[TEAM]).await?;
-    client
-        .tlog_commit(set_commit(
-            (Version(0), Version(10)),
-            TEAM,
-            Bytes::from_static(b"k"),
-            Bytes::from_static(b"v"),
-            &[],
-        ))
-        .await?;
+    let (_dir, tlog, client) = start_with(&["--metrics", &metrics.to_string()]).await?;
     let pid = tlog.pid().expect("running");
     let rss_before = vm_rss_kib(pid)?;
 
