@@ -508,6 +508,15 @@ fn decode_blocks(
         .collect()
 }
 
+/// An optional byte vector of the frame as a slice of it; absent reads as
+/// empty.
+fn optional_bytes(frame: &Bytes, bytes: Option<Vector<'_, u8>>) -> Result<Bytes, DecodeError> {
+    match bytes {
+        Some(v) => subslice(frame, v.bytes()),
+        None => Ok(Bytes::new()),
+    }
+}
+
 /// `Bytes::slice_ref` without its panic: the verifier guarantees that `sub`
 /// lies inside `frame`, and this keeps that guarantee from being a panic
 /// path should it ever fail.

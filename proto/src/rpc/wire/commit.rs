@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
 
-use super::subslice;
+use super::optional_bytes;
 use crate::generated::rpc as fb;
 use crate::rpc::{
     ClientCommitReply, ClientCommitRequest, DecodeError, GetCommitVersionReply,
@@ -227,10 +227,7 @@ pub(super) fn decode(
     use crate::rpc::Message;
     let request_id = envelope.request_id();
     let unknown = || DecodeError::UnknownMessage { request_id };
-    let bytes = |b: Option<Vector<'_, u8>>| match b {
-        Some(v) => subslice(frame, v.bytes()),
-        None => Ok(Bytes::new()),
-    };
+    let bytes = |b: Option<Vector<'_, u8>>| optional_bytes(frame, b);
     let decode_mutations = |list: Option<Vector<'_, ForwardsUOffset<fb::Mutation<'_>>>>| {
         list.map(|l| {
             l.iter()

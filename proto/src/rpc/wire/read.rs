@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 
-use super::subslice;
+use super::optional_bytes;
 use crate::generated::rpc as fb;
 use crate::rpc::{
     DecodeError, GetKeyLocationReply, GetKeyLocationRequest, GetRangeReply, GetRangeRequest,
@@ -149,10 +149,7 @@ pub(super) fn decode(
 ) -> Option<Result<Message, DecodeError>> {
     let request_id = envelope.request_id();
     let unknown = || DecodeError::UnknownMessage { request_id };
-    let bytes = |b: Option<Vector<'_, u8>>| match b {
-        Some(v) => subslice(frame, v.bytes()),
-        None => Ok(Bytes::new()),
-    };
+    let bytes = |b: Option<Vector<'_, u8>>| optional_bytes(frame, b);
     let message = match envelope.payload_type() {
         fb::Payload::GetValueRequest => (|| {
             let r = envelope
