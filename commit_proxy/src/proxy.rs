@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::Retryable;
-use cluster::retry::backoff;
+use cluster::retry::{backoff, wait_until};
 use cluster::topology::Topology;
 use futures::future::{join_all, BoxFuture};
 use proto::clock::Clock;
@@ -204,19 +204,11 @@ impl ProxyService {
     /// clean stop leaves no version out.
     pub async fn drain(&self, timeout: Duration) {
         self.inner.core().stop_taking_commits();
-        let settled = || self.inner.core().is_settled();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !settled() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-        if !settled() {
+        if !wait_until(|| self.inner.core().is_settled(), timeout).await {
             tracing::warn!(?timeout, "stopping with batches that did not finish");
         }
     }
 }
-
-/// How often a draining proxy looks whether its batches finished.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 impl Service for ProxyService {
     fn handle(&self, request: Message, responder: Responder) {

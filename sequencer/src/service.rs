@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::resolver::{ResolverCore, ResolverError};
 use crate::sequencer::{SequencerCore, SequencerError};
-use cluster::retry::backoff;
+use cluster::retry::{backoff, wait_until};
 
 #[derive(Clone, Debug)]
 pub struct SequencerConfig {
@@ -52,9 +52,6 @@ pub enum StartError {
         reason: String,
     },
 }
-
-/// How often a draining sequencer looks whether the versions out committed.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 type ResolveToken = oneshot::Sender<Result<ResolveReply, ResolverError>>;
 
@@ -102,12 +99,7 @@ impl SequencerService {
     /// sequencer's next life.
     pub async fn drain(&self, timeout: Duration) {
         lock(&self.inner.sequencer).stop_handing_out();
-        let settled = || lock(&self.inner.sequencer).is_settled();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !settled() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-        if !settled() {
+        if !wait_until(|| lock(&self.inner.sequencer).is_settled(), timeout).await {
             tracing::warn!(?timeout, "stopping with versions out that did not commit");
         }
     }
