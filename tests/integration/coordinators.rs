@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use coordinator::client::{CoordinatorClient, CoordinatorError};
-use proto::rpc::CoordinatorStatusReply;
+use coordinator::client::{CoordinatorClient, CoordinatorError, WriteOutcome};
+use proto::rpc::{CoordinatorStatusReply, ErrorCode, Message};
 use proto::transport::tls::TlsSettings;
-use proto::transport::ClientConfig;
+use proto::transport::{ClientConfig, RpcClient, RpcError};
 use testkit::{ClusterSpec, LocalCluster};
 
 /// The id every one of `live` coordinators names in the status field
@@ -219,6 +219,41 @@ async fn registers_survive_the_loss_of_a_minority_and_of_every_coordinator() -> 
         other => bail!("a stranger's read: {other:?}"),
     }
     ensure!(client.read("epoch").await?.revision == last);
+
+    // A member's bad requests are refused with a reason and change nothing:
+    // an overlong name, an oversize value, a raft message that does not
+    // decode.
+    let refused = |what: &str, outcome: Result<WriteOutcome, CoordinatorError>| match outcome {
+        Err(CoordinatorError::Refused(_)) => Ok(()),
+        other => Err(anyhow::anyhow!("{what}: {other:?}")),
+    };
+    refused(
+        "a 300-byte name",
+        client.write(&"n".repeat(300), 0, Bytes::new()).await,
+    )?;
+    refused(
+        "a value over 1 MiB",
+        client
+            .write("epoch", last, Bytes::from(vec![0u8; (1 << 20) + 1]))
+            .await,
+    )?;
+    let member =
+        RpcClient::connect(cluster.coordinators[0].address, cluster.client_config()?).await?;
+    match member
+        .call(Message::Raft(Bytes::from_static(b"not json")))
+        .await
+    {
+        Err(RpcError::Remote {
+            code: ErrorCode::MalformedRequest,
+            ..
+        }) => {}
+        other => bail!("a garbled raft message: {other:?}"),
+    }
+    let read = client.read("epoch").await?;
+    ensure!(
+        read.revision == last && read.value == "last".as_bytes(),
+        "{read:?}"
+    );
     Ok(local.stop().await?)
 }
 
