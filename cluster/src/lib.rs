@@ -1,7 +1,7 @@
 //! What every process knows about the cluster it belongs to: the cluster
 //! file, the teams and their servers (topology), which TLogs hold each team
-//! (placement), and the data directory a process owns. The control-plane
-//! roles (coordinators, cluster controller, epochs) will live here too.
+//! (placement), the data directory a process owns, and the core state the
+//! coordinators keep for recoveries (epoch and TLog generations).
 //!
 //! ```text
 //!  cluster.toml ──load──▶ ClusterFile ──topology()──▶ Topology ──tlogs_of(team)──▶ placement
@@ -9,6 +9,7 @@
 //! ```
 
 pub mod cluster_file;
+pub mod core_state;
 pub mod data_dir;
 pub mod placement;
 pub mod retry;

@@ -10,7 +10,11 @@ use bytes::Bytes;
 /// A commit version: strictly increasing cluster-wide, handed out by the
 /// sequencer, advancing about 1,000,000 per second of wall time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct Version(pub u64);
 
 impl Version {

@@ -1,0 +1,228 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn lock(end: u64, known_committed: u64) -> LockReply {
+    LockReply {
+        end_version: Version(end),
+        known_committed_version: Version(known_committed),
+    }
+}
+
+fn path() -> CommitPath {
+    CommitPath {
+        sequencer: addr(1),
+        proxies: vec![addr(2), addr(3)],
+    }
+}
+
+/// Two recoveries: generation 1 ended at 900, generation 2 current.
+fn two_generations() -> CoreState {
+    let first = CoreState::initial()
+        .recovered(
+            GenerationEnd {
+                version: Version::ZERO,
+                locked: vec![],
+            },
+            vec![addr(10), addr(11), addr(12)],
+            2,
+        )
+        .with_commit_path(path());
+    first
+        .recovered(
+            recovery_version(3, 2, &[(0, lock(900, 850)), (2, lock(950, 850))]).unwrap(),
+            vec![addr(20), addr(21), addr(22)],
+            2,
+        )
+        .with_commit_path(path())
+}
+
+#[test]
+fn the_lowest_end_of_a_covering_set_is_the_recovery_version() {
+    let end = recovery_version(3, 2, &[(2, lock(950, 800)), (0, lock(900, 850))]).unwrap();
+    assert_eq!(end.version, Version(900));
+    assert_eq!(end.locked, vec![0, 2]);
+}
+
+#[test]
+fn a_set_that_misses_a_team_placement_is_refused() {
+    // Teams placed on TLogs 1 and 2 have no copy among the answers.
+    assert_eq!(
+        recovery_version(3, 2, &[(0, lock(900, 0))]),
+        Err(RecoveryVersionError::Uncovered { uncovered: vec![1] })
+    );
+    // Without replication every TLog must answer.
+    assert_eq!(
+        recovery_version(2, 1, &[(1, lock(9, 0))]),
+        Err(RecoveryVersionError::Uncovered { uncovered: vec![0] })
+    );
+    assert!(recovery_version(2, 1, &[(1, lock(9, 0)), (0, lock(7, 0))]).is_ok());
+}
+
+#[test]
+fn a_committed_version_above_the_recovery_version_is_refused() {
+    assert_eq!(
+        recovery_version(2, 1, &[(0, lock(100, 0)), (1, lock(200, 150))]),
+        Err(RecoveryVersionError::CommittedAboveRecovery {
+            index: 1,
+            known_committed: Version(150),
+            recovery_version: Version(100),
+        })
+    );
+}
+
+#[test]
+fn an_index_outside_the_generation_is_refused() {
+    assert_eq!(
+        recovery_version(2, 1, &[(0, lock(1, 0)), (2, lock(1, 0))]),
+        Err(RecoveryVersionError::NoSuchTLog { index: 2, count: 2 })
+    );
+}
+
+#[test]
+fn generations_chain_at_their_recovery_versions() {
+    let state = two_generations();
+    assert_eq!(state.epoch, 2);
+    let [first, second] = &state.generations[..] else {
+        panic!("two generations: {state:?}")
+    };
+    assert_eq!((first.epoch, first.begin_version), (1, Version::ZERO));
+    assert_eq!(second.begin_version, Version(900));
+    assert!(first.holds(Version(900)) && !first.holds(Version(901)));
+    assert!(second.holds(Version(901)) && !second.holds(Version(900)));
+    assert_eq!(state.generation_for(Version(5)).map(|g| g.epoch), Some(1));
+    assert_eq!(
+        state.generation_for(Version(5000)).map(|g| g.epoch),
+        Some(2)
+    );
+    assert_eq!(state.current().map(|g| g.epoch), Some(2));
+    // Only the locked TLogs of an ended generation are read.
+    assert_eq!(first.readable_tlogs(), vec![(0, addr(10)), (2, addr(12))]);
+    assert_eq!(second.readable_tlogs().len(), 3);
+}
+
+#[test]
+fn a_generation_that_never_had_a_commit_path_is_dropped_at_the_next_recovery() {
+    let state = two_generations();
+    let uncommitted = state.recovered(
+        recovery_version(3, 2, &[(0, lock(900, 0)), (1, lock(900, 0))]).unwrap(),
+        vec![addr(30)],
+        1,
+    );
+    // Generation 3 never got a commit path; a recovery replacing it keeps
+    // its begin and forgets it.
+    let again = uncommitted.recovered(
+        GenerationEnd {
+            version: Version(900),
+            locked: vec![],
+        },
+        vec![addr(40)],
+        1,
+    );
+    let epochs: Vec<u64> = again.generations.iter().map(|g| g.epoch).collect();
+    assert_eq!(epochs, vec![1, 2, 4]);
+    assert_eq!(again.generations[2].begin_version, Version(900));
+    assert_eq!(CoreState::decode(&again.encode()), Ok(again));
+}
+
+#[test]
+fn retiring_drops_only_ended_generations_wholly_popped() {
+    let state = two_generations();
+    assert_eq!(state.retired_below(Version(899)).generations.len(), 2);
+    let retired = state.retired_below(Version(900));
+    assert_eq!(retired.generations.len(), 1);
+    assert_eq!(retired.current().map(|g| g.epoch), Some(2));
+    assert_eq!(CoreState::decode(&retired.encode()), Ok(retired));
+}
+
+#[test]
+fn encoding_round_trips() {
+    let state = two_generations();
+    assert_eq!(CoreState::decode(&state.encode()), Ok(state));
+    let initial = CoreState::initial();
+    assert_eq!(CoreState::decode(&initial.encode()), Ok(initial));
+}
+
+#[test]
+fn other_formats_and_garbage_are_refused() {
+    assert!(matches!(
+        CoreState::decode(b"{\"format\":\"teamlog-core-state 2\"}"),
+        Err(CoreStateError::Format { .. })
+    ));
+    assert!(matches!(
+        CoreState::decode(b"\x00\xffnot json"),
+        Err(CoreStateError::Malformed(_))
+    ));
+    let text = String::from_utf8(two_generations().encode().to_vec()).unwrap();
+    let extra = text.replacen("\"epoch\":2,", "\"epoch\":2,\"surprise\":1,", 1);
+    assert!(matches!(
+        CoreState::decode(extra.as_bytes()),
+        Err(CoreStateError::Malformed(_))
+    ));
+}
+
+#[test]
+fn inconsistent_states_are_refused() {
+    let good = two_generations();
+    let mut broken_chain = good.clone();
+    broken_chain.generations[1].begin_version = Version(901);
+    let mut open_middle = good.clone();
+    open_middle.generations[0].end = None;
+    let mut wrong_epoch = good.clone();
+    wrong_epoch.epoch = 7;
+    let mut uncovered = good.clone();
+    uncovered.generations[0].end.as_mut().unwrap().locked = vec![0];
+    let mut no_tlogs = good.clone();
+    no_tlogs.generations[1].tlogs.clear();
+    for bad in [broken_chain, open_middle, wrong_epoch, uncovered, no_tlogs] {
+        assert!(
+            matches!(
+                CoreState::decode(&bad.encode()),
+                Err(CoreStateError::Inconsistent(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+proptest! {
+    /// Whatever the TLogs' ends (each at or above the highest acknowledged
+    /// version, since acknowledgement needs them all), a recovery version
+    /// from any covering set keeps every acknowledged commit and is held by
+    /// every locked TLog.
+    #[test]
+    fn the_recovery_version_keeps_every_acknowledged_commit(
+        acked in 0u64..1000,
+        extra in proptest::collection::vec(0u64..50, 1..7),
+        answered in proptest::collection::vec(any::<bool>(), 7),
+        replication in 1usize..4,
+    ) {
+        let count = extra.len();
+        let replication = replication.min(count);
+        let locked: Vec<(usize, LockReply)> = (0..count)
+            .filter(|i| answered[*i])
+            .map(|i| (i, lock(acked + extra[i], acked)))
+            .collect();
+        match recovery_version(count, replication, &locked) {
+            Ok(end) => {
+                prop_assert!(end.version.0 >= acked);
+                for (_, reply) in &locked {
+                    prop_assert!(end.version <= reply.end_version);
+                }
+            }
+            Err(RecoveryVersionError::Uncovered { uncovered }) => {
+                prop_assert!(!uncovered.is_empty());
+                for start in uncovered {
+                    for k in 0..replication {
+                        prop_assert!(!answered[(start + k) % count]);
+                    }
+                }
+            }
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+    }
+}
