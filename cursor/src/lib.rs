@@ -58,7 +58,10 @@ pub use group::{MergeOrder, Ordered, Unordered};
 pub use mutable::MutableTeamPeekCursor;
 pub use peek_cursor::{Fetched, LocalMutations, PeekCursor};
 pub use proto::team_set::{team_set_key, TeamSet, TeamSetError};
-pub use source::{BroadcastMode, MemorySource, PeekSource, TLogSource, TLogSourceConfig};
+pub use source::{
+    BroadcastMode, GenerationRoute, GenerationSource, MemorySource, PeekSource, TLogSource,
+    TLogSourceConfig,
+};
 pub use team::StorageTeamPeekCursor;
 
 /// Bytes of blocks one peek asks for per team unless a cursor is told

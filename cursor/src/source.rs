@@ -15,9 +15,11 @@ use proto::{PeekReply, StorageTeamId, Version};
 
 use crate::error::SourceError;
 
+mod generations;
 mod memory;
 mod tlog;
 
+pub use generations::{GenerationRoute, GenerationSource};
 pub use memory::{BroadcastMode, MemorySource};
 pub use tlog::{TLogSource, TLogSourceConfig};
 

@@ -1,0 +1,230 @@
+use bytes::Bytes;
+use futures::executor::block_on;
+use proptest::prelude::*;
+use proto::{Mutation, Subsequence, VersionedMutation};
+
+use super::*;
+use crate::source::{BroadcastMode, MemorySource};
+use crate::{BroadcastedStorageTeamPeekCursor, Fetched, Ordered, PeekCursor};
+
+const A: StorageTeamId = StorageTeamId(1);
+const B: StorageTeamId = StorageTeamId(2);
+
+fn set(key: String) -> Mutation {
+    Mutation::SetValue {
+        key: Bytes::from(key),
+        value: Bytes::from_static(b"v"),
+    }
+}
+
+fn key_of(m: &VersionedMutation) -> String {
+    match &m.mutation {
+        Mutation::SetValue { key, .. } | Mutation::ClearRange { begin: key, .. } => {
+            String::from_utf8_lossy(key).into_owned()
+        }
+    }
+}
+
+fn route(
+    epoch: u64,
+    begin: u64,
+    end: Option<u64>,
+    source: Arc<MemorySource>,
+) -> GenerationRoute<MemorySource> {
+    GenerationRoute {
+        epoch,
+        begin: Version(begin),
+        end: end.map(Version),
+        source,
+    }
+}
+
+fn memory(teams: &[StorageTeamId]) -> Arc<MemorySource> {
+    let source = Arc::new(MemorySource::new(BroadcastMode::NoBroadcast));
+    for team in teams {
+        source.add_team(*team);
+    }
+    source
+}
+
+/// What one generation's TLogs got: commits up to its recovery version,
+/// which committed, then a tail that never did.
+#[derive(Clone, Debug)]
+struct GenerationPlan {
+    committed: Vec<(u64, bool)>,
+    tail: Vec<(u64, bool)>,
+}
+
+fn plans() -> impl Strategy<Value = Vec<GenerationPlan>> {
+    let commits = || proptest::collection::vec((1u64..4, any::<bool>()), 0..8);
+    proptest::collection::vec(
+        (commits(), commits()).prop_map(|(committed, tail)| GenerationPlan { committed, tail }),
+        1..5,
+    )
+}
+
+/// Builds the generations (each on its own memory TLogs, versions as
+/// gaps from the previous one) and the mutations a reader must see.
+fn build(plans: &[GenerationPlan]) -> (Vec<GenerationRoute<MemorySource>>, Vec<(u64, String)>) {
+    let mut routes = Vec::new();
+    let mut expected = Vec::new();
+    let mut begin = 0u64;
+    for (g, plan) in plans.iter().enumerate() {
+        let source = memory(&[A, B]);
+        let current = g + 1 == plans.len();
+        let mut version = begin;
+        let commit =
+            |version: u64, on_a: bool, kept: bool, expected: &mut Vec<(u64, String)>| {
+                let key = format!("g{g}v{version}");
+                let team = if on_a { A } else { B };
+                source
+                    .commit(
+                        Version(version),
+                        &[(team, Subsequence(1), set(key.clone()))],
+                    )
+                    .unwrap();
+                if kept {
+                    expected.push((version, key));
+                }
+            };
+        for (gap, on_a) in &plan.committed {
+            version += gap;
+            commit(version, *on_a, true, &mut expected);
+        }
+        // The recovery version is at or below every locked TLog's end.
+        let end = version;
+        let mut tail = version;
+        for (gap, on_a) in &plan.tail {
+            tail += gap;
+            commit(tail, *on_a, current, &mut expected);
+        }
+        if current {
+            routes.push(route(g as u64 + 1, begin, None, source));
+        } else {
+            source.lock();
+            routes.push(route(g as u64 + 1, begin, Some(end), source));
+            begin = end;
+        }
+    }
+    (routes, expected)
+}
+
+fn read_all(source: GenerationSource<MemorySource>, max_bytes: u32) -> Vec<(u64, String)> {
+    let mut cursor =
+        BroadcastedStorageTeamPeekCursor::<_, Ordered>::new(Arc::new(source), [A, B], Version(1))
+            .with_max_bytes(max_bytes);
+    let mut seen = Vec::new();
+    loop {
+        match block_on(cursor.fetch()).expect("every generation answers") {
+            Fetched::Mutations | Fetched::Progress => {
+                seen.extend(cursor.iter().map(|m| (m.version.0, key_of(&m))));
+            }
+            Fetched::Nothing => return seen,
+            Fetched::EndOfStream => panic!("the stream across generations never ends"),
+        }
+    }
+}
+
+proptest! {
+    /// A cursor reads every generation's committed versions once, in
+    /// order, and nothing of the tails that recoveries cut off, though the
+    /// next generation reuses those version numbers.
+    #[test]
+    fn a_cursor_crosses_generations_without_loss_or_repeat(
+        plans in plans(),
+        max_bytes in prop_oneof![Just(1u32), Just(64), Just(1 << 20)],
+    ) {
+        let (routes, expected) = build(&plans);
+        let seen = read_all(GenerationSource::new(routes), max_bytes);
+        prop_assert_eq!(seen, expected);
+    }
+}
+
+#[test]
+fn an_ended_generation_counts_everything_to_its_end_committed() {
+    let old = memory(&[A]);
+    for v in [3, 5, 9] {
+        old.commit(Version(v), &[(A, Subsequence(1), set(format!("k{v}")))])
+            .unwrap();
+    }
+    old.lock();
+    let source = GenerationSource::new(vec![
+        route(1, 0, Some(5), old),
+        route(2, 5, None, memory(&[A])),
+    ]);
+    let reply = block_on(source.peek(A, Version(1), 1 << 20)).unwrap();
+    assert_eq!(reply.blocks.len(), 2);
+    assert_eq!(reply.end, Version(6));
+    assert!(!reply.end_of_stream);
+    assert_eq!(reply.known_committed_version, Version(5));
+    assert_eq!(reply.max_known_version, Version(5));
+}
+
+#[test]
+fn a_block_that_straddles_the_recovery_version_is_cut() {
+    let old = memory(&[A]);
+    let mut builder = TeamBlockBuilder::new(A);
+    builder
+        .push(Version(4), Subsequence(1), &set("in".into()))
+        .unwrap();
+    builder.push_empty_version(Version(5)).unwrap();
+    builder
+        .push(Version(7), Subsequence(1), &set("out".into()))
+        .unwrap();
+    old.commit_blocks(Version(7), vec![(A, builder.finish())])
+        .unwrap();
+    old.lock();
+    let source = GenerationSource::new(vec![
+        route(1, 0, Some(5), old),
+        route(2, 5, None, memory(&[A])),
+    ]);
+    let reply = block_on(source.peek(A, Version(1), 1 << 20)).unwrap();
+    let block = reply.blocks[0].parse().unwrap();
+    assert_eq!(
+        block.versions().collect::<Vec<_>>(),
+        [Version(4), Version(5)]
+    );
+}
+
+#[test]
+fn a_locked_current_generation_means_waiting_for_the_next() {
+    let current = memory(&[A]);
+    current
+        .commit(Version(2), &[(A, Subsequence(1), set("k".into()))])
+        .unwrap();
+    current.lock();
+    let source = GenerationSource::new(vec![route(1, 0, None, current.clone())]);
+    let error = block_on(source.peek(A, Version(3), 1 << 20)).unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    // Once the recovery ends it at 2, the next generation takes over.
+    source.set_generations(vec![
+        route(1, 0, Some(2), current),
+        route(2, 2, None, memory(&[A])),
+    ]);
+    assert_eq!(source.newest_epoch(), Some(2));
+    let reply = block_on(source.peek(A, Version(3), 1 << 20)).unwrap();
+    assert!(reply.blocks.is_empty() && !reply.end_of_stream);
+}
+
+#[test]
+fn versions_no_generation_holds_are_refused_by_what_happened_to_them() {
+    let source = GenerationSource::<MemorySource>::new(Vec::new());
+    assert!(block_on(source.peek(A, Version(1), 1))
+        .unwrap_err()
+        .is_retryable());
+    let old = memory(&[A]);
+    old.commit(Version(20), &[]).unwrap();
+    old.lock();
+    source.set_generations(vec![route(4, 10, Some(20), old)]);
+    assert_eq!(
+        block_on(source.peek(A, Version(10), 1)),
+        Err(SourceError::Popped {
+            begin: Version(10),
+            popped: Some(Version(11))
+        })
+    );
+    // After the last ended generation, before its successor is known.
+    assert!(block_on(source.peek(A, Version(21), 1))
+        .unwrap_err()
+        .is_retryable());
+}
