@@ -98,6 +98,8 @@ pub enum CoreError {
     PeekBeforePopped { begin: Version, popped: Version },
     #[error("unknown team {0}")]
     UnknownTeam(StorageTeamId),
+    #[error("cannot begin a generation at {asked}: this tlog's chain is already at {last}")]
+    AlreadyBegun { asked: Version, last: Version },
 }
 
 pub struct CommitRequest {
@@ -125,6 +127,7 @@ pub enum Action<T> {
     CommitDone(T, Result<Version, CoreError>),
     LockDone(T, Result<LockOutcome, CoreError>),
     RegisterDone(T, Result<(), CoreError>),
+    BeginDone(T, Result<(), CoreError>),
 }
 
 enum Route {
@@ -136,6 +139,7 @@ enum Route {
 enum Barrier<T> {
     Lock(T),
     Register(T),
+    Begin(T),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -527,6 +531,7 @@ impl<T> TLogCore<T> {
             actions.push(match barrier {
                 Barrier::Lock(token) => Action::LockDone(token, Ok(self.lock_outcome())),
                 Barrier::Register(token) => Action::RegisterDone(token, Ok(())),
+                Barrier::Begin(token) => Action::BeginDone(token, Ok(())),
             });
         }
         self.evict_to_budget();
@@ -553,6 +558,7 @@ impl<T> TLogCore<T> {
             actions.push(match barrier {
                 Barrier::Lock(token) => Action::LockDone(token, Err(CoreError::Poisoned)),
                 Barrier::Register(token) => Action::RegisterDone(token, Err(CoreError::Poisoned)),
+                Barrier::Begin(token) => Action::BeginDone(token, Err(CoreError::Poisoned)),
             });
         }
         self.pending_bytes = 0;
@@ -633,6 +639,47 @@ impl<T> TLogCore<T> {
         } else {
             self.barriers.push((self.next_seq, Barrier::Lock(token)));
         }
+        actions
+    }
+
+    /// Starts this TLog's chain after `version`, the recovery version that
+    /// ended the generation before: the first commit it accepts names
+    /// `version` as its predecessor, and everything up to it counts as
+    /// committed. Answered once durable (a metadata snapshot in the log, so
+    /// a restart keeps it); asked again with the same version, it answers
+    /// once that is durable. A TLog whose chain already moved refuses.
+    pub fn begin_at(&mut self, version: Version, token: T) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        if self.poisoned {
+            actions.push(Action::BeginDone(token, Err(CoreError::Poisoned)));
+            return actions;
+        }
+        let last = self.meta.last_version;
+        if self.meta.locked
+            || (last != version && (last != Version::ZERO || !self.pending.is_empty()))
+        {
+            actions.push(Action::BeginDone(
+                token,
+                Err(CoreError::AlreadyBegun {
+                    asked: version,
+                    last,
+                }),
+            ));
+            return actions;
+        }
+        if last == version {
+            if self.unsynced.is_empty() && self.barriers.is_empty() {
+                actions.push(Action::BeginDone(token, Ok(())));
+            } else {
+                self.barriers.push((self.next_seq, Barrier::Begin(token)));
+            }
+            return actions;
+        }
+        self.meta.last_version = version;
+        self.meta.known_committed_version = self.meta.known_committed_version.max(version);
+        self.durable_version = version;
+        let seq = self.append(Record::Snapshot(self.meta.clone()), &mut actions);
+        self.barriers.push((seq, Barrier::Begin(token)));
         actions
     }
 

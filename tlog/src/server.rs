@@ -160,8 +160,8 @@ impl<S: LogStore> Shared<S> {
                     completions.push((token, Outcome::Commit(result)));
                 }
                 Action::LockDone(token, result) => completions.push((token, Outcome::Lock(result))),
-                Action::RegisterDone(token, result) => {
-                    completions.push((token, Outcome::Register(result)));
+                Action::RegisterDone(token, result) | Action::BeginDone(token, result) => {
+                    completions.push((token, Outcome::Durable(result)));
                 }
             }
         }
@@ -474,7 +474,7 @@ impl<S: LogStore> TLogService<S> {
         let (tx, rx) = oneshot::channel();
         self.submit_register_team(request, Waiter::Local(tx));
         match rx.await {
-            Ok(Outcome::Register(result)) => result,
+            Ok(Outcome::Durable(result)) => result,
             _ => Err(CoreError::Poisoned),
         }
     }
@@ -483,6 +483,19 @@ impl<S: LogStore> TLogService<S> {
         let mut core = self.core();
         let actions = core.register_team(request.team, request.servers, waiter);
         self.execute(core, actions);
+    }
+
+    /// Starts this TLog's chain after `version` (see [`TLogCore::begin_at`]):
+    /// how a worker readies a TLog it was recruited for.
+    pub async fn begin_at(&self, version: Version) -> Result<(), CoreError> {
+        let (tx, rx) = oneshot::channel();
+        let mut core = self.core();
+        let actions = core.begin_at(version, Waiter::Local(tx));
+        self.execute(core, actions);
+        match rx.await {
+            Ok(Outcome::Durable(result)) => result,
+            _ => Err(CoreError::Poisoned),
+        }
     }
 
     /// Answers a peek, waiting up to its timeout when nothing is there yet.

@@ -1,5 +1,5 @@
-//! Who waits for the core's decision on a commit, lock or team
-//! registration, and how the decision reaches them.
+//! Who waits for the core's decision on a commit, lock, team
+//! registration or generation begin, and how the decision reaches them.
 //!
 //! ```text
 //!  RPC request ──▶ Waiter::Remote(Responder) ─┐
@@ -25,7 +25,8 @@ use crate::engine::{CoreError, LockOutcome};
 pub enum Outcome {
     Commit(Result<Version, CoreError>),
     Lock(Result<LockOutcome, CoreError>),
-    Register(Result<(), CoreError>),
+    /// A team registration, or the begin of a generation: done once durable.
+    Durable(Result<(), CoreError>),
 }
 
 pub enum Waiter {
@@ -77,7 +78,7 @@ impl Outcome {
                     })
                 })
                 .map_err(error_reply),
-            Outcome::Register(result) => result
+            Outcome::Durable(result) => result
                 .map(|()| Message::RegisterTeamReply)
                 .map_err(error_reply),
         }
@@ -104,6 +105,7 @@ pub fn error_reply(e: CoreError) -> ErrorReply {
         CoreError::Corrupt(_) => ErrorCode::Corrupt,
         CoreError::PeekBeforePopped { .. } => ErrorCode::PeekBeforePopped,
         CoreError::UnknownTeam(_) => ErrorCode::UnknownTeam,
+        CoreError::AlreadyBegun { .. } => ErrorCode::VersionConflict,
     };
     let reply = ErrorReply::new(code, e.to_string());
     match e {

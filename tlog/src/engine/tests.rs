@@ -110,7 +110,9 @@ impl Harness {
                 Action::RemoveSegmentsBefore(id) => self.removed.push(id),
                 Action::CommitDone(token, result) => self.done.push((token, result)),
                 Action::LockDone(token, result) => self.locks.push((token, result)),
-                Action::RegisterDone(token, result) => self.registered.push((token, result)),
+                Action::RegisterDone(token, result) | Action::BeginDone(token, result) => {
+                    self.registered.push((token, result))
+                }
             }
         }
     }
@@ -472,4 +474,73 @@ fn a_commit_naming_a_team_never_registered_is_refused_whole() {
     h.commit(request(0, 5, &[A]), 4);
     h.sync();
     assert_eq!(h.done.last(), Some(&(4, Ok(Version(5)))));
+}
+
+#[test]
+fn a_generation_begins_after_the_recovery_version_and_keeps_it_across_restarts() {
+    let mut h = Harness::with_teams(CoreConfig::default());
+    let actions = h.core.begin_at(Version(900), 1);
+    h.run(actions);
+    assert!(h.registered.is_empty(), "a begin answers only once durable");
+    h.sync();
+    assert_eq!(h.registered, vec![(1, Ok(()))]);
+    // Asked again (a recruiter retrying), it answers at once.
+    let actions = h.core.begin_at(Version(900), 2);
+    h.run(actions);
+    assert_eq!(h.registered.last(), Some(&(2, Ok(()))));
+    let empty = ready(h.peek(A, 1));
+    assert_eq!((empty.end, empty.blocks.len()), (Version(901), 0));
+    assert_eq!(empty.known_committed_version, Version(900));
+    // The first commit chains from the recovery version; one that does
+    // not is refused.
+    h.commit(request(0, 950, &[A]), 3);
+    h.commit(request(900, 1000, &[A]), 4);
+    h.sync();
+    assert!(
+        matches!(h.done.as_slice(), [(3, Err(_)), (4, Ok(Version(1000)))]),
+        "{:?}",
+        h.done
+    );
+    // Once the chain moved, another begin is refused.
+    let actions = h.core.begin_at(Version(2000), 5);
+    h.run(actions);
+    assert_eq!(
+        h.registered.last(),
+        Some(&(
+            5,
+            Err(CoreError::AlreadyBegun {
+                asked: Version(2000),
+                last: Version(1000)
+            })
+        ))
+    );
+    // A restart replays the begin from the log.
+    let mut recovered = TLogCore::<u32>::new(CoreConfig::default());
+    for (i, (_, record)) in h.appended.iter().enumerate() {
+        if matches!(record, Record::Commit(_)) {
+            continue;
+        }
+        let location = RecordLocation {
+            segment: 1,
+            offset: 64 + i as u64 * 100,
+            len: 100,
+        };
+        recovered.recover_record(location, record.clone());
+    }
+    recovered.finish_recovery();
+    assert_eq!(recovered.durable_version(), Version(900));
+}
+
+#[test]
+fn a_locked_tlog_never_begins_a_generation() {
+    let mut h = Harness::with_teams(CoreConfig::default());
+    let actions = h.core.lock(1);
+    h.run(actions);
+    h.sync();
+    let actions = h.core.begin_at(Version(10), 2);
+    h.run(actions);
+    assert!(matches!(
+        h.registered.last(),
+        Some((2, Err(CoreError::AlreadyBegun { .. })))
+    ));
 }

@@ -73,20 +73,19 @@ fn build(plans: &[GenerationPlan]) -> (Vec<GenerationRoute<MemorySource>>, Vec<(
         let source = memory(&[A, B]);
         let current = g + 1 == plans.len();
         let mut version = begin;
-        let commit =
-            |version: u64, on_a: bool, kept: bool, expected: &mut Vec<(u64, String)>| {
-                let key = format!("g{g}v{version}");
-                let team = if on_a { A } else { B };
-                source
-                    .commit(
-                        Version(version),
-                        &[(team, Subsequence(1), set(key.clone()))],
-                    )
-                    .unwrap();
-                if kept {
-                    expected.push((version, key));
-                }
-            };
+        let commit = |version: u64, on_a: bool, kept: bool, expected: &mut Vec<(u64, String)>| {
+            let key = format!("g{g}v{version}");
+            let team = if on_a { A } else { B };
+            source
+                .commit(
+                    Version(version),
+                    &[(team, Subsequence(1), set(key.clone()))],
+                )
+                .unwrap();
+            if kept {
+                expected.push((version, key));
+            }
+        };
         for (gap, on_a) in &plan.committed {
             version += gap;
             commit(version, *on_a, true, &mut expected);
