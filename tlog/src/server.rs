@@ -489,13 +489,17 @@ impl<S: LogStore> TLogService<S> {
     /// how a worker readies a TLog it was recruited for.
     pub async fn begin_at(&self, version: Version) -> Result<(), CoreError> {
         let (tx, rx) = oneshot::channel();
-        let mut core = self.core();
-        let actions = core.begin_at(version, Waiter::Local(tx));
-        self.execute(core, actions);
+        self.submit_begin(version, Waiter::Local(tx));
         match rx.await {
             Ok(Outcome::Durable(result)) => result,
             _ => Err(CoreError::Poisoned),
         }
+    }
+
+    fn submit_begin(&self, version: Version, waiter: Waiter) {
+        let mut core = self.core();
+        let actions = core.begin_at(version, waiter);
+        self.execute(core, actions);
     }
 
     /// Answers a peek, waiting up to its timeout when nothing is there yet.
