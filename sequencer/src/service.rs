@@ -31,10 +31,21 @@ use crate::resolver::{ResolverCore, ResolverError};
 use crate::sequencer::{SequencerCore, SequencerError};
 use cluster::retry::{backoff, wait_until};
 
+/// Where a sequencer's versions start.
+#[derive(Clone, Debug)]
+pub enum SequencerStart {
+    /// After the highest version any of these TLogs holds: a cluster with
+    /// fixed roles, whose sequencer restarts over the same TLogs.
+    AfterTLogs(Vec<SocketAddr>),
+    /// After a recovery version: the sequencer of a new generation, whose
+    /// TLogs begin there.
+    AfterRecovery(Version),
+}
+
 #[derive(Clone, Debug)]
 pub struct SequencerConfig {
     pub proxies: BTreeSet<ProxyId>,
-    pub tlogs: Vec<SocketAddr>,
+    pub start: SequencerStart,
     /// How long a batch may wait at the resolver for its predecessor.
     pub resolve_wait_timeout: Duration,
     /// How long to keep trying to reach the TLogs at start.
@@ -67,18 +78,26 @@ pub struct SequencerService {
 }
 
 impl SequencerService {
-    /// Starts after the highest version any TLog holds, so versions never
-    /// repeat across restarts of the sequencer.
+    /// Starts where `config.start` says, so versions never repeat across
+    /// restarts of the sequencer or generations.
     pub async fn start(
         config: &SequencerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let mut last = Version::ZERO;
-        for addr in &config.tlogs {
-            last = last
-                .max(durable_version_of(*addr, config.startup_timeout, &config.transport).await?);
-        }
-        tracing::info!(%last, "sequencer starting after the tlogs' last version");
+        let last = match &config.start {
+            SequencerStart::AfterTLogs(tlogs) => {
+                let mut last = Version::ZERO;
+                for addr in tlogs {
+                    last = last.max(
+                        durable_version_of(*addr, config.startup_timeout, &config.transport)
+                            .await?,
+                    );
+                }
+                last
+            }
+            SequencerStart::AfterRecovery(version) => *version,
+        };
+        tracing::info!(%last, "sequencer starting");
         let wait_ms = config.resolve_wait_timeout.as_millis() as u64;
         let inner = Arc::new(Inner {
             sequencer: Mutex::new(SequencerCore::new(last, &config.proxies, clock.now_us())),

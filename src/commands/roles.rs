@@ -12,7 +12,7 @@ use commit_proxy::proxy::{ProxyConfig, ProxyService};
 use proto::clock::SystemClock;
 use proto::transport::{serve, ServerConfig, Service};
 use proto::{ProxyId, StorageServerId, StorageTeamId};
-use sequencer::service::{SequencerConfig, SequencerService};
+use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
 use storage_server::heed_engine::HeedEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
@@ -95,7 +95,7 @@ pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
         .with_context(|| format!("binding the sequencer to {addr}"))?;
     let config = SequencerConfig {
         proxies: cluster.proxy_ids(),
-        tlogs: cluster.tlog_addresses(),
+        start: SequencerStart::AfterTLogs(cluster.tlog_addresses()),
         resolve_wait_timeout: Duration::from_secs(10),
         startup_timeout: STARTUP_TIMEOUT,
         transport: cluster.client_config()?,
