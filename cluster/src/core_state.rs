@@ -41,7 +41,7 @@ pub enum CoreStateError {
 }
 
 /// Why the TLogs that answered a lock cannot end their generation.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecoveryVersionError {
     /// Some team may have all its copies on TLogs that did not answer.
     #[error("the teams placed from TLogs {uncovered:?} on have no locked copy")]

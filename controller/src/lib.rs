@@ -1,0 +1,13 @@
+//! The cluster controller: elected through the coordinators, it recovers
+//! the cluster into a new generation whenever the current one loses a
+//! member, and records each generation in the coordinators' core state.
+//!
+//! ```text
+//!  coordinators: register "core_state" (cluster::core_state)
+//!        ▲ read / conditional write
+//!  Recovery (recovery.rs, pure) ─Command─▶ runtime ─lock / recruit / open─▶ TLogs, workers, sequencer
+//!        ▲                                    │
+//!        └──────────────Event─────────────────┘
+//! ```
+
+pub mod recovery;
