@@ -19,6 +19,12 @@ use crate::frame::FramePayload;
 use crate::types::{Mutation, ProxyId, StorageServerId, StorageTeamId, Version};
 
 mod wire;
+mod workers;
+
+pub use workers::{
+    ClusterInfoReply, HostedRole, Recruit, RecruitRequest, RegisterWorkerRequest, RoleKind,
+    WorkerStatusReply,
+};
 
 /// The raw bytes of one team's message block (see [`crate::block`]); parse
 /// them with [`crate::block::TeamBlock::parse`] where the content matters.
@@ -524,6 +530,21 @@ pub enum Message {
     CoordinatedWrite(CoordinatedWriteRequest),
     CoordinatedReply(CoordinatedReply),
     CoordinatorStatus(CoordinatorStatusReply),
+    /// From a worker to the cluster controller.
+    RegisterWorker(RegisterWorkerRequest),
+    RegisterWorkerReply,
+    /// From the cluster controller to a worker; answered with the new
+    /// role's address.
+    Recruit(RecruitRequest),
+    RecruitReply(std::net::SocketAddr),
+    /// From the cluster controller to a recruited sequencer: the epoch
+    /// whose commit path is recorded.
+    OpenCommits(u64),
+    OpenCommitsReply,
+    /// To a coordinator, from anyone: where the commit path is.
+    GetClusterInfo,
+    ClusterInfo(ClusterInfoReply),
+    WorkerStatus(WorkerStatusReply),
 }
 
 impl Message {
@@ -568,6 +589,15 @@ impl Message {
             Message::CoordinatedWrite(_) => "coordinated_write",
             Message::CoordinatedReply(_) => "coordinated_reply",
             Message::CoordinatorStatus(_) => "coordinator_status",
+            Message::RegisterWorker(_) => "register_worker",
+            Message::RegisterWorkerReply => "register_worker_reply",
+            Message::Recruit(_) => "recruit",
+            Message::RecruitReply(_) => "recruit_reply",
+            Message::OpenCommits(_) => "open_commits",
+            Message::OpenCommitsReply => "open_commits_reply",
+            Message::GetClusterInfo => "get_cluster_info",
+            Message::ClusterInfo(_) => "cluster_info",
+            Message::WorkerStatus(_) => "worker_status",
         }
     }
 
@@ -585,6 +615,7 @@ impl Message {
                 | Message::GetValue(_)
                 | Message::GetRange(_)
                 | Message::GetKeyLocation(_)
+                | Message::GetClusterInfo
                 | Message::Status
         )
     }
@@ -609,6 +640,10 @@ impl Message {
                 | Message::Raft(_)
                 | Message::CoordinatedRead(_)
                 | Message::CoordinatedWrite(_)
+                | Message::RegisterWorker(_)
+                | Message::Recruit(_)
+                | Message::OpenCommits(_)
+                | Message::GetClusterInfo
         )
     }
 }

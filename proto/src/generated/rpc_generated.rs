@@ -195,12 +195,100 @@ impl<'a> ::flatbuffers::Verifiable for ErrorCode {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_PAYLOAD: u8 = 0;
+pub const ENUM_MIN_ROLE_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 38;
+pub const ENUM_MAX_ROLE_KIND: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 39] = [
+pub const ENUM_VALUES_ROLE_KIND: [RoleKind; 3] = [
+  RoleKind::TLog,
+  RoleKind::Sequencer,
+  RoleKind::Proxy,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct RoleKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl RoleKind {
+  pub const TLog: Self = Self(0);
+  pub const Sequencer: Self = Self(1);
+  pub const Proxy: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::TLog,
+    Self::Sequencer,
+    Self::Proxy,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::TLog => Some("TLog"),
+      Self::Sequencer => Some("Sequencer"),
+      Self::Proxy => Some("Proxy"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for RoleKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for RoleKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for RoleKind {
+    type Output = RoleKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for RoleKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for RoleKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for RoleKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PAYLOAD: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PAYLOAD: u8 = 47;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PAYLOAD: [Payload; 48] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -240,6 +328,15 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 39] = [
   Payload::CoordinatedWriteRequest,
   Payload::CoordinatedReply,
   Payload::CoordinatorStatusReply,
+  Payload::RegisterWorkerRequest,
+  Payload::RegisterWorkerReply,
+  Payload::RecruitRequest,
+  Payload::RecruitReply,
+  Payload::OpenCommitsRequest,
+  Payload::OpenCommitsReply,
+  Payload::GetClusterInfoRequest,
+  Payload::ClusterInfoReply,
+  Payload::WorkerStatusReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -286,9 +383,18 @@ impl Payload {
   pub const CoordinatedWriteRequest: Self = Self(36);
   pub const CoordinatedReply: Self = Self(37);
   pub const CoordinatorStatusReply: Self = Self(38);
+  pub const RegisterWorkerRequest: Self = Self(39);
+  pub const RegisterWorkerReply: Self = Self(40);
+  pub const RecruitRequest: Self = Self(41);
+  pub const RecruitReply: Self = Self(42);
+  pub const OpenCommitsRequest: Self = Self(43);
+  pub const OpenCommitsReply: Self = Self(44);
+  pub const GetClusterInfoRequest: Self = Self(45);
+  pub const ClusterInfoReply: Self = Self(46);
+  pub const WorkerStatusReply: Self = Self(47);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 38;
+  pub const ENUM_MAX: u8 = 47;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -329,6 +435,15 @@ impl Payload {
     Self::CoordinatedWriteRequest,
     Self::CoordinatedReply,
     Self::CoordinatorStatusReply,
+    Self::RegisterWorkerRequest,
+    Self::RegisterWorkerReply,
+    Self::RecruitRequest,
+    Self::RecruitReply,
+    Self::OpenCommitsRequest,
+    Self::OpenCommitsReply,
+    Self::GetClusterInfoRequest,
+    Self::ClusterInfoReply,
+    Self::WorkerStatusReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -372,6 +487,15 @@ impl Payload {
       Self::CoordinatedWriteRequest => Some("CoordinatedWriteRequest"),
       Self::CoordinatedReply => Some("CoordinatedReply"),
       Self::CoordinatorStatusReply => Some("CoordinatorStatusReply"),
+      Self::RegisterWorkerRequest => Some("RegisterWorkerRequest"),
+      Self::RegisterWorkerReply => Some("RegisterWorkerReply"),
+      Self::RecruitRequest => Some("RecruitRequest"),
+      Self::RecruitReply => Some("RecruitReply"),
+      Self::OpenCommitsRequest => Some("OpenCommitsRequest"),
+      Self::OpenCommitsReply => Some("OpenCommitsReply"),
+      Self::GetClusterInfoRequest => Some("GetClusterInfoRequest"),
+      Self::ClusterInfoReply => Some("ClusterInfoReply"),
+      Self::WorkerStatusReply => Some("WorkerStatusReply"),
       _ => None,
     }
   }
@@ -6407,6 +6531,1167 @@ impl ::core::fmt::Debug for CoordinatorStatusReply<'_> {
       ds.finish()
   }
 }
+pub enum HostedRoleOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HostedRole<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HostedRole<'a> {
+  type Inner = HostedRole<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HostedRole<'a> {
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HostedRole { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HostedRoleArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HostedRole<'bldr>> {
+    let mut builder = HostedRoleBuilder::new(_fbb);
+    builder.add_id(args.id);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.problem { builder.add_problem(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> RoleKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<RoleKind>(HostedRole::VT_KIND, Some(RoleKind::TLog)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HostedRole::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HostedRole::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HostedRole::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn problem(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HostedRole::VT_PROBLEM, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HostedRole<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<RoleKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HostedRoleArgs<'a> {
+    pub kind: RoleKind,
+    pub epoch: u64,
+    pub id: u64,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for HostedRoleArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HostedRoleArgs {
+      kind: RoleKind::TLog,
+      epoch: 0,
+      id: 0,
+      address: None,
+      problem: None,
+    }
+  }
+}
+
+pub struct HostedRoleBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HostedRoleBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: RoleKind) {
+    self.fbb_.push_slot::<RoleKind>(HostedRole::VT_KIND, kind, RoleKind::TLog);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(HostedRole::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(HostedRole::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HostedRole::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_problem(&mut self, problem: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HostedRole::VT_PROBLEM, problem);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HostedRoleBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HostedRoleBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HostedRole<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HostedRole<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HostedRole");
+      ds.field("kind", &self.kind());
+      ds.field("epoch", &self.epoch());
+      ds.field("id", &self.id());
+      ds.field("address", &self.address());
+      ds.field("problem", &self.problem());
+      ds.finish()
+  }
+}
+pub enum RegisterWorkerRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RegisterWorkerRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RegisterWorkerRequest<'a> {
+  type Inner = RegisterWorkerRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RegisterWorkerRequest<'a> {
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ROLES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RegisterWorkerRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RegisterWorkerRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RegisterWorkerRequest<'bldr>> {
+    let mut builder = RegisterWorkerRequestBuilder::new(_fbb);
+    if let Some(x) = args.roles { builder.add_roles(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RegisterWorkerRequest::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn roles(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<HostedRole<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<HostedRole>>>>(RegisterWorkerRequest::VT_ROLES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RegisterWorkerRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<HostedRole>>>>("roles", Self::VT_ROLES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RegisterWorkerRequestArgs<'a> {
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub roles: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<HostedRole<'a>>>>>,
+}
+impl<'a> Default for RegisterWorkerRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RegisterWorkerRequestArgs {
+      address: None,
+      roles: None,
+    }
+  }
+}
+
+pub struct RegisterWorkerRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisterWorkerRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegisterWorkerRequest::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_roles(&mut self, roles: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<HostedRole<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegisterWorkerRequest::VT_ROLES, roles);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisterWorkerRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RegisterWorkerRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RegisterWorkerRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RegisterWorkerRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RegisterWorkerRequest");
+      ds.field("address", &self.address());
+      ds.field("roles", &self.roles());
+      ds.finish()
+  }
+}
+pub enum RegisterWorkerReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RegisterWorkerReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RegisterWorkerReply<'a> {
+  type Inner = RegisterWorkerReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RegisterWorkerReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RegisterWorkerReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RegisterWorkerReplyArgs
+  ) -> ::flatbuffers::WIPOffset<RegisterWorkerReply<'bldr>> {
+    let mut builder = RegisterWorkerReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for RegisterWorkerReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RegisterWorkerReplyArgs {
+}
+impl<'a> Default for RegisterWorkerReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    RegisterWorkerReplyArgs {
+    }
+  }
+}
+
+pub struct RegisterWorkerReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisterWorkerReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisterWorkerReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RegisterWorkerReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RegisterWorkerReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RegisterWorkerReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RegisterWorkerReply");
+      ds.finish()
+  }
+}
+pub enum RecruitRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RecruitRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RecruitRequest<'a> {
+  type Inner = RecruitRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RecruitRequest<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PROXIES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SEQUENCER: ::flatbuffers::VOffsetT = 14;
+  pub const VT_TLOGS: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RecruitRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RecruitRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RecruitRequest<'bldr>> {
+    let mut builder = RecruitRequestBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_id(args.id);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.tlogs { builder.add_tlogs(x); }
+    if let Some(x) = args.sequencer { builder.add_sequencer(x); }
+    if let Some(x) = args.proxies { builder.add_proxies(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RecruitRequest::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn kind(&self) -> RoleKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<RoleKind>(RecruitRequest::VT_KIND, Some(RoleKind::TLog)).unwrap()}
+  }
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RecruitRequest::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RecruitRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn proxies(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(RecruitRequest::VT_PROXIES, None)}
+  }
+  #[inline]
+  pub fn sequencer(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecruitRequest::VT_SEQUENCER, None)}
+  }
+  #[inline]
+  pub fn tlogs(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(RecruitRequest::VT_TLOGS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RecruitRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<RoleKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("proxies", Self::VT_PROXIES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("sequencer", Self::VT_SEQUENCER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("tlogs", Self::VT_TLOGS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecruitRequestArgs<'a> {
+    pub epoch: u64,
+    pub kind: RoleKind,
+    pub id: u64,
+    pub version: u64,
+    pub proxies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub sequencer: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub tlogs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for RecruitRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecruitRequestArgs {
+      epoch: 0,
+      kind: RoleKind::TLog,
+      id: 0,
+      version: 0,
+      proxies: None,
+      sequencer: None,
+      tlogs: None,
+    }
+  }
+}
+
+pub struct RecruitRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecruitRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(RecruitRequest::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: RoleKind) {
+    self.fbb_.push_slot::<RoleKind>(RecruitRequest::VT_KIND, kind, RoleKind::TLog);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(RecruitRequest::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(RecruitRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_proxies(&mut self, proxies: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecruitRequest::VT_PROXIES, proxies);
+  }
+  #[inline]
+  pub fn add_sequencer(&mut self, sequencer: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecruitRequest::VT_SEQUENCER, sequencer);
+  }
+  #[inline]
+  pub fn add_tlogs(&mut self, tlogs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecruitRequest::VT_TLOGS, tlogs);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecruitRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RecruitRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RecruitRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RecruitRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RecruitRequest");
+      ds.field("epoch", &self.epoch());
+      ds.field("kind", &self.kind());
+      ds.field("id", &self.id());
+      ds.field("version", &self.version());
+      ds.field("proxies", &self.proxies());
+      ds.field("sequencer", &self.sequencer());
+      ds.field("tlogs", &self.tlogs());
+      ds.finish()
+  }
+}
+pub enum RecruitReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RecruitReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RecruitReply<'a> {
+  type Inner = RecruitReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RecruitReply<'a> {
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RecruitReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RecruitReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RecruitReply<'bldr>> {
+    let mut builder = RecruitReplyBuilder::new(_fbb);
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecruitReply::VT_ADDRESS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RecruitReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecruitReplyArgs<'a> {
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for RecruitReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecruitReplyArgs {
+      address: None,
+    }
+  }
+}
+
+pub struct RecruitReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecruitReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecruitReply::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecruitReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RecruitReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RecruitReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RecruitReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RecruitReply");
+      ds.field("address", &self.address());
+      ds.finish()
+  }
+}
+pub enum OpenCommitsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OpenCommitsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OpenCommitsRequest<'a> {
+  type Inner = OpenCommitsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OpenCommitsRequest<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OpenCommitsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OpenCommitsRequestArgs
+  ) -> ::flatbuffers::WIPOffset<OpenCommitsRequest<'bldr>> {
+    let mut builder = OpenCommitsRequestBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(OpenCommitsRequest::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OpenCommitsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OpenCommitsRequestArgs {
+    pub epoch: u64,
+}
+impl<'a> Default for OpenCommitsRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    OpenCommitsRequestArgs {
+      epoch: 0,
+    }
+  }
+}
+
+pub struct OpenCommitsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OpenCommitsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(OpenCommitsRequest::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OpenCommitsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OpenCommitsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OpenCommitsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OpenCommitsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OpenCommitsRequest");
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
+pub enum OpenCommitsReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OpenCommitsReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OpenCommitsReply<'a> {
+  type Inner = OpenCommitsReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OpenCommitsReply<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OpenCommitsReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args OpenCommitsReplyArgs
+  ) -> ::flatbuffers::WIPOffset<OpenCommitsReply<'bldr>> {
+    let mut builder = OpenCommitsReplyBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for OpenCommitsReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OpenCommitsReplyArgs {
+}
+impl<'a> Default for OpenCommitsReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    OpenCommitsReplyArgs {
+    }
+  }
+}
+
+pub struct OpenCommitsReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OpenCommitsReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OpenCommitsReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OpenCommitsReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OpenCommitsReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OpenCommitsReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OpenCommitsReply");
+      ds.finish()
+  }
+}
+pub enum GetClusterInfoRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetClusterInfoRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetClusterInfoRequest<'a> {
+  type Inner = GetClusterInfoRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetClusterInfoRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetClusterInfoRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args GetClusterInfoRequestArgs
+  ) -> ::flatbuffers::WIPOffset<GetClusterInfoRequest<'bldr>> {
+    let mut builder = GetClusterInfoRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for GetClusterInfoRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetClusterInfoRequestArgs {
+}
+impl<'a> Default for GetClusterInfoRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    GetClusterInfoRequestArgs {
+    }
+  }
+}
+
+pub struct GetClusterInfoRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetClusterInfoRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetClusterInfoRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetClusterInfoRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetClusterInfoRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetClusterInfoRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetClusterInfoRequest");
+      ds.finish()
+  }
+}
+pub enum ClusterInfoReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClusterInfoReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClusterInfoReply<'a> {
+  type Inner = ClusterInfoReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClusterInfoReply<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEQUENCER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PROXIES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClusterInfoReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClusterInfoReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClusterInfoReply<'bldr>> {
+    let mut builder = ClusterInfoReplyBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.proxies { builder.add_proxies(x); }
+    if let Some(x) = args.sequencer { builder.add_sequencer(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClusterInfoReply::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sequencer(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClusterInfoReply::VT_SEQUENCER, None)}
+  }
+  #[inline]
+  pub fn proxies(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ClusterInfoReply::VT_PROXIES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClusterInfoReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("sequencer", Self::VT_SEQUENCER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("proxies", Self::VT_PROXIES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClusterInfoReplyArgs<'a> {
+    pub epoch: u64,
+    pub sequencer: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub proxies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for ClusterInfoReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClusterInfoReplyArgs {
+      epoch: 0,
+      sequencer: None,
+      proxies: None,
+    }
+  }
+}
+
+pub struct ClusterInfoReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterInfoReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(ClusterInfoReply::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_sequencer(&mut self, sequencer: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterInfoReply::VT_SEQUENCER, sequencer);
+  }
+  #[inline]
+  pub fn add_proxies(&mut self, proxies: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterInfoReply::VT_PROXIES, proxies);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterInfoReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClusterInfoReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClusterInfoReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClusterInfoReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClusterInfoReply");
+      ds.field("epoch", &self.epoch());
+      ds.field("sequencer", &self.sequencer());
+      ds.field("proxies", &self.proxies());
+      ds.finish()
+  }
+}
+pub enum WorkerStatusReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct WorkerStatusReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WorkerStatusReply<'a> {
+  type Inner = WorkerStatusReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WorkerStatusReply<'a> {
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ROLES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CONTROLLER: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WorkerStatusReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WorkerStatusReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<WorkerStatusReply<'bldr>> {
+    let mut builder = WorkerStatusReplyBuilder::new(_fbb);
+    if let Some(x) = args.controller { builder.add_controller(x); }
+    if let Some(x) = args.roles { builder.add_roles(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WorkerStatusReply::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn roles(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<HostedRole<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<HostedRole>>>>(WorkerStatusReply::VT_ROLES, None)}
+  }
+  #[inline]
+  pub fn controller(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WorkerStatusReply::VT_CONTROLLER, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WorkerStatusReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<HostedRole>>>>("roles", Self::VT_ROLES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("controller", Self::VT_CONTROLLER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WorkerStatusReplyArgs<'a> {
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub roles: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<HostedRole<'a>>>>>,
+    pub controller: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for WorkerStatusReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WorkerStatusReplyArgs {
+      address: None,
+      roles: None,
+      controller: None,
+    }
+  }
+}
+
+pub struct WorkerStatusReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkerStatusReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerStatusReply::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_roles(&mut self, roles: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<HostedRole<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerStatusReply::VT_ROLES, roles);
+  }
+  #[inline]
+  pub fn add_controller(&mut self, controller: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerStatusReply::VT_CONTROLLER, controller);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkerStatusReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WorkerStatusReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WorkerStatusReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WorkerStatusReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WorkerStatusReply");
+      ds.field("address", &self.address());
+      ds.field("roles", &self.roles());
+      ds.field("controller", &self.controller());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7044,6 +8329,141 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_register_worker_request(&self) -> Option<RegisterWorkerRequest<'a>> {
+    if self.payload_type() == Payload::RegisterWorkerRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RegisterWorkerRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_register_worker_reply(&self) -> Option<RegisterWorkerReply<'a>> {
+    if self.payload_type() == Payload::RegisterWorkerReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RegisterWorkerReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_recruit_request(&self) -> Option<RecruitRequest<'a>> {
+    if self.payload_type() == Payload::RecruitRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RecruitRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_recruit_reply(&self) -> Option<RecruitReply<'a>> {
+    if self.payload_type() == Payload::RecruitReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RecruitReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_open_commits_request(&self) -> Option<OpenCommitsRequest<'a>> {
+    if self.payload_type() == Payload::OpenCommitsRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OpenCommitsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_open_commits_reply(&self) -> Option<OpenCommitsReply<'a>> {
+    if self.payload_type() == Payload::OpenCommitsReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OpenCommitsReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_get_cluster_info_request(&self) -> Option<GetClusterInfoRequest<'a>> {
+    if self.payload_type() == Payload::GetClusterInfoRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GetClusterInfoRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_cluster_info_reply(&self) -> Option<ClusterInfoReply<'a>> {
+    if self.payload_type() == Payload::ClusterInfoReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ClusterInfoReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_worker_status_reply(&self) -> Option<WorkerStatusReply<'a>> {
+    if self.payload_type() == Payload::WorkerStatusReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { WorkerStatusReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -7093,6 +8513,15 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::CoordinatedWriteRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatedWriteRequest>>("Payload::CoordinatedWriteRequest", pos),
           Payload::CoordinatedReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatedReply>>("Payload::CoordinatedReply", pos),
           Payload::CoordinatorStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatorStatusReply>>("Payload::CoordinatorStatusReply", pos),
+          Payload::RegisterWorkerRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RegisterWorkerRequest>>("Payload::RegisterWorkerRequest", pos),
+          Payload::RegisterWorkerReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RegisterWorkerReply>>("Payload::RegisterWorkerReply", pos),
+          Payload::RecruitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RecruitRequest>>("Payload::RecruitRequest", pos),
+          Payload::RecruitReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RecruitReply>>("Payload::RecruitReply", pos),
+          Payload::OpenCommitsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OpenCommitsRequest>>("Payload::OpenCommitsRequest", pos),
+          Payload::OpenCommitsReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OpenCommitsReply>>("Payload::OpenCommitsReply", pos),
+          Payload::GetClusterInfoRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetClusterInfoRequest>>("Payload::GetClusterInfoRequest", pos),
+          Payload::ClusterInfoReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterInfoReply>>("Payload::ClusterInfoReply", pos),
+          Payload::WorkerStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WorkerStatusReply>>("Payload::WorkerStatusReply", pos),
           _ => Ok(()),
         }
      })?
@@ -7422,6 +8851,69 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::CoordinatorStatusReply => {
           if let Some(x) = self.payload_as_coordinator_status_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::RegisterWorkerRequest => {
+          if let Some(x) = self.payload_as_register_worker_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::RegisterWorkerReply => {
+          if let Some(x) = self.payload_as_register_worker_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::RecruitRequest => {
+          if let Some(x) = self.payload_as_recruit_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::RecruitReply => {
+          if let Some(x) = self.payload_as_recruit_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::OpenCommitsRequest => {
+          if let Some(x) = self.payload_as_open_commits_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::OpenCommitsReply => {
+          if let Some(x) = self.payload_as_open_commits_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::GetClusterInfoRequest => {
+          if let Some(x) = self.payload_as_get_cluster_info_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ClusterInfoReply => {
+          if let Some(x) = self.payload_as_cluster_info_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::WorkerStatusReply => {
+          if let Some(x) = self.payload_as_worker_status_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -299,7 +299,77 @@ fn every_message() -> Vec<Message> {
             controller: None,
             watched: Vec::new(),
         }),
+        Message::RegisterWorker(RegisterWorkerRequest {
+            address: addr(4600),
+            roles: vec![
+                HostedRole {
+                    kind: RoleKind::TLog,
+                    epoch: 7,
+                    id: 2,
+                    address: addr(40001),
+                    problem: Some("poisoned".into()),
+                },
+                HostedRole {
+                    kind: RoleKind::Proxy,
+                    epoch: 7,
+                    id: 1,
+                    address: "[::1]:40002".parse().unwrap(),
+                    problem: None,
+                },
+            ],
+        }),
+        Message::RegisterWorkerReply,
+        Message::Recruit(RecruitRequest {
+            epoch: 8,
+            role: Recruit::TLog {
+                index: 2,
+                begin: Version(900),
+            },
+        }),
+        Message::Recruit(RecruitRequest {
+            epoch: 8,
+            role: Recruit::Sequencer {
+                start_after: Version(900),
+                proxies: vec![ProxyId(1), ProxyId(2)],
+            },
+        }),
+        Message::Recruit(RecruitRequest {
+            epoch: 8,
+            role: Recruit::Proxy {
+                id: ProxyId(2),
+                sequencer: addr(40010),
+                tlogs: vec![addr(40011), addr(40012)],
+            },
+        }),
+        Message::RecruitReply(addr(40013)),
+        Message::OpenCommits(8),
+        Message::OpenCommitsReply,
+        Message::GetClusterInfo,
+        Message::ClusterInfo(ClusterInfoReply {
+            epoch: 8,
+            sequencer: Some(addr(40010)),
+            proxies: vec![addr(40014)],
+        }),
+        Message::ClusterInfo(ClusterInfoReply {
+            epoch: 0,
+            sequencer: None,
+            proxies: Vec::new(),
+        }),
+        Message::WorkerStatus(WorkerStatusReply {
+            address: addr(4600),
+            roles: Vec::new(),
+            controller: Some(addr(4490)),
+        }),
+        Message::WorkerStatus(WorkerStatusReply {
+            address: addr(4601),
+            roles: Vec::new(),
+            controller: None,
+        }),
     ]
+}
+
+fn addr(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 #[test]
@@ -382,7 +452,13 @@ fn request_and_reply_kinds_are_told_apart() {
             "get_key_location",
             "raft",
             "coordinated_read",
-            "coordinated_write"
+            "coordinated_write",
+            "register_worker",
+            "recruit",
+            "recruit",
+            "recruit",
+            "open_commits",
+            "get_cluster_info"
         ]
     );
 }
@@ -500,4 +576,42 @@ proptest! {
             prop_assert_eq!(Envelope::decode(decoded.encode().into_bytes()), Ok(decoded));
         }
     }
+}
+
+#[test]
+fn a_recruit_naming_no_address_or_an_unknown_role_is_refused() {
+    let recruit = |kind: u8, sequencer: &str| {
+        let mut fbb = FlatBufferBuilder::new();
+        let sequencer = fbb.create_string(sequencer);
+        let payload = fb::RecruitRequest::create(
+            &mut fbb,
+            &fb::RecruitRequestArgs {
+                epoch: 3,
+                kind: fb::RoleKind(kind),
+                sequencer: Some(sequencer),
+                ..Default::default()
+            },
+        );
+        let root = fb::Envelope::create(
+            &mut fbb,
+            &fb::EnvelopeArgs {
+                request_id: 9,
+                payload_type: fb::Payload::RecruitRequest,
+                payload: Some(payload.as_union_value()),
+                appendix: 0,
+            },
+        );
+        fbb.finish(root, None);
+        Envelope::decode(Bytes::copy_from_slice(fbb.finished_data()))
+    };
+    for (kind, sequencer) in [(2, "not an address"), (2, ""), (7, "127.0.0.1:1")] {
+        assert!(
+            matches!(
+                recruit(kind, sequencer),
+                Err(DecodeError::InvalidContent { request_id: 9, .. })
+            ),
+            "kind {kind}, sequencer {sequencer:?}"
+        );
+    }
+    assert!(recruit(2, "127.0.0.1:1").is_ok());
 }

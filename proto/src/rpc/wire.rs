@@ -17,6 +17,7 @@ mod appendix;
 mod commit;
 mod coordination;
 mod read;
+mod workers;
 use crate::types::{StorageServerId, StorageTeamId, Version};
 
 /// Room for the tables and offsets around the payload bytes.
@@ -112,6 +113,7 @@ fn estimated_len(message: &Message) -> usize {
     ENVELOPE_OVERHEAD
         + read::payload_len(message)
         + coordination::payload_len(message)
+        + workers::payload_len(message)
         + mutations
         + blocks
             .iter()
@@ -297,6 +299,15 @@ fn encode_message(
         Message::CoordinatedWrite(r) => coordination::write(fbb, r),
         Message::CoordinatedReply(r) => coordination::reply(fbb, r),
         Message::CoordinatorStatus(r) => coordination::status(fbb, r),
+        Message::RegisterWorker(r) => workers::register_worker(fbb, r),
+        Message::RegisterWorkerReply => workers::register_worker_reply(fbb),
+        Message::Recruit(r) => workers::recruit(fbb, r),
+        Message::RecruitReply(address) => workers::recruit_reply(fbb, address),
+        Message::OpenCommits(epoch) => workers::open_commits(fbb, *epoch),
+        Message::OpenCommitsReply => workers::open_commits_reply(fbb),
+        Message::GetClusterInfo => workers::get_cluster_info(fbb),
+        Message::ClusterInfo(r) => workers::cluster_info(fbb, r),
+        Message::WorkerStatus(r) => workers::worker_status(fbb, r),
     }
 }
 
@@ -471,6 +482,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
         _ => match commit::decode(&frame, &envelope)
             .or_else(|| read::decode(&frame, &envelope))
             .or_else(|| coordination::decode(&frame, &envelope))
+            .or_else(|| workers::decode(&envelope))
         {
             Some(message) => message?,
             None => return Err(unknown),
