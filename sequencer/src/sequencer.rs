@@ -28,6 +28,10 @@ pub enum SequencerError {
     /// ones out can commit before it goes. Ask again (its successor).
     #[error("the sequencer is stopping and hands out no new versions")]
     Stopping,
+    /// A new generation's sequencer hands out nothing before its commit
+    /// path is recorded on the coordinators, and the controller opens it.
+    #[error("the sequencer is not open yet: its generation's recovery has not finished")]
+    NotOpen,
 }
 
 pub struct SequencerCore {
@@ -38,6 +42,7 @@ pub struct SequencerCore {
     origin: (Version, u64),
     answered: BTreeMap<ProxyId, (u64, GetCommitVersionReply)>,
     stopping: bool,
+    open: bool,
 }
 
 impl SequencerCore {
@@ -51,7 +56,22 @@ impl SequencerCore {
             origin: (last, now_us),
             answered: BTreeMap::new(),
             stopping: false,
+            open: true,
         }
+    }
+
+    /// The same sequencer, handing out nothing until [`SequencerCore::open`].
+    pub fn closed(mut self) -> Self {
+        self.open = false;
+        self
+    }
+
+    pub fn open(&mut self) {
+        self.open = true;
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
     }
 
     pub fn commit_version(
@@ -77,6 +97,9 @@ impl SequencerCore {
         }
         if self.stopping {
             return Err(SequencerError::Stopping);
+        }
+        if !self.open {
+            return Err(SequencerError::NotOpen);
         }
         let by_time = self.origin.0 .0 + now_us.saturating_sub(self.origin.1);
         let version = Version(by_time.max(self.last.0 + 1));
@@ -198,5 +221,16 @@ mod tests {
         );
         assert_eq!(s.last_version(), Version(10), "nothing handed out");
         assert!(s.commit_version(P1, 1, 0).is_ok());
+    }
+
+    #[test]
+    fn a_closed_sequencer_hands_out_nothing_until_opened() {
+        let mut s = core(900, 0).closed();
+        assert_eq!(s.commit_version(P1, 1, 0), Err(SequencerError::NotOpen));
+        assert_eq!(s.last_version(), Version(900));
+        assert_eq!(s.read_version(), Version(900));
+        s.open();
+        let first = s.commit_version(P1, 1, 0).unwrap();
+        assert_eq!(first.prev_version, Version(900));
     }
 }

@@ -37,9 +37,11 @@ pub enum SequencerStart {
     /// After the highest version any of these TLogs holds: a cluster with
     /// fixed roles, whose sequencer restarts over the same TLogs.
     AfterTLogs(Vec<SocketAddr>),
-    /// After a recovery version: the sequencer of a new generation, whose
-    /// TLogs begin there.
-    AfterRecovery(Version),
+    /// After a recovery version: the sequencer of generation `epoch`, whose
+    /// TLogs begin there. It hands out nothing until opened
+    /// (`Message::OpenCommits`), once its generation's commit path is
+    /// recorded.
+    AfterRecovery { version: Version, epoch: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +69,8 @@ pub enum StartError {
 type ResolveToken = oneshot::Sender<Result<ResolveReply, ResolverError>>;
 
 struct Inner {
+    /// The generation this sequencer serves, when recruited by a recovery.
+    epoch: Option<u64>,
     sequencer: Mutex<SequencerCore>,
     resolver: Mutex<ResolverCore<ResolveToken>>,
     clock: Arc<dyn Clock>,
@@ -84,7 +88,7 @@ impl SequencerService {
         config: &SequencerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let last = match &config.start {
+        let (last, epoch) = match &config.start {
             SequencerStart::AfterTLogs(tlogs) => {
                 let mut last = Version::ZERO;
                 for addr in tlogs {
@@ -93,14 +97,19 @@ impl SequencerService {
                             .await?,
                     );
                 }
-                last
+                (last, None)
             }
-            SequencerStart::AfterRecovery(version) => *version,
+            SequencerStart::AfterRecovery { version, epoch } => (*version, Some(*epoch)),
         };
         tracing::info!(%last, "sequencer starting");
         let wait_ms = config.resolve_wait_timeout.as_millis() as u64;
+        let mut core = SequencerCore::new(last, &config.proxies, clock.now_us());
+        if epoch.is_some() {
+            core = core.closed();
+        }
         let inner = Arc::new(Inner {
-            sequencer: Mutex::new(SequencerCore::new(last, &config.proxies, clock.now_us())),
+            epoch,
+            sequencer: Mutex::new(core),
             resolver: Mutex::new(ResolverCore::new(last, &config.proxies, wait_ms)),
             clock,
         });
@@ -154,6 +163,17 @@ impl SequencerService {
                 Ok(Message::ReportCommittedReply)
             }
             Message::Status => Ok(Message::SequencerStatus(self.status())),
+            Message::OpenCommits(epoch) => {
+                if inner.epoch != Some(epoch) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::MalformedRequest,
+                        format!("this sequencer does not serve generation {epoch}"),
+                    ));
+                }
+                lock(&inner.sequencer).open();
+                tracing::info!(epoch, "sequencer open: handing out versions");
+                Ok(Message::OpenCommitsReply)
+            }
             Message::GetReadVersion => {
                 let version = lock(&inner.sequencer).read_version();
                 Ok(Message::GetReadVersionReply(GetReadVersionReply {
@@ -231,7 +251,7 @@ fn sequencer_error(e: SequencerError) -> ErrorReply {
         SequencerError::StaleRequest { .. } => ErrorCode::MalformedRequest,
         SequencerError::UnknownVersion { .. } => ErrorCode::VersionConflict,
         SequencerError::UnknownProxy(_) => ErrorCode::MalformedRequest,
-        SequencerError::Stopping => ErrorCode::Unavailable,
+        SequencerError::Stopping | SequencerError::NotOpen => ErrorCode::Unavailable,
     };
     ErrorReply::new(code, e.to_string())
 }
