@@ -1,5 +1,7 @@
 //! The client library: commit batches of mutations, get read versions, and
-//! read keys at a version, finding every process through the cluster file.
+//! read keys at a version, finding every process through the cluster file
+//! (and, where the controller recruits the commit path, the coordinators:
+//! see `commit_path`).
 //!
 //! ```text
 //!  Client ─commit─▶ a proxy (round robin; the next one if it cannot be reached)
@@ -24,6 +26,10 @@ use proto::transport::{ClientConfig, Peer, RpcError};
 use proto::{Mutation, StorageServerId, Version};
 
 use cluster::{ClusterFile, ClusterFileError};
+
+use crate::commit_path::CommitPath;
+
+mod commit_path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -51,8 +57,7 @@ pub enum ClientError {
 }
 
 pub struct Client {
-    proxies: Vec<Peer>,
-    sequencer: Peer,
+    path: CommitPath,
     servers: BTreeMap<StorageServerId, Peer>,
     /// Shard locations learned from proxies, by shard begin; an entry is
     /// dropped when a server answers `wrong_shard_server` for it.
@@ -72,15 +77,17 @@ impl Client {
     /// A client of the cluster the file describes, over TLS when the file
     /// says so.
     pub fn new(cluster: &ClusterFile) -> Result<Client, ClientError> {
-        Ok(Self::with_transport(cluster, cluster.client_config()?))
+        Self::with_transport(cluster, cluster.client_config()?)
     }
 
     /// A client that calls the cluster with `transport`.
-    pub fn with_transport(cluster: &ClusterFile, transport: ClientConfig) -> Client {
+    pub fn with_transport(
+        cluster: &ClusterFile,
+        transport: ClientConfig,
+    ) -> Result<Client, ClientError> {
         let peer = |addr| Peer::new(addr, transport.clone());
-        Client {
-            proxies: cluster.proxies.iter().map(|p| peer(p.address)).collect(),
-            sequencer: peer(cluster.sequencer.address),
+        Ok(Client {
+            path: CommitPath::new(cluster, &transport)?,
             servers: cluster
                 .storage_servers
                 .iter()
@@ -88,7 +95,7 @@ impl Client {
                 .collect(),
             locations: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Commits `mutations` atomically; returns the commit version.
@@ -110,10 +117,20 @@ impl Client {
     }
 
     async fn send(&self, request: ClientCommitRequest) -> Result<Version, ClientError> {
+        let result = self.send_once(request).await;
+        if result.is_err() {
+            self.path.failed();
+        }
+        result
+    }
+
+    async fn send_once(&self, request: ClientCommitRequest) -> Result<Version, ClientError> {
+        let route = self.path.route().await?;
+        let proxies = &route.proxies;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut unreachable = Vec::new();
-        for i in 0..self.proxies.len() {
-            let proxy = &self.proxies[(start + i) % self.proxies.len()];
+        for i in 0..proxies.len() {
+            let proxy = &proxies[(start + i) % proxies.len()];
             // Only a failure to connect is safe to retry elsewhere: once the
             // request is sent, it may be applied.
             let client = match proxy.client().await {
@@ -297,8 +314,9 @@ impl Client {
             key: Bytes::copy_from_slice(key),
             version,
         };
+        let route = self.path.route().await?;
         let mut failures = Vec::new();
-        for proxy in &self.proxies {
+        for proxy in &route.proxies {
             let call = async {
                 proxy
                     .client()
@@ -321,6 +339,7 @@ impl Client {
                 Err(e) => failures.push(format!("{}: {e}", proxy.addr())),
             }
         }
+        self.path.failed();
         Err(ClientError::Unavailable(failures.join("; ")))
     }
 
@@ -363,8 +382,9 @@ impl Client {
 
     /// A version at which every acknowledged commit is visible.
     pub async fn read_version(&self) -> Result<Version, ClientError> {
+        let route = self.path.route().await?;
         let call = async {
-            match self
+            match route
                 .sequencer
                 .client()
                 .await?
@@ -375,7 +395,10 @@ impl Client {
                 other => Err(RpcError::UnexpectedReply(other.name())),
             }
         };
-        call.await.map_err(ClientError::Sequencer)
+        call.await.map_err(|e| {
+            self.path.failed();
+            ClientError::Sequencer(e)
+        })
     }
 }
 

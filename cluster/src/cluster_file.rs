@@ -19,6 +19,13 @@
 //! [[tlogs]]
 //! address = "127.0.0.1:4520"
 //!
+//! # Instead of pinning the sequencer, proxies and TLogs above, a cluster
+//! # with coordinators may let its controller recruit them on the workers
+//! # (`teamlog server`), anew at each recovery:
+//! # [generation]
+//! # tlogs = 3
+//! # proxies = 2
+//!
 //! [[storage_servers]]
 //! id = 10
 //! address = "127.0.0.1:4530"
@@ -78,6 +85,10 @@ pub enum ClusterFileError {
     Write(#[from] DataDirError),
     #[error("a cluster needs at least one proxy")]
     NoProxies,
+    #[error("a cluster file pins a sequencer, proxies and TLogs, or lets the controller recruit them ([generation] with coordinators), and not both")]
+    CommitPath,
+    #[error("[generation] needs at least one proxy and at least `replication` TLogs")]
+    GenerationShape,
     #[error("proxy ids must be distinct")]
     DuplicateProxyIds,
     #[error("no proxy {0} in the cluster file")]
@@ -111,9 +122,17 @@ pub struct ClusterFile {
     /// The coordinators; a cluster without them has fixed roles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coordinators: Vec<CoordinatorEntry>,
-    pub sequencer: Endpoint,
+    /// The pinned commit path; absent when the controller recruits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencer: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tlogs: Vec<Endpoint>,
+    /// What each generation gets when the controller recruits the commit
+    /// path on the workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationShape>,
     #[serde(default)]
     pub storage_servers: Vec<StorageEntry>,
     #[serde(default)]
@@ -127,6 +146,14 @@ pub struct ClusterFile {
 
 fn default_broadcast() -> bool {
     true
+}
+
+/// How many TLogs and proxies a recruited generation gets.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationShape {
+    pub tlogs: usize,
+    pub proxies: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -202,8 +229,27 @@ impl ClusterFile {
 
     /// Checks what the roles would otherwise trip over later.
     pub fn check(&self) -> Result<(), ClusterFileError> {
-        if self.proxies.is_empty() {
-            return Err(ClusterFileError::NoProxies);
+        match &self.generation {
+            Some(shape) => {
+                if self.sequencer.is_some()
+                    || !self.proxies.is_empty()
+                    || !self.tlogs.is_empty()
+                    || self.coordinators.is_empty()
+                {
+                    return Err(ClusterFileError::CommitPath);
+                }
+                if shape.proxies == 0 || shape.tlogs < self.replication.max(1) {
+                    return Err(ClusterFileError::GenerationShape);
+                }
+            }
+            None => {
+                if self.sequencer.is_none() || self.tlogs.is_empty() {
+                    return Err(ClusterFileError::CommitPath);
+                }
+                if self.proxies.is_empty() {
+                    return Err(ClusterFileError::NoProxies);
+                }
+            }
         }
         let ids: BTreeSet<u64> = self.proxies.iter().map(|p| p.id).collect();
         if ids.len() != self.proxies.len() {
@@ -235,6 +281,19 @@ impl ClusterFile {
     pub fn server_config(&self) -> Result<ServerConfig, ClusterFileError> {
         tls_files::server_config(self.tls_settings()?.as_ref())
             .map_err(|e| ClusterFileError::Tls(e.into()))
+    }
+
+    /// Whether the controller recruits the commit path (`[generation]`).
+    pub fn is_recruited(&self) -> bool {
+        self.generation.is_some()
+    }
+
+    /// The pinned sequencer's address.
+    pub fn sequencer_address(&self) -> Result<SocketAddr, ClusterFileError> {
+        self.sequencer
+            .as_ref()
+            .map(|s| s.address)
+            .ok_or(ClusterFileError::CommitPath)
     }
 
     pub fn proxy_ids(&self) -> BTreeSet<ProxyId> {
@@ -271,9 +330,22 @@ impl ClusterFile {
         self.tlogs.iter().map(|t| t.address).collect()
     }
 
-    pub fn topology(&self) -> Topology {
+    /// The teams as the roles see them, for a generation of `tlog_count`
+    /// TLogs.
+    pub fn topology_for(&self, tlog_count: usize) -> Topology {
         Topology {
-            tlog_count: self.tlogs.len(),
+            tlog_count,
+            ..self.topology()
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        let tlog_count = match &self.generation {
+            Some(shape) => shape.tlogs,
+            None => self.tlogs.len(),
+        };
+        Topology {
+            tlog_count,
             replication: self.replication,
             broadcast: self.broadcast,
             teams: self
@@ -401,6 +473,56 @@ team = 2
         ));
         let typo = SAMPLE.replace("replication", "replicaton");
         assert!(toml::from_str::<ClusterFile>(&typo).is_err());
+    }
+
+    /// The sample with its commit path recruited instead of pinned.
+    fn recruited() -> String {
+        let start = SAMPLE.find("[sequencer]").unwrap();
+        let end = SAMPLE.find("[[storage_servers]]").unwrap();
+        format!(
+            "{}[generation]\ntlogs = 3\nproxies = 2\n\n{}",
+            &SAMPLE[..start],
+            &SAMPLE[end..]
+        )
+    }
+
+    #[test]
+    fn a_recruited_commit_path_takes_its_shape_from_the_generation_section() {
+        let cluster: ClusterFile = toml::from_str(&recruited()).unwrap();
+        cluster.check().unwrap();
+        assert!(cluster.is_recruited());
+        assert_eq!(cluster.topology().tlog_count, 3);
+        assert_eq!(cluster.topology_for(5).tlog_count, 5);
+        assert!(matches!(
+            cluster.sequencer_address(),
+            Err(ClusterFileError::CommitPath)
+        ));
+        let again: ClusterFile =
+            toml::from_str(&toml::to_string_pretty(&cluster).unwrap()).unwrap();
+        assert_eq!(again, cluster);
+    }
+
+    #[test]
+    fn a_commit_path_is_pinned_or_recruited_never_both_nor_neither() {
+        let both = format!("{SAMPLE}\n[generation]\ntlogs = 3\nproxies = 2\n");
+        let no_coordinators = recruited().replace(
+            "[[coordinators]]\nid = 1\naddress = \"127.0.0.1:4490\"\n",
+            "",
+        );
+        let neither = recruited().replace("[generation]\ntlogs = 3\nproxies = 2\n", "");
+        for text in [both, no_coordinators, neither] {
+            let cluster: ClusterFile = toml::from_str(&text).unwrap();
+            assert!(
+                matches!(cluster.check(), Err(ClusterFileError::CommitPath)),
+                "{text}"
+            );
+        }
+        let too_few = recruited().replace("tlogs = 3", "tlogs = 1");
+        let cluster: ClusterFile = toml::from_str(&too_few).unwrap();
+        assert!(matches!(
+            cluster.check(),
+            Err(ClusterFileError::GenerationShape)
+        ));
     }
 
     #[test]

@@ -99,7 +99,9 @@ fn watched_processes(cluster: &ClusterFile) -> Vec<(Watched, SocketAddr)> {
     for c in &cluster.coordinators {
         processes.push(entry("coordinator", c.id, c.address));
     }
-    processes.push(entry("sequencer", 0, cluster.sequencer.address));
+    if let Some(sequencer) = &cluster.sequencer {
+        processes.push(entry("sequencer", 0, sequencer.address));
+    }
     for p in &cluster.proxies {
         processes.push(entry("proxy", p.id, p.address));
     }

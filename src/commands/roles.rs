@@ -87,7 +87,7 @@ pub struct ProxyArgs {
 pub async fn run_sequencer(args: SequencerArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let cluster = ClusterFile::load(&args.cluster)?;
-    let addr = cluster.sequencer.address;
+    let addr = cluster.sequencer_address()?;
     start_metrics(args.metrics).await?;
     // Bind first, so clients can connect (and wait) while the TLogs are asked.
     let listener = TcpListener::bind(addr)
@@ -120,7 +120,7 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     start_metrics(args.metrics).await?;
     let mut config = ProxyConfig::new(
         ProxyId(args.id),
-        cluster.sequencer.address,
+        cluster.sequencer_address()?,
         cluster.tlog_addresses(),
         cluster.topology(),
         cluster.shard_map()?,
@@ -174,7 +174,7 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
         shards: cluster.shard_map()?,
         tlogs: cluster.tlog_addresses(),
         replication: cluster.replication,
-        sequencer: cluster.sequencer.address,
+        sequencer: cluster.sequencer_address()?,
         window: WindowConfig {
             max_versions: args.window_versions,
             max_bytes: args.window_bytes,

@@ -167,18 +167,27 @@ pub async fn gather(
             _ => None,
         })
     }));
-    let sequencer = ask(cluster.sequencer.address, transport, timeout, |m| match m {
-        Message::SequencerStatus(r) => Some(r),
-        _ => None,
-    });
-    let proxies = join_all(cluster.proxies.iter().map(|p| {
-        ask(p.address, transport, timeout, |m| match m {
+    let path = commit_path(cluster, transport, timeout).await;
+    let sequencer = async {
+        match path.sequencer {
+            Ok(addr) => {
+                ask(addr, transport, timeout, |m| match m {
+                    Message::SequencerStatus(r) => Some(r),
+                    _ => None,
+                })
+                .await
+            }
+            Err(ref why) => Err(why.clone()),
+        }
+    };
+    let proxies = join_all(path.proxies.iter().map(|(_, addr)| {
+        ask(*addr, transport, timeout, |m| match m {
             Message::ProxyStatus(r) => Some(r),
             _ => None,
         })
     }));
-    let tlogs = join_all(cluster.tlogs.iter().map(|t| {
-        ask(t.address, transport, timeout, |m| match m {
+    let tlogs = join_all(path.tlogs.iter().map(|addr| {
+        ask(*addr, transport, timeout, |m| match m {
             Message::TLogStatus(r) => Some(r),
             _ => None,
         })
@@ -207,28 +216,29 @@ pub async fn gather(
     let sequencer = process(
         "sequencer",
         None,
-        cluster.sequencer.address,
+        path.sequencer
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
         sequencer,
         |r| (r, sequencer_problem(&r)),
     );
-    let proxies: Vec<_> = cluster
+    let proxies: Vec<_> = path
         .proxies
         .iter()
         .zip(proxies)
-        .map(|(entry, reply)| {
-            process("proxy", Some(entry.id), entry.address, reply, |r| {
+        .map(|((id, address), reply)| {
+            process("proxy", Some(*id), *address, reply, |r| {
                 let problem = proxy_problem(&r);
                 (r, problem)
             })
         })
         .collect();
-    let tlogs: Vec<_> = cluster
+    let tlogs: Vec<_> = path
         .tlogs
         .iter()
         .zip(tlogs)
         .enumerate()
         .map(|(index, (entry, reply))| {
-            process("tlog", Some(index as u64), entry.address, reply, |r| {
+            process("tlog", Some(index as u64), *entry, reply, |r| {
                 let problem = tlog_problem(&r);
                 (r, problem)
             })
@@ -290,6 +300,67 @@ async fn ask<T>(
             let name = reply.name();
             expect(reply).ok_or_else(|| format!("answered {name}, not its role's status"))
         }
+    }
+}
+
+/// The commit path to ask: the cluster file's, or the current
+/// generation's as a coordinator tells it when the controller recruits it.
+struct CommitPathAddresses {
+    sequencer: Result<SocketAddr, String>,
+    proxies: Vec<(u64, SocketAddr)>,
+    tlogs: Vec<SocketAddr>,
+}
+
+async fn commit_path(
+    cluster: &ClusterFile,
+    transport: &ClientConfig,
+    timeout: Duration,
+) -> CommitPathAddresses {
+    if !cluster.is_recruited() {
+        return CommitPathAddresses {
+            sequencer: cluster.sequencer_address().map_err(|e| e.to_string()),
+            proxies: cluster.proxies.iter().map(|p| (p.id, p.address)).collect(),
+            tlogs: cluster.tlog_addresses(),
+        };
+    }
+    let mut failures = Vec::new();
+    for coordinator in &cluster.coordinators {
+        let call = async {
+            let client = RpcClient::connect(coordinator.address, transport.clone()).await?;
+            client.call(Message::GetClusterInfo).await
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(Message::ClusterInfo(info))) => {
+                return CommitPathAddresses {
+                    sequencer: info.sequencer.ok_or_else(|| {
+                        format!(
+                            "no commit path recorded: the cluster is recovering into epoch {}",
+                            info.epoch + 1
+                        )
+                    }),
+                    proxies: (1..).zip(info.proxies).collect(),
+                    tlogs: info.tlogs,
+                };
+            }
+            Ok(Ok(other)) => failures.push(format!(
+                "{}: answered {}",
+                coordinator.address,
+                other.name()
+            )),
+            Ok(Err(e)) => failures.push(format!("{}: {e}", coordinator.address)),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {timeout:?}",
+                coordinator.address
+            )),
+        }
+    }
+    CommitPathAddresses {
+        sequencer: Err(format!(
+            "no coordinator told where the commit path is: {}",
+            failures.join("; ")
+        )),
+        proxies: Vec::new(),
+        tlogs: Vec::new(),
     }
 }
 

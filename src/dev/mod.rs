@@ -103,7 +103,9 @@ fn print_cluster(local: &LocalCluster) {
         ),
         None => println!("  plain TCP             every peer is trusted"),
     }
-    println!("  sequencer + resolver  {}", cluster.sequencer.address);
+    if let Some(sequencer) = &cluster.sequencer {
+        println!("  sequencer + resolver  {}", sequencer.address);
+    }
     for p in &cluster.proxies {
         println!("  proxy {:<4}            {}", p.id, p.address);
     }

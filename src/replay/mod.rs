@@ -456,7 +456,7 @@ impl ClusterTarget {
     pub fn new(cluster: &ClusterFile) -> Result<ClusterTarget> {
         let transport = cluster.client_config()?;
         Ok(ClusterTarget {
-            client: Client::with_transport(cluster, transport.clone()),
+            client: Client::with_transport(cluster, transport.clone())?,
             shard_map: cluster.shard_map()?,
             servers: cluster
                 .storage_servers

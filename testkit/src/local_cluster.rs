@@ -147,9 +147,10 @@ impl ClusterSpec {
             replication: self.replication,
             broadcast: self.broadcast,
             coordinators,
-            sequencer,
+            sequencer: Some(sequencer),
             proxies,
             tlogs,
+            generation: None,
             storage_servers,
             teams,
             shards,
@@ -276,7 +277,7 @@ impl LocalCluster {
         ChildProcess::spawn_listening(
             &self.exe,
             &args,
-            self.cluster.sequencer.address,
+            self.cluster.sequencer_address()?,
             log.as_deref(),
         )
         .await

@@ -48,7 +48,7 @@ async fn only_members_may_steer_the_cluster() -> Result<()> {
     };
 
     // An application with only the CA commits and reads.
-    let app = Client::with_transport(&cluster, outsider.clone());
+    let app = Client::with_transport(&cluster, outsider.clone())?;
     let version = app
         .commit(vec![Mutation::SetValue {
             key: Bytes::from_static(b"k"),
@@ -87,7 +87,7 @@ async fn only_members_may_steer_the_cluster() -> Result<()> {
         })
         .await,
     )?;
-    let sequencer = RpcClient::connect(cluster.sequencer.address, outsider.clone()).await?;
+    let sequencer = RpcClient::connect(cluster.sequencer_address()?, outsider.clone()).await?;
     unauthorized(
         sequencer
             .call(Message::GetCommitVersion(GetCommitVersionRequest {

@@ -98,7 +98,7 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
     // in the cluster gets none, so no version is handed out that would
     // never reach the TLogs.
     let sequencer = RpcClient::connect(
-        local.cluster.sequencer.address,
+        local.cluster.sequencer_address()?,
         local.cluster.client_config()?,
     )
     .await?;

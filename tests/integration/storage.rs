@@ -375,7 +375,8 @@ async fn versions(cluster: &ClusterFile) -> Result<(Vec<(Version, Version)>, (Ve
             other => anyhow::bail!("unexpected {}", other.name()),
         }
     }
-    let sequencer = RpcClient::connect(cluster.sequencer.address, cluster.client_config()?).await?;
+    let sequencer =
+        RpcClient::connect(cluster.sequencer_address()?, cluster.client_config()?).await?;
     match sequencer.call(Message::Status).await? {
         Message::SequencerStatus(s) => Ok((servers, (s.last_version, s.committed_version))),
         other => anyhow::bail!("unexpected {}", other.name()),

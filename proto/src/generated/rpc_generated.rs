@@ -7451,6 +7451,7 @@ impl<'a> ClusterInfoReply<'a> {
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
   pub const VT_SEQUENCER: ::flatbuffers::VOffsetT = 6;
   pub const VT_PROXIES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TLOGS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7463,6 +7464,7 @@ impl<'a> ClusterInfoReply<'a> {
   ) -> ::flatbuffers::WIPOffset<ClusterInfoReply<'bldr>> {
     let mut builder = ClusterInfoReplyBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.tlogs { builder.add_tlogs(x); }
     if let Some(x) = args.proxies { builder.add_proxies(x); }
     if let Some(x) = args.sequencer { builder.add_sequencer(x); }
     builder.finish()
@@ -7490,6 +7492,13 @@ impl<'a> ClusterInfoReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ClusterInfoReply::VT_PROXIES, None)}
   }
+  #[inline]
+  pub fn tlogs(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ClusterInfoReply::VT_TLOGS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClusterInfoReply<'_> {
@@ -7501,6 +7510,7 @@ impl ::flatbuffers::Verifiable for ClusterInfoReply<'_> {
      .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("sequencer", Self::VT_SEQUENCER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("proxies", Self::VT_PROXIES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("tlogs", Self::VT_TLOGS, false)?
      .finish();
     Ok(())
   }
@@ -7509,6 +7519,7 @@ pub struct ClusterInfoReplyArgs<'a> {
     pub epoch: u64,
     pub sequencer: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub proxies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub tlogs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for ClusterInfoReplyArgs<'a> {
   #[inline]
@@ -7517,6 +7528,7 @@ impl<'a> Default for ClusterInfoReplyArgs<'a> {
       epoch: 0,
       sequencer: None,
       proxies: None,
+      tlogs: None,
     }
   }
 }
@@ -7539,6 +7551,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterInfoReplyBuilder<'a, '
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterInfoReply::VT_PROXIES, proxies);
   }
   #[inline]
+  pub fn add_tlogs(&mut self, tlogs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterInfoReply::VT_TLOGS, tlogs);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterInfoReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ClusterInfoReplyBuilder {
@@ -7559,6 +7575,7 @@ impl ::core::fmt::Debug for ClusterInfoReply<'_> {
       ds.field("epoch", &self.epoch());
       ds.field("sequencer", &self.sequencer());
       ds.field("proxies", &self.proxies());
+      ds.field("tlogs", &self.tlogs());
       ds.finish()
   }
 }

@@ -349,11 +349,13 @@ fn every_message() -> Vec<Message> {
             epoch: 8,
             sequencer: Some(addr(40010)),
             proxies: vec![addr(40014)],
+            tlogs: vec![addr(40011), addr(40012)],
         }),
         Message::ClusterInfo(ClusterInfoReply {
             epoch: 0,
             sequencer: None,
             proxies: Vec::new(),
+            tlogs: Vec::new(),
         }),
         Message::WorkerStatus(WorkerStatusReply {
             address: addr(4600),

@@ -99,6 +99,8 @@ pub struct ClusterInfoReply {
     /// `None` while no generation has a recorded commit path.
     pub sequencer: Option<SocketAddr>,
     pub proxies: Vec<SocketAddr>,
+    /// The current generation's TLogs.
+    pub tlogs: Vec<SocketAddr>,
 }
 
 /// A worker's answer to a status request.

@@ -126,10 +126,12 @@ pub(super) fn get_cluster_info(fbb: &mut FlatBufferBuilder<'_>) -> Encoded {
 pub(super) fn cluster_info(fbb: &mut FlatBufferBuilder<'_>, r: &ClusterInfoReply) -> Encoded {
     let sequencer = r.sequencer.map(|s| fbb.create_string(&s.to_string()));
     let proxies = Some(addresses(fbb, &r.proxies));
+    let tlogs = Some(addresses(fbb, &r.tlogs));
     let args = fb::ClusterInfoReplyArgs {
         epoch: r.epoch,
         sequencer,
         proxies,
+        tlogs,
     };
     let t = fb::ClusterInfoReply::create(fbb, &args);
     (fb::Payload::ClusterInfoReply, t.as_union_value())
@@ -246,6 +248,7 @@ pub(super) fn decode(envelope: &fb::Envelope<'_>) -> Option<Result<Message, Deco
                     .map(|s| address(Some(s), "sequencer"))
                     .transpose()?,
                 proxies: address_list(r.proxies(), "proxy")?,
+                tlogs: address_list(r.tlogs(), "tlog")?,
             }))
         })(),
         fb::Payload::WorkerStatusReply => (|| {
@@ -286,7 +289,7 @@ pub(super) fn payload_len(message: &Message) -> usize {
             role: Recruit::Sequencer { proxies, .. },
             ..
         }) => proxies.len() * 8,
-        Message::ClusterInfo(r) => ADDRESS * (1 + r.proxies.len()),
+        Message::ClusterInfo(r) => ADDRESS * (1 + r.proxies.len() + r.tlogs.len()),
         _ => 0,
     }
 }
