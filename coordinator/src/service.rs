@@ -7,6 +7,8 @@
 //!  members ─CoordinatedRead───────────▶ leader? ensure_linearizable, then the applied registers
 //!          ─CoordinatedWrite──────────▶ leader? client_write(Command::Write) ─▶ its outcome
 //!  status ─Status──────────────────────▶ leader, term, last applied, problem
+//!  anyone ─GetClusterInfo──────────────▶ leader? the core state's current commit path
+//!  workers ─RegisterWorker─────────────▶ the controller this process hosts, if any
 //! ```
 //!
 //! A coordinator that does not lead answers reads and writes with
@@ -21,9 +23,10 @@ use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
 use proto::rpc::{
-    CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
-    ErrorCode, ErrorReply, Message, WatchedProcess,
+    ClusterInfoReply, CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest,
+    CoordinatorStatusReply, ErrorCode, ErrorReply, Message, WatchedProcess,
 };
 use proto::transport::{ClientConfig, Responder, Service};
 
@@ -87,6 +90,9 @@ pub struct CoordinatorService {
     candidacy: Option<Arc<Candidacy>>,
     /// The failure detector it runs while it is the controller.
     monitoring: Option<Arc<Monitoring>>,
+    /// The cluster controller this process hosts: it takes the workers'
+    /// registrations.
+    controller: Option<Arc<dyn Service>>,
 }
 
 impl CoordinatorService {
@@ -142,6 +148,7 @@ impl CoordinatorService {
             state,
             candidacy: None,
             monitoring: None,
+            controller: None,
         })
     }
 
@@ -156,6 +163,12 @@ impl CoordinatorService {
     /// detector thinks of every process.
     pub fn with_monitoring(mut self, monitoring: Monitoring) -> CoordinatorService {
         self.monitoring = Some(Arc::new(monitoring));
+        self
+    }
+
+    /// Hands the workers' registrations to `controller`.
+    pub fn with_controller(mut self, controller: Arc<dyn Service>) -> CoordinatorService {
+        self.controller = Some(controller);
         self
     }
 
@@ -265,6 +278,14 @@ impl CoordinatorService {
                 }))
             }
             Message::Status => Ok(Message::CoordinatorStatus(self.status())),
+            Message::GetClusterInfo => {
+                self.raft
+                    .ensure_linearizable()
+                    .await
+                    .map_err(|e| self.not_serving(e))?;
+                let register = read_shared(&self.state).registers.read(CORE_STATE_REGISTER);
+                cluster_info(&register.value).map(Message::ClusterInfo)
+            }
             other => Err(error(
                 ErrorCode::UnknownMessage,
                 format!("a coordinator does not take {}", other.name()),
@@ -333,8 +354,33 @@ fn check_name(name: &str) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// Where the current generation's commit path is, by the core state.
+fn cluster_info(core_state: &[u8]) -> Result<ClusterInfoReply, ErrorReply> {
+    if core_state.is_empty() {
+        return Ok(ClusterInfoReply {
+            epoch: 0,
+            sequencer: None,
+            proxies: Vec::new(),
+            tlogs: Vec::new(),
+        });
+    }
+    let state = CoreState::decode(core_state)
+        .map_err(|e| error(ErrorCode::Corrupt, format!("the core state register: {e}")))?;
+    let current = state.current();
+    let path = current.and_then(|g| g.commit_path.as_ref());
+    Ok(ClusterInfoReply {
+        epoch: state.epoch,
+        sequencer: path.map(|p| p.sequencer),
+        proxies: path.map(|p| p.proxies.clone()).unwrap_or_default(),
+        tlogs: current.map(|g| g.tlogs.clone()).unwrap_or_default(),
+    })
+}
+
 impl Service for CoordinatorService {
     fn handle(&self, request: Message, responder: Responder) {
+        if let (Message::RegisterWorker(_), Some(controller)) = (&request, &self.controller) {
+            return controller.handle(request, responder);
+        }
         let service = self.clone();
         responder.reply_with(service.handle(request));
     }
