@@ -309,6 +309,27 @@ impl VersionedShardMap {
         Ok(())
     }
 
+    /// Undoes every change above `version`: a recovery ended their
+    /// generation below them, so they never committed.
+    pub fn rollback_to(&mut self, version: Version) {
+        while let Some((v, changes)) = self.undo.back() {
+            if *v <= version {
+                break;
+            }
+            for undo in changes.iter().rev() {
+                match &undo.before {
+                    Some(before) => self
+                        .current
+                        .entries
+                        .insert(undo.begin.clone(), before.clone()),
+                    None => self.current.entries.remove(&undo.begin),
+                };
+            }
+            self.undo.pop_back();
+        }
+        self.version = self.version.min(version);
+    }
+
     /// The map as of `version`, or None when that is older than the history kept.
     pub fn at(&self, version: Version) -> Option<ShardMap> {
         if version < self.history_from {

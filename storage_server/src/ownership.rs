@@ -118,6 +118,16 @@ impl Ownership {
         Some((map.encode(), self.teams_at(version.next())))
     }
 
+    /// Forgets every change above `version` (a recovery ended their
+    /// generation below them).
+    pub fn rollback_to(&mut self, version: Version) {
+        if self.pending.as_ref().is_some_and(|(v, _)| *v > version) {
+            self.pending = None;
+        }
+        self.map.rollback_to(version);
+        self.team_sets.split_off(&version.next());
+    }
+
     /// Forgets team sets older than `version`'s (they can no longer be read).
     pub fn forget_before(&mut self, version: Version) {
         let keep = self.team_sets.range(..version).next_back().map(|(v, _)| *v);
@@ -175,5 +185,29 @@ mod tests {
             vec![B]
         );
         assert_eq!(teams, BTreeSet::from([A, B]));
+    }
+
+    #[test]
+    fn a_rollback_forgets_team_sets_and_shard_moves_above_it() {
+        let mut o = ownership();
+        o.set_teams(Version(20), BTreeSet::from([A, B]));
+        let mv = Mutation::SetValue {
+            key: key_servers_key(b"m"),
+            value: ShardAssignment::to(A).encode(),
+        };
+        o.shard_change(Version(30), mv.clone()).unwrap();
+        o.settle().unwrap();
+        o.set_teams(Version(40), BTreeSet::from([B]));
+        o.rollback_to(Version(25));
+        assert_eq!(o.teams_at(Version(50)), BTreeSet::from([A, B]));
+        let (map, _) = o.snapshot_at(Version(50)).unwrap();
+        assert_eq!(
+            ShardMap::decode(&map).unwrap().assignment_of(b"n").src,
+            vec![B]
+        );
+        // The same version numbers apply again after the rollback.
+        o.shard_change(Version(30), mv).unwrap();
+        o.settle().unwrap();
+        assert!(o.owns_key(b"n", Version(31)));
     }
 }

@@ -70,6 +70,9 @@ pub enum StoreError {
     /// A caller's metadata entry used a name the store or engine owns.
     #[error("metadata entry {0:?} is reserved")]
     ReservedMetadata(String),
+    /// A rollback below what is (or is being made) durable.
+    #[error("cannot roll back to {version}: {durable} is durable")]
+    RollbackBelowDurable { version: Version, durable: Version },
 }
 
 /// Why a read failed.
@@ -322,6 +325,23 @@ impl<E: KvEngine> VersionedStore<E> {
                 engine_pair.filter(|_| self.window.cleared_span(key, version).is_none())
             }
         }
+    }
+
+    /// Forgets every version above `version`, which a recovery ended the
+    /// generation at: they never committed. Durable versions cannot be
+    /// rolled back, and are never above a recovery version.
+    pub fn rollback_to(&mut self, version: Version) -> Result<(), StoreError> {
+        let floor = self.flushing.unwrap_or(self.durable).max(self.durable);
+        if version < floor {
+            return Err(StoreError::RollbackBelowDurable {
+                version,
+                durable: floor,
+            });
+        }
+        self.window.rollback_after(version);
+        self.applied = self.applied.min(version);
+        self.newest_mutation = self.newest_mutation.min(version);
+        Ok(())
     }
 
     /// Keeps versions above `version` out of the engine: they are not

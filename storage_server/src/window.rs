@@ -124,6 +124,17 @@ impl Charges {
         }
     }
 
+    /// Forgets the charges of versions above `version`.
+    fn forget_after(&mut self, version: Version) {
+        while let Some(&(v, charged)) = self.by_version.back() {
+            if v <= version {
+                break;
+            }
+            self.total -= charged;
+            self.by_version.pop_back();
+        }
+    }
+
     fn release_through(&mut self, through: Version) {
         while let Some(&(v, charged)) = self.by_version.front() {
             if v > through {
@@ -445,6 +456,35 @@ impl Window {
             self.cleared.remove(&begin);
         }
     }
+
+    /// Forgets every mutation above `version`, as if they never came: a
+    /// recovery ended their generation below them, so they never committed.
+    pub fn rollback_after(&mut self, version: Version) {
+        while let Some((v, key)) = self.chain_log.back() {
+            if *v <= version {
+                break;
+            }
+            if let Entry::Occupied(mut slot) = self.chains.entry(key.clone()) {
+                let chain = slot.get_mut();
+                if chain.entries.last().is_some_and(|(last, _)| last == v) {
+                    chain.entries.pop();
+                }
+                if chain.entries.is_empty() {
+                    slot.remove();
+                }
+            }
+            self.chain_log.pop_back();
+        }
+        while let Some((v, begin)) = self.cleared_log.back() {
+            if *v <= version {
+                break;
+            }
+            // A span is only ever inserted whole, at one version.
+            self.cleared.remove(begin);
+            self.cleared_log.pop_back();
+        }
+        self.charges.forget_after(version);
+    }
 }
 
 #[cfg(test)]
@@ -601,5 +641,82 @@ mod tests {
         assert_eq!(window.release_point(3 * per_version), Some(Version(1)));
         assert_eq!(window.release_point(3 * per_version - 1), Some(Version(2)));
         assert_eq!(window.release_point(0), Some(Version(4)));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Set(u8, u8),
+        Clear(u8, u8),
+    }
+
+    fn key(k: u8) -> Vec<u8> {
+        vec![b'a' + k % 8]
+    }
+
+    fn apply(window: &mut Window, version: u64, op: &Op) {
+        match op {
+            Op::Set(k, value) => window.set(Version(version), &key(*k), &[*value]),
+            Op::Clear(a, b) => {
+                let (lo, hi) = (key(*a.min(b)), key(*a.max(b)));
+                window.clear(Version(version), &lo, &hi)
+            }
+        }
+    }
+
+    fn ops() -> impl proptest::strategy::Strategy<Value = Vec<(u64, Op)>> {
+        use proptest::prelude::*;
+        let op = prop_oneof![
+            (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Set(k, v)),
+            (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Clear(a, b)),
+        ];
+        proptest::collection::vec((0u64..3, op), 0..40).prop_map(|steps| {
+            let mut version = 1;
+            steps
+                .into_iter()
+                .map(|(gap, op)| {
+                    version += gap;
+                    (version, op)
+                })
+                .collect()
+        })
+    }
+
+    proptest::proptest! {
+        /// A window rolled back to a version reads, at every version and
+        /// key, like one that only ever got the mutations up to it, and
+        /// holds the same bytes; a flush of what was kept moves the same.
+        #[test]
+        fn a_rollback_forgets_exactly_what_came_after(
+            steps in ops(),
+            flushed in 0u64..20,
+            kept in 0u64..100,
+        ) {
+            let mut window = Window::new();
+            let mut expected = Window::new();
+            for (version, op) in &steps {
+                apply(&mut window, *version, op);
+                if *version <= kept {
+                    apply(&mut expected, *version, op);
+                }
+            }
+            let flushed = flushed.min(kept);
+            let moved = flush(&mut window, flushed);
+            window.rollback_after(Version(kept));
+            proptest::prop_assert_eq!(moved, flush(&mut expected, flushed));
+            for k in 0..8u8 {
+                for v in 0..100 {
+                    proptest::prop_assert_eq!(
+                        window.get(&key(k), Version(v)),
+                        expected.get(&key(k), Version(v)),
+                        "key {} at {}", k, v
+                    );
+                }
+            }
+            proptest::prop_assert_eq!(window.bytes(), expected.bytes());
+            proptest::prop_assert_eq!(
+                flush(&mut window, kept),
+                flush(&mut expected, kept)
+            );
+        }
     }
 }

@@ -320,3 +320,30 @@ fn a_failed_flush_keeps_the_window() {
         Err(ReadError::Engine(EngineError::Poisoned { .. }))
     ));
 }
+
+#[test]
+fn a_rollback_forgets_versions_above_the_recovery_version_and_new_ones_apply() {
+    let mut store = thirty_versions(1);
+    store.limit_flushes_to(Version(12));
+    assert_eq!(store.flush(&[]).unwrap(), Version(12));
+    assert!(matches!(
+        store.rollback_to(Version(11)),
+        Err(StoreError::RollbackBelowDurable { .. })
+    ));
+    store.rollback_to(Version(20)).unwrap();
+    assert_eq!(store.applied_version(), Version(20));
+    assert_eq!(store.get(b"k20", Version(20)).unwrap(), Some(b("v")));
+    assert!(matches!(
+        store.get(b"k21", Version(21)),
+        Err(ReadError::FutureVersion { .. })
+    ));
+    // The next generation reuses the version numbers with other writes.
+    store.apply(Version(21), &set("k21", "again")).unwrap();
+    store.set_applied(Version(25));
+    assert_eq!(store.get(b"k21", Version(25)).unwrap(), Some(b("again")));
+    assert_eq!(store.get(b"k22", Version(25)).unwrap(), None);
+    store.limit_flushes_to(Version(25));
+    store.flush_to(Version(25), &[]).unwrap();
+    assert_eq!(store.get(b"k21", Version(25)).unwrap(), Some(b("again")));
+    assert_eq!(store.get(b"k22", Version(25)).unwrap(), None);
+}
