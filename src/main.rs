@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run one coordinator of a cluster.
     Coordinator(commands::coordinator::CoordinatorArgs),
+    /// Run a worker: it hosts the TLogs, sequencer and proxies the cluster
+    /// controller recruits.
+    Server(commands::server::ServerArgs),
     /// Run one TLog.
     Tlog(commands::tlog::TLogArgs),
     /// Run the sequencer (and resolver) of a cluster.
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Coordinator(args) => runtime.block_on(commands::coordinator::run(args)),
+        Command::Server(args) => runtime.block_on(commands::server::run(args)),
         Command::Tlog(args) => runtime.block_on(commands::tlog::run_tlog(args)),
         Command::Sequencer(args) => runtime.block_on(commands::roles::run_sequencer(args)),
         Command::Proxy(args) => runtime.block_on(commands::roles::run_proxy(args)),

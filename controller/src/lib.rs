@@ -11,3 +11,6 @@
 //! ```
 
 pub mod recovery;
+pub mod runtime;
+
+pub use runtime::{Controller, ControllerConfig, RecoveryStatus};

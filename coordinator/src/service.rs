@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
 use proto::rpc::{
     ClusterInfoReply, CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest,
     CoordinatorStatusReply, ErrorCode, ErrorReply, Message, WatchedProcess,

@@ -1,6 +1,7 @@
 //! `teamlog coordinator`: one of the cluster file's coordinators, holding
 //! its share of the coordinated state in its data directory, and standing
-//! for cluster controller.
+//! for cluster controller; where the controller recruits the commit path,
+//! the one holding the lease runs the recoveries.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use controller::recovery::RecoveryConfig;
+use controller::{Controller, ControllerConfig};
 use coordinator::candidacy::Candidacy;
 use coordinator::client::CoordinatorClient;
 use coordinator::disk::HeedDisk;
@@ -75,9 +78,28 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
         candidacy.clone(),
         clock,
     );
-    let service = service
-        .with_candidacy(candidacy)
+    let mut service = service
+        .with_candidacy(candidacy.clone())
         .with_monitoring(monitoring);
+    if let Some(shape) = cluster.generation {
+        // While this process holds the lease, it recovers and runs the
+        // cluster's generations.
+        let recovery = RecoveryConfig {
+            tlogs: shape.tlogs,
+            replication: cluster.replication,
+            proxies: shape.proxies,
+        };
+        let coordinators =
+            CoordinatorClient::new(&cluster.coordinator_addresses(), config.transport.clone())?
+                .with_timeout(Duration::from_secs(2));
+        let controller = Controller::start(
+            ControllerConfig::new(recovery, config.transport.clone()),
+            candidacy,
+            coordinators,
+            Arc::new(SystemClock::default()),
+        );
+        service = service.with_controller(Arc::new(controller));
+    }
     tracing::info!(%addr, id = args.id, "coordinator listening");
     serve(listener, Arc::new(service.clone()), server_config, shutdown).await?;
     service.shutdown().await;

@@ -1,5 +1,5 @@
-//! The binary's commands that run a role process (`coordinator`, `tlog`,
-//! `sequencer`, `proxy`, `storage`) or talk to a running cluster (`client`, `assign`,
+//! The binary's commands that run a role process (`coordinator`, `server`,
+//! `tlog`, `sequencer`, `proxy`, `storage`) or talk to a running cluster (`client`, `assign`,
 //! `status`) or makes its TLS files (`tls-init`), and what they share:
 //! signals and the metrics endpoint.
 
@@ -13,6 +13,7 @@ pub mod client;
 pub mod coordinator;
 pub mod metrics;
 pub mod roles;
+pub mod server;
 pub mod status;
 pub mod tlog;
 pub mod tls;

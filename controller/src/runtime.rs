@@ -1,0 +1,534 @@
+//! The controller's runtime: while this process holds the controller's
+//! lease, it recovers the cluster into a new generation, carrying out what
+//! [`Recovery`] says, then watches the generation's roles through the
+//! workers' registrations and recovers again when one fails.
+//!
+//! ```text
+//!  workers ─RegisterWorker(address, roles)─▶ Controller (Service) ─▶ registry (last seen, roles)
+//!  run: lead? ─▶ Recovery::start ─Command─▶ execute (coordinators, TLog locks, worker recruits)
+//!                      ▲                          │
+//!                      └────────Event─────────────┘
+//!       recovered ─▶ watch: a role's worker unheard for `failure_timeout`, or the role
+//!                    missing or reporting a problem ─▶ recover again
+//! ```
+//!
+//! A recovery that fails anywhere (a write that did not take, a worker
+//! that did not answer, lost leadership) is abandoned whole, and the next
+//! one starts from the core state after a short, growing pause.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cluster::core_state::{CommitPath, CoreState, CORE_STATE_REGISTER};
+use coordinator::candidacy::Candidacy;
+use coordinator::client::CoordinatorClient;
+use proto::clock::Clock;
+use proto::rpc::{
+    ErrorCode, ErrorReply, HostedRole, Message, Recruit, RecruitRequest, RegisterWorkerRequest,
+};
+use proto::transport::{ClientConfig, Responder, RpcClient, Service};
+use proto::ProxyId;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub recovery: RecoveryConfig,
+    /// How the controller calls workers, TLogs and the sequencer.
+    pub transport: ClientConfig,
+    /// A worker not heard from for this long is taken for failed.
+    pub failure_timeout: Duration,
+    /// How long one call of a recovery step may take.
+    pub call_timeout: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(recovery: RecoveryConfig, transport: ClientConfig) -> Self {
+        ControllerConfig {
+            recovery,
+            transport,
+            failure_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the controller's status says of recoveries.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryStatus {
+    /// The epoch of the last generation recovered by this controller.
+    pub recovered_epoch: Option<u64>,
+    /// The phase under way, and what it waits for.
+    pub phase: Option<&'static str>,
+    pub waiting_for: Option<String>,
+    /// The phases of the last (or current) recovery.
+    pub phases: Vec<PhaseTime>,
+    /// Why the last recovery was abandoned, if it was.
+    pub last_failure: Option<String>,
+}
+
+struct WorkerEntry {
+    last_seen_ms: u64,
+    roles: Vec<HostedRole>,
+}
+
+struct Inner {
+    config: ControllerConfig,
+    candidacy: Arc<Candidacy>,
+    coordinators: CoordinatorClient,
+    clock: Arc<dyn Clock>,
+    workers: Mutex<BTreeMap<SocketAddr, WorkerEntry>>,
+    status: Mutex<RecoveryStatus>,
+}
+
+/// The cluster controller; `Service` for the workers' registrations.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Controller {
+    /// Runs a controller that acts while `candidacy` leads.
+    pub fn start(
+        config: ControllerConfig,
+        candidacy: Arc<Candidacy>,
+        coordinators: CoordinatorClient,
+        clock: Arc<dyn Clock>,
+    ) -> Controller {
+        let inner = Arc::new(Inner {
+            config,
+            candidacy,
+            coordinators,
+            clock,
+            workers: Mutex::new(BTreeMap::new()),
+            status: Mutex::new(RecoveryStatus::default()),
+        });
+        tokio::spawn(run(Arc::downgrade(&inner)));
+        Controller { inner }
+    }
+
+    pub fn status(&self) -> RecoveryStatus {
+        lock(&self.inner.status).clone()
+    }
+
+    /// The workers heard from within the failure timeout.
+    pub fn live_workers(&self) -> Vec<SocketAddr> {
+        self.inner.live_workers()
+    }
+}
+
+impl Service for Controller {
+    fn handle(&self, request: Message, responder: Responder) {
+        let reply = match request {
+            Message::RegisterWorker(RegisterWorkerRequest { address, roles }) => {
+                let now = self.inner.clock.now_ms();
+                lock(&self.inner.workers).insert(
+                    address,
+                    WorkerEntry {
+                        last_seen_ms: now,
+                        roles,
+                    },
+                );
+                Ok(Message::RegisterWorkerReply)
+            }
+            other => Err(ErrorReply::new(
+                ErrorCode::UnknownMessage,
+                format!("the controller does not take {}", other.name()),
+            )),
+        };
+        responder.reply(reply);
+    }
+}
+
+impl Inner {
+    fn leads(&self) -> bool {
+        self.candidacy.leads()
+    }
+
+    fn live_workers(&self) -> Vec<SocketAddr> {
+        let now = self.clock.now_ms();
+        let timeout = self.config.failure_timeout.as_millis() as u64;
+        lock(&self.workers)
+            .iter()
+            .filter(|(_, w)| now.saturating_sub(w.last_seen_ms) <= timeout)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
+    /// Why a role of the recovered generation counts as failed, if it does.
+    fn role_failure(&self, role: &Placed, now_ms: u64) -> Option<String> {
+        let timeout = self.config.failure_timeout.as_millis() as u64;
+        let workers = lock(&self.workers);
+        let Some(worker) = workers.get(&role.worker) else {
+            return Some(format!("worker {} never registered", role.worker));
+        };
+        let silent = now_ms.saturating_sub(worker.last_seen_ms);
+        if silent > timeout {
+            return Some(format!("worker {} silent for {silent} ms", role.worker));
+        }
+        match worker.roles.iter().find(|r| r.address == role.address) {
+            Some(HostedRole {
+                problem: Some(problem),
+                ..
+            }) => Some(format!("{} at {}: {problem}", role.what, role.address)),
+            Some(_) => None,
+            // A registration sent before the recruit may arrive after it.
+            None if now_ms.saturating_sub(role.recruited_ms) <= timeout => None,
+            None => Some(format!(
+                "worker {} no longer hosts {} at {}",
+                role.worker, role.what, role.address
+            )),
+        }
+    }
+
+    fn set_status(&self, update: impl FnOnce(&mut RecoveryStatus)) {
+        update(&mut lock(&self.status));
+    }
+}
+
+/// A recruited role, and the worker hosting it.
+#[derive(Clone, Debug)]
+struct Placed {
+    what: String,
+    address: SocketAddr,
+    worker: SocketAddr,
+    recruited_ms: u64,
+}
+
+async fn run(inner: std::sync::Weak<Inner>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if !strong.leads() {
+            drop(strong);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        match recover(&strong).await {
+            Ok(placed) => {
+                pause = Duration::from_millis(50);
+                let reason = watch(&strong, &placed).await;
+                tracing::warn!(%reason, "recovering: the generation lost a role");
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "recovery abandoned; starting again");
+                strong.set_status(|s| s.last_failure = Some(reason));
+                drop(strong);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Waits until the recovered generation loses a role, or this process the
+/// controller's lease; says why.
+async fn watch(inner: &Inner, placed: &[Placed]) -> String {
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        interval.tick().await;
+        if !inner.leads() {
+            return "this process no longer holds the controller's lease".to_owned();
+        }
+        let now = inner.clock.now_ms();
+        if let Some(failure) = placed.iter().find_map(|p| inner.role_failure(p, now)) {
+            return failure;
+        }
+    }
+}
+
+type Outcome = Result<Vec<Event>, String>;
+
+/// One recovery, to the end; returns the roles it recruited.
+async fn recover(inner: &Arc<Inner>) -> Result<Vec<Placed>, String> {
+    let (mut recovery, commands) = Recovery::start(inner.config.recovery, inner.clock.now_ms());
+    let placed = Arc::new(Mutex::new(Vec::<Placed>::new()));
+    let (events, mut incoming) = mpsc::unbounded_channel::<Outcome>();
+    let mut tasks = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<()>, command: Command| {
+        let inner = inner.clone();
+        let events = events.clone();
+        let placed = placed.clone();
+        tasks.spawn(async move { execute(&inner, command, &events, &placed).await });
+    };
+    for command in commands {
+        spawn(&mut tasks, command);
+    }
+    inner.set_status(|s| s.last_failure = None);
+    loop {
+        inner.set_status(|s| {
+            s.phase = Some(recovery.phase().name());
+            s.waiting_for = Some(recovery.waiting_for());
+            s.phases = recovery.phase_times().to_vec();
+        });
+        if recovery.phase() == Phase::Recovered {
+            let epoch = recovery.epoch();
+            tracing::info!(epoch, phases = ?recovery.phase_times(), "recovered");
+            inner.set_status(|s| {
+                s.recovered_epoch = Some(epoch);
+                s.phase = None;
+                s.waiting_for = None;
+            });
+            return Ok(std::mem::take(&mut *lock(&placed)));
+        }
+        let outcome = tokio::select! {
+            outcome = incoming.recv() => outcome,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if !inner.leads() {
+                    return Err("this process lost the controller's lease".to_owned());
+                }
+                continue;
+            }
+        };
+        let Some(outcome) = outcome else {
+            return Err("every step ended without an answer".to_owned());
+        };
+        for event in outcome? {
+            let now = inner.clock.now_ms();
+            let commands = recovery.handle(event, now).map_err(|e| e.to_string())?;
+            for command in commands {
+                spawn(&mut tasks, command);
+            }
+        }
+    }
+}
+
+/// Carries out one command, sending what happened.
+async fn execute(
+    inner: &Inner,
+    command: Command,
+    events: &mpsc::UnboundedSender<Outcome>,
+    placed: &Mutex<Vec<Placed>>,
+) {
+    let outcome = match command {
+        Command::ReadCoreState => read_core_state(inner).await,
+        Command::LockTLogs { epoch, tlogs } => {
+            // Every lock goes on until it answers or the recovery ends
+            // (which drops this task); each answer counts as it comes.
+            let mut locks = JoinSet::new();
+            for (index, addr) in tlogs {
+                let transport = inner.config.transport.clone();
+                locks.spawn(async move { (index, lock_tlog(addr, transport).await) });
+            }
+            while let Some(done) = locks.join_next().await {
+                if let Ok((index, reply)) = done {
+                    let _ = events.send(Ok(vec![Event::TLogLocked {
+                        epoch,
+                        index,
+                        reply,
+                    }]));
+                }
+            }
+            return;
+        }
+        Command::RecruitTLogs {
+            epoch,
+            begin,
+            count,
+        } => recruit_tlogs(inner, epoch, begin, count, placed).await,
+        Command::WriteCoreState {
+            expected_revision,
+            state,
+        } => write_core_state(inner, expected_revision, &state).await,
+        Command::RecruitCommitPath {
+            epoch,
+            start_after,
+            tlogs,
+            proxies,
+        } => recruit_commit_path(inner, epoch, start_after, tlogs, proxies, placed).await,
+        Command::OpenCommitPath { epoch, sequencer } => {
+            call(inner, sequencer, Message::OpenCommits(epoch))
+                .await
+                .map(|_| vec![Event::CommitPathOpened { epoch }])
+        }
+    };
+    let _ = events.send(outcome);
+}
+
+async fn read_core_state(inner: &Inner) -> Outcome {
+    let register = inner
+        .coordinators
+        .read(CORE_STATE_REGISTER)
+        .await
+        .map_err(|e| format!("reading the core state: {e}"))?;
+    let state = if register.value.is_empty() {
+        CoreState::initial()
+    } else {
+        CoreState::decode(&register.value).map_err(|e| e.to_string())?
+    };
+    Ok(vec![Event::CoreStateRead {
+        revision: register.revision,
+        state,
+    }])
+}
+
+async fn write_core_state(inner: &Inner, expected_revision: u64, state: &CoreState) -> Outcome {
+    let outcome = inner
+        .coordinators
+        .write(CORE_STATE_REGISTER, expected_revision, state.encode())
+        .await
+        .map_err(|e| format!("writing the core state: {e}"))?;
+    if !outcome.written {
+        return Err(format!(
+            "the core state moved on to revision {} (another controller?)",
+            outcome.register.revision
+        ));
+    }
+    Ok(vec![Event::CoreStateWritten {
+        revision: outcome.register.revision,
+    }])
+}
+
+async fn lock_tlog(addr: SocketAddr, transport: ClientConfig) -> proto::rpc::LockReply {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let attempt = async {
+            let client = RpcClient::connect(addr, transport.clone()).await?;
+            client.lock().await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(reply)) => return reply,
+            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "lock failed; trying again"),
+            Err(_) => tracing::debug!(%addr, "lock timed out; trying again"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn call(inner: &Inner, addr: SocketAddr, message: Message) -> Result<Message, String> {
+    let name = message.name();
+    let attempt = async {
+        let client = RpcClient::connect(addr, inner.config.transport.clone()).await?;
+        client.call(message).await
+    };
+    match tokio::time::timeout(inner.config.call_timeout, attempt).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(format!("{name} to {addr}: {e}")),
+        Err(_) => Err(format!(
+            "{name} to {addr}: no answer within {:?}",
+            inner.config.call_timeout
+        )),
+    }
+}
+
+/// Recruits one role on `worker`; returns where it listens.
+async fn recruit(
+    inner: &Inner,
+    worker: SocketAddr,
+    epoch: u64,
+    role: Recruit,
+    placed: &Mutex<Vec<Placed>>,
+) -> Result<SocketAddr, String> {
+    let what = format!("{}", role.kind());
+    match call(
+        inner,
+        worker,
+        Message::Recruit(RecruitRequest { epoch, role }),
+    )
+    .await?
+    {
+        Message::RecruitReply(address) => {
+            lock(placed).push(Placed {
+                what,
+                address,
+                worker,
+                recruited_ms: inner.clock.now_ms(),
+            });
+            Ok(address)
+        }
+        other => Err(format!(
+            "worker {worker} answered a recruit with {}",
+            other.name()
+        )),
+    }
+}
+
+/// The live workers, rotated by `epoch` so that successive generations
+/// spread over them.
+fn workers_for(inner: &Inner, epoch: u64) -> Result<Vec<SocketAddr>, String> {
+    let mut workers = inner.live_workers();
+    if workers.is_empty() {
+        return Err("no live worker has registered".to_owned());
+    }
+    let shift = (epoch as usize) % workers.len();
+    workers.rotate_left(shift);
+    Ok(workers)
+}
+
+async fn recruit_tlogs(
+    inner: &Inner,
+    epoch: u64,
+    begin: proto::Version,
+    count: usize,
+    placed: &Mutex<Vec<Placed>>,
+) -> Outcome {
+    let workers = workers_for(inner, epoch)?;
+    if workers.len() < count {
+        tracing::warn!(
+            workers = workers.len(),
+            tlogs = count,
+            "fewer live workers than TLogs: some share a process"
+        );
+    }
+    let mut tlogs = Vec::with_capacity(count);
+    for index in 0..count {
+        let worker = workers[index % workers.len()];
+        let role = Recruit::TLog {
+            index: index as u64,
+            begin,
+        };
+        tlogs.push(recruit(inner, worker, epoch, role, placed).await?);
+    }
+    Ok(vec![Event::TLogsRecruited { epoch, tlogs }])
+}
+
+async fn recruit_commit_path(
+    inner: &Inner,
+    epoch: u64,
+    start_after: proto::Version,
+    tlogs: Vec<SocketAddr>,
+    proxies: usize,
+    placed: &Mutex<Vec<Placed>>,
+) -> Outcome {
+    let workers = workers_for(inner, epoch)?;
+    let ids: Vec<ProxyId> = (1..=proxies as u64).map(ProxyId).collect();
+    let sequencer = recruit(
+        inner,
+        workers[0],
+        epoch,
+        Recruit::Sequencer {
+            start_after,
+            proxies: ids.clone(),
+        },
+        placed,
+    )
+    .await?;
+    let mut addresses = Vec::with_capacity(proxies);
+    for (i, id) in ids.into_iter().enumerate() {
+        let worker = workers[(i + 1) % workers.len()];
+        let role = Recruit::Proxy {
+            id,
+            sequencer,
+            tlogs: tlogs.clone(),
+        };
+        addresses.push(recruit(inner, worker, epoch, role, placed).await?);
+    }
+    Ok(vec![Event::CommitPathRecruited {
+        epoch,
+        path: CommitPath {
+            sequencer,
+            proxies: addresses,
+        },
+    }])
+}

@@ -1,0 +1,316 @@
+//! The worker: takes the controller's recruits, hosts the roles, tells
+//! the controller what it hosts, and stops the roles of generations the
+//! core state no longer needs.
+//!
+//! ```text
+//!  controller ─Recruit(epoch, role)─▶ WorkerService ─start─▶ Started role (own port) ─▶ RecruitReply(address)
+//!  every 100 ms: the `controller` register ─▶ RegisterWorker(address, roles) ─▶ controller
+//!  every second: the `core_state` register ─▶ stop roles of ended generations, remove retired TLogs
+//! ```
+//!
+//! A recruit for a role the worker already hosts (same kind, epoch and
+//! id) replaces it: the controller recruits a generation's roles again
+//! only when a recovery did not record them, so nothing relies on the old
+//! one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use coordinator::client::CoordinatorClient;
+use coordinator::election::{Holder, CONTROLLER_REGISTER};
+use proto::rpc::{
+    ErrorCode, ErrorReply, HostedRole, Message, Recruit, RecruitRequest, RegisterWorkerRequest,
+    RoleKind, WorkerStatusReply,
+};
+use proto::transport::{Peer, Responder, Service};
+
+use crate::roles::{
+    parse_tlog_dir, start_proxy, start_sequencer, start_tlog, stored_address, RoleContext, Started,
+};
+use crate::WorkerError;
+
+/// How often a worker tells the controller it is alive and what it hosts.
+pub const REGISTER_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a worker reads the core state to retire roles.
+const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+type RoleKey = (RoleKind, u64, u64);
+
+#[derive(Clone)]
+pub struct WorkerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    address: SocketAddr,
+    ctx: RoleContext,
+    coordinators: CoordinatorClient,
+    /// Held across a role's start, so recruits happen one at a time.
+    hosted: tokio::sync::Mutex<BTreeMap<RoleKey, Started>>,
+    /// What `hosted` holds, for reports that must not wait on a recruit.
+    roles: Mutex<Vec<HostedRole>>,
+    controller: Mutex<Option<SocketAddr>>,
+}
+
+impl WorkerService {
+    /// Reopens the TLogs this worker's data directory holds (a restart
+    /// after a crash), then starts registering with the controller.
+    pub async fn start(
+        address: SocketAddr,
+        ctx: RoleContext,
+        coordinators: CoordinatorClient,
+    ) -> Result<WorkerService, WorkerError> {
+        let mut hosted = BTreeMap::new();
+        for (epoch, index, dir) in tlog_dirs(&ctx.data_dir)? {
+            let Some(listen) = stored_address(&dir) else {
+                tracing::warn!(dir = %dir.display(), "a TLog directory without its address: removed");
+                remove_dir(&dir);
+                continue;
+            };
+            let started = start_tlog(&ctx, epoch, index, None, listen).await?;
+            hosted.insert((RoleKind::TLog, epoch, index), started);
+        }
+        let inner = Arc::new(Inner {
+            address,
+            ctx,
+            coordinators,
+            hosted: tokio::sync::Mutex::new(hosted),
+            roles: Mutex::new(Vec::new()),
+            controller: Mutex::new(None),
+        });
+        inner.refresh_roles(&*inner.hosted.lock().await);
+        tokio::spawn(register_loop(Arc::downgrade(&inner)));
+        tokio::spawn(retire_loop(Arc::downgrade(&inner)));
+        Ok(WorkerService { inner })
+    }
+
+    pub fn status(&self) -> WorkerStatusReply {
+        WorkerStatusReply {
+            address: self.inner.address,
+            roles: self.inner.roles(),
+            controller: *lock(&self.inner.controller),
+        }
+    }
+
+    /// Stops every hosted role.
+    pub async fn shutdown(&self) {
+        let hosted = std::mem::take(&mut *self.inner.hosted.lock().await);
+        for (_, role) in hosted {
+            role.stop().await;
+        }
+    }
+
+    async fn recruit(&self, request: RecruitRequest) -> Result<SocketAddr, ErrorReply> {
+        let inner = &self.inner;
+        let ctx = &inner.ctx;
+        let listen = SocketAddr::new(inner.address.ip(), 0);
+        let epoch = request.epoch;
+        let key = match &request.role {
+            Recruit::TLog { index, .. } => (RoleKind::TLog, epoch, *index),
+            Recruit::Sequencer { .. } => (RoleKind::Sequencer, epoch, 0),
+            Recruit::Proxy { id, .. } => (RoleKind::Proxy, epoch, id.0),
+        };
+        let mut hosted = inner.hosted.lock().await;
+        if let Some(old) = hosted.remove(&key) {
+            tracing::info!(kind = %key.0, epoch, id = key.2, "recruited again: replacing the role");
+            let dir = old.dir.clone();
+            old.stop().await;
+            if let Some(dir) = dir {
+                remove_dir(&dir);
+            }
+        }
+        let started = match request.role {
+            Recruit::TLog { index, begin } => {
+                remove_dir(&crate::roles::tlog_dir(&ctx.data_dir, epoch, index));
+                start_tlog(ctx, epoch, index, Some(begin), listen).await
+            }
+            Recruit::Sequencer {
+                start_after,
+                proxies,
+            } => start_sequencer(ctx, epoch, start_after, proxies, listen).await,
+            Recruit::Proxy {
+                id,
+                sequencer,
+                tlogs,
+            } => start_proxy(ctx, epoch, id, sequencer, tlogs, listen).await,
+        }
+        .map_err(|e| ErrorReply::new(ErrorCode::Unavailable, e.to_string()))?;
+        let address = started.address;
+        hosted.insert(key, started);
+        inner.refresh_roles(&hosted);
+        Ok(address)
+    }
+
+    async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
+        match request {
+            Message::Recruit(r) => self.recruit(r).await.map(Message::RecruitReply),
+            Message::Status => Ok(Message::WorkerStatus(self.status())),
+            other => Err(ErrorReply::new(
+                ErrorCode::UnknownMessage,
+                format!("a worker does not take {}", other.name()),
+            )),
+        }
+    }
+}
+
+impl Service for WorkerService {
+    fn handle(&self, request: Message, responder: Responder) {
+        responder.reply_with(self.clone().handle(request));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn roles(&self) -> Vec<HostedRole> {
+        let mut roles = lock(&self.roles).clone();
+        // Problems are asked fresh; the list changes only with recruits.
+        if let Ok(hosted) = self.hosted.try_lock() {
+            for role in roles.iter_mut() {
+                if let Some(started) = hosted.get(&(role.kind, role.epoch, role.id)) {
+                    role.problem = (started.problem)();
+                }
+            }
+        }
+        roles
+    }
+
+    fn refresh_roles(&self, hosted: &BTreeMap<RoleKey, Started>) {
+        *lock(&self.roles) = hosted
+            .values()
+            .map(|r| HostedRole {
+                kind: r.kind,
+                epoch: r.epoch,
+                id: r.id,
+                address: r.address,
+                problem: (r.problem)(),
+            })
+            .collect();
+    }
+
+    /// The controller, as the coordinators' `controller` register names it.
+    async fn find_controller(&self) -> Option<SocketAddr> {
+        if let Some(known) = *lock(&self.controller) {
+            return Some(known);
+        }
+        let register = self.coordinators.read(CONTROLLER_REGISTER).await.ok()?;
+        let holder: Holder = serde_json::from_slice(&register.value).ok()?;
+        let address = holder.address.parse().ok()?;
+        *lock(&self.controller) = Some(address);
+        Some(address)
+    }
+
+    /// Stops the roles of generations the core state has moved past:
+    /// sequencers and proxies of earlier epochs, and TLogs of earlier
+    /// epochs it no longer lists (their data was popped, or their
+    /// generation was never recorded).
+    async fn retire(&self, state: &CoreState) {
+        let listed = |epoch: u64| state.generations.iter().any(|g| g.epoch == epoch);
+        let mut hosted = self.hosted.lock().await;
+        let ended: Vec<RoleKey> = hosted
+            .keys()
+            .filter(|(kind, epoch, _)| {
+                *epoch < state.epoch && (*kind != RoleKind::TLog || !listed(*epoch))
+            })
+            .copied()
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        for key in ended {
+            let Some(role) = hosted.remove(&key) else {
+                continue;
+            };
+            tracing::info!(kind = %key.0, epoch = key.1, id = key.2, "retiring a role of an ended generation");
+            let dir = role.dir.clone();
+            role.stop().await;
+            if let Some(dir) = dir {
+                remove_dir(&dir);
+            }
+        }
+        self.refresh_roles(&hosted);
+    }
+}
+
+async fn register_loop(inner: Weak<Inner>) {
+    let mut interval = tokio::time::interval(REGISTER_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peer: Option<Peer> = None;
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(controller) = inner.find_controller().await else {
+            continue;
+        };
+        let peer = match &peer {
+            Some(p) if p.addr() == controller => p,
+            _ => peer.insert(Peer::new(controller, inner.ctx.transport.clone())),
+        };
+        let request = Message::RegisterWorker(RegisterWorkerRequest {
+            address: inner.address,
+            roles: inner.roles(),
+        });
+        let sent = async { peer.client().await?.call(request).await };
+        match tokio::time::timeout(REGISTER_INTERVAL * 5, sent).await {
+            Ok(Ok(Message::RegisterWorkerReply)) => {}
+            outcome => {
+                tracing::debug!(%controller, ?outcome, "registration failed; asking who the controller is");
+                *lock(&inner.controller) = None;
+            }
+        }
+    }
+}
+
+async fn retire_loop(inner: Weak<Inner>) {
+    let mut interval = tokio::time::interval(RETIRE_INTERVAL);
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(register) = inner.coordinators.read(CORE_STATE_REGISTER).await else {
+            continue;
+        };
+        if register.value.is_empty() {
+            continue;
+        }
+        match CoreState::decode(&register.value) {
+            Ok(state) => inner.retire(&state).await,
+            Err(e) => tracing::error!(error = %e, "the core state does not decode"),
+        }
+    }
+}
+
+/// The TLog directories under `data_dir`: (epoch, index, path).
+fn tlog_dirs(
+    data_dir: &std::path::Path,
+) -> Result<Vec<(u64, u64, std::path::PathBuf)>, WorkerError> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(WorkerError::Io(data_dir.to_path_buf(), e)),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| WorkerError::Io(data_dir.to_path_buf(), e))?;
+        let name = entry.file_name();
+        if let Some((epoch, index)) = name.to_str().and_then(parse_tlog_dir) {
+            dirs.push((epoch, index, entry.path()));
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn remove_dir(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a retired TLog's directory")
+        }
+    }
+}
