@@ -27,6 +27,7 @@ use proto::transport::{serve, RpcClient, ServerConfig, Service};
 use proto::{Mutation, StorageServerId, StorageTeamId, Subsequence, TeamBlockBuilder, Version};
 use serde::Serialize;
 use storage_server::engine::{KvEngine, WriteBatch};
+use storage_server::generations::LogDiscovery;
 use storage_server::heed_engine::HeedEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
@@ -161,9 +162,12 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
         private_team: PRIVATE_TEAM,
         teams: BTreeSet::from([TEAM]),
         shards: ShardMap::new([(Bytes::new(), ShardAssignment::to(TEAM))])?,
-        tlogs: vec![tlog_addr],
+        // The sequencer is asked only for status, which this does not use.
+        logs: LogDiscovery::Pinned {
+            tlogs: vec![tlog_addr],
+            sequencer: tlog_addr,
+        },
         replication: 1,
-        sequencer: tlog_addr,
         // A short window (200 versions of 1,000), so nearly all data goes
         // through heed during the catch-up, as in the baseline.
         window: WindowConfig {

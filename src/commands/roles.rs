@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use commit_proxy::proxy::{ProxyConfig, ProxyService};
+use coordinator::client::CoordinatorClient;
 use proto::clock::SystemClock;
 use proto::transport::{serve, ServerConfig, Service};
 use proto::{ProxyId, StorageServerId, StorageTeamId};
 use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
+use storage_server::generations::LogDiscovery;
 use storage_server::heed_engine::HeedEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
@@ -167,14 +169,24 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
         .filter(|t| t.servers.contains(&args.id))
         .map(|t| StorageTeamId(t.id))
         .collect();
+    let logs = if cluster.is_recruited() {
+        let coordinators =
+            CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
+                .with_timeout(Duration::from_secs(1));
+        LogDiscovery::Coordinated(Arc::new(coordinators))
+    } else {
+        LogDiscovery::Pinned {
+            tlogs: cluster.tlog_addresses(),
+            sequencer: cluster.sequencer_address()?,
+        }
+    };
     let config = StorageConfig {
         id: StorageServerId(args.id),
         private_team: StorageTeamId(entry.private_team),
         teams,
         shards: cluster.shard_map()?,
-        tlogs: cluster.tlog_addresses(),
+        logs,
         replication: cluster.replication,
-        sequencer: cluster.sequencer_address()?,
         window: WindowConfig {
             max_versions: args.window_versions,
             max_bytes: args.window_bytes,

@@ -31,6 +31,7 @@ use proto::shard_map::ShardMap;
 use proto::system_keys::ShardAssignment;
 use proto::transport::{serve, RpcClient, ServerConfig, Service};
 use proto::{Mutation, StorageServerId, StorageTeamId, Subsequence, TeamBlockBuilder, Version};
+use storage_server::generations::LogDiscovery;
 use storage_server::heed_engine::HeedEngine;
 use storage_server::server::{StorageConfig, StorageService, MAX_RANGE_LIMIT};
 use storage_server::versioned::WindowConfig;
@@ -271,10 +272,12 @@ pub async fn run(args: ReplayArgs, pacing: Pacing) -> Result<()> {
             private_team: PRIVATE_TEAM,
             teams: BTreeSet::from([TEAM]),
             shards: ShardMap::new([(Bytes::new(), ShardAssignment::to(TEAM))])?,
-            tlogs: vec![tlog.addr],
+            // The sequencer is asked only for status, which this does not use.
+            logs: LogDiscovery::Pinned {
+                tlogs: vec![tlog.addr],
+                sequencer: tlog.addr,
+            },
             replication: 1,
-            // Only asked for status, which a replay does not use.
-            sequencer: tlog.addr,
             window: WindowConfig::default(),
             read_wait: Duration::from_secs(1),
             transport: Default::default(),

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!   server::StorageService      consume (mutable cursor), flush, pop, reads
+//!        ├── generations        where the TLogs of each generation are; rollback points
 //!        ├── ownership          which ranges this server answers for, when
 //!        └── versioned store (below)
 //! ```
@@ -17,6 +18,7 @@
 //! ```
 
 pub mod engine;
+pub mod generations;
 pub mod heed_engine;
 pub mod mem_engine;
 pub mod ownership;

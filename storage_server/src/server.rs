@@ -27,25 +27,24 @@
 //! `teamlog_storage_window_bytes`.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use cluster::placement::tlogs_for_team;
-use cursor::{MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TLogSourceConfig, TeamSet};
+use cursor::{GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TeamSet};
 use proto::rpc::{
     ErrorCode, ErrorReply, GetRangeReply, GetRangeRequest, GetValueReply, GetValueRequest, Message,
-    PopRequest, StorageStatusReply,
+    StorageStatusReply,
 };
 use proto::shard_map::ShardMap;
 use proto::system_keys::{parse_key_servers_key, USER_KEYS_END};
 use proto::team_set::parse_team_set_key;
-use proto::transport::{ClientConfig, Peer, Responder, Service};
+use proto::transport::{ClientConfig, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
 use tokio::sync::watch;
 
 use crate::engine::KvEngine;
+use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::Ownership;
 use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
 
@@ -70,9 +69,9 @@ pub struct StorageConfig {
     pub teams: BTreeSet<StorageTeamId>,
     /// The shard map to start with when the engine holds none.
     pub shards: ShardMap,
-    pub tlogs: Vec<SocketAddr>,
+    /// Where the TLogs and the sequencer are.
+    pub logs: LogDiscovery,
     pub replication: usize,
-    pub sequencer: SocketAddr,
     pub window: WindowConfig,
     /// How long a read at a version not yet applied waits before
     /// `future_version`.
@@ -94,8 +93,7 @@ struct Inner<E: KvEngine> {
     store: RwLock<VersionedStore<E>>,
     ownership: Mutex<Ownership>,
     applied: watch::Sender<Version>,
-    sequencer: Peer,
-    tlogs: Vec<Peer>,
+    generations: Generations,
     /// Set when applying stopped on an error no retry can fix.
     failed: Mutex<Option<String>>,
     /// Set while flushes fail for lack of room and are retried.
@@ -156,10 +154,15 @@ impl<E: KvEngine> StorageService<E> {
         let history = config.window.max_versions.saturating_mul(2);
         let ownership = Ownership::new(map, teams.clone(), durable, history);
         tracing::info!(server = %config.id, %durable, ?teams, "storage server resuming");
-        let peer = |addr| Peer::new(addr, config.transport.clone());
+        let generations = Generations::new(
+            config.logs.clone(),
+            config.replication,
+            config.transport.clone(),
+            config.private_team,
+        );
+        generations.route_teams(&teams);
         let inner = Arc::new(Inner {
-            sequencer: peer(config.sequencer),
-            tlogs: config.tlogs.iter().map(|a| peer(*a)).collect(),
+            generations,
             applied: watch::channel(store.applied_version()).0,
             store: RwLock::new(store),
             ownership: Mutex::new(ownership),
@@ -167,8 +170,7 @@ impl<E: KvEngine> StorageService<E> {
             stalled: Mutex::new(None),
             config,
         });
-        let set = TeamSet::new(inner.config.private_team, teams);
-        tokio::spawn(run_apply(Arc::downgrade(&inner), set, durable.next()));
+        tokio::spawn(run_apply(Arc::downgrade(&inner)));
         tokio::spawn(run_lag_gauges(Arc::downgrade(&inner)));
         Ok(StorageService { inner })
     }
@@ -353,8 +355,14 @@ fn count_read(kind: &'static str, started: Instant, ok: bool) {
 impl<E: KvEngine> Inner<E> {
     /// The cluster's committed version, as the sequencer knows it.
     async fn committed_version(&self) -> Result<Version, proto::transport::RpcError> {
-        let reply = self
-            .sequencer
+        let Some(sequencer) = self.generations.sequencer() else {
+            return Err(proto::transport::RpcError::Remote {
+                code: ErrorCode::Unavailable,
+                message: "no sequencer known yet: the cluster is recovering".to_owned(),
+                version: None,
+            });
+        };
+        let reply = sequencer
             .client()
             .await?
             .call(Message::GetReadVersion)
@@ -518,46 +526,84 @@ impl<E: KvEngine> Inner<E> {
     async fn pop(&self, durable: Version) {
         let mut teams = self.ownership().teams_at(durable.next());
         teams.insert(self.config.private_team);
-        for team in teams {
-            for index in tlogs_for_team(team, self.tlogs.len(), self.config.replication) {
-                let request = PopRequest {
-                    team,
-                    server: self.config.id,
-                    version: durable.next(),
-                };
-                let popped = async { self.tlogs[index].client().await?.pop(request).await }.await;
-                if let Err(e) = popped {
-                    tracing::debug!(%team, error = %e, "pop failed; the next flush pops again");
-                }
-            }
+        self.generations.pop(self.config.id, &teams, durable).await;
+    }
+
+    /// Forgets what was applied above `version`: a recovery ended the
+    /// generation it came from there.
+    fn rollback_to(&self, version: Version) -> Result<(), String> {
+        let mut store = self.store_mut();
+        store.rollback_to(version).map_err(|e| e.to_string())?;
+        self.ownership().rollback_to(version);
+        let applied = store.applied_version();
+        drop(store);
+        self.applied.send_replace(applied);
+        tracing::warn!(server = %self.config.id, %version, "rolled back to the recovery version");
+        Ok(())
+    }
+}
+
+/// Consumes the server's teams until the service is dropped or the stream
+/// ends. A cursor reads from the applied version on; when a recovery ended
+/// the generation it read below what was applied, the server rolls back
+/// and reads on with a new cursor from there.
+async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let begin = strong.store().applied_version().next();
+        let teams = strong.ownership().teams_at(begin);
+        strong.generations.route_teams(&teams);
+        let set = TeamSet::new(strong.config.private_team, teams);
+        let cursor = MutableTeamPeekCursor::<_, Ordered>::new(
+            strong.generations.source(),
+            strong.config.id,
+            set,
+            begin,
+        );
+        drop(strong);
+        match consume(&inner, cursor).await {
+            Consumed::Stopped => return,
+            Consumed::RolledBack => continue,
         }
     }
 }
 
-/// Consumes the server's teams until the service is dropped or the stream ends.
-async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin: Version) {
-    let Some(first) = inner.upgrade() else { return };
-    let mut source = TLogSource::new(TLogSourceConfig {
-        client: first.config.transport.clone(),
-        ..TLogSourceConfig::default()
-    });
-    let tlogs = first.config.tlogs.clone();
-    let route = |team| {
-        tlogs_for_team(team, tlogs.len(), first.config.replication)
-            .into_iter()
-            .map(|i| tlogs[i])
-            .collect()
-    };
-    source = source.with_team(team_set.private_team, route(team_set.private_team));
-    // Teams not listed (added later) are found on every TLog in turn.
-    source = source.with_default_replicas(tlogs.clone());
-    for team in &team_set.teams {
-        source = source.with_team(*team, route(*team));
+enum Consumed {
+    /// The service was dropped, the stream ended or applying failed.
+    Stopped,
+    /// A recovery took back what the cursor had read: read again.
+    RolledBack,
+}
+
+/// How often a server reads the core state while its cursor moves.
+const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Reads the core state again; rolls back when a recovery ended the
+/// generation read as current below the applied version.
+async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Result<bool, String> {
+    let applied = inner.store().applied_version();
+    match inner.generations.refresh(applied).await {
+        Ok(Some(version)) => {
+            inner.rollback_to(version)?;
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(reason) => {
+            tracing::debug!(%reason, "the generations could not be refreshed");
+            Ok(false)
+        }
     }
-    let id = first.config.id;
-    drop(first);
-    let mut cursor =
-        MutableTeamPeekCursor::<_, Ordered>::new(Arc::new(source), id, team_set, begin);
+}
+
+type Cursor = MutableTeamPeekCursor<Arc<GenerationSource<TLogSource>>, Ordered>;
+
+async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Consumed {
+    let id = match inner.upgrade() {
+        Some(inner) => inner.config.id,
+        None => return Consumed::Stopped,
+    };
     // Jittered, growing delays between failed fetches; a fetch that works
     // starts them over.
     let retry_policy = ExponentialBuilder::new()
@@ -572,40 +618,66 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
         .with_max_delay(NO_ROOM_RETRY_MAX)
         .without_max_times();
     let mut no_room_delays = no_room_policy.build();
+    let mut refreshed = Instant::now();
     loop {
         // A window past its cap while flushes find no room: fetch nothing
         // more, only retry the flush.
         let over_cap = match inner.upgrade() {
             Some(inner) => inner.stalled_reason().is_some() && inner.window_over_stalled_cap(),
-            None => return,
+            None => return Consumed::Stopped,
         };
         if over_cap {
             let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
             tokio::time::sleep(delay).await;
-            let Some(inner) = inner.upgrade() else { return };
+            let Some(inner) = inner.upgrade() else {
+                return Consumed::Stopped;
+            };
             match flush_step(&inner).await {
                 Ok(()) => no_room_delays = no_room_policy.build(),
-                Err(reason) => return inner.fail(reason),
+                Err(reason) => {
+                    inner.fail(reason);
+                    return Consumed::Stopped;
+                }
             }
             continue;
         }
         let fetched = cursor.remote_more_available().await;
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(inner) = inner.upgrade() else {
+            return Consumed::Stopped;
+        };
+        let stale = refreshed.elapsed() >= GENERATIONS_REFRESH;
         match fetched {
             Ok(_) => delays = retry_policy.build(),
             Err(e) if e.is_retryable() => {
                 tracing::debug!(error = %e, "peek failed; retrying");
+                if inner.generations.is_coordinated() {
+                    refreshed = Instant::now();
+                    match refresh_generations(&inner).await {
+                        Ok(true) => return Consumed::RolledBack,
+                        Ok(false) => {}
+                        Err(reason) => {
+                            inner.fail(reason);
+                            return Consumed::Stopped;
+                        }
+                    }
+                }
                 let delay = delays.next().unwrap_or(Duration::from_secs(1));
                 tokio::time::sleep(delay).await;
                 continue;
             }
-            Err(e) => return inner.fail(e.to_string()),
+            Err(e) => {
+                inner.fail(e.to_string());
+                return Consumed::Stopped;
+            }
         }
         let complete_below = cursor.complete_below();
         let known_committed = cursor.known_committed();
         let applied = match inner.apply_batch(&mut cursor, complete_below, known_committed) {
             Ok(applied) => applied,
-            Err(reason) => return inner.fail(reason),
+            Err(reason) => {
+                inner.fail(reason);
+                return Consumed::Stopped;
+            }
         };
         inner.applied.send_if_modified(|a| {
             let moved = *a < applied;
@@ -613,7 +685,8 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
             moved
         });
         if let Err(reason) = flush_step(&inner).await {
-            return inner.fail(reason);
+            inner.fail(reason);
+            return Consumed::Stopped;
         }
         if inner.stalled_reason().is_some() {
             let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
@@ -623,7 +696,18 @@ async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>, team_set: TeamSet, begin:
         }
         if cursor.is_end_of_stream() {
             tracing::info!(server = %id, %applied, "end of stream");
-            return;
+            return Consumed::Stopped;
+        }
+        if stale && inner.generations.is_coordinated() {
+            refreshed = Instant::now();
+            match refresh_generations(&inner).await {
+                Ok(true) => return Consumed::RolledBack,
+                Ok(false) => {}
+                Err(reason) => {
+                    inner.fail(reason);
+                    return Consumed::Stopped;
+                }
+            }
         }
     }
 }

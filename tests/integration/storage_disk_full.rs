@@ -13,6 +13,7 @@ use proto::shard_map::ShardMap;
 use proto::system_keys::ShardAssignment;
 use proto::{StorageServerId, StorageTeamId, Version};
 use storage_server::engine::KvEngine;
+use storage_server::generations::LogDiscovery;
 use storage_server::mem_engine::MemEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
@@ -67,11 +68,12 @@ async fn a_full_engine_stalls_flushes_until_there_is_room() -> Result<()> {
             private_team: PRIVATE,
             teams: BTreeSet::from([TEAM]),
             shards: ShardMap::new([(Bytes::new(), ShardAssignment::to(TEAM))])?,
-            tlogs: vec![tlog.addr],
+            // The sequencer is asked only for status, which this does not use.
+            logs: LogDiscovery::Pinned {
+                tlogs: vec![tlog.addr],
+                sequencer: tlog.addr,
+            },
             replication: 1,
-            // Asked only for the committed version, which status does not
-            // need here.
-            sequencer: tlog.addr,
             window: WindowConfig {
                 max_versions: 5,
                 max_bytes: 1 << 20,

@@ -1,0 +1,342 @@
+//! Where a storage server's teams are: the TLogs of every generation that
+//! may still hold its data, and the sequencer to ask for the committed
+//! version. Pinned by the cluster file, or read from the coordinators'
+//! core state, again whenever the cursor stalls and once a second.
+//!
+//! ```text
+//!  core state ─refresh─▶ View { generations (begin, end, readable TLogs), sequencer }
+//!                          ├─▶ GenerationSource<TLogSource>: the cursor's peeks
+//!                          ├─▶ pops: every generation holding versions up to the durable one
+//!                          └─▶ rollback point: the generation this server read as current
+//!                              ended below what it applied
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use cluster::placement::tlogs_for_team;
+use coordinator::client::CoordinatorClient;
+use cursor::{GenerationRoute, GenerationSource, TLogSource, TLogSourceConfig};
+use proto::rpc::PopRequest;
+use proto::transport::{ClientConfig, Peer};
+use proto::{StorageServerId, StorageTeamId, Version};
+
+/// Where the TLogs and the sequencer are.
+#[derive(Clone)]
+pub enum LogDiscovery {
+    /// The cluster file pins them: one generation for ever.
+    Pinned {
+        tlogs: Vec<SocketAddr>,
+        sequencer: SocketAddr,
+    },
+    /// The controller recruits them anew at each recovery; the
+    /// coordinators' core state says where.
+    Coordinated(Arc<CoordinatorClient>),
+}
+
+impl std::fmt::Debug for LogDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogDiscovery::Pinned { tlogs, sequencer } => f
+                .debug_struct("Pinned")
+                .field("tlogs", tlogs)
+                .field("sequencer", sequencer)
+                .finish(),
+            LogDiscovery::Coordinated(_) => f.write_str("Coordinated"),
+        }
+    }
+}
+
+/// One generation as this server reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct GenerationView {
+    epoch: u64,
+    begin: Version,
+    end: Option<Version>,
+    tlogs: Vec<SocketAddr>,
+    /// Indexes of `tlogs` a reader may use.
+    readable: Vec<usize>,
+    replication: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct View {
+    generations: Vec<GenerationView>,
+    sequencer: Option<SocketAddr>,
+}
+
+pub struct Generations {
+    discovery: LogDiscovery,
+    transport: ClientConfig,
+    private_team: StorageTeamId,
+    /// The teams this server reads besides its private team.
+    teams: Mutex<BTreeSet<StorageTeamId>>,
+    view: Mutex<View>,
+    sources: Mutex<BTreeMap<u64, Arc<TLogSource>>>,
+    source: Arc<GenerationSource<TLogSource>>,
+    peers: Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
+}
+
+/// The version to roll back to when `next` ends a generation that `seen`
+/// had as current below `applied`: what this server applied above it came
+/// from that generation's uncommitted tail.
+fn rollback_point(seen: &View, next: &View, applied: Version) -> Option<Version> {
+    let current = seen.generations.iter().find(|g| g.end.is_none())?;
+    let ended = next
+        .generations
+        .iter()
+        .find(|g| g.epoch == current.epoch)?
+        .end?;
+    (ended < applied).then_some(ended)
+}
+
+fn view_of(state: &CoreState) -> View {
+    View {
+        generations: state
+            .generations
+            .iter()
+            .map(|g| GenerationView {
+                epoch: g.epoch,
+                begin: g.begin_version,
+                end: g.end.as_ref().map(|e| e.version),
+                tlogs: g.tlogs.clone(),
+                readable: g.readable_tlogs().into_iter().map(|(i, _)| i).collect(),
+                replication: g.replication,
+            })
+            .collect(),
+        sequencer: state
+            .current()
+            .and_then(|g| g.commit_path.as_ref())
+            .map(|p| p.sequencer),
+    }
+}
+
+impl Generations {
+    pub fn new(
+        discovery: LogDiscovery,
+        replication: usize,
+        transport: ClientConfig,
+        private_team: StorageTeamId,
+    ) -> Generations {
+        let view = match &discovery {
+            LogDiscovery::Pinned { tlogs, sequencer } => View {
+                generations: vec![GenerationView {
+                    epoch: 0,
+                    begin: Version::ZERO,
+                    end: None,
+                    tlogs: tlogs.clone(),
+                    readable: (0..tlogs.len()).collect(),
+                    replication,
+                }],
+                sequencer: Some(*sequencer),
+            },
+            LogDiscovery::Coordinated(_) => View::default(),
+        };
+        let generations = Generations {
+            discovery,
+            transport,
+            private_team,
+            teams: Mutex::new(BTreeSet::new()),
+            view: Mutex::new(View::default()),
+            sources: Mutex::new(BTreeMap::new()),
+            source: Arc::new(GenerationSource::new(Vec::new())),
+            peers: Mutex::new(BTreeMap::new()),
+        };
+        generations.install(view);
+        generations
+    }
+
+    pub fn is_coordinated(&self) -> bool {
+        matches!(self.discovery, LogDiscovery::Coordinated(_))
+    }
+
+    pub fn source(&self) -> Arc<GenerationSource<TLogSource>> {
+        self.source.clone()
+    }
+
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.transport.clone())))
+            .clone()
+    }
+
+    /// The sequencer of the current generation, if one is known.
+    pub fn sequencer(&self) -> Option<Arc<Peer>> {
+        let sequencer = self.view().sequencer?;
+        Some(self.peer(sequencer))
+    }
+
+    /// Reads the core state again and routes peeks by it; returns the
+    /// version to roll back to when the generation this server read as
+    /// current ended below `applied`.
+    pub async fn refresh(&self, applied: Version) -> Result<Option<Version>, String> {
+        let LogDiscovery::Coordinated(coordinators) = &self.discovery else {
+            return Ok(None);
+        };
+        let register = coordinators
+            .read(CORE_STATE_REGISTER)
+            .await
+            .map_err(|e| format!("reading the core state: {e}"))?;
+        if register.value.is_empty() {
+            return Ok(None);
+        }
+        let state = CoreState::decode(&register.value).map_err(|e| e.to_string())?;
+        let next = view_of(&state);
+        let rollback = rollback_point(&self.view(), &next, applied);
+        self.install(next);
+        Ok(rollback)
+    }
+
+    fn install(&self, next: View) {
+        if *self.view() == next {
+            return;
+        }
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = Vec::new();
+        for g in &next.generations {
+            let source = sources
+                .entry(g.epoch)
+                .or_insert_with(|| Arc::new(self.tlog_source(g)));
+            // An ended generation is read from its locked TLogs only.
+            if g.end.is_some() {
+                *source = Arc::new(self.tlog_source(g));
+            }
+            routes.push(GenerationRoute {
+                epoch: g.epoch,
+                begin: g.begin,
+                end: g.end,
+                source: source.clone(),
+            });
+        }
+        sources.retain(|epoch, _| next.generations.iter().any(|g| g.epoch == *epoch));
+        self.source.set_generations(routes);
+        *self.view() = next;
+    }
+
+    fn tlog_source(&self, g: &GenerationView) -> TLogSource {
+        let readable: Vec<SocketAddr> = g.readable.iter().map(|i| g.tlogs[*i]).collect();
+        let route = |team: StorageTeamId| -> Vec<SocketAddr> {
+            tlogs_for_team(team, g.tlogs.len(), g.replication)
+                .into_iter()
+                .filter(|i| g.readable.contains(i))
+                .map(|i| g.tlogs[i])
+                .collect()
+        };
+        let source = TLogSource::new(TLogSourceConfig {
+            client: self.transport.clone(),
+            ..TLogSourceConfig::default()
+        })
+        // Teams this server learns of later are found on every TLog in turn.
+        .with_default_replicas(readable);
+        source.set_replicas(self.private_team, route(self.private_team));
+        for team in self.teams.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            source.set_replicas(*team, route(*team));
+        }
+        source
+    }
+
+    /// Routes `teams` to their own TLogs in every generation, from now on.
+    pub fn route_teams(&self, teams: &BTreeSet<StorageTeamId>) {
+        *self.teams.lock().unwrap_or_else(|e| e.into_inner()) = teams.clone();
+        let view = self.view().clone();
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        for g in &view.generations {
+            let Some(source) = sources.get(&g.epoch) else {
+                continue;
+            };
+            for team in teams {
+                let replicas: Vec<SocketAddr> = tlogs_for_team(*team, g.tlogs.len(), g.replication)
+                    .into_iter()
+                    .filter(|i| g.readable.contains(i))
+                    .map(|i| g.tlogs[i])
+                    .collect();
+                source.set_replicas(*team, replicas);
+            }
+        }
+    }
+
+    /// Tells every TLog of every generation holding `teams` at or below
+    /// `durable` that this server no longer needs those versions.
+    pub async fn pop(
+        &self,
+        server: StorageServerId,
+        teams: &BTreeSet<StorageTeamId>,
+        durable: Version,
+    ) {
+        let view = self.view().clone();
+        for g in view.generations.iter().filter(|g| g.begin < durable) {
+            let through = g.end.map_or(durable, |end| end.min(durable));
+            for team in teams {
+                for index in tlogs_for_team(*team, g.tlogs.len(), g.replication) {
+                    if !g.readable.contains(&index) {
+                        continue;
+                    }
+                    let request = PopRequest {
+                        team: *team,
+                        server,
+                        version: through.next(),
+                    };
+                    let peer = self.peer(g.tlogs[index]);
+                    let popped = async { peer.client().await?.pop(request).await }.await;
+                    if let Err(e) = popped {
+                        tracing::debug!(%team, epoch = g.epoch, error = %e, "pop failed; the next flush pops again");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(epoch: u64, begin: u64, end: Option<u64>) -> GenerationView {
+        GenerationView {
+            epoch,
+            begin: Version(begin),
+            end: end.map(Version),
+            tlogs: Vec::new(),
+            readable: Vec::new(),
+            replication: 1,
+        }
+    }
+
+    fn view(generations: Vec<GenerationView>) -> View {
+        View {
+            generations,
+            sequencer: None,
+        }
+    }
+
+    #[test]
+    fn a_server_rolls_back_only_what_it_read_past_the_end_of_its_current_generation() {
+        let seen = view(vec![generation(1, 0, Some(100)), generation(2, 100, None)]);
+        let ended = view(vec![
+            generation(1, 0, Some(100)),
+            generation(2, 100, Some(250)),
+            generation(3, 250, Some(300)),
+            generation(4, 300, None),
+        ]);
+        assert_eq!(
+            rollback_point(&seen, &ended, Version(400)),
+            Some(Version(250))
+        );
+        assert_eq!(rollback_point(&seen, &ended, Version(250)), None);
+        assert_eq!(rollback_point(&seen, &ended, Version(120)), None);
+        // Already knowing the end, the cursor never read past it.
+        assert_eq!(rollback_point(&ended, &ended, Version(400)), None);
+        // A current generation dropped unopened held nothing to read.
+        let dropped = view(vec![generation(1, 0, Some(100)), generation(3, 100, None)]);
+        assert_eq!(rollback_point(&seen, &dropped, Version(400)), None);
+        assert_eq!(rollback_point(&View::default(), &ended, Version(400)), None);
+    }
+}
