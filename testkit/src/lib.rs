@@ -65,6 +65,8 @@ pub enum TestkitError {
     StreamOrder(String),
     #[error("starting a tlog: {0}")]
     TLog(#[from] tlog::server::TLogError),
+    #[error("no generation was recovered within {timeout:?}: {last}")]
+    NotRecovered { timeout: Duration, last: String },
 }
 
 impl TestkitError {

@@ -7,14 +7,22 @@
 //!  dir/coordinator-ID/     each coordinator's data
 //!  dir/tlog-N/             each TLog's data
 //!  dir/storage-ID/         each storage server's data
+//!  dir/worker-N/           each worker's data (the TLogs it hosts), when the controller recruits
 //!  coordinators ─▶ TLogs ─▶ sequencer ─▶ proxies ─▶ storage servers   started in this order, each waited for
+//!  coordinators ─▶ workers ─▶ storage servers ─▶ wait for the first recovery   (recruited)
 //! ```
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto::rpc::Message;
+use proto::transport::RpcClient;
 
 use cluster::cluster_file::{
-    ClusterFile, CoordinatorEntry, Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry,
+    ClusterFile, CoordinatorEntry, Endpoint, GenerationShape, ProxyEntry, ShardEntry, StorageEntry,
+    TeamEntry,
 };
 
 use cluster::tls_files::{self, TlsEntry};
@@ -70,6 +78,12 @@ pub struct ClusterSpec {
     /// Members talk mutual TLS, with a CA and identity made in `DIR/tls`;
     /// otherwise plain TCP, where every peer is trusted.
     pub tls: bool,
+    /// With workers, the controller recruits each generation's `tlogs`
+    /// TLogs, sequencer and `proxies` proxies on them (it needs
+    /// coordinators); with none, the cluster file pins them.
+    pub workers: usize,
+    /// Extra arguments for every worker.
+    pub worker_args: Vec<String>,
 }
 
 impl Default for ClusterSpec {
@@ -89,6 +103,8 @@ impl Default for ClusterSpec {
             storage_args: Vec::new(),
             logs_in_dir: false,
             tls: true,
+            workers: 0,
+            worker_args: Vec::new(),
         }
     }
 }
@@ -143,14 +159,18 @@ impl ClusterSpec {
                 team: 1 + (i % self.teams) as u64,
             })
             .collect();
+        let recruited = self.workers > 0;
         let cluster = ClusterFile {
             replication: self.replication,
             broadcast: self.broadcast,
             coordinators,
-            sequencer: Some(sequencer),
-            proxies,
-            tlogs,
-            generation: None,
+            sequencer: (!recruited).then_some(sequencer),
+            proxies: if recruited { Vec::new() } else { proxies },
+            tlogs: if recruited { Vec::new() } else { tlogs },
+            generation: recruited.then_some(GenerationShape {
+                tlogs: self.tlogs,
+                proxies: self.proxies,
+            }),
             storage_servers,
             teams,
             shards,
@@ -171,6 +191,11 @@ pub struct LocalCluster {
     tlog_args: Vec<String>,
     proxy_args: Vec<String>,
     storage_args: Vec<String>,
+    worker_args: Vec<String>,
+    /// Where each worker listens (workers are not in the cluster file).
+    pub worker_addresses: Vec<SocketAddr>,
+    /// By index, as `worker_addresses`.
+    pub workers: Vec<Option<ChildProcess>>,
     /// By coordinator id.
     pub coordinators: std::collections::BTreeMap<u64, Option<ChildProcess>>,
     pub tlogs: Vec<Option<ChildProcess>>,
@@ -214,6 +239,9 @@ impl LocalCluster {
             tlog_args: spec.tlog_args.clone(),
             proxy_args: spec.proxy_args.clone(),
             storage_args: spec.storage_args.clone(),
+            worker_args: spec.worker_args.clone(),
+            worker_addresses: free_local_addrs(spec.workers)?,
+            workers: Vec::new(),
             coordinators: Default::default(),
             tlogs: Vec::new(),
             sequencer: None,
@@ -225,20 +253,27 @@ impl LocalCluster {
             let coordinator = local.start_coordinator(id).await?;
             local.coordinators.insert(id, Some(coordinator));
         }
-        for i in 0..local.cluster.tlogs.len() {
-            let tlog = local.start_tlog(i).await?;
-            local.tlogs.push(Some(tlog));
-        }
-        local.sequencer = Some(local.start_sequencer().await?);
-        for id in local
-            .cluster
-            .proxies
-            .iter()
-            .map(|p| p.id)
-            .collect::<Vec<_>>()
-        {
-            let proxy = local.start_proxy(id).await?;
-            local.proxies.push(proxy);
+        if local.cluster.is_recruited() {
+            for i in 0..local.worker_addresses.len() {
+                let worker = local.start_worker(i).await?;
+                local.workers.push(Some(worker));
+            }
+        } else {
+            for i in 0..local.cluster.tlogs.len() {
+                let tlog = local.start_tlog(i).await?;
+                local.tlogs.push(Some(tlog));
+            }
+            local.sequencer = Some(local.start_sequencer().await?);
+            for id in local
+                .cluster
+                .proxies
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+            {
+                let proxy = local.start_proxy(id).await?;
+                local.proxies.push(proxy);
+            }
         }
         if spec.storage {
             let ids: Vec<u64> = local.cluster.storage_servers.iter().map(|s| s.id).collect();
@@ -246,6 +281,9 @@ impl LocalCluster {
                 let server = local.start_storage(id).await?;
                 local.storage.insert(id, Some(server));
             }
+        }
+        if local.cluster.is_recruited() {
+            local.wait_recovered(Duration::from_secs(60)).await?;
         }
         Ok(local)
     }
@@ -264,6 +302,52 @@ impl LocalCluster {
         ];
         let log = self.log_path(&format!("coordinator-{id}"))?;
         ChildProcess::spawn_listening(&self.exe, &args, entry.address, log.as_deref()).await
+    }
+
+    /// Starts (or restarts) worker `i` on its address and data dir.
+    pub async fn start_worker(&self, i: usize) -> Result<ChildProcess, TestkitError> {
+        let address = self.worker_addresses[i];
+        let mut args: Vec<OsString> = vec![
+            "server".into(),
+            "--cluster".into(),
+            self.cluster_path.clone().into(),
+            "--data-dir".into(),
+            self.dir.join(format!("worker-{i}")).into(),
+            "--listen".into(),
+            address.to_string().into(),
+        ];
+        args.extend(self.worker_args.iter().map(OsString::from));
+        let log = self.log_path(&format!("worker-{i}"))?;
+        ChildProcess::spawn_listening(&self.exe, &args, address, log.as_deref()).await
+    }
+
+    /// Waits until the coordinators record a generation whose commit path
+    /// is open to clients (the controller recovered it), for up to
+    /// `timeout`; returns its epoch.
+    pub async fn wait_recovered(&self, timeout: Duration) -> Result<u64, TestkitError> {
+        let transport = self.cluster.client_config()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no coordinator answered");
+        loop {
+            for coordinator in &self.cluster.coordinators {
+                let asked = async {
+                    let client = RpcClient::connect(coordinator.address, transport.clone()).await?;
+                    client.call(Message::GetClusterInfo).await
+                };
+                match tokio::time::timeout(Duration::from_secs(1), asked).await {
+                    Ok(Ok(Message::ClusterInfo(info))) if info.sequencer.is_some() => {
+                        return Ok(info.epoch)
+                    }
+                    Ok(Ok(other)) => last = format!("{other:?}"),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "a coordinator did not answer in time".into(),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TestkitError::NotRecovered { timeout, last });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts (or restarts) the sequencer (with its resolver).
@@ -349,11 +433,14 @@ impl LocalCluster {
         Ok(Some(dir.join(format!("{name}.log"))))
     }
 
-    /// Stops every process (SIGTERM): storage servers, proxies, the
-    /// sequencer, the TLogs, then the coordinators.
+    /// Stops every process (SIGTERM): storage servers, workers, proxies,
+    /// the sequencer, the TLogs, then the coordinators.
     pub async fn stop(self) -> Result<(), TestkitError> {
         for server in self.storage.into_values().flatten() {
             server.stop().await?;
+        }
+        for worker in self.workers.into_iter().flatten() {
+            worker.stop().await?;
         }
         for proxy in self.proxies {
             proxy.stop().await?;

@@ -26,12 +26,12 @@ const RESUME_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How each write ended, by key: (sequence number, outcome).
 #[derive(Default)]
-struct Outcomes {
+pub(crate) struct Outcomes {
     by_key: BTreeMap<String, Vec<(u64, Outcome)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Acknowledged,
     Refused,
     Unknown,
@@ -43,7 +43,7 @@ fn key(writer: u64, n: u64) -> String {
 
 /// Commits one write after another until told to stop, recording each
 /// outcome; `acknowledged` counts the successes.
-async fn write_until_stopped(
+pub(crate) async fn write_until_stopped(
     client: Arc<Client>,
     writer: u64,
     outcomes: Arc<Mutex<Outcomes>>,
@@ -77,7 +77,7 @@ async fn write_until_stopped(
 }
 
 /// Waits until `count` passes `from + 4`, or the deadline.
-async fn wait_for_commits(count: &AtomicU64, from: u64, what: &str) -> Result<()> {
+pub(crate) async fn wait_for_commits(count: &AtomicU64, from: u64, what: &str) -> Result<()> {
     let started = Instant::now();
     while count.load(Ordering::Relaxed) < from + 4 {
         if started.elapsed() > RESUME_DEADLINE {
@@ -146,7 +146,7 @@ async fn commits_resume_after_each_tlog_kill_and_relaunch_and_nothing_is_lost() 
 /// Every key holds its last acknowledged write, or a later write whose
 /// outcome is unknown; nothing acknowledged is lost, and nothing refused
 /// or never made appears.
-fn check(outcomes: &Outcomes, read: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn check(outcomes: &Outcomes, read: &BTreeMap<String, String>) -> Result<()> {
     for (key, writes) in &outcomes.by_key {
         let last_acknowledged = writes
             .iter()

@@ -1,0 +1,180 @@
+//! Recovery with the commit path recruited on workers: under concurrent
+//! writers, kill -9, without relaunching, the worker hosting the
+//! sequencer, a worker hosting a TLog of the current generation, the
+//! coordinator hosting the cluster controller, and a storage server.
+//! After each kill but the storage server's, a new generation takes over,
+//! and commits resume after every kill; at the end every acknowledged
+//! write is readable, and nothing refused or never made appears.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use client::Client;
+use proto::rpc::{Message, RoleKind};
+use proto::transport::RpcClient;
+use testkit::{ClusterSpec, LocalCluster};
+
+use crate::nemesis::{check, wait_for_commits, write_until_stopped, Outcomes};
+
+const WRITERS: u64 = 3;
+
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        coordinators: 3,
+        workers: 4,
+        tlogs: 3,
+        proxies: 2,
+        replication: 2,
+        teams: 2,
+        servers_per_team: 2,
+        logs_in_dir: true,
+        worker_args: vec![
+            "--tlog-memory-budget".into(),
+            (16u64 << 20).to_string(),
+            "--tlog-segment-size".into(),
+            (1u64 << 20).to_string(),
+        ],
+        ..ClusterSpec::default()
+    }
+}
+
+/// The live worker (by index) hosting a `kind` role of generation `epoch`.
+async fn worker_hosting(local: &LocalCluster, kind: RoleKind, epoch: u64) -> Result<usize> {
+    let transport = local.cluster.client_config()?;
+    for (i, worker) in local.workers.iter().enumerate() {
+        if worker.is_none() {
+            continue;
+        }
+        let client = RpcClient::connect(local.worker_addresses[i], transport.clone()).await?;
+        let Message::WorkerStatus(status) = client.call(Message::Status).await? else {
+            bail!("worker {i} answered something else than its status");
+        };
+        if status
+            .roles
+            .iter()
+            .any(|r| r.kind == kind && r.epoch == epoch)
+        {
+            return Ok(i);
+        }
+    }
+    bail!("no live worker hosts a {kind} of generation {epoch}")
+}
+
+/// The id of the coordinator hosting the controller, as they agree.
+async fn controller_host(local: &LocalCluster) -> Result<u64> {
+    let transport = local.cluster.client_config()?;
+    for (id, process) in &local.coordinators {
+        let Some(_) = process else { continue };
+        let address: SocketAddr = local.cluster.coordinator(*id)?.address;
+        let client = RpcClient::connect(address, transport.clone()).await?;
+        if let Message::CoordinatorStatus(status) = client.call(Message::Status).await? {
+            if let Some(controller) = status.controller {
+                return Ok(controller);
+            }
+        }
+    }
+    bail!("no coordinator names a controller")
+}
+
+/// Waits for a generation after `epoch` to be recovered; returns its epoch.
+async fn newer_generation(local: &LocalCluster, epoch: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recovered = local.wait_recovered(Duration::from_secs(30)).await?;
+        if recovered > epoch {
+            return Ok(recovered);
+        }
+        if Instant::now() > deadline {
+            bail!("no generation after {epoch} was recovered within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let client = Arc::new(Client::new(&local.cluster)?);
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            tokio::spawn(write_until_stopped(
+                client.clone(),
+                writer,
+                outcomes.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    wait_for_commits(&acknowledged, 0, "before any kill").await?;
+
+    for victim in ["sequencer", "tlog", "controller", "storage"] {
+        let epoch = local.wait_recovered(Duration::from_secs(30)).await?;
+        let killed = Instant::now();
+        match victim {
+            "sequencer" | "tlog" => {
+                let kind = if victim == "tlog" {
+                    RoleKind::TLog
+                } else {
+                    RoleKind::Sequencer
+                };
+                let i = worker_hosting(&local, kind, epoch).await?;
+                local.workers[i].take().context("live")?.kill9().await?;
+            }
+            "controller" => {
+                let id = controller_host(&local).await?;
+                let process = local.coordinators.get_mut(&id).context("a coordinator")?;
+                process.take().context("live")?.kill9().await?;
+            }
+            _ => {
+                let (_, server) = local
+                    .storage
+                    .iter_mut()
+                    .next()
+                    .context("a storage server")?;
+                server.take().context("live")?.kill9().await?;
+            }
+        }
+        let next = if victim == "storage" {
+            epoch
+        } else {
+            newer_generation(&local, epoch).await?
+        };
+        let now = acknowledged.load(Ordering::Relaxed);
+        wait_for_commits(&acknowledged, now, &format!("after killing the {victim}")).await?;
+        println!(
+            "{victim} killed in generation {epoch}: generation {next}, commits resumed within {:?}",
+            killed.elapsed()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+
+    let version = client.read_version().await?;
+    let (pairs, more) = client
+        .get_range(b"w", b"x", 1_000_000, false, version)
+        .await?;
+    ensure!(!more);
+    let read: BTreeMap<String, String> = pairs
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    check(&outcomes.lock().unwrap(), &read)?;
+    ensure!(acknowledged.load(Ordering::Relaxed) > 0);
+    Ok(local.stop().await?)
+}
