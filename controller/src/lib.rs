@@ -11,6 +11,7 @@
 //! ```
 
 pub mod recovery;
+pub mod retirement;
 pub mod runtime;
 
 pub use runtime::{Controller, ControllerConfig, RecoveryStatus};

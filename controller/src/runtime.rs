@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
+use crate::retirement;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -44,6 +45,9 @@ pub struct ControllerConfig {
     pub failure_timeout: Duration,
     /// How long one call of a recovery step may take.
     pub call_timeout: Duration,
+    /// The storage servers, whose durable versions decide when an old
+    /// generation retires.
+    pub storage_servers: Vec<SocketAddr>,
 }
 
 impl ControllerConfig {
@@ -53,6 +57,7 @@ impl ControllerConfig {
             transport,
             failure_timeout: Duration::from_millis(500),
             call_timeout: Duration::from_secs(5),
+            storage_servers: Vec::new(),
         }
     }
 }
@@ -83,7 +88,14 @@ struct Inner {
     clock: Arc<dyn Clock>,
     workers: Mutex<BTreeMap<SocketAddr, WorkerEntry>>,
     status: Mutex<RecoveryStatus>,
+    /// When this process last began to hold the lease.
+    leading_since_ms: Mutex<Option<u64>>,
 }
+
+/// How long a new controller waits for the workers to register before it
+/// places a generation on fewer workers than it has TLogs: every live
+/// worker registers within a few of its intervals.
+const WORKER_GRACE: Duration = Duration::from_secs(1);
 
 /// The cluster controller; `Service` for the workers' registrations.
 #[derive(Clone)]
@@ -110,6 +122,7 @@ impl Controller {
             clock,
             workers: Mutex::new(BTreeMap::new()),
             status: Mutex::new(RecoveryStatus::default()),
+            leading_since_ms: Mutex::new(None),
         });
         tokio::spawn(run(Arc::downgrade(&inner)));
         Controller { inner }
@@ -149,8 +162,23 @@ impl Service for Controller {
 }
 
 impl Inner {
+    /// Whether this process holds the lease; notes when it began to.
     fn leads(&self) -> bool {
-        self.candidacy.leads()
+        let leads = self.candidacy.leads();
+        let mut since = lock(&self.leading_since_ms);
+        match (leads, *since) {
+            (true, None) => *since = Some(self.clock.now_ms()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+        leads
+    }
+
+    /// Whether the workers had time to register with this controller.
+    fn workers_had_time(&self) -> bool {
+        let grace = WORKER_GRACE.as_millis() as u64;
+        lock(&self.leading_since_ms)
+            .is_some_and(|since| self.clock.now_ms().saturating_sub(since) >= grace)
     }
 
     fn live_workers(&self) -> Vec<SocketAddr> {
@@ -231,12 +259,28 @@ async fn run(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// How often the controller looks for generations to retire.
+const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Waits until the recovered generation loses a role, or this process the
-/// controller's lease; says why.
+/// controller's lease; says why. Meanwhile retires the old generations
+/// every storage server is done with.
 async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
+    let mut retired_at = tokio::time::Instant::now();
     loop {
         interval.tick().await;
+        if retired_at.elapsed() >= RETIRE_INTERVAL && inner.leads() {
+            retired_at = tokio::time::Instant::now();
+            let retiring = retirement::retire(
+                &inner.coordinators,
+                &inner.config.storage_servers,
+                &inner.config.transport,
+            );
+            if let Err(reason) = retiring.await {
+                tracing::debug!(%reason, "no generation retired this time");
+            }
+        }
         if !inner.leads() {
             return "this process no longer holds the controller's lease".to_owned();
         }
@@ -473,6 +517,9 @@ async fn recruit_tlogs(
     count: usize,
     placed: &Mutex<Vec<Placed>>,
 ) -> Outcome {
+    while inner.live_workers().len() < count && !inner.workers_had_time() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let workers = workers_for(inner, epoch)?;
     if workers.len() < count {
         tracing::warn!(

@@ -92,8 +92,11 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
         let coordinators =
             CoordinatorClient::new(&cluster.coordinator_addresses(), config.transport.clone())?
                 .with_timeout(Duration::from_secs(2));
+        let mut controller_config = ControllerConfig::new(recovery, config.transport.clone());
+        controller_config.storage_servers =
+            cluster.storage_servers.iter().map(|s| s.address).collect();
         let controller = Controller::start(
-            ControllerConfig::new(recovery, config.transport.clone()),
+            controller_config,
             candidacy,
             coordinators,
             Arc::new(SystemClock::default()),

@@ -577,6 +577,9 @@ enum Consumed {
     RolledBack,
 }
 
+/// The longest wait between failed peeks.
+const MAX_PEEK_RETRY_DELAY: Duration = Duration::from_millis(250);
+
 /// How often a server reads the core state while its cursor moves.
 const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -606,10 +609,12 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
     };
     // Jittered, growing delays between failed fetches; a fetch that works
     // starts them over.
+    // Short: a recovery's new generation is worth finding soon, and reads
+    // wait for this server meanwhile.
     let retry_policy = ExponentialBuilder::new()
         .with_jitter()
         .with_min_delay(Duration::from_millis(10))
-        .with_max_delay(Duration::from_secs(1))
+        .with_max_delay(MAX_PEEK_RETRY_DELAY)
         .without_max_times();
     let mut delays = retry_policy.build();
     let no_room_policy = ExponentialBuilder::new()
@@ -661,7 +666,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                         }
                     }
                 }
-                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                let delay = delays.next().unwrap_or(MAX_PEEK_RETRY_DELAY);
                 tokio::time::sleep(delay).await;
                 continue;
             }

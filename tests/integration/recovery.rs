@@ -80,6 +80,27 @@ async fn controller_host(local: &LocalCluster) -> Result<u64> {
     bail!("no coordinator names a controller")
 }
 
+/// Every pair the writers' keys hold now. Just after a recovery a storage
+/// server may still be finding the new generation: a read that finds
+/// every replica behind is tried again, for a while.
+async fn read_all(client: &Client) -> Result<(Vec<(bytes::Bytes, bytes::Bytes)>, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let version = client.read_version().await?;
+        match client
+            .get_range(b"w", b"x", 1_000_000, false, version)
+            .await
+        {
+            Ok(read) => return Ok(read),
+            Err(e) if Instant::now() < deadline => {
+                println!("reading at {version}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Waits for a generation after `epoch` to be recovered; returns its epoch.
 async fn newer_generation(local: &LocalCluster, epoch: u64) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -160,10 +181,7 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
         writer.await?;
     }
 
-    let version = client.read_version().await?;
-    let (pairs, more) = client
-        .get_range(b"w", b"x", 1_000_000, false, version)
-        .await?;
+    let (pairs, more) = read_all(&client).await?;
     ensure!(!more);
     let read: BTreeMap<String, String> = pairs
         .into_iter()

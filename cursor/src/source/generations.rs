@@ -105,7 +105,17 @@ impl<S: PeekSource> GenerationSource<S> {
         max_bytes: u32,
     ) -> Result<PeekReply, SourceError> {
         let route = self.route(begin)?;
-        let reply = route.source.peek(team, begin, max_bytes).await?;
+        let reply = match route.source.peek(team, begin, max_bytes).await {
+            // A new generation's proxies register the teams on its TLogs
+            // once recruited, a moment after the generation is recorded.
+            Err(SourceError::UnknownTeam) if route.end.is_none() => {
+                return Err(SourceError::Unavailable {
+                    attempts: 0,
+                    reason: format!("generation {}'s TLogs do not know {team} yet", route.epoch),
+                })
+            }
+            reply => reply?,
+        };
         match route.end {
             Some(end) => cut_at_recovery_version(reply, begin, end),
             None if reply.end_of_stream => Err(SourceError::Unavailable {

@@ -227,3 +227,21 @@ fn versions_no_generation_holds_are_refused_by_what_happened_to_them() {
         .unwrap_err()
         .is_retryable());
 }
+
+#[test]
+fn a_team_the_current_generation_does_not_know_yet_is_worth_waiting_for() {
+    let ended = memory(&[A]);
+    ended.commit(Version(5), &[]).unwrap();
+    ended.lock();
+    let source = GenerationSource::new(vec![
+        route(1, 0, Some(5), ended),
+        route(2, 5, None, memory(&[])),
+    ]);
+    let error = block_on(source.peek(A, Version(6), 1 << 20)).unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    // An ended generation that lacks the team will never have it.
+    assert_eq!(
+        block_on(source.peek(B, Version(1), 1 << 20)),
+        Err(SourceError::UnknownTeam)
+    );
+}
