@@ -260,18 +260,18 @@ async fn run(inner: std::sync::Weak<Inner>) {
 }
 
 /// How often the controller looks for generations to retire.
-const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+const RETIRE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Waits until the recovered generation loses a role, or this process the
 /// controller's lease; says why. Meanwhile retires the old generations
 /// every storage server is done with.
 async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
-    let mut retired_at = tokio::time::Instant::now();
+    let mut retired_at: Option<tokio::time::Instant> = None;
     loop {
         interval.tick().await;
-        if retired_at.elapsed() >= RETIRE_INTERVAL && inner.leads() {
-            retired_at = tokio::time::Instant::now();
+        if retired_at.is_none_or(|at| at.elapsed() >= RETIRE_INTERVAL) && inner.leads() {
+            retired_at = Some(tokio::time::Instant::now());
             let retiring = retirement::retire(
                 &inner.coordinators,
                 &inner.config.storage_servers,

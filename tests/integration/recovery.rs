@@ -4,7 +4,13 @@
 //! coordinator hosting the cluster controller, and a storage server.
 //! After each kill but the storage server's, a new generation takes over,
 //! and commits resume after every kill; at the end every acknowledged
-//! write is readable, and nothing refused or never made appears.
+//! write is readable, and nothing refused or never made appears. Then
+//! back-to-back recoveries: a worker of the current generation killed
+//! and relaunched again and again, with progress between the kills, and
+//! old generations retired as the storage servers pass them.
+//!
+//! `TEAMLOG_KILLS` sets the back-to-back kills (default 8); `TEAMLOG_SEED`
+//! reproduces their victims.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,9 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use client::Client;
+use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use coordinator::client::CoordinatorClient;
 use proto::rpc::{Message, RoleKind};
 use proto::transport::RpcClient;
-use testkit::{ClusterSpec, LocalCluster};
+use rand::{Rng, SeedableRng};
+use testkit::{kills_from_env, seed_from_env, ClusterSpec, LocalCluster};
 
 use crate::nemesis::{check, wait_for_commits, write_until_stopped, Outcomes};
 
@@ -194,5 +203,139 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
         .collect();
     check(&outcomes.lock().unwrap(), &read)?;
     ensure!(acknowledged.load(Ordering::Relaxed) > 0);
+    Ok(local.stop().await?)
+}
+
+/// The core state as the coordinators hold it.
+async fn core_state(local: &LocalCluster) -> Result<CoreState> {
+    let coordinators = CoordinatorClient::new(
+        &local.cluster.coordinator_addresses(),
+        local.cluster.client_config()?,
+    )?;
+    let register = coordinators.read(CORE_STATE_REGISTER).await?;
+    Ok(CoreState::decode(&register.value)?)
+}
+
+/// The TLog directories the workers keep.
+fn tlog_dirs(dir: &std::path::Path) -> Result<usize> {
+    let mut count = 0;
+    for worker in std::fs::read_dir(dir)? {
+        let worker = worker?;
+        if !worker.file_name().to_string_lossy().starts_with("worker-") {
+            continue;
+        }
+        for entry in std::fs::read_dir(worker.path())? {
+            count += entry?.file_name().to_string_lossy().starts_with("tlog-") as usize;
+        }
+    }
+    Ok(count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> Result<()> {
+    let kills = kills_from_env(8);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        // Storage servers make versions durable within a fifth of a
+        // second, so generations retire soon after they end.
+        storage_args: vec!["--window-versions".into(), "200000".into()],
+        ..spec()
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let client = Arc::new(Client::new(&local.cluster)?);
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            tokio::spawn(write_until_stopped(
+                client.clone(),
+                writer,
+                outcomes.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    wait_for_commits(&acknowledged, 0, "before any kill").await?;
+    let mut most_generations = 0;
+    for kill in 0..kills {
+        let epoch = local.wait_recovered(Duration::from_secs(30)).await?;
+        let kind = if rng.random_bool(0.5) {
+            RoleKind::TLog
+        } else {
+            RoleKind::Sequencer
+        };
+        let i = worker_hosting(&local, kind, epoch).await?;
+        local.workers[i].take().context("live")?.kill9().await?;
+        local.workers[i] = Some(local.start_worker(i).await?);
+        let next = newer_generation(&local, epoch).await?;
+        let now = acknowledged.load(Ordering::Relaxed);
+        wait_for_commits(
+            &acknowledged,
+            now,
+            &format!("kill {kill} of the {kind}'s worker"),
+        )
+        .await?;
+        let generations = core_state(&local).await?.generations.len();
+        most_generations = most_generations.max(generations);
+        // Never more than three old generations: they retire before the
+        // next kill.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while core_state(&local).await?.generations.len() > 4 {
+            ensure!(
+                Instant::now() < deadline,
+                "more than three old generations stay live"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("kill {kill}: the {kind}'s worker in generation {epoch}; generation {next}; {generations} generations live");
+    }
+    println!("at most {most_generations} generations were live at once");
+    // Old generations retire once every storage server made them durable.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = core_state(&local).await?;
+        if state.generations.len() == 1 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "old generations still live: {:?}",
+            state
+                .generations
+                .iter()
+                .map(|g| g.epoch)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+    // Their TLogs go too: only the current generation's remain.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tlog_dirs(dir.path())? != spec.tlogs {
+        ensure!(
+            Instant::now() < deadline,
+            "{} TLog directories remain",
+            tlog_dirs(dir.path())?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (pairs, more) = read_all(&client).await?;
+    ensure!(!more);
+    let read: BTreeMap<String, String> = pairs
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    check(&outcomes.lock().unwrap(), &read)?;
     Ok(local.stop().await?)
 }
