@@ -95,7 +95,7 @@ struct Inner {
 /// How long a new controller waits for the workers to register before it
 /// places a generation on fewer workers than it has TLogs: every live
 /// worker registers within a few of its intervals.
-const WORKER_GRACE: Duration = Duration::from_secs(1);
+const WORKER_GRACE: Duration = Duration::from_millis(300);
 
 /// The cluster controller; `Service` for the workers' registrations.
 #[derive(Clone)]
@@ -233,20 +233,33 @@ struct Placed {
 
 async fn run(inner: std::sync::Weak<Inner>) {
     let mut pause = Duration::from_millis(50);
+    // Whether the generation the core state names may be adopted as it is:
+    // true whenever this process has just begun to lead.
+    let mut may_adopt = true;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
         if !strong.leads() {
             drop(strong);
+            may_adopt = true;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
+        }
+        if std::mem::take(&mut may_adopt) {
+            if let Some(placed) = adopt(&strong).await {
+                let reason = watch(&strong, &placed).await;
+                tracing::warn!(%reason, "recovering: the adopted generation lost a role");
+                may_adopt = !strong.leads();
+                continue;
+            }
         }
         match recover(&strong).await {
             Ok(placed) => {
                 pause = Duration::from_millis(50);
                 let reason = watch(&strong, &placed).await;
                 tracing::warn!(%reason, "recovering: the generation lost a role");
+                may_adopt = !strong.leads();
             }
             Err(reason) => {
                 tracing::warn!(%reason, "recovery abandoned; starting again");
@@ -257,6 +270,73 @@ async fn run(inner: std::sync::Weak<Inner>) {
             }
         }
     }
+}
+
+/// A new controller takes over the current generation as it is when every
+/// role of it is alive on a registered worker: a change of controller
+/// then costs no recovery. Returns its roles, or `None` when it must be
+/// recovered (a role is missing, its recovery never finished, or the core
+/// state cannot be read).
+async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
+    while !inner.workers_had_time() {
+        if !inner.leads() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let register = inner.coordinators.read(CORE_STATE_REGISTER).await.ok()?;
+    if register.value.is_empty() {
+        return None;
+    }
+    let state = CoreState::decode(&register.value).ok()?;
+    let generation = state.current()?;
+    let path = generation.commit_path.as_ref()?;
+    let mut wanted: Vec<(String, SocketAddr)> = generation
+        .tlogs
+        .iter()
+        .map(|a| ("tlog".to_owned(), *a))
+        .collect();
+    wanted.push(("sequencer".to_owned(), path.sequencer));
+    wanted.extend(path.proxies.iter().map(|a| ("proxy".to_owned(), *a)));
+    let now = inner.clock.now_ms();
+    let live = inner.live_workers();
+    let mut placed = Vec::with_capacity(wanted.len());
+    {
+        let workers = lock(&inner.workers);
+        for (what, address) in wanted {
+            let worker = live.iter().find(|w| {
+                workers.get(w).is_some_and(|entry| {
+                    entry.roles.iter().any(|r| {
+                        r.address == address && r.epoch == generation.epoch && r.problem.is_none()
+                    })
+                })
+            })?;
+            placed.push(Placed {
+                what,
+                address,
+                worker: *worker,
+                recruited_ms: now,
+            });
+        }
+    }
+    // Its recovery may have ended before it opened the sequencer.
+    call(
+        inner,
+        path.sequencer,
+        Message::OpenCommits(generation.epoch),
+    )
+    .await
+    .ok()?;
+    tracing::info!(
+        epoch = generation.epoch,
+        "adopted the current generation: every role is alive"
+    );
+    inner.set_status(|s| {
+        s.recovered_epoch = Some(generation.epoch);
+        s.phase = None;
+        s.waiting_for = None;
+    });
+    Some(placed)
 }
 
 /// How often the controller looks for generations to retire.

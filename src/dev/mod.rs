@@ -1,11 +1,15 @@
-//! `teamlog dev`: a whole local cluster as real processes — the sequencer
-//! with its resolver, 2 proxies, 3 TLogs (replication 2), 6 storage servers
-//! in 3 teams of 2, each with its private team — in a directory it creates
-//! or is given; with `--workload`, a generated (or given) trace replayed
-//! against it, checked against the trace's model at the end.
+//! `teamlog dev`: a whole local cluster as real processes — 3 coordinators
+//! (one of them the cluster controller), 3 workers on which the controller
+//! recruits each generation's sequencer with its resolver, 2 proxies and
+//! 3 TLogs (replication 2), and 6 storage servers in 3 teams of 2, each
+//! with its private team — in a directory it creates or is given; with
+//! `--workload`, a generated (or given) trace replayed against it, checked
+//! against the trace's model at the end. `--pinned` runs the sequencer,
+//! proxies and TLogs as processes of their own, fixed by the cluster file.
 //!
 //! ```text
-//!  dev ─spawns─▶ tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6   (logs in DIR/logs/)
+//!  dev ─spawns─▶ coordinator ×3 ─▶ worker ×3 ─▶ storage ×6 ─▶ first recovery   (logs in DIR/logs/)
+//!      --pinned:  tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6
 //!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
 //!      Ctrl-C (or the workload's end): stop everything cleanly
 //! ```
@@ -46,11 +50,17 @@ pub struct DevArgs {
     /// mutual TLS with a CA made in the data dir.
     #[arg(long)]
     pub no_tls: bool,
-    /// Also run this many coordinators (1, 3 or 5), which elect a cluster
-    /// controller that watches every process. Off by default: no role
-    /// relies on them yet, and on two cores they slow commits down.
-    #[arg(long, default_value_t = 0)]
-    pub coordinators: usize,
+    /// Coordinators (1, 3 or 5); 3 by default. With `--pinned`, none
+    /// unless asked: nothing there relies on them.
+    #[arg(long)]
+    pub coordinators: Option<usize>,
+    /// Workers, on which the controller recruits each generation.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Pin the sequencer, proxies and TLogs in the cluster file, each its
+    /// own process, instead of recruiting them on workers: no recovery.
+    #[arg(long)]
+    pub pinned: bool,
 }
 
 /// The generated workload's seed: fixed, so a rerun on the same directory
@@ -69,7 +79,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
-        coordinators: args.coordinators,
+        coordinators: args.coordinators.unwrap_or(if args.pinned { 0 } else { 3 }),
+        workers: if args.pinned { 0 } else { args.workers.max(1) },
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,
@@ -111,6 +122,12 @@ fn print_cluster(local: &LocalCluster) {
     }
     for (i, t) in cluster.tlogs.iter().enumerate() {
         println!("  tlog {i:<4}             {}", t.address);
+    }
+    for c in &cluster.coordinators {
+        println!("  coordinator {:<4}      {}", c.id, c.address);
+    }
+    for (i, w) in local.worker_addresses.iter().enumerate() {
+        println!("  worker {i:<4}           {w}  (TLogs, sequencer, proxies as recruited)");
     }
     for s in &cluster.storage_servers {
         let team = cluster

@@ -99,9 +99,10 @@ fn dev_runs_a_workload_that_reads_back_and_restarts_intact() -> Result<()> {
         .to_string();
     let expected = check["digest"].as_str().context("check digest")?.to_owned();
     ensure!(std::fs::read_to_string(dir.path().join("plot.svg"))?.contains("<svg"));
-    // Every process logs to its own file, without terminal colours.
+    // Every process (3 coordinators, 3 workers, 6 storage servers) logs
+    // to its own file, without terminal colours.
     let logs: Vec<_> = std::fs::read_dir(dir.path().join("logs"))?.collect::<Result<_, _>>()?;
-    ensure!(logs.len() == 1 + 2 + 3 + 6, "{logs:?}");
+    ensure!(logs.len() == 3 + 3 + 6, "{logs:?}");
     for log in &logs {
         let text = std::fs::read(log.path())?;
         ensure!(!text.contains(&0x1b), "{:?} holds ANSI escapes", log.path());
@@ -137,23 +138,38 @@ fn dev_runs_a_workload_that_reads_back_and_restarts_intact() -> Result<()> {
         status["healthy"] == true && status["unhealthy"] == 0,
         "{status}"
     );
-    ensure!(status["processes"] == 1 + 2 + 3 + 6, "{status}");
+    // The coordinators, the recruited sequencer, proxies and TLogs, and
+    // the storage servers.
+    ensure!(status["processes"] == 3 + 1 + 2 + 3 + 6, "{status}");
     let mut every = vec![&status["sequencer"]];
     for role in ["coordinators", "proxies", "tlogs", "storage_servers"] {
         every.extend(status[role].as_array().context("a list per role")?);
     }
     ensure!(
-        every.len() == 12 && every.iter().all(|p| p["healthy"] == true),
+        every.len() == 15 && every.iter().all(|p| p["healthy"] == true),
         "{status}"
     );
     interrupt(dev)?;
 
-    // The same directory again: the same cluster, with its data.
+    // The same directory again: the same cluster, with its data. Its
+    // storage servers may still be catching up when it says it is ready,
+    // so a read that fails is tried again for a while.
     let (dev, _) = start_dev(&["--data-dir", data])?;
-    let (ok, again) = read_all(&version)?;
-    ensure!(
-        ok && digest(&again) == expected,
-        "the data changed across a restart"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        let (ok, again) = read_all(&version)?;
+        if ok {
+            break again;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = interrupt(dev);
+            bail!("the data could not be read back after a restart");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if digest(&again) != expected {
+        let _ = interrupt(dev);
+        bail!("the data changed across a restart");
+    }
     interrupt(dev)
 }

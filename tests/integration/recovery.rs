@@ -2,8 +2,9 @@
 //! writers, kill -9, without relaunching, the worker hosting the
 //! sequencer, a worker hosting a TLog of the current generation, the
 //! coordinator hosting the cluster controller, and a storage server.
-//! After each kill but the storage server's, a new generation takes over,
-//! and commits resume after every kill; at the end every acknowledged
+//! After the loss of a worker a new generation takes over; after the
+//! controller's, a new controller adopts the generation as it is; commits
+//! resume after every kill; at the end every acknowledged
 //! write is readable, and nothing refused or never made appears. Then
 //! back-to-back recoveries: a worker of the current generation killed
 //! and relaunched again and again, with progress between the kills, and
@@ -110,6 +111,23 @@ async fn read_all(client: &Client) -> Result<(Vec<(bytes::Bytes, bytes::Bytes)>,
     }
 }
 
+/// Waits until a controller other than coordinator `old` is named.
+async fn new_controller(local: &LocalCluster, old: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(id) = controller_host(local).await {
+            if id != old {
+                return Ok(id);
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no controller took over from {old}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for a generation after `epoch` to be recovered; returns its epoch.
 async fn newer_generation(local: &LocalCluster, epoch: u64) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -146,6 +164,7 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
         .collect();
     wait_for_commits(&acknowledged, 0, "before any kill").await?;
 
+    let mut killed_controller = 0;
     for victim in ["sequencer", "tlog", "controller", "storage"] {
         let epoch = local.wait_recovered(Duration::from_secs(30)).await?;
         let killed = Instant::now();
@@ -161,6 +180,7 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
             }
             "controller" => {
                 let id = controller_host(&local).await?;
+                killed_controller = id;
                 let process = local.coordinators.get_mut(&id).context("a coordinator")?;
                 process.take().context("live")?.kill9().await?;
             }
@@ -173,10 +193,14 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
                 server.take().context("live")?.kill9().await?;
             }
         }
-        let next = if victim == "storage" {
-            epoch
-        } else {
-            newer_generation(&local, epoch).await?
+        let next = match victim {
+            "storage" => epoch,
+            // A new controller adopts the generation: its roles all live.
+            "controller" => {
+                new_controller(&local, killed_controller).await?;
+                epoch
+            }
+            _ => newer_generation(&local, epoch).await?,
         };
         let now = acknowledged.load(Ordering::Relaxed);
         wait_for_commits(&acknowledged, now, &format!("after killing the {victim}")).await?;
