@@ -78,6 +78,8 @@ enum BenchCommand {
     Commit(bench::commit::CommitBenchArgs),
     /// A storage server catching up from a preloaded TLog, next to raw heed; then reads.
     Storage(bench::storage::StorageBenchArgs),
+    /// Time from kill -9 of a process to the first acknowledged commit, by role.
+    Recovery(bench::recovery::RecoveryBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +132,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             which: BenchCommand::Storage(args),
         } => runtime.block_on(bench::storage::run(args)),
+        Command::Bench {
+            which: BenchCommand::Recovery(args),
+        } => runtime.block_on(bench::recovery::run(args)),
     }
 }
 

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto::rpc::Message;
+use proto::rpc::{Message, RoleKind};
 use proto::transport::RpcClient;
 
 use cluster::cluster_file::{
@@ -348,6 +348,62 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The live worker (by index) hosting a `kind` role of generation
+    /// `epoch`, if one does.
+    pub async fn worker_hosting(
+        &self,
+        kind: RoleKind,
+        epoch: u64,
+    ) -> Result<Option<usize>, TestkitError> {
+        let transport = self.cluster.client_config()?;
+        for (i, worker) in self.workers.iter().enumerate() {
+            if worker.is_none() {
+                continue;
+            }
+            let asked = async {
+                let client =
+                    RpcClient::connect(self.worker_addresses[i], transport.clone()).await?;
+                client.call(Message::Status).await
+            };
+            let status = asked.await.map_err(|source| TestkitError::Rpc {
+                what: format!("asking worker {i} for its status"),
+                source,
+            })?;
+            if let Message::WorkerStatus(status) = status {
+                if status
+                    .roles
+                    .iter()
+                    .any(|r| r.kind == kind && r.epoch == epoch)
+                {
+                    return Ok(Some(i));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The coordinator hosting the cluster controller, as the first live
+    /// coordinator that knows one says.
+    pub async fn controller(&self) -> Result<Option<u64>, TestkitError> {
+        let transport = self.cluster.client_config()?;
+        for (id, process) in &self.coordinators {
+            if process.is_none() {
+                continue;
+            }
+            let address = self.cluster.coordinator(*id)?.address;
+            let asked = async {
+                let client = RpcClient::connect(address, transport.clone()).await?;
+                client.call(Message::Status).await
+            };
+            if let Ok(Message::CoordinatorStatus(status)) = asked.await {
+                if status.controller.is_some() {
+                    return Ok(status.controller);
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Starts (or restarts) the sequencer (with its resolver).

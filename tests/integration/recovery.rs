@@ -14,7 +14,6 @@
 //! reproduces their victims.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,8 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use client::Client;
 use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
 use coordinator::client::CoordinatorClient;
-use proto::rpc::{Message, RoleKind};
-use proto::transport::RpcClient;
+use proto::rpc::RoleKind;
 use rand::{Rng, SeedableRng};
 use testkit::{kills_from_env, seed_from_env, ClusterSpec, LocalCluster};
 
@@ -54,40 +52,18 @@ fn spec() -> ClusterSpec {
 
 /// The live worker (by index) hosting a `kind` role of generation `epoch`.
 async fn worker_hosting(local: &LocalCluster, kind: RoleKind, epoch: u64) -> Result<usize> {
-    let transport = local.cluster.client_config()?;
-    for (i, worker) in local.workers.iter().enumerate() {
-        if worker.is_none() {
-            continue;
-        }
-        let client = RpcClient::connect(local.worker_addresses[i], transport.clone()).await?;
-        let Message::WorkerStatus(status) = client.call(Message::Status).await? else {
-            bail!("worker {i} answered something else than its status");
-        };
-        if status
-            .roles
-            .iter()
-            .any(|r| r.kind == kind && r.epoch == epoch)
-        {
-            return Ok(i);
-        }
-    }
-    bail!("no live worker hosts a {kind} of generation {epoch}")
+    local
+        .worker_hosting(kind, epoch)
+        .await?
+        .with_context(|| format!("no live worker hosts a {kind} of generation {epoch}"))
 }
 
-/// The id of the coordinator hosting the controller, as they agree.
+/// The id of the coordinator hosting the controller.
 async fn controller_host(local: &LocalCluster) -> Result<u64> {
-    let transport = local.cluster.client_config()?;
-    for (id, process) in &local.coordinators {
-        let Some(_) = process else { continue };
-        let address: SocketAddr = local.cluster.coordinator(*id)?.address;
-        let client = RpcClient::connect(address, transport.clone()).await?;
-        if let Message::CoordinatorStatus(status) = client.call(Message::Status).await? {
-            if let Some(controller) = status.controller {
-                return Ok(controller);
-            }
-        }
-    }
-    bail!("no coordinator names a controller")
+    local
+        .controller()
+        .await?
+        .context("no coordinator names a controller")
 }
 
 /// Every pair the writers' keys hold now. Just after a recovery a storage

@@ -1,0 +1,199 @@
+//! `teamlog bench recovery`: how long commits stop when a process dies.
+//! Over a local cluster whose controller recruits the commit path, it
+//! kills one process with SIGKILL, times the first acknowledged commit
+//! issued after the kill, relaunches the process, waits for the cluster
+//! to settle, and does it again, for each role asked.
+//!
+//! ```text
+//!  prober: commit, commit, … ──kill -9 victim── commit ✗ … commit ✓   kill → first ✓ = the figure
+//!  victims: the worker hosting a TLog │ the sequencer │ a proxy of the current generation,
+//!           the coordinator hosting the controller, another coordinator
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use client::Client;
+use proto::rpc::RoleKind;
+use proto::Mutation;
+use serde::Serialize;
+use testkit::{ClusterSpec, LocalCluster};
+
+#[derive(clap::Args, Debug)]
+pub struct RecoveryBenchArgs {
+    /// Directory on the disk to use; a temporary one under it is made.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Kills of each role.
+    #[arg(long, default_value_t = 50)]
+    pub kills: usize,
+    /// The roles to kill, comma separated: tlog, sequencer, proxy,
+    /// controller, coordinator.
+    #[arg(
+        long,
+        default_value = "tlog,sequencer,proxy,controller,coordinator",
+        value_delimiter = ','
+    )]
+    pub roles: Vec<String>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct RoleFigures {
+    role: String,
+    kills: usize,
+    median_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// How long one kill may stop commits before the bench gives up.
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+pub async fn run(args: RecoveryBenchArgs) -> Result<()> {
+    let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
+    let exe = std::env::current_exe().context("locating the teamlog binary")?;
+    let spec = ClusterSpec {
+        coordinators: 3,
+        workers: 4,
+        logs_in_dir: true,
+        ..ClusterSpec::default()
+    };
+    let mut local = LocalCluster::start(&exe, &temp.path().join("cluster"), &spec).await?;
+    let client = Client::new(&local.cluster)?;
+    let mut figures = Vec::new();
+    for role in &args.roles {
+        let mut times = Vec::with_capacity(args.kills);
+        for kill in 0..args.kills {
+            settle(&local, &client).await?;
+            let stopped = kill_one(&mut local, role).await?;
+            times.push(first_commit_after(&client, stopped).await?);
+            relaunch(&mut local, role).await?;
+            if (kill + 1) % 10 == 0 {
+                println!("{role}: {} kills", kill + 1);
+            }
+        }
+        let row = summarize(role, times);
+        println!(
+            "{:<12} kills {:>3}  median {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
+            row.role, row.kills, row.median_ms, row.p90_ms, row.p99_ms, row.max_ms
+        );
+        figures.push(row);
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&figures)?)?;
+    }
+    local.stop().await?;
+    Ok(())
+}
+
+/// Waits until the cluster serves a commit, with every process running.
+async fn settle(local: &LocalCluster, client: &Client) -> Result<()> {
+    local.wait_recovered(GIVE_UP).await?;
+    first_commit_after(client, Instant::now()).await?;
+    Ok(())
+}
+
+/// Kills a process playing `role`; returns when it was killed.
+async fn kill_one(local: &mut LocalCluster, role: &str) -> Result<Instant> {
+    let epoch = local.wait_recovered(GIVE_UP).await?;
+    let kind = match role {
+        "tlog" => Some(RoleKind::TLog),
+        "sequencer" => Some(RoleKind::Sequencer),
+        "proxy" => Some(RoleKind::Proxy),
+        "controller" | "coordinator" => None,
+        other => bail!("no role {other:?}: tlog, sequencer, proxy, controller or coordinator"),
+    };
+    if let Some(kind) = kind {
+        let i = local
+            .worker_hosting(kind, epoch)
+            .await?
+            .with_context(|| format!("no worker hosts a {kind} of generation {epoch}"))?;
+        let worker = local.workers[i].take().context("a live worker")?;
+        let killed = Instant::now();
+        worker.kill9().await?;
+        return Ok(killed);
+    }
+    let controller = local.controller().await?.context("no controller")?;
+    let id = if role == "controller" {
+        controller
+    } else {
+        *local
+            .coordinators
+            .keys()
+            .find(|id| **id != controller)
+            .context("another coordinator")?
+    };
+    let process = local
+        .coordinators
+        .get_mut(&id)
+        .and_then(Option::take)
+        .context("a live coordinator")?;
+    let killed = Instant::now();
+    process.kill9().await?;
+    Ok(killed)
+}
+
+/// Starts again whatever `kill_one` killed.
+async fn relaunch(local: &mut LocalCluster, role: &str) -> Result<()> {
+    if matches!(role, "controller" | "coordinator") {
+        let ids: Vec<u64> = local
+            .coordinators
+            .iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let process = local.start_coordinator(id).await?;
+            local.coordinators.insert(id, Some(process));
+        }
+        return Ok(());
+    }
+    for i in 0..local.workers.len() {
+        if local.workers[i].is_none() {
+            local.workers[i] = Some(local.start_worker(i).await?);
+        }
+    }
+    Ok(())
+}
+
+/// The time from `since` to the first acknowledged commit issued after it.
+async fn first_commit_after(client: &Client, since: Instant) -> Result<Duration> {
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let set = Mutation::SetValue {
+            key: Bytes::from(format!("probe-{}", n % 16)),
+            value: Bytes::from(n.to_string()),
+        };
+        if client.commit(vec![set]).await.is_ok() {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > GIVE_UP {
+            bail!("no commit within {GIVE_UP:?} of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn summarize(role: &str, mut times: Vec<Duration>) -> RoleFigures {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| {
+        let i = ((times.len() as f64 - 1.0) * q).round() as usize;
+        times.get(i).copied().map_or(0.0, ms)
+    };
+    RoleFigures {
+        role: role.to_owned(),
+        kills: times.len(),
+        median_ms: at(0.5),
+        p90_ms: at(0.9),
+        p99_ms: at(0.99),
+        max_ms: times.last().copied().map_or(0.0, ms),
+    }
+}
