@@ -24,9 +24,11 @@ use std::time::Duration;
 use cluster::core_state::{CommitPath, CoreState, CORE_STATE_REGISTER};
 use coordinator::candidacy::Candidacy;
 use coordinator::client::CoordinatorClient;
+use coordinator::service::HostedController;
 use proto::clock::Clock;
 use proto::rpc::{
-    ErrorCode, ErrorReply, HostedRole, Message, Recruit, RecruitRequest, RegisterWorkerRequest,
+    ErrorCode, ErrorReply, HostedRole, Message, RecoveryReport, Recruit, RecruitRequest,
+    RegisterWorkerRequest, WorkerReport,
 };
 use proto::transport::{ClientConfig, Responder, RpcClient, Service};
 use proto::ProxyId;
@@ -135,6 +137,45 @@ impl Controller {
     /// The workers heard from within the failure timeout.
     pub fn live_workers(&self) -> Vec<SocketAddr> {
         self.inner.live_workers()
+    }
+}
+
+impl HostedController for Controller {
+    fn report(&self) -> Option<RecoveryReport> {
+        if !self.inner.candidacy.leads() {
+            return None;
+        }
+        let status = self.status();
+        let now = self.inner.clock.now_ms();
+        let workers = lock(&self.inner.workers)
+            .iter()
+            .map(|(address, w)| WorkerReport {
+                address: address.to_string(),
+                silent_ms: now.saturating_sub(w.last_seen_ms),
+                roles: w
+                    .roles
+                    .iter()
+                    .map(|r| format!("{} {}/{}", r.kind, r.epoch, r.id))
+                    .collect(),
+            })
+            .collect();
+        Some(RecoveryReport {
+            epoch: status.recovered_epoch.unwrap_or(0),
+            recovering: status.phase.map(|phase| match &status.waiting_for {
+                Some(waiting) => format!("{phase}: waiting for {waiting}"),
+                None => phase.to_owned(),
+            }),
+            phases: status
+                .phases
+                .iter()
+                .map(|p| {
+                    let took = p.ended_ms.unwrap_or(now).saturating_sub(p.started_ms);
+                    (p.phase.name().to_owned(), took)
+                })
+                .collect(),
+            last_failure: status.last_failure,
+            workers,
+        })
     }
 }
 

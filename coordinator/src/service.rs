@@ -26,7 +26,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use proto::rpc::{
     ClusterInfoReply, CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest,
-    CoordinatorStatusReply, ErrorCode, ErrorReply, Message, WatchedProcess,
+    CoordinatorStatusReply, ErrorCode, ErrorReply, Message, RecoveryReport, WatchedProcess,
 };
 use proto::transport::{ClientConfig, Responder, Service};
 
@@ -92,7 +92,14 @@ pub struct CoordinatorService {
     monitoring: Option<Arc<Monitoring>>,
     /// The cluster controller this process hosts: it takes the workers'
     /// registrations.
-    controller: Option<Arc<dyn Service>>,
+    controller: Option<Arc<dyn HostedController>>,
+}
+
+/// A cluster controller hosted in a coordinator's process: it takes the
+/// workers' registrations, and reports in the coordinator's status.
+pub trait HostedController: Service {
+    /// Its recoveries and the workers it hears from, while it leads.
+    fn report(&self) -> Option<RecoveryReport>;
 }
 
 impl CoordinatorService {
@@ -166,8 +173,8 @@ impl CoordinatorService {
         self
     }
 
-    /// Hands the workers' registrations to `controller`.
-    pub fn with_controller(mut self, controller: Arc<dyn Service>) -> CoordinatorService {
+    /// Hands the workers' registrations to `controller`, and reports it.
+    pub fn with_controller(mut self, controller: Arc<dyn HostedController>) -> CoordinatorService {
         self.controller = Some(controller);
         self
     }
@@ -210,6 +217,7 @@ impl CoordinatorService {
                     failed_for_ms: verdict.failed_for_ms,
                 })
                 .collect(),
+            recovery: self.controller.as_ref().and_then(|c| c.report()),
         }
     }
 

@@ -324,6 +324,35 @@ pub struct CoordinatorStatusReply {
     /// When this coordinator hosts the controller: every process it
     /// watches, and whether it takes it for failed.
     pub watched: Vec<WatchedProcess>,
+    /// When this coordinator hosts the controller: its recoveries and the
+    /// workers it hears from.
+    pub recovery: Option<RecoveryReport>,
+}
+
+/// What a cluster controller says of its recoveries and workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RecoveryReport {
+    /// The generation it recovered or adopted last; 0 before any.
+    pub epoch: u64,
+    /// The phase under way and what it waits for, while it recovers.
+    pub recovering: Option<String>,
+    /// The last recovery's phases and how long each took, in ms.
+    pub phases: Vec<(String, u64)>,
+    /// Why the last recovery was abandoned, if it was.
+    pub last_failure: Option<String>,
+    pub workers: Vec<WorkerReport>,
+}
+
+/// A worker as the controller hears it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct WorkerReport {
+    pub address: String,
+    /// Milliseconds since its last registration.
+    pub silent_ms: u64,
+    /// `kind epoch/id`, one per hosted role.
+    pub roles: Vec<String>,
 }
 
 /// A process the cluster controller watches, and its verdict.

@@ -57,6 +57,18 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 
 pub async fn run(args: RecoveryBenchArgs) -> Result<()> {
     let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
+    let outcome = measure(&args, temp.path()).await;
+    if outcome.is_err() {
+        let kept = temp.keep();
+        eprintln!(
+            "kept the cluster's directory for inspection: {}",
+            kept.display()
+        );
+    }
+    outcome
+}
+
+async fn measure(args: &RecoveryBenchArgs, dir: &std::path::Path) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         coordinators: 3,
@@ -64,7 +76,7 @@ pub async fn run(args: RecoveryBenchArgs) -> Result<()> {
         logs_in_dir: true,
         ..ClusterSpec::default()
     };
-    let mut local = LocalCluster::start(&exe, &temp.path().join("cluster"), &spec).await?;
+    let mut local = LocalCluster::start(&exe, &dir.join("cluster"), &spec).await?;
     let client = Client::new(&local.cluster)?;
     let mut figures = Vec::new();
     for role in &args.roles {

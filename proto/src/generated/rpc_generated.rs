@@ -6356,6 +6356,7 @@ impl<'a> CoordinatorStatusReply<'a> {
   pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 12;
   pub const VT_CONTROLLER: ::flatbuffers::VOffsetT = 14;
   pub const VT_WATCHED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_RECOVERY: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6372,6 +6373,7 @@ impl<'a> CoordinatorStatusReply<'a> {
     builder.add_term(args.term);
     builder.add_leader(args.leader);
     builder.add_id(args.id);
+    if let Some(x) = args.recovery { builder.add_recovery(x); }
     if let Some(x) = args.watched { builder.add_watched(x); }
     if let Some(x) = args.problem { builder.add_problem(x); }
     builder.finish()
@@ -6427,6 +6429,13 @@ impl<'a> CoordinatorStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchedProcess>>>>(CoordinatorStatusReply::VT_WATCHED, None)}
   }
+  #[inline]
+  pub fn recovery(&self) -> Option<RecoveryReport<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<RecoveryReport>>(CoordinatorStatusReply::VT_RECOVERY, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
@@ -6442,6 +6451,7 @@ impl ::flatbuffers::Verifiable for CoordinatorStatusReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
      .visit_field::<u64>("controller", Self::VT_CONTROLLER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WatchedProcess>>>>("watched", Self::VT_WATCHED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<RecoveryReport>>("recovery", Self::VT_RECOVERY, false)?
      .finish();
     Ok(())
   }
@@ -6454,6 +6464,7 @@ pub struct CoordinatorStatusReplyArgs<'a> {
     pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub controller: u64,
     pub watched: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WatchedProcess<'a>>>>>,
+    pub recovery: Option<::flatbuffers::WIPOffset<RecoveryReport<'a>>>,
 }
 impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
   #[inline]
@@ -6466,6 +6477,7 @@ impl<'a> Default for CoordinatorStatusReplyArgs<'a> {
       problem: None,
       controller: 0,
       watched: None,
+      recovery: None,
     }
   }
 }
@@ -6504,6 +6516,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatorStatusReplyBuilder
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatorStatusReply::VT_WATCHED, watched);
   }
   #[inline]
+  pub fn add_recovery(&mut self, recovery: ::flatbuffers::WIPOffset<RecoveryReport<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<RecoveryReport>>(CoordinatorStatusReply::VT_RECOVERY, recovery);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatorStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CoordinatorStatusReplyBuilder {
@@ -6528,6 +6544,414 @@ impl ::core::fmt::Debug for CoordinatorStatusReply<'_> {
       ds.field("problem", &self.problem());
       ds.field("controller", &self.controller());
       ds.field("watched", &self.watched());
+      ds.field("recovery", &self.recovery());
+      ds.finish()
+  }
+}
+pub enum PhaseTimingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PhaseTiming<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PhaseTiming<'a> {
+  type Inner = PhaseTiming<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PhaseTiming<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PhaseTiming { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PhaseTimingArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PhaseTiming<'bldr>> {
+    let mut builder = PhaseTimingBuilder::new(_fbb);
+    builder.add_ms(args.ms);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PhaseTiming::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PhaseTiming::VT_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PhaseTiming<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u64>("ms", Self::VT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PhaseTimingArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub ms: u64,
+}
+impl<'a> Default for PhaseTimingArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PhaseTimingArgs {
+      name: None,
+      ms: 0,
+    }
+  }
+}
+
+pub struct PhaseTimingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PhaseTimingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PhaseTiming::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_ms(&mut self, ms: u64) {
+    self.fbb_.push_slot::<u64>(PhaseTiming::VT_MS, ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PhaseTimingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PhaseTimingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PhaseTiming<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PhaseTiming<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PhaseTiming");
+      ds.field("name", &self.name());
+      ds.field("ms", &self.ms());
+      ds.finish()
+  }
+}
+pub enum WorkerReportOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct WorkerReport<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WorkerReport<'a> {
+  type Inner = WorkerReport<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WorkerReport<'a> {
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SILENT_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ROLES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WorkerReport { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WorkerReportArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<WorkerReport<'bldr>> {
+    let mut builder = WorkerReportBuilder::new(_fbb);
+    builder.add_silent_ms(args.silent_ms);
+    if let Some(x) = args.roles { builder.add_roles(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WorkerReport::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn silent_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WorkerReport::VT_SILENT_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn roles(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(WorkerReport::VT_ROLES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WorkerReport<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<u64>("silent_ms", Self::VT_SILENT_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("roles", Self::VT_ROLES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WorkerReportArgs<'a> {
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub silent_ms: u64,
+    pub roles: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for WorkerReportArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WorkerReportArgs {
+      address: None,
+      silent_ms: 0,
+      roles: None,
+    }
+  }
+}
+
+pub struct WorkerReportBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkerReportBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerReport::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_silent_ms(&mut self, silent_ms: u64) {
+    self.fbb_.push_slot::<u64>(WorkerReport::VT_SILENT_MS, silent_ms, 0);
+  }
+  #[inline]
+  pub fn add_roles(&mut self, roles: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerReport::VT_ROLES, roles);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkerReportBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WorkerReportBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WorkerReport<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WorkerReport<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WorkerReport");
+      ds.field("address", &self.address());
+      ds.field("silent_ms", &self.silent_ms());
+      ds.field("roles", &self.roles());
+      ds.finish()
+  }
+}
+pub enum RecoveryReportOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RecoveryReport<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RecoveryReport<'a> {
+  type Inner = RecoveryReport<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RecoveryReport<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RECOVERING: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PHASES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LAST_FAILURE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_WORKERS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RecoveryReport { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RecoveryReportArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RecoveryReport<'bldr>> {
+    let mut builder = RecoveryReportBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.workers { builder.add_workers(x); }
+    if let Some(x) = args.last_failure { builder.add_last_failure(x); }
+    if let Some(x) = args.phases { builder.add_phases(x); }
+    if let Some(x) = args.recovering { builder.add_recovering(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RecoveryReport::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn recovering(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecoveryReport::VT_RECOVERING, None)}
+  }
+  #[inline]
+  pub fn phases(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PhaseTiming<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PhaseTiming>>>>(RecoveryReport::VT_PHASES, None)}
+  }
+  #[inline]
+  pub fn last_failure(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecoveryReport::VT_LAST_FAILURE, None)}
+  }
+  #[inline]
+  pub fn workers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport>>>>(RecoveryReport::VT_WORKERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("recovering", Self::VT_RECOVERING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PhaseTiming>>>>("phases", Self::VT_PHASES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("last_failure", Self::VT_LAST_FAILURE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WorkerReport>>>>("workers", Self::VT_WORKERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecoveryReportArgs<'a> {
+    pub epoch: u64,
+    pub recovering: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub phases: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PhaseTiming<'a>>>>>,
+    pub last_failure: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub workers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport<'a>>>>>,
+}
+impl<'a> Default for RecoveryReportArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecoveryReportArgs {
+      epoch: 0,
+      recovering: None,
+      phases: None,
+      last_failure: None,
+      workers: None,
+    }
+  }
+}
+
+pub struct RecoveryReportBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecoveryReportBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(RecoveryReport::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_recovering(&mut self, recovering: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_RECOVERING, recovering);
+  }
+  #[inline]
+  pub fn add_phases(&mut self, phases: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PhaseTiming<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_PHASES, phases);
+  }
+  #[inline]
+  pub fn add_last_failure(&mut self, last_failure: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_LAST_FAILURE, last_failure);
+  }
+  #[inline]
+  pub fn add_workers(&mut self, workers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<WorkerReport<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_WORKERS, workers);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecoveryReportBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RecoveryReportBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RecoveryReport<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RecoveryReport<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RecoveryReport");
+      ds.field("epoch", &self.epoch());
+      ds.field("recovering", &self.recovering());
+      ds.field("phases", &self.phases());
+      ds.field("last_failure", &self.last_failure());
+      ds.field("workers", &self.workers());
       ds.finish()
   }
 }

@@ -289,6 +289,7 @@ fn every_message() -> Vec<Message> {
                     failed_for_ms: None,
                 },
             ],
+            recovery: None,
         }),
         Message::CoordinatorStatus(CoordinatorStatusReply {
             id: 3,
@@ -298,6 +299,20 @@ fn every_message() -> Vec<Message> {
             problem: Some("no leader".into()),
             controller: None,
             watched: Vec::new(),
+            recovery: Some(RecoveryReport {
+                epoch: 7,
+                recovering: Some("locking tlogs of generation 6".into()),
+                phases: vec![
+                    ("reading_core_state".into(), 3),
+                    ("locking_tlogs".into(), 12),
+                ],
+                last_failure: None,
+                workers: vec![WorkerReport {
+                    address: "127.0.0.1:4600".into(),
+                    silent_ms: 40,
+                    roles: vec!["tlog 7/0".into(), "proxy 7/1".into()],
+                }],
+            }),
         }),
         Message::RegisterWorker(RegisterWorkerRequest {
             address: addr(4600),

@@ -8,7 +8,7 @@ use super::optional_bytes;
 use crate::generated::rpc as fb;
 use crate::rpc::{
     CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
-    DecodeError, Message, WatchedProcess,
+    DecodeError, Message, RecoveryReport, WatchedProcess, WorkerReport,
 };
 
 type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
@@ -70,6 +70,10 @@ pub(super) fn status(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatorStatusReply
         })
         .collect();
     let watched = Some(fbb.create_vector(&watched));
+    let recovery = r
+        .recovery
+        .as_ref()
+        .map(|report| recovery_report(fbb, report));
     let args = fb::CoordinatorStatusReplyArgs {
         id: r.id,
         leader: r.leader.unwrap_or(0),
@@ -78,9 +82,82 @@ pub(super) fn status(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatorStatusReply
         problem,
         controller: r.controller.unwrap_or(0),
         watched,
+        recovery,
     };
     let t = fb::CoordinatorStatusReply::create(fbb, &args);
     (fb::Payload::CoordinatorStatusReply, t.as_union_value())
+}
+
+fn recovery_report<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    r: &RecoveryReport,
+) -> WIPOffset<fb::RecoveryReport<'a>> {
+    let recovering = r.recovering.as_deref().map(|s| fbb.create_string(s));
+    let last_failure = r.last_failure.as_deref().map(|s| fbb.create_string(s));
+    let phases: Vec<_> = r
+        .phases
+        .iter()
+        .map(|(name, ms)| {
+            let name = Some(fbb.create_string(name));
+            fb::PhaseTiming::create(fbb, &fb::PhaseTimingArgs { name, ms: *ms })
+        })
+        .collect();
+    let phases = Some(fbb.create_vector(&phases));
+    let workers: Vec<_> = r
+        .workers
+        .iter()
+        .map(|w| {
+            let address = Some(fbb.create_string(&w.address));
+            let roles: Vec<_> = w.roles.iter().map(|role| fbb.create_string(role)).collect();
+            let roles = Some(fbb.create_vector(&roles));
+            let args = fb::WorkerReportArgs {
+                address,
+                silent_ms: w.silent_ms,
+                roles,
+            };
+            fb::WorkerReport::create(fbb, &args)
+        })
+        .collect();
+    let workers = Some(fbb.create_vector(&workers));
+    let args = fb::RecoveryReportArgs {
+        epoch: r.epoch,
+        recovering,
+        phases,
+        last_failure,
+        workers,
+    };
+    fb::RecoveryReport::create(fbb, &args)
+}
+
+fn decode_recovery_report(r: fb::RecoveryReport<'_>) -> RecoveryReport {
+    RecoveryReport {
+        epoch: r.epoch(),
+        recovering: r.recovering().map(str::to_owned),
+        phases: r
+            .phases()
+            .map(|list| {
+                list.iter()
+                    .map(|p| (p.name().unwrap_or_default().to_owned(), p.ms()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        last_failure: r.last_failure().map(str::to_owned),
+        workers: r
+            .workers()
+            .map(|list| {
+                list.iter()
+                    .map(|w| WorkerReport {
+                        address: w.address().unwrap_or_default().to_owned(),
+                        silent_ms: w.silent_ms(),
+                        roles: w
+                            .roles()
+                            .map(|roles| roles.iter().map(str::to_owned).collect())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 fn register<'a>(
@@ -184,6 +261,7 @@ pub(super) fn decode(
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    recovery: r.recovery().map(decode_recovery_report),
                 })
             }),
         _ => return None,

@@ -1,0 +1,243 @@
+use super::*;
+use proto::rpc::TeamStatus;
+use proto::{ProxyId, StorageServerId, StorageTeamId};
+
+fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
+    StorageStatusReply {
+        server: StorageServerId(100),
+        applied_version: Version(applied),
+        durable_version: Version(applied / 2),
+        oldest_readable_version: Version(applied / 2),
+        committed_version: Version(committed),
+        window_bytes: 3 << 20,
+        teams: vec![StorageTeamId(1)],
+        stopped: None,
+        stalled: None,
+    }
+}
+
+#[test]
+fn lag_uses_the_servers_committed_version_or_else_the_sequencers() {
+    let own = storage_status(storage_reply(1_000, 2_501_000), Some(9_000_000));
+    assert_eq!(own.lag_versions, 2_500_000);
+    assert!((own.lag_seconds - 2.5).abs() < 1e-9);
+    let fallback = storage_status(storage_reply(1_000, 0), Some(3_000));
+    assert_eq!(fallback.lag_versions, 2_000);
+    let ahead = storage_status(storage_reply(5_000, 4_000), None);
+    assert_eq!(ahead.lag_versions, 0);
+}
+
+#[test]
+fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_named() {
+    let chain = |last: u64, committed: u64| SequencerStatusReply {
+        last_version: Version(last),
+        committed_version: Version(committed),
+    };
+    assert_eq!(sequencer_problem(&chain(5_000_000, 1_000_000)), None);
+    let stalled = sequencer_problem(&chain(7_000_000, 1_000_000)).unwrap();
+    assert!(stalled.starts_with("commit chain stalled"), "{stalled}");
+
+    let tlog = |locked, poisoned| TLogStatusReply {
+        durable_version: Version(1),
+        known_committed_version: Version(1),
+        locked,
+        poisoned,
+        memory_bytes: 0,
+        memory_budget: 0,
+        disk_bytes: 0,
+        truncation_blocker: None,
+        teams: Vec::new(),
+        stalled: None,
+    };
+    assert_eq!(tlog_problem(&tlog(false, false)), None);
+    assert!(tlog_problem(&tlog(true, false))
+        .unwrap()
+        .starts_with("locked"));
+    assert!(tlog_problem(&tlog(true, true))
+        .unwrap()
+        .starts_with("poisoned"));
+    let throttling = ProxyStatusReply {
+        proxy: ProxyId(1),
+        known_committed_version: Version(1),
+        commits: 0,
+        throttling: Some("team-3: behind".into()),
+    };
+    assert_eq!(
+        proxy_problem(&throttling).as_deref(),
+        Some("throttling, commits refused: team-3: behind")
+    );
+    let full = TLogStatusReply {
+        stalled: Some("no space for log segment 9".into()),
+        ..tlog(false, false)
+    };
+    assert_eq!(
+        tlog_problem(&full).as_deref(),
+        Some("stalled, commits wait: no space for log segment 9")
+    );
+
+    let fine = storage_status(storage_reply(1_000_000, 5_000_000), None);
+    assert_eq!(storage_problem(&fine), None);
+    let lagging = storage_status(storage_reply(1_000_000, 7_000_000), None);
+    assert!(storage_problem(&lagging).unwrap().starts_with("behind"));
+    let mut reply = storage_reply(1_000, 1_000);
+    let mut full = storage_reply(1_000, 1_000);
+    full.stalled = Some("no space left on the disk".into());
+    assert_eq!(
+        storage_problem(&storage_status(full, None)).as_deref(),
+        Some("stalled, nothing becomes durable: no space left on the disk")
+    );
+    reply.stopped = Some("write failed: disk full".into());
+    let stopped = storage_status(reply, None);
+    assert_eq!(
+        storage_problem(&stopped).unwrap(),
+        "stopped applying: write failed: disk full"
+    );
+
+    // An unhealthy process that answered keeps its status, and the
+    // table says what is wrong next to it.
+    let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+    let row = process("tlog", Some(2), addr, Ok(tlog(true, false)), |r| {
+        let problem = tlog_problem(&r);
+        (r, problem)
+    });
+    assert!(!row.healthy && row.status.is_some());
+    let mut text = String::new();
+    render::row(&mut text, &row, render::tlog_details);
+    assert!(text.contains("NO       locked: its epoch ended"), "{text}");
+    assert!(text.contains("| durable 1"), "{text}");
+}
+
+#[test]
+fn the_table_shows_health_errors_and_teams() {
+    let addr: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+    let status = ClusterStatus {
+        healthy: false,
+        processes: 5,
+        unhealthy: 2,
+        committed_version: Some(42),
+        coordinators: vec![process("coordinator", Some(1), addr, Ok(()), |()| {
+            let reply = CoordinatorStatusReply {
+                id: 1,
+                leader: None,
+                term: 4,
+                last_applied: 17,
+                problem: Some("no coordinator leads".into()),
+                controller: Some(2),
+                watched: vec![proto::rpc::WatchedProcess {
+                    role: "tlog".into(),
+                    id: 1,
+                    address: "127.0.0.1:4521".into(),
+                    failed_for_ms: Some(1_500),
+                }],
+                recovery: Some(proto::rpc::RecoveryReport {
+                    epoch: 4,
+                    recovering: None,
+                    phases: vec![("locking_tlogs".into(), 12)],
+                    last_failure: None,
+                    workers: vec![proto::rpc::WorkerReport {
+                        address: "127.0.0.1:4600".into(),
+                        silent_ms: 20,
+                        roles: vec!["tlog 4/0".into()],
+                    }],
+                }),
+            };
+            let problem = reply.problem.clone();
+            (reply, problem)
+        })],
+        sequencer: process("sequencer", None, addr, Ok(()), |()| {
+            let reply = SequencerStatusReply {
+                last_version: Version(43),
+                committed_version: Version(42),
+            };
+            (reply, sequencer_problem(&reply))
+        }),
+        proxies: vec![process("proxy", Some(1), addr, Ok(()), |()| {
+            let reply = ProxyStatusReply {
+                proxy: ProxyId(1),
+                known_committed_version: Version(42),
+                commits: 9,
+                throttling: None,
+            };
+            (reply, None)
+        })],
+        tlogs: vec![process("tlog", Some(0), addr, Ok(()), |()| {
+            let reply = TLogStatusReply {
+                durable_version: Version(43),
+                known_committed_version: Version(41),
+                locked: false,
+                poisoned: false,
+                memory_bytes: 2048,
+                memory_budget: 1 << 20,
+                disk_bytes: 64 << 20,
+                truncation_blocker: Some(StorageTeamId(1)),
+                teams: vec![TeamStatus {
+                    team: StorageTeamId(1),
+                    popped: Version(7),
+                    bytes: 512,
+                    servers: vec![StorageServerId(100), StorageServerId(101)],
+                }],
+                stalled: None,
+            };
+            (reply, None)
+        })],
+        storage_servers: vec![process::<(), StorageStatus>(
+            "storage",
+            Some(100),
+            addr,
+            Err("connection refused".into()),
+            |()| unreachable!(),
+        )],
+    };
+    let text = render_text(&status);
+    assert!(text.starts_with("3 of 5 processes healthy; committed version 42"));
+    assert!(
+        text.contains(
+            "NO       no coordinator leads | leader none, term 4, applied 17, controller 2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("controller: tlog 1 (127.0.0.1:4521) failed 1.5 s ago")
+            && text.contains("controller: generation 4")
+            && text.contains("last recovery: locking_tlogs 12 ms")
+            && text.contains("worker 127.0.0.1:4600 (heard 20 ms ago): tlog 4/0"),
+        "{text}"
+    );
+    assert!(text.contains("known committed 42, commits 9"), "{text}");
+    assert!(text.contains("last 43, committed 42"), "{text}");
+    assert!(
+        text.contains("memory 2.0 KiB of 1.0 MiB, disk 64.0 MiB"),
+        "{text}"
+    );
+    assert!(text.contains("truncation held back by team 1"), "{text}");
+    assert!(
+        text.contains("team 1: 512 B, popped 7, servers 100,101"),
+        "{text}"
+    );
+    assert!(text.contains("NO       connection refused"), "{text}");
+    let json: serde_json::Value = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["storage_servers"][0]["healthy"], false);
+    assert_eq!(
+        json["storage_servers"][0]["status"],
+        serde_json::Value::Null
+    );
+    assert_eq!(json["tlogs"][0]["status"]["teams"][0]["bytes"], 512);
+    assert_eq!(
+        json["tlogs"][0]["status"]["teams"][0]["servers"],
+        serde_json::json!([100, 101])
+    );
+    assert_eq!(json["tlogs"][0]["status"]["truncation_blocker"], 1);
+    assert_eq!(json["sequencer"]["status"]["last_version"], 43);
+    assert_eq!(json["proxies"][0]["status"]["known_committed_version"], 42);
+    assert!(json["sequencer"].get("id").is_none());
+    assert_eq!(
+        json["coordinators"][0]["status"]["leader"],
+        serde_json::Value::Null
+    );
+    assert_eq!(json["coordinators"][0]["status"]["term"], 4);
+    let storage = storage_status(storage_reply(1_000, 0), Some(3_000));
+    let json = serde_json::to_value(&storage).unwrap();
+    assert_eq!(json["committed_version"], 3_000);
+    assert_eq!(json["lag_versions"], 2_000);
+    assert_eq!(json["teams"], serde_json::json!([1]));
+}
