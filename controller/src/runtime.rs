@@ -99,6 +99,10 @@ struct Inner {
 /// worker registers within a few of its intervals.
 const WORKER_GRACE: Duration = Duration::from_millis(300);
 
+/// How long a recovery waits for more workers before it places two TLogs
+/// on one.
+const SHARING_WAIT: Duration = Duration::from_secs(1);
+
 /// The cluster controller; `Service` for the workers' registrations.
 #[derive(Clone)]
 pub struct Controller {
@@ -638,7 +642,12 @@ async fn recruit_tlogs(
     count: usize,
     placed: &Mutex<Vec<Placed>>,
 ) -> Outcome {
-    while inner.live_workers().len() < count && !inner.workers_had_time() {
+    // A worker may be restarting: wait a little for enough of them before
+    // TLogs share one, which a single loss could then make unrecoverable.
+    let asked = tokio::time::Instant::now();
+    while inner.live_workers().len() < count
+        && (!inner.workers_had_time() || asked.elapsed() < SHARING_WAIT)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let workers = workers_for(inner, epoch)?;

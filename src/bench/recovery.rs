@@ -104,9 +104,11 @@ async fn measure(args: &RecoveryBenchArgs, dir: &std::path::Path) -> Result<()> 
     Ok(())
 }
 
-/// Waits until the cluster serves a commit, with every process running.
+/// Waits until the cluster serves a commit, with every process running
+/// and every worker heard by the controller.
 async fn settle(local: &LocalCluster, client: &Client) -> Result<()> {
     local.wait_recovered(GIVE_UP).await?;
+    local.wait_workers_heard(GIVE_UP).await?;
     first_commit_after(client, Instant::now()).await?;
     Ok(())
 }

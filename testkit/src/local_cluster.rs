@@ -384,6 +384,54 @@ impl LocalCluster {
         Ok(None)
     }
 
+    /// Waits until the controller hears from every running worker, for up
+    /// to `timeout`.
+    pub async fn wait_workers_heard(&self, timeout: Duration) -> Result<(), TestkitError> {
+        let transport = self.cluster.client_config()?;
+        let running: Vec<String> = self
+            .workers
+            .iter()
+            .zip(&self.worker_addresses)
+            .filter(|(w, _)| w.is_some())
+            .map(|(_, a)| a.to_string())
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for (id, process) in &self.coordinators {
+                if process.is_none() {
+                    continue;
+                }
+                let address = self.cluster.coordinator(*id)?.address;
+                let asked = async {
+                    let client = RpcClient::connect(address, transport.clone()).await?;
+                    client.call(Message::Status).await
+                };
+                let Ok(Message::CoordinatorStatus(status)) = asked.await else {
+                    continue;
+                };
+                let Some(report) = status.recovery else {
+                    continue;
+                };
+                let heard = |a: &String| {
+                    report
+                        .workers
+                        .iter()
+                        .any(|w| &w.address == a && w.silent_ms < 300)
+                };
+                if running.iter().all(heard) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TestkitError::NotRecovered {
+                    timeout,
+                    last: "the controller does not hear from every worker".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The coordinator hosting the cluster controller, as the first live
     /// coordinator that knows one says.
     pub async fn controller(&self) -> Result<Option<u64>, TestkitError> {

@@ -261,6 +261,9 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
     wait_for_commits(&acknowledged, 0, "before any kill").await?;
     let mut most_generations = 0;
     for kill in 0..kills {
+        // A kill while a relaunched worker is not yet heard would leave
+        // the next generation on fewer workers than it has TLogs.
+        local.wait_workers_heard(Duration::from_secs(30)).await?;
         let epoch = local.wait_recovered(Duration::from_secs(30)).await?;
         let kind = if rng.random_bool(0.5) {
             RoleKind::TLog
