@@ -584,18 +584,22 @@ const MAX_PEEK_RETRY_DELAY: Duration = Duration::from_millis(250);
 const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Reads the core state again; rolls back when a recovery ended the
-/// generation read as current below the applied version.
-async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Result<bool, String> {
+/// generation read as current below the applied version. Says how the
+/// cursor's reading ends when it must (rolled back, or failed).
+async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
     let applied = inner.store().applied_version();
     match inner.generations.refresh(applied).await {
-        Ok(Some(version)) => {
-            inner.rollback_to(version)?;
-            Ok(true)
-        }
-        Ok(None) => Ok(false),
+        Ok(Some(version)) => match inner.rollback_to(version) {
+            Ok(()) => Some(Consumed::RolledBack),
+            Err(reason) => {
+                inner.fail(reason);
+                Some(Consumed::Stopped)
+            }
+        },
+        Ok(None) => None,
         Err(reason) => {
             tracing::debug!(%reason, "the generations could not be refreshed");
-            Ok(false)
+            None
         }
     }
 }
@@ -657,13 +661,8 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 tracing::debug!(error = %e, "peek failed; retrying");
                 if inner.generations.is_coordinated() {
                     refreshed = Instant::now();
-                    match refresh_generations(&inner).await {
-                        Ok(true) => return Consumed::RolledBack,
-                        Ok(false) => {}
-                        Err(reason) => {
-                            inner.fail(reason);
-                            return Consumed::Stopped;
-                        }
+                    if let Some(consumed) = refresh_generations(&inner).await {
+                        return consumed;
                     }
                 }
                 let delay = delays.next().unwrap_or(MAX_PEEK_RETRY_DELAY);
@@ -705,13 +704,8 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
         }
         if stale && inner.generations.is_coordinated() {
             refreshed = Instant::now();
-            match refresh_generations(&inner).await {
-                Ok(true) => return Consumed::RolledBack,
-                Ok(false) => {}
-                Err(reason) => {
-                    inner.fail(reason);
-                    return Consumed::Stopped;
-                }
+            if let Some(consumed) = refresh_generations(&inner).await {
+                return consumed;
             }
         }
     }

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto::rpc::{Message, RoleKind};
-use proto::transport::RpcClient;
+use proto::rpc::{CoordinatorStatusReply, Message, RoleKind};
+use proto::transport::{ClientConfig, RpcClient};
 
 use cluster::cluster_file::{
     ClusterFile, CoordinatorEntry, Endpoint, GenerationShape, ProxyEntry, ShardEntry, StorageEntry,
@@ -397,18 +397,7 @@ impl LocalCluster {
             .collect();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            for (id, process) in &self.coordinators {
-                if process.is_none() {
-                    continue;
-                }
-                let address = self.cluster.coordinator(*id)?.address;
-                let asked = async {
-                    let client = RpcClient::connect(address, transport.clone()).await?;
-                    client.call(Message::Status).await
-                };
-                let Ok(Message::CoordinatorStatus(status)) = asked.await else {
-                    continue;
-                };
+            for status in self.coordinator_statuses(&transport).await? {
                 let Some(report) = status.recovery else {
                     continue;
                 };
@@ -436,6 +425,16 @@ impl LocalCluster {
     /// coordinator that knows one says.
     pub async fn controller(&self) -> Result<Option<u64>, TestkitError> {
         let transport = self.cluster.client_config()?;
+        let statuses = self.coordinator_statuses(&transport).await?;
+        Ok(statuses.into_iter().find_map(|s| s.controller))
+    }
+
+    /// The statuses of the running coordinators that answer.
+    async fn coordinator_statuses(
+        &self,
+        transport: &ClientConfig,
+    ) -> Result<Vec<CoordinatorStatusReply>, TestkitError> {
+        let mut statuses = Vec::new();
         for (id, process) in &self.coordinators {
             if process.is_none() {
                 continue;
@@ -446,12 +445,10 @@ impl LocalCluster {
                 client.call(Message::Status).await
             };
             if let Ok(Message::CoordinatorStatus(status)) = asked.await {
-                if status.controller.is_some() {
-                    return Ok(status.controller);
-                }
+                statuses.push(status);
             }
         }
-        Ok(None)
+        Ok(statuses)
     }
 
     /// Starts (or restarts) the sequencer (with its resolver).

@@ -26,12 +26,12 @@ const RESUME_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How each write ended, by key: (sequence number, outcome).
 #[derive(Default)]
-pub(crate) struct Outcomes {
+struct Outcomes {
     by_key: BTreeMap<String, Vec<(u64, Outcome)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Outcome {
+enum Outcome {
     Acknowledged,
     Refused,
     Unknown,
@@ -43,7 +43,7 @@ fn key(writer: u64, n: u64) -> String {
 
 /// Commits one write after another until told to stop, recording each
 /// outcome; `acknowledged` counts the successes.
-pub(crate) async fn write_until_stopped(
+async fn write_until_stopped(
     client: Arc<Client>,
     writer: u64,
     outcomes: Arc<Mutex<Outcomes>>,
@@ -77,7 +77,7 @@ pub(crate) async fn write_until_stopped(
 }
 
 /// Waits until `count` passes `from + 4`, or the deadline.
-pub(crate) async fn wait_for_commits(count: &AtomicU64, from: u64, what: &str) -> Result<()> {
+async fn wait_for_commits(count: &AtomicU64, from: u64, what: &str) -> Result<()> {
     let started = Instant::now();
     while count.load(Ordering::Relaxed) < from + 4 {
         if started.elapsed() > RESUME_DEADLINE {
@@ -88,6 +88,82 @@ pub(crate) async fn wait_for_commits(count: &AtomicU64, from: u64, what: &str) -
     Ok(())
 }
 
+/// Writers committing one write after another on their own keys, each
+/// outcome recorded, until stopped.
+pub(crate) struct Writers {
+    outcomes: Arc<Mutex<Outcomes>>,
+    acknowledged: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    pub(crate) fn start(client: &Arc<Client>, count: u64) -> Writers {
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..count)
+            .map(|writer| {
+                tokio::spawn(write_until_stopped(
+                    client.clone(),
+                    writer,
+                    outcomes.clone(),
+                    acknowledged.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Writers {
+            outcomes,
+            acknowledged,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits until a few more writes than now are acknowledged.
+    pub(crate) async fn wait_for_progress(&self, what: &str) -> Result<()> {
+        let now = self.acknowledged.load(Ordering::Relaxed);
+        wait_for_commits(&self.acknowledged, now, what).await
+    }
+
+    /// Stops the writers; what they did is then checked against a read.
+    pub(crate) async fn finish(self) -> Result<Finished> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await?;
+        }
+        Ok(Finished {
+            outcomes: self.outcomes,
+            acknowledged: self.acknowledged.load(Ordering::Relaxed),
+        })
+    }
+}
+
+pub(crate) struct Finished {
+    outcomes: Arc<Mutex<Outcomes>>,
+    acknowledged: u64,
+}
+
+impl Finished {
+    /// Checks what the writers' keys hold (`pairs`, read after they
+    /// stopped) against what they were told ([`check`]).
+    pub(crate) fn check(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<()> {
+        let read: BTreeMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        check(&self.outcomes.lock().unwrap(), &read)?;
+        ensure!(self.acknowledged > 0, "no write was acknowledged");
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_resume_after_each_tlog_kill_and_relaunch_and_nothing_is_lost() -> Result<()> {
     let kills = kills_from_env(5);
@@ -95,58 +171,32 @@ async fn commits_resume_after_each_tlog_kill_and_relaunch_and_nothing_is_lost() 
     let dir = tempfile::tempdir()?;
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &ClusterSpec::default()).await?;
     let client = Arc::new(Client::new(&local.cluster)?);
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            tokio::spawn(write_until_stopped(
-                client.clone(),
-                writer,
-                outcomes.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    wait_for_commits(&acknowledged, 0, "before any kill").await?;
+    let writers = Writers::start(&client, WRITERS);
+    writers.wait_for_progress("before any kill").await?;
 
     for kill in 0..kills {
         let victim = rng.random_range(0..local.tlogs.len());
         let tlog = local.tlogs[victim].take().expect("running");
         tlog.kill9().await?;
         local.tlogs[victim] = Some(local.start_tlog(victim).await?);
-        let now = acknowledged.load(Ordering::Relaxed);
-        wait_for_commits(&acknowledged, now, &format!("kill {kill} of tlog {victim}")).await?;
+        writers
+            .wait_for_progress(&format!("kill {kill} of tlog {victim}"))
+            .await?;
     }
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
-
+    let finished = writers.finish().await?;
     let version = client.read_version().await?;
     let (pairs, more) = client
         .get_range(b"w", b"x", 1_000_000, false, version)
         .await?;
     ensure!(!more);
-    let read: BTreeMap<String, String> = pairs
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(&k).into_owned(),
-                String::from_utf8_lossy(&v).into_owned(),
-            )
-        })
-        .collect();
-    check(&outcomes.lock().unwrap(), &read)?;
-    ensure!(acknowledged.load(Ordering::Relaxed) > 0);
+    finished.check(pairs)?;
     Ok(local.stop().await?)
 }
 
 /// Every key holds its last acknowledged write, or a later write whose
 /// outcome is unknown; nothing acknowledged is lost, and nothing refused
 /// or never made appears.
-pub(crate) fn check(outcomes: &Outcomes, read: &BTreeMap<String, String>) -> Result<()> {
+fn check(outcomes: &Outcomes, read: &BTreeMap<String, String>) -> Result<()> {
     for (key, writes) in &outcomes.by_key {
         let last_acknowledged = writes
             .iter()

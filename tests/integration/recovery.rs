@@ -13,9 +13,7 @@
 //! `TEAMLOG_KILLS` sets the back-to-back kills (default 8); `TEAMLOG_SEED`
 //! reproduces their victims.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -26,7 +24,7 @@ use proto::rpc::RoleKind;
 use rand::{Rng, SeedableRng};
 use testkit::{kills_from_env, seed_from_env, ClusterSpec, LocalCluster};
 
-use crate::nemesis::{check, wait_for_commits, write_until_stopped, Outcomes};
+use crate::nemesis::Writers;
 
 const WRITERS: u64 = 3;
 
@@ -124,21 +122,8 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
     let dir = tempfile::tempdir()?;
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
     let client = Arc::new(Client::new(&local.cluster)?);
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            tokio::spawn(write_until_stopped(
-                client.clone(),
-                writer,
-                outcomes.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    wait_for_commits(&acknowledged, 0, "before any kill").await?;
+    let writers = Writers::start(&client, WRITERS);
+    writers.wait_for_progress("before any kill").await?;
 
     let mut killed_controller = 0;
     for victim in ["sequencer", "tlog", "controller", "storage"] {
@@ -178,31 +163,19 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
             }
             _ => newer_generation(&local, epoch).await?,
         };
-        let now = acknowledged.load(Ordering::Relaxed);
-        wait_for_commits(&acknowledged, now, &format!("after killing the {victim}")).await?;
+        writers
+            .wait_for_progress(&format!("after killing the {victim}"))
+            .await?;
         println!(
             "{victim} killed in generation {epoch}: generation {next}, commits resumed within {:?}",
             killed.elapsed()
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
+    let finished = writers.finish().await?;
 
     let (pairs, more) = read_all(&client).await?;
     ensure!(!more);
-    let read: BTreeMap<String, String> = pairs
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(&k).into_owned(),
-                String::from_utf8_lossy(&v).into_owned(),
-            )
-        })
-        .collect();
-    check(&outcomes.lock().unwrap(), &read)?;
-    ensure!(acknowledged.load(Ordering::Relaxed) > 0);
+    finished.check(pairs)?;
     Ok(local.stop().await?)
 }
 
@@ -244,21 +217,8 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
     };
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let client = Arc::new(Client::new(&local.cluster)?);
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            tokio::spawn(write_until_stopped(
-                client.clone(),
-                writer,
-                outcomes.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    wait_for_commits(&acknowledged, 0, "before any kill").await?;
+    let writers = Writers::start(&client, WRITERS);
+    writers.wait_for_progress("before any kill").await?;
     let mut most_generations = 0;
     for kill in 0..kills {
         // A kill while a relaunched worker is not yet heard would leave
@@ -274,13 +234,9 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
         local.workers[i].take().context("live")?.kill9().await?;
         local.workers[i] = Some(local.start_worker(i).await?);
         let next = newer_generation(&local, epoch).await?;
-        let now = acknowledged.load(Ordering::Relaxed);
-        wait_for_commits(
-            &acknowledged,
-            now,
-            &format!("kill {kill} of the {kind}'s worker"),
-        )
-        .await?;
+        writers
+            .wait_for_progress(&format!("kill {kill} of the {kind}'s worker"))
+            .await?;
         let generations = core_state(&local).await?.generations.len();
         most_generations = most_generations.max(generations);
         // Never more than three old generations: they retire before the
@@ -314,10 +270,7 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
+    let finished = writers.finish().await?;
     // Their TLogs go too: only the current generation's remain.
     let deadline = Instant::now() + Duration::from_secs(30);
     while tlog_dirs(dir.path())? != spec.tlogs {
@@ -330,15 +283,6 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
     }
     let (pairs, more) = read_all(&client).await?;
     ensure!(!more);
-    let read: BTreeMap<String, String> = pairs
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(&k).into_owned(),
-                String::from_utf8_lossy(&v).into_owned(),
-            )
-        })
-        .collect();
-    check(&outcomes.lock().unwrap(), &read)?;
+    finished.check(pairs)?;
     Ok(local.stop().await?)
 }

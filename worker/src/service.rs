@@ -5,7 +5,7 @@
 //! ```text
 //!  controller ─Recruit(epoch, role)─▶ WorkerService ─start─▶ Started role (own port) ─▶ RecruitReply(address)
 //!  every 100 ms: the `controller` register ─▶ RegisterWorker(address, roles) ─▶ controller
-//!  every second: the `core_state` register ─▶ stop roles of ended generations, remove retired TLogs
+//!  every 100 ms: the `core_state` register ─▶ stop roles of ended generations, remove retired TLogs
 //! ```
 //!
 //! A recruit for a role the worker already hosts (same kind, epoch and
@@ -34,8 +34,10 @@ use crate::WorkerError;
 
 /// How often a worker tells the controller it is alive and what it hosts.
 pub const REGISTER_INTERVAL: Duration = Duration::from_millis(100);
-/// How often a worker reads the core state to retire roles.
-const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a worker reads the core state to retire roles. Short: a
+/// client whose commit waits on a proxy of an ended generation learns of
+/// the new one only when that proxy goes.
+const RETIRE_INTERVAL: Duration = Duration::from_millis(100);
 
 type RoleKey = (RoleKind, u64, u64);
 

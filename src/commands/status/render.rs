@@ -156,7 +156,11 @@ pub(super) fn tlog_details(s: &TLogStatusReply) -> String {
     details
 }
 
-pub(super) fn row<T>(out: &mut String, process: &ProcessStatus<T>, details: impl FnOnce(&T) -> String) {
+pub(super) fn row<T>(
+    out: &mut String,
+    process: &ProcessStatus<T>,
+    details: impl FnOnce(&T) -> String,
+) {
     let id = process
         .id
         .map_or_else(|| "-".to_string(), |id| id.to_string());
