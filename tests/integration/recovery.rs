@@ -1,7 +1,8 @@
 //! Recovery with the commit path recruited on workers: under concurrent
 //! writers, kill -9, without relaunching, the worker hosting the
-//! sequencer, a worker hosting a TLog of the current generation, the
-//! coordinator hosting the cluster controller, and a storage server.
+//! sequencer, a worker hosting a TLog of the current generation, one
+//! hosting a proxy, the coordinator hosting the cluster controller, and a
+//! storage server.
 //! After the loss of a worker a new generation takes over; after the
 //! controller's, a new controller adopts the generation as it is; commits
 //! resume after every kill; at the end every acknowledged
@@ -31,7 +32,7 @@ const WRITERS: u64 = 3;
 fn spec() -> ClusterSpec {
     ClusterSpec {
         coordinators: 3,
-        workers: 4,
+        workers: 5,
         tlogs: 3,
         proxies: 2,
         replication: 2,
@@ -126,15 +127,15 @@ async fn commits_resume_after_losing_each_role_and_nothing_acknowledged_is_lost(
     writers.wait_for_progress("before any kill").await?;
 
     let mut killed_controller = 0;
-    for victim in ["sequencer", "tlog", "controller", "storage"] {
+    for victim in ["sequencer", "tlog", "proxy", "controller", "storage"] {
         let epoch = local.wait_recovered(Duration::from_secs(30)).await?;
         let killed = Instant::now();
         match victim {
-            "sequencer" | "tlog" => {
-                let kind = if victim == "tlog" {
-                    RoleKind::TLog
-                } else {
-                    RoleKind::Sequencer
+            "sequencer" | "tlog" | "proxy" => {
+                let kind = match victim {
+                    "tlog" => RoleKind::TLog,
+                    "proxy" => RoleKind::Proxy,
+                    _ => RoleKind::Sequencer,
                 };
                 let i = worker_hosting(&local, kind, epoch).await?;
                 local.workers[i].take().context("live")?.kill9().await?;
