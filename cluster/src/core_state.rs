@@ -104,6 +104,25 @@ pub struct GenerationEnd {
 }
 
 impl Generation {
+    /// One line for status: epoch, versions, TLogs, and how it ended.
+    pub fn summary(&self) -> String {
+        let end = self
+            .end
+            .as_ref()
+            .map_or_else(|| "…".to_owned(), |e| e.version.to_string());
+        let state = match (&self.end, &self.commit_path) {
+            (Some(end), _) => format!("ended, read from TLogs {:?}", end.locked),
+            (None, Some(_)) => "current".to_owned(),
+            (None, None) => "recovering".to_owned(),
+        };
+        format!(
+            "generation {}: versions ({}, {end}], {} TLogs, {state}",
+            self.epoch,
+            self.begin_version,
+            self.tlogs.len()
+        )
+    }
+
     /// Whether the generation holds `version`.
     pub fn holds(&self, version: Version) -> bool {
         version > self.begin_version && self.end.as_ref().is_none_or(|e| version <= e.version)

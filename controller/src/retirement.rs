@@ -39,30 +39,30 @@ pub async fn lowest_durable(servers: &[SocketAddr], transport: &ClientConfig) ->
 }
 
 /// Drops from the core state the ended generations every storage server
-/// has made durable; returns how many went.
+/// has made durable; returns the core state written, if one was.
 pub async fn retire(
     coordinators: &CoordinatorClient,
     servers: &[SocketAddr],
     transport: &ClientConfig,
-) -> Result<usize, String> {
+) -> Result<Option<CoreState>, String> {
     if servers.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let Some(durable) = lowest_durable(servers, transport).await else {
-        return Ok(0);
+        return Ok(None);
     };
     let register = coordinators
         .read(CORE_STATE_REGISTER)
         .await
         .map_err(|e| e.to_string())?;
     if register.value.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let state = CoreState::decode(&register.value).map_err(|e| e.to_string())?;
     let next = state.retired_below(durable);
     let retired = state.generations.len() - next.generations.len();
     if retired == 0 {
-        return Ok(0);
+        return Ok(None);
     }
     let outcome = coordinators
         .write(CORE_STATE_REGISTER, register.revision, next.encode())
@@ -72,5 +72,5 @@ pub async fn retire(
         return Err("the core state changed while retiring generations".to_owned());
     }
     tracing::info!(retired, %durable, "retired generations every storage server made durable");
-    Ok(retired)
+    Ok(Some(next))
 }

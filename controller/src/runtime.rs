@@ -76,6 +76,8 @@ pub struct RecoveryStatus {
     pub phases: Vec<PhaseTime>,
     /// Why the last recovery was abandoned, if it was.
     pub last_failure: Option<String>,
+    /// The live generations as last read or written, one line each.
+    pub generations: Vec<String>,
 }
 
 struct WorkerEntry {
@@ -179,6 +181,7 @@ impl HostedController for Controller {
                 .collect(),
             last_failure: status.last_failure,
             workers,
+            generations: status.generations,
         })
     }
 }
@@ -376,12 +379,18 @@ async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
         epoch = generation.epoch,
         "adopted the current generation: every role is alive"
     );
+    let generations = summaries(&state);
     inner.set_status(|s| {
         s.recovered_epoch = Some(generation.epoch);
         s.phase = None;
         s.waiting_for = None;
+        s.generations = generations;
     });
     Some(placed)
+}
+
+fn summaries(state: &CoreState) -> Vec<String> {
+    state.generations.iter().map(|g| g.summary()).collect()
 }
 
 /// How often the controller looks for generations to retire.
@@ -402,8 +411,13 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
                 &inner.config.storage_servers,
                 &inner.config.transport,
             );
-            if let Err(reason) = retiring.await {
-                tracing::debug!(%reason, "no generation retired this time");
+            match retiring.await {
+                Ok(Some(state)) => {
+                    let generations = summaries(&state);
+                    inner.set_status(|s| s.generations = generations);
+                }
+                Ok(None) => {}
+                Err(reason) => tracing::debug!(%reason, "no generation retired this time"),
             }
         }
         if !inner.leads() {
@@ -443,10 +457,12 @@ async fn recover(inner: &Arc<Inner>) -> Result<Vec<Placed>, String> {
         if recovery.phase() == Phase::Recovered {
             let epoch = recovery.epoch();
             tracing::info!(epoch, phases = ?recovery.phase_times(), "recovered");
+            let generations = summaries(recovery.core_state().0);
             inner.set_status(|s| {
                 s.recovered_epoch = Some(epoch);
                 s.phase = None;
                 s.waiting_for = None;
+                s.generations = generations;
             });
             return Ok(std::mem::take(&mut *lock(&placed)));
         }

@@ -342,6 +342,8 @@ pub struct RecoveryReport {
     /// Why the last recovery was abandoned, if it was.
     pub last_failure: Option<String>,
     pub workers: Vec<WorkerReport>,
+    /// The live generations, oldest first, one line each.
+    pub generations: Vec<String>,
 }
 
 /// A worker as the controller hears it.

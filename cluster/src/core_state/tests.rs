@@ -103,6 +103,14 @@ fn generations_chain_at_their_recovery_versions() {
     // Only the locked TLogs of an ended generation are read.
     assert_eq!(first.readable_tlogs(), vec![(0, addr(10)), (2, addr(12))]);
     assert_eq!(second.readable_tlogs().len(), 3);
+    assert_eq!(
+        first.summary(),
+        "generation 1: versions (0, 900], 3 TLogs, ended, read from TLogs [0, 2]"
+    );
+    assert_eq!(
+        second.summary(),
+        "generation 2: versions (900, …], 3 TLogs, current"
+    );
 }
 
 #[test]

@@ -6812,6 +6812,7 @@ impl<'a> RecoveryReport<'a> {
   pub const VT_PHASES: ::flatbuffers::VOffsetT = 8;
   pub const VT_LAST_FAILURE: ::flatbuffers::VOffsetT = 10;
   pub const VT_WORKERS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_GENERATIONS: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6824,6 +6825,7 @@ impl<'a> RecoveryReport<'a> {
   ) -> ::flatbuffers::WIPOffset<RecoveryReport<'bldr>> {
     let mut builder = RecoveryReportBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.generations { builder.add_generations(x); }
     if let Some(x) = args.workers { builder.add_workers(x); }
     if let Some(x) = args.last_failure { builder.add_last_failure(x); }
     if let Some(x) = args.phases { builder.add_phases(x); }
@@ -6867,6 +6869,13 @@ impl<'a> RecoveryReport<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport>>>>(RecoveryReport::VT_WORKERS, None)}
   }
+  #[inline]
+  pub fn generations(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(RecoveryReport::VT_GENERATIONS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
@@ -6880,6 +6889,7 @@ impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PhaseTiming>>>>("phases", Self::VT_PHASES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("last_failure", Self::VT_LAST_FAILURE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WorkerReport>>>>("workers", Self::VT_WORKERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("generations", Self::VT_GENERATIONS, false)?
      .finish();
     Ok(())
   }
@@ -6890,6 +6900,7 @@ pub struct RecoveryReportArgs<'a> {
     pub phases: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PhaseTiming<'a>>>>>,
     pub last_failure: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub workers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport<'a>>>>>,
+    pub generations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for RecoveryReportArgs<'a> {
   #[inline]
@@ -6900,6 +6911,7 @@ impl<'a> Default for RecoveryReportArgs<'a> {
       phases: None,
       last_failure: None,
       workers: None,
+      generations: None,
     }
   }
 }
@@ -6930,6 +6942,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecoveryReportBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_WORKERS, workers);
   }
   #[inline]
+  pub fn add_generations(&mut self, generations: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_GENERATIONS, generations);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecoveryReportBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RecoveryReportBuilder {
@@ -6952,6 +6968,7 @@ impl ::core::fmt::Debug for RecoveryReport<'_> {
       ds.field("phases", &self.phases());
       ds.field("last_failure", &self.last_failure());
       ds.field("workers", &self.workers());
+      ds.field("generations", &self.generations());
       ds.finish()
   }
 }

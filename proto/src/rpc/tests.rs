@@ -312,6 +312,7 @@ fn every_message() -> Vec<Message> {
                     silent_ms: 40,
                     roles: vec!["tlog 7/0".into(), "proxy 7/1".into()],
                 }],
+                generations: vec!["generation 7: versions (900, …], 3 TLogs, current".into()],
             }),
         }),
         Message::RegisterWorker(RegisterWorkerRequest {

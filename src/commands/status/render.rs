@@ -12,6 +12,9 @@ use super::{ClusterStatus, ProcessStatus};
 fn render_recovery(out: &mut String, report: &RecoveryReport) {
     let pad = "";
     let _ = writeln!(out, "{pad:51}controller: generation {}", report.epoch);
+    for generation in &report.generations {
+        let _ = writeln!(out, "{pad:51}  {generation}");
+    }
     if let Some(recovering) = &report.recovering {
         let _ = writeln!(out, "{pad:51}  recovering: {recovering}");
     }

@@ -139,6 +139,7 @@ fn the_table_shows_health_errors_and_teams() {
                         silent_ms: 20,
                         roles: vec!["tlog 4/0".into()],
                     }],
+                    generations: vec!["generation 4: versions (0, …], 3 TLogs, current".into()],
                 }),
             };
             let problem = reply.problem.clone();

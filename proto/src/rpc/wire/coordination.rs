@@ -119,12 +119,15 @@ fn recovery_report<'a>(
         })
         .collect();
     let workers = Some(fbb.create_vector(&workers));
+    let generations: Vec<_> = r.generations.iter().map(|g| fbb.create_string(g)).collect();
+    let generations = Some(fbb.create_vector(&generations));
     let args = fb::RecoveryReportArgs {
         epoch: r.epoch,
         recovering,
         phases,
         last_failure,
         workers,
+        generations,
     };
     fb::RecoveryReport::create(fbb, &args)
 }
@@ -156,6 +159,10 @@ fn decode_recovery_report(r: fb::RecoveryReport<'_>) -> RecoveryReport {
                     })
                     .collect()
             })
+            .unwrap_or_default(),
+        generations: r
+            .generations()
+            .map(|list| list.iter().map(str::to_owned).collect())
             .unwrap_or_default(),
     }
 }
