@@ -215,6 +215,15 @@ impl CoreState {
         next
     }
 
+    /// The core state a coordinated register holds: the initial state
+    /// while nothing was written there.
+    pub fn from_register(value: &[u8]) -> Result<Self, CoreStateError> {
+        if value.is_empty() {
+            return Ok(CoreState::initial());
+        }
+        CoreState::decode(value)
+    }
+
     pub fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("a core state always serializes"))
     }

@@ -51,21 +51,17 @@ pub async fn retire(
     let Some(durable) = lowest_durable(servers, transport).await else {
         return Ok(None);
     };
-    let register = coordinators
-        .read(CORE_STATE_REGISTER)
+    let (state, revision) = coordinators
+        .read_core_state()
         .await
         .map_err(|e| e.to_string())?;
-    if register.value.is_empty() {
-        return Ok(None);
-    }
-    let state = CoreState::decode(&register.value).map_err(|e| e.to_string())?;
     let next = state.retired_below(durable);
     let retired = state.generations.len() - next.generations.len();
     if retired == 0 {
         return Ok(None);
     }
     let outcome = coordinators
-        .write(CORE_STATE_REGISTER, register.revision, next.encode())
+        .write(CORE_STATE_REGISTER, revision, next.encode())
         .await
         .map_err(|e| e.to_string())?;
     if !outcome.written {

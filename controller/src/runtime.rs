@@ -139,11 +139,6 @@ impl Controller {
     pub fn status(&self) -> RecoveryStatus {
         lock(&self.inner.status).clone()
     }
-
-    /// The workers heard from within the failure timeout.
-    pub fn live_workers(&self) -> Vec<SocketAddr> {
-        self.inner.live_workers()
-    }
 }
 
 impl HostedController for Controller {
@@ -332,11 +327,7 @@ async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let register = inner.coordinators.read(CORE_STATE_REGISTER).await.ok()?;
-    if register.value.is_empty() {
-        return None;
-    }
-    let state = CoreState::decode(&register.value).ok()?;
+    let (state, _) = inner.coordinators.read_core_state().await.ok()?;
     let generation = state.current()?;
     let path = generation.commit_path.as_ref()?;
     let mut wanted: Vec<(String, SocketAddr)> = generation
@@ -541,20 +532,12 @@ async fn execute(
 }
 
 async fn read_core_state(inner: &Inner) -> Outcome {
-    let register = inner
+    let (state, revision) = inner
         .coordinators
-        .read(CORE_STATE_REGISTER)
+        .read_core_state()
         .await
         .map_err(|e| format!("reading the core state: {e}"))?;
-    let state = if register.value.is_empty() {
-        CoreState::initial()
-    } else {
-        CoreState::decode(&register.value).map_err(|e| e.to_string())?
-    };
-    Ok(vec![Event::CoreStateRead {
-        revision: register.revision,
-        state,
-    }])
+    Ok(vec![Event::CoreStateRead { revision, state }])
 }
 
 async fn write_core_state(inner: &Inner, expected_revision: u64, state: &CoreState) -> Outcome {

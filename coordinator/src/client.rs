@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use backon::Retryable;
 use bytes::Bytes;
+use cluster::core_state::{CoreState, CoreStateError, CORE_STATE_REGISTER};
 use cluster::retry::backoff;
 use proto::rpc::{
     CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
@@ -35,6 +36,9 @@ pub enum CoordinatorError {
     Refused(String),
     #[error("the cluster names no coordinators")]
     NoCoordinators,
+    /// The core state register holds something this build cannot read.
+    #[error("the core state: {0}")]
+    CoreState(#[from] CoreStateError),
 }
 
 /// The outcome of a conditional write.
@@ -86,6 +90,16 @@ impl CoordinatorClient {
     pub fn with_timeout(mut self, timeout: Duration) -> CoordinatorClient {
         self.timeout = timeout;
         self
+    }
+
+    /// The core state and its revision, linearizably (the initial state,
+    /// at revision 0, while none was written).
+    pub async fn read_core_state(&self) -> Result<(CoreState, u64), CoordinatorError> {
+        let register = self.read(CORE_STATE_REGISTER).await?;
+        Ok((
+            CoreState::from_register(&register.value)?,
+            register.revision,
+        ))
     }
 
     /// Reads a register, linearizably: it reflects every write that took

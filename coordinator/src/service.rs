@@ -364,15 +364,7 @@ fn check_name(name: &str) -> Result<(), ErrorReply> {
 
 /// Where the current generation's commit path is, by the core state.
 fn cluster_info(core_state: &[u8]) -> Result<ClusterInfoReply, ErrorReply> {
-    if core_state.is_empty() {
-        return Ok(ClusterInfoReply {
-            epoch: 0,
-            sequencer: None,
-            proxies: Vec::new(),
-            tlogs: Vec::new(),
-        });
-    }
-    let state = CoreState::decode(core_state)
+    let state = CoreState::from_register(core_state)
         .map_err(|e| error(ErrorCode::Corrupt, format!("the core state register: {e}")))?;
     let current = state.current();
     let path = current.and_then(|g| g.commit_path.as_ref());

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use cluster::core_state::CoreState;
 use cluster::placement::tlogs_for_team;
 use coordinator::client::CoordinatorClient;
 use cursor::{GenerationRoute, GenerationSource, TLogSource, TLogSourceConfig};
@@ -181,14 +181,10 @@ impl Generations {
         let LogDiscovery::Coordinated(coordinators) = &self.discovery else {
             return Ok(None);
         };
-        let register = coordinators
-            .read(CORE_STATE_REGISTER)
+        let (state, _) = coordinators
+            .read_core_state()
             .await
             .map_err(|e| format!("reading the core state: {e}"))?;
-        if register.value.is_empty() {
-            return Ok(None);
-        }
-        let state = CoreState::decode(&register.value).map_err(|e| e.to_string())?;
         let next = view_of(&state);
         let rollback = rollback_point(&self.view(), &next, applied);
         self.install(next);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use client::Client;
-use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use cluster::core_state::CoreState;
 use coordinator::client::CoordinatorClient;
 use proto::rpc::RoleKind;
 use rand::{Rng, SeedableRng};
@@ -186,8 +186,7 @@ async fn core_state(local: &LocalCluster) -> Result<CoreState> {
         &local.cluster.coordinator_addresses(),
         local.cluster.client_config()?,
     )?;
-    let register = coordinators.read(CORE_STATE_REGISTER).await?;
-    Ok(CoreState::decode(&register.value)?)
+    Ok(coordinators.read_core_state().await?.0)
 }
 
 /// The TLog directories the workers keep.

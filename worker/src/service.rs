@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use cluster::core_state::CoreState;
 use coordinator::client::CoordinatorClient;
 use coordinator::election::{Holder, CONTROLLER_REGISTER};
 use proto::rpc::{
@@ -273,15 +273,9 @@ async fn retire_loop(inner: Weak<Inner>) {
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let Ok(register) = inner.coordinators.read(CORE_STATE_REGISTER).await else {
-            continue;
-        };
-        if register.value.is_empty() {
-            continue;
-        }
-        match CoreState::decode(&register.value) {
-            Ok(state) => inner.retire(&state).await,
-            Err(e) => tracing::error!(error = %e, "the core state does not decode"),
+        match inner.coordinators.read_core_state().await {
+            Ok((state, _)) => inner.retire(&state).await,
+            Err(e) => tracing::debug!(error = %e, "no core state to retire roles by"),
         }
     }
 }

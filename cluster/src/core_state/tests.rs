@@ -150,7 +150,11 @@ fn retiring_drops_only_ended_generations_wholly_popped() {
 #[test]
 fn encoding_round_trips() {
     let state = two_generations();
-    assert_eq!(CoreState::decode(&state.encode()), Ok(state));
+    assert_eq!(CoreState::decode(&state.encode()), Ok(state.clone()));
+    assert_eq!(CoreState::from_register(&state.encode()), Ok(state));
+    // A register never written holds the state of a cluster never recovered.
+    assert_eq!(CoreState::from_register(b""), Ok(CoreState::initial()));
+    assert!(CoreState::from_register(b"{").is_err());
     let initial = CoreState::initial();
     assert_eq!(CoreState::decode(&initial.encode()), Ok(initial));
 }
