@@ -18,6 +18,12 @@ pub fn backoff(timeout: Duration) -> ExponentialBuilder {
         .with_total_delay(Some(timeout))
 }
 
+/// The same delays as [`backoff`], for as long as the caller keeps the
+/// retry going (it drops the future to stop).
+pub fn endless_backoff() -> ExponentialBuilder {
+    backoff(Duration::ZERO).with_total_delay(None)
+}
+
 /// How often [`wait_until`] looks again.
 const CONDITION_POLL: Duration = Duration::from_millis(10);
 

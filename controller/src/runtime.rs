@@ -21,16 +21,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::Retryable;
 use cluster::core_state::{CommitPath, CoreState, CORE_STATE_REGISTER};
+use cluster::retry::endless_backoff;
 use coordinator::candidacy::Candidacy;
 use coordinator::client::CoordinatorClient;
 use coordinator::service::HostedController;
+use futures::future::try_join_all;
 use proto::clock::Clock;
 use proto::rpc::{
     ErrorCode, ErrorReply, HostedRole, Message, RecoveryReport, Recruit, RecruitRequest,
     RegisterWorkerRequest, WorkerReport,
 };
-use proto::transport::{ClientConfig, Responder, RpcClient, Service};
+use proto::transport::{ClientConfig, Responder, RpcClient, RpcError, Service};
 use proto::ProxyId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -557,22 +560,25 @@ async fn write_core_state(inner: &Inner, expected_revision: u64, state: &CoreSta
     }])
 }
 
+/// Locks the TLog at `addr`, trying until it answers; the recovery drops
+/// this future when it ends first.
 async fn lock_tlog(addr: SocketAddr, transport: ClientConfig) -> proto::rpc::LockReply {
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let attempt = async {
-            let client = RpcClient::connect(addr, transport.clone()).await?;
-            client.lock().await
-        };
-        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-            Ok(Ok(reply)) => return reply,
-            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "lock failed; trying again"),
-            Err(_) => tracing::debug!(%addr, "lock timed out; trying again"),
+    let attempt = || async {
+        let client = RpcClient::connect(addr, transport.clone()).await?;
+        match tokio::time::timeout(LOCK_TIMEOUT, client.lock()).await {
+            Ok(reply) => reply,
+            Err(_) => Err(RpcError::Timeout),
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
+    };
+    attempt
+        .retry(endless_backoff())
+        .notify(|e, _| tracing::debug!(%addr, error = %e, "lock failed; trying again"))
+        .await
+        .expect("an endless retry ends only with an answer")
 }
+
+/// How long one attempt to lock a TLog may take.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn call(inner: &Inner, addr: SocketAddr, message: Message) -> Result<Message, String> {
     let name = message.name();
@@ -657,15 +663,15 @@ async fn recruit_tlogs(
             "fewer live workers than TLogs: some share a process"
         );
     }
-    let mut tlogs = Vec::with_capacity(count);
-    for index in 0..count {
-        let worker = workers[index % workers.len()];
+    // At once: a new TLog lays out its first segment, which takes a while.
+    let tlogs = try_join_all((0..count).map(|index| {
         let role = Recruit::TLog {
             index: index as u64,
             begin,
         };
-        tlogs.push(recruit(inner, worker, epoch, role, placed).await?);
-    }
+        recruit(inner, workers[index % workers.len()], epoch, role, placed)
+    }))
+    .await?;
     Ok(vec![Event::TLogsRecruited { epoch, tlogs }])
 }
 
@@ -690,16 +696,15 @@ async fn recruit_commit_path(
         placed,
     )
     .await?;
-    let mut addresses = Vec::with_capacity(proxies);
-    for (i, id) in ids.into_iter().enumerate() {
-        let worker = workers[(i + 1) % workers.len()];
+    let addresses = try_join_all(ids.into_iter().enumerate().map(|(i, id)| {
         let role = Recruit::Proxy {
             id,
             sequencer,
             tlogs: tlogs.clone(),
         };
-        addresses.push(recruit(inner, worker, epoch, role, placed).await?);
-    }
+        recruit(inner, workers[(i + 1) % workers.len()], epoch, role, placed)
+    }))
+    .await?;
     Ok(vec![Event::CommitPathRecruited {
         epoch,
         path: CommitPath {

@@ -192,24 +192,29 @@ impl Generations {
     }
 
     fn install(&self, next: View) {
-        if *self.view() == next {
+        let seen = self.view().clone();
+        if seen == next {
             return;
         }
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes = Vec::new();
         for g in &next.generations {
-            let source = sources
-                .entry(g.epoch)
-                .or_insert_with(|| Arc::new(self.tlog_source(g)));
-            // An ended generation is read from its locked TLogs only.
-            if g.end.is_some() {
-                *source = Arc::new(self.tlog_source(g));
-            }
+            // A generation new to this server, or one that ended since (it
+            // is read from its locked TLogs only), gets a fresh source.
+            let unchanged = seen.generations.contains(g);
+            let source = match sources.get(&g.epoch) {
+                Some(source) if unchanged => source.clone(),
+                _ => {
+                    let source = Arc::new(self.tlog_source(g));
+                    sources.insert(g.epoch, source.clone());
+                    source
+                }
+            };
             routes.push(GenerationRoute {
                 epoch: g.epoch,
                 begin: g.begin,
                 end: g.end,
-                source: source.clone(),
+                source,
             });
         }
         sources.retain(|epoch, _| next.generations.iter().any(|g| g.epoch == *epoch));
