@@ -9,7 +9,8 @@ use bytes::Bytes;
 use client::Client;
 use cluster::tls_files::{self, TlsEntry};
 use proto::rpc::{
-    ErrorCode, GetCommitVersionRequest, Message, PeekRequest, PopRequest, RegisterTeamRequest,
+    ErrorCode, GetCommitVersionRequest, Message, PeekRequest, PopRequest, Recruit, RecruitRequest,
+    RegisterTeamRequest, RegisterWorkerRequest,
 };
 use proto::transport::tls::{PemIdentity, TlsSettings};
 use proto::transport::{ClientConfig, RpcClient, RpcError};
@@ -163,5 +164,78 @@ async fn only_members_may_steer_the_cluster() -> Result<()> {
         .status()
         .await?;
     ensure!(!status.locked);
+    Ok(local.stop().await?)
+}
+
+/// Where the controller recruits the commit path: an application with only
+/// the CA finds the proxies through the coordinators and commits, but may
+/// not recruit on a worker, register as one, or open a sequencer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_may_recruit_register_workers_or_open_a_sequencer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        coordinators: 1,
+        workers: 1,
+        tlogs: 1,
+        replication: 1,
+        proxies: 1,
+        teams: 1,
+        servers_per_team: 1,
+        ..ClusterSpec::default()
+    };
+    let local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let ca = cluster
+        .tls
+        .as_ref()
+        .expect("a local cluster runs TLS")
+        .ca
+        .clone();
+    let outsider = ClientConfig {
+        tls: Some(TlsSettings::load(&ca, None)?.client()),
+        ..ClientConfig::default()
+    };
+    let app = Client::with_transport(&cluster, outsider.clone())?;
+    app.commit(vec![Mutation::SetValue {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(b"v"),
+    }])
+    .await?;
+
+    let worker = RpcClient::connect(local.worker_addresses[0], outsider.clone()).await?;
+    let roles_before = match worker.call(Message::Status).await? {
+        Message::WorkerStatus(status) => status.roles,
+        other => bail!("a worker answered status with {}", other.name()),
+    };
+    unauthorized(
+        worker
+            .call(Message::Recruit(RecruitRequest {
+                epoch: 99,
+                role: Recruit::Sequencer {
+                    start_after: Version(0),
+                    proxies: vec![ProxyId(1)],
+                },
+            }))
+            .await,
+    )?;
+    let coordinator = RpcClient::connect(cluster.coordinators[0].address, outsider.clone()).await?;
+    unauthorized(
+        coordinator
+            .call(Message::RegisterWorker(RegisterWorkerRequest {
+                address: "127.0.0.1:9".parse()?,
+                roles: Vec::new(),
+            }))
+            .await,
+    )?;
+    let Message::ClusterInfo(info) = coordinator.call(Message::GetClusterInfo).await? else {
+        bail!("a coordinator answered something else than the cluster info");
+    };
+    let sequencer = RpcClient::connect(info.sequencer.expect("recovered"), outsider).await?;
+    unauthorized(sequencer.call(Message::OpenCommits(info.epoch)).await)?;
+    // Nothing changed: the worker hosts what it did.
+    let Message::WorkerStatus(status) = worker.call(Message::Status).await? else {
+        bail!("a worker answered status with something else");
+    };
+    ensure!(status.roles == roles_before, "{:?}", status.roles);
     Ok(local.stop().await?)
 }
