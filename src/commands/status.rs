@@ -207,7 +207,7 @@ pub async fn gather(
         .zip(coordinators)
         .map(|(entry, reply)| {
             process("coordinator", Some(entry.id), entry.address, reply, |r| {
-                let problem = r.problem.clone();
+                let problem = coordinator_problem(&r);
                 (r, problem)
             })
         })
@@ -390,6 +390,18 @@ fn process<R, T>(
 /// last version handed out, or a storage server the committed version,
 /// before it counts as stuck rather than busy.
 pub const STALL_SECONDS: f64 = 5.0;
+
+/// A coordinator that cannot serve, or whose controller is recovering:
+/// until the recovery ends, nothing commits.
+fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
+    let recovering = r
+        .recovery
+        .as_ref()
+        .and_then(|report| report.recovering.as_ref());
+    r.problem
+        .clone()
+        .or_else(|| recovering.map(|how| format!("the controller is recovering: {how}")))
+}
 
 /// A version handed out but never committed stops every later commit (each
 /// TLog takes versions in chain order).

@@ -242,3 +242,22 @@ fn the_table_shows_health_errors_and_teams() {
     assert_eq!(json["lag_versions"], 2_000);
     assert_eq!(json["teams"], serde_json::json!([1]));
 }
+
+#[test]
+fn a_recovery_under_way_makes_its_coordinator_unhealthy() {
+    let mut reply = CoordinatorStatusReply {
+        id: 1,
+        leader: Some(1),
+        term: 2,
+        last_applied: 9,
+        problem: None,
+        controller: Some(1),
+        watched: Vec::new(),
+        recovery: Some(proto::rpc::RecoveryReport::default()),
+    };
+    assert_eq!(coordinator_problem(&reply), None);
+    reply.recovery.as_mut().unwrap().recovering =
+        Some("locking_tlogs: waiting for locks from generation 3's TLogs".into());
+    let problem = coordinator_problem(&reply).unwrap();
+    assert!(problem.contains("recovering: locking_tlogs"), "{problem}");
+}
