@@ -1,30 +1,33 @@
-//! Admission control: a proxy refuses new commits to a team while the
-//! team's storage servers fall behind, rather than acknowledge work they
-//! may never apply.
+//! Admission control: a proxy slows new commits down while storage servers
+//! fall behind, and refuses new commits to a team whose backlog passed the
+//! hard limit, rather than acknowledge work they may never apply.
 //!
 //! ```text
-//!  every 500 ms: each TLog's status ─▶ per team, the bytes its servers have
-//!  not yet made durable (popped), the most over the team's TLogs
-//!      ─▶ judge: over the limit ─▶ throttled; under half of it ─▶ released
-//!      ─▶ ProxyCore::set_throttled ─▶ commits touching a throttled team
-//!                                     are refused `overloaded`, with why
+//!  every 250 ms: each TLog's status ─▶ per team, the bytes its servers have
+//!  not yet made durable (popped), the most over the team's TLogs, and the
+//!  lowest version they popped
+//!      ├─▶ rate_control ─▶ ProxyCore::set_pace ─▶ queued commits wait
+//!      └─▶ judge: over the limit ─▶ throttled; under half of it ─▶ released
+//!          ─▶ ProxyCore::set_throttled ─▶ commits touching a throttled team
+//!                                         are refused `overloaded`, with why
 //! ```
 //!
-//! A team with no server applying only grows its backlog, so it is
-//! throttled once the backlog passes the limit, and released once a server
-//! catches up. The release at half the limit keeps a team near the limit
-//! from flapping.
+//! Pacing keeps a team that is slow but moving under the limit. A team
+//! with no server applying only grows its backlog, so it is throttled once
+//! the backlog passes the limit, and released once a server catches up.
+//! The release at half the limit keeps a team near the limit from flapping.
 
 use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::time::Duration;
 
-use proto::StorageTeamId;
+use proto::{StorageTeamId, Version};
 
 use crate::proxy::Inner;
+use crate::rate_control::{RateControl, TeamSample};
 
 /// How often the TLogs' backlogs are read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The teams to throttle, and why, given each team's backlog (bytes not
 /// yet popped by its servers) and the teams throttled until now.
@@ -51,25 +54,25 @@ pub fn judge(
         .collect()
 }
 
-/// Reads the TLogs' backlogs every [`POLL_INTERVAL`] and hands the teams to
-/// throttle to the core, until the service is dropped. A TLog that does not
-/// answer leaves its teams as they were judged last.
+/// Reads the TLogs' backlogs every [`POLL_INTERVAL`] and hands the pace
+/// and the teams to throttle to the core, until the service is dropped. A
+/// TLog that does not answer leaves its teams as they were judged last.
 pub(crate) async fn run(inner: Weak<Inner>, limit: u64) {
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backlogs: BTreeMap<StorageTeamId, u64> = BTreeMap::new();
+    let mut samples: BTreeMap<StorageTeamId, TeamSample> = BTreeMap::new();
+    let mut rate_control = RateControl::new(limit);
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let mut fresh: BTreeMap<StorageTeamId, u64> = BTreeMap::new();
+        let mut fresh: BTreeMap<StorageTeamId, TeamSample> = BTreeMap::new();
         let mut answered = true;
         for tlog in &inner.tlogs {
             let status = async { tlog.client().await?.status().await }.await;
             match status {
                 Ok(status) => {
                     for team in status.teams {
-                        let most = fresh.entry(team.team).or_default();
-                        *most = (*most).max(team.bytes);
+                        merge(&mut fresh, team.team, team.bytes, team.popped);
                     }
                 }
                 Err(e) => {
@@ -79,15 +82,30 @@ pub(crate) async fn run(inner: Weak<Inner>, limit: u64) {
             }
         }
         if answered {
-            backlogs = fresh;
+            samples = fresh;
         } else {
-            for (team, bytes) in fresh {
-                let most = backlogs.entry(team).or_default();
-                *most = (*most).max(bytes);
+            for (team, sample) in fresh {
+                merge(&mut samples, team, sample.backlog, sample.popped);
             }
         }
+        let backlogs = samples.iter().map(|(t, s)| (*t, s.backlog)).collect();
         inner.throttle(&backlogs, limit);
+        inner.pace(&mut rate_control, &samples);
     }
+}
+
+/// Adds one TLog's figures for a team: the most bytes, the lowest pop.
+fn merge(
+    samples: &mut BTreeMap<StorageTeamId, TeamSample>,
+    team: StorageTeamId,
+    backlog: u64,
+    popped: Version,
+) {
+    let sample = samples
+        .entry(team)
+        .or_insert(TeamSample { backlog, popped });
+    sample.backlog = sample.backlog.max(backlog);
+    sample.popped = sample.popped.min(popped);
 }
 
 #[cfg(test)]

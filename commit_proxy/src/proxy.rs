@@ -16,7 +16,9 @@
 //! (acknowledged client commits), `teamlog_proxy_commit_failures_total`,
 //! `teamlog_proxy_commit_latency_seconds` (received → answered),
 //! `teamlog_proxy_batch_commits` and `teamlog_proxy_batch_bytes` (per batch),
-//! and `teamlog_proxy_known_committed_version`.
+//! `teamlog_proxy_known_committed_version` and
+//! `teamlog_proxy_pace_bytes_per_second` (the limit on new commit bytes
+//! while storage servers fall behind; 0 for none).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ use proto::{ProxyId, StorageTeamId, Version};
 
 use crate::admission;
 use crate::proxy_core::{Command, ProxyCore};
+use crate::rate_control::{RateControl, TeamSample};
 use crate::validate::Limits;
 
 #[derive(Clone, Debug)]
@@ -242,6 +245,26 @@ impl Inner {
             tracing::warn!(teams = ?throttled.keys().collect::<Vec<_>>(), "throttled teams changed");
         }
         core.set_throttled(throttled);
+    }
+
+    /// Sets the core's pace from a poll of the TLogs' `samples`; a lifted
+    /// limit lets waiting commits go at once.
+    pub(crate) fn pace(
+        self: &Arc<Self>,
+        control: &mut RateControl,
+        samples: &BTreeMap<StorageTeamId, TeamSample>,
+    ) {
+        let released = self.core().released_bytes();
+        let pace = control.update(self.clock.now_us(), samples, released);
+        if pace.is_some() != self.core().pace().is_some() {
+            match &pace {
+                Some(pace) => tracing::warn!(limit = %pace.describe(), "pacing commits"),
+                None => tracing::info!("commits no longer paced"),
+            }
+        }
+        metrics::gauge!("teamlog_proxy_pace_bytes_per_second")
+            .set(pace.as_ref().map_or(0.0, |p| p.bytes_per_second as f64));
+        self.event(|core, now_us| core.set_pace(pace, now_us));
     }
 
     fn core(&self) -> MutexGuard<'_, ProxyCore<Waiter>> {

@@ -33,6 +33,7 @@ use proto::rpc::{
 use proto::shard_map::{ShardMap, VersionedShardMap};
 use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, Version};
 
+use crate::pacing::{Pace, Pacer};
 use crate::proxy::ProxyConfig;
 use crate::tagging::{tag_version, TaggedVersion};
 use crate::validate::{validate, Limits};
@@ -138,6 +139,11 @@ pub struct ProxyCore<W> {
     /// Teams whose commits are refused while their servers fall behind,
     /// and why (see `admission`).
     throttled: BTreeMap<StorageTeamId, String>,
+    /// Holds queued commits back while storage servers fall behind (see
+    /// `rate_control`).
+    pacer: Pacer,
+    /// Commit bytes let into batches since the start.
+    released_bytes: u64,
     /// Set when the proxy is stopping: new commits are refused, and what is
     /// queued or in flight goes on.
     stopping: bool,
@@ -172,6 +178,8 @@ impl<W> ProxyCore<W> {
             to_tag: VecDeque::new(),
             wake_at_us: None,
             throttled: BTreeMap::new(),
+            pacer: Pacer::default(),
+            released_bytes: 0,
             stopping: false,
         }
     }
@@ -200,6 +208,24 @@ impl<W> ProxyCore<W> {
 
     pub fn throttled(&self) -> &BTreeMap<StorageTeamId, String> {
         &self.throttled
+    }
+
+    /// The limit on commit bytes let into batches from now on (`None`
+    /// lifts it); a lifted or raised limit may let a batch form at once.
+    pub fn set_pace(&mut self, pace: Option<Pace>, now_us: u64) -> Vec<Command<W>> {
+        if pace.as_ref() != self.pacer.pace() {
+            self.pacer.set(pace, now_us);
+        }
+        self.form_batch(now_us)
+    }
+
+    pub fn pace(&self) -> Option<&Pace> {
+        self.pacer.pace()
+    }
+
+    /// Commit bytes let into batches since the start.
+    pub fn released_bytes(&self) -> u64 {
+        self.released_bytes
     }
 
     /// A client commit arrives. A bad one is refused at once, whole.
@@ -419,6 +445,7 @@ impl<W> ProxyCore<W> {
                     .collect::<Vec<_>>()
                     .join("; ")
             }),
+            delaying: self.pacer.pace().map(Pace::describe),
         }
     }
 
@@ -471,9 +498,9 @@ impl<W> ProxyCore<W> {
     }
 
     /// Forms the next batch when one may be formed now: something is
-    /// queued, no version request is out, a batch slot is free, and (while
-    /// others are in flight) the batch interval has passed or the batch is
-    /// full.
+    /// queued, no version request is out, a batch slot is free, the pace
+    /// allows, and (while others are in flight) the batch interval has
+    /// passed or the batch is full.
     fn form_batch(&mut self, now_us: u64) -> Vec<Command<W>> {
         if self.awaiting_versions.is_some() || self.batches.len() >= self.max_batches_in_flight {
             return Vec::new();
@@ -482,9 +509,17 @@ impl<W> ProxyCore<W> {
             return self.idle_push(now_us);
         };
         let busy = !self.batches.is_empty();
-        let ready_at = oldest.received_us.saturating_add(self.batch_interval_us);
-        if busy && now_us < ready_at && self.queued_bytes < self.max_batch_bytes {
-            if self.wake_at_us == Some(ready_at) {
+        let interval_end = oldest.received_us.saturating_add(self.batch_interval_us);
+        let interval_wait =
+            (busy && now_us < interval_end && self.queued_bytes < self.max_batch_bytes)
+                .then_some(interval_end);
+        let ready_at = match (self.pacer.ready_at(now_us), interval_wait) {
+            (Some(paced), Some(interval)) => Some(paced.max(interval)),
+            (paced, interval) => paced.or(interval),
+        };
+        if let Some(ready_at) = ready_at {
+            // A wake-up already due by then looks again when it comes.
+            if self.wake_at_us.is_some_and(|at| at <= ready_at) {
                 return Vec::new();
             }
             self.wake_at_us = Some(ready_at);
@@ -508,6 +543,8 @@ impl<W> ProxyCore<W> {
             batch.waiters.push(queued.waiter);
             batch.commits.push(queued.mutations);
         }
+        self.released_bytes += bytes as u64;
+        self.pacer.spend(bytes, now_us);
         self.start_batch(batch, bytes, now_us)
     }
 

@@ -21,6 +21,7 @@ pub mod system_keys;
 pub mod team_set;
 pub mod transport;
 pub mod types;
+pub mod units;
 
 pub use block::{BlockEntry, BlockError, TeamBlock, TeamBlockBuilder};
 pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};

@@ -277,6 +277,9 @@ pub struct ProxyStatusReply {
     /// Which teams' commits the proxy refuses while their storage servers
     /// fall behind, and why.
     pub throttling: Option<String>,
+    /// How fast the proxy lets new commits into batches while storage
+    /// servers fall behind, and why; queued commits wait, none is refused.
+    pub delaying: Option<String>,
 }
 
 /// A coordinated register: a named value whose revision every write raises

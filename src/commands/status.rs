@@ -19,7 +19,9 @@
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
 //! stuck), a storage server that stopped applying, cannot flush (waiting
 //! for disk space), or trails the committed
-//! version by more than that, are unhealthy, with the reason.
+//! version by more than that, are unhealthy, with the reason. A proxy
+//! that paces new commits while storage servers fall behind (`delaying`)
+//! is healthy: it says how fast it lets commits in and why.
 //!
 //! The JSON shape (field names are stable; versions and ids are integers; a
 //! process's `status` is its reply as the protocol defines it, plus a
@@ -40,7 +42,7 @@
 //!                  "status": { "last_version": 1210, "committed_version": 1200 } },
 //!   "proxies": [ { "role": "proxy", "id": 1, "address": "...", "healthy": true, "error": null,
 //!                  "status": { "proxy": 1, "known_committed_version": 1200, "commits": 10,
-//!                              "throttling": null } } ],
+//!                              "throttling": null, "delaying": null } } ],
 //!   "tlogs": [ { "role": "tlog", "id": 0, "address": "...", "healthy": true, "error": null,
 //!                "status": { "durable_version": 1210, "known_committed_version": 1190,
 //!                            "locked": false, "poisoned": false,

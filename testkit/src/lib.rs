@@ -21,7 +21,7 @@ pub mod tlog_stream;
 
 pub use in_process::InProcessTLog;
 pub use local_cluster::{ClusterSpec, LocalCluster};
-pub use process::{free_local_addrs, ChildProcess, Signal};
+pub use process::{free_local_addrs, signal, ChildProcess, Signal};
 pub use seed::{kills_from_env, seed_from_env};
 
 #[derive(Debug, thiserror::Error)]

@@ -630,3 +630,46 @@ fn a_stopping_proxy_refuses_new_commits_and_settles_after_telling_the_tlogs() {
     complete(&mut core, empty, 100_002);
     assert!(core.is_settled());
 }
+
+#[test]
+fn a_paced_proxy_holds_queued_commits_until_the_pace_allows_and_refuses_none() {
+    // No idle push wakes the core in between.
+    let mut core = core_with(|c| c.idle_push_interval = Duration::from_secs(3600));
+    let pace = Pace {
+        bytes_per_second: 1000,
+        why: "team-1 is behind".into(),
+    };
+    assert!(core.set_pace(Some(pace), 0).is_empty(), "nothing queued");
+    assert!(core
+        .status()
+        .delaying
+        .is_some_and(|d| d.contains("limited to 1000 B/s: team-1 is behind")));
+    let value = "v".repeat(400);
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", &value)]), 0));
+    let spent = core.released_bytes();
+    assert!(spent > 400);
+    core.on_commit_version(first, versions(0, 10), 0);
+    complete(&mut core, first, 0);
+    // The first batch spent the credit: the next waits for it to come back.
+    let due = spent * 1000;
+    let commands = core.commit(2, commit(vec![set("b", &value)]), 1);
+    assert!(
+        matches!(commands[..], [Command::WakeAt { at_us }] if at_us == due),
+        "{commands:?}"
+    );
+    assert!(core.commit(3, commit(vec![set("c", "1")]), 2).is_empty());
+    assert!(core.wake(due - 1).is_empty(), "too early");
+    let (second, _, commits) = version_request(&core.wake(due));
+    assert_eq!(commits, 2, "what waited goes in one batch");
+    core.on_commit_version(second, versions(10, 20), due);
+    let answered = answers(complete(&mut core, second, due));
+    assert_eq!(answered, [(2, Ok(Version(20))), (3, Ok(Version(20)))]);
+
+    // Lifting the limit lets a waiting commit go at once.
+    assert!(matches!(
+        core.commit(4, commit(vec![set("d", &value)]), due + 1)[..],
+        [Command::WakeAt { .. }]
+    ));
+    version_request(&core.set_pace(None, due + 2));
+    assert_eq!(core.status().delaying, None);
+}

@@ -5381,6 +5381,7 @@ impl<'a> ProxyStatusReply<'a> {
   pub const VT_KNOWN_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_COMMITS: ::flatbuffers::VOffsetT = 8;
   pub const VT_THROTTLING: ::flatbuffers::VOffsetT = 10;
+  pub const VT_DELAYING: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5395,6 +5396,7 @@ impl<'a> ProxyStatusReply<'a> {
     builder.add_commits(args.commits);
     builder.add_known_committed_version(args.known_committed_version);
     builder.add_proxy(args.proxy);
+    if let Some(x) = args.delaying { builder.add_delaying(x); }
     if let Some(x) = args.throttling { builder.add_throttling(x); }
     builder.finish()
   }
@@ -5428,6 +5430,13 @@ impl<'a> ProxyStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProxyStatusReply::VT_THROTTLING, None)}
   }
+  #[inline]
+  pub fn delaying(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProxyStatusReply::VT_DELAYING, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ProxyStatusReply<'_> {
@@ -5440,6 +5449,7 @@ impl ::flatbuffers::Verifiable for ProxyStatusReply<'_> {
      .visit_field::<u64>("known_committed_version", Self::VT_KNOWN_COMMITTED_VERSION, false)?
      .visit_field::<u64>("commits", Self::VT_COMMITS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("throttling", Self::VT_THROTTLING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("delaying", Self::VT_DELAYING, false)?
      .finish();
     Ok(())
   }
@@ -5449,6 +5459,7 @@ pub struct ProxyStatusReplyArgs<'a> {
     pub known_committed_version: u64,
     pub commits: u64,
     pub throttling: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub delaying: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ProxyStatusReplyArgs<'a> {
   #[inline]
@@ -5458,6 +5469,7 @@ impl<'a> Default for ProxyStatusReplyArgs<'a> {
       known_committed_version: 0,
       commits: 0,
       throttling: None,
+      delaying: None,
     }
   }
 }
@@ -5484,6 +5496,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProxyStatusReplyBuilder<'a, '
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProxyStatusReply::VT_THROTTLING, throttling);
   }
   #[inline]
+  pub fn add_delaying(&mut self, delaying: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProxyStatusReply::VT_DELAYING, delaying);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProxyStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ProxyStatusReplyBuilder {
@@ -5505,6 +5521,7 @@ impl ::core::fmt::Debug for ProxyStatusReply<'_> {
       ds.field("known_committed_version", &self.known_committed_version());
       ds.field("commits", &self.commits());
       ds.field("throttling", &self.throttling());
+      ds.field("delaying", &self.delaying());
       ds.finish()
   }
 }

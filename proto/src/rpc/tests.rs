@@ -251,6 +251,7 @@ fn every_message() -> Vec<Message> {
             known_committed_version: Version(38),
             commits: 17,
             throttling: Some("team 3: 2 GiB not yet durable on its servers".into()),
+            delaying: Some("at most 1.5 MiB/s: team 4 has 300 MiB not durable".into()),
         }),
         Message::Raft(Bytes::from_static(b"{\"vote\":1}")),
         Message::RaftReply(Bytes::from_static(b"{\"granted\":true}")),

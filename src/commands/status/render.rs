@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use proto::rpc::{RecoveryReport, TLogStatusReply};
+use proto::units::binary_bytes as bytes;
 
 use super::{ClusterStatus, ProcessStatus};
 
@@ -102,6 +103,9 @@ pub fn render_text(status: &ClusterStatus) -> String {
                 s.known_committed_version, s.commits
             )
         });
+        if let Some(delaying) = proxy.status.as_ref().and_then(|s| s.delaying.as_ref()) {
+            let _ = writeln!(out, "{:51}{delaying}", "");
+        }
     }
     for tlog in &status.tlogs {
         row(&mut out, tlog, tlog_details);
@@ -180,20 +184,4 @@ pub(super) fn row<T>(
         process.address.to_string(),
         healthy
     );
-}
-
-/// Bytes in binary units, for people.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

@@ -61,6 +61,7 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         known_committed_version: Version(1),
         commits: 0,
         throttling: Some("team-3: behind".into()),
+        delaying: None,
     };
     assert_eq!(
         proxy_problem(&throttling).as_deref(),
@@ -158,6 +159,7 @@ fn the_table_shows_health_errors_and_teams() {
                 known_committed_version: Version(42),
                 commits: 9,
                 throttling: None,
+                delaying: Some("new commits limited to 1.0 MiB/s: team 1 is behind".into()),
             };
             (reply, None)
         })],
@@ -205,6 +207,12 @@ fn the_table_shows_health_errors_and_teams() {
         "{text}"
     );
     assert!(text.contains("known committed 42, commits 9"), "{text}");
+    // A proxy that paces commits is healthy and says why it paces.
+    assert!(
+        text.contains("yes      known committed 42, commits 9\n")
+            && text.contains("new commits limited to 1.0 MiB/s: team 1 is behind\n"),
+        "{text}"
+    );
     assert!(text.contains("last 43, committed 42"), "{text}");
     assert!(
         text.contains("memory 2.0 KiB of 1.0 MiB, disk 64.0 MiB"),

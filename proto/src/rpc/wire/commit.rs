@@ -92,11 +92,13 @@ pub(super) fn sequencer_status(
 
 pub(super) fn proxy_status(fbb: &mut FlatBufferBuilder<'_>, r: &ProxyStatusReply) -> Encoded {
     let throttling = r.throttling.as_deref().map(|why| fbb.create_string(why));
+    let delaying = r.delaying.as_deref().map(|why| fbb.create_string(why));
     let args = fb::ProxyStatusReplyArgs {
         proxy: r.proxy.0,
         known_committed_version: r.known_committed_version.0,
         commits: r.commits,
         throttling,
+        delaying,
     };
     let t = fb::ProxyStatusReply::create(fbb, &args);
     (fb::Payload::ProxyStatusReply, t.as_union_value())
@@ -315,6 +317,7 @@ pub(super) fn decode(
                     known_committed_version: Version(r.known_committed_version()),
                     commits: r.commits(),
                     throttling: r.throttling().map(str::to_owned),
+                    delaying: r.delaying().map(str::to_owned),
                 })
             }),
         fb::Payload::ResolveRequest => (|| {
