@@ -360,9 +360,16 @@ impl Client {
             let call = async { server.client().await?.call(request.clone()).await };
             match call.await {
                 Ok(reply) => return Ok(reply),
-                // Another server of the team may be further along or still own it.
+                // Another server of the team may be further along, still own
+                // it, or still keep the version (a rebuilt server reads only
+                // from the end of its copy on).
                 Err(RpcError::Remote { code, message, .. })
-                    if matches!(code, ErrorCode::WrongShardServer | ErrorCode::FutureVersion) =>
+                    if matches!(
+                        code,
+                        ErrorCode::WrongShardServer
+                            | ErrorCode::FutureVersion
+                            | ErrorCode::TransactionTooOld
+                    ) =>
                 {
                     last = Some(format!("{id}: {code}: {message}"));
                     if i + 1 == location.servers.len() {

@@ -255,6 +255,10 @@ pub struct StorageStatusReply {
     /// Why the server cannot make versions durable now, while it waits
     /// for what it needs (disk space) and retries.
     pub stalled: Option<String>,
+    /// What the server is copying from its teammates while it rebuilds
+    /// (the log no longer held what it needed); it serves no reads
+    /// meanwhile.
+    pub rebuilding: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -176,6 +176,7 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
         },
         read_wait: Duration::from_secs(1),
         transport: Default::default(),
+        peers: Default::default(),
     };
     let started = Instant::now();
     let service = StorageService::start(engine, config)?;

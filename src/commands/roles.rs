@@ -169,6 +169,22 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
         .filter(|t| t.servers.contains(&args.id))
         .map(|t| StorageTeamId(t.id))
         .collect();
+    let address_of = |id: u64| {
+        let entry = cluster.storage_servers.iter().find(|s| s.id == id)?;
+        Some((StorageServerId(id), entry.address))
+    };
+    let peers = cluster
+        .teams
+        .iter()
+        .filter(|t| t.servers.contains(&args.id))
+        .map(|t| {
+            let others = t.servers.iter().filter(|s| **s != args.id);
+            (
+                StorageTeamId(t.id),
+                others.filter_map(|s| address_of(*s)).collect(),
+            )
+        })
+        .collect();
     let logs = if cluster.is_recruited() {
         let coordinators =
             CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
@@ -193,6 +209,7 @@ pub async fn run_storage(args: StorageArgs) -> Result<()> {
         },
         read_wait: Duration::from_secs(1),
         transport: cluster.client_config()?,
+        peers,
     };
     let server_config = cluster.server_config()?;
     let listener = TcpListener::bind(addr)

@@ -18,7 +18,7 @@
 //! sequencer whose committed version trails the last version it handed
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
 //! stuck), a storage server that stopped applying, cannot flush (waiting
-//! for disk space), or trails the committed
+//! for disk space), is rebuilding from its teammates, or trails the committed
 //! version by more than that, are unhealthy, with the reason. A proxy
 //! that paces new commits while storage servers fall behind (`delaying`)
 //! is healthy: it says how fast it lets commits in and why.
@@ -57,7 +57,8 @@
 //!                                      "oldest_readable_version": 900,
 //!                                      "committed_version": 1200, "lag_versions": 0,
 //!                                      "lag_seconds": 0.0, "window_bytes": 512,
-//!                                      "teams": [1], "stopped": null, "stalled": null } } ] }
+//!                                      "teams": [1], "stopped": null, "stalled": null,
+//!                                      "rebuilding": null } } ] }
 //! ```
 //!
 //! The sequencer has no `id`; a coordinator's `leader` and `controller`
@@ -443,6 +444,11 @@ fn storage_problem(s: &StorageStatus) -> Option<String> {
     }
     if let Some(reason) = &s.reply.stalled {
         return Some(format!("stalled, nothing becomes durable: {reason}"));
+    }
+    if let Some(what) = &s.reply.rebuilding {
+        return Some(format!(
+            "rebuilding from its teammates, serves no reads: {what}"
+        ));
     }
     (s.lag_seconds > STALL_SECONDS).then(|| {
         format!(

@@ -281,6 +281,7 @@ pub async fn run(args: ReplayArgs, pacing: Pacing) -> Result<()> {
             window: WindowConfig::default(),
             read_wait: Duration::from_secs(1),
             transport: Default::default(),
+            peers: Default::default(),
         },
     )?;
     let target = Arc::new(LogTarget {

@@ -13,7 +13,9 @@
 //!
 //! Restarts resume from the durable version: the team set and shard map are
 //! persisted with each flush as of the flushed version, so nothing is applied
-//! twice and nothing is skipped.
+//! twice and nothing is skipped. When the log no longer holds what comes
+//! after it (the data directory was lost), the server copies its teams from
+//! teammates first (`rebuild`); the loop itself is in `apply_loop`.
 //!
 //! Metrics (through the `metrics` facade, a no-op unless the process installs
 //! a recorder): per applied batch `teamlog_storage_applied_version`,
@@ -26,12 +28,17 @@
 //! version, `teamlog_storage_lag_versions` (committed − applied) and
 //! `teamlog_storage_window_bytes`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use cursor::{GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, TLogSource, TeamSet};
+use cursor::{
+    CursorError, GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, SourceError,
+    TLogSource, TeamSet,
+};
 use proto::rpc::{
     ErrorCode, ErrorReply, GetRangeReply, GetRangeRequest, GetValueReply, GetValueRequest, Message,
     StorageStatusReply,
@@ -47,6 +54,9 @@ use crate::engine::KvEngine;
 use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::Ownership;
 use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
+
+mod apply_loop;
+mod rebuild;
 
 const META_TEAM_SET: &str = "team_set";
 const META_SHARD_MAP: &str = "shard_map";
@@ -76,8 +86,11 @@ pub struct StorageConfig {
     /// How long a read at a version not yet applied waits before
     /// `future_version`.
     pub read_wait: Duration,
-    /// How the server calls the sequencer and the TLogs.
+    /// How the server calls the sequencer, the TLogs and its teammates.
     pub transport: ClientConfig,
+    /// The other servers of each of its teams, to copy from when the log
+    /// no longer holds what this server needs (see `rebuild`).
+    pub peers: BTreeMap<StorageTeamId, Vec<(StorageServerId, SocketAddr)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +111,11 @@ struct Inner<E: KvEngine> {
     failed: Mutex<Option<String>>,
     /// Set while flushes fail for lack of room and are retried.
     stalled: Mutex<Option<String>>,
+    /// Set while the server copies its teams from teammates: what it is
+    /// doing. Reads are refused meanwhile.
+    rebuilding: Mutex<Option<String>>,
+    /// Set when the next cursor must wait for a copy from teammates.
+    rebuild_due: AtomicBool,
 }
 
 /// Why a flush did not happen.
@@ -134,6 +152,7 @@ impl<E: KvEngine> StorageService<E> {
     pub fn start(engine: Arc<E>, config: StorageConfig) -> Result<Self, StartError> {
         let store = VersionedStore::open(engine.clone(), config.window)?;
         let durable = store.durable_version();
+        let unfinished_copy = rebuild::copy_unfinished(engine.as_ref())?;
         let teams = match engine.metadata(META_TEAM_SET).map_err(StoreError::from)? {
             Some(bytes) => {
                 let set = TeamSet::decode(&bytes).map_err(|e| StartError::CorruptMetadata {
@@ -168,9 +187,13 @@ impl<E: KvEngine> StorageService<E> {
             ownership: Mutex::new(ownership),
             failed: Mutex::new(None),
             stalled: Mutex::new(None),
+            rebuilding: Mutex::new(
+                unfinished_copy.then(|| "a copy that did not finish starts over".to_owned()),
+            ),
+            rebuild_due: AtomicBool::new(unfinished_copy),
             config,
         });
-        tokio::spawn(run_apply(Arc::downgrade(&inner)));
+        tokio::spawn(apply_loop::run_apply(Arc::downgrade(&inner)));
         tokio::spawn(run_lag_gauges(Arc::downgrade(&inner)));
         Ok(StorageService { inner })
     }
@@ -184,7 +207,14 @@ impl<E: KvEngine> StorageService<E> {
     }
 
     /// Waits until `version` is applied, up to the configured read wait.
+    /// A server copying from its teammates has nothing to read yet.
     async fn wait_for(&self, version: Version) -> Result<(), ErrorReply> {
+        if let Some(what) = self.inner.rebuilding() {
+            return Err(ErrorReply::new(
+                ErrorCode::FutureVersion,
+                format!("version {version} is not applied: rebuilding from teammates ({what})"),
+            ));
+        }
         let mut applied = self.inner.applied.subscribe();
         let reached = tokio::time::timeout(
             self.inner.config.read_wait,
@@ -311,6 +341,7 @@ impl<E: KvEngine> StorageService<E> {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             stalled: self.inner.stalled_reason(),
+            rebuilding: self.inner.rebuilding(),
         }
     }
 }
@@ -418,6 +449,17 @@ impl<E: KvEngine> Inner<E> {
             .max_bytes
             .saturating_mul(STALLED_WINDOW_FACTOR);
         self.store().window_bytes() > cap
+    }
+
+    fn rebuilding(&self) -> Option<String> {
+        self.rebuilding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_rebuilding(&self, what: Option<String>) {
+        *self.rebuilding.lock().unwrap_or_else(|e| e.into_inner()) = what;
     }
 
     fn fail(&self, reason: String) {
@@ -540,193 +582,6 @@ impl<E: KvEngine> Inner<E> {
         self.applied.send_replace(applied);
         tracing::warn!(server = %self.config.id, %version, "rolled back to the recovery version");
         Ok(())
-    }
-}
-
-/// Consumes the server's teams until the service is dropped or the stream
-/// ends. A cursor reads from the applied version on; when a recovery ended
-/// the generation it read below what was applied, the server rolls back
-/// and reads on with a new cursor from there.
-async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let begin = strong.store().applied_version().next();
-        let teams = strong.ownership().teams_at(begin);
-        strong.generations.route_teams(&teams);
-        let set = TeamSet::new(strong.config.private_team, teams);
-        let cursor = MutableTeamPeekCursor::<_, Ordered>::new(
-            strong.generations.source(),
-            strong.config.id,
-            set,
-            begin,
-        );
-        drop(strong);
-        match consume(&inner, cursor).await {
-            Consumed::Stopped => return,
-            Consumed::RolledBack => continue,
-        }
-    }
-}
-
-enum Consumed {
-    /// The service was dropped, the stream ended or applying failed.
-    Stopped,
-    /// A recovery took back what the cursor had read: read again.
-    RolledBack,
-}
-
-/// The longest wait between failed peeks.
-const MAX_PEEK_RETRY_DELAY: Duration = Duration::from_millis(250);
-
-/// How often a server reads the core state while its cursor moves.
-const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
-
-/// Reads the core state again; rolls back when a recovery ended the
-/// generation read as current below the applied version. Says how the
-/// cursor's reading ends when it must (rolled back, or failed).
-async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
-    let applied = inner.store().applied_version();
-    match inner.generations.refresh(applied).await {
-        Ok(Some(version)) => match inner.rollback_to(version) {
-            Ok(()) => Some(Consumed::RolledBack),
-            Err(reason) => {
-                inner.fail(reason);
-                Some(Consumed::Stopped)
-            }
-        },
-        Ok(None) => None,
-        Err(reason) => {
-            tracing::debug!(%reason, "the generations could not be refreshed");
-            None
-        }
-    }
-}
-
-type Cursor = MutableTeamPeekCursor<Arc<GenerationSource<TLogSource>>, Ordered>;
-
-async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Consumed {
-    let id = match inner.upgrade() {
-        Some(inner) => inner.config.id,
-        None => return Consumed::Stopped,
-    };
-    // Jittered, growing delays between failed fetches; a fetch that works
-    // starts them over.
-    // Short: a recovery's new generation is worth finding soon, and reads
-    // wait for this server meanwhile.
-    let retry_policy = ExponentialBuilder::new()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(10))
-        .with_max_delay(MAX_PEEK_RETRY_DELAY)
-        .without_max_times();
-    let mut delays = retry_policy.build();
-    let no_room_policy = ExponentialBuilder::new()
-        .with_jitter()
-        .with_min_delay(NO_ROOM_RETRY_MIN)
-        .with_max_delay(NO_ROOM_RETRY_MAX)
-        .without_max_times();
-    let mut no_room_delays = no_room_policy.build();
-    let mut refreshed = Instant::now();
-    loop {
-        // A window past its cap while flushes find no room: fetch nothing
-        // more, only retry the flush.
-        let over_cap = match inner.upgrade() {
-            Some(inner) => inner.stalled_reason().is_some() && inner.window_over_stalled_cap(),
-            None => return Consumed::Stopped,
-        };
-        if over_cap {
-            let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
-            tokio::time::sleep(delay).await;
-            let Some(inner) = inner.upgrade() else {
-                return Consumed::Stopped;
-            };
-            match flush_step(&inner).await {
-                Ok(()) => no_room_delays = no_room_policy.build(),
-                Err(reason) => {
-                    inner.fail(reason);
-                    return Consumed::Stopped;
-                }
-            }
-            continue;
-        }
-        let fetched = cursor.remote_more_available().await;
-        let Some(inner) = inner.upgrade() else {
-            return Consumed::Stopped;
-        };
-        let stale = refreshed.elapsed() >= GENERATIONS_REFRESH;
-        match fetched {
-            Ok(_) => delays = retry_policy.build(),
-            Err(e) if e.is_retryable() => {
-                tracing::debug!(error = %e, "peek failed; retrying");
-                if inner.generations.is_coordinated() {
-                    refreshed = Instant::now();
-                    if let Some(consumed) = refresh_generations(&inner).await {
-                        return consumed;
-                    }
-                }
-                let delay = delays.next().unwrap_or(MAX_PEEK_RETRY_DELAY);
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-            Err(e) => {
-                inner.fail(e.to_string());
-                return Consumed::Stopped;
-            }
-        }
-        let complete_below = cursor.complete_below();
-        let known_committed = cursor.known_committed();
-        let applied = match inner.apply_batch(&mut cursor, complete_below, known_committed) {
-            Ok(applied) => applied,
-            Err(reason) => {
-                inner.fail(reason);
-                return Consumed::Stopped;
-            }
-        };
-        inner.applied.send_if_modified(|a| {
-            let moved = *a < applied;
-            *a = applied.max(*a);
-            moved
-        });
-        if let Err(reason) = flush_step(&inner).await {
-            inner.fail(reason);
-            return Consumed::Stopped;
-        }
-        if inner.stalled_reason().is_some() {
-            let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
-            tokio::time::sleep(delay).await;
-        } else {
-            no_room_delays = no_room_policy.build();
-        }
-        if cursor.is_end_of_stream() {
-            tracing::info!(server = %id, %applied, "end of stream");
-            return Consumed::Stopped;
-        }
-        if stale && inner.generations.is_coordinated() {
-            refreshed = Instant::now();
-            if let Some(consumed) = refresh_generations(&inner).await {
-                return consumed;
-            }
-        }
-    }
-}
-
-/// Flushes if it is time, then pops what became durable. A flush that
-/// finds no room marks the server stalled and is retried later; `Err` is a
-/// failure no retry fixes.
-async fn flush_step<E: KvEngine>(inner: &Inner<E>) -> Result<(), String> {
-    match inner.flush() {
-        Ok(Some(durable)) => {
-            inner.set_stalled(None);
-            inner.pop(durable).await;
-            Ok(())
-        }
-        Ok(None) => Ok(()),
-        Err(FlushError::NoRoom(reason)) => {
-            inner.set_stalled(Some(reason));
-            Ok(())
-        }
-        Err(FlushError::Failed(reason)) => Err(reason),
     }
 }
 

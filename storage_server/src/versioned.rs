@@ -35,6 +35,11 @@ use crate::window::{Chain, Window, WindowValue};
 /// The metadata entry holding the durable version (u64 little-endian).
 pub const DURABLE_VERSION_METADATA: &str = "durable_version";
 
+/// The metadata entry holding the oldest version reads may be served at
+/// when it lies above the durable version (u64 little-endian): a rebuilt
+/// store's engine holds a copy newer than its durable version.
+pub const READABLE_FROM_METADATA: &str = "readable_from";
+
 /// Most engine pairs one range read fetches at a time.
 const MAX_ENGINE_CHUNK: usize = 1024;
 
@@ -102,6 +107,9 @@ pub struct VersionedStore<E: KvEngine> {
     /// The version of the newest applied mutation (may exceed `applied`
     /// while its version is in progress).
     newest_mutation: Version,
+    /// Reads below this are refused even above the durable version (see
+    /// [`READABLE_FROM_METADATA`]).
+    readable_from: Version,
     /// The version a prepared flush is writing through: reads below it are
     /// refused, as the engine may already hold the state after it.
     flushing: Option<Version>,
@@ -130,20 +138,29 @@ impl PreparedFlush {
     }
 }
 
+/// A version kept in metadata entry `name` (u64 little-endian); 0 if none.
+pub fn version_metadata<E: KvEngine + ?Sized>(
+    engine: &E,
+    name: &str,
+) -> Result<Version, StoreError> {
+    match engine.metadata(name)? {
+        None => Ok(Version::ZERO),
+        Some(entry) => {
+            let bytes = <[u8; 8]>::try_from(&entry[..]).map_err(|_| EngineError::Corrupt {
+                location: format!("metadata entry {name:?}"),
+                reason: format!("{} bytes where 8 were expected", entry.len()),
+            })?;
+            Ok(Version(u64::from_le_bytes(bytes)))
+        }
+    }
+}
+
 impl<E: KvEngine> VersionedStore<E> {
     /// Opens over `engine`; durable version read from engine metadata (0 if
     /// new).
     pub fn open(engine: Arc<E>, config: WindowConfig) -> Result<Self, StoreError> {
-        let durable = match engine.metadata(DURABLE_VERSION_METADATA)? {
-            None => Version::ZERO,
-            Some(entry) => {
-                let bytes = <[u8; 8]>::try_from(&entry[..]).map_err(|_| EngineError::Corrupt {
-                    location: format!("metadata entry {DURABLE_VERSION_METADATA:?}"),
-                    reason: format!("{} bytes where 8 were expected", entry.len()),
-                })?;
-                Version(u64::from_le_bytes(bytes))
-            }
-        };
+        let durable = version_metadata(engine.as_ref(), DURABLE_VERSION_METADATA)?;
+        let readable_from = version_metadata(engine.as_ref(), READABLE_FROM_METADATA)?;
         Ok(VersionedStore {
             engine,
             window: Window::new(),
@@ -152,6 +169,7 @@ impl<E: KvEngine> VersionedStore<E> {
             applied: durable,
             flush_limit: Version::MAX,
             newest_mutation: durable,
+            readable_from,
             flushing: None,
         })
     }
@@ -198,10 +216,13 @@ impl<E: KvEngine> VersionedStore<E> {
         self.durable
     }
 
-    /// The oldest version reads can be served at (= durable version: the
-    /// engine holds exactly that state).
+    /// The oldest version reads can be served at: the durable version (the
+    /// engine holds exactly that state), or above it while a flush is
+    /// being written or a rebuilt copy is newer.
     pub fn oldest_readable(&self) -> Version {
-        self.flushing.map_or(self.durable, |f| f.max(self.durable))
+        self.flushing
+            .map_or(self.durable, |f| f.max(self.durable))
+            .max(self.readable_from)
     }
 
     fn check_readable(&self, version: Version) -> Result<(), ReadError> {
@@ -421,7 +442,10 @@ impl<E: KvEngine> VersionedStore<E> {
         extra_metadata: &[(&str, Bytes)],
     ) -> Result<Option<PreparedFlush>, StoreError> {
         for (name, _) in extra_metadata {
-            if *name == DURABLE_VERSION_METADATA || *name == FORMAT_METADATA {
+            if *name == DURABLE_VERSION_METADATA
+                || *name == READABLE_FROM_METADATA
+                || *name == FORMAT_METADATA
+            {
                 return Err(StoreError::ReservedMetadata((*name).to_owned()));
             }
         }

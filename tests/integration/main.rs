@@ -17,6 +17,7 @@ mod status;
 mod storage;
 mod storage_bad_reader;
 mod storage_disk_full;
+mod storage_rebuild;
 mod tlog_bad_input;
 mod tlog_crash;
 mod tlog_disk_full;

@@ -80,6 +80,7 @@ async fn a_full_engine_stalls_flushes_until_there_is_room() -> Result<()> {
             },
             read_wait: Duration::from_secs(1),
             transport: Default::default(),
+            peers: Default::default(),
         },
     )?;
     let chain = VersionChain::default();

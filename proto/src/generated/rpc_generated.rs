@@ -4685,6 +4685,7 @@ impl<'a> StorageStatusReply<'a> {
   pub const VT_TEAMS: ::flatbuffers::VOffsetT = 16;
   pub const VT_STOPPED: ::flatbuffers::VOffsetT = 18;
   pub const VT_STALLED: ::flatbuffers::VOffsetT = 20;
+  pub const VT_REBUILDING: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4702,6 +4703,7 @@ impl<'a> StorageStatusReply<'a> {
     builder.add_durable_version(args.durable_version);
     builder.add_applied_version(args.applied_version);
     builder.add_server(args.server);
+    if let Some(x) = args.rebuilding { builder.add_rebuilding(x); }
     if let Some(x) = args.stalled { builder.add_stalled(x); }
     if let Some(x) = args.stopped { builder.add_stopped(x); }
     if let Some(x) = args.teams { builder.add_teams(x); }
@@ -4772,6 +4774,13 @@ impl<'a> StorageStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StorageStatusReply::VT_STALLED, None)}
   }
+  #[inline]
+  pub fn rebuilding(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StorageStatusReply::VT_REBUILDING, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
@@ -4789,6 +4798,7 @@ impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("teams", Self::VT_TEAMS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stopped", Self::VT_STOPPED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stalled", Self::VT_STALLED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("rebuilding", Self::VT_REBUILDING, false)?
      .finish();
     Ok(())
   }
@@ -4803,6 +4813,7 @@ pub struct StorageStatusReplyArgs<'a> {
     pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub stopped: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub stalled: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub rebuilding: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for StorageStatusReplyArgs<'a> {
   #[inline]
@@ -4817,6 +4828,7 @@ impl<'a> Default for StorageStatusReplyArgs<'a> {
       teams: None,
       stopped: None,
       stalled: None,
+      rebuilding: None,
     }
   }
 }
@@ -4863,6 +4875,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StorageStatusReplyBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_STALLED, stalled);
   }
   #[inline]
+  pub fn add_rebuilding(&mut self, rebuilding: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_REBUILDING, rebuilding);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StorageStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StorageStatusReplyBuilder {
@@ -4889,6 +4905,7 @@ impl ::core::fmt::Debug for StorageStatusReply<'_> {
       ds.field("teams", &self.teams());
       ds.field("stopped", &self.stopped());
       ds.field("stalled", &self.stalled());
+      ds.field("rebuilding", &self.rebuilding());
       ds.finish()
   }
 }

@@ -218,6 +218,7 @@ fn every_message() -> Vec<Message> {
             teams: vec![StorageTeamId(1), StorageTeamId(3)],
             stopped: None,
             stalled: Some("no space left on the disk".into()),
+            rebuilding: Some("team-1 from ss-101: 12 pairs".into()),
         }),
         Message::StorageStatus(StorageStatusReply {
             server: StorageServerId(8),
@@ -229,6 +230,7 @@ fn every_message() -> Vec<Message> {
             teams: Vec::new(),
             stopped: Some("disk full".into()),
             stalled: None,
+            rebuilding: None,
         }),
         Message::GetKeyLocation(GetKeyLocationRequest {
             key: Bytes::from_static(b"k"),

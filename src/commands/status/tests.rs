@@ -13,6 +13,7 @@ fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
         teams: vec![StorageTeamId(1)],
         stopped: None,
         stalled: None,
+        rebuilding: None,
     }
 }
 
@@ -86,6 +87,12 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
     assert_eq!(
         storage_problem(&storage_status(full, None)).as_deref(),
         Some("stalled, nothing becomes durable: no space left on the disk")
+    );
+    let mut rebuilding = storage_reply(1_000, 1_000);
+    rebuilding.rebuilding = Some("team-1 from ss-101: 7 pairs".into());
+    assert_eq!(
+        storage_problem(&storage_status(rebuilding, None)).as_deref(),
+        Some("rebuilding from its teammates, serves no reads: team-1 from ss-101: 7 pairs")
     );
     reply.stopped = Some("write failed: disk full".into());
     let stopped = storage_status(reply, None);

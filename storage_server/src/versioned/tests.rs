@@ -80,6 +80,32 @@ fn open_reads_the_durable_version() {
 }
 
 #[test]
+fn a_copy_newer_than_the_durable_version_is_readable_only_from_its_end() {
+    let engine = Arc::new(MemEngine::new());
+    let mut batch = WriteBatch::new();
+    batch
+        .set(b("k"), b("copied"))
+        .set_metadata(DURABLE_VERSION_METADATA, b("\x05\0\0\0\0\0\0\0"))
+        .set_metadata(READABLE_FROM_METADATA, b("\x08\0\0\0\0\0\0\0"));
+    engine.write(batch).unwrap();
+    let mut store = VersionedStore::open(engine, WindowConfig::default()).unwrap();
+    assert_eq!(store.durable_version(), Version(5));
+    assert_eq!(store.oldest_readable(), Version(8));
+    store.apply(Version(6), &set("k", "copied")).unwrap();
+    store.set_applied(Version(9));
+    assert!(matches!(
+        store.get(b"k", Version(7)),
+        Err(ReadError::TooOld { oldest: Version(8), .. })
+    ));
+    assert_eq!(store.get(b"k", Version(8)).unwrap(), Some(b("copied")));
+    // Its own metadata is the store's to write, never a flush caller's.
+    assert!(matches!(
+        store.flush_to(Version::MAX, &[(READABLE_FROM_METADATA, b("x"))]),
+        Err(StoreError::ReservedMetadata(_))
+    ));
+}
+
+#[test]
 fn a_malformed_durable_version_is_corrupt() {
     let engine = Arc::new(MemEngine::new());
     let mut batch = WriteBatch::new();

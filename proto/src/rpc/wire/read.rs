@@ -76,6 +76,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
     let teams = fbb.create_vector(&teams);
     let stopped = r.stopped.as_deref().map(|reason| fbb.create_string(reason));
     let stalled = r.stalled.as_deref().map(|reason| fbb.create_string(reason));
+    let rebuilding = r.rebuilding.as_deref().map(|what| fbb.create_string(what));
     let args = fb::StorageStatusReplyArgs {
         server: r.server.0,
         applied_version: r.applied_version.0,
@@ -86,6 +87,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
         teams: Some(teams),
         stopped,
         stalled,
+        rebuilding,
     };
     let t = fb::StorageStatusReply::create(fbb, &args);
     (fb::Payload::StorageStatusReply, t.as_union_value())
@@ -212,6 +214,7 @@ pub(super) fn decode(
                         .unwrap_or_default(),
                     stopped: r.stopped().map(str::to_owned),
                     stalled: r.stalled().map(str::to_owned),
+                    rebuilding: r.rebuilding().map(str::to_owned),
                 })
             }),
         fb::Payload::GetKeyLocationRequest => (|| {

@@ -1,0 +1,223 @@
+//! The apply loop: a cursor over the server's teams feeds the versioned
+//! store; flushes make versions durable and pops follow. A cursor is made
+//! anew when a recovery rolls back what it read, and after a rebuild when
+//! the log no longer holds what it needs.
+//!
+//! ```text
+//!  run_apply ─▶ rebuild if due ─▶ cursor from applied + 1 ─▶ consume
+//!  consume: fetch ─▶ apply_batch ─▶ flush_step (flush, pop) ─▶ …
+//!     fetch failed: retryable ─▶ refresh the generations, back off
+//!                   popped     ─▶ Consumed::Rebuild
+//!                   otherwise  ─▶ the server stops applying
+//! ```
+
+use super::*;
+
+/// Consumes the server's teams until the service is dropped or the stream
+/// ends. A cursor reads from the applied version on; when a recovery ended
+/// the generation it read below what was applied, the server rolls back
+/// and reads on with a new cursor from there.
+pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.rebuild_due.swap(false, Ordering::Relaxed) {
+            drop(strong);
+            match rebuild::rebuild(&inner).await {
+                Ok(rebuild::Rebuilt::Done) => continue,
+                Ok(rebuild::Rebuilt::Dropped) => return,
+                Err(reason) => {
+                    if let Some(strong) = inner.upgrade() {
+                        strong.fail(reason);
+                    }
+                    return;
+                }
+            }
+        }
+        let begin = strong.store().applied_version().next();
+        let teams = strong.ownership().teams_at(begin);
+        strong.generations.route_teams(&teams);
+        let set = TeamSet::new(strong.config.private_team, teams);
+        let cursor = MutableTeamPeekCursor::<_, Ordered>::new(
+            strong.generations.source(),
+            strong.config.id,
+            set,
+            begin,
+        );
+        drop(strong);
+        match consume(&inner, cursor).await {
+            Consumed::Stopped => return,
+            Consumed::RolledBack | Consumed::Rebuild => continue,
+        }
+    }
+}
+
+enum Consumed {
+    /// The service was dropped, the stream ended or applying failed.
+    Stopped,
+    /// A recovery took back what the cursor had read: read again.
+    RolledBack,
+    /// The log no longer holds what the cursor needs: copy from teammates.
+    Rebuild,
+}
+
+/// The longest wait between failed peeks.
+const MAX_PEEK_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// How often a server reads the core state while its cursor moves.
+const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Reads the core state again; rolls back when a recovery ended the
+/// generation read as current below the applied version. Says how the
+/// cursor's reading ends when it must (rolled back, or failed).
+async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
+    let applied = inner.store().applied_version();
+    match inner.generations.refresh(applied).await {
+        Ok(Some(version)) => match inner.rollback_to(version) {
+            Ok(()) => Some(Consumed::RolledBack),
+            Err(reason) => {
+                inner.fail(reason);
+                Some(Consumed::Stopped)
+            }
+        },
+        Ok(None) => None,
+        Err(reason) => {
+            tracing::debug!(%reason, "the generations could not be refreshed");
+            None
+        }
+    }
+}
+
+type Cursor = MutableTeamPeekCursor<Arc<GenerationSource<TLogSource>>, Ordered>;
+
+async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Consumed {
+    let id = match inner.upgrade() {
+        Some(inner) => inner.config.id,
+        None => return Consumed::Stopped,
+    };
+    // Jittered, growing delays between failed fetches; a fetch that works
+    // starts them over.
+    // Short: a recovery's new generation is worth finding soon, and reads
+    // wait for this server meanwhile.
+    let retry_policy = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(MAX_PEEK_RETRY_DELAY)
+        .without_max_times();
+    let mut delays = retry_policy.build();
+    let no_room_policy = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(NO_ROOM_RETRY_MIN)
+        .with_max_delay(NO_ROOM_RETRY_MAX)
+        .without_max_times();
+    let mut no_room_delays = no_room_policy.build();
+    let mut refreshed = Instant::now();
+    loop {
+        // A window past its cap while flushes find no room: fetch nothing
+        // more, only retry the flush.
+        let over_cap = match inner.upgrade() {
+            Some(inner) => inner.stalled_reason().is_some() && inner.window_over_stalled_cap(),
+            None => return Consumed::Stopped,
+        };
+        if over_cap {
+            let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
+            tokio::time::sleep(delay).await;
+            let Some(inner) = inner.upgrade() else {
+                return Consumed::Stopped;
+            };
+            match flush_step(&inner).await {
+                Ok(()) => no_room_delays = no_room_policy.build(),
+                Err(reason) => {
+                    inner.fail(reason);
+                    return Consumed::Stopped;
+                }
+            }
+            continue;
+        }
+        let fetched = cursor.remote_more_available().await;
+        let Some(inner) = inner.upgrade() else {
+            return Consumed::Stopped;
+        };
+        let stale = refreshed.elapsed() >= GENERATIONS_REFRESH;
+        match fetched {
+            Ok(_) => delays = retry_policy.build(),
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "peek failed; retrying");
+                if inner.generations.is_coordinated() {
+                    refreshed = Instant::now();
+                    if let Some(consumed) = refresh_generations(&inner).await {
+                        return consumed;
+                    }
+                }
+                let delay = delays.next().unwrap_or(MAX_PEEK_RETRY_DELAY);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            Err(CursorError::Source {
+                source: SourceError::Popped { .. },
+                ..
+            }) => {
+                inner.rebuild_due.store(true, Ordering::Relaxed);
+                return Consumed::Rebuild;
+            }
+            Err(e) => {
+                inner.fail(e.to_string());
+                return Consumed::Stopped;
+            }
+        }
+        let complete_below = cursor.complete_below();
+        let known_committed = cursor.known_committed();
+        let applied = match inner.apply_batch(&mut cursor, complete_below, known_committed) {
+            Ok(applied) => applied,
+            Err(reason) => {
+                inner.fail(reason);
+                return Consumed::Stopped;
+            }
+        };
+        inner.applied.send_if_modified(|a| {
+            let moved = *a < applied;
+            *a = applied.max(*a);
+            moved
+        });
+        if let Err(reason) = flush_step(&inner).await {
+            inner.fail(reason);
+            return Consumed::Stopped;
+        }
+        if inner.stalled_reason().is_some() {
+            let delay = no_room_delays.next().unwrap_or(NO_ROOM_RETRY_MAX);
+            tokio::time::sleep(delay).await;
+        } else {
+            no_room_delays = no_room_policy.build();
+        }
+        if cursor.is_end_of_stream() {
+            tracing::info!(server = %id, %applied, "end of stream");
+            return Consumed::Stopped;
+        }
+        if stale && inner.generations.is_coordinated() {
+            refreshed = Instant::now();
+            if let Some(consumed) = refresh_generations(&inner).await {
+                return consumed;
+            }
+        }
+    }
+}
+
+/// Flushes if it is time, then pops what became durable. A flush that
+/// finds no room marks the server stalled and is retried later; `Err` is a
+/// failure no retry fixes.
+async fn flush_step<E: KvEngine>(inner: &Inner<E>) -> Result<(), String> {
+    match inner.flush() {
+        Ok(Some(durable)) => {
+            inner.set_stalled(None);
+            inner.pop(durable).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(FlushError::NoRoom(reason)) => {
+            inner.set_stalled(Some(reason));
+            Ok(())
+        }
+        Err(FlushError::Failed(reason)) => Err(reason),
+    }
+}

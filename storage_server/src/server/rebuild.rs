@@ -1,0 +1,258 @@
+//! Rebuild: a server whose teams' log no longer reaches back to what it
+//! holds (its data directory was lost, or it joins a cluster whose oldest
+//! data was popped) copies its teams' key ranges from teammates, then
+//! reads the log on from where the copy began.
+//!
+//! ```text
+//!  engine: clear the user keys, mark "copying"
+//!  per team, per range the shard map gives it:
+//!      page ─GetRange at the committed version v_i─▶ a teammate ─▶ engine (sets)
+//!  engine: durable = v_first, readable from v_last, team set, shard map, unmark
+//!  cursor from v_first + 1: what changed while copying is applied again
+//! ```
+//!
+//! A page read at `v_i` already holds what the log brings in
+//! `(v_first, v_i]`. Sets and clears applied again over it leave each key
+//! as it is after them, so once the log passes `v_last` every read is
+//! exact; reads below `v_last` are refused as too old. While copying the
+//! server answers reads `future_version` (clients ask a teammate) and pops
+//! nothing, so the TLogs keep its teams' data from its last pop on. A crash
+//! while copying leaves the mark: the copy starts over.
+//!
+//! The copy starts from the cluster file's shard map and team set; a
+//! teammate that no longer owns a range answers `wrong_shard_server` and
+//! the copy keeps asking, saying so in status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::rpc::{GetRangeRequest, Message};
+use proto::system_keys::USER_KEYS_END;
+use proto::transport::Peer;
+use proto::units::binary_bytes;
+
+use super::*;
+use crate::engine::WriteBatch;
+use crate::versioned::{DURABLE_VERSION_METADATA, READABLE_FROM_METADATA};
+
+/// The metadata entry marking a copy under way: a store that holds it at
+/// start is a partial copy and is copied again.
+pub(super) const REBUILD_METADATA: &str = "rebuild";
+const COPYING: &[u8] = b"copying";
+
+/// The longest wait between failed page reads.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Whether the engine holds a copy that did not finish.
+pub(super) fn copy_unfinished<E: KvEngine>(engine: &E) -> Result<bool, StoreError> {
+    Ok(engine
+        .metadata(REBUILD_METADATA)?
+        .is_some_and(|mark| mark.as_ref() == COPYING))
+}
+
+/// One range of one team to copy.
+struct Range {
+    team: StorageTeamId,
+    begin: Bytes,
+    end: Bytes,
+}
+
+/// How a rebuild ended.
+pub(super) enum Rebuilt {
+    /// The store starts over from the copy.
+    Done,
+    /// The service was dropped.
+    Dropped,
+}
+
+/// Copies the server's teams from teammates and starts the store over
+/// from the copy. `Err` is a failure no retry fixes.
+pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebuilt, String> {
+    let Some(strong) = inner.upgrade() else {
+        return Ok(Rebuilt::Dropped);
+    };
+    let id = strong.config.id;
+    let map = strong.config.shards.clone();
+    let teams = strong.config.teams.clone();
+    let ranges: Vec<Range> = teams
+        .iter()
+        .flat_map(|team| {
+            map.split(b"", USER_KEYS_END)
+                .into_iter()
+                .filter(|(_, _, assignment)| assignment.teams().any(|t| t == *team))
+                .map(|(begin, end, _)| Range {
+                    team: *team,
+                    begin,
+                    end,
+                })
+        })
+        .collect();
+    for range in &ranges {
+        if strong
+            .config
+            .peers
+            .get(&range.team)
+            .is_none_or(Vec::is_empty)
+        {
+            return Err(format!(
+                "the log no longer holds what {id} needs and {} has no other server to copy from",
+                range.team
+            ));
+        }
+    }
+    tracing::warn!(server = %id, ranges = ranges.len(), "the log no longer holds what this server needs; copying its teams from teammates");
+    strong.set_rebuilding(Some("starting".into()));
+    let mut start = WriteBatch::new();
+    start
+        .clear_range(Bytes::new(), Bytes::from_static(USER_KEYS_END))
+        .set_metadata(REBUILD_METADATA, Bytes::from_static(COPYING));
+    let engine = strong.store().engine().clone();
+    engine.write(start).map_err(|e| e.to_string())?;
+    drop(strong);
+
+    let mut copy = Copy::default();
+    for range in &ranges {
+        if !copy.range(inner, range).await? {
+            return Ok(Rebuilt::Dropped);
+        }
+    }
+    let Some(strong) = inner.upgrade() else {
+        return Ok(Rebuilt::Dropped);
+    };
+    let (first, last) = match copy.versions {
+        Some(versions) => versions,
+        // Nothing to copy: the log is read on from now.
+        None => loop {
+            match read_version(&strong).await {
+                Ok(version) => break (version, version),
+                Err(reason) => {
+                    strong.set_rebuilding(Some(reason));
+                    tokio::time::sleep(MAX_RETRY_DELAY).await;
+                }
+            }
+        },
+    };
+    let set = TeamSet::new(strong.config.private_team, teams.clone());
+    let mut finish = WriteBatch::new();
+    finish
+        .set_metadata(DURABLE_VERSION_METADATA, version_bytes(first))
+        .set_metadata(READABLE_FROM_METADATA, version_bytes(last))
+        .set_metadata(META_TEAM_SET, set.encode())
+        .set_metadata(META_SHARD_MAP, map.encode())
+        .set_metadata(REBUILD_METADATA, Bytes::new());
+    engine.write(finish).map_err(|e| e.to_string())?;
+    let store = VersionedStore::open(engine, strong.config.window).map_err(|e| e.to_string())?;
+    let history = strong.config.window.max_versions.saturating_mul(2);
+    *strong.ownership() = Ownership::new(map, teams, first, history);
+    *strong.store_mut() = store;
+    strong.applied.send_replace(first);
+    strong.set_rebuilding(None);
+    tracing::warn!(
+        server = %id, %first, %last, pairs = copy.pairs, bytes = copy.bytes,
+        "copied from teammates; reading the log on from the first version copied"
+    );
+    Ok(Rebuilt::Done)
+}
+
+#[derive(Default)]
+struct Copy {
+    /// The versions of the first and the last page read.
+    versions: Option<(Version, Version)>,
+    pairs: u64,
+    bytes: u64,
+}
+
+impl Copy {
+    /// Copies one range page by page; `false` when the service was dropped.
+    async fn range<E: KvEngine>(
+        &mut self,
+        inner: &Weak<Inner<E>>,
+        range: &Range,
+    ) -> Result<bool, String> {
+        let retry_policy = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(MAX_RETRY_DELAY)
+            .without_max_times();
+        let mut delays = retry_policy.build();
+        let mut begin = range.begin.clone();
+        let mut next_peer = 0;
+        loop {
+            let Some(strong) = inner.upgrade() else {
+                return Ok(false);
+            };
+            let peers = &strong.config.peers[&range.team];
+            let (peer_id, peer_addr) = peers[next_peer % peers.len()];
+            let page = async {
+                let version = read_version(&strong).await?;
+                let request = GetRangeRequest {
+                    begin: begin.clone(),
+                    end: range.end.clone(),
+                    limit: MAX_RANGE_LIMIT,
+                    reverse: false,
+                    version,
+                };
+                let peer = Peer::new(peer_addr, strong.config.transport.clone());
+                let reply = async { peer.client().await?.call(Message::GetRange(request)).await }
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match reply {
+                    Message::GetRangeReply(reply) => Ok((version, reply)),
+                    other => Err(format!("answered {}", other.name())),
+                }
+            };
+            let (version, reply) = match page.await {
+                Ok(page) => page,
+                Err(reason) => {
+                    next_peer += 1;
+                    strong.set_rebuilding(Some(format!(
+                        "{}: {} pairs ({}) copied; {peer_id} at {peer_addr}: {reason}",
+                        range.team,
+                        self.pairs,
+                        binary_bytes(self.bytes)
+                    )));
+                    drop(strong);
+                    tokio::time::sleep(delays.next().unwrap_or(MAX_RETRY_DELAY)).await;
+                    continue;
+                }
+            };
+            delays = retry_policy.build();
+            let mut batch = WriteBatch::new();
+            for (key, value) in &reply.pairs {
+                self.bytes += (key.len() + value.len()) as u64;
+                batch.set(key.clone(), value.clone());
+            }
+            self.pairs += reply.pairs.len() as u64;
+            if !batch.is_empty() {
+                let engine = strong.store().engine().clone();
+                engine.write(batch).map_err(|e| e.to_string())?;
+            }
+            self.versions = Some(match self.versions {
+                Some((first, _)) => (first, version),
+                None => (version, version),
+            });
+            strong.set_rebuilding(Some(format!(
+                "{}: {} pairs ({}) copied from {peer_id}",
+                range.team,
+                self.pairs,
+                binary_bytes(self.bytes)
+            )));
+            match reply.pairs.last() {
+                Some((key, _)) if reply.more => begin = proto::key_after(key),
+                _ => return Ok(true),
+            }
+        }
+    }
+}
+
+/// The committed version, from the sequencer.
+async fn read_version<E: KvEngine>(inner: &Inner<E>) -> Result<Version, String> {
+    inner
+        .committed_version()
+        .await
+        .map_err(|e| format!("no read version: {e}"))
+}
+
+fn version_bytes(version: Version) -> Bytes {
+    Bytes::copy_from_slice(&version.0.to_le_bytes())
+}

@@ -1,0 +1,280 @@
+//! A storage server whose data directory is lost, after its team's log
+//! was popped past what it held, rebuilds from its teammate while commits
+//! go on: killed while it copies (its teammate frozen meanwhile), then
+//! left to finish, it ends up holding exactly what its teammate holds at
+//! the same version, including what was overwritten and cleared while it
+//! was gone, and its status says while it rebuilds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use client::Client;
+use cluster::ClusterFile;
+use proto::rpc::{GetRangeRequest, Message, StorageStatusReply};
+use proto::transport::RpcClient;
+use proto::{Mutation, Version};
+use testkit::{signal, ClusterSpec, LocalCluster, Signal};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const REBUILT: u64 = 100;
+const TEAMMATE: u64 = 101;
+
+fn set(key: String, value: String) -> Mutation {
+    Mutation::SetValue {
+        key: Bytes::from(key),
+        value: Bytes::from(value),
+    }
+}
+
+/// Team 1 (servers 100 and 101) holds the keys before "h".
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        shard_begins: vec!["h".into(), "p".into()],
+        // Servers that keep little in memory flush and pop soon.
+        storage_args: vec![
+            "--window-versions".into(),
+            "1000".into(),
+            "--window-bytes".into(),
+            "20000".into(),
+        ],
+        ..ClusterSpec::default()
+    }
+}
+
+/// Team 1's keys held by `server` at `version`, read straight from it,
+/// page by page (asked again while it has not applied the version yet).
+async fn team_one(
+    cluster: &ClusterFile,
+    server: u64,
+    version: Version,
+) -> Result<Vec<(Bytes, Bytes)>> {
+    let addr = address(cluster, server)?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut pairs: Vec<(Bytes, Bytes)> = Vec::new();
+    loop {
+        let client = RpcClient::connect(addr, cluster.client_config()?).await?;
+        let request = GetRangeRequest {
+            begin: pairs
+                .last()
+                .map_or_else(Bytes::new, |(k, _)| proto::key_after(k)),
+            end: Bytes::from_static(b"h"),
+            limit: 10_000,
+            reverse: false,
+            version,
+        };
+        match client.call(Message::GetRange(request)).await {
+            Ok(Message::GetRangeReply(reply)) => {
+                pairs.extend(reply.pairs);
+                if !reply.more {
+                    return Ok(pairs);
+                }
+            }
+            Ok(other) => bail!("unexpected {}", other.name()),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context(format!("reading team 1 from {server}")),
+        }
+    }
+}
+
+/// The version the TLogs holding team 1 say its servers popped, the
+/// lowest over them.
+async fn team_one_popped(local: &LocalCluster) -> Result<u64> {
+    let (_, json) = crate::status::status_json(&local.cluster_path).await?;
+    let tlogs = json["tlogs"].as_array().context("a list of TLogs")?;
+    let popped = tlogs
+        .iter()
+        .flat_map(|t| t["status"]["teams"].as_array().cloned().unwrap_or_default())
+        .filter(|team| team["team"] == 1)
+        .filter_map(|team| team["popped"].as_u64())
+        .min();
+    Ok(popped.unwrap_or(0))
+}
+
+/// Server `id`'s status, asked of it straight.
+async fn server_status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusReply> {
+    let addr = address(cluster, id)?;
+    let client = RpcClient::connect(addr, cluster.client_config()?).await?;
+    match client.call(Message::Status).await? {
+        Message::StorageStatus(status) => Ok(status),
+        other => bail!("unexpected {}", other.name()),
+    }
+}
+
+fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
+    let entry = cluster.storage_servers.iter().find(|s| s.id == id);
+    Ok(entry.context("a known server")?.address)
+}
+
+fn pid(local: &LocalCluster, id: u64) -> Result<u32> {
+    let server = local.storage.get(&id).and_then(Option::as_ref);
+    server.and_then(|s| s.pid()).context("a running server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go_on() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster)?);
+    let mut last = Version::ZERO;
+    for chunk in 0..10 {
+        let writes = (0..30)
+            .map(|i| {
+                let n = chunk * 30 + i;
+                set(format!("a{n:03}"), format!("before-{n}"))
+            })
+            .collect();
+        last = client.commit(writes).await?;
+    }
+    // More pairs than one range read returns: the copy takes pages.
+    for chunk in 0..24 {
+        let writes = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                set(format!("c{n:05}"), format!("many-{n}"))
+            })
+            .collect();
+        last = client.commit(writes).await?;
+    }
+    // The log keeps nothing of team 1 up to what both servers made durable.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while team_one_popped(&local).await? < last.0 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "team 1 was not popped past {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Server 100 and its data are gone; team 1 changes meanwhile.
+    local
+        .storage
+        .get_mut(&REBUILT)
+        .and_then(Option::take)
+        .context("running")?
+        .kill9()
+        .await?;
+    std::fs::remove_dir_all(dir.path().join(format!("storage-{REBUILT}")))?;
+    let overwrites = (100..150)
+        .map(|n| set(format!("a{n:03}"), format!("while-down-{n}")))
+        .collect();
+    client.commit(overwrites).await?;
+    client
+        .commit(vec![Mutation::ClearRange {
+            begin: Bytes::from_static(b"a000"),
+            end: Bytes::from_static(b"a050"),
+        }])
+        .await?;
+
+    // Commits go on throughout the rebuild.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let writer = tokio::spawn({
+        let (client, stop, acknowledged) = (client.clone(), stop.clone(), acknowledged.clone());
+        async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("b{n:05}"), format!("during-{n}"));
+                if client
+                    .commit(vec![set(key.clone(), value.clone())])
+                    .await
+                    .is_ok()
+                {
+                    acknowledged.lock().unwrap().insert(key, value);
+                }
+                n += 1;
+            }
+        }
+    });
+
+    // Back with an empty directory while its teammate is frozen: it says
+    // it rebuilds, and is killed while it copies.
+    signal(pid(&local, TEAMMATE)?, Signal::STOP)?;
+    let copying = local.start_storage(REBUILT).await?;
+    loop {
+        let status = server_status(&cluster, REBUILT).await?;
+        if let Some(what) = status.rebuilding {
+            ensure!(what == "starting" || what.contains("team-1"), "{what}");
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "server {REBUILT} never said it rebuilds: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    copying.kill9().await?;
+    signal(pid(&local, TEAMMATE)?, Signal::CONT)?;
+
+    // Back again: the copy starts over and finishes.
+    let server = local.start_storage(REBUILT).await?;
+    local.storage.insert(REBUILT, Some(server));
+    let restarted = client.read_version().await?;
+    loop {
+        let status = server_status(&cluster, REBUILT).await?;
+        ensure!(
+            status.stopped.is_none(),
+            "server {REBUILT} stopped: {status:?}"
+        );
+        if status.rebuilding.is_none() && status.applied_version >= restarted {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "server {REBUILT} did not catch up: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+
+    let version = client.read_version().await?;
+    let rebuilt = team_one(&cluster, REBUILT, version).await?;
+    let teammate = team_one(&cluster, TEAMMATE, version).await?;
+    ensure!(
+        rebuilt == teammate,
+        "server {REBUILT} holds {} pairs, server {TEAMMATE} {}",
+        rebuilt.len(),
+        teammate.len()
+    );
+    let mut expected: BTreeMap<String, String> = (50..300)
+        .map(|n| (format!("a{n:03}"), format!("before-{n}")))
+        .collect();
+    for n in 100..150 {
+        expected.insert(format!("a{n:03}"), format!("while-down-{n}"));
+    }
+    expected.extend((0..12_000).map(|n| (format!("c{n:05}"), format!("many-{n}"))));
+    expected.extend(acknowledged.lock().unwrap().clone());
+    let held: BTreeMap<String, String> = rebuilt
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    // Every acknowledged write is there; a write whose outcome was unknown
+    // may be too, nothing else.
+    for (key, value) in &expected {
+        ensure!(
+            held.get(key) == Some(value),
+            "{key}: {:?}, expected {value}",
+            held.get(key)
+        );
+    }
+    for key in held.keys() {
+        ensure!(
+            expected.contains_key(key) || key.starts_with('b'),
+            "{key} was never written"
+        );
+    }
+    Ok(local.stop().await?)
+}
