@@ -3,7 +3,9 @@
 //! go on: killed while it copies (its teammate frozen meanwhile), then
 //! left to finish, it ends up holding exactly what its teammate holds at
 //! the same version, including what was overwritten and cleared while it
-//! was gone, and its status says while it rebuilds.
+//! was gone, and its status says while it rebuilds. With the commit path
+//! recruited, a server lost before a recovery and back after it copies,
+//! reads on in the new generation, and lets the old one retire.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +16,15 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use client::Client;
 use cluster::ClusterFile;
+use coordinator::client::CoordinatorClient;
+use proto::rpc::RoleKind;
 use proto::rpc::{GetRangeRequest, Message, StorageStatusReply};
+use proto::system_keys::USER_KEYS_END;
 use proto::transport::RpcClient;
 use proto::{Mutation, Version};
 use testkit::{signal, ClusterSpec, LocalCluster, Signal};
+
+use crate::nemesis::Writers;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const REBUILT: u64 = 100;
@@ -45,11 +52,13 @@ fn spec() -> ClusterSpec {
     }
 }
 
-/// Team 1's keys held by `server` at `version`, read straight from it,
-/// page by page (asked again while it has not applied the version yet).
-async fn team_one(
+/// The keys before `end` held by `server` at `version`, read straight
+/// from it, page by page (asked again while it has not applied the
+/// version yet).
+async fn held_before(
     cluster: &ClusterFile,
     server: u64,
+    end: &'static [u8],
     version: Version,
 ) -> Result<Vec<(Bytes, Bytes)>> {
     let addr = address(cluster, server)?;
@@ -61,7 +70,7 @@ async fn team_one(
             begin: pairs
                 .last()
                 .map_or_else(Bytes::new, |(k, _)| proto::key_after(k)),
-            end: Bytes::from_static(b"h"),
+            end: Bytes::from_static(end),
             limit: 10_000,
             reverse: false,
             version,
@@ -77,7 +86,7 @@ async fn team_one(
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).context(format!("reading team 1 from {server}")),
+            Err(e) => return Err(e).context(format!("reading from {server}")),
         }
     }
 }
@@ -236,8 +245,8 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
     writer.await?;
 
     let version = client.read_version().await?;
-    let rebuilt = team_one(&cluster, REBUILT, version).await?;
-    let teammate = team_one(&cluster, TEAMMATE, version).await?;
+    let rebuilt = held_before(&cluster, REBUILT, b"h", version).await?;
+    let teammate = held_before(&cluster, TEAMMATE, b"h", version).await?;
     ensure!(
         rebuilt == teammate,
         "server {REBUILT} holds {} pairs, server {TEAMMATE} {}",
@@ -276,5 +285,121 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
             "{key} was never written"
         );
     }
+    Ok(local.stop().await?)
+}
+
+/// Waits until server `id` has finished rebuilding and applied `version`.
+async fn wait_rebuilt(cluster: &ClusterFile, id: u64, version: Version) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = server_status(cluster, id).await;
+        if let Ok(status) = &status {
+            ensure!(status.stopped.is_none(), "server {id} stopped: {status:?}");
+            if status.rebuilding.is_none() && status.applied_version >= version {
+                return Ok(());
+            }
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "server {id} did not catch up: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The epochs of the live generations.
+async fn generations(local: &LocalCluster) -> Result<Vec<u64>> {
+    let coordinators = CoordinatorClient::new(
+        &local.cluster.coordinator_addresses(),
+        local.cluster.client_config()?,
+    )?;
+    let state = coordinators.read_core_state().await?.0;
+    Ok(state.generations.iter().map(|g| g.epoch).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_rebuilt_after_a_recovery_reads_on_in_the_new_generation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        coordinators: 3,
+        workers: 4,
+        tlogs: 2,
+        proxies: 1,
+        replication: 2,
+        teams: 1,
+        servers_per_team: 2,
+        storage_args: vec!["--window-versions".into(), "200000".into()],
+        ..ClusterSpec::default()
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster)?);
+    let writers = Writers::start(&client, 2);
+    writers.wait_for_progress("at the start").await?;
+    // Both servers made something durable and popped it.
+    let written = client.read_version().await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for id in [REBUILT, TEAMMATE] {
+        while server_status(&cluster, id).await?.durable_version < written {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{id} made nothing durable"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The server and its data are lost; then a TLog's worker, so a new
+    // generation begins while the server is away.
+    local
+        .storage
+        .get_mut(&REBUILT)
+        .and_then(Option::take)
+        .context("running")?
+        .kill9()
+        .await?;
+    std::fs::remove_dir_all(dir.path().join(format!("storage-{REBUILT}")))?;
+    let epoch = local.wait_recovered(DEADLINE).await?;
+    let i = local
+        .worker_hosting(RoleKind::TLog, epoch)
+        .await?
+        .context("a worker hosting a TLog")?;
+    local.workers[i].take().context("live")?.kill9().await?;
+    local.workers[i] = Some(local.start_worker(i).await?);
+    while local.wait_recovered(DEADLINE).await? == epoch {
+        ensure!(tokio::time::Instant::now() < deadline, "no new generation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writers.wait_for_progress("in the new generation").await?;
+    ensure!(
+        generations(&local).await?.len() > 1,
+        "the generation the lost server needs was retired without it"
+    );
+
+    // Back with an empty directory: it copies from its teammate, reads on
+    // in the new generation, and the old one retires.
+    let server = local.start_storage(REBUILT).await?;
+    local.storage.insert(REBUILT, Some(server));
+    let restarted = client.read_version().await?;
+    wait_rebuilt(&cluster, REBUILT, restarted).await?;
+    while generations(&local).await?.len() > 1 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "old generations stay: {:?}",
+            generations(&local).await?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = writers.finish().await?;
+    let version = client.read_version().await?;
+    let rebuilt = held_before(&cluster, REBUILT, USER_KEYS_END, version).await?;
+    let teammate = held_before(&cluster, TEAMMATE, USER_KEYS_END, version).await?;
+    ensure!(
+        rebuilt == teammate,
+        "server {REBUILT} holds {} pairs, server {TEAMMATE} {}",
+        rebuilt.len(),
+        teammate.len()
+    );
+    finished.check(rebuilt)?;
     Ok(local.stop().await?)
 }

@@ -95,7 +95,10 @@ fn a_copy_newer_than_the_durable_version_is_readable_only_from_its_end() {
     store.set_applied(Version(9));
     assert!(matches!(
         store.get(b"k", Version(7)),
-        Err(ReadError::TooOld { oldest: Version(8), .. })
+        Err(ReadError::TooOld {
+            oldest: Version(8),
+            ..
+        })
     ));
     assert_eq!(store.get(b"k", Version(8)).unwrap(), Some(b("copied")));
     // Its own metadata is the store's to write, never a flush caller's.
