@@ -39,12 +39,7 @@ fn spec(max_team_backlog_bytes: u64) -> ClusterSpec {
             "--max-team-backlog-bytes".into(),
             max_team_backlog_bytes.to_string(),
         ],
-        storage_args: vec![
-            "--window-versions".into(),
-            "1000".into(),
-            "--window-bytes".into(),
-            "20000".into(),
-        ],
+        storage_args: crate::small_window_storage_args(),
         ..ClusterSpec::default()
     }
 }

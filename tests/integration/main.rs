@@ -28,3 +28,11 @@ mod tlog_process;
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_teamlog"))
 }
+
+/// Arguments for storage servers that keep little in memory, so they
+/// flush and pop soon after they apply.
+fn small_window_storage_args() -> Vec<String> {
+    ["--window-versions", "1000", "--window-bytes", "20000"]
+        .map(String::from)
+        .to_vec()
+}

@@ -41,13 +41,7 @@ fn set(key: String, value: String) -> Mutation {
 fn spec() -> ClusterSpec {
     ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
-        // Servers that keep little in memory flush and pop soon.
-        storage_args: vec![
-            "--window-versions".into(),
-            "1000".into(),
-            "--window-bytes".into(),
-            "20000".into(),
-        ],
+        storage_args: crate::small_window_storage_args(),
         ..ClusterSpec::default()
     }
 }
@@ -120,6 +114,17 @@ fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
     Ok(entry.context("a known server")?.address)
 }
 
+/// Kills server `id` with SIGKILL and deletes its data directory.
+async fn lose_with_its_data(
+    local: &mut LocalCluster,
+    dir: &std::path::Path,
+    id: u64,
+) -> Result<()> {
+    let server = local.storage.get_mut(&id).and_then(Option::take);
+    server.context("a running server")?.kill9().await?;
+    Ok(std::fs::remove_dir_all(dir.join(format!("storage-{id}")))?)
+}
+
 fn pid(local: &LocalCluster, id: u64) -> Result<u32> {
     let server = local.storage.get(&id).and_then(Option::as_ref);
     server.and_then(|s| s.pid()).context("a running server")
@@ -163,14 +168,7 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
     }
 
     // Server 100 and its data are gone; team 1 changes meanwhile.
-    local
-        .storage
-        .get_mut(&REBUILT)
-        .and_then(Option::take)
-        .context("running")?
-        .kill9()
-        .await?;
-    std::fs::remove_dir_all(dir.path().join(format!("storage-{REBUILT}")))?;
+    lose_with_its_data(&mut local, dir.path(), REBUILT).await?;
     let overwrites = (100..150)
         .map(|n| set(format!("a{n:03}"), format!("while-down-{n}")))
         .collect();
@@ -351,14 +349,7 @@ async fn a_server_rebuilt_after_a_recovery_reads_on_in_the_new_generation() -> R
 
     // The server and its data are lost; then a TLog's worker, so a new
     // generation begins while the server is away.
-    local
-        .storage
-        .get_mut(&REBUILT)
-        .and_then(Option::take)
-        .context("running")?
-        .kill9()
-        .await?;
-    std::fs::remove_dir_all(dir.path().join(format!("storage-{REBUILT}")))?;
+    lose_with_its_data(&mut local, dir.path(), REBUILT).await?;
     let epoch = local.wait_recovered(DEADLINE).await?;
     let i = local
         .worker_hosting(RoleKind::TLog, epoch)
