@@ -36,7 +36,7 @@ enum Command {
     /// Run one commit proxy of a cluster.
     Proxy(commands::roles::ProxyArgs),
     /// Run one storage server of a cluster.
-    Storage(commands::roles::StorageArgs),
+    Storage(commands::storage::StorageArgs),
     /// Set the storage teams a storage server consumes (it follows without a restart).
     Assign(commands::client::AssignArgs),
     /// Commit mutations to a cluster.
@@ -113,7 +113,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tlog(args) => runtime.block_on(commands::tlog::run_tlog(args)),
         Command::Sequencer(args) => runtime.block_on(commands::roles::run_sequencer(args)),
         Command::Proxy(args) => runtime.block_on(commands::roles::run_proxy(args)),
-        Command::Storage(args) => runtime.block_on(commands::roles::run_storage(args)),
+        Command::Storage(args) => runtime.block_on(commands::storage::run_process(args)),
         Command::Assign(args) => runtime.block_on(commands::client::assign(args)),
         Command::Client(args) => runtime.block_on(commands::client::run(args)),
         Command::Status(args) => runtime.block_on(commands::status::run(args)),

@@ -1,10 +1,12 @@
 //! `teamlog coordinator`: one of the cluster file's coordinators, holding
 //! its share of the coordinated state in its data directory, and standing
 //! for cluster controller; where the controller recruits the commit path,
-//! the one holding the lease runs the recoveries.
+//! the one holding the lease runs the recoveries. [`host`] also runs one
+//! inside a `teamlog server`.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,22 +46,29 @@ pub struct CoordinatorArgs {
 pub async fn run(args: CoordinatorArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let cluster = ClusterFile::load(&args.cluster)?;
-    let addr = cluster.coordinator(args.id)?.address;
-    let _lock = cluster::DataDirLock::acquire(&args.data_dir)?;
     start_metrics(args.metrics).await?;
-    let disk = HeedDisk::open(&args.data_dir).with_context(|| {
-        format!(
-            "opening the coordinator store in {}",
-            args.data_dir.display()
-        )
-    })?;
-    let mut config = CoordinatorConfig::new(args.id, cluster.coordinator_members());
+    host(&cluster, args.id, &args.data_dir, shutdown).await
+}
+
+/// Runs coordinator `id` of `cluster`, with its data in `data_dir`, until
+/// `shutdown`.
+pub async fn host(
+    cluster: &ClusterFile,
+    id: u64,
+    data_dir: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let addr = cluster.coordinator(id)?.address;
+    let _lock = cluster::DataDirLock::acquire(data_dir)?;
+    let disk = HeedDisk::open(data_dir)
+        .with_context(|| format!("opening the coordinator store in {}", data_dir.display()))?;
+    let mut config = CoordinatorConfig::new(id, cluster.coordinator_members());
     config.transport = cluster.client_config()?;
     let server_config = cluster.server_config()?;
     // Bind before raft starts, so the first votes find the peers listening.
     let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding coordinator {} to {addr}", args.id))?;
+        .with_context(|| format!("binding coordinator {id} to {addr}"))?;
     let service = CoordinatorService::start(&config, Arc::new(disk)).await?;
     // Until workers exist, the coordinators stand for cluster controller.
     let election = ElectionConfig::default();
@@ -67,13 +76,13 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
         CoordinatorClient::new(&cluster.coordinator_addresses(), config.transport.clone())?
             .with_timeout(Duration::from_millis(election.lease_ms / 2));
     let me = Holder {
-        id: args.id,
+        id,
         address: addr.to_string(),
     };
     let clock = Arc::new(SystemClock::default());
     let candidacy = Arc::new(Candidacy::start(client, me, election, clock.clone()));
     let monitoring = Monitoring::start(
-        watched_processes(&cluster),
+        watched_processes(cluster),
         config.transport.clone(),
         candidacy.clone(),
         clock,
@@ -81,7 +90,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
     let mut service = service
         .with_candidacy(candidacy.clone())
         .with_monitoring(monitoring);
-    if let Some(shape) = cluster.generation {
+    if let Some(shape) = &cluster.generation {
         // While this process holds the lease, it recovers and runs the
         // cluster's generations.
         let recovery = RecoveryConfig {
@@ -103,7 +112,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
         );
         service = service.with_controller(Arc::new(controller));
     }
-    tracing::info!(%addr, id = args.id, "coordinator listening");
+    tracing::info!(%addr, id, "coordinator listening");
     serve(listener, Arc::new(service.clone()), server_config, shutdown).await?;
     service.shutdown().await;
     tracing::info!("stopped");

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod roles;
 pub mod server;
 pub mod status;
+pub mod storage;
 pub mod tlog;
 pub mod tls;
 

@@ -1,5 +1,5 @@
 //! `teamlog sequencer` and `teamlog proxy`: the commit path's processes,
-//! configured from the cluster file.
+//! configured from the cluster file, and what role processes share.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,15 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use commit_proxy::proxy::{ProxyConfig, ProxyService};
-use coordinator::client::CoordinatorClient;
 use proto::clock::SystemClock;
 use proto::transport::{serve, ServerConfig, Service};
-use proto::{ProxyId, StorageServerId, StorageTeamId};
+use proto::ProxyId;
 use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
-use storage_server::generations::LogDiscovery;
-use storage_server::heed_engine::HeedEngine;
-use storage_server::server::{StorageConfig, StorageService};
-use storage_server::versioned::WindowConfig;
 use tokio::net::TcpListener;
 
 use crate::commands::{shutdown_signal, start_metrics};
@@ -34,30 +29,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SequencerArgs {
     #[arg(long)]
     pub cluster: PathBuf,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct StorageArgs {
-    #[arg(long)]
-    pub cluster: PathBuf,
-    /// This server's id in the cluster file.
-    #[arg(long)]
-    pub id: u64,
-    /// Directory for the server's data; created if missing.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Address to listen on; the cluster file's address for this server by default.
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Versions kept in memory before they are flushed (about 1,000,000 a second).
-    #[arg(long, default_value_t = 5_000_000)]
-    pub window_versions: u64,
-    /// Bytes of recent versions kept in memory before they are flushed.
-    #[arg(long, default_value_t = 64 << 20)]
-    pub window_bytes: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -147,80 +118,7 @@ pub async fn run_proxy(args: ProxyArgs) -> Result<()> {
     run(listener, Arc::new(service), server_config, shutdown).await
 }
 
-/// LMDB's map is a reservation of address space, not of disk.
-const STORAGE_MAP_SIZE: usize = 64 << 30;
-
-pub async fn run_storage(args: StorageArgs) -> Result<()> {
-    let shutdown = shutdown_signal()?;
-    let cluster = ClusterFile::load(&args.cluster)?;
-    let entry = cluster
-        .storage_servers
-        .iter()
-        .find(|s| s.id == args.id)
-        .with_context(|| format!("no storage server {} in the cluster file", args.id))?;
-    let addr = args.listen.unwrap_or(entry.address);
-    let _lock = cluster::DataDirLock::acquire(&args.data_dir)?;
-    start_metrics(args.metrics).await?;
-    let engine = HeedEngine::open(&args.data_dir.join("kv"), STORAGE_MAP_SIZE)
-        .with_context(|| format!("opening the storage engine in {}", args.data_dir.display()))?;
-    let teams = cluster
-        .teams
-        .iter()
-        .filter(|t| t.servers.contains(&args.id))
-        .map(|t| StorageTeamId(t.id))
-        .collect();
-    let address_of = |id: u64| {
-        let entry = cluster.storage_servers.iter().find(|s| s.id == id)?;
-        Some((StorageServerId(id), entry.address))
-    };
-    let peers = cluster
-        .teams
-        .iter()
-        .filter(|t| t.servers.contains(&args.id))
-        .map(|t| {
-            let others = t.servers.iter().filter(|s| **s != args.id);
-            (
-                StorageTeamId(t.id),
-                others.filter_map(|s| address_of(*s)).collect(),
-            )
-        })
-        .collect();
-    let logs = if cluster.is_recruited() {
-        let coordinators =
-            CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
-                .with_timeout(Duration::from_secs(1));
-        LogDiscovery::Coordinated(Arc::new(coordinators))
-    } else {
-        LogDiscovery::Pinned {
-            tlogs: cluster.tlog_addresses(),
-            sequencer: cluster.sequencer_address()?,
-        }
-    };
-    let config = StorageConfig {
-        id: StorageServerId(args.id),
-        private_team: StorageTeamId(entry.private_team),
-        teams,
-        shards: cluster.shard_map()?,
-        logs,
-        replication: cluster.replication,
-        window: WindowConfig {
-            max_versions: args.window_versions,
-            max_bytes: args.window_bytes,
-        },
-        read_wait: Duration::from_secs(1),
-        transport: cluster.client_config()?,
-        peers,
-    };
-    let server_config = cluster.server_config()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding storage server {} to {addr}", args.id))?;
-    let service = StorageService::start(Arc::new(engine), config)?;
-    tracing::info!(%addr, id = args.id, "storage server listening");
-    run(listener, Arc::new(service), server_config, shutdown).await
-}
-
-async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     service: Arc<dyn Service>,
     config: ServerConfig,

@@ -1,6 +1,18 @@
 //! `teamlog server`: a worker. It hosts whatever the cluster controller
 //! recruits for each generation (TLogs, the sequencer, proxies), each on
 //! its own port of this process, and reopens its TLogs after a restart.
+//! It may also host coordinators and storage servers of the cluster file
+//! (`--coordinator`, `--storage`), so that a whole cluster can be one
+//! process:
+//!
+//! ```text
+//!  teamlog server --listen A ─┬─ worker at A ─▶ recruited TLogs, sequencer, proxies
+//!   DATA_DIR                  ├─ coordinator ID at its address   (DATA_DIR/coordinator-ID)
+//!                             └─ storage server ID at its address (DATA_DIR/storage-ID)
+//! ```
+//!
+//! The roles stop together on SIGINT or SIGTERM; one that fails ends the
+//! process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,12 +21,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use coordinator::client::CoordinatorClient;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use proto::transport::serve;
+use storage_server::versioned::WindowConfig;
 use tlog::server::TLogConfig;
 use tokio::net::TcpListener;
 use worker::{RoleContext, WorkerService};
 
-use crate::commands::{shutdown_signal, start_metrics};
+use crate::commands::{coordinator as coordinator_role, shutdown_signal, start_metrics, storage};
 use cluster::ClusterFile;
 
 #[derive(clap::Args, Debug)]
@@ -34,13 +49,21 @@ pub struct ServerArgs {
     /// Size of one log segment file of a hosted TLog, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub tlog_segment_size: u64,
+    /// Also host this coordinator of the cluster file (repeatable), on its
+    /// address, with its data in DATA_DIR/coordinator-ID.
+    #[arg(long = "coordinator", value_name = "ID")]
+    pub coordinators: Vec<u64>,
+    /// Also host this storage server of the cluster file (repeatable), on
+    /// its address, with its data in DATA_DIR/storage-ID.
+    #[arg(long = "storage", value_name = "ID")]
+    pub storage: Vec<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
-    let shutdown = shutdown_signal()?;
+    let shutdown = shutdown_signal()?.shared();
     let cluster = ClusterFile::load(&args.cluster)?;
     if !cluster.is_recruited() {
         bail!(
@@ -50,6 +73,34 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     let _lock = cluster::DataDirLock::acquire(&args.data_dir)?;
     start_metrics(args.metrics).await?;
+    let mut roles: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    for id in &args.coordinators {
+        let data_dir = args.data_dir.join(format!("coordinator-{id}"));
+        let (cluster, shutdown) = (&cluster, shutdown.clone());
+        roles.push(
+            async move { coordinator_role::host(cluster, *id, &data_dir, shutdown).await }.boxed(),
+        );
+    }
+    for id in &args.storage {
+        let hosted = storage::Hosted {
+            id: *id,
+            data_dir: args.data_dir.join(format!("storage-{id}")),
+            listen: None,
+            window: WindowConfig::default(),
+        };
+        roles.push(storage::host(&cluster, hosted, shutdown.clone()).boxed());
+    }
+    roles.push(run_worker(&args, &cluster, shutdown).boxed());
+    futures::future::try_join_all(roles).await?;
+    Ok(())
+}
+
+/// The worker itself, until `shutdown`.
+async fn run_worker(
+    args: &ServerArgs,
+    cluster: &ClusterFile,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
     let transport = cluster.client_config()?;
     let server = cluster.server_config()?;
     let mut tlog = TLogConfig::default();
@@ -73,6 +124,6 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!(addr = %args.listen, "worker listening");
     serve(listener, Arc::new(service.clone()), server, shutdown).await?;
     service.shutdown().await;
-    tracing::info!("stopped");
+    tracing::info!("worker stopped");
     Ok(())
 }

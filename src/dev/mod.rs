@@ -5,11 +5,13 @@
 //! with its private team — in a directory it creates or is given; with
 //! `--workload`, a generated (or given) trace replayed against it, checked
 //! against the trace's model at the end. `--pinned` runs the sequencer,
-//! proxies and TLogs as processes of their own, fixed by the cluster file.
+//! proxies and TLogs as processes of their own, fixed by the cluster file;
+//! `--one-process` runs the whole cluster as one `teamlog server`.
 //!
 //! ```text
 //!  dev ─spawns─▶ coordinator ×3 ─▶ worker ×3 ─▶ storage ×6 ─▶ first recovery   (logs in DIR/logs/)
 //!      --pinned:  tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6
+//!      --one-process: one worker hosting coordinators ×3 and storage ×6 ─▶ first recovery
 //!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
 //!      Ctrl-C (or the workload's end): stop everything cleanly
 //! ```
@@ -59,8 +61,12 @@ pub struct DevArgs {
     pub workers: usize,
     /// Pin the sequencer, proxies and TLogs in the cluster file, each its
     /// own process, instead of recruiting them on workers: no recovery.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "one_process")]
     pub pinned: bool,
+    /// Run the whole cluster as one process: a single worker that also
+    /// hosts the coordinators and storage servers.
+    #[arg(long)]
+    pub one_process: bool,
 }
 
 /// The generated workload's seed: fixed, so a rerun on the same directory
@@ -80,14 +86,19 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         coordinators: args.coordinators.unwrap_or(if args.pinned { 0 } else { 3 }),
-        workers: if args.pinned { 0 } else { args.workers.max(1) },
+        workers: match (args.pinned, args.one_process) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => args.workers.max(1),
+        },
+        hosted_by_first_worker: args.one_process,
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &dir, &spec).await?;
-    print_cluster(&local);
+    print_cluster(&local, args.one_process);
     let outcome = tokio::select! {
         outcome = serve(&local, &args, &dir) => outcome,
         () = shutdown => {
@@ -100,7 +111,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     outcome
 }
 
-fn print_cluster(local: &LocalCluster) {
+fn print_cluster(local: &LocalCluster, one_process: bool) {
     let cluster = &local.cluster;
     println!("local cluster in {}", local.dir.display());
     println!("  cluster file          {}", local.cluster_path.display());
@@ -128,6 +139,11 @@ fn print_cluster(local: &LocalCluster) {
     }
     for (i, w) in local.worker_addresses.iter().enumerate() {
         println!("  worker {i:<4}           {w}  (TLogs, sequencer, proxies as recruited)");
+    }
+    if one_process {
+        println!(
+            "  one process           worker 0 also hosts the coordinators and storage servers"
+        );
     }
     for s in &cluster.storage_servers {
         let team = cluster

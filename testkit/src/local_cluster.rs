@@ -84,6 +84,9 @@ pub struct ClusterSpec {
     pub workers: usize,
     /// Extra arguments for every worker.
     pub worker_args: Vec<String>,
+    /// The first worker also hosts every coordinator and storage server:
+    /// with one worker, the whole cluster is one process.
+    pub hosted_by_first_worker: bool,
 }
 
 impl Default for ClusterSpec {
@@ -105,6 +108,7 @@ impl Default for ClusterSpec {
             tls: true,
             workers: 0,
             worker_args: Vec::new(),
+            hosted_by_first_worker: false,
         }
     }
 }
@@ -192,6 +196,8 @@ pub struct LocalCluster {
     proxy_args: Vec<String>,
     storage_args: Vec<String>,
     worker_args: Vec<String>,
+    /// The first worker hosts the coordinators and storage servers too.
+    hosted_by_first_worker: bool,
     /// Where each worker listens (workers are not in the cluster file).
     pub worker_addresses: Vec<SocketAddr>,
     /// By index, as `worker_addresses`.
@@ -240,6 +246,7 @@ impl LocalCluster {
             proxy_args: spec.proxy_args.clone(),
             storage_args: spec.storage_args.clone(),
             worker_args: spec.worker_args.clone(),
+            hosted_by_first_worker: spec.hosted_by_first_worker,
             worker_addresses: free_local_addrs(spec.workers)?,
             workers: Vec::new(),
             coordinators: Default::default(),
@@ -249,7 +256,10 @@ impl LocalCluster {
             storage: Default::default(),
         };
         let coordinator_ids: Vec<u64> = local.cluster.coordinators.iter().map(|c| c.id).collect();
-        for id in coordinator_ids {
+        for id in coordinator_ids
+            .into_iter()
+            .filter(|_| !spec.hosted_by_first_worker)
+        {
             let coordinator = local.start_coordinator(id).await?;
             local.coordinators.insert(id, Some(coordinator));
         }
@@ -275,7 +285,7 @@ impl LocalCluster {
                 local.proxies.push(proxy);
             }
         }
-        if spec.storage {
+        if spec.storage && !spec.hosted_by_first_worker {
             let ids: Vec<u64> = local.cluster.storage_servers.iter().map(|s| s.id).collect();
             for id in ids {
                 let server = local.start_storage(id).await?;
@@ -317,6 +327,14 @@ impl LocalCluster {
             address.to_string().into(),
         ];
         args.extend(self.worker_args.iter().map(OsString::from));
+        if i == 0 && self.hosted_by_first_worker {
+            for c in &self.cluster.coordinators {
+                args.extend(["--coordinator".into(), c.id.to_string().into()]);
+            }
+            for s in &self.cluster.storage_servers {
+                args.extend(["--storage".into(), s.id.to_string().into()]);
+            }
+        }
         let log = self.log_path(&format!("worker-{i}"))?;
         ChildProcess::spawn_listening(&self.exe, &args, address, log.as_deref()).await
     }

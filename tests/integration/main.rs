@@ -11,6 +11,7 @@ mod coordinators;
 mod cursor_tlog;
 mod dev;
 mod nemesis;
+mod one_process;
 mod recovery;
 mod replay;
 mod status;

@@ -1,0 +1,143 @@
+//! `teamlog storage`: a storage server process, configured from the
+//! cluster file; [`host`] also runs one inside a `teamlog server`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use coordinator::client::CoordinatorClient;
+use proto::{StorageServerId, StorageTeamId};
+use storage_server::generations::LogDiscovery;
+use storage_server::heed_engine::HeedEngine;
+use storage_server::server::{StorageConfig, StorageService};
+use storage_server::versioned::WindowConfig;
+use tokio::net::TcpListener;
+
+use crate::commands::roles::run;
+use crate::commands::{shutdown_signal, start_metrics};
+use cluster::ClusterFile;
+
+#[derive(clap::Args, Debug)]
+pub struct StorageArgs {
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// This server's id in the cluster file.
+    #[arg(long)]
+    pub id: u64,
+    /// Directory for the server's data; created if missing.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on; the cluster file's address for this server by default.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Versions kept in memory before they are flushed (about 1,000,000 a second).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub window_versions: u64,
+    /// Bytes of recent versions kept in memory before they are flushed.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub window_bytes: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// One storage server to run in this process.
+pub struct Hosted {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// The cluster file's address for the server when `None`.
+    pub listen: Option<SocketAddr>,
+    pub window: WindowConfig,
+}
+
+/// LMDB's map is a reservation of address space, not of disk.
+const STORAGE_MAP_SIZE: usize = 64 << 30;
+
+pub async fn run_process(args: StorageArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
+    let cluster = ClusterFile::load(&args.cluster)?;
+    start_metrics(args.metrics).await?;
+    let hosted = Hosted {
+        id: args.id,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        window: WindowConfig {
+            max_versions: args.window_versions,
+            max_bytes: args.window_bytes,
+        },
+    };
+    host(&cluster, hosted, shutdown).await
+}
+
+/// Runs storage server `hosted.id` until `shutdown`.
+pub async fn host(
+    cluster: &ClusterFile,
+    hosted: Hosted,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let id = hosted.id;
+    let entry = cluster
+        .storage_servers
+        .iter()
+        .find(|s| s.id == id)
+        .with_context(|| format!("no storage server {id} in the cluster file"))?;
+    let addr = hosted.listen.unwrap_or(entry.address);
+    let _lock = cluster::DataDirLock::acquire(&hosted.data_dir)?;
+    let engine =
+        HeedEngine::open(&hosted.data_dir.join("kv"), STORAGE_MAP_SIZE).with_context(|| {
+            format!(
+                "opening the storage engine in {}",
+                hosted.data_dir.display()
+            )
+        })?;
+    let teams_of_this_server = || cluster.teams.iter().filter(|t| t.servers.contains(&id));
+    let teams = teams_of_this_server()
+        .map(|t| StorageTeamId(t.id))
+        .collect();
+    let address_of = |other: u64| {
+        let entry = cluster.storage_servers.iter().find(|s| s.id == other)?;
+        Some((StorageServerId(other), entry.address))
+    };
+    let peers = teams_of_this_server()
+        .map(|t| {
+            let others = t.servers.iter().filter(|s| **s != id);
+            (
+                StorageTeamId(t.id),
+                others.filter_map(|s| address_of(*s)).collect(),
+            )
+        })
+        .collect();
+    let logs = if cluster.is_recruited() {
+        let coordinators =
+            CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
+                .with_timeout(Duration::from_secs(1));
+        LogDiscovery::Coordinated(Arc::new(coordinators))
+    } else {
+        LogDiscovery::Pinned {
+            tlogs: cluster.tlog_addresses(),
+            sequencer: cluster.sequencer_address()?,
+        }
+    };
+    let config = StorageConfig {
+        id: StorageServerId(id),
+        private_team: StorageTeamId(entry.private_team),
+        teams,
+        shards: cluster.shard_map()?,
+        logs,
+        replication: cluster.replication,
+        window: hosted.window,
+        read_wait: Duration::from_secs(1),
+        transport: cluster.client_config()?,
+        peers,
+    };
+    let server_config = cluster.server_config()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding storage server {id} to {addr}"))?;
+    let service = StorageService::start(Arc::new(engine), config)?;
+    tracing::info!(%addr, id, "storage server listening");
+    run(listener, Arc::new(service), server_config, shutdown).await
+}
