@@ -80,6 +80,8 @@ enum BenchCommand {
     Storage(bench::storage::StorageBenchArgs),
     /// Time from kill -9 of a process to the first acknowledged commit, by role.
     Recovery(bench::recovery::RecoveryBenchArgs),
+    /// A storage server that lost its data copying its team from a teammate, next to a scan.
+    Rebuild(bench::rebuild::RebuildBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +137,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             which: BenchCommand::Recovery(args),
         } => runtime.block_on(bench::recovery::run(args)),
+        Command::Bench {
+            which: BenchCommand::Rebuild(args),
+        } => runtime.block_on(bench::rebuild::run(args)),
     }
 }
 
