@@ -79,17 +79,15 @@ pub struct Generations {
     peers: Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
 }
 
-/// The version to roll back to when `next` ends a generation that `seen`
-/// had as current below `applied`: what this server applied above it came
-/// from that generation's uncommitted tail.
-fn rollback_point(seen: &View, next: &View, applied: Version) -> Option<Version> {
+/// The end of the generation `seen` had as current, once `next` ends it:
+/// whatever the server's cursor fetched from it past that end, applied or
+/// still buffered, came from its uncommitted tail.
+fn current_end(seen: &View, next: &View) -> Option<Version> {
     let current = seen.generations.iter().find(|g| g.end.is_none())?;
-    let ended = next
-        .generations
+    next.generations
         .iter()
         .find(|g| g.epoch == current.epoch)?
-        .end?;
-    (ended < applied).then_some(ended)
+        .end
 }
 
 fn view_of(state: &CoreState) -> View {
@@ -174,10 +172,11 @@ impl Generations {
         Some(self.peer(sequencer))
     }
 
-    /// Reads the core state again and routes peeks by it; returns the
-    /// version to roll back to when the generation this server read as
-    /// current ended below `applied`.
-    pub async fn refresh(&self, applied: Version) -> Result<Option<Version>, String> {
+    /// Reads the core state again and routes peeks by it; returns the end
+    /// of the generation this server read as current, when it has ended:
+    /// the server must then forget what it applied above that end and
+    /// drop what its cursor fetched, and read on with a new cursor.
+    pub async fn refresh(&self) -> Result<Option<Version>, String> {
         let LogDiscovery::Coordinated(coordinators) = &self.discovery else {
             return Ok(None);
         };
@@ -186,9 +185,9 @@ impl Generations {
             .await
             .map_err(|e| format!("reading the core state: {e}"))?;
         let next = view_of(&state);
-        let rollback = rollback_point(&self.view(), &next, applied);
+        let ended = current_end(&self.view(), &next);
         self.install(next);
-        Ok(rollback)
+        Ok(ended)
     }
 
     fn install(&self, next: View) {
@@ -319,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn a_server_rolls_back_only_what_it_read_past_the_end_of_its_current_generation() {
+    fn the_end_of_the_generation_read_as_current_is_found_once() {
         let seen = view(vec![generation(1, 0, Some(100)), generation(2, 100, None)]);
         let ended = view(vec![
             generation(1, 0, Some(100)),
@@ -327,17 +326,12 @@ mod tests {
             generation(3, 250, Some(300)),
             generation(4, 300, None),
         ]);
-        assert_eq!(
-            rollback_point(&seen, &ended, Version(400)),
-            Some(Version(250))
-        );
-        assert_eq!(rollback_point(&seen, &ended, Version(250)), None);
-        assert_eq!(rollback_point(&seen, &ended, Version(120)), None);
+        assert_eq!(current_end(&seen, &ended), Some(Version(250)));
         // Already knowing the end, the cursor never read past it.
-        assert_eq!(rollback_point(&ended, &ended, Version(400)), None);
+        assert_eq!(current_end(&ended, &ended), None);
         // A current generation dropped unopened held nothing to read.
         let dropped = view(vec![generation(1, 0, Some(100)), generation(3, 100, None)]);
-        assert_eq!(rollback_point(&seen, &dropped, Version(400)), None);
-        assert_eq!(rollback_point(&View::default(), &ended, Version(400)), None);
+        assert_eq!(current_end(&seen, &dropped), None);
+        assert_eq!(current_end(&View::default(), &ended), None);
     }
 }

@@ -571,16 +571,19 @@ impl<E: KvEngine> Inner<E> {
         self.generations.pop(self.config.id, &teams, durable).await;
     }
 
-    /// Forgets what was applied above `version`: a recovery ended the
-    /// generation it came from there.
+    /// Forgets what was applied above `version`, and what a version in
+    /// progress left: a recovery ended the generation it came from there.
     fn rollback_to(&self, version: Version) -> Result<(), String> {
         let mut store = self.store_mut();
-        store.rollback_to(version).map_err(|e| e.to_string())?;
-        self.ownership().rollback_to(version);
         let applied = store.applied_version();
+        let to = version.min(applied);
+        store.rollback_to(to).map_err(|e| e.to_string())?;
+        self.ownership().rollback_to(to);
         drop(store);
-        self.applied.send_replace(applied);
-        tracing::warn!(server = %self.config.id, %version, "rolled back to the recovery version");
+        self.applied.send_replace(to);
+        if to < applied {
+            tracing::warn!(server = %self.config.id, %version, %applied, "rolled back to the recovery version");
+        }
         Ok(())
     }
 }

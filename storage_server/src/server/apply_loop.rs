@@ -68,13 +68,14 @@ const MAX_PEEK_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// How often a server reads the core state while its cursor moves.
 const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
 
-/// Reads the core state again; rolls back when a recovery ended the
-/// generation read as current below the applied version. Says how the
-/// cursor's reading ends when it must (rolled back, or failed).
+/// Reads the core state again. When a recovery ended the generation read
+/// as current, rolls back what was applied above its end and has the
+/// cursor made anew: even with nothing applied past the end, the cursor
+/// may hold versions past it, fetched while the generation was open. Says
+/// how the cursor's reading ends when it must (rolled back, or failed).
 async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
-    let applied = inner.store().applied_version();
-    match inner.generations.refresh(applied).await {
-        Ok(Some(version)) => match inner.rollback_to(version) {
+    match inner.generations.refresh().await {
+        Ok(Some(end)) => match inner.rollback_to(end) {
             Ok(()) => Some(Consumed::RolledBack),
             Err(reason) => {
                 inner.fail(reason);
