@@ -31,7 +31,7 @@ struct Outcomes {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Acknowledged,
     Refused,
     Unknown,
@@ -146,6 +146,12 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    /// How each write to `key` ended, in order.
+    pub(crate) fn outcomes_of(&self, key: &str) -> Vec<(u64, Outcome)> {
+        let outcomes = self.outcomes.lock().unwrap();
+        outcomes.by_key.get(key).cloned().unwrap_or_default()
+    }
+
     /// Checks what the writers' keys hold (`pairs`, read after they
     /// stopped) against what they were told ([`check`]).
     pub(crate) fn check(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<()> {

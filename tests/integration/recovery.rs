@@ -9,7 +9,10 @@
 //! write is readable, and nothing refused or never made appears. Then
 //! back-to-back recoveries: a worker of the current generation killed
 //! and relaunched again and again, with progress between the kills, and
-//! old generations retired as the storage servers pass them.
+//! old generations retired as the storage servers pass them; among the
+//! kills, a storage server relaunched with its data directory deleted,
+//! which replays or rebuilds from its teammate, so that at the end both
+//! servers of the team hold the same data.
 //!
 //! `TEAMLOG_KILLS` sets the back-to-back kills (default 8); `TEAMLOG_SEED`
 //! reproduces their victims.
@@ -206,16 +209,27 @@ fn tlog_dirs(dir: &std::path::Path) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let outcome = back_to_back(dir.path()).await;
+    if outcome.is_err() {
+        eprintln!(
+            "kept the cluster's directory and logs: {}",
+            dir.keep().display()
+        );
+    }
+    outcome
+}
+
+async fn back_to_back(dir: &std::path::Path) -> Result<()> {
     let kills = kills_from_env(8);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_from_env());
-    let dir = tempfile::tempdir()?;
     let spec = ClusterSpec {
         // Storage servers make versions durable within a fifth of a
         // second, so generations retire soon after they end.
         storage_args: vec!["--window-versions".into(), "200000".into()],
         ..spec()
     };
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let mut local = LocalCluster::start(crate::exe(), dir, &spec).await?;
     let client = Arc::new(Client::new(&local.cluster)?);
     let writers = Writers::start(&client, WRITERS);
     writers.wait_for_progress("before any kill").await?;
@@ -225,10 +239,29 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
         // the next generation on fewer workers than it has TLogs.
         local.wait_workers_heard(Duration::from_secs(30)).await?;
         let epoch = local.wait_recovered(Duration::from_secs(30)).await?;
-        let kind = if rng.random_bool(0.5) {
-            RoleKind::TLog
-        } else {
-            RoleKind::Sequencer
+        let victim = match rng.random_range(0..5) {
+            0 => None,
+            1 | 2 => Some(RoleKind::TLog),
+            _ => Some(RoleKind::Sequencer),
+        };
+        let Some(kind) = victim else {
+            let id = [100, 101][rng.random_range(0..2)];
+            // Its teammate holds everything first: losing the data of both
+            // at once is losing the data.
+            let teammate = if id == 100 { 101 } else { 100 };
+            let now = client.read_version().await?;
+            crate::storage_rebuild::wait_rebuilt(&local.cluster, teammate, now).await?;
+            let server = local.storage.get_mut(&id).and_then(Option::take);
+            server.context("a live storage server")?.kill9().await?;
+            std::fs::remove_dir_all(dir.join(format!("storage-{id}")))?;
+            local
+                .storage
+                .insert(id, Some(local.start_storage(id).await?));
+            writers
+                .wait_for_progress(&format!("kill {kill} of storage server {id} and its data"))
+                .await?;
+            println!("kill {kill}: storage server {id} and its data in generation {epoch}");
+            continue;
         };
         let i = worker_hosting(&local, kind, epoch).await?;
         local.workers[i].take().context("live")?.kill9().await?;
@@ -273,16 +306,38 @@ async fn back_to_back_recoveries_make_progress_and_old_generations_retire() -> R
     let finished = writers.finish().await?;
     // Their TLogs go too: only the current generation's remain.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tlog_dirs(dir.path())? != spec.tlogs {
+    while tlog_dirs(dir)? != spec.tlogs {
         ensure!(
             Instant::now() < deadline,
             "{} TLog directories remain",
-            tlog_dirs(dir.path())?
+            tlog_dirs(dir)?
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (pairs, more) = read_all(&client).await?;
     ensure!(!more);
     finished.check(pairs)?;
+    // Both servers of the team hold the same, whichever was lost.
+    let version = client.read_version().await?;
+    let first = crate::storage_rebuild::held_before(&local.cluster, 100, b"\xff", version).await?;
+    let second = crate::storage_rebuild::held_before(&local.cluster, 101, b"\xff", version).await?;
+    let differ: Vec<_> = first
+        .iter()
+        .zip(&second)
+        .filter(|(a, b)| a != b)
+        .take(5)
+        .map(|(a, b)| {
+            let key = String::from_utf8_lossy(&a.0).into_owned();
+            let outcomes = finished.outcomes_of(&key);
+            let last = &outcomes[outcomes.len().saturating_sub(4)..];
+            (key, a.1.clone(), b.1.clone(), last.to_vec())
+        })
+        .collect();
+    ensure!(
+        first == second,
+        "servers 100 and 101 hold {} and {} pairs, differing in {differ:?}",
+        first.len(),
+        second.len()
+    );
     Ok(local.stop().await?)
 }

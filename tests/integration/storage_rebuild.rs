@@ -49,7 +49,7 @@ fn spec() -> ClusterSpec {
 /// The keys before `end` held by `server` at `version`, read straight
 /// from it, page by page (asked again while it has not applied the
 /// version yet).
-async fn held_before(
+pub(crate) async fn held_before(
     cluster: &ClusterFile,
     server: u64,
     end: &'static [u8],
@@ -287,7 +287,7 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
 }
 
 /// Waits until server `id` has finished rebuilding and applied `version`.
-async fn wait_rebuilt(cluster: &ClusterFile, id: u64, version: Version) -> Result<()> {
+pub(crate) async fn wait_rebuilt(cluster: &ClusterFile, id: u64, version: Version) -> Result<()> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let status = server_status(cluster, id).await;

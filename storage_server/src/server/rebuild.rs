@@ -127,6 +127,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
                 Ok(version) => break (version, version),
                 Err(reason) => {
                     strong.set_rebuilding(Some(reason));
+                    refresh_generations(&strong).await;
                     tokio::time::sleep(MAX_RETRY_DELAY).await;
                 }
             }
@@ -211,6 +212,7 @@ impl Copy {
                         self.pairs,
                         binary_bytes(self.bytes)
                     )));
+                    refresh_generations(&strong).await;
                     drop(strong);
                     tokio::time::sleep(delays.next().unwrap_or(MAX_RETRY_DELAY)).await;
                     continue;
@@ -242,6 +244,16 @@ impl Copy {
                 _ => return Ok(true),
             }
         }
+    }
+}
+
+/// Reads the core state again, so that a read version is asked of the
+/// current generation's sequencer: recoveries go on while the server
+/// copies. What it says of ended generations does not matter here, as the
+/// store starts over from the copy.
+async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) {
+    if let Err(reason) = inner.generations.refresh().await {
+        tracing::debug!(%reason, "the generations could not be refreshed");
     }
 }
 
