@@ -12,3 +12,24 @@ pub mod rebuild;
 pub mod recovery;
 pub mod storage;
 pub mod tlog;
+
+/// Runs `measure` in a new temporary directory under `dir`; when it fails,
+/// the directory (the cluster's data and logs) is kept for inspection and
+/// named on stderr.
+async fn in_temp_dir<F, Fut>(dir: &std::path::Path, measure: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use anyhow::Context;
+    let temp = tempfile::tempdir_in(dir).context("creating a bench dir")?;
+    let outcome = measure(temp.path().to_path_buf()).await;
+    if outcome.is_err() {
+        let kept = temp.keep();
+        eprintln!(
+            "kept the cluster's directory for inspection: {}",
+            kept.display()
+        );
+    }
+    outcome
+}

@@ -62,16 +62,8 @@ const WRITERS: usize = 8;
 const PAIRS_PER_COMMIT: usize = 100;
 
 pub async fn run(args: RebuildBenchArgs) -> Result<()> {
-    let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
-    let outcome = measure(&args, temp.path()).await;
-    if outcome.is_err() {
-        let kept = temp.keep();
-        eprintln!(
-            "kept the cluster's directory for inspection: {}",
-            kept.display()
-        );
-    }
-    outcome
+    let args = &args;
+    super::in_temp_dir(&args.dir, |dir| async move { measure(args, &dir).await }).await
 }
 
 async fn measure(args: &RebuildBenchArgs, dir: &Path) -> Result<()> {

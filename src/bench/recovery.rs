@@ -56,16 +56,8 @@ struct RoleFigures {
 const GIVE_UP: Duration = Duration::from_secs(60);
 
 pub async fn run(args: RecoveryBenchArgs) -> Result<()> {
-    let temp = tempfile::tempdir_in(&args.dir).context("creating a bench dir")?;
-    let outcome = measure(&args, temp.path()).await;
-    if outcome.is_err() {
-        let kept = temp.keep();
-        eprintln!(
-            "kept the cluster's directory for inspection: {}",
-            kept.display()
-        );
-    }
-    outcome
+    let args = &args;
+    super::in_temp_dir(&args.dir, |dir| async move { measure(args, &dir).await }).await
 }
 
 async fn measure(args: &RecoveryBenchArgs, dir: &std::path::Path) -> Result<()> {
