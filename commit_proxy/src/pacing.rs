@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Pacing only holds commits in the queue: a batch that formed goes on,
-//! and a commit waiting is never refused for the limit.
+//! and a commit waiting is never refused for the limit. (A full queue
+//! still refuses new commits `overloaded`, paced or not.)
 
 use std::time::Duration;
 
@@ -47,8 +48,9 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// Sets the limit from now on (`None` lifts it). A new limit starts
-    /// with no credit and keeps any debt.
+    /// Sets the limit from now on (`None` lifts it). A limit where there
+    /// was none starts with no credit; a changed one keeps the credit or
+    /// debt there is.
     pub fn set(&mut self, pace: Option<Pace>, now_us: u64) {
         self.refill(now_us);
         if self.pace.is_none() {
