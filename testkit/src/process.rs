@@ -164,17 +164,59 @@ async fn wait_until<T>(
     }
 }
 
-/// Addresses on 127.0.0.1 that were free a moment ago, for a cluster file.
+/// Where listening ports for clusters are taken from: below Linux's
+/// ephemeral range (32768 on by default), so that no outgoing connection
+/// takes a port a cluster file names before its process binds it.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Ports this process handed out: never twice, so two clusters started
+/// by one test binary never name the same port (a process of one would
+/// then answer for the other).
+static HANDED_OUT: std::sync::Mutex<Option<HandedOut>> = std::sync::Mutex::new(None);
+
+struct HandedOut {
+    ports: std::collections::BTreeSet<u16>,
+    /// The next port to try, starting where this process's id points, so
+    /// that test binaries running at once mostly try different ports.
+    next: u16,
+}
+
+/// Addresses on 127.0.0.1 that were free a moment ago and that this
+/// process has not handed out before, for a cluster file.
 pub fn free_local_addrs(count: usize) -> Result<Vec<SocketAddr>, TestkitError> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(TestkitError::Ports)?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<std::io::Result<_>>()
-        .map_err(TestkitError::Ports)
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let span = PORTS.end - PORTS.start;
+    let handed = handed.get_or_insert_with(|| HandedOut {
+        ports: Default::default(),
+        next: PORTS.start + (std::process::id() % u32::from(span)) as u16,
+    });
+    let mut addrs = Vec::with_capacity(count);
+    for _ in 0..span {
+        if addrs.len() == count {
+            return Ok(addrs);
+        }
+        let port = handed.next;
+        handed.next = if port + 1 >= PORTS.end {
+            PORTS.start
+        } else {
+            port + 1
+        };
+        if handed.ports.contains(&port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            handed.ports.insert(port);
+            addrs.push(addr);
+        }
+    }
+    if addrs.len() == count {
+        return Ok(addrs);
+    }
+    Err(TestkitError::Ports(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("fewer than {count} free ports left in {PORTS:?}"),
+    )))
 }
 
 /// Sends `signal` to process `pid`.
