@@ -176,8 +176,9 @@ static HANDED_OUT: std::sync::Mutex<Option<HandedOut>> = std::sync::Mutex::new(N
 
 struct HandedOut {
     ports: std::collections::BTreeSet<u16>,
-    /// The next port to try, starting where this process's id points, so
-    /// that test binaries running at once mostly try different ports.
+    /// The next port to try. It starts at a point spread over the range
+    /// by the process id and the clock, so that test binaries running at
+    /// once mostly take ports far apart.
     next: u16,
 }
 
@@ -186,9 +187,16 @@ struct HandedOut {
 pub fn free_local_addrs(count: usize) -> Result<Vec<SocketAddr>, TestkitError> {
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let span = PORTS.end - PORTS.start;
-    let handed = handed.get_or_insert_with(|| HandedOut {
-        ports: Default::default(),
-        next: PORTS.start + (std::process::id() % u32::from(span)) as u16,
+    let handed = handed.get_or_insert_with(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spread =
+            (u64::from(std::process::id() ^ nanos)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        HandedOut {
+            ports: Default::default(),
+            next: PORTS.start + (spread % u64::from(span)) as u16,
+        }
     });
     let mut addrs = Vec::with_capacity(count);
     for _ in 0..span {

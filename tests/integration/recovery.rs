@@ -266,10 +266,13 @@ async fn back_to_back(dir: &std::path::Path) -> Result<()> {
         let i = worker_hosting(&local, kind, epoch).await?;
         local.workers[i].take().context("live")?.kill9().await?;
         local.workers[i] = Some(local.start_worker(i).await?);
-        let next = newer_generation(&local, epoch).await?;
         writers
             .wait_for_progress(&format!("kill {kill} of the {kind}'s worker"))
             .await?;
+        // Usually a new generation took over. A controller that changed
+        // meanwhile may instead have adopted this one, the worker being
+        // back with its TLog reopened: commits went on either way.
+        let next = local.wait_recovered(Duration::from_secs(30)).await?;
         let generations = core_state(&local).await?.generations.len();
         most_generations = most_generations.max(generations);
         // Never more than three old generations: they retire before the
