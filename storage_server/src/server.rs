@@ -30,7 +30,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -111,11 +110,10 @@ struct Inner<E: KvEngine> {
     failed: Mutex<Option<String>>,
     /// Set while flushes fail for lack of room and are retried.
     stalled: Mutex<Option<String>>,
-    /// Set while the server copies its teams from teammates: what it is
-    /// doing. Reads are refused meanwhile.
+    /// Set while the server must copy its teams from teammates, or does:
+    /// what it is doing. Reads are refused meanwhile, and the apply loop
+    /// makes no cursor until the copy is done.
     rebuilding: Mutex<Option<String>>,
-    /// Set when the next cursor must wait for a copy from teammates.
-    rebuild_due: AtomicBool,
 }
 
 /// Why a flush did not happen.
@@ -190,7 +188,6 @@ impl<E: KvEngine> StorageService<E> {
             rebuilding: Mutex::new(
                 unfinished_copy.then(|| "a copy that did not finish starts over".to_owned()),
             ),
-            rebuild_due: AtomicBool::new(unfinished_copy),
             config,
         });
         tokio::spawn(apply_loop::run_apply(Arc::downgrade(&inner)));

@@ -22,7 +22,7 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        if strong.rebuild_due.swap(false, Ordering::Relaxed) {
+        if strong.rebuilding().is_some() {
             drop(strong);
             match rebuild::rebuild(&inner).await {
                 Ok(rebuild::Rebuilt::Done) => continue,
@@ -159,7 +159,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 source: SourceError::Popped { .. },
                 ..
             }) => {
-                inner.rebuild_due.store(true, Ordering::Relaxed);
+                inner.set_rebuilding(Some("the log no longer holds what it needs".into()));
                 return Consumed::Rebuild;
             }
             Err(e) => {
