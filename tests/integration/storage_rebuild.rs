@@ -46,6 +46,25 @@ fn spec() -> ClusterSpec {
     }
 }
 
+/// Writes keys `{prefix}{n:05}` = `{value}-{n}` for n below `count`,
+/// `per_commit` to a commit; returns the last commit's version.
+async fn write_numbered(
+    client: &Client,
+    prefix: &str,
+    value: &str,
+    count: usize,
+    per_commit: usize,
+) -> Result<Version> {
+    let mut last = Version::ZERO;
+    for first in (0..count).step_by(per_commit) {
+        let writes = (first..(first + per_commit).min(count))
+            .map(|n| set(format!("{prefix}{n:05}"), format!("{value}-{n}")))
+            .collect();
+        last = client.commit(writes).await?;
+    }
+    Ok(last)
+}
+
 /// The keys before `end` held by `server` at `version`, read straight
 /// from it, page by page (asked again while it has not applied the
 /// version yet).
@@ -137,26 +156,9 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
     let client = Arc::new(Client::new(&cluster)?);
-    let mut last = Version::ZERO;
-    for chunk in 0..10 {
-        let writes = (0..30)
-            .map(|i| {
-                let n = chunk * 30 + i;
-                set(format!("a{n:03}"), format!("before-{n}"))
-            })
-            .collect();
-        last = client.commit(writes).await?;
-    }
+    write_numbered(&client, "a", "before", 300, 30).await?;
     // More pairs than one range read returns: the copy takes pages.
-    for chunk in 0..24 {
-        let writes = (0..500)
-            .map(|i| {
-                let n = chunk * 500 + i;
-                set(format!("c{n:05}"), format!("many-{n}"))
-            })
-            .collect();
-        last = client.commit(writes).await?;
-    }
+    let last = write_numbered(&client, "c", "many", 12_000, 500).await?;
     // The log keeps nothing of team 1 up to what both servers made durable.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while team_one_popped(&local).await? < last.0 {
@@ -170,13 +172,13 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
     // Server 100 and its data are gone; team 1 changes meanwhile.
     lose_with_its_data(&mut local, dir.path(), REBUILT).await?;
     let overwrites = (100..150)
-        .map(|n| set(format!("a{n:03}"), format!("while-down-{n}")))
+        .map(|n| set(format!("a{n:05}"), format!("while-down-{n}")))
         .collect();
     client.commit(overwrites).await?;
     client
         .commit(vec![Mutation::ClearRange {
-            begin: Bytes::from_static(b"a000"),
-            end: Bytes::from_static(b"a050"),
+            begin: Bytes::from_static(b"a00000"),
+            end: Bytes::from_static(b"a00050"),
         }])
         .await?;
 
@@ -252,10 +254,10 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
         teammate.len()
     );
     let mut expected: BTreeMap<String, String> = (50..300)
-        .map(|n| (format!("a{n:03}"), format!("before-{n}")))
+        .map(|n| (format!("a{n:05}"), format!("before-{n}")))
         .collect();
     for n in 100..150 {
-        expected.insert(format!("a{n:03}"), format!("while-down-{n}"));
+        expected.insert(format!("a{n:05}"), format!("while-down-{n}"));
     }
     expected.extend((0..12_000).map(|n| (format!("c{n:05}"), format!("many-{n}"))));
     expected.extend(acknowledged.lock().unwrap().clone());
