@@ -12,7 +12,9 @@
 // helpers build it for it.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use openraft::error::{
@@ -65,10 +67,31 @@ pub async fn deliver(raft: &Raft, payload: &[u8]) -> Result<Bytes, serde_json::E
     serde_json::to_vec(&answer).map(Bytes::from)
 }
 
-/// Makes a connection per peer coordinator, as openraft asks.
+/// Hands openraft a client per peer coordinator whenever it asks. openraft
+/// asks for a fresh client for every heartbeat and every linearizable read,
+/// so the clients share one connection per address: a new TLS handshake per
+/// read would cost the leader more than the read itself.
 #[derive(Clone)]
 pub struct Network {
-    pub transport: ClientConfig,
+    transport: ClientConfig,
+    peers: Arc<Mutex<BTreeMap<SocketAddr, Arc<Peer>>>>,
+}
+
+impl Network {
+    pub fn new(transport: ClientConfig) -> Network {
+        Network {
+            transport,
+            peers: Arc::default(),
+        }
+    }
+
+    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.transport.clone())))
+            .clone()
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -80,7 +103,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer: node
                 .addr
                 .parse::<SocketAddr>()
-                .map(|addr| Peer::new(addr, self.transport.clone()))
+                .map(|addr| self.peer(addr))
                 .map_err(|e| {
                     format!(
                         "coordinator {target} has a bad address {:?}: {e}",
@@ -94,7 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The way to one peer coordinator.
 pub struct Connection {
     target: NodeId,
-    peer: Result<Peer, String>,
+    peer: Result<Arc<Peer>, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,5 +217,26 @@ impl RaftNetwork<TypeConfig> for Connection {
             RaftAnswer::Vote(answer) => self.remote(answer),
             _ => Err(self.unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clients_for_one_address_share_its_connection() {
+        let mut network = Network::new(ClientConfig::default());
+        let node = BasicNode::new("127.0.0.1:7001");
+        let first = network.new_client(2, &node).await;
+        let again = network.new_client(2, &node).await;
+        let other = network
+            .new_client(3, &BasicNode::new("127.0.0.1:7002"))
+            .await;
+        let peer = |c: &Connection| c.peer.as_ref().expect("a good address").clone();
+        assert!(Arc::ptr_eq(&peer(&first), &peer(&again)));
+        assert!(!Arc::ptr_eq(&peer(&first), &peer(&other)));
+        let bad = network.new_client(4, &BasicNode::new("nowhere")).await;
+        assert!(bad.peer.is_err());
     }
 }

@@ -130,9 +130,7 @@ impl CoordinatorService {
             log.get_log_state().await?.last_log_id.is_none() && log.read_vote().await?.is_none();
         let machine = StateMachine::open(disk)?;
         let state = machine.shared();
-        let network = Network {
-            transport: config.transport.clone(),
-        };
+        let network = Network::new(config.transport.clone());
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
