@@ -90,7 +90,7 @@ impl ProxyConfig {
             limits: Limits::default(),
             batch_interval: Duration::ZERO,
             max_batch_bytes: 8 << 20,
-            max_batches_in_flight: 8,
+            max_batches_in_flight: 1,
             shard_history: 10_000_000,
             transport: ClientConfig::default(),
             max_team_backlog_bytes: DEFAULT_MAX_TEAM_BACKLOG_BYTES,

@@ -46,7 +46,10 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 0)]
     pub batch_interval_us: u64,
     /// Batches in flight at once; while all are, commits queue into the next.
-    #[arg(long, default_value_t = 8)]
+    /// One (the default) makes the fewest, largest batches, which a machine
+    /// whose cores are the limit needs; more overlap round trips that are
+    /// long next to the CPU a version costs.
+    #[arg(long, default_value_t = 1)]
     pub max_batches_in_flight: usize,
     /// Refuse commits to a team while its storage servers leave more than
     /// this many bytes on a TLog not yet durable (admission control).

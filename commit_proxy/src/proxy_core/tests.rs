@@ -17,6 +17,7 @@ const ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr
 
 /// Three teams of two servers on three TLogs (replication 2), each server
 /// with a private team `1000 + server`; keys from `m` on go to team 2.
+/// Eight batches may be in flight, so the tests see the core pipeline them.
 fn config() -> ProxyConfig {
     let topology = crate::test_topology::sample();
     let shards = ShardMap::new([
@@ -27,7 +28,9 @@ fn config() -> ProxyConfig {
         ),
     ])
     .unwrap();
-    ProxyConfig::new(ProxyId(7), ADDR, vec![ADDR; 3], topology, shards)
+    let mut config = ProxyConfig::new(ProxyId(7), ADDR, vec![ADDR; 3], topology, shards);
+    config.max_batches_in_flight = 8;
+    config
 }
 
 fn core_with(change: impl FnOnce(&mut ProxyConfig)) -> ProxyCore<Waiter> {
@@ -186,6 +189,33 @@ fn no_more_batches_than_the_limit_are_in_flight() {
     let commands = complete(&mut core, first, 0);
     let (_, _, commits) = version_request(&commands);
     assert_eq!(commits, 1, "the first batch's end frees a slot");
+}
+
+#[test]
+fn by_default_commits_queue_while_a_batch_is_out_and_then_go_as_one() {
+    let default = ProxyConfig::new(
+        ProxyId(7),
+        ADDR,
+        vec![ADDR; 3],
+        crate::test_topology::sample(),
+        config().shards,
+    );
+    let mut core = core_with(|c| c.max_batches_in_flight = default.max_batches_in_flight);
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    let mut commands = core.on_commit_version(first, versions(0, 10), 0);
+    for waiter in 2..=5 {
+        commands.extend(core.commit(waiter, commit(vec![set("b", "2")]), 0));
+    }
+    commands.extend(core.on_resolved(first, resolved()));
+    commands.extend(core.on_pushed(first, Ok(()), 0));
+    assert!(
+        commands
+            .iter()
+            .all(|c| !matches!(c, Command::GetCommitVersion { .. })),
+        "{commands:?}"
+    );
+    let (_, _, commits) = version_request(&core.on_reported(first, 0));
+    assert_eq!(commits, 4);
 }
 
 #[test]
