@@ -5,7 +5,7 @@
 //!  clients ─ClientCommit─▶ handle ─lock─▶ ProxyCore ─commands─▶ start
 //!  one task follows a batch, feeding each reply back to the core, which
 //!  names the next call:
-//!      GetCommitVersion ─▶ Resolve ─▶ Push (every TLog at once) ─▶ ReportCommitted
+//!      Sequence (versions and resolution) ─▶ Push (every TLog at once) ─▶ ReportCommitted
 //!  WakeAt ─▶ sleep ─▶ wake        Answer ─▶ the client's responder (no task per commit)
 //! ```
 //!
@@ -330,7 +330,7 @@ impl Inner {
     fn start(self: &Arc<Self>, command: Command<Waiter>) -> Option<Step> {
         let inner = self.clone();
         match command {
-            Command::GetCommitVersion {
+            Command::Sequence {
                 batch,
                 request,
                 commits,
@@ -339,24 +339,15 @@ impl Inner {
                 metrics::histogram!("teamlog_proxy_batch_commits").record(commits as f64);
                 metrics::histogram!("teamlog_proxy_batch_bytes").record(bytes as f64);
                 Some(Box::pin(async move {
-                    let reply = inner.call(Message::GetCommitVersion(request)).await;
-                    let versions = match reply {
-                        Ok(Message::GetCommitVersionReply(versions)) => Ok(versions),
+                    let reply = inner.call(Message::Sequence(request)).await;
+                    let sequenced = match reply {
+                        Ok(Message::SequenceReply(reply)) => Ok(reply),
                         Ok(other) => Err(format!("sequencer answered {}", other.name())),
                         Err(e) => Err(e.to_string()),
                     };
-                    inner.apply(|core, now| core.on_commit_version(batch, versions, now))
+                    inner.apply(|core, now| core.on_sequenced(batch, sequenced, now))
                 }))
             }
-            Command::Resolve { batch, request } => Some(Box::pin(async move {
-                let reply = inner.call(Message::Resolve(request)).await;
-                let resolved = match reply {
-                    Ok(Message::ResolveReply(reply)) => Ok(reply),
-                    Ok(other) => Err(format!("resolver answered {}", other.name())),
-                    Err(e) => Err(e.to_string()),
-                };
-                inner.apply(|core, _| core.on_resolved(batch, resolved))
-            })),
             Command::Push { batch, requests } => Some(Box::pin(async move {
                 let pushed = inner.push(requests).await;
                 inner.apply(|core, now| core.on_pushed(batch, pushed, now))

@@ -6,10 +6,10 @@
 //!
 //! ```text
 //!  commit(waiter, request) ─▶ validate ─▶ queue
-//!  queue ─form a batch─▶ GetCommitVersion ──on_commit_version──▶ Resolve
-//!      (one version request at a time, so batch order is version order)
-//!  on_resolved ─▶ in version order: apply other proxies' metadata to the
-//!                 shard map, tag, apply own metadata ─▶ Push (one request per TLog)
+//!  queue ─form a batch─▶ Sequence (versions, then resolution, in one call)
+//!      (one at a time, so batch order is version order)
+//!  on_sequenced ─▶ apply other proxies' metadata to the shard map, tag,
+//!                  apply own metadata ─▶ Push (one request per TLog)
 //!  on_pushed ─▶ ReportCommitted ──on_reported──▶ Answer every waiter
 //! ```
 //!
@@ -26,9 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster::topology::Topology;
 use proto::rpc::{
-    ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply, GetCommitVersionRequest,
-    GetKeyLocationReply, GetKeyLocationRequest, ProxyStatusReply, ReportCommittedRequest,
-    ResolveReply, ResolveRequest, TLogCommitRequest, TeamBlockData,
+    ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply, GetKeyLocationReply,
+    GetKeyLocationRequest, ProxyStatusReply, ReportCommittedRequest, ResolveReply, SequenceReply,
+    SequenceRequest, TLogCommitRequest, TeamBlockData,
 };
 use proto::shard_map::{ShardMap, VersionedShardMap};
 use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, Version};
@@ -45,19 +45,14 @@ pub type BatchId = u64;
 /// client (a responder); the core only hands it back.
 #[derive(Debug)]
 pub enum Command<W> {
-    /// Ask the sequencer for the batch's `(prev_version, version)`; report
-    /// the reply with [`ProxyCore::on_commit_version`].
-    GetCommitVersion {
+    /// Ask the sequencer's process for the batch's `(prev_version,
+    /// version)` and its resolution at them; report the reply with
+    /// [`ProxyCore::on_sequenced`].
+    Sequence {
         batch: BatchId,
-        request: GetCommitVersionRequest,
+        request: SequenceRequest,
         commits: usize,
         bytes: usize,
-    },
-    /// Send the batch's metadata to the resolver; report the reply with
-    /// [`ProxyCore::on_resolved`].
-    Resolve {
-        batch: BatchId,
-        request: ResolveRequest,
     },
     /// Send TLog `i` `requests[i]` (all of them, at once); report with
     /// [`ProxyCore::on_pushed`] once every TLog holds its request durably,
@@ -97,7 +92,6 @@ struct Batch<W> {
     waiters: Vec<W>,
     commits: Vec<Vec<Mutation>>,
     versions: Option<GetCommitVersionReply>,
-    resolved: Option<Result<ResolveReply, String>>,
     /// Set when the batch's version is spent without its commits.
     refused: Option<ErrorReply>,
 }
@@ -132,8 +126,6 @@ pub struct ProxyCore<W> {
     request_num: u64,
     /// The batch whose versions are being asked for: one at a time.
     awaiting_versions: Option<BatchId>,
-    /// Batches with versions, in version order, not yet tagged.
-    to_tag: VecDeque<BatchId>,
     /// The wake-up already asked for, so it is asked for once.
     wake_at_us: Option<u64>,
     /// Teams whose commits are refused while their servers fall behind,
@@ -175,7 +167,6 @@ impl<W> ProxyCore<W> {
             next_batch: 1,
             request_num: first_request_num,
             awaiting_versions: None,
-            to_tag: VecDeque::new(),
             wake_at_us: None,
             throttled: BTreeMap::new(),
             pacer: Pacer::default(),
@@ -284,40 +275,27 @@ impl<W> ProxyCore<W> {
         self.form_batch(now_us)
     }
 
-    /// The sequencer answered a batch's [`Command::GetCommitVersion`].
-    pub fn on_commit_version(
+    /// The sequencer's process answered a batch's [`Command::Sequence`]:
+    /// with versions, the batch is tagged and pushed, empty if resolving
+    /// failed; without, its commits are refused.
+    pub fn on_sequenced(
         &mut self,
         batch_id: BatchId,
-        reply: Result<GetCommitVersionReply, String>,
+        reply: Result<SequenceReply, String>,
         now_us: u64,
     ) -> Vec<Command<W>> {
+        // Only the batch whose versions are asked for takes a reply: a
+        // repeated or stale one changes nothing.
         if self.awaiting_versions != Some(batch_id) {
             return Vec::new();
         }
         self.awaiting_versions = None;
         let mut commands = Vec::new();
         match reply {
-            Ok(versions) => {
+            Ok(reply) => {
                 let batch = self.batches.get_mut(&batch_id).expect("a formed batch");
-                batch.versions = Some(versions);
-                let metadata = batch
-                    .commits
-                    .iter()
-                    .flatten()
-                    .filter(|m| is_metadata(m))
-                    .cloned()
-                    .collect();
-                self.to_tag.push_back(batch_id);
-                commands.push(Command::Resolve {
-                    batch: batch_id,
-                    request: ResolveRequest {
-                        proxy: self.id,
-                        prev_version: versions.prev_version,
-                        version: versions.version,
-                        metadata,
-                        transactions: Vec::new(),
-                    },
-                });
+                batch.versions = Some(reply.versions);
+                commands.push(self.tag(batch_id, reply.resolved));
             }
             Err(e) => {
                 let batch = self.batches.remove(&batch_id).expect("a formed batch");
@@ -327,33 +305,6 @@ impl<W> ProxyCore<W> {
             }
         }
         commands.extend(self.form_batch(now_us));
-        commands
-    }
-
-    /// The resolver answered a batch's [`Command::Resolve`]. Batches are
-    /// tagged in version order, so this one may wait for earlier ones.
-    pub fn on_resolved(
-        &mut self,
-        batch_id: BatchId,
-        reply: Result<ResolveReply, String>,
-    ) -> Vec<Command<W>> {
-        // Only a batch still waiting to be tagged takes a reply: a repeated
-        // or stale one changes nothing.
-        if !self.to_tag.contains(&batch_id) {
-            return Vec::new();
-        }
-        match self.batches.get_mut(&batch_id) {
-            Some(batch) if batch.resolved.is_none() => batch.resolved = Some(reply),
-            _ => return Vec::new(),
-        }
-        let mut commands = Vec::new();
-        while let Some(&next) = self.to_tag.front() {
-            if self.batches[&next].resolved.is_none() {
-                break;
-            }
-            self.to_tag.pop_front();
-            commands.push(self.tag(next));
-        }
         commands
     }
 
@@ -529,7 +480,6 @@ impl<W> ProxyCore<W> {
             waiters: Vec::new(),
             commits: Vec::new(),
             versions: None,
-            resolved: None,
             refused: None,
         };
         let mut bytes = 0;
@@ -570,38 +520,47 @@ impl<W> ProxyCore<W> {
             waiters: Vec::new(),
             commits: Vec::new(),
             versions: None,
-            resolved: None,
             refused: None,
         };
         self.start_batch(empty, 0, now_us)
     }
 
-    /// Asks the sequencer for the versions of a new batch.
+    /// Asks the sequencer's process for the versions of a new batch and
+    /// its resolution.
     fn start_batch(&mut self, batch: Batch<W>, bytes: usize, now_us: u64) -> Vec<Command<W>> {
         self.last_batch_us = now_us;
         let id = self.next_batch;
         self.next_batch += 1;
         self.request_num += 1;
         let commits = batch.commits.len();
+        let metadata = batch
+            .commits
+            .iter()
+            .flatten()
+            .filter(|m| is_metadata(m))
+            .cloned()
+            .collect();
         self.batches.insert(id, batch);
         self.awaiting_versions = Some(id);
-        vec![Command::GetCommitVersion {
+        vec![Command::Sequence {
             batch: id,
-            request: GetCommitVersionRequest {
+            request: SequenceRequest {
                 proxy: self.id,
                 request_num: self.request_num,
+                metadata,
+                transactions: Vec::new(),
             },
             commits,
             bytes,
         }]
     }
 
-    /// Tags a resolved batch (its turn in version order has come) and
-    /// returns its push.
-    fn tag(&mut self, batch_id: BatchId) -> Command<W> {
+    /// Tags a batch with its versions and resolution (batches are
+    /// sequenced one at a time, so this is version order) and returns its
+    /// push.
+    fn tag(&mut self, batch_id: BatchId, resolved: Result<ResolveReply, ErrorReply>) -> Command<W> {
         let batch = self.batches.get_mut(&batch_id).expect("a batch to tag");
-        let versions = batch.versions.expect("a resolved batch has versions");
-        let resolved = batch.resolved.take().expect("a resolved batch");
+        let versions = batch.versions.expect("a sequenced batch has versions");
         let tagged = match resolved {
             Ok(reply) => {
                 for change in reply.metadata {
@@ -619,7 +578,7 @@ impl<W> ProxyCore<W> {
             }
             Err(e) => Err(ErrorReply::new(
                 ErrorCode::Unavailable,
-                format!("resolver: {e}"),
+                format!("resolver: {}", e.message),
             )),
         };
         let blocks = match tagged {

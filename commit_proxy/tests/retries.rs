@@ -1,6 +1,6 @@
 //! The proxy service against a scripted sequencer and scripted TLogs on
-//! loopback: a one-off transient failure of any commit-path call (versions,
-//! resolve, push, report) is retried and the commit goes through, at the
+//! loopback: a one-off transient failure of any commit-path call (versions
+//! and resolution, push, report) is retried and the commit goes through, at the
 //! versions first handed out; a refusal is not retried.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use commit_proxy::proxy::{ProxyConfig, ProxyService};
 use proto::clock::SystemClock;
 use proto::rpc::{
     ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply, Message, ResolveReply,
-    TLogCommitReply,
+    SequenceReply, TLogCommitReply,
 };
 use proto::shard_map::ShardMap;
 use proto::system_keys::ShardAssignment;
@@ -58,21 +58,23 @@ impl Scripted {
 
     fn answer(&self, request: &Message) -> Result<Message, ErrorReply> {
         match request {
-            Message::GetCommitVersion(r) => {
+            Message::Sequence(r) => {
                 let mut versions = self.versions.lock().unwrap();
                 let next = versions.len() as u64;
-                let reply = *versions
+                let versions = *versions
                     .entry(r.request_num)
                     .or_insert(GetCommitVersionReply {
                         prev_version: Version(next * 10),
                         version: Version(next * 10 + 10),
                     });
-                Ok(Message::GetCommitVersionReply(reply))
+                Ok(Message::SequenceReply(SequenceReply {
+                    versions,
+                    resolved: Ok(ResolveReply {
+                        metadata: Vec::new(),
+                        conflicts: Vec::new(),
+                    }),
+                }))
             }
-            Message::Resolve(_) => Ok(Message::ResolveReply(ResolveReply {
-                metadata: Vec::new(),
-                conflicts: Vec::new(),
-            })),
             Message::ReportCommitted(_) => Ok(Message::ReportCommittedReply),
             Message::RegisterTeam(_) => Ok(Message::RegisterTeamReply),
             Message::TLogCommit(r) => Ok(Message::TLogCommitReply(TLogCommitReply {
@@ -179,10 +181,8 @@ async fn commit(client: &RpcClient) -> Result<Message, RpcError> {
 #[tokio::test]
 async fn a_one_off_failure_of_any_commit_path_call_is_retried() {
     for (kind, first) in [
-        ("get_commit_version", First::LoseReply),
-        ("get_commit_version", First::Busy),
-        ("resolve", First::LoseReply),
-        ("resolve", First::Busy),
+        ("sequence", First::LoseReply),
+        ("sequence", First::Busy),
         ("report_committed", First::LoseReply),
         ("tlog_commit", First::LoseReply),
         ("tlog_commit", First::Busy),

@@ -137,11 +137,26 @@ pub struct TLogStatusReply {
     pub stalled: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GetCommitVersionRequest {
+/// A batch's one call to the sequencer's process: commit versions from the
+/// sequencer, then resolution at them by the resolver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequenceRequest {
     pub proxy: ProxyId,
-    /// Counts the proxy's requests: a retry gets the same versions.
+    /// Counts the proxy's requests: a retry gets the same versions, and
+    /// the same resolution.
     pub request_num: u64,
+    /// The batch's system-key mutations.
+    pub metadata: Vec<Mutation>,
+    pub transactions: Vec<ResolveTransaction>,
+}
+
+/// The versions handed out for a batch, and how resolving it went. The
+/// versions are spent either way: a batch whose resolving failed is pushed
+/// empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequenceReply {
+    pub versions: GetCommitVersionReply,
+    pub resolved: Result<ResolveReply, ErrorReply>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +191,8 @@ pub struct ResolveTransaction {
     pub write_ranges: Vec<KeyRange>,
 }
 
+/// What the resolver takes: a [`SequenceRequest`] at the versions the
+/// sequencer handed out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolveRequest {
     pub proxy: ProxyId,
@@ -540,14 +557,12 @@ pub enum Message {
     Status,
     TLogStatus(TLogStatusReply),
     Error(ErrorReply),
-    GetCommitVersion(GetCommitVersionRequest),
-    GetCommitVersionReply(GetCommitVersionReply),
+    Sequence(SequenceRequest),
+    SequenceReply(SequenceReply),
     ReportCommitted(ReportCommittedRequest),
     ReportCommittedReply,
     GetReadVersion,
     GetReadVersionReply(GetReadVersionReply),
-    Resolve(ResolveRequest),
-    ResolveReply(ResolveReply),
     ClientCommit(ClientCommitRequest),
     ClientCommitReply(ClientCommitReply),
     GetValue(GetValueRequest),
@@ -602,14 +617,12 @@ impl Message {
             Message::Status => "status",
             Message::TLogStatus(_) => "tlog_status",
             Message::Error(_) => "error",
-            Message::GetCommitVersion(_) => "get_commit_version",
-            Message::GetCommitVersionReply(_) => "get_commit_version_reply",
+            Message::Sequence(_) => "sequence",
+            Message::SequenceReply(_) => "sequence_reply",
             Message::ReportCommitted(_) => "report_committed",
             Message::ReportCommittedReply => "report_committed_reply",
             Message::GetReadVersion => "get_read_version",
             Message::GetReadVersionReply(_) => "get_read_version_reply",
-            Message::Resolve(_) => "resolve",
-            Message::ResolveReply(_) => "resolve_reply",
             Message::ClientCommit(_) => "client_commit",
             Message::ClientCommitReply(_) => "client_commit_reply",
             Message::GetValue(_) => "get_value",
@@ -667,10 +680,9 @@ impl Message {
                 | Message::Lock
                 | Message::RegisterTeam(_)
                 | Message::Status
-                | Message::GetCommitVersion(_)
+                | Message::Sequence(_)
                 | Message::ReportCommitted(_)
                 | Message::GetReadVersion
-                | Message::Resolve(_)
                 | Message::ClientCommit(_)
                 | Message::GetValue(_)
                 | Message::GetRange(_)

@@ -2,10 +2,10 @@
 //! RPC service.
 //!
 //! ```text
-//!  proxies ─get_commit_version / report_committed─▶ SequencerCore
-//!          ─resolve──────────────────────────────▶ ResolverCore (waits in version order)
-//!  clients ─get_read_version─────────────────────▶ SequencerCore
-//!  status  ─status───────────────────────────────▶ last and committed versions
+//!  proxies ─sequence─────────▶ SequencerCore: versions ─▶ ResolverCore (waits in version order)
+//!          ─report_committed─▶ SequencerCore
+//!  clients ─get_read_version─▶ SequencerCore
+//!  status  ─status───────────▶ last and committed versions
 //! ```
 //!
 //! Metrics (through the `metrics` facade; a no-op unless the process installs
@@ -21,7 +21,8 @@ use std::time::Duration;
 use backon::Retryable;
 use proto::clock::Clock;
 use proto::rpc::{
-    ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply, SequencerStatusReply,
+    ErrorCode, ErrorReply, GetReadVersionReply, Message, ResolveReply, ResolveRequest,
+    SequenceReply, SequencerStatusReply,
 };
 use proto::transport::{ClientConfig, Responder, RpcClient, Service};
 use proto::{ProxyId, Version};
@@ -143,13 +144,27 @@ impl SequencerService {
     async fn handle(self, request: Message) -> Result<Message, ErrorReply> {
         let inner = &self.inner;
         match request {
-            Message::GetCommitVersion(r) => {
+            Message::Sequence(r) => {
                 let now = inner.clock.now_us();
-                let reply = lock(&inner.sequencer)
+                let versions = lock(&inner.sequencer)
                     .commit_version(r.proxy, r.request_num, now)
                     .map_err(sequencer_error)?;
-                metrics::gauge!("teamlog_sequencer_last_version").set(reply.version.0 as f64);
-                Ok(Message::GetCommitVersionReply(reply))
+                metrics::gauge!("teamlog_sequencer_last_version").set(versions.version.0 as f64);
+                let request = ResolveRequest {
+                    proxy: r.proxy,
+                    prev_version: versions.prev_version,
+                    version: versions.version,
+                    metadata: r.metadata,
+                    transactions: r.transactions,
+                };
+                let (tx, rx) = oneshot::channel();
+                let answers = lock(&inner.resolver).resolve(request, tx, inner.clock.now_ms());
+                answer(answers);
+                let resolved = match rx.await {
+                    Ok(resolved) => resolved.map_err(resolver_error),
+                    Err(_) => Err(ErrorReply::new(ErrorCode::Unavailable, "resolver stopped")),
+                };
+                Ok(Message::SequenceReply(SequenceReply { versions, resolved }))
             }
             Message::ReportCommitted(r) => {
                 let committed = {
@@ -179,16 +194,6 @@ impl SequencerService {
                 Ok(Message::GetReadVersionReply(GetReadVersionReply {
                     version,
                 }))
-            }
-            Message::Resolve(r) => {
-                let (tx, rx) = oneshot::channel();
-                let answers = lock(&inner.resolver).resolve(r, tx, inner.clock.now_ms());
-                answer(answers);
-                match rx.await {
-                    Ok(Ok(reply)) => Ok(Message::ResolveReply(reply)),
-                    Ok(Err(e)) => Err(resolver_error(e)),
-                    Err(_) => Err(ErrorReply::new(ErrorCode::Unavailable, "resolver stopped")),
-                }
             }
             other => Err(ErrorReply::new(
                 ErrorCode::UnknownMessage,
@@ -263,4 +268,78 @@ fn resolver_error(e: ResolverError) -> ErrorReply {
         ResolverError::UnknownProxy(_) => ErrorCode::MalformedRequest,
     };
     ErrorReply::new(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proto::clock::SystemClock;
+    use proto::rpc::SequenceRequest;
+    use proto::Mutation;
+
+    use super::*;
+
+    async fn sequencer() -> SequencerService {
+        let config = SequencerConfig {
+            proxies: [ProxyId(1), ProxyId(2)].into(),
+            start: SequencerStart::AfterTLogs(Vec::new()),
+            resolve_wait_timeout: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(1),
+            transport: ClientConfig::default(),
+        };
+        SequencerService::start(&config, Arc::new(SystemClock::default()))
+            .await
+            .unwrap()
+    }
+
+    fn request(proxy: u64, request_num: u64, metadata: Vec<Mutation>) -> Message {
+        Message::Sequence(SequenceRequest {
+            proxy: ProxyId(proxy),
+            request_num,
+            metadata,
+            transactions: Vec::new(),
+        })
+    }
+
+    async fn sequence(service: &SequencerService, request: Message) -> SequenceReply {
+        match service.clone().handle(request).await {
+            Ok(Message::SequenceReply(reply)) => reply,
+            other => panic!("expected a sequence reply, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_call_hands_out_versions_and_resolves_at_them_and_a_retry_gets_the_same() {
+        let service = sequencer().await;
+        let change = Mutation::SetValue {
+            key: Bytes::from_static(b"\xff/keyServers/a"),
+            value: Bytes::from_static(b"2"),
+        };
+        let first = sequence(&service, request(1, 10, vec![change.clone()])).await;
+        assert_eq!(first.versions.prev_version, Version::ZERO);
+        assert!(first.resolved.as_ref().unwrap().metadata.is_empty());
+        let second = sequence(&service, request(2, 10, Vec::new())).await;
+        assert_eq!(second.versions.prev_version, first.versions.version);
+        let learned = &second.resolved.as_ref().unwrap().metadata;
+        assert_eq!(learned.len(), 1, "proxy 2 learns proxy 1's change");
+        assert_eq!(
+            (learned[0].version, &learned[0].mutations),
+            (first.versions.version, &vec![change.clone()])
+        );
+        // A reply lost on the way: the retry gets the same versions and
+        // the same resolution, and hands out nothing new.
+        assert_eq!(sequence(&service, request(2, 10, Vec::new())).await, second);
+        assert_eq!(service.last_version(), second.versions.version);
+    }
+
+    #[tokio::test]
+    async fn a_proxy_outside_the_cluster_gets_no_versions() {
+        let service = sequencer().await;
+        let refused = service.clone().handle(request(9, 1, Vec::new())).await;
+        assert!(
+            matches!(&refused, Err(e) if e.code == ErrorCode::MalformedRequest),
+            "{refused:?}"
+        );
+        assert_eq!(service.last_version(), Version::ZERO);
+    }
 }

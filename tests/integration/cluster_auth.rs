@@ -9,8 +9,8 @@ use bytes::Bytes;
 use client::Client;
 use cluster::tls_files::{self, TlsEntry};
 use proto::rpc::{
-    ErrorCode, GetCommitVersionRequest, Message, PeekRequest, PopRequest, Recruit, RecruitRequest,
-    RegisterTeamRequest, RegisterWorkerRequest,
+    ErrorCode, Message, PeekRequest, PopRequest, Recruit, RecruitRequest, RegisterTeamRequest,
+    RegisterWorkerRequest, SequenceRequest,
 };
 use proto::transport::tls::{PemIdentity, TlsSettings};
 use proto::transport::{ClientConfig, RpcClient, RpcError};
@@ -91,9 +91,11 @@ async fn only_members_may_steer_the_cluster() -> Result<()> {
     let sequencer = RpcClient::connect(cluster.sequencer_address()?, outsider.clone()).await?;
     unauthorized(
         sequencer
-            .call(Message::GetCommitVersion(GetCommitVersionRequest {
+            .call(Message::Sequence(SequenceRequest {
                 proxy: ProxyId(1),
                 request_num: u64::MAX,
+                metadata: Vec::new(),
+                transactions: Vec::new(),
             }))
             .await,
     )?;

@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 use bytes::Bytes;
 use client::{Client, ClientError};
 use cluster::placement::tlogs_for_team;
-use proto::rpc::{ErrorCode, GetCommitVersionRequest, Message};
+use proto::rpc::{ErrorCode, Message, SequenceRequest};
 use proto::transport::{RpcClient, RpcError};
 use proto::{BlockEntry, Mutation, ProxyId, StorageTeamId, Version};
 use testkit::tlog_stream::read_team_entries;
@@ -103,9 +103,11 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
     )
     .await?;
     let stray = sequencer
-        .call(Message::GetCommitVersion(GetCommitVersionRequest {
+        .call(Message::Sequence(SequenceRequest {
             proxy: ProxyId(99),
             request_num: 1,
+            metadata: Vec::new(),
+            transactions: Vec::new(),
         }))
         .await;
     ensure!(

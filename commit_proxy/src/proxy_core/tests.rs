@@ -57,36 +57,50 @@ fn commit(mutations: Vec<Mutation>) -> ClientCommitRequest {
     }
 }
 
-fn versions(prev: u64, version: u64) -> Result<GetCommitVersionReply, String> {
-    Ok(GetCommitVersionReply {
-        prev_version: Version(prev),
-        version: Version(version),
+/// The sequencer's process handed out `(prev, version)` and resolved the
+/// batch with `resolved`.
+fn sequenced_as(
+    prev: u64,
+    version: u64,
+    resolved: Result<ResolveReply, ErrorReply>,
+) -> Result<SequenceReply, String> {
+    Ok(SequenceReply {
+        versions: GetCommitVersionReply {
+            prev_version: Version(prev),
+            version: Version(version),
+        },
+        resolved,
     })
 }
 
-fn resolved() -> Result<ResolveReply, String> {
-    Ok(ResolveReply {
-        metadata: Vec::new(),
-        conflicts: Vec::new(),
-    })
+/// Versions `(prev, version)`, and no other proxy's metadata to learn.
+fn sequenced(prev: u64, version: u64) -> Result<SequenceReply, String> {
+    sequenced_as(
+        prev,
+        version,
+        Ok(ResolveReply {
+            metadata: Vec::new(),
+            conflicts: Vec::new(),
+        }),
+    )
 }
 
-/// The batch and request of the only `GetCommitVersion` among `commands`.
-fn version_request(commands: &[Command<Waiter>]) -> (BatchId, GetCommitVersionRequest, usize) {
-    let found: Vec<_> = commands
+/// The batch and request of the only `Sequence` among `commands`.
+fn version_request(commands: &[Command<Waiter>]) -> (BatchId, SequenceRequest, usize) {
+    let mut found: Vec<_> = commands
         .iter()
         .filter_map(|c| match c {
-            Command::GetCommitVersion {
+            Command::Sequence {
                 batch,
                 request,
                 commits,
                 ..
-            } => Some((*batch, *request, *commits)),
+            } => Some((*batch, request.clone(), *commits)),
             _ => None,
         })
         .collect();
     assert_eq!(found.len(), 1, "{commands:?}");
-    found[0]
+    found.remove(0)
 }
 
 fn pushes(commands: &[Command<Waiter>]) -> Vec<(BatchId, Vec<TLogCommitRequest>)> {
@@ -127,10 +141,9 @@ fn team_messages(requests: &[TLogCommitRequest]) -> BTreeMap<StorageTeamId, Vec<
     out
 }
 
-/// Takes a batch from versions to its answers, all succeeding.
+/// Takes a sequenced batch to its answers, all succeeding.
 fn complete(core: &mut ProxyCore<Waiter>, batch: BatchId, now: u64) -> Vec<Command<Waiter>> {
-    let mut commands = core.on_resolved(batch, resolved());
-    commands.extend(core.on_pushed(batch, Ok(()), now));
+    let mut commands = core.on_pushed(batch, Ok(()), now);
     commands.extend(core.on_reported(batch, now));
     commands
 }
@@ -146,9 +159,10 @@ fn commits_that_arrive_while_versions_are_asked_for_share_the_next_batch() {
     );
     assert!(core.commit(2, commit(vec![set("b", "2")]), 1).is_empty());
     assert!(core.commit(3, commit(vec![set("c", "3")]), 2).is_empty());
-    let commands = core.on_commit_version(first, versions(0, 10), 3);
-    assert!(matches!(&commands[0], Command::Resolve { batch, request }
-        if *batch == first && request.version == Version(10) && request.prev_version == Version(0)));
+    let commands = core.on_sequenced(first, sequenced(0, 10), 3);
+    let pushed = pushes(&commands);
+    assert!(matches!(&pushed[..], [(batch, requests)]
+        if *batch == first && requests[0].version == Version(10) && requests[0].prev_version == Version(0)));
     let (second, request, commits) = version_request(&commands);
     assert_ne!(second, first);
     assert_eq!((request.request_num, commits), (102, 2));
@@ -163,9 +177,9 @@ fn a_batch_takes_commits_up_to_its_byte_limit_and_at_least_one() {
             .commit(waiter, commit(vec![set("k", &"v".repeat(40))]), 0)
             .is_empty());
     }
-    let (second, _, commits) = version_request(&core.on_commit_version(first, versions(0, 10), 0));
+    let (second, _, commits) = version_request(&core.on_sequenced(first, sequenced(0, 10), 0));
     assert_eq!(commits, 1, "two commits of 57 bytes pass 100");
-    let (_, _, commits) = version_request(&core.on_commit_version(second, versions(10, 20), 0));
+    let (_, _, commits) = version_request(&core.on_sequenced(second, sequenced(10, 20), 0));
     assert_eq!(commits, 1);
     // A commit larger than the limit still forms a batch of its own.
     let mut core = core_with(|c| c.max_batch_bytes = 10);
@@ -177,13 +191,13 @@ fn no_more_batches_than_the_limit_are_in_flight() {
     let mut core = core_with(|c| c.max_batches_in_flight = 2);
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
     assert!(core.commit(2, commit(vec![set("b", "1")]), 0).is_empty());
-    let (second, ..) = version_request(&core.on_commit_version(first, versions(0, 10), 0));
+    let (second, ..) = version_request(&core.on_sequenced(first, sequenced(0, 10), 0));
     assert!(core.commit(3, commit(vec![set("c", "1")]), 0).is_empty());
-    let commands = core.on_commit_version(second, versions(10, 20), 0);
+    let commands = core.on_sequenced(second, sequenced(10, 20), 0);
     assert!(
         commands
             .iter()
-            .all(|c| !matches!(c, Command::GetCommitVersion { .. })),
+            .all(|c| !matches!(c, Command::Sequence { .. })),
         "two batches are out: the third waits"
     );
     let commands = complete(&mut core, first, 0);
@@ -202,16 +216,15 @@ fn by_default_commits_queue_while_a_batch_is_out_and_then_go_as_one() {
     );
     let mut core = core_with(|c| c.max_batches_in_flight = default.max_batches_in_flight);
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    let mut commands = core.on_commit_version(first, versions(0, 10), 0);
+    let mut commands = core.on_sequenced(first, sequenced(0, 10), 0);
     for waiter in 2..=5 {
         commands.extend(core.commit(waiter, commit(vec![set("b", "2")]), 0));
     }
-    commands.extend(core.on_resolved(first, resolved()));
     commands.extend(core.on_pushed(first, Ok(()), 0));
     assert!(
         commands
             .iter()
-            .all(|c| !matches!(c, Command::GetCommitVersion { .. })),
+            .all(|c| !matches!(c, Command::Sequence { .. })),
         "{commands:?}"
     );
     let (_, _, commits) = version_request(&core.on_reported(first, 0));
@@ -223,10 +236,10 @@ fn while_others_are_in_flight_a_batch_waits_the_batch_interval() {
     let mut core = core_with(|c| c.batch_interval = Duration::from_micros(500));
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
     // Nothing else in flight: the first batch did not wait.
-    let commands = core.on_commit_version(first, versions(0, 10), 50);
+    let commands = core.on_sequenced(first, sequenced(0, 10), 50);
     assert!(commands
         .iter()
-        .all(|c| !matches!(c, Command::GetCommitVersion { .. })));
+        .all(|c| !matches!(c, Command::Sequence { .. })));
     let commands = core.commit(2, commit(vec![set("b", "1")]), 100);
     assert!(
         matches!(commands[..], [Command::WakeAt { at_us: 600 }]),
@@ -242,17 +255,17 @@ fn while_others_are_in_flight_a_batch_waits_the_batch_interval() {
 }
 
 #[test]
-fn batches_are_tagged_and_pushed_in_version_order() {
+fn one_batch_is_sequenced_at_a_time_so_pushes_are_in_version_order() {
     let mut core = core();
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    core.commit(2, commit(vec![set("b", "2")]), 0);
-    let (second, ..) = version_request(&core.on_commit_version(first, versions(0, 10), 0));
-    core.on_commit_version(second, versions(10, 20), 0);
     assert!(
-        pushes(&core.on_resolved(second, resolved())).is_empty(),
-        "the later version waits for the earlier one"
+        core.commit(2, commit(vec![set("b", "2")]), 0).is_empty(),
+        "the second batch waits for the first one's versions"
     );
-    let pushed = pushes(&core.on_resolved(first, resolved()));
+    let commands = core.on_sequenced(first, sequenced(0, 10), 0);
+    let (second, ..) = version_request(&commands);
+    let mut pushed = pushes(&commands);
+    pushed.extend(pushes(&core.on_sequenced(second, sequenced(10, 20), 0)));
     let order: Vec<(BatchId, Version)> = pushed
         .iter()
         .map(|(batch, requests)| (*batch, requests[0].version))
@@ -265,8 +278,7 @@ fn every_tlog_gets_every_version_with_its_teams_blocks_and_empty_versions() {
     let mut core = core();
     let (batch, ..) =
         version_request(&core.commit(1, commit(vec![set("a", "1"), set("n", "2")]), 0));
-    core.on_commit_version(batch, versions(5, 10), 0);
-    let pushed = pushes(&core.on_resolved(batch, resolved()));
+    let pushed = pushes(&core.on_sequenced(batch, sequenced(5, 10), 0));
     let requests = &pushed[0].1;
     assert_eq!(requests.len(), 3);
     let teams_by_tlog = config().topology.teams_by_tlog();
@@ -292,8 +304,9 @@ fn every_tlog_gets_every_version_with_its_teams_blocks_and_empty_versions() {
 fn without_broadcast_uninvolved_teams_get_nothing_but_every_tlog_the_version() {
     let mut core = core_with(|c| c.topology.broadcast = false);
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    core.on_commit_version(batch, versions(5, 10), 0);
-    let requests = pushes(&core.on_resolved(batch, resolved())).remove(0).1;
+    let requests = pushes(&core.on_sequenced(batch, sequenced(5, 10), 0))
+        .remove(0)
+        .1;
     assert_eq!(requests.len(), 3);
     let teams: Vec<Vec<StorageTeamId>> = requests
         .iter()
@@ -315,8 +328,7 @@ fn a_durable_batch_is_reported_committed_before_its_clients_are_answered() {
     let mut core = core();
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
     core.commit(2, commit(vec![set("b", "1")]), 0);
-    let (second, ..) = version_request(&core.on_commit_version(batch, versions(0, 10), 0));
-    core.on_resolved(batch, resolved());
+    let (second, ..) = version_request(&core.on_sequenced(batch, sequenced(0, 10), 0));
     let commands = core.on_pushed(batch, Ok(()), 0);
     assert!(
         matches!(&commands[..], [Command::ReportCommitted { request, .. }]
@@ -330,8 +342,9 @@ fn a_durable_batch_is_reported_committed_before_its_clients_are_answered() {
     );
     assert_eq!(core.status().commits, 1);
     // The next version's pushes carry what is now known committed.
-    core.on_commit_version(second, versions(10, 20), 0);
-    let requests = pushes(&core.on_resolved(second, resolved())).remove(0).1;
+    let requests = pushes(&core.on_sequenced(second, sequenced(10, 20), 0))
+        .remove(0)
+        .1;
     assert!(requests
         .iter()
         .all(|r| r.known_committed_version == Version(10)));
@@ -341,7 +354,6 @@ fn a_durable_batch_is_reported_committed_before_its_clients_are_answered() {
 fn metadata_other_proxies_committed_earlier_reroutes_this_batch() {
     let mut core = core();
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("b", "1")]), 0));
-    core.on_commit_version(batch, versions(10, 20), 0);
     let moved = Mutation::SetValue {
         key: key_servers_key(b""),
         value: ShardAssignment::to(StorageTeamId(3)).encode(),
@@ -353,7 +365,9 @@ fn metadata_other_proxies_committed_earlier_reroutes_this_batch() {
         }],
         conflicts: Vec::new(),
     };
-    let requests = pushes(&core.on_resolved(batch, Ok(reply))).remove(0).1;
+    let requests = pushes(&core.on_sequenced(batch, sequenced_as(10, 20, Ok(reply)), 0))
+        .remove(0)
+        .1;
     let messages = team_messages(&requests);
     assert_eq!(messages[&StorageTeamId(3)], vec![set("b", "1")]);
     assert!(messages[&StorageTeamId(1)].is_empty());
@@ -379,12 +393,15 @@ fn own_metadata_goes_to_the_concerned_private_teams_and_applies_at_its_version()
         mutations: vec![moved.clone()],
         allow_system_keys: true,
     };
-    let (batch, ..) = version_request(&core.commit(1, request, 0));
-    let commands = core.on_commit_version(batch, versions(10, 20), 0);
-    assert!(
-        matches!(&commands[0], Command::Resolve { request, .. } if request.metadata == vec![moved.clone()])
+    let (batch, request, _) = version_request(&core.commit(1, request, 0));
+    assert_eq!(
+        request.metadata,
+        vec![moved.clone()],
+        "the resolver learns it"
     );
-    let requests = pushes(&core.on_resolved(batch, resolved())).remove(0).1;
+    let requests = pushes(&core.on_sequenced(batch, sequenced(10, 20), 0))
+        .remove(0)
+        .1;
     let messages = team_messages(&requests);
     // The servers of the team that held the range and of the one that will.
     for server in [20, 21, 30, 31] {
@@ -453,7 +470,7 @@ fn without_a_commit_version_the_batch_is_refused_and_the_next_one_forms() {
     let mut core = core();
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
     core.commit(2, commit(vec![set("b", "1")]), 0);
-    let commands = core.on_commit_version(first, Err("sequencer down".into()), 0);
+    let commands = core.on_sequenced(first, Err("sequencer down".into()), 0);
     let (_, request, commits) = version_request(&commands);
     assert_eq!((request.request_num, commits), (102, 1));
     assert_eq!(answers(commands), vec![(1, Err(ErrorCode::Unavailable))]);
@@ -463,8 +480,8 @@ fn without_a_commit_version_the_batch_is_refused_and_the_next_one_forms() {
 fn a_failed_resolve_spends_the_version_as_an_empty_push_and_refuses_the_commits() {
     let mut core = core();
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    core.on_commit_version(batch, versions(10, 20), 0);
-    let requests = pushes(&core.on_resolved(batch, Err("resolver down".into())))
+    let resolve_error = ErrorReply::new(ErrorCode::MissingPredecessor, "waited for 10");
+    let requests = pushes(&core.on_sequenced(batch, sequenced_as(10, 20, Err(resolve_error)), 0))
         .remove(0)
         .1;
     assert_eq!(requests.len(), 3, "every TLog still gets the version");
@@ -479,8 +496,7 @@ fn a_failed_push_leaves_the_outcome_unknown() {
     let mut core = core();
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
     core.commit(2, commit(vec![set("a", "2")]), 0);
-    core.on_commit_version(batch, versions(10, 20), 0);
-    core.on_resolved(batch, resolved());
+    core.on_sequenced(batch, sequenced(10, 20), 0);
     let commands = core.on_pushed(batch, Err("tlog 1: connection reset".into()), 0);
     assert_eq!(
         answers(commands),
@@ -509,17 +525,13 @@ fn a_full_queue_refuses_with_overloaded() {
 fn stale_and_repeated_replies_change_nothing() {
     let mut core = core();
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    assert!(core
-        .on_commit_version(batch + 1, versions(0, 10), 0)
-        .is_empty());
-    assert!(
-        core.on_resolved(batch, resolved()).is_empty(),
-        "no versions yet"
+    assert!(core.on_sequenced(batch + 1, sequenced(0, 10), 0).is_empty());
+    assert_eq!(
+        pushes(&core.on_sequenced(batch, sequenced(0, 10), 0)).len(),
+        1
     );
-    core.on_commit_version(batch, versions(0, 10), 0);
-    assert!(core.on_commit_version(batch, versions(0, 11), 0).is_empty());
-    assert_eq!(pushes(&core.on_resolved(batch, resolved())).len(), 1);
-    assert!(core.on_resolved(batch, resolved()).is_empty());
+    assert!(core.on_sequenced(batch, sequenced(0, 11), 0).is_empty());
+    assert!(core.on_sequenced(batch, sequenced(0, 10), 0).is_empty());
     assert!(core.on_pushed(batch + 1, Ok(()), 0).is_empty());
     assert_eq!(
         answers(complete_after_push(&mut core, batch)),
@@ -538,7 +550,6 @@ fn complete_after_push(core: &mut ProxyCore<Waiter>, batch: BatchId) -> Vec<Comm
 fn a_shard_map_older_than_the_history_kept_is_too_old_to_locate() {
     let mut core = core_with(|c| c.shard_history = 5);
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    core.on_commit_version(batch, versions(100, 200), 0);
     let reply = ResolveReply {
         metadata: vec![VersionedMetadata {
             version: Version(150),
@@ -549,7 +560,7 @@ fn a_shard_map_older_than_the_history_kept_is_too_old_to_locate() {
         }],
         conflicts: Vec::new(),
     };
-    core.on_resolved(batch, Ok(reply));
+    core.on_sequenced(batch, sequenced_as(100, 200, Ok(reply)), 0);
     let at = |version| GetKeyLocationRequest {
         key: Bytes::from_static(b"a"),
         version: Version(version),
@@ -604,7 +615,7 @@ fn commits_touching_a_throttled_team_are_refused_and_others_go_on() {
 fn an_idle_proxy_tells_the_tlogs_its_last_commit_committed_with_one_empty_batch() {
     let mut core = core_with(|c| c.idle_push_interval = Duration::from_millis(100));
     let (batch, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
-    core.on_commit_version(batch, versions(0, 10), 0);
+    core.on_sequenced(batch, sequenced(0, 10), 0);
     let commands = complete(&mut core, batch, 1_000);
     // The push of version 10 could only say what committed before it.
     assert!(matches!(
@@ -614,12 +625,11 @@ fn an_idle_proxy_tells_the_tlogs_its_last_commit_committed_with_one_empty_batch(
     assert!(core.wake(50_000).is_empty(), "woken early");
     let (empty, _, commits) = version_request(&core.wake(100_000));
     assert_eq!(commits, 0);
-    let commands = core.on_commit_version(empty, versions(10, 20), 100_001);
+    let commands = core.on_sequenced(empty, sequenced(10, 20), 100_001);
     assert!(
-        matches!(&commands[..], [Command::Resolve { .. }]),
+        matches!(&commands[..], [Command::Push { .. }]),
         "{commands:?}"
     );
-    let commands = core.on_resolved(empty, resolved());
     let (_, requests) = &pushes(&commands)[0];
     assert!(requests
         .iter()
@@ -630,7 +640,7 @@ fn an_idle_proxy_tells_the_tlogs_its_last_commit_committed_with_one_empty_batch(
     assert!(
         after.iter().all(|c| !matches!(
             c,
-            Command::WakeAt { .. } | Command::GetCommitVersion { .. } | Command::Answer { .. }
+            Command::WakeAt { .. } | Command::Sequence { .. } | Command::Answer { .. }
         )),
         "{after:?}"
     );
@@ -649,14 +659,14 @@ fn a_stopping_proxy_refuses_new_commits_and_settles_after_telling_the_tlogs() {
         "{refused:?}"
     );
     assert!(!core.is_settled(), "a batch is in flight");
-    core.on_commit_version(batch, versions(0, 10), 2);
+    core.on_sequenced(batch, sequenced(0, 10), 2);
     complete(&mut core, batch, 1_000);
     assert!(
         !core.is_settled(),
         "the TLogs do not know version 10 committed"
     );
     let (empty, ..) = version_request(&core.wake(100_000));
-    core.on_commit_version(empty, versions(10, 20), 100_001);
+    core.on_sequenced(empty, sequenced(10, 20), 100_001);
     complete(&mut core, empty, 100_002);
     assert!(core.is_settled());
 }
@@ -678,7 +688,7 @@ fn a_paced_proxy_holds_queued_commits_until_the_pace_allows_and_refuses_none() {
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", &value)]), 0));
     let spent = core.released_bytes();
     assert!(spent > 400);
-    core.on_commit_version(first, versions(0, 10), 0);
+    core.on_sequenced(first, sequenced(0, 10), 0);
     complete(&mut core, first, 0);
     // The first batch spent the credit: the next waits for it to come back.
     let due = spent * 1000;
@@ -691,7 +701,7 @@ fn a_paced_proxy_holds_queued_commits_until_the_pace_allows_and_refuses_none() {
     assert!(core.wake(due - 1).is_empty(), "too early");
     let (second, _, commits) = version_request(&core.wake(due));
     assert_eq!(commits, 2, "what waited goes in one batch");
-    core.on_commit_version(second, versions(10, 20), due);
+    core.on_sequenced(second, sequenced(10, 20), due);
     let answered = answers(complete(&mut core, second, due));
     assert_eq!(answered, [(2, Ok(Version(20))), (3, Ok(Version(20)))]);
 

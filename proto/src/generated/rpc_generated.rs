@@ -285,10 +285,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for RoleKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 47;
+pub const ENUM_MAX_PAYLOAD: u8 = 45;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 48] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 46] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -303,14 +303,12 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 48] = [
   Payload::StatusRequest,
   Payload::TLogStatusReply,
   Payload::ErrorReply,
-  Payload::GetCommitVersionRequest,
-  Payload::GetCommitVersionReply,
+  Payload::SequenceRequest,
+  Payload::SequenceReply,
   Payload::ReportCommittedRequest,
   Payload::ReportCommittedReply,
   Payload::GetReadVersionRequest,
   Payload::GetReadVersionReply,
-  Payload::ResolveRequest,
-  Payload::ResolveReply,
   Payload::ClientCommitRequest,
   Payload::ClientCommitReply,
   Payload::GetValueRequest,
@@ -358,43 +356,41 @@ impl Payload {
   pub const StatusRequest: Self = Self(11);
   pub const TLogStatusReply: Self = Self(12);
   pub const ErrorReply: Self = Self(13);
-  pub const GetCommitVersionRequest: Self = Self(14);
-  pub const GetCommitVersionReply: Self = Self(15);
+  pub const SequenceRequest: Self = Self(14);
+  pub const SequenceReply: Self = Self(15);
   pub const ReportCommittedRequest: Self = Self(16);
   pub const ReportCommittedReply: Self = Self(17);
   pub const GetReadVersionRequest: Self = Self(18);
   pub const GetReadVersionReply: Self = Self(19);
-  pub const ResolveRequest: Self = Self(20);
-  pub const ResolveReply: Self = Self(21);
-  pub const ClientCommitRequest: Self = Self(22);
-  pub const ClientCommitReply: Self = Self(23);
-  pub const GetValueRequest: Self = Self(24);
-  pub const GetValueReply: Self = Self(25);
-  pub const GetRangeRequest: Self = Self(26);
-  pub const GetRangeReply: Self = Self(27);
-  pub const StorageStatusReply: Self = Self(28);
-  pub const GetKeyLocationRequest: Self = Self(29);
-  pub const GetKeyLocationReply: Self = Self(30);
-  pub const SequencerStatusReply: Self = Self(31);
-  pub const ProxyStatusReply: Self = Self(32);
-  pub const RaftRequest: Self = Self(33);
-  pub const RaftReply: Self = Self(34);
-  pub const CoordinatedReadRequest: Self = Self(35);
-  pub const CoordinatedWriteRequest: Self = Self(36);
-  pub const CoordinatedReply: Self = Self(37);
-  pub const CoordinatorStatusReply: Self = Self(38);
-  pub const RegisterWorkerRequest: Self = Self(39);
-  pub const RegisterWorkerReply: Self = Self(40);
-  pub const RecruitRequest: Self = Self(41);
-  pub const RecruitReply: Self = Self(42);
-  pub const OpenCommitsRequest: Self = Self(43);
-  pub const OpenCommitsReply: Self = Self(44);
-  pub const GetClusterInfoRequest: Self = Self(45);
-  pub const ClusterInfoReply: Self = Self(46);
-  pub const WorkerStatusReply: Self = Self(47);
+  pub const ClientCommitRequest: Self = Self(20);
+  pub const ClientCommitReply: Self = Self(21);
+  pub const GetValueRequest: Self = Self(22);
+  pub const GetValueReply: Self = Self(23);
+  pub const GetRangeRequest: Self = Self(24);
+  pub const GetRangeReply: Self = Self(25);
+  pub const StorageStatusReply: Self = Self(26);
+  pub const GetKeyLocationRequest: Self = Self(27);
+  pub const GetKeyLocationReply: Self = Self(28);
+  pub const SequencerStatusReply: Self = Self(29);
+  pub const ProxyStatusReply: Self = Self(30);
+  pub const RaftRequest: Self = Self(31);
+  pub const RaftReply: Self = Self(32);
+  pub const CoordinatedReadRequest: Self = Self(33);
+  pub const CoordinatedWriteRequest: Self = Self(34);
+  pub const CoordinatedReply: Self = Self(35);
+  pub const CoordinatorStatusReply: Self = Self(36);
+  pub const RegisterWorkerRequest: Self = Self(37);
+  pub const RegisterWorkerReply: Self = Self(38);
+  pub const RecruitRequest: Self = Self(39);
+  pub const RecruitReply: Self = Self(40);
+  pub const OpenCommitsRequest: Self = Self(41);
+  pub const OpenCommitsReply: Self = Self(42);
+  pub const GetClusterInfoRequest: Self = Self(43);
+  pub const ClusterInfoReply: Self = Self(44);
+  pub const WorkerStatusReply: Self = Self(45);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 47;
+  pub const ENUM_MAX: u8 = 45;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -410,14 +406,12 @@ impl Payload {
     Self::StatusRequest,
     Self::TLogStatusReply,
     Self::ErrorReply,
-    Self::GetCommitVersionRequest,
-    Self::GetCommitVersionReply,
+    Self::SequenceRequest,
+    Self::SequenceReply,
     Self::ReportCommittedRequest,
     Self::ReportCommittedReply,
     Self::GetReadVersionRequest,
     Self::GetReadVersionReply,
-    Self::ResolveRequest,
-    Self::ResolveReply,
     Self::ClientCommitRequest,
     Self::ClientCommitReply,
     Self::GetValueRequest,
@@ -462,14 +456,12 @@ impl Payload {
       Self::StatusRequest => Some("StatusRequest"),
       Self::TLogStatusReply => Some("TLogStatusReply"),
       Self::ErrorReply => Some("ErrorReply"),
-      Self::GetCommitVersionRequest => Some("GetCommitVersionRequest"),
-      Self::GetCommitVersionReply => Some("GetCommitVersionReply"),
+      Self::SequenceRequest => Some("SequenceRequest"),
+      Self::SequenceReply => Some("SequenceReply"),
       Self::ReportCommittedRequest => Some("ReportCommittedRequest"),
       Self::ReportCommittedReply => Some("ReportCommittedReply"),
       Self::GetReadVersionRequest => Some("GetReadVersionRequest"),
       Self::GetReadVersionReply => Some("GetReadVersionReply"),
-      Self::ResolveRequest => Some("ResolveRequest"),
-      Self::ResolveReply => Some("ResolveReply"),
       Self::ClientCommitRequest => Some("ClientCommitRequest"),
       Self::ClientCommitReply => Some("ClientCommitReply"),
       Self::GetValueRequest => Some("GetValueRequest"),
@@ -2724,232 +2716,6 @@ impl ::core::fmt::Debug for KeyRange<'_> {
       ds.finish()
   }
 }
-pub enum GetCommitVersionRequestOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct GetCommitVersionRequest<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for GetCommitVersionRequest<'a> {
-  type Inner = GetCommitVersionRequest<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> GetCommitVersionRequest<'a> {
-  pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_REQUEST_NUM: ::flatbuffers::VOffsetT = 6;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    GetCommitVersionRequest { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args GetCommitVersionRequestArgs
-  ) -> ::flatbuffers::WIPOffset<GetCommitVersionRequest<'bldr>> {
-    let mut builder = GetCommitVersionRequestBuilder::new(_fbb);
-    builder.add_request_num(args.request_num);
-    builder.add_proxy(args.proxy);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn proxy(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(GetCommitVersionRequest::VT_PROXY, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn request_num(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(GetCommitVersionRequest::VT_REQUEST_NUM, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for GetCommitVersionRequest<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
-     .visit_field::<u64>("request_num", Self::VT_REQUEST_NUM, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct GetCommitVersionRequestArgs {
-    pub proxy: u64,
-    pub request_num: u64,
-}
-impl<'a> Default for GetCommitVersionRequestArgs {
-  #[inline]
-  fn default() -> Self {
-    GetCommitVersionRequestArgs {
-      proxy: 0,
-      request_num: 0,
-    }
-  }
-}
-
-pub struct GetCommitVersionRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetCommitVersionRequestBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_proxy(&mut self, proxy: u64) {
-    self.fbb_.push_slot::<u64>(GetCommitVersionRequest::VT_PROXY, proxy, 0);
-  }
-  #[inline]
-  pub fn add_request_num(&mut self, request_num: u64) {
-    self.fbb_.push_slot::<u64>(GetCommitVersionRequest::VT_REQUEST_NUM, request_num, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetCommitVersionRequestBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    GetCommitVersionRequestBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetCommitVersionRequest<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for GetCommitVersionRequest<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("GetCommitVersionRequest");
-      ds.field("proxy", &self.proxy());
-      ds.field("request_num", &self.request_num());
-      ds.finish()
-  }
-}
-pub enum GetCommitVersionReplyOffset {}
-#[derive(Copy, Clone, PartialEq)]
-
-pub struct GetCommitVersionReply<'a> {
-  pub _tab: ::flatbuffers::Table<'a>,
-}
-
-impl<'a> ::flatbuffers::Follow<'a> for GetCommitVersionReply<'a> {
-  type Inner = GetCommitVersionReply<'a>;
-  #[inline]
-  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
-  }
-}
-
-impl<'a> GetCommitVersionReply<'a> {
-  pub const VT_PREV_VERSION: ::flatbuffers::VOffsetT = 4;
-  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
-
-  #[inline]
-  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    GetCommitVersionReply { _tab: table }
-  }
-  #[allow(unused_mut)]
-  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
-    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args GetCommitVersionReplyArgs
-  ) -> ::flatbuffers::WIPOffset<GetCommitVersionReply<'bldr>> {
-    let mut builder = GetCommitVersionReplyBuilder::new(_fbb);
-    builder.add_version(args.version);
-    builder.add_prev_version(args.prev_version);
-    builder.finish()
-  }
-
-
-  #[inline]
-  pub fn prev_version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(GetCommitVersionReply::VT_PREV_VERSION, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(GetCommitVersionReply::VT_VERSION, Some(0)).unwrap()}
-  }
-}
-
-impl ::flatbuffers::Verifiable for GetCommitVersionReply<'_> {
-  #[inline]
-  fn run_verifier(
-    v: &mut ::flatbuffers::Verifier, pos: usize
-  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-    v.visit_table(pos)?
-     .visit_field::<u64>("prev_version", Self::VT_PREV_VERSION, false)?
-     .visit_field::<u64>("version", Self::VT_VERSION, false)?
-     .finish();
-    Ok(())
-  }
-}
-pub struct GetCommitVersionReplyArgs {
-    pub prev_version: u64,
-    pub version: u64,
-}
-impl<'a> Default for GetCommitVersionReplyArgs {
-  #[inline]
-  fn default() -> Self {
-    GetCommitVersionReplyArgs {
-      prev_version: 0,
-      version: 0,
-    }
-  }
-}
-
-pub struct GetCommitVersionReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-}
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetCommitVersionReplyBuilder<'a, 'b, A> {
-  #[inline]
-  pub fn add_prev_version(&mut self, prev_version: u64) {
-    self.fbb_.push_slot::<u64>(GetCommitVersionReply::VT_PREV_VERSION, prev_version, 0);
-  }
-  #[inline]
-  pub fn add_version(&mut self, version: u64) {
-    self.fbb_.push_slot::<u64>(GetCommitVersionReply::VT_VERSION, version, 0);
-  }
-  #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetCommitVersionReplyBuilder<'a, 'b, A> {
-    let start = _fbb.start_table();
-    GetCommitVersionReplyBuilder {
-      fbb_: _fbb,
-      start_: start,
-    }
-  }
-  #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetCommitVersionReply<'a>> {
-    let o = self.fbb_.end_table(self.start_);
-    ::flatbuffers::WIPOffset::new(o.value())
-  }
-}
-
-impl ::core::fmt::Debug for GetCommitVersionReply<'_> {
-  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("GetCommitVersionReply");
-      ds.field("prev_version", &self.prev_version());
-      ds.field("version", &self.version());
-      ds.finish()
-  }
-}
 pub enum ReportCommittedRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3445,40 +3211,38 @@ impl ::core::fmt::Debug for ResolveTransaction<'_> {
       ds.finish()
   }
 }
-pub enum ResolveRequestOffset {}
+pub enum SequenceRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-pub struct ResolveRequest<'a> {
+pub struct SequenceRequest<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
 
-impl<'a> ::flatbuffers::Follow<'a> for ResolveRequest<'a> {
-  type Inner = ResolveRequest<'a>;
+impl<'a> ::flatbuffers::Follow<'a> for SequenceRequest<'a> {
+  type Inner = SequenceRequest<'a>;
   #[inline]
   unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
     Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
   }
 }
 
-impl<'a> ResolveRequest<'a> {
+impl<'a> SequenceRequest<'a> {
   pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
-  pub const VT_PREV_VERSION: ::flatbuffers::VOffsetT = 6;
-  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
-  pub const VT_METADATA: ::flatbuffers::VOffsetT = 10;
-  pub const VT_TRANSACTIONS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_REQUEST_NUM: ::flatbuffers::VOffsetT = 6;
+  pub const VT_METADATA: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TRANSACTIONS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-    ResolveRequest { _tab: table }
+    SequenceRequest { _tab: table }
   }
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args ResolveRequestArgs<'args>
-  ) -> ::flatbuffers::WIPOffset<ResolveRequest<'bldr>> {
-    let mut builder = ResolveRequestBuilder::new(_fbb);
-    builder.add_version(args.version);
-    builder.add_prev_version(args.prev_version);
+    args: &'args SequenceRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SequenceRequest<'bldr>> {
+    let mut builder = SequenceRequestBuilder::new(_fbb);
+    builder.add_request_num(args.request_num);
     builder.add_proxy(args.proxy);
     if let Some(x) = args.transactions { builder.add_transactions(x); }
     if let Some(x) = args.metadata { builder.add_metadata(x); }
@@ -3491,119 +3255,104 @@ impl<'a> ResolveRequest<'a> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(ResolveRequest::VT_PROXY, Some(0)).unwrap()}
+    unsafe { self._tab.get::<u64>(SequenceRequest::VT_PROXY, Some(0)).unwrap()}
   }
   #[inline]
-  pub fn prev_version(&self) -> u64 {
+  pub fn request_num(&self) -> u64 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(ResolveRequest::VT_PREV_VERSION, Some(0)).unwrap()}
-  }
-  #[inline]
-  pub fn version(&self) -> u64 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(ResolveRequest::VT_VERSION, Some(0)).unwrap()}
+    unsafe { self._tab.get::<u64>(SequenceRequest::VT_REQUEST_NUM, Some(0)).unwrap()}
   }
   #[inline]
   pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(ResolveRequest::VT_METADATA, None)}
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(SequenceRequest::VT_METADATA, None)}
   }
   #[inline]
   pub fn transactions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>(ResolveRequest::VT_TRANSACTIONS, None)}
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>(SequenceRequest::VT_TRANSACTIONS, None)}
   }
 }
 
-impl ::flatbuffers::Verifiable for ResolveRequest<'_> {
+impl ::flatbuffers::Verifiable for SequenceRequest<'_> {
   #[inline]
   fn run_verifier(
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
-     .visit_field::<u64>("prev_version", Self::VT_PREV_VERSION, false)?
-     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("request_num", Self::VT_REQUEST_NUM, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("metadata", Self::VT_METADATA, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>("transactions", Self::VT_TRANSACTIONS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct ResolveRequestArgs<'a> {
+pub struct SequenceRequestArgs<'a> {
     pub proxy: u64,
-    pub prev_version: u64,
-    pub version: u64,
+    pub request_num: u64,
     pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
     pub transactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>>>,
 }
-impl<'a> Default for ResolveRequestArgs<'a> {
+impl<'a> Default for SequenceRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
-    ResolveRequestArgs {
+    SequenceRequestArgs {
       proxy: 0,
-      prev_version: 0,
-      version: 0,
+      request_num: 0,
       metadata: None,
       transactions: None,
     }
   }
 }
 
-pub struct ResolveRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+pub struct SequenceRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
-impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResolveRequestBuilder<'a, 'b, A> {
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SequenceRequestBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_proxy(&mut self, proxy: u64) {
-    self.fbb_.push_slot::<u64>(ResolveRequest::VT_PROXY, proxy, 0);
+    self.fbb_.push_slot::<u64>(SequenceRequest::VT_PROXY, proxy, 0);
   }
   #[inline]
-  pub fn add_prev_version(&mut self, prev_version: u64) {
-    self.fbb_.push_slot::<u64>(ResolveRequest::VT_PREV_VERSION, prev_version, 0);
-  }
-  #[inline]
-  pub fn add_version(&mut self, version: u64) {
-    self.fbb_.push_slot::<u64>(ResolveRequest::VT_VERSION, version, 0);
+  pub fn add_request_num(&mut self, request_num: u64) {
+    self.fbb_.push_slot::<u64>(SequenceRequest::VT_REQUEST_NUM, request_num, 0);
   }
   #[inline]
   pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Mutation<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveRequest::VT_METADATA, metadata);
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SequenceRequest::VT_METADATA, metadata);
   }
   #[inline]
   pub fn add_transactions(&mut self, transactions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ResolveTransaction<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveRequest::VT_TRANSACTIONS, transactions);
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SequenceRequest::VT_TRANSACTIONS, transactions);
   }
   #[inline]
-  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResolveRequestBuilder<'a, 'b, A> {
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SequenceRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
-    ResolveRequestBuilder {
+    SequenceRequestBuilder {
       fbb_: _fbb,
       start_: start,
     }
   }
   #[inline]
-  pub fn finish(self) -> ::flatbuffers::WIPOffset<ResolveRequest<'a>> {
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SequenceRequest<'a>> {
     let o = self.fbb_.end_table(self.start_);
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }
 
-impl ::core::fmt::Debug for ResolveRequest<'_> {
+impl ::core::fmt::Debug for SequenceRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-    let mut ds = f.debug_struct("ResolveRequest");
+    let mut ds = f.debug_struct("SequenceRequest");
       ds.field("proxy", &self.proxy());
-      ds.field("prev_version", &self.prev_version());
-      ds.field("version", &self.version());
+      ds.field("request_num", &self.request_num());
       ds.field("metadata", &self.metadata());
       ds.field("transactions", &self.transactions());
       ds.finish()
@@ -3832,6 +3581,153 @@ impl ::core::fmt::Debug for ResolveReply<'_> {
     let mut ds = f.debug_struct("ResolveReply");
       ds.field("metadata", &self.metadata());
       ds.field("conflicts", &self.conflicts());
+      ds.finish()
+  }
+}
+pub enum SequenceReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SequenceReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SequenceReply<'a> {
+  type Inner = SequenceReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SequenceReply<'a> {
+  pub const VT_PREV_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RESOLVED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RESOLVE_ERROR: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SequenceReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SequenceReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SequenceReply<'bldr>> {
+    let mut builder = SequenceReplyBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_prev_version(args.prev_version);
+    if let Some(x) = args.resolve_error { builder.add_resolve_error(x); }
+    if let Some(x) = args.resolved { builder.add_resolved(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn prev_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SequenceReply::VT_PREV_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SequenceReply::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn resolved(&self) -> Option<ResolveReply<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ResolveReply>>(SequenceReply::VT_RESOLVED, None)}
+  }
+  #[inline]
+  pub fn resolve_error(&self) -> Option<ErrorReply<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ErrorReply>>(SequenceReply::VT_RESOLVE_ERROR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SequenceReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("prev_version", Self::VT_PREV_VERSION, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ResolveReply>>("resolved", Self::VT_RESOLVED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ErrorReply>>("resolve_error", Self::VT_RESOLVE_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SequenceReplyArgs<'a> {
+    pub prev_version: u64,
+    pub version: u64,
+    pub resolved: Option<::flatbuffers::WIPOffset<ResolveReply<'a>>>,
+    pub resolve_error: Option<::flatbuffers::WIPOffset<ErrorReply<'a>>>,
+}
+impl<'a> Default for SequenceReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SequenceReplyArgs {
+      prev_version: 0,
+      version: 0,
+      resolved: None,
+      resolve_error: None,
+    }
+  }
+}
+
+pub struct SequenceReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SequenceReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_prev_version(&mut self, prev_version: u64) {
+    self.fbb_.push_slot::<u64>(SequenceReply::VT_PREV_VERSION, prev_version, 0);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(SequenceReply::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_resolved(&mut self, resolved: ::flatbuffers::WIPOffset<ResolveReply<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ResolveReply>>(SequenceReply::VT_RESOLVED, resolved);
+  }
+  #[inline]
+  pub fn add_resolve_error(&mut self, resolve_error: ::flatbuffers::WIPOffset<ErrorReply<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ErrorReply>>(SequenceReply::VT_RESOLVE_ERROR, resolve_error);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SequenceReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SequenceReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SequenceReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SequenceReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SequenceReply");
+      ds.field("prev_version", &self.prev_version());
+      ds.field("version", &self.version());
+      ds.field("resolved", &self.resolved());
+      ds.field("resolve_error", &self.resolve_error());
       ds.finish()
   }
 }
@@ -8448,13 +8344,13 @@ impl<'a> Envelope<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
-  pub fn payload_as_get_commit_version_request(&self) -> Option<GetCommitVersionRequest<'a>> {
-    if self.payload_type() == Payload::GetCommitVersionRequest {
+  pub fn payload_as_sequence_request(&self) -> Option<SequenceRequest<'a>> {
+    if self.payload_type() == Payload::SequenceRequest {
       self.payload().map(|t| {
        // Safety:
        // Created from a valid Table for this object
        // Which contains a valid union in this slot
-       unsafe { GetCommitVersionRequest::init_from_table(t) }
+       unsafe { SequenceRequest::init_from_table(t) }
      })
     } else {
       None
@@ -8463,13 +8359,13 @@ impl<'a> Envelope<'a> {
 
   #[inline]
   #[allow(non_snake_case)]
-  pub fn payload_as_get_commit_version_reply(&self) -> Option<GetCommitVersionReply<'a>> {
-    if self.payload_type() == Payload::GetCommitVersionReply {
+  pub fn payload_as_sequence_reply(&self) -> Option<SequenceReply<'a>> {
+    if self.payload_type() == Payload::SequenceReply {
       self.payload().map(|t| {
        // Safety:
        // Created from a valid Table for this object
        // Which contains a valid union in this slot
-       unsafe { GetCommitVersionReply::init_from_table(t) }
+       unsafe { SequenceReply::init_from_table(t) }
      })
     } else {
       None
@@ -8530,36 +8426,6 @@ impl<'a> Envelope<'a> {
        // Created from a valid Table for this object
        // Which contains a valid union in this slot
        unsafe { GetReadVersionReply::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn payload_as_resolve_request(&self) -> Option<ResolveRequest<'a>> {
-    if self.payload_type() == Payload::ResolveRequest {
-      self.payload().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { ResolveRequest::init_from_table(t) }
-     })
-    } else {
-      None
-    }
-  }
-
-  #[inline]
-  #[allow(non_snake_case)]
-  pub fn payload_as_resolve_reply(&self) -> Option<ResolveReply<'a>> {
-    if self.payload_type() == Payload::ResolveReply {
-      self.payload().map(|t| {
-       // Safety:
-       // Created from a valid Table for this object
-       // Which contains a valid union in this slot
-       unsafe { ResolveReply::init_from_table(t) }
      })
     } else {
       None
@@ -8980,14 +8846,12 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Payload::StatusRequest", pos),
           Payload::TLogStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TLogStatusReply>>("Payload::TLogStatusReply", pos),
           Payload::ErrorReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorReply>>("Payload::ErrorReply", pos),
-          Payload::GetCommitVersionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetCommitVersionRequest>>("Payload::GetCommitVersionRequest", pos),
-          Payload::GetCommitVersionReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetCommitVersionReply>>("Payload::GetCommitVersionReply", pos),
+          Payload::SequenceRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SequenceRequest>>("Payload::SequenceRequest", pos),
+          Payload::SequenceReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SequenceReply>>("Payload::SequenceReply", pos),
           Payload::ReportCommittedRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReportCommittedRequest>>("Payload::ReportCommittedRequest", pos),
           Payload::ReportCommittedReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReportCommittedReply>>("Payload::ReportCommittedReply", pos),
           Payload::GetReadVersionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetReadVersionRequest>>("Payload::GetReadVersionRequest", pos),
           Payload::GetReadVersionReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetReadVersionReply>>("Payload::GetReadVersionReply", pos),
-          Payload::ResolveRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResolveRequest>>("Payload::ResolveRequest", pos),
-          Payload::ResolveReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResolveReply>>("Payload::ResolveReply", pos),
           Payload::ClientCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientCommitRequest>>("Payload::ClientCommitRequest", pos),
           Payload::ClientCommitReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClientCommitReply>>("Payload::ClientCommitReply", pos),
           Payload::GetValueRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetValueRequest>>("Payload::GetValueRequest", pos),
@@ -9173,15 +9037,15 @@ impl ::core::fmt::Debug for Envelope<'_> {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
-        Payload::GetCommitVersionRequest => {
-          if let Some(x) = self.payload_as_get_commit_version_request() {
+        Payload::SequenceRequest => {
+          if let Some(x) = self.payload_as_sequence_request() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
-        Payload::GetCommitVersionReply => {
-          if let Some(x) = self.payload_as_get_commit_version_reply() {
+        Payload::SequenceReply => {
+          if let Some(x) = self.payload_as_sequence_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -9210,20 +9074,6 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::GetReadVersionReply => {
           if let Some(x) = self.payload_as_get_read_version_reply() {
-            ds.field("payload", &x)
-          } else {
-            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Payload::ResolveRequest => {
-          if let Some(x) = self.payload_as_resolve_request() {
-            ds.field("payload", &x)
-          } else {
-            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
-          }
-        },
-        Payload::ResolveReply => {
-          if let Some(x) = self.payload_as_resolve_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

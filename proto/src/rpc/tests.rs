@@ -138,27 +138,9 @@ fn every_message() -> Vec<Message> {
             ErrorCode::CommitUnknownResult,
             "tlog-2 failed",
         )),
-        Message::GetCommitVersion(GetCommitVersionRequest {
-            proxy: ProxyId(2),
-            request_num: 77,
-        }),
-        Message::GetCommitVersionReply(GetCommitVersionReply {
-            prev_version: Version(10),
-            version: Version(15),
-        }),
-        Message::ReportCommitted(ReportCommittedRequest {
-            proxy: ProxyId(3),
-            version: Version(15),
-        }),
-        Message::ReportCommittedReply,
-        Message::GetReadVersion,
-        Message::GetReadVersionReply(GetReadVersionReply {
-            version: Version(14),
-        }),
-        Message::Resolve(ResolveRequest {
+        Message::Sequence(SequenceRequest {
             proxy: ProxyId(1),
-            prev_version: Version(10),
-            version: Version(15),
+            request_num: 77,
             metadata: vec![set(b"\xff/keyServers/a", b"1")],
             transactions: vec![ResolveTransaction {
                 read_version: Version(9),
@@ -169,12 +151,37 @@ fn every_message() -> Vec<Message> {
                 write_ranges: vec![],
             }],
         }),
-        Message::ResolveReply(ResolveReply {
-            metadata: vec![VersionedMetadata {
-                version: Version(12),
-                mutations: vec![clear(b"\xff/x", b"\xff/y"), set(b"\xffk", b"")],
-            }],
-            conflicts: vec![false, true],
+        Message::SequenceReply(SequenceReply {
+            versions: GetCommitVersionReply {
+                prev_version: Version(10),
+                version: Version(15),
+            },
+            resolved: Ok(ResolveReply {
+                metadata: vec![VersionedMetadata {
+                    version: Version(12),
+                    mutations: vec![clear(b"\xff/x", b"\xff/y"), set(b"\xffk", b"")],
+                }],
+                conflicts: vec![false, true],
+            }),
+        }),
+        Message::SequenceReply(SequenceReply {
+            versions: GetCommitVersionReply {
+                prev_version: Version(15),
+                version: Version(16),
+            },
+            resolved: Err(ErrorReply::new(
+                ErrorCode::MissingPredecessor,
+                "waited for 15",
+            )),
+        }),
+        Message::ReportCommitted(ReportCommittedRequest {
+            proxy: ProxyId(3),
+            version: Version(15),
+        }),
+        Message::ReportCommittedReply,
+        Message::GetReadVersion,
+        Message::GetReadVersionReply(GetReadVersionReply {
+            version: Version(14),
         }),
         Message::ClientCommit(ClientCommitRequest {
             mutations: vec![set(b"k", b"v"), clear(b"a", b"c")],
@@ -463,10 +470,9 @@ fn request_and_reply_kinds_are_told_apart() {
             "lock",
             "register_team",
             "status",
-            "get_commit_version",
+            "sequence",
             "report_committed",
             "get_read_version",
-            "resolve",
             "client_commit",
             "get_value",
             "get_range",
@@ -562,6 +568,57 @@ fn an_unknown_mutation_kind_refuses_just_that_request() {
         decoded,
         Err(DecodeError::InvalidContent { request_id: 5, .. })
     ));
+}
+
+#[test]
+fn a_sequence_reply_needs_exactly_one_of_a_resolution_and_its_error() {
+    for (resolved, error) in [(false, false), (true, true)] {
+        let mut fbb = FlatBufferBuilder::new();
+        let resolved = resolved.then(|| {
+            fb::ResolveReply::create(
+                &mut fbb,
+                &fb::ResolveReplyArgs {
+                    metadata: None,
+                    conflicts: None,
+                },
+            )
+        });
+        let resolve_error = error.then(|| {
+            fb::ErrorReply::create(
+                &mut fbb,
+                &fb::ErrorReplyArgs {
+                    code: fb::ErrorCode::Unavailable,
+                    message: None,
+                    version: 0,
+                    has_version: false,
+                },
+            )
+        });
+        let reply = fb::SequenceReply::create(
+            &mut fbb,
+            &fb::SequenceReplyArgs {
+                prev_version: 1,
+                version: 2,
+                resolved,
+                resolve_error,
+            },
+        );
+        let root = fb::Envelope::create(
+            &mut fbb,
+            &fb::EnvelopeArgs {
+                request_id: 6,
+                payload_type: fb::Payload::SequenceReply,
+                payload: Some(reply.as_union_value()),
+                appendix: 0,
+            },
+        );
+        fbb.finish(root, None);
+        let decoded = Envelope::decode(Bytes::copy_from_slice(fbb.finished_data()));
+        assert!(
+            matches!(decoded, Err(DecodeError::InvalidContent { request_id: 6, .. })),
+            "{decoded:?}"
+        );
+    }
 }
 
 #[test]

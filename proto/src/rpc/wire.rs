@@ -7,8 +7,8 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WI
 
 use super::{
     DecodeError, Envelope, ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest,
-    PopRequest, RegisterTeamRequest, TLogCommitReply, TLogCommitRequest, TLogStatusReply,
-    TeamBlockData, TeamStatus,
+    PopRequest, RegisterTeamRequest, SequenceReply, TLogCommitReply, TLogCommitRequest,
+    TLogStatusReply, TeamBlockData, TeamStatus,
 };
 use crate::frame::FramePayload;
 use crate::generated::rpc as fb;
@@ -94,11 +94,37 @@ fn build(fbb: &mut FlatBufferBuilder<'_>, envelope: &Envelope, attached: &mut ap
     fbb.finish(root, None);
 }
 
+fn error_reply<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    r: &ErrorReply,
+) -> WIPOffset<fb::ErrorReply<'a>> {
+    let text = fbb.create_string(&r.message);
+    fb::ErrorReply::create(
+        fbb,
+        &fb::ErrorReplyArgs {
+            code: code_to_wire(r.code),
+            message: Some(text),
+            version: r.version.map_or(0, |v| v.0),
+            has_version: r.version.is_some(),
+        },
+    )
+}
+
+fn decode_error_reply(r: &fb::ErrorReply<'_>) -> ErrorReply {
+    ErrorReply {
+        code: code_from_wire(r.code()),
+        message: r.message().unwrap_or_default().to_owned(),
+        version: r.has_version().then(|| Version(r.version())),
+    }
+}
+
 fn estimated_len(message: &Message) -> usize {
     let mutations = match message {
         Message::ClientCommit(r) => commit::mutations_len(&r.mutations),
-        Message::Resolve(r) => commit::mutations_len(&r.metadata),
-        Message::ResolveReply(r) => r
+        Message::Sequence(r) => commit::mutations_len(&r.metadata),
+        Message::SequenceReply(SequenceReply {
+            resolved: Ok(r), ..
+        }) => r
             .metadata
             .iter()
             .map(|m| commit::mutations_len(&m.mutations))
@@ -261,27 +287,16 @@ fn encode_message(
             );
             (fb::Payload::TLogStatusReply, t.as_union_value())
         }
-        Message::Error(r) => {
-            let text = fbb.create_string(&r.message);
-            let t = fb::ErrorReply::create(
-                fbb,
-                &fb::ErrorReplyArgs {
-                    code: code_to_wire(r.code),
-                    message: Some(text),
-                    version: r.version.map_or(0, |v| v.0),
-                    has_version: r.version.is_some(),
-                },
-            );
-            (fb::Payload::ErrorReply, t.as_union_value())
-        }
-        Message::GetCommitVersion(r) => commit::get_commit_version(fbb, r),
-        Message::GetCommitVersionReply(r) => commit::get_commit_version_reply(fbb, r),
+        Message::Error(r) => (
+            fb::Payload::ErrorReply,
+            error_reply(fbb, r).as_union_value(),
+        ),
+        Message::Sequence(r) => commit::sequence(fbb, r),
+        Message::SequenceReply(r) => commit::sequence_reply(fbb, r),
         Message::ReportCommitted(r) => commit::report_committed(fbb, r),
         Message::ReportCommittedReply => commit::report_committed_reply(fbb),
         Message::GetReadVersion => commit::get_read_version(fbb),
         Message::GetReadVersionReply(r) => commit::get_read_version_reply(fbb, r),
-        Message::Resolve(r) => commit::resolve(fbb, r),
-        Message::ResolveReply(r) => commit::resolve_reply(fbb, r),
         Message::ClientCommit(r) => commit::client_commit(fbb, r),
         Message::ClientCommitReply(r) => commit::client_commit_reply(fbb, r),
         Message::GetValue(r) => read::get_value(fbb, r),
@@ -473,11 +488,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
         }
         fb::Payload::ErrorReply => {
             let r = envelope.payload_as_error_reply().ok_or(unknown)?;
-            Message::Error(ErrorReply {
-                code: code_from_wire(r.code()),
-                message: r.message().unwrap_or_default().to_owned(),
-                version: r.has_version().then(|| Version(r.version())),
-            })
+            Message::Error(decode_error_reply(&r))
         }
         _ => match commit::decode(&frame, &envelope)
             .or_else(|| read::decode(&frame, &envelope))

@@ -5,13 +5,12 @@
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
 
-use super::optional_bytes;
+use super::{decode_error_reply, error_reply, optional_bytes};
 use crate::generated::rpc as fb;
 use crate::rpc::{
     ClientCommitReply, ClientCommitRequest, DecodeError, GetCommitVersionReply,
-    GetCommitVersionRequest, GetReadVersionReply, KeyRange, ProxyStatusReply,
-    ReportCommittedRequest, ResolveReply, ResolveRequest, ResolveTransaction, SequencerStatusReply,
-    VersionedMetadata,
+    GetReadVersionReply, KeyRange, ProxyStatusReply, ReportCommittedRequest, ResolveReply,
+    ResolveTransaction, SequenceReply, SequenceRequest, SequencerStatusReply, VersionedMetadata,
 };
 use crate::types::{Mutation, ProxyId, Version};
 
@@ -21,28 +20,46 @@ const KIND_CLEAR_RANGE: u8 = 2;
 type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
 type MutationsOffset<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::Mutation<'a>>>>;
 
-pub(super) fn get_commit_version(
-    fbb: &mut FlatBufferBuilder<'_>,
-    r: &GetCommitVersionRequest,
-) -> Encoded {
-    let args = fb::GetCommitVersionRequestArgs {
+pub(super) fn sequence(fbb: &mut FlatBufferBuilder<'_>, r: &SequenceRequest) -> Encoded {
+    let metadata = mutations(fbb, &r.metadata);
+    let transactions: Vec<_> = r
+        .transactions
+        .iter()
+        .map(|t| {
+            let read_ranges = ranges(fbb, &t.read_ranges);
+            let write_ranges = ranges(fbb, &t.write_ranges);
+            let args = fb::ResolveTransactionArgs {
+                read_version: t.read_version.0,
+                read_ranges: Some(read_ranges),
+                write_ranges: Some(write_ranges),
+            };
+            fb::ResolveTransaction::create(fbb, &args)
+        })
+        .collect();
+    let transactions = fbb.create_vector(&transactions);
+    let args = fb::SequenceRequestArgs {
         proxy: r.proxy.0,
         request_num: r.request_num,
+        metadata: Some(metadata),
+        transactions: Some(transactions),
     };
-    let t = fb::GetCommitVersionRequest::create(fbb, &args);
-    (fb::Payload::GetCommitVersionRequest, t.as_union_value())
+    let t = fb::SequenceRequest::create(fbb, &args);
+    (fb::Payload::SequenceRequest, t.as_union_value())
 }
 
-pub(super) fn get_commit_version_reply(
-    fbb: &mut FlatBufferBuilder<'_>,
-    r: &GetCommitVersionReply,
-) -> Encoded {
-    let args = fb::GetCommitVersionReplyArgs {
-        prev_version: r.prev_version.0,
-        version: r.version.0,
+pub(super) fn sequence_reply(fbb: &mut FlatBufferBuilder<'_>, r: &SequenceReply) -> Encoded {
+    let (resolved, resolve_error) = match &r.resolved {
+        Ok(reply) => (Some(resolve_reply(fbb, reply)), None),
+        Err(error) => (None, Some(error_reply(fbb, error))),
     };
-    let t = fb::GetCommitVersionReply::create(fbb, &args);
-    (fb::Payload::GetCommitVersionReply, t.as_union_value())
+    let args = fb::SequenceReplyArgs {
+        prev_version: r.versions.prev_version.0,
+        version: r.versions.version.0,
+        resolved,
+        resolve_error,
+    };
+    let t = fb::SequenceReply::create(fbb, &args);
+    (fb::Payload::SequenceReply, t.as_union_value())
 }
 
 pub(super) fn report_committed(
@@ -104,35 +121,10 @@ pub(super) fn proxy_status(fbb: &mut FlatBufferBuilder<'_>, r: &ProxyStatusReply
     (fb::Payload::ProxyStatusReply, t.as_union_value())
 }
 
-pub(super) fn resolve(fbb: &mut FlatBufferBuilder<'_>, r: &ResolveRequest) -> Encoded {
-    let metadata = mutations(fbb, &r.metadata);
-    let transactions: Vec<_> = r
-        .transactions
-        .iter()
-        .map(|t| {
-            let read_ranges = ranges(fbb, &t.read_ranges);
-            let write_ranges = ranges(fbb, &t.write_ranges);
-            let args = fb::ResolveTransactionArgs {
-                read_version: t.read_version.0,
-                read_ranges: Some(read_ranges),
-                write_ranges: Some(write_ranges),
-            };
-            fb::ResolveTransaction::create(fbb, &args)
-        })
-        .collect();
-    let transactions = fbb.create_vector(&transactions);
-    let args = fb::ResolveRequestArgs {
-        proxy: r.proxy.0,
-        prev_version: r.prev_version.0,
-        version: r.version.0,
-        metadata: Some(metadata),
-        transactions: Some(transactions),
-    };
-    let t = fb::ResolveRequest::create(fbb, &args);
-    (fb::Payload::ResolveRequest, t.as_union_value())
-}
-
-pub(super) fn resolve_reply(fbb: &mut FlatBufferBuilder<'_>, r: &ResolveReply) -> Encoded {
+fn resolve_reply<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    r: &ResolveReply,
+) -> WIPOffset<fb::ResolveReply<'a>> {
     let metadata: Vec<_> = r
         .metadata
         .iter()
@@ -151,8 +143,7 @@ pub(super) fn resolve_reply(fbb: &mut FlatBufferBuilder<'_>, r: &ResolveReply) -
         metadata: Some(metadata),
         conflicts: Some(conflicts),
     };
-    let t = fb::ResolveReply::create(fbb, &args);
-    (fb::Payload::ResolveReply, t.as_union_value())
+    fb::ResolveReply::create(fbb, &args)
 }
 
 pub(super) fn client_commit(fbb: &mut FlatBufferBuilder<'_>, r: &ClientCommitRequest) -> Encoded {
@@ -262,24 +253,6 @@ pub(super) fn decode(
         .unwrap_or(Ok(Vec::new()))
     };
     let message = match envelope.payload_type() {
-        fb::Payload::GetCommitVersionRequest => envelope
-            .payload_as_get_commit_version_request()
-            .ok_or_else(unknown)
-            .map(|r| {
-                Message::GetCommitVersion(GetCommitVersionRequest {
-                    proxy: ProxyId(r.proxy()),
-                    request_num: r.request_num(),
-                })
-            }),
-        fb::Payload::GetCommitVersionReply => envelope
-            .payload_as_get_commit_version_reply()
-            .ok_or_else(unknown)
-            .map(|r| {
-                Message::GetCommitVersionReply(GetCommitVersionReply {
-                    prev_version: Version(r.prev_version()),
-                    version: Version(r.version()),
-                })
-            }),
         fb::Payload::ReportCommittedRequest => envelope
             .payload_as_report_committed_request()
             .ok_or_else(unknown)
@@ -320,8 +293,8 @@ pub(super) fn decode(
                     delaying: r.delaying().map(str::to_owned),
                 })
             }),
-        fb::Payload::ResolveRequest => (|| {
-            let r = envelope.payload_as_resolve_request().ok_or_else(unknown)?;
+        fb::Payload::SequenceRequest => (|| {
+            let r = envelope.payload_as_sequence_request().ok_or_else(unknown)?;
             let transactions = r
                 .transactions()
                 .map(|l| {
@@ -336,36 +309,54 @@ pub(super) fn decode(
                         .collect::<Result<Vec<_>, DecodeError>>()
                 })
                 .unwrap_or(Ok(Vec::new()))?;
-            Ok(Message::Resolve(ResolveRequest {
+            Ok(Message::Sequence(SequenceRequest {
                 proxy: ProxyId(r.proxy()),
-                prev_version: Version(r.prev_version()),
-                version: Version(r.version()),
+                request_num: r.request_num(),
                 metadata: decode_mutations(r.metadata())?,
                 transactions,
             }))
         })(),
-        fb::Payload::ResolveReply => (|| {
-            let r = envelope.payload_as_resolve_reply().ok_or_else(unknown)?;
-            let metadata = r
-                .metadata()
-                .map(|l| {
-                    l.iter()
-                        .map(|m| {
-                            Ok(VersionedMetadata {
-                                version: Version(m.version()),
-                                mutations: decode_mutations(m.mutations())?,
-                            })
+        fb::Payload::SequenceReply => (|| {
+            let r = envelope.payload_as_sequence_reply().ok_or_else(unknown)?;
+            let resolved = match (r.resolved(), r.resolve_error()) {
+                (Some(resolved), None) => {
+                    let metadata = resolved
+                        .metadata()
+                        .map(|l| {
+                            l.iter()
+                                .map(|m| {
+                                    Ok(VersionedMetadata {
+                                        version: Version(m.version()),
+                                        mutations: decode_mutations(m.mutations())?,
+                                    })
+                                })
+                                .collect::<Result<Vec<_>, DecodeError>>()
                         })
-                        .collect::<Result<Vec<_>, DecodeError>>()
-                })
-                .unwrap_or(Ok(Vec::new()))?;
-            let conflicts = r
-                .conflicts()
-                .map(|c| c.iter().collect())
-                .unwrap_or_default();
-            Ok(Message::ResolveReply(ResolveReply {
-                metadata,
-                conflicts,
+                        .unwrap_or(Ok(Vec::new()))?;
+                    let conflicts = resolved
+                        .conflicts()
+                        .map(|c| c.iter().collect())
+                        .unwrap_or_default();
+                    Ok(ResolveReply {
+                        metadata,
+                        conflicts,
+                    })
+                }
+                (None, Some(error)) => Err(decode_error_reply(&error)),
+                _ => {
+                    return Err(DecodeError::InvalidContent {
+                        request_id,
+                        reason: "a sequence reply needs exactly one of resolved and resolve_error"
+                            .to_string(),
+                    })
+                }
+            };
+            Ok(Message::SequenceReply(SequenceReply {
+                versions: GetCommitVersionReply {
+                    prev_version: Version(r.prev_version()),
+                    version: Version(r.version()),
+                },
+                resolved,
             }))
         })(),
         fb::Payload::ClientCommitRequest => (|| {
