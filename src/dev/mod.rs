@@ -1,6 +1,6 @@
 //! `teamlog dev`: a whole local cluster as real processes — 3 coordinators
 //! (one of them the cluster controller), 3 workers on which the controller
-//! recruits each generation's sequencer with its resolver, 2 proxies and
+//! recruits each generation's sequencer with its resolver, a proxy and
 //! 3 TLogs (replication 2), and 6 storage servers in 3 teams of 2, each
 //! with its private team — in a directory it creates or is given; with
 //! `--workload`, a generated (or given) trace replayed against it, checked
@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!  dev ─spawns─▶ coordinator ×3 ─▶ worker ×3 ─▶ storage ×6 ─▶ first recovery   (logs in DIR/logs/)
-//!      --pinned:  tlog ×3 ─▶ sequencer ─▶ proxy ×2 ─▶ storage ×6
+//!      --pinned:  tlog ×3 ─▶ sequencer ─▶ proxy ─▶ storage ×6
 //!      --one-process: one worker hosting coordinators ×3 and storage ×6 ─▶ first recovery
 //!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
 //!      Ctrl-C (or the workload's end): stop everything cleanly
@@ -59,6 +59,11 @@ pub struct DevArgs {
     /// Workers, on which the controller recruits each generation.
     #[arg(long, default_value_t = 3)]
     pub workers: usize,
+    /// Commit proxies. Each makes versions of its own, and every version
+    /// costs each TLog a sync and each storage server a peek, so where the
+    /// cores are the limit one proxy commits the most.
+    #[arg(long, default_value_t = 1)]
+    pub proxies: usize,
     /// Pin the sequencer, proxies and TLogs in the cluster file, each its
     /// own process, instead of recruiting them on workers: no recovery.
     #[arg(long, conflicts_with = "one_process")]
@@ -92,6 +97,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             (false, false) => args.workers.max(1),
         },
         hosted_by_first_worker: args.one_process,
+        proxies: args.proxies.max(1),
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,

@@ -615,7 +615,10 @@ fn a_sequence_reply_needs_exactly_one_of_a_resolution_and_its_error() {
         fbb.finish(root, None);
         let decoded = Envelope::decode(Bytes::copy_from_slice(fbb.finished_data()));
         assert!(
-            matches!(decoded, Err(DecodeError::InvalidContent { request_id: 6, .. })),
+            matches!(
+                decoded,
+                Err(DecodeError::InvalidContent { request_id: 6, .. })
+            ),
             "{decoded:?}"
         );
     }
