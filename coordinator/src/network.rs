@@ -12,9 +12,8 @@
 // helpers build it for it.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::error::{
@@ -27,7 +26,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
 use proto::rpc::Message;
-use proto::transport::{ClientConfig, Peer, RpcError};
+use proto::transport::{ClientConfig, Peer, PeerPool, RpcError};
 use serde::{Deserialize, Serialize};
 
 use crate::raft_types::{Raft, TypeConfig};
@@ -73,24 +72,14 @@ pub async fn deliver(raft: &Raft, payload: &[u8]) -> Result<Bytes, serde_json::E
 /// read would cost the leader more than the read itself.
 #[derive(Clone)]
 pub struct Network {
-    transport: ClientConfig,
-    peers: Arc<Mutex<BTreeMap<SocketAddr, Arc<Peer>>>>,
+    peers: Arc<PeerPool>,
 }
 
 impl Network {
     pub fn new(transport: ClientConfig) -> Network {
         Network {
-            transport,
-            peers: Arc::default(),
+            peers: Arc::new(PeerPool::new(transport)),
         }
-    }
-
-    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Peer::new(addr, self.transport.clone())))
-            .clone()
     }
 }
 
@@ -103,7 +92,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer: node
                 .addr
                 .parse::<SocketAddr>()
-                .map(|addr| self.peer(addr))
+                .map(|addr| self.peers.get(addr))
                 .map_err(|e| {
                     format!(
                         "coordinator {target} has a bad address {:?}: {e}",

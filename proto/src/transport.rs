@@ -37,7 +37,7 @@ mod server;
 pub mod tls;
 
 pub use client::RpcClient;
-pub use peer::Peer;
+pub use peer::{Peer, PeerPool};
 pub use server::{serve, Responder, Service, SMALL_REPLY_BOUND};
 
 /// Why a call failed.

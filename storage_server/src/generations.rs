@@ -20,7 +20,7 @@ use cluster::placement::tlogs_for_team;
 use coordinator::client::CoordinatorClient;
 use cursor::{GenerationRoute, GenerationSource, TLogSource, TLogSourceConfig};
 use proto::rpc::PopRequest;
-use proto::transport::{ClientConfig, Peer};
+use proto::transport::{ClientConfig, Peer, PeerPool};
 use proto::{StorageServerId, StorageTeamId, Version};
 
 /// Where the TLogs and the sequencer are.
@@ -76,7 +76,7 @@ pub struct Generations {
     view: Mutex<View>,
     sources: Mutex<BTreeMap<u64, Arc<TLogSource>>>,
     source: Arc<GenerationSource<TLogSource>>,
-    peers: Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
+    peers: PeerPool,
 }
 
 /// The end of the generation `seen` had as current, once `next` ends it:
@@ -134,13 +134,13 @@ impl Generations {
         };
         let generations = Generations {
             discovery,
-            transport,
             private_team,
             teams: Mutex::new(BTreeSet::new()),
             view: Mutex::new(View::default()),
             sources: Mutex::new(BTreeMap::new()),
             source: Arc::new(GenerationSource::new(Vec::new())),
-            peers: Mutex::new(BTreeMap::new()),
+            peers: PeerPool::new(transport.clone()),
+            transport,
         };
         generations.install(view);
         generations
@@ -159,11 +159,7 @@ impl Generations {
     }
 
     fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Peer::new(addr, self.transport.clone())))
-            .clone()
+        self.peers.get(addr)
     }
 
     /// The sequencer of the current generation, if one is known.

@@ -1,7 +1,11 @@
 //! A server known by address: connected on first use and reconnected after
 //! the connection breaks, so a caller outlives restarts of the server.
+//! A [`PeerPool`] hands out one [`Peer`] per address, so callers that ask
+//! for a peer per call still share its connection.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
@@ -41,6 +45,30 @@ impl Peer {
         let fresh = RpcClient::connect(self.addr, self.config.clone()).await?;
         *client = Some(fresh.clone());
         Ok(fresh)
+    }
+}
+
+/// One [`Peer`] per address, made on first use and kept.
+pub struct PeerPool {
+    config: ClientConfig,
+    peers: std::sync::Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
+}
+
+impl PeerPool {
+    pub fn new(config: ClientConfig) -> PeerPool {
+        PeerPool {
+            config,
+            peers: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The peer at `addr`: the same one every time.
+    pub fn get(&self, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.config.clone())))
+            .clone()
     }
 }
 
