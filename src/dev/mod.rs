@@ -62,7 +62,7 @@ pub struct DevArgs {
     /// Commit proxies. Each makes versions of its own, and every version
     /// costs each TLog a sync and each storage server a peek, so where the
     /// cores are the limit one proxy commits the most.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub proxies: usize,
     /// Pin the sequencer, proxies and TLogs in the cluster file, each its
     /// own process, instead of recruiting them on workers: no recovery.
@@ -97,7 +97,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             (false, false) => args.workers.max(1),
         },
         hosted_by_first_worker: args.one_process,
-        proxies: args.proxies.max(1),
+        proxies: args.proxies,
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,

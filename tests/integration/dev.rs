@@ -5,9 +5,9 @@
 //! Ctrl-C, and start again on the same directory with the data intact.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use testkit::Signal;
@@ -18,11 +18,30 @@ struct Dev(Option<Child>);
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = testkit::process::signal(child.id(), Signal::INT);
-            let _ = child.wait();
+        if let Some(child) = self.0.take() {
+            let _ = stop(child);
         }
     }
+}
+
+/// How long `teamlog dev` may take to stop its cluster after Ctrl-C.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Ctrl-C, and its exit within `STOP_TIMEOUT`; past that it is killed.
+fn stop(mut child: Child) -> Result<ExitStatus> {
+    let signalled = testkit::process::signal(child.id(), Signal::INT);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while signalled.is_ok() && Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    signalled?;
+    bail!("teamlog dev did not stop within {STOP_TIMEOUT:?} of Ctrl-C")
 }
 
 /// Starts `teamlog dev ARGS` and waits (bounded) for its "cluster ready"
@@ -54,6 +73,7 @@ fn start_dev(args: &[&str]) -> Result<(Dev, String)> {
             }
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 bail!("teamlog dev never became ready; it printed:\n{seen}");
             }
         }
@@ -62,13 +82,7 @@ fn start_dev(args: &[&str]) -> Result<(Dev, String)> {
 
 /// Ctrl-C, as a user would, and a clean exit.
 fn interrupt(mut dev: Dev) -> Result<()> {
-    let mut child = dev.0.take().expect("a running dev");
-    if let Err(e) = testkit::process::signal(child.id(), Signal::INT) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e.into());
-    }
-    let status = child.wait()?;
+    let status = stop(dev.0.take().expect("a running dev"))?;
     ensure!(status.success(), "teamlog dev exited with {status}");
     Ok(())
 }

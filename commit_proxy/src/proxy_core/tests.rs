@@ -16,9 +16,9 @@ type Waiter = u32;
 const ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
 
 /// Three teams of two servers on three TLogs (replication 2), each server
-/// with a private team `1000 + server`; keys from `m` on go to team 2.
-/// Eight batches may be in flight, so the tests see the core pipeline them.
-fn config() -> ProxyConfig {
+/// with a private team `1000 + server`; keys from `m` on go to team 2. The
+/// rest is `ProxyConfig::new`'s defaults.
+fn default_config() -> ProxyConfig {
     let topology = crate::test_topology::sample();
     let shards = ShardMap::new([
         (Bytes::new(), ShardAssignment::to(StorageTeamId(1))),
@@ -28,7 +28,13 @@ fn config() -> ProxyConfig {
         ),
     ])
     .unwrap();
-    let mut config = ProxyConfig::new(ProxyId(7), ADDR, vec![ADDR; 3], topology, shards);
+    ProxyConfig::new(ProxyId(7), ADDR, vec![ADDR; 3], topology, shards)
+}
+
+/// The defaults, but eight batches may be in flight, so the tests see the
+/// core pipeline them.
+fn config() -> ProxyConfig {
+    let mut config = default_config();
     config.max_batches_in_flight = 8;
     config
 }
@@ -207,14 +213,7 @@ fn no_more_batches_than_the_limit_are_in_flight() {
 
 #[test]
 fn by_default_commits_queue_while_a_batch_is_out_and_then_go_as_one() {
-    let default = ProxyConfig::new(
-        ProxyId(7),
-        ADDR,
-        vec![ADDR; 3],
-        crate::test_topology::sample(),
-        config().shards,
-    );
-    let mut core = core_with(|c| c.max_batches_in_flight = default.max_batches_in_flight);
+    let mut core = ProxyCore::new(&default_config(), 100);
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
     let mut commands = core.on_sequenced(first, sequenced(0, 10), 0);
     for waiter in 2..=5 {
