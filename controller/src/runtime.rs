@@ -461,6 +461,7 @@ async fn recover(inner: &Arc<Inner>) -> Result<Vec<Placed>, String> {
             return Ok(std::mem::take(&mut *lock(&placed)));
         }
         let outcome = tokio::select! {
+            biased;
             outcome = incoming.recv() => outcome,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 if !inner.leads() {

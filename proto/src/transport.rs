@@ -17,10 +17,11 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use frame_writer::FrameWriter;
 
@@ -32,6 +33,7 @@ mod budget;
 mod client;
 mod frame_reader;
 mod frame_writer;
+pub mod net;
 mod peer;
 mod server;
 pub mod tls;
@@ -103,6 +105,9 @@ pub struct ClientConfig {
     /// Connect over TLS with this configuration (see [`tls`]); plain TCP
     /// when `None`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connect through this network instead of the operating system's TCP
+    /// (a simulation's).
+    pub dialer: Option<Arc<dyn net::Dialer>>,
 }
 
 impl Default for ClientConfig {
@@ -112,6 +117,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             tls: None,
+            dialer: None,
         }
     }
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::net::{Connected, Stream};
 use super::tls::member_server_name;
 use super::{write_frames, ClientConfig, RpcError, OUTGOING_QUEUE};
 use crate::frame::{FrameCodec, FrameError, FramePayload};
@@ -135,22 +135,46 @@ impl RpcClient {
             ))
         };
         let connecting = async {
-            let stream = TcpStream::connect(addr).await.map_err(RpcError::Connect)?;
-            stream.set_nodelay(true).map_err(RpcError::Connect)?;
-            let Some(tls) = config.tls.clone() else {
-                let (read_half, write_half) = stream.into_split();
-                return Ok(Self::start(read_half, write_half, addr, config.clone()));
-            };
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(member_server_name(), stream)
+            let stream = Connected::connect(addr, config.dialer.as_deref())
                 .await
                 .map_err(RpcError::Connect)?;
-            let (read_half, write_half) = tokio::io::split(stream);
-            Ok(Self::start(read_half, write_half, addr, config.clone()))
+            stream.set_nodelay().map_err(RpcError::Connect)?;
+            match (stream, config.tls.clone()) {
+                (Connected::Tcp(stream), None) => {
+                    let (read_half, write_half) = stream.into_split();
+                    Ok(Self::start(read_half, write_half, addr, config.clone()))
+                }
+                (Connected::Other(stream), None) => {
+                    let (read_half, write_half) = tokio::io::split(stream);
+                    Ok(Self::start(read_half, write_half, addr, config.clone()))
+                }
+                (Connected::Tcp(stream), Some(tls)) => {
+                    Self::start_tls(stream, tls, addr, config.clone()).await
+                }
+                (Connected::Other(stream), Some(tls)) => {
+                    Self::start_tls(stream, tls, addr, config.clone()).await
+                }
+            }
         };
         tokio::time::timeout(config.connect_timeout, connecting)
             .await
             .map_err(|_| timed_out())?
+    }
+
+    /// Shakes hands over `stream`, checking that the server is a member,
+    /// then runs the connection over the encrypted stream.
+    async fn start_tls<S: Stream>(
+        stream: S,
+        tls: Arc<rustls::ClientConfig>,
+        addr: SocketAddr,
+        config: ClientConfig,
+    ) -> Result<RpcClient, RpcError> {
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(member_server_name(), stream)
+            .await
+            .map_err(RpcError::Connect)?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok(Self::start(read_half, write_half, addr, config))
     }
 
     /// Runs the connection's writer and reader tasks over its two halves.
@@ -173,6 +197,7 @@ impl RpcClient {
         let max_frame_len = config.max_frame_len;
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 result = write_frames(write_half, max_frame_len, queue, None) => {
                     if let Err(e) = result {
                         debug!(peer = %addr, error = %e, "client connection write failed");
@@ -187,6 +212,7 @@ impl RpcClient {
         let reader = FramedRead::new(read_half, FrameCodec::new(max_frame_len));
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 () = read_replies(reader, &reader_shared, addr) => {}
                 () = reader_shared.stop.cancelled() => {}
             }

@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -38,6 +37,7 @@ use tracing::{debug, warn};
 
 use super::budget::{ByteBudget, ReplyGrant};
 use super::frame_reader::FrameReader;
+use super::net::{Connected, Listener, Stream};
 use super::{write_frames, Outbox, ServerConfig};
 use crate::frame::{FrameCodec, FrameError, FramePayload, FRAME_HEADER_LEN};
 use crate::rpc::{DecodeError, Envelope, ErrorCode, ErrorReply, Message};
@@ -204,11 +204,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// one writer task per connection. On shutdown every connection is closed
 /// and its unfinished requests dropped.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     service: Arc<dyn Service>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let mut listener = listener.into();
     let local = listener.local_addr()?;
     debug!(%local, "serving");
     let stop = CancellationToken::new();
@@ -228,6 +229,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            biased;
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
@@ -236,7 +238,7 @@ pub async fn serve(
                         warn!(%local, %peer, "connection cap reached; closing a new connection");
                         continue;
                     };
-                    let connection = serve_tcp(
+                    let connection = serve_stream(
                         stream,
                         peer,
                         Arc::clone(&service),
@@ -299,30 +301,61 @@ struct ProcessBudgets {
     replies: ByteBudget,
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
+async fn serve_stream(
+    stream: Connected,
     peer: SocketAddr,
     service: Arc<dyn Service>,
     config: ServerConfig,
     budgets: ProcessBudgets,
     stop: CancellationToken,
 ) {
-    if let Err(e) = stream.set_nodelay(true) {
+    if let Err(e) = stream.set_nodelay() {
         debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
     debug!(%peer, "connection accepted");
-    let Some(tls) = config.tls.clone() else {
-        // Plain TCP: every peer is trusted as a member.
-        let (read_half, write_half) = stream.into_split();
-        let peer = PeerInfo {
-            addr: peer,
-            member: true,
-        };
-        serve_connection(read_half, write_half, peer, service, config, budgets, stop).await;
-        return;
+    // Without TLS every peer is trusted as a member.
+    let trusted = PeerInfo {
+        addr: peer,
+        member: true,
     };
+    match (stream, config.tls.clone()) {
+        (Connected::Tcp(stream), None) => {
+            let (read_half, write_half) = stream.into_split();
+            serve_connection(
+                read_half, write_half, trusted, service, config, budgets, stop,
+            )
+            .await
+        }
+        (Connected::Other(stream), None) => {
+            let (read_half, write_half) = tokio::io::split(stream);
+            serve_connection(
+                read_half, write_half, trusted, service, config, budgets, stop,
+            )
+            .await
+        }
+        (Connected::Tcp(stream), Some(tls)) => {
+            serve_tls(stream, tls, peer, service, config, budgets, stop).await
+        }
+        (Connected::Other(stream), Some(tls)) => {
+            serve_tls(stream, tls, peer, service, config, budgets, stop).await
+        }
+    }
+}
+
+/// Shakes hands (bounded by the frame timeout), tells a member from a
+/// client by its certificate, then serves the encrypted stream.
+async fn serve_tls<S: Stream>(
+    stream: S,
+    tls: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    service: Arc<dyn Service>,
+    config: ServerConfig,
+    budgets: ProcessBudgets,
+    stop: CancellationToken,
+) {
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let stream = tokio::select! {
+        biased;
         () = stop.cancelled() => return,
         accepted = tokio::time::timeout(config.frame_timeout, handshake) => match accepted {
             Ok(Ok(stream)) => stream,
@@ -432,6 +465,7 @@ async fn serve_connection<R, W>(
     drop(connection);
     if !matches!(ending, Ending::WriterEnded) {
         tokio::select! {
+            biased;
             result = &mut writer => {
                 if let Ok(Err(e)) = result {
                     debug!(%peer, error = %e, "connection write failed");
@@ -460,6 +494,7 @@ async fn linger(mut read_half: impl AsyncRead + Unpin, stop: &CancellationToken)
         }
     };
     tokio::select! {
+        biased;
         _ = tokio::time::timeout(LINGER, drain) => {}
         () = stop.cancelled() => {}
     }
@@ -507,6 +542,7 @@ impl Connection {
         };
         loop {
             let permit = tokio::select! {
+                biased;
                 () = self.stop.cancelled() => return Ending::Stopped,
                 result = &mut *writer => return self.writer_ended(result),
                 permit = self.in_flight.clone().acquire_owned() => {
@@ -540,6 +576,7 @@ impl Connection {
     ) -> Result<Option<Result<Bytes, FrameError>>, Ending> {
         loop {
             tokio::select! {
+                biased;
                 () = self.stop.cancelled() => return Err(Ending::Stopped),
                 result = &mut *writer => return Err(self.writer_ended(result)),
                 frame = frames.next() => {
@@ -612,6 +649,7 @@ impl Connection {
             ReplyGrant::new(in_flight, [on_connection, in_process], bytes)
         };
         let grant = tokio::select! {
+            biased;
             () = self.stop.cancelled() => return Err(Ending::Stopped),
             result = &mut *writer => return Err(self.writer_ended(result)),
             grant = reserve => grant,
@@ -700,6 +738,7 @@ impl Connection {
     /// server shuts down.
     async fn finish_requests(&self) {
         tokio::select! {
+            biased;
             _ = self.in_flight.acquire_many(self.max_in_flight as u32) => {}
             () = self.stop.cancelled() => self.link.requests.cancel(),
         }
