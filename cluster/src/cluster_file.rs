@@ -99,6 +99,8 @@ pub enum ClusterFileError {
     CoordinatorCount(usize),
     #[error("no coordinator {0} in the cluster file")]
     NoSuchCoordinator(u64),
+    #[error("no storage server {0} in the cluster file")]
+    NoSuchStorageServer(u64),
     #[error("a cluster needs at least one storage team")]
     NoTeams,
     #[error("shard {begin:?} names unknown team {team}")]

@@ -17,6 +17,7 @@ pub mod key_text;
 pub mod rpc;
 pub mod scatter;
 pub mod shard_map;
+pub mod signal;
 pub mod system_keys;
 pub mod team_set;
 pub mod transport;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use coordinator::client::CoordinatorClient;
-use proto::{StorageServerId, StorageTeamId};
 use storage_server::generations::LogDiscovery;
 use storage_server::heed_engine::HeedEngine;
 use storage_server::server::{StorageConfig, StorageService};
@@ -93,23 +92,6 @@ pub async fn host(
                 hosted.data_dir.display()
             )
         })?;
-    let teams_of_this_server = || cluster.teams.iter().filter(|t| t.servers.contains(&id));
-    let teams = teams_of_this_server()
-        .map(|t| StorageTeamId(t.id))
-        .collect();
-    let address_of = |other: u64| {
-        let entry = cluster.storage_servers.iter().find(|s| s.id == other)?;
-        Some((StorageServerId(other), entry.address))
-    };
-    let peers = teams_of_this_server()
-        .map(|t| {
-            let others = t.servers.iter().filter(|s| **s != id);
-            (
-                StorageTeamId(t.id),
-                others.filter_map(|s| address_of(*s)).collect(),
-            )
-        })
-        .collect();
     let logs = if cluster.is_recruited() {
         let coordinators =
             CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
@@ -121,18 +103,7 @@ pub async fn host(
             sequencer: cluster.sequencer_address()?,
         }
     };
-    let config = StorageConfig {
-        id: StorageServerId(id),
-        private_team: StorageTeamId(entry.private_team),
-        teams,
-        shards: cluster.shard_map()?,
-        logs,
-        replication: cluster.replication,
-        window: hosted.window,
-        read_wait: Duration::from_secs(1),
-        transport: cluster.client_config()?,
-        peers,
-    };
+    let config = StorageConfig::for_server(cluster, id, logs, hosted.window)?;
     let server_config = cluster.server_config()?;
     let listener = TcpListener::bind(addr)
         .await

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use cluster::{ClusterFile, ClusterFileError};
 use cursor::{
     CursorError, GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, SourceError,
     TLogSource, TeamSet,
@@ -43,11 +44,11 @@ use proto::rpc::{
     StorageStatusReply,
 };
 use proto::shard_map::ShardMap;
+use proto::signal::Signal;
 use proto::system_keys::{parse_key_servers_key, USER_KEYS_END};
 use proto::team_set::parse_team_set_key;
 use proto::transport::{ClientConfig, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
-use tokio::sync::watch;
 
 use crate::engine::KvEngine;
 use crate::generations::{Generations, LogDiscovery};
@@ -92,6 +93,52 @@ pub struct StorageConfig {
     pub peers: BTreeMap<StorageTeamId, Vec<(StorageServerId, SocketAddr)>>,
 }
 
+impl StorageConfig {
+    /// Server `id` of `cluster`: its teams, their other servers and the
+    /// shard map as the cluster file gives them, reading the log through
+    /// `logs`.
+    pub fn for_server(
+        cluster: &ClusterFile,
+        id: u64,
+        logs: LogDiscovery,
+        window: WindowConfig,
+    ) -> Result<StorageConfig, ClusterFileError> {
+        let entry = cluster
+            .storage_servers
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or(ClusterFileError::NoSuchStorageServer(id))?;
+        let teams_of_this_server = || cluster.teams.iter().filter(|t| t.servers.contains(&id));
+        let address_of = |other: u64| {
+            let entry = cluster.storage_servers.iter().find(|s| s.id == other)?;
+            Some((StorageServerId(other), entry.address))
+        };
+        let peers = teams_of_this_server()
+            .map(|t| {
+                let others = t.servers.iter().filter(|s| **s != id);
+                (
+                    StorageTeamId(t.id),
+                    others.filter_map(|s| address_of(*s)).collect(),
+                )
+            })
+            .collect();
+        Ok(StorageConfig {
+            id: StorageServerId(id),
+            private_team: StorageTeamId(entry.private_team),
+            teams: teams_of_this_server()
+                .map(|t| StorageTeamId(t.id))
+                .collect(),
+            shards: cluster.shard_map()?,
+            logs,
+            replication: cluster.replication,
+            window,
+            read_wait: Duration::from_secs(1),
+            transport: cluster.client_config()?,
+            peers,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -104,7 +151,7 @@ struct Inner<E: KvEngine> {
     config: StorageConfig,
     store: RwLock<VersionedStore<E>>,
     ownership: Mutex<Ownership>,
-    applied: watch::Sender<Version>,
+    applied: Signal<Version>,
     generations: Generations,
     /// Set when applying stopped on an error no retry can fix.
     failed: Mutex<Option<String>>,
@@ -180,7 +227,7 @@ impl<E: KvEngine> StorageService<E> {
         generations.route_teams(&teams);
         let inner = Arc::new(Inner {
             generations,
-            applied: watch::channel(store.applied_version()).0,
+            applied: Signal::new(store.applied_version()),
             store: RwLock::new(store),
             ownership: Mutex::new(ownership),
             failed: Mutex::new(None),
@@ -196,7 +243,7 @@ impl<E: KvEngine> StorageService<E> {
     }
 
     pub fn applied_version(&self) -> Version {
-        *self.inner.applied.borrow()
+        self.inner.applied.get()
     }
 
     pub fn durable_version(&self) -> Version {
@@ -212,14 +259,13 @@ impl<E: KvEngine> StorageService<E> {
                 format!("version {version} is not applied: rebuilding from teammates ({what})"),
             ));
         }
-        let mut applied = self.inner.applied.subscribe();
         let reached = tokio::time::timeout(
             self.inner.config.read_wait,
-            applied.wait_for(|a| *a >= version),
+            self.inner.applied.wait_for(|a| *a >= version),
         )
         .await;
         match reached {
-            Ok(Ok(_)) => Ok(()),
+            Ok(_) => Ok(()),
             _ => Err(ErrorReply::new(
                 ErrorCode::FutureVersion,
                 format!(
@@ -577,7 +623,7 @@ impl<E: KvEngine> Inner<E> {
         store.rollback_to(to).map_err(|e| e.to_string())?;
         self.ownership().rollback_to(to);
         drop(store);
-        self.applied.send_replace(to);
+        self.applied.set(to);
         if to < applied {
             tracing::warn!(server = %self.config.id, %version, %applied, "rolled back to the recovery version");
         }

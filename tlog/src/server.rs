@@ -5,7 +5,7 @@
 //!  RPC ─▶ TLogService ─lock─▶ TLogCore ─Append─▶ writer thread ─▶ SegmentLog
 //!            │   ▲                ▲                   │
 //!            │   └─ replies ──────┴── durable events ─┘
-//!            └─ peeks: memory, long poll on a watch, or a disk scan on a blocking thread
+//!            └─ peeks: memory, long poll on a signal, or a disk scan on a blocking thread
 //! ```
 //!
 //! Metrics (through the `metrics` facade, a no-op unless the process
@@ -30,10 +30,11 @@ use proto::rpc::{
     ErrorCode, ErrorReply, Message, PeekReply, PeekRequest, TLogCommitRequest, TLogStatusReply,
     TeamBlockData, TeamStatus,
 };
+use proto::signal::Signal;
 use proto::transport::{self, Responder, ServerConfig, Service};
 use proto::{StorageTeamId, Version};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::engine::{
     finish_disk_peek, Action, CommitRequest, CoreConfig, CoreError, DiskPeek, LockOutcome,
@@ -44,13 +45,18 @@ use crate::log::{LogConfig, LogError, LogPosition, LogReader, SegmentLog};
 use crate::record::Record;
 use crate::store::LogStore;
 use crate::waiter::{error_reply, record_commit_latency, Outcome, Waiter};
-use crate::writer::{spawn_writer, CommandQueue, WriterCommand, WriterEvent};
+use crate::writer::{
+    spawn_writer, spawn_writer_task, CommandQueue, WriterCommand, WriterEvent, WriterPlacement,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct TLogConfig {
     pub core: CoreConfig,
     pub log: LogConfig,
     pub server: ServerConfig,
+    /// Where the writer runs; and, with it, where spilled data is read for
+    /// peeks (blocking threads, or the runtime itself in a simulation).
+    pub writer: WriterPlacement,
 }
 
 impl TLogConfig {
@@ -113,11 +119,12 @@ struct Shared<S: LogStore> {
     /// Closed when the service is dropped, which ends the writer thread.
     writer: Arc<CommandQueue>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    placement: WriterPlacement,
     syncs: AtomicU64,
     synced_commits: AtomicU64,
     synced_bytes: AtomicU64,
     reader: LogReader<S>,
-    progress: watch::Sender<Progress>,
+    progress: Signal<Progress>,
     clock: Arc<dyn Clock>,
     memory_budget: u64,
     /// The largest commit record a segment holds: a larger one is refused
@@ -216,7 +223,7 @@ impl<S: LogStore> Shared<S> {
     }
 
     fn publish_progress(&self, progress: Progress) {
-        self.progress.send_if_modified(|p| {
+        self.progress.update(|p| {
             let changed = *p != progress;
             *p = progress;
             changed
@@ -346,7 +353,7 @@ impl<S: LogStore> TLogService<S> {
         let disk_bytes = log.disk_bytes();
         let commands = Arc::new(CommandQueue::default());
         let meta = core.metadata().clone();
-        let (progress, _) = watch::channel((core.durable_version(), core.is_locked()));
+        let progress = Signal::new((core.durable_version(), core.is_locked()));
         tracing::info!(
             durable_version = %core.durable_version(),
             locked = core.is_locked(),
@@ -356,6 +363,7 @@ impl<S: LogStore> TLogService<S> {
             core: Mutex::new(core),
             writer: Arc::clone(&commands),
             writer_thread: Mutex::new(None),
+            placement: config.writer,
             syncs: AtomicU64::new(0),
             synced_commits: AtomicU64::new(0),
             synced_bytes: AtomicU64::new(0),
@@ -373,17 +381,23 @@ impl<S: LogStore> TLogService<S> {
         // per commit, and the writer thread never waits for the core.
         let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(apply_writer_reports(Arc::downgrade(&shared), report_queue));
-        let writer_thread = spawn_writer(log, meta, commands, move |event| {
-            reports.send(event).is_ok()
-        })
-        .map_err(|source| TLogError::Io {
-            path: PathBuf::from("<writer thread>"),
-            source,
-        })?;
-        *shared
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(writer_thread);
+        let report = move |event| reports.send(event).is_ok();
+        match config.writer {
+            WriterPlacement::Threads => {
+                let writer_thread =
+                    spawn_writer(log, meta, commands, report).map_err(|source| TLogError::Io {
+                        path: PathBuf::from("<writer thread>"),
+                        source,
+                    })?;
+                *shared
+                    .writer_thread
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(writer_thread);
+            }
+            WriterPlacement::RuntimeTask => {
+                spawn_writer_task(log, meta, commands, report);
+            }
+        }
         shared.execute(shared.core(), initial_actions);
         tokio::spawn(run_ticks(Arc::downgrade(&shared)));
         tokio::spawn(run_team_gauges(Arc::downgrade(&shared)));
@@ -507,9 +521,8 @@ impl<S: LogStore> TLogService<S> {
         let wait = u64::from(request.timeout_ms).min(MAX_PEEK_WAIT_MS);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
         let max_bytes = request.max_bytes.clamp(1, MAX_PEEK_BYTES) as usize;
-        let mut progress = self.shared.progress.subscribe();
         loop {
-            progress.borrow_and_update();
+            let seen = self.shared.progress.get();
             let plan = self
                 .core()
                 .plan_peek(request.team, request.begin, max_bytes)?;
@@ -521,8 +534,8 @@ impl<S: LogStore> TLogService<S> {
                     }
                 }
                 PeekPlan::Wait => {
-                    let waited = tokio::time::timeout_at(deadline, progress.changed()).await;
-                    if !matches!(waited, Ok(Ok(()))) {
+                    let changed = self.shared.progress.wait_for(|p| *p != seen);
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
                         return self.empty_peek(request.team, request.begin);
                     }
                 }
@@ -548,13 +561,19 @@ impl<S: LogStore> TLogService<S> {
         })
     }
 
-    /// Reads spilled data on a blocking thread; None when the segments it
+    /// Reads spilled data on a blocking thread (on the runtime when the
+    /// writer runs there too); None when the segments it
     /// planned to read were removed meanwhile (the caller plans again).
     /// Data that fails verification is reported, never read again and again.
     async fn read_disk(&self, disk: DiskPeek) -> Result<Option<PeekResult>, CoreError> {
         let reader = self.shared.reader.clone();
-        let task = tokio::task::spawn_blocking(move || scan_for_peek(&reader, &disk));
-        match task.await {
+        let scanned = match self.shared.placement {
+            WriterPlacement::Threads => {
+                tokio::task::spawn_blocking(move || scan_for_peek(&reader, &disk)).await
+            }
+            WriterPlacement::RuntimeTask => Ok(scan_for_peek(&reader, &disk)),
+        };
+        match scanned {
             Ok(Ok(result)) => Ok(Some(result)),
             Ok(Err(e @ (LogError::SegmentRemoved(_) | LogError::NotDurable { .. }))) => {
                 tracing::debug!(error = %e, "disk peek raced with truncation; planning again");

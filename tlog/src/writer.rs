@@ -144,6 +144,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where the writer runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriterPlacement {
+    /// Two threads of its own: a sync never holds up the runtime.
+    #[default]
+    Threads,
+    /// One task of the runtime, which each write and sync block: for a
+    /// simulation, where everything runs on the simulated runtime over a
+    /// store in memory. A full disk there blocks the runtime while the
+    /// writer waits for space.
+    RuntimeTask,
+}
+
 /// Starts the writer threads. `report` runs on them after each sync and
 /// must not block (it hands the event on); it returns false once nobody
 /// listens, which ends the threads. The handle returned ends after both.
@@ -157,22 +170,7 @@ where
     S: LogStore,
     R: FnMut(WriterEvent) -> bool + Clone + Send + 'static,
 {
-    let writer = Arc::new(Writer {
-        syncer: log.syncer(),
-        appender: Mutex::new(Appender {
-            log,
-            meta,
-            appended: Batch::default(),
-            report: report.clone(),
-            queue: Arc::clone(&queue),
-        }),
-        queue,
-        written: Mutex::new(Batch::default()),
-        turn: Mutex::new(Turn {
-            report,
-            stopped: false,
-        }),
-    });
+    let writer = Arc::new(Writer::new(log, meta, queue, report));
     std::thread::Builder::new()
         .name("tlog-writer".into())
         .spawn(move || {
@@ -190,6 +188,54 @@ where
         })
 }
 
+/// Starts the writer as one task of the current runtime
+/// ([`WriterPlacement::RuntimeTask`]); it ends as the threads do.
+pub fn spawn_writer_task<S, R>(
+    log: SegmentLog<S>,
+    meta: Metadata,
+    queue: Arc<CommandQueue>,
+    report: R,
+) -> tokio::task::JoinHandle<()>
+where
+    S: LogStore,
+    R: FnMut(WriterEvent) -> bool + Clone + Send + 'static,
+{
+    let writer = Writer::new(log, meta, queue, report);
+    tokio::spawn(async move {
+        let mut taken = Vec::new();
+        while writer.queue.commands_queued().await {
+            if !writer.write_and_sync(&mut taken) {
+                return;
+            }
+        }
+    })
+}
+
+impl<S, R> Writer<S, R>
+where
+    S: LogStore,
+    R: FnMut(WriterEvent) -> bool + Clone,
+{
+    fn new(log: SegmentLog<S>, meta: Metadata, queue: Arc<CommandQueue>, report: R) -> Self {
+        Writer {
+            syncer: log.syncer(),
+            appender: Mutex::new(Appender {
+                log,
+                meta,
+                appended: Batch::default(),
+                report: report.clone(),
+                queue: Arc::clone(&queue),
+            }),
+            queue,
+            written: Mutex::new(Batch::default()),
+            turn: Mutex::new(Turn {
+                report,
+                stopped: false,
+            }),
+        }
+    }
+}
+
 impl<S, R> Writer<S, R>
 where
     S: LogStore,
@@ -198,13 +244,21 @@ where
     fn run(&self) {
         let mut taken = Vec::new();
         while self.queue.wait_for_commands() {
-            match self.append_and_write(&mut taken) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(e) => return self.stop(&mut lock(&self.turn), Some(e)),
-            }
-            if !self.sync_turn() {
+            if !self.write_and_sync(&mut taken) {
                 return;
+            }
+        }
+    }
+
+    /// Appends and writes a batch of queued commands, then syncs in turn;
+    /// false once the writer stops.
+    fn write_and_sync(&self, taken: &mut Vec<WriterCommand>) -> bool {
+        match self.append_and_write(taken) {
+            Ok(false) => true,
+            Ok(true) => self.sync_turn(),
+            Err(e) => {
+                self.stop(&mut lock(&self.turn), Some(e));
+                false
             }
         }
     }
@@ -374,6 +428,8 @@ impl<S: LogStore, R: FnMut(WriterEvent) -> bool> Appender<S, R> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc::Sender;
+
     use bytes::Bytes;
     use proto::StorageTeamId;
 
@@ -402,7 +458,57 @@ mod tests {
     /// and reach the log in the order they were queued.
     #[test]
     fn every_append_is_reported_once_in_order_and_logged_in_order() {
-        const COMMITS: u64 = 3000;
+        check_every_append_reported_and_logged(|log, queue, report| {
+            let report = move |e| report.send(e).is_ok();
+            let writer =
+                spawn_writer(log, Metadata::default(), Arc::clone(&queue), report).unwrap();
+            push_commits_and_close(&queue);
+            writer.join().unwrap();
+        });
+    }
+
+    /// The same for a writer that runs as a task of a one-thread runtime,
+    /// as in a simulation: commits pushed while it writes and syncs.
+    #[test]
+    fn a_writer_task_reports_every_append_once_in_order_and_logs_it_in_order() {
+        check_every_append_reported_and_logged(|log, queue, report| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let report = move |e| report.send(e).is_ok();
+            runtime.block_on(async {
+                let writer =
+                    spawn_writer_task(log, Metadata::default(), Arc::clone(&queue), report);
+                for version in 1..=COMMITS {
+                    if queue.push(commit(version)) {
+                        queue.wake();
+                    }
+                    if version % 100 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                queue.close();
+                writer.await.unwrap();
+            });
+        });
+    }
+
+    const COMMITS: u64 = 3000;
+
+    fn push_commits_and_close(queue: &CommandQueue) {
+        for version in 1..=COMMITS {
+            if queue.push(commit(version)) {
+                queue.wake();
+            }
+        }
+        queue.close();
+    }
+
+    /// Runs `write` (which pushes versions 1..=COMMITS and waits until the
+    /// writer ends) and checks what it reported and logged.
+    fn check_every_append_reported_and_logged(
+        write: impl FnOnce(SegmentLog<MemStore>, Arc<CommandQueue>, Sender<WriterEvent>),
+    ) {
         let store = Arc::new(MemStore::new());
         let config = LogConfig {
             segment_size: 16 << 10,
@@ -410,17 +516,7 @@ mod tests {
         let log = SegmentLog::open(Arc::clone(&store), config.clone(), |_, _| Ok(())).unwrap();
         let queue = Arc::new(CommandQueue::default());
         let (events, reported) = std::sync::mpsc::channel();
-        let writer = spawn_writer(log, Metadata::default(), Arc::clone(&queue), move |e| {
-            events.send(e).is_ok()
-        })
-        .unwrap();
-        for version in 1..=COMMITS {
-            if queue.push(commit(version)) {
-                queue.wake();
-            }
-        }
-        queue.close();
-        writer.join().unwrap();
+        write(log, queue, events);
 
         let mut last_seq = 0;
         let mut durable = Vec::new();

@@ -13,6 +13,9 @@
 
 use super::*;
 
+// The runtime's clock, which a simulation drives.
+use tokio::time::Instant;
+
 /// Consumes the server's teams until the service is dropped or the stream
 /// ends. A cursor reads from the applied version on; when a recovery ended
 /// the generation it read below what was applied, the server rolls back
@@ -176,7 +179,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 return Consumed::Stopped;
             }
         };
-        inner.applied.send_if_modified(|a| {
+        inner.applied.update(|a| {
             let moved = *a < applied;
             *a = applied.max(*a);
             moved

@@ -146,7 +146,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
     let history = strong.config.window.max_versions.saturating_mul(2);
     *strong.ownership() = Ownership::new(map, teams, first, history);
     *strong.store_mut() = store;
-    strong.applied.send_replace(first);
+    strong.applied.set(first);
     strong.set_rebuilding(None);
     tracing::warn!(
         server = %id, %first, %last, pairs = copy.pairs, bytes = copy.bytes,

@@ -15,6 +15,8 @@ use super::WriterCommand;
 pub struct CommandQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// Wakes a writer that runs as a task of the runtime.
+    ready_task: tokio::sync::Notify,
     /// Notified when the queue closes.
     closing: Condvar,
 }
@@ -50,12 +52,14 @@ impl CommandQueue {
 
     pub fn wake(&self) {
         self.ready.notify_one();
+        self.ready_task.notify_one();
     }
 
     /// Lets the writers finish what is queued, then stop.
     pub fn close(&self) {
         self.state().closed = true;
         self.ready.notify_all();
+        self.ready_task.notify_one();
         self.closing.notify_all();
     }
 
@@ -81,6 +85,25 @@ impl CommandQueue {
             state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         true
+    }
+
+    /// The same as [`wait_for_commands`](Self::wait_for_commands), for a
+    /// writer that runs as a task: a wake-up that comes between looking and
+    /// waiting is kept by the `Notify`, so none is lost.
+    pub(super) async fn commands_queued(&self) -> bool {
+        loop {
+            {
+                let mut state = self.state();
+                if !state.commands.is_empty() {
+                    return true;
+                }
+                if state.closed {
+                    return false;
+                }
+                state.writer_sleeps = true;
+            }
+            self.ready_task.notified().await;
+        }
     }
 
     /// Moves queued commands into `into`, oldest first, until their record
