@@ -49,6 +49,9 @@ enum Command {
     TlsInit(commands::tls::TlsInitArgs),
     /// Start a local cluster and drive a commit workload through it.
     Dev(dev::DevArgs),
+    /// Run seeds of the whole cluster in the deterministic simulation, with
+    /// faults, each checked against a model; print any failing seed's trace.
+    Sim(commands::sim::SimArgs),
     /// Workload traces.
     Workload {
         #[command(subcommand)]
@@ -86,16 +89,22 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    let cli = Cli::parse();
+    // A simulation's hosts start and stop all the time; its own trace says
+    // what happened, so only warnings join it.
+    let default_filter = match cli.command {
+        Command::Sim(_) => "warn",
+        // openraft narrates every vote and append at info.
+        _ => "info,openraft=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // openraft narrates every vote and append at info.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -121,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => runtime.block_on(commands::status::run(args)),
         Command::TlsInit(args) => commands::tls::run(args),
         Command::Dev(args) => runtime.block_on(dev::run(args)),
+        Command::Sim(args) => commands::sim::run_seeds(args),
         Command::Workload {
             which: WorkloadCommand::Generate(args),
         } => replay::generate::run(args),

@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod metrics;
 pub mod roles;
 pub mod server;
+pub mod sim;
 pub mod status;
 pub mod storage;
 pub mod tlog;

@@ -14,6 +14,7 @@ mod nemesis;
 mod one_process;
 mod recovery;
 mod replay;
+mod sim;
 mod status;
 mod storage;
 mod storage_bad_reader;

@@ -1,0 +1,203 @@
+//! Faults drawn from the seed: processes killed and restarted (a TLog
+//! losing what it had not synced, pages torn), links cut both ways or one
+//! way, and links clogged (messages held, then delivered). Each fault
+//! lasts a while and ends; all end when the fault window does.
+//!
+//! ```text
+//!  plan(rng) ─▶ [(at, Fault)] ─▶ driver: start at `at`, end at `at + lasting`
+//! ```
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use crate::knobs::Knobs;
+use crate::layout::{storage_ids, Role, TLOGS};
+
+/// A host faults act on: a role, or the workload's clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Node {
+    Role(Role),
+    Workload,
+}
+
+impl Node {
+    pub fn host(self) -> String {
+        match self {
+            Node::Role(role) => role.host(),
+            Node::Workload => crate::WORKLOAD_HOST.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Role(role) => role.fmt(f),
+            Node::Workload => f.write_str("workload"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Killed; started again over what its disk kept when it ends.
+    Kill(Role),
+    /// No message between the two, or from the first to the second only.
+    Cut { from: Node, to: Node, one_way: bool },
+    /// Messages between the two held, and delivered when it ends.
+    Clog(Node, Node),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Kill(role) => write!(f, "kill {role}"),
+            Fault::Cut {
+                from,
+                to,
+                one_way: true,
+            } => write!(f, "cut {from} -> {to}"),
+            Fault::Cut { from, to, .. } => write!(f, "cut {from} <-> {to}"),
+            Fault::Clog(a, b) => write!(f, "clog {a} <-> {b}"),
+        }
+    }
+}
+
+/// Which kinds of fault a run draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultKinds {
+    pub kill: bool,
+    /// Links that lose what is sent over them while cut (turmoil drops the
+    /// messages; the connections stay open).
+    pub cut: bool,
+    /// Links that hold what is sent and deliver it late, as TCP does over
+    /// a link that stalls.
+    pub clog: bool,
+}
+
+impl FaultKinds {
+    pub const ALL: FaultKinds = FaultKinds {
+        kill: true,
+        cut: true,
+        clog: true,
+    };
+
+    /// Kinds named in a list like `kill,clog`.
+    pub fn parse(list: &str) -> Result<FaultKinds, String> {
+        let mut kinds = FaultKinds {
+            kill: false,
+            cut: false,
+            clog: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "kill" => kinds.kill = true,
+                "cut" => kinds.cut = true,
+                "clog" => kinds.clog = true,
+                other => return Err(format!("unknown fault kind {other:?} (kill, cut, clog)")),
+            }
+        }
+        Ok(kinds)
+    }
+
+    fn any(self) -> bool {
+        self.kill || self.cut || self.clog
+    }
+}
+
+impl std::fmt::Display for FaultKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [(self.kill, "kill"), (self.cut, "cut"), (self.clog, "clog")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Scheduled {
+    pub at: Duration,
+    pub lasting: Duration,
+    pub fault: Fault,
+}
+
+/// The longest a fault lasts: well inside the commit path's retry windows
+/// (5 s to the sequencer, 30 s to a TLog), which a pinned cluster needs,
+/// having no recovery.
+const MAX_LASTING_MS: u64 = 3_000;
+
+/// Roles that may be killed: those whose restart a pinned cluster takes
+/// without recovery.
+fn killable() -> Vec<Role> {
+    let mut roles: Vec<Role> = (0..TLOGS).map(Role::TLog).collect();
+    roles.extend(storage_ids().into_iter().map(Role::Storage));
+    roles
+}
+
+fn nodes(knobs: &Knobs) -> Vec<Node> {
+    let mut nodes: Vec<Node> = killable().into_iter().map(Node::Role).collect();
+    nodes.push(Node::Role(Role::Sequencer));
+    nodes.extend((1..=knobs.proxies).map(|id| Node::Role(Role::Proxy(id))));
+    nodes.push(Node::Workload);
+    nodes
+}
+
+/// Faults of `kinds` over `window`, about one every `mean_gap`.
+pub fn plan(
+    rng: &mut StdRng,
+    knobs: &Knobs,
+    kinds: FaultKinds,
+    window: Duration,
+    mean_gap: Duration,
+) -> Vec<Scheduled> {
+    let killable = killable();
+    let nodes = nodes(knobs);
+    let mut faults = Vec::new();
+    if !kinds.any() {
+        return faults;
+    }
+    let mut at = Duration::ZERO;
+    loop {
+        at += Duration::from_millis(rng.random_range(0..=2 * mean_gap.as_millis() as u64));
+        if at >= window {
+            return faults;
+        }
+        let lasting = Duration::from_millis(rng.random_range(10..=MAX_LASTING_MS));
+        let kind = loop {
+            let kind = rng.random_range(0..10);
+            let allowed = match kind {
+                0..=3 => kinds.kill,
+                4..=7 => kinds.cut,
+                _ => kinds.clog,
+            };
+            if allowed {
+                break kind;
+            }
+        };
+        let fault = match kind {
+            0..=3 => Fault::Kill(killable[rng.random_range(0..killable.len())]),
+            4..=7 => {
+                let (from, to) = two(rng, &nodes);
+                Fault::Cut {
+                    from,
+                    to,
+                    one_way: rng.random_bool(0.5),
+                }
+            }
+            _ => {
+                let (a, b) = two(rng, &nodes);
+                Fault::Clog(a, b)
+            }
+        };
+        faults.push(Scheduled { at, lasting, fault });
+    }
+}
+
+fn two(rng: &mut StdRng, nodes: &[Node]) -> (Node, Node) {
+    let a = rng.random_range(0..nodes.len());
+    let b = (a + rng.random_range(1..nodes.len())) % nodes.len();
+    (nodes[a], nodes[b])
+}

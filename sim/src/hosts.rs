@@ -1,0 +1,130 @@
+//! The roles' real services as simulated hosts. Each host's software opens
+//! its service over state that outlives the host (a TLog's `MemStore`, a
+//! storage server's `MemEngine`), so a crash and restart recovers from
+//! what the "disk" kept, as a real process would.
+//!
+//! ```text
+//!  sim.host(ip, || open service over kept state ─▶ serve on ip:PORT until crashed)
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::ClusterFile;
+use commit_proxy::proxy::{ProxyConfig, ProxyService};
+use proto::transport::{serve, ServerConfig, Service};
+use proto::ProxyId;
+use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
+use storage_server::generations::LogDiscovery;
+use storage_server::mem_engine::MemEngine;
+use storage_server::server::{StorageConfig, StorageService};
+use storage_server::versioned::WindowConfig;
+use tlog::mem_store::MemStore;
+use tlog::server::{TLogConfig, TLogService};
+use tlog::writer::WriterPlacement;
+
+use crate::clock::SimClock;
+use crate::knobs::Knobs;
+use crate::layout::{Role, PORT};
+use crate::net;
+
+/// How long a starting role waits for those it needs.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+type HostResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Serves `service` on this host until the host is crashed.
+async fn serve_forever(service: Arc<dyn Service>) -> HostResult {
+    let listener = net::listen(PORT).await?;
+    serve(
+        listener,
+        service,
+        ServerConfig::default(),
+        std::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn add_tlog(sim: &mut turmoil::Sim<'_>, index: usize, store: MemStore, knobs: &Knobs) {
+    let mut config = TLogConfig::small();
+    config.core.memory_budget = knobs.tlog_memory_budget;
+    config.writer = WriterPlacement::RuntimeTask;
+    sim.host(Role::TLog(index).ip(), move || {
+        let store = store.clone();
+        let config = config.clone();
+        async move {
+            let service = TLogService::open(Arc::new(store), &config, Arc::new(SimClock))?;
+            serve_forever(Arc::new(service)).await
+        }
+    });
+}
+
+pub fn add_sequencer(sim: &mut turmoil::Sim<'_>, cluster: &ClusterFile) {
+    let config = SequencerConfig {
+        proxies: cluster.proxy_ids(),
+        start: SequencerStart::AfterTLogs(cluster.tlog_addresses()),
+        resolve_wait_timeout: Duration::from_secs(10),
+        startup_timeout: STARTUP_TIMEOUT,
+        transport: net::client_config(),
+    };
+    sim.host(Role::Sequencer.ip(), move || {
+        let config = config.clone();
+        async move {
+            let service = SequencerService::start(&config, Arc::new(SimClock)).await?;
+            serve_forever(Arc::new(service)).await
+        }
+    });
+}
+
+pub fn add_proxy(sim: &mut turmoil::Sim<'_>, id: u64, cluster: &ClusterFile, knobs: &Knobs) {
+    let mut config = ProxyConfig::new(
+        ProxyId(id),
+        Role::Sequencer.addr(),
+        cluster.tlog_addresses(),
+        cluster.topology(),
+        cluster
+            .shard_map()
+            .expect("the simulated cluster file is valid"),
+    );
+    config.max_batches_in_flight = knobs.max_batches_in_flight;
+    config.batch_interval = knobs.batch_interval;
+    config.max_batch_bytes = knobs.max_batch_bytes;
+    config.idle_push_interval = knobs.idle_push_interval;
+    config.transport = net::client_config();
+    sim.host(Role::Proxy(id).ip(), move || {
+        let config = config.clone();
+        async move {
+            let service = ProxyService::start(config, Arc::new(SimClock), STARTUP_TIMEOUT).await?;
+            serve_forever(Arc::new(service)).await
+        }
+    });
+}
+
+pub fn add_storage(
+    sim: &mut turmoil::Sim<'_>,
+    id: u64,
+    engine: Arc<MemEngine>,
+    cluster: &ClusterFile,
+    knobs: &Knobs,
+) {
+    let logs = LogDiscovery::Pinned {
+        tlogs: cluster.tlog_addresses(),
+        sequencer: Role::Sequencer.addr(),
+    };
+    let window = WindowConfig {
+        max_versions: knobs.storage_window_versions,
+        max_bytes: knobs.storage_window_bytes,
+    };
+    let mut config = StorageConfig::for_server(cluster, id, logs, window)
+        .expect("the simulated cluster file names every server");
+    config.transport = net::client_config();
+    sim.host(Role::Storage(id).ip(), move || {
+        let engine = Arc::clone(&engine);
+        let config = config.clone();
+        async move {
+            let service = StorageService::start(engine, config)?;
+            serve_forever(Arc::new(service)).await
+        }
+    });
+}

@@ -1,0 +1,48 @@
+//! Settings drawn per seed, as FoundationDB's simulation draws its knobs:
+//! each run tries the roles with other batch sizes, budgets and windows,
+//! and the network with other latencies.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    pub proxies: u64,
+    pub max_batches_in_flight: usize,
+    pub batch_interval: Duration,
+    pub max_batch_bytes: usize,
+    pub idle_push_interval: Duration,
+    /// A TLog's memory for recent data: small budgets make peeks read the
+    /// log.
+    pub tlog_memory_budget: u64,
+    pub storage_window_versions: u64,
+    pub storage_window_bytes: u64,
+    pub min_latency: Duration,
+    pub max_latency: Duration,
+    pub clients: usize,
+}
+
+impl Knobs {
+    pub fn draw(rng: &mut StdRng) -> Knobs {
+        let min_latency = Duration::from_micros(rng.random_range(100..2_000));
+        Knobs {
+            proxies: rng.random_range(1..=2),
+            max_batches_in_flight: *pick(rng, &[1, 1, 2, 8]),
+            batch_interval: Duration::from_micros(*pick(rng, &[0, 0, 500, 2_000])),
+            max_batch_bytes: *pick(rng, &[64, 4 << 10, 8 << 20]),
+            idle_push_interval: Duration::from_millis(*pick(rng, &[10, 100])),
+            tlog_memory_budget: *pick(rng, &[16 << 10, 256 << 10, 16 << 20]),
+            storage_window_versions: *pick(rng, &[50_000, 500_000, 5_000_000]),
+            storage_window_bytes: *pick(rng, &[16 << 10, 64 << 20]),
+            min_latency,
+            max_latency: min_latency + Duration::from_micros(rng.random_range(0..20_000)),
+            clients: rng.random_range(2..=6),
+        }
+    }
+}
+
+fn pick<'a, T>(rng: &mut StdRng, choices: &'a [T]) -> &'a T {
+    &choices[rng.random_range(0..choices.len())]
+}

@@ -1,0 +1,175 @@
+//! The simulated cluster's shape: which host runs which role, at which
+//! address, and the cluster file every role and the workload read.
+//!
+//! ```text
+//!  10.0.0.1-3   tlog-0..2          (replication 2 of 3)
+//!  10.0.1.1     sequencer (and resolver)
+//!  10.0.2.1..   proxy-1..
+//!  10.0.3.1-6   storage-101,102 (team 1), 201,202 (team 2), 301,302 (team 3)
+//!  workload     the clients, a host of its own
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use cluster::cluster_file::{Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry};
+use cluster::ClusterFile;
+
+/// Every role listens on this port of its host.
+pub const PORT: u16 = 4500;
+
+pub const TLOGS: usize = 3;
+pub const REPLICATION: usize = 2;
+pub const TEAMS: u64 = 3;
+pub const SERVERS_PER_TEAM: u64 = 2;
+/// The keys the workload writes, spread over the teams by the shards.
+pub const KEYS: usize = 12;
+
+/// What a host runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    TLog(usize),
+    Sequencer,
+    Proxy(u64),
+    Storage(u64),
+}
+
+impl Role {
+    pub fn ip(self) -> IpAddr {
+        let (net, host) = match self {
+            Role::TLog(i) => (0, i as u8 + 1),
+            Role::Sequencer => (1, 1),
+            Role::Proxy(id) => (2, id as u8),
+            Role::Storage(id) => (3, storage_index(id) + 1),
+        };
+        IpAddr::V4(Ipv4Addr::new(10, 0, net, host))
+    }
+
+    pub fn addr(self) -> SocketAddr {
+        SocketAddr::new(self.ip(), PORT)
+    }
+
+    /// The host's name in turmoil (its address) for faults.
+    pub fn host(self) -> String {
+        self.ip().to_string()
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::TLog(i) => write!(f, "tlog-{i}"),
+            Role::Sequencer => f.write_str("sequencer"),
+            Role::Proxy(id) => write!(f, "proxy-{id}"),
+            Role::Storage(id) => write!(f, "storage-{id}"),
+        }
+    }
+}
+
+/// Server `id` is member `id % 100` of team `id / 100`.
+fn storage_index(id: u64) -> u8 {
+    ((id / 100 - 1) * SERVERS_PER_TEAM + id % 100 - 1) as u8
+}
+
+pub fn storage_ids() -> Vec<u64> {
+    (1..=TEAMS)
+        .flat_map(|team| (1..=SERVERS_PER_TEAM).map(move |member| team * 100 + member))
+        .collect()
+}
+
+pub fn key(index: usize) -> String {
+    format!("k{index:02}")
+}
+
+/// The servers holding `key`: those of its shard's team.
+pub fn replicas_of(key_index: usize) -> Vec<u64> {
+    let team = 1 + (key_index * TEAMS as usize / KEYS) as u64;
+    (1..=SERVERS_PER_TEAM).map(|m| team * 100 + m).collect()
+}
+
+/// The cluster file: a pinned commit path (no coordinators), three teams,
+/// each owning a third of the keys.
+pub fn cluster_file(proxies: u64) -> ClusterFile {
+    let storage_servers = storage_ids()
+        .into_iter()
+        .map(|id| StorageEntry {
+            id,
+            address: Role::Storage(id).addr(),
+            private_team: 10_000 + id,
+        })
+        .collect();
+    let teams = (1..=TEAMS)
+        .map(|team| TeamEntry {
+            id: team,
+            servers: (1..=SERVERS_PER_TEAM).map(|m| team * 100 + m).collect(),
+        })
+        .collect();
+    let shards = (0..TEAMS as usize)
+        .map(|i| ShardEntry {
+            begin: if i == 0 {
+                String::new()
+            } else {
+                key(i * KEYS / TEAMS as usize)
+            },
+            team: 1 + i as u64,
+        })
+        .collect();
+    ClusterFile {
+        replication: REPLICATION,
+        broadcast: true,
+        coordinators: Vec::new(),
+        sequencer: Some(Endpoint {
+            address: Role::Sequencer.addr(),
+        }),
+        proxies: (1..=proxies)
+            .map(|id| ProxyEntry {
+                id,
+                address: Role::Proxy(id).addr(),
+            })
+            .collect(),
+        tlogs: (0..TLOGS)
+            .map(|i| Endpoint {
+                address: Role::TLog(i).addr(),
+            })
+            .collect(),
+        generation: None,
+        storage_servers,
+        teams,
+        shards,
+        tls: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_file_is_valid_and_the_replicas_follow_its_shards() {
+        let cluster = cluster_file(2);
+        cluster.check().unwrap();
+        let map = cluster.shard_map().unwrap();
+        for index in 0..KEYS {
+            let teams: Vec<u64> = map
+                .assignment_of(key(index).as_bytes())
+                .teams()
+                .map(|t| t.0)
+                .collect();
+            let servers: Vec<u64> = cluster
+                .teams
+                .iter()
+                .filter(|t| teams.contains(&t.id))
+                .flat_map(|t| t.servers.clone())
+                .collect();
+            assert_eq!(servers, replicas_of(index), "key {index}");
+        }
+    }
+
+    #[test]
+    fn every_role_has_its_own_address() {
+        let mut roles = vec![Role::Sequencer, Role::Proxy(1), Role::Proxy(2)];
+        roles.extend((0..TLOGS).map(Role::TLog));
+        roles.extend(storage_ids().into_iter().map(Role::Storage));
+        let addrs: std::collections::BTreeSet<_> = roles.iter().map(|r| r.addr()).collect();
+        assert_eq!(addrs.len(), roles.len());
+    }
+}

@@ -1,0 +1,316 @@
+//! One run: the cluster's hosts, the workload and the faults on one
+//! simulated network, stepped a millisecond at a time from a seed.
+//!
+//! ```text
+//!  seed ─▶ knobs, fault plan, turmoil's rng, the roles' jitter
+//!  loop: apply the faults due ─▶ sim.step() ─▶ … until the workload ends
+//!  then: the history against the model ─▶ RunReport (trace, violations)
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use storage_server::mem_engine::MemEngine;
+use tlog::mem_store::MemStore;
+
+use crate::faults::{self, Fault, FaultKinds, Node, Scheduled};
+use crate::history::{History, Outcome};
+use crate::hosts;
+use crate::knobs::Knobs;
+use crate::layout::{self, storage_ids, Role, TLOGS};
+use crate::trace::Trace;
+use crate::workload::{Workload, LIVENESS};
+
+/// The workload's host name.
+pub const WORKLOAD_HOST: &str = "workload";
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Simulated time with faults (and workload) before the cluster is
+    /// left alone to show it recovers.
+    pub fault_window: Duration,
+    /// About how often a fault starts; `None` runs without faults.
+    pub mean_fault_gap: Option<Duration>,
+    pub fault_kinds: FaultKinds,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            fault_window: Duration::from_secs(5),
+            mean_fault_gap: Some(Duration::from_millis(500)),
+            fault_kinds: FaultKinds::ALL,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub knobs: Knobs,
+    pub trace: Vec<String>,
+    pub digest: u64,
+    pub violations: Vec<String>,
+    pub acknowledged: usize,
+    pub refused: usize,
+    pub unknown: usize,
+    pub reads: usize,
+    pub faults: usize,
+    pub simulated: Duration,
+    pub wall: Duration,
+}
+
+/// State the hosts keep across their restarts.
+struct Disks {
+    tlogs: Vec<MemStore>,
+    storage: BTreeMap<u64, Arc<MemEngine>>,
+}
+
+/// Runs one seed. Runs in one process take turns: tokio numbers tasks
+/// across the process, and a run's replay depends on its task ids (see
+/// `align_task_ids`), so two at once would disturb each other.
+pub fn run(options: &SimOptions) -> RunReport {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    align_task_ids();
+    // The roles' retry jitter (backon) draws from this thread's fastrand.
+    fastrand::seed(options.seed);
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let knobs = Knobs::draw(&mut rng);
+    let plan = match options.mean_fault_gap {
+        Some(gap) => faults::plan(
+            &mut rng,
+            &knobs,
+            options.fault_kinds,
+            options.fault_window,
+            gap,
+        ),
+        None => Vec::new(),
+    };
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(rng.next_u64())
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(knobs.min_latency)
+        .max_message_latency(knobs.max_latency)
+        .simulation_duration(options.fault_window + 4 * LIVENESS)
+        .build();
+    let cluster = layout::cluster_file(knobs.proxies);
+    let disks = Disks {
+        tlogs: (0..TLOGS).map(|_| MemStore::new()).collect(),
+        storage: storage_ids()
+            .into_iter()
+            .map(|id| (id, Arc::new(MemEngine::new())))
+            .collect(),
+    };
+    for (index, store) in disks.tlogs.iter().enumerate() {
+        hosts::add_tlog(&mut sim, index, store.clone(), &knobs);
+    }
+    hosts::add_sequencer(&mut sim, &cluster);
+    for id in 1..=knobs.proxies {
+        hosts::add_proxy(&mut sim, id, &cluster, &knobs);
+    }
+    for (id, engine) in &disks.storage {
+        hosts::add_storage(&mut sim, *id, Arc::clone(engine), &cluster, &knobs);
+    }
+    let trace = Trace::default();
+    let history = Rc::new(RefCell::new(History::default()));
+    let workload = Workload {
+        cluster,
+        clients: knobs.clients,
+        seed: options.seed,
+        fault_end: options.fault_window,
+        history: Rc::clone(&history),
+        trace: trace.clone(),
+    };
+    sim.client(WORKLOAD_HOST, workload.run());
+
+    let mut driver = Driver {
+        rng,
+        disks,
+        trace: trace.clone(),
+        active: BTreeSet::new(),
+        down: BTreeSet::new(),
+        skipped: 0,
+    };
+    let agenda = Driver::agenda(&plan);
+    let faults = plan.len();
+    driver.step_until_done(&mut sim, agenda, options.fault_window);
+
+    let history = history.borrow();
+    for violation in history.violations() {
+        trace.violation(violation);
+    }
+    let count = |f: fn(&Outcome) -> bool| history.commits.iter().filter(|c| f(&c.outcome)).count();
+    RunReport {
+        seed: options.seed,
+        knobs,
+        trace: trace.lines(),
+        digest: trace.digest(),
+        violations: trace.violations(),
+        acknowledged: count(|o| matches!(o, Outcome::Acknowledged(_))),
+        refused: count(|o| matches!(o, Outcome::Refused(_))),
+        unknown: count(|o| matches!(o, Outcome::Unknown(_))),
+        reads: history.reads.len(),
+        faults: faults - driver.skipped,
+        simulated: sim.elapsed(),
+        wall: started.elapsed(),
+    }
+}
+
+/// tokio keeps a runtime's tasks in four lists by task id (id mod 4), and
+/// a crashed host's tasks are dropped list by list, which sets the order of
+/// the connection closes the crash sends. Task ids count up across the
+/// process, so each run starts them at the residue a fresh process starts
+/// at: a seed then replays in any run of a process, not only the first.
+fn align_task_ids() {
+    const LISTS: u64 = 4;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime for aligning task ids");
+    runtime.block_on(async {
+        loop {
+            let id: u64 = tokio::spawn(async {})
+                .id()
+                .to_string()
+                .parse()
+                .expect("a task id is a number");
+            if id % LISTS == 0 {
+                return;
+            }
+        }
+    });
+}
+
+enum Action {
+    Start(Scheduled),
+    End(Fault),
+}
+
+struct Driver {
+    rng: StdRng,
+    disks: Disks,
+    trace: Trace,
+    /// Links under a fault: one at a time per pair, since turmoil does not
+    /// combine a hold with a cut.
+    active: BTreeSet<(Node, Node)>,
+    down: BTreeSet<Role>,
+    /// Faults not started because their link or host already had one.
+    skipped: usize,
+}
+
+fn pair(a: Node, b: Node) -> (Node, Node) {
+    (a.min(b), a.max(b))
+}
+
+impl Driver {
+    /// Each fault's start by simulated time; its end is added when it
+    /// starts, by the end of the window at the latest.
+    fn agenda(plan: &[Scheduled]) -> BTreeMap<(Duration, usize), Action> {
+        let mut agenda = BTreeMap::new();
+        for (i, scheduled) in plan.iter().enumerate() {
+            agenda.insert((scheduled.at, 2 * i), Action::Start(scheduled.clone()));
+        }
+        agenda
+    }
+
+    fn step_until_done(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        mut agenda: BTreeMap<(Duration, usize), Action>,
+        window: Duration,
+    ) {
+        loop {
+            let now = sim.elapsed();
+            while let Some(entry) = agenda.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let ((_, order), action) = entry.remove_entry();
+                match action {
+                    Action::Start(scheduled) => {
+                        if self.start(sim, now, &scheduled.fault) {
+                            let end = (scheduled.at + scheduled.lasting).min(window).max(now);
+                            agenda.insert((end, order + 1), Action::End(scheduled.fault));
+                        }
+                    }
+                    Action::End(fault) => self.end(sim, now, &fault),
+                }
+            }
+            match sim.step() {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    self.trace.note_at(sim.elapsed(), "sim", "the run failed");
+                    self.trace.violation(format!("the simulation failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, fault: &Fault) -> bool {
+        match *fault {
+            Fault::Kill(role) => {
+                if !self.down.insert(role) {
+                    self.skipped += 1;
+                    return false;
+                }
+                sim.crash(role.host());
+                if let Role::TLog(index) = role {
+                    // A power loss: what was not synced is kept, lost or torn.
+                    self.disks.tlogs[index].crash(self.rng.next_u64());
+                }
+            }
+            Fault::Cut { from, to, one_way } => {
+                if !self.active.insert(pair(from, to)) {
+                    self.skipped += 1;
+                    return false;
+                }
+                if one_way {
+                    sim.partition_oneway(from.host(), to.host());
+                } else {
+                    sim.partition(from.host(), to.host());
+                }
+            }
+            Fault::Clog(a, b) => {
+                if !self.active.insert(pair(a, b)) {
+                    self.skipped += 1;
+                    return false;
+                }
+                sim.hold(a.host(), b.host());
+            }
+        }
+        self.trace.note_at(now, "fault", fault);
+        true
+    }
+
+    fn end(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, fault: &Fault) {
+        match *fault {
+            Fault::Kill(role) => {
+                self.down.remove(&role);
+                sim.bounce(role.host());
+            }
+            Fault::Cut { from, to, one_way } => {
+                self.active.remove(&pair(from, to));
+                if one_way {
+                    sim.repair_oneway(from.host(), to.host());
+                } else {
+                    sim.repair(from.host(), to.host());
+                }
+            }
+            Fault::Clog(a, b) => {
+                self.active.remove(&pair(a, b));
+                sim.release(a.host(), b.host());
+            }
+        }
+        self.trace.note_at(now, "fault", format!("end: {fault}"));
+    }
+}

@@ -1,0 +1,260 @@
+//! The workload: clients that commit unique values to random keys and read
+//! them back at read versions, while the faults run; then, once the faults
+//! stop, a commit that must go through (liveness) and a read of every key
+//! from every replica (no acknowledged commit lost, replicas equal).
+//!
+//! ```text
+//!  0 ── faults ──▶ fault_end ── in-flight calls end ─▶ final commit (≤ LIVENESS) ─▶ replica reads
+//!  clients: commit {keys} = "c{client}-{n}" │ read key at read_version
+//! ```
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use client::{Client, ClientError};
+use cluster::ClusterFile;
+use proto::rpc::{ErrorCode, GetValueRequest, Message};
+use proto::transport::{RpcClient, RpcError};
+use proto::{Mutation, Version};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::history::{Commit, History, Outcome, Read};
+use crate::layout::{key, replicas_of, Role, KEYS};
+use crate::net;
+use crate::trace::Trace;
+
+/// How long after the faults stop a commit must be acknowledged.
+pub const LIVENESS: Duration = Duration::from_secs(60);
+
+pub struct Workload {
+    pub cluster: ClusterFile,
+    pub clients: usize,
+    pub seed: u64,
+    pub fault_end: Duration,
+    pub history: Rc<RefCell<History>>,
+    pub trace: Trace,
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+impl Workload {
+    pub async fn run(self) -> Result<(), Box<dyn std::error::Error>> {
+        let client = Client::with_transport(&self.cluster, net::client_config())?;
+        // The roles start together; the clients begin once a commit went
+        // through, so what they see is the cluster's, not its start-up.
+        let up = loop {
+            if let Some(version) = self.commit_everywhere(&client, "up").await {
+                break version;
+            }
+            if now() >= LIVENESS {
+                self.trace.violation(format!(
+                    "no commit was acknowledged within {LIVENESS:?} of the start"
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        self.trace
+            .note("workload", format!("the cluster is up at {up}"));
+        let loops = (0..self.clients).map(|i| self.client_loop(i, &client));
+        futures::future::join_all(loops).await;
+        self.trace.note("workload", "faults over; every call ended");
+        let deadline = now() + LIVENESS;
+        let last = loop {
+            match self.commit_everywhere(&client, "final").await {
+                Some(version) => break version,
+                None if now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                None => {
+                    self.trace.violation(format!(
+                        "no commit was acknowledged within {LIVENESS:?} after the faults stopped"
+                    ));
+                    return Ok(());
+                }
+            }
+        };
+        self.read_every_replica(&client, last, deadline + LIVENESS)
+            .await;
+        Ok(())
+    }
+
+    async fn client_loop(&self, index: usize, client: &Client) {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ (index as u64 + 1) << 32);
+        let who = format!("client-{index}");
+        let mut written = 0;
+        while now() < self.fault_end {
+            if rng.random_bool(0.6) {
+                written += 1;
+                let count = rng.random_range(1..=3);
+                let keys: Vec<Bytes> = (0..count)
+                    .map(|_| Bytes::from(key(rng.random_range(0..KEYS))))
+                    .collect();
+                let value = Bytes::from(format!("c{index}-{written}"));
+                self.commit(&who, client, keys, value).await;
+            } else {
+                let key = Bytes::from(key(rng.random_range(0..KEYS)));
+                self.read(&who, client, key).await;
+            }
+        }
+    }
+
+    /// Commits `value` to `keys` and records how it ended.
+    async fn commit(&self, who: &str, client: &Client, keys: Vec<Bytes>, value: Bytes) -> Outcome {
+        let index = {
+            let mut history = self.history.borrow_mut();
+            history.commits.push(Commit {
+                keys: keys.clone(),
+                value: value.clone(),
+                outcome: Outcome::Unknown("in flight".into()),
+            });
+            history.commits.len() - 1
+        };
+        let mutations = keys
+            .iter()
+            .map(|key| Mutation::SetValue {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        let outcome = match client.commit(mutations).await {
+            Ok(version) => Outcome::Acknowledged(version),
+            Err(e @ (ClientError::Refused { .. } | ClientError::Unavailable(_))) => {
+                Outcome::Refused(e.to_string())
+            }
+            Err(e) => Outcome::Unknown(e.to_string()),
+        };
+        self.trace
+            .note(who, format!("commit {value:?} to {keys:?}: {outcome:?}"));
+        self.history.borrow_mut().commits[index].outcome = outcome.clone();
+        outcome
+    }
+
+    async fn read(&self, who: &str, client: &Client, key: Bytes) {
+        let read = async {
+            let version = client.read_version().await?;
+            let value = client.get(&key, version).await?;
+            Ok::<_, ClientError>((version, value))
+        };
+        match read.await {
+            Ok((version, value)) => {
+                self.trace
+                    .note(who, format!("read {key:?} at {version}: {value:?}"));
+                self.history.borrow_mut().reads.push(Read {
+                    key,
+                    version,
+                    value,
+                    from: who.to_owned(),
+                });
+            }
+            Err(e) => self.trace.note(who, format!("read {key:?} failed: {e}")),
+        }
+    }
+
+    /// One value to every key; its version when acknowledged.
+    async fn commit_everywhere(&self, client: &Client, what: &str) -> Option<Version> {
+        let keys = (0..KEYS).map(|i| Bytes::from(key(i))).collect();
+        let attempt = self.history.borrow().commits.len();
+        let value = Bytes::from(format!("{what}-{attempt}"));
+        match self.commit("workload", client, keys, value).await {
+            Outcome::Acknowledged(version) => Some(version),
+            _ => None,
+        }
+    }
+
+    /// Reads every key from each of its replicas at a read version at or
+    /// after `last`, waiting for each replica to catch up until `deadline`.
+    async fn read_every_replica(&self, client: &Client, last: Version, deadline: Duration) {
+        let version = loop {
+            match client.read_version().await {
+                Ok(version) if version >= last => break version,
+                Ok(version) => {
+                    self.trace.violation(format!(
+                        "read version {version} below the acknowledged commit at {last}"
+                    ));
+                    return;
+                }
+                Err(_) if now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    self.trace
+                        .violation(format!("no read version after the faults: {e}"));
+                    return;
+                }
+            }
+        };
+        for index in 0..KEYS {
+            let key = Bytes::from(key(index));
+            let mut seen = Vec::new();
+            for server in replicas_of(index) {
+                match read_replica(server, &key, version, deadline).await {
+                    Ok(value) => {
+                        self.history.borrow_mut().reads.push(Read {
+                            key: key.clone(),
+                            version,
+                            value: value.clone(),
+                            from: Role::Storage(server).to_string(),
+                        });
+                        seen.push((server, value));
+                    }
+                    Err(e) => self.trace.violation(format!(
+                        "storage-{server} did not answer for {key:?} at {version} \
+                         within {LIVENESS:?} after the faults: {e}"
+                    )),
+                }
+            }
+            if seen.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+                self.trace
+                    .violation(format!("replicas differ on {key:?} at {version}: {seen:?}"));
+            }
+        }
+        self.trace
+            .note("workload", format!("read every replica at {version}"));
+    }
+}
+
+/// `key` at `version` from storage server `server` itself, retrying while
+/// it has not applied the version or cannot be reached.
+async fn read_replica(
+    server: u64,
+    key: &Bytes,
+    version: Version,
+    deadline: Duration,
+) -> Result<Option<Bytes>, RpcError> {
+    loop {
+        let attempt = async {
+            let client =
+                RpcClient::connect(Role::Storage(server).addr(), net::client_config()).await?;
+            let request = Message::GetValue(GetValueRequest {
+                key: key.clone(),
+                version,
+            });
+            match client.call(request).await? {
+                Message::GetValueReply(reply) => Ok(reply.value),
+                other => Err(RpcError::UnexpectedReply(other.name())),
+            }
+        };
+        match attempt.await {
+            Ok(value) => return Ok(value),
+            Err(e) if now() < deadline && retryable(&e) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn retryable(error: &RpcError) -> bool {
+    error.is_transient()
+        || matches!(
+            error,
+            RpcError::Remote {
+                code: ErrorCode::FutureVersion,
+                ..
+            }
+        )
+}
