@@ -99,13 +99,7 @@ async fn ask_coordinators(
 ) -> Result<Route, ClientError> {
     let mut failures = Vec::new();
     for coordinator in coordinators {
-        let call = async {
-            coordinator
-                .client()
-                .await?
-                .call(Message::GetClusterInfo)
-                .await
-        };
+        let call = coordinator.call(|c| async move { c.call(Message::GetClusterInfo).await });
         match call.await {
             Ok(Message::ClusterInfo(info)) => {
                 let Some(sequencer) = info.sequencer else {

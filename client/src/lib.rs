@@ -140,7 +140,13 @@ impl Client {
                     continue;
                 }
             };
-            return match client.call(Message::ClientCommit(request)).await {
+            let reply = client.call(Message::ClientCommit(request)).await;
+            if matches!(reply, Err(RpcError::Timeout)) {
+                // No reply in time: bytes may be lost on this connection for
+                // good, so the next call connects anew.
+                proxy.reset().await;
+            }
+            return match reply {
                 Ok(Message::ClientCommitReply(reply)) => Ok(reply.version),
                 Ok(other) => Err(ClientError::UnknownResult(format!(
                     "proxy answered {}",
@@ -317,13 +323,9 @@ impl Client {
         let route = self.path.route().await?;
         let mut failures = Vec::new();
         for proxy in &route.proxies {
-            let call = async {
-                proxy
-                    .client()
-                    .await?
-                    .call(Message::GetKeyLocation(request.clone()))
-                    .await
-            };
+            let request = request.clone();
+            let call =
+                proxy.call(|c| async move { c.call(Message::GetKeyLocation(request)).await });
             match call.await {
                 Ok(Message::GetKeyLocationReply(reply)) => {
                     return Ok(Location {
@@ -357,7 +359,8 @@ impl Client {
                 last = Some(format!("{id} is not in the cluster file"));
                 continue;
             };
-            let call = async { server.client().await?.call(request.clone()).await };
+            let request = request.clone();
+            let call = server.call(|c| async move { c.call(request).await });
             match call.await {
                 Ok(reply) => return Ok(reply),
                 // Another server of the team may be further along, still own
@@ -393,9 +396,7 @@ impl Client {
         let call = async {
             match route
                 .sequencer
-                .client()
-                .await?
-                .call(Message::GetReadVersion)
+                .call(|c| async move { c.call(Message::GetReadVersion).await })
                 .await?
             {
                 Message::GetReadVersionReply(reply) => Ok(reply.version),

@@ -68,7 +68,7 @@ pub(crate) async fn run(inner: Weak<Inner>, limit: u64) {
         let mut fresh: BTreeMap<StorageTeamId, TeamSample> = BTreeMap::new();
         let mut answered = true;
         for tlog in &inner.tlogs {
-            let status = async { tlog.client().await?.status().await }.await;
+            let status = tlog.call(|c| async move { c.status().await }).await;
             match status {
                 Ok(status) => {
                     for team in status.teams {

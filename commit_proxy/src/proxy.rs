@@ -392,7 +392,11 @@ impl Inner {
     /// request number the same versions, the resolver a retried batch the
     /// same answer, and a report of a committed version is a maximum.
     async fn call(&self, request: Message) -> Result<Message, RpcError> {
-        let attempt = || async { self.sequencer.client().await?.call(request.clone()).await };
+        let attempt = || {
+            let request = request.clone();
+            self.sequencer
+                .call(|client| async move { client.call(request).await })
+        };
         attempt
             .retry(backoff(SEQUENCER_RETRY_WINDOW))
             .when(RpcError::is_transient)
@@ -410,7 +414,10 @@ impl Inner {
             .map(|(tlog, request)| async move {
                 // A TLog acknowledges a repeated (prev_version, version)
                 // once it is durable without appending it again.
-                let attempt = || async { tlog.client().await?.tlog_commit(request.clone()).await };
+                let attempt = || {
+                    let request = request.clone();
+                    tlog.call(|client| async move { client.tlog_commit(request).await })
+                };
                 attempt
                     .retry(backoff(TLOG_PUSH_RETRY_WINDOW))
                     .when(RpcError::is_transient)
@@ -446,7 +453,10 @@ async fn register_teams(
                 team,
                 servers: topology.servers_of(team),
             };
-            let attempt = || async { tlog.client().await?.register_team(request.clone()).await };
+            let attempt = || {
+                let request = request.clone();
+                tlog.call(|c| async move { c.register_team(request).await })
+            };
             attempt
                 .retry(backoff(timeout))
                 .notify(|e, _| tracing::debug!(addr = %tlog.addr(), error = %e, "tlog not ready; retrying"))

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use futures::{SinkExt, StreamExt};
+use proto::transport::net::{Accept, BoxFuture, Listener, Stream};
 use proto::transport::Peer;
 use proto::{
     ClientConfig, Envelope, ErrorCode, ErrorReply, FrameCodec, Message, PeekReply, PeekRequest,
@@ -693,4 +694,69 @@ async fn a_request_in_flight_keeps_a_quiet_connection_open() {
     assert!(!waiting.is_finished(), "the call was ended");
     waiting.abort();
     server.stop().await;
+}
+
+/// Takes a listener's connections, but keeps the first to itself: it stays
+/// open and nothing sent on it is ever read or answered, like a connection
+/// whose bytes a network lost for good.
+struct FirstConnectionSwallowed {
+    listener: TcpListener,
+    swallowed: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Accept for FirstConnectionSwallowed {
+    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<(Box<dyn Stream>, SocketAddr)>> {
+        Box::pin(async move {
+            loop {
+                let (stream, peer) = self.listener.accept().await?;
+                let mut swallowed = self.swallowed.lock().unwrap();
+                if swallowed.is_empty() {
+                    swallowed.push(stream);
+                    continue;
+                }
+                return Ok((Box::new(stream) as Box<dyn Stream>, peer));
+            }
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A call through a `Peer` that gets no reply drops its connection, so the
+/// next call connects anew instead of waiting on the dead one too.
+#[tokio::test]
+async fn a_peer_call_without_a_reply_drops_the_connection_and_the_next_connects_anew() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let swallowed = Arc::new(Mutex::new(Vec::new()));
+    let accept = FirstConnectionSwallowed {
+        listener,
+        swallowed: Arc::clone(&swallowed),
+    };
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(proto::serve(
+        Listener::Other(Box::new(accept)),
+        Arc::new(EchoService::default()),
+        ServerConfig::default(),
+        async move {
+            let _ = stop.await;
+        },
+    ));
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let peer = Peer::new(addr, config);
+    let first = within(peer.call(|c| async move { c.peek(peek(3)).await })).await;
+    assert!(matches!(first, Err(RpcError::Timeout)), "{first:?}");
+    assert_eq!(swallowed.lock().unwrap().len(), 1);
+    let second = within(peer.call(|c| async move { c.peek(peek(4)).await })).await;
+    assert_eq!(
+        second.expect("answered on a new connection").end,
+        Version(4)
+    );
+    let _ = shutdown.send(());
+    within(served).await.unwrap().unwrap();
 }

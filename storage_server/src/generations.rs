@@ -281,7 +281,7 @@ impl Generations {
                         version: through.next(),
                     };
                     let peer = self.peer(g.tlogs[index]);
-                    let popped = async { peer.client().await?.pop(request).await }.await;
+                    let popped = peer.call(|c| async move { c.pop(request).await }).await;
                     if let Err(e) = popped {
                         tracing::debug!(%team, epoch = g.epoch, error = %e, "pop failed; the next flush pops again");
                     }

@@ -437,9 +437,7 @@ impl<E: KvEngine> Inner<E> {
             });
         };
         let reply = sequencer
-            .client()
-            .await?
-            .call(Message::GetReadVersion)
+            .call(|c| async move { c.call(Message::GetReadVersion).await })
             .await?;
         match reply {
             Message::GetReadVersionReply(r) => Ok(r.version),

@@ -36,6 +36,22 @@ impl Peer {
         self.client.lock().await.take();
     }
 
+    /// Runs `call` over a live connection. When no reply comes in time, the
+    /// connection is dropped and the next call connects anew: bytes lost on
+    /// it (a half-open connection, a middlebox that forgot it) would leave
+    /// every later call on it waiting too.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, RpcError>
+    where
+        F: FnOnce(RpcClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError>>,
+    {
+        let result = call(self.client().await?).await;
+        if matches!(result, Err(RpcError::Timeout)) {
+            self.reset().await;
+        }
+        result
+    }
+
     /// A live connection: the current one, or a new one if it broke.
     pub async fn client(&self) -> Result<RpcClient, RpcError> {
         let mut client = self.client.lock().await;
