@@ -142,9 +142,7 @@ impl Client {
             };
             let reply = client.call(Message::ClientCommit(request)).await;
             if matches!(reply, Err(RpcError::Timeout)) {
-                // No reply in time: bytes may be lost on this connection for
-                // good, so the next call connects anew.
-                proxy.reset().await;
+                proxy.drop_connection(&client).await;
             }
             return match reply {
                 Ok(Message::ClientCommitReply(reply)) => Ok(reply.version),

@@ -84,13 +84,15 @@ impl FaultKinds {
         clog: true,
     };
 
+    pub const NONE: FaultKinds = FaultKinds {
+        kill: false,
+        cut: false,
+        clog: false,
+    };
+
     /// Kinds named in a list like `kill,clog`.
     pub fn parse(list: &str) -> Result<FaultKinds, String> {
-        let mut kinds = FaultKinds {
-            kill: false,
-            cut: false,
-            clog: false,
-        };
+        let mut kinds = FaultKinds::NONE;
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "kill" => kinds.kill = true,

@@ -35,8 +35,9 @@ pub struct SimOptions {
     /// Simulated time with faults (and workload) before the cluster is
     /// left alone to show it recovers.
     pub fault_window: Duration,
-    /// About how often a fault starts; `None` runs without faults.
-    pub mean_fault_gap: Option<Duration>,
+    /// About how often a fault starts.
+    pub mean_fault_gap: Duration,
+    /// What faults to draw; none runs without faults.
     pub fault_kinds: FaultKinds,
 }
 
@@ -45,7 +46,7 @@ impl SimOptions {
         SimOptions {
             seed,
             fault_window: Duration::from_secs(5),
-            mean_fault_gap: Some(Duration::from_millis(500)),
+            mean_fault_gap: Duration::from_millis(500),
             fault_kinds: FaultKinds::ALL,
         }
     }
@@ -67,12 +68,6 @@ pub struct RunReport {
     pub wall: Duration,
 }
 
-/// State the hosts keep across their restarts.
-struct Disks {
-    tlogs: Vec<MemStore>,
-    storage: BTreeMap<u64, Arc<MemEngine>>,
-}
-
 /// Runs one seed. Runs in one process take turns: tokio numbers tasks
 /// across the process, and a run's replay depends on its task ids (see
 /// `align_task_ids`), so two at once would disturb each other.
@@ -85,16 +80,13 @@ pub fn run(options: &SimOptions) -> RunReport {
     fastrand::seed(options.seed);
     let mut rng = StdRng::seed_from_u64(options.seed);
     let knobs = Knobs::draw(&mut rng);
-    let plan = match options.mean_fault_gap {
-        Some(gap) => faults::plan(
-            &mut rng,
-            &knobs,
-            options.fault_kinds,
-            options.fault_window,
-            gap,
-        ),
-        None => Vec::new(),
-    };
+    let plan = faults::plan(
+        &mut rng,
+        &knobs,
+        options.fault_kinds,
+        options.fault_window,
+        options.mean_fault_gap,
+    );
     let mut sim = turmoil::Builder::new()
         .rng_seed(rng.next_u64())
         .tick_duration(Duration::from_millis(1))
@@ -103,22 +95,17 @@ pub fn run(options: &SimOptions) -> RunReport {
         .simulation_duration(options.fault_window + 4 * LIVENESS)
         .build();
     let cluster = layout::cluster_file(knobs.proxies);
-    let disks = Disks {
-        tlogs: (0..TLOGS).map(|_| MemStore::new()).collect(),
-        storage: storage_ids()
-            .into_iter()
-            .map(|id| (id, Arc::new(MemEngine::new())))
-            .collect(),
-    };
-    for (index, store) in disks.tlogs.iter().enumerate() {
+    // What each host's "disk" keeps across its restarts.
+    let tlog_stores: Vec<MemStore> = (0..TLOGS).map(|_| MemStore::new()).collect();
+    for (index, store) in tlog_stores.iter().enumerate() {
         hosts::add_tlog(&mut sim, index, store.clone(), &knobs);
     }
     hosts::add_sequencer(&mut sim, &cluster);
     for id in 1..=knobs.proxies {
         hosts::add_proxy(&mut sim, id, &cluster, &knobs);
     }
-    for (id, engine) in &disks.storage {
-        hosts::add_storage(&mut sim, *id, Arc::clone(engine), &cluster, &knobs);
+    for id in storage_ids() {
+        hosts::add_storage(&mut sim, id, Arc::new(MemEngine::new()), &cluster, &knobs);
     }
     let trace = Trace::default();
     let history = Rc::new(RefCell::new(History::default()));
@@ -134,7 +121,7 @@ pub fn run(options: &SimOptions) -> RunReport {
 
     let mut driver = Driver {
         rng,
-        disks,
+        tlog_stores,
         trace: trace.clone(),
         active: BTreeSet::new(),
         down: BTreeSet::new(),
@@ -196,7 +183,8 @@ enum Action {
 
 struct Driver {
     rng: StdRng,
-    disks: Disks,
+    /// The TLogs' stores, for the power loss a kill makes.
+    tlog_stores: Vec<MemStore>,
     trace: Trace,
     /// Links under a fault: one at a time per pair, since turmoil does not
     /// combine a hold with a cut.
@@ -266,7 +254,7 @@ impl Driver {
                 sim.crash(role.host());
                 if let Role::TLog(index) = role {
                     // A power loss: what was not synced is kept, lost or torn.
-                    self.disks.tlogs[index].crash(self.rng.next_u64());
+                    self.tlog_stores[index].crash(self.rng.next_u64());
                 }
             }
             Fault::Cut { from, to, one_way } => {

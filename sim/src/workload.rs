@@ -9,6 +9,7 @@
 //! ```
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,13 +17,13 @@ use bytes::Bytes;
 use client::{Client, ClientError};
 use cluster::ClusterFile;
 use proto::rpc::{ErrorCode, GetValueRequest, Message};
-use proto::transport::{RpcClient, RpcError};
+use proto::transport::{Peer, RpcError};
 use proto::{Mutation, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::history::{Commit, History, Outcome, Read};
-use crate::layout::{key, replicas_of, Role, KEYS};
+use crate::layout::{key, replicas_of, storage_ids, Role, KEYS};
 use crate::net;
 use crate::trace::Trace;
 
@@ -187,11 +188,20 @@ impl Workload {
                 }
             }
         };
+        let servers: BTreeMap<u64, Peer> = storage_ids()
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    Peer::new(Role::Storage(id).addr(), net::client_config()),
+                )
+            })
+            .collect();
         for index in 0..KEYS {
             let key = Bytes::from(key(index));
             let mut seen = Vec::new();
             for server in replicas_of(index) {
-                match read_replica(server, &key, version, deadline).await {
+                match read_replica(&servers[&server], &key, version, deadline).await {
                     Ok(value) => {
                         self.history.borrow_mut().reads.push(Read {
                             key: key.clone(),
@@ -217,27 +227,25 @@ impl Workload {
     }
 }
 
-/// `key` at `version` from storage server `server` itself, retrying while
+/// `key` at `version` from a storage server itself, retrying while
 /// it has not applied the version or cannot be reached.
 async fn read_replica(
-    server: u64,
+    server: &Peer,
     key: &Bytes,
     version: Version,
     deadline: Duration,
 ) -> Result<Option<Bytes>, RpcError> {
     loop {
-        let attempt = async {
-            let client =
-                RpcClient::connect(Role::Storage(server).addr(), net::client_config()).await?;
-            let request = Message::GetValue(GetValueRequest {
-                key: key.clone(),
-                version,
-            });
-            match client.call(request).await? {
+        let request = Message::GetValue(GetValueRequest {
+            key: key.clone(),
+            version,
+        });
+        let attempt = server.call(|c| async move {
+            match c.call(request).await? {
                 Message::GetValueReply(reply) => Ok(reply.value),
                 other => Err(RpcError::UnexpectedReply(other.name())),
             }
-        };
+        });
         match attempt.await {
             Ok(value) => return Ok(value),
             Err(e) if now() < deadline && retryable(&e) => {

@@ -14,7 +14,7 @@ fn show(report: &RunReport) {
 #[test]
 fn without_faults_every_commit_is_acknowledged_and_read_back() {
     let options = SimOptions {
-        mean_fault_gap: None,
+        fault_kinds: sim::FaultKinds::NONE,
         ..SimOptions::new(testkit::seed_from_env())
     };
     let report = run(&options);

@@ -49,7 +49,7 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
         let options = SimOptions {
             seed,
             fault_window: Duration::from_secs(args.fault_window_secs),
-            mean_fault_gap: Some(Duration::from_millis(args.mean_fault_gap_ms)),
+            mean_fault_gap: Duration::from_millis(args.mean_fault_gap_ms),
             fault_kinds: kinds,
         };
         let report = run(&options);

@@ -283,6 +283,11 @@ impl RpcClient {
         }
     }
 
+    /// Whether the two are clones of one connection.
+    pub(super) fn same_connection(&self, other: &RpcClient) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Whether the connection has ended; every later call fails with
     /// `ConnectionClosed`.
     pub fn is_closed(&self) -> bool {

@@ -37,19 +37,30 @@ impl Peer {
     }
 
     /// Runs `call` over a live connection. When no reply comes in time, the
-    /// connection is dropped and the next call connects anew: bytes lost on
-    /// it (a half-open connection, a middlebox that forgot it) would leave
-    /// every later call on it waiting too.
+    /// connection is dropped (see [`Peer::drop_connection`]).
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, RpcError>
     where
         F: FnOnce(RpcClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, RpcError>>,
     {
-        let result = call(self.client().await?).await;
+        let client = self.client().await?;
+        let result = call(client.clone()).await;
         if matches!(result, Err(RpcError::Timeout)) {
-            self.reset().await;
+            self.drop_connection(&client).await;
         }
         result
+    }
+
+    /// Drops `used`'s connection, if it is still this peer's, so the next
+    /// call connects anew: after a call on it got no reply in time, bytes
+    /// may be lost on it for good (a half-open connection, a middlebox that
+    /// forgot it), which would leave every later call on it waiting too. A
+    /// connection another call made since is kept.
+    pub async fn drop_connection(&self, used: &RpcClient) {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_some_and(|c| c.same_connection(used)) {
+            client.take();
+        }
     }
 
     /// A live connection: the current one, or a new one if it broke.
