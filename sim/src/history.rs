@@ -51,24 +51,32 @@ impl History {
     pub fn violations(&self) -> Vec<String> {
         let by_value: BTreeMap<&Bytes, &Commit> =
             self.commits.iter().map(|c| (&c.value, c)).collect();
-        let mut acknowledged: BTreeMap<&Bytes, BTreeMap<Version, &Bytes>> = BTreeMap::new();
+        // Commits of one batch share a version, and the client cannot tell
+        // their order in it: any of them may be the one that stands.
+        let mut acknowledged: BTreeMap<&Bytes, BTreeMap<Version, Vec<&Bytes>>> = BTreeMap::new();
         for commit in &self.commits {
             if let Outcome::Acknowledged(version) = commit.outcome {
                 for key in &commit.keys {
                     acknowledged
                         .entry(key)
                         .or_default()
-                        .insert(version, &commit.value);
+                        .entry(version)
+                        .or_default()
+                        .push(&commit.value);
                 }
             }
         }
         let mut violations = Vec::new();
         for read in &self.reads {
-            let expected = acknowledged
+            let expected: &[&Bytes] = acknowledged
                 .get(&read.key)
                 .and_then(|versions| versions.range(..=read.version).next_back())
-                .map(|(_, value)| *value);
-            if read.value.as_ref() == expected {
+                .map_or(&[], |(_, values)| values.as_slice());
+            let as_expected = match &read.value {
+                None => expected.is_empty(),
+                Some(value) => expected.contains(&value),
+            };
+            if as_expected {
                 continue;
             }
             let writer = read.value.as_ref().and_then(|v| by_value.get(v));
@@ -83,7 +91,7 @@ impl History {
     }
 }
 
-fn describe(read: &Read, expected: Option<&Bytes>, writer: Option<&Commit>) -> String {
+fn describe(read: &Read, expected: &[&Bytes], writer: Option<&Commit>) -> String {
     let got = match (&read.value, writer) {
         (None, _) => "nothing".to_owned(),
         (Some(value), None) => format!("{value:?}, which no commit wrote"),
@@ -97,7 +105,11 @@ fn describe(read: &Read, expected: Option<&Bytes>, writer: Option<&Commit>) -> S
         read.key,
         read.version,
         read.from,
-        expected.map_or("nothing".to_owned(), |v| format!("{v:?}")),
+        if expected.is_empty() {
+            "nothing".to_owned()
+        } else {
+            format!("one of {expected:?}")
+        },
     )
 }
 
@@ -129,6 +141,8 @@ mod tests {
                 commit(&["a"], "2", Outcome::Acknowledged(Version(20))),
                 commit(&["a"], "3", Outcome::Unknown("timeout".into())),
                 commit(&["a"], "4", Outcome::Refused("overloaded".into())),
+                commit(&["c"], "5", Outcome::Acknowledged(Version(30))),
+                commit(&["c", "a"], "6", Outcome::Acknowledged(Version(30))),
             ],
             reads,
         }
@@ -143,6 +157,10 @@ mod tests {
             read("a", 25, Some("2")),
             read("b", 25, Some("1")),
             read("a", 15, Some("3")),
+            // One batch wrote "c" twice; either may stand.
+            read("c", 30, Some("5")),
+            read("c", 30, Some("6")),
+            read("a", 30, Some("6")),
         ];
         assert_eq!(history(reads).violations(), Vec::<String>::new());
     }
@@ -156,7 +174,9 @@ mod tests {
             read("a", 15, Some("2")),  // a commit seen below its version
             read("b", 25, Some("2")),  // a value on a key it was not written to
             read("a", 25, Some("zz")), // never written
+            read("a", 30, Some("2")),  // older than the batch at 30
+            read("c", 30, None),       // the batch at 30 lost
         ];
-        assert_eq!(history(reads).violations().len(), 6);
+        assert_eq!(history(reads).violations().len(), 8);
     }
 }
