@@ -409,7 +409,9 @@ impl<W> ProxyCore<W> {
         let map = self.map.current();
         let written = |m: &Mutation| -> Vec<StorageTeamId> {
             match m {
-                Mutation::SetValue { key, .. } => map.assignment_of(key).teams().collect(),
+                Mutation::SetValue { key, .. } | Mutation::AppendIfFits { key, .. } => {
+                    map.assignment_of(key).teams().collect()
+                }
                 Mutation::ClearRange { begin, end } => map
                     .split(begin, end)
                     .into_iter()
@@ -668,10 +670,7 @@ fn duration_us(duration: Duration) -> u64 {
 }
 
 pub(crate) fn is_metadata(mutation: &Mutation) -> bool {
-    match mutation {
-        Mutation::SetValue { key, .. } => is_system_key(key),
-        Mutation::ClearRange { begin, .. } => is_system_key(begin),
-    }
+    is_system_key(mutation.first_key())
 }
 
 fn empty_version(team: StorageTeamId, version: Version) -> Bytes {

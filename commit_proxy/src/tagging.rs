@@ -53,18 +53,13 @@ pub fn tag_version(
     };
     for mutation in commits.iter().flatten() {
         match mutation {
-            Mutation::SetValue { key, .. } if is_system_key(key) => {
-                let teams = concerned_private_teams(map, topology, mutation);
-                emit(&mut teams.into_iter(), mutation)?;
-                metadata.push(mutation.clone());
+            metadata_mutation if is_system_key(mutation.first_key()) => {
+                let teams = concerned_private_teams(map, topology, metadata_mutation);
+                emit(&mut teams.into_iter(), metadata_mutation)?;
+                metadata.push(metadata_mutation.clone());
             }
-            Mutation::SetValue { key, .. } => {
+            Mutation::SetValue { key, .. } | Mutation::AppendIfFits { key, .. } => {
                 emit(&mut map.assignment_of(key).teams(), mutation)?;
-            }
-            Mutation::ClearRange { begin, .. } if is_system_key(begin) => {
-                let teams = concerned_private_teams(map, topology, mutation);
-                emit(&mut teams.into_iter(), mutation)?;
-                metadata.push(mutation.clone());
             }
             Mutation::ClearRange { begin, end } => {
                 for (piece_begin, piece_end, assignment) in map.split(begin, end) {
@@ -92,10 +87,7 @@ fn concerned_private_teams(
     topology: &Topology,
     mutation: &Mutation,
 ) -> BTreeSet<StorageTeamId> {
-    let key = match mutation {
-        Mutation::SetValue { key, .. } => key,
-        Mutation::ClearRange { begin, .. } => begin,
-    };
+    let key = mutation.first_key();
     let servers: Vec<_> = if let Some(server) = parse_team_set_key(key) {
         vec![server]
     } else if parse_key_servers_key(key).is_some() {

@@ -18,7 +18,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_key_bytes: proto::MAX_KEY_BYTES,
-            max_value_bytes: 100_000,
+            max_value_bytes: proto::MAX_VALUE_BYTES,
             max_commit_bytes: 10 << 20,
         }
     }
@@ -67,6 +67,25 @@ pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), Er
                         i,
                         parse_key_servers_key(key).is_some() || parse_team_set_key(key).is_some(),
                     )?;
+                }
+            }
+            Mutation::AppendIfFits { key, suffix } => {
+                if key.len() > limits.max_key_bytes {
+                    return Err(key_error("key", key.len()));
+                }
+                if suffix.len() > limits.max_value_bytes {
+                    return Err(ErrorReply::new(
+                        ErrorCode::ValueTooLarge,
+                        format!(
+                            "mutation {i}: suffix of {} bytes exceeds {} bytes",
+                            suffix.len(),
+                            limits.max_value_bytes
+                        ),
+                    ));
+                }
+                // No system key holds a value that grows.
+                if is_system_key(key) {
+                    check_system(request, i, false)?;
                 }
             }
             Mutation::ClearRange { begin, end } => {
@@ -152,6 +171,13 @@ mod tests {
         }
     }
 
+    fn append(key: &[u8], suffix_len: usize) -> Mutation {
+        Mutation::AppendIfFits {
+            key: Bytes::copy_from_slice(key),
+            suffix: Bytes::from(vec![0; suffix_len]),
+        }
+    }
+
     fn code(request: ClientCommitRequest) -> Option<ErrorCode> {
         validate(&request, &Limits::default()).err().map(|e| e.code)
     }
@@ -160,7 +186,12 @@ mod tests {
     fn ordinary_commits_pass() {
         assert_eq!(
             code(commit(
-                vec![set(b"a", 10), clear(b"a", b"b"), clear(b"", b"\xff")],
+                vec![
+                    set(b"a", 10),
+                    clear(b"a", b"b"),
+                    clear(b"", b"\xff"),
+                    append(b"a", 5)
+                ],
                 false
             )),
             None
@@ -176,6 +207,14 @@ mod tests {
         );
         assert_eq!(
             code(commit(vec![set(b"k", 100_001)], false)),
+            Some(ErrorCode::ValueTooLarge)
+        );
+        assert_eq!(
+            code(commit(vec![append(&[b'k'; 10_001], 1)], false)),
+            Some(ErrorCode::KeyTooLarge)
+        );
+        assert_eq!(
+            code(commit(vec![append(b"k", 100_001)], false)),
             Some(ErrorCode::ValueTooLarge)
         );
         assert_eq!(
@@ -207,6 +246,14 @@ mod tests {
         assert_eq!(code(commit(vec![shard], false)), Some(ErrorCode::SystemKey));
         assert_eq!(
             code(commit(vec![set(b"\xff/other", 1)], true)),
+            Some(ErrorCode::SystemKey)
+        );
+        // No system key holds a value that grows, an admin's or not.
+        assert_eq!(
+            code(commit(
+                vec![append(&team_set_key(StorageServerId(3)), 1)],
+                true
+            )),
             Some(ErrorCode::SystemKey)
         );
         let unshard = Mutation::ClearRange {

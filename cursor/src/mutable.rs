@@ -55,10 +55,7 @@ use proto::team_set::{team_set_key, TeamSet, TeamSetError};
 /// let mut keys = Vec::new();
 /// while !cursor.is_end_of_stream() {
 ///     cursor.remote_more_available().await?;
-///     keys.extend(cursor.iter().map(|m| match m.mutation {
-///         Mutation::SetValue { key, .. } => key,
-///         Mutation::ClearRange { begin, .. } => begin,
-///     }));
+///     keys.extend(cursor.iter().map(|m| m.mutation.first_key().clone()));
 /// }
 /// assert_eq!(keys.len(), 4); // a1, the team-set change, a2, b3
 /// assert_eq!(&keys[3][..], b"b3");

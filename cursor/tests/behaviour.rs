@@ -30,11 +30,7 @@ fn set(key: &str) -> Mutation {
 }
 
 fn key_of(m: &VersionedMutation) -> String {
-    match &m.mutation {
-        Mutation::SetValue { key, .. } | Mutation::ClearRange { begin: key, .. } => {
-            String::from_utf8_lossy(key).into_owned()
-        }
-    }
+    String::from_utf8_lossy(m.mutation.first_key()).into_owned()
 }
 
 fn source_with(mode: BroadcastMode, teams: &[StorageTeamId]) -> Arc<MemorySource> {

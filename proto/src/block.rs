@@ -14,8 +14,9 @@
 //! block   := format_version:u8 (=1) | team:u64 | section_count:u32 | section*
 //! section := version:u64 | message_count:u32 | message*
 //! message := subsequence:u32 | kind:u8 | len_a:u32 | a | len_b:u32 | b
-//!            kind 1 = SetValue   (a = key,   b = value)
-//!            kind 2 = ClearRange (a = begin, b = end)
+//!            kind 1 = SetValue     (a = key,   b = value)
+//!            kind 2 = ClearRange   (a = begin, b = end)
+//!            kind 3 = AppendIfFits (a = key,   b = suffix)
 //! ```
 //!
 //! A section with `message_count` 0 is an *empty version*: "the team had
@@ -34,9 +35,6 @@ use crate::types::{Mutation, StorageTeamId, Subsequence, Version, VersionedMutat
 
 /// The only format version this code writes and reads.
 pub const BLOCK_FORMAT_VERSION: u8 = 1;
-
-const KIND_SET_VALUE: u8 = 1;
-const KIND_CLEAR_RANGE: u8 = 2;
 
 const BLOCK_HEADER_LEN: usize = 1 + 8 + 4;
 /// A message without its two payloads.
@@ -116,10 +114,7 @@ impl TeamBlockBuilder {
         if subsequence.0 == 0 {
             return Err(BlockError::ZeroSubsequence { version });
         }
-        let (kind, a, b) = match mutation {
-            Mutation::SetValue { key, value } => (KIND_SET_VALUE, key, value),
-            Mutation::ClearRange { begin, end } => (KIND_CLEAR_RANGE, begin, end),
-        };
+        let (kind, a, b) = mutation.encode();
         let len_a = payload_len_u32(a.len())?;
         let len_b = payload_len_u32(b.len())?;
 
@@ -285,7 +280,7 @@ impl TeamBlock {
                 previous = subsequence;
                 let kind_offset = r.pos;
                 let kind = r.u8()?;
-                if kind != KIND_SET_VALUE && kind != KIND_CLEAR_RANGE {
+                if !Mutation::is_known_kind(kind) {
                     return Err(BlockError::UnknownMutationKind {
                         offset: kind_offset,
                         kind,
@@ -519,11 +514,7 @@ impl Iterator for Entries<'_> {
         let start_b = r.skip(len_b).ok()?;
         let a = bytes.slice(start_a..start_a + len_a);
         let b = bytes.slice(start_b..start_b + len_b);
-        let mutation = match kind {
-            KIND_SET_VALUE => Mutation::SetValue { key: a, value: b },
-            KIND_CLEAR_RANGE => Mutation::ClearRange { begin: a, end: b },
-            _ => return None,
-        };
+        let mutation = Mutation::decode(kind, a, b)?;
         self.pos = r.pos;
         self.messages_left -= 1;
         Some(BlockEntry::Message(VersionedMutation {

@@ -172,6 +172,8 @@ impl ShardMap {
                     }
                 }
             }
+            // Appends to system keys are refused: none is a shard-map change.
+            Mutation::AppendIfFits { .. } => {}
         }
         teams.sort();
         teams.dedup();
@@ -250,7 +252,7 @@ impl VersionedShardMap {
                         }
                     }
                 }
-                Mutation::SetValue { .. } => {}
+                Mutation::SetValue { .. } | Mutation::AppendIfFits { .. } => {}
             }
         }
         Ok(())
@@ -292,6 +294,7 @@ impl VersionedShardMap {
                         undo.push(Undo { begin, before });
                     }
                 }
+                Mutation::AppendIfFits { .. } => {}
             }
         }
         self.version = version;

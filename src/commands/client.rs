@@ -1,8 +1,8 @@
 //! `teamlog client`: commit mutations from the command line.
 //!
 //! Keys and values are text; `\xNN` escapes give any byte. A batch file (or
-//! stdin) has one mutation per line: `set KEY VALUE`, `clear KEY`,
-//! `clear-range BEGIN END`; blank lines and lines starting with `#` are
+//! stdin) has one mutation per line: `set KEY VALUE`, `append KEY SUFFIX`,
+//! `clear KEY`, `clear-range BEGIN END`; blank lines and lines starting with `#` are
 //! skipped. The whole batch commits atomically.
 
 use std::io::Read;
@@ -37,6 +37,9 @@ pub struct ClientArgs {
 pub enum ClientCommand {
     /// Set KEY to VALUE.
     Set { key: String, value: String },
+    /// Append SUFFIX to the value of KEY (absent counts as empty), unless
+    /// the value would outgrow the largest a key may hold.
+    Append { key: String, suffix: String },
     /// Clear KEY.
     Clear { key: String },
     /// Clear every key in [BEGIN, END).
@@ -148,6 +151,7 @@ pub async fn run(args: ClientArgs) -> Result<()> {
             return Ok(());
         }
         ClientCommand::Set { key, value } => vec![set(&key, &value)?],
+        ClientCommand::Append { key, suffix } => vec![append(&key, &suffix)?],
         ClientCommand::Clear { key } => vec![clear(&key)?],
         ClientCommand::ClearRange { begin, end } => vec![Mutation::ClearRange {
             begin: unescape(&begin)?,
@@ -165,6 +169,13 @@ fn set(key: &str, value: &str) -> Result<Mutation> {
     Ok(Mutation::SetValue {
         key: unescape(key)?,
         value: unescape(value)?,
+    })
+}
+
+fn append(key: &str, suffix: &str) -> Result<Mutation> {
+    Ok(Mutation::AppendIfFits {
+        key: unescape(key)?,
+        suffix: unescape(suffix)?,
     })
 }
 
@@ -202,13 +213,14 @@ pub fn parse_batch(text: &str) -> Result<Vec<Mutation>> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let mutation = match words.as_slice() {
             ["set", key, value] => set(key, value)?,
+            ["append", key, suffix] => append(key, suffix)?,
             ["clear", key] => clear(key)?,
             ["clear-range", begin, end] => Mutation::ClearRange {
                 begin: unescape(begin)?,
                 end: unescape(end)?,
             },
             _ => bail!(
-                "line {}: expected `set K V`, `clear K` or `clear-range B E`: {line}",
+                "line {}: expected `set K V`, `append K S`, `clear K` or `clear-range B E`: {line}",
                 n + 1
             ),
         };
@@ -223,9 +235,9 @@ mod tests {
 
     #[test]
     fn batches_parse_and_bad_lines_are_named() {
-        let batch = "# setup\nset a 1\n\nclear b\nclear-range c d\\xff\n";
+        let batch = "# setup\nset a 1\n\nclear b\nclear-range c d\\xff\nappend a \\x00z\n";
         let mutations = parse_batch(batch).unwrap();
-        assert_eq!(mutations.len(), 3);
+        assert_eq!(mutations.len(), 4);
         assert_eq!(
             mutations[1],
             Mutation::ClearRange {
@@ -238,6 +250,13 @@ mod tests {
             Mutation::ClearRange {
                 begin: Bytes::from_static(b"c"),
                 end: Bytes::from_static(b"d\xff")
+            }
+        );
+        assert_eq!(
+            mutations[3],
+            Mutation::AppendIfFits {
+                key: Bytes::from_static(b"a"),
+                suffix: Bytes::from_static(b"\x00z")
             }
         );
         let err = parse_batch("set a 1\nput b 2\n").unwrap_err().to_string();

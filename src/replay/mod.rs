@@ -188,10 +188,7 @@ impl Shared {
                     CommitOutcome::Acknowledged(version) => {
                         self.recorder.record_commit(started.elapsed(), count);
                         lock(&self.counts).acknowledged += 1;
-                        let first_key = match &mutations[0] {
-                            Mutation::SetValue { key, .. } => key.clone(),
-                            Mutation::ClearRange { begin, .. } => begin.clone(),
-                        };
+                        let first_key = mutations[0].first_key().clone();
                         lock(&self.model).acknowledged(version, mutations);
                         let ordinal = self.acknowledged.fetch_add(1, Ordering::Relaxed);
                         if ordinal % self.sample_every == 0 {

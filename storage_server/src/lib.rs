@@ -17,6 +17,9 @@
 //!               └── mem_engine::MemEngine     in memory, for tests
 //! ```
 
+#[cfg(feature = "broken-variants")]
+pub mod broken;
+pub mod copied;
 pub mod engine;
 pub mod generations;
 pub mod heed_engine;

@@ -525,10 +525,7 @@ impl<E: KvEngine> Inner<E> {
         let (mut mutations, mut mutation_bytes) = (0u64, 0u64);
         for m in cursor.iter() {
             if m.team == self.config.private_team {
-                let key = match &m.mutation {
-                    Mutation::SetValue { key, .. } => key,
-                    Mutation::ClearRange { begin, .. } => begin,
-                };
+                let key = m.mutation.first_key();
                 if let (Some(server), Mutation::SetValue { value, .. }) =
                     (parse_team_set_key(key), &m.mutation)
                 {
@@ -545,16 +542,20 @@ impl<E: KvEngine> Inner<E> {
                 }
                 continue;
             }
-            let system = match &m.mutation {
-                Mutation::SetValue { key, .. } => is_system_key(key),
-                Mutation::ClearRange { begin, .. } => is_system_key(begin),
-            };
-            if !system {
+            if !is_system_key(m.mutation.first_key()) {
                 mutations += 1;
                 mutation_bytes += m.mutation.payload_len() as u64;
                 store
                     .apply(m.version, &m.mutation)
                     .map_err(|e| e.to_string())?;
+                #[cfg(feature = "broken-variants")]
+                if matches!(m.mutation, Mutation::AppendIfFits { .. })
+                    && crate::broken::take_apply_twice()
+                {
+                    store
+                        .apply(m.version, &m.mutation)
+                        .map_err(|e| e.to_string())?;
+                }
             }
         }
         metrics::counter!("teamlog_storage_mutations_applied_total").increment(mutations);

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proto::{Mutation, Version};
 
+use crate::copied::CopiedRanges;
 use crate::engine::{EngineError, KvEngine, WriteBatch, FORMAT_METADATA};
 use crate::window::{Chain, Window, WindowValue};
 
@@ -39,6 +40,10 @@ pub const DURABLE_VERSION_METADATA: &str = "durable_version";
 /// when it lies above the durable version (u64 little-endian): a rebuilt
 /// store's engine holds a copy newer than its durable version.
 pub const READABLE_FROM_METADATA: &str = "readable_from";
+
+/// The metadata entry listing the ranges a rebuild copied and the version
+/// each was read at ([`CopiedRanges`]): the log's redo skips what they hold.
+pub const COPIED_RANGES_METADATA: &str = "copied_ranges";
 
 /// Most engine pairs one range read fetches at a time.
 const MAX_ENGINE_CHUNK: usize = 1024;
@@ -113,6 +118,10 @@ pub struct VersionedStore<E: KvEngine> {
     /// The version a prepared flush is writing through: reads below it are
     /// refused, as the engine may already hold the state after it.
     flushing: Option<Version>,
+    /// What a rebuild copied, while the log's redo has not passed it.
+    copied: CopiedRanges,
+    /// The newest version `copied` holds anything at.
+    copied_through: Version,
 }
 
 /// A flush whose batch is built: write it to the engine without holding
@@ -161,6 +170,17 @@ impl<E: KvEngine> VersionedStore<E> {
     pub fn open(engine: Arc<E>, config: WindowConfig) -> Result<Self, StoreError> {
         let durable = version_metadata(engine.as_ref(), DURABLE_VERSION_METADATA)?;
         let readable_from = version_metadata(engine.as_ref(), READABLE_FROM_METADATA)?;
+        let mut copied = match engine.metadata(COPIED_RANGES_METADATA)? {
+            None => CopiedRanges::default(),
+            Some(entry) => CopiedRanges::decode(&entry).map_err(|e| EngineError::Corrupt {
+                location: format!("metadata entry {COPIED_RANGES_METADATA:?}"),
+                reason: e.to_string(),
+            })?,
+        };
+        let copied_through = copied.newest();
+        if copied_through <= durable {
+            copied = CopiedRanges::default();
+        }
         Ok(VersionedStore {
             engine,
             window: Window::new(),
@@ -171,12 +191,15 @@ impl<E: KvEngine> VersionedStore<E> {
             newest_mutation: durable,
             readable_from,
             flushing: None,
+            copied,
+            copied_through,
         })
     }
 
     /// Applies one mutation at `version`. Versions must not decrease and
     /// must be above the applied version; within one version mutations
-    /// apply in call order.
+    /// apply in call order. After a rebuild, what a copied page already
+    /// holds is skipped (see [`CopiedRanges`]).
     pub fn apply(&mut self, version: Version, mutation: &Mutation) -> Result<(), StoreError> {
         if version <= self.applied || version < self.newest_mutation {
             return Err(StoreError::VersionOrder {
@@ -184,20 +207,50 @@ impl<E: KvEngine> VersionedStore<E> {
                 last: self.applied.max(self.newest_mutation),
             });
         }
+        if version > self.copied_through && !self.copied.is_empty() {
+            self.copied = CopiedRanges::default();
+        }
         match mutation {
             Mutation::SetValue { key, value } => {
-                let max = self.engine.max_key_len();
-                if key.len() > max {
-                    return Err(StoreError::KeyTooLarge {
-                        len: key.len(),
-                        max,
-                    });
+                self.check_key_len(key)?;
+                if !self.copied.holds(key, version) {
+                    self.window.set(version, key, value);
                 }
-                self.window.set(version, key, value);
             }
-            Mutation::ClearRange { begin, end } => self.window.clear(version, begin, end),
+            Mutation::ClearRange { begin, end } if self.copied.is_empty() => {
+                self.window.clear(version, begin, end);
+            }
+            Mutation::ClearRange { begin, end } => {
+                for (begin, end) in self.copied.not_held(begin, end, version) {
+                    self.window.clear(version, &begin, &end);
+                }
+            }
+            Mutation::AppendIfFits { key, suffix } => {
+                self.check_key_len(key)?;
+                if !self.copied.holds(key, version) {
+                    let latest = match self.window.get(key, Version::MAX) {
+                        WindowValue::Set(value) => Some(value.clone()),
+                        WindowValue::Cleared => None,
+                        WindowValue::Unchanged => self.engine.get(key)?,
+                    };
+                    if let Some(appended) = proto::append_if_fits(latest.as_deref(), suffix) {
+                        self.window.set(version, key, &appended);
+                    }
+                }
+            }
         }
         self.newest_mutation = version;
+        Ok(())
+    }
+
+    fn check_key_len(&self, key: &[u8]) -> Result<(), StoreError> {
+        let max = self.engine.max_key_len();
+        if key.len() > max {
+            return Err(StoreError::KeyTooLarge {
+                len: key.len(),
+                max,
+            });
+        }
         Ok(())
     }
 
@@ -444,6 +497,7 @@ impl<E: KvEngine> VersionedStore<E> {
         for (name, _) in extra_metadata {
             if *name == DURABLE_VERSION_METADATA
                 || *name == READABLE_FROM_METADATA
+                || *name == COPIED_RANGES_METADATA
                 || *name == FORMAT_METADATA
             {
                 return Err(StoreError::ReservedMetadata((*name).to_owned()));

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The key space is small (including the empty key and keys that differ
-//! only by a trailing zero) so sets and clear ranges collide often; the
+//! only by a trailing zero) so sets, appends and clear ranges collide
+//! often (an append reads the newest value, in the window or the engine); the
 //! window is tiny so `flush` triggers by versions and by bytes, and random
 //! `flush_to` points leave partial windows. With heed, the store is reopened
 //! at the end and must show the model's state at the durable version.
@@ -50,6 +51,10 @@ enum Op {
         begin: usize,
         end: usize,
     },
+    Append {
+        key: usize,
+        suffix: u8,
+    },
     /// Marks the current version applied and moves `gap` versions on.
     EndVersion {
         gap: u64,
@@ -84,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..KEYS.len(), any::<u8>()).prop_map(|(key, value)| Op::Set { key, value }),
         2 => (0..BOUNDS.len(), 0..BOUNDS.len()).prop_map(|(begin, end)| Op::Clear { begin, end }),
+        3 => (0..KEYS.len(), any::<u8>()).prop_map(|(key, suffix)| Op::Append { key, suffix }),
         4 => (1..4u64).prop_map(|gap| Op::EndVersion { gap }),
         1 => any::<u64>().prop_map(|back| Op::FlushTo { back }),
         1 => Just(Op::Flush),
@@ -175,6 +181,22 @@ fn run<E: KvEngine>(store: &mut VersionedStore<E>, ops: &[Op]) -> Result<Model, 
                 model
                     .current
                     .retain(|k, _| !(begin <= &k[..] && &k[..] < end));
+            }
+            Op::Append { key, suffix } => {
+                let key = Bytes::from_static(KEYS[key]);
+                let mutation = Mutation::AppendIfFits {
+                    key: key.clone(),
+                    suffix: value(suffix),
+                };
+                store.apply(model.version, &mutation).unwrap();
+                let mut appended = model
+                    .current
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_default()
+                    .to_vec();
+                appended.extend_from_slice(&value(suffix));
+                model.current.insert(key, Bytes::from(appended));
             }
             Op::EndVersion { gap } => {
                 store.set_applied(model.version);

@@ -51,7 +51,9 @@ fn shard_of(key: &[u8]) -> usize {
 /// A mutation as the teams receive it: a clear range cut at shard bounds.
 fn pieces(mutation: &Mutation) -> Vec<(usize, Mutation)> {
     match mutation {
-        Mutation::SetValue { key, .. } => vec![(shard_of(key), mutation.clone())],
+        Mutation::SetValue { key, .. } | Mutation::AppendIfFits { key, .. } => {
+            vec![(shard_of(key), mutation.clone())]
+        }
         Mutation::ClearRange { begin, end } => {
             let mut out = Vec::new();
             let first = shard_of(begin);
@@ -83,10 +85,15 @@ fn random_commit(rng: &mut impl Rng, client: usize, n: usize) -> Vec<Mutation> {
     }];
     for _ in 0..rng.random_range(0..4) {
         let (a, b) = (letter(rng), letter(rng));
-        mutations.push(if rng.random_bool(0.5) {
+        mutations.push(if rng.random_bool(0.4) {
             Mutation::SetValue {
                 key: Bytes::from(format!("{a}{b}")),
                 value: Bytes::from_static(b"x"),
+            }
+        } else if rng.random_bool(0.2) {
+            Mutation::AppendIfFits {
+                key: Bytes::from(format!("{a}{b}")),
+                suffix: Bytes::from_static(b"y"),
             }
         } else {
             Mutation::ClearRange {
@@ -396,7 +403,7 @@ async fn a_tlog_killed_mid_commit_never_loses_an_acknowledged_commit() -> Result
                 .filter_map(|e| match e {
                     BlockEntry::Message(m) => match m.mutation {
                         Mutation::SetValue { key, .. } => Some((m.version, key)),
-                        Mutation::ClearRange { .. } => None,
+                        Mutation::ClearRange { .. } | Mutation::AppendIfFits { .. } => None,
                     },
                     BlockEntry::EmptyVersion { .. } => None,
                 })

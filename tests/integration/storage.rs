@@ -50,10 +50,16 @@ fn apply(model: &mut Model, mutation: &Mutation) {
                 model.remove(&key);
             }
         }
+        Mutation::AppendIfFits { key, suffix } => {
+            if let Some(value) = proto::append_if_fits(model.get(key).map(|v| &v[..]), suffix) {
+                model.insert(key.clone(), value);
+            }
+        }
     }
 }
 
-/// One to three random sets and clears of keys `{letter}{prefix}{digit}`.
+/// One to three random sets, appends and clears of keys
+/// `{letter}{prefix}{digit}`.
 /// With a prefix (one per concurrent writer), a clear stays inside one
 /// letter, so it touches only its writer's keys: commits of several
 /// writers that share a version (one batch) then commute, and the model
@@ -66,11 +72,18 @@ fn random_mutations(rng: &mut impl Rng, prefix: &str, n: u64) -> Vec<Mutation> {
     };
     (0..rng.random_range(1..4))
         .map(|_| {
-            if rng.random_bool(0.75) {
+            let choice = rng.random_range(0..20);
+            if choice < 12 {
                 let l = letter(rng);
                 Mutation::SetValue {
                     key: key(l, rng),
                     value: Bytes::from(format!("v{n}")),
+                }
+            } else if choice < 15 {
+                let l = letter(rng);
+                Mutation::AppendIfFits {
+                    key: key(l, rng),
+                    suffix: Bytes::from(format!("+{n}")),
                 }
             } else {
                 let first = letter(rng);

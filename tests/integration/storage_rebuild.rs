@@ -29,6 +29,8 @@ use crate::nemesis::Writers;
 const DEADLINE: Duration = Duration::from_secs(120);
 const REBUILT: u64 = 100;
 const TEAMMATE: u64 = 101;
+/// After every other key of team 1, so the copy's last page holds it.
+const APPENDED_KEY: &[u8] = b"d-appended";
 
 fn set(key: String, value: String) -> Mutation {
     Mutation::SetValue {
@@ -182,21 +184,34 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
         }])
         .await?;
 
-    // Commits go on throughout the rebuild.
+    // Commits go on throughout the rebuild. Each also appends its number
+    // to one key that the copy's last pages hold: applied again by the
+    // log's redo over a page that has it, a number would show twice.
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let appended = Arc::new(Mutex::new(Vec::new()));
     let writer = tokio::spawn({
-        let (client, stop, acknowledged) = (client.clone(), stop.clone(), acknowledged.clone());
+        let (client, stop, acknowledged, appended) = (
+            client.clone(),
+            stop.clone(),
+            acknowledged.clone(),
+            appended.clone(),
+        );
         async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let (key, value) = (format!("b{n:05}"), format!("during-{n}"));
+                let append = Mutation::AppendIfFits {
+                    key: Bytes::from_static(APPENDED_KEY),
+                    suffix: Bytes::from(format!("{n};")),
+                };
                 if client
-                    .commit(vec![set(key.clone(), value.clone())])
+                    .commit(vec![set(key.clone(), value.clone()), append])
                     .await
                     .is_ok()
                 {
                     acknowledged.lock().unwrap().insert(key, value);
+                    appended.lock().unwrap().push(n);
                 }
                 n += 1;
             }
@@ -281,10 +296,30 @@ async fn a_server_that_lost_its_data_rebuilds_from_its_teammate_while_commits_go
     }
     for key in held.keys() {
         ensure!(
-            expected.contains_key(key) || key.starts_with('b'),
+            expected.contains_key(key) || key.starts_with('b') || key.as_bytes() == APPENDED_KEY,
             "{key} was never written"
         );
     }
+    // The writer's numbers, each once and in order, every acknowledged one
+    // among them.
+    let numbers: Vec<u64> = held
+        .get(std::str::from_utf8(APPENDED_KEY)?)
+        .map(|value| value.split_terminator(';').map(str::parse).collect())
+        .transpose()?
+        .unwrap_or_default();
+    ensure!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "{} applied twice or out of order: {numbers:?}",
+        String::from_utf8_lossy(APPENDED_KEY)
+    );
+    let missing: Vec<u64> = appended
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| numbers.binary_search(n).is_err())
+        .copied()
+        .collect();
+    ensure!(missing.is_empty(), "acknowledged appends lost: {missing:?}");
     Ok(local.stop().await?)
 }
 

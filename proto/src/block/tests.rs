@@ -320,6 +320,7 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (bytes(), bytes()).prop_map(|(key, value)| Mutation::SetValue { key, value }),
         (bytes(), bytes()).prop_map(|(begin, end)| Mutation::ClearRange { begin, end }),
+        (bytes(), bytes()).prop_map(|(key, suffix)| Mutation::AppendIfFits { key, suffix }),
     ]
 }
 

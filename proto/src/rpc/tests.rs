@@ -184,7 +184,14 @@ fn every_message() -> Vec<Message> {
             version: Version(14),
         }),
         Message::ClientCommit(ClientCommitRequest {
-            mutations: vec![set(b"k", b"v"), clear(b"a", b"c")],
+            mutations: vec![
+                set(b"k", b"v"),
+                clear(b"a", b"c"),
+                Mutation::AppendIfFits {
+                    key: Bytes::from_static(b"k"),
+                    suffix: Bytes::from_static(b"+"),
+                },
+            ],
             allow_system_keys: true,
         }),
         Message::ClientCommitReply(ClientCommitReply {

@@ -7,14 +7,16 @@
 //!  engine: clear the user keys, mark "copying"
 //!  per team, per range the shard map gives it:
 //!      page ─GetRange at the committed version v_i─▶ a teammate ─▶ engine (sets)
-//!  engine: durable = v_first, readable from v_last, team set, shard map, unmark
-//!  cursor from v_first + 1: what changed while copying is applied again
+//!  engine: durable = v_first, readable from v_last, copied ranges, team set,
+//!         shard map, unmark
+//!  cursor from v_first + 1: what changed while copying, where no page holds it
 //! ```
 //!
 //! A page read at `v_i` already holds what the log brings in
-//! `(v_first, v_i]`. Sets and clears applied again over it leave each key
-//! as it is after them, so once the log passes `v_last` every read is
-//! exact; reads below `v_last` are refused as too old. While copying the
+//! `(v_first, v_i]`: the store skips those mutations of its keys (see
+//! `copied`), as an append applied again would append twice. Once the log
+//! passes `v_last` every read is exact; reads below `v_last` are refused
+//! as too old. While copying the
 //! server answers reads `future_version` (clients ask a teammate) and pops
 //! nothing, so the TLogs keep its teams' data from its last pop on. A crash
 //! while copying leaves the mark: the copy starts over.
@@ -32,8 +34,9 @@ use proto::transport::Peer;
 use proto::units::binary_bytes;
 
 use super::*;
+use crate::copied::CopiedRanges;
 use crate::engine::WriteBatch;
-use crate::versioned::{DURABLE_VERSION_METADATA, READABLE_FROM_METADATA};
+use crate::versioned::{COPIED_RANGES_METADATA, DURABLE_VERSION_METADATA, READABLE_FROM_METADATA};
 
 /// The metadata entry marking a copy under way: a store that holds it at
 /// start is a partial copy and is copied again.
@@ -138,6 +141,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
     finish
         .set_metadata(DURABLE_VERSION_METADATA, version_bytes(first))
         .set_metadata(READABLE_FROM_METADATA, version_bytes(last))
+        .set_metadata(COPIED_RANGES_METADATA, copy.ranges.encode())
         .set_metadata(META_TEAM_SET, set.encode())
         .set_metadata(META_SHARD_MAP, map.encode())
         .set_metadata(REBUILD_METADATA, Bytes::new());
@@ -159,6 +163,8 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
 struct Copy {
     /// The versions of the first and the last page read.
     versions: Option<(Version, Version)>,
+    /// The key span of each page, with its read version.
+    ranges: CopiedRanges,
     pairs: u64,
     bytes: u64,
 }
@@ -239,10 +245,15 @@ impl Copy {
                 self.pairs,
                 binary_bytes(self.bytes)
             )));
-            match reply.pairs.last() {
-                Some((key, _)) if reply.more => begin = proto::key_after(key),
-                _ => return Ok(true),
+            let page_end = match reply.pairs.last() {
+                Some((key, _)) if reply.more => proto::key_after(key),
+                _ => range.end.clone(),
+            };
+            self.ranges.record(begin, page_end.clone(), version);
+            if page_end == range.end {
+                return Ok(true);
             }
+            begin = page_end;
         }
     }
 }

@@ -108,6 +108,60 @@ fn a_copy_newer_than_the_durable_version_is_readable_only_from_its_end() {
     ));
 }
 
+fn append(key: &str, suffix: &str) -> Mutation {
+    Mutation::AppendIfFits {
+        key: b(key),
+        suffix: b(suffix),
+    }
+}
+
+/// A rebuild's copy: "a".."m" read at 10 ("a" = "x1;x2;", "b" = "y"),
+/// "m".."z" read at 20 ("n" = "z1;z2;z3;"), durable from 5.
+fn copied_store() -> VersionedStore<MemEngine> {
+    let engine = Arc::new(MemEngine::new());
+    let mut copied = CopiedRanges::default();
+    copied.record(b("a"), b("m"), Version(10));
+    copied.record(b("m"), b("z"), Version(20));
+    let mut batch = WriteBatch::new();
+    batch
+        .set(b("a"), b("x1;x2;"))
+        .set(b("b"), b("y"))
+        .set(b("n"), b("z1;z2;z3;"))
+        .set_metadata(DURABLE_VERSION_METADATA, b("\x05\0\0\0\0\0\0\0"))
+        .set_metadata(READABLE_FROM_METADATA, b("\x14\0\0\0\0\0\0\0"))
+        .set_metadata(COPIED_RANGES_METADATA, copied.encode());
+    engine.write(batch).unwrap();
+    VersionedStore::open(engine, WindowConfig::default()).unwrap()
+}
+
+#[test]
+fn the_redo_after_a_copy_skips_what_each_page_holds() {
+    let mut store = copied_store();
+    // The log from the durable version on: what each page already holds
+    // comes again and is skipped; what is newer than its page applies.
+    store.apply(Version(8), &append("a", "x2;")).unwrap();
+    store.apply(Version(9), &clear("a", "c")).unwrap();
+    store.apply(Version(9), &set("b", "y")).unwrap();
+    store.apply(Version(12), &append("a", "x3;")).unwrap();
+    store.apply(Version(15), &append("n", "z3;")).unwrap();
+    // A clear at 16 across both pages: the first page is older, so it
+    // applies there; the second holds it.
+    store.apply(Version(16), &clear("b", "o")).unwrap();
+    store.apply(Version(21), &append("n", "z4;")).unwrap();
+    store.set_applied(Version(21));
+    assert_eq!(store.get(b"a", Version(20)).unwrap(), Some(b("x1;x2;x3;")));
+    assert_eq!(store.get(b"b", Version(20)).unwrap(), None);
+    assert_eq!(store.get(b"n", Version(20)).unwrap(), Some(b("z1;z2;z3;")));
+    assert_eq!(
+        store.get(b"n", Version(21)).unwrap(),
+        Some(b("z1;z2;z3;z4;"))
+    );
+    assert!(matches!(
+        store.flush_to(Version::MAX, &[(COPIED_RANGES_METADATA, b("x"))]),
+        Err(StoreError::ReservedMetadata(_))
+    ));
+}
+
 #[test]
 fn a_malformed_durable_version_is_corrupt() {
     let engine = Arc::new(MemEngine::new());

@@ -14,9 +14,6 @@ use crate::rpc::{
 };
 use crate::types::{Mutation, ProxyId, Version};
 
-const KIND_SET_VALUE: u8 = 1;
-const KIND_CLEAR_RANGE: u8 = 2;
-
 type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
 type MutationsOffset<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::Mutation<'a>>>>;
 
@@ -176,10 +173,7 @@ fn mutations<'a>(fbb: &mut FlatBufferBuilder<'a>, list: &[Mutation]) -> Mutation
     let tables: Vec<_> = list
         .iter()
         .map(|m| {
-            let (kind, a, b) = match m {
-                Mutation::SetValue { key, value } => (KIND_SET_VALUE, key, value),
-                Mutation::ClearRange { begin, end } => (KIND_CLEAR_RANGE, begin, end),
-            };
+            let (kind, a, b) = m.encode();
             let a = fbb.create_vector(a);
             let b = fbb.create_vector(b);
             let args = fb::MutationArgs {
@@ -226,14 +220,11 @@ pub(super) fn decode(
             l.iter()
                 .map(|m| {
                     let (a, b) = (bytes(m.a())?, bytes(m.b())?);
-                    match m.kind() {
-                        KIND_SET_VALUE => Ok(Mutation::SetValue { key: a, value: b }),
-                        KIND_CLEAR_RANGE => Ok(Mutation::ClearRange { begin: a, end: b }),
-                        kind => Err(DecodeError::InvalidContent {
-                            request_id,
-                            reason: format!("unknown mutation kind {kind}"),
-                        }),
-                    }
+                    let kind = m.kind();
+                    Mutation::decode(kind, a, b).ok_or_else(|| DecodeError::InvalidContent {
+                        request_id,
+                        reason: format!("unknown mutation kind {kind}"),
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
