@@ -1,18 +1,23 @@
 //! What the workload did and what it saw, and the checks against a model
-//! of it. Every value is unique, so a value read names the one commit that
-//! wrote it.
+//! of it. Every commit appends one unique token to each of its keys, so a
+//! value read is the key's whole history: the tokens of every commit that
+//! reached it, in the order they applied.
 //!
 //! ```text
-//!  commits: (keys, value) ─▶ acknowledged at v │ refused (nothing applied) │ unknown
-//!  reads:   (key, v) ─▶ value
-//!  a read at v must see, of the acknowledged commits to its key at or
-//!  below v, the highest; or the value of a commit whose outcome is unknown
+//!  commits: (keys, token) ─▶ acknowledged at v │ refused (nothing applied) │ unknown
+//!  reads:   (key, v) ─▶ "t1;t2;…;"
+//!  a read at v holds every acknowledged token of its key at or below v and
+//!  none above, in version order, each once; unknown tokens may sit among
+//!  them; reads of a key at rising versions extend one another
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use proto::Version;
+
+/// What ends each token in a value.
+pub const TOKEN_END: u8 = b';';
 
 /// How a commit ended, as its client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +32,8 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct Commit {
     pub keys: Vec<Bytes>,
-    pub value: Bytes,
+    /// Appended to each key, followed by [`TOKEN_END`].
+    pub token: Bytes,
     pub outcome: Outcome,
 }
 
@@ -40,6 +46,9 @@ pub struct Read {
     pub from: String,
 }
 
+/// A read and the tokens its value holds.
+type ReadTokens<'a> = (&'a Read, Vec<&'a [u8]>);
+
 #[derive(Default)]
 pub struct History {
     pub commits: Vec<Commit>,
@@ -47,69 +56,120 @@ pub struct History {
 }
 
 impl History {
-    /// Every read checked against the commits; one line per violation.
+    /// Every read checked against the commits and against the other reads
+    /// of its key; one line per violation.
     pub fn violations(&self) -> Vec<String> {
-        let by_value: BTreeMap<&Bytes, &Commit> =
-            self.commits.iter().map(|c| (&c.value, c)).collect();
-        // Commits of one batch share a version, and the client cannot tell
-        // their order in it: any of them may be the one that stands.
-        let mut acknowledged: BTreeMap<&Bytes, BTreeMap<Version, Vec<&Bytes>>> = BTreeMap::new();
+        let by_token: BTreeMap<&[u8], &Commit> =
+            self.commits.iter().map(|c| (&c.token[..], c)).collect();
+        let mut acknowledged: BTreeMap<&Bytes, Vec<(Version, &[u8])>> = BTreeMap::new();
         for commit in &self.commits {
             if let Outcome::Acknowledged(version) = commit.outcome {
                 for key in &commit.keys {
                     acknowledged
                         .entry(key)
                         .or_default()
-                        .entry(version)
-                        .or_default()
-                        .push(&commit.value);
+                        .push((version, &commit.token[..]));
                 }
             }
         }
+        let no_commits = Vec::new();
         let mut violations = Vec::new();
+        let mut by_key: BTreeMap<&Bytes, Vec<ReadTokens>> = BTreeMap::new();
         for read in &self.reads {
-            let expected: &[&Bytes] = acknowledged
-                .get(&read.key)
-                .and_then(|versions| versions.range(..=read.version).next_back())
-                .map_or(&[], |(_, values)| values.as_slice());
-            let as_expected = match &read.value {
-                None => expected.is_empty(),
-                Some(value) => expected.contains(&value),
-            };
-            if as_expected {
-                continue;
+            let acknowledged = acknowledged.get(&read.key).unwrap_or(&no_commits);
+            match check_read(read, &by_token, acknowledged) {
+                Ok(tokens) => by_key.entry(&read.key).or_default().push((read, tokens)),
+                Err(why) => violations.push(format!("{}: {why}", describe(read))),
             }
-            let writer = read.value.as_ref().and_then(|v| by_value.get(v));
-            let possible = writer.is_some_and(|commit| {
-                commit.keys.contains(&read.key) && matches!(commit.outcome, Outcome::Unknown(_))
-            });
-            if !possible {
-                violations.push(describe(read, expected, writer.copied()));
+        }
+        for reads in by_key.values_mut() {
+            reads.sort_by_key(|(read, _)| read.version);
+            for pair in reads.windows(2) {
+                let ((earlier, before), (later, after)) = (&pair[0], &pair[1]);
+                let consistent = if earlier.version == later.version {
+                    before == after
+                } else {
+                    after.starts_with(before)
+                };
+                if !consistent {
+                    violations.push(format!(
+                        "{} does not extend {}",
+                        describe(later),
+                        describe(earlier)
+                    ));
+                }
             }
         }
         violations
     }
 }
 
-fn describe(read: &Read, expected: &[&Bytes], writer: Option<&Commit>) -> String {
-    let got = match (&read.value, writer) {
-        (None, _) => "nothing".to_owned(),
-        (Some(value), None) => format!("{value:?}, which no commit wrote"),
-        (Some(value), Some(commit)) if !commit.keys.contains(&read.key) => {
-            format!("{value:?}, which a commit wrote to other keys")
-        }
-        (Some(value), Some(commit)) => format!("{value:?} ({:?})", commit.outcome),
-    };
-    format!(
-        "read of {:?} at {} from {} saw {got}; expected {}",
-        read.key,
-        read.version,
-        read.from,
-        if expected.is_empty() {
-            "nothing".to_owned()
-        } else {
-            format!("one of {expected:?}")
+/// The tokens of one read, if they could be the key's history at the read's
+/// version; otherwise what is wrong with them. `acknowledged` lists the
+/// key's acknowledged commits.
+fn check_read<'a>(
+    read: &'a Read,
+    by_token: &BTreeMap<&[u8], &Commit>,
+    acknowledged: &[(Version, &[u8])],
+) -> Result<Vec<&'a [u8]>, String> {
+    let tokens = match &read.value {
+        None => Vec::new(),
+        Some(value) => match value.strip_suffix(&[TOKEN_END]) {
+            Some(body) => body.split(|b| *b == TOKEN_END).collect(),
+            None => return Err("the value is not a list of tokens".to_owned()),
         },
+    };
+    let mut seen = BTreeSet::new();
+    let mut last_acknowledged = Version::ZERO;
+    for token in &tokens {
+        let shown = String::from_utf8_lossy(token);
+        if !seen.insert(*token) {
+            return Err(format!("token {shown} applied twice"));
+        }
+        let commit = match by_token.get(token) {
+            None => return Err(format!("token {shown} was never written")),
+            Some(commit) if !commit.keys.contains(&read.key) => {
+                return Err(format!("token {shown} was written to other keys"))
+            }
+            Some(commit) => commit,
+        };
+        match &commit.outcome {
+            Outcome::Refused(why) => {
+                return Err(format!("token {shown} of a refused commit ({why})"))
+            }
+            Outcome::Acknowledged(version) if *version > read.version => {
+                return Err(format!(
+                    "token {shown} acknowledged at {version}, above the read"
+                ))
+            }
+            Outcome::Acknowledged(version) if *version < last_acknowledged => {
+                return Err(format!(
+                    "token {shown} acknowledged at {version} after one at {last_acknowledged}"
+                ))
+            }
+            Outcome::Acknowledged(version) => last_acknowledged = *version,
+            Outcome::Unknown(_) => {}
+        }
+    }
+    let lost: Vec<String> = acknowledged
+        .iter()
+        .filter(|(version, token)| *version <= read.version && !seen.contains(token))
+        .map(|(version, token)| format!("{} at {version}", String::from_utf8_lossy(token)))
+        .collect();
+    if !lost.is_empty() {
+        return Err(format!("acknowledged tokens missing: {}", lost.join(", ")));
+    }
+    Ok(tokens)
+}
+
+fn describe(read: &Read) -> String {
+    let value = read
+        .value
+        .as_ref()
+        .map_or("nothing".to_owned(), |v| format!("{v:?}"));
+    format!(
+        "read of {:?} at {} from {} ({value})",
+        read.key, read.version, read.from
     )
 }
 
@@ -117,10 +177,10 @@ fn describe(read: &Read, expected: &[&Bytes], writer: Option<&Commit>) -> String
 mod tests {
     use super::*;
 
-    fn commit(keys: &[&str], value: &str, outcome: Outcome) -> Commit {
+    fn commit(keys: &[&str], token: &str, outcome: Outcome) -> Commit {
         Commit {
             keys: keys.iter().map(|k| Bytes::from(k.to_string())).collect(),
-            value: Bytes::from(value.to_owned()),
+            token: Bytes::from(token.to_owned()),
             outcome,
         }
     }
@@ -148,35 +208,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reads_of_the_latest_acknowledged_or_an_unknown_value_pass() {
-        let reads = vec![
-            read("a", 5, None),
-            read("a", 10, Some("1")),
-            read("a", 19, Some("1")),
-            read("a", 25, Some("2")),
-            read("b", 25, Some("1")),
-            read("a", 15, Some("3")),
-            // One batch wrote "c" twice; either may stand.
-            read("c", 30, Some("5")),
-            read("c", 30, Some("6")),
-            read("a", 30, Some("6")),
-        ];
-        assert_eq!(history(reads).violations(), Vec::<String>::new());
+    fn violations(reads: Vec<Read>) -> usize {
+        let found = history(reads).violations();
+        println!("{found:#?}");
+        found.len()
     }
 
     #[test]
-    fn lost_refused_future_foreign_and_invented_values_are_violations() {
+    fn histories_with_every_acknowledged_token_in_order_pass() {
         let reads = vec![
-            read("a", 25, Some("1")),  // an acknowledged commit lost
-            read("a", 25, None),       // everything lost
-            read("a", 25, Some("4")),  // a refused commit applied
-            read("a", 15, Some("2")),  // a commit seen below its version
-            read("b", 25, Some("2")),  // a value on a key it was not written to
-            read("a", 25, Some("zz")), // never written
-            read("a", 30, Some("2")),  // older than the batch at 30
-            read("c", 30, None),       // the batch at 30 lost
+            read("a", 5, None),
+            read("a", 10, Some("1;")),
+            read("a", 19, Some("1;3;")),
+            read("a", 25, Some("1;3;2;")),
+            read("b", 25, Some("1;")),
+            // One batch wrote "c" twice, in an order no client sees.
+            read("c", 30, Some("6;5;")),
+            read("a", 30, Some("1;3;2;6;")),
         ];
-        assert_eq!(history(reads).violations().len(), 8);
+        assert_eq!(violations(reads), 0);
+        let other_order = vec![read("c", 30, Some("5;6;"))];
+        assert_eq!(violations(other_order), 0);
+    }
+
+    #[test]
+    fn each_kind_of_wrong_read_is_a_violation() {
+        let wrong = [
+            read("a", 25, Some("2;")),      // an acknowledged token lost
+            read("a", 25, None),            // everything lost
+            read("a", 25, Some("1;4;2;")),  // a refused commit applied
+            read("a", 15, Some("1;2;")),    // a token seen below its version
+            read("b", 25, Some("1;2;")),    // a token on a key it was not written to
+            read("a", 25, Some("1;zz;2;")), // never written
+            read("a", 25, Some("2;1;")),    // acknowledged tokens out of order
+            read("a", 25, Some("1;2;2;")),  // applied twice
+            read("a", 25, Some("1;2")),     // not a list of tokens
+            read("c", 30, Some("5;")),      // half of the batch at 30 lost
+        ];
+        for read in wrong {
+            let shown = describe(&read);
+            assert_eq!(violations(vec![read]), 1, "{shown}");
+        }
+    }
+
+    #[test]
+    fn reads_of_a_key_that_do_not_extend_each_other_are_violations() {
+        // Each read alone is possible: the unknown token may or may not
+        // have applied; but once seen at 19 it cannot vanish at 25.
+        let vanished = vec![read("a", 19, Some("1;3;")), read("a", 25, Some("1;2;"))];
+        assert_eq!(violations(vanished), 1);
+        let reordered = vec![read("c", 30, Some("5;6;")), read("c", 30, Some("6;5;"))];
+        assert_eq!(violations(reordered), 1);
+        let moved = vec![read("a", 19, Some("1;3;")), read("a", 25, Some("1;2;3;"))];
+        assert_eq!(violations(moved), 1);
     }
 }

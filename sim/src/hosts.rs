@@ -19,8 +19,8 @@ use storage_server::generations::LogDiscovery;
 use storage_server::mem_engine::MemEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
-use tlog::mem_store::MemStore;
 use tlog::server::{TLogConfig, TLogService};
+use tlog::store::LogStore;
 use tlog::writer::WriterPlacement;
 
 use crate::clock::SimClock;
@@ -46,7 +46,12 @@ async fn serve_forever(service: Arc<dyn Service>) -> HostResult {
     Ok(())
 }
 
-pub fn add_tlog(sim: &mut turmoil::Sim<'_>, index: usize, store: MemStore, knobs: &Knobs) {
+pub fn add_tlog<S: LogStore + Clone>(
+    sim: &mut turmoil::Sim<'_>,
+    index: usize,
+    store: S,
+    knobs: &Knobs,
+) {
     let mut config = TLogConfig::small();
     config.core.memory_budget = knobs.tlog_memory_budget;
     config.writer = WriterPlacement::RuntimeTask;

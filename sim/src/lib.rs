@@ -15,6 +15,8 @@
 //! `select!`s are biased; retry jitter draws from the thread's fastrand,
 //! seeded per run.
 
+#[cfg(feature = "broken-variants")]
+pub mod broken;
 pub mod clock;
 pub mod faults;
 pub mod history;

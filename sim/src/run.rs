@@ -39,6 +39,9 @@ pub struct SimOptions {
     pub mean_fault_gap: Duration,
     /// What faults to draw; none runs without faults.
     pub fault_kinds: FaultKinds,
+    /// A deliberately broken role to run instead of the real one.
+    #[cfg(feature = "broken-variants")]
+    pub broken: Option<crate::broken::Broken>,
 }
 
 impl SimOptions {
@@ -48,6 +51,8 @@ impl SimOptions {
             fault_window: Duration::from_secs(5),
             mean_fault_gap: Duration::from_millis(500),
             fault_kinds: FaultKinds::ALL,
+            #[cfg(feature = "broken-variants")]
+            broken: None,
         }
     }
 }
@@ -97,8 +102,22 @@ pub fn run(options: &SimOptions) -> RunReport {
     let cluster = layout::cluster_file(knobs.proxies);
     // What each host's "disk" keeps across its restarts.
     let tlog_stores: Vec<MemStore> = (0..TLOGS).map(|_| MemStore::new()).collect();
+    let trace = Trace::default();
     for (index, store) in tlog_stores.iter().enumerate() {
+        #[cfg(feature = "broken-variants")]
+        if options.broken == Some(crate::broken::Broken::TLogAcknowledgesBeforeSync) {
+            let lagging = crate::broken::LaggingSyncStore::new(store.clone());
+            hosts::add_tlog(&mut sim, index, lagging, &knobs);
+            continue;
+        }
         hosts::add_tlog(&mut sim, index, store.clone(), &knobs);
+    }
+    #[cfg(feature = "broken-variants")]
+    {
+        crate::broken::Broken::arm(options.broken);
+        if let Some(broken) = options.broken {
+            trace.note("driver", format!("broken variant: {broken:?}"));
+        }
     }
     hosts::add_sequencer(&mut sim, &cluster);
     for id in 1..=knobs.proxies {
@@ -107,7 +126,6 @@ pub fn run(options: &SimOptions) -> RunReport {
     for id in storage_ids() {
         hosts::add_storage(&mut sim, id, Arc::new(MemEngine::new()), &cluster, &knobs);
     }
-    let trace = Trace::default();
     let history = Rc::new(RefCell::new(History::default()));
     let workload = Workload {
         cluster,
@@ -130,6 +148,8 @@ pub fn run(options: &SimOptions) -> RunReport {
     let agenda = Driver::agenda(&plan);
     let faults = plan.len();
     driver.step_until_done(&mut sim, agenda, options.fault_window);
+    #[cfg(feature = "broken-variants")]
+    crate::broken::Broken::arm(None);
 
     let history = history.borrow();
     for violation in history.violations() {

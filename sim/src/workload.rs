@@ -1,15 +1,15 @@
-//! The workload: clients that commit unique values to random keys and read
+//! The workload: clients that append unique tokens to random keys and read
 //! them back at read versions, while the faults run; then, once the faults
 //! stop, a commit that must go through (liveness) and a read of every key
 //! from every replica (no acknowledged commit lost, replicas equal).
 //!
 //! ```text
 //!  0 ── faults ──▶ fault_end ── in-flight calls end ─▶ final commit (≤ LIVENESS) ─▶ replica reads
-//!  clients: commit {keys} = "c{client}-{n}" │ read key at read_version
+//!  clients: commit {keys} += "c{client}-{n};" │ read key at read_version
 //! ```
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use proto::{Mutation, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::history::{Commit, History, Outcome, Read};
+use crate::history::{Commit, History, Outcome, Read, TOKEN_END};
 use crate::layout::{key, replicas_of, storage_ids, Role, KEYS};
 use crate::net;
 use crate::trace::Trace;
@@ -91,11 +91,13 @@ impl Workload {
             if rng.random_bool(0.6) {
                 written += 1;
                 let count = rng.random_range(1..=3);
-                let keys: Vec<Bytes> = (0..count)
+                // Each key once: the token is appended once per key.
+                let keys: BTreeSet<Bytes> = (0..count)
                     .map(|_| Bytes::from(key(rng.random_range(0..KEYS))))
                     .collect();
-                let value = Bytes::from(format!("c{index}-{written}"));
-                self.commit(&who, client, keys, value).await;
+                let token = Bytes::from(format!("c{index}-{written}"));
+                self.commit(&who, client, keys.into_iter().collect(), token)
+                    .await;
             } else {
                 let key = Bytes::from(key(rng.random_range(0..KEYS)));
                 self.read(&who, client, key).await;
@@ -103,22 +105,23 @@ impl Workload {
         }
     }
 
-    /// Commits `value` to `keys` and records how it ended.
-    async fn commit(&self, who: &str, client: &Client, keys: Vec<Bytes>, value: Bytes) -> Outcome {
+    /// Appends `token` to `keys` and records how it ended.
+    async fn commit(&self, who: &str, client: &Client, keys: Vec<Bytes>, token: Bytes) -> Outcome {
         let index = {
             let mut history = self.history.borrow_mut();
             history.commits.push(Commit {
                 keys: keys.clone(),
-                value: value.clone(),
+                token: token.clone(),
                 outcome: Outcome::Unknown("in flight".into()),
             });
             history.commits.len() - 1
         };
+        let suffix = Bytes::from([&token[..], &[TOKEN_END]].concat());
         let mutations = keys
             .iter()
-            .map(|key| Mutation::SetValue {
+            .map(|key| Mutation::AppendIfFits {
                 key: key.clone(),
-                value: value.clone(),
+                suffix: suffix.clone(),
             })
             .collect();
         let outcome = match client.commit(mutations).await {
@@ -129,7 +132,7 @@ impl Workload {
             Err(e) => Outcome::Unknown(e.to_string()),
         };
         self.trace
-            .note(who, format!("commit {value:?} to {keys:?}: {outcome:?}"));
+            .note(who, format!("commit {token:?} to {keys:?}: {outcome:?}"));
         self.history.borrow_mut().commits[index].outcome = outcome.clone();
         outcome
     }
@@ -159,8 +162,8 @@ impl Workload {
     async fn commit_everywhere(&self, client: &Client, what: &str) -> Option<Version> {
         let keys = (0..KEYS).map(|i| Bytes::from(key(i))).collect();
         let attempt = self.history.borrow().commits.len();
-        let value = Bytes::from(format!("{what}-{attempt}"));
-        match self.commit("workload", client, keys, value).await {
+        let token = Bytes::from(format!("{what}-{attempt}"));
+        match self.commit("workload", client, keys, token).await {
             Outcome::Acknowledged(version) => Some(version),
             _ => None,
         }

@@ -47,10 +47,10 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
     let mut simulated = Duration::ZERO;
     for seed in first..first + args.runs {
         let options = SimOptions {
-            seed,
             fault_window: Duration::from_secs(args.fault_window_secs),
             mean_fault_gap: Duration::from_millis(args.mean_fault_gap_ms),
             fault_kinds: kinds,
+            ..SimOptions::new(seed)
         };
         let report = run(&options);
         simulated += report.simulated;
