@@ -69,8 +69,8 @@ impl std::fmt::Display for Fault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultKinds {
     pub kill: bool,
-    /// Links that lose what is sent over them while cut (turmoil drops the
-    /// messages; the connections stay open).
+    /// Links that lose what is sent over them while cut, breaking the
+    /// connections across them (see `net`).
     pub cut: bool,
     /// Links that hold what is sent and deliver it late, as TCP does over
     /// a link that stalls.

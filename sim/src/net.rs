@@ -1,13 +1,173 @@
 //! The transport's network, simulated: connections are turmoil's TCP
 //! streams between the simulation's hosts, so every byte the roles send
 //! crosses turmoil's links, where it can be delayed, held or cut.
+//!
+//! A cut link drops what is sent over it, and TCP never leaves a hole in
+//! a stream: a connection whose bytes are lost is a broken connection. So
+//! a cut also breaks every connection across the link, as TCP does once
+//! it gives up: both ends' next read or write fails (a pending one wakes
+//! to fail). A connection made while the link is cut is broken from the
+//! start; once the link is back, new ones work.
+//!
+//! ```text
+//!  cut a─b   ─▶ cut_link(a, b): the link's generation + 1, cut
+//!  heal a─b  ─▶ heal_link(a, b)
+//!  SimStream (born at generation g, or during a cut) ── g < the link's ─▶ ConnectionReset
+//! ```
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 
 use proto::transport::net::{Accept, BoxFuture, Dialer, Listener, Stream};
 use proto::transport::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The wakers of a stream's pending read and write.
+type Wakers = Mutex<[Option<Waker>; 2]>;
+
+#[derive(Default)]
+struct Link {
+    generation: u64,
+    cut: bool,
+    /// The streams across the link that may be waiting.
+    streams: Vec<Weak<Wakers>>,
+}
+
+thread_local! {
+    /// Per host pair (lower address first). The simulation runs every host
+    /// on the thread that runs it.
+    static LINKS: RefCell<BTreeMap<(IpAddr, IpAddr), Link>> = RefCell::default();
+}
+
+fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
+    (a.min(b), a.max(b))
+}
+
+/// Cuts the link between `a` and `b` (either way): every connection
+/// across it breaks, each end's next read or write fails and those
+/// waiting now wake to fail, and connections made until [`heal_link`]
+/// are broken from the start.
+pub fn cut_link(a: IpAddr, b: IpAddr) {
+    let waiting = LINKS.with(|links| {
+        let mut links = links.borrow_mut();
+        let link = links.entry(pair(a, b)).or_default();
+        link.generation += 1;
+        link.cut = true;
+        std::mem::take(&mut link.streams)
+    });
+    for wakers in waiting.iter().filter_map(Weak::upgrade) {
+        let taken = std::mem::take(&mut *wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in taken.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+}
+
+/// Forgets every link, for a run starting on this thread.
+pub(crate) fn forget_links() {
+    LINKS.with(|links| links.borrow_mut().clear());
+}
+
+/// Ends a cut: connections made from now on work.
+pub fn heal_link(a: IpAddr, b: IpAddr) {
+    LINKS.with(|links| {
+        if let Some(link) = links.borrow_mut().get_mut(&pair(a, b)) {
+            link.cut = false;
+        }
+    });
+}
+
+/// A turmoil stream that a cut of its link breaks.
+struct SimStream {
+    inner: turmoil::net::TcpStream,
+    link: (IpAddr, IpAddr),
+    generation: u64,
+    wakers: Arc<Wakers>,
+}
+
+impl SimStream {
+    fn new(inner: turmoil::net::TcpStream) -> io::Result<SimStream> {
+        let link = pair(inner.local_addr()?.ip(), inner.peer_addr()?.ip());
+        let wakers = Arc::new(Wakers::default());
+        let generation = LINKS.with(|links| {
+            let mut links = links.borrow_mut();
+            let entry = links.entry(link).or_default();
+            entry.streams.retain(|w| w.strong_count() > 0);
+            entry.streams.push(Arc::downgrade(&wakers));
+            // Born during a cut: older than the link at once.
+            entry.generation - u64::from(entry.cut)
+        });
+        Ok(SimStream {
+            inner,
+            link,
+            generation,
+            wakers,
+        })
+    }
+
+    fn broken(&self) -> bool {
+        LINKS.with(|links| {
+            links
+                .borrow()
+                .get(&self.link)
+                .is_some_and(|l| l.generation > self.generation)
+        })
+    }
+
+    /// `poll` on the inner stream, failing once the link was cut and
+    /// leaving the waker where a cut can wake it.
+    fn poll_unbroken<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        slot: usize,
+        poll: impl FnOnce(Pin<&mut turmoil::net::TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.broken() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the link was cut",
+            )));
+        }
+        let result = poll(Pin::new(&mut self.inner), cx);
+        if result.is_pending() {
+            self.wakers.lock().unwrap_or_else(|e| e.into_inner())[slot] = Some(cx.waker().clone());
+        }
+        result
+    }
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_unbroken(cx, 0, |inner, cx| inner.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_unbroken(cx, 1, |inner, cx| inner.poll_write(cx, data))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_unbroken(cx, 1, |inner, cx| inner.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Connects through the simulated network.
 #[derive(Debug)]
@@ -17,7 +177,7 @@ impl Dialer for SimDialer {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Stream>>> {
         Box::pin(async move {
             let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(stream) as Box<dyn Stream>)
+            Ok(Box::new(SimStream::new(stream)?) as Box<dyn Stream>)
         })
     }
 }
@@ -28,7 +188,7 @@ impl Accept for SimAccept {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn Stream>, SocketAddr)>> {
         Box::pin(async move {
             let (stream, peer) = self.0.accept().await?;
-            Ok((Box::new(stream) as Box<dyn Stream>, peer))
+            Ok((Box::new(SimStream::new(stream)?) as Box<dyn Stream>, peer))
         })
     }
 

@@ -23,6 +23,7 @@ use crate::history::{History, Outcome};
 use crate::hosts;
 use crate::knobs::Knobs;
 use crate::layout::{self, storage_ids, Role, TLOGS};
+use crate::net;
 use crate::trace::Trace;
 use crate::workload::{Workload, LIVENESS};
 
@@ -81,6 +82,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     align_task_ids();
+    net::forget_links();
     // The roles' retry jitter (backon) draws from this thread's fastrand.
     fastrand::seed(options.seed);
     let mut rng = StdRng::seed_from_u64(options.seed);
@@ -287,6 +289,7 @@ impl Driver {
                 } else {
                     sim.partition(from.host(), to.host());
                 }
+                net::cut_link(sim.lookup(from.host()), sim.lookup(to.host()));
             }
             Fault::Clog(a, b) => {
                 if !self.active.insert(pair(a, b)) {
@@ -313,6 +316,7 @@ impl Driver {
                 } else {
                     sim.repair(from.host(), to.host());
                 }
+                net::heal_link(sim.lookup(from.host()), sim.lookup(to.host()));
             }
             Fault::Clog(a, b) => {
                 self.active.remove(&pair(a, b));
