@@ -2,19 +2,38 @@
 //! the connection breaks, so a caller outlives restarts of the server.
 //! A [`PeerPool`] hands out one [`Peer`] per address, so callers that ask
 //! for a peer per call still share its connection.
+//!
+//! ```text
+//!  callers ─▶ live connection? ─yes─▶ it
+//!                 └─no─▶ join the connect under way, or spawn one ─▶ its result
+//! ```
+//!
+//! A connect runs as a task of its own, so a caller that gives up (its own
+//! timeout shorter than the connect's) leaves it going for the next: a
+//! server that is slow to answer gets one connection attempt at a time,
+//! not one per retry.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
-use tokio::sync::Mutex;
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::{ClientConfig, RpcClient, RpcError};
+
+/// A connect under way, shared by every caller waiting for it.
+type Connecting = Shared<BoxFuture<'static, Result<RpcClient, Arc<RpcError>>>>;
 
 pub struct Peer {
     addr: SocketAddr,
     config: ClientConfig,
-    client: Mutex<Option<RpcClient>>,
+    state: std::sync::Mutex<PeerState>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    client: Option<RpcClient>,
+    connecting: Option<Connecting>,
 }
 
 impl Peer {
@@ -22,8 +41,13 @@ impl Peer {
         Peer {
             addr,
             config,
-            client: Mutex::new(None),
+            state: std::sync::Mutex::default(),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PeerState> {
+        // Every change under this lock is a single assignment.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -33,7 +57,7 @@ impl Peer {
     /// Drops the current connection, so the next call connects anew (after
     /// a failure that left the connection open but suspect, like a timeout).
     pub async fn reset(&self) {
-        self.client.lock().await.take();
+        self.state().client.take();
     }
 
     /// Runs `call` over a live connection. When no reply comes in time, the
@@ -57,21 +81,62 @@ impl Peer {
     /// forgot it), which would leave every later call on it waiting too. A
     /// connection another call made since is kept.
     pub async fn drop_connection(&self, used: &RpcClient) {
-        let mut client = self.client.lock().await;
-        if client.as_ref().is_some_and(|c| c.same_connection(used)) {
-            client.take();
+        let mut state = self.state();
+        if state
+            .client
+            .as_ref()
+            .is_some_and(|c| c.same_connection(used))
+        {
+            state.client.take();
         }
     }
 
     /// A live connection: the current one, or a new one if it broke.
     pub async fn client(&self) -> Result<RpcClient, RpcError> {
-        let mut client = self.client.lock().await;
-        if let Some(live) = client.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(live.clone());
+        let connecting = {
+            let mut state = self.state();
+            if let Some(live) = state.client.as_ref().filter(|c| !c.is_closed()) {
+                return Ok(live.clone());
+            }
+            state.client = None;
+            state
+                .connecting
+                .get_or_insert_with(|| self.start_connect())
+                .clone()
+        };
+        let result = connecting.clone().await;
+        let mut state = self.state();
+        // The first caller back ends this attempt; the next connects anew.
+        if state
+            .connecting
+            .as_ref()
+            .is_some_and(|c| c.ptr_eq(&connecting))
+        {
+            state.connecting = None;
+            if let Ok(client) = &result {
+                state.client = Some(client.clone());
+            }
         }
-        let fresh = RpcClient::connect(self.addr, self.config.clone()).await?;
-        *client = Some(fresh.clone());
-        Ok(fresh)
+        result.map_err(|e| match &*e {
+            RpcError::Connect(io) => {
+                RpcError::Connect(std::io::Error::new(io.kind(), io.to_string()))
+            }
+            other => RpcError::Connect(std::io::Error::other(other.to_string())),
+        })
+    }
+
+    fn start_connect(&self) -> Connecting {
+        let connect = tokio::spawn(RpcClient::connect(self.addr, self.config.clone()));
+        async move {
+            match connect.await {
+                Ok(result) => result.map_err(Arc::new),
+                Err(e) => Err(Arc::new(RpcError::Connect(std::io::Error::other(format!(
+                    "the connect task ended: {e}"
+                ))))),
+            }
+        }
+        .boxed()
+        .shared()
     }
 }
 
@@ -124,6 +189,63 @@ mod tests {
             let _ = stopped.await;
         }));
         stop
+    }
+
+    /// Connects once the test opens the gate, counting its connects.
+    #[derive(Debug)]
+    struct GatedDialer {
+        gate: Arc<tokio::sync::Semaphore>,
+        connects: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl crate::transport::net::Dialer for GatedDialer {
+        fn connect(
+            &self,
+            addr: SocketAddr,
+        ) -> crate::transport::net::BoxFuture<
+            'static,
+            std::io::Result<Box<dyn crate::transport::net::Stream>>,
+        > {
+            self.connects
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let gate = Arc::clone(&self.gate);
+            Box::pin(async move {
+                let _pass = gate.acquire().await.expect("the gate stays");
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                Ok(Box::new(stream) as Box<dyn crate::transport::net::Stream>)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_that_give_up_leave_one_connect_going_for_the_next() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = start(listener).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let config = ClientConfig {
+            dialer: Some(Arc::new(GatedDialer {
+                gate: Arc::clone(&gate),
+                connects: Arc::clone(&connects),
+            })),
+            ..ClientConfig::default()
+        };
+        let peer = Peer::new(addr, config);
+        // Three callers give up while the connect cannot finish.
+        for _ in 0..3 {
+            let gave_up =
+                tokio::time::timeout(std::time::Duration::from_millis(1), peer.client()).await;
+            assert!(gave_up.is_err());
+        }
+        gate.add_permits(1);
+        let client = peer.client().await.unwrap();
+        assert_eq!(
+            client.call(Message::Status).await.unwrap(),
+            Message::PopReply
+        );
+        assert_eq!(connects.load(std::sync::atomic::Ordering::SeqCst), 1);
+        stop.send(()).unwrap();
     }
 
     #[tokio::test]
