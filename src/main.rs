@@ -91,9 +91,10 @@ fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     // A simulation's hosts start and stop all the time; its own trace says
-    // what happened, so only warnings join it.
+    // what happened, so only warnings join it (openraft warns of every
+    // vote a fault disturbs, so only its errors).
     let default_filter = match cli.command {
-        Command::Sim(_) => "warn",
+        Command::Sim(_) => "warn,openraft=error",
         // openraft narrates every vote and append at info.
         _ => "info,openraft=warn",
     };

@@ -21,5 +21,6 @@ pub mod monitoring;
 pub mod network;
 pub mod raft_types;
 pub mod registers;
+pub mod runtime;
 pub mod service;
 pub mod store;

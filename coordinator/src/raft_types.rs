@@ -15,7 +15,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::CoordinatorRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::knobs::Knobs;
-use crate::layout::{storage_ids, Role, TLOGS};
+use crate::layout::{coordinator_ids, storage_ids, Role, TLOGS};
 
 /// A host faults act on: a role, or the workload's clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,10 +132,11 @@ pub struct Scheduled {
 const MAX_LASTING_MS: u64 = 3_000;
 
 /// Roles that may be killed: those whose restart a pinned cluster takes
-/// without recovery.
+/// without recovery, and the coordinators.
 fn killable() -> Vec<Role> {
     let mut roles: Vec<Role> = (0..TLOGS).map(Role::TLog).collect();
     roles.extend(storage_ids().into_iter().map(Role::Storage));
+    roles.extend(coordinator_ids().into_iter().map(Role::Coordinator));
     roles
 }
 

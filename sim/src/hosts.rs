@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use cluster::ClusterFile;
 use commit_proxy::proxy::{ProxyConfig, ProxyService};
+use coordinator::disk::MemDisk;
+use coordinator::service::{CoordinatorConfig, CoordinatorService};
 use proto::transport::{serve, ServerConfig, Service};
 use proto::ProxyId;
 use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
@@ -25,7 +27,7 @@ use tlog::writer::WriterPlacement;
 
 use crate::clock::SimClock;
 use crate::knobs::Knobs;
-use crate::layout::{Role, PORT};
+use crate::layout::{coordinator_ids, Role, PORT};
 use crate::net;
 
 /// How long a starting role waits for those it needs.
@@ -129,6 +131,24 @@ pub fn add_storage(
         let config = config.clone();
         async move {
             let service = StorageService::start(engine, config)?;
+            serve_forever(Arc::new(service)).await
+        }
+    });
+}
+
+/// Coordinator `id` over `disk`, which its restarts reopen.
+pub fn add_coordinator(sim: &mut turmoil::Sim<'_>, id: u64, disk: Arc<MemDisk>) {
+    let members = coordinator_ids()
+        .into_iter()
+        .map(|member| (member, Role::Coordinator(member).addr()))
+        .collect();
+    let mut config = CoordinatorConfig::new(id, members);
+    config.transport = net::client_config();
+    sim.host(Role::Coordinator(id).ip(), move || {
+        let disk = Arc::clone(&disk);
+        let config = config.clone();
+        async move {
+            let service = CoordinatorService::start(&config, disk).await?;
             serve_forever(Arc::new(service)).await
         }
     });

@@ -22,6 +22,8 @@ pub struct Knobs {
     pub min_latency: Duration,
     pub max_latency: Duration,
     pub clients: usize,
+    /// Clients of the coordinators' register.
+    pub register_clients: usize,
 }
 
 impl Knobs {
@@ -39,6 +41,7 @@ impl Knobs {
             min_latency,
             max_latency: min_latency + Duration::from_micros(rng.random_range(0..20_000)),
             clients: rng.random_range(2..=6),
+            register_clients: rng.random_range(1..=3),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!  10.0.1.1     sequencer (and resolver)
 //!  10.0.2.1..   proxy-1..
 //!  10.0.3.1-6   storage-101,102 (team 1), 201,202 (team 2), 301,302 (team 3)
+//!  10.0.4.1-3   coordinator-1..3 (their registers; the pinned commit path does not use them)
 //!  workload     the clients, a host of its own
 //! ```
 
@@ -23,6 +24,9 @@ pub const TEAMS: u64 = 3;
 pub const SERVERS_PER_TEAM: u64 = 2;
 /// The keys the workload writes, spread over the teams by the shards.
 pub const KEYS: usize = 12;
+pub const COORDINATORS: u64 = 3;
+/// The coordinated register the register workload writes.
+pub const REGISTER: &str = "sim";
 
 /// What a host runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,6 +35,7 @@ pub enum Role {
     Sequencer,
     Proxy(u64),
     Storage(u64),
+    Coordinator(u64),
 }
 
 impl Role {
@@ -40,6 +45,7 @@ impl Role {
             Role::Sequencer => (1, 1),
             Role::Proxy(id) => (2, id as u8),
             Role::Storage(id) => (3, storage_index(id) + 1),
+            Role::Coordinator(id) => (4, id as u8),
         };
         IpAddr::V4(Ipv4Addr::new(10, 0, net, host))
     }
@@ -61,6 +67,7 @@ impl std::fmt::Display for Role {
             Role::Sequencer => f.write_str("sequencer"),
             Role::Proxy(id) => write!(f, "proxy-{id}"),
             Role::Storage(id) => write!(f, "storage-{id}"),
+            Role::Coordinator(id) => write!(f, "coordinator-{id}"),
         }
     }
 }
@@ -73,6 +80,17 @@ fn storage_index(id: u64) -> u8 {
 pub fn storage_ids() -> Vec<u64> {
     (1..=TEAMS)
         .flat_map(|team| (1..=SERVERS_PER_TEAM).map(move |member| team * 100 + member))
+        .collect()
+}
+
+pub fn coordinator_ids() -> Vec<u64> {
+    (1..=COORDINATORS).collect()
+}
+
+pub fn coordinator_addrs() -> Vec<SocketAddr> {
+    coordinator_ids()
+        .into_iter()
+        .map(|id| Role::Coordinator(id).addr())
         .collect()
 }
 
@@ -169,6 +187,7 @@ mod tests {
         let mut roles = vec![Role::Sequencer, Role::Proxy(1), Role::Proxy(2)];
         roles.extend((0..TLOGS).map(Role::TLog));
         roles.extend(storage_ids().into_iter().map(Role::Storage));
+        roles.extend(coordinator_ids().into_iter().map(Role::Coordinator));
         let addrs: std::collections::BTreeSet<_> = roles.iter().map(|r| r.addr()).collect();
         assert_eq!(addrs.len(), roles.len());
     }

@@ -1,6 +1,7 @@
 //! The whole cluster in one deterministic simulation: the roles' real
 //! services (TLogs over `MemStore`, storage servers over `MemEngine`, the
-//! sequencer, the proxies, the client library) on turmoil's simulated
+//! sequencer, the proxies, coordinators over `MemDisk`, the client
+//! libraries) on turmoil's simulated
 //! network and clock, a workload checked against a model, and faults, all
 //! drawn from one seed. The same seed gives the same trace.
 //!
@@ -24,6 +25,7 @@ pub mod hosts;
 pub mod knobs;
 pub mod layout;
 pub mod net;
+pub mod registers;
 mod run;
 pub mod trace;
 pub mod workload;

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coordinator::disk::MemDisk;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use storage_server::mem_engine::MemEngine;
@@ -22,8 +23,9 @@ use crate::faults::{self, Fault, FaultKinds, Node, Scheduled};
 use crate::history::{History, Outcome};
 use crate::hosts;
 use crate::knobs::Knobs;
-use crate::layout::{self, storage_ids, Role, TLOGS};
+use crate::layout::{self, coordinator_ids, storage_ids, Role, TLOGS};
 use crate::net;
+use crate::registers::{RegisterHistory, RegisterWorkload};
 use crate::trace::Trace;
 use crate::workload::{Workload, LIVENESS};
 
@@ -83,8 +85,10 @@ pub fn run(options: &SimOptions) -> RunReport {
     let started = Instant::now();
     align_task_ids();
     net::forget_links();
-    // The roles' retry jitter (backon) draws from this thread's fastrand.
+    // The roles' retry jitter (backon) draws from this thread's fastrand,
+    // the coordinators' election timeouts from this thread's generator.
     fastrand::seed(options.seed);
+    coordinator::runtime::seed_election_jitter(options.seed);
     let mut rng = StdRng::seed_from_u64(options.seed);
     let knobs = Knobs::draw(&mut rng);
     let plan = faults::plan(
@@ -128,7 +132,18 @@ pub fn run(options: &SimOptions) -> RunReport {
     for id in storage_ids() {
         hosts::add_storage(&mut sim, id, Arc::new(MemEngine::new()), &cluster, &knobs);
     }
+    for id in coordinator_ids() {
+        hosts::add_coordinator(&mut sim, id, Arc::new(MemDisk::default()));
+    }
     let history = Rc::new(RefCell::new(History::default()));
+    let register_history = Rc::new(RefCell::new(RegisterHistory::default()));
+    let registers = RegisterWorkload {
+        clients: knobs.register_clients,
+        seed: options.seed,
+        fault_end: options.fault_window,
+        history: Rc::clone(&register_history),
+        trace: trace.clone(),
+    };
     let workload = Workload {
         cluster,
         clients: knobs.clients,
@@ -137,7 +152,10 @@ pub fn run(options: &SimOptions) -> RunReport {
         history: Rc::clone(&history),
         trace: trace.clone(),
     };
-    sim.client(WORKLOAD_HOST, workload.run());
+    sim.client(WORKLOAD_HOST, async move {
+        let (result, ()) = tokio::join!(workload.run(), registers.run());
+        result
+    });
 
     let mut driver = Driver {
         rng,
@@ -154,7 +172,11 @@ pub fn run(options: &SimOptions) -> RunReport {
     crate::broken::Broken::arm(None);
 
     let history = history.borrow();
-    for violation in history.violations() {
+    for violation in history
+        .violations()
+        .into_iter()
+        .chain(register_history.borrow().violations())
+    {
         trace.violation(violation);
     }
     let count = |f: fn(&Outcome) -> bool| history.commits.iter().filter(|c| f(&c.outcome)).count();

@@ -52,7 +52,22 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
             fault_kinds: kinds,
             ..SimOptions::new(seed)
         };
-        let report = run(&options);
+        // A panic in the simulation (turmoil's, or a role's) fails this
+        // seed, and the others still run.
+        let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&options)))
+        {
+            Ok(report) => report,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                println!("seed {seed} FAILED: the simulation panicked: {why}");
+                failed.push(seed);
+                continue;
+            }
+        };
         simulated += report.simulated;
         print_report(&report, args.trace);
         if !report.violations.is_empty() {
