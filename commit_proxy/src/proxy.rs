@@ -420,7 +420,7 @@ impl Inner {
                 };
                 attempt
                     .retry(backoff(TLOG_PUSH_RETRY_WINDOW))
-                    .when(RpcError::is_transient)
+                    .when(push_may_succeed_later)
                     .notify(|e, _| tracing::debug!(addr = %tlog.addr(), error = %e, "push failed; retrying"))
                     .await
                     .map_err(|e| format!("tlog {}: {e}", tlog.addr()))
@@ -436,6 +436,22 @@ impl Inner {
             Err(failures.join("; "))
         }
     }
+}
+
+/// Whether a failed push is worth sending again. Besides transient
+/// failures, a poisoned TLog (a failed fsync) refuses until it is
+/// restarted over its disk, which its supervisor or a recovery does: the
+/// push waits for that within its window, as for a TLog that is down,
+/// since a version given up on one TLog ends a pinned cluster's chain.
+fn push_may_succeed_later(error: &RpcError) -> bool {
+    error.is_transient()
+        || matches!(
+            error,
+            RpcError::Remote {
+                code: ErrorCode::Poisoned,
+                ..
+            }
+        )
 }
 
 /// Registers every team with its servers on the TLogs that hold it,

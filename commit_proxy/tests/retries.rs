@@ -31,6 +31,9 @@ enum First {
     LoseReply,
     /// Refuses it as busy, without carrying it out.
     Busy,
+    /// Refuses it as a poisoned TLog does (a failed fsync), until it is
+    /// restarted: the next request finds it back.
+    Poisoned,
     /// Refuses it for good.
     Refuse,
 }
@@ -100,6 +103,9 @@ impl Service for Scripted {
             (1, First::LoseReply) => drop(responder),
             (1, First::Busy) => {
                 responder.reply(Err(ErrorReply::new(ErrorCode::Unavailable, "busy")))
+            }
+            (1, First::Poisoned) => {
+                responder.reply(Err(ErrorReply::new(ErrorCode::Poisoned, "fsync failed")))
             }
             (_, First::Refuse) => {
                 responder.reply(Err(ErrorReply::new(ErrorCode::VersionConflict, "refused")))
@@ -186,6 +192,7 @@ async fn a_one_off_failure_of_any_commit_path_call_is_retried() {
         ("report_committed", First::LoseReply),
         ("tlog_commit", First::LoseReply),
         ("tlog_commit", First::Busy),
+        ("tlog_commit", First::Poisoned),
     ] {
         let on_sequencer = kind != "tlog_commit";
         let script = [(kind, first)];

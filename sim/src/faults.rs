@@ -48,6 +48,9 @@ pub enum Fault {
     Cut { from: Node, to: Node, one_way: bool },
     /// Messages between the two held, and delivered when it ends.
     Clog(Node, Node),
+    /// TLog `index`'s next fsync fails, which poisons it; when the fault
+    /// ends, it is restarted (as an operator would) over what its disk kept.
+    SyncError(usize),
 }
 
 impl std::fmt::Display for Fault {
@@ -61,6 +64,7 @@ impl std::fmt::Display for Fault {
             } => write!(f, "cut {from} -> {to}"),
             Fault::Cut { from, to, .. } => write!(f, "cut {from} <-> {to}"),
             Fault::Clog(a, b) => write!(f, "clog {a} <-> {b}"),
+            Fault::SyncError(index) => write!(f, "fsync error on {}", Role::TLog(*index)),
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct FaultKinds {
     /// Links that hold what is sent and deliver it late, as TCP does over
     /// a link that stalls.
     pub clog: bool,
+    /// A TLog's fsync failing.
+    pub fsync: bool,
 }
 
 impl FaultKinds {
@@ -82,12 +88,14 @@ impl FaultKinds {
         kill: true,
         cut: true,
         clog: true,
+        fsync: true,
     };
 
     pub const NONE: FaultKinds = FaultKinds {
         kill: false,
         cut: false,
         clog: false,
+        fsync: false,
     };
 
     /// Kinds named in a list like `kill,clog`.
@@ -98,23 +106,33 @@ impl FaultKinds {
                 "kill" => kinds.kill = true,
                 "cut" => kinds.cut = true,
                 "clog" => kinds.clog = true,
-                other => return Err(format!("unknown fault kind {other:?} (kill, cut, clog)")),
+                "fsync" => kinds.fsync = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault kind {other:?} (kill, cut, clog, fsync)"
+                    ))
+                }
             }
         }
         Ok(kinds)
     }
 
     fn any(self) -> bool {
-        self.kill || self.cut || self.clog
+        self.kill || self.cut || self.clog || self.fsync
     }
 }
 
 impl std::fmt::Display for FaultKinds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [(self.kill, "kill"), (self.cut, "cut"), (self.clog, "clog")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> = [
+            (self.kill, "kill"),
+            (self.cut, "cut"),
+            (self.clog, "clog"),
+            (self.fsync, "fsync"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         f.write_str(&names.join(","))
     }
 }
@@ -170,11 +188,12 @@ pub fn plan(
         }
         let lasting = Duration::from_millis(rng.random_range(10..=MAX_LASTING_MS));
         let kind = loop {
-            let kind = rng.random_range(0..10);
+            let kind = rng.random_range(0..11);
             let allowed = match kind {
                 0..=3 => kinds.kill,
                 4..=7 => kinds.cut,
-                _ => kinds.clog,
+                8..=9 => kinds.clog,
+                _ => kinds.fsync,
             };
             if allowed {
                 break kind;
@@ -190,10 +209,11 @@ pub fn plan(
                     one_way: rng.random_bool(0.5),
                 }
             }
-            _ => {
+            8..=9 => {
                 let (a, b) = two(rng, &nodes);
                 Fault::Clog(a, b)
             }
+            _ => Fault::SyncError(rng.random_range(0..TLOGS)),
         };
         faults.push(Scheduled { at, lasting, fault });
     }

@@ -100,7 +100,7 @@ impl RegisterWorkload {
                 self.operate(&who, client, Some((revision, value))).await;
             }
             // The cluster writes its registers now and then, not flat out.
-            tokio::time::sleep(Duration::from_millis(rng.random_range(1..50))).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(10..200))).await;
         }
     }
 

@@ -320,6 +320,13 @@ impl Driver {
                 }
                 sim.hold(a.host(), b.host());
             }
+            Fault::SyncError(index) => {
+                if !self.down.insert(Role::TLog(index)) {
+                    self.skipped += 1;
+                    return false;
+                }
+                self.tlog_stores[index].fail_next_sync();
+            }
         }
         self.trace.note_at(now, "fault", fault);
         true
@@ -343,6 +350,15 @@ impl Driver {
             Fault::Clog(a, b) => {
                 self.active.remove(&pair(a, b));
                 sim.release(a.host(), b.host());
+            }
+            Fault::SyncError(index) => {
+                // Restarted: a failed fsync may have dropped what it did
+                // not sync, so the disk keeps what a power loss would.
+                let role = Role::TLog(index);
+                self.down.remove(&role);
+                sim.crash(role.host());
+                self.tlog_stores[index].crash(self.rng.next_u64());
+                sim.bounce(role.host());
             }
         }
         self.trace.note_at(now, "fault", format!("end: {fault}"));

@@ -22,9 +22,11 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 500)]
     pub mean_fault_gap_ms: u64,
     /// The kinds of fault to draw, from kill (a process killed, a TLog
-    /// losing what it had not synced), cut (a link that loses messages) and
-    /// clog (a link that holds them); empty runs without faults.
-    #[arg(long, default_value = "kill,cut,clog")]
+    /// losing what it had not synced), cut (a link that loses messages,
+    /// breaking its connections), clog (a link that holds them) and fsync
+    /// (a TLog's fsync failing; it is restarted when the fault ends);
+    /// empty runs without faults.
+    #[arg(long, default_value = "kill,cut,clog,fsync")]
     pub faults: String,
     /// Print each run's whole trace, not only a failing one's.
     #[arg(long)]

@@ -1,7 +1,7 @@
 //! `teamlog sim` from the outside: 200 seeds of the simulated cluster with
-//! processes killed (TLogs losing what they had not synced) and links cut
-//! and clogged, in two processes at once, violate nothing; and one seed
-//! run twice prints the same trace digest.
+//! processes killed (TLogs losing what they had not synced), links cut and
+//! clogged and TLog fsyncs failing, in two processes at once, violate
+//! nothing; and one seed run twice prints the same trace digest.
 
 use std::process::{Command, Output};
 
@@ -24,7 +24,7 @@ fn show(output: &Output) -> String {
 }
 
 #[test]
-fn two_hundred_seeds_with_kills_cuts_and_clogs_violate_nothing() {
+fn two_hundred_seeds_with_every_kind_of_fault_violate_nothing() {
     let first = seed_from_env() % (1 << 48);
     let runs: Vec<_> = (0..2)
         .map(|i| {
@@ -34,7 +34,7 @@ fn two_hundred_seeds_with_kills_cuts_and_clogs_violate_nothing() {
                 "--runs".into(),
                 SEEDS_PER_PROCESS.to_string(),
                 "--faults".into(),
-                "kill,cut,clog".into(),
+                "kill,cut,clog,fsync".into(),
             ])
         })
         .collect();
