@@ -47,45 +47,29 @@ pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), Er
             )
         };
         match mutation {
-            Mutation::SetValue { key, value } => {
+            Mutation::SetValue { key, value: bytes }
+            | Mutation::AppendIfFits { key, suffix: bytes } => {
+                let set = matches!(mutation, Mutation::SetValue { .. });
                 if key.len() > limits.max_key_bytes {
                     return Err(key_error("key", key.len()));
                 }
-                if value.len() > limits.max_value_bytes {
+                if bytes.len() > limits.max_value_bytes {
                     return Err(ErrorReply::new(
                         ErrorCode::ValueTooLarge,
                         format!(
-                            "mutation {i}: value of {} bytes exceeds {} bytes",
-                            value.len(),
+                            "mutation {i}: {} of {} bytes exceeds {} bytes",
+                            if set { "value" } else { "suffix" },
+                            bytes.len(),
                             limits.max_value_bytes
                         ),
                     ));
                 }
                 if is_system_key(key) {
-                    check_system(
-                        request,
-                        i,
-                        parse_key_servers_key(key).is_some() || parse_team_set_key(key).is_some(),
-                    )?;
-                }
-            }
-            Mutation::AppendIfFits { key, suffix } => {
-                if key.len() > limits.max_key_bytes {
-                    return Err(key_error("key", key.len()));
-                }
-                if suffix.len() > limits.max_value_bytes {
-                    return Err(ErrorReply::new(
-                        ErrorCode::ValueTooLarge,
-                        format!(
-                            "mutation {i}: suffix of {} bytes exceeds {} bytes",
-                            suffix.len(),
-                            limits.max_value_bytes
-                        ),
-                    ));
-                }
-                // No system key holds a value that grows.
-                if is_system_key(key) {
-                    check_system(request, i, false)?;
+                    // No system key holds a value that grows.
+                    let understood = set
+                        && (parse_key_servers_key(key).is_some()
+                            || parse_team_set_key(key).is_some());
+                    check_system(request, i, understood)?;
                 }
             }
             Mutation::ClearRange { begin, end } => {

@@ -185,17 +185,13 @@ impl RegisterHistory {
             }
         }
         // Linearizable: nothing goes back on what finished before it began.
-        let mut by_end: Vec<&Observation> = self
-            .observations
-            .iter()
-            .filter(|o| o.saw.is_some())
-            .collect();
-        by_end.sort_by_key(|o| o.ended);
         let mut by_start: Vec<&Observation> = self
             .observations
             .iter()
             .filter(|o| o.saw.is_some())
             .collect();
+        let mut by_end = by_start.clone();
+        by_end.sort_by_key(|o| o.ended);
         by_start.sort_by_key(|o| o.started);
         let (mut finished, mut highest): (usize, Option<&Observation>) = (0, None);
         for observation in by_start {
