@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use client::Client;
+use client::{Client, ClientError};
 use cluster::core_state::CoreState;
 use coordinator::client::CoordinatorClient;
 use proto::rpc::RoleKind;
+use proto::Version;
 use rand::{Rng, SeedableRng};
 use testkit::{kills_from_env, seed_from_env, ClusterSpec, LocalCluster};
 
@@ -249,7 +250,9 @@ async fn back_to_back(dir: &std::path::Path) -> Result<()> {
             // Its teammate holds everything first: losing the data of both
             // at once is losing the data.
             let teammate = if id == 100 { 101 } else { 100 };
-            let now = client.read_version().await?;
+            // A recovery may have begun since the last one ended (a
+            // relaunched worker found without a role it hosted).
+            let now = read_version_within(&client, Duration::from_secs(30)).await?;
             crate::storage_rebuild::wait_rebuilt(&local.cluster, teammate, now).await?;
             let server = local.storage.get_mut(&id).and_then(Option::take);
             server.context("a live storage server")?.kill9().await?;
@@ -343,4 +346,19 @@ async fn back_to_back(dir: &std::path::Path) -> Result<()> {
         second.len()
     );
     Ok(local.stop().await?)
+}
+
+/// A read version, asked again while the cluster is unavailable (between
+/// generations) until `timeout` passes.
+async fn read_version_within(client: &Client, timeout: Duration) -> Result<Version> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client.read_version().await {
+            Ok(version) => return Ok(version),
+            Err(ClientError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
