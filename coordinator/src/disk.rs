@@ -229,6 +229,21 @@ impl MemDisk {
         self.fail_next_write.store(true, Ordering::Release);
     }
 
+    /// What a restarted process opens: the same tables (every write was
+    /// durable at once), and no poison, which a failed write leaves on the
+    /// process's handle, not on the disk.
+    pub fn reopen(&self) -> MemDisk {
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        MemDisk {
+            tables: Mutex::new(tables),
+            ..MemDisk::default()
+        }
+    }
+
     fn tables(&self) -> Result<std::sync::MutexGuard<'_, MemTables>, DiskError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(DiskError::Poisoned);
@@ -299,6 +314,21 @@ impl CoordinatorDisk for MemDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reopened_disk_keeps_what_was_written_and_drops_the_poison() {
+        let disk = MemDisk::default();
+        disk.write(&[put(Table::Meta, b"vote", b"v")]).unwrap();
+        disk.fail_next_write();
+        assert!(disk.write(&[put(Table::Meta, b"vote", b"w")]).is_err());
+        assert!(disk.get(Table::Meta, b"vote").is_err());
+        let reopened = disk.reopen();
+        assert_eq!(
+            reopened.get(Table::Meta, b"vote").unwrap(),
+            Some(b"v".to_vec())
+        );
+        reopened.write(&[put(Table::Meta, b"vote", b"w")]).unwrap();
+    }
 
     fn put(table: Table, key: &[u8], value: &[u8]) -> WriteOp {
         WriteOp::Put {

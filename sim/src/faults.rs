@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::knobs::Knobs;
-use crate::layout::{coordinator_ids, storage_ids, Role, TLOGS};
+use crate::layout::{coordinator_ids, storage_ids, Role, COORDINATORS, TLOGS};
 
 /// A host faults act on: a role, or the workload's clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,9 +48,10 @@ pub enum Fault {
     Cut { from: Node, to: Node, one_way: bool },
     /// Messages between the two held, and delivered when it ends.
     Clog(Node, Node),
-    /// TLog `index`'s next fsync fails, which poisons it; when the fault
-    /// ends, it is restarted (as an operator would) over what its disk kept.
-    SyncError(usize),
+    /// The next fsync of a TLog or a coordinator fails, which poisons it;
+    /// when the fault ends, it is restarted (as an operator would) over
+    /// what its disk kept.
+    SyncError(Role),
 }
 
 impl std::fmt::Display for Fault {
@@ -64,7 +65,7 @@ impl std::fmt::Display for Fault {
             } => write!(f, "cut {from} -> {to}"),
             Fault::Cut { from, to, .. } => write!(f, "cut {from} <-> {to}"),
             Fault::Clog(a, b) => write!(f, "clog {a} <-> {b}"),
-            Fault::SyncError(index) => write!(f, "fsync error on {}", Role::TLog(*index)),
+            Fault::SyncError(role) => write!(f, "fsync error on {role}"),
         }
     }
 }
@@ -79,7 +80,7 @@ pub struct FaultKinds {
     /// Links that hold what is sent and deliver it late, as TCP does over
     /// a link that stalls.
     pub clog: bool,
-    /// A TLog's fsync failing.
+    /// A TLog's or a coordinator's fsync failing.
     pub fsync: bool,
 }
 
@@ -213,7 +214,11 @@ pub fn plan(
                 let (a, b) = two(rng, &nodes);
                 Fault::Clog(a, b)
             }
-            _ => Fault::SyncError(rng.random_range(0..TLOGS)),
+            _ => Fault::SyncError(if rng.random_bool(0.5) {
+                Role::TLog(rng.random_range(0..TLOGS))
+            } else {
+                Role::Coordinator(rng.random_range(1..=COORDINATORS))
+            }),
         };
         faults.push(Scheduled { at, lasting, fault });
     }

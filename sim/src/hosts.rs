@@ -136,8 +136,12 @@ pub fn add_storage(
     });
 }
 
-/// Coordinator `id` over `disk`, which its restarts reopen.
-pub fn add_coordinator(sim: &mut turmoil::Sim<'_>, id: u64, disk: Arc<MemDisk>) {
+/// A coordinator's disk as its next start finds it: the driver puts a
+/// reopened one there after a failed write.
+pub type DiskSlot = Arc<std::sync::Mutex<Arc<MemDisk>>>;
+
+/// Coordinator `id` over the disk in `disk`, which each start opens.
+pub fn add_coordinator(sim: &mut turmoil::Sim<'_>, id: u64, disk: DiskSlot) {
     let members = coordinator_ids()
         .into_iter()
         .map(|member| (member, Role::Coordinator(member).addr()))
@@ -145,7 +149,7 @@ pub fn add_coordinator(sim: &mut turmoil::Sim<'_>, id: u64, disk: Arc<MemDisk>) 
     let mut config = CoordinatorConfig::new(id, members);
     config.transport = net::client_config();
     sim.host(Role::Coordinator(id).ip(), move || {
-        let disk = Arc::clone(&disk);
+        let disk: Arc<MemDisk> = Arc::clone(&disk.lock().unwrap_or_else(|e| e.into_inner()));
         let config = config.clone();
         async move {
             let service = CoordinatorService::start(&config, disk).await?;

@@ -21,7 +21,7 @@ use tlog::mem_store::MemStore;
 
 use crate::faults::{self, Fault, FaultKinds, Node, Scheduled};
 use crate::history::{History, Outcome};
-use crate::hosts;
+use crate::hosts::{self, DiskSlot};
 use crate::knobs::Knobs;
 use crate::layout::{self, coordinator_ids, storage_ids, Role, TLOGS};
 use crate::net;
@@ -132,8 +132,12 @@ pub fn run(options: &SimOptions) -> RunReport {
     for id in storage_ids() {
         hosts::add_storage(&mut sim, id, Arc::new(MemEngine::new()), &cluster, &knobs);
     }
-    for id in coordinator_ids() {
-        hosts::add_coordinator(&mut sim, id, Arc::new(MemDisk::default()));
+    let coordinator_disks: BTreeMap<u64, DiskSlot> = coordinator_ids()
+        .into_iter()
+        .map(|id| (id, DiskSlot::default()))
+        .collect();
+    for (id, disk) in &coordinator_disks {
+        hosts::add_coordinator(&mut sim, *id, Arc::clone(disk));
     }
     let history = Rc::new(RefCell::new(History::default()));
     let register_history = Rc::new(RefCell::new(RegisterHistory::default()));
@@ -160,6 +164,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     let mut driver = Driver {
         rng,
         tlog_stores,
+        coordinator_disks,
         trace: trace.clone(),
         active: BTreeSet::new(),
         down: BTreeSet::new(),
@@ -229,6 +234,8 @@ struct Driver {
     rng: StdRng,
     /// The TLogs' stores, for the power loss a kill makes.
     tlog_stores: Vec<MemStore>,
+    /// The coordinators' disks, for a failed write and the reopening after.
+    coordinator_disks: BTreeMap<u64, DiskSlot>,
     trace: Trace,
     /// Links under a fault: one at a time per pair, since turmoil does not
     /// combine a hold with a cut.
@@ -236,6 +243,16 @@ struct Driver {
     down: BTreeSet<Role>,
     /// Faults not started because their link or host already had one.
     skipped: usize,
+}
+
+impl Driver {
+    fn coordinator_disk(&self, id: u64) -> Arc<MemDisk> {
+        Arc::clone(
+            &self.coordinator_disks[&id]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
 }
 
 fn pair(a: Node, b: Node) -> (Node, Node) {
@@ -320,12 +337,18 @@ impl Driver {
                 }
                 sim.hold(a.host(), b.host());
             }
-            Fault::SyncError(index) => {
-                if !self.down.insert(Role::TLog(index)) {
+            Fault::SyncError(role) => {
+                if !self.down.insert(role) {
                     self.skipped += 1;
                     return false;
                 }
-                self.tlog_stores[index].fail_next_sync();
+                match role {
+                    Role::TLog(index) => self.tlog_stores[index].fail_next_sync(),
+                    Role::Coordinator(id) => self.coordinator_disk(id).fail_next_write(),
+                    other => unreachable!(
+                        "fsync faults are drawn for TLogs and coordinators, not {other}"
+                    ),
+                }
             }
         }
         self.trace.note_at(now, "fault", fault);
@@ -351,13 +374,23 @@ impl Driver {
                 self.active.remove(&pair(a, b));
                 sim.release(a.host(), b.host());
             }
-            Fault::SyncError(index) => {
-                // Restarted: a failed fsync may have dropped what it did
-                // not sync, so the disk keeps what a power loss would.
-                let role = Role::TLog(index);
+            Fault::SyncError(role) => {
                 self.down.remove(&role);
                 sim.crash(role.host());
-                self.tlog_stores[index].crash(self.rng.next_u64());
+                match role {
+                    // A failed fsync may have dropped what it did not
+                    // sync: the disk keeps what a power loss would.
+                    Role::TLog(index) => self.tlog_stores[index].crash(self.rng.next_u64()),
+                    Role::Coordinator(id) => {
+                        let reopened = Arc::new(self.coordinator_disk(id).reopen());
+                        *self.coordinator_disks[&id]
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = reopened;
+                    }
+                    other => unreachable!(
+                        "fsync faults are drawn for TLogs and coordinators, not {other}"
+                    ),
+                }
                 sim.bounce(role.host());
             }
         }

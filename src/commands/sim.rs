@@ -24,7 +24,8 @@ pub struct SimArgs {
     /// The kinds of fault to draw, from kill (a process killed, a TLog
     /// losing what it had not synced), cut (a link that loses messages,
     /// breaking its connections), clog (a link that holds them) and fsync
-    /// (a TLog's fsync failing; it is restarted when the fault ends);
+    /// (a TLog's or coordinator's fsync failing; it is restarted when the
+    /// fault ends);
     /// empty runs without faults.
     #[arg(long, default_value = "kill,cut,clog,fsync")]
     pub faults: String,
