@@ -51,7 +51,24 @@ pub enum Fault {
     /// The next fsync of a TLog or a coordinator fails, which poisons it;
     /// when the fault ends, it is restarted (as an operator would) over
     /// what its disk kept.
-    SyncError(Role),
+    SyncError(Disk),
+}
+
+/// A disk whose fsync can fail: a TLog's or a coordinator's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disk {
+    TLog(usize),
+    Coordinator(u64),
+}
+
+impl Disk {
+    /// The role whose process the disk belongs to.
+    pub fn role(self) -> Role {
+        match self {
+            Disk::TLog(index) => Role::TLog(index),
+            Disk::Coordinator(id) => Role::Coordinator(id),
+        }
+    }
 }
 
 impl std::fmt::Display for Fault {
@@ -65,7 +82,7 @@ impl std::fmt::Display for Fault {
             } => write!(f, "cut {from} -> {to}"),
             Fault::Cut { from, to, .. } => write!(f, "cut {from} <-> {to}"),
             Fault::Clog(a, b) => write!(f, "clog {a} <-> {b}"),
-            Fault::SyncError(role) => write!(f, "fsync error on {role}"),
+            Fault::SyncError(disk) => write!(f, "fsync error on {}", disk.role()),
         }
     }
 }
@@ -215,9 +232,9 @@ pub fn plan(
                 Fault::Clog(a, b)
             }
             _ => Fault::SyncError(if rng.random_bool(0.5) {
-                Role::TLog(rng.random_range(0..TLOGS))
+                Disk::TLog(rng.random_range(0..TLOGS))
             } else {
-                Role::Coordinator(rng.random_range(1..=COORDINATORS))
+                Disk::Coordinator(rng.random_range(1..=COORDINATORS))
             }),
         };
         faults.push(Scheduled { at, lasting, fault });

@@ -19,7 +19,7 @@ use rand::{RngCore, SeedableRng};
 use storage_server::mem_engine::MemEngine;
 use tlog::mem_store::MemStore;
 
-use crate::faults::{self, Fault, FaultKinds, Node, Scheduled};
+use crate::faults::{self, Disk, Fault, FaultKinds, Node, Scheduled};
 use crate::history::{History, Outcome};
 use crate::hosts::{self, DiskSlot};
 use crate::knobs::Knobs;
@@ -337,17 +337,14 @@ impl Driver {
                 }
                 sim.hold(a.host(), b.host());
             }
-            Fault::SyncError(role) => {
-                if !self.down.insert(role) {
+            Fault::SyncError(disk) => {
+                if !self.down.insert(disk.role()) {
                     self.skipped += 1;
                     return false;
                 }
-                match role {
-                    Role::TLog(index) => self.tlog_stores[index].fail_next_sync(),
-                    Role::Coordinator(id) => self.coordinator_disk(id).fail_next_write(),
-                    other => unreachable!(
-                        "fsync faults are drawn for TLogs and coordinators, not {other}"
-                    ),
+                match disk {
+                    Disk::TLog(index) => self.tlog_stores[index].fail_next_sync(),
+                    Disk::Coordinator(id) => self.coordinator_disk(id).fail_next_write(),
                 }
             }
         }
@@ -374,22 +371,20 @@ impl Driver {
                 self.active.remove(&pair(a, b));
                 sim.release(a.host(), b.host());
             }
-            Fault::SyncError(role) => {
+            Fault::SyncError(disk) => {
+                let role = disk.role();
                 self.down.remove(&role);
                 sim.crash(role.host());
-                match role {
+                match disk {
                     // A failed fsync may have dropped what it did not
                     // sync: the disk keeps what a power loss would.
-                    Role::TLog(index) => self.tlog_stores[index].crash(self.rng.next_u64()),
-                    Role::Coordinator(id) => {
+                    Disk::TLog(index) => self.tlog_stores[index].crash(self.rng.next_u64()),
+                    Disk::Coordinator(id) => {
                         let reopened = Arc::new(self.coordinator_disk(id).reopen());
                         *self.coordinator_disks[&id]
                             .lock()
                             .unwrap_or_else(|e| e.into_inner()) = reopened;
                     }
-                    other => unreachable!(
-                        "fsync faults are drawn for TLogs and coordinators, not {other}"
-                    ),
                 }
                 sim.bounce(role.host());
             }
