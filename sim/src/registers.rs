@@ -91,10 +91,8 @@ impl RegisterWorkload {
         let who = format!("register-client-{index}");
         let mut written = 0;
         while now() < self.fault_end {
-            let Some((revision, _)) = self.operate(&who, client, None).await else {
-                continue;
-            };
-            if rng.random_bool(0.7) {
+            let read = self.operate(&who, client, None).await;
+            if let Some((revision, _)) = read.filter(|_| rng.random_bool(0.7)) {
                 written += 1;
                 let value = Bytes::from(format!("r{index}-{written}"));
                 self.operate(&who, client, Some((revision, value))).await;

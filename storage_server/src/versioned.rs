@@ -170,17 +170,16 @@ impl<E: KvEngine> VersionedStore<E> {
     pub fn open(engine: Arc<E>, config: WindowConfig) -> Result<Self, StoreError> {
         let durable = version_metadata(engine.as_ref(), DURABLE_VERSION_METADATA)?;
         let readable_from = version_metadata(engine.as_ref(), READABLE_FROM_METADATA)?;
-        let mut copied = match engine.metadata(COPIED_RANGES_METADATA)? {
+        let copied = match engine.metadata(COPIED_RANGES_METADATA)? {
             None => CopiedRanges::default(),
             Some(entry) => CopiedRanges::decode(&entry).map_err(|e| EngineError::Corrupt {
                 location: format!("metadata entry {COPIED_RANGES_METADATA:?}"),
                 reason: e.to_string(),
             })?,
         };
+        // Dropped at the first mutation past it (every one after a durable
+        // version at or above it).
         let copied_through = copied.newest();
-        if copied_through <= durable {
-            copied = CopiedRanges::default();
-        }
         Ok(VersionedStore {
             engine,
             window: Window::new(),
@@ -228,11 +227,7 @@ impl<E: KvEngine> VersionedStore<E> {
             Mutation::AppendIfFits { key, suffix } => {
                 self.check_key_len(key)?;
                 if !self.copied.holds(key, version) {
-                    let latest = match self.window.get(key, Version::MAX) {
-                        WindowValue::Set(value) => Some(value.clone()),
-                        WindowValue::Cleared => None,
-                        WindowValue::Unchanged => self.engine.get(key)?,
-                    };
+                    let latest = self.value_at(key, Version::MAX)?;
                     if let Some(appended) = proto::append_if_fits(latest.as_deref(), suffix) {
                         self.window.set(version, key, &appended);
                     }
@@ -295,6 +290,12 @@ impl<E: KvEngine> VersionedStore<E> {
     /// The value of `key` at `version`.
     pub fn get(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, ReadError> {
         self.check_readable(version)?;
+        Ok(self.value_at(key, version)?)
+    }
+
+    /// The value of `key` at `version` by the window, else the engine,
+    /// without asking whether the version is readable.
+    fn value_at(&self, key: &[u8], version: Version) -> Result<Option<Bytes>, EngineError> {
         Ok(match self.window.get(key, version) {
             WindowValue::Set(value) => Some(value.clone()),
             WindowValue::Cleared => None,
