@@ -362,14 +362,17 @@ impl<W> ProxyCore<W> {
         self.map.at(version)
     }
 
-    /// Which teams, and so which servers, hold a key at a version. A version
-    /// newer than this proxy has tagged may get a location that a change it
-    /// has not seen yet moved; the server then answers `wrong_shard_server`.
+    /// Which teams, and so which servers, hold a key at a version: by the
+    /// map that routed that version's mutations, the one before its own
+    /// changes, as storage servers judge reads. A version newer than this
+    /// proxy has tagged may get a location that a change it has not seen
+    /// yet moved; the server then answers `wrong_shard_server`.
     pub fn locate(
         &self,
         request: &GetKeyLocationRequest,
     ) -> Result<GetKeyLocationReply, ErrorReply> {
-        let map = self.shard_map_at(request.version).ok_or_else(|| {
+        let routing = Version(request.version.0.saturating_sub(1));
+        let map = self.shard_map_at(routing).ok_or_else(|| {
             ErrorReply::new(
                 ErrorCode::TransactionTooOld,
                 format!("the shard map at {} is no longer kept", request.version),
@@ -381,7 +384,12 @@ impl<W> ProxyCore<W> {
             .iter()
             .map(|team| (*team, self.topology.servers_of(*team)))
             .collect();
-        Ok(GetKeyLocationReply { begin, end, teams })
+        Ok(GetKeyLocationReply {
+            begin,
+            end,
+            teams,
+            moving_to: assignment.dest.clone(),
+        })
     }
 
     pub fn status(&self) -> ProxyStatusReply {

@@ -276,6 +276,35 @@ pub struct StorageStatusReply {
     /// (the log no longer held what it needed); it serves no reads
     /// meanwhile.
     pub rebuilding: Option<String>,
+    /// The key ranges it is adding (a move named one of its teams a
+    /// destination), in key order.
+    pub adding: Vec<AddingRangeStatus>,
+}
+
+/// A key range a storage server is adding, copied page by page from a
+/// server of its source teams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct AddingRangeStatus {
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_key"))]
+    pub begin: Bytes,
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_key"))]
+    pub end: Bytes,
+    /// Where the installed part of the range ends.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_key"))]
+    pub installed_to: Bytes,
+    pub pairs_copied: u64,
+    pub bytes_copied: u64,
+    /// Every page installed and durable: the range may flip to this server.
+    pub ready: bool,
+    /// The last failure of the copy, while it retries.
+    pub problem: Option<String>,
+}
+
+/// Keys in status JSON: their escaped text (`key_text`).
+#[cfg(feature = "serde")]
+fn serialize_key<S: serde::Serializer>(key: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::key_text::escape(key))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,7 +432,10 @@ pub struct GetKeyLocationReply {
     /// The shard holding the key: `[begin, end)`.
     pub begin: Bytes,
     pub end: Bytes,
+    /// The shard's source teams and their servers: who answers reads.
     pub teams: Vec<(StorageTeamId, Vec<StorageServerId>)>,
+    /// The teams the shard is moving to, while a move is under way.
+    pub moving_to: Vec<StorageTeamId>,
 }
 
 /// A request's failure, sent back in place of its reply.

@@ -416,14 +416,24 @@ fn own_metadata_goes_to_the_concerned_private_teams_and_applies_at_its_version()
         map_at(20).assignment_of(b"n"),
         &ShardAssignment::to(StorageTeamId(3))
     );
-    let located = core
-        .locate(&GetKeyLocationRequest {
+    // Reads at the change's own version still go where its mutations went.
+    let located_at = |v| {
+        core.locate(&GetKeyLocationRequest {
             key: Bytes::from_static(b"n"),
-            version: Version(20),
+            version: Version(v),
         })
-        .unwrap();
+        .unwrap()
+        .teams
+    };
     assert_eq!(
-        located.teams,
+        located_at(20),
+        vec![(
+            StorageTeamId(2),
+            vec![StorageServerId(20), StorageServerId(21)]
+        )]
+    );
+    assert_eq!(
+        located_at(21),
         vec![(
             StorageTeamId(3),
             vec![StorageServerId(30), StorageServerId(31)]

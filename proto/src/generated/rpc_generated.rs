@@ -4582,6 +4582,7 @@ impl<'a> StorageStatusReply<'a> {
   pub const VT_STOPPED: ::flatbuffers::VOffsetT = 18;
   pub const VT_STALLED: ::flatbuffers::VOffsetT = 20;
   pub const VT_REBUILDING: ::flatbuffers::VOffsetT = 22;
+  pub const VT_ADDING: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4599,6 +4600,7 @@ impl<'a> StorageStatusReply<'a> {
     builder.add_durable_version(args.durable_version);
     builder.add_applied_version(args.applied_version);
     builder.add_server(args.server);
+    if let Some(x) = args.adding { builder.add_adding(x); }
     if let Some(x) = args.rebuilding { builder.add_rebuilding(x); }
     if let Some(x) = args.stalled { builder.add_stalled(x); }
     if let Some(x) = args.stopped { builder.add_stopped(x); }
@@ -4677,6 +4679,13 @@ impl<'a> StorageStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StorageStatusReply::VT_REBUILDING, None)}
   }
+  #[inline]
+  pub fn adding(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AddingRangeStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AddingRangeStatus>>>>(StorageStatusReply::VT_ADDING, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
@@ -4695,6 +4704,7 @@ impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stopped", Self::VT_STOPPED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stalled", Self::VT_STALLED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("rebuilding", Self::VT_REBUILDING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AddingRangeStatus>>>>("adding", Self::VT_ADDING, false)?
      .finish();
     Ok(())
   }
@@ -4710,6 +4720,7 @@ pub struct StorageStatusReplyArgs<'a> {
     pub stopped: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub stalled: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub rebuilding: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub adding: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AddingRangeStatus<'a>>>>>,
 }
 impl<'a> Default for StorageStatusReplyArgs<'a> {
   #[inline]
@@ -4725,6 +4736,7 @@ impl<'a> Default for StorageStatusReplyArgs<'a> {
       stopped: None,
       stalled: None,
       rebuilding: None,
+      adding: None,
     }
   }
 }
@@ -4775,6 +4787,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StorageStatusReplyBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_REBUILDING, rebuilding);
   }
   #[inline]
+  pub fn add_adding(&mut self, adding: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AddingRangeStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_ADDING, adding);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StorageStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StorageStatusReplyBuilder {
@@ -4802,6 +4818,205 @@ impl ::core::fmt::Debug for StorageStatusReply<'_> {
       ds.field("stopped", &self.stopped());
       ds.field("stalled", &self.stalled());
       ds.field("rebuilding", &self.rebuilding());
+      ds.field("adding", &self.adding());
+      ds.finish()
+  }
+}
+pub enum AddingRangeStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddingRangeStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddingRangeStatus<'a> {
+  type Inner = AddingRangeStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddingRangeStatus<'a> {
+  pub const VT_BEGIN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_INSTALLED_TO: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PAIRS_COPIED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_BYTES_COPIED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_READY: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddingRangeStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddingRangeStatusArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddingRangeStatus<'bldr>> {
+    let mut builder = AddingRangeStatusBuilder::new(_fbb);
+    builder.add_bytes_copied(args.bytes_copied);
+    builder.add_pairs_copied(args.pairs_copied);
+    if let Some(x) = args.problem { builder.add_problem(x); }
+    if let Some(x) = args.installed_to { builder.add_installed_to(x); }
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.begin { builder.add_begin(x); }
+    builder.add_ready(args.ready);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn begin(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(AddingRangeStatus::VT_BEGIN, None)}
+  }
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(AddingRangeStatus::VT_END, None)}
+  }
+  #[inline]
+  pub fn installed_to(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(AddingRangeStatus::VT_INSTALLED_TO, None)}
+  }
+  #[inline]
+  pub fn pairs_copied(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AddingRangeStatus::VT_PAIRS_COPIED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_copied(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AddingRangeStatus::VT_BYTES_COPIED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ready(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AddingRangeStatus::VT_READY, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn problem(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddingRangeStatus::VT_PROBLEM, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddingRangeStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("begin", Self::VT_BEGIN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("installed_to", Self::VT_INSTALLED_TO, false)?
+     .visit_field::<u64>("pairs_copied", Self::VT_PAIRS_COPIED, false)?
+     .visit_field::<u64>("bytes_copied", Self::VT_BYTES_COPIED, false)?
+     .visit_field::<bool>("ready", Self::VT_READY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddingRangeStatusArgs<'a> {
+    pub begin: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub installed_to: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub pairs_copied: u64,
+    pub bytes_copied: u64,
+    pub ready: bool,
+    pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AddingRangeStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddingRangeStatusArgs {
+      begin: None,
+      end: None,
+      installed_to: None,
+      pairs_copied: 0,
+      bytes_copied: 0,
+      ready: false,
+      problem: None,
+    }
+  }
+}
+
+pub struct AddingRangeStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddingRangeStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_begin(&mut self, begin: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddingRangeStatus::VT_BEGIN, begin);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddingRangeStatus::VT_END, end);
+  }
+  #[inline]
+  pub fn add_installed_to(&mut self, installed_to: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddingRangeStatus::VT_INSTALLED_TO, installed_to);
+  }
+  #[inline]
+  pub fn add_pairs_copied(&mut self, pairs_copied: u64) {
+    self.fbb_.push_slot::<u64>(AddingRangeStatus::VT_PAIRS_COPIED, pairs_copied, 0);
+  }
+  #[inline]
+  pub fn add_bytes_copied(&mut self, bytes_copied: u64) {
+    self.fbb_.push_slot::<u64>(AddingRangeStatus::VT_BYTES_COPIED, bytes_copied, 0);
+  }
+  #[inline]
+  pub fn add_ready(&mut self, ready: bool) {
+    self.fbb_.push_slot::<bool>(AddingRangeStatus::VT_READY, ready, false);
+  }
+  #[inline]
+  pub fn add_problem(&mut self, problem: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddingRangeStatus::VT_PROBLEM, problem);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddingRangeStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddingRangeStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddingRangeStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddingRangeStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddingRangeStatus");
+      ds.field("begin", &self.begin());
+      ds.field("end", &self.end());
+      ds.field("installed_to", &self.installed_to());
+      ds.field("pairs_copied", &self.pairs_copied());
+      ds.field("bytes_copied", &self.bytes_copied());
+      ds.field("ready", &self.ready());
+      ds.field("problem", &self.problem());
       ds.finish()
   }
 }
@@ -5050,6 +5265,7 @@ impl<'a> GetKeyLocationReply<'a> {
   pub const VT_BEGIN: ::flatbuffers::VOffsetT = 4;
   pub const VT_END: ::flatbuffers::VOffsetT = 6;
   pub const VT_TEAMS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MOVING_TO: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5061,6 +5277,7 @@ impl<'a> GetKeyLocationReply<'a> {
     args: &'args GetKeyLocationReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GetKeyLocationReply<'bldr>> {
     let mut builder = GetKeyLocationReplyBuilder::new(_fbb);
+    if let Some(x) = args.moving_to { builder.add_moving_to(x); }
     if let Some(x) = args.teams { builder.add_teams(x); }
     if let Some(x) = args.end { builder.add_end(x); }
     if let Some(x) = args.begin { builder.add_begin(x); }
@@ -5089,6 +5306,13 @@ impl<'a> GetKeyLocationReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamServers>>>>(GetKeyLocationReply::VT_TEAMS, None)}
   }
+  #[inline]
+  pub fn moving_to(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(GetKeyLocationReply::VT_MOVING_TO, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetKeyLocationReply<'_> {
@@ -5100,6 +5324,7 @@ impl ::flatbuffers::Verifiable for GetKeyLocationReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("begin", Self::VT_BEGIN, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TeamServers>>>>("teams", Self::VT_TEAMS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("moving_to", Self::VT_MOVING_TO, false)?
      .finish();
     Ok(())
   }
@@ -5108,6 +5333,7 @@ pub struct GetKeyLocationReplyArgs<'a> {
     pub begin: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamServers<'a>>>>>,
+    pub moving_to: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for GetKeyLocationReplyArgs<'a> {
   #[inline]
@@ -5116,6 +5342,7 @@ impl<'a> Default for GetKeyLocationReplyArgs<'a> {
       begin: None,
       end: None,
       teams: None,
+      moving_to: None,
     }
   }
 }
@@ -5138,6 +5365,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetKeyLocationReplyBuilder<'a
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationReply::VT_TEAMS, teams);
   }
   #[inline]
+  pub fn add_moving_to(&mut self, moving_to: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationReply::VT_MOVING_TO, moving_to);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetKeyLocationReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GetKeyLocationReplyBuilder {
@@ -5158,6 +5389,7 @@ impl ::core::fmt::Debug for GetKeyLocationReply<'_> {
       ds.field("begin", &self.begin());
       ds.field("end", &self.end());
       ds.field("teams", &self.teams());
+      ds.field("moving_to", &self.moving_to());
       ds.finish()
   }
 }

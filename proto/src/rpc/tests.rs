@@ -233,6 +233,26 @@ fn every_message() -> Vec<Message> {
             stopped: None,
             stalled: Some("no space left on the disk".into()),
             rebuilding: Some("team-1 from ss-101: 12 pairs".into()),
+            adding: vec![
+                AddingRangeStatus {
+                    begin: Bytes::from_static(b"m"),
+                    end: Bytes::from_static(b"p"),
+                    installed_to: Bytes::from_static(b"n\x00"),
+                    pairs_copied: 12,
+                    bytes_copied: 3000,
+                    ready: false,
+                    problem: Some("ss-200: connection refused".into()),
+                },
+                AddingRangeStatus {
+                    begin: Bytes::from_static(b"p"),
+                    end: Bytes::from_static(b"\xff"),
+                    installed_to: Bytes::from_static(b"\xff"),
+                    pairs_copied: 0,
+                    bytes_copied: 0,
+                    ready: true,
+                    problem: None,
+                },
+            ],
         }),
         Message::StorageStatus(StorageStatusReply {
             server: StorageServerId(8),
@@ -245,6 +265,7 @@ fn every_message() -> Vec<Message> {
             stopped: Some("disk full".into()),
             stalled: None,
             rebuilding: None,
+            adding: Vec::new(),
         }),
         Message::GetKeyLocation(GetKeyLocationRequest {
             key: Bytes::from_static(b"k"),
@@ -257,6 +278,7 @@ fn every_message() -> Vec<Message> {
                 StorageTeamId(2),
                 vec![StorageServerId(200), StorageServerId(201)],
             )],
+            moving_to: vec![StorageTeamId(3)],
         }),
         Message::SequencerStatus(SequencerStatusReply {
             last_version: Version(40),

@@ -7,8 +7,8 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 use super::optional_bytes;
 use crate::generated::rpc as fb;
 use crate::rpc::{
-    DecodeError, GetKeyLocationReply, GetKeyLocationRequest, GetRangeReply, GetRangeRequest,
-    GetValueReply, GetValueRequest, Message, StorageStatusReply,
+    AddingRangeStatus, DecodeError, GetKeyLocationReply, GetKeyLocationRequest, GetRangeReply,
+    GetRangeRequest, GetValueReply, GetValueRequest, Message, StorageStatusReply,
 };
 use crate::types::{StorageServerId, StorageTeamId, Version};
 
@@ -77,6 +77,27 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
     let stopped = r.stopped.as_deref().map(|reason| fbb.create_string(reason));
     let stalled = r.stalled.as_deref().map(|reason| fbb.create_string(reason));
     let rebuilding = r.rebuilding.as_deref().map(|what| fbb.create_string(what));
+    let adding: Vec<_> = r
+        .adding
+        .iter()
+        .map(|a| {
+            let begin = fbb.create_vector(&a.begin);
+            let end = fbb.create_vector(&a.end);
+            let installed_to = fbb.create_vector(&a.installed_to);
+            let problem = a.problem.as_deref().map(|p| fbb.create_string(p));
+            let args = fb::AddingRangeStatusArgs {
+                begin: Some(begin),
+                end: Some(end),
+                installed_to: Some(installed_to),
+                pairs_copied: a.pairs_copied,
+                bytes_copied: a.bytes_copied,
+                ready: a.ready,
+                problem,
+            };
+            fb::AddingRangeStatus::create(fbb, &args)
+        })
+        .collect();
+    let adding = fbb.create_vector(&adding);
     let args = fb::StorageStatusReplyArgs {
         server: r.server.0,
         applied_version: r.applied_version.0,
@@ -88,6 +109,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
         stopped,
         stalled,
         rebuilding,
+        adding: Some(adding),
     };
     let t = fb::StorageStatusReply::create(fbb, &args);
     (fb::Payload::StorageStatusReply, t.as_union_value())
@@ -126,9 +148,12 @@ pub(super) fn get_key_location_reply(
         })
         .collect();
     let teams = fbb.create_vector(&teams);
+    let moving_to: Vec<u64> = r.moving_to.iter().map(|t| t.0).collect();
+    let moving_to = fbb.create_vector(&moving_to);
     let args = fb::GetKeyLocationReplyArgs {
         begin: Some(begin),
         end: Some(end),
+        moving_to: Some(moving_to),
         teams: Some(teams),
     };
     let t = fb::GetKeyLocationReply::create(fbb, &args);
@@ -197,26 +222,44 @@ pub(super) fn decode(
                 more: r.more(),
             }))
         })(),
-        fb::Payload::StorageStatusReply => envelope
-            .payload_as_storage_status_reply()
-            .ok_or_else(unknown)
-            .map(|r| {
-                Message::StorageStatus(StorageStatusReply {
-                    server: StorageServerId(r.server()),
-                    applied_version: Version(r.applied_version()),
-                    durable_version: Version(r.durable_version()),
-                    oldest_readable_version: Version(r.oldest_readable_version()),
-                    committed_version: Version(r.committed_version()),
-                    window_bytes: r.window_bytes(),
-                    teams: r
-                        .teams()
-                        .map(|t| t.iter().map(StorageTeamId).collect())
-                        .unwrap_or_default(),
-                    stopped: r.stopped().map(str::to_owned),
-                    stalled: r.stalled().map(str::to_owned),
-                    rebuilding: r.rebuilding().map(str::to_owned),
-                })
-            }),
+        fb::Payload::StorageStatusReply => (|| {
+            let r = envelope
+                .payload_as_storage_status_reply()
+                .ok_or_else(unknown)?;
+            let adding = match r.adding() {
+                Some(list) => list
+                    .iter()
+                    .map(|a| {
+                        Ok(AddingRangeStatus {
+                            begin: bytes(a.begin())?,
+                            end: bytes(a.end())?,
+                            installed_to: bytes(a.installed_to())?,
+                            pairs_copied: a.pairs_copied(),
+                            bytes_copied: a.bytes_copied(),
+                            ready: a.ready(),
+                            problem: a.problem().map(str::to_owned),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?,
+                None => Vec::new(),
+            };
+            Ok(Message::StorageStatus(StorageStatusReply {
+                server: StorageServerId(r.server()),
+                applied_version: Version(r.applied_version()),
+                durable_version: Version(r.durable_version()),
+                oldest_readable_version: Version(r.oldest_readable_version()),
+                committed_version: Version(r.committed_version()),
+                window_bytes: r.window_bytes(),
+                teams: r
+                    .teams()
+                    .map(|t| t.iter().map(StorageTeamId).collect())
+                    .unwrap_or_default(),
+                stopped: r.stopped().map(str::to_owned),
+                stalled: r.stalled().map(str::to_owned),
+                rebuilding: r.rebuilding().map(str::to_owned),
+                adding,
+            }))
+        })(),
         fb::Payload::GetKeyLocationRequest => (|| {
             let r = envelope
                 .payload_as_get_key_location_request()
@@ -242,6 +285,10 @@ pub(super) fn decode(
                 begin: bytes(r.begin())?,
                 end: bytes(r.end())?,
                 teams,
+                moving_to: r
+                    .moving_to()
+                    .map(|t| t.iter().map(StorageTeamId).collect())
+                    .unwrap_or_default(),
             }))
         })(),
         _ => return None,
