@@ -176,7 +176,8 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
         },
         read_wait: Duration::from_secs(1),
         transport: Default::default(),
-        peers: Default::default(),
+        team_servers: Default::default(),
+        move_bytes_per_second: None,
     };
     let started = Instant::now();
     let service = StorageService::start(engine, config)?;

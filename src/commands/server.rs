@@ -87,6 +87,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             data_dir: args.data_dir.join(format!("storage-{id}")),
             listen: None,
             window: WindowConfig::default(),
+            move_bytes_per_second: None,
         };
         roles.push(storage::host(&cluster, hosted, shutdown.clone()).boxed());
     }

@@ -38,6 +38,10 @@ pub struct StorageArgs {
     /// Bytes of recent versions kept in memory before they are flushed.
     #[arg(long, default_value_t = 64 << 20)]
     pub window_bytes: u64,
+    /// The most bytes a second this server reads from a move's sources
+    /// while it copies a range into one of its teams (no limit by default).
+    #[arg(long, value_name = "BYTES")]
+    pub move_rate: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -50,6 +54,8 @@ pub struct Hosted {
     /// The cluster file's address for the server when `None`.
     pub listen: Option<SocketAddr>,
     pub window: WindowConfig,
+    /// See [`StorageConfig::move_bytes_per_second`].
+    pub move_bytes_per_second: Option<u64>,
 }
 
 /// LMDB's map is a reservation of address space, not of disk.
@@ -67,6 +73,7 @@ pub async fn run_process(args: StorageArgs) -> Result<()> {
             max_versions: args.window_versions,
             max_bytes: args.window_bytes,
         },
+        move_bytes_per_second: args.move_rate,
     };
     host(&cluster, hosted, shutdown).await
 }
@@ -103,7 +110,8 @@ pub async fn host(
             sequencer: cluster.sequencer_address()?,
         }
     };
-    let config = StorageConfig::for_server(cluster, id, logs, hosted.window)?;
+    let mut config = StorageConfig::for_server(cluster, id, logs, hosted.window)?;
+    config.move_bytes_per_second = hosted.move_bytes_per_second;
     let server_config = cluster.server_config()?;
     let listener = TcpListener::bind(addr)
         .await

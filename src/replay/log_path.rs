@@ -281,7 +281,8 @@ pub async fn run(args: ReplayArgs, pacing: Pacing) -> Result<()> {
             window: WindowConfig::default(),
             read_wait: Duration::from_secs(1),
             transport: Default::default(),
-            peers: Default::default(),
+            team_servers: Default::default(),
+            move_bytes_per_second: None,
         },
     )?;
     let target = Arc::new(LogTarget {

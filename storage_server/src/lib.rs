@@ -17,6 +17,7 @@
 //!               └── mem_engine::MemEngine     in memory, for tests
 //! ```
 
+pub mod adding;
 #[cfg(feature = "broken-variants")]
 pub mod broken;
 pub mod copied;

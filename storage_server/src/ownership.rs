@@ -15,7 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use proto::shard_map::{ShardMap, ShardMapError, VersionedShardMap};
+use proto::system_keys::USER_KEYS_END;
 use proto::{Mutation, StorageTeamId, Version};
+
+/// Key ranges `[begin, end)`, in key order.
+pub type KeyRanges = Vec<(Bytes, Bytes)>;
 
 #[derive(Clone, Debug)]
 pub struct Ownership {
@@ -69,6 +73,39 @@ impl Ownership {
             self.map.apply(version, &list)?;
         }
         Ok(())
+    }
+
+    /// The assignment of the shard holding `key` by the newest map.
+    pub fn current_assignment_of(&self, key: &[u8]) -> proto::system_keys::ShardAssignment {
+        self.map.current().assignment_of(key).clone()
+    }
+
+    /// The version whose shard-map changes are queued, if any.
+    pub fn pending_version(&self) -> Option<Version> {
+        self.pending.as_ref().map(|(v, _)| *v)
+    }
+
+    /// By the newest map and team set: the ranges this server must add (a
+    /// destination team is one of its teams, no source team is) and the
+    /// ranges it holds or adds (any team of the shard is one of its), each
+    /// in key order, neighbours joined.
+    pub fn ranges_now(&self) -> (KeyRanges, KeyRanges) {
+        let teams = self
+            .team_sets
+            .last_key_value()
+            .map(|(_, teams)| teams.clone())
+            .unwrap_or_default();
+        let mine = |list: &[StorageTeamId]| list.iter().any(|t| teams.contains(t));
+        let (mut adding, mut held) = (Vec::new(), Vec::new());
+        for (begin, end, assignment) in self.map.current().split(b"", USER_KEYS_END) {
+            if mine(&assignment.dest) && !mine(&assignment.src) {
+                adding.push((begin.clone(), end.clone()));
+            }
+            if mine(&assignment.src) || mine(&assignment.dest) {
+                push_joined(&mut held, begin, end);
+            }
+        }
+        (adding, held)
     }
 
     /// The teams this server consumes at `version`.
@@ -137,6 +174,38 @@ impl Ownership {
     }
 }
 
+/// Appends `[begin, end)`, joining it to the last range when they touch.
+fn push_joined(ranges: &mut Vec<(Bytes, Bytes)>, begin: Bytes, end: Bytes) {
+    match ranges.last_mut() {
+        Some((_, last_end)) if *last_end == begin => *last_end = end,
+        _ => ranges.push((begin, end)),
+    }
+}
+
+/// The parts of `before` not in `after` (both in key order, disjoint).
+pub fn ranges_left(before: &[(Bytes, Bytes)], after: &[(Bytes, Bytes)]) -> Vec<(Bytes, Bytes)> {
+    let mut left = Vec::new();
+    for (begin, end) in before {
+        let mut from = begin.clone();
+        for (b, e) in after {
+            if e <= &from || b >= end {
+                continue;
+            }
+            if *b > from {
+                left.push((from.clone(), b.clone()));
+            }
+            from = e.clone();
+            if from >= *end {
+                break;
+            }
+        }
+        if from < *end {
+            left.push((from, end.clone()));
+        }
+    }
+    left
+}
+
 #[cfg(test)]
 mod tests {
     use proto::system_keys::{key_servers_key, ShardAssignment};
@@ -185,6 +254,30 @@ mod tests {
             vec![B]
         );
         assert_eq!(teams, BTreeSet::from([A, B]));
+    }
+
+    #[test]
+    fn ranges_now_name_what_to_add_and_what_is_held() {
+        let mut o = ownership();
+        let start = Mutation::SetValue {
+            key: key_servers_key(b"m"),
+            value: ShardAssignment {
+                src: vec![B],
+                dest: vec![A],
+            }
+            .encode(),
+        };
+        o.shard_change(Version(20), start).unwrap();
+        o.settle().unwrap();
+        let (adding, held) = o.ranges_now();
+        let r = |b: &'static [u8], e: &'static [u8]| (Bytes::from_static(b), Bytes::from_static(e));
+        assert_eq!(adding, vec![r(b"m", b"\xff")]);
+        assert_eq!(held, vec![r(b"", b"\xff")]);
+        assert_eq!(
+            ranges_left(&held, &[r(b"c", b"d"), r(b"m", b"\xff")]),
+            vec![r(b"", b"c"), r(b"d", b"m")]
+        );
+        assert!(ranges_left(&held, &held).is_empty());
     }
 
     #[test]

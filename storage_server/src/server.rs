@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
 use cluster::{ClusterFile, ClusterFileError};
 use cursor::{
     CursorError, GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, SourceError,
@@ -50,16 +51,24 @@ use proto::team_set::parse_team_set_key;
 use proto::transport::{ClientConfig, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
 
+use crate::adding::AddingRanges;
 use crate::engine::KvEngine;
 use crate::generations::{Generations, LogDiscovery};
-use crate::ownership::Ownership;
+use crate::ownership::{ranges_left, Ownership};
 use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
 
 mod apply_loop;
+mod fetch;
 mod rebuild;
 
 const META_TEAM_SET: &str = "team_set";
 const META_SHARD_MAP: &str = "shard_map";
+/// The ranges being added and the clears still due, as of the durable
+/// version (`AddingRanges::encode`).
+const META_ADDING: &str = "adding";
+/// The buffers of ranges being added may hold this part of the window's
+/// byte budget before they are dropped (see `adding`).
+const ADDING_BUFFER_SHARE: u64 = 4;
 /// How long a status request waits for the sequencer's committed version.
 const STATUS_SEQUENCER_WAIT: Duration = Duration::from_secs(1);
 /// The most pairs one range read returns.
@@ -86,11 +95,14 @@ pub struct StorageConfig {
     /// How long a read at a version not yet applied waits before
     /// `future_version`.
     pub read_wait: Duration,
-    /// How the server calls the sequencer, the TLogs and its teammates.
+    /// How the server calls the sequencer, the TLogs and other servers.
     pub transport: ClientConfig,
-    /// The other servers of each of its teams, to copy from when the log
-    /// no longer holds what this server needs (see `rebuild`).
-    pub peers: BTreeMap<StorageTeamId, Vec<(StorageServerId, SocketAddr)>>,
+    /// The servers of every team: a rebuild copies from its teammates, and
+    /// a range being added from a server of its source teams.
+    pub team_servers: BTreeMap<StorageTeamId, Vec<(StorageServerId, SocketAddr)>>,
+    /// The most bytes a second the copy of ranges being added reads from
+    /// their sources (`None`: as fast as they answer).
+    pub move_bytes_per_second: Option<u64>,
 }
 
 impl StorageConfig {
@@ -109,17 +121,16 @@ impl StorageConfig {
             .find(|s| s.id == id)
             .ok_or(ClusterFileError::NoSuchStorageServer(id))?;
         let teams_of_this_server = || cluster.teams.iter().filter(|t| t.servers.contains(&id));
-        let address_of = |other: u64| {
-            let entry = cluster.storage_servers.iter().find(|s| s.id == other)?;
-            Some((StorageServerId(other), entry.address))
+        let address_of = |server: u64| {
+            let entry = cluster.storage_servers.iter().find(|s| s.id == server)?;
+            Some((StorageServerId(server), entry.address))
         };
-        let peers = teams_of_this_server()
+        let team_servers = cluster
+            .teams
+            .iter()
             .map(|t| {
-                let others = t.servers.iter().filter(|s| **s != id);
-                (
-                    StorageTeamId(t.id),
-                    others.filter_map(|s| address_of(*s)).collect(),
-                )
+                let servers = t.servers.iter().filter_map(|s| address_of(*s));
+                (StorageTeamId(t.id), servers.collect())
             })
             .collect();
         Ok(StorageConfig {
@@ -134,8 +145,17 @@ impl StorageConfig {
             window,
             read_wait: Duration::from_secs(1),
             transport: cluster.client_config()?,
-            peers,
+            team_servers,
+            move_bytes_per_second: None,
         })
+    }
+}
+
+impl StorageConfig {
+    /// The servers of `team` other than this one.
+    fn others_of(&self, team: StorageTeamId) -> Vec<(StorageServerId, SocketAddr)> {
+        let servers = self.team_servers.get(&team).into_iter().flatten();
+        servers.filter(|(id, _)| *id != self.id).copied().collect()
     }
 }
 
@@ -161,6 +181,11 @@ struct Inner<E: KvEngine> {
     /// what it is doing. Reads are refused meanwhile, and the apply loop
     /// makes no cursor until the copy is done.
     rebuilding: Mutex<Option<String>>,
+    /// The ranges this server is adding, and clears of ranges it gave away.
+    /// Locked after the store and the ownership.
+    adding: Mutex<AddingRanges>,
+    /// Wakes the fetch of ranges being added when their state changed.
+    adding_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Why a flush did not happen.
@@ -215,8 +240,20 @@ impl<E: KvEngine> StorageService<E> {
             })?,
             None => config.shards.clone(),
         };
+        let buffer_limit = config.window.max_bytes / ADDING_BUFFER_SHARE;
+        let mut adding = match engine.metadata(META_ADDING).map_err(StoreError::from)? {
+            Some(bytes) => AddingRanges::decode(&bytes, durable, buffer_limit).map_err(|e| {
+                StartError::CorruptMetadata {
+                    what: "adding ranges",
+                    reason: e.to_string(),
+                }
+            })?,
+            None => AddingRanges::new(buffer_limit),
+        };
         let history = config.window.max_versions.saturating_mul(2);
         let ownership = Ownership::new(map, teams.clone(), durable, history);
+        let (wanted, held) = ownership.ranges_now();
+        adding.reconcile(durable, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
         tracing::info!(server = %config.id, %durable, ?teams, "storage server resuming");
         let generations = Generations::new(
             config.logs.clone(),
@@ -235,9 +272,12 @@ impl<E: KvEngine> StorageService<E> {
             rebuilding: Mutex::new(
                 unfinished_copy.then(|| "a copy that did not finish starts over".to_owned()),
             ),
+            adding: Mutex::new(adding),
+            adding_changed: Arc::new(tokio::sync::Notify::new()),
             config,
         });
         tokio::spawn(apply_loop::run_apply(Arc::downgrade(&inner)));
+        tokio::spawn(fetch::run_fetch(Arc::downgrade(&inner)));
         tokio::spawn(run_lag_gauges(Arc::downgrade(&inner)));
         Ok(StorageService { inner })
     }
@@ -287,8 +327,7 @@ impl<E: KvEngine> StorageService<E> {
         self.wait_for(request.version).await?;
         if !self
             .inner
-            .ownership()
-            .owns_key(&request.key, request.version)
+            .serves(&request.key, &request.key, request.version)
         {
             return Err(wrong_shard(request.version));
         }
@@ -323,8 +362,7 @@ impl<E: KvEngine> StorageService<E> {
         self.wait_for(request.version).await?;
         if !self
             .inner
-            .ownership()
-            .owns(&request.begin, &request.end, request.version)
+            .serves(&request.begin, &request.end, request.version)
         {
             return Err(wrong_shard(request.version));
         }
@@ -385,6 +423,7 @@ impl<E: KvEngine> StorageService<E> {
                 .clone(),
             stalled: self.inner.stalled_reason(),
             rebuilding: self.inner.rebuilding(),
+            adding: self.inner.adding().status(durable),
         }
     }
 }
@@ -457,6 +496,40 @@ impl<E: KvEngine> Inner<E> {
         self.ownership.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn adding(&self) -> MutexGuard<'_, AddingRanges> {
+        self.adding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether reads of `[begin, end)` (of `begin` alone when empty) at
+    /// `version` are this server's to answer: its teams own the keys then,
+    /// and none lies in a range still being copied here.
+    fn serves(&self, begin: &[u8], end: &[u8], version: Version) -> bool {
+        let owned = if begin == end {
+            self.ownership().owns_key(begin, version)
+        } else {
+            self.ownership().owns(begin, end, version)
+        };
+        owned && !self.adding().overlaps_missing(begin, end)
+    }
+
+    /// Writes what ranges being added and given away have due at the
+    /// applied version, when it can be written at.
+    fn write_adding_due(
+        store: &mut VersionedStore<E>,
+        adding: &mut AddingRanges,
+    ) -> Result<(), String> {
+        let at = store.applied_version();
+        if !adding.has_work_due(at) || !store.writable_at_applied() {
+            return Ok(());
+        }
+        for mutation in adding.take_due(at) {
+            store
+                .apply_at_applied(&mutation)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     fn stalled_reason(&self) -> Option<String> {
         self.stalled
             .lock()
@@ -522,8 +595,12 @@ impl<E: KvEngine> Inner<E> {
         // the engine.
         store.limit_flushes_to(known_committed);
         let mut ownership = self.ownership();
+        let mut adding = self.adding();
         let (mut mutations, mut mutation_bytes) = (0u64, 0u64);
         for m in cursor.iter() {
+            if ownership.pending_version().is_some_and(|v| v < m.version) {
+                settle_changes(&mut ownership, &mut adding)?;
+            }
             if m.team == self.config.private_team {
                 let key = m.mutation.first_key();
                 if let (Some(server), Mutation::SetValue { value, .. }) =
@@ -545,9 +622,9 @@ impl<E: KvEngine> Inner<E> {
             if !is_system_key(m.mutation.first_key()) {
                 mutations += 1;
                 mutation_bytes += m.mutation.payload_len() as u64;
-                store
-                    .apply(m.version, &m.mutation)
-                    .map_err(|e| e.to_string())?;
+                for piece in adding.route(m.version, m.mutation.clone()) {
+                    store.apply(m.version, &piece).map_err(|e| e.to_string())?;
+                }
                 #[cfg(feature = "broken-variants")]
                 if matches!(m.mutation, Mutation::AppendIfFits { .. })
                     && crate::broken::take_apply_twice()
@@ -560,10 +637,14 @@ impl<E: KvEngine> Inner<E> {
         }
         metrics::counter!("teamlog_storage_mutations_applied_total").increment(mutations);
         metrics::counter!("teamlog_storage_mutation_bytes_applied_total").increment(mutation_bytes);
-        ownership.settle().map_err(|e| e.to_string())?;
+        settle_changes(&mut ownership, &mut adding)?;
         let applied = Version(complete_below.0.saturating_sub(1));
         if applied > store.applied_version() {
             store.set_applied(applied);
+        }
+        Self::write_adding_due(&mut store, &mut adding)?;
+        if !adding.is_empty() {
+            self.adding_changed.notify_one();
         }
         metrics::gauge!("teamlog_storage_applied_version").set(store.applied_version().0 as f64);
         Ok(store.applied_version())
@@ -575,18 +656,30 @@ impl<E: KvEngine> Inner<E> {
     fn flush(&self) -> Result<Option<Version>, FlushError> {
         let prepared = {
             let mut store = self.store_mut();
-            if !store.should_flush() {
+            // A range copied whole becomes ready once its last page is
+            // durable: that flush is made as soon as it can be.
+            let ready_at = self
+                .adding()
+                .flush_wanted(store.durable_version())
+                .filter(|at| store.flushable_through(*at) == *at);
+            if !store.should_flush() && ready_at.is_none() {
                 return Ok(None);
             }
-            let through = store.flush_target();
+            let through = store.flush_target().max(ready_at.unwrap_or_default());
             let Some((map, teams)) = self.ownership().snapshot_at(through) else {
                 return Err(FlushError::Failed(format!(
                     "no shard map kept at {through}"
                 )));
             };
             let set = TeamSet::new(self.config.private_team, teams).encode();
+            let adding = self.adding().encode(through);
+            let metadata = [
+                (META_TEAM_SET, set),
+                (META_SHARD_MAP, map),
+                (META_ADDING, adding),
+            ];
             store
-                .prepare_flush(through, &[(META_TEAM_SET, set), (META_SHARD_MAP, map)])
+                .prepare_flush(through, &metadata)
                 .map_err(|e| FlushError::Failed(e.to_string()))?
         };
         let Some(mut flush) = prepared else {
@@ -602,6 +695,7 @@ impl<E: KvEngine> Inner<E> {
         }
         let durable = self.store_mut().finish_flush(flush);
         self.ownership().forget_before(durable);
+        self.adding().forget_durable(durable);
         Ok(Some(durable))
     }
 
@@ -620,14 +714,42 @@ impl<E: KvEngine> Inner<E> {
         let applied = store.applied_version();
         let to = version.min(applied);
         store.rollback_to(to).map_err(|e| e.to_string())?;
-        self.ownership().rollback_to(to);
-        drop(store);
+        let mut ownership = self.ownership();
+        ownership.rollback_to(to);
+        let mut adding = self.adding();
+        adding.rollback_to(to);
+        let (wanted, held) = ownership.ranges_now();
+        adding.reconcile(to, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
+        drop((adding, ownership, store));
+        self.adding_changed.notify_one();
         self.applied.set(to);
         if to < applied {
             tracing::warn!(server = %self.config.id, %version, %applied, "rolled back to the recovery version");
         }
         Ok(())
     }
+}
+
+/// Applies the queued shard-map changes of one version, and has the
+/// ranges being added follow them: new destinations start copying, and
+/// what left every team of this server is cleared after the change.
+fn settle_changes(ownership: &mut Ownership, adding: &mut AddingRanges) -> Result<(), String> {
+    let Some(version) = ownership.pending_version() else {
+        return Ok(());
+    };
+    let (_, held_before) = ownership.ranges_now();
+    ownership.settle().map_err(|e| e.to_string())?;
+    let (wanted, held) = ownership.ranges_now();
+    let given_away = ranges_left(&held_before, &held);
+    adding.reconcile(version, &wanted, |b, e| overlaps(&held, b, e), given_away);
+    Ok(())
+}
+
+/// Whether `[begin, end)` meets any of `ranges`.
+fn overlaps(ranges: &[(Bytes, Bytes)], begin: &[u8], end: &[u8]) -> bool {
+    ranges
+        .iter()
+        .any(|(b, e)| b.as_ref() < end && begin < e.as_ref())
 }
 
 /// Publishes the lag behind the committed version, which only the sequencer

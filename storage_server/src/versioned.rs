@@ -206,6 +206,30 @@ impl<E: KvEngine> VersionedStore<E> {
                 last: self.applied.max(self.newest_mutation),
             });
         }
+        self.write(version, mutation)
+    }
+
+    /// Whether [`apply_at_applied`](Self::apply_at_applied) may write now:
+    /// the applied version is neither durable nor being flushed.
+    pub fn writable_at_applied(&self) -> bool {
+        self.applied > self.durable.max(self.flushing.unwrap_or(Version::ZERO))
+    }
+
+    /// Applies `mutation` at the applied version itself, after what that
+    /// version already holds. For what this server writes of its own
+    /// accord (a copied page, a range given away) in ranges it serves no
+    /// reads of at that version; a rollback below it takes it back.
+    pub fn apply_at_applied(&mut self, mutation: &Mutation) -> Result<(), StoreError> {
+        if !self.writable_at_applied() {
+            return Err(StoreError::VersionOrder {
+                version: self.applied,
+                last: self.flushing.unwrap_or(self.durable).max(self.durable),
+            });
+        }
+        self.write(self.applied, mutation)
+    }
+
+    fn write(&mut self, version: Version, mutation: &Mutation) -> Result<(), StoreError> {
         if version > self.copied_through && !self.copied.is_empty() {
             self.copied = CopiedRanges::default();
         }
@@ -439,6 +463,12 @@ impl<E: KvEngine> VersionedStore<E> {
             .min(self.applied)
             .min(self.flush_limit)
             .max(self.durable)
+    }
+
+    /// The most a flush can make durable if asked for `version`: never
+    /// past the applied version nor the flush limit.
+    pub fn flushable_through(&self, version: Version) -> Version {
+        version.min(self.applied).min(self.flush_limit)
     }
 
     /// Whether the window is over its version span or byte budget with

@@ -80,7 +80,8 @@ async fn a_full_engine_stalls_flushes_until_there_is_room() -> Result<()> {
             },
             read_wait: Duration::from_secs(1),
             transport: Default::default(),
-            peers: Default::default(),
+            team_servers: Default::default(),
+            move_bytes_per_second: None,
         },
     )?;
     let chain = VersionChain::default();

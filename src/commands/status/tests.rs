@@ -14,6 +14,7 @@ fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
         stopped: None,
         stalled: None,
         rebuilding: None,
+        adding: Vec::new(),
     }
 }
 

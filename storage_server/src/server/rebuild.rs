@@ -91,12 +91,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         })
         .collect();
     for range in &ranges {
-        if strong
-            .config
-            .peers
-            .get(&range.team)
-            .is_none_or(Vec::is_empty)
-        {
+        if strong.config.others_of(range.team).is_empty() {
             return Err(format!(
                 "the log no longer holds what {id} needs and {} has no other server to copy from",
                 range.team
@@ -144,11 +139,18 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .set_metadata(COPIED_RANGES_METADATA, copy.ranges.encode())
         .set_metadata(META_TEAM_SET, set.encode())
         .set_metadata(META_SHARD_MAP, map.encode())
+        .set_metadata(META_ADDING, AddingRanges::default().encode(first))
         .set_metadata(REBUILD_METADATA, Bytes::new());
     engine.write(finish).map_err(|e| e.to_string())?;
     let store = VersionedStore::open(engine, strong.config.window).map_err(|e| e.to_string())?;
     let history = strong.config.window.max_versions.saturating_mul(2);
-    *strong.ownership() = Ownership::new(map, teams, first, history);
+    let ownership = Ownership::new(map, teams, first, history);
+    let mut adding = AddingRanges::new(strong.config.window.max_bytes / ADDING_BUFFER_SHARE);
+    let (wanted, held) = ownership.ranges_now();
+    adding.reconcile(first, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
+    *strong.ownership() = ownership;
+    *strong.adding() = adding;
+    strong.adding_changed.notify_one();
     *strong.store_mut() = store;
     strong.applied.set(first);
     strong.set_rebuilding(None);
@@ -188,7 +190,7 @@ impl Copy {
             let Some(strong) = inner.upgrade() else {
                 return Ok(false);
             };
-            let peers = &strong.config.peers[&range.team];
+            let peers = strong.config.others_of(range.team);
             let (peer_id, peer_addr) = peers[next_peer % peers.len()];
             let page = async {
                 let version = read_version(&strong).await?;
