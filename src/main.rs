@@ -39,6 +39,9 @@ enum Command {
     Storage(commands::storage::StorageArgs),
     /// Set the storage teams a storage server consumes (it follows without a restart).
     Assign(commands::client::AssignArgs),
+    /// Move a key range to another storage team, online: the team copies it
+    /// while writes go on, then serves it.
+    Move(commands::moves::MoveArgs),
     /// Commit mutations to a cluster.
     Client(commands::client::ClientArgs),
     /// Show every process of a cluster: health, versions, lag, TLog bytes per
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Proxy(args) => runtime.block_on(commands::roles::run_proxy(args)),
         Command::Storage(args) => runtime.block_on(commands::storage::run_process(args)),
         Command::Assign(args) => runtime.block_on(commands::client::assign(args)),
+        Command::Move(args) => runtime.block_on(commands::moves::run(args)),
         Command::Client(args) => runtime.block_on(commands::client::run(args)),
         Command::Status(args) => runtime.block_on(commands::status::run(args)),
         Command::TlsInit(args) => commands::tls::run(args),

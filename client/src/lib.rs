@@ -18,18 +18,19 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use proto::rpc::{
-    ClientCommitRequest, ErrorCode, GetKeyLocationRequest, GetRangeRequest, GetValueRequest,
-    Message,
+    ClientCommitRequest, ErrorCode, GetKeyLocationReply, GetKeyLocationRequest, GetRangeRequest,
+    GetValueRequest, Message,
 };
 use proto::system_keys::USER_KEYS_END;
 use proto::transport::{ClientConfig, Peer, RpcError};
-use proto::{Mutation, StorageServerId, Version};
+use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 
 use cluster::{ClusterFile, ClusterFileError};
 
 use crate::commit_path::CommitPath;
 
 mod commit_path;
+pub mod moves;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -59,6 +60,8 @@ pub enum ClientError {
 pub struct Client {
     path: CommitPath,
     servers: BTreeMap<StorageServerId, Peer>,
+    /// Every team's servers, as the cluster file names them.
+    teams: BTreeMap<StorageTeamId, Vec<StorageServerId>>,
     /// Shard locations learned from proxies, by shard begin; an entry is
     /// dropped when a server answers `wrong_shard_server` for it.
     locations: Mutex<BTreeMap<Bytes, Location>>,
@@ -92,6 +95,14 @@ impl Client {
                 .storage_servers
                 .iter()
                 .map(|s| (StorageServerId(s.id), peer(s.address)))
+                .collect(),
+            teams: cluster
+                .teams
+                .iter()
+                .map(|t| {
+                    let servers = t.servers.iter().map(|s| StorageServerId(*s)).collect();
+                    (StorageTeamId(t.id), servers)
+                })
                 .collect(),
             locations: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
@@ -314,6 +325,20 @@ impl Client {
     }
 
     async fn fetch_location(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
+        let reply = self.shard_at(key, version).await?;
+        Ok(Location {
+            begin: reply.begin,
+            end: reply.end,
+            servers: reply.teams.into_iter().flat_map(|(_, s)| s).collect(),
+        })
+    }
+
+    /// The shard holding `key` at `version`, as a proxy knows it.
+    async fn shard_at(
+        &self,
+        key: &[u8],
+        version: Version,
+    ) -> Result<GetKeyLocationReply, ClientError> {
         let request = GetKeyLocationRequest {
             key: Bytes::copy_from_slice(key),
             version,
@@ -325,13 +350,7 @@ impl Client {
             let call =
                 proxy.call(|c| async move { c.call(Message::GetKeyLocation(request)).await });
             match call.await {
-                Ok(Message::GetKeyLocationReply(reply)) => {
-                    return Ok(Location {
-                        begin: reply.begin,
-                        end: reply.end,
-                        servers: reply.teams.into_iter().flat_map(|(_, s)| s).collect(),
-                    })
-                }
+                Ok(Message::GetKeyLocationReply(reply)) => return Ok(reply),
                 Ok(other) => return Err(unexpected(other)),
                 Err(RpcError::Remote { code, message, .. }) => {
                     return Err(ClientError::Read { code, message })

@@ -1,6 +1,6 @@
 //! The binary's commands that run a role process (`coordinator`, `server`,
 //! `tlog`, `sequencer`, `proxy`, `storage`) or talk to a running cluster (`client`, `assign`,
-//! `status`) or makes its TLS files (`tls-init`), and what they share:
+//! `move`, `status`) or makes its TLS files (`tls-init`), and what they share:
 //! signals and the metrics endpoint.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 pub mod client;
 pub mod coordinator;
 pub mod metrics;
+pub mod moves;
 pub mod roles;
 pub mod server;
 pub mod sim;

@@ -1,0 +1,330 @@
+//! A key range moves to another team and back while writers set, append
+//! to and clear its keys, and one destination server is killed with
+//! SIGKILL while it copies: after each move both servers of the new team
+//! hold exactly what the acknowledged commits wrote, the old team's
+//! servers refuse the range, and clients read it where it now lives.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use client::Client;
+use cluster::ClusterFile;
+use proto::rpc::{ErrorCode, GetRangeRequest, Message, StorageStatusReply};
+use proto::transport::{RpcClient, RpcError};
+use proto::{Mutation, StorageTeamId, Version};
+use testkit::{ClusterSpec, LocalCluster};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+/// The moving range: the part of team 1's shard from "c".
+const BEGIN: &[u8] = b"c";
+const END: &[u8] = b"h";
+/// One key every writer's commit appends its number to.
+const LOG_KEY: &str = "d-log";
+const PRELOADED: usize = 12_000;
+
+fn set(key: String, value: String) -> Mutation {
+    Mutation::SetValue {
+        key: Bytes::from(key),
+        value: Bytes::from(value),
+    }
+}
+
+/// Team 1 (servers 100, 101) holds the keys before "h", team 2 (200,
+/// 201) those before "p". Copies read at most 400 kB a second, so a
+/// copy of the preloaded keys takes a few pages and pauses.
+fn spec() -> ClusterSpec {
+    let mut storage_args = crate::small_window_storage_args();
+    storage_args.extend(["--move-rate", "400000"].map(String::from));
+    ClusterSpec {
+        shard_begins: vec!["h".into(), "p".into()],
+        storage_args,
+        ..ClusterSpec::default()
+    }
+}
+
+/// What the writers did: acknowledged writes in order, and the keys an
+/// unacknowledged commit may or may not have changed.
+#[derive(Clone, Default)]
+struct Model {
+    values: BTreeMap<String, String>,
+    appended: Vec<u64>,
+    uncertain: BTreeSet<String>,
+}
+
+/// One writer, numbering its commits from `from`: each sets a new key,
+/// appends its number to `LOG_KEY`, and every fifth clears a preloaded
+/// key, all in the moving range. Ends with the next number.
+fn start_writer(
+    client: Arc<Client>,
+    model: Arc<Mutex<Model>>,
+    stop: Arc<AtomicBool>,
+    from: u64,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n = from;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("e{n:05}");
+            let mut commit = vec![
+                set(key.clone(), format!("during-{n}")),
+                Mutation::AppendIfFits {
+                    key: Bytes::from_static(LOG_KEY.as_bytes()),
+                    suffix: Bytes::from(format!("{n};")),
+                },
+            ];
+            let cleared = (n % 5 == 0).then(|| format!("c{:05}", (n * 37) % PRELOADED as u64));
+            if let Some(cleared) = &cleared {
+                commit.push(Mutation::ClearRange {
+                    begin: Bytes::from(cleared.clone()),
+                    end: proto::key_after(cleared.as_bytes()),
+                });
+            }
+            let acknowledged = client.commit(commit).await.is_ok();
+            let mut model = model.lock().unwrap();
+            if acknowledged {
+                model.values.insert(key, format!("during-{n}"));
+                model.appended.push(n);
+                if let Some(cleared) = cleared {
+                    model.values.remove(&cleared);
+                }
+            } else {
+                model.uncertain.insert(key);
+                model.uncertain.insert(LOG_KEY.to_owned());
+                model.uncertain.extend(cleared);
+            }
+            n += 1;
+        }
+        n
+    })
+}
+
+/// `[BEGIN, END)` at `version` read straight from `server`, page by page;
+/// the error code when the server refuses it.
+async fn held(
+    cluster: &ClusterFile,
+    server: u64,
+    version: Version,
+) -> Result<Result<Vec<(Bytes, Bytes)>, ErrorCode>> {
+    let addr = address(cluster, server)?;
+    let client = RpcClient::connect(addr, cluster.client_config()?).await?;
+    let mut pairs: Vec<(Bytes, Bytes)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let request = GetRangeRequest {
+            begin: pairs
+                .last()
+                .map_or(Bytes::from_static(BEGIN), |(k, _)| proto::key_after(k)),
+            end: Bytes::from_static(END),
+            limit: 10_000,
+            reverse: false,
+            version,
+        };
+        match client.call(Message::GetRange(request)).await {
+            Ok(Message::GetRangeReply(reply)) => {
+                pairs.extend(reply.pairs);
+                if !reply.more {
+                    return Ok(Ok(pairs));
+                }
+            }
+            Ok(other) => bail!("unexpected {}", other.name()),
+            Err(RpcError::Remote {
+                code: ErrorCode::FutureVersion,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {}
+            Err(RpcError::Remote { code, .. }) => return Ok(Err(code)),
+            Err(e) => return Err(e).context(format!("reading from {server}")),
+        }
+    }
+}
+
+async fn server_status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusReply> {
+    let addr = address(cluster, id)?;
+    let client = RpcClient::connect(addr, cluster.client_config()?).await?;
+    match client.call(Message::Status).await? {
+        Message::StorageStatus(status) => Ok(status),
+        other => bail!("unexpected {}", other.name()),
+    }
+}
+
+fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
+    let entry = cluster.storage_servers.iter().find(|s| s.id == id);
+    Ok(entry.context("a known server")?.address)
+}
+
+/// Checks what `pairs` hold against the preloaded keys and the model.
+fn check_against_model(pairs: &[(Bytes, Bytes)], model: &Model) -> Result<()> {
+    let held: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+            (text(k), text(v))
+        })
+        .collect();
+    for (key, value) in &model.values {
+        if !model.uncertain.contains(key) {
+            ensure!(
+                held.get(key) == Some(value),
+                "{key}: {:?}, expected {value}",
+                held.get(key)
+            );
+        }
+    }
+    for key in held.keys() {
+        ensure!(
+            model.values.contains_key(key) || model.uncertain.contains(key) || key == LOG_KEY,
+            "{key} is held but was never written or was cleared"
+        );
+    }
+    let numbers: Vec<u64> = held
+        .get(LOG_KEY)
+        .map(|value| value.split_terminator(';').map(str::parse).collect())
+        .transpose()?
+        .unwrap_or_default();
+    ensure!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "{LOG_KEY} holds a number twice or out of order: {numbers:?}"
+    );
+    let missing: Vec<&u64> = model
+        .appended
+        .iter()
+        .filter(|n| numbers.binary_search(n).is_err())
+        .collect();
+    ensure!(missing.is_empty(), "acknowledged appends lost: {missing:?}");
+    Ok(())
+}
+
+/// Both servers of the team the range moved to hold the same pairs, as
+/// the model says, and clients read the same through the proxies; the
+/// other team's servers refuse the range. The team answers for the range
+/// from the version after the flip on.
+async fn check_moved(
+    cluster: &ClusterFile,
+    client: &Client,
+    model: &Model,
+    flipped: Version,
+    holders: [u64; 2],
+    former: [u64; 2],
+) -> Result<()> {
+    let version = client.read_version().await?.max(flipped.next());
+    let mut replicas = Vec::new();
+    for server in holders {
+        let pairs = match held(cluster, server, version).await? {
+            Ok(pairs) => pairs,
+            Err(code) => {
+                let status = server_status(cluster, server).await?;
+                bail!("server {server} refused the range at {version}: {code}; {status:?}");
+            }
+        };
+        check_against_model(&pairs, model).with_context(|| format!("server {server}"))?;
+        replicas.push(pairs);
+    }
+    ensure!(
+        replicas[0] == replicas[1],
+        "servers {holders:?} hold different pairs"
+    );
+    for server in former {
+        let answer = held(cluster, server, version).await?;
+        ensure!(
+            answer == Err(ErrorCode::WrongShardServer),
+            "server {server}, which gave the range away, answered {:?}",
+            answer.map(|p| p.len())
+        );
+    }
+    let (read, more) = client
+        .get_range(BEGIN, END, usize::MAX, false, version)
+        .await?;
+    ensure!(!more && read == replicas[0], "clients read other pairs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster)?);
+    let model = Arc::new(Mutex::new(Model::default()));
+    for first in (0..PRELOADED).step_by(500) {
+        let writes: Vec<(String, String)> = (first..first + 500)
+            .map(|n| (format!("c{n:05}"), format!("preloaded-{n}")))
+            .collect();
+        let mutations = writes.iter().map(|(k, v)| set(k.clone(), v.clone()));
+        client.commit(mutations.collect()).await?;
+        model.lock().unwrap().values.extend(writes);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(client.clone(), model.clone(), stop.clone(), 0);
+
+    // To team 2, with server 200 killed once it is copying, and back.
+    let moving = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let range = (Bytes::from_static(BEGIN), Bytes::from_static(END));
+            client
+                .move_range(range.0, range.1, StorageTeamId(2), DEADLINE, |_| {})
+                .await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = server_status(&cluster, 200).await?;
+        if status.adding.iter().any(|a| !a.ready) {
+            break;
+        }
+        ensure!(
+            !moving.is_finished() && tokio::time::Instant::now() < deadline,
+            "server 200 was never seen copying: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = local.storage.get_mut(&200).and_then(Option::take);
+    server.context("server 200 running")?.kill9().await?;
+    let server = local.start_storage(200).await?;
+    local.storage.insert(200, Some(server));
+    let outcome = moving.await??;
+    let flipped = outcome.flipped.context("the range moved")?;
+    // Checked with the writer stopped, so the model is what was committed.
+    stop.store(true, Ordering::Relaxed);
+    let next = writer.await?;
+    let snapshot = model.lock().unwrap().clone();
+    check_moved(
+        &cluster,
+        &client,
+        &snapshot,
+        flipped,
+        [200, 201],
+        [100, 101],
+    )
+    .await?;
+
+    stop.store(false, Ordering::Relaxed);
+    let writer = start_writer(client.clone(), model.clone(), stop.clone(), next);
+
+    let back = client
+        .move_range(
+            Bytes::from_static(BEGIN),
+            Bytes::from_static(END),
+            StorageTeamId(1),
+            DEADLINE,
+            |_| {},
+        )
+        .await?;
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+    let snapshot = model.lock().unwrap().clone();
+    ensure!(snapshot.appended.len() > 1, "the writer made no progress");
+    let flipped = back.flipped.context("the range moved back")?;
+    check_moved(
+        &cluster,
+        &client,
+        &snapshot,
+        flipped,
+        [100, 101],
+        [200, 201],
+    )
+    .await?;
+    Ok(local.stop().await?)
+}
