@@ -2,6 +2,7 @@
 //! simulation (the `sim` crate), checks each against its model, and prints
 //! every failing seed with its trace. `--seed N` alone replays one seed.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -32,6 +33,11 @@ pub struct SimArgs {
     /// Print each run's whole trace, not only a failing one's.
     #[arg(long)]
     pub trace: bool,
+    /// Wall-clock seconds a seed may take before it is reported as stuck
+    /// and the command fails: a livelock does not advance simulated time,
+    /// so the simulation's own bound never ends it.
+    #[arg(long, default_value_t = 600)]
+    pub seed_timeout_secs: u64,
 }
 
 pub fn run_seeds(args: SimArgs) -> Result<()> {
@@ -48,7 +54,9 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut simulated = Duration::ZERO;
+    let watchdog = Watchdog::start(Duration::from_secs(args.seed_timeout_secs));
     for seed in first..first + args.runs {
+        watchdog.starting(seed);
         let options = SimOptions {
             fault_window: Duration::from_secs(args.fault_window_secs),
             mean_fault_gap: Duration::from_millis(args.mean_fault_gap_ms),
@@ -90,6 +98,32 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
         bail!("seeds with violations: {failed:?}");
     }
     Ok(())
+}
+
+/// Ends the process when one seed runs longer than its limit, naming the
+/// seed: a seed that never ends is a failure to replay, not a wait.
+struct Watchdog {
+    running: Arc<Mutex<(u64, Instant)>>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration) -> Watchdog {
+        let running = Arc::new(Mutex::new((0, Instant::now())));
+        let watched = Arc::clone(&running);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let (seed, since) = *watched.lock().unwrap_or_else(|e| e.into_inner());
+            if since.elapsed() > limit {
+                println!("seed {seed} FAILED: still running after {limit:?} of wall-clock time");
+                std::process::exit(1);
+            }
+        });
+        Watchdog { running }
+    }
+
+    fn starting(&self, seed: u64) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = (seed, Instant::now());
+    }
 }
 
 fn print_report(report: &RunReport, whole_trace: bool) {

@@ -42,6 +42,8 @@ pub enum TestkitError {
     StartTimeout { role: String, timeout: Duration },
     #[error("process exited with {status}")]
     Exited { status: ExitStatus },
+    #[error("teamlog {role} did not stop within {timeout:?} of SIGTERM and was killed")]
+    StopTimeout { role: String, timeout: Duration },
     #[error("waiting for a child process: {0}")]
     Wait(std::io::Error),
     #[error("signalling a child process: {0}")]

@@ -15,6 +15,7 @@ use crate::TestkitError;
 /// A child process of the teamlog binary running one role, listening on `addr`.
 pub struct ChildProcess {
     pub addr: SocketAddr,
+    role: String,
     child: tokio::process::Child,
 }
 
@@ -59,7 +60,11 @@ impl ChildProcess {
             text.trim().parse().ok()
         })
         .await?;
-        Ok(ChildProcess { addr, child })
+        Ok(ChildProcess {
+            addr,
+            role: "tlog".to_owned(),
+            child,
+        })
     }
 
     /// Starts `exe ARGS` for a role that listens on `addr`, and waits until
@@ -72,13 +77,14 @@ impl ChildProcess {
         log: Option<&Path>,
     ) -> Result<ChildProcess, TestkitError> {
         let mut child = launch(exe, args, log)?;
-        wait_until(&mut child, &role_of(args), || {
+        let role = role_of(args);
+        wait_until(&mut child, &role, || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
                 .ok()
                 .map(|_| ())
         })
         .await?;
-        Ok(ChildProcess { addr, child })
+        Ok(ChildProcess { addr, role, child })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -91,12 +97,23 @@ impl ChildProcess {
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it; an exit other
-    /// than a clean one is an error.
+    /// than a clean one is an error. A process still running after
+    /// `STOP_TIMEOUT` is killed, and that is an error too: a role that
+    /// does not stop when asked hangs whoever runs it.
     pub async fn stop(mut self) -> Result<(), TestkitError> {
         if let Some(pid) = self.child.id() {
             signal(pid, Signal::TERM)?;
         }
-        let status = self.child.wait().await.map_err(TestkitError::Wait)?;
+        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(waited) => waited.map_err(TestkitError::Wait)?,
+            Err(_) => {
+                self.child.kill().await.map_err(TestkitError::Wait)?;
+                return Err(TestkitError::StopTimeout {
+                    role: self.role,
+                    timeout: STOP_TIMEOUT,
+                });
+            }
+        };
         if !status.success() {
             return Err(TestkitError::Exited { status });
         }
@@ -136,6 +153,8 @@ fn launch(
 
 /// How long a role may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a role may take to stop once asked.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Polls `ready` until it yields, the child exits, or `START_TIMEOUT` passes.
 async fn wait_until<T>(
