@@ -96,14 +96,7 @@ impl Client {
                 .iter()
                 .map(|s| (StorageServerId(s.id), peer(s.address)))
                 .collect(),
-            teams: cluster
-                .teams
-                .iter()
-                .map(|t| {
-                    let servers = t.servers.iter().map(|s| StorageServerId(*s)).collect();
-                    (StorageTeamId(t.id), servers)
-                })
-                .collect(),
+            teams: cluster.topology().teams,
             locations: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
         })

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use backon::Retryable;
 use bytes::Bytes;
 use proto::rpc::{ErrorCode, Message};
 use proto::system_keys::{key_servers_key, ShardAssignment, USER_KEYS_END};
@@ -29,6 +30,9 @@ use crate::{Client, ClientError};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the start is committed again while the copy goes on.
 const NUDGE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one of the move's commits is tried again before the move
+/// gives up with the last error.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
@@ -112,18 +116,7 @@ impl Client {
                 servers: Vec::new(),
             });
         }
-        let mut start: Vec<Mutation> = pieces
-            .iter()
-            .map(|p| {
-                assign(
-                    &p.begin,
-                    ShardAssignment {
-                        src: p.src.clone(),
-                        dest: vec![to],
-                    },
-                )
-            })
-            .collect();
+        let mut start = with_destination(&pieces, vec![to]);
         start.extend(split_at_end);
         let started = self.commit_idempotent(start.clone()).await?;
         let waited = tokio::time::timeout(
@@ -146,19 +139,8 @@ impl Client {
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                let back = pieces
-                    .iter()
-                    .map(|p| {
-                        assign(
-                            &p.begin,
-                            ShardAssignment {
-                                src: p.src.clone(),
-                                dest: Vec::new(),
-                            },
-                        )
-                    })
-                    .collect();
-                self.commit_idempotent(back).await?;
+                self.commit_idempotent(with_destination(&pieces, Vec::new()))
+                    .await?;
                 let why = self
                     .progress_of(&pieces, &destination)
                     .await
@@ -225,22 +207,23 @@ impl Client {
     }
 
     /// Commits shard-map changes that may be committed again harmlessly:
-    /// an unknown result is answered by committing them again.
+    /// an unknown result, or a cluster too busy or between generations,
+    /// is answered by committing them again, for up to `COMMIT_PATIENCE`.
     async fn commit_idempotent(&self, mutations: Vec<Mutation>) -> Result<Version, ClientError> {
-        loop {
-            match self.commit_system(mutations.clone()).await {
-                Err(ClientError::UnknownResult(reason)) => {
-                    tracing::debug!(%reason, "a move's commit has an unknown result; committing it again");
-                }
-                Err(ClientError::Refused {
-                    code: ErrorCode::Overloaded | ErrorCode::Unavailable,
-                    ..
-                }) => {
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                }
-                other => return other,
-            }
-        }
+        (|| self.commit_system(mutations.clone()))
+            .retry(cluster::retry::backoff(COMMIT_PATIENCE))
+            .when(|e| {
+                matches!(
+                    e,
+                    ClientError::UnknownResult(_)
+                        | ClientError::Refused {
+                            code: ErrorCode::Overloaded | ErrorCode::Unavailable,
+                            ..
+                        }
+                )
+            })
+            .notify(|e, _| tracing::debug!(error = %e, "a move's commit did not go through; committing it again"))
+            .await
     }
 
     /// Waits until every destination server has every piece copied and
@@ -327,6 +310,20 @@ impl Client {
         }
         servers
     }
+}
+
+/// Each piece kept on its source teams, moving to `dest` (none: staying).
+fn with_destination(pieces: &[Piece], dest: Vec<StorageTeamId>) -> Vec<Mutation> {
+    pieces
+        .iter()
+        .map(|p| {
+            let assignment = ShardAssignment {
+                src: p.src.clone(),
+                dest: dest.clone(),
+            };
+            assign(&p.begin, assignment)
+        })
+        .collect()
 }
 
 fn assign(begin: &Bytes, assignment: ShardAssignment) -> Mutation {

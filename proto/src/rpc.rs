@@ -256,6 +256,18 @@ pub struct GetRangeReply {
     pub more: bool,
 }
 
+impl GetRangeReply {
+    /// Where the part of a forward read ending at `end` that this reply
+    /// answers for ends: past its last key when there are more pairs,
+    /// else `end`.
+    pub fn forward_end(&self, end: &Bytes) -> Bytes {
+        match self.pairs.last() {
+            Some((key, _)) if self.more => crate::key_after(key),
+            _ => end.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StorageStatusReply {

@@ -13,10 +13,12 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use client::Client;
 use cluster::ClusterFile;
-use proto::rpc::{ErrorCode, GetRangeRequest, Message, StorageStatusReply};
+use proto::rpc::{ErrorCode, GetRangeRequest, Message};
 use proto::transport::{RpcClient, RpcError};
 use proto::{Mutation, StorageTeamId, Version};
 use testkit::{ClusterSpec, LocalCluster};
+
+use crate::storage_rebuild::{address, server_status};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// The moving range: the part of team 1's shard from "c".
@@ -133,25 +135,13 @@ async fn held(
             Err(RpcError::Remote {
                 code: ErrorCode::FutureVersion,
                 ..
-            }) if tokio::time::Instant::now() < deadline => {}
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(RpcError::Remote { code, .. }) => return Ok(Err(code)),
             Err(e) => return Err(e).context(format!("reading from {server}")),
         }
     }
-}
-
-async fn server_status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusReply> {
-    let addr = address(cluster, id)?;
-    let client = RpcClient::connect(addr, cluster.client_config()?).await?;
-    match client.call(Message::Status).await? {
-        Message::StorageStatus(status) => Ok(status),
-        other => bail!("unexpected {}", other.name()),
-    }
-}
-
-fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
-    let entry = cluster.storage_servers.iter().find(|s| s.id == id);
-    Ok(entry.context("a known server")?.address)
 }
 
 /// Checks what `pairs` hold against the preloaded keys and the model.

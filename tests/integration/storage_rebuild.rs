@@ -121,7 +121,8 @@ async fn team_one_popped(local: &LocalCluster) -> Result<u64> {
 }
 
 /// Server `id`'s status, asked of it straight.
-async fn server_status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusReply> {
+/// What storage server `id` says of itself.
+pub(crate) async fn server_status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusReply> {
     let addr = address(cluster, id)?;
     let client = RpcClient::connect(addr, cluster.client_config()?).await?;
     match client.call(Message::Status).await? {
@@ -130,7 +131,8 @@ async fn server_status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusRe
     }
 }
 
-fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
+/// Where storage server `id` listens, by the cluster file.
+pub(crate) fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
     let entry = cluster.storage_servers.iter().find(|s| s.id == id);
     Ok(entry.context("a known server")?.address)
 }

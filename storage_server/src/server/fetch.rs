@@ -129,13 +129,9 @@ async fn read_page<E: KvEngine>(
         Message::GetRangeReply(reply) => reply,
         other => return Err(format!("{source} at {address} answered {}", other.name())),
     };
-    let end = match reply.pairs.last() {
-        Some((key, _)) if reply.more => proto::key_after(key),
-        _ => request.end.clone(),
-    };
     Ok(Page {
         begin: request.begin.clone(),
-        end,
+        end: reply.forward_end(&request.end),
         version,
         pairs: reply.pairs,
     })

@@ -247,10 +247,7 @@ impl Copy {
                 self.pairs,
                 binary_bytes(self.bytes)
             )));
-            let page_end = match reply.pairs.last() {
-                Some((key, _)) if reply.more => proto::key_after(key),
-                _ => range.end.clone(),
-            };
+            let page_end = reply.forward_end(&range.end);
             self.ranges.record(begin, page_end.clone(), version);
             if page_end == range.end {
                 return Ok(true);
