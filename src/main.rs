@@ -88,6 +88,8 @@ enum BenchCommand {
     Recovery(bench::recovery::RecoveryBenchArgs),
     /// A storage server that lost its data copying its team from a teammate, next to a scan.
     Rebuild(bench::rebuild::RebuildBenchArgs),
+    /// A loaded key range moving to another team on an idle cluster, next to a scan.
+    Move(bench::moves::MoveBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -155,6 +157,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             which: BenchCommand::Rebuild(args),
         } => runtime.block_on(bench::rebuild::run(args)),
+        Command::Bench {
+            which: BenchCommand::Move(args),
+        } => runtime.block_on(bench::moves::run(args)),
     }
 }
 

@@ -29,7 +29,7 @@ use crate::{Client, ClientError};
 /// How often the destination's servers are asked how far they are.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the start is committed again while the copy goes on.
-const NUDGE_INTERVAL: Duration = Duration::from_millis(500);
+const NUDGE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long one of the move's commits is tried again before the move
 /// gives up with the last error.
 const COMMIT_PATIENCE: Duration = Duration::from_secs(30);

@@ -15,15 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bytes::Bytes;
 use client::Client;
 use cluster::ClusterFile;
-use proto::rpc::{GetRangeRequest, Message, StorageStatusReply};
-use proto::system_keys::USER_KEYS_END;
-use proto::transport::RpcClient;
-use proto::{Mutation, Version};
+use proto::Version;
 use serde::Serialize;
 use testkit::{ClusterSpec, LocalCluster};
+
+use super::loaded::{load, scan, status, wait_durable, GIVE_UP};
 
 #[derive(clap::Args, Debug)]
 pub struct RebuildBenchArgs {
@@ -56,10 +54,6 @@ struct Round {
 
 const REBUILT: u64 = 100;
 const TEAMMATE: u64 = 101;
-/// How long one step may take before the bench gives up.
-const GIVE_UP: Duration = Duration::from_secs(600);
-const WRITERS: usize = 8;
-const PAIRS_PER_COMMIT: usize = 100;
 
 pub async fn run(args: RebuildBenchArgs) -> Result<()> {
     let args = &args;
@@ -83,8 +77,8 @@ async fn measure(args: &RebuildBenchArgs, dir: &Path) -> Result<()> {
     let mut local = LocalCluster::start(&exe, &cluster_dir, &spec).await?;
     let cluster = local.cluster.clone();
     let client = Arc::new(Client::new(&cluster)?);
-    let loaded = load(&client, args).await?;
-    wait_durable(&cluster, &client, loaded).await?;
+    let loaded = load(&client, args.mib, args.value_bytes).await?;
+    wait_durable(&cluster, &client, &[REBUILT, TEAMMATE], loaded).await?;
     println!(
         "loaded {} MiB in values of {} bytes",
         args.mib, args.value_bytes
@@ -122,101 +116,6 @@ async fn measure(args: &RebuildBenchArgs, dir: &Path) -> Result<()> {
     }
     local.stop().await?;
     Ok(())
-}
-
-/// Writes `args.mib` MiB under distinct keys; returns the last version.
-async fn load(client: &Arc<Client>, args: &RebuildBenchArgs) -> Result<Version> {
-    let pairs = (args.mib << 20) as usize / (args.value_bytes + 12);
-    let commits = pairs.div_ceil(PAIRS_PER_COMMIT);
-    let mut tasks = Vec::new();
-    for writer in 0..WRITERS {
-        let client = client.clone();
-        let value = Bytes::from(vec![b'v'; args.value_bytes]);
-        tasks.push(tokio::spawn(async move {
-            let mut last = Version::ZERO;
-            for commit in (writer..commits).step_by(WRITERS) {
-                let mutations = (0..PAIRS_PER_COMMIT)
-                    .map(|i| Mutation::SetValue {
-                        key: Bytes::from(format!("k{:011}", commit * PAIRS_PER_COMMIT + i)),
-                        value: value.clone(),
-                    })
-                    .collect();
-                last = last.max(client.commit(mutations).await?);
-            }
-            anyhow::Ok(last)
-        }));
-    }
-    let mut last = Version::ZERO;
-    for task in tasks {
-        last = last.max(task.await??);
-    }
-    Ok(last)
-}
-
-async fn status(cluster: &ClusterFile, id: u64) -> Result<StorageStatusReply> {
-    let client = RpcClient::connect(address(cluster, id)?, cluster.client_config()?).await?;
-    match client.call(Message::Status).await? {
-        Message::StorageStatus(status) => Ok(status),
-        other => bail!("storage server {id} answered {}", other.name()),
-    }
-}
-
-fn address(cluster: &ClusterFile, id: u64) -> Result<std::net::SocketAddr> {
-    let entry = cluster.storage_servers.iter().find(|s| s.id == id);
-    Ok(entry
-        .context("a storage server of the cluster file")?
-        .address)
-}
-
-/// Waits until both servers made `version` durable, so the log keeps
-/// nothing of the load; a small commit now and then moves versions on.
-async fn wait_durable(cluster: &ClusterFile, client: &Client, version: Version) -> Result<()> {
-    let deadline = Instant::now() + GIVE_UP;
-    for id in [REBUILT, TEAMMATE] {
-        while status(cluster, id).await?.durable_version < version {
-            ensure!(
-                Instant::now() < deadline,
-                "{id} did not make the load durable"
-            );
-            let tick = Mutation::SetValue {
-                key: Bytes::from_static(b"tick"),
-                value: Bytes::new(),
-            };
-            client.commit(vec![tick]).await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
-/// Reads every pair of the team from `server` at `version`, page by page;
-/// returns the key and value bytes read and how long it took.
-async fn scan(cluster: &ClusterFile, server: u64, version: Version) -> Result<(u64, Duration)> {
-    let client = RpcClient::connect(address(cluster, server)?, cluster.client_config()?).await?;
-    let started = Instant::now();
-    let mut begin = Bytes::new();
-    let mut bytes = 0;
-    loop {
-        let request = GetRangeRequest {
-            begin: begin.clone(),
-            end: Bytes::from_static(USER_KEYS_END),
-            limit: 10_000,
-            reverse: false,
-            version,
-        };
-        let Message::GetRangeReply(reply) = client.call(Message::GetRange(request)).await? else {
-            bail!("a range read got another reply");
-        };
-        bytes += reply
-            .pairs
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum::<u64>();
-        match reply.pairs.last() {
-            Some((key, _)) if reply.more => begin = proto::key_after(key),
-            _ => return Ok((bytes, started.elapsed())),
-        }
-    }
 }
 
 /// Waits until the rebuilt server copied its team and applied `version`.
