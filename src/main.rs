@@ -87,9 +87,9 @@ enum BenchCommand {
     /// Time from kill -9 of a process to the first acknowledged commit, by role.
     Recovery(bench::recovery::RecoveryBenchArgs),
     /// A storage server that lost its data copying its team from a teammate, next to a scan.
-    Rebuild(bench::rebuild::RebuildBenchArgs),
+    Rebuild(bench::CopyBenchArgs),
     /// A loaded key range moving to another team on an idle cluster, next to a scan.
-    Move(bench::moves::MoveBenchArgs),
+    Move(bench::CopyBenchArgs),
 }
 
 fn main() -> ExitCode {

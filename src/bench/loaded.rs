@@ -8,6 +8,7 @@
 //!  wait_durable(servers) ─▶ scan(server, version): range reads of 10,000 pairs
 //! ```
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,43 @@ use cluster::ClusterFile;
 use proto::rpc::{GetRangeRequest, Message, StorageStatusReply};
 use proto::transport::RpcClient;
 use proto::{Mutation, Version};
+use testkit::ClusterSpec;
+
+/// What a copy benchmark loads, how often it measures, and where.
+#[derive(clap::Args, Debug)]
+pub struct CopyBenchArgs {
+    /// Directory on the disk to use; a temporary one under it is made.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// MiB of data loaded, all of which is copied.
+    #[arg(long, default_value_t = 256)]
+    pub mib: u64,
+    /// Bytes of each value (keys are 12 bytes).
+    #[arg(long, default_value_t = 1000)]
+    pub value_bytes: usize,
+    /// Copies measured, each after a scan.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A cluster of `teams` teams of two storage servers, on two TLogs and
+/// one proxy, each process logging into the cluster's directory.
+pub(super) fn cluster_spec(teams: usize) -> ClusterSpec {
+    ClusterSpec {
+        tlogs: 2,
+        proxies: 1,
+        teams,
+        servers_per_team: 2,
+        // A second of versions in memory: the load becomes durable soon
+        // after it ends, though versions then move only with commits.
+        storage_args: vec!["--window-versions".into(), "1000000".into()],
+        logs_in_dir: true,
+        ..ClusterSpec::default()
+    }
+}
 
 /// How long one step may take before a bench gives up.
 pub(super) const GIVE_UP: Duration = Duration::from_secs(600);

@@ -15,6 +15,8 @@ pub mod recovery;
 pub mod storage;
 pub mod tlog;
 
+pub use loaded::CopyBenchArgs;
+
 /// Runs `measure` in a new temporary directory under `dir`; when it fails,
 /// the directory (the cluster's data and logs) is kept for inspection and
 /// named on stderr.

@@ -10,7 +10,7 @@
 //!              (rounds go 1 → 2, 2 → 1, 1 → 2, …)
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,28 +19,11 @@ use bytes::Bytes;
 use client::Client;
 use proto::StorageTeamId;
 use serde::Serialize;
-use testkit::{ClusterSpec, LocalCluster};
+use testkit::LocalCluster;
 
-use super::loaded::{load, scan, tick, wait_durable, GIVE_UP, LOADED_BEGIN, LOADED_END};
-
-#[derive(clap::Args, Debug)]
-pub struct MoveBenchArgs {
-    /// Directory on the disk to use; a temporary one under it is made.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// MiB of data in the range that moves.
-    #[arg(long, default_value_t = 256)]
-    pub mib: u64,
-    /// Bytes of each value (keys are 12 bytes).
-    #[arg(long, default_value_t = 1000)]
-    pub value_bytes: usize,
-    /// Moves measured, each after a scan, back and forth between the teams.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Write the figures as JSON here.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
+use super::loaded::{
+    cluster_spec, load, scan, tick, wait_durable, CopyBenchArgs, GIVE_UP, LOADED_BEGIN, LOADED_END,
+};
 
 #[derive(Serialize)]
 struct Round {
@@ -57,23 +40,14 @@ struct Round {
 /// The servers of each team: the first scans for the baseline.
 const TEAM_SERVERS: [(u64, [u64; 2]); 2] = [(1, [100, 101]), (2, [200, 201])];
 
-pub async fn run(args: MoveBenchArgs) -> Result<()> {
+pub async fn run(args: CopyBenchArgs) -> Result<()> {
     let args = &args;
     super::in_temp_dir(&args.dir, |dir| async move { measure(args, &dir).await }).await
 }
 
-async fn measure(args: &MoveBenchArgs, dir: &Path) -> Result<()> {
+async fn measure(args: &CopyBenchArgs, dir: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
-    let spec = ClusterSpec {
-        tlogs: 2,
-        proxies: 1,
-        teams: 2,
-        servers_per_team: 2,
-        // A second of versions in memory, as in the rebuild bench.
-        storage_args: vec!["--window-versions".into(), "1000000".into()],
-        logs_in_dir: true,
-        ..ClusterSpec::default()
-    };
+    let spec = cluster_spec(2);
     let local = LocalCluster::start(&exe, &dir.join("cluster"), &spec).await?;
     let cluster = local.cluster.clone();
     let client = Arc::new(Client::new(&cluster)?);

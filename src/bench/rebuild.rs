@@ -10,7 +10,7 @@
 //!              ─▶ A copies from B ─▶ A has applied the version at its start   (the figure)
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,28 +19,9 @@ use client::Client;
 use cluster::ClusterFile;
 use proto::Version;
 use serde::Serialize;
-use testkit::{ClusterSpec, LocalCluster};
+use testkit::LocalCluster;
 
-use super::loaded::{load, scan, status, wait_durable, GIVE_UP};
-
-#[derive(clap::Args, Debug)]
-pub struct RebuildBenchArgs {
-    /// Directory on the disk to use; a temporary one under it is made.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// MiB of data the team holds.
-    #[arg(long, default_value_t = 256)]
-    pub mib: u64,
-    /// Bytes of each value (keys are 12 bytes).
-    #[arg(long, default_value_t = 1000)]
-    pub value_bytes: usize,
-    /// Rebuilds measured, each after a scan.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Write the figures as JSON here.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
+use super::loaded::{cluster_spec, load, scan, status, wait_durable, CopyBenchArgs, GIVE_UP};
 
 #[derive(Serialize)]
 struct Round {
@@ -55,24 +36,14 @@ struct Round {
 const REBUILT: u64 = 100;
 const TEAMMATE: u64 = 101;
 
-pub async fn run(args: RebuildBenchArgs) -> Result<()> {
+pub async fn run(args: CopyBenchArgs) -> Result<()> {
     let args = &args;
     super::in_temp_dir(&args.dir, |dir| async move { measure(args, &dir).await }).await
 }
 
-async fn measure(args: &RebuildBenchArgs, dir: &Path) -> Result<()> {
+async fn measure(args: &CopyBenchArgs, dir: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
-    let spec = ClusterSpec {
-        tlogs: 2,
-        proxies: 1,
-        teams: 1,
-        servers_per_team: 2,
-        // A second of versions in memory: the load becomes durable soon
-        // after it ends, though versions then move only with commits.
-        storage_args: vec!["--window-versions".into(), "1000000".into()],
-        logs_in_dir: true,
-        ..ClusterSpec::default()
-    };
+    let spec = cluster_spec(1);
     let cluster_dir = dir.join("cluster");
     let mut local = LocalCluster::start(&exe, &cluster_dir, &spec).await?;
     let cluster = local.cluster.clone();
