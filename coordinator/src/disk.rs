@@ -229,6 +229,12 @@ impl MemDisk {
         self.fail_next_write.store(true, Ordering::Release);
     }
 
+    /// Whether a write failed as [`MemDisk::fail_next_write`] asked: the
+    /// process using this handle met the fault.
+    pub fn write_failed(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
     /// What a restarted process opens: the same tables (every write was
     /// durable at once), and no poison, which a failed write leaves on the
     /// process's handle, not on the disk.

@@ -21,6 +21,7 @@ use storage_server::generations::LogDiscovery;
 use storage_server::mem_engine::MemEngine;
 use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
+use tlog::mem_store::MemStore;
 use tlog::server::{TLogConfig, TLogService};
 use tlog::store::LogStore;
 use tlog::writer::WriterPlacement;
@@ -48,10 +49,21 @@ async fn serve_forever(service: Arc<dyn Service>) -> HostResult {
     Ok(())
 }
 
+/// What a process whose start an injected disk fault failed does: it has
+/// exited, so it stays down until the fault's end restarts its host. Any
+/// other failure to start is the run's failure.
+async fn down_until_restarted(role: Role, error: impl std::fmt::Display) -> HostResult {
+    tracing::warn!(?role, %error, "a disk fault failed the start; down until restarted");
+    std::future::pending().await
+}
+
+/// A TLog host over `store`; `disk` is the memory the store lives in,
+/// which says whether the fault plan failed one of its syncs.
 pub fn add_tlog<S: LogStore + Clone>(
     sim: &mut turmoil::Sim<'_>,
     index: usize,
     store: S,
+    disk: MemStore,
     knobs: &Knobs,
 ) {
     let mut config = TLogConfig::small();
@@ -59,10 +71,14 @@ pub fn add_tlog<S: LogStore + Clone>(
     config.writer = WriterPlacement::RuntimeTask;
     sim.host(Role::TLog(index).ip(), move || {
         let store = store.clone();
+        let disk = disk.clone();
         let config = config.clone();
         async move {
-            let service = TLogService::open(Arc::new(store), &config, Arc::new(SimClock))?;
-            serve_forever(Arc::new(service)).await
+            match TLogService::open(Arc::new(store), &config, Arc::new(SimClock)) {
+                Ok(service) => serve_forever(Arc::new(service)).await,
+                Err(e) if disk.sync_failed() => down_until_restarted(Role::TLog(index), e).await,
+                Err(e) => Err(e.into()),
+            }
         }
     });
 }
@@ -152,8 +168,13 @@ pub fn add_coordinator(sim: &mut turmoil::Sim<'_>, id: u64, disk: DiskSlot) {
         let disk: Arc<MemDisk> = Arc::clone(&disk.lock().unwrap_or_else(|e| e.into_inner()));
         let config = config.clone();
         async move {
-            let service = CoordinatorService::start(&config, disk).await?;
-            serve_forever(Arc::new(service)).await
+            match CoordinatorService::start(&config, Arc::clone(&disk) as _).await {
+                Ok(service) => serve_forever(Arc::new(service)).await,
+                Err(e) if disk.write_failed() => {
+                    down_until_restarted(Role::Coordinator(id), e).await
+                }
+                Err(e) => Err(e.into()),
+            }
         }
     });
 }

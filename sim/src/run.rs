@@ -113,10 +113,10 @@ pub fn run(options: &SimOptions) -> RunReport {
         #[cfg(feature = "broken-variants")]
         if options.broken == Some(crate::broken::Broken::TLogAcknowledgesBeforeSync) {
             let lagging = crate::broken::LaggingSyncStore::new(store.clone());
-            hosts::add_tlog(&mut sim, index, lagging, &knobs);
+            hosts::add_tlog(&mut sim, index, lagging, store.clone(), &knobs);
             continue;
         }
-        hosts::add_tlog(&mut sim, index, store.clone(), &knobs);
+        hosts::add_tlog(&mut sim, index, store.clone(), store.clone(), &knobs);
     }
     #[cfg(feature = "broken-variants")]
     {

@@ -47,3 +47,19 @@ fn a_seed_replays_to_the_same_trace() {
     assert_eq!(first.trace.len(), second.trace.len());
     assert_eq!(first.digest, second.digest);
 }
+
+/// A seed whose first fault, at time zero, fails a TLog's first fsync, so
+/// its start fails: the process is down until the fault ends, as one that
+/// exited would be, and the run goes on without violations.
+#[test]
+fn a_tlog_whose_start_a_failed_fsync_ends_is_down_until_restarted() {
+    let report = run(&SimOptions::new(50_966_140_071_223));
+    show(&report);
+    let first_fault = report.trace.iter().find(|l| l.contains(" fault "));
+    assert!(
+        first_fault.is_some_and(|l| l.contains("0.000s") && l.contains("fsync error on tlog-")),
+        "the seed no longer starts with a TLog's failed fsync: {first_fault:?}"
+    );
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(report.acknowledged > 0);
+}

@@ -42,6 +42,8 @@ struct State {
     /// Images of removed segments, handed to later creations.
     removed: Vec<Vec<u8>>,
     fail_next_sync: bool,
+    /// An injected sync failure fired since the last crash.
+    sync_failed: bool,
     /// The most segments that may exist at once (a full disk past it).
     segment_limit: Option<usize>,
 }
@@ -87,12 +89,19 @@ impl MemStore {
             seg.dirty_pages.clear();
         }
         state.fail_next_sync = false;
+        state.sync_failed = false;
     }
 
     /// Makes the next `sync` (of any segment) fail without making anything
     /// durable.
     pub fn fail_next_sync(&self) {
         self.state().fail_next_sync = true;
+    }
+
+    /// Whether a sync failed as [`MemStore::fail_next_sync`] asked, since
+    /// the last crash: the process using the store met the fault.
+    pub fn sync_failed(&self) -> bool {
+        self.state().sync_failed
     }
 
     /// Lets at most `limit` segments exist: creating one more fails as a
@@ -222,6 +231,7 @@ impl LogStore for MemStore {
             return Err(StoreError::NoSuchSegment(id));
         }
         if std::mem::take(&mut state.fail_next_sync) {
+            state.sync_failed = true;
             return Err(StoreError::InjectedFault(format!(
                 "sync of segment {id} failed"
             )));
