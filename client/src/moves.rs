@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use backon::Retryable;
 use bytes::Bytes;
-use proto::rpc::{ErrorCode, Message};
+use proto::rpc::{ErrorCode, GetKeyLocationReply, Message};
 use proto::system_keys::{key_servers_key, ShardAssignment, USER_KEYS_END};
 use proto::{Mutation, StorageServerId, StorageTeamId, Version};
 
@@ -107,7 +107,7 @@ impl Client {
             .get(&to)
             .cloned()
             .ok_or(MoveError::UnknownTeam(to))?;
-        let (pieces, split_at_end) = self.pieces(&begin, &end).await?;
+        let (pieces, split_at_end) = self.pieces(&begin, &end, to).await?;
         let pieces: Vec<Piece> = pieces.into_iter().filter(|p| p.src != [to]).collect();
         if pieces.is_empty() {
             return Ok(MoveOutcome {
@@ -158,52 +158,83 @@ impl Client {
     }
 
     /// The shards over `[begin, end)`, clipped to it, and the change that
-    /// splits the shard at `end` when `end` falls inside one.
+    /// splits the shard at `end` when `end` falls inside one (both sides
+    /// keep its assignment). A shard moving to `to` already is one an
+    /// interrupted move of it left: this move takes it over.
     async fn pieces(
         &self,
         begin: &Bytes,
         end: &Bytes,
+        to: StorageTeamId,
     ) -> Result<(Vec<Piece>, Option<Mutation>), MoveError> {
         let version = self.read_version().await?;
+        let moving_elsewhere = |shard: &GetKeyLocationReply| {
+            if shard.moving_to.is_empty() || shard.moving_to == [to] {
+                Ok(())
+            } else {
+                Err(MoveError::AlreadyMoving {
+                    begin: shard.begin.clone(),
+                    to: shard.moving_to.clone(),
+                })
+            }
+        };
         let mut pieces = Vec::new();
         let mut key = begin.clone();
         while key < *end {
             let shard = self.shard_at(&key, version).await?;
-            if !shard.moving_to.is_empty() {
-                return Err(MoveError::AlreadyMoving {
-                    begin: shard.begin,
-                    to: shard.moving_to,
-                });
-            }
+            moving_elsewhere(&shard)?;
             let piece_end = shard.end.clone().min(end.clone());
             pieces.push(Piece {
                 begin: key.clone(),
                 end: piece_end.clone(),
-                src: shard.teams.into_iter().map(|(team, _)| team).collect(),
+                src: source_teams(&shard),
             });
             key = piece_end;
         }
         let mut split = None;
         if end.as_ref() < USER_KEYS_END {
             let shard = self.shard_at(end, version).await?;
-            if !shard.moving_to.is_empty() {
-                return Err(MoveError::AlreadyMoving {
-                    begin: shard.begin,
-                    to: shard.moving_to,
-                });
-            }
+            moving_elsewhere(&shard)?;
             if shard.begin != *end {
-                let src = shard.teams.into_iter().map(|(team, _)| team).collect();
-                split = Some(assign(
-                    end,
-                    ShardAssignment {
-                        src,
-                        dest: Vec::new(),
-                    },
-                ));
+                let assignment = ShardAssignment {
+                    src: source_teams(&shard),
+                    dest: shard.moving_to,
+                };
+                split = Some(assign(end, assignment));
             }
         }
         Ok((pieces, split))
+    }
+
+    /// Takes back the moves under way in the shards `[begin, end)`
+    /// touches, whole: each goes back to its source teams alone, and the
+    /// destinations drop what they copied. For a move whose driver is
+    /// gone; returns how many shards were moving.
+    pub async fn cancel_moves(&self, begin: Bytes, end: Bytes) -> Result<usize, MoveError> {
+        if begin >= end || end.as_ref() > USER_KEYS_END {
+            return Err(MoveError::InvalidRange(format!(
+                "[{begin:?}, {end:?}) is empty, reversed or reaches into the system keys"
+            )));
+        }
+        let version = self.read_version().await?;
+        let mut back = Vec::new();
+        let mut key = begin;
+        while key < end {
+            let shard = self.shard_at(&key, version).await?;
+            if !shard.moving_to.is_empty() {
+                let assignment = ShardAssignment {
+                    src: source_teams(&shard),
+                    dest: Vec::new(),
+                };
+                back.push(assign(&shard.begin, assignment));
+            }
+            key = shard.end;
+        }
+        let cancelled = back.len();
+        if cancelled > 0 {
+            self.commit_idempotent(back).await?;
+        }
+        Ok(cancelled)
     }
 
     /// Commits shard-map changes that may be committed again harmlessly:
@@ -324,6 +355,11 @@ fn with_destination(pieces: &[Piece], dest: Vec<StorageTeamId>) -> Vec<Mutation>
             assign(&p.begin, assignment)
         })
         .collect()
+}
+
+/// The teams a shard is read from: its source teams.
+fn source_teams(shard: &GetKeyLocationReply) -> Vec<StorageTeamId> {
+    shard.teams.iter().map(|(team, _)| *team).collect()
 }
 
 fn assign(begin: &Bytes, assignment: ShardAssignment) -> Mutation {

@@ -1,5 +1,7 @@
 //! `teamlog move`: moves a key range to another storage team while the
-//! cluster serves it (see `client::moves`), printing how the copy stands.
+//! cluster serves it (see `client::moves`), printing how the copy stands;
+//! run again after an interruption, it takes the move over; `--cancel`
+//! takes back the moves under way in the range instead.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,8 +24,12 @@ pub struct MoveArgs {
     #[arg(long)]
     pub range: String,
     /// The team that holds the range afterwards.
+    #[arg(long, required_unless_present = "cancel", conflicts_with = "cancel")]
+    pub to_team: Option<u64>,
+    /// Take back the moves under way in the shards the range touches, and
+    /// leave those shards on their source teams.
     #[arg(long)]
-    pub to_team: u64,
+    pub cancel: bool,
     /// Seconds the destination has to copy the range before the move is
     /// taken back.
     #[arg(long, default_value_t = 600)]
@@ -41,12 +47,17 @@ pub async fn run(args: MoveArgs) -> Result<()> {
     };
     let cluster = ClusterFile::load(&args.cluster)?;
     let client = Client::new(&cluster)?;
+    let Some(to_team) = args.to_team else {
+        let cancelled = client.cancel_moves(begin, end).await?;
+        println!("took back the moves of {cancelled} shards");
+        return Ok(());
+    };
     let mut last_line = String::new();
     let outcome = client
         .move_range(
             begin,
             end,
-            StorageTeamId(args.to_team),
+            StorageTeamId(to_team),
             Duration::from_secs(args.timeout),
             |servers| {
                 let line = servers
@@ -71,11 +82,10 @@ pub async fn run(args: MoveArgs) -> Result<()> {
         .await?;
     match (outcome.started, outcome.flipped) {
         (Some(started), Some(flipped)) => println!(
-            "moved to team {}: started at version {started}, served by it from version {}",
-            args.to_team,
+            "moved to team {to_team}: started at version {started}, served by it from version {}",
             flipped.0 + 1
         ),
-        _ => println!("team {} holds the range already", args.to_team),
+        _ => println!("team {to_team} holds the range already"),
     }
     Ok(())
 }

@@ -2,15 +2,20 @@
 //! to and clear its keys, and one destination server is killed with
 //! SIGKILL while it copies: after each move both servers of the new team
 //! hold exactly what the acknowledged commits wrote, the old team's
-//! servers refuse the range, and clients read it where it now lives.
+//! servers refuse the range, and clients read it where it now lives. A
+//! move whose driver dies mid-copy (a source server killed then too) is
+//! taken over by asking again, and one cancelled leaves the range where
+//! it was.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
+use client::moves::{MoveError, MoveOutcome};
 use client::Client;
 use cluster::ClusterFile;
 use proto::rpc::{ErrorCode, GetRangeRequest, Message};
@@ -103,6 +108,96 @@ fn start_writer(
     })
 }
 
+/// A writer that pauses for checks: paused, the model it returns is what
+/// was committed.
+struct Writing {
+    client: Arc<Client>,
+    model: Arc<Mutex<Model>>,
+    stop: Arc<AtomicBool>,
+    running: Option<tokio::task::JoinHandle<u64>>,
+    next: u64,
+}
+
+impl Writing {
+    fn start(client: &Arc<Client>, model: &Arc<Mutex<Model>>) -> Writing {
+        let mut writing = Writing {
+            client: client.clone(),
+            model: model.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            running: None,
+            next: 0,
+        };
+        writing.resume();
+        writing
+    }
+
+    fn resume(&mut self) {
+        self.stop.store(false, Ordering::Relaxed);
+        let (client, model, stop) = (self.client.clone(), self.model.clone(), self.stop.clone());
+        self.running = Some(start_writer(client, model, stop, self.next));
+    }
+
+    async fn pause(&mut self) -> Result<Model> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(running) = self.running.take() {
+            self.next = running.await?;
+        }
+        Ok(self.model.lock().unwrap().clone())
+    }
+}
+
+/// A cluster as `spec` says, with the preloaded keys, `c00000` on, in the
+/// moving range, and a writer at work.
+async fn preloaded_under_writes(dir: &Path) -> Result<(LocalCluster, Arc<Client>, Writing)> {
+    let local = LocalCluster::start(crate::exe(), dir, &spec()).await?;
+    let client = Arc::new(Client::new(&local.cluster)?);
+    let model = Arc::new(Mutex::new(Model::default()));
+    for first in (0..PRELOADED).step_by(500) {
+        let writes: Vec<(String, String)> = (first..first + 500)
+            .map(|n| (format!("c{n:05}"), format!("preloaded-{n}")))
+            .collect();
+        let mutations = writes.iter().map(|(k, v)| set(k.clone(), v.clone()));
+        client.commit(mutations.collect()).await?;
+        model.lock().unwrap().values.extend(writes);
+    }
+    let writing = Writing::start(&client, &model);
+    Ok((local, client, writing))
+}
+
+/// Waits until `server` says it is copying a range, while `moving` runs.
+async fn wait_until_copying<T>(
+    cluster: &ClusterFile,
+    server: u64,
+    moving: &tokio::task::JoinHandle<T>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = server_status(cluster, server).await?;
+        if status.adding.iter().any(|a| !a.ready) {
+            return Ok(());
+        }
+        ensure!(
+            !moving.is_finished() && tokio::time::Instant::now() < deadline,
+            "server {server} was never seen copying: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A move of the range to `to`, driven from a task of its own.
+fn spawn_move(
+    client: &Arc<Client>,
+    to: u64,
+) -> tokio::task::JoinHandle<Result<MoveOutcome, MoveError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let range = (Bytes::from_static(BEGIN), Bytes::from_static(END));
+        client
+            .move_range(range.0, range.1, StorageTeamId(to), DEADLINE, |_| {})
+            .await
+    })
+}
+
 /// `[BEGIN, END)` at `version` read straight from `server`, page by page;
 /// the error code when the server refuses it.
 async fn held(
@@ -186,18 +281,21 @@ fn check_against_model(pairs: &[(Bytes, Bytes)], model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Both servers of the team the range moved to hold the same pairs, as
-/// the model says, and clients read the same through the proxies; the
-/// other team's servers refuse the range. The team answers for the range
-/// from the version after the flip on.
+/// With the writer paused, so that its model is what was committed: both
+/// servers of the team the range moved to hold the same pairs, as the
+/// model says, and clients read the same through the proxies; the other
+/// team's servers refuse the range. The team answers for the range from
+/// the version after the flip on.
 async fn check_moved(
     cluster: &ClusterFile,
     client: &Client,
-    model: &Model,
+    writing: &mut Writing,
     flipped: Version,
     holders: [u64; 2],
     former: [u64; 2],
 ) -> Result<()> {
+    let model = &writing.pause().await?;
+    ensure!(model.appended.len() > 1, "the writer made no progress");
     let version = client.read_version().await?.max(flipped.next());
     let mut replicas = Vec::new();
     for server in holders {
@@ -233,65 +331,29 @@ async fn check_moved(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let (mut local, client, mut writing) = preloaded_under_writes(dir.path()).await?;
     let cluster = local.cluster.clone();
-    let client = Arc::new(Client::new(&cluster)?);
-    let model = Arc::new(Mutex::new(Model::default()));
-    for first in (0..PRELOADED).step_by(500) {
-        let writes: Vec<(String, String)> = (first..first + 500)
-            .map(|n| (format!("c{n:05}"), format!("preloaded-{n}")))
-            .collect();
-        let mutations = writes.iter().map(|(k, v)| set(k.clone(), v.clone()));
-        client.commit(mutations.collect()).await?;
-        model.lock().unwrap().values.extend(writes);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = start_writer(client.clone(), model.clone(), stop.clone(), 0);
 
     // To team 2, with server 200 killed once it is copying, and back.
-    let moving = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let range = (Bytes::from_static(BEGIN), Bytes::from_static(END));
-            client
-                .move_range(range.0, range.1, StorageTeamId(2), DEADLINE, |_| {})
-                .await
-        }
-    });
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let status = server_status(&cluster, 200).await?;
-        if status.adding.iter().any(|a| !a.ready) {
-            break;
-        }
-        ensure!(
-            !moving.is_finished() && tokio::time::Instant::now() < deadline,
-            "server 200 was never seen copying: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let moving = spawn_move(&client, 2);
+    wait_until_copying(&cluster, 200, &moving).await?;
     let server = local.storage.get_mut(&200).and_then(Option::take);
     server.context("server 200 running")?.kill9().await?;
     let server = local.start_storage(200).await?;
     local.storage.insert(200, Some(server));
     let outcome = moving.await??;
     let flipped = outcome.flipped.context("the range moved")?;
-    // Checked with the writer stopped, so the model is what was committed.
-    stop.store(true, Ordering::Relaxed);
-    let next = writer.await?;
-    let snapshot = model.lock().unwrap().clone();
     check_moved(
         &cluster,
         &client,
-        &snapshot,
+        &mut writing,
         flipped,
         [200, 201],
         [100, 101],
     )
     .await?;
 
-    stop.store(false, Ordering::Relaxed);
-    let writer = start_writer(client.clone(), model.clone(), stop.clone(), next);
+    writing.resume();
 
     let back = client
         .move_range(
@@ -302,19 +364,90 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
             |_| {},
         )
         .await?;
-    stop.store(true, Ordering::Relaxed);
-    writer.await?;
-    let snapshot = model.lock().unwrap().clone();
-    ensure!(snapshot.appended.len() > 1, "the writer made no progress");
     let flipped = back.flipped.context("the range moved back")?;
     check_moved(
         &cluster,
         &client,
-        &snapshot,
+        &mut writing,
         flipped,
         [100, 101],
         [200, 201],
     )
     .await?;
+    Ok(local.stop().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut local, client, mut writing) = preloaded_under_writes(dir.path()).await?;
+    let cluster = local.cluster.clone();
+
+    // The driver dies while server 200 copies, and source server 101 is
+    // killed then too: the range is left moving to team 2.
+    let moving = spawn_move(&client, 2);
+    wait_until_copying(&cluster, 200, &moving).await?;
+    moving.abort();
+    let source = local.storage.get_mut(&101).and_then(Option::take);
+    source.context("server 101 running")?.kill9().await?;
+    let range = || (Bytes::from_static(BEGIN), Bytes::from_static(END));
+    let elsewhere = client
+        .move_range(range().0, range().1, StorageTeamId(1), DEADLINE, |_| {})
+        .await;
+    ensure!(
+        matches!(&elsewhere, Err(MoveError::AlreadyMoving { to, .. }) if to == &[StorageTeamId(2)]),
+        "a move elsewhere was not refused while the range moves to team 2: {elsewhere:?}"
+    );
+    // Asked again, the move to team 2 takes the interrupted one over.
+    let outcome = client
+        .move_range(range().0, range().1, StorageTeamId(2), DEADLINE, |_| {})
+        .await?;
+    let flipped = outcome.flipped.context("the range moved")?;
+    local
+        .storage
+        .insert(101, Some(local.start_storage(101).await?));
+    check_moved(
+        &cluster,
+        &client,
+        &mut writing,
+        flipped,
+        [200, 201],
+        [100, 101],
+    )
+    .await?;
+
+    // A move back whose driver dies, then cancelled: team 2 keeps the
+    // range and team 1's servers drop what they copied.
+    writing.resume();
+    let moving = spawn_move(&client, 1);
+    wait_until_copying(&cluster, 100, &moving).await?;
+    moving.abort();
+    let cancelled = client.cancel_moves(range().0, range().1).await?;
+    ensure!(cancelled == 1, "{cancelled} shards were taken back, not 1");
+    let taken_back = client.read_version().await?;
+    check_moved(
+        &cluster,
+        &client,
+        &mut writing,
+        taken_back,
+        [200, 201],
+        [100, 101],
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for server in [100, 101] {
+        loop {
+            let status = server_status(&cluster, server).await?;
+            if status.adding.is_empty() {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "server {server} still adds a range after the cancel: {:?}",
+                status.adding
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     Ok(local.stop().await?)
 }
