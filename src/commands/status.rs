@@ -18,8 +18,9 @@
 //! sequencer whose committed version trails the last version it handed
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
 //! stuck), a storage server that stopped applying, cannot flush (waiting
-//! for disk space), is rebuilding from its teammates, or trails the committed
-//! version by more than that, are unhealthy, with the reason. A proxy
+//! for disk space), is rebuilding from its teammates, cannot copy a range
+//! it is adding for a move (its last page read failed), or trails the
+//! committed version by more than that, are unhealthy, with the reason. A proxy
 //! that paces new commits while storage servers fall behind (`delaying`)
 //! is healthy: it says how fast it lets commits in and why.
 //!
@@ -448,6 +449,14 @@ fn storage_problem(s: &StorageStatus) -> Option<String> {
     if let Some(what) = &s.reply.rebuilding {
         return Some(format!(
             "rebuilding from its teammates, serves no reads: {what}"
+        ));
+    }
+    if let Some(held) = s.reply.adding.iter().find(|a| a.problem.is_some()) {
+        return Some(format!(
+            "the copy of [{}, {}) for a move is held back: {}",
+            proto::key_text::escape(&held.begin),
+            proto::key_text::escape(&held.end),
+            held.problem.as_deref().unwrap_or_default()
         ));
     }
     (s.lag_seconds > STALL_SECONDS).then(|| {

@@ -95,6 +95,29 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         storage_problem(&storage_status(rebuilding, None)).as_deref(),
         Some("rebuilding from its teammates, serves no reads: team-1 from ss-101: 7 pairs")
     );
+    let mut held_back = storage_reply(1_000, 1_000);
+    let adding = proto::rpc::AddingRangeStatus {
+        begin: bytes::Bytes::from_static(b"c"),
+        end: bytes::Bytes::from_static(b"h\x00"),
+        installed_to: bytes::Bytes::from_static(b"d"),
+        pairs_copied: 7,
+        bytes_copied: 70,
+        ready: false,
+        problem: None,
+    };
+    held_back.adding = vec![adding.clone()];
+    assert_eq!(
+        storage_problem(&storage_status(held_back.clone(), None)),
+        None
+    );
+    held_back.adding.push(proto::rpc::AddingRangeStatus {
+        problem: Some("no other server holds the range to copy it from".into()),
+        ..adding
+    });
+    assert_eq!(
+        storage_problem(&storage_status(held_back, None)).as_deref(),
+        Some("the copy of [c, h\\x00) for a move is held back: no other server holds the range to copy it from")
+    );
     reply.stopped = Some("write failed: disk full".into());
     let stopped = storage_status(reply, None);
     assert_eq!(
