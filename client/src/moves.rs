@@ -238,8 +238,9 @@ impl Client {
     }
 
     /// Commits shard-map changes that may be committed again harmlessly:
-    /// an unknown result, or a cluster too busy or between generations,
-    /// is answered by committing them again, for up to `COMMIT_PATIENCE`.
+    /// an unknown result, or a cluster too busy or between generations
+    /// (its proxies refusing or gone), is answered by committing them
+    /// again, for up to `COMMIT_PATIENCE`.
     async fn commit_idempotent(&self, mutations: Vec<Mutation>) -> Result<Version, ClientError> {
         (|| self.commit_system(mutations.clone()))
             .retry(cluster::retry::backoff(COMMIT_PATIENCE))
@@ -247,6 +248,7 @@ impl Client {
                 matches!(
                     e,
                     ClientError::UnknownResult(_)
+                        | ClientError::Unavailable(_)
                         | ClientError::Refused {
                             code: ErrorCode::Overloaded | ErrorCode::Unavailable,
                             ..
