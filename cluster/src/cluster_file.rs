@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use proto::key_text::{unescape, KeyTextError};
 use proto::shard_map::{ShardMap, ShardMapError};
-use proto::system_keys::ShardAssignment;
+use proto::system_keys::{ShardAssignment, METADATA_TEAM};
 use proto::transport::tls::TlsSettings;
 use proto::transport::{ClientConfig, ServerConfig};
 use proto::{ProxyId, StorageServerId, StorageTeamId};
@@ -363,6 +363,7 @@ impl ClusterFile {
                 .iter()
                 .map(|s| (StorageServerId(s.id), StorageTeamId(s.private_team)))
                 .collect(),
+            metadata_team: self.generation.as_ref().map(|_| METADATA_TEAM),
         }
     }
 

@@ -1,5 +1,6 @@
-//! The core state: the cluster's epoch and every TLog generation that may
-//! still hold data a storage server has not popped. The cluster controller
+//! The core state: the cluster's epoch, every TLog generation that may
+//! still hold data a storage server has not popped, and the shard map as
+//! of a version of the newest generation. The cluster controller
 //! writes it at each recovery, with a conditional write on the
 //! coordinators' register [`CORE_STATE_REGISTER`]; storage servers read it
 //! to find the TLogs of each generation, and clients the proxies.
@@ -14,6 +15,11 @@
 //! version its predecessor ended at. It is recorded before its proxies are
 //! recruited and gets its [`CommitPath`] once they are, so a generation
 //! without one never acknowledged a commit and needs no data kept.
+//!
+//! The shard map is as of a version at or after the newest generation's
+//! begin: a recovery ends a generation at its recovery version with the
+//! map as of it, and the controller moves it on (a checkpoint) while the
+//! generation runs, so that the metadata team may be popped.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -22,6 +28,8 @@ use bytes::Bytes;
 use proto::rpc::LockReply;
 use proto::Version;
 use serde::{Deserialize, Serialize};
+
+use crate::shard_snapshot::ShardMapSnapshot;
 
 /// The coordinators' register that holds the core state.
 pub const CORE_STATE_REGISTER: &str = "core_state";
@@ -67,6 +75,10 @@ pub struct CoreState {
     pub epoch: u64,
     /// Oldest first; every one but the last has ended.
     pub generations: Vec<Generation>,
+    /// The shard map as of a version of the newest generation; before the
+    /// first recovery, none (the cluster file's map, at version 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_map: Option<ShardMapSnapshot>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +158,7 @@ impl CoreState {
             format: FORMAT.to_owned(),
             epoch: 0,
             generations: Vec::new(),
+            shard_map: None,
         }
     }
 
@@ -194,6 +207,15 @@ impl CoreState {
             format: FORMAT.to_owned(),
             epoch,
             generations,
+            shard_map: self.shard_map.clone(),
+        }
+    }
+
+    /// The state with the shard map as of a later version.
+    pub fn with_shard_map(&self, snapshot: ShardMapSnapshot) -> Self {
+        CoreState {
+            shard_map: Some(snapshot),
+            ..self.clone()
         }
     }
 
@@ -297,6 +319,19 @@ impl CoreState {
                 "epoch {} is not the newest generation's",
                 self.epoch
             ));
+        }
+        if let Some(snapshot) = &self.shard_map {
+            if let Some(newest) = self.generations.last() {
+                if snapshot.version < newest.begin_version {
+                    return inconsistent(format!(
+                        "the shard map is as of {}, before generation {} began at {}",
+                        snapshot.version, newest.epoch, newest.begin_version
+                    ));
+                }
+            }
+            if let Err(e) = snapshot.map() {
+                return inconsistent(e.to_string());
+            }
         }
         Ok(())
     }

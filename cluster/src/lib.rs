@@ -1,7 +1,8 @@
 //! What every process knows about the cluster it belongs to: the cluster
 //! file, the teams and their servers (topology), which TLogs hold each team
 //! (placement), the data directory a process owns, and the core state the
-//! coordinators keep for recoveries (epoch and TLog generations).
+//! coordinators keep for recoveries (epoch, TLog generations and the shard
+//! map their proxies start from).
 //!
 //! ```text
 //!  cluster.toml ──load──▶ ClusterFile ──topology()──▶ Topology ──tlogs_of(team)──▶ placement
@@ -13,6 +14,7 @@ pub mod core_state;
 pub mod data_dir;
 pub mod placement;
 pub mod retry;
+pub mod shard_snapshot;
 pub mod tls_files;
 pub mod topology;
 

@@ -1,8 +1,10 @@
 //! The cluster's teams as the roles see them: storage teams and their
-//! servers, each server's private team, and which TLogs hold each team.
+//! servers, each server's private team, the metadata team of a recruited
+//! commit path, and which TLogs hold each team.
 
 use std::collections::BTreeMap;
 
+use proto::system_keys::METADATA_READER;
 use proto::{StorageServerId, StorageTeamId};
 
 use crate::placement::tlogs_for_team;
@@ -28,6 +30,10 @@ pub struct Topology {
     pub broadcast: bool,
     pub teams: BTreeMap<StorageTeamId, Vec<StorageServerId>>,
     pub private_teams: BTreeMap<StorageServerId, StorageTeamId>,
+    /// The team every system mutation also goes to, read by recoveries
+    /// (`proto::system_keys::METADATA_TEAM`); set when the commit path is
+    /// recruited.
+    pub metadata_team: Option<StorageTeamId>,
 }
 
 impl Topology {
@@ -47,9 +53,9 @@ impl Topology {
             }
         }
         let mut seen = std::collections::BTreeSet::new();
-        for team in self.teams.keys().chain(self.private_teams.values()) {
-            if !seen.insert(*team) {
-                return Err(TopologyError::TeamIdReused { team: *team });
+        for team in self.all_teams() {
+            if !seen.insert(team) {
+                return Err(TopologyError::TeamIdReused { team });
             }
         }
         Ok(())
@@ -59,16 +65,21 @@ impl Topology {
         self.teams.contains_key(&team)
     }
 
-    /// Storage teams, then private teams.
+    /// Storage teams, then private teams, then the metadata team.
     pub fn all_teams(&self) -> impl Iterator<Item = StorageTeamId> + '_ {
         self.teams
             .keys()
             .chain(self.private_teams.values())
             .copied()
+            .chain(self.metadata_team)
     }
 
-    /// The servers that consume `team` (a private team has one).
+    /// The servers that consume `team` (a private team has one; the
+    /// metadata team the controller, as [`METADATA_READER`]).
     pub fn servers_of(&self, team: StorageTeamId) -> Vec<StorageServerId> {
+        if self.metadata_team == Some(team) {
+            return vec![METADATA_READER];
+        }
         match self.teams.get(&team) {
             Some(servers) => servers.clone(),
             None => self
@@ -99,6 +110,8 @@ impl Topology {
 
 #[cfg(test)]
 mod tests {
+    use proto::system_keys::METADATA_TEAM;
+
     use super::*;
 
     /// Three teams of two servers on three TLogs, each server with a private team.
@@ -118,6 +131,7 @@ mod tests {
             broadcast: true,
             teams,
             private_teams,
+            metadata_team: None,
         }
     }
 
@@ -148,6 +162,29 @@ mod tests {
             bad.check(),
             Err(TopologyError::TeamIdReused {
                 team: StorageTeamId(2)
+            })
+        );
+    }
+
+    #[test]
+    fn the_metadata_team_is_read_by_the_controller_and_may_not_be_reused() {
+        let mut t = sample();
+        t.metadata_team = Some(METADATA_TEAM);
+        assert_eq!(t.check(), Ok(()));
+        assert_eq!(t.servers_of(METADATA_TEAM), vec![METADATA_READER]);
+        assert_eq!(t.all_teams().last(), Some(METADATA_TEAM));
+        let held = t.teams_by_tlog();
+        assert_eq!(
+            held.iter()
+                .filter(|teams| teams.contains(&METADATA_TEAM))
+                .count(),
+            t.replication
+        );
+        t.teams.insert(METADATA_TEAM, vec![StorageServerId(10)]);
+        assert_eq!(
+            t.check(),
+            Err(TopologyError::TeamIdReused {
+                team: METADATA_TEAM
             })
         );
     }

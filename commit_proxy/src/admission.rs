@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::time::Duration;
 
+use proto::system_keys::METADATA_TEAM;
 use proto::{StorageTeamId, Version};
 
 use crate::proxy::Inner;
@@ -71,7 +72,10 @@ pub(crate) async fn run(inner: Weak<Inner>, limit: u64) {
             let status = tlog.call(|c| async move { c.status().await }).await;
             match status {
                 Ok(status) => {
-                    for team in status.teams {
+                    // The controller, not a storage server, pops the
+                    // metadata team: no commit could drain it faster.
+                    let teams = status.teams.iter().filter(|t| t.team != METADATA_TEAM);
+                    for team in teams {
                         merge(&mut fresh, team.team, team.bytes, team.popped);
                     }
                 }

@@ -50,7 +50,10 @@ pub struct ProxyConfig {
     pub sequencer: SocketAddr,
     pub tlogs: Vec<SocketAddr>,
     pub topology: Topology,
+    /// The shard map as of `shards_version`, which every version this
+    /// proxy commits follows.
     pub shards: ShardMap,
+    pub shards_version: Version,
     pub limits: Limits,
     /// While other batches are in flight, how long a batch waits for more.
     /// Zero takes what is queued: with `max_batches_in_flight` batches out,
@@ -87,6 +90,7 @@ impl ProxyConfig {
             tlogs,
             topology,
             shards,
+            shards_version: Version::ZERO,
             limits: Limits::default(),
             batch_interval: Duration::ZERO,
             max_batch_bytes: 8 << 20,

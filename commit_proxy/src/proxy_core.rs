@@ -154,7 +154,11 @@ impl<W> ProxyCore<W> {
             max_batch_bytes: config.max_batch_bytes,
             max_batches_in_flight: config.max_batches_in_flight.max(1),
             teams_by_tlog: config.topology.teams_by_tlog(),
-            map: VersionedShardMap::new(config.shards.clone(), Version::ZERO, config.shard_history),
+            map: VersionedShardMap::new(
+                config.shards.clone(),
+                config.shards_version,
+                config.shard_history,
+            ),
             known_committed: Version::ZERO,
             told_known_committed: Version::ZERO,
             last_written_committed: Version::ZERO,

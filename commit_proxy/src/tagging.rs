@@ -3,7 +3,8 @@
 //! ```text
 //!  commits (in order) ─▶ each mutation ─▶ user key/range: the shard map's teams
 //!                                      └▶ system key: the private teams of the
-//!                                         servers it concerns
+//!                                         servers it concerns, and the metadata
+//!                                         team (recruited commit paths)
 //!  subsequences number the pieces 1, 2, 3, ... in commit order
 //! ```
 //!
@@ -81,7 +82,8 @@ pub fn tag_version(
 
 /// The private teams of the servers a system mutation concerns: for a
 /// shard-map change, the servers of every team that held or will hold the
-/// range; for a team set, the server itself.
+/// range; for a team set, the server itself. And the metadata team, which
+/// a recovery reads.
 fn concerned_private_teams(
     map: &ShardMap,
     topology: &Topology,
@@ -101,12 +103,13 @@ fn concerned_private_teams(
     servers
         .iter()
         .filter_map(|s| topology.private_teams.get(s).copied())
+        .chain(topology.metadata_team)
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use proto::system_keys::{key_servers_key, ShardAssignment};
+    use proto::system_keys::{key_servers_key, ShardAssignment, METADATA_TEAM};
     use proto::team_set::team_set_key;
     use proto::{BlockEntry, StorageServerId, TeamBlock};
 
@@ -193,6 +196,21 @@ mod tests {
             );
         }
         assert!(entries(&tagged, 1021).is_empty());
+        assert!(entries(&tagged, METADATA_TEAM.0).is_empty());
         assert_eq!(tagged.metadata, vec![team_set, shard]);
+    }
+
+    #[test]
+    fn a_recruited_commit_path_also_sends_every_system_mutation_to_the_metadata_team() {
+        let mut topology = sample();
+        topology.metadata_team = Some(METADATA_TEAM);
+        let shard = Mutation::SetValue {
+            key: key_servers_key(b"c"),
+            value: ShardAssignment::to(StorageTeamId(3)).encode(),
+        };
+        let commits = vec![vec![set(b"a")], vec![shard.clone(), set(b"d")]];
+        let tagged = tag_version(&map(), &topology, Version(9), &commits).unwrap();
+        assert_eq!(entries(&tagged, METADATA_TEAM.0), vec![(2, shard.clone())]);
+        assert_eq!(entries(&tagged, 1030), vec![(2, shard)]);
     }
 }

@@ -26,5 +26,6 @@ pub fn sample() -> Topology {
         broadcast: true,
         teams,
         private_teams,
+        metadata_team: None,
     }
 }

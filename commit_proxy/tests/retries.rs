@@ -136,6 +136,7 @@ fn topology() -> Topology {
         broadcast: true,
         teams: [(StorageTeamId(1), vec![StorageServerId(10)])].into(),
         private_teams: [(StorageServerId(10), StorageTeamId(1010))].into(),
+        metadata_team: None,
     }
 }
 

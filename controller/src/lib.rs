@@ -8,8 +8,10 @@
 //!  Recovery (recovery.rs, pure) ─Command─▶ runtime ─lock / recruit / open─▶ TLogs, workers, sequencer
 //!        ▲                                    │
 //!        └──────────────Event─────────────────┘
+//!  metadata.rs: the shard map carried across generations by the metadata team
 //! ```
 
+pub mod metadata;
 pub mod recovery;
 pub mod retirement;
 pub mod runtime;

@@ -7,7 +7,8 @@
 //! ```text
 //!  read core state ─▶ lock the current generation's TLogs ─▶ recovery version (covering set)
 //!        │ (no commit path: it never acknowledged a commit, nothing to lock)
-//!        ▼
+//!        │                 read its shard-map changes up to the recovery version
+//!        ▼                 from a locked TLog holding the metadata team
 //!  recruit the new TLogs, begun at the recovery version ─▶ record the generation (conditional write)
 //!        ▼
 //!  recruit sequencer + proxies ─▶ record them (conditional write) ─▶ open the sequencer ─▶ recovered
@@ -18,15 +19,23 @@
 //! hands out a version, so a recovery that reads a generation without a
 //! commit path may drop it; one with a commit path is locked and ended at
 //! a recovery version that keeps every acknowledged commit
-//! (`cluster::core_state::recovery_version`).
+//! (`cluster::core_state::recovery_version`). The shard map the new
+//! generation's proxies start from is the core state's, carried to the
+//! recovery version by the changes at or below it, and recorded with the
+//! generation: changes above it never committed, so they are dropped with
+//! the versions that carried them.
 
 use std::net::SocketAddr;
 
 use cluster::core_state::{
     recovery_version, CommitPath, CoreState, GenerationEnd, RecoveryVersionError,
 };
+use cluster::placement::tlogs_for_team;
+use cluster::shard_snapshot::{ShardMapSnapshot, ShardSnapshotError};
 use proto::rpc::LockReply;
-use proto::Version;
+use proto::shard_map::ShardMap;
+use proto::system_keys::METADATA_TEAM;
+use proto::{Mutation, Version};
 
 /// What a new generation gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +49,7 @@ pub struct RecoveryConfig {
 pub enum Phase {
     ReadingCoreState,
     LockingTLogs,
+    ReadingShardMap,
     RecruitingTLogs,
     RecordingGeneration,
     RecruitingCommitPath,
@@ -53,6 +63,7 @@ impl Phase {
         match self {
             Phase::ReadingCoreState => "reading_core_state",
             Phase::LockingTLogs => "locking_tlogs",
+            Phase::ReadingShardMap => "reading_shard_map",
             Phase::RecruitingTLogs => "recruiting_tlogs",
             Phase::RecordingGeneration => "recording_generation",
             Phase::RecruitingCommitPath => "recruiting_commit_path",
@@ -71,6 +82,15 @@ pub enum Command {
     LockTLogs {
         epoch: u64,
         tlogs: Vec<(usize, SocketAddr)>,
+    },
+    /// Read the system mutations of versions `(after, through]` from the
+    /// metadata team on one of these locked TLogs of generation `epoch`
+    /// ([`Event::ShardChangesRead`]).
+    ReadShardChanges {
+        epoch: u64,
+        tlogs: Vec<SocketAddr>,
+        after: Version,
+        through: Version,
     },
     /// Recruit `count` TLogs for generation `epoch`, each begun at `begin`.
     RecruitTLogs {
@@ -109,6 +129,11 @@ pub enum Event {
         index: usize,
         reply: LockReply,
     },
+    /// Each version's system mutations, in version order.
+    ShardChangesRead {
+        epoch: u64,
+        changes: Vec<(Version, Vec<Mutation>)>,
+    },
     TLogsRecruited {
         epoch: u64,
         tlogs: Vec<SocketAddr>,
@@ -130,6 +155,8 @@ pub enum Event {
 pub enum RecoveryError {
     #[error("the locked TLogs disagree: {0}")]
     Inconsistent(#[from] RecoveryVersionError),
+    #[error("the shard map cannot be carried to the recovery version: {0}")]
+    ShardMap(#[from] ShardSnapshotError),
     #[error("{event} arrived while {phase}")]
     Unexpected { event: String, phase: &'static str },
 }
@@ -153,6 +180,10 @@ pub struct Recovery {
     locking: Option<Locking>,
     /// How the generation being replaced ends, once its locks cover it.
     pending_end: Option<GenerationEnd>,
+    /// The cluster file's shard map, for a core state that has none yet.
+    initial_shards: ShardMap,
+    /// The shard map as of the core state, then as of the recovery version.
+    shards: Option<ShardMapSnapshot>,
     /// The recovery version the new generation begins at.
     begin: Version,
     /// The epoch of the generation being recruited.
@@ -163,14 +194,20 @@ pub struct Recovery {
 
 struct Locking {
     epoch: u64,
+    tlogs: Vec<SocketAddr>,
     tlog_count: usize,
     replication: usize,
     locked: Vec<(usize, LockReply)>,
 }
 
 impl Recovery {
-    /// A recovery that starts by reading the core state.
-    pub fn start(config: RecoveryConfig, now_ms: u64) -> (Recovery, Vec<Command>) {
+    /// A recovery that starts by reading the core state; `initial_shards`
+    /// is the shard map of a cluster never recovered.
+    pub fn start(
+        config: RecoveryConfig,
+        initial_shards: ShardMap,
+        now_ms: u64,
+    ) -> (Recovery, Vec<Command>) {
         let recovery = Recovery {
             config,
             phase: Phase::ReadingCoreState,
@@ -183,6 +220,8 @@ impl Recovery {
             state: CoreState::initial(),
             locking: None,
             pending_end: None,
+            initial_shards,
+            shards: None,
             begin: Version::ZERO,
             epoch: 0,
             tlogs: Vec::new(),
@@ -259,6 +298,16 @@ impl Recovery {
                     reply,
                 },
             ) => self.on_locked(epoch, index, reply, now_ms),
+            (Phase::ReadingShardMap, Event::ShardChangesRead { epoch, changes }) => {
+                if self.state.current().is_none_or(|g| g.epoch != epoch) {
+                    return Ok(Vec::new());
+                }
+                let end = self.pending_end.as_ref().expect("read after the locks");
+                let through = end.version;
+                let shards = self.shards.as_ref().expect("read with the core state");
+                self.shards = Some(shards.advanced(through, &changes)?);
+                Ok(self.recruit_tlogs(through, now_ms))
+            }
             (Phase::RecruitingTLogs, Event::TLogsRecruited { epoch, tlogs }) => {
                 if epoch != self.epoch {
                     return Ok(Vec::new());
@@ -314,11 +363,18 @@ impl Recovery {
         self.revision = revision;
         self.epoch = state.epoch + 1;
         let current = state.current().cloned();
+        self.shards = Some(
+            state
+                .shard_map
+                .clone()
+                .unwrap_or_else(|| ShardMapSnapshot::new(Version::ZERO, &self.initial_shards)),
+        );
         self.state = state;
         match current {
             Some(current) if current.commit_path.is_some() => {
                 self.locking = Some(Locking {
                     epoch: current.epoch,
+                    tlogs: current.tlogs.clone(),
                     tlog_count: current.tlogs.len(),
                     replication: current.replication,
                     locked: Vec::new(),
@@ -359,10 +415,32 @@ impl Recovery {
         locking.locked.push((index, reply));
         match recovery_version(locking.tlog_count, locking.replication, &locking.locked) {
             Ok(end) => {
-                let begin = end.version;
+                let through = end.version;
+                let holding =
+                    tlogs_for_team(METADATA_TEAM, locking.tlog_count, locking.replication);
+                let tlogs = holding
+                    .into_iter()
+                    .filter(|i| end.locked.contains(i))
+                    .map(|i| locking.tlogs[i])
+                    .collect();
+                let epoch = locking.epoch;
                 self.locking = None;
                 self.pending_end = Some(end);
-                Ok(self.recruit_tlogs(begin, now_ms))
+                let after = self
+                    .shards
+                    .as_ref()
+                    .expect("read with the core state")
+                    .version;
+                if after >= through {
+                    return Ok(self.recruit_tlogs(through, now_ms));
+                }
+                self.enter(Phase::ReadingShardMap, now_ms);
+                Ok(vec![Command::ReadShardChanges {
+                    epoch,
+                    tlogs,
+                    after,
+                    through,
+                }])
             }
             Err(RecoveryVersionError::Uncovered { .. }) => Ok(Vec::new()),
             Err(e) => Err(e.into()),
@@ -385,7 +463,11 @@ impl Recovery {
             locked: Vec::new(),
         });
         self.tlogs = tlogs.clone();
-        self.state = self.state.recovered(end, tlogs, self.config.replication);
+        let shards = self.shards.clone().expect("read with the core state");
+        self.state = self
+            .state
+            .recovered(end, tlogs, self.config.replication)
+            .with_shard_map(shards);
         self.enter(Phase::RecordingGeneration, now_ms);
         vec![Command::WriteCoreState {
             expected_revision: self.revision,

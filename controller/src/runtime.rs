@@ -33,17 +33,22 @@ use proto::rpc::{
     ErrorCode, ErrorReply, HostedRole, Message, RecoveryReport, Recruit, RecruitRequest,
     RegisterWorkerRequest, WorkerReport,
 };
+use proto::shard_map::ShardMap;
 use proto::transport::{ClientConfig, Responder, RpcClient, RpcError, Service};
 use proto::ProxyId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::metadata;
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
 use crate::retirement;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     pub recovery: RecoveryConfig,
+    /// The cluster file's shard map: a cluster's first generation routes
+    /// by it.
+    pub initial_shards: ShardMap,
     /// How the controller calls workers, TLogs and the sequencer.
     pub transport: ClientConfig,
     /// A worker not heard from for this long is taken for failed.
@@ -56,9 +61,14 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
-    pub fn new(recovery: RecoveryConfig, transport: ClientConfig) -> Self {
+    pub fn new(
+        recovery: RecoveryConfig,
+        initial_shards: ShardMap,
+        transport: ClientConfig,
+    ) -> Self {
         ControllerConfig {
             recovery,
+            initial_shards,
             transport,
             failure_timeout: Duration::from_millis(500),
             call_timeout: Duration::from_secs(5),
@@ -79,7 +89,8 @@ pub struct RecoveryStatus {
     pub phases: Vec<PhaseTime>,
     /// Why the last recovery was abandoned, if it was.
     pub last_failure: Option<String>,
-    /// The live generations as last read or written, one line each.
+    /// The live generations as last read or written, one line each, and
+    /// the version the shard map the core state keeps is as of.
     pub generations: Vec<String>,
 }
 
@@ -384,20 +395,44 @@ async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
 }
 
 fn summaries(state: &CoreState) -> Vec<String> {
-    state.generations.iter().map(|g| g.summary()).collect()
+    let generations = state.generations.iter().map(|g| g.summary());
+    let shard_map = state.shard_map.as_ref().map(|m| {
+        format!(
+            "shard map: {} shards as of version {}",
+            m.shards.len(),
+            m.version
+        )
+    });
+    generations.chain(shard_map).collect()
 }
 
 /// How often the controller looks for generations to retire.
 const RETIRE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How often the controller checkpoints the shard map and pops the
+/// metadata team.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Waits until the recovered generation loses a role, or this process the
 /// controller's lease; says why. Meanwhile retires the old generations
-/// every storage server is done with.
+/// every storage server is done with, and checkpoints the shard map.
 async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     let mut retired_at: Option<tokio::time::Instant> = None;
+    let mut checkpointed_at: Option<tokio::time::Instant> = None;
     loop {
         interval.tick().await;
+        if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {
+            checkpointed_at = Some(tokio::time::Instant::now());
+            match metadata::checkpoint(&inner.coordinators, &inner.config.transport).await {
+                Ok(Some(state)) => {
+                    let generations = summaries(&state);
+                    inner.set_status(|s| s.generations = generations);
+                }
+                Ok(None) => {}
+                Err(reason) => tracing::debug!(%reason, "no shard-map checkpoint this time"),
+            }
+        }
         if retired_at.is_none_or(|at| at.elapsed() >= RETIRE_INTERVAL) && inner.leads() {
             retired_at = Some(tokio::time::Instant::now());
             let retiring = retirement::retire(
@@ -428,7 +463,11 @@ type Outcome = Result<Vec<Event>, String>;
 
 /// One recovery, to the end; returns the roles it recruited.
 async fn recover(inner: &Arc<Inner>) -> Result<Vec<Placed>, String> {
-    let (mut recovery, commands) = Recovery::start(inner.config.recovery, inner.clock.now_ms());
+    let (mut recovery, commands) = Recovery::start(
+        inner.config.recovery,
+        inner.config.initial_shards.clone(),
+        inner.clock.now_ms(),
+    );
     let placed = Arc::new(Mutex::new(Vec::<Placed>::new()));
     let (events, mut incoming) = mpsc::unbounded_channel::<Outcome>();
     let mut tasks = JoinSet::new();
@@ -510,6 +549,17 @@ async fn execute(
                 }
             }
             return;
+        }
+        Command::ReadShardChanges {
+            epoch,
+            tlogs,
+            after,
+            through,
+        } => {
+            let transport = &inner.config.transport;
+            metadata::read_for_recovery(&tlogs, transport, after, through)
+                .await
+                .map(|changes| vec![Event::ShardChangesRead { epoch, changes }])
         }
         Command::RecruitTLogs {
             epoch,

@@ -407,7 +407,8 @@ pub struct RecoveryReport {
     /// Why the last recovery was abandoned, if it was.
     pub last_failure: Option<String>,
     pub workers: Vec<WorkerReport>,
-    /// The live generations, oldest first, one line each.
+    /// The live generations, oldest first, one line each, then the
+    /// version the recorded shard map is as of.
     pub generations: Vec<String>,
 }
 

@@ -8,10 +8,14 @@
 //!  \xff/teamSet/<server:u64 BE>  →  TeamSet (see `team_set`)
 //!      routed to that server's private team; its cursor follows it
 //! ```
+//!
+//! In a cluster whose commit path is recruited, every system mutation also
+//! goes to the [`METADATA_TEAM`] on the TLogs, which a recovery reads to
+//! carry the shard map into the next generation.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::types::StorageTeamId;
+use crate::types::{StorageServerId, StorageTeamId};
 
 pub const KEY_SERVERS_PREFIX: &[u8] = b"\xff/keyServers/";
 
@@ -19,6 +23,15 @@ pub const KEY_SERVERS_PREFIX: &[u8] = b"\xff/keyServers/";
 pub const USER_KEYS_END: &[u8] = b"\xff";
 
 const ASSIGNMENT_FORMAT: u8 = 1;
+
+/// The team that carries every system mutation of a recruited commit path,
+/// so that a recovery can read each generation's shard-map changes from
+/// its locked TLogs. No storage server reads it.
+pub const METADATA_TEAM: StorageTeamId = StorageTeamId(u64::MAX);
+
+/// Who pops the [`METADATA_TEAM`]: the cluster controller, once the core
+/// state holds the shard map as of the popped version.
+pub const METADATA_READER: StorageServerId = StorageServerId(u64::MAX);
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SystemKeyError {

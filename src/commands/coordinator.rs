@@ -101,7 +101,8 @@ pub async fn host(
         let coordinators =
             CoordinatorClient::new(&cluster.coordinator_addresses(), config.transport.clone())?
                 .with_timeout(Duration::from_secs(2));
-        let mut controller_config = ControllerConfig::new(recovery, config.transport.clone());
+        let mut controller_config =
+            ControllerConfig::new(recovery, cluster.shard_map()?, config.transport.clone());
         controller_config.storage_servers =
             cluster.storage_servers.iter().map(|s| s.address).collect();
         let controller = Controller::start(

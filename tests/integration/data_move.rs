@@ -5,7 +5,10 @@
 //! servers refuse the range, and clients read it where it now lives. A
 //! move whose driver dies mid-copy (a source server killed then too) is
 //! taken over by asking again, and one cancelled leaves the range where
-//! it was.
+//! it was. With the commit path recruited, a move survives the loss of
+//! the proxy's worker mid-copy, and the moved range stays where it moved
+//! through a later recovery: the new proxies route by the shard map the
+//! recovery carried over, which the controller's checkpoints keep current.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,11 +21,14 @@ use bytes::Bytes;
 use client::moves::{MoveError, MoveOutcome};
 use client::Client;
 use cluster::ClusterFile;
-use proto::rpc::{ErrorCode, GetRangeRequest, Message};
+use coordinator::client::CoordinatorClient;
+use proto::rpc::{ErrorCode, GetRangeRequest, Message, RoleKind};
+use proto::system_keys::METADATA_TEAM;
 use proto::transport::{RpcClient, RpcError};
 use proto::{Mutation, StorageTeamId, Version};
 use testkit::{ClusterSpec, LocalCluster};
 
+use crate::recovery::{newer_generation, worker_hosting};
 use crate::storage_rebuild::{address, server_status};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -50,6 +56,19 @@ fn spec() -> ClusterSpec {
         shard_begins: vec!["h".into(), "p".into()],
         storage_args,
         ..ClusterSpec::default()
+    }
+}
+
+/// `spec` with the commit path recruited on five workers: three TLogs at
+/// replication 2 and one proxy, so that losing any one worker recovers.
+fn recruited_spec() -> ClusterSpec {
+    ClusterSpec {
+        coordinators: 1,
+        workers: 5,
+        tlogs: 3,
+        replication: 2,
+        proxies: 1,
+        ..spec()
     }
 }
 
@@ -148,8 +167,11 @@ impl Writing {
 
 /// A cluster as `spec` says, with the preloaded keys, `c00000` on, in the
 /// moving range, and a writer at work.
-async fn preloaded_under_writes(dir: &Path) -> Result<(LocalCluster, Arc<Client>, Writing)> {
-    let local = LocalCluster::start(crate::exe(), dir, &spec()).await?;
+async fn preloaded_under_writes(
+    dir: &Path,
+    spec: &ClusterSpec,
+) -> Result<(LocalCluster, Arc<Client>, Writing)> {
+    let local = LocalCluster::start(crate::exe(), dir, spec).await?;
     let client = Arc::new(Client::new(&local.cluster)?);
     let model = Arc::new(Mutex::new(Model::default()));
     for first in (0..PRELOADED).step_by(500) {
@@ -331,7 +353,7 @@ async fn check_moved(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (mut local, client, mut writing) = preloaded_under_writes(dir.path()).await?;
+    let (mut local, client, mut writing) = preloaded_under_writes(dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
 
     // To team 2, with server 200 killed once it is copying, and back.
@@ -380,7 +402,7 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (mut local, client, mut writing) = preloaded_under_writes(dir.path()).await?;
+    let (mut local, client, mut writing) = preloaded_under_writes(dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
 
     // The driver dies while server 200 copies, and source server 101 is
@@ -449,5 +471,110 @@ async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() ->
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    Ok(local.stop().await?)
+}
+
+/// Kills the worker hosting the current generation's proxy and waits for
+/// the next generation; returns its epoch.
+async fn lose_the_proxy(local: &mut LocalCluster) -> Result<u64> {
+    let epoch = local.wait_recovered(DEADLINE).await?;
+    let i = worker_hosting(local, RoleKind::Proxy, epoch).await?;
+    local.workers[i].take().context("live")?.kill9().await?;
+    newer_generation(local, epoch).await
+}
+
+/// Waits until the writer has `more` acknowledged commits than now.
+async fn wait_for_writes(writing: &Writing, more: usize) -> Result<()> {
+    let from = writing.model.lock().unwrap().appended.len();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while writing.model.lock().unwrap().appended.len() < from + more {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the writer made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits until the core state's shard map is checkpointed past the
+/// current generation's begin with `[BEGIN, END)` on `team`, and the
+/// metadata team is popped up to it on the generation's TLogs.
+async fn wait_for_checkpoint(local: &LocalCluster, team: u64) -> Result<()> {
+    let coordinators = CoordinatorClient::new(
+        &local.cluster.coordinator_addresses(),
+        local.cluster.client_config()?,
+    )?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (state, _) = coordinators.read_core_state().await?;
+        let current = state.current().context("a current generation")?;
+        let snapshot = state.shard_map.as_ref().context("a shard map")?;
+        let map = snapshot.map()?;
+        let on_team = map
+            .split(BEGIN, END)
+            .iter()
+            .all(|(_, _, a)| a.src == [StorageTeamId(team)] && a.dest.is_empty());
+        let mut popped = true;
+        for addr in &current.tlogs {
+            let client = RpcClient::connect(*addr, local.cluster.client_config()?).await?;
+            let status = client.status().await?;
+            let metadata = status.teams.iter().find(|t| t.team == METADATA_TEAM);
+            popped &= metadata.is_none_or(|t| t.popped > snapshot.version);
+        }
+        if on_team && popped && snapshot.version > current.begin_version {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint with the range on team {team}: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_the_loss_of_the_proxy_mid_copy_and_a_later_recovery() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut local, client, mut writing) =
+        preloaded_under_writes(dir.path(), &recruited_spec()).await?;
+    let cluster = local.cluster.clone();
+
+    // The proxy's worker dies while server 200 copies: the mover's
+    // commits go on in the next generation, which routes the range to
+    // both teams until the flip.
+    let moving = spawn_move(&client, 2);
+    wait_until_copying(&cluster, 200, &moving).await?;
+    let epoch = lose_the_proxy(&mut local).await?;
+    let outcome = moving.await??;
+    let flipped = outcome.flipped.context("the range moved")?;
+    println!("moved in generation {epoch}, flipped at {flipped}");
+    check_moved(
+        &cluster,
+        &client,
+        &mut writing,
+        flipped,
+        [200, 201],
+        [100, 101],
+    )
+    .await?;
+
+    // Checkpointed, then recovered again: the next generation's proxy
+    // still sends the range's writes to team 2, and reads find it there.
+    writing.resume();
+    wait_for_writes(&writing, 5).await?;
+    wait_for_checkpoint(&local, 2).await?;
+    let epoch = lose_the_proxy(&mut local).await?;
+    wait_for_writes(&writing, 20).await?;
+    println!("writes go on in generation {epoch}");
+    check_moved(
+        &cluster,
+        &client,
+        &mut writing,
+        flipped,
+        [200, 201],
+        [100, 101],
+    )
+    .await?;
     Ok(local.stop().await?)
 }

@@ -54,7 +54,7 @@ fn spec() -> ClusterSpec {
 }
 
 /// The live worker (by index) hosting a `kind` role of generation `epoch`.
-async fn worker_hosting(local: &LocalCluster, kind: RoleKind, epoch: u64) -> Result<usize> {
+pub(crate) async fn worker_hosting(local: &LocalCluster, kind: RoleKind, epoch: u64) -> Result<usize> {
     local
         .worker_hosting(kind, epoch)
         .await?
@@ -108,7 +108,7 @@ async fn new_controller(local: &LocalCluster, old: u64) -> Result<u64> {
 }
 
 /// Waits for a generation after `epoch` to be recovered; returns its epoch.
-async fn newer_generation(local: &LocalCluster, epoch: u64) -> Result<u64> {
+pub(crate) async fn newer_generation(local: &LocalCluster, epoch: u64) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let recovered = local.wait_recovered(Duration::from_secs(30)).await?;

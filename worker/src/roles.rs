@@ -19,6 +19,7 @@ use cluster::ClusterFile;
 use commit_proxy::proxy::{ProxyConfig, ProxyService};
 use proto::clock::SystemClock;
 use proto::rpc::RoleKind;
+use proto::shard_map::ShardMap;
 use proto::transport::{serve, ClientConfig, ServerConfig, Service};
 use proto::{ProxyId, Version};
 use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
@@ -185,20 +186,20 @@ pub async fn start_sequencer(
     .await
 }
 
+/// Starts a proxy of generation `epoch` routing by `shards`, the shard map
+/// as of the version given with it.
 pub async fn start_proxy(
     ctx: &RoleContext,
     epoch: u64,
     id: ProxyId,
     sequencer: SocketAddr,
     tlogs: Vec<SocketAddr>,
+    (shards, shards_version): (ShardMap, Version),
     listen: SocketAddr,
 ) -> Result<Started, WorkerError> {
-    let shards = ctx
-        .cluster
-        .shard_map()
-        .map_err(|e| WorkerError::Role(e.to_string()))?;
     let topology = ctx.cluster.topology_for(tlogs.len());
     let mut config = ProxyConfig::new(id, sequencer, tlogs, topology, shards);
+    config.shards_version = shards_version;
     config.transport = ctx.transport.clone();
     let service = ProxyService::start(config, Arc::new(SystemClock::default()), STARTUP_TIMEOUT)
         .await

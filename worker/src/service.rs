@@ -25,7 +25,9 @@ use proto::rpc::{
     ErrorCode, ErrorReply, HostedRole, Message, Recruit, RecruitRequest, RegisterWorkerRequest,
     RoleKind, WorkerStatusReply,
 };
+use proto::shard_map::ShardMap;
 use proto::transport::{Peer, Responder, Service};
+use proto::Version;
 
 use crate::roles::{
     parse_tlog_dir, start_proxy, start_sequencer, start_tlog, stored_address, RoleContext, Started,
@@ -137,13 +139,46 @@ impl WorkerService {
                 id,
                 sequencer,
                 tlogs,
-            } => start_proxy(ctx, epoch, id, sequencer, tlogs, listen).await,
+            } => match self.shard_map_of(epoch).await {
+                Ok(shards) => start_proxy(ctx, epoch, id, sequencer, tlogs, shards, listen).await,
+                Err(e) => Err(e),
+            },
         }
         .map_err(|e| ErrorReply::new(ErrorCode::Unavailable, e.to_string()))?;
         let address = started.address;
         hosted.insert(key, started);
         inner.refresh_roles(&hosted);
         Ok(address)
+    }
+
+    /// The shard map generation `epoch`'s proxies start from, and the
+    /// version it is as of: what its recovery recorded.
+    async fn shard_map_of(&self, epoch: u64) -> Result<(ShardMap, Version), WorkerError> {
+        let (state, _) = self
+            .inner
+            .coordinators
+            .read_core_state()
+            .await
+            .map_err(|e| WorkerError::Role(format!("reading the core state: {e}")))?;
+        if state.current().is_none_or(|g| g.epoch != epoch) {
+            return Err(WorkerError::Role(format!(
+                "generation {epoch} is not the current one (epoch {})",
+                state.epoch
+            )));
+        }
+        match &state.shard_map {
+            Some(snapshot) => {
+                let map = snapshot
+                    .map()
+                    .map_err(|e| WorkerError::Role(e.to_string()))?;
+                Ok((map, snapshot.version))
+            }
+            None => {
+                let map = self.inner.ctx.cluster.shard_map();
+                let map = map.map_err(|e| WorkerError::Role(e.to_string()))?;
+                Ok((map, Version::ZERO))
+            }
+        }
     }
 
     async fn handle(self, request: Message) -> Result<Message, ErrorReply> {

@@ -1,4 +1,8 @@
+use bytes::Bytes;
 use proptest::prelude::*;
+use proto::shard_map::ShardMap;
+use proto::system_keys::ShardAssignment;
+use proto::StorageTeamId;
 
 use super::*;
 
@@ -145,6 +149,40 @@ fn retiring_drops_only_ended_generations_wholly_popped() {
     assert_eq!(retired.generations.len(), 1);
     assert_eq!(retired.current().map(|g| g.epoch), Some(2));
     assert_eq!(CoreState::decode(&retired.encode()), Ok(retired));
+}
+
+/// A one-shard map on team `team`.
+fn snapshot(version: u64, team: u64) -> ShardMapSnapshot {
+    let map = ShardMap::new([(Bytes::new(), ShardAssignment::to(StorageTeamId(team)))]).unwrap();
+    ShardMapSnapshot::new(Version(version), &map)
+}
+
+#[test]
+fn the_shard_map_is_kept_across_recoveries_and_never_before_the_newest_generation() {
+    let state = two_generations().with_shard_map(snapshot(900, 3));
+    assert_eq!(CoreState::decode(&state.encode()), Ok(state.clone()));
+    // A checkpoint moves it on within the generation.
+    let later = state.with_shard_map(snapshot(1200, 4));
+    assert_eq!(CoreState::decode(&later.encode()), Ok(later.clone()));
+    let next = later.recovered(
+        recovery_version(3, 2, &[(0, lock(1500, 1400)), (1, lock(1600, 1400))]).unwrap(),
+        vec![addr(30), addr(31), addr(32)],
+        2,
+    );
+    assert_eq!(next.shard_map, later.shard_map);
+    // Recorded before the recovery reads the changes up to 1500: refused.
+    assert!(matches!(
+        CoreState::decode(&next.encode()),
+        Err(CoreStateError::Inconsistent(_))
+    ));
+    let read = next.with_shard_map(snapshot(1500, 4));
+    assert_eq!(CoreState::decode(&read.encode()), Ok(read.clone()));
+    let mut no_first_shard = read.clone();
+    no_first_shard.shard_map.as_mut().unwrap().shards.clear();
+    assert!(matches!(
+        CoreState::decode(&no_first_shard.encode()),
+        Err(CoreStateError::Inconsistent(_))
+    ));
 }
 
 #[test]

@@ -1,14 +1,36 @@
 //! Recoveries against a model of the cluster: TLogs that die, answer
 //! late or never, commits that reach only some TLogs, and controllers
 //! that die at any step (after a write that took, too). Whatever happens,
-//! every acknowledged commit stays readable from the core state.
+//! every acknowledged commit stays readable from the core state, and the
+//! shard map it records holds exactly the changes of committed versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
+use proto::system_keys::{key_servers_key, ShardAssignment};
+use proto::StorageTeamId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+
+/// The cluster file's map: every key on team 1.
+fn initial() -> ShardMap {
+    ShardMap::new([(Bytes::new(), ShardAssignment::to(StorageTeamId(1)))]).unwrap()
+}
+
+/// The shard a change at `version` starts: one per version, so the map
+/// says which changes it took.
+fn shard_begin(version: Version) -> String {
+    format!("k{}", version.0)
+}
+
+fn shard_change(version: Version) -> Mutation {
+    Mutation::SetValue {
+        key: key_servers_key(shard_begin(version).as_bytes()),
+        value: ShardAssignment::to(StorageTeamId(2)).encode(),
+    }
+}
 
 const CONFIG: RecoveryConfig = RecoveryConfig {
     tlogs: 3,
@@ -44,6 +66,8 @@ struct World {
     stuck: Option<u64>,
     last_version: Version,
     acked: Vec<Version>,
+    /// The versions that carry a shard-map change, wherever they reached.
+    changed: BTreeSet<Version>,
 }
 
 impl World {
@@ -58,6 +82,7 @@ impl World {
             stuck: None,
             last_version: Version::ZERO,
             acked: Vec::new(),
+            changed: BTreeSet::new(),
         }
     }
 
@@ -97,6 +122,9 @@ impl World {
             if durable_on == 0 {
                 continue;
             }
+            if self.rng.random_bool(0.3) {
+                self.changed.insert(version);
+            }
             self.last_version = version;
             if durable_on == tlogs.len() {
                 self.acked.push(version);
@@ -123,7 +151,7 @@ impl World {
     /// Runs one recovery until it ends or its controller dies; returns
     /// whether it finished.
     fn recover(&mut self, death_chance: f64) -> bool {
-        let (mut recovery, mut commands) = Recovery::start(CONFIG, 0);
+        let (mut recovery, mut commands) = Recovery::start(CONFIG, initial(), 0);
         let mut now = 0;
         let mut guard = 0;
         loop {
@@ -181,6 +209,26 @@ impl World {
                     });
                 }
                 events
+            }
+            Command::ReadShardChanges {
+                epoch,
+                tlogs,
+                after,
+                through,
+            } => {
+                // From the first that is alive; with none, the runtime gives up.
+                let Some(tlog) = tlogs.iter().map(|a| &self.tlogs[a]).find(|t| t.alive) else {
+                    return Vec::new();
+                };
+                assert!(tlog.epoch == epoch && tlog.locked);
+                assert!(tlog.last >= through, "{through} read beyond the TLog's end");
+                let changes = tlog
+                    .versions
+                    .range(after.next()..=through)
+                    .filter(|v| self.changed.contains(v))
+                    .map(|v| (*v, vec![shard_change(*v)]))
+                    .collect();
+                vec![Event::ShardChangesRead { epoch, changes }]
             }
             Command::RecruitTLogs {
                 epoch,
@@ -294,6 +342,41 @@ impl World {
             }
         }
     }
+
+    /// The recorded shard map holds the change of every committed version
+    /// at or below its own (those every reader of their generation sees),
+    /// and no other; and it is as of the current generation's begin.
+    fn check_shard_map(&self, seed: u64) {
+        let Some(snapshot) = &self.core.shard_map else {
+            assert!(self.core.generations.is_empty(), "seed {seed}");
+            return;
+        };
+        if let Some(current) = self.core.current() {
+            assert_eq!(snapshot.version, current.begin_version, "seed {seed}");
+        }
+        let committed = |v: &Version| {
+            self.core.generation_for(*v).is_some_and(|g| {
+                g.end.is_some()
+                    && g.readable_tlogs()
+                        .iter()
+                        .all(|(_, a)| self.tlogs[a].versions.contains(v))
+            })
+        };
+        let mut expected: BTreeSet<String> = self
+            .changed
+            .range(..=snapshot.version)
+            .filter(|v| committed(v))
+            .map(|v| shard_begin(*v))
+            .collect();
+        expected.insert(String::new());
+        let recorded: BTreeSet<String> = snapshot.shards.iter().map(|s| s.begin.clone()).collect();
+        assert_eq!(recorded, expected, "seed {seed}");
+        for version in self.acked.iter().filter(|v| self.changed.contains(v)) {
+            if *version <= snapshot.version {
+                assert!(recorded.contains(&shard_begin(*version)), "seed {seed}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -332,7 +415,7 @@ fn a_recovery_ends_the_generation_at_the_lowest_end_its_locks_saw_and_begins_the
 
 #[test]
 fn a_recovery_waits_while_no_covering_set_of_tlogs_answers() {
-    let (mut recovery, _) = Recovery::start(CONFIG, 0);
+    let (mut recovery, _) = Recovery::start(CONFIG, initial(), 0);
     let mut world = World::new(2);
     assert!(world.recover(0.0));
     let state = world.core.clone();
@@ -381,6 +464,27 @@ fn a_recovery_waits_while_no_covering_set_of_tlogs_answers() {
             3,
         )
         .unwrap();
+    // The shard map moves to the recovery version by the changes a locked
+    // TLog holding the metadata team has.
+    let tlogs = &world.core.current().unwrap().tlogs;
+    let holding: Vec<SocketAddr> = tlogs_for_team(METADATA_TEAM, 3, 2)
+        .into_iter()
+        .filter(|i| [0, 2].contains(i))
+        .map(|i| tlogs[i])
+        .collect();
+    assert_eq!(
+        more,
+        vec![Command::ReadShardChanges {
+            epoch: 1,
+            tlogs: holding,
+            after: Version::ZERO,
+            through: Version(10),
+        }]
+    );
+    let changes = vec![(Version(7), vec![shard_change(Version(7))])];
+    let more = recovery
+        .handle(Event::ShardChangesRead { epoch: 1, changes }, 4)
+        .unwrap();
     assert!(matches!(
         more.as_slice(),
         [Command::RecruitTLogs {
@@ -392,11 +496,29 @@ fn a_recovery_waits_while_no_covering_set_of_tlogs_answers() {
     let times = recovery.phase_times();
     assert_eq!(times[1].phase, Phase::LockingTLogs);
     assert_eq!((times[1].started_ms, times[1].ended_ms), (1, Some(3)));
+    assert_eq!(times[2].phase, Phase::ReadingShardMap);
+    let tlogs = vec![addr(1), addr(2), addr(3)];
+    let commands = recovery
+        .handle(
+            Event::TLogsRecruited {
+                epoch: 2,
+                tlogs: tlogs.clone(),
+            },
+            5,
+        )
+        .unwrap();
+    let [Command::WriteCoreState { state, .. }] = commands.as_slice() else {
+        panic!("{commands:?}");
+    };
+    let map = state.shard_map.as_ref().unwrap();
+    assert_eq!(map.version, Version(10));
+    let assignment = map.map().unwrap().assignment_of(b"k7").clone();
+    assert_eq!(assignment, ShardAssignment::to(StorageTeamId(2)));
 }
 
 #[test]
 fn an_event_the_phase_does_not_expect_abandons_the_recovery() {
-    let (mut recovery, _) = Recovery::start(CONFIG, 0);
+    let (mut recovery, _) = Recovery::start(CONFIG, initial(), 0);
     let error = recovery
         .handle(Event::CoreStateWritten { revision: 3 }, 1)
         .unwrap_err();
@@ -420,6 +542,7 @@ fn acknowledged_commits_survive_any_sequence_of_recoveries() {
                 assert_eq!(world.open, Some(world.core.epoch), "seed {seed}");
             }
             world.check_acknowledged_are_readable(seed);
+            world.check_shard_map(seed);
             let epochs: Vec<u64> = world.core.generations.iter().map(|g| g.epoch).collect();
             assert!(
                 epochs.windows(2).all(|w| w[0] < w[1]),

@@ -1,0 +1,209 @@
+//! The metadata team: every system mutation a recruited commit path
+//! commits also goes to it, so that the shard map outlives the proxies
+//! that routed by it. A recovery reads it up to the recovery version from
+//! a locked TLog; while a generation runs, the controller checkpoints the
+//! shard map into the core state and pops what it folded in, or the team
+//! would hold every TLog segment of the generation.
+//!
+//! ```text
+//!  proxies ─system mutations─▶ METADATA_TEAM on its TLogs
+//!  recovery:   peek (snapshot, recovery version] on a locked TLog ─▶ fold ─▶ recorded with the generation
+//!  checkpoint: peek (snapshot, known committed] ─▶ fold ─▶ core state (conditional write) ─▶ pop
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backon::Retryable;
+use cluster::core_state::{CoreState, CORE_STATE_REGISTER};
+use cluster::placement::tlogs_for_team;
+use cluster::retry::backoff;
+use coordinator::client::CoordinatorClient;
+use proto::rpc::{PeekRequest, PopRequest};
+use proto::system_keys::{METADATA_READER, METADATA_TEAM};
+use proto::transport::{ClientConfig, RpcClient};
+use proto::{BlockEntry, Mutation, Version};
+
+/// Each version's system mutations, in version order.
+pub type Changes = Vec<(Version, Vec<Mutation>)>;
+
+/// How far a read goes.
+#[derive(Clone, Copy, Debug)]
+pub enum ReadThrough {
+    /// Up to this version, all of which the TLog holds (a locked TLog, up
+    /// to the recovery version).
+    Version(Version),
+    /// Up to what the TLog knows committed when first asked.
+    KnownCommitted,
+}
+
+/// How many bytes one peek of the metadata team asks for.
+const PEEK_BYTES: u32 = 1 << 20;
+
+/// How long one peek may take.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a recovery tries the metadata team's TLogs before it gives up
+/// (and a new recovery starts).
+const RECOVERY_READ_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Reads the metadata team's mutations of versions `(after, through]`
+/// from `tlog`; returns them and the version read through.
+pub async fn read_changes(
+    tlog: SocketAddr,
+    transport: &ClientConfig,
+    after: Version,
+    through: ReadThrough,
+) -> Result<(Changes, Version), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("reading the metadata team on {tlog}: {e}");
+    let client = RpcClient::connect(tlog, transport.clone())
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut through = match through {
+        ReadThrough::Version(v) => Some(v),
+        ReadThrough::KnownCommitted => None,
+    };
+    let mut changes: BTreeMap<Version, Vec<Mutation>> = BTreeMap::new();
+    let mut begin = after.next();
+    loop {
+        let request = PeekRequest {
+            team: METADATA_TEAM,
+            begin,
+            max_bytes: PEEK_BYTES,
+            timeout_ms: 0,
+        };
+        let reply = match tokio::time::timeout(PEEK_TIMEOUT, client.peek(request)).await {
+            Ok(reply) => reply.map_err(|e| failed(&e))?,
+            Err(_) => return Err(failed(&"no answer in time")),
+        };
+        let through = *through.get_or_insert(reply.known_committed_version);
+        if through <= after {
+            return Ok((Vec::new(), after));
+        }
+        for block in &reply.blocks {
+            let block = block.parse().map_err(|e| failed(&e))?;
+            for entry in block.entries() {
+                if let BlockEntry::Message(m) = entry {
+                    if m.version > after && m.version <= through {
+                        changes.entry(m.version).or_default().push(m.mutation);
+                    }
+                }
+            }
+        }
+        if reply.end > through {
+            return Ok((changes.into_iter().collect(), through));
+        }
+        // Versions up to `through` are durable on this TLog, so each reply
+        // moves on unless the TLog lacks them.
+        if reply.end <= begin || reply.end_of_stream {
+            return Err(failed(&format!(
+                "it holds versions below {} only, short of {through}",
+                reply.end
+            )));
+        }
+        begin = reply.end;
+    }
+}
+
+/// A recovery's read of `(after, through]` from the first of `tlogs` that
+/// answers whole, trying them in turn for a while.
+pub async fn read_for_recovery(
+    tlogs: &[SocketAddr],
+    transport: &ClientConfig,
+    after: Version,
+    through: Version,
+) -> Result<Changes, String> {
+    let attempt = || async {
+        let mut last = format!("no locked TLog holds the metadata team of {through}");
+        for tlog in tlogs {
+            match read_changes(*tlog, transport, after, ReadThrough::Version(through)).await {
+                Ok((changes, _)) => return Ok(changes),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    attempt
+        .retry(backoff(RECOVERY_READ_PATIENCE))
+        .notify(|e, _| tracing::debug!(error = %e, "shard-map changes not read; trying again"))
+        .await
+}
+
+/// Moves the core state's shard map on to what the current generation's
+/// TLogs know committed, then pops the metadata team there up to it.
+/// Returns the core state written, if the map moved.
+pub async fn checkpoint(
+    coordinators: &CoordinatorClient,
+    transport: &ClientConfig,
+) -> Result<Option<CoreState>, String> {
+    let (state, revision) = coordinators
+        .read_core_state()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (Some(current), Some(snapshot)) = (state.current(), &state.shard_map) else {
+        return Ok(None);
+    };
+    if current.commit_path.is_none() {
+        return Ok(None);
+    }
+    let holding: Vec<SocketAddr> =
+        tlogs_for_team(METADATA_TEAM, current.tlogs.len(), current.replication)
+            .into_iter()
+            .map(|i| current.tlogs[i])
+            .collect();
+    let mut read = Err("the metadata team is on no TLog".to_owned());
+    for tlog in &holding {
+        read = read_changes(
+            *tlog,
+            transport,
+            snapshot.version,
+            ReadThrough::KnownCommitted,
+        )
+        .await;
+        if read.is_ok() {
+            break;
+        }
+    }
+    let (changes, through) = read?;
+    let mut moved = None;
+    if through > snapshot.version {
+        let advanced = snapshot
+            .advanced(through, &changes)
+            .map_err(|e| e.to_string())?;
+        let next = state.with_shard_map(advanced);
+        let outcome = coordinators
+            .write(CORE_STATE_REGISTER, revision, next.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !outcome.written {
+            return Err("the core state changed during a shard-map checkpoint".to_owned());
+        }
+        tracing::debug!(%through, "shard map checkpointed");
+        moved = Some(next);
+    }
+    // Popped again even when nothing moved: a pop lost earlier is redone.
+    let popped = moved
+        .as_ref()
+        .and_then(|s| s.shard_map.as_ref())
+        .map_or(snapshot.version, |m| m.version)
+        .next();
+    for tlog in holding {
+        let pop = async {
+            let client = RpcClient::connect(tlog, transport.clone()).await?;
+            client
+                .pop(PopRequest {
+                    team: METADATA_TEAM,
+                    server: METADATA_READER,
+                    version: popped,
+                })
+                .await
+        };
+        match tokio::time::timeout(PEEK_TIMEOUT, pop).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%tlog, error = %e, "metadata team not popped"),
+            Err(_) => tracing::debug!(%tlog, "metadata team pop took too long"),
+        }
+    }
+    Ok(moved)
+}
