@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proto::rpc::{
     ClientCommitRequest, ErrorCode, GetKeyLocationReply, GetKeyLocationRequest, GetRangeRequest,
-    GetValueRequest, Message,
+    GetValueRequest, KeyRange, Message,
 };
 use proto::system_keys::USER_KEYS_END;
 use proto::transport::{ClientConfig, Peer, RpcError};
@@ -106,7 +106,7 @@ impl Client {
     pub async fn commit(&self, mutations: Vec<Mutation>) -> Result<Version, ClientError> {
         self.send(ClientCommitRequest {
             mutations,
-            allow_system_keys: false,
+            ..ClientCommitRequest::default()
         })
         .await
     }
@@ -116,6 +116,25 @@ impl Client {
         self.send(ClientCommitRequest {
             mutations,
             allow_system_keys: true,
+            ..ClientCommitRequest::default()
+        })
+        .await
+    }
+
+    /// Like `commit_system`, but refused with `not_committed`, nothing of
+    /// it applied, when a key of `read_ranges` (system keys only) was
+    /// written after `read_version`: a change decided on what was read.
+    pub async fn commit_system_if_unchanged(
+        &self,
+        mutations: Vec<Mutation>,
+        read_version: Version,
+        read_ranges: Vec<KeyRange>,
+    ) -> Result<Version, ClientError> {
+        self.send(ClientCommitRequest {
+            mutations,
+            allow_system_keys: true,
+            read_version,
+            read_ranges,
         })
         .await
     }
@@ -326,7 +345,10 @@ impl Client {
         })
     }
 
-    /// The shard holding `key` at `version`, as a proxy knows it.
+    /// The shard holding `key` at `version`, as a proxy knows it: the
+    /// first whose map has every change up to the version (a proxy learns
+    /// the others' changes only as it commits batches of its own, and the
+    /// one that committed `version` has them all), or else the freshest.
     async fn shard_at(
         &self,
         key: &[u8],
@@ -337,19 +359,31 @@ impl Client {
             version,
         };
         let route = self.path.route().await?;
+        let exact_from = Version(version.0.saturating_sub(1));
         let mut failures = Vec::new();
+        let mut freshest: Option<GetKeyLocationReply> = None;
         for proxy in &route.proxies {
             let request = request.clone();
             let call =
                 proxy.call(|c| async move { c.call(Message::GetKeyLocation(request)).await });
             match call.await {
-                Ok(Message::GetKeyLocationReply(reply)) => return Ok(reply),
+                Ok(Message::GetKeyLocationReply(reply)) if reply.as_of >= exact_from => {
+                    return Ok(reply)
+                }
+                Ok(Message::GetKeyLocationReply(reply)) => {
+                    if freshest.as_ref().is_none_or(|f| f.as_of < reply.as_of) {
+                        freshest = Some(reply);
+                    }
+                }
                 Ok(other) => return Err(unexpected(other)),
                 Err(RpcError::Remote { code, message, .. }) => {
                     return Err(ClientError::Read { code, message })
                 }
                 Err(e) => failures.push(format!("{}: {e}", proxy.addr())),
             }
+        }
+        if let Some(reply) = freshest {
+            return Ok(reply);
         }
         self.path.failed();
         Err(ClientError::Unavailable(failures.join("; ")))

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use cluster::topology::Topology;
 use proto::rpc::{
     ClientCommitRequest, ErrorCode, ErrorReply, GetCommitVersionReply, GetKeyLocationReply,
-    GetKeyLocationRequest, ProxyStatusReply, ReportCommittedRequest, ResolveReply, SequenceReply,
-    SequenceRequest, TLogCommitRequest, TeamBlockData,
+    GetKeyLocationRequest, KeyRange, ProxyStatusReply, ReportCommittedRequest, ResolveReply,
+    ResolveTransaction, SequenceReply, SequenceRequest, TLogCommitRequest, TeamBlockData,
 };
 use proto::shard_map::{ShardMap, VersionedShardMap};
 use proto::{is_system_key, Mutation, ProxyId, StorageTeamId, TeamBlockBuilder, Version};
@@ -84,13 +84,24 @@ pub const MAX_QUEUED_COMMITS: usize = 16_384;
 struct Queued<W> {
     waiter: W,
     mutations: Vec<Mutation>,
+    read: Read,
     bytes: usize,
     received_us: u64,
+}
+
+/// What a conditional commit read, and at which version (no ranges: an
+/// unconditional commit).
+#[derive(Default)]
+struct Read {
+    version: Version,
+    ranges: Vec<KeyRange>,
 }
 
 struct Batch<W> {
     waiters: Vec<W>,
     commits: Vec<Vec<Mutation>>,
+    /// One per commit.
+    reads: Vec<Read>,
     versions: Option<GetCommitVersionReply>,
     /// Set when the batch's version is spent without its commits.
     refused: Option<ErrorReply>,
@@ -265,6 +276,10 @@ impl<W> ProxyCore<W> {
         self.queue.push_back(Queued {
             waiter,
             mutations: request.mutations,
+            read: Read {
+                version: request.read_version,
+                ranges: request.read_ranges,
+            },
             bytes,
             received_us: now_us,
         });
@@ -299,7 +314,7 @@ impl<W> ProxyCore<W> {
             Ok(reply) => {
                 let batch = self.batches.get_mut(&batch_id).expect("a formed batch");
                 batch.versions = Some(reply.versions);
-                commands.push(self.tag(batch_id, reply.resolved));
+                commands.extend(self.tag(batch_id, reply.resolved));
             }
             Err(e) => {
                 let batch = self.batches.remove(&batch_id).expect("a formed batch");
@@ -393,6 +408,7 @@ impl<W> ProxyCore<W> {
             end,
             teams,
             moving_to: assignment.dest.clone(),
+            as_of: routing.min(self.map.version()),
         })
     }
 
@@ -493,6 +509,7 @@ impl<W> ProxyCore<W> {
         let mut batch = Batch {
             waiters: Vec::new(),
             commits: Vec::new(),
+            reads: Vec::new(),
             versions: None,
             refused: None,
         };
@@ -506,6 +523,7 @@ impl<W> ProxyCore<W> {
             self.queued_bytes -= queued.bytes;
             batch.waiters.push(queued.waiter);
             batch.commits.push(queued.mutations);
+            batch.reads.push(queued.read);
         }
         self.released_bytes += bytes as u64;
         self.pacer.spend(bytes, now_us);
@@ -533,6 +551,7 @@ impl<W> ProxyCore<W> {
         let empty = Batch {
             waiters: Vec::new(),
             commits: Vec::new(),
+            reads: Vec::new(),
             versions: None,
             refused: None,
         };
@@ -547,12 +566,11 @@ impl<W> ProxyCore<W> {
         self.next_batch += 1;
         self.request_num += 1;
         let commits = batch.commits.len();
-        let metadata = batch
+        let transactions = batch
             .commits
             .iter()
-            .flatten()
-            .filter(|m| is_metadata(m))
-            .cloned()
+            .zip(&batch.reads)
+            .filter_map(|(mutations, read)| resolved_part(mutations, read))
             .collect();
         self.batches.insert(id, batch);
         self.awaiting_versions = Some(id);
@@ -561,8 +579,7 @@ impl<W> ProxyCore<W> {
             request: SequenceRequest {
                 proxy: self.id,
                 request_num: self.request_num,
-                metadata,
-                transactions: Vec::new(),
+                transactions,
             },
             commits,
             bytes,
@@ -571,10 +588,24 @@ impl<W> ProxyCore<W> {
 
     /// Tags a batch with its versions and resolution (batches are
     /// sequenced one at a time, so this is version order) and returns its
-    /// push.
-    fn tag(&mut self, batch_id: BatchId, resolved: Result<ResolveReply, ErrorReply>) -> Command<W> {
+    /// push, after answering the commits that conflict.
+    fn tag(
+        &mut self,
+        batch_id: BatchId,
+        resolved: Result<ResolveReply, ErrorReply>,
+    ) -> Vec<Command<W>> {
         let batch = self.batches.get_mut(&batch_id).expect("a batch to tag");
         let versions = batch.versions.expect("a sequenced batch has versions");
+        let mut commands = Vec::new();
+        let resolved = resolved.and_then(|reply| {
+            let conflicted = batch.drop_conflicts(&reply.conflicts)?;
+            let refusal = ErrorReply::new(
+                ErrorCode::NotCommitted,
+                "a key it read was written after its read version",
+            );
+            answer_all(&mut commands, conflicted, Err(refusal));
+            Ok(reply)
+        });
         let tagged = match resolved {
             Ok(reply) => {
                 for change in reply.metadata {
@@ -610,10 +641,11 @@ impl<W> ProxyCore<W> {
             }
         };
         self.told_known_committed = self.known_committed;
-        Command::Push {
+        commands.push(Command::Push {
             batch: batch_id,
             requests: self.tlog_requests(versions, &blocks),
-        }
+        });
+        commands
     }
 
     /// One request per TLog: its teams' blocks, and in broadcast mode an
@@ -675,6 +707,63 @@ fn answer_all<W>(
         waiter,
         result: result.clone(),
     }));
+}
+
+impl<W> Batch<W> {
+    /// Takes out the commits the resolver found conflicting (`conflicts`
+    /// holds one flag per commit it was asked about); returns their
+    /// waiters.
+    fn drop_conflicts(&mut self, conflicts: &[bool]) -> Result<Vec<W>, ErrorReply> {
+        let asked: Vec<bool> = self
+            .commits
+            .iter()
+            .zip(&self.reads)
+            .map(|(mutations, read)| needs_resolving(mutations, read))
+            .collect();
+        let count = asked.iter().filter(|a| **a).count();
+        if count != conflicts.len() {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "resolver answered {} transactions of {count}",
+                    conflicts.len()
+                ),
+            ));
+        }
+        let mut flags = conflicts.iter();
+        let conflicting: Vec<bool> = asked
+            .iter()
+            .map(|asked| *asked && *flags.next().expect("counted above"))
+            .collect();
+        let mut dropped = Vec::new();
+        for i in (0..conflicting.len()).rev().filter(|i| conflicting[*i]) {
+            self.commits.remove(i);
+            self.reads.remove(i);
+            dropped.push(self.waiters.remove(i));
+        }
+        dropped.reverse();
+        Ok(dropped)
+    }
+}
+
+/// Whether the resolver must see a commit: it reads ranges, or writes
+/// system keys.
+fn needs_resolving(mutations: &[Mutation], read: &Read) -> bool {
+    !read.ranges.is_empty() || mutations.iter().any(is_metadata)
+}
+
+/// What the resolver sees of a commit that needs it.
+fn resolved_part(mutations: &[Mutation], read: &Read) -> Option<ResolveTransaction> {
+    needs_resolving(mutations, read).then(|| ResolveTransaction {
+        read_version: read.version,
+        read_ranges: read.ranges.clone(),
+        write_ranges: Vec::new(),
+        metadata: mutations
+            .iter()
+            .filter(|m| is_metadata(m))
+            .cloned()
+            .collect(),
+    })
 }
 
 fn duration_us(duration: Duration) -> u64 {

@@ -26,13 +26,30 @@ impl Default for Limits {
 
 /// Refuses empty commits, oversized keys, values and commits, inverted
 /// ranges, and system keys (unless an admin tool asks, and then only the
-/// system keys this version understands).
+/// system keys this version understands); and read ranges outside the
+/// system keys, where the resolver checks conflicts.
 pub fn validate(request: &ClientCommitRequest, limits: &Limits) -> Result<(), ErrorReply> {
     if request.mutations.is_empty() {
         return Err(ErrorReply::new(
             ErrorCode::EmptyCommit,
             "a commit needs at least one mutation",
         ));
+    }
+    for (i, range) in request.read_ranges.iter().enumerate() {
+        if range.begin > range.end {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidRange,
+                format!("read range {i} begins after it ends"),
+            ));
+        }
+        if !request.allow_system_keys || range.begin.as_ref() < USER_KEYS_END {
+            return Err(ErrorReply::new(
+                ErrorCode::SystemKey,
+                format!(
+                    "read range {i}: conflicts are checked over system keys only, for admin tools"
+                ),
+            ));
+        }
     }
     let mut total = 0usize;
     for (i, mutation) in request.mutations.iter().enumerate() {
@@ -128,6 +145,7 @@ fn check_system(
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use proto::rpc::KeyRange;
     use proto::system_keys::{key_servers_key, ShardAssignment};
     use proto::team_set::team_set_key;
     use proto::{StorageServerId, StorageTeamId};
@@ -138,6 +156,7 @@ mod tests {
         ClientCommitRequest {
             mutations,
             allow_system_keys,
+            ..ClientCommitRequest::default()
         }
     }
 
@@ -248,6 +267,33 @@ mod tests {
         assert_eq!(
             code(commit(vec![clear(b"\xff/a", b"\xff/z")], true)),
             Some(ErrorCode::SystemKey)
+        );
+    }
+
+    #[test]
+    fn read_ranges_must_lie_in_the_system_keys_and_come_from_admin_tools() {
+        let range = |b: &'static [u8], e: &'static [u8]| KeyRange {
+            begin: Bytes::from_static(b),
+            end: Bytes::from_static(e),
+        };
+        let reading = |ranges: Vec<KeyRange>, admin: bool| ClientCommitRequest {
+            read_version: proto::Version(5),
+            read_ranges: ranges,
+            ..commit(vec![set(b"k", 1)], admin)
+        };
+        let shard_map = range(b"\xff/keyServers/a", b"\xff/keyServers/c");
+        assert_eq!(code(reading(vec![shard_map.clone()], true)), None);
+        assert_eq!(
+            code(reading(vec![shard_map], false)),
+            Some(ErrorCode::SystemKey)
+        );
+        assert_eq!(
+            code(reading(vec![range(b"a", b"\xff/x")], true)),
+            Some(ErrorCode::SystemKey)
+        );
+        assert_eq!(
+            code(reading(vec![range(b"\xff/z", b"\xff/a")], true)),
+            Some(ErrorCode::InvalidRange)
         );
     }
 }

@@ -180,7 +180,7 @@ async fn commit(client: &RpcClient) -> Result<Message, RpcError> {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from_static(b"v"),
             }],
-            allow_system_keys: false,
+            ..ClientCommitRequest::default()
         }))
         .await
 }

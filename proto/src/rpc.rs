@@ -145,8 +145,7 @@ pub struct SequenceRequest {
     /// Counts the proxy's requests: a retry gets the same versions, and
     /// the same resolution.
     pub request_num: u64,
-    /// The batch's system-key mutations.
-    pub metadata: Vec<Mutation>,
+    /// One per client commit of the batch, in order.
     pub transactions: Vec<ResolveTransaction>,
 }
 
@@ -183,12 +182,22 @@ pub struct KeyRange {
     pub end: Bytes,
 }
 
-/// Room for conflict checking: what one transaction read and wrote.
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl KeyRange {
+    /// Whether the two ranges share a key.
+    pub fn intersects(&self, other: &KeyRange) -> bool {
+        self.begin < other.end && other.begin < self.end
+    }
+}
+
+/// What the resolver checks of one client commit: whether a key of
+/// `read_ranges` was written after `read_version` (system keys only), and
+/// the system-key mutations every proxy applies when it was not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolveTransaction {
     pub read_version: Version,
     pub read_ranges: Vec<KeyRange>,
     pub write_ranges: Vec<KeyRange>,
+    pub metadata: Vec<Mutation>,
 }
 
 /// What the resolver takes: a [`SequenceRequest`] at the versions the
@@ -198,8 +207,6 @@ pub struct ResolveRequest {
     pub proxy: ProxyId,
     pub prev_version: Version,
     pub version: Version,
-    /// The batch's system-key mutations.
-    pub metadata: Vec<Mutation>,
     pub transactions: Vec<ResolveTransaction>,
 }
 
@@ -217,11 +224,16 @@ pub struct ResolveReply {
     pub conflicts: Vec<bool>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientCommitRequest {
     pub mutations: Vec<Mutation>,
     /// Admin tools may write system keys; clients may not.
     pub allow_system_keys: bool,
+    /// With `read_ranges`, a conditional commit: refused `not_committed`,
+    /// whole, when a key of them was written after `read_version`. The
+    /// ranges must lie in the system key space (admin tools only).
+    pub read_version: Version,
+    pub read_ranges: Vec<KeyRange>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,6 +461,10 @@ pub struct GetKeyLocationReply {
     pub teams: Vec<(StorageTeamId, Vec<StorageServerId>)>,
     /// The teams the shard is moving to, while a move is under way.
     pub moving_to: Vec<StorageTeamId>,
+    /// Every shard-map change up to this version is in the answer (a
+    /// proxy may not have seen another's changes of the version asked
+    /// for yet): what a commit conditional on it gives as read version.
+    pub as_of: Version,
 }
 
 /// A request's failure, sent back in place of its reply.
@@ -512,11 +528,14 @@ pub enum ErrorCode {
     /// A cluster-internal request from a peer that has not authenticated
     /// as a cluster member.
     Unauthorized,
+    /// A conditional commit's read ranges were written after its read
+    /// version; nothing of it was applied.
+    NotCommitted,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
         ErrorCode::UnknownMessage,
@@ -544,6 +563,7 @@ impl ErrorCode {
         ErrorCode::WrongShardServer,
         ErrorCode::Corrupt,
         ErrorCode::Unauthorized,
+        ErrorCode::NotCommitted,
     ];
 
     /// The snake_case name used in logs and status output.
@@ -576,6 +596,7 @@ impl ErrorCode {
             ErrorCode::WrongShardServer => "wrong_shard_server",
             ErrorCode::Corrupt => "corrupt",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotCommitted => "not_committed",
         }
     }
 }

@@ -1,10 +1,20 @@
-//! The resolver's state machine: batches strictly in version order, and the
-//! metadata each proxy has not seen yet.
+//! The resolver's state machine: batches strictly in version order, the
+//! conflicts of conditional commits, and the metadata each proxy has not
+//! seen yet.
 //!
 //! ```text
 //!  proxy A: resolve(prev 10, v 12, [shard change]) ─┐
 //!  proxy B: resolve(prev 12, v 15, [])  ────────────┴▶ B gets A's change at 12
+//!  proxy B: resolve(prev 15, v 18, [read \xff/keyServers/[a, c) at 11]) ─▶ conflict: written at 12
 //! ```
+//!
+//! A transaction conflicts when a key of its read ranges was written by a
+//! transaction that did not conflict, after its read version and before
+//! it (earlier in its own batch included). Only system keys are written
+//! through metadata, so only they are checked; the writes of the last
+//! [`CONFLICT_WINDOW_VERSIONS`] are kept, and a read older than that, or
+//! than the resolver's start, conflicts. A conflicting transaction's
+//! metadata is dropped: no proxy applies it.
 //!
 //! A batch whose predecessor has not been resolved waits (bounded in time).
 //! Metadata is kept until every proxy has seen it. A proxy's retry of a
@@ -14,8 +24,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use proto::rpc::{ResolveReply, ResolveRequest, VersionedMetadata};
-use proto::{Mutation, ProxyId, Version};
+use proto::rpc::{KeyRange, ResolveReply, ResolveRequest, ResolveTransaction, VersionedMetadata};
+use proto::{key_after, Mutation, ProxyId, Version};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResolverError {
@@ -34,6 +44,10 @@ pub enum ResolverError {
     #[error("{0} is not a proxy of this cluster")]
     UnknownProxy(ProxyId),
 }
+
+/// How many versions of system-key writes are kept to check conditional
+/// commits against: five seconds of versions.
+pub const CONFLICT_WINDOW_VERSIONS: u64 = 5_000_000;
 
 /// How long, and for how many batches, answers are kept for retries.
 pub const RETRY_WINDOW_MS: u64 = 30_000;
@@ -58,6 +72,11 @@ pub struct ResolverCore<T> {
     /// The last version each proxy resolved.
     seen: BTreeMap<ProxyId, Version>,
     log: VecDeque<(Version, ProxyId, Vec<Mutation>)>,
+    /// The system keys written by transactions that did not conflict, by
+    /// version, over the conflict window.
+    writes: VecDeque<(Version, Vec<KeyRange>)>,
+    /// Every write after this version is in `writes`.
+    writes_from: Version,
     waiting: BTreeMap<Version, Waiting<T>>,
     wait_timeout_ms: u64,
     /// By version.
@@ -70,6 +89,8 @@ impl<T> ResolverCore<T> {
             last,
             seen: proxies.iter().map(|p| (*p, last)).collect(),
             log: VecDeque::new(),
+            writes: VecDeque::new(),
+            writes_from: last,
             waiting: BTreeMap::new(),
             wait_timeout_ms,
             answered: BTreeMap::new(),
@@ -181,9 +202,31 @@ impl<T> ResolverCore<T> {
                 mutations: mutations.clone(),
             })
             .collect();
-        if !request.metadata.is_empty() {
+        let mut conflicts = Vec::with_capacity(request.transactions.len());
+        let mut written = Vec::new();
+        let mut applied = Vec::new();
+        for transaction in &request.transactions {
+            let conflict = self.conflicts(transaction, &written);
+            conflicts.push(conflict);
+            if !conflict {
+                written.extend(transaction.metadata.iter().map(written_range));
+                applied.extend(transaction.metadata.iter().cloned());
+            }
+        }
+        if !applied.is_empty() {
             self.log
-                .push_back((request.version, request.proxy, request.metadata.clone()));
+                .push_back((request.version, request.proxy, applied));
+        }
+        if !written.is_empty() {
+            self.writes.push_back((request.version, written));
+        }
+        while let Some((v, _)) = self
+            .writes
+            .front()
+            .filter(|(v, _)| v.0.saturating_add(CONFLICT_WINDOW_VERSIONS) < request.version.0)
+        {
+            self.writes_from = *v;
+            self.writes.pop_front();
         }
         self.seen.insert(request.proxy, request.version);
         self.last = request.version;
@@ -193,8 +236,27 @@ impl<T> ResolverCore<T> {
         }
         ResolveReply {
             metadata,
-            conflicts: vec![false; request.transactions.len()],
+            conflicts,
         }
+    }
+
+    /// Whether a key `transaction` read was written after its read
+    /// version: by an earlier version, or earlier in its batch (`batch`).
+    fn conflicts(&self, transaction: &ResolveTransaction, batch: &[KeyRange]) -> bool {
+        let reads = &transaction.read_ranges;
+        if reads.is_empty() {
+            return false;
+        }
+        if transaction.read_version < self.writes_from {
+            return true;
+        }
+        let touches = |written: &KeyRange| reads.iter().any(|r| r.intersects(written));
+        let later = self
+            .writes
+            .iter()
+            .filter(|(v, _)| *v > transaction.read_version)
+            .flat_map(|(_, ranges)| ranges);
+        batch.iter().chain(later).any(touches)
     }
 
     /// Fails batches whose predecessor did not come in time, and forgets
@@ -222,6 +284,20 @@ impl<T> ResolverCore<T> {
     }
 }
 
+/// The keys a system mutation writes.
+fn written_range(mutation: &Mutation) -> KeyRange {
+    match mutation {
+        Mutation::SetValue { key, .. } | Mutation::AppendIfFits { key, .. } => KeyRange {
+            begin: key.clone(),
+            end: key_after(key),
+        },
+        Mutation::ClearRange { begin, end } => KeyRange {
+            begin: begin.clone(),
+            end: end.clone(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -241,15 +317,129 @@ mod tests {
             proxy,
             prev_version: Version(prev),
             version: Version(version),
-            metadata: metadata
-                .iter()
-                .map(|k| Mutation::SetValue {
-                    key: Bytes::from_static(k),
-                    value: Bytes::new(),
-                })
-                .collect(),
-            transactions: Vec::new(),
+            transactions: vec![ResolveTransaction {
+                metadata: metadata.iter().map(|k| set(k)).collect(),
+                ..ResolveTransaction::default()
+            }],
         }
+    }
+
+    fn set(key: &'static [u8]) -> Mutation {
+        Mutation::SetValue {
+            key: Bytes::from_static(key),
+            value: Bytes::new(),
+        }
+    }
+
+    /// A transaction that read `[begin, end)` at `read` and writes `writes`.
+    fn reading(
+        read: u64,
+        begin: &'static [u8],
+        end: &'static [u8],
+        writes: &[&'static [u8]],
+    ) -> ResolveTransaction {
+        ResolveTransaction {
+            read_version: Version(read),
+            read_ranges: vec![KeyRange {
+                begin: Bytes::from_static(begin),
+                end: Bytes::from_static(end),
+            }],
+            write_ranges: Vec::new(),
+            metadata: writes.iter().map(|k| set(k)).collect(),
+        }
+    }
+
+    fn resolve_one(
+        r: &mut ResolverCore<u32>,
+        proxy: ProxyId,
+        prev: u64,
+        version: u64,
+        transactions: Vec<ResolveTransaction>,
+    ) -> ResolveReply {
+        let request = ResolveRequest {
+            proxy,
+            prev_version: Version(prev),
+            version: Version(version),
+            transactions,
+        };
+        let mut out = r.resolve(request, 0, 0);
+        out.pop().unwrap().1.unwrap()
+    }
+
+    #[test]
+    fn a_read_written_after_its_version_conflicts_and_its_metadata_is_dropped() {
+        let mut r = core();
+        // A writes \xffb at 12.
+        resolve_one(
+            &mut r,
+            A,
+            10,
+            12,
+            vec![reading(10, b"\xffx", b"\xffy", &[b"\xffb"])],
+        );
+        // B read [\xffa, \xffc) at 11: the write at 12 is after it.
+        let reply = resolve_one(
+            &mut r,
+            B,
+            12,
+            15,
+            vec![
+                reading(11, b"\xffa", b"\xffc", &[b"\xffa"]),
+                reading(12, b"\xffa", b"\xffc", &[b"\xffc"]),
+                // Reads what the one before it in the batch writes.
+                reading(12, b"\xffc", b"\xffd", &[b"\xffe"]),
+                ResolveTransaction::default(),
+            ],
+        );
+        assert_eq!(reply.conflicts, vec![true, false, true, false]);
+        // A learns only the metadata of B's transaction that went through.
+        let reply = resolve_one(&mut r, A, 15, 16, Vec::new());
+        assert_eq!(reply.metadata.len(), 1);
+        assert_eq!(reply.metadata[0].mutations, vec![set(b"\xffc")]);
+        // The dropped write to \xffa conflicts with nothing.
+        let reply = resolve_one(
+            &mut r,
+            A,
+            16,
+            17,
+            vec![reading(12, b"\xffa", b"\xffb", &[])],
+        );
+        assert_eq!(reply.conflicts, vec![false]);
+    }
+
+    #[test]
+    fn a_read_older_than_the_window_or_the_start_conflicts() {
+        let mut r = core();
+        let reply = resolve_one(&mut r, A, 10, 12, vec![reading(9, b"\xffa", b"\xffb", &[])]);
+        assert_eq!(reply.conflicts, vec![true]);
+        resolve_one(
+            &mut r,
+            A,
+            12,
+            13,
+            vec![reading(10, b"\xffx", b"\xffy", &[b"\xffq"])],
+        );
+        let far = 13 + CONFLICT_WINDOW_VERSIONS + 1;
+        let reply = resolve_one(
+            &mut r,
+            A,
+            13,
+            far,
+            vec![reading(12, b"\xffa", b"\xffb", &[])],
+        );
+        assert_eq!(reply.conflicts, vec![false], "nothing it read was written");
+        let reply = resolve_one(
+            &mut r,
+            A,
+            far,
+            far + 1,
+            vec![reading(12, b"\xffa", b"\xffb", &[])],
+        );
+        assert_eq!(
+            reply.conflicts,
+            vec![true],
+            "the write at 13 left the window"
+        );
     }
 
     fn core() -> ResolverCore<u32> {

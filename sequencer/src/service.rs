@@ -154,7 +154,6 @@ impl SequencerService {
                     proxy: r.proxy,
                     prev_version: versions.prev_version,
                     version: versions.version,
-                    metadata: r.metadata,
                     transactions: r.transactions,
                 };
                 let (tx, rx) = oneshot::channel();
@@ -296,8 +295,10 @@ mod tests {
         Message::Sequence(SequenceRequest {
             proxy: ProxyId(proxy),
             request_num,
-            metadata,
-            transactions: Vec::new(),
+            transactions: vec![proto::rpc::ResolveTransaction {
+                metadata,
+                ..Default::default()
+            }],
         })
     }
 

@@ -94,7 +94,6 @@ async fn only_members_may_steer_the_cluster() -> Result<()> {
             .call(Message::Sequence(SequenceRequest {
                 proxy: ProxyId(1),
                 request_num: u64::MAX,
-                metadata: Vec::new(),
                 transactions: Vec::new(),
             }))
             .await,

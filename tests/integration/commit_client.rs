@@ -106,7 +106,6 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
         .call(Message::Sequence(SequenceRequest {
             proxy: ProxyId(99),
             request_num: 1,
-            metadata: Vec::new(),
             transactions: Vec::new(),
         }))
         .await;

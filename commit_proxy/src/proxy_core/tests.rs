@@ -59,7 +59,7 @@ fn set(key: &str, value: &str) -> Mutation {
 fn commit(mutations: Vec<Mutation>) -> ClientCommitRequest {
     ClientCommitRequest {
         mutations,
-        allow_system_keys: false,
+        ..ClientCommitRequest::default()
     }
 }
 
@@ -391,14 +391,19 @@ fn own_metadata_goes_to_the_concerned_private_teams_and_applies_at_its_version()
     let request = ClientCommitRequest {
         mutations: vec![moved.clone()],
         allow_system_keys: true,
+        ..ClientCommitRequest::default()
     };
     let (batch, request, _) = version_request(&core.commit(1, request, 0));
     assert_eq!(
-        request.metadata,
+        request.transactions[0].metadata,
         vec![moved.clone()],
         "the resolver learns it"
     );
-    let requests = pushes(&core.on_sequenced(batch, sequenced(10, 20), 0))
+    let resolved = Ok(ResolveReply {
+        metadata: Vec::new(),
+        conflicts: vec![false],
+    });
+    let requests = pushes(&core.on_sequenced(batch, sequenced_as(10, 20, resolved), 0))
         .remove(0)
         .1;
     let messages = team_messages(&requests);
@@ -442,6 +447,64 @@ fn own_metadata_goes_to_the_concerned_private_teams_and_applies_at_its_version()
 }
 
 #[test]
+fn a_commit_whose_reads_conflict_is_refused_alone_and_its_metadata_never_applies() {
+    let mut core = core();
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    let moved = Mutation::SetValue {
+        key: key_servers_key(b"m"),
+        value: ShardAssignment::to(StorageTeamId(3)).encode(),
+    };
+    let conditional = ClientCommitRequest {
+        mutations: vec![moved, set("b", "2")],
+        allow_system_keys: true,
+        read_version: Version(5),
+        read_ranges: vec![proto::rpc::KeyRange {
+            begin: key_servers_key(b"m"),
+            end: key_servers_key(b"n"),
+        }],
+    };
+    assert!(core.commit(2, conditional, 1).is_empty());
+    assert!(core.commit(3, commit(vec![set("c", "3")]), 1).is_empty());
+    let commands = core.on_sequenced(first, sequenced(0, 10), 2);
+    let (second, request, commits) = version_request(&commands);
+    assert_eq!(commits, 2);
+    // Only the conditional commit is the resolver's business.
+    assert_eq!(request.transactions.len(), 1);
+    assert_eq!(request.transactions[0].read_version, Version(5));
+    complete(&mut core, first, 3);
+    let conflict = Ok(ResolveReply {
+        metadata: Vec::new(),
+        conflicts: vec![true],
+    });
+    let commands = core.on_sequenced(second, sequenced_as(10, 20, conflict), 4);
+    let messages = team_messages(&pushes(&commands).remove(0).1);
+    assert_eq!(answers(commands), vec![(2, Err(ErrorCode::NotCommitted))]);
+    assert_eq!(messages[&StorageTeamId(1)], vec![set("c", "3")]);
+    assert!(messages.values().flatten().all(|m| m != &set("b", "2")));
+    assert_eq!(
+        core.shard_map_at(Version(20)).unwrap().assignment_of(b"n"),
+        &ShardAssignment::to(StorageTeamId(2)),
+        "the conflicting shard-map change never applied"
+    );
+    assert_eq!(
+        answers(complete(&mut core, second, 5)),
+        vec![(3, Ok(Version(20)))]
+    );
+    // A resolver that answers for the wrong number of commits refuses the batch.
+    let (third, ..) = version_request(&core.commit(4, commit(vec![set("d", "4")]), 6));
+    let wrong = Ok(ResolveReply {
+        metadata: Vec::new(),
+        conflicts: vec![false],
+    });
+    let commands = core.on_sequenced(third, sequenced_as(20, 30, wrong), 7);
+    assert_eq!(
+        answers(complete(&mut core, third, 8)),
+        vec![(4, Err(ErrorCode::Unavailable))]
+    );
+    assert!(answers(commands).is_empty());
+}
+
+#[test]
 fn bad_commits_are_refused_at_once_and_form_no_batch() {
     let mut core = core();
     let refused = |core: &mut ProxyCore<Waiter>, request| answers(core.commit(1, request, 0));
@@ -466,6 +529,7 @@ fn bad_commits_are_refused_at_once_and_form_no_batch() {
             value: ShardAssignment::to(StorageTeamId(99)).encode(),
         }],
         allow_system_keys: true,
+        ..ClientCommitRequest::default()
     };
     assert!(matches!(
         refused(&mut core, unknown_team)[..],

@@ -13,10 +13,10 @@ pub mod rpc {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 26;
+pub const ENUM_MAX_ERROR_CODE: u16 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 27] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 28] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedRequest,
   ErrorCode::UnknownMessage,
@@ -44,6 +44,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 27] = [
   ErrorCode::WrongShardServer,
   ErrorCode::Corrupt,
   ErrorCode::Unauthorized,
+  ErrorCode::NotCommitted,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -78,9 +79,10 @@ impl ErrorCode {
   pub const WrongShardServer: Self = Self(24);
   pub const Corrupt: Self = Self(25);
   pub const Unauthorized: Self = Self(26);
+  pub const NotCommitted: Self = Self(27);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 26;
+  pub const ENUM_MAX: u16 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::MalformedRequest,
@@ -109,6 +111,7 @@ impl ErrorCode {
     Self::WrongShardServer,
     Self::Corrupt,
     Self::Unauthorized,
+    Self::NotCommitted,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -140,6 +143,7 @@ impl ErrorCode {
       Self::WrongShardServer => Some("WrongShardServer"),
       Self::Corrupt => Some("Corrupt"),
       Self::Unauthorized => Some("Unauthorized"),
+      Self::NotCommitted => Some("NotCommitted"),
       _ => None,
     }
   }
@@ -3100,6 +3104,7 @@ impl<'a> ResolveTransaction<'a> {
   pub const VT_READ_VERSION: ::flatbuffers::VOffsetT = 4;
   pub const VT_READ_RANGES: ::flatbuffers::VOffsetT = 6;
   pub const VT_WRITE_RANGES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_METADATA: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3112,6 +3117,7 @@ impl<'a> ResolveTransaction<'a> {
   ) -> ::flatbuffers::WIPOffset<ResolveTransaction<'bldr>> {
     let mut builder = ResolveTransactionBuilder::new(_fbb);
     builder.add_read_version(args.read_version);
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
     if let Some(x) = args.write_ranges { builder.add_write_ranges(x); }
     if let Some(x) = args.read_ranges { builder.add_read_ranges(x); }
     builder.finish()
@@ -3139,6 +3145,13 @@ impl<'a> ResolveTransaction<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange>>>>(ResolveTransaction::VT_WRITE_RANGES, None)}
   }
+  #[inline]
+  pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(ResolveTransaction::VT_METADATA, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ResolveTransaction<'_> {
@@ -3150,6 +3163,7 @@ impl ::flatbuffers::Verifiable for ResolveTransaction<'_> {
      .visit_field::<u64>("read_version", Self::VT_READ_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("read_ranges", Self::VT_READ_RANGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("write_ranges", Self::VT_WRITE_RANGES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("metadata", Self::VT_METADATA, false)?
      .finish();
     Ok(())
   }
@@ -3158,6 +3172,7 @@ pub struct ResolveTransactionArgs<'a> {
     pub read_version: u64,
     pub read_ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
     pub write_ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
+    pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
 }
 impl<'a> Default for ResolveTransactionArgs<'a> {
   #[inline]
@@ -3166,6 +3181,7 @@ impl<'a> Default for ResolveTransactionArgs<'a> {
       read_version: 0,
       read_ranges: None,
       write_ranges: None,
+      metadata: None,
     }
   }
 }
@@ -3188,6 +3204,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResolveTransactionBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveTransaction::VT_WRITE_RANGES, write_ranges);
   }
   #[inline]
+  pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Mutation<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ResolveTransaction::VT_METADATA, metadata);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResolveTransactionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ResolveTransactionBuilder {
@@ -3208,6 +3228,7 @@ impl ::core::fmt::Debug for ResolveTransaction<'_> {
       ds.field("read_version", &self.read_version());
       ds.field("read_ranges", &self.read_ranges());
       ds.field("write_ranges", &self.write_ranges());
+      ds.field("metadata", &self.metadata());
       ds.finish()
   }
 }
@@ -3229,7 +3250,6 @@ impl<'a> ::flatbuffers::Follow<'a> for SequenceRequest<'a> {
 impl<'a> SequenceRequest<'a> {
   pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
   pub const VT_REQUEST_NUM: ::flatbuffers::VOffsetT = 6;
-  pub const VT_METADATA: ::flatbuffers::VOffsetT = 8;
   pub const VT_TRANSACTIONS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
@@ -3245,7 +3265,6 @@ impl<'a> SequenceRequest<'a> {
     builder.add_request_num(args.request_num);
     builder.add_proxy(args.proxy);
     if let Some(x) = args.transactions { builder.add_transactions(x); }
-    if let Some(x) = args.metadata { builder.add_metadata(x); }
     builder.finish()
   }
 
@@ -3265,13 +3284,6 @@ impl<'a> SequenceRequest<'a> {
     unsafe { self._tab.get::<u64>(SequenceRequest::VT_REQUEST_NUM, Some(0)).unwrap()}
   }
   #[inline]
-  pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation>>>>(SequenceRequest::VT_METADATA, None)}
-  }
-  #[inline]
   pub fn transactions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>> {
     // Safety:
     // Created from valid Table for this object
@@ -3288,7 +3300,6 @@ impl ::flatbuffers::Verifiable for SequenceRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
      .visit_field::<u64>("request_num", Self::VT_REQUEST_NUM, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("metadata", Self::VT_METADATA, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>("transactions", Self::VT_TRANSACTIONS, false)?
      .finish();
     Ok(())
@@ -3297,7 +3308,6 @@ impl ::flatbuffers::Verifiable for SequenceRequest<'_> {
 pub struct SequenceRequestArgs<'a> {
     pub proxy: u64,
     pub request_num: u64,
-    pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
     pub transactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>>>,
 }
 impl<'a> Default for SequenceRequestArgs<'a> {
@@ -3306,7 +3316,6 @@ impl<'a> Default for SequenceRequestArgs<'a> {
     SequenceRequestArgs {
       proxy: 0,
       request_num: 0,
-      metadata: None,
       transactions: None,
     }
   }
@@ -3324,10 +3333,6 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SequenceRequestBuilder<'a, 'b
   #[inline]
   pub fn add_request_num(&mut self, request_num: u64) {
     self.fbb_.push_slot::<u64>(SequenceRequest::VT_REQUEST_NUM, request_num, 0);
-  }
-  #[inline]
-  pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Mutation<'b >>>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SequenceRequest::VT_METADATA, metadata);
   }
   #[inline]
   pub fn add_transactions(&mut self, transactions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ResolveTransaction<'b >>>>) {
@@ -3353,7 +3358,6 @@ impl ::core::fmt::Debug for SequenceRequest<'_> {
     let mut ds = f.debug_struct("SequenceRequest");
       ds.field("proxy", &self.proxy());
       ds.field("request_num", &self.request_num());
-      ds.field("metadata", &self.metadata());
       ds.field("transactions", &self.transactions());
       ds.finish()
   }
@@ -3749,6 +3753,8 @@ impl<'a> ::flatbuffers::Follow<'a> for ClientCommitRequest<'a> {
 impl<'a> ClientCommitRequest<'a> {
   pub const VT_MUTATIONS: ::flatbuffers::VOffsetT = 4;
   pub const VT_ALLOW_SYSTEM_KEYS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_READ_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_READ_RANGES: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3760,6 +3766,8 @@ impl<'a> ClientCommitRequest<'a> {
     args: &'args ClientCommitRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ClientCommitRequest<'bldr>> {
     let mut builder = ClientCommitRequestBuilder::new(_fbb);
+    builder.add_read_version(args.read_version);
+    if let Some(x) = args.read_ranges { builder.add_read_ranges(x); }
     if let Some(x) = args.mutations { builder.add_mutations(x); }
     builder.add_allow_system_keys(args.allow_system_keys);
     builder.finish()
@@ -3780,6 +3788,20 @@ impl<'a> ClientCommitRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(ClientCommitRequest::VT_ALLOW_SYSTEM_KEYS, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn read_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ClientCommitRequest::VT_READ_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn read_ranges(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange>>>>(ClientCommitRequest::VT_READ_RANGES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClientCommitRequest<'_> {
@@ -3790,6 +3812,8 @@ impl ::flatbuffers::Verifiable for ClientCommitRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Mutation>>>>("mutations", Self::VT_MUTATIONS, false)?
      .visit_field::<bool>("allow_system_keys", Self::VT_ALLOW_SYSTEM_KEYS, false)?
+     .visit_field::<u64>("read_version", Self::VT_READ_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("read_ranges", Self::VT_READ_RANGES, false)?
      .finish();
     Ok(())
   }
@@ -3797,6 +3821,8 @@ impl ::flatbuffers::Verifiable for ClientCommitRequest<'_> {
 pub struct ClientCommitRequestArgs<'a> {
     pub mutations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Mutation<'a>>>>>,
     pub allow_system_keys: bool,
+    pub read_version: u64,
+    pub read_ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
 }
 impl<'a> Default for ClientCommitRequestArgs<'a> {
   #[inline]
@@ -3804,6 +3830,8 @@ impl<'a> Default for ClientCommitRequestArgs<'a> {
     ClientCommitRequestArgs {
       mutations: None,
       allow_system_keys: false,
+      read_version: 0,
+      read_ranges: None,
     }
   }
 }
@@ -3820,6 +3848,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientCommitRequestBuilder<'a
   #[inline]
   pub fn add_allow_system_keys(&mut self, allow_system_keys: bool) {
     self.fbb_.push_slot::<bool>(ClientCommitRequest::VT_ALLOW_SYSTEM_KEYS, allow_system_keys, false);
+  }
+  #[inline]
+  pub fn add_read_version(&mut self, read_version: u64) {
+    self.fbb_.push_slot::<u64>(ClientCommitRequest::VT_READ_VERSION, read_version, 0);
+  }
+  #[inline]
+  pub fn add_read_ranges(&mut self, read_ranges: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyRange<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientCommitRequest::VT_READ_RANGES, read_ranges);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientCommitRequestBuilder<'a, 'b, A> {
@@ -3841,6 +3877,8 @@ impl ::core::fmt::Debug for ClientCommitRequest<'_> {
     let mut ds = f.debug_struct("ClientCommitRequest");
       ds.field("mutations", &self.mutations());
       ds.field("allow_system_keys", &self.allow_system_keys());
+      ds.field("read_version", &self.read_version());
+      ds.field("read_ranges", &self.read_ranges());
       ds.finish()
   }
 }
@@ -5266,6 +5304,7 @@ impl<'a> GetKeyLocationReply<'a> {
   pub const VT_END: ::flatbuffers::VOffsetT = 6;
   pub const VT_TEAMS: ::flatbuffers::VOffsetT = 8;
   pub const VT_MOVING_TO: ::flatbuffers::VOffsetT = 10;
+  pub const VT_AS_OF: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5277,6 +5316,7 @@ impl<'a> GetKeyLocationReply<'a> {
     args: &'args GetKeyLocationReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GetKeyLocationReply<'bldr>> {
     let mut builder = GetKeyLocationReplyBuilder::new(_fbb);
+    builder.add_as_of(args.as_of);
     if let Some(x) = args.moving_to { builder.add_moving_to(x); }
     if let Some(x) = args.teams { builder.add_teams(x); }
     if let Some(x) = args.end { builder.add_end(x); }
@@ -5313,6 +5353,13 @@ impl<'a> GetKeyLocationReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(GetKeyLocationReply::VT_MOVING_TO, None)}
   }
+  #[inline]
+  pub fn as_of(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetKeyLocationReply::VT_AS_OF, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetKeyLocationReply<'_> {
@@ -5325,6 +5372,7 @@ impl ::flatbuffers::Verifiable for GetKeyLocationReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TeamServers>>>>("teams", Self::VT_TEAMS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("moving_to", Self::VT_MOVING_TO, false)?
+     .visit_field::<u64>("as_of", Self::VT_AS_OF, false)?
      .finish();
     Ok(())
   }
@@ -5334,6 +5382,7 @@ pub struct GetKeyLocationReplyArgs<'a> {
     pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub teams: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TeamServers<'a>>>>>,
     pub moving_to: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub as_of: u64,
 }
 impl<'a> Default for GetKeyLocationReplyArgs<'a> {
   #[inline]
@@ -5343,6 +5392,7 @@ impl<'a> Default for GetKeyLocationReplyArgs<'a> {
       end: None,
       teams: None,
       moving_to: None,
+      as_of: 0,
     }
   }
 }
@@ -5369,6 +5419,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetKeyLocationReplyBuilder<'a
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetKeyLocationReply::VT_MOVING_TO, moving_to);
   }
   #[inline]
+  pub fn add_as_of(&mut self, as_of: u64) {
+    self.fbb_.push_slot::<u64>(GetKeyLocationReply::VT_AS_OF, as_of, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetKeyLocationReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GetKeyLocationReplyBuilder {
@@ -5390,6 +5444,7 @@ impl ::core::fmt::Debug for GetKeyLocationReply<'_> {
       ds.field("end", &self.end());
       ds.field("teams", &self.teams());
       ds.field("moving_to", &self.moving_to());
+      ds.field("as_of", &self.as_of());
       ds.finish()
   }
 }

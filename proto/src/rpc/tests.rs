@@ -141,15 +141,18 @@ fn every_message() -> Vec<Message> {
         Message::Sequence(SequenceRequest {
             proxy: ProxyId(1),
             request_num: 77,
-            metadata: vec![set(b"\xff/keyServers/a", b"1")],
-            transactions: vec![ResolveTransaction {
-                read_version: Version(9),
-                read_ranges: vec![KeyRange {
-                    begin: Bytes::from_static(b"a"),
-                    end: Bytes::from_static(b"b"),
-                }],
-                write_ranges: vec![],
-            }],
+            transactions: vec![
+                ResolveTransaction {
+                    read_version: Version(9),
+                    read_ranges: vec![KeyRange {
+                        begin: Bytes::from_static(b"a"),
+                        end: Bytes::from_static(b"b"),
+                    }],
+                    write_ranges: vec![],
+                    metadata: vec![set(b"\xff/keyServers/a", b"1")],
+                },
+                ResolveTransaction::default(),
+            ],
         }),
         Message::SequenceReply(SequenceReply {
             versions: GetCommitVersionReply {
@@ -193,6 +196,11 @@ fn every_message() -> Vec<Message> {
                 },
             ],
             allow_system_keys: true,
+            read_version: Version(12),
+            read_ranges: vec![KeyRange {
+                begin: Bytes::from_static(b"\xff/keyServers/a"),
+                end: Bytes::from_static(b"\xff/keyServers/b"),
+            }],
         }),
         Message::ClientCommitReply(ClientCommitReply {
             version: Version(15),
@@ -279,6 +287,7 @@ fn every_message() -> Vec<Message> {
                 vec![StorageServerId(200), StorageServerId(201)],
             )],
             moving_to: vec![StorageTeamId(3)],
+            as_of: Version(44),
         }),
         Message::SequencerStatus(SequencerStatusReply {
             last_version: Version(40),
@@ -580,6 +589,8 @@ fn an_unknown_mutation_kind_refuses_just_that_request() {
         &fb::ClientCommitRequestArgs {
             mutations: Some(mutations),
             allow_system_keys: false,
+            read_version: 0,
+            read_ranges: None,
         },
     );
     let root = fb::Envelope::create(

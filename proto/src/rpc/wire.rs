@@ -121,7 +121,11 @@ fn decode_error_reply(r: &fb::ErrorReply<'_>) -> ErrorReply {
 fn estimated_len(message: &Message) -> usize {
     let mutations = match message {
         Message::ClientCommit(r) => commit::mutations_len(&r.mutations),
-        Message::Sequence(r) => commit::mutations_len(&r.metadata),
+        Message::Sequence(r) => r
+            .transactions
+            .iter()
+            .map(|t| commit::mutations_len(&t.metadata))
+            .sum(),
         Message::SequenceReply(SequenceReply {
             resolved: Ok(r), ..
         }) => r

@@ -18,17 +18,18 @@ type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
 type MutationsOffset<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::Mutation<'a>>>>;
 
 pub(super) fn sequence(fbb: &mut FlatBufferBuilder<'_>, r: &SequenceRequest) -> Encoded {
-    let metadata = mutations(fbb, &r.metadata);
     let transactions: Vec<_> = r
         .transactions
         .iter()
         .map(|t| {
             let read_ranges = ranges(fbb, &t.read_ranges);
             let write_ranges = ranges(fbb, &t.write_ranges);
+            let metadata = mutations(fbb, &t.metadata);
             let args = fb::ResolveTransactionArgs {
                 read_version: t.read_version.0,
                 read_ranges: Some(read_ranges),
                 write_ranges: Some(write_ranges),
+                metadata: Some(metadata),
             };
             fb::ResolveTransaction::create(fbb, &args)
         })
@@ -37,7 +38,6 @@ pub(super) fn sequence(fbb: &mut FlatBufferBuilder<'_>, r: &SequenceRequest) -> 
     let args = fb::SequenceRequestArgs {
         proxy: r.proxy.0,
         request_num: r.request_num,
-        metadata: Some(metadata),
         transactions: Some(transactions),
     };
     let t = fb::SequenceRequest::create(fbb, &args);
@@ -145,9 +145,12 @@ fn resolve_reply<'a>(
 
 pub(super) fn client_commit(fbb: &mut FlatBufferBuilder<'_>, r: &ClientCommitRequest) -> Encoded {
     let list = mutations(fbb, &r.mutations);
+    let read_ranges = ranges(fbb, &r.read_ranges);
     let args = fb::ClientCommitRequestArgs {
         mutations: Some(list),
         allow_system_keys: r.allow_system_keys,
+        read_version: r.read_version.0,
+        read_ranges: Some(read_ranges),
     };
     let t = fb::ClientCommitRequest::create(fbb, &args);
     (fb::Payload::ClientCommitRequest, t.as_union_value())
@@ -295,6 +298,7 @@ pub(super) fn decode(
                                 read_version: Version(t.read_version()),
                                 read_ranges: decode_ranges(t.read_ranges())?,
                                 write_ranges: decode_ranges(t.write_ranges())?,
+                                metadata: decode_mutations(t.metadata())?,
                             })
                         })
                         .collect::<Result<Vec<_>, DecodeError>>()
@@ -303,7 +307,6 @@ pub(super) fn decode(
             Ok(Message::Sequence(SequenceRequest {
                 proxy: ProxyId(r.proxy()),
                 request_num: r.request_num(),
-                metadata: decode_mutations(r.metadata())?,
                 transactions,
             }))
         })(),
@@ -357,6 +360,8 @@ pub(super) fn decode(
             Ok(Message::ClientCommit(ClientCommitRequest {
                 mutations: decode_mutations(r.mutations())?,
                 allow_system_keys: r.allow_system_keys(),
+                read_version: Version(r.read_version()),
+                read_ranges: decode_ranges(r.read_ranges())?,
             }))
         })(),
         fb::Payload::ClientCommitReply => envelope

@@ -155,6 +155,7 @@ pub(super) fn get_key_location_reply(
         end: Some(end),
         moving_to: Some(moving_to),
         teams: Some(teams),
+        as_of: r.as_of.0,
     };
     let t = fb::GetKeyLocationReply::create(fbb, &args);
     (fb::Payload::GetKeyLocationReply, t.as_union_value())
@@ -289,6 +290,7 @@ pub(super) fn decode(
                     .moving_to()
                     .map(|t| t.iter().map(StorageTeamId).collect())
                     .unwrap_or_default(),
+                as_of: Version(r.as_of()),
             }))
         })(),
         _ => return None,
