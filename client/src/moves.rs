@@ -3,7 +3,7 @@
 //! range and follow its new mutations, and a second commit flips the map.
 //!
 //! ```text
-//!  read the map over [begin, end) ─▶ refuse shards already moving
+//!  read the map over [begin, end) ─▶ refuse shards already moving elsewhere
 //!  commit: \xff/keyServers/<piece> = {src S, dest T} (and split at end)
 //!     proxies tag the range to S and T; T's servers copy it from S
 //!  poll T's servers: every piece copied and durable on each ─▶
@@ -11,18 +11,23 @@
 //!  not ready within the deadline ─▶ commit {src S} back: cancelled
 //! ```
 //!
-//! While waiting, the start is committed again now and then: a copied
-//! page is installed and flushed only as versions move, and an idle
-//! cluster makes none. One mover at a time: two moves of one range at
-//! once are not guarded against.
+//! Every commit of a move is decided on the shard map as just read, and
+//! is conditional on it: the resolver refuses it (`not_committed`) when
+//! the map over the range changed since, and the mover reads again and
+//! decides again. So two movers, or a mover and a cancel, never act on a
+//! map the other already changed: a move whose shards were taken back or
+//! sent elsewhere meanwhile ends as [`MoveError::Superseded`], and one
+//! flipped by another mover ends flipped. While waiting, the start is
+//! committed again now and then: a copied page is installed and flushed
+//! only as versions move, and an idle cluster makes none.
 
 use std::time::Duration;
 
 use backon::Retryable;
 use bytes::Bytes;
-use proto::rpc::{ErrorCode, GetKeyLocationReply, Message};
+use proto::rpc::{ErrorCode, GetKeyLocationReply, KeyRange, Message};
 use proto::system_keys::{key_servers_key, ShardAssignment, USER_KEYS_END};
-use proto::{Mutation, StorageServerId, StorageTeamId, Version};
+use proto::{key_after, Mutation, StorageServerId, StorageTeamId, Version};
 
 use crate::{Client, ClientError};
 
@@ -30,7 +35,8 @@ use crate::{Client, ClientError};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the start is committed again while the copy goes on.
 const NUDGE_INTERVAL: Duration = Duration::from_millis(100);
-/// How long one of the move's commits is tried again before the move
+/// How long one of the move's commits is tried again (after a transient
+/// failure, or a change of the map it was decided on) before the move
 /// gives up with the last error.
 const COMMIT_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -50,6 +56,10 @@ pub enum MoveError {
     /// move was taken back and the range stays where it was.
     #[error("cancelled: the copy was not done within {deadline:?} ({why})")]
     Cancelled { deadline: Duration, why: String },
+    /// Someone else changed the shard map under the move (took it back,
+    /// or moved a shard elsewhere): this mover left it as it found it.
+    #[error("the shard map changed under the move: {0}")]
+    Superseded(String),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -79,16 +89,109 @@ pub struct ServerProgress {
 pub struct MoveOutcome {
     /// The version that started the move (none when nothing had to move).
     pub started: Option<Version>,
-    /// The version from which the destination answers for the range.
+    /// A version from which the destination answers for the range.
     pub flipped: Option<Version>,
     pub servers: Vec<ServerProgress>,
+}
+
+/// The shard map over a range, as one read saw it.
+struct MapView {
+    /// The shards over the range, in key order, as the proxies gave them.
+    shards: Vec<GetKeyLocationReply>,
+    /// The shard holding the range's end, when that is a user key.
+    at_end: Option<GetKeyLocationReply>,
+    /// Every change up to this version is in the view.
+    as_of: Version,
+    /// The shard-map keys the view depends on.
+    watched: KeyRange,
+}
+
+impl MapView {
+    /// The shards over `[begin, end)`, clipped to it.
+    fn pieces(&self, begin: &Bytes, end: &Bytes) -> Vec<(Piece, Vec<StorageTeamId>)> {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let piece = Piece {
+                    begin: shard.begin.clone().max(begin.clone()),
+                    end: shard.end.clone().min(end.clone()),
+                    src: source_teams(shard),
+                };
+                (piece, shard.moving_to.clone())
+            })
+            .collect()
+    }
+
+    /// Where a planned piece stands now.
+    fn standing(&self, piece: &Piece, to: StorageTeamId) -> Standing {
+        let shard = self
+            .shards
+            .iter()
+            .find(|s| s.begin <= piece.begin && piece.begin < s.end);
+        match shard {
+            Some(s) if s.end < piece.end => Standing::Changed(format!(
+                "the shard at {:?} was split at {:?}",
+                piece.begin, s.end
+            )),
+            Some(s) if source_teams(s) == piece.src && s.moving_to == [to] => Standing::Moving,
+            Some(s) if source_teams(s) == [to] && s.moving_to.is_empty() => Standing::Flipped,
+            Some(s) => Standing::Changed(format!(
+                "the shard at {:?} is now on {:?}, moving to {:?}",
+                s.begin,
+                source_teams(s),
+                s.moving_to
+            )),
+            None => Standing::Changed(format!("no shard holds {:?}", piece.begin)),
+        }
+    }
+
+    /// Where every planned piece stands: all moving, all flipped, or the
+    /// first change found.
+    fn plan_standing(&self, plan: &[Piece], to: StorageTeamId) -> Standing {
+        let all: Vec<Standing> = plan.iter().map(|p| self.standing(p, to)).collect();
+        if all.iter().all(|s| *s == Standing::Moving) {
+            return Standing::Moving;
+        }
+        if all.iter().all(|s| *s == Standing::Flipped) {
+            return Standing::Flipped;
+        }
+        all.into_iter()
+            .find(|s| matches!(s, Standing::Changed(_)))
+            .unwrap_or_else(|| Standing::Changed("part of the move was flipped".to_owned()))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    /// `{src S, dest T}`, as the move started it.
+    Moving,
+    /// `{src T}`: the move is done.
+    Flipped,
+    Changed(String),
+}
+
+/// What a decision on a view came to.
+enum Decided {
+    /// Committed at this version.
+    Committed(Version),
+    /// Nothing had to change; the view was as of this version.
+    AlreadySo(Version),
+}
+
+impl Decided {
+    fn version(&self) -> Version {
+        match self {
+            Decided::Committed(v) | Decided::AlreadySo(v) => *v,
+        }
+    }
 }
 
 impl Client {
     /// Moves `[begin, end)` to team `to`, online, and returns once the map
     /// has flipped; `progress` hears how the copy stands after each poll.
     /// Gives up and takes the move back when the copy is not done within
-    /// `deadline`.
+    /// `deadline`. A range moving to `to` already (a move whose mover
+    /// died) is taken over.
     pub async fn move_range(
         &self,
         begin: Bytes,
@@ -97,52 +200,86 @@ impl Client {
         deadline: Duration,
         mut progress: impl FnMut(&[ServerProgress]),
     ) -> Result<MoveOutcome, MoveError> {
-        if begin >= end || end.as_ref() > USER_KEYS_END {
-            return Err(MoveError::InvalidRange(format!(
-                "[{begin:?}, {end:?}) is empty, reversed or reaches into the system keys"
-            )));
-        }
+        check_range(&begin, &end)?;
         let destination = self
             .teams
             .get(&to)
             .cloned()
             .ok_or(MoveError::UnknownTeam(to))?;
-        let (pieces, split_at_end) = self.pieces(&begin, &end, to).await?;
-        let pieces: Vec<Piece> = pieces.into_iter().filter(|p| p.src != [to]).collect();
-        if pieces.is_empty() {
+        let mut plan = Vec::new();
+        let started = self
+            .commit_on_view(&begin, &end, |view| {
+                plan.clear();
+                for (piece, moving_to) in view.pieces(&begin, &end) {
+                    if !moving_to.is_empty() && moving_to != [to] {
+                        return Err(MoveError::AlreadyMoving {
+                            begin: piece.begin,
+                            to: moving_to,
+                        });
+                    }
+                    if piece.src != [to] {
+                        plan.push(piece);
+                    }
+                }
+                if plan.is_empty() {
+                    return Ok(None);
+                }
+                let mut start = with_destination(&plan, vec![to]);
+                start.extend(split_at(view.at_end.as_ref(), &end));
+                Ok(Some(start))
+            })
+            .await?;
+        let Decided::Committed(started) = started else {
             return Ok(MoveOutcome {
                 started: None,
                 flipped: None,
                 servers: Vec::new(),
             });
-        }
-        let mut start = with_destination(&pieces, vec![to]);
-        start.extend(split_at_end);
-        let started = self.commit_idempotent(start.clone()).await?;
+        };
         let waited = tokio::time::timeout(
             deadline,
-            self.wait_until_copied(&pieces, &destination, &start, &mut progress),
+            self.wait_until_copied(&begin, &end, &plan, to, &destination, &mut progress),
         )
         .await;
         match waited {
             Ok(Ok(servers)) => {
-                let flip = pieces
+                let flip = plan
                     .iter()
                     .map(|p| assign(&p.begin, ShardAssignment::to(to)))
-                    .collect();
-                let flipped = self.commit_idempotent(flip).await?;
+                    .collect::<Vec<_>>();
+                let flipped = self
+                    .commit_on_view(&begin, &end, |view| match view.plan_standing(&plan, to) {
+                        Standing::Moving => Ok(Some(flip.clone())),
+                        Standing::Flipped => Ok(None),
+                        Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                    })
+                    .await?;
                 Ok(MoveOutcome {
                     started: Some(started),
-                    flipped: Some(flipped),
+                    flipped: Some(flipped.version()),
                     servers,
                 })
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                self.commit_idempotent(with_destination(&pieces, Vec::new()))
+                let back = with_destination(&plan, Vec::new());
+                let taken_back = self
+                    .commit_on_view(&begin, &end, |view| match view.plan_standing(&plan, to) {
+                        Standing::Moving => Ok(Some(back.clone())),
+                        Standing::Flipped => Ok(None),
+                        Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                    })
                     .await?;
+                if let Decided::AlreadySo(flipped) = taken_back {
+                    // Another mover flipped it meanwhile: the range moved.
+                    return Ok(MoveOutcome {
+                        started: Some(started),
+                        flipped: Some(flipped),
+                        servers: self.progress_of(&plan, &destination).await,
+                    });
+                }
                 let why = self
-                    .progress_of(&pieces, &destination)
+                    .progress_of(&plan, &destination)
                     .await
                     .iter()
                     .filter(|s| !s.ready)
@@ -157,126 +294,150 @@ impl Client {
         }
     }
 
-    /// The shards over `[begin, end)`, clipped to it, and the change that
-    /// splits the shard at `end` when `end` falls inside one (both sides
-    /// keep its assignment). A shard moving to `to` already is one an
-    /// interrupted move of it left: this move takes it over.
-    async fn pieces(
-        &self,
-        begin: &Bytes,
-        end: &Bytes,
-        to: StorageTeamId,
-    ) -> Result<(Vec<Piece>, Option<Mutation>), MoveError> {
-        let version = self.read_version().await?;
-        let moving_elsewhere = |shard: &GetKeyLocationReply| {
-            if shard.moving_to.is_empty() || shard.moving_to == [to] {
-                Ok(())
-            } else {
-                Err(MoveError::AlreadyMoving {
-                    begin: shard.begin.clone(),
-                    to: shard.moving_to.clone(),
-                })
-            }
-        };
-        let mut pieces = Vec::new();
-        let mut key = begin.clone();
-        while key < *end {
-            let shard = self.shard_at(&key, version).await?;
-            moving_elsewhere(&shard)?;
-            let piece_end = shard.end.clone().min(end.clone());
-            pieces.push(Piece {
-                begin: key.clone(),
-                end: piece_end.clone(),
-                src: source_teams(&shard),
-            });
-            key = piece_end;
-        }
-        let mut split = None;
-        if end.as_ref() < USER_KEYS_END {
-            let shard = self.shard_at(end, version).await?;
-            moving_elsewhere(&shard)?;
-            if shard.begin != *end {
-                let assignment = ShardAssignment {
-                    src: source_teams(&shard),
-                    dest: shard.moving_to,
-                };
-                split = Some(assign(end, assignment));
-            }
-        }
-        Ok((pieces, split))
-    }
-
     /// Takes back the moves under way in the shards `[begin, end)`
     /// touches, whole: each goes back to its source teams alone, and the
     /// destinations drop what they copied. For a move whose driver is
     /// gone; returns how many shards were moving.
     pub async fn cancel_moves(&self, begin: Bytes, end: Bytes) -> Result<usize, MoveError> {
-        if begin >= end || end.as_ref() > USER_KEYS_END {
-            return Err(MoveError::InvalidRange(format!(
-                "[{begin:?}, {end:?}) is empty, reversed or reaches into the system keys"
-            )));
-        }
-        let version = self.read_version().await?;
-        let mut back = Vec::new();
-        let mut key = begin;
-        while key < end {
-            let shard = self.shard_at(&key, version).await?;
-            if !shard.moving_to.is_empty() {
-                let assignment = ShardAssignment {
-                    src: source_teams(&shard),
-                    dest: Vec::new(),
-                };
-                back.push(assign(&shard.begin, assignment));
-            }
-            key = shard.end;
-        }
-        let cancelled = back.len();
-        if cancelled > 0 {
-            self.commit_idempotent(back).await?;
-        }
+        check_range(&begin, &end)?;
+        let mut cancelled = 0;
+        self.commit_on_view(&begin, &end, |view| {
+            let back: Vec<Mutation> = view
+                .shards
+                .iter()
+                .filter(|shard| !shard.moving_to.is_empty())
+                .map(|shard| {
+                    let assignment = ShardAssignment {
+                        src: source_teams(shard),
+                        dest: Vec::new(),
+                    };
+                    assign(&shard.begin, assignment)
+                })
+                .collect();
+            cancelled = back.len();
+            Ok((!back.is_empty()).then_some(back))
+        })
+        .await?;
         Ok(cancelled)
     }
 
-    /// Commits shard-map changes that may be committed again harmlessly:
-    /// an unknown result, or a cluster too busy or between generations
-    /// (its proxies refusing or gone), is answered by committing them
-    /// again, for up to `COMMIT_PATIENCE`.
-    async fn commit_idempotent(&self, mutations: Vec<Mutation>) -> Result<Version, ClientError> {
-        (|| self.commit_system(mutations.clone()))
+    /// The shard map over `[begin, end)` and at `end`, read at one read
+    /// version.
+    async fn view(&self, begin: &Bytes, end: &Bytes) -> Result<MapView, ClientError> {
+        let version = self.read_version().await?;
+        let mut shards: Vec<GetKeyLocationReply> = Vec::new();
+        let mut key = begin.clone();
+        while key < *end {
+            let shard = self.shard_at(&key, version).await?;
+            key = shard.end.clone();
+            shards.push(shard);
+        }
+        let at_end = match end.as_ref() < USER_KEYS_END {
+            true => Some(self.shard_at(end, version).await?),
+            false => None,
+        };
+        let as_of = shards
+            .iter()
+            .chain(&at_end)
+            .map(|s| s.as_of)
+            .min()
+            .unwrap_or(version);
+        let first = shards.first().map_or(begin, |s| &s.begin);
+        let watched = KeyRange {
+            begin: key_servers_key(first),
+            end: key_after(&key_servers_key(end)),
+        };
+        Ok(MapView {
+            shards,
+            at_end,
+            as_of,
+            watched,
+        })
+    }
+
+    /// Reads the map over `[begin, end)`, lets `decide` say what to commit
+    /// on it (nothing: it is as wanted already), and commits that on the
+    /// condition that the map there did not change since the read; when
+    /// it did, reads and decides again, for up to `COMMIT_PATIENCE`.
+    async fn commit_on_view(
+        &self,
+        begin: &Bytes,
+        end: &Bytes,
+        mut decide: impl FnMut(&MapView) -> Result<Option<Vec<Mutation>>, MoveError>,
+    ) -> Result<Decided, MoveError> {
+        let patience = tokio::time::Instant::now() + COMMIT_PATIENCE;
+        loop {
+            let view = match self.view(begin, end).await {
+                Ok(view) => view,
+                Err(e) if transient(&e) && tokio::time::Instant::now() < patience => {
+                    tracing::debug!(error = %e, "the shard map could not be read; reading it again");
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(mutations) = decide(&view)? else {
+                return Ok(Decided::AlreadySo(view.as_of));
+            };
+            match self.commit_if_unchanged(mutations, &view).await {
+                Ok(version) => return Ok(Decided::Committed(version)),
+                Err(ClientError::Refused {
+                    code: ErrorCode::NotCommitted,
+                    ..
+                }) if tokio::time::Instant::now() < patience => {
+                    tracing::debug!(
+                        "the shard map changed under a move's commit; reading it again"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Commits shard-map changes decided on `view`, if the map it watched
+    /// is unchanged; a [`transient`] failure is answered by committing
+    /// again, for up to `COMMIT_PATIENCE` (one whose result was unknown
+    /// but took conflicts with itself, and the caller reads again).
+    async fn commit_if_unchanged(
+        &self,
+        mutations: Vec<Mutation>,
+        view: &MapView,
+    ) -> Result<Version, ClientError> {
+        let read_ranges = vec![view.watched.clone()];
+        (|| self.commit_system_if_unchanged(mutations.clone(), view.as_of, read_ranges.clone()))
             .retry(cluster::retry::backoff(COMMIT_PATIENCE))
-            .when(|e| {
-                matches!(
-                    e,
-                    ClientError::UnknownResult(_)
-                        | ClientError::Unavailable(_)
-                        | ClientError::Refused {
-                            code: ErrorCode::Overloaded | ErrorCode::Unavailable,
-                            ..
-                        }
-                )
-            })
+            .when(transient)
             .notify(|e, _| tracing::debug!(error = %e, "a move's commit did not go through; committing it again"))
             .await
     }
 
     /// Waits until every destination server has every piece copied and
-    /// durable, committing the start again now and then.
+    /// durable, committing the start again now and then while the map
+    /// still shows the move.
     async fn wait_until_copied(
         &self,
-        pieces: &[Piece],
+        begin: &Bytes,
+        end: &Bytes,
+        plan: &[Piece],
+        to: StorageTeamId,
         destination: &[StorageServerId],
-        start: &[Mutation],
         progress: &mut impl FnMut(&[ServerProgress]),
     ) -> Result<Vec<ServerProgress>, MoveError> {
+        let start = with_destination(plan, vec![to]);
         let mut last_nudge = tokio::time::Instant::now();
         loop {
-            let servers = self.progress_of(pieces, destination).await;
+            let servers = self.progress_of(plan, destination).await;
             progress(&servers);
             if servers.iter().all(|s| s.ready) {
                 return Ok(servers);
             }
             if last_nudge.elapsed() >= NUDGE_INTERVAL {
-                self.commit_idempotent(start.to_vec()).await?;
+                self.commit_on_view(begin, end, |view| match view.plan_standing(plan, to) {
+                    Standing::Moving => Ok(Some(start.clone())),
+                    Standing::Flipped => Ok(None),
+                    Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                })
+                .await?;
                 last_nudge = tokio::time::Instant::now();
             }
             tokio::time::sleep(POLL_INTERVAL).await;
@@ -357,6 +518,42 @@ fn with_destination(pieces: &[Piece], dest: Vec<StorageTeamId>) -> Vec<Mutation>
             assign(&p.begin, assignment)
         })
         .collect()
+}
+
+/// The change that splits the shard holding `end` there, when `end` falls
+/// inside it: both sides keep its assignment.
+fn split_at(at_end: Option<&GetKeyLocationReply>, end: &Bytes) -> Option<Mutation> {
+    let shard = at_end.filter(|s| s.begin != *end)?;
+    let assignment = ShardAssignment {
+        src: source_teams(shard),
+        dest: shard.moving_to.clone(),
+    };
+    Some(assign(end, assignment))
+}
+
+/// A failure that asking again may get past: an unknown result, or a
+/// cluster too busy or between generations (its proxies refusing or gone,
+/// its sequencer unreachable).
+fn transient(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::UnknownResult(_)
+            | ClientError::Unavailable(_)
+            | ClientError::Sequencer(_)
+            | ClientError::Refused {
+                code: ErrorCode::Overloaded | ErrorCode::Unavailable,
+                ..
+            }
+    )
+}
+
+fn check_range(begin: &Bytes, end: &Bytes) -> Result<(), MoveError> {
+    if begin >= end || end.as_ref() > USER_KEYS_END {
+        return Err(MoveError::InvalidRange(format!(
+            "[{begin:?}, {end:?}) is empty, reversed or reaches into the system keys"
+        )));
+    }
+    Ok(())
 }
 
 /// The teams a shard is read from: its source teams.

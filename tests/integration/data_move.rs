@@ -4,8 +4,9 @@
 //! hold exactly what the acknowledged commits wrote, the old team's
 //! servers refuse the range, and clients read it where it now lives. A
 //! move whose driver dies mid-copy (a source server killed then too) is
-//! taken over by asking again, and one cancelled leaves the range where
-//! it was. With the commit path recruited, a move survives the loss of
+//! taken over by asking again, and one cancelled from another client
+//! while its driver runs leaves the range where it was, its driver
+//! stopping on the changed map. With the commit path recruited, a move survives the loss of
 //! the proxy's worker mid-copy, and the moved range stays where it moved
 //! through a later recovery: the new proxies route by the shard map the
 //! recovery carried over, which the controller's checkpoints keep current.
@@ -204,6 +205,16 @@ async fn wait_until_copying<T>(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A server copies once the start is durable on the TLogs, which may be
+/// before it is acknowledged and read versions include it: a commit
+/// sequenced now comes after it, and reads after its answer see the start.
+async fn after_the_start(client: &Client) -> Result<()> {
+    client
+        .commit(vec![set("z-after-start".to_owned(), String::new())])
+        .await?;
+    Ok(())
 }
 
 /// A move of the range to `to`, driven from a task of its own.
@@ -410,6 +421,7 @@ async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() ->
     let moving = spawn_move(&client, 2);
     wait_until_copying(&cluster, 200, &moving).await?;
     moving.abort();
+    after_the_start(&client).await?;
     let source = local.storage.get_mut(&101).and_then(Option::take);
     source.context("server 101 running")?.kill9().await?;
     let range = || (Bytes::from_static(BEGIN), Bytes::from_static(END));
@@ -438,14 +450,21 @@ async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() ->
     )
     .await?;
 
-    // A move back whose driver dies, then cancelled: team 2 keeps the
-    // range and team 1's servers drop what they copied.
+    // A move back cancelled from another client while its driver runs:
+    // the driver finds the map changed under it and stops, team 2 keeps
+    // the range and team 1's servers drop what they copied.
     writing.resume();
     let moving = spawn_move(&client, 1);
     wait_until_copying(&cluster, 100, &moving).await?;
-    moving.abort();
-    let cancelled = client.cancel_moves(range().0, range().1).await?;
+    after_the_start(&client).await?;
+    let canceller = Client::new(&cluster)?;
+    let cancelled = canceller.cancel_moves(range().0, range().1).await?;
     ensure!(cancelled == 1, "{cancelled} shards were taken back, not 1");
+    let driver = moving.await?;
+    ensure!(
+        matches!(driver, Err(MoveError::Superseded(_))),
+        "the driver of the cancelled move ended with {driver:?}"
+    );
     let taken_back = client.read_version().await?;
     check_moved(
         &cluster,

@@ -54,7 +54,11 @@ fn spec() -> ClusterSpec {
 }
 
 /// The live worker (by index) hosting a `kind` role of generation `epoch`.
-pub(crate) async fn worker_hosting(local: &LocalCluster, kind: RoleKind, epoch: u64) -> Result<usize> {
+pub(crate) async fn worker_hosting(
+    local: &LocalCluster,
+    kind: RoleKind,
+    epoch: u64,
+) -> Result<usize> {
     local
         .worker_hosting(kind, epoch)
         .await?
