@@ -44,6 +44,11 @@ const PEEK_BYTES: u32 = 1 << 20;
 /// How long one peek may take.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How far the shard map may stay behind without changes to fold in:
+/// the checkpoint that only moves it on (so that the metadata team is
+/// popped) is a write through the coordinators, which sync on disk.
+const UNCHANGED_CHECKPOINT_VERSIONS: u64 = 10_000_000;
+
 /// How long a recovery tries the metadata team's TLogs before it gives up
 /// (and a new recovery starts).
 const RECOVERY_READ_PATIENCE: Duration = Duration::from_secs(10);
@@ -131,8 +136,10 @@ pub async fn read_for_recovery(
 }
 
 /// Moves the core state's shard map on to what the current generation's
-/// TLogs know committed, then pops the metadata team there up to it.
-/// Returns the core state written, if the map moved.
+/// TLogs know committed, then pops the metadata team there up to it:
+/// at once when there are changes to fold in, and otherwise once it is
+/// [`UNCHANGED_CHECKPOINT_VERSIONS`] behind. Returns the core state
+/// written, if the map moved.
 pub async fn checkpoint(
     coordinators: &CoordinatorClient,
     transport: &ClientConfig,
@@ -167,7 +174,8 @@ pub async fn checkpoint(
     }
     let (changes, through) = read?;
     let mut moved = None;
-    if through > snapshot.version {
+    let behind = through.0.saturating_sub(snapshot.version.0);
+    if !changes.is_empty() || behind >= UNCHANGED_CHECKPOINT_VERSIONS {
         let advanced = snapshot
             .advanced(through, &changes)
             .map_err(|e| e.to_string())?;
