@@ -17,9 +17,12 @@
 //! decides again. So two movers, or a mover and a cancel, never act on a
 //! map the other already changed: a move whose shards were taken back or
 //! sent elsewhere meanwhile ends as [`MoveError::Superseded`], and one
-//! flipped by another mover ends flipped. While waiting, the start is
-//! committed again now and then: a copied page is installed and flushed
-//! only as versions move, and an idle cluster makes none.
+//! flipped by another mover ends flipped. A mover that has just written
+//! the map knows it as of its own commit, and makes its next commit
+//! conditional on that without reading it again; only a conflict sends
+//! it back to reading. While waiting, the start is committed again now
+//! and then: a copied page is installed and flushed only as versions
+//! move, and an idle cluster makes none.
 
 use std::time::Duration;
 
@@ -145,6 +148,13 @@ impl MapView {
         }
     }
 
+    fn known(&self) -> Known {
+        Known {
+            as_of: self.as_of,
+            watched: self.watched.clone(),
+        }
+    }
+
     /// Where every planned piece stands: all moving, all flipped, or the
     /// first change found.
     fn plan_standing(&self, plan: &[Piece], to: StorageTeamId) -> Standing {
@@ -168,6 +178,14 @@ enum Standing {
     /// `{src T}`: the move is done.
     Flipped,
     Changed(String),
+}
+
+/// The shard map over a move's range as the mover knows it: unchanged
+/// since `as_of` but for what the mover itself wrote at that version.
+#[derive(Clone)]
+struct Known {
+    as_of: Version,
+    watched: KeyRange,
 }
 
 /// What a decision on a view came to.
@@ -207,8 +225,8 @@ impl Client {
             .cloned()
             .ok_or(MoveError::UnknownTeam(to))?;
         let mut plan = Vec::new();
-        let started = self
-            .commit_on_view(&begin, &end, |view| {
+        let (started, mut known) = self
+            .commit_on_view(&begin, &end, None, |view| {
                 plan.clear();
                 for (piece, moving_to) in view.pieces(&begin, &end) {
                     if !moving_to.is_empty() && moving_to != [to] {
@@ -238,7 +256,14 @@ impl Client {
         };
         let waited = tokio::time::timeout(
             deadline,
-            self.wait_until_copied(&begin, &end, &plan, to, &destination, &mut progress),
+            self.wait_until_copied(
+                (&begin, &end),
+                &plan,
+                to,
+                &destination,
+                &mut known,
+                &mut progress,
+            ),
         )
         .await;
         match waited {
@@ -247,11 +272,14 @@ impl Client {
                     .iter()
                     .map(|p| assign(&p.begin, ShardAssignment::to(to)))
                     .collect::<Vec<_>>();
-                let flipped = self
-                    .commit_on_view(&begin, &end, |view| match view.plan_standing(&plan, to) {
-                        Standing::Moving => Ok(Some(flip.clone())),
-                        Standing::Flipped => Ok(None),
-                        Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                let known = Some((known, flip.clone()));
+                let (flipped, _) = self
+                    .commit_on_view(&begin, &end, known, |view| {
+                        match view.plan_standing(&plan, to) {
+                            Standing::Moving => Ok(Some(flip.clone())),
+                            Standing::Flipped => Ok(None),
+                            Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                        }
                     })
                     .await?;
                 Ok(MoveOutcome {
@@ -262,12 +290,16 @@ impl Client {
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
+                // The timeout may have cut a nudge short: what the mover
+                // knows may be older than the map, so it reads it.
                 let back = with_destination(&plan, Vec::new());
-                let taken_back = self
-                    .commit_on_view(&begin, &end, |view| match view.plan_standing(&plan, to) {
-                        Standing::Moving => Ok(Some(back.clone())),
-                        Standing::Flipped => Ok(None),
-                        Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                let (taken_back, _) = self
+                    .commit_on_view(&begin, &end, None, |view| {
+                        match view.plan_standing(&plan, to) {
+                            Standing::Moving => Ok(Some(back.clone())),
+                            Standing::Flipped => Ok(None),
+                            Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                        }
                     })
                     .await?;
                 if let Decided::AlreadySo(flipped) = taken_back {
@@ -301,7 +333,7 @@ impl Client {
     pub async fn cancel_moves(&self, begin: Bytes, end: Bytes) -> Result<usize, MoveError> {
         check_range(&begin, &end)?;
         let mut cancelled = 0;
-        self.commit_on_view(&begin, &end, |view| {
+        self.commit_on_view(&begin, &end, None, |view| {
             let back: Vec<Mutation> = view
                 .shards
                 .iter()
@@ -359,12 +391,32 @@ impl Client {
     /// on it (nothing: it is as wanted already), and commits that on the
     /// condition that the map there did not change since the read; when
     /// it did, reads and decides again, for up to `COMMIT_PATIENCE`.
+    /// With `known`, first commits the mutations given with it on the map
+    /// as known, reading only if that conflicts. Returns what it came to
+    /// and the map as now known.
     async fn commit_on_view(
         &self,
         begin: &Bytes,
         end: &Bytes,
+        known: Option<(Known, Vec<Mutation>)>,
         mut decide: impl FnMut(&MapView) -> Result<Option<Vec<Mutation>>, MoveError>,
-    ) -> Result<Decided, MoveError> {
+    ) -> Result<(Decided, Known), MoveError> {
+        if let Some((known, mutations)) = known {
+            match self.commit_if_unchanged(mutations, &known).await {
+                Ok(version) => {
+                    let now = Known {
+                        as_of: version,
+                        ..known
+                    };
+                    return Ok((Decided::Committed(version), now));
+                }
+                Err(ClientError::Refused {
+                    code: ErrorCode::NotCommitted,
+                    ..
+                }) => tracing::debug!("the shard map changed since the mover wrote it; reading it"),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let patience = tokio::time::Instant::now() + COMMIT_PATIENCE;
         loop {
             let view = match self.view(begin, end).await {
@@ -377,10 +429,16 @@ impl Client {
                 Err(e) => return Err(e.into()),
             };
             let Some(mutations) = decide(&view)? else {
-                return Ok(Decided::AlreadySo(view.as_of));
+                return Ok((Decided::AlreadySo(view.as_of), view.known()));
             };
-            match self.commit_if_unchanged(mutations, &view).await {
-                Ok(version) => return Ok(Decided::Committed(version)),
+            match self.commit_if_unchanged(mutations, &view.known()).await {
+                Ok(version) => {
+                    let now = Known {
+                        as_of: version,
+                        watched: view.watched,
+                    };
+                    return Ok((Decided::Committed(version), now));
+                }
                 Err(ClientError::Refused {
                     code: ErrorCode::NotCommitted,
                     ..
@@ -394,17 +452,17 @@ impl Client {
         }
     }
 
-    /// Commits shard-map changes decided on `view`, if the map it watched
-    /// is unchanged; a [`transient`] failure is answered by committing
+    /// Commits shard-map changes decided on the map as `known`, if it is
+    /// unchanged since; a [`transient`] failure is answered by committing
     /// again, for up to `COMMIT_PATIENCE` (one whose result was unknown
     /// but took conflicts with itself, and the caller reads again).
     async fn commit_if_unchanged(
         &self,
         mutations: Vec<Mutation>,
-        view: &MapView,
+        known: &Known,
     ) -> Result<Version, ClientError> {
-        let read_ranges = vec![view.watched.clone()];
-        (|| self.commit_system_if_unchanged(mutations.clone(), view.as_of, read_ranges.clone()))
+        let read_ranges = vec![known.watched.clone()];
+        (|| self.commit_system_if_unchanged(mutations.clone(), known.as_of, read_ranges.clone()))
             .retry(cluster::retry::backoff(COMMIT_PATIENCE))
             .when(transient)
             .notify(|e, _| tracing::debug!(error = %e, "a move's commit did not go through; committing it again"))
@@ -416,11 +474,11 @@ impl Client {
     /// still shows the move.
     async fn wait_until_copied(
         &self,
-        begin: &Bytes,
-        end: &Bytes,
+        (begin, end): (&Bytes, &Bytes),
         plan: &[Piece],
         to: StorageTeamId,
         destination: &[StorageServerId],
+        known: &mut Known,
         progress: &mut impl FnMut(&[ServerProgress]),
     ) -> Result<Vec<ServerProgress>, MoveError> {
         let start = with_destination(plan, vec![to]);
@@ -432,12 +490,17 @@ impl Client {
                 return Ok(servers);
             }
             if last_nudge.elapsed() >= NUDGE_INTERVAL {
-                self.commit_on_view(begin, end, |view| match view.plan_standing(plan, to) {
-                    Standing::Moving => Ok(Some(start.clone())),
-                    Standing::Flipped => Ok(None),
-                    Standing::Changed(why) => Err(MoveError::Superseded(why)),
-                })
-                .await?;
+                let first = Some((known.clone(), start.clone()));
+                let (_, now) = self
+                    .commit_on_view(begin, end, first, |view| {
+                        match view.plan_standing(plan, to) {
+                            Standing::Moving => Ok(Some(start.clone())),
+                            Standing::Flipped => Ok(None),
+                            Standing::Changed(why) => Err(MoveError::Superseded(why)),
+                        }
+                    })
+                    .await?;
+                *known = now;
                 last_nudge = tokio::time::Instant::now();
             }
             tokio::time::sleep(POLL_INTERVAL).await;
