@@ -9,8 +9,10 @@
 //!        ▲                                    │
 //!        └──────────────Event─────────────────┘
 //!  metadata.rs: the shard map carried across generations by the metadata team
+//!  keeper.rs: moves whose driver is gone, taken over
 //! ```
 
+pub mod keeper;
 pub mod metadata;
 pub mod recovery;
 pub mod retirement;

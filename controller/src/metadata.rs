@@ -21,6 +21,7 @@ use cluster::placement::tlogs_for_team;
 use cluster::retry::backoff;
 use coordinator::client::CoordinatorClient;
 use proto::rpc::{PeekRequest, PopRequest};
+use proto::shard_map::ShardMap;
 use proto::system_keys::{METADATA_READER, METADATA_TEAM};
 use proto::transport::{ClientConfig, RpcClient};
 use proto::{BlockEntry, Mutation, Version};
@@ -135,15 +136,25 @@ pub async fn read_for_recovery(
         .await
 }
 
+/// What a checkpoint read and did.
+pub struct Checkpoint {
+    /// The core state written, if the recorded map moved on.
+    pub written: Option<CoreState>,
+    /// The shard map as of what the TLogs know committed.
+    pub map: ShardMap,
+    /// The changes read since the recorded map.
+    pub changes: Changes,
+}
+
 /// Moves the core state's shard map on to what the current generation's
 /// TLogs know committed, then pops the metadata team there up to it:
 /// at once when there are changes to fold in, and otherwise once it is
-/// [`UNCHANGED_CHECKPOINT_VERSIONS`] behind. Returns the core state
-/// written, if the map moved.
+/// [`UNCHANGED_CHECKPOINT_VERSIONS`] behind. None while no generation is
+/// open.
 pub async fn checkpoint(
     coordinators: &CoordinatorClient,
     transport: &ClientConfig,
-) -> Result<Option<CoreState>, String> {
+) -> Result<Option<Checkpoint>, String> {
     let (state, revision) = coordinators
         .read_core_state()
         .await
@@ -173,12 +184,13 @@ pub async fn checkpoint(
         }
     }
     let (changes, through) = read?;
+    let advanced = snapshot
+        .advanced(through.max(snapshot.version), &changes)
+        .map_err(|e| e.to_string())?;
+    let map = advanced.map().map_err(|e| e.to_string())?;
     let mut moved = None;
     let behind = through.0.saturating_sub(snapshot.version.0);
     if !changes.is_empty() || behind >= UNCHANGED_CHECKPOINT_VERSIONS {
-        let advanced = snapshot
-            .advanced(through, &changes)
-            .map_err(|e| e.to_string())?;
         let next = state.with_shard_map(advanced);
         let outcome = coordinators
             .write(CORE_STATE_REGISTER, revision, next.encode())
@@ -213,5 +225,9 @@ pub async fn checkpoint(
             Err(_) => tracing::debug!(%tlog, "metadata team pop took too long"),
         }
     }
-    Ok(moved)
+    Ok(Some(Checkpoint {
+        written: moved,
+        map,
+        changes,
+    }))
 }

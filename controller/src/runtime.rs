@@ -22,8 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::Retryable;
+use client::Client;
 use cluster::core_state::{CommitPath, CoreState, CORE_STATE_REGISTER};
 use cluster::retry::endless_backoff;
+use cluster::ClusterFile;
 use coordinator::candidacy::Candidacy;
 use coordinator::client::CoordinatorClient;
 use coordinator::service::HostedController;
@@ -39,6 +41,7 @@ use proto::ProxyId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::keeper::Keeping;
 use crate::metadata;
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
 use crate::retirement;
@@ -58,6 +61,9 @@ pub struct ControllerConfig {
     /// The storage servers, whose durable versions decide when an old
     /// generation retires.
     pub storage_servers: Vec<SocketAddr>,
+    /// The cluster file, for the client through which the controller
+    /// takes over moves whose driver is gone (`keeper`); none: it does not.
+    pub cluster_file: Option<ClusterFile>,
 }
 
 impl ControllerConfig {
@@ -73,6 +79,7 @@ impl ControllerConfig {
             failure_timeout: Duration::from_millis(500),
             call_timeout: Duration::from_secs(5),
             storage_servers: Vec::new(),
+            cluster_file: None,
         }
     }
 }
@@ -420,14 +427,26 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     let mut retired_at: Option<tokio::time::Instant> = None;
     let mut checkpointed_at: Option<tokio::time::Instant> = None;
+    let mut keeping = inner.config.cluster_file.as_ref().and_then(|cluster| {
+        Client::new(cluster)
+            .map_err(|e| tracing::warn!(error = %e, "no client to take over moves with"))
+            .ok()
+            .map(Keeping::new)
+    });
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {
             checkpointed_at = Some(tokio::time::Instant::now());
             match metadata::checkpoint(&inner.coordinators, &inner.config.transport).await {
-                Ok(Some(state)) => {
-                    let generations = summaries(&state);
-                    inner.set_status(|s| s.generations = generations);
+                Ok(Some(checkpoint)) => {
+                    if let Some(state) = &checkpoint.written {
+                        let generations = summaries(state);
+                        inner.set_status(|s| s.generations = generations);
+                    }
+                    if let Some(keeping) = &mut keeping {
+                        let now = inner.clock.now_ms();
+                        keeping.observe(now, &checkpoint.map, &checkpoint.changes);
+                    }
                 }
                 Ok(None) => {}
                 Err(reason) => tracing::debug!(%reason, "no shard-map checkpoint this time"),

@@ -105,6 +105,7 @@ pub async fn host(
             ControllerConfig::new(recovery, cluster.shard_map()?, config.transport.clone());
         controller_config.storage_servers =
             cluster.storage_servers.iter().map(|s| s.address).collect();
+        controller_config.cluster_file = Some(cluster.clone());
         let controller = Controller::start(
             controller_config,
             candidacy,

@@ -6,10 +6,12 @@
 //! move whose driver dies mid-copy (a source server killed then too) is
 //! taken over by asking again, and one cancelled from another client
 //! while its driver runs leaves the range where it was, its driver
-//! stopping on the changed map. With the commit path recruited, a move survives the loss of
-//! the proxy's worker mid-copy, and the moved range stays where it moved
-//! through a later recovery: the new proxies route by the shard map the
-//! recovery carried over, which the controller's checkpoints keep current.
+//! stopping on the changed map. With the commit path recruited, a move
+//! survives the loss of the proxy's worker mid-copy, and the moved range
+//! stays where it moved through a later recovery: the new proxies route
+//! by the shard map the recovery carried over, which the controller's
+//! checkpoints keep current; and a move whose driver dies is finished by
+//! the controller.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -553,7 +555,8 @@ async fn wait_for_checkpoint(local: &LocalCluster, team: u64) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_survives_the_loss_of_the_proxy_mid_copy_and_a_later_recovery() -> Result<()> {
+async fn a_move_survives_the_loss_of_the_proxy_and_a_recovery_and_an_orphan_is_finished(
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (mut local, client, mut writing) =
         preloaded_under_writes(dir.path(), &recruited_spec()).await?;
@@ -593,6 +596,25 @@ async fn a_move_survives_the_loss_of_the_proxy_mid_copy_and_a_later_recovery() -
         flipped,
         [200, 201],
         [100, 101],
+    )
+    .await?;
+
+    // A move back whose driver dies mid-copy: the controller sees its
+    // start no longer committed again and drives it to the flip.
+    writing.resume();
+    let moving = spawn_move(&client, 1);
+    wait_until_copying(&cluster, 100, &moving).await?;
+    moving.abort();
+    after_the_start(&client).await?;
+    wait_for_checkpoint(&local, 1).await?;
+    let flipped = client.read_version().await?;
+    check_moved(
+        &cluster,
+        &client,
+        &mut writing,
+        flipped,
+        [100, 101],
+        [200, 201],
     )
     .await?;
     Ok(local.stop().await?)

@@ -1,0 +1,216 @@
+//! The move keeper: finds moves whose driver is gone and has them driven
+//! again, so that no move stays half done. A live driver commits its
+//! move's start again every 100 ms while the copy goes on; a shard that
+//! has been moving without such a commit for [`ORPHANED_AFTER_MS`] has
+//! lost its driver, and the controller takes the move over (the mover's
+//! commits are conditional on the map it read, so a driver that was only
+//! slow and the controller never undo each other).
+//!
+//! ```text
+//!  checkpoint: the map as of the TLogs' known committed, and the changes read
+//!      ─▶ Keeper::observe (pure): moving shards, last touched ─▶ takeovers
+//!      ─▶ runtime: Client::move_range(shard, to its destination), one task each
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use client::Client;
+use proto::shard_map::ShardMap;
+use proto::system_keys::parse_key_servers_key;
+use proto::{Mutation, StorageTeamId, Version};
+
+/// How long a shard may stay moving with no commit of its driver before
+/// the controller takes its move over.
+pub const ORPHANED_AFTER_MS: u64 = 10_000;
+
+/// How long the controller's drive of a move it took over waits for the
+/// copy before it takes the move back.
+pub const TAKEOVER_DEADLINE: Duration = Duration::from_secs(600);
+
+/// A move to drive again: the shard `[begin, end)` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Takeover {
+    pub begin: Bytes,
+    pub end: Bytes,
+    pub to: StorageTeamId,
+}
+
+#[derive(Default)]
+pub struct Keeper {
+    /// Each moving shard, by begin: when the controller last saw its
+    /// driver commit it (or first saw it moving).
+    touched_ms: BTreeMap<Bytes, u64>,
+    /// The shards the controller drives now.
+    driving: BTreeSet<Bytes>,
+}
+
+impl Keeper {
+    /// Takes the shard map as of a checkpoint and the changes read up to
+    /// it; returns the moves to take over.
+    pub fn observe(
+        &mut self,
+        now_ms: u64,
+        map: &ShardMap,
+        changes: &[(Version, Vec<Mutation>)],
+    ) -> Vec<Takeover> {
+        for mutation in changes.iter().flat_map(|(_, m)| m) {
+            if let Mutation::SetValue { key, .. } = mutation {
+                if let Some(begin) = parse_key_servers_key(key) {
+                    self.touched_ms
+                        .insert(Bytes::copy_from_slice(begin), now_ms);
+                }
+            }
+        }
+        let moving: Vec<(Bytes, Bytes, StorageTeamId)> = map
+            .entries()
+            .filter_map(|(begin, a)| match a.dest.as_slice() {
+                [to] => Some((begin.clone(), map.locate(begin).1, *to)),
+                _ => None,
+            })
+            .collect();
+        let still: BTreeSet<&Bytes> = moving.iter().map(|(b, _, _)| b).collect();
+        self.touched_ms.retain(|begin, _| still.contains(begin));
+        let mut takeovers = Vec::new();
+        for (begin, end, to) in moving {
+            let touched = *self.touched_ms.entry(begin.clone()).or_insert(now_ms);
+            let orphaned = now_ms.saturating_sub(touched) >= ORPHANED_AFTER_MS;
+            if orphaned && self.driving.insert(begin.clone()) {
+                takeovers.push(Takeover { begin, end, to });
+            }
+        }
+        takeovers
+    }
+
+    /// The controller's drive of the shard at `begin` ended; it is watched
+    /// afresh from now.
+    pub fn finished(&mut self, begin: &Bytes, now_ms: u64) {
+        self.driving.remove(begin);
+        if let Some(touched) = self.touched_ms.get_mut(begin) {
+            *touched = now_ms;
+        }
+    }
+}
+
+/// The keeper, the client it drives moves through, and its drives under
+/// way (dropped, as when the controller stops leading, they stop).
+pub struct Keeping {
+    keeper: Keeper,
+    client: Arc<Client>,
+    drives: tokio::task::JoinSet<Bytes>,
+}
+
+impl Keeping {
+    pub fn new(client: Client) -> Self {
+        Keeping {
+            keeper: Keeper::default(),
+            client: Arc::new(client),
+            drives: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Takes a checkpoint's map and changes: notes the drives that ended,
+    /// and starts one for each move to take over.
+    pub fn observe(&mut self, now_ms: u64, map: &ShardMap, changes: &[(Version, Vec<Mutation>)]) {
+        while let Some(ended) = self.drives.try_join_next() {
+            if let Ok(begin) = ended {
+                self.keeper.finished(&begin, now_ms);
+            }
+        }
+        for takeover in self.keeper.observe(now_ms, map, changes) {
+            tracing::warn!(
+                begin = ?takeover.begin,
+                to = %takeover.to,
+                "a move lost its driver: the controller takes it over"
+            );
+            let client = self.client.clone();
+            self.drives.spawn(async move {
+                let Takeover { begin, end, to } = takeover;
+                let driven = client
+                    .move_range(begin.clone(), end, to, TAKEOVER_DEADLINE, |_| {})
+                    .await;
+                match driven {
+                    Ok(outcome) => tracing::info!(?begin, flipped = ?outcome.flipped, "a move taken over ended"),
+                    Err(e) => tracing::warn!(?begin, error = %e, "a move taken over did not flip"),
+                }
+                begin
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::system_keys::{key_servers_key, ShardAssignment};
+
+    use super::*;
+
+    fn team(id: u64) -> StorageTeamId {
+        StorageTeamId(id)
+    }
+
+    fn map(moving: bool) -> ShardMap {
+        let c = if moving {
+            ShardAssignment {
+                src: vec![team(1)],
+                dest: vec![team(2)],
+            }
+        } else {
+            ShardAssignment::to(team(2))
+        };
+        ShardMap::new([
+            (Bytes::new(), ShardAssignment::to(team(1))),
+            (Bytes::from_static(b"c"), c),
+            (Bytes::from_static(b"h"), ShardAssignment::to(team(1))),
+        ])
+        .unwrap()
+    }
+
+    fn nudge(version: u64) -> (Version, Vec<Mutation>) {
+        let assignment = ShardAssignment {
+            src: vec![team(1)],
+            dest: vec![team(2)],
+        };
+        let set = Mutation::SetValue {
+            key: key_servers_key(b"c"),
+            value: assignment.encode(),
+        };
+        (Version(version), vec![set])
+    }
+
+    #[test]
+    fn a_move_whose_driver_stopped_committing_is_taken_over_once() {
+        let mut keeper = Keeper::default();
+        let moving = map(true);
+        assert!(keeper.observe(0, &moving, &[nudge(1)]).is_empty());
+        // Its driver commits the start again: not orphaned.
+        assert!(keeper.observe(9_000, &moving, &[nudge(2)]).is_empty());
+        assert!(keeper.observe(18_000, &moving, &[]).is_empty());
+        let takeover = Takeover {
+            begin: Bytes::from_static(b"c"),
+            end: Bytes::from_static(b"h"),
+            to: team(2),
+        };
+        assert_eq!(keeper.observe(19_000, &moving, &[]), vec![takeover.clone()]);
+        // Once: not again while the controller drives it.
+        assert!(keeper.observe(40_000, &moving, &[]).is_empty());
+        keeper.finished(&takeover.begin, 41_000);
+        assert!(keeper.observe(50_000, &moving, &[]).is_empty());
+        assert_eq!(keeper.observe(51_000, &moving, &[]), vec![takeover]);
+    }
+
+    #[test]
+    fn a_shard_first_seen_moving_gets_the_full_wait_and_a_flipped_one_none() {
+        let mut keeper = Keeper::default();
+        // A new controller sees a move it never saw committed.
+        assert!(keeper.observe(100_000, &map(true), &[]).is_empty());
+        assert!(keeper.observe(109_999, &map(true), &[]).is_empty());
+        assert_eq!(keeper.observe(110_000, &map(true), &[]).len(), 1);
+        let mut keeper = Keeper::default();
+        assert!(keeper.observe(0, &map(true), &[]).is_empty());
+        assert!(keeper.observe(20_000, &map(false), &[]).is_empty());
+        assert!(keeper.touched_ms.is_empty(), "forgotten once flipped");
+    }
+}
