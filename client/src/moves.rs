@@ -155,6 +155,22 @@ impl MapView {
         }
     }
 
+    /// `mutations` while every planned piece is still moving to `to`;
+    /// nothing once they all flipped; superseded when the map changed
+    /// otherwise.
+    fn while_moving(
+        &self,
+        plan: &[Piece],
+        to: StorageTeamId,
+        mutations: &[Mutation],
+    ) -> Result<Option<Vec<Mutation>>, MoveError> {
+        match self.plan_standing(plan, to) {
+            Standing::Moving => Ok(Some(mutations.to_vec())),
+            Standing::Flipped => Ok(None),
+            Standing::Changed(why) => Err(MoveError::Superseded(why)),
+        }
+    }
+
     /// Where every planned piece stands: all moving, all flipped, or the
     /// first change found.
     fn plan_standing(&self, plan: &[Piece], to: StorageTeamId) -> Standing {
@@ -275,11 +291,7 @@ impl Client {
                 let known = Some((known, flip.clone()));
                 let (flipped, _) = self
                     .commit_on_view(&begin, &end, known, |view| {
-                        match view.plan_standing(&plan, to) {
-                            Standing::Moving => Ok(Some(flip.clone())),
-                            Standing::Flipped => Ok(None),
-                            Standing::Changed(why) => Err(MoveError::Superseded(why)),
-                        }
+                        view.while_moving(&plan, to, &flip)
                     })
                     .await?;
                 Ok(MoveOutcome {
@@ -295,11 +307,7 @@ impl Client {
                 let back = with_destination(&plan, Vec::new());
                 let (taken_back, _) = self
                     .commit_on_view(&begin, &end, None, |view| {
-                        match view.plan_standing(&plan, to) {
-                            Standing::Moving => Ok(Some(back.clone())),
-                            Standing::Flipped => Ok(None),
-                            Standing::Changed(why) => Err(MoveError::Superseded(why)),
-                        }
+                        view.while_moving(&plan, to, &back)
                     })
                     .await?;
                 if let Decided::AlreadySo(flipped) = taken_back {
@@ -493,11 +501,7 @@ impl Client {
                 let first = Some((known.clone(), start.clone()));
                 let (_, now) = self
                     .commit_on_view(begin, end, first, |view| {
-                        match view.plan_standing(plan, to) {
-                            Standing::Moving => Ok(Some(start.clone())),
-                            Standing::Flipped => Ok(None),
-                            Standing::Changed(why) => Err(MoveError::Superseded(why)),
-                        }
+                        view.while_moving(plan, to, &start)
                     })
                     .await?;
                 *known = now;

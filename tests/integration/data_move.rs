@@ -219,6 +219,20 @@ async fn after_the_start(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Starts a move of the range to `to` and kills its driver once `server`
+/// copies, leaving the range moving with no one to finish it.
+async fn orphan_a_move(
+    client: &Arc<Client>,
+    cluster: &ClusterFile,
+    to: u64,
+    server: u64,
+) -> Result<()> {
+    let moving = spawn_move(client, to);
+    wait_until_copying(cluster, server, &moving).await?;
+    moving.abort();
+    after_the_start(client).await
+}
+
 /// A move of the range to `to`, driven from a task of its own.
 fn spawn_move(
     client: &Arc<Client>,
@@ -420,10 +434,7 @@ async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() ->
 
     // The driver dies while server 200 copies, and source server 101 is
     // killed then too: the range is left moving to team 2.
-    let moving = spawn_move(&client, 2);
-    wait_until_copying(&cluster, 200, &moving).await?;
-    moving.abort();
-    after_the_start(&client).await?;
+    orphan_a_move(&client, &cluster, 2, 200).await?;
     let source = local.storage.get_mut(&101).and_then(Option::take);
     source.context("server 101 running")?.kill9().await?;
     let range = || (Bytes::from_static(BEGIN), Bytes::from_static(END));
@@ -602,10 +613,7 @@ async fn a_move_survives_the_loss_of_the_proxy_and_a_recovery_and_an_orphan_is_f
     // A move back whose driver dies mid-copy: the controller sees its
     // start no longer committed again and drives it to the flip.
     writing.resume();
-    let moving = spawn_move(&client, 1);
-    wait_until_copying(&cluster, 100, &moving).await?;
-    moving.abort();
-    after_the_start(&client).await?;
+    orphan_a_move(&client, &cluster, 1, 100).await?;
     wait_for_checkpoint(&local, 1).await?;
     let flipped = client.read_version().await?;
     check_moved(
