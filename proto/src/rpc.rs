@@ -323,6 +323,8 @@ pub struct AddingRangeStatus {
     pub ready: bool,
     /// The last failure of the copy, while it retries.
     pub problem: Option<String>,
+    /// Milliseconds since the copy last got a page (or began).
+    pub idle_ms: u64,
 }
 
 /// Keys in status JSON: their escaped text (`key_text`).

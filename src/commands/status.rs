@@ -19,7 +19,8 @@
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
 //! stuck), a storage server that stopped applying, cannot flush (waiting
 //! for disk space), is rebuilding from its teammates, cannot copy a range
-//! it is adding for a move (its last page read failed), or trails the
+//! it is adding for a move (its last page read failed, or it got no page
+//! for `COPY_STALL_SECONDS`), or trails the
 //! committed version by more than that, are unhealthy, with the reason. A proxy
 //! that paces new commits while storage servers fall behind (`delaying`)
 //! is healthy: it says how fast it lets commits in and why.
@@ -395,6 +396,12 @@ fn process<R, T>(
 /// before it counts as stuck rather than busy.
 pub const STALL_SECONDS: f64 = 5.0;
 
+/// How long a storage server's copy of a range it adds for a move may go
+/// without a page before it counts as stuck: a live mover makes versions
+/// every 100 ms, and a page takes a fraction of a second at any rate the
+/// copy may be set to.
+pub const COPY_STALL_SECONDS: u64 = 30;
+
 /// A coordinator that cannot serve, or whose controller is recovering:
 /// until the recovery ends, nothing commits.
 fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
@@ -457,6 +464,16 @@ fn storage_problem(s: &StorageStatus) -> Option<String> {
             proto::key_text::escape(&held.begin),
             proto::key_text::escape(&held.end),
             held.problem.as_deref().unwrap_or_default()
+        ));
+    }
+    let stuck =
+        |a: &&proto::rpc::AddingRangeStatus| !a.ready && a.idle_ms >= COPY_STALL_SECONDS * 1000;
+    if let Some(stuck) = s.reply.adding.iter().find(stuck) {
+        return Some(format!(
+            "the copy of [{}, {}) for a move got no page for {:.0} s (no versions to install its last page at, or its source too slow)",
+            proto::key_text::escape(&stuck.begin),
+            proto::key_text::escape(&stuck.end),
+            stuck.idle_ms as f64 / 1000.0
         ));
     }
     (s.lag_seconds > STALL_SECONDS).then(|| {

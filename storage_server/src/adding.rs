@@ -361,6 +361,7 @@ impl AddingRanges {
                 ready: adding.complete()
                     && adding.installs.last().is_some_and(|(at, _)| *at <= durable),
                 problem: adding.problem.clone(),
+                idle_ms: 0,
             })
             .collect()
     }

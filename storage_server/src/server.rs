@@ -186,6 +186,7 @@ struct Inner<E: KvEngine> {
     adding: Mutex<AddingRanges>,
     /// Wakes the fetch of ranges being added when their state changed.
     adding_changed: Arc<tokio::sync::Notify>,
+    copy_progress: Mutex<fetch::CopyProgress>,
 }
 
 /// Why a flush did not happen.
@@ -274,6 +275,7 @@ impl<E: KvEngine> StorageService<E> {
             ),
             adding: Mutex::new(adding),
             adding_changed: Arc::new(tokio::sync::Notify::new()),
+            copy_progress: Mutex::default(),
             config,
         });
         tokio::spawn(apply_loop::run_apply(Arc::downgrade(&inner)));
@@ -423,7 +425,11 @@ impl<E: KvEngine> StorageService<E> {
                 .clone(),
             stalled: self.inner.stalled_reason(),
             rebuilding: self.inner.rebuilding(),
-            adding: self.inner.adding().status(durable),
+            adding: {
+                let mut adding = self.inner.adding().status(durable);
+                self.inner.copy_progress().fill_idle(&mut adding);
+                adding
+            },
         }
     }
 }
@@ -498,6 +504,10 @@ impl<E: KvEngine> Inner<E> {
 
     fn adding(&self) -> MutexGuard<'_, AddingRanges> {
         self.adding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn copy_progress(&self) -> MutexGuard<'_, fetch::CopyProgress> {
+        self.copy_progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether reads of `[begin, end)` (of `begin` alone when empty) at

@@ -198,7 +198,9 @@ async fn wait_until_copying<T>(
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let status = server_status(cluster, server).await?;
-        if status.adding.iter().any(|a| !a.ready) {
+        if let Some(copying) = status.adding.iter().find(|a| !a.ready) {
+            // A copy under way got a page, or began, moments ago.
+            ensure!(copying.idle_ms < 30_000, "{copying:?}");
             return Ok(());
         }
         ensure!(

@@ -4883,6 +4883,7 @@ impl<'a> AddingRangeStatus<'a> {
   pub const VT_BYTES_COPIED: ::flatbuffers::VOffsetT = 12;
   pub const VT_READY: ::flatbuffers::VOffsetT = 14;
   pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 16;
+  pub const VT_IDLE_MS: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4894,6 +4895,7 @@ impl<'a> AddingRangeStatus<'a> {
     args: &'args AddingRangeStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<AddingRangeStatus<'bldr>> {
     let mut builder = AddingRangeStatusBuilder::new(_fbb);
+    builder.add_idle_ms(args.idle_ms);
     builder.add_bytes_copied(args.bytes_copied);
     builder.add_pairs_copied(args.pairs_copied);
     if let Some(x) = args.problem { builder.add_problem(x); }
@@ -4954,6 +4956,13 @@ impl<'a> AddingRangeStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddingRangeStatus::VT_PROBLEM, None)}
   }
+  #[inline]
+  pub fn idle_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AddingRangeStatus::VT_IDLE_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for AddingRangeStatus<'_> {
@@ -4969,6 +4978,7 @@ impl ::flatbuffers::Verifiable for AddingRangeStatus<'_> {
      .visit_field::<u64>("bytes_copied", Self::VT_BYTES_COPIED, false)?
      .visit_field::<bool>("ready", Self::VT_READY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
+     .visit_field::<u64>("idle_ms", Self::VT_IDLE_MS, false)?
      .finish();
     Ok(())
   }
@@ -4981,6 +4991,7 @@ pub struct AddingRangeStatusArgs<'a> {
     pub bytes_copied: u64,
     pub ready: bool,
     pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub idle_ms: u64,
 }
 impl<'a> Default for AddingRangeStatusArgs<'a> {
   #[inline]
@@ -4993,6 +5004,7 @@ impl<'a> Default for AddingRangeStatusArgs<'a> {
       bytes_copied: 0,
       ready: false,
       problem: None,
+      idle_ms: 0,
     }
   }
 }
@@ -5031,6 +5043,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddingRangeStatusBuilder<'a, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddingRangeStatus::VT_PROBLEM, problem);
   }
   #[inline]
+  pub fn add_idle_ms(&mut self, idle_ms: u64) {
+    self.fbb_.push_slot::<u64>(AddingRangeStatus::VT_IDLE_MS, idle_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddingRangeStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AddingRangeStatusBuilder {
@@ -5055,6 +5071,7 @@ impl ::core::fmt::Debug for AddingRangeStatus<'_> {
       ds.field("bytes_copied", &self.bytes_copied());
       ds.field("ready", &self.ready());
       ds.field("problem", &self.problem());
+      ds.field("idle_ms", &self.idle_ms());
       ds.finish()
   }
 }

@@ -250,6 +250,7 @@ fn every_message() -> Vec<Message> {
                     bytes_copied: 3000,
                     ready: false,
                     problem: Some("ss-200: connection refused".into()),
+                    idle_ms: 4_500,
                 },
                 AddingRangeStatus {
                     begin: Bytes::from_static(b"p"),
@@ -259,6 +260,7 @@ fn every_message() -> Vec<Message> {
                     bytes_copied: 0,
                     ready: true,
                     problem: None,
+                    idle_ms: 0,
                 },
             ],
         }),

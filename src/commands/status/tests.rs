@@ -104,11 +104,24 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         bytes_copied: 70,
         ready: false,
         problem: None,
+        idle_ms: 29_999,
     };
     held_back.adding = vec![adding.clone()];
     assert_eq!(
         storage_problem(&storage_status(held_back.clone(), None)),
         None
+    );
+    let mut stuck = held_back.clone();
+    stuck.adding[0].idle_ms = 45_000;
+    assert_eq!(
+        storage_problem(&storage_status(stuck.clone(), None)).as_deref(),
+        Some("the copy of [c, h\\x00) for a move got no page for 45 s (no versions to install its last page at, or its source too slow)")
+    );
+    stuck.adding[0].ready = true;
+    assert_eq!(
+        storage_problem(&storage_status(stuck, None)),
+        None,
+        "a ready copy waits for its flip"
     );
     held_back.adding.push(proto::rpc::AddingRangeStatus {
         problem: Some("no other server holds the range to copy it from".into()),

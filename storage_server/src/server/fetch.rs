@@ -12,11 +12,13 @@
 //! The sources are the servers of the shard's source teams by the
 //! server's current shard map, without itself: after a flip that came
 //! before its copy was done, those are its own teammates. With a rate set,
-//! the fetch pauses after each page so that it reads no faster.
+//! the fetch pauses after each page so that it reads no faster. Status
+//! says how long each copy has gone without a page (`CopyProgress`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proto::rpc::{GetRangeRequest, Message};
+use proto::rpc::{AddingRangeStatus, GetRangeRequest, Message};
 use proto::transport::Peer;
 
 use super::*;
@@ -24,6 +26,39 @@ use crate::adding::{Page, PageRequest};
 
 /// The longest wait between failed page reads.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// When each range being added last got a page (or its copy began): a
+/// copy that gets none for long is stuck, and status says so.
+#[derive(Default)]
+pub(super) struct CopyProgress {
+    last_page: BTreeMap<Bytes, tokio::time::Instant>,
+}
+
+impl CopyProgress {
+    fn began(&mut self, range: &Bytes) {
+        self.last_page
+            .entry(range.clone())
+            .or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn got_page(&mut self, range: &Bytes) {
+        self.last_page
+            .insert(range.clone(), tokio::time::Instant::now());
+    }
+
+    /// Fills in how long each range has gone without a page, and forgets
+    /// the ranges no longer being added.
+    pub(super) fn fill_idle(&mut self, ranges: &mut [AddingRangeStatus]) {
+        let now = tokio::time::Instant::now();
+        self.last_page
+            .retain(|range, _| ranges.iter().any(|r| r.begin == *range));
+        for range in ranges {
+            let since = *self.last_page.entry(range.begin.clone()).or_insert(now);
+            range.idle_ms =
+                u64::try_from(now.duration_since(since).as_millis()).unwrap_or(u64::MAX);
+        }
+    }
+}
 
 /// Reads pages of ranges being added until the service is dropped.
 pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
@@ -49,6 +84,7 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
             changed.notified().await;
             continue;
         };
+        strong.copy_progress().began(&request.range);
         match read_page(&strong, &request, next_source).await {
             Ok(page) => {
                 delays = retry_policy.build();
@@ -65,6 +101,7 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
                 };
                 match delivered {
                     Ok(true) => {
+                        strong.copy_progress().got_page(&request.range);
                         drop(strong);
                         pace(
                             bytes,

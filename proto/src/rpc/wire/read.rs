@@ -93,6 +93,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
                 bytes_copied: a.bytes_copied,
                 ready: a.ready,
                 problem,
+                idle_ms: a.idle_ms,
             };
             fb::AddingRangeStatus::create(fbb, &args)
         })
@@ -239,6 +240,7 @@ pub(super) fn decode(
                             bytes_copied: a.bytes_copied(),
                             ready: a.ready(),
                             problem: a.problem().map(str::to_owned),
+                            idle_ms: a.idle_ms(),
                         })
                     })
                     .collect::<Result<Vec<_>, DecodeError>>()?,
