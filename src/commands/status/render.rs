@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use proto::rpc::{RecoveryReport, TLogStatusReply};
+use proto::system_keys::METADATA_TEAM;
 use proto::units::binary_bytes as bytes;
+use proto::StorageTeamId;
 
 use super::{ClusterStatus, ProcessStatus};
 
@@ -111,14 +113,17 @@ pub fn render_text(status: &ClusterStatus) -> String {
         row(&mut out, tlog, tlog_details);
         for team in tlog.status.iter().flat_map(|s| &s.teams) {
             let servers: Vec<String> = team.servers.iter().map(|s| s.0.to_string()).collect();
+            let readers = match team.team {
+                METADATA_TEAM => "read by the controller".to_owned(),
+                _ => format!("servers {}", servers.join(",")),
+            };
             let _ = writeln!(
                 out,
-                "{:51}team {}: {}, popped {}, servers {}",
+                "{:51}{}: {}, popped {}, {readers}",
                 "",
-                team.team.0,
+                team_name(team.team),
                 bytes(team.bytes),
                 team.popped,
-                servers.join(",")
             );
         }
     }
@@ -158,9 +163,19 @@ pub(super) fn tlog_details(s: &TLogStatusReply) -> String {
         details.push_str(", POISONED");
     }
     if let Some(team) = s.truncation_blocker {
-        let _ = write!(details, ", truncation held back by team {}", team.0);
+        let _ = write!(details, ", truncation held back by {}", team_name(team));
     }
     details
+}
+
+/// A team as status names it; the metadata team, which the controller
+/// pops, by what it is.
+fn team_name(team: StorageTeamId) -> String {
+    if team == METADATA_TEAM {
+        "the metadata team".to_owned()
+    } else {
+        format!("team {}", team.0)
+    }
 }
 
 pub(super) fn row<T>(

@@ -217,12 +217,20 @@ fn the_table_shows_health_errors_and_teams() {
                 memory_budget: 1 << 20,
                 disk_bytes: 64 << 20,
                 truncation_blocker: Some(StorageTeamId(1)),
-                teams: vec![TeamStatus {
-                    team: StorageTeamId(1),
-                    popped: Version(7),
-                    bytes: 512,
-                    servers: vec![StorageServerId(100), StorageServerId(101)],
-                }],
+                teams: vec![
+                    TeamStatus {
+                        team: StorageTeamId(1),
+                        popped: Version(7),
+                        bytes: 512,
+                        servers: vec![StorageServerId(100), StorageServerId(101)],
+                    },
+                    TeamStatus {
+                        team: proto::system_keys::METADATA_TEAM,
+                        popped: Version(40),
+                        bytes: 0,
+                        servers: vec![proto::system_keys::METADATA_READER],
+                    },
+                ],
                 stalled: None,
             };
             (reply, None)
@@ -263,6 +271,10 @@ fn the_table_shows_health_errors_and_teams() {
         "{text}"
     );
     assert!(text.contains("truncation held back by team 1"), "{text}");
+    assert!(
+        text.contains("the metadata team: 0 B, popped 40, read by the controller"),
+        "{text}"
+    );
     assert!(
         text.contains("team 1: 512 B, popped 7, servers 100,101"),
         "{text}"
