@@ -104,6 +104,29 @@ impl ShardMapSnapshot {
         ))
     }
 
+    /// The moves in flight, one line each: the shard, its source and
+    /// destination teams.
+    pub fn moves(&self) -> Vec<String> {
+        let mut ends: Vec<String> = self
+            .shards
+            .iter()
+            .skip(1)
+            .map(|s| s.begin.clone())
+            .collect();
+        ends.push(escape(proto::system_keys::USER_KEYS_END));
+        self.shards
+            .iter()
+            .zip(ends)
+            .filter(|(shard, _)| !shard.dest.is_empty())
+            .map(|(shard, end)| {
+                format!(
+                    "moving [{}, {end}) from teams {:?} to {:?}",
+                    shard.begin, shard.src, shard.dest
+                )
+            })
+            .collect()
+    }
+
     fn map_error(&self, source: ShardMapError) -> ShardSnapshotError {
         ShardSnapshotError::Map {
             version: self.version,
@@ -170,6 +193,11 @@ mod tests {
         assert_eq!(map.assignment_of(b"b"), &team(1));
         let halfway = snapshot.advanced(Version(13), &changes[..1]).unwrap();
         assert_eq!(halfway.map().unwrap().assignment_of(b"c"), &moving);
+        assert_eq!(
+            halfway.moves(),
+            vec!["moving [c, m\\xff\\x00) from teams [1] to [3]".to_owned()]
+        );
+        assert!(next.moves().is_empty());
         assert!(matches!(
             next.advanced(Version(30), &changes),
             Err(ShardSnapshotError::Stale { .. })

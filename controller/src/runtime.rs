@@ -410,7 +410,8 @@ fn summaries(state: &CoreState) -> Vec<String> {
             m.version
         )
     });
-    generations.chain(shard_map).collect()
+    let moves = state.shard_map.iter().flat_map(|m| m.moves());
+    generations.chain(shard_map).chain(moves).collect()
 }
 
 /// How often the controller looks for generations to retire.
