@@ -517,6 +517,30 @@ async fn lose_the_proxy(local: &mut LocalCluster) -> Result<u64> {
     newer_generation(local, epoch).await
 }
 
+/// Waits until the controller's status (on the only coordinator) has
+/// `line` among its generations' lines.
+async fn wait_for_status_line(cluster: &ClusterFile, line: &str) -> Result<()> {
+    let address = cluster.coordinators[0].address;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let client = RpcClient::connect(address, cluster.client_config()?).await?;
+        let lines = match client.call(Message::Status).await? {
+            Message::CoordinatorStatus(status) => {
+                status.recovery.map(|r| r.generations).unwrap_or_default()
+            }
+            other => bail!("a coordinator answered {}", other.name()),
+        };
+        if lines.iter().any(|l| l == line) {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the controller's status never said {line:?}: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the writer has `more` acknowledged commits than now.
 async fn wait_for_writes(writing: &Writing, more: usize) -> Result<()> {
     let from = writing.model.lock().unwrap().appended.len();
@@ -616,6 +640,7 @@ async fn a_move_survives_the_loss_of_the_proxy_and_a_recovery_and_an_orphan_is_f
     // start no longer committed again and drives it to the flip.
     writing.resume();
     orphan_a_move(&client, &cluster, 1, 100).await?;
+    wait_for_status_line(&cluster, "moving [c, h) from teams [2] to [1]").await?;
     wait_for_checkpoint(&local, 1).await?;
     let flipped = client.read_version().await?;
     check_moved(
