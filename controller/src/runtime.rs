@@ -96,8 +96,8 @@ pub struct RecoveryStatus {
     pub phases: Vec<PhaseTime>,
     /// Why the last recovery was abandoned, if it was.
     pub last_failure: Option<String>,
-    /// The live generations as last read or written, one line each, and
-    /// the version the shard map the core state keeps is as of.
+    /// The live generations as last read or written, one line each, then
+    /// the version the recorded shard map is as of and its moves in flight.
     pub generations: Vec<String>,
 }
 

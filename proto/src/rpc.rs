@@ -422,7 +422,7 @@ pub struct RecoveryReport {
     pub last_failure: Option<String>,
     pub workers: Vec<WorkerReport>,
     /// The live generations, oldest first, one line each, then the
-    /// version the recorded shard map is as of.
+    /// version the recorded shard map is as of and its moves in flight.
     pub generations: Vec<String>,
 }
 
