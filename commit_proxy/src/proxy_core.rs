@@ -102,6 +102,8 @@ struct Batch<W> {
     commits: Vec<Vec<Mutation>>,
     /// One per commit.
     reads: Vec<Read>,
+    /// How many of the commits the resolver was asked about.
+    resolving: usize,
     versions: Option<GetCommitVersionReply>,
     /// Set when the batch's version is spent without its commits.
     refused: Option<ErrorReply>,
@@ -510,6 +512,7 @@ impl<W> ProxyCore<W> {
             waiters: Vec::new(),
             commits: Vec::new(),
             reads: Vec::new(),
+            resolving: 0,
             versions: None,
             refused: None,
         };
@@ -552,6 +555,7 @@ impl<W> ProxyCore<W> {
             waiters: Vec::new(),
             commits: Vec::new(),
             reads: Vec::new(),
+            resolving: 0,
             versions: None,
             refused: None,
         };
@@ -560,18 +564,19 @@ impl<W> ProxyCore<W> {
 
     /// Asks the sequencer's process for the versions of a new batch and
     /// its resolution.
-    fn start_batch(&mut self, batch: Batch<W>, bytes: usize, now_us: u64) -> Vec<Command<W>> {
+    fn start_batch(&mut self, mut batch: Batch<W>, bytes: usize, now_us: u64) -> Vec<Command<W>> {
         self.last_batch_us = now_us;
         let id = self.next_batch;
         self.next_batch += 1;
         self.request_num += 1;
         let commits = batch.commits.len();
-        let transactions = batch
+        let transactions: Vec<ResolveTransaction> = batch
             .commits
             .iter()
             .zip(&batch.reads)
             .filter_map(|(mutations, read)| resolved_part(mutations, read))
             .collect();
+        batch.resolving = transactions.len();
         self.batches.insert(id, batch);
         self.awaiting_versions = Some(id);
         vec![Command::Sequence {
@@ -714,26 +719,27 @@ impl<W> Batch<W> {
     /// holds one flag per commit it was asked about); returns their
     /// waiters.
     fn drop_conflicts(&mut self, conflicts: &[bool]) -> Result<Vec<W>, ErrorReply> {
-        let asked: Vec<bool> = self
-            .commits
-            .iter()
-            .zip(&self.reads)
-            .map(|(mutations, read)| needs_resolving(mutations, read))
-            .collect();
-        let count = asked.iter().filter(|a| **a).count();
-        if count != conflicts.len() {
+        if self.resolving != conflicts.len() {
             return Err(ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "resolver answered {} transactions of {count}",
-                    conflicts.len()
+                    "resolver answered {} transactions of {}",
+                    conflicts.len(),
+                    self.resolving
                 ),
             ));
         }
+        if !conflicts.contains(&true) {
+            return Ok(Vec::new());
+        }
         let mut flags = conflicts.iter();
-        let conflicting: Vec<bool> = asked
+        let conflicting: Vec<bool> = self
+            .commits
             .iter()
-            .map(|asked| *asked && *flags.next().expect("counted above"))
+            .zip(&self.reads)
+            .map(|(mutations, read)| {
+                needs_resolving(mutations, read) && *flags.next().expect("counted when sent")
+            })
             .collect();
         let mut dropped = Vec::new();
         for i in (0..conflicting.len()).rev().filter(|i| conflicting[*i]) {

@@ -112,6 +112,23 @@ pub async fn read_changes(
     }
 }
 
+/// [`read_changes`] from the first of `tlogs` that answers whole.
+async fn read_from_any(
+    tlogs: &[SocketAddr],
+    transport: &ClientConfig,
+    after: Version,
+    through: ReadThrough,
+) -> Result<(Changes, Version), String> {
+    let mut last = "no TLog holds the metadata team".to_owned();
+    for tlog in tlogs {
+        match read_changes(*tlog, transport, after, through).await {
+            Ok(read) => return Ok(read),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// A recovery's read of `(after, through]` from the first of `tlogs` that
 /// answers whole, trying them in turn for a while.
 pub async fn read_for_recovery(
@@ -121,14 +138,8 @@ pub async fn read_for_recovery(
     through: Version,
 ) -> Result<Changes, String> {
     let attempt = || async {
-        let mut last = format!("no locked TLog holds the metadata team of {through}");
-        for tlog in tlogs {
-            match read_changes(*tlog, transport, after, ReadThrough::Version(through)).await {
-                Ok((changes, _)) => return Ok(changes),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let read = read_from_any(tlogs, transport, after, ReadThrough::Version(through));
+        read.await.map(|(changes, _)| changes)
     };
     attempt
         .retry(backoff(RECOVERY_READ_PATIENCE))
@@ -170,20 +181,13 @@ pub async fn checkpoint(
             .into_iter()
             .map(|i| current.tlogs[i])
             .collect();
-    let mut read = Err("the metadata team is on no TLog".to_owned());
-    for tlog in &holding {
-        read = read_changes(
-            *tlog,
-            transport,
-            snapshot.version,
-            ReadThrough::KnownCommitted,
-        )
-        .await;
-        if read.is_ok() {
-            break;
-        }
-    }
-    let (changes, through) = read?;
+    let read = read_from_any(
+        &holding,
+        transport,
+        snapshot.version,
+        ReadThrough::KnownCommitted,
+    );
+    let (changes, through) = read.await?;
     let advanced = snapshot
         .advanced(through.max(snapshot.version), &changes)
         .map_err(|e| e.to_string())?;

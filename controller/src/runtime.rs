@@ -25,7 +25,7 @@ use backon::Retryable;
 use client::Client;
 use cluster::core_state::{CommitPath, CoreState, CORE_STATE_REGISTER};
 use cluster::retry::endless_backoff;
-use cluster::ClusterFile;
+use cluster::{ClusterFile, ClusterFileError};
 use coordinator::candidacy::Candidacy;
 use coordinator::client::CoordinatorClient;
 use coordinator::service::HostedController;
@@ -62,25 +62,27 @@ pub struct ControllerConfig {
     /// generation retires.
     pub storage_servers: Vec<SocketAddr>,
     /// The cluster file, for the client through which the controller
-    /// takes over moves whose driver is gone (`keeper`); none: it does not.
-    pub cluster_file: Option<ClusterFile>,
+    /// takes over moves whose driver is gone (`keeper`).
+    pub cluster: ClusterFile,
 }
 
 impl ControllerConfig {
+    /// The controller of `cluster`: its shard map and storage servers come
+    /// from the cluster file.
     pub fn new(
         recovery: RecoveryConfig,
-        initial_shards: ShardMap,
+        cluster: &ClusterFile,
         transport: ClientConfig,
-    ) -> Self {
-        ControllerConfig {
+    ) -> Result<Self, ClusterFileError> {
+        Ok(ControllerConfig {
             recovery,
-            initial_shards,
+            initial_shards: cluster.shard_map()?,
             transport,
             failure_timeout: Duration::from_millis(500),
             call_timeout: Duration::from_secs(5),
-            storage_servers: Vec::new(),
-            cluster_file: None,
-        }
+            storage_servers: cluster.storage_servers.iter().map(|s| s.address).collect(),
+            cluster: cluster.clone(),
+        })
     }
 }
 
@@ -428,12 +430,10 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     let mut retired_at: Option<tokio::time::Instant> = None;
     let mut checkpointed_at: Option<tokio::time::Instant> = None;
-    let mut keeping = inner.config.cluster_file.as_ref().and_then(|cluster| {
-        Client::new(cluster)
-            .map_err(|e| tracing::warn!(error = %e, "no client to take over moves with"))
-            .ok()
-            .map(Keeping::new)
-    });
+    let mut keeping = Client::new(&inner.config.cluster)
+        .map_err(|e| tracing::warn!(error = %e, "no client to take over moves with"))
+        .ok()
+        .map(Keeping::new);
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {

@@ -101,11 +101,7 @@ pub async fn host(
         let coordinators =
             CoordinatorClient::new(&cluster.coordinator_addresses(), config.transport.clone())?
                 .with_timeout(Duration::from_secs(2));
-        let mut controller_config =
-            ControllerConfig::new(recovery, cluster.shard_map()?, config.transport.clone());
-        controller_config.storage_servers =
-            cluster.storage_servers.iter().map(|s| s.address).collect();
-        controller_config.cluster_file = Some(cluster.clone());
+        let controller_config = ControllerConfig::new(recovery, cluster, config.transport.clone())?;
         let controller = Controller::start(
             controller_config,
             candidacy,
