@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proto::rpc::{
     ClientCommitRequest, ErrorCode, GetKeyLocationReply, GetKeyLocationRequest, GetRangeRequest,
-    GetValueRequest, KeyRange, Message,
+    GetValueRequest, KeyRange, Message, ShardMetrics,
 };
 use proto::system_keys::USER_KEYS_END;
 use proto::transport::{ClientConfig, Peer, RpcError};
@@ -185,6 +185,38 @@ impl Client {
             };
         }
         Err(ClientError::Unavailable(unreachable.join("; ")))
+    }
+
+    /// The cluster's teams, as the cluster file names them.
+    pub fn teams(&self) -> impl Iterator<Item = StorageTeamId> + '_ {
+        self.teams.keys().copied()
+    }
+
+    /// What a server of `team` holds and takes in each of `ranges` (at
+    /// most `MAX_SHARD_METRICS_RANGES`), estimated from its samples; asks
+    /// the team's servers in turn until one answers. Cluster members only.
+    pub async fn shard_metrics(
+        &self,
+        team: StorageTeamId,
+        ranges: Vec<KeyRange>,
+    ) -> Result<Vec<ShardMetrics>, ClientError> {
+        let servers = self.teams.get(&team).map(Vec::as_slice).unwrap_or_default();
+        let mut failures = Vec::new();
+        for id in servers {
+            let Some(peer) = self.servers.get(id) else {
+                continue;
+            };
+            let request = Message::ShardMetrics(ranges.clone());
+            match peer.call(|c| async move { c.call(request).await }).await {
+                Ok(Message::ShardMetricsReply(m)) if m.len() == ranges.len() => return Ok(m),
+                Ok(other) => failures.push(format!("{id}: answered {}", other.name())),
+                Err(e) => failures.push(format!("{id}: {e}")),
+            }
+        }
+        Err(ClientError::Unavailable(format!(
+            "no server of {team} gave its metrics: {}",
+            failures.join("; ")
+        )))
     }
 
     /// The value of `key` at `version`.

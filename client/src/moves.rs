@@ -361,6 +361,40 @@ impl Client {
         Ok(cancelled)
     }
 
+    /// Splits the shard holding `at` there, both sides keeping its
+    /// assignment, so that each side can move on its own. Returns the
+    /// split's version, or `None` when a shard begins at `at` already. A
+    /// moving shard is not split: its move would stop, superseded.
+    pub async fn split_shard(&self, at: Bytes) -> Result<Option<Version>, MoveError> {
+        let end = key_after(&at);
+        check_range(&at, &end)?;
+        if at.is_empty() {
+            return Ok(None);
+        }
+        let (decided, _) = self
+            .commit_on_view(&at, &end, None, |view| {
+                let Some(shard) = view.shards.first().filter(|s| s.begin != at) else {
+                    return Ok(None);
+                };
+                if !shard.moving_to.is_empty() {
+                    return Err(MoveError::AlreadyMoving {
+                        begin: shard.begin.clone(),
+                        to: shard.moving_to.clone(),
+                    });
+                }
+                let both_sides = ShardAssignment {
+                    src: source_teams(shard),
+                    dest: Vec::new(),
+                };
+                Ok(Some(vec![assign(&at, both_sides)]))
+            })
+            .await?;
+        Ok(match decided {
+            Decided::Committed(version) => Some(version),
+            Decided::AlreadySo(_) => None,
+        })
+    }
+
     /// The shard map over `[begin, end)` and at `end`, read at one read
     /// version.
     async fn view(&self, begin: &Bytes, end: &Bytes) -> Result<MapView, ClientError> {

@@ -89,6 +89,8 @@ pub enum ClusterFileError {
     CommitPath,
     #[error("[generation] needs at least one proxy and at least `replication` TLogs")]
     GenerationShape,
+    #[error("[distribution]'s limits must be above zero: {0:?}")]
+    DistributionLimits(DistributionSettings),
     #[error("proxy ids must be distinct")]
     DuplicateProxyIds,
     #[error("no proxy {0} in the cluster file")]
@@ -144,6 +146,40 @@ pub struct ClusterFile {
     /// Mutual TLS between members; without it every peer is trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsEntry>,
+    /// How the data distributor splits and balances shards; its defaults
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<DistributionSettings>,
+}
+
+/// How the data distributor splits shards and balances them across teams
+/// (`[distribution]`; every field has a default). It runs in the cluster
+/// controller while the controller recruits the commit path.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributionSettings {
+    pub enabled: bool,
+    /// A shard holding more bytes than this is split.
+    pub max_shard_bytes: u64,
+    /// A shard taking more writes a second than this is split.
+    pub max_shard_writes_per_sec: u64,
+    /// Teams whose bytes differ by less than this are left as they are.
+    pub min_imbalance_bytes: u64,
+    /// Teams whose writes a second differ by less than this are left as
+    /// they are.
+    pub min_imbalance_writes_per_sec: u64,
+}
+
+impl Default for DistributionSettings {
+    fn default() -> Self {
+        DistributionSettings {
+            enabled: true,
+            max_shard_bytes: 256 << 20,
+            max_shard_writes_per_sec: 4_000,
+            min_imbalance_bytes: 64 << 20,
+            min_imbalance_writes_per_sec: 2_000,
+        }
+    }
 }
 
 fn default_broadcast() -> bool {
@@ -251,6 +287,11 @@ impl ClusterFile {
                 if self.proxies.is_empty() {
                     return Err(ClusterFileError::NoProxies);
                 }
+            }
+        }
+        if let Some(d) = self.distribution {
+            if d.max_shard_bytes == 0 || d.max_shard_writes_per_sec == 0 {
+                return Err(ClusterFileError::DistributionLimits(d));
             }
         }
         let ids: BTreeSet<u64> = self.proxies.iter().map(|p| p.id).collect();

@@ -18,6 +18,6 @@ pub mod shard_snapshot;
 pub mod tls_files;
 pub mod topology;
 
-pub use cluster_file::{ClusterFile, ClusterFileError};
+pub use cluster_file::{ClusterFile, ClusterFileError, DistributionSettings};
 pub use data_dir::{write_atomically, DataDirError, DataDirLock};
 pub use topology::{Topology, TopologyError};

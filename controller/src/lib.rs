@@ -10,8 +10,11 @@
 //!        └──────────────Event─────────────────┘
 //!  metadata.rs: the shard map carried across generations by the metadata team
 //!  keeper.rs: moves whose driver is gone, taken over
+//!  distribution.rs (pure) + distributor.rs: shards split by bytes and writes, balanced across teams
 //! ```
 
+pub mod distribution;
+pub mod distributor;
 pub mod keeper;
 pub mod metadata;
 pub mod recovery;

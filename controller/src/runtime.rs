@@ -41,6 +41,7 @@ use proto::ProxyId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::distributor::Distributing;
 use crate::keeper::Keeping;
 use crate::metadata;
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
@@ -101,6 +102,8 @@ pub struct RecoveryStatus {
     /// The live generations as last read or written, one line each, then
     /// the version the recorded shard map is as of and its moves in flight.
     pub generations: Vec<String>,
+    /// What the data distributor last found and did.
+    pub distribution: Vec<String>,
 }
 
 struct WorkerEntry {
@@ -200,6 +203,7 @@ impl HostedController for Controller {
             last_failure: status.last_failure,
             workers,
             generations: status.generations,
+            distribution: status.distribution,
         })
     }
 }
@@ -434,6 +438,14 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         .map_err(|e| tracing::warn!(error = %e, "no client to take over moves with"))
         .ok()
         .map(Keeping::new);
+    let settings = inner.config.cluster.distribution.unwrap_or_default();
+    let mut distributing = match settings.enabled {
+        true => Client::with_transport(&inner.config.cluster, inner.config.transport.clone())
+            .map_err(|e| tracing::warn!(error = %e, "no client to distribute data with"))
+            .ok()
+            .map(|client| Distributing::new(settings, client)),
+        false => None,
+    };
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {
@@ -447,6 +459,11 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
                     if let Some(keeping) = &mut keeping {
                         let now = inner.clock.now_ms();
                         keeping.observe(now, &checkpoint.map, &checkpoint.changes);
+                    }
+                    if let Some(distributing) = &mut distributing {
+                        distributing.observe(&checkpoint.map);
+                        let lines = distributing.lines();
+                        inner.set_status(|s| s.distribution = lines);
                     }
                 }
                 Ok(None) => {}

@@ -327,6 +327,24 @@ pub struct AddingRangeStatus {
     pub idle_ms: u64,
 }
 
+/// The most ranges one [`Message::ShardMetrics`] request may ask about.
+pub const MAX_SHARD_METRICS_RANGES: usize = 256;
+
+/// What a storage server holds and takes in one key range, estimated from
+/// its samples (`storage_server::sample`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardMetrics {
+    /// Bytes of the keys and values held in the range.
+    pub bytes: u64,
+    /// Writes applied in the range per second, over the last seconds.
+    pub write_ops_per_sec: u64,
+    pub write_bytes_per_sec: u64,
+    /// A key cutting the range into halves by bytes held.
+    pub split_by_bytes: Option<Bytes>,
+    /// A key cutting the range into halves by writes.
+    pub split_by_writes: Option<Bytes>,
+}
+
 /// Keys in status JSON: their escaped text (`key_text`).
 #[cfg(feature = "serde")]
 fn serialize_key<S: serde::Serializer>(key: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
@@ -424,6 +442,8 @@ pub struct RecoveryReport {
     /// The live generations, oldest first, one line each, then the
     /// version the recorded shard map is as of and its moves in flight.
     pub generations: Vec<String>,
+    /// What the data distributor last found and did, one line each.
+    pub distribution: Vec<String>,
 }
 
 /// A worker as the controller hears it.
@@ -666,6 +686,11 @@ pub enum Message {
     GetClusterInfo,
     ClusterInfo(ClusterInfoReply),
     WorkerStatus(WorkerStatusReply),
+    /// From the data distributor to a storage server: the metrics of each
+    /// of the ranges (at most [`MAX_SHARD_METRICS_RANGES`]).
+    ShardMetrics(Vec<KeyRange>),
+    /// One entry per range asked about, in order.
+    ShardMetricsReply(Vec<ShardMetrics>),
 }
 
 impl Message {
@@ -717,6 +742,8 @@ impl Message {
             Message::GetClusterInfo => "get_cluster_info",
             Message::ClusterInfo(_) => "cluster_info",
             Message::WorkerStatus(_) => "worker_status",
+            Message::ShardMetrics(_) => "shard_metrics",
+            Message::ShardMetricsReply(_) => "shard_metrics_reply",
         }
     }
 
@@ -762,6 +789,7 @@ impl Message {
                 | Message::Recruit(_)
                 | Message::OpenCommits(_)
                 | Message::GetClusterInfo
+                | Message::ShardMetrics(_)
         )
     }
 }

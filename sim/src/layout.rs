@@ -154,6 +154,7 @@ pub fn cluster_file(proxies: u64) -> ClusterFile {
         teams,
         shards,
         tls: None,
+        distribution: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //!   server::StorageService      consume (mutable cursor), flush, pop, reads
 //!        ├── generations        where the TLogs of each generation are; rollback points
 //!        ├── ownership          which ranges this server answers for, when
+//!        ├── sample             bytes held and writes taken per key, for the data distributor
 //!        └── versioned store (below)
 //! ```
 //!
@@ -26,6 +27,7 @@ pub mod generations;
 pub mod heed_engine;
 pub mod mem_engine;
 pub mod ownership;
+pub mod sample;
 pub mod server;
 pub mod versioned;
 pub mod window;

@@ -55,11 +55,13 @@ use crate::adding::AddingRanges;
 use crate::engine::KvEngine;
 use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::{ranges_left, Ownership};
+use crate::sample::WriteSample;
 use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
 
 mod apply_loop;
 mod fetch;
 mod rebuild;
+mod shard_metrics;
 
 const META_TEAM_SET: &str = "team_set";
 const META_SHARD_MAP: &str = "shard_map";
@@ -79,6 +81,9 @@ pub const MAX_RANGE_REPLY_BYTES: usize = 4 << 20;
 /// What a reply may need beyond its keys and values: the pair that
 /// crosses [`MAX_RANGE_REPLY_BYTES`], and the encoding.
 const REPLY_SLACK: usize = 1 << 20;
+/// The most bytes one range's entry of a shard-metrics reply takes: two
+/// split keys and the counts.
+const SHARD_METRICS_BOUND: usize = 2 * proto::MAX_KEY_BYTES + 64;
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -187,6 +192,10 @@ struct Inner<E: KvEngine> {
     /// Wakes the fetch of ranges being added when their state changed.
     adding_changed: Arc<tokio::sync::Notify>,
     copy_progress: Mutex<fetch::CopyProgress>,
+    /// Sampled user writes, for the data distributor. Locked last.
+    write_sample: Mutex<WriteSample>,
+    /// When the server started: the write sample's clock.
+    started: tokio::time::Instant,
 }
 
 /// Why a flush did not happen.
@@ -276,6 +285,8 @@ impl<E: KvEngine> StorageService<E> {
             adding: Mutex::new(adding),
             adding_changed: Arc::new(tokio::sync::Notify::new()),
             copy_progress: Mutex::default(),
+            write_sample: Mutex::new(WriteSample::new(config.id.0)),
+            started: tokio::time::Instant::now(),
             config,
         });
         tokio::spawn(apply_loop::run_apply(Arc::downgrade(&inner)));
@@ -439,6 +450,7 @@ impl<E: KvEngine> Service for StorageService<E> {
         match request {
             Message::GetRange(_) => MAX_RANGE_REPLY_BYTES + REPLY_SLACK,
             Message::GetValue(_) => REPLY_SLACK,
+            Message::ShardMetrics(ranges) => ranges.len() * SHARD_METRICS_BOUND + REPLY_SLACK,
             _ => proto::transport::SMALL_REPLY_BOUND,
         }
     }
@@ -450,6 +462,9 @@ impl<E: KvEngine> Service for StorageService<E> {
                 Message::GetValue(r) => Ok(Message::GetValueReply(service.get(r).await?)),
                 Message::GetRange(r) => Ok(Message::GetRangeReply(service.get_range(r).await?)),
                 Message::Status => Ok(Message::StorageStatus(service.status().await)),
+                Message::ShardMetrics(ranges) => Ok(Message::ShardMetricsReply(
+                    service.inner.shard_metrics(&ranges)?,
+                )),
                 other => Err(ErrorReply::new(
                     ErrorCode::UnknownMessage,
                     format!("a storage server does not serve {}", other.name()),
@@ -504,6 +519,15 @@ impl<E: KvEngine> Inner<E> {
 
     fn adding(&self) -> MutexGuard<'_, AddingRanges> {
         self.adding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_sample(&self) -> MutexGuard<'_, WriteSample> {
+        self.write_sample.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Milliseconds since the server started, by the runtime's clock.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     fn copy_progress(&self) -> MutexGuard<'_, fetch::CopyProgress> {
@@ -606,6 +630,8 @@ impl<E: KvEngine> Inner<E> {
         store.limit_flushes_to(known_committed);
         let mut ownership = self.ownership();
         let mut adding = self.adding();
+        let mut write_sample = self.write_sample();
+        let now_ms = self.now_ms();
         let (mut mutations, mut mutation_bytes) = (0u64, 0u64);
         for m in cursor.iter() {
             if ownership.pending_version().is_some_and(|v| v < m.version) {
@@ -632,6 +658,7 @@ impl<E: KvEngine> Inner<E> {
             if !is_system_key(m.mutation.first_key()) {
                 mutations += 1;
                 mutation_bytes += m.mutation.payload_len() as u64;
+                Self::sample_write(&mut write_sample, now_ms, &m.mutation);
                 for piece in adding.route(m.version, m.mutation.clone()) {
                     store.apply(m.version, &piece).map_err(|e| e.to_string())?;
                 }

@@ -31,6 +31,7 @@ use proto::{Mutation, Version};
 
 use crate::copied::CopiedRanges;
 use crate::engine::{EngineError, KvEngine, WriteBatch, FORMAT_METADATA};
+use crate::sample::ByteSample;
 use crate::window::{Chain, Window, WindowValue};
 
 /// The metadata entry holding the durable version (u64 little-endian).
@@ -122,6 +123,8 @@ pub struct VersionedStore<E: KvEngine> {
     copied: CopiedRanges,
     /// The newest version `copied` holds anything at.
     copied_through: Version,
+    /// Sampled keys of the newest state, for the data distributor.
+    byte_sample: ByteSample,
 }
 
 /// A flush whose batch is built: write it to the engine without holding
@@ -144,6 +147,29 @@ impl PreparedFlush {
             engine.write(batch)?;
         }
         Ok(())
+    }
+}
+
+/// How many pairs [`sample_engine`] reads at a time.
+const SAMPLE_PAGE: usize = 1024;
+
+/// The byte sample of what the engine holds, read through in pages.
+fn sample_engine<E: KvEngine + ?Sized>(engine: &E) -> Result<ByteSample, StoreError> {
+    let mut sample = ByteSample::default();
+    let mut from = Bytes::new();
+    loop {
+        let page = engine.range(&from, proto::system_keys::USER_KEYS_END, SAMPLE_PAGE, false)?;
+        for (key, value) in &page {
+            sample.set(key, value.len());
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == SAMPLE_PAGE => {
+                let mut next = last.to_vec();
+                next.push(0);
+                from = Bytes::from(next);
+            }
+            _ => return Ok(sample),
+        }
     }
 }
 
@@ -180,6 +206,7 @@ impl<E: KvEngine> VersionedStore<E> {
         // Dropped at the first mutation past it (every one after a durable
         // version at or above it).
         let copied_through = copied.newest();
+        let byte_sample = sample_engine(engine.as_ref())?;
         Ok(VersionedStore {
             engine,
             window: Window::new(),
@@ -192,6 +219,7 @@ impl<E: KvEngine> VersionedStore<E> {
             flushing: None,
             copied,
             copied_through,
+            byte_sample,
         })
     }
 
@@ -238,14 +266,17 @@ impl<E: KvEngine> VersionedStore<E> {
                 self.check_key_len(key)?;
                 if !self.copied.holds(key, version) {
                     self.window.set(version, key, value);
+                    self.byte_sample.set(key, value.len());
                 }
             }
             Mutation::ClearRange { begin, end } if self.copied.is_empty() => {
                 self.window.clear(version, begin, end);
+                self.byte_sample.clear(begin, end);
             }
             Mutation::ClearRange { begin, end } => {
                 for (begin, end) in self.copied.not_held(begin, end, version) {
                     self.window.clear(version, &begin, &end);
+                    self.byte_sample.clear(&begin, &end);
                 }
             }
             Mutation::AppendIfFits { key, suffix } => {
@@ -254,6 +285,7 @@ impl<E: KvEngine> VersionedStore<E> {
                     let latest = self.value_at(key, Version::MAX)?;
                     if let Some(appended) = proto::append_if_fits(latest.as_deref(), suffix) {
                         self.window.set(version, key, &appended);
+                        self.byte_sample.set(key, appended.len());
                     }
                 }
             }
@@ -574,6 +606,11 @@ impl<E: KvEngine> VersionedStore<E> {
     pub fn abandon_flush(&mut self, flush: PreparedFlush) {
         debug_assert_eq!(self.flushing, Some(flush.through));
         self.flushing = None;
+    }
+
+    /// Sampled keys of the newest state: bytes held per range.
+    pub fn byte_sample(&self) -> &ByteSample {
+        &self.byte_sample
     }
 
     /// Estimated heap bytes the window holds.

@@ -87,6 +87,9 @@ pub struct ClusterSpec {
     /// The first worker also hosts every coordinator and storage server:
     /// with one worker, the whole cluster is one process.
     pub hosted_by_first_worker: bool,
+    /// The data distributor's settings (`[distribution]`); its defaults
+    /// when none.
+    pub distribution: Option<cluster::DistributionSettings>,
 }
 
 impl Default for ClusterSpec {
@@ -109,6 +112,7 @@ impl Default for ClusterSpec {
             workers: 0,
             worker_args: Vec::new(),
             hosted_by_first_worker: false,
+            distribution: None,
         }
     }
 }
@@ -179,6 +183,7 @@ impl ClusterSpec {
             teams,
             shards,
             tls: None,
+            distribution: self.distribution,
         };
         cluster.check()?;
         Ok(cluster)

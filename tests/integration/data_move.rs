@@ -256,6 +256,18 @@ async fn held(
     server: u64,
     version: Version,
 ) -> Result<Result<Vec<(Bytes, Bytes)>, ErrorCode>> {
+    let range = (Bytes::from_static(BEGIN), Bytes::from_static(END));
+    held_in(cluster, server, range, version).await
+}
+
+/// `[begin, end)` at `version` read straight from `server`, page by page;
+/// the error code when the server refuses it.
+pub(crate) async fn held_in(
+    cluster: &ClusterFile,
+    server: u64,
+    (begin, end): (Bytes, Bytes),
+    version: Version,
+) -> Result<Result<Vec<(Bytes, Bytes)>, ErrorCode>> {
     let addr = address(cluster, server)?;
     let client = RpcClient::connect(addr, cluster.client_config()?).await?;
     let mut pairs: Vec<(Bytes, Bytes)> = Vec::new();
@@ -264,8 +276,8 @@ async fn held(
         let request = GetRangeRequest {
             begin: pairs
                 .last()
-                .map_or(Bytes::from_static(BEGIN), |(k, _)| proto::key_after(k)),
-            end: Bytes::from_static(END),
+                .map_or(begin.clone(), |(k, _)| proto::key_after(k)),
+            end: end.clone(),
             limit: 10_000,
             reverse: false,
             version,

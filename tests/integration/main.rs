@@ -9,6 +9,7 @@ mod commit_client;
 mod commit_path;
 mod coordinators;
 mod cursor_tlog;
+mod data_distribution;
 mod data_move;
 mod dev;
 mod nemesis;

@@ -289,10 +289,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for RoleKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 45;
+pub const ENUM_MAX_PAYLOAD: u8 = 47;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 46] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 48] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -339,6 +339,8 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 46] = [
   Payload::GetClusterInfoRequest,
   Payload::ClusterInfoReply,
   Payload::WorkerStatusReply,
+  Payload::ShardMetricsRequest,
+  Payload::ShardMetricsReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -392,9 +394,11 @@ impl Payload {
   pub const GetClusterInfoRequest: Self = Self(43);
   pub const ClusterInfoReply: Self = Self(44);
   pub const WorkerStatusReply: Self = Self(45);
+  pub const ShardMetricsRequest: Self = Self(46);
+  pub const ShardMetricsReply: Self = Self(47);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 45;
+  pub const ENUM_MAX: u8 = 47;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -442,6 +446,8 @@ impl Payload {
     Self::GetClusterInfoRequest,
     Self::ClusterInfoReply,
     Self::WorkerStatusReply,
+    Self::ShardMetricsRequest,
+    Self::ShardMetricsReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -492,6 +498,8 @@ impl Payload {
       Self::GetClusterInfoRequest => Some("GetClusterInfoRequest"),
       Self::ClusterInfoReply => Some("ClusterInfoReply"),
       Self::WorkerStatusReply => Some("WorkerStatusReply"),
+      Self::ShardMetricsRequest => Some("ShardMetricsRequest"),
+      Self::ShardMetricsReply => Some("ShardMetricsReply"),
       _ => None,
     }
   }
@@ -5075,6 +5083,362 @@ impl ::core::fmt::Debug for AddingRangeStatus<'_> {
       ds.finish()
   }
 }
+pub enum ShardMetricsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ShardMetricsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ShardMetricsRequest<'a> {
+  type Inner = ShardMetricsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ShardMetricsRequest<'a> {
+  pub const VT_RANGES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ShardMetricsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ShardMetricsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ShardMetricsRequest<'bldr>> {
+    let mut builder = ShardMetricsRequestBuilder::new(_fbb);
+    if let Some(x) = args.ranges { builder.add_ranges(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ranges(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange>>>>(ShardMetricsRequest::VT_RANGES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ShardMetricsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("ranges", Self::VT_RANGES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ShardMetricsRequestArgs<'a> {
+    pub ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
+}
+impl<'a> Default for ShardMetricsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ShardMetricsRequestArgs {
+      ranges: None,
+    }
+  }
+}
+
+pub struct ShardMetricsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardMetricsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ranges(&mut self, ranges: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyRange<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardMetricsRequest::VT_RANGES, ranges);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardMetricsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ShardMetricsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ShardMetricsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ShardMetricsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ShardMetricsRequest");
+      ds.field("ranges", &self.ranges());
+      ds.finish()
+  }
+}
+pub enum ShardMetricsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ShardMetrics<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ShardMetrics<'a> {
+  type Inner = ShardMetrics<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ShardMetrics<'a> {
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_WRITE_OPS_PER_SEC: ::flatbuffers::VOffsetT = 6;
+  pub const VT_WRITE_BYTES_PER_SEC: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SPLIT_BY_BYTES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SPLIT_BY_WRITES: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ShardMetrics { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ShardMetricsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ShardMetrics<'bldr>> {
+    let mut builder = ShardMetricsBuilder::new(_fbb);
+    builder.add_write_bytes_per_sec(args.write_bytes_per_sec);
+    builder.add_write_ops_per_sec(args.write_ops_per_sec);
+    builder.add_bytes(args.bytes);
+    if let Some(x) = args.split_by_writes { builder.add_split_by_writes(x); }
+    if let Some(x) = args.split_by_bytes { builder.add_split_by_bytes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardMetrics::VT_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn write_ops_per_sec(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardMetrics::VT_WRITE_OPS_PER_SEC, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn write_bytes_per_sec(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardMetrics::VT_WRITE_BYTES_PER_SEC, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn split_by_bytes(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ShardMetrics::VT_SPLIT_BY_BYTES, None)}
+  }
+  #[inline]
+  pub fn split_by_writes(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ShardMetrics::VT_SPLIT_BY_WRITES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ShardMetrics<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("bytes", Self::VT_BYTES, false)?
+     .visit_field::<u64>("write_ops_per_sec", Self::VT_WRITE_OPS_PER_SEC, false)?
+     .visit_field::<u64>("write_bytes_per_sec", Self::VT_WRITE_BYTES_PER_SEC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("split_by_bytes", Self::VT_SPLIT_BY_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("split_by_writes", Self::VT_SPLIT_BY_WRITES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ShardMetricsArgs<'a> {
+    pub bytes: u64,
+    pub write_ops_per_sec: u64,
+    pub write_bytes_per_sec: u64,
+    pub split_by_bytes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub split_by_writes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ShardMetricsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ShardMetricsArgs {
+      bytes: 0,
+      write_ops_per_sec: 0,
+      write_bytes_per_sec: 0,
+      split_by_bytes: None,
+      split_by_writes: None,
+    }
+  }
+}
+
+pub struct ShardMetricsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardMetricsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: u64) {
+    self.fbb_.push_slot::<u64>(ShardMetrics::VT_BYTES, bytes, 0);
+  }
+  #[inline]
+  pub fn add_write_ops_per_sec(&mut self, write_ops_per_sec: u64) {
+    self.fbb_.push_slot::<u64>(ShardMetrics::VT_WRITE_OPS_PER_SEC, write_ops_per_sec, 0);
+  }
+  #[inline]
+  pub fn add_write_bytes_per_sec(&mut self, write_bytes_per_sec: u64) {
+    self.fbb_.push_slot::<u64>(ShardMetrics::VT_WRITE_BYTES_PER_SEC, write_bytes_per_sec, 0);
+  }
+  #[inline]
+  pub fn add_split_by_bytes(&mut self, split_by_bytes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardMetrics::VT_SPLIT_BY_BYTES, split_by_bytes);
+  }
+  #[inline]
+  pub fn add_split_by_writes(&mut self, split_by_writes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardMetrics::VT_SPLIT_BY_WRITES, split_by_writes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardMetricsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ShardMetricsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ShardMetrics<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ShardMetrics<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ShardMetrics");
+      ds.field("bytes", &self.bytes());
+      ds.field("write_ops_per_sec", &self.write_ops_per_sec());
+      ds.field("write_bytes_per_sec", &self.write_bytes_per_sec());
+      ds.field("split_by_bytes", &self.split_by_bytes());
+      ds.field("split_by_writes", &self.split_by_writes());
+      ds.finish()
+  }
+}
+pub enum ShardMetricsReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ShardMetricsReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ShardMetricsReply<'a> {
+  type Inner = ShardMetricsReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ShardMetricsReply<'a> {
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ShardMetricsReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ShardMetricsReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ShardMetricsReply<'bldr>> {
+    let mut builder = ShardMetricsReplyBuilder::new(_fbb);
+    if let Some(x) = args.shards { builder.add_shards(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shards(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ShardMetrics<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ShardMetrics>>>>(ShardMetricsReply::VT_SHARDS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ShardMetricsReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ShardMetrics>>>>("shards", Self::VT_SHARDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ShardMetricsReplyArgs<'a> {
+    pub shards: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ShardMetrics<'a>>>>>,
+}
+impl<'a> Default for ShardMetricsReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ShardMetricsReplyArgs {
+      shards: None,
+    }
+  }
+}
+
+pub struct ShardMetricsReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardMetricsReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shards(&mut self, shards: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ShardMetrics<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ShardMetricsReply::VT_SHARDS, shards);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardMetricsReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ShardMetricsReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ShardMetricsReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ShardMetricsReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ShardMetricsReply");
+      ds.field("shards", &self.shards());
+      ds.finish()
+  }
+}
 pub enum GetKeyLocationRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7047,6 +7411,7 @@ impl<'a> RecoveryReport<'a> {
   pub const VT_LAST_FAILURE: ::flatbuffers::VOffsetT = 10;
   pub const VT_WORKERS: ::flatbuffers::VOffsetT = 12;
   pub const VT_GENERATIONS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_DISTRIBUTION: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7059,6 +7424,7 @@ impl<'a> RecoveryReport<'a> {
   ) -> ::flatbuffers::WIPOffset<RecoveryReport<'bldr>> {
     let mut builder = RecoveryReportBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.distribution { builder.add_distribution(x); }
     if let Some(x) = args.generations { builder.add_generations(x); }
     if let Some(x) = args.workers { builder.add_workers(x); }
     if let Some(x) = args.last_failure { builder.add_last_failure(x); }
@@ -7110,6 +7476,13 @@ impl<'a> RecoveryReport<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(RecoveryReport::VT_GENERATIONS, None)}
   }
+  #[inline]
+  pub fn distribution(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(RecoveryReport::VT_DISTRIBUTION, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
@@ -7124,6 +7497,7 @@ impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("last_failure", Self::VT_LAST_FAILURE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WorkerReport>>>>("workers", Self::VT_WORKERS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("generations", Self::VT_GENERATIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("distribution", Self::VT_DISTRIBUTION, false)?
      .finish();
     Ok(())
   }
@@ -7135,6 +7509,7 @@ pub struct RecoveryReportArgs<'a> {
     pub last_failure: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub workers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport<'a>>>>>,
     pub generations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub distribution: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for RecoveryReportArgs<'a> {
   #[inline]
@@ -7146,6 +7521,7 @@ impl<'a> Default for RecoveryReportArgs<'a> {
       last_failure: None,
       workers: None,
       generations: None,
+      distribution: None,
     }
   }
 }
@@ -7180,6 +7556,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecoveryReportBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_GENERATIONS, generations);
   }
   #[inline]
+  pub fn add_distribution(&mut self, distribution: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_DISTRIBUTION, distribution);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecoveryReportBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RecoveryReportBuilder {
@@ -7203,6 +7583,7 @@ impl ::core::fmt::Debug for RecoveryReport<'_> {
       ds.field("last_failure", &self.last_failure());
       ds.field("workers", &self.workers());
       ds.field("generations", &self.generations());
+      ds.field("distribution", &self.distribution());
       ds.finish()
   }
 }
@@ -9126,6 +9507,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_shard_metrics_request(&self) -> Option<ShardMetricsRequest<'a>> {
+    if self.payload_type() == Payload::ShardMetricsRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ShardMetricsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_shard_metrics_reply(&self) -> Option<ShardMetricsReply<'a>> {
+    if self.payload_type() == Payload::ShardMetricsReply {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ShardMetricsReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -9182,6 +9593,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::GetClusterInfoRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetClusterInfoRequest>>("Payload::GetClusterInfoRequest", pos),
           Payload::ClusterInfoReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterInfoReply>>("Payload::ClusterInfoReply", pos),
           Payload::WorkerStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WorkerStatusReply>>("Payload::WorkerStatusReply", pos),
+          Payload::ShardMetricsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ShardMetricsRequest>>("Payload::ShardMetricsRequest", pos),
+          Payload::ShardMetricsReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ShardMetricsReply>>("Payload::ShardMetricsReply", pos),
           _ => Ok(()),
         }
      })?
@@ -9560,6 +9973,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::WorkerStatusReply => {
           if let Some(x) = self.payload_as_worker_status_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ShardMetricsRequest => {
+          if let Some(x) = self.payload_as_shard_metrics_request() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::ShardMetricsReply => {
+          if let Some(x) = self.payload_as_shard_metrics_reply() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

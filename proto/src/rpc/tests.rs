@@ -363,6 +363,7 @@ fn every_message() -> Vec<Message> {
                     roles: vec!["tlog 7/0".into(), "proxy 7/1".into()],
                 }],
                 generations: vec!["generation 7: versions (900, …], 3 TLogs, current".into()],
+                distribution: vec!["3 shards on 2 teams".into()],
             }),
         }),
         Message::RegisterWorker(RegisterWorkerRequest {
@@ -433,6 +434,26 @@ fn every_message() -> Vec<Message> {
             roles: Vec::new(),
             controller: None,
         }),
+        Message::ShardMetrics(vec![
+            KeyRange {
+                begin: Bytes::new(),
+                end: Bytes::from_static(b"m"),
+            },
+            KeyRange {
+                begin: Bytes::from_static(b"m"),
+                end: Bytes::from_static(b"\xff"),
+            },
+        ]),
+        Message::ShardMetricsReply(vec![
+            ShardMetrics {
+                bytes: 115_000_000,
+                write_ops_per_sec: 4_000,
+                write_bytes_per_sec: 500_000,
+                split_by_bytes: Some(Bytes::from_static(b"g")),
+                split_by_writes: Some(Bytes::new()),
+            },
+            ShardMetrics::default(),
+        ]),
     ]
 }
 
@@ -525,7 +546,8 @@ fn request_and_reply_kinds_are_told_apart() {
             "recruit",
             "recruit",
             "open_commits",
-            "get_cluster_info"
+            "get_cluster_info",
+            "shard_metrics"
         ]
     );
 }

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
 
 use super::{
-    DecodeError, Envelope, ErrorCode, ErrorReply, LockReply, Message, PeekReply, PeekRequest,
-    PopRequest, RegisterTeamRequest, SequenceReply, TLogCommitReply, TLogCommitRequest,
-    TLogStatusReply, TeamBlockData, TeamStatus,
+    DecodeError, Envelope, ErrorCode, ErrorReply, KeyRange, LockReply, Message, PeekReply,
+    PeekRequest, PopRequest, RegisterTeamRequest, SequenceReply, TLogCommitReply,
+    TLogCommitRequest, TLogStatusReply, TeamBlockData, TeamStatus,
 };
 use crate::frame::FramePayload;
 use crate::generated::rpc as fb;
@@ -16,6 +16,7 @@ use crate::generated::rpc as fb;
 mod appendix;
 mod commit;
 mod coordination;
+mod distribution;
 mod read;
 mod workers;
 use crate::types::{StorageServerId, StorageTeamId, Version};
@@ -327,6 +328,8 @@ fn encode_message(
         Message::GetClusterInfo => workers::get_cluster_info(fbb),
         Message::ClusterInfo(r) => workers::cluster_info(fbb, r),
         Message::WorkerStatus(r) => workers::worker_status(fbb, r),
+        Message::ShardMetrics(ranges) => distribution::shard_metrics(fbb, ranges),
+        Message::ShardMetricsReply(shards) => distribution::shard_metrics_reply(fbb, shards),
     }
 }
 
@@ -496,6 +499,7 @@ pub(super) fn decode(frame: Bytes) -> Result<Envelope, DecodeError> {
         }
         _ => match commit::decode(&frame, &envelope)
             .or_else(|| read::decode(&frame, &envelope))
+            .or_else(|| distribution::decode(&frame, &envelope))
             .or_else(|| coordination::decode(&frame, &envelope))
             .or_else(|| workers::decode(&envelope))
         {
@@ -533,6 +537,44 @@ fn decode_blocks(
             })
         })
         .collect()
+}
+
+/// Key ranges as a vector of tables.
+pub(super) fn encode_ranges<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    list: &[KeyRange],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::KeyRange<'a>>>> {
+    let tables: Vec<_> = list
+        .iter()
+        .map(|r| {
+            let begin = fbb.create_vector(&r.begin);
+            let end = fbb.create_vector(&r.end);
+            let args = fb::KeyRangeArgs {
+                begin: Some(begin),
+                end: Some(end),
+            };
+            fb::KeyRange::create(fbb, &args)
+        })
+        .collect();
+    fbb.create_vector(&tables)
+}
+
+/// Key ranges from a vector of tables; absent reads as none.
+pub(super) fn decode_ranges(
+    frame: &Bytes,
+    list: Option<Vector<'_, ForwardsUOffset<fb::KeyRange<'_>>>>,
+) -> Result<Vec<KeyRange>, DecodeError> {
+    list.map(|l| {
+        l.iter()
+            .map(|r| {
+                Ok(KeyRange {
+                    begin: optional_bytes(frame, r.begin())?,
+                    end: optional_bytes(frame, r.end())?,
+                })
+            })
+            .collect::<Result<Vec<_>, DecodeError>>()
+    })
+    .unwrap_or(Ok(Vec::new()))
 }
 
 /// An optional byte vector of the frame as a slice of it; absent reads as

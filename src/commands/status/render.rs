@@ -18,6 +18,9 @@ fn render_recovery(out: &mut String, report: &RecoveryReport) {
     for generation in &report.generations {
         let _ = writeln!(out, "{pad:51}  {generation}");
     }
+    for line in &report.distribution {
+        let _ = writeln!(out, "{pad:51}  data distribution: {line}");
+    }
     if let Some(recovering) = &report.recovering {
         let _ = writeln!(out, "{pad:51}  recovering: {recovering}");
     }

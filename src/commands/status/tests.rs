@@ -185,6 +185,7 @@ fn the_table_shows_health_errors_and_teams() {
                         roles: vec!["tlog 4/0".into()],
                     }],
                     generations: vec!["generation 4: versions (0, …], 3 TLogs, current".into()],
+                    distribution: Vec::new(),
                 }),
             };
             let problem = reply.problem.clone();

@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WIPOffset};
 
-use super::{decode_error_reply, error_reply, optional_bytes};
+use super::{decode_error_reply, decode_ranges, encode_ranges, error_reply, optional_bytes};
 use crate::generated::rpc as fb;
 use crate::rpc::{
     ClientCommitReply, ClientCommitRequest, DecodeError, GetCommitVersionReply,
-    GetReadVersionReply, KeyRange, ProxyStatusReply, ReportCommittedRequest, ResolveReply,
+    GetReadVersionReply, ProxyStatusReply, ReportCommittedRequest, ResolveReply,
     ResolveTransaction, SequenceReply, SequenceRequest, SequencerStatusReply, VersionedMetadata,
 };
 use crate::types::{Mutation, ProxyId, Version};
@@ -22,8 +22,8 @@ pub(super) fn sequence(fbb: &mut FlatBufferBuilder<'_>, r: &SequenceRequest) -> 
         .transactions
         .iter()
         .map(|t| {
-            let read_ranges = ranges(fbb, &t.read_ranges);
-            let write_ranges = ranges(fbb, &t.write_ranges);
+            let read_ranges = encode_ranges(fbb, &t.read_ranges);
+            let write_ranges = encode_ranges(fbb, &t.write_ranges);
             let metadata = mutations(fbb, &t.metadata);
             let args = fb::ResolveTransactionArgs {
                 read_version: t.read_version.0,
@@ -145,7 +145,7 @@ fn resolve_reply<'a>(
 
 pub(super) fn client_commit(fbb: &mut FlatBufferBuilder<'_>, r: &ClientCommitRequest) -> Encoded {
     let list = mutations(fbb, &r.mutations);
-    let read_ranges = ranges(fbb, &r.read_ranges);
+    let read_ranges = encode_ranges(fbb, &r.read_ranges);
     let args = fb::ClientCommitRequestArgs {
         mutations: Some(list),
         allow_system_keys: r.allow_system_keys,
@@ -190,25 +190,6 @@ fn mutations<'a>(fbb: &mut FlatBufferBuilder<'a>, list: &[Mutation]) -> Mutation
     fbb.create_vector(&tables)
 }
 
-fn ranges<'a>(
-    fbb: &mut FlatBufferBuilder<'a>,
-    list: &[KeyRange],
-) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::KeyRange<'a>>>> {
-    let tables: Vec<_> = list
-        .iter()
-        .map(|r| {
-            let begin = fbb.create_vector(&r.begin);
-            let end = fbb.create_vector(&r.end);
-            let args = fb::KeyRangeArgs {
-                begin: Some(begin),
-                end: Some(end),
-            };
-            fb::KeyRange::create(fbb, &args)
-        })
-        .collect();
-    fbb.create_vector(&tables)
-}
-
 /// Decodes the commit-path payloads; `None` for any other payload type.
 pub(super) fn decode(
     frame: &Bytes,
@@ -230,19 +211,6 @@ pub(super) fn decode(
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap_or(Ok(Vec::new()))
-    };
-    let decode_ranges = |list: Option<Vector<'_, ForwardsUOffset<fb::KeyRange<'_>>>>| {
-        list.map(|l| {
-            l.iter()
-                .map(|r| {
-                    Ok(KeyRange {
-                        begin: bytes(r.begin())?,
-                        end: bytes(r.end())?,
-                    })
-                })
-                .collect::<Result<Vec<_>, DecodeError>>()
         })
         .unwrap_or(Ok(Vec::new()))
     };
@@ -296,8 +264,8 @@ pub(super) fn decode(
                         .map(|t| {
                             Ok(ResolveTransaction {
                                 read_version: Version(t.read_version()),
-                                read_ranges: decode_ranges(t.read_ranges())?,
-                                write_ranges: decode_ranges(t.write_ranges())?,
+                                read_ranges: decode_ranges(frame, t.read_ranges())?,
+                                write_ranges: decode_ranges(frame, t.write_ranges())?,
                                 metadata: decode_mutations(t.metadata())?,
                             })
                         })
@@ -361,7 +329,7 @@ pub(super) fn decode(
                 mutations: decode_mutations(r.mutations())?,
                 allow_system_keys: r.allow_system_keys(),
                 read_version: Version(r.read_version()),
-                read_ranges: decode_ranges(r.read_ranges())?,
+                read_ranges: decode_ranges(frame, r.read_ranges())?,
             }))
         })(),
         fb::Payload::ClientCommitReply => envelope

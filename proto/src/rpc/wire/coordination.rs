@@ -121,6 +121,12 @@ fn recovery_report<'a>(
     let workers = Some(fbb.create_vector(&workers));
     let generations: Vec<_> = r.generations.iter().map(|g| fbb.create_string(g)).collect();
     let generations = Some(fbb.create_vector(&generations));
+    let distribution: Vec<_> = r
+        .distribution
+        .iter()
+        .map(|g| fbb.create_string(g))
+        .collect();
+    let distribution = Some(fbb.create_vector(&distribution));
     let args = fb::RecoveryReportArgs {
         epoch: r.epoch,
         recovering,
@@ -128,6 +134,7 @@ fn recovery_report<'a>(
         last_failure,
         workers,
         generations,
+        distribution,
     };
     fb::RecoveryReport::create(fbb, &args)
 }
@@ -162,6 +169,10 @@ fn decode_recovery_report(r: fb::RecoveryReport<'_>) -> RecoveryReport {
             .unwrap_or_default(),
         generations: r
             .generations()
+            .map(|list| list.iter().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        distribution: r
+            .distribution()
             .map(|list| list.iter().map(str::to_owned).collect())
             .unwrap_or_default(),
     }

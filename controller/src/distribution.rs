@@ -1,0 +1,305 @@
+//! The data distributor's rules: given the shards each team holds and what
+//! its servers' samples say of them, the changes to make next. Pure:
+//! the runtime (`distributor`) gathers the metrics and carries the change
+//! out.
+//!
+//! ```text
+//!  shards by team + ShardMetrics ─▶ plan ─▶ splits: each shard over its bytes or writes limit,
+//!                                            cut where its samples say
+//!                                         ─▶ no move in flight: move the shard (of those not
+//!                                            split) of the busiest team that evens it best
+//!                                            with the idlest, by writes a second, then bytes
+//! ```
+//!
+//! A shard hot enough to unbalance teams alone is cut, round after round,
+//! until its pieces can be spread. A move must leave the two teams
+//! closer than it found them (the shard's load is below their
+//! difference), so moves never chase one another back and forth; and
+//! splitting by writes, not only by bytes, is what lets a small range of
+//! hot keys spread at all.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use cluster::DistributionSettings;
+use proto::rpc::ShardMetrics;
+use proto::StorageTeamId;
+
+/// A settled shard (one source team, no move) and its metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub begin: Bytes,
+    pub end: Bytes,
+    pub team: StorageTeamId,
+    pub metrics: ShardMetrics,
+}
+
+/// Cut the shard `[begin, end)` at `at`, both sides staying on its team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub begin: Bytes,
+    pub end: Bytes,
+    pub at: Bytes,
+    pub why: String,
+}
+
+/// Move the shard `[begin, end)` from `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub begin: Bytes,
+    pub end: Bytes,
+    pub from: StorageTeamId,
+    pub to: StorageTeamId,
+    pub why: String,
+}
+
+/// What the distributor does next: every split due, and at most one move.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub splits: Vec<Split>,
+    pub next_move: Option<Move>,
+}
+
+/// The changes due. `teams` are every team that may hold shards;
+/// `moving` says a move is in flight (no other starts until it ends).
+pub fn plan(
+    settings: &DistributionSettings,
+    teams: &[StorageTeamId],
+    shards: &[ShardLoad],
+    moving: bool,
+) -> Plan {
+    let splits: Vec<Split> = shards.iter().filter_map(|s| split(settings, s)).collect();
+    let movable = |s: &ShardLoad| !splits.iter().any(|split| split.begin == s.begin);
+    let next_move = match moving {
+        true => None,
+        false => balance(
+            teams,
+            shards,
+            movable,
+            settings.min_imbalance_writes_per_sec,
+            |m| m.write_ops_per_sec,
+            "writes/s",
+        )
+        .or_else(|| {
+            balance(
+                teams,
+                shards,
+                movable,
+                settings.min_imbalance_bytes,
+                |m| m.bytes,
+                "bytes",
+            )
+        }),
+    };
+    Plan { splits, next_move }
+}
+
+/// The cut of a shard over a limit, where its samples say: by the measure
+/// furthest over, else by the other.
+fn split(settings: &DistributionSettings, shard: &ShardLoad) -> Option<Split> {
+    let m = &shard.metrics;
+    let writes = ratio(m.write_ops_per_sec, settings.max_shard_writes_per_sec);
+    let bytes = ratio(m.bytes, settings.max_shard_bytes);
+    if writes.max(bytes) <= 1.0 {
+        return None;
+    }
+    let (first, second) = match writes >= bytes {
+        true => (&m.split_by_writes, &m.split_by_bytes),
+        false => (&m.split_by_bytes, &m.split_by_writes),
+    };
+    let at = first
+        .iter()
+        .chain(second)
+        .find(|at| shard.begin < **at && **at < shard.end)?;
+    Some(Split {
+        begin: shard.begin.clone(),
+        end: shard.end.clone(),
+        at: at.clone(),
+        why: format!(
+            "{} writes/s and {} bytes, over the limits of {} and {}",
+            m.write_ops_per_sec,
+            m.bytes,
+            settings.max_shard_writes_per_sec,
+            settings.max_shard_bytes
+        ),
+    })
+}
+
+fn ratio(value: u64, limit: u64) -> f64 {
+    value as f64 / limit.max(1) as f64
+}
+
+/// A move from the team with the most `load` to the one with the least,
+/// when they differ by `min_difference` or more: the shard that evens
+/// them best, of the `movable` ones whose load is below the difference.
+fn balance(
+    teams: &[StorageTeamId],
+    shards: &[ShardLoad],
+    movable: impl Fn(&ShardLoad) -> bool,
+    min_difference: u64,
+    load: impl Fn(&ShardMetrics) -> u64,
+    unit: &str,
+) -> Option<Move> {
+    let mut per_team: BTreeMap<StorageTeamId, u64> = teams.iter().map(|t| (*t, 0)).collect();
+    for shard in shards {
+        *per_team.entry(shard.team).or_default() += load(&shard.metrics);
+    }
+    // Ties go to the lowest team id, so a decision replays.
+    let (&busiest, &most) = per_team
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))?;
+    let (&idlest, &least) = per_team
+        .iter()
+        .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))?;
+    let difference = most - least;
+    if busiest == idlest || difference < min_difference.max(1) {
+        return None;
+    }
+    let half = difference / 2;
+    let shard = shards
+        .iter()
+        .filter(|s| s.team == busiest && movable(s))
+        .filter(|s| (1..difference).contains(&load(&s.metrics)))
+        .min_by_key(|s| (load(&s.metrics).abs_diff(half), s.begin.clone()))?;
+    Some(Move {
+        begin: shard.begin.clone(),
+        end: shard.end.clone(),
+        from: busiest,
+        to: idlest,
+        why: format!(
+            "{busiest} has {most} {unit} and {idlest} {least}; the shard has {}",
+            load(&shard.metrics)
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn team(id: u64) -> StorageTeamId {
+        StorageTeamId(id)
+    }
+
+    fn shard(
+        begin: &'static str,
+        end: &'static str,
+        on: u64,
+        writes: u64,
+        bytes: u64,
+    ) -> ShardLoad {
+        ShardLoad {
+            begin: Bytes::from_static(begin.as_bytes()),
+            end: Bytes::from_static(end.as_bytes()),
+            team: team(on),
+            metrics: ShardMetrics {
+                bytes,
+                write_ops_per_sec: writes,
+                write_bytes_per_sec: writes * 100,
+                split_by_bytes: None,
+                split_by_writes: None,
+            },
+        }
+    }
+
+    fn settings() -> DistributionSettings {
+        DistributionSettings {
+            enabled: true,
+            max_shard_bytes: 1_000_000,
+            max_shard_writes_per_sec: 1_000,
+            min_imbalance_bytes: 100_000,
+            min_imbalance_writes_per_sec: 200,
+        }
+    }
+
+    fn splits_at(plan: &Plan) -> Vec<(&[u8], &[u8])> {
+        plan.splits
+            .iter()
+            .map(|s| (s.begin.as_ref(), s.at.as_ref()))
+            .collect()
+    }
+
+    #[test]
+    fn every_shard_over_a_limit_is_split_where_its_samples_say() {
+        let mut hot = shard("a", "m", 1, 3_000, 10);
+        hot.metrics.split_by_writes = Some(Bytes::from_static(b"c"));
+        hot.metrics.split_by_bytes = Some(Bytes::from_static(b"h"));
+        let mut big = shard("m", "t", 2, 0, 2_000_000);
+        big.metrics.split_by_bytes = Some(Bytes::from_static(b"p"));
+        let mut cool = shard("t", "z", 2, 10, 10);
+        cool.metrics.split_by_writes = Some(Bytes::from_static(b"u"));
+        let teams = [team(1), team(2)];
+        let shards = [hot.clone(), big.clone(), cool];
+        // Splits go on while a move is in flight.
+        let planned = plan(&settings(), &teams, &shards, true);
+        assert_eq!(splits_at(&planned), [(&b"a"[..], &b"c"[..]), (b"m", b"p")]);
+        assert_eq!(planned.next_move, None);
+        // Over the bytes limit with no key to cut by bytes: cut by writes.
+        big.metrics.split_by_bytes = None;
+        big.metrics.split_by_writes = Some(Bytes::from_static(b"q"));
+        // A split key outside the shard (a stale sample) is not used.
+        hot.metrics.split_by_writes = Some(Bytes::from_static(b"m"));
+        hot.metrics.split_by_bytes = None;
+        let planned = plan(&settings(), &teams, &[hot, big], true);
+        assert_eq!(splits_at(&planned), [(&b"m"[..], &b"q"[..])]);
+    }
+
+    #[test]
+    fn the_busiest_team_gives_the_shard_that_evens_it_best() {
+        let teams = [team(1), team(2), team(3)];
+        let shards = [
+            shard("a", "b", 1, 900, 0),
+            shard("b", "c", 1, 500, 0),
+            shard("c", "d", 1, 300, 0),
+            shard("d", "e", 2, 400, 0),
+        ];
+        // Team 1 has 1700/s, team 3 none: half the difference is 850.
+        let planned = plan(&settings(), &teams, &shards, false);
+        let Some(Move {
+            begin, from, to, ..
+        }) = planned.next_move
+        else {
+            panic!("{planned:?}")
+        };
+        assert_eq!((begin.as_ref(), from, to), (&b"a"[..], team(1), team(3)));
+        // Not while another move is in flight.
+        assert_eq!(plan(&settings(), &teams, &shards, true), Plan::default());
+    }
+
+    #[test]
+    fn a_shard_being_split_is_not_moved() {
+        let teams = [team(1), team(2)];
+        let mut hot = shard("a", "b", 1, 1_500, 0);
+        hot.metrics.split_by_writes = Some(Bytes::from_static(b"a5"));
+        let shards = [hot, shard("b", "c", 1, 600, 0)];
+        let planned = plan(&settings(), &teams, &shards, false);
+        assert_eq!(splits_at(&planned), [(&b"a"[..], &b"a5"[..])]);
+        let moved = planned.next_move.map(|m| m.begin);
+        assert_eq!(moved.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn a_shard_is_not_moved_when_that_would_not_bring_the_teams_closer() {
+        let teams = [team(1), team(2)];
+        // One shard carries the whole difference: moving it only swaps
+        // the teams' loads (it must be split first).
+        let alone = [shard("a", "m", 1, 900, 0), shard("m", "z", 2, 0, 0)];
+        assert_eq!(plan(&settings(), &teams, &alone, false), Plan::default());
+        // A difference below the threshold is left alone.
+        let close = [shard("a", "m", 1, 150, 0), shard("m", "z", 1, 40, 0)];
+        assert_eq!(plan(&settings(), &teams, &close, false), Plan::default());
+    }
+
+    #[test]
+    fn bytes_are_balanced_once_writes_are() {
+        let teams = [team(1), team(2)];
+        let shards = [
+            shard("a", "f", 1, 100, 400_000),
+            shard("f", "m", 1, 100, 300_000),
+            shard("m", "z", 2, 150, 100_000),
+        ];
+        let planned = plan(&settings(), &teams, &shards, false);
+        let moved = planned.next_move.map(|m| (m.begin, m.to));
+        assert_eq!(moved, Some((Bytes::from_static(b"f"), team(2))));
+    }
+}

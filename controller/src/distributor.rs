@@ -1,0 +1,266 @@
+//! The data distributor's runtime: every few seconds, while the controller
+//! leads and the shard map is checkpointed, one round asks a server of
+//! each team for the metrics of the shards the team holds, lets
+//! `distribution::decide` pick the next change, and carries it out
+//! through the client library (a conditional split, or a move to its end).
+//!
+//! ```text
+//!  checkpoint's map ─▶ Distributing::observe ─▶ (no round running, the last one
+//!                                                ROUND_INTERVAL ago) spawn a round:
+//!     shards by team ─ShardMetrics─▶ a server of each team ─▶ decide ─▶ Client::split_shard
+//!                                                                    └▶ Client::move_range
+//!  status: what the last round found and did (`lines`)
+//! ```
+//!
+//! One round at a time, so one change at a time: a move runs to its end
+//! (or is taken back past its deadline) before the next round looks
+//! again. A round that cannot get a team's metrics changes nothing: it
+//! cannot tell a balanced cluster from one it half sees.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::Client;
+use cluster::DistributionSettings;
+use proto::key_text::escape;
+use proto::rpc::{KeyRange, MAX_SHARD_METRICS_RANGES};
+use proto::shard_map::ShardMap;
+use proto::StorageTeamId;
+
+use crate::distribution::{plan, Move, ShardLoad};
+
+/// How long after a round ends the next one may start.
+const ROUND_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a move the distributor starts may copy before it is taken
+/// back.
+const MOVE_DEADLINE: Duration = Duration::from_secs(600);
+
+/// What the distributor says in status.
+#[derive(Default)]
+struct Said {
+    /// The last round's view of the teams.
+    summary: Option<String>,
+    /// The last round's splits, or why it changed nothing.
+    round: Vec<String>,
+    /// The move under way, and when it started.
+    moving: Option<(String, tokio::time::Instant)>,
+    /// How the last move ended.
+    last_move: Option<String>,
+}
+
+impl Said {
+    fn lines(&self) -> Vec<String> {
+        let moving = self
+            .moving
+            .iter()
+            .map(|(m, since)| format!("{m} (under way for {} s)", since.elapsed().as_secs()));
+        let last = self.last_move.iter().map(|m| format!("last move: {m}"));
+        self.summary
+            .iter()
+            .cloned()
+            .chain(self.round.iter().cloned())
+            .chain(moving)
+            .chain(last)
+            .collect()
+    }
+}
+
+/// The distributor's rounds and moves, and what they said.
+pub struct Distributing {
+    settings: DistributionSettings,
+    client: Arc<Client>,
+    rounds: tokio::task::JoinSet<Option<Move>>,
+    moves: tokio::task::JoinSet<()>,
+    ended_at: Option<tokio::time::Instant>,
+    said: Arc<Mutex<Said>>,
+}
+
+impl Distributing {
+    pub fn new(settings: DistributionSettings, client: Client) -> Self {
+        Distributing {
+            settings,
+            client: Arc::new(client),
+            rounds: tokio::task::JoinSet::new(),
+            moves: tokio::task::JoinSet::new(),
+            ended_at: None,
+            said: Arc::default(),
+        }
+    }
+
+    /// Takes a checkpoint's shard map: starts the move the last round
+    /// chose, and a round when none is running and the last ended long
+    /// enough ago.
+    pub fn observe(&mut self, map: &ShardMap) {
+        while self.moves.try_join_next().is_some() {}
+        while let Some(ended) = self.rounds.try_join_next() {
+            self.ended_at = Some(tokio::time::Instant::now());
+            if let (Ok(Some(chosen)), true) = (ended, self.moves.is_empty()) {
+                self.start_move(chosen);
+            }
+        }
+        let rested = self
+            .ended_at
+            .is_none_or(|at| at.elapsed() >= ROUND_INTERVAL);
+        if !self.rounds.is_empty() || !rested {
+            return;
+        }
+        let round = Round {
+            settings: self.settings,
+            client: self.client.clone(),
+            said: self.said.clone(),
+            moving: !self.moves.is_empty(),
+        };
+        let map = map.clone();
+        self.rounds.spawn(async move { round.run(&map).await });
+    }
+
+    /// What the distributor last found and did.
+    pub fn lines(&self) -> Vec<String> {
+        self.said.lock().unwrap_or_else(|e| e.into_inner()).lines()
+    }
+
+    fn start_move(&mut self, chosen: Move) {
+        let client = self.client.clone();
+        let said = self.said.clone();
+        self.moves.spawn(async move {
+            let doing = describe_move(&chosen);
+            tracing::info!(%doing, "the data distributor moves a shard");
+            say(&said, |s| {
+                s.moving = Some((doing.clone(), tokio::time::Instant::now()))
+            });
+            let Move { begin, end, to, .. } = chosen;
+            let moved = client
+                .move_range(begin, end, to, MOVE_DEADLINE, |_| {})
+                .await;
+            let done = match moved {
+                Ok(outcome) => match outcome.flipped {
+                    Some(version) => format!("flipped at version {version}"),
+                    None => "nothing had to move".to_owned(),
+                },
+                Err(e) => format!("did not finish: {e}"),
+            };
+            tracing::info!(%doing, %done, "the data distributor's move ended");
+            say(&said, |s| {
+                s.moving = None;
+                s.last_move = Some(format!("{doing}: {done}"));
+            });
+        });
+    }
+}
+
+fn say(said: &Mutex<Said>, change: impl FnOnce(&mut Said)) {
+    change(&mut said.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+struct Round {
+    settings: DistributionSettings,
+    client: Arc<Client>,
+    said: Arc<Mutex<Said>>,
+    /// The distributor's own move is under way.
+    moving: bool,
+}
+
+impl Round {
+    /// Gathers the metrics, makes the splits due, and returns the move to
+    /// start, if any.
+    async fn run(&self, map: &ShardMap) -> Option<Move> {
+        let moving = self.moving || map.entries().any(|(_, a)| !a.dest.is_empty());
+        let shards = match self.loads(map).await {
+            Ok(shards) => shards,
+            Err(why) => {
+                tracing::debug!(%why, "the data distributor changes nothing this round");
+                say(&self.said, |s| s.round = vec![why]);
+                return None;
+            }
+        };
+        let teams: Vec<StorageTeamId> = self.client.teams().collect();
+        let summary = summary(&teams, &shards);
+        let planned = plan(&self.settings, &teams, &shards, moving);
+        let mut round = Vec::new();
+        for split in planned.splits {
+            let doing = format!(
+                "split [{}, {}) at {}: {}",
+                escape(&split.begin),
+                escape(&split.end),
+                escape(&split.at),
+                split.why
+            );
+            let done = match self.client.split_shard(split.at).await {
+                Ok(Some(version)) => format!("at version {version}"),
+                Ok(None) => "there already".to_owned(),
+                Err(e) => format!("not made: {e}"),
+            };
+            tracing::info!(%doing, %done, "the data distributor split a shard");
+            round.push(format!("{doing}: {done}"));
+        }
+        say(&self.said, |s| {
+            s.summary = Some(summary);
+            s.round = round;
+        });
+        planned.next_move
+    }
+
+    /// The settled shards of each team, with their metrics from one of the
+    /// team's servers.
+    async fn loads(&self, map: &ShardMap) -> Result<Vec<ShardLoad>, String> {
+        let mut by_team: BTreeMap<StorageTeamId, Vec<KeyRange>> = BTreeMap::new();
+        for (begin, assignment) in map.entries() {
+            if let ([team], []) = (assignment.src.as_slice(), assignment.dest.as_slice()) {
+                let (_, end, _) = map.locate(begin);
+                let range = KeyRange {
+                    begin: begin.clone(),
+                    end,
+                };
+                by_team.entry(*team).or_default().push(range);
+            }
+        }
+        let mut shards = Vec::new();
+        for (team, ranges) in by_team {
+            for chunk in ranges.chunks(MAX_SHARD_METRICS_RANGES) {
+                let metrics = self
+                    .client
+                    .shard_metrics(team, chunk.to_vec())
+                    .await
+                    .map_err(|e| format!("no metrics from team {team}: {e}"))?;
+                shards.extend(chunk.iter().zip(metrics).map(|(range, metrics)| ShardLoad {
+                    begin: range.begin.clone(),
+                    end: range.end.clone(),
+                    team,
+                    metrics,
+                }));
+            }
+        }
+        Ok(shards)
+    }
+}
+
+/// Shards, writes a second and bytes per team, in one line.
+fn summary(teams: &[StorageTeamId], shards: &[ShardLoad]) -> String {
+    let per_team: Vec<String> = teams
+        .iter()
+        .map(|team| {
+            let on: Vec<&ShardLoad> = shards.iter().filter(|s| s.team == *team).collect();
+            let writes: u64 = on.iter().map(|s| s.metrics.write_ops_per_sec).sum();
+            let bytes: u64 = on.iter().map(|s| s.metrics.bytes).sum();
+            format!(
+                "{team}: {} shards, {writes} writes/s, {}",
+                on.len(),
+                proto::units::binary_bytes(bytes)
+            )
+        })
+        .collect();
+    per_team.join("; ")
+}
+
+fn describe_move(chosen: &Move) -> String {
+    format!(
+        "moving [{}, {}) from {} to {}: {}",
+        escape(&chosen.begin),
+        escape(&chosen.end),
+        chosen.from,
+        chosen.to,
+        chosen.why
+    )
+}

@@ -1,0 +1,272 @@
+//! The data distributor spreads a hot key range, online: writers hammer a
+//! hundred keys of team 1's shard while team 2 idles. The controller's
+//! distributor splits the shard by its writes (its bytes are tiny, so a
+//! split by bytes alone never would) and moves pieces to team 2 under the
+//! writes. Afterwards every replica of every piece holds exactly what the
+//! acknowledged commits wrote, and the controller's status says what the
+//! distributor did.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use client::Client;
+use cluster::{ClusterFile, DistributionSettings};
+use coordinator::client::CoordinatorClient;
+use proto::rpc::{ErrorCode, Message};
+use proto::transport::RpcClient;
+use proto::{Mutation, StorageTeamId, Version};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use testkit::{ClusterSpec, LocalCluster};
+
+use crate::data_move::held_in;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+/// The hot keys: `k000` to `k099`, all in team 1's shard (before "m").
+const HOT_BEGIN: &[u8] = b"k";
+const HOT_END: &[u8] = b"l";
+const HOT_KEYS: u64 = 100;
+const WRITERS: u64 = 4;
+
+/// Two teams: team 1 holds the keys before "m", team 2 the rest. Limits
+/// low enough that a few hundred writes a second to one shard are hot.
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        coordinators: 1,
+        workers: 3,
+        tlogs: 2,
+        replication: 2,
+        proxies: 1,
+        teams: 2,
+        shard_begins: vec!["m".into()],
+        storage_args: crate::small_window_storage_args(),
+        distribution: Some(DistributionSettings {
+            max_shard_writes_per_sec: 60,
+            min_imbalance_writes_per_sec: 30,
+            ..DistributionSettings::default()
+        }),
+        ..ClusterSpec::default()
+    }
+}
+
+/// Each hot key's newest acknowledged version and the values written at
+/// it (commits batched into one version apply in an order no client
+/// sees), and the keys a commit of unknown outcome may have changed.
+#[derive(Default)]
+struct Model {
+    values: BTreeMap<Bytes, (Version, Vec<Bytes>)>,
+    uncertain: BTreeSet<Bytes>,
+}
+
+/// A writer setting random hot keys, one per commit, until `stop`.
+fn start_writer(
+    client: Arc<Client>,
+    model: Arc<Mutex<Model>>,
+    stop: Arc<AtomicBool>,
+    writer: u64,
+    seed: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(writer));
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let key = Bytes::from(format!("k{:03}", rng.random_range(0..HOT_KEYS)));
+            let value = Bytes::from(format!("{writer}-{n}"));
+            let set = Mutation::SetValue {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            let committed = client.commit(vec![set]).await;
+            let mut model = model.lock().unwrap();
+            match committed {
+                Ok(version) => {
+                    let newest = model.values.entry(key).or_insert((version, Vec::new()));
+                    if newest.0 < version {
+                        *newest = (version, Vec::new());
+                    }
+                    if newest.0 == version {
+                        newest.1.push(value);
+                    }
+                }
+                Err(_) => {
+                    model.uncertain.insert(key);
+                }
+            }
+            n += 1;
+        }
+    })
+}
+
+/// The settled shards over the hot keys in the recorded shard map, with
+/// their teams; none while one of them moves.
+async fn hot_shards(cluster: &ClusterFile) -> Result<Option<Vec<(Bytes, Bytes, StorageTeamId)>>> {
+    let coordinators =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    let (state, _) = coordinators.read_core_state().await?;
+    let Some(snapshot) = &state.shard_map else {
+        return Ok(None);
+    };
+    let map = snapshot.map()?;
+    let mut shards = Vec::new();
+    for (begin, end, assignment) in map.split(HOT_BEGIN, HOT_END) {
+        match (assignment.src.as_slice(), assignment.dest.as_slice()) {
+            ([team], []) => shards.push((begin, end, *team)),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(shards))
+}
+
+/// The controller's data-distribution lines (on the only coordinator).
+async fn distribution_lines(cluster: &ClusterFile) -> Result<Vec<String>> {
+    let address = cluster.coordinators[0].address;
+    let client = RpcClient::connect(address, cluster.client_config()?).await?;
+    match client.call(Message::Status).await? {
+        Message::CoordinatorStatus(status) => {
+            Ok(status.recovery.map(|r| r.distribution).unwrap_or_default())
+        }
+        other => bail!("a coordinator answered {}", other.name()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writes() -> Result<()> {
+    let seed = testkit::seed_from_env();
+    let dir = tempfile::tempdir()?;
+    let local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let cluster = local.cluster.clone();
+    local.wait_recovered(DEADLINE).await?;
+    let client = Arc::new(Client::new(&cluster)?);
+    let model = Arc::new(Mutex::new(Model::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
+        .collect();
+
+    let started = tokio::time::Instant::now();
+    let spread = loop {
+        if let Some(shards) = hot_shards(&cluster).await? {
+            let teams: BTreeSet<StorageTeamId> = shards.iter().map(|s| s.2).collect();
+            if teams.len() >= 2 {
+                break shards;
+            }
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the hot range never spread: {:?}; the distributor said {:?}",
+            hot_shards(&cluster).await?,
+            distribution_lines(&cluster).await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "spread over {} shards after {:?}: {spread:?}",
+        spread.len(),
+        started.elapsed()
+    );
+    // The controller's status catches up within a checkpoint or two.
+    loop {
+        let said = distribution_lines(&cluster).await?;
+        if said.iter().any(|l| l.starts_with("last move: moving [k")) {
+            println!("the distributor says {said:?}");
+            break;
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "status names no move of the hot keys: {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+    let model = Arc::into_inner(model)
+        .context("writers done")?
+        .into_inner()
+        .unwrap();
+    ensure!(
+        model.values.len() as u64 > HOT_KEYS / 2,
+        "few writes went through"
+    );
+    // The distributor may still be moving pieces: the check reads the
+    // map and then every replica at a later version, and starts over
+    // when a server no longer holds its piece.
+    while !every_replica_holds_the_model(&cluster, &client, &model).await? {
+        ensure!(started.elapsed() < DEADLINE, "the map never held still");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(local.stop().await?)
+}
+
+/// Whether every server of each hot piece's team, as the recorded map
+/// places it, holds what the model says at a version after the last
+/// acknowledged write; `false` when the map changed under the reads.
+async fn every_replica_holds_the_model(
+    cluster: &ClusterFile,
+    client: &Client,
+    model: &Model,
+) -> Result<bool> {
+    let Some(shards) = hot_shards(cluster).await? else {
+        return Ok(false);
+    };
+    let version = client.read_version().await?;
+    let teams = cluster.topology().teams;
+    for (begin, end, team) in shards {
+        let want: BTreeMap<&Bytes, &Vec<Bytes>> = model
+            .values
+            .iter()
+            .filter(|(k, _)| begin <= **k && **k < end)
+            .map(|(k, (_, v))| (k, v))
+            .collect();
+        for server in teams.get(&team).context("the team")? {
+            let range = (begin.clone(), end.clone());
+            let pairs = match held_in(cluster, server.0, range, version).await? {
+                Ok(pairs) => pairs,
+                Err(ErrorCode::WrongShardServer) => return Ok(false),
+                Err(code) => bail!("server {server} refused: {code}"),
+            };
+            let held: BTreeMap<&Bytes, &Bytes> = pairs.iter().map(|(k, v)| (k, v)).collect();
+            let differ: Vec<String> = differences(&held, &want, &model.uncertain)
+                .iter()
+                .map(|k| {
+                    let at = model.values.get(k).map(|(v, _)| *v);
+                    format!(
+                        "{k:?}: holds {:?}, wrote {:?} at {at:?}",
+                        held.get(k),
+                        want.get(k)
+                    )
+                })
+                .collect();
+            ensure!(
+                differ.is_empty(),
+                "server {server} of team {team} differs from the model in [{begin:?}, {end:?}) at version {version}: {differ:?}"
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// The keys where a server's pairs and the model differ, but for those a
+/// commit of unknown outcome wrote.
+fn differences(
+    held: &BTreeMap<&Bytes, &Bytes>,
+    want: &BTreeMap<&Bytes, &Vec<Bytes>>,
+    uncertain: &BTreeSet<Bytes>,
+) -> Vec<Bytes> {
+    let keys: BTreeSet<&&Bytes> = held.keys().chain(want.keys()).collect();
+    let matches = |k: &Bytes| match (held.get(k), want.get(k)) {
+        (Some(value), Some(written)) => written.contains(value),
+        (None, None) => true,
+        _ => false,
+    };
+    keys.into_iter()
+        .filter(|k| !uncertain.contains(**k) && !matches(k))
+        .map(|k| (*k).clone())
+        .collect()
+}
