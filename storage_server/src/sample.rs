@@ -63,9 +63,12 @@ impl ByteSample {
         if begin >= end {
             return;
         }
-        let mut tail = self.keys.split_off(begin);
-        let mut rest = tail.split_off(end);
-        self.keys.append(&mut rest);
+        // Removing key by key costs the keys cleared; splitting the map
+        // and appending it back would cost the whole map.
+        let cleared: Vec<Vec<u8>> = self.within(begin, end).map(|(k, _)| k.clone()).collect();
+        for key in cleared {
+            self.keys.remove(&key);
+        }
     }
 
     /// The estimated bytes held in `[begin, end)`.
