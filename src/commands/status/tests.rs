@@ -185,7 +185,7 @@ fn the_table_shows_health_errors_and_teams() {
                         roles: vec!["tlog 4/0".into()],
                     }],
                     generations: vec!["generation 4: versions (0, …], 3 TLogs, current".into()],
-                    distribution: Vec::new(),
+                    distribution: vec!["team-1: 2 shards, 80 writes/s, 1.0 MiB".into()],
                 }),
             };
             let problem = reply.problem.clone();
@@ -256,7 +256,8 @@ fn the_table_shows_health_errors_and_teams() {
         text.contains("controller: tlog 1 (127.0.0.1:4521) failed 1.5 s ago")
             && text.contains("controller: generation 4")
             && text.contains("last recovery: locking_tlogs 12 ms")
-            && text.contains("worker 127.0.0.1:4600 (heard 20 ms ago): tlog 4/0"),
+            && text.contains("worker 127.0.0.1:4600 (heard 20 ms ago): tlog 4/0")
+            && text.contains("data distribution: team-1: 2 shards, 80 writes/s, 1.0 MiB"),
         "{text}"
     );
     assert!(text.contains("known committed 42, commits 9"), "{text}");
