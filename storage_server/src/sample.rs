@@ -140,11 +140,13 @@ pub struct WriteSample {
     buckets: VecDeque<WriteBucket>,
 }
 
-/// The write rates of a key range.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriteRates {
+/// The writes a key range takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeWrites {
     pub ops_per_sec: u64,
     pub bytes_per_sec: u64,
+    /// The sampled key that cuts the range most evenly by writes.
+    pub split: Option<Vec<u8>>,
 }
 
 impl WriteSample {
@@ -189,25 +191,18 @@ impl WriteSample {
     }
 
     /// The writes a second in `[begin, end)` over the window ending at
-    /// `now_ms`.
-    pub fn rates(&self, now_ms: u64, begin: &[u8], end: &[u8]) -> WriteRates {
-        let total =
-            self.per_key(now_ms, begin, end)
-                .into_values()
-                .fold(WriteCounts::default(), |a, c| WriteCounts {
-                    ops: a.ops + c.ops,
-                    bytes: a.bytes + c.bytes,
-                });
-        WriteRates {
-            ops_per_sec: total.ops / WRITE_WINDOW_SECONDS,
-            bytes_per_sec: total.bytes / WRITE_WINDOW_SECONDS,
-        }
-    }
-
-    /// The sampled key that cuts `[begin, end)` most evenly by writes.
-    pub fn split(&self, now_ms: u64, begin: &[u8], end: &[u8]) -> Option<Vec<u8>> {
+    /// `now_ms`, and the sampled key that cuts the range most evenly by
+    /// writes.
+    pub fn of_range(&self, now_ms: u64, begin: &[u8], end: &[u8]) -> RangeWrites {
         let per_key = self.per_key(now_ms, begin, end);
-        even_cut(per_key.iter().map(|(k, c)| (k.as_slice(), c.ops)))
+        let (ops, bytes) = per_key
+            .values()
+            .fold((0, 0), |(ops, bytes), c| (ops + c.ops, bytes + c.bytes));
+        RangeWrites {
+            ops_per_sec: ops / WRITE_WINDOW_SECONDS,
+            bytes_per_sec: bytes / WRITE_WINDOW_SECONDS,
+            split: even_cut(per_key.iter().map(|(k, c)| (k.as_slice(), c.ops))),
+        }
     }
 
     fn per_key(&self, now_ms: u64, begin: &[u8], end: &[u8]) -> BTreeMap<Vec<u8>, WriteCounts> {
@@ -289,23 +284,23 @@ mod tests {
                 sample.record(1_000, &key(n / 4 % 1_000), 100);
             }
         }
-        let rates = sample.rates(1_500, &key(0), &key(1_000));
+        let rates = sample.of_range(1_500, &key(0), &key(1_000));
         assert!(
             rates.ops_per_sec > 4_500 && rates.ops_per_sec < 5_500,
             "{rates:?}"
         );
         assert_eq!(rates.bytes_per_sec / 100, rates.ops_per_sec);
-        let hot = sample.rates(1_500, &key(500), &key(501));
+        let hot = sample.of_range(1_500, &key(500), &key(501));
         assert!(hot.ops_per_sec > 3_800, "{hot:?}");
         // The cut is next to the hot key: one side holds it, the other
         // most of the rest.
-        let cut = sample.split(1_500, &key(0), &key(1_000)).unwrap();
+        let cut = rates.split.unwrap();
         assert!(cut == key(500) || cut == key(501), "{cut:?}");
         // Writes leave the window.
         let later = 1_000 + WRITE_WINDOW_SECONDS * 1000;
         assert_eq!(
-            sample.rates(later, &key(0), &key(1_000)),
-            WriteRates::default()
+            sample.of_range(later, &key(0), &key(1_000)),
+            RangeWrites::default()
         );
         sample.record(later, &key(1), 10);
         assert_eq!(

@@ -658,7 +658,7 @@ impl<E: KvEngine> Inner<E> {
             if !is_system_key(m.mutation.first_key()) {
                 mutations += 1;
                 mutation_bytes += m.mutation.payload_len() as u64;
-                Self::sample_write(&mut write_sample, now_ms, &m.mutation);
+                write_sample.record(now_ms, m.mutation.first_key(), m.mutation.payload_len());
                 for piece in adding.route(m.version, m.mutation.clone()) {
                     store.apply(m.version, &piece).map_err(|e| e.to_string())?;
                 }

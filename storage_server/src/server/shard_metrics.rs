@@ -9,11 +9,9 @@
 //! ```
 
 use proto::rpc::{ErrorCode, ErrorReply, KeyRange, ShardMetrics, MAX_SHARD_METRICS_RANGES};
-use proto::Mutation;
 
 use super::Inner;
 use crate::engine::KvEngine;
-use crate::sample::WriteSample;
 
 impl<E: KvEngine> Inner<E> {
     /// The metrics of each range, in order.
@@ -36,27 +34,36 @@ impl<E: KvEngine> Inner<E> {
                 format!("range {:?}..{:?} ends before it begins", r.begin, r.end),
             ));
         }
+        // Each sample under its own lock, so applies wait for neither
+        // longer than its part.
+        let held: Vec<(u64, Option<Vec<u8>>)> = {
+            let store = self.store();
+            let sample = store.byte_sample();
+            ranges
+                .iter()
+                .map(|r| {
+                    (
+                        sample.bytes(&r.begin, &r.end),
+                        sample.split(&r.begin, &r.end),
+                    )
+                })
+                .collect()
+        };
         let now_ms = self.now_ms();
-        let store = self.store();
         let writes = self.write_sample();
         Ok(ranges
             .iter()
-            .map(|r| {
-                let sample = store.byte_sample();
-                let rates = writes.rates(now_ms, &r.begin, &r.end);
+            .zip(held)
+            .map(|(r, (bytes, split_by_bytes))| {
+                let taken = writes.of_range(now_ms, &r.begin, &r.end);
                 ShardMetrics {
-                    bytes: sample.bytes(&r.begin, &r.end),
-                    write_ops_per_sec: rates.ops_per_sec,
-                    write_bytes_per_sec: rates.bytes_per_sec,
-                    split_by_bytes: sample.split(&r.begin, &r.end).map(Into::into),
-                    split_by_writes: writes.split(now_ms, &r.begin, &r.end).map(Into::into),
+                    bytes,
+                    write_ops_per_sec: taken.ops_per_sec,
+                    write_bytes_per_sec: taken.bytes_per_sec,
+                    split_by_bytes: split_by_bytes.map(Into::into),
+                    split_by_writes: taken.split.map(Into::into),
                 }
             })
             .collect())
-    }
-
-    /// Counts one user write applied from the log.
-    pub(super) fn sample_write(sample: &mut WriteSample, now_ms: u64, mutation: &Mutation) {
-        sample.record(now_ms, mutation.first_key(), mutation.payload_len());
     }
 }
