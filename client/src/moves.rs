@@ -81,10 +81,39 @@ pub struct ServerProgress {
     pub server: StorageServerId,
     pub pairs_copied: u64,
     pub bytes_copied: u64,
+    /// The stored size still to copy (keys, values and a per-pair
+    /// overhead), by the sources' byte samples; `None` while some piece
+    /// has no estimate yet.
+    pub size_left: Option<u64>,
+    /// The stored size copied a second, over the last few seconds.
+    pub size_per_sec: u64,
     /// Every piece is copied and durable there.
     pub ready: bool,
     /// What holds it back, when something does.
     pub problem: Option<String>,
+}
+
+impl std::fmt::Display for ServerProgress {
+    /// `200: ready` or `200: 3400 pairs (12.0 MiB), about 80.0 MiB left at
+    /// 40.0 MiB/s, done in about 2 s`, with what holds it back if
+    /// something does.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ready {
+            return write!(f, "{}: ready", self.server);
+        }
+        write!(
+            f,
+            "{}: {} pairs ({}), {}",
+            self.server,
+            self.pairs_copied,
+            proto::units::binary_bytes(self.bytes_copied),
+            proto::units::copy_left(self.size_left, self.size_per_sec)
+        )?;
+        match &self.problem {
+            Some(problem) => write!(f, "; {problem}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A finished move.
@@ -558,6 +587,8 @@ impl Client {
                 server: *id,
                 pairs_copied: 0,
                 bytes_copied: 0,
+                size_left: Some(0),
+                size_per_sec: 0,
                 ready: false,
                 problem: None,
             };
@@ -585,12 +616,20 @@ impl Client {
                             Some(a) => {
                                 standing.pairs_copied += a.pairs_copied;
                                 standing.bytes_copied += a.bytes_copied;
+                                standing.size_left = standing
+                                    .size_left
+                                    .zip(a.size_left)
+                                    .map(|(sum, left)| sum + left);
+                                standing.size_per_sec += a.size_per_sec;
                                 ready &= a.ready;
                                 if a.problem.is_some() {
                                     standing.problem = a.problem.clone();
                                 }
                             }
-                            None => ready = false,
+                            None => {
+                                ready = false;
+                                standing.size_left = None;
+                            }
                         }
                     }
                     if let Some(stopped) = status.stopped {
@@ -598,8 +637,14 @@ impl Client {
                     }
                     standing.ready = ready;
                 }
-                Ok(other) => standing.problem = Some(format!("answered {}", other.name())),
-                Err(e) => standing.problem = Some(e),
+                Ok(other) => {
+                    standing.size_left = None;
+                    standing.problem = Some(format!("answered {}", other.name()));
+                }
+                Err(e) => {
+                    standing.size_left = None;
+                    standing.problem = Some(e);
+                }
             }
             servers.push(standing);
         }

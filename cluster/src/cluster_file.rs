@@ -168,6 +168,12 @@ pub struct DistributionSettings {
     /// Teams whose writes a second differ by less than this are left as
     /// they are.
     pub min_imbalance_writes_per_sec: u64,
+    /// The most a destination server copies for a move, in stored bytes
+    /// (keys, values and a per-pair overhead) a second; a storage server's
+    /// `--move-rate` overrides it. A move the distributor starts is taken
+    /// back when it is not done within twice the time its shard's bytes
+    /// take at this rate, plus 30 s.
+    pub move_bytes_per_sec: u64,
 }
 
 impl Default for DistributionSettings {
@@ -178,6 +184,7 @@ impl Default for DistributionSettings {
             max_shard_writes_per_sec: 4_000,
             min_imbalance_bytes: 64 << 20,
             min_imbalance_writes_per_sec: 2_000,
+            move_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -290,7 +297,10 @@ impl ClusterFile {
             }
         }
         if let Some(d) = self.distribution {
-            if d.max_shard_bytes == 0 || d.max_shard_writes_per_sec == 0 {
+            if d.max_shard_bytes == 0
+                || d.max_shard_writes_per_sec == 0
+                || d.move_bytes_per_sec == 0
+            {
                 return Err(ClusterFileError::DistributionLimits(d));
             }
         }

@@ -19,6 +19,7 @@
 //! hot keys spread at all.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cluster::DistributionSettings;
@@ -50,7 +51,21 @@ pub struct Move {
     pub end: Bytes,
     pub from: StorageTeamId,
     pub to: StorageTeamId,
+    /// The shard's bytes, as measured.
+    pub bytes: u64,
     pub why: String,
+}
+
+/// The slack every move gets beyond twice its expected time.
+pub const MOVE_SLACK: Duration = Duration::from_secs(30);
+
+impl Move {
+    /// How long the move may take before it is taken back: twice the time
+    /// its bytes take at the settings' copy rate, plus `MOVE_SLACK`.
+    pub fn deadline(&self, settings: &DistributionSettings) -> Duration {
+        let expected = self.bytes as f64 / settings.move_bytes_per_sec.max(1) as f64;
+        Duration::from_secs_f64(2.0 * expected) + MOVE_SLACK
+    }
 }
 
 /// What the distributor does next: every split due, and at most one move.
@@ -166,6 +181,7 @@ fn balance(
         end: shard.end.clone(),
         from: busiest,
         to: idlest,
+        bytes: shard.metrics.bytes,
         why: format!(
             "{busiest} has {most} {unit} and {idlest} {least}; the shard has {}",
             load(&shard.metrics)
@@ -209,6 +225,7 @@ mod tests {
             max_shard_writes_per_sec: 1_000,
             min_imbalance_bytes: 100_000,
             min_imbalance_writes_per_sec: 200,
+            move_bytes_per_sec: 1_000_000,
         }
     }
 
@@ -264,6 +281,27 @@ mod tests {
         assert_eq!((begin.as_ref(), from, to), (&b"a"[..], team(1), team(3)));
         // Not while another move is in flight.
         assert_eq!(plan(&settings(), &teams, &shards, true), Plan::default());
+    }
+
+    #[test]
+    fn a_move_gets_twice_its_expected_time_and_the_slack() {
+        let settings = DistributionSettings {
+            move_bytes_per_sec: 10 << 20,
+            ..settings()
+        };
+        let moving = |bytes| Move {
+            begin: Bytes::from_static(b"a"),
+            end: Bytes::from_static(b"b"),
+            from: team(1),
+            to: team(2),
+            bytes,
+            why: String::new(),
+        };
+        assert_eq!(moving(0).deadline(&settings), MOVE_SLACK);
+        assert_eq!(
+            moving(100 << 20).deadline(&settings),
+            Duration::from_secs(20) + MOVE_SLACK
+        );
     }
 
     #[test]

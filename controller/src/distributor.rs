@@ -13,14 +13,15 @@
 //! ```
 //!
 //! One round at a time, so one change at a time: a move runs to its end
-//! (or is taken back past its deadline) before the next round looks
-//! again. A round that cannot get a team's metrics changes nothing: it
+//! (or is taken back past its deadline: twice the time its bytes take at
+//! `move_bytes_per_sec`, plus 30 s) before the next round looks again. A round that cannot get a team's metrics changes nothing: it
 //! cannot tell a balanced cluster from one it half sees.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use client::moves::ServerProgress;
 use client::Client;
 use cluster::DistributionSettings;
 use proto::key_text::escape;
@@ -33,10 +34,6 @@ use crate::distribution::{plan, Move, ShardLoad};
 /// How long after a round ends the next one may start.
 const ROUND_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long a move the distributor starts may copy before it is taken
-/// back.
-const MOVE_DEADLINE: Duration = Duration::from_secs(600);
-
 /// What the distributor says in status.
 #[derive(Default)]
 struct Said {
@@ -44,18 +41,22 @@ struct Said {
     summary: Option<String>,
     /// The last round's splits, or why it changed nothing.
     round: Vec<String>,
-    /// The move under way, and when it started.
-    moving: Option<(String, tokio::time::Instant)>,
+    /// The move under way, when it started, and how its destination's
+    /// servers last stood.
+    moving: Option<(String, tokio::time::Instant, Vec<ServerProgress>)>,
     /// How the last move ended.
     last_move: Option<String>,
 }
 
 impl Said {
     fn lines(&self) -> Vec<String> {
-        let moving = self
-            .moving
-            .iter()
-            .map(|(m, since)| format!("{m} (under way for {} s)", since.elapsed().as_secs()));
+        let moving = self.moving.iter().map(|(m, since, servers)| {
+            let mut line = format!("{m} (under way for {} s", since.elapsed().as_secs());
+            for server in servers {
+                line.push_str(&format!("; {server}"));
+            }
+            line + ")"
+        });
         let last = self.last_move.iter().map(|m| format!("last move: {m}"));
         self.summary
             .iter()
@@ -124,15 +125,22 @@ impl Distributing {
     fn start_move(&mut self, chosen: Move) {
         let client = self.client.clone();
         let said = self.said.clone();
+        let deadline = chosen.deadline(&self.settings);
         self.moves.spawn(async move {
             let doing = describe_move(&chosen);
-            tracing::info!(%doing, "the data distributor moves a shard");
+            tracing::info!(%doing, ?deadline, "the data distributor moves a shard");
             say(&said, |s| {
-                s.moving = Some((doing.clone(), tokio::time::Instant::now()))
+                s.moving = Some((doing.clone(), tokio::time::Instant::now(), Vec::new()))
             });
             let Move { begin, end, to, .. } = chosen;
             let moved = client
-                .move_range(begin, end, to, MOVE_DEADLINE, |_| {})
+                .move_range(begin, end, to, deadline, |servers| {
+                    say(&said, |s| {
+                        if let Some((_, _, progress)) = &mut s.moving {
+                            *progress = servers.to_vec();
+                        }
+                    })
+                })
                 .await;
             let done = match moved {
                 Ok(outcome) => match outcome.flipped {
@@ -256,11 +264,50 @@ fn summary(teams: &[StorageTeamId], shards: &[ShardLoad]) -> String {
 
 fn describe_move(chosen: &Move) -> String {
     format!(
-        "moving [{}, {}) from {} to {}: {}",
+        "moving [{}, {}) (about {}) from {} to {}: {}",
         escape(&chosen.begin),
         escape(&chosen.end),
+        proto::units::binary_bytes(chosen.bytes),
         chosen.from,
         chosen.to,
         chosen.why
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::StorageServerId;
+
+    use super::*;
+
+    #[test]
+    fn the_move_under_way_says_how_each_destination_server_copies() {
+        let progress = |server, ready| ServerProgress {
+            server: StorageServerId(server),
+            pairs_copied: 3_000,
+            bytes_copied: 12 << 20,
+            size_left: Some(20 << 20),
+            size_per_sec: 10 << 20,
+            ready,
+            problem: None,
+        };
+        let said = Said {
+            moving: Some((
+                "moving [a, b) (about 32.0 MiB) from team-1 to team-2: why".to_owned(),
+                tokio::time::Instant::now(),
+                vec![progress(200, false), progress(201, true)],
+            )),
+            last_move: Some("moving [x, y): flipped at version 9".to_owned()),
+            ..Said::default()
+        };
+        assert_eq!(
+            said.lines(),
+            [
+                "moving [a, b) (about 32.0 MiB) from team-1 to team-2: why (under way for 0 s; \
+                 ss-200: 3000 pairs (12.0 MiB), about 20.0 MiB left at 10.0 MiB/s, done in about 2 s; \
+                 ss-201: ready)",
+                "last move: moving [x, y): flipped at version 9",
+            ]
+        );
+    }
 }

@@ -325,6 +325,12 @@ pub struct AddingRangeStatus {
     pub problem: Option<String>,
     /// Milliseconds since the copy last got a page (or began).
     pub idle_ms: u64,
+    /// The stored size still to copy (keys, values and a per-pair
+    /// overhead), estimated from a source's byte sample; `None` until a
+    /// source has answered.
+    pub size_left: Option<u64>,
+    /// The stored size copied a second, over the last few seconds.
+    pub size_per_sec: u64,
 }
 
 /// The most ranges one [`Message::ShardMetrics`] request may ask about.

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use proto::key_text::unescape;
 use proto::system_keys::USER_KEYS_END;
-use proto::units::binary_bytes;
 use proto::StorageTeamId;
 
 use client::Client;
@@ -52,7 +51,10 @@ pub async fn run(args: MoveArgs) -> Result<()> {
         println!("took back the moves of {cancelled} shards");
         return Ok(());
     };
-    let mut last_line = String::new();
+    // Figures change with every poll: a line a second, and at once when a
+    // server becomes ready or is held back.
+    let mut last_state = Vec::new();
+    let mut last_printed: Option<std::time::Instant> = None;
     let outcome = client
         .move_range(
             begin,
@@ -62,20 +64,18 @@ pub async fn run(args: MoveArgs) -> Result<()> {
             |servers| {
                 let line = servers
                     .iter()
-                    .map(|s| {
-                        let state = match (&s.problem, s.ready) {
-                            (_, true) => "ready".to_owned(),
-                            (Some(problem), false) => problem.clone(),
-                            (None, false) => "copying".to_owned(),
-                        };
-                        let copied = binary_bytes(s.bytes_copied);
-                        format!("{}: {} pairs ({copied}), {state}", s.server, s.pairs_copied)
-                    })
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join("; ");
-                if line != last_line {
+                    .join(" | ");
+                let state: Vec<_> = servers
+                    .iter()
+                    .map(|s| (s.ready, s.problem.clone()))
+                    .collect();
+                let due = last_printed.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                if due || state != last_state {
                     println!("{line}");
-                    last_line = line;
+                    last_state = state;
+                    last_printed = Some(std::time::Instant::now());
                 }
             },
         )

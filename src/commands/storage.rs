@@ -38,8 +38,10 @@ pub struct StorageArgs {
     /// Bytes of recent versions kept in memory before they are flushed.
     #[arg(long, default_value_t = 64 << 20)]
     pub window_bytes: u64,
-    /// The most bytes a second this server reads from a move's sources
-    /// while it copies a range into one of its teams (no limit by default).
+    /// The most stored bytes (keys, values and a per-pair overhead) a
+    /// second this server copies from a move's sources into one of its
+    /// teams (0: no limit); the cluster file's `[distribution]
+    /// move_bytes_per_sec` by default.
     #[arg(long, value_name = "BYTES")]
     pub move_rate: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -111,7 +113,9 @@ pub async fn host(
         }
     };
     let mut config = StorageConfig::for_server(cluster, id, logs, hosted.window)?;
-    config.move_bytes_per_second = hosted.move_bytes_per_second;
+    if let Some(rate) = hosted.move_bytes_per_second {
+        config.move_bytes_per_second = Some(rate);
+    }
     let server_config = cluster.server_config()?;
     let listener = TcpListener::bind(addr)
         .await

@@ -362,6 +362,8 @@ impl AddingRanges {
                     && adding.installs.last().is_some_and(|(at, _)| *at <= durable),
                 problem: adding.problem.clone(),
                 idle_ms: 0,
+                size_left: None,
+                size_per_sec: 0,
             })
             .collect()
     }

@@ -29,6 +29,12 @@ pub const BYTE_SAMPLE_UNIT: u64 = 4096;
 /// Bytes a stored pair costs beyond its key and value.
 const PAIR_OVERHEAD: u64 = 32;
 
+/// What a pair counts for in the byte sample: its key, its value and the
+/// overhead of storing them.
+pub fn stored_size(key_len: usize, value_len: usize) -> u64 {
+    key_len as u64 + value_len as u64 + PAIR_OVERHEAD
+}
+
 /// One write in this many is sampled.
 pub const WRITE_SAMPLE_ONE_IN: u32 = 4;
 
@@ -97,7 +103,7 @@ impl ByteSample {
 /// The weight of the pair in the byte sample, or `None` when its key is
 /// not sampled at this size.
 fn sampled_weight(key: &[u8], value_len: usize) -> Option<u64> {
-    let size = key.len() as u64 + value_len as u64 + PAIR_OVERHEAD;
+    let size = stored_size(key.len(), value_len);
     let draw = u64::from(crc32c::crc32c(key)) % BYTE_SAMPLE_UNIT;
     (draw < size).then_some(size.max(BYTE_SAMPLE_UNIT))
 }

@@ -59,6 +59,7 @@ use crate::sample::WriteSample;
 use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
 
 mod apply_loop;
+mod copy_progress;
 mod fetch;
 mod rebuild;
 mod shard_metrics;
@@ -105,8 +106,9 @@ pub struct StorageConfig {
     /// The servers of every team: a rebuild copies from its teammates, and
     /// a range being added from a server of its source teams.
     pub team_servers: BTreeMap<StorageTeamId, Vec<(StorageServerId, SocketAddr)>>,
-    /// The most bytes a second the copy of ranges being added reads from
-    /// their sources (`None`: as fast as they answer).
+    /// The most stored bytes (`sample::stored_size`) a second the copy of
+    /// ranges being added reads from their sources (`None` or 0: as fast
+    /// as they answer).
     pub move_bytes_per_second: Option<u64>,
 }
 
@@ -151,7 +153,9 @@ impl StorageConfig {
             read_wait: Duration::from_secs(1),
             transport: cluster.client_config()?,
             team_servers,
-            move_bytes_per_second: None,
+            move_bytes_per_second: Some(
+                cluster.distribution.unwrap_or_default().move_bytes_per_sec,
+            ),
         })
     }
 }
@@ -191,7 +195,7 @@ struct Inner<E: KvEngine> {
     adding: Mutex<AddingRanges>,
     /// Wakes the fetch of ranges being added when their state changed.
     adding_changed: Arc<tokio::sync::Notify>,
-    copy_progress: Mutex<fetch::CopyProgress>,
+    copy_progress: Mutex<copy_progress::CopyProgress>,
     /// Sampled user writes, for the data distributor. Locked last.
     write_sample: Mutex<WriteSample>,
     /// When the server started: the write sample's clock.
@@ -438,7 +442,9 @@ impl<E: KvEngine> StorageService<E> {
             rebuilding: self.inner.rebuilding(),
             adding: {
                 let mut adding = self.inner.adding().status(durable);
-                self.inner.copy_progress().fill_idle(&mut adding);
+                self.inner
+                    .copy_progress()
+                    .fill(&mut adding, tokio::time::Instant::now());
                 adding
             },
         }
@@ -530,7 +536,7 @@ impl<E: KvEngine> Inner<E> {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn copy_progress(&self) -> MutexGuard<'_, fetch::CopyProgress> {
+    fn copy_progress(&self) -> MutexGuard<'_, copy_progress::CopyProgress> {
         self.copy_progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 

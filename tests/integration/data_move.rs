@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use client::moves::{MoveError, MoveOutcome};
+use client::moves::{MoveError, MoveOutcome, ServerProgress};
 use client::Client;
 use cluster::ClusterFile;
 use coordinator::client::CoordinatorClient;
@@ -418,15 +418,17 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
 
     writing.resume();
 
+    let mut heard = Vec::new();
     let back = client
         .move_range(
             Bytes::from_static(BEGIN),
             Bytes::from_static(END),
             StorageTeamId(1),
             DEADLINE,
-            |_| {},
+            |servers| heard.extend_from_slice(servers),
         )
         .await?;
+    check_estimates(&heard, &back.servers)?;
     let flipped = back.flipped.context("the range moved back")?;
     check_moved(
         &cluster,
@@ -438,6 +440,36 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
     )
     .await?;
     Ok(local.stop().await?)
+}
+
+/// While they copied, the destination's servers said how much was left,
+/// from the sources' byte samples, near what they went on to copy.
+fn check_estimates(heard: &[ServerProgress], done: &[ServerProgress]) -> Result<()> {
+    for server in done {
+        // The stored size the sample estimates: keys, values and 32
+        // bytes a pair.
+        let stored = |p: &ServerProgress| p.bytes_copied + 32 * p.pairs_copied;
+        let copied = stored(server);
+        // What was left, with what had been copied then: the whole range.
+        let estimate = heard
+            .iter()
+            .filter(|p| p.server == server.server && !p.ready)
+            .find_map(|p| Some(p.size_left? + stored(p)))
+            .with_context(|| format!("{} never estimated what was left", server.server))?;
+        ensure!(
+            copied / 2 <= estimate && estimate <= copied * 2,
+            "{} estimated the range at {estimate} stored bytes and copied {copied}",
+            server.server
+        );
+        ensure!(
+            heard
+                .iter()
+                .any(|p| p.server == server.server && !p.ready && p.size_per_sec > 0),
+            "{} never said how fast it copied",
+            server.server
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

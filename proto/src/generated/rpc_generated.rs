@@ -4892,6 +4892,9 @@ impl<'a> AddingRangeStatus<'a> {
   pub const VT_READY: ::flatbuffers::VOffsetT = 14;
   pub const VT_PROBLEM: ::flatbuffers::VOffsetT = 16;
   pub const VT_IDLE_MS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_HAS_SIZE_LEFT: ::flatbuffers::VOffsetT = 20;
+  pub const VT_SIZE_LEFT: ::flatbuffers::VOffsetT = 22;
+  pub const VT_SIZE_PER_SEC: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4903,6 +4906,8 @@ impl<'a> AddingRangeStatus<'a> {
     args: &'args AddingRangeStatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<AddingRangeStatus<'bldr>> {
     let mut builder = AddingRangeStatusBuilder::new(_fbb);
+    builder.add_size_per_sec(args.size_per_sec);
+    builder.add_size_left(args.size_left);
     builder.add_idle_ms(args.idle_ms);
     builder.add_bytes_copied(args.bytes_copied);
     builder.add_pairs_copied(args.pairs_copied);
@@ -4910,6 +4915,7 @@ impl<'a> AddingRangeStatus<'a> {
     if let Some(x) = args.installed_to { builder.add_installed_to(x); }
     if let Some(x) = args.end { builder.add_end(x); }
     if let Some(x) = args.begin { builder.add_begin(x); }
+    builder.add_has_size_left(args.has_size_left);
     builder.add_ready(args.ready);
     builder.finish()
   }
@@ -4971,6 +4977,27 @@ impl<'a> AddingRangeStatus<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(AddingRangeStatus::VT_IDLE_MS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn has_size_left(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AddingRangeStatus::VT_HAS_SIZE_LEFT, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn size_left(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AddingRangeStatus::VT_SIZE_LEFT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn size_per_sec(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AddingRangeStatus::VT_SIZE_PER_SEC, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for AddingRangeStatus<'_> {
@@ -4987,6 +5014,9 @@ impl ::flatbuffers::Verifiable for AddingRangeStatus<'_> {
      .visit_field::<bool>("ready", Self::VT_READY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("problem", Self::VT_PROBLEM, false)?
      .visit_field::<u64>("idle_ms", Self::VT_IDLE_MS, false)?
+     .visit_field::<bool>("has_size_left", Self::VT_HAS_SIZE_LEFT, false)?
+     .visit_field::<u64>("size_left", Self::VT_SIZE_LEFT, false)?
+     .visit_field::<u64>("size_per_sec", Self::VT_SIZE_PER_SEC, false)?
      .finish();
     Ok(())
   }
@@ -5000,6 +5030,9 @@ pub struct AddingRangeStatusArgs<'a> {
     pub ready: bool,
     pub problem: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub idle_ms: u64,
+    pub has_size_left: bool,
+    pub size_left: u64,
+    pub size_per_sec: u64,
 }
 impl<'a> Default for AddingRangeStatusArgs<'a> {
   #[inline]
@@ -5013,6 +5046,9 @@ impl<'a> Default for AddingRangeStatusArgs<'a> {
       ready: false,
       problem: None,
       idle_ms: 0,
+      has_size_left: false,
+      size_left: 0,
+      size_per_sec: 0,
     }
   }
 }
@@ -5055,6 +5091,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddingRangeStatusBuilder<'a, 
     self.fbb_.push_slot::<u64>(AddingRangeStatus::VT_IDLE_MS, idle_ms, 0);
   }
   #[inline]
+  pub fn add_has_size_left(&mut self, has_size_left: bool) {
+    self.fbb_.push_slot::<bool>(AddingRangeStatus::VT_HAS_SIZE_LEFT, has_size_left, false);
+  }
+  #[inline]
+  pub fn add_size_left(&mut self, size_left: u64) {
+    self.fbb_.push_slot::<u64>(AddingRangeStatus::VT_SIZE_LEFT, size_left, 0);
+  }
+  #[inline]
+  pub fn add_size_per_sec(&mut self, size_per_sec: u64) {
+    self.fbb_.push_slot::<u64>(AddingRangeStatus::VT_SIZE_PER_SEC, size_per_sec, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddingRangeStatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AddingRangeStatusBuilder {
@@ -5080,6 +5128,9 @@ impl ::core::fmt::Debug for AddingRangeStatus<'_> {
       ds.field("ready", &self.ready());
       ds.field("problem", &self.problem());
       ds.field("idle_ms", &self.idle_ms());
+      ds.field("has_size_left", &self.has_size_left());
+      ds.field("size_left", &self.size_left());
+      ds.field("size_per_sec", &self.size_per_sec());
       ds.finish()
   }
 }

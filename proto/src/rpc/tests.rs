@@ -251,6 +251,8 @@ fn every_message() -> Vec<Message> {
                     ready: false,
                     problem: Some("ss-200: connection refused".into()),
                     idle_ms: 4_500,
+                    size_left: Some(1 << 33),
+                    size_per_sec: 40 << 20,
                 },
                 AddingRangeStatus {
                     begin: Bytes::from_static(b"p"),
@@ -261,6 +263,8 @@ fn every_message() -> Vec<Message> {
                     ready: true,
                     problem: None,
                     idle_ms: 0,
+                    size_left: None,
+                    size_per_sec: 0,
                 },
             ],
         }),

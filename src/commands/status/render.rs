@@ -1,11 +1,13 @@
 //! `teamlog status`'s table: a row per process, with what it said, and
-//! the controller's recoveries and workers under its coordinator.
+//! the controller's recoveries and workers under its coordinator, and the
+//! ranges each storage server copies for moves under it.
 
 use std::fmt::Write;
 
-use proto::rpc::{RecoveryReport, TLogStatusReply};
+use proto::key_text::escape;
+use proto::rpc::{AddingRangeStatus, RecoveryReport, TLogStatusReply};
 use proto::system_keys::METADATA_TEAM;
-use proto::units::binary_bytes as bytes;
+use proto::units::{binary_bytes as bytes, copy_left};
 use proto::StorageTeamId;
 
 use super::{ClusterStatus, ProcessStatus};
@@ -146,8 +148,25 @@ pub fn render_text(status: &ClusterStatus) -> String {
                 teams.join(",")
             )
         });
+        for adding in server.status.iter().flat_map(|s| &s.reply.adding) {
+            let _ = writeln!(out, "{:51}{}", "", adding_line(adding));
+        }
     }
     out
+}
+
+/// A range a storage server copies for a move, and how far it is.
+pub(super) fn adding_line(adding: &AddingRangeStatus) -> String {
+    let range = format!("[{}, {})", escape(&adding.begin), escape(&adding.end));
+    if adding.ready {
+        return format!("adding {range}: copied, waits for the move to flip");
+    }
+    format!(
+        "adding {range}: {} pairs ({}) copied, {}",
+        adding.pairs_copied,
+        bytes(adding.bytes_copied),
+        copy_left(adding.size_left, adding.size_per_sec)
+    )
 }
 
 pub(super) fn tlog_details(s: &TLogStatusReply) -> String {

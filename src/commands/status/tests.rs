@@ -105,6 +105,8 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         ready: false,
         problem: None,
         idle_ms: 29_999,
+        size_left: Some(100),
+        size_per_sec: 10,
     };
     held_back.adding = vec![adding.clone()];
     assert_eq!(
@@ -326,4 +328,34 @@ fn a_recovery_under_way_makes_its_coordinator_unhealthy() {
         Some("locking_tlogs: waiting for locks from generation 3's TLogs".into());
     let problem = coordinator_problem(&reply).unwrap();
     assert!(problem.contains("recovering: locking_tlogs"), "{problem}");
+}
+
+#[test]
+fn a_copy_for_a_move_shows_what_is_left_and_when_it_should_be_done() {
+    let mut adding = proto::rpc::AddingRangeStatus {
+        begin: bytes::Bytes::from_static(b"c"),
+        end: bytes::Bytes::from_static(b"h\x00"),
+        installed_to: bytes::Bytes::from_static(b"d"),
+        pairs_copied: 7_000,
+        bytes_copied: 30 << 20,
+        ready: false,
+        problem: None,
+        idle_ms: 0,
+        size_left: Some(90 << 20),
+        size_per_sec: 30 << 20,
+    };
+    assert_eq!(
+        render::adding_line(&adding),
+        "adding [c, h\\x00): 7000 pairs (30.0 MiB) copied, about 90.0 MiB left at 30.0 MiB/s, done in about 3 s"
+    );
+    adding.size_left = None;
+    assert_eq!(
+        render::adding_line(&adding),
+        "adding [c, h\\x00): 7000 pairs (30.0 MiB) copied, size left unknown, 30.0 MiB/s"
+    );
+    adding.ready = true;
+    assert_eq!(
+        render::adding_line(&adding),
+        "adding [c, h\\x00): copied, waits for the move to flip"
+    );
 }

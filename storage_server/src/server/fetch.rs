@@ -12,53 +12,22 @@
 //! The sources are the servers of the shard's source teams by the
 //! server's current shard map, without itself: after a flip that came
 //! before its copy was done, those are its own teammates. With a rate set,
-//! the fetch pauses after each page so that it reads no faster. Status
-//! says how long each copy has gone without a page (`CopyProgress`).
+//! the fetch pauses after each page so that it reads no faster. Every few
+//! seconds it also asks a source how much of the range is left (its byte
+//! sample's estimate), for status (`copy_progress`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proto::rpc::{AddingRangeStatus, GetRangeRequest, Message};
+use proto::rpc::{GetRangeRequest, KeyRange, Message};
 use proto::transport::Peer;
+use tokio::time::Instant;
 
 use super::*;
 use crate::adding::{Page, PageRequest};
+use crate::sample::stored_size;
 
 /// The longest wait between failed page reads.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
-
-/// When each range being added last got a page (or its copy began): a
-/// copy that gets none for long is stuck, and status says so.
-#[derive(Default)]
-pub(super) struct CopyProgress {
-    last_page: BTreeMap<Bytes, tokio::time::Instant>,
-}
-
-impl CopyProgress {
-    fn began(&mut self, range: &Bytes) {
-        self.last_page
-            .entry(range.clone())
-            .or_insert_with(tokio::time::Instant::now);
-    }
-
-    fn got_page(&mut self, range: &Bytes) {
-        self.last_page
-            .insert(range.clone(), tokio::time::Instant::now());
-    }
-
-    /// Fills in how long each range has gone without a page, and forgets
-    /// the ranges no longer being added.
-    pub(super) fn fill_idle(&mut self, ranges: &mut [AddingRangeStatus]) {
-        let now = tokio::time::Instant::now();
-        self.last_page
-            .retain(|range, _| ranges.iter().any(|r| r.begin == *range));
-        for range in ranges {
-            let since = *self.last_page.entry(range.begin.clone()).or_insert(now);
-            range.idle_ms =
-                u64::try_from(now.duration_since(since).as_millis()).unwrap_or(u64::MAX);
-        }
-    }
-}
 
 /// Reads pages of ranges being added until the service is dropped.
 pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
@@ -84,14 +53,20 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
             changed.notified().await;
             continue;
         };
-        strong.copy_progress().began(&request.range);
+        strong.copy_progress().began(&request.range, Instant::now());
+        if strong
+            .copy_progress()
+            .wants_estimate(&request.range, Instant::now())
+        {
+            estimate_left(&strong, &request, next_source).await;
+        }
         match read_page(&strong, &request, next_source).await {
             Ok(page) => {
                 delays = retry_policy.build();
-                let bytes: u64 = page
+                let size: u64 = page
                     .pairs
                     .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .map(|(k, v)| stored_size(k.len(), v.len()))
                     .sum();
                 let delivered = {
                     let mut store = strong.store_mut();
@@ -101,10 +76,12 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
                 };
                 match delivered {
                     Ok(true) => {
-                        strong.copy_progress().got_page(&request.range);
+                        strong
+                            .copy_progress()
+                            .got_page(&request.range, size, Instant::now());
                         drop(strong);
                         pace(
-                            bytes,
+                            size,
                             inner.upgrade().and_then(|s| s.config.move_bytes_per_second),
                         )
                         .await;
@@ -127,6 +104,38 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
                 tokio::time::sleep(delays.next().unwrap_or(MAX_RETRY_DELAY)).await;
             }
         }
+    }
+}
+
+/// Asks one of the range's sources how much of it is left to copy, by its
+/// byte sample. Status goes without the figure when none answers.
+async fn estimate_left<E: KvEngine>(inner: &Inner<E>, request: &PageRequest, source_turn: usize) {
+    let sources = sources_of(inner, &request.begin);
+    let Some((source, address)) = sources.get(source_turn % sources.len().max(1)).copied() else {
+        return;
+    };
+    let left = KeyRange {
+        begin: request.begin.clone(),
+        end: request.end.clone(),
+    };
+    let peer = Peer::new(address, inner.config.transport.clone());
+    let reply = async {
+        peer.client()
+            .await?
+            .call(Message::ShardMetrics(vec![left]))
+            .await
+    }
+    .await;
+    match reply {
+        Ok(Message::ShardMetricsReply(metrics)) if metrics.len() == 1 => {
+            inner
+                .copy_progress()
+                .estimated(&request.range, metrics[0].bytes, Instant::now());
+        }
+        Ok(other) => {
+            tracing::debug!(%source, answer = other.name(), "no estimate of a copy's size left");
+        }
+        Err(e) => tracing::debug!(%source, %e, "no estimate of a copy's size left"),
     }
 }
 
@@ -183,9 +192,9 @@ fn sources_of<E: KvEngine>(inner: &Inner<E>, key: &[u8]) -> Vec<(StorageServerId
         .collect()
 }
 
-/// Waits as long as reading `bytes` takes at `rate` bytes a second.
-async fn pace(bytes: u64, rate: Option<u64>) {
+/// Waits as long as copying `size` stored bytes takes at `rate` a second.
+async fn pace(size: u64, rate: Option<u64>) {
     if let Some(rate) = rate.filter(|r| *r > 0) {
-        tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64)).await;
+        tokio::time::sleep(Duration::from_secs_f64(size as f64 / rate as f64)).await;
     }
 }

@@ -94,6 +94,9 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
                 ready: a.ready,
                 problem,
                 idle_ms: a.idle_ms,
+                has_size_left: a.size_left.is_some(),
+                size_left: a.size_left.unwrap_or(0),
+                size_per_sec: a.size_per_sec,
             };
             fb::AddingRangeStatus::create(fbb, &args)
         })
@@ -241,6 +244,8 @@ pub(super) fn decode(
                             ready: a.ready(),
                             problem: a.problem().map(str::to_owned),
                             idle_ms: a.idle_ms(),
+                            size_left: a.has_size_left().then(|| a.size_left()),
+                            size_per_sec: a.size_per_sec(),
                         })
                     })
                     .collect::<Result<Vec<_>, DecodeError>>()?,
