@@ -3,7 +3,8 @@
 //! ```text
 //!  commits (in order) ─▶ each mutation ─▶ user key/range: the shard map's teams
 //!                                      └▶ system key: the private teams of the
-//!                                         servers it concerns, and the metadata
+//!                                         servers it concerns (every server for
+//!                                         a shard-map change), and the metadata
 //!                                         team (recruited commit paths)
 //!  subsequences number the pieces 1, 2, 3, ... in commit order
 //! ```
@@ -55,7 +56,7 @@ pub fn tag_version(
     for mutation in commits.iter().flatten() {
         match mutation {
             metadata_mutation if is_system_key(mutation.first_key()) => {
-                let teams = concerned_private_teams(map, topology, metadata_mutation);
+                let teams = concerned_private_teams(topology, metadata_mutation);
                 emit(&mut teams.into_iter(), metadata_mutation)?;
                 metadata.push(metadata_mutation.clone());
             }
@@ -81,22 +82,18 @@ pub fn tag_version(
 }
 
 /// The private teams of the servers a system mutation concerns: for a
-/// shard-map change, the servers of every team that held or will hold the
-/// range; for a team set, the server itself. And the metadata team, which
-/// a recovery reads.
-fn concerned_private_teams(
-    map: &ShardMap,
-    topology: &Topology,
-    mutation: &Mutation,
-) -> BTreeSet<StorageTeamId> {
+/// shard-map change, every storage server; for a team set, the server
+/// itself. And the metadata team, which a recovery reads.
+///
+/// Every server keeps the whole map: a server that becomes a destination
+/// must know where the moving shard ends, and the split that made that
+/// end concerned only the teams that held the shard then.
+fn concerned_private_teams(topology: &Topology, mutation: &Mutation) -> BTreeSet<StorageTeamId> {
     let key = mutation.first_key();
     let servers: Vec<_> = if let Some(server) = parse_team_set_key(key) {
         vec![server]
     } else if parse_key_servers_key(key).is_some() {
-        map.teams_touched_by(mutation)
-            .into_iter()
-            .flat_map(|team| topology.servers_of(team))
-            .collect()
+        topology.private_teams.keys().copied().collect()
     } else {
         Vec::new()
     };
@@ -176,6 +173,8 @@ mod tests {
 
     #[test]
     fn system_mutations_reach_the_private_teams_of_the_servers_they_concern() {
+        // Every server hears of a shard-map change, so that a server that
+        // later becomes a destination knows where the shard ends.
         let team_set = Mutation::SetValue {
             key: team_set_key(StorageServerId(20)),
             value: Bytes::from_static(b"x"),
@@ -186,16 +185,17 @@ mod tests {
         };
         let commits = vec![vec![team_set.clone()], vec![set(b"a"), shard.clone()]];
         let tagged = tag_version(&map(), &sample(), Version(9), &commits).unwrap();
-        assert_eq!(entries(&tagged, 1020), vec![(1, team_set.clone())]);
-        // Team 1 held "c" and team 3 will: all four servers hear of it.
-        for private in [1010, 1011, 1030, 1031] {
+        for private in [1010, 1011, 1021, 1030, 1031] {
             assert_eq!(
                 entries(&tagged, private),
                 vec![(3, shard.clone())],
                 "{private}"
             );
         }
-        assert!(entries(&tagged, 1021).is_empty());
+        assert_eq!(
+            entries(&tagged, 1020),
+            vec![(1, team_set.clone()), (3, shard.clone())]
+        );
         assert!(entries(&tagged, METADATA_TEAM.0).is_empty());
         assert_eq!(tagged.metadata, vec![team_set, shard]);
     }

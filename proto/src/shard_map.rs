@@ -150,35 +150,6 @@ impl ShardMap {
     pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &ShardAssignment)> {
         self.entries.iter()
     }
-
-    /// The teams of every shard-map entry a metadata mutation touches,
-    /// before the change: whose servers must hear of it.
-    pub fn teams_touched_by(&self, mutation: &Mutation) -> Vec<StorageTeamId> {
-        let mut teams = Vec::new();
-        let mut add = |a: &ShardAssignment| teams.extend(a.teams());
-        match mutation {
-            Mutation::SetValue { key, value } => {
-                if let Some(begin) = parse_key_servers_key(key) {
-                    add(self.assignment_of(begin));
-                    if let Ok(new) = ShardAssignment::decode(value) {
-                        add(&new);
-                    }
-                }
-            }
-            Mutation::ClearRange { begin, end } => {
-                if let (Some(b), Some(e)) = (key_servers_bound(begin), key_servers_bound(end)) {
-                    for (_, _, a) in self.split(b, e) {
-                        add(a);
-                    }
-                }
-            }
-            // Appends to system keys are refused: none is a shard-map change.
-            Mutation::AppendIfFits { .. } => {}
-        }
-        teams.sort();
-        teams.dedup();
-        teams
-    }
 }
 
 /// A shard-map key range bound: the part after the prefix, or the end of
@@ -476,21 +447,6 @@ mod tests {
         assert_eq!(
             v.check(&[wipe], known),
             Err(ShardMapError::RemovesFirstShard)
-        );
-    }
-
-    #[test]
-    fn a_change_concerns_the_teams_before_and_after() {
-        let m = map();
-        let teams = m.teams_touched_by(&set_shard(b"h", team(5)));
-        assert_eq!(teams, vec![StorageTeamId(2), StorageTeamId(5)]);
-        let clear = Mutation::ClearRange {
-            begin: key_servers_key(b"g"),
-            end: key_servers_key(b"zz"),
-        };
-        assert_eq!(
-            m.teams_touched_by(&clear),
-            vec![StorageTeamId(2), StorageTeamId(3)]
         );
     }
 }

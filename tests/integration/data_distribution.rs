@@ -53,6 +53,25 @@ fn spec() -> ClusterSpec {
     }
 }
 
+/// `spec` with three coordinators, so that the controller's can die, and
+/// moves slow enough to be caught copying: a page of 10,000 pairs takes
+/// a few seconds at 128 KiB a second.
+fn slow_moves_spec() -> ClusterSpec {
+    let fast = spec();
+    ClusterSpec {
+        coordinators: 3,
+        distribution: fast.distribution.map(|d| DistributionSettings {
+            move_bytes_per_sec: 128 << 10,
+            ..d
+        }),
+        ..fast
+    }
+}
+
+/// Keys under each hot key (`k000/0000`, ...), set before the writers
+/// start, so that a piece of the hot range takes a few pages to copy.
+const PRELOADED_PER_HOT_KEY: u64 = 1_000;
+
 /// Each hot key's newest acknowledged version and the values written at
 /// it (commits batched into one version apply in an order no client
 /// sees), and the keys a commit of unknown outcome may have changed.
@@ -101,6 +120,29 @@ fn start_writer(
     })
 }
 
+/// Sets the preloaded keys, a thousand a commit, into the model.
+async fn preload(client: &Client, model: &Mutex<Model>) -> Result<()> {
+    let keys: Vec<Bytes> = (0..HOT_KEYS)
+        .flat_map(|hot| (0..PRELOADED_PER_HOT_KEY).map(move |i| format!("k{hot:03}/{i:04}")))
+        .map(Bytes::from)
+        .collect();
+    for chunk in keys.chunks(1_000) {
+        let value = Bytes::from_static(b"preloaded");
+        let sets = chunk.iter().map(|key| Mutation::SetValue {
+            key: key.clone(),
+            value: value.clone(),
+        });
+        let version = client.commit(sets.collect()).await?;
+        let mut model = model.lock().unwrap();
+        for key in chunk {
+            model
+                .values
+                .insert(key.clone(), (version, vec![value.clone()]));
+        }
+    }
+    Ok(())
+}
+
 /// The settled shards over the hot keys in the recorded shard map, with
 /// their teams; none while one of them moves.
 async fn hot_shards(cluster: &ClusterFile) -> Result<Option<Vec<(Bytes, Bytes, StorageTeamId)>>> {
@@ -121,9 +163,15 @@ async fn hot_shards(cluster: &ClusterFile) -> Result<Option<Vec<(Bytes, Bytes, S
     Ok(Some(shards))
 }
 
-/// The controller's data-distribution lines (on the only coordinator).
+/// The controller's data-distribution lines (on the first coordinator).
 async fn distribution_lines(cluster: &ClusterFile) -> Result<Vec<String>> {
-    let address = cluster.coordinators[0].address;
+    distribution_lines_of(cluster, cluster.coordinators[0].id).await
+}
+
+/// The data-distribution lines of the controller coordinator `id` hosts
+/// (none when it hosts none).
+async fn distribution_lines_of(cluster: &ClusterFile, id: u64) -> Result<Vec<String>> {
+    let address = cluster.coordinator(id)?.address;
     let client = RpcClient::connect(address, cluster.client_config()?).await?;
     match client.call(Message::Status).await? {
         Message::CoordinatorStatus(status) => {
@@ -171,7 +219,7 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
     // The controller's status catches up within a checkpoint or two.
     loop {
         let said = distribution_lines(&cluster).await?;
-        if said.iter().any(|l| l.starts_with("last move: moving [k")) {
+        if said.iter().any(|l| l.starts_with("last move: moving [")) {
             println!("the distributor says {said:?}");
             break;
         }
@@ -204,9 +252,95 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
     Ok(local.stop().await?)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_and_loses_nothing(
+) -> Result<()> {
+    let seed = testkit::seed_from_env();
+    let dir = tempfile::tempdir()?;
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &slow_moves_spec()).await?;
+    let cluster = local.cluster.clone();
+    local.wait_recovered(DEADLINE).await?;
+    let client = Arc::new(Client::new(&cluster)?);
+    let model = Arc::new(Mutex::new(Model::default()));
+    preload(&client, &model).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
+        .collect();
+
+    // Kill -9 the controller's coordinator as soon as its distributor
+    // says a move is under way.
+    let started = tokio::time::Instant::now();
+    let (killed, moving) = loop {
+        if let Some(id) = local.controller().await? {
+            let said = distribution_lines_of(&cluster, id).await?;
+            if let Some(line) = said.iter().find(|l| l.contains("(under way for")) {
+                break (id, line.clone());
+            }
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the distributor never moved a shard: {:?}",
+            distribution_lines(&cluster).await?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let coordinator = local.coordinators.get_mut(&killed).and_then(Option::take);
+    coordinator
+        .context("the controller's coordinator")?
+        .kill9()
+        .await?;
+    println!("killed coordinator {killed} while {moving}");
+
+    // The next controller takes the orphaned move over (or back): the
+    // hot range settles on teams alone, over both of them.
+    let killed_at = tokio::time::Instant::now();
+    let spread = loop {
+        if let Some(shards) = hot_shards(&cluster).await? {
+            let teams: BTreeSet<StorageTeamId> = shards.iter().map(|s| s.2).collect();
+            if teams.len() >= 2 {
+                break shards;
+            }
+        }
+        ensure!(
+            killed_at.elapsed() < DEADLINE,
+            "the hot range never settled after the kill: {:?}",
+            hot_shards(&cluster).await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(
+        local.controller().await? != Some(killed),
+        "the killed coordinator still named the controller"
+    );
+    println!(
+        "settled over {} shards {:?} after the kill: {spread:?}",
+        spread.len(),
+        killed_at.elapsed()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+    let model = Arc::into_inner(model)
+        .context("writers done")?
+        .into_inner()
+        .unwrap();
+    while !every_replica_holds_the_model(&cluster, &client, &model).await? {
+        ensure!(killed_at.elapsed() < DEADLINE, "the map never held still");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    local
+        .coordinators
+        .insert(killed, Some(local.start_coordinator(killed).await?));
+    Ok(local.stop().await?)
+}
+
 /// Whether every server of each hot piece's team, as the recorded map
 /// places it, holds what the model says at a version after the last
-/// acknowledged write; `false` when the map changed under the reads.
+/// acknowledged write, and every other server refuses it; `false` when
+/// the map changed under the reads.
 async fn every_replica_holds_the_model(
     cluster: &ClusterFile,
     client: &Client,
@@ -224,6 +358,19 @@ async fn every_replica_holds_the_model(
             .filter(|(k, _)| begin <= **k && **k < end)
             .map(|(k, (_, v))| (k, v))
             .collect();
+        // A server of another team refuses the piece: its own map must
+        // end its shards where the cluster's does.
+        let others = teams.iter().filter(|(t, _)| **t != team);
+        for server in others.flat_map(|(_, servers)| servers) {
+            let range = (begin.clone(), end.clone());
+            match held_in(cluster, server.0, range, version).await? {
+                Err(ErrorCode::WrongShardServer) => {}
+                answered => bail!(
+                    "server {server}, not of team {team}, answered for [{begin:?}, {end:?}): {:?}",
+                    answered.map(|pairs| pairs.len())
+                ),
+            }
+        }
         for server in teams.get(&team).context("the team")? {
             let range = (begin.clone(), end.clone());
             let pairs = match held_in(cluster, server.0, range, version).await? {
