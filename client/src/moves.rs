@@ -94,21 +94,20 @@ pub struct ServerProgress {
 }
 
 impl std::fmt::Display for ServerProgress {
-    /// `200: ready` or `200: 3400 pairs (12.0 MiB), about 80.0 MiB left at
-    /// 40.0 MiB/s, done in about 2 s`, with what holds it back if
-    /// something does.
+    /// `ss-200: ready` or `ss-200: 3400 pairs (12.0 MiB stored) copied,
+    /// about 80.0 MiB left at 40.0 MiB/s, done in about 2 s`, with what
+    /// holds it back if something does.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.ready {
             return write!(f, "{}: ready", self.server);
         }
-        write!(
-            f,
-            "{}: {} pairs ({}), {}",
-            self.server,
+        let progress = proto::units::copy_progress(
             self.pairs_copied,
-            proto::units::binary_bytes(self.bytes_copied),
-            proto::units::copy_left(self.size_left, self.size_per_sec)
-        )?;
+            self.bytes_copied,
+            self.size_left,
+            self.size_per_sec,
+        );
+        write!(f, "{}: {progress}", self.server)?;
         match &self.problem {
             Some(problem) => write!(f, "; {problem}"),
             None => Ok(()),

@@ -285,7 +285,7 @@ mod tests {
         let progress = |server, ready| ServerProgress {
             server: StorageServerId(server),
             pairs_copied: 3_000,
-            bytes_copied: 12 << 20,
+            bytes_copied: (12 << 20) - 3_000 * 32,
             size_left: Some(20 << 20),
             size_per_sec: 10 << 20,
             ready,
@@ -304,7 +304,7 @@ mod tests {
             said.lines(),
             [
                 "moving [a, b) (about 32.0 MiB) from team-1 to team-2: why (under way for 0 s; \
-                 ss-200: 3000 pairs (12.0 MiB), about 20.0 MiB left at 10.0 MiB/s, done in about 2 s; \
+                 ss-200: 3000 pairs (12.0 MiB stored) copied, about 20.0 MiB left at 10.0 MiB/s, done in about 2 s; \
                  ss-201: ready)",
                 "last move: moving [x, y): flipped at version 9",
             ]

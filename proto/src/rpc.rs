@@ -336,11 +336,22 @@ pub struct AddingRangeStatus {
 /// The most ranges one [`Message::ShardMetrics`] request may ask about.
 pub const MAX_SHARD_METRICS_RANGES: usize = 256;
 
+/// Bytes a pair counts for beyond its key and value in a stored size: the
+/// measure of [`ShardMetrics::bytes`], of a copy's size left and rate, and
+/// of the move rate limit.
+pub const STORED_PAIR_OVERHEAD: u64 = 32;
+
+/// The stored size of a pair: its key, its value and the overhead of
+/// storing them.
+pub fn stored_size(key_len: usize, value_len: usize) -> u64 {
+    key_len as u64 + value_len as u64 + STORED_PAIR_OVERHEAD
+}
+
 /// What a storage server holds and takes in one key range, estimated from
 /// its samples (`storage_server::sample`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardMetrics {
-    /// Bytes of the keys and values held in the range.
+    /// The stored size of the pairs held in the range.
     pub bytes: u64,
     /// Writes applied in the range per second, over the last seconds.
     pub write_ops_per_sec: u64,

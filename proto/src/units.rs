@@ -16,22 +16,32 @@ pub fn binary_bytes(n: u64) -> String {
     }
 }
 
-/// How far a copy stands: the size left by estimate, the rate, and when
-/// it should be done at that rate (`"size left unknown"` before an
-/// estimate).
-pub fn copy_left(size_left: Option<u64>, size_per_sec: u64) -> String {
-    let Some(left) = size_left else {
-        return format!("size left unknown, {}/s", binary_bytes(size_per_sec));
-    };
-    let eta = match (left, size_per_sec) {
-        (0, _) => "done".to_owned(),
-        (_, 0) => "no progress now".to_owned(),
-        (left, rate) => format!("done in about {} s", left.div_ceil(rate)),
+/// How far a copy stands, in stored sizes (`rpc::stored_size`): what it
+/// copied, the size left by estimate, the rate, and when it should be
+/// done at that rate.
+pub fn copy_progress(
+    pairs_copied: u64,
+    bytes_copied: u64,
+    size_left: Option<u64>,
+    size_per_sec: u64,
+) -> String {
+    let copied = bytes_copied + crate::rpc::STORED_PAIR_OVERHEAD * pairs_copied;
+    let rate = binary_bytes(size_per_sec);
+    let left = match size_left {
+        None => format!("size left unknown, {rate}/s"),
+        Some(0) => format!("nothing left, {rate}/s"),
+        Some(left) if size_per_sec == 0 => {
+            format!("about {} left, no progress now", binary_bytes(left))
+        }
+        Some(left) => format!(
+            "about {} left at {rate}/s, done in about {} s",
+            binary_bytes(left),
+            left.div_ceil(size_per_sec)
+        ),
     };
     format!(
-        "about {} left at {}/s, {eta}",
-        binary_bytes(left),
-        binary_bytes(size_per_sec)
+        "{pairs_copied} pairs ({} stored) copied, {left}",
+        binary_bytes(copied)
     )
 }
 
@@ -41,16 +51,24 @@ mod tests {
 
     #[test]
     fn a_copy_says_what_is_left_and_when_it_should_be_done() {
-        assert_eq!(copy_left(None, 0), "size left unknown, 0 B/s");
+        let copied = "1000 pairs (1.0 MiB stored) copied";
+        let bytes = (1 << 20) - 32_000;
         assert_eq!(
-            copy_left(Some(100 << 20), 40 << 20),
-            "about 100.0 MiB left at 40.0 MiB/s, done in about 3 s"
+            copy_progress(1_000, bytes, None, 0),
+            format!("{copied}, size left unknown, 0 B/s")
         );
         assert_eq!(
-            copy_left(Some(5 << 20), 0),
-            "about 5.0 MiB left at 0 B/s, no progress now"
+            copy_progress(1_000, bytes, Some(100 << 20), 40 << 20),
+            format!("{copied}, about 100.0 MiB left at 40.0 MiB/s, done in about 3 s")
         );
-        assert_eq!(copy_left(Some(0), 7), "about 0 B left at 7 B/s, done");
+        assert_eq!(
+            copy_progress(1_000, bytes, Some(5 << 20), 0),
+            format!("{copied}, about 5.0 MiB left, no progress now")
+        );
+        assert_eq!(
+            copy_progress(1_000, bytes, Some(0), 7),
+            format!("{copied}, nothing left, 7 B/s")
+        );
     }
 
     #[test]

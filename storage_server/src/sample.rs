@@ -23,17 +23,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
+use proto::rpc::stored_size;
+
 /// A sampled key stands for about this many bytes.
 pub const BYTE_SAMPLE_UNIT: u64 = 4096;
-
-/// Bytes a stored pair costs beyond its key and value.
-const PAIR_OVERHEAD: u64 = 32;
-
-/// What a pair counts for in the byte sample: its key, its value and the
-/// overhead of storing them.
-pub fn stored_size(key_len: usize, value_len: usize) -> u64 {
-    key_len as u64 + value_len as u64 + PAIR_OVERHEAD
-}
 
 /// One write in this many is sampled.
 pub const WRITE_SAMPLE_ONE_IN: u32 = 4;
@@ -247,7 +240,7 @@ mod tests {
         for i in 0..20_000 {
             sample.set(&key(i), 200);
         }
-        let actual = 20_000 * (7 + 200 + PAIR_OVERHEAD);
+        let actual = 20_000 * stored_size(7, 200);
         let estimate = sample.bytes(b"", b"\xff");
         assert!(
             estimate > actual * 9 / 10 && estimate < actual * 11 / 10,

@@ -106,7 +106,7 @@ pub struct StorageConfig {
     /// The servers of every team: a rebuild copies from its teammates, and
     /// a range being added from a server of its source teams.
     pub team_servers: BTreeMap<StorageTeamId, Vec<(StorageServerId, SocketAddr)>>,
-    /// The most stored bytes (`sample::stored_size`) a second the copy of
+    /// The most stored bytes (`proto::rpc::stored_size`) a second the copy of
     /// ranges being added reads from their sources (`None` or 0: as fast
     /// as they answer).
     pub move_bytes_per_second: Option<u64>,

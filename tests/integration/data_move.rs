@@ -446,9 +446,9 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
 /// from the sources' byte samples, near what they went on to copy.
 fn check_estimates(heard: &[ServerProgress], done: &[ServerProgress]) -> Result<()> {
     for server in done {
-        // The stored size the sample estimates: keys, values and 32
-        // bytes a pair.
-        let stored = |p: &ServerProgress| p.bytes_copied + 32 * p.pairs_copied;
+        // The stored size the sample estimates.
+        let stored =
+            |p: &ServerProgress| p.bytes_copied + proto::rpc::STORED_PAIR_OVERHEAD * p.pairs_copied;
         let copied = stored(server);
         // What was left, with what had been copied then: the whole range.
         let estimate = heard

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use proto::key_text::escape;
 use proto::rpc::{AddingRangeStatus, RecoveryReport, TLogStatusReply};
 use proto::system_keys::METADATA_TEAM;
-use proto::units::{binary_bytes as bytes, copy_left};
+use proto::units::{binary_bytes as bytes, copy_progress};
 use proto::StorageTeamId;
 
 use super::{ClusterStatus, ProcessStatus};
@@ -161,12 +161,13 @@ pub(super) fn adding_line(adding: &AddingRangeStatus) -> String {
     if adding.ready {
         return format!("adding {range}: copied, waits for the move to flip");
     }
-    format!(
-        "adding {range}: {} pairs ({}) copied, {}",
+    let progress = copy_progress(
         adding.pairs_copied,
-        bytes(adding.bytes_copied),
-        copy_left(adding.size_left, adding.size_per_sec)
-    )
+        adding.bytes_copied,
+        adding.size_left,
+        adding.size_per_sec,
+    );
+    format!("adding {range}: {progress}")
 }
 
 pub(super) fn tlog_details(s: &TLogStatusReply) -> String {

@@ -337,7 +337,7 @@ fn a_copy_for_a_move_shows_what_is_left_and_when_it_should_be_done() {
         end: bytes::Bytes::from_static(b"h\x00"),
         installed_to: bytes::Bytes::from_static(b"d"),
         pairs_copied: 7_000,
-        bytes_copied: 30 << 20,
+        bytes_copied: (30 << 20) - 7_000 * 32,
         ready: false,
         problem: None,
         idle_ms: 0,
@@ -346,12 +346,12 @@ fn a_copy_for_a_move_shows_what_is_left_and_when_it_should_be_done() {
     };
     assert_eq!(
         render::adding_line(&adding),
-        "adding [c, h\\x00): 7000 pairs (30.0 MiB) copied, about 90.0 MiB left at 30.0 MiB/s, done in about 3 s"
+        "adding [c, h\\x00): 7000 pairs (30.0 MiB stored) copied, about 90.0 MiB left at 30.0 MiB/s, done in about 3 s"
     );
     adding.size_left = None;
     assert_eq!(
         render::adding_line(&adding),
-        "adding [c, h\\x00): 7000 pairs (30.0 MiB) copied, size left unknown, 30.0 MiB/s"
+        "adding [c, h\\x00): 7000 pairs (30.0 MiB stored) copied, size left unknown, 30.0 MiB/s"
     );
     adding.ready = true;
     assert_eq!(

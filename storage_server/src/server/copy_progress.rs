@@ -8,7 +8,7 @@
 //!  status ─▶ fill: idle_ms, size_left (estimate − copied since), size_per_sec
 //! ```
 //!
-//! Sizes are stored sizes (`sample::stored_size`), the measure of the
+//! Sizes are stored sizes (`proto::rpc::stored_size`), the measure of the
 //! source's byte sample, so that what is copied can be taken off what the
 //! source estimated. The estimate is a sample's: it may be off by a few
 //! units of the sample either way, and is taken again every few seconds.

@@ -18,13 +18,12 @@
 
 use std::time::Duration;
 
-use proto::rpc::{GetRangeRequest, KeyRange, Message};
+use proto::rpc::{stored_size, GetRangeRequest, KeyRange, Message};
 use proto::transport::Peer;
 use tokio::time::Instant;
 
 use super::*;
 use crate::adding::{Page, PageRequest};
-use crate::sample::stored_size;
 
 /// The longest wait between failed page reads.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
