@@ -59,13 +59,12 @@ pub struct Move {
 /// The slack every move gets beyond twice its expected time.
 pub const MOVE_SLACK: Duration = Duration::from_secs(30);
 
-impl Move {
-    /// How long the move may take before it is taken back: twice the time
-    /// its bytes take at the settings' copy rate, plus `MOVE_SLACK`.
-    pub fn deadline(&self, settings: &DistributionSettings) -> Duration {
-        let expected = self.bytes as f64 / settings.move_bytes_per_sec.max(1) as f64;
-        Duration::from_secs_f64(2.0 * expected) + MOVE_SLACK
-    }
+/// How long a move of a shard of `bytes` may take before it is taken
+/// back: twice the time its bytes take at the settings' copy rate, plus
+/// `MOVE_SLACK`.
+pub fn move_deadline(settings: &DistributionSettings, bytes: u64) -> Duration {
+    let expected = bytes as f64 / settings.move_bytes_per_sec.max(1) as f64;
+    Duration::from_secs_f64(2.0 * expected) + MOVE_SLACK
 }
 
 /// What the distributor does next: every split due, and at most one move.
@@ -289,17 +288,9 @@ mod tests {
             move_bytes_per_sec: 10 << 20,
             ..settings()
         };
-        let moving = |bytes| Move {
-            begin: Bytes::from_static(b"a"),
-            end: Bytes::from_static(b"b"),
-            from: team(1),
-            to: team(2),
-            bytes,
-            why: String::new(),
-        };
-        assert_eq!(moving(0).deadline(&settings), MOVE_SLACK);
+        assert_eq!(move_deadline(&settings, 0), MOVE_SLACK);
         assert_eq!(
-            moving(100 << 20).deadline(&settings),
+            move_deadline(&settings, 100 << 20),
             Duration::from_secs(20) + MOVE_SLACK
         );
     }

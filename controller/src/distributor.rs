@@ -29,7 +29,7 @@ use proto::rpc::{KeyRange, MAX_SHARD_METRICS_RANGES};
 use proto::shard_map::ShardMap;
 use proto::StorageTeamId;
 
-use crate::distribution::{plan, Move, ShardLoad};
+use crate::distribution::{move_deadline, plan, Move, ShardLoad};
 
 /// How long after a round ends the next one may start.
 const ROUND_INTERVAL: Duration = Duration::from_secs(2);
@@ -125,7 +125,7 @@ impl Distributing {
     fn start_move(&mut self, chosen: Move) {
         let client = self.client.clone();
         let said = self.said.clone();
-        let deadline = chosen.deadline(&self.settings);
+        let deadline = move_deadline(&self.settings, chosen.bytes);
         self.moves.spawn(async move {
             let doing = describe_move(&chosen);
             tracing::info!(%doing, ?deadline, "the data distributor moves a shard");

@@ -18,16 +18,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use client::Client;
+use cluster::DistributionSettings;
+use proto::rpc::KeyRange;
 use proto::shard_map::ShardMap;
 use proto::system_keys::parse_key_servers_key;
 use proto::{Mutation, StorageTeamId, Version};
+
+use crate::distribution::move_deadline;
 
 /// How long a shard may stay moving with no commit of its driver before
 /// the controller takes its move over.
 pub const ORPHANED_AFTER_MS: u64 = 10_000;
 
 /// How long the controller's drive of a move it took over waits for the
-/// copy before it takes the move back.
+/// copy before it takes the move back, when the source team cannot say
+/// how large the shard is (else `distribution::move_deadline`).
 pub const TAKEOVER_DEADLINE: Duration = Duration::from_secs(600);
 
 /// A move to drive again: the shard `[begin, end)` to `to`.
@@ -35,6 +40,8 @@ pub const TAKEOVER_DEADLINE: Duration = Duration::from_secs(600);
 pub struct Takeover {
     pub begin: Bytes,
     pub end: Bytes,
+    /// The shard's source team, which can say how large it is.
+    pub from: Option<StorageTeamId>,
     pub to: StorageTeamId,
 }
 
@@ -64,21 +71,26 @@ impl Keeper {
                 }
             }
         }
-        let moving: Vec<(Bytes, Bytes, StorageTeamId)> = map
+        let moving: Vec<Takeover> = map
             .entries()
             .filter_map(|(begin, a)| match a.dest.as_slice() {
-                [to] => Some((begin.clone(), map.locate(begin).1, *to)),
+                [to] => Some(Takeover {
+                    begin: begin.clone(),
+                    end: map.locate(begin).1,
+                    from: a.src.first().copied(),
+                    to: *to,
+                }),
                 _ => None,
             })
             .collect();
-        let still: BTreeSet<&Bytes> = moving.iter().map(|(b, _, _)| b).collect();
+        let still: BTreeSet<&Bytes> = moving.iter().map(|m| &m.begin).collect();
         self.touched_ms.retain(|begin, _| still.contains(begin));
         let mut takeovers = Vec::new();
-        for (begin, end, to) in moving {
-            let touched = *self.touched_ms.entry(begin.clone()).or_insert(now_ms);
+        for shard in moving {
+            let touched = *self.touched_ms.entry(shard.begin.clone()).or_insert(now_ms);
             let orphaned = now_ms.saturating_sub(touched) >= ORPHANED_AFTER_MS;
-            if orphaned && self.driving.insert(begin.clone()) {
-                takeovers.push(Takeover { begin, end, to });
+            if orphaned && self.driving.insert(shard.begin.clone()) {
+                takeovers.push(shard);
             }
         }
         takeovers
@@ -98,14 +110,16 @@ impl Keeper {
 /// way (dropped, as when the controller stops leading, they stop).
 pub struct Keeping {
     keeper: Keeper,
+    settings: DistributionSettings,
     client: Arc<Client>,
     drives: tokio::task::JoinSet<Bytes>,
 }
 
 impl Keeping {
-    pub fn new(client: Client) -> Self {
+    pub fn new(settings: DistributionSettings, client: Client) -> Self {
         Keeping {
             keeper: Keeper::default(),
+            settings,
             client: Arc::new(client),
             drives: tokio::task::JoinSet::new(),
         }
@@ -126,10 +140,12 @@ impl Keeping {
                 "a move lost its driver: the controller takes it over"
             );
             let client = self.client.clone();
+            let settings = self.settings;
             self.drives.spawn(async move {
-                let Takeover { begin, end, to } = takeover;
+                let deadline = takeover_deadline(&client, &settings, &takeover).await;
+                let Takeover { begin, end, to, .. } = takeover;
                 let driven = client
-                    .move_range(begin.clone(), end, to, TAKEOVER_DEADLINE, |_| {})
+                    .move_range(begin.clone(), end, to, deadline, |_| {})
                     .await;
                 match driven {
                     Ok(outcome) => tracing::info!(?begin, flipped = ?outcome.flipped, "a move taken over ended"),
@@ -137,6 +153,30 @@ impl Keeping {
                 }
                 begin
             });
+        }
+    }
+}
+
+/// The deadline of a move taken over, from the shard's size as its source
+/// team measures it; `TAKEOVER_DEADLINE` when it cannot say.
+async fn takeover_deadline(
+    client: &Client,
+    settings: &DistributionSettings,
+    takeover: &Takeover,
+) -> Duration {
+    let Some(from) = takeover.from else {
+        return TAKEOVER_DEADLINE;
+    };
+    let range = KeyRange {
+        begin: takeover.begin.clone(),
+        end: takeover.end.clone(),
+    };
+    match client.shard_metrics(from, vec![range]).await {
+        Ok(metrics) if metrics.len() == 1 => move_deadline(settings, metrics[0].bytes),
+        Ok(_) => TAKEOVER_DEADLINE,
+        Err(e) => {
+            tracing::debug!(error = %e, "the size of a move taken over is unknown");
+            TAKEOVER_DEADLINE
         }
     }
 }
@@ -191,6 +231,7 @@ mod tests {
         let takeover = Takeover {
             begin: Bytes::from_static(b"c"),
             end: Bytes::from_static(b"h"),
+            from: Some(team(1)),
             to: team(2),
         };
         assert_eq!(keeper.observe(19_000, &moving, &[]), vec![takeover.clone()]);

@@ -434,11 +434,11 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     let mut retired_at: Option<tokio::time::Instant> = None;
     let mut checkpointed_at: Option<tokio::time::Instant> = None;
+    let settings = inner.config.cluster.distribution.unwrap_or_default();
     let mut keeping = Client::new(&inner.config.cluster)
         .map_err(|e| tracing::warn!(error = %e, "no client to take over moves with"))
         .ok()
-        .map(Keeping::new);
-    let settings = inner.config.cluster.distribution.unwrap_or_default();
+        .map(|client| Keeping::new(settings, client));
     let mut distributing = match settings.enabled {
         true => Client::with_transport(&inner.config.cluster, inner.config.transport.clone())
             .map_err(|e| tracing::warn!(error = %e, "no client to distribute data with"))
