@@ -174,6 +174,8 @@ pub struct DistributionSettings {
     /// back when it is not done within twice the time its shard's bytes
     /// take at this rate, plus 30 s.
     pub move_bytes_per_sec: u64,
+    /// The most moves the distributor plans in one round and runs at once.
+    pub max_moves_in_flight: usize,
 }
 
 impl Default for DistributionSettings {
@@ -185,6 +187,7 @@ impl Default for DistributionSettings {
             min_imbalance_bytes: 64 << 20,
             min_imbalance_writes_per_sec: 2_000,
             move_bytes_per_sec: 64 << 20,
+            max_moves_in_flight: 8,
         }
     }
 }
@@ -300,6 +303,7 @@ impl ClusterFile {
             if d.max_shard_bytes == 0
                 || d.max_shard_writes_per_sec == 0
                 || d.move_bytes_per_sec == 0
+                || d.max_moves_in_flight == 0
             {
                 return Err(ClusterFileError::DistributionLimits(d));
             }

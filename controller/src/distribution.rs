@@ -6,9 +6,11 @@
 //! ```text
 //!  shards by team + ShardMetrics ─▶ plan ─▶ splits: each shard over its bytes or writes limit,
 //!                                            cut where its samples say
-//!                                         ─▶ no move in flight: move the shard (of those not
-//!                                            split) of the busiest team that evens it best
-//!                                            with the idlest, by writes a second, then bytes
+//!                                         ─▶ no move in flight: up to max_moves_in_flight moves,
+//!                                            each the shard (of those not split or moved) of the
+//!                                            busiest team that evens it best with the idlest,
+//!                                            by writes a second, then bytes, as the moves
+//!                                            planned before it leave the teams
 //! ```
 //!
 //! A shard hot enough to unbalance teams alone is cut, round after round,
@@ -16,7 +18,9 @@
 //! closer than it found them (the shard's load is below their
 //! difference), so moves never chase one another back and forth; and
 //! splitting by writes, not only by bytes, is what lets a small range of
-//! hot keys spread at all.
+//! hot keys spread at all. Planning several moves at once, each on the
+//! loads the ones before it leave, spreads a new team's share in a few
+//! rounds instead of one round per shard.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,15 +71,17 @@ pub fn move_deadline(settings: &DistributionSettings, bytes: u64) -> Duration {
     Duration::from_secs_f64(2.0 * expected) + MOVE_SLACK
 }
 
-/// What the distributor does next: every split due, and at most one move.
+/// What the distributor does next: every split due, and the moves to
+/// start together.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub splits: Vec<Split>,
-    pub next_move: Option<Move>,
+    pub moves: Vec<Move>,
 }
 
 /// The changes due. `teams` are every team that may hold shards;
-/// `moving` says a move is in flight (no other starts until it ends).
+/// `moving` says a move is in flight (no other starts until every one
+/// ends: a moving shard's load counts for no team).
 pub fn plan(
     settings: &DistributionSettings,
     teams: &[StorageTeamId],
@@ -83,12 +89,17 @@ pub fn plan(
     moving: bool,
 ) -> Plan {
     let splits: Vec<Split> = shards.iter().filter_map(|s| split(settings, s)).collect();
-    let movable = |s: &ShardLoad| !splits.iter().any(|split| split.begin == s.begin);
-    let next_move = match moving {
-        true => None,
-        false => balance(
+    let mut moves: Vec<Move> = Vec::new();
+    // The shards as the planned moves leave them.
+    let mut after: Vec<ShardLoad> = shards.to_vec();
+    while !moving && moves.len() < settings.max_moves_in_flight {
+        let movable = |s: &ShardLoad| {
+            !splits.iter().any(|split| split.begin == s.begin)
+                && !moves.iter().any(|m| m.begin == s.begin)
+        };
+        let next = balance(
             teams,
-            shards,
+            &after,
             movable,
             settings.min_imbalance_writes_per_sec,
             |m| m.write_ops_per_sec,
@@ -97,15 +108,22 @@ pub fn plan(
         .or_else(|| {
             balance(
                 teams,
-                shards,
+                &after,
                 movable,
                 settings.min_imbalance_bytes,
                 |m| m.bytes,
                 "bytes",
             )
-        }),
-    };
-    Plan { splits, next_move }
+        });
+        let Some(next) = next else {
+            break;
+        };
+        if let Some(moved) = after.iter_mut().find(|s| s.begin == next.begin) {
+            moved.team = next.to;
+        }
+        moves.push(next);
+    }
+    Plan { splits, moves }
 }
 
 /// The cut of a shard over a limit, where its samples say: by the measure
@@ -225,6 +243,7 @@ mod tests {
             min_imbalance_bytes: 100_000,
             min_imbalance_writes_per_sec: 200,
             move_bytes_per_sec: 1_000_000,
+            max_moves_in_flight: 8,
         }
     }
 
@@ -249,7 +268,7 @@ mod tests {
         // Splits go on while a move is in flight.
         let planned = plan(&settings(), &teams, &shards, true);
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"c"[..]), (b"m", b"p")]);
-        assert_eq!(planned.next_move, None);
+        assert_eq!(planned.moves, []);
         // Over the bytes limit with no key to cut by bytes: cut by writes.
         big.metrics.split_by_bytes = None;
         big.metrics.split_by_writes = Some(Bytes::from_static(b"q"));
@@ -270,14 +289,15 @@ mod tests {
             shard("d", "e", 2, 400, 0),
         ];
         // Team 1 has 1700/s, team 3 none: half the difference is 850.
+        // Then team 3 is the busiest, and holds no other shard to give.
         let planned = plan(&settings(), &teams, &shards, false);
-        let Some(Move {
+        let [Move {
             begin, from, to, ..
-        }) = planned.next_move
+        }] = planned.moves.as_slice()
         else {
             panic!("{planned:?}")
         };
-        assert_eq!((begin.as_ref(), from, to), (&b"a"[..], team(1), team(3)));
+        assert_eq!((begin.as_ref(), *from, *to), (&b"a"[..], team(1), team(3)));
         // Not while another move is in flight.
         assert_eq!(plan(&settings(), &teams, &shards, true), Plan::default());
     }
@@ -303,8 +323,8 @@ mod tests {
         let shards = [hot, shard("b", "c", 1, 600, 0)];
         let planned = plan(&settings(), &teams, &shards, false);
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"a5"[..])]);
-        let moved = planned.next_move.map(|m| m.begin);
-        assert_eq!(moved.as_deref(), Some(&b"b"[..]));
+        let moved: Vec<&[u8]> = planned.moves.iter().map(|m| m.begin.as_ref()).collect();
+        assert_eq!(moved, [&b"b"[..]]);
     }
 
     #[test]
@@ -328,7 +348,40 @@ mod tests {
             shard("m", "z", 2, 150, 100_000),
         ];
         let planned = plan(&settings(), &teams, &shards, false);
-        let moved = planned.next_move.map(|m| (m.begin, m.to));
-        assert_eq!(moved, Some((Bytes::from_static(b"f"), team(2))));
+        let moved: Vec<_> = planned.moves.iter().map(|m| (&m.begin, m.to)).collect();
+        assert_eq!(moved, [(&Bytes::from_static(b"f"), team(2))]);
+    }
+
+    #[test]
+    fn a_new_team_gets_its_share_in_one_round_each_move_planned_on_the_loads_the_others_leave() {
+        let teams = [team(1), team(2), team(3)];
+        let shards = [
+            shard("a", "b", 1, 0, 500_000),
+            shard("b", "c", 1, 0, 500_000),
+            shard("c", "d", 1, 0, 500_000),
+            shard("d", "e", 1, 0, 500_000),
+            shard("e", "f", 2, 0, 500_000),
+            shard("f", "g", 2, 0, 500_000),
+            shard("g", "h", 2, 0, 500_000),
+            shard("h", "i", 2, 0, 500_000),
+        ];
+        // Eight even shards over three teams: 3, 3 and 2 is as even as
+        // they go; a third move would only swap which team has two.
+        let planned = plan(&settings(), &teams, &shards, false);
+        let moved: Vec<_> = planned
+            .moves
+            .iter()
+            .map(|m| (m.begin.as_ref(), m.from, m.to))
+            .collect();
+        assert_eq!(
+            moved,
+            [(&b"a"[..], team(1), team(3)), (&b"e"[..], team(2), team(3))]
+        );
+        // At most max_moves_in_flight of them.
+        let one_at_a_time = DistributionSettings {
+            max_moves_in_flight: 1,
+            ..settings()
+        };
+        assert_eq!(plan(&one_at_a_time, &teams, &shards, false).moves.len(), 1);
     }
 }

@@ -12,9 +12,11 @@
 //!  status: what the last round found and did (`lines`)
 //! ```
 //!
-//! One round at a time, so one change at a time: a move runs to its end
-//! (or is taken back past its deadline: twice the time its bytes take at
-//! `move_bytes_per_sec`, plus 30 s) before the next round looks again. A round that cannot get a team's metrics changes nothing: it
+//! One round at a time: the moves a round plans run together, each to its
+//! end (or taken back past its deadline: twice the time its bytes, and
+//! those of the moves to the same team planned before it, take at
+//! `move_bytes_per_sec`, plus 30 s), and no round plans moves before they
+//! all ended. A round that cannot get a team's metrics changes nothing: it
 //! cannot tell a balanced cluster from one it half sees.
 
 use std::collections::BTreeMap;
@@ -41,16 +43,16 @@ struct Said {
     summary: Option<String>,
     /// The last round's splits, or why it changed nothing.
     round: Vec<String>,
-    /// The move under way, when it started, and how its destination's
-    /// servers last stood.
-    moving: Option<(String, tokio::time::Instant, Vec<ServerProgress>)>,
+    /// The moves under way, each with when it started and how its
+    /// destination's servers last stood.
+    moving: BTreeMap<usize, (String, tokio::time::Instant, Vec<ServerProgress>)>,
     /// How the last move ended.
     last_move: Option<String>,
 }
 
 impl Said {
     fn lines(&self) -> Vec<String> {
-        let moving = self.moving.iter().map(|(m, since, servers)| {
+        let moving = self.moving.values().map(|(m, since, servers)| {
             let mut line = format!("{m} (under way for {} s", since.elapsed().as_secs());
             for server in servers {
                 line.push_str(&format!("; {server}"));
@@ -72,10 +74,12 @@ impl Said {
 pub struct Distributing {
     settings: DistributionSettings,
     client: Arc<Client>,
-    rounds: tokio::task::JoinSet<Option<Move>>,
+    rounds: tokio::task::JoinSet<Vec<Move>>,
     moves: tokio::task::JoinSet<()>,
     ended_at: Option<tokio::time::Instant>,
     said: Arc<Mutex<Said>>,
+    /// Numbers the moves, so status keeps them apart.
+    moves_started: usize,
 }
 
 impl Distributing {
@@ -87,18 +91,19 @@ impl Distributing {
             moves: tokio::task::JoinSet::new(),
             ended_at: None,
             said: Arc::default(),
+            moves_started: 0,
         }
     }
 
-    /// Takes a checkpoint's shard map: starts the move the last round
+    /// Takes a checkpoint's shard map: starts the moves the last round
     /// chose, and a round when none is running and the last ended long
     /// enough ago.
     pub fn observe(&mut self, map: &ShardMap) {
         while self.moves.try_join_next().is_some() {}
         while let Some(ended) = self.rounds.try_join_next() {
             self.ended_at = Some(tokio::time::Instant::now());
-            if let (Ok(Some(chosen)), true) = (ended, self.moves.is_empty()) {
-                self.start_move(chosen);
+            if let (Ok(chosen), true) = (ended, self.moves.is_empty()) {
+                self.start_moves(chosen);
             }
         }
         let rested = self
@@ -122,21 +127,35 @@ impl Distributing {
         self.said.lock().unwrap_or_else(|e| e.into_inner()).lines()
     }
 
-    fn start_move(&mut self, chosen: Move) {
+    /// Starts the moves of one round, together. A team's servers copy
+    /// one range after another, so each move's deadline counts the bytes
+    /// of the moves to its team planned before it.
+    fn start_moves(&mut self, chosen: Vec<Move>) {
+        let mut bytes_to: BTreeMap<StorageTeamId, u64> = BTreeMap::new();
+        for chosen in chosen {
+            let queued = bytes_to.entry(chosen.to).or_default();
+            *queued += chosen.bytes;
+            let deadline = move_deadline(&self.settings, *queued);
+            self.moves_started += 1;
+            self.start_move(self.moves_started, chosen, deadline);
+        }
+    }
+
+    fn start_move(&mut self, number: usize, chosen: Move, deadline: Duration) {
         let client = self.client.clone();
         let said = self.said.clone();
-        let deadline = move_deadline(&self.settings, chosen.bytes);
         self.moves.spawn(async move {
             let doing = describe_move(&chosen);
             tracing::info!(%doing, ?deadline, "the data distributor moves a shard");
+            let started = (doing.clone(), tokio::time::Instant::now(), Vec::new());
             say(&said, |s| {
-                s.moving = Some((doing.clone(), tokio::time::Instant::now(), Vec::new()))
+                s.moving.insert(number, started);
             });
             let Move { begin, end, to, .. } = chosen;
             let moved = client
                 .move_range(begin, end, to, deadline, |servers| {
                     say(&said, |s| {
-                        if let Some((_, _, progress)) = &mut s.moving {
+                        if let Some((_, _, progress)) = s.moving.get_mut(&number) {
                             *progress = servers.to_vec();
                         }
                     })
@@ -151,7 +170,7 @@ impl Distributing {
             };
             tracing::info!(%doing, %done, "the data distributor's move ended");
             say(&said, |s| {
-                s.moving = None;
+                s.moving.remove(&number);
                 s.last_move = Some(format!("{doing}: {done}"));
             });
         });
@@ -171,16 +190,16 @@ struct Round {
 }
 
 impl Round {
-    /// Gathers the metrics, makes the splits due, and returns the move to
-    /// start, if any.
-    async fn run(&self, map: &ShardMap) -> Option<Move> {
+    /// Gathers the metrics, makes the splits due, and returns the moves
+    /// to start.
+    async fn run(&self, map: &ShardMap) -> Vec<Move> {
         let moving = self.moving || map.entries().any(|(_, a)| !a.dest.is_empty());
         let shards = match self.loads(map).await {
             Ok(shards) => shards,
             Err(why) => {
                 tracing::debug!(%why, "the data distributor changes nothing this round");
                 say(&self.said, |s| s.round = vec![why]);
-                return None;
+                return Vec::new();
             }
         };
         let teams: Vec<StorageTeamId> = self.client.teams().collect();
@@ -207,7 +226,7 @@ impl Round {
             s.summary = Some(summary);
             s.round = round;
         });
-        planned.next_move
+        planned.moves
     }
 
     /// The settled shards of each team, with their metrics from one of the
@@ -292,11 +311,14 @@ mod tests {
             problem: None,
         };
         let said = Said {
-            moving: Some((
-                "moving [a, b) (about 32.0 MiB) from team-1 to team-2: why".to_owned(),
-                tokio::time::Instant::now(),
-                vec![progress(200, false), progress(201, true)],
-            )),
+            moving: BTreeMap::from([(
+                1,
+                (
+                    "moving [a, b) (about 32.0 MiB) from team-1 to team-2: why".to_owned(),
+                    tokio::time::Instant::now(),
+                    vec![progress(200, false), progress(201, true)],
+                ),
+            )]),
             last_move: Some("moving [x, y): flipped at version 9".to_owned()),
             ..Said::default()
         };
