@@ -90,6 +90,8 @@ enum BenchCommand {
     Rebuild(bench::CopyBenchArgs),
     /// A loaded key range moving to another team on an idle cluster, next to a scan.
     Move(bench::CopyBenchArgs),
+    /// Source document 001's experiment: a third team joins under load and the table spreads.
+    Scale(bench::scale::ScaleBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -160,6 +162,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             which: BenchCommand::Move(args),
         } => runtime.block_on(bench::moves::run(args)),
+        Command::Bench {
+            which: BenchCommand::Scale(args),
+        } => runtime.block_on(bench::scale::run(args)),
     }
 }
 

@@ -74,7 +74,21 @@ pub(super) const LOADED_END: &[u8] = b"l";
 /// Writes `mib` MiB in values of `value_bytes` under distinct 12-byte
 /// keys; returns the last version.
 pub(super) async fn load(client: &Arc<Client>, mib: u64, value_bytes: usize) -> Result<Version> {
-    let pairs = (mib << 20) as usize / (value_bytes + 12);
+    load_pairs(
+        client,
+        (mib << 20) as usize / (value_bytes + 12),
+        value_bytes,
+    )
+    .await
+}
+
+/// Writes `pairs` values of `value_bytes` under the keys `k` and eleven
+/// digits, numbered from 0; returns the last version.
+pub(super) async fn load_pairs(
+    client: &Arc<Client>,
+    pairs: usize,
+    value_bytes: usize,
+) -> Result<Version> {
     let commits = pairs.div_ceil(PAIRS_PER_COMMIT);
     let mut tasks = Vec::new();
     for writer in 0..WRITERS {
@@ -83,9 +97,10 @@ pub(super) async fn load(client: &Arc<Client>, mib: u64, value_bytes: usize) -> 
         tasks.push(tokio::spawn(async move {
             let mut last = Version::ZERO;
             for commit in (writer..commits).step_by(WRITERS) {
-                let mutations = (0..PAIRS_PER_COMMIT)
+                let first = commit * PAIRS_PER_COMMIT;
+                let mutations = (first..pairs.min(first + PAIRS_PER_COMMIT))
                     .map(|i| Mutation::SetValue {
-                        key: Bytes::from(format!("k{:011}", commit * PAIRS_PER_COMMIT + i)),
+                        key: Bytes::from(format!("k{i:011}")),
                         value: value.clone(),
                     })
                     .collect();

@@ -2,7 +2,8 @@
 //! local cluster against the TLog-only ceiling, a storage server's
 //! catch-up against raw heed, how long commits stop when a process of
 //! each role is killed, how fast a storage server that lost its data
-//! rebuilds from a teammate, and how fast a range moves to another team. Each prints a table and writes JSON; the
+//! rebuilds from a teammate, how fast a range moves to another team, and
+//! how a cluster fares while it scales from two teams to three. Each prints a table and writes JSON; the
 //! figures of record are in BENCHMARKS.md.
 
 mod baseline;
@@ -12,6 +13,7 @@ mod measure;
 pub mod moves;
 pub mod rebuild;
 pub mod recovery;
+pub mod scale;
 pub mod storage;
 pub mod tlog;
 

@@ -29,10 +29,11 @@ const GREEN_DARK: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 const ORANGE_DARK: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const ORANGE_LIGHT: RGBColor = RGBColor(0xff, 0xbb, 0x78);
 
-struct Line {
-    name: &'static str,
-    colour: RGBColor,
-    points: Vec<(f64, f64)>,
+/// One line of a panel: its legend, colour and points.
+pub(crate) struct Line {
+    pub name: String,
+    pub colour: RGBColor,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// Writes `series` as an SVG at `path`.
@@ -41,8 +42,8 @@ pub fn write_svg(path: &Path, title: &str, series: &[SecondPoint]) -> Result<()>
         .iter()
         .filter(|p| p.seconds >= SHORTEST_BUCKET)
         .collect();
-    let line = |name, colour, value: fn(&SecondPoint) -> f64| Line {
-        name,
+    let line = |name: &str, colour, value: fn(&SecondPoint) -> f64| Line {
+        name: name.to_owned(),
         colour,
         points: drawn
             .iter()
@@ -76,7 +77,9 @@ pub fn write_svg(path: &Path, title: &str, series: &[SecondPoint]) -> Result<()>
     Ok(())
 }
 
-fn panel(
+/// Draws `lines` into `area` over `0..end` seconds, the y axis from 0 to
+/// a little above the highest point.
+pub(crate) fn panel(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     label: &str,
     lines: &[Line],
@@ -113,7 +116,7 @@ fn panel(
                 colour.stroke_width(2),
             ))
             .map_err(plot_error)?
-            .label(line.name)
+            .label(line.name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3))
             });
@@ -144,7 +147,7 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
 
-fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
 
