@@ -388,20 +388,30 @@ fn factor(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
 
+impl Row {
+    /// The six factors, in the table's order.
+    fn factors(&self) -> [String; 6] {
+        [
+            self.avg_factor,
+            self.min_factor,
+            self.max_factor,
+            self.throughput_factor,
+            self.after_avg_factor,
+            self.after_throughput_factor,
+        ]
+        .map(factor)
+    }
+}
+
 fn line(row: &Row) -> String {
+    let [avg, min, max, throughput, after_avg, after_throughput] = row.factors();
     format!(
-        "{}, think {} ms: scaled in {}, shards per team {:?}; response time x{} (min x{}, max x{}), throughput x{}; after: response time x{}, throughput x{}",
+        "{}, think {} ms: scaled in {}, shards per team {:?}; response time x{avg} (min x{min}, max x{max}), throughput x{throughput}; after: response time x{after_avg}, throughput x{after_throughput}",
         row.workload,
         row.think_ms,
         row.scale_seconds
             .map_or_else(|| "(did not settle)".to_owned(), |s| format!("{s:.1} s")),
         row.shards_per_team,
-        factor(row.avg_factor),
-        factor(row.min_factor),
-        factor(row.max_factor),
-        factor(row.throughput_factor),
-        factor(row.after_avg_factor),
-        factor(row.after_throughput_factor),
     )
 }
 
@@ -412,18 +422,14 @@ fn table(rows: &[Row]) -> String {
          |---|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
+        let time = row
+            .scale_seconds
+            .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {time} | {} |\n",
             row.workload,
             row.think_ms,
-            row.scale_seconds
-                .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
-            factor(row.avg_factor),
-            factor(row.min_factor),
-            factor(row.max_factor),
-            factor(row.throughput_factor),
-            factor(row.after_avg_factor),
-            factor(row.after_throughput_factor),
+            row.factors().join(" | ")
         ));
     }
     out

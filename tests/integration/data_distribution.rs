@@ -196,21 +196,7 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
         .collect();
 
     let started = tokio::time::Instant::now();
-    let spread = loop {
-        if let Some(shards) = hot_shards(&cluster).await? {
-            let teams: BTreeSet<StorageTeamId> = shards.iter().map(|s| s.2).collect();
-            if teams.len() >= 2 {
-                break shards;
-            }
-        }
-        ensure!(
-            started.elapsed() < DEADLINE,
-            "the hot range never spread: {:?}; the distributor said {:?}",
-            hot_shards(&cluster).await?,
-            distribution_lines(&cluster).await?
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spread = settled_over_two_teams(&cluster, started).await?;
     println!(
         "spread over {} shards after {:?}: {spread:?}",
         spread.len(),
@@ -230,26 +216,68 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
-    let model = Arc::into_inner(model)
-        .context("writers done")?
-        .into_inner()
-        .unwrap();
+    let model = stop_writers(writers, &stop, model).await?;
     ensure!(
         model.values.len() as u64 > HOT_KEYS / 2,
         "few writes went through"
     );
-    // The distributor may still be moving pieces: the check reads the
-    // map and then every replica at a later version, and starts over
-    // when a server no longer holds its piece.
-    while !every_replica_holds_the_model(&cluster, &client, &model).await? {
-        ensure!(started.elapsed() < DEADLINE, "the map never held still");
+    check_replicas(&cluster, &client, &model, started).await?;
+    Ok(local.stop().await?)
+}
+
+/// Waits until the hot keys lie in settled shards on two teams or more;
+/// returns those shards.
+async fn settled_over_two_teams(
+    cluster: &ClusterFile,
+    since: tokio::time::Instant,
+) -> Result<Vec<(Bytes, Bytes, StorageTeamId)>> {
+    loop {
+        if let Some(shards) = hot_shards(cluster).await? {
+            let teams: BTreeSet<StorageTeamId> = shards.iter().map(|s| s.2).collect();
+            if teams.len() >= 2 {
+                return Ok(shards);
+            }
+        }
+        ensure!(
+            since.elapsed() < DEADLINE,
+            "the hot range never settled over two teams: {:?}; the distributor said {:?}",
+            hot_shards(cluster).await?,
+            distribution_lines(cluster).await.unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(local.stop().await?)
+}
+
+/// Stops the writers and returns what they did.
+async fn stop_writers(
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+    model: Arc<Mutex<Model>>,
+) -> Result<Model> {
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+    Ok(Arc::into_inner(model)
+        .context("writers done")?
+        .into_inner()
+        .unwrap())
+}
+
+/// Waits until every replica holds the model. The distributor may still
+/// be moving pieces: the check reads the map and then every replica at a
+/// later version, and starts over when a server no longer holds its piece.
+async fn check_replicas(
+    cluster: &ClusterFile,
+    client: &Client,
+    model: &Model,
+    since: tokio::time::Instant,
+) -> Result<()> {
+    while !every_replica_holds_the_model(cluster, client, model).await? {
+        ensure!(since.elapsed() < DEADLINE, "the map never held still");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,20 +323,7 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
     // The next controller takes the orphaned move over (or back): the
     // hot range settles on teams alone, over both of them.
     let killed_at = tokio::time::Instant::now();
-    let spread = loop {
-        if let Some(shards) = hot_shards(&cluster).await? {
-            let teams: BTreeSet<StorageTeamId> = shards.iter().map(|s| s.2).collect();
-            if teams.len() >= 2 {
-                break shards;
-            }
-        }
-        ensure!(
-            killed_at.elapsed() < DEADLINE,
-            "the hot range never settled after the kill: {:?}",
-            hot_shards(&cluster).await?
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spread = settled_over_two_teams(&cluster, killed_at).await?;
     ensure!(
         local.controller().await? != Some(killed),
         "the killed coordinator still named the controller"
@@ -319,18 +334,8 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
         killed_at.elapsed()
     );
 
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
-    let model = Arc::into_inner(model)
-        .context("writers done")?
-        .into_inner()
-        .unwrap();
-    while !every_replica_holds_the_model(&cluster, &client, &model).await? {
-        ensure!(killed_at.elapsed() < DEADLINE, "the map never held still");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let model = stop_writers(writers, &stop, model).await?;
+    check_replicas(&cluster, &client, &model, killed_at).await?;
     local
         .coordinators
         .insert(killed, Some(local.start_coordinator(killed).await?));
