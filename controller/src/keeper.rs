@@ -13,12 +13,13 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use client::Client;
 use cluster::DistributionSettings;
+use proto::key_text::escape;
 use proto::rpc::KeyRange;
 use proto::shard_map::ShardMap;
 use proto::system_keys::parse_key_servers_key;
@@ -113,6 +114,26 @@ pub struct Keeping {
     settings: DistributionSettings,
     client: Arc<Client>,
     drives: tokio::task::JoinSet<Bytes>,
+    said: Arc<Mutex<Said>>,
+}
+
+/// What the keeper says in status: the moves it drives, and how the last
+/// one ended.
+#[derive(Default)]
+struct Said {
+    driving: BTreeMap<Bytes, (String, tokio::time::Instant)>,
+    last: Option<String>,
+}
+
+impl Said {
+    fn lines(&self) -> Vec<String> {
+        let driving = self
+            .driving
+            .values()
+            .map(|(what, since)| format!("{what} (under way for {} s)", since.elapsed().as_secs()));
+        let last = self.last.iter().map(|l| format!("last takeover: {l}"));
+        driving.chain(last).collect()
+    }
 }
 
 impl Keeping {
@@ -122,7 +143,13 @@ impl Keeping {
             settings,
             client: Arc::new(client),
             drives: tokio::task::JoinSet::new(),
+            said: Arc::default(),
         }
+    }
+
+    /// The moves the controller drives, and how the last one ended.
+    pub fn lines(&self) -> Vec<String> {
+        self.said.lock().unwrap_or_else(|e| e.into_inner()).lines()
     }
 
     /// Takes a checkpoint's map and changes: notes the drives that ended,
@@ -141,20 +168,48 @@ impl Keeping {
             );
             let client = self.client.clone();
             let settings = self.settings;
+            let said = self.said.clone();
             self.drives.spawn(async move {
+                let what = format!(
+                    "taking over the move of [{}, {}) to {}, whose driver fell silent",
+                    escape(&takeover.begin),
+                    escape(&takeover.end),
+                    takeover.to
+                );
+                let started = (what.clone(), tokio::time::Instant::now());
+                say(&said, |s| {
+                    s.driving.insert(takeover.begin.clone(), started);
+                });
                 let deadline = takeover_deadline(&client, &settings, &takeover).await;
                 let Takeover { begin, end, to, .. } = takeover;
                 let driven = client
                     .move_range(begin.clone(), end, to, deadline, |_| {})
                     .await;
-                match driven {
-                    Ok(outcome) => tracing::info!(?begin, flipped = ?outcome.flipped, "a move taken over ended"),
-                    Err(e) => tracing::warn!(?begin, error = %e, "a move taken over did not flip"),
-                }
+                let ended = match driven {
+                    Ok(outcome) => {
+                        tracing::info!(?begin, flipped = ?outcome.flipped, "a move taken over ended");
+                        match outcome.flipped {
+                            Some(version) => format!("flipped at version {version}"),
+                            None => "nothing had to move".to_owned(),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(?begin, error = %e, "a move taken over did not flip");
+                        format!("did not flip: {e}")
+                    }
+                };
+                say(&said, |s| {
+                    s.driving.remove(&begin);
+                    s.last = Some(format!("{what}: {ended}"));
+                });
                 begin
             });
         }
     }
+}
+
+fn say(said: &Mutex<Said>, change: impl FnOnce(&mut Said)) {
+    change(&mut said.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// The deadline of a move taken over, from the shard's size as its source
@@ -253,5 +308,26 @@ mod tests {
         assert!(keeper.observe(0, &map(true), &[]).is_empty());
         assert!(keeper.observe(20_000, &map(false), &[]).is_empty());
         assert!(keeper.touched_ms.is_empty(), "forgotten once flipped");
+    }
+
+    #[test]
+    fn status_names_the_moves_taken_over_and_how_the_last_ended() {
+        let said = Said {
+            driving: BTreeMap::from([(
+                Bytes::from_static(b"c"),
+                (
+                    "taking over the move of [c, h) to team-2, whose driver fell silent".to_owned(),
+                    tokio::time::Instant::now(),
+                ),
+            )]),
+            last: Some("taking over the move of [a, b) to team-1, whose driver fell silent: flipped at version 7".to_owned()),
+        };
+        assert_eq!(
+            said.lines(),
+            [
+                "taking over the move of [c, h) to team-2, whose driver fell silent (under way for 0 s)",
+                "last takeover: taking over the move of [a, b) to team-1, whose driver fell silent: flipped at version 7",
+            ]
+        );
     }
 }

@@ -456,15 +456,17 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
                         let generations = summaries(state);
                         inner.set_status(|s| s.generations = generations);
                     }
+                    let mut lines = Vec::new();
                     if let Some(keeping) = &mut keeping {
                         let now = inner.clock.now_ms();
                         keeping.observe(now, &checkpoint.map, &checkpoint.changes);
+                        lines.extend(keeping.lines());
                     }
                     if let Some(distributing) = &mut distributing {
                         distributing.observe(&checkpoint.map);
-                        let lines = distributing.lines();
-                        inner.set_status(|s| s.distribution = lines);
+                        lines.extend(distributing.lines());
                     }
+                    inner.set_status(|s| s.distribution = lines);
                 }
                 Ok(None) => {}
                 Err(reason) => tracing::debug!(%reason, "no shard-map checkpoint this time"),

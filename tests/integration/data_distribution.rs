@@ -324,10 +324,29 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
     // hot range settles on teams alone, over both of them.
     let killed_at = tokio::time::Instant::now();
     let spread = settled_over_two_teams(&cluster, killed_at).await?;
+    let controller = local.controller().await?;
     ensure!(
-        local.controller().await? != Some(killed),
-        "the killed coordinator still named the controller"
+        controller.is_some_and(|c| c != killed),
+        "no live coordinator hosts the controller: {controller:?}"
     );
+    // Only the new controller's keeper can have finished the orphan (its
+    // distributor plans no move while a shard is moving), and it says so.
+    let controller = controller.context("the controller")?;
+    loop {
+        let said = distribution_lines_of(&cluster, controller).await?;
+        if said
+            .iter()
+            .any(|l| l.starts_with("last takeover: taking over the move of ["))
+        {
+            println!("the new controller says {said:?}");
+            break;
+        }
+        ensure!(
+            killed_at.elapsed() < DEADLINE,
+            "the new controller does not say it took the move over: {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!(
         "settled over {} shards {:?} after the kill: {spread:?}",
         spread.len(),
