@@ -586,7 +586,7 @@ impl Client {
                 server: *id,
                 pairs_copied: 0,
                 bytes_copied: 0,
-                size_left: Some(0),
+                size_left: None,
                 size_per_sec: 0,
                 ready: false,
                 problem: None,
@@ -601,6 +601,8 @@ impl Client {
             match status {
                 Ok(Message::StorageStatus(status)) => {
                     let mut ready = true;
+                    // Known once every piece being added has an estimate.
+                    standing.size_left = Some(0);
                     for piece in pieces {
                         let holds = piece
                             .src
@@ -636,14 +638,8 @@ impl Client {
                     }
                     standing.ready = ready;
                 }
-                Ok(other) => {
-                    standing.size_left = None;
-                    standing.problem = Some(format!("answered {}", other.name()));
-                }
-                Err(e) => {
-                    standing.size_left = None;
-                    standing.problem = Some(e);
-                }
+                Ok(other) => standing.problem = Some(format!("answered {}", other.name())),
+                Err(e) => standing.problem = Some(e),
             }
             servers.push(standing);
         }

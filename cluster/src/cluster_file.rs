@@ -172,7 +172,8 @@ pub struct DistributionSettings {
     /// (keys, values and a per-pair overhead) a second; a storage server's
     /// `--move-rate` overrides it. A move the distributor starts is taken
     /// back when it is not done within twice the time its shard's bytes
-    /// take at this rate, plus 30 s.
+    /// (and those of the moves to the same team planned before it) take
+    /// at this rate, plus 30 s.
     pub move_bytes_per_sec: u64,
     /// The most moves the distributor plans in one round and runs at once.
     pub max_moves_in_flight: usize,

@@ -83,10 +83,10 @@ pub struct Distributing {
 }
 
 impl Distributing {
-    pub fn new(settings: DistributionSettings, client: Client) -> Self {
+    pub fn new(settings: DistributionSettings, client: Arc<Client>) -> Self {
         Distributing {
             settings,
-            client: Arc::new(client),
+            client,
             rounds: tokio::task::JoinSet::new(),
             moves: tokio::task::JoinSet::new(),
             ended_at: None,
@@ -177,7 +177,8 @@ impl Distributing {
     }
 }
 
-fn say(said: &Mutex<Said>, change: impl FnOnce(&mut Said)) {
+/// Changes what a background task says in status.
+pub(crate) fn say<T>(said: &Mutex<T>, change: impl FnOnce(&mut T)) {
     change(&mut said.lock().unwrap_or_else(|e| e.into_inner()));
 }
 

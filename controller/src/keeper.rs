@@ -26,6 +26,7 @@ use proto::system_keys::parse_key_servers_key;
 use proto::{Mutation, StorageTeamId, Version};
 
 use crate::distribution::move_deadline;
+use crate::distributor::say;
 
 /// How long a shard may stay moving with no commit of its driver before
 /// the controller takes its move over.
@@ -137,11 +138,11 @@ impl Said {
 }
 
 impl Keeping {
-    pub fn new(settings: DistributionSettings, client: Client) -> Self {
+    pub fn new(settings: DistributionSettings, client: Arc<Client>) -> Self {
         Keeping {
             keeper: Keeper::default(),
             settings,
-            client: Arc::new(client),
+            client,
             drives: tokio::task::JoinSet::new(),
             said: Arc::default(),
         }
@@ -206,10 +207,6 @@ impl Keeping {
             });
         }
     }
-}
-
-fn say(said: &Mutex<Said>, change: impl FnOnce(&mut Said)) {
-    change(&mut said.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// The deadline of a move taken over, from the shard's size as its source

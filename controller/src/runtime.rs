@@ -435,17 +435,16 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut retired_at: Option<tokio::time::Instant> = None;
     let mut checkpointed_at: Option<tokio::time::Instant> = None;
     let settings = inner.config.cluster.distribution.unwrap_or_default();
-    let mut keeping = Client::new(&inner.config.cluster)
-        .map_err(|e| tracing::warn!(error = %e, "no client to take over moves with"))
+    // The keeper and the distributor move data through one client, with
+    // the controller's own identity: shard metrics are for members only.
+    let client = Client::with_transport(&inner.config.cluster, inner.config.transport.clone())
+        .map_err(|e| tracing::warn!(error = %e, "no client to move data with"))
         .ok()
-        .map(|client| Keeping::new(settings, client));
-    let mut distributing = match settings.enabled {
-        true => Client::with_transport(&inner.config.cluster, inner.config.transport.clone())
-            .map_err(|e| tracing::warn!(error = %e, "no client to distribute data with"))
-            .ok()
-            .map(|client| Distributing::new(settings, client)),
-        false => None,
-    };
+        .map(Arc::new);
+    let mut keeping = client.clone().map(|client| Keeping::new(settings, client));
+    let mut distributing = client
+        .filter(|_| settings.enabled)
+        .map(|client| Distributing::new(settings, client));
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {

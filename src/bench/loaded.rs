@@ -82,8 +82,13 @@ pub(super) async fn load(client: &Arc<Client>, mib: u64, value_bytes: usize) -> 
     .await
 }
 
-/// Writes `pairs` values of `value_bytes` under the keys `k` and eleven
-/// digits, numbered from 0; returns the last version.
+/// The key of the loaded pair numbered `i`: `k` and eleven digits.
+pub(super) fn loaded_key(i: u64) -> Bytes {
+    Bytes::from(format!("k{i:011}"))
+}
+
+/// Writes `pairs` values of `value_bytes` under the keys `loaded_key`
+/// numbers from 0; returns the last version.
 pub(super) async fn load_pairs(
     client: &Arc<Client>,
     pairs: usize,
@@ -100,7 +105,7 @@ pub(super) async fn load_pairs(
                 let first = commit * PAIRS_PER_COMMIT;
                 let mutations = (first..pairs.min(first + PAIRS_PER_COMMIT))
                     .map(|i| Mutation::SetValue {
-                        key: Bytes::from(format!("k{i:011}")),
+                        key: loaded_key(i as u64),
                         value: value.clone(),
                     })
                     .collect();

@@ -38,7 +38,7 @@ use proto::StorageTeamId;
 use serde::Serialize;
 use testkit::{ClusterSpec, LocalCluster};
 
-use super::loaded::{load_pairs, wait_durable, GIVE_UP};
+use super::loaded::{load_pairs, loaded_key, wait_durable, GIVE_UP};
 use workload::{Clients, Load, Operation, Second, Seconds};
 
 /// With no change to the shard map for this long, the distributor is
@@ -176,7 +176,7 @@ fn plan(args: &ScaleBenchArgs) -> Vec<(Option<Operation>, u64)> {
 }
 
 fn spec(args: &ScaleBenchArgs) -> ClusterSpec {
-    let middle = format!("k{:011}", args.rows / 2);
+    let middle = String::from_utf8_lossy(&loaded_key(args.rows / 2)).into_owned();
     ClusterSpec {
         coordinators: 1,
         workers: 2,

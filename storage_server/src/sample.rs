@@ -259,11 +259,20 @@ mod tests {
         for i in 0..1_000 {
             sample.set(&key(i), 5_000);
         }
-        assert_eq!(sample.bytes(&key(0), &key(1_000)), 1_000 * (7 + 5_000 + 32));
+        assert_eq!(
+            sample.bytes(&key(0), &key(1_000)),
+            1_000 * stored_size(7, 5_000)
+        );
         sample.clear(&key(100), &key(200));
         assert_eq!(sample.bytes(&key(100), &key(200)), 0);
-        assert_eq!(sample.bytes(&key(0), &key(100)), 100 * (7 + 5_000 + 32));
-        assert_eq!(sample.bytes(&key(200), &key(1_000)), 800 * (7 + 5_000 + 32));
+        assert_eq!(
+            sample.bytes(&key(0), &key(100)),
+            100 * stored_size(7, 5_000)
+        );
+        assert_eq!(
+            sample.bytes(&key(200), &key(1_000)),
+            800 * stored_size(7, 5_000)
+        );
         for i in 200..1_000 {
             sample.set(&key(i), 0);
         }

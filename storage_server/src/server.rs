@@ -456,7 +456,11 @@ impl<E: KvEngine> Service for StorageService<E> {
         match request {
             Message::GetRange(_) => MAX_RANGE_REPLY_BYTES + REPLY_SLACK,
             Message::GetValue(_) => REPLY_SLACK,
-            Message::ShardMetrics(ranges) => ranges.len() * SHARD_METRICS_BOUND + REPLY_SLACK,
+            // More ranges than allowed get a short refusal.
+            Message::ShardMetrics(ranges) => {
+                ranges.len().min(proto::rpc::MAX_SHARD_METRICS_RANGES) * SHARD_METRICS_BOUND
+                    + REPLY_SLACK
+            }
             _ => proto::transport::SMALL_REPLY_BOUND,
         }
     }

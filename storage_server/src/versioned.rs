@@ -163,11 +163,7 @@ fn sample_engine<E: KvEngine + ?Sized>(engine: &E) -> Result<ByteSample, StoreEr
             sample.set(key, value.len());
         }
         match page.last() {
-            Some((last, _)) if page.len() == SAMPLE_PAGE => {
-                let mut next = last.to_vec();
-                next.push(0);
-                from = Bytes::from(next);
-            }
+            Some((last, _)) if page.len() == SAMPLE_PAGE => from = proto::key_after(last),
             _ => return Ok(sample),
         }
     }

@@ -21,6 +21,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::bench::loaded::loaded_key;
+
 /// What each client does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -160,11 +162,6 @@ impl Clients {
     }
 }
 
-/// A row's key, as `bench::loaded::load` writes it.
-fn row_key(row: u64) -> Bytes {
-    Bytes::from(format!("k{row:011}"))
-}
-
 async fn once(
     client: &Client,
     operation: Operation,
@@ -173,14 +170,14 @@ async fn once(
     rng: &mut StdRng,
 ) -> Result<()> {
     let set = |rng: &mut StdRng| Mutation::SetValue {
-        key: row_key(rng.random_range(0..rows)),
+        key: loaded_key(rng.random_range(0..rows)),
         value: value.clone(),
     };
     match operation {
         Operation::Read => {
             let version = client.read_version().await?;
             client
-                .get(&row_key(rng.random_range(0..rows)), version)
+                .get(&loaded_key(rng.random_range(0..rows)), version)
                 .await?;
         }
         Operation::Update => {

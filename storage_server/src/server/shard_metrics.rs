@@ -19,21 +19,7 @@ impl<E: KvEngine> Inner<E> {
         &self,
         ranges: &[KeyRange],
     ) -> Result<Vec<ShardMetrics>, ErrorReply> {
-        if ranges.len() > MAX_SHARD_METRICS_RANGES {
-            return Err(ErrorReply::new(
-                ErrorCode::MalformedRequest,
-                format!(
-                    "{} ranges asked about at once; at most {MAX_SHARD_METRICS_RANGES}",
-                    ranges.len()
-                ),
-            ));
-        }
-        if let Some(r) = ranges.iter().find(|r| r.begin > r.end) {
-            return Err(ErrorReply::new(
-                ErrorCode::InvalidRange,
-                format!("range {:?}..{:?} ends before it begins", r.begin, r.end),
-            ));
-        }
+        check(ranges)?;
         // Each sample under its own lock, so applies wait for neither
         // longer than its part.
         let held: Vec<(u64, Option<Vec<u8>>)> = {
@@ -65,5 +51,50 @@ impl<E: KvEngine> Inner<E> {
                 }
             })
             .collect())
+    }
+}
+
+/// Refuses a request over `MAX_SHARD_METRICS_RANGES` ranges, or with a
+/// range that ends before it begins.
+fn check(ranges: &[KeyRange]) -> Result<(), ErrorReply> {
+    if ranges.len() > MAX_SHARD_METRICS_RANGES {
+        return Err(ErrorReply::new(
+            ErrorCode::MalformedRequest,
+            format!(
+                "{} ranges asked about at once; at most {MAX_SHARD_METRICS_RANGES}",
+                ranges.len()
+            ),
+        ));
+    }
+    if let Some(r) = ranges.iter().find(|r| r.begin > r.end) {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidRange,
+            format!("range {:?}..{:?} ends before it begins", r.begin, r.end),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn range(begin: &'static [u8], end: &'static [u8]) -> KeyRange {
+        KeyRange {
+            begin: Bytes::from_static(begin),
+            end: Bytes::from_static(end),
+        }
+    }
+
+    #[test]
+    fn too_many_ranges_or_an_inverted_one_is_refused() {
+        assert!(check(&[]).is_ok());
+        assert!(check(&[range(b"a", b"a"), range(b"a", b"z")]).is_ok());
+        let many = vec![range(b"a", b"b"); MAX_SHARD_METRICS_RANGES + 1];
+        assert_eq!(check(&many).unwrap_err().code, ErrorCode::MalformedRequest);
+        let inverted = [range(b"a", b"b"), range(b"z", b"a")];
+        assert_eq!(check(&inverted).unwrap_err().code, ErrorCode::InvalidRange);
     }
 }
