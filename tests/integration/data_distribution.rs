@@ -274,7 +274,10 @@ async fn check_replicas(
     since: tokio::time::Instant,
 ) -> Result<()> {
     while !every_replica_holds_the_model(cluster, client, model).await? {
-        ensure!(since.elapsed() < DEADLINE, "the map never held still");
+        ensure!(
+            since.elapsed() < DEADLINE,
+            "no version at which the map held still and every read went through"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -364,7 +367,8 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
 /// Whether every server of each hot piece's team, as the recorded map
 /// places it, holds what the model says at a version after the last
 /// acknowledged write, and every other server refuses it; `false` when
-/// the map changed under the reads.
+/// the map changed under the reads or they outlasted the window of
+/// versions.
 async fn every_replica_holds_the_model(
     cluster: &ClusterFile,
     client: &Client,
@@ -389,6 +393,7 @@ async fn every_replica_holds_the_model(
             let range = (begin.clone(), end.clone());
             match held_in(cluster, server.0, range, version).await? {
                 Err(ErrorCode::WrongShardServer) => {}
+                Err(ErrorCode::TransactionTooOld) => return Ok(false),
                 answered => bail!(
                     "server {server}, not of team {team}, answered for [{begin:?}, {end:?}): {:?}",
                     answered.map(|pairs| pairs.len())
@@ -399,7 +404,12 @@ async fn every_replica_holds_the_model(
             let range = (begin.clone(), end.clone());
             let pairs = match held_in(cluster, server.0, range, version).await? {
                 Ok(pairs) => pairs,
-                Err(ErrorCode::WrongShardServer) => return Ok(false),
+                // The map changed under the reads, or the read of a large
+                // piece outlasted the servers' window of versions: again,
+                // at a new version.
+                Err(ErrorCode::WrongShardServer | ErrorCode::TransactionTooOld) => {
+                    return Ok(false)
+                }
                 Err(code) => bail!("server {server} refused: {code}"),
             };
             let held: BTreeMap<&Bytes, &Bytes> = pairs.iter().map(|(k, v)| (k, v)).collect();
