@@ -321,6 +321,7 @@ impl Client {
                     limit: u32::try_from(limit - pairs.len()).unwrap_or(u32::MAX),
                     reverse,
                     version,
+                    copy: false,
                 });
                 let reply = match self.ask_servers(location, request).await? {
                     Message::GetRangeReply(reply) => reply,

@@ -259,6 +259,10 @@ pub struct GetRangeRequest {
     pub limit: u32,
     pub reverse: bool,
     pub version: Version,
+    /// Read for a copy (a move or a rebuild), which yields to the server's
+    /// foreground reads and may end its page early to do so (`more` says
+    /// so). Only forward reads are served this way.
+    pub copy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

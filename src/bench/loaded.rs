@@ -186,6 +186,7 @@ pub(super) async fn scan(
             limit: 10_000,
             reverse: false,
             version,
+            copy: false,
         };
         let Message::GetRangeReply(reply) = client.call(Message::GetRange(request)).await? else {
             bail!("a range read got another reply");

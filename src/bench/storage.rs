@@ -263,6 +263,7 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
                             limit: 100,
                             reverse: false,
                             version: last,
+                            copy: false,
                         })
                     };
                     reader.call(request).await?;

@@ -162,6 +162,7 @@ impl ReplayTarget for LogTarget {
                         limit: *limit,
                         reverse: false,
                         version,
+                        copy: false,
                     })
                     .await
                     .map(drop),
@@ -199,6 +200,7 @@ impl ReplayTarget for LogTarget {
                     limit: MAX_RANGE_LIMIT,
                     reverse: false,
                     version,
+                    copy: false,
                 };
                 let page = self
                     .until_applied(|| self.storage.get_range(request.clone()))

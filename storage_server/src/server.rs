@@ -23,15 +23,17 @@
 //! `teamlog_storage_mutation_bytes_applied_total`; per flush
 //! `teamlog_storage_durable_version`; per read
 //! `teamlog_storage_reads_total{kind}`, `teamlog_storage_read_errors_total{kind}`
-//! and `teamlog_storage_read_latency_seconds{kind}` (kind `get` or
-//! `get_range`); once a second, after asking the sequencer for the committed
+//! and `teamlog_storage_read_latency_seconds{kind}` (kind `get`,
+//! `get_range`, or `copy` for a move's or rebuild's read, which yields to
+//! the others: `teamlog_storage_copy_yields_total` counts its waits); once
+//! a second, after asking the sequencer for the committed
 //! version, `teamlog_storage_lag_versions` (committed − applied) and
 //! `teamlog_storage_window_bytes`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
@@ -40,13 +42,10 @@ use cursor::{
     CursorError, GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, SourceError,
     TLogSource, TeamSet,
 };
-use proto::rpc::{
-    ErrorCode, ErrorReply, GetRangeReply, GetRangeRequest, GetValueReply, GetValueRequest, Message,
-    StorageStatusReply,
-};
+use proto::rpc::{ErrorCode, ErrorReply, Message, StorageStatusReply};
 use proto::shard_map::ShardMap;
 use proto::signal::Signal;
-use proto::system_keys::{parse_key_servers_key, USER_KEYS_END};
+use proto::system_keys::parse_key_servers_key;
 use proto::team_set::parse_team_set_key;
 use proto::transport::{ClientConfig, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
@@ -56,11 +55,13 @@ use crate::engine::KvEngine;
 use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::{ranges_left, Ownership};
 use crate::sample::WriteSample;
-use crate::versioned::{ReadError, StoreError, VersionedStore, WindowConfig};
+use crate::versioned::{StoreError, VersionedStore, WindowConfig};
 
 mod apply_loop;
 mod copy_progress;
 mod fetch;
+mod lazy_copy;
+mod reads;
 mod rebuild;
 mod shard_metrics;
 
@@ -196,6 +197,8 @@ struct Inner<E: KvEngine> {
     /// Wakes the fetch of ranges being added when their state changed.
     adding_changed: Arc<tokio::sync::Notify>,
     copy_progress: Mutex<copy_progress::CopyProgress>,
+    /// Foreground reads in flight, which copies yield to.
+    lanes: lazy_copy::Lanes,
     /// Sampled user writes, for the data distributor. Locked last.
     write_sample: Mutex<WriteSample>,
     /// When the server started: the write sample's clock.
@@ -289,6 +292,7 @@ impl<E: KvEngine> StorageService<E> {
             adding: Mutex::new(adding),
             adding_changed: Arc::new(tokio::sync::Notify::new()),
             copy_progress: Mutex::default(),
+            lanes: lazy_copy::Lanes::new(),
             write_sample: Mutex::new(WriteSample::new(config.id.0)),
             started: tokio::time::Instant::now(),
             config,
@@ -305,102 +309,6 @@ impl<E: KvEngine> StorageService<E> {
 
     pub fn durable_version(&self) -> Version {
         self.inner.store().durable_version()
-    }
-
-    /// Waits until `version` is applied, up to the configured read wait.
-    /// A server copying from its teammates has nothing to read yet.
-    async fn wait_for(&self, version: Version) -> Result<(), ErrorReply> {
-        if let Some(what) = self.inner.rebuilding() {
-            return Err(ErrorReply::new(
-                ErrorCode::FutureVersion,
-                format!("version {version} is not applied: rebuilding from teammates ({what})"),
-            ));
-        }
-        let reached = tokio::time::timeout(
-            self.inner.config.read_wait,
-            self.inner.applied.wait_for(|a| *a >= version),
-        )
-        .await;
-        match reached {
-            Ok(_) => Ok(()),
-            _ => Err(ErrorReply::new(
-                ErrorCode::FutureVersion,
-                format!(
-                    "version {version} is not applied yet (at {})",
-                    self.applied_version()
-                ),
-            )),
-        }
-    }
-
-    pub async fn get(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
-        let started = Instant::now();
-        let result = self.get_unmeasured(request).await;
-        count_read("get", started, result.is_ok());
-        result
-    }
-
-    async fn get_unmeasured(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
-        self.wait_for(request.version).await?;
-        if !self
-            .inner
-            .serves(&request.key, &request.key, request.version)
-        {
-            return Err(wrong_shard(request.version));
-        }
-        let value = self
-            .inner
-            .store()
-            .get(&request.key, request.version)
-            .map_err(read_error)?;
-        Ok(GetValueReply { value })
-    }
-
-    pub async fn get_range(&self, request: GetRangeRequest) -> Result<GetRangeReply, ErrorReply> {
-        let started = Instant::now();
-        let result = self.get_range_unmeasured(request).await;
-        count_read("get_range", started, result.is_ok());
-        result
-    }
-
-    async fn get_range_unmeasured(
-        &self,
-        request: GetRangeRequest,
-    ) -> Result<GetRangeReply, ErrorReply> {
-        if request.begin > request.end || request.end.as_ref() > USER_KEYS_END {
-            return Err(ErrorReply::new(
-                ErrorCode::InvalidRange,
-                format!(
-                    "range [{:?}, {:?}) is reversed or reaches into the system keys",
-                    request.begin, request.end
-                ),
-            ));
-        }
-        self.wait_for(request.version).await?;
-        if !self
-            .inner
-            .serves(&request.begin, &request.end, request.version)
-        {
-            return Err(wrong_shard(request.version));
-        }
-        let limit = request.limit.clamp(1, MAX_RANGE_LIMIT) as usize;
-        let mut pairs = self
-            .inner
-            .store()
-            .get_range_within(
-                &request.begin,
-                &request.end,
-                limit + 1,
-                MAX_RANGE_REPLY_BYTES,
-                request.reverse,
-                request.version,
-            )
-            .map_err(read_error)?;
-        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-        // Stopped by the byte limit: there may be more (the next page says).
-        let more = pairs.len() > limit || bytes >= MAX_RANGE_REPLY_BYTES;
-        pairs.truncate(limit);
-        Ok(GetRangeReply { pairs, more })
     }
 
     pub async fn status(&self) -> StorageStatusReply {
@@ -481,18 +389,6 @@ impl<E: KvEngine> Service for StorageService<E> {
                 )),
             }
         });
-    }
-}
-
-/// Counts one read in the metrics; only successful reads are timed, so
-/// refusals (which answer at once) do not hide slow reads.
-fn count_read(kind: &'static str, started: Instant, ok: bool) {
-    metrics::counter!("teamlog_storage_reads_total", "kind" => kind).increment(1);
-    if ok {
-        metrics::histogram!("teamlog_storage_read_latency_seconds", "kind" => kind)
-            .record(started.elapsed().as_secs_f64());
-    } else {
-        metrics::counter!("teamlog_storage_read_errors_total", "kind" => kind).increment(1);
     }
 }
 
@@ -825,20 +721,4 @@ async fn run_lag_gauges<E: KvEngine>(inner: Weak<Inner<E>>) {
             Err(e) => tracing::debug!(error = %e, "no committed version for the lag gauge"),
         }
     }
-}
-
-fn wrong_shard(version: Version) -> ErrorReply {
-    ErrorReply::new(
-        ErrorCode::WrongShardServer,
-        format!("this server does not hold those keys at {version}"),
-    )
-}
-
-fn read_error(e: ReadError) -> ErrorReply {
-    let code = match &e {
-        ReadError::TooOld { .. } => ErrorCode::TransactionTooOld,
-        ReadError::FutureVersion { .. } => ErrorCode::FutureVersion,
-        _ => ErrorCode::Unknown,
-    };
-    ErrorReply::new(code, e.to_string())
 }

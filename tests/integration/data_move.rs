@@ -1,6 +1,6 @@
 //! A key range moves to another team and back while writers set, append
-//! to and clear its keys, and one destination server is killed with
-//! SIGKILL while it copies: after each move both servers of the new team
+//! to and clear its keys, with one destination server killed with SIGKILL
+//! while it copies, and on the way back one source server: after each move both servers of the new team
 //! hold exactly what the acknowledged commits wrote, the old team's
 //! servers refuse the range, and clients read it where it now lives. A
 //! move whose driver dies mid-copy (a source server killed then too) is
@@ -281,6 +281,7 @@ pub(crate) async fn held_in(
             limit: 10_000,
             reverse: false,
             version,
+            copy: false,
         };
         match client.call(Message::GetRange(request)).await {
             Ok(Message::GetRangeReply(reply)) => {
@@ -392,7 +393,8 @@ async fn check_moved(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy() -> Result<()> {
+async fn a_range_moves_and_back_under_writes_with_a_destination_then_a_source_killed_mid_copy(
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (mut local, client, mut writing) = preloaded_under_writes(dir.path(), &spec()).await?;
     let cluster = local.cluster.clone();
@@ -400,10 +402,7 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
     // To team 2, with server 200 killed once it is copying, and back.
     let moving = spawn_move(&client, 2);
     wait_until_copying(&cluster, 200, &moving).await?;
-    let server = local.storage.get_mut(&200).and_then(Option::take);
-    server.context("server 200 running")?.kill9().await?;
-    let server = local.start_storage(200).await?;
-    local.storage.insert(200, Some(server));
+    kill9_and_restart(&mut local, 200).await?;
     let outcome = moving.await??;
     let flipped = outcome.flipped.context("the range moved")?;
     check_moved(
@@ -418,16 +417,28 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
 
     writing.resume();
 
-    let mut heard = Vec::new();
-    let back = client
-        .move_range(
-            Bytes::from_static(BEGIN),
-            Bytes::from_static(END),
-            StorageTeamId(1),
-            DEADLINE,
-            |servers| heard.extend_from_slice(servers),
-        )
-        .await?;
+    // Back to team 1, with server 200, the source team 1's servers copy
+    // from first, killed once server 100 copies: they copy on from 201,
+    // and 200, back, gives the range up at the flip like 201.
+    let moving_back = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut heard = Vec::new();
+            let outcome = client
+                .move_range(
+                    Bytes::from_static(BEGIN),
+                    Bytes::from_static(END),
+                    StorageTeamId(1),
+                    DEADLINE,
+                    |servers| heard.extend_from_slice(servers),
+                )
+                .await;
+            outcome.map(|outcome| (outcome, heard))
+        })
+    };
+    wait_until_copying(&cluster, 100, &moving_back).await?;
+    kill9_and_restart(&mut local, 200).await?;
+    let (back, heard) = moving_back.await??;
     check_estimates(&heard, &back.servers)?;
     let flipped = back.flipped.context("the range moved back")?;
     check_moved(
@@ -440,6 +451,18 @@ async fn a_range_moves_and_back_under_writes_with_a_destination_killed_mid_copy(
     )
     .await?;
     Ok(local.stop().await?)
+}
+
+/// Kills storage server `id` with SIGKILL and starts it again.
+async fn kill9_and_restart(local: &mut LocalCluster, id: u64) -> Result<()> {
+    let server = local.storage.get_mut(&id).and_then(Option::take);
+    server
+        .with_context(|| format!("server {id} running"))?
+        .kill9()
+        .await?;
+    let server = local.start_storage(id).await?;
+    local.storage.insert(id, Some(server));
+    Ok(())
 }
 
 /// While they copied, the destination's servers said how much was left,

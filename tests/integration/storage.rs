@@ -122,6 +122,7 @@ async fn server_range(
         limit: 10_000,
         reverse: false,
         version,
+        copy: false,
     };
     match client.call(Message::GetRange(request)).await? {
         Message::GetRangeReply(reply) => Ok(reply.pairs),
@@ -253,6 +254,7 @@ async fn reads_match_the_model(spec: ClusterSpec) -> Result<()> {
         limit: 10,
         reverse: false,
         version: last,
+        copy: false,
     };
     match server.call(Message::GetRange(request)).await {
         Err(RpcError::Remote { code, .. }) => ensure!(code == ErrorCode::InvalidRange),

@@ -33,6 +33,7 @@ fn whole_range(version: Version) -> GetRangeRequest {
         limit: 10_000,
         reverse: false,
         version,
+        copy: false,
     }
 }
 

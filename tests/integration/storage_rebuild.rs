@@ -89,6 +89,7 @@ pub(crate) async fn held_before(
             limit: 10_000,
             reverse: false,
             version,
+            copy: false,
         };
         match client.call(Message::GetRange(request)).await {
             Ok(Message::GetRangeReply(reply)) => {

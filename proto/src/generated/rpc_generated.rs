@@ -4346,6 +4346,7 @@ impl<'a> GetRangeRequest<'a> {
   pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
   pub const VT_REVERSE: ::flatbuffers::VOffsetT = 10;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 12;
+  pub const VT_COPY: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4361,6 +4362,7 @@ impl<'a> GetRangeRequest<'a> {
     builder.add_limit(args.limit);
     if let Some(x) = args.end { builder.add_end(x); }
     if let Some(x) = args.begin { builder.add_begin(x); }
+    builder.add_copy(args.copy);
     builder.add_reverse(args.reverse);
     builder.finish()
   }
@@ -4401,6 +4403,13 @@ impl<'a> GetRangeRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(GetRangeRequest::VT_VERSION, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn copy(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GetRangeRequest::VT_COPY, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetRangeRequest<'_> {
@@ -4414,6 +4423,7 @@ impl ::flatbuffers::Verifiable for GetRangeRequest<'_> {
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .visit_field::<bool>("reverse", Self::VT_REVERSE, false)?
      .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<bool>("copy", Self::VT_COPY, false)?
      .finish();
     Ok(())
   }
@@ -4424,6 +4434,7 @@ pub struct GetRangeRequestArgs<'a> {
     pub limit: u32,
     pub reverse: bool,
     pub version: u64,
+    pub copy: bool,
 }
 impl<'a> Default for GetRangeRequestArgs<'a> {
   #[inline]
@@ -4434,6 +4445,7 @@ impl<'a> Default for GetRangeRequestArgs<'a> {
       limit: 0,
       reverse: false,
       version: 0,
+      copy: false,
     }
   }
 }
@@ -4464,6 +4476,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetRangeRequestBuilder<'a, 'b
     self.fbb_.push_slot::<u64>(GetRangeRequest::VT_VERSION, version, 0);
   }
   #[inline]
+  pub fn add_copy(&mut self, copy: bool) {
+    self.fbb_.push_slot::<bool>(GetRangeRequest::VT_COPY, copy, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetRangeRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GetRangeRequestBuilder {
@@ -4486,6 +4502,7 @@ impl ::core::fmt::Debug for GetRangeRequest<'_> {
       ds.field("limit", &self.limit());
       ds.field("reverse", &self.reverse());
       ds.field("version", &self.version());
+      ds.field("copy", &self.copy());
       ds.finish()
   }
 }

@@ -222,6 +222,15 @@ fn every_message() -> Vec<Message> {
             limit: 10,
             reverse: true,
             version: Version(15),
+            copy: false,
+        }),
+        Message::GetRange(GetRangeRequest {
+            begin: Bytes::from_static(b"a"),
+            end: Bytes::from_static(b"z"),
+            limit: 10,
+            reverse: false,
+            version: Version(15),
+            copy: true,
         }),
         Message::GetRangeReply(GetRangeReply {
             pairs: vec![
@@ -540,6 +549,7 @@ fn request_and_reply_kinds_are_told_apart() {
             "get_read_version",
             "client_commit",
             "get_value",
+            "get_range",
             "get_range",
             "get_key_location",
             "raft",

@@ -12,7 +12,10 @@
 //! The sources are the servers of the shard's source teams by the
 //! server's current shard map, without itself: after a flip that came
 //! before its copy was done, those are its own teammates. With a rate set,
-//! the fetch pauses after each page so that it reads no faster. Every few
+//! the fetch pauses after each page so that it reads no faster. Its reads
+//! are copy reads, which the source serves after its foreground reads, and
+//! it waits a moment for this server's own before each page (`lazy_copy`).
+//! Every few
 //! seconds it also asks a source how much of the range is left (its byte
 //! sample's estimate), for status (`copy_progress`).
 
@@ -36,7 +39,11 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
         .with_max_delay(MAX_RETRY_DELAY)
         .without_max_times();
     let mut delays = retry_policy.build();
-    let mut next_source = 0usize;
+    // Teammates start at different sources, so a team's copies read from
+    // as many servers as the source team has.
+    let mut next_source = inner
+        .upgrade()
+        .map_or(0, |strong| strong.config.id.0 as usize);
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -59,6 +66,8 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
         {
             estimate_left(&strong, &request, next_source).await;
         }
+        // This server's own reads go first here too (see `lazy_copy`).
+        strong.lanes.yield_to_foreground(lazy_copy::MAX_YIELD).await;
         match read_page(&strong, &request, next_source).await {
             Ok(page) => {
                 delays = retry_policy.build();
@@ -165,6 +174,7 @@ async fn read_page<E: KvEngine>(
         limit: MAX_RANGE_LIMIT,
         reverse: false,
         version,
+        copy: true,
     };
     let peer = Peer::new(address, inner.config.transport.clone());
     let reply = async { peer.client().await?.call(Message::GetRange(read)).await }

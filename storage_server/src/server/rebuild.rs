@@ -200,6 +200,7 @@ impl Copy {
                     limit: MAX_RANGE_LIMIT,
                     reverse: false,
                     version,
+                    copy: true,
                 };
                 let peer = Peer::new(peer_addr, strong.config.transport.clone());
                 let reply = async { peer.client().await?.call(Message::GetRange(request)).await }

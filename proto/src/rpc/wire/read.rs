@@ -43,6 +43,7 @@ pub(super) fn get_range(fbb: &mut FlatBufferBuilder<'_>, r: &GetRangeRequest) ->
         limit: r.limit,
         reverse: r.reverse,
         version: r.version.0,
+        copy: r.copy,
     };
     let t = fb::GetRangeRequest::create(fbb, &args);
     (fb::Payload::GetRangeRequest, t.as_union_value())
@@ -211,6 +212,7 @@ pub(super) fn decode(
                 limit: r.limit(),
                 reverse: r.reverse(),
                 version: Version(r.version()),
+                copy: r.copy(),
             }))
         })(),
         fb::Payload::GetRangeReply => (|| {
