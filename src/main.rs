@@ -42,6 +42,9 @@ enum Command {
     /// Move a key range to another storage team, online: the team copies it
     /// while writes go on, then serves it.
     Move(commands::moves::MoveArgs),
+    /// Take storage servers out of the cluster, whole teams at a time, or
+    /// let them back in, online: the data distributor moves the shards.
+    Scale(commands::scale::ScaleArgs),
     /// Commit mutations to a cluster.
     Client(commands::client::ClientArgs),
     /// Show every process of a cluster: health, versions, lag, TLog bytes per
@@ -135,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Storage(args) => runtime.block_on(commands::storage::run_process(args)),
         Command::Assign(args) => runtime.block_on(commands::client::assign(args)),
         Command::Move(args) => runtime.block_on(commands::moves::run(args)),
+        Command::Scale(args) => runtime.block_on(commands::scale::run(args)),
         Command::Client(args) => runtime.block_on(commands::client::run(args)),
         Command::Status(args) => runtime.block_on(commands::status::run(args)),
         Command::TlsInit(args) => commands::tls::run(args),

@@ -2,7 +2,8 @@
 //! file, the teams and their servers (topology), which TLogs hold each team
 //! (placement), the data directory a process owns, and the core state the
 //! coordinators keep for recoveries (epoch, TLog generations and the shard
-//! map their proxies start from).
+//! map their proxies start from), and the configuration operators change
+//! while it runs (the teams that are leaving).
 //!
 //! ```text
 //!  cluster.toml ──load──▶ ClusterFile ──topology()──▶ Topology ──tlogs_of(team)──▶ placement
@@ -10,6 +11,7 @@
 //! ```
 
 pub mod cluster_file;
+pub mod configuration;
 pub mod core_state;
 pub mod data_dir;
 pub mod placement;

@@ -7,10 +7,12 @@
 //!  shards by team + ShardMetrics ─▶ plan ─▶ splits: each shard over its bytes or writes limit,
 //!                                            cut where its samples say
 //!                                         ─▶ no move in flight: up to max_moves_in_flight moves,
-//!                                            each the shard (of those not split or moved) of the
-//!                                            busiest team that evens it best with the idlest,
-//!                                            by writes a second, then bytes, as the moves
-//!                                            planned before it leave the teams
+//!                                            first each shard of a leaving team, to the staying
+//!                                            team with the fewest bytes; then each the shard (of
+//!                                            those not split or moved) of the busiest staying
+//!                                            team that evens it best with the idlest, by writes
+//!                                            a second, then bytes, as the moves planned before
+//!                                            it leave the teams
 //! ```
 //!
 //! A shard hot enough to unbalance teams alone is cut, round after round,
@@ -22,7 +24,7 @@
 //! loads the ones before it leave, spreads a new team's share in a few
 //! rounds instead of one round per shard.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,15 +81,22 @@ pub struct Plan {
     pub moves: Vec<Move>,
 }
 
-/// The changes due. `teams` are every team that may hold shards;
-/// `moving` says a move is in flight (no other starts until every one
-/// ends: a moving shard's load counts for no team).
+/// The changes due. `teams` are every team of the cluster, of which
+/// `leaving` are being emptied (`cluster::configuration`); `moving` says a
+/// move is in flight (no other starts until every one ends: a moving
+/// shard's load counts for no team).
 pub fn plan(
     settings: &DistributionSettings,
     teams: &[StorageTeamId],
+    leaving: &BTreeSet<StorageTeamId>,
     shards: &[ShardLoad],
     moving: bool,
 ) -> Plan {
+    let staying: Vec<StorageTeamId> = teams
+        .iter()
+        .filter(|t| !leaving.contains(t))
+        .copied()
+        .collect();
     let splits: Vec<Split> = shards.iter().filter_map(|s| split(settings, s)).collect();
     let mut moves: Vec<Move> = Vec::new();
     // The shards as the planned moves leave them.
@@ -97,24 +106,27 @@ pub fn plan(
             !splits.iter().any(|split| split.begin == s.begin)
                 && !moves.iter().any(|m| m.begin == s.begin)
         };
-        let next = balance(
-            teams,
-            &after,
-            movable,
-            settings.min_imbalance_writes_per_sec,
-            |m| m.write_ops_per_sec,
-            "writes/s",
-        )
-        .or_else(|| {
-            balance(
-                teams,
-                &after,
-                movable,
-                settings.min_imbalance_bytes,
-                |m| m.bytes,
-                "bytes",
-            )
-        });
+        let next = drain(&staying, leaving, &after, movable)
+            .or_else(|| {
+                balance(
+                    &staying,
+                    &after,
+                    movable,
+                    settings.min_imbalance_writes_per_sec,
+                    |m| m.write_ops_per_sec,
+                    "writes/s",
+                )
+            })
+            .or_else(|| {
+                balance(
+                    &staying,
+                    &after,
+                    movable,
+                    settings.min_imbalance_bytes,
+                    |m| m.bytes,
+                    "bytes",
+                )
+            });
         let Some(next) = next else {
             break;
         };
@@ -161,6 +173,39 @@ fn ratio(value: u64, limit: u64) -> f64 {
     value as f64 / limit.max(1) as f64
 }
 
+/// A move of the first `movable` shard of a leaving team to the staying
+/// team with the fewest bytes.
+fn drain(
+    staying: &[StorageTeamId],
+    leaving: &BTreeSet<StorageTeamId>,
+    shards: &[ShardLoad],
+    movable: impl Fn(&ShardLoad) -> bool,
+) -> Option<Move> {
+    let shard = shards
+        .iter()
+        .find(|s| leaving.contains(&s.team) && movable(s))?;
+    let mut per_team: BTreeMap<StorageTeamId, u64> = staying.iter().map(|t| (*t, 0)).collect();
+    for s in shards {
+        if let Some(bytes) = per_team.get_mut(&s.team) {
+            *bytes += s.metrics.bytes;
+        }
+    }
+    let (&to, &least) = per_team
+        .iter()
+        .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))?;
+    Some(Move {
+        begin: shard.begin.clone(),
+        end: shard.end.clone(),
+        from: shard.team,
+        to,
+        bytes: shard.metrics.bytes,
+        why: format!(
+            "{} is leaving; {to} holds the fewest bytes ({least})",
+            shard.team
+        ),
+    })
+}
+
 /// A move from the team with the most `load` to the one with the least,
 /// when they differ by `min_difference` or more: the shard that evens
 /// them best, of the `movable` ones whose load is below the difference.
@@ -173,8 +218,11 @@ fn balance(
     unit: &str,
 ) -> Option<Move> {
     let mut per_team: BTreeMap<StorageTeamId, u64> = teams.iter().map(|t| (*t, 0)).collect();
+    // Shards of teams not among `teams` (leaving ones) count for none.
     for shard in shards {
-        *per_team.entry(shard.team).or_default() += load(&shard.metrics);
+        if let Some(total) = per_team.get_mut(&shard.team) {
+            *total += load(&shard.metrics);
+        }
     }
     // Ties go to the lowest team id, so a decision replays.
     let (&busiest, &most) = per_team
@@ -247,6 +295,12 @@ mod tests {
         }
     }
 
+    /// Each planned move's shard begin, source and destination.
+    fn moved(plan: &Plan) -> Vec<(&[u8], StorageTeamId, StorageTeamId)> {
+        let moves = plan.moves.iter();
+        moves.map(|m| (m.begin.as_ref(), m.from, m.to)).collect()
+    }
+
     fn splits_at(plan: &Plan) -> Vec<(&[u8], &[u8])> {
         plan.splits
             .iter()
@@ -266,7 +320,7 @@ mod tests {
         let teams = [team(1), team(2)];
         let shards = [hot.clone(), big.clone(), cool];
         // Splits go on while a move is in flight.
-        let planned = plan(&settings(), &teams, &shards, true);
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, true);
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"c"[..]), (b"m", b"p")]);
         assert_eq!(planned.moves, []);
         // Over the bytes limit with no key to cut by bytes: cut by writes.
@@ -275,7 +329,7 @@ mod tests {
         // A split key outside the shard (a stale sample) is not used.
         hot.metrics.split_by_writes = Some(Bytes::from_static(b"m"));
         hot.metrics.split_by_bytes = None;
-        let planned = plan(&settings(), &teams, &[hot, big], true);
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &[hot, big], true);
         assert_eq!(splits_at(&planned), [(&b"m"[..], &b"q"[..])]);
     }
 
@@ -290,7 +344,7 @@ mod tests {
         ];
         // Team 1 has 1700/s, team 3 none: half the difference is 850.
         // Then team 3 is the busiest, and holds no other shard to give.
-        let planned = plan(&settings(), &teams, &shards, false);
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
         let [Move {
             begin, from, to, ..
         }] = planned.moves.as_slice()
@@ -299,7 +353,10 @@ mod tests {
         };
         assert_eq!((begin.as_ref(), *from, *to), (&b"a"[..], team(1), team(3)));
         // Not while another move is in flight.
-        assert_eq!(plan(&settings(), &teams, &shards, true), Plan::default());
+        assert_eq!(
+            plan(&settings(), &teams, &BTreeSet::new(), &shards, true),
+            Plan::default()
+        );
     }
 
     #[test]
@@ -321,7 +378,7 @@ mod tests {
         let mut hot = shard("a", "b", 1, 1_500, 0);
         hot.metrics.split_by_writes = Some(Bytes::from_static(b"a5"));
         let shards = [hot, shard("b", "c", 1, 600, 0)];
-        let planned = plan(&settings(), &teams, &shards, false);
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"a5"[..])]);
         let moved: Vec<&[u8]> = planned.moves.iter().map(|m| m.begin.as_ref()).collect();
         assert_eq!(moved, [&b"b"[..]]);
@@ -333,10 +390,16 @@ mod tests {
         // One shard carries the whole difference: moving it only swaps
         // the teams' loads (it must be split first).
         let alone = [shard("a", "m", 1, 900, 0), shard("m", "z", 2, 0, 0)];
-        assert_eq!(plan(&settings(), &teams, &alone, false), Plan::default());
+        assert_eq!(
+            plan(&settings(), &teams, &BTreeSet::new(), &alone, false),
+            Plan::default()
+        );
         // A difference below the threshold is left alone.
         let close = [shard("a", "m", 1, 150, 0), shard("m", "z", 1, 40, 0)];
-        assert_eq!(plan(&settings(), &teams, &close, false), Plan::default());
+        assert_eq!(
+            plan(&settings(), &teams, &BTreeSet::new(), &close, false),
+            Plan::default()
+        );
     }
 
     #[test]
@@ -347,7 +410,7 @@ mod tests {
             shard("f", "m", 1, 100, 300_000),
             shard("m", "z", 2, 150, 100_000),
         ];
-        let planned = plan(&settings(), &teams, &shards, false);
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
         let moved: Vec<_> = planned.moves.iter().map(|m| (&m.begin, m.to)).collect();
         assert_eq!(moved, [(&Bytes::from_static(b"f"), team(2))]);
     }
@@ -367,12 +430,8 @@ mod tests {
         ];
         // Eight even shards over three teams: 3, 3 and 2 is as even as
         // they go; a third move would only swap which team has two.
-        let planned = plan(&settings(), &teams, &shards, false);
-        let moved: Vec<_> = planned
-            .moves
-            .iter()
-            .map(|m| (m.begin.as_ref(), m.from, m.to))
-            .collect();
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        let moved = moved(&planned);
         assert_eq!(
             moved,
             [(&b"a"[..], team(1), team(3)), (&b"e"[..], team(2), team(3))]
@@ -382,6 +441,51 @@ mod tests {
             max_moves_in_flight: 1,
             ..settings()
         };
-        assert_eq!(plan(&one_at_a_time, &teams, &shards, false).moves.len(), 1);
+        assert_eq!(
+            plan(&one_at_a_time, &teams, &BTreeSet::new(), &shards, false)
+                .moves
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_leaving_team_s_shards_move_to_the_emptiest_staying_teams_and_none_onto_it() {
+        let teams = [team(1), team(2), team(3)];
+        let leaving = BTreeSet::from([team(3)]);
+        let shards = [
+            shard("a", "b", 1, 0, 900_000),
+            shard("b", "c", 2, 0, 300_000),
+            shard("c", "d", 3, 50, 400_000),
+            shard("d", "e", 3, 0, 400_000),
+            shard("e", "f", 3, 0, 400_000),
+        ];
+        let planned = plan(&settings(), &teams, &leaving, &shards, false);
+        let moved = moved(&planned);
+        // Each to the team with the fewest bytes once the moves before it
+        // land: team 2 (300 kB, then 700 kB), then team 1 (900 kB against
+        // 1.1 MB). Teams 1 and 2 are then within the imbalance left alone.
+        assert_eq!(
+            moved,
+            [
+                (&b"c"[..], team(3), team(2)),
+                (&b"d"[..], team(3), team(2)),
+                (&b"e"[..], team(3), team(1)),
+            ]
+        );
+        // Empty, the leaving team is no one's destination, however idle:
+        // teams 1 and 2 balance between themselves.
+        let left = [
+            shard("a", "b", 1, 0, 2_000_000),
+            shard("b", "c", 1, 0, 2_000_000),
+            shard("c", "d", 2, 0, 100_000),
+        ];
+        let planned = plan(&settings(), &teams, &leaving, &left, false);
+        let moved: Vec<_> = planned.moves.iter().map(|m| (m.from, m.to)).collect();
+        assert_eq!(moved, [(team(1), team(2))]);
+        // Nothing moves while a move is in flight.
+        assert!(plan(&settings(), &teams, &leaving, &shards, true)
+            .moves
+            .is_empty());
     }
 }

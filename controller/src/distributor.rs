@@ -12,6 +12,10 @@
 //!  status: what the last round found and did (`lines`)
 //! ```
 //!
+//! Each round reads the configuration from the coordinators: the shards of
+//! leaving teams move off first, and status says how many each still
+//! holds, or that it has left.
+//!
 //! One round at a time: the moves a round plans run together, each to its
 //! end (or taken back past its deadline: twice the time its bytes, and
 //! those of the moves to the same team planned before it, take at
@@ -19,13 +23,14 @@
 //! all ended. A round that cannot get a team's metrics changes nothing: it
 //! cannot tell a balanced cluster from one it half sees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::moves::ServerProgress;
 use client::Client;
 use cluster::DistributionSettings;
+use coordinator::client::CoordinatorClient;
 use proto::key_text::escape;
 use proto::rpc::{KeyRange, MAX_SHARD_METRICS_RANGES};
 use proto::shard_map::ShardMap;
@@ -41,6 +46,8 @@ const ROUND_INTERVAL: Duration = Duration::from_secs(2);
 struct Said {
     /// The last round's view of the teams.
     summary: Option<String>,
+    /// How each leaving team stands.
+    leaving: Vec<String>,
     /// The last round's splits, or why it changed nothing.
     round: Vec<String>,
     /// The moves under way, each with when it started and how its
@@ -63,6 +70,7 @@ impl Said {
         self.summary
             .iter()
             .cloned()
+            .chain(self.leaving.iter().cloned())
             .chain(self.round.iter().cloned())
             .chain(moving)
             .chain(last)
@@ -74,6 +82,7 @@ impl Said {
 pub struct Distributing {
     settings: DistributionSettings,
     client: Arc<Client>,
+    coordinators: Arc<CoordinatorClient>,
     rounds: tokio::task::JoinSet<Vec<Move>>,
     moves: tokio::task::JoinSet<()>,
     ended_at: Option<tokio::time::Instant>,
@@ -83,10 +92,15 @@ pub struct Distributing {
 }
 
 impl Distributing {
-    pub fn new(settings: DistributionSettings, client: Arc<Client>) -> Self {
+    pub fn new(
+        settings: DistributionSettings,
+        client: Arc<Client>,
+        coordinators: Arc<CoordinatorClient>,
+    ) -> Self {
         Distributing {
             settings,
             client,
+            coordinators,
             rounds: tokio::task::JoinSet::new(),
             moves: tokio::task::JoinSet::new(),
             ended_at: None,
@@ -115,6 +129,7 @@ impl Distributing {
         let round = Round {
             settings: self.settings,
             client: self.client.clone(),
+            coordinators: self.coordinators.clone(),
             said: self.said.clone(),
             moving: !self.moves.is_empty(),
         };
@@ -185,6 +200,7 @@ pub(crate) fn say<T>(said: &Mutex<T>, change: impl FnOnce(&mut T)) {
 struct Round {
     settings: DistributionSettings,
     client: Arc<Client>,
+    coordinators: Arc<CoordinatorClient>,
     said: Arc<Mutex<Said>>,
     /// The distributor's own move is under way.
     moving: bool,
@@ -195,6 +211,20 @@ impl Round {
     /// to start.
     async fn run(&self, map: &ShardMap) -> Vec<Move> {
         let moving = self.moving || map.entries().any(|(_, a)| !a.dest.is_empty());
+        let leaving: BTreeSet<StorageTeamId> = match self.coordinators.read_configuration().await {
+            Ok(configuration) => configuration
+                .leaving_teams
+                .into_iter()
+                .map(StorageTeamId)
+                .collect(),
+            Err(e) => {
+                let why = format!("no configuration from the coordinators: {e}");
+                tracing::debug!(%why, "the data distributor changes nothing this round");
+                say(&self.said, |s| s.round = vec![why]);
+                return Vec::new();
+            }
+        };
+        say(&self.said, |s| s.leaving = leaving_lines(&leaving, map));
         let shards = match self.loads(map).await {
             Ok(shards) => shards,
             Err(why) => {
@@ -205,7 +235,7 @@ impl Round {
         };
         let teams: Vec<StorageTeamId> = self.client.teams().collect();
         let summary = summary(&teams, &shards);
-        let planned = plan(&self.settings, &teams, &shards, moving);
+        let planned = plan(&self.settings, &teams, &leaving, &shards, moving);
         let mut round = Vec::new();
         for split in planned.splits {
             let doing = format!(
@@ -262,6 +292,25 @@ impl Round {
         }
         Ok(shards)
     }
+}
+
+/// How each leaving team stands: the shards it still holds (as a source
+/// or a destination) by `map`, or that it has left.
+fn leaving_lines(leaving: &BTreeSet<StorageTeamId>, map: &ShardMap) -> Vec<String> {
+    leaving
+        .iter()
+        .map(|team| {
+            let held = map
+                .entries()
+                .filter(|(_, a)| a.src.contains(team) || a.dest.contains(team))
+                .count();
+            match held {
+                0 => format!("{team} has left: it holds no shard"),
+                1 => format!("{team} is leaving: 1 shard to move off"),
+                held => format!("{team} is leaving: {held} shards to move off"),
+            }
+        })
+        .collect()
 }
 
 /// Shards, writes a second and bytes per team, in one line.
@@ -330,6 +379,32 @@ mod tests {
                  ss-200: 3000 pairs (12.0 MiB stored) copied, about 20.0 MiB left at 10.0 MiB/s, done in about 2 s; \
                  ss-201: ready)",
                 "last move: moving [x, y): flipped at version 9",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leaving_team_is_said_to_hold_what_it_sends_or_receives_until_it_holds_nothing() {
+        use bytes::Bytes;
+        use proto::system_keys::ShardAssignment;
+        let team = StorageTeamId;
+        let moving = ShardAssignment {
+            src: vec![team(1)],
+            dest: vec![team(3)],
+        };
+        let map = ShardMap::new([
+            (Bytes::new(), ShardAssignment::to(team(3))),
+            (Bytes::from_static(b"m"), moving),
+            (Bytes::from_static(b"t"), ShardAssignment::to(team(2))),
+        ])
+        .unwrap();
+        assert_eq!(
+            leaving_lines(&BTreeSet::from([team(1), team(2), team(3), team(4)]), &map),
+            [
+                "team-1 is leaving: 1 shard to move off",
+                "team-2 is leaving: 1 shard to move off",
+                "team-3 is leaving: 2 shards to move off",
+                "team-4 has left: it holds no shard",
             ]
         );
     }

@@ -442,9 +442,15 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         .ok()
         .map(Arc::new);
     let mut keeping = client.clone().map(|client| Keeping::new(settings, client));
-    let mut distributing = client
-        .filter(|_| settings.enabled)
-        .map(|client| Distributing::new(settings, client));
+    let mut distributing = client.filter(|_| settings.enabled).and_then(|client| {
+        let coordinators = CoordinatorClient::new(
+            &inner.config.cluster.coordinator_addresses(),
+            inner.config.transport.clone(),
+        )
+        .map_err(|e| tracing::warn!(error = %e, "no coordinators to read the configuration from"))
+        .ok()?;
+        Some(Distributing::new(settings, client, Arc::new(coordinators)))
+    });
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {

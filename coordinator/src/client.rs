@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use backon::Retryable;
 use bytes::Bytes;
+use cluster::configuration::{Configuration, ConfigurationError, CONFIGURATION_REGISTER};
 use cluster::core_state::{CoreState, CoreStateError, CORE_STATE_REGISTER};
 use cluster::retry::backoff;
 use proto::rpc::{
@@ -39,6 +40,9 @@ pub enum CoordinatorError {
     /// The core state register holds something this build cannot read.
     #[error("the core state: {0}")]
     CoreState(#[from] CoreStateError),
+    /// The configuration register holds something this build cannot read.
+    #[error("the configuration: {0}")]
+    Configuration(#[from] ConfigurationError),
 }
 
 /// The outcome of a conditional write.
@@ -100,6 +104,37 @@ impl CoordinatorClient {
             CoreState::from_register(&register.value)?,
             register.revision,
         ))
+    }
+
+    /// The configuration operators set, linearizably (the default while
+    /// none was written).
+    pub async fn read_configuration(&self) -> Result<Configuration, CoordinatorError> {
+        let register = self.read(CONFIGURATION_REGISTER).await?;
+        Ok(Configuration::from_register(&register.value)?)
+    }
+
+    /// Changes the configuration with `change`, read anew and applied
+    /// again whenever another writer got there first; returns it as
+    /// written.
+    pub async fn update_configuration(
+        &self,
+        change: impl Fn(&mut Configuration),
+    ) -> Result<Configuration, CoordinatorError> {
+        loop {
+            let register = self.read(CONFIGURATION_REGISTER).await?;
+            let mut configuration = Configuration::from_register(&register.value)?;
+            change(&mut configuration);
+            let outcome = self
+                .write(
+                    CONFIGURATION_REGISTER,
+                    register.revision,
+                    configuration.encode(),
+                )
+                .await?;
+            if outcome.written {
+                return Ok(configuration);
+            }
+        }
     }
 
     /// Reads a register, linearizably: it reflects every write that took

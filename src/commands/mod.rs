@@ -1,6 +1,6 @@
 //! The binary's commands that run a role process (`coordinator`, `server`,
 //! `tlog`, `sequencer`, `proxy`, `storage`) or talk to a running cluster (`client`, `assign`,
-//! `move`, `status`) or makes its TLS files (`tls-init`), and what they share:
+//! `move`, `scale`, `status`) or makes its TLS files (`tls-init`), and what they share:
 //! signals and the metrics endpoint.
 
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod metrics;
 pub mod moves;
 pub mod roles;
+pub mod scale;
 pub mod server;
 pub mod sim;
 pub mod status;

@@ -4,9 +4,12 @@
 //! split by bytes alone never would) and moves pieces to team 2 under the
 //! writes. Afterwards every replica of every piece holds exactly what the
 //! acknowledged commits wrote, and the controller's status says what the
-//! distributor did.
+//! distributor did. A team taken out with `teamlog scale` under the writes
+//! hands every shard over, and let back in takes a share of the hot range
+//! again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +20,7 @@ use client::Client;
 use cluster::{ClusterFile, DistributionSettings};
 use coordinator::client::CoordinatorClient;
 use proto::rpc::{ErrorCode, Message};
+use proto::shard_map::ShardMap;
 use proto::transport::RpcClient;
 use proto::{Mutation, StorageTeamId, Version};
 use rand::rngs::StdRng;
@@ -143,16 +147,20 @@ async fn preload(client: &Client, model: &Mutex<Model>) -> Result<()> {
     Ok(())
 }
 
-/// The settled shards over the hot keys in the recorded shard map, with
-/// their teams; none while one of them moves.
-async fn hot_shards(cluster: &ClusterFile) -> Result<Option<Vec<(Bytes, Bytes, StorageTeamId)>>> {
+/// The shard map the controller last recorded, if it recorded one.
+async fn recorded_map(cluster: &ClusterFile) -> Result<Option<ShardMap>> {
     let coordinators =
         CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
     let (state, _) = coordinators.read_core_state().await?;
-    let Some(snapshot) = &state.shard_map else {
+    Ok(state.shard_map.map(|snapshot| snapshot.map()).transpose()?)
+}
+
+/// The settled shards over the hot keys in the recorded shard map, with
+/// their teams; none while one of them moves.
+async fn hot_shards(cluster: &ClusterFile) -> Result<Option<Vec<(Bytes, Bytes, StorageTeamId)>>> {
+    let Some(map) = recorded_map(cluster).await? else {
         return Ok(None);
     };
-    let map = snapshot.map()?;
     let mut shards = Vec::new();
     for (begin, end, assignment) in map.split(HOT_BEGIN, HOT_END) {
         match (assignment.src.as_slice(), assignment.dest.as_slice()) {
@@ -181,6 +189,27 @@ async fn distribution_lines_of(cluster: &ClusterFile, id: u64) -> Result<Vec<Str
     }
 }
 
+/// Waits until the controller coordinator `id` hosts says a line that
+/// starts with `prefix`; returns what it says.
+async fn wait_until_said(
+    cluster: &ClusterFile,
+    id: u64,
+    prefix: &str,
+    since: tokio::time::Instant,
+) -> Result<Vec<String>> {
+    loop {
+        let said = distribution_lines_of(cluster, id).await?;
+        if said.iter().any(|l| l.starts_with(prefix)) {
+            return Ok(said);
+        }
+        ensure!(
+            since.elapsed() < DEADLINE,
+            "the controller never said {prefix:?}: {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writes() -> Result<()> {
     let seed = testkit::seed_from_env();
@@ -203,18 +232,9 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
         started.elapsed()
     );
     // The controller's status catches up within a checkpoint or two.
-    loop {
-        let said = distribution_lines(&cluster).await?;
-        if said.iter().any(|l| l.starts_with("last move: moving [")) {
-            println!("the distributor says {said:?}");
-            break;
-        }
-        ensure!(
-            started.elapsed() < DEADLINE,
-            "status names no move of the hot keys: {said:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let first = cluster.coordinators[0].id;
+    let said = wait_until_said(&cluster, first, "last move: moving [", started).await?;
+    println!("the distributor says {said:?}");
 
     let model = stop_writers(writers, &stop, model).await?;
     ensure!(
@@ -335,21 +355,9 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
     // Only the new controller's keeper can have finished the orphan (its
     // distributor plans no move while a shard is moving), and it says so.
     let controller = controller.context("the controller")?;
-    loop {
-        let said = distribution_lines_of(&cluster, controller).await?;
-        if said
-            .iter()
-            .any(|l| l.starts_with("last takeover: taking over the move of ["))
-        {
-            println!("the new controller says {said:?}");
-            break;
-        }
-        ensure!(
-            killed_at.elapsed() < DEADLINE,
-            "the new controller does not say it took the move over: {said:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let takeover = "last takeover: taking over the move of [";
+    let said = wait_until_said(&cluster, controller, takeover, killed_at).await?;
+    println!("the new controller says {said:?}");
     println!(
         "settled over {} shards {:?} after the kill: {spread:?}",
         spread.len(),
@@ -361,6 +369,80 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
     local
         .coordinators
         .insert(killed, Some(local.start_coordinator(killed).await?));
+    Ok(local.stop().await?)
+}
+
+/// Runs `teamlog scale` with `args`; its exit success and what it printed.
+async fn scale(cluster: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let output = tokio::process::Command::new(crate::exe())
+        .arg("scale")
+        .arg("--cluster")
+        .arg(cluster)
+        .args(args)
+        .output()
+        .await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), said))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_takes_a_share(
+) -> Result<()> {
+    let seed = testkit::seed_from_env();
+    let dir = tempfile::tempdir()?;
+    let local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let (cluster, path) = (local.cluster.clone(), local.cluster_path.clone());
+    local.wait_recovered(DEADLINE).await?;
+    let client = Arc::new(Client::new(&cluster)?);
+    let model = Arc::new(Mutex::new(Model::default()));
+    preload(&client, &model).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
+        .collect();
+
+    // Half a team cannot leave, nor every team.
+    let (ok, said) = scale(&path, &["--remove-servers", "100"]).await?;
+    ensure!(!ok && said.contains("team 1 with [101]"), "{said}");
+    let (ok, said) = scale(&path, &["--remove-servers", "100,101,200,201"]).await?;
+    ensure!(!ok && said.contains("no team would stay"), "{said}");
+
+    // Team 1, which holds the hot keys and the preloaded ones, leaves
+    // under the writes; the command returns once it holds nothing.
+    let started = tokio::time::Instant::now();
+    let (ok, said) =
+        tokio::time::timeout(DEADLINE, scale(&path, &["--remove-servers", "100,101"])).await??;
+    ensure!(ok && said.contains("hold no shard"), "{said}");
+    println!("team 1 left after {:?}: {said}", started.elapsed());
+    let map = recorded_map(&cluster).await?.context("a recorded map")?;
+    let held: Vec<_> = map
+        .entries()
+        .filter(|(_, a)| a.teams().any(|t| t == StorageTeamId(1)))
+        .collect();
+    ensure!(held.is_empty(), "team 1 still holds {held:?}");
+    let first = cluster.coordinators[0].id;
+    wait_until_said(&cluster, first, "team-1 has left", started).await?;
+    let model = stop_writers(writers, &stop, model).await?;
+    check_replicas(&cluster, &client, &model, started).await?;
+
+    // Let back in, team 1 takes a share of the hot range again, under
+    // new writers.
+    let model = Arc::new(Mutex::new(model));
+    stop.store(false, Ordering::Relaxed);
+    let writers: Vec<_> = (WRITERS..2 * WRITERS)
+        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
+        .collect();
+    let (ok, said) = scale(&path, &["--add-servers", "101,100"]).await?;
+    ensure!(ok, "{said}");
+    let back = tokio::time::Instant::now();
+    let spread = settled_over_two_teams(&cluster, back).await?;
+    println!("spread again after {:?}: {spread:?}", back.elapsed());
+    let model = stop_writers(writers, &stop, model).await?;
+    check_replicas(&cluster, &client, &model, back).await?;
     Ok(local.stop().await?)
 }
 
