@@ -8,7 +8,8 @@
 //! ```text
 //!  per row: a new cluster of three teams, team 3's servers stopped
 //!     ─▶ load the table into teams 1 and 2 ─▶ clients start (none for "no load")
-//!     ─▶ `before` s measured ─▶ team 3's servers start (t = 0 of scaling)
+//!     ─▶ `warmup` s not measured ─▶ `before` s measured
+//!     ─▶ team 3's servers start (t = 0 of scaling)
 //!     ─▶ the distributor splits and moves ─▶ the shard map last changes (scaled)
 //!     ─▶ no change for SETTLED ─▶ clients stop
 //!  per second: operations, mean/min/max response time ─▶ factors ─▶ table, JSON, SVG
@@ -64,6 +65,11 @@ pub struct ScaleBenchArgs {
     /// Closed-loop clients.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
+    /// Seconds the clients run before measuring starts: the first seconds
+    /// after the load commit faster than what follows, and would flatter
+    /// the time before scaling.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: u64,
     /// Seconds measured before the third team's servers start.
     #[arg(long, default_value_t = 20)]
     pub before: u64,
@@ -120,7 +126,8 @@ pub struct Row {
     /// the machine's cores from then on.
     pub after_avg_factor: Option<f64>,
     pub after_throughput_factor: Option<f64>,
-    /// Seconds from the start of measuring; scaling starts at `before`.
+    /// Seconds from the clients' start; scaling starts at `warmup +
+    /// before`.
     pub seconds: Vec<Second>,
 }
 
@@ -152,7 +159,7 @@ async fn measure(args: &ScaleBenchArgs, dir: &Path) -> Result<()> {
             .with_context(|| format!("writing {}", out.display()))?;
     }
     if let Some(path) = &args.plot {
-        plot::write_svg(path, args.before, &rows)?;
+        plot::write_svg(path, args.warmup + args.before, &rows)?;
     }
     Ok(())
 }
@@ -229,7 +236,8 @@ async fn one_row(
         };
         Clients::start(&client, &load, &seconds)
     });
-    tokio::time::sleep(Duration::from_secs(args.before)).await;
+    let join_second = args.warmup + args.before;
+    tokio::time::sleep(Duration::from_secs(join_second)).await;
     let joined = Instant::now();
     for id in JOINING {
         let server = local.start_storage(id).await?;
@@ -243,10 +251,10 @@ async fn one_row(
     let row = summarize(
         operation,
         think_ms,
-        args.before,
+        args.warmup as usize..join_second as usize,
         scaled_at,
         settled.shards_per_team,
-        seconds.through(args.before + scaled_at.unwrap_or(SETTLED).as_secs() + SETTLED.as_secs()),
+        seconds.through(join_second + scaled_at.unwrap_or(SETTLED).as_secs() + SETTLED.as_secs()),
     );
     local.stop().await?;
     Ok(row)
@@ -308,25 +316,28 @@ async fn wait_settled(cluster: &ClusterFile, joined: Instant) -> Result<Settled>
     }
 }
 
+/// The factors of one row, from its per-second samples: `before` holds
+/// the seconds measured before the join, which is at its end (the join's
+/// second counts as scaling).
 fn summarize(
     operation: Option<Operation>,
     think_ms: u64,
-    before: u64,
+    before: std::ops::Range<usize>,
     scaled_at: Option<Duration>,
     shards_per_team: Vec<(u64, usize)>,
     seconds: Vec<Second>,
 ) -> Row {
-    // The first second warms up; the join's second counts as scaling.
+    let joined = before.end;
     let before_samples: Vec<&Second> = seconds
+        .get(before)
+        .unwrap_or_default()
         .iter()
-        .take(before as usize)
-        .skip(1)
         .filter(|s| s.ops > 0)
         .collect();
     let during_samples: Vec<&Second> = match scaled_at {
         Some(at) => seconds
             .iter()
-            .skip(before as usize)
+            .skip(joined)
             .take(at.as_secs() as usize + 1)
             .collect(),
         None => Vec::new(),
@@ -340,7 +351,7 @@ fn summarize(
     // (cut short when the clients stop).
     let after_samples: Vec<&Second> = match scaled_at {
         Some(at) => {
-            let from = before as usize + at.as_secs() as usize + 1;
+            let from = joined + at.as_secs() as usize + 1;
             let to = seconds.len().saturating_sub(1);
             seconds.get(from..to).unwrap_or_default().iter().collect()
         }
@@ -454,7 +465,7 @@ mod tests {
         let row = summarize(
             Some(Operation::Update),
             0,
-            3,
+            1..3,
             Some(Duration::from_millis(1_500)),
             Vec::new(),
             seconds.clone(),
@@ -471,13 +482,13 @@ mod tests {
         let idle = summarize(
             None,
             0,
-            3,
+            1..3,
             Some(Duration::from_secs(1)),
             Vec::new(),
             seconds.clone(),
         );
         assert_eq!((idle.avg_factor, idle.throughput_factor), (None, None));
-        let unsettled = summarize(Some(Operation::Read), 0, 3, None, Vec::new(), seconds);
+        let unsettled = summarize(Some(Operation::Read), 0, 1..3, None, Vec::new(), seconds);
         assert_eq!(
             (unsettled.scale_seconds, unsettled.avg_factor),
             (None, None)
@@ -495,7 +506,7 @@ mod tests {
         let row = summarize(
             Some(Operation::Read),
             50,
-            2,
+            1..2,
             Some(Duration::from_secs(1)),
             Vec::new(),
             seconds,
