@@ -184,15 +184,7 @@ fn drain(
     let shard = shards
         .iter()
         .find(|s| leaving.contains(&s.team) && movable(s))?;
-    let mut per_team: BTreeMap<StorageTeamId, u64> = staying.iter().map(|t| (*t, 0)).collect();
-    for s in shards {
-        if let Some(bytes) = per_team.get_mut(&s.team) {
-            *bytes += s.metrics.bytes;
-        }
-    }
-    let (&to, &least) = per_team
-        .iter()
-        .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))?;
+    let (to, least) = idlest(&per_team(staying, shards, |m| m.bytes))?;
     Some(Move {
         begin: shard.begin.clone(),
         end: shard.end.clone(),
@@ -206,6 +198,30 @@ fn drain(
     })
 }
 
+/// Each of `teams` with the `load` of its shards; shards of other teams
+/// (leaving ones) count for none.
+fn per_team(
+    teams: &[StorageTeamId],
+    shards: &[ShardLoad],
+    load: impl Fn(&ShardMetrics) -> u64,
+) -> BTreeMap<StorageTeamId, u64> {
+    let mut per_team: BTreeMap<StorageTeamId, u64> = teams.iter().map(|t| (*t, 0)).collect();
+    for shard in shards {
+        if let Some(total) = per_team.get_mut(&shard.team) {
+            *total += load(&shard.metrics);
+        }
+    }
+    per_team
+}
+
+/// The team with the least load, the lowest id of those tied.
+fn idlest(per_team: &BTreeMap<StorageTeamId, u64>) -> Option<(StorageTeamId, u64)> {
+    let (team, load) = per_team
+        .iter()
+        .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))?;
+    Some((*team, *load))
+}
+
 /// A move from the team with the most `load` to the one with the least,
 /// when they differ by `min_difference` or more: the shard that evens
 /// them best, of the `movable` ones whose load is below the difference.
@@ -217,20 +233,12 @@ fn balance(
     load: impl Fn(&ShardMetrics) -> u64,
     unit: &str,
 ) -> Option<Move> {
-    let mut per_team: BTreeMap<StorageTeamId, u64> = teams.iter().map(|t| (*t, 0)).collect();
-    // Shards of teams not among `teams` (leaving ones) count for none.
-    for shard in shards {
-        if let Some(total) = per_team.get_mut(&shard.team) {
-            *total += load(&shard.metrics);
-        }
-    }
+    let per_team = per_team(teams, shards, &load);
     // Ties go to the lowest team id, so a decision replays.
     let (&busiest, &most) = per_team
         .iter()
         .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))?;
-    let (&idlest, &least) = per_team
-        .iter()
-        .min_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))?;
+    let (idlest, least) = idlest(&per_team)?;
     let difference = most - least;
     if busiest == idlest || difference < min_difference.max(1) {
         return None;

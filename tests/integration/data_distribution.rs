@@ -9,6 +9,7 @@
 //! again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,15 +215,8 @@ async fn wait_until_said(
 async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writes() -> Result<()> {
     let seed = testkit::seed_from_env();
     let dir = tempfile::tempdir()?;
-    let local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let (local, client, writers) = under_writes(dir.path(), &spec(), false, seed).await?;
     let cluster = local.cluster.clone();
-    local.wait_recovered(DEADLINE).await?;
-    let client = Arc::new(Client::new(&cluster)?);
-    let model = Arc::new(Mutex::new(Model::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
-        .collect();
 
     let started = tokio::time::Instant::now();
     let spread = settled_over_two_teams(&cluster, started).await?;
@@ -236,7 +230,7 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
     let said = wait_until_said(&cluster, first, "last move: moving [", started).await?;
     println!("the distributor says {said:?}");
 
-    let model = stop_writers(writers, &stop, model).await?;
+    let model = writers.stop().await?;
     ensure!(
         model.values.len() as u64 > HOT_KEYS / 2,
         "few writes went through"
@@ -268,20 +262,60 @@ async fn settled_over_two_teams(
     }
 }
 
-/// Stops the writers and returns what they did.
-async fn stop_writers(
-    writers: Vec<tokio::task::JoinHandle<()>>,
-    stop: &AtomicBool,
+/// Writers at work on the hot keys, and the model of what they did.
+struct Writers {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
     model: Arc<Mutex<Model>>,
-) -> Result<Model> {
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
+}
+
+impl Writers {
+    /// Writers numbered `ids`, going on from `model`.
+    fn start(client: &Arc<Client>, model: Model, ids: Range<u64>, seed: u64) -> Writers {
+        let (model, stop) = (
+            Arc::new(Mutex::new(model)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let handles = ids
+            .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
+            .collect();
+        Writers {
+            handles,
+            stop,
+            model,
+        }
     }
-    Ok(Arc::into_inner(model)
-        .context("writers done")?
-        .into_inner()
-        .unwrap())
+
+    /// Stops the writers and returns what they did.
+    async fn stop(self) -> Result<Model> {
+        self.stop.store(true, Ordering::Relaxed);
+        for writer in self.handles {
+            writer.await?;
+        }
+        Ok(Arc::into_inner(self.model)
+            .context("writers done")?
+            .into_inner()
+            .unwrap())
+    }
+}
+
+/// A recovered cluster as `spec` says, with the preloaded keys when
+/// `preloaded`, and `WRITERS` writers at work.
+async fn under_writes(
+    dir: &Path,
+    spec: &ClusterSpec,
+    preloaded: bool,
+    seed: u64,
+) -> Result<(LocalCluster, Arc<Client>, Writers)> {
+    let local = LocalCluster::start(crate::exe(), dir, spec).await?;
+    local.wait_recovered(DEADLINE).await?;
+    let client = Arc::new(Client::new(&local.cluster)?);
+    let model = Mutex::new(Model::default());
+    if preloaded {
+        preload(&client, &model).await?;
+    }
+    let writers = Writers::start(&client, model.into_inner().unwrap(), 0..WRITERS, seed);
+    Ok((local, client, writers))
 }
 
 /// Waits until every replica holds the model. The distributor may still
@@ -308,16 +342,9 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
 ) -> Result<()> {
     let seed = testkit::seed_from_env();
     let dir = tempfile::tempdir()?;
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &slow_moves_spec()).await?;
+    let (mut local, client, writers) =
+        under_writes(dir.path(), &slow_moves_spec(), true, seed).await?;
     let cluster = local.cluster.clone();
-    local.wait_recovered(DEADLINE).await?;
-    let client = Arc::new(Client::new(&cluster)?);
-    let model = Arc::new(Mutex::new(Model::default()));
-    preload(&client, &model).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
-        .collect();
 
     // Kill -9 the controller's coordinator as soon as its distributor
     // says a move is under way.
@@ -364,7 +391,7 @@ async fn the_controller_killed_while_its_distributor_moves_leaves_no_stuck_move_
         killed_at.elapsed()
     );
 
-    let model = stop_writers(writers, &stop, model).await?;
+    let model = writers.stop().await?;
     check_replicas(&cluster, &client, &model, killed_at).await?;
     local
         .coordinators
@@ -394,16 +421,8 @@ async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_ta
 ) -> Result<()> {
     let seed = testkit::seed_from_env();
     let dir = tempfile::tempdir()?;
-    let local = LocalCluster::start(crate::exe(), dir.path(), &spec()).await?;
+    let (local, client, writers) = under_writes(dir.path(), &spec(), true, seed).await?;
     let (cluster, path) = (local.cluster.clone(), local.cluster_path.clone());
-    local.wait_recovered(DEADLINE).await?;
-    let client = Arc::new(Client::new(&cluster)?);
-    let model = Arc::new(Mutex::new(Model::default()));
-    preload(&client, &model).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
-        .collect();
 
     // Half a team cannot leave, nor every team.
     let (ok, said) = scale(&path, &["--remove-servers", "100"]).await?;
@@ -426,22 +445,18 @@ async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_ta
     ensure!(held.is_empty(), "team 1 still holds {held:?}");
     let first = cluster.coordinators[0].id;
     wait_until_said(&cluster, first, "team-1 has left", started).await?;
-    let model = stop_writers(writers, &stop, model).await?;
+    let model = writers.stop().await?;
     check_replicas(&cluster, &client, &model, started).await?;
 
     // Let back in, team 1 takes a share of the hot range again, under
     // new writers.
-    let model = Arc::new(Mutex::new(model));
-    stop.store(false, Ordering::Relaxed);
-    let writers: Vec<_> = (WRITERS..2 * WRITERS)
-        .map(|w| start_writer(client.clone(), model.clone(), stop.clone(), w, seed))
-        .collect();
+    let writers = Writers::start(&client, model, WRITERS..2 * WRITERS, seed);
     let (ok, said) = scale(&path, &["--add-servers", "101,100"]).await?;
     ensure!(ok, "{said}");
     let back = tokio::time::Instant::now();
     let spread = settled_over_two_teams(&cluster, back).await?;
     println!("spread again after {:?}: {spread:?}", back.elapsed());
-    let model = stop_writers(writers, &stop, model).await?;
+    let model = writers.stop().await?;
     check_replicas(&cluster, &client, &model, back).await?;
     Ok(local.stop().await?)
 }
