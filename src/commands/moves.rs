@@ -1,7 +1,8 @@
 //! `teamlog move`: moves a key range to another storage team while the
 //! cluster serves it (see `client::moves`), printing how the copy stands;
 //! run again after an interruption, it takes the move over; `--cancel`
-//! takes back the moves under way in the range instead.
+//! takes back the moves under way in the range instead. A move onto a
+//! team that is leaving (`teamlog scale`) is refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use proto::StorageTeamId;
 
 use client::Client;
 use cluster::ClusterFile;
+use coordinator::client::CoordinatorClient;
 
 #[derive(clap::Args, Debug)]
 pub struct MoveArgs {
@@ -51,6 +53,7 @@ pub async fn run(args: MoveArgs) -> Result<()> {
         println!("took back the moves of {cancelled} shards");
         return Ok(());
     };
+    refuse_leaving_team(&cluster, to_team).await?;
     // Figures change with every poll: a line a second, and at once when a
     // server becomes ready or is held back.
     let mut last_state = Vec::new();
@@ -88,4 +91,27 @@ pub async fn run(args: MoveArgs) -> Result<()> {
         _ => println!("team {to_team} holds the range already"),
     }
     Ok(())
+}
+
+/// Refuses a move onto a team that is leaving (`teamlog scale`): the
+/// data distributor would move the range off it again. Only members may
+/// read the configuration; for anyone else the move goes ahead.
+async fn refuse_leaving_team(cluster: &ClusterFile, team: u64) -> Result<()> {
+    if cluster.coordinators.is_empty() {
+        return Ok(());
+    }
+    let coordinators =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    match coordinators.read_configuration().await {
+        Ok(configuration) if configuration.leaving_teams.contains(&team) => bail!(
+            "team {team} is leaving (`teamlog scale --remove-servers`), and the data \
+             distributor would move the range off it again; let it back in first with \
+             `teamlog scale --add-servers`"
+        ),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("could not check whether team {team} is leaving: {e}");
+            Ok(())
+        }
+    }
 }

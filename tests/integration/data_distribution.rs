@@ -445,6 +445,17 @@ async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_ta
     ensure!(held.is_empty(), "team 1 still holds {held:?}");
     let first = cluster.coordinators[0].id;
     wait_until_said(&cluster, first, "team-1 has left", started).await?;
+    // Nor may a range move onto it by hand meanwhile.
+    let onto = tokio::process::Command::new(crate::exe())
+        .args(["move", "--range", "a..b", "--to-team", "1", "--cluster"])
+        .arg(&path)
+        .output()
+        .await?;
+    let said = String::from_utf8_lossy(&onto.stderr);
+    ensure!(
+        !onto.status.success() && said.contains("team 1 is leaving"),
+        "a move onto the leaving team was not refused: {said}"
+    );
     let model = writers.stop().await?;
     check_replicas(&cluster, &client, &model, started).await?;
 
