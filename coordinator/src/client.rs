@@ -18,8 +18,8 @@ use cluster::configuration::{Configuration, ConfigurationError, CONFIGURATION_RE
 use cluster::core_state::{CoreState, CoreStateError, CORE_STATE_REGISTER};
 use cluster::retry::backoff;
 use proto::rpc::{
-    CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
-    ErrorCode, Message,
+    CoordinatedRegister, CoordinatedReply, CoordinatedWatchRequest, CoordinatedWriteRequest,
+    CoordinatorStatusReply, ErrorCode, Message,
 };
 use proto::transport::{ClientConfig, Peer, RpcError};
 
@@ -106,6 +106,21 @@ impl CoordinatorClient {
         ))
     }
 
+    /// The core state once its revision passes `seen`, or as it stands
+    /// after about `wait`: a watcher learns of a new generation as soon as
+    /// it is recorded. The coordinators bound the wait (5 s).
+    pub async fn watch_core_state(
+        &self,
+        seen: u64,
+        wait: Duration,
+    ) -> Result<(CoreState, u64), CoordinatorError> {
+        let register = self.watch(CORE_STATE_REGISTER, seen, wait).await?;
+        Ok((
+            CoreState::from_register(&register.value)?,
+            register.revision,
+        ))
+    }
+
     /// The configuration operators set, linearizably (the default while
     /// none was written).
     pub async fn read_configuration(&self) -> Result<Configuration, CoordinatorError> {
@@ -142,6 +157,25 @@ impl CoordinatorClient {
     pub async fn read(&self, name: &str) -> Result<CoordinatedRegister, CoordinatorError> {
         let reply = self
             .call(|| Message::CoordinatedRead(name.to_owned()))
+            .await?;
+        Ok(reply.register)
+    }
+
+    /// Reads a register once its revision passes `seen`, or after about
+    /// `wait` as it then stands (its revision may still be `seen`).
+    pub async fn watch(
+        &self,
+        name: &str,
+        seen: u64,
+        wait: Duration,
+    ) -> Result<CoordinatedRegister, CoordinatorError> {
+        let request = CoordinatedWatchRequest {
+            name: name.to_owned(),
+            seen_revision: seen,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let reply = self
+            .call_waiting(wait, || Message::CoordinatedWatch(request.clone()))
             .await?;
         Ok(reply.register)
     }
@@ -196,12 +230,21 @@ impl CoordinatorClient {
         &self,
         request: impl Fn() -> Message,
     ) -> Result<CoordinatedReply, CoordinatorError> {
+        self.call_waiting(Duration::ZERO, request).await
+    }
+
+    /// A call whose answer may take `wait` longer than usual.
+    async fn call_waiting(
+        &self,
+        wait: Duration,
+        request: impl Fn() -> Message,
+    ) -> Result<CoordinatedReply, CoordinatorError> {
         let round = || async {
             let mut last = String::new();
             let first = self.preferred.load(Ordering::Relaxed);
             for offset in 0..self.peers.len() {
                 let index = (first + offset) % self.peers.len();
-                match self.ask(&self.peers[index], request()).await {
+                match self.ask(&self.peers[index], request(), wait).await {
                     Ok(reply) => {
                         self.preferred.store(index, Ordering::Relaxed);
                         return Ok(reply);
@@ -225,13 +268,21 @@ impl CoordinatorClient {
             })
     }
 
-    async fn ask(&self, peer: &Peer, request: Message) -> Result<CoordinatedReply, Attempt> {
+    async fn ask(
+        &self,
+        peer: &Peer,
+        request: Message,
+        wait: Duration,
+    ) -> Result<CoordinatedReply, Attempt> {
         let addr = peer.addr();
         let client = peer
             .client()
             .await
             .map_err(|e| Attempt::Retry(format!("{addr}: {e}")))?;
-        match client.call_with_timeout(request, self.call_timeout).await {
+        match client
+            .call_with_timeout(request, self.call_timeout + wait)
+            .await
+        {
             Ok(Message::CoordinatedReply(reply)) => Ok(reply),
             Ok(other) => Err(Attempt::Refused(format!(
                 "{addr} answered {}",

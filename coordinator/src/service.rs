@@ -5,6 +5,7 @@
 //! ```text
 //!  peers ─Message::Raft──────────────▶ network::deliver ─▶ Raft
 //!  members ─CoordinatedRead───────────▶ leader? ensure_linearizable, then the applied registers
+//!          ─CoordinatedWatch──────────▶ leader? ensure_linearizable, then wait for the revision to pass the one seen
 //!          ─CoordinatedWrite──────────▶ leader? client_write(Command::Write) ─▶ its outcome
 //!  status ─Status──────────────────────▶ leader, term, last applied, problem
 //!  anyone ─GetClusterInfo──────────────▶ leader? the core state's current commit path
@@ -25,8 +26,9 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use proto::rpc::{
-    ClusterInfoReply, CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest,
-    CoordinatorStatusReply, ErrorCode, ErrorReply, Message, RecoveryReport, WatchedProcess,
+    ClusterInfoReply, CoordinatedRegister, CoordinatedReply, CoordinatedWatchRequest,
+    CoordinatedWriteRequest, CoordinatorStatusReply, ErrorCode, ErrorReply, Message,
+    RecoveryReport, WatchedProcess,
 };
 use proto::transport::{ClientConfig, Responder, Service};
 
@@ -35,10 +37,14 @@ use crate::disk::CoordinatorDisk;
 use crate::monitoring::Monitoring;
 use crate::network::{deliver, Network};
 use crate::raft_types::Raft;
-use crate::registers::{Command, MAX_NAME_LEN, MAX_VALUE_LEN};
+use crate::registers::{Command, Register, MAX_NAME_LEN, MAX_VALUE_LEN};
 use crate::store::{read_shared, LogStore, SharedState, StateMachine};
 
 type NodeId = u64;
+
+/// The longest a watch waits for a register to change before it answers
+/// with the register as it stands; the watcher then asks again.
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -248,6 +254,27 @@ impl CoordinatorService {
                     written: false,
                 }))
             }
+            Message::CoordinatedWatch(CoordinatedWatchRequest {
+                name,
+                seen_revision,
+                wait_ms,
+            }) => {
+                check_name(&name)?;
+                self.raft
+                    .ensure_linearizable()
+                    .await
+                    .map_err(|e| self.not_serving(e))?;
+                let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_WATCH_WAIT);
+                let register = self.register_after(&name, seen_revision, wait).await;
+                Ok(Message::CoordinatedReply(CoordinatedReply {
+                    register: CoordinatedRegister {
+                        name,
+                        revision: register.revision,
+                        value: Bytes::from(register.value),
+                    },
+                    written: false,
+                }))
+            }
             Message::CoordinatedWrite(CoordinatedWriteRequest {
                 name,
                 expected_revision,
@@ -296,6 +323,28 @@ impl CoordinatorService {
                 ErrorCode::UnknownMessage,
                 format!("a coordinator does not take {}", other.name()),
             )),
+        }
+    }
+
+    /// The register `name` once its revision passes `seen`, or as it
+    /// stands after `wait`. The state machine applies an entry before raft
+    /// reports it applied, so a new applied log id in raft's metrics is the
+    /// moment to look again.
+    async fn register_after(&self, name: &str, seen: u64, wait: Duration) -> Register {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut metrics = self.raft.data_metrics();
+        loop {
+            let applied = metrics.borrow_and_update().last_applied;
+            let register = read_shared(&self.state).registers.read(name);
+            if register.revision > seen {
+                return register;
+            }
+            let next = metrics.wait_for(|m| m.last_applied != applied);
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Ok(_)) => continue,
+                // The wait is over, or raft stopped: the register as it is.
+                Ok(Err(_)) | Err(_) => return register,
+            }
         }
     }
 

@@ -2,8 +2,10 @@
 //! stopped and restarted again and again (the leader more often than
 //! not) while writers race conditional writes on one register. No two
 //! acknowledged writes may share a revision (that would be a lost update),
-//! and the register ends at or past every acknowledged revision. The seed
-//! (printed; `TEAMLOG_SEED` replays it) fixes the schedule of stops.
+//! and the register ends at or past every acknowledged revision. A watcher
+//! follows the register meanwhile: what its watches answer never goes
+//! back, whichever coordinator leads. The seed (printed; `TEAMLOG_SEED`
+//! replays it) fixes the schedule of stops.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -122,6 +124,27 @@ async fn write_until_stopped(
     }
 }
 
+/// Watches the register until stopped; returns every revision the
+/// watches answered with, in order.
+async fn watch_until_stopped(client: Arc<CoordinatorClient>, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let mut answered = Vec::new();
+    let mut seen = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match client
+            .watch(REGISTER, seen, Duration::from_millis(300))
+            .await
+        {
+            Ok(register) => {
+                answered.push(register.revision);
+                seen = seen.max(register.revision);
+            }
+            Err(CoordinatorError::Unavailable { .. }) => {}
+            Err(other) => panic!("watcher: {other}"),
+        }
+    }
+    answered
+}
+
 async fn wait_for_progress(acknowledged: &AtomicU64, since: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while acknowledged.load(Ordering::Relaxed) < since + 3 {
@@ -181,6 +204,7 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
             ))
         })
         .collect();
+    let watcher = tokio::spawn(watch_until_stopped(client.clone(), stop.clone()));
     wait_for_progress(&acknowledged, 0, "before any stop").await;
 
     for round in 0..stops {
@@ -203,6 +227,7 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
     for writer in writers {
         writer.await.unwrap();
     }
+    let watched = watcher.await.unwrap();
 
     let last = client.read(REGISTER).await.unwrap();
     for node in &mut nodes {
@@ -227,10 +252,72 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
     if last.revision == highest {
         assert_eq!(last.value, values[0].as_bytes());
     }
+    let went_back: Vec<_> = watched.windows(2).filter(|w| w[1] < w[0]).collect();
+    assert!(went_back.is_empty(), "watches went back: {went_back:?}");
+    assert!(
+        watched.last().is_some_and(|r| *r > 0),
+        "the watcher never saw a write: {watched:?}"
+    );
     println!(
         "{} writes acknowledged, {} of unknown outcome, register at revision {}",
         acknowledged.load(Ordering::Relaxed),
         outcomes.unknown,
         last.revision
     );
+}
+
+/// A watch answers once a write passes the revision it saw, with that
+/// write; when nothing is written it answers after its wait, unchanged;
+/// and a watch that saw less than the register holds answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_answers_with_the_write_that_passes_its_revision() {
+    let members: BTreeMap<u64, SocketAddr> = (1..=3).zip(free_addrs(3)).collect();
+    let mut nodes: Vec<Node> = members
+        .keys()
+        .map(|id| Node {
+            config: CoordinatorConfig::new(*id, members.clone()),
+            disk: Arc::new(MemDisk::default()),
+            running: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start().await;
+    }
+    let addrs: Vec<SocketAddr> = members.values().copied().collect();
+    let client = Arc::new(CoordinatorClient::new(&addrs, Default::default()).unwrap());
+    let before = client.read(REGISTER).await.unwrap();
+
+    let idle = client
+        .watch(REGISTER, before.revision, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(idle.revision, before.revision);
+
+    // The coordinators answer a longer wait after 5 s: without the write
+    // waking it, this watch would answer with the old revision.
+    let watching = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .watch(REGISTER, before.revision, Duration::from_secs(60))
+                .await
+        }
+    });
+    let written = client
+        .write(REGISTER, before.revision, Bytes::from_static(b"moved"))
+        .await
+        .unwrap();
+    assert!(written.written);
+    let woken = watching.await.unwrap().unwrap();
+    assert_eq!(woken.revision, written.register.revision);
+    assert_eq!(&woken.value[..], b"moved");
+
+    let behind = client
+        .watch(REGISTER, before.revision, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(behind.revision, written.register.revision);
+    for node in &mut nodes {
+        node.stop().await;
+    }
 }

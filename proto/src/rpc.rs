@@ -408,6 +408,15 @@ pub struct CoordinatedRegister {
     pub value: Bytes,
 }
 
+/// Reads a register once its revision passes `seen_revision`, or once
+/// `wait_ms` passed (bounded by the coordinator), whichever is first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatedWatchRequest {
+    pub name: String,
+    pub seen_revision: u64,
+    pub wait_ms: u32,
+}
+
 /// Writes a register only if its revision is still `expected_revision`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoordinatedWriteRequest {
@@ -689,6 +698,8 @@ pub enum Message {
     RaftReply(Bytes),
     /// Reads a coordinated register by name.
     CoordinatedRead(String),
+    /// Waits for a coordinated register to change, then reads it.
+    CoordinatedWatch(CoordinatedWatchRequest),
     CoordinatedWrite(CoordinatedWriteRequest),
     CoordinatedReply(CoordinatedReply),
     CoordinatorStatus(CoordinatorStatusReply),
@@ -751,6 +762,7 @@ impl Message {
             Message::Raft(_) => "raft",
             Message::RaftReply(_) => "raft_reply",
             Message::CoordinatedRead(_) => "coordinated_read",
+            Message::CoordinatedWatch(_) => "coordinated_watch",
             Message::CoordinatedWrite(_) => "coordinated_write",
             Message::CoordinatedReply(_) => "coordinated_reply",
             Message::CoordinatorStatus(_) => "coordinator_status",
@@ -805,6 +817,7 @@ impl Message {
                 | Message::GetKeyLocation(_)
                 | Message::Raft(_)
                 | Message::CoordinatedRead(_)
+                | Message::CoordinatedWatch(_)
                 | Message::CoordinatedWrite(_)
                 | Message::RegisterWorker(_)
                 | Message::Recruit(_)

@@ -289,10 +289,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for RoleKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PAYLOAD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PAYLOAD: u8 = 47;
+pub const ENUM_MAX_PAYLOAD: u8 = 48;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PAYLOAD: [Payload; 48] = [
+pub const ENUM_VALUES_PAYLOAD: [Payload; 49] = [
   Payload::NONE,
   Payload::TLogCommitRequest,
   Payload::TLogCommitReply,
@@ -341,6 +341,7 @@ pub const ENUM_VALUES_PAYLOAD: [Payload; 48] = [
   Payload::WorkerStatusReply,
   Payload::ShardMetricsRequest,
   Payload::ShardMetricsReply,
+  Payload::CoordinatedWatchRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -396,9 +397,10 @@ impl Payload {
   pub const WorkerStatusReply: Self = Self(45);
   pub const ShardMetricsRequest: Self = Self(46);
   pub const ShardMetricsReply: Self = Self(47);
+  pub const CoordinatedWatchRequest: Self = Self(48);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 47;
+  pub const ENUM_MAX: u8 = 48;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::TLogCommitRequest,
@@ -448,6 +450,7 @@ impl Payload {
     Self::WorkerStatusReply,
     Self::ShardMetricsRequest,
     Self::ShardMetricsReply,
+    Self::CoordinatedWatchRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -500,6 +503,7 @@ impl Payload {
       Self::WorkerStatusReply => Some("WorkerStatusReply"),
       Self::ShardMetricsRequest => Some("ShardMetricsRequest"),
       Self::ShardMetricsReply => Some("ShardMetricsReply"),
+      Self::CoordinatedWatchRequest => Some("CoordinatedWatchRequest"),
       _ => None,
     }
   }
@@ -6592,6 +6596,136 @@ impl ::core::fmt::Debug for CoordinatedReadRequest<'_> {
       ds.finish()
   }
 }
+pub enum CoordinatedWatchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CoordinatedWatchRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CoordinatedWatchRequest<'a> {
+  type Inner = CoordinatedWatchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CoordinatedWatchRequest<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEEN_REVISION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_WAIT_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CoordinatedWatchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CoordinatedWatchRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CoordinatedWatchRequest<'bldr>> {
+    let mut builder = CoordinatedWatchRequestBuilder::new(_fbb);
+    builder.add_seen_revision(args.seen_revision);
+    builder.add_wait_ms(args.wait_ms);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CoordinatedWatchRequest::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn seen_revision(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CoordinatedWatchRequest::VT_SEEN_REVISION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn wait_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CoordinatedWatchRequest::VT_WAIT_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CoordinatedWatchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u64>("seen_revision", Self::VT_SEEN_REVISION, false)?
+     .visit_field::<u32>("wait_ms", Self::VT_WAIT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CoordinatedWatchRequestArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub seen_revision: u64,
+    pub wait_ms: u32,
+}
+impl<'a> Default for CoordinatedWatchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CoordinatedWatchRequestArgs {
+      name: None,
+      seen_revision: 0,
+      wait_ms: 0,
+    }
+  }
+}
+
+pub struct CoordinatedWatchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CoordinatedWatchRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CoordinatedWatchRequest::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_seen_revision(&mut self, seen_revision: u64) {
+    self.fbb_.push_slot::<u64>(CoordinatedWatchRequest::VT_SEEN_REVISION, seen_revision, 0);
+  }
+  #[inline]
+  pub fn add_wait_ms(&mut self, wait_ms: u32) {
+    self.fbb_.push_slot::<u32>(CoordinatedWatchRequest::VT_WAIT_MS, wait_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CoordinatedWatchRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CoordinatedWatchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CoordinatedWatchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CoordinatedWatchRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CoordinatedWatchRequest");
+      ds.field("name", &self.name());
+      ds.field("seen_revision", &self.seen_revision());
+      ds.field("wait_ms", &self.wait_ms());
+      ds.finish()
+  }
+}
 pub enum CoordinatedWriteRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -9605,6 +9739,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn payload_as_coordinated_watch_request(&self) -> Option<CoordinatedWatchRequest<'a>> {
+    if self.payload_type() == Payload::CoordinatedWatchRequest {
+      self.payload().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CoordinatedWatchRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -9663,6 +9812,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Payload::WorkerStatusReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<WorkerStatusReply>>("Payload::WorkerStatusReply", pos),
           Payload::ShardMetricsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ShardMetricsRequest>>("Payload::ShardMetricsRequest", pos),
           Payload::ShardMetricsReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ShardMetricsReply>>("Payload::ShardMetricsReply", pos),
+          Payload::CoordinatedWatchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CoordinatedWatchRequest>>("Payload::CoordinatedWatchRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -10055,6 +10205,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Payload::ShardMetricsReply => {
           if let Some(x) = self.payload_as_shard_metrics_reply() {
+            ds.field("payload", &x)
+          } else {
+            ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Payload::CoordinatedWatchRequest => {
+          if let Some(x) = self.payload_as_coordinated_watch_request() {
             ds.field("payload", &x)
           } else {
             ds.field("payload", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -318,6 +318,11 @@ fn every_message() -> Vec<Message> {
         Message::Raft(Bytes::from_static(b"{\"vote\":1}")),
         Message::RaftReply(Bytes::from_static(b"{\"granted\":true}")),
         Message::CoordinatedRead("cluster".into()),
+        Message::CoordinatedWatch(CoordinatedWatchRequest {
+            name: "core_state".into(),
+            seen_revision: 12,
+            wait_ms: 2_000,
+        }),
         Message::CoordinatedWrite(CoordinatedWriteRequest {
             name: "cluster".into(),
             expected_revision: 4,
@@ -554,6 +559,7 @@ fn request_and_reply_kinds_are_told_apart() {
             "get_key_location",
             "raft",
             "coordinated_read",
+            "coordinated_watch",
             "coordinated_write",
             "register_worker",
             "recruit",

@@ -316,6 +316,7 @@ fn encode_message(
         Message::Raft(payload) => coordination::raft(fbb, payload),
         Message::RaftReply(payload) => coordination::raft_reply(fbb, payload),
         Message::CoordinatedRead(name) => coordination::read(fbb, name),
+        Message::CoordinatedWatch(r) => coordination::watch(fbb, r),
         Message::CoordinatedWrite(r) => coordination::write(fbb, r),
         Message::CoordinatedReply(r) => coordination::reply(fbb, r),
         Message::CoordinatorStatus(r) => coordination::status(fbb, r),

@@ -7,8 +7,8 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 use super::optional_bytes;
 use crate::generated::rpc as fb;
 use crate::rpc::{
-    CoordinatedRegister, CoordinatedReply, CoordinatedWriteRequest, CoordinatorStatusReply,
-    DecodeError, Message, RecoveryReport, WatchedProcess, WorkerReport,
+    CoordinatedRegister, CoordinatedReply, CoordinatedWatchRequest, CoordinatedWriteRequest,
+    CoordinatorStatusReply, DecodeError, Message, RecoveryReport, WatchedProcess, WorkerReport,
 };
 
 type Encoded = (fb::Payload, WIPOffset<UnionWIPOffset>);
@@ -29,6 +29,17 @@ pub(super) fn read(fbb: &mut FlatBufferBuilder<'_>, name: &str) -> Encoded {
     let name = Some(fbb.create_string(name));
     let t = fb::CoordinatedReadRequest::create(fbb, &fb::CoordinatedReadRequestArgs { name });
     (fb::Payload::CoordinatedReadRequest, t.as_union_value())
+}
+
+pub(super) fn watch(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatedWatchRequest) -> Encoded {
+    let name = Some(fbb.create_string(&r.name));
+    let args = fb::CoordinatedWatchRequestArgs {
+        name,
+        seen_revision: r.seen_revision,
+        wait_ms: r.wait_ms,
+    };
+    let t = fb::CoordinatedWatchRequest::create(fbb, &args);
+    (fb::Payload::CoordinatedWatchRequest, t.as_union_value())
 }
 
 pub(super) fn write(fbb: &mut FlatBufferBuilder<'_>, r: &CoordinatedWriteRequest) -> Encoded {
@@ -197,6 +208,7 @@ pub(super) fn payload_len(message: &Message) -> usize {
     match message {
         Message::Raft(payload) | Message::RaftReply(payload) => payload.len(),
         Message::CoordinatedRead(name) => name.len(),
+        Message::CoordinatedWatch(r) => r.name.len(),
         Message::CoordinatedWrite(r) => r.name.len() + r.value.len(),
         Message::CoordinatedReply(r) => r.register.name.len() + r.register.value.len(),
         _ => 0,
@@ -227,6 +239,16 @@ pub(super) fn decode(
             Ok(Message::CoordinatedRead(
                 r.name().unwrap_or_default().to_owned(),
             ))
+        })(),
+        fb::Payload::CoordinatedWatchRequest => (|| {
+            let r = envelope
+                .payload_as_coordinated_watch_request()
+                .ok_or_else(unknown)?;
+            Ok(Message::CoordinatedWatch(CoordinatedWatchRequest {
+                name: r.name().unwrap_or_default().to_owned(),
+                seen_revision: r.seen_revision(),
+                wait_ms: r.wait_ms(),
+            }))
         })(),
         fb::Payload::CoordinatedWriteRequest => (|| {
             let r = envelope
