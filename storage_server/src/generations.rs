@@ -1,14 +1,15 @@
 //! Where a storage server's teams are: the TLogs of every generation that
 //! may still hold its data, and the sequencer to ask for the committed
 //! version. Pinned by the cluster file, or read from the coordinators'
-//! core state, again whenever the cursor stalls and once a second.
+//! core state: again whenever the cursor stalls, once a second, and as
+//! soon as a watch on the core state brings other generations.
 //!
 //! ```text
+//!  watch ─new generations─▶ interrupt the cursor's peeks ─▶ apply loop refreshes
 //!  core state ─refresh─▶ View { generations (begin, end, readable TLogs), sequencer }
-//!                          ├─▶ GenerationSource<TLogSource>: the cursor's peeks
-//!                          ├─▶ pops: every generation holding versions up to the durable one
-//!                          └─▶ rollback point: the generation this server read as current
-//!                              ended below what it applied
+//!                          ├─▶ GenerationSource<TLogSource>: the cursor's peeks, and the
+//!                          │   rollback point once a generation it read while open ended
+//!                          └─▶ pops: every generation holding versions up to the durable one
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,17 +78,6 @@ pub struct Generations {
     sources: Mutex<BTreeMap<u64, Arc<TLogSource>>>,
     source: Arc<GenerationSource<TLogSource>>,
     peers: PeerPool,
-}
-
-/// The end of the generation `seen` had as current, once `next` ends it:
-/// whatever the server's cursor fetched from it past that end, applied or
-/// still buffered, came from its uncommitted tail.
-fn current_end(seen: &View, next: &View) -> Option<Version> {
-    let current = seen.generations.iter().find(|g| g.end.is_none())?;
-    next.generations
-        .iter()
-        .find(|g| g.epoch == current.epoch)?
-        .end
 }
 
 fn view_of(state: &CoreState) -> View {
@@ -168,28 +158,45 @@ impl Generations {
         Some(self.peer(sequencer))
     }
 
-    /// Reads the core state again and routes peeks by it; returns the end
-    /// of the generation this server read as current, when it has ended:
-    /// the server must then forget what it applied above that end and
-    /// drop what its cursor fetched, and read on with a new cursor.
-    pub async fn refresh(&self) -> Result<Option<Version>, String> {
+    /// The coordinators, when they say where the generations are.
+    pub fn coordinators(&self) -> Option<Arc<CoordinatorClient>> {
+        match &self.discovery {
+            LogDiscovery::Coordinated(coordinators) => Some(coordinators.clone()),
+            LogDiscovery::Pinned { .. } => None,
+        }
+    }
+
+    /// Reads the core state again and routes peeks by it; says whether the
+    /// generations changed. When the generation the cursor read while open
+    /// has ended, the source says so (`GenerationSource::take_rollback`).
+    pub async fn refresh(&self) -> Result<bool, String> {
         let LogDiscovery::Coordinated(coordinators) = &self.discovery else {
-            return Ok(None);
+            return Ok(false);
         };
+        let interrupts = self.source.interrupts();
         let (state, _) = coordinators
             .read_core_state()
             .await
             .map_err(|e| format!("reading the core state: {e}"))?;
-        let next = view_of(&state);
-        let ended = current_end(&self.view(), &next);
-        self.install(next);
-        Ok(ended)
+        let changed = self.install(view_of(&state));
+        self.source.acknowledge(interrupts);
+        Ok(changed)
     }
 
-    fn install(&self, next: View) {
+    /// A core state a watch brought: when its generations differ from the
+    /// ones peeks follow, the cursor's peeks stop waiting where they are,
+    /// and the apply loop reads the core state again.
+    pub fn watched(&self, state: &CoreState) {
+        if view_of(state) != *self.view() {
+            self.source.interrupt();
+        }
+    }
+
+    /// Installs `next`; says whether it differs from the view before.
+    fn install(&self, next: View) -> bool {
         let seen = self.view().clone();
         if seen == next {
-            return;
+            return false;
         }
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes = Vec::new();
@@ -215,6 +222,7 @@ impl Generations {
         sources.retain(|epoch, _| next.generations.iter().any(|g| g.epoch == *epoch));
         self.source.set_generations(routes);
         *self.view() = next;
+        true
     }
 
     fn tlog_source(&self, g: &GenerationView) -> TLogSource {
@@ -288,46 +296,5 @@ impl Generations {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn generation(epoch: u64, begin: u64, end: Option<u64>) -> GenerationView {
-        GenerationView {
-            epoch,
-            begin: Version(begin),
-            end: end.map(Version),
-            tlogs: Vec::new(),
-            readable: Vec::new(),
-            replication: 1,
-        }
-    }
-
-    fn view(generations: Vec<GenerationView>) -> View {
-        View {
-            generations,
-            sequencer: None,
-        }
-    }
-
-    #[test]
-    fn the_end_of_the_generation_read_as_current_is_found_once() {
-        let seen = view(vec![generation(1, 0, Some(100)), generation(2, 100, None)]);
-        let ended = view(vec![
-            generation(1, 0, Some(100)),
-            generation(2, 100, Some(250)),
-            generation(3, 250, Some(300)),
-            generation(4, 300, None),
-        ]);
-        assert_eq!(current_end(&seen, &ended), Some(Version(250)));
-        // Already knowing the end, the cursor never read past it.
-        assert_eq!(current_end(&ended, &ended), None);
-        // A current generation dropped unopened held nothing to read.
-        let dropped = view(vec![generation(1, 0, Some(100)), generation(3, 100, None)]);
-        assert_eq!(current_end(&seen, &dropped), None);
-        assert_eq!(current_end(&View::default(), &ended), None);
     }
 }

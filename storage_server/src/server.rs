@@ -64,6 +64,7 @@ mod lazy_copy;
 mod reads;
 mod rebuild;
 mod shard_metrics;
+mod watch;
 
 const META_TEAM_SET: &str = "team_set";
 const META_SHARD_MAP: &str = "shard_map";
@@ -300,6 +301,7 @@ impl<E: KvEngine> StorageService<E> {
         tokio::spawn(apply_loop::run_apply(Arc::downgrade(&inner)));
         tokio::spawn(fetch::run_fetch(Arc::downgrade(&inner)));
         tokio::spawn(run_lag_gauges(Arc::downgrade(&inner)));
+        tokio::spawn(watch::run_core_state_watch(Arc::downgrade(&inner)));
         Ok(StorageService { inner })
     }
 

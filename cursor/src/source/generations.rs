@@ -14,9 +14,19 @@
 //! ([`GenerationSource::set_generations`]). A reader that already took
 //! versions above a recovery version from the generation it ended must
 //! roll them back: they never committed.
+//!
+//! Whoever learns first that the generations changed (a watch on the core
+//! state) calls [`GenerationSource::interrupt`]: peeks in flight, which may
+//! wait on a locked TLog's long poll or on a lost TLog's retries, fail at
+//! once as unavailable, and so do new ones until the owner has read the
+//! generations again and [`acknowledged`](GenerationSource::acknowledge)
+//! the interrupt. The reader retries against the new routes.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
 
 use proto::{BlockEntry, PeekReply, StorageTeamId, TeamBlockBuilder, TeamBlockData, Version};
 
@@ -49,35 +59,123 @@ impl<S> GenerationRoute<S> {
     }
 }
 
-/// A [`PeekSource`] over every live generation, oldest first.
+/// The routes, and what the reader took from a generation while it was
+/// open.
+struct Routes<S> {
+    generations: Vec<GenerationRoute<S>>,
+    /// The open generation the reader peeked since it last started over.
+    read_open: Option<u64>,
+    /// Where the reader must roll back to: a generation it peeked while
+    /// open has since ended there.
+    rollback: Option<Version>,
+}
+
+/// A [`PeekSource`] over every live generation, oldest first, read by one
+/// reader (a storage server's cursor).
+///
+/// Whoever sets the generations, the reader learns when one it peeked
+/// while open has ended ([`take_rollback`](Self::take_rollback)): what it
+/// fetched past that end never committed. A peek whose generation ends
+/// while it is in flight is cut at the end instead.
 pub struct GenerationSource<S> {
-    generations: Mutex<Vec<GenerationRoute<S>>>,
+    routes: Mutex<Routes<S>>,
+    /// How many interrupts were asked for.
+    interrupts: watch::Sender<u64>,
+    /// The interrupts the owner answered by reading the generations again.
+    acknowledged: AtomicU64,
 }
 
 impl<S: PeekSource> GenerationSource<S> {
     pub fn new(generations: Vec<GenerationRoute<S>>) -> Self {
         GenerationSource {
-            generations: Mutex::new(generations),
+            routes: Mutex::new(Routes {
+                generations,
+                read_open: None,
+                rollback: None,
+            }),
+            interrupts: watch::Sender::new(0),
+            acknowledged: AtomicU64::new(0),
         }
+    }
+
+    /// The generations changed and the owner will set them anew: peeks in
+    /// flight and to come fail as unavailable until it acknowledges.
+    pub fn interrupt(&self) {
+        self.interrupts.send_modify(|count| *count += 1);
+    }
+
+    /// How many interrupts were asked for so far; an owner that reads the
+    /// generations after taking this count acknowledges it once it has set
+    /// them.
+    pub fn interrupts(&self) -> u64 {
+        *self.interrupts.borrow()
+    }
+
+    /// The owner read the generations after `interrupts` interrupts.
+    pub fn acknowledge(&self, interrupts: u64) {
+        self.acknowledged.fetch_max(interrupts, Ordering::SeqCst);
+    }
+
+    /// Whether an interrupt waits for the owner.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupts() != self.acknowledged.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once an interrupt waits for the owner.
+    pub async fn interrupted(&self) {
+        let mut interrupts = self.interrupts.subscribe();
+        // The sender lives in `self`: the channel cannot close meanwhile.
+        let _ = interrupts
+            .wait_for(|count| *count != self.acknowledged.load(Ordering::SeqCst))
+            .await;
     }
 
     /// Replaces the generations (oldest first), e.g. after a recovery.
     pub fn set_generations(&self, generations: Vec<GenerationRoute<S>>) {
-        *self.generations() = generations;
+        let mut routes = self.routes();
+        if let Some(epoch) = routes.read_open {
+            match generations.iter().find(|g| g.epoch == epoch) {
+                Some(GenerationRoute { end: Some(end), .. }) => {
+                    let end = *end;
+                    routes.rollback = Some(routes.rollback.map_or(end, |r| r.min(end)));
+                    routes.read_open = None;
+                }
+                Some(_) => {}
+                // Gone: retired once every server made it durable, or
+                // dropped by a recovery before anything committed in it.
+                None => routes.read_open = None,
+            }
+        }
+        routes.generations = generations;
+    }
+
+    /// Where the reader must roll back to, once: a generation it peeked
+    /// while open ended there. It drops what it fetched and starts over.
+    pub fn take_rollback(&self) -> Option<Version> {
+        self.routes().rollback.take()
+    }
+
+    /// The reader starts over from what it holds, all of it committed:
+    /// nothing it read before counts any more.
+    pub fn restart_reader(&self) {
+        let mut routes = self.routes();
+        routes.read_open = None;
+        routes.rollback = None;
     }
 
     /// The epoch of the newest generation known.
     pub fn newest_epoch(&self) -> Option<u64> {
-        self.generations().last().map(|g| g.epoch)
+        self.routes().generations.last().map(|g| g.epoch)
     }
 
-    fn generations(&self) -> MutexGuard<'_, Vec<GenerationRoute<S>>> {
+    fn routes(&self) -> MutexGuard<'_, Routes<S>> {
         // Replaced whole under the lock: a panic cannot leave it half-set.
-        self.generations.lock().unwrap_or_else(|e| e.into_inner())
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn route(&self, begin: Version) -> Result<GenerationRoute<S>, SourceError> {
-        let generations = self.generations();
+        let routes = self.routes();
+        let generations = &routes.generations;
         if let Some(route) = generations.iter().find(|g| g.holds(begin)) {
             return Ok(route.clone());
         }
@@ -104,8 +202,20 @@ impl<S: PeekSource> GenerationSource<S> {
         begin: Version,
         max_bytes: u32,
     ) -> Result<PeekReply, SourceError> {
+        let mut interrupts = self.interrupts.subscribe();
+        let interrupted = || SourceError::Unavailable {
+            attempts: 0,
+            reason: "the generations changed: reading them again".to_owned(),
+        };
+        if *interrupts.borrow_and_update() != self.acknowledged.load(Ordering::SeqCst) {
+            return Err(interrupted());
+        }
         let route = self.route(begin)?;
-        let reply = match route.source.peek(team, begin, max_bytes).await {
+        let peeked = tokio::select! {
+            peeked = route.source.peek(team, begin, max_bytes) => peeked,
+            _ = interrupts.changed() => return Err(interrupted()),
+        };
+        let reply = match peeked {
             // A new generation's proxies register the teams on its TLogs
             // once recruited, a moment after the generation is recorded.
             Err(SourceError::UnknownTeam) if route.end.is_none() => {
@@ -116,7 +226,22 @@ impl<S: PeekSource> GenerationSource<S> {
             }
             reply => reply?,
         };
-        match route.end {
+        // The generation may have ended while the peek was out.
+        let end = {
+            let mut routes = self.routes();
+            let end = route.end.or_else(|| {
+                routes
+                    .generations
+                    .iter()
+                    .find(|g| g.epoch == route.epoch)
+                    .and_then(|g| g.end)
+            });
+            if end.is_none() && !reply.end_of_stream {
+                routes.read_open = Some(route.epoch);
+            }
+            end
+        };
+        match end {
             Some(end) => cut_at_recovery_version(reply, begin, end),
             None if reply.end_of_stream => Err(SourceError::Unavailable {
                 attempts: 0,

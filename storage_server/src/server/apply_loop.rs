@@ -6,7 +6,8 @@
 //! ```text
 //!  run_apply ─▶ rebuild if due ─▶ cursor from applied + 1 ─▶ consume
 //!  consume: fetch ─▶ apply_batch ─▶ flush_step (flush, pop) ─▶ …
-//!     fetch failed: retryable ─▶ refresh the generations, back off
+//!     fetch failed: retryable ─▶ refresh the generations, back off (cut short by a watch)
+//!     a generation the cursor read while open ended ─▶ roll back, new cursor
 //!                   popped     ─▶ Consumed::Rebuild
 //!                   otherwise  ─▶ the server stops applying
 //! ```
@@ -39,6 +40,10 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
             }
         }
         let begin = strong.store().applied_version().next();
+        // Everything applied committed (rolled back to a recovery version,
+        // copied at a committed one, or made durable): what the last cursor
+        // read no longer counts.
+        strong.generations.source().restart_reader();
         let teams = strong.ownership().teams_at(begin);
         strong.generations.route_teams(&teams);
         let set = TeamSet::new(strong.config.private_team, teams);
@@ -71,24 +76,45 @@ const MAX_PEEK_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// How often a server reads the core state while its cursor moves.
 const GENERATIONS_REFRESH: Duration = Duration::from_secs(1);
 
-/// Reads the core state again. When a recovery ended the generation read
-/// as current, rolls back what was applied above its end and has the
-/// cursor made anew: even with nothing applied past the end, the cursor
-/// may hold versions past it, fetched while the generation was open. Says
-/// how the cursor's reading ends when it must (rolled back, or failed).
-async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
-    match inner.generations.refresh().await {
-        Ok(Some(end)) => match inner.rollback_to(end) {
-            Ok(()) => Some(Consumed::RolledBack),
-            Err(reason) => {
-                inner.fail(reason);
-                Some(Consumed::Stopped)
-            }
-        },
-        Ok(None) => None,
+/// What reading the core state again came to.
+enum Refreshed {
+    /// The generations are as they were, or could not be read.
+    Same,
+    /// Peeks follow other generations now: worth a peek at once.
+    Changed,
+    /// The cursor's reading ends (rolled back, or failed).
+    Ends(Consumed),
+}
+
+/// Reads the core state again, then rolls back if a generation the cursor
+/// read while open has ended.
+async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Refreshed {
+    let changed = match inner.generations.refresh().await {
+        Ok(changed) => changed,
         Err(reason) => {
             tracing::debug!(%reason, "the generations could not be refreshed");
-            None
+            false
+        }
+    };
+    match roll_back_if_ended(inner) {
+        Some(consumed) => Refreshed::Ends(consumed),
+        None if changed => Refreshed::Changed,
+        None => Refreshed::Same,
+    }
+}
+
+/// When a recovery ended a generation the cursor read while it was open
+/// (whoever installed the news), rolls back what was applied above its
+/// end and has the cursor made anew: even with nothing applied past the
+/// end, the cursor may hold versions past it, fetched from the uncommitted
+/// tail.
+fn roll_back_if_ended<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
+    let end = inner.generations.source().take_rollback()?;
+    match inner.rollback_to(end) {
+        Ok(()) => Some(Consumed::RolledBack),
+        Err(reason) => {
+            inner.fail(reason);
+            Some(Consumed::Stopped)
         }
     }
 }
@@ -150,12 +176,23 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 tracing::debug!(error = %e, "peek failed; retrying");
                 if inner.generations.is_coordinated() {
                     refreshed = Instant::now();
-                    if let Some(consumed) = refresh_generations(&inner).await {
-                        return consumed;
+                    match refresh_generations(&inner).await {
+                        Refreshed::Ends(consumed) => return consumed,
+                        Refreshed::Changed => {
+                            delays = retry_policy.build();
+                            continue;
+                        }
+                        Refreshed::Same => {}
                     }
                 }
+                let source = inner.generations.source();
+                drop(inner);
                 let delay = delays.next().unwrap_or(MAX_PEEK_RETRY_DELAY);
-                tokio::time::sleep(delay).await;
+                // A watch that brings new generations cuts the wait short.
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = source.interrupted() => {}
+                }
                 continue;
             }
             Err(CursorError::Source {
@@ -169,6 +206,10 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 inner.fail(e.to_string());
                 return Consumed::Stopped;
             }
+        }
+        // Another task may have installed the end of what the cursor read.
+        if let Some(consumed) = roll_back_if_ended(&inner) {
+            return consumed;
         }
         let complete_below = cursor.complete_below();
         let known_committed = cursor.known_committed();
@@ -200,7 +241,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
         }
         if stale && inner.generations.is_coordinated() {
             refreshed = Instant::now();
-            if let Some(consumed) = refresh_generations(&inner).await {
+            if let Refreshed::Ends(consumed) = refresh_generations(&inner).await {
                 return consumed;
             }
         }

@@ -241,3 +241,143 @@ fn a_team_the_current_generation_does_not_know_yet_is_worth_waiting_for() {
         Err(SourceError::UnknownTeam)
     );
 }
+
+/// A source whose peeks never answer: a TLog's long poll with nothing new,
+/// or a lost TLog's retries.
+struct Silent;
+
+impl PeekSource for Silent {
+    fn peek(
+        &self,
+        _team: StorageTeamId,
+        _begin: Version,
+        _max_bytes: u32,
+    ) -> impl Future<Output = Result<PeekReply, SourceError>> + Send {
+        std::future::pending()
+    }
+}
+
+#[test]
+fn an_interrupt_ends_peeks_in_flight_and_to_come_until_acknowledged() {
+    use futures::FutureExt;
+
+    let source = GenerationSource::new(vec![GenerationRoute {
+        epoch: 1,
+        begin: Version(0),
+        end: None,
+        source: Arc::new(Silent),
+    }]);
+    assert!(!source.is_interrupted());
+    assert!(source.interrupted().now_or_never().is_none());
+    let mut in_flight = Box::pin(source.peek(A, Version(1), 1));
+    assert!((&mut in_flight).now_or_never().is_none());
+
+    source.interrupt();
+    let error = block_on(in_flight).unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(source.is_interrupted());
+    assert!(source.interrupted().now_or_never().is_some());
+    let seen = source.interrupts();
+    assert!(block_on(source.peek(A, Version(1), 1))
+        .unwrap_err()
+        .is_retryable());
+
+    // The owner read the generations again: peeks go through once more.
+    source.acknowledge(seen);
+    assert!(!source.is_interrupted());
+    assert!(source.peek(A, Version(1), 1).now_or_never().is_none());
+    // An interrupt asked for while the owner read is not taken back by it.
+    source.interrupt();
+    source.acknowledge(seen);
+    assert!(source.is_interrupted());
+}
+
+fn versions_of(reply: &PeekReply) -> Vec<u64> {
+    reply
+        .blocks
+        .iter()
+        .flat_map(|block| {
+            let parsed = block.parse().unwrap();
+            parsed.entries().map(|e| e.version().0).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_generation_read_while_open_that_ends_asks_the_reader_to_roll_back_once() {
+    let first = memory(&[A]);
+    for v in 1..=5 {
+        first
+            .commit(Version(v), &[(A, Subsequence(1), set(format!("k{v}")))])
+            .unwrap();
+    }
+    let source = GenerationSource::new(vec![route(1, 0, None, first.clone())]);
+    let reply = block_on(source.peek(A, Version(1), 1 << 20)).unwrap();
+    assert_eq!(versions_of(&reply), vec![1, 2, 3, 4, 5]);
+    assert_eq!(source.take_rollback(), None);
+
+    // Whoever installs the recovery's routes, the reader learns of it.
+    source.set_generations(vec![
+        route(1, 0, Some(3), first.clone()),
+        route(2, 3, None, memory(&[A])),
+    ]);
+    assert_eq!(source.take_rollback(), Some(Version(3)));
+    assert_eq!(source.take_rollback(), None);
+
+    // A reader that starts over from committed data owes nothing.
+    source.set_generations(vec![route(1, 0, None, first.clone())]);
+    block_on(source.peek(A, Version(1), 1 << 20)).unwrap();
+    source.restart_reader();
+    source.set_generations(vec![route(1, 0, Some(3), first)]);
+    assert_eq!(source.take_rollback(), None);
+}
+
+/// A memory source whose peeks wait for the test to let them through.
+struct Gated {
+    inner: Arc<MemorySource>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl PeekSource for Gated {
+    async fn peek(
+        &self,
+        team: StorageTeamId,
+        begin: Version,
+        max_bytes: u32,
+    ) -> Result<PeekReply, SourceError> {
+        let _pass = self.gate.acquire().await.expect("the gate stays open");
+        self.inner.peek(team, begin, max_bytes).await
+    }
+}
+
+#[test]
+fn a_peek_whose_generation_ends_while_it_is_out_is_cut_at_the_end() {
+    use futures::FutureExt;
+
+    let tlogs = memory(&[A]);
+    for v in 1..=5 {
+        tlogs
+            .commit(Version(v), &[(A, Subsequence(1), set(format!("k{v}")))])
+            .unwrap();
+    }
+    let gated = Arc::new(Gated {
+        inner: tlogs,
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let open = |end: Option<u64>| GenerationRoute {
+        epoch: 1,
+        begin: Version(0),
+        end: end.map(Version),
+        source: gated.clone(),
+    };
+    let source = GenerationSource::new(vec![open(None)]);
+    let mut out = Box::pin(source.peek(A, Version(1), 1 << 20));
+    assert!((&mut out).now_or_never().is_none());
+    source.set_generations(vec![open(Some(2))]);
+    gated.gate.add_permits(1);
+    let reply = block_on(out).unwrap();
+    assert_eq!(versions_of(&reply), vec![1, 2]);
+    assert_eq!(reply.end, Version(3));
+    // Nothing past the end reached the reader: nothing to roll back.
+    assert_eq!(source.take_rollback(), None);
+}
