@@ -1,11 +1,13 @@
 //! `teamlog bench recovery`: how long commits stop when a process dies.
 //! Over a local cluster whose controller recruits the commit path, it
 //! kills one process with SIGKILL, times the first acknowledged commit
-//! issued after the kill, relaunches the process, waits for the cluster
-//! to settle, and does it again, for each role asked.
+//! issued after the kill and the moment a read at its version returns it,
+//! relaunches the process, waits for the cluster to settle, and does it
+//! again, for each role asked.
 //!
 //! ```text
-//!  prober: commit, commit, … ──kill -9 victim── commit ✗ … commit ✓   kill → first ✓ = the figure
+//!  prober: commit, commit, … ──kill -9 victim── commit ✗ … commit ✓   kill → first ✓ = "commit"
+//!                                                   read at its version ✗ … ✓   kill → ✓ = "readable"
 //!  victims: the worker hosting a TLog │ the sequencer │ a proxy of the current generation,
 //!           the coordinator hosting the controller, another coordinator
 //! ```
@@ -17,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use client::Client;
 use proto::rpc::RoleKind;
-use proto::Mutation;
+use proto::{Mutation, Version};
 use serde::Serialize;
 use testkit::{ClusterSpec, LocalCluster};
 
@@ -46,10 +48,28 @@ pub struct RecoveryBenchArgs {
 struct RoleFigures {
     role: String,
     kills: usize,
+    /// Kill to the first acknowledged commit.
+    commit: Quantiles,
+    /// Kill to a read of that commit's write at its version.
+    readable: Quantiles,
+}
+
+#[derive(Serialize)]
+struct Quantiles {
     median_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+}
+
+impl std::fmt::Display for Quantiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
+            self.median_ms, self.p90_ms, self.p99_ms, self.max_ms
+        )
+    }
 }
 
 /// How long one kill may stop commits before the bench gives up.
@@ -72,20 +92,28 @@ async fn measure(args: &RecoveryBenchArgs, dir: &std::path::Path) -> Result<()> 
     let client = Client::new(&local.cluster)?;
     let mut figures = Vec::new();
     for role in &args.roles {
-        let mut times = Vec::with_capacity(args.kills);
+        let mut commits = Vec::with_capacity(args.kills);
+        let mut reads = Vec::with_capacity(args.kills);
         for kill in 0..args.kills {
             settle(&local, &client).await?;
             let stopped = kill_one(&mut local, role).await?;
-            times.push(first_commit_after(&client, stopped).await?);
+            let probe = first_commit_after(&client, stopped).await?;
+            commits.push(probe.took);
+            reads.push(first_read_of(&client, &probe, stopped).await?);
             relaunch(&mut local, role).await?;
             if (kill + 1) % 10 == 0 {
                 println!("{role}: {} kills", kill + 1);
             }
         }
-        let row = summarize(role, times);
+        let row = RoleFigures {
+            role: role.clone(),
+            kills: commits.len(),
+            commit: quantiles(commits),
+            readable: quantiles(reads),
+        };
         println!(
-            "{:<12} kills {:>3}  median {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
-            row.role, row.kills, row.median_ms, row.p90_ms, row.p99_ms, row.max_ms
+            "{:<12} kills {:>3}  commit    {}\n{:<12}            readable  {}",
+            row.role, row.kills, row.commit, "", row.readable
         );
         figures.push(row);
     }
@@ -168,17 +196,33 @@ async fn relaunch(local: &mut LocalCluster, role: &str) -> Result<()> {
     Ok(())
 }
 
-/// The time from `since` to the first acknowledged commit issued after it.
-async fn first_commit_after(client: &Client, since: Instant) -> Result<Duration> {
+/// The first acknowledged commit after a kill: what it wrote, at which
+/// version, and how long after the kill.
+struct Probe {
+    key: Bytes,
+    value: Bytes,
+    version: Version,
+    took: Duration,
+}
+
+/// The first acknowledged commit issued after `since`.
+async fn first_commit_after(client: &Client, since: Instant) -> Result<Probe> {
     let mut n = 0u64;
     loop {
         n += 1;
+        let key = Bytes::from(format!("probe-{}", n % 16));
+        let value = Bytes::from(format!("{n}-{:?}", since.elapsed()));
         let set = Mutation::SetValue {
-            key: Bytes::from(format!("probe-{}", n % 16)),
-            value: Bytes::from(n.to_string()),
+            key: key.clone(),
+            value: value.clone(),
         };
-        if client.commit(vec![set]).await.is_ok() {
-            return Ok(since.elapsed());
+        if let Ok(version) = client.commit(vec![set]).await {
+            return Ok(Probe {
+                key,
+                value,
+                version,
+                took: since.elapsed(),
+            });
         }
         if since.elapsed() > GIVE_UP {
             bail!("no commit within {GIVE_UP:?} of the kill");
@@ -187,16 +231,35 @@ async fn first_commit_after(client: &Client, since: Instant) -> Result<Duration>
     }
 }
 
-fn summarize(role: &str, mut times: Vec<Duration>) -> RoleFigures {
+/// The time from `since` until a read at the probe's version returns
+/// what it wrote.
+async fn first_read_of(client: &Client, probe: &Probe, since: Instant) -> Result<Duration> {
+    loop {
+        match client.get(&probe.key, probe.version).await {
+            Ok(Some(value)) if value == probe.value => return Ok(since.elapsed()),
+            Ok(other) => bail!(
+                "a read at {} found {other:?}, not the value acknowledged there",
+                probe.version
+            ),
+            Err(_) if since.elapsed() > GIVE_UP => {
+                bail!(
+                    "the commit at {} was not readable within {GIVE_UP:?} of the kill",
+                    probe.version
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+fn quantiles(mut times: Vec<Duration>) -> Quantiles {
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let at = |q: f64| {
         let i = ((times.len() as f64 - 1.0) * q).round() as usize;
         times.get(i).copied().map_or(0.0, ms)
     };
-    RoleFigures {
-        role: role.to_owned(),
-        kills: times.len(),
+    Quantiles {
         median_ms: at(0.5),
         p90_ms: at(0.9),
         p99_ms: at(0.99),
