@@ -220,6 +220,11 @@ impl Generations {
             });
         }
         sources.retain(|epoch, _| next.generations.iter().any(|g| g.epoch == *epoch));
+        // Each recovery recruits TLogs and a sequencer at new addresses:
+        // the connections to retired ones go.
+        self.peers.retain(|addr| {
+            next.sequencer == Some(*addr) || next.generations.iter().any(|g| g.tlogs.contains(addr))
+        });
         self.source.set_generations(routes);
         *self.view() = next;
         true

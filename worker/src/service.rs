@@ -5,7 +5,8 @@
 //! ```text
 //!  controller ─Recruit(epoch, role)─▶ WorkerService ─start─▶ Started role (own port) ─▶ RecruitReply(address)
 //!  every 100 ms: the `controller` register ─▶ RegisterWorker(address, roles) ─▶ controller
-//!  every 100 ms: the `core_state` register ─▶ stop roles of ended generations, remove retired TLogs
+//!  a watch on the `core_state` register (each change, else every second)
+//!      ─▶ stop roles of ended generations, remove retired TLogs
 //! ```
 //!
 //! A recruit for a role the worker already hosts (same kind, epoch and
@@ -36,10 +37,11 @@ use crate::WorkerError;
 
 /// How often a worker tells the controller it is alive and what it hosts.
 pub const REGISTER_INTERVAL: Duration = Duration::from_millis(100);
-/// How often a worker reads the core state to retire roles. Short: a
-/// client whose commit waits on a proxy of an ended generation learns of
-/// the new one only when that proxy goes.
-const RETIRE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a worker's watch on the core state waits for a change before
+/// it checks its roles against the state as it stands. A change answers
+/// the watch at once: a client whose commit waits on a proxy of an ended
+/// generation learns of the new one only when that proxy goes.
+const RETIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 type RoleKey = (RoleKind, u64, u64);
 
@@ -51,7 +53,7 @@ pub struct WorkerService {
 struct Inner {
     address: SocketAddr,
     ctx: RoleContext,
-    coordinators: CoordinatorClient,
+    coordinators: Arc<CoordinatorClient>,
     /// Held across a role's start, so recruits happen one at a time.
     hosted: tokio::sync::Mutex<BTreeMap<RoleKey, Started>>,
     /// What `hosted` holds, for reports that must not wait on a recruit.
@@ -80,7 +82,7 @@ impl WorkerService {
         let inner = Arc::new(Inner {
             address,
             ctx,
-            coordinators,
+            coordinators: Arc::new(coordinators),
             hosted: tokio::sync::Mutex::new(hosted),
             roles: Mutex::new(Vec::new()),
             controller: Mutex::new(None),
@@ -304,13 +306,23 @@ async fn register_loop(inner: Weak<Inner>) {
 }
 
 async fn retire_loop(inner: Weak<Inner>) {
-    let mut interval = tokio::time::interval(RETIRE_INTERVAL);
+    let Some(coordinators) = inner.upgrade().map(|i| i.coordinators.clone()) else {
+        return;
+    };
+    let mut seen = 0;
     loop {
-        interval.tick().await;
+        let watched = coordinators.watch_core_state(seen, RETIRE_INTERVAL).await;
         let Some(inner) = inner.upgrade() else { return };
-        match inner.coordinators.read_core_state().await {
-            Ok((state, _)) => inner.retire(&state).await,
-            Err(e) => tracing::debug!(error = %e, "no core state to retire roles by"),
+        match watched {
+            Ok((state, revision)) => {
+                seen = revision;
+                inner.retire(&state).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no core state to retire roles by");
+                drop(inner);
+                tokio::time::sleep(RETIRE_INTERVAL).await;
+            }
         }
     }
 }

@@ -140,7 +140,8 @@ impl Peer {
     }
 }
 
-/// One [`Peer`] per address, made on first use and kept.
+/// One [`Peer`] per address, made on first use and kept until the owner
+/// lets it go ([`PeerPool::retain`]).
 pub struct PeerPool {
     config: ClientConfig,
     peers: std::sync::Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
@@ -162,6 +163,13 @@ impl PeerPool {
             .or_insert_with(|| Arc::new(Peer::new(addr, self.config.clone())))
             .clone()
     }
+
+    /// Forgets the peers at addresses `keep` rejects; a forgotten peer's
+    /// connection closes once the calls that hold it are done.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.retain(|addr, _| keep(addr));
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +181,18 @@ mod tests {
     use super::*;
     use crate::rpc::Message;
     use crate::transport::{serve, Responder, ServerConfig, Service};
+
+    #[test]
+    fn a_pool_keeps_one_peer_per_address_until_let_go() {
+        let pool = PeerPool::new(ClientConfig::default());
+        let kept: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+        let gone: SocketAddr = "127.0.0.1:4501".parse().unwrap();
+        let (kept_peer, gone_peer) = (pool.get(kept), pool.get(gone));
+        assert!(Arc::ptr_eq(&kept_peer, &pool.get(kept)));
+        pool.retain(|addr| *addr == kept);
+        assert!(Arc::ptr_eq(&kept_peer, &pool.get(kept)));
+        assert!(!Arc::ptr_eq(&gone_peer, &pool.get(gone)));
+    }
 
     struct Pong;
 
