@@ -41,6 +41,40 @@ use crate::distribution::{move_deadline, plan, Move, ShardLoad};
 /// How long after a round ends the next one may start.
 const ROUND_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Rounds or moves in a row that must fail before the distributor calls
+/// itself stuck in status: one failure is a passing recovery or a server
+/// restarting.
+const FAILURES_TO_REPORT: u32 = 3;
+
+/// How long rounds must have failed before the distributor calls itself
+/// stuck.
+const FAILING_TO_REPORT: Duration = Duration::from_secs(10);
+
+/// Failures in a row: since when, how many, and the last one's reason.
+struct Failures {
+    since: tokio::time::Instant,
+    count: u32,
+    last: String,
+}
+
+impl Failures {
+    fn note(slot: &mut Option<Failures>, why: String) {
+        match slot {
+            Some(failures) => {
+                failures.count += 1;
+                failures.last = why;
+            }
+            None => {
+                *slot = Some(Failures {
+                    since: tokio::time::Instant::now(),
+                    count: 1,
+                    last: why,
+                })
+            }
+        }
+    }
+}
+
 /// What the distributor says in status.
 #[derive(Default)]
 struct Said {
@@ -55,9 +89,43 @@ struct Said {
     moving: BTreeMap<usize, (String, tokio::time::Instant, Vec<ServerProgress>)>,
     /// How the last move ended.
     last_move: Option<String>,
+    /// Rounds in a row that changed nothing because of an error.
+    failed_rounds: Option<Failures>,
+    /// Moves in a row that did not finish.
+    failed_moves: Option<Failures>,
 }
 
 impl Said {
+    /// Why the distributor is stuck, when rounds or moves keep failing.
+    fn problem(&self) -> Option<String> {
+        let rounds = self
+            .failed_rounds
+            .as_ref()
+            .filter(|f| f.count >= FAILURES_TO_REPORT && f.since.elapsed() >= FAILING_TO_REPORT);
+        let moves = self
+            .failed_moves
+            .as_ref()
+            .filter(|f| f.count >= FAILURES_TO_REPORT);
+        match (rounds, moves) {
+            (Some(f), _) => Some(format!(
+                "the data distributor changed nothing in its last {} rounds ({} s): {}",
+                f.count,
+                f.since.elapsed().as_secs(),
+                f.last
+            )),
+            (None, Some(f)) => Some(format!(
+                "the data distributor's last {} moves did not finish: {}",
+                f.count, f.last
+            )),
+            (None, None) => None,
+        }
+    }
+
+    fn round_failed(&mut self, why: String) {
+        self.round = vec![why.clone()];
+        Failures::note(&mut self.failed_rounds, why);
+    }
+
     fn lines(&self) -> Vec<String> {
         let moving = self.moving.values().map(|(m, since, servers)| {
             let mut line = format!("{m} (under way for {} s", since.elapsed().as_secs());
@@ -142,6 +210,15 @@ impl Distributing {
         self.said.lock().unwrap_or_else(|e| e.into_inner()).lines()
     }
 
+    /// Why the distributor is stuck, when its rounds or moves keep
+    /// failing.
+    pub fn problem(&self) -> Option<String> {
+        self.said
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .problem()
+    }
+
     /// Starts the moves of one round, together. A team's servers copy
     /// one range after another, so each move's deadline counts the bytes
     /// of the moves to its team planned before it.
@@ -176,17 +253,23 @@ impl Distributing {
                     })
                 })
                 .await;
-            let done = match moved {
+            let (done, failed) = match moved {
                 Ok(outcome) => match outcome.flipped {
-                    Some(version) => format!("flipped at version {version}"),
-                    None => "nothing had to move".to_owned(),
+                    Some(version) => (format!("flipped at version {version}"), false),
+                    None => ("nothing had to move".to_owned(), false),
                 },
-                Err(e) => format!("did not finish: {e}"),
+                Err(e) => (format!("did not finish: {e}"), true),
             };
             tracing::info!(%doing, %done, "the data distributor's move ended");
+            let line = format!("{doing}: {done}");
             say(&said, |s| {
                 s.moving.remove(&number);
-                s.last_move = Some(format!("{doing}: {done}"));
+                if failed {
+                    Failures::note(&mut s.failed_moves, line.clone());
+                } else {
+                    s.failed_moves = None;
+                }
+                s.last_move = Some(line);
             });
         });
     }
@@ -220,7 +303,7 @@ impl Round {
             Err(e) => {
                 let why = format!("no configuration from the coordinators: {e}");
                 tracing::debug!(%why, "the data distributor changes nothing this round");
-                say(&self.said, |s| s.round = vec![why]);
+                say(&self.said, |s| s.round_failed(why));
                 return Vec::new();
             }
         };
@@ -229,7 +312,7 @@ impl Round {
             Ok(shards) => shards,
             Err(why) => {
                 tracing::debug!(%why, "the data distributor changes nothing this round");
-                say(&self.said, |s| s.round = vec![why]);
+                say(&self.said, |s| s.round_failed(why));
                 return Vec::new();
             }
         };
@@ -256,6 +339,7 @@ impl Round {
         say(&self.said, |s| {
             s.summary = Some(summary);
             s.round = round;
+            s.failed_rounds = None;
         });
         planned.moves
     }
@@ -348,6 +432,42 @@ mod tests {
     use proto::StorageServerId;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_that_keep_failing_are_reported_after_three_and_ten_seconds() {
+        let mut said = Said::default();
+        for _ in 0..FAILURES_TO_REPORT {
+            said.round_failed("no metrics from team team-2: refused".into());
+        }
+        // Three quick failures may be one recovery: not stuck yet.
+        assert_eq!(said.problem(), None);
+        tokio::time::advance(FAILING_TO_REPORT).await;
+        said.round_failed("no metrics from team team-2: timed out".into());
+        assert_eq!(
+            said.problem().as_deref(),
+            Some(
+                "the data distributor changed nothing in its last 4 rounds (10 s): \
+                 no metrics from team team-2: timed out"
+            )
+        );
+        assert_eq!(said.lines(), ["no metrics from team team-2: timed out"]);
+        // A round that gets through clears it.
+        said.failed_rounds = None;
+        assert_eq!(said.problem(), None);
+    }
+
+    #[test]
+    fn moves_that_keep_failing_are_reported_until_one_finishes() {
+        let mut said = Said::default();
+        for n in 1..=FAILURES_TO_REPORT {
+            assert_eq!(said.problem(), None);
+            Failures::note(&mut said.failed_moves, format!("move {n}: did not finish"));
+        }
+        assert_eq!(
+            said.problem().as_deref(),
+            Some("the data distributor's last 3 moves did not finish: move 3: did not finish")
+        );
+    }
 
     #[test]
     fn the_move_under_way_says_how_each_destination_server_copies() {

@@ -104,6 +104,8 @@ pub struct RecoveryStatus {
     pub generations: Vec<String>,
     /// What the data distributor last found and did.
     pub distribution: Vec<String>,
+    /// Why the data distributor is stuck, when it is.
+    pub distribution_problem: Option<String>,
 }
 
 struct WorkerEntry {
@@ -204,6 +206,7 @@ impl HostedController for Controller {
             workers,
             generations: status.generations,
             distribution: status.distribution,
+            distribution_problem: status.distribution_problem,
         })
     }
 }
@@ -467,11 +470,16 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
                         keeping.observe(now, &checkpoint.map, &checkpoint.changes);
                         lines.extend(keeping.lines());
                     }
+                    let mut problem = None;
                     if let Some(distributing) = &mut distributing {
                         distributing.observe(&checkpoint.map);
                         lines.extend(distributing.lines());
+                        problem = distributing.problem();
                     }
-                    inner.set_status(|s| s.distribution = lines);
+                    inner.set_status(|s| {
+                        s.distribution = lines;
+                        s.distribution_problem = problem;
+                    });
                 }
                 Ok(None) => {}
                 Err(reason) => tracing::debug!(%reason, "no shard-map checkpoint this time"),

@@ -474,6 +474,8 @@ pub struct RecoveryReport {
     pub generations: Vec<String>,
     /// What the data distributor last found and did, one line each.
     pub distribution: Vec<String>,
+    /// Why the data distributor is stuck: its rounds or moves keep failing.
+    pub distribution_problem: Option<String>,
 }
 
 /// A worker as the controller hears it.

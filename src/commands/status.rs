@@ -409,9 +409,14 @@ fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
         .recovery
         .as_ref()
         .and_then(|report| report.recovering.as_ref());
+    let stuck = r
+        .recovery
+        .as_ref()
+        .and_then(|report| report.distribution_problem.clone());
     r.problem
         .clone()
         .or_else(|| recovering.map(|how| format!("the controller is recovering: {how}")))
+        .or(stuck)
 }
 
 /// A version handed out but never committed stops every later commit (each

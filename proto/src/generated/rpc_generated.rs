@@ -7614,6 +7614,7 @@ impl<'a> RecoveryReport<'a> {
   pub const VT_WORKERS: ::flatbuffers::VOffsetT = 12;
   pub const VT_GENERATIONS: ::flatbuffers::VOffsetT = 14;
   pub const VT_DISTRIBUTION: ::flatbuffers::VOffsetT = 16;
+  pub const VT_DISTRIBUTION_PROBLEM: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7626,6 +7627,7 @@ impl<'a> RecoveryReport<'a> {
   ) -> ::flatbuffers::WIPOffset<RecoveryReport<'bldr>> {
     let mut builder = RecoveryReportBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.distribution_problem { builder.add_distribution_problem(x); }
     if let Some(x) = args.distribution { builder.add_distribution(x); }
     if let Some(x) = args.generations { builder.add_generations(x); }
     if let Some(x) = args.workers { builder.add_workers(x); }
@@ -7685,6 +7687,13 @@ impl<'a> RecoveryReport<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(RecoveryReport::VT_DISTRIBUTION, None)}
   }
+  #[inline]
+  pub fn distribution_problem(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecoveryReport::VT_DISTRIBUTION_PROBLEM, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
@@ -7700,6 +7709,7 @@ impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<WorkerReport>>>>("workers", Self::VT_WORKERS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("generations", Self::VT_GENERATIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("distribution", Self::VT_DISTRIBUTION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("distribution_problem", Self::VT_DISTRIBUTION_PROBLEM, false)?
      .finish();
     Ok(())
   }
@@ -7712,6 +7722,7 @@ pub struct RecoveryReportArgs<'a> {
     pub workers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<WorkerReport<'a>>>>>,
     pub generations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub distribution: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub distribution_problem: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for RecoveryReportArgs<'a> {
   #[inline]
@@ -7724,6 +7735,7 @@ impl<'a> Default for RecoveryReportArgs<'a> {
       workers: None,
       generations: None,
       distribution: None,
+      distribution_problem: None,
     }
   }
 }
@@ -7762,6 +7774,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecoveryReportBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_DISTRIBUTION, distribution);
   }
   #[inline]
+  pub fn add_distribution_problem(&mut self, distribution_problem: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_DISTRIBUTION_PROBLEM, distribution_problem);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecoveryReportBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RecoveryReportBuilder {
@@ -7786,6 +7802,7 @@ impl ::core::fmt::Debug for RecoveryReport<'_> {
       ds.field("workers", &self.workers());
       ds.field("generations", &self.generations());
       ds.field("distribution", &self.distribution());
+      ds.field("distribution_problem", &self.distribution_problem());
       ds.finish()
   }
 }

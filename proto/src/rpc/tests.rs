@@ -382,6 +382,9 @@ fn every_message() -> Vec<Message> {
                 }],
                 generations: vec!["generation 7: versions (900, …], 3 TLogs, current".into()],
                 distribution: vec!["3 shards on 2 teams".into()],
+                distribution_problem: Some(
+                    "the data distributor's last 3 moves did not finish: deadline".into(),
+                ),
             }),
         }),
         Message::RegisterWorker(RegisterWorkerRequest {

@@ -188,6 +188,7 @@ fn the_table_shows_health_errors_and_teams() {
                     }],
                     generations: vec!["generation 4: versions (0, …], 3 TLogs, current".into()],
                     distribution: vec!["team-1: 2 shards, 80 writes/s, 1.0 MiB".into()],
+                    distribution_problem: None,
                 }),
             };
             let problem = reply.problem.clone();
@@ -358,4 +359,38 @@ fn a_copy_for_a_move_shows_what_is_left_and_when_it_should_be_done() {
         render::adding_line(&adding),
         "adding [c, h\\x00): copied, waits for the move to flip"
     );
+}
+
+#[test]
+fn a_stuck_data_distributor_makes_its_coordinator_unhealthy() {
+    let stuck = "the data distributor changed nothing in its last 4 rounds (12 s): \
+                 no metrics from team team-2: no server answered";
+    let reply = CoordinatorStatusReply {
+        id: 1,
+        leader: Some(1),
+        term: 2,
+        last_applied: 9,
+        problem: None,
+        controller: Some(1),
+        watched: Vec::new(),
+        recovery: Some(proto::rpc::RecoveryReport {
+            epoch: 3,
+            recovering: None,
+            phases: Vec::new(),
+            last_failure: None,
+            workers: Vec::new(),
+            generations: Vec::new(),
+            distribution: Vec::new(),
+            distribution_problem: Some(stuck.into()),
+        }),
+    };
+    assert_eq!(coordinator_problem(&reply).as_deref(), Some(stuck));
+    let moving_on = CoordinatorStatusReply {
+        recovery: reply.recovery.clone().map(|r| proto::rpc::RecoveryReport {
+            distribution_problem: None,
+            ..r
+        }),
+        ..reply
+    };
+    assert_eq!(coordinator_problem(&moving_on), None);
 }

@@ -138,6 +138,10 @@ fn recovery_report<'a>(
         .map(|g| fbb.create_string(g))
         .collect();
     let distribution = Some(fbb.create_vector(&distribution));
+    let distribution_problem = r
+        .distribution_problem
+        .as_deref()
+        .map(|why| fbb.create_string(why));
     let args = fb::RecoveryReportArgs {
         epoch: r.epoch,
         recovering,
@@ -146,6 +150,7 @@ fn recovery_report<'a>(
         workers,
         generations,
         distribution,
+        distribution_problem,
     };
     fb::RecoveryReport::create(fbb, &args)
 }
@@ -186,6 +191,7 @@ fn decode_recovery_report(r: fb::RecoveryReport<'_>) -> RecoveryReport {
             .distribution()
             .map(|list| list.iter().map(str::to_owned).collect())
             .unwrap_or_default(),
+        distribution_problem: r.distribution_problem().map(str::to_owned),
     }
 }
 
