@@ -9,6 +9,7 @@
 //!        ▲                                    │
 //!        └──────────────Event─────────────────┘
 //!  metadata.rs: the shard map carried across generations by the metadata team
+//!  probe.rs: the generation's workers probed, a dead one found at once
 //!  keeper.rs: moves whose driver is gone, taken over
 //!  distribution.rs (pure) + distributor.rs: shards split by bytes and writes, balanced across teams
 //! ```
@@ -17,6 +18,7 @@ pub mod distribution;
 pub mod distributor;
 pub mod keeper;
 pub mod metadata;
+pub mod probe;
 pub mod recovery;
 pub mod retirement;
 pub mod runtime;

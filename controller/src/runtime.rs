@@ -8,15 +8,16 @@
 //!  run: lead? ─▶ Recovery::start ─Command─▶ execute (coordinators, TLog locks, worker recruits)
 //!                      ▲                          │
 //!                      └────────Event─────────────┘
-//!       recovered ─▶ watch: a role's worker unheard for `failure_timeout`, or the role
-//!                    missing or reporting a problem ─▶ recover again
+//!       recovered ─▶ watch: a role's worker unheard for `failure_timeout` or refusing
+//!                    connections (probe.rs), or the role missing or reporting a
+//!                    problem ─▶ recover again
 //! ```
 //!
 //! A recovery that fails anywhere (a write that did not take, a worker
 //! that did not answer, lost leadership) is abandoned whole, and the next
 //! one starts from the core state after a short, growing pause.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -44,6 +45,7 @@ use tokio::task::JoinSet;
 use crate::distributor::Distributing;
 use crate::keeper::Keeping;
 use crate::metadata;
+use crate::probe::Probes;
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
 use crate::retirement;
 
@@ -264,6 +266,11 @@ impl Inner {
             .collect()
     }
 
+    /// Takes `worker` for gone until it registers again.
+    fn forget_worker(&self, worker: SocketAddr) {
+        lock(&self.workers).remove(&worker);
+    }
+
     /// Why a role of the recovered generation counts as failed, if it does.
     fn role_failure(&self, role: &Placed, now_ms: u64) -> Option<String> {
         let timeout = self.config.failure_timeout.as_millis() as u64;
@@ -454,6 +461,8 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         .ok()?;
         Some(Distributing::new(settings, client, Arc::new(coordinators)))
     });
+    let workers: BTreeSet<SocketAddr> = placed.iter().map(|p| p.worker).collect();
+    let probes = Probes::start(workers, &inner.config.transport);
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {
@@ -505,7 +514,16 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
             return "this process no longer holds the controller's lease".to_owned();
         }
         let now = inner.clock.now_ms();
-        if let Some(failure) = placed.iter().find_map(|p| inner.role_failure(p, now)) {
+        let failed = placed.iter().find_map(|p| {
+            inner.role_failure(p, now).or_else(|| {
+                let why = probes.gone(p.worker)?;
+                // Recruit nothing there until it registers again: a
+                // recovery that recruited on it would be abandoned.
+                inner.forget_worker(p.worker);
+                Some(why)
+            })
+        });
+        if let Some(failure) = failed {
             return failure;
         }
     }
