@@ -245,14 +245,7 @@ impl CoordinatorService {
                     .await
                     .map_err(|e| self.not_serving(e))?;
                 let register = read_shared(&self.state).registers.read(&name);
-                Ok(Message::CoordinatedReply(CoordinatedReply {
-                    register: CoordinatedRegister {
-                        name,
-                        revision: register.revision,
-                        value: Bytes::from(register.value),
-                    },
-                    written: false,
-                }))
+                Ok(read_reply(name, register))
             }
             Message::CoordinatedWatch(CoordinatedWatchRequest {
                 name,
@@ -266,14 +259,7 @@ impl CoordinatorService {
                     .map_err(|e| self.not_serving(e))?;
                 let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_WATCH_WAIT);
                 let register = self.register_after(&name, seen_revision, wait).await;
-                Ok(Message::CoordinatedReply(CoordinatedReply {
-                    register: CoordinatedRegister {
-                        name,
-                        revision: register.revision,
-                        value: Bytes::from(register.value),
-                    },
-                    written: false,
-                }))
+                Ok(read_reply(name, register))
             }
             Message::CoordinatedWrite(CoordinatedWriteRequest {
                 name,
@@ -394,6 +380,18 @@ fn error(code: ErrorCode, message: String) -> ErrorReply {
         message,
         version: None,
     }
+}
+
+/// The answer to a read or a watch of the register `name`.
+fn read_reply(name: String, register: Register) -> Message {
+    Message::CoordinatedReply(CoordinatedReply {
+        register: CoordinatedRegister {
+            name,
+            revision: register.revision,
+            value: Bytes::from(register.value),
+        },
+        written: false,
+    })
 }
 
 fn check_name(name: &str) -> Result<(), ErrorReply> {

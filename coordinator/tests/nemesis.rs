@@ -124,6 +124,24 @@ async fn write_until_stopped(
     }
 }
 
+/// Three coordinators over in-memory disks, started; and their addresses.
+async fn start_three() -> (Vec<Node>, Vec<SocketAddr>) {
+    let members: BTreeMap<u64, SocketAddr> = (1..=3).zip(free_addrs(3)).collect();
+    let mut nodes: Vec<Node> = members
+        .keys()
+        .map(|id| Node {
+            config: CoordinatorConfig::new(*id, members.clone()),
+            disk: Arc::new(MemDisk::default()),
+            running: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start().await;
+    }
+    let addrs = members.values().copied().collect();
+    (nodes, addrs)
+}
+
 /// Watches the register until stopped; returns every revision the
 /// watches answered with, in order.
 async fn watch_until_stopped(client: Arc<CoordinatorClient>, stop: Arc<AtomicBool>) -> Vec<u64> {
@@ -172,19 +190,7 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
     let stops = testkit::seed::kills_from_env(8);
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let members: BTreeMap<u64, SocketAddr> = (1..=3).zip(free_addrs(3)).collect();
-    let mut nodes: Vec<Node> = members
-        .keys()
-        .map(|id| Node {
-            config: CoordinatorConfig::new(*id, members.clone()),
-            disk: Arc::new(MemDisk::default()),
-            running: None,
-        })
-        .collect();
-    for node in &mut nodes {
-        node.start().await;
-    }
-    let addrs: Vec<SocketAddr> = members.values().copied().collect();
+    let (mut nodes, addrs) = start_three().await;
     let client = Arc::new(
         CoordinatorClient::new(&addrs, Default::default())
             .unwrap()
@@ -271,19 +277,7 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
 /// and a watch that saw less than the register holds answers at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_answers_with_the_write_that_passes_its_revision() {
-    let members: BTreeMap<u64, SocketAddr> = (1..=3).zip(free_addrs(3)).collect();
-    let mut nodes: Vec<Node> = members
-        .keys()
-        .map(|id| Node {
-            config: CoordinatorConfig::new(*id, members.clone()),
-            disk: Arc::new(MemDisk::default()),
-            running: None,
-        })
-        .collect();
-    for node in &mut nodes {
-        node.start().await;
-    }
-    let addrs: Vec<SocketAddr> = members.values().copied().collect();
+    let (mut nodes, addrs) = start_three().await;
     let client = Arc::new(CoordinatorClient::new(&addrs, Default::default()).unwrap());
     let before = client.read(REGISTER).await.unwrap();
 
