@@ -312,9 +312,9 @@ fn the_table_shows_health_errors_and_teams() {
     assert_eq!(json["teams"], serde_json::json!([1]));
 }
 
-#[test]
-fn a_recovery_under_way_makes_its_coordinator_unhealthy() {
-    let mut reply = CoordinatorStatusReply {
+/// A coordinator that leads and hosts the controller, reporting `recovery`.
+fn leading_coordinator(recovery: proto::rpc::RecoveryReport) -> CoordinatorStatusReply {
+    CoordinatorStatusReply {
         id: 1,
         leader: Some(1),
         term: 2,
@@ -322,8 +322,13 @@ fn a_recovery_under_way_makes_its_coordinator_unhealthy() {
         problem: None,
         controller: Some(1),
         watched: Vec::new(),
-        recovery: Some(proto::rpc::RecoveryReport::default()),
-    };
+        recovery: Some(recovery),
+    }
+}
+
+#[test]
+fn a_recovery_under_way_makes_its_coordinator_unhealthy() {
+    let mut reply = leading_coordinator(proto::rpc::RecoveryReport::default());
     assert_eq!(coordinator_problem(&reply), None);
     reply.recovery.as_mut().unwrap().recovering =
         Some("locking_tlogs: waiting for locks from generation 3's TLogs".into());
@@ -365,19 +370,10 @@ fn a_copy_for_a_move_shows_what_is_left_and_when_it_should_be_done() {
 fn a_stuck_data_distributor_makes_its_coordinator_unhealthy() {
     let stuck = "the data distributor changed nothing in its last 4 rounds (12 s): \
                  no metrics from team team-2: no server answered";
-    let mut reply = CoordinatorStatusReply {
-        id: 1,
-        leader: Some(1),
-        term: 2,
-        last_applied: 9,
-        problem: None,
-        controller: Some(1),
-        watched: Vec::new(),
-        recovery: Some(proto::rpc::RecoveryReport {
-            distribution_problem: Some(stuck.into()),
-            ..Default::default()
-        }),
-    };
+    let mut reply = leading_coordinator(proto::rpc::RecoveryReport {
+        distribution_problem: Some(stuck.into()),
+        ..Default::default()
+    });
     assert_eq!(coordinator_problem(&reply).as_deref(), Some(stuck));
     reply.recovery.as_mut().unwrap().distribution_problem = None;
     assert_eq!(coordinator_problem(&reply), None);
