@@ -75,6 +75,9 @@ pub struct Generations {
     /// The teams this server reads besides its private team.
     teams: Mutex<BTreeSet<StorageTeamId>>,
     view: Mutex<View>,
+    /// The core state's revision the view is from. Installs take turns
+    /// under it, and an older state read late never replaces a newer one.
+    installed: Mutex<u64>,
     sources: Mutex<BTreeMap<u64, Arc<TLogSource>>>,
     source: Arc<GenerationSource<TLogSource>>,
     peers: PeerPool,
@@ -127,12 +130,13 @@ impl Generations {
             private_team,
             teams: Mutex::new(BTreeSet::new()),
             view: Mutex::new(View::default()),
+            installed: Mutex::new(0),
             sources: Mutex::new(BTreeMap::new()),
             source: Arc::new(GenerationSource::new(Vec::new())),
             peers: PeerPool::new(transport.clone()),
             transport,
         };
-        generations.install(view);
+        generations.install(view, 0);
         generations
     }
 
@@ -174,11 +178,11 @@ impl Generations {
             return Ok(false);
         };
         let interrupts = self.source.interrupts();
-        let (state, _) = coordinators
+        let (state, revision) = coordinators
             .read_core_state()
             .await
             .map_err(|e| format!("reading the core state: {e}"))?;
-        let changed = self.install(view_of(&state));
+        let changed = self.install(view_of(&state), revision);
         self.source.acknowledge(interrupts);
         Ok(changed)
     }
@@ -192,8 +196,14 @@ impl Generations {
         }
     }
 
-    /// Installs `next`; says whether it differs from the view before.
-    fn install(&self, next: View) -> bool {
+    /// Installs `next`, read from the core state at `revision`, unless a
+    /// newer one is installed; says whether the view changed.
+    fn install(&self, next: View, revision: u64) -> bool {
+        let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        if revision < *installed {
+            return false;
+        }
+        *installed = revision;
         let seen = self.view().clone();
         if seen == next {
             return false;
@@ -301,5 +311,49 @@ impl Generations {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(epochs: &[u64]) -> View {
+        let tlog: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+        View {
+            generations: epochs
+                .iter()
+                .map(|&epoch| GenerationView {
+                    epoch,
+                    begin: Version(epoch * 100),
+                    end: None,
+                    tlogs: vec![tlog],
+                    readable: vec![0],
+                    replication: 1,
+                })
+                .collect(),
+            sequencer: None,
+        }
+    }
+
+    #[test]
+    fn a_core_state_read_late_never_replaces_a_newer_one() {
+        let generations = Generations::new(
+            LogDiscovery::Pinned {
+                tlogs: Vec::new(),
+                sequencer: "127.0.0.1:4600".parse().unwrap(),
+            },
+            1,
+            ClientConfig::default(),
+            StorageTeamId(10_100),
+        );
+        assert!(generations.install(view(&[2]), 7));
+        // A refresh that read revision 5 before another installed 7.
+        assert!(!generations.install(view(&[1]), 5));
+        assert_eq!(*generations.view(), view(&[2]));
+        assert_eq!(generations.source.newest_epoch(), Some(2));
+        assert!(!generations.install(view(&[2]), 7));
+        assert!(generations.install(view(&[2, 3]), 8));
+        assert_eq!(generations.source.newest_epoch(), Some(3));
     }
 }
