@@ -121,6 +121,13 @@ impl Said {
         }
     }
 
+    /// A round got every team's metrics: what it found and did.
+    fn round_went_through(&mut self, summary: String, round: Vec<String>) {
+        self.summary = Some(summary);
+        self.round = round;
+        self.failed_rounds = None;
+    }
+
     fn round_failed(&mut self, why: String) {
         self.round = vec![why.clone()];
         Failures::note(&mut self.failed_rounds, why);
@@ -336,11 +343,7 @@ impl Round {
             tracing::info!(%doing, %done, "the data distributor split a shard");
             round.push(format!("{doing}: {done}"));
         }
-        say(&self.said, |s| {
-            s.summary = Some(summary);
-            s.round = round;
-            s.failed_rounds = None;
-        });
+        say(&self.said, |s| s.round_went_through(summary, round));
         planned.moves
     }
 
@@ -452,8 +455,9 @@ mod tests {
         );
         assert_eq!(said.lines(), ["no metrics from team team-2: timed out"]);
         // A round that gets through clears it.
-        said.failed_rounds = None;
+        said.round_went_through("team-2: 1 shards".into(), Vec::new());
         assert_eq!(said.problem(), None);
+        assert_eq!(said.lines(), ["team-2: 1 shards"]);
     }
 
     #[test]

@@ -116,11 +116,6 @@ impl<S: PeekSource> GenerationSource<S> {
         self.acknowledged.fetch_max(interrupts, Ordering::SeqCst);
     }
 
-    /// Whether an interrupt waits for the owner.
-    pub fn is_interrupted(&self) -> bool {
-        self.interrupts() != self.acknowledged.load(Ordering::SeqCst)
-    }
-
     /// Resolves once an interrupt waits for the owner.
     pub async fn interrupted(&self) {
         let mut interrupts = self.interrupts.subscribe();
