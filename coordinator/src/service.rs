@@ -30,6 +30,7 @@ use proto::rpc::{
     CoordinatedWriteRequest, CoordinatorStatusReply, ErrorCode, ErrorReply, Message,
     RecoveryReport, WatchedProcess,
 };
+use proto::signal::Signal;
 use proto::transport::{ClientConfig, Responder, Service};
 
 use crate::candidacy::Candidacy;
@@ -92,6 +93,8 @@ pub struct CoordinatorService {
     id: NodeId,
     raft: Raft,
     state: SharedState,
+    /// Counts the state's changes, for watches.
+    changes: Arc<Signal<u64>>,
     /// This process's candidacy for cluster controller, when it stands.
     candidacy: Option<Arc<Candidacy>>,
     /// The failure detector it runs while it is the controller.
@@ -136,6 +139,7 @@ impl CoordinatorService {
             log.get_log_state().await?.last_log_id.is_none() && log.read_vote().await?.is_none();
         let machine = StateMachine::open(disk)?;
         let state = machine.shared();
+        let changes = machine.changes();
         let network = Network::new(config.transport.clone());
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, machine)
             .await
@@ -157,6 +161,7 @@ impl CoordinatorService {
             id: config.id,
             raft,
             state,
+            changes,
             candidacy: None,
             monitoring: None,
             controller: None,
@@ -313,23 +318,20 @@ impl CoordinatorService {
     }
 
     /// The register `name` once its revision passes `seen`, or as it
-    /// stands after `wait`. The state machine applies an entry before raft
-    /// reports it applied, so a new applied log id in raft's metrics is the
-    /// moment to look again.
+    /// stands after `wait`. The state machine counts its changes after
+    /// making them, so a count taken before a look wakes on any change
+    /// after it.
     async fn register_after(&self, name: &str, seen: u64, wait: Duration) -> Register {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut metrics = self.raft.data_metrics();
         loop {
-            let applied = metrics.borrow_and_update().last_applied;
+            let changes = self.changes.get();
             let register = read_shared(&self.state).registers.read(name);
             if register.revision > seen {
                 return register;
             }
-            let next = metrics.wait_for(|m| m.last_applied != applied);
-            match tokio::time::timeout_at(deadline, next).await {
-                Ok(Ok(_)) => continue,
-                // The wait is over, or raft stopped: the register as it is.
-                Ok(Err(_)) | Err(_) => return register,
+            let next = self.changes.wait_for(|count| *count != changes);
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
+                return register;
             }
         }
     }

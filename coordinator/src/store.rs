@@ -16,6 +16,8 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, RwLock};
 
+use proto::signal::Signal;
+
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder,
@@ -255,6 +257,8 @@ fn write_shared(state: &SharedState) -> std::sync::RwLockWriteGuard<'_, AppliedS
 pub struct StateMachine {
     disk: Arc<dyn CoordinatorDisk>,
     state: SharedState,
+    /// Counts the changes of `state`, for those who wait on one.
+    changes: Arc<Signal<u64>>,
 }
 
 impl StateMachine {
@@ -270,11 +274,26 @@ impl StateMachine {
         Ok(StateMachine {
             disk,
             state: Arc::new(RwLock::new(state)),
+            changes: Arc::new(Signal::new(0)),
         })
     }
 
     pub fn shared(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// A count that grows once the shared state changed. Its waiters wake
+    /// in the order they began to wait, as a simulation's replay needs
+    /// (raft's metrics channel wakes them in a random order).
+    pub fn changes(&self) -> Arc<Signal<u64>> {
+        self.changes.clone()
+    }
+
+    fn changed(&self) {
+        self.changes.update(|count| {
+            *count += 1;
+            true
+        });
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>> {
@@ -367,6 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write(&[put_meta(APPLIED, encode(&next))])
             .map_err(io_error(StorageIOError::write_state_machine))?;
         *write_shared(&self.state) = next;
+        self.changed();
         Ok(outcomes)
     }
 
@@ -404,6 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::write_snapshot(Some(meta.signature()), e)
             }))?;
         *write_shared(&self.state) = installed;
+        self.changed();
         Ok(())
     }
 

@@ -26,8 +26,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
-
+use proto::signal::Signal;
 use proto::{BlockEntry, PeekReply, StorageTeamId, TeamBlockBuilder, TeamBlockData, Version};
 
 use super::PeekSource;
@@ -80,7 +79,7 @@ struct Routes<S> {
 pub struct GenerationSource<S> {
     routes: Mutex<Routes<S>>,
     /// How many interrupts were asked for.
-    interrupts: watch::Sender<u64>,
+    interrupts: Signal<u64>,
     /// The interrupts the owner answered by reading the generations again.
     acknowledged: AtomicU64,
 }
@@ -93,7 +92,7 @@ impl<S: PeekSource> GenerationSource<S> {
                 read_open: None,
                 rollback: None,
             }),
-            interrupts: watch::Sender::new(0),
+            interrupts: Signal::new(0),
             acknowledged: AtomicU64::new(0),
         }
     }
@@ -101,14 +100,17 @@ impl<S: PeekSource> GenerationSource<S> {
     /// The generations changed and the owner will set them anew: peeks in
     /// flight and to come fail as unavailable until it acknowledges.
     pub fn interrupt(&self) {
-        self.interrupts.send_modify(|count| *count += 1);
+        self.interrupts.update(|count| {
+            *count += 1;
+            true
+        });
     }
 
     /// How many interrupts were asked for so far; an owner that reads the
     /// generations after taking this count acknowledges it once it has set
     /// them.
     pub fn interrupts(&self) -> u64 {
-        *self.interrupts.borrow()
+        self.interrupts.get()
     }
 
     /// The owner read the generations after `interrupts` interrupts.
@@ -118,9 +120,7 @@ impl<S: PeekSource> GenerationSource<S> {
 
     /// Resolves once an interrupt waits for the owner.
     pub async fn interrupted(&self) {
-        let mut interrupts = self.interrupts.subscribe();
-        // The sender lives in `self`: the channel cannot close meanwhile.
-        let _ = interrupts
+        self.interrupts
             .wait_for(|count| *count != self.acknowledged.load(Ordering::SeqCst))
             .await;
     }
@@ -197,18 +197,19 @@ impl<S: PeekSource> GenerationSource<S> {
         begin: Version,
         max_bytes: u32,
     ) -> Result<PeekReply, SourceError> {
-        let mut interrupts = self.interrupts.subscribe();
+        let seen = self.interrupts.get();
         let interrupted = || SourceError::Unavailable {
             attempts: 0,
             reason: "the generations changed: reading them again".to_owned(),
         };
-        if *interrupts.borrow_and_update() != self.acknowledged.load(Ordering::SeqCst) {
+        if seen != self.acknowledged.load(Ordering::SeqCst) {
             return Err(interrupted());
         }
         let route = self.route(begin)?;
         let peeked = tokio::select! {
+            biased;
             peeked = route.source.peek(team, begin, max_bytes) => peeked,
-            _ = interrupts.changed() => return Err(interrupted()),
+            _ = self.interrupts.wait_for(|count| *count != seen) => return Err(interrupted()),
         };
         let reply = match peeked {
             // A new generation's proxies register the teams on its TLogs

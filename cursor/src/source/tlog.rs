@@ -13,7 +13,7 @@
 //! A refusal that no retry can fix (`peek_before_popped`, a malformed
 //! request) ends the peek at once.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,17 +74,17 @@ impl Default for TLogSourceConfig {
 pub struct TLogSource {
     config: TLogSourceConfig,
     routes: Mutex<Routes>,
-    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    peers: Mutex<BTreeMap<SocketAddr, Arc<Peer>>>,
 }
 
 #[derive(Default)]
 struct Routes {
     /// The TLogs holding each team, in preference order.
-    replicas: HashMap<StorageTeamId, Vec<SocketAddr>>,
+    replicas: BTreeMap<StorageTeamId, Vec<SocketAddr>>,
     /// For teams not listed: typically every TLog holds every team.
     default_replicas: Vec<SocketAddr>,
     /// Index of the replica that answered last, per team.
-    preferred: HashMap<StorageTeamId, usize>,
+    preferred: BTreeMap<StorageTeamId, usize>,
 }
 
 /// How one attempt ended, when it did not give a reply.
@@ -102,7 +102,7 @@ impl TLogSource {
         TLogSource {
             config,
             routes: Mutex::new(Routes::default()),
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -5,7 +5,7 @@
 //! the reply carries. When either task ends, the connection is closed and
 //! every pending call gets `ConnectionClosed`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,7 +59,9 @@ struct Shared {
 }
 
 struct Pending {
-    calls: HashMap<u64, ReplySender>,
+    /// Ordered, so that a close wakes its callers in the same order in
+    /// every run of a simulation.
+    calls: BTreeMap<u64, ReplySender>,
     /// Set under the lock together with draining `calls`, so no call can
     /// register after the drain and wait forever.
     closed: bool,
@@ -185,7 +187,7 @@ impl RpcClient {
     {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
-                calls: HashMap::new(),
+                calls: BTreeMap::new(),
                 closed: false,
             }),
             closed: AtomicBool::new(false),

@@ -190,6 +190,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 let delay = delays.next().unwrap_or(MAX_PEEK_RETRY_DELAY);
                 // A watch that brings new generations cuts the wait short.
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep(delay) => {}
                     _ = source.interrupted() => {}
                 }
