@@ -23,11 +23,13 @@ use anyhow::{bail, Context, Result};
 use coordinator::client::CoordinatorClient;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use proto::clock::SystemClock;
+use proto::transport::net::TcpBinder;
 use proto::transport::serve;
 use storage_server::versioned::WindowConfig;
 use tlog::server::TLogConfig;
 use tokio::net::TcpListener;
-use worker::{RoleContext, WorkerService};
+use worker::{DirDisks, RoleContext, WorkerService};
 
 use crate::commands::{coordinator as coordinator_role, shutdown_signal, start_metrics, storage};
 use cluster::ClusterFile;
@@ -108,7 +110,9 @@ async fn run_worker(
     tlog.core.memory_budget = args.tlog_memory_budget;
     tlog.log.segment_size = args.tlog_segment_size;
     let ctx = RoleContext {
-        data_dir: args.data_dir.clone(),
+        disks: Arc::new(DirDisks::new(&args.data_dir)),
+        binder: Arc::new(TcpBinder),
+        clock: Arc::new(SystemClock::default()),
         cluster: cluster.clone(),
         transport: transport.clone(),
         server: server.clone(),

@@ -62,6 +62,43 @@ pub trait LogStore: Send + Sync + 'static {
     fn describe(&self, id: SegmentId) -> String;
 }
 
+/// A store chosen at run time: a worker hosts TLogs over files, or over
+/// memory in a simulation.
+impl LogStore for Box<dyn LogStore> {
+    fn list(&self) -> Result<Vec<SegmentId>, StoreError> {
+        (**self).list()
+    }
+    fn create(&self, id: SegmentId, capacity: u64) -> Result<(), StoreError> {
+        (**self).create(id, capacity)
+    }
+    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        (**self).write_at(id, offset, data)
+    }
+    fn write_vectored_at(
+        &self,
+        id: SegmentId,
+        offset: u64,
+        parts: &[std::io::IoSlice<'_>],
+    ) -> Result<(), StoreError> {
+        (**self).write_vectored_at(id, offset, parts)
+    }
+    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        (**self).read_at(id, offset, buf)
+    }
+    fn sync(&self, id: SegmentId) -> Result<(), StoreError> {
+        (**self).sync(id)
+    }
+    fn remove(&self, id: SegmentId) -> Result<(), StoreError> {
+        (**self).remove(id)
+    }
+    fn capacity(&self, id: SegmentId) -> Result<u64, StoreError> {
+        (**self).capacity(id)
+    }
+    fn describe(&self, id: SegmentId) -> String {
+        (**self).describe(id)
+    }
+}
+
 /// Why a [`LogStore`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

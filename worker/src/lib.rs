@@ -8,10 +8,17 @@
 //!       ▲                    │ every 100 ms: RegisterWorker(address, roles and their problems)
 //!       └────────────────────┘
 //! ```
+//!
+//! Where TLogs keep their logs (`disks.rs`), where roles listen and what
+//! clock they read come with the [`RoleContext`]: the `teamlog server`
+//! binary gives directories, TCP and the system clock; the simulation
+//! gives memory, its network and its clock.
 
+pub mod disks;
 pub mod roles;
 pub mod service;
 
+pub use disks::{DirDisks, MemDisks, TLogDisks};
 pub use roles::RoleContext;
 pub use service::WorkerService;
 

@@ -1,33 +1,27 @@
 //! Starting the roles a worker hosts, each in this process on its own
-//! port: a generation's TLog (over its own directory), its sequencer, its
-//! proxies.
-//!
-//! ```text
-//!  DATA_DIR/tlog-<epoch>-<index>/   log/ (the TLog's segments), address (where it listens)
-//! ```
-//!
-//! A TLog keeps its address in its directory, so that a worker restarted
-//! after a crash reopens it where the core state says it is.
+//! port: a generation's TLog (over its log, `disks.rs`), its sequencer, its
+//! proxies. Ports come from the context's [`Binder`], time from its
+//! clock, so the same code runs on a real machine and in a simulation.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::ClusterFile;
 use commit_proxy::proxy::{ProxyConfig, ProxyService};
-use proto::clock::SystemClock;
+use proto::clock::Clock;
 use proto::rpc::RoleKind;
 use proto::shard_map::ShardMap;
+use proto::transport::net::{Binder, Listener};
 use proto::transport::{serve, ClientConfig, ServerConfig, Service};
 use proto::{ProxyId, Version};
 use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
-use tlog::server::{TLogConfig, TLogProcess};
-use tokio::net::TcpListener;
+use tlog::server::{TLogConfig, TLogService};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::disks::TLogDisks;
 use crate::WorkerError;
 
 /// How long a starting role waits for the roles it depends on (a proxy
@@ -37,7 +31,11 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every role of this worker is started with.
 #[derive(Clone)]
 pub struct RoleContext {
-    pub data_dir: PathBuf,
+    /// Where the TLogs' logs are kept.
+    pub disks: Arc<dyn TLogDisks>,
+    /// Where roles listen.
+    pub binder: Arc<dyn Binder>,
+    pub clock: Arc<dyn Clock>,
     pub cluster: ClusterFile,
     /// How roles call other processes.
     pub transport: ClientConfig,
@@ -56,8 +54,6 @@ pub struct Started {
     pub id: u64,
     pub address: SocketAddr,
     pub problem: ProblemProbe,
-    /// The TLog's directory, removed when its generation retires.
-    pub dir: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -78,20 +74,8 @@ impl Started {
     }
 }
 
-/// A TLog's directory for generation `epoch`, index `index`.
-pub fn tlog_dir(data_dir: &Path, epoch: u64, index: u64) -> PathBuf {
-    data_dir.join(format!("tlog-{epoch}-{index}"))
-}
-
-/// The epoch and index a TLog directory's name gives.
-pub fn parse_tlog_dir(name: &str) -> Option<(u64, u64)> {
-    let rest = name.strip_prefix("tlog-")?;
-    let (epoch, index) = rest.split_once('-')?;
-    Some((epoch.parse().ok()?, index.parse().ok()?))
-}
-
 /// Starts (`begin` given) or reopens a generation's TLog. A new one
-/// starts in an empty directory and begins its chain at `begin`.
+/// starts over an empty log and begins its chain at `begin`.
 pub async fn start_tlog(
     ctx: &RoleContext,
     epoch: u64,
@@ -99,60 +83,45 @@ pub async fn start_tlog(
     begin: Option<Version>,
     listen: SocketAddr,
 ) -> Result<Started, WorkerError> {
-    let dir = tlog_dir(&ctx.data_dir, epoch, index);
-    let mut config = ctx.tlog.clone();
-    config.server = ctx.server.clone();
-    let process = TLogProcess::start(listen, &dir, config)
-        .await
-        .map_err(|e| {
-            WorkerError::Role(format!("tlog {epoch}/{index} in {}: {e}", dir.display()))
-        })?;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        WorkerError::Role(format!("tlog {epoch}/{index}: {what}: {e}"))
+    };
+    let opened = ctx.disks.open(epoch, index, begin.is_some())?;
+    let service = TLogService::open(Arc::new(opened.store), &ctx.tlog, Arc::clone(&ctx.clock))
+        .map_err(|e| failed("opening its log", &e))?;
     if let Some(begin) = begin {
-        process.service.begin_at(begin).await.map_err(|e| {
-            WorkerError::Role(format!("tlog {epoch}/{index} begin at {begin}: {e}"))
-        })?;
+        service
+            .begin_at(begin)
+            .await
+            .map_err(|e| failed(&format!("beginning at {begin}"), &e))?;
     }
-    let address = process.local_addr;
-    cluster::write_atomically(&dir.join("address"), address.to_string().as_bytes())
-        .map_err(|e| WorkerError::Role(e.to_string()))?;
-    let service = process.service.clone();
-    let problem: ProblemProbe = Box::new(move || {
-        let status = service.status();
-        if status.poisoned {
-            Some("poisoned by a failed write or sync".to_owned())
-        } else {
-            status.stalled
-        }
-    });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = process.serve(shutdown).await {
-            tracing::warn!(epoch, index, error = %e, "tlog stopped serving");
-        }
-    });
-    tracing::info!(epoch, index, %address, "tlog hosted");
-    Ok(Started {
-        kind: RoleKind::TLog,
+    let listener = bind(ctx, RoleKind::TLog, epoch, index, listen).await?;
+    let address = listener.local_addr().map_err(|e| failed("listening", &e))?;
+    ctx.disks.record_address(epoch, index, address)?;
+    let problem: ProblemProbe = {
+        let service = service.clone();
+        Box::new(move || {
+            let status = service.status();
+            if status.poisoned {
+                Some("poisoned by a failed write or sync".to_owned())
+            } else {
+                status.stalled
+            }
+        })
+    };
+    // The log stays locked for as long as the TLog serves.
+    let lock = opened.lock;
+    let mut started = serve_listener(
+        ctx,
+        RoleKind::TLog,
         epoch,
-        id: index,
-        address,
-        problem,
-        dir: Some(dir),
-        stop: Some(stop),
-        task,
-    })
-}
-
-/// The address a TLog directory says its TLog listened on.
-pub fn stored_address(dir: &Path) -> Option<SocketAddr> {
-    std::fs::read_to_string(dir.join("address"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+        index,
+        Arc::new(service),
+        listener,
+        lock,
+    )?;
+    started.problem = problem;
+    Ok(started)
 }
 
 pub async fn start_sequencer(
@@ -172,7 +141,7 @@ pub async fn start_sequencer(
         startup_timeout: STARTUP_TIMEOUT,
         transport: ctx.transport.clone(),
     };
-    let service = SequencerService::start(&config, Arc::new(SystemClock::default()))
+    let service = SequencerService::start(&config, Arc::clone(&ctx.clock))
         .await
         .map_err(|e| WorkerError::Role(format!("sequencer {epoch}: {e}")))?;
     serve_role(
@@ -201,7 +170,7 @@ pub async fn start_proxy(
     let mut config = ProxyConfig::new(id, sequencer, tlogs, topology, shards);
     config.shards_version = shards_version;
     config.transport = ctx.transport.clone();
-    let service = ProxyService::start(config, Arc::new(SystemClock::default()), STARTUP_TIMEOUT)
+    let service = ProxyService::start(config, Arc::clone(&ctx.clock), STARTUP_TIMEOUT)
         .await
         .map_err(|e| WorkerError::Role(format!("proxy {epoch}/{id}: {e}")))?;
     serve_role(ctx, RoleKind::Proxy, epoch, id.0, Arc::new(service), listen).await
@@ -215,9 +184,34 @@ async fn serve_role(
     service: Arc<dyn Service>,
     listen: SocketAddr,
 ) -> Result<Started, WorkerError> {
-    let listener = TcpListener::bind(listen)
+    let listener = bind(ctx, kind, epoch, id, listen).await?;
+    serve_listener(ctx, kind, epoch, id, service, listener, ())
+}
+
+async fn bind(
+    ctx: &RoleContext,
+    kind: RoleKind,
+    epoch: u64,
+    id: u64,
+    listen: SocketAddr,
+) -> Result<Listener, WorkerError> {
+    ctx.binder
+        .bind(listen)
         .await
-        .map_err(|e| WorkerError::Role(format!("{kind} {epoch}/{id}: binding {listen}: {e}")))?;
+        .map_err(|e| WorkerError::Role(format!("{kind} {epoch}/{id}: binding {listen}: {e}")))
+}
+
+/// Serves `service` on `listener` until the role is stopped, holding
+/// `held` until then.
+fn serve_listener<H: Send + 'static>(
+    ctx: &RoleContext,
+    kind: RoleKind,
+    epoch: u64,
+    id: u64,
+    service: Arc<dyn Service>,
+    listener: Listener,
+    held: H,
+) -> Result<Started, WorkerError> {
     let address = listener
         .local_addr()
         .map_err(|e| WorkerError::Role(e.to_string()))?;
@@ -230,6 +224,7 @@ async fn serve_role(
         if let Err(e) = serve(listener, service, server, shutdown).await {
             tracing::warn!(%kind, epoch, id, error = %e, "role stopped serving");
         }
+        drop(held);
     });
     tracing::info!(%kind, epoch, id, %address, "role hosted");
     Ok(Started {
@@ -238,7 +233,6 @@ async fn serve_role(
         id,
         address,
         problem: Box::new(|| None),
-        dir: None,
         stop: Some(stop),
         task,
     })

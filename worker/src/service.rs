@@ -30,9 +30,7 @@ use proto::shard_map::ShardMap;
 use proto::transport::{Peer, Responder, Service};
 use proto::Version;
 
-use crate::roles::{
-    parse_tlog_dir, start_proxy, start_sequencer, start_tlog, stored_address, RoleContext, Started,
-};
+use crate::roles::{start_proxy, start_sequencer, start_tlog, RoleContext, Started};
 use crate::WorkerError;
 
 /// How often a worker tells the controller it is alive and what it hosts.
@@ -70,10 +68,11 @@ impl WorkerService {
         coordinators: CoordinatorClient,
     ) -> Result<WorkerService, WorkerError> {
         let mut hosted = BTreeMap::new();
-        for (epoch, index, dir) in tlog_dirs(&ctx.data_dir)? {
-            let Some(listen) = stored_address(&dir) else {
-                tracing::warn!(dir = %dir.display(), "a TLog directory without its address: removed");
-                remove_dir(&dir);
+        for kept in ctx.disks.kept()? {
+            let (epoch, index) = (kept.epoch, kept.index);
+            let Some(listen) = kept.address else {
+                tracing::warn!(epoch, index, "a TLog's log without its address: removed");
+                ctx.disks.remove(epoch, index);
                 continue;
             };
             let started = start_tlog(&ctx, epoch, index, None, listen).await?;
@@ -122,15 +121,11 @@ impl WorkerService {
         let mut hosted = inner.hosted.lock().await;
         if let Some(old) = hosted.remove(&key) {
             tracing::info!(kind = %key.0, epoch, id = key.2, "recruited again: replacing the role");
-            let dir = old.dir.clone();
             old.stop().await;
-            if let Some(dir) = dir {
-                remove_dir(&dir);
-            }
         }
         let started = match request.role {
+            // A fresh start removes what an earlier recruit left.
             Recruit::TLog { index, begin } => {
-                remove_dir(&crate::roles::tlog_dir(&ctx.data_dir, epoch, index));
                 start_tlog(ctx, epoch, index, Some(begin), listen).await
             }
             Recruit::Sequencer {
@@ -266,10 +261,9 @@ impl Inner {
                 continue;
             };
             tracing::info!(kind = %key.0, epoch = key.1, id = key.2, "retiring a role of an ended generation");
-            let dir = role.dir.clone();
             role.stop().await;
-            if let Some(dir) = dir {
-                remove_dir(&dir);
+            if key.0 == RoleKind::TLog {
+                self.ctx.disks.remove(key.1, key.2);
             }
         }
         self.refresh_roles(&hosted);
@@ -323,37 +317,6 @@ async fn retire_loop(inner: Weak<Inner>) {
                 drop(inner);
                 tokio::time::sleep(RETIRE_INTERVAL).await;
             }
-        }
-    }
-}
-
-/// The TLog directories under `data_dir`: (epoch, index, path).
-fn tlog_dirs(
-    data_dir: &std::path::Path,
-) -> Result<Vec<(u64, u64, std::path::PathBuf)>, WorkerError> {
-    let entries = match std::fs::read_dir(data_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(WorkerError::Io(data_dir.to_path_buf(), e)),
-    };
-    let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| WorkerError::Io(data_dir.to_path_buf(), e))?;
-        let name = entry.file_name();
-        if let Some((epoch, index)) = name.to_str().and_then(parse_tlog_dir) {
-            dirs.push((epoch, index, entry.path()));
-        }
-    }
-    dirs.sort();
-    Ok(dirs)
-}
-
-fn remove_dir(dir: &std::path::Path) {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a retired TLog's directory")
         }
     }
 }

@@ -6,6 +6,7 @@
 //! ```text
 //!  RpcClient::connect ─▶ ClientConfig::dialer ─▶ TcpStream::connect │ Dialer::connect
 //!  serve(Listener)    ─▶ Listener::Tcp(TcpListener)                  │ Listener::Other(Accept)
+//!  Binder::bind       ─▶ TcpBinder: TcpListener::bind                │ another network's listener
 //! ```
 
 use std::fmt;
@@ -35,6 +36,23 @@ pub trait Accept: Send + 'static {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn Stream>, SocketAddr)>>;
 
     fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Opens a server's listeners where a process chooses its ports at run
+/// time (a worker's roles).
+pub trait Binder: fmt::Debug + Send + Sync + 'static {
+    /// Listens at `addr`; port 0 takes a free one.
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Listener>>;
+}
+
+/// Listens on the operating system's TCP.
+#[derive(Debug, Default)]
+pub struct TcpBinder;
+
+impl Binder for TcpBinder {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Listener>> {
+        Box::pin(async move { Ok(Listener::Tcp(TcpListener::bind(addr).await?)) })
+    }
 }
 
 /// What a server accepts connections from.
