@@ -216,6 +216,12 @@ impl HostedController for Controller {
 impl Service for Controller {
     fn handle(&self, request: Message, responder: Responder) {
         let reply = match request {
+            // A worker that registers with a controller whose lease moved
+            // on must learn so, or it would never look for the new one.
+            Message::RegisterWorker(_) if !self.inner.candidacy.leads() => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "this process does not hold the controller's lease",
+            )),
             Message::RegisterWorker(RegisterWorkerRequest { address, roles }) => {
                 let now = self.inner.clock.now_ms();
                 lock(&self.inner.workers).insert(
@@ -355,8 +361,8 @@ async fn run(inner: std::sync::Weak<Inner>) {
 /// A new controller takes over the current generation as it is when every
 /// role of it is alive on a registered worker: a change of controller
 /// then costs no recovery. Returns its roles, or `None` when it must be
-/// recovered (a role is missing, its recovery never finished, or the core
-/// state cannot be read).
+/// recovered (a role is missing, a TLog is locked, its recovery never
+/// finished, or the core state cannot be read).
 async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
     while !inner.workers_had_time() {
         if !inner.leads() {
@@ -393,6 +399,14 @@ async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
                 worker: *worker,
                 recruited_ms: now,
             });
+        }
+    }
+    // A recovery that a controller before this one abandoned may have
+    // locked them: the generation then takes no more commits.
+    for tlog in &generation.tlogs {
+        match call(inner, *tlog, Message::Status).await {
+            Ok(Message::TLogStatus(status)) if !status.locked => {}
+            _ => return None,
         }
     }
     // Its recovery may have ended before it opened the sequencer.
