@@ -13,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::knobs::Knobs;
-use crate::layout::{coordinator_ids, storage_ids, Role, COORDINATORS, TLOGS};
+use crate::layout::{
+    coordinator_ids, storage_ids, worker_ids, Role, Shape, COORDINATORS, TLOGS, WORKERS,
+};
 
 /// A host faults act on: a role, or the workload's clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,10 +56,12 @@ pub enum Fault {
     SyncError(Disk),
 }
 
-/// A disk whose fsync can fail: a TLog's or a coordinator's.
+/// A disk whose fsync can fail: a TLog's, a worker's (its TLogs') or a
+/// coordinator's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disk {
     TLog(usize),
+    Worker(u64),
     Coordinator(u64),
 }
 
@@ -66,6 +70,7 @@ impl Disk {
     pub fn role(self) -> Role {
         match self {
             Disk::TLog(index) => Role::TLog(index),
+            Disk::Worker(id) => Role::Worker(id),
             Disk::Coordinator(id) => Role::Coordinator(id),
         }
     }
@@ -167,33 +172,52 @@ pub struct Scheduled {
 /// having no recovery.
 const MAX_LASTING_MS: u64 = 3_000;
 
-/// Roles that may be killed: those whose restart a pinned cluster takes
-/// without recovery, and the coordinators.
-fn killable() -> Vec<Role> {
-    let mut roles: Vec<Role> = (0..TLOGS).map(Role::TLog).collect();
+/// Roles that may be killed: of a pinned cluster, those whose restart it
+/// takes without recovery; of a recruited one, any worker (whatever
+/// roles it hosts); and the storage servers and the coordinators (with
+/// the controller one of them runs).
+fn killable(shape: Shape) -> Vec<Role> {
+    let mut roles: Vec<Role> = match shape {
+        Shape::Pinned => (0..TLOGS).map(Role::TLog).collect(),
+        Shape::Recruited => worker_ids().into_iter().map(Role::Worker).collect(),
+    };
     roles.extend(storage_ids().into_iter().map(Role::Storage));
     roles.extend(coordinator_ids().into_iter().map(Role::Coordinator));
     roles
 }
 
-fn nodes(knobs: &Knobs) -> Vec<Node> {
-    let mut nodes: Vec<Node> = killable().into_iter().map(Node::Role).collect();
-    nodes.push(Node::Role(Role::Sequencer));
-    nodes.extend((1..=knobs.proxies).map(|id| Node::Role(Role::Proxy(id))));
+fn nodes(shape: Shape, knobs: &Knobs) -> Vec<Node> {
+    let mut nodes: Vec<Node> = killable(shape).into_iter().map(Node::Role).collect();
+    if shape == Shape::Pinned {
+        nodes.push(Node::Role(Role::Sequencer));
+        nodes.extend((1..=knobs.proxies).map(|id| Node::Role(Role::Proxy(id))));
+    }
     nodes.push(Node::Workload);
     nodes
+}
+
+/// A disk whose next fsync fails.
+fn failing_disk(rng: &mut StdRng, shape: Shape) -> Disk {
+    if !rng.random_bool(0.5) {
+        return Disk::Coordinator(rng.random_range(1..=COORDINATORS));
+    }
+    match shape {
+        Shape::Pinned => Disk::TLog(rng.random_range(0..TLOGS)),
+        Shape::Recruited => Disk::Worker(rng.random_range(1..=WORKERS)),
+    }
 }
 
 /// Faults of `kinds` over `window`, about one every `mean_gap`.
 pub fn plan(
     rng: &mut StdRng,
+    shape: Shape,
     knobs: &Knobs,
     kinds: FaultKinds,
     window: Duration,
     mean_gap: Duration,
 ) -> Vec<Scheduled> {
-    let killable = killable();
-    let nodes = nodes(knobs);
+    let killable = killable(shape);
+    let nodes = nodes(shape, knobs);
     let mut faults = Vec::new();
     if !kinds.any() {
         return faults;
@@ -231,11 +255,7 @@ pub fn plan(
                 let (a, b) = two(rng, &nodes);
                 Fault::Clog(a, b)
             }
-            _ => Fault::SyncError(if rng.random_bool(0.5) {
-                Disk::TLog(rng.random_range(0..TLOGS))
-            } else {
-                Disk::Coordinator(rng.random_range(1..=COORDINATORS))
-            }),
+            _ => Fault::SyncError(failing_disk(rng, shape)),
         };
         faults.push(Scheduled { at, lasting, fault });
     }

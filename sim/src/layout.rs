@@ -2,17 +2,23 @@
 //! address, and the cluster file every role and the workload read.
 //!
 //! ```text
+//!  pinned (the cluster file places the commit path):
 //!  10.0.0.1-3   tlog-0..2          (replication 2 of 3)
 //!  10.0.1.1     sequencer (and resolver)
 //!  10.0.2.1..   proxy-1..
+//!  recruited (the controller places it on workers, anew at each recovery):
+//!  10.0.5.1-4   worker-1..4        (3 TLogs at replication 2, the sequencer, the proxies)
+//!  both:
 //!  10.0.3.1-6   storage-101,102 (team 1), 201,202 (team 2), 301,302 (team 3)
-//!  10.0.4.1-3   coordinator-1..3 (their registers; the pinned commit path does not use them)
+//!  10.0.4.1-3   coordinator-1..3 (their registers; recruited: each stands for controller)
 //!  workload     the clients, a host of its own
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use cluster::cluster_file::{Endpoint, ProxyEntry, ShardEntry, StorageEntry, TeamEntry};
+use cluster::cluster_file::{
+    CoordinatorEntry, Endpoint, GenerationShape, ProxyEntry, ShardEntry, StorageEntry, TeamEntry,
+};
 use cluster::ClusterFile;
 
 /// Every role listens on this port of its host.
@@ -25,8 +31,41 @@ pub const SERVERS_PER_TEAM: u64 = 2;
 /// The keys the workload writes, spread over the teams by the shards.
 pub const KEYS: usize = 12;
 pub const COORDINATORS: u64 = 3;
+/// Workers of a recruited cluster: one more than its TLogs, so a
+/// recovery finds a worker for each TLog while one is down.
+pub const WORKERS: u64 = 4;
 /// The coordinated register the register workload writes.
 pub const REGISTER: &str = "sim";
+
+/// Who places the commit path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The cluster file: the same TLogs, sequencer and proxies for ever.
+    Pinned,
+    /// The controller, on workers, anew at each recovery.
+    Recruited,
+}
+
+impl Shape {
+    pub fn parse(name: &str) -> Result<Shape, String> {
+        match name {
+            "pinned" => Ok(Shape::Pinned),
+            "recruited" => Ok(Shape::Recruited),
+            other => Err(format!(
+                "unknown cluster shape {other:?} (pinned, recruited)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Shape::Pinned => "pinned",
+            Shape::Recruited => "recruited",
+        })
+    }
+}
 
 /// What a host runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +75,7 @@ pub enum Role {
     Proxy(u64),
     Storage(u64),
     Coordinator(u64),
+    Worker(u64),
 }
 
 impl Role {
@@ -46,6 +86,7 @@ impl Role {
             Role::Proxy(id) => (2, id as u8),
             Role::Storage(id) => (3, storage_index(id) + 1),
             Role::Coordinator(id) => (4, id as u8),
+            Role::Worker(id) => (5, id as u8),
         };
         IpAddr::V4(Ipv4Addr::new(10, 0, net, host))
     }
@@ -68,6 +109,7 @@ impl std::fmt::Display for Role {
             Role::Proxy(id) => write!(f, "proxy-{id}"),
             Role::Storage(id) => write!(f, "storage-{id}"),
             Role::Coordinator(id) => write!(f, "coordinator-{id}"),
+            Role::Worker(id) => write!(f, "worker-{id}"),
         }
     }
 }
@@ -87,6 +129,10 @@ pub fn coordinator_ids() -> Vec<u64> {
     (1..=COORDINATORS).collect()
 }
 
+pub fn worker_ids() -> Vec<u64> {
+    (1..=WORKERS).collect()
+}
+
 pub fn coordinator_addrs() -> Vec<SocketAddr> {
     coordinator_ids()
         .into_iter()
@@ -104,9 +150,10 @@ pub fn replicas_of(key_index: usize) -> Vec<u64> {
     (1..=SERVERS_PER_TEAM).map(|m| team * 100 + m).collect()
 }
 
-/// The cluster file: a pinned commit path (no coordinators), three teams,
-/// each owning a third of the keys.
-pub fn cluster_file(proxies: u64) -> ClusterFile {
+/// The cluster file: three teams, each owning a third of the keys, and a
+/// pinned commit path (no coordinators), or coordinators and the shape of
+/// the generations the controller recruits.
+pub fn cluster_file(shape: Shape, proxies: u64) -> ClusterFile {
     let storage_servers = storage_ids()
         .into_iter()
         .map(|id| StorageEntry {
@@ -131,7 +178,7 @@ pub fn cluster_file(proxies: u64) -> ClusterFile {
             team: 1 + i as u64,
         })
         .collect();
-    ClusterFile {
+    let pinned = ClusterFile {
         replication: REPLICATION,
         broadcast: true,
         coordinators: Vec::new(),
@@ -155,6 +202,26 @@ pub fn cluster_file(proxies: u64) -> ClusterFile {
         shards,
         tls: None,
         distribution: None,
+    };
+    match shape {
+        Shape::Pinned => pinned,
+        Shape::Recruited => ClusterFile {
+            coordinators: coordinator_ids()
+                .into_iter()
+                .map(|id| CoordinatorEntry {
+                    id,
+                    address: Role::Coordinator(id).addr(),
+                })
+                .collect(),
+            sequencer: None,
+            proxies: Vec::new(),
+            tlogs: Vec::new(),
+            generation: Some(GenerationShape {
+                tlogs: TLOGS,
+                proxies: proxies as usize,
+            }),
+            ..pinned
+        },
     }
 }
 
@@ -163,9 +230,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cluster_file_is_valid_and_the_replicas_follow_its_shards() {
-        let cluster = cluster_file(2);
-        cluster.check().unwrap();
+    fn the_cluster_files_are_valid_and_the_replicas_follow_their_shards() {
+        for shape in [Shape::Pinned, Shape::Recruited] {
+            let cluster = cluster_file(shape, 2);
+            cluster.check().unwrap();
+            assert_eq!(cluster.is_recruited(), shape == Shape::Recruited);
+            check_replicas(&cluster);
+        }
+    }
+
+    fn check_replicas(cluster: &ClusterFile) {
         let map = cluster.shard_map().unwrap();
         for index in 0..KEYS {
             let teams: Vec<u64> = map
@@ -189,6 +263,7 @@ mod tests {
         roles.extend((0..TLOGS).map(Role::TLog));
         roles.extend(storage_ids().into_iter().map(Role::Storage));
         roles.extend(coordinator_ids().into_iter().map(Role::Coordinator));
+        roles.extend(worker_ids().into_iter().map(Role::Worker));
         let addrs: std::collections::BTreeSet<_> = roles.iter().map(|r| r.addr()).collect();
         assert_eq!(addrs.len(), roles.len());
     }

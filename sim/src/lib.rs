@@ -31,4 +31,5 @@ pub mod trace;
 pub mod workload;
 
 pub use faults::FaultKinds;
+pub use layout::Shape;
 pub use run::{run, RunReport, SimOptions, WORKLOAD_HOST};

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 
-use proto::transport::net::{Accept, BoxFuture, Dialer, Listener, Stream};
+use proto::transport::net::{Accept, Binder, BoxFuture, Dialer, Listener, Stream};
 use proto::transport::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -182,25 +182,41 @@ impl Dialer for SimDialer {
     }
 }
 
-struct SimAccept(turmoil::net::TcpListener);
+struct SimAccept {
+    listener: turmoil::net::TcpListener,
+    /// The host's address: turmoil's listeners bind the unspecified one.
+    local: SocketAddr,
+}
 
 impl Accept for SimAccept {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(Box<dyn Stream>, SocketAddr)>> {
         Box::pin(async move {
-            let (stream, peer) = self.0.accept().await?;
+            let (stream, peer) = self.listener.accept().await?;
             Ok((Box::new(SimStream::new(stream)?) as Box<dyn Stream>, peer))
         })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        Ok(self.local)
     }
 }
 
-/// Listens on `port` of the current host.
-pub async fn listen(port: u16) -> io::Result<Listener> {
-    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-    Ok(Listener::Other(Box::new(SimAccept(listener))))
+/// Listens at `addr`, an address of the current host; port 0 takes a
+/// free one.
+pub async fn listen(addr: SocketAddr) -> io::Result<Listener> {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", addr.port())).await?;
+    let local = SocketAddr::new(addr.ip(), listener.local_addr()?.port());
+    Ok(Listener::Other(Box::new(SimAccept { listener, local })))
+}
+
+/// Listens through the simulated network, on the current host.
+#[derive(Debug)]
+pub struct SimBinder;
+
+impl Binder for SimBinder {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Listener>> {
+        Box::pin(listen(addr))
+    }
 }
 
 /// A client configuration that calls through the simulated network.

@@ -13,17 +13,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster::ClusterFile;
 use coordinator::disk::MemDisk;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use storage_server::mem_engine::MemEngine;
 use tlog::mem_store::MemStore;
+use worker::MemDisks;
 
 use crate::faults::{self, Disk, Fault, FaultKinds, Node, Scheduled};
 use crate::history::{History, Outcome};
 use crate::hosts::{self, DiskSlot};
 use crate::knobs::Knobs;
-use crate::layout::{self, coordinator_ids, storage_ids, Role, TLOGS};
+use crate::layout::{self, coordinator_ids, storage_ids, worker_ids, Role, Shape, TLOGS};
 use crate::net;
 use crate::registers::{RegisterHistory, RegisterWorkload};
 use crate::trace::Trace;
@@ -35,6 +37,8 @@ pub const WORKLOAD_HOST: &str = "workload";
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub seed: u64,
+    /// Who places the commit path: the cluster file, or the controller.
+    pub shape: Shape,
     /// Simulated time with faults (and workload) before the cluster is
     /// left alone to show it recovers.
     pub fault_window: Duration,
@@ -51,6 +55,7 @@ impl SimOptions {
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
+            shape: Shape::Pinned,
             fault_window: Duration::from_secs(5),
             mean_fault_gap: Duration::from_millis(500),
             fault_kinds: FaultKinds::ALL,
@@ -93,6 +98,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     let knobs = Knobs::draw(&mut rng);
     let plan = faults::plan(
         &mut rng,
+        options.shape,
         &knobs,
         options.fault_kinds,
         options.fault_window,
@@ -105,18 +111,24 @@ pub fn run(options: &SimOptions) -> RunReport {
         .max_message_latency(knobs.max_latency)
         .simulation_duration(options.fault_window + 4 * LIVENESS)
         .build();
-    let cluster = layout::cluster_file(knobs.proxies);
-    // What each host's "disk" keeps across its restarts.
-    let tlog_stores: Vec<MemStore> = (0..TLOGS).map(|_| MemStore::new()).collect();
+    let cluster = layout::cluster_file(options.shape, knobs.proxies);
     let trace = Trace::default();
-    for (index, store) in tlog_stores.iter().enumerate() {
-        #[cfg(feature = "broken-variants")]
-        if options.broken == Some(crate::broken::Broken::TLogAcknowledgesBeforeSync) {
-            let lagging = crate::broken::LaggingSyncStore::new(store.clone());
-            hosts::add_tlog(&mut sim, index, lagging, store.clone(), &knobs);
-            continue;
+    trace.note("driver", format!("cluster: {}", options.shape));
+    // What each host's "disk" keeps across its restarts.
+    let mut tlog_stores: Vec<MemStore> = Vec::new();
+    let mut worker_disks: BTreeMap<u64, MemDisks> = BTreeMap::new();
+    match options.shape {
+        Shape::Pinned => {
+            tlog_stores = (0..TLOGS).map(|_| MemStore::new()).collect();
+            add_pinned_commit_path(&mut sim, options, &cluster, &knobs, &tlog_stores);
         }
-        hosts::add_tlog(&mut sim, index, store.clone(), store.clone(), &knobs);
+        Shape::Recruited => {
+            for id in worker_ids() {
+                let disks = MemDisks::default();
+                hosts::add_worker(&mut sim, id, disks.clone(), &cluster, &knobs);
+                worker_disks.insert(id, disks);
+            }
+        }
     }
     #[cfg(feature = "broken-variants")]
     {
@@ -124,10 +136,6 @@ pub fn run(options: &SimOptions) -> RunReport {
         if let Some(broken) = options.broken {
             trace.note("driver", format!("broken variant: {broken:?}"));
         }
-    }
-    hosts::add_sequencer(&mut sim, &cluster);
-    for id in 1..=knobs.proxies {
-        hosts::add_proxy(&mut sim, id, &cluster, &knobs);
     }
     for id in storage_ids() {
         hosts::add_storage(&mut sim, id, Arc::new(MemEngine::new()), &cluster, &knobs);
@@ -137,7 +145,7 @@ pub fn run(options: &SimOptions) -> RunReport {
         .map(|id| (id, DiskSlot::default()))
         .collect();
     for (id, disk) in &coordinator_disks {
-        hosts::add_coordinator(&mut sim, *id, Arc::clone(disk));
+        hosts::add_coordinator(&mut sim, *id, Arc::clone(disk), &cluster);
     }
     let history = Rc::new(RefCell::new(History::default()));
     let register_history = Rc::new(RefCell::new(RegisterHistory::default()));
@@ -164,6 +172,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     let mut driver = Driver {
         rng,
         tlog_stores,
+        worker_disks,
         coordinator_disks,
         trace: trace.clone(),
         active: BTreeSet::new(),
@@ -201,6 +210,29 @@ pub fn run(options: &SimOptions) -> RunReport {
     }
 }
 
+/// The TLogs, the sequencer and the proxies a pinned cluster file places.
+fn add_pinned_commit_path(
+    sim: &mut turmoil::Sim<'_>,
+    #[cfg_attr(not(feature = "broken-variants"), allow(unused_variables))] options: &SimOptions,
+    cluster: &ClusterFile,
+    knobs: &Knobs,
+    tlog_stores: &[MemStore],
+) {
+    for (index, store) in tlog_stores.iter().enumerate() {
+        #[cfg(feature = "broken-variants")]
+        if options.broken == Some(crate::broken::Broken::TLogAcknowledgesBeforeSync) {
+            let lagging = crate::broken::LaggingSyncStore::new(store.clone());
+            hosts::add_tlog(sim, index, lagging, store.clone(), knobs);
+            continue;
+        }
+        hosts::add_tlog(sim, index, store.clone(), store.clone(), knobs);
+    }
+    hosts::add_sequencer(sim, cluster);
+    for id in 1..=knobs.proxies {
+        hosts::add_proxy(sim, id, cluster, knobs);
+    }
+}
+
 /// tokio keeps a runtime's tasks in four lists by task id (id mod 4), and
 /// a crashed host's tasks are dropped list by list, which sets the order of
 /// the connection closes the crash sends. Task ids count up across the
@@ -234,6 +266,8 @@ struct Driver {
     rng: StdRng,
     /// The TLogs' stores, for the power loss a kill makes.
     tlog_stores: Vec<MemStore>,
+    /// A recruited cluster's workers' TLog logs, likewise.
+    worker_disks: BTreeMap<u64, MemDisks>,
     /// The coordinators' disks, for a failed write and the reopening after.
     coordinator_disks: BTreeMap<u64, DiskSlot>,
     trace: Trace,
@@ -246,6 +280,15 @@ struct Driver {
 }
 
 impl Driver {
+    /// What a crashed host's TLogs keep of what they had not synced.
+    fn lose_power(&mut self, role: Role) {
+        match role {
+            Role::TLog(index) => self.tlog_stores[index].crash(self.rng.next_u64()),
+            Role::Worker(id) => self.worker_disks[&id].crash(self.rng.next_u64()),
+            _ => {}
+        }
+    }
+
     fn coordinator_disk(&self, id: u64) -> Arc<MemDisk> {
         Arc::clone(
             &self.coordinator_disks[&id]
@@ -313,10 +356,8 @@ impl Driver {
                     return false;
                 }
                 sim.crash(role.host());
-                if let Role::TLog(index) = role {
-                    // A power loss: what was not synced is kept, lost or torn.
-                    self.tlog_stores[index].crash(self.rng.next_u64());
-                }
+                // A power loss: what was not synced is kept, lost or torn.
+                self.lose_power(role);
             }
             Fault::Cut { from, to, one_way } => {
                 if !self.active.insert(pair(from, to)) {
@@ -344,6 +385,11 @@ impl Driver {
                 }
                 match disk {
                     Disk::TLog(index) => self.tlog_stores[index].fail_next_sync(),
+                    Disk::Worker(id) => {
+                        for store in self.worker_disks[&id].stores() {
+                            store.fail_next_sync();
+                        }
+                    }
                     Disk::Coordinator(id) => self.coordinator_disk(id).fail_next_write(),
                 }
             }
@@ -378,7 +424,7 @@ impl Driver {
                 match disk {
                     // A failed fsync may have dropped what it did not
                     // sync: the disk keeps what a power loss would.
-                    Disk::TLog(index) => self.tlog_stores[index].crash(self.rng.next_u64()),
+                    Disk::TLog(_) | Disk::Worker(_) => self.lose_power(role),
                     Disk::Coordinator(id) => {
                         let reopened = Arc::new(self.coordinator_disk(id).reopen());
                         *self.coordinator_disks[&id]

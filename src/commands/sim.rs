@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use sim::{run, FaultKinds, RunReport, SimOptions};
+use sim::{run, FaultKinds, RunReport, Shape, SimOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
@@ -30,6 +30,12 @@ pub struct SimArgs {
     /// empty runs without faults.
     #[arg(long, default_value = "kill,cut,clog,fsync")]
     pub faults: String,
+    /// Who places the commit path: `pinned` (the cluster file: TLogs,
+    /// sequencer and proxies for ever) or `recruited` (the controller, on
+    /// workers, recovering into a new generation when one fails; kills
+    /// and fsync errors then hit workers, whatever roles they host).
+    #[arg(long, default_value = "pinned")]
+    pub cluster: String,
     /// Print each run's whole trace, not only a failing one's.
     #[arg(long)]
     pub trace: bool,
@@ -47,10 +53,13 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
             .map_or(0, |d| d.as_nanos() as u64)
     });
     println!(
-        "seeds {first}..{} (replay one with --seed N)",
-        first + args.runs
+        "seeds {first}..{}, {} cluster (replay one with --seed N --cluster {})",
+        first + args.runs,
+        args.cluster,
+        args.cluster,
     );
     let kinds = FaultKinds::parse(&args.faults).map_err(anyhow::Error::msg)?;
+    let shape = Shape::parse(&args.cluster).map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut simulated = Duration::ZERO;
@@ -58,6 +67,7 @@ pub fn run_seeds(args: SimArgs) -> Result<()> {
     for seed in first..first + args.runs {
         watchdog.starting(seed);
         let options = SimOptions {
+            shape,
             fault_window: Duration::from_secs(args.fault_window_secs),
             mean_fault_gap: Duration::from_millis(args.mean_fault_gap_ms),
             fault_kinds: kinds,
