@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use proto::rpc::LockReply;
-use proto::Version;
+use proto::{Version, MAX_VERSIONS_AHEAD};
 use serde::{Deserialize, Serialize};
 
 use crate::shard_snapshot::ShardMapSnapshot;
@@ -90,6 +90,10 @@ pub struct Generation {
     pub replication: usize,
     /// The version the generation chains from; it holds only later ones.
     pub begin_version: Version,
+    /// Its sequencer hands out versions above this: above anything an
+    /// earlier generation left uncommitted (see [`CoreState::recovered`]).
+    #[serde(default)]
+    pub floor: Version,
     /// Set once the generation's sequencer and proxies were recruited: from
     /// then on it may have acknowledged commits.
     pub commit_path: Option<CommitPath>,
@@ -183,16 +187,28 @@ impl CoreState {
     ) -> Self {
         let mut generations = self.generations.clone();
         let mut begin_version = Version::ZERO;
+        let mut floor = Version::ZERO;
+        // A generation that handed out versions ran them at most
+        // MAX_VERSIONS_AHEAD past its committed version, which is at most
+        // its end or its floor: the next one's versions start above that.
+        let above_tail =
+            |g: &Generation, end: Version| Version(g.floor.max(end).0 + MAX_VERSIONS_AHEAD + 1);
         if let Some(current) = generations.last_mut().filter(|g| g.end.is_none()) {
             if current.commit_path.is_some() {
                 begin_version = end.version;
+                floor = above_tail(current, end.version);
                 current.end = Some(end);
             } else {
+                // Its sequencer, never opened, handed out nothing.
                 begin_version = current.begin_version;
+                floor = current.floor;
                 generations.pop();
             }
-        } else if let Some(last) = generations.last().and_then(|g| g.end.as_ref()) {
-            begin_version = last.version;
+        } else if let Some(last) = generations.last() {
+            if let Some(end) = &last.end {
+                begin_version = end.version;
+                floor = above_tail(last, end.version);
+            }
         }
         let epoch = self.epoch + 1;
         generations.push(Generation {
@@ -200,6 +216,7 @@ impl CoreState {
             tlogs,
             replication,
             begin_version,
+            floor: floor.max(begin_version),
             commit_path: None,
             end: None,
         });
@@ -228,12 +245,17 @@ impl CoreState {
         next
     }
 
-    /// The state without the ended generations whose every version is at
-    /// or below `popped`: storage servers no longer need them.
-    pub fn retired_below(&self, popped: Version) -> Self {
+    /// The state without the ended generations that storage servers no
+    /// longer need: every version of them is at or below `popped`, and
+    /// they are older than `followed`, the oldest generation a server
+    /// follows. A server that read an open generation past where a
+    /// recovery ended it learns of the end only from a state that still
+    /// lists it; until then, its durable version may hold versions that
+    /// never committed.
+    pub fn retired_below(&self, popped: Version, followed: u64) -> Self {
         let mut next = self.clone();
         next.generations
-            .retain(|g| g.end.as_ref().is_none_or(|e| e.version > popped));
+            .retain(|g| g.epoch >= followed || g.end.as_ref().is_none_or(|e| e.version > popped));
         next
     }
 

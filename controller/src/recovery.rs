@@ -103,11 +103,13 @@ pub enum Command {
         expected_revision: u64,
         state: CoreState,
     },
-    /// Recruit a sequencer starting after `start_after`, and `proxies`
-    /// proxies pushing to `tlogs`; nothing may commit until opened.
+    /// Recruit a sequencer chaining on from `start_after` with versions
+    /// above `floor`, and `proxies` proxies pushing to `tlogs`; nothing
+    /// may commit until opened.
     RecruitCommitPath {
         epoch: u64,
         start_after: Version,
+        floor: Version,
         tlogs: Vec<SocketAddr>,
         proxies: usize,
     },
@@ -320,6 +322,7 @@ impl Recovery {
                 Ok(vec![Command::RecruitCommitPath {
                     epoch: self.epoch,
                     start_after: self.begin,
+                    floor: self.state.current().map_or(self.begin, |g| g.floor),
                     tlogs: self.tlogs.clone(),
                     proxies: self.config.proxies,
                 }])

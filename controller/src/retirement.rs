@@ -1,10 +1,11 @@
 //! Retiring old generations: once every storage server has made durable
-//! the versions an ended generation holds, nobody will read it again, and
-//! the controller drops it from the core state; the workers then stop its
-//! TLogs and remove their data.
+//! the versions an ended generation holds, and follows a newer one (so it
+//! knows where that one ended, and rolled back what it read past the end),
+//! nobody will read it again, and the controller drops it from the core
+//! state; the workers then stop its TLogs and remove their data.
 //!
 //! ```text
-//!  every storage server ─Status─▶ durable versions ─min─▶ core state.retired_below(min)
+//!  every storage server ─Status─▶ durable versions, followed epochs ─min─▶ core state.retired_below
 //!        (one that does not answer holds every generation back)      │ conditional write
 //!                                                                     ▼
 //!                                         workers: TLogs of unlisted generations stopped, removed
@@ -22,20 +23,36 @@ use proto::Version;
 /// How long a storage server has to say its durable version.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The lowest durable version of `servers`, when every one answers.
-pub async fn lowest_durable(servers: &[SocketAddr], transport: &ClientConfig) -> Option<Version> {
+/// What every storage server has left behind: the lowest durable version
+/// and the oldest generation any of them follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeftBehind {
+    pub durable: Version,
+    pub followed: u64,
+}
+
+/// What `servers` have left behind, when every one answers.
+pub async fn left_behind(servers: &[SocketAddr], transport: &ClientConfig) -> Option<LeftBehind> {
     let asks = servers.iter().map(|addr| async move {
         let ask = async {
             let client = RpcClient::connect(*addr, transport.clone()).await?;
             client.call(Message::Status).await
         };
         match tokio::time::timeout(STATUS_TIMEOUT, ask).await {
-            Ok(Ok(Message::StorageStatus(status))) => Some(status.durable_version),
+            Ok(Ok(Message::StorageStatus(status))) => Some(LeftBehind {
+                durable: status.durable_version,
+                followed: status.following_epoch,
+            }),
             _ => None,
         }
     });
-    let durable: Option<Vec<Version>> = futures::future::join_all(asks).await.into_iter().collect();
-    durable?.into_iter().min()
+    let answers: Option<Vec<LeftBehind>> =
+        futures::future::join_all(asks).await.into_iter().collect();
+    let answers = answers?;
+    Some(LeftBehind {
+        durable: answers.iter().map(|a| a.durable).min()?,
+        followed: answers.iter().map(|a| a.followed).min()?,
+    })
 }
 
 /// Drops from the core state the ended generations every storage server
@@ -48,14 +65,14 @@ pub async fn retire(
     if servers.is_empty() {
         return Ok(None);
     }
-    let Some(durable) = lowest_durable(servers, transport).await else {
+    let Some(left) = left_behind(servers, transport).await else {
         return Ok(None);
     };
     let (state, revision) = coordinators
         .read_core_state()
         .await
         .map_err(|e| e.to_string())?;
-    let next = state.retired_below(durable);
+    let next = state.retired_below(left.durable, left.followed);
     let retired = state.generations.len() - next.generations.len();
     if retired == 0 {
         return Ok(None);
@@ -67,6 +84,11 @@ pub async fn retire(
     if !outcome.written {
         return Err("the core state changed while retiring generations".to_owned());
     }
-    tracing::info!(retired, %durable, "retired generations every storage server made durable");
+    tracing::info!(
+        retired,
+        durable = %left.durable,
+        followed = left.followed,
+        "retired generations every storage server made durable and left"
+    );
     Ok(Some(next))
 }

@@ -657,9 +657,13 @@ async fn execute(
         Command::RecruitCommitPath {
             epoch,
             start_after,
+            floor,
             tlogs,
             proxies,
-        } => recruit_commit_path(inner, epoch, start_after, tlogs, proxies, placed).await,
+        } => {
+            let start = (start_after, floor);
+            recruit_commit_path(inner, epoch, start, tlogs, proxies, placed).await
+        }
         Command::OpenCommitPath { epoch, sequencer } => {
             call(inner, sequencer, Message::OpenCommits(epoch))
                 .await
@@ -810,10 +814,12 @@ async fn recruit_tlogs(
     Ok(vec![Event::TLogsRecruited { epoch, tlogs }])
 }
 
+/// Recruits the sequencer, chaining on from `start_after` above `floor`,
+/// and the proxies.
 async fn recruit_commit_path(
     inner: &Inner,
     epoch: u64,
-    start_after: proto::Version,
+    (start_after, floor): (proto::Version, proto::Version),
     tlogs: Vec<SocketAddr>,
     proxies: usize,
     placed: &Mutex<Vec<Placed>>,
@@ -826,6 +832,7 @@ async fn recruit_commit_path(
         epoch,
         Recruit::Sequencer {
             start_after,
+            floor,
             proxies: ids.clone(),
         },
         placed,

@@ -307,6 +307,11 @@ pub struct StorageStatusReply {
     /// The key ranges it is adding (a move named one of its teams a
     /// destination), in key order.
     pub adding: Vec<AddingRangeStatus>,
+    /// The newest generation the server follows: it knows that every
+    /// older one ended, and where (0 while it knows none, and where the
+    /// cluster file pins the TLogs). Old generations retire only once
+    /// every server follows a newer one.
+    pub following_epoch: u64,
 }
 
 /// A key range a storage server is adding, copied page by page from a

@@ -17,6 +17,12 @@ use bytes::Bytes;
 )]
 pub struct Version(pub u64);
 
+/// How far past its committed version (or its floor) a sequencer hands
+/// out versions: ten seconds of them. A generation's uncommitted tail is
+/// thereby bounded, and the next generation's versions start above it
+/// (`cluster::core_state`).
+pub const MAX_VERSIONS_AHEAD: u64 = 10_000_000;
+
 impl Version {
     pub const ZERO: Version = Version(0);
     pub const MAX: Version = Version(u64::MAX);

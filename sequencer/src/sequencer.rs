@@ -4,11 +4,24 @@
 //! Versions advance with time (about 1,000,000 per second) and by at least
 //! one per request, so a version difference is a duration. Each proxy numbers
 //! its requests; a retried request gets the versions it got the first time.
+//!
+//! Versions run at most [`MAX_VERSIONS_AHEAD`] past the committed version,
+//! so what a generation leaves uncommitted when a recovery ends it is
+//! bounded. A recovered generation's sequencer chains on from the recovery
+//! version but hands out versions above a floor past that bound
+//! ([`SequencerCore::after_recovery`]): a storage server that read the
+//! ended generation's uncommitted tail never holds a version a client of
+//! the new one reads at, so it reads on, and meets the recovery first.
+//!
+//! ```text
+//!  ended:  … recovery version E … tail (never committed) ≤ max(E, its floor) + MAX
+//!  next:   prev E ─▶ committed = floor (nothing between) ─▶ versions > floor
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::rpc::GetCommitVersionReply;
-use proto::{ProxyId, Version};
+use proto::{ProxyId, Version, MAX_VERSIONS_AHEAD};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SequencerError {
@@ -32,6 +45,10 @@ pub enum SequencerError {
     /// path is recorded on the coordinators, and the controller opens it.
     #[error("the sequencer is not open yet: its generation's recovery has not finished")]
     NotOpen,
+    /// Commits have not kept up: a new version would run too far past the
+    /// committed one. Ask again once commits go through.
+    #[error("{last} was handed out and only {committed} is committed: no version further ahead")]
+    TooFarAhead { last: Version, committed: Version },
 }
 
 pub struct SequencerCore {
@@ -57,6 +74,23 @@ impl SequencerCore {
             answered: BTreeMap::new(),
             stopping: false,
             open: true,
+        }
+    }
+
+    /// The sequencer of a generation a recovery began at `recovery`: its
+    /// chain goes on from there, and it hands out versions above `floor`,
+    /// which counts as committed (no commit lies between the two).
+    pub fn after_recovery(
+        recovery: Version,
+        floor: Version,
+        proxies: &BTreeSet<ProxyId>,
+        now_us: u64,
+    ) -> Self {
+        let floor = floor.max(recovery);
+        SequencerCore {
+            committed: floor,
+            origin: (floor, now_us),
+            ..SequencerCore::new(recovery, proxies, now_us)
         }
     }
 
@@ -101,8 +135,16 @@ impl SequencerCore {
         if !self.open {
             return Err(SequencerError::NotOpen);
         }
+        let ceiling = self.committed.0 + MAX_VERSIONS_AHEAD;
+        let next = self.last.max(self.committed).0 + 1;
+        if next > ceiling {
+            return Err(SequencerError::TooFarAhead {
+                last: self.last,
+                committed: self.committed,
+            });
+        }
         let by_time = self.origin.0 .0 + now_us.saturating_sub(self.origin.1);
-        let version = Version(by_time.max(self.last.0 + 1));
+        let version = Version(by_time.min(ceiling).max(next));
         let reply = GetCommitVersionReply {
             prev_version: self.last,
             version,
@@ -141,7 +183,8 @@ impl SequencerCore {
     }
 
     /// Whether every version handed out is known committed: a sequencer
-    /// that stops now leaves no hole in the chain.
+    /// that stops now leaves no hole in the chain. (A recovered one's
+    /// committed version starts at its floor, above the chain's start.)
     pub fn is_settled(&self) -> bool {
         self.committed >= self.last
     }
@@ -171,6 +214,49 @@ mod tests {
             (c.prev_version, c.version),
             (Version(2_100), Version(2_101))
         );
+    }
+
+    #[test]
+    fn versions_run_at_most_max_ahead_of_the_committed_version() {
+        let mut s = core(100, 0);
+        // The clock ran far ahead, and nothing committed: capped.
+        let a = s.commit_version(P1, 1, 60_000_000).unwrap();
+        assert_eq!(a.version, Version(100 + MAX_VERSIONS_AHEAD));
+        assert_eq!(
+            s.commit_version(P2, 1, 60_000_000),
+            Err(SequencerError::TooFarAhead {
+                last: a.version,
+                committed: Version(100),
+            })
+        );
+        s.report_committed(a.version).unwrap();
+        let b = s.commit_version(P2, 1, 60_000_000).unwrap();
+        assert_eq!(b.prev_version, a.version);
+        assert!(b.version > a.version && b.version.0 <= a.version.0 + MAX_VERSIONS_AHEAD);
+    }
+
+    /// Every version `s` can still hand out, with the clock racing ahead
+    /// and nothing more committed: the highest is its tail's bound.
+    fn tail(s: &mut SequencerCore) -> Version {
+        let mut request = 1_000;
+        let mut tail = s.last_version();
+        while let Ok(reply) = s.commit_version(P1, request, 1_000_000 * request) {
+            tail = reply.version;
+            request += 1;
+        }
+        tail
+    }
+
+    #[test]
+    fn a_recovered_sequencer_chains_from_the_recovery_version_above_its_floor() {
+        let floor = Version(100 + MAX_VERSIONS_AHEAD + 1);
+        let mut s = SequencerCore::after_recovery(Version(100), floor, &[P1, P2].into(), 0);
+        assert_eq!(s.read_version(), floor, "nothing commits below the floor");
+        assert!(s.is_settled());
+        let first = s.commit_version(P1, 1, 0).unwrap();
+        assert_eq!(first.prev_version, Version(100));
+        assert!(first.version > floor);
+        assert!(tail(&mut s).0 <= floor.0 + MAX_VERSIONS_AHEAD);
     }
 
     #[test]

@@ -39,10 +39,14 @@ pub enum SequencerStart {
     /// fixed roles, whose sequencer restarts over the same TLogs.
     AfterTLogs(Vec<SocketAddr>),
     /// After a recovery version: the sequencer of generation `epoch`, whose
-    /// TLogs begin there. It hands out nothing until opened
-    /// (`Message::OpenCommits`), once its generation's commit path is
-    /// recorded.
-    AfterRecovery { version: Version, epoch: u64 },
+    /// TLogs begin there, handing out versions above `floor`. It hands out
+    /// nothing until opened (`Message::OpenCommits`), once its generation's
+    /// commit path is recorded.
+    AfterRecovery {
+        version: Version,
+        floor: Version,
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -89,7 +93,7 @@ impl SequencerService {
         config: &SequencerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let (last, epoch) = match &config.start {
+        let (last, floor, epoch) = match &config.start {
             SequencerStart::AfterTLogs(tlogs) => {
                 let mut last = Version::ZERO;
                 for addr in tlogs {
@@ -98,16 +102,22 @@ impl SequencerService {
                             .await?,
                     );
                 }
-                (last, None)
+                (last, last, None)
             }
-            SequencerStart::AfterRecovery { version, epoch } => (*version, Some(*epoch)),
+            SequencerStart::AfterRecovery {
+                version,
+                floor,
+                epoch,
+            } => (*version, *floor, Some(*epoch)),
         };
-        tracing::info!(%last, "sequencer starting");
+        tracing::info!(%last, %floor, "sequencer starting");
         let wait_ms = config.resolve_wait_timeout.as_millis() as u64;
-        let mut core = SequencerCore::new(last, &config.proxies, clock.now_us());
-        if epoch.is_some() {
-            core = core.closed();
-        }
+        let core = match epoch {
+            Some(_) => {
+                SequencerCore::after_recovery(last, floor, &config.proxies, clock.now_us()).closed()
+            }
+            None => SequencerCore::new(last, &config.proxies, clock.now_us()),
+        };
         let inner = Arc::new(Inner {
             epoch,
             sequencer: Mutex::new(core),
@@ -255,7 +265,9 @@ fn sequencer_error(e: SequencerError) -> ErrorReply {
         SequencerError::StaleRequest { .. } => ErrorCode::MalformedRequest,
         SequencerError::UnknownVersion { .. } => ErrorCode::VersionConflict,
         SequencerError::UnknownProxy(_) => ErrorCode::MalformedRequest,
-        SequencerError::Stopping | SequencerError::NotOpen => ErrorCode::Unavailable,
+        SequencerError::Stopping | SequencerError::NotOpen | SequencerError::TooFarAhead { .. } => {
+            ErrorCode::Unavailable
+        }
     };
     ErrorReply::new(code, e.to_string())
 }

@@ -357,6 +357,7 @@ impl<E: KvEngine> StorageService<E> {
                     .fill(&mut adding, tokio::time::Instant::now());
                 adding
             },
+            following_epoch: self.inner.generations.source().newest_epoch().unwrap_or(0),
         }
     }
 }

@@ -214,6 +214,7 @@ async fn only_members_may_recruit_register_workers_or_open_a_sequencer() -> Resu
                 epoch: 99,
                 role: Recruit::Sequencer {
                     start_after: Version(0),
+                    floor: Version(0),
                     proxies: vec![ProxyId(1)],
                 },
             }))

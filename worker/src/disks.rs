@@ -171,6 +171,18 @@ impl MemDisks {
         }
     }
 
+    /// TLog `epoch`/`index`'s store, as [`TLogDisks::open`] opens it.
+    pub fn open_store(&self, epoch: u64, index: u64, fresh: bool) -> MemStore {
+        let mut logs = self.logs();
+        if fresh {
+            logs.remove(&(epoch, index));
+        }
+        let (store, _) = logs
+            .entry((epoch, index))
+            .or_insert_with(|| (MemStore::new(), None));
+        store.clone()
+    }
+
     /// The stores of the logs kept now.
     pub fn stores(&self) -> Vec<MemStore> {
         self.logs()
@@ -194,15 +206,8 @@ impl TLogDisks for MemDisks {
     }
 
     fn open(&self, epoch: u64, index: u64, fresh: bool) -> Result<OpenedLog, WorkerError> {
-        let mut logs = self.logs();
-        if fresh {
-            logs.remove(&(epoch, index));
-        }
-        let (store, _) = logs
-            .entry((epoch, index))
-            .or_insert_with(|| (MemStore::new(), None));
         Ok(OpenedLog {
-            store: Box::new(store.clone()),
+            store: Box::new(self.open_store(epoch, index, fresh)),
             lock: None,
         })
     }

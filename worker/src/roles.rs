@@ -124,10 +124,12 @@ pub async fn start_tlog(
     Ok(started)
 }
 
+/// Starts generation `epoch`'s sequencer, chaining on from `start_after`
+/// with versions above `floor`.
 pub async fn start_sequencer(
     ctx: &RoleContext,
     epoch: u64,
-    start_after: Version,
+    (start_after, floor): (Version, Version),
     proxies: Vec<ProxyId>,
     listen: SocketAddr,
 ) -> Result<Started, WorkerError> {
@@ -135,6 +137,7 @@ pub async fn start_sequencer(
         proxies: proxies.into_iter().collect::<BTreeSet<_>>(),
         start: SequencerStart::AfterRecovery {
             version: start_after,
+            floor,
             epoch,
         },
         resolve_wait_timeout: Duration::from_secs(10),

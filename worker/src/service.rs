@@ -130,8 +130,9 @@ impl WorkerService {
             }
             Recruit::Sequencer {
                 start_after,
+                floor,
                 proxies,
-            } => start_sequencer(ctx, epoch, start_after, proxies, listen).await,
+            } => start_sequencer(ctx, epoch, (start_after, floor), proxies, listen).await,
             Recruit::Proxy {
                 id,
                 sequencer,

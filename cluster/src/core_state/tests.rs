@@ -141,11 +141,65 @@ fn a_generation_that_never_had_a_commit_path_is_dropped_at_the_next_recovery() {
     assert_eq!(CoreState::decode(&again.encode()), Ok(again));
 }
 
+/// Each generation's versions start above anything the one before could
+/// have left uncommitted: its versions ran at most MAX_VERSIONS_AHEAD past
+/// its end or its own floor, whichever is higher.
 #[test]
-fn retiring_drops_only_ended_generations_wholly_popped() {
+fn each_generation_hands_out_versions_above_the_tail_the_one_before_could_leave() {
     let state = two_generations();
-    assert_eq!(state.retired_below(Version(899)).generations.len(), 2);
-    let retired = state.retired_below(Version(900));
+    let [first, second] = &state.generations[..] else {
+        panic!("two generations");
+    };
+    assert_eq!(first.floor, Version::ZERO, "nothing came before the first");
+    // The first ended at 900, far above its floor.
+    assert_eq!(second.floor, Version(900 + MAX_VERSIONS_AHEAD + 1));
+    // The second ends where it began, nothing committed: its floor counts.
+    let third = state.recovered(
+        GenerationEnd {
+            version: Version(900),
+            locked: vec![0, 1],
+        },
+        vec![addr(30)],
+        1,
+    );
+    let floor = third.current().unwrap().floor;
+    assert_eq!(floor, Version(second.floor.0 + MAX_VERSIONS_AHEAD + 1));
+    assert_eq!(third.current().unwrap().begin_version, Version(900));
+    // Never given a commit path, the third handed out nothing: the one
+    // replacing it keeps its floor.
+    let fourth = third.recovered(
+        GenerationEnd {
+            version: Version(900),
+            locked: vec![],
+        },
+        vec![addr(40)],
+        1,
+    );
+    assert_eq!(fourth.current().unwrap().floor, floor);
+    assert_eq!(CoreState::decode(&fourth.encode()), Ok(fourth));
+}
+
+/// A core state written before generations had floors reads as floors
+/// at zero: the next recovery counts from the end alone.
+#[test]
+fn a_core_state_without_floors_decodes() {
+    let state = two_generations();
+    let mut json: serde_json::Value = serde_json::from_slice(&state.encode()).unwrap();
+    for generation in json["generations"].as_array_mut().unwrap() {
+        generation.as_object_mut().unwrap().remove("floor");
+    }
+    let decoded = CoreState::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+    assert!(decoded.generations.iter().all(|g| g.floor == Version::ZERO));
+}
+
+#[test]
+fn retiring_drops_only_ended_generations_wholly_popped_that_every_server_left() {
+    let state = two_generations();
+    assert_eq!(state.retired_below(Version(899), 2).generations.len(), 2);
+    // Popped, but a server still follows generation 1: it may have read
+    // past its end and not know it yet.
+    assert_eq!(state.retired_below(Version(900), 1).generations.len(), 2);
+    let retired = state.retired_below(Version(900), 2);
     assert_eq!(retired.generations.len(), 1);
     assert_eq!(retired.current().map(|g| g.epoch), Some(2));
     assert_eq!(CoreState::decode(&retired.encode()), Ok(retired));

@@ -4650,6 +4650,7 @@ impl<'a> StorageStatusReply<'a> {
   pub const VT_STALLED: ::flatbuffers::VOffsetT = 20;
   pub const VT_REBUILDING: ::flatbuffers::VOffsetT = 22;
   pub const VT_ADDING: ::flatbuffers::VOffsetT = 24;
+  pub const VT_FOLLOWING_EPOCH: ::flatbuffers::VOffsetT = 26;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4661,6 +4662,7 @@ impl<'a> StorageStatusReply<'a> {
     args: &'args StorageStatusReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<StorageStatusReply<'bldr>> {
     let mut builder = StorageStatusReplyBuilder::new(_fbb);
+    builder.add_following_epoch(args.following_epoch);
     builder.add_window_bytes(args.window_bytes);
     builder.add_committed_version(args.committed_version);
     builder.add_oldest_readable_version(args.oldest_readable_version);
@@ -4753,6 +4755,13 @@ impl<'a> StorageStatusReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AddingRangeStatus>>>>(StorageStatusReply::VT_ADDING, None)}
   }
+  #[inline]
+  pub fn following_epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StorageStatusReply::VT_FOLLOWING_EPOCH, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
@@ -4772,6 +4781,7 @@ impl ::flatbuffers::Verifiable for StorageStatusReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("stalled", Self::VT_STALLED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("rebuilding", Self::VT_REBUILDING, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AddingRangeStatus>>>>("adding", Self::VT_ADDING, false)?
+     .visit_field::<u64>("following_epoch", Self::VT_FOLLOWING_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -4788,6 +4798,7 @@ pub struct StorageStatusReplyArgs<'a> {
     pub stalled: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub rebuilding: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub adding: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AddingRangeStatus<'a>>>>>,
+    pub following_epoch: u64,
 }
 impl<'a> Default for StorageStatusReplyArgs<'a> {
   #[inline]
@@ -4804,6 +4815,7 @@ impl<'a> Default for StorageStatusReplyArgs<'a> {
       stalled: None,
       rebuilding: None,
       adding: None,
+      following_epoch: 0,
     }
   }
 }
@@ -4858,6 +4870,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StorageStatusReplyBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StorageStatusReply::VT_ADDING, adding);
   }
   #[inline]
+  pub fn add_following_epoch(&mut self, following_epoch: u64) {
+    self.fbb_.push_slot::<u64>(StorageStatusReply::VT_FOLLOWING_EPOCH, following_epoch, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StorageStatusReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StorageStatusReplyBuilder {
@@ -4886,6 +4902,7 @@ impl ::core::fmt::Debug for StorageStatusReply<'_> {
       ds.field("stalled", &self.stalled());
       ds.field("rebuilding", &self.rebuilding());
       ds.field("adding", &self.adding());
+      ds.field("following_epoch", &self.following_epoch());
       ds.finish()
   }
 }
@@ -8184,6 +8201,7 @@ impl<'a> RecruitRequest<'a> {
   pub const VT_PROXIES: ::flatbuffers::VOffsetT = 12;
   pub const VT_SEQUENCER: ::flatbuffers::VOffsetT = 14;
   pub const VT_TLOGS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_FLOOR: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8195,6 +8213,7 @@ impl<'a> RecruitRequest<'a> {
     args: &'args RecruitRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<RecruitRequest<'bldr>> {
     let mut builder = RecruitRequestBuilder::new(_fbb);
+    builder.add_floor(args.floor);
     builder.add_version(args.version);
     builder.add_id(args.id);
     builder.add_epoch(args.epoch);
@@ -8255,6 +8274,13 @@ impl<'a> RecruitRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(RecruitRequest::VT_TLOGS, None)}
   }
+  #[inline]
+  pub fn floor(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RecruitRequest::VT_FLOOR, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RecruitRequest<'_> {
@@ -8270,6 +8296,7 @@ impl ::flatbuffers::Verifiable for RecruitRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("proxies", Self::VT_PROXIES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("sequencer", Self::VT_SEQUENCER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("tlogs", Self::VT_TLOGS, false)?
+     .visit_field::<u64>("floor", Self::VT_FLOOR, false)?
      .finish();
     Ok(())
   }
@@ -8282,6 +8309,7 @@ pub struct RecruitRequestArgs<'a> {
     pub proxies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub sequencer: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub tlogs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub floor: u64,
 }
 impl<'a> Default for RecruitRequestArgs<'a> {
   #[inline]
@@ -8294,6 +8322,7 @@ impl<'a> Default for RecruitRequestArgs<'a> {
       proxies: None,
       sequencer: None,
       tlogs: None,
+      floor: 0,
     }
   }
 }
@@ -8332,6 +8361,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecruitRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecruitRequest::VT_TLOGS, tlogs);
   }
   #[inline]
+  pub fn add_floor(&mut self, floor: u64) {
+    self.fbb_.push_slot::<u64>(RecruitRequest::VT_FLOOR, floor, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecruitRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RecruitRequestBuilder {
@@ -8356,6 +8389,7 @@ impl ::core::fmt::Debug for RecruitRequest<'_> {
       ds.field("proxies", &self.proxies());
       ds.field("sequencer", &self.sequencer());
       ds.field("tlogs", &self.tlogs());
+      ds.field("floor", &self.floor());
       ds.finish()
   }
 }

@@ -276,6 +276,7 @@ fn every_message() -> Vec<Message> {
                     size_per_sec: 0,
                 },
             ],
+            following_epoch: 3,
         }),
         Message::StorageStatus(StorageStatusReply {
             server: StorageServerId(8),
@@ -289,6 +290,7 @@ fn every_message() -> Vec<Message> {
             stalled: None,
             rebuilding: None,
             adding: Vec::new(),
+            following_epoch: 0,
         }),
         Message::GetKeyLocation(GetKeyLocationRequest {
             key: Bytes::from_static(b"k"),
@@ -418,6 +420,7 @@ fn every_message() -> Vec<Message> {
             epoch: 8,
             role: Recruit::Sequencer {
                 start_after: Version(900),
+                floor: Version(20_000_901),
                 proxies: vec![ProxyId(1), ProxyId(2)],
             },
         }),

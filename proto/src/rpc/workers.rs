@@ -62,10 +62,11 @@ pub struct RegisterWorkerRequest {
 pub enum Recruit {
     /// The TLog at `index` of the generation, its chain begun at `begin`.
     TLog { index: u64, begin: Version },
-    /// A sequencer (and resolver) handing out versions after
-    /// `start_after` to `proxies`, once opened.
+    /// A sequencer (and resolver) chaining on from `start_after` with
+    /// versions above `floor`, handed to `proxies` once opened.
     Sequencer {
         start_after: Version,
+        floor: Version,
         proxies: Vec<ProxyId>,
     },
     Proxy {

@@ -15,6 +15,7 @@ fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
         stalled: None,
         rebuilding: None,
         adding: Vec::new(),
+        following_epoch: 0,
     }
 }
 

@@ -115,6 +115,7 @@ pub(super) fn storage_status(fbb: &mut FlatBufferBuilder<'_>, r: &StorageStatusR
         stalled,
         rebuilding,
         adding: Some(adding),
+        following_epoch: r.following_epoch,
     };
     let t = fb::StorageStatusReply::create(fbb, &args);
     (fb::Payload::StorageStatusReply, t.as_union_value())
@@ -268,6 +269,7 @@ pub(super) fn decode(
                 stalled: r.stalled().map(str::to_owned),
                 rebuilding: r.rebuilding().map(str::to_owned),
                 adding,
+                following_epoch: r.following_epoch(),
             }))
         })(),
         fb::Payload::GetKeyLocationRequest => (|| {

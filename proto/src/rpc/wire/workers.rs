@@ -82,9 +82,11 @@ pub(super) fn recruit(fbb: &mut FlatBufferBuilder<'_>, r: &RecruitRequest) -> En
         }
         Recruit::Sequencer {
             start_after,
+            floor,
             proxies,
         } => {
             args.version = start_after.0;
+            args.floor = floor.0;
             let ids: Vec<u64> = proxies.iter().map(|p| p.0).collect();
             args.proxies = Some(fbb.create_vector(&ids));
         }
@@ -208,6 +210,7 @@ pub(super) fn decode(envelope: &fb::Envelope<'_>) -> Option<Result<Message, Deco
                 },
                 RoleKind::Sequencer => Recruit::Sequencer {
                     start_after: Version(r.version()),
+                    floor: Version(r.floor()),
                     proxies: r
                         .proxies()
                         .map(|p| p.iter().map(ProxyId).collect())
