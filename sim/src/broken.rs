@@ -5,14 +5,19 @@
 //!
 //! ```text
 //!  TLogAcknowledgesBeforeSync:   TLog ─▶ LaggingSyncStore (sync keeps the batch before) ─▶ MemStore
+//!                                (a worker's TLogs: LaggingDisks opens each log so)
 //!  StorageAppliesAnAppendTwice:  storage_server::broken switch, on for the run
 //! ```
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use std::net::SocketAddr;
+
 use tlog::mem_store::MemStore;
 use tlog::store::{LogStore, SegmentId, StoreError};
+use worker::disks::{KeptTLog, OpenedLog, TLogDisks};
+use worker::{MemDisks, WorkerError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Broken {
@@ -58,6 +63,37 @@ impl LaggingSyncStore {
 
     fn waiting(&self) -> MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A worker's TLog logs whose every TLog acknowledges before its sync:
+/// each log is a [`LaggingSyncStore`] over the worker's memory.
+pub(crate) struct LaggingDisks(pub(crate) MemDisks);
+
+impl TLogDisks for LaggingDisks {
+    fn kept(&self) -> Result<Vec<KeptTLog>, WorkerError> {
+        self.0.kept()
+    }
+
+    fn open(&self, epoch: u64, index: u64, fresh: bool) -> Result<OpenedLog, WorkerError> {
+        let store = LaggingSyncStore::new(self.0.open_store(epoch, index, fresh));
+        Ok(OpenedLog {
+            store: Box::new(store),
+            lock: None,
+        })
+    }
+
+    fn record_address(
+        &self,
+        epoch: u64,
+        index: u64,
+        address: SocketAddr,
+    ) -> Result<(), WorkerError> {
+        self.0.record_address(epoch, index, address)
+    }
+
+    fn remove(&self, epoch: u64, index: u64) {
+        self.0.remove(epoch, index)
     }
 }
 

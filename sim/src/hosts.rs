@@ -35,7 +35,7 @@ use tlog::writer::WriterPlacement;
 
 use crate::clock::SimClock;
 use crate::knobs::Knobs;
-use worker::{MemDisks, RoleContext, WorkerService};
+use worker::{RoleContext, TLogDisks, WorkerService};
 
 use crate::layout::{coordinator_ids, Role};
 use crate::net;
@@ -186,12 +186,12 @@ fn coordinator_client(cluster: &ClusterFile, timeout: Duration) -> CoordinatorCl
 pub fn add_worker(
     sim: &mut turmoil::Sim<'_>,
     id: u64,
-    disks: MemDisks,
+    disks: Arc<dyn TLogDisks>,
     cluster: &ClusterFile,
     knobs: &Knobs,
 ) {
     let ctx = RoleContext {
-        disks: Arc::new(disks),
+        disks,
         binder: Arc::new(net::SimBinder),
         clock: Arc::new(SimClock),
         cluster: cluster.clone(),

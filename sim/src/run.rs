@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use storage_server::mem_engine::MemEngine;
 use tlog::mem_store::MemStore;
-use worker::MemDisks;
+use worker::{MemDisks, TLogDisks};
 
 use crate::faults::{self, Disk, Fault, FaultKinds, Node, Scheduled};
 use crate::history::{History, Outcome};
@@ -125,7 +125,15 @@ pub fn run(options: &SimOptions) -> RunReport {
         Shape::Recruited => {
             for id in worker_ids() {
                 let disks = MemDisks::default();
-                hosts::add_worker(&mut sim, id, disks.clone(), &cluster, &knobs);
+                let opened: Arc<dyn TLogDisks> = Arc::new(disks.clone());
+                #[cfg(feature = "broken-variants")]
+                let opened: Arc<dyn TLogDisks> =
+                    if options.broken == Some(crate::broken::Broken::TLogAcknowledgesBeforeSync) {
+                        Arc::new(crate::broken::LaggingDisks(disks.clone()))
+                    } else {
+                        opened
+                    };
+                hosts::add_worker(&mut sim, id, opened, &cluster, &knobs);
                 worker_disks.insert(id, disks);
             }
         }

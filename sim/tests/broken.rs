@@ -5,16 +5,17 @@
 #![cfg(feature = "broken-variants")]
 
 use sim::broken::Broken;
-use sim::{run, FaultKinds, RunReport, SimOptions};
+use sim::{run, FaultKinds, RunReport, Shape, SimOptions};
 
 const SEEDS: u64 = 200;
 
 /// The first of `SEEDS` seeds from the suite's seed on which the checks
 /// catch `broken`, replayed once more to show it replays.
-fn caught(broken: Broken, faults: FaultKinds) -> RunReport {
+fn caught(broken: Broken, shape: Shape, faults: FaultKinds) -> RunReport {
     let base = testkit::seed_from_env();
     for seed in base..base + SEEDS {
         let options = SimOptions {
+            shape,
             fault_kinds: faults,
             broken: Some(broken),
             ..SimOptions::new(seed)
@@ -24,7 +25,7 @@ fn caught(broken: Broken, faults: FaultKinds) -> RunReport {
             continue;
         }
         eprintln!(
-            "{broken:?} caught by seed {seed} ({} seeds run): {}",
+            "{broken:?} caught by seed {seed} ({} seeds run, {shape} cluster): {}",
             seed - base + 1,
             report.violations[0]
         );
@@ -43,14 +44,40 @@ fn caught(broken: Broken, faults: FaultKinds) -> RunReport {
 fn a_tlog_that_acknowledges_before_its_fsync_is_caught() {
     let report = caught(
         Broken::TLogAcknowledgesBeforeSync,
+        Shape::Pinned,
         FaultKinds::parse("kill").unwrap(),
     );
     assert!(report.trace.iter().any(|line| line.contains("kill")));
 }
 
+/// With recovery, a TLog that comes back without its acknowledged tail
+/// no longer stops the cluster: a recovery ends its generation where the
+/// surviving TLogs' logs end, and the acknowledged commits past that end
+/// are lost, which the model sees.
+#[test]
+fn a_recruited_cluster_with_tlogs_that_acknowledge_before_their_fsync_loses_commits() {
+    let report = caught(
+        Broken::TLogAcknowledgesBeforeSync,
+        Shape::Recruited,
+        FaultKinds::parse("kill").unwrap(),
+    );
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("acknowledged tokens missing")),
+        "{:?}",
+        report.violations
+    );
+}
+
 #[test]
 fn a_storage_server_that_applies_an_append_twice_is_caught() {
-    let report = caught(Broken::StorageAppliesAnAppendTwice, FaultKinds::NONE);
+    let report = caught(
+        Broken::StorageAppliesAnAppendTwice,
+        Shape::Pinned,
+        FaultKinds::NONE,
+    );
     assert!(
         report
             .violations

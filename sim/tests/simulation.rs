@@ -1,6 +1,6 @@
 //! Seeds of the whole simulated cluster, with and without faults.
 
-use sim::{run, RunReport, SimOptions};
+use sim::{run, RunReport, Shape, SimOptions};
 
 /// A failing run's trace, to read with the assertion.
 fn show(report: &RunReport) {
@@ -13,39 +13,57 @@ fn show(report: &RunReport) {
 
 #[test]
 fn without_faults_every_commit_is_acknowledged_and_read_back() {
-    let options = SimOptions {
-        fault_kinds: sim::FaultKinds::NONE,
-        ..SimOptions::new(testkit::seed_from_env())
-    };
-    let report = run(&options);
-    show(&report);
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
-    assert!(report.acknowledged > 0);
-    // Only the commits that waited for the roles to start were refused.
-    assert_eq!(report.unknown, 0);
-    assert!(report
-        .trace
-        .iter()
-        .all(|l| !l.contains("Refused") || l.contains("up-")));
+    for shape in [Shape::Pinned, Shape::Recruited] {
+        let options = SimOptions {
+            shape,
+            fault_kinds: sim::FaultKinds::NONE,
+            ..SimOptions::new(testkit::seed_from_env())
+        };
+        let report = run(&options);
+        show(&report);
+        assert!(
+            report.violations.is_empty(),
+            "{shape}: {:?}",
+            report.violations
+        );
+        assert!(report.acknowledged > 0, "{shape}");
+        // Only the commits that waited for the roles to start (and, of a
+        // recruited cluster, for its first recovery) were refused.
+        assert_eq!(report.unknown, 0, "{shape}");
+        assert!(
+            report
+                .trace
+                .iter()
+                .all(|l| !l.contains("Refused") || l.contains("up-")),
+            "{shape}"
+        );
+    }
 }
 
 /// Two runs of one seed in one process: the second starts with the
-/// process's state (task ids, thread-local generators) moved on.
+/// process's state (task ids, thread-local generators) moved on. Of a
+/// recruited cluster too, whose controller and workers start and stop
+/// roles as recoveries go.
 #[test]
 fn a_seed_replays_to_the_same_trace() {
-    let options = SimOptions::new(testkit::seed_from_env());
-    let first = run(&options);
-    let second = run(&options);
-    if let Some(at) =
-        (0..first.trace.len().min(second.trace.len())).find(|&i| first.trace[i] != second.trace[i])
-    {
-        panic!(
-            "seed {} diverged at line {at}:\n  {}\n  {}",
-            options.seed, first.trace[at], second.trace[at]
-        );
+    for shape in [Shape::Pinned, Shape::Recruited] {
+        let options = SimOptions {
+            shape,
+            ..SimOptions::new(testkit::seed_from_env())
+        };
+        let first = run(&options);
+        let second = run(&options);
+        if let Some(at) = (0..first.trace.len().min(second.trace.len()))
+            .find(|&i| first.trace[i] != second.trace[i])
+        {
+            panic!(
+                "seed {} ({shape} cluster) diverged at line {at}:\n  {}\n  {}",
+                options.seed, first.trace[at], second.trace[at]
+            );
+        }
+        assert_eq!(first.trace.len(), second.trace.len(), "{shape}");
+        assert_eq!(first.digest, second.digest, "{shape}");
     }
-    assert_eq!(first.trace.len(), second.trace.len());
-    assert_eq!(first.digest, second.digest);
 }
 
 /// A seed whose first fault, at time zero, fails a TLog's first fsync, so

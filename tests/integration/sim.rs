@@ -1,7 +1,9 @@
 //! `teamlog sim` from the outside: 200 seeds of the simulated cluster with
 //! processes killed (TLogs losing what they had not synced), links cut and
 //! clogged and TLog fsyncs failing, in two processes at once, violate
-//! nothing; and one seed run twice prints the same trace digest.
+//! nothing, with the commit path pinned and with it recruited (and so
+//! recovered) by the controller; and one seed run twice prints the same
+//! trace digest.
 
 use std::process::{Command, Output};
 
@@ -23,9 +25,9 @@ fn show(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[test]
-fn two_hundred_seeds_with_every_kind_of_fault_violate_nothing() {
-    let first = seed_from_env() % (1 << 48);
+/// `SEEDS_PER_PROCESS` seeds from `first` in each of two processes at once,
+/// with every kind of fault, of a `cluster` cluster: none may fail.
+fn two_hundred_seeds_violate_nothing(cluster: &str, first: u64) {
     let runs: Vec<_> = (0..2)
         .map(|i| {
             sim(&[
@@ -35,6 +37,8 @@ fn two_hundred_seeds_with_every_kind_of_fault_violate_nothing() {
                 SEEDS_PER_PROCESS.to_string(),
                 "--faults".into(),
                 "kill,cut,clog,fsync".into(),
+                "--cluster".into(),
+                cluster.into(),
             ])
         })
         .collect();
@@ -51,22 +55,35 @@ fn two_hundred_seeds_with_every_kind_of_fault_violate_nothing() {
 }
 
 #[test]
+fn two_hundred_seeds_of_a_pinned_cluster_with_every_kind_of_fault_violate_nothing() {
+    two_hundred_seeds_violate_nothing("pinned", seed_from_env() % (1 << 48));
+}
+
+/// Kills and fsync errors hit the workers, whatever roles they host, and
+/// the coordinators that run the controller: each recovers the cluster.
+#[test]
+fn two_hundred_seeds_of_a_recruited_cluster_with_every_kind_of_fault_violate_nothing() {
+    two_hundred_seeds_violate_nothing("recruited", seed_from_env() % (1 << 48));
+}
+
+#[test]
 fn a_seed_replays_to_the_same_trace_in_another_process() {
     let seed = (seed_from_env() % (1 << 48)).to_string();
-    let digest = || {
-        let output = sim(&["--seed".into(), seed.clone()])
-            .wait_with_output()
-            .expect("teamlog sim ends");
-        let stdout = show(&output);
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("seed {seed} ")))
-            .unwrap_or_else(|| panic!("no result line for seed {seed}: {stdout}"))
-            .to_owned();
-        line.split("trace digest ")
-            .nth(1)
-            .expect("a digest")
-            .to_owned()
-    };
-    assert_eq!(digest(), digest());
+    for cluster in ["pinned", "recruited"] {
+        let digest = || {
+            let args = ["--seed", &seed, "--cluster", cluster].map(String::from);
+            let output = sim(&args).wait_with_output().expect("teamlog sim ends");
+            let stdout = show(&output);
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("seed {seed} ")))
+                .unwrap_or_else(|| panic!("no result line for seed {seed}: {stdout}"))
+                .to_owned();
+            line.split("trace digest ")
+                .nth(1)
+                .expect("a digest")
+                .to_owned()
+        };
+        assert_eq!(digest(), digest(), "{cluster} cluster");
+    }
 }
