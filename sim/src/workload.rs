@@ -171,15 +171,21 @@ impl Workload {
 
     /// Reads every key from each of its replicas at a read version at or
     /// after `last`, waiting for each replica to catch up until `deadline`.
-    async fn read_every_replica(&self, client: &Client, last: Version, deadline: Duration) {
-        let version = loop {
+    /// A read version at or past `last`, the final acknowledged commit.
+    async fn read_version_past(
+        &self,
+        client: &Client,
+        last: Version,
+        deadline: Duration,
+    ) -> Option<Version> {
+        loop {
             match client.read_version().await {
-                Ok(version) if version >= last => break version,
+                Ok(version) if version >= last => return Some(version),
                 Ok(version) => {
                     self.trace.violation(format!(
                         "read version {version} below the acknowledged commit at {last}"
                     ));
-                    return;
+                    return None;
                 }
                 Err(_) if now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -187,9 +193,19 @@ impl Workload {
                 Err(e) => {
                     self.trace
                         .violation(format!("no read version after the faults: {e}"));
-                    return;
+                    return None;
                 }
             }
+        }
+    }
+
+    /// Every key from each of its replicas, all at one read version past
+    /// `last`. A replica that caught up past the version's window makes
+    /// it too old: the key is read again at a newer one, as a client
+    /// would.
+    async fn read_every_replica(&self, client: &Client, last: Version, deadline: Duration) {
+        let Some(mut version) = self.read_version_past(client, last, deadline).await else {
+            return;
         };
         let servers: BTreeMap<u64, Peer> = storage_ids()
             .into_iter()
@@ -203,7 +219,8 @@ impl Workload {
         for index in 0..KEYS {
             let key = Bytes::from(key(index));
             let mut seen = Vec::new();
-            for server in replicas_of(index) {
+            let mut replicas = replicas_of(index).into_iter();
+            while let Some(server) = replicas.next() {
                 match read_replica(&servers[&server], &key, version, deadline).await {
                     Ok(value) => {
                         self.history.borrow_mut().reads.push(Read {
@@ -213,6 +230,18 @@ impl Workload {
                             from: Role::Storage(server).to_string(),
                         });
                         seen.push((server, value));
+                    }
+                    Err(RpcError::Remote {
+                        code: ErrorCode::TransactionTooOld,
+                        ..
+                    }) if now() < deadline => {
+                        let Some(newer) = self.read_version_past(client, version, deadline).await
+                        else {
+                            return;
+                        };
+                        version = newer;
+                        seen.clear();
+                        replicas = replicas_of(index).into_iter();
                     }
                     Err(e) => self.trace.violation(format!(
                         "storage-{server} did not answer for {key:?} at {version} \
