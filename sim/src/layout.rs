@@ -21,7 +21,8 @@ use cluster::cluster_file::{
 };
 use cluster::ClusterFile;
 
-/// Every role listens on this port of its host.
+/// Every role listens on this port of its host (the roles a worker hosts
+/// listen on free ones).
 pub const PORT: u16 = 4500;
 
 pub const TLOGS: usize = 3;
