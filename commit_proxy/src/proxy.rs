@@ -187,6 +187,7 @@ impl ProxyService {
             Arc::downgrade(&inner),
             config.max_team_backlog_bytes,
         ));
+        inner.event(|core, now_us| core.start(now_us));
         Ok(ProxyService { inner })
     }
 

@@ -130,6 +130,13 @@ pub struct ProxyCore<W> {
     idle_push_interval_us: u64,
     /// When the last batch was formed.
     last_batch_us: u64,
+    /// Whether a batch of this proxy reached every TLog. Until one has,
+    /// the idle proxy pushes an empty one: a recovered generation's read
+    /// versions start at its floor, above the version its TLogs begin at,
+    /// and storage servers reach a read version only through a version
+    /// pushed after it, so without this first push every read would wait
+    /// for the generation's first commit.
+    pushed: bool,
     /// Client commits acknowledged since the start, for the status.
     commits: u64,
     queue: VecDeque<Queued<W>>,
@@ -177,6 +184,7 @@ impl<W> ProxyCore<W> {
             last_written_committed: Version::ZERO,
             idle_push_interval_us: duration_us(config.idle_push_interval),
             last_batch_us: 0,
+            pushed: false,
             commits: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -288,6 +296,11 @@ impl<W> ProxyCore<W> {
         self.form_batch(now_us)
     }
 
+    /// The proxy is serving: its first (empty) batch goes out.
+    pub fn start(&mut self, now_us: u64) -> Vec<Command<W>> {
+        self.form_batch(now_us)
+    }
+
     /// The time asked for with [`Command::WakeAt`] has come.
     pub fn wake(&mut self, now_us: u64) -> Vec<Command<W>> {
         if self.wake_at_us.is_some_and(|at| at <= now_us) {
@@ -351,6 +364,7 @@ impl<W> ProxyCore<W> {
             return self.finish(batch_id, Err(failure), now_us);
         }
         self.known_committed = self.known_committed.max(versions.version);
+        self.pushed = true;
         if !batch.commits.is_empty() {
             self.last_written_committed = self.last_written_committed.max(versions.version);
         }
@@ -536,14 +550,20 @@ impl<W> ProxyCore<W> {
     /// With nothing queued or in flight, the TLogs may not yet know that
     /// the last batch committed: storage servers make nothing durable past
     /// what the TLogs know committed, so an empty batch tells them, once
-    /// the proxy has been idle for the interval.
+    /// the proxy has been idle for the interval. So does the first batch
+    /// (see `pushed`), tried again after each interval until it goes through.
     fn idle_push(&mut self, now_us: u64) -> Vec<Command<W>> {
-        if !self.batches.is_empty() || self.last_written_committed <= self.told_known_committed {
+        let untold = self.last_written_committed > self.told_known_committed;
+        if !self.batches.is_empty() || (self.pushed && !untold) {
             return Vec::new();
         }
-        let due = self
-            .last_batch_us
-            .saturating_add(self.idle_push_interval_us);
+        let first_batch = self.next_batch == 1;
+        let due = match first_batch {
+            true => now_us,
+            false => self
+                .last_batch_us
+                .saturating_add(self.idle_push_interval_us),
+        };
         if now_us < due {
             if self.wake_at_us == Some(due) {
                 return Vec::new();

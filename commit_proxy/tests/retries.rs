@@ -1,10 +1,12 @@
 //! The proxy service against a scripted sequencer and scripted TLogs on
 //! loopback: a one-off transient failure of any commit-path call (versions
 //! and resolution, push, report) is retried and the commit goes through, at the
-//! versions first handed out; a refusal is not retried.
+//! versions first handed out; a refusal is not retried. (The proxy's first,
+//! empty batch goes through unscripted.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,9 +40,13 @@ enum First {
     Refuse,
 }
 
-/// Answers requests, failing the first of each kind as told; counts them.
+/// Answers requests, failing the first of each kind after it is armed as
+/// told; counts them.
 struct Scripted {
     first: BTreeMap<&'static str, First>,
+    /// Set once the proxy's first, empty batch went through: the script
+    /// is for the client's commits.
+    armed: AtomicBool,
     calls: Mutex<BTreeMap<&'static str, u32>>,
     /// The sequencer's versions by request number: a retry gets the same.
     versions: Mutex<BTreeMap<u64, GetCommitVersionReply>>,
@@ -50,9 +56,16 @@ impl Scripted {
     fn new(first: &[(&'static str, First)]) -> Arc<Scripted> {
         Arc::new(Scripted {
             first: first.iter().copied().collect(),
+            armed: AtomicBool::new(false),
             calls: Mutex::new(BTreeMap::new()),
             versions: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Counts from zero, and fails from now on as scripted.
+    fn arm(&self) {
+        self.calls.lock().unwrap().clear();
+        self.armed.store(true, Ordering::SeqCst);
     }
 
     fn calls(&self, kind: &str) -> u32 {
@@ -97,7 +110,10 @@ impl Service for Scripted {
             *count += 1;
             *count
         };
-        let first = self.first.get(kind).copied().unwrap_or(First::Answer);
+        let first = match self.armed.load(Ordering::SeqCst) {
+            true => self.first.get(kind).copied().unwrap_or(First::Answer),
+            false => First::Answer,
+        };
         let answer = self.answer(&request);
         match (call, first) {
             (1, First::LoseReply) => drop(responder),
@@ -161,6 +177,17 @@ async fn proxy(sequencer: &Arc<Scripted>, tlogs: &[Arc<Scripted>]) -> RpcClient 
     )
     .await
     .unwrap();
+    // A new proxy pushes an empty batch first; the scripts are for what
+    // comes after it.
+    let pushed = tokio::time::timeout(Duration::from_secs(10), async {
+        while sequencer.calls("report_committed") == 0 {
+            tokio::task::yield_now().await;
+        }
+    });
+    pushed.await.expect("the proxy's first push within 10 s");
+    for scripted in std::iter::once(sequencer).chain(tlogs) {
+        scripted.arm();
+    }
     let service: Arc<dyn Service> = Arc::new(service);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -207,7 +234,7 @@ async fn a_one_off_failure_of_any_commit_path_call_is_retried() {
         let client = proxy(&sequencer, &tlogs).await;
         let reply = commit(&client).await;
         assert!(
-            matches!(reply, Ok(Message::ClientCommitReply(ref r)) if r.version == Version(10)),
+            matches!(reply, Ok(Message::ClientCommitReply(ref r)) if r.version == Version(20)),
             "{kind} {first:?}: {reply:?}"
         );
         let failing = if on_sequencer { &sequencer } else { &tlogs[1] };
@@ -216,7 +243,7 @@ async fn a_one_off_failure_of_any_commit_path_call_is_retried() {
         // The next commit follows on the chain.
         let reply = commit(&client).await;
         assert!(
-            matches!(reply, Ok(Message::ClientCommitReply(ref r)) if r.version == Version(20)),
+            matches!(reply, Ok(Message::ClientCommitReply(ref r)) if r.version == Version(30)),
             "{kind} {first:?}: {reply:?}"
         );
     }

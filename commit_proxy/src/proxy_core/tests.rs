@@ -747,6 +747,9 @@ fn a_stopping_proxy_refuses_new_commits_and_settles_after_telling_the_tlogs() {
 fn a_paced_proxy_holds_queued_commits_until_the_pace_allows_and_refuses_none() {
     // No idle push wakes the core in between.
     let mut core = core_with(|c| c.idle_push_interval = Duration::from_secs(3600));
+    let (start, ..) = version_request(&core.start(0));
+    core.on_sequenced(start, sequenced(0, 5), 0);
+    complete(&mut core, start, 0);
     let pace = Pace {
         bytes_per_second: 1000,
         why: "team-1 is behind".into(),
@@ -760,7 +763,7 @@ fn a_paced_proxy_holds_queued_commits_until_the_pace_allows_and_refuses_none() {
     let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", &value)]), 0));
     let spent = core.released_bytes();
     assert!(spent > 400);
-    core.on_sequenced(first, sequenced(0, 10), 0);
+    core.on_sequenced(first, sequenced(5, 10), 0);
     complete(&mut core, first, 0);
     // The first batch spent the credit: the next waits for it to come back.
     let due = spent * 1000;
@@ -784,4 +787,27 @@ fn a_paced_proxy_holds_queued_commits_until_the_pace_allows_and_refuses_none() {
     ));
     version_request(&core.set_pace(None, due + 2));
     assert_eq!(core.status().delaying, None);
+}
+
+#[test]
+fn a_new_proxy_pushes_an_empty_batch_at_once_and_again_until_one_goes_through() {
+    let interval = Duration::from_millis(100);
+    let mut core = core_with(|c| c.idle_push_interval = interval);
+    let interval_us = interval.as_micros() as u64;
+    // The first: at once, before any commit.
+    let (first, _, commits) = version_request(&core.start(0));
+    assert_eq!(commits, 0);
+    // The sequencer is not open yet: tried again after the interval.
+    let commands = core.on_sequenced(first, Err("not open".into()), 10);
+    assert!(
+        matches!(commands[..], [Command::WakeAt { at_us }] if at_us == interval_us),
+        "{commands:?}"
+    );
+    assert!(core.wake(interval_us - 1).is_empty());
+    let (again, ..) = version_request(&core.wake(interval_us));
+    core.on_sequenced(again, sequenced(0, 7), interval_us);
+    complete(&mut core, again, interval_us);
+    assert_eq!(core.status().known_committed_version, Version(7));
+    // Pushed once, with nothing to tell: an idle proxy stays quiet.
+    assert!(core.wake(10 * interval_us).is_empty());
 }
