@@ -54,6 +54,8 @@ pub struct PageRequest {
 #[derive(Clone, Debug, Default)]
 struct Adding {
     end: Bytes,
+    /// The shard-map change it began at (the durable version, restored).
+    since: Version,
     /// Pages installed, in key order: (the version installed at, page end).
     installs: Vec<(Version, Bytes)>,
     /// Mutations of the part not installed yet, in version order.
@@ -79,6 +81,17 @@ impl Adding {
     }
 }
 
+/// A range no longer added, kept until its removal is durable: a
+/// recovery that rolls back below the removal brings it back as it was,
+/// pages installed included (a copy finished at a committed version is
+/// not copied again, and stays ready).
+#[derive(Clone, Debug)]
+struct Retired {
+    at: Version,
+    begin: Bytes,
+    adding: Adding,
+}
+
 /// A clear of a range that left this server's teams, due after `after`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Drop {
@@ -99,6 +112,7 @@ pub struct DecodeError(&'static str);
 pub struct AddingRanges {
     /// begin ─▶ the range's state.
     ranges: BTreeMap<Bytes, Adding>,
+    retired: Vec<Retired>,
     drops: Vec<Drop>,
     /// The most bytes the buffers may hold together.
     buffer_limit: u64,
@@ -129,13 +143,28 @@ impl AddingRanges {
         held: impl Fn(&[u8], &[u8]) -> bool,
         given_away: Vec<(Bytes, Bytes)>,
     ) {
-        self.ranges.retain(|begin, adding| {
-            let still_wanted = wanted.iter().any(|(b, e)| b == begin && *e == adding.end);
-            still_wanted || (!adding.complete() && held(begin, &adding.end))
-        });
+        let leaving: Vec<Bytes> = self
+            .ranges
+            .iter()
+            .filter(|(begin, adding)| {
+                let still_wanted = wanted.iter().any(|(b, e)| b == *begin && *e == adding.end);
+                !still_wanted && (adding.complete() || !held(begin, &adding.end))
+            })
+            .map(|(begin, _)| begin.clone())
+            .collect();
+        for begin in leaving {
+            if let Some(adding) = self.ranges.remove(&begin) {
+                self.retired.push(Retired {
+                    at: version,
+                    begin,
+                    adding,
+                });
+            }
+        }
         for (begin, end) in wanted {
             self.ranges.entry(begin.clone()).or_insert_with(|| Adding {
                 end: end.clone(),
+                since: version,
                 min_read_version: version,
                 ..Adding::default()
             });
@@ -296,9 +325,18 @@ impl AddingRanges {
         out
     }
 
-    /// Forgets installs, clears and buffered mutations above `version`
-    /// (a recovery ended their generation below them).
+    /// Forgets ranges begun, installs, clears and buffered mutations above
+    /// `version` (a recovery ended their generation below them), and
+    /// brings back the ranges that stopped being added above it.
     pub fn rollback_to(&mut self, version: Version) {
+        self.ranges.retain(|_, adding| adding.since <= version);
+        let (back, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|r| r.at > version);
+        self.retired = kept;
+        for retired in back.into_iter().filter(|r| r.adding.since <= version) {
+            self.ranges.entry(retired.begin).or_insert(retired.adding);
+        }
         for (begin, adding) in &mut self.ranges {
             adding.installs.retain(|(at, _)| *at <= version);
             adding.buffer.retain(|(v, _)| *v <= version);
@@ -331,21 +369,32 @@ impl AddingRanges {
             .max()
     }
 
-    /// Forgets clears made durable at `durable`.
+    /// Forgets clears and removals made durable at `durable`: no
+    /// rollback goes below it.
     pub fn forget_durable(&mut self, durable: Version) {
+        self.retired.retain(|r| r.at > durable);
         self.drops
             .retain(|d| d.applied_at.is_none_or(|at| at > durable));
     }
 
     /// Whether some key of `[begin, end)` (or `begin` alone, for an empty
-    /// range) lies in a range being added and not installed yet.
-    pub fn overlaps_missing(&self, begin: &[u8], end: &[u8]) -> bool {
+    /// range) lies in a range being added and not installed as of
+    /// `version`: not installed yet, or by a page written above it (below
+    /// its install, the store holds what was there before the copy).
+    pub fn overlaps_missing(&self, begin: &[u8], end: &[u8], version: Version) -> bool {
+        let meets = |b: &[u8], e: &[u8]| match begin >= end {
+            true => b <= begin && begin < e,
+            false => b < end && begin < e && b < e,
+        };
         self.ranges.iter().any(|(range_begin, adding)| {
-            let from = adding.installed_to(range_begin);
-            if begin >= end {
-                return from.as_ref() <= begin && begin < adding.end.as_ref();
+            let mut page_begin = range_begin;
+            for (at, page_end) in &adding.installs {
+                if *at > version && meets(page_begin, page_end) {
+                    return true;
+                }
+                page_begin = page_end;
             }
-            from.as_ref() < end && begin < adding.end.as_ref() && from < &adding.end
+            meets(page_begin, &adding.end)
         })
     }
 
@@ -374,8 +423,21 @@ impl AddingRanges {
     pub fn encode(&self, through: Version) -> Bytes {
         let mut out = Vec::new();
         out.put_u8(FORMAT);
-        out.put_u32_le(self.ranges.len() as u32);
-        for (begin, adding) in &self.ranges {
+        // What was being added at `through`: what a restart from it must
+        // go on with, while the log brings the changes after it again.
+        let alive: Vec<(&Bytes, &Adding)> = self
+            .ranges
+            .iter()
+            .chain(
+                self.retired
+                    .iter()
+                    .filter(|r| r.at > through)
+                    .map(|r| (&r.begin, &r.adding)),
+            )
+            .filter(|(_, adding)| adding.since <= through)
+            .collect();
+        out.put_u32_le(alive.len() as u32);
+        for (begin, adding) in alive {
             let installed = adding
                 .installs
                 .iter()
@@ -427,6 +489,7 @@ impl AddingRanges {
                 begin,
                 Adding {
                     end,
+                    since: durable,
                     installs,
                     min_read_version: durable,
                     ..Adding::default()

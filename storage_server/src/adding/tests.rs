@@ -180,7 +180,7 @@ proptest! {
             rounds += 1;
             prop_assert!(rounds < 100, "the copy does not finish");
         }
-        prop_assert!(!adding.overlaps_missing(range_begin.as_bytes(), range_end.as_bytes()));
+        prop_assert!(!adding.overlaps_missing(range_begin.as_bytes(), range_end.as_bytes(), Version(applied)));
         prop_assert_eq!(
             within(&dest, range_begin, range_end),
             within(&source_at[newest as usize], range_begin, range_end)
@@ -201,11 +201,11 @@ fn mutations_outside_the_missing_part_apply_and_inside_wait() {
         adding.route(Version(12), clear("b", "g")),
         vec![clear("b", "c"), clear("f", "g")]
     );
-    assert!(adding.overlaps_missing(b"d", b"e"));
-    assert!(adding.overlaps_missing(b"a", b"z"));
-    assert!(!adding.overlaps_missing(b"a", b"c"));
-    assert!(adding.overlaps_missing(b"c", b"c"));
-    assert!(!adding.overlaps_missing(b"f", b"f"));
+    assert!(adding.overlaps_missing(b"d", b"e", Version(20)));
+    assert!(adding.overlaps_missing(b"a", b"z", Version(20)));
+    assert!(!adding.overlaps_missing(b"a", b"c", Version(20)));
+    assert!(adding.overlaps_missing(b"c", b"c", Version(20)));
+    assert!(!adding.overlaps_missing(b"f", b"f", Version(20)));
 }
 
 #[test]
@@ -323,7 +323,7 @@ fn an_incomplete_range_goes_on_while_held_and_stops_when_not() {
         1,
         "flipped before it finished"
     );
-    assert!(adding.overlaps_missing(b"d", b"d"));
+    assert!(adding.overlaps_missing(b"d", b"d", Version(20)));
     adding.reconcile(Version(30), &[], |_, _| false, Vec::new());
     assert!(adding.status(Version(30)).is_empty(), "cancelled");
 }
@@ -399,4 +399,63 @@ fn state_round_trips_as_of_a_flush_and_refuses_damage() {
     let mut long = at_12.to_vec();
     long.push(0);
     assert!(AddingRanges::decode(&long, Version(12), 1).is_err());
+}
+
+#[test]
+fn a_key_reads_as_missing_below_the_version_its_page_was_installed_at() {
+    let mut adding = AddingRanges::new(1 << 20);
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    let request = adding.next_request().unwrap();
+    let page = Page {
+        begin: b("c"),
+        end: b("f"),
+        version: Version(11),
+        pairs: vec![(b("d"), b("1"))],
+    };
+    assert!(adding.deliver(&request, page));
+    adding.take_due(Version(15));
+    assert!(!adding.overlaps_missing(b"d", b"d", Version(15)));
+    assert!(!adding.overlaps_missing(b"c", b"f", Version(16)));
+    // Below the install, the store holds what was there before the copy.
+    assert!(adding.overlaps_missing(b"d", b"d", Version(14)));
+    assert!(adding.overlaps_missing(b"a", b"z", Version(14)));
+    assert!(!adding.overlaps_missing(b"a", b"c", Version(14)));
+}
+
+/// A range copied whole at a version a recovery keeps, whose flip came
+/// above the recovery version: the rollback forgets the flip, and the
+/// range is back, still copied and ready, as the mover saw it.
+#[test]
+fn a_rollback_below_a_ranges_removal_brings_it_back_as_it_was() {
+    let mut adding = AddingRanges::new(1 << 20);
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    let request = adding.next_request().unwrap();
+    let page = Page {
+        begin: b("c"),
+        end: b("f"),
+        version: Version(10),
+        pairs: vec![(b("d"), b("1"))],
+    };
+    assert!(adding.deliver(&request, page));
+    adding.take_due(Version(10));
+    assert!(adding.status(Version(10))[0].ready);
+    // The flip, and a move that begins above the recovery version.
+    adding.reconcile(Version(12), &[], |_, _| true, Vec::new());
+    adding.reconcile(Version(13), &[(b("x"), b("y"))], |_, _| false, Vec::new());
+    let stored = adding.encode(Version(11));
+    adding.rollback_to(Version(11));
+    let status = adding.status(Version(10));
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!((&status[0].begin, status[0].ready), (&b("c"), true));
+    assert!(adding.next_request().is_none(), "nothing to copy again");
+    // A restart from a flush through 11 finds it so too.
+    let restored = AddingRanges::decode(&stored, Version(11), 1 << 20).unwrap();
+    let status = restored.status(Version(11));
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!((&status[0].begin, status[0].ready), (&b("c"), true));
+    // Once the removal is durable, nothing brings it back.
+    adding.reconcile(Version(12), &[], |_, _| true, Vec::new());
+    adding.forget_durable(Version(12));
+    adding.rollback_to(Version(12));
+    assert!(adding.status(Version(12)).is_empty());
 }
