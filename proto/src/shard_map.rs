@@ -304,6 +304,17 @@ impl VersionedShardMap {
         self.version = self.version.min(version);
     }
 
+    /// Forgets the changes at or below `version`: the maps before it can
+    /// no longer be rebuilt. For a history kept by need rather than by a
+    /// window of versions (a window breaks when versions jump, as at a
+    /// recovery's floor).
+    pub fn forget_through(&mut self, version: Version) {
+        while self.undo.front().is_some_and(|(v, _)| *v <= version) {
+            let (dropped, _) = self.undo.pop_front().expect("a front");
+            self.history_from = dropped;
+        }
+    }
+
     /// The map as of `version`, or None when that is older than the history kept.
     pub fn at(&self, version: Version) -> Option<ShardMap> {
         if version < self.history_from {

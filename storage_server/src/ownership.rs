@@ -32,14 +32,11 @@ pub struct Ownership {
 
 impl Ownership {
     /// The state as of `version`: `map` and `teams` hold from `version + 1`.
-    pub fn new(
-        map: ShardMap,
-        teams: BTreeSet<StorageTeamId>,
-        version: Version,
-        history: u64,
-    ) -> Self {
+    /// The map's history is kept from the durable version on
+    /// ([`Ownership::forget_before`]), however far versions jump.
+    pub fn new(map: ShardMap, teams: BTreeSet<StorageTeamId>, version: Version) -> Self {
         Ownership {
-            map: VersionedShardMap::new(map, version, history),
+            map: VersionedShardMap::new(map, version, u64::MAX),
             team_sets: BTreeMap::from([(version, teams)]),
             pending: None,
         }
@@ -165,8 +162,10 @@ impl Ownership {
         self.team_sets.split_off(&version.next());
     }
 
-    /// Forgets team sets older than `version`'s (they can no longer be read).
+    /// Forgets team sets older than `version`'s and shard-map changes at or
+    /// below it (nothing older can be read or flushed any more).
     pub fn forget_before(&mut self, version: Version) {
+        self.map.forget_through(version);
         let keep = self.team_sets.range(..version).next_back().map(|(v, _)| *v);
         if let Some(keep) = keep {
             self.team_sets = self.team_sets.split_off(&keep);
@@ -221,7 +220,7 @@ mod tests {
             (Bytes::from_static(b"m"), ShardAssignment::to(B)),
         ])
         .unwrap();
-        Ownership::new(map, BTreeSet::from([A]), Version(10), 1_000)
+        Ownership::new(map, BTreeSet::from([A]), Version(10))
     }
 
     #[test]
@@ -278,6 +277,32 @@ mod tests {
             vec![r(b"", b"c"), r(b"d", b"m")]
         );
         assert!(ranges_left(&held, &held).is_empty());
+    }
+
+    /// A recovery's floor makes versions jump far past any window: the
+    /// maps from the durable version on stay, however old the changes
+    /// after it are next to the newest, until a flush passes them.
+    #[test]
+    fn maps_are_kept_from_the_durable_version_across_a_jump_of_versions() {
+        let mut o = ownership();
+        let to = |team| Mutation::SetValue {
+            key: key_servers_key(b"m"),
+            value: ShardAssignment::to(team).encode(),
+        };
+        o.shard_change(Version(20), to(A)).unwrap();
+        o.settle().unwrap();
+        o.shard_change(Version(10_000_020), to(B)).unwrap();
+        o.settle().unwrap();
+        let src_at = |o: &Ownership, v| {
+            let (map, _) = o.snapshot_at(Version(v)).unwrap();
+            ShardMap::decode(&map).unwrap().assignment_of(b"n").src.clone()
+        };
+        assert_eq!(src_at(&o, 15), vec![B]);
+        assert_eq!(src_at(&o, 25), vec![A]);
+        assert_eq!(src_at(&o, 10_000_025), vec![B]);
+        o.forget_before(Version(25));
+        assert!(o.snapshot_at(Version(15)).is_none(), "below the durable version");
+        assert_eq!(src_at(&o, 25), vec![A]);
     }
 
     #[test]

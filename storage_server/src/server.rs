@@ -268,8 +268,7 @@ impl<E: KvEngine> StorageService<E> {
             })?,
             None => AddingRanges::new(buffer_limit),
         };
-        let history = config.window.max_versions.saturating_mul(2);
-        let ownership = Ownership::new(map, teams.clone(), durable, history);
+        let ownership = Ownership::new(map, teams.clone(), durable);
         let (wanted, held) = ownership.ranges_now();
         adding.reconcile(durable, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
         tracing::info!(server = %config.id, %durable, ?teams, "storage server resuming");
@@ -452,7 +451,7 @@ impl<E: KvEngine> Inner<E> {
         } else {
             self.ownership().owns(begin, end, version)
         };
-        owned && !self.adding().overlaps_missing(begin, end)
+        owned && !self.adding().overlaps_missing(begin, end, version)
     }
 
     /// Writes what ranges being added and given away have due at the

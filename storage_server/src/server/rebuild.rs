@@ -143,8 +143,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .set_metadata(REBUILD_METADATA, Bytes::new());
     engine.write(finish).map_err(|e| e.to_string())?;
     let store = VersionedStore::open(engine, strong.config.window).map_err(|e| e.to_string())?;
-    let history = strong.config.window.max_versions.saturating_mul(2);
-    let ownership = Ownership::new(map, teams, first, history);
+    let ownership = Ownership::new(map, teams, first);
     let mut adding = AddingRanges::new(strong.config.window.max_bytes / ADDING_BUFFER_SHARE);
     let (wanted, held) = ownership.ranges_now();
     adding.reconcile(first, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
