@@ -100,10 +100,16 @@ pub async fn start_tlog(
     ctx.disks.record_address(epoch, index, address)?;
     let problem: ProblemProbe = {
         let service = service.clone();
+        // Locked, it takes no more commits: the controller watching its
+        // generation recovers (a controller that lost its lease may have
+        // locked it on its way out). An ended generation's TLogs are all
+        // locked, and no controller watches them.
         Box::new(move || {
             let status = service.status();
             if status.poisoned {
                 Some("poisoned by a failed write or sync".to_owned())
+            } else if status.locked {
+                Some("locked by a recovery: it takes no more commits".to_owned())
             } else {
                 status.stalled
             }
