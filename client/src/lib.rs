@@ -370,7 +370,7 @@ impl Client {
     }
 
     async fn fetch_location(&self, key: &[u8], version: Version) -> Result<Location, ClientError> {
-        let reply = self.shard_at(key, version).await?;
+        let reply = self.key_location(key, version).await?;
         Ok(Location {
             begin: reply.begin,
             end: reply.end,
@@ -378,11 +378,12 @@ impl Client {
         })
     }
 
-    /// The shard holding `key` at `version`, as a proxy knows it: the
-    /// first whose map has every change up to the version (a proxy learns
-    /// the others' changes only as it commits batches of its own, and the
-    /// one that committed `version` has them all), or else the freshest.
-    async fn shard_at(
+    /// The shard holding `key` at `version`, its teams and their servers,
+    /// as a proxy knows it: the first whose map has every change up to the
+    /// version (a proxy learns the others' changes only as it commits
+    /// batches of its own, and the one that committed `version` has them
+    /// all), or else the freshest; `as_of` says which.
+    pub async fn key_location(
         &self,
         key: &[u8],
         version: Version,

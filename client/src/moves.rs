@@ -430,12 +430,12 @@ impl Client {
         let mut shards: Vec<GetKeyLocationReply> = Vec::new();
         let mut key = begin.clone();
         while key < *end {
-            let shard = self.shard_at(&key, version).await?;
+            let shard = self.key_location(&key, version).await?;
             key = shard.end.clone();
             shards.push(shard);
         }
         let at_end = match end.as_ref() < USER_KEYS_END {
-            true => Some(self.shard_at(end, version).await?),
+            true => Some(self.key_location(end, version).await?),
             false => None,
         };
         let as_of = shards

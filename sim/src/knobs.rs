@@ -46,6 +46,6 @@ impl Knobs {
     }
 }
 
-fn pick<'a, T>(rng: &mut StdRng, choices: &'a [T]) -> &'a T {
+pub(crate) fn pick<'a, T>(rng: &mut StdRng, choices: &'a [T]) -> &'a T {
     &choices[rng.random_range(0..choices.len())]
 }

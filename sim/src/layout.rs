@@ -145,9 +145,13 @@ pub fn key(index: usize) -> String {
     format!("k{index:02}")
 }
 
-/// The servers holding `key`: those of its shard's team.
-pub fn replicas_of(key_index: usize) -> Vec<u64> {
-    let team = 1 + (key_index * TEAMS as usize / KEYS) as u64;
+/// The team server `id` is in.
+pub fn team_of(server: u64) -> u64 {
+    server / 100
+}
+
+/// The servers of `team`, in id order.
+pub fn servers_of(team: u64) -> Vec<u64> {
     (1..=SERVERS_PER_TEAM).map(|m| team * 100 + m).collect()
 }
 
@@ -166,7 +170,7 @@ pub fn cluster_file(shape: Shape, proxies: u64) -> ClusterFile {
     let teams = (1..=TEAMS)
         .map(|team| TeamEntry {
             id: team,
-            servers: (1..=SERVERS_PER_TEAM).map(|m| team * 100 + m).collect(),
+            servers: servers_of(team),
         })
         .collect();
     let shards = (0..TEAMS as usize)
@@ -231,30 +235,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cluster_files_are_valid_and_the_replicas_follow_their_shards() {
+    fn the_cluster_files_are_valid_and_spread_the_keys_over_every_team() {
         for shape in [Shape::Pinned, Shape::Recruited] {
             let cluster = cluster_file(shape, 2);
             cluster.check().unwrap();
             assert_eq!(cluster.is_recruited(), shape == Shape::Recruited);
-            check_replicas(&cluster);
-        }
-    }
-
-    fn check_replicas(cluster: &ClusterFile) {
-        let map = cluster.shard_map().unwrap();
-        for index in 0..KEYS {
-            let teams: Vec<u64> = map
-                .assignment_of(key(index).as_bytes())
-                .teams()
-                .map(|t| t.0)
+            let map = cluster.shard_map().unwrap();
+            let owners: std::collections::BTreeSet<u64> = (0..KEYS)
+                .flat_map(|index| map.assignment_of(key(index).as_bytes()).teams())
+                .map(|team| team.0)
                 .collect();
-            let servers: Vec<u64> = cluster
-                .teams
-                .iter()
-                .filter(|t| teams.contains(&t.id))
-                .flat_map(|t| t.servers.clone())
-                .collect();
-            assert_eq!(servers, replicas_of(index), "key {index}");
+            assert_eq!(owners, (1..=TEAMS).collect());
+            for team in &cluster.teams {
+                assert_eq!(team.servers, servers_of(team.id));
+                assert!(team.servers.iter().all(|s| team_of(*s) == team.id));
+            }
         }
     }
 

@@ -24,6 +24,7 @@ pub mod history;
 pub mod hosts;
 pub mod knobs;
 pub mod layout;
+pub mod mover;
 pub mod net;
 pub mod registers;
 mod run;

@@ -23,7 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::history::{Commit, History, Outcome, Read, TOKEN_END};
-use crate::layout::{key, replicas_of, storage_ids, Role, KEYS};
+use crate::layout::{key, servers_of, storage_ids, team_of, Role, KEYS};
+use crate::mover::Mover;
 use crate::net;
 use crate::trace::Trace;
 
@@ -63,7 +64,17 @@ impl Workload {
         self.trace
             .note("workload", format!("the cluster is up at {up}"));
         let loops = (0..self.clients).map(|i| self.client_loop(i, &client));
-        futures::future::join_all(loops).await;
+        let mover = self.cluster.is_recruited().then(|| Mover {
+            seed: self.seed,
+            fault_end: self.fault_end,
+            trace: self.trace.clone(),
+        });
+        let moves = async {
+            if let Some(mover) = &mover {
+                mover.run(&client).await;
+            }
+        };
+        futures::future::join(futures::future::join_all(loops), moves).await;
         self.trace.note("workload", "faults over; every call ended");
         let deadline = now() + LIVENESS;
         let last = loop {
@@ -78,7 +89,12 @@ impl Workload {
                 }
             }
         };
-        self.read_every_replica(&client, last, deadline + LIVENESS)
+        if let Some(mover) = &mover {
+            if !mover.settled(&client, now() + LIVENESS).await {
+                return Ok(());
+            }
+        }
+        self.read_every_replica(&client, last, now() + LIVENESS)
             .await;
         Ok(())
     }
@@ -199,10 +215,12 @@ impl Workload {
         }
     }
 
-    /// Every key from each of its replicas, all at one read version past
-    /// `last`. A replica that caught up past the version's window makes
-    /// it too old: the key is read again at a newer one, as a client
-    /// would.
+    /// Every key from every storage server, at one read version past
+    /// `last`: the servers that answer must be exactly the servers of one
+    /// team (the key's owner at that version; the others refuse it as
+    /// `wrong_shard_server`), and agree. A server that caught up past the
+    /// version's window makes it too old: the key is read again at a newer
+    /// one, as a client would.
     async fn read_every_replica(&self, client: &Client, last: Version, deadline: Duration) {
         let Some(mut version) = self.read_version_past(client, last, deadline).await else {
             return;
@@ -218,44 +236,83 @@ impl Workload {
             .collect();
         for index in 0..KEYS {
             let key = Bytes::from(key(index));
-            let mut seen = Vec::new();
-            let mut replicas = replicas_of(index).into_iter();
-            while let Some(server) = replicas.next() {
-                match read_replica(&servers[&server], &key, version, deadline).await {
-                    Ok(value) => {
-                        self.history.borrow_mut().reads.push(Read {
-                            key: key.clone(),
-                            version,
-                            value: value.clone(),
-                            from: Role::Storage(server).to_string(),
-                        });
-                        seen.push((server, value));
-                    }
-                    Err(RpcError::Remote {
-                        code: ErrorCode::TransactionTooOld,
-                        ..
-                    }) if now() < deadline => {
-                        let Some(newer) = self.read_version_past(client, version, deadline).await
-                        else {
-                            return;
-                        };
-                        version = newer;
-                        seen.clear();
-                        replicas = replicas_of(index).into_iter();
-                    }
-                    Err(e) => self.trace.violation(format!(
-                        "storage-{server} did not answer for {key:?} at {version} \
-                         within {LIVENESS:?} after the faults: {e}"
-                    )),
+            let answers = loop {
+                match self
+                    .read_everywhere(&servers, &key, version, deadline)
+                    .await
+                {
+                    Some(answers) => break answers,
+                    None => match self.read_version_past(client, version, deadline).await {
+                        Some(newer) => version = newer,
+                        None => return,
+                    },
                 }
+            };
+            for (server, value) in &answers {
+                self.history.borrow_mut().reads.push(Read {
+                    key: key.clone(),
+                    version,
+                    value: value.clone(),
+                    from: Role::Storage(*server).to_string(),
+                });
             }
-            if seen.windows(2).any(|pair| pair[0].1 != pair[1].1) {
-                self.trace
-                    .violation(format!("replicas differ on {key:?} at {version}: {seen:?}"));
-            }
+            self.check_owners(&key, version, &answers);
         }
         self.trace
             .note("workload", format!("read every replica at {version}"));
+    }
+
+    /// `key` at `version` from every server: the values of those that
+    /// answer it, or `None` when one found the version too old.
+    async fn read_everywhere(
+        &self,
+        servers: &BTreeMap<u64, Peer>,
+        key: &Bytes,
+        version: Version,
+        deadline: Duration,
+    ) -> Option<Vec<(u64, Option<Bytes>)>> {
+        let mut answers = Vec::new();
+        for (server, peer) in servers {
+            match read_replica(peer, key, version, deadline).await {
+                Ok(value) => answers.push((*server, value)),
+                Err(RpcError::Remote {
+                    code: ErrorCode::WrongShardServer,
+                    ..
+                }) => {}
+                Err(RpcError::Remote {
+                    code: ErrorCode::TransactionTooOld,
+                    ..
+                }) if now() < deadline => return None,
+                Err(e) => self.trace.violation(format!(
+                    "storage-{server} did not answer for {key:?} at {version} \
+                     within {LIVENESS:?} after the faults: {e}"
+                )),
+            }
+        }
+        Some(answers)
+    }
+
+    /// The servers that answered for `key` are one whole team, and agree.
+    fn check_owners(&self, key: &Bytes, version: Version, answers: &[(u64, Option<Bytes>)]) {
+        let answered: Vec<u64> = answers.iter().map(|(server, _)| *server).collect();
+        let owners: BTreeSet<u64> = answered.iter().map(|server| team_of(*server)).collect();
+        match owners.first() {
+            None => self
+                .trace
+                .violation(format!("no server answers for {key:?} at {version}")),
+            Some(team) if owners.len() > 1 || answered != servers_of(*team) => {
+                self.trace.violation(format!(
+                    "{key:?} at {version} is not owned by exactly one team: \
+                     {answered:?} answer for it"
+                ))
+            }
+            Some(_) => {}
+        }
+        if answers.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+            self.trace.violation(format!(
+                "replicas differ on {key:?} at {version}: {answers:?}"
+            ));
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! processes killed (TLogs losing what they had not synced), links cut and
 //! clogged and TLog fsyncs failing, in two processes at once, violate
 //! nothing, with the commit path pinned and with it recruited (and so
-//! recovered) by the controller; and one seed run twice prints the same
-//! trace digest.
+//! recovered) by the controller while key ranges move between teams; and
+//! one seed run twice prints the same trace digest.
 
 use std::process::{Command, Output};
 
