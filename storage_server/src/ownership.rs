@@ -295,13 +295,20 @@ mod tests {
         o.settle().unwrap();
         let src_at = |o: &Ownership, v| {
             let (map, _) = o.snapshot_at(Version(v)).unwrap();
-            ShardMap::decode(&map).unwrap().assignment_of(b"n").src.clone()
+            ShardMap::decode(&map)
+                .unwrap()
+                .assignment_of(b"n")
+                .src
+                .clone()
         };
         assert_eq!(src_at(&o, 15), vec![B]);
         assert_eq!(src_at(&o, 25), vec![A]);
         assert_eq!(src_at(&o, 10_000_025), vec![B]);
         o.forget_before(Version(25));
-        assert!(o.snapshot_at(Version(15)).is_none(), "below the durable version");
+        assert!(
+            o.snapshot_at(Version(15)).is_none(),
+            "below the durable version"
+        );
         assert_eq!(src_at(&o, 25), vec![A]);
     }
 

@@ -113,6 +113,18 @@ fn arb_step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Reads the next page the copy asks for, up to `end`, at `version`.
+fn deliver_next(adding: &mut AddingRanges, end: &str, version: u64, pairs: &[(&str, &str)]) {
+    let request = adding.next_request().unwrap();
+    let page = Page {
+        begin: request.begin.clone(),
+        end: b(end),
+        version: Version(version),
+        pairs: pairs.iter().map(|(k, v)| (b(k), b(v))).collect(),
+    };
+    assert!(adding.deliver(&request, page));
+}
+
 proptest! {
     /// Whatever the order of applies and page reads, the versions the
     /// pages were read at and the buffer's bound, once every page is
@@ -405,14 +417,7 @@ fn state_round_trips_as_of_a_flush_and_refuses_damage() {
 fn a_key_reads_as_missing_below_the_version_its_page_was_installed_at() {
     let mut adding = AddingRanges::new(1 << 20);
     adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
-    let request = adding.next_request().unwrap();
-    let page = Page {
-        begin: b("c"),
-        end: b("f"),
-        version: Version(11),
-        pairs: vec![(b("d"), b("1"))],
-    };
-    assert!(adding.deliver(&request, page));
+    deliver_next(&mut adding, "f", 11, &[("d", "1")]);
     adding.take_due(Version(15));
     assert!(!adding.overlaps_missing(b"d", b"d", Version(15)));
     assert!(!adding.overlaps_missing(b"c", b"f", Version(16)));
@@ -429,14 +434,7 @@ fn a_key_reads_as_missing_below_the_version_its_page_was_installed_at() {
 fn a_rollback_below_a_ranges_removal_brings_it_back_as_it_was() {
     let mut adding = AddingRanges::new(1 << 20);
     adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
-    let request = adding.next_request().unwrap();
-    let page = Page {
-        begin: b("c"),
-        end: b("f"),
-        version: Version(10),
-        pairs: vec![(b("d"), b("1"))],
-    };
-    assert!(adding.deliver(&request, page));
+    deliver_next(&mut adding, "f", 10, &[("d", "1")]);
     adding.take_due(Version(10));
     assert!(adding.status(Version(10))[0].ready);
     // The flip, and a move that begins above the recovery version.
