@@ -132,8 +132,10 @@ pub struct TLogStatusReply {
     /// segment.
     pub truncation_blocker: Option<StorageTeamId>,
     pub teams: Vec<TeamStatus>,
-    /// Why commits are not being made durable now, while the TLog waits
-    /// for what it needs (disk space) and retries.
+    /// Why commits are not being made durable now: the TLog waits for
+    /// what it needs (disk space) and retries, or its chain has a gap (a
+    /// commit gave up waiting for its predecessor) that only the
+    /// predecessor or a recovery closes.
     pub stalled: Option<String>,
 }
 

@@ -27,6 +27,11 @@ use crate::trace::Trace;
 
 /// Keeps the mover's draws apart from the clients'.
 const MOVER_STREAM: u64 = 0x6d6f_7665;
+/// How long the mover waits for one move, cancel or split. A stalled
+/// cluster may keep a commit's outcome unknown for longer than a move's
+/// own patience; the mover then leaves the move to the controller's keeper
+/// (or to the final checks), so that the run ends.
+const OPERATION_BUDGET: Duration = Duration::from_secs(45);
 
 pub struct Mover {
     pub seed: u64,
@@ -48,40 +53,54 @@ impl Mover {
             let first = rng.random_range(0..KEYS);
             let last = rng.random_range(first + 1..=KEYS);
             let (begin, end) = (Bytes::from(key(first)), Bytes::from(key(last)));
-            match rng.random_range(0..10) {
-                0 => {
-                    let outcome = client.cancel_moves(begin.clone(), end.clone()).await;
-                    self.trace.note(
-                        "mover",
-                        format!("cancel the moves in [{begin:?}, {end:?}): {outcome:?}"),
-                    );
-                }
-                1 => {
-                    let outcome = client.split_shard(begin.clone()).await;
-                    self.trace
-                        .note("mover", format!("split at {begin:?}: {outcome:?}"));
-                }
-                _ => {
-                    let to = StorageTeamId(rng.random_range(1..=TEAMS));
-                    let deadline = Duration::from_secs(*pick(&mut rng, &[1, 3, 10]));
-                    self.trace.note(
-                        "mover",
-                        format!("move [{begin:?}, {end:?}) to {to} within {deadline:?}"),
-                    );
-                    let outcome = client
-                        .move_range(begin.clone(), end.clone(), to, deadline, |_| {})
-                        .await;
-                    let said = match outcome {
-                        Ok(done) => {
-                            format!("started {:?}, flipped {:?}", done.started, done.flipped)
-                        }
-                        Err(e) => e.to_string(),
-                    };
-                    self.trace.note(
-                        "mover",
-                        format!("move [{begin:?}, {end:?}) to {to}: {said}"),
-                    );
-                }
+            let operation = self.operation(client, &mut rng, begin, end);
+            if tokio::time::timeout(OPERATION_BUDGET, operation)
+                .await
+                .is_err()
+            {
+                self.trace.note(
+                    "mover",
+                    format!("gave up after {OPERATION_BUDGET:?}, outcome unknown"),
+                );
+            }
+        }
+    }
+
+    /// One move, cancel or split of `[begin, end)`, noted in the trace.
+    async fn operation(&self, client: &Client, rng: &mut StdRng, begin: Bytes, end: Bytes) {
+        match rng.random_range(0..10) {
+            0 => {
+                let outcome = client.cancel_moves(begin.clone(), end.clone()).await;
+                self.trace.note(
+                    "mover",
+                    format!("cancel the moves in [{begin:?}, {end:?}): {outcome:?}"),
+                );
+            }
+            1 => {
+                let outcome = client.split_shard(begin.clone()).await;
+                self.trace
+                    .note("mover", format!("split at {begin:?}: {outcome:?}"));
+            }
+            _ => {
+                let to = StorageTeamId(rng.random_range(1..=TEAMS));
+                let deadline = Duration::from_secs(*pick(rng, &[1, 3, 10]));
+                self.trace.note(
+                    "mover",
+                    format!("move [{begin:?}, {end:?}) to {to} within {deadline:?}"),
+                );
+                let outcome = client
+                    .move_range(begin.clone(), end.clone(), to, deadline, |_| {})
+                    .await;
+                let said = match outcome {
+                    Ok(done) => {
+                        format!("started {:?}, flipped {:?}", done.started, done.flipped)
+                    }
+                    Err(e) => e.to_string(),
+                };
+                self.trace.note(
+                    "mover",
+                    format!("move [{begin:?}, {end:?}) to {to}: {said}"),
+                );
             }
         }
     }

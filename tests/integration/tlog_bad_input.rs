@@ -238,6 +238,10 @@ async fn wrong_requests_get_clear_errors() -> Result<()> {
         remote_code(client.tlog_commit(skip).await)?,
         ErrorCode::MissingPredecessor
     );
+    // Its chain now has a gap, and the TLog says so: a controller watching
+    // its generation recovers.
+    let stalled = client.status().await?.stalled.unwrap_or_default();
+    assert!(stalled.contains("its chain has a gap"), "{stalled:?}");
 
     // version <= prev_version.
     let backwards = set_commit(

@@ -215,6 +215,11 @@ pub struct TLogCore<T> {
     checkpoints: BTreeMap<Version, LogPosition>,
     last_checkpoint: Option<LogPosition>,
     segments: BTreeMap<SegmentId, SegmentSummary>,
+    /// The last commit that gave up waiting for its predecessor. While the
+    /// log still ends where it ended then, its chain has a gap: every
+    /// commit after it waits in vain until the predecessor comes after all
+    /// or a recovery ends the generation.
+    chain_gap: Option<CoreError>,
 }
 
 impl<T> TLogCore<T> {
@@ -239,6 +244,7 @@ impl<T> TLogCore<T> {
             checkpoints: BTreeMap::new(),
             last_checkpoint: None,
             segments: BTreeMap::new(),
+            chain_gap: None,
         }
     }
 
@@ -491,8 +497,22 @@ impl<T> TLogCore<T> {
             for w in p.waiters {
                 actions.push(Action::CommitDone(w, Err(err.clone())));
             }
+            self.chain_gap = Some(err);
         }
         actions
+    }
+
+    /// Why commits cannot go on, if a commit gave up waiting for its
+    /// predecessor and the log has not moved since.
+    pub fn chain_gap(&self) -> Option<String> {
+        match &self.chain_gap {
+            Some(err @ CoreError::MissingPredecessor { last, .. })
+                if *last == self.meta.last_version =>
+            {
+                Some(format!("{err}: its chain has a gap"))
+            }
+            _ => None,
+        }
     }
 
     /// The writer made every append up to `through_seq` durable; `commits`

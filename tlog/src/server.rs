@@ -626,7 +626,8 @@ impl<S: LogStore> TLogService<S> {
                 .stalled
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+                .clone()
+                .or_else(|| core.chain_gap()),
         }
     }
 

@@ -183,6 +183,8 @@ fn an_early_commit_waits_for_its_predecessor_then_both_chain() {
     assert_eq!(h.done, vec![(1, Ok(Version(5))), (2, Ok(Version(9)))]);
 }
 
+/// A commit that gave up on its predecessor leaves a gap in the chain,
+/// reported until the log moves on.
 #[test]
 fn a_waiting_commit_fails_when_its_predecessor_never_comes() {
     let mut h = Harness::with_teams(CoreConfig {
@@ -195,15 +197,19 @@ fn a_waiting_commit_fails_when_its_predecessor_never_comes() {
     let actions = h.core.tick(1_099);
     h.run(actions);
     assert!(h.done.is_empty());
+    assert_eq!(h.core.chain_gap(), None, "a commit still waiting is no gap");
     let actions = h.core.tick(1_100);
     h.run(actions);
     assert!(matches!(
         h.done.as_slice(),
         [(1, Err(CoreError::MissingPredecessor { .. }))]
     ));
+    let gap = h.core.chain_gap().expect("the chain has a gap");
+    assert!(gap.contains("5->9"), "{gap}");
     h.commit(request(0, 5, &[A]), 2);
     h.sync();
     assert_eq!(h.core.durable_version(), Version(5));
+    assert_eq!(h.core.chain_gap(), None, "the predecessor closed the gap");
 }
 
 #[test]
