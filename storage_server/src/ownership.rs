@@ -162,10 +162,13 @@ impl Ownership {
         self.team_sets.split_off(&version.next());
     }
 
-    /// Forgets team sets older than `version`'s and shard-map changes at or
-    /// below it (nothing older can be read or flushed any more).
+    /// Forgets team sets older than `version`'s and shard-map changes
+    /// below it (nothing older can be read or flushed any more). A read at
+    /// `version` is judged by the map before `version`'s own changes, so
+    /// those stay undoable.
     pub fn forget_before(&mut self, version: Version) {
-        self.map.forget_through(version);
+        self.map
+            .forget_through(Version(version.0.saturating_sub(1)));
         let keep = self.team_sets.range(..version).next_back().map(|(v, _)| *v);
         if let Some(keep) = keep {
             self.team_sets = self.team_sets.split_off(&keep);
@@ -310,6 +313,11 @@ mod tests {
             "below the durable version"
         );
         assert_eq!(src_at(&o, 25), vec![A]);
+        // Durable at a version that changed the map, a read there is
+        // still judged by the map before the change.
+        o.forget_before(Version(10_000_020));
+        assert!(o.owns_key(b"n", Version(10_000_020)));
+        assert!(!o.owns_key(b"n", Version(10_000_021)));
     }
 
     #[test]

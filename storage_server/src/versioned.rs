@@ -325,7 +325,8 @@ impl<E: KvEngine> VersionedStore<E> {
             .max(self.readable_from)
     }
 
-    fn check_readable(&self, version: Version) -> Result<(), ReadError> {
+    /// Whether reads at `version` can be served now.
+    pub fn check_readable(&self, version: Version) -> Result<(), ReadError> {
         let oldest = self.oldest_readable();
         if version < oldest {
             return Err(ReadError::TooOld { version, oldest });

@@ -48,6 +48,23 @@ impl<E: KvEngine> StorageService<E> {
         }
     }
 
+    /// Refuses a read this server does not answer for at `version`. A
+    /// flush forgets the shard map below the version it made durable, so
+    /// a version that became too old is refused as too old (the store
+    /// advances before the map forgets), not as another server's keys:
+    /// the client then reads at a newer version instead of looking for
+    /// another server.
+    fn check_serves(&self, begin: &[u8], end: &[u8], version: Version) -> Result<(), ErrorReply> {
+        if self.inner.serves(begin, end, version) {
+            return Ok(());
+        }
+        self.inner
+            .store()
+            .check_readable(version)
+            .map_err(read_error)?;
+        Err(wrong_shard(version))
+    }
+
     pub async fn get(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
         let _in_flight = self.inner.lanes.foreground();
         let started = Instant::now();
@@ -58,12 +75,7 @@ impl<E: KvEngine> StorageService<E> {
 
     async fn get_unmeasured(&self, request: GetValueRequest) -> Result<GetValueReply, ErrorReply> {
         self.wait_for(request.version).await?;
-        if !self
-            .inner
-            .serves(&request.key, &request.key, request.version)
-        {
-            return Err(wrong_shard(request.version));
-        }
+        self.check_serves(&request.key, &request.key, request.version)?;
         let value = self
             .inner
             .store()
@@ -97,12 +109,7 @@ impl<E: KvEngine> StorageService<E> {
             ));
         }
         self.wait_for(request.version).await?;
-        if !self
-            .inner
-            .serves(&request.begin, &request.end, request.version)
-        {
-            return Err(wrong_shard(request.version));
-        }
+        self.check_serves(&request.begin, &request.end, request.version)?;
         let limit = request.limit.clamp(1, MAX_RANGE_LIMIT) as usize;
         if request.copy && !request.reverse {
             let (pairs, more) = self
