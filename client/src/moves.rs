@@ -525,16 +525,20 @@ impl Client {
     /// Commits shard-map changes decided on the map as `known`, if it is
     /// unchanged since; a [`transient`] failure is answered by committing
     /// again, for up to `COMMIT_PATIENCE` (one whose result was unknown
-    /// but took conflicts with itself, and the caller reads again).
+    /// but took conflicts with itself, and the caller reads again). The
+    /// patience bounds the time since the first attempt, not only the
+    /// delays between attempts: against a stalled cluster one attempt may
+    /// take the commit path's whole retry window.
     async fn commit_if_unchanged(
         &self,
         mutations: Vec<Mutation>,
         known: &Known,
     ) -> Result<Version, ClientError> {
         let read_ranges = vec![known.watched.clone()];
+        let patience = tokio::time::Instant::now() + COMMIT_PATIENCE;
         (|| self.commit_system_if_unchanged(mutations.clone(), known.as_of, read_ranges.clone()))
             .retry(cluster::retry::backoff(COMMIT_PATIENCE))
-            .when(transient)
+            .when(|e| transient(e) && tokio::time::Instant::now() < patience)
             .notify(|e, _| tracing::debug!(error = %e, "a move's commit did not go through; committing it again"))
             .await
     }
