@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cluster::DistributionSettings;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -24,6 +25,10 @@ pub struct Knobs {
     pub clients: usize,
     /// Clients of the coordinators' register.
     pub register_clients: usize,
+    /// The data distributor's limits: the defaults leave the simulation's
+    /// few small keys alone; small ones split and move them under the
+    /// faults, beside the mover's moves.
+    pub distribution: DistributionSettings,
 }
 
 impl Knobs {
@@ -42,7 +47,23 @@ impl Knobs {
             max_latency: min_latency + Duration::from_micros(rng.random_range(0..20_000)),
             clients: rng.random_range(2..=6),
             register_clients: rng.random_range(1..=3),
+            distribution: draw_distribution(rng),
         }
+    }
+}
+
+fn draw_distribution(rng: &mut StdRng) -> DistributionSettings {
+    if rng.random_bool(0.5) {
+        return DistributionSettings::default();
+    }
+    DistributionSettings {
+        enabled: true,
+        max_shard_bytes: *pick(rng, &[4 << 10, 16 << 10]),
+        max_shard_writes_per_sec: *pick(rng, &[4, 20]),
+        min_imbalance_bytes: *pick(rng, &[4 << 10, 16 << 10]),
+        min_imbalance_writes_per_sec: *pick(rng, &[2, 10]),
+        move_bytes_per_sec: *pick(rng, &[4 << 10, 64 << 20]),
+        max_moves_in_flight: *pick(rng, &[1, 8]),
     }
 }
 

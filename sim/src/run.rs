@@ -111,7 +111,8 @@ pub fn run(options: &SimOptions) -> RunReport {
         .max_message_latency(knobs.max_latency)
         .simulation_duration(options.fault_window + 4 * LIVENESS)
         .build();
-    let cluster = layout::cluster_file(options.shape, knobs.proxies);
+    let mut cluster = layout::cluster_file(options.shape, knobs.proxies);
+    cluster.distribution = Some(knobs.distribution);
     let trace = Trace::default();
     trace.note("driver", format!("cluster: {}", options.shape));
     // What each host's "disk" keeps across its restarts.

@@ -283,10 +283,16 @@ impl Workload {
                     code: ErrorCode::TransactionTooOld,
                     ..
                 }) if now() < deadline => return None,
-                Err(e) => self.trace.violation(format!(
-                    "storage-{server} did not answer for {key:?} at {version} \
-                     within {LIVENESS:?} after the faults: {e}"
-                )),
+                Err(e) => {
+                    let stopped = match stopped_applying(peer).await {
+                        Some(reason) => format!(" (it stopped applying: {reason})"),
+                        None => String::new(),
+                    };
+                    self.trace.violation(format!(
+                        "storage-{server} did not answer for {key:?} at {version} \
+                         within {LIVENESS:?} after the faults: {e}{stopped}"
+                    ))
+                }
             }
         }
         Some(answers)
@@ -342,6 +348,17 @@ async fn read_replica(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Why a storage server stopped applying, if it says it did: what a
+/// correct cluster never makes it do (a recovery below a version it made
+/// durable means a committed version was lost).
+async fn stopped_applying(server: &Peer) -> Option<String> {
+    let status = server.call(|c| async move { c.call(Message::Status).await });
+    match status.await {
+        Ok(Message::StorageStatus(status)) => status.stopped,
+        _ => None,
     }
 }
 
