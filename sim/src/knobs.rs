@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use cluster::DistributionSettings;
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+
+/// Keeps the distributor's draws apart from the other knobs'.
+const DISTRIBUTION_STREAM: u64 = 0x6469_7374;
 
 #[derive(Clone, Debug)]
 pub struct Knobs {
@@ -32,7 +35,10 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    pub fn draw(rng: &mut StdRng) -> Knobs {
+    /// Draws from `rng`; the distributor's limits come from a stream of
+    /// their own off `seed`, so adding them left every other draw of a
+    /// seed as it was.
+    pub fn draw(rng: &mut StdRng, seed: u64) -> Knobs {
         let min_latency = Duration::from_micros(rng.random_range(100..2_000));
         Knobs {
             proxies: rng.random_range(1..=2),
@@ -47,7 +53,7 @@ impl Knobs {
             max_latency: min_latency + Duration::from_micros(rng.random_range(0..20_000)),
             clients: rng.random_range(2..=6),
             register_clients: rng.random_range(1..=3),
-            distribution: draw_distribution(rng),
+            distribution: draw_distribution(&mut StdRng::seed_from_u64(seed ^ DISTRIBUTION_STREAM)),
         }
     }
 }

@@ -95,7 +95,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     fastrand::seed(options.seed);
     coordinator::runtime::seed_election_jitter(options.seed);
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let knobs = Knobs::draw(&mut rng);
+    let knobs = Knobs::draw(&mut rng, options.seed);
     let plan = faults::plan(
         &mut rng,
         options.shape,
