@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::history::{Commit, History, Outcome, Read, TOKEN_END};
-use crate::layout::{key, servers_of, storage_ids, team_of, Role, KEYS};
+use crate::layout::{coordinator_ids, key, servers_of, storage_ids, team_of, Role, KEYS};
 use crate::mover::Mover;
 use crate::net;
 use crate::trace::Trace;
@@ -82,8 +82,13 @@ impl Workload {
                 Some(version) => break version,
                 None if now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
                 None => {
+                    let controller = match controller_says().await {
+                        Some(said) => format!(" (the controller: {said})"),
+                        None => String::new(),
+                    };
                     self.trace.violation(format!(
-                        "no commit was acknowledged within {LIVENESS:?} after the faults stopped"
+                        "no commit was acknowledged within {LIVENESS:?} after the faults \
+                         stopped{controller}"
                     ));
                     return Ok(());
                 }
@@ -349,6 +354,34 @@ async fn read_replica(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// What a controller says of the recovery it is stuck in, if one runs
+/// and is: why the cluster does not come back.
+async fn controller_says() -> Option<String> {
+    for id in coordinator_ids() {
+        let coordinator = Peer::new(Role::Coordinator(id).addr(), net::client_config());
+        let status = coordinator.call(|c| async move { c.call(Message::Status).await });
+        let Ok(Message::CoordinatorStatus(status)) = status.await else {
+            continue;
+        };
+        let Some(report) = status.recovery else {
+            continue;
+        };
+        let said: Vec<String> = [
+            report.recovering.map(|how| format!("recovering: {how}")),
+            report
+                .last_failure
+                .map(|why| format!("last recovery abandoned: {why}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !said.is_empty() {
+            return Some(said.join("; "));
+        }
+    }
+    None
 }
 
 /// Why a storage server stopped applying, if it says it did: what a

@@ -403,12 +403,17 @@ pub const STALL_SECONDS: f64 = 5.0;
 pub const COPY_STALL_SECONDS: u64 = 30;
 
 /// A coordinator that cannot serve, or whose controller is recovering:
-/// until the recovery ends, nothing commits.
+/// until the recovery ends, nothing commits. A recovery that keeps being
+/// abandoned says why (a TLog that knows more committed than the logs
+/// hold stops it for good rather than lose commits).
 fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
-    let recovering = r
-        .recovery
-        .as_ref()
-        .and_then(|report| report.recovering.as_ref());
+    let recovering = r.recovery.as_ref().and_then(|report| {
+        let how = report.recovering.as_ref()?;
+        Some(match &report.last_failure {
+            Some(why) => format!("{how}; the last attempt was abandoned: {why}"),
+            None => how.clone(),
+        })
+    });
     let stuck = r
         .recovery
         .as_ref()

@@ -335,6 +335,13 @@ fn a_recovery_under_way_makes_its_coordinator_unhealthy() {
         Some("locking_tlogs: waiting for locks from generation 3's TLogs".into());
     let problem = coordinator_problem(&reply).unwrap();
     assert!(problem.contains("recovering: locking_tlogs"), "{problem}");
+    reply.recovery.as_mut().unwrap().last_failure =
+        Some("the locked TLogs disagree: TLog 0 knows 20 committed".into());
+    let problem = coordinator_problem(&reply).unwrap();
+    assert!(
+        problem.contains("abandoned: the locked TLogs disagree"),
+        "{problem}"
+    );
 }
 
 #[test]
