@@ -240,6 +240,14 @@ enum Decided {
     AlreadySo(Version),
 }
 
+/// How waiting for the destination's copy ended.
+enum Copied {
+    /// Every destination server is ready: the mover flips the map.
+    Ready(Vec<ServerProgress>),
+    /// Another mover flipped the map; it was seen so as of this version.
+    FlippedByAnother(Version),
+}
+
 impl Decided {
     fn version(&self) -> Version {
         match self {
@@ -311,7 +319,12 @@ impl Client {
         )
         .await;
         match waited {
-            Ok(Ok(servers)) => {
+            Ok(Ok(Copied::FlippedByAnother(flipped))) => Ok(MoveOutcome {
+                started: Some(started),
+                flipped: Some(flipped),
+                servers: self.progress_of(&plan, &destination).await,
+            }),
+            Ok(Ok(Copied::Ready(servers))) => {
                 let flip = plan
                     .iter()
                     .map(|p| assign(&p.begin, ShardAssignment::to(to)))
@@ -545,7 +558,11 @@ impl Client {
 
     /// Waits until every destination server has every piece copied and
     /// durable, committing the start again now and then while the map
-    /// still shows the move.
+    /// still shows the move, or until a nudge finds the move flipped by
+    /// another mover. The start is committed on the map as known only
+    /// while that map shows the move: a map read that shows it flipped
+    /// must not be followed by the start, which would take the range back
+    /// to its old source.
     async fn wait_until_copied(
         &self,
         (begin, end): (&Bytes, &Bytes),
@@ -554,22 +571,25 @@ impl Client {
         destination: &[StorageServerId],
         known: &mut Known,
         progress: &mut impl FnMut(&[ServerProgress]),
-    ) -> Result<Vec<ServerProgress>, MoveError> {
+    ) -> Result<Copied, MoveError> {
         let start = with_destination(plan, vec![to]);
         let mut last_nudge = tokio::time::Instant::now();
         loop {
             let servers = self.progress_of(plan, destination).await;
             progress(&servers);
             if servers.iter().all(|s| s.ready) {
-                return Ok(servers);
+                return Ok(Copied::Ready(servers));
             }
             if last_nudge.elapsed() >= NUDGE_INTERVAL {
                 let first = Some((known.clone(), start.clone()));
-                let (_, now) = self
+                let (decided, now) = self
                     .commit_on_view(begin, end, first, |view| {
                         view.while_moving(plan, to, &start)
                     })
                     .await?;
+                if let Decided::AlreadySo(flipped) = decided {
+                    return Ok(Copied::FlippedByAnother(flipped));
+                }
                 *known = now;
                 last_nudge = tokio::time::Instant::now();
             }

@@ -514,11 +514,16 @@ async fn a_move_whose_driver_died_is_taken_over_and_one_cancelled_stays_put() ->
         matches!(&elsewhere, Err(MoveError::AlreadyMoving { to, .. }) if to == &[StorageTeamId(2)]),
         "a move elsewhere was not refused while the range moves to team 2: {elsewhere:?}"
     );
-    // Asked again, the move to team 2 takes the interrupted one over.
-    let outcome = client
-        .move_range(range().0, range().1, StorageTeamId(2), DEADLINE, |_| {})
-        .await?;
-    let flipped = outcome.flipped.context("the range moved")?;
+    // Asked again, twice at once (an operator and the distributor, say),
+    // the move to team 2 is taken over by both drivers: one flips the
+    // map, and the other, finding it flipped, ends there rather than
+    // starting the move again from team 1, which no longer holds it.
+    let (first, second) = (spawn_move(&client, 2), spawn_move(&client, 2));
+    let mut flipped = Version(0);
+    for driver in [first, second] {
+        let outcome = driver.await??;
+        flipped = flipped.max(outcome.flipped.context("the range moved")?);
+    }
     local
         .storage
         .insert(101, Some(local.start_storage(101).await?));
