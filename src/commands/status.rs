@@ -17,8 +17,9 @@
 //! stalled (waiting for disk space, commits waiting with it), a
 //! sequencer whose committed version trails the last version it handed
 //! out by more than `STALL_SECONDS` of versions (the commit chain is
-//! stuck), a storage server that stopped applying, cannot flush (waiting
-//! for disk space), is rebuilding from its teammates, cannot copy a range
+//! stuck; past `MAX_VERSIONS_AHEAD` it also refuses new versions), a
+//! storage server that stopped applying, cannot flush (waiting for disk
+//! space), is rebuilding from its teammates, cannot copy a range
 //! it is adding for a move (its last page read failed, or it got no page
 //! for `COPY_STALL_SECONDS`), or trails the
 //! committed version by more than that, are unhealthy, with the reason. A proxy
@@ -85,7 +86,7 @@ use proto::rpc::{
     TLogStatusReply,
 };
 use proto::transport::{ClientConfig, RpcClient};
-use proto::Version;
+use proto::{Version, MAX_VERSIONS_AHEAD};
 use serde::Serialize;
 
 use cluster::ClusterFile;
@@ -425,14 +426,19 @@ fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
 }
 
 /// A version handed out but never committed stops every later commit (each
-/// TLog takes versions in chain order).
+/// TLog takes versions in chain order). Once versions are `MAX_VERSIONS_AHEAD`
+/// past the committed one, the sequencer also refuses new ones.
 fn sequencer_problem(r: &SequencerStatusReply) -> Option<String> {
-    let behind =
-        r.last_version.0.saturating_sub(r.committed_version.0) as f64 / VERSIONS_PER_SECOND;
+    let ahead = r.last_version.0.saturating_sub(r.committed_version.0);
+    let behind = ahead as f64 / VERSIONS_PER_SECOND;
+    let refusing = match ahead >= MAX_VERSIONS_AHEAD {
+        true => "; the sequencer refuses new versions until the committed version moves",
+        false => "",
+    };
     (behind > STALL_SECONDS).then(|| {
         format!(
             "commit chain stalled: version {} was handed out {behind:.1} s of versions ago and \
-             the committed version is still {}",
+             the committed version is still {}{refusing}",
             r.last_version, r.committed_version
         )
     })

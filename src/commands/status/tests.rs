@@ -39,6 +39,12 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
     assert_eq!(sequencer_problem(&chain(5_000_000, 1_000_000)), None);
     let stalled = sequencer_problem(&chain(7_000_000, 1_000_000)).unwrap();
     assert!(stalled.starts_with("commit chain stalled"), "{stalled}");
+    assert!(!stalled.contains("refuses"), "{stalled}");
+    let refusing = sequencer_problem(&chain(11_000_000, 1_000_000)).unwrap();
+    assert!(
+        refusing.ends_with("the sequencer refuses new versions until the committed version moves"),
+        "{refusing}"
+    );
 
     let tlog = |locked, poisoned| TLogStatusReply {
         durable_version: Version(1),
