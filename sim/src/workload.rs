@@ -1,11 +1,15 @@
 //! The workload: clients that append unique tokens to random keys and read
-//! them back at read versions, while the faults run; then, once the faults
-//! stop, a commit that must go through (liveness) and a read of every key
-//! from every replica (no acknowledged commit lost, replicas equal).
+//! them back at read versions, while the faults run, and a prober that
+//! reads one key from every storage server at a read version each
+//! `PROBE_INTERVAL`; then, once the faults stop, a commit that must go
+//! through (liveness) and a read of every key from every replica (no
+//! acknowledged commit lost, replicas equal, each key answered by exactly
+//! one whole team).
 //!
 //! ```text
 //!  0 ── faults ──▶ fault_end ── in-flight calls end ─▶ final commit (≤ LIVENESS) ─▶ replica reads
 //!  clients: commit {keys} += "c{client}-{n};" │ read key at read_version
+//!  prober:  key at read_version from every server: the answers from one team, equal
 //! ```
 
 use std::cell::RefCell;
@@ -30,6 +34,17 @@ use crate::trace::Trace;
 
 /// How long after the faults stop a commit must be acknowledged.
 pub const LIVENESS: Duration = Duration::from_secs(60);
+
+/// How often, while the faults run, one key is read from every storage
+/// server at one version.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a probe waits for a server's answer: one cut off or behind
+/// just does not count, since the faults may keep it so.
+const PROBE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The stream of a seed that picks the probes' keys.
+const PROBE_STREAM: u64 = 0x0b5e_55ed;
 
 pub struct Workload {
     pub cluster: ClusterFile,
@@ -74,7 +89,12 @@ impl Workload {
                 mover.run(&client).await;
             }
         };
-        futures::future::join(futures::future::join_all(loops), moves).await;
+        futures::future::join3(
+            futures::future::join_all(loops),
+            moves,
+            self.probe_owners(&client),
+        )
+        .await;
         self.trace.note("workload", "faults over; every call ended");
         let deadline = now() + LIVENESS;
         let last = loop {
@@ -123,6 +143,52 @@ impl Workload {
                 let key = Bytes::from(key(rng.random_range(0..KEYS)));
                 self.read(&who, client, key).await;
             }
+        }
+    }
+
+    /// While the faults run, one random key at a time from every storage
+    /// server at a fresh read version: whatever servers answer must be of
+    /// one team and agree, and their values go to the model's checks. The
+    /// final read asks more (every key, a whole team) once faults stopped.
+    async fn probe_owners(&self, client: &Client) {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ PROBE_STREAM);
+        let servers = storage_peers();
+        while now() < self.fault_end {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            let key = Bytes::from(key(rng.random_range(0..KEYS)));
+            let Ok(version) = client.read_version().await else {
+                continue;
+            };
+            let reads = servers.iter().map(|(server, peer)| {
+                let key = key.clone();
+                async move {
+                    let deadline = now() + PROBE_PATIENCE;
+                    let read = read_replica(peer, &key, version, deadline);
+                    match tokio::time::timeout(PROBE_PATIENCE, read).await {
+                        Ok(Ok(value)) => Some((*server, value)),
+                        _ => None,
+                    }
+                }
+            });
+            let answers: Vec<(u64, Option<Bytes>)> = futures::future::join_all(reads)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            for (server, value) in &answers {
+                self.history.borrow_mut().reads.push(Read {
+                    key: key.clone(),
+                    version,
+                    value: value.clone(),
+                    from: Role::Storage(*server).to_string(),
+                });
+            }
+            let answered: Vec<u64> = answers.iter().map(|(server, _)| *server).collect();
+            self.trace.note(
+                "prober",
+                format!("{key:?} at {version} answered by {answered:?}"),
+            );
+            self.check_one_team(&key, version, &answers);
         }
     }
 
@@ -230,15 +296,7 @@ impl Workload {
         let Some(mut version) = self.read_version_past(client, last, deadline).await else {
             return;
         };
-        let servers: BTreeMap<u64, Peer> = storage_ids()
-            .into_iter()
-            .map(|id| {
-                (
-                    id,
-                    Peer::new(Role::Storage(id).addr(), net::client_config()),
-                )
-            })
-            .collect();
+        let servers = storage_peers();
         for index in 0..KEYS {
             let key = Bytes::from(key(index));
             let answers = loop {
@@ -306,18 +364,31 @@ impl Workload {
     /// The servers that answered for `key` are one whole team, and agree.
     fn check_owners(&self, key: &Bytes, version: Version, answers: &[(u64, Option<Bytes>)]) {
         let answered: Vec<u64> = answers.iter().map(|(server, _)| *server).collect();
-        let owners: BTreeSet<u64> = answered.iter().map(|server| team_of(*server)).collect();
-        match owners.first() {
+        match answered.first() {
             None => self
                 .trace
                 .violation(format!("no server answers for {key:?} at {version}")),
-            Some(team) if owners.len() > 1 || answered != servers_of(*team) => {
+            Some(server)
+                if answered.iter().all(|s| team_of(*s) == team_of(*server))
+                    && answered != servers_of(team_of(*server)) =>
+            {
                 self.trace.violation(format!(
-                    "{key:?} at {version} is not owned by exactly one team: \
-                     {answered:?} answer for it"
+                    "{key:?} at {version} is answered by part of its team: \
+                     only {answered:?}"
                 ))
             }
             Some(_) => {}
+        }
+        self.check_one_team(key, version, answers);
+    }
+
+    /// The servers that answered for `key` are of one team, and agree.
+    fn check_one_team(&self, key: &Bytes, version: Version, answers: &[(u64, Option<Bytes>)]) {
+        let owners: BTreeSet<u64> = answers.iter().map(|(server, _)| team_of(*server)).collect();
+        if owners.len() > 1 {
+            self.trace.violation(format!(
+                "{key:?} at {version} is owned by more than one team: {answers:?} answer for it"
+            ));
         }
         if answers.windows(2).any(|pair| pair[0].1 != pair[1].1) {
             self.trace.violation(format!(
@@ -393,6 +464,19 @@ async fn stopped_applying(server: &Peer) -> Option<String> {
         Ok(Message::StorageStatus(status)) => status.stopped,
         _ => None,
     }
+}
+
+/// A peer for each storage server, by id.
+fn storage_peers() -> BTreeMap<u64, Peer> {
+    storage_ids()
+        .into_iter()
+        .map(|id| {
+            (
+                id,
+                Peer::new(Role::Storage(id).addr(), net::client_config()),
+            )
+        })
+        .collect()
 }
 
 fn retryable(error: &RpcError) -> bool {

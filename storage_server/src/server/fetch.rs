@@ -103,7 +103,7 @@ pub(super) async fn run_fetch<E: KvEngine>(inner: Weak<Inner<E>>) {
             }
             Err(problem) => {
                 next_source += 1;
-                tracing::debug!(range = ?request.range, %problem, "a page of a range being added could not be read");
+                tracing::debug!(server = %strong.config.id, range = ?request.range, %problem, "a page of a range being added could not be read");
                 strong.adding().note_problem(&request.range, problem);
                 if let Err(reason) = strong.generations.refresh().await {
                     tracing::debug!(%reason, "the generations could not be refreshed");
