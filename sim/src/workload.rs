@@ -175,14 +175,7 @@ impl Workload {
                 .into_iter()
                 .flatten()
                 .collect();
-            for (server, value) in &answers {
-                self.history.borrow_mut().reads.push(Read {
-                    key: key.clone(),
-                    version,
-                    value: value.clone(),
-                    from: Role::Storage(*server).to_string(),
-                });
-            }
+            self.record_replica_reads(&key, version, &answers);
             let answered: Vec<u64> = answers.iter().map(|(server, _)| *server).collect();
             self.trace.note(
                 "prober",
@@ -311,14 +304,7 @@ impl Workload {
                     },
                 }
             };
-            for (server, value) in &answers {
-                self.history.borrow_mut().reads.push(Read {
-                    key: key.clone(),
-                    version,
-                    value: value.clone(),
-                    from: Role::Storage(*server).to_string(),
-                });
-            }
+            self.record_replica_reads(&key, version, &answers);
             self.check_owners(&key, version, &answers);
         }
         self.trace
@@ -359,6 +345,25 @@ impl Workload {
             }
         }
         Some(answers)
+    }
+
+    /// Storage servers' answers for `key` at `version` go to the model's
+    /// checks, as clients' reads do.
+    fn record_replica_reads(
+        &self,
+        key: &Bytes,
+        version: Version,
+        answers: &[(u64, Option<Bytes>)],
+    ) {
+        let mut history = self.history.borrow_mut();
+        for (server, value) in answers {
+            history.reads.push(Read {
+                key: key.clone(),
+                version,
+                value: value.clone(),
+                from: Role::Storage(*server).to_string(),
+            });
+        }
     }
 
     /// The servers that answered for `key` are one whole team, and agree.
