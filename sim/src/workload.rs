@@ -163,6 +163,8 @@ impl Workload {
                 let key = key.clone();
                 async move {
                     let deadline = now() + PROBE_PATIENCE;
+                    // The deadline ends the retries; the timeout also cuts
+                    // short one call to a server the faults keep silent.
                     let read = read_replica(peer, &key, version, deadline);
                     match tokio::time::timeout(PROBE_PATIENCE, read).await {
                         Ok(Ok(value)) => Some((*server, value)),
