@@ -215,11 +215,19 @@ pub struct TLogCore<T> {
     checkpoints: BTreeMap<Version, LogPosition>,
     last_checkpoint: Option<LogPosition>,
     segments: BTreeMap<SegmentId, SegmentSummary>,
-    /// The last commit that gave up waiting for its predecessor. While the
-    /// log still ends where it ended then, its chain has a gap: every
-    /// commit after it waits in vain until the predecessor comes after all
-    /// or a recovery ends the generation.
-    chain_gap: Option<CoreError>,
+    /// The last commit past the log's end that could not join the chain:
+    /// it gave up waiting for its predecessor, or it named a team this TLog
+    /// does not host (a TLog back without its registrations). While the log
+    /// still ends where it ended then, its chain has a gap: every commit
+    /// after it waits in vain until the missing version comes after all or
+    /// a recovery ends the generation.
+    chain_gap: Option<ChainGap>,
+}
+
+/// A commit that could not join the chain, and where the log ended then.
+struct ChainGap {
+    log_end: Version,
+    why: String,
 }
 
 impl<T> TLogCore<T> {
@@ -341,7 +349,23 @@ impl<T> TLogCore<T> {
     pub fn commit(&mut self, commit: PreparedCommit, token: T, now_ms: u64) -> Vec<Action<T>> {
         let mut actions = Vec::new();
         match self.route(&commit) {
-            Err(e) => actions.push(Action::CommitDone(token, Err(e))),
+            Err(e) => {
+                // No retry of this commit can succeed here, and the chain
+                // needs its version: the gap is there at once.
+                if matches!(e, CoreError::UnknownTeam(_))
+                    && commit.version() > self.meta.last_version
+                {
+                    self.chain_gap = Some(ChainGap {
+                        log_end: self.meta.last_version,
+                        why: format!(
+                            "commit {}->{} refused: {e}",
+                            commit.prev_version(),
+                            commit.version()
+                        ),
+                    });
+                }
+                actions.push(Action::CommitDone(token, Err(e)));
+            }
             Ok(Route::Duplicate) => self.ack_duplicate(commit.version(), token, &mut actions),
             Ok(Route::Accept) => {
                 self.accept(commit, vec![token], &mut actions);
@@ -497,22 +521,21 @@ impl<T> TLogCore<T> {
             for w in p.waiters {
                 actions.push(Action::CommitDone(w, Err(err.clone())));
             }
-            self.chain_gap = Some(err);
+            self.chain_gap = Some(ChainGap {
+                log_end: self.meta.last_version,
+                why: err.to_string(),
+            });
         }
         actions
     }
 
-    /// Why commits cannot go on, if a commit gave up waiting for its
-    /// predecessor and the log has not moved since.
+    /// Why commits cannot go on, if a commit could not join the chain and
+    /// the log has not moved since.
     pub fn chain_gap(&self) -> Option<String> {
-        match &self.chain_gap {
-            Some(err @ CoreError::MissingPredecessor { last, .. })
-                if *last == self.meta.last_version =>
-            {
-                Some(format!("{err}: its chain has a gap"))
-            }
-            _ => None,
-        }
+        self.chain_gap
+            .as_ref()
+            .filter(|gap| gap.log_end == self.meta.last_version)
+            .map(|gap| format!("{}: its chain has a gap", gap.why))
     }
 
     /// The writer made every append up to `through_seq` durable; `commits`

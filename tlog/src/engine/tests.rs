@@ -9,6 +9,8 @@ use crate::log::RecordLocation;
 
 const A: StorageTeamId = StorageTeamId(1);
 const B: StorageTeamId = StorageTeamId(2);
+/// Never registered with any harness.
+const UNREGISTERED: StorageTeamId = StorageTeamId(3);
 const S1: StorageServerId = StorageServerId(1);
 const S2: StorageServerId = StorageServerId(2);
 
@@ -480,6 +482,34 @@ fn a_commit_naming_a_team_never_registered_is_refused_whole() {
     h.commit(request(0, 5, &[A]), 4);
     h.sync();
     assert_eq!(h.done.last(), Some(&(4, Ok(Version(5)))));
+}
+
+/// A TLog back without a registration refuses the chain's next commit, and
+/// no retry of it can succeed: the gap is reported at once, so that the
+/// controller recovers instead of every commit after it being refused.
+/// A refused commit the log is already past leaves no gap.
+#[test]
+fn a_refused_commit_for_an_unknown_team_leaves_a_gap_until_the_log_moves_on() {
+    let mut h = Harness::with_teams(CoreConfig::default());
+    h.commit(request(0, 5, &[A]), 1);
+    h.sync();
+    h.commit(request(0, 5, &[B, UNREGISTERED]), 2);
+    assert_eq!(
+        h.done.last(),
+        Some(&(2, Err(CoreError::UnknownTeam(UNREGISTERED))))
+    );
+    assert_eq!(h.core.chain_gap(), None, "the log is past that version");
+
+    h.commit(request(5, 9, &[A, UNREGISTERED]), 3);
+    let gap = h.core.chain_gap().expect("the chain has a gap");
+    assert!(
+        gap.contains("5->9 refused") && gap.contains("unknown team"),
+        "{gap}"
+    );
+    h.commit(request(5, 9, &[A]), 4);
+    h.sync();
+    assert_eq!(h.done.last(), Some(&(4, Ok(Version(9)))));
+    assert_eq!(h.core.chain_gap(), None, "the version came after all");
 }
 
 #[test]
