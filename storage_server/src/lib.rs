@@ -5,6 +5,7 @@
 //!        ├── generations        where the TLogs of each generation are; rollback points
 //!        ├── ownership          which ranges this server answers for, when
 //!        ├── sample             bytes held and writes taken per key, for the data distributor
+//!        ├── delivery           the cursor's order: strictly rising (version, subsequence)
 //!        └── versioned store (below)
 //! ```
 //!
@@ -22,6 +23,7 @@ pub mod adding;
 #[cfg(feature = "broken-variants")]
 pub mod broken;
 pub mod copied;
+pub mod delivery;
 pub mod engine;
 pub mod generations;
 pub mod heed_engine;

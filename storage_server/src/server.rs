@@ -51,6 +51,7 @@ use proto::transport::{ClientConfig, Responder, Service};
 use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
 
 use crate::adding::AddingRanges;
+use crate::delivery::DeliveryOrder;
 use crate::engine::KvEngine;
 use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::{ranges_left, Ownership};
@@ -527,6 +528,7 @@ impl<E: KvEngine> Inner<E> {
     fn apply_batch<C: PeekCursor>(
         &self,
         cursor: &mut C,
+        order: &mut DeliveryOrder,
         complete_below: Version,
         known_committed: Version,
     ) -> Result<Version, String> {
@@ -542,6 +544,7 @@ impl<E: KvEngine> Inner<E> {
         let now_ms = self.now_ms();
         let (mut mutations, mut mutation_bytes) = (0u64, 0u64);
         for m in cursor.iter() {
+            order.admit(m.version, m.subsequence, m.team)?;
             if ownership.pending_version().is_some_and(|v| v < m.version) {
                 settle_changes(&mut ownership, &mut adding)?;
             }

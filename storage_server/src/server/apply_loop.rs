@@ -126,6 +126,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
         Some(inner) => inner.config.id,
         None => return Consumed::Stopped,
     };
+    let mut order = DeliveryOrder::default();
     // Jittered, growing delays between failed fetches; a fetch that works
     // starts them over.
     // Short: a recovery's new generation is worth finding soon, and reads
@@ -214,13 +215,14 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
         }
         let complete_below = cursor.complete_below();
         let known_committed = cursor.known_committed();
-        let applied = match inner.apply_batch(&mut cursor, complete_below, known_committed) {
-            Ok(applied) => applied,
-            Err(reason) => {
-                inner.fail(reason);
-                return Consumed::Stopped;
-            }
-        };
+        let applied =
+            match inner.apply_batch(&mut cursor, &mut order, complete_below, known_committed) {
+                Ok(applied) => applied,
+                Err(reason) => {
+                    inner.fail(reason);
+                    return Consumed::Stopped;
+                }
+            };
         inner.applied.update(|a| {
             let moved = *a < applied;
             *a = applied.max(*a);
