@@ -104,6 +104,9 @@ pub struct FaultKinds {
     pub clog: bool,
     /// A TLog's or a coordinator's fsync failing.
     pub fsync: bool,
+    /// A stray peer sending what the protocol does not expect (see
+    /// `stray`); it runs beside the planned faults, not among them.
+    pub junk: bool,
 }
 
 impl FaultKinds {
@@ -112,6 +115,7 @@ impl FaultKinds {
         cut: true,
         clog: true,
         fsync: true,
+        junk: true,
     };
 
     pub const NONE: FaultKinds = FaultKinds {
@@ -119,6 +123,7 @@ impl FaultKinds {
         cut: false,
         clog: false,
         fsync: false,
+        junk: false,
     };
 
     /// Kinds named in a list like `kill,clog`.
@@ -130,9 +135,10 @@ impl FaultKinds {
                 "cut" => kinds.cut = true,
                 "clog" => kinds.clog = true,
                 "fsync" => kinds.fsync = true,
+                "junk" => kinds.junk = true,
                 other => {
                     return Err(format!(
-                        "unknown fault kind {other:?} (kill, cut, clog, fsync)"
+                        "unknown fault kind {other:?} (kill, cut, clog, fsync, junk)"
                     ))
                 }
             }
@@ -140,7 +146,8 @@ impl FaultKinds {
         Ok(kinds)
     }
 
-    fn any(self) -> bool {
+    /// Whether any kind the plan draws from is on.
+    fn any_planned(self) -> bool {
         self.kill || self.cut || self.clog || self.fsync
     }
 }
@@ -152,6 +159,7 @@ impl std::fmt::Display for FaultKinds {
             (self.cut, "cut"),
             (self.clog, "clog"),
             (self.fsync, "fsync"),
+            (self.junk, "junk"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -219,7 +227,7 @@ pub fn plan(
     let killable = killable(shape);
     let nodes = nodes(shape, knobs);
     let mut faults = Vec::new();
-    if !kinds.any() {
+    if !kinds.any_planned() {
         return faults;
     }
     let mut at = Duration::ZERO;

@@ -28,6 +28,7 @@ pub mod mover;
 pub mod net;
 pub mod registers;
 mod run;
+pub mod stray;
 pub mod trace;
 pub mod workload;
 

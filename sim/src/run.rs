@@ -28,6 +28,7 @@ use crate::knobs::Knobs;
 use crate::layout::{self, coordinator_ids, storage_ids, worker_ids, Role, Shape, TLOGS};
 use crate::net;
 use crate::registers::{RegisterHistory, RegisterWorkload};
+use crate::stray::{Stray, STRAY_HOST};
 use crate::trace::Trace;
 use crate::workload::{Workload, LIVENESS};
 
@@ -173,6 +174,15 @@ pub fn run(options: &SimOptions) -> RunReport {
         history: Rc::clone(&history),
         trace: trace.clone(),
     };
+    if options.fault_kinds.junk {
+        let stray = Stray {
+            seed: options.seed,
+            shape: options.shape,
+            fault_end: options.fault_window,
+            trace: trace.clone(),
+        };
+        sim.client(STRAY_HOST, stray.run());
+    }
     sim.client(WORKLOAD_HOST, async move {
         let (result, ()) = tokio::join!(workload.run(), registers.run());
         result
