@@ -117,6 +117,20 @@ struct Appender<S: LogStore, R> {
     /// Told when the log waits for space, and when it has it again.
     report: R,
     queue: Arc<CommandQueue>,
+    space_wait: SpaceWait,
+    /// The last roll found no space, and it was reported.
+    out_of_space: bool,
+}
+
+/// How the writer waits for disk space for its next segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SpaceWait {
+    /// On its own thread, which sleeps until there is space.
+    Block,
+    /// As a task of the runtime, which must not block: the command goes
+    /// back to the head of the queue, and the task sleeps before the next
+    /// attempt.
+    Yield,
 }
 
 /// Waits between attempts to create a segment on a full disk.
@@ -152,8 +166,8 @@ pub enum WriterPlacement {
     Threads,
     /// One task of the runtime, which each write and sync block: for a
     /// simulation, where everything runs on the simulated runtime over a
-    /// store in memory. A full disk there blocks the runtime while the
-    /// writer waits for space.
+    /// store in memory. On a full disk the task sleeps between attempts,
+    /// and commands wait in the queue.
     RuntimeTask,
 }
 
@@ -170,7 +184,7 @@ where
     S: LogStore,
     R: FnMut(WriterEvent) -> bool + Clone + Send + 'static,
 {
-    let writer = Arc::new(Writer::new(log, meta, queue, report));
+    let writer = Arc::new(Writer::new(log, meta, queue, report, SpaceWait::Block));
     std::thread::Builder::new()
         .name("tlog-writer".into())
         .spawn(move || {
@@ -200,12 +214,22 @@ where
     S: LogStore,
     R: FnMut(WriterEvent) -> bool + Clone + Send + 'static,
 {
-    let writer = Writer::new(log, meta, queue, report);
+    let writer = Writer::new(log, meta, queue, report, SpaceWait::Yield);
     tokio::spawn(async move {
         let mut taken = Vec::new();
+        let mut delays = space_delays();
         while writer.queue.commands_queued().await {
             if !writer.write_and_sync(&mut taken) {
                 return;
+            }
+            if lock(&writer.appender).out_of_space {
+                let delay = delays.next().unwrap_or(SPACE_RETRY_MAX);
+                tokio::time::sleep(delay).await;
+                if writer.queue.is_closed() {
+                    return;
+                }
+            } else {
+                delays = space_delays();
             }
         }
     })
@@ -216,7 +240,13 @@ where
     S: LogStore,
     R: FnMut(WriterEvent) -> bool + Clone,
 {
-    fn new(log: SegmentLog<S>, meta: Metadata, queue: Arc<CommandQueue>, report: R) -> Self {
+    fn new(
+        log: SegmentLog<S>,
+        meta: Metadata,
+        queue: Arc<CommandQueue>,
+        report: R,
+        space_wait: SpaceWait,
+    ) -> Self {
         Writer {
             syncer: log.syncer(),
             appender: Mutex::new(Appender {
@@ -225,6 +255,8 @@ where
                 appended: Batch::default(),
                 report: report.clone(),
                 queue: Arc::clone(&queue),
+                space_wait,
+                out_of_space: false,
             }),
             queue,
             written: Mutex::new(Batch::default()),
@@ -264,15 +296,22 @@ where
     }
 
     /// Takes a batch of queued commands, appends and writes it; false when
-    /// the other thread had taken everything.
+    /// the other thread had taken everything. A writer task that finds no
+    /// space for the next segment puts that command and the rest back and
+    /// writes what it appended before it.
     fn append_and_write(&self, taken: &mut Vec<WriterCommand>) -> Result<bool, LogError> {
         let mut appender = lock(&self.appender);
         self.queue.take(taken, MAX_BATCH_BYTES);
         if taken.is_empty() {
             return Ok(false);
         }
-        for command in taken.drain(..) {
-            appender.apply(command)?;
+        let mut commands = taken.drain(..);
+        while let Some(command) = commands.next() {
+            if let Some(waiting) = appender.apply(command)? {
+                self.queue
+                    .put_back(std::iter::once(waiting).chain(commands));
+                break;
+            }
         }
         let point = appender.log.write()?;
         let mut batch = std::mem::take(&mut appender.appended);
@@ -352,7 +391,8 @@ where
 }
 
 impl<S: LogStore, R: FnMut(WriterEvent) -> bool> Appender<S, R> {
-    fn apply(&mut self, command: WriterCommand) -> Result<(), LogError> {
+    /// Appends a command, or hands it back when it must wait for space.
+    fn apply(&mut self, command: WriterCommand) -> Result<Option<WriterCommand>, LogError> {
         match command {
             WriterCommand::Append {
                 seq,
@@ -360,6 +400,13 @@ impl<S: LogStore, R: FnMut(WriterEvent) -> bool> Appender<S, R> {
                 payload,
             } => {
                 let len = payload.len();
+                if self.log.needs_roll(len) && !self.roll()? {
+                    return Ok(Some(WriterCommand::Append {
+                        seq,
+                        record,
+                        payload,
+                    }));
+                }
                 let location = self.append_record(&record, payload)?;
                 if let Record::Commit(c) = &record {
                     self.appended.commits.push((c.version, location));
@@ -369,61 +416,82 @@ impl<S: LogStore, R: FnMut(WriterEvent) -> bool> Appender<S, R> {
             }
             WriterCommand::RemoveSegmentsBefore(id) => self.appended.removals.push(id),
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Appends one record, starting a new segment (headed by a metadata
-    /// snapshot) when it does not fit.
     fn append_record(
         &mut self,
         record: &Record,
         payload: ChecksummedPayload,
     ) -> Result<RecordLocation, LogError> {
-        if self.log.needs_roll(payload.len()) {
-            self.roll_when_space()?;
-            self.log
-                .append(&Record::Snapshot(self.meta.clone()).encode())?;
-        }
         let location = self.log.append_shared(payload)?;
         self.meta.apply(record);
         Ok(location)
+    }
+
+    /// Starts the next segment, headed by a metadata snapshot; false when a
+    /// writer task found no space for it (a thread waits for space).
+    fn roll(&mut self) -> Result<bool, LogError> {
+        let rolled = match self.space_wait {
+            SpaceWait::Block => {
+                self.roll_when_space()?;
+                true
+            }
+            SpaceWait::Yield => self.try_roll()?.is_none(),
+        };
+        if rolled {
+            self.log
+                .append(&Record::Snapshot(self.meta.clone()).encode())?;
+        }
+        Ok(rolled)
+    }
+
+    /// One attempt at starting the next segment; the lack of space, when
+    /// there is none for it.
+    fn try_roll(&mut self) -> Result<Option<LogError>, LogError> {
+        match self.log.roll() {
+            Ok(_) => {
+                if std::mem::take(&mut self.out_of_space) {
+                    tracing::info!("space for the log again; writing on");
+                    (self.report)(WriterEvent::Stalled(None));
+                }
+                Ok(None)
+            }
+            Err(e @ LogError::OutOfSpace { .. }) => {
+                if !self.out_of_space {
+                    tracing::error!(error = %e, "the log waits for disk space; commits wait");
+                    (self.report)(WriterEvent::Stalled(Some(e.to_string())));
+                    self.out_of_space = true;
+                }
+                Ok(Some(e))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Starts the next segment, waiting as long as the disk has no room for
     /// it: commits wait rather than fail, and go on once space is back. The
     /// wait ends early only when the writer is asked to stop.
     fn roll_when_space(&mut self) -> Result<(), LogError> {
-        let mut delays = ExponentialBuilder::new()
-            .with_jitter()
-            .with_min_delay(SPACE_RETRY_MIN)
-            .with_max_delay(SPACE_RETRY_MAX)
-            .without_max_times()
-            .build();
-        let mut stalled = false;
-        loop {
-            match self.log.roll() {
-                Ok(_) => {
-                    if stalled {
-                        tracing::info!("space for the log again; writing on");
-                        (self.report)(WriterEvent::Stalled(None));
-                    }
-                    return Ok(());
-                }
-                Err(e @ LogError::OutOfSpace { .. }) => {
-                    if !stalled {
-                        tracing::error!(error = %e, "the log waits for disk space; commits wait");
-                        (self.report)(WriterEvent::Stalled(Some(e.to_string())));
-                        stalled = true;
-                    }
-                    let delay = delays.next().unwrap_or(SPACE_RETRY_MAX);
-                    if self.queue.wait_closed(delay) {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
+        let mut delays = space_delays();
+        while let Some(no_space) = self.try_roll()? {
+            let delay = delays.next().unwrap_or(SPACE_RETRY_MAX);
+            if self.queue.wait_closed(delay) {
+                return Err(no_space);
             }
         }
+        Ok(())
     }
+}
+
+/// Growing, jittered waits between attempts to find space.
+fn space_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(SPACE_RETRY_MIN)
+        .with_max_delay(SPACE_RETRY_MAX)
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]
@@ -491,6 +559,95 @@ mod tests {
                 writer.await.unwrap();
             });
         });
+    }
+
+    /// A writer task whose disk has no room for another segment does not
+    /// block its runtime: it reports the stall once, keeps what does not
+    /// fit queued, and once space is back logs and reports every commit in
+    /// order.
+    #[test]
+    fn a_writer_task_on_a_full_disk_waits_without_blocking_its_runtime() {
+        let store = Arc::new(MemStore::new());
+        let config = LogConfig {
+            segment_size: 16 << 10,
+        };
+        let log = SegmentLog::open(Arc::clone(&store), config.clone(), |_, _| Ok(())).unwrap();
+        store.limit_segments(Some(3));
+        let queue = Arc::new(CommandQueue::default());
+        let (events, reported) = std::sync::mpsc::channel();
+        let report = move |e| events.send(e).is_ok();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        runtime.block_on(async {
+            let writer = spawn_writer_task(log, Metadata::default(), Arc::clone(&queue), report);
+            for version in 1..=COMMITS {
+                if queue.push(commit(version)) {
+                    queue.wake();
+                }
+            }
+            // This loop runs on the writer's runtime: a writer blocked on
+            // the full disk would keep it from ever seeing the stall.
+            let stalled = |e: &WriterEvent| matches!(e, WriterEvent::Stalled(Some(_)));
+            wait_for(&reported, &mut seen, |seen| seen.iter().any(stalled)).await;
+            assert_eq!(seen.iter().filter(|e| stalled(e)).count(), 1);
+            assert!(durable_through(&seen) < COMMITS, "all fit on a full disk");
+
+            store.limit_segments(None);
+            wait_for(&reported, &mut seen, |seen| {
+                durable_through(seen) == COMMITS
+            })
+            .await;
+            queue.close();
+            writer.await.unwrap();
+        });
+        assert!(seen.iter().any(|e| matches!(e, WriterEvent::Stalled(None))));
+        let durable: Vec<u64> = seen
+            .iter()
+            .filter_map(|e| match e {
+                WriterEvent::Durable { commits, .. } => Some(commits),
+                _ => None,
+            })
+            .flatten()
+            .map(|(version, _)| version.0)
+            .collect();
+        assert_eq!(durable, (1..=COMMITS).collect::<Vec<_>>());
+        let mut logged = Vec::new();
+        SegmentLog::open(store, config, |_, payload| {
+            if let Ok(Record::Commit(c)) = Record::decode(Bytes::copy_from_slice(payload)) {
+                logged.push(c.version.0);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(logged, (1..=COMMITS).collect::<Vec<_>>());
+    }
+
+    /// The last sequence number reported durable.
+    fn durable_through(seen: &[WriterEvent]) -> u64 {
+        seen.iter()
+            .filter_map(|e| match e {
+                WriterEvent::Durable { through_seq, .. } => Some(*through_seq),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Collects reports until `done` holds of them, within a deadline.
+    async fn wait_for(
+        reported: &std::sync::mpsc::Receiver<WriterEvent>,
+        seen: &mut Vec<WriterEvent>,
+        done: impl Fn(&[WriterEvent]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done(seen) {
+            assert!(tokio::time::Instant::now() < deadline, "{seen:?}");
+            seen.extend(reported.try_iter());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     const COMMITS: u64 = 3000;

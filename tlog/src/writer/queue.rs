@@ -63,6 +63,19 @@ impl CommandQueue {
         self.closing.notify_all();
     }
 
+    /// Puts commands taken but not appended back at the head of the queue,
+    /// in their order.
+    pub(super) fn put_back(&self, commands: impl DoubleEndedIterator<Item = WriterCommand>) {
+        let mut state = self.state();
+        for command in commands.rev() {
+            state.commands.push_front(command);
+        }
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
     /// Waits up to `timeout` for the queue to close; true once it is.
     pub(super) fn wait_closed(&self, timeout: std::time::Duration) -> bool {
         let state = self.state();
