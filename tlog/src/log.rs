@@ -281,17 +281,29 @@ impl<S: LogStore> SegmentLog<S> {
         config.validate()?;
         let rec = recovery::recover(&*store, visit)?;
         let mut segments = rec.segments;
-        let (current, capacity, synced_end) = match rec.tail {
-            Some(tail) if !tail.sealed => (tail.segment, tail.capacity, tail.end),
-            _ => {
-                start_segment(
-                    &*store,
+        let (current, capacity, synced_end, sealed_awaiting_next) = match rec.tail {
+            Some(tail) if !tail.sealed => (tail.segment, tail.capacity, tail.end, false),
+            sealed_or_none => match start_segment(
+                &*store,
+                rec.next_segment,
+                config.segment_size,
+                rec.next_sequence,
+            ) {
+                Ok(()) => (
                     rec.next_segment,
                     config.segment_size,
-                    rec.next_sequence,
-                )?;
-                (rec.next_segment, config.segment_size, FIRST_RECORD_OFFSET)
-            }
+                    FIRST_RECORD_OFFSET,
+                    false,
+                ),
+                // A sealed tail on a full disk: the log opens as a roll
+                // that found no space leaves it, so that what it holds can
+                // be read; the next roll creates the segment.
+                Err(LogError::Store(e)) if e.is_out_of_space() => match sealed_or_none {
+                    Some(tail) => (tail.segment, tail.capacity, tail.end, true),
+                    None => return Err(LogError::Store(e)),
+                },
+                Err(e) => return Err(e),
+            },
         };
         segments.insert(
             current,
@@ -318,7 +330,7 @@ impl<S: LogStore> SegmentLog<S> {
             batch_start: synced_end,
             buffer: Scatter::default(),
             next_sequence: rec.next_sequence,
-            sealed_awaiting_next: false,
+            sealed_awaiting_next,
         })
     }
 
@@ -342,6 +354,9 @@ impl<S: LogStore> SegmentLog<S> {
     }
 
     fn free(&self) -> u64 {
+        if self.sealed_awaiting_next {
+            return 0;
+        }
         self.capacity.saturating_sub(self.append_end() + SEAL_LEN)
     }
 

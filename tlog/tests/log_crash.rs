@@ -135,6 +135,41 @@ fn a_roll_without_space_waits_and_loses_nothing() {
     assert_eq!(seen[1].0, second);
 }
 
+/// A log whose sealed tail has no room for the next segment (a crash while
+/// the disk was full, and it still is) opens all the same, with every
+/// record readable: appending waits for a roll, which goes through once
+/// space is back.
+#[test]
+fn a_log_opens_on_a_full_disk_and_rolls_once_space_is_back() {
+    let disk = MemDisk::new();
+    let (mut log, _) = open(&disk, SMALL).unwrap();
+    let first = log.append(b"before the full disk").unwrap();
+    disk.mem
+        .limit_segments(Some(disk.mem.list().unwrap().len()));
+    assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
+    drop(log);
+    disk.mem.crash(5);
+
+    let (mut log, seen) = open(&disk, SMALL).unwrap();
+    assert_eq!(seen, vec![(first, b"before the full disk".to_vec())]);
+    assert!(log.needs_roll(1), "a sealed segment takes no more records");
+    assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
+    assert!(!log.is_poisoned());
+
+    disk.mem.limit_segments(None);
+    let next = log.roll().unwrap();
+    let second = log.append(b"after the space came back").unwrap();
+    log.sync().unwrap();
+    assert_eq!(second.segment, next);
+    drop(log);
+    let (_, seen) = open(&disk, SMALL).unwrap();
+    let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        [&b"before the full disk"[..], b"after the space came back"]
+    );
+}
+
 /// A sync that fails on another thread poisons the log for its writer, and
 /// is not retried.
 #[test]
