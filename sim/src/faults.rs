@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 use crate::knobs::Knobs;
 use crate::layout::{
@@ -54,11 +54,14 @@ pub enum Fault {
     /// when the fault ends, it is restarted (as an operator would) over
     /// what its disk kept.
     SyncError(Disk),
+    /// A TLog's or a worker's disk has no room for another log segment
+    /// until the fault ends (or segments are removed).
+    DiskFull(Disk),
 }
 
 /// A disk whose fsync can fail: a TLog's, a worker's (its TLogs') or a
 /// coordinator's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Disk {
     TLog(usize),
     Worker(u64),
@@ -88,6 +91,7 @@ impl std::fmt::Display for Fault {
             Fault::Cut { from, to, .. } => write!(f, "cut {from} <-> {to}"),
             Fault::Clog(a, b) => write!(f, "clog {a} <-> {b}"),
             Fault::SyncError(disk) => write!(f, "fsync error on {}", disk.role()),
+            Fault::DiskFull(disk) => write!(f, "disk full on {}", disk.role()),
         }
     }
 }
@@ -107,6 +111,9 @@ pub struct FaultKinds {
     /// A stray peer sending what the protocol does not expect (see
     /// `stray`); it runs beside the planned faults, not among them.
     pub junk: bool,
+    /// A TLog's disk with no room for another segment; planned apart
+    /// (see [`plan_disk_full`]).
+    pub full: bool,
 }
 
 impl FaultKinds {
@@ -116,6 +123,7 @@ impl FaultKinds {
         clog: true,
         fsync: true,
         junk: true,
+        full: true,
     };
 
     pub const NONE: FaultKinds = FaultKinds {
@@ -124,6 +132,7 @@ impl FaultKinds {
         clog: false,
         fsync: false,
         junk: false,
+        full: false,
     };
 
     /// Kinds named in a list like `kill,clog`.
@@ -136,9 +145,10 @@ impl FaultKinds {
                 "clog" => kinds.clog = true,
                 "fsync" => kinds.fsync = true,
                 "junk" => kinds.junk = true,
+                "full" => kinds.full = true,
                 other => {
                     return Err(format!(
-                        "unknown fault kind {other:?} (kill, cut, clog, fsync, junk)"
+                        "unknown fault kind {other:?} (kill, cut, clog, fsync, junk, full)"
                     ))
                 }
             }
@@ -160,6 +170,7 @@ impl std::fmt::Display for FaultKinds {
             (self.clog, "clog"),
             (self.fsync, "fsync"),
             (self.junk, "junk"),
+            (self.full, "full"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -266,6 +277,38 @@ pub fn plan(
             _ => Fault::SyncError(failing_disk(rng, shape)),
         };
         faults.push(Scheduled { at, lasting, fault });
+    }
+}
+
+/// Keeps the disk-full faults' draws apart from the plan's.
+const DISK_FULL_STREAM: u64 = 0x6675_6c6c;
+
+/// Disks filling up over `window`, about one every four `mean_gap`s,
+/// drawn from a stream of their own off `seed`: with them, every other
+/// draw of a seed stays as it was.
+pub fn plan_disk_full(
+    seed: u64,
+    shape: Shape,
+    window: Duration,
+    mean_gap: Duration,
+) -> Vec<Scheduled> {
+    let mut rng = StdRng::seed_from_u64(seed ^ DISK_FULL_STREAM);
+    let mut faults = Vec::new();
+    let mut at = Duration::ZERO;
+    loop {
+        at += Duration::from_millis(rng.random_range(0..=8 * mean_gap.as_millis() as u64));
+        if at >= window {
+            return faults;
+        }
+        let disk = match shape {
+            Shape::Pinned => Disk::TLog(rng.random_range(0..TLOGS)),
+            Shape::Recruited => Disk::Worker(rng.random_range(1..=WORKERS)),
+        };
+        faults.push(Scheduled {
+            at,
+            lasting: Duration::from_millis(rng.random_range(10..=MAX_LASTING_MS)),
+            fault: Fault::DiskFull(disk),
+        });
     }
 }
 

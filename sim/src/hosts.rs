@@ -70,6 +70,7 @@ async fn down_until_restarted(role: Role, error: impl std::fmt::Display) -> Host
 fn tlog_config(knobs: &Knobs) -> TLogConfig {
     let mut config = TLogConfig::small();
     config.core.memory_budget = knobs.tlog_memory_budget;
+    config.log.segment_size = knobs.tlog_segment_size;
     config.writer = WriterPlacement::RuntimeTask;
     config
 }

@@ -10,6 +10,8 @@ use rand::{Rng, SeedableRng};
 
 /// Keeps the distributor's draws apart from the other knobs'.
 const DISTRIBUTION_STREAM: u64 = 0x6469_7374;
+/// Keeps the TLogs' segment size apart from the other knobs'.
+const SEGMENT_STREAM: u64 = 0x7365_676d;
 
 #[derive(Clone, Debug)]
 pub struct Knobs {
@@ -21,6 +23,9 @@ pub struct Knobs {
     /// A TLog's memory for recent data: small budgets make peeks read the
     /// log.
     pub tlog_memory_budget: u64,
+    /// A TLog's log segments: small ones roll often, so a full disk stops
+    /// the log within a run.
+    pub tlog_segment_size: u64,
     pub storage_window_versions: u64,
     pub storage_window_bytes: u64,
     pub min_latency: Duration,
@@ -35,9 +40,9 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    /// Draws from `rng`; the distributor's limits come from a stream of
-    /// their own off `seed`, so adding them left every other draw of a
-    /// seed as it was.
+    /// Draws from `rng`; the distributor's limits and the segment size
+    /// come from streams of their own off `seed`, so adding them left every
+    /// other draw of a seed as it was.
     pub fn draw(rng: &mut StdRng, seed: u64) -> Knobs {
         let min_latency = Duration::from_micros(rng.random_range(100..2_000));
         Knobs {
@@ -47,6 +52,10 @@ impl Knobs {
             max_batch_bytes: *pick(rng, &[64, 4 << 10, 8 << 20]),
             idle_push_interval: Duration::from_millis(*pick(rng, &[10, 100])),
             tlog_memory_budget: *pick(rng, &[16 << 10, 256 << 10, 16 << 20]),
+            tlog_segment_size: *pick(
+                &mut StdRng::seed_from_u64(seed ^ SEGMENT_STREAM),
+                &[32 << 10, 1 << 20],
+            ),
             storage_window_versions: *pick(rng, &[50_000, 500_000, 5_000_000]),
             storage_window_bytes: *pick(rng, &[16 << 10, 64 << 20]),
             min_latency,

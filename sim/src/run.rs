@@ -97,7 +97,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     coordinator::runtime::seed_election_jitter(options.seed);
     let mut rng = StdRng::seed_from_u64(options.seed);
     let knobs = Knobs::draw(&mut rng, options.seed);
-    let plan = faults::plan(
+    let mut plan = faults::plan(
         &mut rng,
         options.shape,
         &knobs,
@@ -105,6 +105,14 @@ pub fn run(options: &SimOptions) -> RunReport {
         options.fault_window,
         options.mean_fault_gap,
     );
+    if options.fault_kinds.full {
+        plan.extend(faults::plan_disk_full(
+            options.seed,
+            options.shape,
+            options.fault_window,
+            options.mean_fault_gap,
+        ));
+    }
     let mut sim = turmoil::Builder::new()
         .rng_seed(rng.next_u64())
         .tick_duration(Duration::from_millis(1))
@@ -196,6 +204,7 @@ pub fn run(options: &SimOptions) -> RunReport {
         trace: trace.clone(),
         active: BTreeSet::new(),
         down: BTreeSet::new(),
+        full: BTreeSet::new(),
         skipped: 0,
     };
     let agenda = Driver::agenda(&plan);
@@ -294,6 +303,8 @@ struct Driver {
     /// combine a hold with a cut.
     active: BTreeSet<(Node, Node)>,
     down: BTreeSet<Role>,
+    /// Disks with no room for another segment.
+    full: BTreeSet<Disk>,
     /// Faults not started because their link or host already had one.
     skipped: usize,
 }
@@ -305,6 +316,18 @@ impl Driver {
             Role::TLog(index) => self.tlog_stores[index].crash(self.rng.next_u64()),
             Role::Worker(id) => self.worker_disks[&id].crash(self.rng.next_u64()),
             _ => {}
+        }
+    }
+
+    /// Leaves a TLog's or worker's disk no room for another segment, or
+    /// gives it room again.
+    fn fill(&self, disk: Disk, full: bool) {
+        match disk {
+            Disk::TLog(index) if full => self.tlog_stores[index].fill(),
+            Disk::TLog(index) => self.tlog_stores[index].limit_segments(None),
+            Disk::Worker(id) => self.worker_disks[&id].fill(full),
+            // Not planned: a coordinator keeps no log segments.
+            Disk::Coordinator(_) => {}
         }
     }
 
@@ -412,6 +435,13 @@ impl Driver {
                     Disk::Coordinator(id) => self.coordinator_disk(id).fail_next_write(),
                 }
             }
+            Fault::DiskFull(disk) => {
+                if !self.full.insert(disk) {
+                    self.skipped += 1;
+                    return false;
+                }
+                self.fill(disk, true);
+            }
         }
         self.trace.note_at(now, "fault", fault);
         true
@@ -452,6 +482,23 @@ impl Driver {
                     }
                 }
                 sim.bounce(role.host());
+            }
+            Fault::DiskFull(disk) => {
+                self.full.remove(&disk);
+                let met = match disk {
+                    Disk::TLog(index) => self.tlog_stores[index].refused_for_space(),
+                    Disk::Worker(id) => self.worker_disks[&id].refused_for_space(),
+                    Disk::Coordinator(_) => false,
+                };
+                self.fill(disk, false);
+                if met {
+                    self.trace.note_at(
+                        now,
+                        "fault",
+                        format!("end: {fault} (a segment was refused)"),
+                    );
+                    return;
+                }
             }
         }
         self.trace.note_at(now, "fault", format!("end: {fault}"));

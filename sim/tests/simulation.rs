@@ -154,3 +154,42 @@ fn junk_from_a_stray_peer_is_closed_or_refused_and_loses_nothing() {
         );
     }
 }
+
+/// TLogs' disks fill up and empty again (a pinned TLog's, a recruited
+/// worker's): a log with no room for its next segment waits, without
+/// holding up its host, a recovery recruits elsewhere in a recruited
+/// cluster, and nothing acknowledged is lost.
+#[test]
+fn full_tlog_disks_stall_their_logs_and_lose_nothing() {
+    let seed = testkit::seed_from_env();
+    let mut met = 0;
+    for shape in [Shape::Pinned, Shape::Recruited] {
+        // Seeds until a full disk refused a segment: a disk may fill up
+        // only between a log's rolls, or (with large segments drawn) a log
+        // may need no other segment within the run.
+        for seed in seed..seed + 40 {
+            let options = SimOptions {
+                shape,
+                fault_kinds: sim::FaultKinds::parse("full").unwrap(),
+                ..SimOptions::new(seed)
+            };
+            let report = run(&options);
+            show(&report);
+            assert!(
+                report.violations.is_empty(),
+                "seed {seed} ({shape}): {:?}",
+                report.violations
+            );
+            assert!(report.acknowledged > 0, "seed {seed} ({shape})");
+            if report
+                .trace
+                .iter()
+                .any(|l| l.contains("a segment was refused"))
+            {
+                met += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!(met, 2, "a full disk refused no segment in some shape");
+}

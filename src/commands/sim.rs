@@ -26,9 +26,10 @@ pub struct SimArgs {
     /// losing what it had not synced), cut (a link that loses messages,
     /// breaking its connections), clog (a link that holds them) and fsync
     /// (a TLog's or coordinator's fsync failing; it is restarted when the
-    /// fault ends), and junk (a stray peer sending the roles what the
-    /// protocol does not expect); empty runs without faults.
-    #[arg(long, default_value = "kill,cut,clog,fsync,junk")]
+    /// fault ends), junk (a stray peer sending the roles what the
+    /// protocol does not expect) and full (a TLog's disk with no room for
+    /// another log segment); empty runs without faults.
+    #[arg(long, default_value = "kill,cut,clog,fsync,junk,full")]
     pub faults: String,
     /// Who places the commit path: `pinned` (the cluster file: TLogs,
     /// sequencer and proxies for ever) or `recruited` (the controller, on

@@ -46,6 +46,8 @@ struct State {
     sync_failed: bool,
     /// The most segments that may exist at once (a full disk past it).
     segment_limit: Option<usize>,
+    /// A segment was refused for the limit since it was last set.
+    refused_for_space: bool,
 }
 
 /// A shared in-memory store; clones are handles to the same segments.
@@ -107,7 +109,23 @@ impl MemStore {
     /// Lets at most `limit` segments exist: creating one more fails as a
     /// full disk does (`None`: no limit, as when space is freed).
     pub fn limit_segments(&self, limit: Option<usize>) {
-        self.state().segment_limit = limit;
+        let mut state = self.state();
+        state.segment_limit = limit;
+        state.refused_for_space = false;
+    }
+
+    /// Whether a segment was refused for the limit since it was last set:
+    /// the process using the store met the full disk.
+    pub fn refused_for_space(&self) -> bool {
+        self.state().refused_for_space
+    }
+
+    /// Leaves no room for a segment more than it holds now: a disk that
+    /// fills up (room comes back as segments are removed).
+    pub fn fill(&self) {
+        let mut state = self.state();
+        state.segment_limit = Some(state.segments.len());
+        state.refused_for_space = false;
     }
 
     /// Flips (bitwise not) `len` bytes at `offset` in both images: corruption
@@ -154,6 +172,7 @@ impl LogStore for MemStore {
             .segment_limit
             .is_some_and(|limit| state.segments.len() >= limit)
         {
+            state.refused_for_space = true;
             return Err(StoreError::Io {
                 what: format!("create segment {id}"),
                 source: std::io::Error::from(std::io::ErrorKind::StorageFull),

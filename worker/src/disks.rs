@@ -156,6 +156,8 @@ type MemLogs = BTreeMap<(u64, u64), (MemStore, Option<SocketAddr>)>;
 #[derive(Clone, Default)]
 pub struct MemDisks {
     logs: Arc<Mutex<MemLogs>>,
+    /// No room for another segment of any log, kept or new.
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemDisks {
@@ -171,15 +173,39 @@ impl MemDisks {
         }
     }
 
+    /// A full disk (`true`): no log gets another segment, and a new log
+    /// not its first, until the disk has room again (`false`).
+    pub fn fill(&self, full: bool) {
+        let logs = self.logs();
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+        for (store, _) in logs.values() {
+            match full {
+                true => store.fill(),
+                false => store.limit_segments(None),
+            }
+        }
+    }
+
+    /// Whether a log was refused a segment since the disk last filled up.
+    pub fn refused_for_space(&self) -> bool {
+        self.logs()
+            .values()
+            .any(|(store, _)| store.refused_for_space())
+    }
+
     /// TLog `epoch`/`index`'s store, as [`TLogDisks::open`] opens it.
     pub fn open_store(&self, epoch: u64, index: u64, fresh: bool) -> MemStore {
         let mut logs = self.logs();
         if fresh {
             logs.remove(&(epoch, index));
         }
-        let (store, _) = logs
-            .entry((epoch, index))
-            .or_insert_with(|| (MemStore::new(), None));
+        let (store, _) = logs.entry((epoch, index)).or_insert_with(|| {
+            let store = MemStore::new();
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                store.fill();
+            }
+            (store, None)
+        });
         store.clone()
     }
 
