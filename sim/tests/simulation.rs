@@ -124,19 +124,7 @@ fn junk_from_a_stray_peer_is_closed_or_refused_and_loses_nothing() {
     let seed = testkit::seed_from_env();
     let mut stray_lines = Vec::new();
     for shape in [Shape::Pinned, Shape::Recruited] {
-        let options = SimOptions {
-            shape,
-            fault_kinds: sim::FaultKinds::parse("junk").unwrap(),
-            ..SimOptions::new(seed)
-        };
-        let report = run(&options);
-        show(&report);
-        assert!(
-            report.violations.is_empty(),
-            "{shape}: {:?}",
-            report.violations
-        );
-        assert!(report.acknowledged > 0, "{shape}");
+        let report = run_clean(seed, shape, "junk");
         stray_lines.extend(report.trace.into_iter().filter(|l| l.contains(" stray ")));
     }
     // Over both runs (some 60 connections), each kind that has an answer
@@ -168,19 +156,7 @@ fn full_tlog_disks_stall_their_logs_and_lose_nothing() {
         // only between a log's rolls, or (with large segments drawn) a log
         // may need no other segment within the run.
         for seed in seed..seed + 40 {
-            let options = SimOptions {
-                shape,
-                fault_kinds: sim::FaultKinds::parse("full").unwrap(),
-                ..SimOptions::new(seed)
-            };
-            let report = run(&options);
-            show(&report);
-            assert!(
-                report.violations.is_empty(),
-                "seed {seed} ({shape}): {:?}",
-                report.violations
-            );
-            assert!(report.acknowledged > 0, "seed {seed} ({shape})");
+            let report = run_clean(seed, shape, "full");
             if report
                 .trace
                 .iter()
@@ -192,4 +168,23 @@ fn full_tlog_disks_stall_their_logs_and_lose_nothing() {
         }
     }
     assert_eq!(met, 2, "a full disk refused no segment in some shape");
+}
+
+/// Runs `seed` of a `shape` cluster with the fault kinds `faults`, which
+/// must end with commits acknowledged and no violation.
+fn run_clean(seed: u64, shape: Shape, faults: &str) -> RunReport {
+    let options = SimOptions {
+        shape,
+        fault_kinds: sim::FaultKinds::parse(faults).unwrap(),
+        ..SimOptions::new(seed)
+    };
+    let report = run(&options);
+    show(&report);
+    assert!(
+        report.violations.is_empty(),
+        "seed {seed} ({shape}, {faults}): {:?}",
+        report.violations
+    );
+    assert!(report.acknowledged > 0, "seed {seed} ({shape}, {faults})");
+    report
 }

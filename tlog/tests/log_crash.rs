@@ -98,8 +98,7 @@ fn a_roll_without_space_waits_and_loses_nothing() {
     let disk = MemDisk::new();
     let (mut log, _) = open(&disk, SMALL).unwrap();
     let first = log.append(b"before the full disk").unwrap();
-    disk.mem
-        .limit_segments(Some(disk.mem.list().unwrap().len()));
+    disk.mem.fill();
     assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
     assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
     assert!(!log.is_poisoned());
@@ -112,17 +111,10 @@ fn a_roll_without_space_waits_and_loses_nothing() {
     assert_eq!(seen, vec![(first, b"before the full disk".to_vec())]);
 
     // Without a crash: once space is back the same roll goes through.
-    disk.mem
-        .limit_segments(Some(disk.mem.list().unwrap().len()));
+    disk.mem.fill();
     let second = log.append(b"sealed in before the wait").unwrap();
     assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
-    disk.mem.limit_segments(None);
-    let next = log.roll().unwrap();
-    let third = log.append(b"in the next segment").unwrap();
-    log.sync().unwrap();
-    assert_eq!(third.segment, next);
-    drop(log);
-    let (_, seen) = open(&disk, SMALL).unwrap();
+    let seen = append_once_space_is_back(&disk, log, b"in the next segment");
     let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
     assert_eq!(
         payloads,
@@ -135,6 +127,22 @@ fn a_roll_without_space_waits_and_loses_nothing() {
     assert_eq!(seen[1].0, second);
 }
 
+/// Gives the disk room again, rolls and appends `payload` in the new
+/// segment; then every record the log holds, as it reopens.
+fn append_once_space_is_back(
+    disk: &MemDisk,
+    mut log: tlog::log::SegmentLog<MemStore>,
+    payload: &[u8],
+) -> Records {
+    disk.mem.limit_segments(None);
+    let next = log.roll().unwrap();
+    let appended = log.append(payload).unwrap();
+    log.sync().unwrap();
+    assert_eq!(appended.segment, next);
+    drop(log);
+    open(disk, SMALL).unwrap().1
+}
+
 /// A log whose sealed tail has no room for the next segment (a crash while
 /// the disk was full, and it still is) opens all the same, with every
 /// record readable: appending waits for a roll, which goes through once
@@ -144,8 +152,7 @@ fn a_log_opens_on_a_full_disk_and_rolls_once_space_is_back() {
     let disk = MemDisk::new();
     let (mut log, _) = open(&disk, SMALL).unwrap();
     let first = log.append(b"before the full disk").unwrap();
-    disk.mem
-        .limit_segments(Some(disk.mem.list().unwrap().len()));
+    disk.mem.fill();
     assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
     drop(log);
     disk.mem.crash(5);
@@ -156,13 +163,7 @@ fn a_log_opens_on_a_full_disk_and_rolls_once_space_is_back() {
     assert!(matches!(log.roll(), Err(LogError::OutOfSpace { .. })));
     assert!(!log.is_poisoned());
 
-    disk.mem.limit_segments(None);
-    let next = log.roll().unwrap();
-    let second = log.append(b"after the space came back").unwrap();
-    log.sync().unwrap();
-    assert_eq!(second.segment, next);
-    drop(log);
-    let (_, seen) = open(&disk, SMALL).unwrap();
+    let seen = append_once_space_is_back(&disk, log, b"after the space came back");
     let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
     assert_eq!(
         payloads,
