@@ -54,14 +54,15 @@ pub enum Fault {
     /// when the fault ends, it is restarted (as an operator would) over
     /// what its disk kept.
     SyncError(Disk),
-    /// A TLog's or a worker's disk has no room for another log segment
-    /// until the fault ends (or segments are removed).
-    DiskFull(Disk),
+    /// A TLog's or a worker's disk has no room for another log segment,
+    /// or a storage server's for another write, until the fault ends (or
+    /// log segments are removed).
+    DiskFull(Role),
 }
 
 /// A disk whose fsync can fail: a TLog's, a worker's (its TLogs') or a
 /// coordinator's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disk {
     TLog(usize),
     Worker(u64),
@@ -91,7 +92,7 @@ impl std::fmt::Display for Fault {
             Fault::Cut { from, to, .. } => write!(f, "cut {from} <-> {to}"),
             Fault::Clog(a, b) => write!(f, "clog {a} <-> {b}"),
             Fault::SyncError(disk) => write!(f, "fsync error on {}", disk.role()),
-            Fault::DiskFull(disk) => write!(f, "disk full on {}", disk.role()),
+            Fault::DiskFull(role) => write!(f, "disk full on {role}"),
         }
     }
 }
@@ -111,8 +112,8 @@ pub struct FaultKinds {
     /// A stray peer sending what the protocol does not expect (see
     /// `stray`); it runs beside the planned faults, not among them.
     pub junk: bool,
-    /// A TLog's disk with no room for another segment; planned apart
-    /// (see [`plan_disk_full`]).
+    /// A TLog's or storage server's disk with no room; planned apart (see
+    /// [`plan_disk_full`]).
     pub full: bool,
 }
 
@@ -300,14 +301,18 @@ pub fn plan_disk_full(
         if at >= window {
             return faults;
         }
-        let disk = match shape {
-            Shape::Pinned => Disk::TLog(rng.random_range(0..TLOGS)),
-            Shape::Recruited => Disk::Worker(rng.random_range(1..=WORKERS)),
+        let role = match (rng.random_bool(0.5), shape) {
+            (true, _) => {
+                let servers = storage_ids();
+                Role::Storage(servers[rng.random_range(0..servers.len())])
+            }
+            (false, Shape::Pinned) => Role::TLog(rng.random_range(0..TLOGS)),
+            (false, Shape::Recruited) => Role::Worker(rng.random_range(1..=WORKERS)),
         };
         faults.push(Scheduled {
             at,
             lasting: Duration::from_millis(rng.random_range(10..=MAX_LASTING_MS)),
-            fault: Fault::DiskFull(disk),
+            fault: Fault::DiskFull(role),
         });
     }
 }

@@ -155,8 +155,12 @@ pub fn run(options: &SimOptions) -> RunReport {
             trace.note("driver", format!("broken variant: {broken:?}"));
         }
     }
-    for id in storage_ids() {
-        hosts::add_storage(&mut sim, id, Arc::new(MemEngine::new()), &cluster, &knobs);
+    let storage_engines: BTreeMap<u64, Arc<MemEngine>> = storage_ids()
+        .into_iter()
+        .map(|id| (id, Arc::new(MemEngine::new())))
+        .collect();
+    for (id, engine) in &storage_engines {
+        hosts::add_storage(&mut sim, *id, Arc::clone(engine), &cluster, &knobs);
     }
     let coordinator_disks: BTreeMap<u64, DiskSlot> = coordinator_ids()
         .into_iter()
@@ -205,6 +209,7 @@ pub fn run(options: &SimOptions) -> RunReport {
         active: BTreeSet::new(),
         down: BTreeSet::new(),
         full: BTreeSet::new(),
+        storage_engines,
         skipped: 0,
     };
     let agenda = Driver::agenda(&plan);
@@ -303,8 +308,10 @@ struct Driver {
     /// combine a hold with a cut.
     active: BTreeSet<(Node, Node)>,
     down: BTreeSet<Role>,
-    /// Disks with no room for another segment.
-    full: BTreeSet<Disk>,
+    /// Roles whose disk has no room.
+    full: BTreeSet<Role>,
+    /// The storage servers' engines, which a full disk refuses writes.
+    storage_engines: BTreeMap<u64, Arc<MemEngine>>,
     /// Faults not started because their link or host already had one.
     skipped: usize,
 }
@@ -319,15 +326,26 @@ impl Driver {
         }
     }
 
-    /// Leaves a TLog's or worker's disk no room for another segment, or
-    /// gives it room again.
-    fn fill(&self, disk: Disk, full: bool) {
-        match disk {
-            Disk::TLog(index) if full => self.tlog_stores[index].fill(),
-            Disk::TLog(index) => self.tlog_stores[index].limit_segments(None),
-            Disk::Worker(id) => self.worker_disks[&id].fill(full),
-            // Not planned: a coordinator keeps no log segments.
-            Disk::Coordinator(_) => {}
+    /// Leaves a TLog's or worker's disk no room for another segment, or a
+    /// storage server's for another write; or gives it room again.
+    fn fill(&self, role: Role, full: bool) {
+        match role {
+            Role::TLog(index) if full => self.tlog_stores[index].fill(),
+            Role::TLog(index) => self.tlog_stores[index].limit_segments(None),
+            Role::Worker(id) => self.worker_disks[&id].fill(full),
+            Role::Storage(id) => self.storage_engines[&id].set_full(full),
+            // Not planned: their disks hold no log and no store.
+            Role::Sequencer | Role::Proxy(_) | Role::Coordinator(_) => {}
+        }
+    }
+
+    /// Whether `role` met its full disk: a segment or a write refused.
+    fn refused_for_space(&self, role: Role) -> bool {
+        match role {
+            Role::TLog(index) => self.tlog_stores[index].refused_for_space(),
+            Role::Worker(id) => self.worker_disks[&id].refused_for_space(),
+            Role::Storage(id) => self.storage_engines[&id].refused_for_space(),
+            Role::Sequencer | Role::Proxy(_) | Role::Coordinator(_) => false,
         }
     }
 
@@ -435,12 +453,12 @@ impl Driver {
                     Disk::Coordinator(id) => self.coordinator_disk(id).fail_next_write(),
                 }
             }
-            Fault::DiskFull(disk) => {
-                if !self.full.insert(disk) {
+            Fault::DiskFull(role) => {
+                if !self.full.insert(role) {
                     self.skipped += 1;
                     return false;
                 }
-                self.fill(disk, true);
+                self.fill(role, true);
             }
         }
         self.trace.note_at(now, "fault", fault);
@@ -483,20 +501,13 @@ impl Driver {
                 }
                 sim.bounce(role.host());
             }
-            Fault::DiskFull(disk) => {
-                self.full.remove(&disk);
-                let met = match disk {
-                    Disk::TLog(index) => self.tlog_stores[index].refused_for_space(),
-                    Disk::Worker(id) => self.worker_disks[&id].refused_for_space(),
-                    Disk::Coordinator(_) => false,
-                };
-                self.fill(disk, false);
+            Fault::DiskFull(role) => {
+                self.full.remove(&role);
+                let met = self.refused_for_space(role);
+                self.fill(role, false);
                 if met {
-                    self.trace.note_at(
-                        now,
-                        "fault",
-                        format!("end: {fault} (a segment was refused)"),
-                    );
+                    self.trace
+                        .note_at(now, "fault", format!("end: {fault} (space was refused)"));
                     return;
                 }
             }

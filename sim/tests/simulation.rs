@@ -143,31 +143,39 @@ fn junk_from_a_stray_peer_is_closed_or_refused_and_loses_nothing() {
     }
 }
 
-/// TLogs' disks fill up and empty again (a pinned TLog's, a recruited
-/// worker's): a log with no room for its next segment waits, without
-/// holding up its host, a recovery recruits elsewhere in a recruited
-/// cluster, and nothing acknowledged is lost.
+/// Disks fill up and empty again: a TLog's (a pinned TLog's, a recruited
+/// worker's), whose log waits for room for its next segment without
+/// holding up its host while a recruited cluster recovers elsewhere, and a
+/// storage server's, which applies into memory meanwhile. Nothing
+/// acknowledged is lost.
 #[test]
-fn full_tlog_disks_stall_their_logs_and_lose_nothing() {
+fn full_disks_stall_their_roles_and_lose_nothing() {
     let seed = testkit::seed_from_env();
-    let mut met = 0;
+    let mut met = std::collections::BTreeSet::new();
     for shape in [Shape::Pinned, Shape::Recruited] {
-        // Seeds until a full disk refused a segment: a disk may fill up
-        // only between a log's rolls, or (with large segments drawn) a log
-        // may need no other segment within the run.
-        for seed in seed..seed + 40 {
+        // Seeds until both a log's and a storage server's full disk refused
+        // space: a disk may fill up only between a log's rolls, or (with
+        // large segments drawn) a log may need no other segment in the run.
+        for seed in seed..seed + 60 {
             let report = run_clean(seed, shape, "full");
-            if report
+            for line in report
                 .trace
                 .iter()
-                .any(|l| l.contains("a segment was refused"))
+                .filter(|l| l.contains("space was refused"))
             {
-                met += 1;
+                let kind = if line.contains("storage-") {
+                    "storage"
+                } else {
+                    "log"
+                };
+                met.insert((shape.to_string(), kind));
+            }
+            if met.iter().filter(|(s, _)| *s == shape.to_string()).count() == 2 {
                 break;
             }
         }
     }
-    assert_eq!(met, 2, "a full disk refused no segment in some shape");
+    assert_eq!(met.len(), 4, "full disks met only {met:?}");
 }
 
 /// Runs `seed` of a `shape` cluster with the fault kinds `faults`, which

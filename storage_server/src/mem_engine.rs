@@ -31,6 +31,8 @@ struct State {
     poisoned: Option<String>,
     fail_next_write: bool,
     full: bool,
+    /// A write was refused for lack of space since `full` was last set.
+    refused_for_space: bool,
 }
 
 /// An engine whose state lives in memory.
@@ -68,7 +70,15 @@ impl MemEngine {
     /// While `full`, writes fail as on a full disk: nothing is applied and
     /// the engine is not poisoned.
     pub fn set_full(&self, full: bool) {
-        self.lock().full = full;
+        let mut state = self.lock();
+        state.full = full;
+        state.refused_for_space = false;
+    }
+
+    /// Whether a write was refused for lack of space since the last
+    /// [`MemEngine::set_full`]: the server met the full disk.
+    pub fn refused_for_space(&self) -> bool {
+        self.lock().refused_for_space
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -119,6 +129,7 @@ impl KvEngine for MemEngine {
         let mut state = self.usable()?;
         batch.validate(self.max_key_len)?;
         if state.full {
+            state.refused_for_space = true;
             return Err(EngineError::NoSpace {
                 context: "writing a batch to the memory engine".into(),
             });
