@@ -1,5 +1,7 @@
-//! The simulation's clock for the roles' cores: simulated time since the
-//! simulation began, the same on every host.
+//! The simulation's clock, for the roles' cores and the workload's actors:
+//! simulated time since the simulation began, the same on every host.
+
+use std::time::Duration;
 
 use proto::clock::Clock;
 
@@ -16,4 +18,9 @@ impl Clock for SimClock {
     fn unix_time_us(&self) -> u64 {
         EPOCH_UNIX_US + self.now_us()
     }
+}
+
+/// Simulated time since the simulation began, for the workload's actors.
+pub fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
 }

@@ -21,6 +21,7 @@ use proto::StorageTeamId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::clock::now;
 use crate::knobs::pick;
 use crate::layout::{key, KEYS, TEAMS};
 use crate::trace::Trace;
@@ -37,10 +38,6 @@ pub struct Mover {
     pub seed: u64,
     pub fault_end: Duration,
     pub trace: Trace,
-}
-
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
 }
 
 impl Mover {

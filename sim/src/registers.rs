@@ -20,6 +20,7 @@ use coordinator::client::CoordinatorClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::clock::now;
 use crate::layout::{coordinator_addrs, REGISTER};
 use crate::net;
 use crate::trace::Trace;
@@ -42,10 +43,6 @@ pub struct Observation {
 #[derive(Default)]
 pub struct RegisterHistory {
     pub observations: Vec<Observation>,
-}
-
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
 }
 
 pub struct RegisterWorkload {

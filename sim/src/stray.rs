@@ -25,6 +25,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::TcpStream;
 
+use crate::clock::now;
 use crate::layout::{coordinator_ids, storage_ids, worker_ids, Role, Shape, TLOGS};
 use crate::trace::Trace;
 
@@ -101,7 +102,7 @@ impl Stray {
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
             let role = targets[rng.random_range(0..targets.len())];
             let junk = JUNK[rng.random_range(0..JUNK.len())];
-            let said = match self.send(&mut rng, role.addr(), junk).await {
+            let said = match send(&mut rng, role.addr(), junk).await {
                 Ok(Answer::Closed) => "closed".to_owned(),
                 Ok(Answer::Error(e)) => format!("refused: {e}"),
                 Ok(Answer::Silent) => "no answer".to_owned(),
@@ -116,27 +117,23 @@ impl Stray {
                 .note("stray", format!("{junk:?} to {role}: {said}"));
         }
     }
+}
 
-    async fn send(
-        &self,
-        rng: &mut StdRng,
-        addr: SocketAddr,
-        junk: Junk,
-    ) -> std::io::Result<Answer> {
-        let Some(bytes) = junk_bytes(rng, junk) else {
-            let mut held = Vec::with_capacity(BURST);
-            for _ in 0..BURST {
-                let mut stream = TcpStream::connect(addr).await?;
-                stream.write_all(&[1, 0]).await?;
-                held.push(stream);
-            }
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
-            return Ok(Answer::Silent);
-        };
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(&bytes).await?;
-        Ok(answer(&mut stream).await)
-    }
+/// Sends `junk` to `addr` and reads what the role does with it.
+async fn send(rng: &mut StdRng, addr: SocketAddr, junk: Junk) -> std::io::Result<Answer> {
+    let Some(bytes) = junk_bytes(rng, junk) else {
+        let mut held = Vec::with_capacity(BURST);
+        for _ in 0..BURST {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.write_all(&[1, 0]).await?;
+            held.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
+        return Ok(Answer::Silent);
+    };
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(&bytes).await?;
+    Ok(answer(&mut stream).await)
 }
 
 /// What one connection of `junk` sends; `None` for a burst of them.
@@ -213,8 +210,4 @@ async fn answer(stream: &mut TcpStream) -> Answer {
             Err(e) => Answer::Obeyed(format!("a frame that is no envelope ({e})")),
         },
     }
-}
-
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
 }

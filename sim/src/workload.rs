@@ -26,6 +26,7 @@ use proto::{Mutation, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::clock::now;
 use crate::history::{Commit, History, Outcome, Read, TOKEN_END};
 use crate::layout::{coordinator_ids, key, servers_of, storage_ids, team_of, Role, KEYS};
 use crate::mover::Mover;
@@ -53,10 +54,6 @@ pub struct Workload {
     pub fault_end: Duration,
     pub history: Rc<RefCell<History>>,
     pub trace: Trace,
-}
-
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
 }
 
 impl Workload {
