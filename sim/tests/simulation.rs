@@ -14,19 +14,7 @@ fn show(report: &RunReport) {
 #[test]
 fn without_faults_every_commit_is_acknowledged_and_read_back() {
     for shape in [Shape::Pinned, Shape::Recruited] {
-        let options = SimOptions {
-            shape,
-            fault_kinds: sim::FaultKinds::NONE,
-            ..SimOptions::new(testkit::seed_from_env())
-        };
-        let report = run(&options);
-        show(&report);
-        assert!(
-            report.violations.is_empty(),
-            "{shape}: {:?}",
-            report.violations
-        );
-        assert!(report.acknowledged > 0, "{shape}");
+        let report = run_clean(testkit::seed_from_env(), shape, "");
         // Only the commits that waited for the roles to start (and, of a
         // recruited cluster, for its first recovery) were refused.
         assert_eq!(report.unknown, 0, "{shape}");
@@ -49,18 +37,7 @@ fn ranges_move_between_teams_under_writes_and_lose_nothing() {
     let mut flipped = 0;
     // Three seeds: a run's moves may all find their range there already.
     for seed in seed..seed + 3 {
-        let options = SimOptions {
-            shape: Shape::Recruited,
-            fault_kinds: sim::FaultKinds::NONE,
-            ..SimOptions::new(seed)
-        };
-        let report = run(&options);
-        show(&report);
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed}: {:?}",
-            report.violations
-        );
+        let report = run_clean(seed, Shape::Recruited, "");
         flipped += report
             .trace
             .iter()
@@ -178,8 +155,8 @@ fn full_disks_stall_their_roles_and_lose_nothing() {
     assert_eq!(met.len(), 4, "full disks met only {met:?}");
 }
 
-/// Runs `seed` of a `shape` cluster with the fault kinds `faults`, which
-/// must end with commits acknowledged and no violation.
+/// Runs `seed` of a `shape` cluster with the fault kinds `faults` (none:
+/// ""), which must end with commits acknowledged and no violation.
 fn run_clean(seed: u64, shape: Shape, faults: &str) -> RunReport {
     let options = SimOptions {
         shape,
