@@ -149,6 +149,11 @@ pub struct SequenceRequest {
     pub request_num: u64,
     /// One per client commit of the batch, in order.
     pub transactions: Vec<ResolveTransaction>,
+    /// A report of a committed version carried by this call, as
+    /// [`ReportCommittedRequest`] would make it (`Version::ZERO`: none):
+    /// it is recorded before the versions are handed out, so a reply
+    /// means the sequencer heard it.
+    pub committed: Version,
 }
 
 /// The versions handed out for a batch, and how resolving it went. The

@@ -2,7 +2,8 @@
 //! RPC service.
 //!
 //! ```text
-//!  proxies ─sequence─────────▶ SequencerCore: versions ─▶ ResolverCore (waits in version order)
+//!  proxies ─sequence─────────▶ SequencerCore: the report it carries, versions
+//!                                  ─▶ ResolverCore (waits in version order)
 //!          ─report_committed─▶ SequencerCore
 //!  clients ─get_read_version─▶ SequencerCore
 //!  status  ─status───────────▶ last and committed versions
@@ -156,9 +157,19 @@ impl SequencerService {
         match request {
             Message::Sequence(r) => {
                 let now = inner.clock.now_us();
-                let versions = lock(&inner.sequencer)
-                    .commit_version(r.proxy, r.request_num, now)
-                    .map_err(sequencer_error)?;
+                let versions = {
+                    let mut sequencer = lock(&inner.sequencer);
+                    if r.committed > Version::ZERO {
+                        sequencer
+                            .report_committed(r.committed)
+                            .map_err(sequencer_error)?;
+                        metrics::gauge!("teamlog_sequencer_committed_version")
+                            .set(sequencer.read_version().0 as f64);
+                    }
+                    sequencer
+                        .commit_version(r.proxy, r.request_num, now)
+                        .map_err(sequencer_error)?
+                };
                 metrics::gauge!("teamlog_sequencer_last_version").set(versions.version.0 as f64);
                 let request = ResolveRequest {
                     proxy: r.proxy,
@@ -311,6 +322,7 @@ mod tests {
                 metadata,
                 ..Default::default()
             }],
+            committed: Version::ZERO,
         })
     }
 
@@ -343,6 +355,36 @@ mod tests {
         // the same resolution, and hands out nothing new.
         assert_eq!(sequence(&service, request(2, 10, Vec::new())).await, second);
         assert_eq!(service.last_version(), second.versions.version);
+    }
+
+    #[tokio::test]
+    async fn a_report_carried_by_a_sequence_call_is_heard_before_it_is_answered() {
+        let service = sequencer().await;
+        let first = sequence(&service, request(1, 1, Vec::new())).await;
+        let read_version = || async {
+            match service.clone().handle(Message::GetReadVersion).await {
+                Ok(Message::GetReadVersionReply(reply)) => reply.version,
+                other => panic!("expected a read version, got {other:?}"),
+            }
+        };
+        assert_eq!(read_version().await, Version::ZERO);
+        let Message::Sequence(mut carrying) = request(1, 2, Vec::new()) else {
+            unreachable!()
+        };
+        carrying.committed = first.versions.version;
+        sequence(&service, Message::Sequence(carrying.clone())).await;
+        assert_eq!(read_version().await, first.versions.version);
+        // A version never handed out is refused, and hands out nothing.
+        let last = service.last_version();
+        carrying.request_num = 3;
+        carrying.committed = Version(last.0 + 1);
+        let refused = service.clone().handle(Message::Sequence(carrying)).await;
+        assert!(
+            matches!(&refused, Err(e) if e.code == ErrorCode::VersionConflict),
+            "{refused:?}"
+        );
+        assert_eq!(service.last_version(), last);
+        assert_eq!(read_version().await, first.versions.version);
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ async fn only_members_may_steer_the_cluster() -> Result<()> {
                 proxy: ProxyId(1),
                 request_num: u64::MAX,
                 transactions: Vec::new(),
+                committed: Version::ZERO,
             }))
             .await,
     )?;

@@ -107,6 +107,7 @@ async fn bad_commits_are_refused_whole_and_leave_no_trace() -> Result<()> {
             proxy: ProxyId(99),
             request_num: 1,
             transactions: Vec::new(),
+            committed: Version::ZERO,
         }))
         .await;
     ensure!(

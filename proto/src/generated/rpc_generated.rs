@@ -3263,6 +3263,7 @@ impl<'a> SequenceRequest<'a> {
   pub const VT_PROXY: ::flatbuffers::VOffsetT = 4;
   pub const VT_REQUEST_NUM: ::flatbuffers::VOffsetT = 6;
   pub const VT_TRANSACTIONS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_COMMITTED: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3274,6 +3275,7 @@ impl<'a> SequenceRequest<'a> {
     args: &'args SequenceRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SequenceRequest<'bldr>> {
     let mut builder = SequenceRequestBuilder::new(_fbb);
+    builder.add_committed(args.committed);
     builder.add_request_num(args.request_num);
     builder.add_proxy(args.proxy);
     if let Some(x) = args.transactions { builder.add_transactions(x); }
@@ -3302,6 +3304,13 @@ impl<'a> SequenceRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>(SequenceRequest::VT_TRANSACTIONS, None)}
   }
+  #[inline]
+  pub fn committed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SequenceRequest::VT_COMMITTED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SequenceRequest<'_> {
@@ -3313,6 +3322,7 @@ impl ::flatbuffers::Verifiable for SequenceRequest<'_> {
      .visit_field::<u64>("proxy", Self::VT_PROXY, false)?
      .visit_field::<u64>("request_num", Self::VT_REQUEST_NUM, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ResolveTransaction>>>>("transactions", Self::VT_TRANSACTIONS, false)?
+     .visit_field::<u64>("committed", Self::VT_COMMITTED, false)?
      .finish();
     Ok(())
   }
@@ -3321,6 +3331,7 @@ pub struct SequenceRequestArgs<'a> {
     pub proxy: u64,
     pub request_num: u64,
     pub transactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ResolveTransaction<'a>>>>>,
+    pub committed: u64,
 }
 impl<'a> Default for SequenceRequestArgs<'a> {
   #[inline]
@@ -3329,6 +3340,7 @@ impl<'a> Default for SequenceRequestArgs<'a> {
       proxy: 0,
       request_num: 0,
       transactions: None,
+      committed: 0,
     }
   }
 }
@@ -3351,6 +3363,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SequenceRequestBuilder<'a, 'b
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SequenceRequest::VT_TRANSACTIONS, transactions);
   }
   #[inline]
+  pub fn add_committed(&mut self, committed: u64) {
+    self.fbb_.push_slot::<u64>(SequenceRequest::VT_COMMITTED, committed, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SequenceRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SequenceRequestBuilder {
@@ -3371,6 +3387,7 @@ impl ::core::fmt::Debug for SequenceRequest<'_> {
       ds.field("proxy", &self.proxy());
       ds.field("request_num", &self.request_num());
       ds.field("transactions", &self.transactions());
+      ds.field("committed", &self.committed());
       ds.finish()
   }
 }

@@ -153,6 +153,7 @@ fn every_message() -> Vec<Message> {
                 },
                 ResolveTransaction::default(),
             ],
+            committed: Version(14),
         }),
         Message::SequenceReply(SequenceReply {
             versions: GetCommitVersionReply {

@@ -39,6 +39,7 @@ pub(super) fn sequence(fbb: &mut FlatBufferBuilder<'_>, r: &SequenceRequest) -> 
         proxy: r.proxy.0,
         request_num: r.request_num,
         transactions: Some(transactions),
+        committed: r.committed.0,
     };
     let t = fb::SequenceRequest::create(fbb, &args);
     (fb::Payload::SequenceRequest, t.as_union_value())
@@ -276,6 +277,7 @@ pub(super) fn decode(
                 proxy: ProxyId(r.proxy()),
                 request_num: r.request_num(),
                 transactions,
+                committed: Version(r.committed()),
             }))
         })(),
         fb::Payload::SequenceReply => (|| {
