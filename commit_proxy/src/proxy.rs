@@ -5,7 +5,9 @@
 //!  clients ─ClientCommit─▶ handle ─lock─▶ ProxyCore ─commands─▶ start
 //!  one task follows a batch, feeding each reply back to the core, which
 //!  names the next call:
-//!      Sequence (versions and resolution) ─▶ Push (every TLog at once) ─▶ ReportCommitted
+//!      Sequence (versions, resolution, and the last batch's report)
+//!        ─▶ Push (every TLog at once) ─▶ ReportCommitted, unless the next
+//!           batch's Sequence carries the report
 //!  WakeAt ─▶ sleep ─▶ wake        Answer ─▶ the client's responder (no task per commit)
 //! ```
 //!
@@ -16,6 +18,10 @@
 //! (acknowledged client commits), `teamlog_proxy_commit_failures_total`,
 //! `teamlog_proxy_commit_latency_seconds` (received → answered),
 //! `teamlog_proxy_batch_commits` and `teamlog_proxy_batch_bytes` (per batch),
+//! the commit path's time split by hop: `teamlog_proxy_sequence_seconds`
+//! (versions and resolution), `teamlog_proxy_push_seconds` (until the last
+//! TLog's fsync is acknowledged) and `teamlog_proxy_report_seconds` (a
+//! report sent alone; a carried one rides on the sequence call),
 //! `teamlog_proxy_known_committed_version` and
 //! `teamlog_proxy_pace_bytes_per_second` (the limit on new commit bytes
 //! while storage servers fall behind; 0 for none).
@@ -61,6 +67,9 @@ pub struct ProxyConfig {
     /// timer (tokio's timers tick in milliseconds).
     pub batch_interval: Duration,
     pub max_batch_bytes: usize,
+    /// How many batches may be out at once between their call to the
+    /// sequencer and their last TLog's fsync (a batch whose report to the
+    /// sequencer is all that is left holds no slot).
     pub max_batches_in_flight: usize,
     /// Versions of shard-map history kept for reads at older versions.
     pub shard_history: u64,
@@ -344,7 +353,9 @@ impl Inner {
                 metrics::histogram!("teamlog_proxy_batch_commits").record(commits as f64);
                 metrics::histogram!("teamlog_proxy_batch_bytes").record(bytes as f64);
                 Some(Box::pin(async move {
+                    let sent_us = inner.clock.now_us();
                     let reply = inner.call(Message::Sequence(request)).await;
+                    inner.record_hop("teamlog_proxy_sequence_seconds", sent_us);
                     let sequenced = match reply {
                         Ok(Message::SequenceReply(reply)) => Ok(reply),
                         Ok(other) => Err(format!("sequencer answered {}", other.name())),
@@ -354,7 +365,9 @@ impl Inner {
                 }))
             }
             Command::Push { batch, requests } => Some(Box::pin(async move {
+                let sent_us = inner.clock.now_us();
                 let pushed = inner.push(requests).await;
+                inner.record_hop("teamlog_proxy_push_seconds", sent_us);
                 inner.apply(|core, now| core.on_pushed(batch, pushed, now))
             })),
             Command::ReportCommitted { batch, request } => {
@@ -362,7 +375,10 @@ impl Inner {
                     .set(self.core().status().known_committed_version.0 as f64);
                 Some(Box::pin(async move {
                     let version = request.version;
-                    if let Err(e) = inner.call(Message::ReportCommitted(request)).await {
+                    let sent_us = inner.clock.now_us();
+                    let reported = inner.call(Message::ReportCommitted(request)).await;
+                    inner.record_hop("teamlog_proxy_report_seconds", sent_us);
+                    if let Err(e) = reported {
                         tracing::warn!(error = %e, %version, "could not report a committed version");
                     }
                     inner.apply(|core, now| core.on_reported(batch, now))
@@ -390,6 +406,12 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Records how long a hop of the commit path took since `sent_us`.
+    fn record_hop(&self, histogram: &'static str, sent_us: u64) {
+        let took_us = self.clock.now_us().saturating_sub(sent_us);
+        metrics::histogram!(histogram).record(took_us as f64 / 1e6);
     }
 
     /// One request to the sequencer (which also runs the resolver), sent

@@ -10,8 +10,15 @@
 //!      (one at a time, so batch order is version order)
 //!  on_sequenced ─▶ apply other proxies' metadata to the shard map, tag,
 //!                  apply own metadata ─▶ Push (one request per TLog)
-//!  on_pushed ─▶ ReportCommitted ──on_reported──▶ Answer every waiter
+//!  on_pushed ─▶ report the version to the sequencer ─▶ Answer every waiter
+//!      carried by the next batch's Sequence, formed at once when commits
+//!      wait (on_sequenced answers), or alone: ReportCommitted (on_reported)
 //! ```
+//!
+//! A batch holds its slot in flight from its Sequence until its push is
+//! durable: under load the next batch starts as the last one's push ends,
+//! and its call to the sequencer carries the last one's report, so a
+//! version costs two round trips of the proxy, not three.
 //!
 //! Every version the sequencer hands out reaches every TLog, so the TLogs'
 //! chains have no gaps: a batch whose resolve or tagging fails is pushed as
@@ -46,8 +53,8 @@ pub type BatchId = u64;
 #[derive(Debug)]
 pub enum Command<W> {
     /// Ask the sequencer's process for the batch's `(prev_version,
-    /// version)` and its resolution at them; report the reply with
-    /// [`ProxyCore::on_sequenced`].
+    /// version)` and its resolution at them, carrying `request.committed`
+    /// to it; report the reply with [`ProxyCore::on_sequenced`].
     Sequence {
         batch: BatchId,
         request: SequenceRequest,
@@ -107,6 +114,12 @@ struct Batch<W> {
     versions: Option<GetCommitVersionReply>,
     /// Set when the batch's version is spent without its commits.
     refused: Option<ErrorReply>,
+    /// Durable on every TLog: only the report to the sequencer is left,
+    /// and the batch no longer holds a slot in flight.
+    pushed: bool,
+    /// Pushed batches whose report this batch's Sequence carries: they are
+    /// answered when it is.
+    carries: Vec<BatchId>,
 }
 
 pub struct ProxyCore<W> {
@@ -146,6 +159,9 @@ pub struct ProxyCore<W> {
     request_num: u64,
     /// The batch whose versions are being asked for: one at a time.
     awaiting_versions: Option<BatchId>,
+    /// Batches just pushed whose report the next batch formed may carry;
+    /// those it does not are reported alone.
+    to_report: Vec<BatchId>,
     /// The wake-up already asked for, so it is asked for once.
     wake_at_us: Option<u64>,
     /// Teams whose commits are refused while their servers fall behind,
@@ -192,6 +208,7 @@ impl<W> ProxyCore<W> {
             next_batch: 1,
             request_num: first_request_num,
             awaiting_versions: None,
+            to_report: Vec::new(),
             wake_at_us: None,
             throttled: BTreeMap::new(),
             pacer: Pacer::default(),
@@ -329,13 +346,20 @@ impl<W> ProxyCore<W> {
             Ok(reply) => {
                 let batch = self.batches.get_mut(&batch_id).expect("a formed batch");
                 batch.versions = Some(reply.versions);
+                let carried = std::mem::take(&mut batch.carries);
                 commands.extend(self.tag(batch_id, reply.resolved));
+                for id in carried {
+                    commands.extend(self.finish_reported(id, now_us));
+                }
             }
             Err(e) => {
                 let batch = self.batches.remove(&batch_id).expect("a formed batch");
                 let refusal =
                     ErrorReply::new(ErrorCode::Unavailable, format!("no commit version: {e}"));
                 answer_all(&mut commands, batch.waiters, Err(refusal));
+                // The sequencer may not have heard the reports the call
+                // carried: each goes again, alone.
+                commands.extend(batch.carries.into_iter().filter_map(|id| self.report(id)));
             }
         }
         commands.extend(self.form_batch(now_us));
@@ -349,7 +373,7 @@ impl<W> ProxyCore<W> {
         result: Result<(), String>,
         now_us: u64,
     ) -> Vec<Command<W>> {
-        let Some(batch) = self.batches.get(&batch_id) else {
+        let Some(batch) = self.batches.get_mut(&batch_id) else {
             return Vec::new();
         };
         let Some(versions) = batch.versions else {
@@ -363,33 +387,24 @@ impl<W> ProxyCore<W> {
         if let Some(failure) = outcome {
             return self.finish(batch_id, Err(failure), now_us);
         }
-        self.known_committed = self.known_committed.max(versions.version);
-        self.pushed = true;
+        batch.pushed = true;
         if !batch.commits.is_empty() {
             self.last_written_committed = self.last_written_committed.max(versions.version);
         }
-        vec![Command::ReportCommitted {
-            batch: batch_id,
-            request: ReportCommittedRequest {
-                proxy: self.id,
-                version: versions.version,
-            },
-        }]
+        self.known_committed = self.known_committed.max(versions.version);
+        self.pushed = true;
+        self.to_report.push(batch_id);
+        let mut commands = self.form_batch(now_us);
+        let alone = std::mem::take(&mut self.to_report);
+        commands.extend(alone.into_iter().filter_map(|id| self.report(id)));
+        commands
     }
 
     /// The sequencer heard (or could not be told) that the batch committed.
     /// A failed report does not undo a durable commit, so the clients are
     /// answered either way.
     pub fn on_reported(&mut self, batch_id: BatchId, now_us: u64) -> Vec<Command<W>> {
-        let Some(version) = self
-            .batches
-            .get(&batch_id)
-            .and_then(|b| b.versions)
-            .map(|v| v.version)
-        else {
-            return Vec::new();
-        };
-        self.finish(batch_id, Ok(version), now_us)
+        self.finish_reported(batch_id, now_us)
     }
 
     /// The shard map as of `version`, if still in the history kept.
@@ -499,7 +514,8 @@ impl<W> ProxyCore<W> {
     /// allows, and (while others are in flight) the batch interval has
     /// passed or the batch is full.
     fn form_batch(&mut self, now_us: u64) -> Vec<Command<W>> {
-        if self.awaiting_versions.is_some() || self.batches.len() >= self.max_batches_in_flight {
+        let in_flight = self.batches.values().filter(|b| !b.pushed).count();
+        if self.awaiting_versions.is_some() || in_flight >= self.max_batches_in_flight {
             return Vec::new();
         }
         let Some(oldest) = self.queue.front() else {
@@ -529,6 +545,8 @@ impl<W> ProxyCore<W> {
             resolving: 0,
             versions: None,
             refused: None,
+            pushed: false,
+            carries: Vec::new(),
         };
         let mut bytes = 0;
         while let Some(next) = self.queue.front() {
@@ -578,6 +596,8 @@ impl<W> ProxyCore<W> {
             resolving: 0,
             versions: None,
             refused: None,
+            pushed: false,
+            carries: Vec::new(),
         };
         self.start_batch(empty, 0, now_us)
     }
@@ -597,6 +617,14 @@ impl<W> ProxyCore<W> {
             .filter_map(|(mutations, read)| resolved_part(mutations, read))
             .collect();
         batch.resolving = transactions.len();
+        batch.carries = std::mem::take(&mut self.to_report);
+        let committed = batch
+            .carries
+            .iter()
+            .filter_map(|carried| self.batches.get(carried)?.versions)
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(Version::ZERO);
         self.batches.insert(id, batch);
         self.awaiting_versions = Some(id);
         vec![Command::Sequence {
@@ -605,6 +633,7 @@ impl<W> ProxyCore<W> {
                 proxy: self.id,
                 request_num: self.request_num,
                 transactions,
+                committed,
             },
             commits,
             bytes,
@@ -702,6 +731,31 @@ impl<W> ProxyCore<W> {
                     .collect(),
             })
             .collect()
+    }
+
+    /// Reports a pushed batch's version to the sequencer on its own.
+    fn report(&self, batch_id: BatchId) -> Option<Command<W>> {
+        let version = self.batches.get(&batch_id)?.versions?.version;
+        Some(Command::ReportCommitted {
+            batch: batch_id,
+            request: ReportCommittedRequest {
+                proxy: self.id,
+                version,
+            },
+        })
+    }
+
+    /// Answers a pushed batch whose version the sequencer has heard.
+    fn finish_reported(&mut self, batch_id: BatchId, now_us: u64) -> Vec<Command<W>> {
+        let Some(version) = self
+            .batches
+            .get(&batch_id)
+            .and_then(|b| b.versions)
+            .map(|v| v.version)
+        else {
+            return Vec::new();
+        };
+        self.finish(batch_id, Ok(version), now_us)
     }
 
     /// Ends a batch: every waiter gets `result`, and its slot goes to the

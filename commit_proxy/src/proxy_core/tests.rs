@@ -219,15 +219,79 @@ fn by_default_commits_queue_while_a_batch_is_out_and_then_go_as_one() {
     for waiter in 2..=5 {
         commands.extend(core.commit(waiter, commit(vec![set("b", "2")]), 0));
     }
-    commands.extend(core.on_pushed(first, Ok(()), 0));
     assert!(
         commands
             .iter()
             .all(|c| !matches!(c, Command::Sequence { .. })),
         "{commands:?}"
     );
-    let (_, _, commits) = version_request(&core.on_reported(first, 0));
-    assert_eq!(commits, 4);
+    // The first batch's push ends its slot: the four queued commits go at
+    // once, and their call carries the first batch's report.
+    let commands = core.on_pushed(first, Ok(()), 0);
+    assert!(
+        commands
+            .iter()
+            .all(|c| !matches!(c, Command::ReportCommitted { .. } | Command::Answer { .. })),
+        "{commands:?}"
+    );
+    let (second, request, commits) = version_request(&commands);
+    assert_eq!((commits, request.committed), (4, Version(10)));
+    // The sequencer answering the second batch has heard the first.
+    let commands = core.on_sequenced(second, sequenced(10, 20), 0);
+    assert_eq!(answers(commands), vec![(1, Ok(Version(10)))]);
+}
+
+#[test]
+fn a_pushed_batch_with_nothing_queued_behind_it_is_reported_alone() {
+    let mut core = ProxyCore::new(&default_config(), 100);
+    let (first, request, _) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    assert_eq!(request.committed, Version::ZERO, "nothing to report yet");
+    core.on_sequenced(first, sequenced(0, 10), 0);
+    let commands = core.on_pushed(first, Ok(()), 0);
+    assert!(
+        matches!(&commands[..], [Command::ReportCommitted { batch, request }]
+            if *batch == first && request.version == Version(10)),
+        "{commands:?}"
+    );
+    // A commit arriving while the report is out starts a batch at once:
+    // the report holds no slot, and is not carried twice.
+    let (second, request, _) = version_request(&core.commit(2, commit(vec![set("b", "2")]), 0));
+    assert_eq!(request.committed, Version::ZERO);
+    assert_eq!(
+        answers(core.on_reported(first, 0)),
+        vec![(1, Ok(Version(10)))]
+    );
+    core.on_sequenced(second, sequenced(10, 20), 0);
+    assert!(core.on_sequenced(second, sequenced(10, 20), 0).is_empty());
+}
+
+#[test]
+fn reports_carried_by_a_call_that_failed_go_again_alone() {
+    let mut core = ProxyCore::new(&default_config(), 100);
+    let (first, ..) = version_request(&core.commit(1, commit(vec![set("a", "1")]), 0));
+    core.on_sequenced(first, sequenced(0, 10), 0);
+    core.commit(2, commit(vec![set("b", "2")]), 0);
+    let (second, request, _) = version_request(&core.on_pushed(first, Ok(()), 0));
+    assert_eq!(request.committed, Version(10));
+    let commands = core.on_sequenced(second, Err("sequencer gone".into()), 0);
+    assert!(
+        commands.iter().any(|c| matches!(c,
+            Command::ReportCommitted { batch, request } if *batch == first && request.version == Version(10))),
+        "{commands:?}"
+    );
+    assert_eq!(
+        answers(commands),
+        vec![(2, Err(ErrorCode::Unavailable))],
+        "the first batch is answered once the sequencer has heard it"
+    );
+    assert_eq!(
+        answers(core.on_reported(first, 0)),
+        vec![(1, Ok(Version(10)))]
+    );
+    assert!(
+        answers(core.on_reported(first, 0)).is_empty(),
+        "answered once"
+    );
 }
 
 #[test]
