@@ -12,11 +12,17 @@
 //! A write that fails poisons the disk: every later call fails too, and
 //! nothing is retried. After a failed fsync the file's contents are unknown,
 //! so the coordinator must stop and be restarted, re-reading what is on disk.
+//!
+//! A write refused for lack of room is the exception: `NoSpace`, and no
+//! poison. LMDB meets a full disk (`ENOSPC`) or a full map while it writes
+//! a transaction's new pages, before the meta page that would commit them,
+//! so it aborts the transaction and the state before it stands. The store
+//! above waits for room and writes again (`store::write_with_room`).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use heed::types::Bytes as Raw;
@@ -59,6 +65,10 @@ pub enum DiskError {
     Format { dir: String, found: String },
     #[error("coordinator store: injected write failure")]
     Injected,
+    /// Nothing was written, and nothing is lost: the same write may be
+    /// made again once there is room.
+    #[error("coordinator store: no room for a write: {0}")]
+    NoSpace(String),
 }
 
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -73,8 +83,16 @@ pub trait CoordinatorDisk: Send + Sync + 'static {
         to: Option<&[u8]>,
     ) -> Result<Vec<KeyValue>, DiskError>;
     fn last(&self, table: Table) -> Result<Option<KeyValue>, DiskError>;
-    /// Applies every op, atomically and durably, or none and poisons.
+    /// Applies every op, atomically and durably; or none and poisons; or,
+    /// with no room for them, none and `NoSpace`.
     fn write(&self, ops: &[WriteOp]) -> Result<(), DiskError>;
+    /// Why the last write was refused for lack of room, until a write
+    /// succeeds.
+    fn short_of_room(&self) -> Option<String>;
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn bounds<'a>(from: &'a [u8], to: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
@@ -95,13 +113,18 @@ pub struct HeedDisk {
     log: RawDb,
     meta: RawDb,
     poisoned: AtomicBool,
+    short_of_room: Mutex<Option<String>>,
 }
 
 impl HeedDisk {
     /// Opens (creating if needed) the store in `dir`, which must exist.
     pub fn open(dir: &Path) -> Result<HeedDisk, DiskError> {
+        HeedDisk::open_with_map_size(dir, MAP_SIZE)
+    }
+
+    fn open_with_map_size(dir: &Path, map_size: usize) -> Result<HeedDisk, DiskError> {
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(MAP_SIZE).max_dbs(2);
+        options.map_size(map_size).max_dbs(2);
         // SAFETY: the data directory is locked by this process
         // (`cluster::DataDirLock`), so no other process maps the file.
         let env = unsafe { options.open(dir)? };
@@ -122,6 +145,7 @@ impl HeedDisk {
             log,
             meta,
             poisoned: AtomicBool::new(false),
+            short_of_room: Mutex::new(None),
         };
         match disk.get(Table::Meta, FORMAT_KEY)? {
             Some(found) if found == FORMAT => {}
@@ -206,25 +230,73 @@ impl CoordinatorDisk for HeedDisk {
 
     fn write(&self, ops: &[WriteOp]) -> Result<(), DiskError> {
         self.check()?;
-        self.write_txn(ops).map_err(|error| {
-            self.poisoned.store(true, Ordering::Release);
-            DiskError::Heed(error)
-        })
+        match self.write_txn(ops) {
+            Ok(()) => {
+                *lock(&self.short_of_room) = None;
+                Ok(())
+            }
+            Err(error) if is_out_of_room(&error) => {
+                let why = error.to_string();
+                *lock(&self.short_of_room) = Some(why.clone());
+                Err(DiskError::NoSpace(why))
+            }
+            Err(error) => {
+                self.poisoned.store(true, Ordering::Release);
+                Err(DiskError::Heed(error))
+            }
+        }
+    }
+
+    fn short_of_room(&self) -> Option<String> {
+        lock(&self.short_of_room).clone()
+    }
+}
+
+/// Whether LMDB refused a transaction for lack of room: the disk (or the
+/// quota) is full, or the map is.
+fn is_out_of_room(error: &heed::Error) -> bool {
+    match error {
+        heed::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ),
+        heed::Error::Mdb(heed::MdbError::MapFull) => true,
+        _ => false,
     }
 }
 
 type MemTables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 /// A disk in memory: every write is durable at once. `fail_next_write`
-/// makes the next write fail and poison it, as a failed fsync would.
+/// makes the next write fail and poison it, as a failed fsync would;
+/// `fill` refuses writes for lack of room until it is undone.
 #[derive(Default)]
 pub struct MemDisk {
     tables: Mutex<MemTables>,
     fail_next_write: AtomicBool,
     poisoned: AtomicBool,
+    full: AtomicBool,
+    /// Writes refused since the disk last filled up.
+    refused_for_room: AtomicU64,
+    short_of_room: Mutex<Option<String>>,
 }
 
 impl MemDisk {
+    /// From now on every write is refused for lack of room (`full`), or
+    /// none is.
+    pub fn fill(&self, full: bool) {
+        if full {
+            self.refused_for_room.store(0, Ordering::Release);
+        }
+        self.full.store(full, Ordering::Release);
+    }
+
+    /// Writes refused for lack of room since the disk last filled up: the
+    /// process using it met the fault.
+    pub fn refused_for_room(&self) -> u64 {
+        self.refused_for_room.load(Ordering::Acquire)
+    }
+
     pub fn fail_next_write(&self) {
         self.fail_next_write.store(true, Ordering::Release);
     }
@@ -246,6 +318,7 @@ impl MemDisk {
             .clone();
         MemDisk {
             tables: Mutex::new(tables),
+            full: AtomicBool::new(self.full.load(Ordering::Acquire)),
             ..MemDisk::default()
         }
     }
@@ -292,6 +365,13 @@ impl CoordinatorDisk for MemDisk {
             self.poisoned.store(true, Ordering::Release);
             return Err(DiskError::Injected);
         }
+        if self.full.load(Ordering::Acquire) {
+            self.refused_for_room.fetch_add(1, Ordering::AcqRel);
+            let why = "the disk is full (simulated)".to_owned();
+            *lock(&self.short_of_room) = Some(why.clone());
+            return Err(DiskError::NoSpace(why));
+        }
+        *lock(&self.short_of_room) = None;
         for op in ops {
             match op {
                 WriteOp::Put { table, key, value } => {
@@ -314,6 +394,10 @@ impl CoordinatorDisk for MemDisk {
             }
         }
         Ok(())
+    }
+
+    fn short_of_room(&self) -> Option<String> {
+        lock(&self.short_of_room).clone()
     }
 }
 
@@ -410,6 +494,40 @@ mod tests {
             .unwrap();
         let error = HeedDisk::open(dir.path()).err().unwrap();
         assert!(matches!(error, DiskError::Format { .. }), "{error}");
+    }
+
+    /// A write refused for lack of room leaves what was there, poisons
+    /// nothing, and goes through once there is room.
+    fn refuses_for_room_without_harm(disk: &dyn CoordinatorDisk, make_room: impl FnOnce()) {
+        assert!(matches!(
+            disk.write(&[put(Table::Log, &[1], &[7; 256 << 10])]),
+            Err(DiskError::NoSpace(_))
+        ));
+        assert!(disk.short_of_room().is_some());
+        assert_eq!(disk.get(Table::Meta, b"vote").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(disk.get(Table::Log, &[1]).unwrap(), None);
+        make_room();
+        disk.write(&[put(Table::Log, &[1], b"a")]).unwrap();
+        assert_eq!(disk.short_of_room(), None);
+        assert_eq!(disk.get(Table::Log, &[1]).unwrap(), Some(b"a".to_vec()));
+    }
+
+    #[test]
+    fn a_full_mem_disk_refuses_writes_without_poison() {
+        let disk = MemDisk::default();
+        disk.write(&[put(Table::Meta, b"vote", b"v")]).unwrap();
+        disk.fill(true);
+        refuses_for_room_without_harm(&disk, || disk.fill(false));
+        assert_eq!(disk.refused_for_room(), 1);
+    }
+
+    #[test]
+    fn a_full_heed_map_refuses_a_write_without_poison() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = HeedDisk::open_with_map_size(dir.path(), 128 << 10).unwrap();
+        disk.write(&[put(Table::Meta, b"vote", b"v")]).unwrap();
+        // The room it lacked was for the large value: the small one fits.
+        refuses_for_room_without_harm(&disk, || {});
     }
 
     #[test]

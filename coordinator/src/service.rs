@@ -92,6 +92,8 @@ pub enum StartError {
 pub struct CoordinatorService {
     id: NodeId,
     raft: Raft,
+    /// Read for status: whether its writes wait for room.
+    disk: Arc<dyn CoordinatorDisk>,
     state: SharedState,
     /// Counts the state's changes, for watches.
     changes: Arc<Signal<u64>>,
@@ -110,6 +112,9 @@ pub trait HostedController: Service {
     /// Its recoveries and the workers it hears from, while it leads.
     fn report(&self) -> Option<RecoveryReport>;
 }
+
+/// How long [`CoordinatorService::shutdown`] waits for the raft node.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 impl CoordinatorService {
     /// Starts the raft node over `disk`. A coordinator that has never voted
@@ -137,7 +142,7 @@ impl CoordinatorService {
         let mut log = LogStore::new(disk.clone());
         let fresh =
             log.get_log_state().await?.last_log_id.is_none() && log.read_vote().await?.is_none();
-        let machine = StateMachine::open(disk)?;
+        let machine = StateMachine::open(disk.clone())?;
         let state = machine.shared();
         let changes = machine.changes();
         let network = Network::new(config.transport.clone());
@@ -160,6 +165,7 @@ impl CoordinatorService {
         Ok(CoordinatorService {
             id: config.id,
             raft,
+            disk,
             state,
             changes,
             candidacy: None,
@@ -195,16 +201,23 @@ impl CoordinatorService {
     pub fn status(&self) -> CoordinatorStatusReply {
         let metrics = self.raft.metrics().borrow().clone();
         let controller = self.candidacy.as_ref().and_then(|c| c.controller());
-        let problem = match (&metrics.running_state, metrics.current_leader) {
-            (Err(fatal), _) => Some(format!("raft stopped: {fatal}")),
-            (Ok(()), None) => Some(
+        let problem = match (
+            &metrics.running_state,
+            metrics.current_leader,
+            self.disk.short_of_room(),
+        ) {
+            (Err(fatal), ..) => Some(format!("raft stopped: {fatal}")),
+            (Ok(()), _, Some(why)) => Some(format!(
+                "its disk has no room, so its raft writes wait: {why}"
+            )),
+            (Ok(()), None, None) => Some(
                 "no coordinator leads: an election is under way or a majority is out of reach"
                     .into(),
             ),
-            (Ok(()), Some(_)) if self.candidacy.is_some() && controller.is_none() => {
+            (Ok(()), Some(_), None) if self.candidacy.is_some() && controller.is_none() => {
                 Some("no cluster controller: none has renewed its lease lately".into())
             }
-            (Ok(()), Some(_)) => None,
+            (Ok(()), Some(_), None) => None,
         };
         CoordinatorStatusReply {
             id: self.id,
@@ -231,9 +244,18 @@ impl CoordinatorService {
     }
 
     /// Stops the raft node; its tasks end.
+    /// Stops the raft node. A node whose write waits for room on a full
+    /// disk never gets to stop: it is left after `SHUTDOWN_WAIT`, which
+    /// loses nothing, since that write was never made and nothing it
+    /// would have allowed was answered.
     pub async fn shutdown(&self) {
-        if let Err(error) = self.raft.shutdown().await {
-            tracing::warn!(%error, "coordinator raft did not stop cleanly");
+        match tokio::time::timeout(SHUTDOWN_WAIT, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "coordinator raft did not stop cleanly"),
+            Err(_) => tracing::warn!(
+                wait = ?SHUTDOWN_WAIT,
+                "coordinator raft did not stop in time; left as it is"
+            ),
         }
     }
 

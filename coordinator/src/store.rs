@@ -2,6 +2,11 @@
 //! vote, commit and purge marks) and the state machine (the registers, the
 //! last applied entry and membership, and the latest snapshot).
 //!
+//! Every write waits while the disk has no room for it
+//! (`write_with_room`): openraft stops a node for good on a storage
+//! error, and a full disk loses nothing, so the node stalls instead (to
+//! its peers, a node that does not answer) and goes on once there is room.
+//!
 //! Everything is JSON on disk: the state is a few registers of a few KiB,
 //! written a few times a second, so readability wins over size. The applied
 //! state is written with every applied batch, so a restart does not
@@ -15,6 +20,9 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use proto::signal::Signal;
 
@@ -90,6 +98,28 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn index_key(index: u64) -> Vec<u8> {
     index.to_be_bytes().to_vec()
+}
+
+/// The shortest and the longest wait before a write refused for lack of
+/// room is made again.
+const ROOM_WAIT_MIN: Duration = Duration::from_millis(20);
+const ROOM_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// Makes `ops`, made again while the disk refuses them for lack of room
+/// (which wrote nothing); any other failure is returned.
+async fn write_with_room(
+    disk: &dyn CoordinatorDisk,
+    ops: &[WriteOp],
+) -> std::result::Result<(), DiskError> {
+    let waits = ExponentialBuilder::new()
+        .with_min_delay(ROOM_WAIT_MIN)
+        .with_max_delay(ROOM_WAIT_MAX)
+        .without_max_times();
+    (|| async { disk.write(ops) })
+        .retry(waits)
+        .when(|e| matches!(e, DiskError::NoSpace(_)))
+        .notify(|e, wait| tracing::warn!(error = %e, ?wait, "a raft write waits for room"))
+        .await
 }
 
 fn put_meta(key: &[u8], value: Vec<u8>) -> WriteOp {
@@ -172,8 +202,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.disk
-            .write(&[put_meta(VOTE, encode(vote))])
+        write_with_room(&*self.disk, &[put_meta(VOTE, encode(vote))])
+            .await
             .map_err(io_error(StorageIOError::write_vote))
     }
 
@@ -182,8 +212,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.disk
-            .write(&[put_meta(COMMITTED, encode(&committed))])
+        write_with_room(&*self.disk, &[put_meta(COMMITTED, encode(&committed))])
+            .await
             .map_err(write_logs)
     }
 
@@ -206,7 +236,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 value: encode(&entry),
             })
             .collect();
-        match self.disk.write(&ops) {
+        match write_with_room(&*self.disk, &ops).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -219,26 +249,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.disk
-            .write(&[WriteOp::DeleteRange {
+        write_with_room(
+            &*self.disk,
+            &[WriteOp::DeleteRange {
                 table: Table::Log,
                 from: index_key(log_id.index),
                 to: None,
-            }])
-            .map_err(write_logs)
+            }],
+        )
+        .await
+        .map_err(write_logs)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.disk
-            .write(&[
+        write_with_room(
+            &*self.disk,
+            &[
                 put_meta(PURGED, encode(&log_id)),
                 WriteOp::DeleteRange {
                     table: Table::Log,
                     from: index_key(0),
                     to: log_id.index.checked_add(1).map(index_key),
                 },
-            ])
-            .map_err(write_logs)
+            ],
+        )
+        .await
+        .map_err(write_logs)
     }
 }
 
@@ -340,8 +376,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: data.clone(),
         };
-        self.disk
-            .write(&[put_meta(SNAPSHOT, encode(&stored))])
+        write_with_room(&*self.disk, &[put_meta(SNAPSHOT, encode(&stored))])
+            .await
             .map_err(io_error(|e| {
                 StorageIOError::write_snapshot(Some(meta.signature()), e)
             }))?;
@@ -382,8 +418,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Durable before anyone can read it: a reader must never see a
         // register that a restart would take back.
-        self.disk
-            .write(&[put_meta(APPLIED, encode(&next))])
+        write_with_room(&*self.disk, &[put_meta(APPLIED, encode(&next))])
+            .await
             .map_err(io_error(StorageIOError::write_state_machine))?;
         *write_shared(&self.state) = next;
         self.changed();
@@ -415,14 +451,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.disk
-            .write(&[
+        write_with_room(
+            &*self.disk,
+            &[
                 put_meta(APPLIED, encode(&installed)),
                 put_meta(SNAPSHOT, encode(&stored)),
-            ])
-            .map_err(io_error(|e| {
-                StorageIOError::write_snapshot(Some(meta.signature()), e)
-            }))?;
+            ],
+        )
+        .await
+        .map_err(io_error(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), e)
+        }))?;
         *write_shared(&self.state) = installed;
         self.changed();
         Ok(())

@@ -5,7 +5,8 @@
 //! and the register ends at or past every acknowledged revision. A watcher
 //! follows the register meanwhile: what its watches answer never goes
 //! back, whichever coordinator leads. The seed (printed; `TEAMLOG_SEED`
-//! replays it) fixes the schedule of stops.
+//! replays it) fixes the schedule of stops. Apart from that, the leader's
+//! disk fills up under the writers, and later has room again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -311,6 +312,90 @@ async fn a_watch_answers_with_the_write_that_passes_its_revision() {
         .await
         .unwrap();
     assert_eq!(behind.revision, written.register.revision);
+    for node in &mut nodes {
+        node.stop().await;
+    }
+}
+
+/// Waits, up to 30 s, until `done` holds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader's disk fills up: it stalls rather than stops, says why in
+/// its status, and the other two go on committing; it can be stopped and
+/// started meanwhile; once there is room it writes what waited, catches up
+/// and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_whose_disk_fills_waits_for_room_and_catches_up() {
+    let (mut nodes, addrs) = start_three().await;
+    let client = Arc::new(
+        CoordinatorClient::new(&addrs, Default::default())
+            .unwrap()
+            .with_timeout(Duration::from_secs(3)),
+    );
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until_stopped(
+        client.clone(),
+        0,
+        outcomes.clone(),
+        acknowledged.clone(),
+        stop.clone(),
+    ));
+    wait_for_progress(&acknowledged, 0, "before the disk fills").await;
+    let mut leader = None;
+    wait_until("a leader", || {
+        leader = nodes.iter().position(Node::leads);
+        leader.is_some()
+    })
+    .await;
+    let full = leader.expect("found");
+    nodes[full].disk.fill(true);
+    let status = |node: &Node| node.running.as_ref().expect("running").service.status();
+    wait_until("the full coordinator says why", || {
+        status(&nodes[full])
+            .problem
+            .is_some_and(|p| p.contains("no room"))
+    })
+    .await;
+    let now = acknowledged.load(Ordering::Relaxed);
+    wait_for_progress(&acknowledged, now, "with the leader's disk full").await;
+    assert!(nodes[full].disk.refused_for_room() > 0);
+    // Stopped while a write waits for room, it still stops; and it starts
+    // again over the full disk.
+    nodes[full].stop().await;
+    nodes[full].start().await;
+
+    nodes[full].disk.fill(false);
+    let now = acknowledged.load(Ordering::Relaxed);
+    wait_for_progress(&acknowledged, now, "with room again").await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let others = (0..nodes.len()).filter(|i| *i != full);
+    let applied = others
+        .map(|i| status(&nodes[i]).last_applied)
+        .max()
+        .unwrap();
+    wait_until("the full coordinator catches up", || {
+        let caught_up = status(&nodes[full]);
+        caught_up.last_applied >= applied && caught_up.problem.is_none()
+    })
+    .await;
+    let doubled: Vec<u64> = outcomes
+        .lock()
+        .unwrap()
+        .acknowledged
+        .iter()
+        .filter(|(_, values)| values.len() > 1)
+        .map(|(revision, _)| *revision)
+        .collect();
+    assert!(doubled.is_empty(), "lost updates at revisions {doubled:?}");
     for node in &mut nodes {
         node.stop().await;
     }
