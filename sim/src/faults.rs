@@ -55,8 +55,8 @@ pub enum Fault {
     /// what its disk kept.
     SyncError(Disk),
     /// A TLog's or a worker's disk has no room for another log segment,
-    /// or a storage server's for another write, until the fault ends (or
-    /// log segments are removed).
+    /// or a storage server's or a coordinator's for another write, until
+    /// the fault ends (or log segments are removed).
     DiskFull(Role),
 }
 
@@ -112,8 +112,8 @@ pub struct FaultKinds {
     /// A stray peer sending what the protocol does not expect (see
     /// `stray`); it runs beside the planned faults, not among them.
     pub junk: bool,
-    /// A TLog's or storage server's disk with no room; planned apart (see
-    /// [`plan_disk_full`]).
+    /// A TLog's, a storage server's or a coordinator's disk with no room;
+    /// planned apart (see [`plan_disk_full`]).
     pub full: bool,
 }
 
@@ -301,13 +301,14 @@ pub fn plan_disk_full(
         if at >= window {
             return faults;
         }
-        let role = match (rng.random_bool(0.5), shape) {
-            (true, _) => {
+        let role = match (rng.random_range(0..5), shape) {
+            (0..=1, _) => {
                 let servers = storage_ids();
                 Role::Storage(servers[rng.random_range(0..servers.len())])
             }
-            (false, Shape::Pinned) => Role::TLog(rng.random_range(0..TLOGS)),
-            (false, Shape::Recruited) => Role::Worker(rng.random_range(1..=WORKERS)),
+            (2, _) => Role::Coordinator(rng.random_range(1..=COORDINATORS)),
+            (_, Shape::Pinned) => Role::TLog(rng.random_range(0..TLOGS)),
+            (_, Shape::Recruited) => Role::Worker(rng.random_range(1..=WORKERS)),
         };
         faults.push(Scheduled {
             at,

@@ -327,15 +327,17 @@ impl Driver {
     }
 
     /// Leaves a TLog's or worker's disk no room for another segment, or a
-    /// storage server's for another write; or gives it room again.
+    /// storage server's or a coordinator's for another write; or gives it
+    /// room again.
     fn fill(&self, role: Role, full: bool) {
         match role {
             Role::TLog(index) if full => self.tlog_stores[index].fill(),
             Role::TLog(index) => self.tlog_stores[index].limit_segments(None),
             Role::Worker(id) => self.worker_disks[&id].fill(full),
             Role::Storage(id) => self.storage_engines[&id].set_full(full),
+            Role::Coordinator(id) => self.coordinator_disk(id).fill(full),
             // Not planned: their disks hold no log and no store.
-            Role::Sequencer | Role::Proxy(_) | Role::Coordinator(_) => {}
+            Role::Sequencer | Role::Proxy(_) => {}
         }
     }
 
@@ -345,7 +347,8 @@ impl Driver {
             Role::TLog(index) => self.tlog_stores[index].refused_for_space(),
             Role::Worker(id) => self.worker_disks[&id].refused_for_space(),
             Role::Storage(id) => self.storage_engines[&id].refused_for_space(),
-            Role::Sequencer | Role::Proxy(_) | Role::Coordinator(_) => false,
+            Role::Coordinator(id) => self.coordinator_disk(id).refused_for_room() > 0,
+            Role::Sequencer | Role::Proxy(_) => false,
         }
     }
 

@@ -122,17 +122,19 @@ fn junk_from_a_stray_peer_is_closed_or_refused_and_loses_nothing() {
 
 /// Disks fill up and empty again: a TLog's (a pinned TLog's, a recruited
 /// worker's), whose log waits for room for its next segment without
-/// holding up its host while a recruited cluster recovers elsewhere, and a
-/// storage server's, which applies into memory meanwhile. Nothing
-/// acknowledged is lost.
+/// holding up its host while a recruited cluster recovers elsewhere; a
+/// storage server's, which applies into memory meanwhile; and a
+/// coordinator's, whose raft writes wait for room while the others go on.
+/// Nothing acknowledged is lost.
 #[test]
 fn full_disks_stall_their_roles_and_lose_nothing() {
     let seed = testkit::seed_from_env();
     let mut met = std::collections::BTreeSet::new();
     for shape in [Shape::Pinned, Shape::Recruited] {
-        // Seeds until both a log's and a storage server's full disk refused
-        // space: a disk may fill up only between a log's rolls, or (with
-        // large segments drawn) a log may need no other segment in the run.
+        // Seeds until a log's, a storage server's and a coordinator's full
+        // disk refused space: a disk may fill up only between a log's
+        // rolls, or (with large segments drawn) a log may need no other
+        // segment in the run.
         for seed in seed..seed + 60 {
             let report = run_clean(seed, shape, "full");
             for line in report
@@ -142,17 +144,19 @@ fn full_disks_stall_their_roles_and_lose_nothing() {
             {
                 let kind = if line.contains("storage-") {
                     "storage"
+                } else if line.contains("coordinator-") {
+                    "coordinator"
                 } else {
                     "log"
                 };
                 met.insert((shape.to_string(), kind));
             }
-            if met.iter().filter(|(s, _)| *s == shape.to_string()).count() == 2 {
+            if met.iter().filter(|(s, _)| *s == shape.to_string()).count() == 3 {
                 break;
             }
         }
     }
-    assert_eq!(met.len(), 4, "full disks met only {met:?}");
+    assert_eq!(met.len(), 6, "full disks met only {met:?}");
 }
 
 /// Runs `seed` of a `shape` cluster with the fault kinds `faults` (none:

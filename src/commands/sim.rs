@@ -28,8 +28,8 @@ pub struct SimArgs {
     /// (a TLog's or coordinator's fsync failing; it is restarted when the
     /// fault ends), junk (a stray peer sending the roles what the
     /// protocol does not expect) and full (a TLog's disk with no room for
-    /// another log segment, or a storage server's for another write); empty
-    /// runs without faults.
+    /// another log segment, or a storage server's or a coordinator's for
+    /// another write); empty runs without faults.
     #[arg(long, default_value = "kill,cut,clog,fsync,junk,full")]
     pub faults: String,
     /// Who places the commit path: `pinned` (the cluster file: TLogs,
