@@ -125,6 +125,73 @@ async fn write_until_stopped(
     }
 }
 
+/// Writers racing conditional writes on the register through one client.
+struct Writing {
+    client: Arc<CoordinatorClient>,
+    outcomes: Arc<Mutex<Outcomes>>,
+    acknowledged: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+impl Writing {
+    fn start(addrs: &[SocketAddr], writers: usize) -> Writing {
+        let client = Arc::new(
+            CoordinatorClient::new(addrs, Default::default())
+                .unwrap()
+                .with_timeout(Duration::from_secs(3)),
+        );
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (0..writers)
+            .map(|writer| {
+                tokio::spawn(write_until_stopped(
+                    client.clone(),
+                    writer,
+                    outcomes.clone(),
+                    acknowledged.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Writing {
+            client,
+            outcomes,
+            acknowledged,
+            stop,
+            writers,
+        }
+    }
+
+    /// Waits until three more writes than `since` are acknowledged.
+    async fn progress(&self, what: &str) {
+        let since = self.acknowledged.load(Ordering::Relaxed);
+        wait_for_progress(&self.acknowledged, since, what).await;
+    }
+
+    /// Stops the writers (and whatever else watches `stop`), and waits
+    /// for them.
+    async fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for writer in self.writers.drain(..) {
+            writer.await.unwrap();
+        }
+    }
+
+    /// Acknowledged writes that share a revision: lost updates.
+    fn lost_updates(&self) -> Vec<(u64, Vec<String>)> {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .acknowledged
+            .iter()
+            .filter(|(_, values)| values.len() > 1)
+            .map(|(revision, values)| (*revision, values.clone()))
+            .collect()
+    }
+}
+
 /// Three coordinators over in-memory disks, started; and their addresses.
 async fn start_three() -> (Vec<Node>, Vec<SocketAddr>) {
     let members: BTreeMap<u64, SocketAddr> = (1..=3).zip(free_addrs(3)).collect();
@@ -192,27 +259,10 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let (mut nodes, addrs) = start_three().await;
-    let client = Arc::new(
-        CoordinatorClient::new(&addrs, Default::default())
-            .unwrap()
-            .with_timeout(Duration::from_secs(3)),
-    );
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            tokio::spawn(write_until_stopped(
-                client.clone(),
-                writer,
-                outcomes.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    let watcher = tokio::spawn(watch_until_stopped(client.clone(), stop.clone()));
-    wait_for_progress(&acknowledged, 0, "before any stop").await;
+    let mut writing = Writing::start(&addrs, WRITERS);
+    let client = writing.client.clone();
+    let watcher = tokio::spawn(watch_until_stopped(client.clone(), writing.stop.clone()));
+    writing.progress("before any stop").await;
 
     for round in 0..stops {
         let leader = nodes.iter().position(Node::leads);
@@ -221,32 +271,21 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
             _ => rng.random_range(0..nodes.len()),
         };
         nodes[victim].stop().await;
-        let now = acknowledged.load(Ordering::Relaxed);
-        wait_for_progress(
-            &acknowledged,
-            now,
-            &format!("stop {round} of {}", victim + 1),
-        )
-        .await;
+        writing
+            .progress(&format!("stop {round} of {}", victim + 1))
+            .await;
         nodes[victim].start().await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await.unwrap();
-    }
+    writing.finish().await;
     let watched = watcher.await.unwrap();
 
     let last = client.read(REGISTER).await.unwrap();
     for node in &mut nodes {
         node.stop().await;
     }
-    let outcomes = outcomes.lock().unwrap();
-    let doubled: Vec<_> = outcomes
-        .acknowledged
-        .iter()
-        .filter(|(_, values)| values.len() > 1)
-        .collect();
+    let doubled = writing.lost_updates();
     assert!(doubled.is_empty(), "lost updates: {doubled:?}");
+    let outcomes = writing.outcomes.lock().unwrap();
     let (&highest, values) = outcomes
         .acknowledged
         .last_key_value()
@@ -267,7 +306,7 @@ async fn acknowledged_writes_never_share_a_revision_through_repeated_stops() {
     );
     println!(
         "{} writes acknowledged, {} of unknown outcome, register at revision {}",
-        acknowledged.load(Ordering::Relaxed),
+        writing.acknowledged.load(Ordering::Relaxed),
         outcomes.unknown,
         last.revision
     );
@@ -333,22 +372,8 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_whose_disk_fills_waits_for_room_and_catches_up() {
     let (mut nodes, addrs) = start_three().await;
-    let client = Arc::new(
-        CoordinatorClient::new(&addrs, Default::default())
-            .unwrap()
-            .with_timeout(Duration::from_secs(3)),
-    );
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until_stopped(
-        client.clone(),
-        0,
-        outcomes.clone(),
-        acknowledged.clone(),
-        stop.clone(),
-    ));
-    wait_for_progress(&acknowledged, 0, "before the disk fills").await;
+    let mut writing = Writing::start(&addrs, 1);
+    writing.progress("before the disk fills").await;
     let mut leader = None;
     wait_until("a leader", || {
         leader = nodes.iter().position(Node::leads);
@@ -364,8 +389,7 @@ async fn a_coordinator_whose_disk_fills_waits_for_room_and_catches_up() {
             .is_some_and(|p| p.contains("no room"))
     })
     .await;
-    let now = acknowledged.load(Ordering::Relaxed);
-    wait_for_progress(&acknowledged, now, "with the leader's disk full").await;
+    writing.progress("with the leader's disk full").await;
     assert!(nodes[full].disk.refused_for_room() > 0);
     // Stopped while a write waits for room, it still stops; and it starts
     // again over the full disk.
@@ -373,10 +397,8 @@ async fn a_coordinator_whose_disk_fills_waits_for_room_and_catches_up() {
     nodes[full].start().await;
 
     nodes[full].disk.fill(false);
-    let now = acknowledged.load(Ordering::Relaxed);
-    wait_for_progress(&acknowledged, now, "with room again").await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    writing.progress("with room again").await;
+    writing.finish().await;
     let others = (0..nodes.len()).filter(|i| *i != full);
     let applied = others
         .map(|i| status(&nodes[i]).last_applied)
@@ -387,15 +409,8 @@ async fn a_coordinator_whose_disk_fills_waits_for_room_and_catches_up() {
         caught_up.last_applied >= applied && caught_up.problem.is_none()
     })
     .await;
-    let doubled: Vec<u64> = outcomes
-        .lock()
-        .unwrap()
-        .acknowledged
-        .iter()
-        .filter(|(_, values)| values.len() > 1)
-        .map(|(revision, _)| *revision)
-        .collect();
-    assert!(doubled.is_empty(), "lost updates at revisions {doubled:?}");
+    let doubled = writing.lost_updates();
+    assert!(doubled.is_empty(), "lost updates: {doubled:?}");
     for node in &mut nodes {
         node.stop().await;
     }
