@@ -349,7 +349,7 @@ impl<W> ProxyCore<W> {
                 let carried = std::mem::take(&mut batch.carries);
                 commands.extend(self.tag(batch_id, reply.resolved));
                 for id in carried {
-                    commands.extend(self.finish_reported(id, now_us));
+                    commands.extend(self.on_reported(id, now_us));
                 }
             }
             Err(e) => {
@@ -400,11 +400,19 @@ impl<W> ProxyCore<W> {
         commands
     }
 
-    /// The sequencer heard (or could not be told) that the batch committed.
-    /// A failed report does not undo a durable commit, so the clients are
-    /// answered either way.
+    /// The sequencer heard (or could not be told) that the batch committed,
+    /// alone or carried by a later batch's call. A failed report does not
+    /// undo a durable commit, so the clients are answered either way.
     pub fn on_reported(&mut self, batch_id: BatchId, now_us: u64) -> Vec<Command<W>> {
-        self.finish_reported(batch_id, now_us)
+        let Some(version) = self
+            .batches
+            .get(&batch_id)
+            .and_then(|b| b.versions)
+            .map(|v| v.version)
+        else {
+            return Vec::new();
+        };
+        self.finish(batch_id, Ok(version), now_us)
     }
 
     /// The shard map as of `version`, if still in the history kept.
@@ -743,19 +751,6 @@ impl<W> ProxyCore<W> {
                 version,
             },
         })
-    }
-
-    /// Answers a pushed batch whose version the sequencer has heard.
-    fn finish_reported(&mut self, batch_id: BatchId, now_us: u64) -> Vec<Command<W>> {
-        let Some(version) = self
-            .batches
-            .get(&batch_id)
-            .and_then(|b| b.versions)
-            .map(|v| v.version)
-        else {
-            return Vec::new();
-        };
-        self.finish(batch_id, Ok(version), now_us)
     }
 
     /// Ends a batch: every waiter gets `result`, and its slot goes to the

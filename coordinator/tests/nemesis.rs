@@ -357,12 +357,9 @@ async fn a_watch_answers_with_the_write_that_passes_its_revision() {
 }
 
 /// Waits, up to 30 s, until `done` holds.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let held = cluster::retry::wait_until(done, Duration::from_secs(30)).await;
+    assert!(held, "{what}: not within 30 s");
 }
 
 /// The leader's disk fills up: it stalls rather than stops, says why in
@@ -374,13 +371,13 @@ async fn a_coordinator_whose_disk_fills_waits_for_room_and_catches_up() {
     let (mut nodes, addrs) = start_three().await;
     let mut writing = Writing::start(&addrs, 1);
     writing.progress("before the disk fills").await;
-    let mut leader = None;
+    let leader = std::cell::Cell::new(None);
     wait_until("a leader", || {
-        leader = nodes.iter().position(Node::leads);
-        leader.is_some()
+        leader.set(nodes.iter().position(Node::leads));
+        leader.get().is_some()
     })
     .await;
-    let full = leader.expect("found");
+    let full = leader.get().expect("found");
     nodes[full].disk.fill(true);
     let status = |node: &Node| node.running.as_ref().expect("running").service.status();
     wait_until("the full coordinator says why", || {
