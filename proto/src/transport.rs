@@ -33,6 +33,7 @@ mod budget;
 mod client;
 mod frame_reader;
 mod frame_writer;
+pub mod local;
 pub mod net;
 mod peer;
 mod server;
@@ -108,6 +109,9 @@ pub struct ClientConfig {
     /// Connect through this network instead of the operating system's TCP
     /// (a simulation's).
     pub dialer: Option<Arc<dyn net::Dialer>>,
+    /// Reach the servers of this process that serve on the same network
+    /// through an in-memory pipe instead of a socket (see [`local`]).
+    pub local: Option<Arc<local::LocalNetwork>>,
 }
 
 impl Default for ClientConfig {
@@ -118,6 +122,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             tls: None,
             dialer: None,
+            local: None,
         }
     }
 }
@@ -154,6 +159,9 @@ pub struct ServerConfig {
     /// presents no certificate may send client requests only. Plain TCP
     /// when `None`, and then every peer is trusted as a member.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Also take connections from the clients of this process on this
+    /// network, as members, without TLS (see [`local`]).
+    pub local: Option<Arc<local::LocalNetwork>>,
 }
 
 impl Default for ServerConfig {
@@ -168,6 +176,7 @@ impl Default for ServerConfig {
             reply_budget: 256 << 20,
             reply_budget_per_connection: 32 << 20,
             tls: None,
+            local: None,
         }
     }
 }

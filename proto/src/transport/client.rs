@@ -137,11 +137,15 @@ impl RpcClient {
             ))
         };
         let connecting = async {
-            let stream = Connected::connect(addr, config.dialer.as_deref())
+            let stream = Connected::connect(addr, &config)
                 .await
                 .map_err(RpcError::Connect)?;
             stream.set_nodelay().map_err(RpcError::Connect)?;
             match (stream, config.tls.clone()) {
+                (Connected::Local(pipe), _) => {
+                    let (read_half, write_half) = tokio::io::split(pipe);
+                    Ok(Self::start(read_half, write_half, addr, config.clone()))
+                }
                 (Connected::Tcp(stream), None) => {
                     let (read_half, write_half) = stream.into_split();
                     Ok(Self::start(read_half, write_half, addr, config.clone()))

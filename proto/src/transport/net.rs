@@ -8,6 +8,9 @@
 //!  serve(Listener)    ─▶ Listener::Tcp(TcpListener)                  │ Listener::Other(Accept)
 //!  Binder::bind       ─▶ TcpBinder: TcpListener::bind                │ another network's listener
 //! ```
+//!
+//! Before either, a client with a [`LocalNetwork`](super::local::LocalNetwork)
+//! takes a pipe to a server of its own process when there is one.
 
 use std::fmt;
 use std::future::Future;
@@ -15,8 +18,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::ClientConfig;
 
 /// A connected byte stream of another network.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -90,18 +95,21 @@ impl Listener {
 }
 
 /// One connection, either end. TCP stays its own case so that its halves
-/// split without a lock between them.
+/// split without a lock between them; a pipe within the process is trusted.
 pub(super) enum Connected {
     Tcp(TcpStream),
     Other(Box<dyn Stream>),
+    Local(DuplexStream),
 }
 
 impl Connected {
-    pub(super) async fn connect(
-        addr: SocketAddr,
-        dialer: Option<&dyn Dialer>,
-    ) -> io::Result<Connected> {
-        match dialer {
+    pub(super) async fn connect(addr: SocketAddr, config: &ClientConfig) -> io::Result<Connected> {
+        if let Some(network) = &config.local {
+            if let Some(pipe) = network.connect(addr).await {
+                return Ok(Connected::Local(pipe));
+            }
+        }
+        match config.dialer.as_deref() {
             None => Ok(Connected::Tcp(TcpStream::connect(addr).await?)),
             Some(dialer) => Ok(Connected::Other(dialer.connect(addr).await?)),
         }
@@ -112,7 +120,7 @@ impl Connected {
     pub(super) fn set_nodelay(&self) -> io::Result<()> {
         match self {
             Connected::Tcp(stream) => stream.set_nodelay(true),
-            Connected::Other(_) => Ok(()),
+            Connected::Other(_) | Connected::Local(_) => Ok(()),
         }
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,6 +37,7 @@ use tracing::{debug, warn};
 
 use super::budget::{ByteBudget, ReplyGrant};
 use super::frame_reader::FrameReader;
+use super::local::Registration;
 use super::net::{Connected, Listener, Stream};
 use super::{write_frames, Outbox, ServerConfig};
 use crate::frame::{FrameCodec, FrameError, FramePayload, FRAME_HEADER_LEN};
@@ -226,47 +227,61 @@ pub async fn serve(
         replies: ByteBudget::new(config.reply_budget)
             .counted_as("teamlog_transport_reply_bytes_held"),
     };
+    let mut registration = config.local.as_ref().map(|network| network.register(local));
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                        warn!(%local, %peer, "connection cap reached; closing a new connection");
-                        continue;
-                    };
-                    let connection = serve_stream(
-                        stream,
-                        peer,
-                        Arc::clone(&service),
-                        config.clone(),
-                        budgets.clone(),
-                        stop.child_token(),
-                    );
-                    metrics::gauge!("teamlog_transport_connections").increment(1.0);
-                    connections.spawn(async move {
-                        connection.await;
-                        metrics::gauge!("teamlog_transport_connections").decrement(1.0);
-                        drop(slot);
-                    });
-                }
-                Err(e) if is_per_connection(&e) => {
-                    debug!(%local, error = %e, "accept failed for one connection");
-                }
-                Err(e) => {
-                    warn!(%local, error = %e, "accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(pipe) = accept_local(&mut registration) => Ok((Connected::Local(pipe), local)),
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    warn!(%local, %peer, "connection cap reached; closing a new connection");
+                    continue;
+                };
+                let connection = serve_stream(
+                    stream,
+                    peer,
+                    Arc::clone(&service),
+                    config.clone(),
+                    budgets.clone(),
+                    stop.child_token(),
+                );
+                metrics::gauge!("teamlog_transport_connections").increment(1.0);
+                connections.spawn(async move {
+                    connection.await;
+                    metrics::gauge!("teamlog_transport_connections").decrement(1.0);
+                    drop(slot);
+                });
+            }
+            Err(e) if is_per_connection(&e) => {
+                debug!(%local, error = %e, "accept failed for one connection");
+            }
+            Err(e) => {
+                warn!(%local, error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
+    // No new pipe reaches a server that stopped accepting.
+    drop(registration);
     debug!(%local, connections = connections.len(), "shutting down");
     stop.cancel();
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The next pipe from a client of this process; never, without a
+/// [`LocalNetwork`](super::local::LocalNetwork).
+async fn accept_local(registration: &mut Option<Registration>) -> Option<DuplexStream> {
+    match registration {
+        Some(registration) => registration.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn is_per_connection(e: &io::Error) -> bool {
@@ -319,6 +334,14 @@ async fn serve_stream(
         member: true,
     };
     match (stream, config.tls.clone()) {
+        // Only this process's own roles can open a pipe (see `local`).
+        (Connected::Local(pipe), _) => {
+            let (read_half, write_half) = tokio::io::split(pipe);
+            serve_connection(
+                read_half, write_half, trusted, service, config, budgets, stop,
+            )
+            .await
+        }
         (Connected::Tcp(stream), None) => {
             let (read_half, write_half) = stream.into_split();
             serve_connection(
