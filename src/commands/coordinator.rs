@@ -24,7 +24,7 @@ use proto::clock::SystemClock;
 use proto::transport::serve;
 use tokio::net::TcpListener;
 
-use crate::commands::{shutdown_signal, start_metrics};
+use crate::commands::{shutdown_signal, start_metrics, Transports};
 use cluster::ClusterFile;
 
 #[derive(clap::Args, Debug)]
@@ -47,7 +47,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let cluster = ClusterFile::load(&args.cluster)?;
     start_metrics(args.metrics).await?;
-    host(&cluster, args.id, &args.data_dir, shutdown).await
+    let transports = Transports::of(&cluster, None)?;
+    host(&cluster, args.id, &args.data_dir, &transports, shutdown).await
 }
 
 /// Runs coordinator `id` of `cluster`, with its data in `data_dir`, until
@@ -56,6 +57,7 @@ pub async fn host(
     cluster: &ClusterFile,
     id: u64,
     data_dir: &Path,
+    transports: &Transports,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = cluster.coordinator(id)?.address;
@@ -63,8 +65,8 @@ pub async fn host(
     let disk = HeedDisk::open(data_dir)
         .with_context(|| format!("opening the coordinator store in {}", data_dir.display()))?;
     let mut config = CoordinatorConfig::new(id, cluster.coordinator_members());
-    config.transport = cluster.client_config()?;
-    let server_config = cluster.server_config()?;
+    config.transport = transports.client.clone();
+    let server_config = transports.server.clone();
     // Bind before raft starts, so the first votes find the peers listening.
     let listener = TcpListener::bind(addr)
         .await

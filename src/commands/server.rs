@@ -11,8 +11,9 @@
 //!                             └─ storage server ID at its address (DATA_DIR/storage-ID)
 //! ```
 //!
-//! The roles stop together on SIGINT or SIGTERM; one that fails ends the
-//! process.
+//! The roles call each other through the process's own network
+//! (`proto::transport::local`), not a socket. They stop together on SIGINT
+//! or SIGTERM; one that fails ends the process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use coordinator::client::CoordinatorClient;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use proto::clock::SystemClock;
+use proto::transport::local::LocalNetwork;
 use proto::transport::net::TcpBinder;
 use proto::transport::serve;
 use storage_server::versioned::WindowConfig;
@@ -31,7 +33,9 @@ use tlog::server::TLogConfig;
 use tokio::net::TcpListener;
 use worker::{DirDisks, RoleContext, WorkerService};
 
-use crate::commands::{coordinator as coordinator_role, shutdown_signal, start_metrics, storage};
+use crate::commands::{
+    coordinator as coordinator_role, shutdown_signal, start_metrics, storage, Transports,
+};
 use cluster::ClusterFile;
 
 #[derive(clap::Args, Debug)]
@@ -75,12 +79,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     let _lock = cluster::DataDirLock::acquire(&args.data_dir)?;
     start_metrics(args.metrics).await?;
+    let transports = Transports::of(&cluster, Some(LocalNetwork::new()))?;
     let mut roles: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
     for id in &args.coordinators {
         let data_dir = args.data_dir.join(format!("coordinator-{id}"));
-        let (cluster, shutdown) = (&cluster, shutdown.clone());
+        let (cluster, transports, shutdown) = (&cluster, &transports, shutdown.clone());
         roles.push(
-            async move { coordinator_role::host(cluster, *id, &data_dir, shutdown).await }.boxed(),
+            async move {
+                coordinator_role::host(cluster, *id, &data_dir, transports, shutdown).await
+            }
+            .boxed(),
         );
     }
     for id in &args.storage {
@@ -91,9 +99,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             window: WindowConfig::default(),
             move_bytes_per_second: None,
         };
-        roles.push(storage::host(&cluster, hosted, shutdown.clone()).boxed());
+        roles.push(storage::host(&cluster, hosted, &transports, shutdown.clone()).boxed());
     }
-    roles.push(run_worker(&args, &cluster, shutdown).boxed());
+    roles.push(run_worker(&args, &cluster, &transports, shutdown).boxed());
     futures::future::try_join_all(roles).await?;
     Ok(())
 }
@@ -102,10 +110,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 async fn run_worker(
     args: &ServerArgs,
     cluster: &ClusterFile,
+    transports: &Transports,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let transport = cluster.client_config()?;
-    let server = cluster.server_config()?;
+    let Transports {
+        client: transport,
+        server,
+    } = transports.clone();
     let mut tlog = TLogConfig::default();
     tlog.core.memory_budget = args.tlog_memory_budget;
     tlog.log.segment_size = args.tlog_segment_size;

@@ -16,7 +16,7 @@ use storage_server::versioned::WindowConfig;
 use tokio::net::TcpListener;
 
 use crate::commands::roles::run;
-use crate::commands::{shutdown_signal, start_metrics};
+use crate::commands::{shutdown_signal, start_metrics, Transports};
 use cluster::ClusterFile;
 
 #[derive(clap::Args, Debug)]
@@ -77,13 +77,15 @@ pub async fn run_process(args: StorageArgs) -> Result<()> {
         },
         move_bytes_per_second: args.move_rate,
     };
-    host(&cluster, hosted, shutdown).await
+    let transports = Transports::of(&cluster, None)?;
+    host(&cluster, hosted, &transports, shutdown).await
 }
 
 /// Runs storage server `hosted.id` until `shutdown`.
 pub async fn host(
     cluster: &ClusterFile,
     hosted: Hosted,
+    transports: &Transports,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let id = hosted.id;
@@ -103,7 +105,7 @@ pub async fn host(
         })?;
     let logs = if cluster.is_recruited() {
         let coordinators =
-            CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?
+            CoordinatorClient::new(&cluster.coordinator_addresses(), transports.client.clone())?
                 .with_timeout(Duration::from_secs(1));
         LogDiscovery::Coordinated(Arc::new(coordinators))
     } else {
@@ -113,10 +115,11 @@ pub async fn host(
         }
     };
     let mut config = StorageConfig::for_server(cluster, id, logs, hosted.window)?;
+    config.transport = transports.client.clone();
     if let Some(rate) = hosted.move_bytes_per_second {
         config.move_bytes_per_second = Some(rate);
     }
-    let server_config = cluster.server_config()?;
+    let server_config = transports.server.clone();
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding storage server {id} to {addr}"))?;
