@@ -1,18 +1,23 @@
-//! `teamlog dev`: a whole local cluster as real processes — 3 coordinators
-//! (one of them the cluster controller), 3 workers on which the controller
-//! recruits each generation's sequencer with its resolver, a proxy and
-//! 3 TLogs (replication 2), and 6 storage servers in 3 teams of 2, each
-//! with its private team — in a directory it creates or is given; with
+//! `teamlog dev`: a whole local cluster — 3 coordinators (one of them the
+//! cluster controller), a worker on which the controller recruits each
+//! generation's sequencer with its resolver, a proxy and 3 TLogs
+//! (replication 2), and 6 storage servers in 3 teams of 2, each with its
+//! private team — in a directory it creates or is given; with
 //! `--workload`, a generated (or given) trace replayed against it, checked
-//! against the trace's model at the end. `--pinned` runs the sequencer,
-//! proxies and TLogs as processes of their own, fixed by the cluster file;
-//! `--one-process` runs the whole cluster as one `teamlog server`.
+//! against the trace's model at the end.
+//!
+//! By default the cluster is one `teamlog server` process, its roles
+//! calling each other without sockets: on one machine that commits the
+//! most (BENCHMARKS.md). `--processes` runs each coordinator, worker (3)
+//! and storage server as a process of its own, so that killing one shows
+//! the cluster recovering; `--pinned` runs the sequencer, proxies and
+//! TLogs as processes of their own, fixed by the cluster file.
 //!
 //! ```text
-//!  dev ─spawns─▶ coordinator ×3 ─▶ worker ×3 ─▶ storage ×6 ─▶ first recovery   (logs in DIR/logs/)
-//!      --pinned:  tlog ×3 ─▶ sequencer ─▶ proxy ─▶ storage ×6
-//!      --one-process: one worker hosting coordinators ×3 and storage ×6 ─▶ first recovery
-//!      --workload: generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
+//!  dev ─spawns─▶ one server: worker + coordinators ×3 + storage ×6 ─▶ first recovery (logs in DIR/logs/)
+//!      --processes: coordinator ×3 ─▶ worker ×3 ─▶ storage ×6 ─▶ first recovery
+//!      --pinned:    tlog ×3 ─▶ sequencer ─▶ proxy ─▶ storage ×6
+//!      --workload:  generate DIR/trace.jsonl ─▶ replay ─▶ DIR/result.json, DIR/plot.svg
 //!      Ctrl-C (or the workload's end): stop everything cleanly
 //! ```
 //!
@@ -56,8 +61,9 @@ pub struct DevArgs {
     /// unless asked: nothing there relies on them.
     #[arg(long)]
     pub coordinators: Option<usize>,
-    /// Workers, on which the controller recruits each generation.
-    #[arg(long, default_value_t = 3)]
+    /// Workers, on which the controller recruits each generation (with
+    /// `--processes`).
+    #[arg(long, default_value_t = 3, requires = "processes")]
     pub workers: usize,
     /// Commit proxies. Each makes versions of its own, and every version
     /// costs each TLog a sync and each storage server a peek, so where the
@@ -66,12 +72,20 @@ pub struct DevArgs {
     pub proxies: usize,
     /// Pin the sequencer, proxies and TLogs in the cluster file, each its
     /// own process, instead of recruiting them on workers: no recovery.
-    #[arg(long, conflicts_with = "one_process")]
-    pub pinned: bool,
-    /// Run the whole cluster as one process: a single worker that also
-    /// hosts the coordinators and storage servers.
     #[arg(long)]
-    pub one_process: bool,
+    pub pinned: bool,
+    /// Run each coordinator, worker and storage server as a process of its
+    /// own instead of the whole cluster as one: any of them can be killed
+    /// and the cluster recovers without it.
+    #[arg(long, conflicts_with = "pinned")]
+    pub processes: bool,
+}
+
+impl DevArgs {
+    /// Whether the whole cluster is one process.
+    fn one_process(&self) -> bool {
+        !self.pinned && !self.processes
+    }
 }
 
 /// The generated workload's seed: fixed, so a rerun on the same directory
@@ -91,12 +105,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the teamlog binary")?;
     let spec = ClusterSpec {
         coordinators: args.coordinators.unwrap_or(if args.pinned { 0 } else { 3 }),
-        workers: match (args.pinned, args.one_process) {
-            (true, _) => 0,
-            (false, true) => 1,
-            (false, false) => args.workers.max(1),
+        workers: if args.pinned {
+            0
+        } else if args.one_process() {
+            1
+        } else {
+            args.workers.max(1)
         },
-        hosted_by_first_worker: args.one_process,
+        hosted_by_first_worker: args.one_process(),
         proxies: args.proxies,
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
@@ -104,7 +120,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &dir, &spec).await?;
-    print_cluster(&local, args.one_process);
+    print_cluster(&local, args.one_process());
     let outcome = tokio::select! {
         outcome = serve(&local, &args, &dir) => outcome,
         () = shutdown => {
