@@ -178,6 +178,7 @@ pub async fn run(args: StorageBenchArgs) -> Result<()> {
         transport: Default::default(),
         team_servers: Default::default(),
         move_bytes_per_second: None,
+        engine_writes: Default::default(),
     };
     let started = Instant::now();
     let service = StorageService::start(engine, config)?;

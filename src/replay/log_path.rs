@@ -285,6 +285,7 @@ pub async fn run(args: ReplayArgs, pacing: Pacing) -> Result<()> {
             transport: Default::default(),
             team_servers: Default::default(),
             move_bytes_per_second: None,
+            engine_writes: Default::default(),
         },
     )?;
     let target = Arc::new(LogTarget {

@@ -52,14 +52,17 @@ use proto::{is_system_key, Mutation, StorageServerId, StorageTeamId, Version};
 
 use crate::adding::AddingRanges;
 use crate::delivery::DeliveryOrder;
-use crate::engine::KvEngine;
+use crate::engine::{EngineError, KvEngine, WriteBatch};
 use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::{ranges_left, Ownership};
 use crate::sample::WriteSample;
 use crate::versioned::{StoreError, VersionedStore, WindowConfig};
 
+pub use engine_writes::EngineWrites;
+
 mod apply_loop;
 mod copy_progress;
+mod engine_writes;
 mod fetch;
 mod lazy_copy;
 mod reads;
@@ -113,6 +116,8 @@ pub struct StorageConfig {
     /// ranges being added reads from their sources (`None` or 0: as fast
     /// as they answer).
     pub move_bytes_per_second: Option<u64>,
+    /// Where flushes and a rebuild's writes run.
+    pub engine_writes: EngineWrites,
 }
 
 impl StorageConfig {
@@ -159,6 +164,7 @@ impl StorageConfig {
             move_bytes_per_second: Some(
                 cluster.distribution.unwrap_or_default().move_bytes_per_sec,
             ),
+            engine_writes: EngineWrites::default(),
         })
     }
 }
@@ -418,6 +424,15 @@ impl<E: KvEngine> Inner<E> {
         self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes `batch` into the engine, where `engine_writes` says.
+    async fn write_engine(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        let engine = self.store().engine().clone();
+        self.config
+            .engine_writes
+            .run(move || engine.write(batch))
+            .await
+    }
+
     fn store_mut(&self) -> RwLockWriteGuard<'_, VersionedStore<E>> {
         self.store.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -600,8 +615,9 @@ impl<E: KvEngine> Inner<E> {
 
     /// Flushes old versions into the engine with the team set and shard map
     /// as of the new durable version; returns it. The engine write runs
-    /// without the store's lock, so reads and applies go on meanwhile.
-    fn flush(&self) -> Result<Option<Version>, FlushError> {
+    /// without the store's lock, so reads and applies go on meanwhile, and
+    /// where `engine_writes` says.
+    async fn flush(&self) -> Result<Option<Version>, FlushError> {
         let prepared = {
             let mut store = self.store_mut();
             // A range copied whole becomes ready once its last page is
@@ -634,7 +650,18 @@ impl<E: KvEngine> Inner<E> {
             return Ok(None);
         };
         let engine = self.store().engine().clone();
-        if let Err(e) = flush.write(engine.as_ref()) {
+        let started = std::time::Instant::now();
+        let (flush, written) = self
+            .config
+            .engine_writes
+            .run(move || {
+                let written = flush.write(engine.as_ref());
+                (flush, written)
+            })
+            .await;
+        metrics::histogram!("teamlog_storage_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = written {
             self.store_mut().abandon_flush(flush);
             return Err(match e {
                 StoreError::Engine(e) if e.is_out_of_space() => FlushError::NoRoom(e.to_string()),

@@ -255,7 +255,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
 /// finds no room marks the server stalled and is retried later; `Err` is a
 /// failure no retry fixes.
 async fn flush_step<E: KvEngine>(inner: &Inner<E>) -> Result<(), String> {
-    match inner.flush() {
+    match inner.flush().await {
         Ok(Some(durable)) => {
             inner.set_stalled(None);
             inner.pop(durable).await;

@@ -35,7 +35,6 @@ use proto::units::binary_bytes;
 
 use super::*;
 use crate::copied::CopiedRanges;
-use crate::engine::WriteBatch;
 use crate::versioned::{COPIED_RANGES_METADATA, DURABLE_VERSION_METADATA, READABLE_FROM_METADATA};
 
 /// The metadata entry marking a copy under way: a store that holds it at
@@ -105,7 +104,10 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .clear_range(Bytes::new(), Bytes::from_static(USER_KEYS_END))
         .set_metadata(REBUILD_METADATA, Bytes::from_static(COPYING));
     let engine = strong.store().engine().clone();
-    engine.write(start).map_err(|e| e.to_string())?;
+    strong
+        .write_engine(start)
+        .await
+        .map_err(|e| e.to_string())?;
     drop(strong);
 
     let mut copy = Copy::default();
@@ -141,7 +143,10 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .set_metadata(META_SHARD_MAP, map.encode())
         .set_metadata(META_ADDING, AddingRanges::default().encode(first))
         .set_metadata(REBUILD_METADATA, Bytes::new());
-    engine.write(finish).map_err(|e| e.to_string())?;
+    strong
+        .write_engine(finish)
+        .await
+        .map_err(|e| e.to_string())?;
     let store = VersionedStore::open(engine, strong.config.window).map_err(|e| e.to_string())?;
     let ownership = Ownership::new(map, teams, first);
     let mut adding = AddingRanges::new(strong.config.window.max_bytes / ADDING_BUFFER_SHARE);
@@ -234,8 +239,10 @@ impl Copy {
             }
             self.pairs += reply.pairs.len() as u64;
             if !batch.is_empty() {
-                let engine = strong.store().engine().clone();
-                engine.write(batch).map_err(|e| e.to_string())?;
+                strong
+                    .write_engine(batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             self.versions = Some(match self.versions {
                 Some((first, _)) => (first, version),
