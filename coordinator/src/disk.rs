@@ -27,6 +27,7 @@ use std::sync::Mutex;
 
 use heed::types::Bytes as Raw;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use proto::disk_writes::DiskWrites;
 
 /// What the coordinator's data directory must say it holds.
 pub const FORMAT: &[u8] = b"teamlog-coordinator 1";
@@ -89,6 +90,8 @@ pub trait CoordinatorDisk: Send + Sync + 'static {
     /// Why the last write was refused for lack of room, until a write
     /// succeeds.
     fn short_of_room(&self) -> Option<String>;
+    /// Where the store makes this disk's writes.
+    fn writes(&self) -> DiskWrites;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,6 +253,12 @@ impl CoordinatorDisk for HeedDisk {
     fn short_of_room(&self) -> Option<String> {
         lock(&self.short_of_room).clone()
     }
+
+    /// A sync on a crowded disk can take long; the process's other roles
+    /// go on meanwhile.
+    fn writes(&self) -> DiskWrites {
+        DiskWrites::BlockingPool
+    }
 }
 
 /// Whether LMDB refused a transaction for lack of room: the disk (or the
@@ -398,6 +407,10 @@ impl CoordinatorDisk for MemDisk {
 
     fn short_of_room(&self) -> Option<String> {
         lock(&self.short_of_room).clone()
+    }
+
+    fn writes(&self) -> DiskWrites {
+        DiskWrites::OnTask
     }
 }
 

@@ -105,21 +105,25 @@ fn index_key(index: u64) -> Vec<u8> {
 const ROOM_WAIT_MIN: Duration = Duration::from_millis(20);
 const ROOM_WAIT_MAX: Duration = Duration::from_secs(1);
 
-/// Makes `ops`, made again while the disk refuses them for lack of room
-/// (which wrote nothing); any other failure is returned.
+/// Makes `ops` where the disk says, made again while the disk refuses them
+/// for lack of room (which wrote nothing); any other failure is returned.
 async fn write_with_room(
-    disk: &dyn CoordinatorDisk,
-    ops: &[WriteOp],
+    disk: &Arc<dyn CoordinatorDisk>,
+    ops: Vec<WriteOp>,
 ) -> std::result::Result<(), DiskError> {
     let waits = ExponentialBuilder::new()
         .with_min_delay(ROOM_WAIT_MIN)
         .with_max_delay(ROOM_WAIT_MAX)
         .without_max_times();
-    (|| async { disk.write(ops) })
-        .retry(waits)
-        .when(|e| matches!(e, DiskError::NoSpace(_)))
-        .notify(|e, wait| tracing::warn!(error = %e, ?wait, "a raft write waits for room"))
-        .await
+    let ops: Arc<[WriteOp]> = ops.into();
+    (|| {
+        let (disk, ops) = (Arc::clone(disk), Arc::clone(&ops));
+        disk.writes().run(move || disk.write(&ops))
+    })
+    .retry(waits)
+    .when(|e| matches!(e, DiskError::NoSpace(_)))
+    .notify(|e, wait| tracing::warn!(error = %e, ?wait, "a raft write waits for room"))
+    .await
 }
 
 fn put_meta(key: &[u8], value: Vec<u8>) -> WriteOp {
@@ -202,7 +206,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        write_with_room(&*self.disk, &[put_meta(VOTE, encode(vote))])
+        write_with_room(&self.disk, vec![put_meta(VOTE, encode(vote))])
             .await
             .map_err(io_error(StorageIOError::write_vote))
     }
@@ -212,7 +216,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        write_with_room(&*self.disk, &[put_meta(COMMITTED, encode(&committed))])
+        write_with_room(&self.disk, vec![put_meta(COMMITTED, encode(&committed))])
             .await
             .map_err(write_logs)
     }
@@ -236,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 value: encode(&entry),
             })
             .collect();
-        match write_with_room(&*self.disk, &ops).await {
+        match write_with_room(&self.disk, ops).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -250,8 +254,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         write_with_room(
-            &*self.disk,
-            &[WriteOp::DeleteRange {
+            &self.disk,
+            vec![WriteOp::DeleteRange {
                 table: Table::Log,
                 from: index_key(log_id.index),
                 to: None,
@@ -263,8 +267,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         write_with_room(
-            &*self.disk,
-            &[
+            &self.disk,
+            vec![
                 put_meta(PURGED, encode(&log_id)),
                 WriteOp::DeleteRange {
                     table: Table::Log,
@@ -376,7 +380,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: data.clone(),
         };
-        write_with_room(&*self.disk, &[put_meta(SNAPSHOT, encode(&stored))])
+        write_with_room(&self.disk, vec![put_meta(SNAPSHOT, encode(&stored))])
             .await
             .map_err(io_error(|e| {
                 StorageIOError::write_snapshot(Some(meta.signature()), e)
@@ -418,7 +422,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Durable before anyone can read it: a reader must never see a
         // register that a restart would take back.
-        write_with_room(&*self.disk, &[put_meta(APPLIED, encode(&next))])
+        write_with_room(&self.disk, vec![put_meta(APPLIED, encode(&next))])
             .await
             .map_err(io_error(StorageIOError::write_state_machine))?;
         *write_shared(&self.state) = next;
@@ -452,8 +456,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data,
         };
         write_with_room(
-            &*self.disk,
-            &[
+            &self.disk,
+            vec![
                 put_meta(APPLIED, encode(&installed)),
                 put_meta(SNAPSHOT, encode(&stored)),
             ],
@@ -472,5 +476,102 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::disk::{KeyValue, MemDisk};
+    use proto::disk_writes::DiskWrites;
+
+    /// A disk whose writes wait, once armed, until the test opens the gate
+    /// or a bound passes: a sync on a crowded disk.
+    #[derive(Default)]
+    struct SlowDisk {
+        inner: MemDisk,
+        gate: Mutex<Gate>,
+        opened: Condvar,
+    }
+
+    #[derive(Default)]
+    struct Gate {
+        armed: bool,
+        waiting: bool,
+    }
+
+    const GATE_BOUND: Duration = Duration::from_secs(10);
+
+    impl CoordinatorDisk for SlowDisk {
+        fn get(&self, table: Table, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, DiskError> {
+            self.inner.get(table, key)
+        }
+
+        fn range(
+            &self,
+            table: Table,
+            from: &[u8],
+            to: Option<&[u8]>,
+        ) -> std::result::Result<Vec<KeyValue>, DiskError> {
+            self.inner.range(table, from, to)
+        }
+
+        fn last(&self, table: Table) -> std::result::Result<Option<KeyValue>, DiskError> {
+            self.inner.last(table)
+        }
+
+        fn write(&self, ops: &[WriteOp]) -> std::result::Result<(), DiskError> {
+            let mut gate = self.gate.lock().unwrap();
+            if gate.armed {
+                gate.waiting = true;
+                let (mut gate, _) = self
+                    .opened
+                    .wait_timeout_while(gate, GATE_BOUND, |g| g.armed)
+                    .unwrap();
+                gate.waiting = false;
+            }
+            self.inner.write(ops)
+        }
+
+        fn short_of_room(&self) -> Option<String> {
+            self.inner.short_of_room()
+        }
+
+        fn writes(&self) -> DiskWrites {
+            DiskWrites::BlockingPool
+        }
+    }
+
+    /// On one runtime thread, shared with other roles: while a raft write
+    /// waits for its sync, the thread runs the others.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_raft_write_waiting_for_its_sync_leaves_the_runtime_to_others() {
+        let slow = Arc::new(SlowDisk::default());
+        slow.gate.lock().unwrap().armed = true;
+        let disk: Arc<dyn CoordinatorDisk> = slow.clone();
+        let write = tokio::spawn(async move {
+            write_with_room(&disk, vec![put_meta(VOTE, b"v".to_vec())]).await
+        });
+        let waiting = async {
+            while !slow.gate.lock().unwrap().waiting {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the write never waited while the runtime ran");
+        let others = tokio::spawn(tokio::time::sleep(Duration::from_millis(20)));
+        others.await.unwrap();
+        assert!(
+            slow.gate.lock().unwrap().waiting,
+            "the other task ran only once the write was done"
+        );
+        slow.gate.lock().unwrap().armed = false;
+        slow.opened.notify_all();
+        write.await.unwrap().unwrap();
+        assert_eq!(slow.get(Table::Meta, VOTE).unwrap(), Some(b"v".to_vec()));
     }
 }

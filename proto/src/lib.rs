@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod clock;
+pub mod disk_writes;
 pub mod frame;
 mod generated;
 pub mod key_text;

@@ -21,12 +21,13 @@ use coordinator::client::CoordinatorClient;
 use coordinator::disk::MemDisk;
 use coordinator::election::{ElectionConfig, Holder};
 use coordinator::service::{CoordinatorConfig, CoordinatorService};
+use proto::disk_writes::DiskWrites;
 use proto::transport::{serve, ServerConfig, Service};
 use proto::ProxyId;
 use sequencer::service::{SequencerConfig, SequencerService, SequencerStart};
 use storage_server::generations::LogDiscovery;
 use storage_server::mem_engine::MemEngine;
-use storage_server::server::{EngineWrites, StorageConfig, StorageService};
+use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
 use tlog::mem_store::MemStore;
 use tlog::server::{TLogConfig, TLogService};
@@ -162,7 +163,7 @@ pub fn add_storage(
     let mut config = StorageConfig::for_server(cluster, id, logs, window)
         .expect("the simulated cluster file names every server");
     config.transport = net::client_config();
-    config.engine_writes = EngineWrites::OnTask;
+    config.engine_writes = DiskWrites::OnTask;
     sim.host(Role::Storage(id).ip(), move || {
         let engine = Arc::clone(&engine);
         let config = config.clone();

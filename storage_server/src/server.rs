@@ -42,6 +42,7 @@ use cursor::{
     CursorError, GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, SourceError,
     TLogSource, TeamSet,
 };
+use proto::disk_writes::DiskWrites;
 use proto::rpc::{ErrorCode, ErrorReply, Message, StorageStatusReply};
 use proto::shard_map::ShardMap;
 use proto::signal::Signal;
@@ -58,11 +59,8 @@ use crate::ownership::{ranges_left, Ownership};
 use crate::sample::WriteSample;
 use crate::versioned::{StoreError, VersionedStore, WindowConfig};
 
-pub use engine_writes::EngineWrites;
-
 mod apply_loop;
 mod copy_progress;
-mod engine_writes;
 mod fetch;
 mod lazy_copy;
 mod reads;
@@ -117,7 +115,7 @@ pub struct StorageConfig {
     /// as they answer).
     pub move_bytes_per_second: Option<u64>,
     /// Where flushes and a rebuild's writes run.
-    pub engine_writes: EngineWrites,
+    pub engine_writes: DiskWrites,
 }
 
 impl StorageConfig {
@@ -164,7 +162,7 @@ impl StorageConfig {
             move_bytes_per_second: Some(
                 cluster.distribution.unwrap_or_default().move_bytes_per_sec,
             ),
-            engine_writes: EngineWrites::default(),
+            engine_writes: DiskWrites::default(),
         })
     }
 }

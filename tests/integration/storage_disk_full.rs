@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use bytes::Bytes;
+use proto::disk_writes::DiskWrites;
 use proto::rpc::{RegisterTeamRequest, StorageStatusReply};
 use proto::shard_map::ShardMap;
 use proto::system_keys::ShardAssignment;
@@ -17,7 +18,7 @@ use proto::{RpcClient, StorageServerId, StorageTeamId, Version};
 use storage_server::engine::{EngineError, KvEngine, WriteBatch};
 use storage_server::generations::LogDiscovery;
 use storage_server::mem_engine::MemEngine;
-use storage_server::server::{EngineWrites, StorageConfig, StorageService};
+use storage_server::server::{StorageConfig, StorageService};
 use storage_server::versioned::WindowConfig;
 use testkit::tlog_stream::{set_commit, VersionChain};
 use testkit::InProcessTLog;
@@ -54,7 +55,7 @@ async fn status_until<E: KvEngine>(
 fn start_server<E: KvEngine>(
     engine: Arc<E>,
     tlog: &InProcessTLog,
-    engine_writes: EngineWrites,
+    engine_writes: DiskWrites,
 ) -> Result<StorageService<E>> {
     Ok(StorageService::start(
         engine,
@@ -101,7 +102,7 @@ async fn a_full_engine_stalls_flushes_until_there_is_room() -> Result<()> {
     let client = tlog.client().await?;
     register(&client).await?;
     let engine = Arc::new(MemEngine::new());
-    let service = start_server(engine.clone(), &tlog, EngineWrites::default())?;
+    let service = start_server(engine.clone(), &tlog, DiskWrites::default())?;
     let chain = VersionChain::default();
     let commit = async |i: u64| {
         let request = set_commit(chain.next_pair(), TEAM, key(i), Bytes::from("v"), &[]);
@@ -224,7 +225,7 @@ async fn a_flush_waiting_for_its_sync_holds_up_nothing_else_on_the_runtime() -> 
     let client = tlog.client().await?;
     register(&client).await?;
     let engine = Arc::new(GatedEngine::default());
-    let service = start_server(engine.clone(), &tlog, EngineWrites::BlockingPool)?;
+    let service = start_server(engine.clone(), &tlog, DiskWrites::BlockingPool)?;
     let chain = VersionChain::default();
     let commit = async |i: u64| {
         let request = set_commit(chain.next_pair(), TEAM, key(i), Bytes::from("v"), &[]);
