@@ -10,6 +10,7 @@
 //!        └──────────────Event─────────────────┘
 //!  metadata.rs: the shard map carried across generations by the metadata team
 //!  probe.rs: the generation's workers probed, a dead one found at once
+//!  pause.rs: a pause of the controller's own process is not taken for its workers' silence
 //!  keeper.rs: moves whose driver is gone, taken over
 //!  distribution.rs (pure) + distributor.rs: shards split by bytes and writes, balanced across teams
 //! ```
@@ -18,6 +19,7 @@ pub mod distribution;
 pub mod distributor;
 pub mod keeper;
 pub mod metadata;
+pub mod pause;
 pub mod probe;
 pub mod recovery;
 pub mod retirement;

@@ -45,6 +45,7 @@ use tokio::task::JoinSet;
 use crate::distributor::Distributing;
 use crate::keeper::Keeping;
 use crate::metadata;
+use crate::pause::PauseWatch;
 use crate::probe::Probes;
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
 use crate::retirement;
@@ -124,6 +125,7 @@ struct Inner {
     status: Mutex<RecoveryStatus>,
     /// When this process last began to hold the lease.
     leading_since_ms: Mutex<Option<u64>>,
+    pauses: Arc<PauseWatch>,
 }
 
 /// How long a new controller waits for the workers to register before it
@@ -153,6 +155,8 @@ impl Controller {
         coordinators: CoordinatorClient,
         clock: Arc<dyn Clock>,
     ) -> Controller {
+        let pauses = Arc::new(PauseWatch::new(config.failure_timeout, clock.now_ms()));
+        PauseWatch::start(&pauses, Arc::clone(&clock));
         let inner = Arc::new(Inner {
             config,
             candidacy,
@@ -161,6 +165,7 @@ impl Controller {
             workers: Mutex::new(BTreeMap::new()),
             status: Mutex::new(RecoveryStatus::default()),
             leading_since_ms: Mutex::new(None),
+            pauses,
         });
         tokio::spawn(run(Arc::downgrade(&inner)));
         Controller { inner }
@@ -285,7 +290,7 @@ impl Inner {
             return Some(format!("worker {} never registered", role.worker));
         };
         let silent = now_ms.saturating_sub(worker.last_seen_ms);
-        if silent > timeout {
+        if silent > timeout && self.pauses.trusts_silence(now_ms) {
             return Some(format!("worker {} silent for {silent} ms", role.worker));
         }
         match worker.roles.iter().find(|r| r.address == role.address) {
