@@ -93,6 +93,23 @@ async fn until_served(network: &LocalNetwork, addr: SocketAddr) {
     .await
 }
 
+/// A server that only `network`'s pipes reach, serving with `config`.
+async fn start_without_socket(
+    network: &Arc<LocalNetwork>,
+    config: ServerConfig,
+) -> (SocketAddr, Running) {
+    let addr = closed_port().await;
+    let server = Running::start(
+        Listener::Other(Box::new(NoSocket(addr))),
+        ServerConfig {
+            local: Some(Arc::clone(network)),
+            ..config
+        },
+    );
+    until_served(network, addr).await;
+    (addr, server)
+}
+
 /// A port nothing listens on.
 async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -122,15 +139,8 @@ async fn a_role_of_the_same_process_is_served_through_a_pipe_as_a_member_without
     let dir = tempfile::tempdir().unwrap();
     let (_, settings) = member_files(&dir);
     let network = LocalNetwork::new();
-    let addr = closed_port().await;
-    let server = Running::start(
-        Listener::Other(Box::new(NoSocket(addr))),
-        ServerConfig {
-            local: Some(Arc::clone(&network)),
-            ..tls_files::server_config(Some(&settings)).unwrap()
-        },
-    );
-    until_served(&network, addr).await;
+    let (addr, server) =
+        start_without_socket(&network, tls_files::server_config(Some(&settings)).unwrap()).await;
 
     let same_process = ClientConfig {
         local: Some(Arc::clone(&network)),
@@ -202,16 +212,11 @@ async fn a_client_without_the_network_gets_tcp_tls_and_no_more_trust() {
 #[tokio::test]
 async fn pipes_count_against_the_connection_cap() {
     let network = LocalNetwork::new();
-    let addr = closed_port().await;
-    let server = Running::start(
-        Listener::Other(Box::new(NoSocket(addr))),
-        ServerConfig {
-            local: Some(Arc::clone(&network)),
-            max_connections: 1,
-            ..ServerConfig::default()
-        },
-    );
-    until_served(&network, addr).await;
+    let config = ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let (addr, server) = start_without_socket(&network, config).await;
     let config = ClientConfig {
         local: Some(Arc::clone(&network)),
         ..ClientConfig::default()
