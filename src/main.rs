@@ -45,6 +45,12 @@ enum Command {
     /// Take storage servers out of the cluster, whole teams at a time, or
     /// let them back in, online: the data distributor moves the shards.
     Scale(commands::scale::ScaleArgs),
+    /// Leave storage servers out of their teams, online (a server lost for
+    /// good, or going): a new generation's TLogs keep nothing for them.
+    Exclude(commands::exclude::ExcludeArgs),
+    /// Take storage servers left out by `exclude` back into their teams;
+    /// each copies its teams from a teammate before it serves.
+    Include(commands::exclude::ExcludeArgs),
     /// Commit mutations to a cluster.
     Client(commands::client::ClientArgs),
     /// Show every process of a cluster: health, versions, lag, TLog bytes per
@@ -139,6 +145,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Assign(args) => runtime.block_on(commands::client::assign(args)),
         Command::Move(args) => runtime.block_on(commands::moves::run(args)),
         Command::Scale(args) => runtime.block_on(commands::scale::run(args)),
+        Command::Exclude(args) => runtime.block_on(commands::exclude::run(args, true)),
+        Command::Include(args) => runtime.block_on(commands::exclude::run(args, false)),
         Command::Client(args) => runtime.block_on(commands::client::run(args)),
         Command::Status(args) => runtime.block_on(commands::status::run(args)),
         Command::TlsInit(args) => commands::tls::run(args),

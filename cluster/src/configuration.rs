@@ -1,13 +1,19 @@
 //! What operators change while the cluster runs, kept in the coordinators'
-//! register [`CONFIGURATION_REGISTER`] beside the core state: the teams
-//! that are leaving (`teamlog scale --remove-servers`). The data
-//! distributor reads it every round, moves each shard a leaving team holds
-//! to a staying team, and moves none onto a leaving one; once a leaving
-//! team holds nothing, its servers serve nothing.
+//! register [`CONFIGURATION_REGISTER`] beside the core state:
+//! - the teams that are leaving (`teamlog scale --remove-servers`). The
+//!   data distributor reads it every round, moves each shard a leaving
+//!   team holds to a staying team, and moves none onto a leaving one; once
+//!   a leaving team holds nothing, its servers serve nothing.
+//! - the storage servers excluded from their teams (`teamlog exclude`):
+//!   the controller recovers into a generation whose TLogs and proxies
+//!   leave them out, so a server that is gone for good no longer holds
+//!   back its teams' data on the TLogs, nor the retirement of old
+//!   generations.
 //!
 //! ```text
-//!  teamlog scale ─conditional write─▶ "configuration" register
+//!  teamlog scale, exclude ─conditional write─▶ "configuration" register
 //!  distributor round ─read─▶ leaving teams ─▶ plan: their shards move off first
+//!  controller, every second ─read─▶ excluded servers ≠ the generation's ─▶ recovery
 //! ```
 
 use std::collections::BTreeSet;
@@ -38,6 +44,10 @@ pub struct Configuration {
     /// and none moves onto them.
     #[serde(default)]
     pub leaving_teams: BTreeSet<u64>,
+    /// Storage servers left out of their teams: the TLogs keep nothing for
+    /// them and they serve nothing.
+    #[serde(default)]
+    pub excluded_servers: BTreeSet<u64>,
 }
 
 impl Default for Configuration {
@@ -45,6 +55,7 @@ impl Default for Configuration {
         Configuration {
             format: FORMAT.to_owned(),
             leaving_teams: BTreeSet::new(),
+            excluded_servers: BTreeSet::new(),
         }
     }
 }
@@ -85,6 +96,7 @@ mod tests {
         );
         let mut leaving = Configuration::default();
         leaving.leaving_teams.insert(3);
+        leaving.excluded_servers.insert(102);
         assert_eq!(
             Configuration::from_register(&leaving.encode()),
             Ok(leaving.clone())

@@ -99,6 +99,10 @@ pub struct Generation {
     pub commit_path: Option<CommitPath>,
     /// Set by the recovery that ended it.
     pub end: Option<GenerationEnd>,
+    /// The storage servers its proxies and TLogs leave out of their teams
+    /// (`Configuration::excluded_servers` when it was recruited).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub excluded_servers: BTreeSet<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,8 +135,12 @@ impl Generation {
             (None, Some(_)) => "current".to_owned(),
             (None, None) => "recovering".to_owned(),
         };
+        let left_out = match self.excluded_servers.is_empty() {
+            true => String::new(),
+            false => format!(", leaves out storage servers {:?}", self.excluded_servers),
+        };
         format!(
-            "generation {}: versions ({}, {end}], {} TLogs, {state}",
+            "generation {}: versions ({}, {end}], {} TLogs, {state}{left_out}",
             self.epoch,
             self.begin_version,
             self.tlogs.len()
@@ -178,12 +186,14 @@ impl CoreState {
     /// The state after a recovery: the current generation ended as `end`
     /// (dropped whole if it never had a commit path, since then it never
     /// acknowledged anything), and `next` recorded as the new current one,
-    /// chaining from the recovery version.
+    /// chaining from the recovery version, leaving `excluded_servers` out
+    /// of its teams.
     pub fn recovered(
         &self,
         end: GenerationEnd,
         tlogs: Vec<SocketAddr>,
         replication: usize,
+        excluded_servers: BTreeSet<u64>,
     ) -> Self {
         let mut generations = self.generations.clone();
         let mut begin_version = Version::ZERO;
@@ -219,6 +229,7 @@ impl CoreState {
             floor: floor.max(begin_version),
             commit_path: None,
             end: None,
+            excluded_servers,
         });
         CoreState {
             format: FORMAT.to_owned(),

@@ -2,7 +2,7 @@
 //! servers, each server's private team, the metadata team of a recruited
 //! commit path, and which TLogs hold each team.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proto::system_keys::METADATA_READER;
 use proto::{StorageServerId, StorageTeamId};
@@ -91,6 +91,28 @@ impl Topology {
         }
     }
 
+    /// The topology with `excluded` out of their teams and without their
+    /// private teams: nothing is kept for them on the TLogs. A team left
+    /// with no server fails [`Topology::check`].
+    pub fn without_servers(&self, excluded: &BTreeSet<u64>) -> Topology {
+        let kept = |s: &StorageServerId| !excluded.contains(&s.0);
+        let mut topology = self.clone();
+        for servers in topology.teams.values_mut() {
+            servers.retain(kept);
+        }
+        topology.private_teams.retain(|s, _| kept(s));
+        topology
+    }
+
+    /// The teams `excluded` would leave with no server.
+    pub fn emptied_by(&self, excluded: &BTreeSet<u64>) -> Vec<StorageTeamId> {
+        self.teams
+            .iter()
+            .filter(|(_, servers)| servers.iter().all(|s| excluded.contains(&s.0)))
+            .map(|(team, _)| *team)
+            .collect()
+    }
+
     /// Indexes of the TLogs holding `team`.
     pub fn tlogs_of(&self, team: StorageTeamId) -> Vec<usize> {
         tlogs_for_team(team, self.tlog_count, self.replication)
@@ -162,6 +184,32 @@ mod tests {
             bad.check(),
             Err(TopologyError::TeamIdReused {
                 team: StorageTeamId(2)
+            })
+        );
+    }
+
+    #[test]
+    fn excluded_servers_leave_their_teams_and_their_private_teams() {
+        let t = sample();
+        let without = t.without_servers(&BTreeSet::from([10, 21]));
+        assert_eq!(without.check(), Ok(()));
+        assert_eq!(
+            without.servers_of(StorageTeamId(1)),
+            vec![StorageServerId(11)]
+        );
+        assert_eq!(
+            without.servers_of(StorageTeamId(2)),
+            vec![StorageServerId(20)]
+        );
+        assert!(without.servers_of(StorageTeamId(1010)).is_empty());
+        assert!(!without.all_teams().any(|team| team == StorageTeamId(1010)));
+        assert!(t.emptied_by(&BTreeSet::from([10, 21])).is_empty());
+        let emptied = BTreeSet::from([10, 11, 30]);
+        assert_eq!(t.emptied_by(&emptied), vec![StorageTeamId(1)]);
+        assert_eq!(
+            t.without_servers(&emptied).check(),
+            Err(TopologyError::EmptyTeam {
+                team: StorageTeamId(1)
             })
         );
     }

@@ -11,12 +11,14 @@
 //!  metadata.rs: the shard map carried across generations by the metadata team
 //!  probe.rs: the generation's workers probed, a dead one found at once
 //!  pause.rs: a pause of the controller's own process is not taken for its workers' silence
+//!  exclusion.rs: storage servers the configuration leaves out, a recovery when they change
 //!  keeper.rs: moves whose driver is gone, taken over
 //!  distribution.rs (pure) + distributor.rs: shards split by bytes and writes, balanced across teams
 //! ```
 
 pub mod distribution;
 pub mod distributor;
+pub mod exclusion;
 pub mod keeper;
 pub mod metadata;
 pub mod pause;

@@ -25,6 +25,7 @@
 //! generation: changes above it never committed, so they are dropped with
 //! the versions that carried them.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use cluster::core_state::{
@@ -173,6 +174,7 @@ pub struct PhaseTime {
 
 pub struct Recovery {
     config: RecoveryConfig,
+    excluded_servers: Option<BTreeSet<u64>>,
     phase: Phase,
     times: Vec<PhaseTime>,
     revision: u64,
@@ -204,14 +206,18 @@ struct Locking {
 
 impl Recovery {
     /// A recovery that starts by reading the core state; `initial_shards`
-    /// is the shard map of a cluster never recovered.
+    /// is the shard map of a cluster never recovered. The new generation
+    /// leaves `excluded_servers` out of its teams; `None` (the
+    /// configuration could not be read) keeps the current generation's.
     pub fn start(
         config: RecoveryConfig,
         initial_shards: ShardMap,
+        excluded_servers: Option<BTreeSet<u64>>,
         now_ms: u64,
     ) -> (Recovery, Vec<Command>) {
         let recovery = Recovery {
             config,
+            excluded_servers,
             phase: Phase::ReadingCoreState,
             times: vec![PhaseTime {
                 phase: Phase::ReadingCoreState,
@@ -467,9 +473,13 @@ impl Recovery {
         });
         self.tlogs = tlogs.clone();
         let shards = self.shards.clone().expect("read with the core state");
+        let excluded = self.excluded_servers.clone().unwrap_or_else(|| {
+            let last = self.state.generations.last();
+            last.map(|g| g.excluded_servers.clone()).unwrap_or_default()
+        });
         self.state = self
             .state
-            .recovered(end, tlogs, self.config.replication)
+            .recovered(end, tlogs, self.config.replication, excluded)
             .with_shard_map(shards);
         self.enter(Phase::RecordingGeneration, now_ms);
         vec![Command::WriteCoreState {

@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::distributor::Distributing;
+use crate::exclusion;
 use crate::keeper::Keeping;
 use crate::metadata;
 use crate::pause::PauseWatch;
@@ -62,9 +63,9 @@ pub struct ControllerConfig {
     pub failure_timeout: Duration,
     /// How long one call of a recovery step may take.
     pub call_timeout: Duration,
-    /// The storage servers, whose durable versions decide when an old
-    /// generation retires.
-    pub storage_servers: Vec<SocketAddr>,
+    /// The storage servers by id, whose durable versions decide when an
+    /// old generation retires (those the generation leaves out aside).
+    pub storage_servers: BTreeMap<u64, SocketAddr>,
     /// The cluster file, for the client through which the controller
     /// takes over moves whose driver is gone (`keeper`).
     pub cluster: ClusterFile,
@@ -84,7 +85,11 @@ impl ControllerConfig {
             transport,
             failure_timeout: Duration::from_millis(500),
             call_timeout: Duration::from_secs(5),
-            storage_servers: cluster.storage_servers.iter().map(|s| s.address).collect(),
+            storage_servers: cluster
+                .storage_servers
+                .iter()
+                .map(|s| (s.id, s.address))
+                .collect(),
             cluster: cluster.clone(),
         })
     }
@@ -109,6 +114,9 @@ pub struct RecoveryStatus {
     pub distribution: Vec<String>,
     /// Why the data distributor is stuck, when it is.
     pub distribution_problem: Option<String>,
+    /// Why the configuration's excluded servers are not left out, when
+    /// they are not.
+    pub configuration_problem: Option<String>,
 }
 
 struct WorkerEntry {
@@ -126,6 +134,8 @@ struct Inner {
     /// When this process last began to hold the lease.
     leading_since_ms: Mutex<Option<u64>>,
     pauses: Arc<PauseWatch>,
+    /// The storage servers the recovered or adopted generation leaves out.
+    excluded: Mutex<BTreeSet<u64>>,
 }
 
 /// How long a new controller waits for the workers to register before it
@@ -166,6 +176,7 @@ impl Controller {
             status: Mutex::new(RecoveryStatus::default()),
             leading_since_ms: Mutex::new(None),
             pauses,
+            excluded: Mutex::new(BTreeSet::new()),
         });
         tokio::spawn(run(Arc::downgrade(&inner)));
         Controller { inner }
@@ -214,6 +225,7 @@ impl HostedController for Controller {
             generations: status.generations,
             distribution: status.distribution,
             distribution_problem: status.distribution_problem,
+            configuration_problem: status.configuration_problem,
         })
     }
 }
@@ -310,6 +322,36 @@ impl Inner {
 
     fn set_status(&self, update: impl FnOnce(&mut RecoveryStatus)) {
         update(&mut lock(&self.status));
+    }
+
+    /// The storage servers the configuration leaves out, when it can be
+    /// read and followed; status says why when it cannot be followed.
+    async fn excluded_wanted(&self) -> Option<BTreeSet<u64>> {
+        let read = tokio::time::timeout(
+            self.config.call_timeout,
+            self.coordinators.read_configuration(),
+        );
+        let configuration = match read.await {
+            Ok(Ok(configuration)) => configuration,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the configuration cannot be read");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let wanted = exclusion::wanted(&self.config.cluster.topology(), &configuration);
+        self.set_status(|s| s.configuration_problem = wanted.as_ref().err().cloned());
+        wanted.ok()
+    }
+
+    /// The storage servers whose durable versions decide retirement.
+    fn retiring_servers(&self) -> Vec<SocketAddr> {
+        let excluded = lock(&self.excluded);
+        let servers = self.config.storage_servers.iter();
+        servers
+            .filter(|(id, _)| !excluded.contains(id))
+            .map(|(_, address)| *address)
+            .collect()
     }
 }
 
@@ -426,6 +468,7 @@ async fn adopt(inner: &Inner) -> Option<Vec<Placed>> {
         epoch = generation.epoch,
         "adopted the current generation: every role is alive"
     );
+    *lock(&inner.excluded) = generation.excluded_servers.clone();
     let generations = summaries(&state);
     inner.set_status(|s| {
         s.recovered_epoch = Some(generation.epoch);
@@ -456,6 +499,9 @@ const RETIRE_INTERVAL: Duration = Duration::from_millis(250);
 /// metadata team.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the controller reads which storage servers to leave out.
+const CONFIGURATION_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Waits until the recovered generation loses a role, or this process the
 /// controller's lease; says why. Meanwhile retires the old generations
 /// every storage server is done with, and checkpoints the shard map.
@@ -463,6 +509,7 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     let mut retired_at: Option<tokio::time::Instant> = None;
     let mut checkpointed_at: Option<tokio::time::Instant> = None;
+    let mut configured_at: Option<tokio::time::Instant> = None;
     let settings = inner.config.cluster.distribution.unwrap_or_default();
     // The keeper and the distributor move data through one client, with
     // the controller's own identity: shard metrics are for members only.
@@ -515,11 +562,9 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         }
         if retired_at.is_none_or(|at| at.elapsed() >= RETIRE_INTERVAL) && inner.leads() {
             retired_at = Some(tokio::time::Instant::now());
-            let retiring = retirement::retire(
-                &inner.coordinators,
-                &inner.config.storage_servers,
-                &inner.config.transport,
-            );
+            let servers = inner.retiring_servers();
+            let retiring =
+                retirement::retire(&inner.coordinators, &servers, &inner.config.transport);
             match retiring.await {
                 Ok(Some(state)) => {
                     let generations = summaries(&state);
@@ -531,6 +576,18 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         }
         if !inner.leads() {
             return "this process no longer holds the controller's lease".to_owned();
+        }
+        if configured_at.is_none_or(|at| at.elapsed() >= CONFIGURATION_INTERVAL) {
+            configured_at = Some(tokio::time::Instant::now());
+            if let Some(wanted) = inner.excluded_wanted().await {
+                let current = lock(&inner.excluded).clone();
+                if wanted != current {
+                    return format!(
+                        "the configuration leaves out storage servers {wanted:?}, \
+                         the generation {current:?}"
+                    );
+                }
+            }
         }
         let now = inner.clock.now_ms();
         let failed = placed.iter().find_map(|p| {
@@ -552,9 +609,11 @@ type Outcome = Result<Vec<Event>, String>;
 
 /// One recovery, to the end; returns the roles it recruited.
 async fn recover(inner: &Arc<Inner>) -> Result<Vec<Placed>, String> {
+    let excluded = inner.excluded_wanted().await;
     let (mut recovery, commands) = Recovery::start(
         inner.config.recovery,
         inner.config.initial_shards.clone(),
+        excluded,
         inner.clock.now_ms(),
     );
     let placed = Arc::new(Mutex::new(Vec::<Placed>::new()));
@@ -579,7 +638,11 @@ async fn recover(inner: &Arc<Inner>) -> Result<Vec<Placed>, String> {
         if recovery.phase() == Phase::Recovered {
             let epoch = recovery.epoch();
             tracing::info!(epoch, phases = ?recovery.phase_times(), "recovered");
-            let generations = summaries(recovery.core_state().0);
+            let state = recovery.core_state().0;
+            let generations = summaries(state);
+            if let Some(current) = state.current() {
+                *lock(&inner.excluded) = current.excluded_servers.clone();
+            }
             inner.set_status(|s| {
                 s.recovered_epoch = Some(epoch);
                 s.phase = None;

@@ -442,6 +442,9 @@ fn cluster_info(core_state: &[u8]) -> Result<ClusterInfoReply, ErrorReply> {
         sequencer: path.map(|p| p.sequencer),
         proxies: path.map(|p| p.proxies.clone()).unwrap_or_default(),
         tlogs: current.map(|g| g.tlogs.clone()).unwrap_or_default(),
+        excluded_servers: current
+            .map(|g| g.excluded_servers.iter().copied().collect())
+            .unwrap_or_default(),
     })
 }
 

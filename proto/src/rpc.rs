@@ -488,6 +488,9 @@ pub struct RecoveryReport {
     pub distribution: Vec<String>,
     /// Why the data distributor is stuck: its rounds or moves keep failing.
     pub distribution_problem: Option<String>,
+    /// Why the storage servers the configuration excludes are not left
+    /// out: a team would have no server.
+    pub configuration_problem: Option<String>,
 }
 
 /// A worker as the controller hears it.

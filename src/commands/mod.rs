@@ -1,6 +1,6 @@
 //! The binary's commands that run a role process (`coordinator`, `server`,
 //! `tlog`, `sequencer`, `proxy`, `storage`) or talk to a running cluster (`client`, `assign`,
-//! `move`, `scale`, `status`) or makes its TLS files (`tls-init`), and what they share:
+//! `move`, `scale`, `exclude`, `include`, `status`) or makes its TLS files (`tls-init`), and what they share:
 //! signals, the metrics endpoint and the transports a hosted role uses.
 
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use proto::{ClientConfig, ServerConfig};
 
 pub mod client;
 pub mod coordinator;
+pub mod exclude;
 pub mod metrics;
 pub mod moves;
 pub mod roles;

@@ -25,6 +25,9 @@
 //! committed version by more than that, are unhealthy, with the reason. A proxy
 //! that paces new commits while storage servers fall behind (`delaying`)
 //! is healthy: it says how fast it lets commits in and why.
+//! A storage server the current generation leaves out of its teams
+//! (`teamlog exclude`) is healthy whether or not it answers, with
+//! `"excluded": true` (the field is absent for every other process).
 //!
 //! The JSON shape (field names are stable; versions and ids are integers; a
 //! process's `status` is its reply as the protocol defines it, plus a
@@ -130,6 +133,11 @@ pub struct ProcessStatus<T> {
     pub healthy: bool,
     pub error: Option<String>,
     pub status: Option<T>,
+    /// A storage server the current generation leaves out of its teams
+    /// (`teamlog exclude`): whatever it answers, or if it does not, it
+    /// counts as healthy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub excluded: bool,
 }
 
 /// A storage server's reply, with its lag behind the committed version.
@@ -254,11 +262,17 @@ pub async fn gather(
         .iter()
         .zip(storage)
         .map(|(entry, reply)| {
-            process("storage", Some(entry.id), entry.address, reply, |r| {
+            let mut server = process("storage", Some(entry.id), entry.address, reply, |r| {
                 let status = storage_status(r, committed);
                 let problem = storage_problem(&status);
                 (status, problem)
-            })
+            });
+            if path.excluded_servers.contains(&entry.id) {
+                server.excluded = true;
+                server.healthy = true;
+                server.error = None;
+            }
+            server
         })
         .collect();
 
@@ -314,6 +328,8 @@ struct CommitPathAddresses {
     sequencer: Result<SocketAddr, String>,
     proxies: Vec<(u64, SocketAddr)>,
     tlogs: Vec<SocketAddr>,
+    /// The storage servers the current generation leaves out.
+    excluded_servers: Vec<u64>,
 }
 
 async fn commit_path(
@@ -326,6 +342,7 @@ async fn commit_path(
             sequencer: cluster.sequencer_address().map_err(|e| e.to_string()),
             proxies: cluster.proxies.iter().map(|p| (p.id, p.address)).collect(),
             tlogs: cluster.tlog_addresses(),
+            excluded_servers: Vec::new(),
         };
     }
     let mut failures = Vec::new();
@@ -345,6 +362,7 @@ async fn commit_path(
                     }),
                     proxies: (1..).zip(info.proxies).collect(),
                     tlogs: info.tlogs,
+                    excluded_servers: info.excluded_servers,
                 };
             }
             Ok(Ok(other)) => failures.push(format!(
@@ -366,6 +384,7 @@ async fn commit_path(
         )),
         proxies: Vec::new(),
         tlogs: Vec::new(),
+        excluded_servers: Vec::new(),
     }
 }
 
@@ -389,6 +408,7 @@ fn process<R, T>(
         healthy: error.is_none(),
         error,
         status,
+        excluded: false,
     }
 }
 
@@ -419,10 +439,15 @@ fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
         .recovery
         .as_ref()
         .and_then(|report| report.distribution_problem.clone());
+    let unfollowed = r
+        .recovery
+        .as_ref()
+        .and_then(|report| report.configuration_problem.clone());
     r.problem
         .clone()
         .or_else(|| recovering.map(|how| format!("the controller is recovering: {how}")))
         .or(stuck)
+        .or(unfollowed)
 }
 
 /// A version handed out but never committed stops every later commit (each

@@ -66,10 +66,13 @@ struct GenerationView {
 struct View {
     generations: Vec<GenerationView>,
     sequencer: Option<SocketAddr>,
+    /// The current generation, when it leaves this server out of its teams.
+    excluded_by: Option<u64>,
 }
 
 pub struct Generations {
     discovery: LogDiscovery,
+    server: StorageServerId,
     transport: ClientConfig,
     private_team: StorageTeamId,
     /// The teams this server reads besides its private team.
@@ -83,7 +86,7 @@ pub struct Generations {
     peers: PeerPool,
 }
 
-fn view_of(state: &CoreState) -> View {
+fn view_of(state: &CoreState, server: StorageServerId) -> View {
     View {
         generations: state
             .generations
@@ -101,6 +104,10 @@ fn view_of(state: &CoreState) -> View {
             .current()
             .and_then(|g| g.commit_path.as_ref())
             .map(|p| p.sequencer),
+        excluded_by: state
+            .current()
+            .filter(|g| g.excluded_servers.contains(&server.0))
+            .map(|g| g.epoch),
     }
 }
 
@@ -109,7 +116,7 @@ impl Generations {
         discovery: LogDiscovery,
         replication: usize,
         transport: ClientConfig,
-        private_team: StorageTeamId,
+        (server, private_team): (StorageServerId, StorageTeamId),
     ) -> Generations {
         let view = match &discovery {
             LogDiscovery::Pinned { tlogs, sequencer } => View {
@@ -122,11 +129,13 @@ impl Generations {
                     replication,
                 }],
                 sequencer: Some(*sequencer),
+                excluded_by: None,
             },
             LogDiscovery::Coordinated(_) => View::default(),
         };
         let generations = Generations {
             discovery,
+            server,
             private_team,
             teams: Mutex::new(BTreeSet::new()),
             view: Mutex::new(View::default()),
@@ -162,6 +171,12 @@ impl Generations {
         Some(self.peer(sequencer))
     }
 
+    /// The current generation, when it leaves this server out of its teams
+    /// (`teamlog exclude`).
+    pub fn excluded_by(&self) -> Option<u64> {
+        self.view().excluded_by
+    }
+
     /// The coordinators, when they say where the generations are.
     pub fn coordinators(&self) -> Option<Arc<CoordinatorClient>> {
         match &self.discovery {
@@ -182,7 +197,7 @@ impl Generations {
             .read_core_state()
             .await
             .map_err(|e| format!("reading the core state: {e}"))?;
-        let changed = self.install(view_of(&state), revision);
+        let changed = self.install(view_of(&state, self.server), revision);
         self.source.acknowledge(interrupts);
         Ok(changed)
     }
@@ -191,7 +206,7 @@ impl Generations {
     /// ones peeks follow, the cursor's peeks stop waiting where they are,
     /// and the apply loop reads the core state again.
     pub fn watched(&self, state: &CoreState) {
-        if view_of(state) != *self.view() {
+        if view_of(state, self.server) != *self.view() {
             self.source.interrupt();
         }
     }
@@ -333,6 +348,7 @@ mod tests {
                 })
                 .collect(),
             sequencer: None,
+            excluded_by: None,
         }
     }
 
@@ -345,7 +361,7 @@ mod tests {
             },
             1,
             ClientConfig::default(),
-            StorageTeamId(10_100),
+            (StorageServerId(100), StorageTeamId(10_100)),
         );
         assert!(generations.install(view(&[2]), 7));
         // A refresh that read revision 5 before another installed 7.

@@ -281,7 +281,7 @@ impl<E: KvEngine> StorageService<E> {
             config.logs.clone(),
             config.replication,
             config.transport.clone(),
-            config.private_team,
+            (config.id, config.private_team),
         );
         generations.route_teams(&teams);
         let inner = Arc::new(Inner {

@@ -12,6 +12,7 @@ mod cursor_tlog;
 mod data_distribution;
 mod data_move;
 mod dev;
+mod exclusion;
 mod nemesis;
 mod one_process;
 mod recovery;

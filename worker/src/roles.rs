@@ -164,20 +164,34 @@ pub async fn start_sequencer(
     .await
 }
 
-/// Starts a proxy of generation `epoch` routing by `shards`, the shard map
-/// as of the version given with it.
+/// What a generation's proxies start from, as its recovery recorded it.
+pub struct ProxyStart {
+    /// The shard map, as of `shards_version`.
+    pub shards: ShardMap,
+    pub shards_version: Version,
+    /// The storage servers the generation leaves out of their teams.
+    pub excluded_servers: BTreeSet<u64>,
+}
+
+/// Starts a proxy of generation `epoch`.
 pub async fn start_proxy(
     ctx: &RoleContext,
     epoch: u64,
     id: ProxyId,
     sequencer: SocketAddr,
     tlogs: Vec<SocketAddr>,
-    (shards, shards_version): (ShardMap, Version),
+    start: ProxyStart,
     listen: SocketAddr,
 ) -> Result<Started, WorkerError> {
-    let topology = ctx.cluster.topology_for(tlogs.len());
-    let mut config = ProxyConfig::new(id, sequencer, tlogs, topology, shards);
-    config.shards_version = shards_version;
+    let topology = ctx
+        .cluster
+        .topology_for(tlogs.len())
+        .without_servers(&start.excluded_servers);
+    topology
+        .check()
+        .map_err(|e| WorkerError::Role(format!("proxy {epoch}/{id}: {e}")))?;
+    let mut config = ProxyConfig::new(id, sequencer, tlogs, topology, start.shards);
+    config.shards_version = start.shards_version;
     config.transport = ctx.transport.clone();
     let service = ProxyService::start(config, Arc::clone(&ctx.clock), STARTUP_TIMEOUT)
         .await

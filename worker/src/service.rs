@@ -26,11 +26,10 @@ use proto::rpc::{
     ErrorCode, ErrorReply, HostedRole, Message, Recruit, RecruitRequest, RegisterWorkerRequest,
     RoleKind, WorkerStatusReply,
 };
-use proto::shard_map::ShardMap;
 use proto::transport::{Peer, Responder, Service};
 use proto::Version;
 
-use crate::roles::{start_proxy, start_sequencer, start_tlog, RoleContext, Started};
+use crate::roles::{start_proxy, start_sequencer, start_tlog, ProxyStart, RoleContext, Started};
 use crate::WorkerError;
 
 /// How often a worker tells the controller it is alive and what it hosts.
@@ -137,8 +136,8 @@ impl WorkerService {
                 id,
                 sequencer,
                 tlogs,
-            } => match self.shard_map_of(epoch).await {
-                Ok(shards) => start_proxy(ctx, epoch, id, sequencer, tlogs, shards, listen).await,
+            } => match self.proxy_start(epoch).await {
+                Ok(start) => start_proxy(ctx, epoch, id, sequencer, tlogs, start, listen).await,
                 Err(e) => Err(e),
             },
         }
@@ -149,34 +148,40 @@ impl WorkerService {
         Ok(address)
     }
 
-    /// The shard map generation `epoch`'s proxies start from, and the
-    /// version it is as of: what its recovery recorded.
-    async fn shard_map_of(&self, epoch: u64) -> Result<(ShardMap, Version), WorkerError> {
+    /// What generation `epoch`'s proxies start from, as its recovery
+    /// recorded it: the shard map and the version it is as of, and the
+    /// storage servers the generation leaves out.
+    async fn proxy_start(&self, epoch: u64) -> Result<ProxyStart, WorkerError> {
         let (state, _) = self
             .inner
             .coordinators
             .read_core_state()
             .await
             .map_err(|e| WorkerError::Role(format!("reading the core state: {e}")))?;
-        if state.current().is_none_or(|g| g.epoch != epoch) {
+        let Some(generation) = state.current().filter(|g| g.epoch == epoch) else {
             return Err(WorkerError::Role(format!(
                 "generation {epoch} is not the current one (epoch {})",
                 state.epoch
             )));
-        }
-        match &state.shard_map {
+        };
+        let (shards, shards_version) = match &state.shard_map {
             Some(snapshot) => {
                 let map = snapshot
                     .map()
                     .map_err(|e| WorkerError::Role(e.to_string()))?;
-                Ok((map, snapshot.version))
+                (map, snapshot.version)
             }
             None => {
                 let map = self.inner.ctx.cluster.shard_map();
                 let map = map.map_err(|e| WorkerError::Role(e.to_string()))?;
-                Ok((map, Version::ZERO))
+                (map, Version::ZERO)
             }
-        }
+        };
+        Ok(ProxyStart {
+            shards,
+            shards_version,
+            excluded_servers: generation.excluded_servers.clone(),
+        })
     }
 
     async fn handle(self, request: Message) -> Result<Message, ErrorReply> {

@@ -34,6 +34,7 @@ fn two_generations() -> CoreState {
             },
             vec![addr(10), addr(11), addr(12)],
             2,
+            BTreeSet::new(),
         )
         .with_commit_path(path());
     first
@@ -41,6 +42,7 @@ fn two_generations() -> CoreState {
             recovery_version(3, 2, &[(0, lock(900, 850)), (2, lock(950, 850))]).unwrap(),
             vec![addr(20), addr(21), addr(22)],
             2,
+            BTreeSet::new(),
         )
         .with_commit_path(path())
 }
@@ -124,6 +126,7 @@ fn a_generation_that_never_had_a_commit_path_is_dropped_at_the_next_recovery() {
         recovery_version(3, 2, &[(0, lock(900, 0)), (1, lock(900, 0))]).unwrap(),
         vec![addr(30)],
         1,
+        BTreeSet::new(),
     );
     // Generation 3 never got a commit path; a recovery replacing it keeps
     // its begin and forgets it.
@@ -134,6 +137,7 @@ fn a_generation_that_never_had_a_commit_path_is_dropped_at_the_next_recovery() {
         },
         vec![addr(40)],
         1,
+        BTreeSet::new(),
     );
     let epochs: Vec<u64> = again.generations.iter().map(|g| g.epoch).collect();
     assert_eq!(epochs, vec![1, 2, 4]);
@@ -161,6 +165,7 @@ fn each_generation_hands_out_versions_above_the_tail_the_one_before_could_leave(
         },
         vec![addr(30)],
         1,
+        BTreeSet::new(),
     );
     let floor = third.current().unwrap().floor;
     assert_eq!(floor, Version(second.floor.0 + MAX_VERSIONS_AHEAD + 1));
@@ -174,6 +179,7 @@ fn each_generation_hands_out_versions_above_the_tail_the_one_before_could_leave(
         },
         vec![addr(40)],
         1,
+        BTreeSet::new(),
     );
     assert_eq!(fourth.current().unwrap().floor, floor);
     assert_eq!(CoreState::decode(&fourth.encode()), Ok(fourth));
@@ -222,6 +228,7 @@ fn the_shard_map_is_kept_across_recoveries_and_never_before_the_newest_generatio
         recovery_version(3, 2, &[(0, lock(1500, 1400)), (1, lock(1600, 1400))]).unwrap(),
         vec![addr(30), addr(31), addr(32)],
         2,
+        BTreeSet::new(),
     );
     assert_eq!(next.shard_map, later.shard_map);
     // Recorded before the recovery reads the changes up to 1500: refused.
@@ -329,4 +336,34 @@ proptest! {
             Err(e) => prop_assert!(false, "unexpected {e}"),
         }
     }
+}
+
+#[test]
+fn a_generation_records_the_servers_it_leaves_out_and_decodes_them() {
+    let state = two_generations();
+    assert!(state.current().unwrap().excluded_servers.is_empty());
+    assert!(
+        !String::from_utf8(state.encode().to_vec())
+            .unwrap()
+            .contains("excluded_servers"),
+        "a generation without exclusions encodes as before"
+    );
+    let next = state.recovered(
+        GenerationEnd {
+            version: Version(900),
+            locked: vec![0, 1],
+        },
+        vec![addr(30), addr(31), addr(32)],
+        2,
+        BTreeSet::from([21]),
+    );
+    assert_eq!(
+        next.current().unwrap().excluded_servers,
+        BTreeSet::from([21])
+    );
+    assert_eq!(
+        next.current().unwrap().summary(),
+        "generation 3: versions (900, …], 3 TLogs, recovering, leaves out storage servers {21}"
+    );
+    assert_eq!(CoreState::decode(&next.encode()), Ok(next));
 }

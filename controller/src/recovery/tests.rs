@@ -68,6 +68,8 @@ struct World {
     acked: Vec<Version>,
     /// The versions that carry a shard-map change, wherever they reached.
     changed: BTreeSet<Version>,
+    /// What the configuration excludes, as the next recovery reads it.
+    excluded: Option<BTreeSet<u64>>,
 }
 
 impl World {
@@ -83,6 +85,7 @@ impl World {
             last_version: Version::ZERO,
             acked: Vec::new(),
             changed: BTreeSet::new(),
+            excluded: None,
         }
     }
 
@@ -151,7 +154,8 @@ impl World {
     /// Runs one recovery until it ends or its controller dies; returns
     /// whether it finished.
     fn recover(&mut self, death_chance: f64) -> bool {
-        let (mut recovery, mut commands) = Recovery::start(CONFIG, initial(), 0);
+        let (mut recovery, mut commands) =
+            Recovery::start(CONFIG, initial(), self.excluded.clone(), 0);
         let mut now = 0;
         let mut guard = 0;
         loop {
@@ -415,7 +419,7 @@ fn a_recovery_ends_the_generation_at_the_lowest_end_its_locks_saw_and_begins_the
 
 #[test]
 fn a_recovery_waits_while_no_covering_set_of_tlogs_answers() {
-    let (mut recovery, _) = Recovery::start(CONFIG, initial(), 0);
+    let (mut recovery, _) = Recovery::start(CONFIG, initial(), None, 0);
     let mut world = World::new(2);
     assert!(world.recover(0.0));
     let state = world.core.clone();
@@ -518,7 +522,7 @@ fn a_recovery_waits_while_no_covering_set_of_tlogs_answers() {
 
 #[test]
 fn an_event_the_phase_does_not_expect_abandons_the_recovery() {
-    let (mut recovery, _) = Recovery::start(CONFIG, initial(), 0);
+    let (mut recovery, _) = Recovery::start(CONFIG, initial(), None, 0);
     let error = recovery
         .handle(Event::CoreStateWritten { revision: 3 }, 1)
         .unwrap_err();
@@ -556,4 +560,29 @@ fn acknowledged_commits_survive_any_sequence_of_recoveries() {
         finished > 300 && acked > 1000,
         "{finished} recoveries, {acked} commits"
     );
+}
+
+#[test]
+fn the_new_generation_leaves_out_the_configured_servers_and_keeps_them_out_when_unread() {
+    let mut world = World::new(5);
+    assert!(world.recover(0.0));
+    assert!(world.core.current().unwrap().excluded_servers.is_empty());
+    world.excluded = Some(BTreeSet::from([102]));
+    assert!(world.recover(0.0));
+    let current = world.core.current().unwrap();
+    assert_eq!(current.excluded_servers, BTreeSet::from([102]));
+    assert!(
+        world.core.generations[0].excluded_servers.is_empty(),
+        "an ended generation keeps what it was recruited with"
+    );
+    // The configuration could not be read: the next one keeps the set.
+    world.excluded = None;
+    assert!(world.recover(0.0));
+    assert_eq!(
+        world.core.current().unwrap().excluded_servers,
+        BTreeSet::from([102])
+    );
+    world.excluded = Some(BTreeSet::new());
+    assert!(world.recover(0.0));
+    assert!(world.core.current().unwrap().excluded_servers.is_empty());
 }

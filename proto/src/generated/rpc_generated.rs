@@ -7649,6 +7649,7 @@ impl<'a> RecoveryReport<'a> {
   pub const VT_GENERATIONS: ::flatbuffers::VOffsetT = 14;
   pub const VT_DISTRIBUTION: ::flatbuffers::VOffsetT = 16;
   pub const VT_DISTRIBUTION_PROBLEM: ::flatbuffers::VOffsetT = 18;
+  pub const VT_CONFIGURATION_PROBLEM: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7661,6 +7662,7 @@ impl<'a> RecoveryReport<'a> {
   ) -> ::flatbuffers::WIPOffset<RecoveryReport<'bldr>> {
     let mut builder = RecoveryReportBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.configuration_problem { builder.add_configuration_problem(x); }
     if let Some(x) = args.distribution_problem { builder.add_distribution_problem(x); }
     if let Some(x) = args.distribution { builder.add_distribution(x); }
     if let Some(x) = args.generations { builder.add_generations(x); }
@@ -7728,6 +7730,13 @@ impl<'a> RecoveryReport<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecoveryReport::VT_DISTRIBUTION_PROBLEM, None)}
   }
+  #[inline]
+  pub fn configuration_problem(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecoveryReport::VT_CONFIGURATION_PROBLEM, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
@@ -7744,6 +7753,7 @@ impl ::flatbuffers::Verifiable for RecoveryReport<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("generations", Self::VT_GENERATIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("distribution", Self::VT_DISTRIBUTION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("distribution_problem", Self::VT_DISTRIBUTION_PROBLEM, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("configuration_problem", Self::VT_CONFIGURATION_PROBLEM, false)?
      .finish();
     Ok(())
   }
@@ -7757,6 +7767,7 @@ pub struct RecoveryReportArgs<'a> {
     pub generations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub distribution: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub distribution_problem: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub configuration_problem: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for RecoveryReportArgs<'a> {
   #[inline]
@@ -7770,6 +7781,7 @@ impl<'a> Default for RecoveryReportArgs<'a> {
       generations: None,
       distribution: None,
       distribution_problem: None,
+      configuration_problem: None,
     }
   }
 }
@@ -7812,6 +7824,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecoveryReportBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_DISTRIBUTION_PROBLEM, distribution_problem);
   }
   #[inline]
+  pub fn add_configuration_problem(&mut self, configuration_problem: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecoveryReport::VT_CONFIGURATION_PROBLEM, configuration_problem);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecoveryReportBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RecoveryReportBuilder {
@@ -7837,6 +7853,7 @@ impl ::core::fmt::Debug for RecoveryReport<'_> {
       ds.field("generations", &self.generations());
       ds.field("distribution", &self.distribution());
       ds.field("distribution_problem", &self.distribution_problem());
+      ds.field("configuration_problem", &self.configuration_problem());
       ds.finish()
   }
 }
@@ -8778,6 +8795,7 @@ impl<'a> ClusterInfoReply<'a> {
   pub const VT_SEQUENCER: ::flatbuffers::VOffsetT = 6;
   pub const VT_PROXIES: ::flatbuffers::VOffsetT = 8;
   pub const VT_TLOGS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_EXCLUDED_SERVERS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8790,6 +8808,7 @@ impl<'a> ClusterInfoReply<'a> {
   ) -> ::flatbuffers::WIPOffset<ClusterInfoReply<'bldr>> {
     let mut builder = ClusterInfoReplyBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
+    if let Some(x) = args.excluded_servers { builder.add_excluded_servers(x); }
     if let Some(x) = args.tlogs { builder.add_tlogs(x); }
     if let Some(x) = args.proxies { builder.add_proxies(x); }
     if let Some(x) = args.sequencer { builder.add_sequencer(x); }
@@ -8825,6 +8844,13 @@ impl<'a> ClusterInfoReply<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ClusterInfoReply::VT_TLOGS, None)}
   }
+  #[inline]
+  pub fn excluded_servers(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(ClusterInfoReply::VT_EXCLUDED_SERVERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClusterInfoReply<'_> {
@@ -8837,6 +8863,7 @@ impl ::flatbuffers::Verifiable for ClusterInfoReply<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("sequencer", Self::VT_SEQUENCER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("proxies", Self::VT_PROXIES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("tlogs", Self::VT_TLOGS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("excluded_servers", Self::VT_EXCLUDED_SERVERS, false)?
      .finish();
     Ok(())
   }
@@ -8846,6 +8873,7 @@ pub struct ClusterInfoReplyArgs<'a> {
     pub sequencer: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub proxies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub tlogs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub excluded_servers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for ClusterInfoReplyArgs<'a> {
   #[inline]
@@ -8855,6 +8883,7 @@ impl<'a> Default for ClusterInfoReplyArgs<'a> {
       sequencer: None,
       proxies: None,
       tlogs: None,
+      excluded_servers: None,
     }
   }
 }
@@ -8881,6 +8910,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClusterInfoReplyBuilder<'a, '
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterInfoReply::VT_TLOGS, tlogs);
   }
   #[inline]
+  pub fn add_excluded_servers(&mut self, excluded_servers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClusterInfoReply::VT_EXCLUDED_SERVERS, excluded_servers);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClusterInfoReplyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ClusterInfoReplyBuilder {
@@ -8902,6 +8935,7 @@ impl ::core::fmt::Debug for ClusterInfoReply<'_> {
       ds.field("sequencer", &self.sequencer());
       ds.field("proxies", &self.proxies());
       ds.field("tlogs", &self.tlogs());
+      ds.field("excluded_servers", &self.excluded_servers());
       ds.finish()
   }
 }

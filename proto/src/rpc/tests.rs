@@ -388,6 +388,10 @@ fn every_message() -> Vec<Message> {
                 distribution_problem: Some(
                     "the data distributor's last 3 moves did not finish: deadline".into(),
                 ),
+                configuration_problem: Some(
+                    "the configuration excludes servers {100}, which leaves team-1 with no server"
+                        .into(),
+                ),
             }),
         }),
         Message::RegisterWorker(RegisterWorkerRequest {
@@ -442,12 +446,14 @@ fn every_message() -> Vec<Message> {
             sequencer: Some(addr(40010)),
             proxies: vec![addr(40014)],
             tlogs: vec![addr(40011), addr(40012)],
+            excluded_servers: vec![102, 201],
         }),
         Message::ClusterInfo(ClusterInfoReply {
             epoch: 0,
             sequencer: None,
             proxies: Vec::new(),
             tlogs: Vec::new(),
+            excluded_servers: Vec::new(),
         }),
         Message::WorkerStatus(WorkerStatusReply {
             address: addr(4600),

@@ -102,6 +102,9 @@ pub struct ClusterInfoReply {
     pub proxies: Vec<SocketAddr>,
     /// The current generation's TLogs.
     pub tlogs: Vec<SocketAddr>,
+    /// The storage servers the current generation leaves out of their
+    /// teams (`teamlog exclude`).
+    pub excluded_servers: Vec<u64>,
 }
 
 /// A worker's answer to a status request.

@@ -210,6 +210,8 @@ pub(super) fn row<T>(
         .id
         .map_or_else(|| "-".to_string(), |id| id.to_string());
     let (healthy, details) = match (&process.status, &process.error) {
+        (Some(status), None) if process.excluded => ("excluded", details(status)),
+        (None, None) if process.excluded => ("excluded", "does not answer".to_owned()),
         (Some(status), None) => ("yes", details(status)),
         (Some(status), Some(error)) => ("NO", format!("{error} | {}", details(status))),
         (None, error) => ("NO", error.clone().unwrap_or_default()),

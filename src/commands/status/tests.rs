@@ -196,6 +196,7 @@ fn the_table_shows_health_errors_and_teams() {
                     generations: vec!["generation 4: versions (0, …], 3 TLogs, current".into()],
                     distribution: vec!["team-1: 2 shards, 80 writes/s, 1.0 MiB".into()],
                     distribution_problem: None,
+                    configuration_problem: None,
                 }),
             };
             let problem = reply.problem.clone();
@@ -391,4 +392,8 @@ fn a_stuck_data_distributor_makes_its_coordinator_unhealthy() {
     assert_eq!(coordinator_problem(&reply).as_deref(), Some(stuck));
     reply.recovery.as_mut().unwrap().distribution_problem = None;
     assert_eq!(coordinator_problem(&reply), None);
+    let unfollowed = "the configuration excludes servers {100, 101}, which leaves team-1 with \
+                      no server; the generation keeps them";
+    reply.recovery.as_mut().unwrap().configuration_problem = Some(unfollowed.into());
+    assert_eq!(coordinator_problem(&reply).as_deref(), Some(unfollowed));
 }

@@ -10,7 +10,15 @@
 //!     a generation the cursor read while open ended ─▶ roll back, new cursor
 //!                   popped     ─▶ Consumed::Rebuild
 //!                   otherwise  ─▶ the server stops applying
+//!     the current generation leaves the server out (`teamlog exclude`)
+//!                              ─▶ Consumed::Rebuild, which waits until a
+//!                                 generation takes it back, then copies
 //! ```
+//!
+//! An excluded server holds nothing the TLogs keep for it, and the old
+//! generations it read may retire before it learns where they ended, so
+//! what it applied counts for nothing: taken back, it copies its teams
+//! from teammates like a server whose data directory was lost.
 
 use super::*;
 
@@ -28,6 +36,9 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
         };
         if strong.rebuilding().is_some() {
             drop(strong);
+            if !wait_while_excluded(&inner).await {
+                return;
+            }
             match rebuild::rebuild(&inner).await {
                 Ok(rebuild::Rebuilt::Done) => continue,
                 Ok(rebuild::Rebuilt::Dropped) => return,
@@ -87,7 +98,8 @@ enum Refreshed {
 }
 
 /// Reads the core state again, then rolls back if a generation the cursor
-/// read while open has ended.
+/// read while open has ended, or stops reading if the current generation
+/// leaves the server out.
 async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Refreshed {
     let changed = match inner.generations.refresh().await {
         Ok(changed) => changed,
@@ -96,10 +108,46 @@ async fn refresh_generations<E: KvEngine>(inner: &Inner<E>) -> Refreshed {
             false
         }
     };
+    if let Some(epoch) = inner.generations.excluded_by() {
+        inner.set_rebuilding(Some(excluded_reason(epoch)));
+        return Refreshed::Ends(Consumed::Rebuild);
+    }
     match roll_back_if_ended(inner) {
         Some(consumed) => Refreshed::Ends(consumed),
         None if changed => Refreshed::Changed,
         None => Refreshed::Same,
+    }
+}
+
+fn excluded_reason(epoch: u64) -> String {
+    format!(
+        "generation {epoch} leaves this server out of its teams (teamlog exclude): it serves \
+         nothing, and copies its teams from teammates once a generation takes it back"
+    )
+}
+
+/// Waits while the current generation leaves the server out, reading the
+/// core state every second (at once when a watch brings a change); false
+/// when the service was dropped.
+async fn wait_while_excluded<E: KvEngine>(inner: &Weak<Inner<E>>) -> bool {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return false;
+        };
+        if let Err(reason) = strong.generations.refresh().await {
+            tracing::debug!(%reason, "the generations could not be refreshed");
+        }
+        let Some(epoch) = strong.generations.excluded_by() else {
+            return true;
+        };
+        strong.set_rebuilding(Some(excluded_reason(epoch)));
+        let source = strong.generations.source();
+        drop(strong);
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(GENERATIONS_REFRESH) => {}
+            _ = source.interrupted() => {}
+        }
     }
 }
 
@@ -205,6 +253,13 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
                 return Consumed::Rebuild;
             }
             Err(e) => {
+                // The new generation's TLogs know nothing of an excluded
+                // server's private team.
+                if inner.generations.is_coordinated() {
+                    if let Refreshed::Ends(Consumed::Rebuild) = refresh_generations(&inner).await {
+                        return Consumed::Rebuild;
+                    }
+                }
                 inner.fail(e.to_string());
                 return Consumed::Stopped;
             }

@@ -142,6 +142,10 @@ fn recovery_report<'a>(
         .distribution_problem
         .as_deref()
         .map(|why| fbb.create_string(why));
+    let configuration_problem = r
+        .configuration_problem
+        .as_deref()
+        .map(|why| fbb.create_string(why));
     let args = fb::RecoveryReportArgs {
         epoch: r.epoch,
         recovering,
@@ -151,6 +155,7 @@ fn recovery_report<'a>(
         generations,
         distribution,
         distribution_problem,
+        configuration_problem,
     };
     fb::RecoveryReport::create(fbb, &args)
 }
@@ -192,6 +197,7 @@ fn decode_recovery_report(r: fb::RecoveryReport<'_>) -> RecoveryReport {
             .map(|list| list.iter().map(str::to_owned).collect())
             .unwrap_or_default(),
         distribution_problem: r.distribution_problem().map(str::to_owned),
+        configuration_problem: r.configuration_problem().map(str::to_owned),
     }
 }
 

@@ -129,11 +129,13 @@ pub(super) fn cluster_info(fbb: &mut FlatBufferBuilder<'_>, r: &ClusterInfoReply
     let sequencer = r.sequencer.map(|s| fbb.create_string(&s.to_string()));
     let proxies = Some(addresses(fbb, &r.proxies));
     let tlogs = Some(addresses(fbb, &r.tlogs));
+    let excluded_servers = Some(fbb.create_vector(&r.excluded_servers));
     let args = fb::ClusterInfoReplyArgs {
         epoch: r.epoch,
         sequencer,
         proxies,
         tlogs,
+        excluded_servers,
     };
     let t = fb::ClusterInfoReply::create(fbb, &args);
     (fb::Payload::ClusterInfoReply, t.as_union_value())
@@ -252,6 +254,10 @@ pub(super) fn decode(envelope: &fb::Envelope<'_>) -> Option<Result<Message, Deco
                     .transpose()?,
                 proxies: address_list(r.proxies(), "proxy")?,
                 tlogs: address_list(r.tlogs(), "tlog")?,
+                excluded_servers: r
+                    .excluded_servers()
+                    .map(|ids| ids.iter().collect())
+                    .unwrap_or_default(),
             }))
         })(),
         fb::Payload::WorkerStatusReply => (|| {

@@ -1,0 +1,142 @@
+//! `teamlog exclude` and `teamlog include`: leave storage servers out of
+//! their teams, or take them back, online. Excluding is for a server that
+//! is gone (its machine lost) or going: the controller recovers into a
+//! generation whose proxies and TLogs leave it out, so the TLogs no longer
+//! keep its teams' data until it pops, old generations retire without
+//! waiting for it, and reads go to its teammates. Each team keeps at least
+//! one server: an exclusion that would empty a team is refused.
+//!
+//! ```text
+//!  exclude 102 ─▶ configuration: excluded_servers += {102}  (refused if a team would empty)
+//!     controller, within a second ─▶ recovery: generation N+1 leaves 102 out
+//!     ─▶ wait: the core state's current generation leaves out {102} ─▶ "left out from generation N+1"
+//!  include 102 ─▶ configuration: excluded_servers -= {102} ─▶ … a generation takes it back;
+//!     102 copies its teams from a teammate before it serves again
+//! ```
+//!
+//! A server left out that still runs stops applying and serving; what it
+//! held counts for nothing once it is back.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cluster::ClusterFile;
+use coordinator::client::CoordinatorClient;
+
+#[derive(clap::Args, Debug)]
+pub struct ExcludeArgs {
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Storage servers, by their id in the cluster file, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub storage: Vec<u64>,
+    /// Return once the configuration is written, without waiting for a
+    /// generation that follows it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for a generation that follows the configuration.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// How often the wait reads the core state.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Leaves the servers out of their teams (`exclude`), or takes them back.
+pub async fn run(args: ExcludeArgs, exclude: bool) -> Result<()> {
+    let cluster = ClusterFile::load(&args.cluster)?;
+    if !cluster.is_recruited() {
+        bail!(
+            "{} pins its commit path: only a cluster whose controller recruits it \
+             ([generation]) can leave servers out, in a new generation",
+            args.cluster.display()
+        );
+    }
+    let named: BTreeSet<u64> = args.storage.iter().copied().collect();
+    let known: BTreeSet<u64> = cluster.storage_servers.iter().map(|s| s.id).collect();
+    if let Some(unknown) = named.difference(&known).next() {
+        bail!("the cluster file has no storage server {unknown}");
+    }
+    let topology = cluster.topology();
+    let coordinators =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    let configuration = coordinators
+        .update_configuration(|c| {
+            if exclude {
+                let mut excluded = c.excluded_servers.clone();
+                excluded.extend(&named);
+                if topology.emptied_by(&excluded).is_empty() {
+                    c.excluded_servers = excluded;
+                }
+            } else {
+                c.excluded_servers.retain(|s| !named.contains(s));
+            }
+        })
+        .await?;
+    if exclude && !named.is_subset(&configuration.excluded_servers) {
+        let mut excluded = configuration.excluded_servers.clone();
+        excluded.extend(&named);
+        let emptied: Vec<String> = topology
+            .emptied_by(&excluded)
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        bail!(
+            "servers {named:?} cannot be left out: with those left out already ({:?}), {} \
+             would have no server",
+            configuration.excluded_servers,
+            emptied.join(", ")
+        );
+    }
+    println!(
+        "the configuration leaves out storage servers {:?}",
+        configuration.excluded_servers
+    );
+    if args.no_wait {
+        return Ok(());
+    }
+    let wanted = |left_out: &BTreeSet<u64>| match exclude {
+        true => named.is_subset(left_out),
+        false => named.is_disjoint(left_out),
+    };
+    let epoch =
+        wait_for_generation(&coordinators, wanted, Duration::from_secs(args.timeout)).await?;
+    match exclude {
+        true => println!(
+            "servers {named:?} are left out of their teams from generation {epoch}: the TLogs \
+             keep nothing for them, and their teammates serve their data"
+        ),
+        false => println!(
+            "servers {named:?} are back in their teams from generation {epoch}; each copies its \
+             teams from a teammate before it serves (`teamlog status` shows the copy)"
+        ),
+    }
+    Ok(())
+}
+
+/// Waits until the current generation leaves out what `wanted` accepts;
+/// returns its epoch.
+async fn wait_for_generation(
+    coordinators: &CoordinatorClient,
+    wanted: impl Fn(&BTreeSet<u64>) -> bool,
+    timeout: Duration,
+) -> Result<u64> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let (state, _) = coordinators.read_core_state().await?;
+        if let Some(current) = state.current().filter(|g| g.commit_path.is_some()) {
+            if wanted(&current.excluded_servers) {
+                return Ok(current.epoch);
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "no generation follows the configuration after {timeout:?}; `teamlog status` \
+                 shows what the controller is doing"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,198 @@
+//! `teamlog exclude` and `teamlog include` on a recruited cluster under
+//! concurrent commits: a storage server killed for good and then left out
+//! no longer holds back its team's data on the TLogs nor the retirement of
+//! old generations, and status is healthy again, naming it excluded. The
+//! last server of a team cannot be left out. Back while still excluded,
+//! the server serves nothing; taken back in, it copies its team from its
+//! teammate and ends up holding exactly what the teammate holds.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use proto::system_keys::USER_KEYS_END;
+use std::sync::Arc;
+
+use client::Client;
+use coordinator::client::CoordinatorClient;
+use testkit::{ClusterSpec, LocalCluster};
+
+use crate::nemesis::Writers;
+use crate::storage_rebuild::{held_before, server_status, wait_rebuilt};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const LOST: u64 = 100;
+const TEAMMATE: u64 = 101;
+
+/// Runs `teamlog exclude` or `teamlog include` for `server`; returns
+/// whether it succeeded and what it printed.
+async fn exclusion(local: &LocalCluster, command: &str, server: u64) -> Result<(bool, String)> {
+    let output = tokio::process::Command::new(crate::exe())
+        .arg(command)
+        .arg("--cluster")
+        .arg(&local.cluster_path)
+        .arg("--storage")
+        .arg(server.to_string())
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
+/// The live generations' epochs, and the servers the current one leaves out.
+async fn generations(local: &LocalCluster) -> Result<(Vec<u64>, Vec<u64>)> {
+    let coordinators = CoordinatorClient::new(
+        &local.cluster.coordinator_addresses(),
+        local.cluster.client_config()?,
+    )?;
+    let state = coordinators.read_core_state().await?.0;
+    let left_out = state
+        .current()
+        .map(|g| g.excluded_servers.iter().copied().collect())
+        .unwrap_or_default();
+    Ok((
+        state.generations.iter().map(|g| g.epoch).collect(),
+        left_out,
+    ))
+}
+
+/// Team 1 as the current generation's TLogs see it: the servers
+/// registered for it on each, and the lowest version popped.
+async fn team_one(local: &LocalCluster) -> Result<(Vec<Vec<u64>>, u64)> {
+    let (_, json) = crate::status::status_json(&local.cluster_path).await?;
+    let tlogs = json["tlogs"].as_array().context("a list of TLogs")?;
+    let teams: Vec<serde_json::Value> = tlogs
+        .iter()
+        .flat_map(|t| t["status"]["teams"].as_array().cloned().unwrap_or_default())
+        .filter(|team| team["team"] == 1)
+        .collect();
+    let servers = teams
+        .iter()
+        .map(|team| {
+            let list = team["servers"].as_array().cloned().unwrap_or_default();
+            list.iter().filter_map(|s| s.as_u64()).collect()
+        })
+        .collect();
+    let popped = teams.iter().filter_map(|t| t["popped"].as_u64()).min();
+    Ok((servers, popped.unwrap_or(0)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_copying() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        coordinators: 1,
+        workers: 3,
+        tlogs: 2,
+        proxies: 1,
+        replication: 2,
+        teams: 1,
+        servers_per_team: 2,
+        storage_args: crate::small_window_storage_args(),
+        ..ClusterSpec::default()
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster)?);
+    let writers = Writers::start(&client, 2);
+    writers.wait_for_progress("at the start").await?;
+
+    let lost = local.storage.get_mut(&LOST).and_then(Option::take);
+    lost.context("a running server")?.kill9().await?;
+    let killed_at = client.read_version().await?;
+    let (epochs, _) = generations(&local).await?;
+    let (ok, said) = exclusion(&local, "exclude", LOST).await?;
+    ensure!(ok, "exclude failed: {said}");
+    ensure!(said.contains("left out of their teams"), "{said}");
+    let (later, left_out) = generations(&local).await?;
+    ensure!(
+        left_out == vec![LOST],
+        "the generation leaves out {left_out:?}"
+    );
+    ensure!(
+        later.last() > epochs.last(),
+        "no new generation: {epochs:?} then {later:?}"
+    );
+    writers
+        .wait_for_progress("with the server left out")
+        .await?;
+
+    // The TLogs keep team 1 for the teammate alone, which pops past the
+    // kill; the generations the lost server still needed retire.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (servers, popped) = team_one(&local).await?;
+        let (epochs, _) = generations(&local).await?;
+        let registered_alone = !servers.is_empty() && servers.iter().all(|s| *s == [TEAMMATE]);
+        if registered_alone && popped > killed_at.0 && epochs.len() == 1 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "team 1 on the TLogs: servers {servers:?}, popped {popped} (killed at {killed_at}); \
+             generations {epochs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (healthy, json) = crate::status::status_json(&local.cluster_path).await?;
+    let lost_row = json["storage_servers"]
+        .as_array()
+        .context("a list of storage servers")?
+        .iter()
+        .find(|s| s["id"] == LOST)
+        .context("the lost server in status")?;
+    ensure!(
+        healthy && lost_row["excluded"] == true,
+        "status with the lost server left out: {json:#}"
+    );
+
+    // Its teammate is the last of team 1: it stays in.
+    let (ok, said) = exclusion(&local, "exclude", TEAMMATE).await?;
+    ensure!(
+        !ok && said.contains("would have no server"),
+        "leaving out the last server of a team: {said}"
+    );
+    ensure!(generations(&local).await?.1 == vec![LOST]);
+
+    // Back while still left out: it says so and serves nothing.
+    local
+        .storage
+        .insert(LOST, Some(local.start_storage(LOST).await?));
+    loop {
+        let status = server_status(&cluster, LOST).await;
+        let waiting = status.as_ref().ok().and_then(|s| s.rebuilding.clone());
+        if waiting.is_some_and(|why| why.contains("leaves this server out")) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the server back while left out says {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Taken back in, it copies its team and reads on.
+    let (ok, said) = exclusion(&local, "include", LOST).await?;
+    ensure!(
+        ok && said.contains("back in their teams"),
+        "include: {said}"
+    );
+    let included = client.read_version().await?;
+    wait_rebuilt(&cluster, LOST, included).await?;
+    let finished = writers.finish().await?;
+    let version = client.read_version().await?;
+    let back = held_before(&cluster, LOST, USER_KEYS_END, version).await?;
+    let teammate = held_before(&cluster, TEAMMATE, USER_KEYS_END, version).await?;
+    ensure!(
+        back == teammate,
+        "server {LOST} holds {} pairs, server {TEAMMATE} {}",
+        back.len(),
+        teammate.len()
+    );
+    finished.check(back)?;
+    Ok(local.stop().await?)
+}
