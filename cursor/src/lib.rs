@@ -46,6 +46,7 @@
 mod broadcast;
 mod error;
 mod group;
+pub mod metadata_team;
 mod mutable;
 mod peek_cursor;
 pub mod source;

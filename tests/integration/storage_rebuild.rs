@@ -76,6 +76,18 @@ pub(crate) async fn held_before(
     end: &'static [u8],
     version: Version,
 ) -> Result<Vec<(Bytes, Bytes)>> {
+    held_between(cluster, server, b"", end, version).await
+}
+
+/// The keys in `[begin, end)` held by `server` at `version`, as
+/// [`held_before`] reads them.
+async fn held_between(
+    cluster: &ClusterFile,
+    server: u64,
+    begin: &'static [u8],
+    end: &'static [u8],
+    version: Version,
+) -> Result<Vec<(Bytes, Bytes)>> {
     let addr = address(cluster, server)?;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut pairs: Vec<(Bytes, Bytes)> = Vec::new();
@@ -84,7 +96,7 @@ pub(crate) async fn held_before(
         let request = GetRangeRequest {
             begin: pairs
                 .last()
-                .map_or_else(Bytes::new, |(k, _)| proto::key_after(k)),
+                .map_or_else(|| Bytes::from_static(begin), |(k, _)| proto::key_after(k)),
             end: Bytes::from_static(end),
             limit: 10_000,
             reverse: false,
@@ -432,5 +444,83 @@ async fn a_server_rebuilt_after_a_recovery_reads_on_in_the_new_generation() -> R
         teammate.len()
     );
     finished.check(rebuilt)?;
+    Ok(local.stop().await?)
+}
+
+/// Waits until `server` has made `version` durable.
+async fn wait_durable(cluster: &ClusterFile, server: u64, version: Version) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = server_status(cluster, server).await;
+        if status.as_ref().is_ok_and(|s| s.durable_version >= version) {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{server} did not make {version} durable: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A range moved onto team 1 after the cluster file was written is held by
+/// a server of team 1 rebuilt afterwards: the copy goes by the shard map at
+/// its own first version, not the cluster file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_rebuilt_after_a_move_copies_the_ranges_its_team_holds_now() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = ClusterSpec {
+        coordinators: 1,
+        workers: 3,
+        tlogs: 2,
+        proxies: 1,
+        replication: 2,
+        teams: 2,
+        servers_per_team: 2,
+        shard_begins: vec!["m".into()],
+        storage_args: crate::small_window_storage_args(),
+        distribution: Some(cluster::DistributionSettings {
+            enabled: false,
+            ..Default::default()
+        }),
+        ..ClusterSpec::default()
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client = Client::new(&cluster)?;
+    write_numbered(&client, "a", "first", 200, 20).await?;
+    write_numbered(&client, "q", "first", 200, 20).await?;
+    let moved = client
+        .move_range(
+            Bytes::from_static(b"q"),
+            Bytes::from_static(b"r"),
+            proto::StorageTeamId(1),
+            DEADLINE,
+            |_| {},
+        )
+        .await;
+    ensure!(moved.is_ok(), "the move to team 1: {moved:?}");
+    let written = write_numbered(&client, "q", "second", 100, 20).await?;
+    for id in [REBUILT, TEAMMATE] {
+        wait_durable(&cluster, id, written).await?;
+    }
+
+    lose_with_its_data(&mut local, dir.path(), REBUILT).await?;
+    write_numbered(&client, "q", "third", 50, 10).await?;
+    let server = local.start_storage(REBUILT).await?;
+    local.storage.insert(REBUILT, Some(server));
+    let restarted = client.read_version().await?;
+    wait_rebuilt(&cluster, REBUILT, restarted).await?;
+    let version = client.read_version().await?;
+    for (begin, end) in [(&b""[..], &b"m"[..]), (b"q", b"r")] {
+        let rebuilt = held_between(&cluster, REBUILT, begin, end, version).await?;
+        let teammate = held_between(&cluster, TEAMMATE, begin, end, version).await?;
+        ensure!(
+            rebuilt == teammate && !rebuilt.is_empty(),
+            "[{begin:?}, {end:?}): server {REBUILT} holds {} pairs, server {TEAMMATE} {}",
+            rebuilt.len(),
+            teammate.len()
+        );
+    }
     Ok(local.stop().await?)
 }

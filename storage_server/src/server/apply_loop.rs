@@ -40,7 +40,7 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
                 return;
             }
             match rebuild::rebuild(&inner).await {
-                Ok(rebuild::Rebuilt::Done) => continue,
+                Ok(rebuild::Rebuilt::Done | rebuild::Rebuilt::Again) => continue,
                 Ok(rebuild::Rebuilt::Dropped) => return,
                 Err(reason) => {
                     if let Some(strong) = inner.upgrade() {

@@ -4,9 +4,11 @@
 //! reads the log on from where the copy began.
 //!
 //! ```text
+//!  shard map at v_first: the core state's snapshot ─┬─ metadata team (snapshot, v_first]
+//!                      (pinned: the cluster file's)  └─▶ folded
 //!  engine: clear the user keys, mark "copying"
-//!  per team, per range the shard map gives it:
-//!      page ─GetRange at the committed version v_i─▶ a teammate ─▶ engine (sets)
+//!  per team, per range the map gives it as a source:
+//!      page ─GetRange at v_first, then at the committed version v_i─▶ a teammate ─▶ engine (sets)
 //!  engine: durable = v_first, readable from v_last, copied ranges, team set,
 //!         shard map, unmark
 //!  cursor from v_first + 1: what changed while copying, where no page holds it
@@ -21,16 +23,28 @@
 //! nothing, so the TLogs keep its teams' data from its last pop on. A crash
 //! while copying leaves the mark: the copy starts over.
 //!
-//! The copy starts from the cluster file's shard map and team set; a
-//! teammate that no longer owns a range answers `wrong_shard_server` and
-//! the copy keeps asking, saying so in status.
+//! The shard map the copy goes by is the map at the version the copy
+//! starts at, so the server knows from there on every range its teams
+//! hold: changes after it reach it through its private team. With the
+//! commit path recruited, that is the core state's snapshot carried to a
+//! committed version by the metadata team's changes since
+//! (`cursor::metadata_team`), and the first page is read at that version
+//! (a teammate that let it go out of its window makes the copy start over
+//! at a newer one). A pinned cluster has no metadata team: its copy goes
+//! by the cluster file's map, and a teammate that no longer owns a range
+//! answers `wrong_shard_server` while the copy keeps asking, saying so in
+//! status. Ranges moving onto a team, not yet its own, are not copied:
+//! once the copy is done, the server adds them from their source as any
+//! destination does. The team set is the cluster file's.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::rpc::{GetRangeRequest, Message};
-use proto::system_keys::USER_KEYS_END;
-use proto::transport::Peer;
+use cluster::placement::tlogs_for_team;
+use cursor::metadata_team::{read_from_any, ReadThrough};
+use proto::rpc::{ErrorCode, GetRangeRequest, Message};
+use proto::system_keys::{METADATA_TEAM, USER_KEYS_END};
+use proto::transport::{Peer, RpcError};
 use proto::units::binary_bytes;
 
 use super::*;
@@ -63,8 +77,68 @@ struct Range {
 pub(super) enum Rebuilt {
     /// The store starts over from the copy.
     Done,
+    /// The version the copy started at went out of a teammate's window:
+    /// it starts over.
+    Again,
     /// The service was dropped.
     Dropped,
+}
+
+/// How the copy of one range ended.
+enum Copied {
+    Range,
+    /// The first page's version went out of the teammate's window.
+    TooOld,
+    /// The service was dropped.
+    Dropped,
+}
+
+/// The shard map the copy goes by, and the version it is exact at (the
+/// version of the copy's first page): with the commit path recruited, the
+/// core state's snapshot carried by the metadata team to a committed
+/// version; pinned, the cluster file's map, exact at no version the copy
+/// can pick.
+async fn map_to_copy_by<E: KvEngine>(
+    inner: &Inner<E>,
+) -> Result<(ShardMap, Option<Version>), String> {
+    let Some(coordinators) = inner.generations.coordinators() else {
+        return Ok((inner.config.shards.clone(), None));
+    };
+    let (state, _) = coordinators
+        .read_core_state()
+        .await
+        .map_err(|e| format!("reading the core state: {e}"))?;
+    let (Some(current), Some(snapshot)) = (
+        state.current().filter(|g| g.commit_path.is_some()),
+        &state.shard_map,
+    ) else {
+        return Err("no generation is open".into());
+    };
+    let version = read_version(inner).await?;
+    if version < snapshot.version {
+        return Err(format!(
+            "the committed version {version} is below the recorded map's {}: the sequencer \
+             asked is not the current generation's",
+            snapshot.version
+        ));
+    }
+    let holding: Vec<SocketAddr> =
+        tlogs_for_team(METADATA_TEAM, current.tlogs.len(), current.replication)
+            .into_iter()
+            .map(|i| current.tlogs[i])
+            .collect();
+    let (changes, _) = read_from_any(
+        &holding,
+        &inner.config.transport,
+        snapshot.version,
+        ReadThrough::Version(version),
+    )
+    .await?;
+    let map = snapshot
+        .advanced(version, &changes)
+        .and_then(|advanced| advanced.map())
+        .map_err(|e| e.to_string())?;
+    Ok((map, Some(version)))
 }
 
 /// Copies the server's teams from teammates and starts the store over
@@ -74,14 +148,29 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         return Ok(Rebuilt::Dropped);
     };
     let id = strong.config.id;
-    let map = strong.config.shards.clone();
     let teams = strong.config.teams.clone();
+    strong.set_rebuilding(Some("reading the shard map to copy by".into()));
+    drop(strong);
+    let (strong, map, start_at) = loop {
+        let Some(strong) = inner.upgrade() else {
+            return Ok(Rebuilt::Dropped);
+        };
+        match map_to_copy_by(&strong).await {
+            Ok((map, start_at)) => break (strong, map, start_at),
+            Err(reason) => {
+                strong.set_rebuilding(Some(format!("no shard map to copy by: {reason}")));
+                refresh_generations(&strong).await;
+                drop(strong);
+                tokio::time::sleep(MAX_RETRY_DELAY).await;
+            }
+        }
+    };
     let ranges: Vec<Range> = teams
         .iter()
         .flat_map(|team| {
             map.split(b"", USER_KEYS_END)
                 .into_iter()
-                .filter(|(_, _, assignment)| assignment.teams().any(|t| t == *team))
+                .filter(|(_, _, assignment)| assignment.src.contains(team))
                 .map(|(begin, end, _)| Range {
                     team: *team,
                     begin,
@@ -110,19 +199,25 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .map_err(|e| e.to_string())?;
     drop(strong);
 
-    let mut copy = Copy::default();
+    let mut copy = Copy {
+        start_at,
+        ..Copy::default()
+    };
     for range in &ranges {
-        if !copy.range(inner, range).await? {
-            return Ok(Rebuilt::Dropped);
+        match copy.range(inner, range).await? {
+            Copied::Range => {}
+            Copied::Dropped => return Ok(Rebuilt::Dropped),
+            Copied::TooOld => return Ok(Rebuilt::Again),
         }
     }
     let Some(strong) = inner.upgrade() else {
         return Ok(Rebuilt::Dropped);
     };
-    let (first, last) = match copy.versions {
-        Some(versions) => versions,
-        // Nothing to copy: the log is read on from now.
-        None => loop {
+    let (first, last) = match (copy.versions, start_at) {
+        (Some(versions), _) => versions,
+        // Nothing to copy: the log is read on from the map's version.
+        (None, Some(version)) => (version, version),
+        (None, None) => loop {
             match read_version(&strong).await {
                 Ok(version) => break (version, version),
                 Err(reason) => {
@@ -167,6 +262,8 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
 
 #[derive(Default)]
 struct Copy {
+    /// The version the first page is read at, when the map is exact there.
+    start_at: Option<Version>,
     /// The versions of the first and the last page read.
     versions: Option<(Version, Version)>,
     /// The key span of each page, with its read version.
@@ -176,12 +273,12 @@ struct Copy {
 }
 
 impl Copy {
-    /// Copies one range page by page; `false` when the service was dropped.
+    /// Copies one range page by page.
     async fn range<E: KvEngine>(
         &mut self,
         inner: &Weak<Inner<E>>,
         range: &Range,
-    ) -> Result<bool, String> {
+    ) -> Result<Copied, String> {
         let retry_policy = ExponentialBuilder::new()
             .with_jitter()
             .with_min_delay(Duration::from_millis(20))
@@ -192,12 +289,16 @@ impl Copy {
         let mut next_peer = 0;
         loop {
             let Some(strong) = inner.upgrade() else {
-                return Ok(false);
+                return Ok(Copied::Dropped);
             };
             let peers = strong.config.others_of(range.team);
             let (peer_id, peer_addr) = peers[next_peer % peers.len()];
+            let first_at = self.start_at.filter(|_| self.versions.is_none());
             let page = async {
-                let version = read_version(&strong).await?;
+                let version = match first_at {
+                    Some(version) => version,
+                    None => read_version(&strong).await.map_err(Some)?,
+                };
                 let request = GetRangeRequest {
                     begin: begin.clone(),
                     end: range.end.clone(),
@@ -209,15 +310,22 @@ impl Copy {
                 let peer = Peer::new(peer_addr, strong.config.transport.clone());
                 let reply = async { peer.client().await?.call(Message::GetRange(request)).await }
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| match e {
+                        RpcError::Remote {
+                            code: ErrorCode::TransactionTooOld,
+                            ..
+                        } if first_at.is_some() => None,
+                        e => Some(e.to_string()),
+                    })?;
                 match reply {
                     Message::GetRangeReply(reply) => Ok((version, reply)),
-                    other => Err(format!("answered {}", other.name())),
+                    other => Err(Some(format!("answered {}", other.name()))),
                 }
             };
             let (version, reply) = match page.await {
                 Ok(page) => page,
-                Err(reason) => {
+                Err(None) => return Ok(Copied::TooOld),
+                Err(Some(reason)) => {
                     next_peer += 1;
                     strong.set_rebuilding(Some(format!(
                         "{}: {} pairs ({}) copied; {peer_id} at {peer_addr}: {reason}",
@@ -257,7 +365,7 @@ impl Copy {
             let page_end = reply.forward_end(&range.end);
             self.ranges.record(begin, page_end.clone(), version);
             if page_end == range.end {
-                return Ok(true);
+                return Ok(Copied::Range);
             }
             begin = page_end;
         }
