@@ -115,6 +115,10 @@ pub struct FaultKinds {
     /// A TLog's, a storage server's or a coordinator's disk with no room;
     /// planned apart (see [`plan_disk_full`]).
     pub full: bool,
+    /// Storage servers left out of their teams and taken back (a
+    /// recruited cluster's operator, see `operator`); beside the planned
+    /// faults, not among them.
+    pub exclude: bool,
 }
 
 impl FaultKinds {
@@ -125,6 +129,7 @@ impl FaultKinds {
         fsync: true,
         junk: true,
         full: true,
+        exclude: true,
     };
 
     pub const NONE: FaultKinds = FaultKinds {
@@ -134,6 +139,7 @@ impl FaultKinds {
         fsync: false,
         junk: false,
         full: false,
+        exclude: false,
     };
 
     /// Kinds named in a list like `kill,clog`.
@@ -147,9 +153,11 @@ impl FaultKinds {
                 "fsync" => kinds.fsync = true,
                 "junk" => kinds.junk = true,
                 "full" => kinds.full = true,
+                "exclude" => kinds.exclude = true,
                 other => {
                     return Err(format!(
-                        "unknown fault kind {other:?} (kill, cut, clog, fsync, junk, full)"
+                        "unknown fault kind {other:?} (kill, cut, clog, fsync, junk, full, \
+                         exclude)"
                     ))
                 }
             }
@@ -172,6 +180,7 @@ impl std::fmt::Display for FaultKinds {
             (self.fsync, "fsync"),
             (self.junk, "junk"),
             (self.full, "full"),
+            (self.exclude, "exclude"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))

@@ -26,6 +26,7 @@ pub mod knobs;
 pub mod layout;
 pub mod mover;
 pub mod net;
+pub mod operator;
 pub mod registers;
 mod run;
 pub mod stray;

@@ -180,6 +180,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     };
     let workload = Workload {
         cluster,
+        exclude: options.fault_kinds.exclude,
         clients: knobs.clients,
         seed: options.seed,
         fault_end: options.fault_window,

@@ -31,6 +31,7 @@ use crate::history::{Commit, History, Outcome, Read, TOKEN_END};
 use crate::layout::{coordinator_ids, key, servers_of, storage_ids, team_of, Role, KEYS};
 use crate::mover::Mover;
 use crate::net;
+use crate::operator::Operator;
 use crate::trace::Trace;
 
 /// How long after the faults stop a commit must be acknowledged.
@@ -49,6 +50,9 @@ const PROBE_STREAM: u64 = 0x0b5e_55ed;
 
 pub struct Workload {
     pub cluster: ClusterFile,
+    /// Whether an operator leaves storage servers out and takes them back
+    /// (a recruited cluster only).
+    pub exclude: bool,
     pub clients: usize,
     pub seed: u64,
     pub fault_end: Duration,
@@ -86,9 +90,21 @@ impl Workload {
                 mover.run(&client).await;
             }
         };
-        futures::future::join3(
+        let operator = (self.exclude && self.cluster.is_recruited()).then(|| Operator {
+            seed: self.seed,
+            fault_end: self.fault_end,
+            cluster: self.cluster.clone(),
+            trace: self.trace.clone(),
+        });
+        let exclusions = async {
+            if let Some(operator) = &operator {
+                operator.run().await;
+            }
+        };
+        futures::future::join4(
             futures::future::join_all(loops),
             moves,
+            exclusions,
             self.probe_owners(&client),
         )
         .await;

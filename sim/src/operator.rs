@@ -1,0 +1,113 @@
+//! The operator: leaves a storage server out of its team and takes it back
+//! (`teamlog exclude`, `teamlog include`, by the configuration register),
+//! while the clients write, the mover moves and the faults run. Each
+//! change makes the controller recover into a generation that follows it;
+//! a server taken back copies its team from its teammate. One server is
+//! left out at a time, so every team keeps one.
+//!
+//! ```text
+//!  0 ── faults ──▶ fault_end
+//!  operator: exclude storage-s ─(0.2–3 s)─▶ include storage-s ─(0.5–3 s)─▶ …
+//!  after: every server taken back; the final checks read them all
+//! ```
+//!
+//! Only a recruited cluster: leaving a server out takes a new generation.
+
+use std::time::Duration;
+
+use cluster::ClusterFile;
+use coordinator::client::CoordinatorClient;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::clock::now;
+use crate::layout::storage_ids;
+use crate::net;
+use crate::trace::Trace;
+
+/// Keeps the operator's draws apart from the others'.
+const OPERATOR_STREAM: u64 = 0x6f70_6572;
+
+/// How long one write of the configuration may take before it is tried
+/// again.
+const WRITE_PATIENCE: Duration = Duration::from_secs(2);
+
+pub struct Operator {
+    pub seed: u64,
+    pub fault_end: Duration,
+    pub cluster: ClusterFile,
+    pub trace: Trace,
+}
+
+impl Operator {
+    /// Leaves servers out and takes them back until the faults stop; the
+    /// last one is back when it returns.
+    pub async fn run(&self) {
+        let coordinators = match CoordinatorClient::new(
+            &self.cluster.coordinator_addresses(),
+            net::client_config(),
+        ) {
+            Ok(coordinators) => coordinators.with_timeout(WRITE_PATIENCE),
+            Err(e) => {
+                self.trace
+                    .violation(format!("the operator has no coordinators: {e}"));
+                return;
+            }
+        };
+        let mut rng = StdRng::seed_from_u64(self.seed ^ OPERATOR_STREAM);
+        let servers = storage_ids();
+        loop {
+            let pause = Duration::from_millis(rng.random_range(500..3_000));
+            tokio::time::sleep(pause).await;
+            if now() >= self.fault_end {
+                return;
+            }
+            let server = servers[rng.random_range(0..servers.len())];
+            let excluded = self.change(&coordinators, server, true).await;
+            if excluded {
+                let away = Duration::from_millis(rng.random_range(200..3_000));
+                tokio::time::sleep(away).await;
+            }
+            // Also after an exclusion given up: a write whose answer was
+            // lost may have taken.
+            self.change(&coordinators, server, false).await;
+            if !excluded {
+                return;
+            }
+        }
+    }
+
+    /// Writes the configuration with `server` left out or taken back,
+    /// again until it is written; a server is always taken back, but one
+    /// not yet left out once the faults stop stays in (`false`).
+    async fn change(&self, coordinators: &CoordinatorClient, server: u64, exclude: bool) -> bool {
+        let verb = if exclude { "exclude" } else { "include" };
+        loop {
+            if exclude && now() >= self.fault_end {
+                return false;
+            }
+            let write = coordinators.update_configuration(|c| {
+                if exclude {
+                    c.excluded_servers.insert(server);
+                } else {
+                    c.excluded_servers.remove(&server);
+                }
+            });
+            match tokio::time::timeout(WRITE_PATIENCE, write).await {
+                Ok(Ok(_)) => {
+                    self.trace
+                        .note("operator", format!("{verb} storage-{server}"));
+                    return true;
+                }
+                Ok(Err(e)) => self
+                    .trace
+                    .note("operator", format!("{verb} storage-{server} failed: {e}")),
+                Err(_) => self.trace.note(
+                    "operator",
+                    format!("{verb} storage-{server}: no answer in {WRITE_PATIENCE:?}"),
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
