@@ -324,24 +324,71 @@ impl Inner {
         update(&mut lock(&self.status));
     }
 
-    /// The storage servers the configuration leaves out, when it can be
-    /// read and followed; status says why when it cannot be followed.
+    /// The storage servers the generation should leave out by the
+    /// configuration, when it and the core state can be read; status says
+    /// why what the configuration asks is not (yet) followed.
     async fn excluded_wanted(&self) -> Option<BTreeSet<u64>> {
-        let read = tokio::time::timeout(
-            self.config.call_timeout,
-            self.coordinators.read_configuration(),
-        );
-        let configuration = match read.await {
-            Ok(Ok(configuration)) => configuration,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "the configuration cannot be read");
-                return None;
-            }
-            Err(_) => return None,
+        let reads = async {
+            tokio::try_join!(
+                self.coordinators.read_configuration(),
+                self.coordinators.read_core_state()
+            )
         };
-        let wanted = exclusion::wanted(&self.config.cluster.topology(), &configuration);
-        self.set_status(|s| s.configuration_problem = wanted.as_ref().err().cloned());
-        wanted.ok()
+        let (configuration, (state, _)) =
+            match tokio::time::timeout(self.config.call_timeout, reads).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "the configuration cannot be read");
+                    return None;
+                }
+                Err(_) => return None,
+            };
+        let current = state
+            .generations
+            .last()
+            .map(|g| g.excluded_servers.clone())
+            .unwrap_or_default();
+        let topology = self.config.cluster.topology();
+        let wanted = match exclusion::wanted(&topology, &configuration) {
+            Ok(wanted) => wanted,
+            Err(why) => {
+                self.set_status(|s| s.configuration_problem = Some(why));
+                return Some(current);
+            }
+        };
+        let asked = exclusion::teammates_to_ask(&topology, &current, &wanted);
+        let serving = self.serving(&asked).await;
+        let (follow, waiting) = exclusion::to_follow(&topology, &current, &wanted, &serving);
+        let problem = (!waiting.is_empty()).then(|| waiting.join("; "));
+        self.set_status(|s| s.configuration_problem = problem);
+        Some(follow)
+    }
+
+    /// Of `servers`, those that answer that they hold their teams' data:
+    /// neither copying it from a teammate nor stopped.
+    async fn serving(&self, servers: &BTreeSet<u64>) -> BTreeSet<u64> {
+        let asks = servers.iter().filter_map(|id| {
+            let address = *self.config.storage_servers.get(id)?;
+            Some(async move {
+                let ask = async {
+                    let client = RpcClient::connect(address, self.config.transport.clone()).await?;
+                    client.call(Message::Status).await
+                };
+                match tokio::time::timeout(STORAGE_STATUS_TIMEOUT, ask).await {
+                    Ok(Ok(Message::StorageStatus(status)))
+                        if status.rebuilding.is_none() && status.stopped.is_none() =>
+                    {
+                        Some(*id)
+                    }
+                    _ => None,
+                }
+            })
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The storage servers whose durable versions decide retirement.
@@ -501,6 +548,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the controller reads which storage servers to leave out.
 const CONFIGURATION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a storage server has to say whether it holds its teams' data.
+const STORAGE_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Waits until the recovered generation loses a role, or this process the
 /// controller's lease; says why. Meanwhile retires the old generations
