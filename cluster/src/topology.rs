@@ -93,13 +93,15 @@ impl Topology {
 
     /// The topology with `excluded` out of their teams and without their
     /// private teams: nothing is kept for them on the TLogs. A team left
-    /// with no server fails [`Topology::check`].
+    /// with no server is no team of it (whoever leaves a team empty makes
+    /// sure it holds nothing).
     pub fn without_servers(&self, excluded: &BTreeSet<u64>) -> Topology {
         let kept = |s: &StorageServerId| !excluded.contains(&s.0);
         let mut topology = self.clone();
         for servers in topology.teams.values_mut() {
             servers.retain(kept);
         }
+        topology.teams.retain(|_, servers| !servers.is_empty());
         topology.private_teams.retain(|s, _| kept(s));
         topology
     }
@@ -206,12 +208,10 @@ mod tests {
         assert!(t.emptied_by(&BTreeSet::from([10, 21])).is_empty());
         let emptied = BTreeSet::from([10, 11, 30]);
         assert_eq!(t.emptied_by(&emptied), vec![StorageTeamId(1)]);
-        assert_eq!(
-            t.without_servers(&emptied).check(),
-            Err(TopologyError::EmptyTeam {
-                team: StorageTeamId(1)
-            })
-        );
+        let without = t.without_servers(&emptied);
+        assert_eq!(without.check(), Ok(()));
+        assert!(!without.is_storage_team(StorageTeamId(1)));
+        assert!(!without.all_teams().any(|team| team == StorageTeamId(1011)));
     }
 
     #[test]

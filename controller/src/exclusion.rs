@@ -16,49 +16,102 @@
 //!                                             └─ the servers deferred, and why, in status
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cluster::configuration::Configuration;
+use cluster::shard_snapshot::ShardMapSnapshot;
 use cluster::topology::Topology;
+use proto::shard_map::ShardMap;
+use proto::StorageTeamId;
+
+/// The storage servers a generation is to leave out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exclusion {
+    pub servers: BTreeSet<u64>,
+    /// Teams left with no server, each with its servers: teams that left
+    /// (`teamlog scale --remove-servers`) and hold no shard, which a
+    /// generation drops whole. Should the shard map it starts from name
+    /// one after all, it keeps that team and its servers.
+    pub vacated: BTreeMap<StorageTeamId, BTreeSet<u64>>,
+}
+
+impl Exclusion {
+    /// The servers to leave out of a generation that starts from `map`:
+    /// all of them, but those of a vacated team the map names after all
+    /// (a move onto it that came after the map it was judged by).
+    pub fn servers_for(&self, map: &ShardMapSnapshot) -> BTreeSet<u64> {
+        let named = |team: &StorageTeamId| {
+            map.shards
+                .iter()
+                .any(|s| s.src.contains(&team.0) || s.dest.contains(&team.0))
+        };
+        let kept: BTreeSet<u64> = self
+            .vacated
+            .iter()
+            .filter(|(team, _)| named(team))
+            .flat_map(|(_, servers)| servers.iter().copied())
+            .collect();
+        self.servers.difference(&kept).copied().collect()
+    }
+}
 
 /// The servers to leave out by `configuration`, or why it cannot be done:
-/// a team would be left with no server to hold its data. Servers the
-/// cluster does not have are ignored.
-pub fn wanted(topology: &Topology, configuration: &Configuration) -> Result<BTreeSet<u64>, String> {
+/// a team would be left with no server while it holds data (it is not
+/// leaving, or `map`, the shard map as last recorded, still names it).
+/// Servers the cluster does not have are ignored.
+pub fn wanted(
+    topology: &Topology,
+    configuration: &Configuration,
+    map: &ShardMap,
+) -> Result<Exclusion, String> {
     let known: BTreeSet<u64> = topology.private_teams.keys().map(|s| s.0).collect();
     let excluded: BTreeSet<u64> = configuration
         .excluded_servers
         .intersection(&known)
         .copied()
         .collect();
-    let emptied = topology.emptied_by(&excluded);
-    if !emptied.is_empty() {
-        let teams: Vec<String> = emptied.iter().map(|t| t.to_string()).collect();
+    let named: BTreeSet<StorageTeamId> = map.entries().flat_map(|(_, a)| a.teams()).collect();
+    let mut vacated = BTreeMap::new();
+    let mut holding = Vec::new();
+    for team in topology.emptied_by(&excluded) {
+        if configuration.leaving_teams.contains(&team.0) && !named.contains(&team) {
+            let servers = topology.servers_of(team).iter().map(|s| s.0).collect();
+            vacated.insert(team, servers);
+        } else {
+            holding.push(team.to_string());
+        }
+    }
+    if !holding.is_empty() {
         return Err(format!(
-            "the configuration excludes servers {excluded:?}, which leaves {} with no server; \
-             the generation keeps them",
-            teams.join(", ")
+            "the configuration excludes servers {excluded:?}, which leaves {} with no server \
+             while it holds data; the generation keeps them",
+            holding.join(", ")
         ));
     }
-    Ok(excluded)
+    Ok(Exclusion {
+        servers: excluded,
+        vacated,
+    })
 }
 
 /// Of the servers `wanted` leaves out, those a generation may leave out
 /// now, given the generation's own set `current` and the servers known to
 /// hold their teams' data (`serving`), with why each other one waits.
-/// Servers taken back in are followed at once.
+/// Servers taken back in are followed at once; a team that goes whole
+/// holds no data to keep.
 pub fn to_follow(
     topology: &Topology,
     current: &BTreeSet<u64>,
-    wanted: &BTreeSet<u64>,
+    wanted: &Exclusion,
     serving: &BTreeSet<u64>,
-) -> (BTreeSet<u64>, Vec<String>) {
-    let mut follow: BTreeSet<u64> = current.intersection(wanted).copied().collect();
+) -> (Exclusion, Vec<String>) {
+    let mut follow: BTreeSet<u64> = current.intersection(&wanted.servers).copied().collect();
     let mut waiting = Vec::new();
-    for server in wanted.difference(current) {
+    for server in wanted.servers.difference(current) {
         let unheld: Vec<String> = topology
             .teams
             .iter()
+            .filter(|(team, _)| !wanted.vacated.contains_key(team))
             .filter(|(_, servers)| servers.iter().any(|s| s.0 == *server))
             .filter(|(_, servers)| {
                 !servers
@@ -76,7 +129,19 @@ pub fn to_follow(
             ));
         }
     }
-    (follow, waiting)
+    let vacated = wanted
+        .vacated
+        .iter()
+        .filter(|(_, servers)| servers.is_subset(&follow))
+        .map(|(team, servers)| (*team, servers.clone()))
+        .collect();
+    (
+        Exclusion {
+            servers: follow,
+            vacated,
+        },
+        waiting,
+    )
 }
 
 /// The servers whose state decides whether `wanted` may be followed from
@@ -99,9 +164,9 @@ pub fn teammates_to_ask(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use proto::{StorageServerId, StorageTeamId};
+    use bytes::Bytes;
+    use proto::system_keys::ShardAssignment;
+    use proto::StorageServerId;
 
     use super::*;
 
@@ -125,51 +190,95 @@ mod tests {
         }
     }
 
+    /// Keys before "m" on team 1, the rest on `second`.
+    fn map(second: u64) -> ShardMap {
+        ShardMap::new([
+            (Bytes::new(), ShardAssignment::to(StorageTeamId(1))),
+            (
+                Bytes::from_static(b"m"),
+                ShardAssignment::to(StorageTeamId(second)),
+            ),
+        ])
+        .unwrap()
+    }
+
     fn excluding(servers: &[u64]) -> Configuration {
         let mut configuration = Configuration::default();
         configuration.excluded_servers = servers.iter().copied().collect();
         configuration
     }
 
+    fn servers(exclusion: Result<Exclusion, String>) -> BTreeSet<u64> {
+        exclusion.unwrap().servers
+    }
+
     #[test]
     fn servers_are_left_out_while_each_team_keeps_one() {
         let topology = two_teams_of_two();
-        assert_eq!(wanted(&topology, &excluding(&[])), Ok(BTreeSet::new()));
         assert_eq!(
-            wanted(&topology, &excluding(&[101, 200, 999])),
-            Ok(BTreeSet::from([101, 200])),
+            servers(wanted(&topology, &excluding(&[]), &map(2))),
+            BTreeSet::new()
+        );
+        assert_eq!(
+            servers(wanted(&topology, &excluding(&[101, 200, 999]), &map(2))),
+            BTreeSet::from([101, 200]),
             "a server the cluster does not have is ignored"
         );
-        let refused = wanted(&topology, &excluding(&[100, 101, 200])).unwrap_err();
+        let refused = wanted(&topology, &excluding(&[100, 101, 200]), &map(2)).unwrap_err();
         assert!(refused.contains("team-1"), "{refused}");
         assert!(!refused.contains("team-2"), "{refused}");
+    }
+
+    #[test]
+    fn a_team_that_left_and_holds_nothing_goes_whole() {
+        let topology = two_teams_of_two();
+        let mut configuration = excluding(&[200, 201]);
+        // Not leaving: it would lose what it holds.
+        assert!(wanted(&topology, &configuration, &map(1)).is_err());
+        configuration.leaving_teams.insert(2);
+        // Leaving, but the map still names it.
+        assert!(wanted(&topology, &configuration, &map(2)).is_err());
+        let whole = wanted(&topology, &configuration, &map(1)).unwrap();
+        assert_eq!(whole.servers, BTreeSet::from([200, 201]));
+        assert_eq!(
+            whole.vacated,
+            BTreeMap::from([(StorageTeamId(2), BTreeSet::from([200, 201]))])
+        );
+        // It needs no teammate that serves.
+        let none = BTreeSet::new();
+        let (follow, waiting) = to_follow(&topology, &none, &whole, &none);
+        assert_eq!(follow, whole);
+        assert!(waiting.is_empty(), "{waiting:?}");
+        assert!(teammates_to_ask(&topology, &none, &whole.servers).is_empty());
+        // Should a move onto it come after the map it was judged by, the
+        // generation that starts from the newer map keeps the team.
+        let version = proto::Version(10);
+        let later = ShardMapSnapshot::new(version, &map(2));
+        assert!(whole.servers_for(&later).is_empty());
+        let judged = ShardMapSnapshot::new(version, &map(1));
+        assert_eq!(whole.servers_for(&judged), BTreeSet::from([200, 201]));
     }
 
     #[test]
     fn a_server_is_left_out_only_while_a_teammate_holds_the_data() {
         let topology = two_teams_of_two();
         let none = BTreeSet::new();
+        let out = |servers: &[u64]| Exclusion {
+            servers: servers.iter().copied().collect(),
+            vacated: BTreeMap::new(),
+        };
         // 101's teammate 100 serves: 101 may go.
-        let (follow, waiting) = to_follow(
-            &topology,
-            &none,
-            &BTreeSet::from([101]),
-            &BTreeSet::from([100]),
-        );
-        assert_eq!(follow, BTreeSet::from([101]));
+        let (follow, waiting) = to_follow(&topology, &none, &out(&[101]), &BTreeSet::from([100]));
+        assert_eq!(follow, out(&[101]));
         assert!(waiting.is_empty());
         assert_eq!(
             teammates_to_ask(&topology, &none, &BTreeSet::from([101])),
             BTreeSet::from([100])
         );
         // 100 copies from 101 (it does not serve): 101 waits, 200 goes.
-        let (follow, waiting) = to_follow(
-            &topology,
-            &none,
-            &BTreeSet::from([101, 200]),
-            &BTreeSet::from([201]),
-        );
-        assert_eq!(follow, BTreeSet::from([200]));
+        let (follow, waiting) =
+            to_follow(&topology, &none, &out(&[101, 200]), &BTreeSet::from([201]));
+        assert_eq!(follow, out(&[200]));
         assert_eq!(waiting.len(), 1);
         assert!(
             waiting[0].contains("101") && waiting[0].contains("team-1"),
@@ -178,14 +287,14 @@ mod tests {
         // Already left out, it stays out whatever its teammates do; taken
         // back, it is back at once.
         let current = BTreeSet::from([101]);
-        let (follow, _) = to_follow(&topology, &current, &current, &BTreeSet::new());
-        assert_eq!(follow, current);
-        let (follow, _) = to_follow(&topology, &current, &BTreeSet::new(), &BTreeSet::new());
-        assert!(follow.is_empty());
+        let (follow, _) = to_follow(&topology, &current, &out(&[101]), &none);
+        assert_eq!(follow, out(&[101]));
+        let (follow, _) = to_follow(&topology, &current, &out(&[]), &none);
+        assert_eq!(follow, out(&[]));
         // Two of a team asked at once: the second would leave none serving.
         let both = BTreeSet::from([100, 101]);
-        let (follow, waiting) = to_follow(&topology, &none, &both, &both);
-        assert_eq!(follow, BTreeSet::from([100]));
+        let (follow, waiting) = to_follow(&topology, &none, &out(&[100, 101]), &both);
+        assert_eq!(follow, out(&[100]));
         assert_eq!(waiting.len(), 1);
     }
 }

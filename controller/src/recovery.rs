@@ -25,7 +25,6 @@
 //! generation: changes above it never committed, so they are dropped with
 //! the versions that carried them.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use cluster::core_state::{
@@ -37,6 +36,8 @@ use proto::rpc::LockReply;
 use proto::shard_map::ShardMap;
 use proto::system_keys::METADATA_TEAM;
 use proto::{Mutation, Version};
+
+use crate::exclusion::Exclusion;
 
 /// What a new generation gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +175,7 @@ pub struct PhaseTime {
 
 pub struct Recovery {
     config: RecoveryConfig,
-    excluded_servers: Option<BTreeSet<u64>>,
+    exclusion: Option<Exclusion>,
     phase: Phase,
     times: Vec<PhaseTime>,
     revision: u64,
@@ -207,17 +208,17 @@ struct Locking {
 impl Recovery {
     /// A recovery that starts by reading the core state; `initial_shards`
     /// is the shard map of a cluster never recovered. The new generation
-    /// leaves `excluded_servers` out of its teams; `None` (the
+    /// leaves `exclusion`'s servers out of its teams; `None` (the
     /// configuration could not be read) keeps the current generation's.
     pub fn start(
         config: RecoveryConfig,
         initial_shards: ShardMap,
-        excluded_servers: Option<BTreeSet<u64>>,
+        exclusion: Option<Exclusion>,
         now_ms: u64,
     ) -> (Recovery, Vec<Command>) {
         let recovery = Recovery {
             config,
-            excluded_servers,
+            exclusion,
             phase: Phase::ReadingCoreState,
             times: vec![PhaseTime {
                 phase: Phase::ReadingCoreState,
@@ -473,10 +474,13 @@ impl Recovery {
         });
         self.tlogs = tlogs.clone();
         let shards = self.shards.clone().expect("read with the core state");
-        let excluded = self.excluded_servers.clone().unwrap_or_else(|| {
-            let last = self.state.generations.last();
-            last.map(|g| g.excluded_servers.clone()).unwrap_or_default()
-        });
+        let excluded = match &self.exclusion {
+            Some(exclusion) => exclusion.servers_for(&shards),
+            None => {
+                let last = self.state.generations.last();
+                last.map(|g| g.excluded_servers.clone()).unwrap_or_default()
+            }
+        };
         self.state = self
             .state
             .recovered(end, tlogs, self.config.replication, excluded)

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::distributor::Distributing;
-use crate::exclusion;
+use crate::exclusion::{self, Exclusion};
 use crate::keeper::Keeping;
 use crate::metadata;
 use crate::pause::PauseWatch;
@@ -327,7 +327,7 @@ impl Inner {
     /// The storage servers the generation should leave out by the
     /// configuration, when it and the core state can be read; status says
     /// why what the configuration asks is not (yet) followed.
-    async fn excluded_wanted(&self) -> Option<BTreeSet<u64>> {
+    async fn excluded_wanted(&self) -> Option<Exclusion> {
         let reads = async {
             tokio::try_join!(
                 self.coordinators.read_configuration(),
@@ -349,14 +349,18 @@ impl Inner {
             .map(|g| g.excluded_servers.clone())
             .unwrap_or_default();
         let topology = self.config.cluster.topology();
-        let wanted = match exclusion::wanted(&topology, &configuration) {
+        let map = match &state.shard_map {
+            Some(snapshot) => snapshot.map().ok()?,
+            None => self.config.initial_shards.clone(),
+        };
+        let wanted = match exclusion::wanted(&topology, &configuration, &map) {
             Ok(wanted) => wanted,
             Err(why) => {
                 self.set_status(|s| s.configuration_problem = Some(why));
-                return Some(current);
+                return None;
             }
         };
-        let asked = exclusion::teammates_to_ask(&topology, &current, &wanted);
+        let asked = exclusion::teammates_to_ask(&topology, &current, &wanted.servers);
         let serving = self.serving(&asked).await;
         let (follow, waiting) = exclusion::to_follow(&topology, &current, &wanted, &serving);
         let problem = (!waiting.is_empty()).then(|| waiting.join("; "));
@@ -630,7 +634,7 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         if configured_at.is_none_or(|at| at.elapsed() >= CONFIGURATION_INTERVAL) {
             configured_at = Some(tokio::time::Instant::now());
             if let Some(wanted) = inner.excluded_wanted().await {
-                let current = lock(&inner.excluded).clone();
+                let (wanted, current) = (wanted.servers, lock(&inner.excluded).clone());
                 if wanted != current {
                     return format!(
                         "the configuration leaves out storage servers {wanted:?}, \

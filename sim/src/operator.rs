@@ -8,7 +8,7 @@
 //! ```text
 //!  0 ── faults ──▶ fault_end
 //!  operator: exclude storage-s ─(0.2–3 s)─▶ include storage-s ─(0.5–3 s)─▶ …
-//!  after: every server taken back; the final checks read them all
+//!  after: every server taken back, in a generation; the final checks read them all
 //! ```
 //!
 //! Only a recruited cluster: leaving a server out takes a new generation.
@@ -24,6 +24,7 @@ use crate::clock::now;
 use crate::layout::storage_ids;
 use crate::net;
 use crate::trace::Trace;
+use crate::workload::LIVENESS;
 
 /// Keeps the operator's draws apart from the others'.
 const OPERATOR_STREAM: u64 = 0x6f70_6572;
@@ -40,8 +41,9 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Leaves servers out and takes them back until the faults stop; the
-    /// last one is back when it returns.
+    /// Leaves servers out and takes them back until the faults stop; when
+    /// it returns, the last one is back and a generation has them all, or
+    /// the run has a violation.
     pub async fn run(&self) {
         let coordinators = match CoordinatorClient::new(
             &self.cluster.coordinator_addresses(),
@@ -60,7 +62,7 @@ impl Operator {
             let pause = Duration::from_millis(rng.random_range(500..3_000));
             tokio::time::sleep(pause).await;
             if now() >= self.fault_end {
-                return;
+                break;
             }
             let server = servers[rng.random_range(0..servers.len())];
             let excluded = self.change(&coordinators, server, true).await;
@@ -72,8 +74,25 @@ impl Operator {
             // lost may have taken.
             self.change(&coordinators, server, false).await;
             if !excluded {
+                break;
+            }
+        }
+        let deadline = now() + LIVENESS;
+        loop {
+            let read = tokio::time::timeout(WRITE_PATIENCE, coordinators.read_core_state());
+            if let Ok(Ok((state, _))) = read.await {
+                let current = state.current().filter(|g| g.commit_path.is_some());
+                if current.is_some_and(|g| g.excluded_servers.is_empty()) {
+                    return;
+                }
+            }
+            if now() >= deadline {
+                self.trace.violation(format!(
+                    "no generation took every storage server back within {LIVENESS:?}"
+                ));
                 return;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -4,7 +4,10 @@
 //! generation whose proxies and TLogs leave it out, so the TLogs no longer
 //! keep its teams' data until it pops, old generations retire without
 //! waiting for it, and reads go to its teammates. Each team keeps at least
-//! one server: an exclusion that would empty a team is refused.
+//! one server, unless it left (`teamlog scale --remove-servers`) and holds
+//! no shard: an exclusion that would empty a team holding data is refused.
+//! The controller leaves a server out only while a teammate holds the
+//! team's data; until then `teamlog status` says why it waits.
 //!
 //! ```text
 //!  exclude 102 ─▶ configuration: excluded_servers += {102}  (refused if a team would empty)
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use cluster::ClusterFile;
+use controller::exclusion;
 use coordinator::client::CoordinatorClient;
 
 #[derive(clap::Args, Debug)]
@@ -59,50 +63,16 @@ pub async fn run(args: ExcludeArgs, exclude: bool) -> Result<()> {
     if let Some(unknown) = named.difference(&known).next() {
         bail!("the cluster file has no storage server {unknown}");
     }
-    let topology = cluster.topology();
     let coordinators =
         CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
-    let configuration = coordinators
-        .update_configuration(|c| {
-            if exclude {
-                let mut excluded = c.excluded_servers.clone();
-                excluded.extend(&named);
-                if topology.emptied_by(&excluded).is_empty() {
-                    c.excluded_servers = excluded;
-                }
-            } else {
-                c.excluded_servers.retain(|s| !named.contains(s));
-            }
-        })
-        .await?;
-    if exclude && !named.is_subset(&configuration.excluded_servers) {
-        let mut excluded = configuration.excluded_servers.clone();
-        excluded.extend(&named);
-        let emptied: Vec<String> = topology
-            .emptied_by(&excluded)
-            .iter()
-            .map(|t| t.to_string())
-            .collect();
-        bail!(
-            "servers {named:?} cannot be left out: with those left out already ({:?}), {} \
-             would have no server",
-            configuration.excluded_servers,
-            emptied.join(", ")
-        );
-    }
-    println!(
-        "the configuration leaves out storage servers {:?}",
-        configuration.excluded_servers
-    );
-    if args.no_wait {
-        return Ok(());
-    }
-    let wanted = |left_out: &BTreeSet<u64>| match exclude {
-        true => named.is_subset(left_out),
-        false => named.is_disjoint(left_out),
+    let timeout = Duration::from_secs(args.timeout);
+    let epoch = match exclude {
+        true => leave_out(&cluster, &coordinators, &named, args.no_wait, timeout).await?,
+        false => take_back(&coordinators, &named, args.no_wait, timeout).await?,
     };
-    let epoch =
-        wait_for_generation(&coordinators, wanted, Duration::from_secs(args.timeout)).await?;
+    let Some(epoch) = epoch else {
+        return Ok(());
+    };
     match exclude {
         true => println!(
             "servers {named:?} are left out of their teams from generation {epoch}: the TLogs \
@@ -114,6 +84,78 @@ pub async fn run(args: ExcludeArgs, exclude: bool) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Writes `servers` into the configuration's excluded servers unless that
+/// would leave a team holding data with no server; then, unless `no_wait`,
+/// waits for a generation that leaves them out and returns its epoch.
+pub async fn leave_out(
+    cluster: &ClusterFile,
+    coordinators: &CoordinatorClient,
+    servers: &BTreeSet<u64>,
+    no_wait: bool,
+    timeout: Duration,
+) -> Result<Option<u64>> {
+    let topology = cluster.topology();
+    let (state, _) = coordinators.read_core_state().await?;
+    let map = match &state.shard_map {
+        Some(snapshot) => snapshot.map()?,
+        None => cluster.shard_map()?,
+    };
+    let refusal = std::sync::Mutex::new(None);
+    let configuration = coordinators
+        .update_configuration(|c| {
+            let mut asked = c.clone();
+            asked.excluded_servers.extend(servers);
+            match exclusion::wanted(&topology, &asked, &map) {
+                Ok(_) => c.excluded_servers = asked.excluded_servers,
+                Err(why) => *refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why),
+            }
+        })
+        .await?;
+    if !servers.is_subset(&configuration.excluded_servers) {
+        let why = refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        bail!(
+            "servers {servers:?} cannot be left out: {}",
+            why.unwrap_or_default()
+        );
+    }
+    println!(
+        "the configuration leaves out storage servers {:?}",
+        configuration.excluded_servers
+    );
+    if no_wait {
+        return Ok(None);
+    }
+    let left_out = |excluded: &BTreeSet<u64>| servers.is_subset(excluded);
+    Ok(Some(
+        wait_for_generation(coordinators, left_out, timeout).await?,
+    ))
+}
+
+/// Takes `servers` out of the configuration's excluded servers; then,
+/// unless `no_wait`, waits for a generation that has them back and returns
+/// its epoch.
+pub async fn take_back(
+    coordinators: &CoordinatorClient,
+    servers: &BTreeSet<u64>,
+    no_wait: bool,
+    timeout: Duration,
+) -> Result<Option<u64>> {
+    let configuration = coordinators
+        .update_configuration(|c| c.excluded_servers.retain(|s| !servers.contains(s)))
+        .await?;
+    println!(
+        "the configuration leaves out storage servers {:?}",
+        configuration.excluded_servers
+    );
+    if no_wait {
+        return Ok(None);
+    }
+    let back = |excluded: &BTreeSet<u64>| servers.is_disjoint(excluded);
+    Ok(Some(
+        wait_for_generation(coordinators, back, timeout).await?,
+    ))
 }
 
 /// Waits until the current generation leaves out what `wanted` accepts;
@@ -134,7 +176,8 @@ async fn wait_for_generation(
         if started.elapsed() > timeout {
             bail!(
                 "no generation follows the configuration after {timeout:?}; `teamlog status` \
-                 shows what the controller is doing"
+                 shows what the controller is doing (a server goes out only while a teammate \
+                 holds its team's data)"
             );
         }
         tokio::time::sleep(POLL).await;

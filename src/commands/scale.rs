@@ -4,18 +4,19 @@
 //! `--remove-servers` records their teams as leaving in the configuration
 //! (`cluster::configuration`), the data distributor moves every shard
 //! they hold to the other teams, and the command waits, saying what is
-//! left, until they hold nothing. Their servers still follow the log (the
-//! cluster file keeps them in the cluster): one that is stopped holds back
-//! the TLogs' truncation and the retirement of old generations, as any
-//! stopped storage server does, so they are for maintenance, not for
-//! decommissioning yet.
-//! `--add-servers` lets their teams take shards again, and the
+//! left, until they hold nothing. Then it leaves their servers out
+//! (`teamlog exclude`): the controller recovers into a generation without
+//! their teams, so the TLogs keep nothing for them and the servers may be
+//! shut down for good.
+//! `--add-servers` takes them back in and lets their teams take shards
+//! again: each server starts over (its team held nothing), and the
 //! distributor evens the teams out onto them.
 //!
 //! ```text
 //!  --remove-servers 300,301 ─▶ their teams, whole ─▶ configuration: leaving += {team-3}
 //!     ─▶ wait: the recorded shard map names team-3 nowhere ─▶ "team-3 has left"
-//!  --add-servers 300,301 ─▶ configuration: leaving -= {team-3}
+//!     ─▶ configuration: excluded += {300, 301} ─▶ wait: a generation without team-3
+//!  --add-servers 300,301 ─▶ configuration: excluded -= {300, 301}, leaving -= {team-3}
 //! ```
 
 use std::collections::BTreeSet;
@@ -25,6 +26,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use cluster::ClusterFile;
 use coordinator::client::CoordinatorClient;
+
+use crate::commands::exclude;
 use proto::shard_map::ShardMap;
 
 #[derive(clap::Args, Debug)]
@@ -45,7 +48,8 @@ pub struct ScaleArgs {
     #[arg(long, value_delimiter = ',')]
     pub add_servers: Vec<u64>,
     /// Return once the change is recorded, without waiting for the leaving
-    /// teams to empty.
+    /// teams to empty (nor leaving their servers out: `teamlog exclude`
+    /// does that once they hold nothing).
     #[arg(long)]
     pub no_wait: bool,
     /// Seconds to wait for the leaving teams to empty.
@@ -86,6 +90,7 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
                 }
             } else {
                 c.leaving_teams.retain(|t| !teams.contains(t));
+                c.excluded_servers.retain(|s| !servers.contains(s));
             }
         })
         .await?;
@@ -120,12 +125,14 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
         Duration::from_secs(args.timeout),
     )
     .await?;
+    println!("teams {} hold no shard", names(&teams));
+    let servers: BTreeSet<u64> = args.remove_servers.iter().copied().collect();
+    let timeout = Duration::from_secs(args.timeout);
+    let epoch = exclude::leave_out(&cluster, &coordinators, &servers, false, timeout).await?;
     println!(
-        "teams {} hold no shard; servers {:?} serve nothing. They still follow the log: \
-         stopped, each holds back the TLogs' truncation and the retirement of old \
-         generations until it runs again",
-        names(&teams),
-        args.remove_servers
+        "servers {servers:?} are out of the cluster from generation {}: the TLogs keep \
+         nothing for them, and they may be stopped",
+        epoch.unwrap_or_default()
     );
     Ok(())
 }

@@ -5,8 +5,9 @@
 //! writes. Afterwards every replica of every piece holds exactly what the
 //! acknowledged commits wrote, and the controller's status says what the
 //! distributor did. A team taken out with `teamlog scale` under the writes
-//! hands every shard over, and let back in takes a share of the hot range
-//! again.
+//! hands every shard over and goes out of the cluster (the TLogs keep no
+//! stream of it, status counts its servers as excluded), and let back in
+//! takes a share of the hot range again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -469,7 +470,35 @@ async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_ta
     let started = tokio::time::Instant::now();
     let (ok, said) =
         tokio::time::timeout(DEADLINE, scale(&path, &["--remove-servers", "100,101"])).await??;
-    ensure!(ok && said.contains("hold no shard"), "{said}");
+    ensure!(
+        ok && said.contains("hold no shard") && said.contains("out of the cluster"),
+        "{said}"
+    );
+    // Its servers are out: the current generation's TLogs keep no stream
+    // of team 1, and status counts them healthy as excluded.
+    let (healthy, json) = crate::status::status_json(&path).await?;
+    let tlog_teams: Vec<u64> = json["tlogs"]
+        .as_array()
+        .context("a list of TLogs")?
+        .iter()
+        .flat_map(|t| t["status"]["teams"].as_array().cloned().unwrap_or_default())
+        .filter_map(|team| team["team"].as_u64())
+        .collect();
+    ensure!(
+        !tlog_teams.is_empty() && !tlog_teams.contains(&1),
+        "the TLogs keep teams {tlog_teams:?}"
+    );
+    let excluded: Vec<u64> = json["storage_servers"]
+        .as_array()
+        .context("a list of storage servers")?
+        .iter()
+        .filter(|s| s["excluded"] == true)
+        .filter_map(|s| s["id"].as_u64())
+        .collect();
+    ensure!(
+        healthy && excluded == [100, 101],
+        "status after team 1 left: excluded {excluded:?}, {json:#}"
+    );
     println!("team 1 left after {:?}: {said}", started.elapsed());
     let map = recorded_map(&cluster).await?.context("a recorded map")?;
     let held: Vec<_> = map

@@ -153,7 +153,7 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
     // Its teammate is the last of team 1: it stays in.
     let (ok, said) = exclusion(&local, "exclude", TEAMMATE).await?;
     ensure!(
-        !ok && said.contains("would have no server"),
+        !ok && said.contains("with no server"),
         "leaving out the last server of a team: {said}"
     );
     ensure!(generations(&local).await?.1 == vec![LOST]);

@@ -190,6 +190,19 @@ pub async fn start_proxy(
     topology
         .check()
         .map_err(|e| WorkerError::Role(format!("proxy {epoch}/{id}: {e}")))?;
+    // A team the generation drops must hold nothing, or its mutations
+    // would go to TLogs that keep no stream for it.
+    let unknown = start
+        .shards
+        .entries()
+        .flat_map(|(_, assignment)| assignment.teams())
+        .find(|team| !topology.is_storage_team(*team));
+    if let Some(team) = unknown {
+        return Err(WorkerError::Role(format!(
+            "proxy {epoch}/{id}: the shard map names {team}, which generation {epoch} has no \
+             server of"
+        )));
+    }
     let mut config = ProxyConfig::new(id, sequencer, tlogs, topology, start.shards);
     config.shards_version = start.shards_version;
     config.transport = ctx.transport.clone();

@@ -69,7 +69,7 @@ struct World {
     /// The versions that carry a shard-map change, wherever they reached.
     changed: BTreeSet<Version>,
     /// What the configuration excludes, as the next recovery reads it.
-    excluded: Option<BTreeSet<u64>>,
+    excluded: Option<Exclusion>,
 }
 
 impl World {
@@ -567,7 +567,10 @@ fn the_new_generation_leaves_out_the_configured_servers_and_keeps_them_out_when_
     let mut world = World::new(5);
     assert!(world.recover(0.0));
     assert!(world.core.current().unwrap().excluded_servers.is_empty());
-    world.excluded = Some(BTreeSet::from([102]));
+    world.excluded = Some(Exclusion {
+        servers: BTreeSet::from([102]),
+        vacated: BTreeMap::new(),
+    });
     assert!(world.recover(0.0));
     let current = world.core.current().unwrap();
     assert_eq!(current.excluded_servers, BTreeSet::from([102]));
@@ -582,7 +585,7 @@ fn the_new_generation_leaves_out_the_configured_servers_and_keeps_them_out_when_
         world.core.current().unwrap().excluded_servers,
         BTreeSet::from([102])
     );
-    world.excluded = Some(BTreeSet::new());
+    world.excluded = Some(Exclusion::default());
     assert!(world.recover(0.0));
     assert!(world.core.current().unwrap().excluded_servers.is_empty());
 }

@@ -23,8 +23,15 @@ use crate::versioned::ReadError;
 
 impl<E: KvEngine> StorageService<E> {
     /// Waits until `version` is applied, up to the configured read wait.
-    /// A server copying from its teammates has nothing to read yet.
+    /// A server copying from its teammates has nothing to read yet, and
+    /// one the generation leaves out holds nothing.
     async fn wait_for(&self, version: Version) -> Result<(), ErrorReply> {
+        if let Some(epoch) = self.inner.generations.excluded_by() {
+            return Err(ErrorReply::new(
+                ErrorCode::WrongShardServer,
+                format!("generation {epoch} leaves this server out of its teams"),
+            ));
+        }
         if let Some(what) = self.inner.rebuilding() {
             return Err(ErrorReply::new(
                 ErrorCode::FutureVersion,
