@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use cluster::configuration::Configuration;
 use cluster::ClusterFile;
 use controller::exclusion;
 use coordinator::client::CoordinatorClient;
@@ -120,17 +121,14 @@ pub async fn leave_out(
             why.unwrap_or_default()
         );
     }
-    println!(
-        "the configuration leaves out storage servers {:?}",
-        configuration.excluded_servers
-    );
-    if no_wait {
-        return Ok(None);
-    }
     let left_out = |excluded: &BTreeSet<u64>| servers.is_subset(excluded);
-    Ok(Some(
-        wait_for_generation(coordinators, left_out, timeout).await?,
-    ))
+    follow(
+        coordinators,
+        &configuration,
+        (!no_wait).then_some(timeout),
+        left_out,
+    )
+    .await
 }
 
 /// Takes `servers` out of the configuration's excluded servers; then,
@@ -145,16 +143,34 @@ pub async fn take_back(
     let configuration = coordinators
         .update_configuration(|c| c.excluded_servers.retain(|s| !servers.contains(s)))
         .await?;
+    let back = |excluded: &BTreeSet<u64>| servers.is_disjoint(excluded);
+    follow(
+        coordinators,
+        &configuration,
+        (!no_wait).then_some(timeout),
+        back,
+    )
+    .await
+}
+
+/// Says what `configuration` leaves out; then, given a `timeout`, waits
+/// for a generation that leaves out what `wanted` accepts and returns its
+/// epoch.
+async fn follow(
+    coordinators: &CoordinatorClient,
+    configuration: &Configuration,
+    timeout: Option<Duration>,
+    wanted: impl Fn(&BTreeSet<u64>) -> bool,
+) -> Result<Option<u64>> {
     println!(
         "the configuration leaves out storage servers {:?}",
         configuration.excluded_servers
     );
-    if no_wait {
+    let Some(timeout) = timeout else {
         return Ok(None);
-    }
-    let back = |excluded: &BTreeSet<u64>| servers.is_disjoint(excluded);
+    };
     Ok(Some(
-        wait_for_generation(coordinators, back, timeout).await?,
+        wait_for_generation(coordinators, wanted, timeout).await?,
     ))
 }
 

@@ -9,15 +9,14 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use proto::system_keys::USER_KEYS_END;
 use std::sync::Arc;
 
 use client::Client;
 use coordinator::client::CoordinatorClient;
-use testkit::{ClusterSpec, LocalCluster};
+use testkit::LocalCluster;
 
 use crate::nemesis::Writers;
-use crate::storage_rebuild::{held_before, server_status, wait_rebuilt};
+use crate::storage_rebuild::{holds_what_its_teammate_holds, server_status, wait_rebuilt};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const LOST: u64 = 100;
@@ -84,17 +83,7 @@ async fn team_one(local: &LocalCluster) -> Result<(Vec<Vec<u64>>, u64)> {
 async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_copying() -> Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let spec = ClusterSpec {
-        coordinators: 1,
-        workers: 3,
-        tlogs: 2,
-        proxies: 1,
-        replication: 2,
-        teams: 1,
-        servers_per_team: 2,
-        storage_args: crate::small_window_storage_args(),
-        ..ClusterSpec::default()
-    };
+    let spec = crate::small_recruited_spec(1);
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
     let client = Arc::new(Client::new(&cluster)?);
@@ -183,16 +172,6 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
     );
     let included = client.read_version().await?;
     wait_rebuilt(&cluster, LOST, included).await?;
-    let finished = writers.finish().await?;
-    let version = client.read_version().await?;
-    let back = held_before(&cluster, LOST, USER_KEYS_END, version).await?;
-    let teammate = held_before(&cluster, TEAMMATE, USER_KEYS_END, version).await?;
-    ensure!(
-        back == teammate,
-        "server {LOST} holds {} pairs, server {TEAMMATE} {}",
-        back.len(),
-        teammate.len()
-    );
-    finished.check(back)?;
+    holds_what_its_teammate_holds(&cluster, &client, writers, LOST, TEAMMATE).await?;
     Ok(local.stop().await?)
 }

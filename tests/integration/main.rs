@@ -41,3 +41,20 @@ fn small_window_storage_args() -> Vec<String> {
         .map(String::from)
         .to_vec()
 }
+
+/// A small recruited cluster: one coordinator, three workers recruiting
+/// two TLogs (replication 2) and one proxy, and `teams` teams of two
+/// storage servers that flush and pop soon after they apply.
+fn small_recruited_spec(teams: usize) -> testkit::ClusterSpec {
+    testkit::ClusterSpec {
+        coordinators: 1,
+        workers: 3,
+        tlogs: 2,
+        proxies: 1,
+        replication: 2,
+        teams,
+        servers_per_team: 2,
+        storage_args: small_window_storage_args(),
+        ..testkit::ClusterSpec::default()
+    }
+}

@@ -433,18 +433,31 @@ async fn a_server_rebuilt_after_a_recovery_reads_on_in_the_new_generation() -> R
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    holds_what_its_teammate_holds(&cluster, &client, writers, REBUILT, TEAMMATE).await?;
+    Ok(local.stop().await?)
+}
+
+/// Stops `writers`; then `server` holds, at a version after their last
+/// write, exactly what `teammate` holds, and that is what the writers
+/// wrote.
+pub(crate) async fn holds_what_its_teammate_holds(
+    cluster: &ClusterFile,
+    client: &Client,
+    writers: Writers,
+    server: u64,
+    teammate: u64,
+) -> Result<()> {
     let finished = writers.finish().await?;
     let version = client.read_version().await?;
-    let rebuilt = held_before(&cluster, REBUILT, USER_KEYS_END, version).await?;
-    let teammate = held_before(&cluster, TEAMMATE, USER_KEYS_END, version).await?;
+    let held = held_before(cluster, server, USER_KEYS_END, version).await?;
+    let by_teammate = held_before(cluster, teammate, USER_KEYS_END, version).await?;
     ensure!(
-        rebuilt == teammate,
-        "server {REBUILT} holds {} pairs, server {TEAMMATE} {}",
-        rebuilt.len(),
-        teammate.len()
+        held == by_teammate,
+        "server {server} holds {} pairs, server {teammate} {}",
+        held.len(),
+        by_teammate.len()
     );
-    finished.check(rebuilt)?;
-    Ok(local.stop().await?)
+    finished.check(held)
 }
 
 /// Waits until `server` has made `version` durable.
@@ -470,20 +483,12 @@ async fn wait_durable(cluster: &ClusterFile, server: u64, version: Version) -> R
 async fn a_server_rebuilt_after_a_move_copies_the_ranges_its_team_holds_now() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let spec = ClusterSpec {
-        coordinators: 1,
-        workers: 3,
-        tlogs: 2,
-        proxies: 1,
-        replication: 2,
-        teams: 2,
-        servers_per_team: 2,
         shard_begins: vec!["m".into()],
-        storage_args: crate::small_window_storage_args(),
         distribution: Some(cluster::DistributionSettings {
             enabled: false,
             ..Default::default()
         }),
-        ..ClusterSpec::default()
+        ..crate::small_recruited_spec(2)
     };
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
