@@ -8,19 +8,23 @@
 //!  recruited:  route() ─▶ cached Route ──(a call through it failed: stale)──▶ GetClusterInfo ─▶ a coordinator
 //! ```
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::rpc::Message;
 use proto::transport::{ClientConfig, Peer};
+use proto::StorageServerId;
 
 use cluster::ClusterFile;
 
 use crate::ClientError;
 
-/// One generation's commit path.
+/// One generation's commit path, and the storage servers it leaves out
+/// of their teams.
 pub(crate) struct Route {
     pub proxies: Vec<Peer>,
     pub sequencer: Peer,
+    pub excluded: BTreeSet<StorageServerId>,
 }
 
 pub(crate) struct CommitPath {
@@ -56,6 +60,7 @@ impl CommitPath {
         let route = Route {
             proxies: cluster.proxies.iter().map(|p| peer(p.address)).collect(),
             sequencer: peer(cluster.sequencer_address()?),
+            excluded: BTreeSet::new(),
         };
         Ok(CommitPath {
             source: Source::Pinned,
@@ -112,6 +117,11 @@ async fn ask_coordinators(
                 return Ok(Route {
                     proxies: info.proxies.into_iter().map(peer).collect(),
                     sequencer: peer(sequencer),
+                    excluded: info
+                        .excluded_servers
+                        .into_iter()
+                        .map(StorageServerId)
+                        .collect(),
                 });
             }
             Ok(other) => {

@@ -271,11 +271,15 @@ impl Client {
         mut progress: impl FnMut(&[ServerProgress]),
     ) -> Result<MoveOutcome, MoveError> {
         check_range(&begin, &end)?;
-        let destination = self
+        let mut destination = self
             .teams
             .get(&to)
             .cloned()
             .ok_or(MoveError::UnknownTeam(to))?;
+        // A server the generation leaves out copies nothing: the move waits
+        // for the others.
+        let excluded = self.path.route().await?.excluded.clone();
+        destination.retain(|server| !excluded.contains(server));
         let mut plan = Vec::new();
         let (started, mut known) = self
             .commit_on_view(&begin, &end, None, |view| {

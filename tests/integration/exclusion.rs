@@ -2,7 +2,8 @@
 //! concurrent commits: a storage server killed for good and then left out
 //! no longer holds back its team's data on the TLogs nor the retirement of
 //! old generations, and status is healthy again, naming it excluded. The
-//! last server of a team cannot be left out. Back while still excluded,
+//! last server of a team cannot be left out, and a move onto its team
+//! waits only for the servers that are in. Back while still excluded,
 //! the server serves nothing; taken back in, it copies its team from its
 //! teammate and ends up holding exactly what the teammate holds.
 
@@ -11,8 +12,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use client::Client;
 use coordinator::client::CoordinatorClient;
+use proto::StorageTeamId;
 use testkit::LocalCluster;
 
 use crate::nemesis::Writers;
@@ -83,7 +86,15 @@ async fn team_one(local: &LocalCluster) -> Result<(Vec<Vec<u64>>, u64)> {
 async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_copying() -> Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let spec = crate::small_recruited_spec(1);
+    // Team 1 holds every key the writers write; team 2, from "x" on, none.
+    let spec = testkit::ClusterSpec {
+        shard_begins: vec!["x".into()],
+        distribution: Some(cluster::DistributionSettings {
+            enabled: false,
+            ..Default::default()
+        }),
+        ..crate::small_recruited_spec(2)
+    };
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
     let client = Arc::new(Client::new(&cluster)?);
@@ -109,6 +120,21 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
     writers
         .wait_for_progress("with the server left out")
         .await?;
+    // A move onto team 1 waits for its servers that are in, not for the
+    // one left out.
+    let moved = client
+        .move_range(
+            Bytes::from_static(b"x"),
+            Bytes::from_static(b"y"),
+            StorageTeamId(1),
+            DEADLINE,
+            |_| {},
+        )
+        .await;
+    ensure!(
+        moved.as_ref().is_ok_and(|m| m.flipped.is_some()),
+        "a move onto the team with a server left out: {moved:?}"
+    );
 
     // The TLogs keep team 1 for the teammate alone, which pops past the
     // kill; the generations the lost server still needed retire.
@@ -172,6 +198,6 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
     );
     let included = client.read_version().await?;
     wait_rebuilt(&cluster, LOST, included).await?;
-    holds_what_its_teammate_holds(&cluster, &client, writers, LOST, TEAMMATE).await?;
+    holds_what_its_teammate_holds(&cluster, &client, writers, (LOST, TEAMMATE), b"x").await?;
     Ok(local.stop().await?)
 }

@@ -433,24 +433,31 @@ async fn a_server_rebuilt_after_a_recovery_reads_on_in_the_new_generation() -> R
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    holds_what_its_teammate_holds(&cluster, &client, writers, REBUILT, TEAMMATE).await?;
+    holds_what_its_teammate_holds(
+        &cluster,
+        &client,
+        writers,
+        (REBUILT, TEAMMATE),
+        USER_KEYS_END,
+    )
+    .await?;
     Ok(local.stop().await?)
 }
 
 /// Stops `writers`; then `server` holds, at a version after their last
-/// write, exactly what `teammate` holds, and that is what the writers
-/// wrote.
+/// write, exactly what `teammate` holds before `end`, and that is what
+/// the writers wrote.
 pub(crate) async fn holds_what_its_teammate_holds(
     cluster: &ClusterFile,
     client: &Client,
     writers: Writers,
-    server: u64,
-    teammate: u64,
+    (server, teammate): (u64, u64),
+    end: &'static [u8],
 ) -> Result<()> {
     let finished = writers.finish().await?;
     let version = client.read_version().await?;
-    let held = held_before(cluster, server, USER_KEYS_END, version).await?;
-    let by_teammate = held_before(cluster, teammate, USER_KEYS_END, version).await?;
+    let held = held_before(cluster, server, end, version).await?;
+    let by_teammate = held_before(cluster, teammate, end, version).await?;
     ensure!(
         held == by_teammate,
         "server {server} holds {} pairs, server {teammate} {}",
