@@ -372,6 +372,32 @@ impl Inner {
         Some(follow)
     }
 
+    /// Why the running generation no longer leaves out what it should,
+    /// if so. While the configuration asks exactly what the generation
+    /// leaves out, only the configuration is read.
+    async fn exclusion_changed(&self) -> Option<String> {
+        let read = self.coordinators.read_configuration();
+        let Ok(Ok(configuration)) = tokio::time::timeout(CONFIGURATION_READ_TIMEOUT, read).await
+        else {
+            return None;
+        };
+        let current = lock(&self.excluded).clone();
+        let asked: BTreeSet<u64> = configuration
+            .excluded_servers
+            .iter()
+            .filter(|s| self.config.storage_servers.contains_key(s))
+            .copied()
+            .collect();
+        if asked == current {
+            self.set_status(|s| s.configuration_problem = None);
+            return None;
+        }
+        let wanted = self.excluded_wanted().await?.servers;
+        (wanted != current).then(|| {
+            format!("the configuration leaves out storage servers {wanted:?}, the generation {current:?}")
+        })
+    }
+
     /// Of `servers`, those that answer that they hold their teams' data:
     /// neither copying it from a teammate nor stopped.
     async fn serving(&self, servers: &BTreeSet<u64>) -> BTreeSet<u64> {
@@ -641,14 +667,8 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         }
         if configured_at.is_none_or(|at| at.elapsed() >= CONFIGURATION_INTERVAL) {
             configured_at = Some(tokio::time::Instant::now());
-            if let Some(wanted) = inner.excluded_wanted().await {
-                let (wanted, current) = (wanted.servers, lock(&inner.excluded).clone());
-                if wanted != current {
-                    return format!(
-                        "the configuration leaves out storage servers {wanted:?}, \
-                         the generation {current:?}"
-                    );
-                }
+            if let Some(why) = inner.exclusion_changed().await {
+                return why;
             }
         }
         let now = inner.clock.now_ms();

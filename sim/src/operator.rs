@@ -97,12 +97,19 @@ impl Operator {
     }
 
     /// Writes the configuration with `server` left out or taken back,
-    /// again until it is written; a server is always taken back, but one
-    /// not yet left out once the faults stop stays in (`false`).
+    /// again until it is written; a server is taken back within `LIVENESS`
+    /// after the faults (else the run has a violation), but one not yet
+    /// left out once the faults stop stays in (`false`).
     async fn change(&self, coordinators: &CoordinatorClient, server: u64, exclude: bool) -> bool {
         let verb = if exclude { "exclude" } else { "include" };
         loop {
             if exclude && now() >= self.fault_end {
+                return false;
+            }
+            if now() >= self.fault_end + LIVENESS {
+                self.trace.violation(format!(
+                    "storage-{server} could not be taken back within {LIVENESS:?} after the faults"
+                ));
                 return false;
             }
             let write = coordinators.update_configuration(|c| {

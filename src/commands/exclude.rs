@@ -103,19 +103,19 @@ pub async fn leave_out(
         Some(snapshot) => snapshot.map()?,
         None => cluster.shard_map()?,
     };
-    let refusal = std::sync::Mutex::new(None);
+    let refusal = std::cell::RefCell::new(None);
     let configuration = coordinators
         .update_configuration(|c| {
             let mut asked = c.clone();
             asked.excluded_servers.extend(servers);
             match exclusion::wanted(&topology, &asked, &map) {
                 Ok(_) => c.excluded_servers = asked.excluded_servers,
-                Err(why) => *refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why),
+                Err(why) => *refusal.borrow_mut() = Some(why),
             }
         })
         .await?;
     if !servers.is_subset(&configuration.excluded_servers) {
-        let why = refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let why = refusal.take();
         bail!(
             "servers {servers:?} cannot be left out: {}",
             why.unwrap_or_default()

@@ -87,14 +87,7 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
 {
     let dir = tempfile::tempdir()?;
     // Team 1 holds every key the writers write; team 2, from "x" on, none.
-    let spec = testkit::ClusterSpec {
-        shard_begins: vec!["x".into()],
-        distribution: Some(cluster::DistributionSettings {
-            enabled: false,
-            ..Default::default()
-        }),
-        ..crate::small_recruited_spec(2)
-    };
+    let spec = crate::two_teams_split_at("x");
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
     let client = Arc::new(Client::new(&cluster)?);

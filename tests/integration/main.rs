@@ -58,3 +58,16 @@ fn small_recruited_spec(teams: usize) -> testkit::ClusterSpec {
         ..testkit::ClusterSpec::default()
     }
 }
+
+/// [`small_recruited_spec`] with two teams: team 1 holds the keys before
+/// `split`, team 2 the rest, and no data distributor moves them.
+fn two_teams_split_at(split: &str) -> testkit::ClusterSpec {
+    testkit::ClusterSpec {
+        shard_begins: vec![split.into()],
+        distribution: Some(cluster::DistributionSettings {
+            enabled: false,
+            ..Default::default()
+        }),
+        ..small_recruited_spec(2)
+    }
+}

@@ -489,14 +489,7 @@ async fn wait_durable(cluster: &ClusterFile, server: u64, version: Version) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_rebuilt_after_a_move_copies_the_ranges_its_team_holds_now() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let spec = ClusterSpec {
-        shard_begins: vec!["m".into()],
-        distribution: Some(cluster::DistributionSettings {
-            enabled: false,
-            ..Default::default()
-        }),
-        ..crate::small_recruited_spec(2)
-    };
+    let spec = crate::two_teams_split_at("m");
     let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
     let cluster = local.cluster.clone();
     let client = Client::new(&cluster)?;
