@@ -79,6 +79,10 @@ pub struct DevArgs {
     /// and the cluster recovers without it.
     #[arg(long, conflicts_with = "pinned")]
     pub processes: bool,
+    /// Serve the cluster's Prometheus metrics at http://ADDR/metrics (the
+    /// one process's, so every role's).
+    #[arg(long, conflicts_with_all = ["pinned", "processes"])]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl DevArgs {
@@ -117,10 +121,17 @@ pub async fn run(args: DevArgs) -> Result<()> {
         shard_begins: vec!["h".into(), "p".into()],
         logs_in_dir: true,
         tls: !args.no_tls,
+        worker_args: args
+            .metrics
+            .map(|addr| vec!["--metrics".to_string(), addr.to_string()])
+            .unwrap_or_default(),
         ..ClusterSpec::default()
     };
     let local = LocalCluster::start(&exe, &dir, &spec).await?;
     print_cluster(&local, args.one_process());
+    if let Some(addr) = args.metrics {
+        println!("  metrics               http://{addr}/metrics");
+    }
     let outcome = tokio::select! {
         outcome = serve(&local, &args, &dir) => outcome,
         () = shutdown => {
