@@ -3,7 +3,8 @@
 //! A call registers a oneshot under a fresh request id, queues its frame to
 //! the writer task and waits; the reader task completes the oneshot whose id
 //! the reply carries. When either task ends, the connection is closed and
-//! every pending call gets `ConnectionClosed`.
+//! every pending call gets `ConnectionClosed`. A server of this process is
+//! called through a [`LocalLink`] instead, with no connection at all.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::local::LocalLink;
 use super::net::{Connected, Stream};
 use super::tls::member_server_name;
 use super::{write_frames, ClientConfig, RpcError, OUTGOING_QUEUE};
@@ -39,12 +41,22 @@ pub struct RpcClient {
 struct ClientInner {
     peer: SocketAddr,
     config: ClientConfig,
+    way: Way,
+}
+
+enum Way {
+    Connection(Connection),
+    Local(LocalLink),
+}
+
+/// The caller's side of a connection's two tasks.
+struct Connection {
     outgoing: mpsc::Sender<FramePayload>,
     shared: Arc<Shared>,
     next_request_id: AtomicU64,
 }
 
-impl Drop for ClientInner {
+impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.close();
     }
@@ -136,16 +148,22 @@ impl RpcClient {
                 ),
             ))
         };
+        if let Some(link) = config.local.as_ref().and_then(|network| network.link(addr)) {
+            debug!(peer = %addr, "calling a server of this process");
+            return Ok(RpcClient {
+                inner: Arc::new(ClientInner {
+                    peer: addr,
+                    config,
+                    way: Way::Local(link),
+                }),
+            });
+        }
         let connecting = async {
             let stream = Connected::connect(addr, &config)
                 .await
                 .map_err(RpcError::Connect)?;
             stream.set_nodelay().map_err(RpcError::Connect)?;
             match (stream, config.tls.clone()) {
-                (Connected::Local(pipe), _) => {
-                    let (read_half, write_half) = tokio::io::split(pipe);
-                    Ok(Self::start(read_half, write_half, addr, config.clone()))
-                }
                 (Connected::Tcp(stream), None) => {
                     let (read_half, write_half) = stream.into_split();
                     Ok(Self::start(read_half, write_half, addr, config.clone()))
@@ -230,9 +248,11 @@ impl RpcClient {
             inner: Arc::new(ClientInner {
                 peer: addr,
                 config,
-                outgoing,
-                shared,
-                next_request_id: AtomicU64::new(1),
+                way: Way::Connection(Connection {
+                    outgoing,
+                    shared,
+                    next_request_id: AtomicU64::new(1),
+                }),
             }),
         }
     }
@@ -250,33 +270,15 @@ impl RpcClient {
         message: Message,
         timeout: Duration,
     ) -> Result<Message, RpcError> {
-        let inner = &*self.inner;
-        // Id 0 is what servers use for errors about the connection itself.
-        let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let frame = Envelope {
-            request_id,
-            message,
-        }
-        .encode();
-        if frame.len() > inner.config.max_frame_len as usize {
-            return Err(RpcError::Frame(FrameError::TooLarge {
-                len: frame.len() as u64,
-                max: inner.config.max_frame_len,
-            }));
-        }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        inner.shared.register(request_id, reply_tx)?;
-        let _guard = PendingGuard {
-            shared: &inner.shared,
-            request_id,
-        };
         let exchange = async {
-            inner
-                .outgoing
-                .send(frame)
-                .await
-                .map_err(|_| RpcError::ConnectionClosed)?;
-            reply_rx.await.map_err(|_| RpcError::ConnectionClosed)?
+            match &self.inner.way {
+                Way::Connection(connection) => {
+                    connection
+                        .call(message, self.inner.config.max_frame_len)
+                        .await
+                }
+                Way::Local(link) => link.call(message).await,
+            }
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(RpcError::Timeout),
@@ -297,7 +299,10 @@ impl RpcClient {
     /// Whether the connection has ended; every later call fails with
     /// `ConnectionClosed`.
     pub fn is_closed(&self) -> bool {
-        self.inner.shared.closed.load(Ordering::Acquire)
+        match &self.inner.way {
+            Way::Connection(connection) => connection.shared.closed.load(Ordering::Acquire),
+            Way::Local(link) => link.is_closed(),
+        }
     }
 
     pub fn peer_addr(&self) -> SocketAddr {
@@ -354,6 +359,36 @@ impl RpcClient {
             Message::TLogStatus(reply) => Ok(reply),
             other => Err(RpcError::UnexpectedReply(other.name())),
         }
+    }
+}
+
+impl Connection {
+    /// Sends `message` framed and waits for the reply with its request id.
+    async fn call(&self, message: Message, max_frame_len: u32) -> Result<Message, RpcError> {
+        // Id 0 is what servers use for errors about the connection itself.
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Envelope {
+            request_id,
+            message,
+        }
+        .encode();
+        if frame.len() > max_frame_len as usize {
+            return Err(RpcError::Frame(FrameError::TooLarge {
+                len: frame.len() as u64,
+                max: max_frame_len,
+            }));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.shared.register(request_id, reply_tx)?;
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            request_id,
+        };
+        self.outgoing
+            .send(frame)
+            .await
+            .map_err(|_| RpcError::ConnectionClosed)?;
+        reply_rx.await.map_err(|_| RpcError::ConnectionClosed)?
     }
 }
 

@@ -1,44 +1,59 @@
-//! Calls between the roles of one process, without a socket.
+//! Calls between the roles of one process: the request goes to the
+//! server's [`Service`] as the value the caller built, with no socket, no
+//! frame and no task in between.
 //!
 //! A process that hosts several roles (a `teamlog server` with its
 //! coordinators, storage servers and recruited roles) hands each of them
 //! the same [`LocalNetwork`] in its client and server configurations. A
-//! server serving with it registers the address it listens at; a client
-//! connecting with it to a registered address gets an in-memory pipe to
-//! that server's accept loop instead of a TCP connection. Framing, budgets,
-//! timeouts and multiplexing run over the pipe unchanged.
+//! server serving with it registers its service under the address it
+//! listens at; a client connecting with it to a registered address gets a
+//! [`LocalLink`] instead of a TCP connection.
 //!
 //! ```text
 //!  RpcClient::connect(A) ─▶ LocalNetwork: is A served in this process?
-//!                             ├─ yes: duplex pipe ─▶ serve(A)'s accept loop (as if accepted)
+//!                             ├─ yes: LocalLink
+//!                             │    call: Service::handle(request, Responder) on the caller's task
+//!                             │          ◀─ oneshot ◀─ Responder::reply (now, or later from anywhere)
 //!                             └─ no:  TCP, and TLS when configured, as before
 //! ```
 //!
-//! The pipe is neither encrypted nor authenticated, and its peer counts as
-//! a member: only code of this process that was handed the network can
-//! open one, and such a process already holds the member identity. A call
-//! across a loopback socket costs each side a system call and the wake of
-//! a thread polling the socket; across the pipe it is a task wake.
+//! A call over a socket wakes five tasks (the caller's writer, the
+//! server's reader, the server's writer, the caller's reader, the caller)
+//! and encodes and decodes both messages; over the link, the handler runs
+//! where the caller is and its reply wakes the caller alone.
+//!
+//! What the link leaves out, and why: the frame codec, the byte budgets,
+//! the in-flight cap and the connection timeouts protect a server from the
+//! bytes of peers it does not control. A local caller is this process's
+//! own code: it sends messages it built, bounds its own calls in flight
+//! (each role's budget of outstanding requests), and waits with the same
+//! per-call timeout as over the network. Its peer counts as a member: only
+//! code of this process that was handed the network can make a link, and
+//! such a process already holds the member identity.
+//!
+//! When the server stops serving, its registration goes: no new link
+//! reaches it, calls waiting on it end with `ConnectionClosed`, and the
+//! reply futures its handlers started ([`Responder::reply_with`]) are
+//! dropped, as a closed connection's are.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use tokio::io::DuplexStream;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
-/// Bytes a pipe holds in each direction before its writer waits.
-const PIPE_BYTES: usize = 256 << 10;
-
-/// Connections a server's accept loop has not taken yet; a connect past
-/// it waits (within the client's connect timeout).
-const ACCEPT_QUEUE: usize = 64;
+use super::server::{Responder, Service};
+use super::RpcError;
+use crate::rpc::{ErrorCode, ErrorReply, Message};
 
 /// The servers of one process that its clients reach without a socket.
 #[derive(Default)]
 pub struct LocalNetwork {
-    servers: Mutex<BTreeMap<SocketAddr, mpsc::Sender<DuplexStream>>>,
+    servers: Mutex<BTreeMap<SocketAddr, LocalServer>>,
+    next_registration: AtomicU64,
 }
 
 impl fmt::Debug for LocalNetwork {
@@ -48,6 +63,17 @@ impl fmt::Debug for LocalNetwork {
             .field("servers", &servers)
             .finish()
     }
+}
+
+/// One registered server, as its links hold it.
+#[derive(Clone)]
+struct LocalServer {
+    registration: u64,
+    /// Weak, so that links do not keep a stopped role's service (its
+    /// files, its threads) alive.
+    service: Weak<dyn Service>,
+    /// Cancelled when the server stops serving.
+    stopped: CancellationToken,
 }
 
 impl LocalNetwork {
@@ -60,33 +86,37 @@ impl LocalNetwork {
         self.lock().contains_key(&addr)
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<SocketAddr, mpsc::Sender<DuplexStream>>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<SocketAddr, LocalServer>> {
         // Every change under this lock is one insert or remove, so a panic
         // elsewhere cannot leave the map half changed.
         self.servers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the connections made to `addr` until the registration drops.
+    /// Serves `service`'s calls to `addr` until the registration drops.
     /// A later registration of the same address replaces this one.
-    pub(super) fn register(self: &Arc<Self>, addr: SocketAddr) -> Registration {
-        let (sender, connections) = mpsc::channel(ACCEPT_QUEUE);
-        self.lock().insert(addr, sender.clone());
+    pub(super) fn register(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        service: &Arc<dyn Service>,
+    ) -> Registration {
+        let server = LocalServer {
+            registration: self.next_registration.fetch_add(1, Ordering::Relaxed),
+            service: Arc::downgrade(service),
+            stopped: CancellationToken::new(),
+        };
+        self.lock().insert(addr, server.clone());
         Registration {
             network: Arc::clone(self),
             addr,
-            sender,
-            connections,
+            server,
         }
     }
 
-    /// A pipe to the server of this process at `addr`, or `None` when none
+    /// A link to the server of this process at `addr`, or `None` when none
     /// serves it (the caller then goes over the network).
-    pub(super) async fn connect(&self, addr: SocketAddr) -> Option<DuplexStream> {
+    pub(super) fn link(&self, addr: SocketAddr) -> Option<LocalLink> {
         let server = self.lock().get(&addr).cloned()?;
-        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
-        // Fails only when the server stopped since the lookup.
-        server.send(theirs).await.ok()?;
-        Some(ours)
+        Some(LocalLink { server })
     }
 }
 
@@ -94,25 +124,62 @@ impl LocalNetwork {
 pub(super) struct Registration {
     network: Arc<LocalNetwork>,
     addr: SocketAddr,
-    sender: mpsc::Sender<DuplexStream>,
-    connections: mpsc::Receiver<DuplexStream>,
-}
-
-impl Registration {
-    /// The next connection made to this server.
-    pub(super) async fn accept(&mut self) -> Option<DuplexStream> {
-        self.connections.recv().await
-    }
+    server: LocalServer,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut servers = self.network.lock();
-        if servers
-            .get(&self.addr)
-            .is_some_and(|current| current.same_channel(&self.sender))
         {
-            servers.remove(&self.addr);
+            let mut servers = self.network.lock();
+            if servers
+                .get(&self.addr)
+                .is_some_and(|current| current.registration == self.server.registration)
+            {
+                servers.remove(&self.addr);
+            }
         }
+        self.server.stopped.cancel();
+    }
+}
+
+/// A client's way to a server of its own process.
+pub(super) struct LocalLink {
+    server: LocalServer,
+}
+
+impl LocalLink {
+    /// Hands `message` to the server's service and waits for its reply
+    /// (the caller bounds the wait).
+    pub(super) async fn call(&self, message: Message) -> Result<Message, RpcError> {
+        let stopped = &self.server.stopped;
+        if stopped.is_cancelled() {
+            return Err(RpcError::ConnectionClosed);
+        }
+        let service = self
+            .server
+            .service
+            .upgrade()
+            .ok_or(RpcError::ConnectionClosed)?;
+        let (reply, replied) = oneshot::channel();
+        let responder = Responder::local(reply, stopped.clone());
+        if message.is_request() {
+            service.handle(message, responder);
+        } else {
+            responder.reply(Err(ErrorReply::new(
+                ErrorCode::UnknownMessage,
+                format!("{} is not a request", message.name()),
+            )));
+        }
+        drop(service);
+        tokio::select! {
+            biased;
+            reply = replied => reply.map_err(|_| RpcError::ConnectionClosed),
+            () = stopped.cancelled() => Err(RpcError::ConnectionClosed),
+        }
+    }
+
+    /// Whether the server stopped serving; every later call fails.
+    pub(super) fn is_closed(&self) -> bool {
+        self.server.stopped.is_cancelled() || self.server.service.strong_count() == 0
     }
 }

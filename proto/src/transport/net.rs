@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Before either, a client with a [`LocalNetwork`](super::local::LocalNetwork)
-//! takes a pipe to a server of its own process when there is one.
+//! calls a server of its own process directly when there is one.
 
 use std::fmt;
 use std::future::Future;
@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ClientConfig;
@@ -95,20 +95,14 @@ impl Listener {
 }
 
 /// One connection, either end. TCP stays its own case so that its halves
-/// split without a lock between them; a pipe within the process is trusted.
+/// split without a lock between them.
 pub(super) enum Connected {
     Tcp(TcpStream),
     Other(Box<dyn Stream>),
-    Local(DuplexStream),
 }
 
 impl Connected {
     pub(super) async fn connect(addr: SocketAddr, config: &ClientConfig) -> io::Result<Connected> {
-        if let Some(network) = &config.local {
-            if let Some(pipe) = network.connect(addr).await {
-                return Ok(Connected::Local(pipe));
-            }
-        }
         match config.dialer.as_deref() {
             None => Ok(Connected::Tcp(TcpStream::connect(addr).await?)),
             Some(dialer) => Ok(Connected::Other(dialer.connect(addr).await?)),
@@ -120,7 +114,7 @@ impl Connected {
     pub(super) fn set_nodelay(&self) -> io::Result<()> {
         match self {
             Connected::Tcp(stream) => stream.set_nodelay(true),
-            Connected::Other(_) | Connected::Local(_) => Ok(()),
+            Connected::Other(_) => Ok(()),
         }
     }
 }

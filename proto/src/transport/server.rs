@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,6 @@ use tracing::{debug, warn};
 
 use super::budget::{ByteBudget, ReplyGrant};
 use super::frame_reader::FrameReader;
-use super::local::Registration;
 use super::net::{Connected, Listener, Stream};
 use super::{write_frames, Outbox, ServerConfig};
 use crate::frame::{FrameCodec, FrameError, FramePayload, FRAME_HEADER_LEN};
@@ -65,14 +64,27 @@ pub trait Service: Send + Sync + 'static {
 /// report or an error message.
 pub const SMALL_REPLY_BOUND: usize = 16 << 10;
 
-/// The way back to the caller of one request. It holds the request's
-/// grant (its place under the in-flight cap, and its reply bytes) until its
-/// reply is written.
+/// The way back to the caller of one request.
 pub struct Responder {
-    request_id: u64,
-    link: Arc<Link>,
+    way: Way,
+}
+
+enum Way {
+    /// Over a connection. It holds the request's grant (its place under the
+    /// in-flight cap, and its reply bytes) until its reply is written;
     /// `None` once answered.
-    grant: Option<ReplyGrant>,
+    Connection {
+        request_id: u64,
+        link: Arc<Link>,
+        grant: Option<ReplyGrant>,
+    },
+    /// To a caller of this process ([`local`](super::local)); `None` once
+    /// answered.
+    Local {
+        reply: Option<oneshot::Sender<Message>>,
+        /// Cancelled when the server stops serving.
+        stopped: CancellationToken,
+    },
 }
 
 /// What a connection's responders share.
@@ -92,18 +104,32 @@ enum Outgoing {
 }
 
 impl Responder {
+    /// The responder of a call from a role of this process.
+    pub(super) fn local(reply: oneshot::Sender<Message>, stopped: CancellationToken) -> Responder {
+        Responder {
+            way: Way::Local {
+                reply: Some(reply),
+                stopped,
+            },
+        }
+    }
+
     /// Sends the reply; `Err` goes out as `Message::Error`.
     pub fn reply(mut self, result: Result<Message, ErrorReply>) {
         self.send(result);
     }
 
     /// Answers with what `future` resolves to, run as a task that is dropped
-    /// if the connection drops its unfinished requests.
+    /// if the connection drops its unfinished requests (or, for a call of
+    /// this process, when the server stops).
     pub fn reply_with<F>(self, future: F)
     where
         F: Future<Output = Result<Message, ErrorReply>> + Send + 'static,
     {
-        let requests = self.link.requests.clone();
+        let requests = match &self.way {
+            Way::Connection { link, .. } => link.requests.clone(),
+            Way::Local { stopped, .. } => stopped.clone(),
+        };
         tokio::spawn(async move {
             if let Some(result) = requests.run_until_cancelled(future).await {
                 self.reply(result);
@@ -112,21 +138,43 @@ impl Responder {
     }
 
     fn send(&mut self, result: Result<Message, ErrorReply>) {
-        let Some(mut grant) = self.grant.take() else {
-            return;
-        };
         let message = result.unwrap_or_else(Message::Error);
-        let frame = encode_reply(self.request_id, message, self.link.max_frame_len);
-        let [connection, process] = &self.link.reply_budgets;
-        grant.cover(frame.len(), [connection, process]);
-        // A closed queue means the connection is gone; nobody waits.
-        let _ = self.link.outgoing.send(Outgoing::Reply(frame, grant));
+        match &mut self.way {
+            Way::Connection {
+                request_id,
+                link,
+                grant,
+            } => {
+                let Some(mut grant) = grant.take() else {
+                    return;
+                };
+                let frame = encode_reply(*request_id, message, link.max_frame_len);
+                let [connection, process] = &link.reply_budgets;
+                grant.cover(frame.len(), [connection, process]);
+                // A closed queue means the connection is gone; nobody waits.
+                let _ = link.outgoing.send(Outgoing::Reply(frame, grant));
+            }
+            Way::Local { reply, .. } => {
+                if let Some(reply) = reply.take() {
+                    // The caller may have given up; nobody waits then.
+                    let _ = reply.send(message);
+                }
+            }
+        }
+    }
+
+    /// Whether a reply is still owed to a caller who can get it.
+    fn owed(&self) -> bool {
+        match &self.way {
+            Way::Connection { link, grant, .. } => grant.is_some() && !link.requests.is_cancelled(),
+            Way::Local { reply, stopped } => reply.is_some() && !stopped.is_cancelled(),
+        }
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if self.grant.is_some() && !self.link.requests.is_cancelled() {
+        if self.owed() {
             self.send(Err(ErrorReply::new(
                 ErrorCode::Unknown,
                 "the request's handler failed",
@@ -227,14 +275,16 @@ pub async fn serve(
         replies: ByteBudget::new(config.reply_budget)
             .counted_as("teamlog_transport_reply_bytes_held"),
     };
-    let mut registration = config.local.as_ref().map(|network| network.register(local));
+    let registration = config
+        .local
+        .as_ref()
+        .map(|network| network.register(local, &service));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            Some(pipe) = accept_local(&mut registration) => Ok((Connected::Local(pipe), local)),
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -267,21 +317,13 @@ pub async fn serve(
             }
         }
     }
-    // No new pipe reaches a server that stopped accepting.
+    // No new call of this process reaches a server that stopped, and the
+    // calls waiting on it end.
     drop(registration);
     debug!(%local, connections = connections.len(), "shutting down");
     stop.cancel();
     while connections.join_next().await.is_some() {}
     Ok(())
-}
-
-/// The next pipe from a client of this process; never, without a
-/// [`LocalNetwork`](super::local::LocalNetwork).
-async fn accept_local(registration: &mut Option<Registration>) -> Option<DuplexStream> {
-    match registration {
-        Some(registration) => registration.accept().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn is_per_connection(e: &io::Error) -> bool {
@@ -334,14 +376,6 @@ async fn serve_stream(
         member: true,
     };
     match (stream, config.tls.clone()) {
-        // Only this process's own roles can open a pipe (see `local`).
-        (Connected::Local(pipe), _) => {
-            let (read_half, write_half) = tokio::io::split(pipe);
-            serve_connection(
-                read_half, write_half, trusted, service, config, budgets, stop,
-            )
-            .await
-        }
         (Connected::Tcp(stream), None) => {
             let (read_half, write_half) = stream.into_split();
             serve_connection(
@@ -650,9 +684,11 @@ impl Connection {
 
     fn responder(&self, request_id: u64, grant: ReplyGrant) -> Responder {
         Responder {
-            request_id,
-            link: Arc::clone(&self.link),
-            grant: Some(grant),
+            way: Way::Connection {
+                request_id,
+                link: Arc::clone(&self.link),
+                grant: Some(grant),
+            },
         }
     }
 
