@@ -8,11 +8,12 @@
 //! commits, reads and heartbeats of other roles for as long. The writes go
 //! to tokio's blocking pool instead. A disk in memory (and so a
 //! simulation, whose runtime is simulated and whose threads must all be
-//! its own) writes on the task.
+//! its own) writes on the task, after yielding once: other tasks then run
+//! while the write is under way, as they would beside a real one.
 //!
 //! ```text
 //!  task ─run(write)─▶ BlockingPool: a blocking-pool thread writes and syncs; the task awaits it
-//!                     OnTask:       the task writes, right here
+//!                     OnTask:       the task yields once, then writes, right here
 //! ```
 
 /// See the module docs.
@@ -28,7 +29,10 @@ impl DiskWrites {
     /// in it goes on in the caller, as it would have on the task.
     pub async fn run<T: Send + 'static>(self, write: impl FnOnce() -> T + Send + 'static) -> T {
         match self {
-            DiskWrites::OnTask => write(),
+            DiskWrites::OnTask => {
+                tokio::task::yield_now().await;
+                write()
+            }
             DiskWrites::BlockingPool => match tokio::task::spawn_blocking(write).await {
                 Ok(written) => written,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

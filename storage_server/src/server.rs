@@ -57,7 +57,7 @@ use crate::engine::{EngineError, KvEngine, WriteBatch};
 use crate::generations::{Generations, LogDiscovery};
 use crate::ownership::{ranges_left, Ownership};
 use crate::sample::WriteSample;
-use crate::versioned::{StoreError, VersionedStore, WindowConfig};
+use crate::versioned::{PreparedFlush, StoreError, VersionedStore, WindowConfig};
 
 mod apply_loop;
 mod copy_progress;
@@ -611,42 +611,42 @@ impl<E: KvEngine> Inner<E> {
         Ok(store.applied_version())
     }
 
-    /// Flushes old versions into the engine with the team set and shard map
-    /// as of the new durable version; returns it. The engine write runs
-    /// without the store's lock, so reads and applies go on meanwhile, and
-    /// where `engine_writes` says.
-    async fn flush(&self) -> Result<Option<Version>, FlushError> {
-        let prepared = {
-            let mut store = self.store_mut();
-            // A range copied whole becomes ready once its last page is
-            // durable: that flush is made as soon as it can be.
-            let ready_at = self
-                .adding()
-                .flush_wanted(store.durable_version())
-                .filter(|at| store.flushable_through(*at) == *at);
-            if !store.should_flush() && ready_at.is_none() {
-                return Ok(None);
-            }
-            let through = store.flush_target().max(ready_at.unwrap_or_default());
-            let Some((map, teams)) = self.ownership().snapshot_at(through) else {
-                return Err(FlushError::Failed(format!(
-                    "no shard map kept at {through}"
-                )));
-            };
-            let set = TeamSet::new(self.config.private_team, teams).encode();
-            let adding = self.adding().encode(through);
-            let metadata = [
-                (META_TEAM_SET, set),
-                (META_SHARD_MAP, map),
-                (META_ADDING, adding),
-            ];
-            store
-                .prepare_flush(through, &metadata)
-                .map_err(|e| FlushError::Failed(e.to_string()))?
-        };
-        let Some(mut flush) = prepared else {
+    /// Prepares a flush of old versions into the engine, with the team set
+    /// and shard map as of the new durable version, when one is due and
+    /// none is being written. Reads and applies go on while it is written
+    /// ([`write_flush`](Self::write_flush)).
+    fn prepare_flush(&self) -> Result<Option<PreparedFlush>, FlushError> {
+        let mut store = self.store_mut();
+        // A range copied whole becomes ready once its last page is
+        // durable: that flush is made as soon as it can be.
+        let ready_at = self
+            .adding()
+            .flush_wanted(store.durable_version())
+            .filter(|at| store.flushable_through(*at) == *at);
+        if !store.should_flush() && ready_at.is_none() {
             return Ok(None);
+        }
+        let through = store.flush_target().max(ready_at.unwrap_or_default());
+        let Some((map, teams)) = self.ownership().snapshot_at(through) else {
+            return Err(FlushError::Failed(format!(
+                "no shard map kept at {through}"
+            )));
         };
+        let set = TeamSet::new(self.config.private_team, teams).encode();
+        let adding = self.adding().encode(through);
+        let metadata = [
+            (META_TEAM_SET, set),
+            (META_SHARD_MAP, map),
+            (META_ADDING, adding),
+        ];
+        store
+            .prepare_flush(through, &metadata)
+            .map_err(|e| FlushError::Failed(e.to_string()))
+    }
+
+    /// Writes a prepared flush where `engine_writes` says, without the
+    /// store's lock; returns the new durable version.
+    async fn write_flush(&self, mut flush: PreparedFlush) -> Result<Version, FlushError> {
         let engine = self.store().engine().clone();
         let started = std::time::Instant::now();
         let (flush, written) = self
@@ -669,7 +669,7 @@ impl<E: KvEngine> Inner<E> {
         let durable = self.store_mut().finish_flush(flush);
         self.ownership().forget_before(durable);
         self.adding().forget_durable(durable);
-        Ok(Some(durable))
+        Ok(durable)
     }
 
     /// Tells every TLog of every team this server reads that it no longer

@@ -3,9 +3,18 @@
 //! anew when a recovery rolls back what it read, and after a rebuild when
 //! the log no longer holds what it needs.
 //!
+//! A flush is written beside the loop, not in it: the engine write and its
+//! syncs take milliseconds, and reads at the versions the loop would apply
+//! meanwhile wait for them. The loop prepares a flush when one is due and
+//! none runs, goes on applying while a task writes it and pops, and waits
+//! for it before the cursor is dropped (a rollback or a rebuild must not
+//! meet a flush half done).
+//!
 //! ```text
 //!  run_apply ─▶ rebuild if due ─▶ cursor from applied + 1 ─▶ consume
-//!  consume: fetch ─▶ apply_batch ─▶ flush_step (flush, pop) ─▶ …
+//!  consume: fetch ─▶ apply_batch ─▶ flush due? prepare ─▶ task: write, pop
+//!             ▲                                  │
+//!             └──────────────────────────────────┘ (does not wait for the task)
 //!     fetch failed: retryable ─▶ refresh the generations, back off (cut short by a watch)
 //!     a generation the cursor read while open ended ─▶ roll back, new cursor
 //!                   popped     ─▶ Consumed::Rebuild
@@ -21,6 +30,9 @@
 //! from teammates like a server whose data directory was lost.
 
 use super::*;
+
+use futures::FutureExt;
+use tokio::task::{JoinError, JoinHandle};
 
 // The runtime's clock, which a simulation drives.
 use tokio::time::Instant;
@@ -169,7 +181,27 @@ fn roll_back_if_ended<E: KvEngine>(inner: &Inner<E>) -> Option<Consumed> {
 
 type Cursor = MutableTeamPeekCursor<Arc<GenerationSource<TLogSource>>, Ordered>;
 
-async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Consumed {
+/// Runs the cursor with a flush beside it, and waits for that flush
+/// before the cursor's reading ends.
+async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, cursor: Cursor) -> Consumed {
+    let mut flushes = Flushes::default();
+    let consumed = consume_with(inner, cursor, &mut flushes).await;
+    match flushes.wait().await {
+        Ok(()) => consumed,
+        Err(reason) => {
+            if let Some(inner) = inner.upgrade() {
+                inner.fail(reason);
+            }
+            Consumed::Stopped
+        }
+    }
+}
+
+async fn consume_with<E: KvEngine>(
+    inner: &Weak<Inner<E>>,
+    mut cursor: Cursor,
+    flushes: &mut Flushes,
+) -> Consumed {
     let id = match inner.upgrade() {
         Some(inner) => inner.config.id,
         None => return Consumed::Stopped,
@@ -205,7 +237,11 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
             let Some(inner) = inner.upgrade() else {
                 return Consumed::Stopped;
             };
-            match flush_step(&inner).await {
+            let flushed = match flushes.start_if_due(&inner) {
+                Ok(()) => flushes.wait().await,
+                Err(reason) => Err(reason),
+            };
+            match flushed {
                 Ok(()) => no_room_delays = no_room_policy.build(),
                 Err(reason) => {
                     inner.fail(reason);
@@ -283,7 +319,7 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
             *a = applied.max(*a);
             moved
         });
-        if let Err(reason) = flush_step(&inner).await {
+        if let Err(reason) = flushes.start_if_due(&inner) {
             inner.fail(reason);
             return Consumed::Stopped;
         }
@@ -306,21 +342,63 @@ async fn consume<E: KvEngine>(inner: &Weak<Inner<E>>, mut cursor: Cursor) -> Con
     }
 }
 
-/// Flushes if it is time, then pops what became durable. A flush that
-/// finds no room marks the server stalled and is retried later; `Err` is a
-/// failure no retry fixes.
-async fn flush_step<E: KvEngine>(inner: &Inner<E>) -> Result<(), String> {
-    match inner.flush().await {
-        Ok(Some(durable)) => {
-            inner.set_stalled(None);
-            inner.pop(durable).await;
-            Ok(())
+/// The flush being written beside the apply loop, if any.
+#[derive(Default)]
+struct Flushes {
+    running: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Flushes {
+    /// Collects the flush that ended, then starts the next one if it is
+    /// due. `Err` is a failure no retry fixes (of the flush that ended, or
+    /// of preparing the next); a flush that finds no room marks the server
+    /// stalled and is tried again later.
+    fn start_if_due<E: KvEngine>(&mut self, inner: &Arc<Inner<E>>) -> Result<(), String> {
+        if let Some(running) = &self.running {
+            if !running.is_finished() {
+                return Ok(());
+            }
+            let ended = self.running.take().and_then(|task| task.now_or_never());
+            if let Some(outcome) = ended {
+                joined(outcome)?;
+            }
         }
-        Ok(None) => Ok(()),
-        Err(FlushError::NoRoom(reason)) => {
-            inner.set_stalled(Some(reason));
-            Ok(())
-        }
-        Err(FlushError::Failed(reason)) => Err(reason),
+        let flush = match inner.prepare_flush() {
+            Ok(Some(flush)) => flush,
+            Ok(None) => return Ok(()),
+            Err(FlushError::NoRoom(reason)) => {
+                inner.set_stalled(Some(reason));
+                return Ok(());
+            }
+            Err(FlushError::Failed(reason)) => return Err(reason),
+        };
+        let inner = Arc::clone(inner);
+        self.running = Some(tokio::spawn(async move {
+            match inner.write_flush(flush).await {
+                Ok(durable) => {
+                    inner.set_stalled(None);
+                    inner.pop(durable).await;
+                    Ok(())
+                }
+                Err(FlushError::NoRoom(reason)) => {
+                    inner.set_stalled(Some(reason));
+                    Ok(())
+                }
+                Err(FlushError::Failed(reason)) => Err(reason),
+            }
+        }));
+        Ok(())
     }
+
+    /// Waits for the flush being written, if any.
+    async fn wait(&mut self) -> Result<(), String> {
+        match self.running.take() {
+            Some(task) => joined(task.await),
+            None => Ok(()),
+        }
+    }
+}
+
+fn joined(outcome: Result<Result<(), String>, JoinError>) -> Result<(), String> {
+    outcome.unwrap_or_else(|e| Err(format!("the flush task failed: {e}")))
 }

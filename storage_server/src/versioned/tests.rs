@@ -430,3 +430,95 @@ fn a_rollback_forgets_versions_above_the_recovery_version_and_new_ones_apply() {
     assert_eq!(store.get(b"k21", Version(25)).unwrap(), Some(b("again")));
     assert_eq!(store.get(b"k22", Version(25)).unwrap(), None);
 }
+
+/// A step of [`applies_during_a_flush_read_as_if_it_had_finished_first`]:
+/// set key `.0` to `.1`, or clear keys `[.0, .1)`.
+#[derive(Clone, Debug)]
+enum Step {
+    Set(u8, u8),
+    Clear(u8, u8),
+}
+
+fn step_key(k: u8) -> String {
+    format!("k{}", k % 8)
+}
+
+fn apply_step(store: &mut VersionedStore<MemEngine>, version: Version, step: &Step) {
+    let mutation = match step {
+        Step::Set(k, v) => set(&step_key(*k), &v.to_string()),
+        Step::Clear(a, b) => clear(&step_key(*a), &step_key(*b)),
+    };
+    store.apply(version, &mutation).unwrap();
+    store.set_applied(version);
+}
+
+fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+    use proptest::prelude::*;
+    let step = prop_oneof![
+        (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Step::Set(k, v)),
+        (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Step::Clear(a, b)),
+    ];
+    proptest::collection::vec(step, 1..40)
+}
+
+proptest::proptest! {
+    /// The apply loop goes on while a flush is written: versions applied
+    /// between a flush's prepare and its finish read, at every version
+    /// still readable and after a later flush, exactly as if the flush had
+    /// finished before they came.
+    #[test]
+    fn applies_during_a_flush_read_as_if_it_had_finished_first(
+        steps in steps(),
+        prepared_after in 0usize..40,
+        flushed_through in 0u64..40,
+    ) {
+        let prepared_after = prepared_after.min(steps.len());
+        let through = Version(flushed_through.min(prepared_after as u64));
+        let mut during = store(WindowConfig::default());
+        let mut before = store(WindowConfig::default());
+        for (i, step) in steps[..prepared_after].iter().enumerate() {
+            let version = Version(i as u64 + 1);
+            apply_step(&mut during, version, step);
+            apply_step(&mut before, version, step);
+        }
+        let mut flushing = during.prepare_flush(through, &[]).unwrap();
+        if let Some(mut flush) = before.prepare_flush(through, &[]).unwrap() {
+            flush.write(before.engine().as_ref()).unwrap();
+            before.finish_flush(flush);
+        }
+        for (i, step) in steps.iter().enumerate().skip(prepared_after) {
+            let version = Version(i as u64 + 1);
+            apply_step(&mut during, version, step);
+            apply_step(&mut before, version, step);
+        }
+        if let Some(mut flush) = flushing.take() {
+            flush.write(during.engine().as_ref()).unwrap();
+            during.finish_flush(flush);
+        }
+        let last = Version(steps.len() as u64);
+        let compare = |during: &VersionedStore<MemEngine>, before: &VersionedStore<MemEngine>| {
+            for version in during.oldest_readable().0..=last.0 {
+                for k in 0..8u8 {
+                    let key = step_key(k);
+                    let version = Version(version);
+                    proptest::prop_assert_eq!(
+                        during.get(key.as_bytes(), version).unwrap(),
+                        before.get(key.as_bytes(), version).unwrap(),
+                        "{} at {}", key, version
+                    );
+                }
+                proptest::prop_assert_eq!(
+                    during.get_range(b"k", b"l", usize::MAX, false, Version(version)).unwrap(),
+                    before.get_range(b"k", b"l", usize::MAX, false, Version(version)).unwrap()
+                );
+            }
+            Ok(())
+        };
+        proptest::prop_assert_eq!(during.durable_version(), before.durable_version());
+        compare(&during, &before)?;
+        during.flush_to(last, &[]).unwrap();
+        before.flush_to(last, &[]).unwrap();
+        compare(&during, &before)?;
+        proptest::prop_assert_eq!(during.window_bytes(), before.window_bytes());
+    }
+}
