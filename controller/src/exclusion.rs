@@ -4,7 +4,12 @@
 //! keeps another that holds the team's data (it answers, and is not
 //! copying it from a teammate): a server left out counts for nothing when
 //! it is taken back, so leaving out the last one that holds a team's data
-//! would lose it. The controller reads the configuration before each
+//! would lose it. A server some live generation left out holds nothing
+//! for certain either, even once taken back and serving: the TLogs of
+//! that generation kept its teams' data for the others only, and what it
+//! applied of them from memory may not be durable. It holds its teams
+//! again once that generation retires, which waits for its durable
+//! version to pass the generation's end. The controller reads the configuration before each
 //! recovery and, while a generation runs, every second: when the servers
 //! to leave out differ from the generation's, it recovers into one that
 //! matches.
@@ -19,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cluster::configuration::Configuration;
+use cluster::core_state::CoreState;
 use cluster::shard_snapshot::ShardMapSnapshot;
 use cluster::topology::Topology;
 use proto::shard_map::ShardMap;
@@ -162,6 +168,18 @@ pub fn teammates_to_ask(
         .collect()
 }
 
+/// Of the servers that answer and copy nothing (`serving`), those that
+/// hold their teams' data for certain: no generation still in the core
+/// state left them out.
+pub fn holders(serving: &BTreeSet<u64>, state: &CoreState) -> BTreeSet<u64> {
+    let left_out: BTreeSet<u64> = state
+        .generations
+        .iter()
+        .flat_map(|g| g.excluded_servers.iter().copied())
+        .collect();
+    serving.difference(&left_out).copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -296,5 +314,46 @@ mod tests {
         let (follow, waiting) = to_follow(&topology, &none, &out(&[100, 101]), &both);
         assert_eq!(follow, out(&[100]));
         assert_eq!(waiting.len(), 1);
+    }
+
+    #[test]
+    fn a_server_a_live_generation_left_out_holds_nothing_until_it_retires() {
+        let generation = |epoch: u64, excluded: &[u64]| cluster::core_state::Generation {
+            epoch,
+            tlogs: Vec::new(),
+            replication: 2,
+            begin_version: proto::Version(epoch * 100),
+            floor: proto::Version(epoch * 100),
+            commit_path: None,
+            end: None,
+            excluded_servers: excluded.iter().copied().collect(),
+        };
+        let serving = BTreeSet::from([100, 101]);
+        let mut state = CoreState::initial();
+        state.generations = vec![
+            generation(1, &[]),
+            generation(2, &[101]),
+            generation(3, &[]),
+        ];
+        // Taken back in generation 3, 101 serves, but generation 2 kept
+        // team 1 for 100 alone: 101 holds nothing for certain.
+        assert_eq!(holders(&serving, &state), BTreeSet::from([100]));
+        // So 100 may not go now, though 101 answers.
+        let topology = two_teams_of_two();
+        let out = Exclusion {
+            servers: BTreeSet::from([100]),
+            vacated: BTreeMap::new(),
+        };
+        let (follow, waiting) = to_follow(
+            &topology,
+            &BTreeSet::new(),
+            &out,
+            &holders(&serving, &state),
+        );
+        assert!(follow.servers.is_empty());
+        assert_eq!(waiting.len(), 1);
+        // Generation 2 retired: 101 made durable everything it held.
+        state.generations.remove(1);
+        assert_eq!(holders(&serving, &state), serving);
     }
 }

@@ -365,8 +365,8 @@ impl Inner {
             }
         };
         let asked = exclusion::teammates_to_ask(&topology, &current, &wanted.servers);
-        let serving = self.serving(&asked).await;
-        let (follow, waiting) = exclusion::to_follow(&topology, &current, &wanted, &serving);
+        let holders = exclusion::holders(&self.serving(&asked).await, &state);
+        let (follow, waiting) = exclusion::to_follow(&topology, &current, &wanted, &holders);
         let problem = (!waiting.is_empty()).then(|| waiting.join("; "));
         self.set_status(|s| s.configuration_problem = problem);
         Some(follow)
