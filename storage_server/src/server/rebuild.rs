@@ -193,11 +193,10 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .clear_range(Bytes::new(), Bytes::from_static(USER_KEYS_END))
         .set_metadata(REBUILD_METADATA, Bytes::from_static(COPYING));
     let engine = strong.store().engine().clone();
-    strong
-        .write_engine(start)
-        .await
-        .map_err(|e| e.to_string())?;
     drop(strong);
+    if !write_room_permitting(inner, start).await? {
+        return Ok(Rebuilt::Dropped);
+    }
 
     let mut copy = Copy {
         start_at,
@@ -238,10 +237,9 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         .set_metadata(META_SHARD_MAP, map.encode())
         .set_metadata(META_ADDING, AddingRanges::default().encode(first))
         .set_metadata(REBUILD_METADATA, Bytes::new());
-    strong
-        .write_engine(finish)
-        .await
-        .map_err(|e| e.to_string())?;
+    if !write_room_permitting(inner, finish).await? {
+        return Ok(Rebuilt::Dropped);
+    }
     let store = VersionedStore::open(engine, strong.config.window).map_err(|e| e.to_string())?;
     let ownership = Ownership::new(map, teams, first);
     let mut adding = AddingRanges::new(strong.config.window.max_bytes / ADDING_BUFFER_SHARE);
@@ -346,11 +344,8 @@ impl Copy {
                 batch.set(key.clone(), value.clone());
             }
             self.pairs += reply.pairs.len() as u64;
-            if !batch.is_empty() {
-                strong
-                    .write_engine(batch)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            if !batch.is_empty() && !write_room_permitting(inner, batch).await? {
+                return Ok(Copied::Dropped);
             }
             self.versions = Some(match self.versions {
                 Some((first, _)) => (first, version),
@@ -392,4 +387,34 @@ async fn read_version<E: KvEngine>(inner: &Inner<E>) -> Result<Version, String> 
 
 fn version_bytes(version: Version) -> Bytes {
     Bytes::copy_from_slice(&version.0.to_le_bytes())
+}
+
+/// Writes `batch` into the engine, waiting while the disk has no room for
+/// it, as flushes do: a copy outlives a disk that fills and empties again
+/// (a write that found no room left the engine as it was). Any other
+/// failure ends the rebuild. False when the service was dropped.
+async fn write_room_permitting<E: KvEngine>(
+    inner: &Weak<Inner<E>>,
+    batch: WriteBatch,
+) -> Result<bool, String> {
+    let mut delays = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(NO_ROOM_RETRY_MIN)
+        .with_max_delay(NO_ROOM_RETRY_MAX)
+        .without_max_times()
+        .build();
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return Ok(false);
+        };
+        match strong.write_engine(batch.clone()).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.is_out_of_space() => {
+                strong.set_rebuilding(Some(format!("waiting for room on the disk: {e}")));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        drop(strong);
+        tokio::time::sleep(delays.next().unwrap_or(NO_ROOM_RETRY_MAX)).await;
+    }
 }
