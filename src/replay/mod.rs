@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -559,7 +560,19 @@ impl ReplayTarget for ClusterTarget {
 
     fn scan(&self) -> BoxFuture<'_, Result<(Version, BTreeMap<Bytes, Bytes>)>> {
         async move {
-            let version = self.client.read_version().await?;
+            // A recovery may be under way (a busy machine's failure
+            // detector can start one): the client routes the next call to
+            // the new sequencer, so ask again until the wait runs out.
+            let version = (|| self.client.read_version())
+                .retry(
+                    ExponentialBuilder::new()
+                        .with_min_delay(Duration::from_millis(20))
+                        .with_max_delay(Duration::from_secs(1))
+                        .with_total_delay(Some(WAIT_LIMIT))
+                        .without_max_times(),
+                )
+                .when(|e| matches!(e, ClientError::Sequencer(_)))
+                .await?;
             let deadline = Instant::now() + WAIT_LIMIT;
             let mut pairs = BTreeMap::new();
             let mut begin = Bytes::new();
