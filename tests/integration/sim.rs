@@ -3,7 +3,8 @@
 //! clogged and TLog fsyncs failing, in two processes at once, violate
 //! nothing, with the commit path pinned and with it recruited (and so
 //! recovered) by the controller while key ranges move between teams; and
-//! one seed run twice prints the same trace digest.
+//! one seed run twice prints the same trace digest, and the seeds that
+//! once found bugs pass.
 
 use std::process::{Command, Output};
 
@@ -85,5 +86,23 @@ fn a_seed_replays_to_the_same_trace_in_another_process() {
                 .to_owned()
         };
         assert_eq!(digest(), digest(), "{cluster} cluster");
+    }
+}
+
+/// Seeds that once found a bug, run again: each stays a scenario worth
+/// replaying as the code changes around it.
+#[test]
+fn the_seeds_that_found_bugs_pass() {
+    // 150121: a server left out briefly and taken back without noticing
+    // applied from memory what a restart on a full disk could not read
+    // again, while its teammate was to be left out too.
+    for (seed, cluster) in [(150121u64, "recruited")] {
+        let args = ["--seed", &seed.to_string(), "--cluster", cluster].map(String::from);
+        let output = sim(&args).wait_with_output().expect("teamlog sim ends");
+        let stdout = show(&output);
+        assert!(
+            stdout.contains("1 seeds, 0 failed"),
+            "seed {seed} ({cluster}):\n{stdout}"
+        );
     }
 }
