@@ -14,6 +14,9 @@
 //! connection is closed; a well-formed frame with a message the server does
 //! not answer gets `unknown_message` for its request id and the connection
 //! stays open.
+//!
+//! Roles of one process that share a [`local::LocalNetwork`] skip all of
+//! this: a call hands its request to the server's `Service` directly.
 
 use std::io;
 use std::sync::Arc;

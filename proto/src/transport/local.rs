@@ -7,7 +7,7 @@
 //! the same [`LocalNetwork`] in its client and server configurations. A
 //! server serving with it registers its service under the address it
 //! listens at; a client connecting with it to a registered address gets a
-//! [`LocalLink`] instead of a TCP connection.
+//! `LocalLink` instead of a TCP connection.
 //!
 //! ```text
 //!  RpcClient::connect(A) ─▶ LocalNetwork: is A served in this process?
