@@ -532,9 +532,15 @@ impl<E: KvEngine> Inner<E> {
         *self.rebuilding.lock().unwrap_or_else(|e| e.into_inner()) = what;
     }
 
+    /// Stops applying for `reason`; the first reason given is the one
+    /// status keeps (a flush task and the loop that collects it may both
+    /// report one failure).
     fn fail(&self, reason: String) {
-        tracing::error!(server = %self.config.id, %reason, "storage server stopped applying");
-        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_none() {
+            tracing::error!(server = %self.config.id, %reason, "storage server stopped applying");
+            *failed = Some(reason);
+        }
     }
 
     /// Applies what the cursor fetched; returns the version now applied.
@@ -615,7 +621,7 @@ impl<E: KvEngine> Inner<E> {
     /// and shard map as of the new durable version, when one is due and
     /// none is being written. Reads and applies go on while it is written
     /// ([`write_flush`](Self::write_flush)).
-    fn prepare_flush(&self) -> Result<Option<PreparedFlush>, FlushError> {
+    fn prepare_flush(&self) -> Result<Option<PreparedFlush>, String> {
         let mut store = self.store_mut();
         // A range copied whole becomes ready once its last page is
         // durable: that flush is made as soon as it can be.
@@ -628,9 +634,7 @@ impl<E: KvEngine> Inner<E> {
         }
         let through = store.flush_target().max(ready_at.unwrap_or_default());
         let Some((map, teams)) = self.ownership().snapshot_at(through) else {
-            return Err(FlushError::Failed(format!(
-                "no shard map kept at {through}"
-            )));
+            return Err(format!("no shard map kept at {through}"));
         };
         let set = TeamSet::new(self.config.private_team, teams).encode();
         let adding = self.adding().encode(through);
@@ -641,7 +645,7 @@ impl<E: KvEngine> Inner<E> {
         ];
         store
             .prepare_flush(through, &metadata)
-            .map_err(|e| FlushError::Failed(e.to_string()))
+            .map_err(|e| e.to_string())
     }
 
     /// Writes a prepared flush where `engine_writes` says, without the

@@ -352,7 +352,8 @@ impl Flushes {
     /// Collects the flush that ended, then starts the next one if it is
     /// due. `Err` is a failure no retry fixes (of the flush that ended, or
     /// of preparing the next); a flush that finds no room marks the server
-    /// stalled and is tried again later.
+    /// stalled and is tried again later. A failed flush stops the server
+    /// as it fails.
     fn start_if_due<E: KvEngine>(&mut self, inner: &Arc<Inner<E>>) -> Result<(), String> {
         if let Some(running) = &self.running {
             if !running.is_finished() {
@@ -363,14 +364,8 @@ impl Flushes {
                 joined(outcome)?;
             }
         }
-        let flush = match inner.prepare_flush() {
-            Ok(Some(flush)) => flush,
-            Ok(None) => return Ok(()),
-            Err(FlushError::NoRoom(reason)) => {
-                inner.set_stalled(Some(reason));
-                return Ok(());
-            }
-            Err(FlushError::Failed(reason)) => return Err(reason),
+        let Some(flush) = inner.prepare_flush()? else {
+            return Ok(());
         };
         let inner = Arc::clone(inner);
         self.running = Some(tokio::spawn(async move {
@@ -384,7 +379,11 @@ impl Flushes {
                     inner.set_stalled(Some(reason));
                     Ok(())
                 }
-                Err(FlushError::Failed(reason)) => Err(reason),
+                Err(FlushError::Failed(reason)) => {
+                    // Said at once, not when the loop next collects it.
+                    inner.fail(reason.clone());
+                    Err(reason)
+                }
             }
         }));
         Ok(())
