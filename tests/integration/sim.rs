@@ -89,14 +89,18 @@ fn a_seed_replays_to_the_same_trace_in_another_process() {
     }
 }
 
-/// Seeds that once found a bug, run again: each stays a scenario worth
-/// replaying as the code changes around it.
+/// Seeds that once found a bug, with their cluster: each stays a scenario
+/// worth replaying as the code changes around it.
+const SEEDS_THAT_FOUND_BUGS: &[(u64, &str)] = &[
+    // A server left out briefly and taken back without noticing applied
+    // from memory what a restart on a full disk could not read again,
+    // while its teammate was to be left out too.
+    (150121, "recruited"),
+];
+
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    // 150121: a server left out briefly and taken back without noticing
-    // applied from memory what a restart on a full disk could not read
-    // again, while its teammate was to be left out too.
-    for (seed, cluster) in [(150121u64, "recruited")] {
+    for &(seed, cluster) in SEEDS_THAT_FOUND_BUGS {
         let args = ["--seed", &seed.to_string(), "--cluster", cluster].map(String::from);
         let output = sim(&args).wait_with_output().expect("teamlog sim ends");
         let stdout = show(&output);
