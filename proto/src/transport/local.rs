@@ -45,9 +45,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::server::{Responder, Service};
+use super::server::{not_a_request, Responder, Service};
 use super::RpcError;
-use crate::rpc::{ErrorCode, ErrorReply, Message};
+use crate::rpc::Message;
 
 /// The servers of one process that its clients reach without a socket.
 #[derive(Default)]
@@ -165,10 +165,7 @@ impl LocalLink {
         if message.is_request() {
             service.handle(message, responder);
         } else {
-            responder.reply(Err(ErrorReply::new(
-                ErrorCode::UnknownMessage,
-                format!("{} is not a request", message.name()),
-            )));
+            responder.reply(Err(not_a_request(&message)));
         }
         drop(service);
         tokio::select! {

@@ -764,12 +764,8 @@ impl Connection {
             }
             Ok(envelope) => {
                 warn!(peer = %self.peer, message = envelope.message.name(), "reply sent as a request");
-                let error = ErrorReply::new(
-                    ErrorCode::UnknownMessage,
-                    format!("{} is not a request", envelope.message.name()),
-                );
                 self.responder(envelope.request_id, unreserved(permit))
-                    .reply(Err(error));
+                    .reply(Err(not_a_request(&envelope.message)));
             }
             Err(DecodeError::UnknownMessage { request_id }) => {
                 warn!(peer = %self.peer, request_id, "unknown message type");
@@ -802,6 +798,14 @@ impl Connection {
             () = self.stop.cancelled() => self.link.requests.cancel(),
         }
     }
+}
+
+/// The answer to a reply sent where a request belongs.
+pub(super) fn not_a_request(message: &Message) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::UnknownMessage,
+        format!("{} is not a request", message.name()),
+    )
 }
 
 /// Encodes a reply, replacing one too large to frame with an error so the
