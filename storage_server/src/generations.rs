@@ -68,6 +68,9 @@ struct View {
     sequencer: Option<SocketAddr>,
     /// The current generation, when it leaves this server out of its teams.
     excluded_by: Option<u64>,
+    /// The newest live generation that leaves this server out, if any: its
+    /// TLogs keep nothing of the server's teams for it.
+    left_out_by: Option<u64>,
 }
 
 pub struct Generations {
@@ -108,6 +111,11 @@ fn view_of(state: &CoreState, server: StorageServerId) -> View {
             .current()
             .filter(|g| g.excluded_servers.contains(&server.0))
             .map(|g| g.epoch),
+        left_out_by: state
+            .generations
+            .iter()
+            .rfind(|g| g.excluded_servers.contains(&server.0))
+            .map(|g| g.epoch),
     }
 }
 
@@ -130,6 +138,7 @@ impl Generations {
                 }],
                 sequencer: Some(*sequencer),
                 excluded_by: None,
+                left_out_by: None,
             },
             LogDiscovery::Coordinated(_) => View::default(),
         };
@@ -175,6 +184,12 @@ impl Generations {
     /// (`teamlog exclude`).
     pub fn excluded_by(&self) -> Option<u64> {
         self.view().excluded_by
+    }
+
+    /// The newest live generation that leaves this server out of its
+    /// teams, current or not.
+    pub fn left_out_by(&self) -> Option<u64> {
+        self.view().left_out_by
     }
 
     /// The coordinators, when they say where the generations are.
@@ -349,7 +364,35 @@ mod tests {
                 .collect(),
             sequencer: None,
             excluded_by: None,
+            left_out_by: None,
         }
+    }
+
+    #[test]
+    fn a_server_learns_which_live_generation_left_it_out_current_or_not() {
+        let generation = |epoch: u64, excluded: &[u64]| cluster::core_state::Generation {
+            epoch,
+            tlogs: Vec::new(),
+            replication: 2,
+            begin_version: Version(epoch * 100),
+            floor: Version(epoch * 100),
+            commit_path: None,
+            end: None,
+            excluded_servers: excluded.iter().copied().collect(),
+        };
+        let mut state = CoreState::initial();
+        state.generations = vec![
+            generation(1, &[]),
+            generation(2, &[100]),
+            generation(3, &[]),
+        ];
+        let taken_back = view_of(&state, StorageServerId(100));
+        assert_eq!(taken_back.excluded_by, None);
+        assert_eq!(taken_back.left_out_by, Some(2));
+        assert_eq!(view_of(&state, StorageServerId(101)).left_out_by, None);
+        state.generations.push(generation(4, &[100]));
+        let out = view_of(&state, StorageServerId(100));
+        assert_eq!((out.excluded_by, out.left_out_by), (Some(4), Some(4)));
     }
 
     #[test]

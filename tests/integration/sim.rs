@@ -96,6 +96,10 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, &str)] = &[
     // from memory what a restart on a full disk could not read again,
     // while its teammate was to be left out too.
     (150121, "recruited"),
+    // A server left out while cut from the coordinators, killed, and taken
+    // back while down, restarted into a generation whose TLogs never knew
+    // its private team, and stopped for good instead of copying its teams.
+    (160025, "recruited"),
 ];
 
 #[test]

@@ -289,10 +289,27 @@ async fn consume_with<E: KvEngine>(
                 return Consumed::Rebuild;
             }
             Err(e) => {
-                // The new generation's TLogs know nothing of an excluded
-                // server's private team.
+                // The TLogs of a generation that left this server out know
+                // nothing of its private team: the current one, or an older
+                // one it must read past its durable version (left out while
+                // it could not read the core state, then taken back while
+                // it was down). Either way the log kept nothing for it.
                 if inner.generations.is_coordinated() {
                     if let Refreshed::Ends(Consumed::Rebuild) = refresh_generations(&inner).await {
+                        return Consumed::Rebuild;
+                    }
+                    let unknown = matches!(
+                        e,
+                        CursorError::Source {
+                            source: SourceError::UnknownTeam,
+                            ..
+                        }
+                    );
+                    if let Some(epoch) = inner.generations.left_out_by().filter(|_| unknown) {
+                        inner.set_rebuilding(Some(format!(
+                            "generation {epoch} left this server out of its teams, so the log \
+                             kept nothing of them for it"
+                        )));
                         return Consumed::Rebuild;
                     }
                 }
