@@ -25,6 +25,8 @@
 //! # [generation]
 //! # tlogs = 3
 //! # proxies = 2
+//! # storage_failure_timeout_ms = 60000  # a storage server silent this long is
+//! #                                     # left out until it answers (0: never; else ≥ 1000)
 //!
 //! [[storage_servers]]
 //! id = 10
@@ -89,6 +91,11 @@ pub enum ClusterFileError {
     CommitPath,
     #[error("[generation] needs at least one proxy and at least `replication` TLogs")]
     GenerationShape,
+    #[error(
+        "[generation] storage_failure_timeout_ms is {0}: it must be 0 (never) or at least \
+         {MIN_STORAGE_FAILURE_TIMEOUT_MS}, several of the controller's status probes"
+    )]
+    StorageFailureTimeout(u64),
     #[error("[distribution]'s limits must be above zero: {0:?}")]
     DistributionLimits(DistributionSettings),
     #[error("proxy ids must be distinct")]
@@ -203,6 +210,31 @@ fn default_broadcast() -> bool {
 pub struct GenerationShape {
     pub tlogs: usize,
     pub proxies: usize,
+    /// How long a storage server may not answer (or answer that it stopped)
+    /// before the controller leaves it out of its teams, so that the TLogs
+    /// stop keeping their data for it and old generations retire; it is
+    /// taken back, and copies its teams again, once it answers. Long enough
+    /// for a restart; 0 leaves that to the operator (`teamlog exclude`).
+    #[serde(default = "default_storage_failure_timeout_ms")]
+    pub storage_failure_timeout_ms: u64,
+}
+
+/// The shortest storage failure timeout: a server is probed every 250 ms,
+/// and one lost answer or reconnect must not make it fail.
+pub const MIN_STORAGE_FAILURE_TIMEOUT_MS: u64 = 1_000;
+
+fn default_storage_failure_timeout_ms() -> u64 {
+    60_000
+}
+
+impl GenerationShape {
+    pub fn new(tlogs: usize, proxies: usize) -> GenerationShape {
+        GenerationShape {
+            tlogs,
+            proxies,
+            storage_failure_timeout_ms: default_storage_failure_timeout_ms(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -289,6 +321,10 @@ impl ClusterFile {
                 }
                 if shape.proxies == 0 || shape.tlogs < self.replication.max(1) {
                     return Err(ClusterFileError::GenerationShape);
+                }
+                let failure = shape.storage_failure_timeout_ms;
+                if failure != 0 && failure < MIN_STORAGE_FAILURE_TIMEOUT_MS {
+                    return Err(ClusterFileError::StorageFailureTimeout(failure));
                 }
             }
             None => {
@@ -582,6 +618,22 @@ team = 2
             cluster.check(),
             Err(ClusterFileError::GenerationShape)
         ));
+        let timeout = |ms: u64| {
+            let text = recruited().replace(
+                "proxies = 2\n",
+                &format!("proxies = 2\nstorage_failure_timeout_ms = {ms}\n"),
+            );
+            let cluster: ClusterFile = toml::from_str(&text).unwrap();
+            cluster.check()
+        };
+        assert!(matches!(
+            timeout(300),
+            Err(ClusterFileError::StorageFailureTimeout(300))
+        ));
+        assert!(timeout(0).is_ok() && timeout(1_000).is_ok());
+        let unsaid: ClusterFile = toml::from_str(&recruited()).unwrap();
+        let shape = unsaid.generation.expect("recruited");
+        assert_eq!(shape.storage_failure_timeout_ms, 60_000);
     }
 
     #[test]

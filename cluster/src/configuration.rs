@@ -9,11 +9,15 @@
 //!   leave them out, so a server that is gone for good no longer holds
 //!   back its teams' data on the TLogs, nor the retirement of old
 //!   generations.
+//! - the storage servers the controller found failed: silent, or stopped,
+//!   for the cluster file's `storage_failure_timeout_ms`. They are left
+//!   out as excluded ones are, and taken back once they answer again.
 //!
 //! ```text
 //!  teamlog scale, exclude ─conditional write─▶ "configuration" register
 //!  distributor round ─read─▶ leaving teams ─▶ plan: their shards move off first
-//!  controller, every second ─read─▶ excluded servers ≠ the generation's ─▶ recovery
+//!  controller, every second ─read─▶ excluded ∪ failed servers ≠ the generation's ─▶ recovery
+//!  controller, every second ─▶ a server silent past the timeout: failed += it; one failed that answers: failed -= it
 //! ```
 
 use std::collections::BTreeSet;
@@ -48,6 +52,10 @@ pub struct Configuration {
     /// them and they serve nothing.
     #[serde(default)]
     pub excluded_servers: BTreeSet<u64>,
+    /// Storage servers the controller left out because they stopped
+    /// answering; it takes each back when it answers again.
+    #[serde(default)]
+    pub failed_servers: BTreeSet<u64>,
 }
 
 impl Default for Configuration {
@@ -56,6 +64,7 @@ impl Default for Configuration {
             format: FORMAT.to_owned(),
             leaving_teams: BTreeSet::new(),
             excluded_servers: BTreeSet::new(),
+            failed_servers: BTreeSet::new(),
         }
     }
 }
@@ -79,6 +88,14 @@ impl Configuration {
         serde_json::from_slice(value).map_err(malformed)
     }
 
+    /// Every storage server to leave out: excluded or failed.
+    pub fn left_out(&self) -> BTreeSet<u64> {
+        self.excluded_servers
+            .union(&self.failed_servers)
+            .copied()
+            .collect()
+    }
+
     pub fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("a configuration always serializes"))
     }
@@ -97,6 +114,8 @@ mod tests {
         let mut leaving = Configuration::default();
         leaving.leaving_teams.insert(3);
         leaving.excluded_servers.insert(102);
+        leaving.failed_servers.insert(201);
+        assert_eq!(leaving.left_out(), BTreeSet::from([102, 201]));
         assert_eq!(
             Configuration::from_register(&leaving.encode()),
             Ok(leaving.clone())

@@ -1,5 +1,6 @@
 //! Which storage servers a generation leaves out of its teams: those the
-//! configuration excludes (`teamlog exclude`), as long as every team keeps
+//! configuration excludes (`teamlog exclude`) or found failed
+//! (`failures.rs`), as long as every team keeps
 //! a server, and a server is newly left out only while each of its teams
 //! keeps another that holds the team's data (it answers, and is not
 //! copying it from a teammate): a server left out counts for nothing when
@@ -15,7 +16,7 @@
 //! matches.
 //!
 //! ```text
-//!  "configuration" register ─excluded_servers─▶ wanted(topology) ─┬─ Err(why): kept as is, status says why
+//!  "configuration" register ─excluded ∪ failed─▶ wanted(topology) ─┬─ Err(why): kept as is, status says why
 //!                                                                 ▼
 //!  generation's set, servers that serve ─▶ to_follow ─▶ set ≠ generation's ─▶ recovery
 //!                                             └─ the servers deferred, and why, in status
@@ -72,7 +73,7 @@ pub fn wanted(
 ) -> Result<Exclusion, String> {
     let known: BTreeSet<u64> = topology.private_teams.keys().map(|s| s.0).collect();
     let excluded: BTreeSet<u64> = configuration
-        .excluded_servers
+        .left_out()
         .intersection(&known)
         .copied()
         .collect();
@@ -89,7 +90,7 @@ pub fn wanted(
     }
     if !holding.is_empty() {
         return Err(format!(
-            "the configuration excludes servers {excluded:?}, which leaves {} with no server \
+            "the configuration leaves out servers {excluded:?}, which leaves {} with no server \
              while it holds data; the generation keeps them",
             holding.join(", ")
         ));
@@ -181,14 +182,14 @@ pub fn holders(serving: &BTreeSet<u64>, state: &CoreState) -> BTreeSet<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use bytes::Bytes;
     use proto::system_keys::ShardAssignment;
     use proto::StorageServerId;
 
     use super::*;
 
-    fn two_teams_of_two() -> Topology {
+    pub(crate) fn two_teams_of_two() -> Topology {
         let mut teams = BTreeMap::new();
         let mut private_teams = BTreeMap::new();
         for team in [1u64, 2] {
@@ -209,7 +210,7 @@ mod tests {
     }
 
     /// Keys before "m" on team 1, the rest on `second`.
-    fn map(second: u64) -> ShardMap {
+    pub(crate) fn map(second: u64) -> ShardMap {
         ShardMap::new([
             (Bytes::new(), ShardAssignment::to(StorageTeamId(1))),
             (

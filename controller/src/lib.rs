@@ -12,6 +12,7 @@
 //!  probe.rs: the generation's workers probed, a dead one found at once
 //!  pause.rs: a pause of the controller's own process is not taken for its workers' silence
 //!  exclusion.rs: storage servers the configuration leaves out, a recovery when they change
+//!  failures.rs: storage servers silent past a timeout left out, taken back when they answer
 //!  keeper.rs: moves whose driver is gone, taken over
 //!  distribution.rs (pure) + distributor.rs: shards split by bytes and writes, balanced across teams
 //! ```
@@ -19,6 +20,7 @@
 pub mod distribution;
 pub mod distributor;
 pub mod exclusion;
+pub mod failures;
 pub mod keeper;
 pub mod metadata;
 pub mod pause;

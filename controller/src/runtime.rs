@@ -44,6 +44,7 @@ use tokio::task::JoinSet;
 
 use crate::distributor::Distributing;
 use crate::exclusion::{self, Exclusion};
+use crate::failures::{self, StorageProbes};
 use crate::keeper::Keeping;
 use crate::metadata;
 use crate::pause::PauseWatch;
@@ -73,6 +74,9 @@ pub struct ControllerConfig {
     /// The cluster file, for the client through which the controller
     /// takes over moves whose driver is gone (`keeper`).
     pub cluster: ClusterFile,
+    /// How long a storage server may not answer before it is left out
+    /// (`failures`); never, when none.
+    pub storage_failure_timeout: Option<Duration>,
 }
 
 impl ControllerConfig {
@@ -95,6 +99,10 @@ impl ControllerConfig {
                 .map(|s| (s.id, s.address))
                 .collect(),
             cluster: cluster.clone(),
+            storage_failure_timeout: cluster
+                .generation
+                .map(|g| Duration::from_millis(g.storage_failure_timeout_ms))
+                .filter(|t| !t.is_zero()),
         })
     }
 }
@@ -121,6 +129,9 @@ pub struct RecoveryStatus {
     /// Why the configuration's excluded servers are not left out, when
     /// they are not.
     pub configuration_problem: Option<String>,
+    /// The storage servers left out as failed, and those silent past the
+    /// timeout that stay in, with why (`failures`).
+    pub failures: Vec<String>,
 }
 
 struct WorkerEntry {
@@ -229,7 +240,11 @@ impl HostedController for Controller {
             generations: status.generations,
             distribution: status.distribution,
             distribution_problem: status.distribution_problem,
-            configuration_problem: status.configuration_problem,
+            configuration_problem: status
+                .configuration_problem
+                .into_iter()
+                .chain(status.failures)
+                .reduce(|a, b| format!("{a}; {b}")),
         })
     }
 }
@@ -383,7 +398,7 @@ impl Inner {
         };
         let current = lock(&self.excluded).clone();
         let asked: BTreeSet<u64> = configuration
-            .excluded_servers
+            .left_out()
             .iter()
             .filter(|s| self.config.storage_servers.contains_key(s))
             .copied()
@@ -396,6 +411,31 @@ impl Inner {
         (wanted != current).then(|| {
             format!("the configuration leaves out storage servers {wanted:?}, the generation {current:?}")
         })
+    }
+
+    /// Leaves out the storage servers silent past the timeout, and takes
+    /// back those that answer again (`failures`); status says which.
+    async fn review_failures(&self, storage: &StorageProbes) {
+        let Some(timeout) = self.config.storage_failure_timeout else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        if !self.pauses.trusts_silence(now) {
+            storage.forgive(now);
+        }
+        let hearing = storage.hearing(now);
+        let topology = self.config.cluster.topology();
+        let reviewed = failures::review_and_record(
+            &self.coordinators,
+            &topology,
+            &self.config.initial_shards,
+            &hearing,
+            timeout,
+        );
+        match reviewed.await {
+            Ok(review) => self.set_status(|s| s.failures = review.lines),
+            Err(why) => tracing::debug!(%why, "no review of failed storage servers this time"),
+        }
     }
 
     /// Of `servers`, those that answer that they hold their teams' data:
@@ -450,6 +490,8 @@ async fn run(inner: std::sync::Weak<Inner>) {
     // Whether the generation the core state names may be adopted as it is:
     // true whenever this process has just begun to lead.
     let mut may_adopt = true;
+    // Probed only while this process leads: silence counts from then.
+    let mut storage: Option<StorageProbes> = None;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -457,12 +499,20 @@ async fn run(inner: std::sync::Weak<Inner>) {
         if !strong.leads() {
             drop(strong);
             may_adopt = true;
+            storage = None;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
+        if storage.is_none() && strong.config.storage_failure_timeout.is_some() {
+            storage = Some(StorageProbes::start(
+                &strong.config.storage_servers,
+                &strong.config.transport,
+                strong.clock.clone(),
+            ));
+        }
         if std::mem::take(&mut may_adopt) {
             if let Some(placed) = adopt(&strong).await {
-                let reason = watch(&strong, &placed).await;
+                let reason = watch(&strong, &placed, storage.as_ref()).await;
                 tracing::warn!(%reason, "recovering: the adopted generation lost a role");
                 may_adopt = !strong.leads();
                 continue;
@@ -471,7 +521,7 @@ async fn run(inner: std::sync::Weak<Inner>) {
         match recover(&strong).await {
             Ok(placed) => {
                 pause = Duration::from_millis(50);
-                let reason = watch(&strong, &placed).await;
+                let reason = watch(&strong, &placed, storage.as_ref()).await;
                 tracing::warn!(%reason, "recovering: the generation lost a role");
                 may_adopt = !strong.leads();
             }
@@ -593,7 +643,7 @@ const STORAGE_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Waits until the recovered generation loses a role, or this process the
 /// controller's lease; says why. Meanwhile retires the old generations
 /// every storage server is done with, and checkpoints the shard map.
-async fn watch(inner: &Inner, placed: &[Placed]) -> String {
+async fn watch(inner: &Inner, placed: &[Placed], storage: Option<&StorageProbes>) -> String {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     let mut retired_at: Option<tokio::time::Instant> = None;
     let mut checkpointed_at: Option<tokio::time::Instant> = None;
@@ -667,6 +717,9 @@ async fn watch(inner: &Inner, placed: &[Placed]) -> String {
         }
         if configured_at.is_none_or(|at| at.elapsed() >= CONFIGURATION_INTERVAL) {
             configured_at = Some(tokio::time::Instant::now());
+            if let Some(storage) = storage {
+                inner.review_failures(storage).await;
+            }
             if let Some(why) = inner.exclusion_changed().await {
                 return why;
             }

@@ -12,6 +12,8 @@ use rand::{Rng, SeedableRng};
 const DISTRIBUTION_STREAM: u64 = 0x6469_7374;
 /// Keeps the TLogs' segment size apart from the other knobs'.
 const SEGMENT_STREAM: u64 = 0x7365_676d;
+/// Keeps the storage failure timeout apart from the other knobs'.
+const FAILURE_STREAM: u64 = 0x6661_696c;
 
 #[derive(Clone, Debug)]
 pub struct Knobs {
@@ -37,11 +39,15 @@ pub struct Knobs {
     /// few small keys alone; small ones split and move them under the
     /// faults, beside the mover's moves.
     pub distribution: DistributionSettings,
+    /// How long a storage server may be silent before the controller
+    /// leaves it out: the short ones fire on the faults' kills and cuts,
+    /// the long one never within a run.
+    pub storage_failure_timeout_ms: u64,
 }
 
 impl Knobs {
-    /// Draws from `rng`; the distributor's limits and the segment size
-    /// come from streams of their own off `seed`, so adding them left every
+    /// Draws from `rng`; the distributor's limits, the segment size and
+    /// the storage failure timeout come from streams of their own off `seed`, so adding them left every
     /// other draw of a seed as it was.
     pub fn draw(rng: &mut StdRng, seed: u64) -> Knobs {
         let min_latency = Duration::from_micros(rng.random_range(100..2_000));
@@ -63,6 +69,10 @@ impl Knobs {
             clients: rng.random_range(2..=6),
             register_clients: rng.random_range(1..=3),
             distribution: draw_distribution(&mut StdRng::seed_from_u64(seed ^ DISTRIBUTION_STREAM)),
+            storage_failure_timeout_ms: *pick(
+                &mut StdRng::seed_from_u64(seed ^ FAILURE_STREAM),
+                &[1_000, 2_500, 60_000],
+            ),
         }
     }
 }

@@ -221,10 +221,7 @@ pub fn cluster_file(shape: Shape, proxies: u64) -> ClusterFile {
             sequencer: None,
             proxies: Vec::new(),
             tlogs: Vec::new(),
-            generation: Some(GenerationShape {
-                tlogs: TLOGS,
-                proxies: proxies as usize,
-            }),
+            generation: Some(GenerationShape::new(TLOGS, proxies as usize)),
             ..pinned
         },
     }

@@ -8,7 +8,9 @@
 //! ```text
 //!  0 ── faults ──▶ fault_end
 //!  operator: exclude storage-s ─(0.2–3 s)─▶ include storage-s ─(0.5–3 s)─▶ …
-//!  after: every server taken back, in a generation; the final checks read them all
+//!  after: every server taken back, in a generation (`every_server_back`, which also
+//!         waits out the controller's own exclusions of servers the faults silenced);
+//!         the final checks read them all
 //! ```
 //!
 //! Only a recruited cluster: leaving a server out takes a new generation.
@@ -42,8 +44,7 @@ pub struct Operator {
 
 impl Operator {
     /// Leaves servers out and takes them back until the faults stop; when
-    /// it returns, the last one is back and a generation has them all, or
-    /// the run has a violation.
+    /// it returns, the last one is taken back in the configuration.
     pub async fn run(&self) {
         let coordinators = match CoordinatorClient::new(
             &self.cluster.coordinator_addresses(),
@@ -76,23 +77,6 @@ impl Operator {
             if !excluded {
                 break;
             }
-        }
-        let deadline = now() + LIVENESS;
-        loop {
-            let read = tokio::time::timeout(WRITE_PATIENCE, coordinators.read_core_state());
-            if let Ok(Ok((state, _))) = read.await {
-                let current = state.current().filter(|g| g.commit_path.is_some());
-                if current.is_some_and(|g| g.excluded_servers.is_empty()) {
-                    return;
-                }
-            }
-            if now() >= deadline {
-                self.trace.violation(format!(
-                    "no generation took every storage server back within {LIVENESS:?}"
-                ));
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -135,5 +119,38 @@ impl Operator {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Waits until a generation with its commit path has every storage server
+/// in: those the operator left out and those the controller found failed
+/// (a server the faults kept silent past the storage failure timeout),
+/// which it takes back once they answer. Past `LIVENESS` the run has a
+/// violation; returns whether they all came back.
+pub async fn every_server_back(cluster: &ClusterFile, trace: &Trace) -> bool {
+    let coordinators =
+        match CoordinatorClient::new(&cluster.coordinator_addresses(), net::client_config()) {
+            Ok(coordinators) => coordinators.with_timeout(WRITE_PATIENCE),
+            Err(e) => {
+                trace.violation(format!("no coordinators to read the generation from: {e}"));
+                return false;
+            }
+        };
+    let deadline = now() + LIVENESS;
+    loop {
+        let read = tokio::time::timeout(WRITE_PATIENCE, coordinators.read_core_state());
+        if let Ok(Ok((state, _))) = read.await {
+            let current = state.current().filter(|g| g.commit_path.is_some());
+            if current.is_some_and(|g| g.excluded_servers.is_empty()) {
+                return true;
+            }
+        }
+        if now() >= deadline {
+            trace.violation(format!(
+                "no generation took every storage server back within {LIVENESS:?}"
+            ));
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -122,6 +122,9 @@ pub fn run(options: &SimOptions) -> RunReport {
         .build();
     let mut cluster = layout::cluster_file(options.shape, knobs.proxies);
     cluster.distribution = Some(knobs.distribution);
+    if let Some(generation) = &mut cluster.generation {
+        generation.storage_failure_timeout_ms = knobs.storage_failure_timeout_ms;
+    }
     let trace = Trace::default();
     trace.note("driver", format!("cluster: {}", options.shape));
     // What each host's "disk" keeps across its restarts.

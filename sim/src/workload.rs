@@ -7,7 +7,8 @@
 //! one whole team).
 //!
 //! ```text
-//!  0 ── faults ──▶ fault_end ── in-flight calls end ─▶ final commit (≤ LIVENESS) ─▶ replica reads
+//!  0 ── faults ──▶ fault_end ── in-flight calls end ─▶ final commit (≤ LIVENESS)
+//!     ─▶ every storage server back in (recruited) ─▶ replica reads
 //!  clients: commit {keys} += "c{client}-{n};" │ read key at read_version
 //!  prober:  key at read_version from every server: the answers from one team, equal
 //! ```
@@ -31,7 +32,7 @@ use crate::history::{Commit, History, Outcome, Read, TOKEN_END};
 use crate::layout::{coordinator_ids, key, servers_of, storage_ids, team_of, Role, KEYS};
 use crate::mover::Mover;
 use crate::net;
-use crate::operator::Operator;
+use crate::operator::{self, Operator};
 use crate::trace::Trace;
 
 /// How long after the faults stop a commit must be acknowledged.
@@ -131,6 +132,11 @@ impl Workload {
             if !mover.settled(&client, now() + LIVENESS).await {
                 return Ok(());
             }
+        }
+        if self.cluster.is_recruited()
+            && !operator::every_server_back(&self.cluster, &self.trace).await
+        {
+            return Ok(());
         }
         self.read_every_replica(&client, last, now() + LIVENESS)
             .await;

@@ -18,7 +18,10 @@
 //! ```
 //!
 //! A server left out that still runs stops applying and serving; what it
-//! held counts for nothing once it is back.
+//! held counts for nothing once it is back. The controller also leaves out
+//! by itself a server silent for `storage_failure_timeout_ms`, and takes it
+//! back when it answers; `exclude` makes that the operator's decision, and
+//! `include` takes a server back whichever left it out.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -109,7 +112,12 @@ pub async fn leave_out(
             let mut asked = c.clone();
             asked.excluded_servers.extend(servers);
             match exclusion::wanted(&topology, &asked, &map) {
-                Ok(_) => c.excluded_servers = asked.excluded_servers,
+                Ok(_) => {
+                    c.excluded_servers = asked.excluded_servers;
+                    // The operator's word now: the controller takes it
+                    // back only on `teamlog include`.
+                    c.failed_servers.retain(|s| !servers.contains(s));
+                }
                 Err(why) => *refusal.borrow_mut() = Some(why),
             }
         })
@@ -141,7 +149,10 @@ pub async fn take_back(
     timeout: Duration,
 ) -> Result<Option<u64>> {
     let configuration = coordinators
-        .update_configuration(|c| c.excluded_servers.retain(|s| !servers.contains(s)))
+        .update_configuration(|c| {
+            c.excluded_servers.retain(|s| !servers.contains(s));
+            c.failed_servers.retain(|s| !servers.contains(s));
+        })
         .await?;
     let back = |excluded: &BTreeSet<u64>| servers.is_disjoint(excluded);
     follow(
@@ -164,7 +175,7 @@ async fn follow(
 ) -> Result<Option<u64>> {
     println!(
         "the configuration leaves out storage servers {:?}",
-        configuration.excluded_servers
+        configuration.left_out()
     );
     let Some(timeout) = timeout else {
         return Ok(None);

@@ -90,6 +90,10 @@ pub struct ClusterSpec {
     /// The data distributor's settings (`[distribution]`); its defaults
     /// when none.
     pub distribution: Option<cluster::DistributionSettings>,
+    /// How long a storage server may be silent before the controller
+    /// leaves it out (`[generation] storage_failure_timeout_ms`); the
+    /// cluster file's default when none.
+    pub storage_failure_timeout: Option<Duration>,
 }
 
 impl Default for ClusterSpec {
@@ -113,6 +117,7 @@ impl Default for ClusterSpec {
             worker_args: Vec::new(),
             hosted_by_first_worker: false,
             distribution: None,
+            storage_failure_timeout: None,
         }
     }
 }
@@ -168,6 +173,10 @@ impl ClusterSpec {
             })
             .collect();
         let recruited = self.workers > 0;
+        let mut generation = GenerationShape::new(self.tlogs, self.proxies);
+        if let Some(timeout) = self.storage_failure_timeout {
+            generation.storage_failure_timeout_ms = timeout.as_millis() as u64;
+        }
         let cluster = ClusterFile {
             replication: self.replication,
             broadcast: self.broadcast,
@@ -175,10 +184,7 @@ impl ClusterSpec {
             sequencer: (!recruited).then_some(sequencer),
             proxies: if recruited { Vec::new() } else { proxies },
             tlogs: if recruited { Vec::new() } else { tlogs },
-            generation: recruited.then_some(GenerationShape {
-                tlogs: self.tlogs,
-                proxies: self.proxies,
-            }),
+            generation: recruited.then_some(generation),
             storage_servers,
             teams,
             shards,

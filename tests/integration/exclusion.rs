@@ -5,7 +5,10 @@
 //! last server of a team cannot be left out, and a move onto its team
 //! waits only for the servers that are in. Back while still excluded,
 //! the server serves nothing; taken back in, it copies its team from its
-//! teammate and ends up holding exactly what the teammate holds.
+//! teammate and ends up holding exactly what the teammate holds. With a
+//! storage failure timeout, the controller does all that by itself: a
+//! server silent past it is left out, status says the team runs without
+//! it, and it is taken back when it answers again.
 
 use std::time::Duration;
 
@@ -191,6 +194,95 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
     );
     let included = client.read_version().await?;
     wait_rebuilt(&cluster, LOST, included).await?;
+    holds_what_its_teammate_holds(&cluster, &client, writers, (LOST, TEAMMATE), b"x").await?;
+    Ok(local.stop().await?)
+}
+
+/// Waits until the current generation, its commit path recorded, leaves
+/// out exactly `servers`.
+async fn wait_left_out(local: &LocalCluster, servers: &[u64], what: &str) -> Result<()> {
+    let coordinators = CoordinatorClient::new(
+        &local.cluster.coordinator_addresses(),
+        local.cluster.client_config()?,
+    )?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let state = coordinators.read_core_state().await?.0;
+        let current = state.current().filter(|g| g.commit_path.is_some());
+        let left_out: Option<Vec<u64>> =
+            current.map(|g| g.excluded_servers.iter().copied().collect());
+        if left_out.as_deref() == Some(servers) {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the generation leaves out {left_out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_past_the_timeout_is_left_out_and_taken_back_when_it_answers() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let spec = testkit::ClusterSpec {
+        storage_failure_timeout: Some(Duration::from_secs(2)),
+        ..crate::two_teams_split_at("x")
+    };
+    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let cluster = local.cluster.clone();
+    let client = Arc::new(Client::new(&cluster)?);
+    let writers = Writers::start(&client, 2);
+    writers.wait_for_progress("at the start").await?;
+
+    let lost = local.storage.get_mut(&LOST).and_then(Option::take);
+    lost.context("a running server")?.kill9().await?;
+    let killed_at = client.read_version().await?;
+    wait_left_out(&local, &[LOST], "the server killed").await?;
+    writers
+        .wait_for_progress("with the server left out")
+        .await?;
+    // The TLogs keep team 1 for the teammate alone, and the generations
+    // the lost server held back retire.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (servers, popped) = team_one(&local).await?;
+        let (epochs, _) = generations(&local).await?;
+        let registered_alone = !servers.is_empty() && servers.iter().all(|s| *s == [TEAMMATE]);
+        if registered_alone && popped > killed_at.0 && epochs.len() == 1 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "team 1 on the TLogs: servers {servers:?}, popped {popped} (killed at {killed_at}); \
+             generations {epochs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Status tells the team runs short, and why.
+    let (healthy, json) = crate::status::status_json(&local.cluster_path).await?;
+    let said = json.to_string();
+    ensure!(
+        !healthy && said.contains("storage server 100 failed") && said.contains("team-1"),
+        "status with the lost server left out as failed: {json:#}"
+    );
+
+    // Back, it is taken back by itself, copies its team and reads on.
+    local
+        .storage
+        .insert(LOST, Some(local.start_storage(LOST).await?));
+    wait_left_out(&local, &[], "the server back").await?;
+    let included = client.read_version().await?;
+    wait_rebuilt(&cluster, LOST, included).await?;
+    let coordinators =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), cluster.client_config()?)?;
+    let configuration = coordinators.read_configuration().await?;
+    ensure!(
+        configuration.left_out().is_empty(),
+        "the configuration still leaves out {:?}",
+        configuration.left_out()
+    );
     holds_what_its_teammate_holds(&cluster, &client, writers, (LOST, TEAMMATE), b"x").await?;
     Ok(local.stop().await?)
 }
