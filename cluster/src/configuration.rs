@@ -16,7 +16,7 @@
 //! ```text
 //!  teamlog scale, exclude ─conditional write─▶ "configuration" register
 //!  distributor round ─read─▶ leaving teams ─▶ plan: their shards move off first
-//!  controller, every second ─read─▶ excluded ∪ failed servers ≠ the generation's ─▶ recovery
+//!  controller, on each change and every second ─read─▶ excluded ∪ failed servers ≠ the generation's ─▶ recovery
 //!  controller, every second ─▶ a server silent past the timeout: failed += it; one failed that answers: failed -= it
 //! ```
 

@@ -11,7 +11,8 @@
 //! applied of them from memory may not be durable. It holds its teams
 //! again once that generation retires, which waits for its durable
 //! version to pass the generation's end. The controller reads the configuration before each
-//! recovery and, while a generation runs, every second: when the servers
+//! recovery and, while a generation runs, whenever it changes and every
+//! second regardless: when the servers
 //! to leave out differ from the generation's, it recovers into one that
 //! matches.
 //!

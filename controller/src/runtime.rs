@@ -43,8 +43,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::distributor::Distributing;
-use crate::exclusion::{self, Exclusion};
-use crate::failures::{self, StorageProbes};
+use crate::failures::StorageProbes;
 use crate::keeper::Keeping;
 use crate::metadata;
 use crate::pause::PauseWatch;
@@ -52,7 +51,10 @@ use crate::probe::Probes;
 use crate::recovery::{Command, Event, Phase, PhaseTime, Recovery, RecoveryConfig};
 use crate::retirement;
 
+mod excluding;
 mod steps;
+
+use excluding::ConfigurationWatch;
 
 use steps::{call, execute};
 
@@ -343,128 +345,6 @@ impl Inner {
         update(&mut lock(&self.status));
     }
 
-    /// The storage servers the generation should leave out by the
-    /// configuration, when it and the core state can be read; status says
-    /// why what the configuration asks is not (yet) followed.
-    async fn excluded_wanted(&self) -> Option<Exclusion> {
-        let reads = async {
-            tokio::try_join!(
-                self.coordinators.read_configuration(),
-                self.coordinators.read_core_state()
-            )
-        };
-        let (configuration, (state, _)) =
-            match tokio::time::timeout(CONFIGURATION_READ_TIMEOUT, reads).await {
-                Ok(Ok(read)) => read,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "the configuration cannot be read");
-                    return None;
-                }
-                Err(_) => return None,
-            };
-        let current = state
-            .generations
-            .last()
-            .map(|g| g.excluded_servers.clone())
-            .unwrap_or_default();
-        let topology = self.config.cluster.topology();
-        let map = match &state.shard_map {
-            Some(snapshot) => snapshot.map().ok()?,
-            None => self.config.initial_shards.clone(),
-        };
-        let wanted = match exclusion::wanted(&topology, &configuration, &map) {
-            Ok(wanted) => wanted,
-            Err(why) => {
-                self.set_status(|s| s.configuration_problem = Some(why));
-                return None;
-            }
-        };
-        let asked = exclusion::teammates_to_ask(&topology, &current, &wanted.servers);
-        let holders = exclusion::holders(&self.serving(&asked).await, &state);
-        let (follow, waiting) = exclusion::to_follow(&topology, &current, &wanted, &holders);
-        let problem = (!waiting.is_empty()).then(|| waiting.join("; "));
-        self.set_status(|s| s.configuration_problem = problem);
-        Some(follow)
-    }
-
-    /// Why the running generation no longer leaves out what it should,
-    /// if so. While the configuration asks exactly what the generation
-    /// leaves out, only the configuration is read.
-    async fn exclusion_changed(&self) -> Option<String> {
-        let read = self.coordinators.read_configuration();
-        let Ok(Ok(configuration)) = tokio::time::timeout(CONFIGURATION_READ_TIMEOUT, read).await
-        else {
-            return None;
-        };
-        let current = lock(&self.excluded).clone();
-        let asked: BTreeSet<u64> = configuration
-            .left_out()
-            .iter()
-            .filter(|s| self.config.storage_servers.contains_key(s))
-            .copied()
-            .collect();
-        if asked == current {
-            self.set_status(|s| s.configuration_problem = None);
-            return None;
-        }
-        let wanted = self.excluded_wanted().await?.servers;
-        (wanted != current).then(|| {
-            format!("the configuration leaves out storage servers {wanted:?}, the generation {current:?}")
-        })
-    }
-
-    /// Leaves out the storage servers silent past the timeout, and takes
-    /// back those that answer again (`failures`); status says which.
-    async fn review_failures(&self, storage: &StorageProbes) {
-        let Some(timeout) = self.config.storage_failure_timeout else {
-            return;
-        };
-        let now = self.clock.now_ms();
-        if !self.pauses.trusts_silence(now) {
-            storage.forgive(now);
-        }
-        let hearing = storage.hearing(now);
-        let topology = self.config.cluster.topology();
-        let reviewed = failures::review_and_record(
-            &self.coordinators,
-            &topology,
-            &self.config.initial_shards,
-            &hearing,
-            timeout,
-        );
-        match reviewed.await {
-            Ok(review) => self.set_status(|s| s.failures = review.lines),
-            Err(why) => tracing::debug!(%why, "no review of failed storage servers this time"),
-        }
-    }
-
-    /// Of `servers`, those that answer that they hold their teams' data:
-    /// neither copying it from a teammate nor stopped.
-    async fn serving(&self, servers: &BTreeSet<u64>) -> BTreeSet<u64> {
-        let asks = servers.iter().filter_map(|id| {
-            let address = *self.config.storage_servers.get(id)?;
-            Some(async move {
-                let ask = async {
-                    let client = RpcClient::connect(address, self.config.transport.clone()).await?;
-                    client.call(Message::Status).await
-                };
-                match tokio::time::timeout(STORAGE_STATUS_TIMEOUT, ask).await {
-                    Ok(Ok(Message::StorageStatus(status)))
-                        if status.rebuilding.is_none() && status.stopped.is_none() =>
-                    {
-                        Some(*id)
-                    }
-                    _ => None,
-                }
-            })
-        });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
     /// The storage servers whose durable versions decide retirement.
     fn retiring_servers(&self) -> Vec<SocketAddr> {
         let excluded = lock(&self.excluded);
@@ -630,15 +510,9 @@ const RETIRE_INTERVAL: Duration = Duration::from_millis(250);
 /// metadata team.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often the controller reads which storage servers to leave out.
+/// How often the controller reads which storage servers to leave out
+/// (at once, too, when its watch sees the configuration change).
 const CONFIGURATION_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long the controller's reads of the configuration and the core
-/// state may take, between the other duties of its watch.
-const CONFIGURATION_READ_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long a storage server has to say whether it holds its teams' data.
-const STORAGE_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Waits until the recovered generation loses a role, or this process the
 /// controller's lease; says why. Meanwhile retires the old generations
@@ -667,6 +541,13 @@ async fn watch(inner: &Inner, placed: &[Placed], storage: Option<&StorageProbes>
     });
     let workers: BTreeSet<SocketAddr> = placed.iter().map(|p| p.worker).collect();
     let probes = Probes::start(workers, &inner.config.transport);
+    let configuration = CoordinatorClient::new(
+        &inner.config.cluster.coordinator_addresses(),
+        inner.config.transport.clone(),
+    )
+    .map_err(|e| tracing::warn!(error = %e, "no coordinators to watch the configuration on"))
+    .ok()
+    .map(ConfigurationWatch::start);
     loop {
         interval.tick().await;
         if checkpointed_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL) && inner.leads() {
@@ -715,7 +596,10 @@ async fn watch(inner: &Inner, placed: &[Placed], storage: Option<&StorageProbes>
         if !inner.leads() {
             return "this process no longer holds the controller's lease".to_owned();
         }
-        if configured_at.is_none_or(|at| at.elapsed() >= CONFIGURATION_INTERVAL) {
+        let reconfigured = configuration
+            .as_ref()
+            .is_some_and(ConfigurationWatch::changed);
+        if reconfigured || configured_at.is_none_or(|at| at.elapsed() >= CONFIGURATION_INTERVAL) {
             configured_at = Some(tokio::time::Instant::now());
             if let Some(storage) = storage {
                 inner.review_failures(storage).await;

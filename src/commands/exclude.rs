@@ -11,7 +11,7 @@
 //!
 //! ```text
 //!  exclude 102 ─▶ configuration: excluded_servers += {102}  (refused if a team would empty)
-//!     controller, within a second ─▶ recovery: generation N+1 leaves 102 out
+//!     controller, at once (it watches the configuration) ─▶ recovery: generation N+1 leaves 102 out
 //!     ─▶ wait: the core state's current generation leaves out {102} ─▶ "left out from generation N+1"
 //!  include 102 ─▶ configuration: excluded_servers -= {102} ─▶ … a generation takes it back;
 //!     102 copies its teams from a teammate before it serves again
