@@ -89,28 +89,39 @@ fn a_seed_replays_to_the_same_trace_in_another_process() {
     }
 }
 
-/// Seeds that once found a bug, with their cluster: each stays a scenario
-/// worth replaying as the code changes around it.
-const SEEDS_THAT_FOUND_BUGS: &[(u64, &str)] = &[
+/// Seeds that once found a bug, with their cluster and seconds of faults:
+/// each stays a scenario worth replaying as the code changes around it.
+const SEEDS_THAT_FOUND_BUGS: &[(u64, &str, u64)] = &[
     // A server left out briefly and taken back without noticing applied
     // from memory what a restart on a full disk could not read again,
     // while its teammate was to be left out too.
-    (150121, "recruited"),
+    (150121, "recruited", 5),
     // A server left out while cut from the coordinators, killed, and taken
     // back while down, restarted into a generation whose TLogs never knew
     // its private team, and stopped for good instead of copying its teams.
-    (160025, "recruited"),
+    (160025, "recruited", 5),
+    // A server copying its team from a teammate kept asking for a range a
+    // move had taken off the team after the map it copied by.
+    (166143, "recruited", 30),
 ];
 
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    for &(seed, cluster) in SEEDS_THAT_FOUND_BUGS {
-        let args = ["--seed", &seed.to_string(), "--cluster", cluster].map(String::from);
+    for &(seed, cluster, window) in SEEDS_THAT_FOUND_BUGS {
+        let args = [
+            "--seed",
+            &seed.to_string(),
+            "--cluster",
+            cluster,
+            "--fault-window-secs",
+            &window.to_string(),
+        ]
+        .map(String::from);
         let output = sim(&args).wait_with_output().expect("teamlog sim ends");
         let stdout = show(&output);
         assert!(
             stdout.contains("1 seeds, 0 failed"),
-            "seed {seed} ({cluster}):\n{stdout}"
+            "seed {seed} ({cluster}, {window} s of faults):\n{stdout}"
         );
     }
 }

@@ -30,7 +30,10 @@
 //! committed version by the metadata team's changes since
 //! (`cursor::metadata_team`), and the first page is read at that version
 //! (a teammate that let it go out of its window makes the copy start over
-//! at a newer one). A pinned cluster has no metadata team: its copy goes
+//! at a newer one). Later pages are read at newer versions; a range that
+//! a move took off the team meanwhile is refused by every teammate
+//! (`wrong_shard_server`), and when the map as it is now says so, the
+//! copy starts over by that map. A pinned cluster has no metadata team: its copy goes
 //! by the cluster file's map, and a teammate that no longer owns a range
 //! answers `wrong_shard_server` while the copy keeps asking, saying so in
 //! status. Ranges moving onto a team, not yet its own, are not copied:
@@ -77,8 +80,8 @@ struct Range {
 pub(super) enum Rebuilt {
     /// The store starts over from the copy.
     Done,
-    /// The version the copy started at went out of a teammate's window:
-    /// it starts over.
+    /// The version the copy started at went out of a teammate's window,
+    /// or a range it copies left the team since: it starts over.
     Again,
     /// The service was dropped.
     Dropped,
@@ -89,8 +92,20 @@ enum Copied {
     Range,
     /// The first page's version went out of the teammate's window.
     TooOld,
+    /// The shard map moved part of the range off the team after the
+    /// version the copy goes by: no teammate will hold it again.
+    LeftTeam,
     /// The service was dropped.
     Dropped,
+}
+
+/// Why a page of a range could not be read.
+enum PageError {
+    /// The first page's version went out of the teammate's window.
+    TooOld,
+    /// The teammate does not hold the range at the version asked.
+    NotHeld(String),
+    Failed(String),
 }
 
 /// The shard map the copy goes by, and the version it is exact at (the
@@ -206,7 +221,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         match copy.range(inner, range).await? {
             Copied::Range => {}
             Copied::Dropped => return Ok(Rebuilt::Dropped),
-            Copied::TooOld => return Ok(Rebuilt::Again),
+            Copied::TooOld | Copied::LeftTeam => return Ok(Rebuilt::Again),
         }
     }
     let Some(strong) = inner.upgrade() else {
@@ -295,7 +310,7 @@ impl Copy {
             let page = async {
                 let version = match first_at {
                     Some(version) => version,
-                    None => read_version(&strong).await.map_err(Some)?,
+                    None => read_version(&strong).await.map_err(PageError::Failed)?,
                 };
                 let request = GetRangeRequest {
                     begin: begin.clone(),
@@ -312,18 +327,31 @@ impl Copy {
                         RpcError::Remote {
                             code: ErrorCode::TransactionTooOld,
                             ..
-                        } if first_at.is_some() => None,
-                        e => Some(e.to_string()),
+                        } if first_at.is_some() => PageError::TooOld,
+                        RpcError::Remote {
+                            code: ErrorCode::WrongShardServer,
+                            ..
+                        } => PageError::NotHeld(e.to_string()),
+                        e => PageError::Failed(e.to_string()),
                     })?;
                 match reply {
                     Message::GetRangeReply(reply) => Ok((version, reply)),
-                    other => Err(Some(format!("answered {}", other.name()))),
+                    other => Err(PageError::Failed(format!("answered {}", other.name()))),
                 }
             };
             let (version, reply) = match page.await {
                 Ok(page) => page,
-                Err(None) => return Ok(Copied::TooOld),
-                Err(Some(reason)) => {
+                Err(PageError::TooOld) => return Ok(Copied::TooOld),
+                Err(PageError::NotHeld(reason))
+                    if self.start_at.is_some() && left_team(&strong, range, &begin).await =>
+                {
+                    tracing::info!(
+                        team = %range.team, %reason,
+                        "a range being copied left the team; copying again by the map as it is now"
+                    );
+                    return Ok(Copied::LeftTeam);
+                }
+                Err(PageError::NotHeld(reason) | PageError::Failed(reason)) => {
                     next_peer += 1;
                     strong.set_rebuilding(Some(format!(
                         "{}: {} pairs ({}) copied; {peer_id} at {peer_addr}: {reason}",
@@ -364,6 +392,19 @@ impl Copy {
             }
             begin = page_end;
         }
+    }
+}
+
+/// Whether the shard map, as it is now, assigns part of what is left of
+/// `range` (from `begin`) away from its team: it moved after the version
+/// the copy goes by.
+async fn left_team<E: KvEngine>(inner: &Inner<E>, range: &Range, begin: &Bytes) -> bool {
+    match map_to_copy_by(inner).await {
+        Ok((map, _)) => map
+            .split(begin, &range.end)
+            .into_iter()
+            .any(|(_, _, assignment)| !assignment.src.contains(&range.team)),
+        Err(_) => false,
     }
 }
 
