@@ -85,6 +85,29 @@ async fn team_one(local: &LocalCluster) -> Result<(Vec<Vec<u64>>, u64)> {
     Ok((servers, popped.unwrap_or(0)))
 }
 
+/// Waits until the TLogs keep team 1 for the teammate alone, popped past
+/// `killed_at`, and the generations the lost server held back retired.
+async fn wait_team_one_on_the_teammate_alone(
+    local: &LocalCluster,
+    killed_at: proto::Version,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (servers, popped) = team_one(local).await?;
+        let (epochs, _) = generations(local).await?;
+        let registered_alone = !servers.is_empty() && servers.iter().all(|s| *s == [TEAMMATE]);
+        if registered_alone && popped > killed_at.0 && epochs.len() == 1 {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "team 1 on the TLogs: servers {servers:?}, popped {popped} (killed at {killed_at}); \
+             generations {epochs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_copying() -> Result<()>
 {
@@ -134,21 +157,7 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
 
     // The TLogs keep team 1 for the teammate alone, which pops past the
     // kill; the generations the lost server still needed retire.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let (servers, popped) = team_one(&local).await?;
-        let (epochs, _) = generations(&local).await?;
-        let registered_alone = !servers.is_empty() && servers.iter().all(|s| *s == [TEAMMATE]);
-        if registered_alone && popped > killed_at.0 && epochs.len() == 1 {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "team 1 on the TLogs: servers {servers:?}, popped {popped} (killed at {killed_at}); \
-             generations {epochs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_team_one_on_the_teammate_alone(&local, killed_at).await?;
     let (healthy, json) = crate::status::status_json(&local.cluster_path).await?;
     let lost_row = json["storage_servers"]
         .as_array()
@@ -173,6 +182,7 @@ async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_co
     local
         .storage
         .insert(LOST, Some(local.start_storage(LOST).await?));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let status = server_status(&cluster, LOST).await;
         let waiting = status.as_ref().ok().and_then(|s| s.rebuilding.clone());
@@ -245,21 +255,7 @@ async fn a_server_silent_past_the_timeout_is_left_out_and_taken_back_when_it_ans
         .await?;
     // The TLogs keep team 1 for the teammate alone, and the generations
     // the lost server held back retire.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let (servers, popped) = team_one(&local).await?;
-        let (epochs, _) = generations(&local).await?;
-        let registered_alone = !servers.is_empty() && servers.iter().all(|s| *s == [TEAMMATE]);
-        if registered_alone && popped > killed_at.0 && epochs.len() == 1 {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "team 1 on the TLogs: servers {servers:?}, popped {popped} (killed at {killed_at}); \
-             generations {epochs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_team_one_on_the_teammate_alone(&local, killed_at).await?;
     // Status tells the team runs short, and why.
     let (healthy, json) = crate::status::status_json(&local.cluster_path).await?;
     let said = json.to_string();
