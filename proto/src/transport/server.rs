@@ -119,19 +119,13 @@ impl Responder {
         self.send(result);
     }
 
-    /// Answers with what `future` resolves to: at once when it is ready on
-    /// its first poll (a peek whose data is there), else from a task that
-    /// is dropped if the connection drops its unfinished requests (or, for
-    /// a call of this process, when the server stops).
+    /// Answers with what `future` resolves to, run as a task that is dropped
+    /// if the connection drops its unfinished requests (or, for a call of
+    /// this process, when the server stops).
     pub fn reply_with<F>(self, future: F)
     where
         F: Future<Output = Result<Message, ErrorReply>> + Send + 'static,
     {
-        let mut future = Box::pin(future);
-        if let Some(result) = futures::FutureExt::now_or_never(&mut future) {
-            self.reply(result);
-            return;
-        }
         let requests = match &self.way {
             Way::Connection { link, .. } => link.requests.clone(),
             Way::Local { stopped, .. } => stopped.clone(),
