@@ -133,6 +133,14 @@ impl StorageProbes {
         hearing
     }
 
+    /// Whether `server` has not answered alive for `timeout_ms` as of
+    /// `now_ms`.
+    fn still_silent(&self, server: u64, now_ms: u64, timeout_ms: u64) -> bool {
+        lock(&self.heard)
+            .get(&server)
+            .is_some_and(|h| !h.alive && now_ms.saturating_sub(h.alive_ms) >= timeout_ms)
+    }
+
     /// Starts every silence over at `now_ms`: this process was paused,
     /// and what it did not hear meanwhile says nothing of the others.
     pub fn forgive(&self, now_ms: u64) {
@@ -295,11 +303,16 @@ fn seconds(ms: u64) -> String {
 /// Reviews the failed servers by what `probes` heard, and writes the
 /// configuration when servers are to be left out or taken back (the
 /// controller's watch then recovers into a generation that follows it).
+/// What was heard is taken after the reads, and a server is written failed
+/// only if it is still silent when the write is made: a server that
+/// answered meanwhile (restarted, its link back) is not left out on what
+/// was heard before.
 pub async fn review_and_record(
     coordinators: &CoordinatorClient,
     topology: &Topology,
     initial_shards: &ShardMap,
-    hearing: &Hearing,
+    probes: &StorageProbes,
+    clock: &dyn Clock,
     timeout: Duration,
 ) -> Result<Review, String> {
     let reads = async {
@@ -316,26 +329,24 @@ pub async fn review_and_record(
         Some(snapshot) => snapshot.map().map_err(|e| e.to_string())?,
         None => initial_shards.clone(),
     };
-    let found = review(
-        topology,
-        &configuration,
-        &state,
-        &map,
-        hearing,
-        timeout.as_millis() as u64,
-    );
+    let timeout_ms = timeout.as_millis() as u64;
+    let hearing = probes.hearing(clock.now_ms());
+    let found = review(topology, &configuration, &state, &map, &hearing, timeout_ms);
     if found.back.is_empty() && found.failed.is_none() {
         return Ok(found);
     }
     let write = coordinators.update_configuration(|c| {
         c.failed_servers.retain(|s| !found.back.contains(s));
-        c.failed_servers.extend(found.failed);
+        let silent = found
+            .failed
+            .filter(|s| probes.still_silent(*s, clock.now_ms(), timeout_ms));
+        c.failed_servers.extend(silent);
     });
-    tokio::time::timeout(REVIEW_TIMEOUT, write)
+    let written = tokio::time::timeout(REVIEW_TIMEOUT, write)
         .await
         .map_err(|_| "the configuration could not be written in time")?
         .map_err(|e| e.to_string())?;
-    if let Some(server) = found.failed {
+    if let Some(server) = found.failed.filter(|s| written.failed_servers.contains(s)) {
         tracing::warn!(
             server,
             silent_ms = hearing.silent_ms.get(&server).copied().unwrap_or(0),

@@ -166,13 +166,13 @@ impl Inner {
         if !self.pauses.trusts_silence(now) {
             storage.forgive(now);
         }
-        let hearing = storage.hearing(now);
         let topology = self.config.cluster.topology();
         let reviewed = failures::review_and_record(
             &self.coordinators,
             &topology,
             &self.config.initial_shards,
-            &hearing,
+            storage,
+            self.clock.as_ref(),
             timeout,
         );
         match reviewed.await {
