@@ -85,6 +85,23 @@ async fn team_one(local: &LocalCluster) -> Result<(Vec<Vec<u64>>, u64)> {
     Ok((servers, popped.unwrap_or(0)))
 }
 
+/// A cluster of `spec` (team 1 holds every key the writers write; team 2,
+/// from "x" on, none) under two writers, with `LOST` killed: the cluster,
+/// its client, the writers and a read version taken after the kill.
+async fn start_and_kill_lost(
+    dir: &std::path::Path,
+    spec: testkit::ClusterSpec,
+) -> Result<(LocalCluster, Arc<Client>, Writers, proto::Version)> {
+    let mut local = LocalCluster::start(crate::exe(), dir, &spec).await?;
+    let client = Arc::new(Client::new(&local.cluster)?);
+    let writers = Writers::start(&client, 2);
+    writers.wait_for_progress("at the start").await?;
+    let lost = local.storage.get_mut(&LOST).and_then(Option::take);
+    lost.context("a running server")?.kill9().await?;
+    let killed_at = client.read_version().await?;
+    Ok((local, client, writers, killed_at))
+}
+
 /// Waits until the TLogs keep team 1 for the teammate alone, popped past
 /// `killed_at`, and the generations the lost server held back retired.
 async fn wait_team_one_on_the_teammate_alone(
@@ -112,17 +129,9 @@ async fn wait_team_one_on_the_teammate_alone(
 async fn a_lost_server_left_out_stops_holding_back_its_team_and_comes_back_by_copying() -> Result<()>
 {
     let dir = tempfile::tempdir()?;
-    // Team 1 holds every key the writers write; team 2, from "x" on, none.
-    let spec = crate::two_teams_split_at("x");
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let (mut local, client, writers, killed_at) =
+        start_and_kill_lost(dir.path(), crate::two_teams_split_at("x")).await?;
     let cluster = local.cluster.clone();
-    let client = Arc::new(Client::new(&cluster)?);
-    let writers = Writers::start(&client, 2);
-    writers.wait_for_progress("at the start").await?;
-
-    let lost = local.storage.get_mut(&LOST).and_then(Option::take);
-    lost.context("a running server")?.kill9().await?;
-    let killed_at = client.read_version().await?;
     let (epochs, _) = generations(&local).await?;
     let (ok, said) = exclusion(&local, "exclude", LOST).await?;
     ensure!(ok, "exclude failed: {said}");
@@ -240,15 +249,8 @@ async fn a_server_silent_past_the_timeout_is_left_out_and_taken_back_when_it_ans
         storage_failure_timeout: Some(Duration::from_secs(2)),
         ..crate::two_teams_split_at("x")
     };
-    let mut local = LocalCluster::start(crate::exe(), dir.path(), &spec).await?;
+    let (mut local, client, writers, killed_at) = start_and_kill_lost(dir.path(), spec).await?;
     let cluster = local.cluster.clone();
-    let client = Arc::new(Client::new(&cluster)?);
-    let writers = Writers::start(&client, 2);
-    writers.wait_for_progress("at the start").await?;
-
-    let lost = local.storage.get_mut(&LOST).and_then(Option::take);
-    lost.context("a running server")?.kill9().await?;
-    let killed_at = client.read_version().await?;
     wait_left_out(&local, &[LOST], "the server killed").await?;
     writers
         .wait_for_progress("with the server left out")
