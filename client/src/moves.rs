@@ -34,6 +34,8 @@ use proto::{key_after, Mutation, StorageServerId, StorageTeamId, Version};
 
 use crate::{Client, ClientError};
 
+mod boundaries;
+
 /// How often the destination's servers are asked how far they are.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the start is committed again while the copy goes on.
@@ -63,6 +65,10 @@ pub enum MoveError {
     /// or moved a shard elsewhere): this mover left it as it found it.
     #[error("the shard map changed under the move: {0}")]
     Superseded(String),
+    /// Two shards a merge was asked to join cannot be: they are not
+    /// neighbours as named, or are held by different teams.
+    #[error("not merged: {0}")]
+    NotMergeable(String),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -404,40 +410,6 @@ impl Client {
         })
         .await?;
         Ok(cancelled)
-    }
-
-    /// Splits the shard holding `at` there, both sides keeping its
-    /// assignment, so that each side can move on its own. Returns the
-    /// split's version, or `None` when a shard begins at `at` already. A
-    /// moving shard is not split: its move would stop, superseded.
-    pub async fn split_shard(&self, at: Bytes) -> Result<Option<Version>, MoveError> {
-        let end = key_after(&at);
-        check_range(&at, &end)?;
-        if at.is_empty() {
-            return Ok(None);
-        }
-        let (decided, _) = self
-            .commit_on_view(&at, &end, None, |view| {
-                let Some(shard) = view.shards.first().filter(|s| s.begin != at) else {
-                    return Ok(None);
-                };
-                if !shard.moving_to.is_empty() {
-                    return Err(MoveError::AlreadyMoving {
-                        begin: shard.begin.clone(),
-                        to: shard.moving_to.clone(),
-                    });
-                }
-                let both_sides = ShardAssignment {
-                    src: source_teams(shard),
-                    dest: Vec::new(),
-                };
-                Ok(Some(vec![assign(&at, both_sides)]))
-            })
-            .await?;
-        Ok(match decided {
-            Decided::Committed(version) => Some(version),
-            Decided::AlreadySo(_) => None,
-        })
     }
 
     /// The shard map over `[begin, end)` and at `end`, read at one read

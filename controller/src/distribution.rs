@@ -13,6 +13,9 @@
 //!                                            team that evens it best with the idlest, by writes
 //!                                            a second, then bytes, as the moves planned before
 //!                                            it leave the teams
+//!                                         ─▶ no move in flight or planned: each pair of neighbouring
+//!                                            shards of one team small and cold enough together
+//!                                            is merged
 //! ```
 //!
 //! A shard hot enough to unbalance teams alone is cut, round after round,
@@ -62,6 +65,25 @@ pub struct Move {
     pub why: String,
 }
 
+/// Join the neighbouring shards `[begin, at)` and `[at, end)` of `team`
+/// into one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merge {
+    pub begin: Bytes,
+    pub at: Bytes,
+    pub end: Bytes,
+    pub team: StorageTeamId,
+    pub why: String,
+}
+
+/// Two neighbouring shards are merged only when, together, they hold at
+/// most this share of the split limits and of the imbalance the
+/// distributor leaves alone (`1 / MERGE_SHARE`). Below the split limits,
+/// a shard just split (over a limit) is never merged straight back;
+/// below the imbalance, no merge makes a shard too big to even the teams
+/// out with.
+pub const MERGE_SHARE: u64 = 2;
+
 /// The slack every move gets beyond twice its expected time.
 pub const MOVE_SLACK: Duration = Duration::from_secs(30);
 
@@ -79,6 +101,7 @@ pub fn move_deadline(settings: &DistributionSettings, bytes: u64) -> Duration {
 pub struct Plan {
     pub splits: Vec<Split>,
     pub moves: Vec<Move>,
+    pub merges: Vec<Merge>,
 }
 
 /// The changes due. `teams` are every team of the cluster, of which
@@ -135,7 +158,62 @@ pub fn plan(
         }
         moves.push(next);
     }
-    Plan { splits, moves }
+    let merges = match moving || !moves.is_empty() {
+        true => Vec::new(),
+        false => merges(settings, shards, &splits),
+    };
+    Plan {
+        splits,
+        moves,
+        merges,
+    }
+}
+
+/// The merges due, on a cluster with no move in flight or planned: each
+/// pair of neighbouring shards of one team that together stay within
+/// `1 / MERGE_SHARE` of both the split limits and the imbalances left
+/// alone, taken left to right so that no shard is in two merges; a shard
+/// being split is in none.
+fn merges(settings: &DistributionSettings, shards: &[ShardLoad], splits: &[Split]) -> Vec<Merge> {
+    let max_bytes = settings.max_shard_bytes.min(settings.min_imbalance_bytes) / MERGE_SHARE;
+    let max_writes = settings
+        .max_shard_writes_per_sec
+        .min(settings.min_imbalance_writes_per_sec)
+        / MERGE_SHARE;
+    let mut in_order: Vec<&ShardLoad> = shards
+        .iter()
+        .filter(|s| !splits.iter().any(|split| split.begin == s.begin))
+        .collect();
+    in_order.sort_by(|a, b| a.begin.cmp(&b.begin));
+    let mut merges = Vec::new();
+    let mut i = 0;
+    while i + 1 < in_order.len() {
+        let (left, right) = (in_order[i], in_order[i + 1]);
+        let bytes = left.metrics.bytes.saturating_add(right.metrics.bytes);
+        let writes = left
+            .metrics
+            .write_ops_per_sec
+            .saturating_add(right.metrics.write_ops_per_sec);
+        if left.end == right.begin
+            && left.team == right.team
+            && bytes <= max_bytes
+            && writes <= max_writes
+        {
+            merges.push(Merge {
+                begin: left.begin.clone(),
+                at: right.begin.clone(),
+                end: right.end.clone(),
+                team: left.team,
+                why: format!(
+                    "together {writes} writes/s and {bytes} bytes, within {max_writes} and {max_bytes}"
+                ),
+            });
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    merges
 }
 
 /// The cut of a shard over a limit, where its samples say: by the measure
@@ -495,5 +573,84 @@ mod tests {
         assert!(plan(&settings(), &teams, &leaving, &shards, true)
             .moves
             .is_empty());
+    }
+
+    fn merged(plan: &Plan) -> Vec<(&[u8], &[u8], StorageTeamId)> {
+        let merges = plan.merges.iter();
+        merges
+            .map(|m| (m.begin.as_ref(), m.at.as_ref(), m.team))
+            .collect()
+    }
+
+    #[test]
+    fn small_cold_neighbours_of_one_team_are_merged_in_pairs_left_to_right() {
+        let teams = [team(1), team(2)];
+        let shards = [
+            shard("a", "b", 1, 10, 1_000),
+            shard("b", "c", 1, 10, 1_000),
+            shard("c", "d", 1, 10, 1_000),
+            // Another team's neighbour is not merged with either side.
+            shard("d", "e", 2, 0, 0),
+            shard("e", "f", 1, 0, 0),
+            // [f, g) is moving, so not in the loads: no neighbours here.
+            shard("g", "h", 1, 0, 0),
+        ];
+        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        assert_eq!(planned.moves, []);
+        // [a, b) and [b, c) join; [c, d) waits for the next round, which
+        // sees [a, c) as one.
+        assert_eq!(merged(&planned), [(&b"a"[..], &b"b"[..], team(1))]);
+        let [merge] = planned.merges.as_slice() else {
+            panic!("{planned:?}")
+        };
+        assert_eq!(merge.end.as_ref(), b"c");
+    }
+
+    #[test]
+    fn shards_are_merged_only_well_within_the_limits_and_with_nothing_moving() {
+        let teams = [team(1), team(2)];
+        let leaving = BTreeSet::new();
+        // Within half of the smaller of each measure's limits
+        // (min_imbalance_writes_per_sec 200, min_imbalance_bytes 100 kB).
+        let just = [
+            shard("a", "b", 1, 50, 25_000),
+            shard("b", "c", 1, 50, 25_000),
+        ];
+        assert_eq!(
+            merged(&plan(&settings(), &teams, &leaving, &just, false)).len(),
+            1
+        );
+        let busy = [shard("a", "b", 1, 51, 0), shard("b", "c", 1, 50, 0)];
+        assert_eq!(
+            plan(&settings(), &teams, &leaving, &busy, false),
+            Plan::default()
+        );
+        let big = [shard("a", "b", 1, 0, 25_001), shard("b", "c", 1, 0, 25_000)];
+        assert_eq!(
+            plan(&settings(), &teams, &leaving, &big, false),
+            Plan::default()
+        );
+        // Nothing merges while a move is in flight.
+        assert_eq!(
+            plan(&settings(), &teams, &leaving, &just, true),
+            Plan::default()
+        );
+        // Nor in a round that moves: [c, d) evens teams 1 and 2 out.
+        let uneven = [
+            shard("a", "b", 1, 0, 0),
+            shard("b", "c", 1, 0, 0),
+            shard("c", "d", 1, 600, 0),
+            shard("d", "e", 1, 300, 0),
+        ];
+        let planned = plan(&settings(), &teams, &leaving, &uneven, false);
+        assert_eq!(moved(&planned), [(&b"c"[..], team(1), team(2))]);
+        assert_eq!(planned.merges, []);
+        // A shard being split is merged with neither neighbour.
+        let mut hot = shard("b", "c", 1, 1_500, 0);
+        hot.metrics.split_by_writes = Some(Bytes::from_static(b"b5"));
+        let around = [shard("a", "b", 1, 0, 0), hot, shard("c", "d", 2, 0, 0)];
+        let planned = plan(&settings(), &teams, &leaving, &around, false);
+        assert_eq!(splits_at(&planned), [(&b"b"[..], &b"b5"[..])]);
+        assert_eq!(planned.merges, []);
     }
 }

@@ -1,13 +1,15 @@
 //! The data distributor's runtime: every few seconds, while the controller
 //! leads and the shard map is checkpointed, one round asks a server of
 //! each team for the metrics of the shards the team holds, lets
-//! `distribution::decide` pick the next change, and carries it out
-//! through the client library (a conditional split, or a move to its end).
+//! `distribution::plan` pick the next changes, and carries them out
+//! through the client library (a conditional split or merge, or a move to
+//! its end).
 //!
 //! ```text
 //!  checkpoint's map ─▶ Distributing::observe ─▶ (no round running, the last one
 //!                                                ROUND_INTERVAL ago) spawn a round:
-//!     shards by team ─ShardMetrics─▶ a server of each team ─▶ decide ─▶ Client::split_shard
+//!     shards by team ─ShardMetrics─▶ a server of each team ─▶ plan ─▶ Client::split_shard
+//!                                                                    ├▶ Client::merge_shards
 //!                                                                    └▶ Client::move_range
 //!  status: what the last round found and did (`lines`)
 //! ```
@@ -82,7 +84,7 @@ struct Said {
     summary: Option<String>,
     /// How each leaving team stands.
     leaving: Vec<String>,
-    /// The last round's splits, or why it changed nothing.
+    /// The last round's splits and merges, or why it changed nothing.
     round: Vec<String>,
     /// The moves under way, each with when it started and how its
     /// destination's servers last stood.
@@ -341,6 +343,24 @@ impl Round {
                 Err(e) => format!("not made: {e}"),
             };
             tracing::info!(%doing, %done, "the data distributor split a shard");
+            round.push(format!("{doing}: {done}"));
+        }
+        for merge in planned.merges {
+            let doing = format!(
+                "merge [{}, {}) and [{}, {}) on {}: {}",
+                escape(&merge.begin),
+                escape(&merge.at),
+                escape(&merge.at),
+                escape(&merge.end),
+                merge.team,
+                merge.why
+            );
+            let done = match self.client.merge_shards(merge.begin, merge.at).await {
+                Ok(Some(version)) => format!("at version {version}"),
+                Ok(None) => "merged already".to_owned(),
+                Err(e) => format!("not made: {e}"),
+            };
+            tracing::info!(%doing, %done, "the data distributor merged two shards");
             round.push(format!("{doing}: {done}"));
         }
         say(&self.said, |s| s.round_went_through(summary, round));

@@ -1,5 +1,5 @@
 //! The mover: moves of the workload's keys between the teams, cancels of
-//! moves and splits of shards, while the clients write and the faults
+//! moves, splits and merges of shards, while the clients write and the faults
 //! run, as `teamlog move` and the data distributor make them. Once the
 //! faults stop, every move must end, taken over by the controller's move
 //! keeper when its mover gave up.
@@ -7,6 +7,7 @@
 //! ```text
 //!  0 ── faults ──▶ fault_end
 //!  mover: move [k_a, k_b) to team t (deadline d) │ cancel moves in [k_a, k_b) │ split at k_a
+//!         │ merge the shard holding k_a with the next
 //!  after: the map over the keys names no destination within LIVENESS (moves settle)
 //! ```
 //!
@@ -16,8 +17,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use client::moves::MoveError;
 use client::Client;
-use proto::StorageTeamId;
+use proto::system_keys::USER_KEYS_END;
+use proto::{StorageTeamId, Version};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -63,7 +66,8 @@ impl Mover {
         }
     }
 
-    /// One move, cancel or split of `[begin, end)`, noted in the trace.
+    /// One move, cancel, split or merge over `[begin, end)`, noted in the
+    /// trace.
     async fn operation(&self, client: &Client, rng: &mut StdRng, begin: Bytes, end: Bytes) {
         match rng.random_range(0..10) {
             0 => {
@@ -77,6 +81,13 @@ impl Mover {
                 let outcome = client.split_shard(begin.clone()).await;
                 self.trace
                     .note("mover", format!("split at {begin:?}: {outcome:?}"));
+            }
+            2 => {
+                let outcome = merge_after(client, &begin).await;
+                self.trace.note(
+                    "mover",
+                    format!("merge the shard holding {begin:?} with the next: {outcome:?}"),
+                );
             }
             _ => {
                 let to = StorageTeamId(rng.random_range(1..=TEAMS));
@@ -130,6 +141,17 @@ impl Mover {
             }
         }
     }
+}
+
+/// Merges the shard holding `key` with the one after it, as the map now
+/// stands; the merge's version, or `None` when there is no shard after it.
+async fn merge_after(client: &Client, key: &Bytes) -> Result<Option<Version>, MoveError> {
+    let version = client.read_version().await?;
+    let shard = client.key_location(key, version).await?;
+    if shard.end.as_ref() >= USER_KEYS_END {
+        return Ok(None);
+    }
+    client.merge_shards(key.clone(), shard.end).await
 }
 
 /// The first shard over the keys still moving, at a fresh read version.

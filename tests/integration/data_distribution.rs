@@ -247,7 +247,8 @@ async fn wait_until_said(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writes() -> Result<()> {
+async fn a_hot_range_is_split_by_its_writes_spread_over_two_teams_and_merged_once_cold(
+) -> Result<()> {
     let seed = testkit::seed_from_env();
     let dir = tempfile::tempdir()?;
     let (local, client, writers) = under_writes(dir.path(), &spec(), false, seed).await?;
@@ -271,7 +272,56 @@ async fn a_hot_range_is_split_by_its_writes_and_spread_over_two_teams_under_writ
         "few writes went through"
     );
     check_replicas(&cluster, &client, &model, started).await?;
+
+    // Cooled down, neighbouring shards of one team merge: those the split
+    // left side by side, and a cold shard cut in two by hand.
+    let cut = Bytes::from_static(b"x");
+    ensure!(
+        client.split_shard(cut.clone()).await?.is_some(),
+        "team 2's shard was split at x already"
+    );
+    let since = tokio::time::Instant::now();
+    let merged = merged_back(&cluster, &cut, since).await?;
+    println!(
+        "merged back to {} shards after {:?}",
+        merged.entries().count(),
+        since.elapsed()
+    );
+    check_replicas(&cluster, &client, &model, since).await?;
     Ok(local.stop().await?)
+}
+
+/// Waits until the recorded shard map has no boundary at `cut`, and no
+/// two neighbouring settled shards on the same team; returns that map.
+async fn merged_back(
+    cluster: &ClusterFile,
+    cut: &[u8],
+    since: tokio::time::Instant,
+) -> Result<ShardMap> {
+    loop {
+        if let Some(map) = recorded_map(cluster).await? {
+            let settled: Vec<Option<StorageTeamId>> = map
+                .entries()
+                .map(|(_, a)| match (a.src.as_slice(), a.dest.as_slice()) {
+                    ([team], []) => Some(*team),
+                    _ => None,
+                })
+                .collect();
+            let side_by_side = settled
+                .windows(2)
+                .any(|pair| pair[0].is_some() && pair[0] == pair[1]);
+            if !side_by_side && map.entries().all(|(begin, _)| begin.as_ref() != cut) {
+                return Ok(map);
+            }
+        }
+        ensure!(
+            since.elapsed() < DEADLINE,
+            "neighbouring shards of one team were never merged: {:?}; the distributor said {:?}",
+            recorded_map(cluster).await?,
+            distribution_lines(cluster).await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until the hot keys lie in settled shards on two teams or more;
