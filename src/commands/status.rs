@@ -27,7 +27,10 @@
 //! is healthy: it says how fast it lets commits in and why.
 //! A storage server the current generation leaves out of its teams
 //! (`teamlog exclude`) is healthy whether or not it answers, with
-//! `"excluded": true` (the field is absent for every other process).
+//! `"excluded": true` (the field is absent for every other process). One
+//! the controller left out because it did not answer (the configuration's
+//! failed servers) is unhealthy, with `"failed": true` and the reason,
+//! until it answers and is taken back, or an operator excludes it.
 //!
 //! The JSON shape (field names are stable; versions and ids are integers; a
 //! process's `status` is its reply as the protocol defines it, plus a
@@ -93,6 +96,7 @@ use proto::{Version, MAX_VERSIONS_AHEAD};
 use serde::Serialize;
 
 use cluster::ClusterFile;
+use coordinator::client::CoordinatorClient;
 
 /// Versions per second, for showing a lag as time.
 const VERSIONS_PER_SECOND: f64 = 1_000_000.0;
@@ -138,6 +142,11 @@ pub struct ProcessStatus<T> {
     /// counts as healthy.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub excluded: bool,
+    /// A storage server the controller left out of its teams because it
+    /// did not answer (or answered that it stopped): unhealthy until it
+    /// is taken back.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 /// A storage server's reply, with its lag behind the committed version.
@@ -267,7 +276,11 @@ pub async fn gather(
                 let problem = storage_problem(&status);
                 (status, problem)
             });
-            if path.excluded_servers.contains(&entry.id) {
+            if path.failed_servers.contains(&entry.id) {
+                server.failed = true;
+                server.healthy = false;
+                server.error = Some(FAILED.to_owned());
+            } else if path.excluded_servers.contains(&entry.id) {
                 server.excluded = true;
                 server.healthy = true;
                 server.error = None;
@@ -330,7 +343,14 @@ struct CommitPathAddresses {
     tlogs: Vec<SocketAddr>,
     /// The storage servers the current generation leaves out.
     excluded_servers: Vec<u64>,
+    /// The storage servers the controller left out because they did not
+    /// answer, by the configuration (none when it could not be read).
+    failed_servers: Vec<u64>,
 }
+
+/// Why a storage server the controller left out is unhealthy.
+const FAILED: &str = "failed: left out of its teams by the controller after it did not answer \
+                      (or answered that it stopped); it is taken back once it answers";
 
 async fn commit_path(
     cluster: &ClusterFile,
@@ -343,6 +363,7 @@ async fn commit_path(
             proxies: cluster.proxies.iter().map(|p| (p.id, p.address)).collect(),
             tlogs: cluster.tlog_addresses(),
             excluded_servers: Vec::new(),
+            failed_servers: Vec::new(),
         };
     }
     let mut failures = Vec::new();
@@ -363,6 +384,7 @@ async fn commit_path(
                     proxies: (1..).zip(info.proxies).collect(),
                     tlogs: info.tlogs,
                     excluded_servers: info.excluded_servers,
+                    failed_servers: failed_servers(cluster, transport, timeout).await,
                 };
             }
             Ok(Ok(other)) => failures.push(format!(
@@ -385,6 +407,26 @@ async fn commit_path(
         proxies: Vec::new(),
         tlogs: Vec::new(),
         excluded_servers: Vec::new(),
+        failed_servers: Vec::new(),
+    }
+}
+
+/// The storage servers the configuration says failed; none when the
+/// coordinators do not answer within `timeout` (the controller's own
+/// status line still names them).
+async fn failed_servers(
+    cluster: &ClusterFile,
+    transport: &ClientConfig,
+    timeout: Duration,
+) -> Vec<u64> {
+    let Ok(coordinators) =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), transport.clone())
+    else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(timeout, coordinators.read_configuration()).await {
+        Ok(Ok(configuration)) => configuration.failed_servers.into_iter().collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -409,6 +451,7 @@ fn process<R, T>(
         error,
         status,
         excluded: false,
+        failed: false,
     }
 }
 

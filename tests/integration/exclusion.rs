@@ -261,8 +261,19 @@ async fn a_server_silent_past_the_timeout_is_left_out_and_taken_back_when_it_ans
     // Status tells the team runs short, and why.
     let (healthy, json) = crate::status::status_json(&local.cluster_path).await?;
     let said = json.to_string();
+    let lost_row = &json["storage_servers"]
+        .as_array()
+        .context("a list of storage servers")?
+        .iter()
+        .find(|s| s["id"] == LOST)
+        .context("the lost server in status")?;
     ensure!(
-        !healthy && said.contains("storage server 100 failed") && said.contains("team-1"),
+        !healthy
+            && said.contains("storage server 100 failed")
+            && said.contains("team-1")
+            && lost_row["failed"] == true
+            && lost_row["healthy"] == false
+            && lost_row.get("excluded").is_none(),
         "status with the lost server left out as failed: {json:#}"
     );
 

@@ -212,6 +212,13 @@ pub(super) fn row<T>(
     let (healthy, details) = match (&process.status, &process.error) {
         (Some(status), None) if process.excluded => ("excluded", details(status)),
         (None, None) if process.excluded => ("excluded", "does not answer".to_owned()),
+        (status, Some(error)) if process.failed => (
+            "FAILED",
+            match status {
+                Some(status) => format!("{error} | {}", details(status)),
+                None => format!("{error} | does not answer"),
+            },
+        ),
         (Some(status), None) => ("yes", details(status)),
         (Some(status), Some(error)) => ("NO", format!("{error} | {}", details(status))),
         (None, error) => ("NO", error.clone().unwrap_or_default()),

@@ -397,3 +397,40 @@ fn a_stuck_data_distributor_makes_its_coordinator_unhealthy() {
     reply.recovery.as_mut().unwrap().configuration_problem = Some(unfollowed.into());
     assert_eq!(coordinator_problem(&reply).as_deref(), Some(unfollowed));
 }
+
+#[test]
+fn a_failed_storage_server_is_unhealthy_and_an_excluded_one_healthy() {
+    let addr: SocketAddr = "127.0.0.1:4700".parse().unwrap();
+    let silent = || {
+        process::<(), StorageStatus>(
+            "storage",
+            Some(100),
+            addr,
+            Err("connection refused".into()),
+            |()| unreachable!(),
+        )
+    };
+    let mut excluded = silent();
+    (excluded.excluded, excluded.healthy, excluded.error) = (true, true, None);
+    let mut failed = silent();
+    (failed.failed, failed.healthy, failed.error) = (true, false, Some(FAILED.to_owned()));
+    let mut text = String::new();
+    super::render::row(&mut text, &excluded, |_| String::new());
+    super::render::row(&mut text, &failed, |_| String::new());
+    assert!(text.contains("excluded does not answer\n"), "{text}");
+    assert!(
+        text.contains("FAILED   failed: left out of its teams by the controller")
+            && text.contains("it is taken back once it answers | does not answer\n"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&failed).unwrap();
+    assert_eq!(
+        (&json["failed"], &json["healthy"], json.get("excluded")),
+        (&serde_json::json!(true), &serde_json::json!(false), None)
+    );
+    let json = serde_json::to_value(&excluded).unwrap();
+    assert_eq!(
+        (&json["excluded"], json.get("failed")),
+        (&serde_json::json!(true), None)
+    );
+}
