@@ -6,9 +6,10 @@
 //! ```text
 //!  shards by team + ShardMetrics ─▶ plan ─▶ splits: each shard over its bytes or writes limit,
 //!                                            cut where its samples say
-//!                                         ─▶ no move in flight: up to max_moves_in_flight moves,
-//!                                            first each shard of a leaving team, to the staying
-//!                                            team with the fewest bytes; then each the shard (of
+//!                                         ─▶ none of its own moves in flight: up to max_moves_in_flight
+//!                                            moves, first each shard of a leaving team, to the
+//!                                            staying team with the fewest bytes; then, with no
+//!                                            move at all in flight, each the shard (of
 //!                                            those not split or moved) of the busiest staying
 //!                                            team that evens it best with the idlest, by writes
 //!                                            a second, then bytes, as the moves planned before
@@ -104,16 +105,31 @@ pub struct Plan {
     pub merges: Vec<Merge>,
 }
 
+/// Which moves are in flight as a round plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InFlight {
+    /// None: every kind of change may be planned.
+    Nothing,
+    /// Only moves the distributor did not start (`teamlog move`'s, or one
+    /// the move keeper finishes). A leaving team's shards still move off,
+    /// which needs no even view of the loads, so that a stream of such
+    /// moves cannot hold a team's removal back; nothing is moved to
+    /// balance the teams, nor merged, until they end.
+    OthersMoves,
+    /// The distributor's own: no move starts until every one ends.
+    OwnMoves,
+}
+
 /// The changes due. `teams` are every team of the cluster, of which
-/// `leaving` are being emptied (`cluster::configuration`); `moving` says a
-/// move is in flight (no other starts until every one ends: a moving
-/// shard's load counts for no team).
+/// `leaving` are being emptied (`cluster::configuration`); `in_flight`
+/// says which moves are under way (a moving shard's load counts for no
+/// team).
 pub fn plan(
     settings: &DistributionSettings,
     teams: &[StorageTeamId],
     leaving: &BTreeSet<StorageTeamId>,
     shards: &[ShardLoad],
-    moving: bool,
+    in_flight: InFlight,
 ) -> Plan {
     let staying: Vec<StorageTeamId> = teams
         .iter()
@@ -124,13 +140,15 @@ pub fn plan(
     let mut moves: Vec<Move> = Vec::new();
     // The shards as the planned moves leave them.
     let mut after: Vec<ShardLoad> = shards.to_vec();
-    while !moving && moves.len() < settings.max_moves_in_flight {
+    while in_flight != InFlight::OwnMoves && moves.len() < settings.max_moves_in_flight {
         let movable = |s: &ShardLoad| {
             !splits.iter().any(|split| split.begin == s.begin)
                 && !moves.iter().any(|m| m.begin == s.begin)
         };
+        let balancing = in_flight == InFlight::Nothing;
         let next = drain(&staying, leaving, &after, movable)
             .or_else(|| {
+                balancing.then_some(())?;
                 balance(
                     &staying,
                     &after,
@@ -141,6 +159,7 @@ pub fn plan(
                 )
             })
             .or_else(|| {
+                balancing.then_some(())?;
                 balance(
                     &staying,
                     &after,
@@ -158,9 +177,9 @@ pub fn plan(
         }
         moves.push(next);
     }
-    let merges = match moving || !moves.is_empty() {
-        true => Vec::new(),
-        false => merges(settings, shards, &splits),
+    let merges = match in_flight == InFlight::Nothing && moves.is_empty() {
+        true => merges(settings, shards, &splits),
+        false => Vec::new(),
     };
     Plan {
         splits,
@@ -406,7 +425,13 @@ mod tests {
         let teams = [team(1), team(2)];
         let shards = [hot.clone(), big.clone(), cool];
         // Splits go on while a move is in flight.
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, true);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &shards,
+            InFlight::OwnMoves,
+        );
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"c"[..]), (b"m", b"p")]);
         assert_eq!(planned.moves, []);
         // Over the bytes limit with no key to cut by bytes: cut by writes.
@@ -415,7 +440,13 @@ mod tests {
         // A split key outside the shard (a stale sample) is not used.
         hot.metrics.split_by_writes = Some(Bytes::from_static(b"m"));
         hot.metrics.split_by_bytes = None;
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &[hot, big], true);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &[hot, big],
+            InFlight::OwnMoves,
+        );
         assert_eq!(splits_at(&planned), [(&b"m"[..], &b"q"[..])]);
     }
 
@@ -430,7 +461,13 @@ mod tests {
         ];
         // Team 1 has 1700/s, team 3 none: half the difference is 850.
         // Then team 3 is the busiest, and holds no other shard to give.
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &shards,
+            InFlight::Nothing,
+        );
         let [Move {
             begin, from, to, ..
         }] = planned.moves.as_slice()
@@ -440,7 +477,13 @@ mod tests {
         assert_eq!((begin.as_ref(), *from, *to), (&b"a"[..], team(1), team(3)));
         // Not while another move is in flight.
         assert_eq!(
-            plan(&settings(), &teams, &BTreeSet::new(), &shards, true),
+            plan(
+                &settings(),
+                &teams,
+                &BTreeSet::new(),
+                &shards,
+                InFlight::OwnMoves
+            ),
             Plan::default()
         );
     }
@@ -464,7 +507,13 @@ mod tests {
         let mut hot = shard("a", "b", 1, 1_500, 0);
         hot.metrics.split_by_writes = Some(Bytes::from_static(b"a5"));
         let shards = [hot, shard("b", "c", 1, 600, 0)];
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &shards,
+            InFlight::Nothing,
+        );
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"a5"[..])]);
         let moved: Vec<&[u8]> = planned.moves.iter().map(|m| m.begin.as_ref()).collect();
         assert_eq!(moved, [&b"b"[..]]);
@@ -477,13 +526,25 @@ mod tests {
         // the teams' loads (it must be split first).
         let alone = [shard("a", "m", 1, 900, 0), shard("m", "z", 2, 0, 0)];
         assert_eq!(
-            plan(&settings(), &teams, &BTreeSet::new(), &alone, false),
+            plan(
+                &settings(),
+                &teams,
+                &BTreeSet::new(),
+                &alone,
+                InFlight::Nothing
+            ),
             Plan::default()
         );
         // A difference below the threshold is left alone.
         let close = [shard("a", "m", 1, 150, 0), shard("m", "z", 1, 40, 0)];
         assert_eq!(
-            plan(&settings(), &teams, &BTreeSet::new(), &close, false),
+            plan(
+                &settings(),
+                &teams,
+                &BTreeSet::new(),
+                &close,
+                InFlight::Nothing
+            ),
             Plan::default()
         );
     }
@@ -496,7 +557,13 @@ mod tests {
             shard("f", "m", 1, 100, 300_000),
             shard("m", "z", 2, 150, 100_000),
         ];
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &shards,
+            InFlight::Nothing,
+        );
         let moved: Vec<_> = planned.moves.iter().map(|m| (&m.begin, m.to)).collect();
         assert_eq!(moved, [(&Bytes::from_static(b"f"), team(2))]);
     }
@@ -516,7 +583,13 @@ mod tests {
         ];
         // Eight even shards over three teams: 3, 3 and 2 is as even as
         // they go; a third move would only swap which team has two.
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &shards,
+            InFlight::Nothing,
+        );
         let moved = moved(&planned);
         assert_eq!(
             moved,
@@ -528,9 +601,15 @@ mod tests {
             ..settings()
         };
         assert_eq!(
-            plan(&one_at_a_time, &teams, &BTreeSet::new(), &shards, false)
-                .moves
-                .len(),
+            plan(
+                &one_at_a_time,
+                &teams,
+                &BTreeSet::new(),
+                &shards,
+                InFlight::Nothing
+            )
+            .moves
+            .len(),
             1
         );
     }
@@ -546,19 +625,16 @@ mod tests {
             shard("d", "e", 3, 0, 400_000),
             shard("e", "f", 3, 0, 400_000),
         ];
-        let planned = plan(&settings(), &teams, &leaving, &shards, false);
-        let moved = moved(&planned);
+        let planned = plan(&settings(), &teams, &leaving, &shards, InFlight::Nothing);
         // Each to the team with the fewest bytes once the moves before it
         // land: team 2 (300 kB, then 700 kB), then team 1 (900 kB against
         // 1.1 MB). Teams 1 and 2 are then within the imbalance left alone.
-        assert_eq!(
-            moved,
-            [
-                (&b"c"[..], team(3), team(2)),
-                (&b"d"[..], team(3), team(2)),
-                (&b"e"[..], team(3), team(1)),
-            ]
-        );
+        let draining = [
+            (&b"c"[..], team(3), team(2)),
+            (&b"d"[..], team(3), team(2)),
+            (&b"e"[..], team(3), team(1)),
+        ];
+        assert_eq!(moved(&planned), draining);
         // Empty, the leaving team is no one's destination, however idle:
         // teams 1 and 2 balance between themselves.
         let left = [
@@ -566,13 +642,26 @@ mod tests {
             shard("b", "c", 1, 0, 2_000_000),
             shard("c", "d", 2, 0, 100_000),
         ];
-        let planned = plan(&settings(), &teams, &leaving, &left, false);
-        let moved: Vec<_> = planned.moves.iter().map(|m| (m.from, m.to)).collect();
-        assert_eq!(moved, [(team(1), team(2))]);
-        // Nothing moves while a move is in flight.
-        assert!(plan(&settings(), &teams, &leaving, &shards, true)
-            .moves
-            .is_empty());
+        let planned = plan(&settings(), &teams, &leaving, &left, InFlight::Nothing);
+        assert_eq!(moved(&planned), [(&b"a"[..], team(1), team(2))]);
+        // While only others' moves are in flight, the leaving team's
+        // shards still move off, but nothing moves to even teams 1 and 2.
+        let others = plan(
+            &settings(),
+            &teams,
+            &leaving,
+            &shards,
+            InFlight::OthersMoves,
+        );
+        assert_eq!(moved(&others), draining);
+        let others = plan(&settings(), &teams, &leaving, &left, InFlight::OthersMoves);
+        assert_eq!(others, Plan::default());
+        // Nothing moves while one of the distributor's own is in flight.
+        assert!(
+            plan(&settings(), &teams, &leaving, &shards, InFlight::OwnMoves)
+                .moves
+                .is_empty()
+        );
     }
 
     fn merged(plan: &Plan) -> Vec<(&[u8], &[u8], StorageTeamId)> {
@@ -595,7 +684,13 @@ mod tests {
             // [f, g) is moving, so not in the loads: no neighbours here.
             shard("g", "h", 1, 0, 0),
         ];
-        let planned = plan(&settings(), &teams, &BTreeSet::new(), &shards, false);
+        let planned = plan(
+            &settings(),
+            &teams,
+            &BTreeSet::new(),
+            &shards,
+            InFlight::Nothing,
+        );
         assert_eq!(planned.moves, []);
         // [a, b) and [b, c) join; [c, d) waits for the next round, which
         // sees [a, c) as one.
@@ -617,24 +712,33 @@ mod tests {
             shard("b", "c", 1, 50, 25_000),
         ];
         assert_eq!(
-            merged(&plan(&settings(), &teams, &leaving, &just, false)).len(),
+            merged(&plan(
+                &settings(),
+                &teams,
+                &leaving,
+                &just,
+                InFlight::Nothing
+            ))
+            .len(),
             1
         );
         let busy = [shard("a", "b", 1, 51, 0), shard("b", "c", 1, 50, 0)];
         assert_eq!(
-            plan(&settings(), &teams, &leaving, &busy, false),
+            plan(&settings(), &teams, &leaving, &busy, InFlight::Nothing),
             Plan::default()
         );
         let big = [shard("a", "b", 1, 0, 25_001), shard("b", "c", 1, 0, 25_000)];
         assert_eq!(
-            plan(&settings(), &teams, &leaving, &big, false),
+            plan(&settings(), &teams, &leaving, &big, InFlight::Nothing),
             Plan::default()
         );
-        // Nothing merges while a move is in flight.
-        assert_eq!(
-            plan(&settings(), &teams, &leaving, &just, true),
-            Plan::default()
-        );
+        // Nothing merges while a move is in flight, whoever's.
+        for in_flight in [InFlight::OwnMoves, InFlight::OthersMoves] {
+            assert_eq!(
+                plan(&settings(), &teams, &leaving, &just, in_flight),
+                Plan::default()
+            );
+        }
         // Nor in a round that moves: [c, d) evens teams 1 and 2 out.
         let uneven = [
             shard("a", "b", 1, 0, 0),
@@ -642,14 +746,14 @@ mod tests {
             shard("c", "d", 1, 600, 0),
             shard("d", "e", 1, 300, 0),
         ];
-        let planned = plan(&settings(), &teams, &leaving, &uneven, false);
+        let planned = plan(&settings(), &teams, &leaving, &uneven, InFlight::Nothing);
         assert_eq!(moved(&planned), [(&b"c"[..], team(1), team(2))]);
         assert_eq!(planned.merges, []);
         // A shard being split is merged with neither neighbour.
         let mut hot = shard("b", "c", 1, 1_500, 0);
         hot.metrics.split_by_writes = Some(Bytes::from_static(b"b5"));
         let around = [shard("a", "b", 1, 0, 0), hot, shard("c", "d", 2, 0, 0)];
-        let planned = plan(&settings(), &teams, &leaving, &around, false);
+        let planned = plan(&settings(), &teams, &leaving, &around, InFlight::Nothing);
         assert_eq!(splits_at(&planned), [(&b"b"[..], &b"b5"[..])]);
         assert_eq!(planned.merges, []);
     }

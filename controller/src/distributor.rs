@@ -22,7 +22,9 @@
 //! end (or taken back past its deadline: twice the time its bytes, and
 //! those of the moves to the same team planned before it, take at
 //! `move_bytes_per_sec`, plus 30 s), and no round plans moves before they
-//! all ended. A round that cannot get a team's metrics changes nothing: it
+//! all ended. Moves others started (`teamlog move`) hold back balancing
+//! and merges, but not a leaving team's moves (`distribution::InFlight`).
+//! A round that cannot get a team's metrics changes nothing: it
 //! cannot tell a balanced cluster from one it half sees.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,7 +40,7 @@ use proto::rpc::{KeyRange, MAX_SHARD_METRICS_RANGES};
 use proto::shard_map::ShardMap;
 use proto::StorageTeamId;
 
-use crate::distribution::{move_deadline, plan, Move, ShardLoad};
+use crate::distribution::{move_deadline, plan, InFlight, Move, ShardLoad};
 
 /// How long after a round ends the next one may start.
 const ROUND_INTERVAL: Duration = Duration::from_secs(2);
@@ -302,7 +304,11 @@ impl Round {
     /// Gathers the metrics, makes the splits due, and returns the moves
     /// to start.
     async fn run(&self, map: &ShardMap) -> Vec<Move> {
-        let moving = self.moving || map.entries().any(|(_, a)| !a.dest.is_empty());
+        let in_flight = match (self.moving, map.entries().any(|(_, a)| !a.dest.is_empty())) {
+            (true, _) => InFlight::OwnMoves,
+            (false, true) => InFlight::OthersMoves,
+            (false, false) => InFlight::Nothing,
+        };
         let leaving: BTreeSet<StorageTeamId> = match self.coordinators.read_configuration().await {
             Ok(configuration) => configuration
                 .leaving_teams
@@ -327,7 +333,7 @@ impl Round {
         };
         let teams: Vec<StorageTeamId> = self.client.teams().collect();
         let summary = summary(&teams, &shards);
-        let planned = plan(&self.settings, &teams, &leaving, &shards, moving);
+        let planned = plan(&self.settings, &teams, &leaving, &shards, in_flight);
         let mut round = Vec::new();
         for split in planned.splits {
             let doing = format!(

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use client::moves::MoveError;
 use client::Client;
+use coordinator::client::CoordinatorClient;
 use proto::system_keys::USER_KEYS_END;
 use proto::{StorageTeamId, Version};
 use rand::rngs::StdRng;
@@ -36,11 +37,16 @@ const MOVER_STREAM: u64 = 0x6d6f_7665;
 /// own patience; the mover then leaves the move to the controller's keeper
 /// (or to the final checks), so that the run ends.
 const OPERATION_BUDGET: Duration = Duration::from_secs(45);
+/// How long the mover waits for the configuration before it moves anyway.
+const READ_PATIENCE: Duration = Duration::from_secs(2);
 
 pub struct Mover {
     pub seed: u64,
     pub fault_end: Duration,
     pub trace: Trace,
+    /// Where the configuration is read: as `teamlog move` does, the mover
+    /// moves nothing onto a leaving team.
+    pub coordinators: Option<CoordinatorClient>,
 }
 
 impl Mover {
@@ -92,6 +98,11 @@ impl Mover {
             _ => {
                 let to = StorageTeamId(rng.random_range(1..=TEAMS));
                 let deadline = Duration::from_secs(*pick(rng, &[1, 3, 10]));
+                if self.leaving(to).await {
+                    self.trace
+                        .note("mover", format!("no move to {to}: it is leaving"));
+                    return;
+                }
                 self.trace.note(
                     "mover",
                     format!("move [{begin:?}, {end:?}) to {to} within {deadline:?}"),
@@ -140,6 +151,18 @@ impl Mover {
                 }
             }
         }
+    }
+}
+
+impl Mover {
+    /// Whether the configuration says `team` is leaving; `false` when it
+    /// cannot be read, as `teamlog move` goes ahead then.
+    async fn leaving(&self, team: StorageTeamId) -> bool {
+        let Some(coordinators) = &self.coordinators else {
+            return false;
+        };
+        let read = tokio::time::timeout(READ_PATIENCE, coordinators.read_configuration());
+        matches!(read.await, Ok(Ok(c)) if c.leaving_teams.contains(&team.0))
     }
 }
 

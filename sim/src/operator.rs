@@ -1,13 +1,17 @@
 //! The operator: leaves a storage server out of its team and takes it back
-//! (`teamlog exclude`, `teamlog include`, by the configuration register),
-//! while the clients write, the mover moves and the faults run. Each
-//! change makes the controller recover into a generation that follows it;
-//! a server taken back copies its team from its teammate. One server is
-//! left out at a time, so every team keeps one.
+//! (`teamlog exclude`, `teamlog include`), or takes a whole team out of
+//! the cluster and lets it back in (`teamlog scale`), by the
+//! configuration register, while the clients write, the mover moves and
+//! the faults run. Each change makes the controller recover into a
+//! generation that follows it; a server taken back copies its team from
+//! its teammate. One server or one team is out at a time, so every team
+//! keeps one server, and some team stays to hold the shards.
 //!
 //! ```text
 //!  0 ── faults ──▶ fault_end
 //!  operator: exclude storage-s ─(0.2–3 s)─▶ include storage-s ─(0.5–3 s)─▶ …
+//!         or team t leaving ─▶ (the recorded map names t nowhere, within 20 s)
+//!            exclude its servers ─(0.2–3 s)─▶ t back in, its servers included
 //!  after: every server taken back, in a generation (`every_server_back`, which also
 //!         waits out the controller's own exclusions of servers the faults silenced);
 //!         the final checks read them all
@@ -23,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::clock::now;
-use crate::layout::storage_ids;
+use crate::layout::{servers_of, storage_ids, TEAMS};
 use crate::net;
 use crate::trace::Trace;
 use crate::workload::LIVENESS;
@@ -34,6 +38,69 @@ const OPERATOR_STREAM: u64 = 0x6f70_6572;
 /// How long one write of the configuration may take before it is tried
 /// again.
 const WRITE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long a leaving team may take to hand over its shards before the
+/// operator lets it back in without leaving its servers out.
+const EMPTYING_PATIENCE: Duration = Duration::from_secs(20);
+
+/// One change the operator makes to the configuration.
+#[derive(Clone, Copy)]
+enum Change {
+    Exclude(u64),
+    Include(u64),
+    /// A team leaving (`teamlog scale --remove-servers`), its servers not
+    /// left out yet.
+    Leave(u64),
+    /// A team that left: its servers left out too.
+    ExcludeTeam(u64),
+    /// A team back in, its servers included.
+    Return(u64),
+}
+
+impl Change {
+    fn apply(self, c: &mut cluster::configuration::Configuration) {
+        match self {
+            Change::Exclude(server) => {
+                c.excluded_servers.insert(server);
+            }
+            Change::Include(server) => {
+                c.excluded_servers.remove(&server);
+            }
+            // The last team never leaves: its shards would have nowhere
+            // to go.
+            Change::Leave(team) if (c.leaving_teams.len() as u64) + 1 < TEAMS => {
+                c.leaving_teams.insert(team);
+            }
+            Change::Leave(_) => {}
+            Change::ExcludeTeam(team) => c.excluded_servers.extend(servers_of(team)),
+            Change::Return(team) => {
+                c.leaving_teams.remove(&team);
+                c.excluded_servers.retain(|s| !servers_of(team).contains(s));
+            }
+        }
+    }
+
+    /// Whether the change takes something out: those are not begun once
+    /// the faults stop.
+    fn takes_out(self) -> bool {
+        matches!(
+            self,
+            Change::Exclude(_) | Change::Leave(_) | Change::ExcludeTeam(_)
+        )
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Exclude(server) => write!(f, "exclude storage-{server}"),
+            Change::Include(server) => write!(f, "include storage-{server}"),
+            Change::Leave(team) => write!(f, "team-{team} leaving"),
+            Change::ExcludeTeam(team) => write!(f, "team-{team}'s servers excluded"),
+            Change::Return(team) => write!(f, "team-{team} back in"),
+        }
+    }
+}
 
 pub struct Operator {
     pub seed: u64,
@@ -65,56 +132,105 @@ impl Operator {
             if now() >= self.fault_end {
                 break;
             }
-            let server = servers[rng.random_range(0..servers.len())];
-            let excluded = self.change(&coordinators, server, true).await;
-            if excluded {
-                let away = Duration::from_millis(rng.random_range(200..3_000));
-                tokio::time::sleep(away).await;
-            }
-            // Also after an exclusion given up: a write whose answer was
-            // lost may have taken.
-            self.change(&coordinators, server, false).await;
-            if !excluded {
+            let went_on = match rng.random_bool(0.25) {
+                true => {
+                    let team = rng.random_range(1..=TEAMS);
+                    self.team_out_and_back(&coordinators, &mut rng, team).await
+                }
+                false => {
+                    let server = servers[rng.random_range(0..servers.len())];
+                    let excluded = self.change(&coordinators, Change::Exclude(server)).await;
+                    if excluded {
+                        let away = Duration::from_millis(rng.random_range(200..3_000));
+                        tokio::time::sleep(away).await;
+                    }
+                    // Also after an exclusion given up: a write whose
+                    // answer was lost may have taken.
+                    self.change(&coordinators, Change::Include(server)).await;
+                    excluded
+                }
+            };
+            if !went_on {
                 break;
             }
         }
     }
 
-    /// Writes the configuration with `server` left out or taken back,
-    /// again until it is written; a server is taken back within `LIVENESS`
-    /// after the faults (else the run has a violation), but one not yet
-    /// left out once the faults stop stays in (`false`).
-    async fn change(&self, coordinators: &CoordinatorClient, server: u64, exclude: bool) -> bool {
-        let verb = if exclude { "exclude" } else { "include" };
+    /// Takes `team` out of the cluster as `teamlog scale --remove-servers`
+    /// does (leaving; once the recorded shard map names it nowhere, its
+    /// servers left out), then lets it back in. Whether the faults still
+    /// ran when it began.
+    async fn team_out_and_back(
+        &self,
+        coordinators: &CoordinatorClient,
+        rng: &mut StdRng,
+        team: u64,
+    ) -> bool {
+        let left = self.change(coordinators, Change::Leave(team)).await;
+        if left && self.emptied(coordinators, team).await {
+            let excluded = self.change(coordinators, Change::ExcludeTeam(team)).await;
+            if excluded {
+                let away = Duration::from_millis(rng.random_range(200..3_000));
+                tokio::time::sleep(away).await;
+            }
+        }
+        // Also after a change given up: a write whose answer was lost may
+        // have taken.
+        self.change(coordinators, Change::Return(team)).await;
+        left
+    }
+
+    /// Waits until the shard map the controller recorded names `team`
+    /// nowhere, for up to `EMPTYING_PATIENCE` and while the faults run.
+    async fn emptied(&self, coordinators: &CoordinatorClient, team: u64) -> bool {
+        let deadline = now() + EMPTYING_PATIENCE;
+        let team = proto::StorageTeamId(team);
+        while now() < deadline.min(self.fault_end) {
+            let read = tokio::time::timeout(WRITE_PATIENCE, coordinators.read_core_state());
+            if let Ok(Ok((state, _))) = read.await {
+                let map = state.shard_map.map(|snapshot| snapshot.map());
+                if let Some(Ok(map)) = map {
+                    if !map.entries().any(|(_, a)| a.teams().any(|t| t == team)) {
+                        self.trace
+                            .note("operator", format!("{team} holds no shard"));
+                        return true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.trace.note(
+            "operator",
+            format!("{team} still holds shards; it is let back in"),
+        );
+        false
+    }
+
+    /// Writes `change` into the configuration, again until it is written.
+    /// What takes something back is written within `LIVENESS` after the
+    /// faults (else the run has a violation); what takes something out is
+    /// not begun once the faults stop (`false`).
+    async fn change(&self, coordinators: &CoordinatorClient, change: Change) -> bool {
         loop {
-            if exclude && now() >= self.fault_end {
+            if change.takes_out() && now() >= self.fault_end {
                 return false;
             }
             if now() >= self.fault_end + LIVENESS {
                 self.trace.violation(format!(
-                    "storage-{server} could not be taken back within {LIVENESS:?} after the faults"
+                    "{change} could not be written within {LIVENESS:?} after the faults"
                 ));
                 return false;
             }
-            let write = coordinators.update_configuration(|c| {
-                if exclude {
-                    c.excluded_servers.insert(server);
-                } else {
-                    c.excluded_servers.remove(&server);
-                }
-            });
+            let write = coordinators.update_configuration(|c| change.apply(c));
             match tokio::time::timeout(WRITE_PATIENCE, write).await {
                 Ok(Ok(_)) => {
-                    self.trace
-                        .note("operator", format!("{verb} storage-{server}"));
+                    self.trace.note("operator", change.to_string());
                     return true;
                 }
-                Ok(Err(e)) => self
-                    .trace
-                    .note("operator", format!("{verb} storage-{server} failed: {e}")),
+                Ok(Err(e)) => self.trace.note("operator", format!("{change} failed: {e}")),
                 Err(_) => self.trace.note(
                     "operator",
-                    format!("{verb} storage-{server}: no answer in {WRITE_PATIENCE:?}"),
+                    format!("{change}: no answer in {WRITE_PATIENCE:?}"),
                 ),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use client::{Client, ClientError};
 use cluster::ClusterFile;
+use coordinator::client::CoordinatorClient;
 use proto::rpc::{ErrorCode, GetValueRequest, Message};
 use proto::transport::{Peer, RpcError};
 use proto::{Mutation, Version};
@@ -85,6 +86,11 @@ impl Workload {
             seed: self.seed,
             fault_end: self.fault_end,
             trace: self.trace.clone(),
+            coordinators: CoordinatorClient::new(
+                &self.cluster.coordinator_addresses(),
+                net::client_config(),
+            )
+            .ok(),
         });
         let moves = async {
             if let Some(mover) = &mover {
