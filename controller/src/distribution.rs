@@ -400,6 +400,17 @@ mod tests {
         }
     }
 
+    /// The plan for a cluster with no team leaving and no move in flight.
+    fn plan_idle(teams: &[StorageTeamId], shards: &[ShardLoad]) -> Plan {
+        plan(
+            &settings(),
+            teams,
+            &BTreeSet::new(),
+            shards,
+            InFlight::Nothing,
+        )
+    }
+
     /// Each planned move's shard begin, source and destination.
     fn moved(plan: &Plan) -> Vec<(&[u8], StorageTeamId, StorageTeamId)> {
         let moves = plan.moves.iter();
@@ -461,13 +472,7 @@ mod tests {
         ];
         // Team 1 has 1700/s, team 3 none: half the difference is 850.
         // Then team 3 is the busiest, and holds no other shard to give.
-        let planned = plan(
-            &settings(),
-            &teams,
-            &BTreeSet::new(),
-            &shards,
-            InFlight::Nothing,
-        );
+        let planned = plan_idle(&teams, &shards);
         let [Move {
             begin, from, to, ..
         }] = planned.moves.as_slice()
@@ -507,13 +512,7 @@ mod tests {
         let mut hot = shard("a", "b", 1, 1_500, 0);
         hot.metrics.split_by_writes = Some(Bytes::from_static(b"a5"));
         let shards = [hot, shard("b", "c", 1, 600, 0)];
-        let planned = plan(
-            &settings(),
-            &teams,
-            &BTreeSet::new(),
-            &shards,
-            InFlight::Nothing,
-        );
+        let planned = plan_idle(&teams, &shards);
         assert_eq!(splits_at(&planned), [(&b"a"[..], &b"a5"[..])]);
         let moved: Vec<&[u8]> = planned.moves.iter().map(|m| m.begin.as_ref()).collect();
         assert_eq!(moved, [&b"b"[..]]);
@@ -525,28 +524,10 @@ mod tests {
         // One shard carries the whole difference: moving it only swaps
         // the teams' loads (it must be split first).
         let alone = [shard("a", "m", 1, 900, 0), shard("m", "z", 2, 0, 0)];
-        assert_eq!(
-            plan(
-                &settings(),
-                &teams,
-                &BTreeSet::new(),
-                &alone,
-                InFlight::Nothing
-            ),
-            Plan::default()
-        );
+        assert_eq!(plan_idle(&teams, &alone), Plan::default());
         // A difference below the threshold is left alone.
         let close = [shard("a", "m", 1, 150, 0), shard("m", "z", 1, 40, 0)];
-        assert_eq!(
-            plan(
-                &settings(),
-                &teams,
-                &BTreeSet::new(),
-                &close,
-                InFlight::Nothing
-            ),
-            Plan::default()
-        );
+        assert_eq!(plan_idle(&teams, &close), Plan::default());
     }
 
     #[test]
@@ -557,13 +538,7 @@ mod tests {
             shard("f", "m", 1, 100, 300_000),
             shard("m", "z", 2, 150, 100_000),
         ];
-        let planned = plan(
-            &settings(),
-            &teams,
-            &BTreeSet::new(),
-            &shards,
-            InFlight::Nothing,
-        );
+        let planned = plan_idle(&teams, &shards);
         let moved: Vec<_> = planned.moves.iter().map(|m| (&m.begin, m.to)).collect();
         assert_eq!(moved, [(&Bytes::from_static(b"f"), team(2))]);
     }
@@ -583,13 +558,7 @@ mod tests {
         ];
         // Eight even shards over three teams: 3, 3 and 2 is as even as
         // they go; a third move would only swap which team has two.
-        let planned = plan(
-            &settings(),
-            &teams,
-            &BTreeSet::new(),
-            &shards,
-            InFlight::Nothing,
-        );
+        let planned = plan_idle(&teams, &shards);
         let moved = moved(&planned);
         assert_eq!(
             moved,
@@ -684,13 +653,7 @@ mod tests {
             // [f, g) is moving, so not in the loads: no neighbours here.
             shard("g", "h", 1, 0, 0),
         ];
-        let planned = plan(
-            &settings(),
-            &teams,
-            &BTreeSet::new(),
-            &shards,
-            InFlight::Nothing,
-        );
+        let planned = plan_idle(&teams, &shards);
         assert_eq!(planned.moves, []);
         // [a, b) and [b, c) join; [c, d) waits for the next round, which
         // sees [a, c) as one.

@@ -31,14 +31,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::moves::ServerProgress;
+use client::moves::{MoveError, ServerProgress};
 use client::Client;
 use cluster::DistributionSettings;
 use coordinator::client::CoordinatorClient;
 use proto::key_text::escape;
 use proto::rpc::{KeyRange, MAX_SHARD_METRICS_RANGES};
 use proto::shard_map::ShardMap;
-use proto::StorageTeamId;
+use proto::{StorageTeamId, Version};
 
 use crate::distribution::{move_deadline, plan, InFlight, Move, ShardLoad};
 
@@ -343,11 +343,7 @@ impl Round {
                 escape(&split.at),
                 split.why
             );
-            let done = match self.client.split_shard(split.at).await {
-                Ok(Some(version)) => format!("at version {version}"),
-                Ok(None) => "there already".to_owned(),
-                Err(e) => format!("not made: {e}"),
-            };
+            let done = ended(self.client.split_shard(split.at).await, "there already");
             tracing::info!(%doing, %done, "the data distributor split a shard");
             round.push(format!("{doing}: {done}"));
         }
@@ -361,11 +357,8 @@ impl Round {
                 merge.team,
                 merge.why
             );
-            let done = match self.client.merge_shards(merge.begin, merge.at).await {
-                Ok(Some(version)) => format!("at version {version}"),
-                Ok(None) => "merged already".to_owned(),
-                Err(e) => format!("not made: {e}"),
-            };
+            let merged = self.client.merge_shards(merge.begin, merge.at).await;
+            let done = ended(merged, "merged already");
             tracing::info!(%doing, %done, "the data distributor merged two shards");
             round.push(format!("{doing}: {done}"));
         }
@@ -404,6 +397,16 @@ impl Round {
             }
         }
         Ok(shards)
+    }
+}
+
+/// How a split or a merge ended, for status: its version, `already` when
+/// the map was so already, or why it was not made.
+fn ended(outcome: Result<Option<Version>, MoveError>, already: &str) -> String {
+    match outcome {
+        Ok(Some(version)) => format!("at version {version}"),
+        Ok(None) => already.to_owned(),
+        Err(e) => format!("not made: {e}"),
     }
 }
 

@@ -91,10 +91,11 @@ impl Client {
                 let (left_teams, right_teams) = (source_teams(left), source_teams(right));
                 if left_teams != right_teams {
                     return Err(MoveError::NotMergeable(format!(
-                        "the shard before {at:?} is on {left_teams:?} and the one at it on {right_teams:?}"
+                        "the shard before {at:?} is on {left_teams:?}, the one at it on \
+                         {right_teams:?}"
                     )));
                 }
-        let boundary = key_servers_key(&at);
+                let boundary = key_servers_key(&at);
                 Ok(Some(vec![Mutation::ClearRange {
                     end: key_after(&boundary),
                     begin: boundary,
