@@ -1,7 +1,8 @@
 //! `teamlog sim` from the outside: 200 seeds of the simulated cluster with
 //! processes killed (TLogs losing what they had not synced), links cut and
-//! clogged and TLog fsyncs failing, in two processes at once, violate
-//! nothing, with the commit path pinned and with it recruited (and so
+//! clogged, fsyncs failing, stray peers, full disks and (recruited) the
+//! operator's exclusions and team removals, in two processes at once,
+//! violate nothing, with the commit path pinned and with it recruited (and so
 //! recovered) by the controller while key ranges move between teams; 20
 //! seeds of the recruited cluster with 30 s of every kind of fault
 //! violate nothing; one seed run twice prints the same trace digest, and
@@ -12,6 +13,9 @@ use std::process::{Command, Output};
 use testkit::seed_from_env;
 
 const SEEDS_PER_PROCESS: u64 = 100;
+
+/// The fault kinds `teamlog sim` draws from by default.
+const ALL_FAULTS: &str = "kill,cut,clog,fsync,junk,full,exclude";
 
 fn sim(args: &[String]) -> std::process::Child {
     Command::new(crate::exe())
@@ -28,10 +32,9 @@ fn show(output: &Output) -> String {
 }
 
 /// `SEEDS_PER_PROCESS` seeds from `first` in each of two processes at once,
-/// with kills, cuts, clogs and failed fsyncs, of a `cluster` cluster: none
-/// may fail.
+/// with every kind of fault, of a `cluster` cluster: none may fail.
 fn two_hundred_seeds_violate_nothing(cluster: &str, first: u64) {
-    seeds_violate_nothing(cluster, first, SEEDS_PER_PROCESS, "kill,cut,clog,fsync", 5);
+    seeds_violate_nothing(cluster, first, SEEDS_PER_PROCESS, ALL_FAULTS, 5);
 }
 
 /// `per_process` seeds from `first` in each of two processes at once, with
@@ -108,9 +111,6 @@ fn a_seed_replays_to_the_same_trace_in_another_process() {
         assert_eq!(digest(), digest(), "{cluster} cluster");
     }
 }
-
-/// The fault kinds `teamlog sim` draws from by default.
-const ALL_FAULTS: &str = "kill,cut,clog,fsync,junk,full,exclude";
 
 /// Seeds that once found a bug, with their cluster, seconds of faults and
 /// fault kinds: each stays a scenario worth replaying as the code changes
