@@ -1,6 +1,7 @@
 //! The operator: leaves a storage server out of its team and takes it back
-//! (`teamlog exclude`, `teamlog include`), or takes a whole team out of
-//! the cluster and lets it back in (`teamlog scale`), by the
+//! (`teamlog exclude`, `teamlog include`; the fault kind `exclude`), or
+//! takes a whole team out of the cluster and lets it back in (`teamlog
+//! scale`; the fault kind `scale`), by the
 //! configuration register, while the clients write, the mover moves and
 //! the faults run. Each change makes the controller recover into a
 //! generation that follows it; a server taken back copies its team from
@@ -103,6 +104,10 @@ impl std::fmt::Display for Change {
 }
 
 pub struct Operator {
+    /// Single servers left out and taken back (the fault kind `exclude`).
+    pub exclude: bool,
+    /// Whole teams taken out and let back in (the fault kind `scale`).
+    pub scale: bool,
     pub seed: u64,
     pub fault_end: Duration,
     pub cluster: ClusterFile,
@@ -132,7 +137,9 @@ impl Operator {
             if now() >= self.fault_end {
                 break;
             }
-            let went_on = match rng.random_bool(0.25) {
+            // With both kinds, a quarter of the changes take a team out.
+            let team_out = self.scale && (!self.exclude || rng.random_bool(0.25));
+            let went_on = match team_out {
                 true => {
                     let team = rng.random_range(1..=TEAMS);
                     self.team_out_and_back(&coordinators, &mut rng, team).await

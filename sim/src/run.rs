@@ -184,6 +184,7 @@ pub fn run(options: &SimOptions) -> RunReport {
     let workload = Workload {
         cluster,
         exclude: options.fault_kinds.exclude,
+        scale: options.fault_kinds.scale,
         clients: knobs.clients,
         seed: options.seed,
         fault_end: options.fault_window,

@@ -55,6 +55,9 @@ pub struct Workload {
     /// Whether an operator leaves storage servers out and takes them back
     /// (a recruited cluster only).
     pub exclude: bool,
+    /// Whether the operator takes whole teams out and lets them back in
+    /// (a recruited cluster only).
+    pub scale: bool,
     pub clients: usize,
     pub seed: u64,
     pub fault_end: Duration,
@@ -97,7 +100,10 @@ impl Workload {
                 mover.run(&client).await;
             }
         };
-        let operator = (self.exclude && self.cluster.is_recruited()).then(|| Operator {
+        let operating = (self.exclude || self.scale) && self.cluster.is_recruited();
+        let operator = operating.then(|| Operator {
+            exclude: self.exclude,
+            scale: self.scale,
             seed: self.seed,
             fault_end: self.fault_end,
             cluster: self.cluster.clone(),

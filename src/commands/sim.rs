@@ -30,8 +30,9 @@ pub struct SimArgs {
     /// protocol does not expect) and full (a TLog's disk with no room for
     /// another log segment, or a storage server's or a coordinator's for
     /// another write) and exclude (a recruited cluster's storage servers
-    /// left out of their teams and taken back, or a team emptied, taken
-    /// out and let back in, one at a time); empty runs without faults.
+    /// left out of their teams and taken back, one at a time); empty runs
+    /// without faults. Also scale, not drawn by default: a recruited
+    /// cluster's teams emptied, taken out and let back in, one at a time.
     #[arg(long, default_value = "kill,cut,clog,fsync,junk,full,exclude")]
     pub faults: String,
     /// Who places the commit path: `pinned` (the cluster file: TLogs,

@@ -1,7 +1,7 @@
 //! `teamlog sim` from the outside: 200 seeds of the simulated cluster with
 //! processes killed (TLogs losing what they had not synced), links cut and
 //! clogged, fsyncs failing, stray peers, full disks and (recruited) the
-//! operator's exclusions and team removals, in two processes at once,
+//! operator's exclusions, in two processes at once,
 //! violate nothing, with the commit path pinned and with it recruited (and so
 //! recovered) by the controller while key ranges move between teams; 20
 //! seeds of the recruited cluster with 30 s of every kind of fault
@@ -81,10 +81,10 @@ fn two_hundred_seeds_of_a_recruited_cluster_with_every_kind_of_fault_violate_not
     two_hundred_seeds_violate_nothing("recruited", seed_from_env() % (1 << 48));
 }
 
-/// Thirty simulated seconds of every kind of fault, stray peers, full
-/// disks and the operator's exclusions and team removals among them: long
-/// enough for servers to fail past their timeout and come back, teams to
-/// empty, and moves, merges and recoveries to pile up.
+/// Thirty simulated seconds of every kind of fault drawn by default,
+/// stray peers, full disks and the operator's exclusions among them:
+/// long enough for servers to fail past their timeout and come back, and
+/// for moves, merges and recoveries to pile up.
 #[test]
 fn twenty_recruited_seeds_with_thirty_seconds_of_every_kind_of_fault_violate_nothing() {
     seeds_violate_nothing("recruited", seed_from_env() % (1 << 48), 10, ALL_FAULTS, 30);
