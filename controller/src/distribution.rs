@@ -140,26 +140,26 @@ pub fn plan(
     let mut moves: Vec<Move> = Vec::new();
     // The shards as the planned moves leave them.
     let mut after: Vec<ShardLoad> = shards.to_vec();
+    // Only a leaving team's shards move while others' moves are under way.
+    let balancing = in_flight == InFlight::Nothing;
     while in_flight != InFlight::OwnMoves && moves.len() < settings.max_moves_in_flight {
         let movable = |s: &ShardLoad| {
             !splits.iter().any(|split| split.begin == s.begin)
                 && !moves.iter().any(|m| m.begin == s.begin)
         };
-        let balancing = in_flight == InFlight::Nothing;
-        let next = drain(&staying, leaving, &after, movable)
+        let next = drain(&staying, leaving, &after, movable).or_else(|| {
+            if !balancing {
+                return None;
+            }
+            balance(
+                &staying,
+                &after,
+                movable,
+                settings.min_imbalance_writes_per_sec,
+                |m| m.write_ops_per_sec,
+                "writes/s",
+            )
             .or_else(|| {
-                balancing.then_some(())?;
-                balance(
-                    &staying,
-                    &after,
-                    movable,
-                    settings.min_imbalance_writes_per_sec,
-                    |m| m.write_ops_per_sec,
-                    "writes/s",
-                )
-            })
-            .or_else(|| {
-                balancing.then_some(())?;
                 balance(
                     &staying,
                     &after,
@@ -168,7 +168,8 @@ pub fn plan(
                     |m| m.bytes,
                     "bytes",
                 )
-            });
+            })
+        });
         let Some(next) = next else {
             break;
         };
@@ -177,7 +178,7 @@ pub fn plan(
         }
         moves.push(next);
     }
-    let merges = match in_flight == InFlight::Nothing && moves.is_empty() {
+    let merges = match balancing && moves.is_empty() {
         true => merges(settings, shards, &splits),
         false => Vec::new(),
     };

@@ -124,6 +124,16 @@ impl Mover {
         }
     }
 
+    /// Whether the configuration says `team` is leaving; `false` when it
+    /// cannot be read, as `teamlog move` goes ahead then.
+    async fn leaving(&self, team: StorageTeamId) -> bool {
+        let Some(coordinators) = &self.coordinators else {
+            return false;
+        };
+        let read = tokio::time::timeout(READ_PATIENCE, coordinators.read_configuration());
+        matches!(read.await, Ok(Ok(c)) if c.leaving_teams.contains(&team.0))
+    }
+
     /// Waits until no shard over the keys is moving, until `deadline`;
     /// whether they settled. A move whose mover gave up with its outcome
     /// unknown is the move keeper's to finish or take back.
@@ -151,18 +161,6 @@ impl Mover {
                 }
             }
         }
-    }
-}
-
-impl Mover {
-    /// Whether the configuration says `team` is leaving; `false` when it
-    /// cannot be read, as `teamlog move` goes ahead then.
-    async fn leaving(&self, team: StorageTeamId) -> bool {
-        let Some(coordinators) = &self.coordinators else {
-            return false;
-        };
-        let read = tokio::time::timeout(READ_PATIENCE, coordinators.read_configuration());
-        matches!(read.await, Ok(Ok(c)) if c.leaving_teams.contains(&team.0))
     }
 }
 

@@ -220,8 +220,14 @@ pub async fn gather(
             _ => None,
         })
     }));
-    let (coordinators, sequencer, proxies, tlogs, storage) =
-        tokio::join!(coordinators, sequencer, proxies, tlogs, storage);
+    let failed = async {
+        match cluster.is_recruited() {
+            true => failed_servers(cluster, transport, timeout).await,
+            false => Vec::new(),
+        }
+    };
+    let (coordinators, sequencer, proxies, tlogs, storage, failed) =
+        tokio::join!(coordinators, sequencer, proxies, tlogs, storage, failed);
 
     let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
     let coordinators: Vec<_> = cluster
@@ -276,7 +282,7 @@ pub async fn gather(
                 let problem = storage_problem(&status);
                 (status, problem)
             });
-            if path.failed_servers.contains(&entry.id) {
+            if failed.contains(&entry.id) {
                 server.failed = true;
                 server.healthy = false;
                 server.error = Some(FAILED.to_owned());
@@ -343,9 +349,6 @@ struct CommitPathAddresses {
     tlogs: Vec<SocketAddr>,
     /// The storage servers the current generation leaves out.
     excluded_servers: Vec<u64>,
-    /// The storage servers the controller left out because they did not
-    /// answer, by the configuration (none when it could not be read).
-    failed_servers: Vec<u64>,
 }
 
 /// Why a storage server the controller left out is unhealthy.
@@ -363,7 +366,6 @@ async fn commit_path(
             proxies: cluster.proxies.iter().map(|p| (p.id, p.address)).collect(),
             tlogs: cluster.tlog_addresses(),
             excluded_servers: Vec::new(),
-            failed_servers: Vec::new(),
         };
     }
     let mut failures = Vec::new();
@@ -384,7 +386,6 @@ async fn commit_path(
                     proxies: (1..).zip(info.proxies).collect(),
                     tlogs: info.tlogs,
                     excluded_servers: info.excluded_servers,
-                    failed_servers: failed_servers(cluster, transport, timeout).await,
                 };
             }
             Ok(Ok(other)) => failures.push(format!(
@@ -407,7 +408,6 @@ async fn commit_path(
         proxies: Vec::new(),
         tlogs: Vec::new(),
         excluded_servers: Vec::new(),
-        failed_servers: Vec::new(),
     }
 }
 
