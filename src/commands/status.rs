@@ -79,7 +79,11 @@
 //! `truncation_blocker` is null when nothing holds truncation back. A
 //! storage server's lag is the committed version it learned from the
 //! sequencer (the sequencer's own when it could not) minus its applied
-//! version, and in seconds at 1,000,000 versions a second.
+//! version, and in seconds at 1,000,000 versions a second. Neither that lag
+//! nor the sequencer's counts the versions a recovery skipped (those
+//! between a generation's first version and the floor its sequencer hands
+//! out above): no commit is at any of them, so a server that has not yet
+//! applied the new generation's first commit is not seconds behind.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -226,8 +230,21 @@ pub async fn gather(
             false => Vec::new(),
         }
     };
-    let (coordinators, sequencer, proxies, tlogs, storage, failed) =
-        tokio::join!(coordinators, sequencer, proxies, tlogs, storage, failed);
+    let skipped = async {
+        match cluster.is_recruited() {
+            true => skipped_versions(cluster, transport, timeout).await,
+            false => SkippedVersions::default(),
+        }
+    };
+    let (coordinators, sequencer, proxies, tlogs, storage, failed, skipped) = tokio::join!(
+        coordinators,
+        sequencer,
+        proxies,
+        tlogs,
+        storage,
+        failed,
+        skipped
+    );
 
     let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
     let coordinators: Vec<_> = cluster
@@ -247,7 +264,10 @@ pub async fn gather(
         path.sequencer
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
         sequencer,
-        |r| (r, sequencer_problem(&r)),
+        |r| {
+            let problem = sequencer_problem(&r, &skipped);
+            (r, problem)
+        },
     );
     let proxies: Vec<_> = path
         .proxies
@@ -278,7 +298,7 @@ pub async fn gather(
         .zip(storage)
         .map(|(entry, reply)| {
             let mut server = process("storage", Some(entry.id), entry.address, reply, |r| {
-                let status = storage_status(r, committed);
+                let status = storage_status(r, committed, &skipped);
                 let problem = storage_problem(&status);
                 (status, problem)
             });
@@ -430,6 +450,53 @@ async fn failed_servers(
     }
 }
 
+/// The versions recoveries skipped, from the coordinators' core state;
+/// none when they do not answer within `timeout` (a lag across a recovery
+/// then shows as the versions it skipped).
+async fn skipped_versions(
+    cluster: &ClusterFile,
+    transport: &ClientConfig,
+    timeout: Duration,
+) -> SkippedVersions {
+    let Ok(coordinators) =
+        CoordinatorClient::new(&cluster.coordinator_addresses(), transport.clone())
+    else {
+        return SkippedVersions::default();
+    };
+    match tokio::time::timeout(timeout, coordinators.read_core_state()).await {
+        Ok(Ok((core, _))) => SkippedVersions::of(&core.generations),
+        _ => SkippedVersions::default(),
+    }
+}
+
+/// The spans of versions no commit is at: each generation's versions above
+/// the one it chains from, up to and including the floor its sequencer
+/// hands out above.
+#[derive(Debug, Default)]
+pub struct SkippedVersions(Vec<(Version, Version)>);
+
+impl SkippedVersions {
+    pub fn of(generations: &[cluster::core_state::Generation]) -> Self {
+        Self(
+            generations
+                .iter()
+                .filter(|g| g.floor > g.begin_version)
+                .map(|g| (g.begin_version, g.floor))
+                .collect(),
+        )
+    }
+
+    /// How many versions in `(from, to]` a commit may be at.
+    fn between(&self, from: Version, to: Version) -> u64 {
+        let skipped: u64 = self
+            .0
+            .iter()
+            .map(|(after, upto)| upto.0.min(to.0).saturating_sub(after.0.max(from.0)))
+            .sum();
+        to.0.saturating_sub(from.0).saturating_sub(skipped)
+    }
+}
+
 /// A process's row: what it answered, judged by `judge` (the status to
 /// show and, when something is wrong, what).
 fn process<R, T>(
@@ -496,9 +563,9 @@ fn coordinator_problem(r: &CoordinatorStatusReply) -> Option<String> {
 /// A version handed out but never committed stops every later commit (each
 /// TLog takes versions in chain order). Once versions are `MAX_VERSIONS_AHEAD`
 /// past the committed one, the sequencer also refuses new ones.
-fn sequencer_problem(r: &SequencerStatusReply) -> Option<String> {
+fn sequencer_problem(r: &SequencerStatusReply, skipped: &SkippedVersions) -> Option<String> {
     let ahead = r.last_version.0.saturating_sub(r.committed_version.0);
-    let behind = ahead as f64 / VERSIONS_PER_SECOND;
+    let behind = skipped.between(r.committed_version, r.last_version) as f64 / VERSIONS_PER_SECOND;
     let refusing = match ahead >= MAX_VERSIONS_AHEAD {
         true => "; the sequencer refuses new versions until the committed version moves",
         false => "",
@@ -574,14 +641,12 @@ fn storage_problem(s: &StorageStatus) -> Option<String> {
 fn storage_status(
     mut reply: StorageStatusReply,
     sequencer_committed: Option<u64>,
+    skipped: &SkippedVersions,
 ) -> StorageStatus {
     if reply.committed_version == Version::ZERO {
         reply.committed_version = Version(sequencer_committed.unwrap_or(0));
     }
-    let lag = reply
-        .committed_version
-        .0
-        .saturating_sub(reply.applied_version.0);
+    let lag = skipped.between(reply.applied_version, reply.committed_version);
     StorageStatus {
         reply,
         lag_versions: lag,

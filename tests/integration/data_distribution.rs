@@ -547,7 +547,8 @@ async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_ta
         .collect();
     ensure!(
         healthy && excluded == [100, 101],
-        "status after team 1 left: excluded {excluded:?}, {json:#}"
+        "status after team 1 left: excluded {excluded:?}, unhealthy {:?}",
+        crate::status::unhealthy_processes(&json)
     );
     println!("team 1 left after {:?}: {said}", started.elapsed());
     let map = recorded_map(&cluster).await?.context("a recorded map")?;

@@ -58,6 +58,15 @@ pub(crate) async fn status_json(cluster: &Path) -> Result<(bool, Value)> {
     Ok((output.status.success(), json))
 }
 
+/// Each unhealthy process of a `status --json` reply, as `role id: error`.
+pub(crate) fn unhealthy_processes(json: &Value) -> Vec<String> {
+    every_process(json)
+        .into_iter()
+        .filter(|p| p["healthy"] != true)
+        .map(|p| format!("{} {}: {}", p["role"], p["id"], p["error"]))
+        .collect()
+}
+
 fn every_process(json: &Value) -> Vec<&Value> {
     let mut all = vec![&json["sequencer"]];
     for list in ["coordinators", "proxies", "tlogs", "storage_servers"] {

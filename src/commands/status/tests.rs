@@ -2,6 +2,8 @@ use super::*;
 use proto::rpc::TeamStatus;
 use proto::{ProxyId, StorageServerId, StorageTeamId};
 
+const NOTHING_SKIPPED: SkippedVersions = SkippedVersions(Vec::new());
+
 fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
     StorageStatusReply {
         server: StorageServerId(100),
@@ -21,13 +23,43 @@ fn storage_reply(applied: u64, committed: u64) -> StorageStatusReply {
 
 #[test]
 fn lag_uses_the_servers_committed_version_or_else_the_sequencers() {
-    let own = storage_status(storage_reply(1_000, 2_501_000), Some(9_000_000));
+    let own = storage_status(
+        storage_reply(1_000, 2_501_000),
+        Some(9_000_000),
+        &NOTHING_SKIPPED,
+    );
     assert_eq!(own.lag_versions, 2_500_000);
     assert!((own.lag_seconds - 2.5).abs() < 1e-9);
-    let fallback = storage_status(storage_reply(1_000, 0), Some(3_000));
+    let fallback = storage_status(storage_reply(1_000, 0), Some(3_000), &NOTHING_SKIPPED);
     assert_eq!(fallback.lag_versions, 2_000);
-    let ahead = storage_status(storage_reply(5_000, 4_000), None);
+    let ahead = storage_status(storage_reply(5_000, 4_000), None, &NOTHING_SKIPPED);
     assert_eq!(ahead.lag_versions, 0);
+}
+
+#[test]
+fn the_versions_a_recovery_skipped_are_no_lag() {
+    // Generation 2 chains from 22_054_670; its sequencer hands out versions
+    // above 32_054_670.
+    let skipped = SkippedVersions(vec![(Version(22_054_670), Version(32_054_670))]);
+    let waiting = storage_status(storage_reply(22_054_670, 32_054_671), None, &skipped);
+    assert_eq!(waiting.lag_versions, 1);
+    assert_eq!(storage_problem(&waiting), None);
+    let behind = storage_status(storage_reply(15_000_000, 32_554_671), None, &skipped);
+    assert_eq!(behind.lag_versions, 7_054_670 + 500_001);
+    assert!(storage_problem(&behind).unwrap().starts_with("behind"));
+    let after = storage_status(storage_reply(32_054_671, 32_054_681), None, &skipped);
+    assert_eq!(after.lag_versions, 10);
+
+    let chain = |last: u64, committed: u64| SequencerStatusReply {
+        last_version: Version(last),
+        committed_version: Version(committed),
+    };
+    assert_eq!(
+        sequencer_problem(&chain(32_054_671, 22_054_670), &skipped),
+        None
+    );
+    let stalled = sequencer_problem(&chain(38_000_000, 22_054_670), &skipped).unwrap();
+    assert!(stalled.contains("5.9 s of versions ago"), "{stalled}");
 }
 
 #[test]
@@ -36,11 +68,14 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         last_version: Version(last),
         committed_version: Version(committed),
     };
-    assert_eq!(sequencer_problem(&chain(5_000_000, 1_000_000)), None);
-    let stalled = sequencer_problem(&chain(7_000_000, 1_000_000)).unwrap();
+    assert_eq!(
+        sequencer_problem(&chain(5_000_000, 1_000_000), &NOTHING_SKIPPED),
+        None
+    );
+    let stalled = sequencer_problem(&chain(7_000_000, 1_000_000), &NOTHING_SKIPPED).unwrap();
     assert!(stalled.starts_with("commit chain stalled"), "{stalled}");
     assert!(!stalled.contains("refuses"), "{stalled}");
-    let refusing = sequencer_problem(&chain(11_000_000, 1_000_000)).unwrap();
+    let refusing = sequencer_problem(&chain(11_000_000, 1_000_000), &NOTHING_SKIPPED).unwrap();
     assert!(
         refusing.ends_with("the sequencer refuses new versions until the committed version moves"),
         "{refusing}"
@@ -85,21 +120,21 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         Some("stalled, commits wait: no space for log segment 9")
     );
 
-    let fine = storage_status(storage_reply(1_000_000, 5_000_000), None);
+    let fine = storage_status(storage_reply(1_000_000, 5_000_000), None, &NOTHING_SKIPPED);
     assert_eq!(storage_problem(&fine), None);
-    let lagging = storage_status(storage_reply(1_000_000, 7_000_000), None);
+    let lagging = storage_status(storage_reply(1_000_000, 7_000_000), None, &NOTHING_SKIPPED);
     assert!(storage_problem(&lagging).unwrap().starts_with("behind"));
     let mut reply = storage_reply(1_000, 1_000);
     let mut full = storage_reply(1_000, 1_000);
     full.stalled = Some("no space left on the disk".into());
     assert_eq!(
-        storage_problem(&storage_status(full, None)).as_deref(),
+        storage_problem(&storage_status(full, None, &NOTHING_SKIPPED)).as_deref(),
         Some("stalled, nothing becomes durable: no space left on the disk")
     );
     let mut rebuilding = storage_reply(1_000, 1_000);
     rebuilding.rebuilding = Some("team-1 from ss-101: 7 pairs".into());
     assert_eq!(
-        storage_problem(&storage_status(rebuilding, None)).as_deref(),
+        storage_problem(&storage_status(rebuilding, None, &NOTHING_SKIPPED)).as_deref(),
         Some("rebuilding from its teammates, serves no reads: team-1 from ss-101: 7 pairs")
     );
     let mut held_back = storage_reply(1_000, 1_000);
@@ -117,18 +152,18 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
     };
     held_back.adding = vec![adding.clone()];
     assert_eq!(
-        storage_problem(&storage_status(held_back.clone(), None)),
+        storage_problem(&storage_status(held_back.clone(), None, &NOTHING_SKIPPED)),
         None
     );
     let mut stuck = held_back.clone();
     stuck.adding[0].idle_ms = 45_000;
     assert_eq!(
-        storage_problem(&storage_status(stuck.clone(), None)).as_deref(),
+        storage_problem(&storage_status(stuck.clone(), None, &NOTHING_SKIPPED)).as_deref(),
         Some("the copy of [c, h\\x00) for a move got no page for 45 s (no versions to install its last page at, or its source too slow)")
     );
     stuck.adding[0].ready = true;
     assert_eq!(
-        storage_problem(&storage_status(stuck, None)),
+        storage_problem(&storage_status(stuck, None, &NOTHING_SKIPPED)),
         None,
         "a ready copy waits for its flip"
     );
@@ -137,11 +172,11 @@ fn a_stuck_chain_a_locked_or_poisoned_tlog_and_a_stopped_or_lagging_server_are_n
         ..adding
     });
     assert_eq!(
-        storage_problem(&storage_status(held_back, None)).as_deref(),
+        storage_problem(&storage_status(held_back, None, &NOTHING_SKIPPED)).as_deref(),
         Some("the copy of [c, h\\x00) for a move is held back: no other server holds the range to copy it from")
     );
     reply.stopped = Some("write failed: disk full".into());
-    let stopped = storage_status(reply, None);
+    let stopped = storage_status(reply, None, &NOTHING_SKIPPED);
     assert_eq!(
         storage_problem(&stopped).unwrap(),
         "stopped applying: write failed: disk full"
@@ -207,7 +242,7 @@ fn the_table_shows_health_errors_and_teams() {
                 last_version: Version(43),
                 committed_version: Version(42),
             };
-            (reply, sequencer_problem(&reply))
+            (reply, sequencer_problem(&reply, &NOTHING_SKIPPED))
         }),
         proxies: vec![process("proxy", Some(1), addr, Ok(()), |()| {
             let reply = ProxyStatusReply {
@@ -313,7 +348,7 @@ fn the_table_shows_health_errors_and_teams() {
         serde_json::Value::Null
     );
     assert_eq!(json["coordinators"][0]["status"]["term"], 4);
-    let storage = storage_status(storage_reply(1_000, 0), Some(3_000));
+    let storage = storage_status(storage_reply(1_000, 0), Some(3_000), &NOTHING_SKIPPED);
     let json = serde_json::to_value(&storage).unwrap();
     assert_eq!(json["committed_version"], 3_000);
     assert_eq!(json["lag_versions"], 2_000);
