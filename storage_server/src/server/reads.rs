@@ -32,10 +32,13 @@ impl<E: KvEngine> StorageService<E> {
                 format!("generation {epoch} leaves this server out of its teams"),
             ));
         }
-        if let Some(what) = self.inner.rebuilding() {
+        // Not what the copy is at: that names a teammate's own answer,
+        // so two teammates rebuilding from each other would nest their
+        // errors without end.
+        if self.inner.rebuilding().is_some() {
             return Err(ErrorReply::new(
                 ErrorCode::FutureVersion,
-                format!("version {version} is not applied: rebuilding from teammates ({what})"),
+                format!("version {version} is not applied: rebuilding from teammates"),
             ));
         }
         let reached = tokio::time::timeout(
