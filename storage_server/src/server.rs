@@ -456,16 +456,14 @@ impl<E: KvEngine> Inner<E> {
         self.copy_progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether reads of `[begin, end)` (of `begin` alone when empty) at
-    /// `version` are this server's to answer: its teams own the keys then,
-    /// and none lies in a range still being copied here.
-    fn serves(&self, begin: &[u8], end: &[u8], version: Version) -> bool {
-        let owned = if begin == end {
+    /// Whether this server's teams own `[begin, end)` (`begin` alone when
+    /// empty) at `version`.
+    fn owns(&self, begin: &[u8], end: &[u8], version: Version) -> bool {
+        if begin == end {
             self.ownership().owns_key(begin, version)
         } else {
             self.ownership().owns(begin, end, version)
-        };
-        owned && !self.adding().overlaps_missing(begin, end, version)
+        }
     }
 
     /// Writes what ranges being added and given away have due at the

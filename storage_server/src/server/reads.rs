@@ -64,9 +64,24 @@ impl<E: KvEngine> StorageService<E> {
     /// advances before the map forgets), not as another server's keys:
     /// the client then reads at a newer version instead of looking for
     /// another server.
+    ///
+    /// Keys its teams own but whose copy it installed after `version`, or
+    /// has not installed yet (a move's flip came before this server's copy
+    /// was done: it rebuilt, or restarted, after it said it was ready), are
+    /// refused as too old: this server will serve them at later versions,
+    /// and its teammates serve them now.
     fn check_serves(&self, begin: &[u8], end: &[u8], version: Version) -> Result<(), ErrorReply> {
-        if self.inner.serves(begin, end, version) {
-            return Ok(());
+        if self.inner.owns(begin, end, version) {
+            if !self.inner.adding().overlaps_missing(begin, end, version) {
+                return Ok(());
+            }
+            return Err(ErrorReply::new(
+                ErrorCode::TransactionTooOld,
+                format!(
+                    "this server's copy of those keys, which it was given by a move, \
+                     holds them only after version {version}"
+                ),
+            ));
         }
         self.inner
             .store()
