@@ -69,6 +69,12 @@ pub enum MoveError {
     /// neighbours as named, or are held by different teams.
     #[error("not merged: {0}")]
     NotMergeable(String),
+    /// The current generation leaves every server of the destination team
+    /// out: none would copy the range, so none would hold it after the flip.
+    #[error(
+        "every server of {0} is left out of the current generation; nothing would copy the range"
+    )]
+    TeamLeftOut(StorageTeamId),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -286,6 +292,9 @@ impl Client {
         // for the others.
         let excluded = self.path.route().await?.excluded.clone();
         destination.retain(|server| !excluded.contains(server));
+        if destination.is_empty() {
+            return Err(MoveError::TeamLeftOut(to));
+        }
         let mut plan = Vec::new();
         let (started, mut known) = self
             .commit_on_view(&begin, &end, None, |view| {
@@ -320,6 +329,7 @@ impl Client {
             deadline,
             self.wait_until_copied(
                 (&begin, &end),
+                started,
                 &plan,
                 to,
                 &destination,
@@ -332,7 +342,7 @@ impl Client {
             Ok(Ok(Copied::FlippedByAnother(flipped))) => Ok(MoveOutcome {
                 started: Some(started),
                 flipped: Some(flipped),
-                servers: self.progress_of(&plan, &destination).await,
+                servers: self.progress_of(&plan, &destination, started).await,
             }),
             Ok(Ok(Copied::Ready(servers))) => {
                 let flip = plan
@@ -366,11 +376,11 @@ impl Client {
                     return Ok(MoveOutcome {
                         started: Some(started),
                         flipped: Some(flipped),
-                        servers: self.progress_of(&plan, &destination).await,
+                        servers: self.progress_of(&plan, &destination, started).await,
                     });
                 }
                 let why = self
-                    .progress_of(&plan, &destination)
+                    .progress_of(&plan, &destination, started)
                     .await
                     .iter()
                     .filter(|s| !s.ready)
@@ -542,6 +552,7 @@ impl Client {
     async fn wait_until_copied(
         &self,
         (begin, end): (&Bytes, &Bytes),
+        started: Version,
         plan: &[Piece],
         to: StorageTeamId,
         destination: &[StorageServerId],
@@ -551,7 +562,7 @@ impl Client {
         let start = with_destination(plan, vec![to]);
         let mut last_nudge = tokio::time::Instant::now();
         loop {
-            let servers = self.progress_of(plan, destination).await;
+            let servers = self.progress_of(plan, destination, started).await;
             progress(&servers);
             if servers.iter().all(|s| s.ready) {
                 return Ok(Copied::Ready(servers));
@@ -574,11 +585,15 @@ impl Client {
     }
 
     /// How each destination server stands with the pieces. A server that
-    /// is in a piece's source team holds it already.
+    /// is in a piece's source team holds it already. One that has not
+    /// applied the move's start (committed at `started`) is not ready,
+    /// whatever it says of ranges it was adding before: the start may
+    /// have cut those into new ranges it copies afresh.
     async fn progress_of(
         &self,
         pieces: &[Piece],
         destination: &[StorageServerId],
+        started: Version,
     ) -> Vec<ServerProgress> {
         let mut servers = Vec::new();
         for id in destination {
@@ -632,6 +647,13 @@ impl Client {
                                 standing.size_left = None;
                             }
                         }
+                    }
+                    if status.applied_version < started {
+                        ready = false;
+                        standing.problem = Some(format!(
+                            "has not applied the move's start at {started} yet (applied {})",
+                            status.applied_version
+                        ));
                     }
                     if let Some(stopped) = status.stopped {
                         standing.problem = Some(format!("stopped applying: {stopped}"));

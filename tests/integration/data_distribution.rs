@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
+use client::moves::MoveError;
 use client::Client;
 use cluster::{ClusterFile, DistributionSettings};
 use coordinator::client::CoordinatorClient;
@@ -569,6 +570,21 @@ async fn a_team_taken_out_under_writes_hands_over_every_shard_and_let_back_in_ta
     ensure!(
         !onto.status.success() && said.contains("team 1 is leaving"),
         "a move onto the leaving team was not refused: {said}"
+    );
+    // Nor by a mover that does not ask whether it is leaving: none of its
+    // servers would copy the range, and the flip would leave it nowhere.
+    let unheld = client
+        .move_range(
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"b"),
+            StorageTeamId(1),
+            DEADLINE,
+            |_| {},
+        )
+        .await;
+    ensure!(
+        matches!(unheld, Err(MoveError::TeamLeftOut(StorageTeamId(1)))),
+        "a move onto a team whose servers are all left out was not refused: {unheld:?}"
     );
     let model = writers.stop().await?;
     check_replicas(&cluster, &client, &model, started).await?;
