@@ -16,6 +16,8 @@ const SEEDS_PER_PROCESS: u64 = 100;
 
 /// The fault kinds `teamlog sim` draws from by default.
 const ALL_FAULTS: &str = "kill,cut,clog,fsync,junk,full,exclude";
+/// Every kind, team removals included.
+const SCALE_FAULTS: &str = "kill,cut,clog,fsync,junk,full,exclude,scale";
 
 fn sim(args: &[String]) -> std::process::Child {
     Command::new(crate::exe())
@@ -131,6 +133,18 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, &str, u64, &str)] = &[
     // heard before the restart, after taking it back: the final reads met
     // it out.
     (202639263427259, "recruited", 5, "kill,cut,clog,fsync"),
+    // A move taking over shards already moving to the same team cut them
+    // into new ranges, which the destination copied afresh; the mover took
+    // a status from before the start as ready and flipped the map, and
+    // the shards were held by a server that had not copied them.
+    (360079, "recruited", 60, ALL_FAULTS),
+    // Likewise, with the only teammate that had copied them left out and
+    // starting over from the other: both waited on each other for good.
+    (360081, "recruited", 60, ALL_FAULTS),
+    // A move onto a team that had just come back, its servers still left
+    // out of the generation, waited on no server and flipped the map at
+    // once: no server held the range.
+    (360007, "recruited", 60, SCALE_FAULTS),
 ];
 
 #[test]
