@@ -30,6 +30,8 @@ use proto::rpc::AddingRangeStatus;
 use proto::system_keys::USER_KEYS_END;
 use proto::{Mutation, Version};
 
+use crate::ownership::ranges_left;
+
 const FORMAT: u8 = 1;
 
 /// A page of a range, read from a source at `version`.
@@ -133,25 +135,40 @@ impl AddingRanges {
     /// Makes the ranges being added `wanted` (after a shard-map change at
     /// `version`), and clears `given_away` after it. A range no longer
     /// wanted stops being added once complete (the map flipped to this
-    /// server) or when it is no longer this server's at all (`held` says
-    /// whether it is); an incomplete one still held goes on, copying from
-    /// whoever holds it now.
+    /// server) or when none of it is this server's (in `held`, the key
+    /// ranges its teams hold or are adding, in key order); an incomplete
+    /// one this server still holds whole, and none of which it is adding
+    /// anew, goes on, copying from whoever holds it now. Of an incomplete
+    /// one that a change cut up (part given away, or part wanted anew as
+    /// its own range: a move that took over another's start), the parts
+    /// still held and not wanted anew are copied afresh as ranges of
+    /// their own: ranges being added never overlap, so each mutation is
+    /// buffered, and redone over its page, once.
     pub fn reconcile(
         &mut self,
         version: Version,
         wanted: &[(Bytes, Bytes)],
-        held: impl Fn(&[u8], &[u8]) -> bool,
+        held: &[(Bytes, Bytes)],
         given_away: Vec<(Bytes, Bytes)>,
     ) {
-        let leaving: Vec<Bytes> = self
-            .ranges
-            .iter()
-            .filter(|(begin, adding)| {
-                let still_wanted = wanted.iter().any(|(b, e)| b == *begin && *e == adding.end);
-                !still_wanted && (adding.complete() || !held(begin, &adding.end))
-            })
-            .map(|(begin, _)| begin.clone())
-            .collect();
+        let mut leaving = Vec::new();
+        let mut afresh = Vec::new();
+        for (begin, adding) in &self.ranges {
+            if wanted.iter().any(|(b, e)| b == begin && *e == adding.end) {
+                continue;
+            }
+            let whole = [(begin.clone(), adding.end.clone())];
+            let held_parts = ranges_left(&whole, &ranges_left(&whole, held));
+            if adding.complete() || held_parts.is_empty() {
+                leaving.push(begin.clone());
+                continue;
+            }
+            let going_on = ranges_left(&held_parts, wanted);
+            if going_on != whole {
+                leaving.push(begin.clone());
+                afresh.extend(going_on);
+            }
+        }
         for begin in leaving {
             if let Some(adding) = self.ranges.remove(&begin) {
                 self.retired.push(Retired {
@@ -161,7 +178,7 @@ impl AddingRanges {
                 });
             }
         }
-        for (begin, end) in wanted {
+        for (begin, end) in wanted.iter().chain(&afresh) {
             self.ranges.entry(begin.clone()).or_insert_with(|| Adding {
                 end: end.clone(),
                 since: version,

@@ -36,7 +36,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use bytes::Bytes;
 use cluster::{ClusterFile, ClusterFileError};
 use cursor::{
     CursorError, GenerationSource, MutableTeamPeekCursor, Ordered, PeekCursor, SourceError,
@@ -275,7 +274,7 @@ impl<E: KvEngine> StorageService<E> {
         };
         let ownership = Ownership::new(map, teams.clone(), durable);
         let (wanted, held) = ownership.ranges_now();
-        adding.reconcile(durable, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
+        adding.reconcile(durable, &wanted, &held, Vec::new());
         tracing::info!(server = %config.id, %durable, ?teams, "storage server resuming");
         let generations = Generations::new(
             config.logs.clone(),
@@ -694,7 +693,7 @@ impl<E: KvEngine> Inner<E> {
         let mut adding = self.adding();
         adding.rollback_to(to);
         let (wanted, held) = ownership.ranges_now();
-        adding.reconcile(to, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
+        adding.reconcile(to, &wanted, &held, Vec::new());
         drop((adding, ownership, store));
         self.adding_changed.notify_one();
         self.applied.set(to);
@@ -716,15 +715,8 @@ fn settle_changes(ownership: &mut Ownership, adding: &mut AddingRanges) -> Resul
     ownership.settle().map_err(|e| e.to_string())?;
     let (wanted, held) = ownership.ranges_now();
     let given_away = ranges_left(&held_before, &held);
-    adding.reconcile(version, &wanted, |b, e| overlaps(&held, b, e), given_away);
+    adding.reconcile(version, &wanted, &held, given_away);
     Ok(())
-}
-
-/// Whether `[begin, end)` meets any of `ranges`.
-fn overlaps(ranges: &[(Bytes, Bytes)], begin: &[u8], end: &[u8]) -> bool {
-    ranges
-        .iter()
-        .any(|(b, e)| b.as_ref() < end && begin < e.as_ref())
 }
 
 /// Publishes the lag behind the committed version, which only the sequencer

@@ -8,6 +8,11 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
+/// Held ranges covering every key.
+fn everything() -> Vec<(Bytes, Bytes)> {
+    vec![(b(""), Bytes::from_static(USER_KEYS_END))]
+}
+
 fn set(key: &str, value: &str) -> Mutation {
     Mutation::SetValue {
         key: b(key),
@@ -151,7 +156,7 @@ proptest! {
             apply(&mut dest, m);
         }
         let mut adding = AddingRanges::new(buffer_limit);
-        adding.reconcile(Version::ZERO, &[(b(range_begin), b(range_end))], |_, _| true, Vec::new());
+        adding.reconcile(Version::ZERO, &[(b(range_begin), b(range_end))], &everything(), Vec::new());
         let mut applied = 0u64;
         let fetch = |adding: &mut AddingRanges, limit: usize, version: u64| {
             if let Some(request) = adding.next_request() {
@@ -203,7 +208,7 @@ proptest! {
 #[test]
 fn mutations_outside_the_missing_part_apply_and_inside_wait() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     assert_eq!(
         adding.route(Version(11), set("a", "1")),
         vec![set("a", "1")]
@@ -223,7 +228,7 @@ fn mutations_outside_the_missing_part_apply_and_inside_wait() {
 #[test]
 fn a_page_waits_for_its_version_and_brings_what_followed() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     assert!(adding.route(Version(11), set("d", "old")).is_empty());
     let request = adding.next_request().unwrap();
     assert_eq!(request.min_version, Version(10));
@@ -257,7 +262,7 @@ fn a_page_waits_for_its_version_and_brings_what_followed() {
 #[test]
 fn stale_pages_are_refused() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     let request = adding.next_request().unwrap();
     let page = |begin: &str, version| Page {
         begin: b(begin),
@@ -280,7 +285,7 @@ fn stale_pages_are_refused() {
 #[test]
 fn an_overflowing_buffer_is_dropped_and_later_pages_read_above_it() {
     let mut adding = AddingRanges::new(4);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     let request = adding.next_request().unwrap();
     let page = Page {
         begin: b("c"),
@@ -299,7 +304,7 @@ fn an_overflowing_buffer_is_dropped_and_later_pages_read_above_it() {
 #[test]
 fn a_flip_ends_the_adding_and_a_range_given_away_is_cleared_after_the_change() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     let request = adding.next_request().unwrap();
     let page = Page {
         begin: b("c"),
@@ -310,10 +315,10 @@ fn a_flip_ends_the_adding_and_a_range_given_away_is_cleared_after_the_change() {
     assert!(adding.deliver(&request, page));
     adding.take_due(Version(11));
     // The map flips to this server's team: the range is simply held now.
-    adding.reconcile(Version(20), &[], |_, _| true, Vec::new());
+    adding.reconcile(Version(20), &[], &everything(), Vec::new());
     assert!(adding.status(Version(20)).is_empty());
     // A range given away is cleared at a version after the change.
-    adding.reconcile(Version(30), &[], |_, _| false, vec![(b("c"), b("f"))]);
+    adding.reconcile(Version(30), &[], &[], vec![(b("c"), b("f"))]);
     assert!(!adding.has_work_due(Version(30)));
     assert!(adding.has_work_due(Version(31)));
     assert_eq!(adding.take_due(Version(31)), vec![clear("c", "f")]);
@@ -328,22 +333,22 @@ fn a_flip_ends_the_adding_and_a_range_given_away_is_cleared_after_the_change() {
 #[test]
 fn an_incomplete_range_goes_on_while_held_and_stops_when_not() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
-    adding.reconcile(Version(20), &[], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
+    adding.reconcile(Version(20), &[], &everything(), Vec::new());
     assert_eq!(
         adding.status(Version(20)).len(),
         1,
         "flipped before it finished"
     );
     assert!(adding.overlaps_missing(b"d", b"d", Version(20)));
-    adding.reconcile(Version(30), &[], |_, _| false, Vec::new());
+    adding.reconcile(Version(30), &[], &[], Vec::new());
     assert!(adding.status(Version(30)).is_empty(), "cancelled");
 }
 
 #[test]
 fn a_rollback_forgets_installs_and_clears_above_it() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     let request = adding.next_request().unwrap();
     let page = Page {
         begin: b("c"),
@@ -358,7 +363,7 @@ fn a_rollback_forgets_installs_and_clears_above_it() {
     adding.reconcile(
         Version(13),
         &[(b("c"), b("f"))],
-        |_, _| true,
+        &everything(),
         vec![(b("x"), b("y"))],
     );
     adding.rollback_to(Version(11));
@@ -385,7 +390,7 @@ fn state_round_trips_as_of_a_flush_and_refuses_damage() {
     adding.reconcile(
         Version(10),
         &[(b("c"), b("f")), (b("m"), b("p"))],
-        |_, _| true,
+        &everything(),
         Vec::new(),
     );
     let request = adding.next_request().unwrap();
@@ -416,7 +421,7 @@ fn state_round_trips_as_of_a_flush_and_refuses_damage() {
 #[test]
 fn a_key_reads_as_missing_below_the_version_its_page_was_installed_at() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     deliver_next(&mut adding, "f", 11, &[("d", "1")]);
     adding.take_due(Version(15));
     assert!(!adding.overlaps_missing(b"d", b"d", Version(15)));
@@ -433,13 +438,13 @@ fn a_key_reads_as_missing_below_the_version_its_page_was_installed_at() {
 #[test]
 fn a_rollback_below_a_ranges_removal_brings_it_back_as_it_was() {
     let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], |_, _| true, Vec::new());
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
     deliver_next(&mut adding, "f", 10, &[("d", "1")]);
     adding.take_due(Version(10));
     assert!(adding.status(Version(10))[0].ready);
     // The flip, and a move that begins above the recovery version.
-    adding.reconcile(Version(12), &[], |_, _| true, Vec::new());
-    adding.reconcile(Version(13), &[(b("x"), b("y"))], |_, _| false, Vec::new());
+    adding.reconcile(Version(12), &[], &everything(), Vec::new());
+    adding.reconcile(Version(13), &[(b("x"), b("y"))], &[], Vec::new());
     let stored = adding.encode(Version(11));
     adding.rollback_to(Version(11));
     let status = adding.status(Version(10));
@@ -452,8 +457,91 @@ fn a_rollback_below_a_ranges_removal_brings_it_back_as_it_was() {
     assert_eq!(status.len(), 1, "{status:?}");
     assert_eq!((&status[0].begin, status[0].ready), (&b("c"), true));
     // Once the removal is durable, nothing brings it back.
-    adding.reconcile(Version(12), &[], |_, _| true, Vec::new());
+    adding.reconcile(Version(12), &[], &everything(), Vec::new());
     adding.forget_durable(Version(12));
     adding.rollback_to(Version(12));
     assert!(adding.status(Version(12)).is_empty());
+}
+
+/// The ranges being added, as `(begin, end, installed to)`.
+fn ranges(adding: &AddingRanges) -> Vec<(Bytes, Bytes, Bytes)> {
+    adding
+        .status(Version::ZERO)
+        .into_iter()
+        .map(|a| (a.begin, a.end, a.installed_to))
+        .collect()
+}
+
+/// A move that takes over another's start cuts a range being added into
+/// new ones: they replace it, and no two overlap, so a mutation is
+/// buffered and redone once. An incomplete range partly given away goes
+/// on as the part still held.
+#[test]
+fn a_range_cut_up_is_added_afresh_as_its_pieces_and_none_overlap() {
+    let mut adding = AddingRanges::new(1 << 20);
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
+    let request = adding.next_request().unwrap();
+    let page = Page {
+        begin: b("c"),
+        end: b("d"),
+        version: Version(11),
+        pairs: vec![(b("c"), b("1"))],
+    };
+    assert!(adding.deliver(&request, page));
+    adding.take_due(Version(12));
+
+    let pieces = [(b("c"), b("e")), (b("e"), b("f"))];
+    adding.reconcile(Version(13), &pieces, &everything(), Vec::new());
+    assert_eq!(
+        ranges(&adding),
+        vec![(b("c"), b("e"), b("c")), (b("e"), b("f"), b("e"))]
+    );
+    assert!(adding.route(Version(14), append("d", "x")).is_empty());
+    let request = adding.next_request().unwrap();
+    assert_eq!(
+        (request.begin.clone(), request.min_version),
+        (b("c"), Version(13))
+    );
+    let page = Page {
+        begin: b("c"),
+        end: b("e"),
+        version: Version(13),
+        pairs: vec![(b("c"), b("1")), (b("d"), b("0"))],
+    };
+    assert!(adding.deliver(&request, page));
+    assert_eq!(
+        adding.take_due(Version(15)),
+        vec![
+            clear("c", "e"),
+            set("c", "1"),
+            set("d", "0"),
+            append("d", "x"),
+        ]
+    );
+
+    // [e, f) given away before its copy was done, [c, e) flipped to this
+    // server: only [e, f) leaves; a rollback brings the cut back.
+    let mut adding = AddingRanges::new(1 << 20);
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
+    let held = [(b("a"), b("e"))];
+    adding.reconcile(Version(20), &[], &held, vec![(b("e"), b("f"))]);
+    assert_eq!(ranges(&adding), vec![(b("c"), b("e"), b("c"))]);
+    adding.rollback_to(Version(19));
+    assert_eq!(ranges(&adding), vec![(b("c"), b("f"), b("c"))]);
+
+    // Still held whole and wanted anew nowhere, an incomplete range goes
+    // on as it was, pages installed included.
+    let mut adding = AddingRanges::new(1 << 20);
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
+    let request = adding.next_request().unwrap();
+    let page = Page {
+        begin: b("c"),
+        end: b("d"),
+        version: Version(11),
+        pairs: Vec::new(),
+    };
+    assert!(adding.deliver(&request, page));
+    adding.take_due(Version(12));
+    adding.reconcile(Version(20), &[], &everything(), Vec::new());
+    assert_eq!(ranges(&adding), vec![(b("c"), b("f"), b("d"))]);
 }

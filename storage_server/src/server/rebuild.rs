@@ -259,7 +259,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
     let ownership = Ownership::new(map, teams, first);
     let mut adding = AddingRanges::new(strong.config.window.max_bytes / ADDING_BUFFER_SHARE);
     let (wanted, held) = ownership.ranges_now();
-    adding.reconcile(first, &wanted, |b, e| overlaps(&held, b, e), Vec::new());
+    adding.reconcile(first, &wanted, &held, Vec::new());
     *strong.ownership() = ownership;
     *strong.adding() = adding;
     strong.adding_changed.notify_one();
