@@ -347,17 +347,7 @@ fn an_incomplete_range_goes_on_while_held_and_stops_when_not() {
 
 #[test]
 fn a_rollback_forgets_installs_and_clears_above_it() {
-    let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
-    let request = adding.next_request().unwrap();
-    let page = Page {
-        begin: b("c"),
-        end: b("d"),
-        version: Version(11),
-        pairs: vec![(b("c"), b("1"))],
-    };
-    assert!(adding.deliver(&request, page));
-    adding.take_due(Version(12));
+    let mut adding = first_page_installed(vec![(b("c"), b("1"))]);
     assert_eq!(adding.next_request().unwrap().begin, b("d"));
     assert!(adding.route(Version(13), set("e", "1")).is_empty());
     adding.reconcile(
@@ -463,6 +453,23 @@ fn a_rollback_below_a_ranges_removal_brings_it_back_as_it_was() {
     assert!(adding.status(Version(12)).is_empty());
 }
 
+/// Adding `[c, f)` from version 10, with its first page, `[c, d)` read at
+/// 11 with `pairs`, installed at 12.
+fn first_page_installed(pairs: Vec<(Bytes, Bytes)>) -> AddingRanges {
+    let mut adding = AddingRanges::new(1 << 20);
+    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
+    let request = adding.next_request().unwrap();
+    let page = Page {
+        begin: b("c"),
+        end: b("d"),
+        version: Version(11),
+        pairs,
+    };
+    assert!(adding.deliver(&request, page));
+    adding.take_due(Version(12));
+    adding
+}
+
 /// The ranges being added, as `(begin, end, installed to)`.
 fn ranges(adding: &AddingRanges) -> Vec<(Bytes, Bytes, Bytes)> {
     adding
@@ -478,17 +485,7 @@ fn ranges(adding: &AddingRanges) -> Vec<(Bytes, Bytes, Bytes)> {
 /// on as the part still held.
 #[test]
 fn a_range_cut_up_is_added_afresh_as_its_pieces_and_none_overlap() {
-    let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
-    let request = adding.next_request().unwrap();
-    let page = Page {
-        begin: b("c"),
-        end: b("d"),
-        version: Version(11),
-        pairs: vec![(b("c"), b("1"))],
-    };
-    assert!(adding.deliver(&request, page));
-    adding.take_due(Version(12));
+    let mut adding = first_page_installed(vec![(b("c"), b("1"))]);
 
     let pieces = [(b("c"), b("e")), (b("e"), b("f"))];
     adding.reconcile(Version(13), &pieces, &everything(), Vec::new());
@@ -531,17 +528,7 @@ fn a_range_cut_up_is_added_afresh_as_its_pieces_and_none_overlap() {
 
     // Still held whole and wanted anew nowhere, an incomplete range goes
     // on as it was, pages installed included.
-    let mut adding = AddingRanges::new(1 << 20);
-    adding.reconcile(Version(10), &[(b("c"), b("f"))], &everything(), Vec::new());
-    let request = adding.next_request().unwrap();
-    let page = Page {
-        begin: b("c"),
-        end: b("d"),
-        version: Version(11),
-        pairs: Vec::new(),
-    };
-    assert!(adding.deliver(&request, page));
-    adding.take_due(Version(12));
+    let mut adding = first_page_installed(Vec::new());
     adding.reconcile(Version(20), &[], &everything(), Vec::new());
     assert_eq!(ranges(&adding), vec![(b("c"), b("f"), b("d"))]);
 }
