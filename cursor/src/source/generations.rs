@@ -74,8 +74,9 @@ struct Routes<S> {
 ///
 /// Whoever sets the generations, the reader learns when one it peeked
 /// while open has ended ([`take_rollback`](Self::take_rollback)): what it
-/// fetched past that end never committed. A peek whose generation ends
-/// while it is in flight is cut at the end instead.
+/// fetched past that end never committed, and its peeks are refused until
+/// it takes the rollback. A peek whose generation ends while it is in
+/// flight is cut at the end instead.
 pub struct GenerationSource<S> {
     routes: Mutex<Routes<S>>,
     /// How many interrupts were asked for.
@@ -204,6 +205,19 @@ impl<S: PeekSource> GenerationSource<S> {
         };
         if seen != self.acknowledged.load(Ordering::SeqCst) {
             return Err(interrupted());
+        }
+        // Whoever installed the ended generation (a fetch that read the
+        // core state, say), the reader goes no further until it rolls
+        // back: what it would read of the next generation would land on
+        // the ended one's uncommitted tail, and could be made durable
+        // above the version it must roll back to.
+        if let Some(end) = self.routes().rollback {
+            return Err(SourceError::Unavailable {
+                attempts: 0,
+                reason: format!(
+                    "a generation this reader read while open ended at {end}: it rolls back first"
+                ),
+            });
         }
         let route = self.route(begin)?;
         let peeked = tokio::select! {

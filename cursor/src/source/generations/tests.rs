@@ -314,13 +314,25 @@ fn a_generation_read_while_open_that_ends_asks_the_reader_to_roll_back_once() {
     assert_eq!(versions_of(&reply), vec![1, 2, 3, 4, 5]);
     assert_eq!(source.take_rollback(), None);
 
-    // Whoever installs the recovery's routes, the reader learns of it.
+    // Whoever installs the recovery's routes, the reader learns of it,
+    // and reads nothing more, of any generation, until it rolls back.
+    let second = memory(&[A]);
+    second
+        .commit(Version(13), &[(A, Subsequence(1), set("k13".into()))])
+        .unwrap();
     source.set_generations(vec![
         route(1, 0, Some(3), first.clone()),
-        route(2, 3, None, memory(&[A])),
+        route(2, 3, None, second),
     ]);
+    let held = block_on(source.peek(A, Version(6), 1 << 20));
+    assert!(
+        matches!(&held, Err(SourceError::Unavailable { reason, .. }) if reason.contains("rolls back first")),
+        "{held:?}"
+    );
     assert_eq!(source.take_rollback(), Some(Version(3)));
     assert_eq!(source.take_rollback(), None);
+    let reply = block_on(source.peek(A, Version(4), 1 << 20)).unwrap();
+    assert_eq!(versions_of(&reply), vec![13]);
 
     // A reader that starts over from committed data owes nothing.
     source.set_generations(vec![route(1, 0, None, first.clone())]);
