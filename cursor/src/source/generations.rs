@@ -62,11 +62,21 @@ impl<S> GenerationRoute<S> {
 /// open.
 struct Routes<S> {
     generations: Vec<GenerationRoute<S>>,
-    /// The open generation the reader peeked since it last started over.
-    read_open: Option<u64>,
+    /// The open generation the reader peeked since it last started over,
+    /// and the furthest its replies took the reader.
+    read_open: Option<OpenRead>,
     /// Where the reader must roll back to: a generation it peeked while
     /// open has since ended there.
     rollback: Option<Version>,
+}
+
+/// What the reader took from a generation while it was open.
+#[derive(Clone, Copy)]
+struct OpenRead {
+    epoch: u64,
+    /// The furthest `end` of a reply that moved the reader on; zero when
+    /// none did.
+    furthest: Version,
 }
 
 /// A [`PeekSource`] over every live generation, oldest first, read by one
@@ -129,11 +139,16 @@ impl<S: PeekSource> GenerationSource<S> {
     /// Replaces the generations (oldest first), e.g. after a recovery.
     pub fn set_generations(&self, generations: Vec<GenerationRoute<S>>) {
         let mut routes = self.routes();
-        if let Some(epoch) = routes.read_open {
+        if let Some(OpenRead { epoch, furthest }) = routes.read_open {
             match generations.iter().find(|g| g.epoch == epoch) {
                 Some(GenerationRoute { end: Some(end), .. }) => {
+                    // A reader the generation never took past its end (one
+                    // that started above it, after a copy at a newer
+                    // version) has nothing to take back.
                     let end = *end;
-                    routes.rollback = Some(routes.rollback.map_or(end, |r| r.min(end)));
+                    if furthest > end.next() {
+                        routes.rollback = Some(routes.rollback.map_or(end, |r| r.min(end)));
+                    }
                     routes.read_open = None;
                 }
                 Some(_) => {}
@@ -247,7 +262,18 @@ impl<S: PeekSource> GenerationSource<S> {
                     .and_then(|g| g.end)
             });
             if end.is_none() && !reply.end_of_stream {
-                routes.read_open = Some(route.epoch);
+                let before = routes
+                    .read_open
+                    .filter(|open| open.epoch == route.epoch)
+                    .map_or(Version::ZERO, |open| open.furthest);
+                let moved_on = reply.end > begin || !reply.blocks.is_empty();
+                routes.read_open = Some(OpenRead {
+                    epoch: route.epoch,
+                    furthest: match moved_on {
+                        true => before.max(reply.end),
+                        false => before,
+                    },
+                });
             }
             end
         };

@@ -334,6 +334,18 @@ fn a_generation_read_while_open_that_ends_asks_the_reader_to_roll_back_once() {
     let reply = block_on(source.peek(A, Version(4), 1 << 20)).unwrap();
     assert_eq!(versions_of(&reply), vec![13]);
 
+    // A reader that the open generation never took past its end (it
+    // started above it, from a copy at a newer version) owes nothing.
+    source.set_generations(vec![route(1, 0, None, first.clone())]);
+    source.restart_reader();
+    let nowhere = block_on(source.peek(A, Version(9), 1 << 20)).unwrap();
+    assert!(nowhere.end <= Version(9) && nowhere.blocks.is_empty());
+    source.set_generations(vec![
+        route(1, 0, Some(3), first.clone()),
+        route(2, 3, None, memory(&[A])),
+    ]);
+    assert_eq!(source.take_rollback(), None);
+
     // A reader that starts over from committed data owes nothing.
     source.set_generations(vec![route(1, 0, None, first.clone())]);
     block_on(source.peek(A, Version(1), 1 << 20)).unwrap();
