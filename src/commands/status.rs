@@ -224,27 +224,14 @@ pub async fn gather(
             _ => None,
         })
     }));
-    let failed = async {
+    let recorded = async {
         match cluster.is_recruited() {
-            true => failed_servers(cluster, transport, timeout).await,
-            false => Vec::new(),
+            true => recorded(cluster, transport, timeout).await,
+            false => (Vec::new(), SkippedVersions::default()),
         }
     };
-    let skipped = async {
-        match cluster.is_recruited() {
-            true => skipped_versions(cluster, transport, timeout).await,
-            false => SkippedVersions::default(),
-        }
-    };
-    let (coordinators, sequencer, proxies, tlogs, storage, failed, skipped) = tokio::join!(
-        coordinators,
-        sequencer,
-        proxies,
-        tlogs,
-        storage,
-        failed,
-        skipped
-    );
+    let (coordinators, sequencer, proxies, tlogs, storage, (failed, skipped)) =
+        tokio::join!(coordinators, sequencer, proxies, tlogs, storage, recorded);
 
     let committed = sequencer.as_ref().ok().map(|s| s.committed_version.0);
     let coordinators: Vec<_> = cluster
@@ -431,52 +418,45 @@ async fn commit_path(
     }
 }
 
-/// The storage servers the configuration says failed; none when the
-/// coordinators do not answer within `timeout` (the controller's own
-/// status line still names them).
-async fn failed_servers(
+/// What the coordinators record that the processes do not say: the
+/// storage servers the configuration says failed (the controller's own
+/// status line still names them), and the versions recoveries skipped,
+/// from the core state. Either is empty when the coordinators do not
+/// answer within `timeout`; a lag across a recovery then counts the
+/// versions it skipped.
+async fn recorded(
     cluster: &ClusterFile,
     transport: &ClientConfig,
     timeout: Duration,
-) -> Vec<u64> {
+) -> (Vec<u64>, SkippedVersions) {
     let Ok(coordinators) =
         CoordinatorClient::new(&cluster.coordinator_addresses(), transport.clone())
     else {
-        return Vec::new();
+        return (Vec::new(), SkippedVersions::default());
     };
-    match tokio::time::timeout(timeout, coordinators.read_configuration()).await {
+    let (configuration, core) = tokio::join!(
+        tokio::time::timeout(timeout, coordinators.read_configuration()),
+        tokio::time::timeout(timeout, coordinators.read_core_state()),
+    );
+    let failed = match configuration {
         Ok(Ok(configuration)) => configuration.failed_servers.into_iter().collect(),
         _ => Vec::new(),
-    }
-}
-
-/// The versions recoveries skipped, from the coordinators' core state;
-/// none when they do not answer within `timeout` (a lag across a recovery
-/// then shows as the versions it skipped).
-async fn skipped_versions(
-    cluster: &ClusterFile,
-    transport: &ClientConfig,
-    timeout: Duration,
-) -> SkippedVersions {
-    let Ok(coordinators) =
-        CoordinatorClient::new(&cluster.coordinator_addresses(), transport.clone())
-    else {
-        return SkippedVersions::default();
     };
-    match tokio::time::timeout(timeout, coordinators.read_core_state()).await {
+    let skipped = match core {
         Ok(Ok((core, _))) => SkippedVersions::of(&core.generations),
         _ => SkippedVersions::default(),
-    }
+    };
+    (failed, skipped)
 }
 
 /// The spans of versions no commit is at: each generation's versions above
 /// the one it chains from, up to and including the floor its sequencer
 /// hands out above.
 #[derive(Debug, Default)]
-pub struct SkippedVersions(Vec<(Version, Version)>);
+struct SkippedVersions(Vec<(Version, Version)>);
 
 impl SkippedVersions {
-    pub fn of(generations: &[cluster::core_state::Generation]) -> Self {
+    fn of(generations: &[cluster::core_state::Generation]) -> Self {
         Self(
             generations
                 .iter()

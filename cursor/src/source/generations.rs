@@ -266,13 +266,15 @@ impl<S: PeekSource> GenerationSource<S> {
                     .read_open
                     .filter(|open| open.epoch == route.epoch)
                     .map_or(Version::ZERO, |open| open.furthest);
-                let moved_on = reply.end > begin || !reply.blocks.is_empty();
+                // A reply moves the reader on only to its `end`: what it
+                // holds lies below that.
+                let furthest = match reply.end > begin {
+                    true => before.max(reply.end),
+                    false => before,
+                };
                 routes.read_open = Some(OpenRead {
                     epoch: route.epoch,
-                    furthest: match moved_on {
-                        true => before.max(reply.end),
-                        false => before,
-                    },
+                    furthest,
                 });
             }
             end

@@ -67,7 +67,8 @@ impl<E: KvEngine> StorageService<E> {
     ///
     /// Keys its teams own but whose copy it installed after `version`, or
     /// has not installed yet (a move's flip came before this server's copy
-    /// was done: it rebuilt, or restarted, after it said it was ready), are
+    /// was done: the move did not wait for it, as the generation left it
+    /// out then, or a change cut up a range it had not finished), are
     /// refused as too old: this server will serve them at later versions,
     /// and its teammates serve them now.
     fn check_serves(&self, begin: &[u8], end: &[u8], version: Version) -> Result<(), ErrorReply> {
