@@ -2,10 +2,11 @@
 //! vote, commit and purge marks) and the state machine (the registers, the
 //! last applied entry and membership, and the latest snapshot).
 //!
-//! Every write waits while the disk has no room for it
-//! (`write_with_room`): openraft stops a node for good on a storage
+//! Every write but the applied state's waits while the disk has no room
+//! for it (`write_with_room`): openraft stops a node for good on a storage
 //! error, and a full disk loses nothing, so the node stalls instead (to
 //! its peers, a node that does not answer) and goes on once there is room.
+//! The applied state goes on in memory meanwhile (see `apply`).
 //!
 //! Everything is JSON on disk: the state is a few registers of a few KiB,
 //! written a few times a second, so readability wins over size. The applied
@@ -302,20 +303,30 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the applied state the disk holds.
+    /// Loads the newest applied state the disk holds: the one written as
+    /// entries were applied, or the latest snapshot's when that is newer
+    /// (applying went on while the disk had no room, and the log up to the
+    /// snapshot may be purged).
     pub fn open(disk: Arc<dyn CoordinatorDisk>) -> Result<StateMachine> {
-        let state = match disk
+        let applied: AppliedState = match disk
             .get(Table::Meta, APPLIED)
             .map_err(io_error(StorageIOError::read_state_machine))?
         {
             Some(bytes) => decode(&bytes, StorageIOError::read_state_machine)?,
             None => AppliedState::default(),
         };
-        Ok(StateMachine {
+        let mut machine = StateMachine {
             disk,
-            state: Arc::new(RwLock::new(state)),
+            state: Arc::new(RwLock::new(applied)),
             changes: Arc::new(Signal::new(0)),
-        })
+        };
+        if let Some(stored) = machine.stored_snapshot()? {
+            if stored.meta.last_log_id > read_shared(&machine.state).last_applied {
+                let snapshot: AppliedState = decode(&stored.data, read_snapshot)?;
+                machine.state = Arc::new(RwLock::new(snapshot));
+            }
+        }
+        Ok(machine)
     }
 
     pub fn shared(&self) -> SharedState {
@@ -420,11 +431,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             });
         }
-        // Durable before anyone can read it: a reader must never see a
-        // register that a restart would take back.
-        write_with_room(&self.disk, vec![put_meta(APPLIED, encode(&next))])
-            .await
-            .map_err(io_error(StorageIOError::write_state_machine))?;
+        // A restart never takes back what a reader saw here: openraft makes
+        // the commit mark durable before it applies, and a restart applies
+        // the log again up to that mark. So the applied state on disk only
+        // spares a restart that work, and a full disk does not hold applying
+        // back (it would hold back a restart's start as well): the state
+        // goes on in memory, and the next write that finds room writes it
+        // whole.
+        let ops: Arc<[WriteOp]> = vec![put_meta(APPLIED, encode(&next))].into();
+        let disk = self.disk.clone();
+        match self.disk.writes().run(move || disk.write(&ops)).await {
+            Ok(()) => {}
+            Err(DiskError::NoSpace(why)) => {
+                tracing::warn!(%why, "the applied state waits for room; applying goes on")
+            }
+            Err(error) => return Err(io_error(StorageIOError::write_state_machine)(error)),
+        }
         *write_shared(&self.state) = next;
         self.changed();
         Ok(outcomes)
@@ -575,5 +597,60 @@ mod tests {
         slow.opened.notify_all();
         write.await.unwrap().unwrap();
         assert_eq!(slow.get(Table::Meta, VOTE).unwrap(), Some(b"v".to_vec()));
+    }
+
+    fn write_entry(index: u64, value: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::registers::Command::Write {
+                name: "r".into(),
+                expected_revision: index - 1,
+                value: value.as_bytes().to_vec(),
+            }),
+        }
+    }
+
+    /// A full disk does not hold applying back (a restart applies the log
+    /// again up to its commit mark); a restart starts from the newest state
+    /// the disk holds, the latest snapshot's when that is newer than the
+    /// state written as entries were applied.
+    #[tokio::test(flavor = "current_thread")]
+    async fn applying_goes_on_over_a_full_disk_and_a_restart_starts_from_the_newest_state() {
+        let mem = Arc::new(MemDisk::default());
+        let disk: Arc<dyn CoordinatorDisk> = mem.clone();
+        let mut machine = StateMachine::open(disk.clone()).unwrap();
+        machine.apply([write_entry(1, "a")]).await.unwrap();
+
+        mem.fill(true);
+        let outcomes = tokio::time::timeout(
+            Duration::from_secs(30),
+            machine.apply([write_entry(2, "b")]),
+        )
+        .await
+        .expect("applying waited for room")
+        .unwrap();
+        assert_eq!(outcomes[0].register.revision, 2);
+        assert_eq!(
+            read_shared(&machine.shared()).registers.read("r").value,
+            b"b"
+        );
+        assert!(mem.refused_for_room() > 0);
+        let reopened = StateMachine::open(disk.clone()).unwrap();
+        assert_eq!(
+            read_shared(&reopened.shared())
+                .last_applied
+                .map(|id| id.index),
+            Some(1),
+            "the disk holds the state from before it filled"
+        );
+
+        mem.fill(false);
+        let mut builder = machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let reopened = StateMachine::open(disk).unwrap();
+        let state = reopened.shared();
+        let state = read_shared(&state);
+        assert_eq!(state.last_applied.map(|id| id.index), Some(2));
+        assert_eq!(state.registers.read("r").value, b"b");
     }
 }
