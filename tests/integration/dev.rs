@@ -4,6 +4,7 @@
 //! model, see every process healthy in `teamlog status --json`, stop with
 //! Ctrl-C, and start again on the same directory with the data intact.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -44,39 +45,69 @@ fn stop(mut child: Child) -> Result<ExitStatus> {
     bail!("teamlog dev did not stop within {STOP_TIMEOUT:?} of Ctrl-C")
 }
 
+/// How many of its last stderr lines a failed start shows.
+const STDERR_TAIL: usize = 100;
+
 /// Starts `teamlog dev ARGS` and waits (bounded) for its "cluster ready"
-/// line; returns the process and everything it printed until then.
+/// line; returns the process and everything it printed until then. A start
+/// that fails says what the process printed on both streams.
 fn start_dev(args: &[&str]) -> Result<(Dev, String)> {
     let mut child = Command::new(crate::exe())
         .arg("dev")
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
     let (lines_tx, lines) = mpsc::channel();
-    // Drains stdout to the end, so the process never writes to a closed pipe.
+    // Both streams are drained to the end, so the process never blocks on
+    // a full pipe nor writes to a closed one.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
         }
     });
+    let (tail_tx, stderr_tail) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tail = VecDeque::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        let _ = tail_tx.send(Vec::from(tail));
+    });
     let mut seen = String::new();
     loop {
-        match lines.recv_timeout(Duration::from_secs(180)) {
+        let why = match lines.recv_timeout(Duration::from_secs(180)) {
             Ok(line) => {
                 seen.push_str(&line);
                 seen.push('\n');
                 if line.starts_with("cluster ready") {
                     return Ok((Dev(Some(child)), seen));
                 }
+                continue;
             }
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                let _ = child.wait();
-                bail!("teamlog dev never became ready; it printed:\n{seen}");
+                format!("was not ready within 180 s ({})", child.wait()?)
             }
-        }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                format!("exited before it was ready ({})", child.wait()?)
+            }
+        };
+        // The process is gone, so its stderr ends, unless a process it
+        // started holds it still.
+        let stderr = stderr_tail
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| vec!["(still open)".to_owned()]);
+        bail!(
+            "teamlog dev {why}; it printed:\n{seen}\nand on stderr (the last lines):\n{}",
+            stderr.join("\n")
+        );
     }
 }
 
