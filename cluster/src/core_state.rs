@@ -147,6 +147,18 @@ impl Generation {
         )
     }
 
+    /// The oldest version whose state a read at `version` sees: the
+    /// generation hands out versions above its floor, so none of the
+    /// versions it skipped, `(begin_version, floor]`, carries a commit, and
+    /// they all read as `begin_version`. Any other version is itself.
+    pub fn unskipped(&self, version: Version) -> Version {
+        if version > self.begin_version && version <= self.floor {
+            self.begin_version
+        } else {
+            version
+        }
+    }
+
     /// Whether the generation holds `version`.
     pub fn holds(&self, version: Version) -> bool {
         version > self.begin_version && self.end.as_ref().is_none_or(|e| version <= e.version)

@@ -185,6 +185,20 @@ fn each_generation_hands_out_versions_above_the_tail_the_one_before_could_leave(
     assert_eq!(CoreState::decode(&fourth.encode()), Ok(fourth));
 }
 
+/// The versions a generation skipped read as its begin; its own versions,
+/// and those before it, as themselves.
+#[test]
+fn the_versions_a_generation_skipped_read_as_its_begin() {
+    let state = two_generations();
+    let second = state.current().unwrap();
+    let (begin, floor) = (second.begin_version, second.floor);
+    assert_eq!(second.unskipped(begin), begin);
+    assert_eq!(second.unskipped(begin.next()), begin);
+    assert_eq!(second.unskipped(floor), begin);
+    assert_eq!(second.unskipped(floor.next()), floor.next());
+    assert_eq!(second.unskipped(Version(begin.0 - 1)), Version(begin.0 - 1));
+}
+
 /// A core state written before generations had floors reads as floors
 /// at zero: the next recovery counts from the end alone.
 #[test]

@@ -30,7 +30,10 @@
 //! committed version by the metadata team's changes since
 //! (`cursor::metadata_team`), and the first page is read at that version
 //! (a teammate that let it go out of its window makes the copy start over
-//! at a newer one). Later pages are read at newer versions; a range that
+//! at a newer one). A committed version among those a recovery skipped
+//! (`Generation::unskipped`) is taken as the generation's begin, which
+//! reads the same, so the copy's durable version is never above a version
+//! a later recovery may end the generation at. Later pages are read at newer versions; a range that
 //! a move took off the team meanwhile is refused by every teammate
 //! (`wrong_shard_server`), and when the map as it is now says so, the
 //! copy starts over by that map. A pinned cluster has no metadata team: its copy goes
@@ -129,7 +132,12 @@ async fn map_to_copy_by<E: KvEngine>(
     ) else {
         return Err("no generation is open".into());
     };
-    let version = read_version(inner).await?;
+    // At the generation's start the committed version is its floor, above
+    // versions it skipped. The copy is made as of its begin instead, which
+    // reads the same: a recovery that finds nothing committed in the
+    // generation ends it at its begin, and nothing durable may lie above a
+    // recovery version.
+    let version = current.unskipped(read_version(inner).await?);
     if version < snapshot.version {
         return Err(format!(
             "the committed version {version} is below the recorded map's {}: the sequencer \
