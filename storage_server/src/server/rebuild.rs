@@ -30,10 +30,11 @@
 //! committed version by the metadata team's changes since
 //! (`cursor::metadata_team`), and the first page is read at that version
 //! (a teammate that let it go out of its window makes the copy start over
-//! at a newer one). A committed version among those a recovery skipped
-//! (`Generation::unskipped`) is taken as the generation's begin, which
-//! reads the same, so the copy's durable version is never above a version
-//! a later recovery may end the generation at. Later pages are read at newer versions; a range that
+//! at a newer one). A first page read among the versions a generation
+//! skipped (`Generation::unskipped`; at its start the committed version is
+//! its floor) makes the copy durable as of the generation's begin, which
+//! reads the same, so it is never above a version a later recovery may end
+//! the generation at. Later pages are read at newer versions; a range that
 //! a move took off the team meanwhile is refused by every teammate
 //! (`wrong_shard_server`), and when the map as it is now says so, the
 //! copy starts over by that map. A pinned cluster has no metadata team: its copy goes
@@ -111,14 +112,14 @@ enum PageError {
     Failed(String),
 }
 
-/// The shard map the copy goes by, and the version it is exact at (the
-/// version of the copy's first page): with the commit path recruited, the
+/// The shard map the copy goes by, and where the copy starts, at a
+/// version the map is exact at (that of its first page): with the commit path recruited, the
 /// core state's snapshot carried by the metadata team to a committed
 /// version; pinned, the cluster file's map, exact at no version the copy
 /// can pick.
 async fn map_to_copy_by<E: KvEngine>(
     inner: &Inner<E>,
-) -> Result<(ShardMap, Option<Version>), String> {
+) -> Result<(ShardMap, Option<CopyStart>), String> {
     let Some(coordinators) = inner.generations.coordinators() else {
         return Ok((inner.config.shards.clone(), None));
     };
@@ -132,12 +133,7 @@ async fn map_to_copy_by<E: KvEngine>(
     ) else {
         return Err("no generation is open".into());
     };
-    // At the generation's start the committed version is its floor, above
-    // versions it skipped. The copy is made as of its begin instead, which
-    // reads the same: a recovery that finds nothing committed in the
-    // generation ends it at its begin, and nothing durable may lie above a
-    // recovery version.
-    let version = current.unskipped(read_version(inner).await?);
+    let version = read_version(inner).await?;
     if version < snapshot.version {
         return Err(format!(
             "the committed version {version} is below the recorded map's {}: the sequencer \
@@ -161,7 +157,24 @@ async fn map_to_copy_by<E: KvEngine>(
         .advanced(version, &changes)
         .and_then(|advanced| advanced.map())
         .map_err(|e| e.to_string())?;
-    Ok((map, Some(version)))
+    Ok((
+        map,
+        Some(CopyStart {
+            read_at: version,
+            same_as: current.unskipped(version),
+        }),
+    ))
+}
+
+/// Where a copy by a committed version's map starts.
+#[derive(Clone, Copy)]
+struct CopyStart {
+    /// The version the first page is read at.
+    read_at: Version,
+    /// The oldest version with the same state: the generation's begin when
+    /// `read_at` is among the versions it skipped (at its start the
+    /// committed version is its floor).
+    same_as: Version,
 }
 
 /// Copies the server's teams from teammates and starts the store over
@@ -174,12 +187,12 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
     let teams = strong.config.teams.clone();
     strong.set_rebuilding(Some("reading the shard map to copy by".into()));
     drop(strong);
-    let (strong, map, start_at) = loop {
+    let (strong, map, copy_start) = loop {
         let Some(strong) = inner.upgrade() else {
             return Ok(Rebuilt::Dropped);
         };
         match map_to_copy_by(&strong).await {
-            Ok((map, start_at)) => break (strong, map, start_at),
+            Ok((map, copy_start)) => break (strong, map, copy_start),
             Err(reason) => {
                 strong.set_rebuilding(Some(format!("no shard map to copy by: {reason}")));
                 refresh_generations(&strong).await;
@@ -221,6 +234,7 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
         return Ok(Rebuilt::Dropped);
     }
 
+    let start_at = copy_start.map(|s| s.read_at);
     let mut copy = Copy {
         start_at,
         ..Copy::default()
@@ -249,6 +263,14 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
                 }
             }
         },
+    };
+    // A recovery that finds nothing committed in a generation ends it at
+    // its begin, and nothing durable may lie above a recovery version: a
+    // copy that began among the versions the generation skipped is made
+    // as of its begin, which reads the same.
+    let first = match copy_start {
+        Some(start) if start.read_at == first => start.same_as,
+        _ => first,
     };
     let set = TeamSet::new(strong.config.private_team, teams.clone());
     let mut finish = WriteBatch::new();
