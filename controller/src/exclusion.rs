@@ -2,8 +2,8 @@
 //! configuration excludes (`teamlog exclude`) or found failed
 //! (`failures.rs`), as long as every team keeps
 //! a server, and a server is newly left out only while each of its teams
-//! keeps another that holds the team's data (it answers, and is not
-//! copying it from a teammate): a server left out counts for nothing when
+//! keeps another that holds the team's data (it answers, is not copying
+//! it from a teammate, and has copied every range it is adding): a server left out counts for nothing when
 //! it is taken back, so leaving out the last one that holds a team's data
 //! would lose it. A server some live generation left out holds nothing
 //! for certain either, even once taken back and serving: the TLogs of
@@ -29,6 +29,7 @@ use cluster::configuration::Configuration;
 use cluster::core_state::CoreState;
 use cluster::shard_snapshot::ShardMapSnapshot;
 use cluster::topology::Topology;
+use proto::rpc::StorageStatusReply;
 use proto::shard_map::ShardMap;
 use proto::StorageTeamId;
 
@@ -170,6 +171,18 @@ pub fn teammates_to_ask(
         .collect()
 }
 
+/// Whether a storage server's status says it holds its teams' data: it
+/// has not stopped, copies nothing from a teammate (a rebuild), and has
+/// copied every range it is adding. A move may flip a range to its team
+/// before this server copied it (the mover waits only for the servers the
+/// generation keeps), and until it has, its teammates alone hold that
+/// range.
+pub fn holds_its_teams(status: &StorageStatusReply) -> bool {
+    status.stopped.is_none()
+        && status.rebuilding.is_none()
+        && status.adding.iter().all(|range| range.ready)
+}
+
 /// Of the servers that answer and copy nothing (`serving`), those that
 /// hold their teams' data for certain: no generation still in the core
 /// state left them out.
@@ -277,6 +290,55 @@ pub(crate) mod tests {
         assert!(whole.servers_for(&later).is_empty());
         let judged = ShardMapSnapshot::new(version, &map(1));
         assert_eq!(whole.servers_for(&judged), BTreeSet::from([200, 201]));
+    }
+
+    /// A server that stopped, rebuilds, or is still copying a range it
+    /// is adding does not hold its teams' data; one whose every range
+    /// being added is copied does.
+    #[test]
+    fn a_server_holds_its_teams_data_only_with_every_range_it_adds_copied() {
+        let adding = |ready: bool| proto::rpc::AddingRangeStatus {
+            begin: Bytes::from_static(b"a"),
+            end: Bytes::from_static(b"b"),
+            installed_to: Bytes::from_static(b"a"),
+            pairs_copied: 0,
+            bytes_copied: 0,
+            ready,
+            problem: None,
+            idle_ms: 0,
+            size_left: None,
+            size_per_sec: 0,
+        };
+        let serving = StorageStatusReply {
+            server: StorageServerId(100),
+            applied_version: proto::Version(10),
+            durable_version: proto::Version(5),
+            oldest_readable_version: proto::Version(5),
+            committed_version: proto::Version(10),
+            window_bytes: 0,
+            teams: vec![StorageTeamId(1)],
+            stopped: None,
+            stalled: None,
+            rebuilding: None,
+            adding: vec![adding(true)],
+            following_epoch: 1,
+        };
+        assert!(holds_its_teams(&serving));
+        let copying = StorageStatusReply {
+            adding: vec![adding(true), adding(false)],
+            ..serving.clone()
+        };
+        assert!(!holds_its_teams(&copying));
+        let rebuilding = StorageStatusReply {
+            rebuilding: Some("copying".into()),
+            ..serving.clone()
+        };
+        assert!(!holds_its_teams(&rebuilding));
+        let stopped = StorageStatusReply {
+            stopped: Some("failed".into()),
+            ..serving
+        };
+        assert!(!holds_its_teams(&stopped));
     }
 
     #[test]

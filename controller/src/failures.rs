@@ -184,7 +184,7 @@ async fn probe(
                 *h = Heard {
                     alive_ms: now,
                     alive: true,
-                    serving: status.rebuilding.is_none(),
+                    serving: exclusion::holds_its_teams(&status),
                 };
             }
             None => {

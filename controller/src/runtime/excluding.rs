@@ -181,8 +181,8 @@ impl Inner {
         }
     }
 
-    /// Of `servers`, those that answer that they hold their teams' data:
-    /// neither copying it from a teammate nor stopped.
+    /// Of `servers`, those that answer that they hold their teams' data
+    /// (`exclusion::holds_its_teams`).
     pub(super) async fn serving(&self, servers: &BTreeSet<u64>) -> BTreeSet<u64> {
         let asks = servers.iter().filter_map(|id| {
             let address = *self.config.storage_servers.get(id)?;
@@ -193,7 +193,7 @@ impl Inner {
                 };
                 match tokio::time::timeout(STORAGE_STATUS_TIMEOUT, ask).await {
                     Ok(Ok(Message::StorageStatus(status)))
-                        if status.rebuilding.is_none() && status.stopped.is_none() =>
+                        if exclusion::holds_its_teams(&status) =>
                     {
                         Some(*id)
                     }

@@ -42,6 +42,15 @@ use tokio::time::Instant;
 /// the generation it read below what was applied, the server rolls back
 /// and reads on with a new cursor from there.
 pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
+    // A copy that starts over at once may meet the same answer again (a
+    // teammate that has not copied a range either): each start waits
+    // longer, up to a second, until a copy is done.
+    let again_policy = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .without_max_times();
+    let mut again_delays = again_policy.build();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -52,7 +61,15 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
                 return;
             }
             match rebuild::rebuild(&inner).await {
-                Ok(rebuild::Rebuilt::Done | rebuild::Rebuilt::Again) => continue,
+                Ok(rebuild::Rebuilt::Done) => {
+                    again_delays = again_policy.build();
+                    continue;
+                }
+                Ok(rebuild::Rebuilt::Again) => {
+                    let delay = again_delays.next().unwrap_or(Duration::from_secs(1));
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
                 Ok(rebuild::Rebuilt::Dropped) => return,
                 Err(reason) => {
                     if let Some(strong) = inner.upgrade() {
