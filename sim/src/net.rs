@@ -13,7 +13,14 @@
 //!  cut a─b   ─▶ cut_link(a, b): the link's generation + 1, cut
 //!  heal a─b  ─▶ heal_link(a, b)
 //!  SimStream (born at generation g, or during a cut) ── g < the link's ─▶ ConnectionReset
+//!  connect to an address nothing listens at ─▶ ConnectionRefused, after a millisecond
 //! ```
+//!
+//! A connection nothing listens for is refused here, not through turmoil:
+//! turmoil drops such a SYN and fails the connect, but keeps the socket it
+//! opened for it, so each refused connect would hold one of the host's
+//! ephemeral ports for good, and a client that keeps retrying a process
+//! that is down would run its host out of them.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -22,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use proto::transport::net::{Accept, Binder, BoxFuture, Dialer, Listener, Stream};
 use proto::transport::ClientConfig;
@@ -42,6 +50,15 @@ thread_local! {
     /// Per host pair (lower address first). The simulation runs every host
     /// on the thread that runs it.
     static LINKS: RefCell<BTreeMap<(IpAddr, IpAddr), Link>> = RefCell::default();
+    /// The addresses listened at now, each with how many listeners.
+    static LISTENING: RefCell<BTreeMap<SocketAddr, usize>> = RefCell::default();
+}
+
+/// How long a refused connect takes: about a round trip.
+const REFUSAL_DELAY: Duration = Duration::from_millis(1);
+
+fn listening(addr: SocketAddr) -> bool {
+    LISTENING.with(|listening| listening.borrow().contains_key(&addr))
 }
 
 fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
@@ -68,9 +85,10 @@ pub fn cut_link(a: IpAddr, b: IpAddr) {
     }
 }
 
-/// Forgets every link, for a run starting on this thread.
+/// Forgets every link and listener, for a run starting on this thread.
 pub(crate) fn forget_links() {
     LINKS.with(|links| links.borrow_mut().clear());
+    LISTENING.with(|listening| listening.borrow_mut().clear());
 }
 
 /// Ends a cut: connections made from now on work.
@@ -176,6 +194,13 @@ pub struct SimDialer;
 impl Dialer for SimDialer {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Stream>>> {
         Box::pin(async move {
+            if !listening(addr) {
+                tokio::time::sleep(REFUSAL_DELAY).await;
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("nothing listens at {addr}"),
+                ));
+            }
             let stream = turmoil::net::TcpStream::connect(addr).await?;
             Ok(Box::new(SimStream::new(stream)?) as Box<dyn Stream>)
         })
@@ -186,6 +211,28 @@ struct SimAccept {
     listener: turmoil::net::TcpListener,
     /// The host's address: turmoil's listeners bind the unspecified one.
     local: SocketAddr,
+}
+
+impl SimAccept {
+    fn new(listener: turmoil::net::TcpListener, local: SocketAddr) -> SimAccept {
+        LISTENING.with(|listening| *listening.borrow_mut().entry(local).or_default() += 1);
+        SimAccept { listener, local }
+    }
+}
+
+/// Dropped when its server stops or its host crashes.
+impl Drop for SimAccept {
+    fn drop(&mut self) {
+        LISTENING.with(|listening| {
+            let mut listening = listening.borrow_mut();
+            if let Some(count) = listening.get_mut(&self.local) {
+                *count -= 1;
+                if *count == 0 {
+                    listening.remove(&self.local);
+                }
+            }
+        });
+    }
 }
 
 impl Accept for SimAccept {
@@ -206,7 +253,7 @@ impl Accept for SimAccept {
 pub async fn listen(addr: SocketAddr) -> io::Result<Listener> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", addr.port())).await?;
     let local = SocketAddr::new(addr.ip(), listener.local_addr()?.port());
-    Ok(Listener::Other(Box::new(SimAccept { listener, local })))
+    Ok(Listener::Other(Box::new(SimAccept::new(listener, local))))
 }
 
 /// Listens through the simulated network, on the current host.
@@ -224,5 +271,45 @@ pub fn client_config() -> ClientConfig {
     ClientConfig {
         dialer: Some(Arc::new(SimDialer)),
         ..ClientConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PORT: u16 = 4500;
+
+    /// A client that keeps connecting to an address nothing listens at is
+    /// refused each time, more times than its host has ephemeral ports
+    /// (turmoil keeps a socket for each connect it refuses), and it
+    /// connects once a server listens there.
+    #[test]
+    fn refused_connects_hold_no_port() -> turmoil::Result {
+        forget_links();
+        let mut sim = turmoil::Builder::new()
+            .ephemeral_ports(50_000..=50_009)
+            .build();
+        sim.host("server", || async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let addr = SocketAddr::new(turmoil::lookup("server"), PORT);
+            let Listener::Other(mut listener) = listen(addr).await? else {
+                unreachable!("a simulated listener");
+            };
+            listener.accept().await?;
+            Ok(())
+        });
+        sim.client("client", async {
+            let server = SocketAddr::new(turmoil::lookup("server"), PORT);
+            for _ in 0..100 {
+                let refused = SimDialer.connect(server).await.err().expect("refused");
+                assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+            }
+            while SimDialer.connect(server).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        });
+        sim.run()
     }
 }
