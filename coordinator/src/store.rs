@@ -117,14 +117,20 @@ async fn write_with_room(
         .with_max_delay(ROOM_WAIT_MAX)
         .without_max_times();
     let ops: Arc<[WriteOp]> = ops.into();
-    (|| {
-        let (disk, ops) = (Arc::clone(disk), Arc::clone(&ops));
-        disk.writes().run(move || disk.write(&ops))
-    })
-    .retry(waits)
-    .when(|e| matches!(e, DiskError::NoSpace(_)))
-    .notify(|e, wait| tracing::warn!(error = %e, ?wait, "a raft write waits for room"))
-    .await
+    (|| write_once(disk, Arc::clone(&ops)))
+        .retry(waits)
+        .when(|e| matches!(e, DiskError::NoSpace(_)))
+        .notify(|e, wait| tracing::warn!(error = %e, ?wait, "a raft write waits for room"))
+        .await
+}
+
+/// Makes `ops` where the disk says, once.
+async fn write_once(
+    disk: &Arc<dyn CoordinatorDisk>,
+    ops: Arc<[WriteOp]>,
+) -> std::result::Result<(), DiskError> {
+    let disk = Arc::clone(disk);
+    disk.writes().run(move || disk.write(&ops)).await
 }
 
 fn put_meta(key: &[u8], value: Vec<u8>) -> WriteOp {
@@ -315,15 +321,14 @@ impl StateMachine {
             Some(bytes) => decode(&bytes, StorageIOError::read_state_machine)?,
             None => AppliedState::default(),
         };
-        let mut machine = StateMachine {
+        let machine = StateMachine {
             disk,
             state: Arc::new(RwLock::new(applied)),
             changes: Arc::new(Signal::new(0)),
         };
         if let Some(stored) = machine.stored_snapshot()? {
             if stored.meta.last_log_id > read_shared(&machine.state).last_applied {
-                let snapshot: AppliedState = decode(&stored.data, read_snapshot)?;
-                machine.state = Arc::new(RwLock::new(snapshot));
+                *write_shared(&machine.state) = decode(&stored.data, read_snapshot)?;
             }
         }
         Ok(machine)
@@ -438,9 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // back (it would hold back a restart's start as well): the state
         // goes on in memory, and the next write that finds room writes it
         // whole.
-        let ops: Arc<[WriteOp]> = vec![put_meta(APPLIED, encode(&next))].into();
-        let disk = self.disk.clone();
-        match self.disk.writes().run(move || disk.write(&ops)).await {
+        match write_once(&self.disk, vec![put_meta(APPLIED, encode(&next))].into()).await {
             Ok(()) => {}
             Err(DiskError::NoSpace(why)) => {
                 tracing::warn!(%why, "the applied state waits for room; applying goes on")

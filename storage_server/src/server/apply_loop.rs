@@ -48,7 +48,7 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
     let again_policy = ExponentialBuilder::new()
         .with_jitter()
         .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_secs(1))
+        .with_max_delay(rebuild::MAX_RETRY_DELAY)
         .without_max_times();
     let mut again_delays = again_policy.build();
     loop {
@@ -66,7 +66,7 @@ pub(super) async fn run_apply<E: KvEngine>(inner: Weak<Inner<E>>) {
                     continue;
                 }
                 Ok(rebuild::Rebuilt::Again) => {
-                    let delay = again_delays.next().unwrap_or(Duration::from_secs(1));
+                    let delay = again_delays.next().unwrap_or(rebuild::MAX_RETRY_DELAY);
                     tokio::time::sleep(delay).await;
                     continue;
                 }

@@ -63,8 +63,8 @@ use crate::versioned::{COPIED_RANGES_METADATA, DURABLE_VERSION_METADATA, READABL
 pub(super) const REBUILD_METADATA: &str = "rebuild";
 const COPYING: &[u8] = b"copying";
 
-/// The longest wait between failed page reads.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait between failed page reads, and between starts of a copy.
+pub(super) const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Whether the engine holds a copy that did not finish.
 pub(super) fn copy_unfinished<E: KvEngine>(engine: &E) -> Result<bool, StoreError> {
@@ -113,10 +113,10 @@ enum PageError {
 }
 
 /// The shard map the copy goes by, and where the copy starts, at a
-/// version the map is exact at (that of its first page): with the commit path recruited, the
-/// core state's snapshot carried by the metadata team to a committed
-/// version; pinned, the cluster file's map, exact at no version the copy
-/// can pick.
+/// version the map is exact at (that of its first page): with the commit
+/// path recruited, the core state's snapshot carried by the metadata team
+/// to a committed version; pinned, the cluster file's map, exact at no
+/// version the copy can pick.
 async fn map_to_copy_by<E: KvEngine>(
     inner: &Inner<E>,
 ) -> Result<(ShardMap, Option<CopyStart>), String> {
@@ -266,12 +266,9 @@ pub(super) async fn rebuild<E: KvEngine>(inner: &Weak<Inner<E>>) -> Result<Rebui
     };
     // A recovery that finds nothing committed in a generation ends it at
     // its begin, and nothing durable may lie above a recovery version: a
-    // copy that began among the versions the generation skipped is made
-    // as of its begin, which reads the same.
-    let first = match copy_start {
-        Some(start) if start.read_at == first => start.same_as,
-        _ => first,
-    };
+    // copy that began among the versions the generation skipped (its first
+    // page read at `read_at`) is made as of its begin, which reads the same.
+    let first = copy_start.map_or(first, |start| start.same_as);
     let set = TeamSet::new(strong.config.private_team, teams.clone());
     let mut finish = WriteBatch::new();
     finish
